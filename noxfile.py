@@ -1,0 +1,57 @@
+"""Project tasks: ``nox -s tests`` (the suite), ``lint``, ``typecheck``, ``install``, ``bench``.
+
+``nox`` with no arguments runs lint, typecheck and tests. CI (``.ci/run``) runs every session
+except ``bench``.
+"""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["lint", "typecheck", "tests"]
+nox.options.default_venv_backend = "venv"
+nox.options.error_on_missing_interpreters = True
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """The test suite: unit, property, integration (aiosmtpd, dnsmasq) and docs examples."""
+    session.install("-e", ".[test]")
+    session.run("pytest", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff: lint rules and formatting."""
+    session.install("ruff>=0.6")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict over src/ (configured in pyproject.toml)."""
+    session.install("mypy>=1.10", "-e", ".[test]")
+    session.run("mypy")
+
+
+@nox.session
+@nox.parametrize("setuptools_first", ["none", "newest"])
+def install(session: nox.Session, setuptools_first: str) -> None:
+    """``import spoolmail`` in a fresh venv, and in one where the newest setuptools came first.
+
+    PyFilesystem2 2.4.16 imports pkg_resources, which setuptools 82 removed (DESIGN.md section 8):
+    installing spoolmail must bring a setuptools it can use.
+    """
+    if setuptools_first == "newest":
+        session.install("--upgrade", "setuptools>=82")
+    session.install(".")
+    session.run("python", "-c", "import spoolmail; spoolmail.Spool('mem://').close()")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Benchmarks: print the figures the issues name (not pass/fail tests)."""
+    session.install("-e", ".[test]")
+    for script in sorted(__import__("pathlib").Path("bench").glob("bench_*.py")):
+        session.run("python", str(script), *session.posargs)

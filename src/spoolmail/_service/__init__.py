@@ -1,0 +1,1 @@
+"""The service: runs the state machine over the store, the router and the transport."""

@@ -1,0 +1,1 @@
+"""The spool store: the MailRoot folders on a PyFilesystem2 filesystem, with atomic commits."""

@@ -1,0 +1,1 @@
+"""Transports: how messages leave the spool (SMTP), behind the small seam in ``base``."""
