@@ -1,0 +1,226 @@
+"""The envelope: who a queued message is from, who it is for, and where each recipient stands.
+
+An :class:`Envelope` is immutable; every change returns a new one (``attrs.evolve``). This module
+also owns the envelope file format, ``Queue/ID.env`` and ``BadMail/ID.BDP``: UTF-8 JSON, one
+object, versioned by ``"version"``. :func:`encode_envelope` and :func:`decode_envelope` are the
+only code that reads or writes it; a file that is truncated, not JSON or of an unknown version is
+an :class:`~spoolmail.exceptions.EnvelopeError` naming what is wrong. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any, TypeVar
+
+import attrs
+
+from spoolmail._core.reply import Reply
+from spoolmail.exceptions import EnvelopeError
+
+__all__ = [
+    "ENVELOPE_VERSION",
+    "Envelope",
+    "Recipient",
+    "RecipientState",
+    "decode_envelope",
+    "encode_envelope",
+]
+
+ENVELOPE_VERSION = 1
+_FORMAT = "spoolmail-envelope"
+_T = TypeVar("_T")
+
+
+class RecipientState(enum.Enum):
+    """Where one recipient of a queued message stands. Only ``PENDING`` is ever attempted."""
+
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
+
+
+def _aware(_instance: object, attribute: attrs.Attribute[Any], value: datetime | None) -> None:
+    if value is not None and value.utcoffset() is None:
+        raise ValueError(f"{attribute.name} must be an aware datetime, not {value!r}")
+
+
+@attrs.frozen
+class Recipient:
+    """One RCPT TO address and its state; ``reply`` is the last answer about it.
+
+    ``notified`` is set once a DSN has reported this recipient's failure, so that a failure is
+    reported exactly once however many attempts follow for the other recipients.
+    """
+
+    address: str
+    state: RecipientState = RecipientState.PENDING
+    reply: Reply | None = None
+    notified: bool = False
+    updated: datetime | None = attrs.field(default=None, validator=_aware)
+
+    @property
+    def domain(self) -> str:
+        return self.address.rpartition("@")[2].lower()
+
+
+def _recipient_tuple(recipients: Iterable[Recipient]) -> tuple[Recipient, ...]:
+    return tuple(recipients)
+
+
+@attrs.frozen
+class Envelope:
+    """A queued message's envelope and delivery history.
+
+    ``sender`` is the MAIL FROM reverse-path; ``""`` is the null reverse-path ``<>`` of a DSN, which
+    is never answered with another DSN. ``origin`` says where the message came from
+    (``pickup:<file name>``, ``submit``, ``dsn:<queue id>``, ``smtp:<client address>``).
+    """
+
+    id: str
+    sender: str
+    recipients: tuple[Recipient, ...] = attrs.field(converter=_recipient_tuple)
+    arrival: datetime = attrs.field(validator=_aware)
+    next_attempt: datetime = attrs.field(validator=_aware)
+    origin: str = ""
+    size: int = 0
+    attempts: int = 0
+    first_attempt: datetime | None = attrs.field(default=None, validator=_aware)
+    last_attempt: datetime | None = attrs.field(default=None, validator=_aware)
+    delay_notified: bool = False
+    dsn_count: int = 0
+    held: bool = False
+
+    @property
+    def pending(self) -> tuple[Recipient, ...]:
+        return tuple(r for r in self.recipients if r.state is RecipientState.PENDING)
+
+    @property
+    def unnotified_failures(self) -> tuple[Recipient, ...]:
+        return tuple(
+            r for r in self.recipients if r.state is RecipientState.FAILED and not r.notified
+        )
+
+    def with_recipients(self, recipients: Iterable[Recipient]) -> Envelope:
+        return attrs.evolve(self, recipients=tuple(recipients))
+
+
+def _time(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def encode_envelope(envelope: Envelope) -> bytes:
+    """The envelope file's bytes (``Queue/ID.env``, ``BadMail/ID.BDP``)."""
+    data = {
+        "format": _FORMAT,
+        "version": ENVELOPE_VERSION,
+        "id": envelope.id,
+        "sender": envelope.sender,
+        "recipients": [
+            {
+                "address": r.address,
+                "state": r.state.value,
+                "reply": None if r.reply is None else r.reply.to_json(),
+                "notified": r.notified,
+                "updated": _time(r.updated),
+            }
+            for r in envelope.recipients
+        ],
+        "arrival": _time(envelope.arrival),
+        "next_attempt": _time(envelope.next_attempt),
+        "origin": envelope.origin,
+        "size": envelope.size,
+        "attempts": envelope.attempts,
+        "first_attempt": _time(envelope.first_attempt),
+        "last_attempt": _time(envelope.last_attempt),
+        "delay_notified": envelope.delay_notified,
+        "dsn_count": envelope.dsn_count,
+        "held": envelope.held,
+    }
+    return (json.dumps(data, ensure_ascii=False, indent=1) + "\n").encode("utf-8")
+
+
+def _parse_time(value: object, field: str, *, optional: bool = False) -> datetime | None:
+    if value is None and optional:
+        return None
+    if not isinstance(value, str):
+        raise EnvelopeError(f"field {field!r} must be an ISO 8601 time, not {value!r}")
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise EnvelopeError(f"field {field!r} is not an ISO 8601 time: {value!r}") from None
+    if parsed.utcoffset() is None:
+        raise EnvelopeError(f"field {field!r} has no time zone: {value!r}")
+    return parsed
+
+
+def _required_time(data: dict[str, Any], field: str) -> datetime:
+    value = _parse_time(data.get(field), field)
+    assert value is not None  # noqa: S101 (narrowing: _parse_time returns None only when optional)
+    return value
+
+
+def _typed(data: dict[str, Any], field: str, kind: type[_T], default: _T | None = None) -> _T:
+    value = data.get(field, default)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise EnvelopeError(f"field {field!r} must be {kind.__name__}, not {value!r}")
+    return value
+
+
+def _decode_recipient(item: object) -> Recipient:
+    if not isinstance(item, dict):
+        raise EnvelopeError(f"a recipient must be an object, not {item!r}")
+    address = _typed(item, "address", str)
+    try:
+        state = RecipientState(item.get("state"))
+    except ValueError:
+        raise EnvelopeError(
+            f"recipient {address!r} has an unknown state {item.get('state')!r}"
+        ) from None
+    raw_reply = item.get("reply")
+    try:
+        reply = None if raw_reply is None else Reply.from_json(raw_reply)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise EnvelopeError(f"recipient {address!r} has an unreadable reply: {exc}") from None
+    return Recipient(
+        address=address,
+        state=state,
+        reply=reply,
+        notified=_typed(item, "notified", bool, False),
+        updated=_parse_time(item.get("updated"), "updated", optional=True),
+    )
+
+
+def decode_envelope(raw: bytes) -> Envelope:
+    """Read an envelope file; anything but a whole envelope of a known version: EnvelopeError."""
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise EnvelopeError(f"not a JSON envelope (truncated or damaged?): {exc}") from None
+    if not isinstance(data, dict) or data.get("format") != _FORMAT:
+        raise EnvelopeError('not a spoolmail envelope (no "format": "spoolmail-envelope")')
+    if data.get("version") != ENVELOPE_VERSION:
+        raise EnvelopeError(
+            f"envelope version {data.get('version')!r} is not one this release reads "
+            f"(it reads version {ENVELOPE_VERSION})"
+        )
+    recipients = data.get("recipients")
+    if not isinstance(recipients, list) or not recipients:
+        raise EnvelopeError("an envelope needs a non-empty list of recipients")
+    return Envelope(
+        id=_typed(data, "id", str),
+        sender=_typed(data, "sender", str),
+        recipients=tuple(_decode_recipient(item) for item in recipients),
+        arrival=_required_time(data, "arrival"),
+        next_attempt=_required_time(data, "next_attempt"),
+        origin=_typed(data, "origin", str, ""),
+        size=_typed(data, "size", int, 0),
+        attempts=_typed(data, "attempts", int, 0),
+        first_attempt=_parse_time(data.get("first_attempt"), "first_attempt", optional=True),
+        last_attempt=_parse_time(data.get("last_attempt"), "last_attempt", optional=True),
+        delay_notified=_typed(data, "delay_notified", bool, False),
+        dsn_count=_typed(data, "dsn_count", int, 0),
+        held=_typed(data, "held", bool, False),
+    )

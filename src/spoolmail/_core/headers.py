@@ -1,0 +1,77 @@
+"""Header blocks of stored messages, read as lines and kept byte for byte.
+
+Stored messages (``Queue/ID.eml``) have CRLF line ends. This module splits a message's header
+block into fields (name plus the raw lines, continuation lines included), counts ``Received:``
+fields for the hop limit, and rebuilds a block without chosen fields. It never re-folds or
+re-encodes what it keeps (the ``email`` package's generator would). Pure: bytes in, bytes out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+import attrs
+
+__all__ = ["HEAD_END", "Field", "count_received", "fields", "split_head", "without_fields"]
+
+HEAD_END = b"\r\n\r\n"
+
+
+@attrs.frozen
+class Field:
+    """One header field: its name as written and its raw bytes (every line, each ending CRLF)."""
+
+    name: str
+    raw: bytes
+
+    @property
+    def key(self) -> str:
+        return self.name.lower()
+
+    @property
+    def value(self) -> str:
+        """The unfolded value, decoded as UTF-8 (RFC 6532) with bad bytes replaced."""
+        _, _, value = self.raw.partition(b":")
+        text = value.decode("utf-8", "replace")
+        return " ".join(text.split())
+
+
+def split_head(message: bytes) -> tuple[bytes, bytes]:
+    """Split a CRLF message into its header block (ending in CRLF) and its body.
+
+    A message without an empty line is all header block.
+    """
+    index = message.find(HEAD_END)
+    if index < 0:
+        return message, b""
+    return message[: index + 2], message[index + 4 :]
+
+
+def fields(head: bytes) -> Iterator[Field]:
+    """The fields of a header block, in order; lines before the first field name are skipped."""
+    name: str | None = None
+    lines: list[bytes] = []
+    for line in head.splitlines(keepends=True):
+        if line[:1] in (b" ", b"\t") and name is not None:
+            lines.append(line)
+            continue
+        if name is not None:
+            yield Field(name, b"".join(lines))
+        head_name, colon, _ = line.partition(b":")
+        if colon:
+            name, lines = head_name.decode("ascii", "replace").strip(), [line]
+        else:
+            name, lines = None, []
+    if name is not None:
+        yield Field(name, b"".join(lines))
+
+
+def count_received(head: bytes) -> int:
+    """How many ``Received:`` fields the block has: the hop count (RFC 5321 section 6.3)."""
+    return sum(1 for field in fields(head) if field.key == "received")
+
+
+def without_fields(head: bytes, names: Iterable[str]) -> bytes:
+    """The header block with every field named in ``names`` (any case) removed."""
+    drop = {name.lower() for name in names}
+    return b"".join(field.raw for field in fields(head) if field.key not in drop)

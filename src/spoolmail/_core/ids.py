@@ -1,0 +1,47 @@
+"""Queue ids: unique, time-sortable names for queued messages, never derived from their content.
+
+An id is ``<milliseconds since 1970, 11 hex digits>-<12 random hex digits>``, e.g.
+``19ac9b2f1c0-5e1f0c2a9b7d``: sorting ids sorts messages by arrival, the random part keeps two
+processes apart, and only ``[0-9a-f-]`` appear, so an id is safe in every file name and URL.
+A DSN's id is its parent's id plus ``-d<n>`` (:func:`dsn_id`): recomputing it after a crash gives
+the same name, so a DSN is queued once however often its parent's attempt is repeated.
+Pure: the time and the random source are handed in.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from datetime import datetime
+
+import attrs
+
+__all__ = ["QueueIds", "dsn_id", "is_queue_id"]
+
+_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+
+
+def is_queue_id(text: str) -> bool:
+    """Whether ``text`` can be a queue id: 1-128 characters of ``[A-Za-z0-9_-]``."""
+    return bool(_ID.match(text))
+
+
+def dsn_id(parent: str, number: int) -> str:
+    """The id of the ``number``-th DSN (1-based) about message ``parent``."""
+    return f"{parent}-d{number}"
+
+
+@attrs.define
+class QueueIds:
+    """Makes queue ids from a time (handed in) and a random source (default SystemRandom)."""
+
+    rng: random.Random = attrs.field(factory=random.SystemRandom)
+
+    def new(self, now: datetime) -> str:
+        millis = int(now.timestamp() * 1000)
+        return f"{millis:011x}-{self.rng.getrandbits(48):012x}"
+
+    def token(self, length: int = 10) -> str:
+        """A short random name part (owner tokens, temporary file names)."""
+        alphabet = "0123456789abcdefghijklmnopqrstuvwxyz"
+        return "".join(self.rng.choice(alphabet) for _ in range(length))

@@ -1,0 +1,95 @@
+"""Replies: the value every delivery outcome is expressed in.
+
+An SMTP server's answer to one recipient, or spoolmail's own verdict phrased the same way (a local
+Drop write, a routing failure, an expired message), is a :class:`Reply`: code, enhanced status code
+(RFC 3463), text and the host that gave it. 2xx delivers, 4xx defers, 5xx fails; the retry logic,
+the transcript and the DSN builder all read the same value. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from typing import Any
+
+import attrs
+
+__all__ = ["Reply", "Severity"]
+
+_ENHANCED = re.compile(r"([245])\.([0-9]{1,3})\.([0-9]{1,3})")
+
+
+class Severity(enum.Enum):
+    """What a reply means for the recipient it answers."""
+
+    SUCCESS = "success"
+    TEMPORARY = "temporary"
+    PERMANENT = "permanent"
+
+
+def _check_code(_instance: object, _attribute: object, value: int) -> None:
+    if not 200 <= value <= 599:
+        raise ValueError(f"an SMTP reply code is 200-599, not {value!r}")
+
+
+def _check_enhanced(_instance: object, _attribute: object, value: str | None) -> None:
+    if value is not None and not _ENHANCED.fullmatch(value):
+        raise ValueError(f"an enhanced status code looks like 5.1.1 (RFC 3463), not {value!r}")
+
+
+@attrs.frozen
+class Reply:
+    """One answer about one recipient: ``Reply(550, "5.1.1", "no such user", host="mx.example")``.
+
+    ``host`` is the remote MTA that answered (``None`` when spoolmail itself decided).
+    """
+
+    code: int = attrs.field(validator=_check_code)
+    enhanced: str | None = attrs.field(validator=_check_enhanced)
+    text: str
+    host: str | None = None
+
+    @property
+    def severity(self) -> Severity:
+        if self.code < 400:
+            return Severity.SUCCESS
+        if self.code < 500:
+            return Severity.TEMPORARY
+        return Severity.PERMANENT
+
+    @property
+    def status(self) -> str:
+        """The RFC 3463 status: the enhanced code, or one derived from the reply code's class."""
+        if self.enhanced is not None:
+            return self.enhanced
+        return {Severity.SUCCESS: "2.0.0", Severity.TEMPORARY: "4.0.0"}.get(self.severity, "5.0.0")
+
+    def __str__(self) -> str:
+        parts = [str(self.code)]
+        if self.enhanced:
+            parts.append(self.enhanced)
+        if self.text:
+            parts.append(self.text)
+        return " ".join(parts)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"code": self.code, "enhanced": self.enhanced, "text": self.text, "host": self.host}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Reply:
+        return cls(
+            code=int(data["code"]),
+            enhanced=data.get("enhanced"),
+            text=str(data.get("text", "")),
+            host=data.get("host"),
+        )
+
+    @classmethod
+    def parse(cls, code: int, text: str, *, host: str | None = None) -> Reply:
+        """Build a reply from a server's code and text, splitting off a leading enhanced code."""
+        enhanced: str | None = None
+        head, _, rest = text.partition(" ")
+        match = _ENHANCED.fullmatch(head)
+        if match and match.group(1) == str(code)[0]:
+            enhanced, text = head, rest
+        return cls(code, enhanced, text.strip(), host=host)

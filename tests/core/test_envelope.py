@@ -1,0 +1,127 @@
+"""The envelope file format: round trips, and every kind of damage named."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from spoolmail._core.envelope import (
+    Envelope,
+    Recipient,
+    RecipientState,
+    decode_envelope,
+    encode_envelope,
+)
+from spoolmail._core.reply import Reply
+from spoolmail.exceptions import EnvelopeError
+
+T0 = datetime(2026, 11, 28, 10, 15, 2, 12300, tzinfo=UTC)
+
+
+def sample() -> Envelope:
+    return Envelope(
+        id="19ac9b2f1c0-5e1f0c2a9b7d",
+        sender="alice@example.net",
+        recipients=(
+            Recipient("bob@example.com"),
+            Recipient(
+                "carol@example.org",
+                RecipientState.FAILED,
+                Reply(550, "5.1.1", "no such user", host="mx.example.org"),
+                notified=True,
+                updated=T0,
+            ),
+            Recipient("dan@exämple.org", RecipientState.DELIVERED, Reply(250, "2.0.0", "ok")),
+        ),
+        arrival=T0,
+        next_attempt=T0 + timedelta(minutes=15),
+        origin="pickup:Message.txt",
+        size=1234,
+        attempts=1,
+        first_attempt=T0,
+        last_attempt=T0,
+        dsn_count=1,
+    )
+
+
+def test_round_trip() -> None:
+    envelope = sample()
+    assert decode_envelope(encode_envelope(envelope)) == envelope
+
+
+def test_file_is_documented_json() -> None:
+    data = json.loads(encode_envelope(sample()))
+    assert data["format"] == "spoolmail-envelope"
+    assert data["version"] == 1
+    assert data["recipients"][1]["reply"] == {
+        "code": 550,
+        "enhanced": "5.1.1",
+        "text": "no such user",
+        "host": "mx.example.org",
+    }
+    assert data["next_attempt"] == "2026-11-28T10:30:02.012300+00:00"
+
+
+def test_null_sender_round_trips() -> None:
+    envelope = Envelope(
+        id="x", sender="", recipients=(Recipient("a@b.c"),), arrival=T0, next_attempt=T0
+    )
+    assert decode_envelope(encode_envelope(envelope)).sender == ""
+
+
+def mutate(**changes: object) -> bytes:
+    data = json.loads(encode_envelope(sample()))
+    for key, value in changes.items():
+        if value is KeyError:
+            del data[key]
+        else:
+            data[key] = value
+    return json.dumps(data).encode()
+
+
+@pytest.mark.parametrize(
+    ("raw", "fragment"),
+    [
+        (b"", "not a JSON envelope"),
+        (encode_envelope(sample())[:40], "truncated"),
+        (b"\xff\xfe", "not a JSON envelope"),
+        (b"[]", "not a spoolmail envelope"),
+        (mutate(format="other"), "not a spoolmail envelope"),
+        (mutate(version=2), "version 2 is not one this release reads"),
+        (mutate(version=KeyError), "version None"),
+        (mutate(recipients="bob"), "list of recipients"),
+        (mutate(sender=None), "'sender' must be str"),
+        (mutate(attempts=True), "'attempts' must be int"),
+        (mutate(arrival="yesterday"), "not an ISO 8601 time"),
+        (mutate(arrival="2026-11-28T10:00:00"), "no time zone"),
+        (mutate(next_attempt=KeyError), "'next_attempt' must be an ISO 8601 time"),
+        (mutate(recipients=[{"address": "a@b", "state": "lost"}]), "unknown state 'lost'"),
+        (
+            mutate(recipients=[{"address": "a@b", "state": "pending", "reply": {"code": 99}}]),
+            "unreadable reply",
+        ),
+        (mutate(recipients=["a@b"]), "must be an object"),
+    ],
+)
+def test_damage_is_named(raw: bytes, fragment: str) -> None:
+    with pytest.raises(EnvelopeError) as info:
+        decode_envelope(raw)
+    assert fragment in str(info.value)
+
+
+@given(st.binary(max_size=300))
+def test_decode_never_fails_otherwise(raw: bytes) -> None:
+    with contextlib.suppress(EnvelopeError):
+        decode_envelope(raw)
+
+
+# The last byte is the closing newline; anything shorter has lost part of the object.
+@given(st.integers(min_value=1, max_value=len(encode_envelope(sample())) - 2))
+def test_every_truncation_is_an_envelope_error(cut: int) -> None:
+    with pytest.raises(EnvelopeError):
+        decode_envelope(encode_envelope(sample())[:cut])

@@ -1,0 +1,44 @@
+"""Header blocks read as lines, kept byte for byte."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from spoolmail._core.headers import count_received, fields, split_head, without_fields
+
+HEAD = (
+    b"Received: from a by b;\r\n\t Sat, 28 Nov 2026 10:15:02 +0000\r\n"
+    b"received: from c by d; Sat, 28 Nov 2026 10:15:01 +0000\r\n"
+    b"Subject: =?utf-8?q?caf=C3=A9?= and a\r\n very long line\r\n"
+    b"X-Note: caf\xc3\xa9\r\n"
+)
+
+
+def test_fields_keep_continuations() -> None:
+    found = list(fields(HEAD))
+    assert [f.name for f in found] == ["Received", "received", "Subject", "X-Note"]
+    assert found[2].raw == b"Subject: =?utf-8?q?caf=C3=A9?= and a\r\n very long line\r\n"
+    assert found[2].value == "=?utf-8?q?caf=C3=A9?= and a very long line"
+    assert found[3].value == "café"
+
+
+def test_count_received_any_case() -> None:
+    assert count_received(HEAD) == 2
+
+
+def test_without_fields_removes_whole_folded_fields() -> None:
+    assert without_fields(HEAD, ["subject", "RECEIVED"]) == b"X-Note: caf\xc3\xa9\r\n"
+
+
+def test_split_head() -> None:
+    assert split_head(b"A: b\r\n\r\nbody\r\n\r\nmore") == (b"A: b\r\n", b"body\r\n\r\nmore")
+    assert split_head(b"A: b\r\n") == (b"A: b\r\n", b"")
+
+
+@given(st.lists(st.sampled_from([b"A: 1\r\n", b" cont\r\n", b"Received: x\r\n", b"junk\r\n"])))
+def test_without_nothing_keeps_every_field_line(lines: list[bytes]) -> None:
+    head = b"".join(lines)
+    kept = without_fields(head, [])
+    assert kept == b"".join(f.raw for f in fields(head))
+    assert kept in head or not kept or head.endswith(kept) or len(kept) <= len(head)
