@@ -1,0 +1,505 @@
+"""Pickup files: reading one into an envelope and a message to queue, or into a reason for BadMail.
+
+:func:`parse_pickup` reads the bytes of one file dropped into ``Pickup/`` (by .NET's
+``SmtpClient``, CDO, a script, a Drop file moved back, or :func:`render_pickup`) and returns either
+:class:`PickupAccepted` (MAIL FROM, RCPT TOs, the message to write to ``Queue/ID.eml``) or
+:class:`PickupRejected` (one sentence and an RFC 3463 status for ``BadMail/ID.BDR``). It never
+raises for any input bytes. The message is handled as lines, not through ``email.parser``: every
+header the writer wrote is stored byte-for-byte (only line ends become CRLF), minus the envelope
+lines and ``Bcc:``, plus a ``Received:`` line on top and ``Message-ID:`` / ``Date:`` when missing.
+:func:`render_pickup` writes the same format for ``Spool.submit``. Pure: it never touches a file,
+the network or a clock; the time and the queue id are handed in.
+
+Rules (DESIGN.md section 1, notes/iis-smtp.md section 2):
+
+- Leading ``x-sender:`` / ``x-receiver:`` lines (any case, folded or not) are the envelope, as IIS
+  and Exchange read them (KB Q201314, CDO ``recipientlist``). Only the run at the very top counts:
+  Eudora and others write an informational ``X-Sender:`` among ordinary headers, which is kept.
+- Without them, the sender is ``Sender:``, else the first ``From:`` address (KB Q201314); the
+  recipients are ``To:`` + ``Cc:`` + ``Bcc:`` (in that order, duplicates dropped).
+- Everything up to the first empty line must be header fields (RFC 5322 section 2.2), no line may
+  exceed 998 octets (section 2.1.1), and there is no NUL anywhere; otherwise the file is rejected
+  with the line number, never repaired by guessing.
+- Limits: ``max_message_size`` (IIS 2,048 KB) and ``max_recipients`` (10,000, the top of Exchange's
+  ``PickupDirectoryMaxRecipientsPerMessage`` range; IIS itself had no pickup limit and split
+  transactions at 100, which the SMTP client does here too).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import email.utils
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+
+import attrs
+
+from spoolmail._core.address import (
+    AddressRole,
+    format_path,
+    parse_address_list,
+    parse_domain,
+    parse_mailbox,
+)
+from spoolmail.exceptions import ConfigurationError, MessageError
+
+__all__ = [
+    "PickupAccepted",
+    "PickupOptions",
+    "PickupRejected",
+    "parse_pickup",
+    "render_pickup",
+]
+
+# RFC 5322 section 2.2: a field name is printable US-ASCII (33..126) except ':'.
+_FIELD_NAME_BYTES = bytes(range(33, 127)).replace(b":", b"")
+# RFC 5322 section 2.1.1: a line is at most 998 characters, CRLF excluded.
+_MAX_LINE = 998
+_ENVELOPE_FIELDS = (b"x-sender", b"x-receiver")
+# The address headers this module reads; RFC 6532 lets them carry UTF-8 and nothing else.
+_ADDRESS_FIELDS = (b"sender", b"from", b"to", b"cc", b"bcc")
+_RECIPIENT_FIELDS = (b"to", b"cc", b"bcc")
+
+
+def _check_host(_instance: object, attribute: attrs.Attribute[str], value: str) -> None:
+    try:
+        parse_domain(value)
+    except MessageError as exc:
+        raise ConfigurationError(f"PickupOptions.{attribute.name}: {exc}") from None
+
+
+def _check_positive(_instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if value < 1:
+        raise ConfigurationError(f"PickupOptions.{attribute.name} must be at least 1, not {value}")
+
+
+@attrs.frozen
+class PickupOptions:
+    """How Pickup files are read; the defaults are IIS's.
+
+    ``fqdn`` names this host in the ``Received:`` line and in generated Message-IDs;
+    ``default_domain`` completes addresses written without one (IIS's default domain, KB
+    Q221384's ``x-sender: Sender``). ``dot_stuffed=True`` is IIS 5+'s ``DisablePickupDotStuff=0``
+    (KB Q286358), for .NET Framework writers; the default takes files as .NET Core 3+ writes them.
+    """
+
+    fqdn: str = attrs.field(validator=_check_host)
+    default_domain: str = attrs.field(validator=_check_host)
+    max_message_size: int = attrs.field(default=2 * 1024 * 1024, validator=_check_positive)
+    dot_stuffed: bool = False
+    max_recipients: int = attrs.field(default=10_000, validator=_check_positive)
+
+
+@attrs.frozen
+class PickupAccepted:
+    """A Pickup file that can be queued: its envelope and the bytes for ``Queue/ID.eml``.
+
+    ``sender`` is ``""`` for the null reverse-path; ``recipients`` are de-duplicated, order kept.
+    """
+
+    sender: str
+    recipients: tuple[str, ...]
+    message: bytes
+
+
+@attrs.frozen
+class PickupRejected:
+    """A Pickup file that goes to BadMail: why, as one sentence and an RFC 3463 status code.
+
+    ``sender`` and ``recipients`` are whatever was read before the file was found wrong, for the
+    BadMail envelope (``None`` / empty when nothing was).
+    """
+
+    reason: str
+    status: str
+    sender: str | None
+    recipients: tuple[str, ...]
+
+
+class _Rejection(Exception):
+    def __init__(self, reason: str, status: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+
+
+@attrs.frozen
+class _Field:
+    """One header field: ``lines[first:end]``, its lower-cased name and the offset of its colon."""
+
+    name: bytes
+    first: int
+    end: int
+    colon: int
+
+    @property
+    def line_number(self) -> int:
+        return self.first + 1
+
+
+@attrs.define
+class _Found:
+    """What has been read so far, so a rejection can still name the sender and recipients."""
+
+    sender: str | None = None
+    recipients: dict[str, None] = attrs.Factory(dict)  # a dict keeps order and drops duplicates
+
+
+def parse_pickup(
+    raw: bytes, *, options: PickupOptions, queue_id: str, now: datetime
+) -> PickupAccepted | PickupRejected:
+    """Read one Pickup file. Never raises for any ``raw``; every problem is a PickupRejected.
+
+    ``queue_id`` and ``now`` feed the ``Message-ID:``, ``Date:`` and ``Received:`` lines spoolmail
+    adds; ``now`` should be an aware datetime.
+    """
+    found = _Found()
+    try:
+        message = _parse(raw, options=options, queue_id=queue_id, now=now, found=found)
+    except _Rejection as rejection:
+        return PickupRejected(
+            reason=rejection.reason,
+            status=rejection.status,
+            sender=found.sender,
+            recipients=tuple(found.recipients),
+        )
+    assert found.sender is not None  # noqa: S101 (narrowing: _parse rejects a missing sender)
+    return PickupAccepted(sender=found.sender, recipients=tuple(found.recipients), message=message)
+
+
+def _parse(
+    raw: bytes, *, options: PickupOptions, queue_id: str, now: datetime, found: _Found
+) -> bytes:
+    lines = _split_lines(raw, options=options)
+    fields, blank, problem = _read_header_block(lines)
+    envelope_count = 0
+    while envelope_count < len(fields) and fields[envelope_count].name in _ENVELOPE_FIELDS:
+        envelope_count += 1
+    envelope, headers = fields[:envelope_count], fields[envelope_count:]
+    if problem is not None:
+        # Name whatever envelope the top of the file has in the BadMail envelope, then give up.
+        with contextlib.suppress(_Rejection):
+            _read_envelope(lines, envelope, options=options, found=found)
+        raise problem
+    if not fields:
+        raise _Rejection(
+            "the file has no header fields (it starts with an empty line), so no sender or "
+            "recipient",
+            "5.6.0",
+        )
+    _read_envelope(lines, envelope, options=options, found=found)
+    for field in headers:
+        if field.name in _ADDRESS_FIELDS:
+            _decode(lines, field, status="5.6.0")
+    if found.sender is None:
+        found.sender = _sender_from_headers(lines, headers, options=options)
+    receivers = any(field.name == b"x-receiver" for field in envelope)
+    if not receivers:
+        for name in _RECIPIENT_FIELDS:
+            for field in headers:
+                if field.name == name:
+                    _add_recipients(lines, field, options=options, found=found)
+    _check_envelope(found, receivers=receivers, options=options)
+    return _store(lines, headers, blank, options=options, queue_id=queue_id, now=now)
+
+
+def _split_lines(raw: bytes, *, options: PickupOptions) -> list[bytes]:
+    """The file's lines without their ends, after the checks that need no parsing."""
+    # Size first, before any copy is made (IIS "Limit message size"; KB Q201314: larger files are
+    # not picked up).
+    if len(raw) > options.max_message_size:
+        raise _Rejection(
+            f"the file is {len(raw)} bytes, over the message size limit of "
+            f"{options.max_message_size} bytes",
+            "5.3.4",
+        )
+    if not raw:
+        raise _Rejection("the file is empty", "5.6.0")
+    # bytes.splitlines breaks at CRLF, LF and a lone CR, and only there: exactly the line ends a
+    # Windows, Unix or old Mac writer may have used. This is the one copy of the input.
+    lines = raw.splitlines()
+    if b"\0" in raw:
+        number = next(n for n, line in enumerate(lines, 1) if b"\0" in line)
+        raise _Rejection(f"line {number} contains a NUL byte; a message is text", "5.6.0")
+    return lines
+
+
+def _check_envelope(found: _Found, *, receivers: bool, options: PickupOptions) -> None:
+    if found.sender is None:
+        # KB Q319285: "A message must contain at least three parts: From, To, and Message Data."
+        raise _Rejection(
+            "no sender: the file has no x-sender line and no Sender: or From: header", "5.1.7"
+        )
+    if not found.recipients:
+        if receivers:
+            raise _Rejection("no recipient: the x-receiver lines hold only empty groups", "5.1.3")
+        raise _Rejection(
+            "no recipient: the file has no x-receiver line and no address in a To:, Cc: or Bcc: "
+            "header",
+            "5.1.3",
+        )
+    if len(found.recipients) > options.max_recipients:
+        raise _Rejection(
+            f"the file has {len(found.recipients)} recipients, over the limit of "
+            f"{options.max_recipients}",
+            "5.5.3",
+        )
+
+
+def _read_header_block(
+    lines: list[bytes],
+) -> tuple[list[_Field], int | None, _Rejection | None]:
+    """The header fields up to the first empty line, that line's index (None: no body) and the
+    first problem found, if any (with the fields before it, so the envelope can still be read).
+    """
+    starts: list[tuple[bytes, int, int]] = []
+    blank: int | None = None
+    problem: _Rejection | None = None
+    for index, line in enumerate(lines):
+        if not line:
+            blank = index
+            break
+        reason = _header_line_problem(line, number=index + 1, continues=bool(starts))
+        if reason is not None:
+            problem = _Rejection(reason, "5.6.0")
+            break
+        if line[0] not in b" \t":
+            colon = line.find(b":")
+            starts.append((line[:colon].rstrip(b" \t").lower(), index, colon))
+    else:
+        index = len(lines)
+    if not starts:
+        return [], blank, problem
+    # A field runs to the next field, or to the line where the header block ended.
+    ends = [start for _, start, _ in starts[1:]] + [index]
+    fields = [
+        _Field(name=name, first=first, end=end, colon=colon)
+        for (name, first, colon), end in zip(starts, ends, strict=True)
+    ]
+    return fields, blank, problem
+
+
+def _header_line_problem(line: bytes, *, number: int, continues: bool) -> str | None:
+    """Why a non-empty line in the header block is not part of a header field, or None."""
+    if len(line) > _MAX_LINE:
+        return (
+            f"line {number} is {len(line)} octets long; a header line may have at most "
+            f"{_MAX_LINE} (RFC 5322 section 2.1.1)"
+        )
+    if line[0] in b" \t":
+        if continues:
+            return None
+        return (
+            f"line {number} starts with white space, a folded continuation, but no header "
+            "field comes before it"
+        )
+    colon = line.find(b":")
+    # RFC 5322 section 4.5.8 (obsolete syntax) allows white space before the colon.
+    name = line[:colon].rstrip(b" \t") if colon > 0 else b""
+    if not name or name.translate(None, _FIELD_NAME_BYTES):
+        return (
+            f"line {number} is not a header field (no blank line separates the headers from "
+            "the body?)"
+        )
+    return None
+
+
+def _raw_value(lines: list[bytes], field: _Field) -> bytes:
+    # RFC 5322 section 2.2.3: unfolding removes the line breaks and keeps the white space.
+    first = lines[field.first][field.colon + 1 :]
+    if field.end == field.first + 1:
+        return first
+    return first + b"".join(lines[field.first + 1 : field.end])
+
+
+def _label(lines: list[bytes], field: _Field) -> str:
+    """How a reason names a field: ``the To: header (line 5)``, ``the X-Receiver line 2``."""
+    name = lines[field.first][: field.colon].rstrip(b" \t").decode("ascii")
+    if field.name in _ENVELOPE_FIELDS:
+        return f"the {name} line {field.line_number}"
+    return f"the {name}: header (line {field.line_number})"
+
+
+def _decode(lines: list[bytes], field: _Field, *, status: str) -> str:
+    try:
+        return _raw_value(lines, field).decode("utf-8")
+    except UnicodeDecodeError:
+        raise _Rejection(
+            f"{_label(lines, field)} is not valid UTF-8 (RFC 6532 allows UTF-8 only; "
+            "8-bit text in an address header must be RFC 2047-encoded)",
+            status,
+        ) from None
+
+
+def _read_envelope(
+    lines: list[bytes], envelope: list[_Field], *, options: PickupOptions, found: _Found
+) -> None:
+    senders = [field for field in envelope if field.name == b"x-sender"]
+    if len(senders) > 1:
+        numbers = ", ".join(str(field.line_number) for field in senders)
+        raise _Rejection(
+            f"the file has {len(senders)} x-sender lines (lines {numbers}); a message has one "
+            "sender",
+            "5.1.7",
+        )
+    for field in envelope:
+        if field.name == b"x-sender":
+            value = _decode(lines, field, status="5.1.7")
+            if not value.strip(" \t"):
+                raise _Rejection(
+                    f"{_label(lines, field)} is empty (the null reverse-path is written <>)",
+                    "5.1.7",
+                )
+            try:
+                found.sender = parse_mailbox(
+                    value, default_domain=options.default_domain, role=AddressRole.SENDER
+                )
+            except MessageError as exc:
+                raise _Rejection(f"bad sender in {_label(lines, field)}: {exc}", "5.1.7") from None
+        else:
+            value = _decode(lines, field, status="5.1.3")
+            if not value.strip(" \t"):
+                raise _Rejection(f"{_label(lines, field)} is empty", "5.1.3")
+            # One address per line as IIS documents, but a comma-separated list is accepted too
+            # (llatinov/AutomationSMTPServer writes one `x-receiver: a,b` line).
+            _add_recipients(lines, field, options=options, found=found)
+
+
+def _add_recipients(
+    lines: list[bytes], field: _Field, *, options: PickupOptions, found: _Found
+) -> None:
+    try:
+        addresses = parse_address_list(
+            _decode(lines, field, status="5.1.3"), default_domain=options.default_domain
+        )
+    except MessageError as exc:
+        raise _Rejection(f"bad recipient in {_label(lines, field)}: {exc}", "5.1.3") from None
+    for address in addresses:
+        found.recipients[address] = None
+
+
+def _sender_from_headers(
+    lines: list[bytes], headers: list[_Field], *, options: PickupOptions
+) -> str | None:
+    # KB Q201314: "If both the Sender and From fields are present … will take the Sender field";
+    # .NET writes Sender: first for exactly that reason. An empty Sender: falls back to From:.
+    for name in (b"sender", b"from"):
+        field = next((field for field in headers if field.name == name), None)
+        if field is None:
+            continue
+        try:
+            addresses = parse_address_list(
+                _decode(lines, field, status="5.6.0"),
+                default_domain=options.default_domain,
+                role=AddressRole.SENDER,
+            )
+        except MessageError as exc:
+            raise _Rejection(f"bad sender in {_label(lines, field)}: {exc}", "5.1.7") from None
+        if addresses:
+            return addresses[0]
+    return None
+
+
+def _store(
+    lines: list[bytes],
+    headers: list[_Field],
+    blank: int | None,
+    *,
+    options: PickupOptions,
+    queue_id: str,
+    now: datetime,
+) -> bytes:
+    """The message for the queue: Received on top, the writer's headers as written, the body."""
+    fqdn = options.fqdn.encode("utf-8")
+    date = email.utils.format_datetime(now).encode("ascii")
+    # IIS's own pickup stamp, folded as IIS folded it:
+    # "Received: from mail pickup service by hotmail.com with Microsoft SMTPSVC;" CRLF TAB SP date.
+    out = [b"Received: from mail pickup service by " + fqdn + b" with spoolmail;", b"\t " + date]
+    for field in headers:
+        # Bcc is an envelope matter (RFC 5322 section 3.6.3); IIS reportedly leaked it via Pickup.
+        if field.name != b"bcc":
+            out.extend(lines[field.first : field.end])
+    names = {field.name for field in headers}
+    if b"message-id" not in names:
+        out.append(b"Message-ID: <" + queue_id.encode("ascii", "replace") + b"@" + fqdn + b">")
+    if b"date" not in names:
+        out.append(b"Date: " + date)
+    if blank is not None:
+        out.append(b"")
+        body = lines[blank + 1 :]
+        if options.dot_stuffed:
+            body = list(_unstuff(body))
+        out.extend(body)
+    out.append(b"")  # so that join ends the last line with CRLF without another copy
+    return b"\r\n".join(out)
+
+
+def _unstuff(body: list[bytes]) -> Iterator[bytes]:
+    # KB Q286358: IIS 5+ with DisablePickupDotStuff=0 removes the first "." of a line, the
+    # reverse of RFC 5321 section 4.5.2 transparency, which .NET Framework applied to the file.
+    for line in body:
+        yield line[1:] if line[:1] == b"." else line
+
+
+def render_pickup(
+    message: bytes,
+    *,
+    sender: str | None,
+    recipients: Sequence[str] | None,
+    dot_stuffed: bool = False,
+) -> bytes:
+    """Write a Pickup file: ``x-sender`` / ``x-receiver`` lines, then the message with CRLF ends.
+
+    ``sender=None`` and ``recipients=None`` (or empty) leave that part of the envelope to the
+    message's headers. When any envelope line is written, the message's own leading
+    ``x-sender`` / ``x-receiver`` lines (a Drop file being re-sent) are dropped: the caller's
+    envelope replaces them. ``dot_stuffed=True`` doubles a leading "." on body lines, for a spool
+    whose ``PickupOptions.dot_stuffed`` is on. Raises :class:`MessageError` for a sender or
+    recipient that is not a plain address (``a@b``, ``""`` for the null sender).
+    """
+    envelope: list[bytes] = []
+    if sender is not None:
+        envelope.append(b"x-sender: " + _path(sender, role=AddressRole.SENDER))
+    envelope.extend(
+        b"x-receiver: " + _path(recipient, role=AddressRole.RECIPIENT)
+        for recipient in recipients or ()
+    )
+    lines = message.splitlines()
+    skip = 0
+    if envelope:
+        skip = _leading_envelope_lines(lines)
+    out = envelope
+    in_body = False
+    for line in lines[skip:] if skip else lines:
+        if in_body and dot_stuffed and line[:1] == b".":
+            out.append(b"." + line)
+            continue
+        if not line:
+            in_body = True
+        out.append(line)
+    out.append(b"")
+    return b"\r\n".join(out)
+
+
+def _path(address: str, *, role: AddressRole) -> bytes:
+    # The address must come back unchanged from parse_pickup: it is checked by reading its path.
+    # Without a default domain, a bare local part is refused rather than completed here.
+    path = format_path(address)
+    parse_mailbox(path, default_domain=None, role=role)
+    return path.encode("utf-8")
+
+
+def _leading_envelope_lines(lines: list[bytes]) -> int:
+    """How many lines at the top are x-sender / x-receiver fields and their continuations."""
+    count = 0
+    in_envelope = False
+    for line in lines:
+        if in_envelope and line[:1] in (b" ", b"\t"):
+            count += 1
+            continue
+        name = line.partition(b":")[0].rstrip(b" \t").lower()
+        if b":" not in line or name not in _ENVELOPE_FIELDS:
+            break
+        in_envelope = True
+        count += 1
+    return count
