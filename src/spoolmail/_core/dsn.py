@@ -1,0 +1,389 @@
+"""DSNs: the message that tells a sender their mail failed or is waiting (RFC 3464, RFC 6522).
+
+:func:`render_dsn` reads an envelope, the recipients to report (each with its last
+:class:`~spoolmail.Reply`), the original message's bytes and the times handed in, and returns the
+complete DSN as bytes: a ``multipart/report; report-type=delivery-status`` in the IIS SMTP
+Service's wording, with a human-readable part, a ``message/delivery-status`` part and the original
+(or only its headers). It writes the bytes itself, CRLF line ends, so that equal inputs give equal
+bytes and golden files can pin them. Pure: it never touches the filesystem, the network or a
+clock, and it does not decide who gets a DSN or when, nor queue it; the state machine does that
+and hands the bytes to the store, sent from the null reverse-path ``<>`` (DESIGN.md section 4).
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import re
+import unicodedata
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from email.utils import format_datetime
+
+from spoolmail._core.envelope import Envelope, Recipient
+from spoolmail._core.ids import is_queue_id
+from spoolmail._core.reply import Severity
+
+__all__ = ["DsnAction", "render_dsn"]
+
+# A reporting MTA is named by an ASCII host name (A-labels for IDNs) or an address literal: it
+# appears in From, Message-ID and `Reporting-MTA: dns; ...`, none of which may carry anything else.
+_HOST = re.compile(
+    r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$|^\[(?:IPv6:)?[0-9A-Fa-f.:]+\]$"
+)
+# A msg-id worth echoing in In-Reply-To (RFC 5322 section 3.6.4): printable ASCII in angle brackets.
+_MSG_ID = re.compile(r"^<[\x21-\x3b\x3d\x3f-\x7e]{1,900}>$")
+_BLANK_LINE = re.compile(rb"(\r?\n)\r?\n")  # the end of a header section (RFC 5322 section 2.1)
+_MESSAGE_ID_FIELD = re.compile(rb"^message-id[ \t]*:(.*(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.M)
+# RFC 3463 status-code, ASCII digits only: Reply's own check (\d, $) lets "5.1.1\n" and other
+# scripts' digits through, and a Status field must not end a line early.
+_STATUS = re.compile(r"[245]\.[0-9]{1,3}\.[0-9]{1,3}")
+# RFC 6533 section 3: EmbeddedUnicodeChar is a unit that a cut must never split.
+_UNIT = re.compile(r"\\x\{[0-9A-F]{2,6}\}|.", re.S)
+# Unicode classes that break a line or hide text: controls (CR, LF, NUL, NEL...), format characters
+# (bidi overrides), lone surrogates (unencodable) and the line and paragraph separators.
+_UNSAFE = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+_WIDTH = 78  # RFC 5322 section 2.1.1: lines SHOULD stay within 78 characters...
+_CUT = 900  # ...and MUST stay within 998 octets: a longer word is cut (octets, not characters)
+_INDENT = "       "  # IIS indents each recipient by seven spaces
+_REASON_INDENT = _INDENT + "    "
+_BOUNDARY_PREFIX = "=_DSN_"  # "=_" never occurs in quoted-printable or base64 text (RFC 2045)
+_CRLF = "\r\n"
+
+_PREAMBLE = (
+    "This is a MIME-formatted message.\r\n"
+    "Portions of this message may be unreadable without a MIME-capable mail program.\r\n"
+)
+
+
+class DsnAction(enum.Enum):
+    """What a DSN reports for its recipients (RFC 3464 section 2.3.3, ``Action:``)."""
+
+    FAILED = "failed"
+    DELAYED = "delayed"
+
+
+def render_dsn(
+    *,
+    envelope: Envelope,
+    recipients: Sequence[Recipient],
+    action: DsnAction,
+    original: bytes,
+    reporting_mta: str,
+    dsn_id: str,
+    now: datetime,
+    will_retry_until: datetime | None = None,
+    max_original_size: int = 256 * 1024,
+) -> bytes:
+    """The DSN about ``recipients`` of the message ``envelope`` describes, as message bytes.
+
+    ``original`` is the message as stored; it is returned whole, byte for byte, as
+    ``message/rfc822`` when it has at most ``max_original_size`` octets, else only its header
+    block as ``text/rfc822-headers``. ``dsn_id`` is the DSN's own queue id: the Message-ID is
+    ``<dsn_id@reporting_mta>`` and the MIME boundary is derived from it, so nothing is random.
+    ``now`` dates the DSN; ``will_retry_until`` says, for a delay, when the queue gives up.
+
+    Raises ``ValueError`` for a message with the null sender (a DSN is never answered, DESIGN.md
+    section 4), for no recipients, for naive times and for a malformed ``dsn_id`` or
+    ``reporting_mta``. Text from the network (reply text, hosts, addresses) never raises: it is
+    cleaned and folded so that it can neither add a header nor break a line limit.
+    """
+    if envelope.sender == "":
+        raise ValueError(
+            f"message {envelope.id} has the null sender <>: a DSN is never answered with "
+            "another DSN (RFC 3464 section 2, RFC 5321 section 4.5.5); send it to BadMail"
+        )
+    if not recipients:
+        raise ValueError("a DSN reports at least one recipient")
+    if not is_queue_id(dsn_id):
+        raise ValueError(f"dsn_id must be 1-128 characters of [A-Za-z0-9_-], not {dsn_id!r}")
+    if not _HOST.match(reporting_mta):
+        raise ValueError(
+            f"reporting_mta must be an ASCII host name or address literal, not {reporting_mta!r}"
+        )
+    _check_aware("now", now)
+    _check_aware("will_retry_until", will_retry_until)
+    if will_retry_until is not None and action is not DsnAction.DELAYED:
+        raise ValueError("will_retry_until belongs to a delay DSN (RFC 3464 section 2.3.9)")
+
+    human = _human_text(recipients=recipients, action=action, will_retry_until=will_retry_until)
+    status = _delivery_status(
+        envelope=envelope,
+        recipients=recipients,
+        action=action,
+        reporting_mta=reporting_mta,
+        now=now,
+        will_retry_until=will_retry_until,
+    )
+    headers = _header_block(original)
+    returned, returned_type = original, "message/rfc822"
+    # A whole message only when SMTP can carry it: RFC 2046 section 5.2.1 allows 7bit, 8bit or
+    # binary for message/rfc822, and binary (NUL, bare CR or LF, lines over 998) needs BINARYMIME
+    # (RFC 3030), which our transport does not speak; such a message returns its headers alone.
+    if len(original) > max_original_size or _transfer_encoding(original) == "binary":
+        returned, returned_type = headers, "text/rfc822-headers"
+    parts = [
+        ("text/plain; charset=utf-8", human.encode("utf-8")),
+        ("message/delivery-status", status.encode("ascii")),
+        (returned_type, returned),
+    ]
+    boundary = _boundary(dsn_id, [body for _, body in parts])
+    encodings = [_transfer_encoding(body) for _, body in parts]
+    # RFC 2045 section 6.4: a multipart is labelled with the widest encoding of what it holds.
+    overall = max(encodings, key=("7bit", "8bit", "binary").index)
+
+    subject = "Failure" if action is DsnAction.FAILED else "Delay"
+    lines = [
+        f"From: postmaster@{reporting_mta}",
+        *_wrap(_clean(f"<{envelope.sender}>"), first="To: ", indent=" "),
+        f"Date: {_date(now)}",
+        f"Message-ID: <{dsn_id}@{reporting_mta}>",
+        f"Subject: Delivery Status Notification ({subject})",
+    ]
+    parent = _message_id(headers)
+    if parent is not None:
+        # Threading, and bounce parsers that match a DSN to what was sent (RFC 5322 section 3.6.4).
+        lines += [f"In-Reply-To: {parent}", f"References: {parent}"]
+    lines += [
+        "MIME-Version: 1.0",
+        # RFC 3834 section 5: so that vacation responders and list software stay quiet.
+        "Auto-Submitted: auto-replied",
+        "Content-Type: multipart/report; report-type=delivery-status;",
+        f' boundary="{boundary}"',
+        f"Content-Transfer-Encoding: {overall}",
+    ]
+    out = [_CRLF.join(lines).encode("utf-8"), b"\r\n\r\n", _PREAMBLE.encode("ascii")]
+    for (content_type, body), encoding in zip(parts, encodings, strict=True):
+        out += [
+            f"\r\n--{boundary}\r\n".encode("ascii"),
+            f"Content-Type: {content_type}\r\n".encode("ascii"),
+            f"Content-Transfer-Encoding: {encoding}\r\n\r\n".encode("ascii"),
+            body,
+        ]
+    # The CRLF before a delimiter belongs to the delimiter (RFC 2046 section 5.1.1), so each body
+    # above, the original included, keeps exactly its own bytes.
+    out.append(f"\r\n--{boundary}--\r\n".encode("ascii"))
+    return b"".join(out)
+
+
+def _check_aware(name: str, value: datetime | None) -> None:
+    if value is not None and value.utcoffset() is None:
+        raise ValueError(f"{name} must be an aware datetime, not {value!r}")
+
+
+def _date(value: datetime) -> str:
+    """An RFC 5322 date-time (section 3.3) in UTC, as both headers and DSN fields write it."""
+    return format_datetime(value.astimezone(UTC))
+
+
+def _clean(text: str) -> str:
+    """Text from outside as one line: unsafe characters become spaces, white space runs one space.
+
+    Reply text arrives from remote servers; CR, LF or NUL in it must not start a header or field
+    of its own in the DSN, nor end a line early.
+    """
+    spaced = "".join(" " if unicodedata.category(c) in _UNSAFE else c for c in text)
+    return " ".join(spaced.split())
+
+
+def _seven_bit(text: str) -> str:
+    """Cleaned text with every non-ASCII character as ``\\x{HEX}`` (RFC 6533 section 3).
+
+    The delivery-status part is 7-bit (RFC 3464 section 2.1.1); the human-readable part carries
+    the same text in UTF-8.
+    """
+    return "".join(c if c.isascii() else f"\\x{{{ord(c):02X}}}" for c in _clean(text))
+
+
+def _typed_address(address: str) -> str:
+    """An address as a delivery-status field types it (RFC 3464 section 2.3.2, RFC 6533 section 3).
+
+    Printable ASCII is ``rfc822; addr``. Anything else is ``utf-8;`` in the utf-8-addr-xtext form,
+    the one RFC 6533 defines for the 7-bit message/delivery-status: every character but QCHAR
+    (printable ASCII less ``\\``, ``+`` and ``=``) as ``\\x{HEX}``, so it stays 7-bit and one line.
+    HEXPOINT has no form for most ASCII controls nor for surrogates, which no address may hold
+    anyway; they are written as U+FFFD, visibly wrong rather than silently dropped.
+    """
+    if all(" " <= c <= "~" for c in address):
+        return f"rfc822; {_clean(address)}"
+    units = []
+    for char in address:
+        c = "\ufffd" if char < " " or unicodedata.category(char) == "Cs" else char
+        units.append(c if "!" <= c <= "~" and c not in "\\+=" else f"\\x{{{ord(c):02X}}}")
+    qchar = "".join(units)
+    return f"utf-8; {qchar}"
+
+
+def _octets(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def _pieces(word: str) -> list[str]:
+    """A word cut into pieces of at most _CUT octets, never inside a ``\\x{HEX}`` escape."""
+    if _octets(word) <= _CUT:
+        return [word]
+    pieces, piece = [], ""
+    for unit in _UNIT.findall(word):
+        if piece and _octets(piece) + _octets(unit) > _CUT:
+            pieces.append(piece)
+            piece = ""
+        piece += unit
+    pieces.append(piece)
+    return pieces
+
+
+def _wrap(text: str, *, first: str, indent: str) -> list[str]:
+    """Cleaned ``text`` filled into lines starting ``first``, then ``indent``.
+
+    Lines break at spaces, aiming for 78 octets; a word that fits no line is cut at 900 octets.
+    With ``indent=" "`` this is RFC 5322 folding (section 2.2.3): unfolding gives the text back
+    (a cut word gains one space, the price of the 998-octet limit).
+    """
+    lines: list[str] = []
+    line = first
+    for piece in (p for word in text.split(" ") for p in _pieces(word)):
+        if line in (first, indent):
+            line += piece
+        elif _octets(line) + 1 + _octets(piece) <= _WIDTH:
+            line += " " + piece
+        else:
+            lines.append(line)
+            line = indent + piece
+    lines.append(line.rstrip())
+    return lines
+
+
+def _human_text(
+    *,
+    recipients: Sequence[Recipient],
+    action: DsnAction,
+    will_retry_until: datetime | None,
+) -> str:
+    """Part 1: what IIS wrote (notes/iis-smtp.md section 6), plus each recipient's reason."""
+    lines = ["This is an automatically generated Delivery Status Notification.", ""]
+    if action is DsnAction.FAILED:
+        lines += ["Delivery to the following recipients failed.", ""]
+    else:
+        lines += [
+            "THIS IS A WARNING MESSAGE ONLY.",
+            "",
+            "YOU DO NOT NEED TO RESEND YOUR MESSAGE.",
+            "",
+            "Delivery to the following recipients has been delayed.",
+            "",
+        ]
+    for recipient in recipients:
+        lines += _wrap(_clean(recipient.address), first=_INDENT, indent=_INDENT)
+        reply = recipient.reply
+        if reply is None:
+            reason = "No reply was recorded."
+        elif reply.host:
+            reason = f"Remote host {reply.host} said: {reply}"
+        else:
+            reason = f"Reason: {reply}"
+        lines += _wrap(_clean(reason), first=_REASON_INDENT, indent=_REASON_INDENT)
+        lines.append("")
+    if action is DsnAction.DELAYED:
+        until = "" if will_retry_until is None else f" until {_date(will_retry_until)}"
+        lines += _wrap(f"Delivery will be retried{until}.", first="", indent="")
+    else:
+        lines.pop()  # the part ends after the last recipient, as IIS's does
+    return "".join(line + _CRLF for line in lines)
+
+
+def _delivery_status(
+    *,
+    envelope: Envelope,
+    recipients: Sequence[Recipient],
+    action: DsnAction,
+    reporting_mta: str,
+    now: datetime,
+    will_retry_until: datetime | None,
+) -> str:
+    """Part 2: the per-message fields, then one block per recipient (RFC 3464 section 2.1)."""
+
+    def field(name: str, value: str) -> list[str]:
+        return _wrap(value, first=f"{name}: ", indent=" ")
+
+    blocks = [
+        [
+            f"Reporting-MTA: dns; {reporting_mta}",
+            f"Arrival-Date: {_date(envelope.arrival)}",
+            # An extension field (RFC 3464 section 2.1.1 and 3), as Postfix's X-Postfix-Queue-ID:
+            # it names Queue/ID.RTR, where the operator reads the whole story.
+            *field("X-Spoolmail-Queue-Id", _seven_bit(envelope.id)),
+        ]
+    ]
+    fallback = "5.0.0" if action is DsnAction.FAILED else "4.0.0"
+    for recipient in recipients:
+        reply = recipient.reply
+        # RFC 3464 section 2.3.4: Status is the RFC 3463 code; a success reply (or none, or a
+        # malformed code) says nothing about this failure, so the action's generic code stands in.
+        status = fallback
+        if reply is not None and reply.severity is not Severity.SUCCESS:
+            status = reply.status if _STATUS.fullmatch(reply.status) else fallback
+        block = [
+            *field("Final-Recipient", _typed_address(recipient.address)),
+            f"Action: {action.value}",
+            f"Status: {status}",
+        ]
+        if reply is not None and reply.host:
+            # Section 2.3.5 and 2.3.6: both name what a remote MTA said; a verdict spoolmail
+            # reached itself (a routing failure, an expiry) has no remote MTA and no SMTP code.
+            block += field("Remote-MTA", f"dns; {_seven_bit(reply.host)}")
+            block += field("Diagnostic-Code", f"smtp; {_seven_bit(str(reply))}")
+        attempted = recipient.updated or envelope.last_attempt or now
+        block.append(f"Last-Attempt-Date: {_date(attempted)}")
+        if will_retry_until is not None:
+            block.append(f"Will-Retry-Until: {_date(will_retry_until)}")
+        blocks.append(block)
+    # delivery-status-content = per-message-fields 1*( CRLF per-recipient-fields ), each field
+    # ending in CRLF: blocks are separated by one empty line.
+    return _CRLF.join("".join(line + _CRLF for line in block) for block in blocks)
+
+
+def _header_block(original: bytes) -> bytes:
+    """The original's header section: the lines before the first empty one (RFC 5322 2.1)."""
+    if original.startswith((b"\r\n", b"\n")):
+        return b""
+    blank = _BLANK_LINE.search(original)
+    return original if blank is None else original[: blank.end(1)]
+
+
+def _message_id(headers: bytes) -> str | None:
+    """The original's Message-ID when it has one that is safe to repeat in a header."""
+    match = _MESSAGE_ID_FIELD.search(headers)
+    if match is None:
+        return None
+    value = match.group(1).decode("latin-1").replace("\r", "").replace("\n", "").strip()
+    return value if _MSG_ID.match(value) else None
+
+
+def _transfer_encoding(data: bytes) -> str:
+    """The Content-Transfer-Encoding that describes ``data`` truthfully (RFC 2045 section 2.7-2.9).
+
+    7bit and 8bit are CRLF lines of at most 998 octets without NUL, 8bit also with octets over
+    127; anything else (a bare CR or LF, a NUL, a longer line) is binary.
+    """
+    if b"\0" in data or b"\r" in data.replace(b"\r\n", b"") or b"\n" in data.replace(b"\r\n", b""):
+        return "binary"
+    if any(len(line) > 998 for line in data.split(b"\r\n")):
+        return "binary"
+    return "7bit" if data.isascii() else "8bit"
+
+
+def _boundary(dsn_id: str, bodies: Sequence[bytes]) -> str:
+    """The MIME boundary: derived from the DSN's id, and absent from every body (RFC 2046 5.1.1).
+
+    A boundary has at most 70 characters, so a long id is replaced by its hash. When a body
+    happens to contain it (a returned DSN, or a sender who guessed the id), a hash of the bodies
+    is appended: still deterministic, and no text can contain a hash of itself.
+    """
+    stem = dsn_id if len(dsn_id) <= 40 else hashlib.sha256(dsn_id.encode("ascii")).hexdigest()[:40]
+    boundary = _BOUNDARY_PREFIX + stem
+    digest = hashlib.sha256()
+    while any(f"--{boundary}".encode("ascii") in body for body in bodies):
+        for body in bodies:
+            digest.update(body)
+        boundary = f"{_BOUNDARY_PREFIX}{stem}_{digest.hexdigest()[:16]}"
+    return boundary

@@ -1,0 +1,617 @@
+"""Tests for spoolmail._core.dsn: golden files, the email package, flufl.bounce, hostile input.
+
+The golden files in ``tests/core/golden/`` pin the exact bytes of three DSNs. After an intended
+change to the DSN layout, rewrite them and review the diff before committing::
+
+    SPOOLMAIL_REGENERATE_GOLDEN=1 python -m pytest tests/core/test_dsn.py
+
+(With the variable set, the golden tests write the files instead of comparing, and pass.)
+The ``.gitattributes`` beside them keeps git from touching their CRLF line ends.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import os
+import re
+from datetime import UTC, datetime, timedelta, timezone
+from email.message import EmailMessage, Message
+from pathlib import Path
+
+import pytest
+from flufl.bounce import all_failures, scan_message
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from spoolmail._core.dsn import DsnAction, render_dsn
+from spoolmail._core.envelope import Envelope, Recipient, RecipientState
+from spoolmail._core.reply import Reply
+
+GOLDEN = Path(__file__).parent / "golden"
+REGENERATE = os.environ.get("SPOOLMAIL_REGENERATE_GOLDEN") == "1"
+
+FQDN = "mail.example.com"
+QUEUE_ID = "19ac9b2f1c0-5e1f0c2a9b7d"
+DSN_ID = f"{QUEUE_ID}-d1"
+ARRIVAL = datetime(2026, 11, 28, 10, 15, 2, tzinfo=UTC)
+NOW = ARRIVAL + timedelta(days=2, minutes=3)
+
+ORIGINAL = (
+    b"Received: from client.example.net ([192.0.2.7]) by mail.example.com with spoolmail;\r\n"
+    b"\tSat, 28 Nov 2026 10:15:02 +0000\r\n"
+    b"From: Alice <alice@example.net>\r\n"
+    b"To: bob@example.com, carol@nowhere.invalid\r\n"
+    b"Subject: Quarterly figures\r\n"
+    b"Date: Sat, 28 Nov 2026 10:15:01 +0000\r\n"
+    b"Message-ID: <20261128101501.4711@client.example.net>\r\n"
+    b"MIME-Version: 1.0\r\n"
+    b"Content-Type: text/plain; charset=us-ascii\r\n"
+    b"\r\n"
+    b"Hello Bob, hello Carol,\r\n"
+    b"\r\n"
+    b"the figures are attached.\r\n"
+)
+
+BOB_550 = Reply(
+    550,
+    "5.1.1",
+    "<bob@example.com>: Recipient address rejected: User unknown in virtual mailbox table",
+    host="mx1.example.com",
+)
+CAROL_512 = Reply(550, "5.1.2", "Host or domain name not found (nowhere.invalid: NXDOMAIN)")
+BOB_451 = Reply(451, "4.7.1", "Greylisted, please try again in 300 seconds", host="mx1.example.com")
+
+
+def make_envelope(
+    *recipients: Recipient,
+    sender: str = "alice@example.net",
+    last_attempt: datetime = NOW - timedelta(minutes=1),
+) -> Envelope:
+    return Envelope(
+        id=QUEUE_ID,
+        sender=sender,
+        recipients=recipients,
+        arrival=ARRIVAL,
+        next_attempt=NOW,
+        origin="smtp:192.0.2.7",
+        attempts=7,
+        first_attempt=ARRIVAL,
+        last_attempt=last_attempt,
+    )
+
+
+def failed(address: str, reply: Reply | None, *, updated: datetime | None = None) -> Recipient:
+    return Recipient(address, RecipientState.FAILED, reply, updated=updated)
+
+
+def failure_dsn(original: bytes = ORIGINAL, **kwargs: object) -> bytes:
+    bob = failed("bob@example.com", BOB_550, updated=NOW - timedelta(minutes=2))
+    carol = failed("carol@nowhere.invalid", CAROL_512)
+    envelope = make_envelope(bob, carol)
+    return render_dsn(
+        envelope=envelope,
+        recipients=envelope.recipients,
+        action=DsnAction.FAILED,
+        original=original,
+        reporting_mta=FQDN,
+        dsn_id=DSN_ID,
+        now=NOW,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def delay_dsn() -> bytes:
+    bob = Recipient(
+        "bob@example.com", RecipientState.PENDING, BOB_451, updated=ARRIVAL + timedelta(hours=11)
+    )
+    carol = Recipient("carol@example.org", RecipientState.PENDING)
+    envelope = make_envelope(bob, carol, last_attempt=ARRIVAL + timedelta(hours=11))
+    return render_dsn(
+        envelope=envelope,
+        recipients=envelope.recipients,
+        action=DsnAction.DELAYED,
+        original=ORIGINAL,
+        reporting_mta=FQDN,
+        dsn_id=f"{QUEUE_ID}-d1",
+        now=ARRIVAL + timedelta(hours=12),
+        will_retry_until=ARRIVAL + timedelta(days=2),
+    )
+
+
+def large_original() -> bytes:
+    body = b"".join(
+        b"line %06d of a long report, padded to a realistic width....\r\n" % n for n in range(5000)
+    )
+    assert len(body) > 256 * 1024
+    return ORIGINAL + body
+
+
+def parse(raw: bytes) -> EmailMessage:
+    message = email.message_from_bytes(raw, policy=email.policy.default)
+    assert isinstance(message, EmailMessage)
+    return message
+
+
+def parts(message: Message) -> list[Message]:
+    payload = message.get_payload()
+    assert isinstance(payload, list)
+    assert all(isinstance(part, Message) for part in payload)
+    return [part for part in payload if isinstance(part, Message)]
+
+
+def human_text(message: Message) -> str:
+    part = parts(message)[0]
+    assert isinstance(part, EmailMessage)
+    content = part.get_content()
+    assert isinstance(content, str)
+    return content.replace("\r\n", "\n")
+
+
+def status_blocks(message: Message) -> list[Message]:
+    """The delivery-status part's field blocks: per-message first, then one per recipient."""
+    return parts(parts(message)[1])
+
+
+def check_golden(name: str, data: bytes) -> None:
+    path = GOLDEN / name
+    if REGENERATE:
+        path.write_bytes(data)
+        return
+    expected = path.read_bytes()
+    assert (
+        data.decode("utf-8", "replace").splitlines()
+        == expected.decode("utf-8", "replace").splitlines()
+    ), f"{name} differs; SPOOLMAIL_REGENERATE_GOLDEN=1 rewrites it"
+    assert data == expected, f"{name} differs in line ends or bytes"
+
+
+# Golden files ---------------------------------------------------------------------------------
+
+
+def test_failure_matches_golden() -> None:
+    check_golden("dsn-failure.eml", failure_dsn())
+
+
+def test_delay_matches_golden() -> None:
+    check_golden("dsn-delay.eml", delay_dsn())
+
+
+def test_headers_only_matches_golden() -> None:
+    check_golden("dsn-failure-headers-only.eml", failure_dsn(large_original()))
+
+
+def test_rendering_is_deterministic() -> None:
+    assert failure_dsn() == failure_dsn()
+    assert delay_dsn() == delay_dsn()
+
+
+# The email package ----------------------------------------------------------------------------
+
+
+def test_failure_parses_into_three_parts() -> None:
+    message = parse(failure_dsn())
+    assert message.get_content_type() == "multipart/report"
+    assert message.get_param("report-type") == "delivery-status"
+    assert [p.get_content_type() for p in parts(message)] == [
+        "text/plain",
+        "message/delivery-status",
+        "message/rfc822",
+    ]
+    assert message["From"] == f"postmaster@{FQDN}"
+    assert b"\r\nTo: <alice@example.net>\r\n" in failure_dsn()
+    assert message["To"].addresses[0].addr_spec == "alice@example.net"
+    assert message["Subject"] == "Delivery Status Notification (Failure)"
+    assert message["Message-ID"] == f"<{DSN_ID}@{FQDN}>"
+    assert message["Auto-Submitted"] == "auto-replied"
+    assert message["In-Reply-To"] == "<20261128101501.4711@client.example.net>"
+    assert message["References"] == "<20261128101501.4711@client.example.net>"
+    assert not message.defects
+    assert all(not part.defects for part in parts(message))
+
+
+def test_failure_status_fields() -> None:
+    per_message, bob, carol = status_blocks(parse(failure_dsn()))
+    assert per_message["Reporting-MTA"] == f"dns; {FQDN}"
+    assert per_message["Arrival-Date"] == "Sat, 28 Nov 2026 10:15:02 +0000"
+    assert per_message["X-Spoolmail-Queue-Id"] == QUEUE_ID
+
+    assert bob["Final-Recipient"] == "rfc822; bob@example.com"
+    assert bob["Action"] == "failed"
+    assert bob["Status"] == "5.1.1"
+    assert bob["Remote-MTA"] == "dns; mx1.example.com"
+    assert bob["Diagnostic-Code"] == f"smtp; {BOB_550}"  # folded in the bytes, whole when read
+    assert bob["Last-Attempt-Date"] == "Mon, 30 Nov 2026 10:16:02 +0000"  # recipient.updated
+    assert bob["Will-Retry-Until"] is None
+
+    # Decided by spoolmail itself: no remote MTA, so neither Remote-MTA nor Diagnostic-Code.
+    assert carol["Final-Recipient"] == "rfc822; carol@nowhere.invalid"
+    assert carol["Status"] == "5.1.2"
+    assert carol["Remote-MTA"] is None
+    assert carol["Diagnostic-Code"] is None
+    assert carol["Last-Attempt-Date"] == "Mon, 30 Nov 2026 10:17:02 +0000"  # envelope's
+
+
+def test_human_part_names_each_recipient_and_reason() -> None:
+    text = human_text(parse(failure_dsn()))
+    assert "This is an automatically generated Delivery Status Notification." in text
+    assert "Delivery to the following recipients failed." in text
+    assert "       bob@example.com\n" in text
+    assert "Remote host mx1.example.com said: 550 5.1.1" in text
+    assert "Reason: 550 5.1.2 Host or domain name not found" in text
+
+
+def test_delay_fields_and_wording() -> None:
+    message = parse(delay_dsn())
+    assert message["Subject"] == "Delivery Status Notification (Delay)"
+    text = human_text(message)
+    assert "THIS IS A WARNING MESSAGE ONLY." in text
+    assert "YOU DO NOT NEED TO RESEND YOUR MESSAGE." in text
+    assert "Delivery to the following recipients has been delayed." in text
+    assert "Delivery will be retried until Mon, 30 Nov 2026 10:15:02 +0000." in text
+    _, bob, carol = status_blocks(message)
+    assert bob["Action"] == "delayed"
+    assert bob["Status"] == "4.7.1"
+    assert bob["Will-Retry-Until"] == "Mon, 30 Nov 2026 10:15:02 +0000"
+    assert carol["Status"] == "4.0.0"  # no reply yet: the generic code of the action
+    assert carol["Last-Attempt-Date"] == "Sat, 28 Nov 2026 21:15:02 +0000"  # envelope's
+
+
+def test_returned_original_keeps_its_bytes() -> None:
+    raw = failure_dsn()
+    head = b"Content-Type: message/rfc822\r\nContent-Transfer-Encoding: 7bit\r\n\r\n"
+    start = raw.index(head) + len(head)
+    assert raw[start : start + len(ORIGINAL)] == ORIGINAL
+    assert raw[start + len(ORIGINAL) :].startswith(b"\r\n--=_DSN_")
+
+
+def test_large_original_returns_headers_only() -> None:
+    raw = failure_dsn(large_original())
+    message = parse(raw)
+    returned = parts(message)[2]
+    assert returned.get_content_type() == "text/rfc822-headers"
+    header_block = ORIGINAL[: ORIGINAL.index(b"\r\n\r\n") + 2]
+    assert header_block in raw
+    assert b"line 000001" not in raw
+    assert len(raw) < 4096
+
+
+def test_max_original_size_is_inclusive() -> None:
+    exact = parse(failure_dsn(max_original_size=len(ORIGINAL)))
+    assert parts(exact)[2].get_content_type() == "message/rfc822"
+    under = parse(failure_dsn(max_original_size=len(ORIGINAL) - 1))
+    assert parts(under)[2].get_content_type() == "text/rfc822-headers"
+
+
+def test_original_without_message_id_has_no_in_reply_to() -> None:
+    original = ORIGINAL.replace(b"Message-ID: <20261128101501.4711@client.example.net>\r\n", b"")
+    message = parse(failure_dsn(original))
+    assert message["In-Reply-To"] is None
+    assert message["References"] is None
+
+
+def test_original_with_a_hostile_message_id_is_not_echoed() -> None:
+    original = ORIGINAL.replace(b"<20261128101501.4711@client.example.net>", b"<a b>\r\n x")
+    message = parse(failure_dsn(original))
+    assert message["In-Reply-To"] is None
+
+
+# flufl.bounce, a third-party bounce parser ----------------------------------------------------
+
+
+@pytest.mark.parametrize("policy", [email.policy.compat32, email.policy.default])
+def test_flufl_bounce_finds_the_failed_recipients(policy: email.policy.Policy) -> None:
+    message = email.message_from_bytes(failure_dsn(), policy=policy)
+    temporary, permanent = all_failures(message)
+    assert temporary == frozenset()
+    assert permanent == {b"bob@example.com", b"carol@nowhere.invalid"}
+    assert scan_message(message) == permanent
+
+
+def test_flufl_bounce_reads_a_delay_as_temporary() -> None:
+    temporary, permanent = all_failures(email.message_from_bytes(delay_dsn()))
+    assert temporary == {b"bob@example.com", b"carol@example.org"}
+    assert permanent == frozenset()
+
+
+def test_flufl_bounce_reads_a_headers_only_dsn() -> None:
+    message = email.message_from_bytes(failure_dsn(large_original()))
+    assert scan_message(message) == {b"bob@example.com", b"carol@nowhere.invalid"}
+
+
+# Hostile and unusual input --------------------------------------------------------------------
+
+
+def render_one(
+    recipient: Recipient,
+    *,
+    original: bytes = ORIGINAL,
+    sender: str = "alice@example.net",
+    action: DsnAction = DsnAction.FAILED,
+) -> bytes:
+    envelope = make_envelope(recipient, sender=sender)
+    return render_dsn(
+        envelope=envelope,
+        recipients=[recipient],
+        action=action,
+        original=original,
+        reporting_mta=FQDN,
+        dsn_id=DSN_ID,
+        now=NOW,
+    )
+
+
+def test_reply_text_cannot_inject_headers_or_fields() -> None:
+    reply = Reply(550, "5.7.1", "Rejected\r\nBcc: x@y\r\n\r\nX-Evil: 1\x00", host="mx\r\nBcc: z@y")
+    message = parse(render_one(failed("bob@example.com", reply)))
+    assert message["Bcc"] is None
+    assert message["X-Evil"] is None
+    _, bob = status_blocks(message)  # one block per recipient, nothing injected between
+    assert bob["Bcc"] is None
+    assert bob["X-Evil"] is None
+    assert bob["Diagnostic-Code"] == "smtp; 550 5.7.1 Rejected Bcc: x@y X-Evil: 1"
+    assert bob["Remote-MTA"] == "dns; mx Bcc: z@y"
+    text = human_text(message)
+    assert "Bcc: x@y" in text
+    assert "\r\nBcc" not in text
+    assert "\x00" not in text
+
+
+def test_address_and_sender_cannot_inject_headers() -> None:
+    raw = render_one(
+        failed("bob@example.com\r\nBcc: x@y", BOB_550), sender="alice@example.net>\r\nBcc: w@y"
+    )
+    message = parse(raw)
+    assert message["Bcc"] is None
+    assert b"\r\nTo: <alice@example.net> Bcc: w@y>\r\n" in raw
+    _, bob = status_blocks(message)
+    assert bob["Bcc"] is None
+    assert bob["Final-Recipient"] == r"utf-8; bob@example.com\x{FFFD}\x{FFFD}Bcc:\x{20}x@y"
+
+
+def test_a_malformed_status_code_never_reaches_a_dsn() -> None:
+    # Reply refuses it, so a DSN's Status field cannot carry a line break or odd digits.
+    for bad in ("5.1.1\n", "5.\u0661.1", "5.1"):
+        with pytest.raises(ValueError, match="enhanced status code"):
+            Reply(550, bad, "no such user", host="mx1.example.com")
+    assert Reply.parse(550, "5.1.1\n no such user").enhanced is None
+
+
+def test_long_diagnostic_is_folded_within_line_limits() -> None:
+    text = " ".join(["word"] * 60 + ["x" * 1500] + ["tail"])
+    raw = render_one(failed("bob@example.com", Reply(550, "5.7.1", text, host="mx.example")))
+    lines = raw.split(b"\r\n")
+    assert max(len(line) for line in lines) <= 998
+    diagnostic = [line for line in lines if line.startswith(b"Diagnostic-Code:")]
+    assert len(diagnostic) == 1
+    assert len(diagnostic[0]) <= 78
+    _, bob = status_blocks(parse(raw))
+    value = bob["Diagnostic-Code"]
+    # Unfolding gives the words back; the 1500-character word was cut once, at 900.
+    assert value == f"smtp; 550 5.7.1 {' '.join(['word'] * 60)} {'x' * 900} {'x' * 600} tail"
+
+
+def test_non_ascii_recipient_uses_the_utf8_address_type() -> None:
+    reply = Reply(550, "5.1.1", "Empfänger unbekannt", host="mx.exämple.de")
+    raw = render_one(failed("jürgen@exämple.de", reply))
+    message = parse(raw)
+    _, jurgen = status_blocks(message)
+    # RFC 6533 section 3, utf-8-addr-xtext: the delivery-status part stays 7-bit.
+    assert jurgen["Final-Recipient"] == r"utf-8; j\x{FC}rgen@ex\x{E4}mple.de"
+    assert jurgen["Diagnostic-Code"] == r"smtp; 550 5.1.1 Empf\x{E4}nger unbekannt"
+    assert jurgen["Remote-MTA"] == r"dns; mx.ex\x{E4}mple.de"
+    assert b"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit" in raw
+    assert b"Content-Type: message/delivery-status\r\nContent-Transfer-Encoding: 7bit" in raw
+    assert raw.split(b"\r\n\r\n")[0].endswith(b"Content-Transfer-Encoding: 8bit")
+    text = human_text(message)
+    assert "       jürgen@exämple.de\n" in text
+    assert "Empfänger unbekannt" in text
+
+
+def test_non_ascii_sender_is_written_as_utf8() -> None:
+    # RFC 6532 section 3.2: an address cannot be encoded-word'ed, so it goes in UTF-8 as it is;
+    # such a sender was reached with SMTPUTF8 and the DSN back to it needs the same.
+    raw = render_one(failed("bob@example.com", BOB_550), sender="jürgen@exämple.de")
+    assert "\r\nTo: <jürgen@exämple.de>\r\n".encode() in raw
+    # message_from_bytes leaves 8-bit headers surrogate-escaped; a UTF-8 reader sees the address.
+    message = email.message_from_string(raw.decode("utf-8"), policy=email.policy.default)
+    assert message["To"].addresses[0].addr_spec == "jürgen@exämple.de"
+
+
+def test_utf8_address_escapes_xtext_specials() -> None:
+    _, block = status_blocks(parse(render_one(failed("ü+tag=1\\x@example.de", None))))
+    assert block["Final-Recipient"] == r"utf-8; \x{FC}\x{2B}tag\x{3D}1\x{5C}x@example.de"
+
+
+def test_eight_bit_original_keeps_its_bytes_and_says_8bit() -> None:
+    original = ORIGINAL.replace(b"us-ascii", b"utf-8") + "Grüße aus Köln\r\n".encode()
+    raw = render_one(failed("bob@example.com", BOB_550), original=original)
+    head = b"Content-Type: message/rfc822\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+    start = raw.index(head) + len(head)
+    assert raw[start : start + len(original)] == original
+    assert raw.split(b"\r\n\r\n")[0].endswith(b"Content-Transfer-Encoding: 8bit")
+    returned = parts(parse(raw))[2]
+    inner = parts(returned)[0]
+    assert isinstance(inner, EmailMessage)
+    assert inner.get_content().endswith("Grüße aus Köln\r\n")
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [b"bare\nline feed\r\n", b"bare\rcarriage return\r\n", b"nul \x00\r\n", b"y" * 999 + b"\r\n"],
+)
+def test_original_that_is_not_8bit_clean_returns_headers_only(damage: bytes) -> None:
+    # SMTP DATA cannot carry "binary" without BINARYMIME (RFC 3030), so a whole message that
+    # needs it would make the DSN itself undeliverable.
+    raw = render_one(failed("bob@example.com", BOB_550), original=ORIGINAL + damage)
+    assert parts(parse(raw))[2].get_content_type() == "text/rfc822-headers"
+    assert damage not in raw
+
+
+def test_boundary_avoids_a_collision_with_the_original() -> None:
+    original = ORIGINAL + f"--=_DSN_{DSN_ID}\r\n--=_DSN_{DSN_ID}--\r\n".encode()
+    raw = render_one(failed("bob@example.com", BOB_550), original=original)
+    assert raw == render_one(failed("bob@example.com", BOB_550), original=original)
+    message = parse(raw)
+    boundary = message.get_boundary()
+    assert boundary is not None
+    assert re.fullmatch(f"=_DSN_{DSN_ID}_[0-9a-f]{{16}}", boundary)
+    assert [p.get_content_type() for p in parts(message)][2] == "message/rfc822"
+    assert original in raw
+
+
+def test_long_dsn_id_gives_a_short_boundary() -> None:
+    envelope = make_envelope(failed("bob@example.com", BOB_550))
+    raw = render_dsn(
+        envelope=envelope,
+        recipients=envelope.recipients,
+        action=DsnAction.FAILED,
+        original=ORIGINAL,
+        reporting_mta=FQDN,
+        dsn_id="a" * 128,
+        now=NOW,
+    )
+    boundary = parse(raw).get_boundary()
+    assert boundary is not None
+    assert len(boundary) <= 70
+
+
+def test_null_sender_is_never_answered() -> None:
+    with pytest.raises(ValueError, match="null sender"):
+        render_one(failed("bob@example.com", BOB_550), sender="")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"recipients": []}, "at least one recipient"),
+        ({"dsn_id": "../etc"}, "dsn_id"),
+        ({"reporting_mta": "mail.example.com\r\nBcc: x@y"}, "reporting_mta"),
+        ({"now": datetime(2026, 11, 28, 10, 15)}, "aware"),  # noqa: DTZ001 (the point)
+        ({"will_retry_until": NOW}, "delay"),
+    ],
+)
+def test_bad_arguments_are_refused(change: dict[str, object], message: str) -> None:
+    envelope = make_envelope(failed("bob@example.com", BOB_550))
+    arguments: dict[str, object] = {
+        "envelope": envelope,
+        "recipients": envelope.recipients,
+        "action": DsnAction.FAILED,
+        "original": ORIGINAL,
+        "reporting_mta": FQDN,
+        "dsn_id": DSN_ID,
+        "now": NOW,
+    }
+    arguments.update(change)
+    with pytest.raises(ValueError, match=message):
+        render_dsn(**arguments)  # type: ignore[arg-type]
+
+
+# Properties -----------------------------------------------------------------------------------
+
+# Any code point, surrogates and controls included: reply text comes from the network.
+any_text = st.text(st.characters(exclude_categories=()), max_size=300)
+enhanced_codes = st.from_regex(r"\A[245]\.[0-9]{1,3}\.[0-9]{1,3}\Z")
+replies = st.builds(
+    Reply,
+    code=st.integers(200, 599),
+    enhanced=st.none() | enhanced_codes,
+    text=any_text,
+    host=st.none() | any_text,
+)
+times = st.datetimes(
+    min_value=datetime(1980, 1, 1),  # noqa: DTZ001 (hypothesis bounds are naive)
+    max_value=datetime(2200, 1, 1),  # noqa: DTZ001
+    timezones=st.builds(timezone, st.timedeltas(timedelta(hours=-23), timedelta(hours=23))),
+)
+recipient_lists = st.lists(
+    st.builds(
+        Recipient,
+        address=any_text,
+        state=st.sampled_from(RecipientState),
+        reply=st.none() | replies,
+        updated=st.none() | times,
+    ),
+    min_size=1,
+    max_size=6,
+)
+originals = st.one_of(st.just(ORIGINAL), st.binary(max_size=400), st.just(large_original()))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    recipients=recipient_lists,
+    sender=any_text.filter(bool),
+    queue_id=any_text,
+    action=st.sampled_from(DsnAction),
+    original=originals,
+    now=times,
+    until=st.none() | times,
+    max_size=st.integers(0, 300 * 1024),
+)
+def test_any_input_renders_a_parseable_dsn(
+    *,
+    recipients: list[Recipient],
+    sender: str,
+    queue_id: str,
+    action: DsnAction,
+    original: bytes,
+    now: datetime,
+    until: datetime | None,
+    max_size: int,
+) -> None:
+    envelope = Envelope(
+        id=queue_id, sender=sender, recipients=recipients, arrival=now, next_attempt=now
+    )
+    raw = render_dsn(
+        envelope=envelope,
+        recipients=recipients,
+        action=action,
+        original=original,
+        reporting_mta=FQDN,
+        dsn_id=DSN_ID,
+        now=now,
+        will_retry_until=until if action is DsnAction.DELAYED else None,
+        max_original_size=max_size,
+    )
+    message = parse(raw)
+    assert set(message.keys()) <= {
+        "From", "To", "Date", "Message-ID", "Subject", "In-Reply-To", "References",
+        "MIME-Version", "Auto-Submitted", "Content-Type", "Content-Transfer-Encoding",
+    }  # fmt: skip
+    types = [part.get_content_type() for part in parts(message)]
+    assert types[:2] == ["text/plain", "message/delivery-status"]
+    assert types[2] in {"message/rfc822", "text/rfc822-headers"}
+    blocks = status_blocks(message)
+    assert len(blocks) == 1 + len(recipients)
+    for block in blocks[1:]:
+        assert set(block.keys()) <= {
+            "Final-Recipient", "Action", "Status", "Remote-MTA", "Diagnostic-Code",
+            "Last-Attempt-Date", "Will-Retry-Until",
+        }  # fmt: skip
+        assert block["Action"] == action.value
+        assert block["Final-Recipient"].startswith(("rfc822;", "utf-8;"))
+        assert re.fullmatch(r"[245]\.[0-9]{1,3}\.[0-9]{1,3}", block["Status"])
+    # Everything spoolmail wrote (all but the returned message) is CRLF lines within 998 octets.
+    ours = raw[: raw.index(f"--{message.get_boundary()}\r\nContent-Type: {types[2]}".encode())]
+    assert b"\0" not in ours
+    assert b"\r" not in ours.replace(b"\r\n", b"")
+    assert b"\n" not in ours.replace(b"\r\n", b"")
+    assert max(len(line) for line in ours.split(b"\r\n")) <= 998
+
+
+@given(recipients=recipient_lists)
+def test_a_null_sender_is_always_refused(recipients: list[Recipient]) -> None:
+    envelope = Envelope(
+        id=QUEUE_ID, sender="", recipients=recipients, arrival=NOW, next_attempt=NOW
+    )
+    with pytest.raises(ValueError, match="null sender"):
+        render_dsn(
+            envelope=envelope,
+            recipients=recipients,
+            action=DsnAction.FAILED,
+            original=ORIGINAL,
+            reporting_mta=FQDN,
+            dsn_id=DSN_ID,
+            now=NOW,
+        )
