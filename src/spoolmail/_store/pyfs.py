@@ -8,14 +8,21 @@ of spoolmail imports ``fs`` names only from this module, so a later switch of ba
 
 from __future__ import annotations
 
+import warnings
+
 from spoolmail.exceptions import DependencyError
 
 try:
-    from fs import errors, open_fs
-    from fs.base import FS
-    from fs.memoryfs import MemoryFS
-    from fs.opener.errors import OpenerError, UnsupportedProtocol
-    from fs.osfs import OSFS
+    with warnings.catch_warnings():
+        # setuptools 67-81 warn on every import of fs about its use of pkg_resources; the
+        # dependency pins keep it working, so for users the warning would only be noise.
+        warnings.filterwarnings("ignore", "pkg_resources is deprecated", UserWarning)
+        warnings.filterwarnings("ignore", "Deprecated call to `pkg_resources", DeprecationWarning)
+        from fs import errors, open_fs
+        from fs.base import FS
+        from fs.memoryfs import MemoryFS
+        from fs.opener.errors import OpenerError, UnsupportedProtocol
+        from fs.osfs import OSFS
 except ModuleNotFoundError as exc:  # pragma: no cover - exercised in a subprocess by the tests
     if exc.name != "pkg_resources":
         raise

@@ -1,0 +1,309 @@
+"""``Spool``: the MailRoot as applications, tests and operators see it.
+
+Opens (or creates) the five MailRoot folders on any PyFilesystem2 filesystem or FS URL, puts
+messages into Pickup atomically (:meth:`Spool.submit`), and reads back what is queued, what went
+to BadMail and what was delivered to Drop. It changes no message's state: that is
+:class:`~spoolmail.MailService`'s job. File access goes through :class:`MailStore`.
+"""
+
+from __future__ import annotations
+
+import email.message
+import email.policy
+import os
+from collections.abc import Callable, Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Self
+
+import attrs
+
+from spoolmail._core.address import AddressRole, parse_mailbox
+from spoolmail._core.envelope import Envelope, decode_envelope
+from spoolmail._core.headers import fields, split_head
+from spoolmail._core.ids import QueueIds, is_queue_id
+from spoolmail._core.pickup import PickupOptions, PickupRejected, parse_pickup, render_pickup
+from spoolmail._core.states import State
+from spoolmail._store import pyfs
+from spoolmail._store.store import BADMAIL, DROP, PICKUP, QUEUE, Durability, MailStore, read_head
+from spoolmail.exceptions import (
+    ConfigurationError,
+    EnvelopeError,
+    MessageError,
+    NotFound,
+    StorageError,
+)
+
+__all__ = ["BadMailItem", "Clock", "DropItem", "QueuedMessage", "Spool", "system_clock"]
+
+Clock = Callable[[], datetime]
+
+
+def system_clock() -> datetime:
+    """The real time, as an aware UTC datetime: the default clock."""
+    return datetime.now(UTC)
+
+
+@attrs.frozen
+class QueuedMessage:
+    """A message in the Queue: its envelope, and whether a process is delivering it now."""
+
+    envelope: Envelope
+    state: State
+    owner: str | None = None
+
+    @property
+    def id(self) -> str:
+        return self.envelope.id
+
+
+@attrs.frozen
+class BadMailItem:
+    """A BadMail entry: the reason (first line of ``.BDR``), the whole report, the envelope."""
+
+    id: str
+    reason: str
+    report: str
+    envelope: Envelope | None
+    has_message: bool
+
+
+@attrs.frozen
+class DropItem:
+    """A Drop file: the envelope its ``x-sender`` / ``x-receiver`` lines carry."""
+
+    id: str
+    name: str
+    sender: str
+    recipients: tuple[str, ...]
+    size: int
+
+
+def _open_filesystem(location: pyfs.FS | str | os.PathLike[str]) -> tuple[pyfs.FS, bool]:
+    if isinstance(location, pyfs.FS):
+        return location, False
+    text = os.fspath(location)
+    try:
+        return pyfs.open_fs(text, create=True), True
+    except pyfs.UnsupportedProtocol as exc:
+        raise ConfigurationError(f"no filesystem opener for {text!r}: {exc}") from exc
+    except (pyfs.OpenerError, pyfs.errors.CreateFailed, pyfs.errors.FSError, OSError) as exc:
+        raise StorageError(f"cannot open the MailRoot at {text!r}: {exc}") from exc
+
+
+def _envelope_lines(head: bytes) -> tuple[str, tuple[str, ...]]:
+    sender, recipients = "", []
+    for field in fields(head):
+        if field.key == "x-sender":
+            sender = field.value.strip("<>")
+        elif field.key == "x-receiver":
+            recipients.append(field.value.strip("<>"))
+    return sender, tuple(recipients)
+
+
+class Spool:
+    """The MailRoot (Pickup, Queue, BadMail, Drop, SortTemp) on a filesystem.
+
+    ``Spool("MailRoot")`` opens or creates ``./MailRoot``; ``Spool("mem://")`` keeps everything in
+    memory; any ``fs.base.FS`` object works too. ``clock`` stamps queue ids and claims
+    (``MailService`` uses the same clock by default). Use it as a context manager, or ``close()``.
+    """
+
+    def __init__(
+        self,
+        location: pyfs.FS | str | os.PathLike[str] = "MailRoot",
+        *,
+        durability: Durability = Durability.FSYNC,
+        clock: Clock = system_clock,
+        ids: QueueIds | None = None,
+        lease: timedelta = timedelta(minutes=10),
+    ) -> None:
+        filesystem, self._owns_fs = _open_filesystem(location)
+        self.clock = clock
+        #: The MailService working on this spool, if any (one at a time: they share claims).
+        self.service: object | None = None
+        self.store = MailStore(
+            filesystem, durability=durability, clock=clock, ids=ids or QueueIds(), lease=lease
+        )
+
+    @property
+    def fs(self) -> pyfs.FS:
+        """The PyFilesystem2 filesystem the MailRoot lives on."""
+        return self.store.fs
+
+    def close(self) -> None:
+        self.store.close()
+        if self._owns_fs:
+            self.store.fs.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- writing into Pickup -------------------------------------------------------------------
+
+    def submit(
+        self,
+        message: bytes | email.message.Message,
+        *,
+        sender: str | None = None,
+        recipients: Sequence[str] | None = None,
+    ) -> str:
+        """Put a message into Pickup atomically; returns the Pickup file name.
+
+        With ``sender`` / ``recipients`` the file carries ``x-sender`` / ``x-receiver`` lines, as
+        IIS pickup files do; without them the envelope comes from the headers. A message that the
+        service could only put into BadMail raises :class:`~spoolmail.exceptions.MessageError` now.
+        """
+        if isinstance(message, email.message.Message):
+            raw = message.as_bytes(policy=email.policy.SMTP)
+        elif isinstance(message, bytes | bytearray | memoryview):
+            raw = bytes(message)
+        else:
+            raise TypeError(
+                f"submit takes bytes or an email.message.Message, not {type(message)!r}"
+            )
+        if isinstance(recipients, str):
+            raise TypeError("recipients is a sequence of addresses, not one string")
+        # Writers' forms ("Name" <a@b>, <a@b>, <> for the null sender) become plain paths.
+        if sender is not None:
+            sender = parse_mailbox(sender, default_domain=None, role=AddressRole.SENDER)
+        if recipients is not None:
+            recipients = [
+                parse_mailbox(r, default_domain=None, role=AddressRole.RECIPIENT)
+                for r in recipients
+            ]
+        data = render_pickup(raw, sender=sender, recipients=recipients)
+        check = parse_pickup(
+            data,
+            options=PickupOptions(
+                fqdn="localhost", default_domain="localhost", max_message_size=len(data) + 1
+            ),
+            queue_id="submit",
+            now=self.clock(),
+        )
+        if isinstance(check, PickupRejected):
+            raise MessageError(check.reason, status=check.status)
+        name = f"{self.store.ids.new(self.clock())}.eml"
+        self.store.write(PICKUP, name, data)
+        return name
+
+    # -- reading back ----------------------------------------------------------------------------
+
+    def pickup(self) -> list[str]:
+        """Names of the files waiting in Pickup."""
+        return self.store.pickup_names()
+
+    def queued(self) -> Iterator[QueuedMessage]:
+        """Every queued message, oldest first; unreadable envelopes are skipped here."""
+        for queue_id, files in sorted(self.store.queue_files().items()):
+            if not (files.envelope or files.claims):
+                continue
+            try:
+                yield self._queued(queue_id, files.claims)
+            except (EnvelopeError, FileNotFoundError):
+                continue
+
+    def queued_message(self, queue_id: str) -> QueuedMessage:
+        files = self.store.queue_files().get(self._checked(queue_id))
+        if files is None or not (files.envelope or files.claims):
+            raise NotFound(f"no queued message {queue_id!r}")
+        try:
+            return self._queued(queue_id, files.claims)
+        except FileNotFoundError:
+            raise NotFound(f"queued message {queue_id!r} left the Queue") from None
+
+    def _queued(self, queue_id: str, claims: Sequence[str]) -> QueuedMessage:
+        if claims:
+            raw = self.store.read(QUEUE, MailStore.claimed_name(queue_id, claims[0]))
+            return QueuedMessage(decode_envelope(raw), State.DELIVERING, claims[0])
+        return QueuedMessage(
+            decode_envelope(self.store.read(QUEUE, f"{queue_id}.env")), State.QUEUED
+        )
+
+    def message(self, queue_id: str) -> bytes:
+        """The stored bytes of a queued message."""
+        return self._read(QUEUE, f"{self._checked(queue_id)}.eml", "queued message")
+
+    def transcript(self, queue_id: str) -> str:
+        """The transcripts (remote, then local) of a queued message; ``""`` if none yet."""
+        parts = []
+        for kind in ("RTR", "LTR"):
+            try:
+                parts.append(self.store.read(QUEUE, f"{self._checked(queue_id)}.{kind}").decode())
+            except FileNotFoundError:
+                continue
+        return "\n".join(parts)
+
+    def badmail(self) -> Iterator[BadMailItem]:
+        """Every BadMail entry, oldest first."""
+        ids = sorted({n[:-4] for n in self.store.listdir(BADMAIL) if n.endswith(".BDR")})
+        for queue_id in ids:
+            try:
+                yield self.badmail_item(queue_id)
+            except NotFound:
+                continue
+
+    def badmail_item(self, queue_id: str) -> BadMailItem:
+        report = self._read(BADMAIL, f"{self._checked(queue_id)}.BDR", "BadMail entry")
+        text = report.decode("utf-8", "replace")
+        try:
+            envelope: Envelope | None = decode_envelope(self.store.read(BADMAIL, f"{queue_id}.BDP"))
+        except (FileNotFoundError, EnvelopeError):
+            envelope = None
+        return BadMailItem(
+            id=queue_id,
+            reason=text.split("\n", 1)[0],
+            report=text,
+            envelope=envelope,
+            has_message=self.store.exists(BADMAIL, f"{queue_id}.BAD"),
+        )
+
+    def badmail_message(self, queue_id: str) -> bytes:
+        """The message of a BadMail entry, as it was received (``.BAD``)."""
+        return self._read(BADMAIL, f"{self._checked(queue_id)}.BAD", "BadMail message")
+
+    def drop(self) -> Iterator[DropItem]:
+        """Every Drop file, oldest first (by name: spoolmail names them by queue id)."""
+        for name in sorted(self.store.listdir(DROP)):
+            if name.startswith(".") or not self.store.isfile(DROP, name):
+                continue
+            try:
+                yield self._drop_item(name)
+            except FileNotFoundError:
+                continue  # a consumer took it meanwhile
+
+    def drop_item(self, queue_id: str) -> DropItem:
+        try:
+            return self._drop_item(f"{self._checked(queue_id)}.eml")
+        except FileNotFoundError:
+            raise NotFound(f"no Drop file {queue_id}.eml") from None
+
+    def _drop_item(self, name: str) -> DropItem:
+        with self.store.open(DROP, name) as handle:
+            head, _ = read_head(handle, limit=1024 * 1024)
+        sender, recipients = _envelope_lines(split_head(head)[0] + b"\r\n")
+        return DropItem(
+            id=name.rsplit(".", 1)[0],
+            name=name,
+            sender=sender,
+            recipients=recipients,
+            size=self.store.size(DROP, name),
+        )
+
+    def drop_message(self, queue_id: str) -> bytes:
+        """A Drop file's bytes, ``x-sender`` / ``x-receiver`` lines included, as IIS wrote them."""
+        return self._read(DROP, f"{self._checked(queue_id)}.eml", "Drop file")
+
+    def _read(self, folder: str, name: str, what: str) -> bytes:
+        try:
+            return self.store.read(folder, name)
+        except FileNotFoundError:
+            raise NotFound(f"no {what} {name.rsplit('.', 1)[0]!r} ({folder}/{name})") from None
+
+    @staticmethod
+    def _checked(queue_id: str) -> str:
+        if not is_queue_id(queue_id):
+            raise NotFound(f"{queue_id!r} is not a queue id")
+        return queue_id

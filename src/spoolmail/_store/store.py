@@ -1,0 +1,543 @@
+"""The MailRoot store: folders as states, and every change as one atomic commit on them.
+
+This module is the only code that builds MailRoot paths or touches the filesystem (through
+PyFilesystem2, imported only via ``pyfs``). It knows files, names and renames, not mail: what a
+commit means is decided by the service and the core.
+
+Rules (DESIGN.md section 3):
+
+1. Every file is written in ``SortTemp/`` under a unique name, flushed and fsync'd, renamed into
+   place, and then its directory is fsync'd (:meth:`MailStore.write`). On filesystems without OS
+   paths (MemoryFS, plugins) there is nothing to fsync; the rename is still the commit.
+2. The envelope is committed last: ``Queue/ID.eml`` first, then ``Queue/ID.env``. An ``.eml``
+   without an envelope is an interrupted commit, never a queued message.
+3. Claims are renames, so exactly one process wins: a Pickup file is claimed by renaming it into
+   ``SortTemp/ID.OWNER.NAME.pickup``; a queued message by renaming ``Queue/ID.env`` to
+   ``Queue/ID.OWNER.env``. A claim names its owner; an owner announces itself in
+   ``SortTemp/OWNER.owner`` (host, process id, lease). Claims of a dead owner (its process gone
+   from this host, or its lease expired) are taken over by renaming them to the new owner, again
+   a rename that only one process wins.
+4. Nothing is deleted that is not done: a finished message loses its ``.eml`` and transcripts
+   first and its envelope last, so an envelope without a message is a finish that a crash cut short.
+
+File names: ``Queue/ID.eml`` (message), ``Queue/ID.env`` (envelope), ``Queue/ID.OWNER.env``
+(envelope being delivered), ``Queue/ID.RTR`` / ``ID.LTR`` (transcripts), ``BadMail/ID.BAD`` /
+``.BDR`` / ``.BDP``, ``Drop/ID.eml``; ``SortTemp/OWNER.TOKEN.tmp`` (files being written).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import json
+import os
+import platform
+import time
+import urllib.parse
+from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime, timedelta
+from typing import BinaryIO
+
+import attrs
+
+from spoolmail._core.ids import QueueIds, is_queue_id
+from spoolmail._core.states import State
+from spoolmail._store import pyfs
+from spoolmail.exceptions import LayoutError, StorageError
+
+__all__ = [
+    "DROP",
+    "FOLDERS",
+    "SORTTEMP",
+    "STATE_FOLDERS",
+    "Durability",
+    "MailStore",
+    "PickupClaim",
+    "QueueFiles",
+]
+
+PICKUP = "Pickup"
+QUEUE = "Queue"
+BADMAIL = "BadMail"
+DROP = "Drop"
+SORTTEMP = "SortTemp"
+FOLDERS = (PICKUP, QUEUE, BADMAIL, DROP, SORTTEMP)
+#: A folder is a state: the one mapping from message state to folder.
+STATE_FOLDERS = {
+    State.PICKUP: PICKUP,
+    State.QUEUED: QUEUE,
+    State.DELIVERING: QUEUE,
+    State.BADMAIL: BADMAIL,
+}
+
+CHUNK = 128 * 1024
+_CLAIM_SUFFIX = ".pickup"
+_OWNER_SUFFIX = ".owner"
+_TMP_SUFFIX = ".tmp"
+# A claim's file name must stay under common 255-byte name limits.
+_MAX_QUOTED_NAME = 180
+
+
+class Durability(enum.Enum):
+    """How hard a commit is pushed to the disk."""
+
+    FSYNC = "fsync"
+    """Flush and fsync every file and directory change (OS filesystems): survives power loss."""
+    NONE = "none"
+    """Renames only: survives a crashed process, not a crashed machine. For tests and benchmarks."""
+
+
+@attrs.frozen
+class PickupClaim:
+    """A Pickup file renamed into SortTemp by ``owner`` under queue id ``id``."""
+
+    id: str
+    owner: str
+    name: str
+
+    @property
+    def file(self) -> str:
+        quoted = urllib.parse.quote(self.name, safe="")
+        if len(quoted) > _MAX_QUOTED_NAME:
+            cut = quoted[:_MAX_QUOTED_NAME]
+            cut = cut[: cut.rfind("%")] if "%" in cut[-2:] else cut
+            quoted = cut + "~"
+        return f"{self.id}.{self.owner}.{quoted}{_CLAIM_SUFFIX}"
+
+    @classmethod
+    def from_file(cls, file: str) -> PickupClaim | None:
+        if not file.endswith(_CLAIM_SUFFIX):
+            return None
+        parts = file[: -len(_CLAIM_SUFFIX)].split(".", 2)
+        if len(parts) != 3 or not is_queue_id(parts[0]):
+            return None
+        return cls(parts[0], parts[1], urllib.parse.unquote(parts[2]))
+
+
+@attrs.frozen
+class QueueFiles:
+    """What the Queue folder holds for one id."""
+
+    id: str
+    message: bool = False
+    envelope: bool = False
+    claims: tuple[str, ...] = ()
+    transcripts: tuple[str, ...] = ()
+
+
+class MailStore:
+    """The MailRoot on one PyFilesystem2 filesystem, with atomic commits and owner-named claims."""
+
+    def __init__(
+        self,
+        filesystem: pyfs.FS,
+        *,
+        durability: Durability,
+        clock: Callable[[], datetime],
+        ids: QueueIds,
+        lease: timedelta = timedelta(minutes=10),
+    ) -> None:
+        self.fs = filesystem
+        self.durability = durability
+        self.clock = clock
+        self.ids = ids
+        self.lease = lease
+        self.owner = ids.token()
+        self._announced: datetime | None = None
+        self._host = platform.node()
+        try:
+            for folder in FOLDERS:
+                self.fs.makedirs(folder, recreate=True)
+        except pyfs.errors.FSError as exc:
+            raise StorageError(f"cannot create the MailRoot folders: {exc}") from exc
+        self._os_root = self._sys_root()
+        self._check_layout()
+
+    # -- paths and low-level operations -------------------------------------------------------
+
+    def _sys_root(self) -> str | None:
+        if not self.fs.hassyspath(QUEUE):
+            return None
+        return os.path.dirname(self.fs.getsyspath(QUEUE).rstrip(os.sep))
+
+    def _sys(self, folder: str, name: str = "") -> str:
+        assert self._os_root is not None  # noqa: S101 (only called on OS filesystems)
+        return (
+            os.path.join(self._os_root, folder, name)
+            if name
+            else os.path.join(self._os_root, folder)
+        )
+
+    def _check_layout(self) -> None:
+        """Refuse folders on different devices: a rename between them would be a silent copy."""
+        if self._os_root is None:
+            return
+        devices = {folder: os.stat(self._sys(folder)).st_dev for folder in FOLDERS}
+        if len(set(devices.values())) > 1:
+            detail = ", ".join(f"{folder} on device {dev}" for folder, dev in devices.items())
+            raise LayoutError(
+                "the MailRoot folders must be on one filesystem so that moving a message is an "
+                f"atomic rename ({detail})"
+            )
+
+    def listdir(self, folder: str) -> list[str]:
+        try:
+            if self._os_root is not None:
+                return os.listdir(self._sys(folder))
+            return list(self.fs.listdir(folder))
+        except (OSError, pyfs.errors.FSError) as exc:
+            raise StorageError(f"cannot list {folder}: {exc}") from exc
+
+    def exists(self, folder: str, name: str) -> bool:
+        if self._os_root is not None:
+            return os.path.lexists(self._sys(folder, name))
+        return bool(self.fs.exists(f"{folder}/{name}"))
+
+    def isfile(self, folder: str, name: str) -> bool:
+        if self._os_root is not None:
+            return os.path.isfile(self._sys(folder, name))
+        return bool(self.fs.isfile(f"{folder}/{name}"))
+
+    def size(self, folder: str, name: str) -> int:
+        try:
+            if self._os_root is not None:
+                return os.stat(self._sys(folder, name)).st_size
+            return int(self.fs.getsize(f"{folder}/{name}"))
+        except (OSError, pyfs.errors.FSError) as exc:
+            raise StorageError(f"cannot stat {folder}/{name}: {exc}") from exc
+
+    def open(self, folder: str, name: str) -> BinaryIO:
+        """Open a file for reading; ``FileNotFoundError`` if it is not there."""
+        try:
+            if self._os_root is not None:
+                return open(self._sys(folder, name), "rb")
+            return self.fs.openbin(f"{folder}/{name}", "r")
+        except pyfs.errors.ResourceNotFound as exc:
+            raise FileNotFoundError(f"{folder}/{name}") from exc
+        except FileNotFoundError:
+            raise
+        except (OSError, pyfs.errors.FSError) as exc:
+            raise StorageError(f"cannot open {folder}/{name}: {exc}") from exc
+
+    def read(self, folder: str, name: str) -> bytes:
+        with self.open(folder, name) as handle:
+            return handle.read()
+
+    def remove(self, folder: str, name: str) -> bool:
+        """Delete a file; ``False`` if it was already gone."""
+        try:
+            if self._os_root is not None:
+                os.unlink(self._sys(folder, name))
+            else:
+                self.fs.remove(f"{folder}/{name}")
+        except (FileNotFoundError, pyfs.errors.ResourceNotFound):
+            return False
+        except (OSError, pyfs.errors.FSError) as exc:
+            raise StorageError(f"cannot delete {folder}/{name}: {exc}") from exc
+        return True
+
+    def rename(self, src: tuple[str, str], dst: tuple[str, str]) -> bool:
+        """Atomically rename ``src`` to ``dst`` (replacing it); ``False`` if ``src`` is gone.
+
+        A lost race (another process renamed it first) is the ``False``; only one caller wins.
+        """
+        if src == dst:
+            # MemoryFS.move(p, p) deletes the file (fs 2.4.16, DESIGN.md section 8).
+            raise ValueError(f"cannot rename {src} onto itself")
+        try:
+            if self._os_root is not None:
+                os.replace(self._sys(*src), self._sys(*dst))
+                self._sync_dirs({src[0], dst[0]})
+            else:
+                self.fs.move("/".join(src), "/".join(dst), overwrite=True)
+        except (FileNotFoundError, pyfs.errors.ResourceNotFound):
+            return False
+        except (OSError, pyfs.errors.FSError) as exc:
+            raise StorageError(f"cannot rename {'/'.join(src)} to {'/'.join(dst)}: {exc}") from exc
+        return True
+
+    def _sync_dirs(self, folders: Iterable[str]) -> None:
+        if self.durability is not Durability.FSYNC or self._os_root is None or os.name == "nt":
+            return
+        for folder in folders:
+            fd = os.open(self._sys(folder), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def _temp_name(self) -> str:
+        return f"{self.owner}.{self.ids.token(12)}{_TMP_SUFFIX}"
+
+    def write(self, folder: str, name: str, data: bytes | Iterable[bytes]) -> int:
+        """Write a whole file atomically: SortTemp, flush, fsync, rename, fsync the directory.
+
+        Replaces an existing file of that name. Returns the number of bytes written.
+        """
+        temp = self._temp_name()
+        chunks = [data] if isinstance(data, bytes) else data
+        written = 0
+        try:
+            if self._os_root is not None:
+                with open(self._sys(SORTTEMP, temp), "xb") as handle:
+                    for chunk in chunks:
+                        handle.write(chunk)
+                        written += len(chunk)
+                    if self.durability is Durability.FSYNC:
+                        handle.flush()
+                        os.fsync(handle.fileno())
+            else:
+                with self.fs.openbin(f"{SORTTEMP}/{temp}", "x") as handle:
+                    for chunk in chunks:
+                        handle.write(chunk)
+                        written += len(chunk)
+        except BaseException as exc:
+            self.remove(SORTTEMP, temp)
+            if isinstance(exc, OSError | pyfs.errors.FSError):
+                raise StorageError(f"cannot write {folder}/{name}: {exc}") from exc
+            raise
+        if not self.rename((SORTTEMP, temp), (folder, name)):
+            raise StorageError(f"{SORTTEMP}/{temp} vanished before it could become {folder}/{name}")
+        return written
+
+    # -- owners ---------------------------------------------------------------------------------
+
+    def announce(self) -> None:
+        """Write or renew this process's owner record; cheap when the lease is fresh."""
+        now = self.clock()
+        if self._announced is not None and now - self._announced < self.lease / 4:
+            return
+        record = {"host": self._host, "pid": os.getpid(), "renewed": now.isoformat()}
+        self.write(SORTTEMP, f"{self.owner}{_OWNER_SUFFIX}", json.dumps(record).encode())
+        self._announced = now
+
+    def owner_alive(self, owner: str) -> bool:
+        """Whether ``owner`` may still be working: its record exists, is fresh, its process runs."""
+        if owner == self.owner:
+            return True
+        try:
+            record = json.loads(self.read(SORTTEMP, f"{owner}{_OWNER_SUFFIX}"))
+            renewed = datetime.fromisoformat(record["renewed"])
+            host, pid = record["host"], int(record["pid"])
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            # Records are replaced by rename, never seen half-written: a missing or damaged
+            # one cannot vouch for its owner.
+            return False
+        if self.clock() - renewed > self.lease:
+            return False
+        return host != self._host or _process_runs(pid)
+
+    def dead_owners(self) -> list[str]:
+        """Owners whose record says they are gone."""
+        owners = {
+            name[: -len(_OWNER_SUFFIX)]
+            for name in self.listdir(SORTTEMP)
+            if name.endswith(_OWNER_SUFFIX)
+        }
+        return sorted(owner for owner in owners if not self.owner_alive(owner))
+
+    # -- Pickup -----------------------------------------------------------------------------------
+
+    def pickup_names(self) -> list[str]:
+        """Pickup files to process: any name not starting with '.' nor ending in '.tmp'."""
+        names = [
+            name
+            for name in self.listdir(PICKUP)
+            if not name.startswith(".") and not name.lower().endswith(_TMP_SUFFIX)
+        ]
+        return sorted(name for name in names if self.isfile(PICKUP, name))
+
+    def claim_pickup(self, name: str) -> PickupClaim | None:
+        """Rename ``Pickup/name`` into SortTemp under a new queue id; ``None`` if another won."""
+        self.announce()
+        claim = PickupClaim(self.ids.new(self.clock()), self.owner, name)
+        if self.rename((PICKUP, name), (SORTTEMP, claim.file)):
+            return claim
+        return None
+
+    def pickup_claims(self) -> list[PickupClaim]:
+        claims = (PickupClaim.from_file(name) for name in self.listdir(SORTTEMP))
+        return sorted((c for c in claims if c is not None), key=lambda c: c.id)
+
+    def take_over(self, claim: PickupClaim) -> PickupClaim | None:
+        """Make a dead owner's claim ours (one rename; only one process wins)."""
+        self.announce()
+        mine = attrs.evolve(claim, owner=self.owner)
+        return mine if self.rename((SORTTEMP, claim.file), (SORTTEMP, mine.file)) else None
+
+    def finish_claim(self, claim: PickupClaim) -> None:
+        self.remove(SORTTEMP, claim.file)
+
+    # -- Queue ------------------------------------------------------------------------------------
+
+    @staticmethod
+    def claimed_name(queue_id: str, owner: str) -> str:
+        return f"{queue_id}.{owner}.env"
+
+    def queue_files(self) -> dict[str, QueueFiles]:
+        """Every id with files in the Queue folder, and which files it has."""
+        found: dict[str, dict[str, list[str] | bool]] = {}
+        for name in self.listdir(QUEUE):
+            parts = name.split(".")
+            if not is_queue_id(parts[0]) or len(parts) not in (2, 3):
+                continue
+            entry = found.setdefault(parts[0], {"claims": [], "transcripts": []})
+            if len(parts) == 3 and parts[2] == "env":
+                entry["claims"].append(parts[1])  # type: ignore[union-attr]
+            elif parts[1] == "eml":
+                entry["message"] = True
+            elif parts[1] == "env":
+                entry["envelope"] = True
+            elif parts[1] in ("RTR", "LTR"):
+                entry["transcripts"].append(parts[1])  # type: ignore[union-attr]
+        return {
+            queue_id: QueueFiles(
+                queue_id,
+                message=bool(entry.get("message")),
+                envelope=bool(entry.get("envelope")),
+                claims=tuple(entry["claims"]),  # type: ignore[arg-type]
+                transcripts=tuple(entry["transcripts"]),  # type: ignore[arg-type]
+            )
+            for queue_id, entry in found.items()
+        }
+
+    def commit_queued(
+        self, queue_id: str, message: bytes | Iterable[bytes], envelope: bytes
+    ) -> None:
+        """Queue a message: its bytes first, its envelope last (the commit)."""
+        self.write(QUEUE, f"{queue_id}.eml", message)
+        self.write(QUEUE, f"{queue_id}.env", envelope)
+
+    def claim_queued(self, queue_id: str) -> bool:
+        """Rename ``ID.env`` to ``ID.OWNER.env``; ``False`` if it is gone (claimed or finished)."""
+        self.announce()
+        return self.rename(
+            (QUEUE, f"{queue_id}.env"), (QUEUE, self.claimed_name(queue_id, self.owner))
+        )
+
+    def take_over_queued(self, queue_id: str, owner: str) -> bool:
+        """Take a dead owner's claimed envelope (one rename; only one process wins)."""
+        self.announce()
+        return self.rename(
+            (QUEUE, self.claimed_name(queue_id, owner)),
+            (QUEUE, self.claimed_name(queue_id, self.owner)),
+        )
+
+    def read_claimed(self, queue_id: str) -> bytes:
+        return self.read(QUEUE, self.claimed_name(queue_id, self.owner))
+
+    def update_claimed(self, queue_id: str, envelope: bytes) -> None:
+        self.write(QUEUE, self.claimed_name(queue_id, self.owner), envelope)
+
+    def release(self, queue_id: str, envelope: bytes) -> None:
+        """Commit the new envelope while still claimed, then hand the message back to the Queue."""
+        self.update_claimed(queue_id, envelope)
+        self.rename((QUEUE, self.claimed_name(queue_id, self.owner)), (QUEUE, f"{queue_id}.env"))
+
+    def finish(self, queue_id: str, owner: str | None = None) -> None:
+        """Remove a finished message: message and transcripts first, the claimed envelope last."""
+        for name in (f"{queue_id}.eml", f"{queue_id}.RTR", f"{queue_id}.LTR"):
+            self.remove(QUEUE, name)
+        self.remove(QUEUE, self.claimed_name(queue_id, owner or self.owner))
+
+    # -- BadMail ----------------------------------------------------------------------------------
+
+    def commit_badmail(
+        self,
+        queue_id: str,
+        *,
+        message: tuple[str, str],
+        report: bytes,
+        envelope: bytes | None,
+    ) -> None:
+        """Move ``message`` (folder, name) to ``BadMail/ID.BAD`` after writing its report files.
+
+        The ``.BAD`` rename is the commit: a ``.BDR`` without ``.BAD`` is an interrupted move.
+        """
+        self.write(BADMAIL, f"{queue_id}.BDR", report)
+        if envelope is not None:
+            self.write(BADMAIL, f"{queue_id}.BDP", envelope)
+        if not self.rename(message, (BADMAIL, f"{queue_id}.BAD")) and not self.exists(
+            BADMAIL, f"{queue_id}.BAD"
+        ):
+            raise StorageError(f"{'/'.join(message)} vanished before it reached BadMail")
+
+    # -- recovery ---------------------------------------------------------------------------
+
+    def sweep_temp(self) -> int:
+        """Delete dead owners' half-written files and records; how many went.
+
+        A writer that never announced itself (``Spool.submit`` in an application) has no record;
+        its files are left alone until they are a lease old.
+        """
+        removed = 0
+        alive: dict[str, bool] = {self.owner: True}
+        for name in self.listdir(SORTTEMP):
+            if not name.endswith((_TMP_SUFFIX, _OWNER_SUFFIX)):
+                continue
+            owner = name.split(".", 1)[0]
+            if owner not in alive:
+                alive[owner] = self.owner_alive(owner) or (
+                    not self.exists(SORTTEMP, f"{owner}{_OWNER_SUFFIX}")
+                    and self._age(SORTTEMP, name) < self.lease
+                )
+            if not alive[owner]:
+                removed += self.remove(SORTTEMP, name)
+        return removed
+
+    def _age(self, folder: str, name: str) -> timedelta:
+        """How long ago a file was last written, by the filesystem's own (real) clock."""
+        try:
+            if self._os_root is not None:
+                modified = os.stat(self._sys(folder, name)).st_mtime
+            else:
+                info = self.fs.getinfo(f"{folder}/{name}", namespaces=["details"])
+                modified = info.modified.timestamp() if info.modified else time.time()
+        except (OSError, pyfs.errors.FSError):
+            return timedelta(0)
+        return timedelta(seconds=max(0.0, time.time() - modified))
+
+    def close(self) -> None:
+        with contextlib.suppress(StorageError):
+            self.remove(SORTTEMP, f"{self.owner}{_OWNER_SUFFIX}")
+
+
+def _process_runs(pid: int) -> bool:
+    """Whether process ``pid`` of this host runs: a dead owner is certain at once, no lease wait.
+
+    ``os.kill(pid, 0)`` only probes on POSIX; on Windows it would terminate the process, so
+    there the lease alone decides.
+    """
+    if os.name != "posix" or pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def read_head(handle: BinaryIO, *, limit: int) -> tuple[bytes, bytes]:
+    """Read a stored message's header block: (head ending in CRLF, the body's first bytes).
+
+    Reads in chunks until the empty line; a message without one within ``limit`` bytes is all
+    head as far as it was read.
+    """
+    data = b""
+    while len(data) < limit:
+        chunk = handle.read(CHUNK)
+        if not chunk:
+            break
+        data += chunk
+        index = data.find(b"\r\n\r\n")
+        if index >= 0:
+            return data[: index + 2], data[index + 4 :]
+    return data, b""
+
+
+def chunks(handle: BinaryIO) -> Iterator[bytes]:
+    """The rest of ``handle`` in chunks."""
+    while chunk := handle.read(CHUNK):
+        yield chunk

@@ -1,0 +1,245 @@
+"""The store: atomic writes, rename claims with one winner, owner leases, on both filesystems."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from spoolmail._core.ids import QueueIds
+from spoolmail._store import pyfs
+from spoolmail._store.store import (
+    FOLDERS,
+    Durability,
+    MailStore,
+    PickupClaim,
+    read_head,
+)
+from spoolmail.exceptions import LayoutError
+from spoolmail.testing import FakeClock
+
+
+def make_store(filesystem: pyfs.FS, clock: FakeClock, seed: int = 1) -> MailStore:
+    return MailStore(
+        filesystem,
+        durability=Durability.FSYNC,
+        clock=clock,
+        ids=QueueIds(random.Random(seed)),
+        lease=timedelta(minutes=10),
+    )
+
+
+def test_creates_the_five_folders(filesystem: pyfs.FS, clock: FakeClock) -> None:
+    make_store(filesystem, clock)
+    assert sorted(filesystem.listdir("/")) == sorted(FOLDERS)
+
+
+def test_write_is_atomic_and_leaves_sorttemp_clean(filesystem: pyfs.FS, clock: FakeClock) -> None:
+    store = make_store(filesystem, clock)
+    assert store.write("Queue", "a.eml", [b"one ", b"two"]) == 7
+    assert store.read("Queue", "a.eml") == b"one two"
+    store.write("Queue", "a.eml", b"replaced")
+    assert store.read("Queue", "a.eml") == b"replaced"
+    assert store.listdir("SortTemp") == []
+
+
+def test_failed_write_leaves_nothing(filesystem: pyfs.FS, clock: FakeClock) -> None:
+    store = make_store(filesystem, clock)
+
+    def chunks():  # type: ignore[no-untyped-def]
+        yield b"partial"
+        raise RuntimeError("source broke")
+
+    with pytest.raises(RuntimeError):
+        store.write("Queue", "b.eml", chunks())
+    assert not store.exists("Queue", "b.eml")
+    assert store.listdir("SortTemp") == []
+
+
+def test_rename_reports_a_lost_race(filesystem: pyfs.FS, clock: FakeClock) -> None:
+    store = make_store(filesystem, clock)
+    store.write("Pickup", "m.txt", b"x")
+    assert store.rename(("Pickup", "m.txt"), ("SortTemp", "mine"))
+    assert not store.rename(("Pickup", "m.txt"), ("SortTemp", "theirs"))
+    with pytest.raises(ValueError, match="onto itself"):
+        store.rename(("SortTemp", "mine"), ("SortTemp", "mine"))
+    assert store.read("SortTemp", "mine") == b"x"
+
+
+def test_pickup_names_skip_writers_temp_files_and_folders(
+    filesystem: pyfs.FS, clock: FakeClock
+) -> None:
+    store = make_store(filesystem, clock)
+    for name in ("b.eml", "a.txt", ".hidden", "x.tmp", "Y.TMP", "noext"):
+        store.write("Pickup", name, b"x")
+    filesystem.makedir("Pickup/sub")
+    assert store.pickup_names() == ["a.txt", "b.eml", "noext"]
+
+
+def test_claim_race_has_exactly_one_winner(filesystem: pyfs.FS, clock: FakeClock) -> None:
+    # Separate stores on the same MailRoot stand for separate processes.
+    stores = [make_store(filesystem, clock, seed) for seed in range(8)]
+    stores[0].write("Pickup", "race.eml", b"x")
+    barrier = threading.Barrier(len(stores))
+    results: list[PickupClaim | None] = [None] * len(stores)
+
+    def claim(index: int) -> None:
+        barrier.wait()
+        results[index] = stores[index].claim_pickup("race.eml")
+
+    threads = [threading.Thread(target=claim, args=(i,)) for i in range(len(stores))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    winners = [r for r in results if r is not None]
+    assert len(winners) == 1
+    assert stores[0].pickup_claims() == winners
+    assert store_read_claim(stores[0], winners[0]) == b"x"
+
+
+def store_read_claim(store: MailStore, claim: PickupClaim) -> bytes:
+    return store.read("SortTemp", claim.file)
+
+
+@given(st.text(min_size=1, max_size=300).filter(lambda s: "/" not in s and "\x00" not in s))
+def test_claim_file_names_round_trip(name: str) -> None:
+    claim = PickupClaim("19ac9b2f1c0-5e1f0c2a9b7d", "owner1", name)
+    back = PickupClaim.from_file(claim.file)
+    assert back is not None
+    assert (back.id, back.owner) == (claim.id, claim.owner)
+    assert len(claim.file.encode()) <= 255
+    if not claim.file.endswith("~.pickup"):
+        assert back.name == name
+
+
+def test_not_claim_files() -> None:
+    assert PickupClaim.from_file("owner.tok.tmp") is None
+    assert PickupClaim.from_file("bad id.owner.name.pickup") is None
+    assert PickupClaim.from_file("id.pickup") is None
+
+
+def test_own_owner_is_alive_and_unknown_owners_are_dead(
+    filesystem: pyfs.FS, clock: FakeClock
+) -> None:
+    store = make_store(filesystem, clock)
+    assert store.owner_alive(store.owner)
+    assert not store.owner_alive("nobody")
+
+
+def test_owner_alive_until_its_lease_ends(filesystem: pyfs.FS, clock: FakeClock) -> None:
+    other, store = make_store(filesystem, clock, 1), make_store(filesystem, clock, 2)
+    other.announce()
+    assert store.owner_alive(other.owner)
+    clock.advance(minutes=11)
+    assert not store.owner_alive(other.owner)
+    assert store.dead_owners() == [other.owner]
+
+
+def test_owner_on_this_host_is_dead_when_its_process_is(
+    filesystem: pyfs.FS, clock: FakeClock
+) -> None:
+    store = make_store(filesystem, clock)
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, check=True
+    )
+    record = {"host": os.uname().nodename, "pid": int(gone.stdout), "renewed": clock().isoformat()}
+    store.write("SortTemp", "ghost.owner", json.dumps(record).encode())
+    if os.name == "posix":
+        assert not store.owner_alive("ghost")
+    record["host"] = "elsewhere.example"
+    store.write("SortTemp", "ghost.owner", json.dumps(record).encode())
+    assert store.owner_alive("ghost")  # another host: only its lease can tell
+
+
+def test_damaged_owner_record_counts_as_dead(filesystem: pyfs.FS, clock: FakeClock) -> None:
+    store = make_store(filesystem, clock)
+    store.write("SortTemp", "broken.owner", b"{not json")
+    assert not store.owner_alive("broken")
+
+
+def test_queue_claim_release_finish(filesystem: pyfs.FS, clock: FakeClock) -> None:
+    store = make_store(filesystem, clock)
+    store.commit_queued("q1", b"message", b"env-1")
+    assert store.queue_files()["q1"].envelope
+    assert store.claim_queued("q1")
+    assert not store.claim_queued("q1")
+    files = store.queue_files()["q1"]
+    assert (files.envelope, files.claims) == (False, (store.owner,))
+    store.release("q1", b"env-2")
+    assert store.read("Queue", "q1.env") == b"env-2"
+    assert store.claim_queued("q1")
+    store.write("Queue", "q1.RTR", b"t")
+    store.finish("q1")
+    assert store.queue_files() == {}
+
+
+def test_take_over_has_one_winner(filesystem: pyfs.FS, clock: FakeClock) -> None:
+    dead, a, b = (make_store(filesystem, clock, s) for s in (1, 2, 3))
+    dead.commit_queued("q1", b"m", b"e")
+    assert dead.claim_queued("q1")
+    assert a.take_over_queued("q1", dead.owner)
+    assert not b.take_over_queued("q1", dead.owner)
+    assert a.queue_files()["q1"].claims == (a.owner,)
+
+
+def test_commit_badmail_moves_the_message_last(filesystem: pyfs.FS, clock: FakeClock) -> None:
+    store = make_store(filesystem, clock)
+    store.write("SortTemp", "claim", b"raw")
+    store.commit_badmail("q9", message=("SortTemp", "claim"), report=b"why", envelope=b"env")
+    assert store.read("BadMail", "q9.BAD") == b"raw"
+    assert store.read("BadMail", "q9.BDR") == b"why"
+    assert store.read("BadMail", "q9.BDP") == b"env"
+
+
+def test_sweep_removes_only_dead_owners_files(filesystem: pyfs.FS, clock: FakeClock) -> None:
+    dead, live, store = (make_store(filesystem, clock, s) for s in (1, 2, 3))
+    dead.announce()
+    clock.advance(minutes=11)
+    live.announce()
+    store.write("SortTemp", f"{dead.owner}.abc.tmp", b"x")
+    store.write("SortTemp", f"{live.owner}.abc.tmp", b"x")
+    store.write("SortTemp", "appwriter.fresh.tmp", b"x")  # no record: an application's submit
+    store.write("SortTemp", "appwriter2.old.tmp", b"x")
+    an_hour_ago = time.time() - 3600
+    filesystem.setinfo("SortTemp/appwriter2.old.tmp", {"details": {"modified": an_hour_ago}})
+    assert store.sweep_temp() == 3
+    assert sorted(store.listdir("SortTemp")) == sorted(
+        [f"{live.owner}.abc.tmp", f"{live.owner}.owner", "appwriter.fresh.tmp"]
+    )
+
+
+def test_read_head_across_chunks() -> None:
+    data = b"A: " + b"x" * 200_000 + b"\r\n\r\nbody"
+    head, rest = read_head(io.BytesIO(data), limit=1 << 20)
+    assert head == data[: data.index(b"\r\n\r\n") + 2]
+    assert rest == b"body"
+
+
+def test_folders_on_two_devices_are_refused(tmp_path: Path, clock: FakeClock) -> None:
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or os.stat(shm).st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("needs a second filesystem at /dev/shm")
+    root = tmp_path / "MailRoot"
+    root.mkdir()
+    elsewhere = (
+        Path(os.environ.get("TMPDIR_SHM", shm)) / f"spoolmail-{os.getpid()}-{random.random()}"
+    )
+    elsewhere.mkdir()
+    try:
+        (root / "SortTemp").symlink_to(elsewhere)
+        with pyfs.OSFS(str(root)) as filesystem, pytest.raises(LayoutError, match="one filesystem"):
+            make_store(filesystem, clock)
+    finally:
+        elsewhere.rmdir()
