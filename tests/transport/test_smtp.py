@@ -1,0 +1,658 @@
+"""The SMTP client against real servers on 127.0.0.1, and its encoder and parser on their own.
+
+Servers come from ``tests/smtpservers.py``: aiosmtpd for well-behaved peers, raw sockets for
+misbehaving ones. Waits are configured short (``conftest.SHORT``; 0.3 s where a test waits for a
+timeout on purpose), so no test sleeps through a real SMTP timeout.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+import socket
+import time
+import tracemalloc
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from types import TracebackType
+from typing import BinaryIO, cast
+
+import attrs
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from spoolmail._core.reply import Reply
+from spoolmail._core.routing import Target
+from spoolmail._core.transcript import Transcript
+from spoolmail._transport.base import Outgoing
+from spoolmail._transport.smtp import (
+    DataEncoder,
+    SmtpExtensions,
+    SmtpTimeouts,
+    SmtpTransport,
+    _parse_reply_line,
+)
+from spoolmail.exceptions import ConfigurationError
+from tests.smtpservers import (
+    ScriptedHandler,
+    dropping_server,
+    garbage_server,
+    raw_server,
+    smtp_server,
+    stalling_server,
+)
+from tests.transport.conftest import SHORT
+
+integration = pytest.mark.integration
+
+HOST = "127.0.0.1"
+MESSAGE = (
+    b"From: alice@example.net\r\n"
+    b"To: bob@example.com\r\n"
+    b"Subject: dots\r\n"
+    b"\r\n"
+    b"Hello Bob.\r\n"
+    b".a line that starts with a dot\r\n"
+    b"..two dots\r\n"
+    b".\r\n"
+    b"the line above was a lone dot; SECRET-BODY-MARKER\r\n"
+)
+
+
+def outgoing(
+    data: bytes = MESSAGE,
+    *,
+    sender: str = "alice@example.net",
+    recipients: Sequence[str] = ("bob@example.com",),
+) -> Outgoing:
+    return Outgoing(
+        id="test",
+        sender=sender,
+        recipients=recipients,
+        size=len(data),
+        open=lambda: io.BytesIO(data),
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind((HOST, 0))
+        return int(probe.getsockname()[1])
+
+
+def unstuff(wire: bytes) -> bytes:
+    """What a server makes of DATA bytes (RFC 5321 §4.5.2): the message, terminator removed."""
+    assert wire == b".\r\n" or wire.endswith(b"\r\n.\r\n")
+    lines = wire[:-3].split(b"\r\n")[:-1] if wire != b".\r\n" else []
+    return b"".join((line[1:] if line.startswith(b".") else line) + b"\r\n" for line in lines)
+
+
+def normalised(data: bytes) -> bytes:
+    """``data`` with every line end CRLF and a CRLF at the end, as the encoder promises."""
+    out = re.sub(rb"\r\n|\r|\n", b"\r\n", data)
+    return out if not out or out.endswith(b"\r\n") else out + b"\r\n"
+
+
+# The encoder and the reply parser: pure, no sockets.
+
+
+@given(
+    data=st.lists(st.sampled_from([b"\r", b"\n", b".", b"a", b"\r\n", b"..", b"\xff"])).map(
+        b"".join
+    ),
+    cuts=st.lists(st.integers(min_value=0, max_value=64)),
+)
+def test_encoder_round_trips_whatever_the_chunking(data: bytes, cuts: list[int]) -> None:
+    encoder = DataEncoder()
+    pieces = []
+    rest = data
+    for cut in cuts:
+        pieces.append(encoder.encode(rest[:cut]))
+        rest = rest[cut:]
+    pieces.append(encoder.encode(rest))
+    pieces.append(encoder.finish())
+    wire = b"".join(pieces)
+    assert re.search(rb"\r(?!\n)|(?<!\r)\n", wire) is None, "a bare CR or LF went on the wire"
+    assert unstuff(wire) == normalised(data)
+
+
+def test_encoder_does_not_double_a_final_crlf() -> None:
+    encoder = DataEncoder()
+    assert encoder.encode(b"a\r\n") + encoder.finish() == b"a\r\n.\r\n"
+    encoder = DataEncoder()
+    assert encoder.encode(b"a") + encoder.finish() == b"a\r\n.\r\n"
+    assert DataEncoder().finish() == b".\r\n"
+
+
+def test_encoder_stuffs_a_dot_after_a_line_end_split_across_blocks() -> None:
+    encoder = DataEncoder()
+    wire = (
+        encoder.encode(b"x\r") + encoder.encode(b"\n.y\r") + encoder.encode(b".") + encoder.finish()
+    )
+    assert wire == b"x\r\n..y\r\n..\r\n.\r\n"
+
+
+@given(st.binary(max_size=300))
+def test_reply_parser_never_crashes(line: bytes) -> None:
+    parsed = _parse_reply_line(line)
+    assert parsed is None or 200 <= parsed[0] <= 599
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        (b"250 2.1.0 Ok", (250, False, "2.1.0 Ok")),
+        (b"250-SIZE 100", (250, True, "SIZE 100")),
+        (b"354", (354, False, "")),
+        (b"hello", None),
+        (b"25 x", None),
+        (b"2500 x", None),
+        (b"999 x", None),
+        (b"250:x", None),
+    ],
+)
+def test_reply_parser(line: bytes, expected: tuple[int, bool, str] | None) -> None:
+    assert _parse_reply_line(line) == expected
+
+
+def test_extensions_from_ehlo() -> None:
+    extensions = SmtpExtensions.from_ehlo(
+        [
+            "mx.test greets client.test",
+            "SIZE 10000",
+            "8BITMIME",
+            "pipelining",
+            "AUTH=LOGIN",
+            "AUTH PLAIN login",
+            "STARTTLS",
+            "SMTPUTF8",
+        ]
+    )
+    assert extensions == SmtpExtensions(
+        esmtp=True,
+        size=10000,
+        eight_bit_mime=True,
+        smtputf8=True,
+        pipelining=True,
+        starttls=True,
+        auth=frozenset({"LOGIN", "PLAIN"}),
+        keywords=frozenset({"SIZE", "8BITMIME", "PIPELINING", "AUTH", "STARTTLS", "SMTPUTF8"}),
+    )
+    assert SmtpExtensions.from_ehlo(["mx.test", "SIZE"]).size == 0
+    assert SmtpExtensions.from_ehlo(["mx.test"]) == SmtpExtensions(esmtp=True)
+
+
+def test_settings_are_checked() -> None:
+    with pytest.raises(ConfigurationError, match="connect"):
+        SmtpTimeouts(connect=0)
+    with pytest.raises(ConfigurationError, match="helo_name"):
+        SmtpTransport(helo_name="client.test\r\nMAIL FROM:<x>")
+    assert SmtpTimeouts().data_end == 600.0
+
+
+def test_no_recipients_means_no_connection(
+    transport: SmtpTransport, transcript: Transcript
+) -> None:
+    target = Target(HOST, free_port(), literal=True)
+    assert transport.send(target, outgoing(recipients=()), transcript) == {}
+    assert transcript.lines == []
+
+
+# Well-behaved servers.
+
+
+@integration
+def test_each_recipient_gets_its_own_reply(
+    transport: SmtpTransport, transcript: Transcript
+) -> None:
+    recipients = ["bob@example.com", "tempfail-carol@example.com", "reject-dave@example.com"]
+    with smtp_server() as server:
+        replies = transport.send(server.target, outgoing(recipients=recipients), transcript)
+    assert replies == {
+        "bob@example.com": Reply(250, "2.0.0", "Ok: queued", host=HOST),
+        "tempfail-carol@example.com": Reply(
+            451, "4.3.0", "Mailbox temporarily unavailable", host=HOST
+        ),
+        "reject-dave@example.com": Reply(550, "5.1.1", "No such user here", host=HOST),
+    }
+    [received] = server.messages
+    assert received.rcpt_tos == ("bob@example.com",)
+    assert received.mail_from == "alice@example.net"
+    assert received.data == MESSAGE
+    assert f"SIZE={len(MESSAGE)}" in received.mail_options
+
+
+@integration
+@pytest.mark.parametrize(
+    ("stored", "expected"),
+    [
+        pytest.param(MESSAGE, MESSAGE, id="crlf-with-dots"),
+        pytest.param(b"a\nb\n.c\n\n..d\n", b"a\r\nb\r\n.c\r\n\r\n..d\r\n", id="bare-lf"),
+        pytest.param(b"Subject: x\r\n\r\nno final line end", None, id="no-final-crlf"),
+        pytest.param(b"", b"", id="empty"),
+    ],
+)
+def test_server_receives_the_stored_bytes(
+    transport: SmtpTransport, transcript: Transcript, stored: bytes, expected: bytes | None
+) -> None:
+    with smtp_server() as server:
+        [reply] = transport.send(server.target, outgoing(stored), transcript).values()
+    assert reply.code == 250
+    [received] = server.messages
+    assert received.data == (expected if expected is not None else stored + b"\r\n")
+
+
+@integration
+def test_null_sender_is_sent_as_empty_path(
+    transport: SmtpTransport, transcript: Transcript
+) -> None:
+    with raw_server() as server:
+        [reply] = transport.send(server.target, outgoing(sender=""), transcript).values()
+    assert reply.code == 250
+    assert "MAIL FROM:<>" in server.commands
+
+
+@integration
+def test_eight_bit_body_is_declared(transport: SmtpTransport, transcript: Transcript) -> None:
+    eight_bit = b"Subject: caf\xc3\xa9\r\n\r\ncaf\xc3\xa9\r\n"
+    with smtp_server() as server:
+        transport.send(server.target, outgoing(eight_bit), transcript)
+        transport.send(server.target, outgoing(), transcript)
+    first, second = server.messages
+    assert "BODY=8BITMIME" in first.mail_options
+    assert first.data == eight_bit
+    assert "BODY=8BITMIME" not in second.mail_options
+
+
+@integration
+def test_helo_fallback_when_ehlo_is_refused(
+    transport: SmtpTransport, transcript: Transcript
+) -> None:
+    with raw_server(replies={"EHLO": b"502 5.5.2 Error: command not recognized\r\n"}) as server:
+        [reply] = transport.send(server.target, outgoing(), transcript).values()
+    assert reply == Reply(250, "2.0.0", "Ok: queued", host=HOST)
+    assert server.commands[:3] == [
+        "EHLO client.test",
+        "HELO client.test",
+        "MAIL FROM:<alice@example.net>",  # no ESMTP parameters after HELO
+    ]
+    assert unstuff(server.data[0]) == MESSAGE
+
+
+@integration
+def test_multiline_reply_is_joined(transport: SmtpTransport, transcript: Transcript) -> None:
+    multiline = (
+        b"550-5.1.1 The email account that you tried to reach does not exist.\r\n"
+        b"550-5.1.1 Please try double-checking the recipient's email\r\n"
+        b"550 5.1.1 address for typos.\r\n"
+    )
+    with raw_server(replies={"RCPT": multiline}) as server:
+        [reply] = transport.send(server.target, outgoing(), transcript).values()
+    assert reply == Reply(
+        550,
+        "5.1.1",
+        "The email account that you tried to reach does not exist. Please try "
+        "double-checking the recipient's email address for typos.",
+        host=HOST,
+    )
+    assert "DATA" not in server.commands
+    assert server.commands[-1] == "RSET"
+
+
+@integration
+def test_mail_rejected_answers_everyone(transport: SmtpTransport, transcript: Transcript) -> None:
+    recipients = ["bob@example.com", "carol@example.com"]
+    with smtp_server(mail_reply="550 5.7.1 Sender blocked") as server:
+        replies = transport.send(server.target, outgoing(recipients=recipients), transcript)
+    assert set(replies.values()) == {Reply(550, "5.7.1", "Sender blocked", host=HOST)}
+    assert server.handler.rcpt_tos == []
+
+
+@integration
+def test_final_reply_applies_to_accepted_recipients_only(
+    transport: SmtpTransport, transcript: Transcript
+) -> None:
+    recipients = ["bob@example.com", "reject-dave@example.com"]
+    with smtp_server(data_reply="554 5.7.1 Message rejected as spam") as server:
+        replies = transport.send(server.target, outgoing(recipients=recipients), transcript)
+    assert replies == {
+        "bob@example.com": Reply(554, "5.7.1", "Message rejected as spam", host=HOST),
+        "reject-dave@example.com": Reply(550, "5.1.1", "No such user here", host=HOST),
+    }
+
+
+@integration
+def test_size_limit_fails_without_mail(transport: SmtpTransport, transcript: Transcript) -> None:
+    with smtp_server(data_size_limit=100) as server:
+        replies = transport.send(
+            server.target,
+            outgoing(b"x" * 500 + b"\r\n", recipients=["a@x.test", "b@x.test"]),
+            transcript,
+        )
+    assert {r.code for r in replies.values()} == {552}
+    assert {r.enhanced for r in replies.values()} == {"5.3.4"}
+    assert server.handler.mail_froms == []
+
+
+@integration
+def test_non_ascii_address_needs_smtputf8(transport: SmtpTransport, transcript: Transcript) -> None:
+    recipients = ["josé@example.com", "bob@example.com"]
+    with smtp_server(enable_smtputf8=False) as server:
+        replies = transport.send(server.target, outgoing(recipients=recipients), transcript)
+    assert {(r.code, r.enhanced) for r in replies.values()} == {(553, "5.6.7")}
+    assert server.handler.mail_froms == []
+
+
+@integration
+def test_non_ascii_address_is_delivered_with_smtputf8(
+    transport: SmtpTransport, transcript: Transcript
+) -> None:
+    with smtp_server(enable_smtputf8=True) as server:
+        replies = transport.send(
+            server.target,
+            outgoing(sender="zoë@example.net", recipients=["josé@example.com"]),
+            transcript,
+        )
+    assert replies == {"josé@example.com": Reply(250, "2.0.0", "Ok: queued", host=HOST)}
+    [received] = server.messages
+    assert received.smtp_utf8
+    assert "SMTPUTF8" in received.mail_options
+    assert received.rcpt_tos == ("josé@example.com",)
+    assert received.mail_from == "zoë@example.net"
+
+
+@integration
+def test_unsendable_address_is_refused_before_the_server_sees_it(
+    transport: SmtpTransport, transcript: Transcript
+) -> None:
+    evil = "bob@example.com>\r\nRCPT TO:<evil@example.com"
+    with raw_server() as server:
+        replies = transport.send(
+            server.target, outgoing(recipients=[evil, "carol@example.com"]), transcript
+        )
+    assert replies[evil] == Reply(
+        553, "5.1.3", f"recipient address {evil!r} cannot be sent", host=HOST
+    )
+    assert replies["carol@example.com"].code == 250
+    assert not any("evil" in command for command in server.commands)
+
+
+# Connection reuse.
+
+
+@integration
+def test_one_connection_carries_several_messages(
+    transport: SmtpTransport, transcript: Transcript
+) -> None:
+    with smtp_server() as server:
+        for _ in range(3):
+            [reply] = transport.send(server.target, outgoing(), transcript).values()
+            assert reply.code == 250
+        assert server.connections == 1
+        assert len(server.messages) == 3
+        assert sum(line.endswith("> RSET") for line in transcript.lines) == 2
+
+
+@integration
+def test_dead_kept_connection_is_replaced(transport: SmtpTransport, transcript: Transcript) -> None:
+    with smtp_server() as server:
+        transport.send(server.target, outgoing(), transcript)
+        server.drop_connections()
+        [reply] = transport.send(server.target, outgoing(), transcript).values()
+        assert reply == Reply(250, "2.0.0", "Ok: queued", host=HOST)
+        assert server.connections == 2
+        assert len(server.messages) == 2
+    assert any("connecting again" in line for line in transcript.lines)
+
+
+@integration
+def test_idle_connection_is_closed_on_the_next_call(transcript: Transcript) -> None:
+    now = [1000.0]
+    with (
+        raw_server() as server,
+        SmtpTransport(
+            helo_name="client.test",
+            timeouts=attrs.evolve(SHORT, idle=30),
+            monotonic=lambda: now[0],
+        ) as transport,
+    ):
+        transport.send(server.target, outgoing(), transcript)
+        now[0] += 29
+        transport.send(server.target, outgoing(), transcript)
+        assert server.connections == 1
+        now[0] += 31
+        transport.send(server.target, outgoing(), transcript)
+        assert server.connections == 2
+        assert server.commands.count("QUIT") == 1
+
+
+@integration
+def test_close_quits_and_can_be_called_twice(transcript: Transcript) -> None:
+    with raw_server() as server:
+        transport = SmtpTransport(helo_name="client.test", timeouts=SHORT)
+        transport.send(server.target, outgoing(), transcript)
+        transport.close()
+        assert server.commands[-1] == "QUIT"
+        transport.close()
+        [reply] = transport.send(server.target, outgoing(), transcript).values()
+        assert reply.code == 250
+        assert server.connections == 2
+        transport.close()
+
+
+@integration
+def test_421_answers_everyone_not_yet_answered_and_closes(
+    transport: SmtpTransport, transcript: Transcript
+) -> None:
+    handler = ScriptedHandler(
+        rcpt_answers={"reject": "550 5.1.1 No such user here", "busy": "421 4.3.2 Shutting down"}
+    )
+    recipients = ["bob@example.com", "reject-dave@example.com", "busy@example.com", "eve@x.test"]
+    with smtp_server(handler) as server:
+        replies = transport.send(server.target, outgoing(recipients=recipients), transcript)
+        shutting_down = Reply(421, "4.3.2", "Shutting down", host=HOST)
+        assert replies == {
+            "bob@example.com": shutting_down,
+            "reject-dave@example.com": Reply(550, "5.1.1", "No such user here", host=HOST),
+            "busy@example.com": shutting_down,
+            "eve@x.test": shutting_down,
+        }
+        assert handler.rcpt_tos == recipients[:3]
+        transport.send(server.target, outgoing(), transcript)
+        assert server.connections == 2
+
+
+# Servers that fail or misbehave.
+
+
+@integration
+def test_closed_port_is_temporary_for_everyone(
+    transport: SmtpTransport, transcript: Transcript
+) -> None:
+    port = free_port()
+    replies = transport.send(
+        Target(HOST, port, literal=True), outgoing(recipients=["a@x.test", "b@x.test"]), transcript
+    )
+    expected = Reply(
+        451, "4.4.1", f"connection to {HOST}:{port} failed: Connection refused", host=HOST
+    )
+    assert replies == {"a@x.test": expected, "b@x.test": expected}
+
+
+@integration
+def test_stalled_greeting_is_temporary_within_the_timeout(transcript: Transcript) -> None:
+    timeouts = attrs.evolve(SHORT, greeting=0.3)
+    with stalling_server() as server, SmtpTransport(helo_name="c.test", timeouts=timeouts) as t:
+        started = time.monotonic()
+        [reply] = t.send(server.target, outgoing(), transcript).values()
+        elapsed = time.monotonic() - started
+    assert reply == Reply(
+        451, "4.4.2", f"{HOST}:{server.port} sent no greeting within 0.3 s", host=HOST
+    )
+    assert 0.25 < elapsed < 3
+
+
+@integration
+def test_garbage_greeting_is_temporary(transport: SmtpTransport, transcript: Transcript) -> None:
+    with garbage_server() as server:
+        [reply] = transport.send(server.target, outgoing(), transcript).values()
+    assert (reply.code, reply.enhanced) == (451, "4.5.0")
+    assert "hello, I am not an SMTP server" in reply.text
+    assert server.commands == []
+
+
+@integration
+@pytest.mark.parametrize(
+    ("replies", "enhanced"),
+    [
+        pytest.param({"MAIL": b"what?\r\n"}, "4.5.0", id="garbage"),
+        pytest.param({"MAIL": b"354 go ahead\r\n"}, "4.5.0", id="wrong-class"),
+        pytest.param({"MAIL": None}, "4.4.2", id="hang-up"),
+        pytest.param({"MAIL": b"250-a\r\n251 b\r\n"}, "4.5.0", id="mixed-codes"),
+        pytest.param({"MAIL": b"250-" + b"x" * 5000 + b"\r\n"}, "4.5.0", id="too-long"),
+    ],
+)
+def test_broken_reply_mid_session_is_temporary_and_not_reused(
+    transport: SmtpTransport,
+    transcript: Transcript,
+    replies: dict[str, bytes | None],
+    enhanced: str,
+) -> None:
+    with raw_server(replies=replies) as server:
+        first = transport.send(
+            server.target, outgoing(recipients=["a@x.test", "b@x.test"]), transcript
+        )
+        transport.send(server.target, outgoing(), transcript)
+        assert server.connections == 2
+    assert {(r.code, r.enhanced) for r in first.values()} == {(451, enhanced)}
+
+
+@integration
+@pytest.mark.parametrize("size", [200, 4 * 1024 * 1024], ids=["small", "large"])
+def test_dropped_in_data_is_temporary(
+    transport: SmtpTransport, transcript: Transcript, size: int
+) -> None:
+    message = (b"x" * 98 + b"\r\n") * (size // 100)
+    with dropping_server(after=1) as server:
+        replies = transport.send(
+            server.target, outgoing(message, recipients=["a@x.test", "b@x.test"]), transcript
+        )
+    assert {(r.code, r.enhanced) for r in replies.values()} == {(451, "4.4.2")}
+    assert server.digests == []
+
+
+class _FailingFile(io.BytesIO):
+    def read(self, size: int | None = -1) -> bytes:
+        if self.tell() > 0:
+            raise OSError("disk on fire")
+        return super().read(size)
+
+
+@integration
+def test_spool_read_failure_propagates_and_drops_the_connection(
+    transport: SmtpTransport, transcript: Transcript
+) -> None:
+    big = b"y" * 98 + b"\r\n"
+    failing = attrs.evolve(outgoing(big * 2000), open=lambda: _FailingFile(big * 2000))
+    with smtp_server() as server:
+        with pytest.raises(OSError, match="disk on fire"):
+            transport.send(server.target, failing, transcript)
+        [reply] = transport.send(server.target, outgoing(), transcript).values()
+        assert reply.code == 250
+        assert server.connections == 2
+        assert [m.data for m in server.messages] == [MESSAGE]
+
+
+# Streaming and the transcript.
+
+
+@attrs.define
+class _LazyMessage:
+    """A message generated as it is read: 80-octet lines, never all in memory."""
+
+    size: int
+    largest_read: list[int]
+    position: int = 0
+
+    LINE = b"0123456789" * 7 + b"abcdefgh\r\n"
+
+    def read(self, size: int | None = -1) -> bytes:
+        assert size is not None, "read() without a size would load the whole message"
+        assert size > 0, "read() without a size would load the whole message"
+        self.largest_read.append(size)
+        count = min(size, self.size - self.position)
+        start = self.position % len(self.LINE)
+        repeated = self.LINE * (count // len(self.LINE) + 2)
+        self.position += count
+        return repeated[start : start + count]
+
+    def __enter__(self) -> _LazyMessage:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        return None
+
+
+def _lazy_digest(size: int) -> str:
+    digest = hashlib.sha256()
+    source = _LazyMessage(size, [])
+    while block := source.read(1 << 20):
+        digest.update(block)
+    digest.update(b".\r\n")
+    return digest.hexdigest()
+
+
+@integration
+def test_large_message_is_streamed_in_constant_memory(
+    transport: SmtpTransport, transcript: Transcript
+) -> None:
+    size = 20 * 1024 * 1024
+    reads: list[int] = []
+    message = Outgoing(
+        id="big",
+        sender="a@x.test",
+        recipients=("b@x.test",),
+        size=size,
+        open=cast(
+            Callable[[], AbstractContextManager[BinaryIO]], lambda: _LazyMessage(size, reads)
+        ),
+    )
+    with raw_server(keep_data=False) as server:
+        tracemalloc.start()
+        try:
+            [reply] = transport.send(server.target, message, transcript).values()
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert reply.code == 250
+    assert server.digests == [(size + 3, _lazy_digest(size))]
+    assert max(reads) <= 64 * 1024
+    assert peak < 4 * 1024 * 1024, f"peak traced memory {peak} octets for a {size}-octet message"
+
+
+@integration
+def test_transcript_has_the_dialogue_but_not_the_message(
+    transport: SmtpTransport, transcript: Transcript
+) -> None:
+    with smtp_server() as server:
+        transport.send(server.target, outgoing(), transcript)
+    text = transcript.text
+    assert f"* connecting to {HOST}:{server.port}" in text
+    assert "< 220 mx.test" in text
+    assert "> EHLO client.test" in text
+    assert f"> MAIL FROM:<alice@example.net> SIZE={len(MESSAGE)}" in text
+    assert "< 250 2.1.0 Ok" in text
+    assert "> RCPT TO:<bob@example.com>" in text
+    assert "> DATA" in text
+    assert "< 354 " in text
+    assert f"message data sent: {len(MESSAGE) + 3 + 3} octets" in text  # 3 stuffed dots, ".\r\n"
+    assert "< 250 2.0.0 Ok: queued" in text
+    assert "SECRET-BODY-MARKER" not in text
+    assert "Subject" not in text
