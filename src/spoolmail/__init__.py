@@ -1,0 +1,51 @@
+"""spoolmail: the IIS SMTP Service's MailRoot (Pickup, Queue, BadMail, Drop) as a crash-safe spool.
+
+Programs drop messages into ``Pickup/`` (or call :meth:`Spool.submit`); a :class:`MailService`
+queues them, delivers local domains into ``Drop/`` and everything else over SMTP, retries on the
+IIS schedule, returns failures to the sender as RFC 3464 DSNs, and puts what cannot be delivered
+or returned into ``BadMail/`` with the reason. See ``docs/`` for the guide and file formats.
+"""
+
+from importlib.metadata import PackageNotFoundError, version
+
+from spoolmail._core.envelope import Envelope, Recipient, RecipientState
+from spoolmail._core.reply import Reply, Severity
+from spoolmail._core.retry import RetryPolicy
+from spoolmail._core.routing import Route, RouteKind, Router, Target
+from spoolmail._core.transcript import Transcript
+from spoolmail._service.service import Limits, MailService, Report
+from spoolmail._store.spool import BadMailItem, DropItem, QueuedMessage, Spool
+from spoolmail._store.store import Durability
+from spoolmail._transport.base import Outgoing, Transport
+from spoolmail.exceptions import SpoolmailError
+
+try:
+    __version__ = version("spoolmail")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree without metadata
+    __version__ = "0.0.0"
+
+__all__ = [
+    "BadMailItem",
+    "DropItem",
+    "Durability",
+    "Envelope",
+    "Limits",
+    "MailService",
+    "Outgoing",
+    "QueuedMessage",
+    "Recipient",
+    "RecipientState",
+    "Reply",
+    "Report",
+    "RetryPolicy",
+    "Route",
+    "RouteKind",
+    "Router",
+    "Severity",
+    "Spool",
+    "SpoolmailError",
+    "Target",
+    "Transcript",
+    "Transport",
+    "__version__",
+]

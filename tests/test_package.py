@@ -1,0 +1,121 @@
+"""The package's shape: exported names, layers whose imports point down, the fs import guard."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import spoolmail
+from spoolmail.exceptions import DependencyError
+
+SRC = Path(spoolmail.__file__).parent
+
+# What each layer may import from spoolmail (besides itself and spoolmail.exceptions).
+LAYERS = {
+    "_core": set(),
+    "_store": {"_core"},
+    "_transport": {"_core"},
+    "_service": {"_core", "_store", "_transport"},
+    "_cli": {"_core", "_store", "_transport", "_service"},
+}
+# The core is pure: no filesystem, network, DNS or clock (STYLE.md section 1).
+CORE_FORBIDDEN = {
+    "fs",
+    "socket",
+    "ssl",
+    "dns",
+    "time",
+    "asyncio",
+    "aiosmtpd",
+    "os",
+    "threading",
+    "subprocess",
+}
+
+
+def imports(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+    return found
+
+
+def test_exported_names_are_pinned() -> None:
+    assert spoolmail.__all__ == sorted(spoolmail.__all__)
+    assert set(spoolmail.__all__) == {
+        "BadMailItem",
+        "DropItem",
+        "Durability",
+        "Envelope",
+        "Limits",
+        "MailService",
+        "Outgoing",
+        "QueuedMessage",
+        "Recipient",
+        "RecipientState",
+        "Reply",
+        "Report",
+        "RetryPolicy",
+        "Route",
+        "RouteKind",
+        "Router",
+        "Severity",
+        "Spool",
+        "SpoolmailError",
+        "Target",
+        "Transcript",
+        "Transport",
+        "__version__",
+    }
+    for name in spoolmail.__all__:
+        assert hasattr(spoolmail, name), name
+
+
+@pytest.mark.parametrize("layer", sorted(LAYERS))
+def test_imports_point_down(layer: str) -> None:
+    allowed = LAYERS[layer] | {layer}
+    for path in (SRC / layer).glob("*.py"):
+        for module in imports(path):
+            if module.startswith("spoolmail._"):
+                assert module.split(".")[1] in allowed, f"{path.name} imports {module}"
+
+
+def test_core_touches_no_io_or_clock() -> None:
+    for path in (SRC / "_core").glob("*.py"):
+        for module in imports(path):
+            assert module.split(".")[0] not in CORE_FORBIDDEN, f"{path.name} imports {module}"
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+                assert node.func.attr not in {"now", "utcnow", "today"}, (
+                    f"{path.name} reads a clock"
+                )
+
+
+def test_only_the_seam_imports_fs() -> None:
+    for path in SRC.rglob("*.py"):
+        if path.name == "pyfs.py":
+            continue
+        assert not any(m == "fs" or m.startswith("fs.") for m in imports(path)), path
+
+
+def test_broken_fs_import_names_the_fix() -> None:
+    # As on a new setuptools: pkg_resources cannot be imported.
+    code = "import sys; sys.modules['pkg_resources'] = None; import spoolmail"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("spoolmail.exceptions.DependencyError:")
+    assert "pip install 'setuptools<82'" in last
+
+
+def test_dependency_error_is_an_import_error() -> None:
+    assert issubclass(DependencyError, ImportError)
