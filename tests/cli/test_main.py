@@ -1,0 +1,166 @@
+"""The ``spoolmail`` command, through ``main(argv)``; the daemon once as a real subprocess."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from spoolmail._cli.main import main
+
+
+def run(*argv: str) -> tuple[int, str]:
+    out = io.StringIO()
+    status = main(list(argv), out=out)
+    return status, out.getvalue()
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    return tmp_path / "MailRoot"
+
+
+def test_init_creates_the_mailroot(root: Path) -> None:
+    assert run("--root", str(root), "init") == (0, f"MailRoot ready at {root}\n")
+    assert sorted(p.name for p in root.iterdir()) == [
+        "BadMail",
+        "Drop",
+        "Pickup",
+        "Queue",
+        "SortTemp",
+    ]
+
+
+def test_submit_then_run_once_delivers_to_drop(root: Path, tmp_path: Path) -> None:
+    source = tmp_path / "note.eml"
+    source.write_bytes(b"From: app@example.com\nTo: ignored@example.com\nSubject: s\n\nbody\n")
+    status, out = run(
+        "--root",
+        str(root),
+        "submit",
+        "--from",
+        "App <app@example.com>",
+        "--to",
+        "ops@example.com",
+        str(source),
+    )
+    assert status == 0
+    [name] = os.listdir(root / "Pickup")
+    assert out == f"Pickup/{name}\n"
+    assert (
+        (root / "Pickup" / name)
+        .read_bytes()
+        .startswith(b"x-sender: <app@example.com>\r\nx-receiver: <ops@example.com>\r\n")
+    )
+    assert run("--root", str(root), "run", "--once", "--local-domain", "example.com")[0] == 0
+    [dropped] = os.listdir(root / "Drop")
+    assert (
+        (root / "Drop" / dropped)
+        .read_bytes()
+        .startswith(b"x-sender: app@example.com\r\nx-receiver: ops@example.com\r\n")
+    )
+    status, out = run("--root", str(root), "drop", "--json")
+    assert json.loads(out) == {
+        "id": dropped.removesuffix(".eml"),
+        "sender": "app@example.com",
+        "recipients": ["ops@example.com"],
+        "size": (root / "Drop" / dropped).stat().st_size,
+    }
+
+
+def test_submit_refuses_a_message_that_could_only_be_badmail(
+    root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "bad.eml"
+    source.write_bytes(b"Subject: no addresses\n\nbody\n")
+    assert run("--root", str(root), "submit", str(source))[0] == 2
+    assert "no sender" in capsys.readouterr().err
+    assert os.listdir(root / "Pickup") == []
+
+
+def test_submit_missing_file(root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run("--root", str(root), "submit", str(root / "nope.eml"))[0] == 1
+    assert "cannot read" in capsys.readouterr().err
+
+
+def test_queue_and_badmail_listings(root: Path) -> None:
+    run("--root", str(root), "init")
+    (root / "Pickup" / "remote.eml").write_bytes(
+        b"From: a@example.com\r\nTo: x@remote.test\r\n\r\nhi\r\n"
+    )
+    (root / "Pickup" / "broken.eml").write_bytes(b"no headers here\r\n")
+    assert run("--root", str(root), "run", "--once", "--local-domain", "example.com")[0] == 0
+    status, out = run("--root", str(root), "queue", "--json")
+    [row] = [json.loads(line) for line in out.splitlines()]
+    assert row["state"] == "queued"
+    assert row["recipients"][0]["address"] == "x@remote.test"
+    assert row["recipients"][0]["reply"].startswith("451 4.4.0 no route to remote.test")
+    status, out = run("--root", str(root), "badmail")
+    assert status == 0
+    assert "5.6.0 line 1 is not a header field" in out
+
+
+def test_settings_file_and_its_errors(
+    root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "spoolmail.toml"
+    config.write_text(
+        f'[spoolmail]\nroot = "{root}"\nlocal_domains = ["corp.test"]\nretry = "postfix"\n'
+    )
+    (root / "Pickup").mkdir(parents=True)
+    (root / "Pickup" / "m.eml").write_bytes(b"From: a@corp.test\r\nTo: b@corp.test\r\n\r\nhi\r\n")
+    assert run("--config", str(config), "run", "--once")[0] == 0
+    assert len(os.listdir(root / "Drop")) == 1
+
+    config.write_text('[spoolmail]\nsmarthost = "x"\n')
+    assert run("--config", str(config), "init")[0] == 2
+    assert "unknown setting 'smarthost'" in capsys.readouterr().err
+    config.write_text('[spoolmail]\nmax_hop_count = "15"\n')
+    assert run("--config", str(config), "init")[0] == 2
+    assert "'max_hop_count' must be int" in capsys.readouterr().err
+    config.write_text('[spoolmail]\nretry = "sometimes"\n')
+    assert run("--config", str(config), "init")[0] == 2
+    assert "retry must be one of" in capsys.readouterr().err
+    assert run("--config", str(tmp_path / "missing.toml"), "init")[0] == 2
+    assert "cannot read settings file" in capsys.readouterr().err
+
+
+def test_bad_smart_host_flag_is_a_usage_error(
+    root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run("--root", str(root), "run", "--once", "--smart-host", "[nope]")[0] == 2
+    assert "brackets hold an IP address" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(os.name != "posix", reason="signals")
+def test_quick_start_serves_until_ctrl_c(tmp_path: Path) -> None:
+    """The README's first command: ``python3 -m spoolmail run`` in a folder, no settings."""
+    with subprocess.Popen(
+        [sys.executable, "-m", "spoolmail", "run"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    ) as process:
+        try:
+            assert process.stdout is not None
+            banner = process.stdout.readline()
+            assert banner.startswith(b"spoolmail: serving MailRoot (local domains: localhost")
+            (tmp_path / "MailRoot" / "Pickup" / "hello.txt").write_bytes(
+                b"x-sender: me@localhost\nx-receiver: you@localhost\nSubject: hi\n\nhello\n"
+            )
+            for _ in range(500):
+                if os.listdir(tmp_path / "MailRoot" / "Drop"):
+                    break
+                time.sleep(0.01)
+            assert len(os.listdir(tmp_path / "MailRoot" / "Drop")) == 1
+        finally:
+            process.send_signal(signal.SIGINT)
+            assert process.wait(10) == 0
