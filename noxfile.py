@@ -46,7 +46,14 @@ def install(session: nox.Session, setuptools_first: str) -> None:
     if setuptools_first == "newest":
         session.install("--upgrade", "setuptools>=82")
     session.install(".")
-    session.run("python", "-c", "import spoolmail; spoolmail.Spool('mem://').close()")
+    session.run(
+        "python",
+        "-W",
+        "error",
+        "-c",
+        "import importlib.metadata as m, spoolmail; spoolmail.Spool('mem://').close(); "
+        "v = m.version('setuptools'); assert int(v.split('.')[0]) < 82, v; print('setuptools', v)",
+    )
 
 
 @nox.session
