@@ -207,8 +207,9 @@ def decode_envelope(raw: bytes) -> Envelope:
             f"(it reads version {ENVELOPE_VERSION})"
         )
     recipients = data.get("recipients")
-    if not isinstance(recipients, list) or not recipients:
-        raise EnvelopeError("an envelope needs a non-empty list of recipients")
+    if not isinstance(recipients, list):
+        # Empty is allowed: a BadMail envelope (.BDP) of a file without recipients has none.
+        raise EnvelopeError("an envelope needs a list of recipients")
     return Envelope(
         id=_typed(data, "id", str),
         sender=_typed(data, "sender", str),
