@@ -234,6 +234,16 @@ class MailService:
                 wait = max(0.0, min(wait, (next_due - self.clock()).total_seconds()))
             self._stop.wait(wait)
 
+    def rescan(self) -> Report:
+        """Recover and rescan the Queue now, as every tick does each ``rescan_interval``.
+
+        For changes made behind the service's back (files moved by hand, another process).
+        """
+        tally = _Tally()
+        self._guard(tally, "recovering the spool", lambda: self._rescan(tally))
+        self._next_rescan = self.clock() + self.rescan_interval
+        return tally.freeze()
+
     def stop(self) -> None:
         """Make :meth:`run_forever` return after the current tick."""
         self._stop.set()
@@ -305,16 +315,19 @@ class MailService:
             )
 
     def _sweep_orphans(self, tally: _Tally) -> None:
-        """Move a message left without envelope to BadMail; drop reports of undone BadMail moves."""
+        """Move a message left without envelope to BadMail; drop reports of undone BadMail moves.
+
+        Another process may be between two steps of a commit right now, so only files older
+        than a lease count as left behind: a commit takes milliseconds, not minutes.
+        """
         store = self.store
-        files = store.queue_files()
         claimed_ids = {c.id for c in store.pickup_claims()}
+        files = store.queue_files()
         for queue_id, entry in files.items():
             if entry.envelope or entry.claims or queue_id in claimed_ids:
                 continue
-            parent = queue_id.rsplit("-d", 1)[0]
-            if parent != queue_id and parent in files:
-                continue  # a DSN its parent's (live) owner is still writing
+            if entry.message and not store.stale(QUEUE, f"{queue_id}.eml"):
+                continue
             if entry.message:
                 report = (
                     b"4.3.0 found in the Queue without an envelope (a commit was interrupted); "
@@ -330,7 +343,7 @@ class MailService:
             queue_id, _, kind = name.partition(".")
             if kind == "BDR" and queue_id in files and not store.exists(BADMAIL, f"{queue_id}.BAD"):
                 entry = files[queue_id]
-                if entry.envelope or entry.claims:
+                if (entry.envelope or entry.claims) and store.stale(BADMAIL, name):
                     store.remove(BADMAIL, f"{queue_id}.BDR")
                     store.remove(BADMAIL, f"{queue_id}.BDP")
 

@@ -479,14 +479,17 @@ class MailStore:
             if owner not in alive:
                 alive[owner] = self.owner_alive(owner) or (
                     not self.exists(SORTTEMP, f"{owner}{_OWNER_SUFFIX}")
-                    and self._age(SORTTEMP, name) < self.lease
+                    and not self.stale(SORTTEMP, name)
                 )
             if not alive[owner]:
                 removed += self.remove(SORTTEMP, name)
         return removed
 
-    def _age(self, folder: str, name: str) -> timedelta:
-        """How long ago a file was last written, by the filesystem's own (real) clock."""
+    def stale(self, folder: str, name: str) -> bool:
+        """Whether a file was last written over a lease ago, by the filesystem's (real) clock.
+
+        Files that another process may be writing right now are left alone until they are stale.
+        """
         try:
             if self._os_root is not None:
                 modified = os.stat(self._sys(folder, name)).st_mtime
@@ -494,8 +497,8 @@ class MailStore:
                 info = self.fs.getinfo(f"{folder}/{name}", namespaces=["details"])
                 modified = info.modified.timestamp() if info.modified else time.time()
         except (OSError, pyfs.errors.FSError):
-            return timedelta(0)
-        return timedelta(seconds=max(0.0, time.time() - modified))
+            return False
+        return time.time() - modified > self.lease.total_seconds()
 
     def close(self) -> None:
         with contextlib.suppress(StorageError):
