@@ -236,10 +236,14 @@ class MailStore:
             raise StorageError(f"cannot delete {folder}/{name}: {exc}") from exc
         return True
 
-    def rename(self, src: tuple[str, str], dst: tuple[str, str]) -> bool:
+    def rename(
+        self, src: tuple[str, str], dst: tuple[str, str], *, sync_source: bool = True
+    ) -> bool:
         """Atomically rename ``src`` to ``dst`` (replacing it); ``False`` if ``src`` is gone.
 
         A lost race (another process renamed it first) is the ``False``; only one caller wins.
+        Both directories are fsync'd; the source's only when the file's leaving it must last
+        (not for a temporary file: one that reappears after a power cut is swept up).
         """
         if src == dst:
             # MemoryFS.move(p, p) deletes the file (fs 2.4.16, DESIGN.md section 8).
@@ -247,7 +251,7 @@ class MailStore:
         try:
             if self._os_root is not None:
                 os.replace(self._sys(*src), self._sys(*dst))
-                self._sync_dirs({src[0], dst[0]})
+                self._sync_dirs({src[0], dst[0]} if sync_source else {dst[0]})
             else:
                 self.fs.move("/".join(src), "/".join(dst), overwrite=True)
         except (FileNotFoundError, pyfs.errors.ResourceNotFound):
@@ -296,7 +300,7 @@ class MailStore:
             if isinstance(exc, OSError | pyfs.errors.FSError):
                 raise StorageError(f"cannot write {folder}/{name}: {exc}") from exc
             raise
-        if not self.rename((SORTTEMP, temp), (folder, name)):
+        if not self.rename((SORTTEMP, temp), (folder, name), sync_source=False):
             raise StorageError(f"{SORTTEMP}/{temp} vanished before it could become {folder}/{name}")
         return written
 
