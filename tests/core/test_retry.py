@@ -596,3 +596,14 @@ def test_short_retrying_works_as_an_iterator() -> None:
 def test_short_retrying_validates_its_settings(attempts: int, wait: float) -> None:
     with pytest.raises(ConfigurationError):
         short_retrying(sleep=lambda _seconds: None, attempts=attempts, wait=wait)
+
+
+def test_iis_local_retries_hourly_for_two_days() -> None:
+    arrival = datetime(2026, 11, 28, 10, 0, tzinfo=UTC)
+    policy = RetryPolicy.iis_local()
+    times = policy.schedule(arrival=arrival)
+    gaps = {later - earlier for earlier, later in itertools.pairwise(times)}
+    assert gaps == {timedelta(hours=1)}
+    assert times[-1] - arrival == timedelta(days=2)
+    assert len(times) == 49
+    assert policy.delay_notice == timedelta(hours=12)

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import attrs
 import pytest
 
-from spoolmail._core.envelope import Envelope, Recipient, RecipientState
+from spoolmail._core.envelope import Envelope, Notify, Recipient, RecipientState
 from spoolmail._core.reply import Reply
 from spoolmail._core.states import (
     TRANSITIONS,
@@ -15,6 +15,10 @@ from spoolmail._core.states import (
     Event,
     State,
     conclude_attempt,
+    flush,
+    hold,
+    release,
+    requeue,
     transition,
 )
 from spoolmail.exceptions import InvalidTransition
@@ -39,6 +43,10 @@ class StubRetry:
 
     def delay_notice_due(self, *, arrival: datetime, now: datetime, already_sent: bool) -> bool:
         return self.delay_due and not already_sent
+
+    def __call__(self, recipient: Recipient) -> StubRetry:
+        """The same policy for every recipient."""
+        return self
 
 
 def envelope(*addresses: str, sender: str = "alice@example.net", **changes: object) -> Envelope:
@@ -204,3 +212,122 @@ def test_recipient_without_reply_stays_as_it_was() -> None:
     outcome = conclude_attempt(envelope("a@x", "b@x"), {"a@x": OK}, retry=StubRetry(), now=T0)
     assert states(outcome.envelope)["b@x"] is RecipientState.PENDING
     assert outcome.event is Event.DEFERRED
+
+
+def test_each_recipient_waits_for_its_own_policy() -> None:
+    fast, slow = StubRetry(wait=timedelta(minutes=1)), StubRetry(wait=timedelta(hours=1))
+    policies = {"local@x": fast, "remote@y": slow}
+    outcome = conclude_attempt(
+        envelope("local@x", "remote@y"),
+        {"local@x": LATER, "remote@y": LATER},
+        retry=lambda r: policies[r.address],
+        now=T0,
+    )
+    assert outcome.envelope.next_attempt == T0 + timedelta(minutes=1)
+
+
+def test_one_policy_expiring_fails_only_its_recipients() -> None:
+    policies = {"local@x": StubRetry(wait=None), "remote@y": StubRetry()}
+    outcome = conclude_attempt(
+        envelope("local@x", "remote@y"),
+        {"local@x": LATER, "remote@y": LATER},
+        retry=lambda r: policies[r.address],
+        now=T0,
+    )
+    assert states(outcome.envelope) == {
+        "local@x": RecipientState.FAILED,
+        "remote@y": RecipientState.PENDING,
+    }
+    assert outcome.envelope.next_attempt == T0 + timedelta(minutes=15)
+    assert [d.kind for d in outcome.dsns] == [DsnKind.FAILURE]
+
+
+def test_notify_never_silences_a_failure() -> None:
+    env = envelope("no@x", "loud@x").with_recipients(
+        [Recipient("no@x", notify=Notify.NEVER), Recipient("loud@x")]
+    )
+    outcome = conclude_attempt(env, {"no@x": NO, "loud@x": NO}, retry=StubRetry(), now=T0)
+    [dsn] = outcome.dsns
+    assert [r.address for r in dsn.recipients] == ["loud@x"]
+    assert all(r.notified for r in outcome.envelope.recipients)
+    assert outcome.event is Event.SETTLED
+
+
+def test_notify_success_asks_for_delivered_and_relayed_notices() -> None:
+    env = envelope("a@x", "b@y", "c@z").with_recipients(
+        [
+            Recipient("a@x", notify=Notify.SUCCESS),
+            Recipient("b@y", notify=Notify.SUCCESS | Notify.FAILURE),
+            Recipient("c@z"),
+        ]
+    )
+    local = Reply(250, "2.0.0", "delivered to Drop")
+    outcome = conclude_attempt(env, {"a@x": local, "b@y": OK, "c@z": OK}, retry=StubRetry(), now=T0)
+    assert [(d.kind, [r.address for r in d.recipients]) for d in outcome.dsns] == [
+        (DsnKind.DELIVERED, ["a@x"]),
+        (DsnKind.RELAYED, ["b@y"]),
+    ]
+    assert [d.id for d in outcome.dsns] == ["q1-d1", "q1-d2"]
+
+
+def test_delay_notice_only_for_those_who_want_it() -> None:
+    env = envelope("a@x", "b@x").with_recipients(
+        [Recipient("a@x", notify=Notify.FAILURE), Recipient("b@x")]
+    )
+    outcome = conclude_attempt(
+        env, {"a@x": LATER, "b@x": LATER}, retry=StubRetry(delay_due=True), now=T0
+    )
+    [dsn] = outcome.dsns
+    assert [r.address for r in dsn.recipients] == ["b@x"]
+    assert outcome.envelope.delay_notified
+
+
+def test_time_on_hold_does_not_count_towards_expiry() -> None:
+    seen: list[datetime] = []
+
+    @attrs.define
+    class Recording(StubRetry):
+        def next_attempt(
+            self, *, attempts: int, arrival: datetime, now: datetime
+        ) -> datetime | None:
+            seen.append(arrival)
+            return now + timedelta(minutes=15)
+
+    held = hold(envelope("a@x"), now=T0)
+    assert held.held
+    back = release(held, now=T0 + timedelta(hours=3))
+    assert (back.held, back.next_attempt, back.retry_base) == (
+        False,
+        T0 + timedelta(hours=3),
+        T0 + timedelta(hours=3),
+    )
+    conclude_attempt(back, {"a@x": LATER}, retry=Recording(), now=T0 + timedelta(hours=3))
+    assert seen == [T0 + timedelta(hours=3)]
+    again = release(hold(back, now=T0 + timedelta(hours=4)), now=T0 + timedelta(hours=5))
+    assert again.held_time == timedelta(hours=4)
+
+
+def test_flush_makes_due_now_and_keeps_a_hold() -> None:
+    later = attrs.evolve(envelope("a@x"), next_attempt=T0 + timedelta(hours=1))
+    assert flush(later, now=T0).next_attempt == T0
+    assert flush(hold(later, now=T0), now=T0).held
+
+
+def test_requeue_restarts_the_chosen_recipients() -> None:
+    failed = envelope("a@x", "b@x", "c@x").with_recipients(
+        [
+            Recipient("a@x", RecipientState.DELIVERED, OK),
+            Recipient("b@x", RecipientState.FAILED, NO, notified=True, notify=Notify.FAILURE),
+            Recipient("c@x", RecipientState.FAILED, NO, notified=True),
+        ]
+    )
+    failed = attrs.evolve(failed, attempts=5, dsn_count=2)
+    fresh = requeue(failed, queue_id="q2", now=T0 + timedelta(days=3), addresses=None)
+    assert [(r.address, r.state, r.notified, r.notify) for r in fresh.recipients] == [
+        ("b@x", RecipientState.PENDING, False, Notify.FAILURE),
+        ("c@x", RecipientState.PENDING, False, None),
+    ]
+    assert (fresh.id, fresh.attempts, fresh.dsn_count, fresh.origin) == ("q2", 0, 0, "requeue:q1")
+    assert fresh.next_attempt == T0 + timedelta(days=3)
+    only = requeue(failed, queue_id="q3", now=T0, addresses={"c@x"})
+    assert [r.address for r in only.recipients] == ["c@x"]

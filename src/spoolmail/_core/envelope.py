@@ -12,7 +12,7 @@ from __future__ import annotations
 import enum
 import json
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import attrs
@@ -23,8 +23,10 @@ from spoolmail.exceptions import EnvelopeError
 __all__ = [
     "ENVELOPE_VERSION",
     "Envelope",
+    "Notify",
     "Recipient",
     "RecipientState",
+    "Ret",
     "decode_envelope",
     "encode_envelope",
 ]
@@ -42,6 +44,29 @@ class RecipientState(enum.Enum):
     FAILED = "failed"
 
 
+class Notify(enum.Flag):
+    """RFC 3461 NOTIFY: which DSNs the sender asked for, per recipient.
+
+    ``Notify.NEVER`` (no flag) asks for none. A recipient without a NOTIFY (``None``) gets what
+    RFC 3461 section 4.1 leaves to the MTA: failure and delay notices, no success notice.
+    """
+
+    NEVER = 0
+    SUCCESS = enum.auto()
+    FAILURE = enum.auto()
+    DELAY = enum.auto()
+
+
+DEFAULT_NOTIFY = Notify.FAILURE | Notify.DELAY
+
+
+class Ret(enum.Enum):
+    """RFC 3461 RET: return the full message in a failure DSN, or only its headers."""
+
+    FULL = "FULL"
+    HDRS = "HDRS"
+
+
 def _aware(_instance: object, attribute: attrs.Attribute[Any], value: datetime | None) -> None:
     if value is not None and value.utcoffset() is None:
         raise ValueError(f"{attribute.name} must be an aware datetime, not {value!r}")
@@ -51,8 +76,9 @@ def _aware(_instance: object, attribute: attrs.Attribute[Any], value: datetime |
 class Recipient:
     """One RCPT TO address and its state; ``reply`` is the last answer about it.
 
-    ``notified`` is set once a DSN has reported this recipient's failure, so that a failure is
-    reported exactly once however many attempts follow for the other recipients.
+    ``notified`` is set once a DSN has reported this recipient's outcome, so that it is reported
+    exactly once however many attempts follow for the other recipients. ``notify`` and ``orcpt``
+    are the RFC 3461 NOTIFY and ORCPT parameters when the message arrived with them.
     """
 
     address: str
@@ -60,10 +86,16 @@ class Recipient:
     reply: Reply | None = None
     notified: bool = False
     updated: datetime | None = attrs.field(default=None, validator=_aware)
+    notify: Notify | None = None
+    orcpt: str | None = None
 
     @property
     def domain(self) -> str:
         return self.address.rpartition("@")[2].lower()
+
+    def wants(self, kind: Notify) -> bool:
+        """Whether this recipient's sender asked for ``kind`` of DSN (RFC 3461 NOTIFY)."""
+        return kind in (DEFAULT_NOTIFY if self.notify is None else self.notify)
 
 
 def _recipient_tuple(recipients: Iterable[Recipient]) -> tuple[Recipient, ...]:
@@ -77,6 +109,10 @@ class Envelope:
     ``sender`` is the MAIL FROM reverse-path; ``""`` is the null reverse-path ``<>`` of a DSN, which
     is never answered with another DSN. ``origin`` says where the message came from
     (``pickup:<file name>``, ``submit``, ``dsn:<queue id>``, ``smtp:<client address>``).
+    ``envid`` and ``ret`` are the RFC 3461 ENVID and RET parameters when known; ``about`` says
+    what a DSN reports, so a DSN that ends in BadMail names both failures. A held message
+    (``held_since`` set) is never attempted and its time on hold does not count towards expiry
+    (``held_time`` sums earlier holds).
     """
 
     id: str
@@ -91,7 +127,20 @@ class Envelope:
     last_attempt: datetime | None = attrs.field(default=None, validator=_aware)
     delay_notified: bool = False
     dsn_count: int = 0
-    held: bool = False
+    held_since: datetime | None = attrs.field(default=None, validator=_aware)
+    held_time: timedelta = timedelta(0)
+    envid: str | None = None
+    ret: Ret | None = None
+    about: str = ""
+
+    @property
+    def held(self) -> bool:
+        return self.held_since is not None
+
+    @property
+    def retry_base(self) -> datetime:
+        """The arrival time as the retry policy sees it: later by the time spent on hold."""
+        return self.arrival + self.held_time
 
     @property
     def pending(self) -> tuple[Recipient, ...]:
@@ -111,6 +160,24 @@ def _time(value: datetime | None) -> str | None:
     return None if value is None else value.isoformat()
 
 
+def _notify_names(notify: Notify) -> list[str]:
+    return [flag.name for flag in Notify if flag and flag in notify and flag.name] or ["NEVER"]
+
+
+def _decode_notify(value: object, address: str) -> Notify | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise EnvelopeError(f"recipient {address!r}: notify must be a list of names, not {value!r}")
+    notify = Notify.NEVER
+    for name in value:
+        try:
+            notify |= Notify[name]
+        except KeyError:
+            raise EnvelopeError(f"recipient {address!r}: unknown notify {name!r}") from None
+    return notify
+
+
 def encode_envelope(envelope: Envelope) -> bytes:
     """The envelope file's bytes (``Queue/ID.env``, ``BadMail/ID.BDP``)."""
     data = {
@@ -125,6 +192,8 @@ def encode_envelope(envelope: Envelope) -> bytes:
                 "reply": None if r.reply is None else r.reply.to_json(),
                 "notified": r.notified,
                 "updated": _time(r.updated),
+                "notify": None if r.notify is None else _notify_names(r.notify),
+                "orcpt": r.orcpt,
             }
             for r in envelope.recipients
         ],
@@ -137,7 +206,11 @@ def encode_envelope(envelope: Envelope) -> bytes:
         "last_attempt": _time(envelope.last_attempt),
         "delay_notified": envelope.delay_notified,
         "dsn_count": envelope.dsn_count,
-        "held": envelope.held,
+        "held_since": _time(envelope.held_since),
+        "held_seconds": envelope.held_time.total_seconds(),
+        "envid": envelope.envid,
+        "ret": None if envelope.ret is None else envelope.ret.value,
+        "about": envelope.about,
     }
     return (json.dumps(data, ensure_ascii=False, indent=1) + "\n").encode("utf-8")
 
@@ -190,7 +263,16 @@ def _decode_recipient(item: object) -> Recipient:
         reply=reply,
         notified=_typed(item, "notified", bool, False),
         updated=_parse_time(item.get("updated"), "updated", optional=True),
+        notify=_decode_notify(item.get("notify"), address),
+        orcpt=_optional_str(item, "orcpt"),
     )
+
+
+def _optional_str(data: dict[str, Any], field: str) -> str | None:
+    value = data.get(field)
+    if value is not None and not isinstance(value, str):
+        raise EnvelopeError(f"field {field!r} must be a string or null, not {value!r}")
+    return value
 
 
 def decode_envelope(raw: bytes) -> Envelope:
@@ -223,5 +305,24 @@ def decode_envelope(raw: bytes) -> Envelope:
         last_attempt=_parse_time(data.get("last_attempt"), "last_attempt", optional=True),
         delay_notified=_typed(data, "delay_notified", bool, False),
         dsn_count=_typed(data, "dsn_count", int, 0),
-        held=_typed(data, "held", bool, False),
+        held_since=_parse_time(data.get("held_since"), "held_since", optional=True),
+        held_time=timedelta(seconds=_seconds(data.get("held_seconds", 0))),
+        envid=_optional_str(data, "envid"),
+        ret=_decode_ret(data.get("ret")),
+        about=_typed(data, "about", str, ""),
     )
+
+
+def _seconds(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1e10:
+        raise EnvelopeError(f"field 'held_seconds' must be a number of seconds, not {value!r}")
+    return float(value)
+
+
+def _decode_ret(value: object) -> Ret | None:
+    if value is None:
+        return None
+    try:
+        return Ret(value)
+    except ValueError:
+        raise EnvelopeError(f"field 'ret' must be FULL or HDRS, not {value!r}") from None

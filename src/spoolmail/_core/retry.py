@@ -316,6 +316,30 @@ class RetryPolicy:
         )
 
     @classmethod
+    def iis_local(
+        cls,
+        *,
+        retry_minutes: float = 60,
+        delay_expire_minutes: float | None = 720,
+        ndr_expire_minutes: float = 2880,
+    ) -> RetryPolicy:
+        """IIS's local delivery (Drop) schedule: every hour, delay notice at 12 h, 2 days.
+
+        IIS 6 metabase: ``LocalRetryInterval = 60`` minutes (MD_LOCAL_RETRY_MINUTES),
+        ``SmtpLocalDelayExpireMinutes = 720`` and ``SmtpLocalNDRExpireMinutes = 2880``.
+        A Drop write fails only when the disk does (full, unwritable), so a steady hour suits.
+        """
+        delay = None
+        if delay_expire_minutes is not None:
+            delay = timedelta(minutes=_positive(delay_expire_minutes, what="delay_expire_minutes"))
+        return cls.from_intervals(
+            [_positive(retry_minutes, what="retry_minutes") * 60],
+            lifetime=timedelta(minutes=_positive(ndr_expire_minutes, what="ndr_expire_minutes")),
+            delay_notice=delay,
+            name="iis-local",
+        )
+
+    @classmethod
     def postfix(
         cls,
         *,

@@ -16,8 +16,13 @@ Rules (DESIGN.md section 2):
    has expired, its pending recipients fail with status 4.4.7 (RFC 3463: delivery time expired).
 6. A DSN's queue id is derived from its parent's (``ids.dsn_id``), so repeating an attempt after a
    crash queues the same DSN again under the same name, never a second copy.
+7. The sender's RFC 3461 NOTIFY decides which DSNs are sent (failure and delay by default, success
+   only when asked); an outcome nobody asked to hear about is marked reported all the same.
+8. An operator may hold, release, flush or delete a queued message and requeue or delete a
+   BadMail entry; a held message is never attempted and its time on hold does not count
+   towards its expiry.
 
-:func:`conclude_attempt` applies rules 3-6 to one attempt's replies and returns an
+:func:`conclude_attempt` applies rules 3-7 to one attempt's replies and returns an
 :class:`AttemptOutcome`: the event, the new envelope and the DSNs to send. The service performs the
 outcome on the store as one commit. Pure: times are handed in, nothing here touches a file.
 """
@@ -25,13 +30,13 @@ outcome on the store as one commit. Pure: times are handed in, nothing here touc
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
-from datetime import datetime
+from collections.abc import Callable, Collection, Mapping
+from datetime import datetime, timedelta
 from typing import Protocol
 
 import attrs
 
-from spoolmail._core.envelope import Envelope, Recipient, RecipientState
+from spoolmail._core.envelope import Envelope, Notify, Recipient, RecipientState
 from spoolmail._core.ids import dsn_id
 from spoolmail._core.reply import Reply, Severity
 from spoolmail.exceptions import InvalidTransition
@@ -44,6 +49,10 @@ __all__ = [
     "Event",
     "State",
     "conclude_attempt",
+    "flush",
+    "hold",
+    "release",
+    "requeue",
     "transition",
 ]
 
@@ -73,6 +82,16 @@ class Event(enum.Enum):
     """The claiming process died; its claim goes back to the Queue as it was."""
     DAMAGED = "damaged"
     """The queued files cannot be read (envelope unreadable, message missing)."""
+    HELD = "held"
+    """An operator put the message on hold."""
+    RELEASED = "released"
+    """An operator released a hold."""
+    FLUSHED = "flushed"
+    """An operator made the message due now."""
+    DELETED = "deleted"
+    """An operator deleted the message (no DSN: postsuper -d does not bounce either)."""
+    REQUEUED = "requeued"
+    """An operator put a BadMail entry back into the Queue."""
 
 
 TRANSITIONS: Mapping[State, Mapping[Event, State]] = {
@@ -83,6 +102,10 @@ TRANSITIONS: Mapping[State, Mapping[Event, State]] = {
     State.QUEUED: {
         Event.CLAIMED: State.DELIVERING,
         Event.DAMAGED: State.BADMAIL,
+        Event.HELD: State.QUEUED,
+        Event.RELEASED: State.QUEUED,
+        Event.FLUSHED: State.QUEUED,
+        Event.DELETED: State.DONE,
     },
     State.DELIVERING: {
         Event.DEFERRED: State.QUEUED,
@@ -91,7 +114,10 @@ TRANSITIONS: Mapping[State, Mapping[Event, State]] = {
         Event.ABANDONED: State.QUEUED,
         Event.DAMAGED: State.BADMAIL,
     },
-    State.BADMAIL: {},
+    State.BADMAIL: {
+        Event.REQUEUED: State.QUEUED,
+        Event.DELETED: State.DONE,
+    },
     State.DONE: {},
 }
 
@@ -109,6 +135,8 @@ def transition(state: State, event: Event) -> State:
 class DsnKind(enum.Enum):
     FAILURE = "failed"
     DELAY = "delayed"
+    DELIVERED = "delivered"
+    RELAYED = "relayed"
 
 
 @attrs.frozen
@@ -165,63 +193,171 @@ def _expire(recipient: Recipient, attempts: int, now: datetime) -> Recipient:
     return attrs.evolve(recipient, state=RecipientState.FAILED, reply=reply, updated=now)
 
 
+def _is_pending(recipient: Recipient) -> bool:
+    return recipient.state is RecipientState.PENDING
+
+
 def conclude_attempt(
     envelope: Envelope,
     replies: Mapping[str, Reply],
     *,
-    retry: Schedule,
+    retry: Callable[[Recipient], Schedule],
     now: datetime,
 ) -> AttemptOutcome:
     """Apply one attempt's replies (by recipient address) to ``envelope`` and decide what follows.
 
-    A pending recipient without a reply was not attempted (its route was not tried) and stays
-    pending as it was.
+    ``retry`` gives each recipient's retry policy (IIS had one for local and one for remote
+    delivery). A pending recipient without a reply was not attempted and stays as it was. DSNs
+    follow RFC 3461 NOTIFY: failures and delays unless a recipient said otherwise, successes
+    only when asked; a delivery without a remote host is "delivered" (into Drop), one to a
+    remote host "relayed" (the next server was not asked to report).
     """
-    recipients = [_apply_reply(r, replies.get(r.address), now) for r in envelope.recipients]
     attempts = envelope.attempts + 1
+    base = envelope.retry_base
+    recipients = [_apply_reply(r, replies.get(r.address), now) for r in envelope.recipients]
+    due = _schedule_pending(recipients, retry, attempts=attempts, base=base, now=now)
+    orders = _report_outcomes(recipients) if envelope.sender else []
+    delay_notified = envelope.delay_notified
+    if envelope.sender and due and not delay_notified:
+        waiting = [
+            r
+            for r in recipients
+            if _is_pending(r)
+            and retry(r).delay_notice_due(arrival=base, now=now, already_sent=False)
+        ]
+        if waiting:
+            delay_notified = True
+            wanted = [r for r in waiting if r.wants(Notify.DELAY)]
+            if wanted:
+                orders.append((DsnKind.DELAY, wanted))
+
+    dsns = tuple(
+        DsnOrder(dsn_id(envelope.id, envelope.dsn_count + n), kind, tuple(found))
+        for n, (kind, found) in enumerate(orders, start=1)
+    )
     updated = attrs.evolve(
         envelope,
+        recipients=tuple(recipients),
         attempts=attempts,
         first_attempt=envelope.first_attempt or now,
         last_attempt=now,
+        next_attempt=min(due) if due else envelope.next_attempt,
+        delay_notified=delay_notified,
+        dsn_count=envelope.dsn_count + len(dsns),
     )
-    due: datetime | None = None
-    if any(r.state is RecipientState.PENDING for r in recipients):
-        due = retry.next_attempt(attempts=attempts, arrival=envelope.arrival, now=now)
-        if due is None:
-            recipients = [
-                _expire(r, attempts, now) if r.state is RecipientState.PENDING else r
-                for r in recipients
-            ]
-        else:
-            updated = attrs.evolve(updated, next_attempt=due)
-
-    dsns: list[DsnOrder] = []
-    count = envelope.dsn_count
-    has_sender = envelope.sender != ""
-    failed_now = tuple(r for r in recipients if r.state is RecipientState.FAILED and not r.notified)
-    if has_sender and failed_now:
-        count += 1
-        dsns.append(DsnOrder(dsn_id(envelope.id, count), DsnKind.FAILURE, failed_now))
-        recipients = [attrs.evolve(r, notified=True) if r in failed_now else r for r in recipients]
-
-    pending = tuple(r for r in recipients if r.state is RecipientState.PENDING)
-    if (
-        has_sender
-        and due is not None
-        and retry.delay_notice_due(
-            arrival=envelope.arrival, now=now, already_sent=envelope.delay_notified
-        )
-    ):
-        count += 1
-        dsns.append(DsnOrder(dsn_id(envelope.id, count), DsnKind.DELAY, pending))
-        updated = attrs.evolve(updated, delay_notified=True)
-
-    updated = attrs.evolve(updated, recipients=tuple(recipients), dsn_count=count)
     if updated.pending:
         event = Event.DEFERRED
-    elif not has_sender and any(r.state is RecipientState.FAILED for r in recipients):
+    elif not envelope.sender and any(r.state is RecipientState.FAILED for r in recipients):
         event = Event.UNDELIVERABLE
     else:
         event = Event.SETTLED
-    return AttemptOutcome(event, updated, tuple(dsns))
+    return AttemptOutcome(event, updated, dsns)
+
+
+def _schedule_pending(
+    recipients: list[Recipient],
+    retry: Callable[[Recipient], Schedule],
+    *,
+    attempts: int,
+    base: datetime,
+    now: datetime,
+) -> list[datetime]:
+    """Rule 5: each pending recipient waits for its own policy, or expires (in place)."""
+    due: list[datetime] = []
+    for index, recipient in enumerate(recipients):
+        if _is_pending(recipient):
+            when = retry(recipient).next_attempt(attempts=attempts, arrival=base, now=now)
+            if when is None:
+                recipients[index] = _expire(recipient, attempts, now)
+            else:
+                due.append(when)
+    return due
+
+
+def _report_outcomes(recipients: list[Recipient]) -> list[tuple[DsnKind, list[Recipient]]]:
+    """Rules 4 and 7: every new outcome is marked reported (in place); those asked for, listed."""
+    reports: dict[DsnKind, list[Recipient]] = {kind: [] for kind in DsnKind}
+    for index, recipient in enumerate(recipients):
+        kind = _outcome_kind(recipient)
+        if kind is None or recipient.notified:
+            continue
+        recipients[index] = attrs.evolve(recipient, notified=True)
+        if recipient.wants(_NOTIFY[kind]):
+            reports[kind].append(recipient)
+    return [(kind, found) for kind, found in reports.items() if found]
+
+
+_NOTIFY = {
+    DsnKind.FAILURE: Notify.FAILURE,
+    DsnKind.DELAY: Notify.DELAY,
+    DsnKind.DELIVERED: Notify.SUCCESS,
+    DsnKind.RELAYED: Notify.SUCCESS,
+}
+
+
+def _outcome_kind(recipient: Recipient) -> DsnKind | None:
+    """The DSN an outcome calls for, if the sender asked: failed, delivered or relayed."""
+    if recipient.state is RecipientState.FAILED:
+        return DsnKind.FAILURE
+    if recipient.state is RecipientState.DELIVERED:
+        host = recipient.reply.host if recipient.reply else None
+        return DsnKind.RELAYED if host else DsnKind.DELIVERED
+    return None
+
+
+# -- what an operator does to a queued message (DESIGN.md section 2; Postfix postsuper) ----------
+
+
+def hold(envelope: Envelope, *, now: datetime) -> Envelope:
+    """Hold: never attempted, and the time on hold does not count towards expiry."""
+    if envelope.held:
+        return envelope
+    return attrs.evolve(envelope, held_since=now)
+
+
+def release(envelope: Envelope, *, now: datetime) -> Envelope:
+    """Release a hold: due at once, its expiry pushed back by the time it was held."""
+    if envelope.held_since is None:
+        return envelope
+    return attrs.evolve(
+        envelope,
+        held_since=None,
+        held_time=envelope.held_time + (now - envelope.held_since),
+        next_attempt=now,
+    )
+
+
+def flush(envelope: Envelope, *, now: datetime) -> Envelope:
+    """Due at once (a held message stays held)."""
+    return attrs.evolve(envelope, next_attempt=min(envelope.next_attempt, now))
+
+
+def requeue(
+    envelope: Envelope, *, queue_id: str, now: datetime, addresses: Collection[str] | None
+) -> Envelope:
+    """A BadMail item's envelope made new: the chosen recipients pending again, due at once.
+
+    ``addresses`` picks recipients (default: every one not delivered); the history restarts,
+    so the retry policy gives the message its whole lifetime again.
+    """
+    chosen = [
+        r
+        for r in envelope.recipients
+        if (addresses is None and r.state is not RecipientState.DELIVERED)
+        or (addresses is not None and r.address in addresses)
+    ]
+    return attrs.evolve(
+        envelope,
+        id=queue_id,
+        recipients=tuple(Recipient(r.address, notify=r.notify, orcpt=r.orcpt) for r in chosen),
+        arrival=now,
+        next_attempt=now,
+        origin=f"requeue:{envelope.id}",
+        attempts=0,
+        first_attempt=None,
+        last_attempt=None,
+        delay_notified=False,
+        dsn_count=0,
+        held_since=None,
+        held_time=timedelta(0),
+    )
