@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 from tenacity import wait_fixed
 
-import spoolmail._service.service as service_module
+import spoolmail._service.intake as intake_module
 from spoolmail import (
     Durability,
     Limits,
@@ -253,8 +253,8 @@ def test_a_parser_bug_puts_the_file_in_badmail_and_the_loop_goes_on(
             raise RuntimeError("parser bug")
         return real(raw, **kwargs)
 
-    real = service_module.parse_pickup
-    monkeypatch.setattr(service_module, "parse_pickup", broken)
+    real = intake_module.parse_pickup
+    monkeypatch.setattr(intake_module, "parse_pickup", broken)
     spool.submit(message(body="boom"))
     spool.submit(message(body="fine"))
     report = service.run_once()

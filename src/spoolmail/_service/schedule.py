@@ -37,6 +37,10 @@ class Schedule:
         if len(self._heap) > 2 * len(self._due) + 64:
             self._compact()
 
+    def ids(self) -> frozenset[str]:
+        """Every scheduled id."""
+        return frozenset(self._due)
+
     def discard(self, queue_id: str) -> None:
         self._due.pop(queue_id, None)
 

@@ -1,12 +1,17 @@
 """``MailService``: runs the state machine over the spool, the router and the transport.
 
-One :meth:`MailService.run_once` takes every file in Pickup into the Queue (or BadMail), then
-attempts every queued message that is due, and returns a :class:`Report` of what moved where.
-Each step is one transition of ``_core.states`` performed as one commit of ``_store.store``;
-what a step means is decided by pure core functions (``parse_pickup``, ``conclude_attempt``,
-``render_dsn``, ``render_drop_head``). Nothing a single message does can stop the loop: an
-unexpected error is logged, counted in the report, and the message waits or goes to BadMail with
-the reason. The clock is injected, so a test moves time through a whole retry schedule at once.
+One :meth:`MailService.run_once` takes every file in Pickup into the Queue or BadMail
+(``intake``), then attempts every queued message that is due (``delivery``), concludes each
+attempt with the pure rules of ``_core.states`` and commits the outcome: DSNs and BadMail
+(``bounce``), the envelope back into the Queue, or the message's files removed. It returns a
+:class:`Report` of what moved where. Which message is due comes from an in-memory
+:class:`~spoolmail._service.schedule.Schedule`, built by one scan of the Queue and kept up to
+date as the service changes it, so a tick costs O(due messages), not O(queue size); a periodic
+rescan (and operators' triggers) picks up what other processes changed.
+
+Nothing a single message does can stop the loop: an unexpected error is logged, counted in the
+report, and the message waits or goes to BadMail with the reason. The clock is injected, so a
+test moves time through a whole retry schedule at once.
 """
 
 from __future__ import annotations
@@ -14,18 +19,13 @@ from __future__ import annotations
 import logging
 import platform
 import threading
-import traceback
-from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from functools import partial
-from itertools import chain
 
 import attrs
 
 from spoolmail._core.address import parse_domain
-from spoolmail._core.drop import render_drop_head
-from spoolmail._core.dsn import DsnAction, render_dsn
 from spoolmail._core.envelope import (
     Envelope,
     Recipient,
@@ -33,34 +33,18 @@ from spoolmail._core.envelope import (
     decode_envelope,
     encode_envelope,
 )
-from spoolmail._core.headers import count_received
-from spoolmail._core.pickup import PickupAccepted, PickupOptions, parse_pickup
-from spoolmail._core.reply import Reply
+from spoolmail._core.pickup import PickupOptions
 from spoolmail._core.retry import RetryPolicy
-from spoolmail._core.routing import Route, RouteKind, Router
-from spoolmail._core.states import (
-    AttemptOutcome,
-    DsnKind,
-    DsnOrder,
-    Event,
-    State,
-    conclude_attempt,
-    transition,
-)
+from spoolmail._core.routing import RouteKind, Router
+from spoolmail._core.states import AttemptOutcome, Event, State, conclude_attempt, transition
 from spoolmail._core.transcript import Transcript, render_transcript, transcript_history
+from spoolmail._service.bounce import Bouncer, orphan_report
+from spoolmail._service.delivery import Deliverer, TranscriptKind
+from spoolmail._service.intake import Intake
 from spoolmail._service.schedule import Schedule
 from spoolmail._store.spool import Spool
-from spoolmail._store.store import (
-    BADMAIL,
-    DROP,
-    QUEUE,
-    SORTTEMP,
-    MailStore,
-    PickupClaim,
-    chunks,
-    read_head,
-)
-from spoolmail._transport.base import Outgoing, Transport
+from spoolmail._store.store import BADMAIL, QUEUE, MailStore, PickupClaim, QueueFiles
+from spoolmail._transport.base import Transport
 from spoolmail._transport.smtp import SmtpTransport
 from spoolmail.exceptions import ConfigurationError, EnvelopeError, MessageError, SpoolmailError
 
@@ -69,9 +53,9 @@ __all__ = ["Limits", "MailService", "Report"]
 log = logging.getLogger("spoolmail")
 
 # A message whose handling failed unexpectedly waits this long before the next try, so a bug
-# that trips on one message cannot turn the loop into a busy loop.
+# that trips on one message cannot turn the loop into a busy loop. Also how long a host that
+# did not answer is left alone when its message will not be tried again.
 _ERROR_BACKOFF = timedelta(minutes=5)
-_HEAD_LIMIT = 1024 * 1024
 
 
 @attrs.frozen
@@ -136,10 +120,16 @@ def _machine_name() -> str:
 class MailService:
     """Processes a spool: Pickup → Queue → Drop / SMTP / DSN / BadMail.
 
-    ``MailService(spool, router=Router(...), retry=RetryPolicy.iis(), clock=clock)``. The clock
-    defaults to the spool's; ``fqdn`` (used in ``Received:``, Message-IDs and DSNs) to this
-    machine's name. ``pickup_dot_stuffed=True`` un-stuffs leading dots in Pickup files as IIS 5+
-    did (``DisablePickupDotStuff=0``); by default files are taken as written (.NET Core 3+).
+    ``MailService(spool, router=Router(...), retry=RetryPolicy.iis(), clock=clock)``.
+
+    - ``retry`` is the remote delivery schedule (default IIS's); ``local_retry`` the one for
+      Drop (default: IIS's local schedule when ``retry`` is not given either, else ``retry``).
+    - ``clock`` defaults to the spool's; ``fqdn`` (``Received:``, Message-IDs, DSNs) to this
+      machine's name.
+    - ``ndr_copy_to`` is IIS's "Send copy of Non-Delivery Report to": failure DSNs go there too.
+    - ``pickup_dot_stuffed=True`` un-stuffs leading dots in Pickup files as IIS 5+ did
+      (``DisablePickupDotStuff=0``); by default files are taken as written (.NET Core 3+).
+    - One service per :class:`Spool` object at a time; a second process opens its own Spool.
     """
 
     def __init__(
@@ -148,10 +138,12 @@ class MailService:
         *,
         router: Router | None = None,
         retry: RetryPolicy | None = None,
+        local_retry: RetryPolicy | None = None,
         transport: Transport | None = None,
         clock: Callable[[], datetime] | None = None,
         fqdn: str | None = None,
         limits: Limits | None = None,
+        ndr_copy_to: str | None = None,
         pickup_dot_stuffed: bool = False,
         rescan_interval: timedelta = timedelta(minutes=5),
     ) -> None:
@@ -160,25 +152,48 @@ class MailService:
                 "this Spool already has a MailService; close it first, or open a second Spool "
                 "on the same MailRoot for a second service (each has its own claims)"
             )
+        limits = limits or Limits()
+        if limits.max_message_size < 1 or limits.max_hop_count < 1:
+            raise ConfigurationError(f"limits must be positive: {limits!r}")
         self.spool = spool
         self.store: MailStore = spool.store
         self.router = router or Router()
         self.retry = retry or RetryPolicy.iis()
+        self.local_retry = local_retry or (RetryPolicy.iis_local() if retry is None else retry)
         self.clock = clock or spool.clock
         self.fqdn = _checked_fqdn(fqdn) if fqdn else _machine_name()
-        self.limits = limits or Limits()
-        if self.limits.max_message_size < 1 or self.limits.max_hop_count < 1:
-            raise ConfigurationError(f"limits must be positive: {self.limits!r}")
+        self.limits = limits
         self.transport = transport or SmtpTransport(helo_name=self.fqdn)
-        self.pickup_options = PickupOptions(
-            fqdn=self.fqdn,
-            default_domain=self.router.default_domain,
-            max_message_size=self.limits.max_message_size,
-            dot_stuffed=pickup_dot_stuffed,
-        )
         self.rescan_interval = rescan_interval
         self.schedule = Schedule()
+        self.intake = Intake(
+            self.store,
+            self.clock,
+            PickupOptions(
+                fqdn=self.fqdn,
+                default_domain=self.router.default_domain,
+                max_message_size=limits.max_message_size,
+                dot_stuffed=pickup_dot_stuffed,
+            ),
+        )
+        self.delivery = Deliverer(
+            store=self.store,
+            router=self.router,
+            transport=self.transport,
+            clock=self.clock,
+            max_message_size=limits.max_message_size,
+            max_hop_count=limits.max_hop_count,
+        )
+        self.bounce = Bouncer(
+            store=self.store,
+            clock=self.clock,
+            fqdn=self.fqdn,
+            max_original_size=limits.max_dsn_original,
+            copy_failures_to=ndr_copy_to,
+            retry_until=self._retry_until,
+        )
         self._next_rescan: datetime | None = None
+        self._signatures: dict[str, tuple[int, ...]] = {}
         self._stop = threading.Event()
         spool.service = self
 
@@ -189,8 +204,9 @@ class MailService:
         tally = _Tally()
         now = self.clock()
         if self._next_rescan is None or now >= self._next_rescan:
-            self._guard(tally, "recovering the spool", lambda: self._rescan(tally))
-            self._next_rescan = now + self.rescan_interval
+            self._guard(tally, "recovering the spool", partial(self._rescan, tally))
+        else:
+            self._guard(tally, "reading operators' triggers", partial(self._triggers, tally))
         self._guard(tally, "renewing this process's lease", self.store.announce)
         names: list[str] = []
         self._guard(tally, "listing Pickup", lambda: names.extend(self.store.pickup_names()))
@@ -240,8 +256,7 @@ class MailService:
         For changes made behind the service's back (files moved by hand, another process).
         """
         tally = _Tally()
-        self._guard(tally, "recovering the spool", lambda: self._rescan(tally))
-        self._next_rescan = self.clock() + self.rescan_interval
+        self._guard(tally, "recovering the spool", partial(self._rescan, tally))
         return tally.freeze()
 
     def stop(self) -> None:
@@ -264,16 +279,29 @@ class MailService:
                 log.exception("error while %s", what)
             tally.errors.append(f"{what}: {exc}")
 
+    def _policy(self, recipient: Recipient) -> RetryPolicy:
+        if self.router.route(recipient.address).kind is RouteKind.LOCAL:
+            return self.local_retry
+        return self.retry
+
+    def _retry_until(self, envelope: Envelope) -> datetime | None:
+        """When the last pending recipient of ``envelope`` will be given up (Will-Retry-Until)."""
+        ends = [self._policy(r).expires_at(arrival=envelope.retry_base) for r in envelope.pending]
+        known = [end for end in ends if end is not None]
+        return max(known) if known else None
+
     # -- recovery and the schedule ------------------------------------------------------------
 
     def _rescan(self, tally: _Tally) -> None:
-        """Finish what dead processes left half done, then rebuild the schedule from the Queue.
+        """Finish what dead processes left half done, then bring the schedule up to date.
 
         DESIGN.md section 3: a Pickup claim is re-run (queued once: the id is kept), a delivery
         claim goes back to the Queue, a finish is completed, a half-written file is deleted.
         """
+        self._next_rescan = self.clock() + self.rescan_interval
         store = self.store
         store.announce()
+        store.take_triggers()  # a rescan sees everything they could ask for
 
         def abandoned(owner: str) -> bool:
             # This service's own claims count too: none is in progress between ticks, and a
@@ -283,10 +311,10 @@ class MailService:
         for claim in store.pickup_claims():
             if abandoned(claim.owner):
                 mine = claim if claim.owner == store.owner else store.take_over(claim)
-                if mine is not None and self._queued_already(mine.id):
+                if mine is not None and self.bounce.queued_already(mine.id):
                     store.finish_claim(mine)  # committed before a crash cut the claim's removal
                 elif mine is not None:
-                    self._process_claim(mine, tally)
+                    self._intake(mine, tally)
         for queue_id, entry in store.queue_files().items():
             for owner in entry.claims:
                 if abandoned(owner):
@@ -294,8 +322,9 @@ class MailService:
                         queue_id, owner, has_envelope=entry.envelope, has_message=entry.message
                     )
         store.sweep_temp()
-        self._sweep_orphans(tally)
-        self._rebuild_schedule()
+        files = store.queue_files()
+        self._sweep_orphans(files, tally)
+        self._reschedule(files)
 
     def _recover_claim(
         self, queue_id: str, owner: str, *, has_envelope: bool, has_message: bool
@@ -309,12 +338,12 @@ class MailService:
             store.finish(queue_id, owner)
         elif owner == store.owner or store.take_over_queued(queue_id, owner):
             transition(State.DELIVERING, Event.ABANDONED)
-            log.info("%s: returned to the Queue from dead owner %s", queue_id, owner)
+            log.info("%s: returned to the Queue from owner %s", queue_id, owner)
             store.rename(
                 (QUEUE, MailStore.claimed_name(queue_id, store.owner)), (QUEUE, f"{queue_id}.env")
             )
 
-    def _sweep_orphans(self, tally: _Tally) -> None:
+    def _sweep_orphans(self, files: Mapping[str, QueueFiles], tally: _Tally) -> None:
         """Move a message left without envelope to BadMail; drop reports of undone BadMail moves.
 
         Another process may be between two steps of a commit right now, so only files older
@@ -322,147 +351,92 @@ class MailService:
         """
         store = self.store
         claimed_ids = {c.id for c in store.pickup_claims()}
-        files = store.queue_files()
         for queue_id, entry in files.items():
             if entry.envelope or entry.claims or queue_id in claimed_ids:
                 continue
-            if entry.message and not store.stale(QUEUE, f"{queue_id}.eml"):
-                continue
             if entry.message:
-                report = (
-                    b"4.3.0 found in the Queue without an envelope (a commit was interrupted); "
-                    b"the envelope is unknown, so the message is kept here for an operator\n"
-                )
+                if not store.stale(QUEUE, f"{queue_id}.eml"):
+                    continue
                 store.commit_badmail(
-                    queue_id, message=(QUEUE, f"{queue_id}.eml"), report=report, envelope=None
+                    queue_id,
+                    message=(QUEUE, f"{queue_id}.eml"),
+                    report=orphan_report(),
+                    envelope=None,
                 )
                 tally.badmail.append(queue_id)
             for kind in entry.transcripts:
                 store.remove(QUEUE, f"{queue_id}.{kind}")
         for name in store.listdir(BADMAIL):
             queue_id, _, kind = name.partition(".")
-            if kind == "BDR" and queue_id in files and not store.exists(BADMAIL, f"{queue_id}.BAD"):
-                entry = files[queue_id]
-                if (entry.envelope or entry.claims) and store.stale(BADMAIL, name):
-                    store.remove(BADMAIL, f"{queue_id}.BDR")
-                    store.remove(BADMAIL, f"{queue_id}.BDP")
+            queued = files.get(queue_id)
+            if (
+                kind == "BDR"
+                and queued is not None
+                and (queued.envelope or queued.claims)
+                and not store.exists(BADMAIL, f"{queue_id}.BAD")
+                and store.stale(BADMAIL, name)
+            ):
+                store.remove(BADMAIL, f"{queue_id}.BDR")
+                store.remove(BADMAIL, f"{queue_id}.BDP")
 
-    def _rebuild_schedule(self) -> None:
-        self.schedule.clear()
-        now = self.clock()
-        for queue_id, entry in self.store.queue_files().items():
+    def _reschedule(self, files: Mapping[str, QueueFiles]) -> None:
+        """Bring the schedule in line with the Queue, re-reading only envelopes that changed.
+
+        An envelope is rewritten by renaming a new file over it, so an unchanged (inode, mtime,
+        size) means an unchanged envelope: 100,000 stats, not 100,000 reads and parses.
+        """
+        known: dict[str, tuple[int, ...]] = {}
+        for queue_id, entry in files.items():
             if not entry.envelope:
+                self.schedule.discard(queue_id)  # claimed (being delivered) or finishing
                 continue
-            try:
-                envelope = decode_envelope(self.store.read(QUEUE, f"{queue_id}.env"))
-            except FileNotFoundError:
-                continue  # claimed or finished meanwhile
-            except EnvelopeError:
-                self.schedule.set(queue_id, now)  # the attempt moves it aside with the reason
-                continue
-            if not envelope.held:
-                self.schedule.set(queue_id, envelope.next_attempt)
+            signature = self.store.signature(QUEUE, f"{queue_id}.env")
+            unchanged = signature is not None and self._signatures.get(queue_id) == signature
+            if signature is not None:
+                known[queue_id] = signature
+            if not unchanged:
+                self._schedule_from_disk(queue_id)
+        for queue_id in self.schedule.ids().difference(files):
+            self.schedule.discard(queue_id)
+        self._signatures = known
+
+    def _schedule_from_disk(self, queue_id: str) -> None:
+        try:
+            envelope = decode_envelope(self.store.read(QUEUE, f"{queue_id}.env"))
+        except FileNotFoundError:
+            self.schedule.discard(queue_id)  # claimed or finished meanwhile
+            return
+        except EnvelopeError:
+            self.schedule.set(queue_id, self.clock())  # the attempt moves it aside with the reason
+            return
+        if envelope.held:
+            self.schedule.discard(queue_id)
+        else:
+            self.schedule.set(queue_id, envelope.next_attempt)
+
+    def _triggers(self, tally: _Tally) -> None:
+        """Look again at what operators changed (``Spool.hold``, ``flush``, ...)."""
+        wanted = self.store.take_triggers()
+        if wanted is None:
+            self._rescan(tally)
+            return
+        for queue_id in wanted:
+            self._schedule_from_disk(queue_id)
 
     # -- Pickup ----------------------------------------------------------------------------------
 
     def _pickup(self, name: str, tally: _Tally) -> None:
         claim = self.store.claim_pickup(name)
         if claim is not None:
-            self._process_claim(claim, tally)
+            self._intake(claim, tally)
 
-    def _process_claim(self, claim: PickupClaim, tally: _Tally) -> None:
-        """PICKUP → QUEUED or BADMAIL, for a file this process has claimed."""
-        store = self.store
-        now = self.clock()
-        size = store.size(SORTTEMP, claim.file)
-        if size > self.limits.max_message_size:
-            # Do not read what is too big: IIS did not pick such files up either (KB Q201314).
-            self._reject(
-                claim,
-                status="5.3.4",
-                reason=f"message size {size} bytes exceeds the limit of "
-                f"{self.limits.max_message_size} bytes",
-                sender=None,
-                recipients=(),
-                tally=tally,
-            )
-            return
-        raw = store.read(SORTTEMP, claim.file)
-        try:
-            result = parse_pickup(raw, options=self.pickup_options, queue_id=claim.id, now=now)
-        except Exception as exc:
-            log.exception("pickup parser failed on %s", claim.name)
-            self._reject(
-                claim,
-                status="4.3.0",
-                reason=f"internal error while reading the file: {exc!r}\n{traceback.format_exc()}",
-                sender=None,
-                recipients=(),
-                tally=tally,
-            )
-            return
-        if not isinstance(result, PickupAccepted):
-            self._reject(
-                claim,
-                status=result.status,
-                reason=result.reason,
-                sender=result.sender,
-                recipients=result.recipients,
-                tally=tally,
-            )
-            return
-        transition(State.PICKUP, Event.ACCEPTED)
-        envelope = Envelope(
-            id=claim.id,
-            sender=result.sender,
-            recipients=tuple(Recipient(address) for address in result.recipients),
-            arrival=now,
-            next_attempt=now,
-            origin=f"pickup:{claim.name}",
-            size=len(result.message),
-        )
-        store.commit_queued(claim.id, result.message, encode_envelope(envelope))
-        store.finish_claim(claim)
-        self.schedule.set(claim.id, now)
-        tally.picked_up.append(claim.id)
-
-    def _reject(
-        self,
-        claim: PickupClaim,
-        *,
-        status: str,
-        reason: str,
-        sender: str | None,
-        recipients: Sequence[str],
-        tally: _Tally,
-    ) -> None:
-        transition(State.PICKUP, Event.REJECTED)
-        now = self.clock()
-        reply = Reply(554 if status.startswith("5") else 451, status, reason.split("\n", 1)[0])
-        envelope = Envelope(
-            id=claim.id,
-            sender=sender or "",
-            recipients=tuple(
-                Recipient(a, RecipientState.FAILED, reply, updated=now) for a in recipients
-            ),
-            arrival=now,
-            next_attempt=now,
-            origin=f"pickup:{claim.name}",
-            size=self.store.size(SORTTEMP, claim.file),
-        )
-        report = (
-            f"{status} {reason}\n\n"
-            f"The file {claim.name!r} in Pickup could not be queued; it is kept as {claim.id}.BAD "
-            f"exactly as it was written. Fix it and move it back into Pickup to send it.\n"
-        )
-        self.store.commit_badmail(
-            claim.id,
-            message=(SORTTEMP, claim.file),
-            report=report.encode("utf-8"),
-            envelope=encode_envelope(envelope),
-        )
-        log.warning("Pickup file %r went to BadMail as %s: %s", claim.name, claim.id, reason)
-        tally.badmail.append(claim.id)
+    def _intake(self, claim: PickupClaim, tally: _Tally) -> None:
+        envelope = self.intake.process(claim)
+        if envelope is None:
+            tally.badmail.append(claim.id)
+        else:
+            self.schedule.set(envelope.id, envelope.next_attempt)
+            tally.picked_up.append(envelope.id)
 
     # -- delivery ----------------------------------------------------------------------------------
 
@@ -472,24 +446,41 @@ class MailService:
         if not store.claim_queued(queue_id):
             return  # another process has it, or it is gone
         transition(State.QUEUED, Event.CLAIMED)
+        raw = store.read_claimed(queue_id)
         try:
-            raw = store.read_claimed(queue_id)
             envelope = decode_envelope(raw)
         except EnvelopeError as exc:
-            self._damaged(queue_id, f"the envelope file cannot be read: {exc}", raw, tally)
+            self.bounce.damaged(queue_id, f"the envelope file cannot be read: {exc}", raw)
+            tally.badmail.append(queue_id)
             return
         if not store.exists(QUEUE, f"{queue_id}.eml"):
-            self._damaged(queue_id, "the message file Queue/{id}.eml is missing", raw, tally)
+            self.bounce.damaged(queue_id, f"the message file Queue/{queue_id}.eml is missing", raw)
+            tally.badmail.append(queue_id)
             return
         if envelope.held:
             store.release(queue_id, raw)
             return
         try:
-            outcome, transcripts = self._deliver(envelope, tally)
-            self._commit(outcome, transcripts, tally)
+            self._deliver(envelope, tally)
         except Exception:
             self._give_back(envelope)
             raise
+
+    def _deliver(self, envelope: Envelope, tally: _Tally) -> None:
+        attempt = self.delivery.attempt(envelope)
+        outcome = conclude_attempt(envelope, attempt.replies, retry=self._policy, now=self.clock())
+        self._tally_replies(envelope.id, attempt.replies, outcome, tally)
+        if attempt.unreachable:
+            # Postfix's "dead destination": other messages for these hosts wait without a
+            # connection attempt each, until this message's own retry time.
+            until = (
+                outcome.envelope.next_attempt
+                if outcome.event is Event.DEFERRED
+                else self.clock() + _ERROR_BACKOFF
+            )
+            for target, reply in attempt.unreachable.items():
+                self.delivery.dead.mark(target, until, reply)
+        self._commit(outcome, attempt.transcripts, tally)
 
     def _give_back(self, envelope: Envelope) -> None:
         """After an unexpected error: return the claim unchanged, due after a pause.
@@ -505,118 +496,8 @@ class MailService:
         store.release(envelope.id, encode_envelope(later))
         self.schedule.set(envelope.id, later.next_attempt)
 
-    def _damaged(self, queue_id: str, reason: str, raw: bytes, tally: _Tally) -> None:
-        transition(State.DELIVERING, Event.DAMAGED)
-        reason = reason.format(id=queue_id)
-        report = (
-            f"4.3.0 {reason}\n\nThe envelope file as found:\n{raw.decode('utf-8', 'replace')}\n"
-        ).encode()
-        store = self.store
-        if store.exists(QUEUE, f"{queue_id}.eml"):
-            store.commit_badmail(
-                queue_id, message=(QUEUE, f"{queue_id}.eml"), report=report, envelope=None
-            )
-        else:
-            store.write(BADMAIL, f"{queue_id}.BDR", report)
-        store.finish(queue_id)
-        log.error("%s moved to BadMail: %s", queue_id, reason)
-        tally.badmail.append(queue_id)
-
-    def _deliver(
-        self, envelope: Envelope, tally: _Tally
-    ) -> tuple[AttemptOutcome, dict[str, Transcript]]:
-        now = self.clock()
-        replies: dict[str, Reply] = {}
-        transcripts: dict[str, Transcript] = {}
-        pending = envelope.pending
-        block = self._precheck(envelope)
-        if block is not None:
-            replies = {r.address: block for r in pending}
-        else:
-            groups: dict[Route, list[str]] = defaultdict(list)
-            for recipient in pending:
-                groups[self.router.route(recipient.address)].append(recipient.address)
-            for route, addresses in groups.items():
-                kind = "LTR" if route.kind is RouteKind.LOCAL else "RTR"
-                transcript = transcripts.setdefault(kind, Transcript(self.clock))
-                transcript.begin(f"attempt {envelope.attempts + 1}: {route.description}")
-                replies.update(self._deliver_route(envelope, route, addresses, transcript))
-        outcome = conclude_attempt(envelope, replies, retry=self.retry, now=now)
-        self._tally_replies(envelope.id, replies, outcome, tally)
-        return outcome, transcripts
-
-    def _precheck(self, envelope: Envelope) -> Reply | None:
-        """Limits that fail the whole message before any delivery (IIS: hop count, size)."""
-        if envelope.size > self.limits.max_message_size:
-            return Reply(
-                552,
-                "5.3.4",
-                f"message size {envelope.size} exceeds the limit of "
-                f"{self.limits.max_message_size} bytes",
-            )
-        with self.store.open(QUEUE, f"{envelope.id}.eml") as handle:
-            head, _ = read_head(handle, limit=_HEAD_LIMIT)
-        hops = count_received(head)
-        if hops > self.limits.max_hop_count:
-            return Reply(
-                554,
-                "5.4.6",
-                f"routing loop detected: {hops} Received: header fields, the limit is "
-                f"{self.limits.max_hop_count}",
-            )
-        return None
-
-    def _deliver_route(
-        self, envelope: Envelope, route: Route, addresses: Sequence[str], transcript: Transcript
-    ) -> Mapping[str, Reply]:
-        if route.kind is RouteKind.LOCAL:
-            return self._deliver_local(envelope, addresses, transcript)
-        if route.kind is RouteKind.NONE:
-            assert route.reply is not None  # noqa: S101 (a NONE route always says why)
-            transcript.note(str(route.reply))
-            return dict.fromkeys(addresses, route.reply)
-        replies: dict[str, Reply] = {}
-        remaining = list(addresses)
-        for target in route.targets:
-            outgoing = Outgoing(
-                id=envelope.id,
-                sender=envelope.sender,
-                recipients=remaining,
-                size=envelope.size,
-                open=lambda: self.store.open(QUEUE, f"{envelope.id}.eml"),
-            )
-            replies.update(self.transport.send(target, outgoing, transcript))
-            # The next host gets only what this one deferred (RFC 5321 section 5.1).
-            remaining = [a for a in remaining if replies[a].code >= 400 and replies[a].code < 500]
-            if not remaining:
-                break
-        return replies
-
-    def _deliver_local(
-        self, envelope: Envelope, addresses: Sequence[str], transcript: Transcript
-    ) -> Mapping[str, Reply]:
-        """Write ``Drop/ID.eml`` for every local recipient at once, in IIS's Drop format.
-
-        The name is the queue id, so repeating this after a crash replaces the file instead of
-        writing a second copy: a message is in Drop once.
-        """
-        name = f"{envelope.id}.eml"
-        try:
-            with self.store.open(QUEUE, name) as handle:
-                head, body = read_head(handle, limit=_HEAD_LIMIT)
-                drop_head = render_drop_head(
-                    head, sender=envelope.sender, recipients=addresses, arrival=envelope.arrival
-                )
-                size = self.store.write(DROP, name, chain([drop_head, body], chunks(handle)))
-        except SpoolmailError as exc:
-            reply = Reply(451, "4.3.0", f"cannot write the Drop file: {exc}")
-            transcript.note(str(reply))
-            return dict.fromkeys(addresses, reply)
-        transcript.note(f"wrote Drop/{name} ({size} bytes) for {len(addresses)} recipient(s)")
-        return dict.fromkeys(addresses, Reply(250, "2.0.0", f"delivered to Drop/{name}"))
-
     def _tally_replies(
-        self, queue_id: str, replies: Mapping[str, Reply], outcome: AttemptOutcome, tally: _Tally
+        self, queue_id: str, replies: Mapping[str, object], outcome: AttemptOutcome, tally: _Tally
     ) -> None:
         states = {r.address: r.state for r in outcome.envelope.recipients}
         for address in replies:
@@ -628,37 +509,15 @@ class MailService:
             else:
                 tally.failed.append((queue_id, address))
 
-    def _write_transcripts(self, envelope: Envelope, transcripts: Mapping[str, Transcript]) -> None:
-        """Keep the transcript of a message that stays queued (IIS's .RTR / .LTR)."""
-        for kind, transcript in transcripts.items():
-            local = kind == "LTR"
-            recipients = [
-                r
-                for r in envelope.recipients
-                if (self.router.route(r.address).kind is RouteKind.LOCAL) == local
-            ]
-            self.store.write(
-                QUEUE,
-                f"{envelope.id}.{kind}",
-                render_transcript(
-                    recipients, self._history(envelope.id, kind) + transcript.text
-                ).encode(),
-            )
-
-    def _history(self, queue_id: str, kind: str) -> str:
-        try:
-            return transcript_history(self.store.read(QUEUE, f"{queue_id}.{kind}").decode())
-        except FileNotFoundError:
-            return ""
-
-    # -- committing an attempt's outcome ----------------------------------------------------------
-
     def _commit(
         self, outcome: AttemptOutcome, transcripts: Mapping[str, Transcript], tally: _Tally
     ) -> None:
         envelope = outcome.envelope
         for order in outcome.dsns:
-            self._queue_dsn(envelope, order, tally)
+            dsn = self.bounce.queue_dsn(envelope, order)
+            if dsn is not None:
+                self.schedule.set(dsn.id, dsn.next_attempt)
+                tally.dsns.append(dsn.id)
         state = outcome.state
         if state is State.QUEUED:
             self._write_transcripts(envelope, transcripts)
@@ -668,90 +527,25 @@ class MailService:
             self.store.finish(envelope.id)
             tally.finished.append(envelope.id)
         else:
-            self._undeliverable(envelope, transcripts, tally)
+            history = "".join(self._history(envelope.id, kind) for kind in TranscriptKind)
+            current = "".join(t.text for t in transcripts.values())
+            self.bounce.to_badmail(envelope, history + current)
+            tally.badmail.append(envelope.id)
 
-    def _queued_already(self, queue_id: str) -> bool:
-        """Whether ``queue_id`` has a committed envelope, claimed or not."""
-        if self.store.exists(QUEUE, f"{queue_id}.env"):
-            return True
-        if not self.store.exists(QUEUE, f"{queue_id}.eml"):
-            return False
-        # Rare (being delivered, or a commit cut short): only now list the Queue.
-        files = self.store.queue_files().get(queue_id)
-        return files is not None and bool(files.claims)
+    def _write_transcripts(self, envelope: Envelope, transcripts: Mapping[str, Transcript]) -> None:
+        """Keep the transcript of a message that stays queued (IIS's .RTR / .LTR)."""
+        for kind, transcript in transcripts.items():
+            local = kind == TranscriptKind.LOCAL
+            recipients = [
+                r
+                for r in envelope.recipients
+                if (self.router.route(r.address).kind is RouteKind.LOCAL) == local
+            ]
+            text = render_transcript(recipients, self._history(envelope.id, kind) + transcript.text)
+            self.store.write(QUEUE, f"{envelope.id}.{kind}", text.encode())
 
-    def _queue_dsn(self, envelope: Envelope, order: DsnOrder, tally: _Tally) -> None:
-        """Queue a DSN about ``envelope``; its id is derived, so a repeat after a crash is no-op."""
-        if self._queued_already(order.id):
-            return
-        now = self.clock()
-        original = self._original_for_dsn(envelope)
-        action = DsnAction.FAILED if order.kind is DsnKind.FAILURE else DsnAction.DELAYED
-        message = render_dsn(
-            envelope=envelope,
-            recipients=order.recipients,
-            action=action,
-            original=original,
-            reporting_mta=self.fqdn,
-            dsn_id=order.id,
-            now=now,
-            will_retry_until=(
-                self.retry.expires_at(arrival=envelope.arrival)
-                if action is DsnAction.DELAYED
-                else None
-            ),
-            max_original_size=self.limits.max_dsn_original,
-        )
-        dsn = Envelope(
-            id=order.id,
-            sender="",
-            recipients=(Recipient(envelope.sender),),
-            arrival=now,
-            next_attempt=now,
-            origin=f"dsn:{envelope.id}",
-            size=len(message),
-        )
-        self.store.commit_queued(order.id, message, encode_envelope(dsn))
-        self.schedule.set(order.id, now)
-        tally.dsns.append(order.id)
-
-    def _original_for_dsn(self, envelope: Envelope) -> bytes:
-        with self.store.open(QUEUE, f"{envelope.id}.eml") as handle:
-            if envelope.size <= self.limits.max_dsn_original:
-                return handle.read()
-            head, _ = read_head(handle, limit=_HEAD_LIMIT)
-            return head
-
-    def _undeliverable(
-        self, envelope: Envelope, transcripts: Mapping[str, Transcript], tally: _Tally
-    ) -> None:
-        """A null-sender message (a DSN) that cannot be delivered goes to BadMail, never back."""
-        failures = [r for r in envelope.recipients if r.state is RecipientState.FAILED]
-        first = failures[0].reply if failures and failures[0].reply else None
-        status = first.status if first else "5.0.0"
-        lines = [
-            f"{status} This message has a null sender (it is a delivery status notification) "
-            "and cannot be delivered, so it cannot be returned to anybody.",
-            "",
-            *(_failure_line(r) for r in failures),
-            "",
-            "Transcript:",
-        ]
-        history = "".join(self._history(envelope.id, kind) for kind in ("RTR", "LTR"))
-        current = "".join(t.text for t in transcripts.values())
-        report = ("\n".join(lines) + "\n" + history + current).encode("utf-8")
-        self.store.commit_badmail(
-            envelope.id,
-            message=(QUEUE, f"{envelope.id}.eml"),
-            report=report,
-            envelope=encode_envelope(envelope),
-        )
-        self.store.finish(envelope.id)
-        log.warning("%s went to BadMail: %s", envelope.id, lines[0])
-        tally.badmail.append(envelope.id)
-
-
-def _failure_line(recipient: Recipient) -> str:
-    reply = recipient.reply
-    where = f" (from {reply.host})" if reply is not None and reply.host else ""
-    return f"<{recipient.address}>: {reply}{where}"
+    def _history(self, queue_id: str, kind: str) -> str:
+        try:
+            return transcript_history(self.store.read(QUEUE, f"{queue_id}.{kind}").decode())
+        except FileNotFoundError:
+            return ""

@@ -1,8 +1,10 @@
 """``Spool``: the MailRoot as applications, tests and operators see it.
 
 Opens (or creates) the five MailRoot folders on any PyFilesystem2 filesystem or FS URL, puts
-messages into Pickup atomically (:meth:`Spool.submit`), and reads back what is queued, what went
-to BadMail and what was delivered to Drop. It changes no message's state: that is
+messages into Pickup atomically (:meth:`Spool.submit`), reads back what is queued, what went to
+BadMail and what was delivered to Drop, and carries out an operator's orders (hold, release,
+flush, delete, requeue from BadMail) as transitions of the state table, each on a claimed
+envelope, telling a running service through a trigger file. Delivering is
 :class:`~spoolmail.MailService`'s job. File access goes through :class:`MailStore`.
 """
 
@@ -11,25 +13,36 @@ from __future__ import annotations
 import email.message
 import email.policy
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Self
 
 import attrs
 
+from spoolmail._core import states
 from spoolmail._core.address import AddressRole, parse_mailbox
-from spoolmail._core.envelope import Envelope, decode_envelope
+from spoolmail._core.envelope import Envelope, Recipient, decode_envelope, encode_envelope
 from spoolmail._core.headers import fields, split_head
 from spoolmail._core.ids import QueueIds, is_queue_id
 from spoolmail._core.pickup import PickupOptions, PickupRejected, parse_pickup, render_pickup
-from spoolmail._core.states import State
+from spoolmail._core.states import Event, State, transition
 from spoolmail._store import pyfs
-from spoolmail._store.store import BADMAIL, DROP, PICKUP, QUEUE, Durability, MailStore, read_head
+from spoolmail._store.store import (
+    BADMAIL,
+    DROP,
+    PICKUP,
+    QUEUE,
+    Durability,
+    MailStore,
+    chunks,
+    read_head,
+)
 from spoolmail.exceptions import (
     ConfigurationError,
     EnvelopeError,
     MessageError,
     NotFound,
+    SpoolmailError,
     StorageError,
 )
 
@@ -188,6 +201,148 @@ class Spool:
         name = f"{self.store.ids.new(self.clock())}.eml"
         self.store.write(PICKUP, name, data)
         return name
+
+    # -- operating on the Queue and BadMail (Postfix's postqueue / postsuper) --------------------
+
+    def hold(self, queue_ids: Iterable[str]) -> list[str]:
+        """Put messages on hold: never attempted, no expiry while held. Returns those changed."""
+        return self._operate(queue_ids, Event.HELD, lambda e, now: states.hold(e, now=now))
+
+    def release(self, queue_ids: Iterable[str]) -> list[str]:
+        """Release holds: due at once, expiry pushed back by the time held."""
+        return self._operate(queue_ids, Event.RELEASED, lambda e, now: states.release(e, now=now))
+
+    def flush(
+        self, queue_ids: Iterable[str] | None = None, *, domain: str | None = None
+    ) -> list[str]:
+        """Make messages due now: the given ids, or every one with a pending recipient at
+        ``domain``, or (neither given) the whole Queue. Held messages stay held."""
+        if queue_ids is None:
+            wanted = domain.lower().rstrip(".") if domain else None
+            queue_ids = [
+                item.id
+                for item in self.queued()
+                if wanted is None or any(r.domain == wanted for r in item.envelope.pending)
+            ]
+        return self._operate(queue_ids, Event.FLUSHED, lambda e, now: states.flush(e, now=now))
+
+    def delete(self, queue_ids: Iterable[str]) -> list[str]:
+        """Delete queued messages without a DSN (as ``postsuper -d``). Returns those deleted."""
+        return self._operate(queue_ids, Event.DELETED, lambda e, now: None)
+
+    def _operate(
+        self,
+        queue_ids: Iterable[str],
+        event: Event,
+        change: Callable[[Envelope, datetime], Envelope | None],
+    ) -> list[str]:
+        """Claim each message, change its envelope (``None``: delete it), hand it back.
+
+        A message being delivered right now raises a temporary SpoolmailError naming it; a
+        running service is told what changed through a trigger file.
+        """
+        store, done = self.store, []
+        try:
+            for queue_id in dict.fromkeys(queue_ids):
+                self._checked(queue_id)
+                if not store.claim_queued(queue_id):
+                    self._explain_unclaimable(queue_id)
+                transition(State.QUEUED, event)
+                raw = store.read_claimed(queue_id)
+                if event is Event.DELETED:
+                    store.finish(queue_id)
+                    done.append(queue_id)
+                    continue
+                try:
+                    envelope = decode_envelope(raw)
+                except EnvelopeError:
+                    store.release(queue_id, raw)
+                    raise
+                changed = change(envelope, self.clock())
+                store.release(queue_id, raw if changed is None else encode_envelope(changed))
+                done.append(queue_id)
+        finally:
+            if done:
+                store.write_trigger(done)
+        return done
+
+    def _explain_unclaimable(self, queue_id: str) -> None:
+        files = self.store.queue_files().get(queue_id)
+        if files is None or not (files.envelope or files.claims):
+            raise NotFound(f"no queued message {queue_id!r}")
+        raise SpoolmailError(
+            f"{queue_id} is being delivered right now; try again in a moment", temporary=True
+        )
+
+    def requeue_badmail(
+        self,
+        queue_id: str,
+        *,
+        recipients: Sequence[str] | None = None,
+        sender: str | None = None,
+    ) -> str:
+        """Send a BadMail entry again; returns its new queue id, or its Pickup file name.
+
+        A file rejected at Pickup goes back into Pickup as it is (fix it first). A message that
+        failed in the Queue is queued again for ``recipients`` (default: every one not
+        delivered), from ``sender`` if given; an entry whose envelope is lost needs both.
+        """
+        item = self.badmail_item(queue_id)
+        if not item.has_message:
+            raise NotFound(f"BadMail entry {queue_id!r} has no message (.BAD) to send")
+        envelope = item.envelope
+        store = self.store
+        if envelope is not None and envelope.origin.startswith("pickup:") and not envelope.attempts:
+            transition(State.BADMAIL, Event.REQUEUED)
+            name = f"{queue_id}.eml"
+            if not store.rename((BADMAIL, f"{queue_id}.BAD"), (PICKUP, name)):
+                raise NotFound(f"BadMail entry {queue_id!r} was taken meanwhile")
+            self._remove_badmail_reports(queue_id)
+            return name
+        now = self.clock()
+        if envelope is None:
+            if not recipients or sender is None:
+                raise MessageError(
+                    f"BadMail entry {queue_id!r} has no readable envelope: give the recipients "
+                    "and the sender to send it again"
+                )
+            envelope = Envelope(
+                id=queue_id,
+                sender="",
+                recipients=tuple(Recipient(address) for address in recipients),
+                arrival=now,
+                next_attempt=now,
+            )
+        new_id = store.ids.new(now)
+        fresh = states.requeue(envelope, queue_id=new_id, now=now, addresses=recipients)
+        if sender is not None:
+            fresh = attrs.evolve(
+                fresh, sender=parse_mailbox(sender, default_domain=None, role=AddressRole.SENDER)
+            )
+        if not fresh.recipients:
+            raise MessageError(f"BadMail entry {queue_id!r}: none of those recipients is in it")
+        transition(State.BADMAIL, Event.REQUEUED)
+        with store.open(BADMAIL, f"{queue_id}.BAD") as handle:
+            store.commit_queued(new_id, chunks(handle), encode_envelope(fresh))
+        self.delete_badmail([queue_id])
+        store.write_trigger([new_id])
+        return new_id
+
+    def delete_badmail(self, queue_ids: Iterable[str]) -> list[str]:
+        """Delete BadMail entries (message and reports). Returns those that existed."""
+        done = []
+        for queue_id in dict.fromkeys(queue_ids):
+            self._checked(queue_id)
+            transition(State.BADMAIL, Event.DELETED)
+            if self.store.remove(BADMAIL, f"{queue_id}.BAD") | self._remove_badmail_reports(
+                queue_id
+            ):
+                done.append(queue_id)
+        return done
+
+    def _remove_badmail_reports(self, queue_id: str) -> bool:
+        removed = self.store.remove(BADMAIL, f"{queue_id}.BDR")
+        return self.store.remove(BADMAIL, f"{queue_id}.BDP") or removed
 
     # -- reading back ----------------------------------------------------------------------------
 

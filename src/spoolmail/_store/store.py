@@ -72,6 +72,7 @@ STATE_FOLDERS = {
 
 CHUNK = 128 * 1024
 _CLAIM_SUFFIX = ".pickup"
+_TRIGGER_SUFFIX = ".trigger"
 _OWNER_SUFFIX = ".owner"
 _TMP_SUFFIX = ".tmp"
 # A claim's file name must stay under common 255-byte name limits.
@@ -443,6 +444,50 @@ class MailStore:
         for name in (f"{queue_id}.eml", f"{queue_id}.RTR", f"{queue_id}.LTR"):
             self.remove(QUEUE, name)
         self.remove(QUEUE, self.claimed_name(queue_id, owner or self.owner))
+
+    def signature(self, folder: str, name: str) -> tuple[int, ...] | None:
+        """A cheap fingerprint of a file (inode, mtime, size) that changes with every rewrite.
+
+        ``None`` where there is none to be had (filesystems without OS paths): read it again.
+        Every rewrite is a rename of a new file, so the inode alone would do; the rest is cheap.
+        """
+        if self._os_root is None:
+            return None
+        try:
+            stat = os.stat(self._sys(folder, name))
+        except OSError:
+            return None
+        return (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+
+    # -- triggers: telling a running service what an operator changed ---------------------------
+
+    def write_trigger(self, ids: Iterable[str] | None) -> None:
+        """Ask running services to look at ``ids`` again (``None``: the whole Queue)."""
+        data = {"all": True} if ids is None else {"ids": sorted(set(ids))}
+        self.write(
+            SORTTEMP,
+            f"{self.owner}.{self.ids.token(12)}{_TRIGGER_SUFFIX}",
+            json.dumps(data).encode(),
+        )
+
+    def take_triggers(self) -> set[str] | None:
+        """Consume the triggers: the ids to look at again, or ``None`` for the whole Queue."""
+        wanted: set[str] = set()
+        everything = False
+        for name in self.listdir(SORTTEMP):
+            if not name.endswith(_TRIGGER_SUFFIX):
+                continue
+            try:
+                data = json.loads(self.read(SORTTEMP, name))
+                ids = data.get("ids")
+                everything |= bool(data.get("all")) or not isinstance(ids, list)
+                wanted.update(i for i in ids or () if isinstance(i, str) and is_queue_id(i))
+            except FileNotFoundError:
+                continue  # another service took it
+            except (ValueError, AttributeError):
+                everything = True
+            self.remove(SORTTEMP, name)
+        return None if everything else wanted
 
     # -- BadMail ----------------------------------------------------------------------------------
 

@@ -1,0 +1,208 @@
+"""Delivery: one attempt at a queued message's pending recipients, turned into replies.
+
+The :class:`Deliverer` checks the limits that fail a whole message (size, hop count), groups
+the pending recipients by route, and delivers each group: local recipients into one
+``Drop/ID.eml`` in IIS's format, remote ones over the transport to each target in turn (the
+next host gets only what the last one deferred, RFC 5321 section 5.1), and recipients without a
+route get the router's reason. Every outcome is a :class:`~spoolmail._core.reply.Reply`; what the
+replies mean is decided by ``conclude_attempt``, not here.
+
+:class:`DeadDestinations` is the in-memory memory of hosts that just failed to answer: like
+Postfix's queue manager, other messages for such a host are deferred without a connection
+attempt of their own until the failed message's retry time. Reads the Queue's message files,
+writes Drop files; never touches envelopes.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
+from itertools import chain
+
+import attrs
+
+from spoolmail._core.drop import render_drop_head
+from spoolmail._core.envelope import Envelope
+from spoolmail._core.headers import count_received
+from spoolmail._core.reply import Reply
+from spoolmail._core.routing import Route, RouteKind, Router, Target
+from spoolmail._core.transcript import Transcript
+from spoolmail._store.store import DROP, QUEUE, MailStore, chunks, read_head
+from spoolmail._transport.base import Outgoing, Transport
+from spoolmail.exceptions import SpoolmailError
+
+__all__ = ["Attempt", "DeadDestinations", "Deliverer", "TranscriptKind"]
+
+HEAD_LIMIT = 1024 * 1024
+
+
+class TranscriptKind(enum.StrEnum):
+    """IIS's transcript files: ``Queue/ID.RTR`` (remote) and ``Queue/ID.LTR`` (local)."""
+
+    REMOTE = "RTR"
+    LOCAL = "LTR"
+
+
+def _unreachable(replies: Sequence[Reply]) -> Reply | None:
+    """The reply that shows a host did not answer at all, if every reply says so.
+
+    A 421 (service closing) or any RFC 3463 X.4.x status (network and routing) for every
+    recipient means the host, not the recipients, is the problem.
+    """
+    if replies and all(r.code == 421 or r.status.startswith("4.4.") for r in replies):
+        return replies[0]
+    return None
+
+
+@attrs.define
+class DeadDestinations:
+    """Hosts that just failed to answer, and until when nobody tries them again."""
+
+    marks: dict[Target, tuple[datetime, Reply]] = attrs.Factory(dict)
+
+    def reason(self, target: Target, now: datetime) -> Reply | None:
+        """Why ``target`` is skipped now, or ``None`` if it may be tried."""
+        mark = self.marks.get(target)
+        if mark is None:
+            return None
+        until, reply = mark
+        if now >= until:
+            del self.marks[target]
+            return None
+        return Reply(
+            451,
+            "4.4.1",
+            f"{target} did not answer the last attempt ({reply}); not tried again before "
+            f"{until.isoformat(timespec='seconds')}",
+        )
+
+    def mark(self, target: Target, until: datetime, reply: Reply) -> None:
+        self.marks[target] = (until, reply)
+
+    def clear(self, target: Target) -> None:
+        self.marks.pop(target, None)
+
+
+@attrs.define
+class Attempt:
+    """One attempt's results: replies by address, transcripts by kind, hosts that did not answer."""
+
+    replies: dict[str, Reply] = attrs.Factory(dict)
+    transcripts: dict[str, Transcript] = attrs.Factory(dict)
+    unreachable: dict[Target, Reply] = attrs.Factory(dict)
+
+
+@attrs.define
+class Deliverer:
+    """Delivers the pending recipients of queued messages (see the module docstring)."""
+
+    store: MailStore
+    router: Router
+    transport: Transport
+    clock: Callable[[], datetime]
+    max_message_size: int
+    max_hop_count: int
+    dead: DeadDestinations = attrs.Factory(DeadDestinations)
+
+    def attempt(self, envelope: Envelope) -> Attempt:
+        attempt = Attempt()
+        pending = [r.address for r in envelope.pending]
+        block = self._precheck(envelope)
+        if block is not None:
+            attempt.replies.update(dict.fromkeys(pending, block))
+            return attempt
+        groups: dict[Route, list[str]] = defaultdict(list)
+        for address in pending:
+            groups[self.router.route(address)].append(address)
+        for route, addresses in groups.items():
+            kind = TranscriptKind.LOCAL if route.kind is RouteKind.LOCAL else TranscriptKind.REMOTE
+            transcript = attempt.transcripts.setdefault(kind, Transcript(self.clock))
+            transcript.begin(f"attempt {envelope.attempts + 1}: {route.description}")
+            if route.kind is RouteKind.LOCAL:
+                attempt.replies.update(self._deliver_local(envelope, addresses, transcript))
+            elif route.kind is RouteKind.SMTP:
+                self._deliver_remote(envelope, route, addresses, transcript, attempt)
+            else:
+                assert route.reply is not None  # noqa: S101 (a NONE route always says why)
+                transcript.note(str(route.reply))
+                attempt.replies.update(dict.fromkeys(addresses, route.reply))
+        return attempt
+
+    def _precheck(self, envelope: Envelope) -> Reply | None:
+        """Limits that fail the whole message before any delivery (IIS: size, hop count)."""
+        if envelope.size > self.max_message_size:
+            return Reply(
+                552,
+                "5.3.4",
+                f"message size {envelope.size} exceeds the limit of {self.max_message_size} bytes",
+            )
+        with self.store.open(QUEUE, f"{envelope.id}.eml") as handle:
+            head, _ = read_head(handle, limit=HEAD_LIMIT)
+        hops = count_received(head)
+        if hops > self.max_hop_count:
+            return Reply(
+                554,
+                "5.4.6",
+                f"routing loop detected: {hops} Received: header fields, the limit is "
+                f"{self.max_hop_count}",
+            )
+        return None
+
+    def _deliver_remote(
+        self,
+        envelope: Envelope,
+        route: Route,
+        addresses: Sequence[str],
+        transcript: Transcript,
+        attempt: Attempt,
+    ) -> None:
+        remaining = list(addresses)
+        for target in route.targets:
+            skipped = self.dead.reason(target, self.clock())
+            if skipped is not None:
+                transcript.note(str(skipped))
+                attempt.replies.update(dict.fromkeys(remaining, skipped))
+                continue
+            outgoing = Outgoing(
+                id=envelope.id,
+                sender=envelope.sender,
+                recipients=remaining,
+                size=envelope.size,
+                open=lambda: self.store.open(QUEUE, f"{envelope.id}.eml"),
+            )
+            replies = self.transport.send(target, outgoing, transcript)
+            attempt.replies.update(replies)
+            silent = _unreachable([replies[a] for a in remaining])
+            if silent is None:
+                self.dead.clear(target)
+            else:
+                attempt.unreachable[target] = silent
+            # The next host gets only what this one deferred (RFC 5321 section 5.1).
+            remaining = [a for a in remaining if 400 <= replies[a].code < 500]
+            if not remaining:
+                break
+
+    def _deliver_local(
+        self, envelope: Envelope, addresses: Sequence[str], transcript: Transcript
+    ) -> Mapping[str, Reply]:
+        """Write ``Drop/ID.eml`` for every local recipient at once, in IIS's Drop format.
+
+        The name is the queue id, so repeating this after a crash replaces the file instead of
+        writing a second copy: a message is in Drop once.
+        """
+        name = f"{envelope.id}.eml"
+        try:
+            with self.store.open(QUEUE, name) as handle:
+                head, body = read_head(handle, limit=HEAD_LIMIT)
+                drop_head = render_drop_head(
+                    head, sender=envelope.sender, recipients=addresses, arrival=envelope.arrival
+                )
+                size = self.store.write(DROP, name, chain([drop_head, body], chunks(handle)))
+        except SpoolmailError as exc:
+            reply = Reply(451, "4.3.0", f"cannot write the Drop file: {exc}")
+            transcript.note(str(reply))
+            return dict.fromkeys(addresses, reply)
+        transcript.note(f"wrote Drop/{name} ({size} bytes) for {len(addresses)} recipient(s)")
+        return dict.fromkeys(addresses, Reply(250, "2.0.0", f"delivered to Drop/{name}"))

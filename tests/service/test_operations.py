@@ -1,0 +1,328 @@
+"""Operating the Queue and BadMail while a service runs: hold, release, flush, delete, requeue.
+
+Also the service-side rules that go with them: separate local and remote retry schedules,
+dead destinations, "Send copy of NDR to", and RFC 3461 NOTIFY. Both filesystems throughout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+
+from spoolmail import MailService, RecipientState, Reply, RetryPolicy, Router, Spool
+from spoolmail._core.envelope import Envelope, Notify, Recipient, encode_envelope
+from spoolmail._store import pyfs
+from spoolmail.exceptions import MessageError, NotFound, SpoolmailError, StorageError
+from spoolmail.testing import CapturingTransport, FakeClock
+
+LATER = Reply(451, "4.3.0", "mailbox busy", host="relay.test")
+NO = Reply(550, "5.1.1", "no such user", host="relay.test")
+REFUSED = Reply(451, "4.4.1", "connection to relay.test:25 failed: refused", host="relay.test")
+
+
+@pytest.fixture
+def spool(filesystem: pyfs.FS, clock: FakeClock) -> Iterator[Spool]:
+    with Spool(filesystem, clock=clock) as spool:
+        yield spool
+
+
+@pytest.fixture
+def transport() -> CapturingTransport:
+    return CapturingTransport()
+
+
+def make_service(
+    spool: Spool, transport: CapturingTransport, clock: FakeClock, **settings: Any
+) -> MailService:
+    settings.setdefault("router", Router(local_domains=["example.com"], smart_host="relay.test"))
+    return MailService(spool, transport=transport, clock=clock, fqdn="mail.example.com", **settings)
+
+
+@pytest.fixture
+def service(spool: Spool, transport: CapturingTransport, clock: FakeClock) -> Iterator[MailService]:
+    service = make_service(spool, transport, clock)
+    yield service
+    service.close()
+
+
+def message(to: str, sender: str = "alice@example.com") -> bytes:
+    return f"From: {sender}\r\nTo: {to}\r\nSubject: s\r\n\r\nbody\r\n".encode()
+
+
+def queue_one(spool: Spool, service: MailService, transport: CapturingTransport, to: str) -> str:
+    """A message that waits in the Queue after one failed attempt."""
+    transport.answers = {to: LATER}
+    spool.submit(message(to))
+    [queue_id] = service.run_once().picked_up
+    return queue_id
+
+
+# -- hold and release -----------------------------------------------------------------------------
+
+
+def test_held_message_is_never_attempted_and_never_expires(
+    spool: Spool, service: MailService, transport: CapturingTransport, clock: FakeClock
+) -> None:
+    queue_id = queue_one(spool, service, transport, "dan@remote.test")
+    assert spool.hold([queue_id]) == [queue_id]
+    assert spool.queued_message(queue_id).envelope.held
+    for _ in range(10):
+        clock.advance(hours=6)
+        report = service.run_once()
+        assert report.deferred == report.failed == report.dsns == ()
+    assert len(transport.attempts) == 1
+    assert spool.release([queue_id]) == [queue_id]
+    report = service.run_once()  # the release is seen at once, not at the next rescan
+    assert report.deferred == ((queue_id, "dan@remote.test"),)
+    envelope = spool.queued_message(queue_id).envelope
+    assert envelope.held_time == timedelta(hours=60)
+    assert envelope.retry_base == envelope.arrival + timedelta(hours=60)
+    assert envelope.next_attempt == clock() + timedelta(minutes=30)  # the IIS schedule goes on
+
+
+def test_hold_of_a_busy_or_missing_message_is_explained(
+    spool: Spool,
+    service: MailService,
+    transport: CapturingTransport,
+    filesystem: pyfs.FS,
+    clock: FakeClock,
+) -> None:
+    queue_id = queue_one(spool, service, transport, "dan@remote.test")
+    other = Spool(filesystem, clock=clock)
+    assert other.store.claim_queued(queue_id)  # another live process is delivering it
+    with pytest.raises(SpoolmailError, match="being delivered right now") as info:
+        spool.hold([queue_id])
+    assert info.value.temporary
+    with pytest.raises(NotFound, match="no queued message"):
+        spool.hold(["19ac9b2f1c0-000000000000"])
+    with pytest.raises(NotFound, match="not a queue id"):
+        spool.hold(["../../etc/passwd"])
+
+
+# -- flush and delete -----------------------------------------------------------------------------
+
+
+def test_flush_one_by_id_is_attempted_at_the_next_tick(
+    spool: Spool, service: MailService, transport: CapturingTransport
+) -> None:
+    first = queue_one(spool, service, transport, "dan@remote.test")
+    second = queue_one(spool, service, transport, "eve@other.test")
+    transport.answers = {}
+    assert spool.flush([first]) == [first]
+    report = service.run_once()
+    assert report.delivered == ((first, "dan@remote.test"),)
+    assert [q.id for q in spool.queued()] == [second]
+
+
+def test_flush_by_domain_and_all(
+    spool: Spool, service: MailService, transport: CapturingTransport
+) -> None:
+    dan = queue_one(spool, service, transport, "dan@remote.test")
+    eve = queue_one(spool, service, transport, "eve@other.test")
+    assert spool.flush(domain="REMOTE.test.") == [dan]
+    assert spool.flush() == [dan, eve]
+    transport.answers = {}
+    assert {q for q, _ in service.run_once().delivered} == {dan, eve}
+
+
+def test_flush_keeps_a_hold(
+    spool: Spool, service: MailService, transport: CapturingTransport
+) -> None:
+    queue_id = queue_one(spool, service, transport, "dan@remote.test")
+    spool.hold([queue_id])
+    spool.flush([queue_id])
+    assert service.run_once().deferred == ()
+    assert spool.queued_message(queue_id).envelope.held
+
+
+def test_delete_sends_no_dsn(
+    spool: Spool, service: MailService, transport: CapturingTransport
+) -> None:
+    queue_id = queue_one(spool, service, transport, "dan@remote.test")
+    assert spool.delete([queue_id]) == [queue_id]
+    assert list(spool.queued()) == []
+    assert spool.store.queue_files() == {}
+    assert service.run_once() == type(service.run_once())()
+
+
+# -- BadMail --------------------------------------------------------------------------------------
+
+
+def test_requeue_a_failed_dsn_from_badmail(
+    spool: Spool, service: MailService, transport: CapturingTransport
+) -> None:
+    transport.answers = {"no@remote.test": NO, "alice@remote.test": NO}
+    spool.submit(message("no@remote.test", sender="alice@remote.test"))
+    report = service.run_once()
+    [dsn_id] = report.badmail
+    item = spool.badmail_item(dsn_id)
+    assert "It was the failed notice for" in item.report  # both reasons are in BadMail
+    assert "<no@remote.test>: 550 5.1.1 no such user" in item.report
+    transport.answers = {}
+    new_id = spool.requeue_badmail(dsn_id)
+    assert new_id != dsn_id
+    assert list(spool.badmail()) == []
+    queued = spool.queued_message(new_id).envelope
+    assert (queued.sender, [r.address for r in queued.recipients]) == ("", ["alice@remote.test"])
+    assert queued.origin == f"requeue:{dsn_id}"
+    report = service.run_once()
+    assert report.delivered == ((new_id, "alice@remote.test"),)
+    assert transport.messages[-1].data.startswith(b"From: postmaster@mail.example.com")
+
+
+def test_requeue_a_rejected_pickup_file_puts_it_back_into_pickup(
+    spool: Spool, service: MailService
+) -> None:
+    raw = b"Subject: nobody\r\n\r\nbody\r\n"
+    spool.store.write("Pickup", "bad.eml", raw)
+    [bad] = service.run_once().badmail
+    name = spool.requeue_badmail(bad)
+    assert spool.pickup() == [name]
+    assert spool.fs.readbytes(f"Pickup/{name}") == raw
+    assert list(spool.badmail()) == []
+
+
+def test_requeue_without_envelope_needs_recipients_and_sender(
+    spool: Spool, service: MailService, clock: FakeClock
+) -> None:
+    spool.store.write("BadMail", "19ac9b2f1c0-000000000001.BAD", message("x@example.com"))
+    spool.store.write("BadMail", "19ac9b2f1c0-000000000001.BDR", b"4.3.0 envelope lost\n")
+    with pytest.raises(MessageError, match="give the recipients and the sender"):
+        spool.requeue_badmail("19ac9b2f1c0-000000000001")
+    new_id = spool.requeue_badmail(
+        "19ac9b2f1c0-000000000001",
+        recipients=["bob@example.com"],
+        sender="Alice <alice@example.com>",
+    )
+    report = service.run_once()
+    assert report.delivered == ((new_id, "bob@example.com"),)
+    assert spool.drop_item(new_id).sender == "alice@example.com"
+
+
+def test_requeue_selected_recipients(spool: Spool, service: MailService, clock: FakeClock) -> None:
+    failed = Envelope(
+        id="19ac9b2f1c0-000000000002",
+        sender="",
+        recipients=(
+            Recipient("a@example.com", RecipientState.FAILED, NO),
+            Recipient("b@example.com", RecipientState.FAILED, NO),
+        ),
+        arrival=clock(),
+        next_attempt=clock(),
+        attempts=3,
+    )
+    spool.store.write("BadMail", f"{failed.id}.BAD", message("a@example.com"))
+    spool.store.write("BadMail", f"{failed.id}.BDR", b"5.1.1 failed\n")
+    spool.store.write("BadMail", f"{failed.id}.BDP", encode_envelope(failed))
+    with pytest.raises(MessageError, match="none of those recipients"):
+        spool.requeue_badmail(failed.id, recipients=["c@example.com"])
+    new_id = spool.requeue_badmail(failed.id, recipients=["b@example.com"])
+    assert [a for _, a in service.run_once().delivered] == ["b@example.com"]
+    assert spool.drop_item(new_id).recipients == ("b@example.com",)
+
+
+def test_delete_badmail(spool: Spool, service: MailService) -> None:
+    spool.store.write("Pickup", "bad.eml", b"junk\r\n")
+    [bad] = service.run_once().badmail
+    assert spool.delete_badmail([bad, bad]) == [bad]
+    assert spool.delete_badmail([bad]) == []
+    assert spool.store.listdir("BadMail") == []
+
+
+# -- schedules, dead destinations, NDR copies, NOTIFY ----------------------------------------
+
+
+def test_local_and_remote_recipients_follow_their_own_schedules(
+    spool: Spool, transport: CapturingTransport, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    service = make_service(spool, transport, clock)  # IIS: remote 15/30/60/240, local hourly
+    assert service.local_retry.name == "iis-local"
+    write = spool.store.write
+
+    def full_disk(folder: str, name: str, data: Any) -> int:
+        if folder == "Drop":
+            raise StorageError(f"cannot write Drop/{name}: [Errno 28] No space left on device")
+        return write(folder, name, data)
+
+    monkeypatch.setattr(spool.store, "write", full_disk)
+    transport.answers = {"dan@remote.test": LATER}
+    spool.submit(message("bob@example.com, dan@remote.test"))
+    [queue_id] = service.run_once().picked_up
+    envelope = spool.queued_message(queue_id).envelope
+    assert envelope.next_attempt == clock() + timedelta(minutes=15)  # the earlier of the two
+    local = next(r for r in envelope.recipients if r.address == "bob@example.com")
+    assert local.reply is not None
+    assert local.reply.text.startswith("cannot write the Drop file")
+    assert "cannot write the Drop file" in spool.transcript(queue_id)
+
+
+def test_one_retry_policy_for_both_when_only_retry_is_given(
+    spool: Spool, transport: CapturingTransport, clock: FakeClock
+) -> None:
+    policy = RetryPolicy.postfix()
+    service = make_service(spool, transport, clock, retry=policy)
+    assert service.local_retry is policy
+
+
+def test_dead_destination_defers_others_without_a_connection(
+    spool: Spool, service: MailService, transport: CapturingTransport, clock: FakeClock
+) -> None:
+    transport.answers = lambda address: REFUSED
+    spool.submit(message("a@remote.test"))
+    spool.submit(message("b@remote.test"))
+    report = service.run_once()
+    assert len(report.deferred) == 2
+    assert len(transport.attempts) == 1  # the second message did not knock again
+    second = report.deferred[1][0]
+    transcript = spool.transcript(second)
+    assert "did not answer the last attempt" in transcript
+    assert "not tried again before 2026-11-28T10:15:00+00:00" in transcript
+    clock.advance(minutes=15)
+    transport.answers = {}
+    report = service.run_once()
+    assert len(report.delivered) == 2
+    assert len(transport.attempts) == 3  # each message tried again once the host may be back
+
+
+def test_a_recipient_refusal_does_not_kill_the_destination(
+    spool: Spool, service: MailService, transport: CapturingTransport
+) -> None:
+    transport.answers = {"a@remote.test": LATER}
+    spool.submit(message("a@remote.test"))
+    spool.submit(message("b@remote.test"))
+    service.run_once()
+    assert len(transport.attempts) == 2
+
+
+def test_ndr_copy_goes_to_the_postmaster_too(
+    spool: Spool, transport: CapturingTransport, clock: FakeClock
+) -> None:
+    service = make_service(spool, transport, clock, ndr_copy_to="postmaster@example.com")
+    transport.answers = {"no@remote.test": NO}
+    spool.submit(message("no@remote.test", sender="alice@example.com"))
+    report = service.run_once()
+    [dsn_id] = report.dsns
+    drop = spool.drop_item(dsn_id)
+    assert drop.recipients == ("alice@example.com", "postmaster@example.com")
+
+
+def test_notify_never_means_no_dsn(
+    spool: Spool, service: MailService, transport: CapturingTransport, clock: FakeClock
+) -> None:
+    envelope = Envelope(
+        id="19ac9b2f1c0-000000000003",
+        sender="alice@example.com",
+        recipients=(Recipient("no@remote.test", notify=Notify.NEVER),),
+        arrival=clock(),
+        next_attempt=clock(),
+        envid="QQ314159",
+    )
+    spool.store.commit_queued(envelope.id, message("no@remote.test"), encode_envelope(envelope))
+    transport.answers = {"no@remote.test": NO}
+    report = service.run_once()
+    assert report.failed == ((envelope.id, "no@remote.test"),)
+    assert report.dsns == ()
+    assert list(spool.drop()) == []
