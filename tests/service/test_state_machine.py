@@ -152,7 +152,8 @@ class SpoolMachine(RuleBasedStateMachine):
         files = self.spool.store.queue_files()
         for queue_id, entry in files.items():
             assert entry.message, f"{queue_id} has no message file"
-            assert entry.envelope and not entry.claims, f"{queue_id} is not handed back: {entry}"
+            assert entry.envelope, f"{queue_id} has no envelope: {entry}"
+            assert not entry.claims, f"{queue_id} is still claimed: {entry}"
             decode_envelope(self.spool.store.read("Queue", f"{queue_id}.env"))
         leftovers = [
             n
