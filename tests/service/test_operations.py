@@ -123,7 +123,7 @@ def test_flush_by_domain_and_all(
     dan = queue_one(spool, service, transport, "dan@remote.test")
     eve = queue_one(spool, service, transport, "eve@other.test")
     assert spool.flush(domain="REMOTE.test.") == [dan]
-    assert spool.flush() == [dan, eve]
+    assert sorted(spool.flush()) == sorted([dan, eve])
     transport.answers = {}
     assert {q for q, _ in service.run_once().delivered} == {dan, eve}
 

@@ -15,7 +15,9 @@ writes Drop files; never touches envelopes.
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
@@ -27,6 +29,7 @@ from spoolmail._core.drop import render_drop_head
 from spoolmail._core.envelope import Envelope
 from spoolmail._core.headers import count_received
 from spoolmail._core.reply import Reply
+from spoolmail._core.retry import short_retrying
 from spoolmail._core.routing import Route, RouteKind, Router, Target
 from spoolmail._core.transcript import Transcript
 from spoolmail._store.store import DROP, QUEUE, MailStore, chunks, read_head
@@ -54,6 +57,10 @@ def _unreachable(replies: Sequence[Reply]) -> Reply | None:
     if replies and all(r.code == 421 or r.status.startswith("4.4.") for r in replies):
         return replies[0]
     return None
+
+
+class _TryNextHost(Exception):
+    """This host deferred some recipients: the next host gets them."""
 
 
 @attrs.define
@@ -104,6 +111,7 @@ class Deliverer:
     clock: Callable[[], datetime]
     max_message_size: int
     max_hop_count: int
+    sleep: Callable[[float], None] = time.sleep
     dead: DeadDestinations = attrs.Factory(DeadDestinations)
 
     def attempt(self, envelope: Envelope) -> Attempt:
@@ -158,31 +166,54 @@ class Deliverer:
         transcript: Transcript,
         attempt: Attempt,
     ) -> None:
+        """Try the route's hosts in order; the next host gets only what this one deferred.
+
+        RFC 5321 section 5.1: on a temporary failure at one host, try the next before giving
+        up for now. tenacity drives the hosts (one try each, no wait in between).
+        """
+        hosts = iter(route.targets)
         remaining = list(addresses)
-        for target in route.targets:
-            skipped = self.dead.reason(target, self.clock())
-            if skipped is not None:
-                transcript.note(str(skipped))
-                attempt.replies.update(dict.fromkeys(remaining, skipped))
-                continue
+
+        def next_host() -> None:
+            nonlocal remaining
+            target = next(hosts)
+            replies = self._send(envelope, target, remaining, transcript, attempt)
+            remaining = [a for a in remaining if 400 <= replies[a].code < 500]
+            if remaining:
+                raise _TryNextHost(target)
+
+        tries = short_retrying(sleep=self.sleep, attempts=len(route.targets), retry_on=_TryNextHost)
+        with contextlib.suppress(_TryNextHost):
+            tries(next_host)
+
+    def _send(
+        self,
+        envelope: Envelope,
+        target: Target,
+        addresses: Sequence[str],
+        transcript: Transcript,
+        attempt: Attempt,
+    ) -> Mapping[str, Reply]:
+        skipped = self.dead.reason(target, self.clock())
+        if skipped is not None:
+            transcript.note(str(skipped))
+            replies: Mapping[str, Reply] = dict.fromkeys(addresses, skipped)
+        else:
             outgoing = Outgoing(
                 id=envelope.id,
                 sender=envelope.sender,
-                recipients=remaining,
+                recipients=addresses,
                 size=envelope.size,
                 open=lambda: self.store.open(QUEUE, f"{envelope.id}.eml"),
             )
             replies = self.transport.send(target, outgoing, transcript)
-            attempt.replies.update(replies)
-            silent = _unreachable([replies[a] for a in remaining])
+            silent = _unreachable([replies[a] for a in addresses])
             if silent is None:
                 self.dead.clear(target)
             else:
                 attempt.unreachable[target] = silent
-            # The next host gets only what this one deferred (RFC 5321 section 5.1).
-            remaining = [a for a in remaining if 400 <= replies[a].code < 500]
-            if not remaining:
-                break
+        attempt.replies.update(replies)
+        return replies
 
     def _deliver_local(
         self, envelope: Envelope, addresses: Sequence[str], transcript: Transcript

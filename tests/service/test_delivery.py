@@ -1,0 +1,117 @@
+"""The delivery agent alone: next host on a temporary failure, dead destinations, limits."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import attrs
+import pytest
+
+from spoolmail import Reply
+from spoolmail._core.envelope import Envelope, Recipient, encode_envelope
+from spoolmail._core.routing import Route, RouteKind, Target
+from spoolmail._service.delivery import DeadDestinations, Deliverer
+from spoolmail._store import pyfs
+from spoolmail._store.spool import Spool
+from spoolmail.testing import CapturingTransport, FakeClock
+
+PRIMARY, BACKUP = Target("mx1.test"), Target("mx2.test")
+LATER = Reply(451, "4.3.0", "busy", host="mx1.test")
+DOWN = Reply(451, "4.4.1", "connection refused", host="mx1.test")
+
+
+@attrs.frozen
+class TwoHosts:
+    """A router that sends everything to two hosts in order, as an MX list would."""
+
+    def route(self, address: str) -> Route:
+        return Route(RouteKind.SMTP, (PRIMARY, BACKUP))
+
+
+class PerHost(CapturingTransport):
+    """Answers by host: ``by_host[target][address]``."""
+
+    def __init__(self, by_host: dict[Target, dict[str, Reply]]) -> None:
+        super().__init__()
+        self.by_host = by_host
+
+    def send(self, target, message, transcript):  # type: ignore[no-untyped-def]
+        self.answers = self.by_host.get(target, {})
+        return super().send(target, message, transcript)
+
+
+def deliverer(spool: Spool, transport: CapturingTransport, clock: FakeClock) -> Deliverer:
+    return Deliverer(
+        store=spool.store,
+        router=TwoHosts(),  # type: ignore[arg-type]
+        transport=transport,
+        clock=clock,
+        max_message_size=1 << 20,
+        max_hop_count=15,
+        sleep=clock.sleep,
+    )
+
+
+def queued(spool: Spool, clock: FakeClock, *addresses: str) -> Envelope:
+    envelope = Envelope(
+        id="19ac9b2f1c0-000000000001",
+        sender="a@example.com",
+        recipients=tuple(Recipient(a) for a in addresses),
+        arrival=clock(),
+        next_attempt=clock(),
+        size=40,
+    )
+    spool.store.commit_queued(
+        envelope.id, b"From: a@example.com\r\n\r\nhi\r\n", encode_envelope(envelope)
+    )
+    return envelope
+
+
+@pytest.fixture
+def spool(filesystem: pyfs.FS, clock: FakeClock) -> Spool:
+    return Spool(filesystem, clock=clock)
+
+
+def test_the_next_host_gets_only_what_the_first_deferred(spool: Spool, clock: FakeClock) -> None:
+    transport = PerHost({PRIMARY: {"x@remote.test": LATER}})
+    attempt = deliverer(spool, transport, clock).attempt(
+        queued(spool, clock, "x@remote.test", "y@remote.test")
+    )
+    assert transport.attempts == [
+        (PRIMARY, ("x@remote.test", "y@remote.test")),
+        (BACKUP, ("x@remote.test",)),
+    ]
+    assert {a: r.code for a, r in attempt.replies.items()} == {
+        "x@remote.test": 250,
+        "y@remote.test": 250,
+    }
+    assert attempt.unreachable == {}
+
+
+def test_a_silent_host_is_remembered_and_skipped(spool: Spool, clock: FakeClock) -> None:
+    transport = PerHost({PRIMARY: {"x@remote.test": DOWN}, BACKUP: {"x@remote.test": LATER}})
+    agent = deliverer(spool, transport, clock)
+    envelope = queued(spool, clock, "x@remote.test")
+    attempt = agent.attempt(envelope)
+    assert attempt.unreachable == {PRIMARY: DOWN}
+    agent.dead.mark(PRIMARY, clock() + timedelta(minutes=15), DOWN)
+    again = agent.attempt(envelope)
+    assert transport.attempts[-1] == (BACKUP, ("x@remote.test",))  # mx1 was not knocked on
+    assert "mx1.test:25 did not answer" in again.transcripts["RTR"].text
+
+
+def test_dead_marks_expire() -> None:
+    dead = DeadDestinations()
+    clock = FakeClock()
+    dead.mark(PRIMARY, clock() + timedelta(minutes=15), DOWN)
+    assert dead.reason(PRIMARY, clock()) is not None
+    assert dead.reason(PRIMARY, clock.advance(minutes=15)) is None
+    assert dead.marks == {}
+
+
+def test_a_host_answering_again_is_forgotten(spool: Spool, clock: FakeClock) -> None:
+    transport = PerHost({})
+    agent = deliverer(spool, transport, clock)
+    agent.dead.mark(PRIMARY, clock(), DOWN)  # due for another try now
+    agent.attempt(queued(spool, clock, "x@remote.test"))
+    assert agent.dead.marks == {}
