@@ -1,6 +1,6 @@
 """Tests for spoolmail._core.dsn: golden files, the email package, flufl.bounce, hostile input.
 
-The golden files in ``tests/core/golden/`` pin the exact bytes of three DSNs. After an intended
+The golden files in ``tests/core/golden/`` pin the exact bytes of six DSNs. After an intended
 change to the DSN layout, rewrite them and review the diff before committing::
 
     SPOOLMAIL_REGENERATE_GOLDEN=1 python -m pytest tests/core/test_dsn.py
@@ -15,6 +15,7 @@ import email
 import email.policy
 import os
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from email.message import EmailMessage, Message
 from pathlib import Path
@@ -25,7 +26,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from spoolmail._core.dsn import DsnAction, render_dsn
-from spoolmail._core.envelope import Envelope, Recipient, RecipientState
+from spoolmail._core.envelope import Envelope, Notify, Recipient, RecipientState, Ret
 from spoolmail._core.reply import Reply
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -63,10 +64,18 @@ CAROL_512 = Reply(550, "5.1.2", "Host or domain name not found (nowhere.invalid:
 BOB_451 = Reply(451, "4.7.1", "Greylisted, please try again in 300 seconds", host="mx1.example.com")
 
 
+BOB_250 = Reply(250, "2.0.0", "Ok: queued as 4Kx9Tq1Zb2z3", host="mx1.example.com")
+DROP_250 = Reply(250, "2.0.0", f"delivered to Drop/{QUEUE_ID}.eml")
+ENVID = "QQ314159+2Bx"  # as received in MAIL FROM: xtext, "+2B" is "+"
+BOB_ORCPT = "rfc822;bob+2Btag@example.com"
+
+
 def make_envelope(
     *recipients: Recipient,
     sender: str = "alice@example.net",
     last_attempt: datetime = NOW - timedelta(minutes=1),
+    envid: str | None = None,
+    ret: Ret | None = None,
 ) -> Envelope:
     return Envelope(
         id=QUEUE_ID,
@@ -78,6 +87,8 @@ def make_envelope(
         attempts=7,
         first_attempt=ARRIVAL,
         last_attempt=last_attempt,
+        envid=envid,
+        ret=ret,
     )
 
 
@@ -116,6 +127,67 @@ def delay_dsn() -> bytes:
         dsn_id=f"{QUEUE_ID}-d1",
         now=ARRIVAL + timedelta(hours=12),
         will_retry_until=ARRIVAL + timedelta(days=2),
+    )
+
+
+def success_dsn(action: DsnAction, recipient: Recipient, *, envid: str | None = None) -> bytes:
+    envelope = make_envelope(recipient, last_attempt=NOW - timedelta(minutes=1), envid=envid)
+    return render_dsn(
+        envelope=envelope,
+        recipients=envelope.recipients,
+        action=action,
+        original=ORIGINAL,
+        reporting_mta=FQDN,
+        dsn_id=DSN_ID,
+        now=NOW,
+    )
+
+
+def relayed_dsn() -> bytes:
+    """Bob's server took the message without offering DSN, and Bob's sender asked for SUCCESS."""
+    bob = Recipient(
+        "bob@example.com",
+        RecipientState.DELIVERED,
+        BOB_250,
+        updated=NOW - timedelta(minutes=2),
+        notify=Notify.SUCCESS | Notify.FAILURE,
+        orcpt=BOB_ORCPT,
+    )
+    return success_dsn(DsnAction.RELAYED, bob, envid=ENVID)
+
+
+def delivered_dsn() -> bytes:
+    """A local recipient, written into the Drop folder."""
+    dave = Recipient(
+        "dave@mail.example.com",
+        RecipientState.DELIVERED,
+        DROP_250,
+        updated=NOW - timedelta(minutes=2),
+        notify=Notify.SUCCESS,
+    )
+    return success_dsn(DsnAction.DELIVERED, dave)
+
+
+def parameters_dsn(original: bytes = ORIGINAL) -> bytes:
+    """A failure DSN for a message sent with ENVID, RET=HDRS and, for Bob, ORCPT."""
+    bob = Recipient(
+        "bob@example.com",
+        RecipientState.FAILED,
+        BOB_550,
+        updated=NOW - timedelta(minutes=2),
+        notify=Notify.FAILURE,
+        orcpt=BOB_ORCPT,
+    )
+    carol = failed("carol@nowhere.invalid", CAROL_512)
+    envelope = make_envelope(bob, carol, envid=ENVID, ret=Ret.HDRS)
+    return render_dsn(
+        envelope=envelope,
+        recipients=envelope.recipients,
+        action=DsnAction.FAILED,
+        original=original,
+        reporting_mta=FQDN,
+        dsn_id=DSN_ID,
+        now=NOW,
     )
 
 
@@ -181,9 +253,23 @@ def test_headers_only_matches_golden() -> None:
     check_golden("dsn-failure-headers-only.eml", failure_dsn(large_original()))
 
 
+def test_relayed_matches_golden() -> None:
+    check_golden("dsn-relayed.eml", relayed_dsn())
+
+
+def test_delivered_matches_golden() -> None:
+    check_golden("dsn-delivered.eml", delivered_dsn())
+
+
+def test_envid_orcpt_ret_hdrs_matches_golden() -> None:
+    check_golden("dsn-failure-envid-orcpt-hdrs.eml", parameters_dsn())
+
+
 def test_rendering_is_deterministic() -> None:
     assert failure_dsn() == failure_dsn()
     assert delay_dsn() == delay_dsn()
+    assert relayed_dsn() == relayed_dsn()
+    assert parameters_dsn() == parameters_dsn()
 
 
 # The email package ----------------------------------------------------------------------------
@@ -257,6 +343,15 @@ def test_delay_fields_and_wording() -> None:
     assert carol["Last-Attempt-Date"] == "Sat, 28 Nov 2026 21:15:02 +0000"  # envelope's
 
 
+def test_delay_returns_only_the_headers() -> None:
+    # RFC 3461 section 4.3: "If a DSN contains no indications of delivery failure, only the
+    # headers of the message SHOULD be returned."
+    raw = delay_dsn()
+    assert parts(parse(raw))[2].get_content_type() == "text/rfc822-headers"
+    assert ORIGINAL[: ORIGINAL.index(b"\r\n\r\n") + 2] in raw
+    assert b"Hello Bob" not in raw
+
+
 def test_returned_original_keeps_its_bytes() -> None:
     raw = failure_dsn()
     head = b"Content-Type: message/rfc822\r\nContent-Transfer-Encoding: 7bit\r\n\r\n"
@@ -296,6 +391,231 @@ def test_original_with_a_hostile_message_id_is_not_echoed() -> None:
     assert message["In-Reply-To"] is None
 
 
+# Success DSNs ---------------------------------------------------------------------------------
+
+
+def test_relayed_fields_and_wording() -> None:
+    message = parse(relayed_dsn())
+    assert message["Subject"] == "Delivery Status Notification (Relay)"
+    assert message["In-Reply-To"] == "<20261128101501.4711@client.example.net>"
+    assert not message.defects
+    text = human_text(message)
+    assert (
+        "Your message has been successfully relayed to the following recipients, but the "
+        "requested delivery status notifications may not be generated by the destination."
+    ) in " ".join(text.split())  # filled to 78 columns
+    assert "       bob@example.com\n" in text
+    assert f"Remote host mx1.example.com said: {BOB_250}" in " ".join(text.split())
+    assert "failed" not in text
+    _, bob = status_blocks(message)
+    assert bob["Action"] == "relayed"
+    assert bob["Status"] == "2.0.0"
+    assert bob["Remote-MTA"] == "dns; mx1.example.com"
+    assert bob["Diagnostic-Code"] == f"smtp; {BOB_250}"
+    assert bob["Will-Retry-Until"] is None
+
+
+def test_delivered_fields_and_wording() -> None:
+    message = parse(delivered_dsn())
+    assert message["Subject"] == "Delivery Status Notification (Success)"
+    text = human_text(message)
+    assert "Delivery to the following recipients succeeded." in text
+    assert f"       dave@mail.example.com\n           Result: {DROP_250}" in text
+    _, dave = status_blocks(message)
+    assert dave["Final-Recipient"] == "rfc822; dave@mail.example.com"
+    assert dave["Action"] == "delivered"
+    assert dave["Status"] == "2.0.0"
+    # Written into Drop by spoolmail itself: no remote MTA, no SMTP diagnostic.
+    assert dave["Remote-MTA"] is None
+    assert dave["Diagnostic-Code"] is None
+    assert dave["Last-Attempt-Date"] == "Mon, 30 Nov 2026 10:16:02 +0000"
+
+
+@pytest.mark.parametrize("action", [DsnAction.DELIVERED, DsnAction.RELAYED])
+def test_success_returns_only_the_headers(action: DsnAction) -> None:
+    # RFC 3461 section 4.3: a DSN without a failure returns the headers, whatever RET says.
+    for ret in (None, Ret.FULL, Ret.HDRS):
+        envelope = make_envelope(Recipient("bob@example.com", reply=BOB_250), ret=ret)
+        raw = render_dsn(
+            envelope=envelope,
+            recipients=envelope.recipients,
+            action=action,
+            original=ORIGINAL,
+            reporting_mta=FQDN,
+            dsn_id=DSN_ID,
+            now=NOW,
+        )
+        assert parts(parse(raw))[2].get_content_type() == "text/rfc822-headers"
+        assert b"Hello Bob" not in raw
+
+
+@pytest.mark.parametrize(
+    ("reply", "status"),
+    [
+        (Reply(250, "2.1.5", "Recipient ok"), "2.1.5"),
+        (Reply(250, None, "ok"), "2.0.0"),
+        (Reply(250, "5.1.1", "a server that mixes its codes up"), "2.0.0"),
+        (Reply(451, "4.7.1", "not a success"), "2.0.0"),
+        (None, "2.0.0"),
+    ],
+)
+def test_success_status_is_a_2xx_code(reply: Reply | None, status: str) -> None:
+    raw = render_one(Recipient("bob@example.com", reply=reply), action=DsnAction.DELIVERED)
+    _, bob = status_blocks(parse(raw))
+    assert bob["Status"] == status
+
+
+def test_failure_status_is_never_a_success_code() -> None:
+    raw = render_one(failed("bob@example.com", Reply(550, "2.0.0", "mixed up")))
+    _, bob = status_blocks(parse(raw))
+    assert bob["Status"] == "5.0.0"
+
+
+# ENVID, ORCPT and RET (RFC 3461) --------------------------------------------------------------
+
+
+def test_envid_orcpt_and_ret_hdrs() -> None:
+    raw = parameters_dsn()
+    message = parse(raw)
+    assert not message.defects
+    per_message, bob, carol = status_blocks(message)
+    # RFC 3461 section 6.3 (a): decoded from xtext, first of the per-message fields.
+    assert per_message["Original-Envelope-Id"] == "QQ314159+x"
+    assert next(iter(per_message.keys())) == "Original-Envelope-Id"
+    assert bob["Original-Recipient"] == "rfc822; bob+tag@example.com"
+    assert list(bob.keys())[:2] == ["Original-Recipient", "Final-Recipient"]
+    assert carol["Original-Recipient"] is None  # no ORCPT, no field (section 6.3 (d))
+    # RET=HDRS: the headers alone, though the message is small enough to return whole.
+    assert parts(message)[2].get_content_type() == "text/rfc822-headers"
+    assert ORIGINAL[: ORIGINAL.index(b"\r\n\r\n") + 2] in raw
+    assert b"Hello Bob" not in raw
+
+
+def test_ret_full_returns_the_message_as_without_ret() -> None:
+    bob = failed("bob@example.com", BOB_550)
+    for ret in (None, Ret.FULL):
+        envelope = make_envelope(bob, ret=ret)
+        raw = render_dsn(
+            envelope=envelope,
+            recipients=envelope.recipients,
+            action=DsnAction.FAILED,
+            original=ORIGINAL,
+            reporting_mta=FQDN,
+            dsn_id=DSN_ID,
+            now=NOW,
+        )
+        assert parts(parse(raw))[2].get_content_type() == "message/rfc822"
+        assert ORIGINAL in raw
+
+
+def test_ret_full_still_returns_only_the_headers_of_a_large_message() -> None:
+    bob = failed("bob@example.com", BOB_550)
+    envelope = make_envelope(bob, ret=Ret.FULL)
+    raw = render_dsn(
+        envelope=envelope,
+        recipients=envelope.recipients,
+        action=DsnAction.FAILED,
+        original=large_original(),
+        reporting_mta=FQDN,
+        dsn_id=DSN_ID,
+        now=NOW,
+    )
+    assert parts(parse(raw))[2].get_content_type() == "text/rfc822-headers"
+
+
+def render_with(*, envid: str | None = None, orcpt: str | None = None) -> EmailMessage:
+    recipient = Recipient("bob@example.com", RecipientState.FAILED, BOB_550, orcpt=orcpt)
+    envelope = make_envelope(recipient, envid=envid)
+    return parse(
+        render_dsn(
+            envelope=envelope,
+            recipients=envelope.recipients,
+            action=DsnAction.FAILED,
+            original=ORIGINAL,
+            reporting_mta=FQDN,
+            dsn_id=DSN_ID,
+            now=NOW,
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    ("envid", "expected"),
+    [
+        ("abc+2B+3Ddef", "abc+=def"),
+        ("CaseKept", "CaseKept"),
+        ("+2B2B", "+2B"),  # a decoded "+" starts nothing
+        ("half+2", "half+2"),  # not xtext: kept as received
+        ("evil+0D+0ABcc:+20x@y", "evil Bcc: x@y"),  # a decoded line break cannot end the field
+        ("+C3+BC", r"\x{C3}\x{BC}"),  # no ASCII: visible, and the part stays 7-bit
+        ("ünïcode", r"\x{FC}n\x{EF}code"),
+    ],
+)
+def test_envid_is_decoded_and_cleaned(envid: str, expected: str) -> None:
+    message = render_with(envid=envid)
+    per_message, bob = status_blocks(message)
+    assert per_message["Original-Envelope-Id"] == expected
+    assert per_message["Bcc"] is None
+    assert bob["Final-Recipient"] == "rfc822; bob@example.com"
+
+
+@pytest.mark.parametrize("envid", [None, "", "+20+09", "\r\n"])
+def test_no_or_empty_envid_gives_no_field(envid: str | None) -> None:
+    per_message, _ = status_blocks(render_with(envid=envid))
+    assert per_message["Original-Envelope-Id"] is None
+    assert per_message["Reporting-MTA"] == f"dns; {FQDN}"
+
+
+@pytest.mark.parametrize(
+    ("orcpt", "expected"),
+    [
+        ("rfc822;bob+2Btag@example.com", "rfc822; bob+tag@example.com"),
+        ("RFC822;Bob@Example.COM", "RFC822; Bob@Example.COM"),  # type and address as given
+        ("rfc822;a+3Db+20c@example.com", "rfc822; a=b c@example.com"),
+        ("x400;/G+3DBob/S+3DSmith/", "x400; /G=Bob/S=Smith/"),
+        # RFC 6533: the utf-8 type's xtext, and its raw form as sent with SMTPUTF8.
+        (r"utf-8;j\x{FC}rgen@ex\x{E4}mple.de", r"utf-8; j\x{FC}rgen@ex\x{E4}mple.de"),
+        ("utf-8;jürgen@exämple.de", r"utf-8; j\x{FC}rgen@ex\x{E4}mple.de"),
+    ],
+)
+def test_orcpt_is_decoded(orcpt: str, expected: str) -> None:
+    _, bob = status_blocks(render_with(orcpt=orcpt))
+    assert bob["Original-Recipient"] == expected
+    assert bob["Final-Recipient"] == "rfc822; bob@example.com"
+
+
+@pytest.mark.parametrize(
+    "orcpt",
+    [
+        "",
+        "bob@example.com",  # no address type
+        "rfc822;",  # no address
+        ";bob@example.com",
+        "rfc 822;bob@example.com",  # the type is an atom
+        "rfc822;bob+2@example.com",  # "+" without two hex digits
+        "rfc822;bob=x@example.com",  # "=" must be +3D
+        "rfc822;bob @example.com",  # a raw space is not xtext
+        "rfc822;bob\r\nBcc: x@y",
+        "rfc822;b+0D+0Aob@example.com",  # decodes to a line break
+        "rfc822;b+00ob@example.com",
+        "rfc822;jürgen@example.de",  # not US-ASCII: that is the utf-8 type's job
+        "rfc822;j+C3+BCrgen@example.de",
+        "utf-8;bob+tag@example.com",  # "+" is no QCHAR
+        r"utf-8;bob\x{0D}@example.com",  # a control, however escaped
+        r"utf-8;bob\x{110000}@example.com",  # beyond Unicode
+        r"utf-8;bob\x{D800}@example.com",  # a surrogate
+        r"utf-8;bob\x{fc}@example.com",  # HEXPOINT is upper case
+        "utf-8;bob\u202e@example.com",  # a bidi override
+    ],
+)
+def test_malformed_orcpt_is_dropped(orcpt: str) -> None:
+    message = render_with(orcpt=orcpt)
+    _, bob = status_blocks(message)
+    assert bob["Original-Recipient"] is None
+    assert bob["Bcc"] is None
+    assert next(iter(bob.keys())) == "Final-Recipient"
+
+
 # flufl.bounce, a third-party bounce parser ----------------------------------------------------
 
 
@@ -317,6 +637,24 @@ def test_flufl_bounce_reads_a_delay_as_temporary() -> None:
 def test_flufl_bounce_reads_a_headers_only_dsn() -> None:
     message = email.message_from_bytes(failure_dsn(large_original()))
     assert scan_message(message) == {b"bob@example.com", b"carol@nowhere.invalid"}
+
+
+@pytest.mark.parametrize("render", [relayed_dsn, delivered_dsn])
+@pytest.mark.parametrize("policy", [email.policy.compat32, email.policy.default])
+def test_flufl_bounce_does_not_take_a_success_for_a_failure(
+    render: Callable[[], bytes], policy: email.policy.Policy
+) -> None:
+    message = email.message_from_bytes(render(), policy=policy)
+    assert all_failures(message) == (frozenset(), frozenset())
+    assert scan_message(message) == frozenset()
+
+
+def test_flufl_bounce_reads_the_original_recipient() -> None:
+    # flufl.bounce prefers Original-Recipient: the address the sender wrote, decoded.
+    message = email.message_from_bytes(parameters_dsn())
+    temporary, permanent = all_failures(message)
+    assert temporary == frozenset()
+    assert permanent == {b"bob+tag@example.com", b"carol@nowhere.invalid"}
 
 
 # Hostile and unusual input --------------------------------------------------------------------
@@ -524,6 +862,22 @@ times = st.datetimes(
     max_value=datetime(2200, 1, 1),  # noqa: DTZ001
     timezones=st.builds(timezone, st.timedeltas(timedelta(hours=-23), timedelta(hours=23))),
 )
+# ENVID and ORCPT as a client may send them: well-formed xtext, near misses, or anything at all.
+xtext = st.text(
+    st.sampled_from("+=\\;@ aZ09!~{}x") | st.characters(min_codepoint=0x21, max_codepoint=0x7E),
+    max_size=60,
+) | st.from_regex(r"\A(?:[!-*,-<>-~]|\+[0-9A-F]{2})*\Z")
+envids = st.none() | xtext | any_text
+orcpts = (
+    st.none()
+    | any_text
+    | st.builds(
+        "{}{}{}".format,
+        st.sampled_from(["rfc822", "utf-8", "UTF-8", "x400", "", "rfc 822"]),
+        st.sampled_from([";", "", ";;"]),
+        xtext | any_text,
+    )
+)
 recipient_lists = st.lists(
     st.builds(
         Recipient,
@@ -531,6 +885,8 @@ recipient_lists = st.lists(
         state=st.sampled_from(RecipientState),
         reply=st.none() | replies,
         updated=st.none() | times,
+        notify=st.none() | st.sampled_from(Notify),
+        orcpt=orcpts,
     ),
     min_size=1,
     max_size=6,
@@ -548,6 +904,8 @@ originals = st.one_of(st.just(ORIGINAL), st.binary(max_size=400), st.just(large_
     now=times,
     until=st.none() | times,
     max_size=st.integers(0, 300 * 1024),
+    envid=envids,
+    ret=st.none() | st.sampled_from(Ret),
 )
 def test_any_input_renders_a_parseable_dsn(
     *,
@@ -559,9 +917,17 @@ def test_any_input_renders_a_parseable_dsn(
     now: datetime,
     until: datetime | None,
     max_size: int,
+    envid: str | None,
+    ret: Ret | None,
 ) -> None:
     envelope = Envelope(
-        id=queue_id, sender=sender, recipients=recipients, arrival=now, next_attempt=now
+        id=queue_id,
+        sender=sender,
+        recipients=recipients,
+        arrival=now,
+        next_attempt=now,
+        envid=envid,
+        ret=ret,
     )
     raw = render_dsn(
         envelope=envelope,
@@ -582,16 +948,27 @@ def test_any_input_renders_a_parseable_dsn(
     types = [part.get_content_type() for part in parts(message)]
     assert types[:2] == ["text/plain", "message/delivery-status"]
     assert types[2] in {"message/rfc822", "text/rfc822-headers"}
+    if action is not DsnAction.FAILED or ret is Ret.HDRS:
+        assert types[2] == "text/rfc822-headers"  # RFC 3461 section 4.3
     blocks = status_blocks(message)
     assert len(blocks) == 1 + len(recipients)
+    assert set(blocks[0].keys()) <= {
+        "Original-Envelope-Id", "Reporting-MTA", "Arrival-Date", "X-Spoolmail-Queue-Id",
+    }  # fmt: skip
+    assert blocks[0]["Reporting-MTA"] == f"dns; {FQDN}"
+    # A failure or delay keeps the code of whatever 4xx or 5xx it got; a success is 2.x.x.
+    status_class = {"failed": "[45]", "delayed": "[45]", "delivered": "2", "relayed": "2"}
     for block in blocks[1:]:
         assert set(block.keys()) <= {
-            "Final-Recipient", "Action", "Status", "Remote-MTA", "Diagnostic-Code",
-            "Last-Attempt-Date", "Will-Retry-Until",
+            "Original-Recipient", "Final-Recipient", "Action", "Status", "Remote-MTA",
+            "Diagnostic-Code", "Last-Attempt-Date", "Will-Retry-Until",
         }  # fmt: skip
         assert block["Action"] == action.value
         assert block["Final-Recipient"].startswith(("rfc822;", "utf-8;"))
-        assert re.fullmatch(r"[245]\.[0-9]{1,3}\.[0-9]{1,3}", block["Status"])
+        if block["Original-Recipient"] is not None:
+            assert re.fullmatch(r"[^;\s]+; \S.*", block["Original-Recipient"])
+        pattern = rf"{status_class[action.value]}\.[0-9]{{1,3}}\.[0-9]{{1,3}}"
+        assert re.fullmatch(pattern, block["Status"])
     # Everything spoolmail wrote (all but the returned message) is CRLF lines within 998 octets.
     ours = raw[: raw.index(f"--{message.get_boundary()}\r\nContent-Type: {types[2]}".encode())]
     assert b"\0" not in ours

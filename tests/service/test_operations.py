@@ -326,3 +326,34 @@ def test_notify_never_means_no_dsn(
     assert report.failed == ((envelope.id, "no@remote.test"),)
     assert report.dsns == ()
     assert list(spool.drop()) == []
+
+
+def test_notify_success_brings_a_success_notice(
+    spool: Spool, service: MailService, transport: CapturingTransport, clock: FakeClock
+) -> None:
+    envelope = Envelope(
+        id="19ac9b2f1c0-000000000004",
+        sender="alice@example.com",
+        recipients=(
+            Recipient("bob@example.com", notify=Notify.SUCCESS, orcpt="rfc822;bob+2Bx@example.com"),
+            Recipient("dan@remote.test", notify=Notify.SUCCESS | Notify.FAILURE),
+        ),
+        arrival=clock(),
+        next_attempt=clock(),
+        envid="QQ314159",
+    )
+    spool.store.commit_queued(envelope.id, message("bob@example.com"), encode_envelope(envelope))
+    report = service.run_once()
+    assert report.finished[0] == envelope.id
+    kinds = {}
+    for dsn_id in report.dsns:
+        data = spool.drop_message(dsn_id)
+        assert spool.drop_item(dsn_id).recipients == ("alice@example.com",)
+        kinds[dsn_id] = data
+    delivered, relayed = (kinds[f"{envelope.id}-d{n}"] for n in (1, 2))
+    assert b"Subject: Delivery Status Notification (Success)" in delivered
+    assert b"Original-Recipient: rfc822; bob+x@example.com" in delivered
+    assert b"Original-Envelope-Id: QQ314159" in delivered
+    assert b"Subject: Delivery Status Notification (Relay)" in relayed
+    assert b"Action: relayed" in relayed
+    assert b"text/rfc822-headers" in relayed  # success notices return only the headers

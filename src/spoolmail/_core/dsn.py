@@ -1,13 +1,15 @@
-"""DSNs: the message that tells a sender their mail failed or is waiting (RFC 3464, RFC 6522).
+"""DSNs: the message that tells a sender their mail failed, is waiting or arrived (RFC 3464, 6522).
 
-:func:`render_dsn` reads an envelope, the recipients to report (each with its last
-:class:`~spoolmail.Reply`), the original message's bytes and the times handed in, and returns the
-complete DSN as bytes: a ``multipart/report; report-type=delivery-status`` in the IIS SMTP
-Service's wording, with a human-readable part, a ``message/delivery-status`` part and the original
-(or only its headers). It writes the bytes itself, CRLF line ends, so that equal inputs give equal
-bytes and golden files can pin them. Pure: it never touches the filesystem, the network or a
-clock, and it does not decide who gets a DSN or when, nor queue it; the state machine does that
-and hands the bytes to the store, sent from the null reverse-path ``<>`` (DESIGN.md section 4).
+:func:`render_dsn` reads an envelope (with its RFC 3461 ENVID and RET), the recipients to report
+(each with its last :class:`~spoolmail.Reply` and ORCPT), the original message's bytes and the
+times handed in, and returns the complete DSN as bytes: a
+``multipart/report; report-type=delivery-status`` in the IIS SMTP Service's wording, with a
+human-readable part, a ``message/delivery-status`` part and the original (or only its headers).
+It writes the bytes itself, CRLF line ends, so that equal inputs give equal bytes and golden
+files can pin them. Pure: it never touches the filesystem, the network or a clock, and it does
+not decide who gets a DSN or when (NOTIFY is the state machine's to read), nor queue it; the
+state machine does that and hands the bytes to the store, sent from the null reverse-path ``<>``
+(DESIGN.md section 4).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from email.utils import format_datetime
 
-from spoolmail._core.envelope import Envelope, Recipient
+from spoolmail._core.envelope import Envelope, Recipient, Ret
 from spoolmail._core.ids import is_queue_id
 from spoolmail._core.reply import Severity
 
@@ -40,6 +42,17 @@ _MESSAGE_ID_FIELD = re.compile(rb"^message-id[ \t]*:(.*(?:\r?\n[ \t].*)*)", re.I
 _STATUS = re.compile(r"[245]\.[0-9]{1,3}\.[0-9]{1,3}")
 # RFC 6533 section 3: EmbeddedUnicodeChar is a unit that a cut must never split.
 _UNIT = re.compile(r"\\x\{[0-9A-F]{2,6}\}|.", re.S)
+# RFC 3461 section 4: xtext is xchar ("!" to "~" but "+" and "=") and hexchar ("+" and two upper
+# case hex digits, the octet it stands for). Lower case digits are accepted: they are unambiguous.
+_HEXCHAR = re.compile(r"\+([0-9A-Fa-f]{2})")
+_XTEXT = re.compile(r"(?:[!-*,-<>-~]|\+[0-9A-Fa-f]{2})*")
+# RFC 6533 section 3: the "utf-8" address type's utf-8-addr-xtext (QCHAR, that is printable ASCII
+# but "+", "=" and "\\", and EmbeddedUnicodeChar) or, received with SMTPUTF8, utf-8-addr-unitext
+# (the same plus raw non-ASCII characters).
+_UTF8_ADDR = re.compile(r"(?:[!-*,-<>-\[\]-~]|\\x\{[0-9A-F]{2,6}\}|[^\x00-\x7f])+")
+_EMBEDDED = re.compile(r"\\x\{([0-9A-F]{2,6})\}")
+# An address-type (RFC 3464 section 2.3.1, RFC 3461 section 4.2) is an atom.
+_ADDRESS_TYPE = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+")
 # Unicode classes that break a line or hide text: controls (CR, LF, NUL, NEL...), format characters
 # (bidi overrides), lone surrogates (unencodable) and the line and paragraph separators.
 _UNSAFE = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
@@ -57,10 +70,37 @@ _PREAMBLE = (
 
 
 class DsnAction(enum.Enum):
-    """What a DSN reports for its recipients (RFC 3464 section 2.3.3, ``Action:``)."""
+    """What a DSN reports for its recipients (RFC 3464 section 2.3.3, ``Action:``).
+
+    ``DELIVERED`` is final delivery (into the Drop folder); ``RELAYED`` is a hand-over to a server
+    that was not asked for DSNs, so no later success notice will come. Both are success DSNs,
+    sent only to a sender who asked for them with ``NOTIFY=SUCCESS`` (RFC 3461 section 4.1).
+    """
 
     FAILED = "failed"
     DELAYED = "delayed"
+    DELIVERED = "delivered"
+    RELAYED = "relayed"
+
+
+# The Subject in IIS's form, "Delivery Status Notification (...)". Failure and Delay are seen in
+# real IIS DSNs (notes/iis-smtp.md section 6); Success and Relay are the words IIS 6 / Exchange
+# 2003 used for the other two, from memory of such messages, not from a captured one.
+_SUBJECT = {
+    DsnAction.FAILED: "Failure",
+    DsnAction.DELAYED: "Delay",
+    DsnAction.DELIVERED: "Success",
+    DsnAction.RELAYED: "Relay",
+}
+# The status class a recipient's Status must have for each action (RFC 3464 section 2.3.4), and
+# the generic code that stands in when the reply gives none of that class.
+_FALLBACK_STATUS = {
+    DsnAction.FAILED: "5.0.0",
+    DsnAction.DELAYED: "4.0.0",
+    DsnAction.DELIVERED: "2.0.0",
+    DsnAction.RELAYED: "2.0.0",
+}
+_SUCCESS = frozenset({DsnAction.DELIVERED, DsnAction.RELAYED})
 
 
 def render_dsn(
@@ -77,16 +117,20 @@ def render_dsn(
 ) -> bytes:
     """The DSN about ``recipients`` of the message ``envelope`` describes, as message bytes.
 
-    ``original`` is the message as stored; it is returned whole, byte for byte, as
-    ``message/rfc822`` when it has at most ``max_original_size`` octets, else only its header
-    block as ``text/rfc822-headers``. ``dsn_id`` is the DSN's own queue id: the Message-ID is
-    ``<dsn_id@reporting_mta>`` and the MIME boundary is derived from it, so nothing is random.
-    ``now`` dates the DSN; ``will_retry_until`` says, for a delay, when the queue gives up.
+    ``original`` is the message as stored. A failure DSN returns it whole, byte for byte, as
+    ``message/rfc822`` when it has at most ``max_original_size`` octets and the sender did not
+    ask for ``RET=HDRS``; otherwise, and in every delay or success DSN, only its header block is
+    returned, as ``text/rfc822-headers`` (RFC 3461 section 4.3). ``dsn_id`` is the DSN's own queue
+    id: the Message-ID is ``<dsn_id@reporting_mta>`` and the MIME boundary is derived from it, so
+    nothing is random. ``now`` dates the DSN; ``will_retry_until`` says, for a delay, when the
+    queue gives up. The envelope's ENVID and each recipient's ORCPT are reported, xtext-decoded,
+    as ``Original-Envelope-Id`` and ``Original-Recipient`` (RFC 3461 section 6.3 (a), (d)).
 
     Raises ``ValueError`` for a message with the null sender (a DSN is never answered, DESIGN.md
     section 4), for no recipients, for naive times and for a malformed ``dsn_id`` or
     ``reporting_mta``. Text from the network (reply text, hosts, addresses) never raises: it is
-    cleaned and folded so that it can neither add a header nor break a line limit.
+    cleaned and folded so that it can neither add a header nor break a line limit; a malformed
+    ORCPT is left out, a malformed ENVID is decoded as far as it is xtext and cleaned.
     """
     if envelope.sender == "":
         raise ValueError(
@@ -117,10 +161,18 @@ def render_dsn(
     )
     headers = _header_block(original)
     returned, returned_type = original, "message/rfc822"
-    # A whole message only when SMTP can carry it: RFC 2046 section 5.2.1 allows 7bit, 8bit or
-    # binary for message/rfc822, and binary (NUL, bare CR or LF, lines over 998) needs BINARYMIME
-    # (RFC 3030), which our transport does not speak; such a message returns its headers alone.
-    if len(original) > max_original_size or _transfer_encoding(original) == "binary":
+    if (
+        # RFC 3461 section 4.3: RET=HDRS asks for the headers alone, and RET (FULL or absent)
+        # governs failure DSNs only: "If a DSN contains no indications of delivery failure,
+        # only the headers of the message SHOULD be returned" - so delays and successes do.
+        action is not DsnAction.FAILED
+        or envelope.ret is Ret.HDRS
+        or len(original) > max_original_size
+        # A whole message only when SMTP can carry it: RFC 2046 section 5.2.1 allows 7bit, 8bit
+        # or binary for message/rfc822, and binary (NUL, bare CR or LF, lines over 998) needs
+        # BINARYMIME (RFC 3030), which our transport does not speak.
+        or _transfer_encoding(original) == "binary"
+    ):
         returned, returned_type = headers, "text/rfc822-headers"
     parts = [
         ("text/plain; charset=utf-8", human.encode("utf-8")),
@@ -132,13 +184,12 @@ def render_dsn(
     # RFC 2045 section 6.4: a multipart is labelled with the widest encoding of what it holds.
     overall = max(encodings, key=("7bit", "8bit", "binary").index)
 
-    subject = "Failure" if action is DsnAction.FAILED else "Delay"
     lines = [
         f"From: postmaster@{reporting_mta}",
         *_wrap(_clean(f"<{envelope.sender}>"), first="To: ", indent=" "),
         f"Date: {_date(now)}",
         f"Message-ID: <{dsn_id}@{reporting_mta}>",
-        f"Subject: Delivery Status Notification ({subject})",
+        f"Subject: Delivery Status Notification ({_SUBJECT[action]})",
     ]
     parent = _message_id(headers)
     if parent is not None:
@@ -206,12 +257,62 @@ def _typed_address(address: str) -> str:
     """
     if all(" " <= c <= "~" for c in address):
         return f"rfc822; {_clean(address)}"
+    return f"utf-8; {_utf8_addr_xtext(address)}"
+
+
+def _utf8_addr_xtext(address: str) -> str:
+    """``address`` in RFC 6533's utf-8-addr-xtext: QCHAR as it is, anything else ``\\x{HEX}``."""
     units = []
     for char in address:
         c = "\ufffd" if char < " " or unicodedata.category(char) == "Cs" else char
         units.append(c if "!" <= c <= "~" and c not in "\\+=" else f"\\x{{{ord(c):02X}}}")
-    qchar = "".join(units)
-    return f"utf-8; {qchar}"
+    return "".join(units)
+
+
+def _envelope_id(envid: str) -> str:
+    """The ENVID as ``Original-Envelope-Id`` carries it: xtext-decoded (RFC 3461 section 6.3 (a)).
+
+    RFC 3464 section 2.2.1 wants its case and spelling kept, so it is decoded as far as it is
+    xtext and nothing more: a ``+`` not followed by two hex digits, or a raw character that
+    xtext does not allow, stays as it is. What decodes to a control (``+0D+0A``) or to anything
+    but ASCII is cleaned like other network text, so it can neither end the line nor leave 7 bits.
+    """
+    return _seven_bit(_HEXCHAR.sub(lambda m: chr(int(m.group(1), 16)), envid))
+
+
+def _original_recipient(orcpt: str) -> str | None:
+    """The ORCPT as ``Original-Recipient`` carries it (RFC 3464 section 2.3.1), or None.
+
+    ORCPT is ``addr-type ";" xtext`` (RFC 3461 section 4.2), and the field is the same with the
+    xtext decoded (section 6.3 (d)). The decoded address must be printable US-ASCII (section
+    4.2), except for the ``utf-8`` type of RFC 6533, which carries ``\\x{HEX}`` escapes (or, sent
+    with SMTPUTF8, raw UTF-8) and is written back in its 7-bit utf-8-addr-xtext form. Anything
+    else is malformed and gives None: a garbled Original-Recipient misleads more than none.
+    """
+    addr_type, separator, value = orcpt.partition(";")
+    if not separator or not _ADDRESS_TYPE.fullmatch(addr_type):
+        return None
+    if addr_type.lower() == "utf-8":
+        address = _utf8_address(value)
+        return None if address is None else f"utf-8; {_utf8_addr_xtext(address)}"
+    if not _XTEXT.fullmatch(value):
+        return None
+    address = _HEXCHAR.sub(lambda m: chr(int(m.group(1), 16)), value)
+    if not address.strip() or not all(" " <= c <= "~" for c in address):
+        return None
+    return f"{addr_type}; {_clean(address)}"
+
+
+def _utf8_address(value: str) -> str | None:
+    """The address a utf-8-addr-xtext or -unitext stands for (RFC 6533 section 3), or None."""
+    if not _UTF8_ADDR.fullmatch(value):
+        return None
+    try:
+        address = _EMBEDDED.sub(lambda m: chr(int(m.group(1), 16)), value)
+    except ValueError:  # beyond U+10FFFF
+        return None
+    # No address holds a control, a bidi override or a surrogate; one that claims to is garbled.
+    return None if any(unicodedata.category(c) in _UNSAFE for c in address) else address
 
 
 def _octets(text: str) -> int:
@@ -253,6 +354,24 @@ def _wrap(text: str, *, first: str, indent: str) -> list[str]:
     return lines
 
 
+# The paragraphs IIS wrote above the recipient list. Failed and delayed are quoted from real IIS
+# DSNs (notes/iis-smtp.md section 6); delivered and relayed are IIS 6 / Exchange 2003's sentences
+# as remembered from such messages, not checked against a captured one.
+_INTRODUCTION: dict[DsnAction, tuple[str, ...]] = {
+    DsnAction.FAILED: ("Delivery to the following recipients failed.",),
+    DsnAction.DELAYED: (
+        "THIS IS A WARNING MESSAGE ONLY.",
+        "YOU DO NOT NEED TO RESEND YOUR MESSAGE.",
+        "Delivery to the following recipients has been delayed.",
+    ),
+    DsnAction.DELIVERED: ("Delivery to the following recipients succeeded.",),
+    DsnAction.RELAYED: (
+        "Your message has been successfully relayed to the following recipients, but the "
+        "requested delivery status notifications may not be generated by the destination.",
+    ),
+}
+
+
 def _human_text(
     *,
     recipients: Sequence[Recipient],
@@ -261,17 +380,8 @@ def _human_text(
 ) -> str:
     """Part 1: what IIS wrote (notes/iis-smtp.md section 6), plus each recipient's reason."""
     lines = ["This is an automatically generated Delivery Status Notification.", ""]
-    if action is DsnAction.FAILED:
-        lines += ["Delivery to the following recipients failed.", ""]
-    else:
-        lines += [
-            "THIS IS A WARNING MESSAGE ONLY.",
-            "",
-            "YOU DO NOT NEED TO RESEND YOUR MESSAGE.",
-            "",
-            "Delivery to the following recipients has been delayed.",
-            "",
-        ]
+    for paragraph in _INTRODUCTION[action]:
+        lines += [*_wrap(paragraph, first="", indent=""), ""]
     for recipient in recipients:
         lines += _wrap(_clean(recipient.address), first=_INDENT, indent=_INDENT)
         reply = recipient.reply
@@ -279,6 +389,8 @@ def _human_text(
             reason = "No reply was recorded."
         elif reply.host:
             reason = f"Remote host {reply.host} said: {reply}"
+        elif action in _SUCCESS:
+            reason = f"Result: {reply}"
         else:
             reason = f"Reason: {reply}"
         lines += _wrap(_clean(reason), first=_REASON_INDENT, indent=_REASON_INDENT)
@@ -305,24 +417,39 @@ def _delivery_status(
     def field(name: str, value: str) -> list[str]:
         return _wrap(value, first=f"{name}: ", indent=" ")
 
-    blocks = [
-        [
-            f"Reporting-MTA: dns; {reporting_mta}",
-            f"Arrival-Date: {_date(envelope.arrival)}",
-            # An extension field (RFC 3464 section 2.1.1 and 3), as Postfix's X-Postfix-Queue-ID:
-            # it names Queue/ID.RTR, where the operator reads the whole story.
-            *field("X-Spoolmail-Queue-Id", _seven_bit(envelope.id)),
-        ]
+    per_message = []
+    envid = _envelope_id(envelope.envid or "")
+    if envid:
+        # RFC 3461 section 6.3 (a): the sender's ENVID comes back, first (RFC 3464 section 2.2).
+        per_message += field("Original-Envelope-Id", envid)
+    per_message += [
+        f"Reporting-MTA: dns; {reporting_mta}",
+        f"Arrival-Date: {_date(envelope.arrival)}",
+        # An extension field (RFC 3464 section 2.1.1 and 3), as Postfix's X-Postfix-Queue-ID:
+        # it names Queue/ID.RTR, where the operator reads the whole story.
+        *field("X-Spoolmail-Queue-Id", _seven_bit(envelope.id)),
     ]
-    fallback = "5.0.0" if action is DsnAction.FAILED else "4.0.0"
+    blocks = [per_message]
+    fallback = _FALLBACK_STATUS[action]
     for recipient in recipients:
         reply = recipient.reply
-        # RFC 3464 section 2.3.4: Status is the RFC 3463 code; a success reply (or none, or a
-        # malformed code) says nothing about this failure, so the action's generic code stands in.
+        # RFC 3464 section 2.3.4: Status is the RFC 3463 code of the reply when the reply is of
+        # the action's kind (a success for delivered or relayed, a 4xx or 5xx for failed or
+        # delayed) and its code's class agrees; otherwise (no reply, a reply of the other kind, a
+        # malformed code) it says nothing about this outcome, and the generic code stands in.
         status = fallback
-        if reply is not None and reply.severity is not Severity.SUCCESS:
-            status = reply.status if _STATUS.fullmatch(reply.status) else fallback
-        block = [
+        if reply is not None and (reply.severity is Severity.SUCCESS) == (action in _SUCCESS):
+            code = reply.status
+            if _STATUS.fullmatch(code) and (code[0] == "2") == (action in _SUCCESS):
+                status = code
+        block = []
+        original_recipient = (
+            None if recipient.orcpt is None else _original_recipient(recipient.orcpt)
+        )
+        if original_recipient is not None:
+            # RFC 3461 section 6.3 (d), RFC 3464 section 2.3.1: before Final-Recipient.
+            block += field("Original-Recipient", original_recipient)
+        block += [
             *field("Final-Recipient", _typed_address(recipient.address)),
             f"Action: {action.value}",
             f"Status: {status}",

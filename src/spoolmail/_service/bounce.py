@@ -18,7 +18,7 @@ from datetime import datetime
 import attrs
 
 from spoolmail._core.dsn import DsnAction, render_dsn
-from spoolmail._core.envelope import Envelope, Recipient, RecipientState, encode_envelope
+from spoolmail._core.envelope import Envelope, Recipient, RecipientState, Ret, encode_envelope
 from spoolmail._core.states import DsnKind, DsnOrder, Event, State, transition
 from spoolmail._store.store import BADMAIL, QUEUE, MailStore, read_head
 
@@ -66,7 +66,7 @@ class Bouncer:
             envelope=envelope,
             recipients=order.recipients,
             action=action,
-            original=self._original(envelope),
+            original=self._original(envelope, whole=order.kind is DsnKind.FAILURE),
             reporting_mta=self.fqdn,
             dsn_id=order.id,
             now=now,
@@ -90,9 +90,10 @@ class Bouncer:
         self.store.commit_queued(order.id, message, encode_envelope(dsn))
         return dsn
 
-    def _original(self, envelope: Envelope) -> bytes:
+    def _original(self, envelope: Envelope, *, whole: bool) -> bytes:
+        """What the DSN may return: only a failure DSN returns the whole message (RFC 3461 4.3)."""
         with self.store.open(QUEUE, f"{envelope.id}.eml") as handle:
-            if envelope.size <= self.max_original_size:
+            if whole and envelope.ret is not Ret.HDRS and envelope.size <= self.max_original_size:
                 return handle.read()
             head, _ = read_head(handle, limit=HEAD_LIMIT)
             return head
