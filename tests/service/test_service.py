@@ -419,19 +419,31 @@ def test_unexpected_transport_error_keeps_the_message_and_the_loop(
 # -- damage and crash recovery ---------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    ("damage", "why"),
+    [
+        (b'{"format": "spoolmail-envel', "truncated or damaged"),
+        (b'{"format": "spoolmail-envelope", "version": 9}', "version 9 is not one this release"),
+        (b"\x00\x01 not json at all", "not a JSON envelope"),
+        (b"", "not a JSON envelope"),
+    ],
+)
 def test_damaged_envelope_moves_to_badmail_with_the_message(
-    spool: Spool, service: MailService
+    spool: Spool, service: MailService, damage: bytes, why: str
 ) -> None:
     spool.submit(message(to="dan@remote.test"))
     service.transport.answers = {"dan@remote.test": LATER}  # type: ignore[attr-defined]
     [queue_id] = service.run_once().picked_up
-    spool.store.write("Queue", f"{queue_id}.env", b'{"format": "spoolmail-envel')
-    service.rescan()  # an unreadable envelope is due at once, to be moved aside
+    spool.store.write("Queue", f"{queue_id}.env", damage)
+    report = service.rescan()  # an unreadable envelope is due at once, to be moved aside
+    assert report.errors == ()
     report = service.run_once()
     assert report.badmail == (queue_id,)
+    assert report.errors == ()
     item = spool.badmail_item(queue_id)
     assert item.reason.startswith("4.3.0 the envelope file cannot be read")
-    assert '{"format": "spoolmail-envel' in item.report
+    assert why in item.reason
+    assert damage.decode("utf-8", "replace") in item.report
     assert spool.badmail_message(queue_id).startswith(b"Received:")
     assert spool.store.queue_files() == {}
 
