@@ -242,10 +242,10 @@ def test_local_and_remote_recipients_follow_their_own_schedules(
     assert service.local_retry.name == "iis-local"
     write = spool.store.write
 
-    def full_disk(folder: str, name: str, data: Any) -> int:
+    def full_disk(folder: str, name: str, data: Any, **options: Any) -> int:
         if folder == "Drop":
             raise StorageError(f"cannot write Drop/{name}: [Errno 28] No space left on device")
-        return write(folder, name, data)
+        return write(folder, name, data, **options)
 
     monkeypatch.setattr(spool.store, "write", full_disk)
     transport.answers = {"dan@remote.test": LATER}

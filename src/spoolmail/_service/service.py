@@ -32,6 +32,7 @@ from spoolmail._core.envelope import (
     RecipientState,
     decode_envelope,
     encode_envelope,
+    read_due,
 )
 from spoolmail._core.pickup import PickupOptions
 from spoolmail._core.retry import RetryPolicy
@@ -315,33 +316,38 @@ class MailService:
                     store.finish_claim(mine)  # committed before a crash cut the claim's removal
                 elif mine is not None:
                     self._intake(mine, tally)
-        for queue_id, entry in store.queue_files().items():
+        # One listing serves the whole rescan (100,000 names cost a second to sort out); what
+        # recovery changes, it changes in the listing too.
+        files = store.queue_files()
+        for queue_id, entry in list(files.items()):
             for owner in entry.claims:
                 if abandoned(owner):
-                    self._recover_claim(
-                        queue_id, owner, has_envelope=entry.envelope, has_message=entry.message
-                    )
+                    entry = self._recover_claim(entry, owner)  # noqa: PLW2901 (updated in turn)
+            files[queue_id] = entry
         store.sweep_temp()
-        files = store.queue_files()
         self._sweep_orphans(files, tally)
         self._reschedule(files)
 
-    def _recover_claim(
-        self, queue_id: str, owner: str, *, has_envelope: bool, has_message: bool
-    ) -> None:
-        store = self.store
-        if has_envelope:
+    def _recover_claim(self, entry: QueueFiles, owner: str) -> QueueFiles:
+        """Return an abandoned delivery claim to the Queue; what the Queue then holds for it."""
+        store, queue_id = self.store, entry.id
+        claims = tuple(c for c in entry.claims if c != owner)
+        if entry.envelope:
             log.warning("%s: removing a stale claim of dead owner %s", queue_id, owner)
             store.remove(QUEUE, MailStore.claimed_name(queue_id, owner))
-        elif not has_message:
+            return attrs.evolve(entry, claims=claims)
+        if not entry.message:
             log.info("%s: completing a finish that owner %s began", queue_id, owner)
             store.finish(queue_id, owner)
-        elif owner == store.owner or store.take_over_queued(queue_id, owner):
+            return attrs.evolve(entry, claims=claims, transcripts=())
+        if owner == store.owner or store.take_over_queued(queue_id, owner):
             transition(State.DELIVERING, Event.ABANDONED)
             log.info("%s: returned to the Queue from owner %s", queue_id, owner)
             store.rename(
                 (QUEUE, MailStore.claimed_name(queue_id, store.owner)), (QUEUE, f"{queue_id}.env")
             )
+            return attrs.evolve(entry, claims=claims, envelope=True)
+        return entry  # another process took it over first
 
     def _sweep_orphans(self, files: Mapping[str, QueueFiles], tally: _Tally) -> None:
         """Move a message left without envelope to BadMail; drop reports of undone BadMail moves.
@@ -402,17 +408,17 @@ class MailService:
 
     def _schedule_from_disk(self, queue_id: str) -> None:
         try:
-            envelope = decode_envelope(self.store.read(QUEUE, f"{queue_id}.env"))
+            due, held = read_due(self.store.read(QUEUE, f"{queue_id}.env"))
         except FileNotFoundError:
             self.schedule.discard(queue_id)  # claimed or finished meanwhile
             return
         except EnvelopeError:
             self.schedule.set(queue_id, self.clock())  # the attempt moves it aside with the reason
             return
-        if envelope.held:
+        if held:
             self.schedule.discard(queue_id)
         else:
-            self.schedule.set(queue_id, envelope.next_attempt)
+            self.schedule.set(queue_id, due)
 
     def _triggers(self, tally: _Tally) -> None:
         """Look again at what operators changed (``Spool.hold``, ``flush``, ...)."""

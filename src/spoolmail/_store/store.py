@@ -238,7 +238,12 @@ class MailStore:
         return True
 
     def rename(
-        self, src: tuple[str, str], dst: tuple[str, str], *, sync_source: bool = True
+        self,
+        src: tuple[str, str],
+        dst: tuple[str, str],
+        *,
+        sync_source: bool = True,
+        sync_target: bool = True,
     ) -> bool:
         """Atomically rename ``src`` to ``dst`` (replacing it); ``False`` if ``src`` is gone.
 
@@ -252,7 +257,8 @@ class MailStore:
         try:
             if self._os_root is not None:
                 os.replace(self._sys(*src), self._sys(*dst))
-                self._sync_dirs({src[0], dst[0]} if sync_source else {dst[0]})
+                synced = {src[0]} if sync_source else set()
+                self._sync_dirs(synced | {dst[0]} if sync_target else synced)
             else:
                 self.fs.move("/".join(src), "/".join(dst), overwrite=True)
         except (FileNotFoundError, pyfs.errors.ResourceNotFound):
@@ -274,11 +280,20 @@ class MailStore:
     def _temp_name(self) -> str:
         return f"{self.owner}.{self.ids.token(12)}{_TMP_SUFFIX}"
 
-    def write(self, folder: str, name: str, data: bytes | Iterable[bytes]) -> int:
+    def write(
+        self,
+        folder: str,
+        name: str,
+        data: bytes | Iterable[bytes],
+        *,
+        durability: Durability | None = None,
+    ) -> int:
         """Write a whole file atomically: SortTemp, flush, fsync, rename, fsync the directory.
 
         Replaces an existing file of that name. Returns the number of bytes written.
+        ``durability`` overrides the store's for files that need not outlive a power cut.
         """
+        durability = durability or self.durability
         temp = self._temp_name()
         chunks = [data] if isinstance(data, bytes) else data
         written = 0
@@ -288,7 +303,7 @@ class MailStore:
                     for chunk in chunks:
                         handle.write(chunk)
                         written += len(chunk)
-                    if self.durability is Durability.FSYNC:
+                    if durability is Durability.FSYNC:
                         handle.flush()
                         os.fsync(handle.fileno())
             else:
@@ -301,7 +316,12 @@ class MailStore:
             if isinstance(exc, OSError | pyfs.errors.FSError):
                 raise StorageError(f"cannot write {folder}/{name}: {exc}") from exc
             raise
-        if not self.rename((SORTTEMP, temp), (folder, name), sync_source=False):
+        if not self.rename(
+            (SORTTEMP, temp),
+            (folder, name),
+            sync_source=False,
+            sync_target=durability is Durability.FSYNC,
+        ):
             raise StorageError(f"{SORTTEMP}/{temp} vanished before it could become {folder}/{name}")
         return written
 
@@ -313,7 +333,14 @@ class MailStore:
         if self._announced is not None and now - self._announced < self.lease / 4:
             return
         record = {"host": self._host, "pid": os.getpid(), "renewed": now.isoformat()}
-        self.write(SORTTEMP, f"{self.owner}{_OWNER_SUFFIX}", json.dumps(record).encode())
+        # No fsync: after a power cut every owner on this host is dead anyway; the rename is
+        # what keeps the record whole for readers.
+        self.write(
+            SORTTEMP,
+            f"{self.owner}{_OWNER_SUFFIX}",
+            json.dumps(record).encode(),
+            durability=Durability.NONE,
+        )
         self._announced = now
 
     def owner_alive(self, owner: str) -> bool:
@@ -380,30 +407,38 @@ class MailStore:
         return f"{queue_id}.{owner}.env"
 
     def queue_files(self) -> dict[str, QueueFiles]:
-        """Every id with files in the Queue folder, and which files it has."""
-        found: dict[str, dict[str, list[str] | bool]] = {}
+        """Every id with files in the Queue folder, and which files it has.
+
+        One pass over the listing; an id is checked once, however many files it has.
+        """
+        found: dict[str, tuple[list[str], list[str], list[str]]] = {}
+        rejected: set[str] = set()
         for name in self.listdir(QUEUE):
-            parts = name.split(".")
-            if not is_queue_id(parts[0]) or len(parts) not in (2, 3):
+            queue_id, dot, rest = name.partition(".")
+            if not dot or queue_id in rejected:
                 continue
-            entry = found.setdefault(parts[0], {"claims": [], "transcripts": []})
-            if len(parts) == 3 and parts[2] == "env":
-                entry["claims"].append(parts[1])  # type: ignore[union-attr]
-            elif parts[1] == "eml":
-                entry["message"] = True
-            elif parts[1] == "env":
-                entry["envelope"] = True
-            elif parts[1] in ("RTR", "LTR"):
-                entry["transcripts"].append(parts[1])  # type: ignore[union-attr]
+            entry = found.get(queue_id)
+            if entry is None:
+                if not is_queue_id(queue_id):
+                    rejected.add(queue_id)
+                    continue
+                entry = found[queue_id] = ([], [], [])
+            kinds, claims, transcripts = entry
+            if rest in ("eml", "env"):
+                kinds.append(rest)
+            elif rest in ("RTR", "LTR"):
+                transcripts.append(rest)
+            elif rest.endswith(".env") and rest.count(".") == 1:
+                claims.append(rest[:-4])
         return {
             queue_id: QueueFiles(
                 queue_id,
-                message=bool(entry.get("message")),
-                envelope=bool(entry.get("envelope")),
-                claims=tuple(entry["claims"]),  # type: ignore[arg-type]
-                transcripts=tuple(entry["transcripts"]),  # type: ignore[arg-type]
+                message="eml" in kinds,
+                envelope="env" in kinds,
+                claims=tuple(claims),
+                transcripts=tuple(transcripts),
             )
-            for queue_id, entry in found.items()
+            for queue_id, (kinds, claims, transcripts) in found.items()
         }
 
     def commit_queued(
@@ -449,7 +484,7 @@ class MailStore:
         """A cheap fingerprint of a file (inode, mtime, size) that changes with every rewrite.
 
         ``None`` where there is none to be had (filesystems without OS paths): read it again.
-        Every rewrite is a rename of a new file, so the inode alone would do; the rest is cheap.
+        The inode alone would not do: a file rewritten twice can get its first inode back.
         """
         if self._os_root is None:
             return None
