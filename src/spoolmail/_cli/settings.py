@@ -11,6 +11,7 @@ A settings file is TOML with one ``[spoolmail]`` table; every key is optional::
     retry = "iis"                       # iis, postfix, qmail or exim
     max_message_size = 2097152          # bytes (IIS 2,048 KB)
     max_hop_count = 15
+    ndr_copy_to = "pm@example.com"      # a copy of every failure DSN (IIS "Send copy of NDR to")
     pickup_dot_stuffed = false          # true: un-stuff leading dots as IIS 5+ did
     poll_interval = 1.0                 # seconds between looks at Pickup
 
@@ -55,6 +56,7 @@ class Settings:
     retry: str = attrs.field(default="iis", validator=_preset)
     max_message_size: int = attrs.field(default=2 * 1024 * 1024, validator=_positive)
     max_hop_count: int = attrs.field(default=15, validator=_positive)
+    ndr_copy_to: str | None = None
     pickup_dot_stuffed: bool = False
     poll_interval: float = attrs.field(default=1.0, validator=_positive)
 
@@ -68,6 +70,7 @@ _TYPES: Mapping[str, tuple[type, ...]] = {
     "retry": (str,),
     "max_message_size": (int,),
     "max_hop_count": (int,),
+    "ndr_copy_to": (str,),
     "pickup_dot_stuffed": (bool,),
     "poll_interval": (int, float),
 }

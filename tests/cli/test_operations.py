@@ -1,0 +1,497 @@
+"""``spoolmail queue|badmail|drop`` subcommands, through ``main(argv)``, on a real MailRoot."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from spoolmail import Spool
+from spoolmail._cli.main import EX_FAILED, EX_OK, EX_TEMPFAIL, EX_USAGE, _service, main
+from spoolmail._cli.settings import Settings
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    return tmp_path / "MailRoot"
+
+
+class Cli:
+    """``spoolmail --root ROOT ...``: returns (status, stdout); stderr via capsys."""
+
+    def __init__(self, root: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        self.root = root
+        self.capsys = capsys
+
+    def __call__(self, *argv: str) -> tuple[int, str]:
+        out = io.StringIO()
+        status = main(["--root", str(self.root), *argv], out=out)
+        return status, out.getvalue()
+
+    def err(self) -> str:
+        return self.capsys.readouterr().err
+
+    def pickup(self, name: str, data: bytes) -> None:
+        (self.root / "Pickup").mkdir(parents=True, exist_ok=True)
+        (self.root / "Pickup" / name).write_bytes(data)
+
+    def run_once(self, *flags: str) -> str:
+        status, out = self("run", "--once", "--local-domain", "example.com", *flags)
+        assert status == EX_OK, self.err()
+        return out
+
+    def queued(self) -> list[dict[str, object]]:
+        status, out = self("queue", "list", "--json")
+        assert status == EX_OK
+        return [json.loads(line) for line in out.splitlines()]
+
+
+@pytest.fixture
+def cli(root: Path, capsys: pytest.CaptureFixture[str]) -> Cli:
+    return Cli(root, capsys)
+
+
+def message(to: str, sender: str = "alice@example.com", extra: str = "") -> bytes:
+    return f"From: {sender}\r\nTo: {to}\r\n{extra}Subject: s\r\n\r\nbody\r\n".encode()
+
+
+@pytest.fixture
+def two(cli: Cli) -> tuple[str, str]:
+    """Two messages waiting in the Queue (no smart host): to dan@remote.test, eve@other.test."""
+    cli.pickup("1.eml", message("bob@example.com, dan@remote.test"))
+    cli.pickup("2.eml", message("eve@other.test"))
+    cli.run_once()
+    first, second = (row["id"] for row in cli.queued())
+    assert isinstance(first, str)
+    assert isinstance(second, str)
+    return first, second
+
+
+# -- listing and showing ------------------------------------------------------------------------
+
+
+def test_run_once_prints_what_it_did(cli: Cli) -> None:
+    cli.pickup("1.eml", message("bob@example.com, dan@remote.test"))
+    out = cli.run_once()
+    [queue_id] = {line.split(":")[0] for line in out.splitlines()}
+    assert out.splitlines() == [
+        f"{queue_id}: queued from Pickup",
+        f"{queue_id}: delivered to bob@example.com",
+        f"{queue_id}: deferred for dan@remote.test",
+    ]
+    assert cli.run_once() == ""  # nothing due
+
+
+def test_queue_json_keys(cli: Cli, two: tuple[str, str]) -> None:
+    first, _ = two
+    row = cli.queued()[0]
+    assert set(row) == {
+        "id",
+        "state",
+        "held",
+        "held_since",
+        "arrival",
+        "next_attempt",
+        "last_attempt",
+        "attempts",
+        "size",
+        "sender",
+        "origin",
+        "recipients",
+    }
+    assert (row["id"], row["state"], row["held"], row["held_since"]) == (
+        first,
+        "queued",
+        False,
+        None,
+    )
+    assert (row["attempts"], row["sender"]) == (1, "alice@example.com")
+    assert str(row["origin"]).startswith("pickup:")
+    bob, dan = row["recipients"]  # type: ignore[misc]
+    assert bob["state"] == "delivered"
+    assert bob["reply"] == f"250 2.0.0 delivered to Drop/{first}.eml"
+    assert set(dan) == {"address", "state", "reply", "host", "updated"}
+    assert (dan["address"], dan["state"], dan["host"]) == ("dan@remote.test", "pending", None)
+    assert dan["reply"].startswith("451 4.4.0 no route to remote.test")
+    # "queue --json" (no action) is the same listing, as before the actions existed.
+    assert cli("queue", "--json") == cli("queue", "list", "--json")
+
+
+def test_queue_table(cli: Cli, two: tuple[str, str]) -> None:
+    first, second = two
+    status, out = cli("queue")
+    lines = out.splitlines()
+    assert status == EX_OK
+    assert lines[0].split() == [
+        "ID",
+        "STATE",
+        "ARRIVAL",
+        "(UTC)",
+        "NEXT",
+        "ATTEMPT",
+        "TRIES",
+        "SIZE",
+        "SENDER",
+    ]
+    assert lines[1].startswith(f"{first}  queued  ")
+    assert lines[1].endswith("alice@example.com")
+    assert lines[2].startswith("    delivered  bob@example.com: 250 2.0.0")
+    assert lines[3].startswith("    pending    dan@remote.test: 451 4.4.0 no route")
+    assert lines[4].startswith(f"{second}  queued  ")
+    assert lines[-1].startswith("-- 2 messages (0 on hold, 0 being delivered), ")
+    assert cli("queue", "list") == (status, out)
+
+
+def test_empty_listings(cli: Cli) -> None:
+    assert cli("queue") == (EX_OK, "The Queue is empty.\n")
+    assert cli("badmail", "list") == (EX_OK, "BadMail is empty.\n")
+    assert cli("drop") == (EX_OK, "Drop is empty.\n")
+    assert cli("queue", "--json") == cli("badmail", "--json") == cli("drop", "--json") == (0, "")
+
+
+def test_queue_show(cli: Cli, two: tuple[str, str]) -> None:
+    first, _ = two
+    status, out = cli("queue", "show", first)
+    assert status == EX_OK
+    assert out.startswith(f"Queue ID:     {first}\nState:        queued\n")
+    assert "Sender:       alice@example.com\n" in out
+    assert "Next attempt: " in out
+    assert "  pending    dan@remote.test: 451 4.4.0 no route to remote.test" in out
+    transcript = out.split("\nTranscript:\n", 1)[1]
+    assert "attempt 1: no route" in transcript
+    assert "attempt 1: local delivery to Drop" in transcript
+    status, out = cli("queue", "show", first, "--message")
+    assert status == EX_OK
+    assert out.startswith("Received: from mail pickup service by ")
+    assert out.endswith("\r\n\r\nbody\r\n")
+
+
+def test_show_of_a_missing_id_is_exit_1_without_a_traceback(cli: Cli) -> None:
+    for command in ("queue", "badmail", "drop"):
+        assert cli(command, "show", "19ac9b2f1c0-000000000000") == (EX_FAILED, "")
+        err = cli.err()
+        assert err.startswith("spoolmail: no ")
+        assert "19ac9b2f1c0-000000000000" in err
+        assert "Traceback" not in err
+    assert cli("queue", "show", "../../etc/passwd") == (EX_FAILED, "")
+    assert "is not a queue id" in cli.err()
+
+
+# -- flush, hold, release, delete ---------------------------------------------------------------
+
+
+def test_flush_by_id_domain_and_all(cli: Cli, two: tuple[str, str]) -> None:
+    first, second = two
+    assert cli("queue", "flush", second) == (EX_OK, f"{second}: flushed\n")
+    assert cli("queue", "flush", "--domain", "REMOTE.test.") == (EX_OK, f"{first}: flushed\n")
+    assert cli("queue", "flush", "--domain", "nowhere.test") == (
+        EX_OK,
+        "No queued message has a recipient at nowhere.test still to be delivered.\n",
+    )
+    assert cli("queue", "flush") == (EX_OK, f"{first}: flushed\n{second}: flushed\n")
+    out = cli.run_once()
+    assert f"{first}: deferred for dan@remote.test" in out
+    assert f"{second}: deferred for eve@other.test" in out
+    assert [row["attempts"] for row in cli.queued()] == [2, 2]
+
+
+def test_flush_leaves_a_hold_and_says_so(cli: Cli, two: tuple[str, str]) -> None:
+    first, second = two
+    assert cli("queue", "hold", second) == (EX_OK, f"{second}: on hold\n")
+    assert cli("queue", "flush") == (
+        EX_OK,
+        f"{first}: flushed\n{second}: on hold, not flushed (release it to send it)\n",
+    )
+    assert cli.run_once() == f"{first}: deferred for dan@remote.test\n"
+
+
+def test_hold_and_release(cli: Cli, two: tuple[str, str]) -> None:
+    first, second = two
+    assert cli("queue", "hold", "--all") == (EX_OK, f"{first}: on hold\n{second}: on hold\n")
+    assert cli("queue", "hold", "--all") == (EX_OK, "No queued message is left to hold.\n")
+    rows = cli.queued()
+    assert [(row["state"], row["held"]) for row in rows] == [("held", True)] * 2
+    assert all(isinstance(row["held_since"], str) for row in rows)
+    out = cli("queue")[1]
+    assert f"{first}  held  " in out
+    assert "on hold" in out.splitlines()[1]
+    assert "(2 on hold, 0 being delivered)" in out
+    assert "On hold:      since " in cli("queue", "show", first)[1]
+    assert cli.run_once() == ""  # held: never attempted
+    assert cli("queue", "release", first) == (EX_OK, f"{first}: released\n")
+    assert cli("queue", "release", "--all") == (EX_OK, f"{second}: released\n")
+    assert cli("queue", "release", "--all") == (EX_OK, "No queued message is on hold.\n")
+    assert [row["state"] for row in cli.queued()] == ["queued", "queued"]
+    assert len(cli.run_once().splitlines()) == 2  # release makes them due at once
+
+
+def test_delete(cli: Cli, two: tuple[str, str]) -> None:
+    first, second = two
+    assert cli("queue", "delete", first) == (EX_OK, f"{first}: deleted\n")
+    assert [row["id"] for row in cli.queued()] == [second]
+    assert cli("queue", "delete", "--all") == (EX_USAGE, "")
+    assert "add --yes" in cli.err()
+    assert [row["id"] for row in cli.queued()] == [second]
+    assert cli("queue", "delete", "--all", "--yes") == (EX_OK, f"{second}: deleted\n")
+    assert cli("queue", "delete", "--all", "--yes") == (EX_OK, "The Queue is empty.\n")
+    assert list((cli.root / "Drop").iterdir())  # bob's copy was delivered before
+
+
+def test_missing_ids_are_reported_and_the_rest_is_done(cli: Cli, two: tuple[str, str]) -> None:
+    first, _ = two
+    missing = "19ac9b2f1c0-000000000000"
+    for action, done in (("hold", "on hold"), ("release", "released"), ("flush", "flushed")):
+        assert cli("queue", action, missing, first) == (EX_FAILED, f"{first}: {done}\n")
+        assert cli.err() == f"spoolmail: no queued message {missing!r}\n"
+    assert cli("queue", "delete", missing, first, first) == (EX_FAILED, f"{first}: deleted\n")
+    assert cli("queue", "delete", first) == (EX_FAILED, "")
+
+
+def test_a_message_being_delivered_is_a_temporary_error(
+    cli: Cli, two: tuple[str, str], root: Path
+) -> None:
+    first, _ = two
+    with Spool(str(root)) as other:
+        assert other.store.claim_queued(first)  # a live service is attempting it
+        assert [row["state"] for row in cli.queued()] == ["delivering", "queued"]
+        assert "delivering (by process " in cli("queue", "show", first)[1]
+        for action in ("hold", "release", "flush", "delete"):
+            status, out = cli("queue", action, first)
+            assert (status, out) == (EX_TEMPFAIL, ""), action
+            assert cli.err() == (
+                f"spoolmail: {first} is being delivered right now; try again in a moment\n"
+            )
+        # A missing id is worse than a busy one: trying again will not help it.
+        assert cli("queue", "hold", first, "19ac9b2f1c0-000000000000")[0] == EX_FAILED
+        status, out = cli("queue", "flush")
+        assert status == EX_OK
+        assert out.splitlines()[0] == f"{first}: being delivered now"
+        status, out = cli("queue")
+        assert f"{first}  delivering  " in out
+        assert "(0 on hold, 1 being delivered)" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "complaint"),
+    [
+        (["queue", "hold"], "give at least one ID, or --all"),
+        (["queue", "release", "--all", "x"], "give IDs or --all, not both"),
+        (["queue", "flush", "x", "--domain", "example.com"], "give IDs or --domain, not both"),
+        (["badmail", "delete"], "give at least one ID, or --all"),
+        (["badmail", "delete", "--all"], "add --yes"),
+        (["queue", "show"], "the following arguments are required: ID"),
+        (["queue", "frob"], "invalid choice: 'frob'"),
+        (["badmail", "requeue", "x", "--to", "not an address"], "is not an address"),
+    ],
+)
+def test_bad_usage_is_exit_2(cli: Cli, root: Path, argv: list[str], complaint: str) -> None:
+    (root / "BadMail").mkdir(parents=True)
+    (root / "BadMail" / "x.BDR").write_text("5.0.0 broken\n")
+    (root / "BadMail" / "x.BAD").write_text("junk\n")
+    assert cli(*argv) == (EX_USAGE, "")
+    assert complaint in cli.err()
+
+
+def test_help_goes_to_out(cli: Cli) -> None:
+    status, out = cli("queue", "--help")
+    assert status == EX_OK
+    assert "flush" in out
+    assert "hold" in out
+
+
+# -- BadMail ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def bounce(cli: Cli) -> str:
+    """A DSN (null sender) that looped: failed for carol and frank, so it is in BadMail."""
+    cli.pickup(
+        "dsn.eml",
+        b"x-sender: <>\r\nx-receiver: carol@example.com\r\nx-receiver: frank@example.com\r\n"
+        b"Received: from a\r\nReceived: from b\r\nSubject: loop\r\n\r\nbody\r\n",
+    )
+    out = cli.run_once("--max-hop-count", "2")
+    [queue_id] = {line.split(":")[0] for line in out.splitlines()}
+    assert out.endswith(f"{queue_id}: moved to BadMail\n")
+    return queue_id
+
+
+@pytest.fixture
+def rejected(cli: Cli) -> str:
+    """A Pickup file over the size limit, in BadMail as it was written."""
+    cli.pickup("big.eml", message("bob@example.com", extra="X-Pad: " + "x" * 300 + "\r\n"))
+    out = cli.run_once("--max-message-size", "200")
+    [line] = out.splitlines()
+    return line.split(":")[0]
+
+
+def test_badmail_list_and_show(cli: Cli, bounce: str, rejected: str) -> None:
+    status, out = cli("badmail")
+    assert status == EX_OK
+    lines = out.splitlines()
+    assert lines[0].split() == ["ID", "REASON"]
+    assert lines[1].startswith(bounce)
+    assert "5.4.6 This message has a null sender" in lines[1]
+    assert lines[2] == "    from <> to carol@example.com, frank@example.com"
+    assert lines[3].startswith(rejected)
+    assert "5.3.4 message size" in lines[3]
+    assert lines[-1] == "-- 2 entries"
+
+    rows = [json.loads(line) for line in cli("badmail", "list", "--json")[1].splitlines()]
+    assert [set(row) for row in rows] == [
+        {"id", "reason", "has_message", "origin", "sender", "recipients"}
+    ] * 2
+    assert rows[0]["sender"] == ""
+    assert [r["address"] for r in rows[0]["recipients"]] == [
+        "carol@example.com",
+        "frank@example.com",
+    ]
+    assert rows[0]["recipients"][0]["reply"].startswith("554 5.4.6 routing loop detected")
+    assert rows[1]["has_message"] is True
+
+    status, out = cli("badmail", "show", bounce)
+    assert status == EX_OK
+    assert out.startswith(f"BadMail ID:   {bounce}\nReason:       5.4.6 ")
+    assert f"Message:      BadMail/{bounce}.BAD\n" in out
+    assert "  failed     carol@example.com: 554 5.4.6 routing loop detected" in out
+    assert f"Report (BadMail/{bounce}.BDR):\n5.4.6 This message has a null sender" in out
+    assert cli("badmail", "show", bounce, "--message")[1].endswith("\r\n\r\nbody\r\n")
+
+
+def test_requeue_selected_recipients(cli: Cli, bounce: str) -> None:
+    status, out = cli("badmail", "requeue", bounce, "--to", "<CAROL@example.com>")
+    assert status == EX_OK
+    new_id = out.removeprefix(f"{bounce}: requeued as ").strip()
+    [row] = cli.queued()
+    assert row["id"] == new_id
+    assert row["origin"] == f"requeue:{bounce}"
+    assert [r["address"] for r in row["recipients"]] == ["carol@example.com"]  # type: ignore[attr-defined]
+    assert cli("badmail") == (EX_OK, "BadMail is empty.\n")
+    assert cli.run_once() == f"{new_id}: delivered to carol@example.com\n"
+
+
+def test_requeue_refuses_a_recipient_the_entry_does_not_have(cli: Cli, bounce: str) -> None:
+    assert cli("badmail", "requeue", bounce, "--to", "carl@example.com") == (EX_USAGE, "")
+    assert cli.err() == (
+        f"spoolmail: BadMail entry {bounce} has no recipient carl@example.com "
+        "(it has: carol@example.com, frank@example.com)\n"
+    )
+    assert len(cli("badmail", "--json")[1].splitlines()) == 1  # nothing moved
+
+
+def test_requeue_all_with_a_new_sender(cli: Cli, bounce: str) -> None:
+    status, out = cli("badmail", "requeue", bounce, "--from", "Postmaster <pm@example.com>")
+    assert status == EX_OK
+    assert out.startswith(f"{bounce}: requeued as ")
+    [row] = cli.queued()
+    assert row["sender"] == "pm@example.com"
+    assert len(row["recipients"]) == 2  # type: ignore[arg-type]
+
+
+def test_requeue_a_pickup_rejection_returns_it_to_pickup(cli: Cli, rejected: str) -> None:
+    written = (cli.root / "BadMail" / f"{rejected}.BAD").read_bytes()
+    assert cli("badmail", "requeue", rejected, "--to", "bob@example.com") == (EX_USAGE, "")
+    assert "--to and --from do not apply" in cli.err()
+    assert cli("badmail", "requeue", rejected) == (
+        EX_OK,
+        f"{rejected}: returned to Pickup/{rejected}.eml\n",
+    )
+    assert (cli.root / "Pickup" / f"{rejected}.eml").read_bytes() == written
+    assert "delivered to bob@example.com" in cli.run_once()
+
+
+def test_requeue_without_an_envelope_needs_to_and_from(cli: Cli, root: Path) -> None:
+    cli("init")
+    entry = "19ac9b2f1c0-000000000001"
+    (root / "BadMail" / f"{entry}.BAD").write_bytes(message("x@example.com"))
+    (root / "BadMail" / f"{entry}.BDR").write_bytes(b"4.3.0 envelope lost\n")
+    assert cli("badmail", "requeue", entry) == (EX_USAGE, "")
+    assert "give the recipients and the sender" in cli.err()
+    status, out = cli(
+        "badmail", "requeue", entry, "--to", "bob@example.com", "--from", "a@example.com"
+    )
+    assert status == EX_OK
+    assert out.startswith(f"{entry}: requeued as ")
+
+
+def test_badmail_delete(cli: Cli, bounce: str, rejected: str) -> None:
+    missing = "19ac9b2f1c0-000000000000"
+    assert cli("badmail", "delete", bounce, missing) == (EX_FAILED, f"{bounce}: deleted\n")
+    assert cli.err() == f"spoolmail: no BadMail entry {missing!r}\n"
+    assert cli("badmail", "delete", "--all", "--yes") == (EX_OK, f"{rejected}: deleted\n")
+    assert cli("badmail", "delete", "--all", "--yes") == (EX_OK, "BadMail is empty.\n")
+    assert list((cli.root / "BadMail").iterdir()) == []
+
+
+# -- Drop ---------------------------------------------------------------------------------------
+
+
+def test_drop_list_and_show(cli: Cli, two: tuple[str, str]) -> None:
+    first, _ = two
+    status, out = cli("drop", "list")
+    assert status == EX_OK
+    lines = out.splitlines()
+    assert lines[0].split() == ["ID", "SIZE", "SENDER", "RECIPIENTS"]
+    assert lines[1].startswith(first)
+    assert lines[1].endswith("alice@example.com  bob@example.com")
+    assert lines[2] == "-- 1 file"
+    status, out = cli("drop", "show", first)
+    assert status == EX_OK
+    assert out == (cli.root / "Drop" / f"{first}.eml").read_bytes().decode()
+
+
+def test_drop_show_writes_the_bytes_to_a_binary_stdout(cli: Cli, two: tuple[str, str]) -> None:
+    first, _ = two
+    raw = io.BytesIO()
+    stdout = io.TextIOWrapper(raw, encoding="utf-8")  # like sys.stdout: it has a .buffer
+    print("before", file=stdout)
+    assert main(["--root", str(cli.root), "drop", "show", first], out=stdout) == EX_OK
+    expected = (cli.root / "Drop" / f"{first}.eml").read_bytes()
+    assert raw.getvalue() == b"before\n" + expected
+
+
+# -- settings -----------------------------------------------------------------------------------
+
+
+def test_ndr_copy_to(cli: Cli, tmp_path: Path) -> None:
+    cli.pickup("m.eml", message("x@remote.test", extra="Received: a\r\nReceived: b\r\n"))
+    out = cli.run_once("--max-hop-count", "1", "--ndr-copy-to", "Postmaster <pm@example.com>")
+    [dsn] = [line.split(":")[0] for line in out.splitlines() if "notification queued" in line]
+    [drop] = [json.loads(line) for line in cli("drop", "--json")[1].splitlines()]
+    assert drop["id"] == dsn
+    assert drop["recipients"] == ["alice@example.com", "pm@example.com"]
+    status, _ = cli("run", "--once", "--ndr-copy-to", "not an address")
+    assert status == EX_USAGE
+    assert "ndr_copy_to" in cli.err()
+
+
+def test_local_delivery_uses_iis_local_schedule_by_default() -> None:
+    with Spool("mem://") as spool:
+        service = _service(Settings(), spool)
+        assert (service.retry.name, service.local_retry.name) == ("iis", "iis-local")
+        service.close()
+    with Spool("mem://") as spool:
+        service = _service(Settings(retry="postfix"), spool)
+        assert service.local_retry is service.retry
+        service.close()
+
+
+def test_ndr_copy_to_in_the_settings_file(cli: Cli, tmp_path: Path) -> None:
+    config = tmp_path / "spoolmail.toml"
+    config.write_text('[spoolmail]\nndr_copy_to = "pm@example.com"\n')
+    cli.pickup("m.eml", message("x@remote.test", extra="Received: a\r\nReceived: b\r\n"))
+    status, _ = cli(
+        "--config",
+        str(config),
+        "run",
+        "--once",
+        "--local-domain",
+        "example.com",
+        "--max-hop-count",
+        "1",
+    )
+    assert status == EX_OK
+    [drop] = [json.loads(line) for line in cli("drop", "--json")[1].splitlines()]
+    assert drop["recipients"] == ["alice@example.com", "pm@example.com"]
