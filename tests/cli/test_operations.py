@@ -368,14 +368,17 @@ def test_requeue_selected_recipients(cli: Cli, bounce: str) -> None:
     assert row["id"] == new_id
     assert row["origin"] == f"requeue:{bounce}"
     assert [r["address"] for r in row["recipients"]] == ["carol@example.com"]  # type: ignore[attr-defined]
-    assert cli("badmail") == (EX_OK, "BadMail is empty.\n")
+    # The entry stays in BadMail for the recipient not sent again.
+    [left] = [json.loads(line) for line in cli("badmail", "--json")[1].splitlines()]
+    assert left["id"] == bounce
+    assert [r["address"] for r in left["recipients"]] == ["frank@example.com"]
     assert cli.run_once() == f"{new_id}: delivered to carol@example.com\n"
 
 
 def test_requeue_refuses_a_recipient_the_entry_does_not_have(cli: Cli, bounce: str) -> None:
     assert cli("badmail", "requeue", bounce, "--to", "carl@example.com") == (EX_USAGE, "")
     assert cli.err() == (
-        f"spoolmail: BadMail entry {bounce} has no recipient carl@example.com "
+        f"spoolmail: BadMail entry {bounce!r} has no recipient 'carl@example.com' "
         "(it has: carol@example.com, frank@example.com)\n"
     )
     assert len(cli("badmail", "--json")[1].splitlines()) == 1  # nothing moved
@@ -393,7 +396,7 @@ def test_requeue_all_with_a_new_sender(cli: Cli, bounce: str) -> None:
 def test_requeue_a_pickup_rejection_returns_it_to_pickup(cli: Cli, rejected: str) -> None:
     written = (cli.root / "BadMail" / f"{rejected}.BAD").read_bytes()
     assert cli("badmail", "requeue", rejected, "--to", "bob@example.com") == (EX_USAGE, "")
-    assert "--to and --from do not apply" in cli.err()
+    assert "is a file rejected at Pickup: it goes back to Pickup as it is" in cli.err()
     assert cli("badmail", "requeue", rejected) == (
         EX_OK,
         f"{rejected}: returned to Pickup/{rejected}.eml\n",

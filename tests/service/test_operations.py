@@ -102,6 +102,17 @@ def test_hold_of_a_busy_or_missing_message_is_explained(
         spool.hold(["../../etc/passwd"])
 
 
+def test_an_operation_on_many_goes_past_the_ones_it_cannot_do(
+    spool: Spool, service: MailService, transport: CapturingTransport
+) -> None:
+    dan = queue_one(spool, service, transport, "dan@remote.test")
+    eve = queue_one(spool, service, transport, "eve@other.test")
+    with pytest.raises(NotFound, match="no queued message") as info:
+        spool.hold([dan, "19ac9b2f1c0-000000000000", eve, "19ac9b2f1c0-000000000001"])
+    assert info.value.__notes__ == ["also: no queued message '19ac9b2f1c0-000000000001'"]
+    assert all(spool.queued_message(q).envelope.held for q in (dan, eve))
+
+
 # -- flush and delete -----------------------------------------------------------------------------
 
 
@@ -217,11 +228,19 @@ def test_requeue_selected_recipients(spool: Spool, service: MailService, clock: 
     spool.store.write("BadMail", f"{failed.id}.BAD", message("a@example.com"))
     spool.store.write("BadMail", f"{failed.id}.BDR", b"5.1.1 failed\n")
     spool.store.write("BadMail", f"{failed.id}.BDP", encode_envelope(failed))
-    with pytest.raises(MessageError, match="none of those recipients"):
+    with pytest.raises(MessageError, match=r"has no recipient 'c@example\.com'"):
         spool.requeue_badmail(failed.id, recipients=["c@example.com"])
-    new_id = spool.requeue_badmail(failed.id, recipients=["b@example.com"])
+    new_id = spool.requeue_badmail(failed.id, recipients=["B@EXAMPLE.com"])
     assert [a for _, a in service.run_once().delivered] == ["b@example.com"]
     assert spool.drop_item(new_id).recipients == ("b@example.com",)
+    # The recipient not sent again stays in BadMail, and the report says where the other went.
+    left = spool.badmail_item(failed.id)
+    assert left.envelope is not None
+    assert [r.address for r in left.envelope.recipients] == ["a@example.com"]
+    assert f"Requeued as {new_id} for: b@example.com" in left.report
+    again = spool.requeue_badmail(failed.id)
+    assert list(spool.badmail()) == []
+    assert [r.address for r in spool.queued_message(again).envelope.recipients] == ["a@example.com"]
 
 
 def test_delete_badmail(spool: Spool, service: MailService) -> None:

@@ -31,7 +31,7 @@ from typing import Any, TextIO
 import attrs
 
 from spoolmail._cli.settings import RETRY_PRESETS, Settings, load_settings
-from spoolmail._core.address import AddressRole, parse_mailbox
+from spoolmail._core.address import parse_mailbox
 from spoolmail._core.envelope import Envelope, Recipient
 from spoolmail._core.retry import RetryPolicy
 from spoolmail._core.routing import Router
@@ -706,47 +706,9 @@ def _badmail_show(settings: Settings, args: argparse.Namespace, out: TextIO) -> 
     return EX_OK
 
 
-def _requeue_recipients(item: BadMailItem, wanted: Sequence[str] | None) -> list[str] | None:
-    """The ``--to`` addresses as the entry spells them; one it does not have is an error.
-
-    ``Spool.requeue_badmail`` compares addresses exactly and leaves out those it does not know,
-    so a typo would silently drop a recipient; here it is refused before anything moves.
-    """
-    if wanted is None:
-        return None
-    addresses = [
-        parse_mailbox(text, default_domain=None, role=AddressRole.RECIPIENT) for text in wanted
-    ]
-    if item.envelope is None:
-        return addresses  # no envelope: these are the recipients
-    known = {r.address.lower(): r.address for r in item.envelope.recipients}
-    unknown = [a for a in addresses if a.lower() not in known]
-    if unknown:
-        listed = ", ".join(known.values()) or "none"
-        raise ConfigurationError(
-            f"BadMail entry {item.id} has no recipient {', '.join(unknown)} (it has: {listed})"
-        )
-    return [known[a.lower()] for a in addresses]
-
-
 def _badmail_requeue(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
     with Spool(settings.root) as spool:
-        item = spool.badmail_item(args.id)
-        env = item.envelope
-        # Spool.requeue_badmail sends a file rejected at Pickup back as it was written and
-        # ignores recipients and sender: refuse them rather than send to everyone in the file.
-        if (
-            (args.recipients or args.sender is not None)
-            and env is not None
-            and env.origin.startswith("pickup:")
-            and not env.attempts
-        ):
-            raise _UsageError(
-                f"{item.id} was rejected at Pickup and goes back to Pickup as it was written: "
-                "--to and --from do not apply (edit the file's x-sender / x-receiver lines)"
-            )
-        recipients = _requeue_recipients(item, args.recipients)
-        result = spool.requeue_badmail(args.id, recipients=recipients, sender=args.sender)
+        result = spool.requeue_badmail(args.id, recipients=args.recipients, sender=args.sender)
     if "." in result:  # a Pickup file name; a queue id has no dot
         print(f"{args.id}: returned to Pickup/{result}", file=out)
     else:
@@ -813,6 +775,25 @@ def _drop_show(settings: Settings, args: argparse.Namespace, out: TextIO) -> int
 # -- main ------------------------------------------------------------------------------------------
 
 
+class _StderrHandler(logging.Handler):
+    """Writes to whatever ``sys.stderr`` is at the time, not the one there was at the start."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(self.format(record) + "\n")
+        except Exception:  # noqa: BLE001 (logging must never break the command)
+            self.handleError(record)
+
+
+def _log_to_stderr(*, level: int) -> None:
+    """Show spoolmail's log on stderr (set up once, however often ``main`` runs)."""
+    if not any(isinstance(h, _StderrHandler) for h in log.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        log.addHandler(handler)
+    log.setLevel(level)
+
+
 def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int:
     """Run the ``spoolmail`` command; returns the exit status.
 
@@ -826,9 +807,11 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
             args = parser.parse_args(argv)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else EX_USAGE
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(message)s",
+    # The daemon logs what it does; a one-shot command prints its result on stdout instead,
+    # and its log shows only errors (everything with -v).
+    daemon = args.command == "run" and not getattr(args, "once", False)
+    _log_to_stderr(
+        level=logging.DEBUG if args.verbose else logging.INFO if daemon else logging.ERROR
     )
     names = {field.name for field in attrs.fields(Settings)}
     overrides = {k: v for k, v in vars(args).items() if k in names}

@@ -119,6 +119,11 @@ class Deliverer:
         pending = [r.address for r in envelope.pending]
         block = self._precheck(envelope)
         if block is not None:
+            transcript = attempt.transcripts.setdefault(
+                TranscriptKind.REMOTE, Transcript(self.clock)
+            )
+            transcript.begin(f"attempt {envelope.attempts + 1}: refused before delivery")
+            transcript.note(str(block))
             attempt.replies.update(dict.fromkeys(pending, block))
             return attempt
         groups: dict[Route, list[str]] = defaultdict(list)

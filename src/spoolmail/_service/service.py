@@ -25,7 +25,7 @@ from functools import partial
 
 import attrs
 
-from spoolmail._core.address import parse_domain
+from spoolmail._core.address import parse_domain, parse_mailbox
 from spoolmail._core.envelope import (
     Envelope,
     Recipient,
@@ -163,6 +163,11 @@ class MailService:
         self.local_retry = local_retry or (RetryPolicy.iis_local() if retry is None else retry)
         self.clock = clock or spool.clock
         self.fqdn = _checked_fqdn(fqdn) if fqdn else _machine_name()
+        if ndr_copy_to is not None:
+            try:
+                ndr_copy_to = parse_mailbox(ndr_copy_to, default_domain=None)
+            except MessageError as exc:
+                raise ConfigurationError(f"ndr_copy_to: {exc}") from None
         self.limits = limits
         self.transport = transport or SmtpTransport(helo_name=self.fqdn)
         self.rescan_interval = rescan_interval

@@ -21,7 +21,13 @@ import attrs
 
 from spoolmail._core import states
 from spoolmail._core.address import AddressRole, parse_mailbox
-from spoolmail._core.envelope import Envelope, Recipient, decode_envelope, encode_envelope
+from spoolmail._core.envelope import (
+    Envelope,
+    Recipient,
+    RecipientState,
+    decode_envelope,
+    encode_envelope,
+)
 from spoolmail._core.headers import fields, split_head
 from spoolmail._core.ids import QueueIds, is_queue_id
 from spoolmail._core.pickup import PickupOptions, PickupRejected, parse_pickup, render_pickup
@@ -89,6 +95,21 @@ class DropItem:
     sender: str
     recipients: tuple[str, ...]
     size: int
+
+
+def _match(envelope: Envelope, wanted: Sequence[str], queue_id: str) -> set[str]:
+    """The envelope's addresses that ``wanted`` names, in any case and any writer's form
+    (``"Name" <a@b>``); an address the envelope does not hold is an error, not a silent skip.
+    """
+    held = {r.address.casefold(): r.address for r in envelope.recipients}
+    parsed = [a.casefold() for a in wanted]
+    unknown = [a for a, key in zip(wanted, parsed, strict=True) if key not in held]
+    if unknown:
+        raise MessageError(
+            f"BadMail entry {queue_id!r} has no recipient {', '.join(map(repr, unknown))} "
+            f"(it has: {', '.join(sorted(held.values()))})"
+        )
+    return {held[key] for key in parsed}
 
 
 def _open_filesystem(location: pyfs.FS | str | os.PathLike[str]) -> tuple[pyfs.FS, bool]:
@@ -238,33 +259,51 @@ class Spool:
     ) -> list[str]:
         """Claim each message, change its envelope (``None``: delete it), hand it back.
 
-        A message being delivered right now raises a temporary SpoolmailError naming it; a
-        running service is told what changed through a trigger file.
+        Every id is tried; a running service is told what changed through one trigger file.
+        Then the first failure, if any, is raised with the others as notes: ``NotFound``, a
+        temporary SpoolmailError for a message being delivered right now, or EnvelopeError.
         """
-        store, done = self.store, []
-        try:
-            for queue_id in dict.fromkeys(queue_ids):
-                self._checked(queue_id)
-                if not store.claim_queued(queue_id):
-                    self._explain_unclaimable(queue_id)
-                transition(State.QUEUED, event)
-                raw = store.read_claimed(queue_id)
-                if event is Event.DELETED:
-                    store.finish(queue_id)
-                    done.append(queue_id)
-                    continue
-                try:
-                    envelope = decode_envelope(raw)
-                except EnvelopeError:
-                    store.release(queue_id, raw)
-                    raise
-                changed = change(envelope, self.clock())
-                store.release(queue_id, raw if changed is None else encode_envelope(changed))
+        store = self.store
+        done: list[str] = []
+        failures: list[SpoolmailError] = []
+        for queue_id in dict.fromkeys(queue_ids):
+            try:
+                self._operate_one(queue_id, event, change)
+            except SpoolmailError as exc:
+                failures.append(exc)
+            else:
                 done.append(queue_id)
-        finally:
-            if done:
-                store.write_trigger(done)
+        if done:
+            store.write_trigger(done)
+        if failures:
+            first = failures[0]
+            for other in failures[1:]:
+                first.add_note(f"also: {other}")
+            raise first
         return done
+
+    def _operate_one(
+        self,
+        queue_id: str,
+        event: Event,
+        change: Callable[[Envelope, datetime], Envelope | None],
+    ) -> None:
+        store = self.store
+        self._checked(queue_id)
+        if not store.claim_queued(queue_id):
+            self._explain_unclaimable(queue_id)
+        transition(State.QUEUED, event)
+        raw = store.read_claimed(queue_id)
+        if event is Event.DELETED:
+            store.finish(queue_id)
+            return
+        try:
+            envelope = decode_envelope(raw)
+        except EnvelopeError:
+            store.release(queue_id, raw)
+            raise
+        changed = change(envelope, self.clock())
+        store.release(queue_id, raw if changed is None else encode_envelope(changed))
 
     def _explain_unclaimable(self, queue_id: str) -> None:
         files = self.store.queue_files().get(queue_id)
@@ -283,16 +322,28 @@ class Spool:
     ) -> str:
         """Send a BadMail entry again; returns its new queue id, or its Pickup file name.
 
-        A file rejected at Pickup goes back into Pickup as it is (fix it first). A message that
-        failed in the Queue is queued again for ``recipients`` (default: every one not
-        delivered), from ``sender`` if given; an entry whose envelope is lost needs both.
+        A file rejected at Pickup goes back into Pickup as it is (fix it first; ``recipients``
+        and ``sender`` do not apply). A message that failed in the Queue is queued again for
+        ``recipients`` (default: every one not delivered; a domain matches in any case), from
+        ``sender`` if given; an entry whose envelope is lost needs both. When only some of its
+        recipients are sent again, the entry stays in BadMail for the others.
         """
+        # Writers' forms ("Name" <a@b>) become plain addresses; a bad one fails before any move.
+        if recipients is not None:
+            recipients = [parse_mailbox(a, default_domain=None) for a in recipients]
+        if sender is not None:
+            sender = parse_mailbox(sender, default_domain=None, role=AddressRole.SENDER)
         item = self.badmail_item(queue_id)
         if not item.has_message:
             raise NotFound(f"BadMail entry {queue_id!r} has no message (.BAD) to send")
         envelope = item.envelope
         store = self.store
         if envelope is not None and envelope.origin.startswith("pickup:") and not envelope.attempts:
+            if recipients is not None or sender is not None:
+                raise MessageError(
+                    f"BadMail entry {queue_id!r} is a file rejected at Pickup: it goes back to "
+                    "Pickup as it is, so fix its envelope lines or headers instead"
+                )
             transition(State.BADMAIL, Event.REQUEUED)
             name = f"{queue_id}.eml"
             if not store.rename((BADMAIL, f"{queue_id}.BAD"), (PICKUP, name)):
@@ -313,18 +364,31 @@ class Spool:
                 arrival=now,
                 next_attempt=now,
             )
+        chosen = None if recipients is None else _match(envelope, recipients, queue_id)
         new_id = store.ids.new(now)
-        fresh = states.requeue(envelope, queue_id=new_id, now=now, addresses=recipients)
+        fresh = states.requeue(envelope, queue_id=new_id, now=now, addresses=chosen)
         if sender is not None:
-            fresh = attrs.evolve(
-                fresh, sender=parse_mailbox(sender, default_domain=None, role=AddressRole.SENDER)
-            )
+            fresh = attrs.evolve(fresh, sender=sender)
         if not fresh.recipients:
-            raise MessageError(f"BadMail entry {queue_id!r}: none of those recipients is in it")
+            raise MessageError(
+                f"BadMail entry {queue_id!r} has no undelivered recipient to send to"
+            )
         transition(State.BADMAIL, Event.REQUEUED)
         with store.open(BADMAIL, f"{queue_id}.BAD") as handle:
             store.commit_queued(new_id, chunks(handle), encode_envelope(fresh))
-        self.delete_badmail([queue_id])
+        sent = {r.address for r in fresh.recipients}
+        left = [
+            r
+            for r in envelope.recipients
+            if r.address not in sent and r.state is not RecipientState.DELIVERED
+        ]
+        if left and item.envelope is not None:
+            # The others stay in BadMail: the entry now lists only them.
+            store.write(BADMAIL, f"{queue_id}.BDP", encode_envelope(envelope.with_recipients(left)))
+            note = f"\nRequeued as {new_id} for: {', '.join(sorted(sent))}\n"
+            store.write(BADMAIL, f"{queue_id}.BDR", item.report.encode("utf-8") + note.encode())
+        else:
+            self.delete_badmail([queue_id])
         store.write_trigger([new_id])
         return new_id
 
