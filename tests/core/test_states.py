@@ -44,6 +44,9 @@ class StubRetry:
     def delay_notice_due(self, *, arrival: datetime, now: datetime, already_sent: bool) -> bool:
         return self.delay_due and not already_sent
 
+    def delay_notice_at(self, *, arrival: datetime) -> datetime | None:
+        return arrival + timedelta(hours=12)
+
     def __call__(self, recipient: Recipient) -> StubRetry:
         """The same policy for every recipient."""
         return self

@@ -376,3 +376,39 @@ def test_notify_success_brings_a_success_notice(
     assert b"Subject: Delivery Status Notification (Relay)" in relayed
     assert b"Action: relayed" in relayed
     assert b"text/rfc822-headers" in relayed  # success notices return only the headers
+
+
+def test_the_delay_notice_comes_at_its_time_without_an_attempt(
+    spool: Spool, service: MailService, transport: CapturingTransport, clock: FakeClock
+) -> None:
+    queue_id = queue_one(spool, service, transport, "dan@remote.test")
+    start = clock()
+    assert spool.queued_message(queue_id).envelope.notice_at == start + timedelta(hours=12)
+    for minutes in (15, 45, 105, 345, 585):  # IIS's attempts before the 12th hour
+        clock.set(start + timedelta(minutes=minutes))
+        assert service.run_once().dsns == ()
+    attempts = len(transport.attempts)
+    clock.set(start + timedelta(hours=12))
+    report = service.run_once()
+    assert report.dsns == (f"{queue_id}-d1",)
+    assert report.deferred == ()  # a wake-up for the notice, not an attempt
+    assert len(transport.attempts) == attempts
+    assert b"Action: delayed" in spool.drop_message(f"{queue_id}-d1")
+    envelope = spool.queued_message(queue_id).envelope
+    assert (envelope.delay_notified, envelope.notice_at) == (True, None)
+    assert envelope.next_attempt == start + timedelta(minutes=825)
+
+
+def test_time_on_hold_moves_the_delay_notice_too(
+    spool: Spool, service: MailService, transport: CapturingTransport, clock: FakeClock
+) -> None:
+    queue_id = queue_one(spool, service, transport, "dan@remote.test")
+    start = clock()
+    spool.hold([queue_id])
+    clock.advance(hours=5)
+    spool.release([queue_id])
+    service.run_once()  # the attempt at release
+    clock.set(start + timedelta(hours=12))
+    assert service.run_once().dsns == ()  # 12 h since arrival, but 5 of them on hold
+    clock.set(start + timedelta(hours=17))
+    assert service.run_once().dsns == (f"{queue_id}-d1",)

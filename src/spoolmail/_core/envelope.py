@@ -113,7 +113,8 @@ class Envelope:
     ``envid`` and ``ret`` are the RFC 3461 ENVID and RET parameters when known; ``about`` says
     what a DSN reports, so a DSN that ends in BadMail names both failures. A held message
     (``held_since`` set) is never attempted and its time on hold does not count towards expiry
-    (``held_time`` sums earlier holds).
+    (``held_time`` sums earlier holds). ``notice_at`` is when a delay DSN falls due if the
+    message is still waiting then: the service wakes for it, not only at the next attempt.
     """
 
     id: str
@@ -133,6 +134,7 @@ class Envelope:
     envid: str | None = None
     ret: Ret | None = None
     about: str = ""
+    notice_at: datetime | None = attrs.field(default=None, validator=_aware)
 
     @property
     def held(self) -> bool:
@@ -212,6 +214,7 @@ def encode_envelope(envelope: Envelope) -> bytes:
         "envid": envelope.envid,
         "ret": None if envelope.ret is None else envelope.ret.value,
         "about": envelope.about,
+        "notice_at": _time(envelope.notice_at),
     }
     return (json.dumps(data, ensure_ascii=False, indent=1) + "\n").encode("utf-8")
 
@@ -311,6 +314,7 @@ def decode_envelope(raw: bytes) -> Envelope:
         envid=_optional_str(data, "envid"),
         ret=_decode_ret(data.get("ret")),
         about=_typed(data, "about", str, ""),
+        notice_at=_parse_time(data.get("notice_at"), "notice_at", optional=True),
     )
 
 
@@ -332,6 +336,8 @@ def _decode_ret(value: object) -> Ret | None:
 def read_due(raw: bytes) -> tuple[datetime, bool]:
     """Only what the schedule needs from an envelope file: when it is due, and whether held.
 
+    Due is the next attempt, or the delay notice time if that comes first.
+
     The start-up scan reads every envelope in the Queue; a full :func:`decode_envelope` of each
     costs twice as much. Damage that this does not notice is found by the full decode when the
     message is attempted, and the message moved aside then.
@@ -343,4 +349,5 @@ def read_due(raw: bytes) -> tuple[datetime, bool]:
     if not isinstance(data, dict) or data.get("version") != ENVELOPE_VERSION:
         raise EnvelopeError("not a spoolmail envelope of a version this release reads")
     due = _required_time(data, "next_attempt")
-    return due, data.get("held_since") is not None
+    notice = _parse_time(data.get("notice_at"), "notice_at", optional=True)
+    return min(due, notice) if notice else due, data.get("held_since") is not None

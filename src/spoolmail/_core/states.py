@@ -51,6 +51,7 @@ __all__ = [
     "conclude_attempt",
     "flush",
     "hold",
+    "notice_delay",
     "release",
     "requeue",
     "transition",
@@ -170,6 +171,8 @@ class Schedule(Protocol):
 
     def delay_notice_due(self, *, arrival: datetime, now: datetime, already_sent: bool) -> bool: ...
 
+    def delay_notice_at(self, *, arrival: datetime) -> datetime | None: ...
+
 
 def _apply_reply(recipient: Recipient, reply: Reply | None, now: datetime) -> Recipient:
     if recipient.state is not RecipientState.PENDING or reply is None:
@@ -245,6 +248,7 @@ def conclude_attempt(
         delay_notified=delay_notified,
         dsn_count=envelope.dsn_count + len(dsns),
     )
+    updated = attrs.evolve(updated, notice_at=_notice_at(updated, retry))
     if updated.pending:
         event = Event.DEFERRED
     elif not envelope.sender and any(r.state is RecipientState.FAILED for r in recipients):
@@ -252,6 +256,47 @@ def conclude_attempt(
     else:
         event = Event.SETTLED
     return AttemptOutcome(event, updated, dsns)
+
+
+def _notice_at(envelope: Envelope, retry: Callable[[Recipient], Schedule]) -> datetime | None:
+    """When a delay DSN falls due for a message still waiting, if one is still to come."""
+    if not envelope.sender or envelope.delay_notified:
+        return None
+    times = [
+        when
+        for r in envelope.pending
+        if (when := retry(r).delay_notice_at(arrival=envelope.retry_base)) is not None
+    ]
+    return min(times) if times else None
+
+
+def notice_delay(
+    envelope: Envelope, *, retry: Callable[[Recipient], Schedule], now: datetime
+) -> AttemptOutcome:
+    """Woken before its next attempt for the delay notice: send it if due, attempt nothing.
+
+    Rule 5's delay notice comes when its time comes (IIS: 12 hours), not at the first attempt
+    after it. A notice not due yet (the message spent time on hold) is simply rescheduled.
+    """
+    base = envelope.retry_base
+    waiting = [
+        r
+        for r in envelope.pending
+        if retry(r).delay_notice_due(arrival=base, now=now, already_sent=envelope.delay_notified)
+    ]
+    if not envelope.sender or not waiting:
+        return AttemptOutcome(
+            Event.DEFERRED, attrs.evolve(envelope, notice_at=_notice_at(envelope, retry))
+        )
+    wanted = tuple(r for r in waiting if r.wants(Notify.DELAY))
+    dsns = (DsnOrder(dsn_id(envelope.id, envelope.dsn_count + 1), DsnKind.DELAY, wanted),)
+    updated = attrs.evolve(
+        envelope,
+        delay_notified=True,
+        notice_at=None,
+        dsn_count=envelope.dsn_count + (1 if wanted else 0),
+    )
+    return AttemptOutcome(Event.DEFERRED, updated, dsns if wanted else ())
 
 
 def _schedule_pending(

@@ -37,7 +37,14 @@ from spoolmail._core.envelope import (
 from spoolmail._core.pickup import PickupOptions
 from spoolmail._core.retry import RetryPolicy
 from spoolmail._core.routing import RouteKind, Router
-from spoolmail._core.states import AttemptOutcome, Event, State, conclude_attempt, transition
+from spoolmail._core.states import (
+    AttemptOutcome,
+    Event,
+    State,
+    conclude_attempt,
+    notice_delay,
+    transition,
+)
 from spoolmail._core.transcript import Transcript, render_transcript, transcript_history
 from spoolmail._service.bounce import Bouncer, orphan_report
 from spoolmail._service.delivery import Deliverer, TranscriptKind
@@ -471,6 +478,11 @@ class MailService:
         if envelope.held:
             store.release(queue_id, raw)
             return
+        if self.clock() < envelope.next_attempt:
+            # Woken for the delay notice, not for an attempt.
+            outcome = notice_delay(envelope, retry=self._policy, now=self.clock())
+            self._commit(outcome, {}, tally)
+            return
         try:
             self._deliver(envelope, tally)
         except Exception:
@@ -533,7 +545,8 @@ class MailService:
         if state is State.QUEUED:
             self._write_transcripts(envelope, transcripts)
             self.store.release(envelope.id, encode_envelope(envelope))
-            self.schedule.set(envelope.id, envelope.next_attempt)
+            due = envelope.next_attempt
+            self.schedule.set(envelope.id, min(due, envelope.notice_at or due))
         elif state is State.DONE:
             self.store.finish(envelope.id)
             tally.finished.append(envelope.id)
