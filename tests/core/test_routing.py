@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import pytest
 
-from spoolmail._core.routing import Route, RouteKind, Router, Target, parse_target
+from spoolmail._core.routing import (
+    Credentials,
+    Hop,
+    HopKind,
+    Route,
+    RouteKind,
+    Router,
+    SmartHostMode,
+    Target,
+    TlsPolicy,
+    parse_target,
+)
 from spoolmail.exceptions import ConfigurationError
 
 
@@ -52,31 +63,96 @@ def test_local_and_alias_domains_go_to_drop_any_case() -> None:
     assert router.default_domain == "example.com"
 
 
-def test_remote_goes_to_the_smart_host() -> None:
+def test_without_smart_host_remote_goes_to_the_mx() -> None:
+    route = Router(local_domains=["example.com"]).route("x@Example.NET")
+    assert route == Route(RouteKind.SMTP, (Hop(HopKind.MX, "example.net", 25),))
+    assert route.description == "SMTP via MX of example.net"
+
+
+def test_smart_host_always_by_default() -> None:
     router = Router(local_domains=["example.com"], smart_host="[127.0.0.1]:2525")
-    assert router.route("x@example.net") == Route(
-        RouteKind.SMTP, (Target("127.0.0.1", 2525, literal=True),)
+    assert router.mode is SmartHostMode.ALWAYS
+    assert router.route("x@example.net").hops == (Hop(HopKind.ADDRESS, "127.0.0.1", 2525),)
+    named = Router(local_domains=["example.com"], smart_host="relay.example.net:587")
+    assert named.route("x@example.net").hops == (Hop(HopKind.HOST, "relay.example.net", 587),)
+
+
+def test_smart_host_as_fallback_comes_after_the_mx() -> None:
+    router = Router(
+        local_domains=["example.com"],
+        smart_host="relay.test",
+        smart_host_mode=SmartHostMode.FALLBACK,
+        smtp_port=2525,
+    )
+    assert router.route("x@example.net").hops == (
+        Hop(HopKind.MX, "example.net", 2525),
+        Hop(HopKind.HOST, "relay.test", 25),
     )
 
 
-def test_without_smart_host_remote_waits_with_a_reason() -> None:
-    route = Router(local_domains=["example.com"]).route("x@example.net")
-    assert route.kind is RouteKind.NONE
-    assert route.reply is not None
-    assert route.reply.code == 451
-    assert "no smart host" in route.reply.text
+def test_a_domain_route_overrides_smart_host_and_mx() -> None:
+    router = Router(
+        local_domains=["example.com"],
+        smart_host="relay.test",
+        routes={"Partner.Example": "[192.0.2.7]:2525"},
+    )
+    assert router.route("x@partner.example").hops == (Hop(HopKind.ADDRESS, "192.0.2.7", 2525),)
+    assert router.route("x@other.example").hops == (Hop(HopKind.HOST, "relay.test"),)
+
+
+def test_tls_policy_globally_and_per_domain() -> None:
+    router = Router(
+        local_domains=["example.com"],
+        tls=TlsPolicy.NEVER,
+        tls_domains={"bank.example": "required"},
+    )
+    assert router.route("x@bank.example").hops[0].tls is TlsPolicy.REQUIRED
+    assert router.route("x@shop.example").hops[0].tls is TlsPolicy.NEVER
+
+
+def test_smart_host_credentials_never_go_in_the_clear() -> None:
+    secret = Credentials("user", "s3cret")
+    router = Router(local_domains=["example.com"], smart_host="relay.test", smart_host_auth=secret)
+    [hop] = router.route("x@example.net").hops
+    assert (hop.tls, hop.credentials) == (TlsPolicy.ENCRYPT, secret)
+    assert "s3cret" not in repr(hop)
+    verified = Router(
+        local_domains=["example.com"],
+        smart_host="relay.test",
+        smart_host_auth=secret,
+        tls=TlsPolicy.REQUIRED,
+    )
+    assert verified.route("x@example.net").hops[0].tls is TlsPolicy.REQUIRED
 
 
 def test_routes_group_by_destination() -> None:
     router = Router(local_domains=["example.com"], smart_host="relay:25")
     assert router.route("a@x.net") == router.route("b@y.net")
     assert router.route("a@x.net") != router.route("a@example.com")
+    mx = Router(local_domains=["example.com"])
+    assert mx.route("a@x.net") == mx.route("b@X.NET")
+    assert mx.route("a@x.net") != mx.route("a@y.net")
 
 
 def test_default_domain_is_the_first_local_domain() -> None:
     assert Router(local_domains=["b.test", "a.test"]).default_domain == "b.test"
 
 
-def test_router_needs_a_local_domain() -> None:
-    with pytest.raises(ConfigurationError, match="at least one local domain"):
-        Router(local_domains=[])
+@pytest.mark.parametrize(
+    ("settings", "fragment"),
+    [
+        ({"local_domains": []}, "at least one local domain"),
+        ({"smart_host_mode": SmartHostMode.FALLBACK}, "needs a smart_host"),
+        ({"smtp_port": 0}, "smtp_port must be 1-65535"),
+    ],
+)
+def test_bad_router_settings_are_named(settings: dict[str, object], fragment: str) -> None:
+    with pytest.raises(ConfigurationError, match=fragment):
+        Router(**settings)  # type: ignore[arg-type]
+
+
+def test_targets_read_well() -> None:
+    assert (
+        str(Target("127.0.0.11", 25, name="mx1.example.test")) == "mx1.example.test[127.0.0.11]:25"
+    )
+    assert str(Target("192.0.2.1", 587, literal=True)) == "[192.0.2.1]:587"

@@ -1,10 +1,16 @@
-"""Routing: where each recipient's mail goes.
+"""Routing: where each recipient's mail goes, and how it is to be reached.
 
-The :class:`Router` answers, per recipient address, with a :class:`Route`: local (the Drop folder,
-for the local and alias domains, every address accepted as IIS did), SMTP to an ordered list of
-:class:`Target` hosts (the smart host), or nowhere yet (a temporary :class:`Reply` saying why).
-Recipients with equal routes travel together: one SMTP transaction per message and destination.
-Pure: no DNS, no sockets; it reads only its own settings.
+The :class:`Router` answers, per recipient address, with a :class:`Route`: local (the Drop
+folder, for the local and alias domains, every address accepted as IIS did) or SMTP through an
+ordered list of :class:`Hop` s: the domain's MX hosts (RFC 5321 section 5.1), a host by name, or
+an address literal. IIS's smart host modes decide the list: no smart host (MX only), always the
+smart host, or MX first and the smart host when direct delivery fails; a per-domain route
+overrides both. The delivery agent asks a resolver to turn each hop into :class:`Target` s (one
+address each) and tries them in order. Recipients with equal routes travel together: one SMTP
+transaction per message and destination.
+
+Pure: no DNS, no sockets. ``Router.resolver`` only carries the DNS resolver (a
+``dns.resolver.Resolver``) for the delivery agent to use; nothing here calls it.
 """
 
 from __future__ import annotations
@@ -12,37 +18,116 @@ from __future__ import annotations
 import enum
 import ipaddress
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import attrs
 
 from spoolmail._core.reply import Reply
 from spoolmail.exceptions import ConfigurationError
 
-__all__ = ["Route", "RouteKind", "Router", "Target", "parse_target"]
+__all__ = [
+    "Credentials",
+    "Hop",
+    "HopKind",
+    "Route",
+    "RouteKind",
+    "Router",
+    "SmartHostMode",
+    "Target",
+    "TlsPolicy",
+    "parse_hop",
+    "parse_target",
+]
 
 _HOST = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?\.?)+$")
 SMTP_PORT = 25
 
 
+class TlsPolicy(enum.Enum):
+    """How a connection uses STARTTLS (RFC 3207); Postfix's smtp_tls_security_level in words."""
+
+    NEVER = "never"
+    """Plain text only, for a server whose TLS is known to be broken (Postfix: none)."""
+    OPPORTUNISTIC = "opportunistic"
+    """STARTTLS when the server offers it, without checking its certificate (RFC 7435); plain
+    text when it does not (Postfix: may)."""
+    ENCRYPT = "encrypt"
+    """STARTTLS or nothing, certificate not checked: never in the clear (Postfix: encrypt)."""
+    REQUIRED = "required"
+    """STARTTLS or nothing, the certificate and host name verified (RFC 6125; Postfix:
+    verify). A server that cannot is a temporary failure; nothing is sent in the clear."""
+
+
+@attrs.frozen
+class Credentials:
+    """A user name and password for SMTP AUTH to a smart host (RFC 4954; over TLS only)."""
+
+    username: str
+    password: str = attrs.field(repr=False)
+
+
 @attrs.frozen
 class Target:
-    """One host to open an SMTP connection to. ``literal`` means an IP address: no DNS lookup."""
+    """One address to open an SMTP connection to.
+
+    ``host`` is what the connection goes to: an IP address once a resolver has looked the
+    name up, so no system resolver is ever consulted. ``name`` is the host name it was found
+    under (an MX exchange, a smart host), for the transcript and TLS (SNI and the certificate
+    check). ``literal`` means it was given as an address and is not checked against a name.
+    """
 
     host: str
     port: int = SMTP_PORT
     literal: bool = False
+    name: str | None = None
+    tls: TlsPolicy = TlsPolicy.OPPORTUNISTIC
+    credentials: Credentials | None = None
 
     def __str__(self) -> str:
+        if self.name and self.name != self.host:
+            return f"{self.name}[{self.host}]:{self.port}"
         host = f"[{self.host}]" if self.literal else self.host
         return f"{host}:{self.port}"
 
 
-def parse_target(text: str, *, default_port: int = SMTP_PORT) -> Target:
-    """Parse a smart host as IIS took it: ``host``, ``host:port``, ``[192.0.2.1]``, ``[::1]:2525``.
+class HopKind(enum.Enum):
+    MX = "mx"
+    """The domain's MX hosts, or its own address when it has none (RFC 5321 section 5.1)."""
+    HOST = "host"
+    """A host by name: its addresses (AAAA and A)."""
+    ADDRESS = "address"
+    """An address literal: no lookup (IIS: a smart host in square brackets)."""
 
-    Square brackets around an address mean "no DNS lookup" (KB Q303734, Q276347).
-    """
+
+@attrs.frozen
+class Hop:
+    """One way to reach a destination, resolved into targets when a message is sent."""
+
+    kind: HopKind
+    name: str
+    port: int = SMTP_PORT
+    tls: TlsPolicy = TlsPolicy.OPPORTUNISTIC
+    credentials: Credentials | None = attrs.field(default=None, eq=False)
+
+    def __str__(self) -> str:
+        if self.kind is HopKind.MX:
+            return f"MX of {self.name}"
+        if self.kind is HopKind.ADDRESS:
+            return f"[{self.name}]:{self.port}"
+        return f"{self.name}:{self.port}"
+
+
+def parse_hop(text: str, *, default_port: int = SMTP_PORT) -> Hop:
+    """Parse a smart host or route as IIS took it: ``host``, ``host:port``, ``[192.0.2.1]``,
+    ``[::1]:2525``. Square brackets around an address mean "no DNS lookup" (KB Q303734)."""
+    target = parse_target(text, default_port=default_port)
+    kind = HopKind.ADDRESS if target.literal else HopKind.HOST
+    return Hop(kind, target.host, target.port)
+
+
+def parse_target(text: str, *, default_port: int = SMTP_PORT) -> Target:
+    """Parse ``host``, ``host:port``, ``[192.0.2.1]``, ``[::1]:2525`` into a target."""
     value = text.strip()
     if not value:
         raise ConfigurationError("a smart host cannot be empty")
@@ -90,7 +175,6 @@ def _port(text: str, whole: str) -> int:
 class RouteKind(enum.Enum):
     LOCAL = "local"
     SMTP = "smtp"
-    NONE = "none"
 
 
 @attrs.frozen
@@ -98,20 +182,24 @@ class Route:
     """Where one recipient goes. Recipients whose routes are equal share a delivery."""
 
     kind: RouteKind
-    targets: tuple[Target, ...] = ()
-    reply: Reply | None = attrs.field(default=None, eq=False)
+    hops: tuple[Hop, ...] = ()
 
     @property
     def description(self) -> str:
         if self.kind is RouteKind.LOCAL:
             return "local delivery to Drop"
-        if self.kind is RouteKind.SMTP:
-            return "SMTP to " + ", ".join(str(t) for t in self.targets)
-        return "no route"
+        return "SMTP via " + ", then ".join(str(hop) for hop in self.hops)
 
 
-def _target(value: Target | str | None) -> Target | None:
-    return parse_target(value) if isinstance(value, str) else value
+class SmartHostMode(enum.Enum):
+    """IIS's smart host setting (metabase ``SmartHostType``)."""
+
+    NONE = "none"
+    """No smart host: MX only (SmartHostType 0)."""
+    ALWAYS = "always"
+    """Every remote message to the smart host (SmartHostType 2, the default when one is set)."""
+    FALLBACK = "fallback"
+    """"Attempt direct delivery before sending to smart host" (SmartHostType 1)."""
 
 
 def _domains(values: Iterable[str]) -> tuple[str, ...]:
@@ -120,46 +208,100 @@ def _domains(values: Iterable[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(v.strip().rstrip(".").lower() for v in values if v.strip()))
 
 
+def _smart_host(value: Hop | str | None) -> Hop | None:
+    return parse_hop(value) if isinstance(value, str) else value
+
+
+def _routes(value: Mapping[str, Hop | str]) -> Mapping[str, Hop]:
+    return {
+        domain.strip().rstrip(".").lower(): parse_hop(hop) if isinstance(hop, str) else hop
+        for domain, hop in value.items()
+    }
+
+
+def _tls_domains(value: Mapping[str, TlsPolicy | str]) -> Mapping[str, TlsPolicy]:
+    return {
+        domain.strip().rstrip(".").lower(): TlsPolicy(policy) for domain, policy in value.items()
+    }
+
+
 @attrs.frozen
 class Router:
-    """Routes recipients: local and alias domains to Drop, everything else to the smart host.
+    """Routes recipients: local and alias domains to Drop; others by route, smart host or MX.
 
-    ``Router(local_domains=["example.com"], alias_domains=["example.org"], smart_host="mx:2525")``.
-    Without a smart host, remote recipients wait in the Queue with a temporary reply saying so
-    (MX routing is not part of this release).
+    ``Router(local_domains=["example.com"], smart_host="relay.example.net:587",
+    smart_host_auth=Credentials("user", "secret"))``.
+
+    - ``smart_host`` (``host``, ``host:port`` or ``[address]``) with ``smart_host_mode``: ALWAYS
+      (the default when a smart host is given, as IIS), FALLBACK (MX first) or NONE.
+    - ``routes`` maps a domain to its own host (``{"partner.example": "[192.0.2.7]:2525"}``);
+      it overrides the smart host and MX, as IIS's remote domains did.
+    - ``tls`` is the STARTTLS policy for every connection, ``tls_domains`` per recipient domain
+      (``{"bank.example": TlsPolicy.REQUIRED}``); a smart host with credentials gets at least
+      ``TlsPolicy.ENCRYPT``, because AUTH never goes in the clear.
+    - ``resolver`` is the ``dns.resolver.Resolver`` to look MX and host names up with (default:
+      the system's), ``smtp_port`` the port MX hosts are reached on (25).
     """
 
     local_domains: tuple[str, ...] = attrs.field(default=("localhost",), converter=_domains)
     alias_domains: tuple[str, ...] = attrs.field(default=(), converter=_domains)
-    smart_host: Target | None = attrs.field(default=None, converter=_target)
+    smart_host: Hop | None = attrs.field(default=None, converter=_smart_host)
+    smart_host_mode: SmartHostMode | None = None
+    smart_host_auth: Credentials | None = None
+    routes: Mapping[str, Hop] = attrs.field(factory=dict, converter=_routes)
+    tls: TlsPolicy = TlsPolicy.OPPORTUNISTIC
+    tls_domains: Mapping[str, TlsPolicy] = attrs.field(factory=dict, converter=_tls_domains)
+    resolver: Any = attrs.field(default=None, eq=False)
+    smtp_port: int = 25
 
     def __attrs_post_init__(self) -> None:
         if not self.local_domains:
             raise ConfigurationError(
                 "a Router needs at least one local domain (IIS's default domain)"
             )
+        if self.smart_host is None and self.smart_host_mode not in (None, SmartHostMode.NONE):
+            raise ConfigurationError(
+                f"smart_host_mode {self.smart_host_mode.value!r} needs a smart_host"
+            )
+        if not 0 < self.smtp_port < 65536:
+            raise ConfigurationError(f"smtp_port must be 1-65535, not {self.smtp_port!r}")
 
     @property
     def default_domain(self) -> str:
-        """The first local domain: it completes an address without one (IIS's "default domain")."""
+        """The first local domain: it completes an address without one (IIS's default domain)."""
         return self.local_domains[0]
+
+    @property
+    def mode(self) -> SmartHostMode:
+        if self.smart_host is None:
+            return SmartHostMode.NONE
+        return self.smart_host_mode or SmartHostMode.ALWAYS
 
     def is_local(self, domain: str) -> bool:
         domain = domain.rstrip(".").lower()
         return domain in self.local_domains or domain in self.alias_domains
 
     def route(self, address: str) -> Route:
-        domain = address.rpartition("@")[2]
+        domain = address.rpartition("@")[2].rstrip(".").lower()
         if self.is_local(domain):
             return Route(RouteKind.LOCAL)
-        if self.smart_host is not None:
-            return Route(RouteKind.SMTP, (self.smart_host,))
-        return Route(
-            RouteKind.NONE,
-            reply=Reply(
-                451,
-                "4.4.0",
-                f"no route to {domain}: it is not a local domain and no smart host is set "
-                "(direct MX delivery is not available in this release)",
-            ),
-        )
+        tls = self.tls_domains.get(domain, self.tls)
+        if domain in self.routes:
+            route = self.routes[domain]
+            return Route(RouteKind.SMTP, (attrs.evolve(route, tls=tls),))
+        direct = Hop(HopKind.MX, domain, self.smtp_port, tls=tls)
+        mode = self.mode
+        if mode is SmartHostMode.NONE:
+            return Route(RouteKind.SMTP, (direct,))
+        assert self.smart_host is not None  # noqa: S101 (mode says so)
+        if self.smart_host_auth and tls in (TlsPolicy.NEVER, TlsPolicy.OPPORTUNISTIC):
+            tls = TlsPolicy.ENCRYPT
+        smart = attrs.evolve(self.smart_host, tls=tls, credentials=self.smart_host_auth)
+        if mode is SmartHostMode.ALWAYS:
+            return Route(RouteKind.SMTP, (smart,))
+        return Route(RouteKind.SMTP, (direct, smart))
+
+
+def no_route(domain: str, why: str) -> Reply:
+    """The temporary reply for recipients whose route cannot be tried now."""
+    return Reply(451, "4.4.0", f"no route to {domain}: {why}")

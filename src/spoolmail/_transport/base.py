@@ -1,4 +1,5 @@
-"""The transport seam: the one method the delivery service needs from an SMTP client.
+"""The transport seams: the one method the delivery service needs from an SMTP client, and the
+one it needs from a name resolver.
 
 A :class:`Transport` takes one :class:`Outgoing` message (envelope and a way to open the stored
 bytes) and one :class:`~spoolmail._core.routing.Target` host, and returns a
@@ -6,6 +7,12 @@ bytes) and one :class:`~spoolmail._core.routing.Target` host, and returns a
 :class:`~spoolmail._core.transcript.Transcript` it is given. Expected failures (refused connection,
 timeout, 4xx, 5xx, garbage) are replies, never exceptions. ``close()`` ends any connections a
 transport keeps open for reuse. ``spoolmail.testing.CapturingTransport`` implements the same seam.
+
+A :class:`HostResolver` turns a routing :class:`~spoolmail._core.routing.Hop` (a domain's MX, a
+host name, an address literal) into the :class:`Target` addresses to try, in order, or into a
+reply saying why there are none (NXDOMAIN 5.1.2, null MX 5.1.10, a DNS failure 4.4.3). Every
+name spoolmail connects to goes through it, so no system resolver is ever asked behind its back.
+``spoolmail.testing.StaticResolver`` answers from a table.
 """
 
 from __future__ import annotations
@@ -17,10 +24,10 @@ from typing import BinaryIO, Protocol
 import attrs
 
 from spoolmail._core.reply import Reply
-from spoolmail._core.routing import Target
+from spoolmail._core.routing import Hop, Target
 from spoolmail._core.transcript import Transcript
 
-__all__ = ["Outgoing", "Transport"]
+__all__ = ["HostResolver", "Outgoing", "Resolution", "Transport"]
 
 
 def _addresses(values: Iterable[str]) -> tuple[str, ...]:
@@ -53,4 +60,20 @@ class Transport(Protocol):
 
     def close(self) -> None:
         """Close connections kept for reuse. Safe to call at any time, more than once."""
+        ...
+
+
+@attrs.frozen
+class Resolution:
+    """A hop's targets, best first; when there are none, ``reply`` says why."""
+
+    targets: tuple[Target, ...] = ()
+    reply: Reply | None = None
+
+
+class HostResolver(Protocol):
+    """Looks up where a hop leads; see the module docstring for the contract."""
+
+    def resolve(self, hop: Hop, transcript: Transcript) -> Resolution:
+        """The targets for ``hop`` in the order to try them, or why there are none."""
         ...

@@ -1,0 +1,318 @@
+"""The DNS resolver: a routing hop's MX and address lookups with dnspython, as targets or a reply.
+
+:class:`DnsResolver` implements the :class:`~spoolmail._transport.base.HostResolver` seam. It asks
+only the ``dns.resolver.Resolver`` it is given (the system's by default, created at the first
+lookup), always for absolute names with ``search=False``, and relies on that resolver's own
+``timeout`` and ``lifetime``. It writes every query and its answer into the
+:class:`~spoolmail._core.transcript.Transcript`, and turns every dnspython exception into a
+:class:`~spoolmail._core.reply.Reply` (DESIGN.md section 5): a name that does not exist is
+permanent, a server that fails or does not answer is temporary, 4.4.3. The MX ordering rules
+(preferences, shuffling, null MX, dropping this host) are the pure ``spoolmail._core.mx``; this
+module only asks the questions. It never connects to a mail host and keeps no state beyond the
+resolver it creates.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import itertools
+import random
+import threading
+from collections.abc import Collection, Iterable
+
+import attrs
+import dns.exception
+import dns.name
+import dns.resolver
+
+from spoolmail._core.mx import host_key, no_exchange, order_exchanges
+from spoolmail._core.reply import Reply
+from spoolmail._core.routing import Hop, HopKind, Target
+from spoolmail._core.transcript import Transcript
+from spoolmail._transport.base import Resolution
+
+__all__ = ["MAX_EXCHANGES", "MAX_TARGETS", "DnsResolver"]
+
+MAX_EXCHANGES = 10
+"""Exchangers looked up per MX hop, best first. Each costs two lookups, each up to the resolver's
+lifetime: without a cap a domain listing hundreds of MX hosts that time out would hold a delivery
+for hours. RFC 5321 section 5.1 allows "a configurable limit on the number of alternate addresses"
+as long as at least two are tried; Postfix tries 5 addresses (``smtp_mx_address_limit``), Exim 5
+hosts (``hosts_max_try``)."""
+
+MAX_TARGETS = 20
+"""Addresses returned per hop: two per exchanger of the first ten, for dual-stack hosts."""
+
+
+class _Miss(enum.Enum):
+    """Why a query gave no records."""
+
+    NXDOMAIN = "nxdomain"
+    """The name does not exist: no record of any type (RFC 8020)."""
+    NODATA = "nodata"
+    """The name exists without records of that type."""
+    YXDOMAIN = "yxdomain"
+    """A DNAME substitution made the name too long (RFC 6672)."""
+    FAILED = "failed"
+    """No answer: the servers failed (SERVFAIL, REFUSED), timed out or were not configured."""
+
+
+@attrs.frozen
+class _Failure:
+    miss: _Miss
+    detail: str
+
+
+@attrs.frozen
+class _Addresses:
+    """One host's addresses, IPv6 and IPv4 interleaved, or why it has none."""
+
+    addresses: tuple[str, ...] = ()
+    failure: Reply | None = None
+
+
+class DnsResolver:
+    """Resolves routing hops with dnspython: ``DnsResolver(resolver=router.resolver)``.
+
+    - ``HopKind.ADDRESS``: the address itself, no lookup.
+    - ``HopKind.HOST``: the host's AAAA and A records, a target for each address.
+    - ``HopKind.MX``: the domain's MX records ordered by ``spoolmail._core.mx.order_exchanges``
+      (or the domain itself when it has none, the implicit MX), then each exchanger's addresses;
+      at most :data:`MAX_EXCHANGES` exchangers and :data:`MAX_TARGETS` targets.
+
+    Each host's addresses alternate between IPv6 and IPv4, IPv6 first (RFC 8305 section 4,
+    following RFC 6724's preference for IPv6), so a host whose IPv6 path is broken costs one
+    failed connection before its IPv4 address is tried, not all of them. An address already
+    listed under a better exchanger is not listed again.
+
+    ``resolver`` is the ``dns.resolver.Resolver`` to ask (default: the system's, created at the
+    first lookup); ``local_names`` are the names this host goes by (ASCII), dropped from MX lists
+    with every worse exchanger (RFC 5321 section 5.1); ``rng`` shuffles exchangers of equal
+    preference (default: a ``random.Random`` of its own).
+    """
+
+    def __init__(
+        self,
+        *,
+        resolver: dns.resolver.Resolver | None = None,
+        local_names: Collection[str] = (),
+        rng: random.Random | None = None,
+    ) -> None:
+        if isinstance(local_names, str):
+            local_names = (local_names,)
+        self._resolver = resolver
+        self._local_names = tuple(local_names)
+        self._rng = rng if rng is not None else random.Random()
+        self._lock = threading.Lock()
+
+    def resolve(self, hop: Hop, transcript: Transcript) -> Resolution:
+        """The targets for ``hop`` in the order to try them, or the reply saying why none."""
+        if hop.kind is HopKind.ADDRESS:
+            return Resolution((_literal(hop, hop.name),))
+        if hop.kind is HopKind.HOST:
+            return self._resolve_host(hop, transcript)
+        return self._resolve_mx(hop, transcript)
+
+    def _resolve_host(self, hop: Hop, transcript: Transcript) -> Resolution:
+        if _is_address(hop.name):
+            return Resolution((_literal(hop, hop.name),))
+        name = host_key(hop.name)
+        found = self._addresses(name, transcript)
+        if found.failure is not None:
+            return Resolution(reply=found.failure)
+        return Resolution(tuple(_target(hop, name, a) for a in found.addresses[:MAX_TARGETS]))
+
+    def _resolve_mx(self, hop: Hop, transcript: Transcript) -> Resolution:
+        domain = host_key(hop.name)
+        if domain.startswith("["):
+            # RFC 5321 section 5.1: a domain that is an address literal is used as it is.
+            literal = _address_literal(domain)
+            if literal is None:
+                text = f"{hop.name!r} is not an address literal"
+                return Resolution(reply=Reply(550, "5.1.2", text))
+            return Resolution((_literal(hop, literal),))
+        records = self._mx_records(domain, transcript)
+        if isinstance(records, Reply):
+            return Resolution(reply=records)
+        ordered = order_exchanges(domain, records, local_names=self._local_names, rng=self._rng)
+        if isinstance(ordered, Reply):
+            transcript.note(f"MX {domain}: {ordered}")
+            return Resolution(reply=ordered)
+        if len(ordered) > MAX_EXCHANGES:
+            transcript.note(
+                f"MX {domain}: {len(ordered)} exchangers, trying the first {MAX_EXCHANGES}"
+            )
+            ordered = ordered[:MAX_EXCHANGES]
+        if records != [(0, domain)]:
+            transcript.note(f"MX {domain}: trying {', '.join(ordered)}")
+        return self._exchange_targets(hop, domain, ordered, transcript)
+
+    def _mx_records(self, domain: str, transcript: Transcript) -> list[tuple[int, str]] | Reply:
+        """The MX records of ``domain`` (the implicit MX when it has none), or why none."""
+        name = _dns_name(domain)
+        if name is None:
+            return Reply(550, "5.1.2", f"{domain!r} is not a domain name")
+        answer = self._query(name, "MX", transcript)
+        if not isinstance(answer, _Failure):
+            return [(rdata.preference, rdata.exchange.to_text()) for rdata in answer]
+        if answer.miss is _Miss.NODATA:
+            transcript.note(f"MX {domain}: implicit MX, {domain} at preference 0 (RFC 5321 5.1)")
+            return [(0, domain)]
+        if answer.miss is _Miss.NXDOMAIN:
+            # No implicit MX for a name that does not exist: RFC 5321 section 5.1 applies it
+            # only to a domain without MX records.
+            return Reply(550, "5.1.2", f"domain {domain} does not exist (DNS NXDOMAIN)")
+        if answer.miss is _Miss.YXDOMAIN:
+            return Reply(550, "5.1.2", f"domain {domain} cannot be looked up: {answer.detail}")
+        return Reply(451, "4.4.3", f"MX lookup for {domain} failed: {answer.detail}")
+
+    def _exchange_targets(
+        self, hop: Hop, domain: str, exchanges: Iterable[str], transcript: Transcript
+    ) -> Resolution:
+        targets: list[Target] = []
+        seen: set[str] = set()
+        failures: list[Reply] = []
+        for exchange in exchanges:
+            if len(targets) >= MAX_TARGETS:
+                transcript.note(f"MX {domain}: {MAX_TARGETS} addresses found, looking no further")
+                break
+            found = self._addresses(exchange, transcript)
+            if found.failure is not None:
+                failures.append(found.failure)
+                continue
+            for address in found.addresses:
+                if address in seen:
+                    transcript.note(f"{exchange}: {address} is already listed, not repeated")
+                elif len(targets) < MAX_TARGETS:
+                    seen.add(address)
+                    targets.append(_target(hop, exchange, address))
+        if targets:
+            return Resolution(tuple(targets))
+        return Resolution(reply=no_exchange(domain, failures))
+
+    def _addresses(self, host: str, transcript: Transcript) -> _Addresses:
+        """AAAA then A of ``host``: its addresses, or a reply saying why it has none."""
+        name = _dns_name(host)
+        if name is None:
+            return _Addresses(failure=Reply(550, "5.4.4", f"{host!r} is not a host name"))
+        found: dict[str, list[str]] = {}
+        failed: dict[str, list[str]] = {}
+        for rdtype in ("AAAA", "A"):
+            answer = self._query(name, rdtype, transcript)
+            if not isinstance(answer, _Failure):
+                found[rdtype] = [rdata.address for rdata in answer]
+            elif answer.miss is _Miss.NXDOMAIN:
+                # The name has no records of any type (RFC 8020): asking for A is pointless.
+                text = f"host {host} does not exist (DNS NXDOMAIN)"
+                return _Addresses(failure=Reply(550, "5.4.4", text))
+            elif answer.miss is not _Miss.NODATA:
+                failed.setdefault(answer.detail, []).append(rdtype)
+        interleaved = itertools.zip_longest(found.get("AAAA", ()), found.get("A", ()))
+        addresses = tuple(a for pair in interleaved for a in pair if a is not None)
+        if addresses:
+            return _Addresses(addresses)
+        if failed:
+            # One family failed and the other has nothing: the failed one may answer later.
+            why = "; ".join(f"{' and '.join(types)}: {detail}" for detail, types in failed.items())
+            text = f"address lookup for {host} failed: {why}"
+            return _Addresses(failure=Reply(451, "4.4.3", text))
+        text = f"host {host} has no address (no AAAA or A record)"
+        return _Addresses(failure=Reply(550, "5.4.4", text))
+
+    def _query(
+        self, name: dns.name.Name, rdtype: str, transcript: Transcript
+    ) -> dns.resolver.Answer | _Failure:
+        """One lookup, noted in the transcript; dnspython exceptions become :class:`_Failure` s."""
+        shown = name.to_text(omit_final_dot=True)
+        try:
+            answer = self._dns().resolve(name, rdtype, search=False)
+        except dns.resolver.NXDOMAIN:
+            failure = _Failure(_Miss.NXDOMAIN, "does not exist (NXDOMAIN)")
+        except dns.resolver.YXDOMAIN:
+            failure = _Failure(_Miss.YXDOMAIN, "name too long after DNAME substitution (YXDOMAIN)")
+        except dns.resolver.NoAnswer:
+            failure = _Failure(_Miss.NODATA, f"no {rdtype} record (NODATA)")
+        except dns.resolver.NoNameservers as exc:
+            # SERVFAIL, REFUSED or a malformed answer from every server.
+            failure = _Failure(_Miss.FAILED, f"no nameserver answered ({_server_errors(exc)})")
+        except dns.exception.Timeout as exc:
+            # LifetimeTimeout: the resolver's lifetime ran out (servers silent or unreachable).
+            failure = _Failure(_Miss.FAILED, _timeout_text(exc))
+        except dns.exception.DNSException as exc:
+            # Anything else dnspython raises (no resolver configuration, a bad name from a
+            # server): the DNS is broken now; deferring lets it be fixed before the mail bounces.
+            failure = _Failure(_Miss.FAILED, f"{type(exc).__name__}: {exc}")
+        else:
+            transcript.note(f"{rdtype} {shown}: {_answer_text(rdtype, answer)}")
+            return answer
+        transcript.note(f"{rdtype} {shown}: {failure.detail}")
+        return failure
+
+    def _dns(self) -> dns.resolver.Resolver:
+        with self._lock:
+            if self._resolver is None:
+                self._resolver = dns.resolver.Resolver()
+            return self._resolver
+
+
+def _answer_text(rdtype: str, answer: dns.resolver.Answer) -> str:
+    """An answer as the transcript shows it: addresses in the order given; MX records by
+    preference and name, without trailing dots (``10 mx1.example.test, 20 backup.example.test``)."""
+    if rdtype == "MX":
+        records = sorted((rdata.preference, host_key(rdata.exchange.to_text())) for rdata in answer)
+        return ", ".join(f"{preference} {exchange or '.'}" for preference, exchange in records)
+    return ", ".join(str(rdata) for rdata in answer)
+
+
+def _server_errors(exc: dns.exception.DNSException) -> str:
+    """What each server did, as dnspython recorded it, once each: ``Do53:127.0.0.1@53 REFUSED``."""
+    errors = exc.kwargs.get("errors") or ()
+    texts = dict.fromkeys(f"{error[0]} {error[3]}" for error in errors)
+    return "; ".join(texts) or "no nameservers configured"
+
+
+def _timeout_text(exc: dns.exception.Timeout) -> str:
+    seconds = exc.kwargs.get("timeout")
+    after = f" after {seconds:.1f} s" if isinstance(seconds, int | float) else ""
+    servers = dict.fromkeys(str(error[0]) for error in exc.kwargs.get("errors") or ())
+    asking = f" asking {', '.join(servers)}" if servers else ""
+    return f"timed out{after}{asking}"
+
+
+def _dns_name(text: str) -> dns.name.Name | None:
+    """``text`` as an absolute DNS name; ``None`` when it is not one (``dns.name.from_text``
+    reads ``""`` as the root, which is never a mail domain)."""
+    if not text:
+        return None
+    try:
+        return dns.name.from_text(text)
+    except dns.exception.DNSException:
+        return None
+
+
+def _is_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _address_literal(domain: str) -> str | None:
+    """The address in a domain literal (``[192.0.2.1]``, ``[IPv6:2001:db8::1]``, RFC 5321
+    section 4.1.3), or ``None``."""
+    if not (domain.startswith("[") and domain.endswith("]")):
+        return None
+    inner = domain[1:-1]
+    if inner.lower().startswith("ipv6:"):
+        inner = inner[5:]
+    return inner if _is_address(inner) else None
+
+
+def _literal(hop: Hop, address: str) -> Target:
+    return Target(address, hop.port, literal=True, tls=hop.tls, credentials=hop.credentials)
+
+
+def _target(hop: Hop, name: str, address: str) -> Target:
+    return Target(address, hop.port, name=name, tls=hop.tls, credentials=hop.credentials)
