@@ -3,13 +3,17 @@
 :class:`SmtpServer` (or the :func:`smtp_server` context manager) runs aiosmtpd in its own thread
 and event loop on a free port; its :class:`ScriptedHandler` answers each RCPT by the recipient's
 local part (``tempfail...`` → 451, ``reject...`` → 550, anything else → 250), can override the
-MAIL and DATA answers, and records every MAIL FROM it saw, every accepted message (envelope and
-the exact bytes) and the number of connections. :class:`RawServer` (and :func:`raw_server`,
+MAIL and DATA answers, offer PIPELINING, and limit the recipients of a transaction (452 4.5.3
+beyond it); it records every MAIL FROM it saw, every AUTH attempt, and every accepted message
+(envelope, exact bytes, which connection carried it, whether over TLS and by whom). The server
+can offer STARTTLS (``tls_context``, see ``tests/tlscerts.py``), require it, and offer AUTH
+PLAIN/LOGIN against a table of users. :class:`RawServer` (and :func:`raw_server`,
 :func:`stalling_server`, :func:`dropping_server`, :func:`garbage_server`) speaks SMTP by hand on
-:mod:`socket` and :mod:`threading`, for what aiosmtpd will not do: never greet, drop the line in the
-middle of DATA, answer garbage, or answer any command with exactly the bytes a test wants. Every
-server listens on 127.0.0.1 only, and every ``stop`` gives up after a timeout, raising instead of
-hanging the test run.
+:mod:`socket` and :mod:`threading`, for what aiosmtpd will not do: never greet, drop the line in
+the middle of DATA or after a reply, answer garbage, or answer any command with exactly the bytes
+a test wants; it records which commands arrived in one read (``groups``), which shows whether a
+client pipelines. Every server listens on 127.0.0.1 only, and every ``stop`` gives up after a
+timeout, raising instead of hanging the test run.
 """
 
 from __future__ import annotations
@@ -18,18 +22,22 @@ import asyncio
 import contextlib
 import hashlib
 import socket
+import ssl
 import threading
-from collections.abc import Iterator, Mapping
+from collections import Counter
+from collections.abc import Collection, Iterator, Mapping
 from typing import Any
 
 import attrs
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from spoolmail._core.routing import Target
 
 __all__ = [
+    "AUTH_MECHANISMS",
     "DEFAULT_RAW_REPLIES",
     "DEFAULT_RCPT_ANSWERS",
+    "TOO_MANY_RECIPIENTS",
     "RawServer",
     "ReceivedMessage",
     "ScriptedHandler",
@@ -49,6 +57,8 @@ DEFAULT_RCPT_ANSWERS: Mapping[str, str] = {
     "tempfail": "451 4.3.0 Mailbox temporarily unavailable",
     "reject": "550 5.1.1 No such user here",
 }
+TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
+AUTH_MECHANISMS = frozenset({"PLAIN", "LOGIN"})
 
 
 @attrs.frozen
@@ -60,6 +70,11 @@ class ReceivedMessage:
     data: bytes
     mail_options: tuple[str, ...] = ()
     smtp_utf8: bool = False
+    connection: int = 0
+    """Which connection carried it: 1 for the first one this handler saw a MAIL on, and so on."""
+    tls: bool = False
+    login: str | None = None
+    """The user the session authenticated as, if it did."""
 
 
 class ScriptedHandler:
@@ -67,6 +82,10 @@ class ScriptedHandler:
 
     ``mail_reply`` (e.g. ``"550 5.7.1 Go away"``) answers every MAIL FROM instead of accepting it;
     ``data_reply`` answers the end of DATA (the message is recorded only when it starts with 2).
+    ``offer_pipelining`` adds PIPELINING to the EHLO reply (aiosmtpd reads pipelined commands
+    fine but never says so). ``recipient_limit`` answers :data:`TOO_MANY_RECIPIENTS` to a RCPT
+    once a transaction holds that many accepted recipients. ``logins`` records each AUTH attempt
+    as ``(mechanism, user, success)``.
     """
 
     def __init__(
@@ -75,13 +94,38 @@ class ScriptedHandler:
         rcpt_answers: Mapping[str, str] = DEFAULT_RCPT_ANSWERS,
         mail_reply: str | None = None,
         data_reply: str | None = None,
+        offer_pipelining: bool = False,
+        recipient_limit: int | None = None,
     ) -> None:
         self.rcpt_answers = dict(rcpt_answers)
         self.mail_reply = mail_reply
         self.data_reply = data_reply
+        self.offer_pipelining = offer_pipelining
+        self.recipient_limit = recipient_limit
         self.mail_froms: list[tuple[str, tuple[str, ...]]] = []
         self.rcpt_tos: list[str] = []
         self.messages: list[ReceivedMessage] = []
+        self.logins: list[tuple[str, str, bool]] = []
+        # Connection numbers by protocol object; SmtpServer keeps every protocol alive, so an
+        # id() is never reused while it matters.
+        self._connections: dict[int, int] = {}
+
+    def connection(self, server: SMTP) -> int:
+        return self._connections.setdefault(id(server), len(self._connections) + 1)
+
+    async def handle_EHLO(  # noqa: N802 (aiosmtpd finds hooks by this name)
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        # With a 5-argument hook aiosmtpd leaves remembering the client's name to the hook.
+        session.host_name = hostname
+        if self.offer_pipelining:
+            responses.insert(len(responses) - 1, "250-PIPELINING")
+        return responses
 
     async def handle_MAIL(  # noqa: N802 (aiosmtpd finds hooks by this name)
         self,
@@ -92,6 +136,7 @@ class ScriptedHandler:
         mail_options: list[str],
     ) -> str:
         self.mail_froms.append((address, tuple(mail_options)))
+        self.connection(server)
         if self.mail_reply is not None:
             return self.mail_reply
         envelope.mail_from = address
@@ -111,6 +156,8 @@ class ScriptedHandler:
         for prefix, answer in self.rcpt_answers.items():
             if local.startswith(prefix):
                 return answer
+        if self.recipient_limit is not None and len(envelope.rcpt_tos) >= self.recipient_limit:
+            return TOO_MANY_RECIPIENTS
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 Ok"
 
@@ -126,9 +173,17 @@ class ScriptedHandler:
                     data=bytes(envelope.original_content or b""),
                     mail_options=tuple(envelope.mail_options),
                     smtp_utf8=envelope.smtp_utf8,
+                    connection=self.connection(server),
+                    tls=session.ssl is not None,
+                    login=_login(session),
                 )
             )
         return reply
+
+
+def _login(session: Session) -> str | None:
+    data = session.auth_data if session.authenticated else None
+    return data.login.decode("utf-8", "replace") if isinstance(data, LoginPassword) else None
 
 
 def _wait(thread: threading.Thread, what: str, timeout: float) -> None:
@@ -143,6 +198,11 @@ class SmtpServer:
     ``with SmtpServer(data_size_limit=10_000) as server: ... server.target ...``. aiosmtpd's
     Controller cannot bind port 0 and defaults to ::1, so this runs ``loop.create_server`` itself.
     ``connections`` counts accepted connections; ``handler`` holds what was received.
+
+    ``tls_context`` (a server context) offers STARTTLS, ``require_starttls`` refuses mail before
+    it (530). ``auth_users`` (``{"user": "password"}``) offers AUTH ``auth_mechanisms`` and
+    checks logins against the table; aiosmtpd offers AUTH only after STARTTLS unless
+    ``auth_require_tls`` is false, and ``auth_required`` refuses mail before AUTH (530).
     """
 
     def __init__(
@@ -152,16 +212,29 @@ class SmtpServer:
         data_size_limit: int | None = 33_554_432,
         enable_smtputf8: bool = False,
         hostname: str = "mx.test",
+        tls_context: ssl.SSLContext | None = None,
+        require_starttls: bool = False,
+        auth_users: Mapping[str, str] | None = None,
+        auth_mechanisms: Collection[str] = AUTH_MECHANISMS,
+        auth_required: bool = False,
+        auth_require_tls: bool = True,
     ) -> None:
         self.handler = handler if handler is not None else ScriptedHandler()
         self.host = LOCALHOST
         self.port = 0
         self.connections = 0
+        self._auth_users = dict(auth_users or {})
         self._smtp_options: dict[str, Any] = {
             "data_size_limit": data_size_limit,
             "enable_SMTPUTF8": enable_smtputf8,
             # Without it aiosmtpd asks socket.getfqdn(), which may wait for DNS.
             "hostname": hostname,
+            "tls_context": tls_context,
+            "require_starttls": require_starttls,
+            "auth_required": auth_required,
+            "auth_require_tls": auth_require_tls,
+            "authenticator": self._authenticate,
+            "auth_exclude_mechanism": sorted(AUTH_MECHANISMS - set(auth_mechanisms)),
         }
         self._protocols: list[SMTP] = []
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -177,6 +250,29 @@ class SmtpServer:
     @property
     def messages(self) -> list[ReceivedMessage]:
         return self.handler.messages
+
+    @property
+    def transactions_per_connection(self) -> list[int]:
+        """How many messages each connection carried, in connection order."""
+        counts = Counter(message.connection for message in self.messages)
+        return [counts[connection] for connection in sorted(counts)]
+
+    def _authenticate(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        mechanism: str,
+        auth_data: object,
+    ) -> AuthResult:
+        if not isinstance(auth_data, LoginPassword):
+            self.handler.logins.append((mechanism, "", False))
+            return AuthResult(success=False, handled=False)
+        user = auth_data.login.decode("utf-8", "replace")
+        password = auth_data.password.decode("utf-8", "replace")
+        success = user in self._auth_users and self._auth_users[user] == password
+        self.handler.logins.append((mechanism, user, success))
+        return AuthResult(success=success, handled=False, auth_data=auth_data)
 
     def start(self) -> SmtpServer:
         self._thread = threading.Thread(target=self._run, name=f"aiosmtpd-{id(self)}", daemon=True)
@@ -233,8 +329,13 @@ class SmtpServer:
 
     def _close_transports(self) -> None:
         for protocol in self._protocols:
-            if protocol.transport is not None:
-                protocol.transport.close()
+            # After STARTTLS, protocol.transport is the TLS layer, whose close() waits for the
+            # client's close_notify, and the loop stops first: the socket would outlive it
+            # (ResourceWarning). aiosmtpd keeps the socket's own transport as
+            # _original_transport; close that too.
+            for transport in (protocol.transport, getattr(protocol, "_original_transport", None)):
+                if transport is not None:
+                    transport.close()
 
     def drop_connections(self) -> None:
         """Close every open client connection from the server side, without a word."""
@@ -266,18 +367,23 @@ class SmtpServer:
 def smtp_server(
     handler: ScriptedHandler | None = None,
     *,
-    data_size_limit: int | None = 33_554_432,
-    enable_smtputf8: bool = False,
     mail_reply: str | None = None,
     data_reply: str | None = None,
+    offer_pipelining: bool = False,
+    recipient_limit: int | None = None,
+    **options: Any,
 ) -> Iterator[SmtpServer]:
-    """A started :class:`SmtpServer`; ``mail_reply``/``data_reply`` build its handler if none is
-    given."""
+    """A started :class:`SmtpServer`; ``mail_reply``, ``data_reply``, ``offer_pipelining`` and
+    ``recipient_limit`` build its handler if none is given; ``options`` go to
+    :class:`SmtpServer`."""
     if handler is None:
-        handler = ScriptedHandler(mail_reply=mail_reply, data_reply=data_reply)
-    with SmtpServer(
-        handler, data_size_limit=data_size_limit, enable_smtputf8=enable_smtputf8
-    ) as server:
+        handler = ScriptedHandler(
+            mail_reply=mail_reply,
+            data_reply=data_reply,
+            offer_pipelining=offer_pipelining,
+            recipient_limit=recipient_limit,
+        )
+    with SmtpServer(handler, **options) as server:
         yield server
 
 
@@ -298,16 +404,29 @@ _POLL = 0.05
 _END_OF_DATA = b"\r\n.\r\n"
 
 
+@attrs.define
+class _Reads:
+    """One connection's count of reads, and the group of commands the latest read brought."""
+
+    count: int = 0
+    group_read: int = -1
+    group: list[str] = attrs.Factory(list)
+
+
 class RawServer:
     """SMTP by hand: a listening socket on 127.0.0.1 and a thread per connection.
 
     ``greeting`` is sent on connect (``None``: never greet, just hold the line). ``replies`` maps a
     command verb (``"EHLO"``, ``"MAIL"``...; ``"."`` for the end of DATA) to the exact bytes to
     answer, or to ``None`` to close the connection instead of answering; it is merged over
-    :data:`DEFAULT_RAW_REPLIES`. ``drop_in_data_after`` closes the connection once that many octets
-    of DATA have arrived. Records ``commands`` (every command line, all connections),
-    ``connections``, and per message the wire bytes of DATA (``data``; only with ``keep_data``) and
-    their length and SHA-256 (``digests``, always).
+    :data:`DEFAULT_RAW_REPLIES` (whose EHLO offers PIPELINING). ``hang_up_after`` names verbs
+    after whose reply the server closes the connection (``{"STARTTLS"}``: a 220, then nothing).
+    ``drop_in_data_after`` closes the connection once that many octets of DATA have arrived.
+    Records ``commands`` (every command line, all connections), ``groups`` (the command lines
+    that arrived in one read of the socket, per read: a client that pipelines sends several
+    at once, one that waits for each reply cannot), ``connections``, and per message the wire
+    bytes of DATA (``data``; only with ``keep_data``) and their length and SHA-256 (``digests``,
+    always).
     """
 
     def __init__(
@@ -315,14 +434,17 @@ class RawServer:
         *,
         greeting: bytes | None = b"220 raw.test ESMTP\r\n",
         replies: Mapping[str, bytes | None] | None = None,
+        hang_up_after: Collection[str] = (),
         drop_in_data_after: int | None = None,
         keep_data: bool = True,
     ) -> None:
         self.greeting = greeting
         self.replies: dict[str, bytes | None] = {**DEFAULT_RAW_REPLIES, **(replies or {})}
+        self.hang_up_after = frozenset(verb.upper() for verb in hang_up_after)
         self.drop_in_data_after = drop_in_data_after
         self.keep_data = keep_data
         self.commands: list[str] = []
+        self.groups: list[list[str]] = []
         self.data: list[bytes] = []
         self.digests: list[tuple[int, str]] = []
         self.connections = 0
@@ -369,40 +491,51 @@ class RawServer:
                 self._stopping.wait()
                 return
             conn.sendall(self.greeting)
-            self._converse(conn, bytearray())
+            self._converse(conn, bytearray(), _Reads())
 
-    def _recv(self, conn: socket.socket) -> bytes | None:
+    def _recv(self, conn: socket.socket, reads: _Reads) -> bytes | None:
         """Some bytes, or ``None`` when the peer closed or the server is stopping."""
         while not self._stopping.is_set():
             try:
                 data = conn.recv(65536)
             except TimeoutError:
                 continue
+            reads.count += 1
             return data or None
         return None
 
-    def _converse(self, conn: socket.socket, buffer: bytearray) -> None:
+    def _record(self, line: str, reads: _Reads) -> None:
+        # The server reads again only once its buffer holds no complete line, so a line taken
+        # from the buffer came with the latest read.
+        with self._lock:
+            self.commands.append(line)
+            if reads.group_read != reads.count:
+                reads.group_read = reads.count
+                reads.group = []
+                self.groups.append(reads.group)
+            reads.group.append(line)
+
+    def _converse(self, conn: socket.socket, buffer: bytearray, reads: _Reads) -> None:
         while True:
             end = buffer.find(b"\n")
             if end < 0:
-                data = self._recv(conn)
+                data = self._recv(conn, reads)
                 if data is None:
                     return
                 buffer += data
                 continue
             line = bytes(buffer[: end + 1]).rstrip(b"\r\n").decode("utf-8", "replace")
             del buffer[: end + 1]
-            with self._lock:
-                self.commands.append(line)
+            self._record(line, reads)
             verb = line.split(" ", 1)[0].upper()
             reply = self.replies.get(verb, b"502 5.5.2 Command not recognized\r\n")
             if reply is None:
                 return
             conn.sendall(reply)
-            if verb == "QUIT":
+            if verb == "QUIT" or verb in self.hang_up_after:
                 return
             if verb == "DATA" and reply.startswith(b"354"):
-                rest = self._receive_data(conn, buffer)
+                rest = self._receive_data(conn, buffer, reads)
                 if rest is None:
                     return
                 buffer = rest
@@ -411,7 +544,9 @@ class RawServer:
                     return
                 conn.sendall(end_reply)
 
-    def _receive_data(self, conn: socket.socket, buffer: bytearray) -> bytearray | None:
+    def _receive_data(
+        self, conn: socket.socket, buffer: bytearray, reads: _Reads
+    ) -> bytearray | None:
         """Read DATA up to and including CRLF.CRLF in constant memory (unless ``keep_data``);
         return what followed it, or ``None`` if the connection ended first."""
         digest = hashlib.sha256()
@@ -420,6 +555,12 @@ class RawServer:
         tail = b"\r\n"  # DATA starts at the beginning of a line
         pending = bytes(buffer)
         while True:
+            if (
+                self.drop_in_data_after is not None
+                and size + len(pending) >= self.drop_in_data_after
+            ):
+                # Checked first: a client may send the whole message and its end in one write.
+                return None
             window = tail + pending
             end = window.find(_END_OF_DATA)
             if end >= 0:
@@ -439,9 +580,7 @@ class RawServer:
             if self.keep_data:
                 kept += pending
             tail = window[-4:]
-            if self.drop_in_data_after is not None and size >= self.drop_in_data_after:
-                return None
-            data = self._recv(conn)
+            data = self._recv(conn, reads)
             if data is None:
                 return None
             pending = data
@@ -467,6 +606,7 @@ def raw_server(
     *,
     greeting: bytes | None = b"220 raw.test ESMTP\r\n",
     replies: Mapping[str, bytes | None] | None = None,
+    hang_up_after: Collection[str] = (),
     drop_in_data_after: int | None = None,
     keep_data: bool = True,
 ) -> Iterator[RawServer]:
@@ -474,6 +614,7 @@ def raw_server(
     with RawServer(
         greeting=greeting,
         replies=replies,
+        hang_up_after=hang_up_after,
         drop_in_data_after=drop_in_data_after,
         keep_data=keep_data,
     ) as server:

@@ -1,4 +1,5 @@
-"""Transport test fixtures: a transcript on a fixed clock, a transport with short waits."""
+"""Transport test fixtures: a transcript on a fixed clock, a transport with short waits, and
+throwaway TLS certificates."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import pytest
 
 from spoolmail._core.transcript import Transcript
 from spoolmail._transport.smtp import SmtpTimeouts, SmtpTransport
+from tests.tlscerts import TestCertificates, make_certificates
 
 # Long enough for a loaded CI machine, short enough that a hang shows up as a failure, not a stall.
 SHORT = SmtpTimeouts(
@@ -20,6 +22,8 @@ SHORT = SmtpTimeouts(
     data_start=5,
     data_block=10,
     data_end=10,
+    starttls=5,
+    auth=5,
     rset=5,
     quit=1,
 )
@@ -34,3 +38,9 @@ def transcript() -> Transcript:
 def transport() -> Iterator[SmtpTransport]:
     with SmtpTransport(helo_name="client.test", timeouts=SHORT) as transport:
         yield transport
+
+
+@pytest.fixture(scope="session")
+def certificates(tmp_path_factory: pytest.TempPathFactory) -> TestCertificates:
+    """A throwaway CA and server certificates, made once per test session (tests/tlscerts.py)."""
+    return make_certificates(tmp_path_factory.mktemp("tls"))

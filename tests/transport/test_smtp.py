@@ -1,14 +1,16 @@
 """The SMTP client against real servers on 127.0.0.1, and its encoder and parser on their own.
 
 Servers come from ``tests/smtpservers.py``: aiosmtpd for well-behaved peers, raw sockets for
-misbehaving ones. Waits are configured short (``conftest.SHORT``; 0.3 s where a test waits for a
-timeout on purpose), so no test sleeps through a real SMTP timeout.
+misbehaving ones and for watching how commands arrive (pipelined or one by one). Waits are
+configured short (``conftest.SHORT``; 0.3 s where a test waits for a timeout on purpose), so no
+test sleeps through a real SMTP timeout. STARTTLS and AUTH are in ``test_smtp_tls.py``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import re
 import socket
 import time
@@ -33,9 +35,12 @@ from spoolmail._transport.smtp import (
     SmtpTimeouts,
     SmtpTransport,
     _parse_reply_line,
+    _pipeline_groups,
+    _too_many,
 )
 from spoolmail.exceptions import ConfigurationError
 from tests.smtpservers import (
+    TOO_MANY_RECIPIENTS,
     ScriptedHandler,
     dropping_server,
     garbage_server,
@@ -59,6 +64,12 @@ MESSAGE = (
     b".\r\n"
     b"the line above was a lone dot; SECRET-BODY-MARKER\r\n"
 )
+
+
+# The raw server's EHLO reply without PIPELINING: the client must wait for each reply.
+NO_PIPELINING: dict[str, bytes | None] = {
+    "EHLO": b"250-raw.test greets you\r\n250 8BITMIME\r\n",
+}
 
 
 def outgoing(
@@ -189,7 +200,11 @@ def test_settings_are_checked() -> None:
         SmtpTimeouts(connect=0)
     with pytest.raises(ConfigurationError, match="helo_name"):
         SmtpTransport(helo_name="client.test\r\nMAIL FROM:<x>")
+    for wrong in (0, -1, 2.5, True):
+        with pytest.raises(ConfigurationError, match="max_recipients"):
+            SmtpTransport(helo_name="client.test", max_recipients=wrong)  # type: ignore[arg-type]
     assert SmtpTimeouts().data_end == 600.0
+    assert SmtpTimeouts().starttls == 300.0
 
 
 def test_no_recipients_means_no_connection(
@@ -288,7 +303,7 @@ def test_multiline_reply_is_joined(transport: SmtpTransport, transcript: Transcr
         b"550-5.1.1 Please try double-checking the recipient's email\r\n"
         b"550 5.1.1 address for typos.\r\n"
     )
-    with raw_server(replies={"RCPT": multiline}) as server:
+    with raw_server(replies={**NO_PIPELINING, "RCPT": multiline}) as server:
         [reply] = transport.send(server.target, outgoing(), transcript).values()
     assert reply == Reply(
         550,
@@ -379,6 +394,254 @@ def test_unsendable_address_is_refused_before_the_server_sees_it(
     assert not any("evil" in command for command in server.commands)
 
 
+# Pipelining (RFC 2920) and recipients per transaction.
+
+
+@pytest.mark.parametrize(
+    ("reply", "too_many"),
+    [
+        (Reply(452, "4.5.3", "Too many recipients"), True),
+        (Reply(452, None, "Too many recipients"), True),
+        (Reply(552, "5.5.3", "Too many recipients"), True),  # RFC 821's code, §4.5.3.1.10
+        (Reply(552, None, "Too many recipients in this message"), True),
+        (Reply(452, "4.2.2", "Mailbox full"), False),
+        (Reply(552, None, "Mailbox full"), False),
+        (Reply(451, "4.5.3", "Too many recipients"), False),
+        (Reply(550, "5.1.1", "No such user"), False),
+    ],
+)
+def test_too_many_recipients_is_recognised(reply: Reply, too_many: bool) -> None:
+    assert _too_many(reply) is too_many
+
+
+@integration
+def test_pipelining_sends_the_transaction_at_once(
+    transport: SmtpTransport, transcript: Transcript
+) -> None:
+    with raw_server() as server:  # its EHLO offers PIPELINING
+        replies = transport.send(
+            server.target, outgoing(recipients=["a@x.test", "b@x.test"]), transcript
+        )
+    assert {r.code for r in replies.values()} == {250}
+    # MAIL, both RCPTs and DATA reached the server in one read: none waited for a reply.
+    assert [
+        "MAIL FROM:<alice@example.net>",
+        "RCPT TO:<a@x.test>",
+        "RCPT TO:<b@x.test>",
+        "DATA",
+    ] in server.groups
+    assert unstuff(server.data[0]) == MESSAGE
+
+
+def test_pipeline_groups_fit_the_window() -> None:
+    commands = [
+        "MAIL FROM:<a@x.test>",
+        *(f"RCPT TO:<{'r' * 90}{n}@x.test>" for n in range(80)),
+        "DATA",
+    ]
+    groups = list(_pipeline_groups(commands, utf8=False))
+    assert [command for _, group in groups for command in group] == commands
+    assert [start for start, _ in groups] == [0, *itertools.accumulate(len(g) for _, g in groups)][
+        :-1
+    ]
+    assert len(groups) > 1
+    assert all(sum(len(c) + 2 for c in group) <= 4096 for _, group in groups)
+    # A command longer than the window still goes, alone.
+    assert list(_pipeline_groups(["x" * 5000, "DATA"], utf8=False)) == [
+        (0, ["x" * 5000]),
+        (1, ["DATA"]),
+    ]
+
+
+@integration
+def test_long_pipelined_transaction_goes_in_window_sized_groups(
+    transport: SmtpTransport, transcript: Transcript
+) -> None:
+    recipients = [f"{'r' * 90}{n:02}@example.com" for n in range(60)]  # some 6 KB of RCPT
+    with raw_server() as server:
+        replies = transport.send(server.target, outgoing(recipients=recipients), transcript)
+    assert {r.code for r in replies.values()} == {250}
+    mail_group, rest_group = (g for g in server.groups if len(g) > 1)
+    assert mail_group[0].startswith("MAIL FROM:")
+    assert rest_group[-1] == "DATA"
+    assert mail_group[1:] + rest_group[:-1] == [f"RCPT TO:<{r}>" for r in recipients]
+    assert len("\r\n".join(mail_group)) < 4096
+
+
+@integration
+def test_without_pipelining_each_command_waits_for_its_reply(
+    transport: SmtpTransport, transcript: Transcript
+) -> None:
+    with raw_server(replies=NO_PIPELINING) as server:
+        transport.send(server.target, outgoing(recipients=["a@x.test", "b@x.test"]), transcript)
+        transport.close()
+    assert server.commands == [
+        "EHLO client.test",
+        "MAIL FROM:<alice@example.net>",
+        "RCPT TO:<a@x.test>",
+        "RCPT TO:<b@x.test>",
+        "DATA",
+        "QUIT",
+    ]
+    assert all(len(group) == 1 for group in server.groups), server.groups
+
+
+@integration
+def test_pipelined_replies_stay_with_their_recipients(
+    transport: SmtpTransport, transcript: Transcript
+) -> None:
+    recipients = [
+        "tempfail-carol@example.com",
+        "bob@example.com",
+        "reject-dave@example.com",
+        "erin@example.com",
+    ]
+    with smtp_server(offer_pipelining=True) as server:
+        replies = transport.send(server.target, outgoing(recipients=recipients), transcript)
+    queued = Reply(250, "2.0.0", "Ok: queued", host=HOST)
+    assert replies == {
+        "tempfail-carol@example.com": Reply(
+            451, "4.3.0", "Mailbox temporarily unavailable", host=HOST
+        ),
+        "bob@example.com": queued,
+        "reject-dave@example.com": Reply(550, "5.1.1", "No such user here", host=HOST),
+        "erin@example.com": queued,
+    }
+    [received] = server.messages
+    assert received.rcpt_tos == ("bob@example.com", "erin@example.com")
+    assert received.data == MESSAGE
+    assert "pipelining MAIL, 4 RCPT and DATA (RFC 2920)" in transcript.text
+
+
+@integration
+def test_pipelined_data_is_refused_when_no_recipient_was_accepted(
+    transport: SmtpTransport, transcript: Transcript
+) -> None:
+    recipients = ["reject-dave@example.com", "tempfail-carol@example.com"]
+    with smtp_server(offer_pipelining=True) as server:
+        replies = transport.send(server.target, outgoing(recipients=recipients), transcript)
+        assert {(r.code, r.enhanced) for r in replies.values()} == {(550, "5.1.1"), (451, "4.3.0")}
+        assert server.messages == []
+        # aiosmtpd refused the pipelined DATA (503); RSET ended the transaction, and the
+        # connection is fit for the next message.
+        assert "> RSET" in transcript.text.split("< 503")[1]
+        [reply] = transport.send(server.target, outgoing(), transcript).values()
+        assert reply.code == 250
+        assert server.connections == 1
+
+
+@integration
+def test_pipelined_data_accepted_without_recipients_gets_a_lone_dot(
+    transport: SmtpTransport, transcript: Transcript
+) -> None:
+    with raw_server(replies={"RCPT": b"550 5.1.1 No such user\r\n"}) as server:
+        [reply] = transport.send(server.target, outgoing(), transcript).values()
+        assert reply == Reply(550, "5.1.1", "No such user", host=HOST)
+        # The raw server says 354 to DATA whatever came before; RFC 2920 §3.1: send a lone ".".
+        assert server.data == [b".\r\n"]
+        assert "SECRET-BODY-MARKER" not in transcript.text
+        transport.send(server.target, outgoing(), transcript)
+        assert server.connections == 1
+
+
+@integration
+def test_pipelined_mail_refusal_answers_everyone(
+    transport: SmtpTransport, transcript: Transcript
+) -> None:
+    refused = {
+        "MAIL": b"550 5.7.1 Sender blocked\r\n",
+        "RCPT": b"503 5.5.1 Error: need MAIL command\r\n",
+        "DATA": b"503 5.5.1 Error: need RCPT command\r\n",
+    }
+    with raw_server(replies=refused) as server:
+        replies = transport.send(
+            server.target, outgoing(recipients=["a@x.test", "b@x.test"]), transcript
+        )
+    assert set(replies.values()) == {Reply(550, "5.7.1", "Sender blocked", host=HOST)}
+    assert server.data == []
+
+
+@integration
+@pytest.mark.parametrize("offer_pipelining", [False, True], ids=["lockstep", "pipelining"])
+def test_recipients_beyond_the_limit_go_in_further_transactions(
+    transcript: Transcript, offer_pipelining: bool
+) -> None:
+    recipients = [f"user{n:03}@example.com" for n in range(250)]
+    with (
+        smtp_server(offer_pipelining=offer_pipelining) as server,
+        SmtpTransport(helo_name="client.test", timeouts=SHORT, max_recipients=100) as transport,
+    ):
+        replies = transport.send(server.target, outgoing(recipients=recipients), transcript)
+    assert set(replies.values()) == {Reply(250, "2.0.0", "Ok: queued", host=HOST)}
+    assert [len(m.rcpt_tos) for m in server.messages] == [100, 100, 50]
+    assert [r for m in server.messages for r in m.rcpt_tos] == recipients
+    assert all(m.data == MESSAGE for m in server.messages)
+    assert server.connections == 1
+    assert server.transactions_per_connection == [3]
+    assert "> RSET" not in transcript.text  # a completed transaction needs none
+
+
+@integration
+@pytest.mark.parametrize("offer_pipelining", [False, True], ids=["lockstep", "pipelining"])
+def test_too_many_recipients_go_in_the_next_transaction(
+    transport: SmtpTransport, transcript: Transcript, offer_pipelining: bool
+) -> None:
+    recipients = [f"user{n:02}@example.com" for n in range(70)]
+    with smtp_server(offer_pipelining=offer_pipelining, recipient_limit=30) as server:
+        replies = transport.send(server.target, outgoing(recipients=recipients), transcript)
+    assert set(replies.values()) == {Reply(250, "2.0.0", "Ok: queued", host=HOST)}
+    # The first transaction tried all 70 and learnt the server takes 30; the next ones hold 30.
+    assert [len(m.rcpt_tos) for m in server.messages] == [30, 30, 10]
+    assert len(server.handler.rcpt_tos) == 70 + 40
+    assert server.transactions_per_connection == [3]
+    assert "(RFC 5321 section 4.5.3.1.10)" in transcript.text
+
+
+@integration
+def test_too_many_recipients_without_progress_is_temporary(
+    transport: SmtpTransport, transcript: Transcript
+) -> None:
+    handler = ScriptedHandler(rcpt_answers={"full": TOO_MANY_RECIPIENTS})
+    recipients = ["bob@example.com", "full-carol@example.com"]
+    with smtp_server(handler) as server:
+        replies = transport.send(server.target, outgoing(recipients=recipients), transcript)
+    assert replies == {
+        "bob@example.com": Reply(250, "2.0.0", "Ok: queued", host=HOST),
+        "full-carol@example.com": Reply(452, "4.5.3", "Too many recipients", host=HOST),
+    }
+    # Tried once more on its own in a second transaction, which took no recipient: no third.
+    assert handler.rcpt_tos == [
+        "bob@example.com",
+        "full-carol@example.com",
+        "full-carol@example.com",
+    ]
+    assert [m.rcpt_tos for m in server.messages] == [("bob@example.com",)]
+
+
+@integration
+def test_refused_data_resets_before_the_next_transaction(transcript: Transcript) -> None:
+    replies = {**NO_PIPELINING, "DATA": b"451 4.3.0 Try again later\r\n"}
+    with (
+        raw_server(replies=replies) as server,
+        SmtpTransport(helo_name="client.test", timeouts=SHORT, max_recipients=1) as transport,
+    ):
+        answers = transport.send(
+            server.target, outgoing(recipients=["a@x.test", "b@x.test"]), transcript
+        )
+    assert set(answers.values()) == {Reply(451, "4.3.0", "Try again later", host=HOST)}
+    assert server.commands[1:] == [
+        "MAIL FROM:<alice@example.net>",
+        "RCPT TO:<a@x.test>",
+        "DATA",
+        "RSET",
+        "MAIL FROM:<alice@example.net>",
+        "RCPT TO:<b@x.test>",
+        "DATA",
+        "RSET",
+        "QUIT",
+    ]
+
+
 # Connection reuse.
 
 
@@ -443,11 +706,13 @@ def test_close_quits_and_can_be_called_twice(transcript: Transcript) -> None:
 
 
 @integration
+@pytest.mark.parametrize("offer_pipelining", [False, True], ids=["lockstep", "pipelining"])
 def test_421_answers_everyone_not_yet_answered_and_closes(
-    transport: SmtpTransport, transcript: Transcript
+    transport: SmtpTransport, transcript: Transcript, offer_pipelining: bool
 ) -> None:
     handler = ScriptedHandler(
-        rcpt_answers={"reject": "550 5.1.1 No such user here", "busy": "421 4.3.2 Shutting down"}
+        rcpt_answers={"reject": "550 5.1.1 No such user here", "busy": "421 4.3.2 Shutting down"},
+        offer_pipelining=offer_pipelining,
     )
     recipients = ["bob@example.com", "reject-dave@example.com", "busy@example.com", "eve@x.test"]
     with smtp_server(handler) as server:
@@ -459,7 +724,9 @@ def test_421_answers_everyone_not_yet_answered_and_closes(
             "busy@example.com": shutting_down,
             "eve@x.test": shutting_down,
         }
-        assert handler.rcpt_tos == recipients[:3]
+        # Pipelined, the server may have read the RCPT after the 421 before the client hung up.
+        assert handler.rcpt_tos[:3] == recipients[:3]
+        assert server.messages == []
         transport.send(server.target, outgoing(), transcript)
         assert server.connections == 2
 

@@ -1,35 +1,40 @@
 """The SMTP client: hands one queued message to one host and keeps the connection for the next.
 
 :class:`SmtpTransport` implements the :class:`~spoolmail._transport.base.Transport` seam with its
-own client on :mod:`socket` rather than :mod:`smtplib` (whose unbounded reads and exception-shaped
-outcomes do not suit a queue that must never hang): greeting, EHLO with a HELO fallback, MAIL with
-SIZE, BODY=8BITMIME and SMTPUTF8 when they apply, one RCPT per recipient, and DATA streamed from the
-stored file with dot-stuffing and CRLF line ends, in constant memory. It reads the message only
-through ``Outgoing.open`` (twice when the server offers 8BITMIME: a first streaming pass looks for
-8-bit octets); it writes the commands and replies of the dialogue (never message content) into the
-:class:`~spoolmail._core.transcript.Transcript` it is handed, and answers every recipient with a
-:class:`~spoolmail._core.reply.Reply`: a refused, stalled, dropped or babbling server is a temporary
-reply, not an exception. It never touches the spool, does no DNS of its own (a host name goes to the
-system resolver inside :func:`socket.create_connection`, whose wait no timeout here bounds; MX
-lookups and literal addresses are the router's job) and keeps no state beyond the connections it
-holds open for reuse.
+own client on :mod:`socket` and :mod:`ssl` rather than :mod:`smtplib` (whose unbounded reads and
+exception-shaped outcomes do not suit a queue that must never hang): greeting, EHLO with a HELO
+fallback, STARTTLS as the target's :class:`~spoolmail._core.routing.TlsPolicy` says (RFC 3207),
+AUTH PLAIN or LOGIN over TLS only (RFC 4954), MAIL with SIZE, BODY=8BITMIME and SMTPUTF8 when they
+apply, RCPT per recipient (pipelined when the server offers PIPELINING, RFC 2920, and at most
+``max_recipients`` per transaction), and DATA streamed from the stored file with dot-stuffing and
+CRLF line ends, in constant memory. It reads the message only through ``Outgoing.open`` (once per
+transaction, plus a first pass looking for 8-bit octets when the server offers 8BITMIME); it
+writes the commands and replies of the dialogue (never message content, never a password) into
+the :class:`~spoolmail._core.transcript.Transcript` it is handed, and answers every recipient
+with a :class:`~spoolmail._core.reply.Reply`: a refused, stalled, dropped, babbling or
+unverifiable server is a temporary reply, not an exception. It never touches the spool, does no
+DNS of its own (a host name goes to the system resolver inside :func:`socket.create_connection`,
+whose wait no timeout here bounds; MX lookups and literal addresses are the router's and the
+resolver's job) and keeps no state beyond the connections it holds open for reuse.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import re
 import socket
+import ssl
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import BinaryIO
 
 import attrs
 
 from spoolmail._core.reply import Reply
-from spoolmail._core.routing import Target
+from spoolmail._core.routing import Target, TlsPolicy
 from spoolmail._core.transcript import Transcript
 from spoolmail._transport.base import Outgoing
 from spoolmail.exceptions import ConfigurationError, TransportError
@@ -51,6 +56,16 @@ _LINE_END = re.compile(rb"\r\n|\r|\n")
 # are printable), and CR or LF in one would smuggle a command into the session.
 _UNSENDABLE = re.compile(r"[\x00-\x1f\x7f]")
 _HELO_NAME = re.compile(r"[A-Za-z0-9.\-\[\]:]+")
+# RFC 2920 §3.1: a client whose writes block "MUST ... make sure that each group of commands fits
+# entirely within the [TCP] window", "usually, but not always, 4K octets", or client and server
+# can each block writing to the other. Longer transactions go in several groups, each one's
+# replies read before the next is written.
+_PIPELINE_WINDOW = 4096
+# IIS's "Limit number of recipients per message" default, and RFC 5321 §4.5.3.1.8's minimum that
+# every server must accept in one transaction.
+_MAX_RECIPIENTS = 100
+# The "(_ssl.c:1006)" OpenSSL's messages end with tells an operator nothing.
+_SSL_SOURCE = re.compile(r"\s*\(_ssl\.c:\d+\)$")
 
 
 def _positive(_instance: object, attribute: attrs.Attribute[float], value: float) -> None:
@@ -70,8 +85,10 @@ class SmtpTimeouts:
     The defaults are RFC 5321 §4.5.3.2's minimums. ``connect`` (30 s, Postfix's
     ``smtp_connect_timeout``), ``rset`` (20 s, Postfix's ``smtp_rset_timeout``) and ``quit`` are not
     in the RFC: RSET only probes a kept connection, and a 221 to QUIT decides nothing, so neither is
-    worth minutes. ``idle`` is how long an unused connection is kept for the next message to the
-    same host (0: never keep one).
+    worth minutes. ``starttls`` bounds the reply to STARTTLS and each wait of the TLS handshake
+    (300 s, Postfix's ``smtp_starttls_timeout``); ``auth`` each reply during AUTH (RFC 4954 sets
+    none; as long as EHLO's). ``idle`` is how long an unused connection is kept for the next
+    message to the same host (0: never keep one).
     """
 
     connect: float = attrs.field(default=30.0, converter=float, validator=_positive)
@@ -82,6 +99,8 @@ class SmtpTimeouts:
     data_start: float = attrs.field(default=120.0, converter=float, validator=_positive)  # .2.4
     data_block: float = attrs.field(default=180.0, converter=float, validator=_positive)  # .2.5
     data_end: float = attrs.field(default=600.0, converter=float, validator=_positive)  # .2.6
+    starttls: float = attrs.field(default=300.0, converter=float, validator=_positive)
+    auth: float = attrs.field(default=300.0, converter=float, validator=_positive)
     rset: float = attrs.field(default=20.0, converter=float, validator=_positive)
     quit: float = attrs.field(default=5.0, converter=float, validator=_positive)
     idle: float = attrs.field(default=30.0, converter=float, validator=_not_negative)
@@ -95,8 +114,8 @@ class SmtpExtensions:
     """What a server announced in its EHLO reply (RFC 5321 §4.1.1.1); after HELO, nothing.
 
     ``size`` is the SIZE limit in octets: ``None`` when SIZE was not announced, ``0`` when it was
-    announced without a fixed limit (RFC 1870 §3). STARTTLS, AUTH and PIPELINING are recorded here
-    for the code that will use them; this client does not yet.
+    announced without a fixed limit (RFC 1870 §3). ``auth`` holds the SASL mechanisms offered
+    (RFC 4954 §3), upper-cased.
     """
 
     esmtp: bool = False
@@ -183,6 +202,11 @@ class _SessionError(TransportError):
         self.reply = reply
 
 
+class _HandshakeFailed(_SessionError):
+    """The TLS handshake failed; the connection is unusable (opportunistic TLS may try again in
+    plain text on a new one)."""
+
+
 @attrs.frozen
 class _ServerReply:
     """One complete reply as received: its code and the text of each line."""
@@ -220,8 +244,60 @@ def _printable(text: str, *, limit: int = 200) -> str:
 
 
 def _where(target: Target) -> str:
+    if target.name and target.name != target.host:
+        return f"{target.name}[{target.host}]:{target.port}"
     host = f"[{target.host}]" if ":" in target.host else target.host
     return f"{host}:{target.port}"
+
+
+def _tls_name(target: Target) -> str:
+    """The name the certificate must carry: the host name the target was found under, as
+    Postfix's "verify" level matches the MX or smart host name (``smtp_tls_verify_cert_match =
+    hostname``), or the address itself for a literal."""
+    if target.literal or not target.name:
+        return target.host
+    return target.name
+
+
+def _unverified_context() -> ssl.SSLContext:
+    """Encryption without authentication (RFC 7435 §1.3: opportunistic security protects
+    against passive eavesdropping, and a certificate check would turn most MX hosts' self-signed
+    or mismatched certificates back into plain text). TLS 1.0 and 1.1 are refused (RFC 8996)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+def _handshake_problem(error: BaseException, timeout: float) -> str:
+    if isinstance(error, ssl.SSLError):
+        return _SSL_SOURCE.sub("", str(error)) or type(error).__name__
+    if isinstance(error, TimeoutError):
+        return f"no progress within {timeout:g} s"
+    if isinstance(error, OSError):
+        return error.strerror or str(error) or type(error).__name__
+    return str(error) or type(error).__name__
+
+
+_NAME_FIELDS = {
+    "commonName": "CN",
+    "organizationName": "O",
+    "organizationalUnitName": "OU",
+    "countryName": "C",
+    "localityName": "L",
+    "stateOrProvinceName": "ST",
+}
+
+
+def _distinguished_name(name: object) -> str:
+    """``CN=mx.example.net, O=Example`` from :meth:`ssl.SSLSocket.getpeercert`'s nested tuples."""
+    parts = []
+    if isinstance(name, tuple):
+        for rdn in name:
+            for key, value in rdn:
+                parts.append(f"{_NAME_FIELDS.get(key, key)}={value}")
+    return ", ".join(parts) or "(empty)"
 
 
 class _Session:
@@ -238,6 +314,7 @@ class _Session:
         self._buffer = bytearray()
         self.target = target
         self.extensions = SmtpExtensions()
+        self.encrypted = False
         self.usable = True
         self.last_used = 0.0
 
@@ -293,13 +370,35 @@ class _Session:
         return self._over("4.5.0", f"{self.target.host} sent {problem} as the {awaiting}")
 
     def send_line(
-        self, line: str, *, timeout: float, transcript: Transcript | None, utf8: bool = False
+        self,
+        line: str,
+        *,
+        timeout: float,
+        transcript: Transcript | None,
+        utf8: bool = False,
+        shown: str | None = None,
     ) -> None:
+        """Send one command line. ``shown`` replaces it in the transcript and in any error text,
+        for lines that carry a secret (AUTH)."""
+        self.send_lines([line], timeout=timeout, transcript=transcript, utf8=utf8, shown=shown)
+
+    def send_lines(
+        self,
+        lines: Sequence[str],
+        *,
+        timeout: float,
+        transcript: Transcript | None,
+        utf8: bool = False,
+        shown: str | None = None,
+    ) -> None:
+        """Send command lines in one write: one line, or a pipelined group (RFC 2920)."""
         # Without SMTPUTF8 a command is ASCII (RFC 5321 §2.4); callers check before getting here.
-        raw = line.encode("utf-8" if utf8 else "ascii") + b"\r\n"
+        raw = b"".join(line.encode("utf-8" if utf8 else "ascii") + b"\r\n" for line in lines)
         if transcript is not None:
-            transcript.sent(_printable(line, limit=1000))
-        self.send_raw(raw, timeout=timeout, sending=line.split(" ", 1)[0])
+            for line in lines:
+                transcript.sent(_printable(shown if shown is not None else line, limit=1000))
+        sending = shown if shown is not None else lines[0].split(" ", 1)[0]
+        self.send_raw(raw, timeout=timeout, sending=sending)
 
     def send_raw(self, data: bytes, *, timeout: float, sending: str) -> None:
         try:
@@ -378,12 +477,76 @@ class _Session:
         self._buffer += data
 
     def command(
-        self, line: str, *, timeout: float, transcript: Transcript | None, utf8: bool = False
+        self,
+        line: str,
+        *,
+        timeout: float,
+        transcript: Transcript | None,
+        utf8: bool = False,
+        shown: str | None = None,
     ) -> _ServerReply:
-        """Send one command line and read its reply."""
-        self.send_line(line, timeout=timeout, transcript=transcript, utf8=utf8)
-        verb = line.split(" ", 1)[0]
+        """Send one command line and read its reply (``shown``: see :meth:`send_line`)."""
+        self.send_line(line, timeout=timeout, transcript=transcript, utf8=utf8, shown=shown)
+        verb = (shown if shown is not None else line).split(" ", 1)[0]
         return self.read_reply(timeout=timeout, awaiting=f"reply to {verb}", transcript=transcript)
+
+    def start_tls(self, context: ssl.SSLContext, *, server_hostname: str, timeout: float) -> int:
+        """Run the TLS handshake on the connection after a 220 to STARTTLS; return how many
+        octets of plain text the server had sent after its 220, which are thrown away.
+
+        RFC 3207 §4.2: nothing learnt before TLS may be trusted after it. Bytes that arrived in
+        plain text after the 220 are either a broken server or an attacker injecting replies
+        the client would otherwise read as if they had come through TLS.
+        """
+        stale = len(self._buffer)
+        self._buffer.clear()
+        try:
+            tls = context.wrap_socket(
+                self._sock, server_hostname=server_hostname, do_handshake_on_connect=False
+            )
+        except (ValueError, OSError) as error:
+            # ValueError: a name OpenSSL will not take (empty, or not IDNA-encodable).
+            raise self._handshake_failed(_handshake_problem(error, timeout)) from error
+        self._sock = tls
+        try:
+            # Each wait within the handshake is bounded; a peer cannot stall one forever.
+            tls.settimeout(timeout)
+            tls.do_handshake()
+        except (OSError, ValueError) as error:  # ssl.SSLError is an OSError
+            raise self._handshake_failed(_handshake_problem(error, timeout)) from error
+        self.encrypted = True
+        return stale
+
+    def _handshake_failed(self, problem: str) -> _HandshakeFailed:
+        # Whatever state OpenSSL left the connection in, nothing more can be said on it.
+        self.usable = False
+        # RFC 3463 X.7.5 "cryptographic failure"; Postfix uses the same for a failed handshake
+        # and for an unverified certificate.
+        return _HandshakeFailed(
+            Reply(
+                451,
+                "4.7.5",
+                f"TLS handshake with {_where(self.target)} failed: {problem}",
+                host=self.target.host,
+            )
+        )
+
+    def tls_description(self, *, verified: bool) -> str:
+        """The protocol, cipher and certificate of the TLS session, for the transcript."""
+        sock = self._sock
+        if not isinstance(sock, ssl.SSLSocket):
+            return "no TLS"
+        cipher = sock.cipher()
+        suite = f"{cipher[0]} ({cipher[2]} bits)" if cipher else "unknown cipher"
+        text = f"TLS started: {sock.version()}, {suite}"
+        if not verified:
+            return f"{text}; certificate not verified"
+        certificate = sock.getpeercert() or {}
+        return (
+            f"{text}; certificate verified for {_tls_name(self.target)}: subject "
+            f"{_distinguished_name(certificate.get('subject'))}, issuer "
+            f"{_distinguished_name(certificate.get('issuer'))}"
+        )
 
     def positive(self, reply: _ServerReply, *, expected: int, awaiting: str) -> bool:
         """True for the expected reply class (2 or 3), False for 4xx or 5xx; any other class is a
@@ -399,13 +562,18 @@ class _Session:
         """Stream ``source`` dot-stuffed, then the final ``.``; return the octets sent."""
         encoder = DataEncoder()
         sent = 0
+        # Each block is sent once the next has been read, so the last one leaves in the same
+        # write as the final ".": two small writes in a row would wait for the server's delayed
+        # ACK (Nagle's algorithm, RFC 896), some 40 ms a message.
+        held = b""
         while block := source.read(_CHUNK):
-            out = encoder.encode(block)
-            self.send_raw(out, timeout=timeout, sending="the message")
-            sent += len(out)
-        out = encoder.finish()
-        self.send_raw(out, timeout=timeout, sending="the message")
-        return sent + len(out)
+            if held:
+                self.send_raw(held, timeout=timeout, sending="the message")
+                sent += len(held)
+            held = encoder.encode(block)
+        held += encoder.finish()
+        self.send_raw(held, timeout=timeout, sending="the message")
+        return sent + len(held)
 
     def close(self) -> None:
         self.usable = False
@@ -476,23 +644,160 @@ def _answer_all(answers: dict[str, Reply], recipients: Iterable[str], reply: Rep
         answers.setdefault(recipient, reply)
 
 
+def _too_many(reply: Reply) -> bool:
+    """Whether a RCPT reply says the transaction has no room for more recipients.
+
+    RFC 5321 §4.5.3.1.10: a server out of room answers 452 (RFC 3463 X.5.3, "too many
+    recipients"); servers following RFC 821 said 552, which clients "SHOULD treat ... as a
+    temporary, rather than permanent, failure". Such a recipient is not refused: it goes in the
+    next transaction.
+    """
+    if reply.code not in (452, 552):
+        return False
+    if reply.enhanced is not None:
+        return reply.enhanced[1:] == ".5.3"
+    return reply.code == 452 or "too many recipients" in reply.text.lower()
+
+
+def _pipeline_groups(commands: Sequence[str], *, utf8: bool) -> Iterator[tuple[int, list[str]]]:
+    """``commands`` cut into groups of at most :data:`_PIPELINE_WINDOW` octets (one command at
+    least), each with the index of its first command."""
+    group: list[str] = []
+    start = size = 0
+    for index, command in enumerate(commands):
+        length = len(command.encode("utf-8" if utf8 else "ascii")) + 2
+        if group and size + length > _PIPELINE_WINDOW:
+            yield start, group
+            group, start, size = [], index, 0
+        group.append(command)
+        size += length
+    if group:
+        yield start, group
+
+
+def _base64(text: str) -> str:
+    return base64.b64encode(text.encode("utf-8")).decode("ascii")
+
+
+def _in_the_clear(target: Target) -> Reply:
+    # PLAIN and LOGIN send the password itself (RFC 4616 §6): never without TLS.
+    # RFC 3463 X.7.10 "encryption needed" (registered by RFC 5248): a privacy layer must come
+    # first.
+    assert target.credentials is not None  # noqa: S101 (only called with credentials)
+    return Reply(
+        451,
+        "4.7.10",
+        f"will not authenticate to {_where(target)} as {target.credentials.username} in the "
+        "clear: the connection has no TLS",
+        host=target.host,
+    )
+
+
+def _auth_refused(reply: Reply, *, mechanism: str, username: str, where: str) -> Reply:
+    """What a refused AUTH means for the recipients: try later, keeping the server's detail.
+
+    A wrong or expired password is the operator's to fix, not the recipients' fault, and it
+    refuses every message at once: bouncing them all would turn one configuration slip into mass
+    non-delivery. So, like Postfix (``smtp_sasl_auth_soft_bounce = yes``, its default), a 535
+    (RFC 4954 §6, 5.7.8 "authentication credentials invalid") defers as 4.7.8, and any other
+    refusal as 4.7.x; the queue's expiry still ends it with a DSN, and the transcript says why.
+    """
+    subject, _, detail = (reply.enhanced or "").partition(".")[2].partition(".")
+    if subject == "7" and detail:
+        enhanced = f"4.7.{detail}"
+    else:
+        enhanced = "4.7.8" if reply.code == 535 else "4.7.0"
+    return Reply(
+        451, enhanced, f"{where} refused AUTH {mechanism} as {username}: {reply}", host=reply.host
+    )
+
+
+@attrs.frozen
+class _Outcome:
+    """How one transaction ended, for the loop that decides on the next one.
+
+    ``refused``: the server refused MAIL, so it would refuse the next transaction too.
+    ``over_limit``: recipients the server had no room for ("too many"), with its replies, in
+    order. ``room``: how many RCPTs it answered before the first of those.
+    """
+
+    refused: Reply | None = None
+    over_limit: Mapping[str, Reply] = attrs.field(factory=dict)
+    room: int = 0
+
+
+class _RcptReplies:
+    """The RCPT replies of one transaction, sorted as they arrive: accepted, answered (refused
+    for good or for now) and over the server's limit."""
+
+    def __init__(self, session: _Session) -> None:
+        self._session = session
+        self.accepted: list[str] = []
+        self.over_limit: dict[str, Reply] = {}
+        self.room = 0
+
+    def take(self, recipient: str, reply: _ServerReply, answers: dict[str, Reply]) -> None:
+        if self._session.positive(reply, expected=2, awaiting="reply to RCPT"):
+            self.accepted.append(recipient)
+        else:
+            answer = reply.to_reply(self._session.target.host)
+            if _too_many(answer):
+                self.over_limit[recipient] = answer
+                return
+            answers[recipient] = answer
+        if not self.over_limit:
+            self.room += 1
+
+    def outcome(self) -> _Outcome:
+        return _Outcome(over_limit=self.over_limit, room=self.room)
+
+
 class SmtpTransport:
     """Sends messages over SMTP, keeping one connection per target for reuse.
 
     ``SmtpTransport(helo_name="mail.example.com")``; ``timeouts`` bounds every wait
     (:class:`SmtpTimeouts`); ``monotonic`` (seconds, :func:`time.monotonic` by default) ages kept
-    connections, so a test can expire them without waiting. Safe to share between threads: each
-    :meth:`send` uses its own connection. Call :meth:`close` (or use it as a context manager) to
-    QUIT the connections it keeps.
+    connections, so a test can expire them without waiting. ``tls_context`` verifies certificates
+    for :attr:`TlsPolicy.REQUIRED <spoolmail._core.routing.TlsPolicy.REQUIRED>` targets (default
+    :func:`ssl.create_default_context`: the system's trust store; it must check host names);
+    opportunistic and ``ENCRYPT`` connections use an internal context that checks nothing
+    (TLS 1.2 at least). ``max_recipients`` caps the RCPTs of one transaction (100, IIS's default
+    and RFC 5321 §4.5.3.1.8's minimum); more recipients go in further transactions on the same
+    connection, each sending the message again. Safe to share between threads: each :meth:`send`
+    uses its own connection. Call :meth:`close` (or use it as a context manager) to QUIT the
+    connections it keeps. Kept connections are reused only for an equal :class:`Target`: same
+    address, name, TLS policy and credentials.
+
+    The session, as ``target.tls`` asks (RFC 3207):
+
+    - ``NEVER``: no STARTTLS. ``OPPORTUNISTIC``: STARTTLS when offered, certificate unchecked;
+      plain text when it is not offered or is refused; when the handshake fails, one new
+      connection in plain text (never with credentials). ``ENCRYPT``: STARTTLS or nothing,
+      certificate unchecked. ``REQUIRED``: STARTTLS or nothing, and the certificate must verify
+      against ``tls_context`` and match the target's name (or its address, for a literal).
+      After STARTTLS, EHLO again (RFC 3207 §4.2).
+    - With ``target.credentials``: AUTH PLAIN (or LOGIN when PLAIN is not offered) after TLS,
+      never in the clear (RFC 4954); the transcript shows ``AUTH PLAIN <redacted>``.
+    - With PIPELINING (RFC 2920): MAIL, the RCPTs and DATA are written together (in groups of
+      at most 4 KB, §3.1) and the replies read after, in order; without it, one at a time.
+    - A RCPT answered "too many recipients" (452, RFC 5321 §4.5.3.1.10) goes in the next
+      transaction on the same connection, which holds no more than the server had room for; a
+      transaction in which the server takes no recipient at all ends the delivery with that 452.
 
     What each outcome becomes, for every recipient not answered yet (RFC 3463 codes):
 
     - the server's own reply: 4xx/5xx to MAIL (everyone), to RCPT (that recipient), to DATA or
-      the final "." (every accepted recipient); 421 at any point, after which the connection closes;
+      the final "." (every recipient accepted in that transaction); 421 at any point, after
+      which the connection closes;
     - ``451 4.4.1``: no connection (refused, unreachable, connect timeout) or a non-2xx greeting;
     - ``451 4.4.3``: the host name does not resolve;
     - ``451 4.4.2``: the connection broke or timed out after it was established;
-    - ``451 4.5.0``: the server sent garbage or a reply of the wrong class;
+    - ``451 4.5.0``: the server sent garbage or a reply of the wrong class, or refused RSET;
+    - ``451 4.7.4``: TLS is required (``ENCRYPT``, ``REQUIRED``) but STARTTLS is not offered or
+      is refused; or credentials are set and the server offers neither PLAIN nor LOGIN;
+    - ``451 4.7.5``: the TLS handshake failed, or the certificate did not verify;
+    - ``451 4.7.10``: credentials are set but the connection has no TLS;
+    - ``451 4.7.8`` (or ``4.7.x`` after the server's ``5.7.x``): the server refused AUTH;
     - ``552 5.3.4``: the message exceeds the server's SIZE (no MAIL is sent);
     - ``553 5.6.7``: non-ASCII addresses and no SMTPUTF8 (no MAIL is sent);
     - ``553 5.1.7`` / ``553 5.1.3``: a sender / recipient address with control characters.
@@ -504,15 +809,35 @@ class SmtpTransport:
         helo_name: str,
         timeouts: SmtpTimeouts = _RFC_TIMEOUTS,
         monotonic: Callable[[], float] = time.monotonic,
+        tls_context: ssl.SSLContext | None = None,
+        max_recipients: int = _MAX_RECIPIENTS,
     ) -> None:
         # RFC 5321 §4.1.1.1: EHLO names this host by its FQDN or an address literal.
         if not _HELO_NAME.fullmatch(helo_name):
             raise ConfigurationError(
                 f"helo_name must be this host's FQDN or an address literal, not {helo_name!r}"
             )
+        if (
+            isinstance(max_recipients, bool)
+            or not isinstance(max_recipients, int)
+            or max_recipients < 1
+        ):
+            raise ConfigurationError(
+                f"max_recipients must be a whole number above 0, not {max_recipients!r}"
+            )
+        if tls_context is None:
+            tls_context = ssl.create_default_context()
+        elif tls_context.verify_mode != ssl.CERT_REQUIRED or not tls_context.check_hostname:
+            raise ConfigurationError(
+                "tls_context is what TlsPolicy.REQUIRED verifies certificates with: it needs "
+                "verify_mode CERT_REQUIRED and check_hostname True"
+            )
         self._helo_name = helo_name
         self._timeouts = timeouts
         self._monotonic = monotonic
+        self._verifying = tls_context
+        self._unverified = _unverified_context()
+        self._max_recipients = max_recipients
         self._idle: dict[Target, _Session] = {}
         self._lock = threading.Lock()
 
@@ -583,20 +908,38 @@ class SmtpTransport:
         return self._open(target, transcript)
 
     def _open(self, target: Target, transcript: Transcript) -> _Session:
+        if target.credentials is not None and target.tls is TlsPolicy.NEVER:
+            # Known before connecting: nothing would be sent but a refusal to authenticate.
+            raise _SessionError(_in_the_clear(target))
+        try:
+            return self._establish(target, transcript, tls=target.tls)
+        except _HandshakeFailed as failed:
+            # Opportunistic TLS must be no worse than plain text (RFC 7435 §1.3): a server
+            # whose TLS is broken still gets its mail, over a new connection, as Postfix does
+            # at security level "may" (PLAINTEXT_FALLBACK_OK_AFTER_STARTTLS_FAILURE; Postfix
+            # first lets the message wait out one retry, which needs its age, and a transport
+            # does not know it). Not with credentials: AUTH never goes in the clear, and the
+            # handshake's failure is the better explanation of the delay.
+            if target.tls is not TlsPolicy.OPPORTUNISTIC or target.credentials is not None:
+                raise
+            transcript.note(f"{failed.reply.text}; connecting again in plain text (opportunistic)")
+            return self._establish(target, transcript, tls=TlsPolicy.NEVER)
+
+    def _establish(self, target: Target, transcript: Transcript, *, tls: TlsPolicy) -> _Session:
         session = _Session.connect(target, timeout=self._timeouts.connect, transcript=transcript)
         try:
             self._greet(session, transcript)
+            if tls is not TlsPolicy.NEVER:
+                self._start_tls(session, transcript, policy=tls)
+            if target.credentials is not None:
+                self._authenticate(session, transcript)
         except BaseException:
             self._discard(session, transcript)
             raise
         return session
 
     def _greet(self, session: _Session, transcript: Transcript) -> None:
-        """Read the greeting and introduce ourselves: EHLO, or HELO to an old server.
-
-        STARTTLS and AUTH, when they come, belong at the end of this: both follow EHLO and both
-        are followed by a fresh EHLO (RFC 3207 §4.2, RFC 4954 §4).
-        """
+        """Read the greeting and introduce ourselves."""
         host = session.target.host
         greeting = session.read_reply(
             timeout=self._timeouts.greeting, awaiting="greeting", transcript=transcript
@@ -612,6 +955,11 @@ class SmtpTransport:
                     host=host,
                 )
             )
+        self._hello(session, transcript)
+
+    def _hello(self, session: _Session, transcript: Transcript) -> None:
+        """EHLO, or HELO to an old server; records what the server offers."""
+        host = session.target.host
         ehlo = session.command(
             f"EHLO {self._helo_name}",
             timeout=self._timeouts.ehlo,
@@ -631,6 +979,122 @@ class SmtpTransport:
         if not session.positive(helo, expected=2, awaiting="reply to HELO"):
             raise _SessionError(helo.to_reply(host))
         session.extensions = SmtpExtensions()
+
+    def _start_tls(self, session: _Session, transcript: Transcript, *, policy: TlsPolicy) -> None:
+        """STARTTLS as ``policy`` asks (RFC 3207), then EHLO again over TLS."""
+        target = session.target
+        where = _where(target)
+        if not session.extensions.starttls:
+            if policy is TlsPolicy.OPPORTUNISTIC:
+                transcript.note("STARTTLS not offered; continuing in plain text (opportunistic)")
+                return
+            # RFC 3463 X.7.4 "security features not supported"; Postfix says 4.7.4 "TLS is
+            # required, but was not offered by host" and defers, as here.
+            raise _SessionError(
+                Reply(
+                    451,
+                    "4.7.4",
+                    f"TLS is required ({policy.value}), but {where} does not offer STARTTLS",
+                    host=target.host,
+                )
+            )
+        reply = session.command("STARTTLS", timeout=self._timeouts.starttls, transcript=transcript)
+        if not session.positive(reply, expected=2, awaiting="reply to STARTTLS"):
+            # RFC 3207 §4: after a refusal (454) the client decides whether to go on in the
+            # clear; the same connection is fine for that, nothing has changed on it.
+            if policy is TlsPolicy.OPPORTUNISTIC:
+                transcript.note("STARTTLS refused; continuing in plain text (opportunistic)")
+                return
+            raise _SessionError(
+                Reply(
+                    451,
+                    "4.7.4",
+                    f"TLS is required ({policy.value}), but {where} refused STARTTLS: "
+                    f"{reply.to_reply(target.host)}",
+                    host=target.host,
+                )
+            )
+        verify = policy is TlsPolicy.REQUIRED
+        stale = session.start_tls(
+            self._verifying if verify else self._unverified,
+            server_hostname=_tls_name(target),
+            timeout=self._timeouts.starttls,
+        )
+        if stale:
+            transcript.note(
+                f"discarded {stale} octets sent in plain text after the 220 to STARTTLS "
+                "(RFC 3207 section 4.2)"
+            )
+        description = session.tls_description(verified=verify)
+        transcript.note(description if verify else f"{description} ({policy.value} policy)")
+        # RFC 3207 §4.2: forget what the server said in plain text and ask again.
+        session.extensions = SmtpExtensions()
+        self._hello(session, transcript)
+
+    def _authenticate(self, session: _Session, transcript: Transcript) -> None:
+        """AUTH PLAIN, or LOGIN when PLAIN is not offered (RFC 4954), over TLS only.
+
+        Neither mechanism negotiates a security layer, so no EHLO follows (RFC 4954 §4).
+        """
+        target = session.target
+        credentials = target.credentials
+        assert credentials is not None  # noqa: S101 (called only with credentials)
+        if not session.encrypted:
+            raise _SessionError(_in_the_clear(target))
+        offered = session.extensions.auth
+        # PLAIN first: one round trip instead of three, and the same secret either way.
+        if "PLAIN" in offered:
+            mechanism = "PLAIN"
+            # RFC 4616 §2: [authzid] NUL authcid NUL passwd, as the initial response (RFC 4954 §4).
+            token = _base64("\0".join(("", credentials.username, credentials.password)))
+            reply = session.command(
+                f"AUTH PLAIN {token}",
+                timeout=self._timeouts.auth,
+                transcript=transcript,
+                shown="AUTH PLAIN <redacted>",
+            )
+        elif "LOGIN" in offered:
+            mechanism = "LOGIN"
+            reply = self._auth_login(session, transcript)
+        else:
+            shown = " ".join(sorted(offered)) or "none"
+            raise _SessionError(
+                Reply(
+                    451,
+                    "4.7.4",
+                    f"{_where(target)} offers no AUTH mechanism spoolmail speaks (PLAIN, LOGIN); "
+                    f"it offers: {shown}",
+                    host=target.host,
+                )
+            )
+        if session.positive(reply, expected=2, awaiting=f"reply to AUTH {mechanism}"):
+            transcript.note(f"authenticated as {credentials.username} ({mechanism})")
+            return
+        raise _SessionError(
+            _auth_refused(
+                reply.to_reply(target.host),
+                mechanism=mechanism,
+                username=credentials.username,
+                where=_where(target),
+            )
+        )
+
+    def _auth_login(self, session: _Session, transcript: Transcript) -> _ServerReply:
+        """AUTH LOGIN: the user name and the password, each after a 334 challenge."""
+        credentials = session.target.credentials
+        assert credentials is not None  # noqa: S101 (called only with credentials)
+        reply = session.command("AUTH LOGIN", timeout=self._timeouts.auth, transcript=transcript)
+        username = _base64(credentials.username)
+        for secret, shown in ((username, username), (_base64(credentials.password), None)):
+            if not session.positive(reply, expected=3, awaiting="reply to AUTH LOGIN"):
+                return reply
+            reply = session.command(
+                secret,
+                timeout=self._timeouts.auth,
+                transcript=transcript,
+                shown=shown or "<password redacted>",
+            )
+        return reply
 
     def _take_kept(self, target: Target) -> _Session | None:
         now = self._monotonic()
@@ -662,7 +1126,7 @@ class SmtpTransport:
                 session.command("QUIT", timeout=self._timeouts.quit, transcript=transcript)
         session.close()
 
-    # The transaction.
+    # Transactions.
 
     def _transact(
         self,
@@ -672,13 +1136,14 @@ class SmtpTransport:
         answers: dict[str, Reply],
         transcript: Transcript,
     ) -> None:
+        """One or more transactions on ``session`` until every recipient has an answer."""
         host = session.target.host
         refusal = _refusal(session.extensions, message, recipients, host)
         if refusal is not None:
             transcript.note(f"not sent: {refusal}")
             _answer_all(answers, recipients, refusal)
             return
-        sendable = []
+        pending = []
         for recipient in recipients:
             if not recipient or _UNSENDABLE.search(recipient):
                 # RFC 3463 X.1.3: bad destination mailbox address syntax.
@@ -686,29 +1151,174 @@ class SmtpTransport:
                     553, "5.1.3", f"recipient address {recipient!r} cannot be sent", host=host
                 )
             else:
-                sendable.append(recipient)
-        if not sendable:
+                pending.append(recipient)
+        if not pending:
             return
-        utf8 = _needs_smtputf8(message.sender, sendable)
+        utf8 = _needs_smtputf8(message.sender, pending)
         parameters = _mail_parameters(session.extensions, message, utf8=utf8)
-        mail = session.command(
-            f"MAIL FROM:<{message.sender}>{parameters}",
-            timeout=self._timeouts.mail,
-            transcript=transcript,
-            utf8=utf8,
-        )
-        if not session.positive(mail, expected=2, awaiting="reply to MAIL"):
-            _answer_all(answers, sendable, mail.to_reply(host))
-            return
-        accepted = self._recipients(session, sendable, answers, transcript, utf8=utf8)
-        if not accepted:
+        mail = f"MAIL FROM:<{message.sender}>{parameters}"
+        limit = self._max_recipients
+        while True:
+            batch, pending = pending[:limit], pending[limit:]
+            transaction = self._pipelined if session.extensions.pipelining else self._lockstep
+            outcome = transaction(
+                session,
+                message=message,
+                mail=mail,
+                batch=batch,
+                answers=answers,
+                transcript=transcript,
+                utf8=utf8,
+            )
+            if outcome.refused is not None:
+                # The server refused the sender; it would refuse the next transaction alike.
+                _answer_all(answers, pending, outcome.refused)
+                return
+            if outcome.over_limit:
+                if outcome.room == 0:
+                    # It took no recipient at all: another transaction now would get nowhere.
+                    answers.update(outcome.over_limit)
+                    _answer_all(answers, pending, next(iter(outcome.over_limit.values())))
+                    return
+                # RFC 5321 §4.5.3.1.10: the rest go in the next transaction, no larger than the
+                # room the server had in this one.
+                limit = min(limit, outcome.room)
+                pending = [*outcome.over_limit, *pending]
+                transcript.note(
+                    f"{host} took {outcome.room} recipients in this transaction; "
+                    f"{len(outcome.over_limit)} more go in the next (RFC 5321 section 4.5.3.1.10)"
+                )
+            if not pending:
+                return
+            transcript.note(f"next transaction on this connection: {len(pending)} recipients left")
+
+    def _lockstep(
+        self,
+        session: _Session,
+        *,
+        message: Outgoing,
+        mail: str,
+        batch: Sequence[str],
+        answers: dict[str, Reply],
+        transcript: Transcript,
+        utf8: bool,
+    ) -> _Outcome:
+        """One transaction, each command waiting for the reply to the one before."""
+        host = session.target.host
+        reply = session.command(mail, timeout=self._timeouts.mail, transcript=transcript, utf8=utf8)
+        if not session.positive(reply, expected=2, awaiting="reply to MAIL"):
+            refused = reply.to_reply(host)
+            _answer_all(answers, batch, refused)
+            return _Outcome(refused=refused)
+        rcpts = _RcptReplies(session)
+        for recipient in batch:
+            reply = session.command(
+                f"RCPT TO:<{recipient}>",
+                timeout=self._timeouts.rcpt,
+                transcript=transcript,
+                utf8=utf8,
+            )
+            rcpts.take(recipient, reply, answers)
+        if not rcpts.accepted:
             # RFC 5321 §3.3: no recipient accepted, nothing to send; end the transaction.
-            rset = session.command("RSET", timeout=self._timeouts.rset, transcript=transcript)
-            session.usable = rset.code // 100 == 2
-            return
+            self._reset(session, transcript)
+            return rcpts.outcome()
         data = session.command("DATA", timeout=self._timeouts.data_start, transcript=transcript)
+        self._send_message(
+            session,
+            message=message,
+            accepted=rcpts.accepted,
+            data=data,
+            answers=answers,
+            transcript=transcript,
+        )
+        return rcpts.outcome()
+
+    def _pipelined(
+        self,
+        session: _Session,
+        *,
+        message: Outgoing,
+        mail: str,
+        batch: Sequence[str],
+        answers: dict[str, Reply],
+        transcript: Transcript,
+        utf8: bool,
+    ) -> _Outcome:
+        """One transaction with PIPELINING (RFC 2920 §3.1): MAIL, every RCPT and DATA, which
+        may end a group, are sent before their replies are read, in order."""
+        host = session.target.host
+        commands = [mail, *(f"RCPT TO:<{recipient}>" for recipient in batch), "DATA"]
+        transcript.note(f"pipelining MAIL, {len(batch)} RCPT and DATA (RFC 2920)")
+        rcpts = _RcptReplies(session)
+        mail_reply: _ServerReply | None = None
+        data: _ServerReply | None = None
+        for start, group in _pipeline_groups(commands, utf8=utf8):
+            session.send_lines(group, timeout=self._timeouts.mail, transcript=transcript, utf8=utf8)
+            for index in range(start, start + len(group)):
+                if index == 0:
+                    mail_reply = session.read_reply(
+                        timeout=self._timeouts.mail, awaiting="reply to MAIL", transcript=transcript
+                    )
+                    session.positive(mail_reply, expected=2, awaiting="reply to MAIL")
+                elif index <= len(batch):
+                    reply = session.read_reply(
+                        timeout=self._timeouts.rcpt, awaiting="reply to RCPT", transcript=transcript
+                    )
+                    if mail_reply is not None and mail_reply.code // 100 == 2:
+                        rcpts.take(batch[index - 1], reply, answers)
+                else:
+                    data = session.read_reply(
+                        timeout=self._timeouts.data_start,
+                        awaiting="reply to DATA",
+                        transcript=transcript,
+                    )
+            assert mail_reply is not None  # noqa: S101 (the first group starts with MAIL)
+            if mail_reply.code // 100 != 2:
+                break
+        assert mail_reply is not None  # noqa: S101 (the first group starts with MAIL)
+        if mail_reply.code // 100 != 2:
+            # The RCPTs and DATA after a refused MAIL were refused too ("503 need MAIL").
+            if data is not None and data.code == 354:
+                self._abandon_data(session, transcript)
+            refused = mail_reply.to_reply(host)
+            _answer_all(answers, batch, refused)
+            return _Outcome(refused=refused)
+        assert data is not None  # noqa: S101 (MAIL was accepted, so every group went)
+        if not rcpts.accepted:
+            # RFC 2920 §3.1: with every RCPT refused, the reply to DATA must still be checked;
+            # refused, RSET ends the transaction, accepted, a lone "." does.
+            if session.positive(data, expected=3, awaiting="reply to DATA"):
+                self._abandon_data(session, transcript)
+            else:
+                self._reset(session, transcript)
+            return rcpts.outcome()
+        self._send_message(
+            session,
+            message=message,
+            accepted=rcpts.accepted,
+            data=data,
+            answers=answers,
+            transcript=transcript,
+        )
+        return rcpts.outcome()
+
+    def _send_message(
+        self,
+        session: _Session,
+        *,
+        message: Outgoing,
+        accepted: Sequence[str],
+        data: _ServerReply,
+        answers: dict[str, Reply],
+        transcript: Transcript,
+    ) -> None:
+        """After the reply to DATA: stream the message, and answer the accepted recipients."""
+        host = session.target.host
         if not session.positive(data, expected=3, awaiting="reply to DATA"):
             _answer_all(answers, accepted, data.to_reply(host))
+            # MAIL and the RCPTs still stand; end the transaction before any next one.
+            self._reset(session, transcript)
             return
         with message.open() as source:
             sent = session.send_data(source, timeout=self._timeouts.data_block)
@@ -723,26 +1333,25 @@ class SmtpTransport:
         session.positive(end, expected=2, awaiting="reply to the end of data")
         _answer_all(answers, accepted, end.to_reply(host))
 
-    def _recipients(
-        self,
-        session: _Session,
-        recipients: Sequence[str],
-        answers: dict[str, Reply],
-        transcript: Transcript,
-        *,
-        utf8: bool,
-    ) -> list[str]:
-        """RCPT TO for each recipient; rejected ones are answered now, accepted ones returned."""
-        accepted = []
-        for recipient in recipients:
-            reply = session.command(
-                f"RCPT TO:<{recipient}>",
-                timeout=self._timeouts.rcpt,
-                transcript=transcript,
-                utf8=utf8,
+    def _abandon_data(self, session: _Session, transcript: Transcript) -> None:
+        """End a DATA the server accepted although no recipient was: a lone "." (RFC 2920 §3.1);
+        its reply concerns no recipient."""
+        transcript.note("DATA accepted with no recipient accepted: ending it at once")
+        transcript.sent(".")
+        session.send_raw(b".\r\n", timeout=self._timeouts.data_block, sending="the end of data")
+        session.read_reply(
+            timeout=self._timeouts.data_end,
+            awaiting="reply to the end of data",
+            transcript=transcript,
+        )
+
+    def _reset(self, session: _Session, transcript: Transcript) -> None:
+        """RSET: end an open transaction (RFC 5321 §4.1.1.5)."""
+        host = session.target.host
+        reply = session.command("RSET", timeout=self._timeouts.rset, transcript=transcript)
+        if reply.code // 100 != 2:
+            # The server is in a state nothing more can be done in (RFC 3463 X.5.0).
+            session.usable = False
+            raise _SessionError(
+                Reply(451, "4.5.0", f"{host} refused RSET: {reply.to_reply(host)}", host=host)
             )
-            if session.positive(reply, expected=2, awaiting="reply to RCPT"):
-                accepted.append(recipient)
-            else:
-                answers[recipient] = reply.to_reply(session.target.host)
-        return accepted
