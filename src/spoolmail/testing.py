@@ -7,14 +7,15 @@ Installed with spoolmail, the plugin gives every pytest run these fixtures:
   answers 250, or whatever you script per recipient.
 - ``spoolmail_spool``: an in-memory :class:`~spoolmail.Spool` on that clock.
 - ``spoolmail_service``: a :class:`~spoolmail.MailService` over those three, local domain
-  ``example.com``, smart host ``smarthost.test``, IIS retry schedule.
+  ``example.com``, smart host ``smarthost.test``, IIS retry schedule, and a
+  :class:`StaticResolver` instead of DNS.
 
 Nothing here opens a socket or touches a disk.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -22,14 +23,14 @@ import attrs
 
 from spoolmail._core.reply import Reply
 from spoolmail._core.retry import RetryPolicy
-from spoolmail._core.routing import Router, Target
+from spoolmail._core.routing import Hop, HopKind, Router, Target
 from spoolmail._core.transcript import Transcript
 from spoolmail._service.service import MailService
 from spoolmail._store.spool import Spool
 from spoolmail._store.store import Durability
-from spoolmail._transport.base import Outgoing
+from spoolmail._transport.base import Outgoing, Resolution
 
-__all__ = ["CapturedMessage", "CapturingTransport", "FakeClock"]
+__all__ = ["CapturedMessage", "CapturingTransport", "FakeClock", "StaticResolver"]
 
 START = datetime(2026, 11, 28, 10, 0, tzinfo=UTC)
 
@@ -71,6 +72,60 @@ class CapturedMessage:
 
 
 Answer = Reply | Callable[[str], Reply]
+
+
+class StaticResolver:
+    """A name resolver answering from tables, for tests: no DNS query ever leaves the process.
+
+    ``mx`` maps a domain to its (preference, exchange) records, ``hosts`` a host name to its
+    addresses; a name in neither resolves to ``fallback`` when it is set (so any domain can be
+    routed in a test), and otherwise does not exist (``550 5.1.2``). Lookups are recorded in
+    :attr:`lookups`.
+    """
+
+    def __init__(
+        self,
+        *,
+        mx: Mapping[str, Sequence[tuple[int, str]]] | None = None,
+        hosts: Mapping[str, Sequence[str]] | None = None,
+        fallback: str | None = None,
+    ) -> None:
+        self.mx = {k.lower(): list(v) for k, v in (mx or {}).items()}
+        self.hosts = {k.lower(): list(v) for k, v in (hosts or {}).items()}
+        self.fallback = fallback
+        self.lookups: list[Hop] = []
+
+    def _addresses(self, name: str) -> list[str]:
+        found = self.hosts.get(name.lower())
+        if found is None and self.fallback is not None:
+            found = [self.fallback]
+        return found or []
+
+    def resolve(self, hop: Hop, transcript: Transcript) -> Resolution:
+        self.lookups.append(hop)
+        if hop.kind is HopKind.ADDRESS:
+            names = [(hop.name, [hop.name])]
+        elif hop.kind is HopKind.MX and hop.name.lower() in self.mx:
+            records = sorted(self.mx[hop.name.lower()])
+            names = [(exchange, self._addresses(exchange)) for _, exchange in records]
+        else:
+            names = [(hop.name, self._addresses(hop.name))]
+        targets = tuple(
+            Target(
+                address,
+                hop.port,
+                literal=hop.kind is HopKind.ADDRESS,
+                name=None if hop.kind is HopKind.ADDRESS else name,
+                tls=hop.tls,
+                credentials=hop.credentials,
+            )
+            for name, addresses in names
+            for address in addresses
+        )
+        transcript.note(f"static lookup of {hop}: {', '.join(map(str, targets)) or 'nothing'}")
+        if targets:
+            return Resolution(targets)
+        return Resolution(reply=Reply(550, "5.1.2", f"{hop.name} does not exist (static table)"))
 
 
 class CapturingTransport:
@@ -152,6 +207,7 @@ def spoolmail_service(
         router=Router(local_domains=["example.com"], smart_host="smarthost.test:25"),
         retry=RetryPolicy.iis(),
         transport=spoolmail_transport,
+        host_resolver=StaticResolver(fallback="127.0.0.1"),
         clock=spoolmail_clock,
         fqdn="mail.example.com",
     )

@@ -96,12 +96,25 @@ def test_queue_and_badmail_listings(root: Path) -> None:
         b"From: a@example.com\r\nTo: x@remote.test\r\n\r\nhi\r\n"
     )
     (root / "Pickup" / "broken.eml").write_bytes(b"no headers here\r\n")
-    assert run("--root", str(root), "run", "--once", "--local-domain", "example.com")[0] == 0
+    down = "[127.0.0.1]:1"  # a smart host that is down: nothing listens there
+    assert (
+        run(
+            "--root",
+            str(root),
+            "run",
+            "--once",
+            "--local-domain",
+            "example.com",
+            "--smart-host",
+            down,
+        )[0]
+        == 0
+    )
     status, out = run("--root", str(root), "queue", "--json")
     [row] = [json.loads(line) for line in out.splitlines()]
     assert row["state"] == "queued"
     assert row["recipients"][0]["address"] == "x@remote.test"
-    assert row["recipients"][0]["reply"].startswith("451 4.4.0 no route to remote.test")
+    assert row["recipients"][0]["reply"].startswith("451 4.4.1 connection to 127.0.0.1:1 failed")
     status, out = run("--root", str(root), "badmail")
     assert status == 0
     assert "5.6.0 line 1 is not a header field" in out

@@ -12,6 +12,8 @@ from spoolmail import Spool
 from spoolmail._cli.main import EX_FAILED, EX_OK, EX_TEMPFAIL, EX_USAGE, _service, main
 from spoolmail._cli.settings import Settings
 
+DOWN = "[127.0.0.1]:1"
+
 
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
@@ -38,7 +40,10 @@ class Cli:
         (self.root / "Pickup" / name).write_bytes(data)
 
     def run_once(self, *flags: str) -> str:
-        status, out = self("run", "--once", "--local-domain", "example.com", *flags)
+        # Remote mail goes to a smart host that is down (nothing listens on 127.0.0.1:1).
+        status, out = self(
+            "run", "--once", "--local-domain", "example.com", "--smart-host", DOWN, *flags
+        )
         assert status == EX_OK, self.err()
         return out
 
@@ -113,8 +118,12 @@ def test_queue_json_keys(cli: Cli, two: tuple[str, str]) -> None:
     assert bob["state"] == "delivered"
     assert bob["reply"] == f"250 2.0.0 delivered to Drop/{first}.eml"
     assert set(dan) == {"address", "state", "reply", "host", "updated"}
-    assert (dan["address"], dan["state"], dan["host"]) == ("dan@remote.test", "pending", None)
-    assert dan["reply"].startswith("451 4.4.0 no route to remote.test")
+    assert (dan["address"], dan["state"], dan["host"]) == (
+        "dan@remote.test",
+        "pending",
+        "127.0.0.1",
+    )
+    assert dan["reply"].startswith("451 4.4.1 connection to 127.0.0.1:1 failed")
     # "queue --json" (no action) is the same listing, as before the actions existed.
     assert cli("queue", "--json") == cli("queue", "list", "--json")
 
@@ -138,7 +147,9 @@ def test_queue_table(cli: Cli, two: tuple[str, str]) -> None:
     assert lines[1].startswith(f"{first}  queued  ")
     assert lines[1].endswith("alice@example.com")
     assert lines[2].startswith("    delivered  bob@example.com: 250 2.0.0")
-    assert lines[3].startswith("    pending    dan@remote.test: 451 4.4.0 no route")
+    assert lines[3].startswith(
+        "    pending    dan@remote.test: 451 4.4.1 connection to 127.0.0.1:1 failed"
+    )
     assert lines[4].startswith(f"{second}  queued  ")
     assert lines[-1].startswith("-- 2 messages (0 on hold, 0 being delivered), ")
     assert cli("queue", "list") == (status, out)
@@ -158,9 +169,9 @@ def test_queue_show(cli: Cli, two: tuple[str, str]) -> None:
     assert out.startswith(f"Queue ID:     {first}\nState:        queued\n")
     assert "Sender:       alice@example.com\n" in out
     assert "Next attempt: " in out
-    assert "  pending    dan@remote.test: 451 4.4.0 no route to remote.test" in out
+    assert "  pending    dan@remote.test: 451 4.4.1 connection to 127.0.0.1:1 failed" in out
     transcript = out.split("\nTranscript:\n", 1)[1]
-    assert "attempt 1: no route" in transcript
+    assert "attempt 1: SMTP via [127.0.0.1]:1" in transcript
     assert "attempt 1: local delivery to Drop" in transcript
     status, out = cli("queue", "show", first, "--message")
     assert status == EX_OK

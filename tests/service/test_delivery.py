@@ -4,28 +4,24 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import attrs
 import pytest
 
 from spoolmail import Reply
 from spoolmail._core.envelope import Envelope, Recipient, encode_envelope
-from spoolmail._core.routing import Route, RouteKind, Target
+from spoolmail._core.routing import Router, Target
 from spoolmail._service.delivery import DeadDestinations, Deliverer
 from spoolmail._store import pyfs
 from spoolmail._store.spool import Spool
-from spoolmail.testing import CapturingTransport, FakeClock
+from spoolmail.testing import CapturingTransport, FakeClock, StaticResolver
 
-PRIMARY, BACKUP = Target("mx1.test"), Target("mx2.test")
+PRIMARY = Target("127.0.0.11", name="mx1.test")
+BACKUP = Target("127.0.0.12", name="mx2.test")
+NAMES = StaticResolver(
+    mx={"remote.test": [(10, "mx1.test"), (20, "mx2.test")]},
+    hosts={"mx1.test": ["127.0.0.11"], "mx2.test": ["127.0.0.12"]},
+)
 LATER = Reply(451, "4.3.0", "busy", host="mx1.test")
 DOWN = Reply(451, "4.4.1", "connection refused", host="mx1.test")
-
-
-@attrs.frozen
-class TwoHosts:
-    """A router that sends everything to two hosts in order, as an MX list would."""
-
-    def route(self, address: str) -> Route:
-        return Route(RouteKind.SMTP, (PRIMARY, BACKUP))
 
 
 class PerHost(CapturingTransport):
@@ -43,7 +39,8 @@ class PerHost(CapturingTransport):
 def deliverer(spool: Spool, transport: CapturingTransport, clock: FakeClock) -> Deliverer:
     return Deliverer(
         store=spool.store,
-        router=TwoHosts(),  # type: ignore[arg-type]
+        router=Router(local_domains=["example.com"]),
+        resolver=NAMES,
         transport=transport,
         clock=clock,
         max_message_size=1 << 20,
@@ -97,7 +94,7 @@ def test_a_silent_host_is_remembered_and_skipped(spool: Spool, clock: FakeClock)
     agent.dead.mark(PRIMARY, clock() + timedelta(minutes=15), DOWN)
     again = agent.attempt(envelope)
     assert transport.attempts[-1] == (BACKUP, ("x@remote.test",))  # mx1 was not knocked on
-    assert "mx1.test:25 did not answer" in again.transcripts["RTR"].text
+    assert "mx1.test[127.0.0.11]:25 did not answer" in again.transcripts["RTR"].text
 
 
 def test_dead_marks_expire() -> None:

@@ -16,7 +16,7 @@ from spoolmail import MailService, RecipientState, Reply, RetryPolicy, Router, S
 from spoolmail._core.envelope import Envelope, Notify, Recipient, encode_envelope
 from spoolmail._store import pyfs
 from spoolmail.exceptions import MessageError, NotFound, SpoolmailError, StorageError
-from spoolmail.testing import CapturingTransport, FakeClock
+from spoolmail.testing import CapturingTransport, FakeClock, StaticResolver
 
 LATER = Reply(451, "4.3.0", "mailbox busy", host="relay.test")
 NO = Reply(550, "5.1.1", "no such user", host="relay.test")
@@ -38,6 +38,7 @@ def make_service(
     spool: Spool, transport: CapturingTransport, clock: FakeClock, **settings: Any
 ) -> MailService:
     settings.setdefault("router", Router(local_domains=["example.com"], smart_host="relay.test"))
+    settings.setdefault("host_resolver", StaticResolver(fallback="127.0.0.1"))
     return MailService(spool, transport=transport, clock=clock, fqdn="mail.example.com", **settings)
 
 

@@ -35,7 +35,7 @@ from spoolmail._core.ids import QueueIds
 from spoolmail._store import pyfs
 from spoolmail._store.store import MailStore, PickupClaim
 from spoolmail.exceptions import ConfigurationError, MessageError
-from spoolmail.testing import CapturingTransport, FakeClock
+from spoolmail.testing import CapturingTransport, FakeClock, StaticResolver
 
 PICKUP_FILES = Path(__file__).parent.parent / "core" / "pickup_files"
 OK = Reply(250, "2.0.0", "ok", host="relay.test")
@@ -53,6 +53,7 @@ def make_service(
     settings.setdefault(
         "router", Router(local_domains=["example.com"], smart_host="relay.test:2525")
     )
+    settings.setdefault("host_resolver", StaticResolver(fallback="127.0.0.1"))
     return MailService(spool, transport=transport, clock=clock, fqdn="mail.example.com", **settings)
 
 
@@ -293,7 +294,7 @@ def test_per_recipient_outcomes_then_retry_delivers_the_deferred(
         "<ok@remote.test>\ndelivered: 250 2.0.0 captured (from capture.test)"
     )
     assert "<later@remote.test>\npending: 451 4.3.0 mailbox busy" in transcript
-    assert "attempt 1: SMTP to relay.test:2525" in transcript
+    assert "attempt 1: SMTP via relay.test:2525" in transcript
 
     # The DSN went to the (remote) sender through the same transport, from <>.
     dsn = transport.messages[1]
@@ -353,7 +354,7 @@ def test_null_sender_failure_goes_to_badmail_never_answered(
     item = spool.badmail_item(queue_id)
     assert item.reason.startswith("5.1.1 This message has a null sender")
     assert "<no@remote.test>: 550 5.1.1 no such user (from relay.test)" in item.report
-    assert "SMTP to relay.test:2525" in item.report  # the transcript follows the reason
+    assert "SMTP via relay.test:2525" in item.report  # the transcript follows the reason
     assert item.envelope is not None
     assert item.envelope.recipients[0].state is RecipientState.FAILED
     assert spool.badmail_message(queue_id).startswith(b"Received: from mail pickup service")
@@ -384,16 +385,41 @@ def test_hop_limit_fails_with_5_4_6(spool: Spool, service: MailService) -> None:
     assert b"Status: 5.4.6" in spool.drop_message(dsn_id)
 
 
-def test_no_smart_host_waits_with_the_reason(
+def test_without_smart_host_mail_goes_to_the_mx_hosts(
     spool: Spool, transport: CapturingTransport, clock: FakeClock
 ) -> None:
-    service = make_service(spool, transport, clock, router=LOCAL_ONLY)
+    names = StaticResolver(
+        mx={"remote.test": [(20, "backup.remote.test"), (10, "mx.remote.test")]},
+        hosts={"mx.remote.test": ["127.0.0.11"], "backup.remote.test": ["127.0.0.12"]},
+    )
+    service = make_service(spool, transport, clock, router=LOCAL_ONLY, host_resolver=names)
+    transport.answers = {"dan@remote.test": LATER}
     spool.submit(message(to="dan@remote.test"))
     report = service.run_once()
     [queue_id] = report.picked_up
     assert report.deferred == ((queue_id, "dan@remote.test"),)
+    # The best MX deferred, so the backup was tried too (RFC 5321 section 5.1).
+    assert [(t.host, t.name) for t, _ in transport.attempts] == [
+        ("127.0.0.11", "mx.remote.test"),
+        ("127.0.0.12", "backup.remote.test"),
+    ]
+    transcript = spool.transcript(queue_id)
+    assert "attempt 1: SMTP via MX of remote.test" in transcript
+
+
+def test_a_domain_that_does_not_exist_fails_at_once(
+    spool: Spool, transport: CapturingTransport, clock: FakeClock
+) -> None:
+    service = make_service(
+        spool, transport, clock, router=LOCAL_ONLY, host_resolver=StaticResolver()
+    )
+    spool.submit(message(to="dan@nowhere.test", sender="alice@example.com"))
+    report = service.run_once()
+    [queue_id] = report.picked_up
+    assert report.failed == ((queue_id, "dan@nowhere.test"),)
     assert transport.attempts == []
-    assert "no smart host is set" in spool.transcript(queue_id)
+    [dsn_id] = report.dsns
+    assert b"Status: 5.1.2" in spool.drop_message(dsn_id)
 
 
 def test_unexpected_transport_error_keeps_the_message_and_the_loop(

@@ -25,7 +25,7 @@ from spoolmail import MailService, Reply, Router, Spool
 from spoolmail._core.envelope import decode_envelope
 from spoolmail._core.ids import QueueIds
 from spoolmail._store.store import Durability
-from spoolmail.testing import CapturingTransport, FakeClock
+from spoolmail.testing import CapturingTransport, FakeClock, StaticResolver
 
 SEQ = re.compile(rb"X-Seq: (\d+)")
 RECIPIENTS = ["bob@example.com", "ok@remote.test", "slow@remote.test", "gone@remote.test"]
@@ -55,6 +55,7 @@ class SpoolMachine(RuleBasedStateMachine):
             self.spool,
             router=Router(local_domains=["example.com"], smart_host="relay.test"),
             transport=self.transport,
+            host_resolver=StaticResolver(fallback="127.0.0.1"),
             clock=self.clock,
             fqdn="mail.example.com",
         )

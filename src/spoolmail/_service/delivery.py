@@ -33,7 +33,7 @@ from spoolmail._core.retry import short_retrying
 from spoolmail._core.routing import Route, RouteKind, Router, Target
 from spoolmail._core.transcript import Transcript
 from spoolmail._store.store import DROP, QUEUE, MailStore, chunks, read_head
-from spoolmail._transport.base import Outgoing, Transport
+from spoolmail._transport.base import HostResolver, Outgoing, Transport
 from spoolmail.exceptions import SpoolmailError
 
 __all__ = ["Attempt", "DeadDestinations", "Deliverer", "TranscriptKind"]
@@ -111,6 +111,8 @@ class Deliverer:
     clock: Callable[[], datetime]
     max_message_size: int
     max_hop_count: int
+    resolver: HostResolver
+    masquerade: str | None = None
     sleep: Callable[[float], None] = time.sleep
     dead: DeadDestinations = attrs.Factory(DeadDestinations)
 
@@ -135,12 +137,8 @@ class Deliverer:
             transcript.begin(f"attempt {envelope.attempts + 1}: {route.description}")
             if route.kind is RouteKind.LOCAL:
                 attempt.replies.update(self._deliver_local(envelope, addresses, transcript))
-            elif route.kind is RouteKind.SMTP:
-                self._deliver_remote(envelope, route, addresses, transcript, attempt)
             else:
-                assert route.reply is not None  # noqa: S101 (a NONE route always says why)
-                transcript.note(str(route.reply))
-                attempt.replies.update(dict.fromkeys(addresses, route.reply))
+                self._deliver_remote(envelope, route, addresses, transcript, attempt)
         return attempt
 
     def _precheck(self, envelope: Envelope) -> Reply | None:
@@ -171,25 +169,57 @@ class Deliverer:
         transcript: Transcript,
         attempt: Attempt,
     ) -> None:
-        """Try the route's hosts in order; the next host gets only what this one deferred.
+        """Try the route's hops in order: the domain's MX hosts, then (IIS's "attempt direct
+        delivery before sending to smart host") the smart host for whatever they did not take.
+
+        A hop that resolves to nothing passes its recipients on with its reason; a server's
+        own 5xx is final and not tried elsewhere.
+        """
+        remaining = list(addresses)
+        for hop in route.hops:
+            resolution = self.resolver.resolve(hop, transcript)
+            if not resolution.targets:
+                reply = resolution.reply or Reply(451, "4.4.3", f"{hop} resolves to nothing")
+                transcript.note(f"{hop}: {reply}")
+                attempt.replies.update(dict.fromkeys(remaining, reply))
+                continue
+            replies = self._try_targets(
+                envelope, resolution.targets, remaining, transcript, attempt
+            )
+            attempt.replies.update(replies)
+            remaining = [a for a in remaining if 400 <= replies[a].code < 500]
+            if not remaining:
+                break
+
+    def _try_targets(
+        self,
+        envelope: Envelope,
+        targets: Sequence[Target],
+        addresses: Sequence[str],
+        transcript: Transcript,
+        attempt: Attempt,
+    ) -> dict[str, Reply]:
+        """Send to each target in turn; the next gets only what this one deferred.
 
         RFC 5321 section 5.1: on a temporary failure at one host, try the next before giving
         up for now. tenacity drives the hosts (one try each, no wait in between).
         """
-        hosts = iter(route.targets)
+        hosts = iter(targets)
+        replies: dict[str, Reply] = {}
         remaining = list(addresses)
 
         def next_host() -> None:
             nonlocal remaining
-            target = next(hosts)
-            replies = self._send(envelope, target, remaining, transcript, attempt)
-            remaining = [a for a in remaining if 400 <= replies[a].code < 500]
+            sent = self._send(envelope, next(hosts), remaining, transcript, attempt)
+            replies.update(sent)
+            remaining = [a for a in remaining if 400 <= sent[a].code < 500]
             if remaining:
-                raise _TryNextHost(target)
+                raise _TryNextHost
 
-        tries = short_retrying(sleep=self.sleep, attempts=len(route.targets), retry_on=_TryNextHost)
+        tries = short_retrying(sleep=self.sleep, attempts=len(targets), retry_on=_TryNextHost)
         with contextlib.suppress(_TryNextHost):
             tries(next_host)
+        return replies
 
     def _send(
         self,
@@ -202,23 +232,28 @@ class Deliverer:
         skipped = self.dead.reason(target, self.clock())
         if skipped is not None:
             transcript.note(str(skipped))
-            replies: Mapping[str, Reply] = dict.fromkeys(addresses, skipped)
+            return dict.fromkeys(addresses, skipped)
+        outgoing = Outgoing(
+            id=envelope.id,
+            sender=self._mail_from(envelope.sender),
+            recipients=addresses,
+            size=envelope.size,
+            open=lambda: self.store.open(QUEUE, f"{envelope.id}.eml"),
+        )
+        replies = self.transport.send(target, outgoing, transcript)
+        silent = _unreachable([replies[a] for a in addresses])
+        if silent is None:
+            self.dead.clear(target)
         else:
-            outgoing = Outgoing(
-                id=envelope.id,
-                sender=envelope.sender,
-                recipients=addresses,
-                size=envelope.size,
-                open=lambda: self.store.open(QUEUE, f"{envelope.id}.eml"),
-            )
-            replies = self.transport.send(target, outgoing, transcript)
-            silent = _unreachable([replies[a] for a in addresses])
-            if silent is None:
-                self.dead.clear(target)
-            else:
-                attempt.unreachable[target] = silent
-        attempt.replies.update(replies)
+            attempt.unreachable[target] = silent
         return replies
+
+    def _mail_from(self, sender: str) -> str:
+        """IIS's masquerade domain: a local domain in MAIL FROM is replaced on the first hop."""
+        local, at, domain = sender.rpartition("@")
+        if self.masquerade and at and self.router.is_local(domain):
+            return f"{local}@{self.masquerade}"
+        return sender
 
     def _deliver_local(
         self, envelope: Envelope, addresses: Sequence[str], transcript: Transcript

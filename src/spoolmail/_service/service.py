@@ -52,7 +52,8 @@ from spoolmail._service.intake import Intake
 from spoolmail._service.schedule import Schedule
 from spoolmail._store.spool import Spool
 from spoolmail._store.store import BADMAIL, QUEUE, MailStore, PickupClaim, QueueFiles
-from spoolmail._transport.base import Transport
+from spoolmail._transport.base import HostResolver, Transport
+from spoolmail._transport.dns import DnsResolver
 from spoolmail._transport.smtp import SmtpTransport
 from spoolmail.exceptions import ConfigurationError, EnvelopeError, MessageError, SpoolmailError
 
@@ -135,6 +136,10 @@ class MailService:
     - ``clock`` defaults to the spool's; ``fqdn`` (``Received:``, Message-IDs, DSNs) to this
       machine's name.
     - ``ndr_copy_to`` is IIS's "Send copy of Non-Delivery Report to": failure DSNs go there too.
+    - ``masquerade_domain`` replaces a local domain in MAIL FROM when sending out (IIS's
+      "Masquerade domain", KB Q303734: first hop only; headers are left alone).
+    - ``host_resolver`` looks names up (default: DNS through ``router.resolver``; tests use
+      ``spoolmail.testing.StaticResolver``).
     - ``pickup_dot_stuffed=True`` un-stuffs leading dots in Pickup files as IIS 5+ did
       (``DisablePickupDotStuff=0``); by default files are taken as written (.NET Core 3+).
     - One service per :class:`Spool` object at a time; a second process opens its own Spool.
@@ -148,10 +153,12 @@ class MailService:
         retry: RetryPolicy | None = None,
         local_retry: RetryPolicy | None = None,
         transport: Transport | None = None,
+        host_resolver: HostResolver | None = None,
         clock: Callable[[], datetime] | None = None,
         fqdn: str | None = None,
         limits: Limits | None = None,
         ndr_copy_to: str | None = None,
+        masquerade_domain: str | None = None,
         pickup_dot_stuffed: bool = False,
         rescan_interval: timedelta = timedelta(minutes=5),
     ) -> None:
@@ -196,6 +203,9 @@ class MailService:
             clock=self.clock,
             max_message_size=limits.max_message_size,
             max_hop_count=limits.max_hop_count,
+            resolver=host_resolver
+            or DnsResolver(resolver=self.router.resolver, local_names=[self.fqdn]),
+            masquerade=_checked_fqdn(masquerade_domain) if masquerade_domain else None,
         )
         self.bounce = Bouncer(
             store=self.store,
