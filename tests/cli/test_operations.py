@@ -118,12 +118,11 @@ def test_queue_json_keys(cli: Cli, two: tuple[str, str]) -> None:
     assert bob["state"] == "delivered"
     assert bob["reply"] == f"250 2.0.0 delivered to Drop/{first}.eml"
     assert set(dan) == {"address", "state", "reply", "host", "updated"}
-    assert (dan["address"], dan["state"], dan["host"]) == (
-        "dan@remote.test",
-        "pending",
-        "127.0.0.1",
-    )
-    assert dan["reply"].startswith("451 4.4.1 connection to 127.0.0.1:1 failed")
+    assert (dan["address"], dan["state"]) == ("dan@remote.test", "pending")
+    # The smart host refused (host 127.0.0.1), or, for the message that waited its turn, was
+    # known to be down (spoolmail's own verdict: no host).
+    assert dan["host"] in ("127.0.0.1", None)
+    assert dan["reply"].startswith("451 4.4.1 ")
     # "queue --json" (no action) is the same listing, as before the actions existed.
     assert cli("queue", "--json") == cli("queue", "list", "--json")
 
@@ -147,9 +146,7 @@ def test_queue_table(cli: Cli, two: tuple[str, str]) -> None:
     assert lines[1].startswith(f"{first}  queued  ")
     assert lines[1].endswith("alice@example.com")
     assert lines[2].startswith("    delivered  bob@example.com: 250 2.0.0")
-    assert lines[3].startswith(
-        "    pending    dan@remote.test: 451 4.4.1 connection to 127.0.0.1:1 failed"
-    )
+    assert lines[3].startswith("    pending    dan@remote.test: 451 4.4.1 ")
     assert lines[4].startswith(f"{second}  queued  ")
     assert lines[-1].startswith("-- 2 messages (0 on hold, 0 being delivered), ")
     assert cli("queue", "list") == (status, out)
@@ -169,7 +166,7 @@ def test_queue_show(cli: Cli, two: tuple[str, str]) -> None:
     assert out.startswith(f"Queue ID:     {first}\nState:        queued\n")
     assert "Sender:       alice@example.com\n" in out
     assert "Next attempt: " in out
-    assert "  pending    dan@remote.test: 451 4.4.1 connection to 127.0.0.1:1 failed" in out
+    assert "  pending    dan@remote.test: 451 4.4.1 " in out
     transcript = out.split("\nTranscript:\n", 1)[1]
     assert "attempt 1: SMTP via [127.0.0.1]:1" in transcript
     assert "attempt 1: local delivery to Drop" in transcript

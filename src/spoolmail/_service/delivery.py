@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from datetime import datetime, timedelta
 from itertools import chain
 
 import attrs
@@ -65,19 +66,21 @@ class _TryNextHost(Exception):
 
 @attrs.define
 class DeadDestinations:
-    """Hosts that just failed to answer, and until when nobody tries them again."""
+    """Hosts that just failed to answer, and until when nobody tries them again. Thread-safe."""
 
     marks: dict[Target, tuple[datetime, Reply]] = attrs.Factory(dict)
+    _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False, repr=False)
 
     def reason(self, target: Target, now: datetime) -> Reply | None:
         """Why ``target`` is skipped now, or ``None`` if it may be tried."""
-        mark = self.marks.get(target)
-        if mark is None:
-            return None
-        until, reply = mark
-        if now >= until:
-            del self.marks[target]
-            return None
+        with self._lock:
+            mark = self.marks.get(target)
+            if mark is None:
+                return None
+            until, reply = mark
+            if now >= until:
+                del self.marks[target]
+                return None
         return Reply(
             451,
             "4.4.1",
@@ -86,10 +89,49 @@ class DeadDestinations:
         )
 
     def mark(self, target: Target, until: datetime, reply: Reply) -> None:
-        self.marks[target] = (until, reply)
+        with self._lock:
+            self.marks[target] = (until, reply)
 
     def clear(self, target: Target) -> None:
-        self.marks.pop(target, None)
+        with self._lock:
+            self.marks.pop(target, None)
+
+
+@attrs.define
+class Concurrency:
+    """How many connections each host gets at once, with Postfix's slow start.
+
+    A host that has not yet taken a message since it was last found silent gets one
+    connection at a time, so a dead host costs one timeout, not one per waiting message (the
+    others see it marked dead when their turn comes). Once it takes one, it gets up to
+    ``per_host`` at once (IIS: "Limit number of connections per domain"). Thread-safe.
+    """
+
+    per_host: int
+    _active: dict[Target, int] = attrs.field(factory=dict, init=False)
+    _proven: set[Target] = attrs.field(factory=set, init=False)
+    _changed: threading.Condition = attrs.field(factory=threading.Condition, init=False)
+
+    @contextlib.contextmanager
+    def slot(self, target: Target) -> Iterator[None]:
+        with self._changed:
+            while self._active.get(target, 0) >= (self.per_host if target in self._proven else 1):
+                self._changed.wait()
+            self._active[target] = self._active.get(target, 0) + 1
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._active[target] -= 1
+                self._changed.notify_all()
+
+    def answered(self, target: Target, *, alive: bool) -> None:
+        with self._changed:
+            if alive:
+                self._proven.add(target)
+            else:
+                self._proven.discard(target)
+            self._changed.notify_all()
 
 
 @attrs.define
@@ -115,6 +157,8 @@ class Deliverer:
     masquerade: str | None = None
     sleep: Callable[[float], None] = time.sleep
     dead: DeadDestinations = attrs.Factory(DeadDestinations)
+    dead_for: timedelta = timedelta(minutes=5)
+    concurrency: Concurrency = attrs.Factory(lambda: Concurrency(per_host=10))
 
     def attempt(self, envelope: Envelope) -> Attempt:
         attempt = Attempt()
@@ -229,23 +273,29 @@ class Deliverer:
         transcript: Transcript,
         attempt: Attempt,
     ) -> Mapping[str, Reply]:
-        skipped = self.dead.reason(target, self.clock())
-        if skipped is not None:
-            transcript.note(str(skipped))
-            return dict.fromkeys(addresses, skipped)
-        outgoing = Outgoing(
-            id=envelope.id,
-            sender=self._mail_from(envelope.sender),
-            recipients=addresses,
-            size=envelope.size,
-            open=lambda: self.store.open(QUEUE, f"{envelope.id}.eml"),
-        )
-        replies = self.transport.send(target, outgoing, transcript)
-        silent = _unreachable([replies[a] for a in addresses])
-        if silent is None:
-            self.dead.clear(target)
-        else:
-            attempt.unreachable[target] = silent
+        with self.concurrency.slot(target):
+            # Looked at once the slot is ours: a message that waited behind one that found the
+            # host silent sees the mark and does not knock again.
+            skipped = self.dead.reason(target, self.clock())
+            if skipped is not None:
+                transcript.note(str(skipped))
+                return dict.fromkeys(addresses, skipped)
+            outgoing = Outgoing(
+                id=envelope.id,
+                sender=self._mail_from(envelope.sender),
+                recipients=addresses,
+                size=envelope.size,
+                open=lambda: self.store.open(QUEUE, f"{envelope.id}.eml"),
+            )
+            replies = self.transport.send(target, outgoing, transcript)
+            silent = _unreachable([replies[a] for a in addresses])
+            if silent is None:
+                self.dead.clear(target)
+            else:
+                # Until the service knows this message's retry time and marks it longer.
+                self.dead.mark(target, self.clock() + self.dead_for, silent)
+                attempt.unreachable[target] = silent
+            self.concurrency.answered(target, alive=silent is None)
         return replies
 
     def _mail_from(self, sender: str) -> str:

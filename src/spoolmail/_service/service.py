@@ -19,7 +19,8 @@ from __future__ import annotations
 import logging
 import platform
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from functools import partial
 
@@ -47,7 +48,7 @@ from spoolmail._core.states import (
 )
 from spoolmail._core.transcript import Transcript, render_transcript, transcript_history
 from spoolmail._service.bounce import Bouncer, orphan_report
-from spoolmail._service.delivery import Deliverer, TranscriptKind
+from spoolmail._service.delivery import Concurrency, Deliverer, TranscriptKind
 from spoolmail._service.intake import Intake
 from spoolmail._service.schedule import Schedule
 from spoolmail._store.spool import Spool
@@ -57,7 +58,7 @@ from spoolmail._transport.dns import DnsResolver
 from spoolmail._transport.smtp import SmtpTransport
 from spoolmail.exceptions import ConfigurationError, EnvelopeError, MessageError, SpoolmailError
 
-__all__ = ["Limits", "MailService", "Report"]
+__all__ = ["Limits", "MailService", "Report", "machine_name"]
 
 log = logging.getLogger("spoolmail")
 
@@ -77,6 +78,11 @@ class Limits:
     """IIS "Maximum hop count": more ``Received:`` fields than this is a routing loop (5.4.6)."""
     max_dsn_original: int = 256 * 1024
     """A DSN attaches the whole original up to this size, only its headers above it."""
+    max_connections: int = 20
+    """Messages attempted at once (threads). IIS allowed 1,000 outbound connections."""
+    max_connections_per_host: int = 10
+    """Connections to one host at once, after it has taken a message (slow start: one until
+    then). IIS allowed 100 per domain."""
 
 
 @attrs.frozen
@@ -110,6 +116,10 @@ class _Tally:
     def freeze(self) -> Report:
         return Report(**{k: tuple(v) for k, v in attrs.asdict(self, recurse=False).items()})
 
+    def merge(self, other: _Tally) -> None:
+        for name, values in attrs.asdict(other, recurse=False).items():
+            getattr(self, name).extend(values)
+
 
 def _checked_fqdn(fqdn: str) -> str:
     try:
@@ -118,7 +128,7 @@ def _checked_fqdn(fqdn: str) -> str:
         raise ConfigurationError(f"fqdn: {exc}") from None
 
 
-def _machine_name() -> str:
+def machine_name() -> str:
     """This machine's name if it is a valid host name, else ``localhost`` (never a DNS lookup)."""
     try:
         return parse_domain(platform.node())
@@ -168,7 +178,7 @@ class MailService:
                 "on the same MailRoot for a second service (each has its own claims)"
             )
         limits = limits or Limits()
-        if limits.max_message_size < 1 or limits.max_hop_count < 1:
+        if min(attrs.astuple(limits)) < 1:
             raise ConfigurationError(f"limits must be positive: {limits!r}")
         self.spool = spool
         self.store: MailStore = spool.store
@@ -176,7 +186,7 @@ class MailService:
         self.retry = retry or RetryPolicy.iis()
         self.local_retry = local_retry or (RetryPolicy.iis_local() if retry is None else retry)
         self.clock = clock or spool.clock
-        self.fqdn = _checked_fqdn(fqdn) if fqdn else _machine_name()
+        self.fqdn = _checked_fqdn(fqdn) if fqdn else machine_name()
         if ndr_copy_to is not None:
             try:
                 ndr_copy_to = parse_mailbox(ndr_copy_to, default_domain=None)
@@ -206,6 +216,7 @@ class MailService:
             resolver=host_resolver
             or DnsResolver(resolver=self.router.resolver, local_names=[self.fqdn]),
             masquerade=_checked_fqdn(masquerade_domain) if masquerade_domain else None,
+            concurrency=Concurrency(per_host=limits.max_connections_per_host),
         )
         self.bounce = Bouncer(
             store=self.store,
@@ -218,6 +229,8 @@ class MailService:
         self._next_rescan: datetime | None = None
         self._signatures: dict[str, tuple[int, ...]] = {}
         self._stop = threading.Event()
+        self._schedule_lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
         spool.service = self
 
     # -- the loop -------------------------------------------------------------------------------
@@ -236,21 +249,41 @@ class MailService:
         for name in names:
             self._guard(tally, f"picking up {name!r}", partial(self._pickup, name, tally))
         # DSNs queued by this tick are due at once, so loop until nothing new is due; a message
-        # is attempted at most once a tick, whatever its retry policy says.
+        # is attempted at most once a tick, whatever its retry policy says. The messages of a
+        # round are attempted side by side; their reports join in due order.
         attempted: set[str] = set()
         again: list[str] = []
-        while due := self.schedule.pop_due(self.clock()):
-            for queue_id in due:
-                if queue_id in attempted:
-                    again.append(queue_id)
-                    continue
-                attempted.add(queue_id)
-                self._guard(
-                    tally, f"delivering {queue_id}", partial(self._attempt, queue_id, tally)
-                )
+        while due := self._pop_due():
+            fresh = [q for q in due if q not in attempted]
+            again.extend(q for q in due if q in attempted)
+            attempted.update(fresh)
+            for result in self._map(self._attempt_alone, fresh):
+                tally.merge(result)
         for queue_id in again:
-            self.schedule.set(queue_id, self.clock())
+            self._due_at(queue_id, self.clock())
         return tally.freeze()
+
+    def _pop_due(self) -> list[str]:
+        with self._schedule_lock:
+            return self.schedule.pop_due(self.clock())
+
+    def _due_at(self, queue_id: str, when: datetime) -> None:
+        with self._schedule_lock:
+            self.schedule.set(queue_id, when)
+
+    def _map(self, work: Callable[[str], _Tally], queue_ids: list[str]) -> Iterator[_Tally]:
+        if self.limits.max_connections == 1 or len(queue_ids) == 1:
+            return map(work, queue_ids)
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(
+                max_workers=self.limits.max_connections, thread_name_prefix="spoolmail"
+            )
+        return self._pool.map(work, queue_ids)
+
+    def _attempt_alone(self, queue_id: str) -> _Tally:
+        tally = _Tally()
+        self._guard(tally, f"delivering {queue_id}", partial(self._attempt, queue_id, tally))
+        return tally
 
     def run_forever(
         self,
@@ -288,6 +321,9 @@ class MailService:
 
     def close(self) -> None:
         """Close kept-open connections and let the spool serve another service."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
         self.transport.close()
         if self.spool.service is self:
             self.spool.service = None
@@ -527,7 +563,7 @@ class MailService:
             return
         later = attrs.evolve(envelope, next_attempt=self.clock() + _ERROR_BACKOFF)
         store.release(envelope.id, encode_envelope(later))
-        self.schedule.set(envelope.id, later.next_attempt)
+        self._due_at(envelope.id, later.next_attempt)
 
     def _tally_replies(
         self, queue_id: str, replies: Mapping[str, object], outcome: AttemptOutcome, tally: _Tally
@@ -549,14 +585,14 @@ class MailService:
         for order in outcome.dsns:
             dsn = self.bounce.queue_dsn(envelope, order)
             if dsn is not None:
-                self.schedule.set(dsn.id, dsn.next_attempt)
+                self._due_at(dsn.id, dsn.next_attempt)
                 tally.dsns.append(dsn.id)
         state = outcome.state
         if state is State.QUEUED:
             self._write_transcripts(envelope, transcripts)
             self.store.release(envelope.id, encode_envelope(envelope))
             due = envelope.next_attempt
-            self.schedule.set(envelope.id, min(due, envelope.notice_at or due))
+            self._due_at(envelope.id, min(due, envelope.notice_at or due))
         elif state is State.DONE:
             self.store.finish(envelope.id)
             tally.finished.append(envelope.id)
