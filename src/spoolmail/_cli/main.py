@@ -20,7 +20,9 @@ import argparse
 import contextlib
 import json
 import logging
+import os
 import signal
+import ssl
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
@@ -29,15 +31,17 @@ from types import FrameType
 from typing import Any, TextIO
 
 import attrs
+import dns.nameserver
+import dns.resolver
 
-from spoolmail._cli.settings import RETRY_PRESETS, Settings, load_settings
-from spoolmail._core.address import parse_mailbox
+from spoolmail._cli.settings import RETRY_PRESETS, TLS_POLICIES, Settings, load_settings
 from spoolmail._core.envelope import Envelope, Recipient
 from spoolmail._core.retry import RetryPolicy
-from spoolmail._core.routing import Router
+from spoolmail._core.routing import Credentials, Router, SmartHostMode, TlsPolicy, parse_target
 from spoolmail._core.states import State
-from spoolmail._service.service import Limits, MailService, Report
+from spoolmail._service.service import Limits, MailService, Report, machine_name
 from spoolmail._store.spool import BadMailItem, DropItem, QueuedMessage, Spool
+from spoolmail._transport.smtp import SmtpTransport
 from spoolmail.exceptions import ConfigurationError, MessageError, NotFound, SpoolmailError
 
 __all__ = ["EX_FAILED", "EX_OK", "EX_TEMPFAIL", "EX_USAGE", "main"]
@@ -48,6 +52,10 @@ EX_OK = 0
 EX_FAILED = 1
 EX_USAGE = 2  # argparse's own exit status for bad usage (sysexits' EX_USAGE is 64)
 EX_TEMPFAIL = 75  # sysexits.h: a temporary failure; the same command later may work
+
+# The smart host's password may come from the environment rather than a file or a flag (flags
+# are visible to every user of the machine in the process list).
+PASSWORD_VARIABLE = "SPOOLMAIL_SMART_HOST_PASSWORD"  # noqa: S105 (the variable's name, no secret)
 
 # When one command meets several failures, the exit status is the worst: a usage error beats a
 # failure, which beats "try again later" (trying again will not fix the others).
@@ -101,6 +109,45 @@ def _run_parser(commands: Any) -> None:
         help="an alias domain, also delivered to Drop (repeat)",
     )
     run.add_argument("--smart-host", help="relay remote mail here: host, host:port or [ip]")
+    run.add_argument(
+        "--smart-host-mode",
+        choices=("always", "fallback"),
+        help="always the smart host (default), or MX first and the smart host on failure",
+    )
+    run.add_argument(
+        "--smart-host-user",
+        metavar="USER",
+        help="AUTH to the smart host over TLS; the password comes from the settings file or "
+        "SPOOLMAIL_SMART_HOST_PASSWORD, never from a flag",
+    )
+    run.add_argument(
+        "--route",
+        action="append",
+        dest="route_items",
+        metavar="DOMAIN=HOST",
+        help="send a domain's mail to its own host (repeat)",
+    )
+    run.add_argument("--tls", choices=TLS_POLICIES, help="STARTTLS policy (default opportunistic)")
+    run.add_argument(
+        "--tls-domain",
+        action="append",
+        dest="tls_domain_items",
+        metavar="DOMAIN=POLICY",
+        help="STARTTLS policy for one domain (repeat)",
+    )
+    run.add_argument("--tls-ca-file", metavar="FILE", help="CA certificates for --tls required")
+    run.add_argument(
+        "--dns-server",
+        action="append",
+        dest="dns_servers",
+        metavar="ADDRESS[:PORT]",
+        help="ask this DNS server instead of the system's (repeat)",
+    )
+    run.add_argument("--smtp-port", type=int, metavar="PORT", help="port of MX hosts (25)")
+    run.add_argument("--masquerade-domain", metavar="DOMAIN")
+    run.add_argument("--max-connections", type=int, metavar="N")
+    run.add_argument("--max-connections-per-host", type=int, metavar="N")
+    run.add_argument("--max-recipients", type=int, metavar="N", help="RCPT TO per transaction")
     run.add_argument("--retry", choices=RETRY_PRESETS, help="the retry schedule (default iis)")
     run.add_argument("--max-message-size", type=int, metavar="BYTES")
     run.add_argument("--max-hop-count", type=int, metavar="N")
@@ -253,28 +300,90 @@ def _service(settings: Settings, spool: Spool) -> MailService:
     }
     # IIS kept a separate, hourly schedule for local delivery; the other MTAs have one schedule.
     local = RetryPolicy.iis_local() if settings.retry == "iis" else None
-    ndr_copy_to = None
-    if settings.ndr_copy_to is not None:
+    fqdn = settings.fqdn or machine_name()
+    tls_context = None
+    if settings.tls_ca_file is not None:
         try:
-            ndr_copy_to = parse_mailbox(settings.ndr_copy_to, default_domain=None)
-        except MessageError as exc:
-            raise ConfigurationError(f"ndr_copy_to: {exc}") from None
+            tls_context = ssl.create_default_context(cafile=settings.tls_ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigurationError(f"tls_ca_file {settings.tls_ca_file!r}: {exc}") from None
     return MailService(
         spool,
-        router=Router(
-            local_domains=settings.local_domains,
-            alias_domains=settings.alias_domains,
-            smart_host=settings.smart_host,
-        ),
+        router=_router(settings),
         retry=presets[settings.retry](),
         local_retry=local,
-        fqdn=settings.fqdn,
-        limits=Limits(
-            max_message_size=settings.max_message_size, max_hop_count=settings.max_hop_count
+        transport=SmtpTransport(
+            helo_name=fqdn, tls_context=tls_context, max_recipients=settings.max_recipients
         ),
-        ndr_copy_to=ndr_copy_to,
+        fqdn=fqdn,
+        limits=Limits(
+            max_message_size=settings.max_message_size,
+            max_hop_count=settings.max_hop_count,
+            max_connections=settings.max_connections,
+            max_connections_per_host=settings.max_connections_per_host,
+        ),
+        ndr_copy_to=settings.ndr_copy_to,
+        masquerade_domain=settings.masquerade_domain,
         pickup_dot_stuffed=settings.pickup_dot_stuffed,
     )
+
+
+def _pairs(items: Sequence[str] | None, flag: str) -> dict[str, str] | None:
+    """``DOMAIN=VALUE`` flags as a mapping (``None`` when the flag was not given)."""
+    if not items:
+        return None
+    pairs = {}
+    for item in items:
+        key, equals, value = item.partition("=")
+        if not equals or not key.strip() or not value.strip():
+            raise ConfigurationError(f"{flag} takes DOMAIN=VALUE, not {item!r}")
+        pairs[key.strip()] = value.strip()
+    return pairs
+
+
+def _router(settings: Settings) -> Router:
+    credentials = None
+    if settings.smart_host_user:
+        password = settings.smart_host_password or os.environ.get(PASSWORD_VARIABLE)
+        if not password:
+            raise ConfigurationError(
+                f"smart_host_user is set but no password: put smart_host_password in the "
+                f"settings file or {PASSWORD_VARIABLE} in the environment"
+            )
+        credentials = Credentials(settings.smart_host_user, password)
+    try:
+        tls_domains = {d: TlsPolicy(p) for d, p in settings.tls_domains.items()}
+    except ValueError as exc:
+        raise ConfigurationError(f"tls_domains: {exc}") from None
+    return Router(
+        local_domains=settings.local_domains,
+        alias_domains=settings.alias_domains,
+        smart_host=settings.smart_host,
+        smart_host_mode=SmartHostMode(settings.smart_host_mode)
+        if settings.smart_host_mode
+        else None,
+        smart_host_auth=credentials,
+        routes=settings.routes,
+        tls=TlsPolicy(settings.tls),
+        tls_domains=tls_domains,
+        resolver=_dns_resolver(settings.dns_servers),
+        smtp_port=settings.smtp_port,
+    )
+
+
+def _dns_resolver(servers: Sequence[str]) -> dns.resolver.Resolver | None:
+    """A resolver asking only ``servers`` (``address`` or ``address:port``, ``[v6]:port``)."""
+    if not servers:
+        return None
+    resolver = dns.resolver.Resolver(configure=False)
+    nameservers = []
+    for text in servers:
+        target = parse_target(text, default_port=53)
+        if not target.literal:
+            raise ConfigurationError(f"dns_servers: {text!r} is not an IP address")
+        nameservers.append(dns.nameserver.Do53Nameserver(target.host, target.port))
+    resolver.nameservers = nameservers
+    return resolver
 
 
 def _report_lines(report: Report) -> Iterable[str]:
@@ -817,6 +926,8 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
     overrides = {k: v for k, v in vars(args).items() if k in names}
     handler: Callable[[Settings, argparse.Namespace, TextIO], int] = args.handler
     try:
+        overrides["routes"] = _pairs(getattr(args, "route_items", None), "--route")
+        overrides["tls_domains"] = _pairs(getattr(args, "tls_domain_items", None), "--tls-domain")
         settings = load_settings(args.config, overrides)
         return handler(settings, args, out)
     except _UsageError as exc:

@@ -7,7 +7,20 @@ A settings file is TOML with one ``[spoolmail]`` table; every key is optional::
     fqdn = "mail.example.com"
     local_domains = ["example.com"]     # the first is the default domain
     alias_domains = ["example.org"]
-    smart_host = "relay.example.net:25" # or "[192.0.2.1]"; unset: remote mail waits in the Queue
+    smart_host = "relay.example.net:25" # or "[192.0.2.1]"; unset: remote mail goes to the MX hosts
+    smart_host_mode = "always"          # always, or fallback: MX first, the smart host on failure
+    smart_host_user = "relay-user"      # AUTH to the smart host (over TLS only); the password
+    smart_host_password = "secret"      #   may come from SPOOLMAIL_SMART_HOST_PASSWORD instead
+    routes = { "partner.example" = "[192.0.2.7]:2525" }   # a domain's own host
+    tls = "opportunistic"               # never, opportunistic, encrypt or required (verified)
+    tls_domains = { "bank.example" = "required" }
+    tls_ca_file = "/etc/ssl/certs/ca-certificates.crt"   # trust for "required" (default: system)
+    dns_servers = ["192.0.2.53", "[2001:db8::53]:5353"]  # default: the system's resolver
+    smtp_port = 25                      # the port MX hosts are reached on
+    masquerade_domain = "example.com"   # replaces a local domain in MAIL FROM when sending out
+    max_connections = 20                # messages attempted at once
+    max_connections_per_host = 10
+    max_recipients = 100                # RCPT TO per SMTP transaction (IIS: 100)
     retry = "iis"                       # iis, postfix, qmail or exim
     max_message_size = 2097152          # bytes (IIS 2,048 KB)
     max_hop_count = 15
@@ -29,9 +42,18 @@ import attrs
 
 from spoolmail.exceptions import ConfigurationError
 
-__all__ = ["RETRY_PRESETS", "Settings", "load_settings"]
+__all__ = ["RETRY_PRESETS", "TLS_POLICIES", "Settings", "load_settings"]
 
 RETRY_PRESETS = ("iis", "postfix", "qmail", "exim")
+TLS_POLICIES = ("never", "opportunistic", "encrypt", "required")
+
+
+def _one_of(name: str, choices: tuple[str, ...]) -> Any:
+    def check(_instance: object, _attribute: object, value: str | None) -> None:
+        if value is not None and value not in choices:
+            raise ConfigurationError(f"{name} must be one of {', '.join(choices)}, not {value!r}")
+
+    return check
 
 
 def _positive(_instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
@@ -53,6 +75,21 @@ class Settings:
     local_domains: tuple[str, ...] = attrs.field(default=("localhost",), converter=tuple)
     alias_domains: tuple[str, ...] = attrs.field(default=(), converter=tuple)
     smart_host: str | None = None
+    smart_host_mode: str | None = attrs.field(
+        default=None, validator=_one_of("smart_host_mode", ("always", "fallback"))
+    )
+    smart_host_user: str | None = None
+    smart_host_password: str | None = attrs.field(default=None, repr=False)
+    routes: Mapping[str, str] = attrs.field(factory=dict)
+    tls: str = attrs.field(default="opportunistic", validator=_one_of("tls", TLS_POLICIES))
+    tls_domains: Mapping[str, str] = attrs.field(factory=dict)
+    tls_ca_file: str | None = None
+    dns_servers: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    smtp_port: int = attrs.field(default=25, validator=_positive)
+    masquerade_domain: str | None = None
+    max_connections: int = attrs.field(default=20, validator=_positive)
+    max_connections_per_host: int = attrs.field(default=10, validator=_positive)
+    max_recipients: int = attrs.field(default=100, validator=_positive)
     retry: str = attrs.field(default="iis", validator=_preset)
     max_message_size: int = attrs.field(default=2 * 1024 * 1024, validator=_positive)
     max_hop_count: int = attrs.field(default=15, validator=_positive)
@@ -67,6 +104,19 @@ _TYPES: Mapping[str, tuple[type, ...]] = {
     "local_domains": (list,),
     "alias_domains": (list,),
     "smart_host": (str,),
+    "smart_host_mode": (str,),
+    "smart_host_user": (str,),
+    "smart_host_password": (str,),
+    "routes": (dict,),
+    "tls": (str,),
+    "tls_domains": (dict,),
+    "tls_ca_file": (str,),
+    "dns_servers": (list,),
+    "smtp_port": (int,),
+    "masquerade_domain": (str,),
+    "max_connections": (int,),
+    "max_connections_per_host": (int,),
+    "max_recipients": (int,),
     "retry": (str,),
     "max_message_size": (int,),
     "max_hop_count": (int,),
@@ -101,6 +151,8 @@ def load_settings(path: Path | None, overrides: Mapping[str, object]) -> Setting
                 )
             if isinstance(value, list) and not all(isinstance(v, str) for v in value):
                 raise ConfigurationError(f"{path}: setting {key!r} must be a list of strings")
+            if isinstance(value, dict) and not all(isinstance(v, str) for v in value.values()):
+                raise ConfigurationError(f"{path}: setting {key!r} must map names to strings")
             values[key] = value
     values.update({k: v for k, v in overrides.items() if v is not None})
     try:
