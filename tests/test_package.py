@@ -51,6 +51,10 @@ def test_exported_names_are_pinned() -> None:
     assert spoolmail.__all__ == sorted(spoolmail.__all__)
     assert set(spoolmail.__all__) == {
         "BadMailItem",
+        "Credentials",
+        "HostResolver",
+        "SmartHostMode",
+        "TlsPolicy",
         "DropItem",
         "Durability",
         "Envelope",

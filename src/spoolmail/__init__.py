@@ -11,12 +11,20 @@ from importlib.metadata import PackageNotFoundError, version
 from spoolmail._core.envelope import Envelope, Recipient, RecipientState
 from spoolmail._core.reply import Reply, Severity
 from spoolmail._core.retry import RetryPolicy
-from spoolmail._core.routing import Route, RouteKind, Router, Target
+from spoolmail._core.routing import (
+    Credentials,
+    Route,
+    RouteKind,
+    Router,
+    SmartHostMode,
+    Target,
+    TlsPolicy,
+)
 from spoolmail._core.transcript import Transcript
 from spoolmail._service.service import Limits, MailService, Report
 from spoolmail._store.spool import BadMailItem, DropItem, QueuedMessage, Spool
 from spoolmail._store.store import Durability
-from spoolmail._transport.base import Outgoing, Transport
+from spoolmail._transport.base import HostResolver, Outgoing, Transport
 from spoolmail.exceptions import SpoolmailError
 
 try:
@@ -26,9 +34,11 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree wi
 
 __all__ = [
     "BadMailItem",
+    "Credentials",
     "DropItem",
     "Durability",
     "Envelope",
+    "HostResolver",
     "Limits",
     "MailService",
     "Outgoing",
@@ -42,9 +52,11 @@ __all__ = [
     "RouteKind",
     "Router",
     "Severity",
+    "SmartHostMode",
     "Spool",
     "SpoolmailError",
     "Target",
+    "TlsPolicy",
     "Transcript",
     "Transport",
     "__version__",
