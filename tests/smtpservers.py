@@ -12,8 +12,10 @@ PLAIN/LOGIN against a table of users. :class:`RawServer` (and :func:`raw_server`
 :mod:`socket` and :mod:`threading`, for what aiosmtpd will not do: never greet, drop the line in
 the middle of DATA or after a reply, answer garbage, or answer any command with exactly the bytes
 a test wants; it records which commands arrived in one read (``groups``), which shows whether a
-client pipelines. Every server listens on 127.0.0.1 only, and every ``stop`` gives up after a
-timeout, raising instead of hanging the test run.
+client pipelines. Every server listens on 127.0.0.1 and a free port unless given another
+loopback ``host`` (e.g. ``127.0.0.11``, where the test DNS puts an MX host) and ``port`` (MX hosts
+all listen on the one port the router reaches them on); a non-loopback ``host`` is refused. Every
+``stop`` gives up after a timeout, raising instead of hanging the test run.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import ipaddress
 import socket
 import ssl
 import threading
@@ -186,6 +189,13 @@ def _login(session: Session) -> str | None:
     return data.login.decode("utf-8", "replace") if isinstance(data, LoginPassword) else None
 
 
+def _loopback(host: str) -> str:
+    """``host`` if it is a loopback address: test servers never listen anywhere else."""
+    if not ipaddress.ip_address(host).is_loopback:
+        raise ValueError(f"test servers listen on loopback addresses only, not {host!r}")
+    return host
+
+
 def _wait(thread: threading.Thread, what: str, timeout: float) -> None:
     thread.join(timeout)
     if thread.is_alive():
@@ -197,6 +207,8 @@ class SmtpServer:
 
     ``with SmtpServer(data_size_limit=10_000) as server: ... server.target ...``. aiosmtpd's
     Controller cannot bind port 0 and defaults to ::1, so this runs ``loop.create_server`` itself.
+    ``host`` and ``port`` choose another loopback address and a fixed port (``host="127.0.0.11",
+    port=p``: an MX host of the test DNS, reached on the router's ``smtp_port``).
     ``connections`` counts accepted connections; ``handler`` holds what was received.
 
     ``tls_context`` (a server context) offers STARTTLS, ``require_starttls`` refuses mail before
@@ -218,10 +230,12 @@ class SmtpServer:
         auth_mechanisms: Collection[str] = AUTH_MECHANISMS,
         auth_required: bool = False,
         auth_require_tls: bool = True,
+        host: str = LOCALHOST,
+        port: int = 0,
     ) -> None:
         self.handler = handler if handler is not None else ScriptedHandler()
-        self.host = LOCALHOST
-        self.port = 0
+        self.host = _loopback(host)
+        self.port = port
         self.connections = 0
         self._auth_users = dict(auth_users or {})
         self._smtp_options: dict[str, Any] = {
@@ -295,7 +309,9 @@ class SmtpServer:
         asyncio.set_event_loop(loop)
         self._loop = loop
         try:
-            self._server = loop.run_until_complete(loop.create_server(self._protocol, self.host, 0))
+            self._server = loop.run_until_complete(
+                loop.create_server(self._protocol, self.host, self.port)
+            )
             self.port = self._server.sockets[0].getsockname()[1]
         except Exception as error:  # noqa: BLE001 (start() re-raises it in the test's thread)
             self._error = error
@@ -414,7 +430,8 @@ class _Reads:
 
 
 class RawServer:
-    """SMTP by hand: a listening socket on 127.0.0.1 and a thread per connection.
+    """SMTP by hand: a listening socket on 127.0.0.1 (or ``host`` and ``port``, as
+    :class:`SmtpServer`) and a thread per connection.
 
     ``greeting`` is sent on connect (``None``: never greet, just hold the line). ``replies`` maps a
     command verb (``"EHLO"``, ``"MAIL"``...; ``"."`` for the end of DATA) to the exact bytes to
@@ -437,6 +454,8 @@ class RawServer:
         hang_up_after: Collection[str] = (),
         drop_in_data_after: int | None = None,
         keep_data: bool = True,
+        host: str = LOCALHOST,
+        port: int = 0,
     ) -> None:
         self.greeting = greeting
         self.replies: dict[str, bytes | None] = {**DEFAULT_RAW_REPLIES, **(replies or {})}
@@ -451,7 +470,11 @@ class RawServer:
         self._stopping = threading.Event()
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._listener.bind((LOCALHOST, 0))
+        try:
+            self._listener.bind((_loopback(host), port))
+        except (OSError, ValueError):
+            self._listener.close()  # a chosen port can be taken: no socket left to the GC
+            raise
         self._listener.listen(16)
         self._listener.settimeout(_POLL)
         self.host, self.port = self._listener.getsockname()[:2]
@@ -609,6 +632,8 @@ def raw_server(
     hang_up_after: Collection[str] = (),
     drop_in_data_after: int | None = None,
     keep_data: bool = True,
+    host: str = LOCALHOST,
+    port: int = 0,
 ) -> Iterator[RawServer]:
     """A started :class:`RawServer`."""
     with RawServer(
@@ -617,18 +642,24 @@ def raw_server(
         hang_up_after=hang_up_after,
         drop_in_data_after=drop_in_data_after,
         keep_data=keep_data,
+        host=host,
+        port=port,
     ) as server:
         yield server
 
 
-def stalling_server() -> contextlib.AbstractContextManager[RawServer]:
+def stalling_server(
+    *, host: str = LOCALHOST, port: int = 0
+) -> contextlib.AbstractContextManager[RawServer]:
     """Accepts connections and never says a word."""
-    return raw_server(greeting=None)
+    return raw_server(greeting=None, host=host, port=port)
 
 
-def dropping_server(*, after: int = 1) -> contextlib.AbstractContextManager[RawServer]:
+def dropping_server(
+    *, after: int = 1, host: str = LOCALHOST, port: int = 0
+) -> contextlib.AbstractContextManager[RawServer]:
     """Goes along until DATA, then hangs up once ``after`` octets of the message have arrived."""
-    return raw_server(drop_in_data_after=after)
+    return raw_server(drop_in_data_after=after, host=host, port=port)
 
 
 def garbage_server(

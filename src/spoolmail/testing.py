@@ -77,10 +77,10 @@ Answer = Reply | Callable[[str], Reply]
 class StaticResolver:
     """A name resolver answering from tables, for tests: no DNS query ever leaves the process.
 
-    ``mx`` maps a domain to its (preference, exchange) records, ``hosts`` a host name to its
-    addresses; a name in neither resolves to ``fallback`` when it is set (so any domain can be
-    routed in a test), and otherwise does not exist (``550 5.1.2``). Lookups are recorded in
-    :attr:`lookups`.
+    ``mx`` maps a domain to its (preference, exchange) records (``[(0, ".")]``: RFC 7505 null
+    MX), ``hosts`` a host name to its addresses; a name in neither resolves to ``fallback`` when
+    it is set (so any domain can be routed in a test), and otherwise does not exist
+    (``550 5.1.2``). Lookups are recorded in :attr:`lookups`.
     """
 
     def __init__(
@@ -103,6 +103,9 @@ class StaticResolver:
 
     def resolve(self, hop: Hop, transcript: Transcript) -> Resolution:
         self.lookups.append(hop)
+        if hop.kind is HopKind.MX and self.mx.get(hop.name.lower()) == [(0, ".")]:
+            reply = Reply(556, "5.1.10", f"{hop.name} does not accept mail (null MX, RFC 7505)")
+            return Resolution(reply=reply)
         if hop.kind is HopKind.ADDRESS:
             names = [(hop.name, [hop.name])]
         elif hop.kind is HopKind.MX and hop.name.lower() in self.mx:

@@ -8,7 +8,7 @@ import pytest
 
 from spoolmail import Reply
 from spoolmail._core.envelope import Envelope, Recipient, encode_envelope
-from spoolmail._core.routing import Router, Target
+from spoolmail._core.routing import Router, SmartHostMode, Target
 from spoolmail._service.delivery import DeadDestinations, Deliverer
 from spoolmail._store import pyfs
 from spoolmail._store.spool import Spool
@@ -112,3 +112,28 @@ def test_a_host_answering_again_is_forgotten(spool: Spool, clock: FakeClock) -> 
     agent.dead.mark(PRIMARY, clock(), DOWN)  # due for another try now
     agent.attempt(queued(spool, clock, "x@remote.test"))
     assert agent.dead.marks == {}
+
+
+def test_a_null_mx_domain_is_not_handed_to_the_fallback_smart_host(
+    spool: Spool, clock: FakeClock
+) -> None:
+    names = StaticResolver(mx={"nomail.test": [(0, ".")]}, hosts={"relay.test": ["127.0.0.9"]})
+    transport = CapturingTransport()
+    agent = Deliverer(
+        store=spool.store,
+        router=Router(
+            local_domains=["example.com"],
+            smart_host="relay.test",
+            smart_host_mode=SmartHostMode.FALLBACK,
+        ),
+        transport=transport,
+        clock=clock,
+        max_message_size=1 << 20,
+        max_hop_count=15,
+        resolver=names,
+    )
+    attempt = agent.attempt(queued(spool, clock, "x@nomail.test", "y@unknown.test"))
+    assert attempt.replies["x@nomail.test"].status == "5.1.10"
+    # A domain merely unknown to this DNS may be one the smart host knows (an internal one).
+    assert attempt.replies["y@unknown.test"].code == 250
+    assert transport.attempts == [(Target("127.0.0.9", name="relay.test"), ("y@unknown.test",))]

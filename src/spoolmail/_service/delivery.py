@@ -40,6 +40,7 @@ from spoolmail.exceptions import SpoolmailError
 __all__ = ["Attempt", "DeadDestinations", "Deliverer", "TranscriptKind"]
 
 HEAD_LIMIT = 1024 * 1024
+NULL_MX = "5.1.10"  # RFC 7505 section 4.1: the domain does not accept mail
 
 
 class TranscriptKind(enum.StrEnum):
@@ -217,7 +218,8 @@ class Deliverer:
         delivery before sending to smart host") the smart host for whatever they did not take.
 
         A hop that resolves to nothing passes its recipients on with its reason; a server's
-        own 5xx is final and not tried elsewhere.
+        own 5xx is final and not tried elsewhere, and so is a domain that says it takes no mail
+        at all (RFC 7505 null MX, 5.1.10): no smart host should carry it there either.
         """
         remaining = list(addresses)
         for hop in route.hops:
@@ -226,6 +228,8 @@ class Deliverer:
                 reply = resolution.reply or Reply(451, "4.4.3", f"{hop} resolves to nothing")
                 transcript.note(f"{hop}: {reply}")
                 attempt.replies.update(dict.fromkeys(remaining, reply))
+                if reply.status == NULL_MX:
+                    break
                 continue
             replies = self._try_targets(
                 envelope, resolution.targets, remaining, transcript, attempt
