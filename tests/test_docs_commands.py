@@ -36,6 +36,7 @@ from typing import Any
 import pytest
 
 import spoolmail._cli.main as cli
+import spoolmail._cli.operations as cli_operations
 from spoolmail import Durability, Spool
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
@@ -175,7 +176,8 @@ def test_console_examples(page: Path, tmp_path: Path, monkeypatch: pytest.Monkey
     def spool(location: Any = "MailRoot", **kwargs: Any) -> Spool:
         return Spool(location, clock=clock, durability=Durability.NONE, **kwargs)
 
-    monkeypatch.setattr(cli, "Spool", spool)
+    for module in (cli, cli_operations):
+        monkeypatch.setattr(module, "Spool", spool)
     bound: dict[str, str] = {}
     for example in examples(page.read_text(encoding="utf-8")):
         run(example, bound, monkeypatch)

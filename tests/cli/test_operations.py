@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from spoolmail import Spool
-from spoolmail._cli.main import EX_FAILED, EX_OK, EX_TEMPFAIL, EX_USAGE, _service, main
+from spoolmail._cli.assemble import service as assemble_service
+from spoolmail._cli.main import EX_FAILED, EX_OK, EX_TEMPFAIL, EX_USAGE, main
 from spoolmail._cli.settings import Settings
 
 DOWN = "[127.0.0.1]:1"
@@ -480,11 +481,11 @@ def test_ndr_copy_to(cli: Cli, tmp_path: Path) -> None:
 
 def test_local_delivery_uses_iis_local_schedule_by_default() -> None:
     with Spool("mem://") as spool:
-        service = _service(Settings(), spool)
+        service = assemble_service(Settings(), spool)
         assert (service.retry.name, service.local_retry.name) == ("iis", "iis-local")
         service.close()
     with Spool("mem://") as spool:
-        service = _service(Settings(retry="postfix"), spool)
+        service = assemble_service(Settings(retry="postfix"), spool)
         assert service.local_retry is service.retry
         service.close()
 

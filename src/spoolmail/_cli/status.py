@@ -1,0 +1,72 @@
+"""Exit statuses of the ``spoolmail`` command, and how its errors are reported.
+
+sysexits.h where it has a word for it: 0 done; 1 failed (no such id, an unreadable envelope, a
+tick with errors); 2 bad usage (argparse, a wrong setting or address); 75 (``EX_TEMPFAIL``) try
+again later (a message being delivered right now, a filesystem error). A command given several
+ids does each one it can and exits with the worst status. Errors go to stderr as one line, never
+as a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Iterable
+from typing import TextIO
+
+from spoolmail.exceptions import ConfigurationError, MessageError, SpoolmailError
+
+__all__ = [
+    "EX_FAILED",
+    "EX_OK",
+    "EX_TEMPFAIL",
+    "EX_USAGE",
+    "UsageError",
+    "each",
+    "exit_status",
+    "report",
+    "worst",
+]
+
+EX_OK = 0
+EX_FAILED = 1
+EX_USAGE = 2  # argparse's own exit status for bad usage (sysexits' EX_USAGE is 64)
+EX_TEMPFAIL = 75  # sysexits.h: a temporary failure; the same command later may work
+
+# When one command meets several failures, the exit status is the worst: a usage error beats a
+# failure, which beats "try again later" (trying again will not fix the others).
+_SEVERITY = {EX_OK: 0, EX_TEMPFAIL: 1, EX_FAILED: 2, EX_USAGE: 3}
+
+
+class UsageError(Exception):
+    """A combination of arguments argparse cannot express; exit status 2, with the usage."""
+
+
+def report(exc: SpoolmailError) -> None:
+    sys.stderr.write(f"spoolmail: {exc}\n")
+
+
+def exit_status(exc: SpoolmailError) -> int:
+    if exc.temporary:
+        return EX_TEMPFAIL
+    if isinstance(exc, ConfigurationError | MessageError):
+        return EX_USAGE  # the arguments are wrong (a setting, an address, a message)
+    return EX_FAILED  # NotFound, an unreadable envelope (EnvelopeError), anything else
+
+
+def worst(*statuses: int) -> int:
+    return max(statuses, key=_SEVERITY.__getitem__)
+
+
+def each(ids: Iterable[str], action: Callable[[str], str | None], out: TextIO) -> int:
+    """Do ``action`` to every id, printing its line; a failure is reported and the rest go on."""
+    result = EX_OK
+    for queue_id in dict.fromkeys(ids):
+        try:
+            line = action(queue_id)
+        except SpoolmailError as exc:
+            report(exc)
+            result = worst(result, exit_status(exc))
+            continue
+        if line is not None:
+            print(line, file=out)
+    return result
