@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import re
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 
@@ -44,10 +45,13 @@ from spoolmail._core.address import (
 from spoolmail.exceptions import ConfigurationError, MessageError
 
 __all__ = [
+    "BodyRejected",
     "PickupAccepted",
+    "PickupBody",
     "PickupOptions",
     "PickupRejected",
     "parse_pickup",
+    "pickup_head_end",
     "render_pickup",
 ]
 
@@ -439,6 +443,85 @@ def _unstuff(body: list[bytes]) -> Iterator[bytes]:
     # reverse of RFC 5321 section 4.5.2 transparency, which .NET Framework applied to the file.
     for line in body:
         yield line[1:] if line[:1] == b"." else line
+
+
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+
+
+def pickup_head_end(buffer: bytes, *, complete: bool) -> int | None:
+    """Where the body of a Pickup file begins: just past its first empty line, or ``None``.
+
+    ``buffer`` is the file's beginning; ``complete`` says it is the whole file. ``None`` means
+    no empty line yet (read more), or none at all when complete (a file of headers only). A
+    lone CR at the end of an incomplete buffer may be half of a CRLF, so it waits for more.
+    """
+    start = 0
+    for match in _LINE_END.finditer(buffer):
+        if match.group() == b"\r" and match.end() == len(buffer) and not complete:
+            return None
+        if match.start() == start:
+            return match.end()
+        start = match.end()
+    return None
+
+
+class BodyRejected(Exception):
+    """A body that cannot be queued (a NUL byte); ``reason`` and ``status`` as PickupRejected."""
+
+    def __init__(self, reason: str, status: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+
+
+class PickupBody:
+    """Streams a Pickup file's body into the stored message, chunk by chunk.
+
+    Line ends become CRLF (a lone CR or LF counts, as in the header block), a leading "." is
+    removed when ``dot_stuffed`` (KB Q286358), and a NUL byte raises :class:`BodyRejected`
+    naming its line (``first_line`` is the body's first line number in the file). Memory stays
+    one chunk however large the message: the header block is parsed by :func:`parse_pickup`,
+    the body never is.
+    """
+
+    def __init__(self, *, first_line: int, dot_stuffed: bool) -> None:
+        self._line = first_line
+        self._dot_stuffed = dot_stuffed
+        self._pending_cr = False
+        self._at_line_start = True
+
+    def feed(self, chunk: bytes) -> bytes:
+        if self._pending_cr:
+            chunk = b"\r" + chunk
+            self._pending_cr = False
+        if chunk.endswith(b"\r"):
+            # Half of a CRLF, perhaps: decided with the next chunk (or by finish).
+            chunk, self._pending_cr = chunk[:-1], True
+        text = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        nul = text.find(b"\0")
+        if nul >= 0:
+            number = self._line + text.count(b"\n", 0, nul)
+            raise BodyRejected(f"line {number} contains a NUL byte; a message is text", "5.6.0")
+        self._line += text.count(b"\n")
+        if not text:
+            return b""
+        ends_line = text.endswith(b"\n")
+        if self._dot_stuffed:
+            # KB Q286358: IIS 5+ with DisablePickupDotStuff=0 removes the first "." of a line,
+            # the reverse of RFC 5321 section 4.5.2 transparency that .NET Framework applied.
+            if self._at_line_start and text.startswith(b"."):
+                text = text[1:]
+            text = text.replace(b"\n.", b"\n")
+        self._at_line_start = ends_line
+        return text.replace(b"\n", b"\r\n")
+
+    def finish(self) -> bytes:
+        """What is left: a CR held back, or the CRLF that ends an unterminated last line."""
+        if self._pending_cr:
+            self._pending_cr = False
+            self._at_line_start = True
+            return b"\r\n"
+        return b"" if self._at_line_start else b"\r\n"
 
 
 def render_pickup(

@@ -12,20 +12,51 @@ from __future__ import annotations
 
 import logging
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
+from itertools import chain
+from typing import BinaryIO
 
 import attrs
 
 from spoolmail._core.envelope import Envelope, Recipient, RecipientState, encode_envelope
-from spoolmail._core.pickup import PickupAccepted, PickupOptions, parse_pickup
+from spoolmail._core.pickup import (
+    BodyRejected,
+    PickupAccepted,
+    PickupBody,
+    PickupOptions,
+    parse_pickup,
+    pickup_head_end,
+)
 from spoolmail._core.reply import Reply
 from spoolmail._core.states import Event, State, transition
-from spoolmail._store.store import SORTTEMP, MailStore, PickupClaim
+from spoolmail._store.store import CHUNK, QUEUE, SORTTEMP, MailStore, PickupClaim, chunks
 
 __all__ = ["Intake"]
 
 log = logging.getLogger("spoolmail")
+
+
+def _read_head(handle: BinaryIO) -> tuple[bytes, bytes]:
+    """Read up to the end of the header block: (the block and its empty line, the body's start).
+
+    A file without an empty line is all header block. The size was checked before, so this
+    reads at most ``max_message_size``.
+    """
+    buffer = b""
+    while True:
+        chunk = handle.read(CHUNK)
+        buffer += chunk
+        end = pickup_head_end(buffer, complete=not chunk)
+        if end is not None:
+            return buffer[:end], buffer[end:]
+        if not chunk:
+            return buffer, b""
+
+
+def _finished(stream: Iterator[bytes], body: PickupBody) -> Iterator[bytes]:
+    yield from stream
+    yield body.finish()
 
 
 @attrs.define
@@ -49,23 +80,41 @@ class Intake:
                 f"{self.options.max_message_size} bytes",
             )
             return None
-        raw = self.store.read(SORTTEMP, claim.file)
-        try:
-            result = parse_pickup(raw, options=self.options, queue_id=claim.id, now=now)
-        except Exception as exc:
-            log.exception("the pickup parser failed on %s", claim.name)
-            reason = f"internal error while reading the file: {exc!r}\n{traceback.format_exc()}"
-            self._reject(claim, "4.3.0", reason)
-            return None
-        if not isinstance(result, PickupAccepted):
-            self._reject(
-                claim,
-                result.status,
-                result.reason,
-                sender=result.sender,
-                recipients=result.recipients,
+        with self.store.open(SORTTEMP, claim.file) as handle:
+            head, start = _read_head(handle)
+            try:
+                result = parse_pickup(head, options=self.options, queue_id=claim.id, now=now)
+            except Exception as exc:  # a parser bug must not lose the file
+                log.exception("the pickup parser failed on %s", claim.name)
+                reason = f"internal error while reading the file: {exc!r}\n{traceback.format_exc()}"
+                self._reject(claim, "4.3.0", reason)
+                return None
+            if not isinstance(result, PickupAccepted):
+                self._reject(
+                    claim,
+                    result.status,
+                    result.reason,
+                    sender=result.sender,
+                    recipients=result.recipients,
+                )
+                return None
+            # The header block is parsed; the body streams through a chunk at a time, so a
+            # large message costs no more memory than a small one.
+            body = PickupBody(
+                first_line=len(head.splitlines()) + 1, dot_stuffed=self.options.dot_stuffed
             )
-            return None
+            stream = chain([result.message], map(body.feed, chain([start], chunks(handle))))
+            try:
+                size = self.store.write(QUEUE, f"{claim.id}.eml", _finished(stream, body))
+            except BodyRejected as problem:
+                self._reject(
+                    claim,
+                    problem.status,
+                    problem.reason,
+                    sender=result.sender,
+                    recipients=result.recipients,
+                )
+                return None
         transition(State.PICKUP, Event.ACCEPTED)
         envelope = Envelope(
             id=claim.id,
@@ -74,9 +123,10 @@ class Intake:
             arrival=now,
             next_attempt=now,
             origin=f"pickup:{claim.name}",
-            size=len(result.message),
+            size=size,
         )
-        self.store.commit_queued(claim.id, result.message, encode_envelope(envelope))
+        # The envelope last: it is the commit (the message file alone is not yet queued).
+        self.store.write(QUEUE, f"{claim.id}.env", encode_envelope(envelope))
         self.store.finish_claim(claim)
         return envelope
 

@@ -1,0 +1,72 @@
+"""Streaming Pickup bodies: the same bytes whatever the chunking, a NUL named by its line."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from spoolmail._core.pickup import BodyRejected, PickupBody, pickup_head_end
+
+
+def reference(body: bytes, *, dot_stuffed: bool) -> bytes:
+    """The whole-body answer: every line (CRLF, CR or LF ended) with CRLF, dots un-stuffed."""
+    lines = body.splitlines()
+    if dot_stuffed:
+        lines = [line[1:] if line.startswith(b".") else line for line in lines]
+    return b"".join(line + b"\r\n" for line in lines)
+
+
+def stream(body: bytes, cuts: list[int], *, dot_stuffed: bool, first_line: int = 1) -> bytes:
+    streamer = PickupBody(first_line=first_line, dot_stuffed=dot_stuffed)
+    edges = sorted({0, len(body), *(c % (len(body) + 1) for c in cuts)})
+    out = [streamer.feed(body[a:b]) for a, b in zip(edges, edges[1:], strict=False)]
+    return b"".join(out) + streamer.finish()
+
+
+BODY = st.binary(max_size=300).map(lambda b: b.replace(b"\0", b"x")) | st.lists(
+    st.sampled_from([b"a", b".", b"..", b"\r", b"\n", b"\r\n", b"x.y", b" "]), max_size=60
+).map(b"".join)
+
+
+@given(BODY, st.lists(st.integers(min_value=0, max_value=400), max_size=12), st.booleans())
+def test_any_chunking_gives_the_whole_body_answer(body: bytes, cuts: list[int], dots: bool) -> None:
+    assert stream(body, cuts, dot_stuffed=dots) == reference(body, dot_stuffed=dots)
+
+
+@pytest.mark.parametrize(
+    ("body", "chunks", "expected"),
+    [
+        (b"a\r\nb", [b"a\r", b"\nb"], b"a\r\nb\r\n"),  # a CRLF split between chunks is one line end
+        (b"..x\n.\n", [b".", b".x\n.", b"\n"], b".x\r\n\r\n"),  # one dot removed per line
+        (b"a\rb\r", [b"a\rb\r"], b"a\r\nb\r\n"),  # old Mac line ends
+    ],
+)
+def test_examples(body: bytes, chunks: list[bytes], expected: bytes) -> None:
+    streamer = PickupBody(first_line=1, dot_stuffed=True)
+    got = b"".join(streamer.feed(c) for c in chunks) + streamer.finish()
+    assert got == expected == reference(body, dot_stuffed=True)
+
+
+def test_a_nul_is_named_by_its_line_in_the_file() -> None:
+    streamer = PickupBody(first_line=6, dot_stuffed=False)
+    streamer.feed(b"one\r\ntwo\r")
+    with pytest.raises(BodyRejected, match="line 8 contains a NUL byte") as info:
+        streamer.feed(b"\nthr\0ee\r\n")
+    assert info.value.status == "5.6.0"
+
+
+@pytest.mark.parametrize(
+    ("buffer", "complete", "end"),
+    [
+        (b"A: b\r\n\r\nbody", False, 8),
+        (b"A: b\n\nbody", False, 6),
+        (b"A: b\r\rbody", False, 6),
+        (b"A: b\r\n", True, None),  # headers only
+        (b"A: b\r\n\r", False, None),  # the CR may be half a CRLF: read more
+        (b"A: b\r\n\r", True, 7),
+        (b"\r\nbody", False, 2),  # an empty first line: no headers (the parser says so)
+    ],
+)
+def test_where_the_body_begins(buffer: bytes, complete: bool, end: int | None) -> None:
+    assert pickup_head_end(buffer, complete=complete) == end
