@@ -7,6 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from spoolmail._core.pickup import BodyRejected, PickupBody, pickup_head_end
+import itertools
 
 
 def reference(body: bytes, *, dot_stuffed: bool) -> bytes:
@@ -20,7 +21,7 @@ def reference(body: bytes, *, dot_stuffed: bool) -> bytes:
 def stream(body: bytes, cuts: list[int], *, dot_stuffed: bool, first_line: int = 1) -> bytes:
     streamer = PickupBody(first_line=first_line, dot_stuffed=dot_stuffed)
     edges = sorted({0, len(body), *(c % (len(body) + 1) for c in cuts)})
-    out = [streamer.feed(body[a:b]) for a, b in zip(edges, edges[1:], strict=False)]
+    out = [streamer.feed(body[a:b]) for a, b in itertools.pairwise(edges)]
     return b"".join(out) + streamer.finish()
 
 

@@ -1,7 +1,8 @@
 """Queue ids: unique, time-sortable names for queued messages, never derived from their content.
 
-An id is ``<milliseconds since 1970, 11 hex digits>-<12 random hex digits>``, e.g.
-``19ac9b2f1c0-5e1f0c2a9b7d``: sorting ids sorts messages by arrival, the random part keeps two
+An id is ``<milliseconds since 1970, 11 hex digits>-<sequence, 4 hex digits><48 random bits, 12
+hex digits>``, e.g. ``19ac9b2f1c0-00005e1f0c2a9b7d``: sorting ids sorts messages by arrival (the
+sequence orders the ids one factory makes within one millisecond), the random part keeps two
 processes apart, and only ``[0-9a-f-]`` appear, so an id is safe in every file name and URL.
 A DSN's id is its parent's id plus ``-d<n>`` (:func:`dsn_id`): recomputing it after a crash gives
 the same name, so a DSN is queued once however often its parent's attempt is repeated.
@@ -18,6 +19,7 @@ import attrs
 
 __all__ = ["QueueIds", "dsn_id", "is_queue_id"]
 
+_BASE32 = "0123456789abcdefghijklmnopqrstuv"
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 
 
@@ -33,15 +35,26 @@ def dsn_id(parent: str, number: int) -> str:
 
 @attrs.define
 class QueueIds:
-    """Makes queue ids from a time (handed in) and a random source (default SystemRandom)."""
+    """Makes queue ids from a time (handed in) and a random source (default SystemRandom).
+
+    Not thread-safe by itself: the store serialises the calls (``MailStore.new_id``).
+    """
 
     rng: random.Random = attrs.field(factory=random.SystemRandom)
+    _last: tuple[int, int] = attrs.field(default=(-1, 0), init=False)
 
     def new(self, now: datetime) -> str:
         millis = int(now.timestamp() * 1000)
-        return f"{millis:011x}-{self.rng.getrandbits(48):012x}"
+        last, sequence = self._last
+        sequence = sequence + 1 if millis == last else 0
+        self._last = (millis, sequence)
+        return f"{millis:011x}-{sequence & 0xFFFF:04x}{self.rng.getrandbits(48):012x}"
 
     def token(self, length: int = 10) -> str:
-        """A short random name part (owner tokens, temporary file names)."""
-        alphabet = "0123456789abcdefghijklmnopqrstuvwxyz"
-        return "".join(self.rng.choice(alphabet) for _ in range(length))
+        """A short random name part (owner tokens, temporary file names): base 32, one draw."""
+        value = self.rng.getrandbits(5 * length)
+        digits = []
+        for _ in range(length):
+            value, digit = divmod(value, 32)
+            digits.append(_BASE32[digit])
+        return "".join(digits)

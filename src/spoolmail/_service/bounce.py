@@ -47,11 +47,15 @@ class Bouncer:
     retry_until: Callable[[Envelope], datetime | None]
 
     def queued_already(self, queue_id: str) -> bool:
-        """Whether ``queue_id`` has a committed envelope, claimed or not."""
-        if self.store.exists(QUEUE, f"{queue_id}.env"):
-            return True
+        """Whether ``queue_id`` is committed: its message and its envelope, claimed or not.
+
+        An envelope without its message is not: the two renames of a commit may reach the disk
+        in either order, and a commit is only whole once both have.
+        """
         if not self.store.exists(QUEUE, f"{queue_id}.eml"):
             return False
+        if self.store.exists(QUEUE, f"{queue_id}.env"):
+            return True
         # Rare (being delivered, or a commit cut short): only now list the Queue.
         files = self.store.queue_files().get(queue_id)
         return files is not None and bool(files.claims)

@@ -105,7 +105,9 @@ class Intake:
             )
             stream = chain([result.message], map(body.feed, chain([start], chunks(handle))))
             try:
-                size = self.store.write(QUEUE, f"{claim.id}.eml", _finished(stream, body))
+                size = self.store.write(
+                    QUEUE, f"{claim.id}.eml", _finished(stream, body), sync_folder=False
+                )
             except BodyRejected as problem:
                 self._reject(
                     claim,
@@ -125,8 +127,10 @@ class Intake:
             origin=f"pickup:{claim.name}",
             size=size,
         )
-        # The envelope last: it is the commit (the message file alone is not yet queued).
-        self.store.write(QUEUE, f"{claim.id}.env", encode_envelope(envelope))
+        # The envelope last: it is the commit (the message file alone is not yet queued). One
+        # fsync of the Queue makes both renames durable before the claim goes (as commit_queued).
+        self.store.write(QUEUE, f"{claim.id}.env", encode_envelope(envelope), sync_folder=False)
+        self.store.sync(QUEUE)
         self.store.finish_claim(claim)
         return envelope
 

@@ -19,8 +19,8 @@ from __future__ import annotations
 import logging
 import platform
 import threading
-from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta
 from functools import partial
 
@@ -100,6 +100,40 @@ class Report:
 
     def __bool__(self) -> bool:
         return any(attrs.astuple(self, recurse=False))
+
+
+# Pickup files claimed (and made durable) together; also how often intake hands its work over.
+_PICKUP_BATCH = 32
+
+
+@attrs.define
+class _Tick:
+    """One tick's deliveries: each due message attempted once, reports joined in due order."""
+
+    service: MailService
+    attempted: set[str] = attrs.Factory(set)
+    again: list[str] = attrs.Factory(list)
+    running: list[Future[_Tally]] = attrs.Factory(list)
+
+    def dispatch(self) -> bool:
+        """Hand what is due now to the delivery threads; whether anything is running."""
+        for queue_id in self.service._pop_due():
+            if queue_id in self.attempted:
+                # Attempted once this tick already: whatever its policy says, next tick.
+                self.again.append(queue_id)
+                continue
+            self.attempted.add(queue_id)
+            self.running.append(self.service._submit(queue_id))
+        return bool(self.running)
+
+    def collect(self, tally: _Tally) -> None:
+        for future in self.running:
+            tally.merge(future.result())
+        self.running.clear()
+
+    def finish(self) -> None:
+        for queue_id in self.again:
+            self.service._due_at(queue_id, self.service.clock())
 
 
 @attrs.define
@@ -246,21 +280,17 @@ class MailService:
         self._guard(tally, "renewing this process's lease", self.store.announce)
         names: list[str] = []
         self._guard(tally, "listing Pickup", lambda: names.extend(self.store.pickup_names()))
-        for name in names:
-            self._guard(tally, f"picking up {name!r}", partial(self._pickup, name, tally))
-        # DSNs queued by this tick are due at once, so loop until nothing new is due; a message
-        # is attempted at most once a tick, whatever its retry policy says. The messages of a
-        # round are attempted side by side; their reports join in due order.
-        attempted: set[str] = set()
-        again: list[str] = []
-        while due := self._pop_due():
-            fresh = [q for q in due if q not in attempted]
-            again.extend(q for q in due if q in attempted)
-            attempted.update(fresh)
-            for result in self._map(self._attempt_alone, fresh):
-                tally.merge(result)
-        for queue_id in again:
-            self._due_at(queue_id, self.clock())
+        tick = _Tick(self)
+        # Pickup in batches, and what each batch queues is handed to the delivery threads at
+        # once: delivery's waits (the network, fsync) overlap the next batch's intake.
+        for start in range(0, len(names), _PICKUP_BATCH):
+            batch = names[start : start + _PICKUP_BATCH]
+            self._guard(tally, "picking up files", partial(self._pickup, batch, tally))
+            tick.dispatch()
+        # DSNs queued by this tick are due at once, so go on until nothing new is due.
+        while tick.dispatch():
+            tick.collect(tally)
+        tick.finish()
         return tally.freeze()
 
     def _pop_due(self) -> list[str]:
@@ -271,14 +301,12 @@ class MailService:
         with self._schedule_lock:
             self.schedule.set(queue_id, when)
 
-    def _map(self, work: Callable[[str], _Tally], queue_ids: list[str]) -> Iterator[_Tally]:
-        if self.limits.max_connections == 1 or len(queue_ids) == 1:
-            return map(work, queue_ids)
+    def _submit(self, queue_id: str) -> Future[_Tally]:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(
                 max_workers=self.limits.max_connections, thread_name_prefix="spoolmail"
             )
-        return self._pool.map(work, queue_ids)
+        return self._pool.submit(self._attempt_alone, queue_id)
 
     def _attempt_alone(self, queue_id: str) -> _Tally:
         tally = _Tally()
@@ -489,17 +517,16 @@ class MailService:
 
     # -- Pickup ----------------------------------------------------------------------------------
 
-    def _pickup(self, name: str, tally: _Tally) -> None:
-        claim = self.store.claim_pickup(name)
-        if claim is not None:
-            self._intake(claim, tally)
+    def _pickup(self, names: Sequence[str], tally: _Tally) -> None:
+        for claim in self.store.claim_pickups(names):
+            self._guard(tally, f"picking up {claim.name!r}", partial(self._intake, claim, tally))
 
     def _intake(self, claim: PickupClaim, tally: _Tally) -> None:
         envelope = self.intake.process(claim)
         if envelope is None:
             tally.badmail.append(claim.id)
         else:
-            self.schedule.set(envelope.id, envelope.next_attempt)
+            self._due_at(envelope.id, envelope.next_attempt)
             tally.picked_up.append(envelope.id)
 
     # -- delivery ----------------------------------------------------------------------------------
@@ -594,7 +621,8 @@ class MailService:
             due = envelope.next_attempt
             self._due_at(envelope.id, min(due, envelope.notice_at or due))
         elif state is State.DONE:
-            self.store.finish(envelope.id)
+            # Transcripts exist only if an earlier attempt left the message waiting.
+            self.store.finish(envelope.id, transcripts=envelope.attempts > 1)
             tally.finished.append(envelope.id)
         else:
             history = "".join(self._history(envelope.id, kind) for kind in TranscriptKind)

@@ -219,7 +219,7 @@ class Spool:
         )
         if isinstance(check, PickupRejected):
             raise MessageError(check.reason, status=check.status)
-        name = f"{self.store.ids.new(self.clock())}.eml"
+        name = f"{self.store.new_id()}.eml"
         self.store.write(PICKUP, name, data)
         return name
 
@@ -365,7 +365,7 @@ class Spool:
                 next_attempt=now,
             )
         chosen = None if recipients is None else _match(envelope, recipients, queue_id)
-        new_id = store.ids.new(now)
+        new_id = store.new_id()
         fresh = states.requeue(envelope, queue_id=new_id, now=now, addresses=chosen)
         if sender is not None:
             fresh = attrs.evolve(fresh, sender=sender)

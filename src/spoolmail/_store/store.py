@@ -32,6 +32,7 @@ import enum
 import json
 import os
 import platform
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
@@ -144,6 +145,7 @@ class MailStore:
         self.ids = ids
         self.lease = lease
         self.owner = ids.token()
+        self._ids_lock = threading.Lock()
         self._announced: datetime | None = None
         self._host = platform.node()
         try:
@@ -152,6 +154,11 @@ class MailStore:
         except pyfs.errors.FSError as exc:
             raise StorageError(f"cannot create the MailRoot folders: {exc}") from exc
         self._os_root = self._sys_root()
+        self._folders = (
+            {folder: os.path.join(self._os_root, folder) for folder in FOLDERS}
+            if self._os_root is not None
+            else {}
+        )
         self._check_layout()
 
     # -- paths and low-level operations -------------------------------------------------------
@@ -162,12 +169,8 @@ class MailStore:
         return os.path.dirname(self.fs.getsyspath(QUEUE).rstrip(os.sep))
 
     def _sys(self, folder: str, name: str = "") -> str:
-        assert self._os_root is not None  # noqa: S101 (only called on OS filesystems)
-        return (
-            os.path.join(self._os_root, folder, name)
-            if name
-            else os.path.join(self._os_root, folder)
-        )
+        """The OS path of a folder or a file in it (only on OS filesystems; the hot path)."""
+        return f"{self._folders[folder]}{os.sep}{name}" if name else self._folders[folder]
 
     def _check_layout(self) -> None:
         """Refuse folders on different devices: a rename between them would be a silent copy."""
@@ -267,6 +270,10 @@ class MailStore:
             raise StorageError(f"cannot rename {'/'.join(src)} to {'/'.join(dst)}: {exc}") from exc
         return True
 
+    def sync(self, *folders: str) -> None:
+        """Make the renames into and out of ``folders`` durable (one fsync each)."""
+        self._sync_dirs(folders)
+
     def _sync_dirs(self, folders: Iterable[str]) -> None:
         if self.durability is not Durability.FSYNC or self._os_root is None or os.name == "nt":
             return
@@ -276,6 +283,11 @@ class MailStore:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+
+    def new_id(self) -> str:
+        """A new queue id (intake, the delivery threads and the application may ask at once)."""
+        with self._ids_lock:
+            return self.ids.new(self.clock())
 
     def _temp_name(self) -> str:
         return f"{self.owner}.{self.ids.token(12)}{_TMP_SUFFIX}"
@@ -287,11 +299,14 @@ class MailStore:
         data: bytes | Iterable[bytes],
         *,
         durability: Durability | None = None,
+        sync_folder: bool = True,
     ) -> int:
         """Write a whole file atomically: SortTemp, flush, fsync, rename, fsync the directory.
 
         Replaces an existing file of that name. Returns the number of bytes written.
-        ``durability`` overrides the store's for files that need not outlive a power cut.
+        ``durability`` overrides the store's for files that need not outlive a power cut;
+        ``sync_folder=False`` leaves the directory's fsync to the caller, who makes several
+        renames into one folder durable with one :meth:`sync`.
         """
         durability = durability or self.durability
         temp = self._temp_name()
@@ -320,7 +335,7 @@ class MailStore:
             (SORTTEMP, temp),
             (folder, name),
             sync_source=False,
-            sync_target=durability is Durability.FSYNC,
+            sync_target=sync_folder and durability is Durability.FSYNC,
         ):
             raise StorageError(f"{SORTTEMP}/{temp} vanished before it could become {folder}/{name}")
         return written
@@ -381,11 +396,24 @@ class MailStore:
 
     def claim_pickup(self, name: str) -> PickupClaim | None:
         """Rename ``Pickup/name`` into SortTemp under a new queue id; ``None`` if another won."""
+        claims = self.claim_pickups([name])
+        return claims[0] if claims else None
+
+    def claim_pickups(self, names: Iterable[str]) -> list[PickupClaim]:
+        """Claim several Pickup files (those another process won are left out), then make the
+        claims durable with one fsync of Pickup and SortTemp, before anything is queued: a claim
+        lost to a power cut would bring the file back into Pickup beside its queued copy."""
         self.announce()
-        claim = PickupClaim(self.ids.new(self.clock()), self.owner, name)
-        if self.rename((PICKUP, name), (SORTTEMP, claim.file)):
-            return claim
-        return None
+        claims = []
+        for name in names:
+            claim = PickupClaim(self.new_id(), self.owner, name)
+            if self.rename(
+                (PICKUP, name), (SORTTEMP, claim.file), sync_source=False, sync_target=False
+            ):
+                claims.append(claim)
+        if claims:
+            self.sync(PICKUP, SORTTEMP)
+        return claims
 
     def pickup_claims(self) -> list[PickupClaim]:
         claims = (PickupClaim.from_file(name) for name in self.listdir(SORTTEMP))
@@ -444,15 +472,29 @@ class MailStore:
     def commit_queued(
         self, queue_id: str, message: bytes | Iterable[bytes], envelope: bytes
     ) -> None:
-        """Queue a message: its bytes first, its envelope last (the commit)."""
-        self.write(QUEUE, f"{queue_id}.eml", message)
-        self.write(QUEUE, f"{queue_id}.env", envelope)
+        """Queue a message: its bytes first, its envelope last (the commit).
+
+        Both files are fsync'd, the Queue folder once for both renames: until that fsync
+        returns, the source of the message (a Pickup claim, a parent's attempt) still exists and
+        recovery writes both again, so the order in which the two renames reach the disk does
+        not matter.
+        """
+        self.write(QUEUE, f"{queue_id}.eml", message, sync_folder=False)
+        self.write(QUEUE, f"{queue_id}.env", envelope, sync_folder=False)
+        self.sync(QUEUE)
 
     def claim_queued(self, queue_id: str) -> bool:
-        """Rename ``ID.env`` to ``ID.OWNER.env``; ``False`` if it is gone (claimed or finished)."""
+        """Rename ``ID.env`` to ``ID.OWNER.env``; ``False`` if it is gone (claimed or finished).
+
+        Not fsync'd: a claim lost to a power cut only means the message is attempted again,
+        and delivery is at-least-once anyway (DESIGN.md section 3).
+        """
         self.announce()
         return self.rename(
-            (QUEUE, f"{queue_id}.env"), (QUEUE, self.claimed_name(queue_id, self.owner))
+            (QUEUE, f"{queue_id}.env"),
+            (QUEUE, self.claimed_name(queue_id, self.owner)),
+            sync_source=False,
+            sync_target=False,
         )
 
     def take_over_queued(self, queue_id: str, owner: str) -> bool:
@@ -471,13 +513,19 @@ class MailStore:
 
     def release(self, queue_id: str, envelope: bytes) -> None:
         """Commit the new envelope while still claimed, then hand the message back to the Queue."""
-        self.update_claimed(queue_id, envelope)
+        self.write(QUEUE, self.claimed_name(queue_id, self.owner), envelope, sync_folder=False)
         self.rename((QUEUE, self.claimed_name(queue_id, self.owner)), (QUEUE, f"{queue_id}.env"))
 
-    def finish(self, queue_id: str, owner: str | None = None) -> None:
-        """Remove a finished message: message and transcripts first, the claimed envelope last."""
-        for name in (f"{queue_id}.eml", f"{queue_id}.RTR", f"{queue_id}.LTR"):
-            self.remove(QUEUE, name)
+    def finish(self, queue_id: str, owner: str | None = None, *, transcripts: bool = True) -> None:
+        """Remove a finished message: message and transcripts first, the claimed envelope last.
+
+        ``transcripts=False`` when there can be none (they are written only when a message
+        stays in the Queue), saving two deletes of nothing.
+        """
+        self.remove(QUEUE, f"{queue_id}.eml")
+        if transcripts:
+            self.remove(QUEUE, f"{queue_id}.RTR")
+            self.remove(QUEUE, f"{queue_id}.LTR")
         self.remove(QUEUE, self.claimed_name(queue_id, owner or self.owner))
 
     def signature(self, folder: str, name: str) -> tuple[int, ...] | None:

@@ -43,6 +43,8 @@ __all__ = ["DataEncoder", "SmtpExtensions", "SmtpTimeouts", "SmtpTransport"]
 
 # Message data is read and sent in blocks of this size, so memory stays flat whatever the size.
 _CHUNK = 64 * 1024
+# A kept connection used this recently is reused without an RSET probe first (seconds).
+_FRESH = 2.0
 # RFC 5321 §4.5.3.1.5 allows 512 octets per reply line; real servers exceed it in EHLO and 5xx
 # texts, so tolerate four times that. The bound is about memory, not pedantry.
 _MAX_REPLY_LINE = 2048
@@ -239,6 +241,8 @@ def _parse_reply_line(line: bytes) -> tuple[int, bool, str] | None:
 
 def _printable(text: str, *, limit: int = 200) -> str:
     """``text`` made safe for one transcript line or reply text: no control characters, bounded."""
+    if len(text) <= limit and text.isprintable():
+        return text  # nearly always: one C call instead of one per character
     shown = "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text[:limit])
     return shown + ("..." if len(text) > limit else "")
 
@@ -811,6 +815,7 @@ class SmtpTransport:
         monotonic: Callable[[], float] = time.monotonic,
         tls_context: ssl.SSLContext | None = None,
         max_recipients: int = _MAX_RECIPIENTS,
+        max_idle: int = 10,
     ) -> None:
         # RFC 5321 §4.1.1.1: EHLO names this host by its FQDN or an address literal.
         if not _HELO_NAME.fullmatch(helo_name):
@@ -838,7 +843,8 @@ class SmtpTransport:
         self._verifying = tls_context
         self._unverified = _unverified_context()
         self._max_recipients = max_recipients
-        self._idle: dict[Target, _Session] = {}
+        self._max_idle = max(1, max_idle)
+        self._idle: dict[Target, list[_Session]] = {}
         self._lock = threading.Lock()
 
     def __enter__(self) -> SmtpTransport:
@@ -862,8 +868,20 @@ class SmtpTransport:
         answers: dict[str, Reply] = {}
         session: _Session | None = None
         try:
-            session = self._session(target, transcript)
-            self._transact(session, message, recipients, answers, transcript)
+            session, probed = self._session(target, transcript)
+            try:
+                self._transact(session, message, recipients, answers, transcript)
+            except _SessionError as ended:
+                if probed or answers or ended.reply.status != "4.4.2":
+                    raise
+                # A connection reused without RSET was gone before MAIL got an answer: nothing
+                # was sent, so once more on a fresh one (RFC 5321 section 4.1.4 lets MAIL follow
+                # a finished transaction; the RSET probe is what this saved).
+                transcript.note("the reused connection was gone; connecting again")
+                self._discard(session, transcript)
+                session = None
+                session = self._open(target, transcript)
+                self._transact(session, message, recipients, answers, transcript)
         except _SessionError as ended:
             transcript.note(f"session ended: {ended.reply}")
             _answer_all(answers, recipients, ended.reply)
@@ -882,30 +900,36 @@ class SmtpTransport:
     def close(self) -> None:
         """QUIT and close every kept connection. Safe to call at any time, more than once."""
         with self._lock:
-            sessions = list(self._idle.values())
+            sessions = [s for kept in self._idle.values() for s in kept]
             self._idle.clear()
         for session in sessions:
             self._discard(session, None)
 
     # Connections.
 
-    def _session(self, target: Target, transcript: Transcript) -> _Session:
+    def _session(self, target: Target, transcript: Transcript) -> tuple[_Session, bool]:
+        """A connection to ``target``, and whether it is known to work (new, or probed)."""
         kept = self._take_kept(target)
         if kept is not None:
             transcript.note(f"reusing the connection to {_where(target)}")
+            if self._monotonic() - kept.last_used < _FRESH:
+                # Its last transaction ended moments ago: MAIL may follow at once (RFC 5321
+                # section 4.1.4). A round trip saved per message; send() reconnects if it was
+                # gone after all.
+                return kept, False
             # RFC 5321 §4.1.1.5: RSET starts clean and, here, proves the connection still works.
             # A connection that fails it is replaced once, transparently.
             try:
                 reply = kept.command("RSET", timeout=self._timeouts.rset, transcript=transcript)
                 if reply.code // 100 == 2:
-                    return kept
+                    return kept, True
                 transcript.note("the kept connection refused RSET; connecting again")
             except _SessionError as ended:
                 transcript.note(
                     f"the kept connection is gone ({ended.reply.text}); connecting again"
                 )
             self._discard(kept, transcript)
-        return self._open(target, transcript)
+        return self._open(target, transcript), True
 
     def _open(self, target: Target, transcript: Transcript) -> _Session:
         if target.credentials is not None and target.tls is TlsPolicy.NEVER:
@@ -1097,15 +1121,22 @@ class SmtpTransport:
         return reply
 
     def _take_kept(self, target: Target) -> _Session | None:
+        """The most recently used idle connection to ``target``; idle ones too old are closed."""
         now = self._monotonic()
+        expired: list[_Session] = []
         with self._lock:
-            expired = [s for s in self._idle.values() if now - s.last_used > self._timeouts.idle]
-            for session in expired:
-                del self._idle[session.target]
-            kept = self._idle.pop(target, None)
-        for session in expired:
-            self._discard(session, None)
-        return kept
+            for key, sessions in list(self._idle.items()):
+                fresh = [s for s in sessions if now - s.last_used <= self._timeouts.idle]
+                expired.extend(s for s in sessions if s not in fresh)
+                if fresh:
+                    self._idle[key] = fresh
+                else:
+                    del self._idle[key]
+            kept = self._idle.get(target)
+            session = kept.pop() if kept else None
+        for old in expired:
+            self._discard(old, None)
+        return session
 
     def _release(self, session: _Session, transcript: Transcript) -> None:
         if not session.usable or self._timeouts.idle == 0:
@@ -1113,11 +1144,13 @@ class SmtpTransport:
             return
         session.last_used = self._monotonic()
         with self._lock:
-            previous = self._idle.get(session.target)
-            self._idle[session.target] = session
-        if previous is not None:
-            # Another thread kept a connection to the same target meanwhile; one is enough.
-            self._discard(previous, None)
+            # One idle connection per delivery thread that used this host, up to a bound.
+            kept = self._idle.setdefault(session.target, [])
+            kept.append(session)
+            surplus = kept[: -self._max_idle] if len(kept) > self._max_idle else []
+            del kept[: len(surplus)]
+        for extra in surplus:
+            self._discard(extra, None)
 
     def _discard(self, session: _Session, transcript: Transcript | None) -> None:
         # RFC 5321 §4.1.1.10: say QUIT before closing, when the session is in a state to hear it.
