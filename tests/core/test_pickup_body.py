@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from spoolmail._core.pickup import BodyRejected, PickupBody, pickup_head_end
-import itertools
 
 
 def reference(body: bytes, *, dot_stuffed: bool) -> bytes:
