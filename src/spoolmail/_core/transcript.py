@@ -24,37 +24,49 @@ HISTORY_MARK = "Delivery attempts, oldest first:"
 
 @attrs.define
 class Transcript:
-    """The lines of one delivery attempt. ``clock`` stamps each line (an aware UTC datetime)."""
+    """The lines of one delivery attempt. ``clock`` stamps each line (an aware UTC datetime).
+
+    Lines are kept as (time, mark, text) and formatted only when read (``lines``, ``text``): a
+    message delivered at the first attempt keeps no transcript, so its lines are never formatted.
+    """
 
     clock: Callable[[], datetime]
-    lines: list[str] = attrs.Factory(list)
-
-    def _stamp(self) -> str:
-        return self.clock().astimezone(UTC).strftime("%H:%M:%S.%f")[:-3]
+    _entries: list[tuple[datetime, str, str]] = attrs.field(factory=list, init=False)
 
     def begin(self, title: str) -> None:
         """Start a section: an attempt, or one host of an attempt."""
-        when = self.clock().astimezone(UTC).isoformat(timespec="milliseconds")
-        self.lines.append(f"--- {when} {title}")
+        self._entries.append((self.clock(), "---", title))
 
     def sent(self, line: str) -> None:
         """A command spoolmail sent. Callers redact secrets (AUTH) before handing them in."""
-        self.lines.append(f"{self._stamp()} > {line}")
+        self._entries.append((self.clock(), ">", line))
 
     def received(self, line: str) -> None:
         """A reply line the peer sent."""
-        self.lines.append(f"{self._stamp()} < {line}")
+        self._entries.append((self.clock(), "<", line))
 
     def note(self, text: str) -> None:
         """What spoolmail did or decided (connected, timed out, wrote a Drop file)."""
-        self.lines.append(f"{self._stamp()} * {text}")
+        self._entries.append((self.clock(), "*", text))
 
     def extend(self, other: Transcript) -> None:
-        self.lines.extend(other.lines)
+        self._entries.extend(other._entries)
+
+    @property
+    def lines(self) -> list[str]:
+        """The lines as written to the transcript file: a section's first line carries the date."""
+        return [_format(when, mark, text) for when, mark, text in self._entries]
 
     @property
     def text(self) -> str:
         return "".join(f"{line}\n" for line in self.lines)
+
+
+def _format(when: datetime, mark: str, text: str) -> str:
+    utc = when.astimezone(UTC)
+    if mark == "---":
+        return f"--- {utc.isoformat(timespec='milliseconds')} {text}"
+    return f"{utc.strftime('%H:%M:%S.%f')[:-3]} {mark} {text}"
 
 
 def _summary(recipients: Iterable[Recipient]) -> list[str]:
