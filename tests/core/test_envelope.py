@@ -6,6 +6,7 @@ import contextlib
 import json
 from datetime import UTC, datetime, timedelta
 
+import attrs
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -67,6 +68,14 @@ def test_file_is_documented_json() -> None:
     assert data["next_attempt"] == "2026-11-28T10:30:02.012300+00:00"
 
 
+def test_message_facts_round_trip_and_may_be_absent() -> None:
+    noted = attrs.evolve(sample(), hops=3, eight_bit=True)
+    assert decode_envelope(encode_envelope(noted)) == noted
+    # An envelope written before intake noted them: unknown, not zero.
+    older = decode_envelope(mutate(hops=KeyError, eight_bit=KeyError))
+    assert (older.hops, older.eight_bit) == (None, None)
+
+
 def test_null_sender_round_trips() -> None:
     envelope = Envelope(
         id="x", sender="", recipients=(Recipient("a@b.c"),), arrival=T0, next_attempt=T0
@@ -106,6 +115,10 @@ def mutate(**changes: object) -> bytes:
             "unreadable reply",
         ),
         (mutate(recipients=["a@b"]), "must be an object"),
+        (mutate(hops=-1), "'hops' must be a count or null"),
+        (mutate(hops=True), "'hops' must be a count or null"),
+        (mutate(hops="3"), "'hops' must be a count or null"),
+        (mutate(eight_bit=0), "'eight_bit' must be bool or null"),
     ],
 )
 def test_damage_is_named(raw: bytes, fragment: str) -> None:

@@ -386,6 +386,42 @@ def test_hop_limit_fails_with_5_4_6(spool: Spool, service: MailService) -> None:
     assert b"Status: 5.4.6" in spool.drop_message(dsn_id)
 
 
+def test_intake_notes_hops_and_8bit_for_delivery(
+    spool: Spool, service: MailService, transport: CapturingTransport
+) -> None:
+    transport.answers = {"dan@remote.test": LATER}
+    hops = b"Received: from h1 by h2; Sat, 28 Nov 2026 10:00:00 +0000\r\n"
+    spool.submit(hops + message(to="dan@remote.test"))
+    spool.submit(message(to="dan@remote.test", body="caf\u00e9"))
+    first, second = service.run_once().picked_up
+    noted = {m.envelope.id: (m.envelope.hops, m.envelope.eight_bit) for m in spool.queued()}
+    # Our own Received: on top of the writer's one.
+    assert noted == {first: (2, False), second: (1, True)}
+
+
+def test_hop_limit_holds_for_envelopes_without_a_noted_count(
+    spool: Spool, service: MailService
+) -> None:
+    hops = b"".join(
+        b"Received: from h%d by h%d; Sat, 28 Nov 2026 10:00:00 +0000\r\n" % (n, n)
+        for n in range(15)
+    )
+    queue_id = spool.store.new_id()
+    envelope = Envelope(
+        id=queue_id,
+        sender="alice@example.com",
+        recipients=(Recipient("bob@example.com"),),
+        arrival=spool.clock(),
+        next_attempt=spool.clock(),
+    )
+    # Queued by an older release: no hops in the envelope, so delivery counts them in the file.
+    spool.store.commit_queued(
+        queue_id, hops + b"Received: x\r\n\r\nbody\r\n", encode_envelope(envelope)
+    )
+    report = service.run_once()
+    assert [address for _, address in report.failed] == ["bob@example.com"]
+
+
 def test_without_smart_host_mail_goes_to_the_mx_hosts(
     spool: Spool, transport: CapturingTransport, clock: FakeClock
 ) -> None:

@@ -283,6 +283,28 @@ def test_eight_bit_body_is_declared(transport: SmtpTransport, transcript: Transc
 
 
 @integration
+def test_what_the_envelope_knows_of_8bit_is_not_read_again(
+    transport: SmtpTransport, transcript: Transcript
+) -> None:
+    reads: list[str] = []
+
+    def opened(data: bytes) -> io.BytesIO:
+        reads.append("opened")
+        return io.BytesIO(data)
+
+    message = attrs.evolve(outgoing(), open=lambda: opened(MESSAGE), eight_bit=True)
+    unknown = attrs.evolve(outgoing(), open=lambda: opened(MESSAGE))
+    with smtp_server() as server:
+        transport.send(server.target, message, transcript)
+        assert reads == ["opened"]  # only to send it: the hint decided BODY=8BITMIME
+        transport.send(server.target, unknown, transcript)
+        assert reads == ["opened"] * 3  # a first pass to look for 8-bit octets, then the send
+    first, second = server.messages
+    assert "BODY=8BITMIME" in first.mail_options
+    assert "BODY=8BITMIME" not in second.mail_options
+
+
+@integration
 def test_helo_fallback_when_ehlo_is_refused(
     transport: SmtpTransport, transcript: Transcript
 ) -> None:

@@ -115,6 +115,8 @@ class Envelope:
     (``held_since`` set) is never attempted and its time on hold does not count towards expiry
     (``held_time`` sums earlier holds). ``notice_at`` is when a delay DSN falls due if the
     message is still waiting then: the service wakes for it, not only at the next attempt.
+    ``hops`` (the ``Received:`` fields) and ``eight_bit`` (an octet over 127 anywhere) describe
+    the stored message when the writer knew them; ``None`` means "read the message to find out".
     """
 
     id: str
@@ -135,6 +137,8 @@ class Envelope:
     ret: Ret | None = None
     about: str = ""
     notice_at: datetime | None = attrs.field(default=None, validator=_aware)
+    hops: int | None = None
+    eight_bit: bool | None = None
 
     @property
     def held(self) -> bool:
@@ -215,6 +219,8 @@ def encode_envelope(envelope: Envelope) -> bytes:
         "ret": None if envelope.ret is None else envelope.ret.value,
         "about": envelope.about,
         "notice_at": _time(envelope.notice_at),
+        "hops": envelope.hops,
+        "eight_bit": envelope.eight_bit,
     }
     return (json.dumps(data, ensure_ascii=False, indent=1) + "\n").encode("utf-8")
 
@@ -279,6 +285,17 @@ def _optional_str(data: dict[str, Any], field: str) -> str | None:
     return value
 
 
+def _optional(data: dict[str, Any], field: str, kind: type[_T]) -> _T | None:
+    value: object = data.get(field)
+    if value is None:
+        return None
+    if kind is int and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+        raise EnvelopeError(f"field {field!r} must be a count or null, not {value!r}")
+    if not isinstance(value, kind):
+        raise EnvelopeError(f"field {field!r} must be {kind.__name__} or null, not {value!r}")
+    return value
+
+
 def decode_envelope(raw: bytes) -> Envelope:
     """Read an envelope file; anything but a whole envelope of a known version: EnvelopeError."""
     try:
@@ -315,6 +332,8 @@ def decode_envelope(raw: bytes) -> Envelope:
         ret=_decode_ret(data.get("ret")),
         about=_typed(data, "about", str, ""),
         notice_at=_parse_time(data.get("notice_at"), "notice_at", optional=True),
+        hops=_optional(data, "hops", int),
+        eight_bit=_optional(data, "eight_bit", bool),
     )
 
 

@@ -481,7 +481,7 @@ class PickupBody:
     removed when ``dot_stuffed`` (KB Q286358), and a NUL byte raises :class:`BodyRejected`
     naming its line (``first_line`` is the body's first line number in the file). Memory stays
     one chunk however large the message: the header block is parsed by :func:`parse_pickup`,
-    the body never is.
+    the body never is. ``eight_bit`` tells, once fed, whether the body has an octet over 127.
     """
 
     def __init__(self, *, first_line: int, dot_stuffed: bool) -> None:
@@ -489,6 +489,7 @@ class PickupBody:
         self._dot_stuffed = dot_stuffed
         self._pending_cr = False
         self._at_line_start = True
+        self.eight_bit = False
 
     def feed(self, chunk: bytes) -> bytes:
         if self._pending_cr:
@@ -505,6 +506,8 @@ class PickupBody:
         self._line += text.count(b"\n")
         if not text:
             return b""
+        if not self.eight_bit and not text.isascii():
+            self.eight_bit = True
         ends_line = text.endswith(b"\n")
         if self._dot_stuffed:
             # KB Q286358: IIS 5+ with DisablePickupDotStuff=0 removes the first "." of a line,

@@ -19,6 +19,7 @@ import attrs
 
 from spoolmail._core.dsn import DsnAction, render_dsn
 from spoolmail._core.envelope import Envelope, Recipient, RecipientState, Ret, encode_envelope
+from spoolmail._core.headers import count_received, split_head
 from spoolmail._core.states import DsnKind, DsnOrder, Event, State, transition
 from spoolmail._store.store import BADMAIL, QUEUE, MailStore, read_head
 
@@ -88,6 +89,8 @@ class Bouncer:
             next_attempt=now,
             origin=f"dsn:{envelope.id}",
             size=len(message),
+            hops=count_received(split_head(message)[0]),
+            eight_bit=not message.isascii(),
             about=f"{order.kind.value} notice for {envelope.id} from <{envelope.sender}>: "
             + "; ".join(_reason(r) for r in order.recipients),
         )

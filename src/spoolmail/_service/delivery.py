@@ -111,28 +111,47 @@ class Concurrency:
     per_host: int
     _active: dict[Target, int] = attrs.field(factory=dict, init=False)
     _proven: set[Target] = attrs.field(factory=set, init=False)
-    _changed: threading.Condition = attrs.field(factory=threading.Condition, init=False)
+    _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
+    # One condition per host, all on one lock: a freed slot wakes one thread waiting for that
+    # host, not every waiting thread (a herd that would cost more CPU than the delivery).
+    _freed: dict[Target, threading.Condition] = attrs.field(factory=dict, init=False)
+    _waiting: dict[Target, int] = attrs.field(factory=dict, init=False)
+
+    def _limit(self, target: Target) -> int:
+        return self.per_host if target in self._proven else 1
 
     @contextlib.contextmanager
     def slot(self, target: Target) -> Iterator[None]:
-        with self._changed:
-            while self._active.get(target, 0) >= (self.per_host if target in self._proven else 1):
-                self._changed.wait()
+        with self._lock:
+            freed = self._freed.get(target)
+            if freed is None:
+                freed = self._freed[target] = threading.Condition(self._lock)
+            self._waiting[target] = self._waiting.get(target, 0) + 1
+            while self._active.get(target, 0) >= self._limit(target):
+                freed.wait()
+            self._waiting[target] -= 1
             self._active[target] = self._active.get(target, 0) + 1
         try:
             yield
         finally:
-            with self._changed:
+            with self._lock:
                 self._active[target] -= 1
-                self._changed.notify_all()
+                if self._waiting[target]:
+                    if self._active[target] < self._limit(target):
+                        freed.notify()
+                elif not self._active[target]:
+                    # Nobody uses or awaits the host: forget it (a long run meets many hosts).
+                    del self._active[target], self._waiting[target], self._freed[target]
 
     def answered(self, target: Target, *, alive: bool) -> None:
-        with self._changed:
-            if alive:
-                self._proven.add(target)
-            else:
+        with self._lock:
+            if not alive:
                 self._proven.discard(target)
-            self._changed.notify_all()
+            elif target not in self._proven:
+                self._proven.add(target)
+                freed = self._freed.get(target)
+                if freed is not None:
+                    freed.notify(self.per_host)  # the limit went up from one
 
 
 @attrs.define
@@ -194,9 +213,11 @@ class Deliverer:
                 "5.3.4",
                 f"message size {envelope.size} exceeds the limit of {self.max_message_size} bytes",
             )
-        with self.store.open(QUEUE, f"{envelope.id}.eml") as handle:
-            head, _ = read_head(handle, limit=HEAD_LIMIT)
-        hops = count_received(head)
+        hops = envelope.hops
+        if hops is None:  # not noted at intake (a message queued by an older release)
+            with self.store.open(QUEUE, f"{envelope.id}.eml") as handle:
+                head, _ = read_head(handle, limit=HEAD_LIMIT)
+            hops = count_received(head)
         if hops > self.max_hop_count:
             return Reply(
                 554,
@@ -290,6 +311,7 @@ class Deliverer:
                 recipients=addresses,
                 size=envelope.size,
                 open=lambda: self.store.open(QUEUE, f"{envelope.id}.eml"),
+                eight_bit=envelope.eight_bit,
             )
             replies = self.transport.send(target, outgoing, transcript)
             silent = _unreachable([replies[a] for a in addresses])

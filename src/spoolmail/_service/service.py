@@ -518,8 +518,27 @@ class MailService:
     # -- Pickup ----------------------------------------------------------------------------------
 
     def _pickup(self, names: Sequence[str], tally: _Tally) -> None:
+        """Take a batch of Pickup files in: each is queued or in BadMail, and what was queued
+        becomes durable with one fsync of the Queue before any of it is due."""
+        staged: list[tuple[PickupClaim, Envelope]] = []
+
+        def stage(claim: PickupClaim) -> None:
+            envelope = self.intake.stage(claim)
+            if envelope is None:
+                tally.badmail.append(claim.id)
+            else:
+                staged.append((claim, envelope))
+
         for claim in self.store.claim_pickups(names):
-            self._guard(tally, f"picking up {claim.name!r}", partial(self._intake, claim, tally))
+            self._guard(tally, f"picking up {claim.name!r}", partial(stage, claim))
+        if not staged:
+            return
+        # Should the commit fail, the claims stay in SortTemp and the next recovery finishes
+        # what is queued and takes the rest in again; until then nothing of it is scheduled.
+        self.intake.commit([claim for claim, _ in staged])
+        for _, envelope in staged:
+            self._due_at(envelope.id, envelope.next_attempt)
+            tally.picked_up.append(envelope.id)
 
     def _intake(self, claim: PickupClaim, tally: _Tally) -> None:
         envelope = self.intake.process(claim)

@@ -40,6 +40,8 @@ class Outgoing:
 
     ``open`` returns a fresh binary file of the stored message (CRLF line ends, not dot-stuffed);
     the transport streams it and closes it. ``sender`` ``""`` is the null reverse-path ``<>``.
+    ``eight_bit`` says whether the message has an octet over 127, when known (``None``: the
+    transport reads the message to find out, if the answer matters, as for ``BODY=8BITMIME``).
     """
 
     id: str
@@ -47,6 +49,7 @@ class Outgoing:
     recipients: tuple[str, ...] = attrs.field(converter=_addresses)
     size: int
     open: Callable[[], AbstractContextManager[BinaryIO]] = attrs.field(repr=False)
+    eight_bit: bool | None = None
 
 
 class Transport(Protocol):

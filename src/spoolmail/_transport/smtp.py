@@ -592,7 +592,10 @@ def _needs_smtputf8(sender: str, recipients: Iterable[str]) -> bool:
 def _has_eight_bit(message: Outgoing) -> bool:
     # A first streaming pass over the stored file, only when the server offers 8BITMIME (the one
     # case where the answer changes what we send). A server without 8BITMIME gets the bytes as they
-    # are, as most MTAs do; RFC 6152 §3's conversion to 7 bit is not implemented.
+    # are, as most MTAs do; RFC 6152 §3's conversion to 7 bit is not implemented. Intake notes the
+    # answer in the envelope, which spares this pass.
+    if message.eight_bit is not None:
+        return message.eight_bit
     with message.open() as source:
         while block := source.read(_CHUNK):
             if not block.isascii():
