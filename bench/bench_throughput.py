@@ -460,6 +460,13 @@ def run_service(
             return attempt(queue_id, tally)
 
         service._attempt = first_attempt  # type: ignore[method-assign]
+        pickup = service._pickup
+
+        def picked_up(names: Any, tally: Any) -> None:
+            pickup(names, tally)
+            stamps["queued"] = time.perf_counter()  # the last Pickup batch is in the Queue
+
+        service._pickup = picked_up  # type: ignore[method-assign]
         profiles = _profile_threads(service) if profile else []
         main_profile = cProfile.Profile() if profile else None
         delivered = ticks = 0
@@ -491,6 +498,7 @@ def run_service(
             total=ended - started,
             intake=stamps.get("delivery", ended) - started,
             delivery=ended - stamps.get("delivery", ended),
+            queued=stamps.get("queued", ended) - started,
             delivered=delivered,
             ticks=ticks,
             fsyncs={f"{p}/{k}": n for (p, k), n in sorted(fsyncs.counts.items())},
@@ -670,6 +678,10 @@ def detail_lines(run: dict[str, Any], messages: int) -> Iterator[str]:
         f"    intake {run['intake']:.2f} s ({n / run['intake']:,.0f} msg/s), delivery "
         f"{run['delivery']:.2f} s ({n / max(run['delivery'], 1e-9):,.0f} msg/s), "
         f"{run['ticks']} run_once call(s)"
+    )
+    yield (
+        f"    every Pickup file queued after {run['queued']:.2f} s of {run['total']:.2f} s "
+        "(intake runs beside delivery: when this is near the end, intake set the pace)"
     )
     yield (
         f"    spoolmail CPU {run['cpu']:.2f} s ({run['cpu'] / run['total']:.0%} of the wall "
