@@ -85,7 +85,11 @@ def message(
 
 
 def sortemp_empty(spool: Spool) -> bool:
-    return [n for n in spool.store.listdir("SortTemp") if not n.endswith(".owner")] == []
+    # This process's owner record and spare files (finished files kept to be written over).
+    kept = set(spool.store.spares)
+    return [
+        n for n in spool.store.listdir("SortTemp") if not n.endswith(".owner") and n not in kept
+    ] == []
 
 
 def parse(raw: bytes) -> email.message.EmailMessage:

@@ -220,6 +220,86 @@ def test_sweep_removes_only_dead_owners_files(filesystem: pyfs.FS, clock: FakeCl
     )
 
 
+# -- spares: finished files written over instead of new files created ----------------------------
+
+
+def os_store(tmp_path: Path, clock: FakeClock) -> MailStore:
+    return make_store(pyfs.OSFS(str(tmp_path)), clock)
+
+
+def test_a_finished_file_is_written_over_by_the_next_write(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    store = os_store(tmp_path, clock)
+    store.write("Queue", "a.eml", b"a long message " * 100)
+    inode = os.stat(tmp_path / "Queue" / "a.eml").st_ino
+    assert store.recycle("Queue", "a.eml")
+    assert not store.exists("Queue", "a.eml")
+    [spare] = store.spares
+    assert store.listdir("SortTemp") == [spare]
+    store.write("Queue", "b.eml", b"short")
+    assert store.read("Queue", "b.eml") == b"short"  # nothing of the longer file is left
+    assert os.stat(tmp_path / "Queue" / "b.eml").st_ino == inode
+    assert store.spares == ()
+    assert store.listdir("SortTemp") == []
+
+
+def test_spares_are_few_and_small(tmp_path: Path, clock: FakeClock) -> None:
+    store = os_store(tmp_path, clock)
+    store.write("Queue", "big.eml", b"x" * (256 * 1024 + 1))
+    assert store.recycle("Queue", "big.eml")
+    assert store.spares == ()
+    assert store.listdir("SortTemp") == []
+    for number in range(70):
+        store.write("Queue", f"{number}.eml", b"x")
+    for number in range(70):
+        assert store.recycle("Queue", f"{number}.eml")
+    assert len(store.spares) == 64
+    assert sorted(store.listdir("SortTemp")) == sorted(store.spares)
+    assert not store.recycle("Queue", "0.eml")  # already gone: as remove says
+
+
+def test_a_spare_deleted_behind_the_stores_back_is_not_missed(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    store = os_store(tmp_path, clock)
+    store.write("Queue", "a.eml", b"first")
+    store.recycle("Queue", "a.eml")
+    [spare] = store.spares
+    os.unlink(tmp_path / "SortTemp" / spare)
+    store.write("Queue", "b.eml", b"second")
+    assert store.read("Queue", "b.eml") == b"second"
+
+
+def test_closing_removes_the_spares_and_a_sweep_those_of_the_dead(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    store = os_store(tmp_path, clock)
+    store.announce()
+    for name in ("a.eml", "b.eml"):
+        store.write("Queue", name, b"x")
+    for name in ("a.eml", "b.eml"):
+        store.recycle("Queue", name)
+    assert len(store.listdir("SortTemp")) == 3  # two spares and the owner record
+    store.close()
+    assert store.listdir("SortTemp") == []
+
+    dying = make_store(pyfs.OSFS(str(tmp_path)), clock, seed=2)
+    dying.announce()
+    dying.write("Queue", "c.eml", b"x")
+    dying.recycle("Queue", "c.eml")
+    clock.advance(minutes=11)  # its lease runs out without a close
+    assert os_store(tmp_path, clock).sweep_temp() == 2  # the spare and the record
+
+
+def test_elsewhere_recycling_is_deleting(clock: FakeClock) -> None:
+    store = make_store(pyfs.MemoryFS(), clock)
+    store.write("Queue", "a.eml", b"x")
+    assert store.recycle("Queue", "a.eml")
+    assert store.spares == ()
+    assert store.listdir("SortTemp") == []
+
+
 def test_read_head_across_chunks() -> None:
     data = b"A: " + b"x" * 200_000 + b"\r\n\r\nbody"
     head, rest = read_head(io.BytesIO(data), limit=1 << 20)

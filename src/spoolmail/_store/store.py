@@ -76,6 +76,9 @@ _CLAIM_SUFFIX = ".pickup"
 _TRIGGER_SUFFIX = ".trigger"
 _OWNER_SUFFIX = ".owner"
 _TMP_SUFFIX = ".tmp"
+# Finished Queue files kept in SortTemp to be written over as the next temp files (see recycle).
+_SPARES = 64
+_SPARE_SIZE = 256 * 1024
 # A claim's file name must stay under common 255-byte name limits.
 _MAX_QUOTED_NAME = 180
 
@@ -146,6 +149,8 @@ class MailStore:
         self.lease = lease
         self.owner = ids.token()
         self._ids_lock = threading.Lock()
+        self._spares: list[str] = []
+        self._spares_lock = threading.Lock()
         self._announced: datetime | None = None
         self._host = platform.node()
         try:
@@ -292,6 +297,54 @@ class MailStore:
     def _temp_name(self) -> str:
         return f"{self.owner}.{self.ids.token(12)}{_TMP_SUFFIX}"
 
+    def _open_temp(self, temp: str) -> tuple[BinaryIO, str]:
+        """A temp file to write: a spare and its name (see :meth:`recycle`) if there is one, else
+        ``temp`` created, and ``""``."""
+        while True:
+            with self._spares_lock:
+                spare = self._spares.pop() if self._spares else ""
+            if not spare:
+                return open(self._sys(SORTTEMP, temp), "xb"), ""
+            try:
+                return open(self._sys(SORTTEMP, spare), "r+b"), spare
+            except FileNotFoundError:
+                continue
+
+    @property
+    def spares(self) -> tuple[str, ...]:
+        """The names in SortTemp of this process's spare files (see :meth:`recycle`)."""
+        with self._spares_lock:
+            return tuple(self._spares)
+
+    def recycle(self, folder: str, name: str) -> bool:
+        """Delete a file, or rather keep it in SortTemp as a spare temp file to be written over.
+
+        Creating a file costs far more than writing over one on some filesystems (a few hundred
+        microseconds on ext4 here, against ten); a finished message's files become the next
+        message's. At most 64 spares of at most 256 KiB each are kept; other files are deleted.
+        A spare is an ordinary temp file of this process: :meth:`close` deletes them, and if the
+        process dies, the sweep of SortTemp does. Returns ``False`` if the file was already gone.
+        Only on OS filesystems; elsewhere this is :meth:`remove`.
+        """
+        if self._os_root is None or len(self._spares) >= _SPARES:
+            return self.remove(folder, name)
+        spare = self._temp_name()
+        try:
+            if os.stat(self._sys(folder, name)).st_size > _SPARE_SIZE:
+                return self.remove(folder, name)
+            os.rename(self._sys(folder, name), self._sys(SORTTEMP, spare))
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise StorageError(f"cannot delete {folder}/{name}: {exc}") from exc
+        with self._spares_lock:
+            keep = len(self._spares) < _SPARES
+            if keep:
+                self._spares.append(spare)
+        if not keep:  # another thread filled the pool meanwhile
+            self.remove(SORTTEMP, spare)
+        return True
+
     def write(
         self,
         folder: str,
@@ -314,10 +367,14 @@ class MailStore:
         written = 0
         try:
             if self._os_root is not None:
-                with open(self._sys(SORTTEMP, temp), "xb") as handle:
+                handle, spare = self._open_temp(temp)
+                temp = spare or temp
+                with handle:
                     for chunk in chunks:
                         handle.write(chunk)
                         written += len(chunk)
+                    if spare:
+                        handle.truncate()  # the spare may have been longer
                     if durability is Durability.FSYNC:
                         handle.flush()
                         os.fsync(handle.fileno())
@@ -522,11 +579,11 @@ class MailStore:
         ``transcripts=False`` when there can be none (they are written only when a message
         stays in the Queue), saving two deletes of nothing.
         """
-        self.remove(QUEUE, f"{queue_id}.eml")
+        self.recycle(QUEUE, f"{queue_id}.eml")
         if transcripts:
             self.remove(QUEUE, f"{queue_id}.RTR")
             self.remove(QUEUE, f"{queue_id}.LTR")
-        self.remove(QUEUE, self.claimed_name(queue_id, owner or self.owner))
+        self.recycle(QUEUE, self.claimed_name(queue_id, owner or self.owner))
 
     def signature(self, folder: str, name: str) -> tuple[int, ...] | None:
         """A cheap fingerprint of a file (inode, mtime, size) that changes with every rewrite.
@@ -633,7 +690,12 @@ class MailStore:
         return time.time() - modified > self.lease.total_seconds()
 
     def close(self) -> None:
+        """Remove this process's spare files and its owner record (a dead owner's go in a sweep)."""
+        with self._spares_lock:
+            spares, self._spares = self._spares, []
         with contextlib.suppress(StorageError):
+            for spare in spares:
+                self.remove(SORTTEMP, spare)
             self.remove(SORTTEMP, f"{self.owner}{_OWNER_SUFFIX}")
 
 
