@@ -35,11 +35,13 @@ import attrs
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from spoolmail._core.routing import Target
+from spoolmail._transport.smtp import SmtpTimeouts
 
 __all__ = [
     "AUTH_MECHANISMS",
     "DEFAULT_RAW_REPLIES",
     "DEFAULT_RCPT_ANSWERS",
+    "SHORT",
     "TOO_MANY_RECIPIENTS",
     "RawServer",
     "ReceivedMessage",
@@ -62,6 +64,22 @@ DEFAULT_RCPT_ANSWERS: Mapping[str, str] = {
 }
 TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
 AUTH_MECHANISMS = frozenset({"PLAIN", "LOGIN"})
+
+# Long enough for a loaded CI machine, short enough that a hang shows up as a failure, not a stall.
+SHORT = SmtpTimeouts(
+    connect=5,
+    greeting=5,
+    ehlo=5,
+    mail=5,
+    rcpt=5,
+    data_start=5,
+    data_block=10,
+    data_end=10,
+    starttls=5,
+    auth=5,
+    rset=5,
+    quit=1,
+)
 
 
 @attrs.frozen

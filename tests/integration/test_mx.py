@@ -44,10 +44,11 @@ from spoolmail import (
     TlsPolicy,
 )
 from spoolmail._transport.dns import DnsResolver
-from spoolmail._transport.smtp import SmtpTimeouts, SmtpTransport
+from spoolmail._transport.smtp import SmtpTransport
 from spoolmail.testing import FakeClock
 from tests.dnsserver import DnsServer
 from tests.smtpservers import (
+    SHORT,
     ScriptedHandler,
     SmtpServer,
     dropping_server,
@@ -70,21 +71,6 @@ IMPLICIT = "127.0.0.21"  # implicit.test: no MX record, so its own A record (imp
 # dnsmasq answers in well under a millisecond; only slow.test waits for the lifetime.
 DNS_TIMEOUT = 0.2
 DNS_LIFETIME = 0.5
-# Long enough for a loaded CI machine, short enough that a hang shows up as a failure.
-TIMEOUTS = SmtpTimeouts(
-    connect=5,
-    greeting=5,
-    ehlo=5,
-    mail=5,
-    rcpt=5,
-    data_start=5,
-    data_block=10,
-    data_end=10,
-    starttls=5,
-    auth=5,
-    rset=5,
-    quit=1,
-)
 STALL_GREETING = 0.3
 # How long a tick against a server that never greets may take: the greeting timeout and some
 # room for a loaded machine, far below any of RFC 5321's minutes.
@@ -159,7 +145,7 @@ def make_service(
         service = MailService(
             spool,
             router=router,
-            transport=transport or SmtpTransport(helo_name=FQDN, timeouts=TIMEOUTS),
+            transport=transport or SmtpTransport(helo_name=FQDN, timeouts=SHORT),
             host_resolver=None
             if rng is None
             else DnsResolver(resolver=router.resolver, local_names=[FQDN], rng=rng),
@@ -475,7 +461,7 @@ def test_starttls_required_verifies_the_mx_name(
         rng=InOrder(),
         tls_domains={"example.test": TlsPolicy.REQUIRED},
         transport=SmtpTransport(
-            helo_name=FQDN, timeouts=TIMEOUTS, tls_context=certificates.client_context()
+            helo_name=FQDN, timeouts=SHORT, tls_context=certificates.client_context()
         ),
     )
     submit(spool, "bob@example.test")
@@ -497,7 +483,7 @@ def test_starttls_required_refuses_a_certificate_for_another_name(
     service = make_service(
         tls_domains={"implicit.test": TlsPolicy.REQUIRED},
         transport=SmtpTransport(
-            helo_name=FQDN, timeouts=TIMEOUTS, tls_context=certificates.client_context()
+            helo_name=FQDN, timeouts=SHORT, tls_context=certificates.client_context()
         ),
     )
     submit(spool, "carol@implicit.test")
@@ -632,7 +618,7 @@ def test_a_stalling_server_defers_and_the_tick_ends_quickly(
     server = servers.start(stalling_server(host=IMPLICIT, port=servers.port))
     service = make_service(
         transport=SmtpTransport(
-            helo_name=FQDN, timeouts=attrs.evolve(TIMEOUTS, greeting=STALL_GREETING)
+            helo_name=FQDN, timeouts=attrs.evolve(SHORT, greeting=STALL_GREETING)
         )
     )
     submit(spool, "carol@implicit.test")

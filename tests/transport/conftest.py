@@ -9,24 +9,9 @@ from datetime import UTC, datetime
 import pytest
 
 from spoolmail._core.transcript import Transcript
-from spoolmail._transport.smtp import SmtpTimeouts, SmtpTransport
+from spoolmail._transport.smtp import SmtpTransport
+from tests.smtpservers import SHORT
 from tests.tlscerts import TestCertificates, make_certificates
-
-# Long enough for a loaded CI machine, short enough that a hang shows up as a failure, not a stall.
-SHORT = SmtpTimeouts(
-    connect=5,
-    greeting=5,
-    ehlo=5,
-    mail=5,
-    rcpt=5,
-    data_start=5,
-    data_block=10,
-    data_end=10,
-    starttls=5,
-    auth=5,
-    rset=5,
-    quit=1,
-)
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 
 Servers come from ``tests/smtpservers.py``: aiosmtpd for well-behaved peers, raw sockets for
 misbehaving ones and for watching how commands arrive (pipelined or one by one). Waits are
-configured short (``conftest.SHORT``; 0.3 s where a test waits for a timeout on purpose), so no
+configured short (``SHORT``; 0.3 s where a test waits for a timeout on purpose), so no
 test sleeps through a real SMTP timeout. STARTTLS and AUTH are in ``test_smtp_tls.py``.
 """
 
@@ -41,6 +41,7 @@ from spoolmail._transport.smtp import (
 )
 from spoolmail.exceptions import ConfigurationError
 from tests.smtpservers import (
+    SHORT,
     TOO_MANY_RECIPIENTS,
     ScriptedHandler,
     dropping_server,
@@ -49,7 +50,6 @@ from tests.smtpservers import (
     smtp_server,
     stalling_server,
 )
-from tests.transport.conftest import SHORT
 
 integration = pytest.mark.integration
 

@@ -23,9 +23,8 @@ from spoolmail._core.transcript import Transcript
 from spoolmail._transport.base import Outgoing
 from spoolmail._transport.smtp import SmtpTransport
 from spoolmail.exceptions import ConfigurationError
-from tests.smtpservers import SmtpServer, raw_server, smtp_server
+from tests.smtpservers import SHORT, SmtpServer, raw_server, smtp_server
 from tests.tlscerts import TestCertificates
-from tests.transport.conftest import SHORT
 
 pytestmark = pytest.mark.integration
 

@@ -153,12 +153,6 @@ class Envelope:
     def pending(self) -> tuple[Recipient, ...]:
         return tuple(r for r in self.recipients if r.state is RecipientState.PENDING)
 
-    @property
-    def unnotified_failures(self) -> tuple[Recipient, ...]:
-        return tuple(
-            r for r in self.recipients if r.state is RecipientState.FAILED and not r.notified
-        )
-
     def with_recipients(self, recipients: Iterable[Recipient]) -> Envelope:
         return attrs.evolve(self, recipients=tuple(recipients))
 

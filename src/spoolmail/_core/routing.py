@@ -23,7 +23,6 @@ from typing import Any
 
 import attrs
 
-from spoolmail._core.reply import Reply
 from spoolmail.exceptions import ConfigurationError
 
 __all__ = [
@@ -300,8 +299,3 @@ class Router:
         if mode is SmartHostMode.ALWAYS:
             return Route(RouteKind.SMTP, (smart,))
         return Route(RouteKind.SMTP, (direct, smart))
-
-
-def no_route(domain: str, why: str) -> Reply:
-    """The temporary reply for recipients whose route cannot be tried now."""
-    return Reply(451, "4.4.0", f"no route to {domain}: {why}")

@@ -565,9 +565,6 @@ class MailStore:
     def read_claimed(self, queue_id: str) -> bytes:
         return self.read(QUEUE, self.claimed_name(queue_id, self.owner))
 
-    def update_claimed(self, queue_id: str, envelope: bytes) -> None:
-        self.write(QUEUE, self.claimed_name(queue_id, self.owner), envelope)
-
     def release(self, queue_id: str, envelope: bytes) -> None:
         """Commit the new envelope while still claimed, then hand the message back to the Queue."""
         self.write(QUEUE, self.claimed_name(queue_id, self.owner), envelope, sync_folder=False)
