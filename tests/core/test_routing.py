@@ -156,3 +156,42 @@ def test_targets_read_well() -> None:
         str(Target("127.0.0.11", 25, name="mx1.example.test")) == "mx1.example.test[127.0.0.11]:25"
     )
     assert str(Target("192.0.2.1", 587, literal=True)) == "[192.0.2.1]:587"
+
+
+@pytest.mark.parametrize(
+    ("settings", "fragment"),
+    [
+        ({"local_domains": ["*"]}, "local_domains: '*' is not a domain (wildcards"),
+        ({"local_domains": ["example.com", "*.example.com"]}, "'*.example.com' is not a domain"),
+        ({"alias_domains": ["*"]}, "alias_domains: '*' is not a domain"),
+        ({"alias_domains": ["exa mple.org"]}, "alias_domains: 'exa mple.org' is not a domain"),
+        ({"local_domains": ["example..com"]}, "'example..com' is not a domain"),
+        ({"routes": {"*": "relay.test"}}, "routes: '*' is not a domain"),
+        ({"routes": {"partner.example": "*"}}, "'*' is not a host name"),
+        ({"routes": {"partner.example": Hop(HopKind.HOST, "*")}}, "'*' is not a host name"),
+        ({"tls_domains": {"*": "required"}}, "tls_domains: '*' is not a domain"),
+        ({"smart_host": "*"}, "'*' is not a host name"),
+        ({"smart_host": "*.relay.test:25"}, "is not a host name"),
+        ({"smart_host": Hop(HopKind.HOST, "*")}, "smart_host: '*' is not a host name"),
+        ({"smart_host": Hop(HopKind.ADDRESS, "relay.test")}, "'relay.test' is not an IP address"),
+        ({"smart_host": Hop(HopKind.MX, "*")}, "smart_host: '*' is not a domain"),
+        ({"local_domains": [7]}, "local_domains: a domain is a string, not 7"),
+    ],
+)
+def test_what_is_not_a_domain_is_refused(settings: dict[str, object], fragment: str) -> None:
+    """A wildcard was taken as a domain named "*" and its mail sent to real MX hosts (issue 8)."""
+    with pytest.raises(ConfigurationError) as info:
+        Router(**settings)  # type: ignore[arg-type]
+    assert fragment in str(info.value)
+
+
+def test_domains_are_kept_canonical() -> None:
+    router = Router(
+        local_domains=["Example.COM.", "[192.0.2.1]", "bücher.example"],
+        routes={"Partner.Example.": "[192.0.2.7]"},
+        smart_host=Hop(HopKind.HOST, "relay.test"),
+    )
+    assert router.local_domains == ("example.com", "[192.0.2.1]", "bücher.example")
+    assert set(router.routes) == {"partner.example"}
+    assert router.route("x@[192.0.2.1]").kind is RouteKind.LOCAL
+    assert router.route("x@partner.example").hops == (Hop(HopKind.ADDRESS, "192.0.2.7"),)

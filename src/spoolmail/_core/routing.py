@@ -9,6 +9,10 @@ overrides both. The delivery agent asks a resolver to turn each hop into :class:
 address each) and tries them in order. Recipients with equal routes travel together: one SMTP
 transaction per message and destination.
 
+Every name it is given must be a domain (RFC 5321 section 2.3.5) or, for hosts, an address
+literal: a wildcard such as ``*`` is refused with a :class:`ConfigurationError`, because a
+Router that took it would quietly route that mail to the MX hosts of a domain named ``*``.
+
 Pure: no DNS, no sockets. ``Router.resolver`` only carries the DNS resolver (a
 ``dns.resolver.Resolver``) for the delivery agent to use; nothing here calls it.
 """
@@ -23,7 +27,8 @@ from typing import Any
 
 import attrs
 
-from spoolmail.exceptions import ConfigurationError
+from spoolmail._core.address import parse_domain
+from spoolmail.exceptions import ConfigurationError, MessageError
 
 __all__ = [
     "Credentials",
@@ -201,27 +206,71 @@ class SmartHostMode(enum.Enum):
     """"Attempt direct delivery before sending to smart host" (SmartHostType 1)."""
 
 
-def _domains(values: Iterable[str]) -> tuple[str, ...]:
+def _domain(text: str, setting: str) -> str:
+    """``text`` as a canonical domain, or a ConfigurationError naming the setting.
+
+    Only a real domain (or address literal) is a domain here: ``*`` and ``*.example.com`` are
+    not. A catch-all local domain comes with the inbound listener; until then a wildcard is
+    refused rather than taken for a domain literally named ``*``.
+    """
+    if not isinstance(text, str):
+        raise ConfigurationError(f"{setting}: a domain is a string, not {text!r}")
+    value = text.strip().rstrip(".")
+    try:
+        return parse_domain(value)
+    except MessageError:
+        hint = " (wildcards are not supported)" if "*" in value else ""
+        raise ConfigurationError(f"{setting}: {text!r} is not a domain{hint}") from None
+
+
+def _domains(values: Iterable[str], setting: str) -> tuple[str, ...]:
     if isinstance(values, str):
         values = [values]
-    return tuple(dict.fromkeys(v.strip().rstrip(".").lower() for v in values if v.strip()))
+    return tuple(
+        dict.fromkeys(_domain(v, setting) for v in values if not isinstance(v, str) or v.strip())
+    )
+
+
+def _local_domains(values: Iterable[str]) -> tuple[str, ...]:
+    return _domains(values, "local_domains")
+
+
+def _alias_domains(values: Iterable[str]) -> tuple[str, ...]:
+    return _domains(values, "alias_domains")
+
+
+def _checked_hop(hop: Hop, setting: str) -> Hop:
+    """A hop given as an object is held to the same rules as one parsed from text."""
+    if hop.kind is HopKind.ADDRESS:
+        try:
+            ipaddress.ip_address(hop.name)
+        except ValueError:
+            raise ConfigurationError(f"{setting}: {hop.name!r} is not an IP address") from None
+    elif hop.kind is HopKind.MX:
+        _domain(hop.name, setting)
+    elif not _HOST.match(hop.name):
+        raise ConfigurationError(f"{setting}: {hop.name!r} is not a host name")
+    return hop
 
 
 def _smart_host(value: Hop | str | None) -> Hop | None:
-    return parse_hop(value) if isinstance(value, str) else value
+    if value is None:
+        return None
+    hop = parse_hop(value) if isinstance(value, str) else value
+    return _checked_hop(hop, "smart_host")
 
 
 def _routes(value: Mapping[str, Hop | str]) -> Mapping[str, Hop]:
-    return {
-        domain.strip().rstrip(".").lower(): parse_hop(hop) if isinstance(hop, str) else hop
-        for domain, hop in value.items()
-    }
+    routes = {}
+    for domain, hop in value.items():
+        key = _domain(domain, "routes")
+        parsed = parse_hop(hop) if isinstance(hop, str) else hop
+        routes[key] = _checked_hop(parsed, f"routes[{domain!r}]")
+    return routes
 
 
 def _tls_domains(value: Mapping[str, TlsPolicy | str]) -> Mapping[str, TlsPolicy]:
-    return {
-        domain.strip().rstrip(".").lower(): TlsPolicy(policy) for domain, policy in value.items()
-    }
+    return {_domain(domain, "tls_domains"): TlsPolicy(policy) for domain, policy in value.items()}
 
 
 @attrs.frozen
@@ -242,8 +291,8 @@ class Router:
       the system's), ``smtp_port`` the port MX hosts are reached on (25).
     """
 
-    local_domains: tuple[str, ...] = attrs.field(default=("localhost",), converter=_domains)
-    alias_domains: tuple[str, ...] = attrs.field(default=(), converter=_domains)
+    local_domains: tuple[str, ...] = attrs.field(default=("localhost",), converter=_local_domains)
+    alias_domains: tuple[str, ...] = attrs.field(default=(), converter=_alias_domains)
     smart_host: Hop | None = attrs.field(default=None, converter=_smart_host)
     smart_host_mode: SmartHostMode | None = None
     smart_host_auth: Credentials | None = None
