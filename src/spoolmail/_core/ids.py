@@ -17,15 +17,21 @@ from datetime import datetime
 
 import attrs
 
-__all__ = ["QueueIds", "dsn_id", "is_queue_id"]
+__all__ = ["QueueIds", "dsn_id", "is_made_id", "is_queue_id"]
 
 _BASE32 = "0123456789abcdefghijklmnopqrstuv"
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+_MADE = re.compile(r"^[0-9a-f]{11}-[0-9a-f]{16}$")
 
 
 def is_queue_id(text: str) -> bool:
     """Whether ``text`` can be a queue id: 1-128 characters of ``[A-Za-z0-9_-]``."""
     return bool(_ID.match(text))
+
+
+def is_made_id(text: str) -> bool:
+    """Whether ``text`` has the form :meth:`QueueIds.new` gives (not a DSN's, not any name)."""
+    return bool(_MADE.match(text))
 
 
 def dsn_id(parent: str, number: int) -> str:

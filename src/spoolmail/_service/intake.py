@@ -15,7 +15,6 @@ import traceback
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from itertools import chain
-from typing import BinaryIO
 
 import attrs
 
@@ -31,6 +30,7 @@ from spoolmail._core.pickup import (
 )
 from spoolmail._core.reply import Reply
 from spoolmail._core.states import Event, State, transition
+from spoolmail._store.entries import CappedReader, EntryFacts, EntryKind, UnsafeEntry
 from spoolmail._store.store import CHUNK, QUEUE, SORTTEMP, MailStore, PickupClaim, chunks
 
 __all__ = ["Intake"]
@@ -38,11 +38,16 @@ __all__ = ["Intake"]
 log = logging.getLogger("spoolmail")
 
 
-def _read_head(handle: BinaryIO) -> tuple[bytes, bytes]:
+# A header section may be up to 1 MiB (Mono writes 60 recipients on one line; Postfix's
+# header_size_limit is a tenth of that and truncates; here a longer one is refused, never cut).
+MAX_HEAD = 1024 * 1024
+
+
+def _read_head(handle: CappedReader) -> tuple[bytes, bytes] | None:
     """Read up to the end of the header block: (the block and its empty line, the body's start).
 
-    A file without an empty line is all header block. The size was checked before, so this
-    reads at most ``max_message_size``.
+    A file without an empty line is all header block. ``None`` when the header block is longer
+    than :data:`MAX_HEAD`. Reads through the capped reader, so never past the size limit.
     """
     buffer = b""
     while True:
@@ -50,9 +55,20 @@ def _read_head(handle: BinaryIO) -> tuple[bytes, bytes]:
         buffer += chunk
         end = pickup_head_end(buffer, complete=not chunk)
         if end is not None:
-            return buffer[:end], buffer[end:]
+            return (buffer[:end], buffer[end:]) if end <= MAX_HEAD + 2 else None
         if not chunk:
             return buffer, b""
+        if len(buffer) > MAX_HEAD + CHUNK:
+            return None
+
+
+def _capped(handle: CappedReader, first: bytes, limit: int) -> Iterator[bytes]:
+    """The body's chunks; :class:`BodyRejected` (5.3.4) once more than ``limit`` bytes were read,
+    whatever the file's size said when it was claimed."""
+    yield first
+    yield from chunks(handle)  # type: ignore[arg-type]
+    if handle.over:
+        raise BodyRejected(f"the file grew past the limit of {limit} bytes while read", "5.3.4")
 
 
 def _finished(stream: Iterator[bytes], body: PickupBody) -> Iterator[bytes]:
@@ -93,53 +109,77 @@ class Intake:
         committing it once costs one directory fsync per batch instead of one per message.
         """
         now = self.clock()
-        size = self.store.size(SORTTEMP, claim.file)
-        if size > self.options.max_message_size:
+        try:
+            facts = self.store.inspect(SORTTEMP, claim.file)
+        except FileNotFoundError:
+            log.warning("the claim of Pickup file %r vanished from SortTemp", claim.name)
+            return None
+        if facts.kind is not EntryKind.FILE:
+            self._refuse(claim, facts)
+            return None
+        limit = self.options.max_message_size
+        if facts.size > limit:
             # Not read at all: IIS did not pick such files up either (KB Q201314).
             self._reject(
                 claim,
                 "5.3.4",
-                f"message size {size} bytes exceeds the limit of "
-                f"{self.options.max_message_size} bytes",
+                f"message size {facts.size} bytes exceeds the limit of {limit} bytes",
             )
             return None
-        with self.store.open(SORTTEMP, claim.file) as handle:
-            head, start = _read_head(handle)
-            try:
-                result = parse_pickup(head, options=self.options, queue_id=claim.id, now=now)
-            except Exception as exc:  # a parser bug must not lose the file
-                log.exception("the pickup parser failed on %s", claim.name)
-                reason = f"internal error while reading the file: {exc!r}\n{traceback.format_exc()}"
-                self._reject(claim, "4.3.0", reason)
-                return None
-            if not isinstance(result, PickupAccepted):
-                self._reject(
-                    claim,
-                    result.status,
-                    result.reason,
-                    sender=result.sender,
-                    recipients=result.recipients,
-                )
-                return None
-            # The header block is parsed; the body streams through a chunk at a time, so a
-            # large message costs no more memory than a small one.
-            body = PickupBody(
-                first_line=len(head.splitlines()) + 1, dot_stuffed=self.options.dot_stuffed
+        try:
+            handle = self.store.open_claim(claim, facts, limit=limit)
+        except UnsafeEntry as swapped:
+            self._refuse(claim, swapped.facts)
+            return None
+        with handle:
+            return self._queue(claim, handle, now)
+
+    def _queue(self, claim: PickupClaim, handle: CappedReader, now: datetime) -> Envelope | None:
+        """Read the opened claim through ``handle`` into ``Queue/ID.eml`` and ``ID.env``."""
+        limit = self.options.max_message_size
+        head_and_start = _read_head(handle)
+        if head_and_start is None:
+            self._reject(claim, "5.3.4", f"the header section is longer than {MAX_HEAD} bytes")
+            return None
+        head, start = head_and_start
+        if handle.over:
+            self._reject(claim, "5.3.4", f"the file grew past the limit of {limit} bytes")
+            return None
+        try:
+            result = parse_pickup(head, options=self.options, queue_id=claim.id, now=now)
+        except Exception as exc:  # a parser bug must not lose the file
+            log.exception("the pickup parser failed on %s", claim.name)
+            reason = f"internal error while reading the file: {exc!r}\n{traceback.format_exc()}"
+            self._reject(claim, "4.3.0", reason)
+            return None
+        if not isinstance(result, PickupAccepted):
+            self._reject(
+                claim,
+                result.status,
+                result.reason,
+                sender=result.sender,
+                recipients=result.recipients,
             )
-            stream = chain([result.message], map(body.feed, chain([start], chunks(handle))))
-            try:
-                size = self.store.write(
-                    QUEUE, f"{claim.id}.eml", _finished(stream, body), sync_folder=False
-                )
-            except BodyRejected as problem:
-                self._reject(
-                    claim,
-                    problem.status,
-                    problem.reason,
-                    sender=result.sender,
-                    recipients=result.recipients,
-                )
-                return None
+            return None
+        # The header block is parsed; the body streams through a chunk at a time, so a
+        # large message costs no more memory than a small one.
+        body = PickupBody(
+            first_line=len(head.splitlines()) + 1, dot_stuffed=self.options.dot_stuffed
+        )
+        stream = chain([result.message], map(body.feed, _capped(handle, start, limit)))
+        try:
+            size = self.store.write(
+                QUEUE, f"{claim.id}.eml", _finished(stream, body), sync_folder=False
+            )
+        except BodyRejected as problem:
+            self._reject(
+                claim,
+                problem.status,
+                problem.reason,
+                sender=result.sender,
+                recipients=result.recipients,
+            )
+            return None
         transition(State.PICKUP, Event.ACCEPTED)
         envelope = Envelope(
             id=claim.id,
@@ -156,6 +196,36 @@ class Intake:
         # fsync of the Queue in commit() makes both renames durable before the claim goes.
         self.store.write(QUEUE, f"{claim.id}.env", encode_envelope(envelope), sync_folder=False)
         return envelope
+
+    def _refuse(self, claim: PickupClaim, facts: EntryFacts) -> None:
+        """A Pickup entry that is not a regular file with one link: reported, never read."""
+        transition(State.PICKUP, Event.REJECTED)
+        what = facts.describe()
+        now = self.clock()
+        envelope = Envelope(
+            id=claim.id,
+            sender="",
+            recipients=(),
+            arrival=now,
+            next_attempt=now,
+            origin=f"pickup:{claim.name}",
+            size=0,
+        )
+        report = (
+            f"5.7.0 Pickup entry {claim.name!r} refused: it is {what}\n\n"
+            "Only regular files with a single link are read from Pickup (a link could make the "
+            "service read files outside the MailRoot, a FIFO or device could hang it). The entry "
+            "was removed from Pickup without being opened; whatever it pointed to is untouched. "
+            "Write the message itself into Pickup to send it.\n"
+        )
+        self.store.commit_refusal(
+            claim.id,
+            claim,
+            facts,
+            report=report.encode("utf-8", "replace"),
+            envelope=encode_envelope(envelope),
+        )
+        log.warning("Pickup entry %r refused as %s: it is %s", claim.name, claim.id, what)
 
     def _reject(
         self,
@@ -179,7 +249,7 @@ class Intake:
             arrival=now,
             next_attempt=now,
             origin=f"pickup:{claim.name}",
-            size=self.store.size(SORTTEMP, claim.file),
+            size=self.store.inspect(SORTTEMP, claim.file).size,
         )
         report = (
             f"{status} {reason}\n\n"

@@ -186,6 +186,10 @@ class MailService:
       ``spoolmail.testing.StaticResolver``).
     - ``pickup_dot_stuffed=True`` un-stuffs leading dots in Pickup files as IIS 5+ did
       (``DisablePickupDotStuff=0``); by default files are taken as written (.NET Core 3+).
+    - A Pickup file is taken only once no process has it open for writing (a Linux read lease
+      or inotify's close event where they are to be had); elsewhere once its size and time
+      stayed unchanged for ``pickup_settle``. One still open after ``pickup_open_warning`` is
+      logged once, and left.
     - One service per :class:`Spool` object at a time; a second process opens its own Spool.
     """
 
@@ -204,6 +208,8 @@ class MailService:
         ndr_copy_to: str | None = None,
         masquerade_domain: str | None = None,
         pickup_dot_stuffed: bool = False,
+        pickup_settle: timedelta = timedelta(seconds=2),
+        pickup_open_warning: timedelta = timedelta(hours=1),
         rescan_interval: timedelta = timedelta(minutes=5),
     ) -> None:
         if spool.service is not None:
@@ -216,6 +222,8 @@ class MailService:
             raise ConfigurationError(f"limits must be positive: {limits!r}")
         self.spool = spool
         self.store: MailStore = spool.store
+        self.store.readiness.settle = pickup_settle.total_seconds()
+        self.store.readiness.open_warning = pickup_open_warning.total_seconds()
         self.router = router or Router()
         self.retry = retry or RetryPolicy.iis()
         self.local_retry = local_retry or (RetryPolicy.iis_local() if retry is None else retry)
@@ -279,7 +287,7 @@ class MailService:
             self._guard(tally, "reading operators' triggers", partial(self._triggers, tally))
         self._guard(tally, "renewing this process's lease", self.store.announce)
         names: list[str] = []
-        self._guard(tally, "listing Pickup", lambda: names.extend(self.store.pickup_names()))
+        self._guard(tally, "listing Pickup", lambda: names.extend(self.store.pickup_ready()))
         tick = _Tick(self)
         # Pickup in batches, and what each batch queues is handed to the delivery threads at
         # once: delivery's waits (the network, fsync) overlap the next batch's intake.

@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import enum
 import json
+import logging
 import os
 import platform
 import threading
@@ -41,21 +42,36 @@ from typing import BinaryIO
 
 import attrs
 
-from spoolmail._core.ids import QueueIds, is_queue_id
+from spoolmail._core.ids import QueueIds, is_made_id, is_queue_id
 from spoolmail._core.states import State
 from spoolmail._store import pyfs
+from spoolmail._store.entries import (
+    CappedReader,
+    CloseWatcher,
+    EntryFacts,
+    EntryKind,
+    Readiness,
+    UnsafeEntry,
+    inspect_os,
+    open_regular,
+)
 from spoolmail.exceptions import LayoutError, StorageError
 
 __all__ = [
+    "BADMAIL",
     "DROP",
     "FOLDERS",
     "SORTTEMP",
     "STATE_FOLDERS",
     "Durability",
+    "EntryFacts",
+    "EntryKind",
     "MailStore",
     "PickupClaim",
     "QueueFiles",
 ]
+
+log = logging.getLogger("spoolmail")
 
 PICKUP = "Pickup"
 QUEUE = "Queue"
@@ -72,6 +88,18 @@ STATE_FOLDERS = {
 }
 
 CHUNK = 128 * 1024
+# Where a queue id is in use: a Pickup file named after one must not take it over.
+_ID_USES = ((QUEUE, "eml"), (QUEUE, "env"), (BADMAIL, "BAD"), (BADMAIL, "BDR"), (DROP, "eml"))
+# PyFilesystem2's ResourceType values (fs.enums) as entry kinds.
+_BACKEND_KINDS = {
+    1: EntryKind.DIRECTORY,
+    2: EntryKind.FILE,
+    3: EntryKind.CHAR_DEVICE,
+    4: EntryKind.BLOCK_DEVICE,
+    5: EntryKind.FIFO,
+    6: EntryKind.SOCKET,
+    7: EntryKind.SYMLINK,
+}
 _CLAIM_SUFFIX = ".pickup"
 _TRIGGER_SUFFIX = ".trigger"
 _OWNER_SUFFIX = ".owner"
@@ -153,25 +181,57 @@ class MailStore:
         self._spares_lock = threading.Lock()
         self._announced: datetime | None = None
         self._host = platform.node()
+        self._names = self._find_folders()
         try:
             for folder in FOLDERS:
-                self.fs.makedirs(folder, recreate=True)
+                self.fs.makedirs(self._names[folder], recreate=True)
         except pyfs.errors.FSError as exc:
             raise StorageError(f"cannot create the MailRoot folders: {exc}") from exc
         self._os_root = self._sys_root()
         self._folders = (
-            {folder: os.path.join(self._os_root, folder) for folder in FOLDERS}
+            {folder: os.path.join(self._os_root, self._names[folder]) for folder in FOLDERS}
             if self._os_root is not None
             else {}
         )
         self._check_layout()
+        self.readiness = Readiness(
+            watcher=CloseWatcher.start(self._sys(PICKUP)) if self._os_root is not None else None
+        )
+        self._reported_dirs: set[str] = set()
 
     # -- paths and low-level operations -------------------------------------------------------
 
+    def _find_folders(self) -> dict[str, str]:
+        """The name each MailRoot folder has on this filesystem, found whatever its case.
+
+        IIS created ``Badmail`` (and Windows ignores case): a MailRoot copied from Windows keeps
+        its names, and a second ``BadMail`` beside an existing ``Badmail`` would split it in two.
+        Where two spellings exist (a case-sensitive filesystem), the exact one wins.
+        """
+        try:
+            existing = [name for name in self.fs.listdir("/") if self.fs.isdir(name)]
+        except pyfs.errors.FSError as exc:
+            raise StorageError(f"cannot list the MailRoot: {exc}") from exc
+        names = {}
+        for folder in FOLDERS:
+            spellings = sorted(n for n in existing if n.casefold() == folder.casefold())
+            names[folder] = folder if folder in spellings or not spellings else spellings[0]
+            if len(spellings) > 1:
+                log.warning(
+                    "the MailRoot has %s; spoolmail uses %s and leaves the others alone",
+                    " and ".join(spellings),
+                    names[folder],
+                )
+        return names
+
+    def _path(self, folder: str, name: str = "") -> str:
+        """The PyFilesystem2 path of a folder or a file in it."""
+        return f"{self._names[folder]}/{name}" if name else self._names[folder]
+
     def _sys_root(self) -> str | None:
-        if not self.fs.hassyspath(QUEUE):
+        if not self.fs.hassyspath(self._path(QUEUE)):
             return None
-        return os.path.dirname(self.fs.getsyspath(QUEUE).rstrip(os.sep))
+        return os.path.dirname(self.fs.getsyspath(self._path(QUEUE)).rstrip(os.sep))
 
     def _sys(self, folder: str, name: str = "") -> str:
         """The OS path of a folder or a file in it (only on OS filesystems; the hot path)."""
@@ -193,25 +253,25 @@ class MailStore:
         try:
             if self._os_root is not None:
                 return os.listdir(self._sys(folder))
-            return list(self.fs.listdir(folder))
+            return list(self.fs.listdir(self._path(folder)))
         except (OSError, pyfs.errors.FSError) as exc:
             raise StorageError(f"cannot list {folder}: {exc}") from exc
 
     def exists(self, folder: str, name: str) -> bool:
         if self._os_root is not None:
             return os.path.lexists(self._sys(folder, name))
-        return bool(self.fs.exists(f"{folder}/{name}"))
+        return bool(self.fs.exists(self._path(folder, name)))
 
     def isfile(self, folder: str, name: str) -> bool:
         if self._os_root is not None:
             return os.path.isfile(self._sys(folder, name))
-        return bool(self.fs.isfile(f"{folder}/{name}"))
+        return bool(self.fs.isfile(self._path(folder, name)))
 
     def size(self, folder: str, name: str) -> int:
         try:
             if self._os_root is not None:
                 return os.stat(self._sys(folder, name)).st_size
-            return int(self.fs.getsize(f"{folder}/{name}"))
+            return int(self.fs.getsize(self._path(folder, name)))
         except (OSError, pyfs.errors.FSError) as exc:
             raise StorageError(f"cannot stat {folder}/{name}: {exc}") from exc
 
@@ -220,7 +280,7 @@ class MailStore:
         try:
             if self._os_root is not None:
                 return open(self._sys(folder, name), "rb")
-            return self.fs.openbin(f"{folder}/{name}", "r")
+            return self.fs.openbin(self._path(folder, name), "r")
         except pyfs.errors.ResourceNotFound as exc:
             raise FileNotFoundError(f"{folder}/{name}") from exc
         except FileNotFoundError:
@@ -238,7 +298,7 @@ class MailStore:
             if self._os_root is not None:
                 os.unlink(self._sys(folder, name))
             else:
-                self.fs.remove(f"{folder}/{name}")
+                self.fs.remove(self._path(folder, name))
         except (FileNotFoundError, pyfs.errors.ResourceNotFound):
             return False
         except (OSError, pyfs.errors.FSError) as exc:
@@ -262,13 +322,15 @@ class MailStore:
         if src == dst:
             # MemoryFS.move(p, p) deletes the file (fs 2.4.16, DESIGN.md section 8).
             raise ValueError(f"cannot rename {src} onto itself")
+        if dst[0] == PICKUP:
+            self.readiness.written_complete(dst[1])  # renamed in whole: take it at once
         try:
             if self._os_root is not None:
                 os.replace(self._sys(*src), self._sys(*dst))
                 synced = {src[0]} if sync_source else set()
                 self._sync_dirs(synced | {dst[0]} if sync_target else synced)
             else:
-                self.fs.move("/".join(src), "/".join(dst), overwrite=True)
+                self.fs.move(self._path(*src), self._path(*dst), overwrite=True)
         except (FileNotFoundError, pyfs.errors.ResourceNotFound):
             return False
         except (OSError, pyfs.errors.FSError) as exc:
@@ -379,23 +441,36 @@ class MailStore:
                         handle.flush()
                         os.fsync(handle.fileno())
             else:
-                with self.fs.openbin(f"{SORTTEMP}/{temp}", "x") as handle:
+                with self.fs.openbin(self._path(SORTTEMP, temp), "x") as handle:
                     for chunk in chunks:
                         handle.write(chunk)
                         written += len(chunk)
         except BaseException as exc:
-            self.remove(SORTTEMP, temp)
+            self._discard_temp(temp)
             if isinstance(exc, OSError | pyfs.errors.FSError):
                 raise StorageError(f"cannot write {folder}/{name}: {exc}") from exc
             raise
-        if not self.rename(
-            (SORTTEMP, temp),
-            (folder, name),
-            sync_source=False,
-            sync_target=sync_folder and durability is Durability.FSYNC,
-        ):
+        try:
+            renamed = self.rename(
+                (SORTTEMP, temp),
+                (folder, name),
+                sync_source=False,
+                sync_target=sync_folder and durability is Durability.FSYNC,
+            )
+        except BaseException:
+            # A failed rename (EIO, EACCES) must not leave the temporary file behind; if the
+            # rename went through and only the fsync after it failed, there is nothing to drop.
+            self._discard_temp(temp)
+            raise
+        if not renamed:
             raise StorageError(f"{SORTTEMP}/{temp} vanished before it could become {folder}/{name}")
         return written
+
+    def _discard_temp(self, temp: str) -> None:
+        """Remove a temporary file after a failed write, best effort: the error that made it
+        fail is the one to report, and a file left by a failing disk is swept at the next start."""
+        with contextlib.suppress(StorageError):
+            self.remove(SORTTEMP, temp)
 
     # -- owners ---------------------------------------------------------------------------------
 
@@ -440,16 +515,92 @@ class MailStore:
         }
         return sorted(owner for owner in owners if not self.owner_alive(owner))
 
-    # -- Pickup -----------------------------------------------------------------------------------
+    # -- Pickup ---------------------------------------------------------------------------------
+    # Pickup is written by other programs: every entry is hostile until checked (entries.py).
 
-    def pickup_names(self) -> list[str]:
-        """Pickup files to process: any name not starting with '.' nor ending in '.tmp'."""
-        names = [
+    def _candidates(self) -> list[str]:
+        """Names in Pickup that may be messages: not starting with '.' nor ending in '.tmp'."""
+        return [
             name
             for name in self.listdir(PICKUP)
             if not name.startswith(".") and not name.lower().endswith(_TMP_SUFFIX)
         ]
-        return sorted(name for name in names if self.isfile(PICKUP, name))
+
+    def inspect(self, folder: str, name: str) -> EntryFacts:
+        """What an entry is, without following a link; ``FileNotFoundError`` if it is gone.
+
+        On filesystems without OS paths the backend's own info decides; a backend that cannot
+        tell a link from a file (none of PyFilesystem2's built-in ones has links) reports a file.
+        """
+        if self._os_root is not None:
+            return inspect_os(self._sys(folder, name))
+        try:
+            info = self.fs.getinfo(self._path(folder, name), namespaces=["details", "link"])
+        except pyfs.errors.ResourceNotFound as exc:
+            raise FileNotFoundError(f"{folder}/{name}") from exc
+        except pyfs.errors.FSError as exc:
+            raise StorageError(f"cannot inspect {folder}/{name}: {exc}") from exc
+        kind = _BACKEND_KINDS.get(int(info.type), EntryKind.OTHER)
+        target = None
+        if info.has_namespace("link") and info.is_link:
+            kind, target = EntryKind.SYMLINK, info.target
+        modified = info.modified.timestamp() if info.modified else time.time()
+        return EntryFacts(kind=kind, size=info.size or 0, mtime=modified, target=target)
+
+    def pickup_names(self) -> list[str]:
+        """Every entry in Pickup that is not a directory, sorted: files waiting, being written,
+        or to be refused."""
+        names = []
+        for name in self._candidates():
+            try:
+                if self.inspect(PICKUP, name).kind is not EntryKind.DIRECTORY:
+                    names.append(name)
+            except FileNotFoundError:
+                continue
+        return sorted(names)
+
+    def pickup_ready(self) -> list[str]:
+        """The Pickup entries to claim now, sorted.
+
+        A regular file with one link is ready once its writer is done with it (see
+        :class:`~spoolmail._store.entries.Readiness`); one still open for writing is left where
+        it is, with nothing held for it. A link, FIFO, socket, device or multiply-linked file is
+        ready at once: claiming it renames the name itself (never what it points to) into
+        SortTemp, where intake refuses it with a report. A directory is left and reported once.
+        """
+        ready = []
+        present = set()
+        for name in self._candidates():
+            present.add(name)
+            try:
+                facts = self.inspect(PICKUP, name)
+            except FileNotFoundError:
+                continue
+            if facts.kind is EntryKind.DIRECTORY:
+                if name not in self._reported_dirs:
+                    self._reported_dirs.add(name)
+                    log.warning("Pickup/%s is a directory; spoolmail leaves it alone", name)
+                continue
+            path = self._sys(PICKUP, name) if self._os_root is not None else None
+            if facts.kind.refused or self.readiness.ready(name, facts, path=path):
+                ready.append(name)
+        self.readiness.prune(present)
+        self._reported_dirs &= present
+        return sorted(ready)
+
+    def pickup_id(self, name: str) -> str:
+        """The queue id a Pickup file gets: its own when named ``<queue id>.eml`` with an id in
+        use nowhere in the MailRoot (as ``Spool.submit`` names its files, so that it can tell
+        the id in advance), else a new one."""
+        stem, dot, extension = name.rpartition(".")
+        if (
+            dot
+            and extension == "eml"
+            and is_made_id(stem)
+            and not any(self.exists(folder, f"{stem}.{kind}") for folder, kind in _ID_USES)
+        ):
+            return stem
+        return self.new_id()
 
     def claim_pickup(self, name: str) -> PickupClaim | None:
         """Rename ``Pickup/name`` into SortTemp under a new queue id; ``None`` if another won."""
@@ -459,18 +610,36 @@ class MailStore:
     def claim_pickups(self, names: Iterable[str]) -> list[PickupClaim]:
         """Claim several Pickup files (those another process won are left out), then make the
         claims durable with one fsync of Pickup and SortTemp, before anything is queued: a claim
-        lost to a power cut would bring the file back into Pickup beside its queued copy."""
+        lost to a power cut would bring the file back into Pickup beside its queued copy.
+
+        The claim renames whatever the name is at that moment; what it is, is judged after,
+        in SortTemp, where no other program writes (:meth:`inspect`, :meth:`open_claim`)."""
         self.announce()
         claims = []
         for name in names:
-            claim = PickupClaim(self.new_id(), self.owner, name)
+            claim = PickupClaim(self.pickup_id(name), self.owner, name)
             if self.rename(
                 (PICKUP, name), (SORTTEMP, claim.file), sync_source=False, sync_target=False
             ):
                 claims.append(claim)
+            self.readiness.claimed(name)
         if claims:
             self.sync(PICKUP, SORTTEMP)
         return claims
+
+    def open_claim(self, claim: PickupClaim, facts: EntryFacts, *, limit: int) -> CappedReader:
+        """Open a claimed regular file for reading through one descriptor, at most ``limit + 1``
+        bytes; :class:`~spoolmail._store.entries.UnsafeEntry` if it is not the regular,
+        single-link file ``facts`` described."""
+        try:
+            if self._os_root is not None:
+                fd = open_regular(self._sys(SORTTEMP, claim.file), facts)
+                return CappedReader(os.fdopen(fd, "rb"), limit)
+            return CappedReader(self.open(SORTTEMP, claim.file), limit)
+        except (UnsafeEntry, FileNotFoundError):
+            raise
+        except OSError as exc:
+            raise StorageError(f"cannot open {SORTTEMP}/{claim.file}: {exc}") from exc
 
     def pickup_claims(self) -> list[PickupClaim]:
         claims = (PickupClaim.from_file(name) for name in self.listdir(SORTTEMP))
@@ -648,6 +817,33 @@ class MailStore:
         ):
             raise StorageError(f"{'/'.join(message)} vanished before it reached BadMail")
 
+    def commit_refusal(
+        self,
+        queue_id: str,
+        claim: PickupClaim,
+        facts: EntryFacts,
+        *,
+        report: bytes,
+        envelope: bytes,
+    ) -> None:
+        """Refuse a claimed Pickup entry that is not a regular single-link file: its report in
+        ``BadMail/ID.BDR`` and ``.BDP``, then the claimed name removed.
+
+        Unlinking removes the name only: a link's target and a file's other links are untouched,
+        and nothing was opened for reading, so no ``.BAD`` copy exists. A directory (swapped in
+        after the listing) goes back to Pickup, where it is left alone.
+        """
+        self.write(BADMAIL, f"{queue_id}.BDR", report)
+        self.write(BADMAIL, f"{queue_id}.BDP", envelope)
+        if facts.kind is EntryKind.DIRECTORY:
+            for name in (claim.name, f".spoolmail-directory-{queue_id}"):
+                if not self.exists(PICKUP, name) and self.rename(
+                    (SORTTEMP, claim.file), (PICKUP, name)
+                ):
+                    self.readiness.claimed(name)
+                    return
+        self.remove(SORTTEMP, claim.file)
+
     # -- recovery ---------------------------------------------------------------------------
 
     def sweep_temp(self) -> int:
@@ -680,7 +876,7 @@ class MailStore:
             if self._os_root is not None:
                 modified = os.stat(self._sys(folder, name)).st_mtime
             else:
-                info = self.fs.getinfo(f"{folder}/{name}", namespaces=["details"])
+                info = self.fs.getinfo(self._path(folder, name), namespaces=["details"])
                 modified = info.modified.timestamp() if info.modified else time.time()
         except (OSError, pyfs.errors.FSError):
             return False
@@ -688,6 +884,7 @@ class MailStore:
 
     def close(self) -> None:
         """Remove this process's spare files and its owner record (a dead owner's go in a sweep)."""
+        self.readiness.close()
         with self._spares_lock:
             spares, self._spares = self._spares, []
         with contextlib.suppress(StorageError):
