@@ -9,8 +9,11 @@ replies mean is decided by ``conclude_attempt``, not here.
 
 :class:`DeadDestinations` is the in-memory memory of hosts that just failed to answer: like
 Postfix's queue manager, other messages for such a host are deferred without a connection
-attempt of their own until the failed message's retry time. Reads the Queue's message files,
-writes Drop files; never touches envelopes.
+attempt of their own until the failed message's retry time. Such a message was not attempted,
+so its attempt is not counted (:func:`passed_over`); and as ``postqueue -f`` does, an
+operator's flush forgets the notes of the destinations it flushes (:meth:`DeadDestinations.forget`),
+so the flushed mail is really tried. Reads the Queue's message files, writes Drop files; never
+touches envelopes.
 """
 
 from __future__ import annotations
@@ -20,24 +23,24 @@ import enum
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from itertools import chain
 
 import attrs
 
 from spoolmail._core.drop import render_drop_head
-from spoolmail._core.envelope import Envelope
+from spoolmail._core.envelope import Envelope, RecipientState
 from spoolmail._core.headers import count_received
 from spoolmail._core.reply import Reply
 from spoolmail._core.retry import short_retrying
-from spoolmail._core.routing import Route, RouteKind, Router, Target
+from spoolmail._core.routing import Hop, Route, RouteKind, Router, Target
 from spoolmail._core.transcript import Transcript
 from spoolmail._store.store import DROP, QUEUE, MailStore, chunks, read_head
 from spoolmail._transport.base import HostResolver, Outgoing, Transport
 from spoolmail.exceptions import SpoolmailError
 
-__all__ = ["Attempt", "DeadDestinations", "Deliverer", "TranscriptKind"]
+__all__ = ["Attempt", "DeadDestinations", "Deliverer", "TranscriptKind", "passed_over"]
 
 HEAD_LIMIT = 1024 * 1024
 NULL_MX = "5.1.10"  # RFC 7505 section 4.1: the domain does not accept mail
@@ -65,37 +68,80 @@ class _TryNextHost(Exception):
     """This host deferred some recipients: the next host gets them."""
 
 
+def _way(hop: Hop) -> tuple[object, ...]:
+    """What a note remembers of a hop: how the host was found, whatever the TLS policy."""
+    return (hop.kind, hop.name, hop.port)
+
+
+@attrs.frozen
+class DeadNote:
+    """Why and until when a host is left alone, and the hops that led to it (for a flush)."""
+
+    until: datetime
+    reply: Reply
+    ways: frozenset[tuple[object, ...]] = frozenset()
+
+
 @attrs.define
 class DeadDestinations:
-    """Hosts that just failed to answer, and until when nobody tries them again. Thread-safe."""
+    """Hosts that just failed to answer, and until when nobody tries them again. Thread-safe.
 
-    marks: dict[Target, tuple[datetime, Reply]] = attrs.Factory(dict)
+    Each note also remembers the hops (an MX of a domain, a smart host, a route) through which
+    messages met the host, so that a flush of those messages can forget it without a lookup.
+    """
+
+    marks: dict[Target, DeadNote] = attrs.Factory(dict)
     _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False, repr=False)
+
+    def skip(self, target: Target, now: datetime, *, hop: Hop | None = None) -> DeadNote | None:
+        """``None`` if ``target`` may be tried now; else its note, with the reply to give the
+        recipients passed over (and ``hop`` added to the ways it was met through)."""
+        with self._lock:
+            note = self.marks.get(target)
+            if note is None:
+                return None
+            if now >= note.until:
+                del self.marks[target]
+                return None
+            if hop is not None and _way(hop) not in note.ways:
+                note = self.marks[target] = attrs.evolve(note, ways=note.ways | {_way(hop)})
+        skipped = Reply(
+            451,
+            "4.4.1",
+            f"{target} did not answer the last attempt ({note.reply}); not tried again before "
+            f"{note.until.isoformat(timespec='seconds')}",
+        )
+        return attrs.evolve(note, reply=skipped)
 
     def reason(self, target: Target, now: datetime) -> Reply | None:
         """Why ``target`` is skipped now, or ``None`` if it may be tried."""
-        with self._lock:
-            mark = self.marks.get(target)
-            if mark is None:
-                return None
-            until, reply = mark
-            if now >= until:
-                del self.marks[target]
-                return None
-        return Reply(
-            451,
-            "4.4.1",
-            f"{target} did not answer the last attempt ({reply}); not tried again before "
-            f"{until.isoformat(timespec='seconds')}",
-        )
+        note = self.skip(target, now)
+        return None if note is None else note.reply
 
-    def mark(self, target: Target, until: datetime, reply: Reply) -> None:
+    def mark(
+        self, target: Target, until: datetime, reply: Reply, *, hop: Hop | None = None
+    ) -> None:
         with self._lock:
-            self.marks[target] = (until, reply)
+            old = self.marks.get(target)
+            ways = old.ways if old is not None else frozenset()
+            self.marks[target] = DeadNote(until, reply, ways | ({_way(hop)} if hop else set()))
 
     def clear(self, target: Target) -> None:
         with self._lock:
             self.marks.pop(target, None)
+
+    def forget(self, hops: Iterable[Hop]) -> list[Target]:
+        """Forget every host met through one of ``hops`` (an operator's flush); those forgotten.
+
+        Postfix's ``postqueue -f`` likewise tells the queue manager to forget its dead
+        destinations (``QMGR_REQ_FLUSH_DEAD``), so that the flush really tries them.
+        """
+        ways = {_way(hop) for hop in hops}
+        with self._lock:
+            gone = [target for target, note in self.marks.items() if note.ways & ways]
+            for target in gone:
+                del self.marks[target]
+        return gone
 
 
 @attrs.define
@@ -156,11 +202,45 @@ class Concurrency:
 
 @attrs.define
 class Attempt:
-    """One attempt's results: replies by address, transcripts by kind, hosts that did not answer."""
+    """One attempt's results: replies by address, transcripts by kind, hosts that did not answer.
+
+    ``waiting`` holds the addresses that were only passed over for a dead host (no connection,
+    no lookup that failed: nothing was tried for them), with when that host may be tried again.
+    """
 
     replies: dict[str, Reply] = attrs.Factory(dict)
     transcripts: dict[str, Transcript] = attrs.Factory(dict)
     unreachable: dict[Target, Reply] = attrs.Factory(dict)
+    waiting: dict[str, datetime] = attrs.Factory(dict)
+
+    @property
+    def made(self) -> bool:
+        """Whether anything was tried: false when every reply is a pass-over for a dead host."""
+        return not self.waiting or not set(self.replies) <= set(self.waiting)
+
+
+def passed_over(
+    envelope: Envelope, attempt: Attempt, *, now: datetime, deadline: datetime | None
+) -> Envelope:
+    """The envelope after an attempt that was not made (``attempt.made`` is false).
+
+    Postfix defers mail for a dead destination without a delivery attempt of its own, and so
+    does this: the attempt count, the last attempt time, the retry schedule and the replies of
+    earlier attempts are left as they were (a recipient without one gets the pass-over's, so
+    ``queue show`` says why it waits; the transcript says it too), and the message is due when
+    the first of its dead hosts may be tried again, or at ``deadline`` (the earliest expiry of
+    its recipients) if that comes first, to expire then as any attempt would have.
+    """
+    recipients = tuple(
+        attrs.evolve(r, reply=attempt.replies[r.address], updated=now)
+        if r.state is RecipientState.PENDING and r.reply is None and r.address in attempt.replies
+        else r
+        for r in envelope.recipients
+    )
+    due = min(attempt.waiting.values())
+    if deadline is not None:
+        due = min(due, deadline)
+    return attrs.evolve(envelope, recipients=recipients, next_attempt=due)
 
 
 @attrs.define
@@ -249,11 +329,13 @@ class Deliverer:
                 reply = resolution.reply or Reply(451, "4.4.3", f"{hop} resolves to nothing")
                 transcript.note(f"{hop}: {reply}")
                 attempt.replies.update(dict.fromkeys(remaining, reply))
+                for address in remaining:
+                    attempt.waiting.pop(address, None)  # the lookup was a real try
                 if reply.status == NULL_MX:
                     break
                 continue
             replies = self._try_targets(
-                envelope, resolution.targets, remaining, transcript, attempt
+                envelope, resolution.targets, remaining, transcript, attempt, hop=hop
             )
             attempt.replies.update(replies)
             remaining = [a for a in remaining if 400 <= replies[a].code < 500]
@@ -267,6 +349,8 @@ class Deliverer:
         addresses: Sequence[str],
         transcript: Transcript,
         attempt: Attempt,
+        *,
+        hop: Hop,
     ) -> dict[str, Reply]:
         """Send to each target in turn; the next gets only what this one deferred.
 
@@ -279,7 +363,7 @@ class Deliverer:
 
         def next_host() -> None:
             nonlocal remaining
-            sent = self._send(envelope, next(hosts), remaining, transcript, attempt)
+            sent = self._send(envelope, next(hosts), remaining, transcript, attempt, hop=hop)
             replies.update(sent)
             remaining = [a for a in remaining if 400 <= sent[a].code < 500]
             if remaining:
@@ -297,14 +381,22 @@ class Deliverer:
         addresses: Sequence[str],
         transcript: Transcript,
         attempt: Attempt,
+        *,
+        hop: Hop,
     ) -> Mapping[str, Reply]:
         with self.concurrency.slot(target):
             # Looked at once the slot is ours: a message that waited behind one that found the
             # host silent sees the mark and does not knock again.
-            skipped = self.dead.reason(target, self.clock())
+            skipped = self.dead.skip(target, self.clock(), hop=hop)
             if skipped is not None:
-                transcript.note(str(skipped))
-                return dict.fromkeys(addresses, skipped)
+                transcript.note(str(skipped.reply))
+                for address in addresses:
+                    attempt.waiting[address] = min(
+                        skipped.until, attempt.waiting.get(address, skipped.until)
+                    )
+                return dict.fromkeys(addresses, skipped.reply)
+            for address in addresses:
+                attempt.waiting.pop(address, None)
             outgoing = Outgoing(
                 id=envelope.id,
                 sender=self._mail_from(envelope.sender),
@@ -319,7 +411,7 @@ class Deliverer:
                 self.dead.clear(target)
             else:
                 # Until the service knows this message's retry time and marks it longer.
-                self.dead.mark(target, self.clock() + self.dead_for, silent)
+                self.dead.mark(target, self.clock() + self.dead_for, silent, hop=hop)
                 attempt.unreachable[target] = silent
             self.concurrency.answered(target, alive=silent is None)
         return replies
