@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+import re
+import time
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -342,6 +345,112 @@ def test_received_uses_fqdn_and_now() -> None:
     )
 
 
+# --- long header lines (RFC 5322 section 2.1.1) -------------------------------------------------
+
+
+def unfold(field: bytes) -> bytes:
+    """RFC 5322 section 2.2.3: unfolding removes each CRLF that comes before white space."""
+    return field.replace(b"\r\n ", b" ").replace(b"\r\n\t", b"\t")
+
+
+def stored_field(message: bytes, name: bytes) -> bytes:
+    """One field of a stored message, every line of it, without the last CRLF."""
+    match = re.search(rb"^" + name + rb":.*?(?=\r\n[^ \t])", message, re.MULTILINE | re.DOTALL)
+    assert match is not None, name
+    return match.group()
+
+
+def assert_lines_fit(message: bytes) -> None:
+    head = message.split(b"\r\n\r\n", 1)[0]
+    assert max(len(line) for line in head.split(b"\r\n")) <= 998
+
+
+MONO_TO = b"To: " + b", ".join(b"recipient%02d@partner.example" % n for n in range(60))
+
+
+def test_mono_one_line_to_with_60_recipients_is_folded() -> None:
+    # Mono's SmtpClient never folds: 60 recipients make one To: line far over 998 octets.
+    assert len(MONO_TO) > 998
+    raw = b"X-Sender: app@example.com\r\nFrom: app@example.com\r\n" + MONO_TO + b"\r\n"
+    result = accept(raw + b"Subject: report\r\n\r\nbody\r\n")
+    assert len(result.recipients) == 60
+    assert_lines_fit(result.message)
+    to = stored_field(result.message, b"To")
+    assert unfold(to) == MONO_TO  # white space was there to fold at: nothing added
+    lines = to.split(b"\r\n")
+    assert lines[0] == b"To: recipient00@partner.example, recipient01@partner.example,"
+    assert all(len(line) <= 78 for line in lines)
+    assert b"\r\nSubject: report\r\n" in result.message
+    assert result.message.endswith(b"\r\n\r\nbody\r\n")
+
+
+def test_address_list_without_spaces_is_folded_after_commas_outside_quotes() -> None:
+    to = b"To: " + b",".join(b'"Doe,Jane%d"<jane%d@x.example>' % (n, n) for n in range(40))
+    result = accept(b"From: a@example.com\r\n" + to + b"\r\n\r\n")
+    assert len(result.recipients) == 40
+    assert_lines_fit(result.message)
+    folded = stored_field(result.message, b"To")
+    # A space is added after the commas it folds at (CFWS), never inside a display name.
+    assert unfold(folded).replace(b", ", b",") == to
+    assert b'"Doe, Jane' not in unfold(folded)
+    assert all(line.startswith(b' "Doe,Jane') for line in folded.split(b"\r\n")[1:])
+
+
+def test_long_continuation_line_is_folded_and_short_lines_are_kept() -> None:
+    words = b" ".join(b"word%d" % n for n in range(300))
+    raw = b"From: a@example.com\r\nTo: b@example.com\r\nSubject: short\r\n\t" + words + b"\r\n\r\n"
+    result = accept(raw)
+    assert_lines_fit(result.message)
+    subject = stored_field(result.message, b"Subject")
+    assert subject.startswith(b"Subject: short\r\n\tword0 word1 ")
+    assert unfold(subject) == b"Subject: short\t" + words
+
+
+def test_no_fold_before_the_colon_or_into_a_white_line() -> None:
+    # The only white space is before the colon (obsolete syntax) and in the leading run: neither
+    # is a place to fold, so the line is refused rather than broken.
+    name = b"Subject :"
+    result = reject(b"From: a@x.com\r\nTo: b@x.com\r\n" + name + b"x" * 1000 + b"\r\n\r\n")
+    assert result.reason.startswith("line 3 is 1009 octets long")
+    result = reject(b"From: a@x.com\r\nTo: b@x.com\r\nSubject: s\r\n   " + b"x" * 997 + b"\r\n\r\n")
+    assert result.reason.startswith("line 4 is 1000 octets long")
+
+
+def test_unfoldable_line_is_rejected_with_what_was_found() -> None:
+    raw = b"x-sender: a@x.com\r\nx-receiver: b@x.com\r\nTo: " + b"c" * 995 + b"@x.com\r\n\r\n"
+    result = reject(raw)
+    assert result.status == "5.6.0"
+    assert result.reason == (
+        "line 3 is 1005 octets long, over the 998 a line may have (RFC 5322 section 2.1.1), and "
+        "the To: header (line 3) has no white space or a comma between addresses to fold it "
+        "at within 998 octets"
+    )
+    assert (result.sender, result.recipients) == ("a@x.com", ("b@x.com",))
+
+
+def test_long_envelope_lines_are_read_and_never_stored() -> None:
+    receivers = b",".join(b"r%d@partner.example" % n for n in range(100))
+    assert len(receivers) > 998
+    raw = b"x-sender: a@example.com\r\nx-receiver: " + receivers + b"\r\nSubject: s\r\n\r\nx\r\n"
+    result = accept(raw)
+    assert len(result.recipients) == 100
+    assert b"partner" not in result.message
+
+
+def test_a_one_mebibyte_header_block_is_folded_in_linear_time() -> None:
+    # A header block may be 1 MiB (DESIGN.md section 10); folding it must not be quadratic.
+    to = b"To: " + b",".join(b"r%d@x.example" % n for n in range(9_000))
+    subject = b"Subject:" + b" word" * 200_000
+    raw = b"From: a@x.example\r\n" + to + b"\r\n" + subject + b"\r\n\r\nbody\r\n"
+    assert len(raw) > 1024 * 1024
+    options = PickupOptions(fqdn="h.example", default_domain="x.com", max_message_size=len(raw))
+    started = time.perf_counter()
+    result = accept(raw, options)
+    assert time.perf_counter() - started < 10  # about 0.2 s; a quadratic fold takes minutes
+    assert_lines_fit(result.message)
+    assert len(result.recipients) == 9_000
+
+
 # --- limits and rejections --------------------------------------------------------------------
 
 BAD = {
@@ -352,7 +461,11 @@ BAD = {
         "5.6.0",
     ),
     "leading-continuation.eml": ("line 1 starts with white space", "5.6.0"),
-    "long-header-line.eml": ("line 3 is 1209 octets long", "5.6.0"),
+    "long-header-line.eml": (
+        "line 3 is 1209 octets long, over the 998 a line may have (RFC 5322 section 2.1.1), and "
+        "the Subject: header (line 3) has no white space to fold it at within 998 octets",
+        "5.6.0",
+    ),
     "no-sender.eml": (
         "no sender: the file has no x-sender line and no Sender: or From: header",
         "5.1.7",
@@ -650,3 +763,65 @@ def test_render_then_parse_round_trips(
     rest = [] if body is None else [b"", *body]
     expected_lines = [RECEIVED, *headers, *added, *rest]
     assert result.message == b"\r\n".join(expected_lines) + b"\r\n"
+
+
+# Header values of any length: printable words, some long, joined by commas and white space.
+PRINTABLE = st.characters(min_codepoint=33, max_codepoint=126)
+WORD = st.one_of(
+    st.text(PRINTABLE, max_size=30),
+    st.builds(lambda char, count: char * count, PRINTABLE, st.integers(0, 1000)),
+).map(str.encode)
+GLUE = st.sampled_from([b" ", b",", b", ", b"  ", b"\t", b" ,", b",,"])
+
+
+@st.composite
+def long_values(draw: st.DrawFn) -> bytes:
+    count = draw(st.integers(1, 120))
+    words = draw(st.lists(WORD, min_size=count, max_size=count))
+    return b"".join(word + draw(GLUE) for word in words[:-1]) + words[-1]
+
+
+def foldable(line: bytes, *, start: int, commas: bool) -> bool:
+    """The rule, stated plainly: a fold may go before a run of white space with text after it,
+    or (address lists) after a comma followed by text; every piece must fit in 998 octets."""
+    places = [(m.start(), 0) for m in re.finditer(rb"[ \t]+(?=[^ \t])", line[start:])]
+    if commas:
+        assert re.search(rb'["(\[\\]', line) is None  # so every comma separates addresses
+        places += [(m.end(), 1) for m in re.finditer(rb",(?=[^ \t])", line[start:])]
+    pieces = [(0, 0), *sorted((start + at, added) for at, added in places), (len(line), 0)]
+    return all(
+        end - begin + added <= 998 for (begin, added), (end, _) in itertools.pairwise(pieces)
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(long_values(), st.sampled_from([b"Subject", b"To", b"X-Mailer"]))
+@example(b"x" * 994, b"Subject")
+@example(b"x" * 995, b"Subject")
+@example(b"a" * 990 + b" " + b"b" * 990, b"Subject")
+@example(b"a" * 990 + b"," + b"b" * 990, b"To")
+@example(b"a" * 990 + b"," + b"b" * 990, b"Subject")
+def test_any_header_line_is_folded_or_rejected_with_a_reason(value: bytes, name: bytes) -> None:
+    commas = name == b"To"
+    if commas:
+        value = value.translate(None, b'"()[]\\')
+    line = name + b": " + value
+    raw = b"x-sender: a@x.com\r\nx-receiver: b@x.com\r\n" + line + b"\r\nX-After: 1\r\n\r\nbody\r\n"
+    result = parse(raw)
+    if isinstance(result, PickupRejected):
+        assert result.status == "5.6.0"
+        assert result.reason.startswith(f"line 3 is {len(line)} octets long")
+        assert not foldable(line, start=len(name) + 1, commas=commas)
+        return
+    assert_lines_fit(result.message)
+    stored = unfold(stored_field(result.message, name))
+    if commas:
+        assert stored.replace(b", ", b",") == line.replace(b", ", b",")
+    else:
+        assert stored == line
+    if len(line) <= 998:
+        assert stored_field(result.message, name) == line  # a line that fits is not touched
+    assert result.message.endswith(
+        b"\r\nX-After: 1\r\nMessage-ID: <Q0001@mail.example.com>"
+        b"\r\nDate: " + NOW_TEXT + b"\r\n\r\nbody\r\n"
+    )

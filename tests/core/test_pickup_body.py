@@ -72,3 +72,11 @@ def test_a_nul_is_named_by_its_line_in_the_file() -> None:
 )
 def test_where_the_body_begins(buffer: bytes, complete: bool, end: int | None) -> None:
     assert pickup_head_end(buffer, complete=complete) == end
+
+
+def test_body_lines_over_998_octets_pass_unchanged() -> None:
+    # Only header lines are folded at intake (DESIGN.md section 10): a body line is the writer's,
+    # and refolding it would change the text (and any DKIM body hash).
+    line = b"x" * 5000
+    body = line + b"\n" + line
+    assert stream(body, [1000, 2500, 7000], dot_stuffed=False) == line + b"\r\n" + line + b"\r\n"

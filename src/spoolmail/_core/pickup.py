@@ -5,8 +5,9 @@
 :class:`PickupAccepted` (MAIL FROM, RCPT TOs, the message to write to ``Queue/ID.eml``) or
 :class:`PickupRejected` (one sentence and an RFC 3463 status for ``BadMail/ID.BDR``). It never
 raises for any input bytes. The message is handled as lines, not through ``email.parser``: every
-header the writer wrote is stored byte-for-byte (only line ends become CRLF), minus the envelope
-lines and ``Bcc:``, plus a ``Received:`` line on top and ``Message-ID:`` / ``Date:`` when missing.
+header the writer wrote is stored byte-for-byte (only line ends become CRLF, and a line over 998
+octets is folded), minus the envelope lines and ``Bcc:``, plus a ``Received:`` line on top and
+``Message-ID:`` / ``Date:`` when missing.
 :func:`render_pickup` writes the same format for ``Spool.submit``. Pure: it never touches a file,
 the network or a clock; the time and the queue id are handed in.
 
@@ -17,9 +18,13 @@ Rules (DESIGN.md section 1, notes/iis-smtp.md section 2):
   Eudora and others write an informational ``X-Sender:`` among ordinary headers, which is kept.
 - Without them, the sender is ``Sender:``, else the first ``From:`` address (KB Q201314); the
   recipients are ``To:`` + ``Cc:`` + ``Bcc:`` (in that order, duplicates dropped).
-- Everything up to the first empty line must be header fields (RFC 5322 section 2.2), no line may
-  exceed 998 octets (section 2.1.1), and there is no NUL anywhere; otherwise the file is rejected
-  with the line number, never repaired by guessing.
+- Everything up to the first empty line must be header fields (RFC 5322 section 2.2) and there is
+  no NUL anywhere; otherwise the file is rejected with the line number, never repaired by guessing.
+- A header line over 998 octets (section 2.1.1; Mono's ``SmtpClient`` writes 60 recipients on one
+  ``To:`` line) is folded before the message is stored, into lines of about 78 octets where it can
+  be: before white space, or after a comma between addresses (adding one space, which is CFWS
+  there). A line with no such place within 998 octets is rejected. Envelope lines may be as long
+  as they like: they are read, never stored. Body lines are not touched.
 - Limits: ``max_message_size`` (IIS 2,048 KB) and ``max_recipients`` (10,000, the top of Exchange's
   ``PickupDirectoryMaxRecipientsPerMessage`` range; IIS itself had no pickup limit and split
   transactions at 100, which the SMTP client does here too).
@@ -57,12 +62,26 @@ __all__ = [
 
 # RFC 5322 section 2.2: a field name is printable US-ASCII (33..126) except ':'.
 _FIELD_NAME_BYTES = bytes(range(33, 127)).replace(b":", b"")
-# RFC 5322 section 2.1.1: a line is at most 998 characters, CRLF excluded.
+# RFC 5322 section 2.1.1: a line is at most 998 characters, CRLF excluded, and SHOULD be at most 78;
+# a header line over the first is folded, into lines within the second where it can be.
 _MAX_LINE = 998
+_FOLD_TO = 78
 _ENVELOPE_FIELDS = (b"x-sender", b"x-receiver")
 # The address headers this module reads; RFC 6532 lets them carry UTF-8 and nothing else.
 _ADDRESS_FIELDS = (b"sender", b"from", b"to", b"cc", b"bcc")
 _RECIPIENT_FIELDS = (b"to", b"cc", b"bcc")
+# RFC 5322 sections 3.6.2, 3.6.3 and 3.6.6: the address-list fields, where CFWS may follow the comma
+# between two addresses, so a fold may be made there (by adding a space) even without white space.
+_ADDRESS_LIST_FIELDS = frozenset(
+    {b"from", b"sender", b"reply-to", b"to", b"cc", b"bcc"}
+    | {b"resent-from", b"resent-sender", b"resent-to", b"resent-cc", b"resent-bcc"}
+)
+# Where a fold may go: before a run of white space that has text after it on the line (RFC 5322
+# section 2.2.3: folding inserts CRLF before WSP), so no line is white space alone (section 3.2.2).
+_WHITE_RUN = re.compile(rb"[ \t]+(?=[^ \t])")
+# What changes the meaning of a comma in an address list: quoted strings, comments, domain
+# literals and the quoted-pair backslash inside the first two (RFC 5322 sections 3.2.1 to 3.2.4).
+_LIST_SPECIALS = re.compile(rb'[",()\[\]\\]')
 
 
 def _check_host(_instance: object, attribute: attrs.Attribute[str], value: str) -> None:
@@ -284,12 +303,10 @@ def _read_header_block(
 
 
 def _header_line_problem(line: bytes, *, number: int, continues: bool) -> str | None:
-    """Why a non-empty line in the header block is not part of a header field, or None."""
-    if len(line) > _MAX_LINE:
-        return (
-            f"line {number} is {len(line)} octets long; a header line may have at most "
-            f"{_MAX_LINE} (RFC 5322 section 2.1.1)"
-        )
+    """Why a non-empty line in the header block is not part of a header field, or None.
+
+    Its length is not checked here: a long line is folded when stored (:func:`_fold_field`).
+    """
     if line[0] in b" \t":
         if continues:
             return None
@@ -421,8 +438,13 @@ def _store(
     out = [b"Received: from mail pickup service by " + fqdn + b" with spoolmail;", b"\t " + date]
     for field in headers:
         # Bcc is an envelope matter (RFC 5322 section 3.6.3); IIS reportedly leaked it via Pickup.
-        if field.name != b"bcc":
-            out.extend(lines[field.first : field.end])
+        if field.name == b"bcc":
+            continue
+        kept = lines[field.first : field.end]
+        if any(len(line) > _MAX_LINE for line in kept):
+            out.extend(_fold_field(lines, field))
+        else:
+            out.extend(kept)
     names = {field.name for field in headers}
     if b"message-id" not in names:
         out.append(b"Message-ID: <" + queue_id.encode("ascii", "replace") + b"@" + fqdn + b">")
@@ -436,6 +458,119 @@ def _store(
         out.extend(body)
     out.append(b"")  # so that join ends the last line with CRLF without another copy
     return b"\r\n".join(out)
+
+
+def _fold_field(lines: list[bytes], field: _Field) -> list[bytes]:
+    """The field's lines with each line over 998 octets folded; a line that cannot be is rejected.
+
+    Lines within the limit are kept as written. Unfolding the result (RFC 5322 section 2.2.3)
+    gives the value as written, except in an address list, where a space may follow a comma
+    that had none: CFWS there, so the addresses are the same.
+    """
+    commas = field.name in _ADDRESS_LIST_FIELDS
+    out: list[bytes] = []
+    state = _ListState()
+    for number, line in enumerate(lines[field.first : field.end], field.line_number):
+        # No fold before the colon (the name would break) or inside a continuation's leading
+        # white space (the line before would be white space alone).
+        start = (
+            field.colon + 1 if number == field.line_number else len(line) - len(line.lstrip(b" \t"))
+        )
+        after_commas = _list_commas(line, start, state) if commas else []
+        if len(line) <= _MAX_LINE:
+            out.append(line)
+            continue
+        folded = _fold_line(line, start=start, after_commas=after_commas)
+        if folded is None:
+            places = "white space or a comma between addresses" if commas else "white space"
+            raise _Rejection(
+                f"line {number} is {len(line)} octets long, over the {_MAX_LINE} a line may have "
+                f"(RFC 5322 section 2.1.1), and {_label(lines, field)} has no {places} to fold "
+                f"it at within {_MAX_LINE} octets",
+                "5.6.0",
+            )
+        out.extend(folded)
+    return out
+
+
+@attrs.define
+class _ListState:
+    """Where an address list scan is, carried from line to line of one field."""
+
+    quoted: bool = False
+    comments: int = 0
+    literal: bool = False
+
+
+def _list_commas(line: bytes, start: int, state: _ListState) -> list[int]:
+    """The offsets just after each comma of ``line`` that separates addresses and has no white
+    space after it: the places a fold may add a space (RFC 5322 section 3.4, ``address-list``).
+
+    A comma inside a quoted string, a comment or a domain literal is text, not a separator;
+    adding a space there would change a display name. One pass over the special characters only.
+    """
+    found: list[int] = []
+    escaped_until = -1  # a quoted-pair: the character after a backslash is taken literally
+    for match in _LIST_SPECIALS.finditer(line, start):
+        at = match.start()
+        if at < escaped_until:
+            continue
+        char = line[at : at + 1]
+        if char == b"\\":
+            if state.quoted or state.comments:
+                escaped_until = at + 2
+        elif state.quoted:
+            state.quoted = char != b'"'
+        elif state.comments:
+            state.comments += {b"(": 1, b")": -1}.get(char, 0)
+        elif state.literal:
+            state.literal = char != b"]"
+        elif char == b",":
+            if at + 1 < len(line) and line[at + 1] not in b" \t":
+                found.append(at + 1)
+        else:  # an opening character starts its part; a stray closing one is just text
+            state.quoted, state.comments, state.literal = (
+                char == b'"',
+                int(char == b"("),
+                char == b"[",
+            )
+    return found
+
+
+def _fold_line(line: bytes, *, start: int, after_commas: list[int]) -> list[bytes] | None:
+    """``line`` as lines of at most 998 octets (78 where the places allow), or None.
+
+    A fold goes before a run of white space at or after ``start``, or at an offset in
+    ``after_commas``, where the new line starts with an added space. Each line takes the
+    farthest place within 78 octets, else the nearest one; a gap wider than 998 octets
+    between two places cannot be folded by any choice, so the greedy walk is exact. Linear in
+    the length of the line (a header block may be 1 MiB).
+    """
+    places = sorted(
+        [(match.start(), False) for match in _WHITE_RUN.finditer(line, start)]
+        + [(offset, True) for offset in after_commas]
+    )
+    out: list[bytes] = []
+    begin, added = 0, 0  # where the current line starts in ``line``; 1 if it starts with a space
+    index = 0
+    while len(line) - begin + added > _FOLD_TO:
+        while index < len(places) and places[index][0] <= begin:
+            index += 1
+        if index == len(places):
+            break
+        chosen = index
+        while chosen + 1 < len(places) and places[chosen + 1][0] - begin + added <= _FOLD_TO:
+            chosen += 1
+        offset, space = places[chosen]
+        if offset - begin + added > _MAX_LINE:
+            return None
+        out.append(b" " * added + line[begin:offset])
+        begin, added = offset, int(space)
+        index = chosen + 1
+    if len(line) - begin + added > _MAX_LINE:
+        return None
+    out.append(b" " * added + line[begin:])
+    return out
 
 
 def _unstuff(body: list[bytes]) -> Iterator[bytes]:
