@@ -3,7 +3,10 @@
 An SMTP server's answer to one recipient, or spoolmail's own verdict phrased the same way (a local
 Drop write, a routing failure, an expired message), is a :class:`Reply`: code, enhanced status code
 (RFC 3463), text and the host that gave it. 2xx delivers, 4xx defers, 5xx fails; the retry logic,
-the transcript and the DSN builder all read the same value. Pure: no I/O.
+the transcript and the DSN builder all read the same value. A verdict spoolmail reaches after a
+remote server's answers (the queue lifetime ran out while a host kept saying 451) keeps the last of
+them as its ``cause``, so that a DSN can still name the remote host and quote what it said. Pure:
+no I/O.
 """
 
 from __future__ import annotations
@@ -41,13 +44,17 @@ def _check_enhanced(_instance: object, _attribute: object, value: str | None) ->
 class Reply:
     """One answer about one recipient: ``Reply(550, "5.1.1", "no such user", host="mx.example")``.
 
-    ``host`` is the remote MTA that answered (``None`` when spoolmail itself decided).
+    ``host`` is the remote MTA that answered (``None`` when spoolmail itself decided). ``cause``
+    is, for a verdict spoolmail reached itself (``host`` ``None``), the remote reply it rests on:
+    an expiry's last 4xx, which a DSN reports as ``Remote-MTA`` and ``Diagnostic-Code``
+    (RFC 3464 section 2.3.5, 2.3.6).
     """
 
     code: int = attrs.field(validator=_check_code)
     enhanced: str | None = attrs.field(validator=_check_enhanced)
     text: str
     host: str | None = None
+    cause: Reply | None = attrs.field(default=None, kw_only=True)
 
     @property
     def severity(self) -> Severity:
@@ -72,16 +79,37 @@ class Reply:
             parts.append(self.text)
         return " ".join(parts)
 
+    @property
+    def remote(self) -> Reply | None:
+        """The reply a remote MTA gave, if any: this one, or the one it rests on."""
+        if self.host:
+            return self
+        if self.cause is not None and self.cause.host:
+            return self.cause
+        return None
+
     def to_json(self) -> dict[str, Any]:
-        return {"code": self.code, "enhanced": self.enhanced, "text": self.text, "host": self.host}
+        data: dict[str, Any] = {
+            "code": self.code,
+            "enhanced": self.enhanced,
+            "text": self.text,
+            "host": self.host,
+        }
+        if self.cause is not None:
+            # Only when there is one: files written before causes existed read the same.
+            data["cause"] = self.cause.to_json()
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Reply:
+        raw_cause = data.get("cause")
         return cls(
             code=int(data["code"]),
             enhanced=data.get("enhanced"),
             text=str(data.get("text", "")),
             host=data.get("host"),
+            # One level: a cause has no cause of its own, so a damaged file cannot recurse.
+            cause=None if raw_cause is None else cls.from_json({**raw_cause, "cause": None}),
         )
 
     @classmethod

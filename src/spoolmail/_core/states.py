@@ -192,6 +192,9 @@ def _expire(recipient: Recipient, attempts: int, now: datetime) -> Recipient:
         recipient.reply.code if recipient.reply else 451,
         "4.4.7",
         f"delivery time expired after {attempts} attempts{last}{where}",
+        # The DSN's machine-readable part reports the last remote reply (RFC 3464 section 2.3.5,
+        # 2.3.6), not only the text: what a bounce parser reads.
+        cause=recipient.reply.remote if recipient.reply else None,
     )
     return attrs.evolve(recipient, state=RecipientState.FAILED, reply=reply, updated=now)
 
