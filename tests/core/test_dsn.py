@@ -1,6 +1,6 @@
 """Tests for spoolmail._core.dsn: golden files, the email package, flufl.bounce, hostile input.
 
-The golden files in ``tests/core/golden/`` pin the exact bytes of six DSNs. After an intended
+The golden files in ``tests/core/golden/`` pin the exact bytes of seven DSNs. After an intended
 change to the DSN layout, rewrite them and review the diff before committing::
 
     SPOOLMAIL_REGENERATE_GOLDEN=1 python -m pytest tests/core/test_dsn.py
@@ -26,8 +26,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from spoolmail._core.dsn import DsnAction, render_dsn
-from spoolmail._core.envelope import Envelope, Notify, Recipient, RecipientState, Ret
+from spoolmail._core.envelope import (
+    Envelope,
+    Notify,
+    Recipient,
+    RecipientState,
+    Ret,
+    decode_envelope,
+    encode_envelope,
+)
 from spoolmail._core.reply import Reply
+from spoolmail._core.states import DsnKind, conclude_attempt
 
 GOLDEN = Path(__file__).parent / "golden"
 REGENERATE = os.environ.get("SPOOLMAIL_REGENERATE_GOLDEN") == "1"
@@ -199,6 +208,56 @@ def large_original() -> bytes:
     return ORIGINAL + body
 
 
+class ExpiringRetry:
+    """A retry policy whose lifetime has run out: the next attempt is never."""
+
+    def next_attempt(self, *, attempts: int, arrival: datetime, now: datetime) -> None:
+        return None
+
+    def delay_notice_due(self, *, arrival: datetime, now: datetime, already_sent: bool) -> bool:
+        return False
+
+    def delay_notice_at(self, *, arrival: datetime) -> None:
+        return None
+
+
+def expired_recipients() -> tuple[Envelope, tuple[Recipient, ...]]:
+    """The envelope and reported recipients of a message whose lifetime ran out while one host
+    said 451 and another name did not resolve, as the state machine concludes it and the queue
+    stores it."""
+    envelope = make_envelope(Recipient("bob@example.com"), Recipient("carol@nowhere.invalid"))
+    outcome = conclude_attempt(
+        envelope,
+        {
+            "bob@example.com": BOB_451,
+            "carol@nowhere.invalid": Reply(451, "4.4.3", "MX lookup for nowhere.invalid failed"),
+        },
+        retry=lambda _recipient: ExpiringRetry(),
+        now=NOW,
+    )
+    [order] = outcome.dsns
+    assert order.kind is DsnKind.FAILURE
+    stored = decode_envelope(encode_envelope(outcome.envelope))
+    assert stored == outcome.envelope  # the reply the expiry rests on survives the Queue file
+    reported = tuple(
+        r for r in stored.recipients if r.address in {o.address for o in order.recipients}
+    )
+    return stored, reported
+
+
+def expired_dsn() -> bytes:
+    envelope, recipients = expired_recipients()
+    return render_dsn(
+        envelope=envelope,
+        recipients=recipients,
+        action=DsnAction.FAILED,
+        original=ORIGINAL,
+        reporting_mta=FQDN,
+        dsn_id=DSN_ID,
+        now=NOW,
+    )
+
+
 def parse(raw: bytes) -> EmailMessage:
     message = email.message_from_bytes(raw, policy=email.policy.default)
     assert isinstance(message, EmailMessage)
@@ -263,6 +322,10 @@ def test_delivered_matches_golden() -> None:
 
 def test_envid_orcpt_ret_hdrs_matches_golden() -> None:
     check_golden("dsn-failure-envid-orcpt-hdrs.eml", parameters_dsn())
+
+
+def test_expired_failure_matches_golden() -> None:
+    check_golden("dsn-failure-expired.eml", expired_dsn())
 
 
 def test_rendering_is_deterministic() -> None:
@@ -784,6 +847,31 @@ def test_original_that_is_not_8bit_clean_returns_headers_only(damage: bytes) -> 
     raw = render_one(failed("bob@example.com", BOB_550), original=ORIGINAL + damage)
     assert parts(parse(raw))[2].get_content_type() == "text/rfc822-headers"
     assert damage not in raw
+
+
+def test_expired_recipient_reports_the_last_remote_reply() -> None:
+    # RFC 3464 section 2.3.5 and 2.3.6: a bounce parser reads the status part, not the text.
+    raw = expired_dsn()
+    _, bob, carol = status_blocks(parse(raw))
+    assert bob["Status"] == "4.4.7"
+    assert bob["Remote-MTA"] == "dns; mx1.example.com"
+    assert bob["Diagnostic-Code"] == f"smtp; {BOB_451}"
+    # The last reply came from no remote host (DNS): nothing to report as one.
+    assert carol["Status"] == "4.4.7"
+    assert carol["Remote-MTA"] is None
+    assert carol["Diagnostic-Code"] is None
+    text = human_text(parse(raw))
+    assert "Reason: 451 4.4.7 delivery time expired after 8 attempts; last" in text
+
+
+def test_a_reply_keeps_its_cause_one_level_deep() -> None:
+    expired = Reply(451, "4.4.7", "expired", cause=BOB_451)
+    assert Reply.from_json(expired.to_json()) == expired
+    assert expired.remote == BOB_451
+    assert "cause" not in BOB_451.to_json()  # the stored form of other replies is unchanged
+    nested = expired.to_json()
+    nested["cause"]["cause"] = nested  # a damaged file: a cause of a cause, endlessly
+    assert Reply.from_json(nested) == expired
 
 
 def test_boundary_avoids_a_collision_with_the_original() -> None:

@@ -454,11 +454,13 @@ def _delivery_status(
             f"Action: {action.value}",
             f"Status: {status}",
         ]
-        if reply is not None and reply.host:
-            # Section 2.3.5 and 2.3.6: both name what a remote MTA said; a verdict spoolmail
-            # reached itself (a routing failure, an expiry) has no remote MTA and no SMTP code.
-            block += field("Remote-MTA", f"dns; {_seven_bit(reply.host)}")
-            block += field("Diagnostic-Code", f"smtp; {_seven_bit(str(reply))}")
+        remote = None if reply is None else reply.remote
+        if remote is not None and remote.host:
+            # Section 2.3.5 and 2.3.6: both name what a remote MTA said. A verdict spoolmail
+            # reached itself (a routing failure) has no remote MTA and no SMTP code; an expiry
+            # reports the last reply it rests on, as Postfix and sendmail do.
+            block += field("Remote-MTA", f"dns; {_seven_bit(remote.host)}")
+            block += field("Diagnostic-Code", f"smtp; {_seven_bit(str(remote))}")
         attempted = recipient.updated or envelope.last_attempt or now
         block.append(f"Last-Attempt-Date: {_date(attempted)}")
         if will_retry_until is not None:
