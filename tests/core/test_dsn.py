@@ -1,6 +1,6 @@
 """Tests for spoolmail._core.dsn: golden files, the email package, flufl.bounce, hostile input.
 
-The golden files in ``tests/core/golden/`` pin the exact bytes of seven DSNs. After an intended
+The golden files in ``tests/core/golden/`` pin the exact bytes of nine DSNs. After an intended
 change to the DSN layout, rewrite them and review the diff before committing::
 
     SPOOLMAIL_REGENERATE_GOLDEN=1 python -m pytest tests/core/test_dsn.py
@@ -208,6 +208,66 @@ def large_original() -> bytes:
     return ORIGINAL + body
 
 
+# An internationalized message (RFC 6532): UTF-8 in its header fields and its addresses.
+ORIGINAL_UTF8 = (
+    "Received: from client.example.net ([192.0.2.7]) by mail.example.com with spoolmail;\r\n"
+    "\tSat, 28 Nov 2026 10:15:02 +0000\r\n"
+    "From: Zoë <zoë@example.net>\r\n"
+    "To: Jürgen <jürgen@exämple.de>, bob@example.com\r\n"
+    "Subject: Grüße aus Köln\r\n"
+    "Date: Sat, 28 Nov 2026 10:15:01 +0000\r\n"
+    "Message-ID: <20261128101501.4712@client.example.net>\r\n"
+    "MIME-Version: 1.0\r\n"
+    "Content-Type: text/plain; charset=utf-8\r\n"
+    "Content-Transfer-Encoding: 8bit\r\n"
+    "\r\n"
+    "Hallo Jürgen,\r\n"
+    "\r\n"
+    "viele Grüße.\r\n"
+).encode()
+JURGEN_550 = Reply(550, "5.1.1", "Empfänger unbekannt", host="mx.exämple.de")
+
+
+def global_failure_dsn(original: bytes = ORIGINAL_UTF8) -> bytes:
+    jurgen = Recipient(
+        "jürgen@exämple.de",
+        RecipientState.FAILED,
+        JURGEN_550,
+        updated=NOW - timedelta(minutes=2),
+        orcpt=r"utf-8;j\x{FC}rgen@ex\x{E4}mple.de",
+    )
+    bob = failed("bob@example.com", BOB_550, updated=NOW - timedelta(minutes=2))
+    envelope = make_envelope(jurgen, bob, sender="zoë@example.net")
+    return render_dsn(
+        envelope=envelope,
+        recipients=envelope.recipients,
+        action=DsnAction.FAILED,
+        original=original,
+        reporting_mta=FQDN,
+        dsn_id=DSN_ID,
+        now=NOW,
+    )
+
+
+def global_headers_delay_dsn() -> bytes:
+    """ASCII addresses, UTF-8 headers: the original's headers as message/global-headers and a
+    7-bit message/delivery-status."""
+    bob = Recipient(
+        "bob@example.com", RecipientState.PENDING, BOB_451, updated=ARRIVAL + timedelta(hours=11)
+    )
+    envelope = make_envelope(bob, last_attempt=ARRIVAL + timedelta(hours=11))
+    return render_dsn(
+        envelope=envelope,
+        recipients=envelope.recipients,
+        action=DsnAction.DELAYED,
+        original=ORIGINAL_UTF8,
+        reporting_mta=FQDN,
+        dsn_id=DSN_ID,
+        now=ARRIVAL + timedelta(hours=12),
+        will_retry_until=ARRIVAL + timedelta(days=2),
+    )
+
+
 class ExpiringRetry:
     """A retry policy whose lifetime has run out: the next attempt is never."""
 
@@ -281,7 +341,27 @@ def human_text(message: Message) -> str:
 
 def status_blocks(message: Message) -> list[Message]:
     """The delivery-status part's field blocks: per-message first, then one per recipient."""
+    assert parts(message)[1].get_content_type() == "message/delivery-status"
     return parts(parts(message)[1])
+
+
+def report_blocks(raw: bytes) -> list[Message]:
+    """:func:`status_blocks` of either status part, read from the DSN's bytes.
+
+    The email package knows message/global-delivery-status (RFC 6533) only as some message/*:
+    it would take the first block for a message's header and the rest for its body, with the
+    UTF-8 surrogate-escaped. So the part is cut out of the bytes and each block parsed alone.
+    """
+    message = parse(raw)
+    if parts(message)[1].get_content_type() == "message/delivery-status":
+        return status_blocks(message)
+    start = raw.index(b"\r\nContent-Type: message/global-delivery-status\r\n")
+    start = raw.index(b"\r\n\r\n", start) + 4
+    end = raw.index(f"\r\n--{message.get_boundary()}".encode(), start)
+    return [
+        email.message_from_string(block + "\r\n", policy=email.policy.default)
+        for block in raw[start:end].decode("utf-8").split("\r\n\r\n")
+    ]
 
 
 def check_golden(name: str, data: bytes) -> None:
@@ -322,6 +402,14 @@ def test_delivered_matches_golden() -> None:
 
 def test_envid_orcpt_ret_hdrs_matches_golden() -> None:
     check_golden("dsn-failure-envid-orcpt-hdrs.eml", parameters_dsn())
+
+
+def test_global_failure_matches_golden() -> None:
+    check_golden("dsn-failure-global.eml", global_failure_dsn())
+
+
+def test_global_headers_delay_matches_golden() -> None:
+    check_golden("dsn-delay-global-headers.eml", global_headers_delay_dsn())
 
 
 def test_expired_failure_matches_golden() -> None:
@@ -587,18 +675,20 @@ def test_ret_full_still_returns_only_the_headers_of_a_large_message() -> None:
 
 
 def render_with(*, envid: str | None = None, orcpt: str | None = None) -> EmailMessage:
+    return parse(render_raw_with(envid=envid, orcpt=orcpt))
+
+
+def render_raw_with(*, envid: str | None = None, orcpt: str | None = None) -> bytes:
     recipient = Recipient("bob@example.com", RecipientState.FAILED, BOB_550, orcpt=orcpt)
     envelope = make_envelope(recipient, envid=envid)
-    return parse(
-        render_dsn(
-            envelope=envelope,
-            recipients=envelope.recipients,
-            action=DsnAction.FAILED,
-            original=ORIGINAL,
-            reporting_mta=FQDN,
-            dsn_id=DSN_ID,
-            now=NOW,
-        )
+    return render_dsn(
+        envelope=envelope,
+        recipients=envelope.recipients,
+        action=DsnAction.FAILED,
+        original=ORIGINAL,
+        reporting_mta=FQDN,
+        dsn_id=DSN_ID,
+        now=NOW,
     )
 
 
@@ -636,15 +726,21 @@ def test_no_or_empty_envid_gives_no_field(envid: str | None) -> None:
         ("RFC822;Bob@Example.COM", "RFC822; Bob@Example.COM"),  # type and address as given
         ("rfc822;a+3Db+20c@example.com", "rfc822; a=b c@example.com"),
         ("x400;/G+3DBob/S+3DSmith/", "x400; /G=Bob/S=Smith/"),
-        # RFC 6533: the utf-8 type's xtext, and its raw form as sent with SMTPUTF8.
-        (r"utf-8;j\x{FC}rgen@ex\x{E4}mple.de", r"utf-8; j\x{FC}rgen@ex\x{E4}mple.de"),
-        ("utf-8;jürgen@exämple.de", r"utf-8; j\x{FC}rgen@ex\x{E4}mple.de"),
+        # RFC 6533: the utf-8 type's xtext, and its raw form as sent with SMTPUTF8, both written
+        # as the address itself in the message/global-delivery-status part such an address needs.
+        (r"utf-8;j\x{FC}rgen@ex\x{E4}mple.de", "utf-8; jürgen@exämple.de"),
+        ("utf-8;jürgen@exämple.de", "utf-8; jürgen@exämple.de"),
+        # An ASCII address in the utf-8 type needs nothing international.
+        ("utf-8;bob@example.com", "utf-8; bob@example.com"),
     ],
 )
 def test_orcpt_is_decoded(orcpt: str, expected: str) -> None:
-    _, bob = status_blocks(render_with(orcpt=orcpt))
+    raw = render_raw_with(orcpt=orcpt)
+    _, bob = report_blocks(raw)
     assert bob["Original-Recipient"] == expected
     assert bob["Final-Recipient"] == "rfc822; bob@example.com"
+    status_type = parts(parse(raw))[1].get_content_type()
+    assert (status_type == "message/global-delivery-status") == (not expected.isascii())
 
 
 @pytest.mark.parametrize(
@@ -796,13 +892,16 @@ def test_non_ascii_recipient_uses_the_utf8_address_type() -> None:
     reply = Reply(550, "5.1.1", "Empfänger unbekannt", host="mx.exämple.de")
     raw = render_one(failed("jürgen@exämple.de", reply))
     message = parse(raw)
-    _, jurgen = status_blocks(message)
-    # RFC 6533 section 3, utf-8-addr-xtext: the delivery-status part stays 7-bit.
-    assert jurgen["Final-Recipient"] == r"utf-8; j\x{FC}rgen@ex\x{E4}mple.de"
+    _, jurgen = report_blocks(raw)
+    # RFC 6533 section 3 and 6: the address as it is, in a message/global-delivery-status part;
+    # the other fields stay 7-bit.
+    assert jurgen["Final-Recipient"] == "utf-8; jürgen@exämple.de"
     assert jurgen["Diagnostic-Code"] == r"smtp; 550 5.1.1 Empf\x{E4}nger unbekannt"
     assert jurgen["Remote-MTA"] == r"dns; mx.ex\x{E4}mple.de"
     assert b"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit" in raw
-    assert b"Content-Type: message/delivery-status\r\nContent-Transfer-Encoding: 7bit" in raw
+    assert b"Content-Type: message/global-delivery-status\r\nContent-Transfer-Encoding: 8bit" in raw
+    # The original comes back as message/global (RFC 6533 section 6), although it is ASCII.
+    assert b"Content-Type: message/global\r\nContent-Transfer-Encoding: 7bit" in raw
     assert raw.split(b"\r\n\r\n")[0].endswith(b"Content-Transfer-Encoding: 8bit")
     text = human_text(message)
     assert "       jürgen@exämple.de\n" in text
@@ -820,8 +919,12 @@ def test_non_ascii_sender_is_written_as_utf8() -> None:
 
 
 def test_utf8_address_escapes_xtext_specials() -> None:
-    _, block = status_blocks(parse(render_one(failed("ü+tag=1\\x@example.de", None))))
-    assert block["Final-Recipient"] == r"utf-8; \x{FC}\x{2B}tag\x{3D}1\x{5C}x@example.de"
+    # Not printable, so not written as it is even in a global part: the xtext form instead.
+    _, block = report_blocks(render_one(failed("ü+tag=1\\x\u200b@example.de", None)))
+    assert block["Final-Recipient"] == r"utf-8; \x{FC}\x{2B}tag\x{3D}1\x{5C}x\x{200B}@example.de"
+    # ASCII with a control: the utf-8 type in its xtext form, in the 7-bit part.
+    _, block = status_blocks(parse(render_one(failed("bob\tx+1@example.de", None))))
+    assert block["Final-Recipient"] == r"utf-8; bob\x{FFFD}x\x{2B}1@example.de"
 
 
 def test_eight_bit_original_keeps_its_bytes_and_says_8bit() -> None:
@@ -847,6 +950,62 @@ def test_original_that_is_not_8bit_clean_returns_headers_only(damage: bytes) -> 
     raw = render_one(failed("bob@example.com", BOB_550), original=ORIGINAL + damage)
     assert parts(parse(raw))[2].get_content_type() == "text/rfc822-headers"
     assert damage not in raw
+
+
+def content_types(raw: bytes) -> list[str]:
+    return [part.get_content_type() for part in parts(parse(raw))]
+
+
+def test_utf8_headers_alone_return_the_original_as_message_global() -> None:
+    # RFC 6532 section 3.7, RFC 6533 section 6: message/rfc822 may not hold UTF-8 headers.
+    raw = render_one(failed("bob@example.com", BOB_550), original=ORIGINAL_UTF8)
+    assert content_types(raw) == ["text/plain", "message/delivery-status", "message/global"]
+    head = b"Content-Type: message/global\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+    assert raw[raw.index(head) + len(head) :].startswith(ORIGINAL_UTF8)
+    # Headers only (here by size) are message/global-headers, not text/rfc822-headers.
+    large = ORIGINAL_UTF8 + b"x" * 80 + b"\r\n"
+    raw = render_dsn(
+        envelope=make_envelope(failed("bob@example.com", BOB_550)),
+        recipients=[failed("bob@example.com", BOB_550)],
+        action=DsnAction.FAILED,
+        original=large,
+        reporting_mta=FQDN,
+        dsn_id=DSN_ID,
+        now=NOW,
+        max_original_size=len(ORIGINAL_UTF8),
+    )
+    assert content_types(raw)[2] == "message/global-headers"
+    assert b"x" * 80 not in raw
+
+
+def test_eight_bit_headers_that_are_not_utf8_stay_message_rfc822() -> None:
+    # Latin-1 octets in a header are no RFC 6532 header: nothing claims they are UTF-8.
+    original = ORIGINAL.replace(b"Quarterly figures", b"Gr\xfc\xdfe")
+    raw = render_one(failed("bob@example.com", BOB_550), original=original)
+    assert content_types(raw) == ["text/plain", "message/delivery-status", "message/rfc822"]
+
+
+def test_utf8_sender_returns_the_original_as_message_global() -> None:
+    raw = render_one(failed("bob@example.com", BOB_550), sender="zoë@example.net")
+    # No UTF-8 address in the status part, so it stays message/delivery-status.
+    assert content_types(raw) == ["text/plain", "message/delivery-status", "message/global"]
+
+
+def test_utf8_recipient_makes_every_part_global() -> None:
+    raw = global_failure_dsn(ORIGINAL)
+    assert content_types(raw) == [
+        "text/plain",
+        "message/global-delivery-status",
+        "message/global",
+    ]
+    _, jurgen, bob = report_blocks(raw)
+    assert jurgen["Final-Recipient"] == "utf-8; jürgen@exämple.de"
+    assert jurgen["Original-Recipient"] == "utf-8; jürgen@exämple.de"
+    assert bob["Final-Recipient"] == "rfc822; bob@example.com"
+    # A delay returns headers only: message/global-headers.
+    jurgen_later = Recipient("jürgen@exämple.de", RecipientState.PENDING, BOB_451)
+    raw = render_one(jurgen_later, action=DsnAction.DELAYED)
+    assert content_types(raw)[1:] == ["message/global-delivery-status", "message/global-headers"]
 
 
 def test_expired_recipient_reports_the_last_remote_reply() -> None:
@@ -1034,11 +1193,22 @@ def test_any_input_renders_a_parseable_dsn(
         "MIME-Version", "Auto-Submitted", "Content-Type", "Content-Transfer-Encoding",
     }  # fmt: skip
     types = [part.get_content_type() for part in parts(message)]
-    assert types[:2] == ["text/plain", "message/delivery-status"]
-    assert types[2] in {"message/rfc822", "text/rfc822-headers"}
+    # RFC 6533: the global forms when an address (or, for the original, a header) needs them;
+    # a UTF-8 ORCPT may ask for them too.
+    unicode = any(not r.address.isascii() for r in recipients)
+    assert types[0] == "text/plain"
+    assert types[1] in {"message/delivery-status", "message/global-delivery-status"}
+    if unicode:
+        assert types[1] == "message/global-delivery-status"
+    if unicode or not sender.isascii():
+        assert types[2].startswith("message/global")
+    assert types[2] in {
+        "message/rfc822", "text/rfc822-headers", "message/global", "message/global-headers",
+    }  # fmt: skip
     if action is not DsnAction.FAILED or ret is Ret.HDRS:
-        assert types[2] == "text/rfc822-headers"  # RFC 3461 section 4.3
-    blocks = status_blocks(message)
+        # RFC 3461 section 4.3
+        assert types[2] in {"text/rfc822-headers", "message/global-headers"}
+    blocks = report_blocks(raw)
     assert len(blocks) == 1 + len(recipients)
     assert set(blocks[0].keys()) <= {
         "Original-Envelope-Id", "Reporting-MTA", "Arrival-Date", "X-Spoolmail-Queue-Id",

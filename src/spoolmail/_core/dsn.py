@@ -4,12 +4,13 @@
 (each with its last :class:`~spoolmail.Reply` and ORCPT), the original message's bytes and the
 times handed in, and returns the complete DSN as bytes: a
 ``multipart/report; report-type=delivery-status`` in the IIS SMTP Service's wording, with a
-human-readable part, a ``message/delivery-status`` part and the original (or only its headers).
-It writes the bytes itself, CRLF line ends, so that equal inputs give equal bytes and golden
-files can pin them. Pure: it never touches the filesystem, the network or a clock, and it does
-not decide who gets a DSN or when (NOTIFY is the state machine's to read), nor queue it; the
-state machine does that and hands the bytes to the store, sent from the null reverse-path ``<>``
-(DESIGN.md section 4).
+human-readable part, a ``message/delivery-status`` part and the original (or only its headers);
+for internationalized mail (RFC 6533) the ``message/global-delivery-status``, ``message/global``
+and ``message/global-headers`` forms of those parts. It writes the bytes itself, CRLF line ends,
+so that equal inputs give equal bytes and golden files can pin them. Pure: it never touches the
+filesystem, the network or a clock, and it does not decide who gets a DSN or when (NOTIFY is the
+state machine's to read), nor queue it; the state machine does that and hands the bytes to the
+store, sent from the null reverse-path ``<>`` (DESIGN.md section 4).
 """
 
 from __future__ import annotations
@@ -120,7 +121,11 @@ def render_dsn(
     ``original`` is the message as stored. A failure DSN returns it whole, byte for byte, as
     ``message/rfc822`` when it has at most ``max_original_size`` octets and the sender did not
     ask for ``RET=HDRS``; otherwise, and in every delay or success DSN, only its header block is
-    returned, as ``text/rfc822-headers`` (RFC 3461 section 4.3). ``dsn_id`` is the DSN's own queue
+    returned, as ``text/rfc822-headers`` (RFC 3461 section 4.3). Internationalized mail (a
+    reported address or the sender in UTF-8, or UTF-8 in the original's header fields) is
+    returned as ``message/global`` or ``message/global-headers`` instead, and when a reported
+    address is in UTF-8 the status part is ``message/global-delivery-status``, with the address
+    written as it is (RFC 6533 sections 3 and 6). ``dsn_id`` is the DSN's own queue
     id: the Message-ID is ``<dsn_id@reporting_mta>`` and the MIME boundary is derived from it, so
     nothing is random. ``now`` dates the DSN; ``will_retry_until`` says, for a delay, when the
     queue gives up. The envelope's ENVID and each recipient's ORCPT are reported, xtext-decoded,
@@ -151,6 +156,10 @@ def render_dsn(
         raise ValueError("will_retry_until belongs to a delay DSN (RFC 3464 section 2.3.9)")
 
     human = _human_text(recipients=recipients, action=action, will_retry_until=will_retry_until)
+    # RFC 6533 section 3 and 6: a recipient address in UTF-8 is written as it is in a
+    # message/global-delivery-status part; the 7-bit message/delivery-status could only carry
+    # it escaped (utf-8-addr-xtext), which no person reads.
+    unicode = any(_has_utf8_address(recipient) for recipient in recipients)
     status = _delivery_status(
         envelope=envelope,
         recipients=recipients,
@@ -158,9 +167,16 @@ def render_dsn(
         reporting_mta=reporting_mta,
         now=now,
         will_retry_until=will_retry_until,
+        unicode=unicode,
     )
     headers = _header_block(original)
-    returned, returned_type = original, "message/rfc822"
+    # RFC 6533 section 6: mail that needed SMTPUTF8 (a UTF-8 address, or header fields in UTF-8,
+    # RFC 6532) comes back as message/global or message/global-headers, whose headers may be
+    # UTF-8 (RFC 6532 section 3.7); message/rfc822 and text/rfc822-headers may not.
+    international = unicode or not envelope.sender.isascii() or _has_utf8_headers(headers)
+    whole_type = "message/global" if international else "message/rfc822"
+    headers_type = "message/global-headers" if international else "text/rfc822-headers"
+    returned, returned_type = original, whole_type
     if (
         # RFC 3461 section 4.3: RET=HDRS asks for the headers alone, and RET (FULL or absent)
         # governs failure DSNs only: "If a DSN contains no indications of delivery failure,
@@ -173,10 +189,13 @@ def render_dsn(
         # BINARYMIME (RFC 3030), which our transport does not speak.
         or _transfer_encoding(original) == "binary"
     ):
-        returned, returned_type = headers, "text/rfc822-headers"
+        returned, returned_type = headers, headers_type
     parts = [
         ("text/plain; charset=utf-8", human.encode("utf-8")),
-        ("message/delivery-status", status.encode("ascii")),
+        (
+            "message/global-delivery-status" if unicode else "message/delivery-status",
+            status.encode("utf-8" if unicode else "ascii"),
+        ),
         (returned_type, returned),
     ]
     boundary = _boundary(dsn_id, [body for _, body in parts])
@@ -246,18 +265,51 @@ def _seven_bit(text: str) -> str:
     return "".join(c if c.isascii() else f"\\x{{{ord(c):02X}}}" for c in _clean(text))
 
 
-def _typed_address(address: str) -> str:
+def _typed_address(address: str, *, unicode: bool) -> str:
     """An address as a delivery-status field types it (RFC 3464 section 2.3.2, RFC 6533 section 3).
 
-    Printable ASCII is ``rfc822; addr``. Anything else is ``utf-8;`` in the utf-8-addr-xtext form,
-    the one RFC 6533 defines for the 7-bit message/delivery-status: every character but QCHAR
+    Printable ASCII is ``rfc822; addr``. Anything else is ``utf-8;`` (:func:`_utf8_form`).
+    """
+    if all(" " <= c <= "~" for c in address):
+        return f"rfc822; {_clean(address)}"
+    return f"utf-8; {_utf8_form(address, unicode=unicode)}"
+
+
+def _utf8_form(address: str, *, unicode: bool) -> str:
+    """A ``utf-8`` address-type's value (RFC 6533 section 3).
+
+    In a message/global-delivery-status part (``unicode``) an address of printable characters
+    is written as it is, the utf-8-address form, as Postfix does. Otherwise, and in the 7-bit
+    message/delivery-status, it takes the utf-8-addr-xtext form: every character but QCHAR
     (printable ASCII less ``\\``, ``+`` and ``=``) as ``\\x{HEX}``, so it stays 7-bit and one line.
     HEXPOINT has no form for most ASCII controls nor for surrogates, which no address may hold
     anyway; they are written as U+FFFD, visibly wrong rather than silently dropped.
     """
-    if all(" " <= c <= "~" for c in address):
-        return f"rfc822; {_clean(address)}"
-    return f"utf-8; {_utf8_addr_xtext(address)}"
+    if unicode and address.isprintable():
+        return address
+    return _utf8_addr_xtext(address)
+
+
+def _has_utf8_address(recipient: Recipient) -> bool:
+    """Whether a reported address (final or original recipient) is outside ASCII."""
+    if not recipient.address.isascii():
+        return True
+    addr_type, _, value = (recipient.orcpt or "").partition(";")
+    if addr_type.lower() != "utf-8":
+        return False
+    address = _utf8_address(value)
+    return address is not None and not address.isascii()
+
+
+def _has_utf8_headers(headers: bytes) -> bool:
+    """Whether a header block holds UTF-8 (RFC 6532); other 8-bit octets are not UTF-8 headers."""
+    if headers.isascii():
+        return False
+    try:
+        headers.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _utf8_addr_xtext(address: str) -> str:
@@ -280,13 +332,13 @@ def _envelope_id(envid: str) -> str:
     return _seven_bit(_HEXCHAR.sub(lambda m: chr(int(m.group(1), 16)), envid))
 
 
-def _original_recipient(orcpt: str) -> str | None:
+def _original_recipient(orcpt: str, *, unicode: bool) -> str | None:
     """The ORCPT as ``Original-Recipient`` carries it (RFC 3464 section 2.3.1), or None.
 
     ORCPT is ``addr-type ";" xtext`` (RFC 3461 section 4.2), and the field is the same with the
     xtext decoded (section 6.3 (d)). The decoded address must be printable US-ASCII (section
     4.2), except for the ``utf-8`` type of RFC 6533, which carries ``\\x{HEX}`` escapes (or, sent
-    with SMTPUTF8, raw UTF-8) and is written back in its 7-bit utf-8-addr-xtext form. Anything
+    with SMTPUTF8, raw UTF-8) and is written back as :func:`_utf8_form` says. Anything
     else is malformed and gives None: a garbled Original-Recipient misleads more than none.
     """
     addr_type, separator, value = orcpt.partition(";")
@@ -294,7 +346,7 @@ def _original_recipient(orcpt: str) -> str | None:
         return None
     if addr_type.lower() == "utf-8":
         address = _utf8_address(value)
-        return None if address is None else f"utf-8; {_utf8_addr_xtext(address)}"
+        return None if address is None else f"utf-8; {_utf8_form(address, unicode=unicode)}"
     if not _XTEXT.fullmatch(value):
         return None
     address = _HEXCHAR.sub(lambda m: chr(int(m.group(1), 16)), value)
@@ -411,8 +463,13 @@ def _delivery_status(
     reporting_mta: str,
     now: datetime,
     will_retry_until: datetime | None,
+    unicode: bool,
 ) -> str:
-    """Part 2: the per-message fields, then one block per recipient (RFC 3464 section 2.1)."""
+    """Part 2: the per-message fields, then one block per recipient (RFC 3464 section 2.1).
+
+    ``unicode``: for a message/global-delivery-status part, whose addresses may be UTF-8 (RFC
+    6533 section 3); every other field stays 7-bit either way.
+    """
 
     def field(name: str, value: str) -> list[str]:
         return _wrap(value, first=f"{name}: ", indent=" ")
@@ -444,13 +501,15 @@ def _delivery_status(
                 status = code
         block = []
         original_recipient = (
-            None if recipient.orcpt is None else _original_recipient(recipient.orcpt)
+            None
+            if recipient.orcpt is None
+            else _original_recipient(recipient.orcpt, unicode=unicode)
         )
         if original_recipient is not None:
             # RFC 3461 section 6.3 (d), RFC 3464 section 2.3.1: before Final-Recipient.
             block += field("Original-Recipient", original_recipient)
         block += [
-            *field("Final-Recipient", _typed_address(recipient.address)),
+            *field("Final-Recipient", _typed_address(recipient.address, unicode=unicode)),
             f"Action: {action.value}",
             f"Status: {status}",
         ]
