@@ -101,7 +101,7 @@ class EntryFacts:
         if self.target is not None:
             parts.append(f"pointing to {self.target!r}")
         if self.kind is EntryKind.LINKED_FILE:
-            parts.append(f"({self.links} links)")
+            parts[0] += f" ({self.links} links)"
         if self.owner is not None:
             parts.append(f"owned by {_owner_name(self.owner)}")
         parts.append(f"{self.size} bytes")
