@@ -272,7 +272,7 @@ def finish(process: subprocess.Popen[bytes], timeout: float) -> str:
 
 
 def start_service_as(uid: int, root: Path) -> subprocess.Popen[bytes]:
-    process = as_user(
+    return as_user(
         uid,
         [
             sys.executable,
@@ -289,7 +289,6 @@ def start_service_as(uid: int, root: Path) -> subprocess.Popen[bytes]:
             "0.05",
         ],
     )
-    return process
 
 
 def wait_until_watching(root: Path) -> None:

@@ -34,7 +34,7 @@ def write(folder: Path, number: int, pause: float) -> None:
         handle.flush()
         time.sleep(pause)
         handle.write(data[half:])
-    print(f"pausing-{number}.eml", flush=True)
+    print(f"pausing-{number}.eml", flush=True)  # noqa: T201 (the writer reports what it wrote)
 
 
 def main() -> None:
