@@ -304,3 +304,43 @@ def wait_until_watching(root: Path) -> None:
 def stop(process: subprocess.Popen[bytes]) -> str:
     process.send_signal(signal.SIGTERM)
     return finish(process, 20)
+
+
+def test_mono_smtpclient_specified_pickup_directory(root: Path, tmp_path: Path) -> None:
+    """Mono's SmtpClient (for .NET's): written in place, with a 1,500-octet unfolded To: line."""
+    mcs = require_program("mcs", package="mono-mcs")
+    mono = require_program("mono", package="mono-runtime")
+    program = tmp_path / "MonoPickup.exe"
+    subprocess.run(
+        [mcs, "-nowarn:618", "-r:System.dll", f"-out:{program}", str(WRITERS / "MonoPickup.cs")],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    running = Running(root)
+    try:
+        writer = subprocess.run(
+            [mono, str(program), str(root / "Pickup"), str(COUNT), "5000"],
+            capture_output=True,
+            timeout=300,
+            check=False,
+        )
+        assert writer.returncode == 0, writer.stderr.decode()
+        drops = wait_for_drop(root, COUNT)
+    finally:
+        running.stop()
+    assert len(drops) == COUNT
+    for path in drops:
+        data = path.read_bytes()
+        head, body = data.split(b"\r\n\r\n", 1)
+        assert head.count(b"x-receiver: ") == 61
+        assert max(len(line) for line in data.split(b"\r\n")) <= 998
+        number = int(
+            next(ln for ln in head.split(b"\r\n") if ln.startswith(b"Subject: ")).split()[-1]
+        )
+        expected = "".join(f"line {k} of message {number}\n" for k in range(5000))
+        parsed = email.message_from_bytes(data, policy=email.policy.default)
+        assert isinstance(parsed, EmailMessage)
+        assert parsed.get_content().replace("\r\n", "\n") == expected, path.name
+        assert len(str(parsed["To"]).split(",")) == 61
+    assert_nothing_else(root)
