@@ -3,13 +3,16 @@
 Lists (a table, or JSON lines for scripts like ``postqueue -j``) and shows the Queue, BadMail and
 Drop; ``queue flush|hold|release|delete`` and ``badmail requeue|delete`` are Postfix's postqueue /
 postsuper as :class:`~spoolmail.Spool` methods (a running service sees the change at its next
-tick). Each id is done on its own; the exit status is the worst (see ``status``).
+tick). ``queue import-iis`` re-injects the ``NTFS_*.EML`` files an IIS Queue left behind
+(``_service.iis``), which ``queue list`` points out. Each id is done on its own; the exit status
+is the worst (see ``status``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TextIO
@@ -18,6 +21,7 @@ from spoolmail._cli.settings import Settings
 from spoolmail._cli.status import EX_OK, UsageError, each
 from spoolmail._core.envelope import Envelope, Recipient
 from spoolmail._core.states import State
+from spoolmail._service import iis
 from spoolmail._store.spool import BadMailItem, DropItem, QueuedMessage, Spool
 from spoolmail.exceptions import NotFound
 
@@ -43,9 +47,9 @@ def _list_parser(actions: Any, what: str, handler: Callable[..., int]) -> None:
 def _queue_parser(commands: Any) -> None:
     queue = commands.add_parser(
         "queue",
-        help="list, show, flush, hold, release or delete queued messages",
+        help="list, show, flush, hold, release or delete queued messages; import IIS's",
         description="Without an action: list the Queue.",
-        usage="%(prog)s [-h] [--json] [{list,show,flush,hold,release,delete} ...]",
+        usage="%(prog)s [-h] [--json] [{list,show,flush,hold,release,delete,import-iis} ...]",
     )
     queue.add_argument("--json", action="store_true", help="list: one JSON object a line")
     queue.set_defaults(handler=_queue_list)
@@ -77,6 +81,17 @@ def _queue_parser(commands: Any) -> None:
         if name == "delete":
             action.add_argument("--yes", action="store_true", help="needed with --all")
         action.set_defaults(handler=handler)
+
+    import_iis = actions.add_parser(
+        "import-iis",
+        help="send the NTFS_*.EML files an IIS Queue left (their envelope is lost: it is "
+        "read from the headers, so Bcc recipients are not sent)",
+    )
+    import_iis.add_argument("names", nargs="*", metavar="NAME", help="default: every one")
+    import_iis.add_argument(
+        "--dry-run", action="store_true", help="show the envelopes it would use; move nothing"
+    )
+    import_iis.set_defaults(handler=_queue_import_iis)
 
 
 def _badmail_parser(commands: Any) -> None:
@@ -235,14 +250,26 @@ def _queue_json(item: QueuedMessage) -> dict[str, object]:
     }
 
 
+def _stranded_note(names: Sequence[str]) -> str:
+    return (
+        f"-- and {_plural(len(names), 'IIS queue file')} without envelope, not delivered until "
+        f"imported with 'spoolmail queue import-iis': {', '.join(names)}"
+    )
+
+
 def _queue_list(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
     with Spool(settings.root) as spool:
         items = list(spool.queued())
+        stranded = iis.stranded_queue_files(spool.store)
     if args.json:
         _print_json_lines((_queue_json(item) for item in items), out)
+        if stranded:  # not on stdout: scripts read one queued message a line there
+            sys.stderr.write(f"spoolmail: {_stranded_note(stranded).removeprefix('-- and ')}\n")
         return EX_OK
     if not items:
         print("The Queue is empty.", file=out)
+        if stranded:
+            print(_stranded_note(stranded), file=out)
         return EX_OK
     header = ["ID", "STATE", "ARRIVAL (UTC)", "NEXT ATTEMPT", "TRIES", "SIZE", "SENDER"]
     rows = [header]
@@ -274,6 +301,8 @@ def _queue_list(settings: Settings, args: argparse.Namespace, out: TextIO) -> in
         f"{_plural(size, 'byte')}",
         file=out,
     )
+    if stranded:
+        print(_stranded_note(stranded), file=out)
     return EX_OK
 
 
@@ -359,6 +388,33 @@ def _queue_flush(settings: Settings, args: argparse.Namespace, out: TextIO) -> i
             return f"{queue_id}: flushed"
 
         return each(ids, flush, out)
+
+
+def _queue_import_iis(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
+    with Spool(settings.root) as spool:
+        names = list(args.names) or iis.stranded_queue_files(spool.store)
+        if not names:
+            print("No IIS queue file (NTFS_*.EML) in the Queue.", file=out)
+            return EX_OK
+        print(f"Note: {iis.BCC_WARNING}.", file=out)
+
+        def move(name: str) -> str:
+            done = iis.import_queue_file(
+                spool.store,
+                name,
+                clock=spool.clock,
+                default_domain=settings.local_domains[0],
+                max_message_size=settings.max_message_size,
+                dot_stuffed=settings.pickup_dot_stuffed,
+                dry_run=args.dry_run,
+            )
+            where = "would go to" if args.dry_run else "to"
+            return (
+                f"Queue/{done.name}: {where} Pickup/{done.pickup}, from {_sender(done.sender)} "
+                f"to {', '.join(done.recipients)}"
+            )
+
+        return each(names, move, out)
 
 
 def _queue_hold(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
