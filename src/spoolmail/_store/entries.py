@@ -183,8 +183,11 @@ class UnsafeEntry(Exception):
         self.facts = facts
 
 
-def open_regular(path: str, expected: EntryFacts | None = None) -> int:
+def open_regular(path: str, expected: EntryFacts | None = None, *, single_link: bool = True) -> int:
     """Open a regular file with one link for reading, as Postfix's ``safe_open`` does.
+
+    ``single_link=False`` accepts more links (Drop files a consumer linked elsewhere); links,
+    FIFOs and devices are refused all the same.
 
     Returns the descriptor. Raises :class:`UnsafeEntry` (nothing left open) when the open
     descriptor is anything else, or not the file ``expected`` described (swapped meanwhile);
@@ -202,9 +205,8 @@ def open_regular(path: str, expected: EntryFacts | None = None) -> int:
         os.close(fd)
         raise
     facts = facts_from_stat(result)
-    if facts.kind is not EntryKind.FILE or (
-        expected is not None and not expected.same_file(result)
-    ):
+    allowed = (EntryKind.FILE,) if single_link else (EntryKind.FILE, EntryKind.LINKED_FILE)
+    if facts.kind not in allowed or (expected is not None and not expected.same_file(result)):
         os.close(fd)
         raise UnsafeEntry(facts)
     # O_NONBLOCK stays set: it changes nothing for a regular file, whose reads never wait.

@@ -33,6 +33,7 @@ import json
 import logging
 import os
 import platform
+import stat
 import threading
 import time
 import urllib.parse
@@ -263,28 +264,42 @@ class MailStore:
         return bool(self.fs.exists(self._path(folder, name)))
 
     def isfile(self, folder: str, name: str) -> bool:
+        """Whether ``name`` is a regular file (a link to one is not: links are never followed)."""
         if self._os_root is not None:
-            return os.path.isfile(self._sys(folder, name))
+            try:
+                return stat.S_ISREG(os.lstat(self._sys(folder, name)).st_mode)
+            except OSError:
+                return False
         return bool(self.fs.isfile(self._path(folder, name)))
 
     def size(self, folder: str, name: str) -> int:
         try:
             if self._os_root is not None:
-                return os.stat(self._sys(folder, name)).st_size
+                return os.lstat(self._sys(folder, name)).st_size
             return int(self.fs.getsize(self._path(folder, name)))
         except (OSError, pyfs.errors.FSError) as exc:
             raise StorageError(f"cannot stat {folder}/{name}: {exc}") from exc
 
     def open(self, folder: str, name: str) -> BinaryIO:
-        """Open a file for reading; ``FileNotFoundError`` if it is not there."""
+        """Open a regular file for reading; ``FileNotFoundError`` if it is not there.
+
+        In every folder, a symbolic link is never followed and a FIFO or device never opened
+        (a :class:`StorageError` says what it is instead): the MailRoot may hold what someone
+        put there behind spoolmail's back, and reading must not leave it or block.
+        """
         try:
             if self._os_root is not None:
-                return open(self._sys(folder, name), "rb")
+                fd = open_regular(self._sys(folder, name), single_link=False)
+                return os.fdopen(fd, "rb")
             return self.fs.openbin(self._path(folder, name), "r")
         except pyfs.errors.ResourceNotFound as exc:
             raise FileNotFoundError(f"{folder}/{name}") from exc
         except FileNotFoundError:
             raise
+        except UnsafeEntry as exc:
+            raise StorageError(
+                f"{folder}/{name} is {exc.facts.describe()}; spoolmail reads only regular files"
+            ) from None
         except (OSError, pyfs.errors.FSError) as exc:
             raise StorageError(f"cannot open {folder}/{name}: {exc}") from exc
 
@@ -760,10 +775,10 @@ class MailStore:
         if self._os_root is None:
             return None
         try:
-            stat = os.stat(self._sys(folder, name))
+            result = os.lstat(self._sys(folder, name))
         except OSError:
             return None
-        return (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        return (result.st_ino, result.st_mtime_ns, result.st_size)
 
     # -- triggers: telling a running service what an operator changed ---------------------------
 
@@ -874,7 +889,7 @@ class MailStore:
         """
         try:
             if self._os_root is not None:
-                modified = os.stat(self._sys(folder, name)).st_mtime
+                modified = os.lstat(self._sys(folder, name)).st_mtime
             else:
                 info = self.fs.getinfo(self._path(folder, name), namespaces=["details"])
                 modified = info.modified.timestamp() if info.modified else time.time()
