@@ -1,10 +1,13 @@
-"""Project tasks: ``nox -s tests`` (the suite), ``lint``, ``typecheck``, ``install``, ``bench``.
+"""Project tasks: ``nox -s tests`` (the suite), ``lint``, ``typecheck``, ``install``, ``bench``,
+``torture``.
 
 ``nox`` with no arguments runs lint, typecheck and tests. CI (``.ci/run``) runs every session
-except ``bench``.
+except ``bench`` and ``torture`` (minutes long, for a release or a change to the commit order).
 """
 
 from __future__ import annotations
+
+import os
 
 import nox
 
@@ -62,3 +65,27 @@ def bench(session: nox.Session) -> None:
     session.install("-e", ".[test]")
     for script in sorted(__import__("pathlib").Path("bench").glob("bench_*.py")):
         session.run("python", str(script), *session.posargs)
+
+
+@nox.session
+def torture(session: nox.Session) -> None:
+    """The smart-host crash test at full size: 2,000 messages relayed, 30 SIGKILLs.
+
+    The suite runs it at CI size (200 messages, 10 kills). It prints the duplicates and the
+    window at each kill; replay a failure with ``SPOOLMAIL_KILL_SEED``. ``nox -s torture --
+    -k ...`` passes pytest arguments on.
+    """
+    session.install("-e", ".[test]")
+    session.run(
+        "pytest",
+        "-s",
+        "-p",
+        "no:cacheprovider",
+        "tests/integration/test_kill_smart_host.py",
+        *session.posargs,
+        env={
+            "SPOOLMAIL_KILL_MESSAGES": os.environ.get("SPOOLMAIL_KILL_MESSAGES", "2000"),
+            "SPOOLMAIL_KILLS": os.environ.get("SPOOLMAIL_KILLS", "30"),
+            "SPOOLMAIL_KILL_DEADLINE": os.environ.get("SPOOLMAIL_KILL_DEADLINE", "900"),
+        },
+    )
