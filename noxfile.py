@@ -2,7 +2,8 @@
 ``torture``.
 
 ``nox`` with no arguments runs lint, typecheck and tests. CI (``.ci/run``) runs every session
-except ``bench`` and ``torture`` (minutes long, for a release or a change to the commit order).
+except ``bench`` and ``torture`` (half a minute or more; for a release, or a change to how
+outcomes are committed).
 """
 
 from __future__ import annotations
