@@ -21,7 +21,7 @@ from typing import Any, TextIO
 
 import attrs
 
-from spoolmail._cli import assemble, operations
+from spoolmail._cli import assemble, operations, privileges
 from spoolmail._cli.settings import RETRY_PRESETS, TLS_POLICIES, Settings, load_settings
 from spoolmail._cli.status import (
     EX_FAILED,
@@ -136,6 +136,11 @@ def _run_parser(commands: Any) -> None:
         help="un-stuff leading dots in Pickup files, as IIS 5+ did",
     )
     run.add_argument("--poll-interval", type=float, metavar="SECONDS")
+    run.add_argument(
+        "--user",
+        metavar="NAME[:GROUP]",
+        help="started as root, become this user (and group) after start-up (see privileges)",
+    )
 
 
 def _submit_parser(commands: Any) -> None:
@@ -188,7 +193,27 @@ def _log_report(report: Report) -> None:
         log.info("%s", line)
 
 
+def _lose_root(settings: Settings) -> None:
+    """Become the service's user, or warn once that the service runs as root.
+
+    Called once start-up needs root no more: after the settings are read, and before the
+    MailRoot is opened, so that every file the service writes is its user's. The inbound
+    listener, when there is one, binds its sockets before this (port 25 needs root).
+    The warning goes to the log, on stderr: the daemon shows it at every start, while a
+    ``--once`` run, whose log shows errors only, keeps its output for its results (``-v``
+    shows it there too).
+    """
+    if settings.user is not None:
+        identity = privileges.drop_privileges(*privileges.parse_user(settings.user))
+        log.info("running as %s (uid %d, gid %d)", identity.user, identity.uid, identity.gid)
+        return
+    warning = privileges.root_warning()
+    if warning is not None:
+        log.warning("%s", warning)
+
+
 def _run(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
+    _lose_root(settings)
     with Spool(settings.root) as spool:
         service = assemble.service(settings, spool)
         try:

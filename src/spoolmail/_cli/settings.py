@@ -27,6 +27,7 @@ A settings file is TOML with one ``[spoolmail]`` table; every key is optional::
     ndr_copy_to = "pm@example.com"      # a copy of every failure DSN (IIS "Send copy of NDR to")
     pickup_dot_stuffed = false          # true: un-stuff leading dots as IIS 5+ did
     poll_interval = 1.0                 # seconds between looks at Pickup
+    user = "spoolmail"                  # started as root, run as this user (or "user:group")
 
 Unknown keys and wrong types are errors that name the key. Reads files; builds nothing.
 """
@@ -96,6 +97,7 @@ class Settings:
     ndr_copy_to: str | None = None
     pickup_dot_stuffed: bool = False
     poll_interval: float = attrs.field(default=1.0, validator=_positive)
+    user: str | None = None
 
 
 _TYPES: Mapping[str, tuple[type, ...]] = {
@@ -123,6 +125,7 @@ _TYPES: Mapping[str, tuple[type, ...]] = {
     "ndr_copy_to": (str,),
     "pickup_dot_stuffed": (bool,),
     "poll_interval": (int, float),
+    "user": (str,),
 }
 
 

@@ -1,0 +1,129 @@
+"""Least privilege for ``spoolmail run``: become the service's own user, or say that it is root.
+
+A mail service needs root for one thing only, binding port 25, and spoolmail does not even
+need that until its inbound listener exists. So ``spoolmail run`` does what needs root first
+(reading the settings, which may hold the smart host's password in a file only root can read;
+binding the listener's sockets, once there is one), then :func:`drop_privileges` switches the
+process to the configured user for good, before the MailRoot is opened: every file the service
+writes is the service user's, and a flaw in the parsing of mail cannot be used as root. Started
+as root without a user, :func:`root_warning` gives the one line the service logs.
+
+Changes the process's credentials only; never touches the MailRoot or the network. POSIX only.
+"""
+
+from __future__ import annotations
+
+import os
+
+import attrs
+
+from spoolmail.exceptions import ConfigurationError, SpoolmailError
+
+__all__ = ["Identity", "drop_privileges", "is_root", "parse_user", "resolve", "root_warning"]
+
+
+@attrs.frozen
+class Identity:
+    """Who the process becomes: the user, its numeric ids, and every group it keeps."""
+
+    user: str
+    uid: int
+    gid: int
+    groups: frozenset[int]
+
+
+def is_root() -> bool:
+    """Whether the process runs with root's effective user id (never on Windows)."""
+    return hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+def root_warning() -> str | None:
+    """The warning for a service started as root with nobody to become, or ``None``."""
+    if not is_root():
+        return None
+    return (
+        "running as root; give the service its own user (--user NAME or the 'user' "
+        "setting) so that it drops root after start-up"
+    )
+
+
+def parse_user(value: str) -> tuple[str, str | None]:
+    """``NAME`` or ``NAME:GROUP`` (as chown writes it) as ``(user, group or None)``."""
+    user, colon, group = value.partition(":")
+    if not user or (colon and not group):
+        raise ConfigurationError(f"user must be NAME or NAME:GROUP, not {value!r}")
+    return user, group or None
+
+
+def resolve(user: str, group: str | None = None) -> Identity:
+    """Look ``user`` (and ``group``, default its login group) up in the system's databases.
+
+    The groups kept are the user's supplementary groups (``/etc/group``) and the group: the
+    service reads Pickup files through a group it shares with the applications that write them.
+    """
+    # Imported here: Windows has neither module, and it must still import the command.
+    import grp  # noqa: PLC0415
+    import pwd  # noqa: PLC0415
+
+    try:
+        entry = pwd.getpwnam(user)
+    except KeyError:
+        raise ConfigurationError(f"user: no such user {user!r}") from None
+    gid = entry.pw_gid
+    if group is not None:
+        try:
+            gid = grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise ConfigurationError(f"user: no such group {group!r}") from None
+    if entry.pw_uid == 0 or gid == 0:
+        raise ConfigurationError(f"user: {user!r} would keep root; name an unprivileged user")
+    groups = frozenset(os.getgrouplist(user, gid))
+    return Identity(user=user, uid=entry.pw_uid, gid=gid, groups=groups | {gid})
+
+
+def drop_privileges(user: str, group: str | None = None) -> Identity:
+    """Become ``user`` (and ``group``) for good: real, effective and saved ids, and groups.
+
+    Started as that user already, there is nothing to do. Otherwise the process must be root.
+    The order matters (CERT POS36-C): the supplementary groups and the group id first, while
+    the process may still change them, the user id last; ``setuid`` first would leave root's
+    groups behind. Then it checks that every id changed and that root cannot be regained
+    (``setuid(0)`` must fail), and raises :class:`SpoolmailError` if not: a service that
+    believes it dropped root but did not is worse than one that says it runs as root.
+    """
+    if not hasattr(os, "setresuid"):
+        raise ConfigurationError("user: changing the user needs a POSIX system with setresuid")
+    identity = resolve(user, group)
+    if (os.getresuid(), os.getresgid()) == ((identity.uid,) * 3, (identity.gid,) * 3):
+        return identity  # started as the service's user (systemd's User=, su, runuser)
+    if os.geteuid() != 0:
+        raise ConfigurationError(
+            f"user: cannot become {user!r}: spoolmail runs as uid {os.geteuid()}, not root"
+        )
+    try:
+        os.setgroups(sorted(identity.groups))
+        os.setresgid(identity.gid, identity.gid, identity.gid)
+        os.setresuid(identity.uid, identity.uid, identity.uid)
+    except OSError as exc:
+        raise SpoolmailError(f"cannot become {user!r}: {exc}") from exc
+    _verify(identity)
+    return identity
+
+
+def _verify(identity: Identity) -> None:
+    """Raise unless the process is ``identity`` through and through and cannot be root again."""
+    problems = []
+    if os.getresuid() != (identity.uid,) * 3:
+        problems.append(f"user ids are {os.getresuid()}")
+    if os.getresgid() != (identity.gid,) * 3:
+        problems.append(f"group ids are {os.getresgid()}")
+    if set(os.getgroups()) - identity.groups:
+        problems.append(f"groups are {sorted(os.getgroups())}")
+    try:
+        os.setuid(0)
+    except PermissionError:
+        pass  # what we want: root is gone for good
+    else:
+        problems.append("setuid(0) succeeded")
+    if problems:
+        raise SpoolmailError(f"dropping root to {identity.user!r} failed: {'; '.join(problems)}")
