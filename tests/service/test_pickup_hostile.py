@@ -8,6 +8,7 @@ Each tick runs in a daemon thread with a deadline, so a regression fails here in
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 import socket
@@ -22,6 +23,7 @@ from typing import Any
 import pytest
 
 from spoolmail import Durability, Limits, MailService, Report, Router, Spool
+from spoolmail._cli.main import main
 from spoolmail._store.entries import (
     CappedReader,
     EntryKind,
@@ -29,6 +31,7 @@ from spoolmail._store.entries import (
     facts_from_stat,
     open_regular,
 )
+from spoolmail.exceptions import StorageError
 from spoolmail.testing import CapturingTransport, FakeClock
 
 DEADLINE = 20.0
@@ -311,3 +314,21 @@ def test_capped_reader_stops_one_byte_past_the_limit(tmp_path: Path) -> None:
     with CappedReader(path.open("rb"), 1000) as exact:
         assert len(exact.read()) == 1000
         assert not exact.over
+
+
+def test_no_reader_of_the_mailroot_follows_a_link(root: Path, outside: Path) -> None:
+    """A symlink left in BadMail (an older release moved Pickup links there) is not printed."""
+    queue_id = "1a22198ed00-00007f9a11bab65d"
+    with Spool(str(root), durability=Durability.NONE) as spool:
+        (root / "BadMail" / f"{queue_id}.BAD").symlink_to(outside)
+        (root / "BadMail" / f"{queue_id}.BDR").write_text("5.3.0 old\n")
+        (root / "Drop" / f"{queue_id}.eml").symlink_to(outside)
+        with pytest.raises(StorageError, match="is a symbolic link, pointing to"):
+            spool.badmail_message(queue_id)
+        with pytest.raises(StorageError, match="reads only regular files"):
+            spool.drop_message(queue_id)
+        out = io.StringIO()
+        status = main(["--root", str(root), "badmail", "show", "--message", queue_id], out=out)
+    assert status != 0
+    assert b"secret" not in out.getvalue().encode()
+    assert outside.read_bytes() == SECRET
