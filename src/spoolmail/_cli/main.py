@@ -139,7 +139,7 @@ def _run_parser(commands: Any) -> None:
     run.add_argument(
         "--user",
         metavar="NAME[:GROUP]",
-        help="started as root, become this user (and group) after start-up (see privileges)",
+        help="started as root, become this user (and group) once start-up is done",
     )
 
 
