@@ -12,6 +12,7 @@ import os
 import pwd
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -164,6 +165,23 @@ def shared_dir() -> Iterator[Path]:
         path = Path(name)
         path.chmod(0o755)
         yield path
+
+
+@ROOT_ONLY
+def test_the_daemon_started_as_root_says_so_once_on_stderr(shared_dir: Path) -> None:
+    with subprocess.Popen(
+        [sys.executable, "-m", "spoolmail", "--root", str(shared_dir / "MailRoot"), "run"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=shared_dir,
+    ) as process:
+        assert process.stdout is not None
+        banner = process.stdout.readline()
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=10)
+    assert banner.startswith(b"spoolmail: serving")
+    assert err.decode().count(WARNING) == 1
+    assert "WARNING" in err.decode()
 
 
 @ROOT_ONLY
