@@ -195,9 +195,9 @@ class MailStore:
             else {}
         )
         self._check_layout()
-        self.readiness = Readiness(
-            watcher=CloseWatcher.start(self._sys(PICKUP)) if self._os_root is not None else None
-        )
+        # The inotify watch starts with the first look at Pickup for intake (a service), not
+        # for every command that only lists or reads the spool.
+        self.readiness = Readiness()
         self._reported_dirs: set[str] = set()
 
     # -- paths and low-level operations -------------------------------------------------------
@@ -583,6 +583,9 @@ class MailStore:
         ready at once: claiming it renames the name itself (never what it points to) into
         SortTemp, where intake refuses it with a report. A directory is left and reported once.
         """
+        watcher = self.readiness.watcher
+        if self._os_root is not None and (watcher is None or not watcher.alive):
+            self.readiness.watcher = CloseWatcher.start(self._sys(PICKUP))
         ready = []
         present = set()
         for name in self._candidates():
