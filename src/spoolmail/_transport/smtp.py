@@ -50,10 +50,14 @@ _FRESH = 2.0
 _MAX_REPLY_LINE = 2048
 # A multiline reply longer than this is a server that will never stop talking.
 _MAX_REPLY_LINES = 100
+_MAX_REPLY_OCTETS = 64 * 1024
 # RFC 5321 §4.2: Reply-code [ SP textstring ] CRLF, with "-" instead of SP on all but the last line.
 _REPLY_LINE = re.compile(rb"([0-9]{3})(?:([ -])(.*))?", re.DOTALL)
 # RFC 5321 §2.3.8: CR and LF occur only together; a bare CR or LF in a stored file ends a line too.
 _LINE_END = re.compile(rb"\r\n|\r|\n")
+# RFC 1870 §3: the SIZE parameter is a decimal number; ASCII digits only ("²".isdigit() is true
+# and int("²") raises), and few enough of them to be a size.
+_SIZE_PARAMETER = re.compile(r"[0-9]{1,20}")
 # Control characters can never be part of a path (RFC 5321 §4.1.2: qtextSMTP and quoted-pairSMTP
 # are printable), and CR or LF in one would smuggle a command into the session.
 _UNSENDABLE = re.compile(r"[\x00-\x1f\x7f]")
@@ -135,7 +139,12 @@ class SmtpExtensions:
         ``KEYWORD [params]``."""
         announced: dict[str, list[str]] = {}
         for line in lines[1:]:
-            keyword, *params = line.split()
+            words = line.split()
+            if not words:
+                # Postfix's smtp-sink ends its EHLO reply with "250 " and nothing after it: no
+                # extension, and no reason to refuse the rest.
+                continue
+            keyword, *params = words
             # Some old servers announce "AUTH=LOGIN" beside (or instead of) "AUTH LOGIN".
             keyword, _, inline = keyword.partition("=")
             announced.setdefault(keyword.upper(), []).extend(
@@ -156,7 +165,7 @@ class SmtpExtensions:
 def _size_limit(params: Sequence[str]) -> int:
     # RFC 1870 §3: "SIZE" alone or "SIZE 0" means no fixed maximum; a value we cannot read is
     # treated the same, since the server will still say 552 if the message is too big.
-    return int(params[0]) if params and params[0].isdigit() else 0
+    return int(params[0]) if params and _SIZE_PARAMETER.fullmatch(params[0]) else 0
 
 
 class DataEncoder:
@@ -239,6 +248,84 @@ def _parse_reply_line(line: bytes) -> tuple[int, bool, str] | None:
     return code, match.group(2) == b"-", text
 
 
+class _BadReply(Exception):
+    """What the server sent cannot be read as a reply; the text says why."""
+
+
+class _ReplyReader:
+    """Sans-IO reply reading (RFC 5321 §4.2): bytes from the server in, complete replies out.
+
+    :meth:`feed` takes bytes as they arrive; :meth:`next_line` returns the next line without its
+    line end, or ``None`` until one is complete; :meth:`take` adds a line to the reply being read
+    and returns the reply once its last line is in. Whatever a server sends ends in a reply or
+    in :class:`_BadReply`: a line that is not a reply line (empty, no code, a code outside
+    200-599), a change of code within a reply, a line over :data:`_MAX_REPLY_LINE` octets, or a
+    multiline reply that goes on past :data:`_MAX_REPLY_LINES` lines or
+    :data:`_MAX_REPLY_OCTETS` octets. Text that is not UTF-8 is decoded with replacement
+    characters. Memory is bounded by those limits, and nothing here raises anything else.
+    """
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._code: int | None = None
+        self._lines: list[str] = []
+        self._octets = 0
+
+    def feed(self, data: bytes) -> None:
+        self._buffer += data
+
+    def discard(self) -> int:
+        """Forget everything received and not yet read; return how many octets that was."""
+        stale = len(self._buffer)
+        self._buffer.clear()
+        self._start()
+        return stale
+
+    def _start(self) -> None:
+        self._code = None
+        self._lines = []
+        self._octets = 0
+
+    def next_line(self) -> bytes | None:
+        end = self._buffer.find(b"\n", 0, _MAX_REPLY_LINE)
+        if end >= 0:
+            line = bytes(self._buffer[: end + 1])
+            del self._buffer[: end + 1]
+            # A bare LF is taken as the end of a reply line: leniency here costs nothing.
+            return line.rstrip(b"\n").removesuffix(b"\r")
+        if len(self._buffer) >= _MAX_REPLY_LINE:
+            self.discard()
+            raise _BadReply(f"a line longer than {_MAX_REPLY_LINE} octets")
+        return None
+
+    def take(self, line: bytes) -> _ServerReply | None:
+        parsed = _parse_reply_line(line)
+        if parsed is None:
+            self._start()
+            shown = _printable(line.decode("utf-8", "replace"), limit=80)
+            raise _BadReply(f'garbage ("{shown}")')
+        code, more, text = parsed
+        if self._code is not None and code != self._code:
+            # RFC 5321 §4.2.1: every line of a multiline reply carries the same code.
+            problem = f"lines with codes {self._code} and {code}"
+            self._start()
+            raise _BadReply(problem)
+        self._code = code
+        self._lines.append(_printable(text, limit=1000))
+        self._octets += len(line) + 2
+        if not more:
+            reply = _ServerReply(code, tuple(self._lines))
+            self._start()
+            return reply
+        if len(self._lines) >= _MAX_REPLY_LINES or self._octets >= _MAX_REPLY_OCTETS:
+            # A reply that never ends: stop reading, and let the host be tried again later.
+            self._start()
+            raise _BadReply(
+                f"a reply of more than {_MAX_REPLY_LINES} lines or {_MAX_REPLY_OCTETS} octets"
+            )
+        return None
+
+
 def _printable(text: str, *, limit: int = 200) -> str:
     """``text`` made safe for one transcript line or reply text: no control characters, bounded."""
     if len(text) <= limit and text.isprintable():
@@ -315,7 +402,7 @@ class _Session:
 
     def __init__(self, sock: socket.socket, *, target: Target) -> None:
         self._sock = sock
-        self._buffer = bytearray()
+        self._reader = _ReplyReader()
         self.target = target
         self.extensions = SmtpExtensions()
         self.encrypted = False
@@ -423,42 +510,23 @@ class _Session:
         """Read one complete (possibly multiline) reply, ``awaiting`` naming it for messages
         ("greeting", "reply to MAIL"). A 421 ends the session (RFC 5321 §3.8)."""
         deadline = time.monotonic() + timeout
-        code: int | None = None
-        lines: list[str] = []
-        while True:
-            raw = self._read_line(deadline=deadline, timeout=timeout, awaiting=awaiting)
-            parsed = _parse_reply_line(raw)
-            if transcript is not None:
-                transcript.received(_printable(raw.decode("utf-8", "replace"), limit=1000))
-            if parsed is None:
-                shown = _printable(raw.decode("utf-8", "replace"), limit=80)
-                raise self._protocol_error(f'garbage ("{shown}")', awaiting)
-            if code is not None and parsed[0] != code:
-                # RFC 5321 §4.2.1: every line of a multiline reply carries the same code.
-                raise self._protocol_error(f"lines with codes {code} and {parsed[0]}", awaiting)
-            code, more, text = parsed
-            lines.append(_printable(text, limit=1000))
-            if not more:
-                break
-            if len(lines) >= _MAX_REPLY_LINES:
-                raise self._protocol_error(f"more than {_MAX_REPLY_LINES} lines", awaiting)
-        reply = _ServerReply(code, tuple(lines))
-        if code == 421:
+        reply: _ServerReply | None = None
+        while reply is None:
+            try:
+                raw = self._reader.next_line()
+                if raw is None:
+                    self._receive(deadline=deadline, timeout=timeout, awaiting=awaiting)
+                    continue
+                if transcript is not None:
+                    transcript.received(_printable(raw.decode("utf-8", "replace"), limit=1000))
+                reply = self._reader.take(raw)
+            except _BadReply as bad:
+                # Refused as a reply: the host is tried again later (RFC 3463 X.5.0).
+                raise self._protocol_error(str(bad), awaiting) from None
+        if reply.code == 421:
             self.usable = False
             raise _SessionError(reply.to_reply(self.target.host))
         return reply
-
-    def _read_line(self, *, deadline: float, timeout: float, awaiting: str) -> bytes:
-        while True:
-            end = self._buffer.find(b"\n", 0, _MAX_REPLY_LINE)
-            if end >= 0:
-                line = bytes(self._buffer[: end + 1])
-                del self._buffer[: end + 1]
-                # A bare LF is taken as the end of a reply line: leniency here costs nothing.
-                return line.rstrip(b"\n").removesuffix(b"\r")
-            if len(self._buffer) >= _MAX_REPLY_LINE:
-                raise self._protocol_error(f"a line longer than {_MAX_REPLY_LINE} octets", awaiting)
-            self._receive(deadline=deadline, timeout=timeout, awaiting=awaiting)
 
     def _receive(self, *, deadline: float, timeout: float, awaiting: str) -> None:
         # The deadline covers the whole reply, so a server trickling one byte at a time cannot
@@ -478,7 +546,7 @@ class _Session:
             raise self._over(
                 "4.4.2", f"{_where(self.target)} closed the connection instead of the {awaiting}"
             )
-        self._buffer += data
+        self._reader.feed(data)
 
     def command(
         self,
@@ -502,8 +570,7 @@ class _Session:
         plain text after the 220 are either a broken server or an attacker injecting replies
         the client would otherwise read as if they had come through TLS.
         """
-        stale = len(self._buffer)
-        self._buffer.clear()
+        stale = self._reader.discard()
         try:
             tls = context.wrap_socket(
                 self._sock, server_hostname=server_hostname, do_handshake_on_connect=False

@@ -1,0 +1,305 @@
+"""The SMTP client with real servers' habits: odd replies of every kind.
+
+Whatever a server sends must end as a reply for every recipient, never as an exception out of
+``send``: the reply reader is driven on bytes alone (hypothesis), and a raw-socket server on
+127.0.0.1 sends hostile replies at each step of a session.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import attrs
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from spoolmail._core.reply import Reply
+from spoolmail._core.transcript import Transcript
+from spoolmail._transport.base import Outgoing
+from spoolmail._transport.smtp import (
+    _MAX_REPLY_LINE,
+    _MAX_REPLY_LINES,
+    _MAX_REPLY_OCTETS,
+    SmtpExtensions,
+    SmtpTransport,
+    _BadReply,
+    _ReplyReader,
+    _ServerReply,
+)
+from tests.smtpservers import SHORT, raw_server
+
+integration = pytest.mark.integration
+
+HOST = "127.0.0.1"
+ASCII_MESSAGE = b"From: alice@example.net\r\nTo: bob@example.com\r\nSubject: hi\r\n\r\nHello.\r\n"
+# Postfix's smtp-sink, byte for byte (postfix 3.8): the last line is "250 " and nothing else.
+SMTP_SINK_EHLO = (
+    b"250-smtp-sink\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-AUTH PLAIN LOGIN\r\n"
+    b"250-XCLIENT NAME HELO\r\n250-XFORWARD NAME ADDR PROTO HELO\r\n"
+    b"250-ENHANCEDSTATUSCODES\r\n250-DSN\r\n250 \r\n"
+)
+NO_PIPELINING: dict[str, bytes | None] = {
+    "EHLO": b"250-raw.test greets you\r\n250 8BITMIME\r\n",
+}
+
+
+def outgoing(
+    data: bytes = ASCII_MESSAGE,
+    *,
+    recipients: Sequence[str] = ("bob@example.com",),
+) -> Outgoing:
+    return Outgoing(
+        id="test",
+        sender="alice@example.net",
+        recipients=recipients,
+        size=len(data),
+        open=lambda: io.BytesIO(data),
+    )
+
+
+# The reply reader, on bytes alone.
+
+
+def read_all(chunks: Sequence[bytes]) -> tuple[list[_ServerReply], str | None]:
+    """Everything a session would get from these bytes: its replies, then the reason it stops
+    reading, if it does (``None``: the bytes ran out)."""
+    reader = _ReplyReader()
+    replies: list[_ServerReply] = []
+    for chunk in chunks:
+        reader.feed(chunk)
+        try:
+            while (line := reader.next_line()) is not None:
+                reply = reader.take(line)
+                if reply is not None:
+                    replies.append(reply)
+        except _BadReply as bad:
+            return replies, str(bad)
+    return replies, None
+
+
+reply_lines = st.one_of(
+    st.binary(max_size=80),
+    st.builds(
+        b"".join,
+        st.tuples(
+            st.sampled_from([b"250", b"220", b"421", b"354", b"550", b"199", b"600", b"25", b""]),
+            st.sampled_from([b" ", b"-", b"", b"\t", b"--"]),
+            st.one_of(
+                st.binary(max_size=60),
+                st.sampled_from(
+                    [
+                        b"",
+                        b" ",
+                        b"SIZE",
+                        b"SIZE \xc2\xb2",
+                        b"SIZE 99999999999999999999999999",
+                        b"SIZE -1",
+                        b"AUTH=",
+                        b"=",
+                        b"AUTH PLAIN",
+                        b"5.1.1 no such user",
+                        b"5.9.999 x",
+                        b"\xff\xfe not utf-8",
+                        b"\x00\x1b[31m",
+                    ]
+                ),
+            ),
+        ),
+    ),
+)
+line_ends = st.sampled_from([b"\r\n", b"\n", b"\r", b"", b"\r\r\n"])
+
+
+@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    lines=st.lists(st.tuples(reply_lines, line_ends), max_size=40),
+    cuts=st.lists(st.integers(min_value=0, max_value=4000), max_size=8),
+)
+def test_no_reply_raises_out_of_the_reader(
+    lines: list[tuple[bytes, bytes]], cuts: list[int]
+) -> None:
+    data = b"".join(line + end for line, end in lines)
+    points = sorted({min(cut, len(data)) for cut in cuts})
+    chunks = [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
+    replies, _ = read_all(chunks)
+    for reply in replies:
+        assert 200 <= reply.code <= 599
+        assert 1 <= len(reply.lines) <= _MAX_REPLY_LINES
+        # What the session makes of a reply raises nothing either: the verdict for recipients,
+        # and the extensions when it answers EHLO.
+        assert isinstance(reply.to_reply("mx.test"), Reply)
+        assert isinstance(SmtpExtensions.from_ehlo(reply.lines), SmtpExtensions)
+
+
+@given(st.binary(max_size=3 * _MAX_REPLY_LINE))
+def test_any_bytes_end_in_replies_a_reason_or_a_wait(data: bytes) -> None:
+    replies, problem = read_all([data])
+    assert problem is None or problem
+    assert all(isinstance(reply, _ServerReply) for reply in replies)
+
+
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [
+        pytest.param(b"\r\n", 'garbage ("")', id="empty-line"),
+        pytest.param(b"hello\r\n", 'garbage ("hello")', id="no-code"),
+        pytest.param(b"099 x\r\n", 'garbage ("099 x")', id="code-below-200"),
+        pytest.param(b"250-a\r\n251 b\r\n", "lines with codes 250 and 251", id="mixed-codes"),
+        pytest.param(b"250-" + b"x" * 3000, "a line longer than 2048 octets", id="long-line"),
+        pytest.param(
+            b"250-more\r\n" * 1000,
+            f"a reply of more than {_MAX_REPLY_LINES} lines or {_MAX_REPLY_OCTETS} octets",
+            id="endless-lines",
+        ),
+        pytest.param(
+            (b"250-" + b"y" * 2000 + b"\r\n") * 50,
+            f"a reply of more than {_MAX_REPLY_LINES} lines or {_MAX_REPLY_OCTETS} octets",
+            id="endless-octets",
+        ),
+    ],
+)
+def test_what_cannot_be_a_reply_is_refused_with_a_reason(data: bytes, problem: str) -> None:
+    replies, reason = read_all([data])
+    assert replies == []
+    assert reason == problem
+
+
+def test_an_endless_reply_is_refused_within_its_bounds() -> None:
+    reader = _ReplyReader()
+    line = b"250-" + b"z" * 1000
+
+    def one_more() -> None:
+        reader.feed(line + b"\r\n")
+        assert reader.take(reader.next_line() or b"") is None
+
+    taken = 0
+    while taken * (len(line) + 2) < _MAX_REPLY_OCTETS - (len(line) + 2):
+        one_more()
+        taken += 1
+    with pytest.raises(_BadReply, match="more than"):
+        one_more()
+
+
+@pytest.mark.parametrize(
+    ("data", "code", "lines"),
+    [
+        pytest.param(b"250 \r\n", 250, ("",), id="empty-text"),
+        pytest.param(b"250\r\n", 250, ("",), id="no-text"),
+        pytest.param(b"250-a\n250 b\n", 250, ("a", "b"), id="bare-lf"),
+        pytest.param(b"550 5.1.1 \xff\xfe\r\n", 550, ("5.1.1 \ufffd\ufffd",), id="not-utf8"),
+        pytest.param(b"250 ok\x1b[0m\r\n", 250, ("ok\\x1b[0m",), id="control"),
+    ],
+)
+def test_odd_but_readable_replies_are_read(data: bytes, code: int, lines: tuple[str, ...]) -> None:
+    assert read_all([data]) == ([_ServerReply(code, lines)], None)
+
+
+@pytest.mark.parametrize(
+    "lines",
+    [
+        pytest.param(["smtp-sink", "PIPELINING", "8BITMIME", "DSN", ""], id="smtp-sink"),
+        pytest.param(["mx.test", "   ", "PIPELINING"], id="blank"),
+    ],
+)
+def test_an_ehlo_reply_with_an_empty_line_is_read(lines: list[str]) -> None:
+    extensions = SmtpExtensions.from_ehlo(lines)
+    assert extensions.pipelining
+    assert "" not in extensions.keywords
+
+
+@pytest.mark.parametrize(
+    ("params", "size"),
+    [("SIZE 1000", 1000), ("SIZE \u00b2", 0), ("SIZE \u0661\u0662", 0), ("SIZE " + "9" * 30, 0)],
+)
+def test_a_size_that_is_not_a_number_is_no_limit(params: str, size: int) -> None:
+    assert SmtpExtensions.from_ehlo(["mx.test", params]).size == size
+
+
+# Hostile replies from a raw-socket server on 127.0.0.1.
+
+HOSTILE = [
+    pytest.param("greeting", b"\r\n", id="greeting-empty"),
+    pytest.param("greeting", b"\xff\xfe\xfd\r\n", id="greeting-not-utf8"),
+    pytest.param("greeting", b"220-raw.test\r\n" * 500, id="greeting-never-ends"),
+    pytest.param("EHLO", b"250-raw.test\r\n" + b"250-" + b"A" * 5000 + b"\r\n", id="ehlo-long"),
+    pytest.param("EHLO", b"250-raw.test\r\n250-SIZE \xc2\xb2\r\n250 \r\n", id="ehlo-size"),
+    pytest.param("EHLO", b"250-raw.test\r\n" * 300, id="ehlo-never-ends"),
+    pytest.param("EHLO", b"250-raw.test\r\n\r\n250 OK\r\n", id="ehlo-empty-line"),
+    pytest.param("MAIL", b"\r\n", id="mail-empty"),
+    pytest.param("MAIL", b"2\r\n", id="mail-short-code"),
+    pytest.param("MAIL", b"550 5.7.1 \xc0\xaf\x00 no\r\n", id="mail-not-utf8"),
+    pytest.param("RCPT", b"250-" + b"\xff" * 3000 + b"\r\n", id="rcpt-long"),
+    pytest.param("RCPT", b"250-ok\r\n" * 2000, id="rcpt-never-ends"),
+    pytest.param("DATA", b"354-go\r\n354 \r\n", id="data-multiline"),
+    pytest.param(".", b"250-\r\n250-\r\n251 x\r\n", id="end-mixed-codes"),
+    pytest.param(".", b"\xef\xbb\xbf250 ok\r\n", id="end-bom"),
+    pytest.param(".", b"250 2.0.0 " + "ünïcödé".encode() + b"\r\n", id="end-utf8"),
+]
+
+
+@integration
+@pytest.mark.parametrize(("step", "reply"), HOSTILE)
+def test_hostile_replies_end_as_replies_for_every_recipient(
+    transcript: Transcript, step: str, reply: bytes
+) -> None:
+    recipients = ["a@x.test", "b@x.test"]
+    greeting = reply if step == "greeting" else b"220 raw.test ESMTP\r\n"
+    replies = {} if step == "greeting" else {step: reply}
+    with (
+        raw_server(greeting=greeting, replies=replies) as server,
+        SmtpTransport(helo_name="client.test", timeouts=SHORT) as transport,
+    ):
+        answers = transport.send(server.target, outgoing(recipients=recipients), transcript)
+        # The transport still works, on this connection or a new one.
+        again = transport.send(server.target, outgoing(), transcript)
+    assert set(answers) == set(recipients)
+    assert set(again) == {"bob@example.com"}
+    for answer in answers.values():
+        assert isinstance(answer, Reply)
+        if answer.code >= 400:
+            assert answer.host == HOST
+    problems = [a for a in answers.values() if a.code // 100 == 4 and a.enhanced == "4.5.0"]
+    for problem in problems:
+        # The reason reaches the transcript.
+        assert any(problem.text in line for line in transcript.lines)
+
+
+@integration
+def test_smtp_sinks_ehlo_reply_is_read(transport: SmtpTransport, transcript: Transcript) -> None:
+    with raw_server(replies={"EHLO": SMTP_SINK_EHLO}) as server:
+        answers = transport.send(server.target, outgoing(), transcript)
+    assert answers == {"bob@example.com": Reply(250, "2.0.0", "Ok: queued", host=HOST)}
+    # PIPELINING from the reply was taken: MAIL, RCPT and DATA in one write.
+    assert ["MAIL FROM:<alice@example.net>", "RCPT TO:<bob@example.com>", "DATA"] in server.groups
+
+
+# A reply that never completes is waited for, so these waits are short.
+IMPATIENT = attrs.evolve(
+    SHORT, greeting=0.3, ehlo=0.3, mail=0.3, rcpt=0.3, data_start=0.3, data_end=0.3, rset=0.3
+)
+
+
+@integration
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    step=st.sampled_from(["greeting", "EHLO", "MAIL", "RCPT", "DATA", ".", "RSET"]),
+    lines=st.lists(st.tuples(reply_lines, line_ends), min_size=1, max_size=6),
+)
+def test_random_replies_from_a_socket_never_raise(
+    step: str, lines: list[tuple[bytes, bytes]]
+) -> None:
+    reply = b"".join(line + end for line, end in lines)
+    transcript = Transcript(clock=lambda: datetime(2026, 11, 28, tzinfo=UTC))
+    greeting = reply if step == "greeting" else b"220 raw.test ESMTP\r\n"
+    with (
+        raw_server(
+            greeting=greeting, replies={} if step == "greeting" else {step: reply}
+        ) as server,
+        SmtpTransport(helo_name="client.test", timeouts=IMPATIENT) as transport,
+    ):
+        for _ in range(2):  # the second time on a kept connection, if there is one
+            answers = transport.send(server.target, outgoing(recipients=["a@x.test"]), transcript)
+            assert set(answers) == {"a@x.test"}
