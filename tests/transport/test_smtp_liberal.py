@@ -1,8 +1,9 @@
-"""The SMTP client with real servers' habits: odd replies of every kind.
+"""The SMTP client with real servers' habits: odd replies, failed transactions.
 
 Whatever a server sends must end as a reply for every recipient, never as an exception out of
 ``send``: the reply reader is driven on bytes alone (hypothesis), and a raw-socket server on
-127.0.0.1 sends hostile replies at each step of a session.
+127.0.0.1 sends hostile replies at each step of a session. A transaction that failed on a kept
+connection leaves the next one to start with RSET (RFC 5321 §4.1.1.5).
 """
 
 from __future__ import annotations
@@ -303,3 +304,82 @@ def test_random_replies_from_a_socket_never_raise(
         for _ in range(2):  # the second time on a kept connection, if there is one
             answers = transport.send(server.target, outgoing(recipients=["a@x.test"]), transcript)
             assert set(answers) == {"a@x.test"}
+
+
+# A failed transaction on a kept connection: the next one starts with RSET.
+
+
+@integration
+def test_a_refused_end_of_data_is_followed_by_rset(transcript: Transcript) -> None:
+    replies = {**NO_PIPELINING, ".": b"500 5.0.0 Error: command failed\r\n"}
+    with (
+        raw_server(replies=replies) as server,
+        SmtpTransport(helo_name="client.test", timeouts=SHORT) as transport,
+    ):
+        [first] = transport.send(server.target, outgoing(), transcript).values()
+        # At once, well within the moment in which a used connection is trusted without RSET.
+        [second] = transport.send(server.target, outgoing(), transcript).values()
+        assert server.connections == 1
+    assert first == second == Reply(500, "5.0.0", "Error: command failed", host=HOST)
+    # RFC 5321 §4.1.1.5: RSET ends what the failed transaction left, before the next MAIL.
+    assert server.commands[1:] == [
+        "MAIL FROM:<alice@example.net>",
+        "RCPT TO:<bob@example.com>",
+        "DATA",
+        "RSET",
+        "MAIL FROM:<alice@example.net>",
+        "RCPT TO:<bob@example.com>",
+        "DATA",
+        "QUIT",
+    ]
+    assert "the last transaction on it failed: RSET first" in "\n".join(transcript.lines)
+
+
+@integration
+def test_a_refused_end_of_data_resets_within_one_delivery(transcript: Transcript) -> None:
+    replies = {**NO_PIPELINING, ".": b"554 5.7.1 Rejected\r\n"}
+    with (
+        raw_server(replies=replies) as server,
+        SmtpTransport(helo_name="client.test", timeouts=SHORT, max_recipients=1) as transport,
+    ):
+        answers = transport.send(
+            server.target, outgoing(recipients=["a@x.test", "b@x.test"]), transcript
+        )
+    assert set(answers.values()) == {Reply(554, "5.7.1", "Rejected", host=HOST)}
+    assert server.commands[1:] == [
+        "MAIL FROM:<alice@example.net>",
+        "RCPT TO:<a@x.test>",
+        "DATA",
+        "RSET",
+        "MAIL FROM:<alice@example.net>",
+        "RCPT TO:<b@x.test>",
+        "DATA",
+        "QUIT",
+    ]
+
+
+@integration
+def test_data_ended_without_recipients_is_followed_by_rset(transcript: Transcript) -> None:
+    # Pipelined: every RCPT refused, DATA accepted anyway, ended with a lone "." (RFC 2920 §3.1).
+    replies = {"RCPT": b"550 5.1.1 No such user\r\n", ".": b"554 5.5.1 No valid recipients\r\n"}
+    with (
+        raw_server(replies=replies) as server,
+        SmtpTransport(helo_name="client.test", timeouts=SHORT) as transport,
+    ):
+        transport.send(server.target, outgoing(), transcript)
+        transport.send(server.target, outgoing(), transcript)
+        assert server.connections == 1
+    verbs = [command.split(" ", 1)[0].split(":", 1)[0] for command in server.commands]
+    assert verbs == ["EHLO", "MAIL", "RCPT", "DATA", "RSET", "MAIL", "RCPT", "DATA", "QUIT"]
+
+
+@integration
+def test_a_successful_transaction_still_needs_no_rset(transcript: Transcript) -> None:
+    with (
+        raw_server(replies=NO_PIPELINING) as server,
+        SmtpTransport(helo_name="client.test", timeouts=SHORT) as transport,
+    ):
+        transport.send(server.target, outgoing(), transcript)
+        transport.send(server.target, outgoing(), transcript)
+    assert "RSET" not in server.commands
+    assert server.commands.count("MAIL FROM:<alice@example.net>") == 2

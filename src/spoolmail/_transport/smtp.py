@@ -408,6 +408,10 @@ class _Session:
         self.encrypted = False
         self.usable = True
         self.last_used = 0.0
+        # Whether no transaction is open or left over: the last one ended with a 2xx to the
+        # final "." or to RSET, or none began. A session that is not clean starts its next
+        # transaction with RSET (RFC 5321 §4.1.1.5).
+        self.clean = True
 
     @classmethod
     def connect(cls, target: Target, *, timeout: float, transcript: Transcript) -> _Session:
@@ -854,6 +858,9 @@ class SmtpTransport:
       never in the clear (RFC 4954); the transcript shows ``AUTH PLAIN <redacted>``.
     - With PIPELINING (RFC 2920): MAIL, the RCPTs and DATA are written together (in groups of
       at most 4 KB, §3.1) and the replies read after, in order; without it, one at a time.
+    - A kept connection is reused without RSET only when its last transaction succeeded
+      moments ago; after a failed one (a refused MAIL, DATA or final ".") the next transaction
+      starts with RSET (RFC 5321 §4.1.1.5).
     - A RCPT answered "too many recipients" (452, RFC 5321 §4.5.3.1.10) goes in the next
       transaction on the same connection, which holds no more than the server had room for; a
       transaction in which the server takes no recipient at all ends the delivery with that 452.
@@ -982,16 +989,21 @@ class SmtpTransport:
         kept = self._take_kept(target)
         if kept is not None:
             transcript.note(f"reusing the connection to {_where(target)}")
-            if self._monotonic() - kept.last_used < _FRESH:
-                # Its last transaction ended moments ago: MAIL may follow at once (RFC 5321
+            if kept.clean and self._monotonic() - kept.last_used < _FRESH:
+                # Its last transaction succeeded moments ago: MAIL may follow at once (RFC 5321
                 # section 4.1.4). A round trip saved per message; send() reconnects if it was
                 # gone after all.
                 return kept, False
+            if not kept.clean:
+                # A failed transaction (a 5xx to the final ".", DATA ended with no recipient)
+                # may have left the server mid-transaction: "503 nested MAIL command".
+                transcript.note("the last transaction on it failed: RSET first")
             # RFC 5321 §4.1.1.5: RSET starts clean and, here, proves the connection still works.
             # A connection that fails it is replaced once, transparently.
             try:
                 reply = kept.command("RSET", timeout=self._timeouts.rset, transcript=transcript)
                 if reply.code // 100 == 2:
+                    kept.clean = True
                     return kept, True
                 transcript.note("the kept connection refused RSET; connecting again")
             except _SessionError as ended:
@@ -1262,6 +1274,10 @@ class SmtpTransport:
         mail = f"MAIL FROM:<{message.sender}>{parameters}"
         limit = self._max_recipients
         while True:
+            if not session.clean:
+                # The transaction before failed at its end: start this one clean (RFC 5321
+                # §4.1.1.5).
+                self._reset(session, transcript)
             batch, pending = pending[:limit], pending[limit:]
             transaction = self._pipelined if session.extensions.pipelining else self._lockstep
             outcome = transaction(
@@ -1308,6 +1324,7 @@ class SmtpTransport:
     ) -> _Outcome:
         """One transaction, each command waiting for the reply to the one before."""
         host = session.target.host
+        session.clean = False
         reply = session.command(mail, timeout=self._timeouts.mail, transcript=transcript, utf8=utf8)
         if not session.positive(reply, expected=2, awaiting="reply to MAIL"):
             refused = reply.to_reply(host)
@@ -1356,6 +1373,7 @@ class SmtpTransport:
         rcpts = _RcptReplies(session)
         mail_reply: _ServerReply | None = None
         data: _ServerReply | None = None
+        session.clean = False
         for start, group in _pipeline_groups(commands, utf8=utf8):
             session.send_lines(group, timeout=self._timeouts.mail, transcript=transcript, utf8=utf8)
             for index in range(start, start + len(group)):
@@ -1432,8 +1450,10 @@ class SmtpTransport:
             transcript=transcript,
         )
         # RFC 5321 §4.1.1.4: the reply to the final "." is the verdict for every accepted
-        # recipient, whether 2xx, 4xx or 5xx; only a 3xx here is a protocol error.
-        session.positive(end, expected=2, awaiting="reply to the end of data")
+        # recipient, whether 2xx, 4xx or 5xx; only a 3xx here is a protocol error. After a 2xx
+        # the next MAIL may follow at once; after a refusal, RSET first, since not every server
+        # forgets a failed transaction.
+        session.clean = session.positive(end, expected=2, awaiting="reply to the end of data")
         _answer_all(answers, accepted, end.to_reply(host))
 
     def _abandon_data(self, session: _Session, transcript: Transcript) -> None:
@@ -1458,3 +1478,4 @@ class SmtpTransport:
             raise _SessionError(
                 Reply(451, "4.5.0", f"{host} refused RSET: {reply.to_reply(host)}", host=host)
             )
+        session.clean = True
