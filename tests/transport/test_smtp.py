@@ -272,7 +272,8 @@ def test_null_sender_is_sent_as_empty_path(
 
 @integration
 def test_eight_bit_body_is_declared(transport: SmtpTransport, transcript: Transcript) -> None:
-    eight_bit = b"Subject: caf\xc3\xa9\r\n\r\ncaf\xc3\xa9\r\n"
+    # 8-bit in the body only: UTF-8 in a header field would need SMTPUTF8 as well.
+    eight_bit = b"Subject: coffee\r\n\r\ncaf\xc3\xa9\r\n"
     with smtp_server() as server:
         transport.send(server.target, outgoing(eight_bit), transcript)
         transport.send(server.target, outgoing(), transcript)
@@ -296,12 +297,18 @@ def test_what_the_envelope_knows_of_8bit_is_not_read_again(
     unknown = attrs.evolve(outgoing(), open=lambda: opened(MESSAGE))
     with smtp_server() as server:
         transport.send(server.target, message, transcript)
-        assert reads == ["opened"]  # only to send it: the hint decided BODY=8BITMIME
+        # The hint decided BODY=8BITMIME; only the header section is read before the send, for
+        # UTF-8 header fields (SMTPUTF8).
+        assert reads == ["opened"] * 2
         transport.send(server.target, unknown, transcript)
-        assert reads == ["opened"] * 3  # a first pass to look for 8-bit octets, then the send
-    first, second = server.messages
+        assert reads == ["opened"] * 4  # one pass for 8-bit octets and headers, then the send
+        ascii_only = attrs.evolve(outgoing(), open=lambda: opened(MESSAGE), eight_bit=False)
+        transport.send(server.target, ascii_only, transcript)
+        assert reads == ["opened"] * 5  # all ASCII, as intake found: nothing to look for
+    first, second, third = server.messages
     assert "BODY=8BITMIME" in first.mail_options
     assert "BODY=8BITMIME" not in second.mail_options
+    assert "BODY=8BITMIME" not in third.mail_options
 
 
 @integration

@@ -1,14 +1,17 @@
-"""The SMTP client with real servers' habits: odd replies, failed transactions.
+"""The SMTP client with real servers' habits: odd replies, failed transactions, UTF-8 headers.
 
 Whatever a server sends must end as a reply for every recipient, never as an exception out of
 ``send``: the reply reader is driven on bytes alone (hypothesis), and a raw-socket server on
 127.0.0.1 sends hostile replies at each step of a session. A transaction that failed on a kept
-connection leaves the next one to start with RSET (RFC 5321 §4.1.1.5).
+connection leaves the next one to start with RSET (RFC 5321 §4.1.1.5). A message whose header
+fields hold UTF-8 (RFC 6532) goes with SMTPUTF8 or not at all (RFC 6531 §3.4), checked against
+aiosmtpd with and without SMTPUTF8.
 """
 
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
@@ -24,18 +27,28 @@ from spoolmail._transport.smtp import (
     _MAX_REPLY_LINE,
     _MAX_REPLY_LINES,
     _MAX_REPLY_OCTETS,
+    DataEncoder,
     SmtpExtensions,
     SmtpTransport,
     _BadReply,
+    _examine,
     _ReplyReader,
     _ServerReply,
 )
-from tests.smtpservers import SHORT, raw_server
+from tests.smtpservers import SHORT, raw_server, smtp_server
 
 integration = pytest.mark.integration
 
 HOST = "127.0.0.1"
 ASCII_MESSAGE = b"From: alice@example.net\r\nTo: bob@example.com\r\nSubject: hi\r\n\r\nHello.\r\n"
+# RFC 6532: UTF-8 in header fields, addresses in ASCII.
+UTF8_MESSAGE = (
+    "From: Zoë <alice@example.net>\r\n"
+    "To: bob@example.com\r\n"
+    "Subject: Grüße aus Köln\r\n"
+    "\r\n"
+    "Viele Grüße.\r\n"
+).encode()
 # Postfix's smtp-sink, byte for byte (postfix 3.8): the last line is "250 " and nothing else.
 SMTP_SINK_EHLO = (
     b"250-smtp-sink\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-AUTH PLAIN LOGIN\r\n"
@@ -51,6 +64,7 @@ def outgoing(
     data: bytes = ASCII_MESSAGE,
     *,
     recipients: Sequence[str] = ("bob@example.com",),
+    eight_bit: bool | None = None,
 ) -> Outgoing:
     return Outgoing(
         id="test",
@@ -58,6 +72,7 @@ def outgoing(
         recipients=recipients,
         size=len(data),
         open=lambda: io.BytesIO(data),
+        eight_bit=eight_bit,
     )
 
 
@@ -383,3 +398,136 @@ def test_a_successful_transaction_still_needs_no_rset(transcript: Transcript) ->
         transport.send(server.target, outgoing(), transcript)
     assert "RSET" not in server.commands
     assert server.commands.count("MAIL FROM:<alice@example.net>") == 2
+
+
+# What MAIL declares, read from the stored message.
+
+
+class Trickle(io.BytesIO):
+    """A stored file that hands out at most ``step`` octets per read, whatever is asked."""
+
+    def __init__(self, data: bytes, step: int) -> None:
+        super().__init__(data)
+        self.step = step
+        self.handed_out = 0
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        block = super().read(self.step)
+        self.handed_out += len(block)
+        return block
+
+
+def expected_utf8_headers(data: bytes) -> bool:
+    """The reference: the header section of the DATA form of ``data``, in one piece."""
+    encoder = DataEncoder()
+    wire = b"\r\n" + encoder.encode(data) + encoder.finish()
+    end = wire.find(b"\r\n\r\n")
+    head = wire[2:end] if end >= 2 else b""
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return not head.isascii()
+
+
+@given(
+    head=st.lists(st.sampled_from(["Subject: ", "é", "x", "\r\n", "\n", "\r", " ", "日本"])),
+    junk=st.sampled_from([b"", b"\xff", b"\xc3"]),
+    body=st.binary(max_size=20),
+    step=st.integers(min_value=1, max_value=7),
+)
+def test_utf8_headers_are_found_whatever_the_reads(
+    head: list[str], junk: bytes, body: bytes, step: int
+) -> None:
+    data = "".join(head).encode() + junk + b"\r\n\r\n" + body
+    message = attrs.evolve(outgoing(data), open=lambda: Trickle(data, step))
+    content = _examine(message, eight_bit_matters=True)
+    assert content.utf8_headers == expected_utf8_headers(data)
+    assert content.eight_bit == (not data.isascii())
+
+
+@pytest.mark.parametrize(
+    ("data", "utf8_headers", "eight_bit"),
+    [
+        (ASCII_MESSAGE, False, False),
+        (UTF8_MESSAGE, True, True),
+        # UTF-8 in the body only: 8BITMIME's business, not SMTPUTF8's.
+        (b"Subject: x\r\n\r\nGr\xc3\xbc\xc3\x9fe\r\n", False, True),
+        # An old client's Latin-1 Subject: 8-bit, but no RFC 6532 header.
+        (b"Subject: Gr\xfc\xdfe\r\n\r\nhi\r\n", False, True),
+        # No header section at all; then one that never ends.
+        (b"\r\nGr\xc3\xbc\xc3\x9fe\r\n", False, True),
+        ("Subject: Grüße".encode(), True, True),
+        # A UTF-8 sequence cut by the end of the header section is not UTF-8.
+        (b"Subject: \xc3\r\n\r\n\xbc\r\n", False, True),
+    ],
+)
+def test_what_mail_must_declare(data: bytes, utf8_headers: bool, eight_bit: bool) -> None:
+    assert _examine(outgoing(data), eight_bit_matters=True).utf8_headers == utf8_headers
+    assert _examine(outgoing(data), eight_bit_matters=True).eight_bit == eight_bit
+
+
+def test_an_all_ascii_message_is_not_read() -> None:
+    def refuse() -> io.BytesIO:
+        raise AssertionError("read although intake found it all ASCII")
+
+    message = attrs.evolve(outgoing(), open=refuse, eight_bit=False)
+    content = _examine(message, eight_bit_matters=True)
+    assert (content.eight_bit, content.utf8_headers) == (False, False)
+
+
+def test_only_the_header_section_is_read_when_the_body_does_not_matter() -> None:
+    source = Trickle(b"Subject: hi\r\n\r\n" + b"body line\r\n" * 1000, step=64)
+    message = attrs.evolve(outgoing(), open=lambda: source, eight_bit=True)
+    assert not _examine(message, eight_bit_matters=True).utf8_headers
+    assert source.handed_out <= 64
+
+
+# SMTPUTF8 for UTF-8 header fields (RFC 6531 §3.4, RFC 6532).
+
+
+@integration
+def test_utf8_headers_go_with_smtputf8(transport: SmtpTransport, transcript: Transcript) -> None:
+    with smtp_server(enable_smtputf8=True) as server:
+        answers = transport.send(server.target, outgoing(UTF8_MESSAGE), transcript)
+    assert answers == {"bob@example.com": Reply(250, "2.0.0", "Ok: queued", host=HOST)}
+    [received] = server.messages
+    assert received.smtp_utf8
+    assert {"SMTPUTF8", "BODY=8BITMIME"} <= set(received.mail_options)
+    assert received.data == UTF8_MESSAGE
+
+
+@integration
+def test_utf8_headers_fail_for_good_without_smtputf8(
+    transport: SmtpTransport, transcript: Transcript
+) -> None:
+    with smtp_server(enable_smtputf8=False) as server:
+        answers = transport.send(
+            server.target, outgoing(UTF8_MESSAGE, recipients=["a@x.test", "b@x.test"]), transcript
+        )
+    assert {(r.code, r.enhanced) for r in answers.values()} == {(554, "5.6.7")}
+    [answer] = set(answers.values())
+    assert "SMTPUTF8" in answer.text
+    assert server.handler.mail_froms == []  # nothing was sent that the server could not take
+    assert any(re.search(r"not sent: 554 5\.6\.7", line) for line in transcript.lines)
+
+
+@integration
+@pytest.mark.parametrize(
+    "data",
+    [
+        pytest.param(b"Subject: Gr\xfc\xdfe\r\n\r\nhi\r\n", id="latin-1-header"),
+        pytest.param(b"Subject: hi\r\n\r\nGr\xc3\xbc\xc3\x9fe\r\n", id="utf8-body"),
+    ],
+)
+def test_eight_bit_that_is_no_utf8_header_needs_no_smtputf8(
+    transport: SmtpTransport, transcript: Transcript, data: bytes
+) -> None:
+    with smtp_server(enable_smtputf8=False) as server:
+        [answer] = transport.send(server.target, outgoing(data), transcript).values()
+    assert answer.code == 250
+    [received] = server.messages
+    assert not received.smtp_utf8
+    assert "BODY=8BITMIME" in received.mail_options
+    assert "SMTPUTF8" not in received.mail_options
+    assert received.data == data

@@ -8,19 +8,24 @@ AUTH PLAIN or LOGIN over TLS only (RFC 4954), MAIL with SIZE, BODY=8BITMIME and 
 apply, RCPT per recipient (pipelined when the server offers PIPELINING, RFC 2920, and at most
 ``max_recipients`` per transaction), and DATA streamed from the stored file with dot-stuffing and
 CRLF line ends, in constant memory. It reads the message only through ``Outgoing.open`` (once per
-transaction, plus a first pass looking for 8-bit octets when the server offers 8BITMIME); it
-writes the commands and replies of the dialogue (never message content, never a password) into
-the :class:`~spoolmail._core.transcript.Transcript` it is handed, and answers every recipient
-with a :class:`~spoolmail._core.reply.Reply`: a refused, stalled, dropped, babbling or
-unverifiable server is a temporary reply, not an exception. It never touches the spool, does no
-DNS of its own (a host name goes to the system resolver inside :func:`socket.create_connection`,
-whose wait no timeout here bounds; MX lookups and literal addresses are the router's and the
-resolver's job) and keeps no state beyond the connections it holds open for reuse.
+transaction, plus a first pass looking for 8-bit octets when the server offers 8BITMIME, and one
+through the header section looking for UTF-8, which needs SMTPUTF8, unless the envelope says the
+message is all ASCII); it writes the commands and replies of the dialogue (never message
+content, never a password) into the :class:`~spoolmail._core.transcript.Transcript` it is
+handed, and answers every recipient with a :class:`~spoolmail._core.reply.Reply`: a refused,
+stalled, dropped, babbling or unverifiable server is a temporary reply, not an exception.
+Replies are read by a sans-IO reader (bytes in, replies out, bounded in lines and octets) that
+turns whatever a server sends into a reply or into a reason to try the host again later. It
+never touches the spool, does no DNS of its own (a host name goes to the system resolver inside
+:func:`socket.create_connection`, whose wait no timeout here bounds; MX lookups and literal
+addresses are the router's and the resolver's job) and keeps no state beyond the connections it
+holds open for reuse.
 """
 
 from __future__ import annotations
 
 import base64
+import codecs
 import contextlib
 import re
 import socket
@@ -660,22 +665,73 @@ def _needs_smtputf8(sender: str, recipients: Iterable[str]) -> bool:
     return not sender.isascii() or not all(r.isascii() for r in recipients)
 
 
-def _has_eight_bit(message: Outgoing) -> bool:
-    # A first streaming pass over the stored file, only when the server offers 8BITMIME (the one
-    # case where the answer changes what we send). A server without 8BITMIME gets the bytes as they
-    # are, as most MTAs do; RFC 6152 §3's conversion to 7 bit is not implemented. Intake notes the
-    # answer in the envelope, which spares this pass.
-    if message.eight_bit is not None:
-        return message.eight_bit
+@attrs.frozen
+class _Content:
+    """What MAIL must declare about a message: octets over 127 (BODY=8BITMIME, RFC 6152) and
+    UTF-8 in its header fields (SMTPUTF8, RFC 6531 §3.4)."""
+
+    eight_bit: bool
+    utf8_headers: bool
+
+
+def _examine(message: Outgoing, *, eight_bit_matters: bool) -> _Content:
+    """One streaming pass over the stored file, as far as it has to go, in constant memory.
+
+    The header section is read up to the empty line that ends it (RFC 5322 §2.1): UTF-8 beyond
+    ASCII there (RFC 6532) needs SMTPUTF8. It is decided here, at send time, from the stored
+    bytes that will go; octets over 127 that are not UTF-8 (a Latin-1 Subject from an old client)
+    are no RFC 6532 header and ask for nothing more than BODY=8BITMIME, as before. The rest is
+    read only when the server offers 8BITMIME and intake did not note whether the message is
+    8-bit (the one case where that answer changes what we send; a server without 8BITMIME gets
+    the bytes as they are, as most MTAs do, and RFC 6152 §3's conversion to 7 bit is not
+    implemented). A message intake found all ASCII is not read at all.
+    """
+    known = message.eight_bit
+    if known is False:
+        return _Content(eight_bit=False, utf8_headers=False)
+    look_for_eight_bit = known is None and eight_bit_matters
+    # The encoder makes every line end CRLF, as DATA will, so one pattern finds the empty line.
+    encoder = DataEncoder()
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    window = b"\r\n"  # the section starts at a line start: an empty first line ends it at once
+    in_headers = utf8 = True
+    header_non_ascii = seen_non_ascii = False
     with message.open() as source:
         while block := source.read(_CHUNK):
-            if not block.isascii():
-                return True
-    return False
+            seen_non_ascii = seen_non_ascii or not block.isascii()
+            if in_headers:
+                out = encoder.encode(block)
+                data = window + out
+                end = data.find(b"\r\n\r\n")
+                head = out if end < 0 else out[: max(0, end - len(window))]
+                header_non_ascii = header_non_ascii or not head.isascii()
+                try:
+                    decoder.decode(head, final=end >= 0)
+                except UnicodeDecodeError:
+                    utf8 = False
+                in_headers = end < 0
+                window = data[-3:]
+            # Invalid UTF-8 means an octet over 127 was seen: nothing is left to learn then.
+            if (not in_headers or not utf8) and (not look_for_eight_bit or seen_non_ascii):
+                break
+    if in_headers and utf8:
+        try:
+            decoder.decode(b"", final=True)  # a message that is all header section
+        except UnicodeDecodeError:
+            utf8 = False
+    return _Content(
+        eight_bit=seen_non_ascii if known is None else known,
+        utf8_headers=utf8 and header_non_ascii,
+    )
 
 
 def _refusal(
-    extensions: SmtpExtensions, message: Outgoing, recipients: Sequence[str], host: str
+    extensions: SmtpExtensions,
+    message: Outgoing,
+    recipients: Sequence[str],
+    host: str,
+    *,
+    utf8_headers: bool,
 ) -> Reply | None:
     """A permanent reply for every recipient when this server cannot take the message at all."""
     if extensions.size and message.size > extensions.size:
@@ -698,19 +754,31 @@ def _refusal(
             f"{host} does not offer SMTPUTF8, which the non-ASCII addresses need",
             host=host,
         )
+    if utf8_headers and not extensions.smtputf8:
+        # RFC 6531 §3.4: a message with UTF-8 header fields (RFC 6532) needs SMTPUTF8, and a
+        # server without it has no way to take them; 8BITMIME covers only the body (RFC 6152).
+        # Postfix gives the same X.6.7 for it.
+        return Reply(
+            554,
+            "5.6.7",
+            f"{host} does not offer SMTPUTF8, which the message's UTF-8 header fields need",
+            host=host,
+        )
     if _UNSENDABLE.search(message.sender):
         # RFC 3463 X.1.7: bad sender's mailbox address syntax.
         return Reply(553, "5.1.7", f"sender address {message.sender!r} cannot be sent", host=host)
     return None
 
 
-def _mail_parameters(extensions: SmtpExtensions, message: Outgoing, *, utf8: bool) -> str:
+def _mail_parameters(
+    extensions: SmtpExtensions, message: Outgoing, *, content: _Content, utf8: bool
+) -> str:
     parameters = []
     if extensions.size is not None:
         # RFC 1870 §5: the size counts CRLFs but not stuffing dots or the final ".": exactly the
         # stored size.
         parameters.append(f"SIZE={message.size}")
-    if extensions.eight_bit_mime and _has_eight_bit(message):
+    if extensions.eight_bit_mime and content.eight_bit:
         parameters.append("BODY=8BITMIME")  # RFC 6152 §3
     if utf8:
         parameters.append("SMTPUTF8")  # RFC 6531
@@ -881,6 +949,7 @@ class SmtpTransport:
     - ``451 4.7.8`` (or ``4.7.x`` after the server's ``5.7.x``): the server refused AUTH;
     - ``552 5.3.4``: the message exceeds the server's SIZE (no MAIL is sent);
     - ``553 5.6.7``: non-ASCII addresses and no SMTPUTF8 (no MAIL is sent);
+    - ``554 5.6.7``: UTF-8 in the message's header fields (RFC 6532) and no SMTPUTF8;
     - ``553 5.1.7`` / ``553 5.1.3``: a sender / recipient address with control characters.
     """
 
@@ -1253,7 +1322,10 @@ class SmtpTransport:
     ) -> None:
         """One or more transactions on ``session`` until every recipient has an answer."""
         host = session.target.host
-        refusal = _refusal(session.extensions, message, recipients, host)
+        content = _examine(message, eight_bit_matters=session.extensions.eight_bit_mime)
+        refusal = _refusal(
+            session.extensions, message, recipients, host, utf8_headers=content.utf8_headers
+        )
         if refusal is not None:
             transcript.note(f"not sent: {refusal}")
             _answer_all(answers, recipients, refusal)
@@ -1269,8 +1341,10 @@ class SmtpTransport:
                 pending.append(recipient)
         if not pending:
             return
-        utf8 = _needs_smtputf8(message.sender, pending)
-        parameters = _mail_parameters(session.extensions, message, utf8=utf8)
+        # RFC 6531 §3.4: SMTPUTF8 when the envelope or the message needs it, UTF-8 header fields
+        # (RFC 6532) included.
+        utf8 = content.utf8_headers or _needs_smtputf8(message.sender, pending)
+        parameters = _mail_parameters(session.extensions, message, content=content, utf8=utf8)
         mail = f"MAIL FROM:<{message.sender}>{parameters}"
         limit = self._max_recipients
         while True:
