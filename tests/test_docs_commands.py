@@ -6,6 +6,10 @@ order). A command ending in ``<<EOF`` reads the lines up to ``EOF`` as its stand
 a shell. All blocks of one page run in one empty folder, so the page's first commands make the
 state the later ones rely on and the default ``./MailRoot`` is used, as a reader would.
 
+A few file commands may set the scene (``mkdir``, ``printf ... > file``, ``cp``, ``mv``, ``ls``,
+``cat``, ``chmod``, ``touch``): they run in ``sh`` in the same folder, must exit 0, and may name
+only relative paths inside it, so a page cannot reach outside its folder.
+
 In expected output:
 
 - ``...`` matches anything, across lines too (doctest's ELLIPSIS);
@@ -26,6 +30,7 @@ import difflib
 import io
 import re
 import shlex
+import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -45,6 +50,9 @@ _BLOCK = re.compile(r"^```console[ \t]*\n(.*?)^```[ \t]*$", re.MULTILINE | re.DO
 _TOKEN = re.compile(r"\.\.\.|\$([A-Z][A-Z0-9_]*)")
 _HEREDOC = re.compile(r"\s*<<\s*'?([A-Z]+)'?\s*$")
 _ID = r"[A-Za-z0-9_-]+"  # the queue id alphabet (spoolmail._core.ids)
+# File commands a page may use to set the scene (a folder copied from Windows, a file written by
+# another program); nothing that installs, fetches or changes users.
+_SHELL_COMMANDS = frozenset({"cat", "chmod", "cp", "ls", "mkdir", "mv", "printf", "touch"})
 
 
 @dataclass
@@ -125,8 +133,36 @@ class TickingClock:
         return self.now
 
 
+def run_shell(example: Example, bound: dict[str, str]) -> str:
+    """A scene-setting file command, in ``sh`` in the current (the page's) folder."""
+    command = substitute(example.command, bound)
+    words = shlex.split(command)
+    outside = [w for w in words if w.startswith(("/", "~")) or ".." in w.split("/")]
+    if outside:
+        raise AssertionError(f"line {example.line}: paths outside the page's folder: {outside}")
+    done = subprocess.run(
+        ["/bin/sh", "-c", command],
+        input=example.stdin or "",
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+    )
+    actual = normalized(done.stdout + done.stderr)
+    match = pattern(normalized(example.expected), bound).fullmatch(actual)
+    if done.returncode != 0 or match is None:
+        raise AssertionError(
+            f"line {example.line}: $ {example.command}\nexit status {done.returncode}, "
+            f"output:\n{actual}"
+        )
+    bound.update(match.groupdict())
+    return actual
+
+
 def run(example: Example, bound: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> str:
     argv = shlex.split(substitute(example.command, bound))
+    if argv[:1] and argv[0] in _SHELL_COMMANDS:
+        return run_shell(example, bound)
     if argv[:1] != ["spoolmail"]:
         raise AssertionError(f"line {example.line}: only spoolmail commands run: {argv}")
     if argv[1:2] == ["run"] and "--once" not in argv:
@@ -208,3 +244,18 @@ def test_placeholders_bind_once_and_ellipsis_spans_lines() -> None:
     assert substitute("spoolmail queue show $ID ...", {"ID": "1a2-ff"}) == (
         "spoolmail queue show 1a2-ff ..."
     )
+
+
+def test_file_commands_run_in_the_folder_and_stay_in_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    bound: dict[str, str] = {}
+    run(Example(1, "mkdir -p a/b && printf 'x\\n' > a/b/c.txt", None, ""), bound, monkeypatch)
+    assert (tmp_path / "a" / "b" / "c.txt").read_text() == "x\n"
+    assert run(Example(2, "ls a/b", None, "c.txt"), bound, monkeypatch) == "c.txt"
+    for command in ("cat /etc/hostname", "cp ../x y", "ls ~"):
+        with pytest.raises(AssertionError, match="outside the page's folder"):
+            run(Example(3, command, None, ""), bound, monkeypatch)
+    with pytest.raises(AssertionError, match="only spoolmail commands run"):
+        run(Example(4, "pip install spoolmail", None, ""), bound, monkeypatch)
