@@ -39,7 +39,8 @@ def require_program(name: str, *, package: str) -> str:
 
 
 def require_node_module(name: str) -> Path:
-    """``tests/node/node_modules/NAME`` and the ``node`` binary (``npm install --prefix tests/node``)."""
+    """``tests/node/node_modules/NAME``, and the ``node`` binary; installed by
+    ``npm install --prefix tests/node``."""
     require_program("node", package="nodejs")
     module = NODE_MODULES / name
     if not module.is_dir():

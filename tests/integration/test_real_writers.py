@@ -332,7 +332,7 @@ def test_mono_smtpclient_specified_pickup_directory(root: Path, tmp_path: Path) 
     assert len(drops) == COUNT
     for path in drops:
         data = path.read_bytes()
-        head, body = data.split(b"\r\n\r\n", 1)
+        head, _ = data.split(b"\r\n\r\n", 1)
         assert head.count(b"x-receiver: ") == 61
         assert max(len(line) for line in data.split(b"\r\n")) <= 998
         number = int(
