@@ -33,6 +33,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import stat
 import threading
 import time
@@ -179,6 +180,8 @@ class MailStore:
         self.owner = ids.token()
         self._ids_lock = threading.Lock()
         self._spares: list[str] = []
+        self._debris: set[str] = set()  # temp files a failing disk would not let us delete
+        self.disk_free: Callable[[str], int] = _disk_free  # see free_space; tests replace it
         self._spares_lock = threading.Lock()
         self._announced: datetime | None = None
         self._host = platform.node()
@@ -249,6 +252,18 @@ class MailStore:
                 "the MailRoot folders must be on one filesystem so that moving a message is an "
                 f"atomic rename ({detail})"
             )
+
+    def free_space(self) -> int | None:
+        """Bytes free for unprivileged writers on the MailRoot's filesystem, or ``None`` where
+        there is no such figure (filesystems without OS paths: MemoryFS, plugins) or it cannot
+        be had. What Postfix compares with ``queue_minfree`` (``statvfs``'s ``f_bavail``)."""
+        if self._os_root is None:
+            return None
+        try:
+            return self.disk_free(self._os_root)
+        except OSError as exc:
+            log.debug("cannot measure the free space of %s: %s", self._os_root, exc)
+            return None
 
     def listdir(self, folder: str) -> list[str]:
         try:
@@ -354,7 +369,10 @@ class MailStore:
 
     def sync(self, *folders: str) -> None:
         """Make the renames into and out of ``folders`` durable (one fsync each)."""
-        self._sync_dirs(folders)
+        try:
+            self._sync_dirs(folders)
+        except OSError as exc:
+            raise StorageError(f"cannot sync {', '.join(folders)}: {exc}") from exc
 
     def _sync_dirs(self, folders: Iterable[str]) -> None:
         if self.durability is not Durability.FSYNC or self._os_root is None or os.name == "nt":
@@ -386,6 +404,10 @@ class MailStore:
                 return open(self._sys(SORTTEMP, spare), "r+b"), spare
             except FileNotFoundError:
                 continue
+            except OSError:
+                # Out of the pool now: deleted, or it would stay in SortTemp until a restart.
+                self._discard_temp(spare)
+                raise
 
     @property
     def spares(self) -> tuple[str, ...]:
@@ -419,7 +441,7 @@ class MailStore:
             if keep:
                 self._spares.append(spare)
         if not keep:  # another thread filled the pool meanwhile
-            self.remove(SORTTEMP, spare)
+            self._discard_temp(spare)  # the file has left its folder: that much is done
         return True
 
     def write(
@@ -483,9 +505,14 @@ class MailStore:
 
     def _discard_temp(self, temp: str) -> None:
         """Remove a temporary file after a failed write, best effort: the error that made it
-        fail is the one to report, and a file left by a failing disk is swept at the next start."""
-        with contextlib.suppress(StorageError):
+        fail is the one to report. One that cannot be deleted either (the disk is failing) is
+        remembered, and :meth:`sweep_temp` tries again: the owner is alive, so no other sweep
+        would take it before this process ends."""
+        try:
             self.remove(SORTTEMP, temp)
+        except StorageError:
+            with self._spares_lock:
+                self._debris.add(temp)
 
     # -- owners ---------------------------------------------------------------------------------
 
@@ -872,7 +899,13 @@ class MailStore:
         """
         removed = 0
         alive: dict[str, bool] = {self.owner: True}
-        for name in self.listdir(SORTTEMP):
+        stuck: set[str] = set()
+        with self._spares_lock:
+            debris, self._debris = self._debris, set()
+        # Records last: one goes only with all its owner's files, so the next sweep still knows
+        # that the owner of a file left behind is dead.
+        names = sorted(self.listdir(SORTTEMP), key=lambda name: name.endswith(_OWNER_SUFFIX))
+        for name in names:
             if not name.endswith((_TMP_SUFFIX, _OWNER_SUFFIX)):
                 continue
             owner = name.split(".", 1)[0]
@@ -881,8 +914,20 @@ class MailStore:
                     not self.exists(SORTTEMP, f"{owner}{_OWNER_SUFFIX}")
                     and not self.stale(SORTTEMP, name)
                 )
-            if not alive[owner]:
+            if (alive[owner] and name not in debris) or (
+                owner in stuck and name.endswith(_OWNER_SUFFIX)
+            ):
+                continue
+            # One file that cannot be deleted (EACCES, EIO) must not stop the rescan that this
+            # sweep is part of: it is reported, and tried again at the next sweep.
+            try:
                 removed += self.remove(SORTTEMP, name)
+            except StorageError as exc:
+                log.warning("%s", exc)
+                stuck.add(owner)
+                if alive[owner]:
+                    with self._spares_lock:
+                        self._debris.add(name)
         return removed
 
     def stale(self, folder: str, name: str) -> bool:
@@ -909,6 +954,13 @@ class MailStore:
             for spare in spares:
                 self.remove(SORTTEMP, spare)
             self.remove(SORTTEMP, f"{self.owner}{_OWNER_SUFFIX}")
+
+
+def _disk_free(path: str) -> int:
+    """Free bytes on the filesystem of ``path`` for an unprivileged writer: ``statvfs``'s
+    ``f_bavail * f_frsize`` on POSIX (root's reserve is not counted), ``GetDiskFreeSpaceExW`` on
+    Windows, both through :func:`shutil.disk_usage`."""
+    return shutil.disk_usage(path).free
 
 
 def _process_runs(pid: int) -> bool:
