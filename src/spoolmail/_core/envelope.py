@@ -117,6 +117,9 @@ class Envelope:
     message is still waiting then: the service wakes for it, not only at the next attempt.
     ``hops`` (the ``Received:`` fields) and ``eight_bit`` (an octet over 127 anywhere) describe
     the stored message when the writer knew them; ``None`` means "read the message to find out".
+    ``local_faults`` counts the tries that failed on this side (the Drop file or the envelope
+    could not be written: disk full, I/O error); they are not delivery ``attempts`` and do not
+    move the retry schedule (``_core.states`` rule 9).
     """
 
     id: str
@@ -139,6 +142,7 @@ class Envelope:
     notice_at: datetime | None = attrs.field(default=None, validator=_aware)
     hops: int | None = None
     eight_bit: bool | None = None
+    local_faults: int = 0
 
     @property
     def held(self) -> bool:
@@ -215,6 +219,7 @@ def encode_envelope(envelope: Envelope) -> bytes:
         "notice_at": _time(envelope.notice_at),
         "hops": envelope.hops,
         "eight_bit": envelope.eight_bit,
+        "local_faults": envelope.local_faults,
     }
     return (json.dumps(data, ensure_ascii=False, indent=1) + "\n").encode("utf-8")
 
@@ -328,6 +333,7 @@ def decode_envelope(raw: bytes) -> Envelope:
         notice_at=_parse_time(data.get("notice_at"), "notice_at", optional=True),
         hops=_optional(data, "hops", int),
         eight_bit=_optional(data, "eight_bit", bool),
+        local_faults=_typed(data, "local_faults", int, 0),  # absent in older files: none
     )
 
 

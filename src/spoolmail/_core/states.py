@@ -21,6 +21,10 @@ Rules (DESIGN.md section 2):
 8. An operator may hold, release, flush or delete a queued message and requeue or delete a
    BadMail entry; a held message is never attempted and its time on hold does not count
    towards its expiry.
+9. A local fault (the Drop file could not be written: disk full, an I/O error) is not a failed
+   delivery attempt, as it would be if a remote host had deferred: it is counted apart
+   (``local_faults``), tried again after 10 s, doubling up to 5 minutes, and by itself moves
+   neither the retry schedule nor a DSN. Only the message's age can still end it (rule 5).
 
 :func:`conclude_attempt` applies rules 3-7 to one attempt's replies and returns an
 :class:`AttemptOutcome`: the event, the new envelope and the DSNs to send. The service performs the
@@ -49,11 +53,14 @@ __all__ = [
     "Event",
     "State",
     "conclude_attempt",
+    "defer_local_fault",
     "flush",
     "hold",
+    "local_fault_wait",
     "notice_delay",
     "release",
     "requeue",
+    "retry_local_faults_soon",
     "transition",
 ]
 
@@ -261,6 +268,70 @@ def conclude_attempt(
     return AttemptOutcome(event, updated, dsns)
 
 
+# Rule 9's back-off. A full disk is usually freed within minutes (a log rotated, a file removed),
+# not hours: the first retry soon, and never more than one try in five minutes after that.
+LOCAL_FAULT_FIRST_WAIT = timedelta(seconds=10)
+LOCAL_FAULT_MAX_WAIT = timedelta(minutes=5)
+
+
+def local_fault_wait(faults: int) -> timedelta:
+    """How long a message waits after its ``faults``-th local fault: 10 s, 20 s, 40 s ... 5 min."""
+    if faults < 1:
+        raise ValueError(f"faults counts from 1, not {faults!r}")
+    # 2**5 x 10 s is past the cap already: no need to build a huge number.
+    return min(LOCAL_FAULT_FIRST_WAIT * (1 << min(faults - 1, 16)), LOCAL_FAULT_MAX_WAIT)
+
+
+def defer_local_fault(
+    envelope: Envelope,
+    faults: Mapping[str, Reply],
+    *,
+    now: datetime,
+    until: datetime | None = None,
+) -> AttemptOutcome:
+    """Rule 9: the outcome of an attempt that tried nothing but met local faults.
+
+    ``faults`` are the replies of the recipients whose local delivery failed (the reason is
+    kept, so ``queue show`` and the transcript say why the message waits). The attempt is not
+    counted, no DSN is due; the message is due again after :func:`local_fault_wait`, or at
+    ``until`` if that comes first (a host passed over may be tried again then, or the message
+    expires then).
+    """
+    count = envelope.local_faults + 1
+    due = now + local_fault_wait(count)
+    recipients = tuple(
+        attrs.evolve(r, reply=faults[r.address], updated=now)
+        if _is_pending(r) and r.address in faults
+        else r
+        for r in envelope.recipients
+    )
+    updated = attrs.evolve(
+        envelope,
+        recipients=recipients,
+        local_faults=count,
+        next_attempt=min(due, until) if until is not None else due,
+    )
+    return AttemptOutcome(Event.DEFERRED, updated)
+
+
+def retry_local_faults_soon(
+    outcome: AttemptOutcome, faults: Collection[str], *, now: datetime
+) -> AttemptOutcome:
+    """Rule 9 for an attempt that also tried something (a remote host answered): the attempt
+    counts, but recipients still pending after a local fault are due after the back-off, not
+    at the next attempt of their retry policy (an hour for IIS's local delivery)."""
+    envelope = outcome.envelope
+    if outcome.event is not Event.DEFERRED or not any(
+        _is_pending(r) and r.address in faults for r in envelope.recipients
+    ):
+        return outcome
+    count = envelope.local_faults + 1
+    due = min(envelope.next_attempt, now + local_fault_wait(count))
+    return attrs.evolve(
+        outcome, envelope=attrs.evolve(envelope, local_faults=count, next_attempt=due)
+    )
+
+
 def _notice_at(envelope: Envelope, retry: Callable[[Recipient], Schedule]) -> datetime | None:
     """When a delay DSN falls due for a message still waiting, if one is still to come."""
     if not envelope.sender or envelope.delay_notified:
@@ -408,4 +479,5 @@ def requeue(
         dsn_count=0,
         held_since=None,
         held_time=timedelta(0),
+        local_faults=0,
     )

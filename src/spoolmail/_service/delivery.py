@@ -206,12 +206,15 @@ class Attempt:
 
     ``waiting`` holds the addresses that were only passed over for a dead host (no connection,
     no lookup that failed: nothing was tried for them), with when that host may be tried again.
+    ``local_faults`` holds the addresses whose local delivery failed on this side (the Drop file
+    could not be written): not a delivery attempt either (``_core.states`` rule 9).
     """
 
     replies: dict[str, Reply] = attrs.Factory(dict)
     transcripts: dict[str, Transcript] = attrs.Factory(dict)
     unreachable: dict[Target, Reply] = attrs.Factory(dict)
     waiting: dict[str, datetime] = attrs.Factory(dict)
+    local_faults: set[str] = attrs.Factory(set)
 
     @property
     def made(self) -> bool:
@@ -280,7 +283,7 @@ class Deliverer:
             transcript = attempt.transcripts.setdefault(kind, Transcript(self.clock))
             transcript.begin(f"attempt {envelope.attempts + 1}: {route.description}")
             if route.kind is RouteKind.LOCAL:
-                attempt.replies.update(self._deliver_local(envelope, addresses, transcript))
+                self._deliver_local(envelope, addresses, transcript, attempt)
             else:
                 self._deliver_remote(envelope, route, addresses, transcript, attempt)
         return attempt
@@ -424,12 +427,13 @@ class Deliverer:
         return sender
 
     def _deliver_local(
-        self, envelope: Envelope, addresses: Sequence[str], transcript: Transcript
-    ) -> Mapping[str, Reply]:
+        self, envelope: Envelope, addresses: Sequence[str], transcript: Transcript, attempt: Attempt
+    ) -> None:
         """Write ``Drop/ID.eml`` for every local recipient at once, in IIS's Drop format.
 
         The name is the queue id, so repeating this after a crash replaces the file instead of
-        writing a second copy: a message is in Drop once.
+        writing a second copy: a message is in Drop once. A file that cannot be written (disk
+        full, I/O error, permissions) is a local fault, not a refusal: the recipients wait.
         """
         name = f"{envelope.id}.eml"
         try:
@@ -442,6 +446,10 @@ class Deliverer:
         except SpoolmailError as exc:
             reply = Reply(451, "4.3.0", f"cannot write the Drop file: {exc}")
             transcript.note(str(reply))
-            return dict.fromkeys(addresses, reply)
+            attempt.replies.update(dict.fromkeys(addresses, reply))
+            attempt.local_faults.update(addresses)
+            return
         transcript.note(f"wrote Drop/{name} ({size} bytes) for {len(addresses)} recipient(s)")
-        return dict.fromkeys(addresses, Reply(250, "2.0.0", f"delivered to Drop/{name}"))
+        attempt.replies.update(
+            dict.fromkeys(addresses, Reply(250, "2.0.0", f"delivered to Drop/{name}"))
+        )
