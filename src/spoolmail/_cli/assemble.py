@@ -64,6 +64,7 @@ def service(settings: Settings, spool: Spool) -> MailService:
         ndr_copy_to=settings.ndr_copy_to,
         masquerade_domain=settings.masquerade_domain,
         pickup_dot_stuffed=settings.pickup_dot_stuffed,
+        min_free_space=settings.min_free_space,
     )
 
 

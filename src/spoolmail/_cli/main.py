@@ -137,6 +137,13 @@ def _run_parser(commands: Any) -> None:
     )
     run.add_argument("--poll-interval", type=float, metavar="SECONDS")
     run.add_argument(
+        "--min-free-space",
+        type=int,
+        metavar="BYTES",
+        help="leave Pickup files waiting while the MailRoot's disk has less free "
+        "(default 100 MiB, 0: no floor)",
+    )
+    run.add_argument(
         "--user",
         metavar="NAME[:GROUP]",
         help="started as root, become this user (and group) once start-up is done",

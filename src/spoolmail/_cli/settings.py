@@ -27,6 +27,7 @@ A settings file is TOML with one ``[spoolmail]`` table; every key is optional::
     ndr_copy_to = "pm@example.com"      # a copy of every failure DSN (IIS "Send copy of NDR to")
     pickup_dot_stuffed = false          # true: un-stuff leading dots as IIS 5+ did
     poll_interval = 1.0                 # seconds between looks at Pickup
+    min_free_space = 104857600          # bytes; Pickup waits below it (queue_minfree); 0: off
     user = "spoolmail"                  # started as root, run as this user (or "user:group")
 
 Unknown keys and wrong types are errors that name the key. Reads files; builds nothing.
@@ -41,6 +42,7 @@ from typing import Any
 
 import attrs
 
+from spoolmail._service.service import MIN_FREE_SPACE
 from spoolmail.exceptions import ConfigurationError
 
 __all__ = ["RETRY_PRESETS", "TLS_POLICIES", "Settings", "load_settings"]
@@ -60,6 +62,11 @@ def _one_of(name: str, choices: tuple[str, ...]) -> Any:
 def _positive(_instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
     if value <= 0:
         raise ConfigurationError(f"{attribute.name} must be positive, not {value!r}")
+
+
+def _not_negative(_instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if value < 0:
+        raise ConfigurationError(f"{attribute.name} must be 0 or more, not {value!r}")
 
 
 def _preset(_instance: object, _attribute: object, value: str) -> None:
@@ -97,6 +104,7 @@ class Settings:
     ndr_copy_to: str | None = None
     pickup_dot_stuffed: bool = False
     poll_interval: float = attrs.field(default=1.0, validator=_positive)
+    min_free_space: int = attrs.field(default=MIN_FREE_SPACE, validator=_not_negative)
     user: str | None = None
 
 
@@ -125,6 +133,7 @@ _TYPES: Mapping[str, tuple[type, ...]] = {
     "ndr_copy_to": (str,),
     "pickup_dot_stuffed": (bool,),
     "poll_interval": (int, float),
+    "min_free_space": (int,),
     "user": (str,),
 }
 

@@ -84,6 +84,11 @@ class Limits:
     """Connections to one host at once, after it has taken a message (slow start: one until
     then). IIS allowed 100 per domain."""
 
+# Postfix's queue_minfree defaults to 0 but refuses mail below 1.5 x message_size_limit, room for
+# one message; intake here takes a batch of 32 files at once, and 32 x 1.5 x IIS's 2 MiB is
+# 96 MiB. The floor also leaves room to deliver what is queued: Drop copies, envelopes, DSNs.
+MIN_FREE_SPACE = 100 * 1024 * 1024
+
 
 @attrs.frozen
 class Report:
@@ -190,6 +195,10 @@ class MailService:
       or inotify's close event where they are to be had); elsewhere once its size and time
       stayed unchanged for ``pickup_settle``. One still open after ``pickup_open_warning`` is
       logged once, and left.
+    - ``min_free_space`` (bytes, default 100 MiB; 0: no floor) is Postfix's
+      ``queue_minfree``: while the MailRoot's filesystem has less free, Pickup files are left
+      where they are (mail already queued is still delivered) and taken again once there is
+      room, with one warning and one notice in the log. See :meth:`room_for_mail`.
     - One service per :class:`Spool` object at a time; a second process opens its own Spool.
     """
 
@@ -211,6 +220,7 @@ class MailService:
         pickup_settle: timedelta = timedelta(seconds=2),
         pickup_open_warning: timedelta = timedelta(hours=1),
         rescan_interval: timedelta = timedelta(minutes=5),
+        min_free_space: int = MIN_FREE_SPACE,
     ) -> None:
         if spool.service is not None:
             raise ConfigurationError(
@@ -220,6 +230,11 @@ class MailService:
         limits = limits or Limits()
         if min(attrs.astuple(limits)) < 1:
             raise ConfigurationError(f"limits must be positive: {limits!r}")
+        if min_free_space < 0:
+            raise ConfigurationError(f"min_free_space must be 0 or more, not {min_free_space!r}")
+        self.min_free_space = min_free_space
+        self._room = True
+        self._room_lock = threading.Lock()
         self.spool = spool
         self.store: MailStore = spool.store
         self.store.readiness.settle = pickup_settle.total_seconds()
@@ -287,11 +302,14 @@ class MailService:
             self._guard(tally, "reading operators' triggers", partial(self._triggers, tally))
         self._guard(tally, "renewing this process's lease", self.store.announce)
         names: list[str] = []
-        self._guard(tally, "listing Pickup", lambda: names.extend(self.store.pickup_ready()))
+        if self.room_for_mail():
+            self._guard(tally, "listing Pickup", lambda: names.extend(self.store.pickup_ready()))
         tick = _Tick(self)
         # Pickup in batches, and what each batch queues is handed to the delivery threads at
         # once: delivery's waits (the network, fsync) overlap the next batch's intake.
         for start in range(0, len(names), _PICKUP_BATCH):
+            if start and not self.room_for_mail():
+                break  # the rest stays in Pickup until there is room
             batch = names[start : start + _PICKUP_BATCH]
             self._guard(tally, "picking up files", partial(self._pickup, batch, tally))
             tick.dispatch()
@@ -300,6 +318,35 @@ class MailService:
             tick.collect(tally)
         tick.finish()
         return tally.freeze()
+
+    def room_for_mail(self) -> bool:
+        """Whether there is room to take new mail: at least ``min_free_space`` bytes free on the
+        MailRoot's filesystem, as Postfix's ``queue_minfree`` asks of its queue's.
+
+        Intake asks before each Pickup batch; the SMTP listener is to ask before MAIL and answer
+        ``452 4.3.1`` (RFC 3463: mail system full) when there is none. Filesystems without a
+        free-space figure (MemoryFS, plugins) always have room. A change is logged once: a
+        warning when space runs low, a notice when it is back; not at every look.
+        """
+        if self.min_free_space <= 0:
+            return True
+        free = self.store.free_space()
+        room = free is None or free >= self.min_free_space
+        with self._room_lock:
+            changed, self._room = room is not self._room, room
+        if changed and not room:
+            log.warning(
+                "only %d bytes free on the MailRoot's filesystem, less than min_free_space "
+                "(%d): Pickup files are left where they are until there is room",
+                free,
+                self.min_free_space,
+            )
+        elif changed:
+            log.info(
+                "%s bytes free on the MailRoot's filesystem again: taking Pickup files",
+                "unknown" if free is None else free,
+            )
+        return room
 
     def _pop_due(self) -> list[str]:
         with self._schedule_lock:
