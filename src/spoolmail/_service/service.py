@@ -43,12 +43,21 @@ from spoolmail._core.states import (
     Event,
     State,
     conclude_attempt,
+    defer_local_fault,
+    local_fault_wait,
     notice_delay,
+    retry_local_faults_soon,
     transition,
 )
 from spoolmail._core.transcript import Transcript, render_transcript, transcript_history
 from spoolmail._service.bounce import Bouncer, orphan_report
-from spoolmail._service.delivery import Concurrency, Deliverer, TranscriptKind
+from spoolmail._service.delivery import (
+    Attempt,
+    Concurrency,
+    Deliverer,
+    TranscriptKind,
+    passed_over,
+)
 from spoolmail._service.intake import Intake
 from spoolmail._service.schedule import Schedule
 from spoolmail._store.spool import Spool
@@ -56,7 +65,13 @@ from spoolmail._store.store import BADMAIL, QUEUE, MailStore, PickupClaim, Queue
 from spoolmail._transport.base import HostResolver, Transport
 from spoolmail._transport.dns import DnsResolver
 from spoolmail._transport.smtp import SmtpTransport
-from spoolmail.exceptions import ConfigurationError, EnvelopeError, MessageError, SpoolmailError
+from spoolmail.exceptions import (
+    ConfigurationError,
+    EnvelopeError,
+    MessageError,
+    SpoolmailError,
+    StorageError,
+)
 
 __all__ = ["Limits", "MailService", "Report", "machine_name"]
 
@@ -538,7 +553,13 @@ class MailService:
                 self.schedule.discard(queue_id)  # claimed (being delivered) or finishing
                 continue
             signature = self.store.signature(QUEUE, f"{queue_id}.env")
-            unchanged = signature is not None and self._signatures.get(queue_id) == signature
+            # Read again if not scheduled: held, or an attempt failed before it could schedule
+            # it again (a claim returned by recovery keeps its envelope's inode and time).
+            unchanged = (
+                signature is not None
+                and self._signatures.get(queue_id) == signature
+                and queue_id in self.schedule
+            )
             if signature is not None:
                 known[queue_id] = signature
             if not unchanged:
@@ -622,18 +643,17 @@ class MailService:
             self.bounce.damaged(queue_id, f"the message file Queue/{queue_id}.eml is missing", raw)
             tally.badmail.append(queue_id)
             return
-        if envelope.held:
-            store.release(queue_id, raw)
-            return
-        if self.clock() < envelope.next_attempt:
-            # Woken for the delay notice, not for an attempt.
-            outcome = notice_delay(envelope, retry=self._policy, now=self.clock())
-            self._commit(outcome, {}, tally)
-            return
         try:
-            self._deliver(envelope, tally)
-        except Exception:
-            self._give_back(envelope)
+            if envelope.held:
+                store.release(queue_id, raw)
+            elif self.clock() < envelope.next_attempt:
+                # Woken for the delay notice, not for an attempt.
+                outcome = notice_delay(envelope, retry=self._policy, now=self.clock())
+                self._commit(outcome, {}, tally)
+            else:
+                self._deliver(envelope, tally)
+        except Exception as exc:
+            self._give_back(envelope, exc)
             raise
 
     def _deliver(self, envelope: Envelope, tally: _Tally) -> None:
@@ -650,21 +670,67 @@ class MailService:
             )
             for target, reply in attempt.unreachable.items():
                 self.delivery.dead.mark(target, until, reply)
+        outcome = self._local_faults(envelope, attempt, outcome)
         self._commit(outcome, attempt.transcripts, tally)
 
-    def _give_back(self, envelope: Envelope) -> None:
-        """After an unexpected error: return the claim unchanged, due after a pause.
+    def _local_faults(
+        self, envelope: Envelope, attempt: Attempt, outcome: AttemptOutcome
+    ) -> AttemptOutcome:
+        """Rule 9 of ``_core.states``: a Drop file that could not be written is a local fault,
+        not a delivery attempt. Alone (nothing else was tried) the attempt is not counted and
+        brings no DSN, unless the message's time is up; beside a real attempt it counts, but
+        the recipients that met the fault are due again after the short back-off."""
+        faults = attempt.local_faults
+        if not faults:
+            return outcome
+        now = self.clock()
+        if set(attempt.replies) - faults - set(attempt.waiting):
+            return retry_local_faults_soon(outcome, faults, now=now)
+        ends = [self._policy(r).expires_at(arrival=envelope.retry_base) for r in envelope.pending]
+        deadline = min((end for end in ends if end is not None), default=None)
+        if deadline is not None and now >= deadline:
+            return outcome  # expired: as any attempt would have it
+        until = deadline
+        if attempt.waiting:  # hosts passed over too: due when they may be tried, if sooner
+            envelope = passed_over(envelope, attempt, now=now, deadline=deadline)
+            until = envelope.next_attempt
+        replies = {address: attempt.replies[address] for address in faults}
+        return defer_local_fault(envelope, replies, now=now, until=until)
 
+    def _give_back(
+        self, envelope: Envelope, error: Exception, *, due: datetime | None = None
+    ) -> None:
+        """After an error: return the claim with ``envelope``, due at ``due`` or after a pause.
+
+        A storage error (disk full, I/O error) is a local fault (rule 9 of ``_core.states``):
+        counted, and the pause is its short back-off; anything else (a bug) waits five minutes.
         The attempt's deliveries may be repeated (at-least-once); nothing is lost. If the error
-        struck in the middle of a finish, the finish is completed instead.
+        struck in the middle of a finish, the finish is completed instead; if the claim was
+        handed back already (the error came after that rename), it is only scheduled.
         """
         store = self.store
         if not store.exists(QUEUE, f"{envelope.id}.eml"):
             store.finish(envelope.id)
             return
-        later = attrs.evolve(envelope, next_attempt=self.clock() + _ERROR_BACKOFF)
+        if not store.exists(QUEUE, MailStore.claimed_name(envelope.id, store.owner)):
+            try:
+                when, held = read_due(store.read(QUEUE, f"{envelope.id}.env"))
+            except (FileNotFoundError, EnvelopeError):
+                return  # claimed by another process meanwhile, or its attempt moves it aside
+            if not held:
+                self._due_at(envelope.id, when)
+            return
+        now = self.clock()
+        if isinstance(error, StorageError):
+            faults = envelope.local_faults + 1
+            pause = local_fault_wait(faults)
+            envelope = attrs.evolve(envelope, local_faults=faults)
+        else:
+            pause = _ERROR_BACKOFF
+        later = attrs.evolve(envelope, next_attempt=due or now + pause)
         store.release(envelope.id, encode_envelope(later))
-        self._due_at(envelope.id, later.next_attempt)
+        due = later.next_attempt
+        self._due_at(envelope.id, min(due, later.notice_at or due))
 
     def _tally_replies(
         self, queue_id: str, replies: Mapping[str, object], outcome: AttemptOutcome, tally: _Tally
@@ -683,26 +749,39 @@ class MailService:
         self, outcome: AttemptOutcome, transcripts: Mapping[str, Transcript], tally: _Tally
     ) -> None:
         envelope = outcome.envelope
+        # A DSN that cannot be queued fails the whole commit: the claim goes back as it was
+        # (see _attempt), and the repeated attempt queues it under the same id.
         for order in outcome.dsns:
             dsn = self.bounce.queue_dsn(envelope, order)
             if dsn is not None:
                 self._due_at(dsn.id, dsn.next_attempt)
                 tally.dsns.append(dsn.id)
         state = outcome.state
-        if state is State.QUEUED:
-            self._write_transcripts(envelope, transcripts)
-            self.store.release(envelope.id, encode_envelope(envelope))
-            due = envelope.next_attempt
-            self._due_at(envelope.id, min(due, envelope.notice_at or due))
-        elif state is State.DONE:
-            # Transcripts exist only if an earlier attempt left the message waiting.
-            self.store.finish(envelope.id, transcripts=envelope.attempts > 1)
-            tally.finished.append(envelope.id)
-        else:
-            history = "".join(self._history(envelope.id, kind) for kind in TranscriptKind)
-            current = "".join(t.text for t in transcripts.values())
-            self.bounce.to_badmail(envelope, history + current)
-            tally.badmail.append(envelope.id)
+        try:
+            if state is State.QUEUED:
+                self._write_transcripts(envelope, transcripts)
+                self.store.release(envelope.id, encode_envelope(envelope))
+                due = envelope.next_attempt
+                self._due_at(envelope.id, min(due, envelope.notice_at or due))
+            elif state is State.DONE:
+                # Transcripts exist only if an earlier attempt or fault left the message waiting.
+                waited = envelope.attempts > 1 or envelope.local_faults > 0
+                self.store.finish(envelope.id, transcripts=waited)
+                tally.finished.append(envelope.id)
+            else:
+                history = "".join(self._history(envelope.id, kind) for kind in TranscriptKind)
+                current = "".join(t.text for t in transcripts.values())
+                self.bounce.to_badmail(envelope, history + current)
+                tally.badmail.append(envelope.id)
+        except Exception as exc:
+            # The outcome is decided (a server may have taken the message): what it says is
+            # given back, so that nothing delivered is delivered again. A message to finish or
+            # to move to BadMail is due again after the pause, to be settled then; one that
+            # waits keeps its retry time.
+            self._give_back(
+                envelope, exc, due=envelope.next_attempt if state is State.QUEUED else None
+            )
+            raise
 
     def _write_transcripts(self, envelope: Envelope, transcripts: Mapping[str, Transcript]) -> None:
         """Keep the transcript of a message that stays queued (IIS's .RTR / .LTR)."""
