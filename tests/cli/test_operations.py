@@ -203,7 +203,9 @@ def test_flush_by_id_domain_and_all(cli: Cli, two: tuple[str, str]) -> None:
     out = cli.run_once()
     assert f"{first}: deferred for dan@remote.test" in out
     assert f"{second}: deferred for eve@other.test" in out
-    assert [row["attempts"] for row in cli.queued()] == [2, 2]
+    # One knocked on the silent smart host; a message passed over after that was not tried,
+    # and its attempt is not counted (tests/service/test_dead_hosts.py).
+    assert sorted(row["attempts"] for row in cli.queued()) == [1, 2]
 
 
 def test_flush_leaves_a_hold_and_says_so(cli: Cli, two: tuple[str, str]) -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import platform
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta
 from functools import partial
@@ -37,7 +37,7 @@ from spoolmail._core.envelope import (
 )
 from spoolmail._core.pickup import PickupOptions
 from spoolmail._core.retry import RetryPolicy
-from spoolmail._core.routing import RouteKind, Router
+from spoolmail._core.routing import Hop, RouteKind, Router
 from spoolmail._core.states import (
     AttemptOutcome,
     Event,
@@ -82,6 +82,11 @@ log = logging.getLogger("spoolmail")
 # did not answer is left alone when its message will not be tried again.
 _ERROR_BACKOFF = timedelta(minutes=5)
 
+# Postfix's queue_minfree defaults to 0 but refuses mail below 1.5 x message_size_limit, room for
+# one message; intake here takes a batch of 32 files at once, and 32 x 1.5 x IIS's 2 MiB is
+# 96 MiB. The floor also leaves room to deliver what is queued: Drop copies, envelopes, DSNs.
+MIN_FREE_SPACE = 100 * 1024 * 1024
+
 
 @attrs.frozen
 class Limits:
@@ -98,11 +103,6 @@ class Limits:
     max_connections_per_host: int = 10
     """Connections to one host at once, after it has taken a message (slow start: one until
     then). IIS allowed 100 per domain."""
-
-# Postfix's queue_minfree defaults to 0 but refuses mail below 1.5 x message_size_limit, room for
-# one message; intake here takes a batch of 32 files at once, and 32 x 1.5 x IIS's 2 MiB is
-# 96 MiB. The floor also leaves room to deliver what is queued: Drop copies, envelopes, DSNs.
-MIN_FREE_SPACE = 100 * 1024 * 1024
 
 
 @attrs.frozen
@@ -458,7 +458,9 @@ class MailService:
         self._next_rescan = self.clock() + self.rescan_interval
         store = self.store
         store.announce()
-        store.take_triggers()  # a rescan sees everything they could ask for
+        # A rescan sees everything the triggers could ask for; what they flushed still has its
+        # dead-host notes forgotten (below), whichever of the two read the trigger.
+        flushed = store.take_triggers()
 
         def abandoned(owner: str) -> bool:
             # This service's own claims count too: none is in progress between ticks, and a
@@ -483,6 +485,7 @@ class MailService:
         store.sweep_temp()
         self._sweep_orphans(files, tally)
         self._reschedule(files)
+        self._forget_dead_hosts(self.schedule.ids() if flushed is None else flushed)
 
     def _recover_claim(self, entry: QueueFiles, owner: str) -> QueueFiles:
         """Return an abandoned delivery claim to the Queue; what the Queue then holds for it."""
@@ -587,9 +590,32 @@ class MailService:
         wanted = self.store.take_triggers()
         if wanted is None:
             self._rescan(tally)
+            self._forget_dead_hosts(self.schedule.ids())
             return
         for queue_id in wanted:
             self._schedule_from_disk(queue_id)
+        self._forget_dead_hosts(wanted)
+
+    def _forget_dead_hosts(self, queue_ids: Iterable[str]) -> None:
+        """Forget the dead-host notes of messages an operator made due now (flush, release).
+
+        As Postfix's ``postqueue -f``: the flush is meant to try the destination now, so a note
+        that would pass the message over is dropped; if the host is still silent, that attempt
+        is made, counted and noted again. Messages not due now (held, not flushed) are left.
+        """
+        now = self.clock()
+        hops: set[Hop] = set()
+        for queue_id in sorted(queue_ids):
+            try:
+                envelope = decode_envelope(self.store.read(QUEUE, f"{queue_id}.env"))
+            except (FileNotFoundError, EnvelopeError):
+                continue  # being delivered, gone, or moved aside by its attempt
+            if envelope.held or envelope.next_attempt > now:
+                continue
+            for recipient in envelope.pending:
+                hops.update(self.router.route(recipient.address).hops)
+        for target in self.delivery.dead.forget(hops):
+            log.info("%s: dead-host note forgotten, the operator flushed its mail", target)
 
     # -- Pickup ----------------------------------------------------------------------------------
 
@@ -658,7 +684,9 @@ class MailService:
 
     def _deliver(self, envelope: Envelope, tally: _Tally) -> None:
         attempt = self.delivery.attempt(envelope)
-        outcome = conclude_attempt(envelope, attempt.replies, retry=self._policy, now=self.clock())
+        outcome = self._passed_over(envelope, attempt) or conclude_attempt(
+            envelope, attempt.replies, retry=self._policy, now=self.clock()
+        )
         self._tally_replies(envelope.id, attempt.replies, outcome, tally)
         if attempt.unreachable:
             # Postfix's "dead destination": other messages for these hosts wait without a
@@ -672,6 +700,19 @@ class MailService:
                 self.delivery.dead.mark(target, until, reply)
         outcome = self._local_faults(envelope, attempt, outcome)
         self._commit(outcome, attempt.transcripts, tally)
+
+    def _passed_over(self, envelope: Envelope, attempt: Attempt) -> AttemptOutcome | None:
+        """A message only passed over for dead hosts was not attempted: its attempt is not
+        counted (Postfix defers it without a delivery attempt), unless its time is up."""
+        if attempt.made:
+            return None
+        now = self.clock()
+        ends = [self._policy(r).expires_at(arrival=envelope.retry_base) for r in envelope.pending]
+        deadline = min((end for end in ends if end is not None), default=None)
+        if deadline is not None and now >= deadline:
+            return None  # expire it now, as an attempt would
+        waiting = passed_over(envelope, attempt, now=now, deadline=deadline)
+        return AttemptOutcome(Event.DEFERRED, waiting)
 
     def _local_faults(
         self, envelope: Envelope, attempt: Attempt, outcome: AttemptOutcome
@@ -764,9 +805,10 @@ class MailService:
                 due = envelope.next_attempt
                 self._due_at(envelope.id, min(due, envelope.notice_at or due))
             elif state is State.DONE:
-                # Transcripts exist only if an earlier attempt or fault left the message waiting.
-                waited = envelope.attempts > 1 or envelope.local_faults > 0
-                self.store.finish(envelope.id, transcripts=waited)
+                # Transcripts exist if anything left the message waiting before: an attempt, a
+                # local fault, a pass over a dead host. Two unlinks of nothing cost less than
+                # keeping count of every way a message can wait.
+                self.store.finish(envelope.id)
                 tally.finished.append(envelope.id)
             else:
                 history = "".join(self._history(envelope.id, kind) for kind in TranscriptKind)
