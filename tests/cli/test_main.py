@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from spoolmail._cli.main import main
+from spoolmail._core.ids import is_queue_id
 
 
 def run(*argv: str) -> tuple[int, str]:
@@ -52,8 +53,11 @@ def test_submit_then_run_once_delivers_to_drop(root: Path, tmp_path: Path) -> No
         str(source),
     )
     assert status == 0
-    [name] = os.listdir(root / "Pickup")
-    assert out == f"Pickup/{name}\n"
+    # It prints the queue id, which names the Pickup file and stays the message's id.
+    queue_id = out.removesuffix("\n")
+    assert is_queue_id(queue_id)
+    name = f"{queue_id}.eml"
+    assert os.listdir(root / "Pickup") == [name]
     assert (
         (root / "Pickup" / name)
         .read_bytes()
@@ -61,6 +65,7 @@ def test_submit_then_run_once_delivers_to_drop(root: Path, tmp_path: Path) -> No
     )
     assert run("--root", str(root), "run", "--once", "--local-domain", "example.com")[0] == 0
     [dropped] = os.listdir(root / "Drop")
+    assert dropped == name
     assert (
         (root / "Drop" / dropped)
         .read_bytes()

@@ -32,6 +32,7 @@ from spoolmail._cli.status import (
     exit_status,
     report,
 )
+from spoolmail._service import iis
 from spoolmail._service.service import Report
 from spoolmail._store.spool import Spool
 from spoolmail.exceptions import ConfigurationError, SpoolmailError
@@ -151,7 +152,9 @@ def _run_parser(commands: Any) -> None:
 
 
 def _submit_parser(commands: Any) -> None:
-    submit = commands.add_parser("submit", help="put a message into Pickup")
+    submit = commands.add_parser(
+        "submit", help="put a message into Pickup; prints the queue id it will have"
+    )
     submit.set_defaults(handler=_submit)
     submit.add_argument("file", nargs="?", default="-", help="the message file (default stdin)")
     submit.add_argument("--from", dest="sender", help="envelope sender (x-sender)")
@@ -224,7 +227,11 @@ def _run(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
     with Spool(settings.root) as spool:
         service = assemble.service(settings, spool)
         try:
+            # IIS's NTFS_*.EML Queue files are never delivered as they are: say so at each start.
+            stranded = iis.warn_stranded(spool.store)
             if args.once:
+                for name in stranded:
+                    print(f"Queue/{name}: IIS queue file, not delivered until imported", file=out)
                 report = service.run_once()
                 for line in _report_lines(report):
                     print(line, file=out)
@@ -259,8 +266,10 @@ def _submit(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
         except OSError as exc:
             raise SpoolmailError(f"cannot read {args.file}: {exc}") from exc
     with Spool(settings.root) as spool:
-        name = spool.submit(data, sender=args.sender, recipients=args.recipients)
-    print(f"Pickup/{name}", file=out)
+        queue_id = spool.submit(data, sender=args.sender, recipients=args.recipients)
+    # The id alone, for scripts: the Pickup file is <id>.eml and the message keeps the id in the
+    # Queue, so `spoolmail queue show <id>` finds it once it is picked up.
+    print(queue_id, file=out)
     return EX_OK
 
 

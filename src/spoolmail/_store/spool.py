@@ -10,8 +10,11 @@ envelope, telling a running service through a trigger file. Delivering is
 
 from __future__ import annotations
 
+import codecs
+import email.generator
 import email.message
 import email.policy
+import io
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -20,7 +23,7 @@ from typing import Self
 import attrs
 
 from spoolmail._core import states
-from spoolmail._core.address import AddressRole, parse_mailbox
+from spoolmail._core.address import AddressRole, parse_address_list, parse_mailbox
 from spoolmail._core.envelope import (
     Envelope,
     Recipient,
@@ -124,6 +127,77 @@ def _open_filesystem(location: pyfs.FS | str | os.PathLike[str]) -> tuple[pyfs.F
         raise StorageError(f"cannot open the MailRoot at {text!r}: {exc}") from exc
 
 
+# RFC 5322 sections 3.6.2, 3.6.3 and 3.6.6: the fields that hold addresses.
+_ADDRESS_HEADERS = frozenset(
+    {"from", "sender", "reply-to", "to", "cc", "bcc"}
+    | {"resent-from", "resent-sender", "resent-to", "resent-cc", "resent-bcc"}
+)
+
+
+class _Compat32UTF8(email.policy.Compat32):
+    """``compat32``, except that a header with non-ASCII text is written as UTF-8 (RFC 6532), as
+    ``EmailPolicy(utf8=True)`` writes it, instead of as an RFC 2047 encoded-word: an encoded-word
+    is not allowed in an address (RFC 2047 section 5), so a non-ASCII address would be lost.
+    """
+
+    def fold_binary(self, name: str, value: str) -> bytes:
+        if isinstance(value, str) and not value.isascii():
+            # surrogateescape gives back the bytes of a message parsed with 8-bit headers.
+            return f"{name}: {value}{self.linesep}".encode("utf-8", "surrogateescape")
+        return super().fold_binary(name, value)
+
+
+def _international(message: email.message.Message, envelope: Iterable[str]) -> bool:
+    """Whether an address of the message or its envelope is non-ASCII, so that it needs SMTPUTF8
+    (RFC 6531) and its headers are written as UTF-8, as ``smtplib``'s ``send_message`` decides.
+    A non-ASCII display name alone is not: it can be, and is, RFC 2047-encoded.
+    """
+    addresses = list(envelope)
+    for name, value in message.items():
+        text = str(value)
+        if name.lower() not in _ADDRESS_HEADERS or text.isascii():
+            continue
+        try:
+            addresses += parse_address_list(text, default_domain=None)
+        except MessageError:
+            continue  # the Pickup check below names the header
+    return not all(address.isascii() for address in addresses)
+
+
+def _message_bytes(message: email.message.Message, *, utf8: bool) -> bytes:
+    """The message with CRLF line ends, written under its own policy, whichever that is.
+
+    Not ``message.as_bytes(policy=...)``: subclasses override ``as_bytes`` without a ``policy``
+    argument (Django's ``SafeMIMEText``), and a ``compat32`` message is best written by
+    ``compat32``. Headers are UTF-8 (RFC 6532) exactly when ``utf8`` says the message needs
+    SMTPUTF8, so ``zoë@partner.test`` stays an address instead of becoming
+    ``=?utf-8?q?zo=C3=AB?=@...``, and mail sent without SMTPUTF8 has no raw UTF-8 in its headers.
+    """
+    policy: email.policy.Policy = message.policy
+    if isinstance(policy, email.policy.EmailPolicy):
+        policy = policy.clone(utf8=utf8)
+    elif utf8 and isinstance(policy, email.policy.Compat32):
+        policy = _Compat32UTF8()
+    buffer = io.BytesIO()
+    generator = email.generator.BytesGenerator(
+        buffer, mangle_from_=False, policy=policy.clone(linesep="\r\n")
+    )
+    generator.flatten(message)
+    return buffer.getvalue()
+
+
+def _report_text(report: bytes) -> str:
+    """A ``.BDR`` as text: ours is UTF-8 with LF; one from IIS may have CRLF and a UTF-16 or
+    UTF-8 byte order mark. Undecodable bytes become U+FFFD rather than an error."""
+    for bom, codec in ((codecs.BOM_UTF16_LE, "utf-16-le"), (codecs.BOM_UTF16_BE, "utf-16-be")):
+        if report.startswith(bom):
+            text = report[len(bom) :].decode(codec, "replace")
+            break
+    else:
+        text = report.removeprefix(codecs.BOM_UTF8).decode("utf-8", "replace")
+    return text.replace("\r\n", "\n")
+
+
 def _envelope_lines(head: bytes) -> tuple[str, tuple[str, ...]]:
     sender, recipients = "", []
     for field in fields(head):
@@ -184,17 +258,23 @@ class Spool:
         sender: str | None = None,
         recipients: Sequence[str] | None = None,
     ) -> str:
-        """Put a message into Pickup atomically; returns the Pickup file name.
+        """Put a message into Pickup atomically; returns its queue id.
+
+        The Pickup file is ``<queue id>.eml``, and a Pickup file named by a fresh queue id keeps
+        that id in the Queue, so the id returned is the one ``queued_message``, ``message``,
+        ``drop_item`` and the ``spoolmail queue`` listing will show.
+
+        ``message`` is bytes or any ``email.message.Message`` (``EmailMessage``, ``email.mime``
+        classes with ``compat32``, Django's ``message()``), written under its own policy. When an
+        address is non-ASCII (``zoë@partner.test``), the headers are written as UTF-8 (RFC 6532)
+        and the message is sent with SMTPUTF8; otherwise non-ASCII header text is RFC
+        2047-encoded, whatever the policy's ``utf8``.
 
         With ``sender`` / ``recipients`` the file carries ``x-sender`` / ``x-receiver`` lines, as
         IIS pickup files do; without them the envelope comes from the headers. A message that the
         service could only put into BadMail raises :class:`~spoolmail.exceptions.MessageError` now.
         """
-        if isinstance(message, email.message.Message):
-            raw = message.as_bytes(policy=email.policy.SMTP)
-        elif isinstance(message, bytes | bytearray | memoryview):
-            raw = bytes(message)
-        else:
+        if not isinstance(message, email.message.Message | bytes | bytearray | memoryview):
             raise TypeError(
                 f"submit takes bytes or an email.message.Message, not {type(message)!r}"
             )
@@ -208,6 +288,11 @@ class Spool:
                 parse_mailbox(r, default_domain=None, role=AddressRole.RECIPIENT)
                 for r in recipients
             ]
+        if isinstance(message, email.message.Message):
+            envelope = [*([] if sender is None else [sender]), *(recipients or ())]
+            raw = _message_bytes(message, utf8=_international(message, envelope))
+        else:
+            raw = bytes(message)
         data = render_pickup(raw, sender=sender, recipients=recipients)
         check = parse_pickup(
             data,
@@ -219,9 +304,9 @@ class Spool:
         )
         if isinstance(check, PickupRejected):
             raise MessageError(check.reason, status=check.status)
-        name = f"{self.store.new_id()}.eml"
-        self.store.write(PICKUP, name, data)
-        return name
+        queue_id = self.store.new_id()
+        self.store.write(PICKUP, f"{queue_id}.eml", data)
+        return queue_id
 
     # -- operating on the Queue and BadMail (Postfix's postqueue / postsuper) --------------------
 
@@ -466,7 +551,7 @@ class Spool:
 
     def badmail_item(self, queue_id: str) -> BadMailItem:
         report = self._read(BADMAIL, f"{self._checked(queue_id)}.BDR", "BadMail entry")
-        text = report.decode("utf-8", "replace")
+        text = _report_text(report)
         try:
             envelope: Envelope | None = decode_envelope(self.store.read(BADMAIL, f"{queue_id}.BDP"))
         except (FileNotFoundError, EnvelopeError):

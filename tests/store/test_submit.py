@@ -1,0 +1,170 @@
+"""``Spool.submit``: any ``email.message.Message`` whatever its policy, UTF-8 addresses kept as
+UTF-8 (RFC 6532), and the queue id the message will have. In memory, through the service."""
+
+from __future__ import annotations
+
+import email.message
+import email.policy
+from email.mime.multipart import MIMEMultipart
+from email.mime.text import MIMEText
+
+import pytest
+
+from spoolmail import MailService, Spool
+from spoolmail._core.ids import is_queue_id
+from spoolmail.exceptions import MessageError
+from spoolmail.testing import CapturingTransport
+
+
+def pickup_file(spool: Spool) -> bytes:
+    [name] = spool.pickup()
+    return spool.fs.readbytes(f"Pickup/{name}")
+
+
+class AsBytesWithoutPolicy(MIMEText):
+    """As Django's ``SafeMIMEText``: ``as_bytes`` overridden without a ``policy`` argument."""
+
+    def as_bytes(self, unixfrom: bool = False, linesep: str = "\n") -> bytes:  # type: ignore[override]
+        return super().as_bytes(unixfrom=unixfrom, policy=self.policy.clone(linesep=linesep))
+
+
+# -- the queue id ---------------------------------------------------------------------------------
+
+
+def test_submit_returns_the_queue_id_that_names_its_pickup_file(spoolmail_spool: Spool) -> None:
+    queue_id = spoolmail_spool.submit(b"From: a@example.com\r\nTo: b@example.com\r\n\r\nhi\r\n")
+    assert is_queue_id(queue_id)
+    assert spoolmail_spool.pickup() == [f"{queue_id}.eml"]
+
+
+def test_the_submitted_message_keeps_that_id_in_the_queue(
+    spoolmail_spool: Spool, spoolmail_service: MailService
+) -> None:
+    queue_id = spoolmail_spool.submit(b"From: a@example.com\r\nTo: b@example.com\r\n\r\nhi\r\n")
+    assert spoolmail_service.run_once().picked_up == (queue_id,)
+    assert spoolmail_spool.drop_item(queue_id).recipients == ("b@example.com",)
+
+
+# -- email.message.Message, whatever its policy --------------------------------------------------
+
+
+def test_compat32_mime_message(
+    spoolmail_spool: Spool, spoolmail_service: MailService, spoolmail_transport: CapturingTransport
+) -> None:
+    mail = MIMEMultipart()
+    mail["From"] = "App <app@example.com>"
+    mail["To"] = "ops@partner.test, bob@example.com"
+    mail["Subject"] = "Rapport trimestriel: café"
+    mail.attach(MIMEText("naïve body\nFrom the start.\n", "plain", "utf-8"))
+    assert mail.policy is email.policy.compat32
+    spoolmail_spool.submit(mail)
+    data = pickup_file(spoolmail_spool)
+    assert b"\r\nSubject: =?utf-8?q?Rapport_trimestriel=3A_caf=C3=A9?=\r\n" in data
+    assert b"\n" not in data.replace(b"\r\n", b"")
+    spoolmail_service.run_once()
+    [sent] = spoolmail_transport.messages
+    assert (sent.sender, sent.recipients) == ("app@example.com", ("ops@partner.test",))
+    parsed = email.message_from_bytes(sent.data, policy=email.policy.default)
+    assert isinstance(parsed, email.message.EmailMessage)
+    assert parsed["Subject"] == "Rapport trimestriel: café"
+    body = parsed.get_body()
+    assert body is not None
+    # Not mangled to ">From" as compat32's own generator would by default (mboxo quoting).
+    assert body.get_content() == "naïve body\nFrom the start.\n"
+
+
+def test_message_whose_as_bytes_takes_no_policy(spoolmail_spool: Spool) -> None:
+    mail = AsBytesWithoutPolicy("hello", "plain", "utf-8")
+    mail["From"] = "app@example.com"
+    mail["To"] = "ops@example.com"
+    queue_id = spoolmail_spool.submit(mail)
+    assert pickup_file(spoolmail_spool).startswith(b'Content-Type: text/plain; charset="utf-8"\r\n')
+    assert is_queue_id(queue_id)
+
+
+def test_django_message(spoolmail_spool: Spool, spoolmail_service: MailService) -> None:
+    pytest.importorskip("django")  # in the test extra; a bare checkout may lack it
+    from django.conf import settings  # noqa: PLC0415 (only when Django is installed)
+
+    if not settings.configured:
+        settings.configure()
+    from django.core.mail import EmailMessage  # noqa: PLC0415
+
+    mail = EmailMessage(
+        "Héllo", "body\n", "App <app@example.com>", ["bob@example.com"], bcc=["carol@example.com"]
+    )
+    spoolmail_spool.submit(mail.message(), sender=mail.from_email, recipients=mail.recipients())
+    [queue_id] = spoolmail_service.run_once().picked_up
+    assert spoolmail_spool.drop_item(queue_id).recipients == (
+        "bob@example.com",
+        "carol@example.com",
+    )
+
+
+# -- non-ASCII addresses stay UTF-8 (RFC 6532) ----------------------------------------------------
+
+
+@pytest.mark.parametrize("policy", [email.policy.default, email.policy.SMTP, email.policy.SMTPUTF8])
+def test_email_message_with_a_utf8_address(
+    spoolmail_spool: Spool,
+    spoolmail_service: MailService,
+    spoolmail_transport: CapturingTransport,
+    policy: email.policy.EmailPolicy,
+) -> None:
+    mail = email.message.EmailMessage(policy=policy)
+    mail["From"] = "App <app@example.com>"
+    mail["To"] = "Zoë <zoë@partner.test>, bob@partner.test"
+    mail["Subject"] = "café"
+    mail.set_content("naïve")
+    spoolmail_spool.submit(mail)
+    data = pickup_file(spoolmail_spool)
+    assert "To: Zoë <zoë@partner.test>, bob@partner.test\r\n".encode() in data
+    assert "Subject: café\r\n".encode() in data
+    spoolmail_service.run_once()
+    [sent] = spoolmail_transport.messages
+    assert sent.recipients == ("zoë@partner.test", "bob@partner.test")
+    assert "\r\nTo: Zoë <zoë@partner.test>, bob@partner.test\r\n".encode() in sent.data
+
+
+def test_utf8_envelope_address_given_to_submit(spoolmail_spool: Spool) -> None:
+    mail = email.message.EmailMessage()
+    mail["From"] = "app@example.com"
+    mail["To"] = "Undisclosed recipients:;"
+    mail["Subject"] = "café"
+    mail.set_content("x")
+    spoolmail_spool.submit(mail, recipients=["<zoë@partner.test>"])
+    data = pickup_file(spoolmail_spool)
+    assert data.startswith("x-receiver: <zoë@partner.test>\r\n".encode())
+    assert "Subject: café\r\n".encode() in data  # the message needs SMTPUTF8 anyway
+
+
+def test_compat32_message_with_a_utf8_address(spoolmail_spool: Spool) -> None:
+    mail = MIMEText("hello", "plain", "utf-8")
+    mail["From"] = "app@example.com"
+    mail["To"] = "Zoë <zoë@partner.test>"
+    spoolmail_spool.submit(mail)
+    assert "\r\nTo: Zoë <zoë@partner.test>\r\n".encode() in pickup_file(spoolmail_spool)
+
+
+@pytest.mark.parametrize("policy", [email.policy.default, email.policy.SMTPUTF8])
+def test_ascii_addresses_keep_headers_ascii(
+    spoolmail_spool: Spool, policy: email.policy.EmailPolicy
+) -> None:
+    # No address needs SMTPUTF8, so none of the text does: a display name is RFC 2047-encoded.
+    mail = email.message.EmailMessage(policy=policy)
+    mail["From"] = "Zoë <zoe@partner.test>"
+    mail["To"] = "bob@example.com"
+    mail["Subject"] = "café"
+    mail.set_content("naïve")
+    spoolmail_spool.submit(mail)
+    head = pickup_file(spoolmail_spool).split(b"\r\n\r\n")[0]
+    assert head.isascii()
+    assert b"From: =?utf-8?q?Zo=C3=AB?= <zoe@partner.test>\r\n" in head
+
+
+def test_what_is_not_a_message_is_refused(spoolmail_spool: Spool) -> None:
+    with pytest.raises(TypeError, match=r"bytes or an email\.message\.Message"):
+        spoolmail_spool.submit("From: a@example.com\r\n\r\n")  # type: ignore[arg-type]
+    with pytest.raises(MessageError, match="no sender"):
+        spoolmail_spool.submit(MIMEText("no headers"))
+    assert spoolmail_spool.pickup() == []
