@@ -160,7 +160,8 @@ def test_bad_smart_host_flag_is_a_usage_error(
 @pytest.mark.slow
 @pytest.mark.skipif(os.name != "posix", reason="signals")
 def test_quick_start_serves_until_ctrl_c(tmp_path: Path) -> None:
-    """The README's first command: ``python3 -m spoolmail run`` in a folder, no settings."""
+    """The README's first command (``.venv/bin/spoolmail run``, here through ``-m``) in a folder
+    with no settings, and its Pickup example: a finished file renamed in."""
     with subprocess.Popen(
         [sys.executable, "-m", "spoolmail", "run"],
         cwd=tmp_path,
@@ -171,9 +172,12 @@ def test_quick_start_serves_until_ctrl_c(tmp_path: Path) -> None:
             assert process.stdout is not None
             banner = process.stdout.readline()
             assert banner.startswith(b"spoolmail: serving MailRoot (local domains: localhost")
-            (tmp_path / "MailRoot" / "Pickup" / "hello.txt").write_bytes(
-                b"x-sender: me@localhost\nx-receiver: you@localhost\nSubject: hi\n\nhello\n"
+            temp = tmp_path / "MailRoot" / "Pickup" / ".hello.tmp"
+            temp.write_bytes(
+                b"x-sender: me@localhost\r\nx-receiver: you@localhost\r\nSubject: hi\r\n\r\n"
+                b"hello\r\n"
             )
+            temp.rename(temp.with_name("hello.eml"))
             for _ in range(500):
                 if os.listdir(tmp_path / "MailRoot" / "Drop"):
                     break
