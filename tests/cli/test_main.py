@@ -13,8 +13,12 @@ from pathlib import Path
 
 import pytest
 
+from spoolmail import Spool
+from spoolmail._cli import assemble
 from spoolmail._cli.main import main
+from spoolmail._cli.settings import load_settings
 from spoolmail._core.ids import is_queue_id
+from spoolmail.exceptions import ConfigurationError
 
 
 def run(*argv: str) -> tuple[int, str]:
@@ -186,3 +190,25 @@ def test_quick_start_serves_until_ctrl_c(tmp_path: Path) -> None:
         finally:
             process.send_signal(signal.SIGINT)
             assert process.wait(10) == 0
+
+
+def test_pickup_settle_from_flag_and_settings_file(tmp_path: Path) -> None:
+    """``--pickup-settle`` and the ``pickup_settle`` / ``pickup_open_warning`` settings reach the
+    service that judges whether a Pickup file's writer is done."""
+    config = tmp_path / "spoolmail.toml"
+    config.write_text("[spoolmail]\npickup_settle = 0.5\npickup_open_warning = 60\n")
+    from_file = load_settings(config, {})
+    from_flag = load_settings(config, {"pickup_settle": 7.0})
+    with Spool("mem://") as first, Spool("mem://") as second:
+        service = assemble.service(from_file, first)
+        assert service.store.readiness.settle == 0.5
+        assert service.store.readiness.open_warning == 60
+        service.close()
+        service = assemble.service(from_flag, second)
+        assert service.store.readiness.settle == 7.0
+        service.close()
+    with pytest.raises(ConfigurationError, match="pickup_settle must be 0 or more"):
+        load_settings(None, {"pickup_settle": -1.0})
+    config.write_text('[spoolmail]\npickup_settle = "soon"\n')
+    with pytest.raises(ConfigurationError, match="'pickup_settle' must be int or float"):
+        load_settings(config, {})

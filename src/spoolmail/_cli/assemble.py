@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import ssl
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 
 import dns.nameserver
 import dns.resolver
@@ -64,6 +65,8 @@ def service(settings: Settings, spool: Spool) -> MailService:
         ndr_copy_to=settings.ndr_copy_to,
         masquerade_domain=settings.masquerade_domain,
         pickup_dot_stuffed=settings.pickup_dot_stuffed,
+        pickup_settle=timedelta(seconds=settings.pickup_settle),
+        pickup_open_warning=timedelta(seconds=settings.pickup_open_warning),
         min_free_space=settings.min_free_space,
     )
 

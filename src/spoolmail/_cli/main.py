@@ -138,6 +138,13 @@ def _run_parser(commands: Any) -> None:
     )
     run.add_argument("--poll-interval", type=float, metavar="SECONDS")
     run.add_argument(
+        "--pickup-settle",
+        type=float,
+        metavar="SECONDS",
+        help="where no lease or inotify tells that a Pickup file's writer is done, take it once "
+        "its size and time stayed unchanged this long (default 2)",
+    )
+    run.add_argument(
         "--min-free-space",
         type=int,
         metavar="BYTES",

@@ -27,6 +27,9 @@ A settings file is TOML with one ``[spoolmail]`` table; every key is optional::
     ndr_copy_to = "pm@example.com"      # a copy of every failure DSN (IIS "Send copy of NDR to")
     pickup_dot_stuffed = false          # true: un-stuff leading dots as IIS 5+ did
     poll_interval = 1.0                 # seconds between looks at Pickup
+    pickup_settle = 2.0                 # seconds a file must stay unchanged where no lease or
+                                        # inotify tells that its writer is done
+    pickup_open_warning = 3600          # seconds a file may stay open for writing before a warning
     min_free_space = 104857600          # bytes; Pickup waits below it (queue_minfree); 0: off
     user = "spoolmail"                  # started as root, run as this user (or "user:group")
 
@@ -104,6 +107,8 @@ class Settings:
     ndr_copy_to: str | None = None
     pickup_dot_stuffed: bool = False
     poll_interval: float = attrs.field(default=1.0, validator=_positive)
+    pickup_settle: float = attrs.field(default=2.0, validator=_not_negative)
+    pickup_open_warning: float = attrs.field(default=3600.0, validator=_positive)
     min_free_space: int = attrs.field(default=MIN_FREE_SPACE, validator=_not_negative)
     user: str | None = None
 
@@ -133,6 +138,8 @@ _TYPES: Mapping[str, tuple[type, ...]] = {
     "ndr_copy_to": (str,),
     "pickup_dot_stuffed": (bool,),
     "poll_interval": (int, float),
+    "pickup_settle": (int, float),
+    "pickup_open_warning": (int, float),
     "min_free_space": (int,),
     "user": (str,),
 }
