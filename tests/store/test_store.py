@@ -323,3 +323,31 @@ def test_folders_on_two_devices_are_refused(tmp_path: Path, clock: FakeClock) ->
             make_store(filesystem, clock)
     finally:
         elsewhere.rmdir()
+
+
+def test_folders_are_found_whatever_their_case(filesystem: pyfs.FS, clock: FakeClock) -> None:
+    """A MailRoot copied from IIS has ``Badmail``, ``pickup``...: used as is, never doubled."""
+    for name in ("pickup", "QUEUE", "Badmail", "drop", "sorttemp"):
+        filesystem.makedir(name)
+    store = make_store(filesystem, clock)
+    assert sorted(filesystem.listdir("/")) == ["Badmail", "QUEUE", "drop", "pickup", "sorttemp"]
+    filesystem.writebytes("pickup/a.eml", b"x")
+    assert store.pickup_names() == ["a.eml"]
+    store.write("BadMail", "x.BDR", b"why")
+    assert filesystem.readbytes("Badmail/x.BDR") == b"why"
+    claim = store.claim_pickup("a.eml")
+    assert claim is not None
+    assert filesystem.exists(f"sorttemp/{claim.file}")
+
+
+def test_of_two_spellings_the_exact_one_wins_and_is_logged(
+    filesystem: pyfs.FS, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    filesystem.makedir("Badmail")
+    filesystem.makedir("BadMail")
+    caplog.set_level("WARNING", logger="spoolmail")
+    store = make_store(filesystem, clock)
+    store.write("BadMail", "x.BDR", b"why")
+    assert filesystem.exists("BadMail/x.BDR")
+    assert not filesystem.exists("Badmail/x.BDR")
+    assert "the MailRoot has BadMail and Badmail" in caplog.text
