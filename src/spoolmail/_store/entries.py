@@ -21,6 +21,8 @@ following a link or opening anything but a regular file:
      open for writing. It is taken and dropped at once: a probe, never held.
    - Linux otherwise: inotify (:class:`CloseWatcher`): a file created while the service watches
      is complete after ``IN_CLOSE_WRITE``, or at once when it was renamed in (``IN_MOVED_TO``).
+   - Windows: an open that shares reading only, as IIS's own, fails while a writer has the file
+     open (:func:`share_probe`; not exercised by the test suite, which runs on Linux).
    - Everywhere else, and for files that were there before the watch began: a settle time
      (size and modification time unchanged for ``settle``, default 2 s).
 
@@ -57,6 +59,7 @@ __all__ = [
     "facts_from_stat",
     "lease_probe",
     "open_regular",
+    "share_probe",
 ]
 
 log = logging.getLogger("spoolmail")
@@ -284,6 +287,34 @@ def lease_probe(path: str, expected: EntryFacts) -> bool | None:
         os.close(fd)
 
 
+if sys.platform == "win32":
+    import _winapi
+
+    def share_probe(path: str) -> bool | None:
+        """Whether no process has ``path`` open for writing, on Windows, as IIS itself knew it:
+        an open that shares reading only fails with a sharing violation while a writer has it.
+
+        ``None`` when the open fails for another reason (other evidence decides).
+        """
+        generic_read, share_read, open_existing = 0x80000000, 0x1, 3
+        open_reparse_point = 0x00200000  # the link itself, never its target
+        sharing_violation = 32
+        try:
+            handle = _winapi.CreateFile(
+                path, generic_read, share_read, 0, open_existing, open_reparse_point, 0
+            )
+        except OSError as exc:
+            return False if getattr(exc, "winerror", None) == sharing_violation else None
+        _winapi.CloseHandle(handle)
+        return True
+
+else:
+
+    def share_probe(path: str) -> bool | None:
+        """Windows only: elsewhere there is no share mode to ask (``None``)."""
+        return None
+
+
 # SIGURG's default disposition is to ignore it (signal(7)).
 _QUIET_SIGNAL = getattr(signal, "SIGURG", 0)
 
@@ -441,7 +472,11 @@ class Readiness:
         """Whether ``name`` (a regular, single-link file) may be claimed now."""
         if name in self._complete:
             return True
-        verdict = lease_probe(path, facts) if path is not None else None
+        verdict = None
+        if path is not None:
+            verdict = lease_probe(path, facts)
+            if verdict is None:
+                verdict = share_probe(path)
         if verdict is None and self.watcher is not None and self.watcher.alive:
             state = self.watcher.state(name)
             verdict = None if state is None else state is WriteState.CLOSED
