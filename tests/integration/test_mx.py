@@ -22,6 +22,7 @@ import email
 import email.message
 import email.policy
 import random
+import re
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -195,6 +196,14 @@ def failure_dsn(spool: Spool, report: Report) -> tuple[str, list[email.message.M
     text, status, *_ = dsn.iter_parts()
     payload = status.get_payload()
     assert isinstance(payload, list)
+    if status.get_content_type() == "message/global-delivery-status":
+        # RFC 6533, for a UTF-8 recipient: the email package reads this type as one message,
+        # the per-message fields its header and the per-recipient groups its body.
+        [fields] = payload
+        body = fields.get_payload()
+        assert isinstance(body, str)
+        blocks = re.split(r"\r?\n\r?\n", body.strip())
+        return text.get_content(), [email.message_from_string(block) for block in blocks]
     # The per-message fields, then one group of fields per recipient.
     groups = [fields for fields in payload[1:] if isinstance(fields, email.message.Message)]
     return text.get_content(), groups
