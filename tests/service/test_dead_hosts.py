@@ -15,18 +15,11 @@ import pytest
 from spoolmail import MailService, Reply, Router, Spool
 from spoolmail._core.routing import Hop, HopKind, Target
 from spoolmail._service.delivery import DeadDestinations
-from spoolmail._store import pyfs
 from spoolmail.testing import CapturingTransport, FakeClock, StaticResolver
 
 REFUSED = Reply(451, "4.4.1", "connection refused", host="[127.0.0.2]")
 A_HOST = Target("127.0.0.2", 25, literal=True)
 B_HOST = Target("127.0.0.3", 25, literal=True)
-
-
-@pytest.fixture
-def spool(filesystem: pyfs.FS, clock: FakeClock) -> Iterator[Spool]:
-    with Spool(filesystem, clock=clock) as spool:
-        yield spool
 
 
 @pytest.fixture

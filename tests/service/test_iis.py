@@ -8,7 +8,6 @@ filesystems throughout.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -16,7 +15,6 @@ import pytest
 from spoolmail import MailService, Router, Spool
 from spoolmail._core.envelope import Envelope, Recipient, encode_envelope
 from spoolmail._service import iis
-from spoolmail._store import pyfs
 from spoolmail.exceptions import MessageError, NotFound, StorageError
 from spoolmail.testing import CapturingTransport, FakeClock, StaticResolver
 
@@ -35,12 +33,6 @@ QUEUED_BY_IIS = (
     b"..two dots stay two\r\n"
     b".one dot stays one\r\n"
 )
-
-
-@pytest.fixture
-def spool(filesystem: pyfs.FS, clock: FakeClock) -> Iterator[Spool]:
-    with Spool(filesystem, clock=clock) as spool:
-        yield spool
 
 
 def service(spool: Spool, clock: FakeClock, **settings: Any) -> MailService:

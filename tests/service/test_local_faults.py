@@ -18,7 +18,6 @@ import pytest
 from tenacity import stop_after_attempt, wait_fixed
 
 from spoolmail import MailService, Reply, RetryPolicy, Router, Spool
-from spoolmail._store import pyfs
 from spoolmail.exceptions import StorageError
 from spoolmail.testing import CapturingTransport, FakeClock, StaticResolver
 
@@ -61,17 +60,6 @@ class FailingWrites:
             self.times -= 1
             raise StorageError(f"cannot write {folder}/{name}: {DISK_FULL}")
         return self._write(folder, name, data, **options)
-
-
-@pytest.fixture
-def spool(filesystem: pyfs.FS, clock: FakeClock) -> Iterator[Spool]:
-    with Spool(filesystem, clock=clock) as spool:
-        yield spool
-
-
-@pytest.fixture
-def transport() -> CapturingTransport:
-    return CapturingTransport()
 
 
 @pytest.fixture

@@ -23,17 +23,6 @@ NO = Reply(550, "5.1.1", "no such user", host="relay.test")
 REFUSED = Reply(451, "4.4.1", "connection to relay.test:25 failed: refused", host="relay.test")
 
 
-@pytest.fixture
-def spool(filesystem: pyfs.FS, clock: FakeClock) -> Iterator[Spool]:
-    with Spool(filesystem, clock=clock) as spool:
-        yield spool
-
-
-@pytest.fixture
-def transport() -> CapturingTransport:
-    return CapturingTransport()
-
-
 def make_service(
     spool: Spool, transport: CapturingTransport, clock: FakeClock, **settings: Any
 ) -> MailService:

@@ -58,17 +58,6 @@ def make_service(
 
 
 @pytest.fixture
-def spool(filesystem: pyfs.FS, clock: FakeClock) -> Iterator[Spool]:
-    with Spool(filesystem, clock=clock) as spool:
-        yield spool
-
-
-@pytest.fixture
-def transport() -> CapturingTransport:
-    return CapturingTransport()
-
-
-@pytest.fixture
 def service(spool: Spool, transport: CapturingTransport, clock: FakeClock) -> Iterator[MailService]:
     service = make_service(spool, transport, clock, retry=RetryPolicy.iis())
     yield service
