@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.commands import spoolmail_run
+
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.slow,
@@ -31,23 +33,7 @@ KILLS = 20
 
 def start(root: Path, *extra: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "spoolmail",
-            "--root",
-            str(root),
-            "run",
-            "--local-domain",
-            "example.com",
-            "--fqdn",
-            "mail.example.com",
-            "--poll-interval",
-            "0.01",
-            *extra,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        spoolmail_run(root, *extra), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
 
 

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.commands import spoolmail_run
 from tests.smtpservers import SmtpServer
 
 pytestmark = [
@@ -58,23 +59,7 @@ def seq_of(data: bytes) -> int:
 
 
 def command(root: Path, sink: SmtpServer, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "spoolmail",
-        "--root",
-        str(root),
-        "run",
-        "--local-domain",
-        "example.com",
-        "--fqdn",
-        "mail.example.com",
-        "--smart-host",
-        f"[{sink.host}]:{sink.port}",
-        "--poll-interval",
-        "0.01",
-        *extra,
-    ]
+    return spoolmail_run(root, "--smart-host", f"[{sink.host}]:{sink.port}", *extra)
 
 
 def accepted(sink: SmtpServer) -> Counter[int]:

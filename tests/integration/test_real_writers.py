@@ -28,6 +28,7 @@ from pathlib import Path
 import pytest
 
 from spoolmail import Durability, Limits, MailService, Router, Spool
+from tests.integration.commands import spoolmail_run
 from tests.peers import require_node_module, require_program
 from tests.writers.pausing_writer import body as pausing_body
 
@@ -272,23 +273,7 @@ def finish(process: subprocess.Popen[bytes], timeout: float) -> str:
 
 
 def start_service_as(uid: int, root: Path) -> subprocess.Popen[bytes]:
-    return as_user(
-        uid,
-        [
-            sys.executable,
-            "-m",
-            "spoolmail",
-            "--root",
-            str(root),
-            "run",
-            "--local-domain",
-            "example.com",
-            "--fqdn",
-            "mail.example.com",
-            "--poll-interval",
-            "0.05",
-        ],
-    )
+    return as_user(uid, spoolmail_run(root, poll_interval=0.05))
 
 
 def wait_until_watching(root: Path) -> None:
