@@ -174,6 +174,8 @@ def test_fifo_socket_directory_and_hard_link_are_each_accounted_for(
         os.link(linked, pickup / "hardlink.eml")
         (pickup / "real.eml").write_bytes(message(1))
         first = tick(service)
+        time.sleep(0.3)  # the hard link keeps its two links past the settle time
+        tick(service)
         second = tick(service)
     texts = reports(root)
     kinds = sorted(text.split(": it is ", 1)[1].split(",", 1)[0] for text in texts.values())
@@ -183,6 +185,7 @@ def test_fifo_socket_directory_and_hard_link_are_each_accounted_for(
         "a socket",
     ]
     assert len(first.picked_up) == 1
+    assert len(first.badmail) == 2  # the FIFO and the socket at once, the hard link after
     assert second.badmail == ()  # nothing is refused twice
     assert sorted(p.name for p in pickup.iterdir()) == ["folder"]  # left where it is
     assert linked.read_bytes() == message(2)  # the other link is untouched
@@ -332,3 +335,19 @@ def test_no_reader_of_the_mailroot_follows_a_link(root: Path, outside: Path) -> 
     assert status != 0
     assert b"secret" not in out.getvalue().encode()
     assert outside.read_bytes() == SECRET
+
+
+def test_a_writer_that_links_its_file_in_then_unlinks_its_own_name(
+    service: MailService, root: Path
+) -> None:
+    """The maildir idiom (``link(tmp, new); unlink(tmp)``): two links for a moment, not a hostile
+    hard link. Refusing it then would unlink the only name the message keeps."""
+    own = root.parent / "writer.tmp"
+    own.write_bytes(message(1))
+    os.link(own, root / "Pickup" / "linked-in.eml")
+    assert tick(service).badmail == ()
+    own.unlink()
+    report = tick(service)
+    assert len(report.picked_up) == 1
+    assert report.badmail == ()
+    assert len(list((root / "Drop").iterdir())) == 1

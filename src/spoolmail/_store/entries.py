@@ -486,6 +486,21 @@ class Readiness:
             self._note_busy(name, facts)
         return verdict
 
+    def linked_long_enough(self, name: str, facts: EntryFacts) -> bool:
+        """Whether a file with more than one link has kept them for ``settle`` seconds (by our
+        own watch, not the file's time): only then is it refused.
+
+        Writers that link a finished file in and then unlink their own name (the maildir idiom)
+        pass through two links for a moment; refusing then would unlink the one name the message
+        is about to have left.
+        """
+        now = self.now()
+        seen = self._seen.get(name)
+        if seen is None or not _unchanged(seen.facts, facts):
+            self._seen[name] = _Seen(facts, now)
+            return self.settle <= 0
+        return now - seen.since >= self.settle
+
     def _settled(self, name: str, facts: EntryFacts) -> bool:
         now = self.now()
         seen = self._seen.get(name)
@@ -527,4 +542,9 @@ class Readiness:
 
 
 def _unchanged(before: EntryFacts, after: EntryFacts) -> bool:
-    return (before.size, before.mtime, before.inode) == (after.size, after.mtime, after.inode)
+    return (before.size, before.mtime, before.inode, before.links) == (
+        after.size,
+        after.mtime,
+        after.inode,
+        after.links,
+    )

@@ -606,9 +606,11 @@ class MailStore:
 
         A regular file with one link is ready once its writer is done with it (see
         :class:`~spoolmail._store.entries.Readiness`); one still open for writing is left where
-        it is, with nothing held for it. A link, FIFO, socket, device or multiply-linked file is
-        ready at once: claiming it renames the name itself (never what it points to) into
-        SortTemp, where intake refuses it with a report. A directory is left and reported once.
+        it is, with nothing held for it. A link, FIFO, socket or device is ready at once, a file
+        with more than one link once it kept them for the settle time (a writer may be between
+        linking it in and unlinking its own name): claiming renames the name itself (never what
+        it points to) into SortTemp, where intake refuses it with a report. A directory is left
+        and reported once.
         """
         watcher = self.readiness.watcher
         if self._os_root is not None and (watcher is None or not watcher.alive):
@@ -627,7 +629,10 @@ class MailStore:
                     log.warning("Pickup/%s is a directory; spoolmail leaves it alone", name)
                 continue
             path = self._sys(PICKUP, name) if self._os_root is not None else None
-            if facts.kind.refused or self.readiness.ready(name, facts, path=path):
+            if facts.kind is EntryKind.LINKED_FILE:
+                if self.readiness.linked_long_enough(name, facts):
+                    ready.append(name)
+            elif facts.kind.refused or self.readiness.ready(name, facts, path=path):
                 ready.append(name)
         self.readiness.prune(present)
         self._reported_dirs &= present
