@@ -26,6 +26,7 @@ from spoolmail import (
     MailService,
     RecipientState,
     Reply,
+    Report,
     RetryPolicy,
     Router,
     Spool,
@@ -658,6 +659,31 @@ def test_run_forever_stops(spool: Spool, service: MailService) -> None:
     assert not thread.is_alive()
     assert list(spool.drop())
     assert any(r.finished for r in seen)
+
+
+def test_a_stop_before_run_forever_began_ends_it_after_one_tick(
+    spool: Spool, service: MailService
+) -> None:
+    """A daemon's SIGTERM can arrive between start-up and the loop: it must not be forgotten."""
+    spool.submit(message())
+    service.stop()
+    seen: list[Report] = []
+    thread = threading.Thread(
+        target=service.run_forever, kwargs={"poll_interval": 0.01, "on_report": seen.append}
+    )
+    thread.start()
+    thread.join(5)
+    assert not thread.is_alive()
+    assert len(seen) == 1
+    assert seen[0].finished
+    # The stop is spent: the next run_forever runs until it is told again.
+    thread = threading.Thread(target=service.run_forever, kwargs={"poll_interval": 0.01})
+    thread.start()
+    time.sleep(0.1)
+    assert thread.is_alive()
+    service.stop()
+    thread.join(5)
+    assert not thread.is_alive()
 
 
 def test_spool_opens_urls_and_refuses_unknown_ones(tmp_path: Path, clock: FakeClock) -> None:

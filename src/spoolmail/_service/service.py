@@ -391,18 +391,24 @@ class MailService:
     ) -> None:
         """Run until :meth:`stop`: a tick, then wait for the next due message or the poll interval.
 
-        ``on_report`` sees every tick's report (the command line logs them).
+        ``on_report`` sees every tick's report (the command line logs them). A :meth:`stop`
+        that came before the loop began (a SIGTERM right after start-up) ends it after one tick.
         """
-        self._stop.clear()
-        while not self._stop.is_set():
-            report = self.run_once()
-            if on_report is not None:
-                on_report(report)
-            wait = poll_interval
-            next_due = self.schedule.next_due()
-            if next_due is not None:
-                wait = max(0.0, min(wait, (next_due - self.clock()).total_seconds()))
-            self._stop.wait(wait)
+        try:
+            while True:
+                report = self.run_once()
+                if on_report is not None:
+                    on_report(report)
+                if self._stop.is_set():
+                    break
+                wait = poll_interval
+                next_due = self.schedule.next_due()
+                if next_due is not None:
+                    wait = max(0.0, min(wait, (next_due - self.clock()).total_seconds()))
+                if self._stop.wait(wait):
+                    break
+        finally:
+            self._stop.clear()  # the stop is spent: a later run_forever runs again
 
     def rescan(self) -> Report:
         """Recover and rescan the Queue now, as every tick does each ``rescan_interval``.
