@@ -30,14 +30,14 @@ from spoolmail._core.reply import Reply
 from spoolmail._core.routing import Target
 from spoolmail._core.transcript import Transcript
 from spoolmail._transport.base import Outgoing
+from spoolmail._transport.protocol import pipeline_groups
+from spoolmail._transport.protocol import too_many as is_too_many
+from spoolmail._transport.replies import parse_reply_line
 from spoolmail._transport.smtp import (
     DataEncoder,
     SmtpExtensions,
     SmtpTimeouts,
     SmtpTransport,
-    _parse_reply_line,
-    _pipeline_groups,
-    _too_many,
 )
 from spoolmail.exceptions import ConfigurationError
 from tests.smtpservers import (
@@ -148,7 +148,7 @@ def test_encoder_stuffs_a_dot_after_a_line_end_split_across_blocks() -> None:
 
 @given(st.binary(max_size=300))
 def test_reply_parser_never_crashes(line: bytes) -> None:
-    parsed = _parse_reply_line(line)
+    parsed = parse_reply_line(line)
     assert parsed is None or 200 <= parsed[0] <= 599
 
 
@@ -166,7 +166,7 @@ def test_reply_parser_never_crashes(line: bytes) -> None:
     ],
 )
 def test_reply_parser(line: bytes, expected: tuple[int, bool, str] | None) -> None:
-    assert _parse_reply_line(line) == expected
+    assert parse_reply_line(line) == expected
 
 
 def test_extensions_from_ehlo() -> None:
@@ -441,7 +441,7 @@ def test_unsendable_address_is_refused_before_the_server_sees_it(
     ],
 )
 def test_too_many_recipients_is_recognised(reply: Reply, too_many: bool) -> None:
-    assert _too_many(reply) is too_many
+    assert is_too_many(reply) is too_many
 
 
 @integration
@@ -469,7 +469,7 @@ def test_pipeline_groups_fit_the_window() -> None:
         *(f"RCPT TO:<{'r' * 90}{n}@x.test>" for n in range(80)),
         "DATA",
     ]
-    groups = list(_pipeline_groups(commands, utf8=False))
+    groups = list(pipeline_groups(commands, utf8=False))
     assert [command for _, group in groups for command in group] == commands
     assert [start for start, _ in groups] == [0, *itertools.accumulate(len(g) for _, g in groups)][
         :-1
@@ -477,7 +477,7 @@ def test_pipeline_groups_fit_the_window() -> None:
     assert len(groups) > 1
     assert all(sum(len(c) + 2 for c in group) <= 4096 for _, group in groups)
     # A command longer than the window still goes, alone.
-    assert list(_pipeline_groups(["x" * 5000, "DATA"], utf8=False)) == [
+    assert list(pipeline_groups(["x" * 5000, "DATA"], utf8=False)) == [
         (0, ["x" * 5000]),
         (1, ["DATA"]),
     ]

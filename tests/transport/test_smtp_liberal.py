@@ -23,18 +23,17 @@ from hypothesis import strategies as st
 from spoolmail._core.reply import Reply
 from spoolmail._core.transcript import Transcript
 from spoolmail._transport.base import Outgoing
-from spoolmail._transport.smtp import (
-    _MAX_REPLY_LINE,
-    _MAX_REPLY_LINES,
-    _MAX_REPLY_OCTETS,
-    DataEncoder,
+from spoolmail._transport.data import DataEncoder, examine
+from spoolmail._transport.replies import (
+    MAX_REPLY_LINE,
+    MAX_REPLY_LINES,
+    MAX_REPLY_OCTETS,
+    BadReply,
+    ReplyReader,
+    ServerReply,
     SmtpExtensions,
-    SmtpTransport,
-    _BadReply,
-    _examine,
-    _ReplyReader,
-    _ServerReply,
 )
+from spoolmail._transport.smtp import SmtpTransport
 from tests.smtpservers import SHORT, raw_server, smtp_server
 
 integration = pytest.mark.integration
@@ -79,11 +78,11 @@ def outgoing(
 # The reply reader, on bytes alone.
 
 
-def read_all(chunks: Sequence[bytes]) -> tuple[list[_ServerReply], str | None]:
+def read_all(chunks: Sequence[bytes]) -> tuple[list[ServerReply], str | None]:
     """Everything a session would get from these bytes: its replies, then the reason it stops
     reading, if it does (``None``: the bytes ran out)."""
-    reader = _ReplyReader()
-    replies: list[_ServerReply] = []
+    reader = ReplyReader()
+    replies: list[ServerReply] = []
     for chunk in chunks:
         reader.feed(chunk)
         try:
@@ -91,7 +90,7 @@ def read_all(chunks: Sequence[bytes]) -> tuple[list[_ServerReply], str | None]:
                 reply = reader.take(line)
                 if reply is not None:
                     replies.append(reply)
-        except _BadReply as bad:
+        except BadReply as bad:
             return replies, str(bad)
     return replies, None
 
@@ -143,18 +142,18 @@ def test_no_reply_raises_out_of_the_reader(
     replies, _ = read_all(chunks)
     for reply in replies:
         assert 200 <= reply.code <= 599
-        assert 1 <= len(reply.lines) <= _MAX_REPLY_LINES
+        assert 1 <= len(reply.lines) <= MAX_REPLY_LINES
         # What the session makes of a reply raises nothing either: the verdict for recipients,
         # and the extensions when it answers EHLO.
         assert isinstance(reply.to_reply("mx.test"), Reply)
         assert isinstance(SmtpExtensions.from_ehlo(reply.lines), SmtpExtensions)
 
 
-@given(st.binary(max_size=3 * _MAX_REPLY_LINE))
+@given(st.binary(max_size=3 * MAX_REPLY_LINE))
 def test_any_bytes_end_in_replies_a_reason_or_a_wait(data: bytes) -> None:
     replies, problem = read_all([data])
     assert problem is None or problem
-    assert all(isinstance(reply, _ServerReply) for reply in replies)
+    assert all(isinstance(reply, ServerReply) for reply in replies)
 
 
 @pytest.mark.parametrize(
@@ -167,12 +166,12 @@ def test_any_bytes_end_in_replies_a_reason_or_a_wait(data: bytes) -> None:
         pytest.param(b"250-" + b"x" * 3000, "a line longer than 2048 octets", id="long-line"),
         pytest.param(
             b"250-more\r\n" * 1000,
-            f"a reply of more than {_MAX_REPLY_LINES} lines or {_MAX_REPLY_OCTETS} octets",
+            f"a reply of more than {MAX_REPLY_LINES} lines or {MAX_REPLY_OCTETS} octets",
             id="endless-lines",
         ),
         pytest.param(
             (b"250-" + b"y" * 2000 + b"\r\n") * 50,
-            f"a reply of more than {_MAX_REPLY_LINES} lines or {_MAX_REPLY_OCTETS} octets",
+            f"a reply of more than {MAX_REPLY_LINES} lines or {MAX_REPLY_OCTETS} octets",
             id="endless-octets",
         ),
     ],
@@ -184,7 +183,7 @@ def test_what_cannot_be_a_reply_is_refused_with_a_reason(data: bytes, problem: s
 
 
 def test_an_endless_reply_is_refused_within_its_bounds() -> None:
-    reader = _ReplyReader()
+    reader = ReplyReader()
     line = b"250-" + b"z" * 1000
 
     def one_more() -> None:
@@ -192,10 +191,10 @@ def test_an_endless_reply_is_refused_within_its_bounds() -> None:
         assert reader.take(reader.next_line() or b"") is None
 
     taken = 0
-    while taken * (len(line) + 2) < _MAX_REPLY_OCTETS - (len(line) + 2):
+    while taken * (len(line) + 2) < MAX_REPLY_OCTETS - (len(line) + 2):
         one_more()
         taken += 1
-    with pytest.raises(_BadReply, match="more than"):
+    with pytest.raises(BadReply, match="more than"):
         one_more()
 
 
@@ -210,7 +209,7 @@ def test_an_endless_reply_is_refused_within_its_bounds() -> None:
     ],
 )
 def test_odd_but_readable_replies_are_read(data: bytes, code: int, lines: tuple[str, ...]) -> None:
-    assert read_all([data]) == ([_ServerReply(code, lines)], None)
+    assert read_all([data]) == ([ServerReply(code, lines)], None)
 
 
 @pytest.mark.parametrize(
@@ -441,7 +440,7 @@ def test_utf8_headers_are_found_whatever_the_reads(
 ) -> None:
     data = "".join(head).encode() + junk + b"\r\n\r\n" + body
     message = attrs.evolve(outgoing(data), open=lambda: Trickle(data, step))
-    content = _examine(message, eight_bit_matters=True)
+    content = examine(message, eight_bit_matters=True)
     assert content.utf8_headers == expected_utf8_headers(data)
     assert content.eight_bit == (not data.isascii())
 
@@ -463,8 +462,8 @@ def test_utf8_headers_are_found_whatever_the_reads(
     ],
 )
 def test_what_mail_must_declare(data: bytes, utf8_headers: bool, eight_bit: bool) -> None:
-    assert _examine(outgoing(data), eight_bit_matters=True).utf8_headers == utf8_headers
-    assert _examine(outgoing(data), eight_bit_matters=True).eight_bit == eight_bit
+    assert examine(outgoing(data), eight_bit_matters=True).utf8_headers == utf8_headers
+    assert examine(outgoing(data), eight_bit_matters=True).eight_bit == eight_bit
 
 
 def test_an_all_ascii_message_is_not_read() -> None:
@@ -472,14 +471,14 @@ def test_an_all_ascii_message_is_not_read() -> None:
         raise AssertionError("read although intake found it all ASCII")
 
     message = attrs.evolve(outgoing(), open=refuse, eight_bit=False)
-    content = _examine(message, eight_bit_matters=True)
+    content = examine(message, eight_bit_matters=True)
     assert (content.eight_bit, content.utf8_headers) == (False, False)
 
 
 def test_only_the_header_section_is_read_when_the_body_does_not_matter() -> None:
     source = Trickle(b"Subject: hi\r\n\r\n" + b"body line\r\n" * 1000, step=64)
     message = attrs.evolve(outgoing(), open=lambda: source, eight_bit=True)
-    assert not _examine(message, eight_bit_matters=True).utf8_headers
+    assert not examine(message, eight_bit_matters=True).utf8_headers
     assert source.handed_out <= 64
 
 

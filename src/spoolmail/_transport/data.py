@@ -1,0 +1,121 @@
+"""The stored message as it goes over the wire: DATA encoding and what MAIL must declare.
+
+:class:`DataEncoder` turns stored bytes into DATA bytes (CRLF line ends, dot-stuffing, the final
+``.``) block by block in constant memory; :func:`examine` reads a stored message once, as far as
+it must, to learn whether MAIL needs ``BODY=8BITMIME`` or ``SMTPUTF8``. They read the stored
+message only through ``Outgoing.open`` and blocks handed in, write nothing, and never touch a
+socket or the transcript.
+"""
+
+from __future__ import annotations
+
+import codecs
+import re
+
+import attrs
+
+from spoolmail._transport.base import Outgoing
+
+__all__ = ["CHUNK", "Content", "DataEncoder", "examine"]
+
+# Message data is read and sent in blocks of this size, so memory stays flat whatever the size.
+CHUNK = 64 * 1024
+# RFC 5321 §2.3.8: CR and LF occur only together; a bare CR or LF in a stored file ends a line too.
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+
+
+class DataEncoder:
+    """Turns stored message bytes into DATA bytes, block by block, in constant memory.
+
+    Every line end becomes CRLF (RFC 5321 §2.3.8: CR and LF only ever travel together, so a bare LF
+    or CR in the file ends a line), and a line that starts with "." gets one more (§4.5.2). Both
+    work across block boundaries: the encoder remembers whether its output ended a line, and holds
+    back a trailing CR until it sees whether an LF follows. :meth:`finish` returns the rest and the
+    terminating ``CRLF.CRLF``, without doubling a CRLF the message already ends with.
+    """
+
+    def __init__(self) -> None:
+        self._line_start = True
+        self._held_cr = False
+
+    def encode(self, block: bytes) -> bytes:
+        if self._held_cr:
+            block = b"\r" + block
+            self._held_cr = False
+        if block.endswith(b"\r"):
+            block = block[:-1]
+            self._held_cr = True
+        if not block:
+            return b""
+        out = _LINE_END.sub(b"\r\n", block).replace(b"\r\n.", b"\r\n..")
+        if self._line_start and out.startswith(b"."):
+            out = b"." + out
+        self._line_start = out.endswith(b"\r\n")
+        return out
+
+    def finish(self) -> bytes:
+        if self._held_cr:
+            self._held_cr = False
+            self._line_start = True
+            return b"\r\n.\r\n"
+        return b".\r\n" if self._line_start else b"\r\n.\r\n"
+
+
+@attrs.frozen
+class Content:
+    """What MAIL must declare about a message: octets over 127 (BODY=8BITMIME, RFC 6152) and
+    UTF-8 in its header fields (SMTPUTF8, RFC 6531 §3.4)."""
+
+    eight_bit: bool
+    utf8_headers: bool
+
+
+def examine(message: Outgoing, *, eight_bit_matters: bool) -> Content:
+    """One streaming pass over the stored file, as far as it has to go, in constant memory.
+
+    The header section is read up to the empty line that ends it (RFC 5322 §2.1): UTF-8 beyond
+    ASCII there (RFC 6532) needs SMTPUTF8. It is decided here, at send time, from the stored
+    bytes that will go; octets over 127 that are not UTF-8 (a Latin-1 Subject from an old client)
+    are no RFC 6532 header and ask for nothing more than BODY=8BITMIME, as before. The rest is
+    read only when the server offers 8BITMIME and intake did not note whether the message is
+    8-bit (the one case where that answer changes what we send; a server without 8BITMIME gets
+    the bytes as they are, as most MTAs do, and RFC 6152 §3's conversion to 7 bit is not
+    implemented). A message intake found all ASCII is not read at all.
+    """
+    known = message.eight_bit
+    if known is False:
+        return Content(eight_bit=False, utf8_headers=False)
+    look_for_eight_bit = known is None and eight_bit_matters
+    # The encoder makes every line end CRLF, as DATA will, so one pattern finds the empty line.
+    encoder = DataEncoder()
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    window = b"\r\n"  # the section starts at a line start: an empty first line ends it at once
+    in_headers = utf8 = True
+    header_non_ascii = seen_non_ascii = False
+    with message.open() as source:
+        while block := source.read(CHUNK):
+            seen_non_ascii = seen_non_ascii or not block.isascii()
+            if in_headers:
+                out = encoder.encode(block)
+                data = window + out
+                end = data.find(b"\r\n\r\n")
+                head = out if end < 0 else out[: max(0, end - len(window))]
+                header_non_ascii = header_non_ascii or not head.isascii()
+                try:
+                    decoder.decode(head, final=end >= 0)
+                except UnicodeDecodeError:
+                    utf8 = False
+                in_headers = end < 0
+                window = data[-3:]
+            # Invalid UTF-8 means an octet over 127 was seen: nothing is left to learn then.
+            if (not in_headers or not utf8) and (not look_for_eight_bit or seen_non_ascii):
+                break
+    if in_headers and utf8:
+        try:
+            decoder.decode(b"", final=True)  # a message that is all header section
+        except UnicodeDecodeError:
+            utf8 = False
+    return Content(
+        eight_bit=seen_non_ascii if known is None else known,
+        utf8_headers=utf8 and header_non_ascii,
+    )

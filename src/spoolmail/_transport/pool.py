@@ -1,0 +1,81 @@
+"""Connections kept open for reuse: at most a few idle ones per target, none too old.
+
+:class:`ConnectionPool` holds idle sessions by :class:`~spoolmail._core.routing.Target` (equal
+address, name, TLS policy and credentials) and hands back the freshest; it reads only the clock
+it is given. It never opens, greets or closes a connection itself: what it lets go (too old, one
+too many) it returns to the caller to close.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Generic, Protocol, TypeVar
+
+from spoolmail._core.routing import Target
+
+__all__ = ["ConnectionPool"]
+
+
+class _Kept(Protocol):
+    last_used: float
+
+    @property
+    def target(self) -> Target: ...
+
+
+_S = TypeVar("_S", bound=_Kept)
+
+
+class ConnectionPool(Generic[_S]):
+    """Idle sessions by target; safe to share between threads.
+
+    ``idle``: seconds an unused session is kept (0: none is). ``max_idle``: how many idle
+    sessions one target keeps, one per delivery thread that used it, up to this bound.
+    """
+
+    def __init__(self, *, idle: float, max_idle: int, monotonic: Callable[[], float]) -> None:
+        self._idle_time = idle
+        self._max_idle = max(1, max_idle)
+        self._monotonic = monotonic
+        self._idle: dict[Target, list[_S]] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def keeps(self) -> bool:
+        return self._idle_time > 0
+
+    def take(self, target: Target) -> tuple[_S | None, list[_S]]:
+        """The most recently used idle session to ``target``, and the idle ones (of any target)
+        that are now too old, for the caller to close."""
+        now = self._monotonic()
+        expired: list[_S] = []
+        with self._lock:
+            for key, sessions in list(self._idle.items()):
+                fresh = [s for s in sessions if now - s.last_used <= self._idle_time]
+                expired.extend(s for s in sessions if s not in fresh)
+                if fresh:
+                    self._idle[key] = fresh
+                else:
+                    del self._idle[key]
+            kept = self._idle.get(target)
+            session = kept.pop() if kept else None
+        return session, expired
+
+    def keep(self, session: _S) -> list[_S]:
+        """Keep ``session`` for reuse, marked used now; return the surplus, for the caller to
+        close."""
+        session.last_used = self._monotonic()
+        with self._lock:
+            kept = self._idle.setdefault(session.target, [])
+            kept.append(session)
+            surplus = kept[: -self._max_idle] if len(kept) > self._max_idle else []
+            del kept[: len(surplus)]
+        return surplus
+
+    def drain(self) -> list[_S]:
+        """Every idle session, now the caller's to close."""
+        with self._lock:
+            sessions = [s for kept in self._idle.values() for s in kept]
+            self._idle.clear()
+        return sessions

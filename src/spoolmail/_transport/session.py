@@ -1,0 +1,363 @@
+"""The socket under one SMTP connection: it connects, and drives a :class:`ClientProtocol`.
+
+:class:`Session` owns one socket to one target and runs the protocol's goals on it: it writes the
+bytes the protocol asks it to, reads the server's bytes before each reply's deadline (RFC 5321
+§4.5.3.2, the whole reply within its limit), runs the TLS handshake when the protocol says
+STARTTLS was granted, and streams the stored message through
+:class:`~spoolmail._transport.data.DataEncoder` when DATA was. It reads the stored message (only
+through ``Outgoing.open``) and the socket, writes the socket and connection notes into the
+transcript; every failure of the connection becomes :class:`SessionError` with a temporary reply.
+It makes no decision about what to say next (that is the protocol's) and knows nothing of other
+connections (that is the pool's).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import socket
+import ssl
+import time
+from collections.abc import Sequence
+from typing import BinaryIO
+
+from spoolmail._core.reply import Reply
+from spoolmail._core.routing import Target
+from spoolmail._core.transcript import Transcript
+from spoolmail._transport.base import Outgoing
+from spoolmail._transport.data import CHUNK, DataEncoder, examine
+from spoolmail._transport.protocol import (
+    ClientProtocol,
+    Ended,
+    NeedData,
+    Send,
+    SendMessage,
+    StartTls,
+    State,
+    tls_name,
+    where,
+)
+from spoolmail._transport.replies import SmtpExtensions
+from spoolmail.exceptions import TransportError
+
+__all__ = ["HandshakeFailed", "Session", "SessionError", "unverified_context"]
+
+# The "(_ssl.c:1006)" OpenSSL's messages end with tells an operator nothing.
+_SSL_SOURCE = re.compile(r"\s*\(_ssl\.c:\d+\)$")
+
+
+class SessionError(TransportError):
+    """The session can go no further; ``reply`` answers every recipient not answered yet."""
+
+    def __init__(self, reply: Reply) -> None:
+        super().__init__(reply.text)
+        self.reply = reply
+
+
+class HandshakeFailed(SessionError):
+    """The TLS handshake failed; the connection is unusable (opportunistic TLS may try again in
+    plain text on a new one)."""
+
+
+def unverified_context() -> ssl.SSLContext:
+    """Encryption without authentication (RFC 7435 §1.3: opportunistic security protects
+    against passive eavesdropping, and a certificate check would turn most MX hosts' self-signed
+    or mismatched certificates back into plain text). TLS 1.0 and 1.1 are refused (RFC 8996)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+def _handshake_problem(error: BaseException, timeout: float) -> str:
+    if isinstance(error, ssl.SSLError):
+        return _SSL_SOURCE.sub("", str(error)) or type(error).__name__
+    if isinstance(error, TimeoutError):
+        return f"no progress within {timeout:g} s"
+    if isinstance(error, OSError):
+        return error.strerror or str(error) or type(error).__name__
+    return str(error) or type(error).__name__
+
+
+_NAME_FIELDS = {
+    "commonName": "CN",
+    "organizationName": "O",
+    "organizationalUnitName": "OU",
+    "countryName": "C",
+    "localityName": "L",
+    "stateOrProvinceName": "ST",
+}
+
+
+def _distinguished_name(name: object) -> str:
+    """``CN=mx.example.net, O=Example`` from :meth:`ssl.SSLSocket.getpeercert`'s nested tuples."""
+    parts = []
+    if isinstance(name, tuple):
+        for rdn in name:
+            for key, value in rdn:
+                parts.append(f"{_NAME_FIELDS.get(key, key)}={value}")
+    return ", ".join(parts) or "(empty)"
+
+
+class Session:
+    """One open connection to one target, driving its :class:`ClientProtocol`.
+
+    Every socket operation has a deadline. Any failure raises :class:`SessionError` with the
+    temporary reply that describes it and closes the protocol, so the connection is neither
+    reused nor sent a QUIT. ``verifying`` and ``unverified`` are the TLS contexts for verified
+    (``REQUIRED``) and unverified STARTTLS.
+    """
+
+    def __init__(
+        self,
+        sock: socket.socket,
+        *,
+        protocol: ClientProtocol,
+        verifying: ssl.SSLContext,
+        unverified: ssl.SSLContext,
+    ) -> None:
+        self._sock = sock
+        self.protocol = protocol
+        self._verifying = verifying
+        self._unverified = unverified
+        self.last_used = 0.0
+        # The reply being waited for, and the monotonic time by which all of it must be in.
+        self._waiting: tuple[int, float] = (-1, 0.0)
+
+    @classmethod
+    def connect(
+        cls,
+        protocol: ClientProtocol,
+        *,
+        timeout: float,
+        transcript: Transcript,
+        verifying: ssl.SSLContext,
+        unverified: ssl.SSLContext,
+    ) -> Session:
+        target = protocol.target
+        place = where(target)
+        transcript.note(f"connecting to {place}")
+        try:
+            sock = socket.create_connection((target.host, target.port), timeout=timeout)
+        except socket.gaierror as error:
+            # RFC 3463 X.4.3: the directory (name) service could not be used.
+            raise SessionError(
+                Reply(
+                    451,
+                    "4.4.3",
+                    f"cannot resolve {target.host}: {error.strerror}",
+                    host=target.host,
+                )
+            ) from error
+        except TimeoutError as error:
+            # RFC 3463 X.4.1: the connection attempt was not answered.
+            raise SessionError(
+                Reply(
+                    451,
+                    "4.4.1",
+                    f"connection to {place} timed out after {timeout:g} s",
+                    host=target.host,
+                )
+            ) from error
+        except OSError as error:
+            raise SessionError(
+                Reply(
+                    451,
+                    "4.4.1",
+                    f"connection to {place} failed: {error.strerror or error}",
+                    host=target.host,
+                )
+            ) from error
+        transcript.note(f"connected to {place}")
+        return cls(sock, protocol=protocol, verifying=verifying, unverified=unverified)
+
+    @property
+    def target(self) -> Target:
+        return self.protocol.target
+
+    @property
+    def extensions(self) -> SmtpExtensions:
+        return self.protocol.extensions
+
+    @property
+    def usable(self) -> bool:
+        return self.protocol.usable
+
+    @property
+    def clean(self) -> bool:
+        return self.protocol.clean
+
+    # Goals, each run to its end.
+
+    def open(self, transcript: Transcript) -> None:
+        """Greeting, EHLO, STARTTLS and AUTH as the protocol's policy says."""
+        self.protocol.open(transcript)
+        self._run(None)
+
+    def deliver(
+        self,
+        message: Outgoing,
+        recipients: Sequence[str],
+        answers: dict[str, Reply],
+        transcript: Transcript,
+    ) -> None:
+        """Transactions on this connection until every recipient has an answer in ``answers``."""
+        content = examine(message, eight_bit_matters=self.protocol.extensions.eight_bit_mime)
+        self.protocol.deliver(
+            message, recipients, content=content, answers=answers, transcript=transcript
+        )
+        self._run(message)
+
+    def probe(self, transcript: Transcript) -> bool:
+        """RSET on a kept connection: whether the server agreed."""
+        self.protocol.probe(transcript)
+        self._run(None)
+        return self.protocol.state is State.READY
+
+    def quit(self, transcript: Transcript | None) -> None:
+        self.protocol.quit(transcript)
+        self._run(None)
+
+    def abandon(self) -> None:
+        """Whatever was under way, nothing more is said on this connection (not even QUIT)."""
+        self.protocol.close()
+
+    def close(self) -> None:
+        self.protocol.close()
+        with contextlib.suppress(OSError):
+            self._sock.close()
+
+    def _run(self, message: Outgoing | None) -> None:
+        protocol = self.protocol
+        while True:
+            event = protocol.next_event()
+            if isinstance(event, NeedData):
+                self._receive(event)
+            elif isinstance(event, Send):
+                self._send(event.data, timeout=event.timeout, sending=event.sending)
+            elif isinstance(event, SendMessage):
+                assert message is not None  # noqa: S101 (only a delivery gets this far)
+                with message.open() as source:
+                    sent = self._send_data(source, timeout=event.timeout)
+                protocol.message_sent(sent)
+            elif isinstance(event, StartTls):
+                protocol.tls_started(self._start_tls(event))
+            elif isinstance(event, Ended):
+                raise SessionError(event.reply)
+            else:
+                return
+
+    # The socket.
+
+    def _over(self, enhanced: str, text: str) -> SessionError:
+        self.protocol.close()
+        return SessionError(Reply(451, enhanced, text, host=self.target.host))
+
+    def _lost(self, doing: str, error: OSError) -> SessionError:
+        # RFC 3463 X.4.2 "bad connection": established, but the transaction could not complete.
+        reason = error.strerror or str(error) or type(error).__name__
+        return self._over("4.4.2", f"connection to {where(self.target)} lost {doing}: {reason}")
+
+    def _send(self, data: bytes, *, timeout: float, sending: str) -> None:
+        try:
+            # Since Python 3.5 the timeout bounds the whole sendall, which is RFC 5321 §4.5.3.2.5's
+            # "each TCP SEND call" for a data block.
+            self._sock.settimeout(timeout)
+            self._sock.sendall(data)
+        except TimeoutError as error:
+            raise self._over(
+                "4.4.2", f"{where(self.target)} took more than {timeout:g} s to take {sending}"
+            ) from error
+        except OSError as error:
+            raise self._lost(f"while sending {sending}", error) from error
+
+    def _receive(self, need: NeedData) -> None:
+        # The deadline covers the whole reply, so a server trickling one byte at a time cannot
+        # stretch RFC 5321 §4.5.3.2's per-command limits.
+        reply, deadline = self._waiting
+        if reply != need.reply:
+            deadline = time.monotonic() + need.timeout
+            self._waiting = (need.reply, deadline)
+        remaining = deadline - time.monotonic()
+        late = f"{where(self.target)} sent no {need.awaiting} within {need.timeout:g} s"
+        if remaining <= 0:
+            raise self._over("4.4.2", late)
+        try:
+            self._sock.settimeout(remaining)
+            data = self._sock.recv(CHUNK)
+        except TimeoutError as error:
+            raise self._over("4.4.2", late) from error
+        except OSError as error:
+            raise self._lost(f"while waiting for the {need.awaiting}", error) from error
+        if not data:
+            raise self._over(
+                "4.4.2",
+                f"{where(self.target)} closed the connection instead of the {need.awaiting}",
+            )
+        self.protocol.receive_data(data)
+
+    def _send_data(self, source: BinaryIO, *, timeout: float) -> int:
+        """Stream ``source`` dot-stuffed, then the final ``.``; return the octets sent."""
+        encoder = DataEncoder()
+        sent = 0
+        # Each block is sent once the next has been read, so the last one leaves in the same
+        # write as the final ".": two small writes in a row would wait for the server's delayed
+        # ACK (Nagle's algorithm, RFC 896), some 40 ms a message.
+        held = b""
+        while block := source.read(CHUNK):
+            if held:
+                self._send(held, timeout=timeout, sending="the message")
+                sent += len(held)
+            held = encoder.encode(block)
+        held += encoder.finish()
+        self._send(held, timeout=timeout, sending="the message")
+        return sent + len(held)
+
+    def _start_tls(self, start: StartTls) -> str:
+        """Run the TLS handshake on the connection; return how it went, for the transcript."""
+        context = self._verifying if start.verify else self._unverified
+        timeout = start.timeout
+        try:
+            tls = context.wrap_socket(
+                self._sock, server_hostname=start.server_hostname, do_handshake_on_connect=False
+            )
+        except (ValueError, OSError) as error:
+            # ValueError: a name OpenSSL will not take (empty, or not IDNA-encodable).
+            raise self._handshake_failed(_handshake_problem(error, timeout)) from error
+        self._sock = tls
+        try:
+            # Each wait within the handshake is bounded; a peer cannot stall one forever.
+            tls.settimeout(timeout)
+            tls.do_handshake()
+        except (OSError, ValueError) as error:  # ssl.SSLError is an OSError
+            raise self._handshake_failed(_handshake_problem(error, timeout)) from error
+        return self._tls_description(tls, verified=start.verify)
+
+    def _handshake_failed(self, problem: str) -> HandshakeFailed:
+        # Whatever state OpenSSL left the connection in, nothing more can be said on it.
+        self.protocol.close()
+        # RFC 3463 X.7.5 "cryptographic failure"; Postfix uses the same for a failed handshake
+        # and for an unverified certificate.
+        return HandshakeFailed(
+            Reply(
+                451,
+                "4.7.5",
+                f"TLS handshake with {where(self.target)} failed: {problem}",
+                host=self.target.host,
+            )
+        )
+
+    def _tls_description(self, sock: ssl.SSLSocket, *, verified: bool) -> str:
+        """The protocol, cipher and certificate of the TLS session, for the transcript."""
+        cipher = sock.cipher()
+        suite = f"{cipher[0]} ({cipher[2]} bits)" if cipher else "unknown cipher"
+        text = f"TLS started: {sock.version()}, {suite}"
+        if not verified:
+            return f"{text}; certificate not verified"
+        certificate = sock.getpeercert() or {}
+        return (
+            f"{text}; certificate verified for {tls_name(self.target)}: subject "
+            f"{_distinguished_name(certificate.get('subject'))}, issuer "
+            f"{_distinguished_name(certificate.get('issuer'))}"
+        )
