@@ -38,7 +38,7 @@ class PerHost(CapturingTransport):
 
 def deliverer(spool: Spool, transport: CapturingTransport, clock: FakeClock) -> Deliverer:
     return Deliverer(
-        store=spool.store,
+        transitions=spool.transitions,
         router=Router(local_domains=["example.com"]),
         resolver=NAMES,
         transport=transport,
@@ -120,7 +120,7 @@ def test_a_null_mx_domain_is_not_handed_to_the_fallback_smart_host(
     names = StaticResolver(mx={"nomail.test": [(0, ".")]}, hosts={"relay.test": ["127.0.0.9"]})
     transport = CapturingTransport()
     agent = Deliverer(
-        store=spool.store,
+        transitions=spool.transitions,
         router=Router(
             local_domains=["example.com"],
             smart_host="relay.test",

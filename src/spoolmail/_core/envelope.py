@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import attrs
 
+from spoolmail._core.headers import count_received, split_head
 from spoolmail._core.reply import Reply
 from spoolmail.exceptions import EnvelopeError
 
@@ -29,6 +30,7 @@ __all__ = [
     "Ret",
     "decode_envelope",
     "encode_envelope",
+    "new_envelope",
     "read_due",
 ]
 
@@ -159,6 +161,39 @@ class Envelope:
 
     def with_recipients(self, recipients: Iterable[Recipient]) -> Envelope:
         return attrs.evolve(self, recipients=tuple(recipients))
+
+
+def new_envelope(
+    queue_id: str,
+    *,
+    sender: str,
+    recipients: Iterable[str | Recipient],
+    now: datetime,
+    origin: str,
+    size: int = 0,
+    head: bytes | None = None,
+    eight_bit: bool | None = None,
+    about: str = "",
+) -> Envelope:
+    """The first envelope of a message entering the spool: arrived ``now`` and due at once.
+
+    The one place new envelopes are built (Pickup intake, DSNs, BadMail requeue and reports,
+    and next the SMTP listener). ``recipients`` are addresses (pending) or whole
+    :class:`Recipient` values (a BadMail envelope lists its failures); ``head`` is the stored
+    message's header block, whose ``Received:`` fields are counted for the hop limit.
+    """
+    return Envelope(
+        id=queue_id,
+        sender=sender,
+        recipients=tuple(r if isinstance(r, Recipient) else Recipient(r) for r in recipients),
+        arrival=now,
+        next_attempt=now,
+        origin=origin,
+        size=size,
+        hops=None if head is None else count_received(split_head(head)[0]),
+        eight_bit=eight_bit,
+        about=about,
+    )
 
 
 def _time(value: datetime | None) -> str | None:

@@ -3,10 +3,15 @@
 Rules (DESIGN.md section 2):
 
 1. A message is in exactly one state. PICKUP, QUEUED and BADMAIL are folders (the store maps
-   each to its folder); DELIVERING is a claimed envelope in the Queue; DONE: its files are gone.
-2. Every transition is listed in :data:`TRANSITIONS`. A (state, event) pair that is not there is a
-   bug: :func:`transition` raises :class:`~spoolmail.exceptions.InvalidTransition` naming both and
-   nothing changes.
+   each to its folder); DELIVERING is a claimed envelope in the Queue; DONE: its files are gone;
+   NEW: not in the spool yet (a DSN being written, mail the SMTP listener is receiving).
+2. Every transition is listed in :data:`TABLE`, as h11's ``_state.py`` lists its own: state →
+   event → :class:`Step`, the new state and the :class:`Commit` that performs it. The table
+   drives: the store (``_store.transitions``) looks the pair up and performs that commit, one
+   atomic commit on the filesystem per transition; nobody chooses a commit by hand. A
+   (state, event) pair that is not there is a bug: :func:`step` and :func:`transition` raise
+   :class:`~spoolmail.exceptions.InvalidTransition` naming both, and nothing changes.
+   :data:`TRANSITIONS` is the same table without the commits.
 3. State is kept per recipient (pending, delivered, failed); only pending recipients are attempted,
    and a message leaves the Queue when none is pending.
 4. A failure reaches the sender exactly once, as a DSN listing the recipients that failed since the
@@ -20,7 +25,12 @@ Rules (DESIGN.md section 2):
    only when asked); an outcome nobody asked to hear about is marked reported all the same.
 8. An operator may hold, release, flush or delete a queued message and requeue or delete a
    BadMail entry; a held message is never attempted and its time on hold does not count
-   towards its expiry.
+   towards its expiry. The requeue direction follows where the entry came from: a message that
+   was queued (it has an envelope with attempts, or came from the Queue) goes back to the Queue
+   (REQUEUED, through the one door :data:`Commit.ADMIT`), with a fresh envelope for the chosen
+   recipients; a file rejected at Pickup never became a message (its ``x-sender`` lines are
+   still in it, its headers unfolded, no ``Received:`` line added), so only intake can read it
+   again: it goes back to Pickup as it is (RESUBMITTED), to be fixed first.
 9. A local fault (the Drop file could not be written: disk full, an I/O error) is not a failed
    delivery attempt, as it would be if a remote host had deferred: it is counted apart
    (``local_faults``), tried again after 10 s, doubling up to 5 minutes, and by itself moves
@@ -46,8 +56,10 @@ from spoolmail._core.reply import Reply, Severity
 from spoolmail.exceptions import InvalidTransition
 
 __all__ = [
+    "TABLE",
     "TRANSITIONS",
     "AttemptOutcome",
+    "Commit",
     "DsnKind",
     "DsnOrder",
     "Event",
@@ -61,11 +73,13 @@ __all__ = [
     "release",
     "requeue",
     "retry_local_faults_soon",
+    "step",
     "transition",
 ]
 
 
 class State(enum.Enum):
+    NEW = "new"
     PICKUP = "pickup"
     QUEUED = "queued"
     DELIVERING = "delivering"
@@ -78,6 +92,8 @@ class Event(enum.Enum):
     """The pickup file parsed into an envelope and a message."""
     REJECTED = "rejected"
     """The pickup file cannot be a message (no sender, no recipient, bad headers, too big)."""
+    REFUSED = "refused"
+    """The pickup entry is no regular single-link file (a link, FIFO, device): never read."""
     CLAIMED = "claimed"
     """A process took the queued message to deliver it."""
     DEFERRED = "deferred"
@@ -100,44 +116,93 @@ class Event(enum.Enum):
     """An operator deleted the message (no DSN: postsuper -d does not bounce either)."""
     REQUEUED = "requeued"
     """An operator put a BadMail entry back into the Queue."""
+    RESUBMITTED = "resubmitted"
+    """An operator put a file rejected at Pickup back into Pickup, to be read again (rule 8)."""
 
 
-TRANSITIONS: Mapping[State, Mapping[Event, State]] = {
+class Commit(enum.Enum):
+    """What the store does to perform a transition: one method of ``_store.transitions`` each,
+    every one a single atomic commit (DESIGN.md section 3)."""
+
+    ADMIT = "admit"
+    """The one door into the Queue: ``ID.eml`` written, then ``ID.env`` (the commit)."""
+    CLAIM = "claim"
+    """``Queue/ID.env`` renamed to ``ID.OWNER.env``: only one process wins."""
+    HAND_BACK = "hand_back"
+    """The new envelope (and transcripts) written under the claim, renamed back to ``ID.env``."""
+    FINISH = "finish"
+    """The message and transcripts removed, the claimed envelope last."""
+    TO_BADMAIL = "to_badmail"
+    """Report and envelope into BadMail, then the message renamed to ``ID.BAD`` (the commit)."""
+    REFUSE = "refuse"
+    """Report and envelope into BadMail, the claimed Pickup name unlinked, nothing read."""
+    RECOVER = "recover"
+    """A dead owner's claim taken over and renamed back to ``ID.env`` as it was."""
+    RESUBMIT = "resubmit"
+    """``BadMail/ID.BAD`` renamed back into Pickup, its reports removed."""
+    DISCARD = "discard"
+    """A BadMail entry's files removed."""
+
+
+@attrs.frozen
+class Step:
+    """Where a transition leads and the commit that performs it."""
+
+    target: State
+    commit: Commit
+
+
+TABLE: Mapping[State, Mapping[Event, Step]] = {
+    State.NEW: {
+        Event.ACCEPTED: Step(State.QUEUED, Commit.ADMIT),
+    },
     State.PICKUP: {
-        Event.ACCEPTED: State.QUEUED,
-        Event.REJECTED: State.BADMAIL,
+        Event.ACCEPTED: Step(State.QUEUED, Commit.ADMIT),
+        Event.REJECTED: Step(State.BADMAIL, Commit.TO_BADMAIL),
+        Event.REFUSED: Step(State.BADMAIL, Commit.REFUSE),
     },
     State.QUEUED: {
-        Event.CLAIMED: State.DELIVERING,
-        Event.DAMAGED: State.BADMAIL,
-        Event.HELD: State.QUEUED,
-        Event.RELEASED: State.QUEUED,
-        Event.FLUSHED: State.QUEUED,
-        Event.DELETED: State.DONE,
+        Event.CLAIMED: Step(State.DELIVERING, Commit.CLAIM),
+        Event.DAMAGED: Step(State.BADMAIL, Commit.TO_BADMAIL),
+        Event.HELD: Step(State.QUEUED, Commit.HAND_BACK),
+        Event.RELEASED: Step(State.QUEUED, Commit.HAND_BACK),
+        Event.FLUSHED: Step(State.QUEUED, Commit.HAND_BACK),
+        Event.DELETED: Step(State.DONE, Commit.FINISH),
     },
     State.DELIVERING: {
-        Event.DEFERRED: State.QUEUED,
-        Event.SETTLED: State.DONE,
-        Event.UNDELIVERABLE: State.BADMAIL,
-        Event.ABANDONED: State.QUEUED,
-        Event.DAMAGED: State.BADMAIL,
+        Event.DEFERRED: Step(State.QUEUED, Commit.HAND_BACK),
+        Event.SETTLED: Step(State.DONE, Commit.FINISH),
+        Event.UNDELIVERABLE: Step(State.BADMAIL, Commit.TO_BADMAIL),
+        Event.ABANDONED: Step(State.QUEUED, Commit.RECOVER),
+        Event.DAMAGED: Step(State.BADMAIL, Commit.TO_BADMAIL),
     },
     State.BADMAIL: {
-        Event.REQUEUED: State.QUEUED,
-        Event.DELETED: State.DONE,
+        Event.REQUEUED: Step(State.QUEUED, Commit.ADMIT),
+        Event.RESUBMITTED: Step(State.PICKUP, Commit.RESUBMIT),
+        Event.DELETED: Step(State.DONE, Commit.DISCARD),
     },
     State.DONE: {},
 }
 
+TRANSITIONS: Mapping[State, Mapping[Event, State]] = {
+    state: {event: found.target for event, found in events.items()}
+    for state, events in TABLE.items()
+}
 
-def transition(state: State, event: Event) -> State:
-    """The state that ``event`` leads to from ``state``; an unlisted pair is a bug."""
+
+def step(state: State, event: Event) -> Step:
+    """The step ``event`` takes from ``state``; an unlisted pair is a bug."""
     try:
-        return TRANSITIONS[state][event]
+        return TABLE[state][event]
     except KeyError:
         raise InvalidTransition(
             f"no transition from state {state.value!r} on event {event.value!r}"
         ) from None
+
+
+def transition(state: State, event: Event) -> State:
+    """The state that ``event`` leads to from ``state``; an unlisted pair is a bug."""
+    return step(state, event).target
 
 
 class DsnKind(enum.Enum):

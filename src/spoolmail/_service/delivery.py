@@ -36,7 +36,8 @@ from spoolmail._core.reply import Reply
 from spoolmail._core.retry import short_retrying
 from spoolmail._core.routing import Hop, Route, RouteKind, Router, Target
 from spoolmail._core.transcript import Transcript
-from spoolmail._store.store import DROP, QUEUE, MailStore, chunks, read_head
+from spoolmail._store.store import chunks, read_head
+from spoolmail._store.transitions import Transitions
 from spoolmail._transport.base import HostResolver, Outgoing, Transport
 from spoolmail.exceptions import SpoolmailError
 
@@ -250,7 +251,7 @@ def passed_over(
 class Deliverer:
     """Delivers the pending recipients of queued messages (see the module docstring)."""
 
-    store: MailStore
+    transitions: Transitions
     router: Router
     transport: Transport
     clock: Callable[[], datetime]
@@ -298,7 +299,7 @@ class Deliverer:
             )
         hops = envelope.hops
         if hops is None:  # not noted at intake (a message queued by an older release)
-            with self.store.open(QUEUE, f"{envelope.id}.eml") as handle:
+            with self.transitions.open_message(envelope.id) as handle:
                 head, _ = read_head(handle, limit=HEAD_LIMIT)
             hops = count_received(head)
         if hops > self.max_hop_count:
@@ -405,7 +406,7 @@ class Deliverer:
                 sender=self._mail_from(envelope.sender),
                 recipients=addresses,
                 size=envelope.size,
-                open=lambda: self.store.open(QUEUE, f"{envelope.id}.eml"),
+                open=lambda: self.transitions.open_message(envelope.id),
                 eight_bit=envelope.eight_bit,
             )
             replies = self.transport.send(target, outgoing, transcript)
@@ -435,21 +436,22 @@ class Deliverer:
         writing a second copy: a message is in Drop once. A file that cannot be written (disk
         full, I/O error, permissions) is a local fault, not a refusal: the recipients wait.
         """
-        name = f"{envelope.id}.eml"
         try:
-            with self.store.open(QUEUE, name) as handle:
+            with self.transitions.open_message(envelope.id) as handle:
                 head, body = read_head(handle, limit=HEAD_LIMIT)
                 drop_head = render_drop_head(
                     head, sender=envelope.sender, recipients=addresses, arrival=envelope.arrival
                 )
-                size = self.store.write(DROP, name, chain([drop_head, body], chunks(handle)))
+                name, size = self.transitions.write_drop(
+                    envelope.id, chain([drop_head, body], chunks(handle))
+                )
         except SpoolmailError as exc:
             reply = Reply(451, "4.3.0", f"cannot write the Drop file: {exc}")
             transcript.note(str(reply))
             attempt.replies.update(dict.fromkeys(addresses, reply))
             attempt.local_faults.update(addresses)
             return
-        transcript.note(f"wrote Drop/{name} ({size} bytes) for {len(addresses)} recipient(s)")
+        transcript.note(f"wrote {name} ({size} bytes) for {len(addresses)} recipient(s)")
         attempt.replies.update(
-            dict.fromkeys(addresses, Reply(250, "2.0.0", f"delivered to Drop/{name}"))
+            dict.fromkeys(addresses, Reply(250, "2.0.0", f"delivered to {name}"))
         )

@@ -2,10 +2,11 @@
 
 Postfix's ``pickup`` and ``cleanup`` in one step: the claimed file (already renamed into
 SortTemp, so no other process has it) is checked against the size limit without being read,
-parsed by ``parse_pickup``, and committed as ``Queue/ID.eml`` + ``Queue/ID.env``, or moved to
-``BadMail/ID.BAD`` with the reason in ``.BDR`` and what could be read of the envelope in
-``.BDP``. A bug in the parser puts the file into BadMail too: a file is never lost, and
-nothing here raises for any file content. Reads SortTemp, writes Queue or BadMail.
+parsed by ``parse_pickup``, and admitted into the Queue through the store's one door
+(PICKUP --accepted--> QUEUED), or moved to BadMail with the reason (rejected: the file kept as it
+was written; refused: a link, FIFO or device, never read). A bug in the parser puts the file into
+BadMail too: a file is never lost, and nothing here raises for any file content. Works through
+``_store.transitions``; builds no MailRoot path.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from itertools import chain
 
 import attrs
 
-from spoolmail._core.envelope import Envelope, Recipient, RecipientState, encode_envelope
-from spoolmail._core.headers import count_received, split_head
+from spoolmail._core.badmail import refused_report, rejected_report
+from spoolmail._core.envelope import Envelope, Recipient, RecipientState, new_envelope
 from spoolmail._core.pickup import (
     BodyRejected,
     PickupAccepted,
@@ -29,9 +30,10 @@ from spoolmail._core.pickup import (
     pickup_head_end,
 )
 from spoolmail._core.reply import Reply
-from spoolmail._core.states import Event, State, transition
+from spoolmail._core.states import Event, State
 from spoolmail._store.entries import CappedReader, EntryFacts, EntryKind, UnsafeEntry
-from spoolmail._store.store import CHUNK, QUEUE, SORTTEMP, MailStore, PickupClaim, chunks
+from spoolmail._store.store import CHUNK, PickupClaim, chunks
+from spoolmail._store.transitions import Change, Transitions
 
 __all__ = ["Intake"]
 
@@ -80,7 +82,7 @@ def _finished(stream: Iterator[bytes], body: PickupBody) -> Iterator[bytes]:
 class Intake:
     """Turns claimed Pickup files into queued messages or BadMail entries."""
 
-    store: MailStore
+    transitions: Transitions
     clock: Callable[[], datetime]
     options: PickupOptions
 
@@ -97,9 +99,7 @@ class Intake:
         Until then a claim stays in SortTemp: after a crash, recovery finds the message queued
         (and drops the claim) or not (and takes the file in again). Nothing is lost either way.
         """
-        self.store.sync(QUEUE)
-        for claim in claims:
-            self.store.finish_claim(claim)
+        self.transitions.sync_admitted(claims)
 
     def stage(self, claim: PickupClaim) -> Envelope | None:
         """Write the claimed file's ``Queue/ID.eml`` and ``ID.env`` (each fsynced, the Queue not
@@ -110,7 +110,7 @@ class Intake:
         """
         now = self.clock()
         try:
-            facts = self.store.inspect(SORTTEMP, claim.file)
+            facts = self.transitions.inspect_claim(claim)
         except FileNotFoundError:
             log.warning("the claim of Pickup file %r vanished from SortTemp", claim.name)
             return None
@@ -127,7 +127,7 @@ class Intake:
             )
             return None
         try:
-            handle = self.store.open_claim(claim, facts, limit=limit)
+            handle = self.transitions.open_claim(claim, facts, limit=limit)
         except UnsafeEntry as swapped:
             self._refuse(claim, swapped.facts)
             return None
@@ -167,10 +167,30 @@ class Intake:
             first_line=len(head.splitlines()) + 1, dot_stuffed=self.options.dot_stuffed
         )
         stream = chain([result.message], map(body.feed, _capped(handle, start, limit)))
-        try:
-            size = self.store.write(
-                QUEUE, f"{claim.id}.eml", _finished(stream, body), sync_folder=False
+        admitted: list[Envelope] = []
+
+        def envelope(size: int) -> Envelope:
+            admitted.append(
+                new_envelope(
+                    claim.id,
+                    sender=result.sender,
+                    recipients=result.recipients,
+                    now=now,
+                    origin=f"pickup:{claim.name}",
+                    size=size,
+                    head=result.message,
+                    eight_bit=body.eight_bit or not result.message.isascii(),
+                )
             )
+            return admitted[0]
+
+        # The envelope last: it is the commit (the message file alone is not yet queued). The
+        # fsync of the Queue in commit() makes both renames durable before the claim goes.
+        change = Change(
+            id=claim.id, message=_finished(stream, body), envelope=envelope, durable=False
+        )
+        try:
+            self.transitions.apply(State.PICKUP, Event.ACCEPTED, change)
         except BodyRejected as problem:
             self._reject(
                 claim,
@@ -180,51 +200,22 @@ class Intake:
                 recipients=result.recipients,
             )
             return None
-        transition(State.PICKUP, Event.ACCEPTED)
-        envelope = Envelope(
-            id=claim.id,
-            sender=result.sender,
-            recipients=tuple(Recipient(address) for address in result.recipients),
-            arrival=now,
-            next_attempt=now,
-            origin=f"pickup:{claim.name}",
-            size=size,
-            hops=count_received(split_head(result.message)[0]),
-            eight_bit=body.eight_bit or not result.message.isascii(),
-        )
-        # The envelope last: it is the commit (the message file alone is not yet queued). The
-        # fsync of the Queue in commit() makes both renames durable before the claim goes.
-        self.store.write(QUEUE, f"{claim.id}.env", encode_envelope(envelope), sync_folder=False)
-        return envelope
+        return admitted[0]
 
     def _refuse(self, claim: PickupClaim, facts: EntryFacts) -> None:
         """A Pickup entry that is not a regular file with one link: reported, never read."""
-        transition(State.PICKUP, Event.REJECTED)
         what = facts.describe()
-        now = self.clock()
-        envelope = Envelope(
+        envelope = new_envelope(
+            claim.id, sender="", recipients=(), now=self.clock(), origin=f"pickup:{claim.name}"
+        )
+        change = Change(
             id=claim.id,
-            sender="",
-            recipients=(),
-            arrival=now,
-            next_attempt=now,
-            origin=f"pickup:{claim.name}",
-            size=0,
+            claim=claim,
+            facts=facts,
+            report=refused_report(name=claim.name, what=what),
+            envelope=envelope,
         )
-        report = (
-            f"5.7.0 Pickup entry {claim.name!r} refused: it is {what}\n\n"
-            "Only regular files with a single link are read from Pickup (a link could make the "
-            "service read files outside the MailRoot, a FIFO or device could hang it). The entry "
-            "was removed from Pickup without being opened; whatever it pointed to is untouched. "
-            "Write the message itself into Pickup to send it.\n"
-        )
-        self.store.commit_refusal(
-            claim.id,
-            claim,
-            facts,
-            report=report.encode("utf-8", "replace"),
-            envelope=encode_envelope(envelope),
-        )
+        self.transitions.apply(State.PICKUP, Event.REFUSED, change)
         log.warning("Pickup entry %r refused as %s: it is %s", claim.name, claim.id, what)
 
     def _reject(
@@ -236,30 +227,20 @@ class Intake:
         sender: str | None = None,
         recipients: Sequence[str] = (),
     ) -> None:
-        transition(State.PICKUP, Event.REJECTED)
         now = self.clock()
         reply = Reply(554 if status.startswith("5") else 451, status, reason.split("\n", 1)[0])
-        envelope = Envelope(
-            id=claim.id,
+        envelope = new_envelope(
+            claim.id,
             sender=sender or "",
-            recipients=tuple(
+            recipients=(
                 Recipient(a, RecipientState.FAILED, reply, notified=True, updated=now)
                 for a in recipients
             ),
-            arrival=now,
-            next_attempt=now,
+            now=now,
             origin=f"pickup:{claim.name}",
-            size=self.store.inspect(SORTTEMP, claim.file).size,
+            size=self.transitions.inspect_claim(claim).size,
         )
-        report = (
-            f"{status} {reason}\n\n"
-            f"The file {claim.name!r} in Pickup could not be queued; it is kept as {claim.id}.BAD "
-            "exactly as it was written. Fix it and move it back into Pickup to send it.\n"
-        )
-        self.store.commit_badmail(
-            claim.id,
-            message=(SORTTEMP, claim.file),
-            report=report.encode("utf-8"),
-            envelope=encode_envelope(envelope),
-        )
+        report = rejected_report(name=claim.name, queue_id=claim.id, status=status, reason=reason)
+        change = Change(id=claim.id, claim=claim, report=report, envelope=envelope)
+        self.transitions.apply(State.PICKUP, Event.REJECTED, change)
         log.warning("Pickup file %r went to BadMail as %s: %s", claim.name, claim.id, reason)

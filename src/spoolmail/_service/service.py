@@ -32,7 +32,6 @@ from spoolmail._core.envelope import (
     Recipient,
     RecipientState,
     decode_envelope,
-    encode_envelope,
     read_due,
 )
 from spoolmail._core.pickup import PickupOptions
@@ -47,10 +46,9 @@ from spoolmail._core.states import (
     local_fault_wait,
     notice_delay,
     retry_local_faults_soon,
-    transition,
 )
-from spoolmail._core.transcript import Transcript, render_transcript, transcript_history
-from spoolmail._service.bounce import Bouncer, orphan_report
+from spoolmail._core.transcript import Transcript, render_transcript
+from spoolmail._service.bounce import Bouncer
 from spoolmail._service.delivery import (
     Attempt,
     Concurrency,
@@ -60,8 +58,10 @@ from spoolmail._service.delivery import (
 )
 from spoolmail._service.intake import Intake
 from spoolmail._service.schedule import Schedule
+from spoolmail._store.recovery import recover
 from spoolmail._store.spool import Spool
-from spoolmail._store.store import BADMAIL, QUEUE, MailStore, PickupClaim, QueueFiles
+from spoolmail._store.store import MailStore, PickupClaim, QueueFiles
+from spoolmail._store.transitions import Change, Transitions
 from spoolmail._transport.base import HostResolver, Transport
 from spoolmail._transport.dns import DnsResolver
 from spoolmail._transport.smtp import SmtpTransport
@@ -252,6 +252,7 @@ class MailService:
         self._room_lock = threading.Lock()
         self.spool = spool
         self.store: MailStore = spool.store
+        self.transitions: Transitions = spool.transitions
         self.store.readiness.settle = pickup_settle.total_seconds()
         self.store.readiness.open_warning = pickup_open_warning.total_seconds()
         self.router = router or Router()
@@ -269,7 +270,7 @@ class MailService:
         self.rescan_interval = rescan_interval
         self.schedule = Schedule()
         self.intake = Intake(
-            self.store,
+            self.transitions,
             self.clock,
             PickupOptions(
                 fqdn=self.fqdn,
@@ -279,7 +280,7 @@ class MailService:
             ),
         )
         self.delivery = Deliverer(
-            store=self.store,
+            transitions=self.transitions,
             router=self.router,
             transport=self.transport,
             clock=self.clock,
@@ -291,7 +292,7 @@ class MailService:
             concurrency=Concurrency(per_host=limits.max_connections_per_host),
         )
         self.bounce = Bouncer(
-            store=self.store,
+            transitions=self.transitions,
             clock=self.clock,
             fqdn=self.fqdn,
             max_original_size=limits.max_dsn_original,
@@ -458,97 +459,19 @@ class MailService:
     def _rescan(self, tally: _Tally) -> None:
         """Finish what dead processes left half done, then bring the schedule up to date.
 
-        DESIGN.md section 3: a Pickup claim is re-run (queued once: the id is kept), a delivery
-        claim goes back to the Queue, a finish is completed, a half-written file is deleted.
+        Recovery is the store's (``_store.recovery``): a Pickup claim is taken in again (queued
+        once: the id is kept), a delivery claim goes back to the Queue, a finish is completed, a
+        half-written file is deleted. What it did is reported here.
         """
         self._next_rescan = self.clock() + self.rescan_interval
-        store = self.store
-        store.announce()
         # A rescan sees everything the triggers could ask for; what they flushed still has its
         # dead-host notes forgotten (below), whichever of the two read the trigger.
-        flushed = store.take_triggers()
-
-        def abandoned(owner: str) -> bool:
-            # This service's own claims count too: none is in progress between ticks, and a
-            # Spool serves one MailService at a time (see __init__).
-            return owner == store.owner or not store.owner_alive(owner)
-
-        for claim in store.pickup_claims():
-            if abandoned(claim.owner):
-                mine = claim if claim.owner == store.owner else store.take_over(claim)
-                if mine is not None and self.bounce.queued_already(mine.id):
-                    store.finish_claim(mine)  # committed before a crash cut the claim's removal
-                elif mine is not None:
-                    self._intake(mine, tally)
-        # One listing serves the whole rescan (100,000 names cost a second to sort out); what
-        # recovery changes, it changes in the listing too.
-        files = store.queue_files()
-        for queue_id, entry in list(files.items()):
-            for owner in entry.claims:
-                if abandoned(owner):
-                    entry = self._recover_claim(entry, owner)  # noqa: PLW2901 (updated in turn)
-            files[queue_id] = entry
-        store.sweep_temp()
-        self._sweep_orphans(files, tally)
-        self._reschedule(files)
+        self.store.announce()
+        flushed = self.store.take_triggers()
+        done = recover(self.transitions, take_in=partial(self._intake, tally=tally))
+        tally.badmail.extend(done.badmail)
+        self._reschedule(done.files)
         self._forget_dead_hosts(self.schedule.ids() if flushed is None else flushed)
-
-    def _recover_claim(self, entry: QueueFiles, owner: str) -> QueueFiles:
-        """Return an abandoned delivery claim to the Queue; what the Queue then holds for it."""
-        store, queue_id = self.store, entry.id
-        claims = tuple(c for c in entry.claims if c != owner)
-        if entry.envelope:
-            log.warning("%s: removing a stale claim of dead owner %s", queue_id, owner)
-            store.remove(QUEUE, MailStore.claimed_name(queue_id, owner))
-            return attrs.evolve(entry, claims=claims)
-        if not entry.message:
-            log.info("%s: completing a finish that owner %s began", queue_id, owner)
-            store.finish(queue_id, owner)
-            return attrs.evolve(entry, claims=claims, transcripts=())
-        if owner == store.owner or store.take_over_queued(queue_id, owner):
-            transition(State.DELIVERING, Event.ABANDONED)
-            log.info("%s: returned to the Queue from owner %s", queue_id, owner)
-            store.rename(
-                (QUEUE, MailStore.claimed_name(queue_id, store.owner)), (QUEUE, f"{queue_id}.env")
-            )
-            return attrs.evolve(entry, claims=claims, envelope=True)
-        return entry  # another process took it over first
-
-    def _sweep_orphans(self, files: Mapping[str, QueueFiles], tally: _Tally) -> None:
-        """Move a message left without envelope to BadMail; drop reports of undone BadMail moves.
-
-        Another process may be between two steps of a commit right now, so only files older
-        than a lease count as left behind: a commit takes milliseconds, not minutes.
-        """
-        store = self.store
-        claimed_ids = {c.id for c in store.pickup_claims()}
-        for queue_id, entry in files.items():
-            if entry.envelope or entry.claims or queue_id in claimed_ids:
-                continue
-            if entry.message:
-                if not store.stale(QUEUE, f"{queue_id}.eml"):
-                    continue
-                store.commit_badmail(
-                    queue_id,
-                    message=(QUEUE, f"{queue_id}.eml"),
-                    report=orphan_report(),
-                    envelope=None,
-                )
-                tally.badmail.append(queue_id)
-            for kind in entry.transcripts:
-                store.remove(QUEUE, f"{queue_id}.{kind}")
-        for name in store.listdir(BADMAIL):
-            queue_id, _, kind = name.partition(".")
-            queued = files.get(queue_id)
-            if (
-                kind == "BDR"
-                and queued is not None
-                and (queued.envelope or queued.claims)
-                and not store.exists(BADMAIL, f"{queue_id}.BAD")
-                and store.stale(BADMAIL, name)
-            ):
-                store.remove(BADMAIL, f"{queue_id}.BDR")
-                store.remove(BADMAIL, f"{queue_id}.BDP")
 
     def _reschedule(self, files: Mapping[str, QueueFiles]) -> None:
         """Bring the schedule in line with the Queue, re-reading only envelopes that changed.
@@ -561,7 +484,7 @@ class MailService:
             if not entry.envelope:
                 self.schedule.discard(queue_id)  # claimed (being delivered) or finishing
                 continue
-            signature = self.store.signature(QUEUE, f"{queue_id}.env")
+            signature = self.transitions.envelope_signature(queue_id)
             # Read again if not scheduled: held, or an attempt failed before it could schedule
             # it again (a claim returned by recovery keeps its envelope's inode and time).
             unchanged = (
@@ -579,7 +502,7 @@ class MailService:
 
     def _schedule_from_disk(self, queue_id: str) -> None:
         try:
-            due, held = read_due(self.store.read(QUEUE, f"{queue_id}.env"))
+            due, held = read_due(self.transitions.envelope(queue_id))
         except FileNotFoundError:
             self.schedule.discard(queue_id)  # claimed or finished meanwhile
             return
@@ -613,7 +536,7 @@ class MailService:
         hops: set[Hop] = set()
         for queue_id in sorted(queue_ids):
             try:
-                envelope = decode_envelope(self.store.read(QUEUE, f"{queue_id}.env"))
+                envelope = decode_envelope(self.transitions.envelope(queue_id))
             except (FileNotFoundError, EnvelopeError):
                 continue  # being delivered, gone, or moved aside by its attempt
             if envelope.held or envelope.next_attempt > now:
@@ -660,24 +583,25 @@ class MailService:
 
     def _attempt(self, queue_id: str, tally: _Tally) -> None:
         """QUEUED → DELIVERING → (QUEUED | DONE | BADMAIL) for one due message."""
-        store = self.store
-        if not store.claim_queued(queue_id):
+        transitions = self.transitions
+        if transitions.apply(State.QUEUED, Event.CLAIMED, Change(id=queue_id)) is None:
             return  # another process has it, or it is gone
-        transition(State.QUEUED, Event.CLAIMED)
-        raw = store.read_claimed(queue_id)
+        raw = transitions.claimed_envelope(queue_id)
         try:
             envelope = decode_envelope(raw)
         except EnvelopeError as exc:
             self.bounce.damaged(queue_id, f"the envelope file cannot be read: {exc}", raw)
             tally.badmail.append(queue_id)
             return
-        if not store.exists(QUEUE, f"{queue_id}.eml"):
+        if not transitions.has_message(queue_id):
             self.bounce.damaged(queue_id, f"the message file Queue/{queue_id}.eml is missing", raw)
             tally.badmail.append(queue_id)
             return
         try:
             if envelope.held:
-                store.release(queue_id, raw)
+                transitions.apply(
+                    State.DELIVERING, Event.DEFERRED, Change(id=queue_id, envelope=raw)
+                )
             elif self.clock() < envelope.next_attempt:
                 # Woken for the delay notice, not for an attempt.
                 outcome = notice_delay(envelope, retry=self._policy, now=self.clock())
@@ -755,13 +679,13 @@ class MailService:
         struck in the middle of a finish, the finish is completed instead; if the claim was
         handed back already (the error came after that rename), it is only scheduled.
         """
-        store = self.store
-        if not store.exists(QUEUE, f"{envelope.id}.eml"):
-            store.finish(envelope.id)
+        transitions = self.transitions
+        if not transitions.has_message(envelope.id):
+            transitions.apply(State.DELIVERING, Event.SETTLED, Change(id=envelope.id))
             return
-        if not store.exists(QUEUE, MailStore.claimed_name(envelope.id, store.owner)):
+        if not transitions.claimed(envelope.id):
             try:
-                when, held = read_due(store.read(QUEUE, f"{envelope.id}.env"))
+                when, held = read_due(transitions.envelope(envelope.id))
             except (FileNotFoundError, EnvelopeError):
                 return  # claimed by another process meanwhile, or its attempt moves it aside
             if not held:
@@ -775,7 +699,7 @@ class MailService:
         else:
             pause = _ERROR_BACKOFF
         later = attrs.evolve(envelope, next_attempt=due or now + pause)
-        store.release(envelope.id, encode_envelope(later))
+        transitions.apply(State.DELIVERING, Event.DEFERRED, Change(id=envelope.id, envelope=later))
         due = later.next_attempt
         self._due_at(envelope.id, min(due, later.notice_at or due))
 
@@ -803,24 +727,27 @@ class MailService:
             if dsn is not None:
                 self._due_at(dsn.id, dsn.next_attempt)
                 tally.dsns.append(dsn.id)
+        # The table decides what is committed (hand back, finish, BadMail); here only what
+        # each needs is gathered, and what it did is reported.
         state = outcome.state
         try:
-            if state is State.QUEUED:
-                self._write_transcripts(envelope, transcripts)
-                self.store.release(envelope.id, encode_envelope(envelope))
-                due = envelope.next_attempt
-                self._due_at(envelope.id, min(due, envelope.notice_at or due))
-            elif state is State.DONE:
-                # Transcripts exist if anything left the message waiting before: an attempt, a
-                # local fault, a pass over a dead host. Two unlinks of nothing cost less than
-                # keeping count of every way a message can wait.
-                self.store.finish(envelope.id)
-                tally.finished.append(envelope.id)
-            else:
+            if state is State.BADMAIL:
                 history = "".join(self._history(envelope.id, kind) for kind in TranscriptKind)
                 current = "".join(t.text for t in transcripts.values())
                 self.bounce.to_badmail(envelope, history + current)
                 tally.badmail.append(envelope.id)
+            else:
+                # Transcripts exist if anything left the message waiting before: an attempt, a
+                # local fault, a pass over a dead host. A finish removes them unasked: two
+                # unlinks of nothing cost less than keeping count of every way a message waits.
+                kept = self._transcripts(envelope, transcripts) if state is State.QUEUED else {}
+                change = Change(id=envelope.id, envelope=envelope, transcripts=kept)
+                self.transitions.apply(State.DELIVERING, outcome.event, change)
+                if state is State.QUEUED:
+                    due = envelope.next_attempt
+                    self._due_at(envelope.id, min(due, envelope.notice_at or due))
+                else:
+                    tally.finished.append(envelope.id)
         except Exception as exc:
             # The outcome is decided (a server may have taken the message): what it says is
             # given back, so that nothing delivered is delivered again. A message to finish or
@@ -831,8 +758,11 @@ class MailService:
             )
             raise
 
-    def _write_transcripts(self, envelope: Envelope, transcripts: Mapping[str, Transcript]) -> None:
-        """Keep the transcript of a message that stays queued (IIS's .RTR / .LTR)."""
+    def _transcripts(
+        self, envelope: Envelope, transcripts: Mapping[str, Transcript]
+    ) -> dict[str, str]:
+        """The transcripts to keep with a message that stays queued (IIS's .RTR / .LTR)."""
+        kept = {}
         for kind, transcript in transcripts.items():
             local = kind == TranscriptKind.LOCAL
             recipients = [
@@ -840,11 +770,9 @@ class MailService:
                 for r in envelope.recipients
                 if (self.router.route(r.address).kind is RouteKind.LOCAL) == local
             ]
-            text = render_transcript(recipients, self._history(envelope.id, kind) + transcript.text)
-            self.store.write(QUEUE, f"{envelope.id}.{kind}", text.encode())
+            history = self._history(envelope.id, kind)
+            kept[str(kind)] = render_transcript(recipients, history + transcript.text)
+        return kept
 
     def _history(self, queue_id: str, kind: str) -> str:
-        try:
-            return transcript_history(self.store.read(QUEUE, f"{queue_id}.{kind}").decode())
-        except FileNotFoundError:
-            return ""
+        return self.transitions.transcript_history(queue_id, kind)

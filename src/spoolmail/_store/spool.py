@@ -24,17 +24,18 @@ import attrs
 
 from spoolmail._core import states
 from spoolmail._core.address import AddressRole, parse_address_list, parse_mailbox
+from spoolmail._core.badmail import requeue_note
 from spoolmail._core.envelope import (
     Envelope,
-    Recipient,
     RecipientState,
     decode_envelope,
     encode_envelope,
+    new_envelope,
 )
 from spoolmail._core.headers import fields, split_head
 from spoolmail._core.ids import QueueIds, is_queue_id
 from spoolmail._core.pickup import PickupOptions, PickupRejected, parse_pickup, render_pickup
-from spoolmail._core.states import Event, State, transition
+from spoolmail._core.states import Event, State
 from spoolmail._store import pyfs
 from spoolmail._store.store import (
     BADMAIL,
@@ -43,9 +44,9 @@ from spoolmail._store.store import (
     QUEUE,
     Durability,
     MailStore,
-    chunks,
     read_head,
 )
+from spoolmail._store.transitions import Change, Transitions
 from spoolmail.exceptions import (
     ConfigurationError,
     EnvelopeError,
@@ -232,6 +233,8 @@ class Spool:
         self.store = MailStore(
             filesystem, durability=durability, clock=clock, ids=ids or QueueIds(), lease=lease
         )
+        #: The state machine's commits on this MailRoot (what the service and operators use).
+        self.transitions = Transitions(self.store)
 
     @property
     def fs(self) -> pyfs.FS:
@@ -373,22 +376,24 @@ class Spool:
         event: Event,
         change: Callable[[Envelope, datetime], Envelope | None],
     ) -> None:
-        store = self.store
+        transitions = self.transitions
         self._checked(queue_id)
-        if not store.claim_queued(queue_id):
+        states.step(State.QUEUED, event)  # a bug is found before the message is claimed
+        if transitions.apply(State.QUEUED, Event.CLAIMED, Change(id=queue_id)) is None:
             self._explain_unclaimable(queue_id)
-        transition(State.QUEUED, event)
-        raw = store.read_claimed(queue_id)
+        raw = transitions.claimed_envelope(queue_id)
         if event is Event.DELETED:
-            store.finish(queue_id)
+            transitions.apply(State.QUEUED, event, Change(id=queue_id))
             return
         try:
             envelope = decode_envelope(raw)
         except EnvelopeError:
-            store.release(queue_id, raw)
+            transitions.apply(State.QUEUED, event, Change(id=queue_id, envelope=raw))
             raise
         changed = change(envelope, self.clock())
-        store.release(queue_id, raw if changed is None else encode_envelope(changed))
+        transitions.apply(
+            State.QUEUED, event, Change(id=queue_id, envelope=raw if changed is None else changed)
+        )
 
     def _explain_unclaimable(self, queue_id: str) -> None:
         files = self.store.queue_files().get(queue_id)
@@ -422,19 +427,17 @@ class Spool:
         if not item.has_message:
             raise NotFound(f"BadMail entry {queue_id!r} has no message (.BAD) to send")
         envelope = item.envelope
-        store = self.store
+        store, transitions = self.store, self.transitions
         if envelope is not None and envelope.origin.startswith("pickup:") and not envelope.attempts:
+            # Rule 8 of _core.states: a file that never became a message goes back to Pickup.
             if recipients is not None or sender is not None:
                 raise MessageError(
                     f"BadMail entry {queue_id!r} is a file rejected at Pickup: it goes back to "
                     "Pickup as it is, so fix its envelope lines or headers instead"
                 )
-            transition(State.BADMAIL, Event.REQUEUED)
-            name = f"{queue_id}.eml"
-            if not store.rename((BADMAIL, f"{queue_id}.BAD"), (PICKUP, name)):
+            if transitions.apply(State.BADMAIL, Event.RESUBMITTED, Change(id=queue_id)) is None:
                 raise NotFound(f"BadMail entry {queue_id!r} was taken meanwhile")
-            self._remove_badmail_reports(queue_id)
-            return name
+            return transitions.pickup_name(queue_id)
         now = self.clock()
         if envelope is None:
             if not recipients or sender is None:
@@ -442,13 +445,7 @@ class Spool:
                     f"BadMail entry {queue_id!r} has no readable envelope: give the recipients "
                     "and the sender to send it again"
                 )
-            envelope = Envelope(
-                id=queue_id,
-                sender="",
-                recipients=tuple(Recipient(address) for address in recipients),
-                arrival=now,
-                next_attempt=now,
-            )
+            envelope = new_envelope(queue_id, sender="", recipients=recipients, now=now, origin="")
         chosen = None if recipients is None else _match(envelope, recipients, queue_id)
         new_id = store.new_id()
         fresh = states.requeue(envelope, queue_id=new_id, now=now, addresses=chosen)
@@ -458,9 +455,10 @@ class Spool:
             raise MessageError(
                 f"BadMail entry {queue_id!r} has no undelivered recipient to send to"
             )
-        transition(State.BADMAIL, Event.REQUEUED)
-        with store.open(BADMAIL, f"{queue_id}.BAD") as handle:
-            store.commit_queued(new_id, chunks(handle), encode_envelope(fresh))
+        with transitions.open_badmail_message(queue_id) as message:
+            transitions.apply(
+                State.BADMAIL, Event.REQUEUED, Change(id=new_id, message=message, envelope=fresh)
+            )
         sent = {r.address for r in fresh.recipients}
         left = [
             r
@@ -470,8 +468,8 @@ class Spool:
         if left and item.envelope is not None:
             # The others stay in BadMail: the entry now lists only them.
             store.write(BADMAIL, f"{queue_id}.BDP", encode_envelope(envelope.with_recipients(left)))
-            note = f"\nRequeued as {new_id} for: {', '.join(sorted(sent))}\n"
-            store.write(BADMAIL, f"{queue_id}.BDR", item.report.encode("utf-8") + note.encode())
+            note = requeue_note(new_id, sent)
+            store.write(BADMAIL, f"{queue_id}.BDR", item.report.encode("utf-8") + note)
         else:
             self.delete_badmail([queue_id])
         store.write_trigger([new_id])
@@ -482,16 +480,9 @@ class Spool:
         done = []
         for queue_id in dict.fromkeys(queue_ids):
             self._checked(queue_id)
-            transition(State.BADMAIL, Event.DELETED)
-            if self.store.remove(BADMAIL, f"{queue_id}.BAD") | self._remove_badmail_reports(
-                queue_id
-            ):
+            if self.transitions.apply(State.BADMAIL, Event.DELETED, Change(id=queue_id)):
                 done.append(queue_id)
         return done
-
-    def _remove_badmail_reports(self, queue_id: str) -> bool:
-        removed = self.store.remove(BADMAIL, f"{queue_id}.BDR")
-        return self.store.remove(BADMAIL, f"{queue_id}.BDP") or removed
 
     # -- reading back ----------------------------------------------------------------------------
 
