@@ -10,15 +10,19 @@ import pytest
 from spoolmail._core.envelope import Envelope, Notify, Recipient, RecipientState
 from spoolmail._core.reply import Reply
 from spoolmail._core.states import (
+    TABLE,
     TRANSITIONS,
+    Commit,
     DsnKind,
     Event,
     State,
+    Step,
     conclude_attempt,
     flush,
     hold,
     release,
     requeue,
+    step,
     transition,
 )
 from spoolmail.exceptions import InvalidTransition
@@ -334,3 +338,40 @@ def test_requeue_restarts_the_chosen_recipients() -> None:
     assert fresh.next_attempt == T0 + timedelta(days=3)
     only = requeue(failed, queue_id="q3", now=T0, addresses={"c@x"})
     assert [r.address for r in only.recipients] == ["c@x"]
+
+
+def test_the_table_names_a_commit_for_every_transition() -> None:
+    for state, events in TABLE.items():
+        for event, found in events.items():
+            assert step(state, event) is found
+            assert TRANSITIONS[state][event] is found.target
+    assert {found.commit for events in TABLE.values() for found in events.values()} == set(Commit)
+
+
+def test_step_of_an_unlisted_pair_names_state_and_event() -> None:
+    with pytest.raises(InvalidTransition, match=r"'done'.*'claimed'"):
+        step(State.DONE, Event.CLAIMED)
+
+
+def test_requeue_direction_follows_where_the_entry_came_from() -> None:
+    """Rule 8: a message that was queued goes back to the Queue through the one door; a file
+    rejected at Pickup goes back to Pickup, where only intake can read it again."""
+    assert step(State.BADMAIL, Event.REQUEUED) == Step(State.QUEUED, Commit.ADMIT)
+    assert step(State.BADMAIL, Event.RESUBMITTED) == Step(State.PICKUP, Commit.RESUBMIT)
+
+
+def test_every_way_into_the_queue_is_the_one_door() -> None:
+    doors = {
+        (state, event)
+        for state, events in TABLE.items()
+        for event, found in events.items()
+        if found.target is State.QUEUED
+        and state is not State.DELIVERING
+        and state is not State.QUEUED
+    }
+    assert doors == {
+        (State.NEW, Event.ACCEPTED),
+        (State.PICKUP, Event.ACCEPTED),
+        (State.BADMAIL, Event.REQUEUED),
+    }
+    assert {step(*door).commit for door in doors} == {Commit.ADMIT}

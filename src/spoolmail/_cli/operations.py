@@ -508,7 +508,7 @@ def _badmail_show(settings: Settings, args: argparse.Namespace, out: TextIO) -> 
         item = spool.badmail_item(args.id)
     print(f"BadMail ID:   {item.id}", file=out)
     print(f"Reason:       {item.reason}", file=out)
-    message = f"BadMail/{item.id}.BAD" if item.has_message else "missing"
+    message = item.message_path if item.has_message else "missing"
     print(f"Message:      {message}", file=out)
     if item.envelope is None:
         print("Envelope:     unknown (no readable .BDP)", file=out)
@@ -516,7 +516,7 @@ def _badmail_show(settings: Settings, args: argparse.Namespace, out: TextIO) -> 
         for line in _envelope_lines(item.envelope, schedule=False):
             print(line, file=out)
     print("", file=out)
-    print(f"Report (BadMail/{item.id}.BDR):", file=out)
+    print(f"Report ({item.report_path}):", file=out)
     print(item.report.rstrip("\n"), file=out)
     return EX_OK
 

@@ -88,13 +88,14 @@ def failure_line(recipient: Recipient) -> str:
     return f"<{recipient.address}>: {reply}{where}"
 
 
-def rejected_report(*, name: str, queue_id: str, status: str, reason: str) -> BadMailReport:
-    """A Pickup file that cannot be a message (no sender, no recipient, bad headers, too big)."""
+def rejected_report(*, name: str, kept_as: str, status: str, reason: str) -> BadMailReport:
+    """A Pickup file that cannot be a message (no sender, no recipient, bad headers, too big);
+    ``kept_as`` is the name of its ``.BAD`` copy."""
     return BadMailReport(
         status=status,
         reason=reason,
         explanation=(
-            f"The file {name!r} in Pickup could not be queued; it is kept as {queue_id}.BAD "
+            f"The file {name!r} in Pickup could not be queued; it is kept as {kept_as} "
             "exactly as it was written. Fix it and move it back into Pickup to send it."
         ),
     )

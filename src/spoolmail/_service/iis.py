@@ -24,7 +24,7 @@ from datetime import datetime
 import attrs
 
 from spoolmail._core.pickup import PickupOptions, PickupRejected, parse_pickup, render_pickup
-from spoolmail._store.store import PICKUP, QUEUE, MailStore
+from spoolmail._store.store import MailStore
 from spoolmail.exceptions import MessageError, NotFound
 
 __all__ = [
@@ -55,7 +55,7 @@ def is_iis_queue_file(name: str) -> bool:
 
 def stranded_queue_files(store: MailStore) -> list[str]:
     """The IIS Queue files in ``Queue/``, sorted: messages nothing will deliver until imported."""
-    return sorted(name for name in store.listdir(QUEUE) if is_iis_queue_file(name))
+    return sorted(name for name in store.queue_names() if is_iis_queue_file(name))
 
 
 def warn_stranded(store: MailStore) -> list[str]:
@@ -103,7 +103,7 @@ def import_queue_file(
     if not is_iis_queue_file(name):
         raise NotFound(f"Queue/{name} is not an IIS queue file (NTFS_<hex>.EML)")
     try:
-        data = store.read(QUEUE, name)
+        data = store.read_queue_file(name)
     except FileNotFoundError:
         raise NotFound(f"no IIS queue file Queue/{name}") from None
     if len(data) > max_message_size:
@@ -132,6 +132,5 @@ def import_queue_file(
     # Queue file goes only once that is durable. A crash in between leaves both, and importing
     # again replaces the Pickup file of the same name, unless the service took it meanwhile:
     # then the message is sent twice, the at-least-once of every spoolmail step.
-    store.write(PICKUP, name, pickup)
-    store.remove(QUEUE, name)
+    store.move_queue_file_to_pickup(name, pickup)
     return imported

@@ -240,7 +240,8 @@ class Intake:
             origin=f"pickup:{claim.name}",
             size=self.transitions.inspect_claim(claim).size,
         )
-        report = rejected_report(name=claim.name, queue_id=claim.id, status=status, reason=reason)
+        kept_as = self.transitions.message_path(claim.id, State.BADMAIL).rpartition("/")[2]
+        report = rejected_report(name=claim.name, kept_as=kept_as, status=status, reason=reason)
         change = Change(id=claim.id, claim=claim, report=report, envelope=envelope)
         self.transitions.apply(State.PICKUP, Event.REJECTED, change)
         log.warning("Pickup file %r went to BadMail as %s: %s", claim.name, claim.id, reason)

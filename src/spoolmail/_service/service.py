@@ -594,7 +594,8 @@ class MailService:
             tally.badmail.append(queue_id)
             return
         if not transitions.has_message(queue_id):
-            self.bounce.damaged(queue_id, f"the message file Queue/{queue_id}.eml is missing", raw)
+            missing = transitions.message_path(queue_id)
+            self.bounce.damaged(queue_id, f"the message file {missing} is missing", raw)
             tally.badmail.append(queue_id)
             return
         try:

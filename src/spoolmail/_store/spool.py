@@ -44,7 +44,9 @@ from spoolmail._store.store import (
     QUEUE,
     Durability,
     MailStore,
+    message_file,
     read_head,
+    report_file,
 )
 from spoolmail._store.transitions import Change, Transitions
 from spoolmail.exceptions import (
@@ -88,6 +90,16 @@ class BadMailItem:
     report: str
     envelope: Envelope | None
     has_message: bool
+
+    @property
+    def message_path(self) -> str:
+        """Where the message is kept in the MailRoot (``BadMail/ID.BAD``)."""
+        return "/".join(message_file(State.BADMAIL, self.id))
+
+    @property
+    def report_path(self) -> str:
+        """Where the report is kept in the MailRoot (``BadMail/ID.BDR``)."""
+        return "/".join(report_file(self.id))
 
 
 @attrs.frozen

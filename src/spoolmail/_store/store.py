@@ -71,6 +71,9 @@ __all__ = [
     "MailStore",
     "PickupClaim",
     "QueueFiles",
+    "envelope_file",
+    "message_file",
+    "report_file",
 ]
 
 log = logging.getLogger("spoolmail")
@@ -88,6 +91,29 @@ STATE_FOLDERS = {
     State.DELIVERING: QUEUE,
     State.BADMAIL: BADMAIL,
 }
+
+#: What a message file is called in each folder that holds one (IIS's names: ``.BAD`` in BadMail).
+_MESSAGE_KINDS = {PICKUP: "eml", QUEUE: "eml", BADMAIL: "BAD"}
+#: ... and its envelope (``.BDP`` in BadMail: ours is the same format as ``.env``).
+_ENVELOPE_KINDS = {QUEUE: "env", BADMAIL: "BDP"}
+
+
+def message_file(state: State, queue_id: str) -> tuple[str, str]:
+    """Where the message of ``queue_id`` is while in ``state``: (folder, name)."""
+    folder = STATE_FOLDERS[state]
+    return folder, f"{queue_id}.{_MESSAGE_KINDS[folder]}"
+
+
+def envelope_file(state: State, queue_id: str) -> tuple[str, str]:
+    """Where the envelope of ``queue_id`` is while in ``state`` (QUEUED or BADMAIL)."""
+    folder = STATE_FOLDERS[state]
+    return folder, f"{queue_id}.{_ENVELOPE_KINDS[folder]}"
+
+
+def report_file(queue_id: str) -> tuple[str, str]:
+    """Where the BadMail report of ``queue_id`` is (``.BDR``)."""
+    return BADMAIL, f"{queue_id}.BDR"
+
 
 CHUNK = 128 * 1024
 # Where a queue id is in use: a Pickup file named after one must not take it over.
@@ -814,6 +840,22 @@ class MailStore:
         except OSError:
             return None
         return (result.st_ino, result.st_mtime_ns, result.st_size)
+
+    # -- foreign files: what another MTA left in the Queue (IIS's NTFS_*.EML) -------------------
+
+    def queue_names(self) -> list[str]:
+        """Every name in the Queue folder, ours or not."""
+        return self.listdir(QUEUE)
+
+    def read_queue_file(self, name: str) -> bytes:
+        """A file of the Queue folder by its name; ``FileNotFoundError`` if gone."""
+        return self.read(QUEUE, name)
+
+    def move_queue_file_to_pickup(self, name: str, data: bytes) -> None:
+        """Write ``data`` into Pickup under ``name`` (whole, by rename), then remove the Queue
+        file of that name: a crash in between leaves both, never neither."""
+        self.write(PICKUP, name, data)
+        self.remove(QUEUE, name)
 
     # -- triggers: telling a running service what an operator changed ---------------------------
 

@@ -29,17 +29,20 @@ from spoolmail._core.states import Commit, Event, State, step
 from spoolmail._core.transcript import transcript_history
 from spoolmail._store.entries import CappedReader, EntryFacts
 from spoolmail._store.store import (
-    BADMAIL,
     DROP,
-    PICKUP,
     QUEUE,
     SORTTEMP,
     MailStore,
     PickupClaim,
     chunks,
+    envelope_file,
+    message_file,
+    report_file,
 )
 
 __all__ = ["Change", "Transitions"]
+
+QUEUED = State.QUEUED
 
 
 @attrs.frozen(kw_only=True)
@@ -118,10 +121,10 @@ class Transitions:
         if change.message is None or change.envelope is None:
             raise ValueError(f"admitting {change.id} needs its message and its envelope")
         files = self.files
-        size = files.write(QUEUE, f"{change.id}.eml", change.message, sync_folder=False)
+        size = files.write(*message_file(QUEUED, change.id), change.message, sync_folder=False)
         made = change.envelope
         data = encode_envelope(made(size)) if callable(made) else _envelope_bytes(change)
-        files.write(QUEUE, f"{change.id}.env", data or b"", sync_folder=False)
+        files.write(*envelope_file(QUEUED, change.id), data or b"", sync_folder=False)
         if change.durable:
             files.sync(QUEUE)
         return True
@@ -158,14 +161,13 @@ class Transitions:
                 queue_id, message=(SORTTEMP, change.claim.file), report=report, envelope=envelope
             )
             return True
-        if files.exists(QUEUE, f"{queue_id}.eml"):
-            files.commit_badmail(
-                queue_id, message=(QUEUE, f"{queue_id}.eml"), report=report, envelope=envelope
-            )
+        queued = message_file(QUEUED, queue_id)
+        if files.exists(*queued):
+            files.commit_badmail(queue_id, message=queued, report=report, envelope=envelope)
         else:
-            files.write(BADMAIL, f"{queue_id}.BDR", report)
+            files.write(*report_file(queue_id), report)
             if envelope is not None:
-                files.write(BADMAIL, f"{queue_id}.BDP", envelope)
+                files.write(*envelope_file(State.BADMAIL, queue_id), envelope)
         files.finish(queue_id, change.owner)
         return True
 
@@ -189,13 +191,15 @@ class Transitions:
         files, queue_id, owner = self.files, change.id, change.owner or self.files.owner
         if owner != files.owner and not files.take_over_queued(queue_id, owner):
             return False
-        files.rename((QUEUE, files.claimed_name(queue_id, files.owner)), (QUEUE, f"{queue_id}.env"))
+        files.rename(
+            (QUEUE, files.claimed_name(queue_id, files.owner)), envelope_file(QUEUED, queue_id)
+        )
         return True
 
     def resubmit(self, change: Change) -> bool:
         """``BadMail/ID.BAD`` back into Pickup as ``ID.eml``, then its reports removed."""
         if not self.files.rename(
-            (BADMAIL, f"{change.id}.BAD"), (PICKUP, self.pickup_name(change.id))
+            message_file(State.BADMAIL, change.id), message_file(State.PICKUP, change.id)
         ):
             return False
         self.remove_badmail_reports(change.id)
@@ -203,7 +207,7 @@ class Transitions:
 
     def discard(self, change: Change) -> bool:
         """Remove a BadMail entry's files; whether there was any."""
-        removed = self.files.remove(BADMAIL, f"{change.id}.BAD")
+        removed = self.files.remove(*message_file(State.BADMAIL, change.id))
         return self.remove_badmail_reports(change.id) or removed
 
     # -- what the commits work on --------------------------------------------------------------
@@ -211,7 +215,7 @@ class Transitions:
     @staticmethod
     def pickup_name(queue_id: str) -> str:
         """The Pickup file name that keeps ``queue_id`` (see ``MailStore.pickup_id``)."""
-        return f"{queue_id}.eml"
+        return message_file(State.PICKUP, queue_id)[1]
 
     def sync_admitted(self, claims: Iterable[PickupClaim]) -> None:
         """Make a batch of admissions durable with one fsync of the Queue, then drop the claims
@@ -226,16 +230,22 @@ class Transitions:
         An envelope without its message is not: the two renames of a commit may reach the disk
         in either order, and a commit is only whole once both have.
         """
-        if not self.files.exists(QUEUE, f"{queue_id}.eml"):
+        if not self.files.exists(*message_file(QUEUED, queue_id)):
             return False
-        if self.files.exists(QUEUE, f"{queue_id}.env"):
+        if self.files.exists(*envelope_file(QUEUED, queue_id)):
             return True
         # Rare (being delivered, or a commit cut short): only now list the Queue.
         entry = self.files.queue_files().get(queue_id)
         return entry is not None and bool(entry.claims)
 
+    @staticmethod
+    def message_path(queue_id: str, state: State = QUEUED) -> str:
+        """Where the message of ``queue_id`` is kept in ``state``, for people
+        (``Queue/ID.eml``, ``BadMail/ID.BAD``)."""
+        return "/".join(message_file(state, queue_id))
+
     def has_message(self, queue_id: str) -> bool:
-        return self.files.exists(QUEUE, f"{queue_id}.eml")
+        return self.files.exists(*message_file(QUEUED, queue_id))
 
     def claimed(self, queue_id: str) -> bool:
         """Whether this process holds the delivery claim of ``queue_id``."""
@@ -247,15 +257,15 @@ class Transitions:
 
     def envelope(self, queue_id: str) -> bytes:
         """A queued (unclaimed) message's envelope file; ``FileNotFoundError`` if not there."""
-        return self.files.read(QUEUE, f"{queue_id}.env")
+        return self.files.read(*envelope_file(QUEUED, queue_id))
 
     def envelope_signature(self, queue_id: str) -> tuple[int, ...] | None:
         """See :meth:`MailStore.signature`: changes whenever the envelope is rewritten."""
-        return self.files.signature(QUEUE, f"{queue_id}.env")
+        return self.files.signature(*envelope_file(QUEUED, queue_id))
 
     def open_message(self, queue_id: str) -> BinaryIO:
         """The stored message of a queued id, for reading; ``FileNotFoundError`` if gone."""
-        return self.files.open(QUEUE, f"{queue_id}.eml")
+        return self.files.open(*message_file(QUEUED, queue_id))
 
     def transcript_history(self, queue_id: str, kind: str) -> str:
         """The attempts a transcript (``RTR`` / ``LTR``) recorded so far; ``""`` if none."""
@@ -272,12 +282,12 @@ class Transitions:
     @contextmanager
     def open_badmail_message(self, queue_id: str) -> Iterator[Iterator[bytes]]:
         """The chunks of ``BadMail/ID.BAD``, for admitting it again."""
-        with self.files.open(BADMAIL, f"{queue_id}.BAD") as handle:
+        with self.files.open(*message_file(State.BADMAIL, queue_id)) as handle:
             yield chunks(handle)
 
     def remove_badmail_reports(self, queue_id: str) -> bool:
-        removed = self.files.remove(BADMAIL, f"{queue_id}.BDR")
-        return self.files.remove(BADMAIL, f"{queue_id}.BDP") or removed
+        removed = self.files.remove(*report_file(queue_id))
+        return self.files.remove(*envelope_file(State.BADMAIL, queue_id)) or removed
 
     def inspect_claim(self, claim: PickupClaim) -> EntryFacts:
         """What a claimed Pickup entry is (in SortTemp, where no other program writes)."""

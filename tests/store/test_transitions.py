@@ -1,0 +1,196 @@
+"""The store's transitions: the state table chooses the commit, each one atomic commit."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+
+from spoolmail import Spool
+from spoolmail._core.badmail import orphan_report
+from spoolmail._core.envelope import Envelope, decode_envelope, new_envelope
+from spoolmail._core.states import TABLE, Commit, Event, State
+from spoolmail._store import pyfs
+from spoolmail._store.recovery import recover
+from spoolmail._store.transitions import Change, Transitions
+from spoolmail.exceptions import InvalidTransition
+from spoolmail.testing import FakeClock
+
+MESSAGE = b"Subject: hi\r\n\r\nbody\r\n"
+
+
+@pytest.fixture
+def spool(filesystem: pyfs.FS, clock: FakeClock) -> Iterator[Spool]:
+    with Spool(filesystem, clock=clock) as spool:
+        yield spool
+
+
+def everything(filesystem: pyfs.FS) -> dict[str, bytes]:
+    return {
+        path: filesystem.readbytes(path)
+        for path in filesystem.walk.files("/")
+        if not path.endswith(".owner")
+    }
+
+
+def admitted(spool: Spool, clock: FakeClock, queue_id: str = "19ac9b2f1c0-000000000001") -> str:
+    envelope = new_envelope(
+        queue_id, sender="a@example.com", recipients=["b@example.com"], now=clock(), origin="test"
+    )
+    change = Change(id=queue_id, message=MESSAGE, envelope=envelope)
+    assert spool.transitions.apply(State.NEW, Event.ACCEPTED, change) is State.QUEUED
+    return queue_id
+
+
+def test_every_commit_has_a_transition_and_a_method(spool: Spool) -> None:
+    used = {found.commit for events in TABLE.values() for found in events.values()}
+    assert used == set(Commit)
+    for commit in Commit:
+        assert callable(getattr(spool.transitions, commit.value))
+
+
+def test_an_unlisted_pair_raises_and_changes_nothing(spool: Spool, clock: FakeClock) -> None:
+    queue_id = admitted(spool, clock)
+    before = everything(spool.fs)
+    with pytest.raises(InvalidTransition, match=r"'badmail'.*'claimed'"):
+        spool.transitions.apply(State.BADMAIL, Event.CLAIMED, Change(id=queue_id))
+    assert everything(spool.fs) == before
+
+
+def test_admit_writes_message_then_envelope(spool: Spool, clock: FakeClock) -> None:
+    queue_id = admitted(spool, clock)
+    assert spool.transitions.queued(queue_id)
+    assert spool.message(queue_id) == MESSAGE
+    assert spool.queued_message(queue_id).state is State.QUEUED
+    assert not [n for n in spool.store.listdir("SortTemp") if n.endswith(".tmp")]
+
+
+def test_admit_builds_the_envelope_from_the_written_size(spool: Spool, clock: FakeClock) -> None:
+    sizes: list[int] = []
+
+    def envelope(size: int) -> Envelope:
+        sizes.append(size)
+        return new_envelope(
+            "19ac9b2f1c0-000000000002",
+            sender="",
+            recipients=["b@x.test"],
+            now=clock(),
+            origin="test",
+            size=size,
+        )
+
+    change = Change(
+        id="19ac9b2f1c0-000000000002",
+        message=[b"Subject: x\r\n", b"\r\nbody\r\n"],
+        envelope=envelope,
+    )
+    spool.transitions.apply(State.PICKUP, Event.ACCEPTED, change)
+    assert sizes == [20]
+    assert decode_envelope(spool.transitions.envelope("19ac9b2f1c0-000000000002")).size == 20
+
+
+def test_a_failing_message_stream_admits_nothing(spool: Spool, clock: FakeClock) -> None:
+    def chunks() -> Iterator[bytes]:
+        yield b"Subject: x\r\n"
+        raise ValueError("too big")
+
+    envelope = new_envelope(
+        "19ac9b2f1c0-000000000003", sender="", recipients=["b@x.test"], now=clock(), origin="test"
+    )
+    change = Change(id="19ac9b2f1c0-000000000003", message=chunks(), envelope=envelope)
+    with pytest.raises(ValueError, match="too big"):
+        spool.transitions.apply(State.NEW, Event.ACCEPTED, change)
+    assert spool.store.listdir("Queue") == []
+    assert not spool.transitions.queued("19ac9b2f1c0-000000000003")
+
+
+def test_claim_hand_back_and_finish(spool: Spool, clock: FakeClock) -> None:
+    transitions, queue_id = spool.transitions, admitted(spool, clock)
+    assert transitions.apply(State.QUEUED, Event.CLAIMED, Change(id=queue_id)) is State.DELIVERING
+    assert transitions.apply(State.QUEUED, Event.CLAIMED, Change(id=queue_id)) is None  # lost race
+    assert transitions.claimed(queue_id)
+    envelope = decode_envelope(transitions.claimed_envelope(queue_id))
+    later = envelope.with_recipients(envelope.recipients)
+    change = Change(id=queue_id, envelope=later, transcripts={"RTR": "remote\n"})
+    assert transitions.apply(State.DELIVERING, Event.DEFERRED, change) is State.QUEUED
+    assert not transitions.claimed(queue_id)
+    assert spool.transcript(queue_id) == "remote\n"
+    transitions.apply(State.QUEUED, Event.CLAIMED, Change(id=queue_id))
+    assert transitions.apply(State.DELIVERING, Event.SETTLED, Change(id=queue_id)) is State.DONE
+    assert spool.store.listdir("Queue") == []
+
+
+def test_undeliverable_moves_the_message_and_its_envelope_to_badmail(
+    spool: Spool, clock: FakeClock
+) -> None:
+    transitions, queue_id = spool.transitions, admitted(spool, clock)
+    transitions.apply(State.QUEUED, Event.CLAIMED, Change(id=queue_id))
+    envelope = decode_envelope(transitions.claimed_envelope(queue_id))
+    change = Change(id=queue_id, envelope=envelope, report=orphan_report())
+    assert transitions.apply(State.DELIVERING, Event.UNDELIVERABLE, change) is State.BADMAIL
+    assert spool.store.listdir("Queue") == []
+    item = spool.badmail_item(queue_id)
+    assert item.has_message
+    assert item.envelope == envelope
+    assert item.reason.startswith("4.3.0 found in the Queue without an envelope")
+    assert spool.badmail_message(queue_id) == MESSAGE
+
+
+def test_badmail_requeue_admits_through_the_one_door(spool: Spool, clock: FakeClock) -> None:
+    transitions, queue_id = spool.transitions, admitted(spool, clock)
+    transitions.apply(State.QUEUED, Event.CLAIMED, Change(id=queue_id))
+    change = Change(id=queue_id, report=orphan_report())
+    transitions.apply(State.DELIVERING, Event.DAMAGED, change)
+    new_id = spool.requeue_badmail(queue_id, recipients=["b@example.com"], sender="a@example.com")
+    assert spool.queued_message(new_id).envelope.origin == f"requeue:{queue_id}"
+    assert spool.message(new_id) == MESSAGE
+    assert list(spool.badmail()) == []
+
+
+def test_resubmit_and_discard(spool: Spool, clock: FakeClock) -> None:
+    transitions = spool.transitions
+    for queue_id in ("19ac9b2f1c0-000000000004", "19ac9b2f1c0-000000000005"):
+        admitted(spool, clock, queue_id)
+        transitions.apply(State.QUEUED, Event.CLAIMED, Change(id=queue_id))
+        transitions.apply(
+            State.DELIVERING, Event.DAMAGED, Change(id=queue_id, report=orphan_report())
+        )
+    change = Change(id="19ac9b2f1c0-000000000004")
+    assert transitions.apply(State.BADMAIL, Event.RESUBMITTED, change) is State.PICKUP
+    assert spool.pickup() == ["19ac9b2f1c0-000000000004.eml"]
+    assert transitions.apply(State.BADMAIL, Event.RESUBMITTED, change) is None  # gone
+    change = Change(id="19ac9b2f1c0-000000000005")
+    assert transitions.apply(State.BADMAIL, Event.DELETED, change) is State.DONE
+    assert transitions.apply(State.BADMAIL, Event.DELETED, change) is None
+    assert list(spool.badmail()) == []
+
+
+def test_recovery_returns_what_it_did(spool: Spool, clock: FakeClock) -> None:
+    transitions, store = spool.transitions, spool.store
+    returned = admitted(spool, clock, "19ac9b2f1c0-000000000006")
+    finishing = admitted(spool, clock, "19ac9b2f1c0-000000000007")
+    orphan = admitted(spool, clock, "19ac9b2f1c0-000000000008")
+    for queue_id in (returned, finishing):
+        transitions.apply(State.QUEUED, Event.CLAIMED, Change(id=queue_id))
+    store.remove("Queue", f"{finishing}.eml")  # a finish cut short after its first step
+    store.remove("Queue", f"{orphan}.env")  # an admission cut short before the envelope
+    # Older than a lease by the file's own time (recovery reads the filesystem's clock).
+    old = time.time() - timedelta(minutes=11).total_seconds()
+    store.fs.setinfo(f"Queue/{orphan}.eml", {"details": {"modified": old, "accessed": old}})
+    taken: list[str] = []
+    done = recover(transitions, take_in=lambda claim: taken.append(claim.id))
+    assert done.returned == (returned,)
+    assert done.finished == (finishing,)
+    assert done.badmail == (orphan,)
+    assert taken == []
+    assert done.taken_in == ()
+    assert {i for i, entry in done.files.items() if entry.envelope} == {returned}
+    assert spool.queued_message(returned).state is State.QUEUED
+    assert spool.badmail_item(orphan).reason.startswith("4.3.0 found in the Queue")
+
+
+def test_transitions_is_the_spools(spool: Spool) -> None:
+    assert isinstance(spool.transitions, Transitions)
+    assert spool.transitions.files is spool.store
