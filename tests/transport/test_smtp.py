@@ -1,9 +1,13 @@
-"""The SMTP client against real servers on 127.0.0.1, and its encoder and parser on their own.
+"""The SMTP transport against real servers on 127.0.0.1, and its encoder and parser on their own.
 
+What needs a socket stays here: connection reuse and its RSET probe, kept connections that die
+or age, QUIT on close, refused ports, stalled and garbage greetings, broken replies and dropped
+connections, streaming in constant memory, and what the transcript of a real session holds.
 Servers come from ``tests/smtpservers.py``: aiosmtpd for well-behaved peers, raw sockets for
-misbehaving ones and for watching how commands arrive (pipelined or one by one). Waits are
-configured short (``SHORT``; 0.3 s where a test waits for a timeout on purpose), so no
-test sleeps through a real SMTP timeout. STARTTLS and AUTH are in ``test_smtp_tls.py``.
+misbehaving ones. Waits are configured short (``SHORT``; 0.3 s where a test waits for a timeout
+on purpose), so no test sleeps through a real SMTP timeout. What the client says and what each
+reply means, on bytes alone, is in ``test_transactions.py``; STARTTLS and AUTH with real TLS in
+``test_smtp_tls.py``.
 """
 
 from __future__ import annotations
@@ -42,8 +46,6 @@ from spoolmail._transport.smtp import (
 from spoolmail.exceptions import ConfigurationError
 from tests.smtpservers import (
     SHORT,
-    TOO_MANY_RECIPIENTS,
-    ScriptedHandler,
     dropping_server,
     garbage_server,
     raw_server,
@@ -211,76 +213,13 @@ def test_settings_are_checked() -> None:
 def test_no_recipients_means_no_connection(
     transport: SmtpTransport, transcript: Transcript
 ) -> None:
-    target = Target(HOST, free_port(), literal=True)
+    # Port 9 (discard) on 127.0.0.1: any connection attempt would leave lines in the transcript.
+    target = Target(HOST, 9, literal=True)
     assert transport.send(target, outgoing(recipients=()), transcript) == {}
     assert transcript.lines == []
 
 
-# Well-behaved servers.
-
-
-@integration
-def test_each_recipient_gets_its_own_reply(
-    transport: SmtpTransport, transcript: Transcript
-) -> None:
-    recipients = ["bob@example.com", "tempfail-carol@example.com", "reject-dave@example.com"]
-    with smtp_server() as server:
-        replies = transport.send(server.target, outgoing(recipients=recipients), transcript)
-    assert replies == {
-        "bob@example.com": Reply(250, "2.0.0", "Ok: queued", host=HOST),
-        "tempfail-carol@example.com": Reply(
-            451, "4.3.0", "Mailbox temporarily unavailable", host=HOST
-        ),
-        "reject-dave@example.com": Reply(550, "5.1.1", "No such user here", host=HOST),
-    }
-    [received] = server.messages
-    assert received.rcpt_tos == ("bob@example.com",)
-    assert received.mail_from == "alice@example.net"
-    assert received.data == MESSAGE
-    assert f"SIZE={len(MESSAGE)}" in received.mail_options
-
-
-@integration
-@pytest.mark.parametrize(
-    ("stored", "expected"),
-    [
-        pytest.param(MESSAGE, MESSAGE, id="crlf-with-dots"),
-        pytest.param(b"a\nb\n.c\n\n..d\n", b"a\r\nb\r\n.c\r\n\r\n..d\r\n", id="bare-lf"),
-        pytest.param(b"Subject: x\r\n\r\nno final line end", None, id="no-final-crlf"),
-        pytest.param(b"", b"", id="empty"),
-    ],
-)
-def test_server_receives_the_stored_bytes(
-    transport: SmtpTransport, transcript: Transcript, stored: bytes, expected: bytes | None
-) -> None:
-    with smtp_server() as server:
-        [reply] = transport.send(server.target, outgoing(stored), transcript).values()
-    assert reply.code == 250
-    [received] = server.messages
-    assert received.data == (expected if expected is not None else stored + b"\r\n")
-
-
-@integration
-def test_null_sender_is_sent_as_empty_path(
-    transport: SmtpTransport, transcript: Transcript
-) -> None:
-    with raw_server() as server:
-        [reply] = transport.send(server.target, outgoing(sender=""), transcript).values()
-    assert reply.code == 250
-    assert "MAIL FROM:<>" in server.commands
-
-
-@integration
-def test_eight_bit_body_is_declared(transport: SmtpTransport, transcript: Transcript) -> None:
-    # 8-bit in the body only: UTF-8 in a header field would need SMTPUTF8 as well.
-    eight_bit = b"Subject: coffee\r\n\r\ncaf\xc3\xa9\r\n"
-    with smtp_server() as server:
-        transport.send(server.target, outgoing(eight_bit), transcript)
-        transport.send(server.target, outgoing(), transcript)
-    first, second = server.messages
-    assert "BODY=8BITMIME" in first.mail_options
-    assert first.data == eight_bit
-    assert "BODY=8BITMIME" not in second.mail_options
+# What the stored file is read for.
 
 
 @integration
@@ -311,120 +250,7 @@ def test_what_the_envelope_knows_of_8bit_is_not_read_again(
     assert "BODY=8BITMIME" not in third.mail_options
 
 
-@integration
-def test_helo_fallback_when_ehlo_is_refused(
-    transport: SmtpTransport, transcript: Transcript
-) -> None:
-    with raw_server(replies={"EHLO": b"502 5.5.2 Error: command not recognized\r\n"}) as server:
-        [reply] = transport.send(server.target, outgoing(), transcript).values()
-    assert reply == Reply(250, "2.0.0", "Ok: queued", host=HOST)
-    assert server.commands[:3] == [
-        "EHLO client.test",
-        "HELO client.test",
-        "MAIL FROM:<alice@example.net>",  # no ESMTP parameters after HELO
-    ]
-    assert unstuff(server.data[0]) == MESSAGE
-
-
-@integration
-def test_multiline_reply_is_joined(transport: SmtpTransport, transcript: Transcript) -> None:
-    multiline = (
-        b"550-5.1.1 The email account that you tried to reach does not exist.\r\n"
-        b"550-5.1.1 Please try double-checking the recipient's email\r\n"
-        b"550 5.1.1 address for typos.\r\n"
-    )
-    with raw_server(replies={**NO_PIPELINING, "RCPT": multiline}) as server:
-        [reply] = transport.send(server.target, outgoing(), transcript).values()
-    assert reply == Reply(
-        550,
-        "5.1.1",
-        "The email account that you tried to reach does not exist. Please try "
-        "double-checking the recipient's email address for typos.",
-        host=HOST,
-    )
-    assert "DATA" not in server.commands
-    assert server.commands[-1] == "RSET"
-
-
-@integration
-def test_mail_rejected_answers_everyone(transport: SmtpTransport, transcript: Transcript) -> None:
-    recipients = ["bob@example.com", "carol@example.com"]
-    with smtp_server(mail_reply="550 5.7.1 Sender blocked") as server:
-        replies = transport.send(server.target, outgoing(recipients=recipients), transcript)
-    assert set(replies.values()) == {Reply(550, "5.7.1", "Sender blocked", host=HOST)}
-    assert server.handler.rcpt_tos == []
-
-
-@integration
-def test_final_reply_applies_to_accepted_recipients_only(
-    transport: SmtpTransport, transcript: Transcript
-) -> None:
-    recipients = ["bob@example.com", "reject-dave@example.com"]
-    with smtp_server(data_reply="554 5.7.1 Message rejected as spam") as server:
-        replies = transport.send(server.target, outgoing(recipients=recipients), transcript)
-    assert replies == {
-        "bob@example.com": Reply(554, "5.7.1", "Message rejected as spam", host=HOST),
-        "reject-dave@example.com": Reply(550, "5.1.1", "No such user here", host=HOST),
-    }
-
-
-@integration
-def test_size_limit_fails_without_mail(transport: SmtpTransport, transcript: Transcript) -> None:
-    with smtp_server(data_size_limit=100) as server:
-        replies = transport.send(
-            server.target,
-            outgoing(b"x" * 500 + b"\r\n", recipients=["a@x.test", "b@x.test"]),
-            transcript,
-        )
-    assert {r.code for r in replies.values()} == {552}
-    assert {r.enhanced for r in replies.values()} == {"5.3.4"}
-    assert server.handler.mail_froms == []
-
-
-@integration
-def test_non_ascii_address_needs_smtputf8(transport: SmtpTransport, transcript: Transcript) -> None:
-    recipients = ["josé@example.com", "bob@example.com"]
-    with smtp_server(enable_smtputf8=False) as server:
-        replies = transport.send(server.target, outgoing(recipients=recipients), transcript)
-    assert {(r.code, r.enhanced) for r in replies.values()} == {(553, "5.6.7")}
-    assert server.handler.mail_froms == []
-
-
-@integration
-def test_non_ascii_address_is_delivered_with_smtputf8(
-    transport: SmtpTransport, transcript: Transcript
-) -> None:
-    with smtp_server(enable_smtputf8=True) as server:
-        replies = transport.send(
-            server.target,
-            outgoing(sender="zoë@example.net", recipients=["josé@example.com"]),
-            transcript,
-        )
-    assert replies == {"josé@example.com": Reply(250, "2.0.0", "Ok: queued", host=HOST)}
-    [received] = server.messages
-    assert received.smtp_utf8
-    assert "SMTPUTF8" in received.mail_options
-    assert received.rcpt_tos == ("josé@example.com",)
-    assert received.mail_from == "zoë@example.net"
-
-
-@integration
-def test_unsendable_address_is_refused_before_the_server_sees_it(
-    transport: SmtpTransport, transcript: Transcript
-) -> None:
-    evil = "bob@example.com>\r\nRCPT TO:<evil@example.com"
-    with raw_server() as server:
-        replies = transport.send(
-            server.target, outgoing(recipients=[evil, "carol@example.com"]), transcript
-        )
-    assert replies[evil] == Reply(
-        553, "5.1.3", f"recipient address {evil!r} cannot be sent", host=HOST
-    )
-    assert replies["carol@example.com"].code == 250
-    assert not any("evil" in command for command in server.commands)
-
-
-# Pipelining (RFC 2920) and recipients per transaction.
+# Pipelining (RFC 2920) and recipients per transaction, pure.
 
 
 @pytest.mark.parametrize(
@@ -444,25 +270,6 @@ def test_too_many_recipients_is_recognised(reply: Reply, too_many: bool) -> None
     assert is_too_many(reply) is too_many
 
 
-@integration
-def test_pipelining_sends_the_transaction_at_once(
-    transport: SmtpTransport, transcript: Transcript
-) -> None:
-    with raw_server() as server:  # its EHLO offers PIPELINING
-        replies = transport.send(
-            server.target, outgoing(recipients=["a@x.test", "b@x.test"]), transcript
-        )
-    assert {r.code for r in replies.values()} == {250}
-    # MAIL, both RCPTs and DATA reached the server in one read: none waited for a reply.
-    assert [
-        "MAIL FROM:<alice@example.net>",
-        "RCPT TO:<a@x.test>",
-        "RCPT TO:<b@x.test>",
-        "DATA",
-    ] in server.groups
-    assert unstuff(server.data[0]) == MESSAGE
-
-
 def test_pipeline_groups_fit_the_window() -> None:
     commands = [
         "MAIL FROM:<a@x.test>",
@@ -480,195 +287,6 @@ def test_pipeline_groups_fit_the_window() -> None:
     assert list(pipeline_groups(["x" * 5000, "DATA"], utf8=False)) == [
         (0, ["x" * 5000]),
         (1, ["DATA"]),
-    ]
-
-
-@integration
-def test_long_pipelined_transaction_goes_in_window_sized_groups(
-    transport: SmtpTransport, transcript: Transcript
-) -> None:
-    recipients = [f"{'r' * 90}{n:02}@example.com" for n in range(60)]  # some 6 KB of RCPT
-    with raw_server() as server:
-        replies = transport.send(server.target, outgoing(recipients=recipients), transcript)
-    assert {r.code for r in replies.values()} == {250}
-    mail_group, rest_group = (g for g in server.groups if len(g) > 1)
-    assert mail_group[0].startswith("MAIL FROM:")
-    assert rest_group[-1] == "DATA"
-    assert mail_group[1:] + rest_group[:-1] == [f"RCPT TO:<{r}>" for r in recipients]
-    assert len("\r\n".join(mail_group)) < 4096
-
-
-@integration
-def test_without_pipelining_each_command_waits_for_its_reply(
-    transport: SmtpTransport, transcript: Transcript
-) -> None:
-    with raw_server(replies=NO_PIPELINING) as server:
-        transport.send(server.target, outgoing(recipients=["a@x.test", "b@x.test"]), transcript)
-        transport.close()
-    assert server.commands == [
-        "EHLO client.test",
-        "MAIL FROM:<alice@example.net>",
-        "RCPT TO:<a@x.test>",
-        "RCPT TO:<b@x.test>",
-        "DATA",
-        "QUIT",
-    ]
-    assert all(len(group) == 1 for group in server.groups), server.groups
-
-
-@integration
-def test_pipelined_replies_stay_with_their_recipients(
-    transport: SmtpTransport, transcript: Transcript
-) -> None:
-    recipients = [
-        "tempfail-carol@example.com",
-        "bob@example.com",
-        "reject-dave@example.com",
-        "erin@example.com",
-    ]
-    with smtp_server(offer_pipelining=True) as server:
-        replies = transport.send(server.target, outgoing(recipients=recipients), transcript)
-    queued = Reply(250, "2.0.0", "Ok: queued", host=HOST)
-    assert replies == {
-        "tempfail-carol@example.com": Reply(
-            451, "4.3.0", "Mailbox temporarily unavailable", host=HOST
-        ),
-        "bob@example.com": queued,
-        "reject-dave@example.com": Reply(550, "5.1.1", "No such user here", host=HOST),
-        "erin@example.com": queued,
-    }
-    [received] = server.messages
-    assert received.rcpt_tos == ("bob@example.com", "erin@example.com")
-    assert received.data == MESSAGE
-    assert "pipelining MAIL, 4 RCPT and DATA (RFC 2920)" in transcript.text
-
-
-@integration
-def test_pipelined_data_is_refused_when_no_recipient_was_accepted(
-    transport: SmtpTransport, transcript: Transcript
-) -> None:
-    recipients = ["reject-dave@example.com", "tempfail-carol@example.com"]
-    with smtp_server(offer_pipelining=True) as server:
-        replies = transport.send(server.target, outgoing(recipients=recipients), transcript)
-        assert {(r.code, r.enhanced) for r in replies.values()} == {(550, "5.1.1"), (451, "4.3.0")}
-        assert server.messages == []
-        # aiosmtpd refused the pipelined DATA (503); RSET ended the transaction, and the
-        # connection is fit for the next message.
-        assert "> RSET" in transcript.text.split("< 503")[1]
-        [reply] = transport.send(server.target, outgoing(), transcript).values()
-        assert reply.code == 250
-        assert server.connections == 1
-
-
-@integration
-def test_pipelined_data_accepted_without_recipients_gets_a_lone_dot(
-    transport: SmtpTransport, transcript: Transcript
-) -> None:
-    with raw_server(replies={"RCPT": b"550 5.1.1 No such user\r\n"}) as server:
-        [reply] = transport.send(server.target, outgoing(), transcript).values()
-        assert reply == Reply(550, "5.1.1", "No such user", host=HOST)
-        # The raw server says 354 to DATA whatever came before; RFC 2920 §3.1: send a lone ".".
-        assert server.data == [b".\r\n"]
-        assert "SECRET-BODY-MARKER" not in transcript.text
-        transport.send(server.target, outgoing(), transcript)
-        assert server.connections == 1
-
-
-@integration
-def test_pipelined_mail_refusal_answers_everyone(
-    transport: SmtpTransport, transcript: Transcript
-) -> None:
-    refused = {
-        "MAIL": b"550 5.7.1 Sender blocked\r\n",
-        "RCPT": b"503 5.5.1 Error: need MAIL command\r\n",
-        "DATA": b"503 5.5.1 Error: need RCPT command\r\n",
-    }
-    with raw_server(replies=refused) as server:
-        replies = transport.send(
-            server.target, outgoing(recipients=["a@x.test", "b@x.test"]), transcript
-        )
-    assert set(replies.values()) == {Reply(550, "5.7.1", "Sender blocked", host=HOST)}
-    assert server.data == []
-
-
-@integration
-@pytest.mark.parametrize("offer_pipelining", [False, True], ids=["lockstep", "pipelining"])
-def test_recipients_beyond_the_limit_go_in_further_transactions(
-    transcript: Transcript, offer_pipelining: bool
-) -> None:
-    recipients = [f"user{n:03}@example.com" for n in range(250)]
-    with (
-        smtp_server(offer_pipelining=offer_pipelining) as server,
-        SmtpTransport(helo_name="client.test", timeouts=SHORT, max_recipients=100) as transport,
-    ):
-        replies = transport.send(server.target, outgoing(recipients=recipients), transcript)
-    assert set(replies.values()) == {Reply(250, "2.0.0", "Ok: queued", host=HOST)}
-    assert [len(m.rcpt_tos) for m in server.messages] == [100, 100, 50]
-    assert [r for m in server.messages for r in m.rcpt_tos] == recipients
-    assert all(m.data == MESSAGE for m in server.messages)
-    assert server.connections == 1
-    assert server.transactions_per_connection == [3]
-    assert "> RSET" not in transcript.text  # a completed transaction needs none
-
-
-@integration
-@pytest.mark.parametrize("offer_pipelining", [False, True], ids=["lockstep", "pipelining"])
-def test_too_many_recipients_go_in_the_next_transaction(
-    transport: SmtpTransport, transcript: Transcript, offer_pipelining: bool
-) -> None:
-    recipients = [f"user{n:02}@example.com" for n in range(70)]
-    with smtp_server(offer_pipelining=offer_pipelining, recipient_limit=30) as server:
-        replies = transport.send(server.target, outgoing(recipients=recipients), transcript)
-    assert set(replies.values()) == {Reply(250, "2.0.0", "Ok: queued", host=HOST)}
-    # The first transaction tried all 70 and learnt the server takes 30; the next ones hold 30.
-    assert [len(m.rcpt_tos) for m in server.messages] == [30, 30, 10]
-    assert len(server.handler.rcpt_tos) == 70 + 40
-    assert server.transactions_per_connection == [3]
-    assert "(RFC 5321 section 4.5.3.1.10)" in transcript.text
-
-
-@integration
-def test_too_many_recipients_without_progress_is_temporary(
-    transport: SmtpTransport, transcript: Transcript
-) -> None:
-    handler = ScriptedHandler(rcpt_answers={"full": TOO_MANY_RECIPIENTS})
-    recipients = ["bob@example.com", "full-carol@example.com"]
-    with smtp_server(handler) as server:
-        replies = transport.send(server.target, outgoing(recipients=recipients), transcript)
-    assert replies == {
-        "bob@example.com": Reply(250, "2.0.0", "Ok: queued", host=HOST),
-        "full-carol@example.com": Reply(452, "4.5.3", "Too many recipients", host=HOST),
-    }
-    # Tried once more on its own in a second transaction, which took no recipient: no third.
-    assert handler.rcpt_tos == [
-        "bob@example.com",
-        "full-carol@example.com",
-        "full-carol@example.com",
-    ]
-    assert [m.rcpt_tos for m in server.messages] == [("bob@example.com",)]
-
-
-@integration
-def test_refused_data_resets_before_the_next_transaction(transcript: Transcript) -> None:
-    replies = {**NO_PIPELINING, "DATA": b"451 4.3.0 Try again later\r\n"}
-    with (
-        raw_server(replies=replies) as server,
-        SmtpTransport(helo_name="client.test", timeouts=SHORT, max_recipients=1) as transport,
-    ):
-        answers = transport.send(
-            server.target, outgoing(recipients=["a@x.test", "b@x.test"]), transcript
-        )
-    assert set(answers.values()) == {Reply(451, "4.3.0", "Try again later", host=HOST)}
-    assert server.commands[1:] == [
-        "MAIL FROM:<alice@example.net>",
-        "RCPT TO:<a@x.test>",
-        "DATA",
-        "RSET",
-        "MAIL FROM:<alice@example.net>",
-        "RCPT TO:<b@x.test>",
-        "DATA",
-        "RSET",
-        "QUIT",
     ]
 
 
@@ -772,32 +390,6 @@ def test_close_quits_and_can_be_called_twice(transcript: Transcript) -> None:
         assert reply.code == 250
         assert server.connections == 2
         transport.close()
-
-
-@integration
-@pytest.mark.parametrize("offer_pipelining", [False, True], ids=["lockstep", "pipelining"])
-def test_421_answers_everyone_not_yet_answered_and_closes(
-    transport: SmtpTransport, transcript: Transcript, offer_pipelining: bool
-) -> None:
-    handler = ScriptedHandler(
-        rcpt_answers={"reject": "550 5.1.1 No such user here", "busy": "421 4.3.2 Shutting down"},
-        offer_pipelining=offer_pipelining,
-    )
-    recipients = ["bob@example.com", "reject-dave@example.com", "busy@example.com", "eve@x.test"]
-    with smtp_server(handler) as server:
-        replies = transport.send(server.target, outgoing(recipients=recipients), transcript)
-        shutting_down = Reply(421, "4.3.2", "Shutting down", host=HOST)
-        assert replies == {
-            "bob@example.com": shutting_down,
-            "reject-dave@example.com": Reply(550, "5.1.1", "No such user here", host=HOST),
-            "busy@example.com": shutting_down,
-            "eve@x.test": shutting_down,
-        }
-        # Pipelined, the server may have read the RCPT after the 421 before the client hung up.
-        assert handler.rcpt_tos[:3] == recipients[:3]
-        assert server.messages == []
-        transport.send(server.target, outgoing(), transcript)
-        assert server.connections == 2
 
 
 # Servers that fail or misbehave.

@@ -1,19 +1,18 @@
-"""The SMTP client with real servers' habits: odd replies, failed transactions, UTF-8 headers.
+"""The SMTP client with real servers' habits: odd replies, and what MAIL must declare.
 
-Whatever a server sends must end as a reply for every recipient, never as an exception out of
-``send``: the reply reader is driven on bytes alone (hypothesis), and a raw-socket server on
-127.0.0.1 sends hostile replies at each step of a session. A transaction that failed on a kept
-connection leaves the next one to start with RSET (RFC 5321 §4.1.1.5). A message whose header
-fields hold UTF-8 (RFC 6532) goes with SMTPUTF8 or not at all (RFC 6531 §3.4), checked against
-aiosmtpd with and without SMTPUTF8.
+Whatever a server sends must end as a reply for every recipient, never as an exception: the
+reply reader is driven on bytes alone (hypothesis), as is what intake's stored bytes ask MAIL to
+declare (UTF-8 header fields need SMTPUTF8, RFC 6531 §3.4; octets over 127, BODY=8BITMIME). The
+protocol's answers to hostile replies at each step, and SMTPUTF8 against servers with and
+without it, are in ``test_protocol.py`` and ``test_transactions.py``, on bytes too. Only a
+failed transaction on a kept connection, which the next delivery starts with RSET (RFC 5321
+§4.1.1.5), needs a raw-socket server on 127.0.0.1 here.
 """
 
 from __future__ import annotations
 
 import io
-import re
 from collections.abc import Sequence
-from datetime import UTC, datetime
 
 import attrs
 import pytest
@@ -34,7 +33,7 @@ from spoolmail._transport.replies import (
     SmtpExtensions,
 )
 from spoolmail._transport.smtp import SmtpTransport
-from tests.smtpservers import SHORT, raw_server, smtp_server
+from tests.smtpservers import SHORT, raw_server
 
 integration = pytest.mark.integration
 
@@ -48,12 +47,6 @@ UTF8_MESSAGE = (
     "\r\n"
     "Viele Grüße.\r\n"
 ).encode()
-# Postfix's smtp-sink, byte for byte (postfix 3.8): the last line is "250 " and nothing else.
-SMTP_SINK_EHLO = (
-    b"250-smtp-sink\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-AUTH PLAIN LOGIN\r\n"
-    b"250-XCLIENT NAME HELO\r\n250-XFORWARD NAME ADDR PROTO HELO\r\n"
-    b"250-ENHANCEDSTATUSCODES\r\n250-DSN\r\n250 \r\n"
-)
 NO_PIPELINING: dict[str, bytes | None] = {
     "EHLO": b"250-raw.test greets you\r\n250 8BITMIME\r\n",
 }
@@ -233,93 +226,6 @@ def test_a_size_that_is_not_a_number_is_no_limit(params: str, size: int) -> None
     assert SmtpExtensions.from_ehlo(["mx.test", params]).size == size
 
 
-# Hostile replies from a raw-socket server on 127.0.0.1.
-
-HOSTILE = [
-    pytest.param("greeting", b"\r\n", id="greeting-empty"),
-    pytest.param("greeting", b"\xff\xfe\xfd\r\n", id="greeting-not-utf8"),
-    pytest.param("greeting", b"220-raw.test\r\n" * 500, id="greeting-never-ends"),
-    pytest.param("EHLO", b"250-raw.test\r\n" + b"250-" + b"A" * 5000 + b"\r\n", id="ehlo-long"),
-    pytest.param("EHLO", b"250-raw.test\r\n250-SIZE \xc2\xb2\r\n250 \r\n", id="ehlo-size"),
-    pytest.param("EHLO", b"250-raw.test\r\n" * 300, id="ehlo-never-ends"),
-    pytest.param("EHLO", b"250-raw.test\r\n\r\n250 OK\r\n", id="ehlo-empty-line"),
-    pytest.param("MAIL", b"\r\n", id="mail-empty"),
-    pytest.param("MAIL", b"2\r\n", id="mail-short-code"),
-    pytest.param("MAIL", b"550 5.7.1 \xc0\xaf\x00 no\r\n", id="mail-not-utf8"),
-    pytest.param("RCPT", b"250-" + b"\xff" * 3000 + b"\r\n", id="rcpt-long"),
-    pytest.param("RCPT", b"250-ok\r\n" * 2000, id="rcpt-never-ends"),
-    pytest.param("DATA", b"354-go\r\n354 \r\n", id="data-multiline"),
-    pytest.param(".", b"250-\r\n250-\r\n251 x\r\n", id="end-mixed-codes"),
-    pytest.param(".", b"\xef\xbb\xbf250 ok\r\n", id="end-bom"),
-    pytest.param(".", b"250 2.0.0 " + "ünïcödé".encode() + b"\r\n", id="end-utf8"),
-]
-
-
-@integration
-@pytest.mark.parametrize(("step", "reply"), HOSTILE)
-def test_hostile_replies_end_as_replies_for_every_recipient(
-    transcript: Transcript, step: str, reply: bytes
-) -> None:
-    recipients = ["a@x.test", "b@x.test"]
-    greeting = reply if step == "greeting" else b"220 raw.test ESMTP\r\n"
-    replies = {} if step == "greeting" else {step: reply}
-    with (
-        raw_server(greeting=greeting, replies=replies) as server,
-        SmtpTransport(helo_name="client.test", timeouts=SHORT) as transport,
-    ):
-        answers = transport.send(server.target, outgoing(recipients=recipients), transcript)
-        # The transport still works, on this connection or a new one.
-        again = transport.send(server.target, outgoing(), transcript)
-    assert set(answers) == set(recipients)
-    assert set(again) == {"bob@example.com"}
-    for answer in answers.values():
-        assert isinstance(answer, Reply)
-        if answer.code >= 400:
-            assert answer.host == HOST
-    problems = [a for a in answers.values() if a.code // 100 == 4 and a.enhanced == "4.5.0"]
-    for problem in problems:
-        # The reason reaches the transcript.
-        assert any(problem.text in line for line in transcript.lines)
-
-
-@integration
-def test_smtp_sinks_ehlo_reply_is_read(transport: SmtpTransport, transcript: Transcript) -> None:
-    with raw_server(replies={"EHLO": SMTP_SINK_EHLO}) as server:
-        answers = transport.send(server.target, outgoing(), transcript)
-    assert answers == {"bob@example.com": Reply(250, "2.0.0", "Ok: queued", host=HOST)}
-    # PIPELINING from the reply was taken: MAIL, RCPT and DATA in one write.
-    assert ["MAIL FROM:<alice@example.net>", "RCPT TO:<bob@example.com>", "DATA"] in server.groups
-
-
-# A reply that never completes is waited for, so these waits are short.
-IMPATIENT = attrs.evolve(
-    SHORT, greeting=0.3, ehlo=0.3, mail=0.3, rcpt=0.3, data_start=0.3, data_end=0.3, rset=0.3
-)
-
-
-@integration
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    step=st.sampled_from(["greeting", "EHLO", "MAIL", "RCPT", "DATA", ".", "RSET"]),
-    lines=st.lists(st.tuples(reply_lines, line_ends), min_size=1, max_size=6),
-)
-def test_random_replies_from_a_socket_never_raise(
-    step: str, lines: list[tuple[bytes, bytes]]
-) -> None:
-    reply = b"".join(line + end for line, end in lines)
-    transcript = Transcript(clock=lambda: datetime(2026, 11, 28, tzinfo=UTC))
-    greeting = reply if step == "greeting" else b"220 raw.test ESMTP\r\n"
-    with (
-        raw_server(
-            greeting=greeting, replies={} if step == "greeting" else {step: reply}
-        ) as server,
-        SmtpTransport(helo_name="client.test", timeouts=IMPATIENT) as transport,
-    ):
-        for _ in range(2):  # the second time on a kept connection, if there is one
-            answers = transport.send(server.target, outgoing(recipients=["a@x.test"]), transcript)
-            assert set(answers) == {"a@x.test"}
-
-
 # A failed transaction on a kept connection: the next one starts with RSET.
 
 
@@ -347,56 +253,6 @@ def test_a_refused_end_of_data_is_followed_by_rset(transcript: Transcript) -> No
         "QUIT",
     ]
     assert "the last transaction on it failed: RSET first" in "\n".join(transcript.lines)
-
-
-@integration
-def test_a_refused_end_of_data_resets_within_one_delivery(transcript: Transcript) -> None:
-    replies = {**NO_PIPELINING, ".": b"554 5.7.1 Rejected\r\n"}
-    with (
-        raw_server(replies=replies) as server,
-        SmtpTransport(helo_name="client.test", timeouts=SHORT, max_recipients=1) as transport,
-    ):
-        answers = transport.send(
-            server.target, outgoing(recipients=["a@x.test", "b@x.test"]), transcript
-        )
-    assert set(answers.values()) == {Reply(554, "5.7.1", "Rejected", host=HOST)}
-    assert server.commands[1:] == [
-        "MAIL FROM:<alice@example.net>",
-        "RCPT TO:<a@x.test>",
-        "DATA",
-        "RSET",
-        "MAIL FROM:<alice@example.net>",
-        "RCPT TO:<b@x.test>",
-        "DATA",
-        "QUIT",
-    ]
-
-
-@integration
-def test_data_ended_without_recipients_is_followed_by_rset(transcript: Transcript) -> None:
-    # Pipelined: every RCPT refused, DATA accepted anyway, ended with a lone "." (RFC 2920 §3.1).
-    replies = {"RCPT": b"550 5.1.1 No such user\r\n", ".": b"554 5.5.1 No valid recipients\r\n"}
-    with (
-        raw_server(replies=replies) as server,
-        SmtpTransport(helo_name="client.test", timeouts=SHORT) as transport,
-    ):
-        transport.send(server.target, outgoing(), transcript)
-        transport.send(server.target, outgoing(), transcript)
-        assert server.connections == 1
-    verbs = [command.split(" ", 1)[0].split(":", 1)[0] for command in server.commands]
-    assert verbs == ["EHLO", "MAIL", "RCPT", "DATA", "RSET", "MAIL", "RCPT", "DATA", "QUIT"]
-
-
-@integration
-def test_a_successful_transaction_still_needs_no_rset(transcript: Transcript) -> None:
-    with (
-        raw_server(replies=NO_PIPELINING) as server,
-        SmtpTransport(helo_name="client.test", timeouts=SHORT) as transport,
-    ):
-        transport.send(server.target, outgoing(), transcript)
-        transport.send(server.target, outgoing(), transcript)
-    assert "RSET" not in server.commands
-    assert server.commands.count("MAIL FROM:<alice@example.net>") == 2
 
 
 # What MAIL declares, read from the stored message.
@@ -480,53 +336,3 @@ def test_only_the_header_section_is_read_when_the_body_does_not_matter() -> None
     message = attrs.evolve(outgoing(), open=lambda: source, eight_bit=True)
     assert not examine(message, eight_bit_matters=True).utf8_headers
     assert source.handed_out <= 64
-
-
-# SMTPUTF8 for UTF-8 header fields (RFC 6531 §3.4, RFC 6532).
-
-
-@integration
-def test_utf8_headers_go_with_smtputf8(transport: SmtpTransport, transcript: Transcript) -> None:
-    with smtp_server(enable_smtputf8=True) as server:
-        answers = transport.send(server.target, outgoing(UTF8_MESSAGE), transcript)
-    assert answers == {"bob@example.com": Reply(250, "2.0.0", "Ok: queued", host=HOST)}
-    [received] = server.messages
-    assert received.smtp_utf8
-    assert {"SMTPUTF8", "BODY=8BITMIME"} <= set(received.mail_options)
-    assert received.data == UTF8_MESSAGE
-
-
-@integration
-def test_utf8_headers_fail_for_good_without_smtputf8(
-    transport: SmtpTransport, transcript: Transcript
-) -> None:
-    with smtp_server(enable_smtputf8=False) as server:
-        answers = transport.send(
-            server.target, outgoing(UTF8_MESSAGE, recipients=["a@x.test", "b@x.test"]), transcript
-        )
-    assert {(r.code, r.enhanced) for r in answers.values()} == {(554, "5.6.7")}
-    [answer] = set(answers.values())
-    assert "SMTPUTF8" in answer.text
-    assert server.handler.mail_froms == []  # nothing was sent that the server could not take
-    assert any(re.search(r"not sent: 554 5\.6\.7", line) for line in transcript.lines)
-
-
-@integration
-@pytest.mark.parametrize(
-    "data",
-    [
-        pytest.param(b"Subject: Gr\xfc\xdfe\r\n\r\nhi\r\n", id="latin-1-header"),
-        pytest.param(b"Subject: hi\r\n\r\nGr\xc3\xbc\xc3\x9fe\r\n", id="utf8-body"),
-    ],
-)
-def test_eight_bit_that_is_no_utf8_header_needs_no_smtputf8(
-    transport: SmtpTransport, transcript: Transcript, data: bytes
-) -> None:
-    with smtp_server(enable_smtputf8=False) as server:
-        [answer] = transport.send(server.target, outgoing(data), transcript).values()
-    assert answer.code == 250
-    [received] = server.messages
-    assert not received.smtp_utf8
-    assert "BODY=8BITMIME" in received.mail_options
-    assert "SMTPUTF8" not in received.mail_options
-    assert received.data == data

@@ -2,9 +2,11 @@
 
 aiosmtpd offers STARTTLS with throwaway certificates (``tests/tlscerts.py``, made once per test
 session) and AUTH PLAIN/LOGIN against a table of users; raw servers play the ones that offer
-STARTTLS and hang up, refuse it, or offer AUTH in the clear. The transport trusts the test CA
-only. Every failure here must be temporary, and nothing may be sent in the clear that the
-target's policy forbids: the servers' records (``mail_froms``, ``commands``) show it was not.
+STARTTLS and then hang up. The transport trusts the test CA only. Every failure here must be
+temporary, and nothing may be sent in the clear that the target's policy forbids: the servers'
+records (``mail_froms``, ``commands``) show it was not. What the policies decide before any
+handshake (STARTTLS not offered or refused, AUTH in the clear, a refused password, no usable
+mechanism) is tested on bytes alone in ``test_transactions.py``.
 """
 
 from __future__ import annotations
@@ -125,19 +127,6 @@ def test_opportunistic_uses_starttls_when_offered(
     assert text.index("TLS started") < text.rindex("> EHLO") < text.index("> MAIL")
 
 
-def test_opportunistic_without_starttls_is_plain_text(
-    transport: SmtpTransport, transcript: Transcript
-) -> None:
-    with smtp_server() as server:
-        [reply] = transport.send(
-            aimed(server.target, TlsPolicy.OPPORTUNISTIC), outgoing(), transcript
-        ).values()
-    assert reply == QUEUED
-    assert not server.messages[0].tls
-    assert "STARTTLS not offered; continuing in plain text (opportunistic)" in transcript.text
-    assert "> STARTTLS" not in transcript.text
-
-
 def test_never_does_not_start_tls(
     transport: SmtpTransport, transcript: Transcript, tls_server: SmtpServer
 ) -> None:
@@ -197,47 +186,6 @@ def test_opportunistic_handshake_failure_with_credentials_is_temporary(
         [reply] = transport.send(target, outgoing(), transcript).values()
     assert (reply.code, reply.enhanced) == (451, "4.7.5")
     assert server.connections == 1
-
-
-@pytest.mark.parametrize("tls", [TlsPolicy.ENCRYPT, TlsPolicy.REQUIRED])
-def test_required_tls_without_starttls_is_temporary_and_sends_nothing(
-    transport: SmtpTransport, transcript: Transcript, tls: TlsPolicy
-) -> None:
-    with smtp_server() as server:
-        replies = transport.send(
-            aimed(server.target, tls), outgoing(["a@x.test", "b@x.test"]), transcript
-        )
-    expected = Reply(
-        451,
-        "4.7.4",
-        f"TLS is required ({tls.value}), but {NAME}[{HOST}]:{server.port} does not offer STARTTLS",
-        host=HOST,
-    )
-    assert replies == {"a@x.test": expected, "b@x.test": expected}
-    assert server.handler.mail_froms == []
-    assert "> QUIT" in transcript.text
-
-
-@pytest.mark.parametrize(
-    ("tls", "delivered"),
-    [(TlsPolicy.OPPORTUNISTIC, True), (TlsPolicy.ENCRYPT, False)],
-)
-def test_refused_starttls(
-    transport: SmtpTransport, transcript: Transcript, tls: TlsPolicy, delivered: bool
-) -> None:
-    with raw_server(
-        replies={"EHLO": EHLO_STARTTLS, "STARTTLS": b"454 4.7.0 TLS not available\r\n"}
-    ) as server:
-        [reply] = transport.send(aimed(server.target, tls), outgoing(), transcript).values()
-    if delivered:
-        # RFC 3207 §4: the same connection goes on in plain text.
-        assert reply.code == 250
-        assert server.connections == 1
-        assert "STARTTLS refused; continuing in plain text" in transcript.text
-    else:
-        assert (reply.code, reply.enhanced) == (451, "4.7.4")
-        assert "refused STARTTLS: 454 4.7.0 TLS not available" in reply.text
-        assert not any(c.startswith("MAIL") for c in server.commands)
 
 
 def test_encrypt_does_not_check_the_certificate(
@@ -334,42 +282,6 @@ def test_auth_after_starttls(
     assert secrets_in(text) == []
 
 
-def test_wrong_password_is_temporary_and_sends_nothing(
-    transport: SmtpTransport, transcript: Transcript, tls_server: SmtpServer
-) -> None:
-    wrong = Credentials(USER, "not-" + PASSWORD)
-    target = aimed(tls_server.target, TlsPolicy.ENCRYPT, credentials=wrong)
-    replies = transport.send(target, outgoing(["a@x.test", "b@x.test"]), transcript)
-    expected = Reply(
-        451,
-        "4.7.8",
-        f"{NAME}[{HOST}]:{tls_server.port} refused AUTH PLAIN as {USER}: "
-        "535 5.7.8 Authentication credentials invalid",
-        host=HOST,
-    )
-    assert replies == {"a@x.test": expected, "b@x.test": expected}
-    assert tls_server.handler.logins == [("PLAIN", USER, False)]
-    assert tls_server.handler.mail_froms == []
-    assert "not-" + PASSWORD not in transcript.text
-    assert "> QUIT" in transcript.text.split("< 535")[1]  # the session ends politely
-
-
-def test_no_auth_in_the_clear(transport: SmtpTransport, transcript: Transcript) -> None:
-    # Offers AUTH but no STARTTLS; the opportunistic policy cannot get TLS.
-    with raw_server(replies={"EHLO": EHLO_AUTH}) as server:
-        target = aimed(server.target, TlsPolicy.OPPORTUNISTIC, credentials=CREDENTIALS)
-        [reply] = transport.send(target, outgoing(), transcript).values()
-    assert reply == Reply(
-        451,
-        "4.7.10",
-        f"will not authenticate to {NAME}[{HOST}]:{server.port} as {USER} in the clear: "
-        "the connection has no TLS",
-        host=HOST,
-    )
-    assert server.commands == ["EHLO client.test", "QUIT"]
-    assert secrets_in(transcript.text) == []
-
-
 def test_credentials_with_tls_never_do_not_connect(
     transport: SmtpTransport, transcript: Transcript
 ) -> None:
@@ -378,19 +290,6 @@ def test_credentials_with_tls_never_do_not_connect(
         [reply] = transport.send(target, outgoing(), transcript).values()
     assert (reply.code, reply.enhanced) == (451, "4.7.10")
     assert server.connections == 0
-
-
-def test_no_usable_auth_mechanism_is_temporary(
-    transport: SmtpTransport, transcript: Transcript, certificates: TestCertificates
-) -> None:
-    with smtp_server(
-        tls_context=certificates.server_context(), auth_users={USER: PASSWORD}, auth_mechanisms=()
-    ) as server:
-        target = aimed(server.target, TlsPolicy.ENCRYPT, credentials=CREDENTIALS)
-        [reply] = transport.send(target, outgoing(), transcript).values()
-    assert (reply.code, reply.enhanced) == (451, "4.7.4")
-    assert "offers no AUTH mechanism spoolmail speaks (PLAIN, LOGIN)" in reply.text
-    assert server.handler.mail_froms == []
 
 
 # Connection reuse with TLS and credentials.

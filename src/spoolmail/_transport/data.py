@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import codecs
 import re
+from collections.abc import Iterator
+from typing import BinaryIO
 
 import attrs
 
 from spoolmail._transport.base import Outgoing
 
-__all__ = ["CHUNK", "Content", "DataEncoder", "examine"]
+__all__ = ["CHUNK", "Content", "DataEncoder", "data_blocks", "examine"]
 
 # Message data is read and sent in blocks of this size, so memory stays flat whatever the size.
 CHUNK = 64 * 1024
@@ -59,6 +61,23 @@ class DataEncoder:
             self._line_start = True
             return b"\r\n.\r\n"
         return b".\r\n" if self._line_start else b"\r\n.\r\n"
+
+
+def data_blocks(source: BinaryIO) -> Iterator[bytes]:
+    """``source`` as DATA: dot-stuffed blocks of at most about :data:`CHUNK` octets, the last
+    one ending with the final ``.``.
+
+    Each block is handed out once the next has been read, so the last one leaves in the same
+    write as the final ".": two small writes in a row would wait for the server's delayed ACK
+    (Nagle's algorithm, RFC 896), some 40 ms a message.
+    """
+    encoder = DataEncoder()
+    held = b""
+    while block := source.read(CHUNK):
+        if held:
+            yield held
+        held = encoder.encode(block)
+    yield held + encoder.finish()
 
 
 @attrs.frozen

@@ -25,7 +25,7 @@ from spoolmail._core.reply import Reply
 from spoolmail._core.routing import Target
 from spoolmail._core.transcript import Transcript
 from spoolmail._transport.base import Outgoing
-from spoolmail._transport.data import CHUNK, DataEncoder, examine
+from spoolmail._transport.data import CHUNK, data_blocks, examine
 from spoolmail._transport.protocol import (
     ClientProtocol,
     Ended,
@@ -299,20 +299,11 @@ class Session:
 
     def _send_data(self, source: BinaryIO, *, timeout: float) -> int:
         """Stream ``source`` dot-stuffed, then the final ``.``; return the octets sent."""
-        encoder = DataEncoder()
         sent = 0
-        # Each block is sent once the next has been read, so the last one leaves in the same
-        # write as the final ".": two small writes in a row would wait for the server's delayed
-        # ACK (Nagle's algorithm, RFC 896), some 40 ms a message.
-        held = b""
-        while block := source.read(CHUNK):
-            if held:
-                self._send(held, timeout=timeout, sending="the message")
-                sent += len(held)
-            held = encoder.encode(block)
-        held += encoder.finish()
-        self._send(held, timeout=timeout, sending="the message")
-        return sent + len(held)
+        for block in data_blocks(source):
+            self._send(block, timeout=timeout, sending="the message")
+            sent += len(block)
+        return sent
 
     def _start_tls(self, start: StartTls) -> str:
         """Run the TLS handshake on the connection; return how it went, for the transcript."""
