@@ -1,8 +1,11 @@
 """The MailRoot store: folders as states, and every change as one atomic commit on them.
 
-This module is the only code that builds MailRoot paths or touches the filesystem (through
-PyFilesystem2, imported only via ``pyfs``). It knows files, names and renames, not mail: what a
-commit means is decided by the service and the core.
+This package is the only code that builds MailRoot paths or touches the filesystem (through
+PyFilesystem2, imported only via ``pyfs``); this module holds the file protocols. It knows files,
+names and renames, not mail: which commit a transition makes is the state table's
+(``_core.states``), performed by ``transitions``; ``recovery`` completes what a crash cut short;
+``backend`` says what the filesystem guarantees. A folder is a state: :data:`STATE_FOLDERS` and
+:func:`message_file` are the one mapping from state to place.
 
 Rules (DESIGN.md section 3):
 
@@ -47,6 +50,7 @@ import attrs
 from spoolmail._core.ids import QueueIds, is_made_id, is_queue_id
 from spoolmail._core.states import State
 from spoolmail._store import pyfs
+from spoolmail._store.backend import Guarantee, backend_of, single_process_rule
 from spoolmail._store.entries import (
     CappedReader,
     CloseWatcher,
@@ -57,7 +61,7 @@ from spoolmail._store.entries import (
     inspect_os,
     open_regular,
 )
-from spoolmail.exceptions import LayoutError, StorageError
+from spoolmail.exceptions import ConfigurationError, LayoutError, StorageError
 
 __all__ = [
     "BADMAIL",
@@ -224,6 +228,15 @@ class MailStore:
             else {}
         )
         self._check_layout()
+        #: What the filesystem guarantees (``_store.backend``): the rule the store runs under.
+        self.backend = backend_of(self.fs, os_paths=self._os_root is not None)
+        self._said_links = False
+        if Guarantee.ATOMIC_RENAME not in self.backend.guarantees:
+            log.warning(
+                "the MailRoot is on %s, which has no atomic rename: spoolmail runs it under the "
+                "single-process rule and refuses to claim while another process works on it",
+                self.backend,
+            )
         # The inotify watch starts with the first look at Pickup for intake (a service), not
         # for every command that only lists or reads the spool.
         self.readiness = Readiness()
@@ -557,6 +570,36 @@ class MailStore:
             durability=Durability.NONE,
         )
         self._announced = now
+        if Guarantee.ATOMIC_RENAME not in self.backend.guarantees:
+            self._single_process()
+
+    def _single_process(self) -> None:
+        """The single-process rule (``_store.backend``): with no atomic rename, two processes
+        claiming could both win; refuse while another live owner has announced itself."""
+        others = []
+        for owner in self.live_owners():
+            if owner == self.owner:
+                continue
+            try:
+                record = json.loads(self.read(SORTTEMP, f"{owner}{_OWNER_SUFFIX}"))
+                others.append(f"process {record['pid']} on {record['host']} (owner {owner})")
+            except (FileNotFoundError, ValueError, KeyError, TypeError):
+                others.append(f"owner {owner}")
+        if others:
+            # The process that came second stands back: its record goes (the one at work keeps
+            # working), and its next announce writes it again and looks once more.
+            self._announced = None
+            self.remove(SORTTEMP, f"{self.owner}{_OWNER_SUFFIX}")
+            raise ConfigurationError(single_process_rule(self.backend, others))
+
+    def live_owners(self) -> list[str]:
+        """Owners whose record says they may still be working (this process's included)."""
+        owners = {
+            name[: -len(_OWNER_SUFFIX)]
+            for name in self.listdir(SORTTEMP)
+            if name.endswith(_OWNER_SUFFIX)
+        }
+        return sorted(owner for owner in owners if self.owner_alive(owner))
 
     def owner_alive(self, owner: str) -> bool:
         """Whether ``owner`` may still be working: its record exists, is fresh, its process runs."""
@@ -612,8 +655,19 @@ class MailStore:
         target = None
         if info.has_namespace("link") and info.is_link:
             kind, target = EntryKind.SYMLINK, info.target
+        elif not info.has_namespace("link") and Guarantee.LINKS not in self.backend.guarantees:
+            self._say_links_unknown()
         modified = info.modified.timestamp() if info.modified else time.time()
         return EntryFacts(kind=kind, size=info.size or 0, mtime=modified, target=target)
+
+    def _say_links_unknown(self) -> None:
+        if not self._said_links:
+            self._said_links = True
+            log.warning(
+                "%s cannot tell a symbolic link from a file: Pickup entries on it are taken as "
+                "the files they appear to be",
+                self.backend,
+            )
 
     def pickup_names(self) -> list[str]:
         """Every entry in Pickup that is not a directory, sorted: files waiting, being written,
