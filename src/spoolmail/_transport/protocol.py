@@ -93,6 +93,10 @@ class State(enum.Enum):
     QUIT = "quit"  # QUIT sent
     CLOSED = "closed"  # nothing more may be said on this connection
 
+    # Members are singletons: hashing by identity keeps each table lookup a C call (Enum's own
+    # __hash__ is Python code, paid on every command).
+    __hash__ = object.__hash__
+
 
 class Step(enum.Enum):
     """What moves a conversation on: a command sent, or a reply that opens the next phase."""
@@ -114,6 +118,8 @@ class Step(enum.Enum):
     RSET = "RSET"
     RESET = "2xx to RSET"
     QUIT = "QUIT"
+
+    __hash__ = object.__hash__
 
 
 # The rules, in one place. The server speaks first; EHLO (HELO to an old server, RFC 5321 §3.2)
@@ -405,17 +411,18 @@ class ClientProtocol:
         timeout: float,
         utf8: bool = False,
         shown: str | None = None,
-    ) -> Generator[Event, None, None]:
+    ) -> Send:
         """Command lines in one write: one line, or a pipelined group (RFC 2920). ``shown``
         replaces a line that carries a secret (AUTH) in the transcript and in any error text."""
         # Without SMTPUTF8 a command is ASCII (RFC 5321 §2.4); callers check before getting here.
-        raw = b"".join(line.encode("utf-8" if utf8 else "ascii") + b"\r\n" for line in lines)
+        encoding = "utf-8" if utf8 else "ascii"
+        raw = "\r\n".join(lines).encode(encoding) + b"\r\n"
         self._fire(*steps)
         if self._transcript is not None:
             for line in lines:
                 self._transcript.sent(printable(shown if shown is not None else line, limit=1000))
         sending = shown if shown is not None else lines[0].split(" ", 1)[0]
-        yield Send(raw, timeout, sending)
+        return Send(raw, timeout, sending)
 
     def _read(self, *, timeout: float, awaiting: str) -> Generator[Event, None, ServerReply]:
         """One complete (possibly multiline) reply, ``awaiting`` naming it for messages
@@ -448,7 +455,7 @@ class ClientProtocol:
         shown: str | None = None,
     ) -> Generator[Event, None, ServerReply]:
         """Send one command line and read its reply (``shown``: see :meth:`_send`)."""
-        yield from self._send([line], [step], timeout=timeout, utf8=utf8, shown=shown)
+        yield self._send([line], [step], timeout=timeout, utf8=utf8, shown=shown)
         verb = (shown if shown is not None else line).split(" ", 1)[0]
         return (yield from self._read(timeout=timeout, awaiting=f"reply to {verb}"))
 
@@ -752,7 +759,7 @@ class ClientProtocol:
         data: ServerReply | None = None
         self.clean = False
         for start, group in pipeline_groups(commands, utf8=utf8):
-            yield from self._send(
+            yield self._send(
                 group, steps[start : start + len(group)], timeout=timeouts.mail, utf8=utf8
             )
             for index in range(start, start + len(group)):

@@ -280,14 +280,13 @@ class Session:
             deadline = time.monotonic() + need.timeout
             self._waiting = (need.reply, deadline)
         remaining = deadline - time.monotonic()
-        late = f"{where(self.target)} sent no {need.awaiting} within {need.timeout:g} s"
         if remaining <= 0:
-            raise self._over("4.4.2", late)
+            raise self._over("4.4.2", self._late(need))
         try:
             self._sock.settimeout(remaining)
             data = self._sock.recv(CHUNK)
         except TimeoutError as error:
-            raise self._over("4.4.2", late) from error
+            raise self._over("4.4.2", self._late(need)) from error
         except OSError as error:
             raise self._lost(f"while waiting for the {need.awaiting}", error) from error
         if not data:
@@ -296,6 +295,9 @@ class Session:
                 f"{where(self.target)} closed the connection instead of the {need.awaiting}",
             )
         self.protocol.receive_data(data)
+
+    def _late(self, need: NeedData) -> str:
+        return f"{where(self.target)} sent no {need.awaiting} within {need.timeout:g} s"
 
     def _send_data(self, source: BinaryIO, *, timeout: float) -> int:
         """Stream ``source`` dot-stuffed, then the final ``.``; return the octets sent."""
