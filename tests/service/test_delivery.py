@@ -7,11 +7,13 @@ from datetime import timedelta
 import pytest
 
 from spoolmail import Reply
-from spoolmail._core.envelope import Envelope, Recipient, encode_envelope
+from spoolmail._core.envelope import Envelope, Recipient
 from spoolmail._core.routing import Router, SmartHostMode, Target
+from spoolmail._core.states import Event, State
 from spoolmail._service.delivery import DeadDestinations, Deliverer
 from spoolmail._store import pyfs
 from spoolmail._store.spool import Spool
+from spoolmail._store.transitions import Change
 from spoolmail.testing import CapturingTransport, FakeClock, StaticResolver
 
 PRIMARY = Target("127.0.0.11", name="mx1.test")
@@ -58,8 +60,10 @@ def queued(spool: Spool, clock: FakeClock, *addresses: str) -> Envelope:
         next_attempt=clock(),
         size=40,
     )
-    spool.store.commit_queued(
-        envelope.id, b"From: a@example.com\r\n\r\nhi\r\n", encode_envelope(envelope)
+    spool.transitions.apply(
+        State.NEW,
+        Event.ACCEPTED,
+        Change(id=envelope.id, message=b"From: a@example.com\r\n\r\nhi\r\n", envelope=envelope),
     )
     return envelope
 

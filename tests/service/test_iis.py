@@ -13,8 +13,10 @@ from typing import Any
 import pytest
 
 from spoolmail import MailService, Router, Spool
-from spoolmail._core.envelope import Envelope, Recipient, encode_envelope
+from spoolmail._core.envelope import Envelope, Recipient
+from spoolmail._core.states import Event, State
 from spoolmail._service import iis
+from spoolmail._store.transitions import Change
 from spoolmail.exceptions import MessageError, NotFound, StorageError
 from spoolmail.testing import CapturingTransport, FakeClock, StaticResolver
 
@@ -61,7 +63,11 @@ def test_only_iis_queue_files_are_stranded(spool: Spool, clock: FakeClock) -> No
         arrival=clock(),
         next_attempt=clock(),
     )
-    spool.store.commit_queued(ours.id, b"Subject: x\r\n\r\nx\r\n", encode_envelope(ours))
+    spool.transitions.apply(
+        State.NEW,
+        Event.ACCEPTED,
+        Change(id=ours.id, message=b"Subject: x\r\n\r\nx\r\n", envelope=ours),
+    )
     for name in (IIS_FILE, "ntfs_00ff.eml", "NTFS_1.EML.tmp", "README.txt", "NTFS_.EML"):
         spool.store.write("Queue", name, QUEUED_BY_IIS)
     assert iis.stranded_queue_files(spool.store) == [IIS_FILE, "ntfs_00ff.eml"]

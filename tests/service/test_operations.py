@@ -14,7 +14,9 @@ import pytest
 
 from spoolmail import MailService, RecipientState, Reply, RetryPolicy, Router, Spool
 from spoolmail._core.envelope import Envelope, Notify, Recipient, encode_envelope
+from spoolmail._core.states import Event, State
 from spoolmail._store import pyfs
+from spoolmail._store.transitions import Change
 from spoolmail.exceptions import MessageError, NotFound, SpoolmailError, StorageError
 from spoolmail.testing import CapturingTransport, FakeClock, StaticResolver
 
@@ -333,7 +335,11 @@ def test_notify_never_means_no_dsn(
         next_attempt=clock(),
         envid="QQ314159",
     )
-    spool.store.commit_queued(envelope.id, message("no@remote.test"), encode_envelope(envelope))
+    spool.transitions.apply(
+        State.NEW,
+        Event.ACCEPTED,
+        Change(id=envelope.id, message=message("no@remote.test"), envelope=envelope),
+    )
     transport.answers = {"no@remote.test": NO}
     report = service.run_once()
     assert report.failed == ((envelope.id, "no@remote.test"),)
@@ -355,7 +361,11 @@ def test_notify_success_brings_a_success_notice(
         next_attempt=clock(),
         envid="QQ314159",
     )
-    spool.store.commit_queued(envelope.id, message("bob@example.com"), encode_envelope(envelope))
+    spool.transitions.apply(
+        State.NEW,
+        Event.ACCEPTED,
+        Change(id=envelope.id, message=message("bob@example.com"), envelope=envelope),
+    )
     report = service.run_once()
     assert report.finished[0] == envelope.id
     kinds = {}

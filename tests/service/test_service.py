@@ -31,10 +31,12 @@ from spoolmail import (
     Router,
     Spool,
 )
-from spoolmail._core.envelope import Envelope, Recipient, decode_envelope, encode_envelope
+from spoolmail._core.envelope import Envelope, Recipient, decode_envelope
 from spoolmail._core.ids import QueueIds
+from spoolmail._core.states import Event, State
 from spoolmail._store import pyfs
 from spoolmail._store.store import MailStore, PickupClaim
+from spoolmail._store.transitions import Change
 from spoolmail.exceptions import ConfigurationError, MessageError
 from spoolmail.testing import CapturingTransport, FakeClock, StaticResolver
 
@@ -409,8 +411,10 @@ def test_hop_limit_holds_for_envelopes_without_a_noted_count(
         next_attempt=spool.clock(),
     )
     # Queued by an older release: no hops in the envelope, so delivery counts them in the file.
-    spool.store.commit_queued(
-        queue_id, hops + b"Received: x\r\n\r\nbody\r\n", encode_envelope(envelope)
+    spool.transitions.apply(
+        State.NEW,
+        Event.ACCEPTED,
+        Change(id=queue_id, message=hops + b"Received: x\r\n\r\nbody\r\n", envelope=envelope),
     )
     report = service.run_once()
     assert [address for _, address in report.failed] == ["bob@example.com"]
@@ -544,7 +548,11 @@ def test_dead_owners_claim_after_commit_is_only_cleaned(
         arrival=clock(),
         next_attempt=clock() + timedelta(hours=1),
     )
-    spool.store.commit_queued(claim.id, b"From: a@b.test\r\n\r\nx\r\n", encode_envelope(envelope))
+    spool.transitions.apply(
+        State.NEW,
+        Event.ACCEPTED,
+        Change(id=claim.id, message=b"From: a@b.test\r\n\r\nx\r\n", envelope=envelope),
+    )
     fresh, service = restart(spool, clock, transport, filesystem)
     report = service.run_once()
     assert report.picked_up == ()

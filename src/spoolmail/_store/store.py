@@ -826,18 +826,28 @@ class MailStore:
         }
 
     def commit_queued(
-        self, queue_id: str, message: bytes | Iterable[bytes], envelope: bytes
-    ) -> None:
-        """Queue a message: its bytes first, its envelope last (the commit).
+        self,
+        queue_id: str,
+        message: bytes | Iterable[bytes],
+        envelope: bytes | Callable[[int], bytes],
+        *,
+        sync: bool = True,
+    ) -> int:
+        """Queue a message: its bytes first, its envelope last (the commit); the message's size.
 
-        Both files are fsync'd, the Queue folder once for both renames: until that fsync
-        returns, the source of the message (a Pickup claim, a parent's attempt) still exists and
-        recovery writes both again, so the order in which the two renames reach the disk does
-        not matter.
+        ``envelope`` may be a function of the size, called once the message is written (intake
+        learns the size by writing it). Both files are fsync'd, the Queue folder once for both
+        renames (``sync=False``: the caller's :meth:`sync` does it once for a batch): until that
+        fsync returns, the source of the message (a Pickup claim, a parent's attempt) still
+        exists and recovery writes both again, so the order in which the two renames reach the
+        disk does not matter. The transition that uses it is ``Transitions.admit``.
         """
-        self.write(QUEUE, f"{queue_id}.eml", message, sync_folder=False)
-        self.write(QUEUE, f"{queue_id}.env", envelope, sync_folder=False)
-        self.sync(QUEUE)
+        size = self.write(QUEUE, f"{queue_id}.eml", message, sync_folder=False)
+        data = envelope(size) if callable(envelope) else envelope
+        self.write(QUEUE, f"{queue_id}.env", data, sync_folder=False)
+        if sync:
+            self.sync(QUEUE)
+        return size
 
     def claim_queued(self, queue_id: str) -> bool:
         """Rename ``ID.env`` to ``ID.OWNER.env``; ``False`` if it is gone (claimed or finished).

@@ -118,15 +118,20 @@ class Transitions:
         recovery admits it again, so the order in which the two renames reach the disk does not
         matter. An error raised while the message streams in (a size limit) leaves nothing.
         """
-        if change.message is None or change.envelope is None:
+        made, message = change.envelope, change.message
+        if message is None or made is None:
             raise ValueError(f"admitting {change.id} needs its message and its envelope")
-        files = self.files
-        size = files.write(*message_file(QUEUED, change.id), change.message, sync_folder=False)
-        made = change.envelope
-        data = encode_envelope(made(size)) if callable(made) else _envelope_bytes(change)
-        files.write(*envelope_file(QUEUED, change.id), data or b"", sync_folder=False)
-        if change.durable:
-            files.sync(QUEUE)
+        envelope: bytes | Callable[[int], bytes]
+        if callable(made):
+            build = made
+
+            def encoded(size: int) -> bytes:
+                return encode_envelope(build(size))
+
+            envelope = encoded
+        else:
+            envelope = _envelope_bytes(change) or b""
+        self.files.commit_queued(change.id, message, envelope, sync=change.durable)
         return True
 
     def claim(self, change: Change) -> bool:
