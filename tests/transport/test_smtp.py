@@ -34,8 +34,8 @@ from spoolmail._core.reply import Reply
 from spoolmail._core.routing import Target
 from spoolmail._core.transcript import Transcript
 from spoolmail._transport.base import Outgoing
-from spoolmail._transport.protocol import pipeline_groups
-from spoolmail._transport.protocol import too_many as is_too_many
+from spoolmail._transport.policy import pipeline_groups
+from spoolmail._transport.policy import too_many as is_too_many
 from spoolmail._transport.replies import parse_reply_line
 from spoolmail._transport.smtp import (
     DataEncoder,

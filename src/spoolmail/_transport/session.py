@@ -26,6 +26,7 @@ from spoolmail._core.routing import Target
 from spoolmail._core.transcript import Transcript
 from spoolmail._transport.base import Outgoing
 from spoolmail._transport.data import CHUNK, data_blocks, examine
+from spoolmail._transport.policy import tls_name, where
 from spoolmail._transport.protocol import (
     ClientProtocol,
     Ended,
@@ -34,8 +35,6 @@ from spoolmail._transport.protocol import (
     SendMessage,
     StartTls,
     State,
-    tls_name,
-    where,
 )
 from spoolmail._transport.replies import SmtpExtensions
 from spoolmail.exceptions import TransportError

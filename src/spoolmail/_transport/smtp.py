@@ -34,8 +34,9 @@ from spoolmail._core.routing import Target, TlsPolicy
 from spoolmail._core.transcript import Transcript
 from spoolmail._transport.base import Outgoing
 from spoolmail._transport.data import DataEncoder
+from spoolmail._transport.policy import in_the_clear, where
 from spoolmail._transport.pool import ConnectionPool
-from spoolmail._transport.protocol import MAX_RECIPIENTS, ClientProtocol, in_the_clear, where
+from spoolmail._transport.protocol import MAX_RECIPIENTS, ClientProtocol
 from spoolmail._transport.replies import SmtpExtensions
 from spoolmail._transport.session import HandshakeFailed, Session, SessionError, unverified_context
 from spoolmail._transport.timeouts import RFC_TIMEOUTS, SmtpTimeouts
