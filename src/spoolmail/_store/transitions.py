@@ -43,6 +43,8 @@ from spoolmail._store.store import (
 __all__ = ["Change", "Transitions"]
 
 QUEUED = State.QUEUED
+# A rescan reads 100,000 envelopes' signatures: their place is looked up once, here.
+_ENVELOPES, _ENVELOPE = envelope_file(QUEUED, "")
 
 
 @attrs.frozen(kw_only=True)
@@ -262,11 +264,11 @@ class Transitions:
 
     def envelope(self, queue_id: str) -> bytes:
         """A queued (unclaimed) message's envelope file; ``FileNotFoundError`` if not there."""
-        return self.files.read(*envelope_file(QUEUED, queue_id))
+        return self.files.read(_ENVELOPES, queue_id + _ENVELOPE)
 
     def envelope_signature(self, queue_id: str) -> tuple[int, ...] | None:
         """See :meth:`MailStore.signature`: changes whenever the envelope is rewritten."""
-        return self.files.signature(*envelope_file(QUEUED, queue_id))
+        return self.files.signature(_ENVELOPES, queue_id + _ENVELOPE)
 
     def open_message(self, queue_id: str) -> BinaryIO:
         """The stored message of a queued id, for reading; ``FileNotFoundError`` if gone."""
