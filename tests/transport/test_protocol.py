@@ -32,7 +32,7 @@ from spoolmail._transport.protocol import (
     Step,
 )
 from spoolmail.exceptions import InvalidTransition
-from tests.transport.test_smtp_liberal import line_ends, reply_lines
+from tests.transport.test_replies import line_ends, reply_lines
 from tests.transport.wire import (
     HOST,
     Peer,

@@ -1,21 +1,21 @@
-"""The SMTP transport against real servers on 127.0.0.1, and its encoder and parser on their own.
+"""The SMTP transport against real servers on 127.0.0.1: what needs a socket.
 
-What needs a socket stays here: connection reuse and its RSET probe, kept connections that die
-or age, QUIT on close, refused ports, stalled and garbage greetings, broken replies and dropped
-connections, streaming in constant memory, and what the transcript of a real session holds.
+Connection reuse and its RSET probe (also after a failed transaction, RFC 5321 §4.1.1.5), kept
+connections that die or age, QUIT on close, refused ports, stalled and garbage greetings, broken
+replies and dropped connections, streaming in constant memory, and what the transcript of a real
+session holds.
 Servers come from ``tests/smtpservers.py``: aiosmtpd for well-behaved peers, raw sockets for
 misbehaving ones. Waits are configured short (``SHORT``; 0.3 s where a test waits for a timeout
 on purpose), so no test sleeps through a real SMTP timeout. What the client says and what each
-reply means, on bytes alone, is in ``test_transactions.py``; STARTTLS and AUTH with real TLS in
-``test_smtp_tls.py``.
+reply means, on bytes alone, is in ``test_transactions.py`` and ``test_protocol.py``; reply
+reading, DATA encoding and the pure decisions in ``test_replies.py``, ``test_data.py`` and
+``test_policy.py``; STARTTLS and AUTH with real TLS in ``test_smtp_tls.py``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-import itertools
-import re
 import socket
 import threading
 import time
@@ -27,19 +27,12 @@ from typing import BinaryIO, cast
 
 import attrs
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from spoolmail._core.reply import Reply
 from spoolmail._core.routing import Target
 from spoolmail._core.transcript import Transcript
 from spoolmail._transport.base import Outgoing
-from spoolmail._transport.policy import pipeline_groups
-from spoolmail._transport.policy import too_many as is_too_many
-from spoolmail._transport.replies import parse_reply_line
 from spoolmail._transport.smtp import (
-    DataEncoder,
-    SmtpExtensions,
     SmtpTimeouts,
     SmtpTransport,
 )
@@ -69,6 +62,9 @@ MESSAGE = (
 )
 
 
+ASCII_MESSAGE = b"From: alice@example.net\r\nTo: bob@example.com\r\nSubject: hi\r\n\r\nHello.\r\n"
+
+
 # The raw server's EHLO reply without PIPELINING: the client must wait for each reply.
 NO_PIPELINING: dict[str, bytes | None] = {
     "EHLO": b"250-raw.test greets you\r\n250 8BITMIME\r\n",
@@ -96,106 +92,7 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def unstuff(wire: bytes) -> bytes:
-    """What a server makes of DATA bytes (RFC 5321 §4.5.2): the message, terminator removed."""
-    assert wire == b".\r\n" or wire.endswith(b"\r\n.\r\n")
-    lines = wire[:-3].split(b"\r\n")[:-1] if wire != b".\r\n" else []
-    return b"".join((line[1:] if line.startswith(b".") else line) + b"\r\n" for line in lines)
-
-
-def normalised(data: bytes) -> bytes:
-    """``data`` with every line end CRLF and a CRLF at the end, as the encoder promises."""
-    out = re.sub(rb"\r\n|\r|\n", b"\r\n", data)
-    return out if not out or out.endswith(b"\r\n") else out + b"\r\n"
-
-
-# The encoder and the reply parser: pure, no sockets.
-
-
-@given(
-    data=st.lists(st.sampled_from([b"\r", b"\n", b".", b"a", b"\r\n", b"..", b"\xff"])).map(
-        b"".join
-    ),
-    cuts=st.lists(st.integers(min_value=0, max_value=64)),
-)
-def test_encoder_round_trips_whatever_the_chunking(data: bytes, cuts: list[int]) -> None:
-    encoder = DataEncoder()
-    pieces = []
-    rest = data
-    for cut in cuts:
-        pieces.append(encoder.encode(rest[:cut]))
-        rest = rest[cut:]
-    pieces.append(encoder.encode(rest))
-    pieces.append(encoder.finish())
-    wire = b"".join(pieces)
-    assert re.search(rb"\r(?!\n)|(?<!\r)\n", wire) is None, "a bare CR or LF went on the wire"
-    assert unstuff(wire) == normalised(data)
-
-
-def test_encoder_does_not_double_a_final_crlf() -> None:
-    encoder = DataEncoder()
-    assert encoder.encode(b"a\r\n") + encoder.finish() == b"a\r\n.\r\n"
-    encoder = DataEncoder()
-    assert encoder.encode(b"a") + encoder.finish() == b"a\r\n.\r\n"
-    assert DataEncoder().finish() == b".\r\n"
-
-
-def test_encoder_stuffs_a_dot_after_a_line_end_split_across_blocks() -> None:
-    encoder = DataEncoder()
-    wire = (
-        encoder.encode(b"x\r") + encoder.encode(b"\n.y\r") + encoder.encode(b".") + encoder.finish()
-    )
-    assert wire == b"x\r\n..y\r\n..\r\n.\r\n"
-
-
-@given(st.binary(max_size=300))
-def test_reply_parser_never_crashes(line: bytes) -> None:
-    parsed = parse_reply_line(line)
-    assert parsed is None or 200 <= parsed[0] <= 599
-
-
-@pytest.mark.parametrize(
-    ("line", "expected"),
-    [
-        (b"250 2.1.0 Ok", (250, False, "2.1.0 Ok")),
-        (b"250-SIZE 100", (250, True, "SIZE 100")),
-        (b"354", (354, False, "")),
-        (b"hello", None),
-        (b"25 x", None),
-        (b"2500 x", None),
-        (b"999 x", None),
-        (b"250:x", None),
-    ],
-)
-def test_reply_parser(line: bytes, expected: tuple[int, bool, str] | None) -> None:
-    assert parse_reply_line(line) == expected
-
-
-def test_extensions_from_ehlo() -> None:
-    extensions = SmtpExtensions.from_ehlo(
-        [
-            "mx.test greets client.test",
-            "SIZE 10000",
-            "8BITMIME",
-            "pipelining",
-            "AUTH=LOGIN",
-            "AUTH PLAIN login",
-            "STARTTLS",
-            "SMTPUTF8",
-        ]
-    )
-    assert extensions == SmtpExtensions(
-        esmtp=True,
-        size=10000,
-        eight_bit_mime=True,
-        smtputf8=True,
-        pipelining=True,
-        starttls=True,
-        auth=frozenset({"LOGIN", "PLAIN"}),
-        keywords=frozenset({"SIZE", "8BITMIME", "PIPELINING", "AUTH", "STARTTLS", "SMTPUTF8"}),
-    )
-    assert SmtpExtensions.from_ehlo(["mx.test", "SIZE"]).size == 0
-    assert SmtpExtensions.from_ehlo(["mx.test"]) == SmtpExtensions(esmtp=True)
+# Settings.
 
 
 def test_settings_are_checked() -> None:
@@ -248,46 +145,6 @@ def test_what_the_envelope_knows_of_8bit_is_not_read_again(
     assert "BODY=8BITMIME" in first.mail_options
     assert "BODY=8BITMIME" not in second.mail_options
     assert "BODY=8BITMIME" not in third.mail_options
-
-
-# Pipelining (RFC 2920) and recipients per transaction, pure.
-
-
-@pytest.mark.parametrize(
-    ("reply", "too_many"),
-    [
-        (Reply(452, "4.5.3", "Too many recipients"), True),
-        (Reply(452, None, "Too many recipients"), True),
-        (Reply(552, "5.5.3", "Too many recipients"), True),  # RFC 821's code, §4.5.3.1.10
-        (Reply(552, None, "Too many recipients in this message"), True),
-        (Reply(452, "4.2.2", "Mailbox full"), False),
-        (Reply(552, None, "Mailbox full"), False),
-        (Reply(451, "4.5.3", "Too many recipients"), False),
-        (Reply(550, "5.1.1", "No such user"), False),
-    ],
-)
-def test_too_many_recipients_is_recognised(reply: Reply, too_many: bool) -> None:
-    assert is_too_many(reply) is too_many
-
-
-def test_pipeline_groups_fit_the_window() -> None:
-    commands = [
-        "MAIL FROM:<a@x.test>",
-        *(f"RCPT TO:<{'r' * 90}{n}@x.test>" for n in range(80)),
-        "DATA",
-    ]
-    groups = list(pipeline_groups(commands, utf8=False))
-    assert [command for _, group in groups for command in group] == commands
-    assert [start for start, _ in groups] == [0, *itertools.accumulate(len(g) for _, g in groups)][
-        :-1
-    ]
-    assert len(groups) > 1
-    assert all(sum(len(c) + 2 for c in group) <= 4096 for _, group in groups)
-    # A command longer than the window still goes, alone.
-    assert list(pipeline_groups(["x" * 5000, "DATA"], utf8=False)) == [
-        (0, ["x" * 5000]),
-        (1, ["DATA"]),
-    ]
 
 
 # Connection reuse.
@@ -584,3 +441,32 @@ def test_transcript_has_the_dialogue_but_not_the_message(
     assert "< 250 2.0.0 Ok: queued" in text
     assert "SECRET-BODY-MARKER" not in text
     assert "Subject" not in text
+
+
+# A failed transaction on a kept connection: the next one starts with RSET.
+
+
+@integration
+def test_a_refused_end_of_data_is_followed_by_rset(transcript: Transcript) -> None:
+    replies = {**NO_PIPELINING, ".": b"500 5.0.0 Error: command failed\r\n"}
+    with (
+        raw_server(replies=replies) as server,
+        SmtpTransport(helo_name="client.test", timeouts=SHORT) as transport,
+    ):
+        [first] = transport.send(server.target, outgoing(ASCII_MESSAGE), transcript).values()
+        # At once, well within the moment in which a used connection is trusted without RSET.
+        [second] = transport.send(server.target, outgoing(ASCII_MESSAGE), transcript).values()
+        assert server.connections == 1
+    assert first == second == Reply(500, "5.0.0", "Error: command failed", host=HOST)
+    # RFC 5321 §4.1.1.5: RSET ends what the failed transaction left, before the next MAIL.
+    assert server.commands[1:] == [
+        "MAIL FROM:<alice@example.net>",
+        "RCPT TO:<bob@example.com>",
+        "DATA",
+        "RSET",
+        "MAIL FROM:<alice@example.net>",
+        "RCPT TO:<bob@example.com>",
+        "DATA",
+        "QUIT",
+    ]
+    assert "the last transaction on it failed: RSET first" in "\n".join(transcript.lines)

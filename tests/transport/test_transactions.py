@@ -6,7 +6,7 @@ recipients, which needs no socket. ``tests/transport/wire.py`` drives the protoc
 :class:`Peer` that answers as the raw server or aiosmtpd of ``tests/smtpservers.py`` would, byte
 for byte; its ``commands``, ``groups``, ``data`` and ``messages`` are what those servers record.
 Connection reuse, timeouts, broken connections, TLS handshakes and streaming memory stay with
-real servers on 127.0.0.1 (``test_smtp.py``, ``test_smtp_liberal.py``, ``test_smtp_tls.py``).
+real servers on 127.0.0.1 (``test_smtp.py``, ``test_smtp_tls.py``).
 """
 
 from __future__ import annotations
