@@ -37,8 +37,9 @@ Rules (DESIGN.md section 2):
    neither the retry schedule nor a DSN. Only the message's age can still end it (rule 5).
 
 :func:`conclude_attempt` applies rules 3-7 to one attempt's replies and returns an
-:class:`AttemptOutcome`: the event, the new envelope and the DSNs to send. The service performs the
-outcome on the store as one commit. Pure: times are handed in, nothing here touches a file.
+:class:`AttemptOutcome`: the event, the new envelope and the DSNs to send. The service hands the
+event to the store (``_store.transitions``), which performs the commit :data:`TABLE` lists for
+it. Pure: times are handed in, nothing here touches a file.
 """
 
 from __future__ import annotations
