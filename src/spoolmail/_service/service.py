@@ -469,7 +469,14 @@ class MailService:
         self.store.announce()
         flushed = self.store.take_triggers()
         done = recover(self.transitions, take_in=partial(self._intake, tally=tally))
-        tally.badmail.extend(done.badmail)
+        tally.badmail.extend(done.badmail)  # what was taken in again, _intake tallied
+        if done.returned or done.finished:
+            log.info(
+                "recovery: %d claim(s) of dead processes returned to the Queue, %d finish(es) "
+                "completed",
+                len(done.returned),
+                len(done.finished),
+            )
         self._reschedule(done.files)
         self._forget_dead_hosts(self.schedule.ids() if flushed is None else flushed)
 
