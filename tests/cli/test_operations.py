@@ -193,6 +193,7 @@ def test_show_of_a_missing_id_is_exit_1_without_a_traceback(cli: Cli) -> None:
 
 def test_flush_by_id_domain_and_all(cli: Cli, two: tuple[str, str]) -> None:
     first, second = two
+    before = {row["id"]: row["attempts"] for row in cli.queued()}
     assert cli("queue", "flush", second) == (EX_OK, f"{second}: flushed\n")
     assert cli("queue", "flush", "--domain", "REMOTE.test.") == (EX_OK, f"{first}: flushed\n")
     assert cli("queue", "flush", "--domain", "nowhere.test") == (
@@ -203,9 +204,13 @@ def test_flush_by_id_domain_and_all(cli: Cli, two: tuple[str, str]) -> None:
     out = cli.run_once()
     assert f"{first}: deferred for dan@remote.test" in out
     assert f"{second}: deferred for eve@other.test" in out
-    # One knocked on the silent smart host; a message passed over after that was not tried,
-    # and its attempt is not counted (tests/service/test_dead_hosts.py).
-    assert sorted(row["attempts"] for row in cli.queued()) == [1, 2]
+    # At least one knocked on the silent smart host; one passed over after that (the delivery
+    # threads race) was not tried, and its attempt is not counted: each grows by one at most
+    # (tests/service/test_dead_hosts.py pins the order without threads).
+    grown = {row["id"]: row["attempts"] - before[row["id"]] for row in cli.queued()}
+    assert set(grown) == {first, second}
+    assert set(grown.values()) <= {0, 1}
+    assert sum(grown.values()) >= 1
 
 
 def test_flush_leaves_a_hold_and_says_so(cli: Cli, two: tuple[str, str]) -> None:
