@@ -405,19 +405,25 @@ class ClientProtocol:
     def _read(self, *, timeout: float, awaiting: str) -> Generator[Event, None, ServerReply]:
         """One complete (possibly multiline) reply, ``awaiting`` naming it for messages
         ("greeting", "reply to MAIL"). A 421 ends the session (RFC 5321 §3.8)."""
-        reply: ServerReply | None = None
-        while reply is None:
-            try:
-                raw = self._reader.next_line()
-                if raw is None:
-                    yield NeedData(timeout, awaiting, self._replies)
-                    continue
+        while (reply := self._take_reply(awaiting)) is None:
+            yield NeedData(timeout, awaiting, self._replies)
+        return reply
+
+    def _take_reply(self, awaiting: str) -> ServerReply | None:
+        """The reply awaited, if what has arrived completes it; ``None`` until then."""
+        reader = self._reader
+        try:
+            while (raw := reader.next_line()) is not None:
                 if self._transcript is not None:
                     self._transcript.received(printable(raw.decode("utf-8", "replace"), limit=1000))
-                reply = self._reader.take(raw)
-            except BadReply as bad:
-                # Refused as a reply: the host is tried again later (RFC 3463 X.5.0).
-                raise self._protocol_error(str(bad), awaiting) from None
+                reply = reader.take(raw)
+                if reply is not None:
+                    break
+            else:
+                return None
+        except BadReply as bad:
+            # Refused as a reply: the host is tried again later (RFC 3463 X.5.0).
+            raise self._protocol_error(str(bad), awaiting) from None
         self._replies += 1
         if reply.code == 421:
             raise _Stop(reply.to_reply(self.target.host), usable=False)
@@ -434,8 +440,11 @@ class ClientProtocol:
     ) -> Generator[Event, None, ServerReply]:
         """Send one command line and read its reply (``shown``: see :meth:`_send`)."""
         yield self._send([line], [step], timeout=timeout, utf8=utf8, shown=shown)
-        verb = (shown if shown is not None else line).split(" ", 1)[0]
-        return (yield from self._read(timeout=timeout, awaiting=f"reply to {verb}"))
+        awaiting = f"reply to {(shown if shown is not None else line).split(' ', 1)[0]}"
+        # As _read, without a generator of its own: this runs for every command.
+        while (reply := self._take_reply(awaiting)) is None:
+            yield NeedData(timeout, awaiting, self._replies)
+        return reply
 
     def _protocol_error(self, problem: str, awaiting: str) -> _Stop:
         # RFC 3463 X.5.0: a protocol error of no more specific kind.
