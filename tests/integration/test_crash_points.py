@@ -38,10 +38,9 @@ lease probe it serves does not matter). A change to the store changes them:
 
 The whole sweep (about 110 kills) runs in CI in about a minute, several points at once.
 
-Known failures (``xfail(strict=True)``, :data:`KNOWN`): a kill while a process writes its owner
-record (``SortTemp/OWNER.owner``: at its ``write`` or at its ``rename``) leaves the record's
-temporary file; the next run's sweep keeps the files of an owner without a record for a lease
-(10 minutes), as it must for ``Spool.submit`` writers, which never announce themselves.
+Known failures would be marked ``xfail(strict=True)`` in :data:`KNOWN`; there are none. (A kill
+while a process wrote its first owner record used to leave the record's temporary file for a
+lease; the file is now named after its writer's host and pid, so the next sweep knows it is gone.)
 """
 
 from __future__ import annotations
@@ -457,18 +456,7 @@ COUNTS: Mapping[str, Mapping[str, Mapping[str, int]]] = {
     },
 }
 
-_OWNER_RECORD = (
-    "the kill falls while this process writes its owner record, SortTemp/OWNER.owner; its "
-    "temporary file OWNER.TOKEN.tmp is left, and the next run's sweep_temp keeps the files of an "
-    "owner without a record until they are a lease (10 min) old, as for Spool.submit writers "
-    "(see /tmp/crashpoint-fix.diff in the crash-point report)"
-)
-KNOWN: Mapping[tuple[str, str, int], str] = {
-    ("pickup", "write", 2): f"write #2 is the record's content: {_OWNER_RECORD}",
-    ("pickup", "rename", 1): f"rename #1 puts the record in place: {_OWNER_RECORD}",
-    ("queued", "write", 2): f"write #2 is the record's content: {_OWNER_RECORD}",
-    ("queued", "rename", 1): f"rename #1 puts the record in place: {_OWNER_RECORD}",
-}
+KNOWN: Mapping[tuple[str, str, int], str] = {}
 
 
 def all_points() -> list[tuple[str, str, int]]:

@@ -136,6 +136,10 @@ _CLAIM_SUFFIX = ".pickup"
 _TRIGGER_SUFFIX = ".trigger"
 _OWNER_SUFFIX = ".owner"
 _TMP_SUFFIX = ".tmp"
+# The temporary file of a first owner record is named after its writer (OWNER.announce.HOST.PID
+# .tmp): a process killed before its record is in place has no record, and only the name can
+# tell the next sweep that its writer is gone.
+_ANNOUNCE = "announce"
 # Finished Queue files kept in SortTemp to be written over as the next temp files (see recycle).
 _SPARES = 64
 _SPARE_SIZE = 256 * 1024
@@ -491,16 +495,18 @@ class MailStore:
         *,
         durability: Durability | None = None,
         sync_folder: bool = True,
+        temp: str | None = None,
     ) -> int:
         """Write a whole file atomically: SortTemp, flush, fsync, rename, fsync the directory.
 
         Replaces an existing file of that name. Returns the number of bytes written.
         ``durability`` overrides the store's for files that need not outlive a power cut;
         ``sync_folder=False`` leaves the directory's fsync to the caller, who makes several
-        renames into one folder durable with one :meth:`sync`.
+        renames into one folder durable with one :meth:`sync`. ``temp`` names the temporary file
+        (when no spare is at hand) instead of a fresh ``OWNER.TOKEN.tmp``.
         """
         durability = durability or self.durability
-        temp = self._temp_name()
+        temp = temp or self._temp_name()
         chunks = [data] if isinstance(data, bytes) else data
         written = 0
         try:
@@ -568,6 +574,7 @@ class MailStore:
             f"{self.owner}{_OWNER_SUFFIX}",
             json.dumps(record).encode(),
             durability=Durability.NONE,
+            temp=self._announce_temp(),
         )
         self._announced = now
         if Guarantee.ATOMIC_RENAME not in self.backend.guarantees:
@@ -600,6 +607,21 @@ class MailStore:
             if name.endswith(_OWNER_SUFFIX)
         }
         return sorted(owner for owner in owners if self.owner_alive(owner))
+
+    def _announce_temp(self) -> str:
+        host = urllib.parse.quote(self._host, safe="")
+        return f"{self.owner}.{_ANNOUNCE}.{host}.{os.getpid()}{_TMP_SUFFIX}"
+
+    def _died_announcing(self, name: str) -> bool:
+        """Whether ``name`` is an owner record's temporary file left by a process of this host
+        that is gone: it died announcing itself (see :meth:`announce`)."""
+        parts = name[: -len(_TMP_SUFFIX)].split(".", 2)
+        if len(parts) != 3 or parts[1] != _ANNOUNCE or not name.endswith(_TMP_SUFFIX):
+            return False
+        host, _, pid = parts[2].rpartition(".")
+        if urllib.parse.unquote(host) != self._host or not pid.isdigit():
+            return False
+        return not _process_runs(int(pid))
 
     def owner_alive(self, owner: str) -> bool:
         """Whether ``owner`` may still be working: its record exists, is fresh, its process runs."""
@@ -1021,9 +1043,17 @@ class MailStore:
                 continue
             owner = name.split(".", 1)[0]
             if owner not in alive:
+                # An owner without a record is alive until its files are a lease old
+                # (``Spool.submit`` writers never announce themselves), unless it is a process
+                # of this host that died writing its first record.
                 alive[owner] = self.owner_alive(owner) or (
                     not self.exists(SORTTEMP, f"{owner}{_OWNER_SUFFIX}")
                     and not self.stale(SORTTEMP, name)
+                    and not any(
+                        self._died_announcing(other)
+                        for other in names
+                        if other.startswith(f"{owner}.{_ANNOUNCE}.")
+                    )
                 )
             if (alive[owner] and name not in debris) or (
                 owner in stuck and name.endswith(_OWNER_SUFFIX)
