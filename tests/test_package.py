@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -52,34 +53,52 @@ def test_exported_names_are_pinned() -> None:
     assert set(spoolmail.__all__) == {
         "BadMailItem",
         "Credentials",
-        "HostResolver",
-        "SmartHostMode",
-        "TlsPolicy",
         "DropItem",
         "Durability",
         "Envelope",
+        "Hop",
+        "HopKind",
+        "HostResolver",
         "Limits",
         "MailService",
+        "Notify",
         "Outgoing",
         "QueuedMessage",
         "Recipient",
         "RecipientState",
         "Reply",
         "Report",
+        "Resolution",
+        "Ret",
         "RetryPolicy",
         "Route",
         "RouteKind",
         "Router",
         "Severity",
+        "SmartHostMode",
+        "SmtpTimeouts",
+        "SmtpTransport",
         "Spool",
         "SpoolmailError",
+        "State",
         "Target",
+        "TlsPolicy",
         "Transcript",
         "Transport",
         "__version__",
     }
     for name in spoolmail.__all__:
         assert hasattr(spoolmail, name), name
+
+
+def test_every_public_name_of_the_package_is_exported() -> None:
+    """Nothing public sits in ``spoolmail`` without being in ``__all__`` (submodules aside)."""
+    public = {
+        name
+        for name, value in vars(spoolmail).items()
+        if not name.startswith("_") and not isinstance(value, types.ModuleType)
+    }
+    assert public <= set(spoolmail.__all__), public - set(spoolmail.__all__)
 
 
 @pytest.mark.parametrize("layer", sorted(LAYERS))

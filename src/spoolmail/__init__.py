@@ -6,13 +6,15 @@ IIS schedule, returns failures to the sender as RFC 3464 DSNs, and puts what can
 or returned into ``BadMail/`` with the reason. See ``docs/`` for the guide and file formats.
 """
 
-from importlib.metadata import PackageNotFoundError, version
+from importlib import metadata as _metadata
 
-from spoolmail._core.envelope import Envelope, Recipient, RecipientState
+from spoolmail._core.envelope import Envelope, Notify, Recipient, RecipientState, Ret
 from spoolmail._core.reply import Reply, Severity
 from spoolmail._core.retry import RetryPolicy
 from spoolmail._core.routing import (
     Credentials,
+    Hop,
+    HopKind,
     Route,
     RouteKind,
     Router,
@@ -20,16 +22,21 @@ from spoolmail._core.routing import (
     Target,
     TlsPolicy,
 )
+from spoolmail._core.states import State
 from spoolmail._core.transcript import Transcript
 from spoolmail._service.service import Limits, MailService, Report
 from spoolmail._store.spool import BadMailItem, DropItem, QueuedMessage, Spool
 from spoolmail._store.store import Durability
-from spoolmail._transport.base import HostResolver, Outgoing, Transport
+from spoolmail._transport.base import HostResolver, Outgoing, Resolution, Transport
+from spoolmail._transport.smtp import SmtpTransport
+from spoolmail._transport.timeouts import SmtpTimeouts
 from spoolmail.exceptions import SpoolmailError
 
 try:
-    __version__ = version("spoolmail")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree without metadata
+    __version__ = _metadata.version("spoolmail")
+except (
+    _metadata.PackageNotFoundError
+):  # pragma: no cover - running from a source tree without metadata
     __version__ = "0.0.0"
 
 __all__ = [
@@ -38,23 +45,31 @@ __all__ = [
     "DropItem",
     "Durability",
     "Envelope",
+    "Hop",
+    "HopKind",
     "HostResolver",
     "Limits",
     "MailService",
+    "Notify",
     "Outgoing",
     "QueuedMessage",
     "Recipient",
     "RecipientState",
     "Reply",
     "Report",
+    "Resolution",
+    "Ret",
     "RetryPolicy",
     "Route",
     "RouteKind",
     "Router",
     "Severity",
     "SmartHostMode",
+    "SmtpTimeouts",
+    "SmtpTransport",
     "Spool",
     "SpoolmailError",
+    "State",
     "Target",
     "TlsPolicy",
     "Transcript",
