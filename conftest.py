@@ -62,7 +62,7 @@ def _is_address(host: str) -> bool:
 
 @pytest.fixture(params=["memory", "os"])
 def filesystem(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[pyfs.FS]:
-    """Every spool test runs on MemoryFS and on OSFS in a temp dir (DESIGN.md section 9)."""
+    """Every spool test runs on MemoryFS and on OSFS in a temp dir (docs/design.md#testing)."""
     if request.param == "memory":
         filesystem: pyfs.FS = pyfs.MemoryFS()
     else:

@@ -45,7 +45,7 @@ def typecheck(session: nox.Session) -> None:
 def install(session: nox.Session, setuptools_first: str) -> None:
     """``import spoolmail`` in a fresh venv, and in one where the newest setuptools came first.
 
-    PyFilesystem2 2.4.16 imports pkg_resources, which setuptools 82 removed (DESIGN.md section 8):
+    PyFilesystem2 2.4.16 imports pkg_resources, gone in setuptools 82 (docs/design.md#dependencies):
     installing spoolmail must bring a setuptools it can use.
     """
     if setuptools_first == "newest":

@@ -1,4 +1,4 @@
-"""Benchmark: a Queue of 100,000 deferred messages on OSFS (DESIGN.md section 3, last bullet).
+"""Benchmark: a Queue of 100,000 deferred messages on OSFS (docs/design.md#crash-safety).
 
 Builds a MailRoot in a temporary directory with N deferred messages (real envelopes, small
 ``.eml`` files), then measures what the issue names: the start-up scan (a fresh ``Spool`` and

@@ -23,7 +23,7 @@ LAYERS = {
     "_service": {"_core", "_store", "_transport"},
     "_cli": {"_core", "_store", "_transport", "_service"},
 }
-# The core is pure: no filesystem, network, DNS or clock (STYLE.md section 1).
+# The core is pure: no filesystem, network, DNS or clock (docs/design.md#layers).
 CORE_FORBIDDEN = {
     "fs",
     "socket",

@@ -438,7 +438,7 @@ def test_long_envelope_lines_are_read_and_never_stored() -> None:
 
 
 def test_a_one_mebibyte_header_block_is_folded_in_linear_time() -> None:
-    # A header block may be 1 MiB (DESIGN.md section 10); folding it must not be quadratic.
+    # A header block may be 1 MiB (docs/design.md#pickup-intake); folding it must not be quadratic.
     to = b"To: " + b",".join(b"r%d@x.example" % n for n in range(9_000))
     subject = b"Subject:" + b" word" * 200_000
     raw = b"From: a@x.example\r\n" + to + b"\r\n" + subject + b"\r\n\r\nbody\r\n"

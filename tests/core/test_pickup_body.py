@@ -75,7 +75,8 @@ def test_where_the_body_begins(buffer: bytes, complete: bool, end: int | None) -
 
 
 def test_body_lines_over_998_octets_pass_unchanged() -> None:
-    # Only header lines are folded at intake (DESIGN.md section 10): a body line is the writer's,
+    # Only header lines are folded at intake (docs/design.md#pickup-intake): a body line is the
+    # writer's,
     # and refolding it would change the text (and any DKIM body hash).
     line = b"x" * 5000
     body = line + b"\n" + line

@@ -1,6 +1,6 @@
 """Crash points: kill ``spoolmail run --once`` at every file-changing system call, restart it.
 
-DESIGN.md section 10 ("The house") asks for this guard before the store is rebuilt
+docs/design.md#crash-safety ("The house") asks for this guard before the store is rebuilt
 (docs/design.md, "Crash safety"). For each file-changing call -- ``rename``, ``unlink``,
 ``fsync``, ``write``, and ``ftruncate`` (a clean run makes one, when a recycled temporary file
 is written over) -- and each N up to the number a clean run makes, a real ``spoolmail run
@@ -11,7 +11,8 @@ and the test checks that every message arrived exactly once and whole (the local
 the remote one at an aiosmtpd smart host on 127.0.0.1 in this process; by Message-ID and a hash
 of the body), and that Pickup, SortTemp, BadMail and Queue are empty, as a clean run leaves them.
 
-Delivery is at-least-once (DESIGN.md section 3): the smart host may see the remote message twice
+Delivery is at-least-once (docs/design.md#at-least-once): the smart host may see the remote
+message twice
 only when the kill fell after its ``250`` and before the envelope's commit. The test measures
 that window (the message accepted while its ``Queue/ID.eml`` is still there once the process is
 dead) and fails on any other duplicate, and on any loss. The windows and duplicates are printed

@@ -3,7 +3,7 @@
 A real ``spoolmail run`` subprocess on a real MailRoot (OSFS, fsync on) is killed with SIGKILL
 again and again, at random points, and restarted each time; then one last run finishes the work.
 Afterwards every message is in Drop exactly once, and Pickup, Queue, BadMail and SortTemp are
-empty (DESIGN.md section 3). The seed is printed so a failure can be replayed with
+empty (docs/design.md#crash-safety). The seed is printed so a failure can be replayed with
 ``SPOOLMAIL_KILL_SEED``.
 """
 

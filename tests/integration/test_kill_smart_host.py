@@ -5,11 +5,11 @@ on 127.0.0.1, an aiosmtpd server in this process that records every message it a
 ``Message-ID``. The service is killed with SIGKILL at random moments while it relays, and
 restarted; one last run finishes the work. Afterwards every message has arrived at least once.
 
-Delivery is at-least-once (DESIGN.md section 3): a message is sent twice only when the smart
+Delivery is at-least-once (docs/design.md#crash-safety): a message is sent twice only when the smart
 host had answered 250 and the outcome was not yet committed in the spool when the process died.
 At each kill the test counts those transactions, the *window*: messages the smart host has
 accepted whose ``Queue/ID.eml`` is still there once the process is dead, so that the next run
-sends them again. Duplicates may not exceed the sum of the windows (DESIGN.md section 10,
+sends them again. Duplicates may not exceed the sum of the windows (docs/design.md#at-least-once,
 "Crash duplicates"). The figures are printed (run pytest with ``-s`` to see them).
 
 CI size by default; a longer torture run (``nox -s torture``) sets ``SPOOLMAIL_KILL_MESSAGES``

@@ -8,7 +8,7 @@ user, over how many connections). Names are looked up in a real dnsmasq (``tests
 the session's :data:`~tests.dnsserver.RECORDS`), through the router's resolver and the
 ``DnsResolver`` the service builds from it; mail goes to aiosmtpd and raw servers listening at
 the 127.0.0.x addresses those records give, all on one port, the router's ``smtp_port``
-(``mx_port``, see ``conftest.py``). DESIGN.md sections 5, 6 and 9.
+(``mx_port``, see ``conftest.py``). docs/design.md#testing, docs/delivery.md.
 
 A message delivered in full leaves no transcript behind; a test that reads one gives the
 message a ``tempfail@`` recipient as well, whom every scripted server defers (451), so the

@@ -1,4 +1,4 @@
-"""The store is the only code that builds MailRoot paths (STYLE.md point 3: a folder is a state).
+"""The store is the only code that builds MailRoot paths (docs/design.md#layers).
 
 Outside ``src/spoolmail/_store`` no module imports a MailRoot folder constant, spells a queue
 file name (``f"{queue_id}.eml"``, ``.env``, ``.BAD``, ``.BDR``, ``.BDP``, ``.RTR``, ``.LTR``) or

@@ -1,6 +1,7 @@
 """Filesystem faults at every call the store makes: nothing lost, nothing left behind, no long wait.
 
-Issue 15 section 3 and DESIGN.md section 3. For each of the two main flows, (a) Pickup → Queue →
+Issue 15 section 3 and docs/design.md#crash-safety. For each of the two main flows,
+(a) Pickup → Queue →
 Drop and (b) Pickup → Queue → a smart host (aiosmtpd on 127.0.0.1) → done, a clean run on a real
 MailRoot (OSFS in a temp dir, ``Durability.FSYNC`` so that the fsyncs happen) first counts the
 filesystem calls made under the MailRoot: ``os.replace``, ``os.rename``, ``os.open``, the store's

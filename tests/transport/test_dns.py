@@ -1,6 +1,6 @@
 """The DNS resolver against a real dnsmasq on 127.0.0.1 (``tests/dnsserver.py``), and its edges.
 
-Each DNS outcome of DESIGN.md section 5 is looked up for real: targets and replies, and the lines
+Each DNS outcome of docs/delivery.md is looked up for real: targets and replies, and the lines
 the transcript gets. Every resolver here is ``Resolver(configure=False)`` aimed at 127.0.0.1; the
 few tests that need an outcome dnsmasq cannot produce (YXDOMAIN, a broken configuration) use a
 resolver whose ``resolve`` raises, and send nothing.

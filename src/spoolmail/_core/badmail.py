@@ -1,10 +1,10 @@
 """The BadMail report (``BadMail/ID.BDR``): one text for every way into BadMail.
 
-A message lands in BadMail when it can be neither delivered nor returned (DESIGN.md section 1,
-"BadMail files"): a Pickup file that is no message, a Pickup entry refused unread, a null-sender
-message (a DSN) that failed, a message whose queue files cannot be read, a message found without
-its envelope. Each says why in the same layout, so an operator (``spoolmail badmail show``) and a
-script reading the first line see one format:
+A message lands in BadMail when it can be neither delivered nor returned
+(docs/design.md#state-machine): a Pickup file that is no message, a Pickup entry refused unread, a
+null-sender message (a DSN) that failed, a message whose queue files cannot be read, a message
+found without its envelope. Each says why in the same layout, so an operator (``spoolmail badmail
+show``) and a script reading the first line see one format:
 
     <status> <reason, one line>
     <blank line>
@@ -103,8 +103,8 @@ def rejected_report(*, name: str, kept_as: str, status: str, reason: str) -> Bad
 
 def refused_report(*, name: str, what: str) -> BadMailReport:
     """A Pickup entry that is not a regular file with one link, refused without being read
-    (DESIGN.md section 10: a link could make the service read files outside the MailRoot, a FIFO
-    or device could hang it)."""
+    (docs/design.md#pickup-intake: a link could make the service read files outside the
+    MailRoot, a FIFO or device could hang it)."""
     return BadMailReport(
         status="5.7.0",
         reason=f"Pickup entry {name!r} refused: it is {what}",

@@ -10,7 +10,7 @@ and ``message/global-headers`` forms of those parts. It writes the bytes itself,
 so that equal inputs give equal bytes and golden files can pin them. Pure: it never touches the
 filesystem, the network or a clock, and it does not decide who gets a DSN or when (NOTIFY is the
 state machine's to read), nor queue it; the state machine does that and hands the bytes to the
-store, sent from the null reverse-path ``<>`` (DESIGN.md section 4).
+store, sent from the null reverse-path ``<>`` (docs/retries.md).
 """
 
 from __future__ import annotations
@@ -131,8 +131,8 @@ def render_dsn(
     queue gives up. The envelope's ENVID and each recipient's ORCPT are reported, xtext-decoded,
     as ``Original-Envelope-Id`` and ``Original-Recipient`` (RFC 3461 section 6.3 (a), (d)).
 
-    Raises ``ValueError`` for a message with the null sender (a DSN is never answered, DESIGN.md
-    section 4), for no recipients, for naive times and for a malformed ``dsn_id`` or
+    Raises ``ValueError`` for a message with the null sender (a DSN is never answered,
+    docs/retries.md), for no recipients, for naive times and for a malformed ``dsn_id`` or
     ``reporting_mta``. Text from the network (reply text, hosts, addresses) never raises: it is
     cleaned and folded so that it can neither add a header nor break a line limit; a malformed
     ORCPT is left out, a malformed ENVID is decoded as far as it is xtext and cleaned.

@@ -11,7 +11,7 @@ octets is folded), minus the envelope lines and ``Bcc:``, plus a ``Received:`` l
 :func:`render_pickup` writes the same format for ``Spool.submit``. Pure: it never touches a file,
 the network or a clock; the time and the queue id are handed in.
 
-Rules (DESIGN.md section 1, notes/iis-smtp.md section 2):
+Rules (docs/design.md#pickup-intake; docs/migrating.md for IIS):
 
 - Leading ``x-sender:`` / ``x-receiver:`` lines (any case, folded or not) are the envelope, as IIS
   and Exchange read them (KB Q201314, CDO ``recipientlist``). Only the run at the very top counts:

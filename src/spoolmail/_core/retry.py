@@ -393,7 +393,7 @@ class RetryPolicy:
     ) -> RetryPolicy:
         """qmail-send's remote channel: next attempt = birth + (⌊√age⌋ + 20)² seconds.
 
-        This is DESIGN.md's formula and qmail-send.c's ``nextretry()``: ``n = squareroot(recent -
+        This is qmail-send.c's ``nextretry()`` (docs/retries.md): ``n = squareroot(recent -
         birth) + chanskip[c]; return birth + n*n`` with ``chanskip = {10, 20}`` (local, remote).
         Ages at attempts are then perfect squares, so the attempts fall at (20k)² s after birth:
         0, 400, 1600, 3600, 6400 ... s. ``queuelifetime`` (control/queuelifetime, qmail-send(8):
@@ -430,7 +430,7 @@ class RetryPolicy:
         (the first attempt is immediate). ``H`` rules draw random gaps and are refused.
 
         ``delay_warning``: Exim's main option defaults to 24h and Exim repeats the warning every
-        24 h; spoolmail sends one delay DSN (DESIGN.md section 4), at 24 h. ``None`` turns it off.
+        24 h; spoolmail sends one delay DSN (docs/retries.md), at 24 h. ``None`` turns it off.
         """
         parsed = _parse_exim_rules(rules)
         return cls(

@@ -1,6 +1,6 @@
 """The message state machine: one table, and the pure decision that ends a delivery attempt.
 
-Rules (DESIGN.md section 2):
+Rules (docs/design.md#state-machine):
 
 1. A message is in exactly one state. PICKUP, QUEUED and BADMAIL are folders (the store maps
    each to its folder); DELIVERING is a claimed envelope in the Queue; DONE: its files are gone;
@@ -123,7 +123,7 @@ class Event(enum.Enum):
 
 class Commit(enum.Enum):
     """What the store does to perform a transition: one method of ``_store.transitions`` each,
-    every one a single atomic commit (DESIGN.md section 3)."""
+    every one a single atomic commit (docs/design.md#crash-safety)."""
 
     ADMIT = "admit"
     """The one door into the Queue: ``ID.eml`` written, then ``ID.env`` (the commit)."""
@@ -490,7 +490,7 @@ def _outcome_kind(recipient: Recipient) -> DsnKind | None:
     return None
 
 
-# -- what an operator does to a queued message (DESIGN.md section 2; Postfix postsuper) ----------
+# -- what an operator does to a queued message (docs/design.md#state-machine; postsuper) -----
 
 
 def hold(envelope: Envelope, *, now: datetime) -> Envelope:

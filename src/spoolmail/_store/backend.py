@@ -1,8 +1,8 @@
 """What a storage backend guarantees, and the rule spoolmail runs it under.
 
-The commit protocol (DESIGN.md section 3) rests on three promises of the filesystem: a rename
-replaces its target in one step, so a claim has exactly one winner; other processes see the same
-files; a symbolic link can be told from the file it points to, so Pickup never follows one. OS
+The commit protocol (docs/design.md#crash-safety) rests on three promises of the filesystem: a
+rename replaces its target in one step, so a claim has exactly one winner; other processes see the
+same files; a symbolic link can be told from the file it points to, so Pickup never follows one. OS
 filesystems keep all three and can fsync. PyFilesystem2's other backends keep fewer: a MemoryFS
 lives in one process (its renames are atomic under its lock, but no other process sees it); an
 object store (S3, WebDAV ... through plugins) usually has no rename at all, and ``FS.move`` there

@@ -1,6 +1,6 @@
 """The one module that imports PyFilesystem2 (``fs``).
 
-fs 2.4.16 imports ``pkg_resources`` at import time, and setuptools 82 removed it (DESIGN.md
+fs 2.4.16 imports ``pkg_resources`` at import time, and setuptools 82 removed it (docs/design.md
 section 8). A bare ``pip install fs`` on a new Python therefore leaves ``import fs`` broken. Here
 that failure becomes one :class:`~spoolmail.exceptions.DependencyError` naming the fix, and the rest
 of spoolmail imports ``fs`` names only from this module, so a later switch of backend stays local.

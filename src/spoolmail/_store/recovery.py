@@ -1,6 +1,6 @@
 """Recovery: finish what dead processes left half done, so every commit is whole or undone.
 
-The other half of the commit protocol in ``store`` (DESIGN.md section 3). A process can die
+The other half of the commit protocol in ``store`` (docs/design.md#crash-safety). A process can die
 between any two renames; at start and at every rescan :func:`recover` looks at what such a death
 leaves and completes it:
 

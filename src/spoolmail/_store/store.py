@@ -7,7 +7,7 @@ names and renames, not mail: which commit a transition makes is the state table'
 ``backend`` says what the filesystem guarantees. A folder is a state: :data:`STATE_FOLDERS` and
 :func:`message_file` are the one mapping from state to place.
 
-Rules (DESIGN.md section 3):
+Rules (docs/design.md#crash-safety):
 
 1. Every file is written in ``SortTemp/`` under a unique name, flushed and fsync'd, renamed into
    place, and then its directory is fsync'd (:meth:`MailStore.write`). On filesystems without OS
@@ -393,7 +393,7 @@ class MailStore:
         (not for a temporary file: one that reappears after a power cut is swept up).
         """
         if src == dst:
-            # MemoryFS.move(p, p) deletes the file (fs 2.4.16, DESIGN.md section 8).
+            # MemoryFS.move(p, p) deletes the file (fs 2.4.16, docs/design.md#dependencies).
             raise ValueError(f"cannot rename {src} onto itself")
         if dst[0] == PICKUP:
             self.readiness.written_complete(dst[1])  # renamed in whole: take it at once
@@ -875,7 +875,7 @@ class MailStore:
         """Rename ``ID.env`` to ``ID.OWNER.env``; ``False`` if it is gone (claimed or finished).
 
         Not fsync'd: a claim lost to a power cut only means the message is attempted again,
-        and delivery is at-least-once anyway (DESIGN.md section 3).
+        and delivery is at-least-once anyway (docs/design.md#crash-safety).
         """
         self.announce()
         return self.rename(

@@ -8,7 +8,8 @@ state table. A pair the table does not list raises
 :class:`~spoolmail.exceptions.InvalidTransition` before anything is touched.
 
 Every commit is one of :class:`~spoolmail._store.store.MailStore`'s atomic file protocols
-(DESIGN.md section 3): a message enters the Queue only through :meth:`Transitions.admit` (its
+(docs/design.md#crash-safety): a message enters the Queue only through
+:meth:`Transitions.admit` (its
 bytes first, the envelope last), a claim is a rename, a finish removes the envelope last, a move
 to BadMail writes the report first and renames the message last. This module and ``store`` are
 the only code that builds MailRoot paths; what a file name looks like is decided here, not by

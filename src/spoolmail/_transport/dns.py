@@ -5,7 +5,7 @@ only the ``dns.resolver.Resolver`` it is given (the system's by default, created
 lookup), always for absolute names with ``search=False``, and relies on that resolver's own
 ``timeout`` and ``lifetime``. It writes every query and its answer into the
 :class:`~spoolmail._core.transcript.Transcript`, and turns every dnspython exception into a
-:class:`~spoolmail._core.reply.Reply` (DESIGN.md section 5): a name that does not exist is
+:class:`~spoolmail._core.reply.Reply` (docs/delivery.md): a name that does not exist is
 permanent, a server that fails or does not answer is temporary, 4.4.3. The MX ordering rules
 (preferences, shuffling, null MX, dropping this host) are the pure ``spoolmail._core.mx``; this
 module only asks the questions. It never connects to a mail host and keeps no state beyond the
