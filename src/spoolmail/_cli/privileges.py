@@ -110,6 +110,15 @@ def drop_privileges(user: str, group: str | None = None) -> Identity:
     return identity
 
 
+def _can_become_root() -> bool:
+    """Whether ``setuid(0)`` still works; a PermissionError is what a dropped process must get."""
+    try:
+        os.setuid(0)
+    except PermissionError:
+        return False
+    return True
+
+
 def _verify(identity: Identity) -> None:
     """Raise unless the process is ``identity`` through and through and cannot be root again."""
     problems = []
@@ -119,11 +128,7 @@ def _verify(identity: Identity) -> None:
         problems.append(f"group ids are {os.getresgid()}")
     if set(os.getgroups()) - identity.groups:
         problems.append(f"groups are {sorted(os.getgroups())}")
-    try:
-        os.setuid(0)
-    except PermissionError:
-        pass  # what we want: root is gone for good
-    else:
+    if _can_become_root():
         problems.append("setuid(0) succeeded")
     if problems:
         raise SpoolmailError(f"dropping root to {identity.user!r} failed: {'; '.join(problems)}")
