@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,6 +14,16 @@ import pytest
 
 from spoolmail._store import pyfs
 from spoolmail.testing import FakeClock
+
+# Every Python process the tests start imports tests/guard/sitecustomize.py at start-up, which
+# keeps it on loopback too (PYTHONPATH for plain subprocesses, sys.path for those that build
+# their PYTHONPATH from it).
+_GUARD = str(Path(__file__).parent / "tests" / "guard")
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [_GUARD, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+)
+if _GUARD not in sys.path:
+    sys.path.append(_GUARD)
 
 
 def _loopback(address: Any) -> bool:
