@@ -95,19 +95,7 @@ def test_sigkill_at_random_points_loses_and_doubles_nothing(tmp_path: Path) -> N
     # One last, undisturbed run finishes whatever the crashes left.
     for _ in range(5):
         finish = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "spoolmail",
-                "--root",
-                str(root),
-                "run",
-                "--once",
-                "--local-domain",
-                "example.com",
-                "--fqdn",
-                "mail.example.com",
-            ],
+            spoolmail_run(root, "--once"),
             capture_output=True,
             timeout=120,
             check=False,

@@ -94,6 +94,17 @@ def wait_for_drop(root: Path, count: int, *, timeout: float = 180) -> list[Path]
     pytest.fail(f"{len(list((root / 'Drop').iterdir()))} of {count} messages in Drop in time")
 
 
+def write_while_serving(root: Path, argv: list[str], *, count: int) -> list[Path]:
+    """Run the writer ``argv`` while a service serves ``root``; Drop's files once all arrived."""
+    running = Running(root)
+    try:
+        writer = subprocess.run(argv, capture_output=True, timeout=300, check=False)
+        assert writer.returncode == 0, writer.stderr.decode()
+        return wait_for_drop(root, count)
+    finally:
+        running.stop()
+
+
 def assert_nothing_else(root: Path) -> None:
     assert sorted(os.listdir(root / "BadMail")) == []
     assert sorted(os.listdir(root / "Queue")) == []
@@ -104,24 +115,17 @@ def test_nodemailer_pickup_transport_with_1_mib_attachments(root: Path) -> None:
     require_node_module("nodemailer")
     require_node_module("nodemailer-pickup-transport")
     node = require_program("node", package="nodejs")
-    running = Running(root)
-    try:
-        writer = subprocess.run(
-            [
-                node,
-                str(WRITERS / "nodemailer_pickup.js"),
-                str(root / "Pickup"),
-                str(COUNT),
-                str(ATTACHMENT),
-            ],
-            capture_output=True,
-            timeout=300,
-            check=False,
-        )
-        assert writer.returncode == 0, writer.stderr.decode()
-        drops = wait_for_drop(root, COUNT)
-    finally:
-        running.stop()
+    drops = write_while_serving(
+        root,
+        [
+            node,
+            str(WRITERS / "nodemailer_pickup.js"),
+            str(root / "Pickup"),
+            str(COUNT),
+            str(ATTACHMENT),
+        ],
+        count=COUNT,
+    )
     truncated = []
     for path in drops:
         parsed = email.message_from_bytes(path.read_bytes(), policy=email.policy.default)
@@ -147,24 +151,17 @@ def pausing_drops(root: Path) -> dict[int, bytes]:
 
 def test_a_writer_that_pauses_mid_file_is_never_cut_short(root: Path) -> None:
     """50 files open at once, each paused 1.5 s halfway: the lease keeps every one whole."""
-    running = Running(root)
-    try:
-        writer = subprocess.run(
-            [
-                sys.executable,
-                str(WRITERS / "pausing_writer.py"),
-                str(root / "Pickup"),
-                str(COUNT),
-                "1.5",
-            ],
-            capture_output=True,
-            timeout=120,
-            check=False,
-        )
-        assert writer.returncode == 0, writer.stderr.decode()
-        wait_for_drop(root, COUNT)
-    finally:
-        running.stop()
+    write_while_serving(
+        root,
+        [
+            sys.executable,
+            str(WRITERS / "pausing_writer.py"),
+            str(root / "Pickup"),
+            str(COUNT),
+            "1.5",
+        ],
+        count=COUNT,
+    )
     bodies = pausing_drops(root)
     assert sorted(bodies) == list(range(COUNT))
     assert [n for n, data in bodies.items() if data != pausing_body(n)] == []
@@ -302,18 +299,9 @@ def test_mono_smtpclient_specified_pickup_directory(root: Path, tmp_path: Path) 
         capture_output=True,
         timeout=120,
     )
-    running = Running(root)
-    try:
-        writer = subprocess.run(
-            [mono, str(program), str(root / "Pickup"), str(COUNT), "5000"],
-            capture_output=True,
-            timeout=300,
-            check=False,
-        )
-        assert writer.returncode == 0, writer.stderr.decode()
-        drops = wait_for_drop(root, COUNT)
-    finally:
-        running.stop()
+    drops = write_while_serving(
+        root, [mono, str(program), str(root / "Pickup"), str(COUNT), "5000"], count=COUNT
+    )
     assert len(drops) == COUNT
     for path in drops:
         data = path.read_bytes()
