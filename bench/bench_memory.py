@@ -119,7 +119,7 @@ def write_big_queue(root: Path, messages: int, size: int) -> dict[int, tuple[int
                     digest.update(block)
                     yield block
 
-            queue_id = spool.store.ids.new(when)
+            queue_id = spool._store.ids.new(when)
             envelope = Envelope(
                 id=queue_id,
                 sender=sender,
@@ -129,7 +129,7 @@ def write_big_queue(root: Path, messages: int, size: int) -> dict[int, tuple[int
                 origin="bench",
                 size=size,
             )
-            spool.store.commit_queued(
+            spool._store.commit_queued(
                 queue_id,
                 itertools.chain([head], hashed(big_body(rng, pool, body_octets))),
                 encode_envelope(envelope),
@@ -149,12 +149,12 @@ def intake_breakdown(size: int, tmp: str | None) -> str:
         root.mkdir()
         with Spool(str(root), durability=Durability.NONE) as spool:
             (base / name).rename(root / "Pickup" / name)
-            claim = spool.store.claim_pickup(name)
+            claim = spool._store.claim_pickup(name)
             assert claim is not None
             options = PickupOptions(
                 fqdn="mail.example.com", default_domain="example.com", max_message_size=2 * size
             )
-            intake = Intake(spool.store, spool.clock, options)
+            intake = Intake(spool._store, spool.clock, options)
             tracemalloc.start()
             try:
                 envelope = intake.process(claim)

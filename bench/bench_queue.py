@@ -123,7 +123,7 @@ def build(root: Path, messages: int, now: datetime) -> float:
             fields = deferred_envelope(ids.new(arrival), arrival, now, rng)
             data = message_bytes(fields, rng)
             envelope = Envelope(size=len(data), **fields)
-            spool.store.commit_queued(envelope.id, data, encode_envelope(envelope))
+            spool._store.commit_queued(envelope.id, data, encode_envelope(envelope))
             if n and n % 20000 == 0:
                 print(f"  ... {n:,} queued ({time.perf_counter() - started:.1f} s)", flush=True)
     return time.perf_counter() - started
@@ -214,7 +214,7 @@ def measure(root: Path, now: datetime, args: argparse.Namespace) -> dict[str, fl
             profiles["start-up"] if args.profile else None,
         )
         figures["scan_cpu"] = time.process_time() - cpu
-        figures["scheduled"] = len(service.schedule)
+        figures["scheduled"] = len(service._schedule)
         figures["ticks"] = args.ticks
         ticks = []
         # As run_forever's 1 s poll, but all ticks within 290 s: the periodic rescan (every
@@ -242,7 +242,7 @@ def measure(root: Path, now: datetime, args: argparse.Namespace) -> dict[str, fl
         # Nothing was due, so nothing may have moved; a broken run is not a figure.
         assert not transport.attempts, f"{len(transport.attempts)} deliveries attempted"
         assert not any(reports), [r for r in reports if r][:3]
-        assert len(service.schedule) == figures["scheduled"], "the rescan changed the schedule"
+        assert len(service._schedule) == figures["scheduled"], "the rescan changed the schedule"
     finally:
         service.close()
         spool.close()

@@ -8,6 +8,7 @@ import sys
 import types
 from pathlib import Path
 
+import attrs
 import pytest
 
 import spoolmail
@@ -99,6 +100,34 @@ def test_every_public_name_of_the_package_is_exported() -> None:
         if not name.startswith("_") and not isinstance(value, types.ModuleType)
     }
     assert public <= set(spoolmail.__all__), public - set(spoolmail.__all__)
+
+
+def _private_class(value: object) -> str | None:
+    """The name of ``value``'s class when it is one of spoolmail's private classes."""
+    cls = type(value)
+    module = cls.__module__
+    if not module.startswith("spoolmail._"):
+        return None
+    if getattr(spoolmail, cls.__name__, None) is cls:
+        return None  # defined in a private module, exported by the package
+    return f"{module}.{cls.__qualname__}"
+
+
+def test_no_private_class_is_reachable_from_a_public_attribute() -> None:
+    """What users reach through a public attribute is a public type (docs/api.md), never the
+    store, the state machine's commits or the service's parts: those may change any day."""
+    with spoolmail.Spool("mem://") as spool:
+        service = spoolmail.MailService(spool, router=spoolmail.Router(smart_host="relay.test"))
+        try:
+            assert _private_class(spool._store) == "spoolmail._store.store.MailStore"
+            for owner in (spool, service, service.router, service.retry, service.transport):
+                names = attrs.fields_dict(type(owner)) if attrs.has(type(owner)) else vars(owner)
+                for name in names:
+                    if not name.startswith("_"):
+                        value = getattr(owner, name)
+                        assert _private_class(value) is None, (type(owner).__name__, name)
+        finally:
+            service.close()
 
 
 @pytest.mark.parametrize("layer", sorted(LAYERS))

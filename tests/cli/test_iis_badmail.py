@@ -46,7 +46,7 @@ def test_run_says_so_at_the_start(root: Path) -> None:
 def test_iis_badmail_entries_are_listed_not_fatal(root: Path) -> None:
     """IIS names (NTFS_*), a CRLF report, a UTF-16 one, a binary .BDP: listed, never a crash."""
     with Spool(str(root)) as spool:
-        store = spool.store
+        store = spool._store
         store.write("BadMail", "NTFS_01.BAD", QUEUED_BY_IIS)
         store.write(
             "BadMail",

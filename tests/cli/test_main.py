@@ -201,11 +201,11 @@ def test_pickup_settle_from_flag_and_settings_file(tmp_path: Path) -> None:
     from_flag = load_settings(config, {"pickup_settle": 7.0})
     with Spool("mem://") as first, Spool("mem://") as second:
         service = assemble.service(from_file, first)
-        assert service.store.readiness.settle == 0.5
-        assert service.store.readiness.open_warning == 60
+        assert service._store.readiness.settle == 0.5
+        assert service._store.readiness.open_warning == 60
         service.close()
         service = assemble.service(from_flag, second)
-        assert service.store.readiness.settle == 7.0
+        assert service._store.readiness.settle == 7.0
         service.close()
     with pytest.raises(ConfigurationError, match="pickup_settle must be 0 or more"):
         load_settings(None, {"pickup_settle": -1.0})

@@ -270,7 +270,7 @@ def test_a_message_being_delivered_is_a_temporary_error(
 ) -> None:
     first, _ = two
     with Spool(str(root)) as other:
-        assert other.store.claim_queued(first)  # a live service is attempting it
+        assert other._store.claim_queued(first)  # a live service is attempting it
         assert [row["state"] for row in cli.queued()] == ["delivering", "queued"]
         assert "delivering (by process " in cli("queue", "show", first)[1]
         for action in ("hold", "release", "flush", "delete"):

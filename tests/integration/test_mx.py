@@ -139,17 +139,18 @@ def make_service(
     ) -> MailService:
         router = Router(
             local_domains=["example.com"],
-            resolver=dns_server.resolver(timeout=DNS_TIMEOUT, lifetime=DNS_LIFETIME),
             smtp_port=servers.port,
             **router_options,
         )
+        dns = dns_server.resolver(timeout=DNS_TIMEOUT, lifetime=DNS_LIFETIME)
         service = MailService(
             spool,
             router=router,
+            dns_resolver=dns,
             transport=transport or SmtpTransport(helo_name=FQDN, timeouts=SHORT),
             host_resolver=None
             if rng is None
-            else DnsResolver(resolver=router.resolver, local_names=[FQDN], rng=rng),
+            else DnsResolver(resolver=dns, local_names=[FQDN], rng=rng),
             clock=clock,
             fqdn=FQDN,
             masquerade_domain=masquerade_domain,

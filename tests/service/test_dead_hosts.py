@@ -72,13 +72,13 @@ def test_a_flush_forgets_its_own_hosts_not_the_others(
     spool.submit(message("x@a.test"))
     spool.submit(message("y@b.test"))
     [(a_id, _), _] = sorted(service.run_once().deferred, key=lambda pair: pair[1])
-    assert set(service.delivery.dead.marks) == {A_HOST, B_HOST}
+    assert set(service._delivery.dead.marks) == {A_HOST, B_HOST}
     clock.advance(minutes=1)
     spool.flush([a_id])
     transport.answers = None  # both hosts are back
     report = service.run_once()
     assert report.delivered == ((a_id, "x@a.test"),)
-    assert set(service.delivery.dead.marks) == {B_HOST}  # not flushed: still left alone
+    assert set(service._delivery.dead.marks) == {B_HOST}  # not flushed: still left alone
 
 
 def test_a_held_message_does_not_forget_its_host(
@@ -89,7 +89,7 @@ def test_a_held_message_does_not_forget_its_host(
     spool.hold([queue_id])
     spool.flush([queue_id])  # held: stays held, not due, nothing forgotten
     service.run_once()
-    assert set(service.delivery.dead.marks) == {A_HOST}
+    assert set(service._delivery.dead.marks) == {A_HOST}
 
 
 def test_passed_over_keeps_the_count_and_waits_for_the_host(
@@ -118,7 +118,7 @@ def test_a_message_passed_over_still_expires_on_time(
     [(queue_id, _)] = service.run_once().deferred
     envelope = spool.queued_message(queue_id).envelope
     expiry = envelope.arrival + timedelta(days=2)  # IIS: outbound expiration timeout, 2 days
-    service.delivery.dead.mark(A_HOST, expiry + timedelta(days=1), REFUSED)
+    service._delivery.dead.mark(A_HOST, expiry + timedelta(days=1), REFUSED)
     clock.set(envelope.next_attempt)
     assert service.run_once().deferred == ((queue_id, "x@a.test"),)
     envelope = spool.queued_message(queue_id).envelope

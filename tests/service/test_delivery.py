@@ -40,7 +40,7 @@ class PerHost(CapturingTransport):
 
 def deliverer(spool: Spool, transport: CapturingTransport, clock: FakeClock) -> Deliverer:
     return Deliverer(
-        transitions=spool.transitions,
+        transitions=spool._transitions,
         router=Router(local_domains=["example.com"]),
         resolver=NAMES,
         transport=transport,
@@ -60,7 +60,7 @@ def queued(spool: Spool, clock: FakeClock, *addresses: str) -> Envelope:
         next_attempt=clock(),
         size=40,
     )
-    spool.transitions.apply(
+    spool._transitions.apply(
         State.NEW,
         Event.ACCEPTED,
         Change(id=envelope.id, message=b"From: a@example.com\r\n\r\nhi\r\n", envelope=envelope),
@@ -124,7 +124,7 @@ def test_a_null_mx_domain_is_not_handed_to_the_fallback_smart_host(
     names = StaticResolver(mx={"nomail.test": [(0, ".")]}, hosts={"relay.test": ["127.0.0.9"]})
     transport = CapturingTransport()
     agent = Deliverer(
-        transitions=spool.transitions,
+        transitions=spool._transitions,
         router=Router(
             local_domains=["example.com"],
             smart_host="relay.test",

@@ -50,7 +50,7 @@ def spool(tmp_path: Path, clock: FakeClock) -> Iterator[Spool]:
 @pytest.fixture
 def disk(spool: Spool) -> Disk:
     disk = Disk(free=50 * MiB)
-    spool.store.disk_free = disk
+    spool._store.disk_free = disk
     return disk
 
 
@@ -79,7 +79,7 @@ def test_pickup_waits_while_space_is_low_and_resumes_by_itself(
     for _ in range(3):
         assert not service.room_for_mail()
         assert service.run_once().picked_up == ()
-    assert spool.store.listdir("Pickup") != []  # left where it is
+    assert spool._store.listdir("Pickup") != []  # left where it is
     lows = [r for r in caplog.records if "less than min_free_space" in r.getMessage()]
     assert [r.levelno for r in lows] == [logging.WARNING]  # once, not at every tick
     assert "only 52428800 bytes free" in lows[0].getMessage()
@@ -91,8 +91,8 @@ def test_pickup_waits_while_space_is_low_and_resumes_by_itself(
         r for r in caplog.records if "free on the MailRoot's filesystem again" in r.getMessage()
     ]
     assert [r.levelno for r in backs] == [logging.INFO]
-    assert spool.store.listdir("Pickup") == []
-    assert len(spool.store.listdir("Drop")) == 1
+    assert spool._store.listdir("Pickup") == []
+    assert len(spool._store.listdir("Drop")) == 1
 
 
 def test_queued_mail_is_still_delivered_while_space_is_low(
@@ -102,15 +102,15 @@ def test_queued_mail_is_still_delivered_while_space_is_low(
     spool.submit(message())
     service.room_for_mail()
     # Queued, not yet delivered: take it in alone by giving intake a batch of its own.
-    [claim] = spool.store.claim_pickups(spool.store.pickup_ready())
-    queued = service.intake.process(claim)
+    [claim] = spool._store.claim_pickups(spool._store.pickup_ready())
+    queued = service._intake.process(claim)
     assert queued is not None
     disk.free = 1
     spool.submit(message("carol@example.com"))
     report = service.run_once()
     assert report.finished == (queued.id,)  # delivered to Drop all the same
     assert report.picked_up == ()
-    assert len(spool.store.listdir("Pickup")) == 1
+    assert len(spool._store.listdir("Pickup")) == 1
 
 
 def test_intake_stops_between_batches_when_space_runs_out(
@@ -126,9 +126,9 @@ def test_intake_stops_between_batches_when_space_runs_out(
         looks += 1
         return 200 * MiB if looks == 1 else 1  # full after the first batch
 
-    spool.store.disk_free = running_out
+    spool._store.disk_free = running_out
     assert len(service.run_once().picked_up) == 32
-    assert len(spool.store.listdir("Pickup")) == 8
+    assert len(spool._store.listdir("Pickup")) == 8
 
 
 def test_no_floor_and_no_figure_never_hold_intake_back(

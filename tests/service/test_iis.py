@@ -52,7 +52,7 @@ def service(spool: Spool, clock: FakeClock, **settings: Any) -> MailService:
 def import_one(spool: Spool, clock: FakeClock, name: str = IIS_FILE, **options: Any) -> Any:
     options.setdefault("default_domain", "example.com")
     options.setdefault("max_message_size", 2 * 1024 * 1024)
-    return iis.import_queue_file(spool.store, name, clock=clock, **options)
+    return iis.import_queue_file(spool._store, name, clock=clock, **options)
 
 
 def test_only_iis_queue_files_are_stranded(spool: Spool, clock: FakeClock) -> None:
@@ -63,26 +63,26 @@ def test_only_iis_queue_files_are_stranded(spool: Spool, clock: FakeClock) -> No
         arrival=clock(),
         next_attempt=clock(),
     )
-    spool.transitions.apply(
+    spool._transitions.apply(
         State.NEW,
         Event.ACCEPTED,
         Change(id=ours.id, message=b"Subject: x\r\n\r\nx\r\n", envelope=ours),
     )
     for name in (IIS_FILE, "ntfs_00ff.eml", "NTFS_1.EML.tmp", "README.txt", "NTFS_.EML"):
-        spool.store.write("Queue", name, QUEUED_BY_IIS)
-    assert iis.stranded_queue_files(spool.store) == [IIS_FILE, "ntfs_00ff.eml"]
+        spool._store.write("Queue", name, QUEUED_BY_IIS)
+    assert iis.stranded_queue_files(spool._store) == [IIS_FILE, "ntfs_00ff.eml"]
     # They are not queued messages, and a rescan neither delivers nor BadMails them.
     running = service(spool, clock)
     assert [q.id for q in spool.queued()] == [ours.id]
     running.rescan()
     assert list(spool.badmail()) == []
-    assert iis.stranded_queue_files(spool.store) == [IIS_FILE, "ntfs_00ff.eml"]
+    assert iis.stranded_queue_files(spool._store) == [IIS_FILE, "ntfs_00ff.eml"]
 
 
 def test_each_is_logged_once_per_call(spool: Spool, caplog: pytest.LogCaptureFixture) -> None:
-    spool.store.write("Queue", IIS_FILE, QUEUED_BY_IIS)
+    spool._store.write("Queue", IIS_FILE, QUEUED_BY_IIS)
     with caplog.at_level(logging.WARNING, logger="spoolmail"):
-        assert iis.warn_stranded(spool.store) == [IIS_FILE]
+        assert iis.warn_stranded(spool._store) == [IIS_FILE]
     [record] = caplog.records
     assert f"Queue/{IIS_FILE} is an IIS queue file" in record.getMessage()
     assert "spoolmail queue import-iis" in record.getMessage()
@@ -91,7 +91,7 @@ def test_each_is_logged_once_per_call(spool: Spool, caplog: pytest.LogCaptureFix
 def test_import_derives_the_envelope_and_the_service_delivers_it(
     spool: Spool, clock: FakeClock
 ) -> None:
-    spool.store.write("Queue", IIS_FILE, QUEUED_BY_IIS)
+    spool._store.write("Queue", IIS_FILE, QUEUED_BY_IIS)
     done = import_one(spool, clock)
     assert done == iis.Imported(
         IIS_FILE,
@@ -99,7 +99,7 @@ def test_import_derives_the_envelope_and_the_service_delivers_it(
         "robot@example.com",  # Sender: before From: (KB Q201314)
         ("bob@example.com", "dan@remote.test", "carol@example.com"),
     )
-    assert iis.stranded_queue_files(spool.store) == []
+    assert iis.stranded_queue_files(spool._store) == []
     assert spool.pickup() == [IIS_FILE]
     assert spool.fs.readbytes(f"Pickup/{IIS_FILE}").startswith(
         b"x-sender: <robot@example.com>\r\nx-receiver: <bob@example.com>\r\n"
@@ -120,7 +120,7 @@ def test_a_bcc_header_left_in_the_file_is_a_recipient_and_removed(
     spool: Spool, clock: FakeClock
 ) -> None:
     raw = QUEUED_BY_IIS.replace(b"Subject:", b"Bcc: eve@example.com\r\nSubject:")
-    spool.store.write("Queue", IIS_FILE, raw)
+    spool._store.write("Queue", IIS_FILE, raw)
     assert "eve@example.com" in import_one(spool, clock).recipients
     running = service(spool, clock)
     [queue_id] = running.run_once().picked_up
@@ -131,7 +131,7 @@ def test_a_bcc_header_left_in_the_file_is_a_recipient_and_removed(
 def test_a_dot_stuffing_service_gets_the_dots_back(spool: Spool, clock: FakeClock) -> None:
     """A Queue file is the message itself; a service that un-stuffs Pickup files (IIS 5+'s
     DisablePickupDotStuff=0) must not eat its leading dots."""
-    spool.store.write("Queue", IIS_FILE, QUEUED_BY_IIS)
+    spool._store.write("Queue", IIS_FILE, QUEUED_BY_IIS)
     import_one(spool, clock, dot_stuffed=True)
     assert b"\r\n...two dots stay two\r\n..one dot" in spool.fs.readbytes(f"Pickup/{IIS_FILE}")
     running = service(spool, clock, pickup_dot_stuffed=True)
@@ -141,12 +141,12 @@ def test_a_dot_stuffing_service_gets_the_dots_back(spool: Spool, clock: FakeCloc
 
 
 def test_a_file_without_an_envelope_to_derive_stays(spool: Spool, clock: FakeClock) -> None:
-    spool.store.write("Queue", IIS_FILE, b"Subject: nobody\r\n\r\nbody\r\n")
+    spool._store.write("Queue", IIS_FILE, b"Subject: nobody\r\n\r\nbody\r\n")
     with pytest.raises(MessageError, match=f"Queue/{IIS_FILE}: .*no sender"):
         import_one(spool, clock)
     with pytest.raises(MessageError, match="over max_message_size"):
         import_one(spool, clock, max_message_size=10)
-    assert iis.stranded_queue_files(spool.store) == [IIS_FILE]
+    assert iis.stranded_queue_files(spool._store) == [IIS_FILE]
     assert spool.pickup() == []
     with pytest.raises(NotFound, match="not an IIS queue file"):
         import_one(spool, clock, name="19ac9b2f1c0-000000000001.eml")
@@ -155,20 +155,20 @@ def test_a_file_without_an_envelope_to_derive_stays(spool: Spool, clock: FakeClo
 
 
 def test_dry_run_moves_nothing(spool: Spool, clock: FakeClock) -> None:
-    spool.store.write("Queue", IIS_FILE, QUEUED_BY_IIS)
+    spool._store.write("Queue", IIS_FILE, QUEUED_BY_IIS)
     assert import_one(spool, clock, dry_run=True).sender == "robot@example.com"
-    assert (iis.stranded_queue_files(spool.store), spool.pickup()) == ([IIS_FILE], [])
+    assert (iis.stranded_queue_files(spool._store), spool.pickup()) == ([IIS_FILE], [])
 
 
 def test_the_queue_file_goes_only_after_the_pickup_file_is_written(
     spool: Spool, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    spool.store.write("Queue", IIS_FILE, QUEUED_BY_IIS)
+    spool._store.write("Queue", IIS_FILE, QUEUED_BY_IIS)
 
     def full_disk(folder: str, name: str, data: Any, **options: Any) -> int:
         raise StorageError(f"cannot write {folder}/{name}: [Errno 28] No space left on device")
 
-    monkeypatch.setattr(spool.store, "write", full_disk)
+    monkeypatch.setattr(spool._store, "write", full_disk)
     with pytest.raises(StorageError):
         import_one(spool, clock)
-    assert iis.stranded_queue_files(spool.store) == [IIS_FILE]
+    assert iis.stranded_queue_files(spool._store) == [IIS_FILE]

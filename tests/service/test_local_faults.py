@@ -52,8 +52,8 @@ class FailingWrites:
     def __init__(self, spool: Spool, monkeypatch: pytest.MonkeyPatch, folder: str) -> None:
         self.times = 0
         self.folder = folder
-        self._write = spool.store.write
-        monkeypatch.setattr(spool.store, "write", self)
+        self._write = spool._store.write
+        monkeypatch.setattr(spool._store, "write", self)
 
     def __call__(self, folder: str, name: str, data: Any, **options: Any) -> int:
         if folder == self.folder and self.times > 0:
@@ -97,7 +97,7 @@ def test_a_drop_file_that_cannot_be_written_is_tried_again_in_seconds(
     assert report.finished == (queue_id,)
     assert spool.drop_item(queue_id).recipients == ("bob@example.com",)
     # Its transcript went with it, though no attempt was counted.
-    assert spool.store.listdir("Queue") == []
+    assert spool._store.listdir("Queue") == []
 
 
 def test_local_faults_bring_no_dsn_by_themselves(
@@ -144,7 +144,7 @@ def test_a_failed_commit_keeps_the_outcome_nothing_is_sent_twice(
     clock: FakeClock,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    recycle = spool.store.recycle
+    recycle = spool._store.recycle
     failures = iter([StorageError(f"cannot delete Queue/x.eml: {DISK_FULL}")])
 
     def failing_once(folder: str, name: str) -> bool:
@@ -153,7 +153,7 @@ def test_a_failed_commit_keeps_the_outcome_nothing_is_sent_twice(
             raise error
         return recycle(folder, name)
 
-    monkeypatch.setattr(spool.store, "recycle", failing_once)
+    monkeypatch.setattr(spool._store, "recycle", failing_once)
     spool.submit(message("carol@remote.test"))
     report = service.run_once()
     [queue_id] = report.picked_up
@@ -166,7 +166,7 @@ def test_a_failed_commit_keeps_the_outcome_nothing_is_sent_twice(
     clock.advance(seconds=10)
     assert service.run_once().finished == (queue_id,)
     assert len(transport.messages) == 1
-    assert spool.store.listdir("Queue") == []
+    assert spool._store.listdir("Queue") == []
 
 
 def test_a_message_that_cannot_be_read_is_a_local_fault(
@@ -176,7 +176,7 @@ def test_a_message_that_cannot_be_read_is_a_local_fault(
     clock: FakeClock,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    store_open = spool.store.open
+    store_open = spool._store.open
     failures = iter([StorageError("cannot open Queue/x.eml: [Errno 5] Input/output error")])
 
     def failing_once(folder: str, name: str) -> Any:
@@ -186,7 +186,7 @@ def test_a_message_that_cannot_be_read_is_a_local_fault(
         return store_open(folder, name)
 
     spool.submit(message("carol@remote.test"))
-    monkeypatch.setattr(spool.store, "open", failing_once)  # the transport reads through it
+    monkeypatch.setattr(spool._store, "open", failing_once)  # the transport reads through it
     report = service.run_once()
     [queue_id] = report.picked_up
     assert report.errors
@@ -210,7 +210,7 @@ def test_a_failed_claim_is_attempted_after_the_next_rescan(
         [queue_id] = service.run_once().picked_up
         clock.advance(minutes=10)
         service.run_once()  # a rescan: the waiting envelope's signature is noted
-        claim = spool.store.claim_queued
+        claim = spool._store.claim_queued
         failures = iter([StorageError(f"cannot rename Queue/{queue_id}.env: {DISK_FULL}")])
 
         def failing_once(queue_id: str) -> bool:
@@ -219,7 +219,7 @@ def test_a_failed_claim_is_attempted_after_the_next_rescan(
                 raise error
             return claim(queue_id)
 
-        monkeypatch.setattr(spool.store, "claim_queued", failing_once)
+        monkeypatch.setattr(spool._store, "claim_queued", failing_once)
         clock.advance(minutes=5)
         assert service.run_once().errors
         transport.answers = None

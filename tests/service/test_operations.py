@@ -84,7 +84,7 @@ def test_hold_of_a_busy_or_missing_message_is_explained(
 ) -> None:
     queue_id = queue_one(spool, service, transport, "dan@remote.test")
     other = Spool(filesystem, clock=clock)
-    assert other.store.claim_queued(queue_id)  # another live process is delivering it
+    assert other._store.claim_queued(queue_id)  # another live process is delivering it
     with pytest.raises(SpoolmailError, match="being delivered right now") as info:
         spool.hold([queue_id])
     assert info.value.temporary
@@ -147,7 +147,7 @@ def test_delete_sends_no_dsn(
     queue_id = queue_one(spool, service, transport, "dan@remote.test")
     assert spool.delete([queue_id]) == [queue_id]
     assert list(spool.queued()) == []
-    assert spool.store.queue_files() == {}
+    assert spool._store.queue_files() == {}
     assert service.run_once() == type(service.run_once())()
 
 
@@ -180,7 +180,7 @@ def test_requeue_a_rejected_pickup_file_puts_it_back_into_pickup(
     spool: Spool, service: MailService
 ) -> None:
     raw = b"Subject: nobody\r\n\r\nbody\r\n"
-    spool.store.write("Pickup", "bad.eml", raw)
+    spool._store.write("Pickup", "bad.eml", raw)
     [bad] = service.run_once().badmail
     name = spool.requeue_badmail(bad)
     assert spool.pickup() == [name]
@@ -191,8 +191,8 @@ def test_requeue_a_rejected_pickup_file_puts_it_back_into_pickup(
 def test_requeue_without_envelope_needs_recipients_and_sender(
     spool: Spool, service: MailService, clock: FakeClock
 ) -> None:
-    spool.store.write("BadMail", "19ac9b2f1c0-000000000001.BAD", message("x@example.com"))
-    spool.store.write("BadMail", "19ac9b2f1c0-000000000001.BDR", b"4.3.0 envelope lost\n")
+    spool._store.write("BadMail", "19ac9b2f1c0-000000000001.BAD", message("x@example.com"))
+    spool._store.write("BadMail", "19ac9b2f1c0-000000000001.BDR", b"4.3.0 envelope lost\n")
     with pytest.raises(MessageError, match="give the recipients and the sender"):
         spool.requeue_badmail("19ac9b2f1c0-000000000001")
     new_id = spool.requeue_badmail(
@@ -217,9 +217,9 @@ def test_requeue_selected_recipients(spool: Spool, service: MailService, clock: 
         next_attempt=clock(),
         attempts=3,
     )
-    spool.store.write("BadMail", f"{failed.id}.BAD", message("a@example.com"))
-    spool.store.write("BadMail", f"{failed.id}.BDR", b"5.1.1 failed\n")
-    spool.store.write("BadMail", f"{failed.id}.BDP", encode_envelope(failed))
+    spool._store.write("BadMail", f"{failed.id}.BAD", message("a@example.com"))
+    spool._store.write("BadMail", f"{failed.id}.BDR", b"5.1.1 failed\n")
+    spool._store.write("BadMail", f"{failed.id}.BDP", encode_envelope(failed))
     with pytest.raises(MessageError, match=r"has no recipient 'c@example\.com'"):
         spool.requeue_badmail(failed.id, recipients=["c@example.com"])
     new_id = spool.requeue_badmail(failed.id, recipients=["B@EXAMPLE.com"])
@@ -236,11 +236,11 @@ def test_requeue_selected_recipients(spool: Spool, service: MailService, clock: 
 
 
 def test_delete_badmail(spool: Spool, service: MailService) -> None:
-    spool.store.write("Pickup", "bad.eml", b"junk\r\n")
+    spool._store.write("Pickup", "bad.eml", b"junk\r\n")
     [bad] = service.run_once().badmail
     assert spool.delete_badmail([bad, bad]) == [bad]
     assert spool.delete_badmail([bad]) == []
-    assert spool.store.listdir("BadMail") == []
+    assert spool._store.listdir("BadMail") == []
 
 
 # -- schedules, dead destinations, NDR copies, NOTIFY ----------------------------------------
@@ -251,14 +251,14 @@ def test_local_and_remote_recipients_follow_their_own_schedules(
 ) -> None:
     service = make_service(spool, transport, clock)  # IIS: remote 15/30/60/240, local hourly
     assert service.local_retry.name == "iis-local"
-    write = spool.store.write
+    write = spool._store.write
 
     def full_disk(folder: str, name: str, data: Any, **options: Any) -> int:
         if folder == "Drop":
             raise StorageError(f"cannot write Drop/{name}: [Errno 28] No space left on device")
         return write(folder, name, data, **options)
 
-    monkeypatch.setattr(spool.store, "write", full_disk)
+    monkeypatch.setattr(spool._store, "write", full_disk)
     transport.answers = {"dan@remote.test": LATER}
     spool.submit(message("bob@example.com, dan@remote.test"))
     [queue_id] = service.run_once().picked_up
@@ -335,7 +335,7 @@ def test_notify_never_means_no_dsn(
         next_attempt=clock(),
         envid="QQ314159",
     )
-    spool.transitions.apply(
+    spool._transitions.apply(
         State.NEW,
         Event.ACCEPTED,
         Change(id=envelope.id, message=message("no@remote.test"), envelope=envelope),
@@ -361,7 +361,7 @@ def test_notify_success_brings_a_success_notice(
         next_attempt=clock(),
         envid="QQ314159",
     )
-    spool.transitions.apply(
+    spool._transitions.apply(
         State.NEW,
         Event.ACCEPTED,
         Change(id=envelope.id, message=message("bob@example.com"), envelope=envelope),

@@ -78,9 +78,9 @@ def message(
 
 def sortemp_empty(spool: Spool) -> bool:
     # This process's owner record and spare files (finished files kept to be written over).
-    kept = set(spool.store.spares)
+    kept = set(spool._store.spares)
     return [
-        n for n in spool.store.listdir("SortTemp") if not n.endswith(".owner") and n not in kept
+        n for n in spool._store.listdir("SortTemp") if not n.endswith(".owner") and n not in kept
     ] == []
 
 
@@ -128,7 +128,7 @@ def test_drop_file_moved_back_to_pickup_is_delivered_again(
     )
     [first] = service.run_once().picked_up
     dropped = spool.drop_message(first)
-    spool.store.write("Pickup", "again.eml", dropped)
+    spool._store.write("Pickup", "again.eml", dropped)
     [second] = service.run_once().picked_up
     again = spool.drop_item(second)
     assert (again.sender, again.recipients) == ("alice@example.net", ("carol@example.com",))
@@ -158,7 +158,7 @@ def test_real_writer_files_flow_through(
     if name == "iis-kb.txt":
         # KB Q221384's file, addressed to a local domain here so it lands in Drop.
         raw = raw.replace(b"user1@valid.but.unreachable.host", b"user1@example.com")
-    spool.store.write("Pickup", name, raw)
+    spool._store.write("Pickup", name, raw)
     report = service.run_once()
     assert len(report.picked_up) == 1
     assert report.badmail == ()
@@ -209,7 +209,7 @@ def test_bad_pickup_files_go_to_badmail_with_a_reason(
     spool: Spool, service: MailService, name: str
 ) -> None:
     raw, status, fragment = BAD_FILES[name]
-    spool.store.write("Pickup", name, raw)
+    spool._store.write("Pickup", name, raw)
     report = service.run_once()
     [queue_id] = report.badmail
     assert report.picked_up == ()
@@ -231,7 +231,7 @@ def test_oversize_file_goes_to_badmail_unread(
         spool, transport, clock, router=LOCAL_ONLY, limits=Limits(max_message_size=1000)
     )
     raw = message(body="x" * 2000)
-    spool.store.write("Pickup", "big.eml", raw)
+    spool._store.write("Pickup", "big.eml", raw)
     [queue_id] = service.run_once().badmail
     item = spool.badmail_item(queue_id)
     assert item.reason.startswith("5.3.4 ")
@@ -402,7 +402,7 @@ def test_hop_limit_holds_for_envelopes_without_a_noted_count(
         b"Received: from h%d by h%d; Sat, 28 Nov 2026 10:00:00 +0000\r\n" % (n, n)
         for n in range(15)
     )
-    queue_id = spool.store.new_id()
+    queue_id = spool._store.new_id()
     envelope = Envelope(
         id=queue_id,
         sender="alice@example.com",
@@ -411,7 +411,7 @@ def test_hop_limit_holds_for_envelopes_without_a_noted_count(
         next_attempt=spool.clock(),
     )
     # Queued by an older release: no hops in the envelope, so delivery counts them in the file.
-    spool.transitions.apply(
+    spool._transitions.apply(
         State.NEW,
         Event.ACCEPTED,
         Change(id=queue_id, message=hops + b"Received: x\r\n\r\nbody\r\n", envelope=envelope),
@@ -495,7 +495,7 @@ def test_damaged_envelope_moves_to_badmail_with_the_message(
     spool.submit(message(to="dan@remote.test"))
     service.transport.answers = {"dan@remote.test": LATER}  # type: ignore[attr-defined]
     [queue_id] = service.run_once().picked_up
-    spool.store.write("Queue", f"{queue_id}.env", damage)
+    spool._store.write("Queue", f"{queue_id}.env", damage)
     report = service.rescan()  # an unreadable envelope is due at once, to be moved aside
     assert report.errors == ()
     report = service.run_once()
@@ -506,7 +506,7 @@ def test_damaged_envelope_moves_to_badmail_with_the_message(
     assert why in item.reason
     assert damage.decode("utf-8", "replace") in item.report
     assert spool.badmail_message(queue_id).startswith(b"Received:")
-    assert spool.store.queue_files() == {}
+    assert spool._store.queue_files() == {}
 
 
 def restart(
@@ -524,7 +524,7 @@ def test_dead_owners_pickup_claim_is_queued_once(
 ) -> None:
     spool.submit(message(to="bob@example.com"))
     [name] = spool.pickup()
-    claim = spool.store.claim_pickup(name)  # the old process dies right after its claim
+    claim = spool._store.claim_pickup(name)  # the old process dies right after its claim
     assert claim is not None
     fresh, service = restart(spool, clock, transport, filesystem)
     report = service.run_once()
@@ -538,7 +538,7 @@ def test_dead_owners_claim_after_commit_is_only_cleaned(
 ) -> None:
     spool.submit(message(to="dan@remote.test"))
     [name] = spool.pickup()
-    claim = spool.store.claim_pickup(name)
+    claim = spool._store.claim_pickup(name)
     assert claim is not None
     # The old process committed the message, then died before deleting its claim.
     envelope = Envelope(
@@ -548,7 +548,7 @@ def test_dead_owners_claim_after_commit_is_only_cleaned(
         arrival=clock(),
         next_attempt=clock() + timedelta(hours=1),
     )
-    spool.transitions.apply(
+    spool._transitions.apply(
         State.NEW,
         Event.ACCEPTED,
         Change(id=claim.id, message=b"From: a@b.test\r\n\r\nx\r\n", envelope=envelope),
@@ -556,7 +556,7 @@ def test_dead_owners_claim_after_commit_is_only_cleaned(
     fresh, service = restart(spool, clock, transport, filesystem)
     report = service.run_once()
     assert report.picked_up == ()
-    assert fresh.store.pickup_claims() == []
+    assert fresh._store.pickup_claims() == []
     assert fresh.queued_message(claim.id).envelope == envelope
 
 
@@ -571,12 +571,12 @@ def test_dead_owners_delivery_claim_returns_to_the_queue(
     spool.submit(message(to="dan@remote.test"))
     [queue_id] = service.run_once().picked_up
     clock.advance(minutes=15)
-    assert spool.store.claim_queued(queue_id)  # dies while delivering
+    assert spool._store.claim_queued(queue_id)  # dies while delivering
     fresh, again = restart(spool, clock, transport, filesystem)
     transport.answers = {}
     report = again.run_once()
     assert report.delivered == ((queue_id, "dan@remote.test"),)
-    assert fresh.store.queue_files() == {}
+    assert fresh._store.queue_files() == {}
 
 
 def test_interrupted_finish_is_completed(
@@ -589,19 +589,19 @@ def test_interrupted_finish_is_completed(
     transport.answers = {"dan@remote.test": LATER}
     spool.submit(message(to="dan@remote.test"))
     [queue_id] = service.run_once().picked_up
-    assert spool.store.claim_queued(queue_id)
-    spool.store.remove("Queue", f"{queue_id}.eml")  # the finish began, then the process died
+    assert spool._store.claim_queued(queue_id)
+    spool._store.remove("Queue", f"{queue_id}.eml")  # the finish began, then the process died
     fresh, again = restart(spool, clock, transport, filesystem)
     report = again.run_once()
     assert report.errors == ()
-    assert fresh.store.queue_files() == {}
+    assert fresh._store.queue_files() == {}
     assert list(fresh.badmail()) == []
 
 
 def test_message_without_envelope_is_kept_in_badmail(
     spool: Spool, clock: FakeClock, transport: CapturingTransport, filesystem: pyfs.FS
 ) -> None:
-    spool.store.write("Queue", "19ac9b2f1c0-000000000001.eml", b"From: a@b.test\r\n\r\nx\r\n")
+    spool._store.write("Queue", "19ac9b2f1c0-000000000001.eml", b"From: a@b.test\r\n\r\nx\r\n")
     fresh, service = restart(spool, clock, transport, filesystem)
     # A fresh one may be another process's commit in progress: left alone.
     assert service.run_once().badmail == ()
@@ -617,12 +617,12 @@ def test_live_owners_claims_are_left_alone(
 ) -> None:
     spool.submit(message(to="bob@example.com"))
     [name] = spool.pickup()
-    claim = spool.store.claim_pickup(name)
+    claim = spool._store.claim_pickup(name)
     assert claim is not None
     other = Spool(filesystem, clock=clock)
     service = make_service(other, transport, clock, router=LOCAL_ONLY)
     assert service.run_once().picked_up == ()
-    assert other.store.pickup_claims() == [PickupClaim(claim.id, spool.store.owner, name)]
+    assert other._store.pickup_claims() == [PickupClaim(claim.id, spool._store.owner, name)]
 
 
 # -- the API around the service -------------------------------------------------------------
@@ -699,7 +699,7 @@ def test_spool_opens_urls_and_refuses_unknown_ones(tmp_path: Path, clock: FakeCl
         assert sorted(memory.fs.listdir("/")) == ["BadMail", "Drop", "Pickup", "Queue", "SortTemp"]
     with Spool(str(tmp_path / "root"), durability=Durability.NONE) as disk:
         assert (tmp_path / "root" / "Pickup").is_dir()
-        assert isinstance(disk.store, MailStore)
+        assert isinstance(disk._store, MailStore)
     with pytest.raises(ConfigurationError, match="no filesystem opener"):
         Spool("nosuch://x")
 
@@ -708,7 +708,7 @@ def test_envelopes_on_disk_are_documented_json(spool: Spool, service: MailServic
     service.transport.answers = {"dan@remote.test": LATER}  # type: ignore[attr-defined]
     spool.submit(message(to="dan@remote.test"))
     [queue_id] = service.run_once().picked_up
-    envelope = decode_envelope(spool.store.read("Queue", f"{queue_id}.env"))
+    envelope = decode_envelope(spool._store.read("Queue", f"{queue_id}.env"))
     assert envelope.origin.startswith("pickup:")
     assert envelope.attempts == 1
 

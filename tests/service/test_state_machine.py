@@ -115,10 +115,10 @@ class SpoolMachine(RuleBasedStateMachine):
     def _originals(self, folder: str, suffix: str) -> list[int]:
         """X-Seq of the original messages (not DSNs) in a folder."""
         found: list[int] = []
-        for name in self.spool.store.listdir(folder):
+        for name in self.spool._store.listdir(folder):
             if not name.endswith(suffix):
                 continue
-            data = self.spool.store.read(folder, name)
+            data = self.spool._store.read(folder, name)
             if (
                 data.startswith(b"From: postmaster@")
                 or b"report-type=delivery-status" in data[:2000]
@@ -136,30 +136,30 @@ class SpoolMachine(RuleBasedStateMachine):
         )
         assert len(waiting) == len(set(waiting)), f"a message is in two places: {sorted(waiting)}"
         seen = set(waiting) | self.deleted
-        for name in self.spool.store.listdir("Drop"):
-            seen |= seqs(self.spool.store.read("Drop", name))
+        for name in self.spool._store.listdir("Drop"):
+            seen |= seqs(self.spool._store.read("Drop", name))
         for captured in self.transport.messages:
             seen |= seqs(captured.data)
-        for name in self.spool.store.listdir("Queue"):
+        for name in self.spool._store.listdir("Queue"):
             if name.endswith(".eml"):
-                seen |= seqs(self.spool.store.read("Queue", name))  # inside queued DSNs
-        for name in self.spool.store.listdir("BadMail"):
+                seen |= seqs(self.spool._store.read("Queue", name))  # inside queued DSNs
+        for name in self.spool._store.listdir("BadMail"):
             if name.endswith(".BAD"):
-                seen |= seqs(self.spool.store.read("BadMail", name))
+                seen |= seqs(self.spool._store.read("BadMail", name))
         assert self.submitted <= seen, f"lost: {sorted(self.submitted - seen)}"
 
     @invariant()
     def the_queue_holds_whole_messages_only(self) -> None:
-        files = self.spool.store.queue_files()
+        files = self.spool._store.queue_files()
         for queue_id, entry in files.items():
             assert entry.message, f"{queue_id} has no message file"
             assert entry.envelope, f"{queue_id} has no envelope: {entry}"
             assert not entry.claims, f"{queue_id} is still claimed: {entry}"
-            decode_envelope(self.spool.store.read("Queue", f"{queue_id}.env"))
+            decode_envelope(self.spool._store.read("Queue", f"{queue_id}.env"))
         leftovers = [
             n
-            for n in self.spool.store.listdir("SortTemp")
-            if not n.endswith((".owner", ".trigger")) and n not in self.spool.store.spares
+            for n in self.spool._store.listdir("SortTemp")
+            if not n.endswith((".owner", ".trigger")) and n not in self.spool._store.spares
         ]
         assert leftovers == []
 

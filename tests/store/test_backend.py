@@ -64,7 +64,7 @@ def test_an_object_store_without_rename_is_detected(bucket: ObjectStoreFS) -> No
 
 def test_a_spool_says_which_backend_it_is_on(filesystem: Any, clock: FakeClock) -> None:
     with Spool(filesystem, clock=clock) as spool:
-        assert spool.store.backend.name == type(filesystem).__name__
+        assert spool._store.backend.name == type(filesystem).__name__
 
 
 def test_one_process_works_on_an_object_store_and_says_the_rule(
@@ -97,19 +97,19 @@ def test_a_second_process_is_refused_with_the_reason(
     """Two Spools on one bucket stand for two processes: each has its own owner record."""
     with Spool(bucket, clock=clock) as first, Spool(bucket, clock=clock) as second:
         first.submit(MESSAGE)
-        first.store.announce()
+        first._store.announce()
         with pytest.raises(ConfigurationError, match="single-process rule") as refused:
-            second.store.claim_pickups(second.pickup())
-        assert first.store.owner in str(refused.value)
+            second._store.claim_pickups(second.pickup())
+        assert first._store.owner in str(refused.value)
         assert "no atomic rename" in str(refused.value)
         assert second.pickup() == first.pickup()  # nothing was claimed
-        first.store.announce()  # the first goes on working: the second stood back
+        first._store.announce()  # the first goes on working: the second stood back
         first.close()  # its record goes: the second may work now
-        assert len(second.store.claim_pickups(second.pickup())) == 1
+        assert len(second._store.claim_pickups(second.pickup())) == 1
 
 
 def test_memoryfs_spools_in_one_process_share_claims(clock: FakeClock) -> None:
     filesystem = MemoryFS()
     with Spool(filesystem, clock=clock) as first, Spool(filesystem, clock=clock) as second:
-        first.store.announce()
-        second.store.announce()  # atomic renames: nothing to refuse
+        first._store.announce()
+        second._store.announce()  # atomic renames: nothing to refuse

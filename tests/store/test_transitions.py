@@ -40,7 +40,7 @@ def admitted(spool: Spool, clock: FakeClock, queue_id: str = "19ac9b2f1c0-000000
         queue_id, sender="a@example.com", recipients=["b@example.com"], now=clock(), origin="test"
     )
     change = Change(id=queue_id, message=MESSAGE, envelope=envelope)
-    assert spool.transitions.apply(State.NEW, Event.ACCEPTED, change) is State.QUEUED
+    assert spool._transitions.apply(State.NEW, Event.ACCEPTED, change) is State.QUEUED
     return queue_id
 
 
@@ -48,23 +48,23 @@ def test_every_commit_has_a_transition_and_a_method(spool: Spool) -> None:
     used = {found.commit for events in TABLE.values() for found in events.values()}
     assert used == set(Commit)
     for commit in Commit:
-        assert callable(getattr(spool.transitions, commit.value))
+        assert callable(getattr(spool._transitions, commit.value))
 
 
 def test_an_unlisted_pair_raises_and_changes_nothing(spool: Spool, clock: FakeClock) -> None:
     queue_id = admitted(spool, clock)
     before = everything(spool.fs)
     with pytest.raises(InvalidTransition, match=r"'badmail'.*'claimed'"):
-        spool.transitions.apply(State.BADMAIL, Event.CLAIMED, Change(id=queue_id))
+        spool._transitions.apply(State.BADMAIL, Event.CLAIMED, Change(id=queue_id))
     assert everything(spool.fs) == before
 
 
 def test_admit_writes_message_then_envelope(spool: Spool, clock: FakeClock) -> None:
     queue_id = admitted(spool, clock)
-    assert spool.transitions.queued(queue_id)
+    assert spool._transitions.queued(queue_id)
     assert spool.message(queue_id) == MESSAGE
     assert spool.queued_message(queue_id).state is State.QUEUED
-    assert not [n for n in spool.store.listdir("SortTemp") if n.endswith(".tmp")]
+    assert not [n for n in spool._store.listdir("SortTemp") if n.endswith(".tmp")]
 
 
 def test_admit_builds_the_envelope_from_the_written_size(spool: Spool, clock: FakeClock) -> None:
@@ -86,9 +86,9 @@ def test_admit_builds_the_envelope_from_the_written_size(spool: Spool, clock: Fa
         message=[b"Subject: x\r\n", b"\r\nbody\r\n"],
         envelope=envelope,
     )
-    spool.transitions.apply(State.PICKUP, Event.ACCEPTED, change)
+    spool._transitions.apply(State.PICKUP, Event.ACCEPTED, change)
     assert sizes == [20]
-    assert decode_envelope(spool.transitions.envelope("19ac9b2f1c0-000000000002")).size == 20
+    assert decode_envelope(spool._transitions.envelope("19ac9b2f1c0-000000000002")).size == 20
 
 
 def test_a_failing_message_stream_admits_nothing(spool: Spool, clock: FakeClock) -> None:
@@ -101,13 +101,13 @@ def test_a_failing_message_stream_admits_nothing(spool: Spool, clock: FakeClock)
     )
     change = Change(id="19ac9b2f1c0-000000000003", message=chunks(), envelope=envelope)
     with pytest.raises(ValueError, match="too big"):
-        spool.transitions.apply(State.NEW, Event.ACCEPTED, change)
-    assert spool.store.listdir("Queue") == []
-    assert not spool.transitions.queued("19ac9b2f1c0-000000000003")
+        spool._transitions.apply(State.NEW, Event.ACCEPTED, change)
+    assert spool._store.listdir("Queue") == []
+    assert not spool._transitions.queued("19ac9b2f1c0-000000000003")
 
 
 def test_claim_hand_back_and_finish(spool: Spool, clock: FakeClock) -> None:
-    transitions, queue_id = spool.transitions, admitted(spool, clock)
+    transitions, queue_id = spool._transitions, admitted(spool, clock)
     assert transitions.apply(State.QUEUED, Event.CLAIMED, Change(id=queue_id)) is State.DELIVERING
     assert transitions.apply(State.QUEUED, Event.CLAIMED, Change(id=queue_id)) is None  # lost race
     assert transitions.claimed(queue_id)
@@ -119,18 +119,18 @@ def test_claim_hand_back_and_finish(spool: Spool, clock: FakeClock) -> None:
     assert spool.transcript(queue_id) == "remote\n"
     transitions.apply(State.QUEUED, Event.CLAIMED, Change(id=queue_id))
     assert transitions.apply(State.DELIVERING, Event.SETTLED, Change(id=queue_id)) is State.DONE
-    assert spool.store.listdir("Queue") == []
+    assert spool._store.listdir("Queue") == []
 
 
 def test_undeliverable_moves_the_message_and_its_envelope_to_badmail(
     spool: Spool, clock: FakeClock
 ) -> None:
-    transitions, queue_id = spool.transitions, admitted(spool, clock)
+    transitions, queue_id = spool._transitions, admitted(spool, clock)
     transitions.apply(State.QUEUED, Event.CLAIMED, Change(id=queue_id))
     envelope = decode_envelope(transitions.claimed_envelope(queue_id))
     change = Change(id=queue_id, envelope=envelope, report=orphan_report())
     assert transitions.apply(State.DELIVERING, Event.UNDELIVERABLE, change) is State.BADMAIL
-    assert spool.store.listdir("Queue") == []
+    assert spool._store.listdir("Queue") == []
     item = spool.badmail_item(queue_id)
     assert item.has_message
     assert item.envelope == envelope
@@ -139,7 +139,7 @@ def test_undeliverable_moves_the_message_and_its_envelope_to_badmail(
 
 
 def test_badmail_requeue_admits_through_the_one_door(spool: Spool, clock: FakeClock) -> None:
-    transitions, queue_id = spool.transitions, admitted(spool, clock)
+    transitions, queue_id = spool._transitions, admitted(spool, clock)
     transitions.apply(State.QUEUED, Event.CLAIMED, Change(id=queue_id))
     change = Change(id=queue_id, report=orphan_report())
     transitions.apply(State.DELIVERING, Event.DAMAGED, change)
@@ -150,7 +150,7 @@ def test_badmail_requeue_admits_through_the_one_door(spool: Spool, clock: FakeCl
 
 
 def test_resubmit_and_discard(spool: Spool, clock: FakeClock) -> None:
-    transitions = spool.transitions
+    transitions = spool._transitions
     for queue_id in ("19ac9b2f1c0-000000000004", "19ac9b2f1c0-000000000005"):
         admitted(spool, clock, queue_id)
         transitions.apply(State.QUEUED, Event.CLAIMED, Change(id=queue_id))
@@ -168,7 +168,7 @@ def test_resubmit_and_discard(spool: Spool, clock: FakeClock) -> None:
 
 
 def test_recovery_returns_what_it_did(spool: Spool, clock: FakeClock) -> None:
-    transitions, store = spool.transitions, spool.store
+    transitions, store = spool._transitions, spool._store
     returned = admitted(spool, clock, "19ac9b2f1c0-000000000006")
     finishing = admitted(spool, clock, "19ac9b2f1c0-000000000007")
     orphan = admitted(spool, clock, "19ac9b2f1c0-000000000008")
@@ -192,5 +192,5 @@ def test_recovery_returns_what_it_did(spool: Spool, clock: FakeClock) -> None:
 
 
 def test_transitions_is_the_spools(spool: Spool) -> None:
-    assert isinstance(spool.transitions, Transitions)
-    assert spool.transitions.files is spool.store
+    assert isinstance(spool._transitions, Transitions)
+    assert spool._transitions.files is spool._store

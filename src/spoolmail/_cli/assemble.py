@@ -50,6 +50,7 @@ def service(settings: Settings, spool: Spool) -> MailService:
     return MailService(
         spool,
         router=router(settings),
+        dns_resolver=dns_resolver(settings.dns_servers),
         retry=presets[settings.retry](),
         local_retry=local,
         transport=SmtpTransport(
@@ -96,7 +97,6 @@ def router(settings: Settings) -> Router:
         routes=settings.routes,
         tls=TlsPolicy(settings.tls),
         tls_domains=tls_domains,
-        resolver=dns_resolver(settings.dns_servers),
         smtp_port=settings.smtp_port,
     )
 

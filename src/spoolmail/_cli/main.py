@@ -235,7 +235,7 @@ def _run(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
         service = assemble.service(settings, spool)
         try:
             # IIS's NTFS_*.EML Queue files are never delivered as they are: say so at each start.
-            stranded = iis.warn_stranded(spool.store)
+            stranded = iis.warn_stranded(spool._store)
             if args.once:
                 for name in stranded:
                     print(f"Queue/{name}: IIS queue file, not delivered until imported", file=out)

@@ -260,7 +260,7 @@ def _stranded_note(names: Sequence[str]) -> str:
 def _queue_list(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
     with Spool(settings.root) as spool:
         items = list(spool.queued())
-        stranded = iis.stranded_queue_files(spool.store)
+        stranded = iis.stranded_queue_files(spool._store)
     if args.json:
         _print_json_lines((_queue_json(item) for item in items), out)
         if stranded:  # not on stdout: scripts read one queued message a line there
@@ -392,7 +392,7 @@ def _queue_flush(settings: Settings, args: argparse.Namespace, out: TextIO) -> i
 
 def _queue_import_iis(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
     with Spool(settings.root) as spool:
-        names = list(args.names) or iis.stranded_queue_files(spool.store)
+        names = list(args.names) or iis.stranded_queue_files(spool._store)
         if not names:
             print("No IIS queue file (NTFS_*.EML) in the Queue.", file=out)
             return EX_OK
@@ -400,7 +400,7 @@ def _queue_import_iis(settings: Settings, args: argparse.Namespace, out: TextIO)
 
         def move(name: str) -> str:
             done = iis.import_queue_file(
-                spool.store,
+                spool._store,
                 name,
                 clock=spool.clock,
                 default_domain=settings.local_domains[0],

@@ -13,8 +13,8 @@ Every name it is given must be a domain (RFC 5321 section 2.3.5) or, for hosts, 
 literal: a wildcard such as ``*`` is refused with a :class:`ConfigurationError`, because a
 Router that took it would quietly route that mail to the MX hosts of a domain named ``*``.
 
-Pure: no DNS, no sockets. ``Router.resolver`` only carries the DNS resolver (a
-``dns.resolver.Resolver``) for the delivery agent to use; nothing here calls it.
+Pure: no DNS, no sockets. Which DNS resolver looks the hops up is the service's business
+(``MailService(dns_resolver=...)``), not the router's.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ import enum
 import ipaddress
 import re
 from collections.abc import Iterable, Mapping
-from typing import Any
 
 import attrs
 
@@ -273,6 +272,9 @@ def _tls_domains(value: Mapping[str, TlsPolicy | str]) -> Mapping[str, TlsPolicy
     return {_domain(domain, "tls_domains"): TlsPolicy(policy) for domain, policy in value.items()}
 
 
+_ROUTE_CACHE = 4096
+
+
 @attrs.frozen
 class Router:
     """Routes recipients: local and alias domains to Drop; others by route, smart host or MX.
@@ -287,8 +289,7 @@ class Router:
     - ``tls`` is the STARTTLS policy for every connection, ``tls_domains`` per recipient domain
       (``{"bank.example": TlsPolicy.REQUIRED}``); a smart host with credentials gets at least
       ``TlsPolicy.ENCRYPT``, because AUTH never goes in the clear.
-    - ``resolver`` is the ``dns.resolver.Resolver`` to look MX and host names up with (default:
-      the system's), ``smtp_port`` the port MX hosts are reached on (25).
+    - ``smtp_port`` is the port MX hosts are reached on (25).
     """
 
     local_domains: tuple[str, ...] = attrs.field(default=("localhost",), converter=_local_domains)
@@ -299,8 +300,10 @@ class Router:
     routes: Mapping[str, Hop] = attrs.field(factory=dict, converter=_routes)
     tls: TlsPolicy = TlsPolicy.OPPORTUNISTIC
     tls_domains: Mapping[str, TlsPolicy] = attrs.field(factory=dict, converter=_tls_domains)
-    resolver: Any = attrs.field(default=None, eq=False)
     smtp_port: int = 25
+    # Routes by domain: a Router never changes, so a domain is routed once, not at every look
+    # (delivery groups by route, the retry policy and the transcripts ask again). Bounded.
+    _cache: dict[str, Route] = attrs.field(factory=dict, init=False, eq=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         if not self.local_domains:
@@ -330,7 +333,16 @@ class Router:
         return domain in self.local_domains or domain in self.alias_domains
 
     def route(self, address: str) -> Route:
+        """Where mail for ``address`` goes: Drop (``RouteKind.LOCAL``) or the SMTP hops to try."""
         domain = address.rpartition("@")[2].rstrip(".").lower()
+        found = self._cache.get(domain)
+        if found is None:
+            if len(self._cache) >= _ROUTE_CACHE:
+                self._cache.clear()
+            found = self._cache[domain] = self._route(domain)
+        return found
+
+    def _route(self, domain: str) -> Route:
         if self.is_local(domain):
             return Route(RouteKind.LOCAL)
         tls = self.tls_domains.get(domain, self.tls)

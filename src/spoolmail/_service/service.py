@@ -25,6 +25,7 @@ from datetime import datetime, timedelta
 from functools import partial
 
 import attrs
+import dns.resolver
 
 from spoolmail._core.address import parse_domain, parse_mailbox
 from spoolmail._core.envelope import (
@@ -202,8 +203,8 @@ class MailService:
     - ``ndr_copy_to`` is IIS's "Send copy of Non-Delivery Report to": failure DSNs go there too.
     - ``masquerade_domain`` replaces a local domain in MAIL FROM when sending out (IIS's
       "Masquerade domain", KB Q303734: first hop only; headers are left alone).
-    - ``host_resolver`` looks names up (default: DNS through ``router.resolver``; tests use
-      ``spoolmail.testing.StaticResolver``).
+    - ``host_resolver`` looks names up (default: DNS, through ``dns_resolver``, a
+      ``dns.resolver.Resolver``, or the system's; tests use ``spoolmail.testing.StaticResolver``).
     - ``pickup_dot_stuffed=True`` un-stuffs leading dots in Pickup files as IIS 5+ did
       (``DisablePickupDotStuff=0``); by default files are taken as written (.NET Core 3+).
     - A Pickup file is taken only once no process has it open for writing (a Linux read lease
@@ -226,6 +227,7 @@ class MailService:
         local_retry: RetryPolicy | None = None,
         transport: Transport | None = None,
         host_resolver: HostResolver | None = None,
+        dns_resolver: dns.resolver.Resolver | None = None,
         clock: Callable[[], datetime] | None = None,
         fqdn: str | None = None,
         limits: Limits | None = None,
@@ -251,10 +253,10 @@ class MailService:
         self._room = True
         self._room_lock = threading.Lock()
         self.spool = spool
-        self.store: MailStore = spool.store
-        self.transitions: Transitions = spool.transitions
-        self.store.readiness.settle = pickup_settle.total_seconds()
-        self.store.readiness.open_warning = pickup_open_warning.total_seconds()
+        self._store: MailStore = spool._store
+        self._transitions: Transitions = spool._transitions
+        self._store.readiness.settle = pickup_settle.total_seconds()
+        self._store.readiness.open_warning = pickup_open_warning.total_seconds()
         self.router = router or Router()
         self.retry = retry or RetryPolicy.iis()
         self.local_retry = local_retry or (RetryPolicy.iis_local() if retry is None else retry)
@@ -268,9 +270,9 @@ class MailService:
         self.limits = limits
         self.transport = transport or SmtpTransport(helo_name=self.fqdn)
         self.rescan_interval = rescan_interval
-        self.schedule = Schedule()
-        self.intake = Intake(
-            self.transitions,
+        self._schedule = Schedule()
+        self._intake = Intake(
+            self._transitions,
             self.clock,
             PickupOptions(
                 fqdn=self.fqdn,
@@ -279,20 +281,19 @@ class MailService:
                 dot_stuffed=pickup_dot_stuffed,
             ),
         )
-        self.delivery = Deliverer(
-            transitions=self.transitions,
+        self._delivery = Deliverer(
+            transitions=self._transitions,
             router=self.router,
             transport=self.transport,
             clock=self.clock,
             max_message_size=limits.max_message_size,
             max_hop_count=limits.max_hop_count,
-            resolver=host_resolver
-            or DnsResolver(resolver=self.router.resolver, local_names=[self.fqdn]),
+            resolver=host_resolver or DnsResolver(resolver=dns_resolver, local_names=[self.fqdn]),
             masquerade=_checked_fqdn(masquerade_domain) if masquerade_domain else None,
             concurrency=Concurrency(per_host=limits.max_connections_per_host),
         )
-        self.bounce = Bouncer(
-            transitions=self.transitions,
+        self._bounce = Bouncer(
+            transitions=self._transitions,
             clock=self.clock,
             fqdn=self.fqdn,
             max_original_size=limits.max_dsn_original,
@@ -316,10 +317,10 @@ class MailService:
             self._guard(tally, "recovering the spool", partial(self._rescan, tally))
         else:
             self._guard(tally, "reading operators' triggers", partial(self._triggers, tally))
-        self._guard(tally, "renewing this process's lease", self.store.announce)
+        self._guard(tally, "renewing this process's lease", self._store.announce)
         names: list[str] = []
         if self.room_for_mail():
-            self._guard(tally, "listing Pickup", lambda: names.extend(self.store.pickup_ready()))
+            self._guard(tally, "listing Pickup", lambda: names.extend(self._store.pickup_ready()))
         tick = _Tick(self)
         # Pickup in batches, and what each batch queues is handed to the delivery threads at
         # once: delivery's waits (the network, fsync) overlap the next batch's intake.
@@ -335,6 +336,13 @@ class MailService:
         tick.finish()
         return tally.freeze()
 
+    def next_due(self) -> datetime | None:
+        """When the next queued message this service knows of is due, ``None`` when none is.
+
+        A test that drives a fake clock sets it to this time and calls :meth:`run_once` again.
+        """
+        return self._schedule.next_due()
+
     def room_for_mail(self) -> bool:
         """Whether there is room to take new mail: at least ``min_free_space`` bytes free on the
         MailRoot's filesystem, as Postfix's ``queue_minfree`` asks of its queue's.
@@ -346,7 +354,7 @@ class MailService:
         """
         if self.min_free_space <= 0:
             return True
-        free = self.store.free_space()
+        free = self._store.free_space()
         room = free is None or free >= self.min_free_space
         with self._room_lock:
             changed, self._room = room is not self._room, room
@@ -366,11 +374,11 @@ class MailService:
 
     def _pop_due(self) -> list[str]:
         with self._schedule_lock:
-            return self.schedule.pop_due(self.clock())
+            return self._schedule.pop_due(self.clock())
 
     def _due_at(self, queue_id: str, when: datetime) -> None:
         with self._schedule_lock:
-            self.schedule.set(queue_id, when)
+            self._schedule.set(queue_id, when)
 
     def _submit(self, queue_id: str) -> Future[_Tally]:
         if self._pool is None:
@@ -403,7 +411,7 @@ class MailService:
                 if self._stop.is_set():
                     break
                 wait = poll_interval
-                next_due = self.schedule.next_due()
+                next_due = self._schedule.next_due()
                 if next_due is not None:
                     wait = max(0.0, min(wait, (next_due - self.clock()).total_seconds()))
                 if self._stop.wait(wait):
@@ -466,9 +474,9 @@ class MailService:
         self._next_rescan = self.clock() + self.rescan_interval
         # A rescan sees everything the triggers could ask for; what they flushed still has its
         # dead-host notes forgotten (below), whichever of the two read the trigger.
-        self.store.announce()
-        flushed = self.store.take_triggers()
-        done = recover(self.transitions, take_in=partial(self._intake, tally=tally))
+        self._store.announce()
+        flushed = self._store.take_triggers()
+        done = recover(self._transitions, take_in=partial(self._take_in, tally=tally))
         tally.badmail.extend(done.badmail)  # what was taken in again, _intake tallied
         if done.returned or done.finished:
             log.info(
@@ -478,7 +486,7 @@ class MailService:
                 len(done.finished),
             )
         self._reschedule(done.files)
-        self._forget_dead_hosts(self.schedule.ids() if flushed is None else flushed)
+        self._forget_dead_hosts(self._schedule.ids() if flushed is None else flushed)
 
     def _reschedule(self, files: Mapping[str, QueueFiles]) -> None:
         """Bring the schedule in line with the Queue, re-reading only envelopes that changed.
@@ -489,44 +497,44 @@ class MailService:
         known: dict[str, tuple[int, ...]] = {}
         for queue_id, entry in files.items():
             if not entry.envelope:
-                self.schedule.discard(queue_id)  # claimed (being delivered) or finishing
+                self._schedule.discard(queue_id)  # claimed (being delivered) or finishing
                 continue
-            signature = self.transitions.envelope_signature(queue_id)
+            signature = self._transitions.envelope_signature(queue_id)
             # Read again if not scheduled: held, or an attempt failed before it could schedule
             # it again (a claim returned by recovery keeps its envelope's inode and time).
             unchanged = (
                 signature is not None
                 and self._signatures.get(queue_id) == signature
-                and queue_id in self.schedule
+                and queue_id in self._schedule
             )
             if signature is not None:
                 known[queue_id] = signature
             if not unchanged:
                 self._schedule_from_disk(queue_id)
-        for queue_id in self.schedule.ids().difference(files):
-            self.schedule.discard(queue_id)
+        for queue_id in self._schedule.ids().difference(files):
+            self._schedule.discard(queue_id)
         self._signatures = known
 
     def _schedule_from_disk(self, queue_id: str) -> None:
         try:
-            due, held = read_due(self.transitions.envelope(queue_id))
+            due, held = read_due(self._transitions.envelope(queue_id))
         except FileNotFoundError:
-            self.schedule.discard(queue_id)  # claimed or finished meanwhile
+            self._schedule.discard(queue_id)  # claimed or finished meanwhile
             return
         except EnvelopeError:
-            self.schedule.set(queue_id, self.clock())  # the attempt moves it aside with the reason
+            self._schedule.set(queue_id, self.clock())  # the attempt moves it aside with the reason
             return
         if held:
-            self.schedule.discard(queue_id)
+            self._schedule.discard(queue_id)
         else:
-            self.schedule.set(queue_id, due)
+            self._schedule.set(queue_id, due)
 
     def _triggers(self, tally: _Tally) -> None:
         """Look again at what operators changed (``Spool.hold``, ``flush``, ...)."""
-        wanted = self.store.take_triggers()
+        wanted = self._store.take_triggers()
         if wanted is None:
             self._rescan(tally)
-            self._forget_dead_hosts(self.schedule.ids())
+            self._forget_dead_hosts(self._schedule.ids())
             return
         for queue_id in wanted:
             self._schedule_from_disk(queue_id)
@@ -543,14 +551,14 @@ class MailService:
         hops: set[Hop] = set()
         for queue_id in sorted(queue_ids):
             try:
-                envelope = decode_envelope(self.transitions.envelope(queue_id))
+                envelope = decode_envelope(self._transitions.envelope(queue_id))
             except (FileNotFoundError, EnvelopeError):
                 continue  # being delivered, gone, or moved aside by its attempt
             if envelope.held or envelope.next_attempt > now:
                 continue
             for recipient in envelope.pending:
                 hops.update(self.router.route(recipient.address).hops)
-        for target in self.delivery.dead.forget(hops):
+        for target in self._delivery.dead.forget(hops):
             log.info("%s: dead-host note forgotten, the operator flushed its mail", target)
 
     # -- Pickup ----------------------------------------------------------------------------------
@@ -561,25 +569,25 @@ class MailService:
         staged: list[tuple[PickupClaim, Envelope]] = []
 
         def stage(claim: PickupClaim) -> None:
-            envelope = self.intake.stage(claim)
+            envelope = self._intake.stage(claim)
             if envelope is None:
                 tally.badmail.append(claim.id)
             else:
                 staged.append((claim, envelope))
 
-        for claim in self.store.claim_pickups(names):
+        for claim in self._store.claim_pickups(names):
             self._guard(tally, f"picking up {claim.name!r}", partial(stage, claim))
         if not staged:
             return
         # Should the commit fail, the claims stay in SortTemp and the next recovery finishes
         # what is queued and takes the rest in again; until then nothing of it is scheduled.
-        self.intake.commit([claim for claim, _ in staged])
+        self._intake.commit([claim for claim, _ in staged])
         for _, envelope in staged:
             self._due_at(envelope.id, envelope.next_attempt)
             tally.picked_up.append(envelope.id)
 
-    def _intake(self, claim: PickupClaim, tally: _Tally) -> None:
-        envelope = self.intake.process(claim)
+    def _take_in(self, claim: PickupClaim, tally: _Tally) -> None:
+        envelope = self._intake.process(claim)
         if envelope is None:
             tally.badmail.append(claim.id)
         else:
@@ -590,19 +598,19 @@ class MailService:
 
     def _attempt(self, queue_id: str, tally: _Tally) -> None:
         """QUEUED → DELIVERING → (QUEUED | DONE | BADMAIL) for one due message."""
-        transitions = self.transitions
+        transitions = self._transitions
         if transitions.apply(State.QUEUED, Event.CLAIMED, Change(id=queue_id)) is None:
             return  # another process has it, or it is gone
         raw = transitions.claimed_envelope(queue_id)
         try:
             envelope = decode_envelope(raw)
         except EnvelopeError as exc:
-            self.bounce.damaged(queue_id, f"the envelope file cannot be read: {exc}", raw)
+            self._bounce.damaged(queue_id, f"the envelope file cannot be read: {exc}", raw)
             tally.badmail.append(queue_id)
             return
         if not transitions.has_message(queue_id):
             missing = transitions.message_path(queue_id)
-            self.bounce.damaged(queue_id, f"the message file {missing} is missing", raw)
+            self._bounce.damaged(queue_id, f"the message file {missing} is missing", raw)
             tally.badmail.append(queue_id)
             return
         try:
@@ -621,7 +629,7 @@ class MailService:
             raise
 
     def _deliver(self, envelope: Envelope, tally: _Tally) -> None:
-        attempt = self.delivery.attempt(envelope)
+        attempt = self._delivery.attempt(envelope)
         outcome = self._passed_over(envelope, attempt) or conclude_attempt(
             envelope, attempt.replies, retry=self._policy, now=self.clock()
         )
@@ -635,7 +643,7 @@ class MailService:
                 else self.clock() + _ERROR_BACKOFF
             )
             for target, reply in attempt.unreachable.items():
-                self.delivery.dead.mark(target, until, reply)
+                self._delivery.dead.mark(target, until, reply)
         outcome = self._local_faults(envelope, attempt, outcome)
         self._commit(outcome, attempt.transcripts, tally)
 
@@ -687,7 +695,7 @@ class MailService:
         struck in the middle of a finish, the finish is completed instead; if the claim was
         handed back already (the error came after that rename), it is only scheduled.
         """
-        transitions = self.transitions
+        transitions = self._transitions
         if not transitions.has_message(envelope.id):
             transitions.apply(State.DELIVERING, Event.SETTLED, Change(id=envelope.id))
             return
@@ -731,7 +739,7 @@ class MailService:
         # A DSN that cannot be queued fails the whole commit: the claim goes back as it was
         # (see _attempt), and the repeated attempt queues it under the same id.
         for order in outcome.dsns:
-            dsn = self.bounce.queue_dsn(envelope, order)
+            dsn = self._bounce.queue_dsn(envelope, order)
             if dsn is not None:
                 self._due_at(dsn.id, dsn.next_attempt)
                 tally.dsns.append(dsn.id)
@@ -742,7 +750,7 @@ class MailService:
             if state is State.BADMAIL:
                 history = "".join(self._history(envelope.id, kind) for kind in TranscriptKind)
                 current = "".join(t.text for t in transcripts.values())
-                self.bounce.to_badmail(envelope, history + current)
+                self._bounce.to_badmail(envelope, history + current)
                 tally.badmail.append(envelope.id)
             else:
                 # Transcripts exist if anything left the message waiting before: an attempt, a
@@ -750,7 +758,7 @@ class MailService:
                 # unlinks of nothing cost less than keeping count of every way a message waits.
                 kept = self._transcripts(envelope, transcripts) if state is State.QUEUED else {}
                 change = Change(id=envelope.id, envelope=envelope, transcripts=kept)
-                self.transitions.apply(State.DELIVERING, outcome.event, change)
+                self._transitions.apply(State.DELIVERING, outcome.event, change)
                 if state is State.QUEUED:
                     due = envelope.next_attempt
                     self._due_at(envelope.id, min(due, envelope.notice_at or due))
@@ -783,4 +791,4 @@ class MailService:
         return kept
 
     def _history(self, queue_id: str, kind: str) -> str:
-        return self.transitions.transcript_history(queue_id, kind)
+        return self._transitions.transcript_history(queue_id, kind)

@@ -242,21 +242,21 @@ class Spool:
         self.clock = clock
         #: The MailService working on this spool, if any (one at a time: they share claims).
         self.service: object | None = None
-        self.store = MailStore(
+        self._store = MailStore(
             filesystem, durability=durability, clock=clock, ids=ids or QueueIds(), lease=lease
         )
         #: The state machine's commits on this MailRoot (what the service and operators use).
-        self.transitions = Transitions(self.store)
+        self._transitions = Transitions(self._store)
 
     @property
     def fs(self) -> pyfs.FS:
         """The PyFilesystem2 filesystem the MailRoot lives on."""
-        return self.store.fs
+        return self._store.fs
 
     def close(self) -> None:
-        self.store.close()
+        self._store.close()
         if self._owns_fs:
-            self.store.fs.close()
+            self._store.fs.close()
 
     def __enter__(self) -> Self:
         return self
@@ -319,8 +319,8 @@ class Spool:
         )
         if isinstance(check, PickupRejected):
             raise MessageError(check.reason, status=check.status)
-        queue_id = self.store.new_id()
-        self.store.write(PICKUP, f"{queue_id}.eml", data)
+        queue_id = self._store.new_id()
+        self._store.write(PICKUP, f"{queue_id}.eml", data)
         return queue_id
 
     # -- operating on the Queue and BadMail (Postfix's postqueue / postsuper) --------------------
@@ -363,7 +363,7 @@ class Spool:
         Then the first failure, if any, is raised with the others as notes: ``NotFound``, a
         temporary SpoolmailError for a message being delivered right now, or EnvelopeError.
         """
-        store = self.store
+        store = self._store
         done: list[str] = []
         failures: list[SpoolmailError] = []
         for queue_id in dict.fromkeys(queue_ids):
@@ -388,7 +388,7 @@ class Spool:
         event: Event,
         change: Callable[[Envelope, datetime], Envelope | None],
     ) -> None:
-        transitions = self.transitions
+        transitions = self._transitions
         self._checked(queue_id)
         states.step(State.QUEUED, event)  # a bug is found before the message is claimed
         if transitions.apply(State.QUEUED, Event.CLAIMED, Change(id=queue_id)) is None:
@@ -408,7 +408,7 @@ class Spool:
         )
 
     def _explain_unclaimable(self, queue_id: str) -> None:
-        files = self.store.queue_files().get(queue_id)
+        files = self._store.queue_files().get(queue_id)
         if files is None or not (files.envelope or files.claims):
             raise NotFound(f"no queued message {queue_id!r}")
         raise SpoolmailError(
@@ -439,7 +439,7 @@ class Spool:
         if not item.has_message:
             raise NotFound(f"BadMail entry {queue_id!r} has no message (.BAD) to send")
         envelope = item.envelope
-        store, transitions = self.store, self.transitions
+        store, transitions = self._store, self._transitions
         if envelope is not None and envelope.origin.startswith("pickup:") and not envelope.attempts:
             # Rule 8 of _core.states: a file that never became a message goes back to Pickup.
             if recipients is not None or sender is not None:
@@ -492,7 +492,7 @@ class Spool:
         done = []
         for queue_id in dict.fromkeys(queue_ids):
             self._checked(queue_id)
-            if self.transitions.apply(State.BADMAIL, Event.DELETED, Change(id=queue_id)):
+            if self._transitions.apply(State.BADMAIL, Event.DELETED, Change(id=queue_id)):
                 done.append(queue_id)
         return done
 
@@ -500,11 +500,11 @@ class Spool:
 
     def pickup(self) -> list[str]:
         """Names of the files waiting in Pickup."""
-        return self.store.pickup_names()
+        return self._store.pickup_names()
 
     def queued(self) -> Iterator[QueuedMessage]:
         """Every queued message, oldest first; unreadable envelopes are skipped here."""
-        for queue_id, files in sorted(self.store.queue_files().items()):
+        for queue_id, files in sorted(self._store.queue_files().items()):
             if not (files.envelope or files.claims):
                 continue
             try:
@@ -513,7 +513,7 @@ class Spool:
                 continue
 
     def queued_message(self, queue_id: str) -> QueuedMessage:
-        files = self.store.queue_files().get(self._checked(queue_id))
+        files = self._store.queue_files().get(self._checked(queue_id))
         if files is None or not (files.envelope or files.claims):
             raise NotFound(f"no queued message {queue_id!r}")
         try:
@@ -523,10 +523,10 @@ class Spool:
 
     def _queued(self, queue_id: str, claims: Sequence[str]) -> QueuedMessage:
         if claims:
-            raw = self.store.read(QUEUE, MailStore.claimed_name(queue_id, claims[0]))
+            raw = self._store.read(QUEUE, MailStore.claimed_name(queue_id, claims[0]))
             return QueuedMessage(decode_envelope(raw), State.DELIVERING, claims[0])
         return QueuedMessage(
-            decode_envelope(self.store.read(QUEUE, f"{queue_id}.env")), State.QUEUED
+            decode_envelope(self._store.read(QUEUE, f"{queue_id}.env")), State.QUEUED
         )
 
     def message(self, queue_id: str) -> bytes:
@@ -538,14 +538,14 @@ class Spool:
         parts = []
         for kind in ("RTR", "LTR"):
             try:
-                parts.append(self.store.read(QUEUE, f"{self._checked(queue_id)}.{kind}").decode())
+                parts.append(self._store.read(QUEUE, f"{self._checked(queue_id)}.{kind}").decode())
             except FileNotFoundError:
                 continue
         return "\n".join(parts)
 
     def badmail(self) -> Iterator[BadMailItem]:
         """Every BadMail entry, oldest first."""
-        ids = sorted({n[:-4] for n in self.store.listdir(BADMAIL) if n.endswith(".BDR")})
+        ids = sorted({n[:-4] for n in self._store.listdir(BADMAIL) if n.endswith(".BDR")})
         for queue_id in ids:
             try:
                 yield self.badmail_item(queue_id)
@@ -556,7 +556,9 @@ class Spool:
         report = self._read(BADMAIL, f"{self._checked(queue_id)}.BDR", "BadMail entry")
         text = _report_text(report)
         try:
-            envelope: Envelope | None = decode_envelope(self.store.read(BADMAIL, f"{queue_id}.BDP"))
+            envelope: Envelope | None = decode_envelope(
+                self._store.read(BADMAIL, f"{queue_id}.BDP")
+            )
         except (FileNotFoundError, EnvelopeError):
             envelope = None
         return BadMailItem(
@@ -564,7 +566,7 @@ class Spool:
             reason=text.split("\n", 1)[0],
             report=text,
             envelope=envelope,
-            has_message=self.store.exists(BADMAIL, f"{queue_id}.BAD"),
+            has_message=self._store.exists(BADMAIL, f"{queue_id}.BAD"),
         )
 
     def badmail_message(self, queue_id: str) -> bytes:
@@ -573,8 +575,8 @@ class Spool:
 
     def drop(self) -> Iterator[DropItem]:
         """Every Drop file, oldest first (by name: spoolmail names them by queue id)."""
-        for name in sorted(self.store.listdir(DROP)):
-            if name.startswith(".") or not self.store.isfile(DROP, name):
+        for name in sorted(self._store.listdir(DROP)):
+            if name.startswith(".") or not self._store.isfile(DROP, name):
                 continue
             try:
                 yield self._drop_item(name)
@@ -588,7 +590,7 @@ class Spool:
             raise NotFound(f"no Drop file {queue_id}.eml") from None
 
     def _drop_item(self, name: str) -> DropItem:
-        with self.store.open(DROP, name) as handle:
+        with self._store.open(DROP, name) as handle:
             head, _ = read_head(handle, limit=1024 * 1024)
         sender, recipients = _envelope_lines(split_head(head)[0] + b"\r\n")
         return DropItem(
@@ -596,7 +598,7 @@ class Spool:
             name=name,
             sender=sender,
             recipients=recipients,
-            size=self.store.size(DROP, name),
+            size=self._store.size(DROP, name),
         )
 
     def drop_message(self, queue_id: str) -> bytes:
@@ -605,7 +607,7 @@ class Spool:
 
     def _read(self, folder: str, name: str, what: str) -> bytes:
         try:
-            return self.store.read(folder, name)
+            return self._store.read(folder, name)
         except FileNotFoundError:
             raise NotFound(f"no {what} {name.rsplit('.', 1)[0]!r} ({folder}/{name})") from None
 

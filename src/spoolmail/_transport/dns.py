@@ -73,7 +73,7 @@ class _Addresses:
 
 
 class DnsResolver:
-    """Resolves routing hops with dnspython: ``DnsResolver(resolver=router.resolver)``.
+    """Resolves routing hops with dnspython: ``DnsResolver(resolver=dns.resolver.Resolver())``.
 
     - ``HopKind.ADDRESS``: the address itself, no lookup.
     - ``HopKind.HOST``: the host's AAAA and A records, a target for each address.
