@@ -195,3 +195,19 @@ def test_domains_are_kept_canonical() -> None:
     assert set(router.routes) == {"partner.example"}
     assert router.route("x@[192.0.2.1]").kind is RouteKind.LOCAL
     assert router.route("x@partner.example").hops == (Hop(HopKind.ADDRESS, "192.0.2.7"),)
+
+
+def test_catch_all_routes_every_domain_to_drop() -> None:
+    router = Router(local_domains=["example.com"], smart_host="relay.test", catch_all=True)
+    for address in ("a@example.com", "b@elsewhere.example", "c@[192.0.2.1]", "d@xn--bcher-kva.ch"):
+        assert router.route(address).kind is RouteKind.LOCAL, address
+    assert Router(local_domains=["example.com"]).route("b@elsewhere.example").kind is (
+        RouteKind.SMTP
+    )
+
+
+def test_a_domain_is_routed_once_and_the_answer_kept() -> None:
+    router = Router(local_domains=["example.com"], smart_host="relay.test")
+    first = router.route("a@Elsewhere.Example.")
+    assert router.route("b@elsewhere.example") is first
+    assert router == Router(local_domains=["example.com"], smart_host="relay.test")

@@ -98,6 +98,7 @@ def router(settings: Settings) -> Router:
         tls=TlsPolicy(settings.tls),
         tls_domains=tls_domains,
         smtp_port=settings.smtp_port,
+        catch_all=settings.catch_all,
     )
 
 

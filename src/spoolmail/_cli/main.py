@@ -82,6 +82,12 @@ def _run_parser(commands: Any) -> None:
         metavar="DOMAIN",
         help="an alias domain, also delivered to Drop (repeat)",
     )
+    run.add_argument(
+        "--catch-all",
+        action="store_const",
+        const=True,
+        help="capture mode: every recipient, whatever its domain, lands in Drop; nothing is sent",
+    )
     run.add_argument("--smart-host", help="relay remote mail here: host, host:port or [ip]")
     run.add_argument(
         "--smart-host-mode",
@@ -250,11 +256,14 @@ def _run(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
 
             signal.signal(signal.SIGINT, stop)
             signal.signal(signal.SIGTERM, stop)
+            where = (
+                "capture mode: every recipient lands in Drop"
+                if settings.catch_all
+                else f"local domains: {', '.join(settings.local_domains)}; "
+                f"smart host: {settings.smart_host or 'none'}"
+            )
             print(
-                f"spoolmail: serving {settings.root} (local domains: "
-                f"{', '.join(settings.local_domains)}; "
-                f"smart host: {settings.smart_host or 'none'}); "
-                "Ctrl-C stops",
+                f"spoolmail: serving {settings.root} ({where}); Ctrl-C stops",
                 file=out,
                 flush=True,
             )

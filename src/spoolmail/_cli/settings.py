@@ -7,6 +7,7 @@ A settings file is TOML with one ``[spoolmail]`` table; every key is optional::
     fqdn = "mail.example.com"
     local_domains = ["example.com"]     # the first is the default domain
     alias_domains = ["example.org"]
+    catch_all = false                   # true: capture mode, every recipient lands in Drop
     smart_host = "relay.example.net:25" # or "[192.0.2.1]"; unset: remote mail goes to the MX hosts
     smart_host_mode = "always"          # always, or fallback: MX first, the smart host on failure
     smart_host_user = "relay-user"      # AUTH to the smart host (over TLS only); the password
@@ -85,6 +86,7 @@ class Settings:
     fqdn: str | None = None
     local_domains: tuple[str, ...] = attrs.field(default=("localhost",), converter=tuple)
     alias_domains: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    catch_all: bool = False
     smart_host: str | None = None
     smart_host_mode: str | None = attrs.field(
         default=None, validator=_one_of("smart_host_mode", ("always", "fallback"))
@@ -118,6 +120,7 @@ _TYPES: Mapping[str, tuple[type, ...]] = {
     "fqdn": (str,),
     "local_domains": (list,),
     "alias_domains": (list,),
+    "catch_all": (bool,),
     "smart_host": (str,),
     "smart_host_mode": (str,),
     "smart_host_user": (str,),

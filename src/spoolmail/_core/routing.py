@@ -218,7 +218,11 @@ def _domain(text: str, setting: str) -> str:
     try:
         return parse_domain(value)
     except MessageError:
-        hint = " (wildcards are not supported)" if "*" in value else ""
+        hint = (
+            " (wildcards are not supported; catch_all=True sends every recipient to Drop)"
+            if "*" in value
+            else ""
+        )
         raise ConfigurationError(f"{setting}: {text!r} is not a domain{hint}") from None
 
 
@@ -290,6 +294,9 @@ class Router:
       (``{"bank.example": TlsPolicy.REQUIRED}``); a smart host with credentials gets at least
       ``TlsPolicy.ENCRYPT``, because AUTH never goes in the clear.
     - ``smtp_port`` is the port MX hosts are reached on (25).
+    - ``catch_all=True`` is capture mode, for test rigs and development machines (as Mailpit or
+      smtp4dev): every recipient, whatever its domain, is local and lands in Drop; nothing is
+      ever sent out.
     """
 
     local_domains: tuple[str, ...] = attrs.field(default=("localhost",), converter=_local_domains)
@@ -301,6 +308,7 @@ class Router:
     tls: TlsPolicy = TlsPolicy.OPPORTUNISTIC
     tls_domains: Mapping[str, TlsPolicy] = attrs.field(factory=dict, converter=_tls_domains)
     smtp_port: int = 25
+    catch_all: bool = False
     # Routes by domain: a Router never changes, so a domain is routed once, not at every look
     # (delivery groups by route, the retry policy and the transcripts ask again). Bounded.
     _cache: dict[str, Route] = attrs.field(factory=dict, init=False, eq=False, repr=False)
@@ -329,6 +337,9 @@ class Router:
         return self.smart_host_mode or SmartHostMode.ALWAYS
 
     def is_local(self, domain: str) -> bool:
+        """Whether mail for ``domain`` ends in Drop (a local or alias domain, or capture mode)."""
+        if self.catch_all:
+            return True
         domain = domain.rstrip(".").lower()
         return domain in self.local_domains or domain in self.alias_domains
 
