@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import platform
 import threading
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta
@@ -303,9 +304,14 @@ class MailService:
         self._next_rescan: datetime | None = None
         self._signatures: dict[str, tuple[int, ...]] = {}
         self._stop = threading.Event()
+        # Messages Spool.admit committed in this process (a listener's threads): the loop
+        # schedules them at its next tick, and is woken for them rather than polling.
+        self._arrivals: deque[str] = deque()
+        self._wakeup = threading.Event()
         self._schedule_lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
         spool.service = self
+        spool._on_admit = self._arrived
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -318,6 +324,7 @@ class MailService:
         else:
             self._guard(tally, "reading operators' triggers", partial(self._triggers, tally))
         self._guard(tally, "renewing this process's lease", self._store.announce)
+        self._take_arrivals()
         names: list[str] = []
         if self.room_for_mail():
             self._guard(tally, "listing Pickup", lambda: names.extend(self._store.pickup_ready()))
@@ -335,6 +342,16 @@ class MailService:
             tick.collect(tally)
         tick.finish()
         return tally.freeze()
+
+    def _arrived(self, queue_id: str) -> None:
+        """``Spool.admit`` committed ``queue_id`` (from any thread): due at the next tick."""
+        self._arrivals.append(queue_id)
+        self._wakeup.set()
+
+    def _take_arrivals(self) -> None:
+        now = self.clock()
+        while self._arrivals:
+            self._schedule.set(self._arrivals.popleft(), now)
 
     def next_due(self) -> datetime | None:
         """When the next queued message this service knows of is due, ``None`` when none is.
@@ -414,7 +431,9 @@ class MailService:
                 next_due = self._schedule.next_due()
                 if next_due is not None:
                     wait = max(0.0, min(wait, (next_due - self.clock()).total_seconds()))
-                if self._stop.wait(wait):
+                self._wakeup.wait(wait)
+                self._wakeup.clear()
+                if self._stop.is_set():
                     break
         finally:
             self._stop.clear()  # the stop is spent: a later run_forever runs again
@@ -431,6 +450,7 @@ class MailService:
     def stop(self) -> None:
         """Make :meth:`run_forever` return after the current tick."""
         self._stop.set()
+        self._wakeup.set()
 
     def close(self) -> None:
         """Close kept-open connections and let the spool serve another service."""
@@ -440,6 +460,8 @@ class MailService:
         self.transport.close()
         if self.spool.service is self:
             self.spool.service = None
+            self.spool._on_admit = None
+            # What arrived after the last tick is on disk: the next service's rescan finds it.
 
     def _guard(self, tally: _Tally, what: str, action: Callable[[], object]) -> None:
         try:

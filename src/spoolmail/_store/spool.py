@@ -27,13 +27,15 @@ from spoolmail._core.address import AddressRole, parse_address_list, parse_mailb
 from spoolmail._core.badmail import requeue_note
 from spoolmail._core.envelope import (
     Envelope,
+    Recipient,
     RecipientState,
+    Ret,
     decode_envelope,
     encode_envelope,
     new_envelope,
 )
 from spoolmail._core.headers import fields, split_head
-from spoolmail._core.ids import QueueIds, is_queue_id
+from spoolmail._core.ids import QueueIds, is_made_id, is_queue_id
 from spoolmail._core.pickup import PickupOptions, PickupRejected, parse_pickup, render_pickup
 from spoolmail._core.states import Event, State
 from spoolmail._store import pyfs
@@ -242,6 +244,9 @@ class Spool:
         self.clock = clock
         #: The MailService working on this spool, if any (one at a time: they share claims).
         self.service: object | None = None
+        # That service's ear for messages admitted in this process (its schedule learns of them
+        # at once); without one, admissions leave a trigger for a service in another process.
+        self._on_admit: Callable[[str], object] | None = None
         self._store = MailStore(
             filesystem, durability=durability, clock=clock, ids=ids or QueueIds(), lease=lease
         )
@@ -322,6 +327,86 @@ class Spool:
         queue_id = self._store.new_id()
         self._store.write(PICKUP, f"{queue_id}.eml", data)
         return queue_id
+
+    # -- committing straight into the Queue ------------------------------------------------------
+
+    def admit(
+        self,
+        message: bytes | Iterable[bytes],
+        *,
+        sender: str,
+        recipients: Sequence[str | Recipient],
+        origin: str,
+        envid: str | None = None,
+        ret: Ret | None = None,
+        eight_bit: bool | None = None,
+        queue_id: str | None = None,
+    ) -> str:
+        """Commit a message straight into the Queue; its queue id. Durable once this returns.
+
+        The door for whoever already holds a message and its envelope, as an SMTP listener does
+        when DATA ends: the message file, then the envelope (the commit), both fsync'd with the
+        Queue folder, through the same admission as Pickup intake. A crash before this returns
+        leaves nothing queued, so a listener answers ``250`` only after it; an error (a full
+        disk) raises :class:`~spoolmail.exceptions.StorageError`, for a ``4xx``.
+
+        ``message`` is stored as given (bytes, or chunks streamed through): the caller has added
+        its ``Received:`` field. ``sender`` is the reverse-path (``""`` for ``<>``),
+        ``recipients`` addresses or :class:`~spoolmail.Recipient` values carrying RFC 3461
+        NOTIFY and ORCPT; ``envid`` and ``ret`` are MAIL FROM's ENVID and RET; ``origin`` says
+        where it came from (``smtp:192.0.2.7``); ``eight_bit`` records BODY=8BITMIME when known.
+        ``queue_id`` is one :meth:`new_id` gave (a listener names it in its ``Received:`` field
+        and its ``250`` reply), default a new one. A running service in this process schedules
+        the message at once, one in another process at its next tick.
+        """
+        if isinstance(recipients, str):
+            raise TypeError("recipients is a sequence of addresses, not one string")
+        if sender:
+            sender = parse_mailbox(sender, default_domain=None, role=AddressRole.SENDER)
+        checked = [
+            r
+            if isinstance(r, Recipient)
+            else parse_mailbox(r, default_domain=None, role=AddressRole.RECIPIENT)
+            for r in recipients
+        ]
+        if not checked:
+            raise MessageError("a message needs at least one recipient", status="5.5.1")
+        head = split_head(message)[0] if isinstance(message, bytes) else None
+        if queue_id is None:
+            queue_id = self._store.new_id()
+        elif not is_made_id(queue_id) or self._transitions.has_message(queue_id):
+            raise ValueError(f"{queue_id!r} is not a fresh id from Spool.new_id()")
+        fresh = new_envelope(
+            queue_id,
+            sender=sender,
+            recipients=checked,
+            now=self.clock(),
+            origin=origin,
+            head=head,
+            eight_bit=eight_bit,
+        )
+        envelope = attrs.evolve(fresh, envid=envid, ret=ret)
+
+        def sized(size: int) -> Envelope:
+            return attrs.evolve(envelope, size=size)
+
+        change = Change(id=queue_id, message=message, envelope=sized)
+        self._transitions.apply(State.NEW, Event.ACCEPTED, change)
+        told = self._on_admit
+        if told is not None:
+            told(queue_id)
+        else:
+            self._store.write_trigger([queue_id])
+        return queue_id
+
+    def new_id(self) -> str:
+        """A fresh queue id, for :meth:`admit` (unique in this MailRoot, sorting by time)."""
+        return self._store.new_id()
+
+    def free_space(self) -> int | None:
+        """Bytes free for new mail on the MailRoot's filesystem (``statvfs``'s ``f_bavail``), or
+        ``None`` where there is no such figure (MemoryFS, other backends)."""
+        return self._store.free_space()
 
     # -- operating on the Queue and BadMail (Postfix's postqueue / postsuper) --------------------
 

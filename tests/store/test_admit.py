@@ -1,0 +1,171 @@
+"""``Spool.admit``: the Queue's door for a message that arrives with its envelope (the listener).
+
+It commits into the Queue through the same admission as Pickup intake, durable when it returns;
+a service in this process schedules the message at once and is woken for it, one in another
+process learns of it through a trigger. A fault leaves nothing queued and raises.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+import spoolmail._store.store as store_module
+from spoolmail import (
+    Durability,
+    MailService,
+    Notify,
+    Recipient,
+    Ret,
+    Router,
+    Spool,
+)
+from spoolmail.exceptions import MessageError, StorageError
+from spoolmail.testing import FakeClock
+
+MESSAGE = (
+    b"Received: from client.test ([127.0.0.1]) by mail.example.com\r\n"
+    b"From: app@example.com\r\nTo: bob@example.com\r\nSubject: hi\r\n\r\nhello\r\n"
+)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+def test_admit_queues_the_message_with_its_envelope(clock: FakeClock) -> None:
+    with Spool("mem://", clock=clock) as spool:
+        queue_id = spool.admit(
+            MESSAGE,
+            sender="app@example.com",
+            recipients=[
+                "bob@example.com",
+                Recipient("carol@example.com", notify=Notify.FAILURE, orcpt="rfc822;c@x.test"),
+            ],
+            origin="smtp:127.0.0.1",
+            envid="abc123",
+            ret=Ret.HDRS,
+            eight_bit=False,
+        )
+        queued = spool.queued_message(queue_id)
+        envelope = queued.envelope
+        assert spool.message(queue_id) == MESSAGE
+        assert (envelope.sender, envelope.origin, envelope.envid, envelope.ret) == (
+            "app@example.com",
+            "smtp:127.0.0.1",
+            "abc123",
+            Ret.HDRS,
+        )
+        assert [r.address for r in envelope.recipients] == ["bob@example.com", "carol@example.com"]
+        assert envelope.recipients[1].notify == Notify.FAILURE
+        assert envelope.recipients[1].orcpt == "rfc822;c@x.test"
+        assert (envelope.size, envelope.hops, envelope.arrival) == (len(MESSAGE), 1, clock())
+
+
+def test_admit_streams_chunks(clock: FakeClock) -> None:
+    with Spool("mem://", clock=clock) as spool:
+        chunks = [MESSAGE[:10], MESSAGE[10:]]
+        queue_id = spool.admit(iter(chunks), sender="", recipients=["bob@example.com"], origin="x")
+        assert spool.message(queue_id) == MESSAGE
+        assert spool.queued_message(queue_id).envelope.size == len(MESSAGE)
+
+
+@pytest.mark.parametrize(
+    ("sender", "recipients", "fragment"),
+    [
+        ("app@example.com", [], "at least one recipient"),
+        ("not an address", ["bob@example.com"], "not an address"),
+        ("app@example.com", ["bob@"], "bob@"),
+    ],
+)
+def test_admit_refuses_what_is_not_an_envelope(
+    clock: FakeClock, sender: str, recipients: list[str], fragment: str
+) -> None:
+    with Spool("mem://", clock=clock) as spool:
+        with pytest.raises(MessageError) as raised:
+            spool.admit(MESSAGE, sender=sender, recipients=recipients, origin="smtp:x")
+        assert fragment in str(raised.value)
+        assert list(spool.queued()) == []
+
+
+def test_a_full_disk_leaves_nothing_queued(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The listener answers 4xx on this error: nothing may be queued that it did not accept."""
+    with Spool(tmp_path / "MailRoot", clock=clock, durability=Durability.FSYNC) as spool:
+        real = os.fsync
+
+        def full(fd: int) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(store_module.os, "fsync", full)
+        with pytest.raises(StorageError) as raised:
+            spool.admit(MESSAGE, sender="", recipients=["bob@example.com"], origin="smtp:x")
+        assert raised.value.temporary
+        monkeypatch.setattr(store_module.os, "fsync", real)
+        assert list(spool.queued()) == []
+        assert sorted(p.name for p in (tmp_path / "MailRoot" / "Queue").iterdir()) == []
+
+
+def test_a_service_in_this_process_is_woken_for_an_admitted_message(tmp_path: Path) -> None:
+    """No poll interval to wait through: run_forever waits an hour, the message goes at once."""
+    with Spool(tmp_path / "MailRoot") as spool:
+        service = MailService(spool, router=Router(local_domains=["example.com"]))
+        delivered = threading.Event()
+
+        def seen(report: object) -> None:
+            if getattr(report, "finished", ()):
+                delivered.set()
+
+        loop = threading.Thread(
+            target=service.run_forever, kwargs={"poll_interval": 3600, "on_report": seen}
+        )
+        loop.start()
+        try:
+            queue_id = spool.admit(
+                MESSAGE, sender="app@example.com", recipients=["bob@example.com"], origin="t"
+            )
+            assert delivered.wait(30), "the service was not woken for the admitted message"
+            assert spool.drop_item(queue_id).recipients == ("bob@example.com",)
+        finally:
+            service.stop()
+            loop.join(30)
+            service.close()
+        assert not loop.is_alive()
+
+
+def test_without_a_service_here_a_trigger_tells_one_in_another_process(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    root = tmp_path / "MailRoot"
+    with Spool(root, clock=clock) as other:
+        service = MailService(other, router=Router(local_domains=["example.com"]))
+        service.run_once()  # its first tick rescans; later ticks read only triggers
+        clock.advance(seconds=1)
+        with Spool(root, clock=clock) as listener_side:
+            queue_id = listener_side.admit(
+                MESSAGE, sender="", recipients=["bob@example.com"], origin="t"
+            )
+        report = service.run_once()
+        service.close()
+        assert queue_id in report.finished
+        assert other.drop_item(queue_id).recipients == ("bob@example.com",)
+
+
+def test_admit_takes_an_id_given_in_advance_once(clock: FakeClock) -> None:
+    """A listener names the id in its Received: field before the message is committed."""
+    with Spool("mem://", clock=clock) as spool:
+        queue_id = spool.new_id()
+        assert (
+            spool.admit(MESSAGE, sender="", recipients=["b@x.test"], origin="t", queue_id=queue_id)
+            == queue_id
+        )
+        for bad in (queue_id, "../../etc/passwd", "NOTANID"):
+            with pytest.raises(ValueError, match="not a fresh id"):
+                spool.admit(MESSAGE, sender="", recipients=["b@x.test"], origin="t", queue_id=bad)
+        assert [m.id for m in spool.queued()] == [queue_id]
