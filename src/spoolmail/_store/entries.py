@@ -40,6 +40,7 @@ import enum
 import errno
 import logging
 import os
+import select
 import signal
 import stat
 import struct
@@ -354,6 +355,12 @@ class WriteState(enum.Enum):
     """Closed after writing, or renamed in: complete."""
 
 
+def is_candidate(name: str) -> bool:
+    """Whether a Pickup name may be a message: writers hide work in progress under a name
+    starting with ``.`` or ending in ``.tmp`` (docs/formats.md), which is never taken."""
+    return not name.startswith(".") and not name.lower().endswith(".tmp")
+
+
 class CloseWatcher:
     """inotify on one folder, read without blocking whenever :meth:`state` is asked.
 
@@ -400,18 +407,45 @@ class CloseWatcher:
             self._fd = -1
         self.alive = False
 
-    def _drain(self) -> None:
+    def wait(self, timeout: float, *, wake: int | None = None) -> bool:
+        """Block up to ``timeout`` seconds for a file in the folder to be complete: closed after
+        writing or renamed in (or ``wake`` to be readable). Whether that happened.
+
+        Creations and writes alone do not end the wait (a writer's thousand ``write`` calls are
+        not a thousand ticks); what they say is kept for :meth:`state` as usual.
+        """
+        deadline = time.monotonic() + timeout
+        while self._fd >= 0:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            watched = [self._fd] if wake is None else [self._fd, wake]
+            try:
+                readable, _, _ = select.select(watched, [], [], left)
+            except (OSError, ValueError):
+                return False  # closed under us: the caller polls instead
+            if wake is not None and wake in readable:
+                return True
+            if readable and self._drain():
+                return True
+        return False
+
+    def _drain(self) -> bool:
+        """Apply the events waiting in the kernel; whether any file became complete."""
+        complete = False
         while self._fd >= 0:
             try:
                 data = os.read(self._fd, 64 * 1024)
             except BlockingIOError:
-                return
+                break
             except OSError:
                 self.close()
-                return
-            self._apply(data)
+                break
+            complete |= self._apply(data)
+        return complete
 
-    def _apply(self, data: bytes) -> None:
+    def _apply(self, data: bytes) -> bool:
+        complete = False
         offset = 0
         while offset + _EVENT.size <= len(data):
             _, mask, _, length = _EVENT.unpack_from(data, offset)
@@ -421,18 +455,21 @@ class CloseWatcher:
             name = os.fsdecode(raw)
             if mask & _IN_Q_OVERFLOW:
                 self._states.clear()
+                complete = True  # something happened; the listing will tell what
             elif mask & (_IN_IGNORED | _IN_DELETE_SELF | _IN_MOVE_SELF):
                 self._states.clear()
                 self.close()
-                return
+                return True
             elif not name:
                 continue
             elif mask & (_IN_DELETE | _IN_MOVED_FROM):
                 self._states.pop(name, None)
             elif mask & (_IN_CLOSE_WRITE | _IN_MOVED_TO):
                 self._set(name, WriteState.CLOSED)
+                complete = complete or is_candidate(name)
             elif mask & (_IN_CREATE | _IN_MODIFY):
                 self._set(name, WriteState.OPEN)
+        return complete
 
     def _set(self, name: str, value: WriteState) -> None:
         if name not in self._states and len(self._states) >= _MAX_TRACKED:

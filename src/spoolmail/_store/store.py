@@ -36,6 +36,7 @@ import json
 import logging
 import os
 import platform
+import select
 import shutil
 import stat
 import threading
@@ -59,6 +60,7 @@ from spoolmail._store.entries import (
     Readiness,
     UnsafeEntry,
     inspect_os,
+    is_candidate,
     open_regular,
 )
 from spoolmail.exceptions import ConfigurationError, LayoutError, StorageError
@@ -653,11 +655,7 @@ class MailStore:
 
     def _candidates(self) -> list[str]:
         """Names in Pickup that may be messages: not starting with '.' nor ending in '.tmp'."""
-        return [
-            name
-            for name in self.listdir(PICKUP)
-            if not name.startswith(".") and not name.lower().endswith(_TMP_SUFFIX)
-        ]
+        return [name for name in self.listdir(PICKUP) if is_candidate(name)]
 
     def inspect(self, folder: str, name: str) -> EntryFacts:
         """What an entry is, without following a link; ``FileNotFoundError`` if it is gone.
@@ -739,6 +737,20 @@ class MailStore:
         self.readiness.prune(present)
         self._reported_dirs &= present
         return sorted(ready)
+
+    def wait_for_pickup(self, timeout: float, *, wake: int) -> None:
+        """Wait up to ``timeout`` seconds, less when a Pickup file becomes complete (inotify,
+        where :meth:`pickup_ready` started a watcher) or ``wake`` (a socket) becomes readable.
+
+        Where nothing watches the folder (other platforms, non-OS backends, network
+        filesystems without events) only ``wake`` ends the wait early: Pickup is then polled.
+        """
+        watcher = self.readiness.watcher
+        if watcher is not None and watcher.alive:
+            watcher.wait(timeout, wake=wake)
+            return
+        with contextlib.suppress(OSError, ValueError):
+            select.select([wake], [], [], max(0.0, timeout))
 
     def pickup_id(self, name: str) -> str:
         """The queue id a Pickup file gets: its own when named ``<queue id>.eml`` with an id in
