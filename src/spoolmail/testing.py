@@ -69,6 +69,7 @@ class CapturedMessage:
     sender: str
     recipients: tuple[str, ...]
     data: bytes
+    queue_id: str = ""
 
 
 Answer = Reply | Callable[[str], Reply]
@@ -163,7 +164,9 @@ class CapturingTransport:
         if accepted:
             with message.open() as handle:
                 data = handle.read()
-            self.messages.append(CapturedMessage(target, message.sender, accepted, data))
+            self.messages.append(
+                CapturedMessage(target, message.sender, accepted, data, queue_id=message.id)
+            )
         return replies
 
     def close(self) -> None:
