@@ -29,7 +29,7 @@ from django.test import override_settings
 import spoolmail.django
 from spoolmail import Durability, MailService, Router, Spool
 from spoolmail.exceptions import MessageError, StorageError
-from spoolmail.testing import CapturingTransport
+from spoolmail.testing import CapturingTransport, Outbox
 
 BACKEND = "spoolmail.django.EmailBackend"
 
@@ -360,3 +360,20 @@ def test_spoolmail_never_imports_django_and_the_backend_names_the_fix() -> None:
         "spoolmail.exceptions.DependencyError: "
         "spoolmail.django needs Django: pip install 'spoolmail[django]'"
     )
+
+
+# -- in users' tests -------------------------------------------------------------------------------
+
+
+def test_django_mail_in_the_outbox(memory_spool: Spool, spoolmail_outbox: Outbox) -> None:
+    mail.send_mail("Welcome", "Hello Bob.\n", None, ["bob@example.com"])
+    mail.send_mail("Invoice", "Pay.\n", None, ["partner@example.net"], html_message="<p>Pay.</p>")
+    welcome = spoolmail_outbox.assert_sent(to="bob@example.com", subject="Welcome")
+    assert (welcome.where, welcome.sender, welcome.body) == (
+        "drop",
+        "app@example.com",
+        "Hello Bob.\n",
+    )
+    invoice = spoolmail_outbox.assert_sent(to="partner@example.net")
+    assert (invoice.where, invoice.html) == ("smarthost.test", "<p>Pay.</p>")
+    spoolmail_outbox.assert_not_sent(to="admin@example.com")
