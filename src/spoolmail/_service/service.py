@@ -16,8 +16,10 @@ test moves time through a whole retry schedule at once.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import platform
+import socket
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -177,6 +179,46 @@ class _Tally:
             getattr(self, name).extend(values)
 
 
+class _Waker:
+    """A wake-up another thread can give the loop while it waits in ``select`` (for Pickup
+    events): a connected socket pair, readable once :meth:`set` wrote a byte into it. Open
+    only while ``run_forever`` runs (a service that only ever runs ``run_once`` holds none);
+    a :meth:`set` with nobody waiting is dropped, as the loop's next tick comes first anyway.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pair: tuple[socket.socket, socket.socket] | None = None
+
+    def open(self) -> int:
+        """Open the pair (if not yet); the descriptor to wait on."""
+        with self._lock:
+            if self._pair is None:
+                reader, writer = socket.socketpair()
+                reader.setblocking(False)
+                writer.setblocking(False)
+                self._pair = (reader, writer)
+            return self._pair[0].fileno()
+
+    def set(self) -> None:
+        with self._lock, contextlib.suppress(OSError):  # full: a wake-up is pending anyway
+            if self._pair is not None:
+                self._pair[1].send(b"!")
+
+    def clear(self) -> None:
+        with self._lock, contextlib.suppress(OSError):
+            if self._pair is not None:
+                while self._pair[0].recv(4096):
+                    pass
+
+    def close(self) -> None:
+        with self._lock:
+            if self._pair is not None:
+                for end in self._pair:
+                    end.close()
+                self._pair = None
+
+
 def _checked_fqdn(fqdn: str) -> str:
     try:
         return parse_domain(fqdn)
@@ -305,9 +347,10 @@ class MailService:
         self._signatures: dict[str, tuple[int, ...]] = {}
         self._stop = threading.Event()
         # Messages Spool.admit committed in this process (a listener's threads): the loop
-        # schedules them at its next tick, and is woken for them rather than polling.
+        # schedules them at its next tick, and is woken for them rather than polling; a
+        # complete Pickup file wakes it too, where inotify tells (store.wait_for_pickup).
         self._arrivals: deque[str] = deque()
-        self._wakeup = threading.Event()
+        self._wakeup = _Waker()
         self._schedule_lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
         spool.service = self
@@ -420,6 +463,7 @@ class MailService:
         ``on_report`` sees every tick's report (the command line logs them). A :meth:`stop`
         that came before the loop began (a SIGTERM right after start-up) ends it after one tick.
         """
+        wake = self._wakeup.open()  # before the first look at _stop: no stop() is missed
         try:
             while True:
                 report = self.run_once()
@@ -431,12 +475,13 @@ class MailService:
                 next_due = self._schedule.next_due()
                 if next_due is not None:
                     wait = max(0.0, min(wait, (next_due - self.clock()).total_seconds()))
-                self._wakeup.wait(wait)
+                self._store.wait_for_pickup(wait, wake=wake)
                 self._wakeup.clear()
                 if self._stop.is_set():
                     break
         finally:
             self._stop.clear()  # the stop is spent: a later run_forever runs again
+            self._wakeup.close()
 
     def rescan(self) -> Report:
         """Recover and rescan the Queue now, as every tick does each ``rescan_interval``.
