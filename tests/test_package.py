@@ -22,7 +22,8 @@ LAYERS = {
     "_store": {"_core"},
     "_transport": {"_core"},
     "_service": {"_core", "_store", "_transport"},
-    "_cli": {"_core", "_store", "_transport", "_service"},
+    "_listen": {"_core", "_store", "_service"},
+    "_cli": {"_core", "_store", "_transport", "_service", "_listen"},
 }
 # The core is pure: no filesystem, network, DNS or clock (docs/design.md#layers).
 CORE_FORBIDDEN = {
@@ -61,9 +62,12 @@ def test_exported_names_are_pinned() -> None:
         "HopKind",
         "HostResolver",
         "Limits",
+        "Listener",
+        "ListenerLimits",
         "MailService",
         "Notify",
         "Outgoing",
+        "PasswordFile",
         "QueuedMessage",
         "Recipient",
         "RecipientState",

@@ -24,6 +24,8 @@ from spoolmail._core.routing import (
 )
 from spoolmail._core.states import State
 from spoolmail._core.transcript import Transcript
+from spoolmail._listen.listener import Listener, ListenerLimits
+from spoolmail._listen.passwords import PasswordFile
 from spoolmail._service.service import Limits, MailService, Report
 from spoolmail._store.spool import BadMailItem, DropItem, QueuedMessage, Spool
 from spoolmail._store.store import Durability
@@ -49,9 +51,12 @@ __all__ = [
     "HopKind",
     "HostResolver",
     "Limits",
+    "Listener",
+    "ListenerLimits",
     "MailService",
     "Notify",
     "Outgoing",
+    "PasswordFile",
     "QueuedMessage",
     "Recipient",
     "RecipientState",

@@ -1,0 +1,503 @@
+"""One inbound SMTP session: aiosmtpd's protocol, told what to do by spoolmail's rules.
+
+aiosmtpd parses the commands, runs STARTTLS and reads DATA; this module is the glue that it
+calls, and nothing more: the decisions are pure functions elsewhere (who may connect and relay:
+``_core.relay``; the DSN parameters and the Received field: ``_core.esmtp``; reply codes:
+``replies``). What it adds to aiosmtpd, and why:
+
+- **Connection control and a session limit** before the greeting: a denied client gets
+  ``554 5.7.1`` and only ``503`` until QUIT (RFC 5321 section 3.1); one over ``max_sessions``
+  gets ``421 4.7.0`` and is closed.
+- **Bare CR and LF are refused** (SMTP smuggling, as Postfix's ``smtpd_forbid_bare_newline =
+  yes``): every line the session reads, command or DATA, must end in CRLF and hold no other CR
+  or LF; otherwise ``521 5.5.2 Error: bare <LF> received`` and the connection is closed, with
+  nothing queued. aiosmtpd reads DATA up to CRLF only, so ``<LF>.<LF>`` and ``<CR>.<CR>``
+  never end a message; refusing them outright means no other MTA down the line can be made to
+  read them differently either.
+- **RFC 3461 parameters** are taken out of MAIL and RCPT before aiosmtpd sees them (it answers
+  555 to parameters it does not know).
+- **The commit before 250**: DATA's message goes to ``Spool.admit`` in a worker thread (it
+  fsyncs); ``250 2.0.0 Ok: queued as ID`` is sent only when it returned, ``451 4.3.0`` when it
+  raised. A client that leaves before the end of DATA, or says RSET, has nothing queued.
+- **AUTH PLAIN and LOGIN** only over TLS (aiosmtpd refuses them before with 538), checked in a
+  worker thread against the embedder's callable; each failure waits a little longer, and a few
+  of them end the session (``421 4.7.0``). No password is logged or kept.
+
+Logs one INFO record per accepted message and per refusal (with the reply), never content.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import ssl
+from base64 import b64decode
+from collections.abc import Callable
+from concurrent.futures import Executor
+from datetime import datetime
+from typing import Any
+
+import attrs
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from spoolmail._core.address import AddressRole, parse_mailbox
+from spoolmail._core.envelope import Recipient
+from spoolmail._core.esmtp import (
+    MailDsn,
+    RcptDsn,
+    TlsFacts,
+    protocol_name,
+    received_field,
+    split_mail_parameters,
+    split_rcpt_parameters,
+)
+from spoolmail._core.headers import split_head
+from spoolmail._core.relay import AccessPolicy, IPAddress, RcptVerdict, client_address
+from spoolmail._core.routing import Router
+from spoolmail._listen.replies import enhance
+from spoolmail._store.spool import Spool
+from spoolmail.exceptions import MessageError, SpoolmailError
+
+__all__ = ["Config", "Hooks", "SmtpSession"]
+
+log = logging.getLogger("spoolmail.listener")
+
+Credentials = Callable[[str, str], bool]
+# RFC 5321 section 4.5.3.1.6: a text line is at most 998 octets and CRLF.
+MAX_LINE = 998
+
+
+@attrs.frozen(kw_only=True)
+class Config:
+    """What every session of one listener shares: the spool, the rules and the limits."""
+
+    spool: Spool
+    router: Router
+    access: AccessPolicy
+    fqdn: str
+    executor: Executor
+    max_message_size: int
+    max_recipients: int
+    max_header_size: int
+    max_sessions: int
+    min_free_space: int
+    max_auth_failures: int
+    auth_failure_delay: float
+    credentials: Credentials | None = None
+    clock: Callable[[], datetime]
+
+
+class _BareNewline(BaseException):
+    """A line with a bare CR or LF: ends the session.
+
+    A BaseException because aiosmtpd's command loop answers every ``Exception`` with a 500 and
+    reads on; this one must leave that loop, to :meth:`SmtpSession._handle_client`.
+    """
+
+    def __init__(self, char: str) -> None:
+        super().__init__(char)
+        self.char = char
+
+
+class _StrictReader(asyncio.StreamReader):
+    """aiosmtpd's stream reader, refusing a line with a bare CR or LF.
+
+    aiosmtpd reads commands up to LF (so a bare LF ends a command) and DATA up to CRLF (so a
+    bare LF or CR passes into the message); every read goes through ``readuntil``, checked here.
+    """
+
+    async def readuntil(self, separator: Any = b"\n") -> bytes:
+        line = await super().readuntil(separator)
+        if not line.endswith(b"\r\n"):
+            raise _BareNewline("LF")
+        body = line[:-2]
+        if b"\n" in body:
+            raise _BareNewline("LF")
+        if b"\r" in body:
+            raise _BareNewline("CR")
+        return line
+
+
+class Transaction(Envelope):
+    """aiosmtpd's envelope with what spoolmail records of one transaction."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dsn = MailDsn()
+        self.recipients: list[Recipient] = []
+        self.eight_bit = False
+
+
+class SmtpSession(SMTP):
+    """One connection. Made by the listener for each client; state lives here and in
+    aiosmtpd's ``session`` and ``envelope``."""
+
+    def __init__(self, hooks: Hooks, *, sessions: set[SmtpSession], **options: Any) -> None:
+        super().__init__(hooks, **options)
+        self.config = hooks.config
+        self.client: IPAddress | None = None
+        self.auth_failures = 0
+        self.user: str | None = None
+        self._sessions = sessions
+        self._next_mail = MailDsn()
+        self._next_rcpt = RcptDsn()
+
+    # -- the connection ----------------------------------------------------------------------
+
+    def _cb_client_connected(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        # The reader aiosmtpd made in its constructor, given the check above. Its class is
+        # swapped rather than the reader replaced: asyncio keeps references to it elsewhere.
+        reader.__class__ = _StrictReader
+        super()._cb_client_connected(reader, writer)
+
+    async def _handle_client(self) -> None:
+        if self.session is None or self.transport is None:
+            return  # the connection went before it began
+        peer = self.session.peer
+        try:
+            self.client = client_address(str(peer[0]) if isinstance(peer, tuple) else str(peer))
+        except ValueError:  # a Unix socket, say: no address to judge
+            self.client = None
+        if self.client is None or not self.config.access.admits(self.client):
+            await self._turn_away()
+            return
+        if len(self._sessions) >= self.config.max_sessions:
+            await self.push(f"421 4.7.0 {self.config.fqdn} Too many connections, try later")
+            self.close()
+            return
+        self._sessions.add(self)
+        try:
+            await super()._handle_client()
+        except _BareNewline as bare:
+            await self.push(f"521 5.5.2 {self.config.fqdn} Error: bare <{bare.char}> received")
+            self.close()
+        finally:
+            self._sessions.discard(self)
+
+    async def _turn_away(self) -> None:
+        """RFC 5321 section 3.1: a 554 greeting, then 503 to anything but QUIT (a few times)."""
+        await self.push(f"554 5.7.1 {self.config.fqdn} Access denied for {self.client}")
+        try:
+            for _ in range(3):
+                line = await self._reader.readuntil()
+                if line.strip().upper() == b"QUIT":
+                    await self.push("221 2.0.0 Bye")
+                    break
+                await self.push("503 5.7.1 Access denied")
+        except (_BareNewline, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            pass
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """End the connection (what was written is sent first)."""
+        if self.transport is not None:
+            self.transport.close()
+
+    def say_goodbye(self, reply: str) -> None:
+        """Send ``reply`` and close, from outside the session (the listener stopping)."""
+        if self._writer is not None and self.transport is not None:
+            self._writer.write(reply.encode("ascii") + b"\r\n")
+        self.close()
+
+    async def push(self, status: Any) -> None:
+        if isinstance(status, str):
+            status = enhance(status)
+            if status[:1] in ("4", "5"):
+                log.info("%s refused: %s", self.client, status)
+        await super().push(status)
+
+    # -- MAIL and RCPT: RFC 3461's parameters out before aiosmtpd sees them -------------------
+
+    def _take_parameters(
+        self, arg: str, keyword: str, split: Callable[[list[str]], tuple[Any, list[str]]]
+    ) -> tuple[str, Any]:
+        """``arg`` without its DSN parameters, and those parameters (None: none to take)."""
+        stripped = self._strip_command_keyword(keyword, arg)
+        if stripped is None:
+            return arg, None
+        address, rest = self._getaddr(stripped)
+        if address is None or not rest or not rest.strip():
+            return arg, None
+        taken, others = split(rest.split())
+        path = stripped[: len(stripped) - len(rest)].rstrip()
+        return f"{keyword}{path} {' '.join(others)}".rstrip(), taken
+
+    async def smtp_MAIL(self, arg: str | None) -> None:  # noqa: N802 (aiosmtpd's name)
+        self._next_mail = MailDsn()
+        if arg is not None and self.session is not None and self.session.extended_smtp:
+            try:
+                arg, taken = self._take_parameters(arg, "FROM:", split_mail_parameters)
+            except MessageError as exc:
+                await self.push(f"501 {exc.status} {exc}")
+                return
+            self._next_mail = taken or MailDsn()
+        await super().smtp_MAIL(arg)
+
+    async def smtp_RCPT(self, arg: str | None) -> None:  # noqa: N802 (aiosmtpd's name)
+        self._next_rcpt = RcptDsn()
+        if arg is not None and self.session is not None and self.session.extended_smtp:
+            try:
+                arg, taken = self._take_parameters(arg, "TO:", split_rcpt_parameters)
+            except MessageError as exc:
+                await self.push(f"501 {exc.status} {exc}")
+                return
+            self._next_rcpt = taken or RcptDsn()
+        await super().smtp_RCPT(arg)
+
+    def _create_envelope(self) -> Transaction:
+        return Transaction()
+
+    @property
+    def tls_facts(self) -> TlsFacts | None:
+        if self.transport is None or self._tls_protocol is None:
+            return None
+        tls = self.transport.get_extra_info("ssl_object")
+        if not isinstance(tls, ssl.SSLObject | ssl.SSLSocket):
+            return None
+        cipher = tls.cipher()
+        if cipher is None:
+            return None
+        return TlsFacts(version=tls.version() or cipher[1], cipher=cipher[0], bits=cipher[2])
+
+
+def _ascii(text: str) -> bool:
+    return text.isascii()
+
+
+class Hooks:
+    """aiosmtpd's handler: the ``handle_*`` hooks it calls (it finds them by name)."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+    async def handle_EHLO(  # noqa: N802 (aiosmtpd finds hooks by this name)
+        self,
+        server: SmtpSession,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        session.host_name = hostname  # the 5-argument hook must set it itself
+        keywords = [line[4:] for line in responses[1:]]
+        keywords = [k for k in keywords if k not in ("HELP", "AUTH", "AUTH ")]
+        if self.config.credentials is None:
+            keywords = [k for k in keywords if not k.startswith("AUTH")]
+        keywords += ["PIPELINING", "DSN", "ENHANCEDSTATUSCODES", "HELP"]
+        return [responses[0]] + [f"250-{k}" for k in keywords[:-1]] + [f"250 {keywords[-1]}"]
+
+    async def handle_MAIL(  # noqa: N802 (aiosmtpd finds hooks by this name)
+        self,
+        server: SmtpSession,
+        session: Session,
+        envelope: Transaction,
+        address: str,
+        mail_options: list[str],
+    ) -> str:
+        free = self.config.spool.free_space()
+        if free is not None and free < self.config.min_free_space:
+            # RFC 5321 section 4.5.3.1.10 / Postfix's queue_minfree: come back later.
+            log.warning("%s: MAIL refused, %d bytes free on the MailRoot", server.client, free)
+            return "452 4.3.1 Insufficient system storage"
+        if not envelope.smtp_utf8 and not _ascii(address):
+            return "553 5.6.7 Non-ASCII sender address needs SMTPUTF8 (RFC 6531)"
+        try:
+            sender = parse_mailbox(address, default_domain=None, role=AddressRole.SENDER)
+        except MessageError as exc:
+            return f"501 {exc.status} Bad sender address syntax"
+        # aiosmtpd takes an empty mail_from for "no MAIL yet": the null path stays "<>" here.
+        envelope.mail_from = sender or "<>"
+        envelope.mail_options.extend(mail_options)
+        envelope.dsn = server._next_mail
+        envelope.eight_bit = "BODY=8BITMIME" in mail_options
+        return "250 2.1.0 Ok"
+
+    async def handle_RCPT(  # noqa: N802 (aiosmtpd finds hooks by this name)
+        self,
+        server: SmtpSession,
+        session: Session,
+        envelope: Transaction,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:
+        if len(envelope.recipients) >= self.config.max_recipients:
+            return "452 4.5.3 Too many recipients"  # RFC 5321 section 4.5.3.1.8
+        if not envelope.smtp_utf8 and not _ascii(address):
+            return "553 5.6.7 Non-ASCII recipient address needs SMTPUTF8 (RFC 6531)"
+        try:
+            recipient = parse_mailbox(address, default_domain=None, role=AddressRole.RECIPIENT)
+        except MessageError as exc:
+            return f"501 {exc.status} Bad recipient address syntax"
+        if server.client is None:
+            return "554 5.7.1 Unknown client"
+        verdict = self.config.access.rcpt_verdict(
+            local=self.config.router.is_local(recipient.rpartition("@")[2]),
+            client=server.client,
+            authenticated=bool(session.authenticated),
+        )
+        if verdict is RcptVerdict.REFUSED:
+            return f"550 5.7.1 Unable to relay for {recipient}"
+        dsn = server._next_rcpt
+        envelope.rcpt_tos.append(recipient)
+        envelope.rcpt_options.extend(rcpt_options)
+        envelope.recipients.append(Recipient(recipient, notify=dsn.notify, orcpt=dsn.orcpt))
+        return "250 2.1.5 Ok"
+
+    async def handle_DATA(  # noqa: N802 (aiosmtpd finds hooks by this name)
+        self, server: SmtpSession, session: Session, envelope: Transaction
+    ) -> str:
+        content = envelope.original_content or b""
+        refusal = self._check_content(content)
+        if refusal is not None:
+            return refusal
+        config = self.config
+        queue_id = config.spool.new_id()
+        tls = server.tls_facts
+        received = received_field(
+            helo=session.host_name or "",
+            client=str(server.client),
+            fqdn=config.fqdn,
+            protocol=protocol_name(
+                extended=session.extended_smtp,
+                tls=tls is not None,
+                authenticated=bool(session.authenticated),
+                smtputf8=envelope.smtp_utf8,
+            ),
+            queue_id=queue_id,
+            recipients=envelope.rcpt_tos,
+            date=config.clock(),
+            tls=tls,
+        )
+        message = received + content
+        admit = functools.partial(
+            config.spool.admit,
+            message,
+            sender="" if envelope.mail_from == "<>" else envelope.mail_from or "",
+            recipients=list(envelope.recipients),
+            origin=f"smtp:{server.client}",
+            envid=envelope.dsn.envid,
+            ret=envelope.dsn.ret,
+            eight_bit=envelope.eight_bit or not content.isascii(),
+            queue_id=queue_id,
+        )
+        try:
+            await asyncio.get_running_loop().run_in_executor(config.executor, admit)
+        except MessageError as exc:
+            return f"554 {exc.status} {exc}"
+        except SpoolmailError as exc:
+            log.error("%s: message not queued: %s", server.client, exc)  # noqa: TRY400 (said)
+            return "451 4.3.0 Error: queue file write error, try again later"
+        log.info(
+            "%s: queued from %s%s sender=%s recipients=%d size=%d",
+            queue_id,
+            server.client,
+            f" user={server.user}" if server.user else "",
+            envelope.mail_from if envelope.mail_from == "<>" else f"<{envelope.mail_from}>",
+            len(envelope.recipients),
+            len(message),
+        )
+        return f"250 2.0.0 Ok: queued as {queue_id}"
+
+    def _check_content(self, content: bytes) -> str | None:
+        """A 5xx for a message whose lines or header section are over the limits, else None."""
+        if max(map(len, content.split(b"\r\n")), default=0) > MAX_LINE:
+            return "500 5.5.2 Line longer than 998 octets (RFC 5321 4.5.3.1.6)"
+        head = split_head(content)[0]
+        if len(head) > self.config.max_header_size:
+            return f"552 5.3.4 Header section longer than {self.config.max_header_size} octets"
+        return None
+
+    # -- AUTH ----------------------------------------------------------------------------------
+
+    async def handle_AUTH(  # noqa: N802 (aiosmtpd finds hooks by this name)
+        self, server: SmtpSession, session: Session, envelope: Envelope, args: list[str]
+    ) -> str | None:
+        # aiosmtpd has refused AUTH before TLS (538), a second AUTH and unknown mechanisms.
+        if envelope.mail_from is not None:
+            return "503 5.5.1 AUTH not allowed during a mail transaction"  # RFC 4954 section 4
+        credentials = self.config.credentials
+        if credentials is None:
+            return "502 5.5.1 AUTH not available"
+        pair = await self._read_login(server, args)
+        if pair is None:
+            return None  # aiosmtpd or the decoder replied already
+        user, password = pair
+        loop = asyncio.get_running_loop()
+        try:
+            valid = await loop.run_in_executor(self.config.executor, credentials, user, password)
+        except Exception:  # an embedder's callable: whatever it raises is a 454
+            log.exception("%s: the credentials check failed", server.client)
+            return "454 4.7.0 Temporary authentication failure"
+        finally:
+            del password
+        if valid:
+            session.authenticated = True
+            server.user = user
+            log.info("%s: authenticated as %s", server.client, user)
+            return "235 2.7.0 Authentication successful"
+        return await self._refuse_login(server, user)
+
+    async def _refuse_login(self, server: SmtpSession, user: str) -> str | None:
+        server.auth_failures += 1
+        log.info("%s: AUTH failed for %r (%d)", server.client, user, server.auth_failures)
+        # Slow guessing down: each failure waits longer, a few end the session.
+        await asyncio.sleep(self.config.auth_failure_delay * server.auth_failures)
+        if server.auth_failures >= self.config.max_auth_failures:
+            await server.push("535 5.7.8 Authentication credentials invalid")
+            await server.push(f"421 4.7.0 {self.config.fqdn} Too many failed authentications")
+            server.close()
+            return None
+        return "535 5.7.8 Authentication credentials invalid"
+
+    async def _read_login(self, server: SmtpSession, args: list[str]) -> tuple[str, str] | None:
+        """The user name and password of AUTH PLAIN or LOGIN, or None when already answered."""
+        mechanism = args[0].upper()
+        initial = args[1] if len(args) > 1 else None
+        if mechanism == "PLAIN":
+            # RFC 4616: [authzid] NUL authcid NUL passwd; "=" is an empty initial response.
+            blob = await _response(server, initial, b"")
+            parts = blob.split(b"\x00") if blob is not None else []
+            if blob is not None and len(parts) != 3:
+                await server.push("501 5.5.2 Cannot split the response")
+            pair = (parts[1], parts[2]) if len(parts) == 3 else None
+        else:  # LOGIN, the only other mechanism offered
+            login = await _response(server, initial, "Username:")
+            secret = await _response(server, None, "Password:") if login is not None else None
+            pair = (login, secret) if login is not None and secret is not None else None
+        if pair is None:
+            return None
+        try:
+            return pair[0].decode("utf-8"), pair[1].decode("utf-8")
+        except UnicodeDecodeError:
+            await server.push("501 5.5.2 User name and password must be UTF-8")
+            return None
+
+    async def handle_exception(self, error: Exception) -> str:
+        log.error("listener session failed", exc_info=error)
+        return "451 4.3.0 Internal error, try again later"
+
+
+async def _response(
+    server: SmtpSession, initial: str | None, challenge: str | bytes
+) -> bytes | None:
+    """The decoded answer: the initial response if given, else the client's answer to
+    ``challenge``; None when it cannot be had (aborted, not base64), the client told why."""
+    if initial is None:
+        # aiosmtpd sends "334 " and the challenge (base64 unless empty), reads the answer and
+        # replies 501 itself to "*" and to what is not base64. Its answer is never logged.
+        if isinstance(challenge, bytes):
+            answer = await server.challenge_auth(challenge, encode_to_b64=False)
+        else:
+            answer = await server.challenge_auth(challenge)
+        return answer if isinstance(answer, bytes) else None
+    if initial == "=":
+        return b""
+    try:
+        return b64decode(initial, validate=True)
+    except ValueError:
+        await server.push("501 5.5.2 Cannot decode the response")
+        return None
