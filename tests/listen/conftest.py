@@ -34,6 +34,15 @@ def running(spool: Spool, **options: Any) -> Iterator[Listener]:
         yield listener
 
 
+@pytest.fixture(autouse=True)
+def _close_raw_clients() -> Iterator[None]:
+    from tests.listen import raw  # noqa: PLC0415 (raw imports this module)
+
+    yield
+    while raw.OPEN:
+        raw.OPEN.pop().close()
+
+
 @pytest.fixture
 def spool() -> Iterator[Spool]:
     with Spool("mem://", clock=FakeClock()) as spool:
