@@ -325,3 +325,13 @@ def test_a_sent_message_reads_as_one_line(spoolmail_spool: Spool, spoolmail_outb
     assert repr(spoolmail_outbox) == (
         "<Outbox ['Welcome' from app@example.com to bob@example.com [drop]]>"
     )
+
+
+def test_a_body_in_a_charset_python_does_not_know_still_reads(
+    spoolmail_spool: Spool, spoolmail_outbox: Outbox
+) -> None:
+    spoolmail_spool.submit(
+        b"From: app@example.com\r\nTo: bob@example.com\r\nSubject: old\r\n"
+        b"Content-Type: text/plain; charset=x-nonesuch\r\n\r\nna\xefve caf\xc3\xa9\r\n"
+    )
+    assert spoolmail_outbox.single().body == "na\ufffdve café\n"

@@ -310,17 +310,22 @@ def _header_addresses(message: email.message.EmailMessage, name: str) -> tuple[s
     return tuple(found)
 
 
-Part = email.message.MIMEPart
+_Part = email.message.MIMEPart
 
 
-def _content(part: Part | None) -> str:
+def _content(part: _Part | None) -> str:
     if part is None:
         return ""
-    content = part.get_content()
+    try:
+        content = part.get_content()
+    except (LookupError, ValueError):
+        # A charset Python does not know: the bytes as UTF-8, so a test can still look.
+        payload = part.get_payload(decode=True)
+        return payload.decode("utf-8", "replace") if isinstance(payload, bytes) else ""
     return content if isinstance(content, str) else ""
 
 
-def _leaves(part: Part) -> Iterator[Part]:
+def _leaves(part: _Part) -> Iterator[_Part]:
     """The parts that hold content, not descending into attached messages."""
     if part.is_multipart() and part.get_content_maintype() != "message":
         for sub in part.iter_parts():
@@ -329,7 +334,7 @@ def _leaves(part: Part) -> Iterator[Part]:
         yield part
 
 
-def _attachments(message: Part, *, skip: Sequence[Part | None]) -> Iterator[Attachment]:
+def _attachments(message: _Part, *, skip: Sequence[_Part | None]) -> Iterator[Attachment]:
     """Every part but the message's text and HTML bodies that is an attachment or has a file
     name (an inline image), and every attached message (a forwarded mail, a DSN's report)."""
     for part in _leaves(message):
