@@ -301,8 +301,10 @@ class Listener:
             return
 
         async def finish() -> None:
-            for server in self._servers:
-                await server.wait_closed()
+            for _ in range(200):  # the closed connections' callbacks end their sessions
+                if not self._sessions:
+                    break
+                await asyncio.sleep(0.01)
             pending = [t for t in asyncio.all_tasks(loop) if t is not asyncio.current_task(loop)]
             for task in pending:
                 task.cancel()

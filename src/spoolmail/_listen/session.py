@@ -202,6 +202,9 @@ class SmtpSession(SMTP):
         if self._writer is not None and self.transport is not None:
             self._writer.write(reply.encode("ascii") + b"\r\n")
         self.close()
+        if self._original_transport is not None:
+            # After STARTTLS: no waiting for the client's close_notify when the listener stops.
+            self._original_transport.close()
 
     async def push(self, status: Any) -> None:
         if isinstance(status, str):
