@@ -19,6 +19,7 @@ from datetime import datetime
 import attrs
 
 from spoolmail._core.badmail import (
+    BadMailReport,
     damaged_report,
     failure_line,
     undeliverable_report,
@@ -91,19 +92,19 @@ class Bouncer:
             head, _ = read_head(handle, limit=HEAD_LIMIT)
             return head
 
-    def to_badmail(self, envelope: Envelope, transcript: str) -> str:
-        """A null-sender message that failed goes to BadMail, never back; returns the reason."""
+    def to_badmail(self, envelope: Envelope, transcript: str) -> BadMailReport:
+        """A null-sender message that failed goes to BadMail, never back; returns the report."""
         report = undeliverable_report(
             recipients=envelope.recipients, about=envelope.about, transcript=transcript
         )
         change = Change(id=envelope.id, report=report, envelope=envelope)
         self.transitions.apply(State.DELIVERING, Event.UNDELIVERABLE, change)
-        reason = f"{report.status} {report.reason}"
-        log.warning("%s went to BadMail: %s", envelope.id, reason)
-        return reason
+        log.debug("%s went to BadMail: %s %s", envelope.id, report.status, report.reason)
+        return report
 
-    def damaged(self, queue_id: str, reason: str, raw: bytes) -> None:
+    def damaged(self, queue_id: str, reason: str, raw: bytes) -> BadMailReport:
         """Move a claimed message whose files cannot be read into BadMail, with the reason."""
         report = damaged_report(reason=reason, envelope=raw)
         self.transitions.apply(State.DELIVERING, Event.DAMAGED, Change(id=queue_id, report=report))
         log.error("%s moved to BadMail: %s", queue_id, reason)
+        return report

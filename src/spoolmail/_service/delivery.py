@@ -190,6 +190,11 @@ class Concurrency:
                     # Nobody uses or awaits the host: forget it (a long run meets many hosts).
                     del self._active[target], self._waiting[target], self._freed[target]
 
+    def active(self) -> dict[str, int]:
+        """Connections in use now, by host (``name[address]:port``): hosts in use only."""
+        with self._lock:
+            return {str(t): n for t, n in self._active.items() if n}
+
     def answered(self, target: Target, *, alive: bool) -> None:
         with self._lock:
             if not alive:
@@ -209,6 +214,9 @@ class Attempt:
     no lookup that failed: nothing was tried for them), with when that host may be tried again.
     ``local_faults`` holds the addresses whose local delivery failed on this side (the Drop file
     could not be written): not a delivery attempt either (``_core.states`` rule 9).
+    ``relays`` names, by address, the host whose answer is in ``replies`` (``name[address]:port``,
+    never the credentials), when a server was reached; ``drops`` the Drop files written, each
+    (``Drop/ID.eml``, its size, the recipients in it): what the events report.
     """
 
     replies: dict[str, Reply] = attrs.Factory(dict)
@@ -216,6 +224,8 @@ class Attempt:
     unreachable: dict[Target, Reply] = attrs.Factory(dict)
     waiting: dict[str, datetime] = attrs.Factory(dict)
     local_faults: set[str] = attrs.Factory(set)
+    relays: dict[str, str] = attrs.Factory(dict)
+    drops: list[tuple[str, int, tuple[str, ...]]] = attrs.Factory(list)
 
     @property
     def made(self) -> bool:
@@ -335,6 +345,7 @@ class Deliverer:
                 attempt.replies.update(dict.fromkeys(remaining, reply))
                 for address in remaining:
                     attempt.waiting.pop(address, None)  # the lookup was a real try
+                    attempt.relays.pop(address, None)  # an earlier hop's host did not answer last
                 if reply.status == NULL_MX:
                     break
                 continue
@@ -398,6 +409,7 @@ class Deliverer:
                     attempt.waiting[address] = min(
                         skipped.until, attempt.waiting.get(address, skipped.until)
                     )
+                    attempt.relays.pop(address, None)  # the reply is the pass-over's
                 return dict.fromkeys(addresses, skipped.reply)
             for address in addresses:
                 attempt.waiting.pop(address, None)
@@ -410,6 +422,8 @@ class Deliverer:
                 eight_bit=envelope.eight_bit,
             )
             replies = self.transport.send(target, outgoing, transcript)
+            for address in addresses:
+                attempt.relays[address] = str(target)
             silent = _unreachable([replies[a] for a in addresses])
             if silent is None:
                 self.dead.clear(target)
@@ -452,6 +466,7 @@ class Deliverer:
             attempt.local_faults.update(addresses)
             return
         transcript.note(f"wrote {name} ({size} bytes) for {len(addresses)} recipient(s)")
+        attempt.drops.append((name, size, tuple(addresses)))
         attempt.replies.update(
             dict.fromkeys(addresses, Reply(250, "2.0.0", f"delivered to {name}"))
         )

@@ -5,8 +5,9 @@ SortTemp, so no other process has it) is checked against the size limit without 
 parsed by ``parse_pickup``, and admitted into the Queue through the store's one door
 (PICKUP --accepted--> QUEUED), or moved to BadMail with the reason (rejected: the file kept as it
 was written; refused: a link, FIFO or device, never read). A bug in the parser puts the file into
-BadMail too: a file is never lost, and nothing here raises for any file content. Works through
-``_store.transitions``; builds no MailRoot path.
+BadMail too: a file is never lost, and nothing here raises for any file content. Each file's
+outcome is announced (``emit``) once committed: :class:`~spoolmail._core.events.PickedUp`, then
+``Queued`` or ``ToBadMail``. Works through ``_store.transitions``; builds no MailRoot path.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import attrs
 
 from spoolmail._core.badmail import refused_report, rejected_report
 from spoolmail._core.envelope import Envelope, Recipient, RecipientState, new_envelope
+from spoolmail._core.events import MailEvent, PickedUp, Queued, ToBadMail
 from spoolmail._core.pickup import (
     BodyRejected,
     PickupAccepted,
@@ -78,6 +80,10 @@ def _finished(stream: Iterator[bytes], body: PickupBody) -> Iterator[bytes]:
     yield body.finish()
 
 
+def _ignore(_event: MailEvent) -> None:
+    return None
+
+
 @attrs.define
 class Intake:
     """Turns claimed Pickup files into queued messages or BadMail entries."""
@@ -85,21 +91,31 @@ class Intake:
     transitions: Transitions
     clock: Callable[[], datetime]
     options: PickupOptions
+    emit: Callable[[MailEvent], None] = _ignore
 
     def process(self, claim: PickupClaim) -> Envelope | None:
         """Queue the claimed file and return its envelope, or put it into BadMail (``None``)."""
         envelope = self.stage(claim)
         if envelope is not None:
-            self.commit([claim])
+            self.commit([(claim, envelope)])
         return envelope
 
-    def commit(self, claims: Sequence[PickupClaim]) -> None:
+    def commit(self, staged: Sequence[tuple[PickupClaim, Envelope]]) -> None:
         """Make staged messages durable with one fsync of the Queue, then drop their claims.
 
         Until then a claim stays in SortTemp: after a crash, recovery finds the message queued
         (and drops the claim) or not (and takes the file in again). Nothing is lost either way.
+        Only then is each announced, picked up and queued.
         """
-        self.transitions.sync_admitted(claims)
+        self.transitions.sync_admitted([claim for claim, _ in staged])
+        for claim, envelope in staged:
+            self.emit(PickedUp(queue_id=claim.id, time=envelope.arrival, file=claim.name))
+            self.emit(Queued.of(envelope))
+
+    def _to_badmail(self, claim: PickupClaim, status: str, reason: str) -> None:
+        now = self.clock()
+        self.emit(PickedUp(queue_id=claim.id, time=now, file=claim.name))
+        self.emit(ToBadMail(queue_id=claim.id, time=now, status=status, reason=reason))
 
     def stage(self, claim: PickupClaim) -> Envelope | None:
         """Write the claimed file's ``Queue/ID.eml`` and ``ID.env`` (each fsynced, the Queue not
@@ -212,11 +228,12 @@ class Intake:
             id=claim.id,
             claim=claim,
             facts=facts,
-            report=refused_report(name=claim.name, what=what),
+            report=(report := refused_report(name=claim.name, what=what)),
             envelope=envelope,
         )
         self.transitions.apply(State.PICKUP, Event.REFUSED, change)
-        log.warning("Pickup entry %r refused as %s: it is %s", claim.name, claim.id, what)
+        log.debug("Pickup entry %r refused as %s: it is %s", claim.name, claim.id, what)
+        self._to_badmail(claim, report.status, report.reason)
 
     def _reject(
         self,
@@ -244,4 +261,5 @@ class Intake:
         report = rejected_report(name=claim.name, kept_as=kept_as, status=status, reason=reason)
         change = Change(id=claim.id, claim=claim, report=report, envelope=envelope)
         self.transitions.apply(State.PICKUP, Event.REJECTED, change)
-        log.warning("Pickup file %r went to BadMail as %s: %s", claim.name, claim.id, reason)
+        log.debug("Pickup file %r went to BadMail as %s: %s", claim.name, claim.id, reason)
+        self._to_badmail(claim, status, reason.split("\n", 1)[0])

@@ -22,7 +22,7 @@ import platform
 import socket
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta
 from functools import partial
@@ -31,12 +31,25 @@ import attrs
 import dns.resolver
 
 from spoolmail._core.address import parse_domain, parse_mailbox
+from spoolmail._core.badmail import orphan_report
 from spoolmail._core.envelope import (
     Envelope,
     Recipient,
     RecipientState,
     decode_envelope,
     read_due,
+)
+from spoolmail._core.events import (
+    Deferred,
+    Delivered,
+    Dropped,
+    DsnQueued,
+    Failed,
+    MailEvent,
+    Observer,
+    Queued,
+    Removed,
+    ToBadMail,
 )
 from spoolmail._core.pickup import PickupOptions
 from spoolmail._core.retry import RetryPolicy
@@ -61,7 +74,9 @@ from spoolmail._service.delivery import (
     passed_over,
 )
 from spoolmail._service.intake import Intake
+from spoolmail._service.observers import Counters, Stats, log_event
 from spoolmail._service.schedule import Schedule
+from spoolmail._store.maillog import MailLog
 from spoolmail._store.recovery import recover
 from spoolmail._store.spool import Spool
 from spoolmail._store.store import MailStore, PickupClaim, QueueFiles
@@ -77,7 +92,7 @@ from spoolmail.exceptions import (
     StorageError,
 )
 
-__all__ = ["Limits", "MailService", "Report", "machine_name"]
+__all__ = ["Limits", "MailService", "Report", "Stats", "machine_name"]
 
 log = logging.getLogger("spoolmail")
 
@@ -258,6 +273,11 @@ class MailService:
       ``queue_minfree``: while the MailRoot's filesystem has less free, Pickup files are left
       where they are (mail already queued is still delivered) and taken again once there is
       room, with one warning and one notice in the log. See :meth:`room_for_mail`.
+    - ``observers`` are called with every event the spool commits (:meth:`Spool.subscribe`),
+      from the service's close on no more; every event is also logged (``spoolmail.mail``
+      logger) and, unless ``log_days`` is 0, appended to the mail log in ``Log/``, whose daily
+      files are kept ``log_days`` days (default 30). :meth:`stats` counts them. See
+      docs/events.md.
     - One service per :class:`Spool` object at a time; a second process opens its own Spool.
     """
 
@@ -281,6 +301,8 @@ class MailService:
         pickup_open_warning: timedelta = timedelta(hours=1),
         rescan_interval: timedelta = timedelta(minutes=5),
         min_free_space: int = MIN_FREE_SPACE,
+        observers: Iterable[Observer] = (),
+        log_days: int = 30,
     ) -> None:
         if spool.service is not None:
             raise ConfigurationError(
@@ -314,6 +336,11 @@ class MailService:
         self.transport = transport or SmtpTransport(helo_name=self.fqdn)
         self.rescan_interval = rescan_interval
         self._schedule = Schedule()
+        self._emit: Callable[[MailEvent], None] = spool._emit
+        self._started = self.clock()
+        self._counters = Counters()
+        self._mail_log: MailLog | None = None
+        self._unsubscribe: list[Callable[[], None]] = []
         self._intake = Intake(
             self._transitions,
             self.clock,
@@ -323,6 +350,7 @@ class MailService:
                 max_message_size=limits.max_message_size,
                 dot_stuffed=pickup_dot_stuffed,
             ),
+            emit=self._emit,
         )
         self._delivery = Deliverer(
             transitions=self._transitions,
@@ -353,8 +381,26 @@ class MailService:
         self._wakeup = _Waker()
         self._schedule_lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
+        self._observe(observers, log_days=log_days)
         spool.service = self
         spool._on_admit = self._arrived
+
+    def _observe(self, observers: Iterable[Observer], *, log_days: int) -> None:
+        """Subscribe to the spool's events, last in ``__init__`` (nothing is left subscribed
+        by a service that failed to start): the mail log first (the record people read), then
+        the log records and the counters, then the embedder's observers."""
+        if log_days < 0:
+            raise ConfigurationError(f"log_days must be 0 (no mail log) or more, not {log_days!r}")
+        wanted = list(observers)
+        for given in wanted:
+            if not callable(given):
+                raise ConfigurationError(f"an observer is a callable of one event: {given!r}")
+        chain: list[Observer] = []
+        if log_days:
+            self._mail_log = MailLog(self._store, days=log_days)
+            chain.append(self._mail_log)
+        chain += [log_event, self._counters, *wanted]
+        self._unsubscribe = [self.spool.subscribe(observer) for observer in chain]
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -402,6 +448,38 @@ class MailService:
         A test that drives a fake clock sets it to this time and calls :meth:`run_once` again.
         """
         return self._schedule.next_due()
+
+    def stats(self) -> Stats:
+        """Counters since this service was made, and gauges measured now (:class:`Stats`).
+
+        Safe to call from any thread while the service runs (a metrics endpoint). The gauges
+        look at the spool as it is, whoever changed it: one listing of the Queue and of Pickup,
+        and a read of each waiting envelope the schedule does not hold (the held ones), so it
+        costs about what a rescan's listing does; call it every few seconds, not per message.
+        """
+        files = self._store.queue_files()
+        delivering = sum(1 for entry in files.values() if entry.claims)
+        waiting = [queue_id for queue_id, e in files.items() if e.envelope and not e.claims]
+        with self._schedule_lock:
+            scheduled = self._schedule.ids()
+        held = 0
+        for queue_id in waiting:
+            if queue_id in scheduled:
+                continue
+            try:
+                held += read_due(self._transitions.envelope(queue_id))[1]
+            except (FileNotFoundError, EnvelopeError):
+                continue  # claimed or finished meanwhile, or damaged (not held)
+        return Stats(
+            started=self._started,
+            **self._counters.snapshot(),
+            queue=len(waiting) - held,
+            held=held,
+            delivering=delivering,
+            pickup=len(self._store.pickup_names()),
+            connections=self._delivery.concurrency.active(),
+            dead_hosts=len(self._delivery.dead.marks),
+        )
 
     def room_for_mail(self) -> bool:
         """Whether there is room to take new mail: at least ``min_free_space`` bytes free on the
@@ -503,6 +581,11 @@ class MailService:
             self._pool.shutdown(wait=True)
             self._pool = None
         self.transport.close()
+        for unsubscribe in self._unsubscribe:
+            unsubscribe()
+        self._unsubscribe = []
+        if self._mail_log is not None:
+            self._mail_log.close()
         if self.spool.service is self:
             self.spool.service = None
             self.spool._on_admit = None
@@ -545,6 +628,13 @@ class MailService:
         flushed = self._store.take_triggers()
         done = recover(self._transitions, take_in=partial(self._take_in, tally=tally))
         tally.badmail.extend(done.badmail)  # what was taken in again, _intake tallied
+        orphan = orphan_report()
+        for queue_id in done.badmail:
+            self._emit(
+                ToBadMail(
+                    queue_id=queue_id, time=self.clock(), status=orphan.status, reason=orphan.reason
+                )
+            )
         if done.returned or done.finished:
             log.info(
                 "recovery: %d claim(s) of dead processes returned to the Queue, %d finish(es) "
@@ -648,7 +738,7 @@ class MailService:
             return
         # Should the commit fail, the claims stay in SortTemp and the next recovery finishes
         # what is queued and takes the rest in again; until then nothing of it is scheduled.
-        self._intake.commit([claim for claim, _ in staged])
+        self._intake.commit(staged)
         for _, envelope in staged:
             self._due_at(envelope.id, envelope.next_attempt)
             tally.picked_up.append(envelope.id)
@@ -672,13 +762,11 @@ class MailService:
         try:
             envelope = decode_envelope(raw)
         except EnvelopeError as exc:
-            self._bounce.damaged(queue_id, f"the envelope file cannot be read: {exc}", raw)
-            tally.badmail.append(queue_id)
+            self._damaged(queue_id, f"the envelope file cannot be read: {exc}", raw, tally)
             return
         if not transitions.has_message(queue_id):
             missing = transitions.message_path(queue_id)
-            self._bounce.damaged(queue_id, f"the message file {missing} is missing", raw)
-            tally.badmail.append(queue_id)
+            self._damaged(queue_id, f"the message file {missing} is missing", raw, tally)
             return
         try:
             if envelope.held:
@@ -694,6 +782,15 @@ class MailService:
         except Exception as exc:
             self._give_back(envelope, exc)
             raise
+
+    def _damaged(self, queue_id: str, reason: str, raw: bytes, tally: _Tally) -> None:
+        report = self._bounce.damaged(queue_id, reason, raw)
+        tally.badmail.append(queue_id)
+        self._emit(
+            ToBadMail(
+                queue_id=queue_id, time=self.clock(), status=report.status, reason=report.reason
+            )
+        )
 
     def _deliver(self, envelope: Envelope, tally: _Tally) -> None:
         attempt = self._delivery.attempt(envelope)
@@ -712,7 +809,7 @@ class MailService:
             for target, reply in attempt.unreachable.items():
                 self._delivery.dead.mark(target, until, reply)
         outcome = self._local_faults(envelope, attempt, outcome)
-        self._commit(outcome, attempt.transcripts, tally)
+        self._commit(outcome, attempt.transcripts, tally, attempt=(envelope, attempt))
 
     def _passed_over(self, envelope: Envelope, attempt: Attempt) -> AttemptOutcome | None:
         """A message only passed over for dead hosts was not attempted: its attempt is not
@@ -800,25 +897,52 @@ class MailService:
                 tally.failed.append((queue_id, address))
 
     def _commit(
-        self, outcome: AttemptOutcome, transcripts: Mapping[str, Transcript], tally: _Tally
+        self,
+        outcome: AttemptOutcome,
+        transcripts: Mapping[str, Transcript],
+        tally: _Tally,
+        *,
+        attempt: tuple[Envelope, Attempt] | None = None,
     ) -> None:
+        """Commit ``outcome`` (DSNs first), then announce it: the recipients' outcomes of
+        ``attempt`` (the envelope it began with, and what it did), the DSNs, and the message's
+        end (removed, or BadMail). An event is only fired once what it reports is committed."""
         envelope = outcome.envelope
         # A DSN that cannot be queued fails the whole commit: the claim goes back as it was
         # (see _attempt), and the repeated attempt queues it under the same id.
+        dsn_events: list[MailEvent] = []
         for order in outcome.dsns:
             dsn = self._bounce.queue_dsn(envelope, order)
             if dsn is not None:
                 self._due_at(dsn.id, dsn.next_attempt)
                 tally.dsns.append(dsn.id)
+                addresses = tuple(r.address for r in order.recipients)
+                dsn_events.append(
+                    DsnQueued(
+                        queue_id=envelope.id,
+                        time=dsn.arrival,
+                        dsn_id=dsn.id,
+                        action=order.kind.value,
+                        recipients=addresses,
+                    )
+                )
+                dsn_events.append(Queued.of(dsn))
         # The table decides what is committed (hand back, finish, BadMail); here only what
         # each needs is gathered, and what it did is reported.
         state = outcome.state
+        end: MailEvent | None = None
         try:
             if state is State.BADMAIL:
                 history = "".join(self._history(envelope.id, kind) for kind in TranscriptKind)
                 current = "".join(t.text for t in transcripts.values())
-                self._bounce.to_badmail(envelope, history + current)
+                report = self._bounce.to_badmail(envelope, history + current)
                 tally.badmail.append(envelope.id)
+                end = ToBadMail(
+                    queue_id=envelope.id,
+                    time=self.clock(),
+                    status=report.status,
+                    reason=report.reason,
+                )
             else:
                 # Transcripts exist if anything left the message waiting before: an attempt, a
                 # local fault, a pass over a dead host. A finish removes them unasked: two
@@ -831,7 +955,10 @@ class MailService:
                     self._due_at(envelope.id, min(due, envelope.notice_at or due))
                 else:
                     tally.finished.append(envelope.id)
+                    end = Removed(queue_id=envelope.id, time=self.clock())
         except Exception as exc:
+            for event in dsn_events:  # queued, whatever became of this commit
+                self._emit(event)
             # The outcome is decided (a server may have taken the message): what it says is
             # given back, so that nothing delivered is delivered again. A message to finish or
             # to move to BadMail is due again after the pause, to be settled then; one that
@@ -840,6 +967,61 @@ class MailService:
                 envelope, exc, due=envelope.next_attempt if state is State.QUEUED else None
             )
             raise
+        if attempt is not None:
+            for event in self._attempt_events(*attempt, outcome):
+                self._emit(event)
+        for event in dsn_events:
+            self._emit(event)
+        if end is not None:
+            self._emit(end)
+
+    def _attempt_events(
+        self, before: Envelope, attempt: Attempt, outcome: AttemptOutcome
+    ) -> Iterator[MailEvent]:
+        """What an attempt did, once committed: the Drop files written, then one event per
+        recipient that was attempted (or passed over, or expired) with the reply about it."""
+        now = self.clock()
+        delay = now - before.arrival
+        dropped: dict[str, str] = {}
+        for name, size, addresses in attempt.drops:
+            dropped.update(dict.fromkeys(addresses, name))
+            yield Dropped(queue_id=before.id, time=now, file=name, recipients=addresses, size=size)
+        after = {r.address: r for r in outcome.envelope.recipients}
+        for recipient in before.pending:
+            address = recipient.address
+            new, reply = after.get(address), attempt.replies.get(address)
+            if new is None:
+                continue
+            relay = attempt.relays.get(address)
+            if new.state is RecipientState.DELIVERED and new.reply is not None:
+                yield Delivered(
+                    queue_id=before.id,
+                    time=now,
+                    recipient=address,
+                    reply=new.reply,
+                    relay=relay,
+                    delay=delay,
+                    drop_file=dropped.get(address),
+                )
+            elif new.state is RecipientState.FAILED and new.reply is not None:
+                yield Failed(
+                    queue_id=before.id,
+                    time=now,
+                    recipient=address,
+                    reply=new.reply,
+                    relay=relay,
+                    delay=delay,
+                )
+            elif new.state is RecipientState.PENDING and reply is not None:
+                yield Deferred(
+                    queue_id=before.id,
+                    time=now,
+                    recipient=address,
+                    reply=reply,
+                    relay=relay,
+                    delay=delay,
+                    next_attempt=outcome.envelope.next_attempt,
+                )
 
     def _transcripts(
         self, envelope: Envelope, transcripts: Mapping[str, Transcript]

@@ -34,11 +34,22 @@ from spoolmail._core.envelope import (
     encode_envelope,
     new_envelope,
 )
+from spoolmail._core.events import (
+    Deleted,
+    Flushed,
+    Held,
+    MailEvent,
+    Observer,
+    Queued,
+    Released,
+    Requeued,
+)
 from spoolmail._core.headers import fields, split_head
 from spoolmail._core.ids import QueueIds, is_made_id, is_queue_id
 from spoolmail._core.pickup import PickupOptions, PickupRejected, parse_pickup, render_pickup
 from spoolmail._core.states import Event, State
 from spoolmail._store import pyfs
+from spoolmail._store.bus import EventBus
 from spoolmail._store.store import (
     BADMAIL,
     DROP,
@@ -223,6 +234,14 @@ def _envelope_lines(head: bytes) -> tuple[str, tuple[str, ...]]:
     return sender, tuple(recipients)
 
 
+# The event an operator's order on a queued message fires once it is committed.
+_OPERATOR_EVENTS: dict[Event, type[Held | Released | Flushed]] = {
+    Event.HELD: Held,
+    Event.RELEASED: Released,
+    Event.FLUSHED: Flushed,
+}
+
+
 class Spool:
     """The MailRoot (Pickup, Queue, BadMail, Drop, SortTemp) on a filesystem.
 
@@ -252,11 +271,29 @@ class Spool:
         )
         #: The state machine's commits on this MailRoot (what the service and operators use).
         self._transitions = Transitions(self._store)
+        # Who hears of what is committed here: the service's observers and the embedder's.
+        self._bus = EventBus()
 
     @property
     def fs(self) -> pyfs.FS:
         """The PyFilesystem2 filesystem the MailRoot lives on."""
         return self._store.fs
+
+    def subscribe(self, observer: Observer) -> Callable[[], None]:
+        """Call ``observer`` with every event this spool commits; returns the unsubscribe.
+
+        ``observer`` is any callable of one :class:`~spoolmail.events.MailEvent`: what a
+        :class:`~spoolmail.MailService` on this spool does (picked up, queued, delivered,
+        deferred, failed, DSNs, BadMail), what :meth:`admit` queues and what operators order
+        (hold, release, flush, delete, requeue). It is called after the commit the event
+        reports, on the thread that made it (a delivery thread, the service's loop, the
+        caller's), so it must be thread-safe, and a slow one slows that thread. An exception
+        in it is logged with its traceback and never stops delivery. docs/events.md.
+        """
+        return self._bus.subscribe(observer)
+
+    def _emit(self, event: MailEvent) -> None:
+        self._bus.emit(event)
 
     def close(self) -> None:
         self._store.close()
@@ -387,11 +424,16 @@ class Spool:
         )
         envelope = attrs.evolve(fresh, envid=envid, ret=ret)
 
+        stored: list[Envelope] = []
+
         def sized(size: int) -> Envelope:
-            return attrs.evolve(envelope, size=size)
+            stored.append(attrs.evolve(envelope, size=size))
+            return stored[-1]
 
         change = Change(id=queue_id, message=message, envelope=sized)
         self._transitions.apply(State.NEW, Event.ACCEPTED, change)
+        if self._bus and stored:
+            self._emit(Queued.of(stored[-1]))
         told = self._on_admit
         if told is not None:
             told(queue_id)
@@ -481,6 +523,7 @@ class Spool:
         raw = transitions.claimed_envelope(queue_id)
         if event is Event.DELETED:
             transitions.apply(State.QUEUED, event, Change(id=queue_id))
+            self._emit(Deleted(queue_id=queue_id, time=self.clock(), place=State.QUEUED))
             return
         try:
             envelope = decode_envelope(raw)
@@ -491,6 +534,7 @@ class Spool:
         transitions.apply(
             State.QUEUED, event, Change(id=queue_id, envelope=raw if changed is None else changed)
         )
+        self._emit(_OPERATOR_EVENTS[event](queue_id=queue_id, time=self.clock()))
 
     def _explain_unclaimable(self, queue_id: str) -> None:
         files = self._store.queue_files().get(queue_id)
@@ -534,7 +578,9 @@ class Spool:
                 )
             if transitions.apply(State.BADMAIL, Event.RESUBMITTED, Change(id=queue_id)) is None:
                 raise NotFound(f"BadMail entry {queue_id!r} was taken meanwhile")
-            return transitions.pickup_name(queue_id)
+            name = transitions.pickup_name(queue_id)
+            self._emit(Requeued(queue_id=queue_id, time=self.clock(), new_id=name, to=State.PICKUP))
+            return name
         now = self.clock()
         if envelope is None:
             if not recipients or sender is None:
@@ -556,7 +602,11 @@ class Spool:
             transitions.apply(
                 State.BADMAIL, Event.REQUEUED, Change(id=new_id, message=message, envelope=fresh)
             )
-        sent = {r.address for r in fresh.recipients}
+        sent = tuple(r.address for r in fresh.recipients)
+        self._emit(
+            Requeued(queue_id=queue_id, time=now, new_id=new_id, to=State.QUEUED, recipients=sent)
+        )
+        self._emit(Queued.of(fresh))
         left = [
             r
             for r in envelope.recipients
@@ -568,7 +618,7 @@ class Spool:
             note = requeue_note(new_id, sent)
             store.write(BADMAIL, f"{queue_id}.BDR", item.report.encode("utf-8") + note)
         else:
-            self.delete_badmail([queue_id])
+            self._delete_badmail_files(queue_id)
         store.write_trigger([new_id])
         return new_id
 
@@ -576,10 +626,14 @@ class Spool:
         """Delete BadMail entries (message and reports). Returns those that existed."""
         done = []
         for queue_id in dict.fromkeys(queue_ids):
-            self._checked(queue_id)
-            if self._transitions.apply(State.BADMAIL, Event.DELETED, Change(id=queue_id)):
+            if self._delete_badmail_files(queue_id):
                 done.append(queue_id)
+                self._emit(Deleted(queue_id=queue_id, time=self.clock(), place=State.BADMAIL))
         return done
+
+    def _delete_badmail_files(self, queue_id: str) -> bool:
+        self._checked(queue_id)
+        return bool(self._transitions.apply(State.BADMAIL, Event.DELETED, Change(id=queue_id)))
 
     # -- reading back ----------------------------------------------------------------------------
 

@@ -69,6 +69,7 @@ __all__ = [
     "BADMAIL",
     "DROP",
     "FOLDERS",
+    "LOG",
     "SORTTEMP",
     "STATE_FOLDERS",
     "Durability",
@@ -90,6 +91,8 @@ BADMAIL = "BadMail"
 DROP = "Drop"
 SORTTEMP = "SortTemp"
 FOLDERS = (PICKUP, QUEUE, BADMAIL, DROP, SORTTEMP)
+#: The mail log's folder (``_store.maillog``): not a state, and made only once a line is written.
+LOG = "Log"
 #: A folder is a state: the one mapping from message state to folder.
 STATE_FOLDERS = {
     State.PICKUP: PICKUP,

@@ -1,0 +1,120 @@
+"""The service's own observers of the spool's events: the log records, and the counters behind
+:meth:`~spoolmail.MailService.stats`.
+
+:func:`log_event` writes one record a event to the ``spoolmail.mail`` logger (a child of
+``spoolmail``, so handlers on either see it): the text is ``_core.events.describe``'s
+Postfix-like line, and the values ride along as record attributes (``_core.events.log_fields``:
+``queue_id``, ``recipient``, ``relay``, ``reply``, ``status``, ``dsn``, ``delay`` ...), so that a
+JSON formatter or a filter needs no parsing. Failures and BadMail are warnings, everything else
+is information. :class:`Counters` counts events since the service started, thread-safely; the
+gauges of :class:`Stats` are measured when asked. Both are built on the same events, so the log,
+the mail log, the counters and an embedder's observer cannot disagree. Touches no file.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping
+from datetime import datetime
+from types import MappingProxyType
+
+import attrs
+
+from spoolmail._core.events import (
+    Deferred,
+    Delivered,
+    DsnQueued,
+    Failed,
+    MailEvent,
+    PickedUp,
+    Queued,
+    Removed,
+    ToBadMail,
+    describe,
+    log_fields,
+)
+
+__all__ = ["Counters", "Stats", "log_event", "mail_log"]
+
+mail_log = logging.getLogger("spoolmail.mail")
+
+_WARNINGS = (Failed, ToBadMail)
+
+
+def log_event(event: MailEvent) -> None:
+    """One log record for ``event`` (see the module docstring)."""
+    level = logging.WARNING if isinstance(event, _WARNINGS) else logging.INFO
+    if mail_log.isEnabledFor(level):
+        mail_log.log(level, "%s", describe(event), extra=log_fields(event))
+
+
+def _frozen_mapping(value: Mapping[str, int]) -> Mapping[str, int]:
+    return MappingProxyType(dict(value))
+
+
+@attrs.frozen(kw_only=True)
+class Stats:
+    """What a :class:`~spoolmail.MailService` did since ``started`` and what it holds now.
+
+    Counters (since the service was made, by this process): ``picked_up`` Pickup files taken,
+    ``queued`` messages that entered the Queue (DSNs and admitted ones too), ``delivered``,
+    ``deferred`` and ``failed`` recipient outcomes, ``dsns`` DSNs queued, ``badmail`` messages
+    or files moved to BadMail, ``removed`` messages finished.
+
+    Gauges (when :meth:`~spoolmail.MailService.stats` was called, whoever changed the spool):
+    ``queue`` messages waiting in the Queue, ``held`` of those on hold (not counted in
+    ``queue``), ``delivering`` messages being delivered (by any process), ``pickup`` entries
+    waiting in Pickup; ``connections`` the connections this service has open now by host
+    (``name[address]:port``, only hosts in use), ``dead_hosts`` how many hosts are left alone for
+    not answering.
+    """
+
+    started: datetime
+    picked_up: int = 0
+    queued: int = 0
+    delivered: int = 0
+    deferred: int = 0
+    failed: int = 0
+    dsns: int = 0
+    badmail: int = 0
+    removed: int = 0
+    queue: int = 0
+    held: int = 0
+    delivering: int = 0
+    pickup: int = 0
+    connections: Mapping[str, int] = attrs.field(
+        factory=dict, converter=_frozen_mapping, hash=False
+    )
+    dead_hosts: int = 0
+
+
+# Which counter each event adds one to.
+_COUNTED: Mapping[type[MailEvent], str] = {
+    PickedUp: "picked_up",
+    Queued: "queued",
+    Delivered: "delivered",
+    Deferred: "deferred",
+    Failed: "failed",
+    DsnQueued: "dsns",
+    ToBadMail: "badmail",
+    Removed: "removed",
+}
+
+
+class Counters:
+    """Counts the events it observes (``Stats``' counters); safe to call from any thread."""
+
+    def __init__(self) -> None:
+        self._counts = dict.fromkeys(_COUNTED.values(), 0)
+        self._lock = threading.Lock()
+
+    def __call__(self, event: MailEvent) -> None:
+        name = _COUNTED.get(type(event))
+        if name is not None:
+            with self._lock:
+                self._counts[name] += 1
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
