@@ -21,7 +21,7 @@ from typing import Any, TextIO
 
 import attrs
 
-from spoolmail._cli import assemble, operations, privileges
+from spoolmail._cli import assemble, listening, operations, privileges
 from spoolmail._cli.settings import RETRY_PRESETS, TLS_POLICIES, Settings, load_settings
 from spoolmail._cli.status import (
     EX_FAILED,
@@ -60,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     _run_parser(commands)
     _submit_parser(commands)
     operations.add_commands(commands)
+    listening.add_commands(commands, lose_root=_lose_root)
     return parser
 
 
@@ -162,6 +163,7 @@ def _run_parser(commands: Any) -> None:
         metavar="NAME[:GROUP]",
         help="started as root, become this user (and group) once start-up is done",
     )
+    listening.add_listen_options(run)
 
 
 def _submit_parser(commands: Any) -> None:
@@ -236,40 +238,62 @@ def _lose_root(settings: Settings) -> None:
 
 
 def _run(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
-    _lose_root(settings)
-    with Spool(settings.root) as spool:
-        service = assemble.service(settings, spool)
-        try:
-            # IIS's NTFS_*.EML Queue files are never delivered as they are: say so at each start.
-            stranded = iis.warn_stranded(spool._store)
-            if args.once:
-                for name in stranded:
-                    print(f"Queue/{name}: IIS queue file, not delivered until imported", file=out)
-                report = service.run_once()
-                for line in _report_lines(report):
-                    print(line, file=out)
-                return EX_FAILED if report.errors else EX_OK
+    # The listener's sockets are bound (port 25), its key and users read, while still root.
+    prepared = None if args.once else listening.prepare(settings)
+    try:
+        _lose_root(settings)
+        with Spool(settings.root) as spool:
+            return _serve(settings, args, out, spool, prepared)
+    finally:
+        if prepared is not None:
+            prepared.close()
 
-            def stop(signum: int, _frame: FrameType | None) -> None:
-                log.info("signal %s: stopping after this tick", signum)
-                service.stop()
 
-            signal.signal(signal.SIGINT, stop)
-            signal.signal(signal.SIGTERM, stop)
-            where = (
-                "capture mode: every recipient lands in Drop"
-                if settings.catch_all
-                else f"local domains: {', '.join(settings.local_domains)}; "
-                f"smart host: {settings.smart_host or 'none'}"
-            )
-            print(
-                f"spoolmail: serving {settings.root} ({where}); Ctrl-C stops",
-                file=out,
-                flush=True,
-            )
-            service.run_forever(poll_interval=settings.poll_interval, on_report=_log_report)
-        finally:
-            service.close()
+def _serve(
+    settings: Settings,
+    args: argparse.Namespace,
+    out: TextIO,
+    spool: Spool,
+    prepared: listening.Prepared | None,
+) -> int:
+    service = assemble.service(settings, spool)
+    listener = None
+    try:
+        # IIS's NTFS_*.EML Queue files are never delivered as they are: say so at each start.
+        stranded = iis.warn_stranded(spool._store)
+        if args.once:
+            for name in stranded:
+                print(f"Queue/{name}: IIS queue file, not delivered until imported", file=out)
+            report = service.run_once()
+            for line in _report_lines(report):
+                print(line, file=out)
+            return EX_FAILED if report.errors else EX_OK
+
+        def stop(signum: int, _frame: FrameType | None) -> None:
+            log.info("signal %s: stopping after this tick", signum)
+            service.stop()
+
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGTERM, stop)
+        if prepared is not None:
+            listener = listening.start(prepared, spool, router=service.router, settings=settings)
+        where = (
+            "capture mode: every recipient lands in Drop"
+            if settings.catch_all
+            else f"local domains: {', '.join(settings.local_domains)}; "
+            f"smart host: {settings.smart_host or 'none'}"
+        )
+        listening_on = f"; listening on {', '.join(listener.addresses)}" if listener else ""
+        print(
+            f"spoolmail: serving {settings.root} ({where}){listening_on}; Ctrl-C stops",
+            file=out,
+            flush=True,
+        )
+        service.run_forever(poll_interval=settings.poll_interval, on_report=_log_report)
+    finally:
+        if listener is not None:
+            listener.stop()
+        service.close()
     return EX_OK
 
 
@@ -338,7 +362,7 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
         return exc.code if isinstance(exc.code, int) else EX_USAGE
     # The daemon logs what it does; a one-shot command prints its result on stdout instead,
     # and its log shows only errors (everything with -v).
-    daemon = args.command == "run" and not getattr(args, "once", False)
+    daemon = args.command in ("run", "listen") and not getattr(args, "once", False)
     _log_to_stderr(
         level=logging.DEBUG if args.verbose else logging.INFO if daemon else logging.ERROR
     )

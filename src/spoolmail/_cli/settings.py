@@ -34,6 +34,21 @@ A settings file is TOML with one ``[spoolmail]`` table; every key is optional::
     min_free_space = 104857600          # bytes; Pickup waits below it (queue_minfree); 0: off
     user = "spoolmail"                  # started as root, run as this user (or "user:group")
 
+    # The SMTP listener (spoolmail run or spoolmail listen). No listen: nothing listens.
+    listen = ["127.0.0.1:2525", "[::1]:2525"]   # ADDRESS:PORT; port 25 as root, then user
+    relay_networks = ["192.0.2.0/24"]   # may send to any domain (default: nobody relays)
+    listen_allow = []                   # when not empty, only these clients may connect
+    listen_deny = ["203.0.113.0/24"]    # these may not (a deny wins)
+    tls_certificate = "/etc/spoolmail/cert.pem"   # STARTTLS
+    tls_key = "/etc/spoolmail/key.pem"
+    auth_file = "/etc/spoolmail/passwd"  # AUTH over TLS: lines from spoolmail listen-passwd
+    max_sessions = 100                  # concurrent SMTP sessions
+    listen_timeout = 300                # seconds a client may stay silent (RFC 5321 4.5.3.2.7)
+    listen_reuse_port = false           # true: several processes share the port (SO_REUSEPORT)
+
+The listener also applies ``max_message_size``, ``max_recipients`` (per message) and
+``min_free_space`` (``452 4.3.1`` below it).
+
 Unknown keys and wrong types are errors that name the key. Reads files; builds nothing.
 """
 
@@ -113,6 +128,16 @@ class Settings:
     pickup_open_warning: float = attrs.field(default=3600.0, validator=_positive)
     min_free_space: int = attrs.field(default=MIN_FREE_SPACE, validator=_not_negative)
     user: str | None = None
+    listen: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    relay_networks: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    listen_allow: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    listen_deny: tuple[str, ...] = attrs.field(default=(), converter=tuple)
+    tls_certificate: str | None = None
+    tls_key: str | None = None
+    auth_file: str | None = None
+    max_sessions: int = attrs.field(default=100, validator=_positive)
+    listen_timeout: float = attrs.field(default=300.0, validator=_positive)
+    listen_reuse_port: bool = False
 
 
 _TYPES: Mapping[str, tuple[type, ...]] = {
@@ -145,6 +170,16 @@ _TYPES: Mapping[str, tuple[type, ...]] = {
     "pickup_open_warning": (int, float),
     "min_free_space": (int,),
     "user": (str,),
+    "listen": (list,),
+    "relay_networks": (list,),
+    "listen_allow": (list,),
+    "listen_deny": (list,),
+    "tls_certificate": (str,),
+    "tls_key": (str,),
+    "auth_file": (str,),
+    "max_sessions": (int,),
+    "listen_timeout": (int, float),
+    "listen_reuse_port": (bool,),
 }
 
 

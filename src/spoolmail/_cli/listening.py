@@ -1,0 +1,229 @@
+"""The listener in the ``spoolmail`` command: ``run --listen``, ``listen`` and ``listen-passwd``.
+
+``spoolmail run --listen 127.0.0.1:2525`` serves the MailRoot and listens in one process;
+``spoolmail listen --listen ...`` only listens (a ``spoolmail run`` elsewhere delivers the
+Queue); with neither ``--listen`` nor a ``listen`` setting nothing listens. What needs root is
+done first, by :func:`prepare`: binding the sockets (port 25), loading the TLS key and reading
+the password file, which may be root's alone; then the command drops to its ``user`` and opens
+the MailRoot, and :func:`start` serves on what was prepared. ``listen-passwd USER`` prints a
+password file line, reading the password from stdin (never from a flag, which every user of the
+machine can see).
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import signal
+import socket
+import ssl
+import sys
+import threading
+from collections.abc import Callable
+from types import FrameType
+from typing import Any, TextIO
+
+import attrs
+
+from spoolmail._cli import assemble
+from spoolmail._cli.settings import Settings
+from spoolmail._cli.status import EX_OK, UsageError
+from spoolmail._core.routing import Router
+from spoolmail._listen.listener import Listener, ListenerLimits, bind
+from spoolmail._listen.passwords import PasswordFile, hash_password
+from spoolmail._service.service import machine_name
+from spoolmail._store.spool import Spool
+from spoolmail.exceptions import ConfigurationError
+
+__all__ = ["Prepared", "add_commands", "add_listen_options", "prepare", "start"]
+
+
+def add_listen_options(parser: argparse.ArgumentParser) -> None:
+    """The listener's flags, shared by ``run`` and ``listen``."""
+    group = parser.add_argument_group("inbound SMTP (the listener)")
+    group.add_argument(
+        "--listen",
+        action="append",
+        metavar="ADDRESS:PORT",
+        help="take mail over SMTP here: 127.0.0.1:2525, [::1]:2525, 0.0.0.0:25 (repeat)",
+    )
+    group.add_argument(
+        "--relay-network",
+        action="append",
+        dest="relay_networks",
+        metavar="CIDR",
+        help="clients that may send to any domain (repeat; default: nobody relays)",
+    )
+    group.add_argument(
+        "--listen-allow",
+        action="append",
+        metavar="CIDR",
+        help="only these clients may connect (repeat)",
+    )
+    group.add_argument(
+        "--listen-deny", action="append", metavar="CIDR", help="these may not connect (repeat)"
+    )
+    group.add_argument("--tls-certificate", metavar="FILE", help="PEM certificate for STARTTLS")
+    group.add_argument("--tls-key", metavar="FILE", help="PEM private key for STARTTLS")
+    group.add_argument(
+        "--auth-file",
+        metavar="FILE",
+        help="users who may AUTH (over TLS) and then relay: lines made by listen-passwd",
+    )
+    group.add_argument("--max-sessions", type=int, metavar="N", help="concurrent sessions (100)")
+
+
+def add_commands(commands: Any, *, lose_root: Callable[[Settings], None]) -> None:
+    listen = commands.add_parser(
+        "listen", help="take mail over SMTP into the Queue (a 'run' elsewhere delivers it)"
+    )
+    listen.set_defaults(handler=lambda s, a, o: _listen(s, a, o, lose_root=lose_root))
+    listen.add_argument("--fqdn", help="this server's name (greeting, Received:)")
+    listen.add_argument(
+        "--local-domain",
+        action="append",
+        dest="local_domains",
+        metavar="DOMAIN",
+        help="mail for it is taken from anyone and ends in Drop (repeat)",
+    )
+    listen.add_argument("--alias-domain", action="append", dest="alias_domains", metavar="DOMAIN")
+    listen.add_argument(
+        "--catch-all",
+        action="store_const",
+        const=True,
+        help="capture mode: take every recipient, whatever its domain, for Drop",
+    )
+    listen.add_argument("--max-message-size", type=int, metavar="BYTES")
+    listen.add_argument("--max-recipients", type=int, metavar="N", help="RCPT TO per message")
+    listen.add_argument("--min-free-space", type=int, metavar="BYTES")
+    listen.add_argument(
+        "--user", metavar="NAME[:GROUP]", help="started as root: become this user once bound"
+    )
+    add_listen_options(listen)
+
+    passwd = commands.add_parser(
+        "listen-passwd",
+        help="print a password file line for USER (the password is read from stdin)",
+    )
+    passwd.set_defaults(handler=_passwd)
+    passwd.add_argument("user")
+
+
+@attrs.frozen
+class Prepared:
+    """What the listener needs root for, done: bound sockets, TLS, the users."""
+
+    sockets: tuple[socket.socket, ...]
+    tls: ssl.SSLContext | None
+    credentials: PasswordFile | None
+
+    def close(self) -> None:
+        for sock in self.sockets:
+            sock.close()
+
+
+def prepare(settings: Settings) -> Prepared | None:
+    """Bind, load the TLS key and read the password file (as root, before dropping it), or
+    None when nothing is to listen."""
+    if not settings.listen:
+        return None
+    tls = None
+    if settings.tls_certificate or settings.tls_key:
+        if not (settings.tls_certificate and settings.tls_key):
+            raise ConfigurationError("tls_certificate and tls_key go together")
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            tls.load_cert_chain(settings.tls_certificate, settings.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigurationError(
+                f"tls_certificate {settings.tls_certificate!r}: {exc}"
+            ) from None
+    credentials = PasswordFile(settings.auth_file) if settings.auth_file else None
+    if credentials is not None and tls is None:
+        raise ConfigurationError(
+            "auth_file needs tls_certificate and tls_key: AUTH is over TLS only"
+        )
+    sockets: list[socket.socket] = []
+    try:
+        for address in settings.listen:
+            sockets.append(bind(address, reuse_port=settings.listen_reuse_port))  # noqa: PERF401 (closed on failure)
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return Prepared(sockets=tuple(sockets), tls=tls, credentials=credentials)
+
+
+def start(prepared: Prepared, spool: Spool, *, router: Router, settings: Settings) -> Listener:
+    """Serve on what :func:`prepare` made."""
+    listener = Listener(
+        spool,
+        addresses=list(prepared.sockets),
+        router=router,
+        relay_networks=settings.relay_networks,
+        allowed_clients=settings.listen_allow,
+        denied_clients=settings.listen_deny,
+        fqdn=settings.fqdn or machine_name(),
+        tls_context=prepared.tls,
+        credentials=prepared.credentials,
+        limits=ListenerLimits(
+            max_message_size=settings.max_message_size,
+            max_recipients=settings.max_recipients,
+            max_sessions=settings.max_sessions,
+            command_timeout=settings.listen_timeout,
+            min_free_space=settings.min_free_space,
+        ),
+    )
+    return listener.start()
+
+
+def _listen(
+    settings: Settings,
+    args: argparse.Namespace,
+    out: TextIO,
+    *,
+    lose_root: Callable[[Settings], None],
+) -> int:
+    prepared = prepare(settings)
+    if prepared is None:
+        raise UsageError("spoolmail listen: where? give --listen ADDRESS:PORT or 'listen' setting")
+    try:
+        lose_root(settings)
+        with Spool(settings.root) as spool:
+            listener = start(prepared, spool, router=assemble.router(settings), settings=settings)
+            stopped = threading.Event()
+
+            def stop(_signum: int, _frame: FrameType | None) -> None:
+                stopped.set()
+
+            signal.signal(signal.SIGINT, stop)
+            signal.signal(signal.SIGTERM, stop)
+            try:
+                print(
+                    f"spoolmail: listening on {', '.join(listener.addresses)} for "
+                    f"{settings.root}; Ctrl-C stops",
+                    file=out,
+                    flush=True,
+                )
+                while not stopped.wait(3600):
+                    pass
+            finally:
+                listener.stop()
+    finally:
+        prepared.close()
+    return EX_OK
+
+
+def _passwd(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
+    if ":" in args.user or not args.user.strip():
+        raise UsageError(f"listen-passwd: {args.user!r} cannot be a user name")
+    if sys.stdin.isatty():
+        password = getpass.getpass(f"password for {args.user}: ")
+        if getpass.getpass("again: ") != password:
+            raise UsageError("listen-passwd: the passwords differ")
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        raise UsageError("listen-passwd: an empty password")
+    print(f"{args.user}:{hash_password(password)}", file=out)
+    return EX_OK
