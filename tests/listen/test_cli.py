@@ -171,3 +171,13 @@ def test_run_without_listen_opens_no_port(tmp_path: Path) -> None:
     assert line.startswith("spoolmail: serving ")
     assert "listening" not in line
     _stop(process)
+
+
+def test_the_settings_shown_in_the_docs_load(tmp_path: Path) -> None:
+    page = (Path(__file__).parents[2] / "docs" / "listener.md").read_text()
+    (block,) = re.findall(r"^```toml\n(.*?)^```", page, re.MULTILINE | re.DOTALL)
+    path = tmp_path / "spoolmail.toml"
+    path.write_text(block)
+    settings = load_settings(path, {})
+    assert settings.listen == ("0.0.0.0:25", "[::]:25")
+    assert settings.auth_file == "/etc/spoolmail/passwd"
