@@ -9,6 +9,7 @@ or returned into ``BadMail/`` with the reason. See ``docs/`` for the guide and f
 from importlib import metadata as _metadata
 
 from spoolmail._core.envelope import Envelope, Notify, Recipient, RecipientState, Ret
+from spoolmail._core.events import MailEvent
 from spoolmail._core.reply import Reply, Severity
 from spoolmail._core.retry import RetryPolicy
 from spoolmail._core.routing import (
@@ -26,6 +27,7 @@ from spoolmail._core.states import State
 from spoolmail._core.transcript import Transcript
 from spoolmail._listen.listener import Listener, ListenerLimits
 from spoolmail._listen.passwords import PasswordFile
+from spoolmail._service.observers import Stats
 from spoolmail._service.service import Limits, MailService, Report
 from spoolmail._store.spool import BadMailItem, DropItem, QueuedMessage, Spool
 from spoolmail._store.store import Durability
@@ -53,6 +55,7 @@ __all__ = [
     "Limits",
     "Listener",
     "ListenerLimits",
+    "MailEvent",
     "MailService",
     "Notify",
     "Outgoing",
@@ -75,6 +78,7 @@ __all__ = [
     "Spool",
     "SpoolmailError",
     "State",
+    "Stats",
     "Target",
     "TlsPolicy",
     "Transcript",
