@@ -438,6 +438,9 @@ def _to_json(value: Any) -> Any:
     return value
 
 
+# Outside the control characters JSON escapes anyway; only ever inside a string in the output.
+_LINE_ENDS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
 _DECODERS: dict[str, Callable[[Any], Any]] = {
     "time": datetime.fromisoformat,
     "next_attempt": datetime.fromisoformat,
@@ -451,12 +454,14 @@ _DECODERS: dict[str, Callable[[Any], Any]] = {
 def encode_event(event: MailEvent) -> str:
     """One line of the mail log (no line end): ``{"v": 1, "event": "delivered", ...}``.
 
-    JSON escapes whatever the values hold, so an address or a reply cannot break a line.
+    JSON escapes whatever the values hold, so an address or a reply cannot break a line; the
+    three characters it leaves that other tools take for a line end (NEL, U+2028, U+2029:
+    Python's ``splitlines``) are escaped too. Other non-ASCII text is kept as UTF-8.
     """
     data: dict[str, Any] = {"v": _FORMAT_VERSION, "event": event.kind}
     for field in attrs.fields(type(event)):
         data[field.name] = _to_json(getattr(event, field.name))
-    return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":")).translate(_LINE_ENDS)
 
 
 def decode_event(line: str | bytes) -> MailEvent:

@@ -1,0 +1,55 @@
+"""``spoolmail log ID``: what happened to a message, read from the mail log in ``Log/``.
+
+Works after the message has left the Queue (the mail log keeps ``log_days`` days): every line
+about the id, oldest first, as the daemon's log shows them (``describe``), or the stored JSON
+lines with ``--json``. The DSN a message caused, and the message a BadMail requeue made, name
+their parent's line too. The id comes from the command line, so it is checked before use and
+only ever compared with what the lines say; it never becomes part of a path.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any, TextIO
+
+from spoolmail._cli.settings import Settings
+from spoolmail._cli.status import EX_OK, UsageError
+from spoolmail._core.events import describe
+from spoolmail._core.ids import is_queue_id
+from spoolmail._store.maillog import MailLog
+from spoolmail._store.spool import Spool
+from spoolmail.exceptions import NotFound
+
+__all__ = ["add_command"]
+
+
+def add_command(commands: Any) -> None:
+    """Add ``log`` to the command tree."""
+    log = commands.add_parser(
+        "log",
+        help="what happened to a message (from the mail log in Log/, also once it is gone)",
+        description="Every event of one message, oldest first, from the mail log in Log/.",
+    )
+    log.add_argument("id", metavar="ID", help="the queue id")
+    log.add_argument("--json", action="store_true", help="the mail log's JSON lines as stored")
+    log.set_defaults(handler=_log)
+
+
+def _log(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
+    queue_id: str = args.id
+    if not is_queue_id(queue_id):
+        raise UsageError(
+            f"{queue_id!r} is not a queue id (1 to 128 letters, digits, '-' and '_', "
+            "as `spoolmail queue` lists them)"
+        )
+    found = 0
+    with Spool(settings.root) as spool:
+        for line, event in MailLog(spool._store).read(queue_id):
+            found += 1
+            if args.json:
+                print(line, file=out)
+            else:
+                print(f"{event.time.isoformat(timespec='seconds')} {describe(event)}", file=out)
+    if not found:
+        raise NotFound(f"the mail log in Log/ has nothing about {queue_id}")
+    return EX_OK
