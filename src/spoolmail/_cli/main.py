@@ -21,7 +21,7 @@ from typing import Any, TextIO
 
 import attrs
 
-from spoolmail._cli import assemble, listening, maillog, operations, privileges
+from spoolmail._cli import assemble, listening, maillog, operations, privileges, sendmail
 from spoolmail._cli.settings import RETRY_PRESETS, TLS_POLICIES, Settings, load_settings
 from spoolmail._cli.status import (
     EX_FAILED,
@@ -62,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     operations.add_commands(commands)
     maillog.add_command(commands)
     listening.add_commands(commands, lose_root=_lose_root)
+    sendmail.add_command(commands)
     return parser
 
 
