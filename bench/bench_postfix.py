@@ -1,0 +1,806 @@
+"""Benchmark: spoolmail against Postfix, side by side, into the same smtp-sink (issue 12).
+
+Each path runs through a private Postfix and through spoolmail in turn, in pairs (Postfix, then
+spoolmail, then Postfix again ...), both relaying to one Postfix ``smtp-sink -c`` on 127.0.0.1
+whose ``mesg=`` counter is the finish line. Durability is each one's default: Postfix fsyncs each
+queue file, spoolmail runs with fsync. It is not a pass/fail test: a broken run (a message missing
+at the sink or arriving twice, a message left in a queue, Postfix failing to start) stops it, with
+the Postfix instance stopped and removed; slowness never does.
+
+    python bench/bench_postfix.py [--paths drain,flush,big,smtp] [--pairs 3] [--messages 2000]
+        [--flush-messages 5000] [--big-messages 200] [--big-size 1048576] [--json FILE]
+
+The paths (issue 12's table):
+
+- ``drain``: N x 2 KB already waiting. spoolmail: Pickup files written (a dot-name, then a
+  rename), then ``spoolmail run`` (the daemon, in a subprocess) is started. Postfix: the same
+  messages put into its maildrop with ``sendmail`` while it is stopped, then ``postfix start``.
+  Timed from the start command to the moment the sink counts the last message.
+- ``flush``: N deferred messages flushed to a sink that came back. With the sink stopped, the
+  messages are taken in and deferred (Postfix: ``sendmail`` with the master running; spoolmail:
+  Pickup files and ``spoolmail run --once`` until each was tried once); the daemon runs, the sink
+  comes back on its port, and the flush is timed from the command (``postqueue -f``;
+  ``spoolmail queue flush``, which a running service reads at its next tick) to the last
+  message at the sink.
+- ``big``: as ``drain`` with 200 x 1 MiB.
+- ``smtp``: ``smtp-source -s 5 -d`` (5 concurrent clients, each reusing its connection) sends
+  N x 2 KB to the running server (Postfix's smtpd; ``spoolmail run --listen``), which relays
+  them to the sink; timed from smtp-source's start to the last message at the sink. Only where
+  ``spoolmail run --help`` shows ``--listen``; otherwise the path prints "not available yet".
+
+For each run: the rate (messages / wall time), the CPU seconds used meanwhile by every process of
+that side (a cgroup per side when one can be made: Postfix's master and all its daemons,
+including those that exited; spoolmail's process and its ``queue flush`` command; else ``/proc``
+accounting of the process tree), per message. The clients (sendmail before the timing,
+smtp-source during it) and the sink are counted on neither side. For each pair: the ratio
+spoolmail / Postfix of the rates; per path, the medians. Then the two ceilings: the sink fed
+directly by ``smtp-source`` (5 sessions with connection reuse), and fsync'd file creates per
+second on the disk of the temp dir (one writer, and four).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import random
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import postfix_instance as pf
+
+PATHS = ("drain", "flush", "big", "smtp")
+SEED = 12
+SENDER = "orders@example.com"
+LOCAL_DOMAIN = "example.com"
+SPOOLMAIL = [sys.executable, "-m", "spoolmail"]
+
+# -- messages --------------------------------------------------------------------------------------
+
+
+def message_bytes(number: int, size: int, pool: list[bytes], when: datetime) -> bytes:
+    """A Pickup file of about ``size`` octets: X-Sender / X-Receiver, headers, text lines.
+
+    The same bytes go to Postfix's sendmail (the two envelope lines taken off).
+    """
+    from bench_throughput import pickup_head, small_body  # noqa: PLC0415
+
+    rng = random.Random(SEED * 1_000_003 + number)
+    head = pickup_head(number, rng, when)
+    return head + b"".join(small_body(rng, pool, max(2, size - len(head))))
+
+
+def messages(count: int, size: int) -> Iterator[bytes]:
+    from bench_throughput import text_lines  # noqa: PLC0415
+
+    pool = text_lines(random.Random(SEED), 500)
+    when = datetime.now(UTC).replace(microsecond=0)
+    for number in range(count):
+        yield message_bytes(number, size, pool, when)
+
+
+def write_pickup(pickup: Path, count: int, size: int) -> None:
+    """Pickup files the way an application writes them: ``.name.tmp``, then a rename."""
+    pickup.mkdir(parents=True, exist_ok=True)
+    for data in messages(count, size):
+        name = f"{uuid.uuid4()}.eml"
+        temp = pickup / f".{name}.tmp"
+        temp.write_bytes(data)
+        os.replace(temp, pickup / name)
+
+
+# -- spoolmail, through its command ----------------------------------------------------------------
+
+
+def spoolmail_help() -> str:
+    done = subprocess.run(
+        [*SPOOLMAIL, "run", "--help"], capture_output=True, text=True, check=False
+    )
+    return done.stdout + done.stderr
+
+
+def listen_arguments(port: int, extra: list[str]) -> list[str] | None:
+    """``--listen 127.0.0.1:PORT`` and a relay permission for 127.0.0.1, if the CLI has them."""
+    text = spoolmail_help()
+    if "--listen" not in text:
+        return None
+    out = ["--listen", f"127.0.0.1:{port}"]
+    if extra:
+        return out + extra
+    # Nobody relays by default: let 127.0.0.1 relay (--relay-network, or a flag like it).
+    if "--relay-network" in text:
+        return [*out, "--relay-network", "127.0.0.1/32"]
+    for flag in re.findall(r"(--relay[-\w]*)", text):
+        if "smart" not in flag and "user" not in flag:
+            return [*out, flag, "127.0.0.1/32"]
+    return out
+
+
+class SpoolmailSide:
+    """``spoolmail run`` over a fresh MailRoot per run, in its own CPU group."""
+
+    name = "spoolmail"
+
+    def __init__(self, base: Path, sink: pf.SmtpSink, cpu: pf.CpuGroup, extra: list[str]) -> None:
+        self.base = base
+        self.sink = sink
+        self.cpu = cpu
+        self.extra = extra
+        self.root = base / "MailRoot"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log = base / "spoolmail.log"
+        self.runs = 0
+
+    def fresh(self) -> Path:
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+        self.runs += 1
+        (self.root / "Pickup").mkdir(parents=True)
+        return self.root
+
+    def command(self, *more: str) -> list[str]:
+        return [
+            *SPOOLMAIL,
+            "--root",
+            str(self.root),
+            "run",
+            "--fqdn",
+            "spoolmail-bench.test",
+            "--local-domain",
+            LOCAL_DOMAIN,
+            "--smart-host",
+            f"[127.0.0.1]:{self.sink.port}",
+            *self.extra,
+            *more,
+        ]
+
+    def start(self, *more: str, wait_ready: bool = False) -> None:
+        """The daemon, started; with ``wait_ready``: returns once it says it is serving."""
+        log = self.log.open("ab")
+        ready = threading.Event()
+        self.process = subprocess.Popen(
+            self.cpu.wrap(self.command(*more)), stdout=subprocess.PIPE, stderr=log
+        )
+        log.close()
+        if self.cpu.kind == "proc":
+            self.cpu.root_pid = self.process.pid
+        threading.Thread(target=self._drain_stdout, args=(self.process, ready), daemon=True).start()
+        if wait_ready:
+            deadline = time.monotonic() + 60
+            while not ready.is_set():
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit("spoolmail run did not start" + self.log_tail())
+                ready.wait(0.05)
+
+    @staticmethod
+    def _drain_stdout(process: subprocess.Popen[bytes], ready: threading.Event) -> None:
+        assert process.stdout is not None
+        for line in process.stdout:
+            if b"serving" in line:
+                ready.set()
+
+    def alive(self) -> str | None:
+        if self.process is not None and self.process.poll() is not None:
+            return f"spoolmail run ended (exit {self.process.returncode})" + self.log_tail()
+        return None
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is None:
+            return
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        self.cpu.kill()
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            text = self.log.read_text(errors="replace").splitlines()[-lines:]
+        except OSError:
+            return ""
+        return "\n  spoolmail log (last lines):\n    " + "\n    ".join(text) if text else ""
+
+    def leftovers(self) -> str | None:
+        """What is still in Pickup, the Queue or BadMail (the service stopped), or None."""
+        from spoolmail import Spool  # noqa: PLC0415
+
+        with Spool(str(self.root)) as spool:
+            pickup = len(spool.pickup())
+            queued = sum(1 for _ in spool.queued())
+            badmail = sum(1 for _ in spool.badmail())
+        if pickup or queued or badmail:
+            return f"spoolmail left {pickup} in Pickup, {queued} in the Queue, {badmail} in BadMail"
+        return None
+
+    def deferred(self) -> tuple[int, int]:
+        """(messages in the Queue, of which deferred: not due now; those not tried because their
+        host just failed count too, as Postfix's "delivery temporarily suspended")."""
+        from spoolmail import Spool  # noqa: PLC0415
+
+        now = datetime.now(UTC)
+        with Spool(str(self.root)) as spool:
+            items = [item.envelope for item in spool.queued()]
+        return len(items), sum(1 for e in items if e.next_attempt > now)
+
+    def run_command(self, command: list[str], *, what: str) -> None:
+        done = subprocess.run(self.cpu.wrap(command), capture_output=True, check=False)
+        if done.returncode != 0:
+            raise SystemExit(
+                f"{what} failed (exit {done.returncode}): {done.stderr.decode(errors='replace')}"
+            )
+
+
+# -- one measured run ------------------------------------------------------------------------------
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, base: Path) -> None:
+        self.args = args
+        self.base = base
+        self.sink = pf.SmtpSink(pf.free_port())
+        self.postfix_cpu = pf.CpuGroup(f"spoolmail-bench-postfix-{os.getpid()}")
+        self.spoolmail_cpu = pf.CpuGroup(f"spoolmail-bench-spoolmail-{os.getpid()}")
+        self.postfix = pf.PostfixInstance(
+            base / "postfix",
+            sink_port=self.sink.port,
+            smtpd_port=pf.free_port(),
+            cpu=self.postfix_cpu,
+        )
+        self.spoolmail = SpoolmailSide(
+            base / "spoolmail", self.sink, self.spoolmail_cpu, args.spoolmail_arg
+        )
+        self.spoolmail_port = pf.free_port()
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        (self.base / "spoolmail").mkdir(parents=True)
+        self.postfix.setup()
+        self.sink.start()
+
+    def close(self) -> None:
+        for step in (self.spoolmail.stop, self.postfix.destroy, self.sink.stop):
+            with contextlib.suppress(Exception, SystemExit):
+                step()
+        for group in (self.postfix_cpu, self.spoolmail_cpu):
+            with contextlib.suppress(Exception):
+                group.remove()
+
+    # -- helpers -----------------------------------------------------------------------------------
+
+    def finish(  # noqa: PLR0917
+        self,
+        side: str,
+        count: int,
+        target: int,
+        started: float,
+        cpu: pf.CpuGroup,
+        cpu_before: float,
+        alive: Callable[[], str | None],
+    ) -> dict[str, Any]:
+        """Wait for the sink to count ``target``; the run's figures."""
+        ended = self.sink.wait_for(
+            target, stall=self.args.stall, timeout=self.args.timeout, alive=alive
+        )
+        cpu_used = cpu.cpu() - cpu_before
+        seconds = ended - started
+        return {
+            "side": side,
+            "messages": count,
+            "seconds": seconds,
+            "rate": count / seconds,
+            "cpu": cpu_used,
+            "cpu_ms_per_message": 1000 * cpu_used / count,
+            "cpu_share": cpu_used / seconds,
+        }
+
+    def settle_sink(self, target: int) -> None:
+        """A message counted twice shows once the last one arrived: look again shortly after."""
+        time.sleep(0.3)
+        if self.sink.count != target:
+            raise SystemExit(
+                f"broken run: the sink counted {self.sink.count - target:+d} messages more "
+                "than were sent (a message delivered twice)"
+            )
+
+    def postfix_empty(self) -> None:
+        deadline = time.monotonic() + 10
+        while True:
+            counts = self.postfix.queue_counts()
+            if not any(counts.values()):
+                return
+            if time.monotonic() > deadline:
+                raise SystemExit(f"broken run: Postfix's queue is not empty: {counts}")
+            time.sleep(0.05)
+
+    # -- paths -------------------------------------------------------------------------------------
+
+    def postfix_waiting(self, count: int, size: int) -> dict[str, Any]:
+        """drain / big: into maildrop while stopped, then ``postfix start``."""
+        self.postfix.stop()
+        self.postfix.sendmail(messages(count, size))
+        target = self.sink.count + count
+        before = self.postfix_cpu.cpu() if self.postfix_cpu.path else 0.0
+        started = time.monotonic()
+        self.postfix.start()
+        run = self.finish(
+            "postfix", count, target, started, self.postfix_cpu, before, self.postfix.alive
+        )
+        self.postfix_empty()
+        self.settle_sink(target)
+        self.postfix.stop()
+        return run
+
+    def spoolmail_waiting(self, count: int, size: int) -> dict[str, Any]:
+        """drain / big: Pickup files written, then ``spoolmail run``."""
+        root = self.spoolmail.fresh()
+        write_pickup(root / "Pickup", count, size)
+        target = self.sink.count + count
+        before = self.spoolmail_cpu.cpu() if self.spoolmail_cpu.path else 0.0
+        started = time.monotonic()
+        self.spoolmail.start()
+        run = self.finish(
+            "spoolmail", count, target, started, self.spoolmail_cpu, before, self.spoolmail.alive
+        )
+        self.settle_sink(target)
+        self.spoolmail.stop()
+        self._check_spoolmail()
+        return run
+
+    def _check_spoolmail(self) -> None:
+        left = self.spoolmail.leftovers()
+        if left:
+            raise SystemExit(f"broken run: {left}" + self.spoolmail.log_tail())
+
+    def postfix_flush(self, count: int, size: int) -> dict[str, Any]:
+        self.sink.stop()
+        if not self.postfix.running():
+            self.postfix.start()
+        self.postfix.sendmail(messages(count, size))
+        deadline = time.monotonic() + self.args.timeout
+        while True:
+            counts = self.postfix.queue_counts()
+            waiting = counts["maildrop"] + counts["incoming"] + counts["active"]
+            if counts["deferred"] == count and waiting == 0:
+                break
+            if time.monotonic() > deadline:
+                raise SystemExit(f"Postfix did not defer the messages: {counts}")
+            time.sleep(0.1)
+        self.sink.start()
+        target = self.sink.count + count
+        before = self.postfix_cpu.cpu()
+        started = time.monotonic()
+        self.postfix.flush()
+        run = self.finish(
+            "postfix", count, target, started, self.postfix_cpu, before, self.postfix.alive
+        )
+        self.postfix_empty()
+        self.settle_sink(target)
+        self.postfix.stop()
+        return run
+
+    def spoolmail_flush(self, count: int, size: int) -> dict[str, Any]:
+        self.sink.stop()
+        root = self.spoolmail.fresh()
+        write_pickup(root / "Pickup", count, size)
+        for _ in range(20):
+            self.spoolmail.run_command(
+                self.spoolmail.command("--once"), what="spoolmail run --once (sink down)"
+            )
+            queued, deferred = self.spoolmail.deferred()
+            if queued == deferred == count:
+                break
+        else:
+            raise SystemExit(f"spoolmail did not defer the messages: {deferred} of {count}")
+        self.spoolmail.start(wait_ready=True)
+        self.sink.start()
+        target = self.sink.count + count
+        before = self.spoolmail_cpu.cpu()
+        started = time.monotonic()
+        self.spoolmail.run_command(
+            [*SPOOLMAIL, "--root", str(root), "queue", "flush"], what="spoolmail queue flush"
+        )
+        run = self.finish(
+            "spoolmail", count, target, started, self.spoolmail_cpu, before, self.spoolmail.alive
+        )
+        self.settle_sink(target)
+        self.spoolmail.stop()
+        self._check_spoolmail()
+        return run
+
+    def smtp_source(self, port: int, count: int) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [
+                pf.which("smtp-source") or "smtp-source",
+                "-4",
+                "-d",
+                "-s",
+                str(self.args.smtp_clients),
+                "-m",
+                str(count),
+                "-l",
+                str(self.args.size),
+                "-M",
+                "client.test",
+                "-f",
+                SENDER,
+                "-t",
+                "user@customer.example.net",
+                f"127.0.0.1:{port}",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+
+    def _source_done(self, source: subprocess.Popen[bytes]) -> Callable[[], str | None]:
+        def check() -> str | None:
+            code = source.poll()
+            if code not in (None, 0):
+                err = source.stderr.read().decode(errors="replace") if source.stderr else ""
+                return f"smtp-source failed (exit {code}): {err.strip()}"
+            return None
+
+        return check
+
+    def postfix_smtp(self, count: int, _size: int) -> dict[str, Any]:
+        if not self.postfix.running():
+            self.postfix.start()
+        pf.wait_for_port(self.postfix.smtpd_port, what="Postfix smtpd")
+        target = self.sink.count + count
+        before = self.postfix_cpu.cpu()
+        started = time.monotonic()
+        source = self.smtp_source(self.postfix.smtpd_port, count)
+        source_ok = self._source_done(source)
+
+        def alive() -> str | None:
+            return source_ok() or self.postfix.alive()
+
+        try:
+            run = self.finish("postfix", count, target, started, self.postfix_cpu, before, alive)
+        finally:
+            source.wait()
+        self.postfix_empty()
+        self.settle_sink(target)
+        self.postfix.stop()
+        return run
+
+    def spoolmail_smtp(self, count: int, _size: int) -> dict[str, Any]:
+        listen = listen_arguments(self.spoolmail_port, self.args.listen_arg)
+        assert listen is not None
+        self.spoolmail.fresh()
+        self.spoolmail.start(*listen, wait_ready=True)
+        pf.wait_for_port(self.spoolmail_port, what="spoolmail's listener")
+        target = self.sink.count + count
+        before = self.spoolmail_cpu.cpu()
+        started = time.monotonic()
+        source = self.smtp_source(self.spoolmail_port, count)
+        source_ok = self._source_done(source)
+
+        def alive() -> str | None:
+            return source_ok() or self.spoolmail.alive()
+
+        try:
+            run = self.finish(
+                "spoolmail", count, target, started, self.spoolmail_cpu, before, alive
+            )
+        finally:
+            source.wait()
+        self.settle_sink(target)
+        self.spoolmail.stop()
+        self._check_spoolmail()
+        return run
+
+
+# -- ceilings --------------------------------------------------------------------------------------
+
+
+def sink_ceiling(sink: pf.SmtpSink, count: int, size: int, sessions: int) -> float:
+    """msg/s of ``smtp-source`` (``sessions`` with connection reuse) straight into the sink."""
+    target = sink.count + count
+    started = time.monotonic()
+    done = subprocess.run(
+        [
+            pf.which("smtp-source") or "smtp-source",
+            "-4",
+            "-d",
+            "-s",
+            str(sessions),
+            "-m",
+            str(count),
+            "-l",
+            str(size),
+            "-M",
+            "client.test",
+            f"127.0.0.1:{sink.port}",
+        ],
+        capture_output=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"smtp-source failed: {done.stderr.decode(errors='replace')}")
+    ended = sink.wait_for(target, stall=30, timeout=300)
+    return count / (ended - started)
+
+
+def fsync_creates(directory: Path, writers: int, seconds: float, size: int = 2048) -> float:
+    """Files created, written (``size`` octets), fsync'd and closed per second, all writers."""
+    payload = os.urandom(size)
+    stop = time.monotonic() + seconds
+    counts = [0] * writers
+
+    def write(index: int) -> None:
+        folder = directory / f"w{index}"
+        folder.mkdir()
+        n = 0
+        while time.monotonic() < stop:
+            fd = os.open(folder / f"{n}.tmp", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                os.write(fd, payload)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            n += 1
+        counts[index] = n
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(writers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return sum(counts) / (time.monotonic() - started)
+
+
+# -- reporting -------------------------------------------------------------------------------------
+
+
+def header_lines(where: Path, cpu_kind: str) -> list[str]:
+    from bench_queue import cpus, filesystem_type  # noqa: PLC0415
+
+    import spoolmail  # noqa: PLC0415
+
+    version = subprocess.run(
+        [pf.which("postconf") or "postconf", "-dh", "mail_version"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    load = os.getloadavg()
+    return [
+        f"spoolmail {spoolmail.__version__} against Postfix {version}, "
+        f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
+        f"  Python {platform.python_version()}, {platform.machine()}, CPUs: {cpus()}, load "
+        f"average {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} before measuring",
+        f"  MailRoot and Postfix queue in {where}: {filesystem_type(where)}; CPU accounting: "
+        f"{cpu_kind}",
+    ]
+
+
+def describe(path: str, args: argparse.Namespace) -> str:
+    return {
+        "drain": f"{args.messages:,} x {args.size:,} B waiting (Pickup / maildrop), drained",
+        "flush": f"{args.flush_messages:,} x {args.size:,} B deferred, flushed",
+        "big": f"{args.big_messages:,} x {args.big_size:,} B waiting, drained",
+        "smtp": f"{args.smtp_messages:,} x {args.size:,} B over SMTP from "
+        f"{args.smtp_clients} clients, relayed",
+    }[path]
+
+
+def pair_line(path: str, label: str, postfix: dict[str, Any], spool: dict[str, Any]) -> str:
+    return (
+        f"{path:<6}{label:>7}{postfix['rate']:>10,.0f}{spool['rate']:>11,.0f}"
+        f"{spool['rate'] / postfix['rate']:>8.2f}"
+        f"{postfix['cpu_ms_per_message']:>11.2f}{spool['cpu_ms_per_message']:>11.2f}"
+        f"{postfix['cpu_share']:>8.0%}{spool['cpu_share']:>8.0%}"
+    )
+
+
+TABLE_HEAD = (
+    f"{'path':<6}{'pair':>7}{'Postfix':>10}{'spoolmail':>11}{'ratio':>8}"
+    f"{'Postfix':>11}{'spoolmail':>11}{'Postfix':>8}{'spoolm.':>8}\n"
+    f"{'':<6}{'':>7}{'msg/s':>10}{'msg/s':>11}{'s/P':>8}"
+    f"{'CPU ms/msg':>11}{'CPU ms/msg':>11}{'CPU':>8}{'CPU':>8}"
+)
+
+
+def summary(path: str, pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> dict[str, Any]:
+    def median(side: int, key: str) -> float:
+        return statistics.median(pair[side][key] for pair in pairs)
+
+    return {
+        "postfix_rate": median(0, "rate"),
+        "spoolmail_rate": median(1, "rate"),
+        "ratio": statistics.median(s["rate"] / p["rate"] for p, s in pairs),
+        "postfix_cpu_ms_per_message": median(0, "cpu_ms_per_message"),
+        "spoolmail_cpu_ms_per_message": median(1, "cpu_ms_per_message"),
+        "postfix_cpu_share": median(0, "cpu_share"),
+        "spoolmail_cpu_share": median(1, "cpu_share"),
+    }
+
+
+# -- main ------------------------------------------------------------------------------------------
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--paths", default=",".join(PATHS), help=f"comma-separated, of {', '.join(PATHS)} (all)"
+    )
+    parser.add_argument("--pairs", type=int, default=3, help="Postfix/spoolmail pairs a path (3)")
+    parser.add_argument("--messages", type=int, default=2000, help="drain: messages (2,000)")
+    parser.add_argument("--flush-messages", type=int, default=5000, help="flush (5,000)")
+    parser.add_argument("--big-messages", type=int, default=200, help="big (200)")
+    parser.add_argument("--big-size", type=int, default=1024 * 1024, help="big: octets (1 MiB)")
+    parser.add_argument("--smtp-messages", type=int, help="smtp (same as --messages)")
+    parser.add_argument("--smtp-clients", type=int, default=5, help="smtp: sessions (5)")
+    parser.add_argument("--size", type=int, default=2048, help="small message octets (2,048)")
+    parser.add_argument("--json", type=Path, help="write the raw figures here")
+    parser.add_argument("--tmp", default=None, help="where the MailRoot and queue go (temp)")
+    parser.add_argument("--no-ceilings", action="store_true", help="skip the two ceilings")
+    parser.add_argument("--no-install", action="store_true", help="never apt-get install")
+    parser.add_argument(
+        "--stall",
+        type=float,
+        default=60,
+        help="a run is broken after this long without a message at the sink (60 s)",
+    )
+    parser.add_argument("--timeout", type=float, default=1800, help="per run (1,800 s)")
+    parser.add_argument(
+        "--spoolmail-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="one more argument for every `spoolmail run` (repeat)",
+    )
+    parser.add_argument(
+        "--listen-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="smtp: arguments after --listen instead of the guessed relay permission (repeat)",
+    )
+    args = parser.parse_args(argv)
+    args.paths = [p.strip() for p in args.paths.split(",") if p.strip()]
+    unknown = set(args.paths) - set(PATHS)
+    if unknown:
+        parser.error(f"unknown path(s): {', '.join(sorted(unknown))}")
+    if args.smtp_messages is None:
+        args.smtp_messages = args.messages
+    if min(args.pairs, args.messages, args.flush_messages, args.big_messages) < 1:
+        parser.error("--pairs and the message counts must be positive")
+    if args.size < 600:
+        parser.error("--size must be at least 600")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915
+    args = parse(argv)
+    pf.ensure_postfix(install=not args.no_install)
+    base = Path(tempfile.mkdtemp(prefix="spoolmail-bench-postfix-", dir=args.tmp))
+    base.chmod(0o755)  # Postfix's daemons (user postfix) reach their queue through it
+    bench = Bench(args, base)
+    results: dict[str, Any] = {"paths": {}, "ceilings": {}}
+
+    def on_signal(signum: int, _frame: object) -> None:
+        raise SystemExit(f"stopped by signal {signum}")
+
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        bench.setup()
+        for line in header_lines(base, bench.postfix_cpu.kind):
+            print(line)
+        print(
+            f"  the sink: smtp-sink -c on 127.0.0.1:{bench.sink.port}; Postfix smtpd on "
+            f"127.0.0.1:{bench.postfix.smtpd_port}\n",
+            flush=True,
+        )
+        runners: dict[str, tuple[Any, Any, int, int]] = {
+            "drain": (bench.postfix_waiting, bench.spoolmail_waiting, args.messages, args.size),
+            "flush": (bench.postfix_flush, bench.spoolmail_flush, args.flush_messages, args.size),
+            "big": (
+                bench.postfix_waiting,
+                bench.spoolmail_waiting,
+                args.big_messages,
+                args.big_size,
+            ),
+            "smtp": (bench.postfix_smtp, bench.spoolmail_smtp, args.smtp_messages, args.size),
+        }
+        print(TABLE_HEAD, flush=True)
+        lines: list[str] = []
+        for path in args.paths:
+            if path == "smtp" and listen_arguments(0, []) is None:
+                line = f"{'smtp':<6}  not available yet: `spoolmail run` has no --listen"
+                print(line, flush=True)
+                lines.append(line)
+                results["paths"]["smtp"] = {"available": False}
+                continue
+            postfix_run, spoolmail_run, count, size = runners[path]
+            pairs = []
+            for number in range(1, args.pairs + 1):
+                postfix = postfix_run(count, size)
+                spool = spoolmail_run(count, size)
+                pairs.append((postfix, spool))
+                print(pair_line(path, str(number), postfix, spool), flush=True)
+            total = summary(path, pairs)
+            median_line = pair_line(
+                path,
+                "median",
+                {
+                    "rate": total["postfix_rate"],
+                    "cpu_ms_per_message": total["postfix_cpu_ms_per_message"],
+                    "cpu_share": total["postfix_cpu_share"],
+                },
+                {
+                    "rate": total["spoolmail_rate"],
+                    "cpu_ms_per_message": total["spoolmail_cpu_ms_per_message"],
+                    "cpu_share": total["spoolmail_cpu_share"],
+                },
+            )
+            # The median ratio is that of the pairs, not the ratio of the median rates.
+            median_line = median_line[:34] + f"{total['ratio']:>8.2f}" + median_line[42:]
+            print(median_line, flush=True)
+            lines.append(median_line)
+            results["paths"][path] = {
+                "what": describe(path, args),
+                "pairs": [{"postfix": p, "spoolmail": s} for p, s in pairs],
+                "median": total,
+            }
+        print(
+            "\n  rate: messages / wall time from the start (or flush, or first SMTP connection) "
+            "to the last message at the sink\n"
+            "  ratio: spoolmail / Postfix, pair by pair (median: of the pairs' ratios)\n"
+            "  CPU ms/msg: all of that side's processes; CPU: their CPU time / wall time "
+            "(200% = both cores)"
+        )
+        for path in args.paths:
+            print(f"  {path}: {describe(path, args)}")
+        if not args.no_ceilings:
+            direct = sink_ceiling(bench.sink, 20000, args.size, args.smtp_clients)
+            where = base / "fsync"
+            (where / "one").mkdir(parents=True)
+            (where / "four").mkdir()
+            one = fsync_creates(where / "one", 1, 3.0)
+            four = fsync_creates(where / "four", 4, 3.0)
+            shutil.rmtree(where, ignore_errors=True)
+            results["ceilings"] = {
+                "sink_direct_msg_s": direct,
+                "fsync_creates_1_writer": one,
+                "fsync_creates_4_writers": four,
+            }
+            print(
+                f"\nceilings: smtp-source -s {args.smtp_clients} -d straight into smtp-sink: "
+                f"{direct:,.0f} msg/s; fsync'd 2 KB file creates in {base}: {one:,.0f}/s "
+                f"(one writer), {four:,.0f}/s (four)"
+            )
+        results["load_after"] = os.getloadavg()
+    finally:
+        bench.close()
+        shutil.rmtree(base, ignore_errors=True)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        print(f"  raw figures: {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
