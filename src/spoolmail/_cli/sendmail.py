@@ -838,8 +838,8 @@ def _send(invocation: Invocation, settings: Settings, context: _Context) -> int:
     if invocation.dot_ends:
         chunks = _until_lone_dot(chunks)
     signals = _Signals()
-    with signals.installed(), _PickupFile(pickup, name, limit=settings.max_message_size) as file:
-        head = _read_head(chunks, limit=settings.max_message_size)
+    with signals.installed(), _PickupFile(pickup, name, limit=options.max_message_size) as file:
+        head = _read_head(chunks, limit=options.max_message_size)
         if invocation.extract:
             recipients += _header_recipients(head.block, domain=domain)
         recipients = list(dict.fromkeys(recipients))
@@ -849,51 +849,74 @@ def _send(invocation: Invocation, settings: Settings, context: _Context) -> int:
                 "no recipients: -t found no address in the To:, Cc: and Bcc: headers, and "
                 "none was named on the command line; nothing was sent",
             )
-
-        def check(data: bytes) -> None:
-            _check(
-                data,
-                options=options,
-                envelope_lines=1 + len(recipients),
-                queue_id=queue_id,
-                now=now,
-            )
-
-        # The head as the caller wrote it first (the edit below keeps fields, so it would hide
-        # a line that is not one), then as it will be written.
-        check(render_pickup(head.block, sender=sender, recipients=recipients))
-        has_from = any(field.key == "from" for field in fields(head.block))
-        from_field = None if has_from or not sender else _from_field(sender, full_name)
-        written = render_pickup(
-            _edited_head(head, from_field=from_field), sender=sender, recipients=recipients
-        )
-        check(written)
-        if len(written) > MAX_HEAD:
-            raise _Failure(
-                EX_DATAERR,
-                f"the header section with its {len(recipients)} recipients is longer than "
-                f"{MAX_HEAD} bytes; nothing was sent",
-            )
-        file.write(written)
-        # Line ends become CRLF and a NUL is refused as intake would, a chunk at a time.
-        body = PickupBody(first_line=head.body_line, dot_stuffed=False)
-        stuff = _DotStuffer() if settings.pickup_dot_stuffed else None
-        try:
-            for chunk in _with_first(head.rest, chunks):
-                data = body.feed(chunk)
-                file.write(stuff(data) if stuff else data)
-            data = body.finish()
-            file.write(stuff(data) if stuff else data)
-        except BodyRejected as problem:
-            raise _Failure(
-                EX_DATAERR, f"{problem.reason} ({problem.status}); nothing was sent"
-            ) from None
+        envelope = _Envelope(sender=sender, recipients=tuple(recipients), full_name=full_name)
+        file.write(_pickup_head(head, envelope, options=options, queue_id=queue_id, now=now))
+        _write_body(file, head, chunks, dot_stuffed=options.dot_stuffed)
         signals.armed = False
         file.commit()
     if invocation.verbose:
         # Pickup/ID.eml keeps its id in the Queue: `spoolmail queue show ID` finds it.
         print(queue_id, file=context.out)
     return EX_OK
+
+
+@attrs.frozen
+class _Envelope:
+    sender: str
+    recipients: tuple[str, ...]
+    full_name: str | None
+
+
+def _pickup_head(
+    head: _Head, envelope: _Envelope, *, options: PickupOptions, queue_id: str, now: datetime
+) -> bytes:
+    """The Pickup file up to its body: the envelope lines, then the header block without Bcc:
+    and with ``From:`` when it had none; checked by the parser intake uses."""
+
+    def rendered(block: bytes) -> bytes:
+        data = render_pickup(block, sender=envelope.sender, recipients=envelope.recipients)
+        _check(
+            data,
+            options=options,
+            envelope_lines=1 + len(envelope.recipients),
+            queue_id=queue_id,
+            now=now,
+        )
+        return data
+
+    # The block as the caller wrote it first (the edit keeps fields only, so it would hide a
+    # line that is not one), then as it will be written.
+    rendered(head.block)
+    from_field = None
+    if envelope.sender and not any(field.key == "from" for field in fields(head.block)):
+        from_field = _from_field(envelope.sender, envelope.full_name)
+    written = rendered(_edited_head(head, from_field=from_field))
+    if len(written) > MAX_HEAD:
+        raise _Failure(
+            EX_DATAERR,
+            f"the header section with its {len(envelope.recipients)} recipients is longer "
+            f"than {MAX_HEAD} bytes; nothing was sent",
+        )
+    return written
+
+
+def _write_body(
+    file: _PickupFile, head: _Head, chunks: Iterator[bytes], *, dot_stuffed: bool
+) -> None:
+    """Stream the body into ``file``, a chunk at a time: line ends become CRLF and a NUL is
+    refused, as intake does; leading dots are doubled for a service that un-stuffs them."""
+    body = PickupBody(first_line=head.body_line, dot_stuffed=False)
+    stuff = _DotStuffer() if dot_stuffed else None
+    try:
+        for chunk in _with_first(head.rest, chunks):
+            data = body.feed(chunk)
+            file.write(stuff(data) if stuff else data)
+        data = body.finish()
+        file.write(stuff(data) if stuff else data)
+    except BodyRejected as problem:
+        raise _Failure(
+            EX_DATAERR, f"{problem.reason} ({problem.status}); nothing was sent"
+        ) from None
 
 
 def _with_first(first: bytes, rest: Iterator[bytes]) -> Iterator[bytes]:
