@@ -465,6 +465,68 @@ def test_input_without_a_header_block_is_all_body(root: Path, send: Callable[...
     assert body == b"disk full on /var: 91%\r\nsecond line\r\n"
 
 
+class Pieces(io.RawIOBase):
+    """Standard input that arrives in the given pieces, one a read."""
+
+    def __init__(self, *pieces: bytes) -> None:
+        self.pieces = list(pieces)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        data = self.pieces.pop(0) if self.pieces else b""
+        buffer[: len(data)] = data
+        return len(data)
+
+
+@pytest.mark.parametrize(
+    "stdin",
+    [
+        b"From someone@example.com Sat Nov 28 10:00:00 2026\nSubject: s\n\nbody\n",
+        b"From someone@example.com  Sat Nov 28 10:00:00 2026\r\nSubject: s\r\n\r\nbody\r\n",
+        Pieces(b"From someone@example.com Sat Nov 28 10:00:00 2026\r", b"\nSubject: s\r\n\r\nbody"),
+    ],
+)
+def test_a_leading_mailbox_from_line_is_dropped(
+    root: Path, send: Callable[..., Sent], stdin: bytes | io.RawIOBase
+) -> None:
+    # procmail and formail pipe mailbox messages on, as Postfix's sendmail takes them.
+    assert send("-i", "ops@example.com", stdin=stdin).status == 0
+    assert the_file(root).split(b"\r\n")[2:] == [
+        b"Subject: s",
+        b"From: webapp@example.com",
+        b"",
+        b"body",
+        b"",
+    ]
+
+
+def test_a_from_header_with_space_before_its_colon_is_a_header(
+    root: Path, send: Callable[..., Sent]
+) -> None:
+    # RFC 5322 section 4.5.8: the obsolete syntax allows white space before the colon.
+    assert send("ops@example.com", stdin=b"From : App <app@example.com>\n\nb\n").status == 0
+    assert the_file(root).split(b"\r\n")[2:] == [b"From : App <app@example.com>", b"", b"b", b""]
+
+
+@pytest.mark.parametrize(
+    ("stdin", "complaint"),
+    [
+        (b"From x@example.com Sat\nSubject: s\nbad line\n\nb\n", "line 3 is not a header field"),
+        (b"From x@example.com Sat\nSubject: s\n\nok\nbad\0\n", "line 5 contains a NUL byte"),
+        (b"no header here\nsecond\0\n", "line 2 contains a NUL byte"),
+        (b"\nbody first\nthen\0\n", "line 3 contains a NUL byte"),
+    ],
+)
+def test_line_numbers_in_reasons_are_the_input_s(
+    root: Path, send: Callable[..., Sent], stdin: bytes, complaint: str
+) -> None:
+    sent = send("-i", "ops@example.com", "dev@example.org", stdin=stdin)
+    assert sent.status == 65
+    assert sent.err.startswith(f"spoolmail sendmail: {complaint}")
+
+
 def test_leading_envelope_lines_of_the_input_are_replaced(
     root: Path, send: Callable[..., Sent]
 ) -> None:

@@ -461,9 +461,10 @@ def _until_lone_dot(chunks: Iterable[bytes]) -> Iterator[bytes]:
 class _Head:
     """The message's header block (CRLF line ends) and the first bytes of its body."""
 
-    block: bytes  # with its empty line when ``separated``
+    block: bytes  # with its empty line when ``separated``; b"\r\n" when there is none
     separated: bool  # an empty line ended the block; a body may follow
     rest: bytes  # the body's first bytes, as read (any line ends)
+    first_line: int  # the block's first line number in the input (2 after a "From " line)
     body_line: int  # the body's first line number in the input, for a NUL's report
 
 
@@ -478,23 +479,46 @@ def _too_large(limit: int) -> _Failure:
     )
 
 
+def _first_line_end(buffer: bytes, *, complete: bool) -> int | None:
+    """Where the first line of ``buffer`` ends, its line break included; ``None`` while that is
+    not known (no line break yet, or a CR at the end that may be half of a CRLF)."""
+    match = _LINE_BREAK.search(buffer)
+    if match is None:
+        return len(buffer) if complete else None
+    if match.group() == b"\r" and match.end() == len(buffer) and not complete:
+        return None
+    return match.end()
+
+
 def _read_head(chunks: Iterator[bytes], *, limit: int) -> _Head:
     """Read up to the empty line that ends the header block, at most :data:`MAX_HEAD` bytes (as
     intake reads the file) and never more than ``limit``."""
     buffer = b""
-    first_line_seen = False
+    first_line = 1  # the input's line number of the buffer's first line
+    decided = False  # whether the first line was looked at
     while True:
         chunk = next(chunks, b"")
         buffer += chunk
         if len(buffer) > limit:
             raise _too_large(limit)
-        if not first_line_seen and (not chunk or _LINE_BREAK.search(buffer)):
-            first_line_seen = True
-            first = _LINE_BREAK.split(buffer, maxsplit=1)[0]
-            if first and not _FIELD_START.match(first):
+        while not decided and (end := _first_line_end(buffer, complete=not chunk)) is not None:
+            line = buffer[:end].rstrip(b"\r\n")
+            if first_line == 1 and line.startswith(b"From ") and not _FIELD_START.match(line):
+                # A Unix mailbox's "From sender date" line (procmail, formail): not part of
+                # the message, and dropped as Postfix's sendmail drops it.
+                buffer, first_line = buffer[end:], 2
+                continue
+            decided = True
+            if line and not _FIELD_START.match(line):
                 # No header block at all (echo text | sendmail root): all of it is the body, as
                 # Postfix takes it. A line that is not a field further down is an error below.
-                return _Head(block=b"\r\n", separated=True, rest=buffer, body_line=1)
+                return _Head(
+                    block=b"\r\n",
+                    separated=True,
+                    rest=buffer,
+                    first_line=first_line,
+                    body_line=first_line,
+                )
         end = pickup_head_end(buffer, complete=not chunk)
         if end is not None:
             if end > MAX_HEAD + 2:
@@ -504,10 +528,14 @@ def _read_head(chunks: Iterator[bytes], *, limit: int) -> _Head:
                 block=_crlf(block),
                 separated=True,
                 rest=buffer[end:],
-                body_line=len(block.splitlines()) + 1,
+                first_line=first_line,
+                body_line=first_line + len(block.splitlines()),
             )
         if not chunk:
-            return _Head(block=_crlf(buffer), separated=False, rest=b"", body_line=1)
+            block = _crlf(buffer)
+            return _Head(
+                block=block, separated=False, rest=b"", first_line=first_line, body_line=first_line
+            )
         if len(buffer) > MAX_HEAD + _CHUNK:
             break
     raise _Failure(
@@ -555,7 +583,7 @@ _LINE_NUMBER = re.compile(r"\bline (\d+)")
 
 
 def _check(
-    data: bytes, *, options: PickupOptions, envelope_lines: int, queue_id: str, now: datetime
+    data: bytes, *, options: PickupOptions, line_offset: int, queue_id: str, now: datetime
 ) -> None:
     """Refuse now what intake would put into BadMail: the same parser, on the same head."""
     verdict = parse_pickup(
@@ -565,9 +593,8 @@ def _check(
         now=now,
     )
     if isinstance(verdict, PickupRejected):
-        # The parser counts the file's lines; the sender counts the lines it wrote.
         reason = _LINE_NUMBER.sub(
-            lambda match: f"line {max(1, int(match[1]) - envelope_lines)}", verdict.reason
+            lambda match: f"line {max(1, int(match[1]) - line_offset)}", verdict.reason
         )
         raise _Failure(EX_DATAERR, f"{reason} ({verdict.status}); nothing was sent")
 
@@ -624,8 +651,10 @@ def _sync_file_system(fd: int) -> None:
 def _sync_folder(folder: str, fd: int) -> None:
     """Make a rename in ``folder`` durable: fsync the folder, or, where this user may not open
     it (a write-only Pickup, docs/running-as-a-service.md), sync the filesystem of ``fd``."""
+    if not hasattr(os, "O_DIRECTORY"):
+        return  # Windows: a folder cannot be opened to be flushed; NTFS journals the rename
     try:
-        folder_fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        folder_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     except PermissionError:
         _sync_file_system(fd)
         return
@@ -878,7 +907,8 @@ def _pickup_head(
         _check(
             data,
             options=options,
-            envelope_lines=1 + len(envelope.recipients),
+            # The parser counts the file's lines; the sender counts the lines it was given.
+            line_offset=1 + len(envelope.recipients) - (head.first_line - 1),
             queue_id=queue_id,
             now=now,
         )
