@@ -673,8 +673,8 @@ class _PickupFile:
     do. Only the rename makes the file a message: a name starting with "." and ending in
     ``.tmp`` is never taken by the service (docs/formats.md), and without a commit, leaving the
     ``with`` block removes it. The file is 0640 whatever the umask: the service reads it through
-    the Pickup folder's group (setgid Pickup, docs/running-as-a-service.md), and a 0600 file of
-    another user would stay in Pickup unread.
+    the Pickup folder's group (setgid Pickup, docs/running-as-a-service.md), which a sender's
+    umask of 077 would leave it no way to do.
     """
 
     def __init__(self, folder: str, name: str, *, limit: int) -> None:
