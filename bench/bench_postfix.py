@@ -304,10 +304,12 @@ class Bench:
         )
         cpu_used = cpu.cpu() - cpu_before
         seconds = ended - started
+        first = self.sink.reached(target - count + 1) or ended
         return {
             "side": side,
             "messages": count,
             "seconds": seconds,
+            "first_seconds": first - started,
             "rate": count / seconds,
             "cpu": cpu_used,
             "cpu_ms_per_message": 1000 * cpu_used / count,
@@ -391,9 +393,11 @@ class Bench:
         before = self.postfix_cpu.cpu()
         started = time.monotonic()
         self.postfix.flush()
+        command = time.monotonic() - started
         run = self.finish(
             "postfix", count, target, started, self.postfix_cpu, before, self.postfix.alive
         )
+        run["command_seconds"] = command
         self.postfix_empty()
         self.settle_sink(target)
         self.postfix.stop()
@@ -420,9 +424,11 @@ class Bench:
         self.spoolmail.run_command(
             [*SPOOLMAIL, "--root", str(root), "queue", "flush"], what="spoolmail queue flush"
         )
+        command = time.monotonic() - started
         run = self.finish(
             "spoolmail", count, target, started, self.spoolmail_cpu, before, self.spoolmail.alive
         )
+        run["command_seconds"] = command
         self.settle_sink(target)
         self.spoolmail.stop()
         self._check_spoolmail()
@@ -606,35 +612,38 @@ def describe(path: str, args: argparse.Namespace) -> str:
     }[path]
 
 
-def pair_line(path: str, label: str, postfix: dict[str, Any], spool: dict[str, Any]) -> str:
+def pair_line(
+    path: str, label: str, postfix: dict[str, Any], spool: dict[str, Any], ratio: float
+) -> str:
     return (
-        f"{path:<6}{label:>7}{postfix['rate']:>10,.0f}{spool['rate']:>11,.0f}"
-        f"{spool['rate'] / postfix['rate']:>8.2f}"
-        f"{postfix['cpu_ms_per_message']:>11.2f}{spool['cpu_ms_per_message']:>11.2f}"
-        f"{postfix['cpu_share']:>8.0%}{spool['cpu_share']:>8.0%}"
+        f"{path:<6}{label:>7}{postfix['rate']:>9,.0f}{spool['rate']:>9,.0f}{ratio:>7.2f}"
+        f"{postfix['cpu_ms_per_message']:>9.2f}{spool['cpu_ms_per_message']:>9.2f}"
+        f"{postfix['cpu_share']:>9.0%}{spool['cpu_share']:>9.0%}"
+        f"{postfix['first_seconds']:>9.2f}{spool['first_seconds']:>9.2f}"
     )
 
 
 TABLE_HEAD = (
-    f"{'path':<6}{'pair':>7}{'Postfix':>10}{'spoolmail':>11}{'ratio':>8}"
-    f"{'Postfix':>11}{'spoolmail':>11}{'Postfix':>8}{'spoolm.':>8}\n"
-    f"{'':<6}{'':>7}{'msg/s':>10}{'msg/s':>11}{'s/P':>8}"
-    f"{'CPU ms/msg':>11}{'CPU ms/msg':>11}{'CPU':>8}{'CPU':>8}"
+    f"{'':<13}{'msg/s':>18}{'ratio':>7}{'CPU ms/msg':>18}{'CPU use':>18}{'1st msg, s':>18}\n"
+    f"{'path':<6}{'pair':>7}{'Postfix':>9}{'spoolm.':>9}{'s/P':>7}"
+    + f"{'Postfix':>9}{'spoolm.':>9}"
+    * 3
 )
 
 
 def summary(path: str, pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> dict[str, Any]:
-    def median(side: int, key: str) -> float:
-        return statistics.median(pair[side][key] for pair in pairs)
+    keys = ("rate", "seconds", "cpu_ms_per_message", "cpu_share", "first_seconds")
+
+    def medians(side: int) -> dict[str, float]:
+        out = {key: statistics.median(pair[side][key] for pair in pairs) for key in keys}
+        if "command_seconds" in pairs[0][side]:
+            out["command_seconds"] = statistics.median(p[side]["command_seconds"] for p in pairs)
+        return out
 
     return {
-        "postfix_rate": median(0, "rate"),
-        "spoolmail_rate": median(1, "rate"),
         "ratio": statistics.median(s["rate"] / p["rate"] for p, s in pairs),
-        "postfix_cpu_ms_per_message": median(0, "cpu_ms_per_message"),
-        "spoolmail_cpu_ms_per_message": median(1, "cpu_ms_per_message"),
-        "postfix_cpu_share": median(0, "cpu_share"),
-        "spoolmail_cpu_share": median(1, "cpu_share"),
+        "postfix": medians(0),
+        "spoolmail": medians(1),
     }
 
 
@@ -740,25 +749,21 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915
                 postfix = postfix_run(count, size)
                 spool = spoolmail_run(count, size)
                 pairs.append((postfix, spool))
-                print(pair_line(path, str(number), postfix, spool), flush=True)
+                ratio = spool["rate"] / postfix["rate"]
+                print(pair_line(path, str(number), postfix, spool, ratio), flush=True)
             total = summary(path, pairs)
-            median_line = pair_line(
-                path,
-                "median",
-                {
-                    "rate": total["postfix_rate"],
-                    "cpu_ms_per_message": total["postfix_cpu_ms_per_message"],
-                    "cpu_share": total["postfix_cpu_share"],
-                },
-                {
-                    "rate": total["spoolmail_rate"],
-                    "cpu_ms_per_message": total["spoolmail_cpu_ms_per_message"],
-                    "cpu_share": total["spoolmail_cpu_share"],
-                },
-            )
             # The median ratio is that of the pairs, not the ratio of the median rates.
-            median_line = median_line[:34] + f"{total['ratio']:>8.2f}" + median_line[42:]
+            median_line = pair_line(
+                path, "median", total["postfix"], total["spoolmail"], total["ratio"]
+            )
             print(median_line, flush=True)
+            if "command_seconds" in total["postfix"]:
+                took = (total[side]["command_seconds"] for side in ("postfix", "spoolmail"))
+                print(
+                    "{:<13}the flush command itself took {:.2f} s (postqueue -f) and {:.2f} s "
+                    "(spoolmail queue flush), medians".format("", *took),
+                    flush=True,
+                )
             lines.append(median_line)
             results["paths"][path] = {
                 "what": describe(path, args),
@@ -769,28 +774,32 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915
             "\n  rate: messages / wall time from the start (or flush, or first SMTP connection) "
             "to the last message at the sink\n"
             "  ratio: spoolmail / Postfix, pair by pair (median: of the pairs' ratios)\n"
-            "  CPU ms/msg: all of that side's processes; CPU: their CPU time / wall time "
-            "(200% = both cores)"
+            "  CPU ms/msg: all of that side's processes; CPU use: their CPU time / wall time "
+            "(200% = both cores)\n"
+            "  1st msg: from the start to the first message at the sink (start-up, intake)"
         )
         for path in args.paths:
             print(f"  {path}: {describe(path, args)}")
         if not args.no_ceilings:
             direct = sink_ceiling(bench.sink, 20000, args.size, args.smtp_clients)
-            where = base / "fsync"
-            (where / "one").mkdir(parents=True)
-            (where / "four").mkdir()
-            one = fsync_creates(where / "one", 1, 3.0)
-            four = fsync_creates(where / "four", 4, 3.0)
-            shutil.rmtree(where, ignore_errors=True)
+            creates: dict[int, list[float]] = {1: [], 4: []}
+            for turn in range(2):  # interleaved: one, four, one, four
+                for writers, rates in creates.items():
+                    where = base / "fsync" / f"{writers}-{turn}"
+                    where.mkdir(parents=True)
+                    rates.append(fsync_creates(where, writers, 2.0))
+                    shutil.rmtree(where, ignore_errors=True)
             results["ceilings"] = {
                 "sink_direct_msg_s": direct,
-                "fsync_creates_1_writer": one,
-                "fsync_creates_4_writers": four,
+                "fsync_creates_1_writer": creates[1],
+                "fsync_creates_4_writers": creates[4],
             }
             print(
                 f"\nceilings: smtp-source -s {args.smtp_clients} -d straight into smtp-sink: "
-                f"{direct:,.0f} msg/s; fsync'd 2 KB file creates in {base}: {one:,.0f}/s "
-                f"(one writer), {four:,.0f}/s (four)"
+                f"{direct:,.0f} msg/s\n"
+                f"  fsync'd 2 KB file creates on the temp dir's disk (2 s each, twice): "
+                f"{' and '.join(f'{n:,.0f}' for n in creates[1])}/s with one writer, "
+                f"{' and '.join(f'{n:,.0f}' for n in creates[4])}/s with four"
             )
         results["load_after"] = os.getloadavg()
     finally:

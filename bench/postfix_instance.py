@@ -250,6 +250,7 @@ class SmtpSink:
         self._base = 0  # messages counted by earlier sink processes
         self._seen = 0  # this process's mesg=
         self.changed = time.monotonic()  # when the count last went up
+        self.history: list[tuple[float, int]] = []  # (when, count) at each rise
         self._cond = threading.Condition()
         self._reader: threading.Thread | None = None
 
@@ -286,7 +287,16 @@ class SmtpSink:
                     if value > self._seen:
                         self._seen = value
                         self.changed = now
+                        self.history.append((now, self._base + value))
                         self._cond.notify_all()
+
+    def reached(self, count: int) -> float | None:
+        """When the count first reached ``count`` (monotonic), if it did."""
+        with self._cond:
+            for when, value in self.history:
+                if value >= count:
+                    return when
+        return None
 
     def wait_for(
         self,
