@@ -103,3 +103,25 @@ def test_an_id_the_log_does_not_know_is_exit_1(
 
 def test_a_prefix_of_an_id_finds_nothing(root: Path, finished: str) -> None:
     assert run(root, "log", finished[:11])[0] == 1
+
+
+def test_an_operators_order_is_in_the_mail_log_too(root: Path, tmp_path: Path) -> None:
+    """`spoolmail queue hold` runs without a service: its order is logged all the same."""
+    source = tmp_path / "note.eml"
+    source.write_bytes(MESSAGE.replace(b"ops@example.com", b"ops@elsewhere.example"))
+    queue_id = run(root, "submit", str(source))[1].strip()
+    # A closed DNS port defers the remote recipient: the message stays queued.
+    assert run(root, "run", "--once", "--dns-server", "127.0.0.1:9")[0] == 0
+    assert run(root, "queue", "hold", queue_id)[0] == 0
+    status, out = run(root, "log", queue_id)
+    assert status == 0
+    assert out.splitlines()[-1].endswith(f"{queue_id}: placed on hold by an operator")
+
+
+def test_log_days_0_keeps_no_mail_log(root: Path, tmp_path: Path) -> None:
+    source = tmp_path / "note.eml"
+    source.write_bytes(MESSAGE)
+    assert run(root, "submit", str(source))[0] == 0
+    assert run(root, "run", "--once", "--local-domain", "example.com", "--log-days", "0")[0] == 0
+    assert len(list((root / "Drop").iterdir())) == 1
+    assert not (root / "Log").exists()

@@ -64,6 +64,7 @@ def service(settings: Settings, spool: Spool) -> MailService:
             max_connections_per_host=settings.max_connections_per_host,
         ),
         ndr_copy_to=settings.ndr_copy_to,
+        log_days=settings.log_days,
         masquerade_domain=settings.masquerade_domain,
         pickup_dot_stuffed=settings.pickup_dot_stuffed,
         pickup_settle=timedelta(seconds=settings.pickup_settle),

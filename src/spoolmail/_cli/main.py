@@ -161,6 +161,12 @@ def _run_parser(commands: Any) -> None:
         "(default 100 MiB, 0: no floor)",
     )
     run.add_argument(
+        "--log-days",
+        type=int,
+        metavar="DAYS",
+        help="days the mail log in Log/ keeps its daily files (default 30, 0: no mail log)",
+    )
+    run.add_argument(
         "--user",
         metavar="NAME[:GROUP]",
         help="started as root, become this user (and group) once start-up is done",
@@ -216,8 +222,10 @@ def _report_lines(report: Report) -> Iterable[str]:
 
 
 def _log_report(report: Report) -> None:
+    # Each outcome has its own record already (spoolmail.mail, one per recipient): the tick's
+    # summary is for -v.
     for line in _report_lines(report):
-        log.info("%s", line)
+        log.debug("%s", line)
 
 
 def _lose_root(settings: Settings) -> None:
@@ -347,6 +355,11 @@ def _log_to_stderr(*, level: int) -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         log.addHandler(handler)
     log.setLevel(level)
+    # aiosmtpd logs every command a client sends at INFO on "mail.log" (addresses included):
+    # the listener's own records say what matters; its dialogue is for -v.
+    logging.getLogger("mail.log").setLevel(
+        logging.DEBUG if level <= logging.DEBUG else logging.WARNING
+    )
 
 
 def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int:

@@ -11,9 +11,10 @@ is the worst (see ``status``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -22,10 +23,28 @@ from spoolmail._cli.status import EX_OK, UsageError, each
 from spoolmail._core.envelope import Envelope, Recipient
 from spoolmail._core.states import State
 from spoolmail._service import iis
+from spoolmail._store.maillog import MailLog
 from spoolmail._store.spool import BadMailItem, DropItem, QueuedMessage, Spool
 from spoolmail.exceptions import NotFound
 
 __all__ = ["add_commands"]
+
+
+@contextlib.contextmanager
+def _spool(settings: Settings) -> Iterator[Spool]:
+    """The MailRoot for an operator's command, whose orders (hold, delete, requeue ...) go into
+    the mail log like the service's outcomes, so that ``spoolmail log ID`` shows them too."""
+    with Spool(settings.root) as spool:
+        if not settings.log_days:
+            yield spool
+            return
+        mail_log = MailLog(spool._store, days=settings.log_days)
+        unsubscribe = spool.subscribe(mail_log)
+        try:
+            yield spool
+        finally:
+            unsubscribe()
+            mail_log.close()
 
 
 def add_commands(commands: Any) -> None:
@@ -258,7 +277,7 @@ def _stranded_note(names: Sequence[str]) -> str:
 
 
 def _queue_list(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
-    with Spool(settings.root) as spool:
+    with _spool(settings) as spool:
         items = list(spool.queued())
         stranded = iis.stranded_queue_files(spool._store)
     if args.json:
@@ -333,7 +352,7 @@ def _envelope_lines(env: Envelope, *, schedule: bool) -> list[str]:
 
 
 def _queue_show(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
-    with Spool(settings.root) as spool:
+    with _spool(settings) as spool:
         if args.message:
             _write_bytes(out, spool.message(args.id))
             return EX_OK
@@ -355,7 +374,7 @@ def _queue_show(settings: Settings, args: argparse.Namespace, out: TextIO) -> in
 def _queue_flush(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
     if args.ids and args.domain:
         raise UsageError("give IDs or --domain, not both")
-    with Spool(settings.root) as spool:
+    with _spool(settings) as spool:
         if args.ids:
             ids = list(args.ids)
         else:
@@ -391,7 +410,7 @@ def _queue_flush(settings: Settings, args: argparse.Namespace, out: TextIO) -> i
 
 
 def _queue_import_iis(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
-    with Spool(settings.root) as spool:
+    with _spool(settings) as spool:
         names = list(args.names) or iis.stranded_queue_files(spool._store)
         if not names:
             print("No IIS queue file (NTFS_*.EML) in the Queue.", file=out)
@@ -418,7 +437,7 @@ def _queue_import_iis(settings: Settings, args: argparse.Namespace, out: TextIO)
 
 
 def _queue_hold(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
-    with Spool(settings.root) as spool:
+    with _spool(settings) as spool:
         ids = _chosen(args, lambda: [q.id for q in spool.queued() if not q.envelope.held])
         if not ids:
             print("No queued message is left to hold.", file=out)
@@ -431,7 +450,7 @@ def _queue_hold(settings: Settings, args: argparse.Namespace, out: TextIO) -> in
 
 
 def _queue_release(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
-    with Spool(settings.root) as spool:
+    with _spool(settings) as spool:
         ids = _chosen(args, lambda: [q.id for q in spool.queued() if q.envelope.held])
         if not ids:
             print("No queued message is on hold.", file=out)
@@ -444,7 +463,7 @@ def _queue_release(settings: Settings, args: argparse.Namespace, out: TextIO) ->
 
 
 def _queue_delete(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
-    with Spool(settings.root) as spool:
+    with _spool(settings) as spool:
         ids = _chosen(args, lambda: [q.id for q in spool.queued()])
         if not ids:
             print("The Queue is empty.", file=out)
@@ -474,7 +493,7 @@ def _badmail_json(item: BadMailItem) -> dict[str, object]:
 
 
 def _badmail_list(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
-    with Spool(settings.root) as spool:
+    with _spool(settings) as spool:
         items = list(spool.badmail())
     if args.json:
         _print_json_lines((_badmail_json(item) for item in items), out)
@@ -501,7 +520,7 @@ def _badmail_list(settings: Settings, args: argparse.Namespace, out: TextIO) -> 
 
 
 def _badmail_show(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
-    with Spool(settings.root) as spool:
+    with _spool(settings) as spool:
         if args.message:
             _write_bytes(out, spool.badmail_message(args.id))
             return EX_OK
@@ -522,7 +541,7 @@ def _badmail_show(settings: Settings, args: argparse.Namespace, out: TextIO) -> 
 
 
 def _badmail_requeue(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
-    with Spool(settings.root) as spool:
+    with _spool(settings) as spool:
         result = spool.requeue_badmail(args.id, recipients=args.recipients, sender=args.sender)
     if "." in result:  # a Pickup file name; a queue id has no dot
         print(f"{args.id}: returned to Pickup/{result}", file=out)
@@ -532,7 +551,7 @@ def _badmail_requeue(settings: Settings, args: argparse.Namespace, out: TextIO) 
 
 
 def _badmail_delete(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
-    with Spool(settings.root) as spool:
+    with _spool(settings) as spool:
         ids = _chosen(args, lambda: [item.id for item in spool.badmail()])
         if not ids:
             print("BadMail is empty.", file=out)
@@ -559,7 +578,7 @@ def _drop_json(item: DropItem) -> dict[str, object]:
 
 
 def _drop_list(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
-    with Spool(settings.root) as spool:
+    with _spool(settings) as spool:
         items = list(spool.drop())
     if args.json:
         _print_json_lines((_drop_json(item) for item in items), out)
@@ -579,6 +598,6 @@ def _drop_list(settings: Settings, args: argparse.Namespace, out: TextIO) -> int
 
 
 def _drop_show(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
-    with Spool(settings.root) as spool:
+    with _spool(settings) as spool:
         _write_bytes(out, spool.drop_message(args.id))
     return EX_OK

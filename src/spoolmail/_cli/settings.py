@@ -32,6 +32,7 @@ A settings file is TOML with one ``[spoolmail]`` table; every key is optional::
                                         # inotify tells that its writer is done
     pickup_open_warning = 3600          # seconds a file may stay open for writing before a warning
     min_free_space = 104857600          # bytes; Pickup waits below it (queue_minfree); 0: off
+    log_days = 30                       # days the mail log (Log/) keeps; 0: no mail log
     user = "spoolmail"                  # started as root, run as this user (or "user:group")
 
     # The SMTP listener (spoolmail run or spoolmail listen). No listen: nothing listens.
@@ -127,6 +128,7 @@ class Settings:
     pickup_settle: float = attrs.field(default=2.0, validator=_not_negative)
     pickup_open_warning: float = attrs.field(default=3600.0, validator=_positive)
     min_free_space: int = attrs.field(default=MIN_FREE_SPACE, validator=_not_negative)
+    log_days: int = attrs.field(default=30, validator=_not_negative)
     user: str | None = None
     listen: tuple[str, ...] = attrs.field(default=(), converter=tuple)
     relay_networks: tuple[str, ...] = attrs.field(default=(), converter=tuple)
@@ -169,6 +171,7 @@ _TYPES: Mapping[str, tuple[type, ...]] = {
     "pickup_settle": (int, float),
     "pickup_open_warning": (int, float),
     "min_free_space": (int,),
+    "log_days": (int,),
     "user": (str,),
     "listen": (list,),
     "relay_networks": (list,),
