@@ -421,6 +421,7 @@ def test_unicode_domains_match_their_a_labels(ed_key: DkimKey) -> None:
         ({"selector": "bad selector"}, "not a DKIM selector"),
         ({"selector": "-x"}, "not a DKIM selector"),
         ({"domain": "exa mple.com"}, "DKIM domain"),
+        ({"domain": "[192.0.2.1]"}, "is an address, not a domain"),
         ({"headers": ("from", "bad:name")}, "not a header field name"),
         ({"expire_after": timedelta(0)}, "expire_after must be positive"),
     ],

@@ -425,9 +425,12 @@ def _a_label(domain: str) -> str:
 
 def _signing_domain(value: str) -> str:
     try:
-        return _a_label(parse_domain(value))
+        domain = parse_domain(value)
     except MessageError as exc:
         raise ConfigurationError(f"DKIM domain: {exc}") from None
+    if domain.startswith("["):  # d= is a domain name (RFC 6376 section 3.5), never an address
+        raise ConfigurationError(f"DKIM domain: {value!r} is an address, not a domain")
+    return _a_label(domain)
 
 
 def _field_names(value: Iterable[str]) -> tuple[str, ...]:
