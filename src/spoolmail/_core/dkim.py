@@ -324,8 +324,9 @@ class BodyCanonicalizer:
     bytes: line ends (empty lines at the end of the body are dropped), a CR that may start a
     CRLF, and for ``relaxed`` a run of white space that may end its line (then it is dropped)
     or not (then it is one space). The canonical form of an empty body is CRLF for ``simple``
-    and nothing for ``relaxed`` (section 3.4.3 and erratum 3192's reading of 3.4.4, as
-    verifiers compute it).
+    (section 3.4.3) and nothing for ``relaxed`` (section 3.4.4, as dkimpy and OpenDKIM compute
+    it). A last line without CRLF is a line like the others: the SMTP transport ends every
+    message with one.
     """
 
     def __init__(self, how: Canonicalization) -> None:
