@@ -34,6 +34,7 @@ from spoolmail import MailService, Router, Spool
 from spoolmail._cli import sendmail as sendmail_module
 from spoolmail._cli.main import main
 from spoolmail._core.ids import is_made_id
+from spoolmail._store.pickup_writer import is_stale_temp
 
 SCRIPT = Path(sys.executable).parent / "spoolmail-sendmail"
 ROOT_ONLY = pytest.mark.skipif(
@@ -1004,10 +1005,13 @@ def test_osfs_urls_name_local_folders(
 
 
 class Interrupting(io.RawIOBase):
-    """Standard input that gets SIGTERM after its header block, as a killed writer would."""
+    """Standard input that gets SIGTERM after its header block, as a killed writer would; it
+    notes what Pickup holds at that moment."""
 
-    def __init__(self) -> None:
+    def __init__(self, pickup: Path) -> None:
+        self.pickup = pickup
         self.reads = 0
+        self.seen: list[str] = []
 
     def readable(self) -> bool:
         return True
@@ -1016,6 +1020,7 @@ class Interrupting(io.RawIOBase):
         self.reads += 1
         data = b"Subject: s\n\n" if self.reads == 1 else b"more body\n"
         if self.reads == 2:
+            self.seen = os.listdir(self.pickup)
             os.kill(os.getpid(), signal.SIGTERM)
         buffer[: len(data)] = data
         return len(data)
@@ -1025,10 +1030,16 @@ def test_a_signal_before_the_commit_removes_the_temp_file(
     root: Path, send: Callable[..., Sent]
 ) -> None:
     before = signal.getsignal(signal.SIGTERM)
-    sent = send("-i", "ops@example.com", stdin=Interrupting())
+    stdin = Interrupting(root / "Pickup")
+    sent = send("-i", "ops@example.com", stdin=stdin)
     assert sent == Sent(75, "", "spoolmail sendmail: stopped by SIGTERM; nothing was sent\n")
     assert pickup_files(root) == []
     assert signal.getsignal(signal.SIGTERM) is before
+    # While it was written: one hidden file, of the name the service's sweep removes once a
+    # killed writer (SIGKILL, a power cut) left it a day.
+    [temp] = stdin.seen
+    assert temp.startswith(".")
+    assert is_stale_temp(temp, mtime=0.0, now=2 * 86_400.0)
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ Postfix does. This module reads those options, the settings (the MailRoot, the d
 the size limit) and the message on standard input, streamed, so that a message costs one chunk
 of memory whatever its size; checks the header block as intake will (``parse_pickup``); and
 writes exactly one file, as Postfix's ``postdrop`` writes one into ``maildrop``:
-``Pickup/.ID.eml.tmp`` created exclusively, fsync'd, renamed to ``Pickup/ID.eml``, then the
+``Pickup/.ID.spoolmail.tmp`` created exclusively, fsync'd, renamed to ``Pickup/ID.eml``, then the
 folder synced. It needs write access to Pickup alone and no running service; it never creates
 the MailRoot and never touches Queue, SortTemp, BadMail or Drop. Every failure exits with a
 sysexits.h status and leaves nothing in Pickup. Invoked as ``mailq`` it lists the Queue, as
@@ -665,8 +665,8 @@ def _sync_folder(folder: str, fd: int) -> None:
 
 
 class _PickupFile:
-    """One message file made in Pickup, whole or not at all: ``.NAME.tmp`` created with
-    ``O_EXCL``, written, fsync'd, renamed to ``NAME``, the folder synced.
+    """One message file made in Pickup, whole or not at all: ``.ID.spoolmail.tmp`` created with
+    ``O_EXCL``, written, fsync'd, renamed to ``ID.eml``, the folder synced.
 
     Not through ``MailStore``: opening the store lists the MailRoot, creates missing folders
     and writes through SortTemp, none of which a sender with write access to Pickup alone may
@@ -677,10 +677,12 @@ class _PickupFile:
     umask of 077 would leave it no way to do.
     """
 
-    def __init__(self, folder: str, name: str, *, limit: int) -> None:
+    def __init__(self, folder: str, queue_id: str, name: str, *, limit: int) -> None:
         self.folder = folder
         self.path = os.path.join(folder, name)
-        self.temp = os.path.join(folder, f".{name}.tmp")
+        # PickupWriter's temporary name (_store.pickup_writer.is_stale_temp): the service
+        # deletes one that a killed writer left over a day ago.
+        self.temp = os.path.join(folder, f".{queue_id}.spoolmail.tmp")
         self.limit = limit
         self.size = 0
         self.committed = False
@@ -867,7 +869,10 @@ def _send(invocation: Invocation, settings: Settings, context: _Context) -> int:
     if invocation.dot_ends:
         chunks = _until_lone_dot(chunks)
     signals = _Signals()
-    with signals.installed(), _PickupFile(pickup, name, limit=options.max_message_size) as file:
+    with (
+        signals.installed(),
+        _PickupFile(pickup, queue_id, name, limit=options.max_message_size) as file,
+    ):
         head = _read_head(chunks, limit=options.max_message_size)
         if invocation.extract:
             recipients += _header_recipients(head.block, domain=domain)
