@@ -28,7 +28,8 @@ from django.test import override_settings
 
 import spoolmail.django
 from spoolmail import Durability, MailService, Router, Spool
-from spoolmail.exceptions import MessageError, StorageError
+from spoolmail._store.submission import Pickup
+from spoolmail.exceptions import ConfigurationError, MessageError
 from spoolmail.testing import CapturingTransport, Outbox
 
 BACKEND = "spoolmail.django.EmailBackend"
@@ -45,8 +46,10 @@ def django_mail(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def mailroot(django_mail: None, tmp_path: Path) -> Iterator[Path]:
-    """Django sending into a MailRoot folder, as a project's settings.py would say."""
+    """Django sending into a MailRoot folder, as a project's settings.py would say; the
+    service (``spoolmail init`` or ``run``) made the folder, the application only writes."""
     root = tmp_path / "MailRoot"
+    Spool(root).close()
     with override_settings(
         EMAIL_BACKEND=BACKEND,
         SPOOLMAIL_ROOT=str(root),
@@ -110,23 +113,31 @@ def test_send_mail_ends_in_drop_through_a_real_service(mailroot: Path) -> None:
     assert (mailroot / "Drop" / f"{dropped.id}.eml").read_bytes() == data
 
 
-def test_send_mass_mail_opens_the_spool_once(
+def test_send_mass_mail_opens_the_mailroot_once(
     mailroot: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     opened: list[object] = []
 
-    class CountingSpool(Spool):
+    class CountingPickup(Pickup):
         def __init__(self, location: Any, **kwargs: Any) -> None:
             opened.append(location)
             super().__init__(location, **kwargs)
 
-    monkeypatch.setattr(spoolmail.django, "Spool", CountingSpool)
+    monkeypatch.setattr(spoolmail.django, "Pickup", CountingPickup)
     messages = [
         (f"Report {n}", "body\n", "app@example.com", [f"user{n}@example.com"]) for n in range(3)
     ]
     assert mail.send_mass_mail(messages) == 3
     assert opened == [str(mailroot)]
     assert len(list((mailroot / "Pickup").iterdir())) == 3
+
+
+def test_an_fs_url_opens_the_whole_spool(django_mail: None, tmp_path: Path) -> None:
+    root = tmp_path / "MailRoot"
+    with override_settings(EMAIL_BACKEND=BACKEND, SPOOLMAIL_ROOT=f"osfs://{root}"):
+        assert mail.send_mail("Hi", "x", "app@example.com", ["bob@example.com"]) == 1
+    assert len(list((root / "Pickup").iterdir())) == 1
+    assert (root / "SortTemp").is_dir()  # a Spool made the MailRoot, as Spool() does
 
 
 def test_a_connection_opened_once_serves_many_sends(mailroot: Path) -> None:
@@ -267,9 +278,9 @@ def test_djangos_own_header_check_raises_even_when_silent(memory_spool: Spool) -
 
 
 def test_a_mailroot_that_cannot_be_opened(django_mail: None, tmp_path: Path) -> None:
-    (tmp_path / "file").write_text("not a folder")
-    with override_settings(EMAIL_BACKEND=BACKEND, SPOOLMAIL_ROOT=str(tmp_path / "file" / "x")):
-        with pytest.raises(StorageError, match="cannot open the MailRoot"):
+    """The application never makes the MailRoot: that is the service's (and its owner's)."""
+    with override_settings(EMAIL_BACKEND=BACKEND, SPOOLMAIL_ROOT=str(tmp_path / "MailRoot")):
+        with pytest.raises(ConfigurationError, match="has no Pickup folder"):
             mail.send_mail("Hi", "x", "app@example.com", ["bob@example.com"])
         assert mail.send_mail("Hi", "x", "app@example.com", ["bob@example.com"], True) == 0
         assert mail.get_connection(fail_silently=True).open() is None

@@ -42,7 +42,7 @@ import pytest
 
 import spoolmail._cli.main as cli
 import spoolmail._cli.operations as cli_operations
-from spoolmail import Durability, Spool
+from spoolmail import Durability, Pickup, Spool
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 
@@ -212,8 +212,12 @@ def test_console_examples(page: Path, tmp_path: Path, monkeypatch: pytest.Monkey
     def spool(location: Any = "MailRoot", **kwargs: Any) -> Spool:
         return Spool(location, clock=clock, durability=Durability.NONE, **kwargs)
 
+    def pickup(location: Any = "MailRoot", **kwargs: Any) -> Pickup:
+        return Pickup(location, clock=clock, fsync=False, **kwargs)
+
     for module in (cli, cli_operations):
         monkeypatch.setattr(module, "Spool", spool)
+    monkeypatch.setattr(cli, "Pickup", pickup)
     bound: dict[str, str] = {}
     for example in examples(page.read_text(encoding="utf-8")):
         run(example, bound, monkeypatch)

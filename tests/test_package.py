@@ -69,6 +69,7 @@ def test_exported_names_are_pinned() -> None:
         "Notify",
         "Outgoing",
         "PasswordFile",
+        "Pickup",
         "QueuedMessage",
         "Recipient",
         "RecipientState",

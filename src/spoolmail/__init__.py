@@ -31,6 +31,7 @@ from spoolmail._service.observers import Stats
 from spoolmail._service.service import Limits, MailService, Report
 from spoolmail._store.spool import BadMailItem, DropItem, QueuedMessage, Spool
 from spoolmail._store.store import Durability
+from spoolmail._store.submission import Pickup
 from spoolmail._transport.base import HostResolver, Outgoing, Resolution, Transport
 from spoolmail._transport.smtp import SmtpTransport
 from spoolmail._transport.timeouts import SmtpTimeouts
@@ -60,6 +61,7 @@ __all__ = [
     "Notify",
     "Outgoing",
     "PasswordFile",
+    "Pickup",
     "QueuedMessage",
     "Recipient",
     "RecipientState",

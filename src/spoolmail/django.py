@@ -27,6 +27,7 @@ from typing import Any
 
 from spoolmail._store.spool import Spool
 from spoolmail._store.store import Durability
+from spoolmail._store.submission import Pickup
 from spoolmail.exceptions import DependencyError, SpoolmailError
 
 try:
@@ -81,7 +82,7 @@ class EmailBackend(BaseEmailBackend):  # type: ignore[misc]  # Django ships no t
             if durability is None
             else durability
         )
-        self._spool: Spool | None = None
+        self._spool: Spool | Pickup | None = None
         self._lock = threading.RLock()
 
     def open(self) -> bool | None:
@@ -94,7 +95,7 @@ class EmailBackend(BaseEmailBackend):  # type: ignore[misc]  # Django ships no t
                 self._spool = self.root
                 return True
             try:
-                self._spool = Spool(self.root, durability=self.durability)
+                self._spool = _open(self.root, self.durability)
             except SpoolmailError:
                 if self.fail_silently:
                     return None
@@ -105,8 +106,8 @@ class EmailBackend(BaseEmailBackend):  # type: ignore[misc]  # Django ships no t
         """Close the spool if this backend opened it (a Spool given as the root stays open)."""
         with self._lock:
             spool, self._spool = self._spool, None
-            if spool is None or spool is self.root:
-                return
+            if not isinstance(spool, Spool) or spool is self.root:
+                return  # nothing opened, a Pickup folder (nothing to close), or the caller's
             try:
                 spool.close()
             except SpoolmailError:
@@ -137,7 +138,7 @@ class EmailBackend(BaseEmailBackend):  # type: ignore[misc]  # Django ships no t
                     self.close()
         return sent
 
-    def _submit(self, spool: Spool, mail: Any) -> bool:
+    def _submit(self, spool: Spool | Pickup, mail: Any) -> bool:
         recipients = [str(address) for address in mail.recipients()]
         if not recipients:
             return False
@@ -153,6 +154,14 @@ class EmailBackend(BaseEmailBackend):  # type: ignore[misc]  # Django ships no t
             raise
         mail.spoolmail_queue_id = queue_id
         return True
+
+
+def _open(root: str | os.PathLike[str], durability: Durability) -> Spool | Pickup:
+    """A folder: its Pickup, written with nothing but the right to create files there (the
+    locked-down layout of docs/running-as-a-service.md). An FS URL: the whole Spool."""
+    if "://" in os.fspath(root):
+        return Spool(root, durability=durability)
+    return Pickup(root, fsync=durability is Durability.FSYNC)
 
 
 def _root(value: object) -> Root:

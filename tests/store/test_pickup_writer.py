@@ -141,3 +141,21 @@ def test_a_user_who_may_only_create_files_in_pickup_can_write(reachable: Path) -
     written = root / "Pickup" / f"{queue_id}.eml"
     assert written.read_bytes() == MESSAGE
     assert written.stat().st_uid == 65534
+
+
+def test_the_service_sweeps_a_killed_writers_file_after_a_day_and_no_other(root: Path) -> None:
+    pickup = root / "Pickup"
+    left = pickup / ".19ac9b2f1c0-00005e1f0c2a9b7d.spoolmail.tmp"
+    fresh = pickup / ".19ac9b2f1c1-00005e1f0c2a9b7d.spoolmail.tmp"
+    theirs = pickup / ".someone-elses.tmp"
+    for path in (left, fresh, theirs):
+        path.write_bytes(b"half a message")
+    day_ago = pickup_writer.STALE_AFTER + 60
+    for path in (left, theirs):
+        stamp = path.stat().st_mtime - day_ago
+        os.utime(path, (stamp, stamp))
+    with Spool(root) as spool:
+        service = MailService(spool, router=Router(local_domains=["example.com"]))
+        service.rescan()
+        service.close()
+    assert sorted(p.name for p in pickup.iterdir()) == sorted([fresh.name, theirs.name])

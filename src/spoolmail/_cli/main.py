@@ -35,6 +35,7 @@ from spoolmail._cli.status import (
 from spoolmail._service import iis
 from spoolmail._service.service import Report
 from spoolmail._store.spool import Spool
+from spoolmail._store.submission import Pickup
 from spoolmail.exceptions import ConfigurationError, SpoolmailError
 
 __all__ = ["EX_FAILED", "EX_OK", "EX_TEMPFAIL", "EX_USAGE", "main"]
@@ -315,8 +316,14 @@ def _submit(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
             data = Path(args.file).read_bytes()
         except OSError as exc:
             raise SpoolmailError(f"cannot read {args.file}: {exc}") from exc
-    with Spool(settings.root) as spool:
-        queue_id = spool.submit(data, sender=args.sender, recipients=args.recipients)
+    if "://" not in settings.root and Path(settings.root, "Pickup").is_dir():
+        # Pickup alone, as an application on a locked-down MailRoot may write it.
+        queue_id = Pickup(settings.root).submit(
+            data, sender=args.sender, recipients=args.recipients
+        )
+    else:
+        with Spool(settings.root) as spool:  # makes the MailRoot, as `init` would
+            queue_id = spool.submit(data, sender=args.sender, recipients=args.recipients)
     # The id alone, for scripts: the Pickup file is <id>.eml and the message keeps the id in the
     # Queue, so `spoolmail queue show <id>` finds it once it is picked up.
     print(queue_id, file=out)

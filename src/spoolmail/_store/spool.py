@@ -14,7 +14,6 @@ import codecs
 import email.generator
 import email.message
 import email.policy
-import io
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -23,7 +22,7 @@ from typing import Self
 import attrs
 
 from spoolmail._core import states
-from spoolmail._core.address import AddressRole, parse_address_list, parse_mailbox
+from spoolmail._core.address import AddressRole, parse_mailbox
 from spoolmail._core.badmail import requeue_note
 from spoolmail._core.envelope import (
     Envelope,
@@ -46,7 +45,6 @@ from spoolmail._core.events import (
 )
 from spoolmail._core.headers import fields, split_head
 from spoolmail._core.ids import QueueIds, is_made_id, is_queue_id
-from spoolmail._core.pickup import PickupOptions, PickupRejected, parse_pickup, render_pickup
 from spoolmail._core.states import Event, State
 from spoolmail._store import pyfs
 from spoolmail._store.bus import EventBus
@@ -61,6 +59,7 @@ from spoolmail._store.store import (
     read_head,
     report_file,
 )
+from spoolmail._store.submission import pickup_file
 from spoolmail._store.transitions import Change, Transitions
 from spoolmail.exceptions import (
     ConfigurationError,
@@ -151,65 +150,6 @@ def _open_filesystem(location: pyfs.FS | str | os.PathLike[str]) -> tuple[pyfs.F
         raise ConfigurationError(f"no filesystem opener for {text!r}: {exc}") from exc
     except (pyfs.OpenerError, pyfs.errors.CreateFailed, pyfs.errors.FSError, OSError) as exc:
         raise StorageError(f"cannot open the MailRoot at {text!r}: {exc}") from exc
-
-
-# RFC 5322 sections 3.6.2, 3.6.3 and 3.6.6: the fields that hold addresses.
-_ADDRESS_HEADERS = frozenset(
-    {"from", "sender", "reply-to", "to", "cc", "bcc"}
-    | {"resent-from", "resent-sender", "resent-to", "resent-cc", "resent-bcc"}
-)
-
-
-class _Compat32UTF8(email.policy.Compat32):
-    """``compat32``, except that a header with non-ASCII text is written as UTF-8 (RFC 6532), as
-    ``EmailPolicy(utf8=True)`` writes it, instead of as an RFC 2047 encoded-word: an encoded-word
-    is not allowed in an address (RFC 2047 section 5), so a non-ASCII address would be lost.
-    """
-
-    def fold_binary(self, name: str, value: str) -> bytes:
-        if isinstance(value, str) and not value.isascii():
-            # surrogateescape gives back the bytes of a message parsed with 8-bit headers.
-            return f"{name}: {value}{self.linesep}".encode("utf-8", "surrogateescape")
-        return super().fold_binary(name, value)
-
-
-def _international(message: email.message.Message, envelope: Iterable[str]) -> bool:
-    """Whether an address of the message or its envelope is non-ASCII, so that it needs SMTPUTF8
-    (RFC 6531) and its headers are written as UTF-8, as ``smtplib``'s ``send_message`` decides.
-    A non-ASCII display name alone is not: it can be, and is, RFC 2047-encoded.
-    """
-    addresses = list(envelope)
-    for name, value in message.items():
-        text = str(value)
-        if name.lower() not in _ADDRESS_HEADERS or text.isascii():
-            continue
-        try:
-            addresses += parse_address_list(text, default_domain=None)
-        except MessageError:
-            continue  # the Pickup check below names the header
-    return not all(address.isascii() for address in addresses)
-
-
-def _message_bytes(message: email.message.Message, *, utf8: bool) -> bytes:
-    """The message with CRLF line ends, written under its own policy, whichever that is.
-
-    Not ``message.as_bytes(policy=...)``: subclasses override ``as_bytes`` without a ``policy``
-    argument (Django's ``SafeMIMEText``), and a ``compat32`` message is best written by
-    ``compat32``. Headers are UTF-8 (RFC 6532) exactly when ``utf8`` says the message needs
-    SMTPUTF8, so ``zoë@partner.test`` stays an address instead of becoming
-    ``=?utf-8?q?zo=C3=AB?=@...``, and mail sent without SMTPUTF8 has no raw UTF-8 in its headers.
-    """
-    policy: email.policy.Policy = message.policy
-    if isinstance(policy, email.policy.EmailPolicy):
-        policy = policy.clone(utf8=utf8)
-    elif utf8 and isinstance(policy, email.policy.Compat32):
-        policy = _Compat32UTF8()
-    buffer = io.BytesIO()
-    generator = email.generator.BytesGenerator(
-        buffer, mangle_from_=False, policy=policy.clone(linesep="\r\n")
-    )
-    generator.flatten(message)
-    return buffer.getvalue()
 
 
 def _report_text(report: bytes) -> str:
@@ -331,36 +271,7 @@ class Spool:
         IIS pickup files do; without them the envelope comes from the headers. A message that the
         service could only put into BadMail raises :class:`~spoolmail.exceptions.MessageError` now.
         """
-        if not isinstance(message, email.message.Message | bytes | bytearray | memoryview):
-            raise TypeError(
-                f"submit takes bytes or an email.message.Message, not {type(message)!r}"
-            )
-        if isinstance(recipients, str):
-            raise TypeError("recipients is a sequence of addresses, not one string")
-        # Writers' forms ("Name" <a@b>, <a@b>, <> for the null sender) become plain paths.
-        if sender is not None:
-            sender = parse_mailbox(sender, default_domain=None, role=AddressRole.SENDER)
-        if recipients is not None:
-            recipients = [
-                parse_mailbox(r, default_domain=None, role=AddressRole.RECIPIENT)
-                for r in recipients
-            ]
-        if isinstance(message, email.message.Message):
-            envelope = [*([] if sender is None else [sender]), *(recipients or ())]
-            raw = _message_bytes(message, utf8=_international(message, envelope))
-        else:
-            raw = bytes(message)
-        data = render_pickup(raw, sender=sender, recipients=recipients)
-        check = parse_pickup(
-            data,
-            options=PickupOptions(
-                fqdn="localhost", default_domain="localhost", max_message_size=len(data) + 1
-            ),
-            queue_id="submit",
-            now=self.clock(),
-        )
-        if isinstance(check, PickupRejected):
-            raise MessageError(check.reason, status=check.status)
+        data = pickup_file(message, sender=sender, recipients=recipients, now=self.clock())
         queue_id = self._store.new_id()
         self._store.write(PICKUP, f"{queue_id}.eml", data)
         return queue_id

@@ -63,6 +63,7 @@ from spoolmail._store.entries import (
     is_candidate,
     open_regular,
 )
+from spoolmail._store.pickup_writer import is_stale_temp
 from spoolmail.exceptions import ConfigurationError, LayoutError, StorageError
 
 __all__ = [
@@ -1084,6 +1085,23 @@ class MailStore:
                 if alive[owner]:
                     with self._spares_lock:
                         self._debris.add(name)
+        return removed + self._sweep_pickup_temp()
+
+    def _sweep_pickup_temp(self) -> int:
+        """Delete ``PickupWriter``'s hidden files in Pickup that a killed writer left a day
+        ago; other hidden names in Pickup belong to other writers and are left alone."""
+        if self._os_root is None:
+            return 0
+        removed = 0
+        now = time.time()
+        for name in self.listdir(PICKUP):
+            if not name.startswith("."):
+                continue
+            try:
+                if is_stale_temp(name, os.lstat(self._sys(PICKUP, name)).st_mtime, now):
+                    removed += self.remove(PICKUP, name)
+            except (OSError, StorageError) as exc:
+                log.warning("cannot delete the left-over Pickup/%s: %s", name, exc)
         return removed
 
     def stale(self, folder: str, name: str) -> bool:
