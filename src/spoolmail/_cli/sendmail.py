@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import enum
 import errno
 import getopt
@@ -33,7 +32,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from email.utils import formataddr
 from pathlib import Path
-from types import FrameType, TracebackType
+from types import FrameType
 from typing import Any, BinaryIO, Self, TextIO
 
 import attrs
@@ -54,8 +53,9 @@ from spoolmail._core.pickup import (
 from spoolmail._core.states import State
 from spoolmail._service.intake import MAX_HEAD
 from spoolmail._service.service import machine_name
+from spoolmail._store.pickup_writer import PickupFile, TooLarge
 from spoolmail._store.store import message_file
-from spoolmail.exceptions import ConfigurationError, MessageError
+from spoolmail.exceptions import ConfigurationError, MessageError, StorageError
 
 __all__ = [
     "CONFIG_VARIABLE",
@@ -621,6 +621,26 @@ class _DotStuffer:
 _DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 
 
+@contextlib.contextmanager
+def _storage_failures(folder: str, *, limit: int) -> Iterator[None]:
+    """The store's errors while writing into Pickup, as sendmail's exit statuses."""
+    try:
+        yield
+    except TooLarge:
+        raise _too_large(limit) from None
+    except StorageError as exc:
+        cause = exc.__cause__
+        if not isinstance(cause, OSError):
+            raise _Failure(EX_IOERR, f"{exc}; nothing was sent") from None
+        if cause.errno in (errno.EACCES, errno.EPERM):
+            raise _Failure(
+                EX_NOPERM,
+                f"cannot create a file in {folder}: permission denied (the user {_user()} "
+                "needs write and search permission on Pickup)",
+            ) from None
+        raise _storage_failure(cause, str(exc).rpartition(":")[0]) from None
+
+
 def _storage_failure(exc: OSError, doing: str) -> _Failure:
     reason = f"{doing}: {exc.strerror or exc}; nothing was sent"
     if exc.errno in _DISK_FULL:
@@ -632,144 +652,6 @@ def _storage_failure(exc: OSError, doing: str) -> _Failure:
     if exc.errno in (errno.ENOENT, errno.ENOTDIR):
         return _Failure(EX_CONFIG, reason)  # the Pickup folder went away
     return _Failure(EX_IOERR, reason)
-
-
-def _sync_file_system(fd: int) -> None:
-    """syncfs(2) of the filesystem ``fd`` is on (Linux), else sync(2) of every one."""
-    syncfs = None
-    if sys.platform.startswith("linux"):
-        # The process's own symbols include libc's; no search for the library (ldconfig).
-        syncfs = getattr(ctypes.CDLL(None, use_errno=True), "syncfs", None)
-    if syncfs is None:
-        os.sync()
-        return
-    if syncfs(fd) != 0:
-        code = ctypes.get_errno()
-        raise OSError(code, os.strerror(code))
-
-
-def _sync_folder(folder: str, fd: int) -> None:
-    """Make a rename in ``folder`` durable: fsync the folder, or, where this user may not open
-    it (a write-only Pickup, docs/running-as-a-service.md), sync the filesystem of ``fd``."""
-    if not hasattr(os, "O_DIRECTORY"):
-        return  # Windows: a folder cannot be opened to be flushed; NTFS journals the rename
-    try:
-        folder_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    except PermissionError:
-        _sync_file_system(fd)
-        return
-    try:
-        os.fsync(folder_fd)
-    finally:
-        os.close(folder_fd)
-
-
-class _PickupFile:
-    """One message file made in Pickup, whole or not at all: ``.ID.spoolmail.tmp`` created with
-    ``O_EXCL``, written, fsync'd, renamed to ``ID.eml``, the folder synced.
-
-    Not through ``MailStore``: opening the store lists the MailRoot, creates missing folders
-    and writes through SortTemp, none of which a sender with write access to Pickup alone may
-    do. Only the rename makes the file a message: a name starting with "." and ending in
-    ``.tmp`` is never taken by the service (docs/formats.md), and without a commit, leaving the
-    ``with`` block removes it. The file is 0640 whatever the umask: the service reads it through
-    the Pickup folder's group (setgid Pickup, docs/running-as-a-service.md), which a sender's
-    umask of 077 would leave it no way to do.
-    """
-
-    def __init__(self, folder: str, queue_id: str, name: str, *, limit: int) -> None:
-        self.folder = folder
-        self.path = os.path.join(folder, name)
-        # PickupWriter's temporary name (_store.pickup_writer.is_stale_temp): the service
-        # deletes one that a killed writer left over a day ago.
-        self.temp = os.path.join(folder, f".{queue_id}.spoolmail.tmp")
-        self.limit = limit
-        self.size = 0
-        self.committed = False
-        self._fd = -1
-
-    def __enter__(self) -> Self:
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
-        flags |= getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-        try:
-            self._fd = os.open(self.temp, flags, 0o640)
-        except OSError as exc:
-            if exc.errno in (errno.EACCES, errno.EPERM):
-                raise _Failure(
-                    EX_NOPERM,
-                    f"cannot create a file in {self.folder}: permission denied (the user "
-                    f"{_user()} needs write and search permission on Pickup)",
-                ) from None
-            raise _storage_failure(exc, f"cannot create a file in {self.folder}") from None
-        try:
-            if hasattr(os, "fchmod"):
-                os.fchmod(self._fd, 0o640)
-        except OSError as exc:
-            self._discard()
-            raise _storage_failure(exc, f"cannot set the mode of {self.temp}") from None
-        return self
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        if self.committed:
-            os.close(self._fd)
-        else:
-            self._discard()
-
-    def _discard(self) -> None:
-        with contextlib.suppress(OSError):
-            os.close(self._fd)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.temp)
-
-    def write(self, data: bytes) -> None:
-        """Append ``data``; ``_Failure`` once the file would pass the size limit, which is
-        what intake compares with the file's size."""
-        if self.size + len(data) > self.limit:
-            raise _too_large(self.limit)
-        view = memoryview(data)
-        while view:
-            try:
-                written = os.write(self._fd, view)
-            except OSError as exc:
-                raise _storage_failure(exc, f"cannot write {self.temp}") from None
-            view = view[written:]
-        self.size += len(data)
-
-    def commit(self) -> None:
-        """Flush the file, rename it into place and make the rename durable.
-
-        The name is a fresh queue id (48 random bits; the ``O_EXCL`` temp file of that id shows
-        no other sendmail has it), so the rename replaces nothing. Should the folder's sync
-        fail, the file is taken back out if the service has not taken it yet: a failure
-        always means nothing was sent.
-        """
-        try:
-            os.fsync(self._fd)
-            os.rename(self.temp, self.path)
-        except OSError as exc:
-            raise _storage_failure(exc, f"cannot write {self.temp}") from None
-        self.committed = True
-        try:
-            _sync_folder(self.folder, self._fd)
-        except OSError as exc:
-            try:
-                os.unlink(self.path)
-            except FileNotFoundError:
-                return  # the service has it already: it is on its way
-            except OSError:
-                pass
-            else:
-                raise _storage_failure(exc, f"cannot sync {self.folder}") from None
-            raise _Failure(
-                EX_IOERR,
-                f"cannot sync {self.folder}: {exc.strerror or exc}; {self.path} may or may not "
-                "survive a power failure",
-            ) from None
 
 
 def _user() -> str:
@@ -861,7 +743,7 @@ def _send(invocation: Invocation, settings: Settings, context: _Context) -> int:
         raise _Failure(EX_CONFIG, str(exc)) from None
     now = context.clock()
     queue_id = context.ids.new(now)
-    folder, name = message_file(State.PICKUP, queue_id)
+    folder = message_file(State.PICKUP, queue_id)[0]
     pickup = _pickup_folder(settings.root, folder)
     if context.stdin is None:
         raise _Failure(EX_IOERR, "there is no standard input to read the message from")
@@ -871,7 +753,8 @@ def _send(invocation: Invocation, settings: Settings, context: _Context) -> int:
     signals = _Signals()
     with (
         signals.installed(),
-        _PickupFile(pickup, queue_id, name, limit=options.max_message_size) as file,
+        _storage_failures(pickup, limit=options.max_message_size),
+        PickupFile(pickup, queue_id, limit=options.max_message_size) as file,
     ):
         head = _read_head(chunks, limit=options.max_message_size)
         if invocation.extract:
@@ -936,7 +819,7 @@ def _pickup_head(
 
 
 def _write_body(
-    file: _PickupFile, head: _Head, chunks: Iterator[bytes], *, dot_stuffed: bool
+    file: PickupFile, head: _Head, chunks: Iterator[bytes], *, dot_stuffed: bool
 ) -> None:
     """Stream the body into ``file``, a chunk at a time: line ends become CRLF and a NUL is
     refused, as intake does; leading dots are doubled for a service that un-stuffs them."""
