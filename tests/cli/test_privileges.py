@@ -13,6 +13,8 @@ import pwd
 import re
 import shutil
 import signal
+import smtplib
+import socket
 import subprocess
 import sys
 import tempfile
@@ -333,3 +335,58 @@ def test_the_pages_folders_let_a_sender_and_the_service_work_as_two_other_users(
     assert drop.stat().st_uid == SERVICE
     assert list(pickup.iterdir()) == []
     assert list((root / "BadMail").iterdir()) == []
+
+
+def _free_privileged_port() -> int:
+    """A port below 1024 that nothing on 127.0.0.1 listens on: only root may bind it."""
+    for port in range(700, 1000):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    pytest.skip("no free port below 1024 on 127.0.0.1")
+
+
+@ROOT_ONLY
+def test_the_listener_binds_a_privileged_port_then_serves_as_the_user(shared_dir: Path) -> None:
+    """Issue 15: port 25 needs root, the service must not keep it. The listening socket is
+    bound first, then the process becomes --user, and mail is taken and delivered as that user."""
+    nobody = pwd.getpwnam("nobody")
+    root = shared_dir / "MailRoot"
+    command = [sys.executable, "-m", "spoolmail", "--root", str(root)]
+    subprocess.run([*command, "init"], check=True, capture_output=True)
+    for path in [root, *root.iterdir()]:
+        os.chown(path, nobody.pw_uid, nobody.pw_gid)
+    port = _free_privileged_port()
+    argv = [*command, "run", "--local-domain", "example.com", "--user", "nobody"]
+    with subprocess.Popen(
+        [*argv, "--listen", f"127.0.0.1:{port}", "--poll-interval", "0.05"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=shared_dir,
+    ) as process:
+        try:
+            assert process.stdout is not None
+            banner = process.stdout.readline().decode()
+            assert banner.startswith("spoolmail: serving"), banner
+            status = Path(f"/proc/{process.pid}/status").read_text()
+            uids = next(line for line in status.splitlines() if line.startswith("Uid:"))
+            assert uids.split()[1:] == [str(nobody.pw_uid)] * 4  # real, effective, saved, fs
+            with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+                client.sendmail(
+                    "app@example.com",
+                    ["ops@example.com"],
+                    b"From: app@example.com\r\nTo: ops@example.com\r\nSubject: s\r\n\r\nbody\r\n",
+                )
+            deadline = time.monotonic() + 30
+            while not list((root / "Drop").iterdir()):
+                assert time.monotonic() < deadline, "the message never reached Drop"
+                time.sleep(0.02)
+        finally:
+            process.send_signal(signal.SIGTERM)
+            _, err = process.communicate(timeout=30)
+    assert process.returncode == 0, err.decode()
+    [drop] = (root / "Drop").iterdir()
+    assert drop.stat().st_uid == nobody.pw_uid
