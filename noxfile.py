@@ -1,5 +1,5 @@
-"""Project tasks: ``nox -s tests`` (the suite), ``lint``, ``typecheck``, ``install``, ``bench``,
-``bench_postfix``, ``torture``, ``crashpoints``.
+"""Project tasks: ``nox -s tests`` (the suite), ``lint``, ``typecheck``, ``docs``, ``install``,
+``bench``, ``bench_postfix``, ``torture``, ``crashpoints``.
 
 ``nox`` with no arguments runs lint, typecheck and tests. CI (``.ci/run``) runs every session
 except ``bench``, ``bench_postfix`` and ``torture`` (half a minute or more; for a release, or a
@@ -31,6 +31,16 @@ def lint(session: nox.Session) -> None:
     session.install("ruff>=0.6")
     session.run("ruff", "check", ".")
     session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def docs(session: nox.Session) -> None:
+    """The documentation site (Sphinx, MyST, furo) into docs/_build/html, strict: a warning, a
+    broken link or anchor, or a reference to a name that does not exist fails the build."""
+    session.install("sphinx>=8", "myst-parser>=4", "furo>=2024.8.6", "-e", ".[server,django,dkim]")
+    session.run(
+        "sphinx-build", "-W", "--keep-going", "-n", "-b", "html", "docs", "docs/_build/html"
+    )
 
 
 @nox.session
