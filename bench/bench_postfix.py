@@ -109,10 +109,14 @@ def write_pickup(pickup: Path, count: int, size: int) -> None:
 
 
 def spoolmail_help() -> str:
+    """``spoolmail run --help``; a command that cannot even print its help stops the bench."""
     done = subprocess.run(
         [*SPOOLMAIL, "run", "--help"], capture_output=True, text=True, check=False
     )
-    return done.stdout + done.stderr
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise SystemExit(f"`spoolmail run --help` failed (exit {done.returncode}): {last}")
+    return done.stdout
 
 
 def listen_arguments(port: int, extra: list[str]) -> list[str] | None:
