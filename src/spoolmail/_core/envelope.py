@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import enum
 import json
+import re
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -105,6 +106,19 @@ def _recipient_tuple(recipients: Iterable[Recipient]) -> tuple[Recipient, ...]:
     return tuple(recipients)
 
 
+# One header field as the DKIM door stores it: a name, a colon, ASCII text, continuation lines
+# (CRLF then a space or tab) and no final CRLF; nothing that could end the header block.
+_HEADER_FIELD = re.compile(r"[!-9;-~]+:[\t -~]*(?:\r\n[\t ][\t -~]*)*")
+
+
+def _header_fields(values: Iterable[str]) -> tuple[str, ...]:
+    found = tuple(values)
+    for value in found:
+        if not isinstance(value, str) or not _HEADER_FIELD.fullmatch(value):
+            raise ValueError(f"not one ASCII header field without its final CRLF: {value!r}")
+    return found
+
+
 @attrs.frozen
 class Envelope:
     """A queued message's envelope and delivery history.
@@ -121,7 +135,10 @@ class Envelope:
     the stored message when the writer knew them; ``None`` means "read the message to find out".
     ``local_faults`` counts the tries that failed on this side (the Drop file or the envelope
     could not be written: disk full, I/O error); they are not delivery ``attempts`` and do not
-    move the retry schedule (``_core.states`` rule 9).
+    move the retry schedule (``_core.states`` rule 9). ``dkim`` holds the ``DKIM-Signature``
+    fields the Queue's door made for the stored message (each one whole, folded lines joined by
+    CRLF, without its final CRLF; ASCII): the stored ``.eml`` never changes, so whoever writes
+    the message out (SMTP, Drop, a DSN returning it) puts :attr:`prepend` in front of it.
     """
 
     id: str
@@ -145,6 +162,13 @@ class Envelope:
     hops: int | None = None
     eight_bit: bool | None = None
     local_faults: int = 0
+    dkim: tuple[str, ...] = attrs.field(default=(), converter=_header_fields)
+
+    @property
+    def prepend(self) -> bytes:
+        """What goes in front of the stored message when it leaves: the :attr:`dkim` fields,
+        each ending in CRLF (``b""`` for an unsigned message)."""
+        return b"".join(field.encode("ascii") + b"\r\n" for field in self.dkim)
 
     @property
     def held(self) -> bool:
@@ -174,13 +198,15 @@ def new_envelope(
     head: bytes | None = None,
     eight_bit: bool | None = None,
     about: str = "",
+    dkim: Iterable[str] = (),
 ) -> Envelope:
     """The first envelope of a message entering the spool: arrived ``now`` and due at once.
 
     The one place new envelopes are built (Pickup intake, DSNs, BadMail requeue and reports,
     and next the SMTP listener). ``recipients`` are addresses (pending) or whole
     :class:`Recipient` values (a BadMail envelope lists its failures); ``head`` is the stored
-    message's header block, whose ``Received:`` fields are counted for the hop limit.
+    message's header block, whose ``Received:`` fields are counted for the hop limit;
+    ``dkim`` the signature fields the Queue's door made for it.
     """
     return Envelope(
         id=queue_id,
@@ -193,6 +219,7 @@ def new_envelope(
         hops=None if head is None else count_received(split_head(head)[0]),
         eight_bit=eight_bit,
         about=about,
+        dkim=tuple(dkim),
     )
 
 
@@ -256,6 +283,8 @@ def encode_envelope(envelope: Envelope) -> bytes:
         "eight_bit": envelope.eight_bit,
         "local_faults": envelope.local_faults,
     }
+    if envelope.dkim:  # absent when unsigned: such a file is byte for byte what it was before
+        data["dkim"] = list(envelope.dkim)
     return (json.dumps(data, ensure_ascii=False, indent=1) + "\n").encode("utf-8")
 
 
@@ -369,7 +398,19 @@ def decode_envelope(raw: bytes) -> Envelope:
         hops=_optional(data, "hops", int),
         eight_bit=_optional(data, "eight_bit", bool),
         local_faults=_typed(data, "local_faults", int, 0),  # absent in older files: none
+        dkim=_decode_dkim(data.get("dkim")),  # absent: unsigned (or an older file)
     )
+
+
+def _decode_dkim(value: object) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise EnvelopeError(f"field 'dkim' must be a list of header fields, not {value!r}")
+    try:
+        return _header_fields(value)
+    except ValueError as exc:
+        raise EnvelopeError(f"field 'dkim': {exc}") from None
 
 
 def _seconds(value: object) -> float:
