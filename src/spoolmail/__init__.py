@@ -8,6 +8,13 @@ or returned into ``BadMail/`` with the reason. See ``docs/`` for the guide and f
 
 from importlib import metadata as _metadata
 
+from spoolmail._core.dkim import (
+    Canonicalization,
+    DkimAlgorithm,
+    DkimKey,
+    DkimPolicy,
+    DkimSigner,
+)
 from spoolmail._core.envelope import Envelope, Notify, Recipient, RecipientState, Ret
 from spoolmail._core.events import MailEvent
 from spoolmail._core.reply import Reply, Severity
@@ -24,15 +31,20 @@ from spoolmail._core.routing import (
     TlsPolicy,
 )
 from spoolmail._core.states import State
+from spoolmail._core.suppression import Suppressed
+from spoolmail._core.throttle import ThrottleRules
 from spoolmail._core.transcript import Transcript
 from spoolmail._listen.listener import Listener, ListenerLimits
 from spoolmail._listen.passwords import PasswordFile
+from spoolmail._service.checks import HostNameCheck, check_host_name
 from spoolmail._service.observers import Stats
 from spoolmail._service.service import Limits, MailService, Report
 from spoolmail._store.spool import BadMailItem, DropItem, QueuedMessage, Spool
 from spoolmail._store.store import Durability
 from spoolmail._store.submission import Pickup
+from spoolmail._store.suppression import SuppressionList
 from spoolmail._transport.base import HostResolver, Outgoing, Resolution, Transport
+from spoolmail._transport.mtasts import HttpsPolicyFetcher, PolicyFetcher
 from spoolmail._transport.smtp import SmtpTransport
 from spoolmail._transport.timeouts import SmtpTimeouts
 from spoolmail.exceptions import SpoolmailError
@@ -46,13 +58,20 @@ except (
 
 __all__ = [
     "BadMailItem",
+    "Canonicalization",
     "Credentials",
+    "DkimAlgorithm",
+    "DkimKey",
+    "DkimPolicy",
+    "DkimSigner",
     "DropItem",
     "Durability",
     "Envelope",
     "Hop",
     "HopKind",
+    "HostNameCheck",
     "HostResolver",
+    "HttpsPolicyFetcher",
     "Limits",
     "Listener",
     "ListenerLimits",
@@ -62,6 +81,7 @@ __all__ = [
     "Outgoing",
     "PasswordFile",
     "Pickup",
+    "PolicyFetcher",
     "QueuedMessage",
     "Recipient",
     "RecipientState",
@@ -81,9 +101,13 @@ __all__ = [
     "SpoolmailError",
     "State",
     "Stats",
+    "Suppressed",
+    "SuppressionList",
     "Target",
+    "ThrottleRules",
     "TlsPolicy",
     "Transcript",
     "Transport",
     "__version__",
+    "check_host_name",
 ]

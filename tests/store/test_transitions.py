@@ -70,7 +70,8 @@ def test_admit_writes_message_then_envelope(spool: Spool, clock: FakeClock) -> N
 def test_admit_builds_the_envelope_from_the_written_size(spool: Spool, clock: FakeClock) -> None:
     sizes: list[int] = []
 
-    def envelope(size: int) -> Envelope:
+    def envelope(size: int, dkim: tuple[str, ...]) -> Envelope:
+        assert dkim == ()  # the spool has no DKIM policy
         sizes.append(size)
         return new_envelope(
             "19ac9b2f1c0-000000000002",

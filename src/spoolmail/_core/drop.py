@@ -1,11 +1,12 @@
 """Drop files: local delivery in the exact shape IIS wrote, so Drop-folder consumers keep working.
 
 A Drop file is the envelope as leading ``x-sender:`` / ``x-receiver:`` lines (one per local
-recipient, lower case as IIS wrote them), the message's header block, then ``Return-Path:`` and
-``X-OriginalArrivalTime:`` at the end of the header block (where IIS put them), the empty line and
-the body. KB 306043: a Drop file moved back into Pickup is sent again to its envelope, so the
-envelope lines must round-trip through ``pickup.parse_pickup``. :func:`render_drop_head` builds
-everything up to the body; the store streams the body after it. Pure: bytes and times in, bytes out.
+recipient, lower case as IIS wrote them), the message's DKIM fields (kept in the envelope) and
+its header block, then ``Return-Path:`` and ``X-OriginalArrivalTime:`` at the end of the header
+block (where IIS put them), the empty line and the body. KB 306043: a Drop file moved back into
+Pickup is sent again to its envelope, so the envelope lines must round-trip through
+``pickup.parse_pickup``. :func:`render_drop_head` builds everything up to the body; the store
+streams the body after it. Pure: bytes and times in, bytes out.
 """
 
 from __future__ import annotations
@@ -53,16 +54,24 @@ def _path(address: str) -> str:
 
 
 def render_drop_head(
-    head: bytes, *, sender: str, recipients: Sequence[str], arrival: datetime
+    head: bytes,
+    *,
+    sender: str,
+    recipients: Sequence[str],
+    arrival: datetime,
+    prepend: bytes = b"",
 ) -> bytes:
     """The Drop file up to and including the empty line before the body.
 
-    ``head`` is the stored message's header block (CRLF lines, ending in CRLF). The sender is
-    written bare, as IIS wrote it, or ``<>`` for the null reverse-path (a DSN), which
-    ``parse_pickup`` reads back as the null sender.
+    ``head`` is the stored message's header block (CRLF lines, ending in CRLF); ``prepend``
+    the fields that go in front of it as the message leaves the Queue (its ``DKIM-Signature``
+    fields, kept in the envelope), so a Drop reader, or a relay the file is handed on to, sees
+    the signed message. The sender is written bare, as IIS wrote it, or ``<>`` for the null
+    reverse-path (a DSN), which ``parse_pickup`` reads back as the null sender.
     """
     lines = [f"x-sender: {sender or '<>'}\r\n".encode()]
     lines.extend(f"x-receiver: {address}\r\n".encode() for address in recipients)
+    lines.append(prepend)
     lines.append(without_fields(head, _DELIVERY_FIELDS))
     lines.append(f"Return-Path: {_path(sender)}\r\n".encode())
     lines.append(f"X-OriginalArrivalTime: {original_arrival_time(arrival)}\r\n\r\n".encode())

@@ -80,17 +80,25 @@ class Bouncer:
             about=f"{order.kind.value} notice for {envelope.id} from <{envelope.sender}>: "
             + "; ".join(failure_line(r) for r in order.recipients),
         )
-        change = Change(id=order.id, message=message, envelope=dsn)
+        stored: list[Envelope] = []
+
+        def signed(_size: int, dkim: tuple[str, ...]) -> Envelope:
+            stored.append(attrs.evolve(dsn, dkim=dkim))
+            return stored[-1]
+
+        # Signed at the door like any message, when a key exists for its From: (postmaster@fqdn).
+        change = Change(id=order.id, message=message, envelope=signed)
         self.transitions.apply(State.NEW, Event.ACCEPTED, change)
-        return dsn
+        return stored[-1]
 
     def _original(self, envelope: Envelope, *, whole: bool) -> bytes:
-        """What the DSN may return: only a failure DSN returns the whole message (RFC 3461 4.3)."""
+        """What the DSN may return: only a failure DSN returns the whole message (RFC 3461 4.3),
+        as it was sent: its DKIM fields (kept in the envelope) in front of the stored bytes."""
         with self.transitions.open_message(envelope.id) as handle:
             if whole and envelope.ret is not Ret.HDRS and envelope.size <= self.max_original_size:
-                return handle.read()
+                return envelope.prepend + handle.read()
             head, _ = read_head(handle, limit=HEAD_LIMIT)
-            return head
+            return envelope.prepend + head
 
     def to_badmail(self, envelope: Envelope, transcript: str) -> BadMailReport:
         """A null-sender message that failed goes to BadMail, never back; returns the report."""

@@ -413,12 +413,15 @@ class Deliverer:
                 return dict.fromkeys(addresses, skipped.reply)
             for address in addresses:
                 attempt.waiting.pop(address, None)
-            outgoing = Outgoing(
+            # The DKIM fields kept in the envelope go in front of the stored bytes (and count
+            # in SIZE=): the stored message never changes.
+            outgoing = Outgoing.stored(
                 id=envelope.id,
                 sender=self._mail_from(envelope.sender),
                 recipients=addresses,
                 size=envelope.size,
                 open=lambda: self.transitions.open_message(envelope.id),
+                prepend=envelope.prepend,
                 eight_bit=envelope.eight_bit,
             )
             replies = self.transport.send(target, outgoing, transcript)
@@ -454,7 +457,11 @@ class Deliverer:
             with self.transitions.open_message(envelope.id) as handle:
                 head, body = read_head(handle, limit=HEAD_LIMIT)
                 drop_head = render_drop_head(
-                    head, sender=envelope.sender, recipients=addresses, arrival=envelope.arrival
+                    head,
+                    sender=envelope.sender,
+                    recipients=addresses,
+                    arrival=envelope.arrival,
+                    prepend=envelope.prepend,
                 )
                 name, size = self.transitions.write_drop(
                     envelope.id, chain([drop_head, body], chunks(handle))

@@ -185,7 +185,7 @@ class Intake:
         stream = chain([result.message], map(body.feed, _capped(handle, start, limit)))
         admitted: list[Envelope] = []
 
-        def envelope(size: int) -> Envelope:
+        def envelope(size: int, dkim: tuple[str, ...]) -> Envelope:
             admitted.append(
                 new_envelope(
                     claim.id,
@@ -196,6 +196,7 @@ class Intake:
                     size=size,
                     head=result.message,
                     eight_bit=body.eight_bit or not result.message.isascii(),
+                    dkim=dkim,
                 )
             )
             return admitted[0]

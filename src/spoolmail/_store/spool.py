@@ -17,7 +17,7 @@ import email.policy
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Self
+from typing import Literal, Self
 
 import attrs
 
@@ -174,6 +174,76 @@ def _envelope_lines(head: bytes) -> tuple[str, tuple[str, ...]]:
     return sender, tuple(recipients)
 
 
+def _pending(envelope: Envelope) -> Sequence[Recipient]:
+    return envelope.pending
+
+
+def _undelivered(envelope: Envelope) -> Sequence[Recipient]:
+    return [r for r in envelope.recipients if r.state is not RecipientState.DELIVERED]
+
+
+@attrs.frozen
+class _Wanted:
+    """What :meth:`Spool.select` looks for: a sender (or a sender domain), a recipient domain."""
+
+    sender: str | None
+    sender_domain: str | None
+    domain: str | None
+    every: bool
+
+    @classmethod
+    def of(cls, sender: str | None, domain: str | None, match: str) -> _Wanted:
+        if match not in ("any", "all"):
+            raise ValueError(f"domain_match is 'any' or 'all', not {match!r}")
+        sender_domain = None
+        if sender is not None:
+            sender = sender.strip().removeprefix("<").removesuffix(">").casefold()
+            if sender.startswith("@"):
+                sender_domain = _domain(sender)
+                sender = None
+        if domain is not None:
+            domain = _domain(domain)
+        return cls(sender, sender_domain, domain, every=match == "all")
+
+    @property
+    def everything(self) -> bool:
+        return self.sender is None and self.sender_domain is None and self.domain is None
+
+    def matches(
+        self, envelope: Envelope, recipients: Callable[[Envelope], Sequence[Recipient]]
+    ) -> bool:
+        if self.sender is not None and envelope.sender.casefold() != self.sender:
+            return False
+        if self.sender_domain is not None:
+            _, at, domain = envelope.sender.rpartition("@")
+            if not at or domain.lower() != self.sender_domain:
+                return False
+        if self.domain is None:
+            return True
+        domains = [r.domain for r in recipients(envelope)]
+        if self.every:
+            return bool(domains) and all(d == self.domain for d in domains)
+        return self.domain in domains
+
+
+def _domain(text: str) -> str:
+    """A domain as recipients' domains are compared: lower case, no ``@`` or trailing dot."""
+    return text.strip().removeprefix("@").rstrip(".").lower()
+
+
+Order = Literal["hold", "release", "flush", "delete"]
+
+# What each order does to a claimed envelope (``None``: delete it); see Spool.carry_out.
+_ORDERS: dict[str, tuple[Event, Callable[[Envelope, datetime], Envelope | None]]] = {
+    "hold": (Event.HELD, lambda e, now: states.hold(e, now=now)),
+    "release": (Event.RELEASED, lambda e, now: states.release(e, now=now)),
+    "flush": (Event.FLUSHED, lambda e, now: states.flush(e, now=now)),
+    "delete": (Event.DELETED, lambda e, now: None),
+}
+# Changes a bulk order makes before it tells running services in one trigger file.
+_TRIGGER_BATCH = 1000
+
+
 # The event an operator's order on a queued message fires once it is committed.
 _OPERATOR_EVENTS: dict[Event, type[Held | Released | Flushed]] = {
     Event.HELD: Held,
@@ -188,6 +258,11 @@ class Spool:
     ``Spool("MailRoot")`` opens or creates ``./MailRoot``; ``Spool("mem://")`` keeps everything in
     memory; any ``fs.base.FS`` object works too. ``clock`` stamps queue ids and claims
     (``MailService`` uses the same clock by default). Use it as a context manager, or ``close()``.
+
+    ``dkim`` (a :class:`~spoolmail.DkimPolicy`) signs every message as it enters the Queue,
+    whichever way it comes (Pickup intake, :meth:`admit`, DSNs), once: the signature is kept in
+    the envelope and put in front of the stored message whenever it leaves (docs/dkim.md).
+    The spool owns it because :meth:`admit` is a way in with no service behind it.
     """
 
     def __init__(
@@ -198,7 +273,10 @@ class Spool:
         clock: Clock = system_clock,
         ids: QueueIds | None = None,
         lease: timedelta = timedelta(minutes=10),
+        dkim: DkimPolicy | None = None,
     ) -> None:
+        if dkim is not None and not isinstance(dkim, DkimPolicy):
+            raise TypeError(f"dkim is a DkimPolicy, not {type(dkim).__name__}")
         filesystem, self._owns_fs = _open_filesystem(location)
         self.clock = clock
         #: The MailService working on this spool, if any (one at a time: they share claims).
@@ -210,9 +288,14 @@ class Spool:
             filesystem, durability=durability, clock=clock, ids=ids or QueueIds(), lease=lease
         )
         #: The state machine's commits on this MailRoot (what the service and operators use).
-        self._transitions = Transitions(self._store)
+        self._transitions = Transitions(self._store, dkim=dkim)
         # Who hears of what is committed here: the service's observers and the embedder's.
         self._bus = EventBus()
+
+    @property
+    def dkim(self) -> DkimPolicy | None:
+        """The DKIM policy that signs what enters the Queue (``None``: nothing is signed)."""
+        return self._transitions.dkim
 
     @property
     def fs(self) -> pyfs.FS:
@@ -337,8 +420,8 @@ class Spool:
 
         stored: list[Envelope] = []
 
-        def sized(size: int) -> Envelope:
-            stored.append(attrs.evolve(envelope, size=size))
+        def sized(size: int, dkim: tuple[str, ...]) -> Envelope:
+            stored.append(attrs.evolve(envelope, size=size, dkim=dkim))
             return stored[-1]
 
         change = Change(id=queue_id, message=message, envelope=sized)

@@ -14,22 +14,34 @@ bytes first, the envelope last), a claim is a rename, a finish removes the envel
 to BadMail writes the report first and renames the message last. This module and ``store`` are
 the only code that builds MailRoot paths; what a file name looks like is decided here, not by
 callers. Reads and writes Queue, BadMail, Pickup (resubmitted entries), Drop and SortTemp claims.
+
+DKIM signing (docs/dkim.md) happens in :meth:`Transitions.admit`, the one door, when a
+:class:`~spoolmail._core.dkim.DkimPolicy` is given: the body is hashed as it streams into
+``Queue/ID.eml`` (never read twice), and the ``DKIM-Signature`` fields go into the envelope,
+which is written last: the signature is durable exactly when the message is queued.
 """
 
 from __future__ import annotations
 
+import logging
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
+from datetime import datetime
 from typing import BinaryIO
 
 import attrs
 
 from spoolmail._core.badmail import BadMailReport, render_badmail_report
-from spoolmail._core.envelope import Envelope, encode_envelope
+from spoolmail._core.dkim import DkimPolicy, DkimSession
+from spoolmail._core.envelope import Envelope, decode_envelope, encode_envelope
+from spoolmail._core.headers import fields
+from spoolmail._core.pickup import pickup_head_end
 from spoolmail._core.states import Commit, Event, State, step
 from spoolmail._core.transcript import transcript_history
 from spoolmail._store.entries import CappedReader, EntryFacts
 from spoolmail._store.store import (
+    CHUNK,
     DROP,
     QUEUE,
     SORTTEMP,
@@ -41,7 +53,13 @@ from spoolmail._store.store import (
     report_file,
 )
 
-__all__ = ["Change", "Transitions"]
+__all__ = ["Change", "EnvelopeBuilder", "Transitions"]
+
+log = logging.getLogger("spoolmail")
+
+EnvelopeBuilder = Callable[[int, tuple[str, ...]], Envelope]
+"""An admission's envelope made once its message is written: from the stored size and the
+``DKIM-Signature`` fields the door made (``()`` when unsigned)."""
 
 QUEUED = State.QUEUED
 # A rescan reads 100,000 envelopes' signatures: their place is looked up once, here.
@@ -54,9 +72,12 @@ class Change:
 
     - ``id``: the queue id, always.
     - ``envelope``: the envelope to write (``Envelope`` or its file's bytes as read, for one
-      handed back unchanged); for :data:`~Commit.ADMIT` also a function of the stored message's
-      size, called once the message is written (intake learns the size by writing it).
+      handed back unchanged); for :data:`~Commit.ADMIT` also an :data:`EnvelopeBuilder`, a
+      function of the stored message's size and DKIM fields, called once the message is
+      written (intake learns both by writing it). An ``Envelope`` given whole gets the fields.
     - ``message``: the message bytes or chunks to admit.
+    - ``sign``: ``False`` admits without DKIM signing, keeping the envelope's ``dkim`` fields
+      as they are (a BadMail requeue: the message was signed when it first entered).
     - ``claim`` / ``facts``: a Pickup claim going to BadMail, and what the entry was.
     - ``report``: why a message goes to BadMail.
     - ``transcripts``: transcript texts by kind (``RTR``, ``LTR``) to keep with a handed-back
@@ -67,8 +88,9 @@ class Change:
     """
 
     id: str
-    envelope: Envelope | bytes | Callable[[int], Envelope] | None = None
+    envelope: Envelope | bytes | EnvelopeBuilder | None = None
     message: bytes | Iterable[bytes] | None = None
+    sign: bool = True
     claim: PickupClaim | None = None
     facts: EntryFacts | None = None
     report: BadMailReport | None = None
@@ -87,11 +109,99 @@ def _envelope_bytes(change: Change) -> bytes | None:
     raise ValueError(f"{change.id}: only an admission builds its envelope from the size")
 
 
-class Transitions:
-    """The MailRoot's transitions, each one atomic commit on ``files`` (see the module doc)."""
+# The most of a message's beginning held to find its header block's end (intake and the
+# listener refuse longer header sections anyway); past it the message is queued unsigned.
+_MAX_HEAD = 1024 * 1024 + CHUNK
+_SIGNATURE_TAGS = re.compile(r"(?:^|[;\s])([ds])=([^;\s]+)")
 
-    def __init__(self, files: MailStore) -> None:
+
+class _Signing:
+    """DKIM signing of one message while the door writes it (see :meth:`Transitions.admit`).
+
+    :meth:`stream` hands the chunks on unchanged; until the empty line that ends the header
+    block (a lone CR or LF ends a line too, as on the wire) it keeps a copy of the beginning,
+    then hashes the body in pieces of at most :data:`CHUNK` octets, so memory stays flat
+    whatever the size. Once the last chunk is through, :attr:`fields` holds the signature.
+    """
+
+    def __init__(self, policy: DkimPolicy, queue_id: str, clock: Callable[[], datetime]) -> None:
+        self._policy = policy
+        self._id = queue_id
+        self._clock = clock
+        self._head: bytes | None = b""  # the beginning until the head is found; None: gave up
+        self._session: DkimSession | None = None
+        self.fields: tuple[str, ...] = ()
+
+    def stream(self, message: bytes | Iterable[bytes]) -> Iterator[bytes]:
+        for chunk in (message,) if isinstance(message, bytes) else message:
+            yield chunk
+            self._take(chunk)
+        self._finish()
+
+    def _take(self, chunk: bytes) -> None:
+        if self._session is not None:
+            self._feed(chunk, 0)
+            return
+        if self._head is None:
+            return
+        data = self._head + chunk if self._head else chunk
+        end = pickup_head_end(data, complete=False)
+        if end is None:
+            self._head = None if len(data) > _MAX_HEAD else data
+            return
+        self._head = b""
+        self._session = self._policy.start(data[:end])
+        self._feed(data, end)
+
+    def _feed(self, data: bytes, start: int) -> None:
+        session = self._session
+        assert session is not None  # noqa: S101 (narrowing: called once a session exists)
+        if session.unsigned is not None:
+            return
+        if start == 0 and len(data) <= CHUNK:
+            session.feed(data)
+            return
+        for offset in range(start, len(data), CHUNK):
+            session.feed(data[offset : offset + CHUNK])
+
+    def _finish(self) -> None:
+        if self._session is None:
+            if self._head is None:
+                log.debug(
+                    "%s queued unsigned: its header section is longer than %d octets",
+                    self._id,
+                    _MAX_HEAD,
+                )
+                return
+            # No empty line ended the head before the end (a message of header fields only,
+            # or one whose last line end was a lone CR): decided on the whole of it.
+            data = self._head
+            end = pickup_head_end(data, complete=True)
+            self._session = self._policy.start(data if end is None else data[:end])
+            self._feed(data, len(data) if end is None else end)
+        session = self._session
+        made = session.finish(self._clock())
+        if session.unsigned is not None:
+            log.debug("%s queued unsigned: %s", self._id, session.unsigned)
+            return
+        self.fields = tuple(
+            field.raw.decode("ascii").removesuffix("\r\n") for field in fields(made)
+        )
+        if log.isEnabledFor(logging.DEBUG):
+            tags = [dict(reversed(_SIGNATURE_TAGS.findall(field))) for field in self.fields]
+            described = ", ".join(f"d={tag.get('d')} s={tag.get('s')}" for tag in tags)
+            log.debug("%s DKIM-signed: %s", self._id, described)
+
+
+class Transitions:
+    """The MailRoot's transitions, each one atomic commit on ``files`` (see the module doc).
+
+    ``dkim`` signs what :meth:`admit` queues (``None``: nothing is signed).
+    """
+
+    def __init__(self, files: MailStore, *, dkim: DkimPolicy | None = None) -> None:
         self.files = files
+        self.dkim = dkim
         self._commits: dict[Commit, Callable[[Change], bool]] = {
             Commit.ADMIT: self.admit,
             Commit.CLAIM: self.claim,
@@ -120,21 +230,32 @@ class Transitions:
         message (a Pickup claim, a parent's claimed attempt, a BadMail entry) still exists and
         recovery admits it again, so the order in which the two renames reach the disk does not
         matter. An error raised while the message streams in (a size limit) leaves nothing.
+
+        With a DKIM policy (and ``change.sign``), the message is signed as it is written: the
+        header block is found in the first chunks, the body hashed chunk by chunk, and the
+        fields (made at the store's clock) go into the envelope. A message the policy does not
+        sign (no key for its ``From:`` domain, no ``From:``) is queued unsigned, the reason
+        logged at DEBUG; a signing error (a key that cannot sign) leaves nothing, as a size
+        limit does.
         """
         made, message = change.envelope, change.message
         if message is None or made is None:
             raise ValueError(f"admitting {change.id} needs its message and its envelope")
-        envelope: bytes | Callable[[int], bytes]
-        if callable(made):
-            build = made
+        signing = None
+        if self.dkim is not None and change.sign:
+            signing = _Signing(self.dkim, change.id, self.files.clock)
+            message = signing.stream(message)
 
-            def encoded(size: int) -> bytes:
-                return encode_envelope(build(size))
+        def encoded(size: int) -> bytes:
+            dkim = signing.fields if signing is not None else ()
+            if callable(made):
+                return encode_envelope(made(size, dkim))
+            if not dkim:
+                return _envelope_bytes(change) or b""
+            whole = decode_envelope(made) if isinstance(made, bytes) else made
+            return encode_envelope(attrs.evolve(whole, dkim=dkim))
 
-            envelope = encoded
-        else:
-            envelope = _envelope_bytes(change) or b""
-        self.files.commit_queued(change.id, message, envelope, sync=change.durable)
+        self.files.commit_queued(change.id, message, encoded, sync=change.durable)
         return True
 
     def claim(self, change: Change) -> bool:

@@ -17,15 +17,20 @@ name spoolmail connects to goes through it, so no system resolver is ever asked 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
-from contextlib import AbstractContextManager
-from typing import BinaryIO, Protocol
+import functools
+import io
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import AbstractContextManager, contextmanager
+from typing import TYPE_CHECKING, BinaryIO, Protocol, cast
 
 import attrs
 
 from spoolmail._core.reply import Reply
 from spoolmail._core.routing import Hop, Target
 from spoolmail._core.transcript import Transcript
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 __all__ = ["HostResolver", "Outgoing", "Resolution", "Transport"]
 
@@ -38,10 +43,15 @@ def _addresses(values: Iterable[str]) -> tuple[str, ...]:
 class Outgoing:
     """One message to send: MAIL FROM, the RCPT TO list for this destination, and its bytes.
 
-    ``open`` returns a fresh binary file of the stored message (CRLF line ends, not dot-stuffed);
-    the transport streams it and closes it. ``sender`` ``""`` is the null reverse-path ``<>``.
-    ``eight_bit`` says whether the message has an octet over 127, when known (``None``: the
-    transport reads the message to find out, if the answer matters, as for ``BODY=8BITMIME``).
+    ``open`` returns a fresh binary file of the message as it goes out (CRLF line ends, not
+    dot-stuffed); the transport streams it and closes it; ``size`` is its length in octets, what
+    ``SIZE=`` announces. ``sender`` ``""`` is the null reverse-path ``<>``. ``eight_bit`` says
+    whether the message has an octet over 127, when known (``None``: the transport reads the
+    message to find out, if the answer matters, as for ``BODY=8BITMIME``).
+
+    :meth:`stored` makes one from a stored message and what goes in front of it (the DKIM
+    fields the Queue's door kept in the envelope): ``open`` yields those octets first, and
+    ``size`` counts them.
     """
 
     id: str
@@ -50,6 +60,75 @@ class Outgoing:
     size: int
     open: Callable[[], AbstractContextManager[BinaryIO]] = attrs.field(repr=False)
     eight_bit: bool | None = None
+
+    @classmethod
+    def stored(
+        cls,
+        *,
+        id: str,  # noqa: A002 (the field's name)
+        sender: str,
+        recipients: Iterable[str],
+        size: int,
+        open: Callable[[], AbstractContextManager[BinaryIO]],  # noqa: A002 (the field's name)
+        prepend: bytes = b"",
+        eight_bit: bool | None = None,
+    ) -> Outgoing:
+        """A stored message of ``size`` octets (``open`` reads it) with ``prepend`` in front."""
+        if not prepend:
+            return cls(id, sender, recipients, size, open, eight_bit)
+        return cls(
+            id,
+            sender,
+            recipients,
+            size + len(prepend),
+            functools.partial(_prefixed, prepend, open),
+            eight_bit,
+        )
+
+
+class _Prefixed(io.RawIOBase):
+    """A binary file that reads ``prefix``, then ``source``; closing it closes ``source``."""
+
+    def __init__(self, prefix: bytes, source: BinaryIO) -> None:
+        super().__init__()
+        self._prefix = prefix
+        self._source = source
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        prefix = self._prefix
+        if not prefix:
+            return self._source.read(-1 if size is None else size)
+        if size is None or size < 0:
+            self._prefix = b""
+            return prefix + self._source.read()
+        # One block as the caller asked for, the prefix and the file's start together: the
+        # transport's blocks stay whole (no small extra write on the socket).
+        taken, self._prefix = prefix[:size], prefix[size:]
+        rest = size - len(taken)
+        return taken + self._source.read(rest) if rest else taken
+
+    def readinto(self, buffer: WriteableBuffer) -> int:
+        view = memoryview(buffer).cast("B")
+        data = self.read(len(view))
+        view[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        try:
+            self._source.close()
+        finally:
+            super().close()
+
+
+@contextmanager
+def _prefixed(
+    prefix: bytes, open_source: Callable[[], AbstractContextManager[BinaryIO]]
+) -> Iterator[BinaryIO]:
+    with open_source() as source, _Prefixed(prefix, source) as reader:
+        yield cast(BinaryIO, reader)
 
 
 class Transport(Protocol):
