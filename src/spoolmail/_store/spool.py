@@ -15,7 +15,7 @@ import email.generator
 import email.message
 import email.policy
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Literal, Self
 
@@ -112,6 +112,13 @@ class BadMailItem:
     def report_path(self) -> str:
         """Where the report is kept in the MailRoot (``BadMail/ID.BDR``)."""
         return "/".join(report_file(self.id))
+
+    @property
+    def rejected_at_pickup(self) -> bool:
+        """Whether this is a Pickup file that never became a message (rule 8 of
+        ``_core.states``): :meth:`Spool.requeue_badmail` puts it back into Pickup as it is."""
+        env = self.envelope
+        return env is not None and env.origin.startswith("pickup:") and not env.attempts
 
 
 @attrs.frozen
@@ -258,11 +265,6 @@ class Spool:
     ``Spool("MailRoot")`` opens or creates ``./MailRoot``; ``Spool("mem://")`` keeps everything in
     memory; any ``fs.base.FS`` object works too. ``clock`` stamps queue ids and claims
     (``MailService`` uses the same clock by default). Use it as a context manager, or ``close()``.
-
-    ``dkim`` (a :class:`~spoolmail.DkimPolicy`) signs every message as it enters the Queue,
-    whichever way it comes (Pickup intake, :meth:`admit`, DSNs), once: the signature is kept in
-    the envelope and put in front of the stored message whenever it leaves (docs/dkim.md).
-    The spool owns it because :meth:`admit` is a way in with no service behind it.
     """
 
     def __init__(
@@ -273,10 +275,7 @@ class Spool:
         clock: Clock = system_clock,
         ids: QueueIds | None = None,
         lease: timedelta = timedelta(minutes=10),
-        dkim: DkimPolicy | None = None,
     ) -> None:
-        if dkim is not None and not isinstance(dkim, DkimPolicy):
-            raise TypeError(f"dkim is a DkimPolicy, not {type(dkim).__name__}")
         filesystem, self._owns_fs = _open_filesystem(location)
         self.clock = clock
         #: The MailService working on this spool, if any (one at a time: they share claims).
@@ -288,14 +287,9 @@ class Spool:
             filesystem, durability=durability, clock=clock, ids=ids or QueueIds(), lease=lease
         )
         #: The state machine's commits on this MailRoot (what the service and operators use).
-        self._transitions = Transitions(self._store, dkim=dkim)
+        self._transitions = Transitions(self._store)
         # Who hears of what is committed here: the service's observers and the embedder's.
         self._bus = EventBus()
-
-    @property
-    def dkim(self) -> DkimPolicy | None:
-        """The DKIM policy that signs what enters the Queue (``None``: nothing is signed)."""
-        return self._transitions.dkim
 
     @property
     def fs(self) -> pyfs.FS:
@@ -420,8 +414,8 @@ class Spool:
 
         stored: list[Envelope] = []
 
-        def sized(size: int, dkim: tuple[str, ...]) -> Envelope:
-            stored.append(attrs.evolve(envelope, size=size, dkim=dkim))
+        def sized(size: int) -> Envelope:
+            stored.append(attrs.evolve(envelope, size=size))
             return stored[-1]
 
         change = Change(id=queue_id, message=message, envelope=sized)
@@ -628,6 +622,82 @@ class Spool:
     def _delete_badmail_files(self, queue_id: str) -> bool:
         self._checked(queue_id)
         return bool(self._transitions.apply(State.BADMAIL, Event.DELETED, Change(id=queue_id)))
+
+    # -- bulk orders and selections (postsuper -d -, delete by sender or domain) ----------------
+
+    def carry_out(
+        self, order: Order, queue_ids: Iterable[str]
+    ) -> Generator[tuple[str, SpoolmailError | None], None, None]:
+        """Carry out an operator's ``order`` on each id as it comes: the streaming form of
+        :meth:`hold`, :meth:`release`, :meth:`flush` and :meth:`delete` for bulk orders.
+
+        Yields ``(id, None)`` once an id is done and ``(id, error)`` when it cannot be
+        (:class:`~spoolmail.exceptions.NotFound`, a temporary error for a message being
+        delivered right now, ``EnvelopeError``), so one failure neither stops nor hides the
+        others. Ids are taken from ``queue_ids`` one at a time, after the previous outcome was
+        yielded: a generator reading a million ids from a pipe is never held in memory. An id
+        given twice is tried twice. A running service is told in one trigger file per
+        1,000 changes, not one per id, and of the rest when the iteration ends or the generator
+        is closed.
+        """
+        event, change = _ORDERS[order]
+        told: list[str] = []
+        try:
+            for queue_id in queue_ids:
+                try:
+                    self._operate_one(queue_id, event, change)
+                except SpoolmailError as exc:
+                    yield queue_id, exc
+                    continue
+                told.append(queue_id)
+                if len(told) >= _TRIGGER_BATCH:
+                    self._store.write_trigger(told)
+                    told = []
+                yield queue_id, None
+        finally:
+            if told:
+                self._store.write_trigger(told)
+
+    def select(
+        self,
+        *,
+        sender: str | None = None,
+        domain: str | None = None,
+        domain_match: Literal["any", "all"] = "any",
+    ) -> Iterator[QueuedMessage]:
+        """The queued messages from ``sender`` with pending recipients at ``domain``, oldest
+        first (each envelope read once, as :meth:`queued` does); no filter: every one.
+
+        ``sender`` is an address in any case (``""`` or ``"<>"``: the null sender of DSNs), or
+        ``"@example.com"`` for every sender at that domain. ``domain`` is a recipient domain in
+        any case: ``domain_match="any"`` takes a message with at least one pending recipient
+        there (what :meth:`flush` does), ``"all"`` only one whose pending recipients are all
+        there, so that holding or deleting it delays or loses no mail for another domain.
+        Recipients delivered or failed are not looked at; a message being delivered is included
+        (an order on it raises a temporary error until the attempt ends).
+        """
+        wanted = _Wanted.of(sender, domain, domain_match)
+        return (item for item in self.queued() if wanted.matches(item.envelope, _pending))
+
+    def select_badmail(
+        self,
+        *,
+        sender: str | None = None,
+        domain: str | None = None,
+        domain_match: Literal["any", "all"] = "any",
+    ) -> Iterator[BadMailItem]:
+        """The BadMail entries :meth:`select` would choose, oldest first, looking at the
+        recipients not delivered (failed or never tried) instead of the pending ones. An entry
+        whose envelope is unknown matches no filter, nor does a file rejected at Pickup (its
+        envelope was never read: its sender ``""`` is no null sender); without filters, every
+        entry is given."""
+        wanted = _Wanted.of(sender, domain, domain_match)
+        for item in self.badmail():
+            if item.envelope is None or item.rejected_at_pickup:
+                if wanted.everything:
+                    yield item
+            elif wanted.matches(item.envelope, _undelivered):
+                yield item
 
     # -- reading back ----------------------------------------------------------------------------
 

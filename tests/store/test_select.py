@@ -1,0 +1,161 @@
+"""``Spool.select``, ``select_badmail`` and ``carry_out``: operators' bulk orders, in memory."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+
+from spoolmail import RecipientState, Spool
+from spoolmail._core.envelope import Envelope, Recipient, encode_envelope
+from spoolmail.exceptions import NotFound, SpoolmailError
+from spoolmail.testing import FakeClock
+
+DELIVERED, FAILED = RecipientState.DELIVERED, RecipientState.FAILED
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def spool(clock: FakeClock) -> Iterator[Spool]:
+    with Spool("mem://", clock=clock) as spool:
+        yield spool
+
+
+def queue(spool: Spool, sender: str, *recipients: Recipient | str, held: bool = False) -> str:
+    """A message committed straight into the Queue with exactly this envelope."""
+    now = spool.clock()
+    queue_id = spool.new_id()
+    envelope = Envelope(
+        id=queue_id,
+        sender=sender,
+        recipients=tuple(r if isinstance(r, Recipient) else Recipient(r) for r in recipients),
+        arrival=now,
+        next_attempt=now + timedelta(minutes=15),
+        held_since=now if held else None,
+    )
+    spool._store.commit_queued(queue_id, b"Subject: s\r\n\r\nbody\r\n", encode_envelope(envelope))
+    return queue_id
+
+
+def badmail(spool: Spool, sender: str, *recipients: Recipient | str) -> str:
+    queue_id = spool.new_id()
+    envelope = Envelope(
+        id=queue_id,
+        sender=sender,
+        recipients=tuple(r if isinstance(r, Recipient) else Recipient(r) for r in recipients),
+        arrival=spool.clock(),
+        next_attempt=spool.clock(),
+        origin="smtp:192.0.2.1",
+        attempts=1,
+    )
+    spool.fs.writebytes(f"BadMail/{queue_id}.BAD", b"Subject: s\r\n\r\nbody\r\n")
+    spool.fs.writebytes(f"BadMail/{queue_id}.BDR", b"5.0.0 failed\n")
+    spool.fs.writebytes(f"BadMail/{queue_id}.BDP", encode_envelope(envelope))
+    return queue_id
+
+
+def ids(items: Iterator[object]) -> list[str]:
+    return [item.id for item in items]  # type: ignore[attr-defined]
+
+
+def test_select_by_sender_address_null_sender_and_domain(spool: Spool) -> None:
+    alice = queue(spool, "Alice@Example.com", "x@a.test")
+    dsn = queue(spool, "", "y@a.test")
+    bob = queue(spool, "bob@other.test", "z@b.test")
+    assert ids(spool.select()) == [alice, dsn, bob]
+    assert ids(spool.select(sender="alice@EXAMPLE.com")) == [alice]
+    assert ids(spool.select(sender="<alice@example.com>")) == [alice]
+    assert ids(spool.select(sender="<>")) == ids(spool.select(sender="")) == [dsn]
+    assert ids(spool.select(sender="@example.COM.")) == [alice]
+    assert ids(spool.select(sender="@nowhere.test")) == []
+
+
+def test_select_by_domain_any_or_all_pending(spool: Spool) -> None:
+    only = queue(spool, "a@example.com", "x@A.test", "y@a.test")
+    mixed = queue(spool, "a@example.com", "x@a.test", "z@b.test")
+    # b.test's recipient is done: what is left to deliver is all at a.test.
+    done_elsewhere = queue(
+        spool, "a@example.com", "x@a.test", Recipient("z@b.test", state=DELIVERED)
+    )
+    only_done = queue(spool, "a@example.com", Recipient("x@a.test", state=FAILED), "z@b.test")
+    assert ids(spool.select(domain="A.TEST.")) == [only, mixed, done_elsewhere]
+    assert ids(spool.select(domain="a.test", domain_match="all")) == [only, done_elsewhere]
+    assert ids(spool.select(domain="b.test", domain_match="all")) == [only_done]
+    assert ids(spool.select(sender="a@example.com", domain="@b.test")) == [mixed, only_done]
+    with pytest.raises(ValueError, match="'any' or 'all'"):
+        spool.select(domain="a.test", domain_match="every")  # type: ignore[arg-type]
+
+
+def test_select_badmail_looks_at_recipients_not_delivered(spool: Spool) -> None:
+    first = badmail(spool, "", Recipient("x@a.test", state=FAILED))
+    second = badmail(
+        spool,
+        "bob@example.com",
+        Recipient("x@a.test", state=FAILED),
+        Recipient("z@b.test", state=DELIVERED),
+    )
+    lost = spool.new_id()  # an entry whose envelope is unknown matches no filter
+    spool.fs.writebytes(f"BadMail/{lost}.BDR", b"4.3.0 envelope lost\n")
+    assert ids(spool.select_badmail()) == [first, second, lost]
+    assert ids(spool.select_badmail(domain="a.test", domain_match="all")) == [first, second]
+    assert ids(spool.select_badmail(domain="b.test")) == []
+    assert ids(spool.select_badmail(sender="<>")) == [first]
+    assert not spool.badmail_item(first).rejected_at_pickup
+
+
+def test_carry_out_streams_and_yields_each_outcome(spool: Spool) -> None:
+    first = queue(spool, "a@example.com", "x@a.test")
+    second = queue(spool, "a@example.com", "y@a.test")
+    taken: list[str] = []
+
+    def given() -> Iterator[str]:
+        for queue_id in (first, "19ac9b2f1c0-000000000000", "../x", second):
+            taken.append(queue_id)
+            yield queue_id
+
+    outcomes = spool.carry_out("hold", given())
+    assert next(outcomes) == (first, None)
+    assert taken == [first]  # the next id is not read before this outcome is taken
+    missing, bad, last = list(outcomes)
+    assert isinstance(missing[1], NotFound)
+    assert "no queued message" in str(missing[1])
+    assert isinstance(bad[1], NotFound)
+    assert "is not a queue id" in str(bad[1])
+    assert last == (second, None)
+    assert all(item.envelope.held for item in spool.queued())
+    # One trigger file for the running service, however many were done.
+    triggers = [n for n in spool.fs.listdir("SortTemp") if "trigger" in n]
+    assert len(triggers) == 1
+
+
+def test_carry_out_each_order(spool: Spool, clock: FakeClock) -> None:
+    queue_id = queue(spool, "a@example.com", "x@a.test", held=True)
+    assert list(spool.carry_out("release", [queue_id])) == [(queue_id, None)]
+    assert not spool.queued_message(queue_id).envelope.held
+    clock.advance(minutes=1)
+    assert list(spool.carry_out("flush", [queue_id])) == [(queue_id, None)]
+    assert spool.queued_message(queue_id).envelope.next_attempt <= clock()
+    assert list(spool.carry_out("delete", [queue_id])) == [(queue_id, None)]
+    [(_, error)] = list(spool.carry_out("delete", [queue_id]))
+    assert isinstance(error, SpoolmailError)
+    assert list(spool.queued()) == []
+
+
+def test_carry_out_tells_the_service_in_batches(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("spoolmail._store.spool._TRIGGER_BATCH", 2)
+    told: list[list[str]] = []
+    monkeypatch.setattr(spool._store, "write_trigger", lambda ids: told.append(list(ids)))
+    made = [queue(spool, "a@example.com", f"x{n}@a.test") for n in range(5)]
+    outcomes = spool.carry_out("hold", made)
+    for _ in range(3):
+        next(outcomes)
+    assert told == [made[:2]]
+    outcomes.close()  # stopped early: what was done is still told
+    assert told == [made[:2], made[2:3]]
