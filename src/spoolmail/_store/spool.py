@@ -588,7 +588,10 @@ class Spool:
             )
         with transitions.open_badmail_message(queue_id) as message:
             transitions.apply(
-                State.BADMAIL, Event.REQUEUED, Change(id=new_id, message=message, envelope=fresh)
+                State.BADMAIL,
+                Event.REQUEUED,
+                # Never signed again: the envelope keeps the fields made when it first entered.
+                Change(id=new_id, message=message, envelope=fresh, sign=False),
             )
         sent = tuple(r.address for r in fresh.recipients)
         self._emit(
