@@ -14,12 +14,15 @@ connections (that is the pool's).
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 import socket
 import ssl
 import time
 from collections.abc import Sequence
 from typing import BinaryIO
+
+import attrs
 
 from spoolmail._core.reply import Reply
 from spoolmail._core.routing import Target
@@ -39,7 +42,17 @@ from spoolmail._transport.protocol import (
 from spoolmail._transport.replies import SmtpExtensions
 from spoolmail.exceptions import TransportError
 
-__all__ = ["HandshakeFailed", "Session", "SessionError", "unverified_context"]
+__all__ = [
+    "HandshakeFailed",
+    "LoggedTranscript",
+    "Session",
+    "SessionError",
+    "dialogue_log",
+    "unverified_context",
+]
+
+# ``spoolmail -v`` shows the SMTP dialogue: every transcript line, at DEBUG, on this logger.
+dialogue_log = logging.getLogger("spoolmail.smtp")
 
 # The "(_ssl.c:1006)" OpenSSL's messages end with tells an operator nothing.
 _SSL_SOURCE = re.compile(r"\s*\(_ssl\.c:\d+\)$")
@@ -56,6 +69,62 @@ class SessionError(TransportError):
 class HandshakeFailed(SessionError):
     """The TLS handshake failed; the connection is unusable (opportunistic TLS may try again in
     plain text on a new one)."""
+
+
+@attrs.define
+class LoggedTranscript(Transcript):
+    """A transcript that also logs each line at DEBUG on ``spoolmail.smtp``, as it is written.
+
+    The lines are the transcript's own, so AUTH is already redacted (the protocol hands in
+    ``AUTH PLAIN <redacted>`` and ``<password redacted>``) and no message content is among them.
+    Each record carries ``queue_id`` and ``relay`` (the target, as the transcript names it) as
+    attributes. Everything is kept in ``inner``, the transcript the delivery handed in.
+    """
+
+    inner: Transcript = attrs.field(kw_only=True)
+    queue_id: str = attrs.field(kw_only=True)
+    relay: str = attrs.field(kw_only=True)
+
+    @classmethod
+    def around(cls, inner: Transcript, *, queue_id: str, relay: str) -> LoggedTranscript:
+        return cls(inner.clock, inner=inner, queue_id=queue_id, relay=relay)
+
+    def _log(self, mark: str, text: str) -> None:
+        dialogue_log.debug(
+            "%s: %s %s: %s",
+            self.queue_id,
+            mark,
+            self.relay,
+            text,
+            extra={"queue_id": self.queue_id, "relay": self.relay},
+        )
+
+    def begin(self, title: str) -> None:
+        self.inner.begin(title)
+        self._log("---", title)
+
+    def sent(self, line: str) -> None:
+        self.inner.sent(line)
+        self._log(">", line)
+
+    def received(self, line: str) -> None:
+        self.inner.received(line)
+        self._log("<", line)
+
+    def note(self, text: str) -> None:
+        self.inner.note(text)
+        self._log("*", text)
+
+    def extend(self, other: Transcript) -> None:
+        self.inner.extend(other)
+
+    @property
+    def lines(self) -> list[str]:
+        return self.inner.lines
+
+    @property
+    def text(self) -> str:
+        return self.inner.text
 
 
 def unverified_context() -> ssl.SSLContext:
@@ -121,6 +190,8 @@ class Session:
         self._verifying = verifying
         self._unverified = unverified
         self.last_used = 0.0
+        # Messages this connection carried, for SmtpTransport's max_messages_per_connection.
+        self.messages = 0
         # The reply being waited for, and the monotonic time by which all of it must be in.
         self._waiting: tuple[int, float] = (-1, 0.0)
 

@@ -23,6 +23,7 @@ job) and keeps no state beyond the connections it holds open for reuse.
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 import ssl
 import time
@@ -38,7 +39,14 @@ from spoolmail._transport.policy import in_the_clear, where
 from spoolmail._transport.pool import ConnectionPool
 from spoolmail._transport.protocol import MAX_RECIPIENTS, ClientProtocol
 from spoolmail._transport.replies import SmtpExtensions
-from spoolmail._transport.session import HandshakeFailed, Session, SessionError, unverified_context
+from spoolmail._transport.session import (
+    HandshakeFailed,
+    LoggedTranscript,
+    Session,
+    SessionError,
+    dialogue_log,
+    unverified_context,
+)
 from spoolmail._transport.timeouts import RFC_TIMEOUTS, SmtpTimeouts
 from spoolmail.exceptions import ConfigurationError
 
@@ -60,7 +68,11 @@ class SmtpTransport:
     opportunistic and ``ENCRYPT`` connections use an internal context that checks nothing
     (TLS 1.2 at least). ``max_recipients`` caps the RCPTs of one transaction (100, IIS's default
     and RFC 5321 §4.5.3.1.8's minimum); more recipients go in further transactions on the same
-    connection, each sending the message again. Safe to share between threads: each :meth:`send`
+    connection, each sending the message again. ``max_messages_per_connection`` closes a kept
+    connection once it has carried that many messages (0, the default: no limit, as Postfix's
+    ``smtp_connection_reuse_count_limit``; IIS's "Limit number of messages per connection to"
+    was 20). With the ``spoolmail.smtp`` logger at DEBUG every transcript line is logged as it
+    is written (``spoolmail -v``). Safe to share between threads: each :meth:`send`
     uses its own connection. Call :meth:`close` (or use it as a context manager) to QUIT the
     connections it keeps. Kept connections are reused only for an equal :class:`Target`: same
     address, name, TLS policy and credentials.
@@ -113,6 +125,7 @@ class SmtpTransport:
         tls_context: ssl.SSLContext | None = None,
         max_recipients: int = MAX_RECIPIENTS,
         max_idle: int = 10,
+        max_messages_per_connection: int = 0,
     ) -> None:
         # RFC 5321 §4.1.1.1: EHLO names this host by its FQDN or an address literal.
         if not _HELO_NAME.fullmatch(helo_name):
@@ -127,6 +140,15 @@ class SmtpTransport:
             raise ConfigurationError(
                 f"max_recipients must be a whole number above 0, not {max_recipients!r}"
             )
+        if (
+            isinstance(max_messages_per_connection, bool)
+            or not isinstance(max_messages_per_connection, int)
+            or max_messages_per_connection < 0
+        ):
+            raise ConfigurationError(
+                "max_messages_per_connection must be a whole number, 0 for no limit, not "
+                f"{max_messages_per_connection!r}"
+            )
         if tls_context is None:
             tls_context = ssl.create_default_context()
         elif tls_context.verify_mode != ssl.CERT_REQUIRED or not tls_context.check_hostname:
@@ -140,6 +162,7 @@ class SmtpTransport:
         self._verifying = tls_context
         self._unverified = unverified_context()
         self._max_recipients = max_recipients
+        self._max_messages = max_messages_per_connection
         self._pool: ConnectionPool[Session] = ConnectionPool(
             idle=timeouts.idle, max_idle=max_idle, monotonic=monotonic
         )
@@ -162,6 +185,10 @@ class SmtpTransport:
         recipients = tuple(dict.fromkeys(message.recipients))
         if not recipients:
             return {}
+        if dialogue_log.isEnabledFor(logging.DEBUG):
+            transcript = LoggedTranscript.around(
+                transcript, queue_id=message.id, relay=where(target)
+            )
         answers: dict[str, Reply] = {}
         session: Session | None = None
         try:
@@ -277,6 +304,14 @@ class SmtpTransport:
         return session
 
     def _release(self, session: Session, transcript: Transcript) -> None:
+        session.messages += 1
+        if self._max_messages and session.messages >= self._max_messages:
+            transcript.note(
+                f"{session.messages} messages on this connection, as many as one may carry "
+                "(max_messages_per_connection): closing it"
+            )
+            self._discard(session, transcript)
+            return
         if not session.usable or not self._pool.keeps:
             self._discard(session, transcript)
             return
