@@ -146,7 +146,7 @@ def test_settings_file_and_its_errors(
     assert "unknown setting 'smarthost'" in capsys.readouterr().err
     config.write_text('[spoolmail]\nmax_hop_count = "15"\n')
     assert run("--config", str(config), "init")[0] == 2
-    assert "'max_hop_count' must be int" in capsys.readouterr().err
+    assert "'max_hop_count' must be an integer" in capsys.readouterr().err
     config.write_text('[spoolmail]\nretry = "sometimes"\n')
     assert run("--config", str(config), "init")[0] == 2
     assert "retry must be one of" in capsys.readouterr().err
@@ -210,5 +210,5 @@ def test_pickup_settle_from_flag_and_settings_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="pickup_settle must be 0 or more"):
         load_settings(None, {"pickup_settle": -1.0})
     config.write_text('[spoolmail]\npickup_settle = "soon"\n')
-    with pytest.raises(ConfigurationError, match="'pickup_settle' must be int or float"):
+    with pytest.raises(ConfigurationError, match="'pickup_settle' must be a number"):
         load_settings(config, {})

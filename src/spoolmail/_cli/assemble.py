@@ -2,8 +2,10 @@
 
 Turns a :class:`~spoolmail._cli.settings.Settings` into the router (domains, smart host and its
 credentials, routes, TLS policies, DNS servers), the SMTP transport (trust store, recipient
-limit) and the limits, with IIS's local retry schedule beside its remote one. Reads the
-environment for the smart host's password; opens nothing itself.
+and per-connection message limits, the RFC 5321 timeouts) and the limits, and the retry
+schedules: the preset's, with IIS's local schedule beside its remote one, and what the
+``retry_intervals``, ``delay_notification`` and ``expiration_timeout`` keys change in them.
+Reads the environment for the smart host's password; opens nothing itself.
 """
 
 from __future__ import annotations
@@ -13,33 +15,107 @@ import ssl
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 
+import attrs
 import dns.nameserver
 import dns.resolver
 
-from spoolmail._cli.settings import Settings
+from spoolmail._cli.settings import Settings, parse_duration, retry_interval_seconds
 from spoolmail._core.retry import RetryPolicy
 from spoolmail._core.routing import Credentials, Router, SmartHostMode, TlsPolicy, parse_target
 from spoolmail._service.service import Limits, MailService, machine_name
 from spoolmail._store.spool import Spool
 from spoolmail._transport.smtp import SmtpTransport
+from spoolmail._transport.timeouts import SmtpTimeouts
 from spoolmail.exceptions import ConfigurationError
 
-__all__ = ["PASSWORD_VARIABLE", "service"]
+__all__ = ["PASSWORD_VARIABLE", "retry_policies", "service", "timeouts"]
 
 # The smart host's password may come from the environment rather than a file or a flag (flags
 # are visible to every user of the machine in the process list).
 PASSWORD_VARIABLE = "SPOOLMAIL_SMART_HOST_PASSWORD"  # noqa: S105 (the variable's name, no secret)
 
 
+_PRESETS: dict[str, Callable[[], RetryPolicy]] = {
+    "iis": RetryPolicy.iis,
+    "postfix": RetryPolicy.postfix,
+    "qmail": RetryPolicy.qmail,
+    "exim": RetryPolicy.exim,
+}
+
+
+def _changed(
+    policy: RetryPolicy,
+    *,
+    intervals: tuple[object, ...] | None,
+    delay: tuple[str, str | None],
+    expiry: tuple[str, str | None],
+) -> RetryPolicy:
+    """``policy`` with the waits, delay notice and lifetime the settings give, if any."""
+    changes: dict[str, object] = {}
+    if intervals is not None:
+        seconds = [
+            retry_interval_seconds(item, what=f"retry_intervals item {number}")
+            for number, item in enumerate(intervals, start=1)
+        ]
+        changes["wait"] = RetryPolicy.from_intervals(seconds, lifetime=None, delay_notice=None).wait
+    (delay_key, delay_text), (expiry_key, expiry_text) = delay, expiry
+    if delay_text is not None:
+        changes["delay_notice"] = parse_duration(delay_text, what=delay_key)
+    if expiry_text is not None:
+        changes["lifetime"] = parse_duration(expiry_text, what=expiry_key)
+    if not changes:
+        return policy
+    notice = changes.get("delay_notice", policy.delay_notice)
+    lifetime = changes.get("lifetime", policy.lifetime)
+    if isinstance(notice, timedelta) and isinstance(lifetime, timedelta) and notice >= lifetime:
+        # The failure DSN is due at expiry; a delay notice at or after it would never go out.
+        raise ConfigurationError(
+            f"{delay_key} ({notice}) must come before {expiry_key} ({lifetime}), "
+            f"with retry = {policy.name!r}"
+        )
+    return attrs.evolve(policy, name=f"{policy.name}, changed by the settings", **changes)  # type: ignore[arg-type]
+
+
+def retry_policies(settings: Settings) -> tuple[RetryPolicy, RetryPolicy | None]:
+    """The remote and the local (Drop) retry schedules; ``None``: local uses the remote one.
+
+    IIS kept a separate, hourly schedule for local delivery, with its own delay notice and
+    expiry; the other MTAs have one schedule, which the local keys then change for Drop only.
+    """
+    remote = _changed(
+        _PRESETS[settings.retry](),
+        intervals=settings.retry_intervals,
+        delay=("delay_notification", settings.delay_notification),
+        expiry=("expiration_timeout", settings.expiration_timeout),
+    )
+    local_base = RetryPolicy.iis_local() if settings.retry == "iis" else remote
+    local = _changed(
+        local_base,
+        intervals=None,
+        delay=("local_delay_notification", settings.local_delay_notification),
+        expiry=("local_expiration_timeout", settings.local_expiration_timeout),
+    )
+    return remote, (None if local is remote else local)
+
+
+def timeouts(settings: Settings) -> SmtpTimeouts:
+    """The SMTP client's waits (RFC 5321 4.5.3.2) from the ``smtp_*_timeout`` keys."""
+    return SmtpTimeouts(
+        connect=settings.smtp_connect_timeout,
+        greeting=settings.smtp_greeting_timeout,
+        ehlo=settings.smtp_helo_timeout,
+        mail=settings.smtp_mail_timeout,
+        rcpt=settings.smtp_rcpt_timeout,
+        data_start=settings.smtp_data_init_timeout,
+        data_block=settings.smtp_data_block_timeout,
+        data_end=settings.smtp_data_end_timeout,
+        starttls=settings.smtp_starttls_timeout,
+        idle=settings.smtp_idle_timeout,
+    )
+
+
 def service(settings: Settings, spool: Spool) -> MailService:
-    presets: dict[str, Callable[[], RetryPolicy]] = {
-        "iis": RetryPolicy.iis,
-        "postfix": RetryPolicy.postfix,
-        "qmail": RetryPolicy.qmail,
-        "exim": RetryPolicy.exim,
-    }
-    # IIS kept a separate, hourly schedule for local delivery; the other MTAs have one schedule.
-    local = RetryPolicy.iis_local() if settings.retry == "iis" else None
+    retry, local = retry_policies(settings)
     fqdn = settings.fqdn or machine_name()
     tls_context = None
     if settings.tls_ca_file is not None:
@@ -51,10 +127,14 @@ def service(settings: Settings, spool: Spool) -> MailService:
         spool,
         router=router(settings),
         dns_resolver=dns_resolver(settings.dns_servers),
-        retry=presets[settings.retry](),
+        retry=retry,
         local_retry=local,
         transport=SmtpTransport(
-            helo_name=fqdn, tls_context=tls_context, max_recipients=settings.max_recipients
+            helo_name=fqdn,
+            tls_context=tls_context,
+            timeouts=timeouts(settings),
+            max_recipients=settings.max_recipients,
+            max_messages_per_connection=settings.max_messages_per_connection,
         ),
         fqdn=fqdn,
         limits=Limits(

@@ -7,13 +7,16 @@ done first, by :func:`prepare`: binding the sockets (port 25), loading the TLS k
 the password file, which may be root's alone; then the command drops to its ``user`` and opens
 the MailRoot, and :func:`start` serves on what was prepared. ``listen-passwd USER`` prints a
 password file line, reading the password from stdin (never from a flag, which every user of the
-machine can see).
+machine can see). On SIGHUP a listener takes new routing (domains), access lists, name and
+limits from the settings file for the sessions that begin after it (:func:`reconfigure`); the
+sockets, TLS key and users need a restart.
 """
 
 from __future__ import annotations
 
 import argparse
 import getpass
+import logging
 import signal
 import socket
 import ssl
@@ -25,52 +28,50 @@ from typing import Any, TextIO
 
 import attrs
 
-from spoolmail._cli import assemble
+from spoolmail._cli import assemble, flags, reloading
 from spoolmail._cli.settings import Settings
 from spoolmail._cli.status import EX_OK, UsageError
+from spoolmail._core.relay import AccessPolicy
 from spoolmail._core.routing import Router
 from spoolmail._listen.listener import Listener, ListenerLimits, bind
 from spoolmail._listen.passwords import PasswordFile, hash_password
 from spoolmail._service.service import machine_name
 from spoolmail._store.spool import Spool
-from spoolmail.exceptions import ConfigurationError
+from spoolmail.exceptions import ConfigurationError, SpoolmailError
 
-__all__ = ["Prepared", "add_commands", "add_listen_options", "prepare", "start"]
+log = logging.getLogger("spoolmail")
+
+__all__ = [
+    "LISTENER_KEYS",
+    "Prepared",
+    "access_policy",
+    "add_commands",
+    "add_listen_options",
+    "listener_limits",
+    "prepare",
+    "reconfigure",
+    "start",
+]
+
+# The settings only the listener reads; their flags are in the "inbound SMTP" group.
+LISTENER_KEYS = (
+    "listen",
+    "relay_networks",
+    "listen_allow",
+    "listen_deny",
+    "tls_certificate",
+    "tls_key",
+    "auth_file",
+    "max_sessions",
+    "listen_timeout",
+    "listen_reuse_port",
+)
 
 
 def add_listen_options(parser: argparse.ArgumentParser) -> None:
     """The listener's flags, shared by ``run`` and ``listen``."""
     group = parser.add_argument_group("inbound SMTP (the listener)")
-    group.add_argument(
-        "--listen",
-        action="append",
-        metavar="ADDRESS:PORT",
-        help="take mail over SMTP here: 127.0.0.1:2525, [::1]:2525, 0.0.0.0:25 (repeat)",
-    )
-    group.add_argument(
-        "--relay-network",
-        action="append",
-        dest="relay_networks",
-        metavar="CIDR",
-        help="clients that may send to any domain (repeat; default: nobody relays)",
-    )
-    group.add_argument(
-        "--listen-allow",
-        action="append",
-        metavar="CIDR",
-        help="only these clients may connect (repeat)",
-    )
-    group.add_argument(
-        "--listen-deny", action="append", metavar="CIDR", help="these may not connect (repeat)"
-    )
-    group.add_argument("--tls-certificate", metavar="FILE", help="PEM certificate for STARTTLS")
-    group.add_argument("--tls-key", metavar="FILE", help="PEM private key for STARTTLS")
-    group.add_argument(
-        "--auth-file",
-        metavar="FILE",
-        help="users who may AUTH (over TLS) and then relay: lines made by listen-passwd",
-    )
-    group.add_argument("--max-sessions", type=int, metavar="N", help="concurrent sessions (100)")
+    flags.add_setting_flags(group, LISTENER_KEYS)
 
 
 def add_commands(commands: Any, *, lose_root: Callable[[Settings], None]) -> None:
@@ -78,26 +79,18 @@ def add_commands(commands: Any, *, lose_root: Callable[[Settings], None]) -> Non
         "listen", help="take mail over SMTP into the Queue (a 'run' elsewhere delivers it)"
     )
     listen.set_defaults(handler=lambda s, a, o: _listen(s, a, o, lose_root=lose_root))
-    listen.add_argument("--fqdn", help="this server's name (greeting, Received:)")
-    listen.add_argument(
-        "--local-domain",
-        action="append",
-        dest="local_domains",
-        metavar="DOMAIN",
-        help="mail for it is taken from anyone and ends in Drop (repeat)",
-    )
-    listen.add_argument("--alias-domain", action="append", dest="alias_domains", metavar="DOMAIN")
-    listen.add_argument(
-        "--catch-all",
-        action="store_const",
-        const=True,
-        help="capture mode: take every recipient, whatever its domain, for Drop",
-    )
-    listen.add_argument("--max-message-size", type=int, metavar="BYTES")
-    listen.add_argument("--max-recipients", type=int, metavar="N", help="RCPT TO per message")
-    listen.add_argument("--min-free-space", type=int, metavar="BYTES")
-    listen.add_argument(
-        "--user", metavar="NAME[:GROUP]", help="started as root: become this user once bound"
+    flags.add_setting_flags(
+        listen,
+        (
+            "fqdn",
+            "local_domains",
+            "alias_domains",
+            "catch_all",
+            "max_message_size",
+            "max_recipients",
+            "min_free_space",
+            "user",
+        ),
     )
     add_listen_options(listen)
 
@@ -154,6 +147,25 @@ def prepare(settings: Settings) -> Prepared | None:
     return Prepared(sockets=tuple(sockets), tls=tls, credentials=credentials)
 
 
+def listener_limits(settings: Settings) -> ListenerLimits:
+    return ListenerLimits(
+        max_message_size=settings.max_message_size,
+        max_recipients=settings.max_recipients,
+        max_sessions=settings.max_sessions,
+        command_timeout=settings.listen_timeout,
+        min_free_space=settings.min_free_space,
+    )
+
+
+def access_policy(settings: Settings) -> AccessPolicy:
+    """The relay and connection lists (checked: a bad network is a ConfigurationError)."""
+    return AccessPolicy(
+        relay_networks=settings.relay_networks,
+        allowed_clients=settings.listen_allow,
+        denied_clients=settings.listen_deny,
+    )
+
+
 def start(prepared: Prepared, spool: Spool, *, router: Router, settings: Settings) -> Listener:
     """Serve on what :func:`prepare` made."""
     listener = Listener(
@@ -166,15 +178,23 @@ def start(prepared: Prepared, spool: Spool, *, router: Router, settings: Setting
         fqdn=settings.fqdn or machine_name(),
         tls_context=prepared.tls,
         credentials=prepared.credentials,
-        limits=ListenerLimits(
-            max_message_size=settings.max_message_size,
-            max_recipients=settings.max_recipients,
-            max_sessions=settings.max_sessions,
-            command_timeout=settings.listen_timeout,
-            min_free_space=settings.min_free_space,
-        ),
+        limits=listener_limits(settings),
     )
     return listener.start()
+
+
+def reconfigure(
+    listener: Listener, *, router: Router, access: AccessPolicy, settings: Settings
+) -> None:
+    """After a SIGHUP: sessions that begin from now on get the new routing, access lists, name
+    and limits (each session's settings are made when it connects; those under way keep
+    theirs). ``access`` comes from :func:`access_policy`, made before anything changed."""
+    listener.router = router
+    listener.fqdn = settings.fqdn or machine_name()
+    listener.limits = listener_limits(settings)
+    # The Listener takes its access lists at construction only; its sessions read this
+    # attribute when they connect, so replacing it is what a new Listener would do.
+    listener._access = access
 
 
 def _listen(
@@ -191,13 +211,21 @@ def _listen(
         lose_root(settings)
         with Spool(settings.root) as spool:
             listener = start(prepared, spool, router=assemble.router(settings), settings=settings)
-            stopped = threading.Event()
+            woken = threading.Event()
+            asked = {"stop": False, "reload": False}
 
             def stop(_signum: int, _frame: FrameType | None) -> None:
-                stopped.set()
+                asked["stop"] = True
+                woken.set()
+
+            def hangup(_signum: int, _frame: FrameType | None) -> None:
+                asked["reload"] = True
+                woken.set()
 
             signal.signal(signal.SIGINT, stop)
             signal.signal(signal.SIGTERM, stop)
+            if hasattr(signal, "SIGHUP"):
+                signal.signal(signal.SIGHUP, hangup)
             try:
                 print(
                     f"spoolmail: listening on {', '.join(listener.addresses)} for "
@@ -205,13 +233,32 @@ def _listen(
                     file=out,
                     flush=True,
                 )
-                while not stopped.wait(3600):
-                    pass
+                while not asked["stop"]:
+                    woken.wait(3600)
+                    woken.clear()
+                    if asked["reload"] and not asked["stop"]:
+                        asked["reload"] = False
+                        settings = _reload(listener, settings, args)
             finally:
                 listener.stop()
     finally:
         prepared.close()
     return EX_OK
+
+
+def _reload(listener: Listener, settings: Settings, args: argparse.Namespace) -> Settings:
+    args.logs.reopen()
+    new = reloading.reread(settings, args)
+    if new is settings:
+        return settings
+    try:
+        access = access_policy(new)
+        router = assemble.router(new)
+    except SpoolmailError as exc:
+        log.error("SIGHUP: %s; the settings in use stay", exc)  # noqa: TRY400 (no traceback)
+        return settings
+    reconfigure(listener, router=router, access=access, settings=new)
+    return new
 
 
 def _passwd(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:

@@ -21,8 +21,19 @@ from typing import Any, TextIO
 
 import attrs
 
-from spoolmail._cli import assemble, listening, maillog, operations, privileges, sendmail
-from spoolmail._cli.settings import RETRY_PRESETS, TLS_POLICIES, Settings, load_settings
+from spoolmail._cli import (
+    assemble,
+    config,
+    flags,
+    listening,
+    maillog,
+    operations,
+    privileges,
+    reloading,
+    sendmail,
+)
+from spoolmail._cli.logs import Logs
+from spoolmail._cli.settings import Settings, load_settings
 from spoolmail._cli.status import (
     EX_FAILED,
     EX_OK,
@@ -32,11 +43,12 @@ from spoolmail._cli.status import (
     exit_status,
     report,
 )
+from spoolmail._listen.listener import Listener
 from spoolmail._service import iis
-from spoolmail._service.service import Report
+from spoolmail._service.service import MailService, Report
 from spoolmail._store.spool import Spool
 from spoolmail._store.submission import Pickup
-from spoolmail.exceptions import ConfigurationError, SpoolmailError
+from spoolmail.exceptions import SpoolmailError
 
 __all__ = ["EX_FAILED", "EX_OK", "EX_TEMPFAIL", "EX_USAGE", "main"]
 
@@ -51,9 +63,7 @@ def _parser() -> argparse.ArgumentParser:
         prog="spoolmail",
         description="An IIS-style MailRoot (Pickup, Queue, BadMail, Drop) mail spool.",
     )
-    parser.add_argument("--config", type=Path, help="a TOML settings file ([spoolmail] table)")
-    parser.add_argument("--root", help="the MailRoot folder or FS URL (default ./MailRoot)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log every step")
+    _global_options(parser, default=None)
     commands = parser.add_subparsers(dest="command", required=True, metavar="command")
 
     init = commands.add_parser("init", help="create the MailRoot folders and exit")
@@ -64,114 +74,65 @@ def _parser() -> argparse.ArgumentParser:
     maillog.add_command(commands)
     listening.add_commands(commands, lose_root=_lose_root)
     sendmail.add_command(commands)
+    config.add_command(commands)
+    _global_options_after(parser)
     return parser
+
+
+def _global_options(parser: argparse.ArgumentParser, *, default: object) -> None:
+    """``--config``, ``--root``, ``-v``, ``--log-file`` and ``--syslog``: before the command,
+    and (``default=SUPPRESS``) after it too, where one not given leaves the first alone."""
+    where: Any = parser
+    if default is argparse.SUPPRESS:
+        where = parser.add_argument_group("global options (also before the command)")
+    where.add_argument(
+        "--config",
+        type=Path,
+        default=default,
+        metavar="FILE",
+        help="a TOML settings file ([spoolmail] table; see docs/settings.md)",
+    )
+    flags.add_setting_flags(where, ["root"], default=default)
+    where.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        default=False if default is None else default,
+        help="log every step, the SMTP dialogue too",
+    )
+    flags.add_setting_flags(where, ["log_file", "syslog"], default=default)
+
+
+# Commands whose arguments are all their own: sendmail keeps Postfix's sendmail(1) options
+# (-C is its settings file, -v verbose, and everything after the options is a recipient).
+_OWN_ARGUMENTS = frozenset({"sendmail"})
+
+
+def _global_options_after(parser: argparse.ArgumentParser) -> None:
+    """Give every command (and every action of one, ``queue list``) the global options."""
+    seen: set[int] = set()
+
+    def visit(node: argparse.ArgumentParser) -> None:
+        for action in node._actions:  # argparse lists subcommands nowhere else
+            if not isinstance(action, argparse._SubParsersAction):
+                continue
+            for name, child in action.choices.items():
+                if name in _OWN_ARGUMENTS or id(child) in seen:
+                    continue
+                seen.add(id(child))
+                _global_options(child, default=argparse.SUPPRESS)
+                visit(child)
+
+    visit(parser)
 
 
 def _run_parser(commands: Any) -> None:
     run = commands.add_parser("run", help="process Pickup and the Queue until Ctrl-C")
     run.set_defaults(handler=_run)
     run.add_argument("--once", action="store_true", help="process what is due once, then exit")
-    run.add_argument("--fqdn", help="this server's name (Received:, Message-ID, DSNs)")
-    run.add_argument(
-        "--local-domain",
-        action="append",
-        dest="local_domains",
-        metavar="DOMAIN",
-        help="a local domain delivered to Drop (repeat; the first is the default domain)",
-    )
-    run.add_argument(
-        "--alias-domain",
-        action="append",
-        dest="alias_domains",
-        metavar="DOMAIN",
-        help="an alias domain, also delivered to Drop (repeat)",
-    )
-    run.add_argument(
-        "--catch-all",
-        action="store_const",
-        const=True,
-        help="capture mode: every recipient, whatever its domain, lands in Drop; nothing is sent",
-    )
-    run.add_argument("--smart-host", help="relay remote mail here: host, host:port or [ip]")
-    run.add_argument(
-        "--smart-host-mode",
-        choices=("always", "fallback"),
-        help="always the smart host (default), or MX first and the smart host on failure",
-    )
-    run.add_argument(
-        "--smart-host-user",
-        metavar="USER",
-        help="AUTH to the smart host over TLS; the password comes from the settings file or "
-        "SPOOLMAIL_SMART_HOST_PASSWORD, never from a flag",
-    )
-    run.add_argument(
-        "--route",
-        action="append",
-        dest="route_items",
-        metavar="DOMAIN=HOST",
-        help="send a domain's mail to its own host (repeat)",
-    )
-    run.add_argument("--tls", choices=TLS_POLICIES, help="STARTTLS policy (default opportunistic)")
-    run.add_argument(
-        "--tls-domain",
-        action="append",
-        dest="tls_domain_items",
-        metavar="DOMAIN=POLICY",
-        help="STARTTLS policy for one domain (repeat)",
-    )
-    run.add_argument("--tls-ca-file", metavar="FILE", help="CA certificates for --tls required")
-    run.add_argument(
-        "--dns-server",
-        action="append",
-        dest="dns_servers",
-        metavar="ADDRESS[:PORT]",
-        help="ask this DNS server instead of the system's (repeat)",
-    )
-    run.add_argument("--smtp-port", type=int, metavar="PORT", help="port of MX hosts (25)")
-    run.add_argument("--masquerade-domain", metavar="DOMAIN")
-    run.add_argument("--max-connections", type=int, metavar="N")
-    run.add_argument("--max-connections-per-host", type=int, metavar="N")
-    run.add_argument("--max-recipients", type=int, metavar="N", help="RCPT TO per transaction")
-    run.add_argument("--retry", choices=RETRY_PRESETS, help="the retry schedule (default iis)")
-    run.add_argument("--max-message-size", type=int, metavar="BYTES")
-    run.add_argument("--max-hop-count", type=int, metavar="N")
-    run.add_argument(
-        "--ndr-copy-to",
-        metavar="ADDRESS",
-        help='also send every failure DSN here (IIS "Send copy of Non-Delivery Report to")',
-    )
-    run.add_argument(
-        "--pickup-dot-stuffed",
-        action="store_const",
-        const=True,
-        help="un-stuff leading dots in Pickup files, as IIS 5+ did",
-    )
-    run.add_argument("--poll-interval", type=float, metavar="SECONDS")
-    run.add_argument(
-        "--pickup-settle",
-        type=float,
-        metavar="SECONDS",
-        help="where no lease or inotify tells that a Pickup file's writer is done, take it once "
-        "its size and time stayed unchanged this long (default 2)",
-    )
-    run.add_argument(
-        "--min-free-space",
-        type=int,
-        metavar="BYTES",
-        help="leave Pickup files waiting while the MailRoot's disk has less free "
-        "(default 100 MiB, 0: no floor)",
-    )
-    run.add_argument(
-        "--log-days",
-        type=int,
-        metavar="DAYS",
-        help="days the mail log in Log/ keeps its daily files (default 30, 0: no mail log)",
-    )
-    run.add_argument(
-        "--user",
-        metavar="NAME[:GROUP]",
-        help="started as root, become this user (and group) once start-up is done",
-    )
+    # Every setting but the global options' and the listener's, in the settings table's order.
+    own = set(listening.LISTENER_KEYS) | {"root", "log_file", "syslog"}
+    flags.add_setting_flags(run, [name for name in flags.flag_keys() if name not in own])
     listening.add_listen_options(run)
 
 
@@ -198,19 +159,6 @@ def _init(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
     with Spool(settings.root):
         print(f"MailRoot ready at {settings.root}", file=out)
     return EX_OK
-
-
-def _pairs(items: Sequence[str] | None, flag: str) -> dict[str, str] | None:
-    """``DOMAIN=VALUE`` flags as a mapping (``None`` when the flag was not given)."""
-    if not items:
-        return None
-    pairs = {}
-    for item in items:
-        key, equals, value = item.partition("=")
-        if not equals or not key.strip() or not value.strip():
-            raise ConfigurationError(f"{flag} takes DOMAIN=VALUE, not {item!r}")
-        pairs[key.strip()] = value.strip()
-    return pairs
 
 
 def _report_lines(report: Report) -> Iterable[str]:
@@ -260,6 +208,31 @@ def _run(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
             prepared.close()
 
 
+@attrs.define
+class _Daemon:
+    """The service ``run`` serves with, and what SIGTERM and SIGHUP asked of it.
+
+    The signal handlers only set a flag and end the current :meth:`MailService.run_forever`
+    after its tick; the loop in :func:`_serve` does what was asked, between ticks.
+    """
+
+    settings: Settings
+    service: MailService
+    listener: Listener | None = None
+    stopping: bool = False
+    reloading: bool = False
+
+    def stop(self, signum: int, _frame: FrameType | None) -> None:
+        log.info("signal %s: stopping after this tick", signum)
+        self.stopping = True
+        self.service.stop()
+
+    def hangup(self, signum: int, _frame: FrameType | None) -> None:
+        log.info("signal %s: reading the settings again after this tick", signum)
+        self.reloading = True
+        self.service.stop()
+
+
 def _serve(
     settings: Settings,
     args: argparse.Namespace,
@@ -267,45 +240,82 @@ def _serve(
     spool: Spool,
     prepared: listening.Prepared | None,
 ) -> int:
-    service = assemble.service(settings, spool)
-    listener = None
+    daemon = _Daemon(settings, assemble.service(settings, spool))
     try:
         # IIS's NTFS_*.EML Queue files are never delivered as they are: say so at each start.
         stranded = iis.warn_stranded(spool._store)
         if args.once:
             for name in stranded:
                 print(f"Queue/{name}: IIS queue file, not delivered until imported", file=out)
-            report = service.run_once()
+            report = daemon.service.run_once()
             for line in _report_lines(report):
                 print(line, file=out)
             return EX_FAILED if report.errors else EX_OK
 
-        def stop(signum: int, _frame: FrameType | None) -> None:
-            log.info("signal %s: stopping after this tick", signum)
-            service.stop()
-
-        signal.signal(signal.SIGINT, stop)
-        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, daemon.stop)
+        signal.signal(signal.SIGTERM, daemon.stop)
+        if hasattr(signal, "SIGHUP"):  # not on Windows
+            signal.signal(signal.SIGHUP, daemon.hangup)
         if prepared is not None:
-            listener = listening.start(prepared, spool, router=service.router, settings=settings)
+            daemon.listener = listening.start(
+                prepared, spool, router=daemon.service.router, settings=settings
+            )
         where = (
             "capture mode: every recipient lands in Drop"
             if settings.catch_all
             else f"local domains: {', '.join(settings.local_domains)}; "
             f"smart host: {settings.smart_host or 'none'}"
         )
-        listening_on = f"; listening on {', '.join(listener.addresses)}" if listener else ""
+        listening_on = (
+            f"; listening on {', '.join(daemon.listener.addresses)}" if daemon.listener else ""
+        )
         print(
             f"spoolmail: serving {settings.root} ({where}){listening_on}; Ctrl-C stops",
             file=out,
             flush=True,
         )
-        service.run_forever(poll_interval=settings.poll_interval, on_report=_log_report)
+        while not daemon.stopping:
+            if daemon.reloading:
+                daemon.reloading = False
+                _reload(daemon, args, spool)
+                continue
+            daemon.service.run_forever(
+                poll_interval=daemon.settings.poll_interval, on_report=_log_report
+            )
     finally:
-        if listener is not None:
-            listener.stop()
-        service.close()
+        if daemon.listener is not None:
+            daemon.listener.stop()
+        daemon.service.close()
     return EX_OK
+
+
+def _reload(daemon: _Daemon, args: argparse.Namespace, spool: Spool) -> None:
+    """SIGHUP: reopen the log file, read the settings again and serve with a service built from
+    them, as Postfix's ``postfix reload`` restarts its daemons. Between two ticks nothing is
+    claimed, so the old service closes at once. A change that cannot be built (a CA file that
+    does not load, a user without password) is logged and the settings in use stay."""
+    args.logs.reopen()
+    old = daemon.settings
+    new = reloading.reread(old, args)
+    if new is old:
+        return
+    try:
+        access = listening.access_policy(new)
+    except SpoolmailError as exc:
+        log.error("SIGHUP: %s; the settings in use stay", exc)  # noqa: TRY400 (no traceback)
+        return
+    daemon.service.close()
+    try:
+        daemon.service = assemble.service(new, spool)
+    except SpoolmailError as exc:
+        log.error("SIGHUP: %s; the settings in use stay", exc)  # noqa: TRY400 (no traceback)
+        daemon.service = assemble.service(old, spool)
+        return
+    daemon.settings = new
+    if daemon.listener is not None:
+        listening.reconfigure(
+            daemon.listener, router=daemon.service.router, access=access, settings=new
+        )
 
 
 def _submit(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
@@ -345,30 +355,6 @@ def _submit(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
 # -- main ------------------------------------------------------------------------------------------
 
 
-class _StderrHandler(logging.Handler):
-    """Writes to whatever ``sys.stderr`` is at the time, not the one there was at the start."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            sys.stderr.write(self.format(record) + "\n")
-        except Exception:  # noqa: BLE001 (logging must never break the command)
-            self.handleError(record)
-
-
-def _log_to_stderr(*, level: int) -> None:
-    """Show spoolmail's log on stderr (set up once, however often ``main`` runs)."""
-    if not any(isinstance(h, _StderrHandler) for h in log.handlers):
-        handler = _StderrHandler()
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-        log.addHandler(handler)
-    log.setLevel(level)
-    # aiosmtpd logs every command a client sends at INFO on "mail.log" (addresses included):
-    # the listener's own records say what matters; its dialogue is for -v.
-    logging.getLogger("mail.log").setLevel(
-        logging.DEBUG if level <= logging.DEBUG else logging.WARNING
-    )
-
-
 def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int:
     """Run the ``spoolmail`` command; returns the exit status.
 
@@ -385,16 +371,15 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
     # The daemon logs what it does; a one-shot command prints its result on stdout instead,
     # and its log shows only errors (everything with -v).
     daemon = args.command in ("run", "listen") and not getattr(args, "once", False)
-    _log_to_stderr(
-        level=logging.DEBUG if args.verbose else logging.INFO if daemon else logging.ERROR
-    )
-    names = {field.name for field in attrs.fields(Settings)}
-    overrides = {k: v for k, v in vars(args).items() if k in names}
+    logs = Logs(level=logging.DEBUG if args.verbose else logging.INFO if daemon else logging.ERROR)
+    args.logs = logs
     handler: Callable[[Settings, argparse.Namespace, TextIO], int] = args.handler
     try:
-        overrides["routes"] = _pairs(getattr(args, "route_items", None), "--route")
-        overrides["tls_domains"] = _pairs(getattr(args, "tls_domain_items", None), "--tls-domain")
-        settings = load_settings(args.config, overrides)
+        settings = load_settings(args.config, flags.overrides(args))
+        if settings.log_file:
+            logs.to_file(settings.log_file)
+        if settings.syslog:
+            logs.to_syslog(settings.syslog)
         return handler(settings, args, out)
     except UsageError as exc:
         sys.stderr.write(f"spoolmail: {exc}\n")
@@ -402,3 +387,5 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
     except SpoolmailError as exc:
         report(exc)
         return exit_status(exc)
+    finally:
+        logs.close()

@@ -1,0 +1,143 @@
+"""Where the ``spoolmail`` command's log goes: stderr, a file (``--log-file``), syslog.
+
+The ``spoolmail`` logger (and its children: ``spoolmail.mail``, one record per outcome per
+recipient; ``spoolmail.smtp``, the SMTP dialogue at DEBUG, shown with ``-v``) writes to stderr
+by default. With a log file or syslog the log goes there instead and stderr shows errors
+alone, so that a service under systemd does not log everything twice. The file is opened for
+appending and reopened when it was moved or removed (logrotate without ``copytruncate``) and on
+:meth:`Logs.reopen` (SIGHUP); syslog gets facility ``mail`` and the ident ``spoolmail[PID]``,
+as Postfix's programs log. Opens the log file and the syslog socket; reads nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import os
+import sys
+from pathlib import Path
+
+from spoolmail.exceptions import ConfigurationError
+
+__all__ = ["DEFAULT_SYSLOG", "Logs"]
+
+DEFAULT_SYSLOG = "/dev/log"
+_FORMAT = "%(asctime)s %(levelname)s %(message)s"
+_root = logging.getLogger("spoolmail")
+
+
+class _StderrHandler(logging.Handler):
+    """Writes to whatever ``sys.stderr`` is at the time, not the one there was at the start."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(self.format(record) + "\n")
+        except Exception:  # noqa: BLE001 (logging must never break the command)
+            self.handleError(record)
+
+
+class _LogFile(logging.handlers.WatchedFileHandler):
+    """Appends; reopens when the file was moved away (WatchedFileHandler) or when told."""
+
+    def reopen(self) -> None:
+        self.acquire()
+        try:
+            if self.stream is not None:
+                self.stream.close()
+                self.stream = None
+            self.stream = self._open()
+            self._statstream()
+        finally:
+            self.release()
+
+
+def _stderr_handler() -> _StderrHandler:
+    """The one stderr handler, set up once however often ``main`` runs."""
+    for handler in _root.handlers:
+        if isinstance(handler, _StderrHandler):
+            return handler
+    handler = _StderrHandler()
+    handler.setFormatter(logging.Formatter(_FORMAT))
+    _root.addHandler(handler)
+    return handler
+
+
+def _syslog_address(address: str | bool) -> str | tuple[str, int]:
+    if address is True:
+        return DEFAULT_SYSLOG
+    text = str(address)
+    if text.startswith(("/", ".")) or os.sep in text:
+        return text
+    host, colon, port = text.rpartition(":")
+    if colon and port.isdigit():
+        return (host.strip("[]") or "127.0.0.1", int(port))
+    return text
+
+
+class Logs:
+    """The command's log handlers for one run of ``main``; :meth:`close` removes them."""
+
+    def __init__(self, *, level: int) -> None:
+        self._stderr = _stderr_handler()
+        self._stderr.setLevel(logging.NOTSET)
+        self._added: list[logging.Handler] = []
+        self._file: _LogFile | None = None
+        self.set_level(level)
+
+    def set_level(self, level: int) -> None:
+        _root.setLevel(level)
+        # aiosmtpd logs every command a client sends at INFO on "mail.log" (addresses
+        # included): the listener's own records say what matters; its dialogue is for -v.
+        logging.getLogger("mail.log").setLevel(
+            logging.DEBUG if level <= logging.DEBUG else logging.WARNING
+        )
+
+    def to_file(self, path: str) -> None:
+        """Append the log to ``path`` from now on."""
+        try:
+            handler = _LogFile(Path(path), encoding="utf-8")
+        except OSError as exc:
+            raise ConfigurationError(f"log_file: cannot open {path}: {exc}") from None
+        handler.setFormatter(logging.Formatter(_FORMAT))
+        self._file = handler
+        self._add(handler)
+
+    def to_syslog(self, address: str | bool) -> None:
+        """Send the log to syslog (facility mail) at ``address``: True for /dev/log, a socket
+        path, or HOST:PORT for UDP."""
+        where = _syslog_address(address)
+        if isinstance(where, str) and not os.path.exists(where):
+            # SysLogHandler says nothing of a socket it cannot reach (as openlog(3) does not),
+            # but a wrong path here is a typo to report, not a syslog daemon down for a while.
+            raise ConfigurationError(f"syslog: cannot reach {where}: no such socket")
+        try:
+            handler = logging.handlers.SysLogHandler(
+                address=where, facility=logging.handlers.SysLogHandler.LOG_MAIL
+            )
+        except OSError as exc:
+            raise ConfigurationError(f"syslog: cannot reach {address}: {exc}") from None
+        handler.ident = f"spoolmail[{os.getpid()}]: "
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        self._add(handler)
+
+    def _add(self, handler: logging.Handler) -> None:
+        _root.addHandler(handler)
+        self._added.append(handler)
+        # The log has a home now: stderr keeps the errors, for whoever started the command.
+        self._stderr.setLevel(logging.ERROR)
+
+    def reopen(self) -> None:
+        """Reopen the log file (SIGHUP, after logrotate moved it)."""
+        if self._file is not None:
+            try:
+                self._file.reopen()
+            except OSError as exc:
+                _root.error("cannot reopen the log file %s: %s", self._file.baseFilename, exc)
+
+    def close(self) -> None:
+        for handler in self._added:
+            _root.removeHandler(handler)
+            handler.close()
+        self._added = []
+        self._file = None
+        self._stderr.setLevel(logging.NOTSET)
