@@ -24,6 +24,7 @@ import attrs
 from spoolmail._core import states
 from spoolmail._core.address import AddressRole, parse_mailbox
 from spoolmail._core.badmail import requeue_note
+from spoolmail._core.dkim import DkimPolicy
 from spoolmail._core.envelope import (
     Envelope,
     Recipient,
@@ -265,6 +266,11 @@ class Spool:
     ``Spool("MailRoot")`` opens or creates ``./MailRoot``; ``Spool("mem://")`` keeps everything in
     memory; any ``fs.base.FS`` object works too. ``clock`` stamps queue ids and claims
     (``MailService`` uses the same clock by default). Use it as a context manager, or ``close()``.
+
+    ``dkim`` (a :class:`~spoolmail.DkimPolicy`) signs every message as it enters the Queue,
+    whichever way it comes (Pickup intake, :meth:`admit`, DSNs), once: the signature is kept in
+    the envelope and put in front of the stored message whenever it leaves (docs/dkim.md).
+    The spool owns it because :meth:`admit` is a way in with no service behind it.
     """
 
     def __init__(
@@ -275,7 +281,10 @@ class Spool:
         clock: Clock = system_clock,
         ids: QueueIds | None = None,
         lease: timedelta = timedelta(minutes=10),
+        dkim: DkimPolicy | None = None,
     ) -> None:
+        if dkim is not None and not isinstance(dkim, DkimPolicy):
+            raise TypeError(f"dkim is a DkimPolicy, not {type(dkim).__name__}")
         filesystem, self._owns_fs = _open_filesystem(location)
         self.clock = clock
         #: The MailService working on this spool, if any (one at a time: they share claims).
@@ -287,9 +296,14 @@ class Spool:
             filesystem, durability=durability, clock=clock, ids=ids or QueueIds(), lease=lease
         )
         #: The state machine's commits on this MailRoot (what the service and operators use).
-        self._transitions = Transitions(self._store)
+        self._transitions = Transitions(self._store, dkim=dkim)
         # Who hears of what is committed here: the service's observers and the embedder's.
         self._bus = EventBus()
+
+    @property
+    def dkim(self) -> DkimPolicy | None:
+        """The DKIM policy that signs what enters the Queue (``None``: nothing is signed)."""
+        return self._transitions.dkim
 
     @property
     def fs(self) -> pyfs.FS:
@@ -414,8 +428,8 @@ class Spool:
 
         stored: list[Envelope] = []
 
-        def sized(size: int) -> Envelope:
-            stored.append(attrs.evolve(envelope, size=size))
+        def sized(size: int, dkim: tuple[str, ...]) -> Envelope:
+            stored.append(attrs.evolve(envelope, size=size, dkim=dkim))
             return stored[-1]
 
         change = Change(id=queue_id, message=message, envelope=sized)
