@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import io
 import json
+import tracemalloc
 from pathlib import Path
 
 import pytest
 
-from spoolmail import Spool
+from spoolmail import RecipientState, Spool
 from spoolmail._cli.assemble import service as assemble_service
 from spoolmail._cli.main import EX_FAILED, EX_OK, EX_TEMPFAIL, EX_USAGE, main
 from spoolmail._cli.settings import Settings
+from spoolmail._core.envelope import Envelope, Recipient, encode_envelope
 
 DOWN = "[127.0.0.1]:1"
 
@@ -198,7 +200,7 @@ def test_flush_by_id_domain_and_all(cli: Cli, two: tuple[str, str]) -> None:
     assert cli("queue", "flush", "--domain", "REMOTE.test.") == (EX_OK, f"{first}: flushed\n")
     assert cli("queue", "flush", "--domain", "nowhere.test") == (
         EX_OK,
-        "No queued message has a recipient at nowhere.test still to be delivered.\n",
+        "No queued message with a recipient at nowhere.test still to be delivered.\n",
     )
     assert cli("queue", "flush") == (EX_OK, f"{first}: flushed\n{second}: flushed\n")
     out = cli.run_once()
@@ -514,3 +516,377 @@ def test_ndr_copy_to_in_the_settings_file(cli: Cli, tmp_path: Path) -> None:
     assert status == EX_OK
     [drop] = [json.loads(line) for line in cli("drop", "--json")[1].splitlines()]
     assert drop["recipients"] == ["alice@example.com", "pm@example.com"]
+
+
+# -- bulk orders: by sender and domain, ids from stdin, dry runs (postsuper -d -) -----------------
+
+MISSING = "19ac9b2f1c0-000000000000"
+
+
+@pytest.fixture
+def three(cli: Cli) -> tuple[str, str, str]:
+    """Three queued messages (no smart host): alice's to dan@remote.test (bob@example.com had
+    his copy), alice's to eve@other.test, and carol's to both remote.test and other.test."""
+    cli.pickup("1.eml", message("bob@example.com, dan@remote.test"))
+    cli.pickup("2.eml", message("eve@other.test"))
+    cli.pickup("3.eml", message("dan2@remote.test, fay@other.test", sender="carol@partner.test"))
+    cli.run_once()
+    first, second, third = (str(row["id"]) for row in cli.queued())
+    return first, second, third
+
+
+def stdin(monkeypatch: pytest.MonkeyPatch, data: bytes) -> None:
+    """What ``spoolmail ... -`` reads: ``data`` on a stdin with a byte buffer, as a pipe's."""
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(data), encoding="utf-8"))
+
+
+def states(cli: Cli) -> dict[str, object]:
+    return {row["id"]: row["state"] for row in cli.queued()}  # type: ignore[misc]
+
+
+def test_hold_release_and_delete_by_sender(cli: Cli, three: tuple[str, str, str]) -> None:
+    first, second, third = three
+    assert cli("queue", "hold", "--sender", "ALICE@example.com") == (
+        EX_OK,
+        f"{first}: on hold\n{second}: on hold\n",
+    )
+    assert cli("queue", "hold", "--sender", "alice@example.com") == (
+        EX_OK,
+        "No queued message left to hold from alice@example.com.\n",
+    )
+    assert states(cli) == {first: "held", second: "held", third: "queued"}
+    # '@DOMAIN' is every sender there.
+    assert cli("queue", "release", "--sender", "@example.com") == (
+        EX_OK,
+        f"{first}: released\n{second}: released\n",
+    )
+    assert cli("queue", "release", "--sender", "@example.com") == (
+        EX_OK,
+        "No queued message on hold from @example.com.\n",
+    )
+    # A delete by sender needs no --yes: it is not the whole Queue.
+    assert cli("queue", "delete", "--sender", "<carol@partner.test>") == (
+        EX_OK,
+        f"{third}: deleted\n",
+    )
+    assert list(states(cli)) == [first, second]
+
+
+def test_delete_by_domain_leaves_a_message_also_for_another_domain(
+    cli: Cli, three: tuple[str, str, str]
+) -> None:
+    first, second, third = three
+    # first: bob@example.com was delivered, dan@remote.test is all that is left to deliver.
+    assert cli("queue", "delete", "--domain", "Remote.TEST.") == (
+        EX_OK,
+        f"{third}: not deleted, also for fay@other.test\n{first}: deleted\n",
+    )
+    assert list(states(cli)) == [second, third]
+    assert cli("queue", "delete", "--domain", "other.test", "--sender", "carol@partner.test") == (
+        EX_OK,
+        f"{third}: not deleted, also for dan2@remote.test\n"
+        "No queued message from carol@partner.test with every recipient still to be delivered "
+        "at other.test.\n",
+    )
+    assert cli("queue", "delete", "--domain", "other.test") == (
+        EX_OK,
+        f"{third}: not deleted, also for dan2@remote.test\n{second}: deleted\n",
+    )
+
+
+def test_hold_by_domain_takes_only_what_is_all_there_release_any(
+    cli: Cli, three: tuple[str, str, str]
+) -> None:
+    first, second, third = three
+    assert cli("queue", "hold", "--domain", "other.test") == (
+        EX_OK,
+        f"{third}: not held, also for dan2@remote.test\n{second}: on hold\n",
+    )
+    assert cli("queue", "hold", third) == (EX_OK, f"{third}: on hold\n")
+    # A release delays nothing: any recipient at the domain will do.
+    assert cli("queue", "release", "--domain", "remote.test") == (EX_OK, f"{third}: released\n")
+    assert states(cli) == {first: "queued", second: "held", third: "queued"}
+    assert cli("queue", "release", "--domain", "remote.test") == (
+        EX_OK,
+        "No queued message on hold with a recipient at remote.test still to be delivered.\n",
+    )
+
+
+def test_flush_by_sender(cli: Cli, three: tuple[str, str, str]) -> None:
+    _, _, third = three
+    assert cli("queue", "flush", "--sender", "carol@partner.test") == (EX_OK, f"{third}: flushed\n")
+    assert cli("queue", "flush", "--sender", "carol@partner.test", "--domain", "nowhere.test") == (
+        EX_OK,
+        "No queued message from carol@partner.test with a recipient at nowhere.test still to "
+        "be delivered.\n",
+    )
+    assert cli("queue", "flush", "--sender", "<>") == (EX_OK, "No queued message from <>.\n")
+
+
+def test_delete_dry_run_lists_and_deletes_nothing(cli: Cli, three: tuple[str, str, str]) -> None:
+    first, second, third = three
+    # --all needs --yes, but not to look.
+    assert cli("queue", "delete", "--all", "--dry-run") == (
+        EX_OK,
+        f"{first}: would be deleted (from alice@example.com to dan@remote.test)\n"
+        f"{second}: would be deleted (from alice@example.com to eve@other.test)\n"
+        f"{third}: would be deleted (from carol@partner.test to dan2@remote.test, "
+        "fay@other.test)\n",
+    )
+    status, out = cli("queue", "delete", "--domain", "remote.test", "--dry-run")
+    assert (status, out.splitlines()) == (
+        EX_OK,
+        [
+            f"{third}: not deleted, also for fay@other.test",
+            f"{first}: would be deleted (from alice@example.com to dan@remote.test)",
+        ],
+    )
+    assert cli("queue", "delete", "--dry-run", second, MISSING) == (
+        EX_FAILED,
+        f"{second}: would be deleted (from alice@example.com to eve@other.test)\n",
+    )
+    assert cli.err() == f"spoolmail: no queued message {MISSING!r}\n"
+    assert list(states(cli)) == [first, second, third]
+
+
+def test_ids_from_stdin(
+    cli: Cli, three: tuple[str, str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, second, third = three
+    stdin(
+        monkeypatch,
+        f"# to hold, from a script\n\n{first}\n  {second}\t# trailing comment\r\n"
+        f"../../etc/passwd\n".encode()
+        + b"\xff\xfe\x00junk\n"
+        + f"{first}\n{MISSING}\n".encode(),
+    )
+    assert cli("queue", "hold", "-") == (EX_FAILED, f"{first}: on hold\n{second}: on hold\n")
+    assert cli.err().splitlines() == [
+        "spoolmail: stdin line 5: '../../etc/passwd' is not a queue id",
+        "spoolmail: stdin line 6: '\\xff\\xfe\\x00junk' is not a queue id",
+        f"spoolmail: no queued message {MISSING!r}",
+    ]
+    assert states(cli) == {first: "held", second: "held", third: "queued"}
+    # '-' among ids on the command line reads stdin at its place.
+    stdin(monkeypatch, f"{second}\n".encode())
+    assert cli("queue", "release", first, "-", third) == (
+        EX_OK,
+        f"{first}: released\n{second}: released\n{third}: released\n",
+    )
+    stdin(monkeypatch, f"{third}\n".encode())
+    assert cli("queue", "delete", "-") == (EX_OK, f"{third}: deleted\n")
+    stdin(monkeypatch, f"{second}\n".encode())
+    assert cli("queue", "flush", "-") == (EX_OK, f"{second}: flushed\n")
+    stdin(monkeypatch, b"")
+    assert cli("queue", "hold", "-") == (EX_OK, "")  # nothing given, nothing done
+
+
+def test_stdin_lines_too_long_are_skipped_without_being_kept(
+    cli: Cli, three: tuple[str, str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, second, _ = three
+    stdin(monkeypatch, b"x" * 3_000_000 + b"\n" + f"{first}\n".encode() + b"y" * 100_000)
+    assert cli("queue", "hold", "-") == (EX_FAILED, f"{first}: on hold\n")
+    assert cli.err().splitlines() == [
+        "spoolmail: stdin line 1: longer than 4096 bytes, no queue id",
+        "spoolmail: stdin line 3: longer than 4096 bytes, no queue id",
+    ]
+    # A big stream of comments, blank lines and repeats costs no memory for what it skips.
+    stdin(monkeypatch, b"# a comment\n\n" * 200_000 + f"{second}\n".encode() * 1000)
+    tracemalloc.start()
+    try:
+        assert cli("queue", "hold", "-") == (EX_OK, f"{second}: on hold\n")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 2_000_000
+
+
+def test_stdin_is_read_as_the_orders_are_done(
+    cli: Cli, three: tuple[str, str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, second, _ = three
+    out = io.StringIO()
+    seen: list[str] = []
+
+    class Pipe:
+        """A stdin whose lines come one by one, noting what was printed before each."""
+
+        def __init__(self) -> None:
+            self.lines = [f"{first}\n".encode(), f"{second}\n".encode()]
+
+        def readline(self, size: int) -> bytes:
+            seen.append(out.getvalue())
+            return self.lines.pop(0) if self.lines else b""
+
+    monkeypatch.setattr("sys.stdin", type("Stdin", (), {"buffer": Pipe()})())
+    assert main(["--root", str(cli.root), "queue", "hold", "-"], out=out) == EX_OK
+    assert seen == ["", f"{first}: on hold\n", f"{first}: on hold\n{second}: on hold\n"]
+
+
+def test_ids_on_the_command_line_are_checked(cli: Cli, three: tuple[str, str, str]) -> None:
+    first, _, _ = three
+    long_id = "a" * 5000
+    assert cli("queue", "delete", "../../etc/passwd", first, long_id) == (
+        EX_FAILED,
+        f"{first}: deleted\n",
+    )
+    assert cli.err().splitlines() == [
+        "spoolmail: '../../etc/passwd' is not a queue id",
+        f"spoolmail: {'a' * 60!r}... is not a queue id",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("argv", "complaint"),
+    [
+        (["queue", "hold", "-", "-"], "give '-' (the ids on stdin) once"),
+        (["queue", "delete", "x", "--sender", "a@b.test"], "give IDs or --sender, not both"),
+        (["queue", "hold", "--domain", " . "], "--domain needs a domain"),
+        (["badmail", "requeue"], "give at least one ID, or --all, --sender or --domain"),
+        (["badmail", "requeue", "--all", "--to", "a@b.test"], "give exactly one ID with it"),
+        (["badmail", "requeue", "-", "--to", "a@b.test"], "give exactly one ID with it"),
+        (["badmail", "requeue", "x", "y", "--to", "a@b.test"], "give exactly one ID with it"),
+        (["badmail", "delete", "--all", "x"], "give IDs or --all, not both"),
+        (["queue", "shape", "--buckets", "1"], "at least 2"),
+    ],
+)
+def test_bulk_usage_errors(cli: Cli, argv: list[str], complaint: str) -> None:
+    assert cli(*argv) == (EX_USAGE, "")
+    assert complaint in cli.err()
+
+
+@pytest.fixture
+def loops(cli: Cli, root: Path) -> tuple[str, str, str]:
+    """Three entries in BadMail: two DSNs a routing loop failed for every recipient (to
+    carol@example.com and zed@remote.test; to frank@example.com), and a message from
+    ops@partner.test refused for yan@remote.test (as one imported from IIS's BadMail is)."""
+    head = "Received: from a\r\nReceived: from b\r\nSubject: loop\r\n\r\nbody\r\n"
+    to_both = "x-receiver: carol@example.com\r\nx-receiver: zed@remote.test\r\n"
+    cli.pickup("a.eml", f"x-sender: <>\r\n{to_both}{head}".encode())
+    cli.pickup("b.eml", f"x-sender: <>\r\nx-receiver: frank@example.com\r\n{head}".encode())
+    out = cli.run_once("--max-hop-count", "2")
+    first, second = (line.split(":")[0] for line in out.splitlines() if "BadMail" in line)
+    with Spool(str(root)) as spool:
+        third = spool.new_id()
+        now = spool.clock()
+        envelope = Envelope(
+            id=third,
+            sender="ops@partner.test",
+            recipients=(Recipient("yan@remote.test", state=RecipientState.FAILED),),
+            arrival=now,
+            next_attempt=now,
+            origin="smtp:192.0.2.7",
+            attempts=1,
+        )
+        spool.fs.writebytes(f"BadMail/{third}.BAD", message("yan@remote.test", "ops@partner.test"))
+        spool.fs.writebytes(f"BadMail/{third}.BDR", b"5.1.1 refused\n")
+        spool.fs.writebytes(f"BadMail/{third}.BDP", encode_envelope(envelope))
+    return first, second, third
+
+
+def badmail_ids(cli: Cli) -> list[str]:
+    return [json.loads(line)["id"] for line in cli("badmail", "--json")[1].splitlines()]
+
+
+def test_badmail_requeue_several_ids_and_failures(
+    cli: Cli, loops: tuple[str, str, str], rejected: str
+) -> None:
+    first, second, _ = loops
+    status, out = cli("badmail", "requeue", first, MISSING, rejected, second)
+    assert status == EX_FAILED
+    lines = out.splitlines()
+    assert lines[0].startswith(f"{first}: requeued as ")
+    assert lines[1] == f"{rejected}: returned to Pickup/{rejected}.eml"
+    assert lines[2].startswith(f"{second}: requeued as ")
+    assert cli.err() == f"spoolmail: no BadMail entry {MISSING!r} (BadMail/{MISSING}.BDR)\n"
+    assert len(cli.queued()) == 2
+
+
+def test_badmail_requeue_all_with_a_new_sender(cli: Cli, loops: tuple[str, str, str]) -> None:
+    status, out = cli("badmail", "requeue", "--all", "--from", "postmaster@example.com")
+    assert status == EX_OK
+    assert [line.split(": requeued as ")[0] for line in out.splitlines()] == list(loops)
+    assert {row["sender"] for row in cli.queued()} == {"postmaster@example.com"}
+    assert cli("badmail", "requeue", "--all") == (EX_OK, "BadMail is empty.\n")
+
+
+def test_badmail_requeue_by_domain_sends_only_those_recipients(
+    cli: Cli, loops: tuple[str, str, str]
+) -> None:
+    first, second, third = loops
+    assert cli("badmail", "requeue", "--domain", "remote.test", "--dry-run") == (
+        EX_OK,
+        f"{first}: would be requeued for zed@remote.test\n"
+        f"{third}: would be requeued for yan@remote.test\n",
+    )
+    assert badmail_ids(cli) == [first, second, third]
+    status, out = cli("badmail", "requeue", "--domain", "remote.test")
+    assert status == EX_OK
+    first_line, third_line = out.splitlines()
+    assert first_line.startswith(f"{first}: requeued as ")
+    assert first_line.endswith(" for zed@remote.test")
+    assert third_line.endswith(" for yan@remote.test")
+    assert sorted(r["address"] for row in cli.queued() for r in row["recipients"]) == [  # type: ignore[attr-defined]
+        "yan@remote.test",
+        "zed@remote.test",
+    ]
+    # carol stays in BadMail, in the entry that now lists her alone.
+    assert badmail_ids(cli) == [first, second]
+    assert cli("badmail", "requeue", "--domain", "remote.test") == (
+        EX_OK,
+        "No BadMail entry with a recipient at remote.test not delivered.\n",
+    )
+
+
+def test_badmail_requeue_by_sender_and_from_stdin(
+    cli: Cli, loops: tuple[str, str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, second, third = loops
+    assert cli("badmail", "requeue", "--sender", "ops@partner.test", "--dry-run") == (
+        EX_OK,
+        f"{third}: would be requeued for yan@remote.test\n",
+    )
+    stdin(monkeypatch, f"{second}\nnot/an/id\n{second}\n".encode())
+    status, out = cli("badmail", "requeue", "-")
+    assert status == EX_FAILED
+    assert out.startswith(f"{second}: requeued as ")
+    assert len(out.splitlines()) == 1  # the repeat was done once
+    assert cli.err() == "spoolmail: stdin line 2: 'not/an/id' is not a queue id\n"
+    assert badmail_ids(cli) == [first, third]
+
+
+def test_badmail_delete_by_sender_and_domain(
+    cli: Cli, loops: tuple[str, str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, second, third = loops
+    assert cli("badmail", "delete", "--domain", "example.com", "--dry-run") == (
+        EX_OK,
+        f"{first}: not deleted, also for zed@remote.test\n"
+        f"{second}: would be deleted (5.4.6 This message has a null sender (it is a delivery "
+        "status notification) and cannot be delivered, so it cannot be returned to anybody.)\n",
+    )
+    assert cli("badmail", "delete", "--domain", "example.com") == (
+        EX_OK,
+        f"{first}: not deleted, also for zed@remote.test\n{second}: deleted\n",
+    )
+    assert cli("badmail", "delete", "--sender", "<>") == (EX_OK, f"{first}: deleted\n")
+    assert cli("badmail", "delete", "--sender", "<>") == (
+        EX_OK,
+        "No BadMail entry from <>.\n",
+    )
+    stdin(monkeypatch, f"{third}\n{MISSING}\n".encode())
+    assert cli("badmail", "delete", "-") == (EX_FAILED, f"{third}: deleted\n")
+    assert cli.err() == f"spoolmail: no BadMail entry {MISSING!r}\n"
+    assert badmail_ids(cli) == []
+
+
+def test_a_pickup_rejection_matches_no_filter(
+    cli: Cli, loops: tuple[str, str, str], rejected: str
+) -> None:
+    # Its envelope was never read: its empty sender is not the null sender of a DSN.
+    first, second, _ = loops
+    status, out = cli("badmail", "delete", "--sender", "<>", "--dry-run")
+    assert status == EX_OK
+    assert [line.split(":")[0] for line in out.splitlines()] == [first, second]
+    assert rejected in badmail_ids(cli)

@@ -3,9 +3,15 @@
 Lists (a table, or JSON lines for scripts like ``postqueue -j``) and shows the Queue, BadMail and
 Drop; ``queue flush|hold|release|delete`` and ``badmail requeue|delete`` are Postfix's postqueue /
 postsuper as :class:`~spoolmail.Spool` methods (a running service sees the change at its next
-tick). ``queue import-iis`` re-injects the ``NTFS_*.EML`` files an IIS Queue left behind
-(``_service.iis``), which ``queue list`` points out. Each id is done on its own; the exit status
-is the worst (see ``status``).
+tick), for ids given, ids read from stdin (``-``, as ``postsuper -d -``), ``--all``, or every
+message from a sender or to a domain (``Spool.select``); ``queue shape`` is qshape (``shape``).
+``queue import-iis`` re-injects the ``NTFS_*.EML`` files an IIS Queue left behind
+(``_service.iis``), which ``queue list`` points out. Each id is done on its own as it comes; the
+exit status is the worst (see ``status``).
+
+Ids on the command line and on stdin are checked (``is_queue_id``) before anything is done with
+them; stdin is read a line at a time, a line kept to 4 KiB, so a stream of any length costs no
+more memory than the ids done (remembered to do each once).
 """
 
 from __future__ import annotations
@@ -18,14 +24,16 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+from spoolmail._cli import shape
 from spoolmail._cli.settings import Settings
-from spoolmail._cli.status import EX_OK, UsageError, each
-from spoolmail._core.envelope import Envelope, Recipient
+from spoolmail._cli.status import EX_OK, UsageError, each, exit_status, report, worst
+from spoolmail._core.envelope import Envelope, Recipient, RecipientState
+from spoolmail._core.ids import is_queue_id
 from spoolmail._core.states import State
 from spoolmail._service import iis
 from spoolmail._store.maillog import MailLog
-from spoolmail._store.spool import BadMailItem, DropItem, QueuedMessage, Spool
-from spoolmail.exceptions import NotFound
+from spoolmail._store.spool import BadMailItem, DropItem, Order, QueuedMessage, Spool
+from spoolmail.exceptions import NotFound, SpoolmailError
 
 __all__ = ["add_commands"]
 
@@ -68,7 +76,7 @@ def _queue_parser(commands: Any) -> None:
         "queue",
         help="list, show, flush, hold, release or delete queued messages; import IIS's",
         description="Without an action: list the Queue.",
-        usage="%(prog)s [-h] [--json] [{list,show,flush,hold,release,delete,import-iis} ...]",
+        usage="%(prog)s [-h] [--json] [{list,show,shape,flush,hold,release,delete,import-iis} ...]",
     )
     queue.add_argument("--json", action="store_true", help="list: one JSON object a line")
     queue.set_defaults(handler=_queue_list)
@@ -80,26 +88,43 @@ def _queue_parser(commands: Any) -> None:
     show.add_argument("--message", action="store_true", help="print the stored message instead")
     show.set_defaults(handler=_queue_show)
 
+    shape.add_command(actions, _spool)
+
     flush = actions.add_parser(
-        "flush", help="make messages due now (no ID and no --domain: the whole Queue)"
+        "flush",
+        help="make messages due now (no ID, --sender or --domain: the whole Queue)",
     )
-    flush.add_argument("ids", nargs="*", metavar="ID")
-    flush.add_argument(
-        "--domain", help="every message with a recipient at DOMAIN still to be delivered"
-    )
+    _id_arguments(flush)
+    _filter_arguments(flush, domain="every message with a recipient at DOMAIN still to be sent")
     flush.set_defaults(handler=_queue_flush)
 
-    for name, help_text, handler in (
-        ("hold", "put messages on hold: never attempted, no expiry", _queue_hold),
-        ("release", "release held messages: due at once", _queue_release),
-        ("delete", "delete messages without telling their senders", _queue_delete),
+    for name, help_text, domain_help in (
+        (
+            "hold",
+            "put messages on hold: never attempted, no expiry",
+            "every message whose recipients still to be sent are all at DOMAIN",
+        ),
+        (
+            "release",
+            "release held messages: due at once",
+            "every held message with a recipient at DOMAIN still to be sent",
+        ),
+        (
+            "delete",
+            "delete messages without telling their senders",
+            "every message whose recipients still to be sent are all at DOMAIN",
+        ),
     ):
         action = actions.add_parser(name, help=help_text)
-        action.add_argument("ids", nargs="*", metavar="ID")
+        _id_arguments(action)
         action.add_argument("--all", action="store_true", help="every queued message")
+        _filter_arguments(action, domain=domain_help)
         if name == "delete":
-            action.add_argument("--yes", action="store_true", help="needed with --all")
-        action.set_defaults(handler=handler)
+            action.add_argument("--yes", action="store_true", help="needed with --all alone")
+            action.add_argument(
+                "--dry-run", action="store_true", help="list what would be deleted; delete nothing"
+            )
+        action.set_defaults(handler=_queue_order, order=name)
 
     import_iis = actions.add_parser(
         "import-iis",
@@ -132,23 +157,36 @@ def _badmail_parser(commands: Any) -> None:
 
     requeue = actions.add_parser(
         "requeue",
-        help="send an entry again (a file rejected at Pickup goes back to Pickup)",
+        help="send entries again (a file rejected at Pickup goes back to Pickup)",
     )
-    requeue.add_argument("id", metavar="ID")
+    _id_arguments(requeue)
+    requeue.add_argument("--all", action="store_true", help="every BadMail entry")
+    # --sender / --domain choose entries; --from / --to change what is sent.
+    _filter_arguments(
+        requeue,
+        domain="every entry with a recipient at DOMAIN not delivered: only those are sent again",
+    )
     requeue.add_argument(
         "--to",
         action="append",
         dest="recipients",
         metavar="ADDRESS",
-        help="only these recipients (repeat; default: every one not delivered)",
+        help="only these recipients of the one ID given (repeat; default: every one not delivered)",
     )
-    requeue.add_argument("--from", dest="sender", metavar="ADDRESS", help="a new sender")
+    requeue.add_argument("--from", dest="new_sender", metavar="ADDRESS", help="a new sender")
+    requeue.add_argument(
+        "--dry-run", action="store_true", help="list what would be sent again; send nothing"
+    )
     requeue.set_defaults(handler=_badmail_requeue)
 
     delete = actions.add_parser("delete", help="delete entries (message and reports)")
-    delete.add_argument("ids", nargs="*", metavar="ID")
+    _id_arguments(delete)
     delete.add_argument("--all", action="store_true", help="every BadMail entry")
-    delete.add_argument("--yes", action="store_true", help="needed with --all")
+    _filter_arguments(delete, domain="every entry whose recipients not delivered are all at DOMAIN")
+    delete.add_argument("--yes", action="store_true", help="needed with --all alone")
+    delete.add_argument(
+        "--dry-run", action="store_true", help="list what would be deleted; delete nothing"
+    )
     delete.set_defaults(handler=_badmail_delete)
 
 
@@ -231,13 +269,163 @@ def _write_bytes(out: TextIO, data: bytes) -> None:
     buffer.flush()
 
 
-def _chosen(args: argparse.Namespace, everything: Callable[[], list[str]]) -> list[str]:
-    """The ids a hold / release / delete acts on: those given, or with ``--all`` every one."""
-    if args.all and args.ids:
+# -- which ids an order is for: given, read from stdin, --all, or chosen by sender and domain ------
+
+STDIN = "-"  # as an ID: read the ids from stdin, one a line (postsuper -d -)
+# A stdin line longer than this (an id has at most 128 characters) is reported and skipped, read
+# in pieces of this size, so a stream without line ends costs no memory.
+_LINE_LIMIT = 4096
+
+
+def _id_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "ids", nargs="*", metavar="ID", help="queue ids; '-' reads them from stdin, one a line"
+    )
+
+
+def _filter_arguments(parser: argparse.ArgumentParser, *, domain: str) -> None:
+    parser.add_argument(
+        "--sender",
+        metavar="ADDRESS",
+        help="every one from ADDRESS ('<>': the null sender of DSNs; '@DOMAIN': any sender there)",
+    )
+    parser.add_argument("--domain", metavar="DOMAIN", help=domain)
+
+
+def _check_selection(args: argparse.Namespace, *, required: bool = True) -> None:
+    """Usage errors in how the ids are chosen: IDs, or ``--all`` and the filters."""
+    every = getattr(args, "all", False)
+    filtered = args.sender is not None or args.domain is not None
+    if args.ids.count(STDIN) > 1:
+        raise UsageError("give '-' (the ids on stdin) once")
+    if args.ids and every:
         raise UsageError("give IDs or --all, not both")
-    if not args.all and not args.ids:
-        raise UsageError("give at least one ID, or --all")
-    return everything() if args.all else list(args.ids)
+    if args.ids and filtered:
+        flag = "--sender" if args.sender is not None else "--domain"
+        raise UsageError(f"give IDs or {flag}, not both")
+    if required and not (args.ids or every or filtered):
+        raise UsageError("give at least one ID, or --all, --sender or --domain")
+    if args.domain is not None and not _domain(args.domain):
+        raise UsageError("--domain needs a domain")
+
+
+def _domain(text: str | None) -> str | None:
+    """A --domain as recipients' domains are compared (as ``Spool.select`` does)."""
+    return None if text is None else text.strip().removeprefix("@").rstrip(".").lower()
+
+
+def _shown(text: str) -> str:
+    """A string from outside, quoted, in ASCII and cut short: safe to print in an error."""
+    return ascii(text) if len(text) <= 60 else f"{text[:60]!a}..."
+
+
+def _given(ids: Sequence[str]) -> Iterator[str | NotFound]:
+    """The ids of the command line in order, ``-`` replaced by those on stdin; a string that
+    is no queue id becomes an error to report, and is never used."""
+    for text in ids:
+        if text == STDIN:
+            yield from _stdin_ids()
+        elif is_queue_id(text):
+            yield text
+        else:
+            yield NotFound(f"{_shown(text)} is not a queue id")
+
+
+def _stdin_ids() -> Iterator[str | NotFound]:
+    """Ids from stdin as they come, one a line; blank lines and ``#`` comments are skipped."""
+    stream = getattr(sys.stdin, "buffer", None)
+    readline: Callable[[int], bytes] = (
+        stream.readline
+        if stream is not None
+        else lambda size: sys.stdin.readline(size).encode("utf-8", "replace")
+    )
+    number = 0
+    while line := readline(_LINE_LIMIT):
+        number += 1
+        if len(line) >= _LINE_LIMIT and not line.endswith(b"\n"):
+            while line and not line.endswith(b"\n"):  # the rest of it, never kept
+                line = readline(_LINE_LIMIT)
+            yield NotFound(f"stdin line {number}: longer than {_LINE_LIMIT} bytes, no queue id")
+            continue
+        # Latin-1 maps every byte to a character, so a stray byte is shown as it is (\xff).
+        text = line.split(b"#", 1)[0].strip().decode("latin-1")
+        if not text:
+            continue
+        if is_queue_id(text):
+            yield text
+        else:
+            yield NotFound(f"stdin line {number}: {_shown(text)} is not a queue id")
+
+
+class _Tally:
+    """A bulk order's outcomes as they come: a line each on ``out``, errors on stderr, and the
+    worst exit status (``status.each``, streamed). The ids done are remembered so that one given
+    twice is done once: memory grows with the messages done, not with the input."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.status = EX_OK
+        self._done: set[str] = set()
+
+    def fresh(self, items: Iterable[str | SpoolmailError]) -> Iterator[str]:
+        """The ids not done yet; an error among them is reported on its way."""
+        for item in items:
+            if isinstance(item, SpoolmailError):
+                self.fail(item)
+            elif item not in self._done:
+                yield item
+
+    def fail(self, exc: SpoolmailError) -> None:
+        report(exc)
+        self.status = worst(self.status, exit_status(exc))
+
+    def done(self, queue_id: str, line: str | None) -> None:
+        self._done.add(queue_id)
+        if line is not None:
+            print(line, file=self.out)
+
+    def run(self, ids: Iterable[str], action: Callable[[str], str | None]) -> int:
+        """Do ``action`` to each id (its line printed, its failure reported); the status."""
+        for queue_id in ids:
+            try:
+                line = action(queue_id)
+            except SpoolmailError as exc:
+                self.fail(exc)
+            else:
+                self.done(queue_id, line)
+        return self.status
+
+    def outcomes(
+        self,
+        results: Iterable[tuple[str, SpoolmailError | None]],
+        line: Callable[[str], str],
+    ) -> int:
+        """Report what ``Spool.carry_out`` yields; the status."""
+        for queue_id, error in results:
+            if error is None:
+                self.done(queue_id, line(queue_id))
+            else:
+                self.fail(error)
+        return self.status
+
+
+def _criteria(args: argparse.Namespace, *, every: bool, recipients: str) -> str:
+    """The filters in words: ' from a@b with every recipient still to be delivered at d'."""
+    words = ""
+    if args.sender is not None:
+        words += f" from {_sender(args.sender.strip().removeprefix('<').removesuffix('>'))}"
+    if args.domain is not None:
+        domain = _domain(args.domain)
+        words += (
+            f" with every recipient {recipients} at {domain}"
+            if every
+            else f" with a recipient at {domain} {recipients}"
+        )
+    return words
+
+
+def _undelivered(envelope: Envelope) -> list[Recipient]:
+    return [r for r in envelope.recipients if r.state is not RecipientState.DELIVERED]
 
 
 def _print_json_lines(rows: Iterable[dict[str, object]], out: TextIO) -> None:
@@ -372,41 +560,43 @@ def _queue_show(settings: Settings, args: argparse.Namespace, out: TextIO) -> in
 
 
 def _queue_flush(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
-    if args.ids and args.domain:
-        raise UsageError("give IDs or --domain, not both")
+    _check_selection(args, required=False)  # nothing chosen: the whole Queue
     with _spool(settings) as spool:
+        tally = _Tally(out)
+        held: set[str] = set()  # flushed, they stay held: said so, not an error
         if args.ids:
-            ids = list(args.ids)
+
+            def noting(ids: Iterable[str]) -> Iterator[str]:
+                for queue_id in ids:
+                    with contextlib.suppress(SpoolmailError):  # carry_out reports it
+                        if spool.queued_message(queue_id).envelope.held:
+                            held.add(queue_id)
+                    yield queue_id
+
+            ids = noting(tally.fresh(_given(args.ids)))
         else:
             # Spool.flush(domain=...) would choose the same messages, but it stops at the first
             # one being delivered; here each is reported on its own line and the rest go on.
-            wanted = args.domain.lower().rstrip(".") if args.domain else None
-            items = [
-                item
-                for item in spool.queued()
-                if wanted is None or any(r.domain == wanted for r in item.envelope.pending)
-            ]
+            items = list(spool.select(sender=args.sender, domain=_domain(args.domain)))
             if not items:
+                criteria = _criteria(args, every=False, recipients="still to be delivered")
                 print(
-                    f"No queued message has a recipient at {wanted} still to be delivered."
-                    if wanted
-                    else "The Queue is empty.",
-                    file=out,
+                    f"No queued message{criteria}." if criteria else "The Queue is empty.", file=out
                 )
                 return EX_OK
             busy = [item.id for item in items if item.state is State.DELIVERING]
             for queue_id in busy:
                 print(f"{queue_id}: being delivered now", file=out)
-            ids = [item.id for item in items if item.state is not State.DELIVERING]
+            ready = [item for item in items if item.state is not State.DELIVERING]
+            held = {item.id for item in ready if item.envelope.held}
+            ids = tally.fresh(item.id for item in ready)
 
-        def flush(queue_id: str) -> str:
-            held = spool.queued_message(queue_id).envelope.held
-            spool.flush([queue_id])
-            if held:
+        def line(queue_id: str) -> str:
+            if queue_id in held:
                 return f"{queue_id}: on hold, not flushed (release it to send it)"
             return f"{queue_id}: flushed"
 
-        return each(ids, flush, out)
+        return tally.outcomes(spool.carry_out("flush", ids), line)
 
 
 def _queue_import_iis(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
@@ -436,48 +626,84 @@ def _queue_import_iis(settings: Settings, args: argparse.Namespace, out: TextIO)
         return each(names, move, out)
 
 
-def _queue_hold(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
+# What an order on the Queue prints for each message done, and what it prints when none is
+# chosen by --all alone.
+_DONE = {"hold": "on hold", "release": "released", "delete": "deleted"}
+_NOTHING = {
+    "hold": "No queued message is left to hold.",
+    "release": "No queued message is on hold.",
+    "delete": "The Queue is empty.",
+}
+_NONE_MATCHING = {
+    "hold": "No queued message left to hold",
+    "release": "No queued message on hold",
+    "delete": "No queued message",
+}
+
+
+def _queue_order(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
+    """``queue hold|release|delete``: ids given, ``-`` for stdin, ``--all``, or the filters."""
+    order: Order = args.order
+    _check_selection(args)
+    dry_run = getattr(args, "dry_run", False)
     with _spool(settings) as spool:
-        ids = _chosen(args, lambda: [q.id for q in spool.queued() if not q.envelope.held])
-        if not ids:
-            print("No queued message is left to hold.", file=out)
+        tally = _Tally(out)
+        if args.ids:
+            ids = tally.fresh(_given(args.ids))
+        else:
+            items = _chosen_messages(spool, args, order, out)
+            filtered = args.sender is not None or args.domain is not None
+            if not items:
+                every = order != "release"
+                criteria = _criteria(args, every=every, recipients="still to be delivered")
+                print(
+                    f"{_NONE_MATCHING[order]}{criteria}." if filtered else _NOTHING[order], file=out
+                )
+                return EX_OK
+            if order == "delete" and not filtered and not (args.yes or dry_run):
+                raise UsageError(
+                    f"delete --all deletes every queued message ({len(items)} now) and tells no "
+                    "sender; add --yes to do it"
+                )
+            ids = tally.fresh(item.id for item in items)
+        if dry_run:
+            return tally.run(ids, lambda queue_id: _would_delete(spool.queued_message(queue_id)))
+        return tally.outcomes(
+            spool.carry_out(order, ids), lambda queue_id: f"{queue_id}: {_DONE[order]}"
+        )
 
-        def hold(queue_id: str) -> str:
-            spool.hold([queue_id])
-            return f"{queue_id}: on hold"
 
-        return each(ids, hold, out)
+def _chosen_messages(
+    spool: Spool, args: argparse.Namespace, order: Order, out: TextIO
+) -> list[QueuedMessage]:
+    """The messages ``--all`` and the filters choose for ``order``, oldest first.
+
+    A hold or a delete by ``--domain`` takes only a message whose recipients still to be
+    delivered are all at the domain: one also for elsewhere is left alone, with a line saying
+    so, as holding or deleting it would delay or lose mail for another domain. A release takes
+    a held message with any recipient there (it delays nothing).
+    """
+    domain = _domain(args.domain)
+    chosen = []
+    for item in spool.select(sender=args.sender, domain=domain):
+        env = item.envelope
+        if (order == "hold" and env.held) or (order == "release" and not env.held):
+            continue
+        if domain is not None and order != "release":
+            others = [r.address for r in env.pending if r.domain != domain]
+            if others:
+                not_done = "not held" if order == "hold" else "not deleted"
+                print(f"{item.id}: {not_done}, also for {', '.join(others)}", file=out)
+                continue
+        chosen.append(item)
+    return chosen
 
 
-def _queue_release(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
-    with _spool(settings) as spool:
-        ids = _chosen(args, lambda: [q.id for q in spool.queued() if q.envelope.held])
-        if not ids:
-            print("No queued message is on hold.", file=out)
-
-        def release(queue_id: str) -> str:
-            spool.release([queue_id])
-            return f"{queue_id}: released"
-
-        return each(ids, release, out)
-
-
-def _queue_delete(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
-    with _spool(settings) as spool:
-        ids = _chosen(args, lambda: [q.id for q in spool.queued()])
-        if not ids:
-            print("The Queue is empty.", file=out)
-        elif args.all and not args.yes:
-            raise UsageError(
-                f"delete --all deletes every queued message ({len(ids)} now) and tells no "
-                "sender; add --yes to do it"
-            )
-
-        def delete(queue_id: str) -> str:
-            spool.delete([queue_id])
-            return f"{queue_id}: deleted"
-
-        return each(ids, delete, out)
+def _would_delete(item: QueuedMessage) -> str:
+    env = item.envelope
+    pending = ", ".join(r.address for r in env.pending) or "nobody still to be delivered"
+    busy = "; being delivered now" if item.state is State.DELIVERING else ""
+    return f"{item.id}: would be deleted (from {_sender(env.sender)} to {pending}{busy})"
 
 
 def _badmail_json(item: BadMailItem) -> dict[str, object]:
@@ -541,31 +767,96 @@ def _badmail_show(settings: Settings, args: argparse.Namespace, out: TextIO) -> 
 
 
 def _badmail_requeue(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
+    _check_selection(args)
+    if args.recipients and (len(args.ids) != 1 or args.ids == [STDIN]):
+        raise UsageError("--to names recipients of one entry: give exactly one ID with it")
+    domain = _domain(args.domain)
     with _spool(settings) as spool:
-        result = spool.requeue_badmail(args.id, recipients=args.recipients, sender=args.sender)
-    if "." in result:  # a Pickup file name; a queue id has no dot
-        print(f"{args.id}: returned to Pickup/{result}", file=out)
-    else:
-        print(f"{args.id}: requeued as {result}", file=out)
-    return EX_OK
+        tally = _Tally(out)
+        if args.ids:
+            ids = tally.fresh(_given(args.ids))
+        else:
+            entries = list(spool.select_badmail(sender=args.sender, domain=domain))
+            if not entries:
+                criteria = _criteria(args, every=False, recipients="not delivered")
+                print(f"No BadMail entry{criteria}." if criteria else "BadMail is empty.", file=out)
+                return EX_OK
+            ids = tally.fresh(item.id for item in entries)
+
+        def requeue(queue_id: str) -> str:
+            recipients = args.recipients
+            chosen = ""
+            if domain is not None:
+                item = spool.badmail_item(queue_id)
+                if item.envelope is not None and not item.rejected_at_pickup:
+                    # Only the recipients at the domain: the others failed for other reasons.
+                    recipients = [
+                        r.address for r in _undelivered(item.envelope) if r.domain == domain
+                    ]
+                    chosen = f" for {', '.join(recipients)}"
+            if args.dry_run:
+                return _would_requeue(spool.badmail_item(queue_id), recipients, args.new_sender)
+            result = spool.requeue_badmail(queue_id, recipients=recipients, sender=args.new_sender)
+            if "." in result:  # a Pickup file name; a queue id has no dot
+                return f"{queue_id}: returned to Pickup/{result}"
+            return f"{queue_id}: requeued as {result}{chosen}"
+
+        return tally.run(ids, requeue)
+
+
+def _would_requeue(item: BadMailItem, recipients: Sequence[str] | None, sender: str | None) -> str:
+    """What ``requeue_badmail`` would do, in words; what it would refuse, refused."""
+    if item.rejected_at_pickup:
+        return f"{item.id}: would return to Pickup"
+    env = item.envelope
+    if env is None and (not recipients or sender is None):
+        raise NotFound(
+            f"BadMail entry {item.id!r} has no readable envelope: it needs --to and --from"
+        )
+    if recipients is None:
+        recipients = [r.address for r in _undelivered(env)] if env is not None else []
+    new_sender = "" if sender is None else f" from {sender}"
+    return f"{item.id}: would be requeued{new_sender} for {', '.join(recipients)}"
 
 
 def _badmail_delete(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
+    _check_selection(args)
+    domain = _domain(args.domain)
     with _spool(settings) as spool:
-        ids = _chosen(args, lambda: [item.id for item in spool.badmail()])
-        if not ids:
-            print("BadMail is empty.", file=out)
-        elif args.all and not args.yes:
-            raise UsageError(
-                f"delete --all deletes every BadMail entry ({len(ids)} now); add --yes to do it"
-            )
+        tally = _Tally(out)
+        if args.ids:
+            ids = tally.fresh(_given(args.ids))
+        else:
+            entries = []
+            for item in spool.select_badmail(sender=args.sender, domain=domain):
+                if domain is not None and item.envelope is not None:
+                    # As for the Queue: an entry also for another domain is left alone.
+                    others = [r.address for r in _undelivered(item.envelope) if r.domain != domain]
+                    if others:
+                        print(f"{item.id}: not deleted, also for {', '.join(others)}", file=out)
+                        continue
+                entries.append(item)
+            filtered = args.sender is not None or domain is not None
+            if not entries:
+                criteria = _criteria(args, every=True, recipients="not delivered")
+                print(f"No BadMail entry{criteria}." if filtered else "BadMail is empty.", file=out)
+                return EX_OK
+            if not filtered and not (args.yes or args.dry_run):
+                raise UsageError(
+                    f"delete --all deletes every BadMail entry ({len(entries)} now); "
+                    "add --yes to do it"
+                )
+            ids = tally.fresh(item.id for item in entries)
 
         def delete(queue_id: str) -> str:
+            if args.dry_run:
+                item = spool.badmail_item(queue_id)
+                return f"{queue_id}: would be deleted ({item.reason})"
             if not spool.delete_badmail([queue_id]):
                 raise NotFound(f"no BadMail entry {queue_id!r}")
             return f"{queue_id}: deleted"
 
-        return each(ids, delete, out)
+        return tally.run(ids, delete)
 
 
 def _drop_json(item: DropItem) -> dict[str, object]:
