@@ -258,6 +258,7 @@ def _reload(listener: Listener, settings: Settings, args: argparse.Namespace) ->
         log.error("SIGHUP: %s; the settings in use stay", exc)  # noqa: TRY400 (no traceback)
         return settings
     reconfigure(listener, router=router, access=access, settings=new)
+    log.info("SIGHUP: the new settings are in use")
     return new
 
 

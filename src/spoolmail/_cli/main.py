@@ -316,6 +316,7 @@ def _reload(daemon: _Daemon, args: argparse.Namespace, spool: Spool) -> None:
         listening.reconfigure(
             daemon.listener, router=daemon.service.router, access=access, settings=new
         )
+    log.info("SIGHUP: the new settings are in use")
 
 
 def _submit(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
