@@ -197,14 +197,21 @@ def run(example: Example, bound: dict[str, str], monkeypatch: pytest.MonkeyPatch
 
 
 def pages() -> list[Path]:
-    return sorted(page for page in DOCS.glob("*.md") if _BLOCK.search(page.read_text()))
+    """Every page with console examples, in docs/ and its folders (tutorials, how-to guides),
+    but not the built site."""
+    return sorted(
+        page
+        for page in DOCS.rglob("*.md")
+        if not page.relative_to(DOCS).parts[0].startswith("_")
+        and _BLOCK.search(page.read_text(encoding="utf-8"))
+    )
 
 
 def test_some_page_has_console_examples() -> None:
     assert "operations.md" in [page.name for page in pages()]
 
 
-@pytest.mark.parametrize("page", pages(), ids=lambda page: page.name)
+@pytest.mark.parametrize("page", pages(), ids=lambda page: page.relative_to(DOCS).as_posix())
 def test_console_examples(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     clock = TickingClock()
