@@ -23,8 +23,10 @@ from collections.abc import Collection, Iterable
 
 import attrs
 import dns.exception
+import dns.flags
 import dns.name
 import dns.resolver
+import dns.reversename
 
 from spoolmail._core.mx import host_key, no_exchange, order_exchanges
 from spoolmail._core.reply import Reply
@@ -32,7 +34,7 @@ from spoolmail._core.routing import Hop, HopKind, Target
 from spoolmail._core.transcript import Transcript
 from spoolmail._transport.base import Resolution
 
-__all__ = ["MAX_EXCHANGES", "MAX_TARGETS", "DnsResolver"]
+__all__ = ["MAX_EXCHANGES", "MAX_TARGETS", "DnsResolver", "Lookup"]
 
 MAX_EXCHANGES = 10
 """Exchangers looked up per MX hop, best first. Each costs two lookups, each up to the resolver's
@@ -62,6 +64,24 @@ class _Miss(enum.Enum):
 class _Failure:
     miss: _Miss
     detail: str
+
+
+@attrs.frozen
+class Lookup:
+    """One query's outcome, for lookups other than routing (MTA-STS, DANE, FCrDNS).
+
+    ``records`` are the answer's records as text (a TXT record's strings joined, RFC 7208
+    section 3.3 and RFC 8461 section 3.1 read them so); ``missing`` says the name or the type
+    does not exist (NXDOMAIN, NODATA): an answer, not a failure; ``failure`` says why there
+    was no answer (SERVFAIL, timeout); ``authenticated`` is the AD bit of the answer (RFC 4035
+    section 3.2.3: the resolver validated it with DNSSEC; worth only as much as the path to a
+    resolver one trusts).
+    """
+
+    records: tuple[str, ...] = ()
+    missing: bool = False
+    failure: str | None = None
+    authenticated: bool = False
 
 
 @attrs.frozen
@@ -113,6 +133,36 @@ class DnsResolver:
         if hop.kind is HopKind.HOST:
             return self._resolve_host(hop, transcript)
         return self._resolve_mx(hop, transcript)
+
+    def lookup(self, name: str, rdtype: str, transcript: Transcript) -> Lookup:
+        """The ``rdtype`` records of ``name`` (``TXT``, ``TLSA``, ``PTR``, ``A``...), noted in
+        the transcript; ``PTR`` takes an address and asks its reverse name."""
+        if rdtype == "PTR":
+            try:
+                query = dns.reversename.from_address(name)
+            except (dns.exception.DNSException, ValueError):
+                return Lookup(failure=f"{name!r} is not an address")
+        else:
+            found = _dns_name(host_key(name))
+            if found is None:
+                return Lookup(failure=f"{name!r} is not a domain name")
+            query = found
+        answer = self._query(query, rdtype, transcript)
+        if isinstance(answer, _Failure):
+            if answer.miss in (_Miss.NXDOMAIN, _Miss.NODATA):
+                return Lookup(missing=True)
+            return Lookup(failure=answer.detail)
+        if rdtype == "TXT":
+            texts = tuple(b"".join(rdata.strings).decode("utf-8", "replace") for rdata in answer)
+        else:
+            texts = tuple(rdata.to_text() for rdata in answer)
+        authenticated = bool(answer.response.flags & dns.flags.AD)
+        return Lookup(texts, authenticated=authenticated)
+
+    def addresses(self, host: str, transcript: Transcript) -> tuple[str, ...] | Reply:
+        """The addresses of ``host`` (IPv6 and IPv4 interleaved), or why it has none."""
+        found = self._addresses(host_key(host), transcript)
+        return found.failure if found.failure is not None else found.addresses
 
     def _resolve_host(self, hop: Hop, transcript: Transcript) -> Resolution:
         if _is_address(hop.name):
