@@ -65,7 +65,9 @@ def test_exported_names_are_pinned() -> None:
         "Envelope",
         "Hop",
         "HopKind",
+        "HostNameCheck",
         "HostResolver",
+        "HttpsPolicyFetcher",
         "Limits",
         "Listener",
         "ListenerLimits",
@@ -75,6 +77,7 @@ def test_exported_names_are_pinned() -> None:
         "Outgoing",
         "PasswordFile",
         "Pickup",
+        "PolicyFetcher",
         "QueuedMessage",
         "Recipient",
         "RecipientState",
@@ -94,11 +97,15 @@ def test_exported_names_are_pinned() -> None:
         "SpoolmailError",
         "State",
         "Stats",
+        "Suppressed",
+        "SuppressionList",
         "Target",
+        "ThrottleRules",
         "TlsPolicy",
         "Transcript",
         "Transport",
         "__version__",
+        "check_host_name",
     }
     for name in spoolmail.__all__:
         assert hasattr(spoolmail, name), name

@@ -31,15 +31,20 @@ from spoolmail._core.routing import (
     TlsPolicy,
 )
 from spoolmail._core.states import State
+from spoolmail._core.suppression import Suppressed
+from spoolmail._core.throttle import ThrottleRules
 from spoolmail._core.transcript import Transcript
 from spoolmail._listen.listener import Listener, ListenerLimits
 from spoolmail._listen.passwords import PasswordFile
+from spoolmail._service.checks import HostNameCheck, check_host_name
 from spoolmail._service.observers import Stats
 from spoolmail._service.service import Limits, MailService, Report
 from spoolmail._store.spool import BadMailItem, DropItem, QueuedMessage, Spool
 from spoolmail._store.store import Durability
 from spoolmail._store.submission import Pickup
+from spoolmail._store.suppression import SuppressionList
 from spoolmail._transport.base import HostResolver, Outgoing, Resolution, Transport
+from spoolmail._transport.mtasts import HttpsPolicyFetcher, PolicyFetcher
 from spoolmail._transport.smtp import SmtpTransport
 from spoolmail._transport.timeouts import SmtpTimeouts
 from spoolmail.exceptions import SpoolmailError
@@ -64,7 +69,9 @@ __all__ = [
     "Envelope",
     "Hop",
     "HopKind",
+    "HostNameCheck",
     "HostResolver",
+    "HttpsPolicyFetcher",
     "Limits",
     "Listener",
     "ListenerLimits",
@@ -74,6 +81,7 @@ __all__ = [
     "Outgoing",
     "PasswordFile",
     "Pickup",
+    "PolicyFetcher",
     "QueuedMessage",
     "Recipient",
     "RecipientState",
@@ -93,9 +101,13 @@ __all__ = [
     "SpoolmailError",
     "State",
     "Stats",
+    "Suppressed",
+    "SuppressionList",
     "Target",
+    "ThrottleRules",
     "TlsPolicy",
     "Transcript",
     "Transport",
     "__version__",
+    "check_host_name",
 ]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import logging
 import threading
 import time
 from collections import defaultdict
@@ -32,16 +33,30 @@ import attrs
 from spoolmail._core.drop import render_drop_head
 from spoolmail._core.envelope import Envelope, RecipientState
 from spoolmail._core.headers import count_received
+from spoolmail._core.mtasts import apply_policy
 from spoolmail._core.reply import Reply
 from spoolmail._core.retry import short_retrying
-from spoolmail._core.routing import Hop, Route, RouteKind, Router, Target
+from spoolmail._core.routing import Hop, HopKind, Route, RouteKind, Router, Target
+from spoolmail._core.suppression import suppressed_reply
+from spoolmail._core.throttle import RateBucket, Throttle, ThrottleRules, asks_to_slow_down
 from spoolmail._core.transcript import Transcript
 from spoolmail._store.store import chunks, read_head
+from spoolmail._store.suppression import SuppressionList
 from spoolmail._store.transitions import Transitions
-from spoolmail._transport.base import HostResolver, Outgoing, Transport
+from spoolmail._transport.base import HostResolver, Outgoing, Resolution, Transport
+from spoolmail._transport.mtasts import MtaSts
 from spoolmail.exceptions import SpoolmailError
 
-__all__ = ["Attempt", "DeadDestinations", "Deliverer", "TranscriptKind", "passed_over"]
+__all__ = [
+    "Attempt",
+    "DeadDestinations",
+    "Deliverer",
+    "Throttles",
+    "TranscriptKind",
+    "passed_over",
+]
+
+log = logging.getLogger("spoolmail")
 
 HEAD_LIMIT = 1024 * 1024
 NULL_MX = "5.1.10"  # RFC 7505 section 4.1: the domain does not accept mail
@@ -57,10 +72,13 @@ class TranscriptKind(enum.StrEnum):
 def _unreachable(replies: Sequence[Reply]) -> Reply | None:
     """The reply that shows a host did not answer at all, if every reply says so.
 
-    A 421 (service closing) or any RFC 3463 X.4.x status (network and routing) for every
-    recipient means the host, not the recipients, is the problem.
+    An RFC 3463 X.4.x status (network and routing) for every recipient means the host, not
+    the recipients, is the problem. A 421 that asks this sender to slow down (``_core.throttle``:
+    every 421 but a 4.4.x one) is the throttle's to handle instead: the host answered.
     """
-    if replies and all(r.code == 421 or r.status.startswith("4.4.") for r in replies):
+    if replies and all(
+        r.status.startswith("4.4.") or (r.code == 421 and not asks_to_slow_down(r)) for r in replies
+    ):
         return replies[0]
     return None
 
@@ -206,6 +224,109 @@ class Concurrency:
                     freed.notify(self.per_host)  # the limit went up from one
 
 
+def destination(hop: Hop) -> str:
+    """The destination a throttle is kept for: the domain of an MX hop, else the host."""
+    return hop.name.lower()
+
+
+@attrs.define
+class Throttles:
+    """Destinations that asked to be sent less (``_core.throttle``), and the optional message
+    rate per destination. Thread-safe.
+
+    :meth:`slot` holds one of a throttled destination's connections (waiting while its halved
+    limit is in use); :meth:`check` says whether an attempt may start now, or until when it is
+    passed over; :meth:`observe` reads a delivery's replies: a request to slow down throttles
+    the destination, an accepted message gives a connection back.
+    """
+
+    rules: ThrottleRules = attrs.Factory(ThrottleRules)
+    _states: dict[str, Throttle] = attrs.field(factory=dict, init=False)
+    _buckets: dict[str, RateBucket] = attrs.field(factory=dict, init=False)
+    _active: dict[str, int] = attrs.field(factory=dict, init=False)
+    _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False, repr=False)
+    _freed: threading.Condition = attrs.field(init=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._freed = threading.Condition(self._lock)
+
+    def throttled(self) -> dict[str, Throttle]:
+        """The destinations slowed down now, by name."""
+        with self._lock:
+            return dict(self._states)
+
+    @contextlib.contextmanager
+    def slot(self, key: str) -> Iterator[None]:
+        with self._lock:
+            while (state := self._states.get(key)) is not None and self._active.get(
+                key, 0
+            ) >= state.connections:
+                self._freed.wait()
+            self._active[key] = self._active.get(key, 0) + 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._active[key] -= 1
+                if not self._active[key]:
+                    del self._active[key]
+                self._freed.notify_all()
+
+    def check(self, key: str, now: datetime) -> tuple[Reply, datetime] | None:
+        """``None`` if a delivery to ``key`` may start now (a message's token taken, when a
+        rate is set); else the reply for its recipients and when to try again."""
+        with self._lock:
+            state = self._states.get(key)
+            if state is not None and state.until is not None and state.waiting(now):
+                reply = Reply(
+                    451,
+                    "4.7.0",
+                    f"{key} asked to slow down ({state.reason}); not tried again before "
+                    f"{state.until.isoformat(timespec='seconds')}, at most "
+                    f"{state.connections} connection(s) at once",
+                )
+                return reply, state.until
+            rate = self.rules.max_messages_per_minute
+            if rate is None:
+                return None
+            bucket = self._buckets.get(key) or RateBucket.full(rate, now)
+            bucket, wait = bucket.take(rate, now)
+            self._buckets[key] = bucket
+            if len(self._buckets) > 10_000:
+                self._buckets = {key: bucket}
+        if wait is None:
+            return None
+        until = now + wait
+        reply = Reply(
+            451,
+            "4.7.0",
+            f"{key}: at most {rate} message(s) a minute (max_messages_per_minute); next at "
+            f"{until.isoformat(timespec='seconds')}",
+        )
+        return reply, until
+
+    def observe(self, key: str, replies: Iterable[Reply], now: datetime) -> Throttle | None:
+        """Learn from a delivery's replies; the new throttle when the receiver asked to slow
+        down, else ``None``."""
+        replies = list(replies)
+        asking = next((r for r in replies if asks_to_slow_down(r)), None)
+        with self._lock:
+            state = self._states.get(key)
+            if asking is not None:
+                state = (state or Throttle.fresh(self.rules)).asked(asking, now, self.rules)
+                self._states[key] = state
+                return state
+            if state is not None and any(200 <= r.code < 300 for r in replies):
+                recovered = state.accepted(self.rules)
+                if recovered.slowed:
+                    self._states[key] = recovered
+                else:
+                    del self._states[key]
+                    log.info("%s: no longer throttled, deliveries go through again", key)
+                self._freed.notify_all()
+        return None
+
+
 @attrs.define
 class Attempt:
     """One attempt's results: replies by address, transcripts by kind, hosts that did not answer.
@@ -273,6 +394,9 @@ class Deliverer:
     dead: DeadDestinations = attrs.Factory(DeadDestinations)
     dead_for: timedelta = timedelta(minutes=5)
     concurrency: Concurrency = attrs.Factory(lambda: Concurrency(per_host=10))
+    sts: MtaSts | None = None
+    suppression: SuppressionList | None = None
+    throttles: Throttles = attrs.Factory(Throttles)
 
     def attempt(self, envelope: Envelope) -> Attempt:
         attempt = Attempt()
@@ -289,10 +413,15 @@ class Deliverer:
         groups: dict[Route, list[str]] = defaultdict(list)
         for address in pending:
             groups[self.router.route(address)].append(address)
-        for route, addresses in groups.items():
+        for route, grouped in groups.items():
             kind = TranscriptKind.LOCAL if route.kind is RouteKind.LOCAL else TranscriptKind.REMOTE
             transcript = attempt.transcripts.setdefault(kind, Transcript(self.clock))
             transcript.begin(f"attempt {envelope.attempts + 1}: {route.description}")
+            addresses = grouped
+            if route.kind is RouteKind.SMTP and self.suppression is not None:
+                addresses = self._unsuppressed(grouped, transcript, attempt)
+                if not addresses:
+                    continue
             if route.kind is RouteKind.LOCAL:
                 self._deliver_local(envelope, addresses, transcript, attempt)
             else:
@@ -338,24 +467,94 @@ class Deliverer:
         """
         remaining = list(addresses)
         for hop in route.hops:
-            resolution = self.resolver.resolve(hop, transcript)
-            if not resolution.targets:
-                reply = resolution.reply or Reply(451, "4.4.3", f"{hop} resolves to nothing")
-                transcript.note(f"{hop}: {reply}")
-                attempt.replies.update(dict.fromkeys(remaining, reply))
-                for address in remaining:
-                    attempt.waiting.pop(address, None)  # the lookup was a real try
-                    attempt.relays.pop(address, None)  # an earlier hop's host did not answer last
-                if reply.status == NULL_MX:
-                    break
-                continue
-            replies = self._try_targets(
-                envelope, resolution.targets, remaining, transcript, attempt, hop=hop
-            )
-            attempt.replies.update(replies)
-            remaining = [a for a in remaining if 400 <= replies[a].code < 500]
+            key = destination(hop)
+            with self.throttles.slot(key):
+                # Looked at once the slot is ours, as for dead hosts (see _send).
+                held = self.throttles.check(key, self.clock())
+                if held is not None:
+                    reply, until = held
+                    transcript.note(str(reply))
+                    for address in remaining:
+                        attempt.replies[address] = reply
+                        attempt.waiting[address] = min(until, attempt.waiting.get(address, until))
+                        attempt.relays.pop(address, None)
+                    continue
+                replies = self._deliver_hop(envelope, hop, remaining, transcript, attempt)
+            if replies is None:
+                break  # a null MX: no other hop should carry it there either
+            if replies:
+                remaining = [a for a in remaining if 400 <= replies[a].code < 500]
             if not remaining:
                 break
+
+    def _deliver_hop(
+        self,
+        envelope: Envelope,
+        hop: Hop,
+        remaining: Sequence[str],
+        transcript: Transcript,
+        attempt: Attempt,
+    ) -> dict[str, Reply] | None:
+        """One hop: resolve it, apply the MTA-STS policy (MX hops), try its targets, and let
+        the throttle learn from the replies. ``None`` after a null MX, ``{}`` when the hop
+        resolved to nothing (its reason is in ``attempt``; the next hop gets every recipient)."""
+        resolution = self.resolver.resolve(hop, transcript)
+        if hop.kind is HopKind.MX and self.sts is not None and resolution.targets:
+            resolution = self._apply_sts(hop, resolution, transcript)
+        if not resolution.targets:
+            reply = resolution.reply or Reply(451, "4.4.3", f"{hop} resolves to nothing")
+            transcript.note(f"{hop}: {reply}")
+            attempt.replies.update(dict.fromkeys(remaining, reply))
+            for address in remaining:
+                attempt.waiting.pop(address, None)  # the lookup was a real try
+                attempt.relays.pop(address, None)  # an earlier hop's host did not answer last
+            # The next hop gets them all, whatever this one's reason (not a server's 5xx).
+            return None if reply.status == NULL_MX else {}
+        replies = self._try_targets(
+            envelope, resolution.targets, remaining, transcript, attempt, hop=hop
+        )
+        attempt.replies.update(replies)
+        key = destination(hop)
+        throttle = self.throttles.observe(key, replies.values(), self.clock())
+        if throttle is not None and throttle.until is not None:
+            text = (
+                f"{key} asked to slow down ({throttle.reason}): at most "
+                f"{throttle.connections} connection(s) at once, no new attempt before "
+                f"{throttle.until.isoformat(timespec='seconds')}"
+            )
+            transcript.note(text)
+            log.warning("%s", text)
+        return replies
+
+    def _apply_sts(self, hop: Hop, resolution: Resolution, transcript: Transcript) -> Resolution:
+        """RFC 8461: the domain's MTA-STS policy, if it has one, decides the MX targets."""
+        assert self.sts is not None  # noqa: S101 (only called with one)
+        domain = hop.name.lower().rstrip(".")
+        if domain.startswith("["):
+            return resolution  # an address literal has no policy
+        policy = self.sts.policy(domain, transcript)
+        if policy is None:
+            return resolution
+        verdict = apply_policy(domain, policy, resolution.targets)
+        for note in verdict.notes:
+            transcript.note(note)
+        return Resolution(verdict.targets, verdict.reply)
+
+    def _unsuppressed(
+        self, addresses: Sequence[str], transcript: Transcript, attempt: Attempt
+    ) -> list[str]:
+        """The addresses not on the suppression list; the others fail at once."""
+        assert self.suppression is not None  # noqa: S101 (only called with one)
+        left = []
+        for address in addresses:
+            entry = self.suppression.get(address)
+            if entry is None:
+                left.append(address)
+                continue
+            reply = suppressed_reply(entry)
+            transcript.note(f"{address}: {reply}")
+            attempt.replies[address] = reply
+        return left
 
     def _try_targets(
         self,

@@ -52,6 +52,7 @@ from spoolmail._core.events import (
     ToBadMail,
 )
 from spoolmail._core.pickup import PickupOptions
+from spoolmail._core.reply import Reply
 from spoolmail._core.retry import RetryPolicy
 from spoolmail._core.routing import Hop, RouteKind, Router
 from spoolmail._core.states import (
@@ -64,12 +65,16 @@ from spoolmail._core.states import (
     notice_delay,
     retry_local_faults_soon,
 )
+from spoolmail._core.suppression import is_hard_bounce
+from spoolmail._core.throttle import ThrottleRules
 from spoolmail._core.transcript import Transcript, render_transcript
 from spoolmail._service.bounce import Bouncer
+from spoolmail._service.checks import HostNameCheck, check_host_name, warn_about_host_name
 from spoolmail._service.delivery import (
     Attempt,
     Concurrency,
     Deliverer,
+    Throttles,
     TranscriptKind,
     passed_over,
 )
@@ -80,9 +85,11 @@ from spoolmail._store.maillog import MailLog
 from spoolmail._store.recovery import recover
 from spoolmail._store.spool import Spool
 from spoolmail._store.store import MailStore, PickupClaim, QueueFiles
+from spoolmail._store.suppression import SuppressionList
 from spoolmail._store.transitions import Change, Transitions
 from spoolmail._transport.base import HostResolver, Transport
 from spoolmail._transport.dns import DnsResolver
+from spoolmail._transport.mtasts import HttpsPolicyFetcher, MtaSts, PolicyFetcher
 from spoolmail._transport.smtp import SmtpTransport
 from spoolmail.exceptions import (
     ConfigurationError,
@@ -249,6 +256,24 @@ def machine_name() -> str:
         return "localhost"
 
 
+def _mta_sts(
+    resolver: HostResolver,
+    enabled: bool,
+    fetcher: PolicyFetcher | None,
+    clock: Callable[[], datetime],
+) -> MtaSts | None:
+    """The MTA-STS policies for MX delivery: only through the service's own DNS."""
+    if not enabled or not isinstance(resolver, DnsResolver):
+        return None
+    return MtaSts(resolver, fetcher=fetcher or HttpsPolicyFetcher(resolver), clock=clock)
+
+
+def _suppression_list(spool: Spool, days: int) -> SuppressionList | None:
+    if isinstance(days, bool) or not isinstance(days, int) or days < 0:
+        raise ConfigurationError(f"suppression_days must be 0 (no list) or more, not {days!r}")
+    return SuppressionList(spool, days=days) if days else None
+
+
 class MailService:
     """Processes a spool: Pickup → Queue → Drop / SMTP / DSN / BadMail.
 
@@ -278,6 +303,19 @@ class MailService:
       logger) and, unless ``log_days`` is 0, appended to the mail log in ``Log/``, whose daily
       files are kept ``log_days`` days (default 30). :meth:`stats` counts them. See
       docs/events.md.
+    - ``helo_name`` is the name EHLO gives (default ``fqdn``); receivers check that it
+      resolves and that this host's address resolves back to it (docs/deliverability.md,
+      :func:`spoolmail.check_host_name`). A ``transport`` given has its own.
+    - ``mta_sts`` (default on) applies the MX domain's MTA-STS policy (RFC 8461) to MX
+      delivery (not to smart hosts or routes), fetched with ``mta_sts_fetcher`` (default: HTTPS
+      through the service's DNS). It needs the service's own DNS: with a ``host_resolver`` that
+      is not a ``DnsResolver`` there is no policy lookup.
+    - ``suppression_days`` (default 30; 0: no list) keeps recipients that hard-bounced
+      (5.1.1, 5.1.2, 5.1.10 from a remote server) in ``Suppression/``; mail to them fails at
+      once (:class:`~spoolmail.SuppressionList`).
+    - ``throttle`` (:class:`~spoolmail.ThrottleRules`) says how a destination that asks to
+      slow down (421, 4.7.x "rate", "try again later") is slowed, and sets an optional
+      ``max_messages_per_minute`` per destination.
     - One service per :class:`Spool` object at a time; a second process opens its own Spool.
     """
 
@@ -303,6 +341,11 @@ class MailService:
         min_free_space: int = MIN_FREE_SPACE,
         observers: Iterable[Observer] = (),
         log_days: int = 30,
+        helo_name: str | None = None,
+        mta_sts: bool = True,
+        mta_sts_fetcher: PolicyFetcher | None = None,
+        suppression_days: int = 30,
+        throttle: ThrottleRules | None = None,
     ) -> None:
         if spool.service is not None:
             raise ConfigurationError(
@@ -333,7 +376,8 @@ class MailService:
             except MessageError as exc:
                 raise ConfigurationError(f"ndr_copy_to: {exc}") from None
         self.limits = limits
-        self.transport = transport or SmtpTransport(helo_name=self.fqdn)
+        self.helo_name = helo_name or self.fqdn
+        self.transport = transport or SmtpTransport(helo_name=self.helo_name)
         self.rescan_interval = rescan_interval
         self._schedule = Schedule()
         self._emit: Callable[[MailEvent], None] = spool._emit
@@ -352,6 +396,10 @@ class MailService:
             ),
             emit=self._emit,
         )
+        self._names = host_resolver = host_resolver or DnsResolver(
+            resolver=dns_resolver, local_names=[self.fqdn]
+        )
+        self.suppression = _suppression_list(spool, suppression_days)
         self._delivery = Deliverer(
             transitions=self._transitions,
             router=self.router,
@@ -359,9 +407,14 @@ class MailService:
             clock=self.clock,
             max_message_size=limits.max_message_size,
             max_hop_count=limits.max_hop_count,
-            resolver=host_resolver or DnsResolver(resolver=dns_resolver, local_names=[self.fqdn]),
+            resolver=host_resolver,
             masquerade=_checked_fqdn(masquerade_domain) if masquerade_domain else None,
             concurrency=Concurrency(per_host=limits.max_connections_per_host),
+            sts=_mta_sts(host_resolver, mta_sts, mta_sts_fetcher, self.clock),
+            suppression=self.suppression,
+            throttles=Throttles(
+                throttle or ThrottleRules(max_connections=limits.max_connections_per_host)
+            ),
         )
         self._bounce = Bouncer(
             transitions=self._transitions,
@@ -480,6 +533,16 @@ class MailService:
             connections=self._delivery.concurrency.active(),
             dead_hosts=len(self._delivery.dead.marks),
         )
+
+    def check_host_name(self, *, addresses: Iterable[str] = ()) -> HostNameCheck:
+        """Whether ``helo_name`` resolves forward to addresses that resolve back to it (FCrDNS),
+        asked through the service's DNS; each problem is logged as a warning. ``addresses``:
+        the public addresses mail leaves from, when known. The command line runs it when the
+        service starts (``spoolmail check``); see :func:`spoolmail.check_host_name`."""
+        names = self._names if isinstance(self._names, DnsResolver) else None
+        check = check_host_name(self.helo_name, dns_resolver=names, addresses=addresses)
+        warn_about_host_name(check, helo_name=self.helo_name)
+        return check
 
     def room_for_mail(self) -> bool:
         """Whether there is room to take new mail: at least ``min_free_space`` bytes free on the
@@ -810,6 +873,23 @@ class MailService:
                 self._delivery.dead.mark(target, until, reply)
         outcome = self._local_faults(envelope, attempt, outcome)
         self._commit(outcome, attempt.transcripts, tally, attempt=(envelope, attempt))
+        self._suppress_hard_bounces(outcome.envelope, attempt.replies)
+
+    def _suppress_hard_bounces(self, envelope: Envelope, replies: Mapping[str, Reply]) -> None:
+        """Put the recipients a remote server just said do not exist on the suppression list
+        (after the commit: a repeated attempt would only record them again)."""
+        if self.suppression is None:
+            return
+        states = {r.address: r.state for r in envelope.recipients}
+        for address, reply in replies.items():
+            if states.get(address) is not RecipientState.FAILED or not is_hard_bounce(reply):
+                continue
+            try:
+                self.suppression.add(address, reply, queue_id=envelope.id)
+            except StorageError as exc:
+                log.warning("cannot add %s to the suppression list: %s", address, exc)
+            else:
+                log.info("%s: %s suppressed after a hard bounce (%s)", envelope.id, address, reply)
 
     def _passed_over(self, envelope: Envelope, attempt: Attempt) -> AttemptOutcome | None:
         """A message only passed over for dead hosts was not attempted: its attempt is not

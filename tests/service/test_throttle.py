@@ -1,0 +1,116 @@
+"""Backing off when receivers ask: a 421 or a 4.7.x "rate" reply throttles the destination
+(halved connections, a wait the other messages are passed over for, without an attempt of
+their own), the transcript and the mail log say why, and an optional message rate per minute."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+
+from spoolmail import MailService, Reply, Router, Spool, ThrottleRules
+from spoolmail._core.events import Deferred
+from spoolmail.testing import CapturingTransport, FakeClock, StaticResolver
+
+RATE = Reply(
+    421, "4.7.28", "Gmail has detected an unusual rate of unsolicited mail", host="mx.gmail.test"
+)
+
+
+def make(
+    spool: Spool, transport: CapturingTransport, clock: FakeClock, **options: object
+) -> MailService:
+    return MailService(
+        spool,
+        router=Router(local_domains=["example.com"]),
+        transport=transport,
+        host_resolver=StaticResolver(fallback="127.0.0.1"),
+        clock=clock,
+        fqdn="mail.example.com",
+        **options,  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture
+def service(spool: Spool, transport: CapturingTransport, clock: FakeClock) -> Iterator[MailService]:
+    service = make(spool, transport, clock)
+    yield service
+    service.close()
+
+
+def send(spool: Spool, to: str) -> str:
+    head = f"From: alice@example.com\r\nTo: {to}\r\nSubject: hi\r\n\r\nhi\r\n"
+    return spool.submit(head.encode(), sender="alice@example.com", recipients=[to])
+
+
+def test_a_destination_that_asks_is_left_alone_for_a_while(
+    spool: Spool,
+    service: MailService,
+    transport: CapturingTransport,
+    clock: FakeClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    events: list[Deferred] = []
+    spool.subscribe(lambda e: events.append(e) if isinstance(e, Deferred) else None)
+    transport.answers = {"bob@gmail.test": RATE}
+    send(spool, "bob@gmail.test")
+    with caplog.at_level(logging.WARNING, logger="spoolmail"):
+        first = service.run_once()
+    assert len(first.deferred) == 1
+    assert "gmail.test asked to slow down (421 4.7.28" in caplog.text
+    assert "at most 5 connection(s) at once" in caplog.text  # 10 halved
+    # Another message for the domain, a moment later: passed over, no connection, no attempt.
+    transport.answers = {}
+    clock.advance(seconds=10)
+    queue_id = send(spool, "carol@gmail.test")
+    second = service.run_once()
+    assert second.deferred == ((queue_id, "carol@gmail.test"),)
+    assert len(transport.attempts) == 1
+    envelope = spool.queued_message(queue_id).envelope
+    assert envelope.attempts == 0  # passed over, not attempted
+    assert envelope.next_attempt == clock.now - timedelta(seconds=10) + timedelta(minutes=1)
+    [reply] = [r.reply for r in envelope.recipients]
+    assert reply is not None
+    assert (reply.code, reply.status) == (451, "4.7.0")
+    assert "gmail.test asked to slow down (421 4.7.28" in reply.text
+    assert "asked to slow down" in spool.transcript(queue_id)
+    assert any("asked to slow down" in e.reply.text for e in events)  # the mail log's record
+    # Once the wait is over, it is tried, and accepted.
+    clock.set(envelope.next_attempt)
+    third = service.run_once()
+    assert "carol@gmail.test" in {a for _, a in third.delivered}, (
+        third,
+        spool.transcript(queue_id),
+    )
+
+
+def test_other_destinations_are_not_slowed(
+    spool: Spool, service: MailService, transport: CapturingTransport
+) -> None:
+    transport.answers = {"bob@gmail.test": RATE}
+    send(spool, "bob@gmail.test")
+    service.run_once()
+    send(spool, "dan@outlook.test")
+    report = service.run_once()
+    assert [a for _, a in report.delivered] == ["dan@outlook.test"]
+
+
+def test_a_message_rate_per_destination(
+    spool: Spool, transport: CapturingTransport, clock: FakeClock
+) -> None:
+    service = make(spool, transport, clock, throttle=ThrottleRules(max_messages_per_minute=2))
+    try:
+        ids = [send(spool, f"user{n}@gmail.test") for n in range(3)]
+        report = service.run_once()
+        assert len(report.delivered) == 2
+        [(waiting, _)] = report.deferred
+        assert waiting in ids
+        reply = spool.queued_message(waiting).envelope.recipients[0].reply
+        assert reply is not None
+        assert "at most 2 message(s) a minute" in reply.text
+        clock.advance(seconds=30)
+        assert len(service.run_once().delivered) == 1
+    finally:
+        service.close()
