@@ -707,6 +707,8 @@ class MailService:
             )
         self._reschedule(done.files)
         self._forget_dead_hosts(self._schedule.ids() if flushed is None else flushed)
+        if self.suppression is not None:
+            self.suppression.prune()  # expired entries leave the file (they count no more)
 
     def _reschedule(self, files: Mapping[str, QueueFiles]) -> None:
         """Bring the schedule in line with the Queue, re-reading only envelopes that changed.
