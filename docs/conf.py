@@ -26,15 +26,20 @@ html_title = "spoolmail"
 autodoc_member_order = "bysource"
 autodoc_typehints = "description"
 nitpicky = True
+# A console block whose output Pygments cannot lex is shown unhighlighted: not an error.
+suppress_warnings = ["misc.highlighting_failure"]
 # No inventories are fetched (the build needs no network): references to the standard library
 # and to our dependencies are not checked; references to spoolmail's own names are.
 nitpick_ignore_regex = [
     (r"py:.*", r"(builtins|datetime|collections|os|ssl|socket|email|contextlib|time|typing)\b.*"),
-    (r"py:.*", r"(fs|dns|tenacity|attrs|django)\..*"),
+    (r"py:.*", r"(fs|dns|tenacity|attrs|django|cryptography)\..*"),
+    (r"py:class", r"(RSAPrivateKey|Ed25519PrivateKey)"),  # cryptography's, named bare
     (r"py:class", r"(datetime|timedelta|Path|BinaryIO|Self|WaitBaseT|StopBaseT|pyfs\.FS)"),
     # Type aliases, which autodoc names without a page of their own.
-    (r"py:class", r"(QueueIds|Clock|Observer|Answer)"),
+    (r"py:class", r"(QueueIds|Clock|Observer|Answer|SigningKey|DnsResolver)"),
     (r"py:attr", r"(messages|lookups)"),  # CapturingTransport's and StaticResolver's lists
+    # attrs fields, which autodoc does not list as attributes of their own.
+    (r"py:attr", r"(dkim|DkimSession\.unsigned)"),
     (r"py:.*", r"spoolmail\._.*"),  # private modules, named in a few signatures
     (r"py:func", r"hash_password"),
 ]

@@ -59,5 +59,6 @@ def test_every_flag_of_the_table_is_a_flag_of_run_or_a_global_option() -> None:
         assert name in flags.overrides(args), name
 
 
-def test_only_the_password_has_no_flag() -> None:
-    assert [f.name for f, key in keys() if key.flag is None] == ["smart_host_password"]
+def test_only_the_password_and_the_dkim_tables_have_no_flag() -> None:
+    """A password on the command line is seen by every user (ps); DKIM signers are tables."""
+    assert [f.name for f, key in keys() if key.flag is None] == ["smart_host_password", "dkim"]

@@ -12,16 +12,27 @@ from __future__ import annotations
 
 import os
 import ssl
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
+from pathlib import Path
 
 import attrs
 import dns.nameserver
 import dns.resolver
 
 from spoolmail._cli.settings import Settings, parse_duration, retry_interval_seconds
+from spoolmail._core.dkim import (
+    OVERSIGNED_FIELDS,
+    SIGNED_FIELDS,
+    Canonicalization,
+    DkimAlgorithm,
+    DkimKey,
+    DkimPolicy,
+    DkimSigner,
+)
 from spoolmail._core.retry import RetryPolicy
 from spoolmail._core.routing import Credentials, Router, SmartHostMode, TlsPolicy, parse_target
+from spoolmail._core.throttle import ThrottleRules
 from spoolmail._service.service import Limits, MailService, machine_name
 from spoolmail._store.spool import Spool
 from spoolmail._transport.smtp import SmtpTransport
@@ -130,13 +141,20 @@ def service(settings: Settings, spool: Spool) -> MailService:
         retry=retry,
         local_retry=local,
         transport=SmtpTransport(
-            helo_name=fqdn,
+            helo_name=settings.helo_name or fqdn,
             tls_context=tls_context,
             timeouts=timeouts(settings),
             max_recipients=settings.max_recipients,
             max_messages_per_connection=settings.max_messages_per_connection,
         ),
         fqdn=fqdn,
+        helo_name=settings.helo_name,
+        mta_sts=settings.mta_sts,
+        suppression_days=settings.suppression_days,
+        throttle=ThrottleRules(
+            max_connections=settings.max_connections_per_host,
+            max_messages_per_minute=settings.max_messages_per_minute,
+        ),
         limits=Limits(
             max_message_size=settings.max_message_size,
             max_hop_count=settings.max_hop_count,
@@ -196,3 +214,69 @@ def dns_resolver(servers: Sequence[str]) -> dns.resolver.Resolver | None:
         nameservers.append(dns.nameserver.Do53Nameserver(target.host, target.port))
     resolver.nameservers = nameservers
     return resolver
+
+
+_DKIM_KEYS = frozenset(
+    {"selector", "key_file", "algorithm", "canonicalization", "expire_after", "headers", "oversign"}
+)
+
+
+def dkim_policy(settings: Settings) -> DkimPolicy | None:
+    """The ``[spoolmail.dkim."DOMAIN"]`` tables as a policy (``None``: no signing).
+
+    Reads the key files: call it before dropping root, so that a key only root may read works.
+    """
+    if not settings.dkim:
+        return None
+    return DkimPolicy(
+        _dkim_signer(domain, table)
+        for domain, entry in settings.dkim.items()
+        for table in (entry if isinstance(entry, list) else [entry])
+    )
+
+
+def _dkim_signer(domain: str, table: Mapping[str, object]) -> DkimSigner:
+    where = f'dkim."{domain}"'
+    unknown = sorted(set(table) - _DKIM_KEYS)
+    if unknown:
+        raise ConfigurationError(f"{where}: unknown key(s) {', '.join(unknown)}")
+    selector, key_file = table.get("selector"), table.get("key_file")
+    if not isinstance(selector, str) or not isinstance(key_file, str):
+        raise ConfigurationError(f"{where}: selector and key_file (strings) are required")
+    try:
+        key = DkimKey.from_pem(Path(key_file).read_bytes())
+    except OSError as exc:
+        raise ConfigurationError(f"{where}: key_file {key_file!r}: {exc.strerror}") from None
+    try:
+        wanted = DkimAlgorithm(str(table.get("algorithm", key.algorithm.value)))
+        header, _, body = str(table.get("canonicalization", "relaxed/relaxed")).partition("/")
+        header_c, body_c = Canonicalization(header), Canonicalization(body or header)
+    except ValueError as exc:
+        raise ConfigurationError(f"{where}: {exc}") from None
+    if wanted is not key.algorithm:
+        raise ConfigurationError(
+            f"{where}: key_file holds a {key.algorithm.value} key, not {wanted.value}"
+        )
+    expire = table.get("expire_after")
+    headers, oversign = (
+        table.get("headers", SIGNED_FIELDS),
+        table.get("oversign", OVERSIGNED_FIELDS),
+    )
+    for name, value in (("headers", headers), ("oversign", oversign)):
+        if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+            raise ConfigurationError(f"{where}.{name}: a list of header field names")
+    try:
+        return DkimSigner(
+            key,
+            domain=domain,
+            selector=selector,
+            headers=tuple(headers),  # type: ignore[arg-type]
+            oversign=tuple(oversign),  # type: ignore[arg-type]
+            header_canonicalization=header_c,
+            body_canonicalization=body_c,
+            expire_after=parse_duration(str(expire), what=f"{where}.expire_after")
+            if expire is not None
+            else None,
+        )
+    except (ValueError, TypeError) as exc:
+        raise ConfigurationError(f"{where}: {exc}") from None

@@ -50,7 +50,7 @@ def add_setting_flags(
             continue
         options: dict[str, Any] = {"dest": name, "help": key.doc, "default": default}
         if key.kind is BOOLEAN:
-            options.update(action="store_const", const=True)
+            options.update(action="store_const", const=key.const)
         elif key.kind is ADDRESS_OR_FLAG:
             options.update(nargs="?", const=True, metavar=key.metavar)
         else:

@@ -208,8 +208,9 @@ def _listen(
     if prepared is None:
         raise UsageError("spoolmail listen: where? give --listen ADDRESS:PORT or 'listen' setting")
     try:
+        dkim = assemble.dkim_policy(settings)  # key files read while still root
         lose_root(settings)
-        with Spool(settings.root) as spool:
+        with Spool(settings.root, dkim=dkim) as spool:
             listener = start(prepared, spool, router=assemble.router(settings), settings=settings)
             woken = threading.Event()
             asked = {"stop": False, "reload": False}

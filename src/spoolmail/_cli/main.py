@@ -24,6 +24,7 @@ import attrs
 from spoolmail._cli import (
     assemble,
     config,
+    dkim,
     flags,
     listening,
     maillog,
@@ -31,6 +32,7 @@ from spoolmail._cli import (
     privileges,
     reloading,
     sendmail,
+    suppress,
 )
 from spoolmail._cli.logs import Logs
 from spoolmail._cli.settings import Settings, load_settings
@@ -75,6 +77,8 @@ def _parser() -> argparse.ArgumentParser:
     listening.add_commands(commands, lose_root=_lose_root)
     sendmail.add_command(commands)
     config.add_command(commands)
+    suppress.add_commands(commands)
+    dkim.add_commands(commands)
     _global_options_after(parser)
     return parser
 
@@ -200,8 +204,9 @@ def _run(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
     # The listener's sockets are bound (port 25), its key and users read, while still root.
     prepared = None if args.once else listening.prepare(settings)
     try:
+        dkim = assemble.dkim_policy(settings)  # key files read while still root
         _lose_root(settings)
-        with Spool(settings.root) as spool:
+        with Spool(settings.root, dkim=dkim) as spool:
             return _serve(settings, args, out, spool, prepared)
     finally:
         if prepared is not None:

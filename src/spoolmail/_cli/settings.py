@@ -45,6 +45,17 @@ A settings file is TOML with one ``[spoolmail]`` table; every key is optional:
     smtp_port = 25
     # replaces a local domain in MAIL FROM when sending out
     masquerade_domain = "example.com"
+    # the name said in EHLO (default: fqdn); it should resolve forward and back (FCrDNS)
+    helo_name = "mail.example.com"
+    # apply the MTA-STS policies (RFC 8461) of the domains mail goes to directly
+    mta_sts = true
+    # days a hard-bounced recipient (5.1.1, 5.1.2, 5.1.10) stays suppressed; 0: no list
+    suppression_days = 30
+    # messages sent to one destination a minute at most (default: no limit)
+    max_messages_per_minute = 600
+    # DKIM signers by From: domain: [spoolmail.dkim."example.com"] with selector and key_file
+    # (docs/dkim.md); no flag: a table
+    dkim = {}
     # messages attempted at once (IIS: 1000 outbound connections)
     max_connections = 20
     # connections to one host at once (IIS: 100 per domain)
@@ -212,8 +223,21 @@ TABLE = Kind("table of strings", _each(dict, _is(str)))
 DURATION = Kind("duration", _is(str))
 INTERVALS = Kind("list of minutes or durations", _each(list, _is(int, float, str)))
 ADDRESS_OR_FLAG = Kind("string or boolean", _is(str, bool))
-# A nested table ([spoolmail.dkim], to come) is a Kind whose ``accepts`` checks the table and
-# whose Settings field converts it; load_settings hands it over as it does any other value.
+
+
+def _dkim_tables(value: object) -> bool:
+    """``{"example.com": {...}}`` or ``{"example.com": [{...}, {...}]}``: tables of signers."""
+    if not isinstance(value, dict):
+        return False
+    for entry in value.values():
+        tables = entry if isinstance(entry, list) else [entry]
+        if not tables or not all(isinstance(table, dict) for table in tables):
+            return False
+    return True
+
+
+# A nested table: load_settings hands it over as it does any other value, assemble reads it.
+DKIM_TABLES = Kind("table of DKIM signers by domain", _dkim_tables)
 
 
 @attrs.frozen
@@ -235,6 +259,7 @@ class Key:
     secret: bool = False
     example: object = None
     metavar: str | None = None
+    const: object = True
 
 
 def _setting(
@@ -252,8 +277,10 @@ def _setting(
     validator: Any = None,
     converter: Any = None,
     factory: Callable[[], object] | None = None,
+    const: object = True,
 ) -> Any:
     key = Key(
+        const=const,
         kind=kind,
         doc=doc,
         flag=flag,
@@ -542,6 +569,48 @@ class Settings:
         iis="Delivery, Advanced: Masquerade domain",
         example="example.com",
         metavar="DOMAIN",
+    )
+    helo_name: str | None = _setting(
+        None,
+        STRING,
+        "the name said in EHLO (default: fqdn); it should resolve forward and back (FCrDNS)",
+        flag="--helo-name",
+        iis="Delivery, Advanced: Fully-qualified domain name",
+        example="mail.example.com",
+        metavar="NAME",
+    )
+    mta_sts: bool = _setting(
+        True,
+        BOOLEAN,
+        "apply the MTA-STS policies (RFC 8461) of the domains mail goes to directly",
+        flag="--no-mta-sts",
+        const=False,
+    )
+    suppression_days: int = _setting(
+        30,
+        INTEGER,
+        "days a hard-bounced recipient (5.1.1, 5.1.2, 5.1.10) stays suppressed; 0: no list",
+        flag="--suppression-days",
+        metavar="DAYS",
+        validator=_not_negative,
+    )
+    max_messages_per_minute: int | None = _setting(
+        None,
+        INTEGER,
+        "messages sent to one destination a minute at most (default: no limit)",
+        flag="--max-messages-per-minute",
+        example=600,
+        metavar="N",
+        validator=attrs.validators.optional(_positive),
+    )
+    dkim: Mapping[str, Any] = _setting(
+        None,
+        DKIM_TABLES,
+        'DKIM signers by From: domain: [spoolmail.dkim."example.com"] with selector and '
+        "key_file (docs/dkim.md); no flag: a table",
+        flag=None,
+        restart=True,
+        factory=dict,
     )
     max_connections: int = _setting(
         20,
