@@ -44,6 +44,7 @@ from spoolmail._store.store import chunks, read_head
 from spoolmail._store.suppression import SuppressionList
 from spoolmail._store.transitions import Transitions
 from spoolmail._transport.base import HostResolver, Outgoing, Resolution, Transport
+from spoolmail._transport.dane import Dane
 from spoolmail._transport.mtasts import MtaSts
 from spoolmail.exceptions import SpoolmailError
 
@@ -395,6 +396,7 @@ class Deliverer:
     dead_for: timedelta = timedelta(minutes=5)
     concurrency: Concurrency = attrs.Factory(lambda: Concurrency(per_host=10))
     sts: MtaSts | None = None
+    dane: Dane | None = None
     suppression: SuppressionList | None = None
     throttles: Throttles = attrs.Factory(Throttles)
 
@@ -495,12 +497,16 @@ class Deliverer:
         transcript: Transcript,
         attempt: Attempt,
     ) -> dict[str, Reply] | None:
-        """One hop: resolve it, apply the MTA-STS policy (MX hops), try its targets, and let
+        """One hop: resolve it, apply MTA-STS and DANE (MX hops), try its targets, and let
         the throttle learn from the replies. ``None`` after a null MX, ``{}`` when the hop
         resolved to nothing (its reason is in ``attempt``; the next hop gets every recipient)."""
         resolution = self.resolver.resolve(hop, transcript)
         if hop.kind is HopKind.MX and self.sts is not None and resolution.targets:
             resolution = self._apply_sts(hop, resolution, transcript)
+        if hop.kind is HopKind.MX and self.dane is not None and resolution.targets:
+            domain = hop.name.lower().rstrip(".")
+            if not domain.startswith("["):  # an address literal has no DNS
+                resolution = self.dane.apply(domain, resolution, transcript)
         if not resolution.targets:
             reply = resolution.reply or Reply(451, "4.4.3", f"{hop} resolves to nothing")
             transcript.note(f"{hop}: {reply}")

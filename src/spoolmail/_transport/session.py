@@ -24,6 +24,7 @@ from typing import BinaryIO
 
 import attrs
 
+from spoolmail._core.dane import DaneTarget, match
 from spoolmail._core.reply import Reply
 from spoolmail._core.routing import Target
 from spoolmail._core.transcript import Transcript
@@ -395,7 +396,34 @@ class Session:
             tls.do_handshake()
         except (OSError, ValueError) as error:  # ssl.SSLError is an OSError
             raise self._handshake_failed(_handshake_problem(error, timeout)) from error
+        if isinstance(self.target, DaneTarget):
+            return self._dane_checked(tls, self.target)
         return self._tls_description(tls, verified=start.verify)
+
+    def _dane_checked(self, sock: ssl.SSLSocket, target: DaneTarget) -> str:
+        """RFC 7672 section 3: the server's certificate must match one of the target's usable
+        TLSA records; DANE-EE(3) checks no name and no date (section 3.1.1)."""
+        leaf = sock.getpeercert(binary_form=True)
+        found = match(target.tlsa, [leaf] if leaf else [])
+        if found is None:
+            self.protocol.close()
+            # RFC 3463 X.7.5 "cryptographic failure", as for a certificate that does not verify.
+            raise SessionError(
+                Reply(
+                    451,
+                    "4.7.5",
+                    f"TLSA records for {target.tlsa_name}: none matched the certificate of "
+                    f"{where(target)} (DANE, RFC 7672 section 3)",
+                    host=target.host,
+                )
+            )
+        text = self._tls_description(sock, verified=False).removesuffix(
+            "; certificate not verified"
+        )
+        return (
+            f"{text}; certificate matched TLSA {found} at {target.tlsa_name} (DANE-EE: name "
+            "and dates not checked, RFC 7672 section 3.1.1)"
+        )
 
     def _handshake_failed(self, problem: str) -> HandshakeFailed:
         # Whatever state OpenSSL left the connection in, nothing more can be said on it.

@@ -1,0 +1,140 @@
+"""DANE lookups (RFC 7672): whether a domain's MX RRset is validated, each MX host's TLSA
+records, and what they make of the MX targets.
+
+:class:`Dane` asks a :class:`Lookups` (the delivery's own
+:class:`~spoolmail._transport.dns.DnsResolver`) for the domain's MX RRset again, to read its AD
+bit (the routing lookup does not keep it), then ``_port._tcp.<mx>`` TLSA for each MX host
+the validated RRset names, and the host's A/AAAA only when that TLSA lookup fails. The decision
+is the pure ``spoolmail._core.dane.plan``; this module only asks and applies it: hosts DANE
+authenticates become :class:`~spoolmail._core.dane.DaneTarget` s (STARTTLS required, the
+certificate checked against the records after the handshake, in the session), hosts whose TLSA
+lookup failed are left out with ``451 4.7.5``. Every step is noted in the transcript. The AD bit
+is worth what the resolver is: DANE is used only when the operator declares the resolver
+validates DNSSEC over a trusted path (``MailService(dane=True)``, RFC 7672 section 2.1.3).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from spoolmail._core.dane import DaneState, Plan, apply_plan, plan, tlsa_name
+from spoolmail._core.mx import host_key
+from spoolmail._core.reply import Reply
+from spoolmail._core.routing import Target, TlsPolicy
+from spoolmail._core.transcript import Transcript
+from spoolmail._transport.base import Resolution
+from spoolmail._transport.dns import Lookup
+
+__all__ = ["CHAIN_AVAILABLE", "Dane", "Lookups"]
+
+CHAIN_AVAILABLE = False
+"""Whether DANE-TA(2) records can be checked. They need the server's whole chain, which
+``ssl`` gives only from Python 3.13 (``get_unverified_chain``), and a chain check this release
+does not do: TA records are unusable (RFC 7672 section 3.1.2 has the server publish one only
+with its chain), and a host with nothing else gets TLS without authentication."""
+
+
+class Lookups(Protocol):
+    """One DNS question, with the answer's AD bit (``DnsResolver.lookup``)."""
+
+    def lookup(self, name: str, rdtype: str, transcript: Transcript) -> Lookup: ...
+
+
+class Dane:
+    """Applies DANE to one domain's MX targets: ``Dane(dns_resolver).apply(domain, ...)``."""
+
+    def __init__(self, lookups: Lookups) -> None:
+        self._lookups = lookups
+
+    def apply(self, domain: str, resolution: Resolution, transcript: Transcript) -> Resolution:
+        """The MX ``resolution`` of ``domain`` with DANE applied (see the module docstring)."""
+        secure = self._secure_exchanges(domain, transcript)
+        if isinstance(secure, Reply):
+            transcript.note(str(secure))
+            return Resolution(reply=secure)
+        if secure is None:
+            return resolution
+        plans: dict[tuple[str, int], Plan] = {}
+        targets: list[Target] = []
+        deferred: list[Reply] = []
+        for target in resolution.targets:
+            if target.literal or target.name is None:
+                targets.append(target)
+                continue
+            host = host_key(target.name)
+            key = (host, target.port)
+            if key not in plans:
+                plans[key] = self._plan(host, target.port, host in secure, transcript)
+                for note in plans[key].notes:
+                    transcript.note(note)
+            decided = plans[key]
+            if decided.state is DaneState.DEFER:
+                assert decided.reply is not None  # noqa: S101 (DEFER has one)
+                if decided.reply not in deferred:
+                    transcript.note(str(decided.reply))
+                    deferred.append(decided.reply)
+                continue
+            if target.tls is TlsPolicy.NEVER and decided.state is not DaneState.NOT_APPLICABLE:
+                transcript.note(f"DANE: the route to {host} says tls=never: DANE not applied")
+            targets.append(apply_plan(target, decided))
+        if targets:
+            return Resolution(tuple(targets))
+        return Resolution(reply=deferred[0] if deferred else resolution.reply)
+
+    def _secure_exchanges(self, domain: str, transcript: Transcript) -> set[str] | Reply | None:
+        """The MX hosts of a validated MX RRset; ``None`` when DANE does not apply to the
+        domain; a reply when the MX lookup failed this time."""
+        found = self._lookups.lookup(domain, "MX", transcript)
+        if found.failure is not None:
+            return Reply(
+                451,
+                "4.4.3",
+                f"MX lookup for {domain} failed ({found.failure}): cannot tell whether DANE "
+                "applies (RFC 7672 section 2.2.1)",
+            )
+        if found.missing or not found.records:
+            transcript.note(
+                f"DANE: {domain} has no MX records; DANE for a domain without them (RFC 7672 "
+                "section 2.2.2) is not applied"
+            )
+            return None
+        if not found.authenticated:
+            transcript.note(
+                f"DANE: the MX records of {domain} are not DNSSEC-validated (no AD bit): DANE "
+                "does not apply (RFC 7672 section 2.2.1)"
+            )
+            return None
+        hosts = set()
+        for text in found.records:
+            _, _, exchange = text.partition(" ")
+            hosts.add(host_key(exchange.strip()))
+        return hosts
+
+    def _plan(self, host: str, port: int, listed: bool, transcript: Transcript) -> Plan:
+        if not listed:
+            transcript.note(f"DANE: {host} is not in the validated MX records: not applied")
+            return Plan(DaneState.NOT_APPLICABLE)
+        tlsa = self._lookups.lookup(tlsa_name(host, port), "TLSA", transcript)
+        host_secure = True
+        if tlsa.failure is not None:
+            host_secure = self._addresses_secure(host, transcript)
+        return plan(
+            host,
+            port,
+            mx_secure=True,
+            records=tlsa.records,
+            missing=tlsa.missing,
+            failure=tlsa.failure,
+            authenticated=tlsa.authenticated,
+            host_secure=host_secure,
+            chain_available=CHAIN_AVAILABLE,
+        )
+
+    def _addresses_secure(self, host: str, transcript: Transcript) -> bool:
+        """Whether ``host``'s A or AAAA answer is validated; a failure counts as validated
+        (the cautious reading: DANE may apply, so the host waits)."""
+        for rdtype in ("A", "AAAA"):
+            found = self._lookups.lookup(host, rdtype, transcript)
+            if found.failure is not None or (found.records and found.authenticated):
+                return True
+        return False
