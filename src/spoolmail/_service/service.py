@@ -1027,10 +1027,13 @@ class MailService:
         # A DSN that cannot be queued fails the whole commit: the claim goes back as it was
         # (see _attempt), and the repeated attempt queues it under the same id.
         dsn_events: list[MailEvent] = []
+        # A DSN is scheduled only once its Queued event is out: a delivery thread could
+        # otherwise tell its Drop file before anyone heard it was queued.
+        dsns_due: list[tuple[str, datetime]] = []
         for order in outcome.dsns:
             dsn = self._bounce.queue_dsn(envelope, order)
             if dsn is not None:
-                self._due_at(dsn.id, dsn.next_attempt)
+                dsns_due.append((dsn.id, dsn.next_attempt))
                 tally.dsns.append(dsn.id)
                 addresses = tuple(r.address for r in order.recipients)
                 dsn_events.append(
@@ -1075,6 +1078,8 @@ class MailService:
         except Exception as exc:
             for event in dsn_events:  # queued, whatever became of this commit
                 self._emit(event)
+            for dsn_id, due in dsns_due:
+                self._due_at(dsn_id, due)
             # The outcome is decided (a server may have taken the message): what it says is
             # given back, so that nothing delivered is delivered again. A message to finish or
             # to move to BadMail is due again after the pause, to be settled then; one that
@@ -1088,6 +1093,8 @@ class MailService:
                 self._emit(event)
         for event in dsn_events:
             self._emit(event)
+        for dsn_id, due in dsns_due:
+            self._due_at(dsn_id, due)
         if end is not None:
             self._emit(end)
 
