@@ -1076,10 +1076,7 @@ class MailService:
                     tally.finished.append(envelope.id)
                     end = Removed(queue_id=envelope.id, time=self.clock())
         except Exception as exc:
-            for event in dsn_events:  # queued, whatever became of this commit
-                self._emit(event)
-            for dsn_id, due in dsns_due:
-                self._due_at(dsn_id, due)
+            self._announce_dsns(dsn_events, dsns_due)  # queued, whatever became of this commit
             # The outcome is decided (a server may have taken the message): what it says is
             # given back, so that nothing delivered is delivered again. A message to finish or
             # to move to BadMail is due again after the pause, to be settled then; one that
@@ -1091,12 +1088,18 @@ class MailService:
         if attempt is not None:
             for event in self._attempt_events(*attempt, outcome):
                 self._emit(event)
-        for event in dsn_events:
-            self._emit(event)
-        for dsn_id, due in dsns_due:
-            self._due_at(dsn_id, due)
+        self._announce_dsns(dsn_events, dsns_due)
         if end is not None:
             self._emit(end)
+
+    def _announce_dsns(
+        self, events: Sequence[MailEvent], due: Sequence[tuple[str, datetime]]
+    ) -> None:
+        """Tell the DSNs queued, then schedule them (so no delivery thread speaks of one first)."""
+        for event in events:
+            self._emit(event)
+        for dsn_id, when in due:
+            self._due_at(dsn_id, when)
 
     def _attempt_events(
         self, before: Envelope, attempt: Attempt, outcome: AttemptOutcome
