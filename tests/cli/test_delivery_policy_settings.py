@@ -168,3 +168,9 @@ def test_check_says_whether_the_helo_name_resolves_back(tmp_path: Path, fcrdns: 
     )
     assert status == 1
     assert "points back to vm-26.provider.test" in out
+
+
+def test_dane_is_off_unless_asked(tmp_path: Path) -> None:
+    assert load_settings(None, {}).dane is False
+    status, out = run("--root", str(tmp_path / "R"), "config", "--dane")
+    assert (status, "dane = true" in out) == (0, True)

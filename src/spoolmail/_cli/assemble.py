@@ -150,6 +150,7 @@ def service(settings: Settings, spool: Spool) -> MailService:
         fqdn=fqdn,
         helo_name=settings.helo_name,
         mta_sts=settings.mta_sts,
+        dane=settings.dane,
         suppression_days=settings.suppression_days,
         throttle=ThrottleRules(
             max_connections=settings.max_connections_per_host,
