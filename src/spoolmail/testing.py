@@ -71,6 +71,7 @@ class FakeClock:
         return self.now
 
     def set(self, when: datetime) -> None:
+        """Set the clock to ``when`` (an aware datetime)."""
         if when.utcoffset() is None:
             raise ValueError("FakeClock needs an aware datetime")
         self.now = when
@@ -123,6 +124,7 @@ class StaticResolver:
         return found or []
 
     def resolve(self, hop: Hop, transcript: Transcript) -> Resolution:
+        """The targets the tables give for ``hop``, as DNS would (no lookup is made)."""
         self.lookups.append(hop)
         if hop.kind is HopKind.MX and self.mx.get(hop.name.lower()) == [(0, ".")]:
             reply = Reply(556, "5.1.10", f"{hop.name} does not accept mail (null MX, RFC 7505)")
@@ -169,6 +171,7 @@ class CapturingTransport:
         self.closed = 0
 
     def answer(self, address: str) -> Reply:
+        """The reply scripted for ``address``: its own, the default's, or ``250``."""
         if callable(self.answers):
             return self.answers(address)
         found = (self.answers or {}).get(address)
@@ -177,6 +180,7 @@ class CapturingTransport:
         return found(address) if callable(found) else found
 
     def send(self, target: Target, message: Outgoing, transcript: Transcript) -> dict[str, Reply]:
+        """Record the message as sent to ``target`` and answer each recipient as scripted."""
         replies = {address: self.answer(address) for address in message.recipients}
         self.attempts.append((target, tuple(message.recipients)))
         accepted = tuple(a for a, r in replies.items() if r.code < 300)
@@ -190,6 +194,7 @@ class CapturingTransport:
         return replies
 
     def close(self) -> None:
+        """Count the close (``closed``): the service closes its transport when it is closed."""
         self.closed += 1
 
 

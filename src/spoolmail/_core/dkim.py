@@ -158,7 +158,9 @@ class SigningKey(Protocol):
     """
 
     @property
-    def algorithm(self) -> DkimAlgorithm: ...
+    def algorithm(self) -> DkimAlgorithm:
+        """What the key signs with: ``rsa-sha256`` or ``ed25519-sha256``."""
+        ...
 
     def sign_digest(self, digest: bytes) -> bytes: ...
 
@@ -227,6 +229,7 @@ class DkimKey:
 
     @property
     def algorithm(self) -> DkimAlgorithm:
+        """``rsa-sha256`` or ``ed25519-sha256``, from the key's type."""
         from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: PLC0415
 
         if isinstance(self.private_key, rsa.RSAPrivateKey):

@@ -95,6 +95,7 @@ class Recipient:
 
     @property
     def domain(self) -> str:
+        """The recipient's domain, lower case, without a trailing dot."""
         return self.address.rpartition("@")[2].lower()
 
     def wants(self, kind: Notify) -> bool:
@@ -172,6 +173,7 @@ class Envelope:
 
     @property
     def held(self) -> bool:
+        """Whether an operator put the message on hold (never attempted until released)."""
         return self.held_since is not None
 
     @property
@@ -181,9 +183,11 @@ class Envelope:
 
     @property
     def pending(self) -> tuple[Recipient, ...]:
+        """The recipients still to be delivered, in envelope order."""
         return tuple(r for r in self.recipients if r.state is RecipientState.PENDING)
 
     def with_recipients(self, recipients: Iterable[Recipient]) -> Envelope:
+        """This envelope with ``recipients`` instead of its own."""
         return attrs.evolve(self, recipients=tuple(recipients))
 
 

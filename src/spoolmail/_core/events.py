@@ -139,6 +139,7 @@ class Queued(MailEvent):
 
     @property
     def source(self) -> Source:
+        """Where the message came from (Pickup, SMTP, a DSN, a requeue, submit), from its origin."""
         try:
             return Source(self.origin.partition(":")[0])
         except ValueError:

@@ -58,6 +58,7 @@ class Reply:
 
     @property
     def severity(self) -> Severity:
+        """What the reply means: success (2xx), temporary (4xx) or permanent (5xx)."""
         if self.code < 400:
             return Severity.SUCCESS
         if self.code < 500:
@@ -89,6 +90,7 @@ class Reply:
         return None
 
     def to_json(self) -> dict[str, Any]:
+        """The reply as JSON values, as envelopes and the mail log keep it."""
         data: dict[str, Any] = {
             "code": self.code,
             "enhanced": self.enhanced,
@@ -102,6 +104,7 @@ class Reply:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Reply:
+        """The reply :meth:`to_json` gave."""
         raw_cause = data.get("cause")
         return cls(
             code=int(data["code"]),

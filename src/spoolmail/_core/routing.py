@@ -95,6 +95,8 @@ class Target:
 
 
 class HopKind(enum.Enum):
+    """How a hop names where to connect: a domain's MX hosts, a host name, or an address literal."""
+
     MX = "mx"
     """The domain's MX hosts, or its own address when it has none (RFC 5321 section 5.1)."""
     HOST = "host"
@@ -176,6 +178,8 @@ def _port(text: str, whole: str) -> int:
 
 
 class RouteKind(enum.Enum):
+    """Where a recipient's mail goes: into Drop (``LOCAL``) or over SMTP."""
+
     LOCAL = "local"
     SMTP = "smtp"
 
@@ -189,6 +193,7 @@ class Route:
 
     @property
     def description(self) -> str:
+        """The route in words, for transcripts: ``local delivery to Drop`` or its hops."""
         if self.kind is RouteKind.LOCAL:
             return "local delivery to Drop"
         return "SMTP via " + ", then ".join(str(hop) for hop in self.hops)
@@ -332,6 +337,8 @@ class Router:
 
     @property
     def mode(self) -> SmartHostMode:
+        """The smart host mode in effect: ``NONE`` without a smart host, else the one given
+        (``ALWAYS`` by default)."""
         if self.smart_host is None:
             return SmartHostMode.NONE
         return self.smart_host_mode or SmartHostMode.ALWAYS

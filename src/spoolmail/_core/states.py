@@ -80,6 +80,8 @@ __all__ = [
 
 
 class State(enum.Enum):
+    """Where a message is: the folder that holds it (docs/design.md#state-machine)."""
+
     NEW = "new"
     PICKUP = "pickup"
     QUEUED = "queued"

@@ -69,6 +69,7 @@ class Suppressed:
         return self.time + keep
 
     def to_json(self) -> dict[str, Any]:
+        """The entry as one JSON object, as the suppression file keeps it."""
         return {
             "address": self.address,
             "time": self.time.isoformat(timespec="seconds"),

@@ -50,6 +50,7 @@ class Transcript:
         self._entries.append((self.clock(), "*", text))
 
     def extend(self, other: Transcript) -> None:
+        """Append ``other``'s lines to this transcript."""
         self._entries.extend(other._entries)
 
     @property
@@ -59,6 +60,7 @@ class Transcript:
 
     @property
     def text(self) -> str:
+        """The transcript as it is written into ``.RTR`` / ``.LTR`` files and BadMail reports."""
         return "".join(f"{line}\n" for line in self.lines)
 
 

@@ -192,6 +192,7 @@ class Listener:
 
     @property
     def relay_networks(self) -> tuple[str, ...]:
+        """The client networks allowed to relay, as given (CIDR)."""
         return tuple(str(n) for n in self._access.relay_networks)
 
     def __repr__(self) -> str:

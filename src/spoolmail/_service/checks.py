@@ -42,6 +42,7 @@ class HostNameCheck:
 
     @property
     def ok(self) -> bool:
+        """Whether forward and reverse DNS agree (no problem was found)."""
         return not self.problems
 
     def __str__(self) -> str:

@@ -91,6 +91,7 @@ class QueuedMessage:
 
     @property
     def id(self) -> str:
+        """The queue id (the envelope's)."""
         return self.envelope.id
 
 
@@ -327,6 +328,8 @@ class Spool:
         self._bus.emit(event)
 
     def close(self) -> None:
+        """Let go of the MailRoot: this process's spare files and owner record go, and a
+        filesystem the Spool opened itself is closed (not one it was given)."""
         self._store.close()
         if self._owns_fs:
             self._store.fs.close()
@@ -733,6 +736,7 @@ class Spool:
                 continue
 
     def queued_message(self, queue_id: str) -> QueuedMessage:
+        """One queued message's envelope and state (``NotFound`` if it is not queued)."""
         self._checked(queue_id)
         try:
             # The common case without listing the Queue: a flush of 5,000 ids listed 5,000
@@ -780,6 +784,7 @@ class Spool:
                 continue
 
     def badmail_item(self, queue_id: str) -> BadMailItem:
+        """One BadMail entry: its reason, report and envelope (``NotFound`` if there is none)."""
         report = self._read(BADMAIL, f"{self._checked(queue_id)}.BDR", "BadMail entry")
         text = _report_text(report)
         try:
@@ -811,6 +816,7 @@ class Spool:
                 continue  # a consumer took it meanwhile
 
     def drop_item(self, queue_id: str) -> DropItem:
+        """One Drop file and its envelope lines (``NotFound`` if there is none)."""
         try:
             return self._drop_item(f"{self._checked(queue_id)}.eml")
         except FileNotFoundError:

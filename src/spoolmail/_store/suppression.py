@@ -63,6 +63,7 @@ class SuppressionList:
 
     @property
     def keep(self) -> timedelta:
+        """How long an entry is kept (``days``)."""
         return timedelta(days=self.days)
 
     # -- reading -------------------------------------------------------------------------------

@@ -53,7 +53,10 @@ _ADDRESSES_TRIED = 2
 class PolicyFetcher(Protocol):
     """Fetches a domain's policy file: its text, or ``None`` (the reason in the transcript)."""
 
-    def fetch(self, domain: str, transcript: Transcript) -> str | None: ...
+    def fetch(self, domain: str, transcript: Transcript) -> str | None:
+        """The policy file of ``domain`` (RFC 8461 section 3.3), or ``None`` when it cannot
+        be had (the reason noted in ``transcript``)."""
+        ...
 
 
 class _PinnedConnection(http.client.HTTPSConnection):
@@ -97,6 +100,7 @@ class HttpsPolicyFetcher:
         self._timeout = timeout
 
     def fetch(self, domain: str, transcript: Transcript) -> str | None:
+        """GET ``https://mta-sts.<domain>/.well-known/mta-sts.txt``: the text, or ``None``."""
         host = f"mta-sts.{domain}"
         addresses = self._resolver.addresses(host, transcript)
         if isinstance(addresses, Reply):
