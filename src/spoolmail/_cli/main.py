@@ -25,6 +25,7 @@ from spoolmail._cli import (
     assemble,
     config,
     dkim,
+    examples,
     flags,
     listening,
     maillog,
@@ -80,6 +81,7 @@ def _parser() -> argparse.ArgumentParser:
     suppress.add_commands(commands)
     dkim.add_commands(commands)
     _global_options_after(parser)
+    examples.add_examples(parser)
     return parser
 
 

@@ -130,6 +130,9 @@ Accepted and ignored, as Postfix's sendmail does: -A, -B, -c, -e, -G, -h, -L, -m
 
 Settings: -C, else spoolmail's --config, $SPOOLMAIL_CONFIG, /etc/spoolmail/spoolmail.toml;
 the MailRoot: spoolmail's --root, $SPOOLMAIL_ROOT, the settings' root. See docs/sendmail.md.
+
+example:
+  printf 'Subject: hi\\n\\nhello\\n' | spoolmail sendmail -i ops@example.com
 """
 
 

@@ -63,6 +63,7 @@ from spoolmail._core.states import (
     State,
     conclude_attempt,
     defer_local_fault,
+    flush,
     local_fault_wait,
     notice_delay,
     retry_local_faults_soon,
@@ -85,8 +86,8 @@ from spoolmail._service.observers import Counters, Stats, log_event
 from spoolmail._service.schedule import Schedule
 from spoolmail._store.maillog import MailLog
 from spoolmail._store.recovery import recover
-from spoolmail._store.spool import Spool
-from spoolmail._store.store import MailStore, PickupClaim, QueueFiles
+from spoolmail._store.spool import Spool, flush_chooser
+from spoolmail._store.store import FlushOrder, MailStore, PickupClaim, QueueFiles, Triggers
 from spoolmail._store.suppression import SuppressionList
 from spoolmail._store.transitions import Change, Transitions
 from spoolmail._transport.base import HostResolver, Transport
@@ -524,6 +525,10 @@ class MailService:
         self._arrivals.append(queue_id)
         self._wakeup.set()
 
+    def wake(self) -> None:
+        """End the loop's wait now (from any thread): an operator's order in this process."""
+        self._wakeup.set()
+
     def _take_arrivals(self) -> None:
         now = self.clock()
         while self._arrivals:
@@ -677,6 +682,14 @@ class MailService:
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
+        with self._schedule_lock:
+            left = self._schedule.flushed()
+        if left:
+            # Flushed in memory, not attempted yet: the next service flushes them.
+            try:
+                self._store.write_flush_trigger(ids=left)
+            except StorageError as exc:
+                log.warning("%d flushed message(s) keep their retry times: %s", len(left), exc)
         self.transport.close()
         for unsubscribe in self._unsubscribe:
             unsubscribe()
@@ -711,7 +724,7 @@ class MailService:
 
     # -- recovery and the schedule ------------------------------------------------------------
 
-    def _rescan(self, tally: _Tally) -> None:
+    def _rescan(self, tally: _Tally, triggers: Triggers | None = None) -> None:
         """Finish what dead processes left half done, then bring the schedule up to date.
 
         Recovery is the store's (``_store.recovery``): a Pickup claim is taken in again (queued
@@ -722,7 +735,8 @@ class MailService:
         # A rescan sees everything the triggers could ask for; what they flushed still has its
         # dead-host notes forgotten (below), whichever of the two read the trigger.
         self._store.announce()
-        flushed = self._store.take_triggers()
+        if triggers is None:
+            triggers = self._store.take_triggers()
         done = recover(self._transitions, take_in=partial(self._take_in, tally=tally))
         tally.badmail.extend(done.badmail)  # what was taken in again, _intake tallied
         orphan = orphan_report()
@@ -740,7 +754,9 @@ class MailService:
                 len(done.finished),
             )
         self._reschedule(done.files)
+        flushed = triggers.ids
         self._forget_dead_hosts(self._schedule.ids() if flushed is None else flushed)
+        self._flush(triggers.flushes)
         if self.suppression is not None:
             self.suppression.prune()  # expired entries leave the file (they count no more)
 
@@ -787,14 +803,57 @@ class MailService:
 
     def _triggers(self, tally: _Tally) -> None:
         """Look again at what operators changed (``Spool.hold``, ``flush``, ...)."""
-        wanted = self._store.take_triggers()
+        triggers = self._store.take_triggers()
+        wanted = triggers.ids
         if wanted is None:
-            self._rescan(tally)
-            self._forget_dead_hosts(self._schedule.ids())
+            self._rescan(tally, triggers)
             return
         for queue_id in wanted:
             self._schedule_from_disk(queue_id)
         self._forget_dead_hosts(wanted)
+        self._flush(triggers.flushes)
+
+    def _flush(self, orders: Sequence[FlushOrder]) -> None:
+        """Apply flushes (``Spool.flush_queue``) in memory: each waiting message they choose is
+        due now, and its attempt commits the flush with its outcome; the dead-host notes of
+        their destinations are forgotten, as :meth:`_forget_dead_hosts` does.
+
+        Only messages in the schedule are taken: held ones are not in it, nor are those being
+        attempted (just tried, they are not tried again). A flush of everything reads no
+        envelope and forgets every dead-host note; a filtered one reads the waiting envelopes.
+        """
+        if not orders:
+            return
+        with self._schedule_lock:
+            scheduled = self._schedule.ids()
+        chosen: set[str] = set()
+        hops: set[Hop] = set()
+        everything = False
+        for order in orders:
+            ids = scheduled if order.ids is None else scheduled & order.ids
+            if order.everything:
+                chosen |= ids
+                everything = True
+                continue
+            choose = flush_chooser(order.sender, order.domain)
+            for queue_id in sorted(ids - chosen):
+                try:
+                    envelope = decode_envelope(self._transitions.envelope(queue_id))
+                except (FileNotFoundError, EnvelopeError):
+                    continue  # being delivered, gone, or moved aside by its attempt
+                if envelope.held or not choose(envelope):
+                    continue
+                chosen.add(queue_id)
+                for recipient in envelope.pending:
+                    hops.update(self.router.route(recipient.address).hops)
+        with self._schedule_lock:
+            count = self._schedule.flush(chosen, self.clock())  # those not popped meanwhile
+        dead = self._delivery.dead
+        forgotten = list(dict(dead.marks)) if everything else dead.forget(hops)
+        for target in forgotten:
+            dead.clear(target)
+            log.info("%s: dead-host note forgotten, the operator flushed its mail", target)
+        log.info("flush: %d waiting message(s) due now", count)
 
     def _forget_dead_hosts(self, queue_ids: Iterable[str]) -> None:
         """Forget the dead-host notes of messages an operator made due now (flush, release).
@@ -855,6 +914,8 @@ class MailService:
     def _attempt(self, queue_id: str, tally: _Tally) -> None:
         """QUEUED → DELIVERING → (QUEUED | DONE | BADMAIL) for one due message."""
         transitions = self._transitions
+        with self._schedule_lock:
+            flushed = self._schedule.take_flushed(queue_id)
         if transitions.apply(State.QUEUED, Event.CLAIMED, Change(id=queue_id)) is None:
             return  # another process has it, or it is gone
         raw = transitions.claimed_envelope(queue_id)
@@ -872,6 +933,8 @@ class MailService:
                 transitions.apply(
                     State.DELIVERING, Event.DEFERRED, Change(id=queue_id, envelope=raw)
                 )
+            elif flushed:
+                self._deliver(flush(envelope, now=self.clock()), tally)
             elif self.clock() < envelope.next_attempt:
                 # Woken for the delay notice, not for an attempt.
                 outcome = notice_delay(envelope, retry=self._policy, now=self.clock())
