@@ -141,6 +141,51 @@ def test_flush_keeps_a_hold(
     assert spool.queued_message(queue_id).envelope.held
 
 
+def test_flush_queue_rewrites_nothing_and_the_attempt_commits_it(
+    spool: Spool, service: MailService, transport: CapturingTransport, clock: FakeClock
+) -> None:
+    dan = queue_one(spool, service, transport, "dan@remote.test")
+    eve = queue_one(spool, service, transport, "eve@other.test")
+    held = queue_one(spool, service, transport, "fay@remote.test")
+    spool.hold([held])
+    before = {q: spool.queued_message(q).envelope for q in (dan, eve, held)}
+    spool.flush_queue(domain="REMOTE.test.")
+    assert {q: spool.queued_message(q).envelope for q in (dan, eve, held)} == before
+    transport.answers = {"dan@remote.test": LATER}
+    report = service.run_once()
+    assert report.deferred == ((dan, "dan@remote.test"),)  # eve not flushed, fay held
+    after = spool.queued_message(dan).envelope
+    assert after.attempts == before[dan].attempts + 1
+    assert after.next_attempt > clock()
+    assert spool.queued_message(held).envelope.held
+    assert service.run_once().deferred == ()  # the flush was spent by that attempt
+    spool.flush_queue()
+    transport.answers = {}
+    assert {q for q, _ in service.run_once().delivered} == {dan, eve}
+    assert [q.id for q in spool.queued()] == [held]
+
+
+def test_flush_queue_waits_for_a_service_and_is_passed_on_at_close(
+    spool: Spool, transport: CapturingTransport, clock: FakeClock
+) -> None:
+    first = make_service(spool, transport, clock)
+    dan = queue_one(spool, first, transport, "dan@remote.test")
+    first.close()
+    spool.flush_queue(sender="ALICE@example.com")  # no service: the trigger waits
+    second = make_service(spool, transport, clock)
+    try:
+        second.rescan()  # as at start-up: the flush is taken, made due, not yet tried
+        assert second._schedule.flushed() == {dan}
+    finally:
+        second.close()  # stopped before the attempt: the next service flushes it
+    third = make_service(spool, transport, clock)
+    try:
+        transport.answers = {}
+        assert third.run_once().delivered == ((dan, "dan@remote.test"),)
+    finally:
+        third.close()
+
+
 def test_delete_sends_no_dsn(
     spool: Spool, service: MailService, transport: CapturingTransport
 ) -> None:

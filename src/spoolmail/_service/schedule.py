@@ -10,6 +10,7 @@ Pure: no files, no clock; times are handed in.
 from __future__ import annotations
 
 import heapq
+from collections.abc import Iterable
 from datetime import datetime
 
 __all__ = ["Schedule"]
@@ -21,6 +22,9 @@ class Schedule:
     def __init__(self) -> None:
         self._heap: list[tuple[datetime, str]] = []
         self._due: dict[str, datetime] = {}
+        # Ids an operator's flush made due (Spool.flush_queue), until their attempt takes the
+        # mark (take_flushed): that attempt commits the flush with its outcome.
+        self._flushed: set[str] = set()
 
     def __len__(self) -> int:
         return len(self._due)
@@ -43,10 +47,34 @@ class Schedule:
 
     def discard(self, queue_id: str) -> None:
         self._due.pop(queue_id, None)
+        self._flushed.discard(queue_id)
 
     def clear(self) -> None:
         self._heap.clear()
         self._due.clear()
+        self._flushed.clear()
+
+    def flush(self, queue_ids: Iterable[str], now: datetime) -> int:
+        """Make the scheduled ones of ``queue_ids`` due at ``now``, marked as flushed; how many.
+        Ids not scheduled (held, being attempted, unknown) are left alone."""
+        count = 0
+        for queue_id in queue_ids:
+            if queue_id in self._due:
+                self.set(queue_id, now)
+                self._flushed.add(queue_id)
+                count += 1
+        return count
+
+    def take_flushed(self, queue_id: str) -> bool:
+        """Whether a flush marked ``queue_id`` (the mark goes: its attempt is about to begin)."""
+        if queue_id in self._flushed:
+            self._flushed.discard(queue_id)
+            return True
+        return False
+
+    def flushed(self) -> frozenset[str]:
+        """The ids flushed whose attempt has not begun."""
+        return frozenset(self._flushed)
 
     def next_due(self) -> datetime | None:
         """The earliest due time, or ``None`` when nothing is scheduled."""

@@ -235,6 +235,13 @@ class _Wanted:
         return self.domain in domains
 
 
+def flush_chooser(sender: str | None, domain: str | None) -> Callable[[Envelope], bool]:
+    """Which waiting messages a flush by ``sender`` and ``domain`` takes (:meth:`Spool.select`'s
+    choice, with ``domain_match="any"``): for a service applying ``Spool.flush_queue``."""
+    wanted = _Wanted.of(sender, domain, "any")
+    return lambda envelope: wanted.matches(envelope, _pending)
+
+
 def _domain(text: str) -> str:
     """A domain as recipients' domains are compared: lower case, no ``@`` or trailing dot."""
     return text.strip().removeprefix("@").rstrip(".").lower()
@@ -478,6 +485,30 @@ class Spool:
                 if wanted is None or any(r.domain == wanted for r in item.envelope.pending)
             ]
         return self._operate(queue_ids, Event.FLUSHED, lambda e, now: states.flush(e, now=now))
+
+    def flush_queue(self, *, sender: str | None = None, domain: str | None = None) -> None:
+        """Ask a service to attempt now every waiting message (from ``sender``, with a pending
+        recipient at ``domain``, as :meth:`select` chooses them), as ``postqueue -f`` / ``-s``.
+
+        Unlike :meth:`flush`, no envelope is rewritten: one trigger file is written, and the
+        service that takes it (at once where inotify tells, a running one in this process
+        woken) makes those messages due in its schedule, forgets the dead-host notes of
+        their destinations, and writes each one's new retry time when its attempt commits, as
+        every attempt does. With no service running the trigger waits: the next one to start
+        rescans the Queue, then flushes. Held messages stay held, a message being attempted
+        right now is not attempted again; a service stopped before attempting every
+        flushed message asks the next one to flush the rest; a killed one does not (the
+        messages keep their retry times: flush again). No :class:`~spoolmail.events.Flushed`
+        events: the service logs the flush and how many messages it made due.
+        """
+        self._store.write_flush_trigger(
+            sender=sender, domain=_domain(domain) if domain is not None else None
+        )
+        service = self.service
+        if service is not None:
+            wake = getattr(service, "wake", None)
+            if callable(wake):
+                wake()
 
     def delete(self, queue_ids: Iterable[str]) -> list[str]:
         """Delete queued messages without a DSN (as ``postsuper -d``). Returns those deleted."""

@@ -31,6 +31,8 @@ File names: ``Queue/ID.eml`` (message), ``Queue/ID.env`` (envelope), ``Queue/ID.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import enum
 import json
 import logging
@@ -39,10 +41,12 @@ import platform
 import select
 import shutil
 import stat
+import struct
+import sys
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime, timedelta
 from typing import BinaryIO
 
@@ -76,9 +80,12 @@ __all__ = [
     "Durability",
     "EntryFacts",
     "EntryKind",
+    "FlushOrder",
     "MailStore",
     "PickupClaim",
     "QueueFiles",
+    "TriggerWatch",
+    "Triggers",
     "envelope_file",
     "message_file",
     "report_file",
@@ -140,6 +147,12 @@ _BACKEND_KINDS = {
 }
 _CLAIM_SUFFIX = ".pickup"
 _TRIGGER_SUFFIX = ".trigger"
+# inotify, for the trigger watch (as entries.CloseWatcher uses it for Pickup).
+_IN_MOVED_TO = 0x00000080
+_IN_Q_OVERFLOW = 0x00004000
+_IN_NONBLOCK = 0o4000
+_IN_CLOEXEC = 0o2000000
+_EVENT = struct.Struct("iIII")
 _OWNER_SUFFIX = ".owner"
 _TMP_SUFFIX = ".tmp"
 # The temporary file of a first owner record is named after its writer (OWNER.announce.HOST.PID
@@ -200,6 +213,118 @@ class QueueFiles:
     transcripts: tuple[str, ...] = ()
 
 
+@attrs.frozen
+class FlushOrder:
+    """A flush asked of a service in memory (``MailStore.write_flush_trigger``): the waiting
+    messages from ``sender`` with a pending recipient at ``domain`` (``None``: any), or only
+    ``ids`` when given."""
+
+    sender: str | None = None
+    domain: str | None = None
+    ids: frozenset[str] | None = None
+
+    @classmethod
+    def of(cls, data: object) -> FlushOrder:
+        if not isinstance(data, dict):
+            return cls()  # unreadable: flushing everything is the harmless reading
+        sender, domain, ids = data.get("sender"), data.get("domain"), data.get("ids")
+        return cls(
+            sender if isinstance(sender, str) else None,
+            domain if isinstance(domain, str) else None,
+            frozenset(i for i in ids if isinstance(i, str) and is_queue_id(i))
+            if isinstance(ids, list)
+            else None,
+        )
+
+    @property
+    def everything(self) -> bool:
+        return self.sender is None and self.domain is None and self.ids is None
+
+
+@attrs.frozen
+class Triggers:
+    """What the triggers asked: ids to look at again (``None``: the whole Queue), flushes."""
+
+    ids: set[str] | None
+    flushes: tuple[FlushOrder, ...] = ()
+
+
+class TriggerWatch:
+    """inotify on SortTemp for names renamed in, joined with the service's wake socket in one
+    epoll descriptor that the Pickup watcher's wait can take as its ``wake``.
+
+    Claims and recycled files are renamed into SortTemp too: :meth:`arrived` reads the names
+    and says whether a trigger was among them."""
+
+    def __init__(self, fd: int, poll: select.epoll) -> None:
+        self._fd = fd
+        self._poll = poll
+        self._wake: int | None = None
+
+    @classmethod
+    def start(cls, folder: str) -> TriggerWatch | None:
+        if not sys.platform.startswith("linux") or not hasattr(select, "epoll"):
+            return None
+        try:
+            libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+            fd = libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
+            if fd < 0:
+                return None
+            if libc.inotify_add_watch(fd, os.fsencode(folder), _IN_MOVED_TO) < 0:
+                os.close(fd)
+                return None
+            poll = select.epoll()
+            poll.register(fd, select.EPOLLIN)
+        except (OSError, AttributeError):
+            return None
+        return cls(fd, poll)
+
+    def fileno(self) -> int:
+        return self._poll.fileno()
+
+    def listen(self, wake: int) -> None:
+        """Let ``wake`` (the service's socket) end a wait on :meth:`fileno` too. Registered
+        again at every wait: a closed socket leaves the epoll set, and a new one may get the
+        same number."""
+        if self._wake is not None and wake != self._wake:
+            with contextlib.suppress(OSError, ValueError):
+                self._poll.unregister(self._wake)
+        self._wake = wake
+        with contextlib.suppress(FileExistsError):
+            self._poll.register(wake, select.EPOLLIN)
+
+    def ready(self) -> bool:
+        """Whether the inotify descriptor or the wake socket is readable now."""
+        try:
+            return bool(self._poll.poll(0))
+        except (OSError, ValueError):
+            return False
+
+    def arrived(self) -> bool:
+        """Drain the events; whether a trigger was renamed in (or events were lost)."""
+        found = False
+        while True:
+            try:
+                data = os.read(self._fd, 64 * 1024)
+            except BlockingIOError:
+                return found
+            except OSError:
+                return True
+            offset = 0
+            while offset + _EVENT.size <= len(data):
+                _, mask, _, length = _EVENT.unpack_from(data, offset)
+                offset += _EVENT.size
+                name = data[offset : offset + length].split(b"\0", 1)[0]
+                offset += length
+                found |= bool(mask & _IN_Q_OVERFLOW) or name.endswith(_TRIGGER_SUFFIX.encode())
+
+    def close(self) -> None:
+        self._poll.close()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
 class MailStore:
     """The MailRoot on one PyFilesystem2 filesystem, with atomic commits and owner-named claims."""
 
@@ -251,6 +376,9 @@ class MailStore:
         # for every command that only lists or reads the spool.
         self.readiness = Readiness()
         self._reported_dirs: set[str] = set()
+        # A running service's watch on SortTemp for triggers (see wait_for_pickup).
+        self._trigger_watch: TriggerWatch | None = None
+        self._no_trigger_watch = False
 
     # -- paths and low-level operations -------------------------------------------------------
 
@@ -744,17 +872,35 @@ class MailStore:
 
     def wait_for_pickup(self, timeout: float, *, wake: int) -> None:
         """Wait up to ``timeout`` seconds, less when a Pickup file becomes complete (inotify,
-        where :meth:`pickup_ready` started a watcher) or ``wake`` (a socket) becomes readable.
+        where :meth:`pickup_ready` started a watcher), a trigger is renamed into SortTemp
+        (another process's flush: inotify too) or ``wake`` (a socket) becomes readable.
 
-        Where nothing watches the folder (other platforms, non-OS backends, network
-        filesystems without events) only ``wake`` ends the wait early: Pickup is then polled.
+        Where nothing watches the folders (other platforms, non-OS backends, network
+        filesystems without events) only ``wake`` ends the wait early: Pickup and the triggers
+        are then polled.
         """
-        watcher = self.readiness.watcher
-        if watcher is not None and watcher.alive:
-            watcher.wait(timeout, wake=wake)
-            return
-        with contextlib.suppress(OSError, ValueError):
-            select.select([wake], [], [], max(0.0, timeout))
+        if self._trigger_watch is None and not self._no_trigger_watch:
+            self._trigger_watch = self.trigger_watch()
+            self._no_trigger_watch = self._trigger_watch is None
+        triggers = self._trigger_watch
+        deadline = time.monotonic() + max(0.0, timeout)
+        if triggers is not None:
+            triggers.listen(wake)
+        while True:
+            left = max(0.0, deadline - time.monotonic())
+            watcher = self.readiness.watcher
+            either = wake if triggers is None else triggers.fileno()
+            if watcher is not None and watcher.alive:
+                if not watcher.wait(left, wake=either):
+                    return  # the time is up, or the watcher closed: the caller polls
+            else:
+                with contextlib.suppress(OSError, ValueError):
+                    select.select([either], [], [], left)
+            if triggers is None or not triggers.ready():
+                return  # a Pickup file (or the time is up, or the wake socket alone)
+            if triggers.arrived() or _readable(wake) or time.monotonic() >= deadline:
+                return
+            # Only claims or recycled files renamed into SortTemp: wait on.
 
     def pickup_id(self, name: str) -> str:
         """The queue id a Pickup file gets: its own when named ``<queue id>.eml`` with an id in
@@ -964,30 +1110,60 @@ class MailStore:
     def write_trigger(self, ids: Iterable[str] | None) -> None:
         """Ask running services to look at ``ids`` again (``None``: the whole Queue)."""
         data = {"all": True} if ids is None else {"ids": sorted(set(ids))}
+        self._put_trigger(data)
+
+    def write_flush_trigger(
+        self, *, sender: str | None = None, domain: str | None = None, ids: Iterable[str] = ()
+    ) -> None:
+        """Ask a service to flush in memory: every waiting message (from ``sender``, with a
+        pending recipient at ``domain``; or only ``ids``) due now, its dead-host notes forgotten.
+
+        Nothing in the Queue is rewritten: the envelope of each message says so when its attempt
+        commits. The file waits in SortTemp until a service takes it (one that starts rescans
+        first, then flushes). ``Spool.flush_queue``.
+        """
+        order: dict[str, object] = {"sender": sender, "domain": domain}
+        chosen = sorted(set(ids))
+        if chosen:
+            order["ids"] = chosen
+        self._put_trigger({"flush": order})
+
+    def _put_trigger(self, data: Mapping[str, object]) -> None:
         self.write(
             SORTTEMP,
             f"{self.owner}.{self.ids.token(12)}{_TRIGGER_SUFFIX}",
             json.dumps(data).encode(),
         )
 
-    def take_triggers(self) -> set[str] | None:
-        """Consume the triggers: the ids to look at again, or ``None`` for the whole Queue."""
+    def take_triggers(self) -> Triggers:
+        """Consume the triggers: the ids to look at again (or the whole Queue), and the flushes
+        asked of a service in memory."""
         wanted: set[str] = set()
         everything = False
+        flushes: list[FlushOrder] = []
         for name in self.listdir(SORTTEMP):
             if not name.endswith(_TRIGGER_SUFFIX):
                 continue
             try:
                 data = json.loads(self.read(SORTTEMP, name))
-                ids = data.get("ids")
-                everything |= bool(data.get("all")) or not isinstance(ids, list)
-                wanted.update(i for i in ids or () if isinstance(i, str) and is_queue_id(i))
+                if "flush" in data:
+                    flushes.append(FlushOrder.of(data["flush"]))
+                else:
+                    ids = data.get("ids")
+                    everything |= bool(data.get("all")) or not isinstance(ids, list)
+                    wanted.update(i for i in ids or () if isinstance(i, str) and is_queue_id(i))
             except FileNotFoundError:
                 continue  # another service took it
-            except (ValueError, AttributeError):
+            except (ValueError, AttributeError, TypeError):
                 everything = True
             self.remove(SORTTEMP, name)
-        return None if everything else wanted
+        return Triggers(None if everything else wanted, tuple(flushes))
+
+    def trigger_watch(self) -> TriggerWatch | None:
+        """A watch on SortTemp that tells when a trigger is renamed in (Linux, OS paths)."""
+        if self._os_root is None:
+            return None
+        return TriggerWatch.start(self._sys(SORTTEMP))
 
     # -- BadMail ----------------------------------------------------------------------------------
 
@@ -1122,12 +1298,22 @@ class MailStore:
     def close(self) -> None:
         """Remove this process's spare files and its owner record (a dead owner's go in a sweep)."""
         self.readiness.close()
+        if self._trigger_watch is not None:
+            self._trigger_watch.close()
+            self._trigger_watch = None
         with self._spares_lock:
             spares, self._spares = self._spares, []
         with contextlib.suppress(StorageError):
             for spare in spares:
                 self.remove(SORTTEMP, spare)
             self.remove(SORTTEMP, f"{self.owner}{_OWNER_SUFFIX}")
+
+
+def _readable(fd: int) -> bool:
+    try:
+        return bool(select.select([fd], [], [], 0)[0])
+    except (OSError, ValueError):
+        return False
 
 
 def _disk_free(path: str) -> int:
