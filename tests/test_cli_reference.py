@@ -20,6 +20,7 @@ import attrs
 
 from spoolmail._cli import sendmail, status
 from spoolmail._cli import settings as settings_module
+from spoolmail._cli.examples import EXAMPLES
 from spoolmail._cli.main import _parser
 from spoolmail._cli.settings import Settings
 
@@ -235,6 +236,10 @@ def render(docs: Path = DOCS) -> str:
             )
         else:
             parts.append(_arguments_table(command))
+        example = EXAMPLES.get(" ".join(command.path))
+        if example and command.path != ("sendmail",):
+            label = "Example" if len(example) == 1 else "Examples"
+            parts.append(f"\n{label}:\n\n```text\n" + "\n".join(example) + "\n```\n")
         subcommands = _subcommands(command.parser)
         if subcommands:
             links = ", ".join(
