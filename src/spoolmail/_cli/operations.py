@@ -575,8 +575,9 @@ def _queue_flush(settings: Settings, args: argparse.Namespace, out: TextIO) -> i
 
             ids = noting(tally.fresh(_given(args.ids)))
         else:
-            # Spool.flush(domain=...) would choose the same messages, but it stops at the first
-            # one being delivered; here each is reported on its own line and the rest go on.
+            # One trigger, first: a service makes the messages due in memory at once
+            # (Spool.flush_queue) while this lists what the flush takes, for the operator.
+            spool.flush_queue(sender=args.sender, domain=_domain(args.domain))
             items = list(spool.select(sender=args.sender, domain=_domain(args.domain)))
             if not items:
                 criteria = _criteria(args, every=False, recipients="still to be delivered")
@@ -584,12 +585,14 @@ def _queue_flush(settings: Settings, args: argparse.Namespace, out: TextIO) -> i
                     f"No queued message{criteria}." if criteria else "The Queue is empty.", file=out
                 )
                 return EX_OK
-            busy = [item.id for item in items if item.state is State.DELIVERING]
-            for queue_id in busy:
-                print(f"{queue_id}: being delivered now", file=out)
-            ready = [item for item in items if item.state is not State.DELIVERING]
-            held = {item.id for item in ready if item.envelope.held}
-            ids = tally.fresh(item.id for item in ready)
+            for item in items:
+                if item.state is State.DELIVERING:
+                    print(f"{item.id}: being delivered now", file=out)
+                elif item.envelope.held:
+                    print(f"{item.id}: on hold, not flushed (release it to send it)", file=out)
+                else:
+                    print(f"{item.id}: flushed", file=out)
+            return EX_OK
 
         def line(queue_id: str) -> str:
             if queue_id in held:
