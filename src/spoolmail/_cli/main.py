@@ -52,6 +52,7 @@ from spoolmail._service.service import MailService, Report
 from spoolmail._store.spool import Spool
 from spoolmail._store.submission import Pickup
 from spoolmail.exceptions import SpoolmailError
+from spoolmail.metrics import serve_metrics
 
 __all__ = ["EX_FAILED", "EX_OK", "EX_TEMPFAIL", "EX_USAGE", "main"]
 
@@ -226,6 +227,7 @@ class _Daemon:
     settings: Settings
     service: MailService
     listener: Listener | None = None
+    stop_metrics: Callable[[], None] | None = None
     stopping: bool = False
     reloading: bool = False
 
@@ -267,6 +269,8 @@ def _serve(
             daemon.listener = listening.start(
                 prepared, spool, router=daemon.service.router, settings=settings
             )
+        if settings.metrics:
+            daemon.stop_metrics = serve_metrics(lambda: daemon.service, settings.metrics)
         where = (
             "capture mode: every recipient lands in Drop"
             if settings.catch_all
@@ -290,6 +294,8 @@ def _serve(
                 poll_interval=daemon.settings.poll_interval, on_report=_log_report
             )
     finally:
+        if daemon.stop_metrics is not None:
+            daemon.stop_metrics()
         if daemon.listener is not None:
             daemon.listener.stop()
         daemon.service.close()

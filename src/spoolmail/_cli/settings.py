@@ -49,6 +49,8 @@ A settings file is TOML with one ``[spoolmail]`` table; every key is optional:
     helo_name = "mail.example.com"
     # apply the MTA-STS policies (RFC 8461) of the domains mail goes to directly
     mta_sts = true
+    # serve Prometheus metrics on this ADDRESS:PORT (/metrics; needs the metrics extra)
+    metrics = "127.0.0.1:9101"
     # DANE for SMTP (RFC 7672) on MX delivery: says that the resolver validates DNSSEC (e.g.
     # unbound on 127.0.0.1); needs the dane extra
     dane = false
@@ -588,6 +590,15 @@ class Settings:
         "apply the MTA-STS policies (RFC 8461) of the domains mail goes to directly",
         flag="--no-mta-sts",
         const=False,
+    )
+    metrics: str | None = _setting(
+        None,
+        STRING,
+        "serve Prometheus metrics on this ADDRESS:PORT (/metrics; needs the metrics extra)",
+        flag="--metrics",
+        restart=True,
+        example="127.0.0.1:9101",
+        metavar="ADDRESS:PORT",
     )
     dane: bool = _setting(
         False,
