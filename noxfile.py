@@ -37,7 +37,14 @@ def lint(session: nox.Session) -> None:
 def docs(session: nox.Session) -> None:
     """The documentation site (Sphinx, MyST, furo) into docs/_build/html, strict: a warning, a
     broken link or anchor, or a reference to a name that does not exist fails the build."""
-    session.install("sphinx>=8", "myst-parser>=4", "furo>=2024.8.6", "-e", ".[server,django,dkim]")
+    session.install(
+        "sphinx>=8",
+        "myst-parser>=4",
+        "furo>=2024.8.6",
+        "sphinxcontrib-mermaid>=1.0",
+        "-e",
+        ".[server,django,dkim]",
+    )
     session.run(
         "sphinx-build", "-W", "--keep-going", "-n", "-b", "html", "docs", "docs/_build/html"
     )

@@ -4,19 +4,24 @@ Sphinx with MyST and furo, not MkDocs: the docstrings are reStructuredText (``li
 :class:`...` roles), which autodoc renders as written, and a nitpicky build turns every broken
 cross-reference into an error. The pages stay plain Markdown that GitHub renders too; their
 ``<a id="...">`` anchors become MyST targets here (``_anchors`` below), so a link to
-``design.md#crash-safety`` is checked. The Python examples on the pages are doctests that the
-test suite runs; the build does not run them again.
+``design.md#crash-safety`` is checked; the line ``<!-- state-diagram -->`` becomes a Mermaid
+diagram of the state machine drawn from the code's table (``_state_diagram`` below,
+``docs/_diagram.py``; sphinxcontrib-mermaid, drawn in the reader's browser, so the build needs
+no network). The Python examples on the pages are doctests that the test suite runs; the build
+does not run them again.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import re
+from pathlib import Path
 from typing import Any
 
 project = "spoolmail"
 author = "the spoolmail developers"
 copyright = "2026, the spoolmail developers"  # noqa: A001 (Sphinx's name)
-extensions = ["myst_parser", "sphinx.ext.autodoc"]
+extensions = ["myst_parser", "sphinx.ext.autodoc", "sphinxcontrib.mermaid"]
 source_suffix = {".md": "markdown"}
 root_doc = "index"
 exclude_patterns = ["_build"]
@@ -52,5 +57,26 @@ def _anchors(_app: Any, _docname: str, source: list[str]) -> None:
     source[0] = _ANCHOR.sub(r"(\1)=", source[0])
 
 
+def _load_diagram() -> Any:
+    """``docs/_diagram.py`` by its path: the docs folder is not a package, nor on sys.path."""
+    spec = importlib.util.spec_from_file_location(
+        "spoolmail_docs_diagram", Path(__file__).with_name("_diagram.py")
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_diagram = _load_diagram()
+
+
+def _state_diagram(_app: Any, _docname: str, source: list[str]) -> None:
+    """``<!-- state-diagram -->`` becomes a ``{mermaid}`` block of ``TRANSITIONS``."""
+    source[0] = _diagram.replace_marker(source[0])
+
+
 def setup(app: Any) -> None:
     app.connect("source-read", _anchors)
+    app.connect("source-read", _state_diagram)
