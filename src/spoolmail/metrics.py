@@ -13,7 +13,8 @@ Metrics (names as ``prometheus_client`` writes them):
 - ``spoolmail_picked_up_total``, ``spoolmail_queued_total`` (messages),
   ``spoolmail_delivered_total``, ``spoolmail_deferred_total``, ``spoolmail_failed_total``
   (recipient outcomes), ``spoolmail_dsns_total``, ``spoolmail_badmail_total``,
-  ``spoolmail_removed_total``;
+  ``spoolmail_removed_total``, ``spoolmail_connections_opened_total``,
+  ``spoolmail_connections_reused_total``;
 - ``spoolmail_messages{state="queued"|"held"|"delivering"|"pickup"}``, what waits now;
 - ``spoolmail_connections{host="name[address]:port"}``, SMTP connections open by host;
 - ``spoolmail_dead_hosts``, hosts left alone for not answering;
@@ -42,6 +43,8 @@ COUNTERS = {
     "dsns": "delivery status notifications queued",
     "badmail": "messages or files moved to BadMail",
     "removed": "messages finished",
+    "connections_opened": "SMTP connections opened",
+    "connections_reused": "transactions sent over a connection kept from an earlier one",
 }
 
 

@@ -162,6 +162,7 @@ def test_one_connection_carries_several_messages(
         assert len(server.messages) == 3
         # Used moments ago: MAIL follows at once, no RSET probe (RFC 5321 section 4.1.4).
         assert sum(line.endswith("> RSET") for line in transcript.lines) == 0
+        assert transport.connection_counts() == (1, 2)  # opened once, kept twice
 
 
 def test_a_connection_idle_for_a_while_is_probed_with_rset(transcript: Transcript) -> None:
@@ -177,6 +178,7 @@ def test_a_connection_idle_for_a_while_is_probed_with_rset(transcript: Transcrip
         [reply] = transport.send(server.target, outgoing(), transcript).values()
         assert reply.code == 250
         assert server.connections == 1
+        assert transport.connection_counts() == (1, 1)  # the probed one counts as kept
     assert sum(line.endswith("> RSET") for line in transcript.lines) == 1
 
 

@@ -571,7 +571,15 @@ class MailService:
             pickup=len(self._store.pickup_names()),
             connections=self._delivery.concurrency.active(),
             dead_hosts=len(self._delivery.dead.marks),
+            **self._connection_counts(),
         )
+
+    def _connection_counts(self) -> dict[str, int]:
+        counts = getattr(self.transport, "connection_counts", None)
+        if not callable(counts):
+            return {}  # a transport that keeps no count (a test's)
+        opened, reused = counts()
+        return {"connections_opened": opened, "connections_reused": reused}
 
     def check_host_name(self, *, addresses: Iterable[str] = ()) -> HostNameCheck:
         """Whether ``helo_name`` resolves forward to addresses that resolve back to it (FCrDNS),
