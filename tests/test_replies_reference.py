@@ -57,6 +57,7 @@ LISTENER_WHEN_BY_CODE = {"521": "any line with a bare CR or LF; the connection i
 STAGES = {
     "_core/address.py": "addresses (Pickup, `submit`, the listener's envelope)",
     "_core/badmail.py": "BadMail reports",
+    "_core/dane.py": "DANE",
     "_core/dsn.py": "DSNs",
     "_core/esmtp.py": "the listener's MAIL and RCPT parameters",
     "_core/mtasts.py": "MTA-STS",
@@ -70,6 +71,7 @@ STAGES = {
     "_service/intake.py": "Pickup files",
     "_store/pickup_writer.py": "`Pickup`, `sendmail`",
     "_store/spool.py": "`Spool.submit`, `Spool.admit`",
+    "_transport/dane.py": "DANE",
     "_transport/dns.py": "routing: DNS",
     "_transport/policy.py": "the SMTP client",
     "_transport/protocol.py": "the SMTP client",
@@ -88,6 +90,8 @@ NOTES = {
     ("_core/address.py", "5.1.7"): "a sender address that is not one",
     ("_core/badmail.py", "4.3.0"): "a queued message whose files cannot be read, moved aside "
     "for an operator",
+    ("_core/dane.py", "4.7.5"): "DANE: the TLSA lookup for an MX host failed, so whether DANE "
+    "applies cannot be told: that host is not used now (RFC 7672 section 2.2.3)",
     ("_core/esmtp.py", "5.5.4"): "a malformed `RET`, `ENVID`, `NOTIFY` or `ORCPT` parameter "
     "(`501 5.5.4`)",
     ("_core/suppression.py", "5.1.1"): "a hard bounce from the recipient's server: the "
