@@ -349,7 +349,7 @@ class Transitions:
     def sync_admitted(self, claims: Iterable[PickupClaim]) -> None:
         """Make a batch of admissions durable with one fsync of the Queue, then drop the claims
         they came from: until then a crash leaves the claim, and recovery admits it again."""
-        self.files.sync(QUEUE)
+        self.files.sync_queued()
         for claim in claims:
             self.files.finish_claim(claim)
 
