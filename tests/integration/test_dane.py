@@ -32,18 +32,16 @@ from spoolmail import MailService, Router, Spool
 from spoolmail._core.dane import subject_public_key_info
 from spoolmail._core.transcript import Transcript
 from spoolmail._transport.dns import DnsResolver, Lookup
-from spoolmail._transport.smtp import SmtpTransport
 from spoolmail.exceptions import ConfigurationError
 from spoolmail.testing import FakeClock, StaticResolver
 from tests.dnsserver import DnsServer
-from tests.smtpservers import SHORT, SmtpServer
+from tests.integration import mxtls
+from tests.integration.mxtls import FQDN, MX1, tls_mx, transport
+from tests.smtpservers import SmtpServer
 from tests.tlscerts import TestCertificates
 
 pytestmark = pytest.mark.integration
 
-FQDN = "mail.example.com"
-SENDER = "alice@example.com"
-MX1 = "127.0.0.11"
 DOMAIN = "dane.test"
 
 
@@ -101,9 +99,7 @@ def make_service(
             spool,
             router=Router(local_domains=["example.com"], smtp_port=mx_port),
             host_resolver=names,
-            transport=SmtpTransport(
-                helo_name=FQDN, timeouts=SHORT, tls_context=certificates.client_context()
-            ),
+            transport=transport(certificates),
             clock=clock,
             fqdn=FQDN,
             mta_sts=False,
@@ -122,13 +118,12 @@ def make_service(
 
 @pytest.fixture
 def mx(certificates: TestCertificates, mx_port: int) -> Iterator[SmtpServer]:
-    with SmtpServer(host=MX1, port=mx_port, tls_context=certificates.server_context()) as server:
+    with tls_mx(certificates, mx_port) as server:
         yield server
 
 
 def submit(spool: Spool, *recipients: str) -> None:
-    head = f"From: {SENDER}\r\nTo: {', '.join(recipients)}\r\nSubject: DANE\r\n\r\nHello.\r\n"
-    spool.submit(head.encode(), sender=SENDER, recipients=list(recipients))
+    mxtls.submit(spool, *recipients, subject="DANE")
 
 
 def test_without_the_ad_bit_dane_does_not_apply(

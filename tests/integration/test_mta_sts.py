@@ -16,9 +16,10 @@ import pytest
 from spoolmail import MailService, Router, Spool
 from spoolmail._transport.dns import DnsResolver
 from spoolmail._transport.mtasts import HttpsPolicyFetcher
-from spoolmail._transport.smtp import SmtpTransport
 from spoolmail.testing import FakeClock
 from tests.dnsserver import DnsServer
+from tests.integration import mxtls
+from tests.integration.mxtls import FQDN, MX1, tls_mx, transport
 from tests.policyserver import (
     POLICY_HOSTS,
     HttpsCertificates,
@@ -26,14 +27,11 @@ from tests.policyserver import (
     make_https_certificates,
     policy,
 )
-from tests.smtpservers import SHORT, SmtpServer
+from tests.smtpservers import SmtpServer
 from tests.tlscerts import TestCertificates
 
 pytestmark = pytest.mark.integration
 
-FQDN = "mail.example.com"
-SENDER = "alice@example.com"
-MX1 = "127.0.0.11"
 DOMAINS = [host.removeprefix("mta-sts.") for host in POLICY_HOSTS]
 RECORDS = (
     "host-record=mx1.example.test,127.0.0.11",
@@ -93,9 +91,7 @@ def make_service(
             spool,
             router=Router(local_domains=["example.com"], smtp_port=mx_port),
             dns_resolver=dns,
-            transport=SmtpTransport(
-                helo_name=FQDN, timeouts=SHORT, tls_context=certificates.client_context()
-            ),
+            transport=transport(certificates),
             clock=clock,
             fqdn=FQDN,
             mta_sts_fetcher=fetcher,
@@ -111,13 +107,12 @@ def make_service(
 
 @pytest.fixture
 def mx(certificates: TestCertificates, mx_port: int) -> Iterator[SmtpServer]:
-    with SmtpServer(host=MX1, port=mx_port, tls_context=certificates.server_context()) as server:
+    with tls_mx(certificates, mx_port) as server:
         yield server
 
 
 def submit(spool: Spool, *recipients: str) -> None:
-    head = f"From: {SENDER}\r\nTo: {', '.join(recipients)}\r\nSubject: STS\r\n\r\nHello.\r\n"
-    spool.submit(head.encode(), sender=SENDER, recipients=list(recipients))
+    mxtls.submit(spool, *recipients, subject="STS")
 
 
 def test_enforce_delivers_over_verified_tls_to_a_listed_mx(
