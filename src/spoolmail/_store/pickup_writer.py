@@ -21,7 +21,6 @@ OS paths only (an in-memory MailRoot has no other process to write into it).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import os
 import re
@@ -33,6 +32,7 @@ from types import TracebackType
 from typing import Self
 
 from spoolmail._core.ids import QueueIds
+from spoolmail._store.syncing import sync_file_system
 from spoolmail.exceptions import ConfigurationError, MessageError, StorageError
 
 __all__ = ["STALE_AFTER", "PickupFile", "PickupWriter", "TooLarge", "is_stale_temp"]
@@ -165,20 +165,6 @@ class PickupFile:
             raise _failed(exc, f"cannot sync {self.folder}") from exc
 
 
-def _sync_file_system(fd: int) -> None:
-    """syncfs(2) of the filesystem ``fd`` is on (Linux), else sync(2) of every one."""
-    syncfs = None
-    if sys.platform.startswith("linux"):
-        # The process's own symbols include libc's; no search for the library (ldconfig).
-        syncfs = getattr(ctypes.CDLL(None, use_errno=True), "syncfs", None)
-    if syncfs is None:
-        os.sync()
-        return
-    if syncfs(fd) != 0:
-        code = ctypes.get_errno()
-        raise OSError(code, os.strerror(code))
-
-
 def _sync_folder(folder: str, fd: int) -> None:
     """Make a rename in ``folder`` durable: fsync the folder, or, where this user may not open
     it (a write-only Pickup), sync the filesystem of ``fd``."""
@@ -187,7 +173,7 @@ def _sync_folder(folder: str, fd: int) -> None:
     try:
         folder_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
     except PermissionError:
-        _sync_file_system(fd)
+        sync_file_system(fd)
         return
     try:
         os.fsync(folder_fd)

@@ -70,6 +70,7 @@ from spoolmail._store.entries import (
     open_regular,
 )
 from spoolmail._store.pickup_writer import is_stale_temp
+from spoolmail._store.syncing import syncfs
 from spoolmail.exceptions import ConfigurationError, LayoutError, StorageError
 
 __all__ = [
@@ -327,24 +328,6 @@ class TriggerWatch:
             self._fd = -1
 
 
-def _syncfs() -> Callable[[int], int] | None:
-    """syncfs(2) (Linux 5.8 and later), or ``None``: a batch of files made durable with one call.
-
-    Before 5.8 syncfs did not report a failed writeback of a file's data, as fsync does.
-    """
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        release = tuple(int(part) for part in platform.release().split(".")[:2])
-    except ValueError:
-        return None
-    if release < (5, 8):
-        return None
-    # The process's own symbols include libc's; no search for the library (ldconfig).
-    found: Callable[[int], int] | None = getattr(ctypes.CDLL(None, use_errno=True), "syncfs", None)
-    return found
-
-
 class MailStore:
     """The MailRoot on one PyFilesystem2 filesystem, with atomic commits and owner-named claims."""
 
@@ -379,7 +362,7 @@ class MailStore:
         except pyfs.errors.FSError as exc:
             raise StorageError(f"cannot create the MailRoot folders: {exc}") from exc
         self._os_root = self._sys_root()
-        self._syncfs = _syncfs() if self._os_root is not None else None
+        self._syncfs = syncfs() if self._os_root is not None else None
         self._folders = (
             {folder: os.path.join(self._os_root, self._names[folder]) for folder in FOLDERS}
             if self._os_root is not None
