@@ -13,7 +13,6 @@ port; the fetcher under test reaches it through dnsmasq, which maps each ``mta-s
 
 from __future__ import annotations
 
-import datetime
 import ssl
 import threading
 import time
@@ -21,10 +20,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import attrs
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from tests.tlscerts import TestCertificates, make_certificates
 
 __all__ = ["POLICY_HOSTS", "Answer", "HttpsCertificates", "PolicyServer", "make_https_certificates"]
 
@@ -60,100 +57,16 @@ def policy(mode: str = "enforce", *mx: str, max_age: int = 86400) -> Answer:
     return Answer("\r\n".join(lines) + "\r\n")
 
 
-def _key() -> ec.EllipticCurvePrivateKey:
-    return ec.generate_private_key(ec.SECP256R1())
-
-
-def _name(common: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
-
-
-def _certificate(
-    subject: str,
-    key: ec.EllipticCurvePrivateKey,
-    issuer: tuple[x509.Name, ec.EllipticCurvePrivateKey],
-    *,
-    ca: bool,
-    names: tuple[str, ...] = (),
-) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.UTC) - datetime.timedelta(hours=1)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(subject))
-        .issuer_name(issuer[0])
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
-        .not_valid_after(now + datetime.timedelta(days=2))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=0 if ca else None), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-    )
-    if ca:
-        builder = builder.add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-    else:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False
-        ).add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        builder = builder.add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer[1].public_key()),
-            critical=False,
-        )
-    return builder.sign(issuer[1], hashes.SHA256())
-
-
-def _pem(path: Path, certificate: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> None:
-    path.with_suffix(".crt").write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    path.with_suffix(".key").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-
-
-@attrs.frozen
-class HttpsCertificates:
-    __test__ = False
-
-    directory: Path
-
-    def client_context(self) -> ssl.SSLContext:
-        """Verifying, trusting only this module's test CA."""
-        return ssl.create_default_context(cafile=str(self.directory / "ca.crt"))
-
-    def server_context(self, *, rogue: bool = False) -> ssl.SSLContext:
-        stem = "rogue" if rogue else "server"
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(self.directory / f"{stem}.crt", self.directory / f"{stem}.key")
-        return context
+# The policy hosts' certificates: the test CA of tests/tlscerts.py, made for these names.
+HttpsCertificates = TestCertificates
 
 
 def make_https_certificates(
     directory: Path, names: tuple[str, ...] = POLICY_HOSTS
 ) -> HttpsCertificates:
-    for stem, authority in (("server", "policy test CA"), ("rogue", "rogue policy CA")):
-        ca_key = _key()
-        ca = _certificate(authority, ca_key, (_name(authority), ca_key), ca=True)
-        key = _key()
-        leaf = _certificate(names[0], key, (ca.subject, ca_key), ca=False, names=names)
-        _pem(directory / stem, leaf, key)
-        if stem == "server":
-            (directory / "ca.crt").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    return HttpsCertificates(directory)
+    """A CA, a certificate for ``names`` it signs and a rogue one, as PEM files in
+    ``directory`` (``client_context()`` trusts that CA alone)."""
+    return make_certificates(directory, names=names, addresses=())
 
 
 class PolicyServer:

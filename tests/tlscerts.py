@@ -78,16 +78,16 @@ def _authority(common_name: str) -> tuple[ec.EllipticCurvePrivateKey, x509.Certi
 
 def _server(
     authority: tuple[ec.EllipticCurvePrivateKey, x509.Certificate],
+    names: tuple[str, ...],
+    addresses: tuple[str, ...],
 ) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     ca_key, ca_certificate = authority
     key = ec.generate_private_key(ec.SECP256R1())
-    alternative_names: list[x509.GeneralName] = [x509.DNSName(name) for name in SERVER_NAMES]
-    alternative_names += [
-        x509.IPAddress(ipaddress.ip_address(address)) for address in SERVER_ADDRESSES
-    ]
+    alternative_names: list[x509.GeneralName] = [x509.DNSName(name) for name in names]
+    alternative_names += [x509.IPAddress(ipaddress.ip_address(address)) for address in addresses]
     certificate = (
         x509.CertificateBuilder()
-        .subject_name(_name(SERVER_NAMES[0]))
+        .subject_name(_name(names[0]))
         .issuer_name(ca_certificate.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
@@ -162,13 +162,21 @@ class TestCertificates:
         return ssl.create_default_context(cafile=str(self.ca))
 
 
-def make_certificates(directory: Path) -> TestCertificates:
-    """Make a CA, a server certificate it signs and a rogue one, as PEM files in ``directory``."""
+def make_certificates(
+    directory: Path,
+    *,
+    names: tuple[str, ...] = SERVER_NAMES,
+    addresses: tuple[str, ...] = SERVER_ADDRESSES,
+) -> TestCertificates:
+    """Make a CA, a server certificate it signs and a rogue one (another CA's, for the same
+    ``names`` and ``addresses``), as PEM files in ``directory``."""
     authority = _authority("spoolmail test CA")
     _, ca = _write(directory, "ca", *authority)
-    server_key, server_certificate = _write(directory, "server", *_server(authority))
+    server_key, server_certificate = _write(
+        directory, "server", *_server(authority, names, addresses)
+    )
     rogue_key, rogue_certificate = _write(
-        directory, "rogue", *_server(_authority("spoolmail rogue CA"))
+        directory, "rogue", *_server(_authority("spoolmail rogue CA"), names, addresses)
     )
     return TestCertificates(
         ca=ca,
