@@ -18,7 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from spoolmail._transport.base import Outgoing
-from spoolmail._transport.data import CHUNK, DataEncoder, data_blocks, examine
+from spoolmail._transport.data import CHUNK, DataEncoder, crlf_only, data_blocks, examine
 from tests.transport.wire import unstuff
 
 ASCII_MESSAGE = b"From: alice@example.net\r\nTo: bob@example.com\r\nSubject: hi\r\n\r\nHello.\r\n"
@@ -75,6 +75,30 @@ def test_encoder_round_trips_whatever_the_chunking(data: bytes, cuts: list[int])
     wire = b"".join(pieces)
     assert re.search(rb"\r(?!\n)|(?<!\r)\n", wire) is None, "a bare CR or LF went on the wire"
     assert unstuff(wire) == normalised(data)
+
+
+@given(st.lists(st.sampled_from([b"\r", b"\n", b"\r\n", b"\n\r", b"a", b"."])).map(b"".join))
+def test_crlf_only_is_the_absence_of_a_bare_cr_or_lf(data: bytes) -> None:
+    # The encoder's fast path (no substitution) is taken exactly for such blocks.
+    assert crlf_only(data) == (re.search(rb"\r(?!\n)|(?<!\r)\n", data) is None)
+
+
+@given(
+    lines=st.lists(st.sampled_from([b"", b".", b"..", b".a", b"a.", b"text"]), min_size=1),
+    cuts=st.lists(st.integers(min_value=0, max_value=40)),
+)
+def test_crlf_blocks_are_only_dot_stuffed(lines: list[bytes], cuts: list[int]) -> None:
+    data = b"".join(line + b"\r\n" for line in lines)
+    encoder = DataEncoder()
+    pieces = []
+    rest = data
+    for cut in cuts:
+        pieces.append(encoder.encode(rest[:cut]))
+        rest = rest[cut:]
+    wire = b"".join([*pieces, encoder.encode(rest), encoder.finish()])
+    assert wire == b"".join(b"." * line.startswith(b".") + line + b"\r\n" for line in lines) + (
+        b".\r\n"
+    )
 
 
 def test_encoder_does_not_double_a_final_crlf() -> None:

@@ -18,12 +18,23 @@ import attrs
 
 from spoolmail._transport.base import Outgoing
 
-__all__ = ["CHUNK", "Content", "DataEncoder", "data_blocks", "examine"]
+__all__ = ["CHUNK", "Content", "DataEncoder", "crlf_only", "data_blocks", "examine"]
 
 # Message data is read and sent in blocks of this size, so memory stays flat whatever the size.
 CHUNK = 64 * 1024
 # RFC 5321 §2.3.8: CR and LF occur only together; a bare CR or LF in a stored file ends a line too.
 _LINE_END = re.compile(rb"\r\n|\r|\n")
+
+
+def crlf_only(block: bytes) -> bool:
+    """Whether every CR and LF in ``block`` is part of a CRLF: nothing to normalise.
+
+    Three counts in C (about 2 ms a MiB) where the regular expression's substitution costs
+    three times that; a stored message is CRLF throughout (intake makes it so), so the
+    substitution runs only for a block that needs it.
+    """
+    pairs = block.count(b"\r\n")
+    return block.count(b"\n") == pairs and block.count(b"\r") == pairs
 
 
 class DataEncoder:
@@ -49,7 +60,9 @@ class DataEncoder:
             self._held_cr = True
         if not block:
             return b""
-        out = _LINE_END.sub(b"\r\n", block).replace(b"\r\n.", b"\r\n..")
+        if not crlf_only(block):
+            block = _LINE_END.sub(b"\r\n", block)
+        out = block.replace(b"\r\n.", b"\r\n..")
         if self._line_start and out.startswith(b"."):
             out = b"." + out
         self._line_start = out.endswith(b"\r\n")
