@@ -36,6 +36,12 @@ def test_any_chunking_gives_the_whole_body_answer(body: bytes, cuts: list[int], 
     assert stream(body, cuts, dot_stuffed=dots) == reference(body, dot_stuffed=dots)
 
 
+def test_a_crlf_chunk_is_stored_as_it_is() -> None:
+    # The common case takes no copy: CRLF lines, no dot to remove.
+    chunk = b"Hello.\r\n.A dot line stays.\r\n" * 100
+    assert PickupBody(first_line=1, dot_stuffed=False).feed(chunk) is chunk
+
+
 @pytest.mark.parametrize(
     ("body", "chunks", "expected"),
     [
@@ -48,6 +54,14 @@ def test_examples(body: bytes, chunks: list[bytes], expected: bytes) -> None:
     streamer = PickupBody(first_line=1, dot_stuffed=True)
     got = b"".join(streamer.feed(c) for c in chunks) + streamer.finish()
     assert got == expected == reference(body, dot_stuffed=True)
+
+
+@pytest.mark.parametrize("first", [b"one\r\ntwo\r\n", b"one\ntwo\n", b"one\rtwo\r"])
+def test_a_nul_is_named_by_its_line_whatever_the_line_ends(first: bytes) -> None:
+    streamer = PickupBody(first_line=1, dot_stuffed=False)
+    streamer.feed(first)
+    with pytest.raises(BodyRejected, match="line 4 contains a NUL byte"):
+        streamer.feed(b"three\r\nf\0our\r\n")
 
 
 def test_a_nul_is_named_by_its_line_in_the_file() -> None:

@@ -633,25 +633,31 @@ class PickupBody:
         if chunk.endswith(b"\r"):
             # Half of a CRLF, perhaps: decided with the next chunk (or by finish).
             chunk, self._pending_cr = chunk[:-1], True
-        text = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        nul = text.find(b"\0")
-        if nul >= 0:
-            number = self._line + text.count(b"\n", 0, nul)
-            raise BodyRejected(f"line {number} contains a NUL byte; a message is text", "5.6.0")
-        self._line += text.count(b"\n")
-        if not text:
+        if not chunk:
             return b""
-        if not self.eight_bit and not text.isascii():
+        # Most writers end every line with CRLF: such a chunk is stored as it is, without a
+        # copy. Three counts in C tell (the first is the number of lines, wanted anyway).
+        lines = chunk.count(b"\n")
+        pairs = chunk.count(b"\r\n")
+        if lines != pairs or chunk.count(b"\r") != pairs:
+            chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
+            lines = chunk.count(b"\n")
+        nul = chunk.find(b"\0")
+        if nul >= 0:
+            number = self._line + chunk.count(b"\n", 0, nul)
+            raise BodyRejected(f"line {number} contains a NUL byte; a message is text", "5.6.0")
+        self._line += lines
+        if not self.eight_bit and not chunk.isascii():
             self.eight_bit = True
-        ends_line = text.endswith(b"\n")
+        ends_line = chunk.endswith(b"\r\n")
         if self._dot_stuffed:
             # KB Q286358: IIS 5+ with DisablePickupDotStuff=0 removes the first "." of a line,
             # the reverse of RFC 5321 section 4.5.2 transparency that .NET Framework applied.
-            if self._at_line_start and text.startswith(b"."):
-                text = text[1:]
-            text = text.replace(b"\n.", b"\n")
+            if self._at_line_start and chunk.startswith(b"."):
+                chunk = chunk[1:]
+            chunk = chunk.replace(b"\r\n.", b"\r\n")
         self._at_line_start = ends_line
-        return text.replace(b"\n", b"\r\n")
+        return chunk
 
     def finish(self) -> bytes:
         """What is left: a CR held back, or the CRLF that ends an unterminated last line."""
