@@ -459,10 +459,37 @@ def encode_event(event: MailEvent) -> str:
     three characters it leaves that other tools take for a line end (NEL, U+2028, U+2029:
     Python's ``splitlines``) are escaped too. Other non-ASCII text is kept as UTF-8.
     """
+    # Two lines a delivered message, on the delivery threads: the field names are looked up
+    # once per event type, each value's conversion by its exact type, and the encoder is made
+    # once. An ASCII line (nearly every one) holds none of the three characters to escape.
+    kind = type(event)
+    names = _FIELD_NAMES.get(kind)
+    if names is None:
+        names = _FIELD_NAMES[kind] = tuple(field.name for field in attrs.fields(kind))
     data: dict[str, Any] = {"v": _FORMAT_VERSION, "event": event.kind}
-    for field in attrs.fields(type(event)):
-        data[field.name] = _to_json(getattr(event, field.name))
-    return json.dumps(data, ensure_ascii=False, separators=(",", ":")).translate(_LINE_ENDS)
+    for name in names:
+        value = getattr(event, name)
+        convert = _CONVERT.get(type(value), _to_json)
+        data[name] = value if convert is None else convert(value)
+    line = _ENCODER.encode(data)
+    return line if line.isascii() else line.translate(_LINE_ENDS)
+
+
+_FIELD_NAMES: dict[type[MailEvent], tuple[str, ...]] = {}
+# By exact type: None keeps the value as it is; a type not listed (a subclass) goes through
+# _to_json, which decides by isinstance.
+_CONVERT: dict[type, Callable[[Any], Any] | None] = {
+    str: None,
+    int: None,
+    float: None,
+    bool: None,
+    type(None): None,
+    datetime: datetime.isoformat,
+    timedelta: timedelta.total_seconds,
+    Reply: Reply.to_json,
+    tuple: list,
+}
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
 
 
 def decode_event(line: str | bytes) -> MailEvent:
