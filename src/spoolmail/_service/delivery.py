@@ -589,9 +589,16 @@ class Deliverer:
             if remaining:
                 raise _TryNextHost
 
-        tries = short_retrying(sleep=self.sleep, attempts=len(targets), retry_on=_TryNextHost)
         with contextlib.suppress(_TryNextHost):
-            tries(next_host)
+            if len(targets) == 1:
+                # One host (a smart host, a single MX): nothing to retry, and building
+                # tenacity's machinery for it cost more than the rest of this method.
+                next_host()
+            else:
+                tries = short_retrying(
+                    sleep=self.sleep, attempts=len(targets), retry_on=_TryNextHost
+                )
+                tries(next_host)
         return replies
 
     def _send(

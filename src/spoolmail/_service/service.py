@@ -201,8 +201,14 @@ class _Tally:
         return Report(**{k: tuple(v) for k, v in attrs.asdict(self, recurse=False).items()})
 
     def merge(self, other: _Tally) -> None:
-        for name, values in attrs.asdict(other, recurse=False).items():
-            getattr(self, name).extend(values)
+        # Once per attempt: plain attribute access, not attrs.asdict (a dict per call).
+        for name in _TALLIES:
+            values = getattr(other, name)
+            if values:
+                getattr(self, name).extend(values)
+
+
+_TALLIES = tuple(field.name for field in attrs.fields(_Tally))
 
 
 class _Waker:
