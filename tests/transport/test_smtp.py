@@ -14,6 +14,7 @@ reading, DATA encoding and the pure decisions in ``test_replies.py``, ``test_dat
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import socket
@@ -278,6 +279,92 @@ def test_stalled_greeting_is_temporary_within_the_timeout(transcript: Transcript
     assert reply == Reply(
         451, "4.4.2", f"{HOST}:{server.port} sent no greeting within 0.3 s", host=HOST
     )
+    assert 0.25 < elapsed < 3
+
+
+class _SlowPeer:
+    """A peer on 127.0.0.1 that misbehaves in time rather than in words: ``trickle`` sends its
+    greeting one octet every 50 ms and never ends the line; ``no_reading`` goes along until its
+    354 to DATA, then reads nothing more (its receive buffer kept small, so the client's send
+    fills it). Each has one connection, served on a thread until the peer is closed."""
+
+    def __init__(self, behaviour: str) -> None:
+        self.behaviour = behaviour
+        self._listener = socket.socket()
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self._listener.bind((HOST, 0))
+        self._listener.listen(1)
+        self.port = int(self._listener.getsockname()[1])
+        self.target = Target(HOST, self.port, literal=True)
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        conn, _ = self._listener.accept()
+        with conn, contextlib.suppress(OSError):
+            if self.behaviour == "trickle":
+                for octet in b"220 slow.test ESMTP, one octet at a time":
+                    if self._done.wait(0.05):
+                        return
+                    conn.sendall(bytes([octet]))
+                self._done.wait()
+                return
+            conn.sendall(b"220 slow.test ESMTP\r\n")
+            answers = {b"EHLO": b"250 slow.test\r\n", b"MAIL": b"250 ok\r\n"}
+            answers |= {b"RCPT": b"250 ok\r\n", b"DATA": b"354 go on\r\n"}
+            pending = b""
+            while not self._done.is_set():
+                pending += conn.recv(4096)
+                while b"\r\n" in pending:
+                    line, pending = pending.split(b"\r\n", 1)
+                    verb = line[:4].upper()
+                    conn.sendall(answers.get(verb, b"250 ok\r\n"))
+                    if verb == b"DATA":
+                        self._done.wait()  # and never read the message
+                        return
+
+    def close(self) -> None:
+        self._done.set()
+        self._listener.close()
+        self._thread.join(timeout=5)
+
+
+@integration
+def test_a_trickled_greeting_must_be_whole_within_its_timeout(transcript: Transcript) -> None:
+    """RFC 5321 section 4.5.3.2: the deadline covers the whole reply; octets arriving now and
+    then do not stretch it."""
+    peer = _SlowPeer("trickle")
+    timeouts = attrs.evolve(SHORT, greeting=0.3)
+    try:
+        with SmtpTransport(helo_name="c.test", timeouts=timeouts) as transport:
+            started = time.monotonic()
+            [reply] = transport.send(peer.target, outgoing(), transcript).values()
+            elapsed = time.monotonic() - started
+    finally:
+        peer.close()
+    assert reply == Reply(
+        451, "4.4.2", f"{HOST}:{peer.port} sent no greeting within 0.3 s", host=HOST
+    )
+    assert 0.25 < elapsed < 3
+
+
+@integration
+def test_a_peer_that_stops_reading_times_the_data_out(transcript: Transcript) -> None:
+    """RFC 5321 section 4.5.3.2.5: a data block the server does not take within the limit ends
+    the session (and the socket, full, is not waited on for ever)."""
+    peer = _SlowPeer("no_reading")
+    timeouts = attrs.evolve(SHORT, data_block=0.3)
+    message = (b"x" * 98 + b"\r\n") * (80 * 1024)  # 8 MiB: more than the buffers hold
+    try:
+        with SmtpTransport(helo_name="c.test", timeouts=timeouts) as transport:
+            started = time.monotonic()
+            [reply] = transport.send(peer.target, outgoing(message), transcript).values()
+            elapsed = time.monotonic() - started
+    finally:
+        peer.close()
+    assert (reply.code, reply.enhanced) == (451, "4.4.2")
+    assert reply.text == f"{HOST}:{peer.port} took more than 0.3 s to take the message"
     assert 0.25 < elapsed < 3
 
 
