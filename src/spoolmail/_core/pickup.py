@@ -635,11 +635,12 @@ class PickupBody:
             chunk, self._pending_cr = chunk[:-1], True
         if not chunk:
             return b""
-        # Most writers end every line with CRLF: such a chunk is stored as it is, without a
-        # copy. Three counts in C tell (the first is the number of lines, wanted anyway).
-        lines = chunk.count(b"\n")
-        pairs = chunk.count(b"\r\n")
-        if lines != pairs or chunk.count(b"\r") != pairs:
+        # Most writers end every line with CRLF: such a chunk is stored as it is. It is one
+        # when what is left with every CRLF taken out has no CR or LF (one split, in C).
+        parts = chunk.split(b"\r\n")
+        lines = len(parts) - 1
+        rest = b"".join(parts)
+        if rest.find(b"\r") >= 0 or rest.find(b"\n") >= 0:
             chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
             lines = chunk.count(b"\n")
         nul = chunk.find(b"\0")
@@ -655,7 +656,7 @@ class PickupBody:
             # the reverse of RFC 5321 section 4.5.2 transparency that .NET Framework applied.
             if self._at_line_start and chunk.startswith(b"."):
                 chunk = chunk[1:]
-            chunk = chunk.replace(b"\r\n.", b"\r\n")
+            chunk = b"\r\n".join(chunk.split(b"\r\n."))
         self._at_line_start = ends_line
         return chunk
 
