@@ -208,6 +208,13 @@ def open_regular(path: str, expected: EntryFacts | None = None, *, single_link: 
     except BaseException:
         os.close(fd)
         raise
+    if (
+        expected is None
+        and stat.S_ISREG(result.st_mode)
+        and (result.st_nlink <= 1 or not single_link)
+    ):
+        # The common case (every queued file the service reads): no EntryFacts to build.
+        return fd
     facts = facts_from_stat(result)
     allowed = (EntryKind.FILE,) if single_link else (EntryKind.FILE, EntryKind.LINKED_FILE)
     if facts.kind not in allowed or (expected is not None and not expected.same_file(result)):

@@ -488,7 +488,9 @@ class MailStore:
         try:
             if self._os_root is not None:
                 fd = open_regular(self._sys(folder, name), single_link=False)
-                return os.fdopen(fd, "rb")
+                # Unbuffered: every reader asks for whole chunks, and a buffered file would
+                # cost an isatty ioctl and an lseek at each open (twice a delivered message).
+                return open(fd, "rb", buffering=0)
             return self.fs.openbin(self._path(folder, name), "r")
         except pyfs.errors.ResourceNotFound as exc:
             raise FileNotFoundError(f"{folder}/{name}") from exc
@@ -503,7 +505,8 @@ class MailStore:
 
     def read(self, folder: str, name: str) -> bytes:
         with self.open(folder, name) as handle:
-            return handle.read()
+            # Chunks to the end: an unbuffered file's read() would fstat and lseek first.
+            return b"".join(chunks(handle))
 
     def remove(self, folder: str, name: str) -> bool:
         """Delete a file; ``False`` if it was already gone."""
