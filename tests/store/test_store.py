@@ -163,6 +163,24 @@ def test_owner_on_this_host_is_dead_when_its_process_is(
     assert store.owner_alive("ghost")  # another host: only its lease can tell
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/PID/stat is Linux's")
+def test_owner_killed_but_not_yet_reaped_is_dead(filesystem: pyfs.FS, clock: FakeClock) -> None:
+    # A killed worker whose parent died with it is a zombie until init reaps it: kill(pid, 0)
+    # still finds it, yet it claims nothing more.
+    store = make_store(filesystem, clock)
+    with subprocess.Popen([sys.executable, "-c", "pass"]) as child:
+        until = time.monotonic() + 10
+        while Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            assert time.monotonic() < until, "the child never ended"
+            time.sleep(0.01)
+        record = {"host": os.uname().nodename, "pid": child.pid, "renewed": clock().isoformat()}
+        store.write("SortTemp", "zombie.owner", json.dumps(record).encode())
+        assert not store.owner_alive("zombie")
+    record["pid"] = os.getppid()  # a live process of this host
+    store.write("SortTemp", "zombie.owner", json.dumps(record).encode())
+    assert store.owner_alive("zombie")
+
+
 def test_damaged_owner_record_counts_as_dead(filesystem: pyfs.FS, clock: FakeClock) -> None:
     store = make_store(filesystem, clock)
     store.write("SortTemp", "broken.owner", b"{not json")

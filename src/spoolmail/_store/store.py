@@ -1435,7 +1435,20 @@ def _process_runs(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    return not _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    """Linux: whether ``pid`` is dead but not yet reaped (state Z in ``/proc/PID/stat``). A
+    killed worker whose parent died with it stays so until init reaps it; ``kill(pid, 0)``
+    still finds it, and its claims would wait for their lease."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat_file:
+            text = stat_file.read()
+    except OSError:
+        return False  # no /proc (not Linux), or gone this instant: the next look decides
+    # "PID (COMM) STATE ...": COMM may hold spaces and parentheses; the last ")" ends it.
+    return text[text.rfind(b")") + 2 : text.rfind(b")") + 3] == b"Z"
 
 
 def read_head(handle: BinaryIO, *, limit: int) -> tuple[bytes, bytes]:
