@@ -90,6 +90,7 @@ def test_exported_names_are_pinned() -> None:
         "RouteKind",
         "Router",
         "Severity",
+        "Share",
         "SmartHostMode",
         "SmtpTimeouts",
         "SmtpTransport",

@@ -30,6 +30,7 @@ from spoolmail._core.routing import (
     Target,
     TlsPolicy,
 )
+from spoolmail._core.shares import Share
 from spoolmail._core.states import State
 from spoolmail._core.suppression import Suppressed
 from spoolmail._core.throttle import ThrottleRules
@@ -94,6 +95,7 @@ __all__ = [
     "RouteKind",
     "Router",
     "Severity",
+    "Share",
     "SmartHostMode",
     "SmtpTimeouts",
     "SmtpTransport",

@@ -57,6 +57,7 @@ from spoolmail._core.pickup import PickupOptions
 from spoolmail._core.reply import Reply
 from spoolmail._core.retry import RetryPolicy
 from spoolmail._core.routing import Hop, RouteKind, Router
+from spoolmail._core.shares import WHOLE, Share
 from spoolmail._core.states import (
     AttemptOutcome,
     Event,
@@ -354,6 +355,13 @@ class MailService:
     - ``throttle`` (:class:`~spoolmail.ThrottleRules`) says how a destination that asks to
       slow down (421, 4.7.x "rate", "try again later") is slowed, and sets an optional
       ``max_messages_per_minute`` per destination.
+    - ``share`` (:class:`~spoolmail.Share`) makes this service worker ``index`` of ``count``
+      processes on one MailRoot (``spoolmail run --workers``): it takes only its share of the
+      Pickup files and schedules only its share of the Queue, and the ids it makes fall in its
+      share, so the workers divide the mail without racing for it. Each message is still
+      claimed by rename, so it is delivered once whatever the workers do. Give every worker
+      of a group the same ``count`` and each index once; a worker that is down leaves its
+      share waiting until it runs again. Operators' triggers (hold, flush) reach every worker.
     - One service per :class:`Spool` object at a time; a second process opens its own Spool.
     """
 
@@ -385,6 +393,7 @@ class MailService:
         dane: bool = False,
         suppression_days: int = 30,
         throttle: ThrottleRules | None = None,
+        share: Share = WHOLE,
     ) -> None:
         if spool.service is not None:
             raise ConfigurationError(
@@ -396,12 +405,12 @@ class MailService:
             raise ConfigurationError(f"limits must be positive: {limits!r}")
         if min_free_space < 0:
             raise ConfigurationError(f"min_free_space must be 0 or more, not {min_free_space!r}")
-        self.min_free_space = min_free_space
-        self._room = True
+        self.min_free_space, self._room = min_free_space, True
         self._room_lock = threading.Lock()
         self.spool = spool
         self._store: MailStore = spool._store
         self._transitions: Transitions = spool._transitions
+        self.share = self._store.share = share
         self._store.readiness.settle = pickup_settle.total_seconds()
         self._store.readiness.open_warning = pickup_open_warning.total_seconds()
         self.router = router or Router()
@@ -781,8 +790,9 @@ class MailService:
         size) means an unchanged envelope: 100,000 stats, not 100,000 reads and parses.
         """
         known: dict[str, tuple[int, ...]] = {}
+        owned = self.share.owns_id
         for queue_id, entry in files.items():
-            if not entry.envelope:
+            if not entry.envelope or not owned(queue_id):
                 self._schedule.discard(queue_id)  # claimed (being delivered) or finishing
                 continue
             signature = self._transitions.envelope_signature(queue_id)
@@ -822,6 +832,7 @@ class MailService:
         if wanted is None:
             self._rescan(tally, triggers)
             return
+        wanted = {queue_id for queue_id in wanted if self.share.owns_id(queue_id)}
         for queue_id in wanted:
             self._schedule_from_disk(queue_id)
         self._forget_dead_hosts(wanted)

@@ -40,6 +40,7 @@ import json
 import logging
 import os
 import platform
+import re
 import select
 import shutil
 import stat
@@ -55,6 +56,7 @@ from typing import BinaryIO
 import attrs
 
 from spoolmail._core.ids import QueueIds, is_made_id, is_queue_id
+from spoolmail._core.shares import WHOLE, Share
 from spoolmail._core.states import State
 from spoolmail._store import pyfs
 from spoolmail._store.backend import Guarantee, backend_of, single_process_rule
@@ -150,6 +152,7 @@ _BACKEND_KINDS = {
 }
 _CLAIM_SUFFIX = ".pickup"
 _TRIGGER_SUFFIX = ".trigger"
+_ADDRESSED = re.compile(r"w([0-9]{1,4})of([0-9]{1,4})")  # a trigger for one worker
 # inotify, for the trigger watch (as entries.CloseWatcher uses it for Pickup).
 _IN_MOVED_TO = 0x00000080
 _IN_Q_OVERFLOW = 0x00004000
@@ -328,6 +331,15 @@ class TriggerWatch:
             self._fd = -1
 
 
+def _trigger_address(name: str) -> Share | None:
+    """The worker a trigger is addressed to (``OWNER.TOKEN.wINDEXofCOUNT.trigger``), if any."""
+    parts = name.split(".")
+    found = _ADDRESSED.fullmatch(parts[2]) if len(parts) == 4 else None
+    if found is None or int(found[1]) >= int(found[2]):
+        return None
+    return Share(int(found[1]), int(found[2]))
+
+
 class MailStore:
     """The MailRoot on one PyFilesystem2 filesystem, with atomic commits and owner-named claims."""
 
@@ -346,6 +358,9 @@ class MailStore:
         self.ids = ids
         self.lease = lease
         self.owner = ids.token()
+        # The part of the mail this process takes (a worker of several on the MailRoot, see
+        # _core.shares): its Pickup files, and the ids it makes. A service sets it.
+        self.share: Share = WHOLE
         self._ids_lock = threading.Lock()
         self._spares: list[str] = []
         self._debris: set[str] = set()  # temp files a failing disk would not let us delete
@@ -571,9 +586,13 @@ class MailStore:
                 os.close(fd)
 
     def new_id(self) -> str:
-        """A new queue id (intake, the delivery threads and the application may ask at once)."""
+        """A new queue id (intake, the delivery threads and the application may ask at once),
+        in this process's share: what a worker takes in, it delivers (about ``count`` draws)."""
         with self._ids_lock:
-            return self.ids.new(self.clock())
+            while True:
+                queue_id = self.ids.new(self.clock())
+                if self.share.owns_id(queue_id):
+                    return queue_id
 
     def _temp_name(self) -> str:
         return f"{self.owner}.{self.ids.token(12)}{_TMP_SUFFIX}"
@@ -875,7 +894,10 @@ class MailStore:
             self.readiness.watcher = CloseWatcher.start(self._sys(PICKUP))
         ready = []
         present = set()
+        share = self.share
         for name in self._candidates():
+            if not share.owns_name(name):
+                continue  # another worker's (see _core.shares)
             present.add(name)
             try:
                 facts = self.inspect(PICKUP, name)
@@ -1227,23 +1249,35 @@ class MailStore:
         self._put_trigger({"flush": order})
 
     def _put_trigger(self, data: Mapping[str, object]) -> None:
-        self.write(
-            SORTTEMP,
-            f"{self.owner}.{self.ids.token(12)}{_TRIGGER_SUFFIX}",
-            json.dumps(data).encode(),
-        )
+        self.write(SORTTEMP, self._trigger_name(None), json.dumps(data).encode())
+
+    def _trigger_name(self, share: Share | None) -> str:
+        """A new trigger's name: ``OWNER.TOKEN.trigger``, for every service; or addressed to
+        one worker of a group, ``OWNER.TOKEN.wINDEXofCOUNT.trigger``."""
+        to = "" if share is None else f".w{share.index}of{share.count}"
+        return f"{self.owner}.{self.ids.token(12)}{to}{_TRIGGER_SUFFIX}"
 
     def take_triggers(self) -> Triggers:
         """Consume the triggers: the ids to look at again (or the whole Queue), and the flushes
-        asked of a service in memory."""
+        asked of a service in memory.
+
+        Every worker of a group must see each trigger (a flush in memory flushes only its own
+        schedule). The worker that finds one first makes it its own with a rename (one wins),
+        writes a copy addressed to each other worker, then reads it; one addressed to another
+        worker of its group it leaves. A crash between the two leaves the trigger to be taken
+        again: the others may see it twice, which does no harm (a second flush, a second look).
+        """
         wanted: set[str] = set()
         everything = False
         flushes: list[FlushOrder] = []
         for name in self.listdir(SORTTEMP):
             if not name.endswith(_TRIGGER_SUFFIX):
                 continue
+            mine = self._own_trigger(name)
+            if mine is None:
+                continue
             try:
-                data = json.loads(self.read(SORTTEMP, name))
+                data = json.loads(self.read(SORTTEMP, mine))
                 if "flush" in data:
                     flushes.append(FlushOrder.of(data["flush"]))
                 else:
@@ -1254,8 +1288,28 @@ class MailStore:
                 continue  # another service took it
             except (ValueError, AttributeError, TypeError):
                 everything = True
-            self.remove(SORTTEMP, name)
+            self.remove(SORTTEMP, mine)
         return Triggers(None if everything else wanted, tuple(flushes))
+
+    def _own_trigger(self, name: str) -> str | None:
+        """The name under which trigger ``name`` is this process's to read, or ``None``: it is
+        another worker's, or another service took it first."""
+        share = self.share
+        if share.whole:
+            return name
+        address = _trigger_address(name)
+        if address == share:
+            return name
+        if address is not None and address.count == share.count:
+            return None  # another worker's of this group
+        mine = self._trigger_name(share)
+        if not self.rename((SORTTEMP, name), (SORTTEMP, mine), sync_source=False):
+            return None  # another worker took it
+        data = self.read(SORTTEMP, mine)
+        for other in share.all():
+            if other != share:
+                self.write(SORTTEMP, self._trigger_name(other), data)
+        return mine
 
     def trigger_watch(self) -> TriggerWatch | None:
         """A watch on SortTemp that tells when a trigger is renamed in (Linux, OS paths)."""
