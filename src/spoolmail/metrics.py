@@ -24,14 +24,14 @@ Metrics (names as ``prometheus_client`` writes them):
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from spoolmail.exceptions import ConfigurationError, DependencyError
 
 if TYPE_CHECKING:
-    from spoolmail._service.service import MailService
+    from spoolmail._service.observers import Stats
 
-__all__ = ["COUNTERS", "MetricsCollector", "serve_metrics"]
+__all__ = ["COUNTERS", "MetricsCollector", "StatsSource", "serve_metrics"]
 
 #: The counters of :class:`spoolmail.Stats`, each a ``spoolmail_<name>_total`` metric.
 COUNTERS = {
@@ -48,6 +48,15 @@ COUNTERS = {
 }
 
 
+class StatsSource(Protocol):
+    """What the metrics read: a :class:`~spoolmail.MailService`, or anything with its
+    ``stats()`` (``spoolmail run --workers`` sums its workers')."""
+
+    def stats(self) -> Stats:
+        """What happened and what waits now."""
+        ...
+
+
 def _prometheus() -> Any:
     try:
         import prometheus_client  # noqa: PLC0415 (an optional extra)
@@ -62,7 +71,7 @@ def _prometheus() -> Any:
 class MetricsCollector:
     """A ``prometheus_client`` collector of the service ``current()`` returns."""
 
-    def __init__(self, current: Callable[[], MailService]) -> None:
+    def __init__(self, current: Callable[[], StatsSource]) -> None:
         self._current = current
         self._core = _prometheus().core
 
@@ -96,7 +105,7 @@ class MetricsCollector:
         )
 
 
-def serve_metrics(current: Callable[[], MailService], address: str) -> Callable[[], None]:
+def serve_metrics(current: Callable[[], StatsSource], address: str) -> Callable[[], None]:
     """Serve ``/metrics`` on ``address`` (``host:port``, ``[v6]:port``) on a thread of its own;
     returns a function that stops it. Its own registry: nothing of the process's default one."""
     prometheus = _prometheus()

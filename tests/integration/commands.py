@@ -8,7 +8,7 @@ from pathlib import Path
 __all__ = ["spoolmail_run"]
 
 
-def spoolmail_run(root: Path, *extra: str, poll_interval: float = 0.01) -> list[str]:
+def spoolmail_run(root: Path | str, *extra: str, poll_interval: float = 0.01) -> list[str]:
     """``python -m spoolmail run`` on ``root``: local domain example.com, a quick poll."""
     return [
         sys.executable,

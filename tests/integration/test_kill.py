@@ -32,8 +32,13 @@ KILLS = 20
 
 
 def start(root: Path, *extra: str) -> subprocess.Popen[bytes]:
+    """The service in a process group of its own: the parent and its workers (``--workers``,
+    one per CPU by default) are killed together, at whatever point each of them is."""
     return subprocess.Popen(
-        spoolmail_run(root, *extra), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        spoolmail_run(root, *extra),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
 
 
@@ -87,7 +92,7 @@ def test_sigkill_at_random_points_loses_and_doubles_nothing(tmp_path: Path) -> N
         ):
             time.sleep(0.001)
         time.sleep(rng.uniform(0, 0.08))
-        process.send_signal(signal.SIGKILL)
+        os.killpg(process.pid, signal.SIGKILL)
         process.wait(10)
         kills += 1
     assert written == MESSAGES, f"only {written} messages written before the deadline"

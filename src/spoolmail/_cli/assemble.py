@@ -32,6 +32,7 @@ from spoolmail._core.dkim import (
 )
 from spoolmail._core.retry import RetryPolicy
 from spoolmail._core.routing import Credentials, Router, SmartHostMode, TlsPolicy, parse_target
+from spoolmail._core.shares import WHOLE, Share
 from spoolmail._core.throttle import ThrottleRules
 from spoolmail._service.service import Limits, MailService, machine_name
 from spoolmail._store.spool import Spool
@@ -125,7 +126,7 @@ def timeouts(settings: Settings) -> SmtpTimeouts:
     )
 
 
-def service(settings: Settings, spool: Spool) -> MailService:
+def service(settings: Settings, spool: Spool, *, share: Share = WHOLE) -> MailService:
     retry, local = retry_policies(settings)
     fqdn = settings.fqdn or machine_name()
     tls_context = None
@@ -156,6 +157,7 @@ def service(settings: Settings, spool: Spool) -> MailService:
             max_connections=settings.max_connections_per_host,
             max_messages_per_minute=settings.max_messages_per_minute,
         ),
+        share=share,
         limits=Limits(
             max_message_size=settings.max_message_size,
             max_hop_count=settings.max_hop_count,

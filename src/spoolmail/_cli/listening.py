@@ -33,7 +33,7 @@ from spoolmail._cli.settings import Settings
 from spoolmail._cli.status import EX_OK, UsageError
 from spoolmail._core.relay import AccessPolicy
 from spoolmail._core.routing import Router
-from spoolmail._listen.listener import Listener, ListenerLimits, bind
+from spoolmail._listen.listener import Listener, ListenerLimits, _shown, bind
 from spoolmail._listen.passwords import PasswordFile, hash_password
 from spoolmail._service.service import machine_name
 from spoolmail._store.spool import Spool
@@ -145,6 +145,11 @@ def prepare(settings: Settings) -> Prepared | None:
             sock.close()
         raise
     return Prepared(sockets=tuple(sockets), tls=tls, credentials=credentials)
+
+
+def shown(sock: socket.socket) -> str:
+    """How a bound socket is named in the banner and the log (``[::1]:25``)."""
+    return _shown(sock)
 
 
 def listener_limits(settings: Settings) -> ListenerLimits:

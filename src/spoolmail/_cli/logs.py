@@ -120,6 +120,16 @@ class Logs:
         handler.setFormatter(logging.Formatter("%(message)s"))
         self._add(handler)
 
+    def as_worker(self, index: int) -> None:
+        """In a worker process (``run --workers``): its records say which worker wrote them,
+        and syslog's ident carries its own process id, not its parent's."""
+        label = f"%(asctime)s %(levelname)s [worker {index}] %(message)s"
+        for handler in [self._stderr, *self._added]:
+            if isinstance(handler, logging.handlers.SysLogHandler):
+                handler.ident = f"spoolmail[{os.getpid()}]: "
+            else:
+                handler.setFormatter(logging.Formatter(label))
+
     def _add(self, handler: logging.Handler) -> None:
         _root.addHandler(handler)
         self._added.append(handler)

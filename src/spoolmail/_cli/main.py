@@ -13,6 +13,7 @@ import argparse
 import contextlib
 import logging
 import signal
+import socket
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -34,6 +35,7 @@ from spoolmail._cli import (
     reloading,
     sendmail,
     suppress,
+    workers,
 )
 from spoolmail._cli.logs import Logs
 from spoolmail._cli.settings import Settings, load_settings
@@ -46,6 +48,8 @@ from spoolmail._cli.status import (
     exit_status,
     report,
 )
+from spoolmail._core.dkim import DkimPolicy
+from spoolmail._core.shares import WHOLE, Share
 from spoolmail._listen.listener import Listener
 from spoolmail._service import iis
 from spoolmail._service.service import MailService, Report
@@ -210,10 +214,73 @@ def _run(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
         dkim = assemble.dkim_policy(settings)  # key files read while still root
         _lose_root(settings)
         with Spool(settings.root, dkim=dkim) as spool:
-            return _serve(settings, args, out, spool, prepared)
+            count = 1 if args.once else workers.worker_count(settings.workers, spool)
+            if count == 1:
+                return _serve(settings, args, out, spool, prepared)
+            # IIS's NTFS_*.EML Queue files are never delivered as they are: say so once.
+            iis.warn_stranded(spool._store)
+        return _supervise(
+            count, settings=settings, args=args, out=out, prepared=prepared, dkim=dkim
+        )
     finally:
         if prepared is not None:
             prepared.close()
+
+
+def _supervise(
+    count: int,
+    *,
+    settings: Settings,
+    args: argparse.Namespace,
+    out: TextIO,
+    prepared: listening.Prepared | None,
+    dkim: DkimPolicy | None,
+) -> int:
+    """``run --workers N``: fork the workers (``workers``) and look after them; the banner and
+    the metrics endpoint are the parent's, the work is theirs."""
+
+    def work(share: Share, serving: Callable[[], None], stats: socket.socket) -> int:
+        args.logs.as_worker(share.index)
+
+        def started(daemon: _Daemon) -> None:
+            # Through the daemon: a SIGHUP replaces its service.
+            workers.stats_responder(stats, lambda: daemon.service.stats())  # noqa: PLW0108
+            serving()
+
+        try:
+            with Spool(settings.root, dkim=dkim) as spool:
+                return _serve(settings, args, out, spool, prepared, share=share, on_serving=started)
+        except SpoolmailError as exc:  # as main() says it: the parent passes the status on
+            report(exc)
+            return exit_status(exc)
+
+    supervisor = workers.Supervisor(count, work, on_hangup=args.logs.reopen)
+    stop_metrics = None
+
+    def started() -> None:
+        nonlocal stop_metrics
+        if settings.metrics:
+            stop_metrics = serve_metrics(lambda: supervisor, settings.metrics)
+        addresses = [listening.shown(sock) for sock in prepared.sockets] if prepared else []
+        print(_banner(settings, addresses, workers=count), file=out, flush=True)
+
+    try:
+        return supervisor.run(on_started=started)
+    finally:
+        if stop_metrics is not None:
+            stop_metrics()
+
+
+def _banner(settings: Settings, addresses: Sequence[str], *, workers: int = 1) -> str:
+    where = (
+        "capture mode: every recipient lands in Drop"
+        if settings.catch_all
+        else f"local domains: {', '.join(settings.local_domains)}; "
+        f"smart host: {settings.smart_host or 'none'}"
+    )
+    listening_on = f"; listening on {', '.join(addresses)}" if addresses else ""
+    processes = f"; {workers} workers" if workers > 1 else ""
+    return f"spoolmail: serving {settings.root} ({where}){listening_on}{processes}; Ctrl-C stops"
 
 
 @attrs.define
@@ -226,6 +293,7 @@ class _Daemon:
 
     settings: Settings
     service: MailService
+    share: Share = WHOLE
     listener: Listener | None = None
     stop_metrics: Callable[[], None] | None = None
     stopping: bool = False
@@ -248,19 +316,17 @@ def _serve(
     out: TextIO,
     spool: Spool,
     prepared: listening.Prepared | None,
+    *,
+    share: Share = WHOLE,
+    on_serving: Callable[[_Daemon], None] | None = None,
 ) -> int:
-    daemon = _Daemon(settings, assemble.service(settings, spool))
+    """Serve ``spool`` until a signal stops it: alone (``on_serving`` None: the banner and the
+    metrics are this process's), or as one worker of several (``share``; ``on_serving`` tells
+    the supervisor)."""
+    daemon = _Daemon(settings, assemble.service(settings, spool, share=share), share=share)
     try:
-        # IIS's NTFS_*.EML Queue files are never delivered as they are: say so at each start.
-        stranded = iis.warn_stranded(spool._store)
         if args.once:
-            for name in stranded:
-                print(f"Queue/{name}: IIS queue file, not delivered until imported", file=out)
-            report = daemon.service.run_once()
-            for line in _report_lines(report):
-                print(line, file=out)
-            return EX_FAILED if report.errors else EX_OK
-
+            return _once(daemon.service, spool, out)
         signal.signal(signal.SIGINT, daemon.stop)
         signal.signal(signal.SIGTERM, daemon.stop)
         if hasattr(signal, "SIGHUP"):  # not on Windows
@@ -269,22 +335,16 @@ def _serve(
             daemon.listener = listening.start(
                 prepared, spool, router=daemon.service.router, settings=settings
             )
-        if settings.metrics:
-            daemon.stop_metrics = serve_metrics(lambda: daemon.service, settings.metrics)
-        where = (
-            "capture mode: every recipient lands in Drop"
-            if settings.catch_all
-            else f"local domains: {', '.join(settings.local_domains)}; "
-            f"smart host: {settings.smart_host or 'none'}"
-        )
-        listening_on = (
-            f"; listening on {', '.join(daemon.listener.addresses)}" if daemon.listener else ""
-        )
-        print(
-            f"spoolmail: serving {settings.root} ({where}){listening_on}; Ctrl-C stops",
-            file=out,
-            flush=True,
-        )
+        if on_serving is not None:
+            on_serving(daemon)
+        else:
+            # IIS's NTFS_*.EML Queue files are never delivered as they are: say so at each start
+            # (a worker's parent said it).
+            iis.warn_stranded(spool._store)
+            if settings.metrics:
+                daemon.stop_metrics = serve_metrics(lambda: daemon.service, settings.metrics)
+            addresses = daemon.listener.addresses if daemon.listener else []
+            print(_banner(settings, addresses), file=out, flush=True)
         while not daemon.stopping:
             if daemon.reloading:
                 daemon.reloading = False
@@ -300,6 +360,16 @@ def _serve(
             daemon.listener.stop()
         daemon.service.close()
     return EX_OK
+
+
+def _once(service: MailService, spool: Spool, out: TextIO) -> int:
+    """``run --once``: one tick, its outcomes printed."""
+    for name in iis.warn_stranded(spool._store):
+        print(f"Queue/{name}: IIS queue file, not delivered until imported", file=out)
+    report = service.run_once()
+    for line in _report_lines(report):
+        print(line, file=out)
+    return EX_FAILED if report.errors else EX_OK
 
 
 def _reload(daemon: _Daemon, args: argparse.Namespace, spool: Spool) -> None:
@@ -319,10 +389,10 @@ def _reload(daemon: _Daemon, args: argparse.Namespace, spool: Spool) -> None:
         return
     daemon.service.close()
     try:
-        daemon.service = assemble.service(new, spool)
+        daemon.service = assemble.service(new, spool, share=daemon.share)
     except SpoolmailError as exc:
         log.error("SIGHUP: %s; the settings in use stay", exc)  # noqa: TRY400 (no traceback)
-        daemon.service = assemble.service(old, spool)
+        daemon.service = assemble.service(old, spool, share=daemon.share)
         return
     daemon.settings = new
     if daemon.listener is not None:

@@ -114,6 +114,8 @@ A settings file is TOML with one ``[spoolmail]`` table; every key is optional:
     pickup_dot_stuffed = false
     # seconds between looks at Pickup where no inotify tells of new files
     poll_interval = 1.0
+    # worker processes sharing the MailRoot's work; 0: one per CPU (mem:// runs one)
+    workers = 2
     # seconds a Pickup file must stay unchanged, where no lease or inotify tells that its writer
     # is done
     pickup_settle = 2.0
@@ -854,6 +856,16 @@ class Settings:
         flag="--poll-interval",
         metavar="SECONDS",
         validator=_positive,
+    )
+    workers: int = _setting(
+        0,
+        INTEGER,
+        "worker processes sharing the MailRoot's work; 0: one per CPU (mem:// runs one)",
+        flag="--workers",
+        restart=True,
+        example=2,
+        metavar="N",
+        validator=_not_negative,
     )
     pickup_settle: float = _setting(
         2.0,

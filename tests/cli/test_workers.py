@@ -1,0 +1,215 @@
+"""``spoolmail run --workers N`` in a real subprocess: N workers divide the mail, each message lands
+once; the parent passes signals on, starts a killed worker again, gives up with the status of a
+worker that could not start, serves the sum of their metrics; ``mem://`` runs one process.
+
+Nothing sleeps through an interval: each step polls for its effect until a deadline. Mail is
+local (Drop) or goes to a listener on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import smtplib
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.commands import spoolmail_run
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not hasattr(os, "fork"), reason="workers are forked"),
+]
+
+DEADLINE = 30.0
+
+
+def until(what: str, check: Callable[[], bool]) -> None:
+    end = time.monotonic() + DEADLINE
+    while not check():
+        if time.monotonic() > end:
+            raise AssertionError(f"not within {DEADLINE:g} s: {what}")
+        time.sleep(0.02)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def fill_pickup(root: Path, count: int, start: int = 0) -> None:
+    for number in range(start, start + count):
+        temp = root / "Pickup" / f".{number}.tmp"
+        temp.write_bytes(
+            f"From: app@example.com\r\nTo: u{number}@example.com\r\nX-Seq: {number}\r\n\r\n"
+            "hi\r\n".encode()
+        )
+        temp.rename(root / "Pickup" / f"m{number}.eml")
+
+
+def drop_sequence(root: Path) -> list[int]:
+    return sorted(
+        int(line.split(b": ")[1])
+        for path in (root / "Drop").iterdir()
+        for line in path.read_bytes().split(b"\r\n")
+        if line.startswith(b"X-Seq: ")
+    )
+
+
+def children(pid: int) -> list[int]:
+    found = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return sorted(int(p) for p in found)
+
+
+class Daemon:
+    def __init__(self, process: subprocess.Popen[bytes], root: Path, stderr: Path) -> None:
+        self.process, self.root, self.stderr = process, root, stderr
+
+    def log(self) -> str:
+        return self.stderr.read_text(encoding="utf-8", errors="replace")
+
+
+@pytest.fixture
+def start(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
+    started: list[subprocess.Popen[bytes]] = []
+
+    def run(*extra: str, root: str | None = None) -> Daemon:
+        where = tmp_path / "MailRoot" if root is None else root  # a URL stays a string
+        stderr = tmp_path / f"stderr{len(started)}"
+        with stderr.open("wb") as errors:
+            process = subprocess.Popen(
+                spoolmail_run(where, *extra), cwd=tmp_path, stdout=subprocess.PIPE, stderr=errors
+            )
+        started.append(process)
+        return Daemon(process, Path(where), stderr)
+
+    yield run
+    for process in started:
+        if process.poll() is None:
+            for pid in children(process.pid):
+                os.kill(pid, signal.SIGKILL)
+            process.kill()
+        process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
+
+
+def banner(daemon: Daemon) -> str:
+    assert daemon.process.stdout is not None
+    return daemon.process.stdout.readline().decode()
+
+
+def test_two_workers_divide_the_mail_and_stop_together(start: Callable[..., Daemon]) -> None:
+    daemon = start("--workers", "2")
+    assert "; 2 workers; Ctrl-C stops" in banner(daemon)
+    workers = children(daemon.process.pid)
+    assert len(workers) == 2
+    fill_pickup(daemon.root, 120)
+    until("120 messages in Drop", lambda: len(drop_sequence(daemon.root)) == 120)
+    assert drop_sequence(daemon.root) == list(range(120))  # each once
+    log = daemon.log()
+    assert "[worker 0] " in log
+    assert "[worker 1] " in log
+    daemon.process.send_signal(signal.SIGTERM)
+    assert daemon.process.wait(DEADLINE) == 0
+    for pid in workers:
+        assert not Path(f"/proc/{pid}").exists()
+    assert "worker 0 (pid" in daemon.log()
+    assert [n for n in os.listdir(daemon.root / "SortTemp") if n.endswith(".owner")] == []
+
+
+def test_a_killed_worker_is_started_again_and_mail_goes_on(start: Callable[..., Daemon]) -> None:
+    daemon = start("--workers", "2")
+    banner(daemon)
+    first, second = children(daemon.process.pid)
+    os.kill(first, signal.SIGKILL)
+    until("a new worker", lambda: first not in children(daemon.process.pid) and
+          len(children(daemon.process.pid)) == 2)  # fmt: skip
+    assert second in children(daemon.process.pid)
+    until("the parent said so", lambda: "ended (signal 9); starting it again" in daemon.log())
+    fill_pickup(daemon.root, 40)
+    until("40 messages in Drop", lambda: len(drop_sequence(daemon.root)) == 40)
+    assert drop_sequence(daemon.root) == list(range(40))
+    daemon.process.send_signal(signal.SIGINT)
+    assert daemon.process.wait(DEADLINE) == 0
+
+
+def test_a_worker_that_cannot_start_stops_the_group_with_its_status(
+    start: Callable[..., Daemon], tmp_path: Path
+) -> None:
+    daemon = start("--workers", "2", "--tls-ca-file", str(tmp_path / "missing.pem"))
+    assert daemon.process.wait(DEADLINE) == 2  # the status one process gives (bad setting)
+    log = daemon.log()
+    assert "tls_ca_file" in log
+    assert "ended before it served (exit status 2): stopping the others" in log
+    assert "Traceback" not in log
+
+
+def test_a_memory_mailroot_runs_one_process_and_says_so(start: Callable[..., Daemon]) -> None:
+    daemon = start("--workers", "3", root="mem://")
+    assert "workers" not in banner(daemon)
+    assert children(daemon.process.pid) == []
+    daemon.process.send_signal(signal.SIGTERM)
+    assert daemon.process.wait(DEADLINE) == 0
+    log = daemon.log()
+    assert log.count("one process serves, not 3") == 1
+
+
+def test_sighup_reaches_every_worker(start: Callable[..., Daemon]) -> None:
+    daemon = start("--workers", "2")
+    banner(daemon)
+    daemon.process.send_signal(signal.SIGHUP)
+    until("both reloaded", lambda: daemon.log().count("no settings file to read again") == 2)
+    assert "SIGHUP: passed on to the workers" in daemon.log()
+    assert len(children(daemon.process.pid)) == 2
+    daemon.process.send_signal(signal.SIGTERM)
+    assert daemon.process.wait(DEADLINE) == 0
+
+
+def test_metrics_are_the_sum_of_the_workers(start: Callable[..., Daemon]) -> None:
+    port = free_port()
+    daemon = start("--workers", "2", "--metrics", f"127.0.0.1:{port}")
+    banner(daemon)
+    fill_pickup(daemon.root, 30)
+    until("30 messages in Drop", lambda: len(drop_sequence(daemon.root)) == 30)
+
+    def scrape() -> dict[str, float]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+            lines = answer.read().decode().splitlines()
+        return {
+            name: float(value)
+            for name, _, value in (line.rpartition(" ") for line in lines)
+            if name and not name.startswith("#")
+        }
+
+    until("both workers serve", lambda: "worker 1 of 2 started" in daemon.log())
+    metrics = scrape()
+    assert metrics["spoolmail_picked_up_total"] == 30
+    assert metrics["spoolmail_delivered_total"] == 30
+    assert metrics['spoolmail_messages{state="queued"}'] == 0
+    daemon.process.send_signal(signal.SIGTERM)
+    assert daemon.process.wait(DEADLINE) == 0
+
+
+def test_workers_share_the_listeners_socket(start: Callable[..., Daemon]) -> None:
+    port = free_port()
+    daemon = start("--workers", "2", "--listen", f"127.0.0.1:{port}")
+    assert f"listening on 127.0.0.1:{port}; 2 workers" in banner(daemon)
+    for number in range(30):
+        with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+            client.sendmail(
+                "app@example.com",
+                [f"u{number}@example.com"],
+                f"From: app@example.com\r\nX-Seq: {number}\r\n\r\nhi\r\n",
+            )
+    until("30 messages in Drop", lambda: len(drop_sequence(daemon.root)) == 30)
+    assert drop_sequence(daemon.root) == list(range(30))
+    daemon.process.send_signal(signal.SIGTERM)
+    assert daemon.process.wait(DEADLINE) == 0
