@@ -37,7 +37,7 @@ def _positive(_instance: object, _attribute: object, value: int) -> None:
 class Share:
     """Worker ``index`` (from 0) of ``count`` worker processes on one MailRoot.
 
-    ``Share(0, 1)`` (:data:`WHOLE`) is everything: a single service. Every worker of a group must
+    ``Share(0, 1)`` is everything: a single service. Every worker of a group must
     be given the same ``count``; a worker started with another count still delivers each message
     once, but may leave a part of the mail to nobody until the group agrees again.
     """
