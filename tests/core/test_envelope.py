@@ -15,6 +15,7 @@ from spoolmail._core.envelope import (
     Envelope,
     Recipient,
     RecipientState,
+    _indented,
     decode_envelope,
     encode_envelope,
 )
@@ -68,12 +69,45 @@ def test_file_is_documented_json() -> None:
     assert data["next_attempt"] == "2026-11-28T10:30:02.012300+00:00"
 
 
+def test_file_is_what_json_writes_with_an_indent_of_one() -> None:
+    """The file layout predates the envelope's own writer: json.dumps with indent=1."""
+    envelope = attrs.evolve(
+        sample(),
+        held_time=timedelta(seconds=90.5),
+        envid='e\u2028"\\\x00',
+        dkim=("DKIM-Signature: v=1; a=rsa-sha256;\r\n\tb=abc",),
+    )
+    raw = encode_envelope(envelope)
+    assert raw == (json.dumps(json.loads(raw), ensure_ascii=False, indent=1) + "\n").encode()
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(st.dictionaries(st.text(), _JSON, max_size=6))
+def test_the_writer_is_json_with_an_indent_of_one(value: dict[str, object]) -> None:
+    assert _indented(value) == json.dumps(value, ensure_ascii=False, indent=1)
+
+
 def test_message_facts_round_trip_and_may_be_absent() -> None:
     noted = attrs.evolve(sample(), hops=3, eight_bit=True)
     assert decode_envelope(encode_envelope(noted)) == noted
     # An envelope written before intake noted them: unknown, not zero.
     older = decode_envelope(mutate(hops=KeyError, eight_bit=KeyError))
     assert (older.hops, older.eight_bit) == (None, None)
+
+
+@pytest.mark.parametrize("dot_lines", [True, False])
+def test_what_intake_knows_of_the_lines_round_trips_and_may_be_absent(dot_lines: bool) -> None:
+    noted = attrs.evolve(sample(), dot_lines=dot_lines)
+    assert decode_envelope(encode_envelope(noted)) == noted
+    # Not known (any writer but intake, or an older file): absent, so such a file is unchanged.
+    assert b"dot_lines" not in encode_envelope(sample())
+    assert decode_envelope(encode_envelope(sample())).dot_lines is None
 
 
 def test_null_sender_round_trips() -> None:

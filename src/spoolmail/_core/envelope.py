@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import enum
 import json
+import json.encoder
+import math
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -140,6 +142,10 @@ class Envelope:
     fields the Queue's door made for the stored message (each one whole, folded lines joined by
     CRLF, without its final CRLF; ASCII): the stored ``.eml`` never changes, so whoever writes
     the message out (SMTP, Drop, a DSN returning it) puts :attr:`prepend` in front of it.
+    ``dot_lines`` is set by the writer that made every line end of the stored message CRLF
+    (intake): then ``True`` when a line starts with "." (DATA must dot-stuff it, RFC 5321
+    §4.5.2) and ``False`` when none does (the file goes out as it is); ``None``, from any
+    other writer, means the transport checks the line ends and the dots itself.
     """
 
     id: str
@@ -164,6 +170,7 @@ class Envelope:
     eight_bit: bool | None = None
     local_faults: int = 0
     dkim: tuple[str, ...] = attrs.field(default=(), converter=_header_fields)
+    dot_lines: bool | None = None
 
     @property
     def prepend(self) -> bytes:
@@ -203,6 +210,7 @@ def new_envelope(
     eight_bit: bool | None = None,
     about: str = "",
     dkim: Iterable[str] = (),
+    dot_lines: bool | None = None,
 ) -> Envelope:
     """The first envelope of a message entering the spool: arrived ``now`` and due at once.
 
@@ -210,7 +218,8 @@ def new_envelope(
     and next the SMTP listener). ``recipients`` are addresses (pending) or whole
     :class:`Recipient` values (a BadMail envelope lists its failures); ``head`` is the stored
     message's header block, whose ``Received:`` fields are counted for the hop limit;
-    ``dkim`` the signature fields the Queue's door made for it.
+    ``dkim`` the signature fields the Queue's door made for it; ``dot_lines`` what the writer
+    knows of its lines (:class:`Envelope`).
     """
     return Envelope(
         id=queue_id,
@@ -224,6 +233,7 @@ def new_envelope(
         eight_bit=eight_bit,
         about=about,
         dkim=tuple(dkim),
+        dot_lines=dot_lines,
     )
 
 
@@ -287,9 +297,57 @@ def encode_envelope(envelope: Envelope) -> bytes:
         "eight_bit": envelope.eight_bit,
         "local_faults": envelope.local_faults,
     }
+    if envelope.dot_lines is not None:  # absent when not known, as in older files
+        data["dot_lines"] = envelope.dot_lines
     if envelope.dkim:  # absent when unsigned: such a file is byte for byte what it was before
         data["dkim"] = list(envelope.dkim)
-    return (json.dumps(data, ensure_ascii=False, indent=1) + "\n").encode("utf-8")
+    return (_indented(data) + "\n").encode("utf-8")
+
+
+def _float(value: float) -> str:
+    return float.__repr__(value) if math.isfinite(value) else json.dumps(value)
+
+
+# How json writes each scalar (ensure_ascii=False: strings through its C escaping).
+_SCALARS: dict[type, Callable[[Any], str]] = {
+    str: json.encoder.encode_basestring,
+    int: int.__repr__,
+    float: _float,
+    bool: lambda value: "true" if value else "false",
+    type(None): lambda _: "null",
+}
+
+
+def _indented(value: dict[str, Any] | list[Any], level: int = 0) -> str:
+    """``json.dumps(value, ensure_ascii=False, indent=1)``, byte for byte, faster.
+
+    An envelope is written at intake and at every hand-back, and json encodes with an indent
+    in Python, one generator step per token (its C encoder knows no indent before 3.13); here
+    each scalar is one C call (strings) or repr, found by its exact type. Envelopes hold dicts
+    with string keys, lists, strings, integers, floats, booleans and None.
+    """
+    inner = level + 1
+    pad = "\n" + " " * inner
+    get, string = _SCALARS.get, _SCALARS[str]
+    if isinstance(value, dict):
+        if not value:
+            return "{}"
+        parts = [
+            f"{string(key)}: {put(item) if (put := get(type(item))) else _other(item, inner)}"
+            for key, item in value.items()
+        ]
+        return "{" + pad + ("," + pad).join(parts) + "\n" + " " * level + "}"
+    if not value:
+        return "[]"
+    parts = [put(item) if (put := get(type(item))) else _other(item, inner) for item in value]
+    return "[" + pad + ("," + pad).join(parts) + "\n" + " " * level + "]"
+
+
+def _other(item: object, level: int) -> str:
+    """A value that is no plain scalar: a container, or a subclass of a scalar."""
+    if isinstance(item, dict | list | tuple):
+        return _indented(item if isinstance(item, dict) else list(item), level)
+    return json.dumps(item, ensure_ascii=False)
 
 
 def _parse_time(value: object, field: str, *, optional: bool = False) -> datetime | None:
@@ -403,6 +461,7 @@ def decode_envelope(raw: bytes) -> Envelope:
         eight_bit=_optional(data, "eight_bit", bool),
         local_faults=_typed(data, "local_faults", int, 0),  # absent in older files: none
         dkim=_decode_dkim(data.get("dkim")),  # absent: unsigned (or an older file)
+        dot_lines=_optional(data, "dot_lines", bool),  # absent: not known
     )
 
 
