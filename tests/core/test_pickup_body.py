@@ -36,6 +36,19 @@ def test_any_chunking_gives_the_whole_body_answer(body: bytes, cuts: list[int], 
     assert stream(body, cuts, dot_stuffed=dots) == reference(body, dot_stuffed=dots)
 
 
+@given(BODY, st.lists(st.integers(min_value=0, max_value=400), max_size=12), st.booleans())
+def test_dot_lines_says_whether_a_stored_line_starts_with_a_dot(
+    body: bytes, cuts: list[int], dots: bool
+) -> None:
+    streamer = PickupBody(first_line=1, dot_stuffed=dots)
+    edges = sorted({0, len(body), *(c % (len(body) + 1) for c in cuts)})
+    for a, b in itertools.pairwise(edges):
+        streamer.feed(body[a:b])
+    streamer.finish()
+    stored = reference(body, dot_stuffed=dots)
+    assert streamer.dot_lines == any(line.startswith(b".") for line in stored.split(b"\r\n"))
+
+
 def test_a_crlf_chunk_is_stored_as_it_is() -> None:
     # The common case takes no copy: CRLF lines, no dot to remove.
     chunk = b"Hello.\r\n.A dot line stays.\r\n" * 100

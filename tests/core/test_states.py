@@ -340,6 +340,12 @@ def test_requeue_restarts_the_chosen_recipients() -> None:
     assert [r.address for r in only.recipients] == ["c@x"]
 
 
+def test_requeue_forgets_what_intake_knew_of_the_lines() -> None:
+    # The BadMail file may have been edited: its line ends are checked again when it is sent.
+    noted = attrs.evolve(envelope("a@x"), dot_lines=False, eight_bit=False)
+    assert requeue(noted, queue_id="q2", now=T0, addresses=None).dot_lines is None
+
+
 def test_the_table_names_a_commit_for_every_transition() -> None:
     for state, events in TABLE.items():
         for event, found in events.items():

@@ -395,6 +395,20 @@ def test_intake_notes_hops_and_8bit_for_delivery(
     assert noted == {first: (2, False), second: (1, True)}
 
 
+def test_intake_notes_whether_a_line_starts_with_a_dot(
+    spool: Spool, service: MailService, transport: CapturingTransport
+) -> None:
+    # Every line end is CRLF once queued: the SMTP client then only dot-stuffs (or sends the
+    # file as it is), without checking the line ends again.
+    transport.answers = {"dan@remote.test": LATER}
+    spool.submit(message(to="dan@remote.test", body="one\n.two\n"))
+    spool.submit(message(to="dan@remote.test", body="one\ntwo.\n"))
+    first, second = service.run_once().picked_up
+    noted = {m.envelope.id: m.envelope.dot_lines for m in spool.queued()}
+    assert noted == {first: True, second: False}
+    assert b"\r\n.two\r\n" in spool.message(first)
+
+
 def test_hop_limit_holds_for_envelopes_without_a_noted_count(
     spool: Spool, service: MailService
 ) -> None:

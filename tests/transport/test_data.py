@@ -9,6 +9,7 @@ reads, reading no further than it has to.
 from __future__ import annotations
 
 import io
+import itertools
 import re
 from collections.abc import Sequence
 
@@ -99,6 +100,42 @@ def test_crlf_blocks_are_only_dot_stuffed(lines: list[bytes], cuts: list[int]) -
     assert wire == b"".join(b"." * line.startswith(b".") + line + b"\r\n" for line in lines) + (
         b".\r\n"
     )
+
+
+@given(
+    lines=st.lists(st.sampled_from([b"", b".", b"..", b".a", b"a.", b"\xff"]), min_size=1),
+    cuts=st.lists(st.integers(min_value=0, max_value=40)),
+)
+def test_trusting_crlf_gives_the_checked_bytes(lines: list[bytes], cuts: list[int]) -> None:
+    # Outgoing.dot_lines known: the blocks are not checked for bare CR or LF, same DATA.
+    data = b"".join(line + b"\r\n" for line in lines)
+    edges = sorted({0, len(data), *(c % (len(data) + 1) for c in cuts)})
+    blocks = [data[a:b] for a, b in itertools.pairwise(edges)]
+    for crlf in (False, True):
+        encoder = DataEncoder(crlf=crlf)
+        wire = b"".join([*map(encoder.encode, blocks), encoder.finish()])
+        assert unstuff(wire) == data
+
+
+def test_stored_keeps_what_is_known_of_the_lines_only_if_the_prepend_does() -> None:
+    def stored(prepend: bytes) -> bool | None:
+        made = Outgoing.stored(
+            id="x",
+            sender="",
+            recipients=(),
+            size=0,
+            open=io.BytesIO,
+            prepend=prepend,
+            dot_lines=False,
+        )
+        return made.dot_lines
+
+    assert stored(b"") is False
+    assert stored(b"DKIM-Signature: v=1;\r\n\tb=x\r\n") is False
+    assert stored(b"DKIM-Signature: v=1;\r\n.b=x\r\n") is True
+    assert stored(b".DKIM: x\r\n") is True
+    assert stored(b"DKIM-Signature: v=1;\nb=x\r\n") is None
+    assert stored(b"DKIM-Signature: v=1;") is None
 
 
 def test_encoder_does_not_double_a_final_crlf() -> None:

@@ -15,6 +15,7 @@ import base64
 import re
 from collections.abc import Sequence
 
+import attrs
 import pytest
 
 from spoolmail._core.reply import Reply
@@ -124,6 +125,19 @@ def test_server_receives_the_stored_bytes(
     assert reply.code == 250
     [received] = server.messages
     assert received.data == (expected if expected is not None else stored + b"\r\n")
+
+
+@pytest.mark.parametrize("dot_lines", [True, False])
+def test_a_message_whose_lines_intake_made_crlf_arrives_whole(
+    log: Transcript, dot_lines: bool
+) -> None:
+    stored = b"Subject: x\r\n\r\n" + (b".a\r\n..\r\n.\r\n" if dot_lines else b"a.\r\n")
+    server = aiosmtpd_like()
+    message = attrs.evolve(outgoing(stored), dot_lines=dot_lines)
+    [reply] = send(server, message, log).values()
+    assert reply.code == 250
+    [received] = server.messages
+    assert received.data == stored
 
 
 def test_null_sender_is_sent_as_empty_path(log: Transcript) -> None:

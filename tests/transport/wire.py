@@ -270,7 +270,8 @@ def converse(
             assert message is not None
             sent = 0
             with message.open() as source:
-                for block in data_blocks(source):
+                # As the session does: a writer that made the lines CRLF is trusted.
+                for block in data_blocks(source, crlf=message.dot_lines is not None):
                     peer.receive(block)
                     sent += len(block)
             protocol.message_sent(sent)

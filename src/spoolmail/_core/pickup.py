@@ -616,7 +616,9 @@ class PickupBody:
     removed when ``dot_stuffed`` (KB Q286358), and a NUL byte raises :class:`BodyRejected`
     naming its line (``first_line`` is the body's first line number in the file). Memory stays
     one chunk however large the message: the header block is parsed by :func:`parse_pickup`,
-    the body never is. ``eight_bit`` tells, once fed, whether the body has an octet over 127.
+    the body never is. ``eight_bit`` tells, once fed, whether the body has an octet over 127,
+    and ``dot_lines`` whether a line of the stored body starts with "." (which DATA will have
+    to dot-stuff; without one, the stored file is its own DATA).
     """
 
     def __init__(self, *, first_line: int, dot_stuffed: bool) -> None:
@@ -625,6 +627,8 @@ class PickupBody:
         self._pending_cr = False
         self._at_line_start = True
         self.eight_bit = False
+        self.dot_lines = False
+        self._stored_line_start = True  # the stored bytes so far end a line
 
     def feed(self, chunk: bytes) -> bytes:
         if self._pending_cr:
@@ -658,6 +662,13 @@ class PickupBody:
                 chunk = chunk[1:]
             chunk = b"\r\n".join(chunk.split(b"\r\n."))
         self._at_line_start = ends_line
+        if chunk:
+            if not self.dot_lines:
+                # Found early in a message that has one; a whole search (0.7 ms a MiB) only
+                # for a message without, which then costs no work at all when sent.
+                starts = self._stored_line_start and chunk.startswith(b".")
+                self.dot_lines = starts or chunk.find(b"\r\n.") >= 0
+            self._stored_line_start = chunk.endswith(b"\r\n")
         return chunk
 
     def finish(self) -> bytes:

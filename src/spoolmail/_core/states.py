@@ -548,4 +548,6 @@ def requeue(
         held_since=None,
         held_time=timedelta(0),
         local_faults=0,
+        # An operator may have edited the BadMail file: its lines are checked again when sent.
+        dot_lines=None,
     )

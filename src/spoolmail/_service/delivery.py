@@ -635,6 +635,7 @@ class Deliverer:
                 open=lambda: self.transitions.open_message(envelope.id),
                 prepend=envelope.prepend,
                 eight_bit=envelope.eight_bit,
+                dot_lines=envelope.dot_lines,
             )
             replies = self.transport.send(target, outgoing, transcript)
             for address in addresses:

@@ -80,6 +80,11 @@ def _finished(stream: Iterator[bytes], body: PickupBody) -> Iterator[bytes]:
     yield body.finish()
 
 
+def _dot_line(head: bytes) -> bool:
+    """Whether a line of ``head`` (CRLF lines) starts with "." (a field name may)."""
+    return head.startswith(b".") or b"\r\n." in head
+
+
 def _ignore(_event: MailEvent) -> None:
     return None
 
@@ -197,6 +202,8 @@ class Intake:
                     head=result.message,
                     eight_bit=body.eight_bit or not result.message.isascii(),
                     dkim=dkim,
+                    # Every line end is CRLF now (parse_pickup and PickupBody made it so).
+                    dot_lines=body.dot_lines or _dot_line(result.message),
                 )
             )
             return admitted[0]

@@ -47,7 +47,9 @@ class Outgoing:
     dot-stuffed); the transport streams it and closes it; ``size`` is its length in octets, what
     ``SIZE=`` announces. ``sender`` ``""`` is the null reverse-path ``<>``. ``eight_bit`` says
     whether the message has an octet over 127, when known (``None``: the transport reads the
-    message to find out, if the answer matters, as for ``BODY=8BITMIME``).
+    message to find out, if the answer matters, as for ``BODY=8BITMIME``). ``dot_lines`` not
+    ``None`` says the bytes are CRLF throughout (their writer made them so), and whether a line
+    starts with "." (DATA must dot-stuff it); ``None``: the transport checks both itself.
 
     :meth:`stored` makes one from a stored message and what goes in front of it (the DKIM
     fields the Queue's door kept in the envelope): ``open`` yields those octets first, and
@@ -60,6 +62,7 @@ class Outgoing:
     size: int
     open: Callable[[], AbstractContextManager[BinaryIO]] = attrs.field(repr=False)
     eight_bit: bool | None = None
+    dot_lines: bool | None = None
 
     @classmethod
     def stored(
@@ -72,10 +75,19 @@ class Outgoing:
         open: Callable[[], AbstractContextManager[BinaryIO]],  # noqa: A002 (the field's name)
         prepend: bytes = b"",
         eight_bit: bool | None = None,
+        dot_lines: bool | None = None,
     ) -> Outgoing:
         """A stored message of ``size`` octets (``open`` reads it) with ``prepend`` in front."""
         if not prepend:
-            return cls(id, sender, recipients, size, open, eight_bit)
+            return cls(id, sender, recipients, size, open, eight_bit, dot_lines)
+        if dot_lines is not None:
+            # What the stored file's writer knew holds for the whole only if ``prepend`` (CRLF
+            # lines too, normally) keeps it.
+            lines = prepend.split(b"\r\n")
+            if lines[-1] or any(b"\r" in line or b"\n" in line for line in lines):
+                dot_lines = None
+            elif any(line.startswith(b".") for line in lines):
+                dot_lines = True
         return cls(
             id,
             sender,
@@ -83,6 +95,7 @@ class Outgoing:
             size + len(prepend),
             functools.partial(_prefixed, prepend, open),
             eight_bit,
+            dot_lines,
         )
 
 

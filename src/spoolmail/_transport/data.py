@@ -46,11 +46,14 @@ class DataEncoder:
     work across block boundaries: the encoder remembers whether its output ended a line, and holds
     back a trailing CR until it sees whether an LF follows. :meth:`finish` returns the rest and the
     terminating ``CRLF.CRLF``, without doubling a CRLF the message already ends with.
+    ``crlf=True`` trusts the writer that made every line end CRLF (``Outgoing.dot_lines`` not
+    ``None``): the blocks are only dot-stuffed, not checked.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, crlf: bool = False) -> None:
         self._line_start = True
         self._held_cr = False
+        self._crlf = crlf
 
     def encode(self, block: bytes) -> bytes:
         if self._held_cr:
@@ -61,7 +64,7 @@ class DataEncoder:
             self._held_cr = True
         if not block:
             return b""
-        if not crlf_only(block):
+        if not self._crlf and not crlf_only(block):
             block = _LINE_END.sub(b"\r\n", block)
         # split and join: one search, where replace searches twice (to size its result).
         out = b"\r\n..".join(block.split(b"\r\n."))
@@ -78,15 +81,15 @@ class DataEncoder:
         return b".\r\n" if self._line_start else b"\r\n.\r\n"
 
 
-def data_blocks(source: BinaryIO) -> Iterator[bytes]:
+def data_blocks(source: BinaryIO, *, crlf: bool = False) -> Iterator[bytes]:
     """``source`` as DATA: dot-stuffed blocks of at most about :data:`CHUNK` octets, the last
     one ending with the final ``.``.
 
     Each block is handed out once the next has been read, so the last one leaves in the same
     write as the final ".": two small writes in a row would wait for the server's delayed ACK
-    (Nagle's algorithm, RFC 896), some 40 ms a message.
+    (Nagle's algorithm, RFC 896), some 40 ms a message. ``crlf`` as for :class:`DataEncoder`.
     """
-    encoder = DataEncoder()
+    encoder = DataEncoder(crlf=crlf)
     held = b""
     while block := source.read(CHUNK):
         if held:

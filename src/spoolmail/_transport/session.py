@@ -322,7 +322,8 @@ class Session:
             elif isinstance(event, SendMessage):
                 assert message is not None  # noqa: S101 (only a delivery gets this far)
                 with message.open() as source:
-                    sent = self._send_data(source, timeout=event.timeout)
+                    crlf = message.dot_lines is not None
+                    sent = self._send_data(source, timeout=event.timeout, crlf=crlf)
                 protocol.message_sent(sent)
             elif isinstance(event, StartTls):
                 protocol.tls_started(self._start_tls(event))
@@ -433,10 +434,10 @@ class Session:
     def _late(self, need: NeedData) -> str:
         return f"{where(self.target)} sent no {need.awaiting} within {need.timeout:g} s"
 
-    def _send_data(self, source: BinaryIO, *, timeout: float) -> int:
+    def _send_data(self, source: BinaryIO, *, timeout: float, crlf: bool = False) -> int:
         """Stream ``source`` dot-stuffed, then the final ``.``; return the octets sent."""
         sent = 0
-        for block in data_blocks(source):
+        for block in data_blocks(source, crlf=crlf):
             self._send(block, timeout=timeout, sending="the message")
             sent += len(block)
         return sent
