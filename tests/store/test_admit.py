@@ -24,6 +24,7 @@ from spoolmail import (
     Router,
     Spool,
 )
+from spoolmail._store.spool import Admission
 from spoolmail.exceptions import MessageError, StorageError
 from spoolmail.testing import FakeClock
 
@@ -169,3 +170,83 @@ def test_admit_takes_an_id_given_in_advance_once(clock: FakeClock) -> None:
             with pytest.raises(ValueError, match="not a fresh id"):
                 spool.admit(MESSAGE, sender="", recipients=["b@x.test"], origin="t", queue_id=bad)
         assert [m.id for m in spool.queued()] == [queue_id]
+
+
+# -- admit_group: several messages made durable with one sync (the listener's group commit) --------
+
+
+def group_of(count: int, *, bad: int | None = None) -> list[Admission]:
+    return [
+        Admission(
+            message=MESSAGE,
+            sender="app@example.com",
+            recipients=["bob@" if index == bad else f"user{index}@example.com"],
+            origin=f"smtp:192.0.2.{index}",
+        )
+        for index in range(count)
+    ]
+
+
+@pytest.mark.parametrize("where", ["mem", "os"])
+def test_admit_group_queues_each_and_refuses_only_the_bad_one(
+    tmp_path: Path, clock: FakeClock, where: str
+) -> None:
+    with Spool("mem://" if where == "mem" else tmp_path / "MailRoot", clock=clock) as spool:
+        results = spool.admit_group(group_of(4, bad=2))
+        assert isinstance(results[2], MessageError)
+        ids = [r for r in results if isinstance(r, str)]
+        assert len(ids) == 3
+        assert sorted(m.id for m in spool.queued()) == sorted(ids)
+        for index, queue_id in zip((0, 1, 3), ids, strict=True):
+            envelope = spool.queued_message(queue_id).envelope
+            assert [r.address for r in envelope.recipients] == [f"user{index}@example.com"]
+            assert envelope.origin == f"smtp:192.0.2.{index}"
+            assert spool.message(queue_id) == MESSAGE
+
+
+def test_a_group_is_synced_once_and_queued_only_after_the_sync(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root = tmp_path / "MailRoot"
+    with Spool(root, clock=clock, durability=Durability.FSYNC) as spool:
+        store = spool._store
+        if store._syncfs is None:
+            pytest.skip("no syncfs here: each file is fsync'd as it is written")
+        seen: list[list[str]] = []
+        real = store._sync_file_system
+
+        def sync() -> None:
+            seen.append(sorted(p.name for p in (root / "Queue").iterdir()))
+            real()
+
+        monkeypatch.setattr(store, "_sync_file_system", sync)
+        ids = spool.admit_group(group_of(5))
+        assert seen == [[]]  # one sync, and nothing in the Queue before it
+        assert sorted(m.id for m in spool.queued()) == sorted(map(str, ids))
+
+
+def test_a_failed_group_sync_leaves_nothing_queued(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every sender of the group hears 4xx and tries again: nothing may stay to go twice."""
+    root = tmp_path / "MailRoot"
+    with Spool(root, clock=clock, durability=Durability.FSYNC) as spool:
+
+        def full(fd: int) -> None:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(store_module.os, "fsync", full)
+        results = spool.admit_group(group_of(3))
+        monkeypatch.undo()
+        assert all(isinstance(r, StorageError) and r.temporary for r in results)
+        assert list(spool.queued()) == []
+        assert sorted(p.name for p in (root / "Queue").iterdir()) == []
+
+
+def test_a_group_admitted_without_a_service_here_leaves_one_trigger(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    root = tmp_path / "MailRoot"
+    with Spool(root, clock=clock) as spool:
+        spool.admit_group(group_of(4))
+        assert len(list((root / "SortTemp").glob("*.trigger"))) == 1

@@ -2,9 +2,10 @@
 
 It binds its sockets (or takes sockets bound already, by a process that was root then), runs
 aiosmtpd on an event loop of its own thread, and commits every accepted message to the spool's
-Queue through ``Spool.admit`` from a small pool of worker threads, so that the loop never waits
-for an fsync. A :class:`~spoolmail.MailService` on the same spool, in this process or another,
-delivers what it queued. Opens sockets and threads; writes only through ``Spool.admit``.
+Queue through ``Spool.admit_group`` from a thread of its own (:class:`Committer`), several
+sessions' messages with one sync, so that the loop never waits for an fsync. A
+:class:`~spoolmail.MailService` on the same spool, in this process or another, delivers what it
+queued. Opens sockets and threads; writes only through ``Spool.admit_group``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import attrs
 
 from spoolmail._core.relay import AccessPolicy
 from spoolmail._core.routing import Router
+from spoolmail._listen.committer import Committer
 from spoolmail._service.service import MIN_FREE_SPACE, machine_name
 from spoolmail._store.spool import Spool
 from spoolmail.exceptions import ConfigurationError, DependencyError, SpoolmailError
@@ -182,6 +184,7 @@ class Listener:
         self._servers: list[asyncio.Server] = []
         self._sessions: set[SmtpSession] = set()
         self._executor: ThreadPoolExecutor | None = None
+        self._committer: Committer | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
 
@@ -221,7 +224,10 @@ class Listener:
                     sock.close()
             raise
         self._sockets = sockets
-        # Commits fsync: a few threads let several finish at once without one per session.
+        # Messages are committed by one thread, in groups (one sync for several sessions);
+        # the pool is for the embedder's credentials check, which may be slow.
+        self._committer = Committer(self.spool)
+        self._committer.start()
         self._executor = ThreadPoolExecutor(
             max_workers=min(8, self.limits.max_sessions), thread_name_prefix="spoolmail-listen"
         )
@@ -236,7 +242,7 @@ class Listener:
         return self
 
     def _protocol(self) -> SmtpSession:
-        if self._loop is None or self._executor is None:
+        if self._loop is None or self._executor is None or self._committer is None:
             raise RuntimeError("a connection arrived at a listener that is not running")
         session = _session_module()
         limits = self.limits
@@ -246,6 +252,7 @@ class Listener:
             access=self._access,
             fqdn=self.fqdn,
             executor=self._executor,
+            committer=self._committer,
             max_message_size=limits.max_message_size,
             max_recipients=limits.max_recipients,
             max_header_size=limits.max_header_size,
@@ -321,6 +328,8 @@ class Listener:
         if thread is not None and loop is not None and thread.is_alive():
             loop.call_soon_threadsafe(self._shut)
             thread.join(_START_TIMEOUT)
+        if self._committer is not None:
+            self._committer.stop()
         if self._executor is not None:
             self._executor.shutdown(wait=True)
         for sock in self._sockets:
@@ -329,6 +338,7 @@ class Listener:
         self._loop = None
         self._servers = []
         self._executor = None
+        self._committer = None
 
     def __enter__(self) -> Listener:
         return self.start()

@@ -16,9 +16,10 @@ calls, and nothing more: the decisions are pure functions elsewhere (who may con
   read them differently either.
 - **RFC 3461 parameters** are taken out of MAIL and RCPT before aiosmtpd sees them (it answers
   555 to parameters it does not know).
-- **The commit before 250**: DATA's message goes to ``Spool.admit`` in a worker thread (it
-  fsyncs); ``250 2.0.0 Ok: queued as ID`` is sent only when it returned, ``451 4.3.0`` when it
-  raised. A client that leaves before the end of DATA, or says RSET, has nothing queued.
+- **The commit before 250**: DATA's message goes to the listener's :class:`Committer` (a
+  thread that commits concurrent sessions' messages as one group, with one sync); ``250 2.0.0
+  Ok: queued as ID`` is sent only when that message is durable, ``451 4.3.0`` when its commit
+  failed. A client that leaves before the end of DATA, or says RSET, has nothing queued.
 - **AUTH PLAIN and LOGIN** only over TLS (aiosmtpd refuses them before with 538), checked in a
   worker thread against the embedder's callable; each failure waits a little longer, and a few
   of them end the session (``421 4.7.0``). No password is logged or kept.
@@ -56,8 +57,9 @@ from spoolmail._core.esmtp import (
 from spoolmail._core.headers import split_head
 from spoolmail._core.relay import AccessPolicy, IPAddress, RcptVerdict, client_address
 from spoolmail._core.routing import Router
+from spoolmail._listen.committer import Committer
 from spoolmail._listen.replies import enhance
-from spoolmail._store.spool import Spool
+from spoolmail._store.spool import Admission, Spool
 from spoolmail.exceptions import MessageError, SpoolmailError
 
 __all__ = ["Config", "Hooks", "SmtpSession"]
@@ -89,6 +91,7 @@ class Config:
     access: AccessPolicy
     fqdn: str
     executor: Executor
+    committer: Committer
     max_message_size: int
     max_recipients: int
     max_header_size: int
@@ -404,9 +407,8 @@ class Hooks:
             tls=tls,
         )
         message = received + content
-        admit = functools.partial(
-            config.spool.admit,
-            message,
+        admission = Admission(
+            message=message,
             sender="" if envelope.mail_from == "<>" else envelope.mail_from or "",
             recipients=list(envelope.recipients),
             origin=f"smtp:{server.client}",
@@ -416,7 +418,7 @@ class Hooks:
             queue_id=queue_id,
         )
         try:
-            await asyncio.get_running_loop().run_in_executor(config.executor, admit)
+            await config.committer.submit(admission)
         except MessageError as exc:
             return f"554 {exc.status} {exc}"
         except SpoolmailError as exc:

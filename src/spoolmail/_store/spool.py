@@ -14,6 +14,7 @@ import codecs
 import email.generator
 import email.message
 import email.policy
+import logging
 import os
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -71,14 +72,38 @@ from spoolmail.exceptions import (
     StorageError,
 )
 
-__all__ = ["BadMailItem", "Clock", "DropItem", "QueuedMessage", "Spool", "system_clock"]
+__all__ = [
+    "Admission",
+    "BadMailItem",
+    "Clock",
+    "DropItem",
+    "QueuedMessage",
+    "Spool",
+    "system_clock",
+]
 
 Clock = Callable[[], datetime]
+
+log = logging.getLogger("spoolmail")
 
 
 def system_clock() -> datetime:
     """The real time, as an aware UTC datetime: the default clock."""
     return datetime.now(UTC)
+
+
+@attrs.frozen(kw_only=True)
+class Admission:
+    """One message for :meth:`Spool.admit_group`: the arguments :meth:`Spool.admit` takes."""
+
+    message: bytes | Iterable[bytes]
+    sender: str
+    recipients: Sequence[str | Recipient]
+    origin: str
+    envid: str | None = None
+    ret: Ret | None = None
+    eight_bit: bool | None = None
+    queue_id: str | None = None
 
 
 @attrs.frozen
@@ -408,6 +433,68 @@ class Spool:
         and its ``250`` reply), default a new one. A running service in this process schedules
         the message at once, one in another process at its next tick.
         """
+        admission = Admission(
+            message=message,
+            sender=sender,
+            recipients=recipients,
+            origin=origin,
+            envid=envid,
+            ret=ret,
+            eight_bit=eight_bit,
+            queue_id=queue_id,
+        )
+        change, stored = self._admission(admission, durable=True)
+        self._transitions.apply(State.NEW, Event.ACCEPTED, change)
+        self._admitted(stored)
+        return change.id
+
+    def admit_group(self, admissions: Sequence[Admission]) -> list[str | Exception]:
+        """:meth:`admit` of several messages at once, made durable together; for each, its
+        queue id or the exception :meth:`admit` would have raised for it.
+
+        A group commit (a listener's concurrent sessions): every message's files are written
+        first, then one sync makes them all durable (one ``syncfs`` and one fsync of the Queue
+        where Linux has syncfs, else each file's fsync and one of the Queue), so none is queued
+        before its bytes are on disk and all are durable when this returns. A message refused
+        on its own (a bad address, a full disk while writing it) leaves the others; when the
+        sync fails, every message of the group has that error (some may be queued after all:
+        a client that tries again may deliver twice, never lose one).
+        """
+        results: list[str | Exception] = []
+        stored: list[Envelope] = []
+        for admission in admissions:
+            try:
+                change, made = self._admission(admission, durable=False)
+                self._transitions.apply(State.NEW, Event.ACCEPTED, change)
+            except (SpoolmailError, ValueError, TypeError) as exc:
+                results.append(exc)
+                continue
+            results.append(change.id)
+            stored += made
+        if not stored:
+            return results
+        try:
+            self._transitions.sync_admitted(())
+        except SpoolmailError as exc:
+            self._withdraw([envelope.id for envelope in stored])
+            return [exc if isinstance(result, str) else result for result in results]
+        self._admitted(stored)
+        return results
+
+    def _withdraw(self, queue_ids: Iterable[str]) -> None:
+        """Take back what a failed group sync may have left in the Queue (the envelope, the
+        commit, first), so that its senders, told to try again, do not deliver it twice."""
+        for queue_id in queue_ids:
+            try:
+                self._store.remove(QUEUE, f"{queue_id}.env")
+                self._store.remove(QUEUE, f"{queue_id}.eml")
+            except StorageError:
+                log.warning("%s: could not take back an admission whose sync failed", queue_id)
+
+    def _admission(self, admission: Admission, *, durable: bool) -> tuple[Change, list[Envelope]]:
+        """The commit that queues ``admission``, and the list that holds its envelope once
+        written (the size and DKIM fields are known only then)."""
+        recipients, sender = admission.recipients, admission.sender
         if isinstance(recipients, str):
             raise TypeError("recipients is a sequence of addresses, not one string")
         if sender:
@@ -420,6 +507,7 @@ class Spool:
         ]
         if not checked:
             raise MessageError("a message needs at least one recipient", status="5.5.1")
+        message, queue_id = admission.message, admission.queue_id
         head = split_head(message)[0] if isinstance(message, bytes) else None
         if queue_id is None:
             queue_id = self._store.new_id()
@@ -430,28 +518,32 @@ class Spool:
             sender=sender,
             recipients=checked,
             now=self.clock(),
-            origin=origin,
+            origin=admission.origin,
             head=head,
-            eight_bit=eight_bit,
+            eight_bit=admission.eight_bit,
         )
-        envelope = attrs.evolve(fresh, envid=envid, ret=ret)
-
+        envelope = attrs.evolve(fresh, envid=admission.envid, ret=admission.ret)
         stored: list[Envelope] = []
 
         def sized(size: int, dkim: tuple[str, ...]) -> Envelope:
             stored.append(attrs.evolve(envelope, size=size, dkim=dkim))
             return stored[-1]
 
-        change = Change(id=queue_id, message=message, envelope=sized)
-        self._transitions.apply(State.NEW, Event.ACCEPTED, change)
-        if self._bus and stored:
-            self._emit(Queued.of(stored[-1]))
+        change = Change(id=queue_id, message=message, envelope=sized, durable=durable)
+        return change, stored
+
+    def _admitted(self, stored: Sequence[Envelope]) -> None:
+        """Tell of messages just made durable: the observers, and a service (this process's
+        at once; one elsewhere through a trigger, one for all of them)."""
+        if self._bus:
+            for envelope in stored:
+                self._emit(Queued.of(envelope))
         told = self._on_admit
         if told is not None:
-            told(queue_id)
-        else:
-            self._store.write_trigger([queue_id])
-        return queue_id
+            for envelope in stored:
+                told(envelope.id)
+        elif stored:
+            self._store.write_trigger([envelope.id for envelope in stored])
 
     def new_id(self) -> str:
         """A fresh queue id, for :meth:`admit` (unique in this MailRoot, sorting by time)."""
