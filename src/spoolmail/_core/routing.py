@@ -70,7 +70,10 @@ class Credentials:
     password: str = attrs.field(repr=False)
 
 
-@attrs.frozen
+# Target, Hop and Route key the delivery's dicts (connection slots, the pool, dead hosts,
+# recipients grouped by route) some twenty times a message: each keeps its hash, which would
+# otherwise be worked out again each time through its fields and their enums' Python __hash__.
+@attrs.frozen(cache_hash=True)
 class Target:
     """One address to open an SMTP connection to.
 
@@ -105,7 +108,7 @@ class HopKind(enum.Enum):
     """An address literal: no lookup (IIS: a smart host in square brackets)."""
 
 
-@attrs.frozen
+@attrs.frozen(cache_hash=True)
 class Hop:
     """One way to reach a destination, resolved into targets when a message is sent."""
 
@@ -184,7 +187,7 @@ class RouteKind(enum.Enum):
     SMTP = "smtp"
 
 
-@attrs.frozen
+@attrs.frozen(cache_hash=True)
 class Route:
     """Where one recipient goes. Recipients whose routes are equal share a delivery."""
 
