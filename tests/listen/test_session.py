@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -259,6 +260,20 @@ def test_a_silent_client_is_closed_after_the_command_timeout(spool: Spool) -> No
         raw = RawClient(listener)
         raw.sock.settimeout(10)
         assert raw.closed()
+
+
+def test_each_command_restarts_the_timeout(spool: Spool) -> None:
+    """One timer per session, moved on at each command: it fires only after real silence."""
+    with running(spool, limits={"command_timeout": 0.4}) as listener:
+        raw = RawClient(listener)
+        started = time.monotonic()
+        for _ in range(6):  # 0.9 s of talk, more than twice the timeout
+            raw.send(b"NOOP\r\n")
+            assert raw.replies(1)[0].startswith("250")
+            time.sleep(0.15)
+        raw.sock.settimeout(10)
+        assert raw.closed()
+        assert time.monotonic() - started >= 0.9 + 0.4 - 0.15
 
 
 # -- pipelining and smuggling ----------------------------------------------------------------------

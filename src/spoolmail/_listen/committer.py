@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import queue
 import threading
 from collections.abc import Sequence
 
@@ -34,8 +35,8 @@ class Committer:
 
     def __init__(self, spool: Spool) -> None:
         self._spool = spool
-        self._pending: list[_Pending] = []
-        self._arrived = threading.Condition()
+        # A SimpleQueue: the loop's put is one call in C, no lock or condition in Python.
+        self._handed: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
         self._stopping = False
         self._thread: threading.Thread | None = None
 
@@ -47,42 +48,48 @@ class Committer:
     def submit(self, admission: Admission) -> asyncio.Future[str]:
         """Hand ``admission`` over (on the event loop); the future of its queue id, or of the
         exception ``Spool.admit`` would have raised."""
+        if self._stopping:
+            raise RuntimeError("the listener's committer has stopped")
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        with self._arrived:
-            if self._stopping:
-                raise RuntimeError("the listener's committer has stopped")
-            self._pending.append((admission, future))
-            if len(self._pending) == 1:
-                self._arrived.notify()
+        self._handed.put((admission, future))
         return future
 
     def stop(self) -> None:
         """Commit what was handed over already, then end the thread."""
-        with self._arrived:
-            self._stopping = True
-            self._arrived.notify()
+        self._stopping = True
+        self._handed.put(None)
         if self._thread is not None:
             self._thread.join()
             self._thread = None
 
     def _run(self) -> None:
-        while True:
-            with self._arrived:
-                while not self._pending and not self._stopping:
-                    self._arrived.wait()
-                if not self._pending:
-                    return
-                group = self._pending[:MAX_GROUP]
-                del self._pending[:MAX_GROUP]
-            try:
-                results = self._spool.admit_group([admission for admission, _ in group])
-            except Exception as exc:  # a bug: each session of the group answers 451, none hangs
-                log.exception("committing %d messages failed", len(group))
-                results = [exc] * len(group)
-            loop = group[0][1].get_loop()
-            # RuntimeError: the loop has closed (the listener stopped), no one waits any more.
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(_settle, group, results)
+        ending = False
+        while not ending:
+            first = self._handed.get()
+            group = [] if first is None else [first]
+            ending = first is None
+            while len(group) < MAX_GROUP:
+                try:
+                    more = self._handed.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    ending = True
+                else:
+                    group.append(more)
+            if group:
+                self._commit(group)
+
+    def _commit(self, group: Sequence[_Pending]) -> None:
+        try:
+            results = self._spool.admit_group([admission for admission, _ in group])
+        except Exception as exc:  # a bug: each session of the group answers 451, none hangs
+            log.exception("committing %d messages failed", len(group))
+            results = [exc] * len(group)
+        loop = group[0][1].get_loop()
+        # RuntimeError: the loop has closed (the listener stopped), no one waits any more.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(_settle, group, results)
 
 
 def _settle(group: Sequence[_Pending], results: Sequence[str | Exception]) -> None:

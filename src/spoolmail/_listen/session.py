@@ -157,6 +157,7 @@ class SmtpSession(SMTP):
         self._sessions = sessions
         self._next_mail = MailDsn()
         self._next_rcpt = RcptDsn()
+        self._silence_ends = 0.0
 
     # -- the connection ----------------------------------------------------------------------
 
@@ -167,6 +168,23 @@ class SmtpSession(SMTP):
         # swapped rather than the reader replaced: asyncio keeps references to it elsewhere.
         reader.__class__ = _StrictReader
         super()._cb_client_connected(reader, writer)
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        """aiosmtpd's silence timer, restarted at every command, without a new timer each time:
+        the deadline moves, and the timer, when it fires early, waits for the rest."""
+        self._silence_ends = self.loop.time() + (duration or self._timeout_duration)
+        timer = self._timeout_handle
+        if timer is None or timer.cancelled() or timer.when() > self._silence_ends:
+            if timer is not None:
+                timer.cancel()
+            self._timeout_handle = self.loop.call_at(self._silence_ends, self._timeout_cb)
+
+    def _timeout_cb(self) -> None:
+        if self.loop.time() < self._silence_ends:
+            self._timeout_handle = self.loop.call_at(self._silence_ends, self._timeout_cb)
+            return
+        log.info("%s: connection timeout", self.client)
+        self.close()
 
     async def _handle_client(self) -> None:
         if self.session is None or self.transport is None:
