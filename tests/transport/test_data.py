@@ -12,6 +12,7 @@ import io
 import itertools
 import re
 from collections.abc import Sequence
+from pathlib import Path
 
 import attrs
 import pytest
@@ -19,7 +20,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from spoolmail._transport.base import Outgoing
-from spoolmail._transport.data import CHUNK, DataEncoder, crlf_only, data_blocks, examine
+from spoolmail._transport.data import (
+    CHUNK,
+    DataEncoder,
+    crlf_only,
+    data_blocks,
+    examine,
+    own_data,
+)
 from tests.transport.wire import unstuff
 
 ASCII_MESSAGE = b"From: alice@example.net\r\nTo: bob@example.com\r\nSubject: hi\r\n\r\nHello.\r\n"
@@ -136,6 +144,18 @@ def test_stored_keeps_what_is_known_of_the_lines_only_if_the_prepend_does() -> N
     assert stored(b".DKIM: x\r\n") is True
     assert stored(b"DKIM-Signature: v=1;\nb=x\r\n") is None
     assert stored(b"DKIM-Signature: v=1;") is None
+
+
+def test_a_file_is_its_own_data_only_from_a_descriptor_and_ending_in_crlf(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "ID.eml"
+    for data, whole in [(b"a\r\nb\r\n", True), (b"a\r\nb", False), (b"\r", False), (b"", False)]:
+        path.write_bytes(data)
+        with path.open("rb") as source:
+            found = own_data(source)
+            assert found == ((source.fileno(), len(data)) if whole else None)
+    assert own_data(io.BytesIO(b"a\r\n")) is None
 
 
 def test_encoder_does_not_double_a_final_crlf() -> None:

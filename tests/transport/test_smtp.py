@@ -17,12 +17,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import os
 import socket
 import threading
 import time
 import tracemalloc
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
+from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO, cast
 
@@ -509,6 +511,42 @@ def test_large_message_is_streamed_in_constant_memory(
     assert server.digests == [(size + 3, _lazy_digest(size))]
     assert max(reads) <= 64 * 1024
     assert peak < 4 * 1024 * 1024, f"peak traced memory {peak} octets for a {size}-octet message"
+
+
+@integration
+@pytest.mark.parametrize("size", [2, 3 * 1024 * 1024 + 10])
+def test_a_file_that_is_its_own_data_goes_by_sendfile(
+    transport: SmtpTransport,
+    transcript: Transcript,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    size: int,
+) -> None:
+    # Intake found every line CRLF and none starting with ".": the file goes as it is.
+    line = b"0123456789. no line starts with a dot.\r\n"
+    data = (line * (size // len(line) + 1))[: size - 2] + b"\r\n"
+    path = tmp_path / "ID.eml"
+    path.write_bytes(data)
+    calls: list[int] = []
+    sendfile = os.sendfile
+
+    def counted(out_fd: int, in_fd: int, offset: int | None, count: int) -> int:
+        calls.append(count)
+        return sendfile(out_fd, in_fd, offset, count)
+
+    monkeypatch.setattr(os, "sendfile", counted)
+    message = attrs.evolve(outgoing(data), open=lambda: path.open("rb"), dot_lines=False)
+    with raw_server(keep_data=False) as server:
+        [reply] = transport.send(server.target, message, transcript).values()
+        # Not from a file (no descriptor): block by block, same bytes.
+        [again] = transport.send(
+            server.target, attrs.evolve(message, open=lambda: io.BytesIO(data)), transcript
+        ).values()
+    assert (reply.code, again.code) == (250, 250)
+    expected = (size + 3, hashlib.sha256(data + b".\r\n").hexdigest())
+    assert server.digests == [expected, expected]
+    assert calls, "sendfile was not used"
+    assert f"message data sent: {size + 3} octets" in transcript.text
 
 
 @integration

@@ -2,14 +2,16 @@
 
 :class:`DataEncoder` turns stored bytes into DATA bytes (CRLF line ends, dot-stuffing, the final
 ``.``) block by block in constant memory; :func:`examine` reads a stored message once, as far as
-it must, to learn whether MAIL needs ``BODY=8BITMIME`` or ``SMTPUTF8``. They read the stored
-message only through ``Outgoing.open`` and blocks handed in, write nothing, and never touch a
-socket or the transcript.
+it must, to learn whether MAIL needs ``BODY=8BITMIME`` or ``SMTPUTF8``; :func:`own_data` tells
+when a stored file can go as it is (sendfile). They read the stored message only through
+``Outgoing.open`` and blocks handed in, write nothing, and never touch a socket or the
+transcript.
 """
 
 from __future__ import annotations
 
 import codecs
+import os
 import re
 from collections.abc import Iterator
 from typing import BinaryIO
@@ -18,7 +20,16 @@ import attrs
 
 from spoolmail._transport.base import Outgoing
 
-__all__ = ["CHUNK", "Content", "DataEncoder", "crlf_only", "data_blocks", "examine"]
+__all__ = [
+    "CHUNK",
+    "FINAL_DOT",
+    "Content",
+    "DataEncoder",
+    "crlf_only",
+    "data_blocks",
+    "examine",
+    "own_data",
+]
 
 # Message data is read and sent in blocks of this size, so memory stays flat whatever the size.
 CHUNK = 64 * 1024
@@ -96,6 +107,28 @@ def data_blocks(source: BinaryIO, *, crlf: bool = False) -> Iterator[bytes]:
             yield held
         held = encoder.encode(block)
     yield held + encoder.finish()
+
+
+# What follows a message that ends with CRLF (RFC 5321 §4.1.1.4).
+FINAL_DOT = b".\r\n"
+
+
+def own_data(source: BinaryIO) -> tuple[int, int] | None:
+    """(descriptor, size) of a stored file that can go as DATA as it is, before :data:`FINAL_DOT`.
+
+    Only for a file whose writer made every line CRLF with none starting with "." (``Outgoing.
+    dot_lines`` is ``False``): then it needs no stuffing, and the socket can be fed from the
+    page cache (sendfile). ``None`` sends it block by block instead: a file object with no
+    descriptor (another filesystem, a DKIM prefix in front), or one that does not end in CRLF.
+    """
+    try:
+        fd = source.fileno()
+    except (OSError, ValueError):  # io.UnsupportedOperation is both
+        return None
+    size = os.fstat(fd).st_size
+    if size < 2 or os.pread(fd, 2, size - 2) != b"\r\n":
+        return None
+    return fd, size
 
 
 @attrs.frozen

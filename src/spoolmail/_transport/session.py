@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import re
 import select
 import socket
@@ -31,7 +32,7 @@ from spoolmail._core.reply import Reply
 from spoolmail._core.routing import Target
 from spoolmail._core.transcript import Transcript
 from spoolmail._transport.base import Outgoing
-from spoolmail._transport.data import CHUNK, data_blocks, examine
+from spoolmail._transport.data import CHUNK, FINAL_DOT, data_blocks, examine, own_data
 from spoolmail._transport.policy import tls_name, where
 from spoolmail._transport.protocol import (
     ClientProtocol,
@@ -322,8 +323,7 @@ class Session:
             elif isinstance(event, SendMessage):
                 assert message is not None  # noqa: S101 (only a delivery gets this far)
                 with message.open() as source:
-                    crlf = message.dot_lines is not None
-                    sent = self._send_data(source, timeout=event.timeout, crlf=crlf)
+                    sent = self._send_message(message, source, timeout=event.timeout)
                 protocol.message_sent(sent)
             elif isinstance(event, StartTls):
                 protocol.tls_started(self._start_tls(event))
@@ -433,6 +433,52 @@ class Session:
 
     def _late(self, need: NeedData) -> str:
         return f"{where(self.target)} sent no {need.awaiting} within {need.timeout:g} s"
+
+    def _send_message(self, message: Outgoing, source: BinaryIO, *, timeout: float) -> int:
+        """The message's DATA and the final ``.``; the octets sent."""
+        if message.dot_lines is False and self._poller is not None:
+            whole = own_data(source)
+            if whole is not None:
+                return self._send_file(*whole, timeout=timeout)
+        return self._send_data(source, timeout=timeout, crlf=message.dot_lines is not None)
+
+    def _send_file(self, fd: int, size: int, *, timeout: float) -> int:
+        """A stored file that is its own DATA by sendfile(2), from the page cache without a
+        copy into Python, then the final ``.``. The socket is corked (TCP_CORK) meanwhile, so
+        the "." leaves with the file's last segment instead of waiting for its ACK (Nagle,
+        RFC 896). Each wait for the socket is bounded by ``timeout`` (RFC 5321 §4.5.3.2.5:
+        per TCP SEND of a data block)."""
+        sock = self._sock
+        cork = getattr(socket, "TCP_CORK", None)
+        offset = 0
+        try:
+            if cork is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, cork, 1)
+            while offset < size:
+                try:
+                    sent = os.sendfile(sock.fileno(), fd, offset, size - offset)
+                except BlockingIOError:
+                    if not self._wait(select.POLLOUT, timeout):
+                        break
+                    continue
+                if not sent:  # the file is shorter than it was: nothing sensible can follow
+                    raise self._over(
+                        "4.3.0", f"the stored message ended after {offset} of {size} octets"
+                    )
+                offset += sent
+        except SessionError:
+            raise
+        except OSError as error:
+            raise self._lost("while sending the message", error) from error
+        if offset < size:
+            raise self._over(
+                "4.4.2", f"{where(self.target)} took more than {timeout:g} s to take the message"
+            )
+        self._send_polled(FINAL_DOT, timeout=timeout, sending="the message")
+        if cork is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, cork, 0)
+        return size + len(FINAL_DOT)
 
     def _send_data(self, source: BinaryIO, *, timeout: float, crlf: bool = False) -> int:
         """Stream ``source`` dot-stuffed, then the final ``.``; return the octets sent."""
