@@ -34,14 +34,15 @@ import functools
 import logging
 import re
 import ssl
+import sys
 from base64 import b64decode
 from collections.abc import Callable
 from concurrent.futures import Executor
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session
 
 from spoolmail._core.address import AddressRole, parse_mailbox
 from spoolmail._core.envelope import Recipient
@@ -122,6 +123,14 @@ class _StrictReader(asyncio.StreamReader):
     bare LF or CR passes into the message); every read goes through ``readuntil``, checked here.
     """
 
+    if TYPE_CHECKING:  # StreamReader's own state, which typeshed does not declare
+        _buffer: bytearray
+        _eof: bool
+        _exception: BaseException | None
+
+        async def _wait_for_data(self, func_name: str) -> None: ...
+        def _maybe_resume_transport(self) -> None: ...
+
     async def readuntil(self, separator: Any = b"\n") -> bytes:
         line = await super().readuntil(separator)
         if not line.endswith(b"\r\n"):
@@ -132,6 +141,75 @@ class _StrictReader(asyncio.StreamReader):
         if b"\r" in body:
             raise _BareNewline("CR")
         return line
+
+    async def read_message(self, max_size: int) -> bytes | None:
+        """DATA's content: what follows the 354 up to the line with the lone dot (read, not
+        returned), still dot-stuffed; ``None`` when it is over ``max_size`` octets (read to its
+        end all the same, as RFC 5321 section 4.2.5 implies).
+
+        The whole message at once instead of aiosmtpd's line at a time: the buffer is searched
+        for CRLF.CRLF, and what comes before it is taken in pieces (all but the last 4 octets,
+        which may begin the end), each checked for a bare CR or LF as ``readuntil`` checks a
+        line. What follows the dot (pipelined commands) stays in the buffer. Works on the
+        buffer of ``asyncio.StreamReader`` as its own ``readuntil`` does.
+        """
+        content = bytearray()
+        size = 0
+        carry = b""  # a CR that ended the last piece: its LF may come in the next
+        while True:
+            if self._exception is not None:
+                raise self._exception
+            buffer = self._buffer
+            end = skip = -1
+            if size == 0 and buffer[:3] == b".\r\n":
+                end, skip = 0, 3  # an empty message
+            else:
+                found = buffer.find(b"\r\n.\r\n")
+                if found >= 0:
+                    end, skip = found + 2, found + 5
+            take = end if end >= 0 else max(len(buffer) - 4, 0)
+            if take:
+                piece = bytes(buffer[:take])
+                carry = _checked(carry + piece)
+                size += take
+                if size <= max_size:
+                    content += piece
+                elif content:
+                    content = bytearray()  # over the limit: kept no longer
+            if end >= 0:
+                del buffer[:skip]
+                self._maybe_resume_transport()
+                return bytes(content) if size <= max_size else None
+            if take:
+                del buffer[:take]
+                self._maybe_resume_transport()
+            if self._eof:
+                raise asyncio.IncompleteReadError(bytes(content), None)
+            await self._wait_for_data("read_message")
+
+
+def _checked(data: bytes) -> bytes:
+    """Raise :class:`_BareNewline` if ``data`` has a CR or LF outside a CRLF; a CR at its very
+    end is the caller's to check with what follows (returned)."""
+    carry = b""
+    if data.endswith(b"\r"):
+        data, carry = data[:-1], b"\r"
+    pairs = data.count(b"\r\n")
+    if data.count(b"\r") != pairs or data.count(b"\n") != pairs:
+        for line in data.split(b"\r\n"):  # named as readuntil names it, line by line
+            if b"\n" in line:
+                raise _BareNewline("LF")
+            if b"\r" in line:
+                raise _BareNewline("CR")
+    return carry
+
+
+def _unstuffed(content: bytes) -> bytes:
+    """RFC 5321 section 4.5.2: the leading dot of every line that has one removed."""
+    if content.startswith(b"."):
+        content = b"\r\n" + content
+        return content.replace(b"\r\n.", b"\r\n")[2:]
+    return content.replace(b"\r\n.", b"\r\n")
 
 
 class Transaction(Envelope):
@@ -299,6 +377,37 @@ class SmtpSession(SMTP):
                 return
             self._next_rcpt = taken or RcptDsn()
         await super().smtp_RCPT(arg)
+
+    async def smtp_DATA(self, arg: str) -> None:  # noqa: N802 (aiosmtpd's name)
+        """aiosmtpd's DATA, with the message read whole (:meth:`_StrictReader.read_message`)
+        instead of a line at a time: the same replies, in the same cases."""
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        envelope = self.envelope
+        if envelope is None or not envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        reader = self._reader
+        if not isinstance(reader, _StrictReader):
+            raise TypeError("DATA on a connection whose reader was not set up")
+        try:
+            content = await reader.read_message(self.data_size_limit or sys.maxsize)
+        except asyncio.CancelledError:
+            log.info("%s: connection lost during DATA", self.client)
+            self._writer.close()
+            raise
+        if content is None:
+            self.envelope = self._create_envelope()
+            await self.push("552 Error: Too much mail data")
+            return
+        envelope.content = envelope.original_content = _unstuffed(content)
+        status = await self._call_handler_hook("DATA")
+        self.envelope = self._create_envelope()
+        await self.push("250 OK" if status is MISSING else status)
 
     def _create_envelope(self) -> Transaction:
         return Transaction()

@@ -1,0 +1,101 @@
+"""DATA read whole: the listener's reader gives what aiosmtpd's line-at-a-time reading gave.
+
+No socket: the bytes are fed to the reader in pieces, as the network would, and the outcome is
+compared with a line-by-line reading of the same bytes (the rules of RFC 5321 section 4.1.1.4
+and the bare CR / LF refusal).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from spoolmail._listen.session import _BareNewline, _StrictReader, _unstuffed
+
+Outcome = tuple[object, ...]
+
+
+def line_by_line(stream: bytes, max_size: int) -> Outcome:
+    """The reading the listener did before: CRLF lines, each checked, until a lone dot."""
+    position = size = 0
+    lines = []
+    while True:
+        end = stream.find(b"\r\n", position)
+        if end < 0:
+            return ("incomplete",)
+        line, position = stream[position : end + 2], end + 2
+        if b"\n" in line[:-2] or b"\r" in line[:-2]:
+            return ("bare",)
+        if line == b".\r\n":
+            break
+        size += len(line)
+        lines.append(line)
+    if size > max_size:
+        return ("too big", stream[position:])
+    return ("message", b"".join(lines), stream[position:])
+
+
+async def read_whole(pieces: list[bytes], max_size: int) -> Outcome:
+    reader = _StrictReader(limit=1001)
+    task = asyncio.ensure_future(reader.read_message(max_size))
+    for piece in pieces:
+        reader.feed_data(piece)
+        await asyncio.sleep(0)
+    reader.feed_eof()
+    try:
+        content = await task
+    except _BareNewline:
+        return ("bare",)
+    except asyncio.IncompleteReadError:
+        return ("incomplete",)
+    rest = bytes(reader._buffer)
+    return ("too big", rest) if content is None else ("message", content, rest)
+
+
+def cut(stream: bytes, points: list[int]) -> list[bytes]:
+    edges = sorted({0, len(stream), *(p % (len(stream) + 1) for p in points)})
+    return [stream[a:b] for a, b in itertools.pairwise(edges)]
+
+
+@given(
+    st.lists(st.sampled_from([b"a", b"..", b".", b"\r\n", b"\r", b"\n", b"xyz"]), max_size=30),
+    st.lists(st.integers(min_value=0, max_value=200), max_size=8),
+    st.integers(min_value=0, max_value=40),
+)
+def test_any_stream_in_any_pieces_reads_as_line_by_line(
+    parts: list[bytes], points: list[int], max_size: int
+) -> None:
+    stream = b"".join(parts) + b"\r\n.\r\nQUIT\r\n"
+    expected = line_by_line(stream, max_size)
+    assert asyncio.run(read_whole(cut(stream, points), max_size)) == expected
+
+
+@pytest.mark.parametrize(
+    ("stream", "content"),
+    [
+        (b".\r\n", b""),
+        (b"\r\n.\r\n", b"\r\n"),
+        (b"a\r\n.\r\n", b"a\r\n"),
+        (b"..a\r\n.b\r\n.\r\n", b"..a\r\n.b\r\n"),
+    ],
+)
+def test_the_end_is_found_byte_by_byte(stream: bytes, content: bytes) -> None:
+    pieces = [stream[i : i + 1] for i in range(len(stream))] + [b"RSET\r\n"]
+    assert asyncio.run(read_whole(pieces, 100)) == ("message", content, b"RSET\r\n")
+
+
+@pytest.mark.parametrize(
+    ("content", "plain"),
+    [
+        (b"", b""),
+        (b".\r\n", b"\r\n"),
+        (b"..a\r\nb\r\n.c\r\n", b".a\r\nb\r\nc\r\n"),
+        (b"a.\r\n...\r\n", b"a.\r\n..\r\n"),
+    ],
+)
+def test_unstuffing_takes_one_leading_dot_a_line(content: bytes, plain: bytes) -> None:
+    assert _unstuffed(content) == plain
