@@ -229,6 +229,20 @@ def test_a_line_over_998_octets_is_refused_after_data(spool: Spool, connect: Con
         assert len(queued(spool)) == 1
 
 
+@pytest.mark.parametrize("length", [600, 3000, 60000])
+def test_a_command_line_over_the_limit_is_refused_and_the_session_goes_on(
+    spool: Spool, length: int
+) -> None:
+    """Up to the stream reader's limit (64 KiB): 500, and the session goes on."""
+    with running(spool) as listener:
+        raw = RawClient(listener)
+        raw.send(b"EHLO c.test\r\nMAIL FROM:<" + b"a" * length + b"@client.test>\r\nNOOP\r\n")
+        ehlo, mail, noop = raw.replies(3)
+        assert ehlo.startswith("250 ")
+        assert mail.startswith("500 5.5.2 ")
+        assert noop.startswith("250 ")
+
+
 def test_a_header_section_over_the_limit_is_refused(spool: Spool, connect: Connect) -> None:
     with running(spool, limits={"max_header_size": 200}) as listener:
         client = connect(listener)
