@@ -27,6 +27,32 @@ def test_count_received_any_case() -> None:
     assert count_received(HEAD) == 2
 
 
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                b"Received: x",
+                b" received:y",
+                b"\tReceived: z",
+                b"RECEIVED :",
+                b"Receive: d",
+                b"no colon",
+                b"",
+                b"X-Received: e",
+                b"Re\xc3\xa9ceived: f",
+                b" ",
+                b"\x1cReceived: g",
+            ]
+        ),
+        max_size=12,
+    ),
+    st.sampled_from([b"\r\n", b"\n", b"\r"]),
+)
+def test_count_received_counts_the_fields_that_fields_finds(lines: list[bytes], end: bytes) -> None:
+    head = b"".join(line + end for line in lines)
+    assert count_received(head) == sum(1 for f in fields(head) if f.key == "received")
+
+
 def test_without_fields_removes_whole_folded_fields() -> None:
     assert without_fields(HEAD, ["subject", "RECEIVED"]) == b"X-Note: caf\xc3\xa9\r\n"
 

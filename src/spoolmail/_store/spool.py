@@ -14,6 +14,7 @@ import codecs
 import email.generator
 import email.message
 import email.policy
+import functools
 import logging
 import os
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
@@ -196,6 +197,13 @@ def _report_text(report: bytes) -> str:
     else:
         text = report.removeprefix(codecs.BOM_UTF8).decode("utf-8", "replace")
     return text.replace("\r\n", "\n")
+
+
+@functools.lru_cache(maxsize=1024)
+def _mailbox(address: str, role: AddressRole) -> str:
+    """``parse_mailbox`` of an admitted message's address, remembered: a listener's clients
+    send the same few, and it has checked them already."""
+    return parse_mailbox(address, default_domain=None, role=role)
 
 
 def _envelope_lines(head: bytes) -> tuple[str, tuple[str, ...]]:
@@ -498,11 +506,9 @@ class Spool:
         if isinstance(recipients, str):
             raise TypeError("recipients is a sequence of addresses, not one string")
         if sender:
-            sender = parse_mailbox(sender, default_domain=None, role=AddressRole.SENDER)
+            sender = _mailbox(sender, AddressRole.SENDER)
         checked = [
-            r
-            if isinstance(r, Recipient)
-            else parse_mailbox(r, default_domain=None, role=AddressRole.RECIPIENT)
+            r if isinstance(r, Recipient) else _mailbox(r, AddressRole.RECIPIENT)
             for r in recipients
         ]
         if not checked:
@@ -522,7 +528,11 @@ class Spool:
             head=head,
             eight_bit=admission.eight_bit,
         )
-        envelope = attrs.evolve(fresh, envid=admission.envid, ret=admission.ret)
+        envelope = (
+            fresh
+            if admission.envid is None and admission.ret is None
+            else attrs.evolve(fresh, envid=admission.envid, ret=admission.ret)
+        )
         stored: list[Envelope] = []
 
         def sized(size: int, dkim: tuple[str, ...]) -> Envelope:
