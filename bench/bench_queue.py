@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import spoolmail
-from spoolmail import Durability, Envelope, MailService, Recipient, Reply, Router, Spool
+from spoolmail import Durability, Envelope, MailService, Recipient, Reply, Router, Share, Spool
 from spoolmail._core.envelope import encode_envelope
 from spoolmail._core.ids import QueueIds
 from spoolmail.testing import CapturingTransport, FakeClock
@@ -203,7 +203,12 @@ def measure(root: Path, now: datetime, args: argparse.Namespace) -> dict[str, fl
     opened = time.perf_counter()
     spool = Spool(root, clock=clock)  # default durability (fsync), as in production
     service = MailService(
-        spool, router=ROUTER, transport=transport, clock=clock, fqdn="mail.example.com"
+        spool,
+        router=ROUTER,
+        transport=transport,
+        clock=clock,
+        fqdn="mail.example.com",
+        share=args.share,
     )
     figures["open"] = time.perf_counter() - opened
     try:
@@ -319,6 +324,14 @@ def lines(figures: dict[str, float], messages: int) -> Iterator[str]:
     )
 
 
+def _share(text: str) -> Share:
+    index, _, count = text.partition("/")
+    try:
+        return Share(int(index), int(count))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: I/N, 0 <= I < N ({exc})") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=100_000, help="deferred messages (100,000)")
@@ -328,6 +341,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true", help="cProfile start-up and rescan")
     parser.add_argument(
         "--cold", action="store_true", help="evict the MailRoot's file pages before start-up"
+    )
+    parser.add_argument(
+        "--share",
+        type=_share,
+        default=Share(0, 1),
+        metavar="I/N",
+        help="measure worker I of N (run --workers N): it schedules its share only (0/1)",
     )
     args = parser.parse_args(argv)
     if args.messages < 1 or args.ticks < 1 or args.rescans < 1:
