@@ -127,8 +127,13 @@ def test_sigkill_while_relaying_loses_nothing_and_doubles_only_the_window(tmp_pa
                 write_pickup(root, written, rng)
                 written += 1
             before = len(sink.messages)
+            # Its own process group: the parent and its workers (--workers, one per CPU by
+            # default) are killed together, each at whatever point it is.
             process = subprocess.Popen(
-                command(root, sink), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+                command(root, sink),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
             )
             # Kill while it relays: wait until the smart host has accepted something from this
             # run (start-up imports take about 0.3 s), then a random moment more.
@@ -136,7 +141,7 @@ def test_sigkill_while_relaying_loses_nothing_and_doubles_only_the_window(tmp_pa
             while len(sink.messages) == before and time.monotonic() < until:
                 time.sleep(0.001)
             time.sleep(rng.uniform(0, 0.05))
-            process.send_signal(signal.SIGKILL)
+            os.killpg(process.pid, signal.SIGKILL)
             process.wait(10)
             settle(sink)
             windows.append(len(set(accepted(sink)) & still_queued(root)))
