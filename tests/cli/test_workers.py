@@ -13,13 +13,17 @@ import signal
 import smtplib
 import socket
 import subprocess
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from spoolmail import Share, Stats
+from spoolmail._cli import workers
 from tests.integration.commands import spoolmail_run
 
 pytestmark = [
@@ -215,3 +219,45 @@ def test_workers_share_the_listeners_socket(start: Callable[..., Daemon]) -> Non
     assert drop_sequence(daemon.root) == list(range(30))
     daemon.process.send_signal(signal.SIGTERM)
     assert daemon.process.wait(DEADLINE) == 0
+
+
+def test_a_late_stats_answer_never_puts_the_parent_out_of_step(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # In process: the parent's end of one worker's pair, and the worker's responder thread.
+    monkeypatch.setattr(workers, "_STATS_TIMEOUT", 0.3)
+    parent, child = socket.socketpair()
+    worker = workers._Worker(Share(0, 2), stats=parent, served=True)
+    release = threading.Event()
+    calls = iter(range(1, 100))
+
+    def stats() -> Stats:
+        count = next(calls)
+        if count == 1:
+            release.wait(10)  # the first answer comes after the parent gave up on it
+        return Stats(started=datetime(2026, 12, 5, tzinfo=UTC), picked_up=count)
+
+    workers.stats_responder(child, stats)
+    supervisor = workers.Supervisor(2, lambda *_: 0)
+    supervisor.workers = [worker]
+    try:
+        with pytest.raises(RuntimeError, match="no worker"):
+            supervisor.stats()  # the only worker did not answer in time: left out
+        release.set()
+        assert supervisor.stats().picked_up == 2  # the stale answer (1) is skipped
+        assert supervisor.stats().picked_up == 3
+    finally:
+        parent.close()
+
+
+def test_combined_stats_add_counters_and_keep_one_set_of_gauges() -> None:
+    started = datetime(2026, 12, 5, tzinfo=UTC)
+    first = Stats(started=started, delivered=3, queue=7, connections={"a": 1})
+    second = Stats(
+        started=started - timedelta(seconds=5), delivered=4, queue=7, connections={"a": 2, "b": 1}
+    )
+    both = workers.combine_stats([first, second])
+    assert both.delivered == 7
+    assert both.queue == 7  # every worker lists the whole Queue
+    assert dict(both.connections) == {"a": 3, "b": 1}
+    assert both.started == second.started

@@ -52,8 +52,8 @@ log = logging.getLogger("spoolmail")
 # A worker that served this long before it died is started again at once.
 _HEALTHY = 60.0
 _MAX_PAUSE = 60.0
-_ASK = b"?"
 _READY = b"R"
+_STATS_TIMEOUT = 5.0  # seconds a worker has to answer a scrape's question
 _PASSED_ON = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
@@ -94,17 +94,17 @@ def worker_count(wanted: int, spool: Spool) -> int:
 # -- stats across processes --------------------------------------------------------------------
 
 
-def _encode(stats: Stats) -> bytes:
+def _encode(tag: int, stats: Stats) -> bytes:
     data = attrs.asdict(stats)
     data["started"] = stats.started.isoformat()
     data["connections"] = dict(stats.connections)
-    return json.dumps(data).encode() + b"\n"
+    return json.dumps({"tag": tag, "stats": data}).encode() + b"\n"
 
 
-def _decode(line: bytes) -> Stats:
-    data = json.loads(line)
-    data["started"] = datetime.fromisoformat(data["started"])
-    return Stats(**data)
+def _decode(data: dict[str, Any]) -> Stats:
+    fields = dict(data)
+    fields["started"] = datetime.fromisoformat(fields["started"])
+    return Stats(**fields)
 
 
 def combine_stats(parts: Iterable[Stats]) -> Stats:
@@ -138,18 +138,23 @@ def combine_stats(parts: Iterable[Stats]) -> Stats:
 
 
 def stats_responder(sock: socket.socket, stats: Callable[[], Stats]) -> threading.Thread:
-    """In a worker: answer each byte the parent sends on ``sock`` with one line of stats."""
+    """In a worker: answer each question the parent sends on ``sock`` (a line with a number)
+    with one line of stats carrying that number."""
 
     def answer() -> None:
-        with sock:
-            while sock.recv(1):
+        with sock, sock.makefile("rb") as questions:
+            for question in questions:
                 try:
-                    sock.sendall(_encode(stats()))
+                    tag = int(question)
+                except ValueError:
+                    continue
+                try:
+                    sock.sendall(_encode(tag, stats()))
                 except OSError:
                     return
                 except Exception:  # the parent must hear something, or it waits out its timeout
                     log.exception("workers: stats for the parent failed")
-                    sock.sendall(b"{}\n")
+                    sock.sendall(json.dumps({"tag": tag}).encode() + b"\n")
 
     thread = threading.Thread(target=answer, name="spoolmail-stats", daemon=True)
     thread.start()
@@ -166,6 +171,8 @@ class _Worker:
     ready: socket.socket | None = None  # the parent's end: one byte when the worker serves
     stats: socket.socket | None = None  # the parent's end: the stats question and answer
     stats_lock: threading.Lock = attrs.Factory(threading.Lock)
+    asked: int = 0  # the last question's number: an answer to an older one is stale
+    answers: bytes = b""  # what was read of the answers and not used yet
     started: float = 0.0
     served: bool = False
     failures: int = 0
@@ -196,10 +203,10 @@ class Supervisor:
         self._hangup = False
         self._status = 0
         self._told_stop: set[int] = set()
-        self._selector = selectors.DefaultSelector()
-        self._wake_read, self._wake_write = socket.socketpair()
-        for end in (self._wake_read, self._wake_write):
-            end.setblocking(False)
+        # The loop's own, made by run(): a supervisor that only sums stats holds no descriptor.
+        self._selector: selectors.BaseSelector
+        self._wake_read: socket.socket
+        self._wake_write: socket.socket
 
     # -- signals: flags only -------------------------------------------------------------------
 
@@ -366,25 +373,42 @@ class Supervisor:
             time.sleep(0.02)
         parts = []
         for worker in list(self.workers):
-            sock = worker.stats
-            if sock is None or not worker.served:
+            if worker.stats is None or not worker.served:
                 continue
             with worker.stats_lock:
                 try:
-                    sock.settimeout(5)
-                    sock.sendall(_ASK)
-                    line = b""
-                    while not line.endswith(b"\n"):
-                        chunk = sock.recv(65536)
-                        if not chunk:
-                            break
-                        line += chunk
-                    parts.append(_decode(line))
-                except (OSError, ValueError, TypeError) as exc:
+                    parts.append(self._ask(worker))
+                except (OSError, ValueError, TypeError, KeyError) as exc:
                     log.warning("workers: no stats from worker %d: %s", worker.share.index, exc)
         if not parts:
             raise RuntimeError("no worker is serving yet")
         return combine_stats(parts)
+
+    @staticmethod
+    def _ask(worker: _Worker) -> Stats:
+        """One worker's stats within 5 s. Questions are numbered: an answer that came too late
+        for an earlier scrape is skipped, so one slow answer never puts the stream out of step."""
+        sock = worker.stats
+        if sock is None:
+            raise OSError("the worker is gone")
+        worker.asked += 1
+        deadline = time.monotonic() + _STATS_TIMEOUT
+        sock.settimeout(_STATS_TIMEOUT)
+        sock.sendall(b"%d\n" % worker.asked)
+        while True:
+            while b"\n" in worker.answers:
+                line, _, worker.answers = worker.answers.partition(b"\n")
+                answer = json.loads(line)
+                if answer.get("tag") == worker.asked:
+                    return _decode(answer["stats"])
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no answer within {_STATS_TIMEOUT:g} s")
+            sock.settimeout(left)
+            chunk = sock.recv(65536)
+            if not chunk:
+                raise OSError("the worker closed its end")
+            worker.answers += chunk
 
     # -- the loop --------------------------------------------------------------------------------
 
@@ -424,6 +448,10 @@ class Supervisor:
     def run(self, *, on_started: Callable[[], None] = lambda: None) -> int:
         """Start the workers and supervise them until a stop signal and their exits; returns 0,
         or the exit status of a worker that ended before it served."""
+        self._selector = selectors.DefaultSelector()
+        self._wake_read, self._wake_write = socket.socketpair()
+        for end in (self._wake_read, self._wake_write):
+            end.setblocking(False)
         old = self._install()
         self._selector.register(self._wake_read, selectors.EVENT_READ, None)
         try:
