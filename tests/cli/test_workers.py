@@ -9,6 +9,7 @@ local (Drop) or goes to a listener on 127.0.0.1.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import smtplib
 import socket
@@ -204,7 +205,7 @@ def test_metrics_are_the_sum_of_the_workers(start: Callable[..., Daemon]) -> Non
     assert daemon.process.wait(DEADLINE) == 0
 
 
-def test_workers_share_the_listeners_socket(start: Callable[..., Daemon]) -> None:
+def test_workers_share_the_listeners_port(start: Callable[..., Daemon]) -> None:
     port = free_port()
     daemon = start("--workers", "2", "--listen", f"127.0.0.1:{port}")
     assert f"listening on 127.0.0.1:{port}; 2 workers" in banner(daemon)
@@ -217,6 +218,30 @@ def test_workers_share_the_listeners_socket(start: Callable[..., Daemon]) -> Non
             )
     until("30 messages in Drop", lambda: len(drop_sequence(daemon.root)) == 30)
     assert drop_sequence(daemon.root) == list(range(30))
+    # Each worker has its own socket on the port (SO_REUSEPORT): the kernel spreads the 30
+    # connections (by their source ports) over both, not all to the first loop that wakes.
+    log = daemon.log()
+    for index in range(2):
+        assert re.search(rf"\[worker {index}\] \S+: queued from 127\.0\.0\.1", log), index
+    daemon.process.send_signal(signal.SIGTERM)
+    assert daemon.process.wait(DEADLINE) == 0
+
+
+def test_workers_listen_on_one_port_0_and_the_banner_says_which(
+    start: Callable[..., Daemon],
+) -> None:
+    # Port 0: the first worker's socket gets a port from the kernel, the other's binds to it.
+    daemon = start("--workers", "2", "--listen", "127.0.0.1:0")
+    found = re.search(r"listening on 127\.0\.0\.1:(\d+); 2 workers", banner(daemon))
+    assert found
+    port = int(found.group(1))
+    for number in range(20):
+        with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+            client.sendmail("app@example.com", ["u@example.com"], f"X-Seq: {number}\r\n\r\nhi\r\n")
+    until("20 messages in Drop", lambda: len(drop_sequence(daemon.root)) == 20)
+    log = daemon.log()
+    for index in range(2):
+        assert re.search(rf"\[worker {index}\] \S+: queued from 127\.0\.0\.1", log), index
     daemon.process.send_signal(signal.SIGTERM)
     assert daemon.process.wait(DEADLINE) == 0
 

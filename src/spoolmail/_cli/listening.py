@@ -104,20 +104,42 @@ def add_commands(commands: Any, *, lose_root: Callable[[Settings], None]) -> Non
 
 @attrs.frozen
 class Prepared:
-    """What the listener needs root for, done: bound sockets, TLS, the users."""
+    """What the listener needs root for, done: bound sockets, TLS, the users.
+
+    With worker processes (``run --workers``) each worker has its own sockets on the same
+    addresses (SO_REUSEPORT): the kernel spreads the connections over them. One socket shared
+    by all would not do: one worker's event loop accepts every connection waiting at once, so
+    a burst of sessions lands in one process. ``sockets`` are the first worker's (the banner's),
+    ``others`` the rest, worker by worker.
+    """
 
     sockets: tuple[socket.socket, ...]
     tls: ssl.SSLContext | None
     credentials: PasswordFile | None
+    others: tuple[tuple[socket.socket, ...], ...] = ()
+
+    def for_worker(self, index: int) -> Prepared:
+        """Worker ``index``'s sockets, with the TLS and the users."""
+        sockets = self.sockets if index == 0 else self.others[index - 1]
+        return attrs.evolve(self, sockets=sockets, others=())
+
+    def keep(self, count: int) -> Prepared:
+        """Only ``count`` workers' sockets: the others are closed, or the kernel would hand
+        them connections that nobody accepts."""
+        for extra in self.others[max(0, count - 1) :]:
+            for sock in extra:
+                sock.close()
+        return attrs.evolve(self, others=self.others[: max(0, count - 1)])
 
     def close(self) -> None:
-        for sock in self.sockets:
+        for sock in (*self.sockets, *(s for extra in self.others for s in extra)):
             sock.close()
 
 
-def prepare(settings: Settings) -> Prepared | None:
+def prepare(settings: Settings, *, workers: int = 1) -> Prepared | None:
     """Bind, load the TLS key and read the password file (as root, before dropping it), or
-    None when nothing is to listen."""
+    None when nothing is to listen. ``workers`` above 1 binds a socket for each worker on every
+    address (SO_REUSEPORT; a port 0 becomes the first socket's port for all of them)."""
     if not settings.listen:
         return None
     tls = None
@@ -136,15 +158,24 @@ def prepare(settings: Settings) -> Prepared | None:
         raise ConfigurationError(
             "auth_file needs tls_certificate and tls_key: AUTH is over TLS only"
         )
-    sockets: list[socket.socket] = []
+    reuse = settings.listen_reuse_port or workers > 1
+    bound: list[list[socket.socket]] = [[] for _ in range(max(1, workers))]
     try:
         for address in settings.listen:
-            sockets.append(bind(address, reuse_port=settings.listen_reuse_port))  # noqa: PERF401 (closed on failure)
+            first = bind(address, reuse_port=reuse)
+            bound[0].append(first)
+            for extra in bound[1:]:
+                extra.append(bind(shown(first), reuse_port=True))
     except BaseException:
-        for sock in sockets:
+        for sock in (s for sockets in bound for s in sockets):
             sock.close()
         raise
-    return Prepared(sockets=tuple(sockets), tls=tls, credentials=credentials)
+    return Prepared(
+        sockets=tuple(bound[0]),
+        tls=tls,
+        credentials=credentials,
+        others=tuple(tuple(sockets) for sockets in bound[1:]),
+    )
 
 
 def shown(sock: socket.socket) -> str:

@@ -208,13 +208,17 @@ def _lose_root(settings: Settings) -> None:
 
 
 def _run(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
-    # The listener's sockets are bound (port 25), its key and users read, while still root.
-    prepared = None if args.once else listening.prepare(settings)
+    # The listener's sockets are bound (port 25), its key and users read, while still root:
+    # a set of sockets for each worker that may run.
+    wanted = 1 if args.once else workers.requested(settings.workers)
+    prepared = None if args.once else listening.prepare(settings, workers=wanted)
     try:
         dkim = assemble.dkim_policy(settings)  # key files read while still root
         _lose_root(settings)
         with Spool(settings.root, dkim=dkim) as spool:
-            count = 1 if args.once else workers.worker_count(settings.workers, spool)
+            count = workers.worker_count(wanted, spool)
+            if prepared is not None:
+                prepared = prepared.keep(count)
             if count == 1:
                 return _serve(settings, args, out, spool, prepared)
             # IIS's NTFS_*.EML Queue files are never delivered as they are: say so once.
@@ -248,8 +252,9 @@ def _supervise(
             serving()
 
         try:
+            mine = None if prepared is None else prepared.for_worker(share.index)
             with Spool(settings.root, dkim=dkim) as spool:
-                return _serve(settings, args, out, spool, prepared, share=share, on_serving=started)
+                return _serve(settings, args, out, spool, mine, share=share, on_serving=started)
         except SpoolmailError as exc:  # as main() says it: the parent passes the status on
             report(exc)
             return exit_status(exc)

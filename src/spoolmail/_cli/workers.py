@@ -45,7 +45,7 @@ from spoolmail._core.shares import Share
 from spoolmail._service.observers import Stats
 from spoolmail._store.spool import Spool
 
-__all__ = ["Supervisor", "combine_stats", "stats_responder", "worker_count"]
+__all__ = ["Supervisor", "combine_stats", "requested", "stats_responder", "worker_count"]
 
 log = logging.getLogger("spoolmail")
 
@@ -70,10 +70,14 @@ def _stop_with_parent() -> None:
         log.warning("workers: cannot ask to be stopped with the parent")
 
 
-def worker_count(wanted: int, spool: Spool) -> int:
-    """How many workers to run: ``wanted`` (0: one per CPU), or one where the MailRoot cannot
+def requested(setting: int) -> int:
+    """The workers the ``workers`` setting asks for: itself, or one per CPU for 0."""
+    return setting or os.cpu_count() or 1
+
+
+def worker_count(count: int, spool: Spool) -> int:
+    """How many workers to run: ``count`` (:func:`requested`), or one where the MailRoot cannot
     be shared between processes or there is no ``fork``, said once in the log."""
-    count = wanted or os.cpu_count() or 1
     if count == 1:
         return 1
     if not hasattr(os, "fork"):
