@@ -14,11 +14,12 @@ import signal
 import smtplib
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+from tests import waiting
 
 pytestmark = [
     pytest.mark.slow,
@@ -29,11 +30,7 @@ DEADLINE = 20.0
 
 
 def until(what: str, check: Callable[[], bool]) -> None:
-    end = time.monotonic() + DEADLINE
-    while not check():
-        if time.monotonic() > end:
-            raise AssertionError(f"not within {DEADLINE:g} s: {what}")
-        time.sleep(0.02)
+    waiting.until(what, check, deadline=DEADLINE)
 
 
 def settings(root: Path, *, local: list[str], extra: str = "") -> str:

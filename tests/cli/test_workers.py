@@ -15,7 +15,6 @@ import smtplib
 import socket
 import subprocess
 import threading
-import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -25,6 +24,7 @@ import pytest
 
 from spoolmail import Share, Stats
 from spoolmail._cli import workers
+from tests import waiting
 from tests.integration.commands import spoolmail_run
 
 pytestmark = [
@@ -36,11 +36,7 @@ DEADLINE = 30.0
 
 
 def until(what: str, check: Callable[[], bool]) -> None:
-    end = time.monotonic() + DEADLINE
-    while not check():
-        if time.monotonic() > end:
-            raise AssertionError(f"not within {DEADLINE:g} s: {what}")
-        time.sleep(0.02)
+    waiting.until(what, check, deadline=DEADLINE)
 
 
 def free_port() -> int:
@@ -205,12 +201,16 @@ def test_metrics_are_the_sum_of_the_workers(start: Callable[..., Daemon]) -> Non
     assert daemon.process.wait(DEADLINE) == 0
 
 
-def test_workers_share_the_listeners_port(start: Callable[..., Daemon]) -> None:
-    port = free_port()
-    daemon = start("--workers", "2", "--listen", f"127.0.0.1:{port}")
-    assert f"listening on 127.0.0.1:{port}; 2 workers" in banner(daemon)
+@pytest.mark.parametrize("port", ["free", "0"])
+def test_workers_share_the_listeners_port(start: Callable[..., Daemon], port: str) -> None:
+    # Port 0: the first worker's socket gets a port from the kernel, the other's binds to it.
+    wanted = str(free_port()) if port == "free" else port
+    daemon = start("--workers", "2", "--listen", f"127.0.0.1:{wanted}")
+    found = re.search(r"listening on 127\.0\.0\.1:(\d+); 2 workers", banner(daemon))
+    assert found
+    assert port == "0" or found.group(1) == wanted
     for number in range(30):
-        with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+        with smtplib.SMTP("127.0.0.1", int(found.group(1)), timeout=10) as client:
             client.sendmail(
                 "app@example.com",
                 [f"u{number}@example.com"],
@@ -220,25 +220,6 @@ def test_workers_share_the_listeners_port(start: Callable[..., Daemon]) -> None:
     assert drop_sequence(daemon.root) == list(range(30))
     # Each worker has its own socket on the port (SO_REUSEPORT): the kernel spreads the 30
     # connections (by their source ports) over both, not all to the first loop that wakes.
-    log = daemon.log()
-    for index in range(2):
-        assert re.search(rf"\[worker {index}\] \S+: queued from 127\.0\.0\.1", log), index
-    daemon.process.send_signal(signal.SIGTERM)
-    assert daemon.process.wait(DEADLINE) == 0
-
-
-def test_workers_listen_on_one_port_0_and_the_banner_says_which(
-    start: Callable[..., Daemon],
-) -> None:
-    # Port 0: the first worker's socket gets a port from the kernel, the other's binds to it.
-    daemon = start("--workers", "2", "--listen", "127.0.0.1:0")
-    found = re.search(r"listening on 127\.0\.0\.1:(\d+); 2 workers", banner(daemon))
-    assert found
-    port = int(found.group(1))
-    for number in range(20):
-        with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
-            client.sendmail("app@example.com", ["u@example.com"], f"X-Seq: {number}\r\n\r\nhi\r\n")
-    until("20 messages in Drop", lambda: len(drop_sequence(daemon.root)) == 20)
     log = daemon.log()
     for index in range(2):
         assert re.search(rf"\[worker {index}\] \S+: queued from 127\.0\.0\.1", log), index

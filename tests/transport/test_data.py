@@ -66,6 +66,17 @@ def normalised(data: bytes) -> bytes:
     return out if not out or out.endswith(b"\r\n") else out + b"\r\n"
 
 
+def encoded_in_pieces(data: bytes, cuts: list[int]) -> bytes:
+    """What one encoder sends for ``data`` handed over in pieces of the ``cuts``' sizes."""
+    encoder = DataEncoder()
+    pieces = []
+    rest = data
+    for cut in cuts:
+        pieces.append(encoder.encode(rest[:cut]))
+        rest = rest[cut:]
+    return b"".join([*pieces, encoder.encode(rest), encoder.finish()])
+
+
 @given(
     data=st.lists(st.sampled_from([b"\r", b"\n", b".", b"a", b"\r\n", b"..", b"\xff"])).map(
         b"".join
@@ -73,15 +84,7 @@ def normalised(data: bytes) -> bytes:
     cuts=st.lists(st.integers(min_value=0, max_value=64)),
 )
 def test_encoder_round_trips_whatever_the_chunking(data: bytes, cuts: list[int]) -> None:
-    encoder = DataEncoder()
-    pieces = []
-    rest = data
-    for cut in cuts:
-        pieces.append(encoder.encode(rest[:cut]))
-        rest = rest[cut:]
-    pieces.append(encoder.encode(rest))
-    pieces.append(encoder.finish())
-    wire = b"".join(pieces)
+    wire = encoded_in_pieces(data, cuts)
     assert re.search(rb"\r(?!\n)|(?<!\r)\n", wire) is None, "a bare CR or LF went on the wire"
     assert unstuff(wire) == normalised(data)
 
@@ -97,14 +100,7 @@ def test_crlf_only_is_the_absence_of_a_bare_cr_or_lf(data: bytes) -> None:
     cuts=st.lists(st.integers(min_value=0, max_value=40)),
 )
 def test_crlf_blocks_are_only_dot_stuffed(lines: list[bytes], cuts: list[int]) -> None:
-    data = b"".join(line + b"\r\n" for line in lines)
-    encoder = DataEncoder()
-    pieces = []
-    rest = data
-    for cut in cuts:
-        pieces.append(encoder.encode(rest[:cut]))
-        rest = rest[cut:]
-    wire = b"".join([*pieces, encoder.encode(rest), encoder.finish()])
+    wire = encoded_in_pieces(b"".join(line + b"\r\n" for line in lines), cuts)
     assert wire == b"".join(b"." * line.startswith(b".") + line + b"\r\n" for line in lines) + (
         b".\r\n"
     )
