@@ -434,7 +434,13 @@ class Supervisor:
         now = time.monotonic()
         for worker in self.workers:
             if not worker.pid and worker.due <= now:
-                self._start(worker)
+                try:
+                    self._start(worker)
+                except OSError as exc:  # fork: no memory, too many processes
+                    worker.due = now + 5
+                    log.error(  # noqa: TRY400 (the system's reason is the whole story)
+                        "worker %d: cannot start it: %s; again in 5 s", worker.share.index, exc
+                    )
         waiting = [worker.due - now for worker in self.workers if not worker.pid]
         return max(0.0, min([1.0, *waiting]))
 
@@ -459,8 +465,7 @@ class Supervisor:
         old = self._install()
         self._selector.register(self._wake_read, selectors.EVENT_READ, None)
         try:
-            for worker in self.workers:
-                self._start(worker)
+            self._restart_due()  # every worker is due at once
             on_started()
             while True:
                 self._reap()
