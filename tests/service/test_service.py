@@ -739,3 +739,24 @@ def test_a_policy_that_says_now_cannot_spin_the_tick(
     assert len(transport.attempts) == 1
     service.run_once()
     assert len(transport.attempts) == 2
+
+
+def test_stop_from_a_signal_handler_never_waits_for_a_lock_its_thread_holds(
+    service: MailService,
+) -> None:
+    # A SIGTERM runs its handler (MailService.stop) on the main thread, between two bytecodes of
+    # whatever it was doing: inside the wake-up's clear(), with its lock held. The handler must
+    # not wait for that lock (a worker hung so until SIGKILL).
+    service._wakeup.open()
+    stopped = threading.Event()
+
+    def main_thread_interrupted_in_clear() -> None:
+        with service._wakeup._lock:  # as clear() holds it
+            service.stop()  # the handler, on the same thread
+        stopped.set()
+
+    thread = threading.Thread(target=main_thread_interrupted_in_clear, daemon=True)
+    thread.start()
+    assert stopped.wait(5), "stop() waited for a lock its own thread held"
+    assert service._stopping()
+    service._wakeup.close()

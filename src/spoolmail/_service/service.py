@@ -223,7 +223,9 @@ class _Waker:
     """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        # Reentrant: set() runs in signal handlers (MailService.stop), on the main thread that
+        # may be inside clear() or open() with the lock held; a plain Lock deadlocked there.
+        self._lock = threading.RLock()
         self._pair: tuple[socket.socket, socket.socket] | None = None
 
     def open(self) -> int:
@@ -479,7 +481,9 @@ class MailService:
         )
         self._next_rescan: datetime | None = None
         self._signatures: dict[str, tuple[int, ...]] = {}
-        self._stop = threading.Event()
+        # A plain flag, not a threading.Event: stop() runs in signal handlers, which must take no
+        # lock the interrupted main thread may hold (an Event's clear() holds one).
+        self._stop = False
         # Messages Spool.admit committed in this process (a listener's threads): the loop
         # schedules them at its next tick, and is woken for them rather than polling; a
         # complete Pickup file wakes it too, where inotify tells (store.wait_for_pickup).
@@ -675,7 +679,7 @@ class MailService:
                 report = self.run_once()
                 if on_report is not None:
                     on_report(report)
-                if self._stop.is_set():
+                if self._stopping():
                     break
                 wait = poll_interval
                 next_due = self._schedule.next_due()
@@ -683,10 +687,10 @@ class MailService:
                     wait = max(0.0, min(wait, (next_due - self.clock()).total_seconds()))
                 self._store.wait_for_pickup(wait, wake=wake)
                 self._wakeup.clear()
-                if self._stop.is_set():
+                if self._stopping():
                     break
         finally:
-            self._stop.clear()  # the stop is spent: a later run_forever runs again
+            self._stop = False  # the stop is spent: a later run_forever runs again
             self._wakeup.close()
 
     def rescan(self) -> Report:
@@ -698,9 +702,13 @@ class MailService:
         self._guard(tally, "recovering the spool", partial(self._rescan, tally))
         return tally.freeze()
 
+    def _stopping(self) -> bool:
+        # A call, not the attribute: another thread or a signal handler sets it meanwhile.
+        return self._stop
+
     def stop(self) -> None:
         """Make :meth:`run_forever` return after the current tick."""
-        self._stop.set()
+        self._stop = True
         self._wakeup.set()
 
     def close(self) -> None:
