@@ -15,13 +15,14 @@ sockets, TLS key and users need a restart.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import logging
+import select
 import signal
 import socket
 import ssl
 import sys
-import threading
 from collections.abc import Callable
 from types import FrameType
 from typing import Any, TextIO
@@ -248,21 +249,25 @@ def _listen(
         lose_root(settings)
         with Spool(settings.root, dkim=dkim) as spool:
             listener = start(prepared, spool, router=assemble.router(settings), settings=settings)
-            woken = threading.Event()
             asked = {"stop": False, "reload": False}
+            # The handlers only set flags; the signal's byte on the wakeup fd ends the wait.
+            # (A threading.Event set in a handler can wait forever for the lock its own
+            # thread holds in clear().)
+            woken, waker = socket.socketpair()
+            for end in (woken, waker):
+                end.setblocking(False)
 
             def stop(_signum: int, _frame: FrameType | None) -> None:
                 asked["stop"] = True
-                woken.set()
 
             def hangup(_signum: int, _frame: FrameType | None) -> None:
                 asked["reload"] = True
-                woken.set()
 
             signal.signal(signal.SIGINT, stop)
             signal.signal(signal.SIGTERM, stop)
             if hasattr(signal, "SIGHUP"):
                 signal.signal(signal.SIGHUP, hangup)
+            before = signal.set_wakeup_fd(waker.fileno(), warn_on_full_buffer=False)
             try:
                 print(
                     f"spoolmail: listening on {', '.join(listener.addresses)} for "
@@ -271,12 +276,17 @@ def _listen(
                     flush=True,
                 )
                 while not asked["stop"]:
-                    woken.wait(3600)
-                    woken.clear()
+                    select.select([woken], [], [], 3600)
+                    with contextlib.suppress(BlockingIOError):
+                        while woken.recv(4096):
+                            pass
                     if asked["reload"] and not asked["stop"]:
                         asked["reload"] = False
                         settings = _reload(listener, settings, args)
             finally:
+                signal.set_wakeup_fd(before)
+                woken.close()
+                waker.close()
                 listener.stop()
     finally:
         prepared.close()
