@@ -34,7 +34,7 @@ from spoolmail._cli.settings import Settings
 from spoolmail._cli.status import EX_OK, UsageError
 from spoolmail._core.relay import AccessPolicy
 from spoolmail._core.routing import Router
-from spoolmail._listen.listener import Listener, ListenerLimits, _shown, bind
+from spoolmail._listen.listener import Listener, ListenerLimits, bind, socket_name
 from spoolmail._listen.passwords import PasswordFile, hash_password
 from spoolmail._service.service import machine_name
 from spoolmail._store.spool import Spool
@@ -166,7 +166,7 @@ def prepare(settings: Settings, *, workers: int = 1) -> Prepared | None:
             first = bind(address, reuse_port=reuse)
             bound[0].append(first)
             for extra in bound[1:]:
-                extra.append(bind(shown(first), reuse_port=True))
+                extra.append(bind(socket_name(first), reuse_port=True))
     except BaseException:
         for sock in (s for sockets in bound for s in sockets):
             sock.close()
@@ -177,11 +177,6 @@ def prepare(settings: Settings, *, workers: int = 1) -> Prepared | None:
         credentials=credentials,
         others=tuple(tuple(sockets) for sockets in bound[1:]),
     )
-
-
-def shown(sock: socket.socket) -> str:
-    """How a bound socket is named in the banner and the log (``[::1]:25``)."""
-    return _shown(sock)
 
 
 def listener_limits(settings: Settings) -> ListenerLimits:

@@ -50,7 +50,7 @@ from spoolmail._cli.status import (
 )
 from spoolmail._core.dkim import DkimPolicy
 from spoolmail._core.shares import WHOLE, Share
-from spoolmail._listen.listener import Listener
+from spoolmail._listen.listener import Listener, socket_name
 from spoolmail._service import iis
 from spoolmail._service.service import MailService, Report
 from spoolmail._store.spool import Spool
@@ -266,7 +266,7 @@ def _supervise(
         nonlocal stop_metrics
         if settings.metrics:
             stop_metrics = serve_metrics(lambda: supervisor, settings.metrics)
-        addresses = [listening.shown(sock) for sock in prepared.sockets] if prepared else []
+        addresses = [socket_name(sock) for sock in prepared.sockets] if prepared else []
         print(_banner(settings, addresses, workers=count), file=out, flush=True)
 
     try:

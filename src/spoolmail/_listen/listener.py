@@ -35,7 +35,7 @@ from spoolmail.exceptions import ConfigurationError, DependencyError, SpoolmailE
 if TYPE_CHECKING:  # aiosmtpd is the optional "server" extra: imported when a listener starts
     from spoolmail._listen.session import SmtpSession
 
-__all__ = ["Listener", "ListenerLimits", "bind", "parse_listen_address"]
+__all__ = ["Listener", "ListenerLimits", "bind", "parse_listen_address", "socket_name"]
 
 log = logging.getLogger("spoolmail.listener")
 
@@ -115,7 +115,7 @@ def bind(text: str, *, reuse_port: bool = False) -> socket.socket:
         raise SpoolmailError(f"cannot listen on {text}: {exc.strerror or exc}") from exc
 
 
-def _shown(sock: socket.socket) -> str:
+def socket_name(sock: socket.socket) -> str:
     host, port = sock.getsockname()[:2]
     return f"[{host}]:{port}" if sock.family == socket.AF_INET6 else f"{host}:{port}"
 
@@ -191,7 +191,7 @@ class Listener:
     @property
     def addresses(self) -> list[str]:
         """Where it listens, as ``127.0.0.1:2525`` and ``[::1]:2525`` (after :meth:`start`)."""
-        return [_shown(s) for s in self._sockets]
+        return [socket_name(s) for s in self._sockets]
 
     @property
     def relay_networks(self) -> tuple[str, ...]:
