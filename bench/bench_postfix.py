@@ -20,8 +20,8 @@ The paths (issue 12's table):
   messages are taken in and deferred (Postfix: ``sendmail`` with the master running; spoolmail:
   Pickup files and ``spoolmail run --once`` until each was tried once); the daemon runs, the sink
   comes back on its port, and the flush is timed from the command (``postqueue -f``;
-  ``spoolmail queue flush``, which a running service reads at its next tick) to the last
-  message at the sink.
+  ``spoolmail queue flush --quiet``, which a running service reads at its next tick; without
+  ``--quiet`` where the CLI lacks it) to the last message at the sink.
 - ``big``: as ``drain`` with 200 x 1 MiB.
 - ``smtp``: ``smtp-source -s 5 -d`` (5 concurrent clients, each reusing its connection) sends
   N x 2 KB to the running server (Postfix's smtpd; ``spoolmail run --listen``), which relays
@@ -35,7 +35,9 @@ accounting of the process tree), per message. The clients (sendmail before the t
 smtp-source during it) and the sink are counted on neither side. For each pair: the ratio
 spoolmail / Postfix of the rates; per path, the medians. Then the two ceilings: the sink fed
 directly by ``smtp-source`` (5 sessions with connection reuse), and fsync'd file creates per
-second on the disk of the temp dir (one writer, and four).
+second on the disk of the temp dir (one writer, and four); and, per path and side, how close the
+median rate comes to its CPU ceiling (the usable cores divided by that side's CPU per message)
+and to the fsync'd-create rate (DESIGN section 10).
 """
 
 from __future__ import annotations
@@ -117,6 +119,17 @@ def spoolmail_help() -> str:
         last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
         raise SystemExit(f"`spoolmail run --help` failed (exit {done.returncode}): {last}")
     return done.stdout
+
+
+def flush_command(root: Path) -> list[str]:
+    """``spoolmail queue flush``, with ``--quiet`` where the CLI has it: like ``postqueue -f``,
+    the order is given and nothing is listed (the listing reads every envelope while the
+    workers flush, and its CPU counts on spoolmail's side)."""
+    done = subprocess.run(
+        [*SPOOLMAIL, "queue", "flush", "--help"], capture_output=True, text=True, check=False
+    )
+    quiet = ["--quiet"] if "--quiet" in done.stdout else []
+    return [*SPOOLMAIL, "--root", str(root), "queue", "flush", *quiet]
 
 
 def listen_arguments(port: int, extra: list[str]) -> list[str] | None:
@@ -422,12 +435,11 @@ class Bench:
             raise SystemExit(f"spoolmail did not defer the messages: {deferred} of {count}")
         self.spoolmail.start(wait_ready=True)
         self.sink.start()
+        flush = flush_command(root)  # its --help is asked before the clock starts
         target = self.sink.count + count
         before = self.spoolmail_cpu.cpu()
         started = time.monotonic()
-        self.spoolmail.run_command(
-            [*SPOOLMAIL, "--root", str(root), "queue", "flush"], what="spoolmail queue flush"
-        )
+        self.spoolmail.run_command(flush, what="spoolmail queue flush")
         command = time.monotonic() - started
         run = self.finish(
             "spoolmail", count, target, started, self.spoolmail_cpu, before, self.spoolmail.alive
@@ -651,6 +663,28 @@ def summary(path: str, pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> di
     }
 
 
+def ceiling_lines(paths: dict[str, Any], cores: int, creates: float) -> Iterator[str]:
+    """How close each path runs to its ceilings (DESIGN section 10): the CPU ceiling is the
+    rate at which ``cores`` busy cores would go at that side's CPU per message; the disk's is
+    the fsync'd-create rate (four writers)."""
+    yield (
+        f"\nhow close to the ceilings (medians): CPU ceiling = {cores} cores / CPU per "
+        f"message; disk: fsync'd creates, four writers, {creates:,.0f}/s"
+    )
+    yield f"{'path':<6}{'side':>11}{'msg/s':>9}{'CPU ceiling':>13}{'of it':>7}{'of disk':>9}"
+    for path, figures in paths.items():
+        if "median" not in figures:
+            continue
+        for side in ("postfix", "spoolmail"):
+            median = figures["median"][side]
+            ceiling = cores * 1000 / median["cpu_ms_per_message"]
+            median["cpu_ceiling_msg_s"] = ceiling
+            yield (
+                f"{path:<6}{side:>11}{median['rate']:>9,.0f}{ceiling:>13,.0f}"
+                f"{median['rate'] / ceiling:>7.0%}{median['rate'] / creates:>9.0%}"
+            )
+
+
 # -- main ------------------------------------------------------------------------------------------
 
 
@@ -805,6 +839,9 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915
                 f"{' and '.join(f'{n:,.0f}' for n in creates[1])}/s with one writer, "
                 f"{' and '.join(f'{n:,.0f}' for n in creates[4])}/s with four"
             )
+            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+            for line in ceiling_lines(results["paths"], cores, statistics.median(creates[4])):
+                print(line)
         results["load_after"] = os.getloadavg()
     finally:
         bench.close()
