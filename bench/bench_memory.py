@@ -154,7 +154,7 @@ def intake_breakdown(size: int, tmp: str | None) -> str:
             options = PickupOptions(
                 fqdn="mail.example.com", default_domain="example.com", max_message_size=2 * size
             )
-            intake = Intake(spool._store, spool.clock, options)
+            intake = Intake(spool._transitions, spool.clock, options)
             tracemalloc.start()
             try:
                 envelope = intake.process(claim)
