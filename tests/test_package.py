@@ -178,8 +178,9 @@ def test_only_the_seam_imports_fs() -> None:
 
 
 def test_broken_fs_import_names_the_fix() -> None:
-    # As on a new setuptools: pkg_resources cannot be imported.
-    code = "import sys; sys.modules['pkg_resources'] = None; import spoolmail"
+    # As on a new setuptools: pkg_resources cannot be imported. ``import spoolmail`` alone
+    # imports nothing (the names are lazy); the Spool needs fs.
+    code = "import sys; sys.modules['pkg_resources'] = None; from spoolmail import Spool"
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=False
     )
@@ -191,3 +192,60 @@ def test_broken_fs_import_names_the_fix() -> None:
 
 def test_dependency_error_is_an_import_error() -> None:
     assert issubclass(DependencyError, ImportError)
+
+
+def _imported_after(code: str) -> set[str]:
+    """The modules a fresh interpreter has imported after running ``code``."""
+    shown = "import sys; print(' '.join(sorted(sys.modules)))"
+    result = subprocess.run(
+        [sys.executable, "-c", f"{code}; {shown}"], capture_output=True, text=True, check=True
+    )
+    return set(result.stdout.split())
+
+
+def test_importing_the_package_imports_no_part_of_it() -> None:
+    """The names are imported at their first use (PEP 562): ``import spoolmail`` is cheap."""
+    loaded = _imported_after("import spoolmail")
+    assert not {m for m in loaded if m.startswith("spoolmail.")}, loaded
+    assert not {"fs", "dns", "attrs", "importlib.metadata", "pkg_resources"} & loaded
+
+
+def test_a_name_imports_only_its_module() -> None:
+    loaded = _imported_after("from spoolmail import Envelope")
+    assert "spoolmail._core.envelope" in loaded
+    assert not {"spoolmail._store.spool", "spoolmail._service.service", "fs", "dns"} & loaded
+
+
+def test_every_exported_name_is_found_where_the_package_says() -> None:
+    assert set(spoolmail._ORIGINS) | {"__version__"} == set(spoolmail.__all__)
+    assert set(spoolmail.__all__) <= set(dir(spoolmail))
+    for name, origin in spoolmail._ORIGINS.items():
+        assert getattr(spoolmail, name) is getattr(sys.modules[origin], name), name
+    with pytest.raises(AttributeError, match="no_such_name"):
+        spoolmail.no_such_name  # type: ignore[attr-defined]  # noqa: B018
+
+
+def test_the_version_is_the_installed_distribution_s() -> None:
+    from importlib import metadata  # noqa: PLC0415
+
+    assert spoolmail.__version__ == metadata.version("spoolmail")
+
+
+def test_fs_is_imported_without_pkg_resources() -> None:
+    """pkg_resources (0.1 s of CPU) is imported only when a plugin's protocol is asked for:
+    fs's own protocols open without it."""
+    code = (
+        "import tempfile; from spoolmail._store import pyfs; "
+        "pyfs.open_fs('mem://').close(); pyfs.open_fs(tempfile.mkdtemp()).close(); "
+        "pyfs.open_fs('osfs://' + tempfile.mkdtemp()).close()"
+    )
+    loaded = _imported_after(code)
+    assert "fs" in loaded
+    assert "pkg_resources" not in loaded
+
+
+def test_a_plugin_protocol_asks_pkg_resources() -> None:
+    from spoolmail._store import pyfs  # noqa: PLC0415
+
+    with pytest.raises(pyfs.UnsupportedProtocol, match="no-such-plugin"):
+        pyfs.open_fs("no-such-plugin://x")
