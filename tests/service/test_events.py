@@ -26,6 +26,8 @@ from spoolmail import (
     State,
     Stats,
 )
+from spoolmail._service import observers
+from spoolmail._service.observers import log_event
 from spoolmail._transport.smtp import SmtpTimeouts, SmtpTransport
 from spoolmail.events import (
     Deferred,
@@ -572,3 +574,54 @@ def test_the_real_server_s_reply_and_address_are_in_the_event(
         lines = [decode_event(line) for line in log_file.read_text().splitlines()]
         assert delivered in lines
         assert Removed(queue_id=queue_id, time=clock()) in lines
+
+
+def test_a_record_is_a_whole_record_from_log_event_and_the_level_and_filters_hold(
+    caplog: pytest.LogCaptureFixture, clock: FakeClock
+) -> None:
+    event = Delivered(queue_id="q1", time=clock(), recipient="ok@remote.test", reply=OK)
+    mail = logging.getLogger("spoolmail.mail")
+    with caplog.at_level(logging.INFO, logger="spoolmail"):
+        log_event(event)
+    [record] = records(caplog)
+    assert (record.funcName, record.filename, record.module) == (
+        "log_event",
+        "observers.py",
+        "observers",
+    )
+    assert record.pathname == observers.__file__
+    assert record.lineno > 0
+    assert (record.levelname, record.msg, record.args) == ("INFO", "%s", (describe(event),))
+    assert record.recipient == "ok@remote.test"  # type: ignore[attr-defined]
+    assert record.threadName == threading.current_thread().name
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="spoolmail"):
+        log_event(event)
+    assert records(caplog) == []
+    dropped: list[logging.LogRecord] = []
+
+    def drop(record: logging.LogRecord) -> bool:
+        dropped.append(record)
+        return False
+
+    mail.addFilter(drop)
+    try:
+        with caplog.at_level(logging.INFO, logger="spoolmail"):
+            log_event(event)
+    finally:
+        mail.removeFilter(drop)
+    assert records(caplog) == []
+    assert [r.getMessage() for r in dropped] == [describe(event)]
+
+
+def test_intake_tells_a_batch_at_once_in_the_same_order(
+    spool: Spool, service: MailService, heard: Heard
+) -> None:
+    service._intake.emit_all = spool._bus.emit_all
+    ids = [submit(spool, "ok@remote.test") for _ in range(3)]
+    service.run_once()
+    told = [(type(e), e.queue_id) for e in heard.events if isinstance(e, PickedUp | Queued)]
+    order = sorted(ids)  # files are taken in by name, which is the queue id here
+    assert [queue_id for _, queue_id in told] == [q for q in order for _ in (1, 2)]
+    assert [kind for kind, _ in told] == [PickedUp, Queued] * 3
+    assert ("queued", order[0], True) in heard.seen

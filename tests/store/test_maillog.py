@@ -8,6 +8,7 @@ arrives whole.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -252,3 +253,48 @@ def test_processes_append_whole_lines(tmp_path: Path) -> None:
     assert len(events) == 900
     for n in range(3):
         assert sum(e.queue_id == f"writer{n}" for e in events) == 300
+
+
+# -- events fired together ------------------------------------------------------------------------
+
+
+def test_events_fired_together_are_the_lines_one_by_one_would_be(
+    spool: Spool, clock: FakeClock
+) -> None:
+    late = datetime(2026, 12, 5, 23, 59, 59, tzinfo=UTC)
+    batch: list[MailEvent] = [
+        delivered(ID, late),
+        Removed(queue_id=ID, time=late),
+        delivered(OTHER, late + timedelta(seconds=2)),  # the next UTC day
+        Removed(queue_id=OTHER, time=late + timedelta(seconds=2)),
+    ]
+    MailLog(spool._store).append_all(batch)
+    together = {name: spool.fs.readbytes(f"Log/{name}") for name in spool.fs.listdir("Log")}
+    spool.fs.removetree("Log")
+    one_by_one = MailLog(spool._store)
+    for event in batch:
+        one_by_one.append(event)
+    assert together == {name: spool.fs.readbytes(f"Log/{name}") for name in spool.fs.listdir("Log")}
+    assert len(together) == 2
+
+
+def test_the_lines_of_a_day_fired_together_are_one_write(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writes: list[bytes] = []
+    real_write = os.write
+
+    def write(fd: int, data: bytes) -> int:
+        writes.append(bytes(data))
+        return real_write(fd, data)
+
+    with Spool(tmp_path, clock=clock) as spool:
+        mail_log = MailLog(spool._store)
+        monkeypatch.setattr(os, "write", write)
+        mail_log.append_all([delivered(ID, NOON), Removed(queue_id=ID, time=NOON)])
+        mail_log.observe_all([delivered(OTHER, NOON)])
+        monkeypatch.undo()
+        mail_log.close()
+    assert [data.count(b"\n") for data in writes] == [2, 1]
+    written = (tmp_path / "Log" / log_file_name(NOON.date())).read_bytes()
+    assert written == b"".join(writes)

@@ -15,6 +15,7 @@ import logging
 import logging.handlers
 import os
 import sys
+import time
 from pathlib import Path
 
 from spoolmail.exceptions import ConfigurationError
@@ -24,6 +25,25 @@ __all__ = ["DEFAULT_SYSLOG", "Logs"]
 DEFAULT_SYSLOG = "/dev/log"
 _FORMAT = "%(asctime)s %(levelname)s %(message)s"
 _root = logging.getLogger("spoolmail")
+
+
+class _Formatter(logging.Formatter):
+    """``logging.Formatter``, with the text of the time (to the second) made once a second: a
+    running service writes many lines a second, and each made it anew. The same lines."""
+
+    def __init__(self, fmt: str) -> None:
+        super().__init__(fmt)
+        self._second: tuple[int, str] = (-1, "")
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802 (logging's name)
+        if datefmt is not None or self.converter is not time.localtime:
+            return super().formatTime(record, datefmt)
+        second = int(record.created)
+        cached, text = self._second  # one tuple: threads see a pair that belongs together
+        if cached != second:
+            text = time.strftime(self.default_time_format, time.localtime(record.created))
+            self._second = (second, text)
+        return self.default_msec_format % (text, record.msecs) if self.default_msec_format else text
 
 
 class _StderrHandler(logging.Handler):
@@ -57,7 +77,7 @@ def _stderr_handler() -> _StderrHandler:
         if isinstance(handler, _StderrHandler):
             return handler
     handler = _StderrHandler()
-    handler.setFormatter(logging.Formatter(_FORMAT))
+    handler.setFormatter(_Formatter(_FORMAT))
     _root.addHandler(handler)
     return handler
 
@@ -98,7 +118,7 @@ class Logs:
             handler = _LogFile(Path(path), encoding="utf-8")
         except OSError as exc:
             raise ConfigurationError(f"log_file: cannot open {path}: {exc}") from None
-        handler.setFormatter(logging.Formatter(_FORMAT))
+        handler.setFormatter(_Formatter(_FORMAT))
         self._file = handler
         self._add(handler)
 
@@ -128,7 +148,7 @@ class Logs:
             if isinstance(handler, logging.handlers.SysLogHandler):
                 handler.ident = f"spoolmail[{os.getpid()}]: "
             else:
-                handler.setFormatter(logging.Formatter(label))
+                handler.setFormatter(_Formatter(label))
 
     def _add(self, handler: logging.Handler) -> None:
         _root.addHandler(handler)

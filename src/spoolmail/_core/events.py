@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import enum
 import json
+import math
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any, ClassVar
@@ -459,37 +460,72 @@ def encode_event(event: MailEvent) -> str:
     three characters it leaves that other tools take for a line end (NEL, U+2028, U+2029:
     Python's ``splitlines``) are escaped too. Other non-ASCII text is kept as UTF-8.
     """
-    # Two lines a delivered message, on the delivery threads: the field names are looked up
-    # once per event type, each value's conversion by its exact type, and the encoder is made
-    # once. An ASCII line (nearly every one) holds none of the three characters to escape.
+    # Each event goes to the mail log: each event type's line is written by a function made
+    # once for it (the field names' JSON made once, each value written by its exact type, the
+    # text in one join): what ``json.dumps(..., separators=(",", ":"), ensure_ascii=False)``
+    # writes for the same values, byte for byte. An ASCII line (nearly every one) holds none of
+    # the three characters to escape.
     kind = type(event)
-    names = _FIELD_NAMES.get(kind)
-    if names is None:
-        names = _FIELD_NAMES[kind] = tuple(field.name for field in attrs.fields(kind))
-    data: dict[str, Any] = {"v": _FORMAT_VERSION, "event": event.kind}
-    for name in names:
+    parts = _LINE_PARTS.get(kind)
+    if parts is None:
+        parts = _LINE_PARTS[kind] = _line_parts(kind)
+    head, fields = parts
+    out = [head]
+    for key, name in fields:
         value = getattr(event, name)
-        convert = _CONVERT.get(type(value), _to_json)
-        data[name] = value if convert is None else convert(value)
-    line = _ENCODER.encode(data)
+        write = _JSON_TEXT.get(type(value))
+        out.append(key)
+        out.append(write(value) if write is not None else _ENCODER.encode(_to_json(value)))
+    out.append("}")
+    line = "".join(out)
     return line if line.isascii() else line.translate(_LINE_ENDS)
 
 
-_FIELD_NAMES: dict[type[MailEvent], tuple[str, ...]] = {}
-# By exact type: None keeps the value as it is; a type not listed (a subclass) goes through
-# _to_json, which decides by isinstance.
-_CONVERT: dict[type, Callable[[Any], Any] | None] = {
-    str: None,
-    int: None,
-    float: None,
-    bool: None,
-    type(None): None,
-    datetime: datetime.isoformat,
-    timedelta: timedelta.total_seconds,
-    Reply: Reply.to_json,
-    tuple: list,
-}
+def _line_parts(kind: type[MailEvent]) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """What every line of ``kind`` starts with, and each field's ``,"name":`` with its name."""
+    head = f'{{"v":{_FORMAT_VERSION},"event":{_string(kind.kind)}'
+    return head, tuple((f",{_string(field.name)}:", field.name) for field in attrs.fields(kind))
+
+
+def _float_text(value: float) -> str:
+    return float.__repr__(value) if math.isfinite(value) else _ENCODER.encode(value)
+
+
+def _strings_text(value: tuple[Any, ...]) -> str:
+    if all(type(item) is str for item in value):
+        return "[" + ",".join(map(_string, value)) + "]"
+    return _ENCODER.encode(list(value))
+
+
+def _reply_text(reply: Reply) -> str:
+    """``reply.to_json()`` as JSON, written directly (a test holds the two together)."""
+    if type(reply.code) is not int:
+        return _ENCODER.encode(reply.to_json())
+    enhanced, host, cause = reply.enhanced, reply.host, reply.cause
+    return (
+        f'{{"code":{reply.code},"enhanced":{"null" if enhanced is None else _string(enhanced)},'
+        f'"text":{_string(reply.text)},"host":{"null" if host is None else _string(host)}'
+        + ("}" if cause is None else f',"cause":{_reply_text(cause)}}}')
+    )
+
+
+_LINE_PARTS: dict[type[MailEvent], tuple[str, tuple[tuple[str, str], ...]]] = {}
 _ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+# JSON's own string writer (C), as the encoder above uses it.
+_string: Callable[[str], str] = json.encoder.encode_basestring
+# How each value is written, by its exact type (a subclass goes through _to_json and the
+# encoder, which decide by isinstance). An isoformat is ASCII without '"' or '\\'.
+_JSON_TEXT: dict[type, Callable[[Any], str]] = {
+    str: _string,
+    int: int.__repr__,
+    float: _float_text,
+    bool: lambda value: "true" if value else "false",
+    type(None): lambda _: "null",
+    datetime: lambda value: f'"{value.isoformat()}"',
+    timedelta: lambda value: _float_text(value.total_seconds()),
+    Reply: _reply_text,
+    tuple: _strings_text,
+}
 
 
 def decode_event(line: str | bytes) -> MailEvent:

@@ -97,6 +97,9 @@ class Intake:
     clock: Callable[[], datetime]
     options: PickupOptions
     emit: Callable[[MailEvent], None] = _ignore
+    # Events fired together, told at once (``EventBus.emit_all``: the mail log writes their
+    # lines in one write); without it, one by one through ``emit``.
+    emit_all: Callable[[Sequence[MailEvent]], None] | None = None
 
     def process(self, claim: PickupClaim) -> Envelope | None:
         """Queue the claimed file and return its envelope, or put it into BadMail (``None``)."""
@@ -113,9 +116,15 @@ class Intake:
         Only then is each announced, picked up and queued.
         """
         self.transitions.sync_admitted([claim for claim, _ in staged])
+        events: list[MailEvent] = []
         for claim, envelope in staged:
-            self.emit(PickedUp(queue_id=claim.id, time=envelope.arrival, file=claim.name))
-            self.emit(Queued.of(envelope))
+            events.append(PickedUp(queue_id=claim.id, time=envelope.arrival, file=claim.name))
+            events.append(Queued.of(envelope))
+        if self.emit_all is not None:
+            self.emit_all(events)
+        else:
+            for event in events:
+                self.emit(event)
 
     def _to_badmail(self, claim: PickupClaim, status: str, reason: str) -> None:
         now = self.clock()

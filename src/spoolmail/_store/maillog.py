@@ -5,13 +5,14 @@ line (``_core.events.encode_event``). :class:`MailLog` is an observer of a spool
 appends each as one line, and once a day (at the first line of a new day) removes the files older
 than ``days``. The queue is the durable record and this log is for people (docs/design.md
 section 10 of the shared design): lines are appended without an fsync each. On an OS filesystem
-every line is one ``write`` to a descriptor opened with ``O_APPEND``, so several threads (under
-one lock) and several processes append whole lines without a lock between them; elsewhere
-(MemoryFS, other backends, one process each) through PyFilesystem2 under the lock. A line cut
-short by a crash is skipped when read. The folder is made at the first line, so a MailRoot
-nobody logs into keeps its five folders only. :meth:`MailLog.read` gives back what happened to
-one message; the queue id is only compared with what the lines say, never put into a path.
-Reads and writes ``Log/`` only.
+every line is written whole by one ``write`` to a descriptor opened with ``O_APPEND`` (the lines
+of events fired together, :meth:`MailLog.append_all`, by one ``write`` before it returns), so
+several threads (under one lock) and several processes append whole lines without a lock between
+them; elsewhere (MemoryFS, other backends, one process each) through PyFilesystem2 under the
+lock. A line cut short by a crash is skipped when read. The folder is made at the first line,
+so a MailRoot nobody logs into keeps its five folders only. :meth:`MailLog.read` gives back
+what happened to one message; the queue id is only compared with what the lines say, never put
+into a path. Reads and writes ``Log/`` only.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, date, timedelta
 
 from spoolmail._core.events import DsnQueued, MailEvent, Requeued, decode_event, encode_event
@@ -73,26 +74,46 @@ class MailLog:
     def __call__(self, event: MailEvent) -> None:
         self.append(event)
 
+    def observe_all(self, events: Sequence[MailEvent]) -> None:
+        """Events fired together (:meth:`EventBus.emit_all`): :meth:`append_all`."""
+        self.append_all(events)
+
     def append(self, event: MailEvent) -> None:
         """Append ``event`` as one line; a file that cannot be written is logged once, not
         raised: the mail log must never stop delivery."""
-        line = (encode_event(event) + "\n").encode("utf-8", "surrogateescape")
-        day = event.time.astimezone(UTC).date()
+        self.append_all((event,))
+
+    def append_all(self, events: Sequence[MailEvent]) -> None:
+        """Append ``events`` as one line each, in order, the lines of one day in one ``write``
+        (whole lines, as :meth:`append`; written before this returns, never kept back)."""
+        runs: list[tuple[date, list[bytes]]] = []
+        for event in events:
+            line = (encode_event(event) + "\n").encode("utf-8", "surrogateescape")
+            day = event.time.astimezone(UTC).date()
+            if runs and runs[-1][0] == day:
+                runs[-1][1].append(line)
+            else:
+                runs.append((day, [line]))
         with self._lock:
-            try:
-                if day != self._day:
-                    self._start_day(day)
-                self._write(day, line)
-            except (OSError, pyfs.errors.FSError) as exc:
-                self._close_fd()
-                self._day = None  # opened again, and pruned, at the next line
-                if not self._failing:
-                    log.warning("cannot write the mail log in %s/: %s", LOG, exc)
-                self._failing = True
-                return
-            if self._failing:
-                log.info("writing the mail log in %s/ again", LOG)
-                self._failing = False
+            for day, lines in runs:
+                self._append_run(day, b"".join(lines))
+
+    def _append_run(self, day: date, data: bytes) -> None:
+        """Write the lines of one day (under the lock)."""
+        try:
+            if day != self._day:
+                self._start_day(day)
+            self._write(day, data)
+        except (OSError, pyfs.errors.FSError) as exc:
+            self._close_fd()
+            self._day = None  # opened again, and pruned, at the next line
+            if not self._failing:
+                log.warning("cannot write the mail log in %s/: %s", LOG, exc)
+            self._failing = True
+            return
+        if self._failing:
+            log.info("writing the mail log in %s/ again", LOG)
+            self._failing = False
 
     def _start_day(self, day: date) -> None:
         self._close_fd()
@@ -110,7 +131,7 @@ class MailLog:
             self._fs.appendbytes(f"{LOG}/{log_file_name(day)}", line)
             return
         view = memoryview(line)
-        while view:  # one write for a whole line; the loop is for a disk that fills up
+        while view:  # one write for whole lines; the loop is for a disk that fills up
             written = os.write(self._fd, view)
             view = view[written:]
 
