@@ -8,6 +8,11 @@ from hypothesis import strategies as st
 
 from spoolmail._core.address import (
     AddressRole,
+    _NotAnAddress,
+    _parse_item,
+    _parse_one,
+    _plain,
+    _split_list,
     format_path,
     parse_address_list,
     parse_domain,
@@ -269,3 +274,55 @@ def test_canonical_addresses_come_back_unchanged(address: str, name: str) -> Non
 def test_lists_of_named_addresses(entries: list[tuple[str, str]]) -> None:
     text = ", ".join(f"{name} <{address}>" for name, address in entries)
     assert parse_address_list(text, default_domain=DEFAULT) == [address for _, address in entries]
+
+
+# A plain address is read by one regular expression; the scanner must read it the same way.
+PLAINISH = st.from_regex(
+    r"\A[ \t]{0,2}<?[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,70}@[A-Za-z0-9.-]{1,70}>?[ \t]{0,2}\Z"
+) | st.text(alphabet="aZ09.-@<>_ \t", max_size=80)
+
+
+@given(PLAINISH, st.sampled_from(AddressRole), st.none() | st.just(DEFAULT))
+def test_the_plain_address_shortcut_reads_as_the_scanner_does(
+    text: str, role: AddressRole, default: str | None
+) -> None:
+    plain = _plain(text)
+    allow_null = role is AddressRole.SENDER
+    try:
+        one: str | None = _parse_one(text, default_domain=default, allow_null=allow_null)
+    except _NotAnAddress:
+        one = None
+    try:
+        items = _split_list(text)
+        completion = default if len(items) == 1 else None
+        many: list[str] | None = [
+            _parse_item(item, default_domain=completion, allow_null=False) for item in items
+        ]
+    except _NotAnAddress:
+        many = None
+    if plain is not None:
+        assert one == plain
+        assert many == [plain]
+    if one is not None:
+        assert parse_mailbox(text, default_domain=default, role=role) == one
+    if many is not None:
+        assert parse_address_list(text, default_domain=default, role=role) == many
+
+
+@pytest.mark.parametrize(
+    ("text", "plain"),
+    [
+        ("orders@Example.COM", "orders@example.com"),
+        (" <a.b+c@x-y.example>\t", "a.b+c@x-y.example"),
+        ("<a@b.example", None),
+        ("a@b.example>", None),
+        ("a@1.2.3.4", None),
+        ("a@-b.example", None),
+        ("a..b@example.com", None),
+        (f"{'l' * 65}@example.com", None),
+        (f"a@{'d' * 64}.example", None),
+        ("Name <a@b.example>", None),
+    ],
+)
+def test_the_plain_address_shortcut_takes_only_plain_ones(text: str, plain: str | None) -> None:
+    assert _plain(text) == plain

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import re
 
 from spoolmail.exceptions import MessageError
 
@@ -37,6 +38,32 @@ _ATEXT_SPECIALS = frozenset("!#$%&'*+-/=?^_`{|}~")
 _LDH = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-")
 # IDNA (RFC 3490 section 3.1) treats these as label separators; people paste them from CJK text.
 _IDEOGRAPHIC_DOTS = {0x3002: ".", 0xFF0E: ".", 0xFF61: "."}
+# The address nearly every writer writes: an ASCII dot-atom local part and a domain of LDH labels,
+# bare or in angle brackets, white space around. Such a value is read by this one match (and the
+# lengths checked); anything else, and anything a length check refuses, goes through the scanner,
+# which reads a plain one the same way (a hypothesis test holds the two together).
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_PLAIN = re.compile(
+    rf"[ \t]*(?:<({_ATOM}(?:\.{_ATOM})*)@([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>"
+    rf"|({_ATOM}(?:\.{_ATOM})*)@([A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*))[ \t]*"
+)
+
+
+def _plain(text: str) -> str | None:
+    """``text`` as ``local@domain`` if it is one plain address (see :data:`_PLAIN`), else None."""
+    found = _PLAIN.fullmatch(text)
+    if found is None:
+        return None
+    local, domain = found.group(1, 2) if found.group(1) is not None else found.group(3, 4)
+    if len(local) > 64 or len(domain) > 253 or len(local) + len(domain) > 253:
+        return None
+    labels = domain.split(".")
+    for label in labels:
+        if len(label) > 63 or label[0] == "-" or label[-1] == "-":
+            return None
+    if labels[-1].isdigit():
+        return None
+    return f"{local}@{domain.lower()}"
 
 
 class AddressRole(enum.Enum):
@@ -89,6 +116,9 @@ def parse_mailbox(
     refuses it instead). With ``role=AddressRole.SENDER``, ``<>`` is the null reverse-path and
     returns ``""``.
     """
+    plain = _plain(text)
+    if plain is not None:
+        return plain
     try:
         return _parse_one(
             text, default_domain=default_domain, allow_null=role is AddressRole.SENDER
@@ -111,6 +141,9 @@ def parse_address_list(
     A bare local part is completed with ``default_domain`` only when it is the whole value: in a
     list it is far more often the front half of ``Name, Jr. <a@b>`` than a local mailbox.
     """
+    plain = _plain(text)
+    if plain is not None:
+        return [plain]
     try:
         items = _split_list(text)
         # Complete a bare local part only when it is the whole value (see above).

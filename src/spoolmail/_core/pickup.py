@@ -36,7 +36,7 @@ import contextlib
 import email.utils
 import re
 from collections.abc import Iterator, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import attrs
 
@@ -76,6 +76,9 @@ _ADDRESS_LIST_FIELDS = frozenset(
     {b"from", b"sender", b"reply-to", b"to", b"cc", b"bcc"}
     | {b"resent-from", b"resent-sender", b"resent-to", b"resent-cc", b"resent-bcc"}
 )
+# A field's first line, as _header_line_problem reads one: a name of those bytes, white space
+# (RFC 5322 section 4.5.8, obsolete syntax), the colon; the name is group 1, the colon at end - 1.
+_FIELD_START = re.compile(rb"([!-9;-~]+)[ \t]*:")
 # Where a fold may go: before a run of white space that has text after it on the line (RFC 5322
 # section 2.2.3: folding inserts CRLF before WSP), so no line is white space alone (section 3.2.2).
 _WHITE_RUN = re.compile(rb"[ \t]+(?=[^ \t])")
@@ -118,11 +121,14 @@ class PickupAccepted:
     """A Pickup file that can be queued: its envelope and the bytes for ``Queue/ID.eml``.
 
     ``sender`` is ``""`` for the null reverse-path; ``recipients`` are de-duplicated, order kept.
+    ``hops`` is the number of ``Received:`` fields the stored message has (spoolmail's own
+    included): the hop count (RFC 5321 section 6.3), counted while reading, not read again.
     """
 
     sender: str
     recipients: tuple[str, ...]
     message: bytes
+    hops: int = 1
 
 
 @attrs.frozen
@@ -146,14 +152,16 @@ class _Rejection(Exception):
         self.status = status
 
 
-@attrs.frozen
 class _Field:
     """One header field: ``lines[first:end]``, its lower-cased name and the offset of its colon."""
 
-    name: bytes
-    first: int
-    end: int
-    colon: int
+    __slots__ = ("colon", "end", "first", "name")
+
+    def __init__(self, name: bytes, first: int, end: int, colon: int) -> None:
+        self.name = name
+        self.first = first
+        self.end = end
+        self.colon = colon
 
     @property
     def line_number(self) -> int:
@@ -178,7 +186,7 @@ def parse_pickup(
     """
     found = _Found()
     try:
-        message = _parse(raw, options=options, queue_id=queue_id, now=now, found=found)
+        message, hops = _parse(raw, options=options, queue_id=queue_id, now=now, found=found)
     except _Rejection as rejection:
         return PickupRejected(
             reason=rejection.reason,
@@ -187,12 +195,15 @@ def parse_pickup(
             recipients=tuple(found.recipients),
         )
     assert found.sender is not None  # noqa: S101 (narrowing: _parse rejects a missing sender)
-    return PickupAccepted(sender=found.sender, recipients=tuple(found.recipients), message=message)
+    return PickupAccepted(
+        sender=found.sender, recipients=tuple(found.recipients), message=message, hops=hops
+    )
 
 
 def _parse(
     raw: bytes, *, options: PickupOptions, queue_id: str, now: datetime, found: _Found
-) -> bytes:
+) -> tuple[bytes, int]:
+    """The message to store and its ``Received:`` count."""
     lines = _split_lines(raw, options=options)
     fields, blank, problem = _read_header_block(lines)
     envelope_count = 0
@@ -223,7 +234,8 @@ def _parse(
                 if field.name == name:
                     _add_recipients(lines, field, options=options, found=found)
     _check_envelope(found, receivers=receivers, options=options)
-    return _store(lines, headers, blank, options=options, queue_id=queue_id, now=now)
+    message = _store(lines, headers, blank, options=options, queue_id=queue_id, now=now)
+    return message, 1 + sum(field.name == b"received" for field in headers)
 
 
 def _split_lines(raw: bytes, *, options: PickupOptions) -> list[bytes]:
@@ -278,17 +290,22 @@ def _read_header_block(
     starts: list[tuple[bytes, int, int]] = []
     blank: int | None = None
     problem: _Rejection | None = None
+    field_start = _FIELD_START.match
+    index = 0
     for index, line in enumerate(lines):
         if not line:
             blank = index
             break
+        if line[0] in b" \t":
+            if starts:
+                continue  # a continuation line
+        elif found := field_start(line):
+            starts.append((found.group(1).lower(), index, found.end() - 1))
+            continue
+        # Not a field: the checks below say why, in words.
         reason = _header_line_problem(line, number=index + 1, continues=bool(starts))
-        if reason is not None:
-            problem = _Rejection(reason, "5.6.0")
-            break
-        if line[0] not in b" \t":
-            colon = line.find(b":")
-            starts.append((line[:colon].rstrip(b" \t").lower(), index, colon))
+        problem = _Rejection(reason or f"line {index + 1} is not a header field", "5.6.0")
+        break
     else:
         index = len(lines)
     if not starts:
@@ -306,6 +323,7 @@ def _header_line_problem(line: bytes, *, number: int, continues: bool) -> str | 
     """Why a non-empty line in the header block is not part of a header field, or None.
 
     Its length is not checked here: a long line is folded when stored (:func:`_fold_field`).
+    :data:`_FIELD_START` says the same of a field's first line, at once.
     """
     if line[0] in b" \t":
         if continues:
@@ -383,16 +401,21 @@ def _read_envelope(
                 raise _Rejection(f"{_label(lines, field)} is empty", "5.1.3")
             # One address per line as IIS documents, but a comma-separated list is accepted too
             # (llatinov/AutomationSMTPServer writes one `x-receiver: a,b` line).
-            _add_recipients(lines, field, options=options, found=found)
+            _add_recipients(lines, field, options=options, found=found, value=value)
 
 
 def _add_recipients(
-    lines: list[bytes], field: _Field, *, options: PickupOptions, found: _Found
+    lines: list[bytes],
+    field: _Field,
+    *,
+    options: PickupOptions,
+    found: _Found,
+    value: str | None = None,
 ) -> None:
+    if value is None:
+        value = _decode(lines, field, status="5.1.3")
     try:
-        addresses = parse_address_list(
-            _decode(lines, field, status="5.1.3"), default_domain=options.default_domain
-        )
+        addresses = parse_address_list(value, default_domain=options.default_domain)
     except MessageError as exc:
         raise _Rejection(f"bad recipient in {_label(lines, field)}: {exc}", "5.1.3") from None
     for address in addresses:
@@ -432,11 +455,22 @@ def _store(
 ) -> bytes:
     """The message for the queue: Received on top, the writer's headers as written, the body."""
     fqdn = options.fqdn.encode("utf-8")
-    date = email.utils.format_datetime(now).encode("ascii")
+    date = _date_text(now)
     # IIS's own pickup stamp, folded as IIS folded it:
     # "Received: from mail pickup service by hotmail.com with Microsoft SMTPSVC;" CRLF TAB SP date.
     out = [b"Received: from mail pickup service by " + fqdn + b" with spoolmail;", b"\t " + date]
-    for field in headers:
+    # The fields are the lines from the first to the block's end: kept all at once when no
+    # Bcc goes and no line is folded (nearly every file), else field by field.
+    block = lines[headers[0].first : headers[-1].end] if headers else []
+    if (
+        all(field.name != b"bcc" for field in headers)
+        and max(map(len, block), default=0) <= _MAX_LINE
+    ):
+        out.extend(block)
+        headers_left: list[_Field] = []
+    else:
+        headers_left = headers
+    for field in headers_left:
         # Bcc is an envelope matter (RFC 5322 section 3.6.3); IIS reportedly leaked it via Pickup.
         if field.name == b"bcc":
             continue
@@ -458,6 +492,20 @@ def _store(
         out.extend(body)
     out.append(b"")  # so that join ends the last line with CRLF without another copy
     return b"\r\n".join(out)
+
+
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def _date_text(now: datetime) -> bytes:
+    """``email.utils.format_datetime(now)`` (RFC 5322 section 3.3), written at once for UTC."""
+    if now.utcoffset() != _ZERO:
+        return email.utils.format_datetime(now).encode("ascii")
+    return (
+        f"{_DAYS[now.weekday()]}, {now.day:02d} {_MONTHS[now.month - 1]} {now.year:04d} "
+        f"{now.hour:02d}:{now.minute:02d}:{now.second:02d} +0000"
+    ).encode("ascii")
 
 
 def _fold_field(lines: list[bytes], field: _Field) -> list[bytes]:
@@ -581,6 +629,7 @@ def _unstuff(body: list[bytes]) -> Iterator[bytes]:
 
 
 _LINE_END = re.compile(rb"\r\n|\r|\n")
+_ZERO = timedelta(0)
 
 
 def pickup_head_end(buffer: bytes, *, complete: bool) -> int | None:
