@@ -381,3 +381,36 @@ def test_every_way_into_the_queue_is_the_one_door() -> None:
         (State.BADMAIL, Event.REQUEUED),
     }
     assert {step(*door).commit for door in doors} == {Commit.ADMIT}
+
+
+def test_an_outcome_is_marked_in_the_envelope_and_listed_as_it_was() -> None:
+    # The recipient's one copy carries the mark; the DSN lists it as before the mark, and a
+    # recipient nobody asked to hear about is marked all the same (rule 7).
+    env = envelope("ok@x", "no@x")
+    env = env.with_recipients(
+        [attrs.evolve(env.recipients[0], notify=Notify.SUCCESS), env.recipients[1]]
+    )
+    outcome = conclude_attempt(env, {"ok@x": OK, "no@x": NO}, retry=StubRetry(), now=T0)
+    assert [r.notified for r in outcome.envelope.recipients] == [True, True]
+    assert [(d.kind, [(r.address, r.notified) for r in d.recipients]) for d in outcome.dsns] == [
+        (DsnKind.FAILURE, [("no@x", False)]),
+        (DsnKind.RELAYED, [("ok@x", False)]),
+    ]
+    assert outcome.envelope.notice_at is None  # nobody waits for a delay notice
+
+
+def test_a_null_senders_outcomes_are_not_marked() -> None:
+    outcome = conclude_attempt(
+        envelope("ok@x", "later@x", sender=""),
+        {"ok@x": OK, "later@x": LATER},
+        retry=StubRetry(),
+        now=T0,
+    )
+    assert [r.notified for r in outcome.envelope.recipients] == [False, False]
+    assert outcome.dsns == ()
+    assert outcome.envelope.notice_at is None
+
+
+def test_a_waiting_message_keeps_its_delay_notice_time() -> None:
+    outcome = conclude_attempt(envelope("later@x"), {"later@x": LATER}, retry=StubRetry(), now=T0)
+    assert outcome.envelope.notice_at == T0 + timedelta(hours=12)

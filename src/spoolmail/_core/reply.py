@@ -29,6 +29,10 @@ class Severity(enum.Enum):
     TEMPORARY = "temporary"
     PERMANENT = "permanent"
 
+    # Members are singletons: hashing by identity keeps each table lookup a C call (Enum's own
+    # __hash__ is Python code, paid on every transition).
+    __hash__ = object.__hash__
+
 
 def _check_code(_instance: object, _attribute: object, value: int) -> None:
     if not 200 <= value <= 599:

@@ -107,6 +107,10 @@ class HopKind(enum.Enum):
     ADDRESS = "address"
     """An address literal: no lookup (IIS: a smart host in square brackets)."""
 
+    # Members are singletons: hashing by identity keeps each table lookup a C call (Enum's own
+    # __hash__ is Python code, paid on every transition).
+    __hash__ = object.__hash__
+
 
 @attrs.frozen(cache_hash=True)
 class Hop:
@@ -186,6 +190,10 @@ class RouteKind(enum.Enum):
     LOCAL = "local"
     SMTP = "smtp"
 
+    # Members are singletons: hashing by identity keeps each table lookup a C call (Enum's own
+    # __hash__ is Python code, paid on every transition).
+    __hash__ = object.__hash__
+
 
 @attrs.frozen(cache_hash=True)
 class Route:
@@ -193,13 +201,21 @@ class Route:
 
     kind: RouteKind
     hops: tuple[Hop, ...] = ()
+    # Every attempt's transcript names its route: worded once, when the route is made (the
+    # router keeps its routes).
+    _description: str = attrs.field(init=False, eq=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        if self.kind is RouteKind.LOCAL:
+            text = "local delivery to Drop"
+        else:
+            text = "SMTP via " + ", then ".join(str(hop) for hop in self.hops)
+        object.__setattr__(self, "_description", text)
 
     @property
     def description(self) -> str:
         """The route in words, for transcripts: ``local delivery to Drop`` or its hops."""
-        if self.kind is RouteKind.LOCAL:
-            return "local delivery to Drop"
-        return "SMTP via " + ", then ".join(str(hop) for hop in self.hops)
+        return self._description
 
 
 class SmartHostMode(enum.Enum):

@@ -45,7 +45,7 @@ it. Pure: times are handed in, nothing here touches a file.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Protocol
 
@@ -89,6 +89,10 @@ class State(enum.Enum):
     BADMAIL = "badmail"
     DONE = "done"
 
+    # Members are singletons: hashing by identity keeps each table lookup a C call (Enum's own
+    # __hash__ is Python code, paid on every transition).
+    __hash__ = object.__hash__
+
 
 class Event(enum.Enum):
     ACCEPTED = "accepted"
@@ -122,6 +126,10 @@ class Event(enum.Enum):
     RESUBMITTED = "resubmitted"
     """An operator put a file rejected at Pickup back into Pickup, to be read again (rule 8)."""
 
+    # Members are singletons: hashing by identity keeps each table lookup a C call (Enum's own
+    # __hash__ is Python code, paid on every transition).
+    __hash__ = object.__hash__
+
 
 class Commit(enum.Enum):
     """What the store does to perform a transition: one method of ``_store.transitions`` each,
@@ -145,6 +153,10 @@ class Commit(enum.Enum):
     """``BadMail/ID.BAD`` renamed back into Pickup, its reports removed."""
     DISCARD = "discard"
     """A BadMail entry's files removed."""
+
+    # Members are singletons: hashing by identity keeps each table lookup a C call (Enum's own
+    # __hash__ is Python code, paid on every transition).
+    __hash__ = object.__hash__
 
 
 @attrs.frozen
@@ -214,6 +226,10 @@ class DsnKind(enum.Enum):
     DELIVERED = "delivered"
     RELAYED = "relayed"
 
+    # Members are singletons: hashing by identity keeps each table lookup a C call (Enum's own
+    # __hash__ is Python code, paid on every transition).
+    __hash__ = object.__hash__
+
 
 @attrs.frozen
 class DsnOrder:
@@ -249,14 +265,23 @@ class Schedule(Protocol):
     def delay_notice_at(self, *, arrival: datetime) -> datetime | None: ...
 
 
-def _apply_reply(recipient: Recipient, reply: Reply | None, now: datetime) -> Recipient:
+_REPLY_STATES = {
+    Severity.SUCCESS: RecipientState.DELIVERED,
+    Severity.TEMPORARY: RecipientState.PENDING,
+    Severity.PERMANENT: RecipientState.FAILED,
+}
+
+
+def _apply_reply(
+    recipient: Recipient, reply: Reply | None, now: datetime, *, mark: bool = False
+) -> Recipient:
+    """``recipient`` after ``reply``; with ``mark``, a new outcome is also marked reported
+    (rule 7) in the same copy, which :func:`_report_outcomes` then reports without another."""
     if recipient.state is not RecipientState.PENDING or reply is None:
         return recipient
-    state = {
-        Severity.SUCCESS: RecipientState.DELIVERED,
-        Severity.TEMPORARY: RecipientState.PENDING,
-        Severity.PERMANENT: RecipientState.FAILED,
-    }[reply.severity]
+    state = _REPLY_STATES[reply.severity]
+    if mark and state is not RecipientState.PENDING and not recipient.notified:
+        return attrs.evolve(recipient, state=state, reply=reply, updated=now, notified=True)
     return attrs.evolve(recipient, state=state, reply=reply, updated=now)
 
 
@@ -295,9 +320,11 @@ def conclude_attempt(
     """
     attempts = envelope.attempts + 1
     base = envelope.retry_base
-    recipients = [_apply_reply(r, replies.get(r.address), now) for r in envelope.recipients]
+    before = envelope.recipients
+    mark = bool(envelope.sender)  # a null sender's outcomes are never reported (rule 4)
+    recipients = [_apply_reply(r, replies.get(r.address), now, mark=mark) for r in before]
     due = _schedule_pending(recipients, retry, attempts=attempts, base=base, now=now)
-    orders = _report_outcomes(recipients) if envelope.sender else []
+    orders = _report_outcomes(recipients, before) if envelope.sender else []
     delay_notified = envelope.delay_notified
     if envelope.sender and due and not delay_notified:
         waiting = [
@@ -316,6 +343,12 @@ def conclude_attempt(
         DsnOrder(dsn_id(envelope.id, envelope.dsn_count + n), kind, tuple(found))
         for n, (kind, found) in enumerate(orders, start=1)
     )
+    pending = [r for r in recipients if r.state is RecipientState.PENDING]
+    # One copy of the envelope (23 fields, each checked again): the notice time is computed
+    # from what the copy will hold, as _notice_at does from an envelope.
+    notice_at = (
+        None if not envelope.sender or delay_notified else _first_notice(pending, retry, base=base)
+    )
     updated = attrs.evolve(
         envelope,
         recipients=tuple(recipients),
@@ -325,9 +358,9 @@ def conclude_attempt(
         next_attempt=min(due) if due else envelope.next_attempt,
         delay_notified=delay_notified,
         dsn_count=envelope.dsn_count + len(dsns),
+        notice_at=notice_at,
     )
-    updated = attrs.evolve(updated, notice_at=_notice_at(updated, retry))
-    if updated.pending:
+    if pending:
         event = Event.DEFERRED
     elif not envelope.sender and any(r.state is RecipientState.FAILED for r in recipients):
         event = Event.UNDELIVERABLE
@@ -404,11 +437,13 @@ def _notice_at(envelope: Envelope, retry: Callable[[Recipient], Schedule]) -> da
     """When a delay DSN falls due for a message still waiting, if one is still to come."""
     if not envelope.sender or envelope.delay_notified:
         return None
-    times = [
-        when
-        for r in envelope.pending
-        if (when := retry(r).delay_notice_at(arrival=envelope.retry_base)) is not None
-    ]
+    return _first_notice(envelope.pending, retry, base=envelope.retry_base)
+
+
+def _first_notice(
+    pending: Iterable[Recipient], retry: Callable[[Recipient], Schedule], *, base: datetime
+) -> datetime | None:
+    times = [when for r in pending if (when := retry(r).delay_notice_at(arrival=base)) is not None]
     return min(times) if times else None
 
 
@@ -461,16 +496,34 @@ def _schedule_pending(
     return due
 
 
-def _report_outcomes(recipients: list[Recipient]) -> list[tuple[DsnKind, list[Recipient]]]:
-    """Rules 4 and 7: every new outcome is marked reported (in place); those asked for, listed."""
-    reports: dict[DsnKind, list[Recipient]] = {kind: [] for kind in DsnKind}
+def _report_outcomes(
+    recipients: list[Recipient], before: Sequence[Recipient] = ()
+) -> list[tuple[DsnKind, list[Recipient]]]:
+    """Rules 4 and 7: every new outcome is marked reported (in place); those asked for, listed.
+
+    ``before``: the recipients as they were before this attempt, index for index. One whose
+    reply this attempt applied (:func:`_apply_reply`) is already marked; it is reported as it
+    was before the mark, as every other.
+    """
+    reports: dict[DsnKind, list[Recipient]] | None = None
     for index, recipient in enumerate(recipients):
         kind = _outcome_kind(recipient)
-        if kind is None or recipient.notified:
+        if kind is None:
             continue
-        recipients[index] = attrs.evolve(recipient, notified=True)
+        marked = recipient.notified
+        if marked:
+            old = before[index] if index < len(before) else recipient
+            if old is recipient or old.notified:
+                continue  # reported before this attempt
+        else:
+            recipients[index] = attrs.evolve(recipient, notified=True)
         if recipient.wants(_NOTIFY[kind]):
-            reports[kind].append(recipient)
+            if reports is None:
+                reports = {kind: [] for kind in DsnKind}
+            # Listed as it was before the mark, whichever copy made it.
+            reports[kind].append(attrs.evolve(recipient, notified=False) if marked else recipient)
+    if reports is None:
+        return []
     return [(kind, found) for kind, found in reports.items() if found]
 
 

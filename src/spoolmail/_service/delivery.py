@@ -116,6 +116,8 @@ class DeadDestinations:
     def skip(self, target: Target, now: datetime, *, hop: Hop | None = None) -> DeadNote | None:
         """``None`` if ``target`` may be tried now; else its note, with the reply to give the
         recipients passed over (and ``hop`` added to the ways it was met through)."""
+        if target not in self.marks:
+            return None  # the usual case, seen without the lock (a dict look is atomic)
         with self._lock:
             note = self.marks.get(target)
             if note is None:
@@ -147,6 +149,8 @@ class DeadDestinations:
             self.marks[target] = DeadNote(until, reply, ways | ({_way(hop)} if hop else set()))
 
     def clear(self, target: Target) -> None:
+        if target not in self.marks:
+            return  # nothing noted: the usual case after a delivery
         with self._lock:
             self.marks.pop(target, None)
 
@@ -188,26 +192,49 @@ class Concurrency:
 
     @contextlib.contextmanager
     def slot(self, target: Target) -> Iterator[None]:
-        with self._lock:
-            freed = self._freed.get(target)
-            if freed is None:
-                freed = self._freed[target] = threading.Condition(self._lock)
-            self._waiting[target] = self._waiting.get(target, 0) + 1
-            while self._active.get(target, 0) >= self._limit(target):
-                freed.wait()
-            self._waiting[target] -= 1
-            self._active[target] = self._active.get(target, 0) + 1
+        self.take(target)
         try:
             yield
         finally:
-            with self._lock:
-                self._active[target] -= 1
-                if self._waiting[target]:
-                    if self._active[target] < self._limit(target):
-                        freed.notify()
-                elif not self._active[target]:
-                    # Nobody uses or awaits the host: forget it (a long run meets many hosts).
-                    del self._active[target], self._waiting[target], self._freed[target]
+            self.give(target)
+
+    def take(self, target: Target) -> None:
+        """Hold one of ``target``'s connections (waiting while its limit is in use); every
+        ``take`` is followed by one :meth:`give`, as :meth:`slot` does."""
+        with self._lock:
+            active = self._active.get(target, 0)
+            if active >= self._limit(target):
+                active = self._wait(target)
+            self._active[target] = active + 1
+
+    def _wait(self, target: Target) -> int:
+        """Wait (under the lock) until ``target`` has a connection free; how many are in use.
+        The condition is made only now: most slots are taken without waiting."""
+        freed = self._freed.get(target)
+        if freed is None:
+            freed = self._freed[target] = threading.Condition(self._lock)
+        self._waiting[target] = self._waiting.get(target, 0) + 1
+        try:
+            while (active := self._active.get(target, 0)) >= self._limit(target):
+                freed.wait()
+        finally:
+            self._waiting[target] -= 1
+        return active
+
+    def give(self, target: Target) -> None:
+        with self._lock:
+            active = self._active[target] - 1
+            if self._waiting.get(target):
+                self._active[target] = active
+                if active < self._limit(target):
+                    self._freed[target].notify()
+            elif active:
+                self._active[target] = active
+            else:
+                # Nobody uses or awaits the host: forget it (a long run meets many hosts).
+                del self._active[target]
+                self._waiting.pop(target, None)
+                self._freed.pop(target, None)
 
     def active(self) -> dict[str, int]:
         """Connections in use now, by host (``name[address]:port``): hosts in use only."""
@@ -247,6 +274,7 @@ class Throttles:
     _active: dict[str, int] = attrs.field(factory=dict, init=False)
     _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False, repr=False)
     _freed: threading.Condition = attrs.field(init=False, repr=False)
+    _waiters: int = attrs.field(default=0, init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         self._freed = threading.Condition(self._lock)
@@ -258,19 +286,32 @@ class Throttles:
 
     @contextlib.contextmanager
     def slot(self, key: str) -> Iterator[None]:
+        self.take(key)
+        try:
+            yield
+        finally:
+            self.give(key)
+
+    def take(self, key: str) -> None:
+        """Hold one of ``key``'s connections, waiting while its throttled limit is in use;
+        every ``take`` is followed by one :meth:`give`, as :meth:`slot` does."""
         with self._lock:
             while (state := self._states.get(key)) is not None and self._active.get(
                 key, 0
             ) >= state.connections:
-                self._freed.wait()
+                self._waiters += 1
+                try:
+                    self._freed.wait()
+                finally:
+                    self._waiters -= 1
             self._active[key] = self._active.get(key, 0) + 1
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._active[key] -= 1
-                if not self._active[key]:
-                    del self._active[key]
+
+    def give(self, key: str) -> None:
+        with self._lock:
+            self._active[key] -= 1
+            if not self._active[key]:
+                del self._active[key]
+            if self._waiters:
                 self._freed.notify_all()
 
     def check(self, key: str, now: datetime) -> tuple[Reply, datetime] | None:
@@ -470,9 +511,11 @@ class Deliverer:
         remaining = list(addresses)
         for hop in route.hops:
             key = destination(hop)
-            with self.throttles.slot(key):
+            throttles = self.throttles
+            throttles.take(key)
+            try:
                 # Looked at once the slot is ours, as for dead hosts (see _send).
-                held = self.throttles.check(key, self.clock())
+                held = throttles.check(key, self.clock())
                 if held is not None:
                     reply, until = held
                     transcript.note(str(reply))
@@ -482,6 +525,8 @@ class Deliverer:
                         attempt.relays.pop(address, None)
                     continue
                 replies = self._deliver_hop(envelope, hop, remaining, transcript, attempt)
+            finally:
+                throttles.give(key)
             if replies is None:
                 break  # a null MX: no other hop should carry it there either
             if replies:
@@ -577,6 +622,10 @@ class Deliverer:
         RFC 5321 section 5.1: on a temporary failure at one host, try the next before giving
         up for now. tenacity drives the hosts (one try each, no wait in between).
         """
+        if len(targets) == 1:
+            # One host (a smart host, a single MX): nothing to retry, and building tenacity's
+            # machinery (or even this method's closure) for it cost more than the rest.
+            return dict(self._send(envelope, targets[0], addresses, transcript, attempt, hop=hop))
         hosts = iter(targets)
         replies: dict[str, Reply] = {}
         remaining = list(addresses)
@@ -590,15 +639,8 @@ class Deliverer:
                 raise _TryNextHost
 
         with contextlib.suppress(_TryNextHost):
-            if len(targets) == 1:
-                # One host (a smart host, a single MX): nothing to retry, and building
-                # tenacity's machinery for it cost more than the rest of this method.
-                next_host()
-            else:
-                tries = short_retrying(
-                    sleep=self.sleep, attempts=len(targets), retry_on=_TryNextHost
-                )
-                tries(next_host)
+            tries = short_retrying(sleep=self.sleep, attempts=len(targets), retry_on=_TryNextHost)
+            tries(next_host)
         return replies
 
     def _send(
@@ -611,7 +653,9 @@ class Deliverer:
         *,
         hop: Hop,
     ) -> Mapping[str, Reply]:
-        with self.concurrency.slot(target):
+        concurrency = self.concurrency
+        concurrency.take(target)
+        try:
             # Looked at once the slot is ours: a message that waited behind one that found the
             # host silent sees the mark and does not knock again.
             skipped = self.dead.skip(target, self.clock(), hop=hop)
@@ -647,7 +691,9 @@ class Deliverer:
                 # Until the service knows this message's retry time and marks it longer.
                 self.dead.mark(target, self.clock() + self.dead_for, silent, hop=hop)
                 attempt.unreachable[target] = silent
-            self.concurrency.answered(target, alive=silent is None)
+            concurrency.answered(target, alive=silent is None)
+        finally:
+            concurrency.give(target)
         return replies
 
     def _mail_from(self, sender: str) -> str:

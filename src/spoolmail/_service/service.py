@@ -1013,8 +1013,8 @@ class MailService:
     def _suppress_hard_bounces(self, envelope: Envelope, replies: Mapping[str, Reply]) -> None:
         """Put the recipients a remote server just said do not exist on the suppression list
         (after the commit: a repeated attempt would only record them again)."""
-        if self.suppression is None:
-            return
+        if self.suppression is None or all(reply.code < 500 for reply in replies.values()):
+            return  # the usual case: nothing refused for good, nothing to look up
         states = {r.address: r.state for r in envelope.recipients}
         for address, reply in replies.items():
             if states.get(address) is not RecipientState.FAILED or not is_hard_bounce(reply):
@@ -1184,12 +1184,14 @@ class MailService:
                 envelope, exc, due=envelope.next_attempt if state is State.QUEUED else None
             )
             raise
-        if attempt is not None:
-            for event in self._attempt_events(*attempt, outcome):
-                self._emit(event)
-        self._announce_dsns(dsn_events, dsns_due)
+        # Told together (the mail log writes their lines at once), then the DSNs scheduled.
+        told = list(self._attempt_events(*attempt, outcome)) if attempt is not None else []
+        told += dsn_events
         if end is not None:
-            self._emit(end)
+            told.append(end)
+        self.spool._emit_all(told)
+        for dsn_id, when in dsns_due:
+            self._due_at(dsn_id, when)
 
     def _announce_dsns(
         self, events: Sequence[MailEvent], due: Sequence[tuple[str, datetime]]

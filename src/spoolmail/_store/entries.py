@@ -60,6 +60,7 @@ __all__ = [
     "facts_from_stat",
     "lease_probe",
     "open_regular",
+    "open_sized",
     "share_probe",
 ]
 
@@ -188,14 +189,21 @@ class UnsafeEntry(Exception):
 
 
 def open_regular(path: str, expected: EntryFacts | None = None, *, single_link: bool = True) -> int:
+    """See :func:`open_sized`: the descriptor alone."""
+    return open_sized(path, expected, single_link=single_link)[0]
+
+
+def open_sized(
+    path: str, expected: EntryFacts | None = None, *, single_link: bool = True
+) -> tuple[int, int]:
     """Open a regular file with one link for reading, as Postfix's ``safe_open`` does.
 
     ``single_link=False`` accepts more links (Drop files a consumer linked elsewhere); links,
     FIFOs and devices are refused all the same.
 
-    Returns the descriptor. Raises :class:`UnsafeEntry` (nothing left open) when the open
-    descriptor is anything else, or not the file ``expected`` described (swapped meanwhile);
-    ``FileNotFoundError`` when it is gone.
+    Returns the descriptor and the size the open file had. Raises :class:`UnsafeEntry`
+    (nothing left open) when the open descriptor is anything else, or not the file
+    ``expected`` described (swapped meanwhile); ``FileNotFoundError`` when it is gone.
     """
     try:
         fd = os.open(path, _SAFE_FLAGS)
@@ -214,14 +222,14 @@ def open_regular(path: str, expected: EntryFacts | None = None, *, single_link: 
         and (result.st_nlink <= 1 or not single_link)
     ):
         # The common case (every queued file the service reads): no EntryFacts to build.
-        return fd
+        return fd, result.st_size
     facts = facts_from_stat(result)
     allowed = (EntryKind.FILE,) if single_link else (EntryKind.FILE, EntryKind.LINKED_FILE)
     if facts.kind not in allowed or (expected is not None and not expected.same_file(result)):
         os.close(fd)
         raise UnsafeEntry(facts)
     # O_NONBLOCK stays set: it changes nothing for a regular file, whose reads never wait.
-    return fd
+    return fd, result.st_size
 
 
 class CappedReader:

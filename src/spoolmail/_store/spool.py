@@ -367,6 +367,10 @@ class Spool:
     def _emit(self, event: MailEvent) -> None:
         self._bus.emit(event)
 
+    def _emit_all(self, events: Sequence[MailEvent]) -> None:
+        """Tell of events fired together (an attempt's outcomes and the message's end)."""
+        self._bus.emit_all(events)
+
     def close(self) -> None:
         """Let go of the MailRoot: this process's spare files and owner record go, and a
         filesystem the Spool opened itself is closed (not one it was given)."""

@@ -70,6 +70,7 @@ from spoolmail._store.entries import (
     inspect_os,
     is_candidate,
     open_regular,
+    open_sized,
 )
 from spoolmail._store.pickup_writer import is_stale_temp
 from spoolmail._store.syncing import syncfs
@@ -519,9 +520,25 @@ class MailStore:
             raise StorageError(f"cannot open {folder}/{name}: {exc}") from exc
 
     def read(self, folder: str, name: str) -> bytes:
-        with self.open(folder, name) as handle:
-            # Chunks to the end: an unbuffered file's read() would fstat and lseek first.
-            return b"".join(chunks(handle))
+        if self._os_root is None:
+            with self.open(folder, name) as handle:
+                return b"".join(chunks(handle))
+        try:
+            fd, size = open_sized(self._sys(folder, name), single_link=False)
+        except FileNotFoundError:
+            raise
+        except UnsafeEntry as exc:
+            raise StorageError(
+                f"{folder}/{name} is {exc.facts.describe()}; spoolmail reads only regular files"
+            ) from None
+        except OSError as exc:
+            raise StorageError(f"cannot open {folder}/{name}: {exc}") from exc
+        try:
+            return _read_whole(fd, size)
+        except OSError as exc:
+            raise StorageError(f"cannot read {folder}/{name}: {exc}") from exc
+        finally:
+            os.close(fd)
 
     def remove(self, folder: str, name: str) -> bool:
         """Delete a file; ``False`` if it was already gone."""
@@ -1521,6 +1538,19 @@ def read_head(handle: BinaryIO, *, limit: int) -> tuple[bytes, bytes]:
         if index >= 0:
             return data[: index + 2], data[index + 4 :]
     return data, b""
+
+
+def _read_whole(fd: int, size: int) -> bytes:
+    """All of an open regular file whose ``fstat`` gave ``size``: one ``read`` when that many
+    bytes come (no file object: it would ``fstat`` again, and a second ``read`` would only say
+    the end came), else on to the end, whatever the size said (a file that grew, a short read)."""
+    data = os.read(fd, size + 1) if size < CHUNK else b""
+    if len(data) == size and size < CHUNK:
+        return data
+    parts = [data]
+    while block := os.read(fd, CHUNK):
+        parts.append(block)
+    return b"".join(parts)
 
 
 def chunks(handle: BinaryIO) -> Iterator[bytes]:

@@ -57,6 +57,8 @@ class SuppressionList:
         self._fs = spool._store.fs
         self._clock: Callable[[], datetime] = spool.clock
         self._root = self._fs.getsyspath("/") if self._fs.hassyspath("/") else None
+        # Looked at before every remote delivery: the path is made once.
+        self._path = None if self._root is None else os.path.join(self._root, SUPPRESSION, _FILE)
         self._lock = threading.Lock()
         self._signature: tuple[float, ...] | None = None
         self._entries: dict[str, Suppressed] = {}
@@ -78,19 +80,18 @@ class SuppressionList:
 
     def get(self, address: str) -> Suppressed | None:
         """The entry in force for ``address``, or ``None``."""
-        now = self._clock()
         with self._lock:
             self._load()
-            entry = self._entries.get(suppression_key(address))
-        if entry is None or now >= entry.until(self.keep):
+            entry = self._entries.get(suppression_key(address)) if self._entries else None
+        if entry is None or self._clock() >= entry.until(self.keep):
             return None
         return entry
 
     def _stat(self) -> tuple[float, ...] | None:
         path = f"{SUPPRESSION}/{_FILE}"
         try:
-            if self._root is not None:
-                st = os.stat(os.path.join(self._root, SUPPRESSION, _FILE))
+            if self._path is not None:
+                st = os.stat(self._path)
                 return (st.st_ino, st.st_mtime_ns, st.st_size)
             info = self._fs.getinfo(path, namespaces=["details"])
         except (FileNotFoundError, pyfs.errors.ResourceNotFound):
