@@ -40,8 +40,10 @@ from typing import Any
 
 import pytest
 
+import spoolmail._cli.daemon as cli_daemon
 import spoolmail._cli.main as cli
-import spoolmail._cli.operations as cli_operations
+import spoolmail._store.spool as spool_module
+import spoolmail._store.submission as submission_module
 from spoolmail import Durability, Pickup, Spool
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
@@ -216,15 +218,19 @@ def test_console_examples(page: Path, tmp_path: Path, monkeypatch: pytest.Monkey
     monkeypatch.chdir(tmp_path)
     clock = TickingClock()
 
-    def spool(location: Any = "MailRoot", **kwargs: Any) -> Spool:
-        return Spool(location, clock=clock, durability=Durability.NONE, **kwargs)
+    class TickingSpool(Spool):
+        def __init__(self, location: Any = "MailRoot", **kwargs: Any) -> None:
+            super().__init__(location, clock=clock, durability=Durability.NONE, **kwargs)
 
-    def pickup(location: Any = "MailRoot", **kwargs: Any) -> Pickup:
-        return Pickup(location, clock=clock, fsync=False, **kwargs)
+    class TickingPickup(Pickup):
+        def __init__(self, location: Any = "MailRoot", **kwargs: Any) -> None:
+            super().__init__(location, clock=clock, fsync=False, **kwargs)
 
-    for module in (cli, cli_operations):
-        monkeypatch.setattr(module, "Spool", spool)
-    monkeypatch.setattr(cli, "Pickup", pickup)
+    # The commands import the spool when they run (spoolmail._cli.main), from its module;
+    # ``run`` imports it with its own module.
+    for module in (spool_module, cli_daemon):
+        monkeypatch.setattr(module, "Spool", TickingSpool)
+    monkeypatch.setattr(submission_module, "Pickup", TickingPickup)
     bound: dict[str, str] = {}
     for example in examples(page.read_text(encoding="utf-8")):
         run(example, bound, monkeypatch)

@@ -225,6 +225,51 @@ def test_flush_leaves_a_hold_and_says_so(cli: Cli, two: tuple[str, str]) -> None
     assert cli.run_once() == f"{first}: deferred for dan@remote.test\n"
 
 
+def _triggers(root: Path) -> list[object]:
+    return [json.loads(path.read_text()) for path in sorted((root / "SortTemp").glob("*.trigger"))]
+
+
+def test_quiet_flush_gives_the_order_and_prints_nothing(cli: Cli, two: tuple[str, str]) -> None:
+    """``--quiet``, as ``postqueue -f``: one trigger for the service, no envelope read."""
+    first, second = two
+    assert cli("queue", "flush", "--quiet") == (EX_OK, "")
+    assert _triggers(cli.root) == [{"flush": {"sender": None, "domain": None}}]
+    assert cli.err() == ""
+    out = cli.run_once()  # a service that starts takes the order: both are due at once
+    assert f"{first}: deferred for dan@remote.test" in out
+    assert f"{second}: deferred for eve@other.test" in out
+    assert _triggers(cli.root) == []
+
+
+def test_quiet_flush_by_domain_and_sender(cli: Cli, two: tuple[str, str]) -> None:
+    first, _ = two
+    assert cli("queue", "flush", "-q", "--domain", "@REMOTE.test.") == (EX_OK, "")
+    assert cli("queue", "flush", "-q", "--sender", "nobody@example.com") == (EX_OK, "")
+    assert sorted(_triggers(cli.root), key=str) == sorted(
+        [
+            {"flush": {"sender": None, "domain": "remote.test"}},
+            {"flush": {"sender": "nobody@example.com", "domain": None}},
+        ],
+        key=str,
+    )
+    assert cli.run_once() == f"{first}: deferred for dan@remote.test\n"
+
+
+def test_quiet_flush_by_id_prints_only_errors(cli: Cli, two: tuple[str, str]) -> None:
+    first, second = two
+    assert cli("queue", "hold", second) == (EX_OK, f"{second}: on hold\n")
+    cli.err()
+    assert cli("queue", "flush", "-q", first, second, MISSING) == (EX_FAILED, "")
+    assert cli.err() == f"spoolmail: no queued message {MISSING!r}\n"
+    assert cli.run_once() == f"{first}: deferred for dan@remote.test\n"
+
+
+def test_quiet_flush_keeps_the_usage_errors(cli: Cli) -> None:
+    assert cli("queue", "flush", "-q", "--domain", "@") == (EX_USAGE, "")
+    assert "--domain needs a domain" in cli.err()
+    assert not (cli.root / "SortTemp").exists()
+
+
 def test_hold_and_release(cli: Cli, two: tuple[str, str]) -> None:
     first, second = two
     assert cli("queue", "hold", "--all") == (EX_OK, f"{first}: on hold\n{second}: on hold\n")

@@ -15,10 +15,9 @@ import ssl
 from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import attrs
-import dns.nameserver
-import dns.resolver
 
 from spoolmail._cli.settings import Settings, parse_duration, retry_interval_seconds
 from spoolmail._core.dkim import (
@@ -39,6 +38,9 @@ from spoolmail._store.spool import Spool
 from spoolmail._transport.smtp import SmtpTransport
 from spoolmail._transport.timeouts import SmtpTimeouts
 from spoolmail.exceptions import ConfigurationError
+
+if TYPE_CHECKING:
+    import dns.resolver
 
 __all__ = ["PASSWORD_VARIABLE", "retry_policies", "service", "timeouts"]
 
@@ -208,6 +210,11 @@ def dns_resolver(servers: Sequence[str]) -> dns.resolver.Resolver | None:
     """A resolver asking only ``servers`` (``address`` or ``address:port``, ``[v6]:port``)."""
     if not servers:
         return None
+    # dnspython only when it is configured: most services never look anything up (a smart host
+    # given by address), and it costs tens of milliseconds at every start.
+    import dns.nameserver  # noqa: PLC0415
+    import dns.resolver  # noqa: PLC0415
+
     resolver = dns.resolver.Resolver(configure=False)
     nameservers = []
     for text in servers:

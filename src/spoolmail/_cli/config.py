@@ -29,7 +29,6 @@ def add_command(commands: Any) -> None:
     """Add ``config`` to the command tree."""
     config = commands.add_parser(
         "config",
-        help="print the settings in effect as TOML (only those not at their defaults)",
         description="Print the settings from the settings file and the flags given as a "
         "[spoolmail] table, like postconf -n: only the keys that differ from the defaults, "
         "or every key with --all. Passwords are never shown.",

@@ -90,7 +90,7 @@ def keygen(
 
 def add_commands(commands: Any) -> None:
     """Add ``dkim keygen`` to the command tree."""
-    dkim = commands.add_parser("dkim", help="DKIM keys: make one and print its DNS record")
+    dkim = commands.add_parser("dkim")
     actions = dkim.add_subparsers(dest="action", required=True, metavar="action")
     generate = actions.add_parser(
         "keygen",

@@ -66,10 +66,11 @@ def commands(
                 yield from commands(sub, (*path, name))
 
 
-def add_examples(parser: argparse.ArgumentParser) -> None:
-    """Set each parser's epilog to its examples (kept as written, not re-wrapped)."""
-    for path, sub in commands(parser):
-        lines = EXAMPLES.get(path)
+def add_examples(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> None:
+    """Set the epilog of ``parser`` (the command at ``path``) and of every parser below it to
+    its examples (kept as written, not re-wrapped)."""
+    for name, sub in commands(parser, path):
+        lines = EXAMPLES.get(name)
         if not lines:
             continue
         label = "example" if len(lines) == 1 else "examples"

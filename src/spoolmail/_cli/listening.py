@@ -9,7 +9,8 @@ the MailRoot, and :func:`start` serves on what was prepared. ``listen-passwd USE
 password file line, reading the password from stdin (never from a flag, which every user of the
 machine can see). On SIGHUP a listener takes new routing (domains), access lists, name and
 limits from the settings file for the sessions that begin after it (:func:`reconfigure`); the
-sockets, TLS key and users need a restart.
+sockets, TLS key and users need a restart. The listener's modules (aiosmtpd, asyncio) are imported
+only when something is to listen: ``run`` without ``--listen`` never loads them.
 """
 
 from __future__ import annotations
@@ -23,22 +24,22 @@ import signal
 import socket
 import ssl
 import sys
-from collections.abc import Callable
 from types import FrameType
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import attrs
 
-from spoolmail._cli import assemble, flags, reloading
+from spoolmail._cli import assemble, flags, privileges, reloading
 from spoolmail._cli.settings import Settings
 from spoolmail._cli.status import EX_OK, UsageError
-from spoolmail._core.relay import AccessPolicy
-from spoolmail._core.routing import Router
-from spoolmail._listen.listener import Listener, ListenerLimits, bind, socket_name
-from spoolmail._listen.passwords import PasswordFile, hash_password
-from spoolmail._service.service import machine_name
-from spoolmail._store.spool import Spool
 from spoolmail.exceptions import ConfigurationError, SpoolmailError
+
+if TYPE_CHECKING:
+    from spoolmail._core.relay import AccessPolicy
+    from spoolmail._core.routing import Router
+    from spoolmail._listen.listener import Listener, ListenerLimits
+    from spoolmail._listen.passwords import PasswordFile
+    from spoolmail._store.spool import Spool
 
 log = logging.getLogger("spoolmail")
 
@@ -48,6 +49,7 @@ __all__ = [
     "access_policy",
     "add_commands",
     "add_listen_options",
+    "addresses",
     "listener_limits",
     "prepare",
     "reconfigure",
@@ -75,11 +77,10 @@ def add_listen_options(parser: argparse.ArgumentParser) -> None:
     flags.add_setting_flags(group, LISTENER_KEYS)
 
 
-def add_commands(commands: Any, *, lose_root: Callable[[Settings], None]) -> None:
-    listen = commands.add_parser(
-        "listen", help="take mail over SMTP into the Queue (a 'run' elsewhere delivers it)"
-    )
-    listen.set_defaults(handler=lambda s, a, o: _listen(s, a, o, lose_root=lose_root))
+def add_commands(commands: Any) -> None:
+    """Add ``listen`` and ``listen-passwd`` to the command tree."""
+    listen = commands.add_parser("listen")
+    listen.set_defaults(handler=_listen)
     flags.add_setting_flags(
         listen,
         (
@@ -95,10 +96,7 @@ def add_commands(commands: Any, *, lose_root: Callable[[Settings], None]) -> Non
     )
     add_listen_options(listen)
 
-    passwd = commands.add_parser(
-        "listen-passwd",
-        help="print a password file line for USER (the password is read from stdin)",
-    )
+    passwd = commands.add_parser("listen-passwd")
     passwd.set_defaults(handler=_passwd)
     passwd.add_argument("user")
 
@@ -143,6 +141,9 @@ def prepare(settings: Settings, *, workers: int = 1) -> Prepared | None:
     address (SO_REUSEPORT; a port 0 becomes the first socket's port for all of them)."""
     if not settings.listen:
         return None
+    from spoolmail._listen.listener import bind, socket_name  # noqa: PLC0415 (see above)
+    from spoolmail._listen.passwords import PasswordFile  # noqa: PLC0415
+
     tls = None
     if settings.tls_certificate or settings.tls_key:
         if not (settings.tls_certificate and settings.tls_key):
@@ -179,7 +180,16 @@ def prepare(settings: Settings, *, workers: int = 1) -> Prepared | None:
     )
 
 
+def addresses(prepared: Prepared) -> list[str]:
+    """The first worker's listening addresses, as the banner shows them."""
+    from spoolmail._listen.listener import socket_name  # noqa: PLC0415 (see above)
+
+    return [socket_name(sock) for sock in prepared.sockets]
+
+
 def listener_limits(settings: Settings) -> ListenerLimits:
+    from spoolmail._listen.listener import ListenerLimits  # noqa: PLC0415 (see above)
+
     return ListenerLimits(
         max_message_size=settings.max_message_size,
         max_recipients=settings.max_recipients,
@@ -191,6 +201,8 @@ def listener_limits(settings: Settings) -> ListenerLimits:
 
 def access_policy(settings: Settings) -> AccessPolicy:
     """The relay and connection lists (checked: a bad network is a ConfigurationError)."""
+    from spoolmail._core.relay import AccessPolicy  # noqa: PLC0415 (see above)
+
     return AccessPolicy(
         relay_networks=settings.relay_networks,
         allowed_clients=settings.listen_allow,
@@ -200,6 +212,9 @@ def access_policy(settings: Settings) -> AccessPolicy:
 
 def start(prepared: Prepared, spool: Spool, *, router: Router, settings: Settings) -> Listener:
     """Serve on what :func:`prepare` made."""
+    from spoolmail._listen.listener import Listener  # noqa: PLC0415 (see above)
+    from spoolmail._service.service import machine_name  # noqa: PLC0415
+
     listener = Listener(
         spool,
         addresses=list(prepared.sockets),
@@ -221,6 +236,8 @@ def reconfigure(
     """After a SIGHUP: sessions that begin from now on get the new routing, access lists, name
     and limits (each session's settings are made when it connects; those under way keep
     theirs). ``access`` comes from :func:`access_policy`, made before anything changed."""
+    from spoolmail._service.service import machine_name  # noqa: PLC0415 (see above)
+
     listener.router = router
     listener.fqdn = settings.fqdn or machine_name()
     listener.limits = listener_limits(settings)
@@ -229,19 +246,15 @@ def reconfigure(
     listener._access = access
 
 
-def _listen(
-    settings: Settings,
-    args: argparse.Namespace,
-    out: TextIO,
-    *,
-    lose_root: Callable[[Settings], None],
-) -> int:
+def _listen(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
+    from spoolmail._store.spool import Spool  # noqa: PLC0415 (see above)
+
     prepared = prepare(settings)
     if prepared is None:
         raise UsageError("spoolmail listen: where? give --listen ADDRESS:PORT or 'listen' setting")
     try:
         dkim = assemble.dkim_policy(settings)  # key files read while still root
-        lose_root(settings)
+        privileges.lose_root(settings)
         with Spool(settings.root, dkim=dkim) as spool:
             listener = start(prepared, spool, router=assemble.router(settings), settings=settings)
             asked = {"stop": False, "reload": False}
@@ -315,5 +328,7 @@ def _passwd(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
         password = sys.stdin.readline().rstrip("\r\n")
     if not password:
         raise UsageError("listen-passwd: an empty password")
+    from spoolmail._listen.passwords import hash_password  # noqa: PLC0415 (see above)
+
     print(f"{args.user}:{hash_password(password)}", file=out)
     return EX_OK

@@ -27,7 +27,6 @@ def add_command(commands: Any) -> None:
     """Add ``log`` to the command tree."""
     log = commands.add_parser(
         "log",
-        help="what happened to a message (from the mail log in Log/, also once it is gone)",
         description="Every event of one message, oldest first, from the mail log in Log/.",
     )
     log.add_argument("id", metavar="ID", help="the queue id")

@@ -22,7 +22,7 @@ import json
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from spoolmail._cli import shape
 from spoolmail._cli.settings import Settings
@@ -30,10 +30,10 @@ from spoolmail._cli.status import EX_OK, UsageError, each, exit_status, report, 
 from spoolmail._core.envelope import Envelope, Recipient, RecipientState
 from spoolmail._core.ids import is_queue_id
 from spoolmail._core.states import State
-from spoolmail._service import iis
-from spoolmail._store.maillog import MailLog
-from spoolmail._store.spool import BadMailItem, DropItem, Order, QueuedMessage, Spool
 from spoolmail.exceptions import NotFound, SpoolmailError
+
+if TYPE_CHECKING:
+    from spoolmail._store.spool import BadMailItem, DropItem, Order, QueuedMessage, Spool
 
 __all__ = ["add_commands"]
 
@@ -41,7 +41,13 @@ __all__ = ["add_commands"]
 @contextlib.contextmanager
 def _spool(settings: Settings) -> Iterator[Spool]:
     """The MailRoot for an operator's command, whose orders (hold, delete, requeue ...) go into
-    the mail log like the service's outcomes, so that ``spoolmail log ID`` shows them too."""
+    the mail log like the service's outcomes, so that ``spoolmail log ID`` shows them too.
+
+    The spool's modules are imported here, when a command opens it: ``queue flush --quiet``
+    writes its order without them (:func:`_order_flush`)."""
+    from spoolmail._store.maillog import MailLog  # noqa: PLC0415
+    from spoolmail._store.spool import Spool  # noqa: PLC0415
+
     with Spool(settings.root) as spool:
         if not settings.log_days:
             yield spool
@@ -74,7 +80,6 @@ def _list_parser(actions: Any, what: str, handler: Callable[..., int]) -> None:
 def _queue_parser(commands: Any) -> None:
     queue = commands.add_parser(
         "queue",
-        help="list, show, flush, hold, release or delete queued messages; import IIS's",
         description="Without an action: list the Queue.",
         usage="%(prog)s [-h] [--json] [{list,show,shape,flush,hold,release,delete,import-iis} ...]",
     )
@@ -96,6 +101,12 @@ def _queue_parser(commands: Any) -> None:
     )
     _id_arguments(flush)
     _filter_arguments(flush, domain="every message with a recipient at DOMAIN still to be sent")
+    flush.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="give the order and print nothing, as postqueue -f (errors still go to stderr)",
+    )
     flush.set_defaults(handler=_queue_flush)
 
     for name, help_text, domain_help in (
@@ -141,7 +152,6 @@ def _queue_parser(commands: Any) -> None:
 def _badmail_parser(commands: Any) -> None:
     badmail = commands.add_parser(
         "badmail",
-        help="list, show, requeue or delete BadMail entries",
         description="Without an action: list BadMail.",
         usage="%(prog)s [-h] [--json] [{list,show,requeue,delete} ...]",
     )
@@ -193,7 +203,6 @@ def _badmail_parser(commands: Any) -> None:
 def _drop_parser(commands: Any) -> None:
     drop = commands.add_parser(
         "drop",
-        help="list or show Drop files",
         description="Without an action: list Drop.",
         usage="%(prog)s [-h] [--json] [{list,show} ...]",
     )
@@ -398,7 +407,7 @@ class _Tally:
     def outcomes(
         self,
         results: Iterable[tuple[str, SpoolmailError | None]],
-        line: Callable[[str], str],
+        line: Callable[[str], str | None],
     ) -> int:
         """Report what ``Spool.carry_out`` yields; the status."""
         for queue_id, error in results:
@@ -465,6 +474,8 @@ def _stranded_note(names: Sequence[str]) -> str:
 
 
 def _queue_list(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
+    from spoolmail._service import iis  # noqa: PLC0415 (see _spool)
+
     with _spool(settings) as spool:
         items = list(spool.queued())
         stranded = iis.stranded_queue_files(spool._store)
@@ -561,9 +572,15 @@ def _queue_show(settings: Settings, args: argparse.Namespace, out: TextIO) -> in
 
 def _queue_flush(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
     _check_selection(args, required=False)  # nothing chosen: the whole Queue
+    if args.quiet and not args.ids:
+        _order_flush(settings, sender=args.sender, domain=_domain(args.domain))
+        return EX_OK
     with _spool(settings) as spool:
         tally = _Tally(out)
         held: set[str] = set()  # flushed, they stay held: said so, not an error
+        if args.ids and args.quiet:
+            ids: Iterable[str] = tally.fresh(_given(args.ids))
+            return tally.outcomes(spool.carry_out("flush", ids), lambda _: None)
         if args.ids:
 
             def noting(ids: Iterable[str]) -> Iterator[str]:
@@ -602,7 +619,38 @@ def _queue_flush(settings: Settings, args: argparse.Namespace, out: TextIO) -> i
         return tally.outcomes(spool.carry_out("flush", ids), line)
 
 
+def _order_flush(settings: Settings, *, sender: str | None, domain: str | None) -> None:
+    """``queue flush --quiet`` without ids: the order alone, as ``postqueue -f`` gives it.
+
+    One trigger file that a running service takes at once (``Spool.flush_queue``), and nothing
+    read: listing what the flush takes reads every envelope (seconds of CPU for a big Queue,
+    taken from the workers doing the flush). Nor the mail log: a flush order writes no event
+    (the service logs the flush). Through the store, as ``Spool.flush_queue`` writes it: the
+    Spool's own modules (events, DKIM, email) would double what this command costs.
+    """
+    from spoolmail._core.ids import QueueIds  # noqa: PLC0415 (see _spool)
+    from spoolmail._store import pyfs  # noqa: PLC0415
+    from spoolmail._store.store import Durability, MailStore  # noqa: PLC0415
+
+    filesystem = pyfs.open_root(settings.root)
+    try:
+        store = MailStore(
+            filesystem,
+            durability=Durability.FSYNC,
+            clock=lambda: datetime.now(UTC),
+            ids=QueueIds(),
+        )
+        try:
+            store.write_flush_trigger(sender=sender, domain=domain)
+        finally:
+            store.close()
+    finally:
+        filesystem.close()
+
+
 def _queue_import_iis(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
+    from spoolmail._service import iis  # noqa: PLC0415 (see _spool)
+
     with _spool(settings) as spool:
         names = list(args.names) or iis.stranded_queue_files(spool._store)
         if not names:

@@ -13,13 +13,28 @@ Changes the process's credentials only; never touches the MailRoot or the networ
 
 from __future__ import annotations
 
+import logging
 import os
+from typing import TYPE_CHECKING
 
 import attrs
 
 from spoolmail.exceptions import ConfigurationError, SpoolmailError
 
-__all__ = ["Identity", "drop_privileges", "is_root", "parse_user", "resolve", "root_warning"]
+if TYPE_CHECKING:
+    from spoolmail._cli.settings import Settings
+
+__all__ = [
+    "Identity",
+    "drop_privileges",
+    "is_root",
+    "lose_root",
+    "parse_user",
+    "resolve",
+    "root_warning",
+]
+
+log = logging.getLogger("spoolmail")
 
 
 @attrs.frozen
@@ -45,6 +60,25 @@ def root_warning() -> str | None:
         "running as root; give the service its own user (--user NAME or the 'user' "
         "setting) so that it drops root after start-up"
     )
+
+
+def lose_root(settings: Settings) -> None:
+    """Become the service's user, or warn once that the service runs as root.
+
+    Called once start-up needs root no more (``run``, ``listen``): after the settings are
+    read, and before the MailRoot is opened, so that every file the service writes is its
+    user's. The inbound listener, when there is one, binds its sockets before this (port 25
+    needs root). The warning goes to the log, on stderr: the daemon shows it at every start,
+    while a ``--once`` run, whose log shows errors only, keeps its output for its results
+    (``-v`` shows it there too).
+    """
+    if settings.user is not None:
+        identity = drop_privileges(*parse_user(settings.user))
+        log.info("running as %s (uid %d, gid %d)", identity.user, identity.uid, identity.gid)
+        return
+    warning = root_warning()
+    if warning is not None:
+        log.warning("%s", warning)
 
 
 def parse_user(value: str) -> tuple[str, str | None]:

@@ -852,7 +852,7 @@ def _list_queue(settings: Settings, out: TextIO) -> int:
     root = _local_root(settings.root)
     if not os.path.isdir(root):
         raise _Failure(EX_CONFIG, f"no MailRoot at {root}")
-    # main imports this module to register the command; it is imported here, when used.
+    # Imported when used: the spoolmail-sendmail script needs none of the command tree.
     from spoolmail._cli.main import main as spoolmail  # noqa: PLC0415
 
     return spoolmail(["--root", root, "queue"], out=out)
@@ -927,7 +927,6 @@ def add_command(commands: Any) -> None:
     """Add ``sendmail`` to the ``spoolmail`` command tree."""
     command = commands.add_parser(
         "sendmail",
-        help="read a message on stdin into Pickup, with Postfix's sendmail options",
         add_help=False,
         # Every argument is sendmail's (-t, -oi, -fADDR, --, recipients). A prefix that no
         # argument can hold (a NUL ends C strings) leaves them all to parse_command_line.

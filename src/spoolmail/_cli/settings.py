@@ -170,9 +170,12 @@ from typing import Any
 
 import attrs
 
-from spoolmail._service.service import MIN_FREE_SPACE
 from spoolmail._transport.timeouts import RFC_TIMEOUTS
 from spoolmail.exceptions import ConfigurationError
+
+# MailService's default (spoolmail._service.service.MIN_FREE_SPACE, a test holds them equal):
+# importing the service for it would make every command, ``queue flush`` too, pay for it.
+MIN_FREE_SPACE = 100 * 1024 * 1024
 
 __all__ = [
     "RETRY_PRESETS",

@@ -17,17 +17,19 @@ import json
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import attrs
 
 from spoolmail._cli.settings import Settings
 from spoolmail._cli.status import EX_OK, UsageError
 from spoolmail._core.envelope import Envelope
-from spoolmail._store.spool import Spool
+
+if TYPE_CHECKING:
+    from spoolmail._store.spool import Spool
 
 # How the command opens the MailRoot (operations._spool: orders and reads go through it).
-SpoolOf = Callable[[Settings], AbstractContextManager[Spool]]
+SpoolOf = Callable[[Settings], AbstractContextManager["Spool"]]
 
 __all__ = [
     "Row",

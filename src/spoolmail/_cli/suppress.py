@@ -32,7 +32,6 @@ def add_commands(commands: Any) -> None:
     """Add ``suppress`` and ``check`` to the command tree."""
     suppress = commands.add_parser(
         "suppress",
-        help="list or remove recipients suppressed after a hard bounce",
         description="Recipients that hard-bounced are failed at once until their entry "
         "expires (suppression_days).",
     )
@@ -45,7 +44,6 @@ def add_commands(commands: Any) -> None:
     remove.set_defaults(handler=_remove)
     check = commands.add_parser(
         "check",
-        help="check that the EHLO name resolves forward and back (FCrDNS), as receivers want",
     )
     check.add_argument(
         "--address",

@@ -23,7 +23,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from spoolmail.exceptions import DependencyError
+from spoolmail.exceptions import ConfigurationError, DependencyError, StorageError
 
 
 def _missing() -> DependencyError:
@@ -131,4 +131,25 @@ def open_fs(fs_url: str, *, create: bool = False) -> FS:
     return _open_with_plugins(url, create=create)
 
 
-__all__ = ["FS", "OSFS", "MemoryFS", "OpenerError", "UnsupportedProtocol", "errors", "open_fs"]
+def open_root(location: str) -> FS:
+    """The filesystem of a MailRoot given as a path or an FS URL, made if missing; a protocol
+    nobody opens is a :class:`~spoolmail.exceptions.ConfigurationError`, a filesystem that
+    cannot be opened a :class:`~spoolmail.exceptions.StorageError`."""
+    try:
+        return open_fs(location, create=True)
+    except UnsupportedProtocol as exc:
+        raise ConfigurationError(f"no filesystem opener for {location!r}: {exc}") from exc
+    except (OpenerError, errors.CreateFailed, errors.FSError, OSError) as exc:
+        raise StorageError(f"cannot open the MailRoot at {location!r}: {exc}") from exc
+
+
+__all__ = [
+    "FS",
+    "OSFS",
+    "MemoryFS",
+    "OpenerError",
+    "UnsupportedProtocol",
+    "errors",
+    "open_fs",
+    "open_root",
+]

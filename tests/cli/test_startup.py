@@ -1,0 +1,112 @@
+"""What the ``spoolmail`` command imports: only the modules of the command given (issue 12).
+
+Each command's parser is made when argparse meets its name (``main._COMMANDS``), so that
+``queue flush --quiet`` starts in a fraction of the time the whole tree took and ``run`` does
+not load the listener or sendmail. These tests run the command in a fresh interpreter and look
+at ``sys.modules``; the help texts must not change for it.
+"""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import spoolmail
+from spoolmail._cli import main as cli
+from spoolmail._cli import settings
+from spoolmail._cli.examples import commands
+from spoolmail._cli.main import EX_OK, main
+from spoolmail._service import service
+
+HEAVY = {
+    "aiosmtpd",
+    "asyncio",
+    "dns",
+    "importlib.metadata",
+    "pkg_resources",
+    "spoolmail._cli.sendmail",
+    "spoolmail._listen.listener",
+}
+
+
+def loaded_by(*argv: str) -> set[str]:
+    """The modules imported by ``spoolmail ARGV`` in a fresh interpreter (it must succeed)."""
+    code = (
+        "import sys; from spoolmail._cli.main import main; status = main(sys.argv[1:]); "
+        "print(' '.join(sorted(sys.modules)), file=sys.stderr); sys.exit(status)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, *argv], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    return set(done.stderr.split()[-1000:]) if done.stderr else set()
+
+
+def test_help_imports_no_command() -> None:
+    loaded = loaded_by("--help")
+    assert not {name for name in loaded if name.startswith("spoolmail._cli.")} - {
+        "spoolmail._cli.examples",
+        "spoolmail._cli.flags",
+        "spoolmail._cli.logs",
+        "spoolmail._cli.main",
+        "spoolmail._cli.settings",
+        "spoolmail._cli.status",
+    }
+    assert not (HEAVY | {"fs", "spoolmail._store.spool"}) & loaded
+
+
+def test_quiet_flush_imports_neither_the_spool_nor_the_service(tmp_path: Path) -> None:
+    loaded = loaded_by("--root", str(tmp_path / "MailRoot"), "queue", "flush", "--quiet")
+    assert "spoolmail._store.store" in loaded  # it writes the order through the store
+    assert not (HEAVY | {"spoolmail._store.spool", "spoolmail._service.service"}) & loaded
+
+
+def test_run_imports_neither_the_listener_nor_sendmail(tmp_path: Path) -> None:
+    root = str(tmp_path / "MailRoot")
+    loaded = loaded_by("--root", root, "run", "--once", "--smart-host", "[127.0.0.1]:1")
+    assert "spoolmail._service.service" in loaded
+    # (dnspython, and importlib.metadata that it imports, still come with the service module.)
+    unwanted = {
+        "aiosmtpd",
+        "pkg_resources",
+        "spoolmail._cli.operations",
+        "spoolmail._cli.sendmail",
+        "spoolmail._listen.listener",
+    }
+    assert not unwanted & loaded
+
+
+@pytest.mark.parametrize("path", [path for path, _ in commands(cli._parser()) if path])
+def test_a_command_made_when_given_is_the_command_of_the_whole_tree(
+    path: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``main`` makes only the parser of the command given: its help is the same as in the
+    whole tree (the reference page is made from that)."""
+    words = path.split()
+    whole = dict(commands(cli._parser()))[path]
+    if words[0] == "sendmail":  # no --help of its own: every argument is sendmail's
+        return
+    out = io.StringIO()
+    assert main([*words, "--help"], out=out) == EX_OK
+    assert out.getvalue() == whole.format_help()
+
+
+def test_top_help_lists_every_command_as_the_whole_tree() -> None:
+    out = io.StringIO()
+    assert main(["--help"], out=out) == EX_OK
+    assert out.getvalue() == cli._parser().format_help()
+
+
+def test_version() -> None:
+    out = io.StringIO()
+    assert main(["--version"], out=out) == EX_OK
+    assert out.getvalue() == f"spoolmail {spoolmail.__version__}\n"
+
+
+def test_the_free_space_default_is_the_service_s() -> None:
+    """settings keeps its own copy, so that reading the settings does not import the service."""
+    assert settings.MIN_FREE_SPACE == service.MIN_FREE_SPACE
