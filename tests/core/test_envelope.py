@@ -13,8 +13,10 @@ from hypothesis import strategies as st
 
 from spoolmail._core.envelope import (
     Envelope,
+    Notify,
     Recipient,
     RecipientState,
+    Ret,
     _indented,
     decode_envelope,
     encode_envelope,
@@ -172,3 +174,109 @@ def test_decode_never_fails_otherwise(raw: bytes) -> None:
 def test_every_truncation_is_an_envelope_error(cut: int) -> None:
     with pytest.raises(EnvelopeError):
         decode_envelope(encode_envelope(sample())[:cut])
+
+
+def _reference(envelope: Envelope) -> bytes:
+    """The file as json.dumps(indent=1) writes the envelope's data: the format's definition."""
+
+    def time(value: datetime | None) -> str | None:
+        return None if value is None else value.isoformat()
+
+    data: dict[str, object] = {
+        "format": "spoolmail-envelope",
+        "version": 1,
+        "id": envelope.id,
+        "sender": envelope.sender,
+        "recipients": [
+            {
+                "address": r.address,
+                "state": r.state.value,
+                "reply": None if r.reply is None else r.reply.to_json(),
+                "notified": r.notified,
+                "updated": time(r.updated),
+                "notify": None
+                if r.notify is None
+                else [f.name for f in Notify if f and f in r.notify and f.name] or ["NEVER"],
+                "orcpt": r.orcpt,
+            }
+            for r in envelope.recipients
+        ],
+        "arrival": time(envelope.arrival),
+        "next_attempt": time(envelope.next_attempt),
+        "origin": envelope.origin,
+        "size": envelope.size,
+        "attempts": envelope.attempts,
+        "first_attempt": time(envelope.first_attempt),
+        "last_attempt": time(envelope.last_attempt),
+        "delay_notified": envelope.delay_notified,
+        "dsn_count": envelope.dsn_count,
+        "held_since": time(envelope.held_since),
+        "held_seconds": envelope.held_time.total_seconds(),
+        "envid": envelope.envid,
+        "ret": None if envelope.ret is None else envelope.ret.value,
+        "about": envelope.about,
+        "notice_at": time(envelope.notice_at),
+        "hops": envelope.hops,
+        "eight_bit": envelope.eight_bit,
+        "local_faults": envelope.local_faults,
+    }
+    if envelope.dot_lines is not None:
+        data["dot_lines"] = envelope.dot_lines
+    if envelope.dkim:
+        data["dkim"] = list(envelope.dkim)
+    return (json.dumps(data, ensure_ascii=False, indent=1) + "\n").encode()
+
+
+_TIMES = st.none() | st.datetimes(timezones=st.just(UTC))
+_TEXT = st.text(max_size=12)
+_REPLIES = st.none() | st.builds(
+    Reply,
+    code=st.integers(200, 599),
+    enhanced=st.none() | st.just("5.1.1"),
+    text=_TEXT,
+    host=st.none() | _TEXT,
+    cause=st.none() | st.builds(Reply, code=st.integers(400, 599), enhanced=st.none(), text=_TEXT),
+)
+_RECIPIENTS = st.builds(
+    Recipient,
+    address=_TEXT,
+    state=st.sampled_from(RecipientState),
+    reply=_REPLIES,
+    notified=st.booleans(),
+    updated=_TIMES,
+    notify=st.none() | st.sampled_from([Notify.NEVER, *Notify, Notify.FAILURE | Notify.DELAY]),
+    orcpt=st.none() | _TEXT,
+)
+_COUNTS = st.integers(0, 10**6)
+
+
+@given(
+    st.builds(
+        Envelope,
+        id=_TEXT,
+        sender=_TEXT,
+        recipients=st.lists(_RECIPIENTS, max_size=3),
+        arrival=st.datetimes(timezones=st.just(UTC)),
+        next_attempt=st.datetimes(timezones=st.just(UTC)),
+        origin=_TEXT,
+        size=_COUNTS,
+        attempts=_COUNTS,
+        first_attempt=_TIMES,
+        last_attempt=_TIMES,
+        delay_notified=st.booleans(),
+        dsn_count=_COUNTS,
+        held_since=_TIMES,
+        held_time=st.timedeltas(min_value=timedelta(0), max_value=timedelta(days=9)),
+        envid=st.none() | _TEXT,
+        ret=st.none() | st.sampled_from(Ret),
+        about=_TEXT,
+        notice_at=_TIMES,
+        hops=st.none() | _COUNTS,
+        eight_bit=st.none() | st.booleans(),
+        local_faults=_COUNTS,
+        dkim=st.just(()) | st.just(("DKIM-Signature: v=1;\r\n\tb=abc", "X-A: b")),
+        dot_lines=st.none() | st.booleans(),
+    )
+)
+def test_the_file_is_what_json_writes_for_any_envelope(envelope: Envelope) -> None:
+    assert encode_envelope(envelope) == _reference(envelope)

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
+from spoolmail._core.headers import count_received, split_head
 from spoolmail._core.pickup import (
     PickupAccepted,
     PickupOptions,
@@ -825,3 +826,19 @@ def test_any_header_line_is_folded_or_rejected_with_a_reason(value: bytes, name:
         b"\r\nX-After: 1\r\nMessage-ID: <Q0001@mail.example.com>"
         b"\r\nDate: " + NOW_TEXT + b"\r\n\r\nbody\r\n"
     )
+
+
+@settings(max_examples=300)
+@given(near_miss_files())
+def test_the_hops_counted_while_reading_are_the_stored_message_s(raw: bytes) -> None:
+    result = parse(b"x-sender: a@b.example\r\nx-receiver: c@d.example\r\n" + raw)
+    if isinstance(result, PickupAccepted):
+        assert result.hops == count_received(split_head(result.message)[0])
+
+
+def test_received_fields_count_as_hops() -> None:
+    result = accept(
+        b"Received: from a\r\n\tby b\r\nreceived : from c\r\nFrom: a@b.example\r\n"
+        b"To: c@d.example\r\n\r\nbody\r\n"
+    )
+    assert result.hops == 3  # spoolmail's own, and the two

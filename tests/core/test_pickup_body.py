@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import re
 
 import pytest
 from hypothesis import given
@@ -108,3 +109,28 @@ def test_body_lines_over_998_octets_pass_unchanged() -> None:
     line = b"x" * 5000
     body = line + b"\n" + line
     assert stream(body, [1000, 2500, 7000], dot_stuffed=False) == line + b"\r\n" + line + b"\r\n"
+
+
+def _head_end_by_lines(buffer: bytes, *, complete: bool) -> int | None:
+    """pickup_head_end's definition, line end by line end."""
+    start = 0
+    for match in re.finditer(rb"\r\n|\r|\n", buffer):
+        if match.group() == b"\r" and match.end() == len(buffer) and not complete:
+            return None
+        if match.start() == start:
+            return match.end()
+        start = match.end()
+    return None
+
+
+@given(
+    st.lists(
+        st.sampled_from([b"A: b", b"", b"x", b"\r", b"\n", b"\r\n", b"\r\n\r\n"]), max_size=12
+    ),
+    st.booleans(),
+)
+def test_the_body_begins_where_the_lines_say(pieces: list[bytes], complete: bool) -> None:
+    buffer = b"".join(pieces)
+    assert pickup_head_end(buffer, complete=complete) == _head_end_by_lines(
+        buffer, complete=complete
+    )

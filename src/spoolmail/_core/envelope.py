@@ -211,15 +211,16 @@ def new_envelope(
     about: str = "",
     dkim: Iterable[str] = (),
     dot_lines: bool | None = None,
+    hops: int | None = None,
 ) -> Envelope:
     """The first envelope of a message entering the spool: arrived ``now`` and due at once.
 
     The one place new envelopes are built (Pickup intake, DSNs, BadMail requeue and reports,
     and next the SMTP listener). ``recipients`` are addresses (pending) or whole
     :class:`Recipient` values (a BadMail envelope lists its failures); ``head`` is the stored
-    message's header block, whose ``Received:`` fields are counted for the hop limit;
-    ``dkim`` the signature fields the Queue's door made for it; ``dot_lines`` what the writer
-    knows of its lines (:class:`Envelope`).
+    message's header block, whose ``Received:`` fields are counted for the hop limit, unless
+    the writer counted them already (``hops``); ``dkim`` the signature fields the Queue's door
+    made for it; ``dot_lines`` what the writer knows of its lines (:class:`Envelope`).
     """
     return Envelope(
         id=queue_id,
@@ -229,7 +230,7 @@ def new_envelope(
         next_attempt=now,
         origin=origin,
         size=size,
-        hops=None if head is None else count_received(split_head(head)[0]),
+        hops=hops if hops is not None or head is None else count_received(split_head(head)[0]),
         eight_bit=eight_bit,
         about=about,
         dkim=tuple(dkim),
@@ -261,47 +262,100 @@ def _decode_notify(value: object, address: str) -> Notify | None:
 
 def encode_envelope(envelope: Envelope) -> bytes:
     """The envelope file's bytes (``Queue/ID.env``, ``BadMail/ID.BDP``)."""
-    data = {
-        "format": _FORMAT,
-        "version": ENVELOPE_VERSION,
-        "id": envelope.id,
-        "sender": envelope.sender,
-        "recipients": [
-            {
-                "address": r.address,
-                "state": r.state.value,
-                "reply": None if r.reply is None else r.reply.to_json(),
-                "notified": r.notified,
-                "updated": _time(r.updated),
-                "notify": None if r.notify is None else _notify_names(r.notify),
-                "orcpt": r.orcpt,
-            }
-            for r in envelope.recipients
-        ],
-        "arrival": _time(envelope.arrival),
-        "next_attempt": _time(envelope.next_attempt),
-        "origin": envelope.origin,
-        "size": envelope.size,
-        "attempts": envelope.attempts,
-        "first_attempt": _time(envelope.first_attempt),
-        "last_attempt": _time(envelope.last_attempt),
-        "delay_notified": envelope.delay_notified,
-        "dsn_count": envelope.dsn_count,
-        "held_since": _time(envelope.held_since),
-        "held_seconds": envelope.held_time.total_seconds(),
-        "envid": envelope.envid,
-        "ret": None if envelope.ret is None else envelope.ret.value,
-        "about": envelope.about,
-        "notice_at": _time(envelope.notice_at),
-        "hops": envelope.hops,
-        "eight_bit": envelope.eight_bit,
-        "local_faults": envelope.local_faults,
-    }
+    # Written field by field in the layout of json.dumps(data, ensure_ascii=False, indent=1)
+    # for the data this function once built and dumped (a test holds the two together):
+    # once per message queued, and at every hand-back.
+    value, time = _value, _time_text
+    recipients = envelope.recipients
+    listed = (
+        "[\n  " + ",\n  ".join(map(_recipient_text, recipients)) + "\n ]" if recipients else "[]"
+    )
+    ret = envelope.ret
+    parts = [
+        _HEAD,
+        value(envelope.id),
+        ',\n "sender": ',
+        value(envelope.sender),
+        ',\n "recipients": ',
+        listed,
+        ',\n "arrival": ',
+        time(envelope.arrival),
+        ',\n "next_attempt": ',
+        time(envelope.next_attempt),
+        ',\n "origin": ',
+        value(envelope.origin),
+        ',\n "size": ',
+        value(envelope.size),
+        ',\n "attempts": ',
+        value(envelope.attempts),
+        ',\n "first_attempt": ',
+        time(envelope.first_attempt),
+        ',\n "last_attempt": ',
+        time(envelope.last_attempt),
+        ',\n "delay_notified": ',
+        value(envelope.delay_notified),
+        ',\n "dsn_count": ',
+        value(envelope.dsn_count),
+        ',\n "held_since": ',
+        time(envelope.held_since),
+        ',\n "held_seconds": ',
+        value(envelope.held_time.total_seconds()),
+        ',\n "envid": ',
+        value(envelope.envid),
+        ',\n "ret": ',
+        "null" if ret is None else value(ret.value),
+        ',\n "about": ',
+        value(envelope.about),
+        ',\n "notice_at": ',
+        time(envelope.notice_at),
+        ',\n "hops": ',
+        value(envelope.hops),
+        ',\n "eight_bit": ',
+        value(envelope.eight_bit),
+        ',\n "local_faults": ',
+        value(envelope.local_faults),
+    ]
     if envelope.dot_lines is not None:  # absent when not known, as in older files
-        data["dot_lines"] = envelope.dot_lines
+        parts += [',\n "dot_lines": ', value(envelope.dot_lines)]
     if envelope.dkim:  # absent when unsigned: such a file is byte for byte what it was before
-        data["dkim"] = list(envelope.dkim)
-    return (_indented(data) + "\n").encode("utf-8")
+        parts += [',\n "dkim": ', _indented(list(envelope.dkim), 1)]
+    parts.append("\n}\n")
+    return "".join(parts).encode("utf-8")
+
+
+def _recipient_text(recipient: Recipient) -> str:
+    """One recipient of :func:`encode_envelope`, an object in the list (level 2)."""
+    value, reply, notify = _value, recipient.reply, recipient.notify
+    return "".join(
+        (
+            '{\n   "address": ',
+            value(recipient.address, 3),
+            ',\n   "state": ',
+            value(recipient.state.value, 3),
+            ',\n   "reply": ',
+            "null" if reply is None else _indented(reply.to_json(), 3),
+            ',\n   "notified": ',
+            value(recipient.notified, 3),
+            ',\n   "updated": ',
+            _time_text(recipient.updated),
+            ',\n   "notify": ',
+            "null" if notify is None else _indented(_notify_names(notify), 3),
+            ',\n   "orcpt": ',
+            value(recipient.orcpt, 3),
+            "\n  }",
+        )
+    )
+
+
+def _value(item: object, level: int = 1) -> str:
+    """One value as json writes it at ``level`` of nesting."""
+    put = _SCALARS.get(type(item))
+    return put(item) if put is not None else _other(item, level)
+
+
+def _time_text(moment: datetime | None) -> str:
+    # An isoformat is ASCII without '"' or '\\': nothing for JSON to escape.
+    return "null" if moment is None else f'"{moment.isoformat()}"'
 
 
 def _float(value: float) -> str:
@@ -316,6 +370,12 @@ _SCALARS: dict[type, Callable[[Any], str]] = {
     bool: lambda value: "true" if value else "false",
     type(None): lambda _: "null",
 }
+
+
+_HEAD = (
+    f'{{\n "format": {json.encoder.encode_basestring(_FORMAT)},\n "version": {ENVELOPE_VERSION},'
+    '\n "id": '
+)
 
 
 def _indented(value: dict[str, Any] | list[Any], level: int = 0) -> str:

@@ -639,6 +639,15 @@ def pickup_head_end(buffer: bytes, *, complete: bool) -> int | None:
     no empty line yet (read more), or none at all when complete (a file of headers only). A
     lone CR at the end of an incomplete buffer may be half of a CRLF, so it waits for more.
     """
+    # Nearly every file ends each line with CRLF: its first empty line is its first CRLF CRLF
+    # (or a CRLF at the very start), when nothing before it is a lone CR or LF.
+    if buffer.startswith(b"\r\n"):
+        return 2
+    blank = buffer.find(b"\r\n\r\n")
+    if blank >= 0:
+        crlf = buffer.count(b"\r\n", 0, blank + 2)
+        if buffer.count(b"\r", 0, blank + 2) == crlf == buffer.count(b"\n", 0, blank + 2):
+            return blank + 4
     start = 0
     for match in _LINE_END.finditer(buffer):
         if match.group() == b"\r" and match.end() == len(buffer) and not complete:

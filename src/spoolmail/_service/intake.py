@@ -208,7 +208,7 @@ class Intake:
                     now=now,
                     origin=f"pickup:{claim.name}",
                     size=size,
-                    head=result.message,
+                    hops=result.hops,
                     eight_bit=body.eight_bit or not result.message.isascii(),
                     dkim=dkim,
                     # Every line end is CRLF now (parse_pickup and PickupBody made it so).
