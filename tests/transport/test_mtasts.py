@@ -225,3 +225,12 @@ def test_without_a_record_there_is_no_policy_unless_one_is_cached(
 def test_the_default_fetch_timeout_bounds_a_stalled_server(tmp_path: Path) -> None:
     assert HttpsPolicyFetcher(DnsResolver())._timeout == 10.0
     assert timedelta(seconds=HttpsPolicyFetcher(DnsResolver())._timeout) <= timedelta(seconds=10)
+
+
+def test_the_trust_store_is_loaded_at_the_first_fetch() -> None:
+    """Loading it costs tens of milliseconds: a service that fetches no policy never pays."""
+    fetcher = HttpsPolicyFetcher(DnsResolver())
+    assert fetcher._context is None
+    context = fetcher._tls_context()
+    assert context is fetcher._tls_context()
+    assert context.check_hostname

@@ -82,8 +82,9 @@ class HttpsPolicyFetcher:
     """The policy over HTTPS (see the module docstring).
 
     ``resolver`` finds ``mta-sts.<domain>``; ``tls_context`` verifies its certificate (default:
-    the system's trust store; it must check host names); ``port`` is 443 but in tests;
-    ``timeout`` bounds the whole fetch.
+    the system's trust store, loaded at the first fetch: loading it costs some 25 ms of CPU,
+    which every worker paid at start whether a policy was ever fetched or not; it must check
+    host names); ``port`` is 443 but in tests; ``timeout`` bounds the whole fetch.
     """
 
     def __init__(
@@ -95,7 +96,8 @@ class HttpsPolicyFetcher:
         timeout: float = FETCH_TIMEOUT,
     ) -> None:
         self._resolver = resolver
-        self._context = tls_context or ssl.create_default_context()
+        self._context = tls_context
+        self._context_lock = threading.Lock()
         self._port = port
         self._timeout = timeout
 
@@ -114,10 +116,16 @@ class HttpsPolicyFetcher:
                 transcript.note(f"MTA-STS {domain}: https://{host}{_PATH} at {address}: {problem}")
         return None
 
+    def _tls_context(self) -> ssl.SSLContext:
+        with self._context_lock:  # fetches run on the delivery threads
+            if self._context is None:
+                self._context = ssl.create_default_context()
+            return self._context
+
     def _get(self, host: str, address: str, domain: str, transcript: Transcript) -> str | None:
         deadline = time.monotonic() + self._timeout
         connection = _PinnedConnection(
-            host, address, self._port, context=self._context, timeout=self._timeout
+            host, address, self._port, context=self._tls_context(), timeout=self._timeout
         )
         try:
             # RFC 8461 section 3.3: no HTTP caching; no redirect is followed (http.client
