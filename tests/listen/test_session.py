@@ -16,6 +16,7 @@ from spoolmail import Durability, Notify, Ret, Router, Spool
 from spoolmail.testing import FakeClock
 from tests.listen.conftest import Connect, running
 from tests.listen.raw import RawClient
+from tests.waiting import until
 
 MESSAGE = b"From: a@client.test\r\nTo: bob@example.com\r\nSubject: hi\r\n\r\nhello\r\n"
 
@@ -520,3 +521,42 @@ def test_ipv6_loopback(spool: Spool, connect: Connect) -> None:
         v4 = connect(listener, index=0)
         v4.mail("a@client.test")
         assert v4.rcpt("bob@remote.test")[0] == 550
+
+
+# -- transactions under way, for the committer's groups ------------------------------------------
+
+
+def test_the_committer_knows_the_transactions_under_way(spool: Spool, connect: Connect) -> None:
+    with running(spool) as listener:
+        committer = listener._committer
+        assert committer is not None
+        client = connect(listener)
+        assert committer.under_way == 0
+        assert client.mail("a@client.test")[0] == 250
+        assert committer.under_way == 1
+        assert client.mail("a@client.test")[0] == 503  # nested: still one
+        assert committer.under_way == 1
+        assert client.rset()[0] == 250
+        assert committer.under_way == 0
+        assert client.mail("bad address")[0] != 250
+        assert committer.under_way == 0
+        assert client.mail("a@client.test")[0] == 250
+        assert client.rcpt("bob@example.com")[0] == 250
+        assert client.data(MESSAGE)[0] == 250
+        assert committer.under_way == 0
+        assert client.mail("a@client.test")[0] == 250
+        assert client.rcpt("bob@example.com")[0] == 250
+        assert client.data(b"Subject: " + b"x" * 1000 + b"\r\n\r\nhi\r\n")[0] == 500
+        assert committer.under_way == 0
+        assert client.mail("a@client.test")[0] == 250
+        assert client.ehlo()[0] == 250  # EHLO resets the transaction
+        assert committer.under_way == 0
+        other = connect(listener)
+        assert client.mail("a@client.test")[0] == 250
+        assert other.mail("a@client.test")[0] == 250
+        assert committer.under_way == 2
+        client.close()  # gone mid-transaction, without QUIT
+        until("the lost session's transaction ends", lambda: committer.under_way == 1)
+        assert other.quit()[0] == 221
+        until("the quit session's transaction ends", lambda: committer.under_way == 0)
+    assert len(queued(spool)) == 1

@@ -242,6 +242,7 @@ class SmtpSession(SMTP):
         self._next_mail = MailDsn()
         self._next_rcpt = RcptDsn()
         self._silence_ends = 0.0
+        self._in_transaction = False  # MAIL accepted, the message not yet handed over
 
     # -- the connection ----------------------------------------------------------------------
 
@@ -416,7 +417,26 @@ class SmtpSession(SMTP):
         await self.push("250 OK" if status is MISSING else status)
 
     def _create_envelope(self) -> Transaction:
+        self.end_transaction()
         return Transaction()
+
+    def begin_transaction(self) -> None:
+        """Tell the committer that a transaction is under way here (MAIL accepted): a group
+        being gathered may wait a little for its message."""
+        if not self._in_transaction:
+            self._in_transaction = True
+            self.config.committer.opened()
+
+    def end_transaction(self) -> None:
+        """Tell the committer that this session's transaction, if one is under way, has ended
+        (its message handed over, RSET, HELO, a refusal, the client gone)."""
+        if self._in_transaction:
+            self._in_transaction = False
+            self.config.committer.closed()
+
+    def connection_lost(self, error: Exception | None) -> None:
+        self.end_transaction()
+        super().connection_lost(error)
 
     @property
     def tls_facts(self) -> TlsFacts | None:
@@ -481,6 +501,7 @@ class Hooks:
         envelope.mail_options.extend(mail_options)
         envelope.dsn = server._next_mail
         envelope.eight_bit = "BODY=8BITMIME" in mail_options
+        server.begin_transaction()
         return "250 2.1.0 Ok"
 
     async def handle_RCPT(  # noqa: N802 (aiosmtpd finds hooks by this name)
@@ -550,6 +571,7 @@ class Hooks:
             eight_bit=envelope.eight_bit or not content.isascii(),
             queue_id=queue_id,
         )
+        server.end_transaction()  # before the hand-over: the committer need not wait for it
         try:
             await config.committer.submit(admission)
         except MessageError as exc:
