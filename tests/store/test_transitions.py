@@ -6,6 +6,7 @@ import time
 from collections.abc import Iterator
 from datetime import timedelta
 
+import attrs
 import pytest
 
 from spoolmail import Spool
@@ -195,3 +196,69 @@ def test_recovery_returns_what_it_did(spool: Spool, clock: FakeClock) -> None:
 def test_transitions_is_the_spools(spool: Spool) -> None:
     assert isinstance(spool._transitions, Transitions)
     assert spool._transitions.files is spool._store
+
+
+def test_an_untried_message_is_finished_without_looking_for_transcripts(
+    spool: Spool, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Transcripts come only after a try: the finish of a message claimed untried deletes
+    # its message and envelope, and no transcript (two deletes of nothing saved a message).
+    transitions, queue_id = spool._transitions, admitted(spool, clock)
+    transitions.apply(State.QUEUED, Event.CLAIMED, Change(id=queue_id))
+    removed: list[str] = []
+    remove = spool._store.remove
+
+    def recorded(folder: str, name: str) -> bool:
+        removed.append(name)
+        return remove(folder, name)
+
+    monkeypatch.setattr(spool._store, "remove", recorded)
+    change = Change(id=queue_id, untried=True)
+    assert transitions.apply(State.DELIVERING, Event.SETTLED, change) is State.DONE
+    assert not [name for name in removed if name.endswith(("RTR", "LTR"))]
+    assert spool._store.listdir("Queue") == []
+
+
+def test_recovery_drops_transcripts_a_dead_hand_back_left_beside_an_untried_envelope(
+    spool: Spool, clock: FakeClock
+) -> None:
+    # The owner died between writing the transcript and committing the envelope: the message
+    # goes back untried, and the transcript of the attempt that never counted goes with it.
+    transitions, store = spool._transitions, spool._store
+    queue_id = admitted(spool, clock)
+    transitions.apply(State.QUEUED, Event.CLAIMED, Change(id=queue_id))
+    store.write("Queue", f"{queue_id}.RTR", b"an attempt cut short\n")
+    done = recover(transitions, take_in=lambda claim: None)
+    assert done.returned == (queue_id,)
+    assert sorted(store.listdir("Queue")) == [f"{queue_id}.eml", f"{queue_id}.env"]
+
+
+def test_recovery_keeps_the_transcripts_of_a_message_tried_before(
+    spool: Spool, clock: FakeClock
+) -> None:
+    transitions, store = spool._transitions, spool._store
+    queue_id = admitted(spool, clock)
+    transitions.apply(State.QUEUED, Event.CLAIMED, Change(id=queue_id))
+    envelope = decode_envelope(transitions.claimed_envelope(queue_id))
+    tried = Change(
+        id=queue_id, envelope=attrs.evolve(envelope, attempts=1), transcripts={"RTR": "one\n"}
+    )
+    transitions.apply(State.DELIVERING, Event.DEFERRED, tried)
+    transitions.apply(State.QUEUED, Event.CLAIMED, Change(id=queue_id))
+    store.write("Queue", f"{queue_id}.RTR", b"one\ntwo, cut short\n")
+    recover(transitions, take_in=lambda claim: None)
+    assert spool.transcript(queue_id) == "one\ntwo, cut short\n"
+
+
+def test_an_untried_envelope_given_back_drops_what_a_failed_hand_back_wrote(
+    spool: Spool, clock: FakeClock
+) -> None:
+    # An attempt whose commit failed after the transcript gives the envelope back as it was.
+    transitions, store = spool._transitions, spool._store
+    queue_id = admitted(spool, clock)
+    transitions.apply(State.QUEUED, Event.CLAIMED, Change(id=queue_id))
+    envelope = decode_envelope(transitions.claimed_envelope(queue_id))
+    store.write("Queue", f"{queue_id}.LTR", b"a commit that failed\n")
+    change = Change(id=queue_id, envelope=envelope)
+    assert transitions.apply(State.DELIVERING, Event.DEFERRED, change) is State.QUEUED
+    assert sorted(store.listdir("Queue")) == [f"{queue_id}.eml", f"{queue_id}.env"]

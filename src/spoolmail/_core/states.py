@@ -76,6 +76,7 @@ __all__ = [
     "retry_local_faults_soon",
     "step",
     "transition",
+    "untried",
 ]
 
 
@@ -213,6 +214,22 @@ def step(state: State, event: Event) -> Step:
         raise InvalidTransition(
             f"no transition from state {state.value!r} on event {event.value!r}"
         ) from None
+
+
+def untried(envelope: Envelope) -> bool:
+    """Whether nothing has left ``envelope`` waiting yet: no attempt counted, no local fault,
+    no reply noted for any recipient (a pass over a dead host notes one).
+
+    Transcripts (``Queue/ID.RTR``, ``ID.LTR``) are written only by a hand-back after one of
+    those, so an untried envelope in the Queue has none: the store keeps that true where a
+    failed hand-back could leave one behind (see ``Transitions.hand_back`` and ``recover``),
+    and the finish of an untried message removes none (two deletes of nothing a message).
+    """
+    return (
+        envelope.attempts == 0
+        and envelope.local_faults == 0
+        and all(r.reply is None for r in envelope.recipients)
+    )
 
 
 def transition(state: State, event: Event) -> State:

@@ -68,6 +68,7 @@ from spoolmail._core.states import (
     local_fault_wait,
     notice_delay,
     retry_local_faults_soon,
+    untried,
 )
 from spoolmail._core.suppression import is_hard_bounce
 from spoolmail._core.throttle import ThrottleRules
@@ -155,6 +156,9 @@ class Report:
 
 # Pickup files claimed (and made durable) together; also how often intake hands its work over.
 _PICKUP_BATCH = 32
+# A tick's first batch: its messages leave while the next batches are taken in. Each batch
+# costs the same few fsyncs whatever its size, so only the first is small.
+_FIRST_PICKUP_BATCH = 8
 
 
 @attrs.define
@@ -524,23 +528,45 @@ class MailService:
             self._guard(tally, "reading operators' triggers", partial(self._triggers, tally))
         self._guard(tally, "renewing this process's lease", self._store.announce)
         self._take_arrivals()
-        names: list[str] = []
-        if self.room_for_mail():
-            self._guard(tally, "listing Pickup", lambda: names.extend(self._store.pickup_ready()))
         tick = _Tick(self)
         # Pickup in batches, and what each batch queues is handed to the delivery threads at
-        # once: delivery's waits (the network, fsync) overlap the next batch's intake.
-        for start in range(0, len(names), _PICKUP_BATCH):
-            if start and not self.room_for_mail():
-                break  # the rest stays in Pickup until there is room
-            batch = names[start : start + _PICKUP_BATCH]
-            self._guard(tally, "picking up files", partial(self._pickup, batch, tally))
-            tick.dispatch()
+        # once: delivery's waits (the network, fsync) overlap the next batch's intake. Files are
+        # looked at as the batches need them, and the first batch is small: the first message
+        # leaves after a few files are queued, not after a look at thousands (a drain).
+        if self.room_for_mail():
+            batch: list[str] = []
+            size = _FIRST_PICKUP_BATCH
+            for name in self._ready_pickups(tally):
+                batch.append(name)
+                if len(batch) < size:
+                    continue
+                self._guard(tally, "picking up files", partial(self._pickup, batch, tally))
+                tick.dispatch()
+                batch, size = [], _PICKUP_BATCH
+                if not self.room_for_mail():
+                    break  # the rest stays in Pickup until there is room
+            if batch:
+                self._guard(tally, "picking up files", partial(self._pickup, batch, tally))
+                tick.dispatch()
         # DSNs queued by this tick are due at once, so go on until nothing new is due.
         while tick.dispatch():
             tick.collect(tally)
         tick.finish()
         return tally.freeze()
+
+    def _ready_pickups(self, tally: _Tally) -> Iterator[str]:
+        """The Pickup files ready to take, in turn (``MailStore.pickup_ready_in_turn``); an
+        error while looking ends them, reported as any other."""
+        names = self._store.pickup_ready_in_turn()
+        while True:
+            try:
+                name = next(names)
+            except StopIteration:
+                return
+            except Exception as exc:  # noqa: BLE001 (reported as _guard reports it)
+                self._report(tally, "listing Pickup", exc)
+                return
+            yield name
 
     def _arrived(self, queue_id: str) -> None:
         """``Spool.admit`` committed ``queue_id`` (from any thread): due at the next tick."""
@@ -738,12 +764,17 @@ class MailService:
     def _guard(self, tally: _Tally, what: str, action: Callable[[], object]) -> None:
         try:
             action()
-        except Exception as exc:
-            if isinstance(exc, SpoolmailError):
-                log.error("error while %s: %s", what, exc)  # noqa: TRY400 (expected, no traceback)
-            else:
-                log.exception("error while %s", what)
-            tally.errors.append(f"{what}: {exc}")
+        except Exception as exc:  # noqa: BLE001 (reported, and the loop goes on)
+            self._report(tally, what, exc)
+
+    @staticmethod
+    def _report(tally: _Tally, what: str, exc: Exception) -> None:
+        """Log an error that stopped ``what`` (a traceback for a bug) and count it."""
+        if isinstance(exc, SpoolmailError):
+            log.error("error while %s: %s", what, exc)  # expected: no traceback
+        else:
+            log.error("error while %s", what, exc_info=exc)
+        tally.errors.append(f"{what}: {exc}")
 
     def _policy(self, recipient: Recipient) -> RetryPolicy:
         if self.router.route(recipient.address).kind is RouteKind.LOCAL:
@@ -1162,11 +1193,16 @@ class MailService:
                     reason=report.reason,
                 )
             else:
-                # Transcripts exist if anything left the message waiting before: an attempt, a
-                # local fault, a pass over a dead host. A finish removes them unasked: two
-                # unlinks of nothing cost less than keeping count of every way a message waits.
+                # Transcripts exist only if something left the message waiting before: an
+                # attempt, a local fault, a pass over a dead host. The envelope the attempt
+                # began with says so (untried); a finish of one that shows none removes none.
                 kept = self._transcripts(envelope, transcripts) if state is State.QUEUED else {}
-                change = Change(id=envelope.id, envelope=envelope, transcripts=kept)
+                change = Change(
+                    id=envelope.id,
+                    envelope=envelope,
+                    transcripts=kept,
+                    untried=attempt is not None and untried(attempt[0]),
+                )
                 self._transitions.apply(State.DELIVERING, outcome.event, change)
                 if state is State.QUEUED:
                     due = envelope.next_attempt

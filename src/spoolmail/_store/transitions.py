@@ -37,7 +37,7 @@ from spoolmail._core.dkim import DkimPolicy, DkimSession
 from spoolmail._core.envelope import Envelope, decode_envelope, encode_envelope
 from spoolmail._core.headers import fields
 from spoolmail._core.pickup import pickup_head_end
-from spoolmail._core.states import Commit, Event, State, step
+from spoolmail._core.states import Commit, Event, State, step, untried
 from spoolmail._core.transcript import transcript_history
 from spoolmail._store.entries import CappedReader, EntryFacts
 from spoolmail._store.store import (
@@ -52,6 +52,7 @@ from spoolmail._store.store import (
     message_file,
     report_file,
 )
+from spoolmail.exceptions import EnvelopeError
 
 __all__ = ["Change", "EnvelopeBuilder", "Transitions"]
 
@@ -83,6 +84,8 @@ class Change:
     - ``transcripts``: transcript texts by kind (``RTR``, ``LTR``) to keep with a handed-back
       envelope.
     - ``owner``: whose claim a finish or a recovery is about (default: this process's).
+    - ``untried``: the message finished was claimed with an untried envelope
+      (:func:`~spoolmail._core.states.untried`): it has no transcript to remove.
     - ``durable``: ``False`` leaves an admission's Queue fsync to :meth:`Transitions.sync_admitted`
       (intake makes a batch durable with one fsync).
     """
@@ -97,6 +100,7 @@ class Change:
     transcripts: Mapping[str, str] = attrs.Factory(dict)
     owner: str | None = None
     durable: bool = True
+    untried: bool = False
 
 
 def _envelope_bytes(change: Change) -> bytes | None:
@@ -269,12 +273,23 @@ class Transitions:
             raise ValueError(f"handing {change.id} back needs its envelope")
         for kind, text in change.transcripts.items():
             self.files.write(QUEUE, f"{change.id}.{kind}", text.encode())
+        if not change.transcripts and isinstance(change.envelope, Envelope):
+            self._keep_untried_bare(change.id, change.envelope)
         self.files.release(change.id, data)
         return True
 
+    def _keep_untried_bare(self, queue_id: str, envelope: Envelope) -> None:
+        """Before an untried envelope goes back (an attempt that failed on an error gives it
+        back as it was), remove what a hand-back cut short by that error may have written: an
+        untried message has no transcript (see :func:`~spoolmail._core.states.untried`)."""
+        if untried(envelope):
+            self.files.remove(QUEUE, f"{queue_id}.RTR")
+            self.files.remove(QUEUE, f"{queue_id}.LTR")
+
     def finish(self, change: Change) -> bool:
-        """Remove a finished message: message and transcripts first, the claimed envelope last."""
-        self.files.finish(change.id, change.owner)
+        """Remove a finished message: message and transcripts first, the claimed envelope last
+        (an untried one has no transcripts: see :func:`~spoolmail._core.states.untried`)."""
+        self.files.finish(change.id, change.owner, transcripts=not change.untried)
         return True
 
     def to_badmail(self, change: Change) -> bool:
@@ -320,6 +335,16 @@ class Transitions:
         files, queue_id, owner = self.files, change.id, change.owner or self.files.owner
         if owner != files.owner and not files.take_over_queued(queue_id, owner):
             return False
+        if files.exists(QUEUE, f"{queue_id}.RTR") or files.exists(QUEUE, f"{queue_id}.LTR"):
+            # The owner may have died in a hand-back, between its transcripts and its
+            # envelope: with the envelope it began with, untried, they go (an untried message
+            # has no transcript, which its finish counts on).
+            try:
+                claimed = decode_envelope(files.read_claimed(queue_id))
+            except (FileNotFoundError, EnvelopeError):
+                claimed = None  # its attempt moves it aside with the reason; nothing to do
+            if claimed is not None:
+                self._keep_untried_bare(queue_id, claimed)
         files.rename(
             (QUEUE, files.claimed_name(queue_id, files.owner)), envelope_file(QUEUED, queue_id)
         )
