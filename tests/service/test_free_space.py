@@ -17,6 +17,7 @@ import pytest
 
 from spoolmail import MailService, Router, Spool
 from spoolmail._cli.main import EX_OK, main
+from spoolmail._service.service import _FIRST_PICKUP_BATCH
 from spoolmail._store import pyfs
 from spoolmail.exceptions import ConfigurationError
 from spoolmail.testing import CapturingTransport, FakeClock
@@ -117,7 +118,7 @@ def test_intake_stops_between_batches_when_space_runs_out(
     spool: Spool, service: MailService, disk: Disk
 ) -> None:
     disk.free = 200 * MiB
-    for n in range(40):  # two batches of Pickup files (32 each at most)
+    for n in range(40):  # more than one batch of Pickup files (the first one is smaller)
         spool.submit(message(f"user{n}@example.com"))
     looks = 0
 
@@ -127,8 +128,8 @@ def test_intake_stops_between_batches_when_space_runs_out(
         return 200 * MiB if looks == 1 else 1  # full after the first batch
 
     spool._store.disk_free = running_out
-    assert len(service.run_once().picked_up) == 32
-    assert len(spool._store.listdir("Pickup")) == 8
+    assert len(service.run_once().picked_up) == _FIRST_PICKUP_BATCH
+    assert len(spool._store.listdir("Pickup")) == 40 - _FIRST_PICKUP_BATCH
 
 
 def test_no_floor_and_no_figure_never_hold_intake_back(

@@ -119,6 +119,35 @@ def test_pickup_to_drop_in_iis_format(spool: Spool, service: MailService) -> Non
     assert spool.pickup() == []
 
 
+def test_a_ticks_first_pickup_batch_is_small_and_files_are_looked_at_in_turn(
+    spool: Spool, service: MailService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A drain of many files: the first few are queued (and handed to delivery) before the
+    # rest are even looked at; then whole batches.
+    for n in range(45):
+        spool.submit(message(to=f"user{n}@example.com"))
+    batches: list[tuple[int, int]] = []  # (batch size, files looked at so far)
+    looked = 0
+    inspect, pickup = spool._store.inspect, service._pickup
+
+    def counted(folder: str, name: str) -> Any:
+        nonlocal looked
+        looked += folder == "Pickup"
+        return inspect(folder, name)
+
+    def recorded(names: Any, tally: Any) -> None:
+        batches.append((len(names), looked))
+        pickup(names, tally)
+
+    monkeypatch.setattr(spool._store, "inspect", counted)
+    monkeypatch.setattr(service, "_pickup", recorded)
+    report = service.run_once()
+    assert [size for size, _ in batches] == [8, 32, 5]
+    assert [seen for _, seen in batches] == [8, 40, 45]
+    assert len(report.delivered) == 45
+    assert spool.pickup() == []
+
+
 def test_drop_file_moved_back_to_pickup_is_delivered_again(
     spool: Spool, service: MailService
 ) -> None:

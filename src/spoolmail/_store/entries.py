@@ -35,7 +35,6 @@ Touches only Pickup, through the paths the store hands in; imports no mail code.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import enum
 import errno
 import logging
@@ -395,7 +394,8 @@ class CloseWatcher:
         if not sys.platform.startswith("linux"):
             return None
         try:
-            libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+            # libc is among the process's own symbols: no search for it (ldconfig).
+            libc = ctypes.CDLL(None, use_errno=True)
             fd = libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
             if fd < 0:
                 return None

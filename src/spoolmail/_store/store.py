@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import enum
 import json
 import logging
@@ -273,7 +272,8 @@ class TriggerWatch:
         if not sys.platform.startswith("linux") or not hasattr(select, "epoll"):
             return None
         try:
-            libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+            # libc is among the process's own symbols: no search for it (ldconfig).
+            libc = ctypes.CDLL(None, use_errno=True)
             fd = libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
             if fd < 0:
                 return None
@@ -906,16 +906,21 @@ class MailStore:
         it points to) into SortTemp, where intake refuses it with a report. A directory is left
         and reported once.
         """
+        return list(self.pickup_ready_in_turn())
+
+    def pickup_ready_in_turn(self) -> Iterator[str]:
+        """:meth:`pickup_ready`, each name as soon as it is found ready, in the same order:
+        intake can claim the first few before the others are looked at (a drain of thousands
+        of files then starts delivering after a few, not after a look at every one)."""
         watcher = self.readiness.watcher
         if self._os_root is not None and (watcher is None or not watcher.alive):
             self.readiness.watcher = CloseWatcher.start(self._sys(PICKUP))
-        ready = []
-        present = set()
         share = self.share
-        for name in self._candidates():
-            if not share.owns_name(name):
-                continue  # another worker's (see _core.shares)
-            present.add(name)
+        # Every name in this process's share, whatever it is: what the notes are kept for.
+        present = {name for name in self._candidates() if share.owns_name(name)}
+        self.readiness.prune(present)
+        self._reported_dirs &= present
+        for name in sorted(present):
             try:
                 facts = self.inspect(PICKUP, name)
             except FileNotFoundError:
@@ -928,12 +933,9 @@ class MailStore:
             path = self._sys(PICKUP, name) if self._os_root is not None else None
             if facts.kind is EntryKind.LINKED_FILE:
                 if self.readiness.linked_long_enough(name, facts):
-                    ready.append(name)
+                    yield name
             elif facts.kind.refused or self.readiness.ready(name, facts, path=path):
-                ready.append(name)
-        self.readiness.prune(present)
-        self._reported_dirs &= present
-        return sorted(ready)
+                yield name
 
     def wait_for_pickup(self, timeout: float, *, wake: int) -> None:
         """Wait up to ``timeout`` seconds, less when a Pickup file becomes complete (inotify,

@@ -16,6 +16,9 @@ from spoolmail._core.routing import Target
 
 __all__ = ["ConnectionPool"]
 
+# Seconds between two looks at every target's idle sessions for those too old to keep.
+_SWEEP = 1.0
+
 
 class _Kept(Protocol):
     last_used: float
@@ -40,6 +43,7 @@ class ConnectionPool(Generic[_S]):
         self._monotonic = monotonic
         self._idle: dict[Target, list[_S]] = {}
         self._lock = threading.Lock()
+        self._next_sweep = 0.0
 
     @property
     def keeps(self) -> bool:
@@ -50,16 +54,31 @@ class ConnectionPool(Generic[_S]):
         that are now too old, for the caller to close."""
         now = self._monotonic()
         expired: list[_S] = []
+        idle = self._idle_time
         with self._lock:
-            for key, sessions in list(self._idle.items()):
-                fresh = [s for s in sessions if now - s.last_used <= self._idle_time]
-                expired.extend(s for s in sessions if s not in fresh)
-                if fresh:
-                    self._idle[key] = fresh
-                else:
-                    del self._idle[key]
+            if now >= self._next_sweep:
+                # Other targets' idle sessions are looked at once a second, not at every take
+                # (a take per message): one too old is closed that much later at most.
+                self._next_sweep = now + _SWEEP
+                for key, sessions in list(self._idle.items()):
+                    fresh = [s for s in sessions if now - s.last_used <= idle]
+                    if len(fresh) < len(sessions):
+                        expired.extend(s for s in sessions if now - s.last_used > idle)
+                    if fresh:
+                        self._idle[key] = fresh
+                    else:
+                        del self._idle[key]
             kept = self._idle.get(target)
-            session = kept.pop() if kept else None
+            session = None
+            while kept:
+                # The last kept is the freshest: once it is too old, so are the others.
+                last = kept.pop()
+                if now - last.last_used <= idle:
+                    session = last
+                    break
+                expired.append(last)
+            if kept is not None and not kept:
+                del self._idle[target]
         return session, expired
 
     def keep(self, session: _S) -> list[_S]:

@@ -22,7 +22,7 @@ import select
 import socket
 import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import BinaryIO
 
 import attrs
@@ -177,8 +177,9 @@ class Session:
 
     Every socket operation has a deadline. Any failure raises :class:`SessionError` with the
     temporary reply that describes it and closes the protocol, so the connection is neither
-    reused nor sent a QUIT. ``verifying`` and ``unverified`` are the TLS contexts for verified
-    (``REQUIRED``) and unverified STARTTLS.
+    reused nor sent a QUIT. ``verifying`` gives the TLS context for verified (``REQUIRED``)
+    STARTTLS, when one is first needed (loading the system's CA certificates costs tens of
+    milliseconds, at every start); ``unverified`` is the context for unverified STARTTLS.
     """
 
     def __init__(
@@ -186,7 +187,7 @@ class Session:
         sock: socket.socket,
         *,
         protocol: ClientProtocol,
-        verifying: ssl.SSLContext,
+        verifying: Callable[[], ssl.SSLContext],
         unverified: ssl.SSLContext,
     ) -> None:
         self._sock = sock
@@ -216,7 +217,7 @@ class Session:
         *,
         timeout: float,
         transcript: Transcript,
-        verifying: ssl.SSLContext,
+        verifying: Callable[[], ssl.SSLContext],
         unverified: ssl.SSLContext,
     ) -> Session:
         target = protocol.target
@@ -375,18 +376,27 @@ class Session:
     def _send_polled(self, data: bytes, *, timeout: float, sending: str) -> None:
         """:meth:`_send` on the non-blocking socket: the whole of ``data`` within ``timeout``,
         waiting (poll) only while the socket buffer is full."""
-        deadline = time.monotonic() + timeout
-        view = memoryview(data)
         sock = self._sock
-        ready = True
         try:
-            while ready:
+            # The usual case: the socket buffer takes it all at once.
+            sent = sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as error:
+            raise self._lost(f"while sending {sending}", error) from error
+        if sent == len(data):
+            return
+        deadline = time.monotonic() + timeout
+        view = memoryview(data)[sent:]
+        try:
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or not self._wait(select.POLLOUT, remaining):
+                    break
                 with contextlib.suppress(BlockingIOError):
                     view = view[sock.send(view) :]
                 if not view:
                     return
-                remaining = deadline - time.monotonic()
-                ready = remaining > 0 and self._wait(select.POLLOUT, remaining)
         except OSError as error:
             raise self._lost(f"while sending {sending}", error) from error
         raise self._over(
@@ -490,7 +500,7 @@ class Session:
 
     def _start_tls(self, start: StartTls) -> str:
         """Run the TLS handshake on the connection; return how it went, for the transcript."""
-        context = self._verifying if start.verify else self._unverified
+        context = self._verifying() if start.verify else self._unverified
         timeout = start.timeout
         if self._poller is not None:
             # The ssl module's reads and writes wait on the socket's own timeout.

@@ -150,9 +150,9 @@ class SmtpTransport:
                 "max_messages_per_connection must be a whole number, 0 for no limit, not "
                 f"{max_messages_per_connection!r}"
             )
-        if tls_context is None:
-            tls_context = ssl.create_default_context()
-        elif tls_context.verify_mode != ssl.CERT_REQUIRED or not tls_context.check_hostname:
+        if tls_context is not None and (
+            tls_context.verify_mode != ssl.CERT_REQUIRED or not tls_context.check_hostname
+        ):
             raise ConfigurationError(
                 "tls_context is what TlsPolicy.REQUIRED verifies certificates with: it needs "
                 "verify_mode CERT_REQUIRED and check_hostname True"
@@ -160,7 +160,9 @@ class SmtpTransport:
         self._helo_name = helo_name
         self._timeouts = timeouts
         self._monotonic = monotonic
+        # The default context is made at the first verified STARTTLS (see _verifying_context).
         self._verifying = tls_context
+        self._verifying_lock = threading.Lock()
         self._unverified = unverified_context()
         self._max_recipients = max_recipients
         self._max_messages = max_messages_per_connection
@@ -170,6 +172,14 @@ class SmtpTransport:
         self._counts_lock = threading.Lock()
         self._opened = 0
         self._reused = 0
+
+    def _verifying_context(self) -> ssl.SSLContext:
+        """The context verified STARTTLS uses: the one given, else the system's default, made
+        once when first needed (loading the CA certificates costs tens of milliseconds)."""
+        with self._verifying_lock:
+            if self._verifying is None:
+                self._verifying = ssl.create_default_context()
+            return self._verifying
 
     def connection_counts(self) -> tuple[int, int]:
         """Connections opened, and transactions sent over a kept connection, so far: how much
@@ -298,7 +308,7 @@ class SmtpTransport:
             protocol,
             timeout=self._timeouts.connect,
             transcript=transcript,
-            verifying=self._verifying,
+            verifying=self._verifying_context,
             unverified=self._unverified,
         )
         try:
