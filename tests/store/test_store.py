@@ -54,6 +54,42 @@ def test_write_is_atomic_and_leaves_sorttemp_clean(filesystem: pyfs.FS, clock: F
     assert store.listdir("SortTemp") == []
 
 
+def test_a_file_is_read_to_its_end_without_a_read_past_it(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # MailRoot files are written whole and never again: the size the open saw ends them.
+    store = make_store(pyfs.OSFS(str(tmp_path)), clock)
+    data = bytes(range(256)) * 1000
+    store.write("Queue", "a.eml", data)
+    store.write("Queue", "empty.env", b"")
+    reads: list[int] = []
+    read = os.read
+
+    def counted(fd: int, size: int) -> bytes:
+        reads.append(size)
+        return read(fd, size)
+
+    monkeypatch.setattr(os, "read", counted)
+    assert store.read("Queue", "a.eml") == data
+    assert store.read("Queue", "empty.env") == b""
+    assert reads == [len(data)]  # one read, no read of nothing after the end (none if empty)
+    reads.clear()
+    with store.open("Queue", "a.eml") as handle:
+        assert os.fstat(handle.fileno()).st_size == len(data)
+        parts = []
+        while part := handle.read(100_000):
+            parts.append(part)
+        assert handle.read(10) == b""
+    assert b"".join(parts) == data
+    assert len(reads) == 3  # 100,000 + 100,000 + 56,000: the end is known
+    with pytest.raises(ValueError, match="closed"):
+        handle.read(1)
+    with store.open("Queue", "a.eml") as handle:
+        assert handle.read() == data
+        buffer = bytearray(10)
+        assert handle.readinto(buffer) == 0
+
+
 def test_failed_write_leaves_nothing(filesystem: pyfs.FS, clock: FakeClock) -> None:
     store = make_store(filesystem, clock)
 

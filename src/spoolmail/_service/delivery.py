@@ -351,6 +351,8 @@ class Throttles:
         """Learn from a delivery's replies; the new throttle when the receiver asked to slow
         down, else ``None``."""
         replies = list(replies)
+        if not self._states and all(200 <= r.code < 300 for r in replies):
+            return None  # the usual case: nothing throttled, nothing asked (no lock taken)
         asking = next((r for r in replies if asks_to_slow_down(r)), None)
         with self._lock:
             state = self._states.get(key)

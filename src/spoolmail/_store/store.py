@@ -35,6 +35,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import enum
+import io
 import json
 import logging
 import os
@@ -50,7 +51,7 @@ import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime, timedelta
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, cast
 
 import attrs
 
@@ -74,6 +75,9 @@ from spoolmail._store.entries import (
 from spoolmail._store.pickup_writer import is_stale_temp
 from spoolmail._store.syncing import syncfs
 from spoolmail.exceptions import ConfigurationError, LayoutError, StorageError
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 __all__ = [
     "BADMAIL",
@@ -503,10 +507,10 @@ class MailStore:
         """
         try:
             if self._os_root is not None:
-                fd = open_regular(self._sys(folder, name), single_link=False)
                 # Unbuffered: every reader asks for whole chunks, and a buffered file would
                 # cost an isatty ioctl and an lseek at each open (twice a delivered message).
-                return open(fd, "rb", buffering=0)
+                stored = _StoredFile(*open_sized(self._sys(folder, name), single_link=False))
+                return cast("BinaryIO", stored)
             return self.fs.openbin(self._path(folder, name), "r")
         except pyfs.errors.ResourceNotFound as exc:
             raise FileNotFoundError(f"{folder}/{name}") from exc
@@ -1542,17 +1546,68 @@ def read_head(handle: BinaryIO, *, limit: int) -> tuple[bytes, bytes]:
     return data, b""
 
 
-def _read_whole(fd: int, size: int) -> bytes:
-    """All of an open regular file whose ``fstat`` gave ``size``: one ``read`` when that many
-    bytes come (no file object: it would ``fstat`` again, and a second ``read`` would only say
-    the end came), else on to the end, whatever the size said (a file that grew, a short read)."""
-    data = os.read(fd, size + 1) if size < CHUNK else b""
-    if len(data) == size and size < CHUNK:
+class _StoredFile(io.RawIOBase):
+    """A MailRoot file open for reading (:meth:`MailStore.open`): its descriptor and the size
+    ``fstat`` gave when it was opened.
+
+    Files in the MailRoot are written whole and renamed into place, never written again: once
+    that many bytes are read, the end is known without a read of nothing, and the open costs
+    no second ``fstat`` (a file object's). A short read before it reads on, as a file does.
+    """
+
+    def __init__(self, fd: int, size: int) -> None:
+        super().__init__()
+        self._fd = fd
+        self._left = size
+
+    def readable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        if self.closed:
+            raise ValueError("I/O operation on closed file")
+        return self._fd
+
+    def read(self, size: int | None = -1) -> bytes:
+        if self.closed:
+            raise ValueError("I/O operation on closed file")
+        if size is None or size < 0:
+            return self.readall()
+        if size == 0 or self._left <= 0:
+            return b""
+        data = os.read(self._fd, size)
+        self._left = self._left - len(data) if data else 0
         return data
-    parts = [data]
-    while block := os.read(fd, CHUNK):
-        parts.append(block)
-    return b"".join(parts)
+
+    def readall(self) -> bytes:
+        parts = []
+        while data := self.read(max(self._left, CHUNK)):
+            parts.append(data)
+        return b"".join(parts)
+
+    def readinto(self, buffer: WriteableBuffer) -> int:
+        data = self.read(len(memoryview(buffer)))
+        memoryview(buffer).cast("B")[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            try:
+                os.close(self._fd)
+            finally:
+                super().close()
+
+
+def _read_whole(fd: int, size: int) -> bytes:
+    """All of an open MailRoot file whose ``fstat`` gave ``size``: the file is written whole and
+    never again (see :class:`_StoredFile`), so reading stops there, without a file object (a
+    second ``fstat``) or a read of nothing after the end; a file found shorter ends sooner."""
+    parts = []
+    left = size
+    while left > 0 and (data := os.read(fd, min(left, 8 * CHUNK))):
+        parts.append(data)
+        left -= len(data)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 def chunks(handle: BinaryIO) -> Iterator[bytes]:
