@@ -33,11 +33,15 @@ from spoolmail._core.reply import Reply
 from spoolmail._core.retry import RetryPolicy
 from spoolmail._core.routing import Hop, HopKind, Router, Target
 from spoolmail._core.transcript import Transcript
-from spoolmail._service.service import MailService, Report
-from spoolmail._store.spool import Spool
-from spoolmail._store.store import Durability
 from spoolmail._transport.base import Outgoing, Resolution
 from spoolmail.exceptions import NotFound
+
+# This module is a pytest plugin, loaded by every pytest run wherever spoolmail is installed:
+# the service and the spool (a third of a second of imports) come when a fixture or an Outbox
+# needs them.
+if TYPE_CHECKING:
+    from spoolmail._service.service import MailService, Report
+    from spoolmail._store.spool import Spool
 
 __all__ = [
     "Attachment",
@@ -429,6 +433,8 @@ class Outbox(Sequence[SentMessage]):
     def __init__(
         self, source: MailService | Spool, *, transport: CapturingTransport | None = None
     ) -> None:
+        from spoolmail._service.service import MailService  # noqa: PLC0415 (see the imports)
+
         if isinstance(source, MailService):
             self.service: MailService | None = source
             self.spool = source.spool
@@ -451,6 +457,8 @@ class Outbox(Sequence[SentMessage]):
                 "this Outbox reads a Spool that something else delivers; build it from the "
                 "MailService (Outbox(service)) to have it deliver"
             )
+        from spoolmail._service.service import Report  # noqa: PLC0415 (see the imports)
+
         reports = []
         for _ in range(_MAX_RUNS):
             reports.append(self.service.run_once())
@@ -643,6 +651,9 @@ def spoolmail_transport() -> CapturingTransport:
 
 @_register
 def spoolmail_spool(spoolmail_clock: FakeClock) -> Iterator[Spool]:
+    from spoolmail._store.spool import Spool  # noqa: PLC0415 (see the imports)
+    from spoolmail._store.store import Durability  # noqa: PLC0415
+
     with Spool("mem://", clock=spoolmail_clock, durability=Durability.NONE) as spool:
         yield spool
 
@@ -651,6 +662,8 @@ def spoolmail_spool(spoolmail_clock: FakeClock) -> Iterator[Spool]:
 def spoolmail_service(
     spoolmail_spool: Spool, spoolmail_clock: FakeClock, spoolmail_transport: CapturingTransport
 ) -> Iterator[MailService]:
+    from spoolmail._service.service import MailService  # noqa: PLC0415 (see the imports)
+
     service = MailService(
         spoolmail_spool,
         router=Router(local_domains=["example.com"], smart_host="smarthost.test:25"),
