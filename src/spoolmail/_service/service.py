@@ -26,10 +26,9 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from datetime import datetime, timedelta
 from functools import partial
+from typing import TYPE_CHECKING
 
 import attrs
-import dns.flags
-import dns.resolver
 
 from spoolmail._core.address import parse_domain, parse_mailbox
 from spoolmail._core.badmail import orphan_report
@@ -104,6 +103,10 @@ from spoolmail.exceptions import (
     SpoolmailError,
     StorageError,
 )
+
+if TYPE_CHECKING:
+    # dnspython costs tens of milliseconds to import: only DANE's resolver needs it here.
+    import dns.resolver
 
 __all__ = ["Limits", "MailService", "Report", "Stats", "machine_name"]
 
@@ -304,6 +307,9 @@ def _dane(resolver: HostResolver, enabled: bool) -> Dane | None:
 def _asking_for_ad(resolver: dns.resolver.Resolver | None) -> dns.resolver.Resolver:
     """``resolver`` (the system's by default) setting AD in its queries, which asks a
     validating resolver to say whether it validated the answer (RFC 6840 section 5.7)."""
+    import dns.flags  # noqa: PLC0415 (dnspython only with DANE, see the imports)
+    import dns.resolver  # noqa: PLC0415
+
     resolver = resolver or dns.resolver.Resolver()
     resolver.flags = (dns.flags.RD if resolver.flags is None else resolver.flags) | dns.flags.AD
     return resolver
