@@ -42,7 +42,16 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import attrs
-from aiosmtpd.smtp import MISSING, SMTP, Envelope, Session
+from aiosmtpd.smtp import (
+    ALLOWED_BEFORE_STARTTLS,
+    BOGUS_LIMIT,
+    MISSING,
+    SMTP,
+    Envelope,
+    Session,
+    TLSSetupException,
+    sanitized_log,
+)
 
 from spoolmail._core.address import AddressRole, parse_mailbox
 from spoolmail._core.envelope import Recipient
@@ -66,6 +75,7 @@ from spoolmail.exceptions import MessageError, SpoolmailError
 __all__ = ["Config", "Hooks", "SmtpSession"]
 
 log = logging.getLogger("spoolmail.listener")
+_mail_log = logging.getLogger("mail.log")  # aiosmtpd's own log, which it writes to as well
 
 Credentials = Callable[[str, str], bool]
 # RFC 5321 section 4.5.3.1.6: a text line is at most 998 octets and CRLF.
@@ -232,6 +242,10 @@ class SmtpSession(SMTP):
     # a command line still gets its 500 past aiosmtpd's command size limit (512 octets).
     line_length_limit = 64 * 1024
 
+    if TYPE_CHECKING:  # asyncio's FlowControlMixin's state, which typeshed does not declare
+        _paused: bool
+        _connection_lost: bool
+
     def __init__(self, hooks: Hooks, *, sessions: set[SmtpSession], **options: Any) -> None:
         super().__init__(hooks, **options)
         self.config = hooks.config
@@ -288,12 +302,132 @@ class SmtpSession(SMTP):
             return
         self._sessions.add(self)
         try:
-            await super()._handle_client()
+            if self._proxy_timeout is None and not self._enforce_call_limit:
+                await self._serve_commands()
+            else:  # aiosmtpd's options that spoolmail does not set
+                await super()._handle_client()
         except _BareNewline as bare:
             await self.push(f"521 5.5.2 {self.config.fqdn} Error: bare <{bare.char}> received")
             self.close()
         finally:
             self._sessions.discard(self)
+
+    async def _serve_commands(self) -> None:
+        """aiosmtpd's command loop (``SMTP._handle_client``) without what spoolmail does not use
+        (the PROXY header, call limits): the greeting, then each command read, checked and
+        answered as aiosmtpd does, with the same replies and logging. Its per-line debug and
+        info logs (``mail.log``) are formatted only when that logger would write them."""
+        session = self.session
+        if session is None:
+            return
+        await self.push(f"220 {self.hostname} {self.__ident__}")
+        bogus_budget = BOGUS_LIMIT
+        while self.transport is not None:
+            try:
+                command = await self._read_command(session)
+                if command is None:
+                    continue  # answered already
+                name, arg = command
+                method = self._smtp_methods.get(name)
+                if method is None:
+                    bogus_budget -= 1
+                    await self._unknown(session, name, bogus_budget)
+                    continue
+                self._reset_timeout()
+                await method(arg)
+            except (asyncio.CancelledError, ConnectionResetError):
+                _mail_log.info("%r Connection lost during _handle_client()", session.peer)
+                self._writer.close()
+                raise
+            except Exception as error:  # noqa: BLE001 (aiosmtpd's: answered, the session goes on)
+                await self._answer_exception(error)
+
+    async def _read_command(self, session: Session) -> tuple[str, str | None] | None:
+        """The next command's name and argument, checked as aiosmtpd checks them; None when
+        the line was answered already (too long, bad syntax, refused before TLS)."""
+        reader = self._reader
+        try:
+            line: bytes = await reader.readuntil()
+        except asyncio.LimitOverrunError as error:
+            # Too long: the rest of the line is read (and dropped) before the 500.
+            await reader.read(error.consumed)
+            while True:
+                try:
+                    await reader.readuntil()
+                    break
+                except asyncio.LimitOverrunError as more:
+                    await reader.read(more.consumed)
+            await self.push("500 Command line too long")
+            return None
+        if _mail_log.isEnabledFor(logging.DEBUG):
+            sanitized_log(_mail_log.debug, "_handle_client readline: %r", line)
+        line = line.rstrip(b"\r\n")
+        if _mail_log.isEnabledFor(logging.INFO):
+            sanitized_log(_mail_log.info, "%r >> %r", session.peer, line)
+        name_bytes, _, arg_bytes = line.partition(b" ")
+        if not line or not name_bytes.isascii():
+            await self.push("500 Error: bad syntax")
+            return None
+        name = name_bytes.upper().decode("ascii")
+        arg: str | None = None
+        if arg_bytes:
+            arg_bytes = arg_bytes.strip()
+            if self.enable_SMTPUTF8:
+                arg = str(arg_bytes, encoding="utf-8", errors="surrogateescape")
+            elif arg_bytes.isascii():
+                arg = arg_bytes.decode("ascii")
+            else:
+                await self.push("500 Error: strict ASCII mode")
+                return None
+        refusal = self._refusal(session, name, len(line))
+        if refusal is not None:
+            await self.push(refusal)
+            return None
+        return name, arg
+
+    def _refusal(self, session: Session, name: str, size: int) -> str | None:
+        """aiosmtpd's reply to a command refused before it runs, or None."""
+        limit = self.command_size_limits[name] if session.extended_smtp else self.command_size_limit
+        if size > limit:
+            return "500 Command line too long"
+        if not self._tls_handshake_okay and name != "QUIT":
+            return "554 Command refused due to lack of security"
+        if self.require_starttls and not self._tls_protocol and name not in ALLOWED_BEFORE_STARTTLS:
+            return "530 Must issue a STARTTLS command first"  # RFC 3207 section 4
+        return None
+
+    async def _unknown(self, session: Session, name: str, budget: int) -> None:
+        """An unknown command: 500, or after a few of them 502 and the end (aiosmtpd's)."""
+        _mail_log.warning("%r unrecognised: %s", session.peer, name)
+        if budget < 1:
+            _mail_log.warning("%r too many bogus commands", session.peer)
+            await self.push("502 5.5.1 Too many unrecognized commands, goodbye.")
+            if self.transport is not None:
+                self.transport.close()
+            return
+        await self.push(f'500 Error: command "{name}" not recognized')
+
+    async def _answer_exception(self, error: Exception) -> None:
+        """What aiosmtpd's command loop does with a command's exception: the handler's reply
+        (a TLS set-up failure ends the connection instead)."""
+        try:
+            status = await self.handle_exception(error)
+        except Exception as inner:  # noqa: BLE001 (as aiosmtpd: described, not raised)
+            try:
+                _mail_log.exception("%r Exception in handle_exception()", self.session_peer)
+                status = f"500 Error: ({inner.__class__.__name__}) {inner}"
+            except Exception:  # noqa: BLE001
+                status = "500 Error: Cannot describe error"
+        if isinstance(error, TLSSetupException):
+            if self.transport is not None:
+                self.transport.close()
+            self.connection_lost(error)
+        else:
+            await self.push(status)
+
+    @property
+    def session_peer(self) -> Any:
+        return self.session.peer if self.session is not None else None
 
     async def _turn_away(self) -> None:
         """RFC 5321 section 3.1: a 554 greeting, then 503 to anything but QUIT (a few times)."""
@@ -325,11 +459,28 @@ class SmtpSession(SMTP):
             self._original_transport.close()
 
     async def push(self, status: Any) -> None:
+        """aiosmtpd's ``push`` (the reply written, then the writer drained), each reply with its
+        RFC 3463 code. The drain is awaited only when it has something to do: a transport that
+        is paused, closing or gone, or a reader that failed (a reply of a few dozen octets
+        almost never finds one); otherwise it would return at once, at the cost of a few calls."""
         if isinstance(status, str):
             status = enhance(status)
             if status[:1] in ("4", "5"):
                 log.info("%s refused: %s", self.client, status)
-        await super().push(status)
+            response = status.encode("utf-8" if self.enable_SMTPUTF8 else "ascii")
+        else:
+            response = status
+        writer = self._writer
+        writer.write(response + b"\r\n")
+        if _mail_log.isEnabledFor(logging.DEBUG):
+            _mail_log.debug("%r << %r", self.session_peer, response)
+        if (
+            self._paused
+            or self._connection_lost
+            or writer.transport.is_closing()
+            or self._reader.exception() is not None
+        ):
+            await writer.drain()
 
     # -- MAIL and RCPT: RFC 3461's parameters out before aiosmtpd sees them -------------------
 
@@ -363,8 +514,39 @@ class SmtpSession(SMTP):
         path = stripped[: len(stripped) - len(rest)].rstrip()
         return f"{keyword}{path} {' '.join(others)}".rstrip(), taken
 
+    def _plain_path(self, arg: str | None, keyword: str) -> str | None:
+        """The address of ``FROM:<local@domain>`` (``TO:``...) with nothing after the path, in a
+        session that said HELO or EHLO and needs no AUTH: the case where aiosmtpd's MAIL and
+        RCPT come to their hook with no parameters. None for anything else (aiosmtpd's path)."""
+        session = self.session
+        if arg is None or session is None or not session.host_name or self._auth_required:
+            return None
+        size = len(keyword)
+        if arg[:size].upper() != keyword:
+            return None
+        found = _PLAIN_PATH.fullmatch(arg[size:].lstrip())
+        if found is None:
+            return None
+        address: str = found[1]
+        limit = self.local_part_limit
+        if limit and len(address.rpartition("@")[0]) > limit:
+            return None
+        return address
+
     async def smtp_MAIL(self, arg: str | None) -> None:  # noqa: N802 (aiosmtpd's name)
         self._next_mail = MailDsn()
+        envelope = self.envelope
+        address = self._plain_path(arg, "FROM:")
+        if address is not None and envelope is not None and not envelope.mail_from:
+            # aiosmtpd's smtp_MAIL for a path without parameters: no SMTPUTF8, the hook's reply.
+            envelope.smtp_utf8 = False
+            status = await self._call_handler_hook("MAIL", address, [])
+            if status is MISSING:
+                envelope.mail_from = address
+                status = "250 OK"
+            _mail_log.info("%r sender: %s", self.session_peer, address)
+            await self.push(status)
+            return
         if arg is not None and self.session is not None and self.session.extended_smtp:
             try:
                 arg, taken = self._take_parameters(arg, "FROM:", split_mail_parameters)
@@ -376,6 +558,17 @@ class SmtpSession(SMTP):
 
     async def smtp_RCPT(self, arg: str | None) -> None:  # noqa: N802 (aiosmtpd's name)
         self._next_rcpt = RcptDsn()
+        envelope = self.envelope
+        address = self._plain_path(arg, "TO:")
+        if address is not None and envelope is not None and envelope.mail_from:
+            # aiosmtpd's smtp_RCPT for a path without parameters: the hook's reply.
+            status = await self._call_handler_hook("RCPT", address, [])
+            if status is MISSING:
+                envelope.rcpt_tos.append(address)
+                status = "250 OK"
+            _mail_log.info("%r recip: %s", self.session_peer, address)
+            await self.push(status)
+            return
         if arg is not None and self.session is not None and self.session.extended_smtp:
             try:
                 arg, taken = self._take_parameters(arg, "TO:", split_rcpt_parameters)
@@ -388,7 +581,10 @@ class SmtpSession(SMTP):
     async def smtp_DATA(self, arg: str) -> None:  # noqa: N802 (aiosmtpd's name)
         """aiosmtpd's DATA, with the message read whole (:meth:`_StrictReader.read_message`)
         instead of a line at a time: the same replies, in the same cases."""
-        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+        session = self.session
+        if (session is None or not session.host_name or self._auth_required) and (
+            await self.check_helo_needed() or await self.check_auth_needed("DATA")
+        ):
             return
         envelope = self.envelope
         if envelope is None or not envelope.rcpt_tos:
