@@ -250,6 +250,7 @@ class SmtpSession(SMTP):
         super().__init__(hooks, **options)
         self.config = hooks.config
         self.client: IPAddress | None = None
+        self.client_name = "None"  # str(client), made once: Received, origin and log lines
         self.auth_failures = 0
         self.user: str | None = None
         self._sessions = sessions
@@ -293,6 +294,7 @@ class SmtpSession(SMTP):
             self.client = client_address(str(peer[0]) if isinstance(peer, tuple) else str(peer))
         except ValueError:  # a Unix socket, say: no address to judge
             self.client = None
+        self.client_name = str(self.client)
         if self.client is None or not self.config.access.admits(self.client):
             await self._turn_away()
             return
@@ -743,7 +745,7 @@ class Hooks:
         tls = server.tls_facts
         received = received_field(
             helo=session.host_name or "",
-            client=str(server.client),
+            client=server.client_name,
             fqdn=config.fqdn,
             protocol=protocol_name(
                 extended=session.extended_smtp,
@@ -761,7 +763,7 @@ class Hooks:
             message=message,
             sender="" if envelope.mail_from == "<>" else envelope.mail_from or "",
             recipients=list(envelope.recipients),
-            origin=f"smtp:{server.client}",
+            origin=f"smtp:{server.client_name}",
             envid=envelope.dsn.envid,
             ret=envelope.dsn.ret,
             eight_bit=envelope.eight_bit or not content.isascii(),
@@ -778,7 +780,7 @@ class Hooks:
         log.info(
             "%s: queued from %s%s sender=%s recipients=%d size=%d",
             queue_id,
-            server.client,
+            server.client_name,
             f" user={server.user}" if server.user else "",
             envelope.mail_from if envelope.mail_from == "<>" else f"<{envelope.mail_from}>",
             len(envelope.recipients),
