@@ -84,6 +84,32 @@ def test_run_not_as_root_does_not_warn(
     assert WARNING not in capsys.readouterr().err
 
 
+def test_the_modules_imported_later_are_imported_before_the_drop(root: Path) -> None:
+    """The service's user may be unable to read the Python installation (a pyenv under /root):
+    what the service imports at first use (dnspython, fcntl) is imported while still root.
+    In a fresh interpreter, where nothing imported them before."""
+    script = textwrap.dedent(
+        f"""
+        import sys
+        from spoolmail._cli import privileges
+        from spoolmail._cli.main import main
+
+        def drop(user, group=None):
+            missing = set(privileges.IMPORTED_BEFORE_DROP) - set(sys.modules)
+            print("missing at the drop:", sorted(missing))
+            return privileges.Identity(user, 65534, 65534, frozenset({{65534}}))
+
+        privileges.drop_privileges = drop
+        sys.exit(main(["--root", {str(root)!r}, "run", "--once", "--user", "mailer"]))
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert "missing at the drop: []" in done.stdout
+
+
 def test_run_with_user_drops_before_the_mailroot_is_opened(
     root: Path,
     drops: list[tuple[str, str | None, bool]],

@@ -13,6 +13,8 @@ Changes the process's credentials only; never touches the MailRoot or the networ
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import logging
 import os
 from typing import TYPE_CHECKING
@@ -25,6 +27,7 @@ if TYPE_CHECKING:
     from spoolmail._cli.settings import Settings
 
 __all__ = [
+    "IMPORTED_BEFORE_DROP",
     "Identity",
     "drop_privileges",
     "is_root",
@@ -35,6 +38,19 @@ __all__ = [
 ]
 
 log = logging.getLogger("spoolmail")
+
+#: Modules spoolmail imports at their first use (dnspython at the first DNS lookup, fcntl at the
+#: first Pickup lease), imported before the drop: the service's user may not be able to read
+#: the Python installation (one under /root, as pyenv puts it), and then an import after the
+#: drop fails in the middle of a delivery.
+IMPORTED_BEFORE_DROP = (
+    "fcntl",
+    "dns.exception",
+    "dns.flags",
+    "dns.name",
+    "dns.resolver",
+    "dns.reversename",
+)
 
 
 @attrs.frozen
@@ -73,6 +89,9 @@ def lose_root(settings: Settings) -> None:
     (``-v`` shows it there too).
     """
     if settings.user is not None:
+        for name in IMPORTED_BEFORE_DROP:
+            with contextlib.suppress(ImportError):  # fcntl: POSIX only
+                importlib.import_module(name)
         identity = drop_privileges(*parse_user(settings.user))
         log.info("running as %s (uid %d, gid %d)", identity.user, identity.uid, identity.gid)
         return
