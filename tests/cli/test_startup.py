@@ -110,3 +110,33 @@ def test_version() -> None:
 def test_the_free_space_default_is_the_service_s() -> None:
     """settings keeps its own copy, so that reading the settings does not import the service."""
     assert settings.MIN_FREE_SPACE == service.MIN_FREE_SPACE
+
+
+def test_sendmail_keeps_the_service_s_limits_without_importing_it() -> None:
+    """spoolmail-sendmail runs once a message: it does not import the service for them."""
+    from spoolmail._cli import sendmail  # noqa: PLC0415
+    from spoolmail._service import intake  # noqa: PLC0415
+
+    assert sendmail.MAX_HEAD == intake.MAX_HEAD
+    assert sendmail.machine_name() == service.machine_name()
+
+
+def test_sendmail_imports_neither_the_service_nor_the_spool(tmp_path: Path) -> None:
+    root = tmp_path / "MailRoot"
+    assert main(["--root", str(root), "init"], out=io.StringIO()) == EX_OK
+    code = (
+        "import sys; from spoolmail._cli.sendmail import run; "
+        "status = run(['-i', 'ops@example.com'], root=sys.argv[1], stdin=sys.stdin.buffer); "
+        "print(' '.join(sorted(sys.modules)), file=sys.stderr); sys.exit(status)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(root)],
+        input=b"Subject: hi\n\nhello\n",
+        capture_output=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    loaded = set(done.stderr.decode().split())
+    unwanted = HEAVY - {"spoolmail._cli.sendmail"}
+    assert not (unwanted | {"spoolmail._service.service", "spoolmail._store.spool"}) & loaded
+    assert len(list((root / "Pickup").iterdir())) == 1

@@ -23,6 +23,7 @@ import errno
 import getopt
 import getpass
 import os
+import platform
 import re
 import signal
 import stat
@@ -51,8 +52,6 @@ from spoolmail._core.pickup import (
     render_pickup,
 )
 from spoolmail._core.states import State
-from spoolmail._service.intake import MAX_HEAD
-from spoolmail._service.service import machine_name
 from spoolmail._store.pickup_writer import PickupFile, TooLarge
 from spoolmail._store.store import message_file
 from spoolmail.exceptions import ConfigurationError, MessageError, StorageError
@@ -79,6 +78,21 @@ __all__ = [
     "parse_command_line",
     "run",
 ]
+
+# The service's limit on a header section (spoolmail._service.intake.MAX_HEAD) and its default
+# host name (spoolmail._service.service.machine_name), kept here, a test holds them equal:
+# importing the service for them would double what this command costs, and programs (PHP's
+# mail()) run it once a message.
+MAX_HEAD = 1024 * 1024
+
+
+def machine_name() -> str:
+    """This machine's name if it is a valid host name, else ``localhost`` (never a DNS lookup)."""
+    try:
+        return parse_domain(platform.node())
+    except MessageError:
+        return "localhost"
+
 
 # sysexits.h, which sendmail's callers read: PHP's mail() returns false on any of them, cron and
 # git report them, and 75 tells a caller that queues its own mail to try again later.
