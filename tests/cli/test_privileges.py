@@ -7,7 +7,12 @@ as root (as CI does): a process cannot come back from it.
 
 from __future__ import annotations
 
+import ast
+import codecs
+import contextlib
+import importlib.util
 import io
+import json
 import os
 import pwd
 import re
@@ -108,6 +113,85 @@ def test_the_modules_imported_later_are_imported_before_the_drop(root: Path) -> 
     )
     assert done.returncode == 0, done.stderr
     assert "missing at the drop: []" in done.stdout
+
+
+SRC = Path(__file__).resolve().parents[2] / "src" / "spoolmail"
+
+
+def _module_of(path: Path) -> str:
+    parts = path.relative_to(SRC.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imported_at_first_use() -> dict[str, str]:
+    """Every module spoolmail imports inside a function, and every codec it names by text
+    (``.encode("punycode")`` imports ``encodings.punycode`` at that call): name -> where."""
+    found: dict[str, str] = {}
+    for path in sorted(SRC.rglob("*.py")):
+        if _module_of(path) in privileges.NOT_IN_A_SERVICE:
+            continue
+        tree = ast.parse(path.read_text(), str(path))
+        for function in ast.walk(tree):
+            if not isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            for node in ast.walk(function):
+                where = (
+                    f"{path.relative_to(SRC.parent)}:{node.lineno}"
+                    if hasattr(node, "lineno")
+                    else ""
+                )
+                if isinstance(node, ast.Import):
+                    found.update((alias.name, where) for alias in node.names)
+                elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                    found[node.module] = where
+                    for alias in node.names:  # from package import module
+                        name = f"{node.module}.{alias.name}"
+                        with contextlib.suppress(ImportError, ValueError):
+                            if importlib.util.find_spec(name) is not None:
+                                found[name] = where
+                elif (
+                    isinstance(node, ast.Call)
+                    and isinstance(node.func, ast.Attribute)
+                    and node.func.attr in ("encode", "decode")
+                    and node.args
+                    and isinstance(node.args[0], ast.Constant)
+                    and isinstance(node.args[0].value, str)
+                ):
+                    with contextlib.suppress(LookupError):
+                        module = codecs.lookup(node.args[0].value).encode.__module__
+                        if module.startswith("encodings."):
+                            found[module] = where
+    return found
+
+
+def test_whatever_a_service_imports_at_first_use_is_imported_before_the_drop() -> None:
+    """Read from the sources, so that a new import inside a function (or a codec named by
+    text) cannot slip past: in a fresh interpreter, after ``import_before_drop``, each of them
+    is already imported (or built into the interpreter), as is every spoolmail module."""
+    wanted = _imported_at_first_use()
+    assert "dns.resolver" in wanted  # the reading finds imports in functions ...
+    assert "encodings.punycode" in wanted  # ... and codecs named by text
+    script = textwrap.dedent(
+        """
+        import json, sys
+        from spoolmail._cli import privileges
+
+        privileges.import_before_drop()
+        print(json.dumps(sorted(sys.modules)))
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    )
+    imported = set(json.loads(done.stdout))
+    missing = {
+        name: where
+        for name, where in wanted.items()
+        if name not in imported and name not in sys.builtin_module_names
+    }
+    assert not missing, f"imported after a drop of privileges would fail: {missing}"
+    assert "dns.rdtypes.ANY.MX" in imported
+    assert "spoolmail._service.service" in imported
 
 
 def test_run_with_user_drops_before_the_mailroot_is_opened(

@@ -17,6 +17,7 @@ import contextlib
 import importlib
 import logging
 import os
+import pkgutil
 from typing import TYPE_CHECKING
 
 import attrs
@@ -28,8 +29,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "IMPORTED_BEFORE_DROP",
+    "NOT_IN_A_SERVICE",
     "Identity",
     "drop_privileges",
+    "import_before_drop",
     "is_root",
     "lose_root",
     "parse_user",
@@ -39,18 +42,65 @@ __all__ = [
 
 log = logging.getLogger("spoolmail")
 
-#: Modules spoolmail imports at their first use (dnspython at the first DNS lookup, fcntl at the
-#: first Pickup lease), imported before the drop: the service's user may not be able to read
-#: the Python installation (one under /root, as pyenv puts it), and then an import after the
-#: drop fails in the middle of a delivery.
+#: Modules spoolmail imports at their first use, imported before the drop: the service's user may
+#: not be able to read the Python installation (a venv or pyenv under /root, mode 700), and then
+#: an import after the drop fails in the middle of a delivery. Besides these, every spoolmail
+#: module a service can reach (:func:`import_before_drop`) and all of dnspython's record types,
+#: which it imports as answers bring them. A test reads the sources for imports inside functions
+#: and codecs named by text, and fails for any not covered here.
 IMPORTED_BEFORE_DROP = (
-    "fcntl",
+    "fcntl",  # the Pickup lease probe
+    "grp",
+    "pwd",  # owners named in BadMail reports
+    "encodings.idna",
+    "encodings.punycode",  # address and DKIM domain lengths
+    "importlib.metadata",  # spoolmail.__version__
     "dns.exception",
     "dns.flags",
     "dns.name",
+    "dns.nameserver",
+    "dns.rdata",
     "dns.resolver",
     "dns.reversename",
+    # optional dependencies, where installed: DKIM and DANE, --metrics
+    "cryptography",
+    "cryptography.exceptions",
+    "cryptography.x509",
+    "cryptography.hazmat.primitives.asymmetric.ed25519",
+    "cryptography.hazmat.primitives.asymmetric.padding",
+    "cryptography.hazmat.primitives.asymmetric.rsa",
+    "cryptography.hazmat.primitives.asymmetric.utils",
+    "cryptography.hazmat.primitives.hashes",
+    "cryptography.hazmat.primitives.serialization",
+    "prometheus_client",
+    "prometheus_client.core",
 )
+
+#: spoolmail's modules that no service runs: they are not imported before the drop.
+NOT_IN_A_SERVICE = frozenset(
+    {"spoolmail.__main__", "spoolmail.django", "spoolmail.testing", "spoolmail._cli.sendmail"}
+)
+
+
+def import_before_drop() -> None:
+    """Import what a service may import at first use (:data:`IMPORTED_BEFORE_DROP`, spoolmail's
+    own modules, dnspython's record types), while the installation can still be read. A module
+    whose optional dependency is missing is left out: the feature that needs it says so."""
+    import spoolmail  # noqa: PLC0415
+
+    names = [
+        info.name
+        for info in pkgutil.walk_packages(spoolmail.__path__, "spoolmail.")
+        if info.name not in NOT_IN_A_SERVICE
+    ]
+    for name in (*names, *IMPORTED_BEFORE_DROP):
+        with contextlib.suppress(ImportError):  # fcntl: POSIX only; optional dependencies
+            importlib.import_module(name)
+    with contextlib.suppress(ImportError):
+        import dns.rdata  # noqa: PLC0415
+
+        # A record type's module is imported when an answer first holds one.
+        dns.rdata.load_all_types()  # type: ignore[no-untyped-call]
 
 
 @attrs.frozen
@@ -89,9 +139,7 @@ def lose_root(settings: Settings) -> None:
     (``-v`` shows it there too).
     """
     if settings.user is not None:
-        for name in IMPORTED_BEFORE_DROP:
-            with contextlib.suppress(ImportError):  # fcntl: POSIX only
-                importlib.import_module(name)
+        import_before_drop()
         identity = drop_privileges(*parse_user(settings.user))
         log.info("running as %s (uid %d, gid %d)", identity.user, identity.uid, identity.gid)
         return
