@@ -50,6 +50,12 @@ from typing import BinaryIO
 
 import attrs
 
+if sys.platform != "win32":
+    # Imported now, not when first used: once the service has dropped root, a Python installed
+    # where only root may read (under /root) can import nothing more.
+    import fcntl
+    import pwd
+
 __all__ = [
     "CappedReader",
     "CloseWatcher",
@@ -116,11 +122,11 @@ class EntryFacts:
 
 
 def _owner_name(uid: int) -> str:
+    if sys.platform == "win32":
+        return f"uid {uid}"
     try:
-        import pwd  # noqa: PLC0415 (POSIX only)
-
         return f"{pwd.getpwuid(uid).pw_name} (uid {uid})"
-    except (ImportError, KeyError):
+    except KeyError:
         return f"uid {uid}"
 
 
@@ -279,8 +285,6 @@ def lease_probe(path: str, expected: EntryFacts) -> bool | None:
     """
     if not sys.platform.startswith("linux"):
         return None
-    import fcntl  # noqa: PLC0415 (POSIX only)
-
     try:
         fd = open_regular(path, expected)
     except (OSError, UnsafeEntry):
