@@ -16,14 +16,17 @@ import ipaddress
 import logging
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import attrs
-import dns.resolver
 
 from spoolmail._core.mx import host_key
 from spoolmail._core.reply import Reply
 from spoolmail._core.transcript import Transcript
 from spoolmail._transport.dns import DnsResolver
+
+if TYPE_CHECKING:
+    import dns.resolver
 
 __all__ = ["HostNameCheck", "check_host_name", "warn_about_host_name"]
 
