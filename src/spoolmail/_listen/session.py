@@ -403,7 +403,7 @@ class SmtpSession(SMTP):
         _mail_log.warning("%r unrecognised: %s", session.peer, name)
         if budget < 1:
             _mail_log.warning("%r too many bogus commands", session.peer)
-            await self.push("502 5.5.1 Too many unrecognized commands, goodbye.")
+            await self.push("502 Too many unrecognized commands, goodbye.")  # 5.5.1 added
             if self.transport is not None:
                 self.transport.close()
             return
