@@ -458,6 +458,7 @@ class MailService:
                 dot_stuffed=pickup_dot_stuffed,
             ),
             emit=self._emit,
+            emit_all=spool._emit_all,
         )
         self._names = host_resolver = host_resolver or DnsResolver(
             resolver=_asking_for_ad(dns_resolver) if dane else dns_resolver,
