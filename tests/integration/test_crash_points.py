@@ -32,8 +32,9 @@ earlier is masked. Two scenarios reach both threads' calls:
 
 Which thread each kill hit, and what stayed masked, is printed. The counts (:data:`COUNTS`) come
 from a clean run of each scenario under ``strace -f``, counting only the spoolmail process's
-threads (intake runs with ``--pickup-settle 0`` so that the lease probe does not matter). A change to the store changes them:
-``test_clean_runs_make_the_counted_calls`` then says what to write into :data:`COUNTS`.
+threads (intake runs with ``--pickup-settle 0`` so that the lease probe does not matter). A
+change to the store changes them: ``test_clean_runs_make_the_counted_calls`` then says what to
+write into :data:`COUNTS`.
 
 The whole sweep (about 110 kills) runs in CI in about a minute, several points at once.
 
