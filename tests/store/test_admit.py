@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+import spoolmail._store.spool as spool_module
 import spoolmail._store.store as store_module
 from spoolmail import (
     Durability,
@@ -170,6 +171,54 @@ def test_admit_takes_an_id_given_in_advance_once(clock: FakeClock) -> None:
             with pytest.raises(ValueError, match="not a fresh id"):
                 spool.admit(MESSAGE, sender="", recipients=["b@x.test"], origin="t", queue_id=bad)
         assert [m.id for m in spool.queued()] == [queue_id]
+
+
+def test_an_id_handed_out_is_admitted_without_a_look_and_only_once(
+    clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """new_id's own ids, unused, are fresh by construction: no look for a message of that name.
+    Any other id (used once, or never handed out here) is looked for, as before."""
+    with Spool("mem://", clock=clock) as spool:
+        looked: list[str] = []
+        has_message = spool._transitions.has_message
+
+        def counted(queue_id: str) -> bool:
+            looked.append(queue_id)
+            return has_message(queue_id)
+
+        monkeypatch.setattr(spool._transitions, "has_message", counted)
+        given = spool.new_id()
+        spool.admit(MESSAGE, sender="", recipients=["b@x.test"], origin="t", queue_id=given)
+        assert looked == []
+        with pytest.raises(ValueError, match="not a fresh id"):
+            spool.admit(MESSAGE, sender="", recipients=["b@x.test"], origin="t", queue_id=given)
+        assert looked == [given]
+        with Spool("mem://", clock=clock) as other:
+            elsewhere = other.new_id()
+        spool.admit(MESSAGE, sender="", recipients=["b@x.test"], origin="t", queue_id=elsewhere)
+        assert looked == [given, elsewhere]
+
+
+def test_ids_handed_out_are_remembered_up_to_a_cap(
+    clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(spool_module, "_ISSUED_CAP", 3)
+    with Spool("mem://", clock=clock) as spool:
+        made = [spool.new_id() for _ in range(5)]
+        assert [spool._issued.take(queue_id) for queue_id in made] == [False] * 2 + [True] * 3
+        assert not spool._issued.take(made[-1])
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_forgets_the_ids_its_parent_handed_out(clock: FakeClock) -> None:
+    with Spool("mem://", clock=clock) as spool:
+        queue_id = spool.new_id()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover (the child)
+            os._exit(0 if not spool._issued.take(queue_id) else 1)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert spool._issued.take(queue_id)
 
 
 # -- admit_group: several messages made durable with one sync (the listener's group commit) --------

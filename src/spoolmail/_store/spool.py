@@ -17,6 +17,8 @@ import email.policy
 import functools
 import logging
 import os
+import threading
+import weakref
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Literal, Self
@@ -86,6 +88,50 @@ __all__ = [
 Clock = Callable[[], datetime]
 
 log = logging.getLogger("spoolmail")
+
+
+# The most ids new_id remembers as handed out and unused (sessions that never admit theirs).
+_ISSUED_CAP = 4096
+
+
+class _Issued:
+    """The ids a spool's :meth:`Spool.new_id` handed out that no admission has used yet, the
+    newest :data:`_ISSUED_CAP` of them; a forked child forgets its parent's (they are not its)."""
+
+    __slots__ = ("__weakref__", "_ids", "_lock")
+
+    def __init__(self) -> None:
+        self._ids: dict[str, None] = {}
+        self._lock = threading.Lock()
+        _every_issued.add(self)
+
+    def add(self, queue_id: str) -> None:
+        with self._lock:
+            ids = self._ids
+            if len(ids) >= _ISSUED_CAP:
+                del ids[next(iter(ids))]
+            ids[queue_id] = None
+
+    def take(self, queue_id: str) -> bool:
+        """Whether ``queue_id`` was handed out and unused; it is used from now on."""
+        with self._lock:
+            return self._ids.pop(queue_id, False) is None
+
+    def forget(self) -> None:
+        self._lock = threading.Lock()  # another thread may have held the old one at the fork
+        self._ids = {}
+
+
+_every_issued: weakref.WeakSet[_Issued] = weakref.WeakSet()
+
+
+def _forget_issued() -> None:
+    for issued in list(_every_issued):
+        issued.forget()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_issued)
 
 
 def system_clock() -> datetime:
@@ -336,6 +382,8 @@ class Spool:
         self._store = MailStore(
             filesystem, durability=durability, clock=clock, ids=ids or QueueIds(), lease=lease
         )
+        # What new_id handed out and admit has not yet used (see _admission).
+        self._issued = _Issued()
         #: The state machine's commits on this MailRoot (what the service and operators use).
         self._transitions = Transitions(self._store, dkim=dkim)
         # Who hears of what is committed here: the service's observers and the embedder's.
@@ -521,7 +569,12 @@ class Spool:
         head = split_head(message)[0] if isinstance(message, bytes) else None
         if queue_id is None:
             queue_id = self._store.new_id()
-        elif not is_made_id(queue_id) or self._transitions.has_message(queue_id):
+        elif not self._issued.take(queue_id) and (
+            not is_made_id(queue_id) or self._transitions.has_message(queue_id)
+        ):
+            # An id this process's new_id made and nothing has used needs no look: its factory
+            # never makes one twice, and another's makes it only if 48 random bits and the
+            # millisecond agree, as for the ids admit makes itself (queue_id None).
             raise ValueError(f"{queue_id!r} is not a fresh id from Spool.new_id()")
         fresh = new_envelope(
             queue_id,
@@ -561,7 +614,9 @@ class Spool:
 
     def new_id(self) -> str:
         """A fresh queue id, for :meth:`admit` (unique in this MailRoot, sorting by time)."""
-        return self._store.new_id()
+        queue_id = self._store.new_id()
+        self._issued.add(queue_id)
+        return queue_id
 
     def free_space(self) -> int | None:
         """Bytes free for new mail on the MailRoot's filesystem (``statvfs``'s ``f_bavail``), or
