@@ -4,13 +4,18 @@ gets the same replies (queue ids aside)."""
 
 from __future__ import annotations
 
+import asyncio
 import re
+import ssl
+import types
+from typing import Any
 
 import pytest
-from aiosmtpd.smtp import SMTP
+from aiosmtpd.smtp import SMTP, _AuthMechAttr
 
 from spoolmail import Spool
-from spoolmail._listen.session import SmtpSession
+from spoolmail._listen import session as session_module
+from spoolmail._listen.session import Hooks, SmtpSession
 from spoolmail.testing import FakeClock
 from tests.listen.conftest import running
 from tests.listen.raw import RawClient
@@ -93,3 +98,55 @@ def test_the_listener_answers_every_command_as_aiosmtpd_does(
     assert len(ours) == 1 + sum(count for _, count in script)
     if script is SCRIPT:
         assert ours.count("250 2.0.0 Ok: queued as ID") == 2
+
+
+def _comparable(value: Any, session: object) -> Any:
+    """A session's attribute, comparable with another session's: methods by function and
+    owner (this session, or the handler), tables by their items in order, asyncio's objects
+    by type."""
+    if isinstance(value, types.MethodType):
+        owner = "session" if value.__self__ is session else value.__self__
+        return ("method", value.__func__, owner)
+    if isinstance(value, _AuthMechAttr):
+        return ("auth", _comparable(value.method, session), value.is_builtin)
+    if isinstance(value, dict):
+        return [(key, _comparable(item, session)) for key, item in value.items()]
+    if isinstance(value, str | int | float | bool | tuple | type(None) | Hooks | ssl.SSLContext):
+        return value
+    return type(value)
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
+def test_a_session_is_set_up_as_aiosmtpd_sets_it_up(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch, tls: bool
+) -> None:
+    """The listener's sessions skip aiosmtpd's scans of the handler and the session (made once);
+    they end up with the same attributes, the same values, as aiosmtpd's constructor gives."""
+    loop = asyncio.new_event_loop()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH) if tls else None
+    try:
+        with running(spool) as listener:
+            hooks = Hooks(listener._config(session_module))
+        options: dict[str, Any] = {
+            "loop": loop,
+            "data_size_limit": 1000,
+            "enable_SMTPUTF8": True,
+            "decode_data": False,
+            "hostname": "mx.example.com",
+            "ident": "ESMTP spoolmail",
+            "tls_context": context,
+            "timeout": 30.0,
+            "auth_require_tls": True,
+            "auth_exclude_mechanism": () if tls else ("PLAIN", "LOGIN"),
+        }
+        ours = [SmtpSession(hooks, sessions=set(), **options) for _ in range(2)]
+        monkeypatch.setattr(session_module, "_QUICK_OPTIONS", frozenset())
+        theirs = SmtpSession(hooks, sessions=set(), **options)
+        expected = {key: _comparable(value, theirs) for key, value in vars(theirs).items()}
+        assert bool(theirs._auth_methods) is tls  # the comparison covers AUTH's table
+        for session in ours:
+            assert {key: _comparable(value, session) for key, value in vars(session).items()} == (
+                expected
+            )
+    finally:
+        loop.close()

@@ -33,7 +33,7 @@ from spoolmail._store.spool import Spool
 from spoolmail.exceptions import ConfigurationError, DependencyError, SpoolmailError
 
 if TYPE_CHECKING:  # aiosmtpd is the optional "server" extra: imported when a listener starts
-    from spoolmail._listen.session import SmtpSession
+    from spoolmail._listen.session import Config, Hooks, SmtpSession
 
 __all__ = ["Listener", "ListenerLimits", "bind", "parse_listen_address", "socket_name"]
 
@@ -185,6 +185,7 @@ class Listener:
         self._sessions: set[SmtpSession] = set()
         self._executor: ThreadPoolExecutor | None = None
         self._committer: Committer | None = None
+        self._hooks: Hooks | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
 
@@ -224,6 +225,7 @@ class Listener:
                     sock.close()
             raise
         self._sockets = sockets
+        self._hooks = None
         # Messages are committed by one thread, in groups (one sync for several sessions);
         # the pool is for the embedder's credentials check, which may be slow.
         self._committer = Committer(self.spool)
@@ -246,7 +248,31 @@ class Listener:
             raise RuntimeError("a connection arrived at a listener that is not running")
         session = _session_module()
         limits = self.limits
-        config = session.Config(
+        hooks = self._hooks
+        if hooks is None:  # the first connection since start(): the hooks serve them all
+            hooks = self._hooks = session.Hooks(self._config(session))
+        protocol: SmtpSession = session.SmtpSession(
+            hooks,
+            sessions=self._sessions,
+            loop=self._loop,
+            data_size_limit=limits.max_message_size,
+            enable_SMTPUTF8=True,
+            decode_data=False,
+            hostname=self.fqdn,
+            ident="ESMTP spoolmail",
+            tls_context=self._tls,
+            timeout=limits.command_timeout,
+            auth_require_tls=True,
+            auth_exclude_mechanism=() if self._credentials is not None else ("PLAIN", "LOGIN"),
+        )
+        return protocol
+
+    def _config(self, session: types.ModuleType) -> Config:
+        """What every session shares (made once a start: a connection's set-up is costly)."""
+        if self._executor is None or self._committer is None:
+            raise RuntimeError("a connection arrived at a listener that is not running")
+        limits = self.limits
+        config: Config = session.Config(
             spool=self.spool,
             router=self.router,
             access=self._access,
@@ -263,21 +289,7 @@ class Listener:
             credentials=self._credentials,
             clock=self.spool.clock,
         )
-        protocol: SmtpSession = session.SmtpSession(
-            session.Hooks(config),
-            sessions=self._sessions,
-            loop=self._loop,
-            data_size_limit=limits.max_message_size,
-            enable_SMTPUTF8=True,
-            decode_data=False,
-            hostname=self.fqdn,
-            ident="ESMTP spoolmail",
-            tls_context=self._tls,
-            timeout=limits.command_timeout,
-            auth_require_tls=True,
-            auth_exclude_mechanism=() if self._credentials is not None else ("PLAIN", "LOGIN"),
-        )
-        return protocol
+        return config
 
     def _serve(self) -> None:
         loop = asyncio.new_event_loop()

@@ -31,15 +31,18 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import logging
 import re
+import socket
 import ssl
 import sys
+import warnings
 from base64 import b64decode
 from collections.abc import Callable
 from concurrent.futures import Executor
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import attrs
 from aiosmtpd.smtp import (
@@ -50,6 +53,8 @@ from aiosmtpd.smtp import (
     Envelope,
     Session,
     TLSSetupException,
+    _AuthMechAttr,
+    login_always_fail,
     sanitized_log,
 )
 
@@ -222,6 +227,80 @@ def _unstuffed(content: bytes) -> bytes:
     return content.replace(b"\r\n.", b"\r\n")
 
 
+# The constructor options with which a session is set up by SmtpSession._quick_init.
+_QUICK_OPTIONS = frozenset(
+    {
+        "loop",
+        "data_size_limit",
+        "enable_SMTPUTF8",
+        "decode_data",
+        "hostname",
+        "ident",
+        "tls_context",
+        "timeout",
+        "auth_require_tls",
+        "auth_exclude_mechanism",
+    }
+)
+
+
+class _Tables(NamedTuple):
+    """What aiosmtpd's constructor finds by scanning a session and its handler, in its order:
+    the AUTH mechanisms (name, the session's method's name, or the handler's method), the
+    handler's hooks, how the EHLO hook is called, the commands (name, the method's name)."""
+
+    auth: tuple[tuple[str, str, _AuthMechAttr | None], ...]
+    hooks: dict[str, Callable[..., Any]]
+    ehlo_hook_ver: str | None
+    smtp: tuple[tuple[str, str], ...]
+
+
+def _scan(session: SMTP, handler: object, exclude: tuple[str, ...]) -> _Tables:
+    """aiosmtpd's scans of a session and its handler (``SMTP.__init__``), made for a class."""
+    auth: dict[str, tuple[str, _AuthMechAttr | None]] = {}
+    for owner in (session, handler):
+        for attribute, method in inspect.getmembers(owner):
+            if attribute.startswith("auth_"):
+                default = attribute.replace("auth_", "").replace("__", "-")
+                name = getattr(method, "__auth_mechanism_name__", default)
+                own = owner is session
+                auth[name] = (attribute, None if own else _AuthMechAttr(method, False))
+    for name in exclude:
+        auth.pop(name, None)
+    hooks = {
+        attribute.replace("handle_", ""): getattr(handler, attribute)
+        for attribute in dir(handler)
+        if attribute.startswith("handle_")
+    }
+    ehlo = hooks.get("EHLO")
+    version: str | None = None
+    if ehlo is not None:
+        count = len(inspect.signature(ehlo).parameters)
+        if count == 4:
+            version = "old"
+            warnings.warn(
+                "Use the 5-argument handle_EHLO() hook instead of the 4-argument handle_EHLO() "
+                "hook; support for the 4-argument handle_EHLO() hook will be removed in "
+                "version 2.0",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+        elif count == 5:
+            version = "new"
+        else:
+            raise RuntimeError("Unsupported EHLO Hook")
+    return _Tables(
+        auth=tuple((name, attribute, made) for name, (attribute, made) in auth.items()),
+        hooks=hooks,
+        ehlo_hook_ver=version,
+        smtp=tuple(
+            (attribute.replace("smtp_", ""), attribute)
+            for attribute in dir(session)
+            if attribute.startswith("smtp_")
+        ),
+    )
+
+
 class Transaction(Envelope):
     """aiosmtpd's envelope with what spoolmail records of one transaction."""
 
@@ -247,7 +326,10 @@ class SmtpSession(SMTP):
         _connection_lost: bool
 
     def __init__(self, hooks: Hooks, *, sessions: set[SmtpSession], **options: Any) -> None:
-        super().__init__(hooks, **options)
+        if options.keys() <= _QUICK_OPTIONS and not options.get("decode_data"):
+            self._quick_init(hooks, **options)
+        else:  # aiosmtpd's options that spoolmail does not set
+            super().__init__(hooks, **options)
         self.config = hooks.config
         self.client: IPAddress | None = None
         self.client_name = "None"  # str(client), made once: Received, origin and log lines
@@ -258,6 +340,82 @@ class SmtpSession(SMTP):
         self._next_rcpt = RcptDsn()
         self._silence_ends = 0.0
         self._in_transaction = False  # MAIL accepted, the message not yet handed over
+
+    def _quick_init(
+        self,
+        hooks: Hooks,
+        *,
+        loop: asyncio.AbstractEventLoop,
+        data_size_limit: int | None,
+        enable_SMTPUTF8: bool,  # noqa: N803
+        hostname: str,
+        ident: str,
+        tls_context: ssl.SSLContext | None,
+        timeout: float,
+        decode_data: bool = False,
+        auth_require_tls: bool = True,
+        auth_exclude_mechanism: tuple[str, ...] = (),
+    ) -> None:
+        """What aiosmtpd's constructor does for the options the listener gives it, with the
+        tables it makes by scanning the handler and the session (``inspect.getmembers`` and
+        ``dir``, a few hundred attributes: most of a connection's set-up) made once a listener:
+        see :meth:`Hooks.tables`. The same attributes with the same values (a test compares)."""
+        self.__ident__ = ident
+        self.loop = loop
+        asyncio.StreamReaderProtocol.__init__(
+            self,
+            asyncio.StreamReader(loop=loop, limit=self.line_length_limit),
+            client_connected_cb=self._cb_client_connected,
+            loop=loop,
+        )
+        self.event_handler = hooks
+        self.data_size_limit = data_size_limit
+        self.enable_SMTPUTF8 = enable_SMTPUTF8
+        self._decode_data = decode_data
+        self.command_size_limits.clear()
+        self.hostname = hostname or socket.getfqdn()
+        self.tls_context = tls_context
+        if tls_context is not None:
+            if tls_context.verify_mode not in {ssl.CERT_NONE, ssl.CERT_OPTIONAL}:
+                _mail_log.warning(
+                    "tls_context.verify_mode not in {CERT_NONE, CERT_OPTIONAL}; "
+                    "this might cause client connection problems"
+                )
+            elif tls_context.check_hostname:
+                _mail_log.warning(
+                    "tls_context.check_hostname == True; this might cause client "
+                    "connection problems"
+                )
+        self.require_starttls = None if tls_context is None else False  # as aiosmtpd sets it
+        self._timeout_duration = timeout
+        self._timeout_handle = None
+        self._tls_handshake_okay = True
+        self._tls_protocol = None
+        self._original_transport = None
+        self.session = None
+        self.envelope = None
+        self.transport = None
+        self._handler_coroutine = None
+        self._auth_require_tls = auth_require_tls
+        self._proxy_timeout = None
+        self._auth_callback = login_always_fail
+        self._authenticator = None
+        self._auth_required = False
+        tables = hooks.tables(self, tuple(auth_exclude_mechanism))
+        self._auth_methods = {
+            name: _AuthMechAttr(getattr(self, attribute), True) if builtin is None else builtin
+            for name, attribute, builtin in tables.auth
+        }
+        if _mail_log.isEnabledFor(logging.INFO):
+            mechanisms = (
+                f"{name}(builtin)" if impl.is_builtin else name
+                for name, impl in sorted(self._auth_methods.items())
+            )
+            _mail_log.info("Available AUTH mechanisms: " + " ".join(mechanisms))
+        self._handle_hooks = dict(tables.hooks)
+        self._ehlo_hook_ver = tables.ehlo_hook_ver
+        self._smtp_methods = {name: getattr(self, attribute) for name, attribute in tables.smtp}
+        self._enforce_call_limit = False
 
     # -- the connection ----------------------------------------------------------------------
 
@@ -658,6 +816,16 @@ class Hooks:
 
     def __init__(self, config: Config) -> None:
         self.config = config
+        self._tables: dict[tuple[type, tuple[str, ...]], _Tables] = {}
+
+    def tables(self, session: SmtpSession, exclude: tuple[str, ...]) -> _Tables:
+        """aiosmtpd's tables of ``session`` (a new one, not yet connected) and of this handler:
+        made for the first session of its class, the same for every other."""
+        key = (type(session), exclude)
+        tables = self._tables.get(key)
+        if tables is None:
+            tables = self._tables[key] = _scan(session, self, exclude)
+        return tables
 
     async def handle_EHLO(  # noqa: N802 (aiosmtpd finds hooks by this name)
         self,
