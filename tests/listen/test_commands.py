@@ -57,11 +57,12 @@ SCRIPT: list[tuple[bytes, int]] = [
     (b"NOOP\r\n", 1),
     *[(b"FOO\r\n", 1)] * 4,  # unknown commands (" NOOP" was one), until the session ends
 ]
-# A line over the stream reader's limit, whole in its buffer: read up to its LF, which is then
-# left alone on a line (a bare LF).
+# A line over the stream reader's limit (64 KiB), whole in its buffer: dropped, then 500.
 LONG: list[tuple[bytes, int]] = [
     (b"HELO client.test\r\n", 1),
     (b"NOOP " + b"x" * 70_000 + b"\r\n", 1),
+    (b"NOOP\r\n", 1),
+    (b"QUIT\r\n", 1),
 ]
 
 
@@ -98,6 +99,8 @@ def test_the_listener_answers_every_command_as_aiosmtpd_does(
     assert len(ours) == 1 + sum(count for _, count in script)
     if script is SCRIPT:
         assert ours.count("250 2.0.0 Ok: queued as ID") == 2
+    else:  # the long line refused as a shorter one is, and the session goes on
+        assert ours[2:] == ["500 5.5.2 Command line too long", "250 2.0.0 Ok", "221 2.0.0 Bye"]
 
 
 def _comparable(value: Any, session: object) -> Any:

@@ -99,3 +99,41 @@ def test_the_end_is_found_byte_by_byte(stream: bytes, content: bytes) -> None:
 )
 def test_unstuffing_takes_one_leading_dot_a_line(content: bytes, plain: bytes) -> None:
     assert _unstuffed(content) == plain
+
+
+async def long_line(pieces: list[bytes]) -> tuple[object, int, bytes]:
+    """What a command read gives for ``pieces`` (a line over the limit, then ``NOOP``), the
+    most the reader's buffer held, and the next line read."""
+    reader = _StrictReader(limit=1024)
+    task = asyncio.ensure_future(reader.readuntil())
+    most = 0
+    for piece in pieces:
+        reader.feed_data(piece)
+        most = max(most, len(reader._buffer))
+        await asyncio.sleep(0)
+    reader.feed_eof()
+    try:
+        outcome: object = await task
+    except asyncio.LimitOverrunError as error:
+        outcome = ("overrun", error.consumed)
+    except _BareNewline as bare:
+        return ("bare", bare.char), most, b""
+    assert await reader.read(0) == b""
+    rest = await reader.readuntil()
+    return outcome, most, await reader.readuntil() if rest == b"\r\n" else rest
+
+
+@pytest.mark.parametrize("size", [62, 300, 1024, 4096])  # 62: a piece ends with the CR
+@pytest.mark.parametrize("ending", [b"\r\n", b"\n", b"\rx\r\n"])
+def test_a_line_over_the_limit_is_dropped_a_piece_at_a_time(size: int, ending: bytes) -> None:
+    """A line over the limit is never held whole: dropped as it comes, its CRLF left for the
+    next read (which aiosmtpd's command loop makes before its 500); the next line intact. A CR
+    at the end of a piece may be the line's end."""
+    stream = b"NOOP " + b"x" * 100_000 + ending + b"NOOP\r\n"
+    pieces = [stream[start : start + size] for start in range(0, len(stream), size)]
+    outcome, most, following = asyncio.run(long_line(pieces))
+    if ending == b"\r\n":
+        assert (outcome, following) == (("overrun", 0), b"NOOP\r\n")
+    else:
+        assert outcome == ("bare", "LF" if ending == b"\n" else "CR")
+    assert most <= 1024 + 2 * size

@@ -370,6 +370,48 @@ def test_a_bare_newline_in_a_command_ends_the_session(
         assert raw.closed()
 
 
+@pytest.mark.parametrize("size", [2048, 65535, 65536, 65537, 65538, 1 << 20])
+@pytest.mark.parametrize("pieces", [False, True], ids=["whole", "in-pieces"])
+def test_a_command_line_too_long_gets_500_whatever_its_length(
+    spool: Spool, size: int, pieces: bool
+) -> None:
+    """``size`` octets with the CRLF: the reply a long line gets under the stream reader's limit
+    (64 KiB) is the reply every longer line gets, sent at once or a little at a time."""
+    line = b"NOOP " + b"x" * (size - 7) + b"\r\n"
+    with running(spool) as listener:
+        raw = RawClient(listener)
+        raw.send(b"EHLO c.test\r\n")
+        raw.replies(1)
+        if pieces:
+            for start in range(0, len(line), 4096):
+                raw.send(line[start : start + 4096])
+        else:
+            raw.send(line)
+        raw.send(b"NOOP\r\nQUIT\r\n")
+        replies = raw.replies(3)
+        assert replies == ["500 5.5.2 Command line too long", "250 2.0.0 Ok", "221 2.0.0 Bye"]
+
+
+@pytest.mark.parametrize(
+    ("ending", "char"),
+    [
+        (b"\n", "LF"),  # the long line ends in a bare LF
+        (b"\rx\r\n", "CR"),  # a bare CR near its end
+        (b"\r\r\n", "CR"),
+    ],
+)
+def test_a_bare_newline_in_a_line_too_long_still_ends_the_session(
+    spool: Spool, ending: bytes, char: str
+) -> None:
+    with running(spool) as listener:
+        raw = RawClient(listener)
+        raw.send(b"EHLO c.test\r\n")
+        raw.replies(1)
+        raw.send(b"NOOP " + b"x" * 100_000 + ending + b"NOOP\r\n")
+        assert raw.replies(1) == [f"521 5.5.2 mx.example.com Error: bare <{char}> received"]
+        assert raw.closed()
+
+
 def test_a_dot_line_inside_a_line_does_not_end_data(spool: Spool) -> None:
     """Only CRLF.CRLF ends DATA; leading dots are un-stuffed (RFC 5321 section 4.5.2)."""
     with running(spool) as listener:

@@ -131,11 +131,19 @@ class _BareNewline(BaseException):
         self.char = char
 
 
+_CR = ord("\r")
+
+
 class _StrictReader(asyncio.StreamReader):
     """aiosmtpd's stream reader, refusing a line with a bare CR or LF.
 
     aiosmtpd reads commands up to LF (so a bare LF ends a command) and DATA up to CRLF (so a
     bare LF or CR passes into the message); every read goes through ``readuntil``, checked here.
+    A line longer than the reader's limit is dropped as it comes (never held whole) up to its
+    CRLF, which is left for the next read: aiosmtpd's command loop, told of the overrun, reads
+    the rest of the line (that CRLF) and says ``500``, as to any command line too long. Left to
+    asyncio, a line whose LF was already in the buffer was read up to that LF, left alone on
+    a line of its own: a bare LF, and the session ended.
     """
 
     if TYPE_CHECKING:  # StreamReader's own state, which typeshed does not declare
@@ -147,7 +155,15 @@ class _StrictReader(asyncio.StreamReader):
         def _maybe_resume_transport(self) -> None: ...
 
     async def readuntil(self, separator: Any = b"\n") -> bytes:
-        line = await super().readuntil(separator)
+        try:
+            line = await super().readuntil(separator)
+        except asyncio.LimitOverrunError:
+            if separator != b"\n":
+                raise
+            await self._skip_line()
+            # What aiosmtpd's command loop (and the listener's) does with this error: it reads
+            # ``consumed`` octets (none), then the rest of the line (its CRLF), then says 500.
+            raise asyncio.LimitOverrunError("line over the limit, dropped", 0) from None
         if not line.endswith(b"\r\n"):
             raise _BareNewline("LF")
         body = line[:-2]
@@ -156,6 +172,33 @@ class _StrictReader(asyncio.StreamReader):
         if b"\r" in body:
             raise _BareNewline("CR")
         return line
+
+    async def _skip_line(self) -> None:
+        """Drop a line over the limit up to its CRLF, which is left in the buffer: the line is
+        never held whole, only what the buffer holds at a time. Checked as a line is: its LF
+        with no CR before it is a bare LF, a CR with no LF after it a bare CR."""
+        bare_cr = False
+        while True:
+            if self._exception is not None:
+                raise self._exception
+            buffer = self._buffer
+            end = buffer.find(b"\n")
+            stop = end if end >= 0 else len(buffer)  # the line's octets in the buffer
+            # A CR last is kept: it may be the line's end, with an LF in the next read.
+            keep = stop - 1 if stop and buffer[stop - 1] == _CR else stop
+            if buffer.find(b"\r", 0, keep) >= 0:
+                bare_cr = True
+            if end >= 0 and keep == stop:
+                raise _BareNewline("LF")
+            if end >= 0 and bare_cr:
+                raise _BareNewline("CR")
+            del buffer[:keep]
+            self._maybe_resume_transport()
+            if end >= 0:
+                return
+            if self._eof:
+                raise asyncio.IncompleteReadError(b"", None)
+            await self._wait_for_data("readuntil")
 
     async def read_message(self, max_size: int) -> bytes | None:
         """DATA's content: what follows the 354 up to the line with the lone dot (read, not
@@ -318,7 +361,8 @@ class SmtpSession(SMTP):
     # The stream reader's limit. aiosmtpd sizes it by its DATA line limit (1,001 octets), so
     # the transport pauses and resumes (an epoll change each way) for every 2 KB of a message.
     # DATA is read whole here and its lines checked by the DATA hook (998 octets, 500 5.5.2);
-    # a command line still gets its 500 past aiosmtpd's command size limit (512 octets).
+    # a command line still gets its 500 past aiosmtpd's command size limit (512 octets), and
+    # one past this limit the same 500 (see _StrictReader.readuntil).
     line_length_limit = 64 * 1024
 
     if TYPE_CHECKING:  # asyncio's FlowControlMixin's state, which typeshed does not declare
@@ -509,7 +553,8 @@ class SmtpSession(SMTP):
         try:
             line: bytes = await reader.readuntil()
         except asyncio.LimitOverrunError as error:
-            # Too long: the rest of the line is read (and dropped) before the 500.
+            # Too long: the rest of the line is read (and dropped) before the 500; the reader
+            # has dropped all of it but its CRLF, the loop is aiosmtpd's.
             await reader.read(error.consumed)
             while True:
                 try:
