@@ -20,6 +20,7 @@ import pytest
 from tenacity import wait_fixed
 
 import spoolmail._service.intake as intake_module
+import spoolmail._service.service as service_module
 from spoolmail import (
     Durability,
     Limits,
@@ -117,6 +118,34 @@ def test_pickup_to_drop_in_iis_format(spool: Spool, service: MailService) -> Non
     assert list(spool.queued()) == []
     assert sortemp_empty(spool)
     assert spool.pickup() == []
+
+
+def test_what_this_process_queued_is_delivered_without_decoding_its_envelope_again(
+    spool: Spool,
+    service: MailService,
+    transport: CapturingTransport,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Intake and admit in this process wrote the envelopes the service claims next: the ones
+    written stand for the files (byte for byte the same); a file changed since is decoded."""
+    decoded: list[bytes] = []
+
+    def counted(raw: bytes) -> Envelope:
+        decoded.append(raw)
+        return decode_envelope(raw)
+
+    monkeypatch.setattr(service_module, "decode_envelope", counted)
+    spool.submit(message(to="bob@example.com"))
+    admitted = spool.admit(message(), sender="a@x.test", recipients=["r@example.net"], origin="t")
+    changed = spool.admit(message(), sender="a@x.test", recipients=["s@example.net"], origin="t")
+    transitions = spool._transitions
+    raw = transitions.envelope(changed)
+    spool._store.write("Queue", f"{changed}.env", raw.replace(b'"origin": "t"', b'"origin": "u"'))
+    report = service.run_once()
+    [picked_up] = report.picked_up
+    assert {admitted, changed, picked_up} <= set(report.finished)
+    assert [decode_envelope(raw).origin for raw in decoded] == ["u"]
+    assert transitions._written == {}
 
 
 def test_a_ticks_first_pickup_batch_is_small_and_files_are_looked_at_in_turn(

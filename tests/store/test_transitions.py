@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta, timezone
+from zoneinfo import ZoneInfo
 
 import attrs
 import pytest
 
-from spoolmail import Spool
+import spoolmail._store.transitions as transitions_module
+from spoolmail import Notify, Recipient, Ret, Spool
 from spoolmail._core.badmail import orphan_report
 from spoolmail._core.envelope import Envelope, decode_envelope, new_envelope
 from spoolmail._core.states import TABLE, Commit, Event, State
@@ -262,3 +264,68 @@ def test_an_untried_envelope_given_back_drops_what_a_failed_hand_back_wrote(
     change = Change(id=queue_id, envelope=envelope)
     assert transitions.apply(State.DELIVERING, Event.DEFERRED, change) is State.QUEUED
     assert sorted(store.listdir("Queue")) == [f"{queue_id}.eml", f"{queue_id}.env"]
+
+
+# -- the envelopes admissions wrote, for a claim that follows in this process ---------------------
+
+
+def admit_through_the_door(spool: Spool, **facts: object) -> str:
+    return spool.admit(
+        MESSAGE,
+        sender="a@example.com",
+        recipients=[
+            Recipient("b@example.com", notify=Notify.FAILURE, orcpt="rfc822;b@example.com")
+        ],
+        origin="smtp:192.0.2.1",
+        **facts,  # type: ignore[arg-type]
+    )
+
+
+def test_an_admitted_envelope_stands_for_its_own_bytes_once(spool: Spool) -> None:
+    transitions = spool._transitions
+    transitions.remember_written(True)
+    queue_id = admit_through_the_door(spool, envid="e-1", ret=Ret.HDRS)
+    raw = transitions.envelope(queue_id)
+    written = transitions.written(queue_id, raw)
+    decoded = decode_envelope(raw)
+    assert written == decoded
+    times = [written.arrival, written.next_attempt, decoded.arrival, decoded.next_attempt]
+    assert {id(t.tzinfo) for t in times} == {id(UTC)}  # the same zone object as the reader's
+    assert transitions.written(queue_id, raw) is None  # forgotten once asked for
+
+
+def test_other_bytes_or_nothing_remembered_are_decoded(spool: Spool) -> None:
+    transitions = spool._transitions
+    queue_id = admit_through_the_door(spool)
+    assert transitions.written(queue_id, transitions.envelope(queue_id)) is None  # not kept
+    transitions.remember_written(True)
+    queue_id = admit_through_the_door(spool)
+    raw = transitions.envelope(queue_id)
+    assert transitions.written(queue_id, raw.replace(b'"attempts": 0', b'"attempts": 1')) is None
+    assert transitions.written(queue_id, raw) is None  # a mismatch forgets it too
+    transitions.remember_written(False)
+    queue_id = admit_through_the_door(spool)
+    assert transitions.written(queue_id, transitions.envelope(queue_id)) is None
+
+
+def test_times_in_another_zone_object_are_not_remembered(filesystem: pyfs.FS) -> None:
+    """decode_envelope gives datetime.UTC back; a clock in another zone object (ZoneInfo's
+    UTC, an offset) would make the written envelope differ from the file's: not kept."""
+    for zone in (ZoneInfo("UTC"), timezone(timedelta(hours=1))):
+        clock = FakeClock(datetime(2026, 12, 5, 9, 0, tzinfo=zone))
+        with Spool(filesystem, clock=clock) as spool:
+            spool._transitions.remember_written(True)
+            queue_id = admit_through_the_door(spool)
+            raw = spool._transitions.envelope(queue_id)
+            assert spool._transitions.written(queue_id, raw) is None
+
+
+def test_remembered_envelopes_are_capped_oldest_out(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(transitions_module, "_WRITTEN_CAP", 2)
+    transitions = spool._transitions
+    transitions.remember_written(True)
+    made = [admit_through_the_door(spool) for _ in range(3)]
+    found = [transitions.written(q, transitions.envelope(q)) for q in made]
+    assert [envelope is not None for envelope in found] == [False, True, True]

@@ -503,8 +503,15 @@ class MailService:
         self._schedule_lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
         self._observe(observers, log_days=log_days)
-        spool.service = self
-        spool._on_admit = self._arrived
+        self._attach()
+
+    def _attach(self) -> None:
+        """Become the spool's service, last in ``__init__``: told of what it admits."""
+        self.spool.service = self
+        self.spool._on_admit = self._arrived
+        # What intake and a listener in this process queue, this service claims next: the
+        # envelopes they wrote stand for the files it reads back (Transitions.written).
+        self._transitions.remember_written(True)
 
     def _observe(self, observers: Iterable[Observer], *, log_days: int) -> None:
         """Subscribe to the spool's events, last in ``__init__`` (nothing is left subscribed
@@ -766,6 +773,7 @@ class MailService:
         if self.spool.service is self:
             self.spool.service = None
             self.spool._on_admit = None
+            self._transitions.remember_written(False)
             # What arrived after the last tick is on disk: the next service's rescan finds it.
 
     def _guard(self, tally: _Tally, what: str, action: Callable[[], object]) -> None:
@@ -994,7 +1002,8 @@ class MailService:
             return  # another process has it, or it is gone
         raw = transitions.claimed_envelope(queue_id)
         try:
-            envelope = decode_envelope(raw)
+            # What this process's intake or listener just wrote, if the file is those bytes.
+            envelope = transitions.written(queue_id, raw) or decode_envelope(raw)
         except EnvelopeError as exc:
             self._damaged(queue_id, f"the envelope file cannot be read: {exc}", raw, tally)
             return

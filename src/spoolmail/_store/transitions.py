@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import BinaryIO
 
 import attrs
@@ -197,6 +198,27 @@ class _Signing:
             log.debug("%s DKIM-signed: %s", self._id, described)
 
 
+# The most envelopes an admission remembers for the claim that follows (see Transitions.written).
+_WRITTEN_CAP = 1024
+
+
+def _utc_only(envelope: Envelope) -> bool:
+    """Whether every time in ``envelope`` is in the UTC zone object the envelope file's reader
+    gives back (``datetime.fromisoformat`` of a ``+00:00`` time): then the decoded file is the
+    same envelope down to the zone, and the one written may stand for it."""
+    times = (
+        envelope.arrival,
+        envelope.next_attempt,
+        envelope.first_attempt,
+        envelope.last_attempt,
+        envelope.held_since,
+        envelope.notice_at,
+    )
+    return all(t is None or t.tzinfo is UTC for t in times) and all(
+        r.updated is None or r.updated.tzinfo is UTC for r in envelope.recipients
+    )
+
+
 class Transitions:
     """The MailRoot's transitions, each one atomic commit on ``files`` (see the module doc).
 
@@ -217,6 +239,10 @@ class Transitions:
             Commit.RESUBMIT: self.resubmit,
             Commit.DISCARD: self.discard,
         }
+        # Envelopes admissions wrote, with their bytes, by id (oldest first, at most
+        # _WRITTEN_CAP), for a service in this process that claims them next: see written().
+        self._written: dict[str, tuple[bytes, Envelope]] | None = None
+        self._written_lock = threading.Lock()
 
     def apply(self, state: State, event: Event, change: Change) -> State | None:
         """Perform the transition the table lists for ``event`` in ``state``: the new state, or
@@ -253,7 +279,11 @@ class Transitions:
         def encoded(size: int) -> bytes:
             dkim = signing.fields if signing is not None else ()
             if callable(made):
-                return encode_envelope(made(size, dkim))
+                envelope = made(size, dkim)
+                data = encode_envelope(envelope)
+                if self._written is not None:
+                    self._remember(change.id, data, envelope)
+                return data
             if not dkim:
                 return _envelope_bytes(change) or b""
             whole = decode_envelope(made) if isinstance(made, bytes) else made
@@ -261,6 +291,33 @@ class Transitions:
 
         self.files.commit_queued(change.id, message, encoded, sync=change.durable)
         return True
+
+    def remember_written(self, on: bool) -> None:
+        """Keep (``on``) or stop keeping the envelopes admissions write, for :meth:`written`: a
+        service in this process does, as it claims what this process queues next."""
+        with self._written_lock:
+            self._written = {} if on else None
+
+    def _remember(self, queue_id: str, data: bytes, envelope: Envelope) -> None:
+        if not _utc_only(envelope):
+            return
+        with self._written_lock:
+            written = self._written
+            if written is None:
+                return
+            if len(written) >= _WRITTEN_CAP:
+                del written[next(iter(written))]
+            written[queue_id] = (data, envelope)
+
+    def written(self, queue_id: str, raw: bytes) -> Envelope | None:
+        """The envelope an admission in this process wrote as ``raw`` for ``queue_id`` (what
+        ``decode_envelope(raw)`` gives: the same fields, times in the same zone object), or
+        ``None``: another file, or none remembered. Forgotten once asked for."""
+        with self._written_lock:
+            found = self._written.pop(queue_id, None) if self._written else None
+        if found is None or found[0] != raw:
+            return None
+        return found[1]
 
     def claim(self, change: Change) -> bool:
         """Rename ``ID.env`` to ``ID.OWNER.env``; ``False`` if it is gone (claimed or finished)."""
