@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timezone
 from email.utils import format_datetime
 
 import attrs
@@ -150,10 +150,36 @@ def protocol_name(*, extended: bool, tls: bool, authenticated: bool, smtputf8: b
     return base + ("S" if tls else "") + ("A" if authenticated else "")
 
 
+# A name that _printable shows as it is: printable ASCII ("!" to "~") but "(", ")" and "\".
+_SHOWN_AS_IS = re.compile(r"[!-'*-\[\]-~]+")
+
+
 def _printable(text: str, limit: int = 255) -> str:
     """A client-given name as a trace field may show it: printable ASCII, no comment brackets."""
+    if _SHOWN_AS_IS.fullmatch(text) is not None:  # the usual name: nothing to replace
+        return text[:limit]
     shown = "".join(c if "!" <= c <= "~" and c not in "()\\" else "?" for c in text)
     return shown[:limit] or "?"
+
+
+# The last date stamp written and what it was made from: every message of one second shares it.
+_last_stamp: tuple[tuple[object, ...], str] = ((), "")
+
+
+def _stamp(date: datetime) -> str:
+    """``format_datetime(date)``, made once a second. Only for a naive date or one with a fixed
+    offset (``datetime.timezone``): another zone's offset may depend on more than the time."""
+    zone = date.tzinfo
+    if zone is not None and type(zone) is not timezone:
+        return format_datetime(date)
+    global _last_stamp  # noqa: PLW0603 (a cache: one tuple, replaced whole)
+    key = (date.second, date.minute, date.hour, date.day, date.month, date.year, zone)
+    last = _last_stamp
+    if last[0] == key:
+        return last[1]
+    stamp = format_datetime(date)
+    _last_stamp = (key, stamp)
+    return stamp
 
 
 def _literal(address: str) -> str:
@@ -186,7 +212,7 @@ def received_field(
             f" ({tls.bits}/{tls.bits} bits))"
         )
     lines.append(f"\tby {fqdn} (spoolmail) with {protocol} id {queue_id}")
-    stamp = format_datetime(date)
+    stamp = _stamp(date)
     if len(recipients) == 1:
         lines.append(f"\tfor <{recipients[0]}>; {stamp}")
     else:
