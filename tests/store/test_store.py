@@ -18,6 +18,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from spoolmail._core.ids import QueueIds
+from spoolmail._core.shares import Share
 from spoolmail._store import pyfs
 from spoolmail._store.store import (
     FOLDERS,
@@ -405,3 +406,41 @@ def test_of_two_spellings_the_exact_one_wins_and_is_logged(
     assert filesystem.exists("BadMail/x.BDR")
     assert not filesystem.exists("Badmail/x.BDR")
     assert "the MailRoot has BadMail and Badmail" in caplog.text
+
+
+def test_a_hint_trigger_is_not_fsynced_a_flush_order_and_its_copies_are(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A trigger naming ids (or the whole Queue) is a hint to running services: a power cut
+    ends them and a starting service scans the Queue, so it needs no fsync. A flush order
+    waits for a service that may not run yet: it is fsync'd, and so are its copies."""
+    store = make_store(pyfs.OSFS(str(tmp_path)), clock)
+    synced: list[int] = []
+    real_fsync = os.fsync
+
+    def counted(fd: int) -> None:
+        synced.append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", counted)
+    store.write_trigger(["19ac9b2f1c0-000000000001"])
+    store.write_trigger(None)
+    assert synced == []
+    store.write_flush_trigger(domain="example.com")
+    assert len(synced) == 2  # the file, then SortTemp
+    # A worker of two takes each and writes a copy for the other: each as its original.
+    store.share = Share(0, 2)
+    synced.clear()
+    triggers = store.take_triggers()
+    assert triggers.ids is None  # the whole Queue
+    assert len(triggers.flushes) == 1
+    assert len(synced) == 2  # the flush order's copy only
+    copies = [n for n in store.listdir("SortTemp") if n.endswith(".w1of2.trigger")]
+    assert len(copies) == 3
+
+
+def test_a_damaged_trigger_is_read_as_the_whole_queue(tmp_path: Path, clock: FakeClock) -> None:
+    store = make_store(pyfs.OSFS(str(tmp_path)), clock)
+    for damaged in (b"", b"\x00" * 40, b'{"ids": ["a"'):
+        store.write("SortTemp", f"{store.owner}.x.trigger", damaged)
+        assert store.take_triggers().ids is None

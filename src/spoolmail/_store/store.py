@@ -156,6 +156,8 @@ _BACKEND_KINDS = {
 }
 _CLAIM_SUFFIX = ".pickup"
 _TRIGGER_SUFFIX = ".trigger"
+# How a flush order's trigger begins (json.dumps of {"flush": ...}); no other trigger does.
+_FLUSH_TRIGGER = b'{"flush"'
 _ADDRESSED = re.compile(r"w([0-9]{1,4})of([0-9]{1,4})")  # a trigger for one worker
 # inotify, for the trigger watch (as entries.CloseWatcher uses it for Pickup).
 _IN_MOVED_TO = 0x00000080
@@ -1251,9 +1253,15 @@ class MailStore:
     # -- triggers: telling a running service what an operator changed ---------------------------
 
     def write_trigger(self, ids: Iterable[str] | None) -> None:
-        """Ask running services to look at ``ids`` again (``None``: the whole Queue)."""
+        """Ask running services to look at ``ids`` again (``None``: the whole Queue).
+
+        Not fsync'd: it is a hint to services running now, and what it names is durable
+        before it is written. A power cut ends those services too, and a service that starts
+        scans the whole Queue first; a trigger that comes back damaged is read as "look at the
+        whole Queue" (:meth:`take_triggers`). The rename keeps it whole for readers meanwhile.
+        """
         data = {"all": True} if ids is None else {"ids": sorted(set(ids))}
-        self._put_trigger(data)
+        self._put_trigger(data, durability=Durability.NONE)
 
     def write_flush_trigger(
         self, *, sender: str | None = None, domain: str | None = None, ids: Iterable[str] = ()
@@ -1271,8 +1279,12 @@ class MailStore:
             order["ids"] = chosen
         self._put_trigger({"flush": order})
 
-    def _put_trigger(self, data: Mapping[str, object]) -> None:
-        self.write(SORTTEMP, self._trigger_name(None), json.dumps(data).encode())
+    def _put_trigger(
+        self, data: Mapping[str, object], *, durability: Durability | None = None
+    ) -> None:
+        self.write(
+            SORTTEMP, self._trigger_name(None), json.dumps(data).encode(), durability=durability
+        )
 
     def _trigger_name(self, share: Share | None) -> str:
         """A new trigger's name: ``OWNER.TOKEN.trigger``, for every service; or addressed to
@@ -1326,12 +1338,18 @@ class MailStore:
         if address is not None and address.count == share.count:
             return None  # another worker's of this group
         mine = self._trigger_name(share)
-        if not self.rename((SORTTEMP, name), (SORTTEMP, mine), sync_source=False):
+        # Not fsync'd: a power cut that undid the rename leaves the trigger to be taken again.
+        if not self.rename(
+            (SORTTEMP, name), (SORTTEMP, mine), sync_source=False, sync_target=False
+        ):
             return None  # another worker took it
         data = self.read(SORTTEMP, mine)
+        # A copy keeps the original's durability: a flush order's is fsync'd, a hint's is not
+        # (see write_trigger and _put_trigger).
+        durability = None if data.startswith(_FLUSH_TRIGGER) else Durability.NONE
         for other in share.all():
             if other != share:
-                self.write(SORTTEMP, self._trigger_name(other), data)
+                self.write(SORTTEMP, self._trigger_name(other), data, durability=durability)
         return mine
 
     def trigger_watch(self) -> TriggerWatch | None:
