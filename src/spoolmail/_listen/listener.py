@@ -11,6 +11,7 @@ queued. Opens sockets and threads; writes only through ``Spool.admit_group``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import os
@@ -364,6 +365,7 @@ class Listener:
         self.stop()
 
 
+@functools.cache  # asked at every connection
 def _session_module() -> types.ModuleType:
     try:
         from spoolmail._listen import session  # noqa: PLC0415 (optional dependency)

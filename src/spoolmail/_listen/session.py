@@ -92,6 +92,21 @@ _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _PLAIN_PATH = re.compile(rf"<({_ATEXT}(?:\.{_ATEXT})*@{_ATEXT}(?:\.{_ATEXT})*)>")
 
 
+# MAIL and RCPT without DSN parameters (frozen: one of each serves every session).
+_NO_MAIL_DSN = MailDsn()
+_NO_RCPT_DSN = RcptDsn()
+
+
+@functools.lru_cache(maxsize=1024)
+def _client(host: str) -> tuple[IPAddress | None, str]:
+    """``client_address`` of a peer's host and its text, remembered: clients come back."""
+    try:
+        client: IPAddress | None = client_address(host)
+    except ValueError:  # a Unix socket, say: no address to judge
+        client = None
+    return client, str(client)
+
+
 @functools.lru_cache(maxsize=1024)
 def _mailbox(address: str, role: AddressRole) -> str:
     """``parse_mailbox`` of a MAIL or RCPT address, remembered: clients send the same few."""
@@ -349,7 +364,7 @@ class Transaction(Envelope):
 
     def __init__(self) -> None:
         super().__init__()
-        self.dsn = MailDsn()
+        self.dsn = _NO_MAIL_DSN
         self.recipients: list[Recipient] = []
         self.eight_bit = False
 
@@ -380,8 +395,8 @@ class SmtpSession(SMTP):
         self.auth_failures = 0
         self.user: str | None = None
         self._sessions = sessions
-        self._next_mail = MailDsn()
-        self._next_rcpt = RcptDsn()
+        self._next_mail = _NO_MAIL_DSN
+        self._next_rcpt = _NO_RCPT_DSN
         self._silence_ends = 0.0
         self._in_transaction = False  # MAIL accepted, the message not yet handed over
 
@@ -492,11 +507,9 @@ class SmtpSession(SMTP):
         if self.session is None or self.transport is None:
             return  # the connection went before it began
         peer = self.session.peer
-        try:
-            self.client = client_address(str(peer[0]) if isinstance(peer, tuple) else str(peer))
-        except ValueError:  # a Unix socket, say: no address to judge
-            self.client = None
-        self.client_name = str(self.client)
+        self.client, self.client_name = _client(
+            str(peer[0]) if isinstance(peer, tuple) else str(peer)
+        )
         if self.client is None or not self.config.access.admits(self.client):
             await self._turn_away()
             return
@@ -739,7 +752,7 @@ class SmtpSession(SMTP):
         return address
 
     async def smtp_MAIL(self, arg: str | None) -> None:  # noqa: N802 (aiosmtpd's name)
-        self._next_mail = MailDsn()
+        self._next_mail = _NO_MAIL_DSN
         envelope = self.envelope
         address = self._plain_path(arg, "FROM:")
         if address is not None and envelope is not None and not envelope.mail_from:
@@ -758,11 +771,11 @@ class SmtpSession(SMTP):
             except MessageError as exc:
                 await self.push(f"501 {exc.status} {exc}")
                 return
-            self._next_mail = taken or MailDsn()
+            self._next_mail = taken or _NO_MAIL_DSN
         await super().smtp_MAIL(arg)
 
     async def smtp_RCPT(self, arg: str | None) -> None:  # noqa: N802 (aiosmtpd's name)
-        self._next_rcpt = RcptDsn()
+        self._next_rcpt = _NO_RCPT_DSN
         envelope = self.envelope
         address = self._plain_path(arg, "TO:")
         if address is not None and envelope is not None and envelope.mail_from:
@@ -780,7 +793,7 @@ class SmtpSession(SMTP):
             except MessageError as exc:
                 await self.push(f"501 {exc.status} {exc}")
                 return
-            self._next_rcpt = taken or RcptDsn()
+            self._next_rcpt = taken or _NO_RCPT_DSN
         await super().smtp_RCPT(arg)
 
     async def smtp_DATA(self, arg: str) -> None:  # noqa: N802 (aiosmtpd's name)
