@@ -137,3 +137,22 @@ def test_a_line_over_the_limit_is_dropped_a_piece_at_a_time(size: int, ending: b
     else:
         assert outcome == ("bare", "LF" if ending == b"\n" else "CR")
     assert most <= 1024 + 2 * size
+
+
+async def read_lines(stream: bytes) -> list[object]:
+    reader = _StrictReader(limit=1024)
+    reader.feed_data(stream)
+    reader.feed_eof()
+    lines: list[object] = []
+    for _ in range(3):
+        try:
+            lines.append(await reader.readline())
+        except ValueError:
+            lines.append(ValueError)
+    return lines
+
+
+def test_readline_drops_a_line_over_the_limit_and_keeps_what_follows() -> None:
+    """aiosmtpd reads AUTH's answers with readline: asyncio's ValueError for a long line."""
+    stream = b"x" * 5000 + b"\r\nNOOP\r\n"
+    assert asyncio.run(read_lines(stream)) == [ValueError, b"NOOP\r\n", b""]

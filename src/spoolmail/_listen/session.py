@@ -188,6 +188,18 @@ class _StrictReader(asyncio.StreamReader):
             raise _BareNewline("CR")
         return line
 
+    async def readline(self) -> bytes:
+        """asyncio's ``readline`` (aiosmtpd reads AUTH's answers with it): a line over the limit
+        is a ValueError, the line dropped and what follows it kept, as asyncio does."""
+        try:
+            return await self.readuntil(b"\n")
+        except asyncio.IncompleteReadError as error:
+            return error.partial
+        except asyncio.LimitOverrunError as error:
+            del self._buffer[:2]  # the CRLF that readuntil left
+            self._maybe_resume_transport()
+            raise ValueError(error.args[0]) from None
+
     async def _skip_line(self) -> None:
         """Drop a line over the limit up to its CRLF, which is left in the buffer: the line is
         never held whole, only what the buffer holds at a time. Checked as a line is: its LF
