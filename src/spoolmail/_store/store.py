@@ -1029,7 +1029,9 @@ class MailStore:
         try:
             if self._os_root is not None:
                 fd = open_regular(self._sys(SORTTEMP, claim.file), facts)
-                return CappedReader(os.fdopen(fd, "rb"), limit)
+                # Unbuffered (the reader asks for whole chunks): no fstat, isatty ioctl and
+                # lseek of a file object; it ends at the file's end, whatever fstat said.
+                return CappedReader(cast("BinaryIO", _StoredFile(fd, limit + 1)), limit)
             return CappedReader(self.open(SORTTEMP, claim.file), limit)
         except (UnsafeEntry, FileNotFoundError):
             raise
