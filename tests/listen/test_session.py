@@ -9,6 +9,7 @@ import socket
 import time
 from pathlib import Path
 
+import attrs
 import pytest
 
 import spoolmail._store.store as store_module
@@ -68,6 +69,28 @@ def test_capture_mode_takes_every_domain_from_anyone(spool: Spool, connect: Conn
         client.mail("a@client.test")
         assert client.rcpt("anyone@anywhere.test")[0] == 250
         assert client.rcpt("x@example.net")[0] == 250
+
+
+def test_new_settings_serve_the_sessions_that_connect_after_them(
+    spool: Spool, connect: Connect
+) -> None:
+    """The sessions share their settings, made again when a reload replaces the listener's
+    router, name or limits (``_cli.listening.reconfigure``); a session under way keeps its."""
+    with running(spool) as listener:
+        before = connect(listener)
+        before.mail("a@client.test")
+        assert before.rcpt("x@new.test")[0] == 550
+        listener.router = Router(local_domains=["example.com", "new.test"])
+        listener.fqdn = "mx2.example.com"
+        listener.limits = attrs.evolve(listener.limits, max_recipients=1)
+        after = connect(listener)
+        assert after.ehlo_resp is not None
+        assert after.ehlo_resp.startswith(b"mx2.example.com")
+        after.mail("a@client.test")
+        assert after.rcpt("x@new.test")[0] == 250
+        assert after.rcpt("y@new.test")[0] == 452
+        assert before.rcpt("y@new.test")[0] == 550
+        assert before.rcpt("bob@example.com")[0] == 250
 
 
 def test_a_denied_client_gets_554_and_only_503_until_quit(spool: Spool) -> None:

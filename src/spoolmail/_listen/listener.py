@@ -187,6 +187,7 @@ class Listener:
         self._executor: ThreadPoolExecutor | None = None
         self._committer: Committer | None = None
         self._hooks: Hooks | None = None
+        self._hooks_made_of: tuple[object, ...] = ()
         self._ready = threading.Event()
         self._error: BaseException | None = None
 
@@ -249,9 +250,14 @@ class Listener:
             raise RuntimeError("a connection arrived at a listener that is not running")
         session = _session_module()
         limits = self.limits
+        # The sessions' shared settings, made again only when what they are made of was
+        # replaced (a reload, see _cli.listening.reconfigure): each session takes the settings
+        # of when it connects.
+        made_of = (self.router, self._access, self.fqdn, limits)
         hooks = self._hooks
-        if hooks is None:  # the first connection since start(): the hooks serve them all
+        if hooks is None or made_of != self._hooks_made_of:
             hooks = self._hooks = session.Hooks(self._config(session))
+            self._hooks_made_of = made_of
         protocol: SmtpSession = session.SmtpSession(
             hooks,
             sessions=self._sessions,
