@@ -53,6 +53,7 @@ from spoolmail._core.ids import QueueIds, is_made_id, is_queue_id
 from spoolmail._core.states import Event, State
 from spoolmail._store import pyfs
 from spoolmail._store.bus import EventBus
+from spoolmail._store.entropy import PooledRandom
 from spoolmail._store.store import (
     BADMAIL,
     DROP,
@@ -380,7 +381,11 @@ class Spool:
         # at once); without one, admissions leave a trigger for a service in another process.
         self._on_admit: Callable[[str], object] | None = None
         self._store = MailStore(
-            filesystem, durability=durability, clock=clock, ids=ids or QueueIds(), lease=lease
+            filesystem,
+            durability=durability,
+            clock=clock,
+            ids=ids or QueueIds(PooledRandom()),
+            lease=lease,
         )
         # What new_id handed out and admit has not yet used (see _admission).
         self._issued = _Issued()
