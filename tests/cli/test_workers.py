@@ -218,11 +218,47 @@ def test_workers_share_the_listeners_port(start: Callable[..., Daemon], port: st
             )
     until("30 messages in Drop", lambda: len(drop_sequence(daemon.root)) == 30)
     assert drop_sequence(daemon.root) == list(range(30))
-    # Each worker has its own socket on the port (SO_REUSEPORT): the kernel spreads the 30
-    # connections (by their source ports) over both, not all to the first loop that wakes.
+    # The workers share the socket and each takes its part of the 30 connections, not all
+    # to the first loop that wakes.
     log = daemon.log()
     for index in range(2):
         assert re.search(rf"\[worker {index}\] \S+: queued from 127\.0\.0\.1", log), index
+    daemon.process.send_signal(signal.SIGTERM)
+    assert daemon.process.wait(DEADLINE) == 0
+
+
+def test_sessions_open_at_once_are_shared_out_evenly(start: Callable[..., Daemon]) -> None:
+    """Six clients that stay connected (as smtp-source's, or a busy application's pool):
+    three sessions in each worker, whichever loop wakes first, so that both deliver. A
+    message's id is in the share of the worker that took it (docs: several processes)."""
+    daemon = start(
+        "--workers",
+        "2",
+        "--listen",
+        "127.0.0.1:0",
+        "--relay-network",
+        "127.0.0.1/32",
+        "--smart-host",
+        "[127.0.0.1]:9",
+    )
+    found = re.search(r"listening on 127\.0\.0\.1:(\d+); 2 workers", banner(daemon))
+    assert found
+    clients = []
+    try:
+        # One by one: each connected (its greeting read) before the next.
+        clients.extend(smtplib.SMTP("127.0.0.1", int(found.group(1)), timeout=10) for _ in "123456")
+        ids = []
+        for number, client in enumerate(clients):
+            client.ehlo("client.test")
+            client.mail("app@example.com")
+            client.rcpt(f"u{number}@example.net")
+            code, reply = client.data(b"Subject: hi\r\n\r\nhi\r\n")
+            assert code == 250, reply
+            ids.append(reply.decode().rsplit(" ", 1)[-1])
+    finally:
+        for client in clients:
+            client.close()
+    assert sorted(Share(0, 2).owns_id(queue_id) for queue_id in ids) == [False] * 3 + [True] * 3
     daemon.process.send_signal(signal.SIGTERM)
     assert daemon.process.wait(DEADLINE) == 0
 

@@ -67,10 +67,10 @@ def _log_report(report: Report) -> None:
 
 
 def _run(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
-    # The listener's sockets are bound (port 25), its key and users read, while still root:
-    # a set of sockets for each worker that may run.
+    # The listener's sockets are bound (port 25), its key and users read, while still root;
+    # the workers share them.
     wanted = 1 if args.once else workers.requested(settings.workers)
-    prepared = None if args.once else listening.prepare(settings, workers=wanted)
+    prepared = None if args.once else listening.prepare(settings)
     try:
         dkim = assemble.dkim_policy(settings)  # key files read while still root
         privileges.lose_root(settings)

@@ -37,6 +37,7 @@ from spoolmail.exceptions import ConfigurationError, SpoolmailError
 if TYPE_CHECKING:
     from spoolmail._core.relay import AccessPolicy
     from spoolmail._core.routing import Router
+    from spoolmail._listen.balance import SessionCounts, WorkerSlot
     from spoolmail._listen.listener import Listener, ListenerLimits
     from spoolmail._listen.passwords import PasswordFile
     from spoolmail._store.spool import Spool
@@ -105,43 +106,45 @@ def add_commands(commands: Any) -> None:
 class Prepared:
     """What the listener needs root for, done: bound sockets, TLS, the users.
 
-    With worker processes (``run --workers``) each worker has its own sockets on the same
-    addresses (SO_REUSEPORT): the kernel spreads the connections over them. One socket shared
-    by all would not do: one worker's event loop accepts every connection waiting at once, so
-    a burst of sessions lands in one process. ``sockets`` are the first worker's (the banner's),
-    ``others`` the rest, worker by worker.
+    With worker processes (``run --workers``) the workers share the sockets, and each takes
+    its fair part of the connections (:mod:`spoolmail._listen.balance`: no worker accepts while
+    another has fewer sessions). Neither a socket each with SO_REUSEPORT (the kernel hashes
+    each connection to a worker, so five clients may all land in one) nor a shared socket left
+    alone (the loop that wakes first accepts everything waiting) spreads a few busy clients.
+    ``counts`` is made for the workers that run (:meth:`keep`); ``slot`` is one worker's.
     """
 
     sockets: tuple[socket.socket, ...]
     tls: ssl.SSLContext | None
     credentials: PasswordFile | None
-    others: tuple[tuple[socket.socket, ...], ...] = ()
+    counts: SessionCounts | None = None
+    slot: WorkerSlot | None = None
 
     def for_worker(self, index: int) -> Prepared:
-        """Worker ``index``'s sockets, with the TLS and the users."""
-        sockets = self.sockets if index == 0 else self.others[index - 1]
-        return attrs.evolve(self, sockets=sockets, others=())
+        """Worker ``index``'s part: the shared sockets, its slot, the TLS and the users."""
+        if self.counts is None:
+            return self
+        return attrs.evolve(self, slot=self.counts.slot(index))
 
     def keep(self, count: int) -> Prepared:
-        """Only ``count`` workers' sockets: the others are closed, or the kernel would hand
-        them connections that nobody accepts."""
-        for extra in self.others[max(0, count - 1) :]:
-            for sock in extra:
-                sock.close()
-        return attrs.evolve(self, others=self.others[: max(0, count - 1)])
+        """For ``count`` workers: above one, the table of their sessions (made before the
+        fork, so that they share it)."""
+        from spoolmail._listen.balance import SessionCounts  # noqa: PLC0415 (see above)
+
+        return attrs.evolve(self, counts=SessionCounts(count) if count > 1 else None)
 
     def close(self) -> None:
-        for sock in (*self.sockets, *(s for extra in self.others for s in extra)):
+        for sock in self.sockets:
             sock.close()
 
 
-def prepare(settings: Settings, *, workers: int = 1) -> Prepared | None:
+def prepare(settings: Settings) -> Prepared | None:
     """Bind, load the TLS key and read the password file (as root, before dropping it), or
-    None when nothing is to listen. ``workers`` above 1 binds a socket for each worker on every
-    address (SO_REUSEPORT; a port 0 becomes the first socket's port for all of them)."""
+    None when nothing is to listen. Worker processes share the sockets (:meth:`Prepared.keep`
+    makes their table of sessions)."""
     if not settings.listen:
         return None
-    from spoolmail._listen.listener import bind, socket_name  # noqa: PLC0415 (see above)
+    from spoolmail._listen.listener import bind  # noqa: PLC0415 (see above)
     from spoolmail._listen.passwords import PasswordFile  # noqa: PLC0415
 
     tls = None
@@ -160,24 +163,15 @@ def prepare(settings: Settings, *, workers: int = 1) -> Prepared | None:
         raise ConfigurationError(
             "auth_file needs tls_certificate and tls_key: AUTH is over TLS only"
         )
-    reuse = settings.listen_reuse_port or workers > 1
-    bound: list[list[socket.socket]] = [[] for _ in range(max(1, workers))]
+    bound: list[socket.socket] = []
     try:
-        for address in settings.listen:
-            first = bind(address, reuse_port=reuse)
-            bound[0].append(first)
-            for extra in bound[1:]:
-                extra.append(bind(socket_name(first), reuse_port=True))
+        # One by one: those bound before a failure are in the list, to be closed.
+        bound.extend(bind(a, reuse_port=settings.listen_reuse_port) for a in settings.listen)
     except BaseException:
-        for sock in (s for sockets in bound for s in sockets):
+        for sock in bound:
             sock.close()
         raise
-    return Prepared(
-        sockets=tuple(bound[0]),
-        tls=tls,
-        credentials=credentials,
-        others=tuple(tuple(sockets) for sockets in bound[1:]),
-    )
+    return Prepared(sockets=tuple(bound), tls=tls, credentials=credentials)
 
 
 def addresses(prepared: Prepared) -> list[str]:
@@ -212,7 +206,7 @@ def access_policy(settings: Settings) -> AccessPolicy:
 
 def start(prepared: Prepared, spool: Spool, *, router: Router, settings: Settings) -> Listener:
     """Serve on what :func:`prepare` made."""
-    from spoolmail._listen.listener import Listener  # noqa: PLC0415 (see above)
+    from spoolmail._listen.listener import Listener, share_with_workers  # noqa: PLC0415
     from spoolmail._service.service import machine_name  # noqa: PLC0415
 
     listener = Listener(
@@ -227,6 +221,8 @@ def start(prepared: Prepared, spool: Spool, *, router: Router, settings: Setting
         credentials=prepared.credentials,
         limits=listener_limits(settings),
     )
+    if prepared.slot is not None:
+        share_with_workers(listener, prepared.slot)
     return listener.start()
 
 

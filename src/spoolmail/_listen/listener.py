@@ -28,6 +28,7 @@ import attrs
 
 from spoolmail._core.relay import AccessPolicy
 from spoolmail._core.routing import Router
+from spoolmail._listen.balance import PASS_FOR, PASSES, WorkerSlot
 from spoolmail._listen.committer import Committer
 from spoolmail._service.service import MIN_FREE_SPACE, machine_name
 from spoolmail._store.spool import Spool
@@ -36,7 +37,14 @@ from spoolmail.exceptions import ConfigurationError, DependencyError, SpoolmailE
 if TYPE_CHECKING:  # aiosmtpd is the optional "server" extra: imported when a listener starts
     from spoolmail._listen.session import Config, Hooks, SmtpSession
 
-__all__ = ["Listener", "ListenerLimits", "bind", "parse_listen_address", "socket_name"]
+__all__ = [
+    "Listener",
+    "ListenerLimits",
+    "bind",
+    "parse_listen_address",
+    "share_with_workers",
+    "socket_name",
+]
 
 log = logging.getLogger("spoolmail.listener")
 
@@ -183,13 +191,18 @@ class Listener:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._servers: list[asyncio.Server] = []
+        # With workers sharing the sockets (share_with_workers), each accepts its fair part.
+        self._balance: WorkerSlot | None = None
         self._sessions: set[SmtpSession] = set()
+        self._accepting: set[asyncio.Task[Any]] = set()
+        self._passes = 0
         self._executor: ThreadPoolExecutor | None = None
         self._committer: Committer | None = None
         self._hooks: Hooks | None = None
         self._hooks_made_of: tuple[object, ...] = ()
         self._ready = threading.Event()
         self._error: BaseException | None = None
+        self._stopping = False
 
     @property
     def addresses(self) -> list[str]:
@@ -237,6 +250,7 @@ class Listener:
         )
         self._ready.clear()
         self._error = None
+        self._stopping = False
         self._thread = threading.Thread(target=self._serve, name="spoolmail-listener", daemon=True)
         self._thread.start()
         if not self._ready.wait(_START_TIMEOUT) or self._error is not None:
@@ -303,6 +317,10 @@ class Listener:
         self._loop = loop
         try:
             for sock in self._sockets:
+                if self._balance is not None:
+                    sock.setblocking(False)
+                    loop.add_reader(sock.fileno(), self._accept, sock)
+                    continue
                 server = loop.run_until_complete(loop.create_server(self._protocol, sock=sock))
                 self._servers.append(server)
         except BaseException as exc:  # noqa: BLE001 (handed to start(), which raises it)
@@ -317,10 +335,46 @@ class Listener:
             loop.run_until_complete(loop.shutdown_asyncgens())
             loop.close()
 
+    def _accept(self, sock: socket.socket) -> None:
+        """On the loop, a connection waits on a socket the workers share: take one, unless
+        another worker has fewer sessions (then look again in a moment; after a few looks,
+        take it anyway). One at a time, so that a burst is shared out too."""
+        loop, balance = self._loop, self._balance
+        if loop is None or balance is None:
+            return
+        if self._passes < PASSES and not balance.should_accept():
+            self._passes += 1
+            loop.remove_reader(sock.fileno())
+            loop.call_later(PASS_FOR, self._look_again, sock)
+            return
+        self._passes = 0
+        try:
+            connection, _ = sock.accept()
+        except (BlockingIOError, InterruptedError):
+            return  # another worker took it
+        except OSError as exc:  # out of descriptors, for one: wait, as asyncio's server does
+            log.warning("cannot accept a connection on %s: %s", socket_name(sock), exc)
+            loop.remove_reader(sock.fileno())
+            loop.call_later(1.0, self._look_again, sock)
+            return
+        connection.setblocking(False)
+        task = loop.create_task(loop.connect_accepted_socket(self._protocol, connection))
+        self._accepting.add(task)
+        task.add_done_callback(self._accepting.discard)
+
+    def _look_again(self, sock: socket.socket) -> None:
+        if self._loop is not None and sock.fileno() >= 0 and not self._stopping:
+            self._loop.add_reader(sock.fileno(), self._accept, sock)
+
     def _shut(self) -> None:
         """On the loop: stop accepting, tell every client, close, then stop the loop."""
+        self._stopping = True
         for server in self._servers:
             server.close()
+        if self._balance is not None and self._loop is not None:
+            for sock in self._sockets:
+                if sock.fileno() >= 0:
+                    self._loop.remove_reader(sock.fileno())
         for session in list(self._sessions):
             session.say_goodbye(f"421 4.3.2 {self.fqdn} Service shutting down")
         loop = self._loop
@@ -369,6 +423,34 @@ class Listener:
         traceback: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def share_with_workers(listener: Listener, slot: WorkerSlot) -> None:
+    """Make ``listener`` (not started yet) one of several worker processes' listeners on the
+    same sockets (``spoolmail run --workers``): it publishes its number of sessions in ``slot``
+    and accepts a connection only while no other worker has fewer (:mod:`.balance`)."""
+    if listener._thread is not None:
+        raise RuntimeError("this Listener is running already")
+    listener._balance = slot
+    listener._sessions = _PublishedSessions(slot.publish)
+
+
+class _PublishedSessions(set["SmtpSession"]):
+    """The listener's sessions, whose number is published for the other workers
+    (:mod:`spoolmail._listen.balance`) as sessions begin and end."""
+
+    def __init__(self, publish: Callable[[int], None]) -> None:
+        super().__init__()
+        self._publish = publish
+        publish(0)
+
+    def add(self, session: SmtpSession) -> None:
+        super().add(session)
+        self._publish(len(self))
+
+    def discard(self, session: object) -> None:
+        super().discard(session)
+        self._publish(len(self))
 
 
 @functools.cache  # asked at every connection
