@@ -7,6 +7,7 @@ import os
 import pytest
 
 from spoolmail._listen.balance import SessionCounts
+from spoolmail._listen.listener import _PublishedSessions
 
 
 def test_a_worker_accepts_while_no_other_has_fewer_sessions() -> None:
@@ -48,3 +49,15 @@ def test_the_table_is_shared_with_forked_workers() -> None:
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert counts.slot(0).fewest_elsewhere() == 5
+
+
+def test_a_stopped_listener_leaves_every_connection_to_the_others() -> None:
+    counts = SessionCounts(2)
+    stopping, other = counts.slot(0), counts.slot(1)
+    other.publish(3)
+    sessions = _PublishedSessions(stopping.publish)
+    assert not other.should_accept()  # 0 sessions there: leave it the next one
+    sessions.retire()
+    sessions.add(object())  # type: ignore[arg-type]  # its sessions ending or not ...
+    sessions.discard(object())
+    assert other.should_accept()  # ... it takes no more

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import mmap
 
-__all__ = ["PASSES", "PASS_FOR", "SessionCounts", "WorkerSlot"]
+__all__ = ["PASSES", "PASS_FOR", "RETIRED", "SessionCounts", "WorkerSlot"]
 
 PASS_FOR = 0.002  # seconds a worker with more sessions leaves a waiting connection to others
 PASSES = 5  # then it takes the connection itself
+RETIRED = 2**62  # the count of a worker whose listener stopped: nobody leaves it a connection
 
 
 class SessionCounts:

@@ -28,7 +28,7 @@ import attrs
 
 from spoolmail._core.relay import AccessPolicy
 from spoolmail._core.routing import Router
-from spoolmail._listen.balance import PASS_FOR, PASSES, WorkerSlot
+from spoolmail._listen.balance import PASS_FOR, PASSES, RETIRED, WorkerSlot
 from spoolmail._listen.committer import Committer
 from spoolmail._service.service import MIN_FREE_SPACE, machine_name
 from spoolmail._store.spool import Spool
@@ -369,6 +369,8 @@ class Listener:
     def _shut(self) -> None:
         """On the loop: stop accepting, tell every client, close, then stop the loop."""
         self._stopping = True
+        if isinstance(self._sessions, _PublishedSessions):
+            self._sessions.retire()
         for server in self._servers:
             server.close()
         if self._balance is not None and self._loop is not None:
@@ -447,6 +449,12 @@ class _PublishedSessions(set["SmtpSession"]):
     def add(self, session: SmtpSession) -> None:
         super().add(session)
         self._publish(len(self))
+
+    def retire(self) -> None:
+        """The listener stops: from now on the other workers take every connection (a stopped
+        worker's count would otherwise stay low, and they would keep leaving it connections)."""
+        self._publish(RETIRED)
+        self._publish = lambda _count: None
 
     def discard(self, session: object) -> None:
         super().discard(session)
