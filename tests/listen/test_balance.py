@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import os
+import smtplib
+import time
 
 import pytest
 
-from spoolmail._listen.balance import SessionCounts
-from spoolmail._listen.listener import _PublishedSessions
+from spoolmail import Listener, Router, Spool
+from spoolmail._listen.balance import PASS_FOR, PASSES, RETIRED, SessionCounts
+from spoolmail._listen.listener import _PublishedSessions, share_with_workers
+from tests.listen.conftest import LOCAL, host_port
+from tests.waiting import until
 
 
 def test_a_worker_accepts_while_no_other_has_fewer_sessions() -> None:
@@ -61,3 +66,43 @@ def test_a_stopped_listener_leaves_every_connection_to_the_others() -> None:
     sessions.add(object())  # type: ignore[arg-type]  # its sessions ending or not ...
     sessions.discard(object())
     assert other.should_accept()  # ... it takes no more
+
+
+def _sharing(spool: Spool, counts: SessionCounts) -> Listener:
+    listener = Listener(
+        spool,
+        addresses=["127.0.0.1:0"],
+        router=Router(local_domains=LOCAL),
+        fqdn="mx.example.com",
+    )
+    share_with_workers(listener, counts.slot(0))
+    return listener
+
+
+def test_a_worker_publishes_its_sessions_and_retires_when_it_stops(spool: Spool) -> None:
+    counts = SessionCounts(2)
+    other = counts.slot(1)
+    with _sharing(spool, counts) as listener:
+        host, port = host_port(listener)
+        with smtplib.SMTP(host, port, timeout=10) as client:
+            client.ehlo("client.test")
+            until("one session published", lambda: other.fewest_elsewhere() == 1)
+        until("none published", lambda: other.fewest_elsewhere() == 0)
+    assert other.fewest_elsewhere() == RETIRED
+
+
+def test_a_connection_left_to_an_idle_worker_is_taken_after_a_few_looks(spool: Spool) -> None:
+    """The other worker says it has no session but takes nothing (stuck, or gone without
+    saying so): this one still serves the client, after a few short passes."""
+    counts = SessionCounts(2)
+    counts.slot(1).publish(0)
+    with _sharing(spool, counts) as listener:
+        host, port = host_port(listener)
+        first = smtplib.SMTP(host, port, timeout=10)  # 0 and 0: taken at once
+        try:
+            started = time.monotonic()
+            with smtplib.SMTP(host, port, timeout=10) as second:  # 1 against 0: passed on ...
+                assert second.noop()[0] == 250  # ... and taken all the same
+            assert time.monotonic() - started >= PASSES * PASS_FOR * 0.9
+        finally:
+            first.close()
