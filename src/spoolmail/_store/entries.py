@@ -390,6 +390,7 @@ class CloseWatcher:
         self._fd = fd
         self._watch = watch
         self._states: dict[str, WriteState] = {}
+        self._events = 0
         self.alive = True
 
     @classmethod
@@ -415,6 +416,12 @@ class CloseWatcher:
         """What the events say of ``name``; ``None`` if it was not seen being created."""
         self._drain()
         return self._states.get(name)
+
+    def events(self) -> int:
+        """How many events the folder has had since the watch began (those the kernel holds
+        now included): while it stays the same, no entry came, went, or was written."""
+        self._drain()
+        return self._events
 
     def forget(self, names: Iterable[str]) -> None:
         for name in names:
@@ -469,6 +476,7 @@ class CloseWatcher:
         while offset + _EVENT.size <= len(data):
             _, mask, _, length = _EVENT.unpack_from(data, offset)
             offset += _EVENT.size
+            self._events += 1
             raw = data[offset : offset + length].split(b"\0", 1)[0]
             offset += length
             name = os.fsdecode(raw)

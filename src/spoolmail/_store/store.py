@@ -274,12 +274,16 @@ class TriggerWatch:
     epoll descriptor that the Pickup watcher's wait can take as its ``wake``.
 
     Claims and recycled files are renamed into SortTemp too: :meth:`arrived` reads the names
-    and says whether a trigger was among them."""
+    and says whether a trigger was among them. ``pending`` stays true from then until
+    :meth:`MailStore.take_triggers` lists SortTemp: while it is false, no trigger came since the
+    last listing, and a tick need not list SortTemp (a hundred names: spares and claims)."""
 
     def __init__(self, fd: int, poll: select.epoll) -> None:
         self._fd = fd
         self._poll = poll
         self._wake: int | None = None
+        # True at first: what was renamed in before the watch began is found by a listing.
+        self.pending = True
 
     @classmethod
     def start(cls, folder: str) -> TriggerWatch | None:
@@ -328,8 +332,10 @@ class TriggerWatch:
             try:
                 data = os.read(self._fd, 64 * 1024)
             except BlockingIOError:
+                self.pending |= found
                 return found
             except OSError:
+                self.pending = True
                 return True
             offset = 0
             while offset + _EVENT.size <= len(data):
@@ -412,6 +418,9 @@ class MailStore:
         # for every command that only lists or reads the spool.
         self.readiness = Readiness()
         self._reported_dirs: set[str] = set()
+        # The Pickup watcher's event count when a look found nothing of this share in Pickup:
+        # until another event, the next look need not list it (pickup_ready_in_turn).
+        self._pickup_empty_at: int | None = None
         # A running service's watch on SortTemp for triggers (see wait_for_pickup).
         self._trigger_watch: TriggerWatch | None = None
         self._no_trigger_watch = False
@@ -928,10 +937,17 @@ class MailStore:
         of files then starts delivering after a few, not after a look at every one)."""
         watcher = self.readiness.watcher
         if self._os_root is not None and (watcher is None or not watcher.alive):
-            self.readiness.watcher = CloseWatcher.start(self._sys(PICKUP))
+            watcher = self.readiness.watcher = CloseWatcher.start(self._sys(PICKUP))
+            self._pickup_empty_at = None
+        events = None
+        if watcher is not None and watcher.alive:
+            events = watcher.events()  # counted before the listing: one during it counts again
+            if events == self._pickup_empty_at:
+                return  # nothing of this share at the last look, and no event since
         share = self.share
         # Every name in this process's share, whatever it is: what the notes are kept for.
         present = {name for name in self._candidates() if share.owns_name(name)}
+        self._pickup_empty_at = None if present else events
         self.readiness.prune(present)
         self._reported_dirs &= present
         for name in sorted(present):
@@ -1315,6 +1331,13 @@ class MailStore:
         wanted: set[str] = set()
         everything = False
         flushes: list[FlushOrder] = []
+        watch = self._trigger_watch
+        if watch is not None:
+            watch.arrived()  # what the kernel holds now
+            if not watch.pending:
+                return Triggers(wanted)  # none renamed in since the last listing
+            # Cleared before the listing: one renamed in during it is listed again next time.
+            watch.pending = False
         for name in self.listdir(SORTTEMP):
             if not name.endswith(_TRIGGER_SUFFIX):
                 continue

@@ -1,0 +1,229 @@
+"""A tick's looks at Pickup and at the triggers list a folder only when inotify says something
+came: an empty Pickup with no event since, and a SortTemp with no trigger renamed in since,
+are not listed again (each listing was a few hundred microseconds of a busy service's tick).
+
+What must not be missed is checked as carefully as the skips: a file or trigger that arrives
+after a quiet look, one that was there before the watch began, one renamed in during the look,
+a file still being written, and a watch that has gone. Real files in a temp dir; Linux only.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from spoolmail._core.ids import QueueIds
+from spoolmail._core.shares import Share
+from spoolmail._store import pyfs
+from spoolmail._store.store import Durability, MailStore
+from spoolmail.testing import FakeClock
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify is Linux's")
+
+
+def make_store(root: Path, clock: FakeClock, seed: int = 1) -> MailStore:
+    return MailStore(
+        pyfs.OSFS(str(root)),
+        durability=Durability.FSYNC,
+        clock=clock,
+        ids=QueueIds(random.Random(seed)),
+        lease=timedelta(minutes=10),
+    )
+
+
+class Listings:
+    """Counts the store's listings of each folder."""
+
+    def __init__(self, store: MailStore, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.folders: list[str] = []
+        real = store.listdir
+
+        def counted(folder: str) -> list[str]:
+            self.folders.append(folder)
+            return real(folder)
+
+        monkeypatch.setattr(store, "listdir", counted)
+
+    def of(self, folder: str) -> int:
+        return self.folders.count(folder)
+
+
+# -- Pickup -----------------------------------------------------------------------------------
+
+
+def test_an_empty_pickup_is_listed_again_only_after_an_event(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = make_store(tmp_path, clock)
+    listings = Listings(store, monkeypatch)
+    assert list(store.pickup_ready_in_turn()) == []
+    assert list(store.pickup_ready_in_turn()) == []
+    assert list(store.pickup_ready_in_turn()) == []
+    assert listings.of("Pickup") == 1
+    (tmp_path / "Pickup" / "one.eml").write_bytes(b"To: a@b.example\r\n\r\nx\r\n")
+    assert list(store.pickup_ready_in_turn()) == ["one.eml"]
+    assert listings.of("Pickup") == 2
+
+
+def test_a_file_there_before_the_watch_began_is_found(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = make_store(tmp_path, clock)
+    (tmp_path / "Pickup" / "early.eml").write_bytes(b"x")
+    os.utime(tmp_path / "Pickup" / "early.eml", (0, 0))  # settled long ago
+    assert list(store.pickup_ready_in_turn()) == ["early.eml"]
+
+
+def test_a_pickup_with_a_file_in_it_is_listed_at_every_look(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = make_store(tmp_path, clock)
+    listings = Listings(store, monkeypatch)
+    # Still being written: not ready, and the next look must see it again.
+    with (tmp_path / "Pickup" / "slow.eml").open("wb") as writer:
+        writer.write(b"To: a@b.example\r\n")
+        writer.flush()
+        assert list(store.pickup_ready_in_turn()) == []
+        assert list(store.pickup_ready_in_turn()) == []
+        assert listings.of("Pickup") == 2
+        writer.write(b"\r\nbody\r\n")
+    assert list(store.pickup_ready_in_turn()) == ["slow.eml"]
+
+
+def test_files_of_other_shares_only_still_count_as_empty(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = make_store(tmp_path, clock)
+    store.share = Share(0, 2)
+    names = [f"m{i}.eml" for i in range(40)]
+    theirs = [name for name in names if not store.share.owns_name(name)]
+    mine = [name for name in names if store.share.owns_name(name)]
+    assert theirs and mine
+    (tmp_path / "Pickup" / theirs[0]).write_bytes(b"x")
+    listings = Listings(store, monkeypatch)
+    assert list(store.pickup_ready_in_turn()) == []
+    assert list(store.pickup_ready_in_turn()) == []
+    assert listings.of("Pickup") == 1
+    (tmp_path / "Pickup" / mine[0]).write_bytes(b"x")
+    assert list(store.pickup_ready_in_turn()) == [mine[0]]
+
+
+def test_an_entry_renamed_in_or_linked_after_a_quiet_look_is_seen(
+    tmp_path: Path, clock: FakeClock, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    store = make_store(tmp_path, clock)
+    assert list(store.pickup_ready_in_turn()) == []
+    outside = tmp_path_factory.mktemp("elsewhere") / "m.eml"
+    outside.write_bytes(b"x")
+    os.rename(outside, tmp_path / "Pickup" / "m.eml")
+    assert list(store.pickup_ready_in_turn()) == ["m.eml"]
+    os.remove(tmp_path / "Pickup" / "m.eml")
+    assert list(store.pickup_ready_in_turn()) == []
+    # A symbolic link is refused (yielded, so that intake sends it to BadMail), never skipped.
+    os.symlink("/etc/passwd", tmp_path / "Pickup" / "link.eml")
+    assert list(store.pickup_ready_in_turn()) == ["link.eml"]
+
+
+def test_a_watch_that_has_gone_means_a_listing_every_time(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = make_store(tmp_path, clock)
+    assert list(store.pickup_ready_in_turn()) == []
+    watcher = store.readiness.watcher
+    assert watcher is not None
+    watcher.close()
+    listings = Listings(store, monkeypatch)
+    assert list(store.pickup_ready_in_turn()) == []  # a new watch, and a listing
+    assert listings.of("Pickup") == 1
+    assert store.readiness.watcher is not watcher
+
+
+# -- triggers ---------------------------------------------------------------------------------
+
+
+def watching(store: MailStore) -> None:
+    """Start the store's trigger watch as a running service's wait does."""
+    store._trigger_watch = store.trigger_watch()
+    assert store._trigger_watch is not None
+
+
+def test_sorttemp_is_listed_again_only_after_a_trigger_came(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = make_store(tmp_path, clock)
+    operator = make_store(tmp_path, clock, seed=2)  # another process: spoolmail queue ...
+    watching(store)
+    listings = Listings(store, monkeypatch)
+    assert store.take_triggers().ids == set()  # the first look lists
+    assert listings.of("SortTemp") == 1
+    # Files renamed into SortTemp that are not triggers (spares, claims) change nothing.
+    store.write("Queue", "x.eml", b"x")
+    assert store.recycle("Queue", "x.eml")
+    assert store.take_triggers().ids == set()
+    assert store.take_triggers().ids == set()
+    assert listings.of("SortTemp") == 1
+    operator.write_trigger(["19ac9b2f1c0-000000000001"])
+    assert store.take_triggers().ids == {"19ac9b2f1c0-000000000001"}
+    assert listings.of("SortTemp") == 2
+    operator.write_flush_trigger(domain="example.com")
+    assert len(store.take_triggers().flushes) == 1
+
+
+def test_a_trigger_left_before_the_watch_began_is_found(tmp_path: Path, clock: FakeClock) -> None:
+    store = make_store(tmp_path, clock)
+    make_store(tmp_path, clock, seed=2).write_trigger(None)
+    watching(store)
+    assert store.take_triggers().ids is None  # the whole Queue
+
+
+def test_a_trigger_renamed_in_during_the_listing_is_taken_at_the_next_look(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = make_store(tmp_path, clock)
+    operator = make_store(tmp_path, clock, seed=2)
+    watching(store)
+    real = store.listdir
+
+    def racing(folder: str) -> list[str]:
+        names = real(folder)
+        if folder == "SortTemp":
+            operator.write_trigger(["19ac9b2f1c0-000000000002"])  # just after the listing
+        return names
+
+    monkeypatch.setattr(store, "listdir", racing)
+    assert store.take_triggers().ids == set()
+    monkeypatch.setattr(store, "listdir", real)
+    assert store.take_triggers().ids == {"19ac9b2f1c0-000000000002"}
+
+
+def test_a_worker_sees_the_copy_another_worker_made_for_it(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    first, second = make_store(tmp_path, clock, seed=3), make_store(tmp_path, clock, seed=4)
+    first.share, second.share = Share(0, 2), Share(1, 2)
+    watching(first)
+    watching(second)
+    assert first.take_triggers().ids == set()
+    assert second.take_triggers().ids == set()
+    make_store(tmp_path, clock, seed=5).write_trigger(["19ac9b2f1c0-000000000003"])
+    assert first.take_triggers().ids == {"19ac9b2f1c0-000000000003"}
+    assert second.take_triggers().ids == {"19ac9b2f1c0-000000000003"}  # first's copy
+
+
+def test_a_closed_trigger_watch_means_a_listing_every_time(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = make_store(tmp_path, clock)
+    watching(store)
+    assert store._trigger_watch is not None
+    store.take_triggers()
+    store._trigger_watch.close()
+    listings = Listings(store, monkeypatch)
+    store.take_triggers()
+    store.take_triggers()
+    assert listings.of("SortTemp") == 2
