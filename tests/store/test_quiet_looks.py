@@ -103,7 +103,8 @@ def test_files_of_other_shares_only_still_count_as_empty(
     names = [f"m{i}.eml" for i in range(40)]
     theirs = [name for name in names if not store.share.owns_name(name)]
     mine = [name for name in names if store.share.owns_name(name)]
-    assert theirs and mine
+    assert theirs
+    assert mine
     (tmp_path / "Pickup" / theirs[0]).write_bytes(b"x")
     listings = Listings(store, monkeypatch)
     assert list(store.pickup_ready_in_turn()) == []
