@@ -608,8 +608,8 @@ class Spool:
         """Tell of messages just made durable: the observers, and a service (this process's
         at once; one elsewhere through a trigger, one for all of them)."""
         if self._bus:
-            for envelope in stored:
-                self._emit(Queued.of(envelope))
+            # A group's in one call: one mail-log write for all of them (emit_all).
+            self._emit_all([Queued.of(envelope) for envelope in stored])
         told = self._on_admit
         if told is not None:
             for envelope in stored:
