@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import re
+
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from spoolmail._core.headers import count_received, fields, split_head, without_fields
+from spoolmail._core.headers import (
+    count_received,
+    crlf_lines,
+    fields,
+    split_head,
+    without_fields,
+)
 
 HEAD = (
     b"Received: from a by b;\r\n\t Sat, 28 Nov 2026 10:15:02 +0000\r\n"
@@ -68,3 +77,33 @@ def test_without_nothing_keeps_every_field_line(lines: list[bytes]) -> None:
     kept = without_fields(head, [])
     assert kept == b"".join(f.raw for f in fields(head))
     assert kept in head or not kept or head.endswith(kept) or len(kept) <= len(head)
+
+
+# -- crlf_lines: intake's and DATA's test for "every line ends CRLF" -----------------------------
+
+_BARE = re.compile(rb"\r(?!\n)|(?<!\r)\n")
+
+
+@given(
+    st.lists(st.sampled_from([b"\r", b"\n", b"\r\n", b"\n\r", b"a", b".", b"\r\r\n"])).map(b"".join)
+)
+def test_crlf_lines_is_none_exactly_for_a_bare_cr_or_lf(block: bytes) -> None:
+    expected = None if _BARE.search(block) else block.count(b"\r\n")
+    assert crlf_lines(block) == expected
+
+
+@pytest.mark.parametrize(
+    ("block", "lines"),
+    [
+        (b"", 0),
+        (b"no line end", 0),
+        (b"a\r\nb\r\n", 2),
+        (b"a\rb\nc", None),  # a CR and an LF apart: they alternate, yet neither is a CRLF
+        (b"a\nb\rc", None),
+        (b"a\r\n\rb\nc\r\n", None),
+        (b"\r\n" * (128 * 1024 + 3), 128 * 1024 + 3),  # past the prepared pattern
+        (b"x\r\n" * (128 * 1024 + 1) + b"y\n", None),
+    ],
+)
+def test_crlf_lines_examples(block: bytes, lines: int | None) -> None:
+    assert crlf_lines(block) == lines

@@ -12,9 +12,41 @@ from collections.abc import Iterable, Iterator
 
 import attrs
 
-__all__ = ["HEAD_END", "Field", "count_received", "fields", "split_head", "without_fields"]
+__all__ = [
+    "HEAD_END",
+    "Field",
+    "count_received",
+    "crlf_lines",
+    "fields",
+    "split_head",
+    "without_fields",
+]
 
 HEAD_END = b"\r\n\r\n"
+
+# Every octet but CR and LF: what crlf_lines deletes to keep a block's line ends alone.
+_NOT_LINE_ENDS = bytes(octet for octet in range(256) if octet not in b"\r\n")
+# What those line ends are when every one is a CRLF, for blocks of up to 256 KiB of lines.
+_CRLFS = b"\r\n" * (128 * 1024)
+
+
+def crlf_lines(block: bytes) -> int | None:
+    """How many CRLFs ``block`` has when every CR and LF in it is part of one, else ``None``.
+
+    In C and without an object for each line (splitting a block into its lines and joining
+    them again made some 20,000 a MiB): the CRs and LFs alone, kept by one ``translate``, must
+    be CRLF after CRLF, and as many CRLFs must stand side by side in ``block`` (a CR and an LF
+    apart from each other alternate as well).
+    """
+    ends = block.translate(None, _NOT_LINE_ENDS)
+    pairs = len(ends) >> 1
+    if len(ends) & 1 or ends != (
+        _CRLFS[: len(ends)] if len(ends) <= len(_CRLFS) else b"\r\n" * pairs
+    ):
+        return None
+    if pairs and block.count(b"\r\n") != pairs:
+        return None
+    return pairs
 
 
 @attrs.frozen

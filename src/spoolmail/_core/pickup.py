@@ -47,6 +47,7 @@ from spoolmail._core.address import (
     parse_domain,
     parse_mailbox,
 )
+from spoolmail._core.headers import crlf_lines
 from spoolmail.exceptions import ConfigurationError, MessageError
 
 __all__ = [
@@ -697,12 +698,9 @@ class PickupBody:
             chunk, self._pending_cr = chunk[:-1], True
         if not chunk:
             return b""
-        # Most writers end every line with CRLF: such a chunk is stored as it is. It is one
-        # when what is left with every CRLF taken out has no CR or LF (one split, in C).
-        parts = chunk.split(b"\r\n")
-        lines = len(parts) - 1
-        rest = b"".join(parts)
-        if rest.find(b"\r") >= 0 or rest.find(b"\n") >= 0:
+        # Most writers end every line with CRLF: such a chunk is stored as it is.
+        lines = crlf_lines(chunk)
+        if lines is None:
             chunk = chunk.replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
             lines = chunk.count(b"\n")
         nul = chunk.find(b"\0")
