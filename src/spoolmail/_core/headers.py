@@ -8,6 +8,7 @@ re-encodes what it keeps (the ``email`` package's generator would). Pure: bytes 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator
 
 import attrs
@@ -28,6 +29,8 @@ HEAD_END = b"\r\n\r\n"
 _NOT_LINE_ENDS = bytes(octet for octet in range(256) if octet not in b"\r\n")
 # What those line ends are when every one is a CRLF, for blocks of up to 256 KiB of lines.
 _CRLFS = b"\r\n" * (128 * 1024)
+# A CR that something other than an LF follows (the engine looks for CRs as fast as memchr).
+_CR_ALONE = re.compile(rb"\r[^\n]")
 
 
 def crlf_lines(block: bytes) -> int | None:
@@ -35,18 +38,16 @@ def crlf_lines(block: bytes) -> int | None:
 
     In C and without an object for each line (splitting a block into its lines and joining
     them again made some 20,000 a MiB): the CRs and LFs alone, kept by one ``translate``, must
-    be CRLF after CRLF, and as many CRLFs must stand side by side in ``block`` (a CR and an LF
+    be CRLF after CRLF, and no CR may have anything but an LF right after it (a CR and an LF
     apart from each other alternate as well).
     """
     ends = block.translate(None, _NOT_LINE_ENDS)
-    pairs = len(ends) >> 1
-    if len(ends) & 1 or ends != (
-        _CRLFS[: len(ends)] if len(ends) <= len(_CRLFS) else b"\r\n" * pairs
-    ):
+    size = len(ends)
+    if size & 1 or ends != (_CRLFS[:size] if size <= len(_CRLFS) else b"\r\n" * (size >> 1)):
         return None
-    if pairs and block.count(b"\r\n") != pairs:
+    if size and _CR_ALONE.search(block) is not None:
         return None
-    return pairs
+    return size >> 1
 
 
 @attrs.frozen
