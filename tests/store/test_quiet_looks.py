@@ -17,11 +17,12 @@ from pathlib import Path
 
 import pytest
 
+from spoolmail import MailService, Router, Spool
 from spoolmail._core.ids import QueueIds
 from spoolmail._core.shares import Share
 from spoolmail._store import pyfs
 from spoolmail._store.store import Durability, MailStore
-from spoolmail.testing import FakeClock
+from spoolmail.testing import CapturingTransport, FakeClock
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="inotify is Linux's")
 
@@ -228,3 +229,49 @@ def test_a_closed_trigger_watch_means_a_listing_every_time(
     store.take_triggers()
     store.take_triggers()
     assert listings.of("SortTemp") == 2
+
+
+def test_a_rescan_lists_both_folders_whatever_the_watches_said(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = make_store(tmp_path, clock)
+    watching(store)
+    assert list(store.pickup_ready_in_turn()) == []
+    store.take_triggers()
+    listings = Listings(store, monkeypatch)
+    store.look_everywhere()
+    assert list(store.pickup_ready_in_turn()) == []
+    store.take_triggers()
+    assert listings.of("Pickup") == 1
+    assert listings.of("SortTemp") == 1
+    # And quiet again after it.
+    assert list(store.pickup_ready_in_turn()) == []
+    store.take_triggers()
+    assert listings.of("Pickup") == 1
+    assert listings.of("SortTemp") == 1
+
+
+def test_the_services_rescan_takes_a_trigger_no_event_told_of(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    with Spool(str(tmp_path / "MailRoot"), clock=clock) as spool:
+        service = MailService(
+            spool,
+            router=Router(local_domains=["example.com"]),
+            transport=CapturingTransport(),
+            clock=clock,
+        )
+        try:
+            store = spool._store
+            watching(store)
+            service.run_once()
+            service.run_once()
+            # Written in place (the watch tells of names renamed in): behind its back.
+            hidden = tmp_path / "MailRoot" / "SortTemp" / f"{store.owner}.hidden.trigger"
+            hidden.write_bytes(b'{"ids": ["19ac9b2f1c0-000000000001"]}')
+            service.run_once()
+            assert hidden.exists()  # a quiet tick did not list SortTemp
+            service.rescan()
+            assert not hidden.exists()  # the rescan did, and took it
+        finally:
+            service.close()

@@ -812,6 +812,7 @@ class MailService:
         half-written file is deleted. What it did is reported here.
         """
         self._next_rescan = self.clock() + self.rescan_interval
+        self._store.look_everywhere()  # this tick lists Pickup and the triggers, events or not
         # A rescan sees everything the triggers could ask for; what they flushed still has its
         # dead-host notes forgotten (below), whichever of the two read the trigger.
         self._store.announce()

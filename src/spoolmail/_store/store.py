@@ -931,6 +931,13 @@ class MailStore:
         """
         return list(self.pickup_ready_in_turn())
 
+    def look_everywhere(self) -> None:
+        """Make the next looks list Pickup and SortTemp whatever the watches said (a rescan:
+        the safety net for what no event told)."""
+        self._pickup_empty_at = None
+        if self._trigger_watch is not None:
+            self._trigger_watch.pending = True
+
     def pickup_ready_in_turn(self) -> Iterator[str]:
         """:meth:`pickup_ready`, each name as soon as it is found ready, in the same order:
         intake can claim the first few before the others are looked at (a drain of thousands
