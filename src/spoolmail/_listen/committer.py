@@ -131,15 +131,24 @@ class Committer:
                 return ending
 
     def _commit(self, group: Sequence[_Pending]) -> None:
+        settled = False
+
+        def settle(results: Sequence[str | Exception]) -> None:
+            nonlocal settled
+            settled = True
+            loop = group[0][1].get_loop()
+            # RuntimeError: the loop has closed (the listener stopped), no one waits any more.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_settle, group, results)
+
         try:
-            results = self._spool.admit_group([admission for admission, _ in group])
+            # The sessions hear as soon as the group is durable, before its events are told.
+            results = self._spool.admit_group([admission for admission, _ in group], durable=settle)
         except Exception as exc:  # a bug: each session of the group answers 451, none hangs
             log.exception("committing %d messages failed", len(group))
             results = [exc] * len(group)
-        loop = group[0][1].get_loop()
-        # RuntimeError: the loop has closed (the listener stopped), no one waits any more.
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(_settle, group, results)
+        if not settled:
+            settle(results)
 
 
 def _settle(group: Sequence[_Pending], results: Sequence[str | Exception]) -> None:
