@@ -9,7 +9,6 @@ import asyncio
 import threading
 import time
 from collections.abc import Sequence
-from typing import Any
 
 import pytest
 
@@ -32,11 +31,11 @@ def test_messages_that_arrive_during_a_sync_share_the_next_one() -> None:
         first_taken, release = threading.Event(), threading.Event()
         real = spool.admit_group
 
-        def admit_group(admissions: Sequence[Admission], **told: Any) -> list[str | Exception]:
+        def admit_group(admissions: Sequence[Admission]) -> list[str | Exception]:
             groups.append(len(admissions))
             first_taken.set()
             release.wait(10)  # the first group's sync takes a while
-            return real(admissions, **told)
+            return real(admissions)
 
         spool.admit_group = admit_group  # type: ignore[method-assign]
         committer = Committer(spool)
@@ -62,9 +61,9 @@ def recording(spool: Spool) -> list[int]:
     groups: list[int] = []
     real = spool.admit_group
 
-    def admit_group(admissions: Sequence[Admission], **told: Any) -> list[str | Exception]:
+    def admit_group(admissions: Sequence[Admission]) -> list[str | Exception]:
         groups.append(len(admissions))
-        return real(admissions, **told)
+        return real(admissions)
 
     spool.admit_group = admit_group  # type: ignore[method-assign]
     return groups

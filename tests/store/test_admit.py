@@ -274,38 +274,6 @@ def test_a_group_is_synced_once_and_queued_only_after_the_sync(
         assert sorted(m.id for m in spool.queued()) == sorted(map(str, ids))
 
 
-def test_a_groups_senders_hear_once_it_is_durable_and_before_its_events(
-    tmp_path: Path, clock: FakeClock
-) -> None:
-    with Spool(tmp_path / "MailRoot", clock=clock) as spool:
-        order: list[str] = []
-        heard: list[list[str | Exception]] = []
-        spool.subscribe(lambda event: order.append(f"event {type(event).__name__}"))
-
-        def durable(results: list[str | Exception]) -> None:
-            order.append(f"durable, {len(list(spool.queued()))} queued")
-            heard.append(list(results))
-
-        results = spool.admit_group(group_of(3, bad=1), durable=durable)
-        assert order == ["durable, 2 queued", "event Queued", "event Queued"]
-        assert heard == [results]
-
-
-def test_a_failed_group_sync_is_not_durable(
-    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    with Spool(tmp_path / "MailRoot", clock=clock, durability=Durability.FSYNC) as spool:
-
-        def full(fd: int) -> None:
-            raise OSError(errno.ENOSPC, "No space left on device")
-
-        monkeypatch.setattr(store_module.os, "fsync", full)
-        told: list[object] = []
-        results = spool.admit_group(group_of(2), durable=told.append)
-        assert told == []  # the caller settles the errors it gets back
-        assert all(isinstance(r, StorageError) for r in results)
-
-
 def test_a_failed_group_sync_leaves_nothing_queued(
     tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:

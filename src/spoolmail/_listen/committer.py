@@ -131,24 +131,15 @@ class Committer:
                 return ending
 
     def _commit(self, group: Sequence[_Pending]) -> None:
-        settled = False
-
-        def settle(results: Sequence[str | Exception]) -> None:
-            nonlocal settled
-            settled = True
-            loop = group[0][1].get_loop()
-            # RuntimeError: the loop has closed (the listener stopped), no one waits any more.
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(_settle, group, results)
-
         try:
-            # The sessions hear as soon as the group is durable, before its events are told.
-            results = self._spool.admit_group([admission for admission, _ in group], durable=settle)
+            results = self._spool.admit_group([admission for admission, _ in group])
         except Exception as exc:  # a bug: each session of the group answers 451, none hangs
             log.exception("committing %d messages failed", len(group))
             results = [exc] * len(group)
-        if not settled:
-            settle(results)
+        loop = group[0][1].get_loop()
+        # RuntimeError: the loop has closed (the listener stopped), no one waits any more.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(_settle, group, results)
 
 
 def _settle(group: Sequence[_Pending], results: Sequence[str | Exception]) -> None:

@@ -513,12 +513,7 @@ class Spool:
         self._admitted(stored)
         return change.id
 
-    def admit_group(
-        self,
-        admissions: Sequence[Admission],
-        *,
-        durable: Callable[[list[str | Exception]], object] | None = None,
-    ) -> list[str | Exception]:
+    def admit_group(self, admissions: Sequence[Admission]) -> list[str | Exception]:
         """:meth:`admit` of several messages at once, made durable together; for each, its
         queue id or the exception :meth:`admit` would have raised for it.
 
@@ -529,10 +524,6 @@ class Spool:
         on its own (a bad address, a full disk while writing it) leaves the others; when the
         sync fails, every message of the group has that error (some may be queued after all:
         a client that tries again may deliver twice, never lose one).
-
-        ``durable``, when given, is called with the same list as soon as the sync succeeded,
-        before the observers hear of the messages: senders waiting for their ``250`` need not
-        wait for log lines. It is not called when the sync failed.
         """
         results: list[str | Exception] = []
         stored: list[Envelope] = []
@@ -552,8 +543,6 @@ class Spool:
         except SpoolmailError as exc:
             self._withdraw([envelope.id for envelope in stored])
             return [exc if isinstance(result, str) else result for result in results]
-        if durable is not None:
-            durable(results)  # before the events: their log lines need not delay the senders
         self._admitted(stored)
         return results
 
