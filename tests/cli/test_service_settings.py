@@ -19,6 +19,8 @@ from spoolmail._cli.config import render
 from spoolmail._cli.main import EX_OK, EX_USAGE, _parser, main
 from spoolmail._cli.settings import Settings, load_settings
 from spoolmail._core.routing import TlsPolicy
+from spoolmail._core.shares import Share
+from spoolmail._store.spool import Spool
 from spoolmail.exceptions import ConfigurationError
 from tests.smtpservers import smtp_server
 from tests.tlscerts import TestCertificates, make_certificates
@@ -486,3 +488,35 @@ def test_syslog_where_nothing_listens_is_an_error(
     status, _ = run("--syslog", str(tmp_path / "nobody"), "init")
     assert status == EX_USAGE
     assert "syslog: cannot reach" in capsys.readouterr().err
+
+
+def test_each_worker_gets_its_part_of_the_whole_service_s_limits(tmp_path: Path) -> None:
+    settings = from_file(
+        tmp_path,
+        "max_connections = 20\nmax_connections_per_host = 10\nmax_messages_per_minute = 601",
+    )
+    with Spool(tmp_path / "MailRoot") as spool:
+        parts = []
+        for index in range(4):
+            service = assemble.service(settings, spool, share=Share(index, 4))
+            delivery = service._delivery
+            parts.append(
+                (
+                    service.limits.max_connections,
+                    service.limits.max_connections_per_host,
+                    delivery.concurrency.per_host,
+                    delivery.throttles.rules.max_connections,
+                    delivery.throttles.rules.max_messages_per_minute,
+                )
+            )
+            service.close()
+        alone = assemble.service(settings, spool)
+        assert (alone.limits.max_connections, alone.limits.max_connections_per_host) == (20, 10)
+        alone.close()
+    # 10 connections to one host among four workers: 3, 3, 2, 2; 601 a minute: 151, 150 ...
+    assert parts == [
+        (5, 3, 3, 3, 151),
+        (5, 3, 3, 3, 150),
+        (5, 2, 2, 2, 150),
+        (5, 2, 2, 2, 150),
+    ]

@@ -21,6 +21,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from spoolmail import Share, Stats
 from spoolmail._cli import workers
@@ -263,6 +265,42 @@ def test_sessions_open_at_once_are_shared_out_evenly(start: Callable[..., Daemon
     assert daemon.process.wait(DEADLINE) == 0
 
 
+def test_workers_past_one_per_cpu_take_pickup_but_no_sessions(
+    start: Callable[..., Daemon],
+) -> None:
+    """One worker per CPU listens (their group commits carry more messages a sync); the others
+    take their share of Pickup and the Queue."""
+    count = (os.cpu_count() or 1) + 1
+    daemon = start("--workers", str(count), "--listen", "127.0.0.1:0")
+    found = re.search(rf"listening on 127\.0\.0\.1:(\d+); {count} workers", banner(daemon))
+    assert found
+    clients = []
+    try:
+        # Held open together, so that the balance hands them to every listening worker.
+        clients.extend(
+            smtplib.SMTP("127.0.0.1", int(found.group(1)), timeout=10) for _ in range(2 * count)
+        )
+        for number, client in enumerate(clients):
+            client.sendmail(
+                "app@example.com",
+                [f"u{number}@example.com"],
+                f"From: app@example.com\r\nX-Seq: {number}\r\n\r\nhi\r\n",
+            )
+    finally:
+        for client in clients:
+            client.close()
+    fill_pickup(daemon.root, 40, start=100)
+    until("every message in Drop", lambda: len(drop_sequence(daemon.root)) == 2 * count + 40)
+    assert drop_sequence(daemon.root) == [*range(2 * count), *range(100, 140)]
+    log = daemon.log()
+    listening = set(map(int, re.findall(r"\[worker (\d+)\] \S+: queued from 127\.0\.0\.1", log)))
+    assert listening == set(range(count - 1))
+    # The last worker listens to nobody, yet takes its share of Pickup.
+    assert re.search(rf"\[worker {count - 1}\] \S+: picked up file=m1\d\d\.eml", log)
+    daemon.process.send_signal(signal.SIGTERM)
+    assert daemon.process.wait(DEADLINE) == 0
+
+
 def test_a_late_stats_answer_never_puts_the_parent_out_of_step(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -290,6 +328,25 @@ def test_a_late_stats_answer_never_puts_the_parent_out_of_step(
         assert supervisor.stats().picked_up == 3
     finally:
         parent.close()
+
+
+@pytest.mark.parametrize("cpus", [1, 2, 8])
+def test_two_workers_per_cpu_by_default_and_one_per_cpu_listens(
+    monkeypatch: pytest.MonkeyPatch, cpus: int
+) -> None:
+    monkeypatch.setattr(os, "cpu_count", lambda: cpus)
+    assert workers.requested(0) == 2 * cpus
+    assert workers.requested(3) == 3
+    assert workers.listening(2 * cpus) == cpus
+    assert workers.listening(1) == 1
+
+
+@given(limit=st.integers(1, 2_000), count=st.integers(1, 64))
+def test_a_limit_is_divided_among_the_workers(limit: int, count: int) -> None:
+    parts = [workers.part(limit, Share(index, count)) for index in range(count)]
+    assert sum(parts) == max(limit, count)  # the whole, unless each needs its one
+    assert max(parts) - min(parts) <= 1
+    assert parts == sorted(parts, reverse=True)  # the first ones get what does not divide
 
 
 def test_combined_stats_add_counters_and_keep_one_set_of_gauges() -> None:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import attrs
 
 from spoolmail._cli.settings import Settings, parse_duration, retry_interval_seconds
+from spoolmail._cli.workers import part
 from spoolmail._core.dkim import (
     OVERSIGNED_FIELDS,
     SIGNED_FIELDS,
@@ -129,7 +130,10 @@ def timeouts(settings: Settings) -> SmtpTimeouts:
 
 
 def service(settings: Settings, spool: Spool, *, share: Share = WHOLE) -> MailService:
+    """The service of ``settings`` for worker ``share``: the limits on connections and messages
+    a minute are the whole service's, so each worker gets its part (``workers.part``)."""
     retry, local = retry_policies(settings)
+    per_host = part(settings.max_connections_per_host, share)
     fqdn = settings.fqdn or machine_name()
     tls_context = None
     if settings.tls_ca_file is not None:
@@ -156,15 +160,17 @@ def service(settings: Settings, spool: Spool, *, share: Share = WHOLE) -> MailSe
         dane=settings.dane,
         suppression_days=settings.suppression_days,
         throttle=ThrottleRules(
-            max_connections=settings.max_connections_per_host,
-            max_messages_per_minute=settings.max_messages_per_minute,
+            max_connections=per_host,
+            max_messages_per_minute=None
+            if settings.max_messages_per_minute is None
+            else part(settings.max_messages_per_minute, share),
         ),
         share=share,
         limits=Limits(
             max_message_size=settings.max_message_size,
             max_hop_count=settings.max_hop_count,
-            max_connections=settings.max_connections,
-            max_connections_per_host=settings.max_connections_per_host,
+            max_connections=part(settings.max_connections, share),
+            max_connections_per_host=per_host,
         ),
         ndr_copy_to=settings.ndr_copy_to,
         log_days=settings.log_days,

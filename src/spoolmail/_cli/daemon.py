@@ -77,7 +77,7 @@ def _run(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
         with Spool(settings.root, dkim=dkim) as spool:
             count = workers.worker_count(wanted, spool)
             if prepared is not None:
-                prepared = prepared.keep(count)
+                prepared = prepared.keep(workers.listening(count))
             if count == 1:
                 return _serve(settings, args, out, spool, prepared)
             # IIS's NTFS_*.EML Queue files are never delivered as they are: say so once.

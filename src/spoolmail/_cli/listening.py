@@ -120,15 +120,18 @@ class Prepared:
     counts: SessionCounts | None = None
     slot: WorkerSlot | None = None
 
-    def for_worker(self, index: int) -> Prepared:
-        """Worker ``index``'s part: the shared sockets, its slot, the TLS and the users."""
+    def for_worker(self, index: int) -> Prepared | None:
+        """Worker ``index``'s part: the shared sockets, its slot, the TLS and the users; None
+        for a worker that does not listen (past the first ``keep(count)``)."""
         if self.counts is None:
-            return self
+            return self if index == 0 else None
+        if index >= len(self.counts):
+            return None
         return attrs.evolve(self, slot=self.counts.slot(index))
 
     def keep(self, count: int) -> Prepared:
-        """For ``count`` workers: above one, the table of their sessions (made before the
-        fork, so that they share it)."""
+        """For ``count`` listening workers (the first ones of the group): above one, the table
+        of their sessions (made before the fork, so that they share it)."""
         from spoolmail._listen.balance import SessionCounts  # noqa: PLC0415 (see above)
 
         return attrs.evolve(self, counts=SessionCounts(count) if count > 1 else None)

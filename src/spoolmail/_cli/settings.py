@@ -56,14 +56,15 @@ A settings file is TOML with one ``[spoolmail]`` table; every key is optional:
     dane = false
     # days a hard-bounced recipient (5.1.1, 5.1.2, 5.1.10) stays suppressed; 0: no list
     suppression_days = 30
-    # messages sent to one destination a minute at most (default: no limit)
+    # messages sent to one destination a minute at most, the workers together (default: no
+    # limit)
     max_messages_per_minute = 600
     # DKIM signers by From: domain: [spoolmail.dkim."example.com"] with selector and key_file
     # (docs/dkim.md); no flag: a table
     dkim = {}
-    # messages attempted at once (IIS: 1000 outbound connections)
+    # messages attempted at once, the workers together (IIS: 1000 outbound connections)
     max_connections = 20
-    # connections to one host at once (IIS: 100 per domain)
+    # connections to one host at once, the workers together (IIS: 100 per domain)
     max_connections_per_host = 10
     # messages sent over one connection before it is closed; 0: no limit
     max_messages_per_connection = 20
@@ -114,7 +115,8 @@ A settings file is TOML with one ``[spoolmail]`` table; every key is optional:
     pickup_dot_stuffed = false
     # seconds between looks at Pickup where no inotify tells of new files
     poll_interval = 1.0
-    # worker processes sharing the MailRoot's work; 0: one per CPU (mem:// runs one)
+    # worker processes sharing the MailRoot's work; 0: two per CPU (mem:// runs one); one per
+    # CPU of them listens
     workers = 2
     # seconds a Pickup file must stay unchanged, where no lease or inotify tells that its writer
     # is done
@@ -146,7 +148,7 @@ A settings file is TOML with one ``[spoolmail]`` table; every key is optional:
     tls_key = "/etc/spoolmail/key.pem"
     # users who may AUTH (over TLS) and relay: lines made by spoolmail listen-passwd
     auth_file = "/etc/spoolmail/passwd"
-    # concurrent SMTP sessions
+    # concurrent SMTP sessions (with workers: each listening worker's)
     max_sessions = 100
     # seconds a client may stay silent (RFC 5321 4.5.3.2.7; IIS: 10 minutes)
     listen_timeout = 300.0
@@ -623,7 +625,8 @@ class Settings:
     max_messages_per_minute: int | None = _setting(
         None,
         INTEGER,
-        "messages sent to one destination a minute at most (default: no limit)",
+        "messages sent to one destination a minute at most, the workers together (default: no "
+        "limit)",
         flag="--max-messages-per-minute",
         example=600,
         metavar="N",
@@ -641,7 +644,7 @@ class Settings:
     max_connections: int = _setting(
         20,
         INTEGER,
-        "messages attempted at once (IIS: 1000 outbound connections)",
+        "messages attempted at once, the workers together (IIS: 1000 outbound connections)",
         flag="--max-connections",
         iis="Outbound connections: Limit number of connections to",
         metavar="N",
@@ -650,7 +653,7 @@ class Settings:
     max_connections_per_host: int = _setting(
         10,
         INTEGER,
-        "connections to one host at once (IIS: 100 per domain)",
+        "connections to one host at once, the workers together (IIS: 100 per domain)",
         flag="--max-connections-per-host",
         iis="Outbound connections: Limit number of connections per domain",
         metavar="N",
@@ -863,7 +866,8 @@ class Settings:
     workers: int = _setting(
         0,
         INTEGER,
-        "worker processes sharing the MailRoot's work; 0: one per CPU (mem:// runs one)",
+        "worker processes sharing the MailRoot's work; 0: two per CPU (mem:// runs one); one "
+        "per CPU of them listens",
         flag="--workers",
         restart=True,
         example=2,
@@ -1010,7 +1014,7 @@ class Settings:
     max_sessions: int = _setting(
         100,
         INTEGER,
-        "concurrent SMTP sessions",
+        "concurrent SMTP sessions (with workers: each listening worker's)",
         flag="--max-sessions",
         iis="General: Limit number of connections to",
         metavar="N",

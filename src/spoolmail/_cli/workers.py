@@ -1,12 +1,15 @@
 """``spoolmail run --workers N``: N worker processes on one MailRoot, and their supervisor.
 
-One Python process keeps about one core busy (the GIL). Claims are renames, so several
+One Python process keeps at most one core busy (the GIL), and less while its threads wait on
+a sync or a socket: two workers per CPU by default, so that one waiting leaves its CPU to
+another. Claims are renames, so several
 processes on one MailRoot already deliver each message once; a :class:`~spoolmail.Share` each
 (``_core.shares``) lets them divide the work instead of racing for it. The parent does what
 needs root or must happen once (the listener's sockets bound, the settings and DKIM keys read,
 privileges dropped, the MailRoot opened and checked), then forks the workers. Each opens its own
 Spool (its own owner and claims), builds its service for its share and serves: Pickup, the
-Queue, and SMTP on the sockets it inherited (the kernel hands each connection to one of them).
+Queue, and, one worker per CPU (the first ones), SMTP on the sockets it inherited. The limits
+set for the whole service (connections, messages a minute) are divided among the workers.
 
 The parent only supervises. It passes SIGTERM, SIGINT and SIGHUP on to the workers; it starts a
 worker again when one dies (at once if it had served a minute, else after a pause that doubles
@@ -45,7 +48,15 @@ from spoolmail._core.shares import Share
 from spoolmail._service.observers import Stats
 from spoolmail._store.spool import Spool
 
-__all__ = ["Supervisor", "combine_stats", "requested", "stats_responder", "worker_count"]
+__all__ = [
+    "Supervisor",
+    "combine_stats",
+    "listening",
+    "part",
+    "requested",
+    "stats_responder",
+    "worker_count",
+]
 
 log = logging.getLogger("spoolmail")
 
@@ -71,8 +82,31 @@ def _stop_with_parent() -> None:
 
 
 def requested(setting: int) -> int:
-    """The workers the ``workers`` setting asks for: itself, or one per CPU for 0."""
-    return setting or os.cpu_count() or 1
+    """The workers the ``workers`` setting asks for: itself, or two per CPU for 0.
+
+    A worker's threads share one GIL and often all wait at once (intake's sync, the replies of
+    its SMTP servers): with one worker per CPU the two cores were busy 130% of 200% while
+    draining Pickup, with two per CPU 150%, and 1.2-1.3 times as many messages left a second
+    (bench/README.md, "Sixth round")."""
+    return setting or 2 * (os.cpu_count() or 1)
+
+
+def listening(count: int) -> int:
+    """How many of ``count`` workers take SMTP sessions (the first ones): one per CPU at most.
+
+    The listener's group commit makes one sync for the messages its sessions finish together;
+    spread over more processes, each sync carries fewer (five lock-step clients over four
+    workers cost 17% more CPU a message than over two). The others take Pickup and the Queue."""
+    return max(1, min(count, os.cpu_count() or 1))
+
+
+def part(limit: int, share: Share) -> int:
+    """Worker ``share.index``'s part of ``limit``, a limit for the whole service: divided among
+    the workers, the first ones one more where it does not divide evenly, and at least 1 (a
+    limit below the number of workers is then exceeded: each worker needs one to work at all).
+    """
+    whole, rest = divmod(limit, share.count)
+    return max(1, whole + (share.index < rest))
 
 
 def worker_count(count: int, spool: Spool) -> int:
