@@ -2,14 +2,14 @@
 
 One Python process keeps at most one core busy (the GIL), and less while its threads wait on
 a sync or a socket: two workers per CPU by default, so that one waiting leaves its CPU to
-another. Claims are renames, so several
-processes on one MailRoot already deliver each message once; a :class:`~spoolmail.Share` each
-(``_core.shares``) lets them divide the work instead of racing for it. The parent does what
-needs root or must happen once (the listener's sockets bound, the settings and DKIM keys read,
-privileges dropped, the MailRoot opened and checked), then forks the workers. Each opens its own
-Spool (its own owner and claims), builds its service for its share and serves: Pickup, the
-Queue, and, one worker per CPU (the first ones), SMTP on the sockets it inherited. The limits
-set for the whole service (connections, messages a minute) are divided among the workers.
+another. Claims are renames, so several processes on one MailRoot already deliver each message
+once; a :class:`~spoolmail.Share` each (``_core.shares``) lets them divide the work instead of
+racing for it. The parent does what needs root or must happen once (the listener's sockets
+bound, the settings and DKIM keys read, privileges dropped, the MailRoot opened and checked),
+then forks the workers. Each opens its own Spool (its own owner and claims), builds its service
+for its share and serves: Pickup, the Queue, and, one worker per CPU (the first ones), SMTP on
+the sockets it inherited. The limits set for the whole service (connections, messages a
+minute) are divided among the workers.
 
 The parent only supervises. It passes SIGTERM, SIGINT and SIGHUP on to the workers; it starts a
 worker again when one dies (at once if it had served a minute, else after a pause that doubles
