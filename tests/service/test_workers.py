@@ -166,3 +166,35 @@ def test_a_trigger_of_another_group_or_none_is_every_workers(
         got[index] = worker.spool._store.take_triggers().ids
     assert got == {0: {"x1"}, 1: {"x1"}}
     assert not [n for n in store.listdir("SortTemp") if n.endswith(".trigger")]
+
+
+def test_each_worker_recovers_the_dead_owner_s_claims_of_its_own_share(
+    workers: list[Worker],
+    operator: Spool,
+    transport: CapturingTransport,
+    filesystem: pyfs.FS,
+    clock: FakeClock,
+) -> None:
+    """A rescan lists and recovers its own share of the Queue only (four workers on a queue of
+    100,000 each sorted out all of it); every share has its worker, so nothing is left."""
+    write_pickup(operator, 20)
+    transport.answers = {f"user{n}@remote.test": LATER for n in range(20)}
+    mine = [set(worker.service.run_once().picked_up) for worker in workers]
+    chosen = [sorted(ids)[0] for ids in mine]  # one message of each share
+    with Spool(filesystem, clock=clock) as dead:  # a process that dies while delivering them
+        for queue_id in chosen:
+            assert dead._store.claim_queued(queue_id)
+        owner = dead._store.owner
+        clock.advance(minutes=11)  # its lease runs out
+        for index, worker in enumerate(workers):
+            worker.service.rescan()
+            claims = [operator._store.queue_files()[q].claims for q in chosen]
+            # Worker 0 returned its own message's claim to the Queue, not worker 1's.
+            expected = [() if n <= index else (owner,) for n in range(len(chosen))]
+            assert claims == expected, index
+    transport.answers = {}
+    operator.flush_queue()
+    delivered = set()
+    for worker in workers:
+        delivered |= {queue_id for queue_id, _ in worker.service.run_once().delivered}
+    assert delivered == mine[0] | mine[1]

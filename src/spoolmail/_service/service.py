@@ -818,7 +818,11 @@ class MailService:
         self._store.announce()
         if triggers is None:
             triggers = self._store.take_triggers()
-        done = recover(self._transitions, take_in=partial(self._take_in, tally=tally))
+        done = recover(
+            self._transitions,
+            take_in=partial(self._take_in, tally=tally),
+            owns=None if self.share.whole else self.share.owns_id,
+        )
         tally.badmail.extend(done.badmail)  # what was taken in again, _intake tallied
         orphan = orphan_report()
         for queue_id in done.badmail:

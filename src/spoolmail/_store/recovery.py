@@ -55,9 +55,16 @@ class Recovery:
     """Half-written files and dead owners' records deleted from SortTemp."""
 
 
-def recover(transitions: Transitions, *, take_in: Callable[[PickupClaim], object]) -> Recovery:
+def recover(
+    transitions: Transitions,
+    *,
+    take_in: Callable[[PickupClaim], object],
+    owns: Callable[[str], bool] | None = None,
+) -> Recovery:
     """Complete what dead owners left (see the module docstring); ``take_in`` re-runs intake on
-    a Pickup claim this process now holds."""
+    a Pickup claim this process now holds. ``owns`` (a worker's share) limits the Queue's part
+    to the ids it says yes to: each worker of a group recovers and lists its own share, not
+    everyone's (the Pickup claims, whoever's, are recovered by every worker that finds them)."""
     store = transitions.files
     store.announce()
 
@@ -77,7 +84,7 @@ def recover(transitions: Transitions, *, take_in: Callable[[PickupClaim], object
                 taken_in.append(mine.id)
     # One listing serves the whole rescan (100,000 names cost a second to sort out); what
     # recovery changes, it changes in the listing too.
-    files = store.queue_files()
+    files = store.queue_files(owns)
     returned: list[str] = []
     finished: list[str] = []
     for queue_id, entry in list(files.items()):

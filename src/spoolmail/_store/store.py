@@ -1080,8 +1080,9 @@ class MailStore:
     def claimed_name(queue_id: str, owner: str) -> str:
         return f"{queue_id}.{owner}.env"
 
-    def queue_files(self) -> dict[str, QueueFiles]:
-        """Every id with files in the Queue folder, and which files it has.
+    def queue_files(self, owns: Callable[[str], bool] | None = None) -> dict[str, QueueFiles]:
+        """Every id with files in the Queue folder (only those ``owns`` says yes to, when given:
+        a worker's share), and which files it has.
 
         One pass over the listing; an id is checked once, however many files it has.
         """
@@ -1093,7 +1094,7 @@ class MailStore:
                 continue
             entry = found.get(queue_id)
             if entry is None:
-                if not is_queue_id(queue_id):
+                if not is_queue_id(queue_id) or (owns is not None and not owns(queue_id)):
                     rejected.add(queue_id)
                     continue
                 entry = found[queue_id] = ([], [], [])
