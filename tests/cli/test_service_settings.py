@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from spoolmail._cli import assemble, flags
+from spoolmail._cli import assemble, flags, listening
 from spoolmail._cli.config import render
 from spoolmail._cli.main import EX_OK, EX_USAGE, _parser, main
 from spoolmail._cli.settings import Settings, load_settings
@@ -520,3 +520,14 @@ def test_each_worker_gets_its_part_of_the_whole_service_s_limits(tmp_path: Path)
         (5, 2, 2, 2, 150),
         (5, 2, 2, 2, 150),
     ]
+
+
+def test_each_listening_worker_gets_its_part_of_max_sessions() -> None:
+    settings = Settings(max_sessions=101)
+    assert listening.listener_limits(settings).max_sessions == 101
+    parts = [listening.listener_limits(settings, Share(i, 2)).max_sessions for i in range(2)]
+    assert parts == [51, 50]
+    prepared = listening.Prepared(sockets=(), tls=None, credentials=None).keep(2)
+    workers = [prepared.for_worker(index) for index in range(2)]
+    assert [w.listening_share() for w in workers if w is not None] == list(Share(0, 2).all())
+    assert prepared.for_worker(2) is None  # a third worker does not listen

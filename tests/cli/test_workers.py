@@ -229,6 +229,28 @@ def test_workers_share_the_listeners_port(start: Callable[..., Daemon], port: st
     assert daemon.process.wait(DEADLINE) == 0
 
 
+def test_max_sessions_holds_for_the_listening_workers_together(
+    start: Callable[..., Daemon],
+) -> None:
+    """Two sessions in all: each listening worker takes its part, and the third client is
+    told to come back (421), whichever worker it reaches."""
+    daemon = start("--workers", "2", "--listen", "127.0.0.1:0", "--max-sessions", "2")
+    found = re.search(r"listening on 127\.0\.0\.1:(\d+); 2 workers", banner(daemon))
+    assert found
+    port = int(found.group(1))
+    with (
+        smtplib.SMTP("127.0.0.1", port, timeout=10) as first,
+        smtplib.SMTP("127.0.0.1", port, timeout=10) as second,
+    ):
+        assert first.noop()[0] == 250
+        assert second.noop()[0] == 250
+        with pytest.raises(smtplib.SMTPConnectError) as refused:
+            smtplib.SMTP("127.0.0.1", port, timeout=10)
+        assert refused.value.smtp_code == 421
+    daemon.process.send_signal(signal.SIGTERM)
+    assert daemon.process.wait(DEADLINE) == 0
+
+
 def test_sessions_open_at_once_are_shared_out_evenly(start: Callable[..., Daemon]) -> None:
     """Six clients that stay connected (as smtp-source's, or a busy application's pool):
     three sessions in each worker, whichever loop wakes first, so that both deliver. A

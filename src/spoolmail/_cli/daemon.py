@@ -159,6 +159,7 @@ class _Daemon:
     service: MailService
     share: Share = WHOLE
     listener: Listener | None = None
+    listening: Share = WHOLE  # the listener's place among the listening workers
     stop_metrics: Callable[[], None] | None = None
     stopping: bool = False
     reloading: bool = False
@@ -199,6 +200,7 @@ def _serve(
             daemon.listener = listening.start(
                 prepared, spool, router=daemon.service.router, settings=settings
             )
+            daemon.listening = prepared.listening_share()
         if on_serving is not None:
             on_serving(daemon)
         else:
@@ -261,6 +263,10 @@ def _reload(daemon: _Daemon, args: argparse.Namespace, spool: Spool) -> None:
     daemon.settings = new
     if daemon.listener is not None:
         listening.reconfigure(
-            daemon.listener, router=daemon.service.router, access=access, settings=new
+            daemon.listener,
+            router=daemon.service.router,
+            access=access,
+            settings=new,
+            share=daemon.listening,
         )
     log.info("SIGHUP: the new settings are in use")

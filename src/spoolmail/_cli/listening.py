@@ -32,6 +32,8 @@ import attrs
 from spoolmail._cli import assemble, flags, privileges, reloading
 from spoolmail._cli.settings import Settings
 from spoolmail._cli.status import EX_OK, UsageError
+from spoolmail._cli.workers import part
+from spoolmail._core.shares import WHOLE, Share
 from spoolmail.exceptions import ConfigurationError, SpoolmailError
 
 if TYPE_CHECKING:
@@ -129,6 +131,12 @@ class Prepared:
             return None
         return attrs.evolve(self, slot=self.counts.slot(index))
 
+    def listening_share(self) -> Share:
+        """This worker's place among the listening workers (what divides ``max_sessions``)."""
+        if self.counts is None or self.slot is None:
+            return WHOLE
+        return Share(self.slot.index, len(self.counts))
+
     def keep(self, count: int) -> Prepared:
         """For ``count`` listening workers (the first ones of the group): above one, the table
         of their sessions (made before the fork, so that they share it)."""
@@ -184,13 +192,15 @@ def addresses(prepared: Prepared) -> list[str]:
     return [socket_name(sock) for sock in prepared.sockets]
 
 
-def listener_limits(settings: Settings) -> ListenerLimits:
+def listener_limits(settings: Settings, share: Share = WHOLE) -> ListenerLimits:
+    """The listener's limits; ``max_sessions`` is the whole service's, so a listening worker
+    (``share`` among the listening workers) gets its part of it."""
     from spoolmail._listen.listener import ListenerLimits  # noqa: PLC0415 (see above)
 
     return ListenerLimits(
         max_message_size=settings.max_message_size,
         max_recipients=settings.max_recipients,
-        max_sessions=settings.max_sessions,
+        max_sessions=part(settings.max_sessions, share),
         command_timeout=settings.listen_timeout,
         min_free_space=settings.min_free_space,
     )
@@ -222,7 +232,7 @@ def start(prepared: Prepared, spool: Spool, *, router: Router, settings: Setting
         fqdn=settings.fqdn or machine_name(),
         tls_context=prepared.tls,
         credentials=prepared.credentials,
-        limits=listener_limits(settings),
+        limits=listener_limits(settings, prepared.listening_share()),
     )
     if prepared.slot is not None:
         share_with_workers(listener, prepared.slot)
@@ -230,7 +240,12 @@ def start(prepared: Prepared, spool: Spool, *, router: Router, settings: Setting
 
 
 def reconfigure(
-    listener: Listener, *, router: Router, access: AccessPolicy, settings: Settings
+    listener: Listener,
+    *,
+    router: Router,
+    access: AccessPolicy,
+    settings: Settings,
+    share: Share = WHOLE,
 ) -> None:
     """After a SIGHUP: sessions that begin from now on get the new routing, access lists, name
     and limits (each session's settings are made when it connects; those under way keep
@@ -239,7 +254,7 @@ def reconfigure(
 
     listener.router = router
     listener.fqdn = settings.fqdn or machine_name()
-    listener.limits = listener_limits(settings)
+    listener.limits = listener_limits(settings, share)
     # The Listener takes its access lists at construction only; its sessions read this
     # attribute when they connect, so replacing it is what a new Listener would do.
     listener._access = access

@@ -148,7 +148,7 @@ A settings file is TOML with one ``[spoolmail]`` table; every key is optional:
     tls_key = "/etc/spoolmail/key.pem"
     # users who may AUTH (over TLS) and relay: lines made by spoolmail listen-passwd
     auth_file = "/etc/spoolmail/passwd"
-    # concurrent SMTP sessions (with workers: each listening worker's)
+    # concurrent SMTP sessions, the listening workers together
     max_sessions = 100
     # seconds a client may stay silent (RFC 5321 4.5.3.2.7; IIS: 10 minutes)
     listen_timeout = 300.0
@@ -1014,7 +1014,7 @@ class Settings:
     max_sessions: int = _setting(
         100,
         INTEGER,
-        "concurrent SMTP sessions (with workers: each listening worker's)",
+        "concurrent SMTP sessions, the listening workers together",
         flag="--max-sessions",
         iis="General: Limit number of connections to",
         metavar="N",
