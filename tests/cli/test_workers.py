@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 
 from spoolmail import Share, Stats
 from spoolmail._cli import workers
+from spoolmail._core.shares import part
 from tests import waiting
 from tests.integration.commands import spoolmail_run
 
@@ -368,7 +369,7 @@ def test_two_workers_per_cpu_by_default_and_one_per_cpu_listens(
 
 @given(limit=st.integers(1, 2_000), count=st.integers(1, 64))
 def test_a_limit_is_divided_among_the_workers(limit: int, count: int) -> None:
-    parts = [workers.part(limit, Share(index, count)) for index in range(count)]
+    parts = [part(limit, Share(index, count)) for index in range(count)]
     assert sum(parts) == max(limit, count)  # the whole, unless each needs its one
     assert max(parts) - min(parts) <= 1
     assert parts == sorted(parts, reverse=True)  # the first ones get what does not divide

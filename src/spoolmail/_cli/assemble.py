@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING
 import attrs
 
 from spoolmail._cli.settings import Settings, parse_duration, retry_interval_seconds
-from spoolmail._cli.workers import part
 from spoolmail._core.dkim import (
     OVERSIGNED_FIELDS,
     SIGNED_FIELDS,
@@ -32,7 +31,7 @@ from spoolmail._core.dkim import (
 )
 from spoolmail._core.retry import RetryPolicy
 from spoolmail._core.routing import Credentials, Router, SmartHostMode, TlsPolicy, parse_target
-from spoolmail._core.shares import WHOLE, Share
+from spoolmail._core.shares import WHOLE, Share, part
 from spoolmail._core.throttle import ThrottleRules
 from spoolmail._service.service import Limits, MailService, machine_name
 from spoolmail._store.spool import Spool
@@ -131,7 +130,7 @@ def timeouts(settings: Settings) -> SmtpTimeouts:
 
 def service(settings: Settings, spool: Spool, *, share: Share = WHOLE) -> MailService:
     """The service of ``settings`` for worker ``share``: the limits on connections and messages
-    a minute are the whole service's, so each worker gets its part (``workers.part``)."""
+    a minute are the whole service's, so each worker gets its part (``shares.part``)."""
     retry, local = retry_policies(settings)
     per_host = part(settings.max_connections_per_host, share)
     fqdn = settings.fqdn or machine_name()

@@ -32,8 +32,7 @@ import attrs
 from spoolmail._cli import assemble, flags, privileges, reloading
 from spoolmail._cli.settings import Settings
 from spoolmail._cli.status import EX_OK, UsageError
-from spoolmail._cli.workers import part
-from spoolmail._core.shares import WHOLE, Share
+from spoolmail._core.shares import WHOLE, Share, part
 from spoolmail.exceptions import ConfigurationError, SpoolmailError
 
 if TYPE_CHECKING:

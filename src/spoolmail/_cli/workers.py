@@ -52,7 +52,6 @@ __all__ = [
     "Supervisor",
     "combine_stats",
     "listening",
-    "part",
     "requested",
     "stats_responder",
     "worker_count",
@@ -98,15 +97,6 @@ def listening(count: int) -> int:
     spread over more processes, each sync carries fewer (five lock-step clients over four
     workers cost 17% more CPU a message than over two). The others take Pickup and the Queue."""
     return max(1, min(count, os.cpu_count() or 1))
-
-
-def part(limit: int, share: Share) -> int:
-    """Worker ``share.index``'s part of ``limit``, a limit for the whole service: divided among
-    the workers, the first ones one more where it does not divide evenly, and at least 1 (a
-    limit below the number of workers is then exceeded: each worker needs one to work at all).
-    """
-    whole, rest = divmod(limit, share.count)
-    return max(1, whole + (share.index < rest))
 
 
 def worker_count(count: int, spool: Spool) -> int:

@@ -23,7 +23,7 @@ import attrs
 
 from spoolmail._core.ids import is_made_id
 
-__all__ = ["WHOLE", "Share"]
+__all__ = ["WHOLE", "Share", "part"]
 
 _DSN_SUFFIX = re.compile(r"-d[0-9]+$")
 
@@ -85,3 +85,12 @@ def _slot(key: str, count: int) -> int:
 
 #: One worker: everything.
 WHOLE = Share(0, 1)
+
+
+def part(limit: int, share: Share) -> int:
+    """Worker ``share.index``'s part of ``limit``, a limit for the whole service: divided among
+    the workers, the first ones one more where it does not divide evenly, and at least 1 (a
+    limit below the number of workers is then exceeded: each worker needs one to work at all).
+    """
+    whole, rest = divmod(limit, share.count)
+    return max(1, whole + (share.index < rest))
