@@ -6,10 +6,12 @@ import io
 import json
 import os
 import random
+import socket
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -345,6 +347,96 @@ def test_closing_removes_the_spares_and_a_sweep_those_of_the_dead(
     dying.recycle("Queue", "c.eml")
     clock.advance(minutes=11)  # its lease runs out without a close
     assert os_store(tmp_path, clock).sweep_temp() == 2  # the spare and the record
+
+
+def full_pool(store: MailStore) -> None:
+    for number in range(64):
+        store.write("Queue", f"pool{number}.eml", b"x")
+    for number in range(64):
+        store.recycle("Queue", f"pool{number}.eml")
+    assert len(store.spares) == 64
+
+
+@pytest.fixture
+def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """An inbox for spares, as _service.handoff makes them: the end to read, the end to send."""
+    inbox, outbox = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    inbox.setblocking(False)
+    with inbox, outbox:
+        yield inbox, outbox
+
+
+def test_past_a_full_pool_spares_are_passed_on_and_written_over_there(
+    tmp_path: Path, clock: FakeClock, pair: tuple[socket.socket, socket.socket]
+) -> None:
+    """A worker that delivers what another accepted passes its surplus to that one
+    (_service.handoff): the listener writes over the file the deliverer finished."""
+    deliverer = os_store(tmp_path, clock)
+    listener = make_store(pyfs.OSFS(str(tmp_path)), clock, seed=2)
+    inbox, outbox = pair
+    passed: list[str] = []
+
+    def give(name: str) -> bool:
+        passed.append(name)
+        outbox.send(name.encode())
+        return True
+
+    deliverer.exchange_spares(give=give)
+    listener.exchange_spares(inbox=inbox)
+    deliverer.write("Queue", "done.eml", b"delivered " * 10)
+    inode = os.stat(tmp_path / "Queue" / "done.eml").st_ino
+    full_pool(deliverer)
+    assert deliverer.recycle("Queue", "done.eml")
+    assert len(deliverer.spares) == 64
+    [name] = passed
+    assert name.startswith(deliverer.owner + ".")  # its own until the listener takes it
+    listener.write("Queue", "new.eml", b"new")
+    assert os.stat(tmp_path / "Queue" / "new.eml").st_ino == inode  # not a new file
+    assert listener.read("Queue", "new.eml") == b"new"
+    assert name not in os.listdir(tmp_path / "SortTemp")
+    # Nothing waits: the next write creates its file.
+    listener.write("Queue", "newer.eml", b"newer")
+    assert os.stat(tmp_path / "Queue" / "newer.eml").st_ino != inode
+
+
+def test_a_spare_not_taken_is_deleted(tmp_path: Path, clock: FakeClock) -> None:
+    store = os_store(tmp_path, clock)
+    store.exchange_spares(give=lambda _name: False)  # the listeners' inboxes are full
+    store.write("Queue", "done.eml", b"x")
+    full_pool(store)
+    assert store.recycle("Queue", "done.eml")
+    assert sorted(store.listdir("SortTemp")) == sorted(store.spares)  # no stray file
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "../Queue/victim.eml",
+        "../../outside.tmp",
+        "/etc/passwd",
+        "owner.token.tmp/../../x",
+        "owner.token.tmp\x00",
+        "gone.token.tmp",  # well formed, but no such file (swept with its dead owner)
+        "ünïcode.token.tmp",
+        "",
+    ],
+)
+def test_a_passed_spares_name_is_checked_before_it_is_used(
+    tmp_path: Path, clock: FakeClock, pair: tuple[socket.socket, socket.socket], name: str
+) -> None:
+    """The inbox is another process's word: only a plain temp file's name in SortTemp is
+    taken; anything else is passed over and a new file made."""
+    (tmp_path / "outside.tmp").write_bytes(b"not ours")
+    store = os_store(tmp_path, clock)
+    store.write("Queue", "victim.eml", b"keep me")
+    inbox, outbox = pair
+    outbox.send(name.encode())
+    store.exchange_spares(inbox=inbox)
+    store.write("Queue", "new.eml", b"new")
+    assert store.read("Queue", "new.eml") == b"new"
+    assert store.read("Queue", "victim.eml") == b"keep me"
+    assert (tmp_path / "outside.tmp").read_bytes() == b"not ours"
+    assert store.listdir("SortTemp") == []
 
 
 def test_elsewhere_recycling_is_deleting(clock: FakeClock) -> None:

@@ -26,6 +26,7 @@ from spoolmail._cli.status import EX_FAILED, EX_OK, exit_status, report
 from spoolmail._core.dkim import DkimPolicy
 from spoolmail._core.shares import WHOLE, Share
 from spoolmail._service import iis
+from spoolmail._service.handoff import Handoff
 from spoolmail._service.service import MailService, Report
 from spoolmail._store.spool import Spool
 from spoolmail.exceptions import SpoolmailError
@@ -102,6 +103,10 @@ def _supervise(
     """``run --workers N``: fork the workers (``workers``) and look after them; the banner and
     the metrics endpoint are the parent's, the work is theirs."""
 
+    # The listening workers hand what their sessions queue to the others (_service.handoff).
+    listeners = 0 if prepared is None else workers.listening(count)
+    handoff = Handoff(count, listeners) if 0 < listeners < count else None
+
     def work(share: Share, serving: Callable[[], None], stats: socket.socket) -> int:
         args.logs.as_worker(share.index)
 
@@ -113,7 +118,16 @@ def _supervise(
         try:
             mine = None if prepared is None else prepared.for_worker(share.index)
             with Spool(settings.root, dkim=dkim) as spool:
-                return _serve(settings, args, out, spool, mine, share=share, on_serving=started)
+                return _serve(
+                    settings,
+                    args,
+                    out,
+                    spool,
+                    mine,
+                    share=share,
+                    handoff=handoff,
+                    on_serving=started,
+                )
         except SpoolmailError as exc:  # as main() says it: the parent passes the status on
             report(exc)
             return exit_status(exc)
@@ -133,6 +147,8 @@ def _supervise(
     finally:
         if stop_metrics is not None:
             stop_metrics()
+        if handoff is not None:
+            handoff.close()
 
 
 def _banner(settings: Settings, addresses: Sequence[str], *, workers: int = 1) -> str:
@@ -160,6 +176,7 @@ class _Daemon:
     share: Share = WHOLE
     listener: Listener | None = None
     listening: Share = WHOLE  # the listener's place among the listening workers
+    handoff: Handoff | None = None  # the workers' inboxes, where some listen and some do not
     stop_metrics: Callable[[], None] | None = None
     stopping: bool = False
     reloading: bool = False
@@ -183,12 +200,17 @@ def _serve(
     prepared: listening.Prepared | None,
     *,
     share: Share = WHOLE,
+    handoff: Handoff | None = None,
     on_serving: Callable[[_Daemon], None] | None = None,
 ) -> int:
     """Serve ``spool`` until a signal stops it: alone (``on_serving`` None: the banner and the
     metrics are this process's), or as one worker of several (``share``; ``on_serving`` tells
     the supervisor)."""
-    daemon = _Daemon(settings, assemble.service(settings, spool, share=share), share=share)
+    daemon = _Daemon(
+        settings, assemble.service(settings, spool, share=share), share=share, handoff=handoff
+    )
+    if handoff is not None:
+        daemon.service._use_handoff(handoff)
     try:
         if args.once:
             return _once(daemon.service, spool, out)
@@ -259,6 +281,10 @@ def _reload(daemon: _Daemon, args: argparse.Namespace, spool: Spool) -> None:
     except SpoolmailError as exc:
         log.error("SIGHUP: %s; the settings in use stay", exc)  # noqa: TRY400 (no traceback)
         daemon.service = assemble.service(old, spool, share=daemon.share)
+        new = old
+    if daemon.handoff is not None:
+        daemon.service._use_handoff(daemon.handoff)
+    if new is old:
         return
     daemon.settings = new
     if daemon.listener is not None:

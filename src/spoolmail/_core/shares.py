@@ -55,6 +55,13 @@ class Share:
         """Whether this share is everything (one worker)."""
         return self.count == 1
 
+    @staticmethod
+    def of(queue_id: str, count: int) -> int:
+        """The index of the share of ``count`` that the queued message ``queue_id`` is in."""
+        if count == 1:
+            return 0
+        return _slot(_DSN_SUFFIX.sub("", queue_id), count)
+
     def owns_id(self, queue_id: str) -> bool:
         """Whether the queued message ``queue_id`` is this worker's to schedule."""
         if self.count == 1:

@@ -82,6 +82,7 @@ from spoolmail._service.delivery import (
     TranscriptKind,
     passed_over,
 )
+from spoolmail._service.handoff import WAKE, Handoff, received
 from spoolmail._service.intake import Intake
 from spoolmail._service.observers import Counters, Stats, log_event
 from spoolmail._service.schedule import Schedule
@@ -227,41 +228,53 @@ class _Waker:
     events): a connected socket pair, readable once :meth:`set` wrote a byte into it. Open
     only while ``run_forever`` runs (a service that only ever runs ``run_once`` holds none);
     a :meth:`set` with nobody waiting is dropped, as the loop's next tick comes first anyway.
+
+    A worker that takes handed-off mail (``handoff``) uses its inbox as the pair: the other
+    workers' datagrams (queue ids) wake it too, and :meth:`clear` returns what they held. The
+    inbox outlives the service (the next one, after a SIGHUP, reads on), so it is not closed.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, inbox: tuple[socket.socket, socket.socket] | None = None) -> None:
         # Reentrant: set() runs in signal handlers (MailService.stop), on the main thread that
         # may be inside clear() or open() with the lock held; a plain Lock deadlocked there.
         self._lock = threading.RLock()
+        self._inbox = inbox
         self._pair: tuple[socket.socket, socket.socket] | None = None
 
     def open(self) -> int:
         """Open the pair (if not yet); the descriptor to wait on."""
         with self._lock:
             if self._pair is None:
-                reader, writer = socket.socketpair()
-                reader.setblocking(False)
-                writer.setblocking(False)
-                self._pair = (reader, writer)
+                if self._inbox is not None:
+                    self._pair = self._inbox
+                else:
+                    reader, writer = socket.socketpair()
+                    reader.setblocking(False)
+                    writer.setblocking(False)
+                    self._pair = (reader, writer)
             return self._pair[0].fileno()
 
     def set(self) -> None:
         with self._lock, contextlib.suppress(OSError):  # full: a wake-up is pending anyway
             if self._pair is not None:
-                self._pair[1].send(b"!")
+                self._pair[1].send(WAKE)
 
-    def clear(self) -> None:
+    def clear(self) -> list[bytes]:
+        """Empty the socket; what the other workers sent into an inbox (each datagram)."""
+        held: list[bytes] = []
         with self._lock, contextlib.suppress(OSError):
             if self._pair is not None:
-                while self._pair[0].recv(4096):
-                    pass
+                while data := self._pair[0].recv(4096):
+                    if self._inbox is not None:
+                        held.append(data)
+        return held
 
     def close(self) -> None:
         with self._lock:
-            if self._pair is not None:
+            if self._pair is not None and self._pair is not self._inbox:
                 for end in self._pair:
                     end.close()
-                self._pair = None
+            self._pair = None
 
 
 def _checked_fqdn(fqdn: str) -> str:
@@ -500,6 +513,7 @@ class MailService:
         # complete Pickup file wakes it too, where inotify tells (store.wait_for_pickup).
         self._arrivals: deque[str] = deque()
         self._wakeup = _Waker()
+        self._handoff: Handoff | None = None
         self._schedule_lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
         self._observe(observers, log_days=log_days)
@@ -512,6 +526,18 @@ class MailService:
         # What intake and a listener in this process queue, this service claims next: the
         # envelopes they wrote stand for the files it reads back (Transitions.written).
         self._transitions.remember_written(True)
+
+    def _use_handoff(self, handoff: Handoff) -> None:
+        """One worker of a group where some listen (``_service.handoff``), before it runs: a
+        listening worker names its sessions' messages in the shares of the workers that take
+        them and tells those; a taking worker's wake socket is its inbox."""
+        if handoff.gives(self.share):
+            self._handoff = handoff
+            self.spool._new_ids_in = handoff.takes
+            self._store.exchange_spares(inbox=handoff.spare_inbox(self.share))
+        else:
+            self._wakeup = _Waker(handoff.inbox(self.share))
+            self._store.exchange_spares(give=handoff.pass_spare)
 
     def _observe(self, observers: Iterable[Observer], *, log_days: int) -> None:
         """Subscribe to the spool's events, last in ``__init__`` (nothing is left subscribed
@@ -583,7 +609,11 @@ class MailService:
             yield name
 
     def _arrived(self, queue_id: str) -> None:
-        """``Spool.admit`` committed ``queue_id`` (from any thread): due at the next tick."""
+        """``Spool.admit`` committed ``queue_id`` (from any thread): due at the next tick, here
+        or, handed off, in the worker whose share it is in."""
+        handoff = self._handoff
+        if handoff is not None and not self.share.owns_id(queue_id) and handoff.send(queue_id):
+            return
         self._arrivals.append(queue_id)
         self._wakeup.set()
 
@@ -726,7 +756,7 @@ class MailService:
                 if next_due is not None:
                     wait = max(0.0, min(wait, (next_due - self.clock()).total_seconds()))
                 self._store.wait_for_pickup(wait, wake=wake)
-                self._wakeup.clear()
+                self._arrivals.extend(received(self._wakeup.clear(), self.share))
                 if self._stopping():
                     break
         finally:
@@ -773,6 +803,8 @@ class MailService:
         if self.spool.service is self:
             self.spool.service = None
             self.spool._on_admit = None
+            self.spool._new_ids_in = None
+            self._store.exchange_spares()
             self._transitions.remember_written(False)
             # What arrived after the last tick is on disk: the next service's rescan finds it.
 

@@ -380,6 +380,9 @@ class Spool:
         # That service's ear for messages admitted in this process (its schedule learns of them
         # at once); without one, admissions leave a trigger for a service in another process.
         self._on_admit: Callable[[str], object] | None = None
+        # Where new_id's ids fall when not in this process's share (a listening worker's, for
+        # the workers it hands its sessions' mail to: _service.handoff).
+        self._new_ids_in: Callable[[str], bool] | None = None
         self._store = MailStore(
             filesystem,
             durability=durability,
@@ -619,7 +622,7 @@ class Spool:
 
     def new_id(self) -> str:
         """A fresh queue id, for :meth:`admit` (unique in this MailRoot, sorting by time)."""
-        queue_id = self._store.new_id()
+        queue_id = self._store.new_id(self._new_ids_in)
         self._issued.add(queue_id)
         return queue_id
 

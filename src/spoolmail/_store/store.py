@@ -77,6 +77,8 @@ from spoolmail._store.syncing import syncfs
 from spoolmail.exceptions import ConfigurationError, LayoutError, StorageError
 
 if TYPE_CHECKING:
+    import socket
+
     from _typeshed import WriteableBuffer
 
 __all__ = [
@@ -181,6 +183,8 @@ _TMP_SUFFIX = ".tmp"
 _ANNOUNCE = "announce"
 # Finished Queue files kept in SortTemp to be written over as the next temp files (see recycle).
 _SPARES = 64
+# A spare's name as another process passes it (exchange_spares): a temp file's, nothing more.
+_PASSED_SPARE = re.compile(r"[A-Za-z0-9_-]{1,64}\.[A-Za-z0-9_-]{1,64}\.tmp")
 _SPARE_SIZE = 256 * 1024
 # A claim's file name must stay under common 255-byte name limits.
 _MAX_QUOTED_NAME = 180
@@ -384,6 +388,10 @@ class MailStore:
         self.share: Share = WHOLE
         self._ids_lock = threading.Lock()
         self._spares: list[str] = []
+        # Spares passed between processes (_service.handoff, set by exchange_spares): a worker
+        # that delivers what others accepted passes its surplus on to those, which write them.
+        self._pass_spare: Callable[[str], bool] | None = None
+        self._spare_inbox: socket.socket | None = None
         self._debris: set[str] = set()  # temp files a failing disk would not let us delete
         self.disk_free: Callable[[str], int] = _disk_free  # see free_space; tests replace it
         self._spares_lock = threading.Lock()
@@ -625,13 +633,15 @@ class MailStore:
             finally:
                 os.close(fd)
 
-    def new_id(self) -> str:
+    def new_id(self, within: Callable[[str], bool] | None = None) -> str:
         """A new queue id (intake, the delivery threads and the application may ask at once),
-        in this process's share: what a worker takes in, it delivers (about ``count`` draws)."""
+        in this process's share: what a worker takes in, it delivers (about ``count`` draws).
+        ``within`` chooses other shares (a listening worker's for those it hands off to)."""
+        wanted = within or self.share.owns_id
         with self._ids_lock:
             while True:
                 queue_id = self.ids.new(self.clock())
-                if self.share.owns_id(queue_id):
+                if wanted(queue_id):
                     return queue_id
 
     def _temp_name(self) -> str:
@@ -644,6 +654,8 @@ class MailStore:
         while True:
             with self._spares_lock:
                 spare = self._spares.pop() if self._spares else ""
+            if not spare and self._spare_inbox is not None:
+                spare = self._passed_spare()
             if not spare:
                 return os.open(self._sys(SORTTEMP, temp), _CREATE, 0o666), ""
             try:
@@ -654,6 +666,40 @@ class MailStore:
                 # Out of the pool now: deleted, or it would stay in SortTemp until a restart.
                 self._discard_temp(spare)
                 raise
+
+    def exchange_spares(
+        self,
+        *,
+        give: Callable[[str], bool] | None = None,
+        inbox: socket.socket | None = None,
+    ) -> None:
+        """Pass spares between the processes of a worker group (``_service.handoff``): the
+        surplus a full pool would delete goes to ``give`` (a spare's name in SortTemp; ``False``
+        if it was not taken), and an empty pool draws on what arrives in ``inbox``. ``None``
+        for both ends the exchange."""
+        self._pass_spare, self._spare_inbox = give, inbox
+
+    def _passed_spare(self) -> str:
+        """A spare another process passed (see :meth:`exchange_spares`), renamed to a temp name
+        of this process, or ``""`` if none waits. The names are checked as outside input: a
+        plain temp-file name in SortTemp, else passed over; one that is gone (its owner died
+        and a sweep took it) too."""
+        inbox = self._spare_inbox
+        assert inbox is not None  # noqa: S101 (the caller looked)
+        while True:
+            try:
+                data = inbox.recv(256)
+            except OSError:  # BlockingIOError: none waiting
+                return ""
+            name = data.decode("ascii", "replace")
+            if not _PASSED_SPARE.fullmatch(name):
+                continue
+            mine = self._temp_name()
+            try:
+                os.rename(self._sys(SORTTEMP, name), self._sys(SORTTEMP, mine))
+            except OSError:
+                continue
+            return mine
 
     @property
     def spares(self) -> tuple[str, ...]:
@@ -668,10 +714,14 @@ class MailStore:
         microseconds on ext4 here, against ten); a finished message's files become the next
         message's. At most 64 spares of at most 256 KiB each are kept; other files are deleted.
         A spare is an ordinary temp file of this process: :meth:`close` deletes them, and if the
-        process dies, the sweep of SortTemp does. Returns ``False`` if the file was already gone.
+        process dies, the sweep of SortTemp does. Where spares are exchanged
+        (:meth:`exchange_spares`), what a full pool would delete is passed on instead, to the
+        processes that write what this one deletes. Returns ``False`` if the file was already
+        gone.
         Only on OS filesystems; elsewhere this is :meth:`remove`.
         """
-        if self._os_root is None or len(self._spares) >= _SPARES:
+        passing = self._pass_spare
+        if self._os_root is None or (len(self._spares) >= _SPARES and passing is None):
             return self.remove(folder, name)
         spare = self._temp_name()
         try:
@@ -686,7 +736,7 @@ class MailStore:
             keep = len(self._spares) < _SPARES
             if keep:
                 self._spares.append(spare)
-        if not keep:  # another thread filled the pool meanwhile
+        if not keep and (passing is None or not passing(spare)):
             self._discard_temp(spare)  # the file has left its folder: that much is done
         return True
 
