@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import os
 import random
+import socket
 import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -21,6 +25,7 @@ from spoolmail import MailService, Router, Spool
 from spoolmail._core.ids import QueueIds
 from spoolmail._core.shares import Share
 from spoolmail._store import pyfs
+from spoolmail._store import store as store_module
 from spoolmail._store.store import Durability, MailStore
 from spoolmail.testing import CapturingTransport, FakeClock
 
@@ -275,3 +280,98 @@ def test_the_services_rescan_takes_a_trigger_no_event_told_of(
             assert not hidden.exists()  # the rescan did, and took it
         finally:
             service.close()
+
+
+# -- the wait: woken by SortTemp's other renames once a quiet while ----------------------------
+
+
+class Wakes:
+    """Counts the trigger watch's reads of its events (one a wake-up by SortTemp)."""
+
+    def __init__(self, store: MailStore, monkeypatch: pytest.MonkeyPatch) -> None:
+        watch = store._trigger_watch
+        assert watch is not None
+        self.count = 0
+        real = watch.arrived
+
+        def counted() -> bool:
+            self.count += 1
+            return real()
+
+        monkeypatch.setattr(watch, "arrived", counted)
+
+
+@pytest.fixture
+def wake_pair() -> Iterator[tuple[socket.socket, socket.socket]]:
+    pair = socket.socketpair()
+    with pair[0], pair[1]:
+        pair[0].setblocking(False)
+        yield pair
+
+
+def in_a_while(action: Callable[[], object], seconds: float = 0.02) -> threading.Thread:
+    def later() -> None:
+        time.sleep(seconds)  # the wait has begun (it is the wait's own timing under test)
+        action()
+
+    thread = threading.Thread(target=later)
+    thread.start()
+    return thread
+
+
+def test_other_renames_into_sorttemp_wake_the_wait_once_a_quiet_while(
+    tmp_path: Path,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+    wake_pair: tuple[socket.socket, socket.socket],
+) -> None:
+    """Another worker's spares and claims (here 300 recycled files) do not wake the loop each:
+    it reads them together after ``_QUIET``; with nothing else, it waits its whole time."""
+    store = make_store(tmp_path, clock)
+    other = make_store(tmp_path, clock, seed=2)
+    watching(store)
+    wakes = Wakes(store, monkeypatch)
+    for number in range(300):
+        other.write("Queue", f"{number}.eml", b"x", durability=Durability.NONE)
+
+    def recycle_all() -> None:
+        for number in range(300):
+            other.recycle("Queue", f"{number}.eml")  # the first 64 become spares, renamed in
+            other.write("Queue", f"again{number}.eml", b"x", durability=Durability.NONE)
+
+    writer = in_a_while(recycle_all)
+    started = time.monotonic()
+    store.wait_for_pickup(0.4, wake=wake_pair[0].fileno())
+    waited = time.monotonic() - started
+    writer.join()
+    assert waited >= 0.39
+    assert wakes.count <= 0.4 / store_module._QUIET + 3  # not one for each of 300 renames
+
+
+@pytest.mark.parametrize("what", ["trigger", "wake"])
+def test_a_trigger_or_a_wake_during_the_quiet_while_still_ends_the_wait(
+    tmp_path: Path,
+    clock: FakeClock,
+    wake_pair: tuple[socket.socket, socket.socket],
+    what: str,
+) -> None:
+    store = make_store(tmp_path, clock)
+    other = make_store(tmp_path, clock, seed=2)
+    watching(store)
+    other.write("Queue", "x.eml", b"x")
+
+    def come() -> None:
+        other.recycle("Queue", "x.eml")  # a spare: the wait goes quiet
+        time.sleep(0.005)
+        if what == "trigger":
+            other.write_trigger(["19ac9b2f1c0-000000000003"])
+        else:
+            wake_pair[1].send(b"!")
+
+    thread = in_a_while(come)
+    started = time.monotonic()
+    store.wait_for_pickup(10.0, wake=wake_pair[0].fileno())
+    thread.join()
+    assert time.monotonic() - started < 5.0  # ended by it, not by the time
+    if what == "trigger":
+        assert store.take_triggers().ids == {"19ac9b2f1c0-000000000003"}

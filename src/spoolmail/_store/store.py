@@ -158,6 +158,8 @@ _BACKEND_KINDS = {
 }
 _CLAIM_SUFFIX = ".pickup"
 _TRIGGER_SUFFIX = ".trigger"
+# How long a wait woken by other renames into SortTemp leaves SortTemp unread (wait_for_pickup).
+_QUIET = 0.05
 # How a temp file is opened to be written: created (never an existing name), or a spare.
 _CREATE = (
     os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
@@ -1032,6 +1034,11 @@ class MailStore:
         Where nothing watches the folders (other platforms, non-OS backends, network
         filesystems without events) only ``wake`` ends the wait early: Pickup and the triggers
         are then polled.
+
+        Claims and spares are renamed into SortTemp too, several a message and in every worker.
+        Woken by those alone, the wait looks at SortTemp again only after :data:`_QUIET`: the
+        events meanwhile are read at once, not each with a wake-up of this process (which had
+        cost a busy group of workers 12% of its CPU). A trigger may wait that long.
         """
         if self._trigger_watch is None and not self._no_trigger_watch:
             self._trigger_watch = self.trigger_watch()
@@ -1040,21 +1047,36 @@ class MailStore:
         deadline = time.monotonic() + max(0.0, timeout)
         if triggers is not None:
             triggers.listen(wake)
+        quiet_until = 0.0
         while True:
-            left = max(0.0, deadline - time.monotonic())
+            now = time.monotonic()
+            quiet = now < quiet_until
+            left = max(0.0, min(deadline, quiet_until if quiet else deadline) - now)
             watcher = self.readiness.watcher
-            either = wake if triggers is None else triggers.fileno()
+            either = wake if triggers is None or quiet else triggers.fileno()
             if watcher is not None and watcher.alive:
-                if not watcher.wait(left, wake=either):
-                    return  # the time is up, or the watcher closed: the caller polls
+                woken = watcher.wait(left, wake=either)
             else:
                 with contextlib.suppress(OSError, ValueError):
                     select.select([either], [], [], left)
-            if triggers is None or not triggers.ready():
-                return  # a Pickup file (or the time is up, or the wake socket alone)
+                woken = _readable(either)
+            if triggers is None:
+                return  # a Pickup file, the wake socket, or the time is up
+            if quiet:
+                if woken or time.monotonic() >= deadline:
+                    return  # a Pickup file or the wake socket (triggers: at the next wait)
+                if time.monotonic() < quiet_until:
+                    continue
+                if triggers.arrived():
+                    return
+                quiet_until = 0.0  # what came meanwhile is read: wake for the next one
+                continue
+            if not triggers.ready():
+                return  # a Pickup file, the time is up, or the watcher closed: the caller polls
             if triggers.arrived() or _readable(wake) or time.monotonic() >= deadline:
                 return
-            # Only claims or recycled files renamed into SortTemp: wait on.
+            # Only claims or spares renamed into SortTemp: quiet for a while.
+            quiet_until = time.monotonic() + _QUIET
 
     def pickup_id(self, name: str) -> str:
         """The queue id a Pickup file gets: its own when named ``<queue id>.eml`` with an id in
