@@ -14,6 +14,7 @@ import signal
 import smtplib
 import socket
 import subprocess
+import sys
 import threading
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -348,7 +349,14 @@ def test_the_listening_workers_hand_what_they_accept_to_the_others(
     fill_pickup(daemon.root, 20, start=100)
     until("every message in Drop", lambda: len(drop_sequence(daemon.root)) == 40)
     assert drop_sequence(daemon.root) == [*range(20), *range(100, 120)]  # each once
-    log = daemon.log()
+    assert handed_off(daemon.log(), listening, count) == 20
+    daemon.process.send_signal(signal.SIGTERM)
+    assert daemon.process.wait(DEADLINE) == 0
+
+
+def handed_off(log: str, listening: int, count: int) -> int:
+    """How many SMTP messages the log shows accepted by a listening worker and delivered by
+    one that does not listen, in whose share the id is; fails on any other."""
     accepted = {
         queue_id: int(index)
         for index, queue_id in re.findall(r"\[worker (\d+)\] (\S+): queued from 127\.0\.0\.1", log)
@@ -357,13 +365,66 @@ def test_the_listening_workers_hand_what_they_accept_to_the_others(
         queue_id: int(index)
         for index, queue_id in re.findall(r"\[worker (\d+)\] (\S+): dropped file=", log)
     }
-    assert len(accepted) == 20
     for queue_id, index in accepted.items():
         assert index < listening
         assert by[queue_id] >= listening  # delivered by a worker that does not listen
         assert Share(by[queue_id], count).owns_id(queue_id)
-    daemon.process.send_signal(signal.SIGTERM)
-    assert daemon.process.wait(DEADLINE) == 0
+    return len(accepted)
+
+
+def test_the_hand_off_goes_on_after_a_reload(tmp_path: Path) -> None:
+    """SIGHUP builds every worker's service again: the new ones hand off and take as before,
+    with the new settings (a new local domain)."""
+    count = (os.cpu_count() or 1) + 2
+    listening = workers.listening(count)
+    root = tmp_path / "MailRoot"
+    config = tmp_path / "spoolmail.toml"
+    common = f'root = "{root}"\nlisten = ["127.0.0.1:0"]\nworkers = {count}\npoll_interval = 0.05\n'
+    config.write_text(f'[spoolmail]\n{common}local_domains = ["example.com"]\n')
+    log_file = tmp_path / "spoolmail.log"
+    with subprocess.Popen(
+        [sys.executable, "-m", "spoolmail", "--config", str(config), "run",
+         "--log-file", str(log_file)],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    ) as process:  # fmt: skip
+        try:
+            assert process.stdout is not None
+            found = re.search(
+                r"listening on 127\.0\.0\.1:(\d+)", process.stdout.readline().decode()
+            )
+            assert found
+            port = int(found.group(1))
+
+            def send(numbers: range, domain: str) -> None:
+                for number in numbers:
+                    with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+                        client.sendmail(
+                            "app@example.com",
+                            [f"u{number}@{domain}"],
+                            f"From: app@example.com\r\nX-Seq: {number}\r\n\r\nhi\r\n",
+                        )
+
+            send(range(10), "example.com")
+            until("10 in Drop", lambda: len(drop_sequence(root)) == 10)
+            config.write_text(f'[spoolmail]\n{common}local_domains = ["example.com", "new.test"]\n')
+            process.send_signal(signal.SIGHUP)
+            until(
+                "every worker reloaded",
+                lambda: log_file.read_text().count("the new settings are in use") == count,
+            )
+            send(range(10, 20), "new.test")
+            until("20 in Drop", lambda: len(drop_sequence(root)) == 20)
+            assert drop_sequence(root) == list(range(20))
+            assert handed_off(log_file.read_text(), listening, count) == 20
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(DEADLINE) == 0
+        finally:
+            if process.poll() is None:
+                for pid in children(process.pid):
+                    os.kill(pid, signal.SIGKILL)
+                process.kill()
 
 
 def test_a_late_stats_answer_never_puts_the_parent_out_of_step(

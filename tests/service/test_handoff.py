@@ -210,3 +210,12 @@ def test_takes_is_the_shares_past_the_listening_ones(count: int, data: st.DataOb
             assert not handoff.gives(Share(listening, count))
     finally:
         handoff.close()
+
+
+def test_a_listener_keeps_no_envelope_it_hands_off(listener: Worker) -> None:
+    """Its service reads back what this process queued from memory; what it hands off another
+    process claims, so remembering it would only fill the memory's cap."""
+    ids = [listener.accept(number) for number in range(5)]
+    written = listener.spool._transitions._written
+    assert written is not None  # a service is attached: it does remember its own
+    assert set(ids).isdisjoint(written)

@@ -534,6 +534,8 @@ class MailService:
         if handoff.gives(self.share):
             self._handoff = handoff
             self.spool._new_ids_in = handoff.takes
+            # What it hands off another process claims: nothing to remember for that.
+            self._transitions.remember_written(True, only=self.share.owns_id)
             self._store.exchange_spares(inbox=handoff.spare_inbox(self.share))
         else:
             self._wakeup = _Waker(handoff.inbox(self.share))

@@ -242,6 +242,7 @@ class Transitions:
         # Envelopes admissions wrote, with their bytes, by id (oldest first, at most
         # _WRITTEN_CAP), for a service in this process that claims them next: see written().
         self._written: dict[str, tuple[bytes, Envelope]] | None = None
+        self._written_only: Callable[[str], bool] | None = None
         self._written_lock = threading.Lock()
 
     def apply(self, state: State, event: Event, change: Change) -> State | None:
@@ -292,14 +293,17 @@ class Transitions:
         self.files.commit_queued(change.id, message, encoded, sync=change.durable)
         return True
 
-    def remember_written(self, on: bool) -> None:
+    def remember_written(self, on: bool, *, only: Callable[[str], bool] | None = None) -> None:
         """Keep (``on``) or stop keeping the envelopes admissions write, for :meth:`written`: a
-        service in this process does, as it claims what this process queues next."""
+        service in this process does, as it claims what this process queues next; ``only``
+        those of the ids it says yes to (a listening worker's own, not those it hands off)."""
         with self._written_lock:
             self._written = {} if on else None
+            self._written_only = only if on else None
 
     def _remember(self, queue_id: str, data: bytes, envelope: Envelope) -> None:
-        if not _utc_only(envelope):
+        only = self._written_only
+        if (only is not None and not only(queue_id)) or not _utc_only(envelope):
             return
         with self._written_lock:
             written = self._written
