@@ -475,6 +475,26 @@ def test_a_limit_is_divided_among_the_workers(limit: int, count: int) -> None:
     assert parts == sorted(parts, reverse=True)  # the first ones get what does not divide
 
 
+@given(limit=st.integers(1, 2_000), count=st.integers(2, 64), data=st.data())
+def test_with_a_hand_off_the_delivering_workers_get_twice_a_listening_ones_part(
+    limit: int, count: int, data: st.DataObject
+) -> None:
+    listening = data.draw(st.integers(1, count - 1))
+    parts = [part(limit, Share(index, count), handing_off=listening) for index in range(count)]
+    if limit >= 2 * count:  # each part is its weight's, not the one every worker keeps
+        assert sum(parts) == limit
+        assert max(parts[:listening]) <= min(parts[listening:])
+        # Twice, as near as whole numbers go.
+        assert all(abs(2 * parts[0] - taker) <= 3 for taker in parts[listening:])
+    assert min(parts) >= 1
+
+
+def test_ten_connections_with_a_hand_off() -> None:
+    """The documented example (docs: several processes)."""
+    assert [part(10, Share(index, 4), handing_off=2) for index in range(4)] == [2, 2, 3, 3]
+    assert [part(10, Share(index, 4)) for index in range(4)] == [3, 3, 2, 2]
+
+
 def test_combined_stats_add_counters_and_keep_one_set_of_gauges() -> None:
     started = datetime(2026, 12, 5, tzinfo=UTC)
     first = Stats(started=started, delivered=3, queue=7, connections={"a": 1})

@@ -128,11 +128,18 @@ def timeouts(settings: Settings) -> SmtpTimeouts:
     )
 
 
-def service(settings: Settings, spool: Spool, *, share: Share = WHOLE) -> MailService:
+def service(
+    settings: Settings, spool: Spool, *, share: Share = WHOLE, handing_off: int = 0
+) -> MailService:
     """The service of ``settings`` for worker ``share``: the limits on connections and messages
-    a minute are the whole service's, so each worker gets its part (``shares.part``)."""
+    a minute are the whole service's, so each worker gets its part (``shares.part``; the
+    workers past the first ``handing_off``, which deliver what those accept, a larger one)."""
     retry, local = retry_policies(settings)
-    per_host = part(settings.max_connections_per_host, share)
+
+    def share_of(limit: int) -> int:
+        return part(limit, share, handing_off=handing_off)
+
+    per_host = share_of(settings.max_connections_per_host)
     fqdn = settings.fqdn or machine_name()
     tls_context = None
     if settings.tls_ca_file is not None:
@@ -162,13 +169,13 @@ def service(settings: Settings, spool: Spool, *, share: Share = WHOLE) -> MailSe
             max_connections=per_host,
             max_messages_per_minute=None
             if settings.max_messages_per_minute is None
-            else part(settings.max_messages_per_minute, share),
+            else share_of(settings.max_messages_per_minute),
         ),
         share=share,
         limits=Limits(
             max_message_size=settings.max_message_size,
             max_hop_count=settings.max_hop_count,
-            max_connections=part(settings.max_connections, share),
+            max_connections=share_of(settings.max_connections),
             max_connections_per_host=per_host,
         ),
         ndr_copy_to=settings.ndr_copy_to,

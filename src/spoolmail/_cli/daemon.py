@@ -206,8 +206,12 @@ def _serve(
     """Serve ``spool`` until a signal stops it: alone (``on_serving`` None: the banner and the
     metrics are this process's), or as one worker of several (``share``; ``on_serving`` tells
     the supervisor)."""
+    handing_off = 0 if handoff is None else handoff.listening
     daemon = _Daemon(
-        settings, assemble.service(settings, spool, share=share), share=share, handoff=handoff
+        settings,
+        assemble.service(settings, spool, share=share, handing_off=handing_off),
+        share=share,
+        handoff=handoff,
     )
     if handoff is not None:
         daemon.service._use_handoff(handoff)
@@ -276,11 +280,12 @@ def _reload(daemon: _Daemon, args: argparse.Namespace, spool: Spool) -> None:
         log.error("SIGHUP: %s; the settings in use stay", exc)  # noqa: TRY400 (no traceback)
         return
     daemon.service.close()
+    handing_off = 0 if daemon.handoff is None else daemon.handoff.listening
     try:
-        daemon.service = assemble.service(new, spool, share=daemon.share)
+        daemon.service = assemble.service(new, spool, share=daemon.share, handing_off=handing_off)
     except SpoolmailError as exc:
         log.error("SIGHUP: %s; the settings in use stay", exc)  # noqa: TRY400 (no traceback)
-        daemon.service = assemble.service(old, spool, share=daemon.share)
+        daemon.service = assemble.service(old, spool, share=daemon.share, handing_off=handing_off)
         new = old
     if daemon.handoff is not None:
         daemon.service._use_handoff(daemon.handoff)

@@ -94,10 +94,24 @@ def _slot(key: str, count: int) -> int:
 WHOLE = Share(0, 1)
 
 
-def part(limit: int, share: Share) -> int:
+def part(limit: int, share: Share, *, handing_off: int = 0) -> int:
     """Worker ``share.index``'s part of ``limit``, a limit for the whole service: divided among
     the workers, the first ones one more where it does not divide evenly, and at least 1 (a
     limit below the number of workers is then exceeded: each worker needs one to work at all).
+
+    ``handing_off``: the first that many workers listen and hand what their sessions accept to
+    the others (``_service.handoff``), which then deliver it besides their own share: each of
+    those weighs twice a listening worker's (ten connections over two and two: 2, 2, 3, 3).
     """
-    whole, rest = divmod(limit, share.count)
-    return max(1, whole + (share.index < rest))
+    count = share.count
+    if not 0 < handing_off < count:
+        whole, rest = divmod(limit, count)
+        return max(1, whole + (share.index < rest))
+    weights = [1 if index < handing_off else 2 for index in range(count)]
+    total = sum(weights)
+    # Whole parts by weight; what is left goes one each to the largest remainders (the first
+    # ones on a tie), so that the parts add up to the limit.
+    floors = [limit * weight // total for weight in weights]
+    left = limit - sum(floors)
+    order = sorted(range(count), key=lambda index: (-(limit * weights[index] % total), index))
+    return max(1, floors[share.index] + (share.index in order[:left]))
