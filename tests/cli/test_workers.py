@@ -68,6 +68,17 @@ def drop_sequence(root: Path) -> list[int]:
     )
 
 
+def send_numbered(port: int, numbers: range, domain: str = "example.com") -> None:
+    """One SMTP session a message, each with its number in ``X-Seq`` (``drop_sequence``)."""
+    for number in numbers:
+        with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+            client.sendmail(
+                "app@example.com",
+                [f"u{number}@{domain}"],
+                f"From: app@example.com\r\nX-Seq: {number}\r\n\r\nhi\r\n",
+            )
+
+
 def children(pid: int) -> list[int]:
     found = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
     return sorted(int(p) for p in found)
@@ -213,13 +224,7 @@ def test_workers_share_the_listeners_port(start: Callable[..., Daemon], port: st
     found = re.search(r"listening on 127\.0\.0\.1:(\d+); 2 workers", banner(daemon))
     assert found
     assert port == "0" or found.group(1) == wanted
-    for number in range(30):
-        with smtplib.SMTP("127.0.0.1", int(found.group(1)), timeout=10) as client:
-            client.sendmail(
-                "app@example.com",
-                [f"u{number}@example.com"],
-                f"From: app@example.com\r\nX-Seq: {number}\r\n\r\nhi\r\n",
-            )
+    send_numbered(int(found.group(1)), range(30))
     until("30 messages in Drop", lambda: len(drop_sequence(daemon.root)) == 30)
     assert drop_sequence(daemon.root) == list(range(30))
     # The workers share the socket and each takes its part of the 30 connections, not all
@@ -339,13 +344,7 @@ def test_the_listening_workers_hand_what_they_accept_to_the_others(
     daemon = start("--workers", str(count), "--listen", "127.0.0.1:0")
     found = re.search(rf"listening on 127\.0\.0\.1:(\d+); {count} workers", banner(daemon))
     assert found
-    for number in range(20):
-        with smtplib.SMTP("127.0.0.1", int(found.group(1)), timeout=10) as client:
-            client.sendmail(
-                "app@example.com",
-                [f"u{number}@example.com"],
-                f"From: app@example.com\r\nX-Seq: {number}\r\n\r\nhi\r\n",
-            )
+    send_numbered(int(found.group(1)), range(20))
     fill_pickup(daemon.root, 20, start=100)
     until("every message in Drop", lambda: len(drop_sequence(daemon.root)) == 40)
     assert drop_sequence(daemon.root) == [*range(20), *range(100, 120)]  # each once
@@ -397,16 +396,7 @@ def test_the_hand_off_goes_on_after_a_reload(tmp_path: Path) -> None:
             assert found
             port = int(found.group(1))
 
-            def send(numbers: range, domain: str) -> None:
-                for number in numbers:
-                    with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
-                        client.sendmail(
-                            "app@example.com",
-                            [f"u{number}@{domain}"],
-                            f"From: app@example.com\r\nX-Seq: {number}\r\n\r\nhi\r\n",
-                        )
-
-            send(range(10), "example.com")
+            send_numbered(port, range(10))
             until("10 in Drop", lambda: len(drop_sequence(root)) == 10)
             config.write_text(f'[spoolmail]\n{common}local_domains = ["example.com", "new.test"]\n')
             process.send_signal(signal.SIGHUP)
@@ -414,7 +404,7 @@ def test_the_hand_off_goes_on_after_a_reload(tmp_path: Path) -> None:
                 "every worker reloaded",
                 lambda: log_file.read_text().count("the new settings are in use") == count,
             )
-            send(range(10, 20), "new.test")
+            send_numbered(port, range(10, 20), "new.test")
             until("20 in Drop", lambda: len(drop_sequence(root)) == 20)
             assert drop_sequence(root) == list(range(20))
             assert handed_off(log_file.read_text(), listening, count) == 20
