@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from spoolmail import MailService, Report, Router, Share, Spool
 from spoolmail._core.ids import QueueIds
 from spoolmail._service.handoff import WAKE, Handoff, received
+from spoolmail._service.service import _Waker
 from spoolmail._store import pyfs
 from spoolmail.testing import CapturingTransport, FakeClock, StaticResolver
 from tests import waiting
@@ -219,3 +220,16 @@ def test_a_listener_keeps_no_envelope_it_hands_off(listener: Worker) -> None:
     written = listener.spool._transitions._written
     assert written is not None  # a service is attached: it does remember its own
     assert set(ids).isdisjoint(written)
+
+
+def test_an_empty_datagram_hides_none_after_it(handoff: Handoff, clock: FakeClock) -> None:
+    inbox = handoff.inbox(TAKER)
+    assert inbox is not None
+    queue_id = next(i for i in iter(lambda: QueueIds().new(clock()), "") if TAKER.owns_id(i))
+    waker = _Waker(inbox)
+    waker.open()
+    inbox[1].send(b"")
+    inbox[1].send(queue_id.encode())
+    assert list(received(waker.clear(), TAKER)) == [queue_id]
+    waker.close()
+    inbox[1].send(WAKE)  # the inbox outlives the service's waker: still open

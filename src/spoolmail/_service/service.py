@@ -264,9 +264,12 @@ class _Waker:
         held: list[bytes] = []
         with self._lock, contextlib.suppress(OSError):
             if self._pair is not None:
-                while data := self._pair[0].recv(4096):
+                while True:  # until the socket is empty (BlockingIOError)
+                    data = self._pair[0].recv(4096)
                     if self._inbox is not None:
-                        held.append(data)
+                        held.append(data)  # an empty datagram too: the next may not be
+                    elif not data:
+                        break
         return held
 
     def close(self) -> None:
