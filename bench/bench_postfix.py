@@ -35,9 +35,11 @@ accounting of the process tree), per message. The clients (sendmail before the t
 smtp-source during it) and the sink are counted on neither side. For each pair: the ratio
 spoolmail / Postfix of the rates; per path, the medians. Then the two ceilings: the sink fed
 directly by ``smtp-source`` (5 sessions with connection reuse), and fsync'd file creates per
-second on the disk of the temp dir (one writer, and four); and, per path and side, how close the
-median rate comes to its CPU ceiling (the usable cores divided by that side's CPU per message)
-and to the fsync'd-create rate (DESIGN section 10).
+second on the disk of the temp dir (one writer, and four), both with 2 KB messages and files and,
+for the big path, again with its own size; and, per path and side, how close the median rate
+comes to its CPU ceiling (the usable cores divided by that side's CPU per message), to the
+fsync'd-create rate and to the sink's own rate, each for messages of that path's size (DESIGN
+section 10).
 """
 
 from __future__ import annotations
@@ -663,15 +665,22 @@ def summary(path: str, pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> di
     }
 
 
-def ceiling_lines(paths: dict[str, Any], cores: int, creates: float) -> Iterator[str]:
+def ceiling_lines(
+    paths: dict[str, Any], cores: int, disk: dict[str, float], sink: dict[str, float]
+) -> Iterator[str]:
     """How close each path runs to its ceilings (DESIGN section 10): the CPU ceiling is the
     rate at which ``cores`` busy cores would go at that side's CPU per message; the disk's is
-    the fsync'd-create rate (four writers)."""
+    the fsync'd-create rate (four writers) of files of that path's size (``disk``), the sink's
+    ``smtp-source`` straight into it with messages of that size (``sink``)."""
     yield (
         f"\nhow close to the ceilings (medians): CPU ceiling = {cores} cores / CPU per "
-        f"message; disk: fsync'd creates, four writers, {creates:,.0f}/s"
+        "message; disk: fsync'd creates of the path's size, four writers; sink: smtp-source "
+        "straight into it"
     )
-    yield f"{'path':<6}{'side':>11}{'msg/s':>9}{'CPU ceiling':>13}{'of it':>7}{'of disk':>9}"
+    yield (
+        f"{'path':<6}{'side':>11}{'msg/s':>9}{'CPU ceiling':>13}{'of it':>7}{'of disk':>9}"
+        f"{'of sink':>9}"
+    )
     for path, figures in paths.items():
         if "median" not in figures:
             continue
@@ -679,10 +688,59 @@ def ceiling_lines(paths: dict[str, Any], cores: int, creates: float) -> Iterator
             median = figures["median"][side]
             ceiling = cores * 1000 / median["cpu_ms_per_message"]
             median["cpu_ceiling_msg_s"] = ceiling
+            rate = median["rate"]
             yield (
-                f"{path:<6}{side:>11}{median['rate']:>9,.0f}{ceiling:>13,.0f}"
-                f"{median['rate'] / ceiling:>7.0%}{median['rate'] / creates:>9.0%}"
+                f"{path:<6}{side:>11}{rate:>9,.0f}{ceiling:>13,.0f}"
+                f"{rate / ceiling:>7.0%}{rate / disk[path]:>9.0%}{rate / sink[path]:>9.0%}"
             )
+
+
+def report_ceilings(
+    bench: Bench, base: Path, args: argparse.Namespace, results: dict[str, Any]
+) -> None:
+    """Measure and print the ceilings, and each path's distance to them (into ``results``)."""
+    direct = sink_ceiling(bench.sink, 20000, args.size, args.smtp_clients)
+    creates: dict[int, list[float]] = {1: [], 4: []}
+    for turn in range(2):  # interleaved: one, four, one, four
+        for writers, rates in creates.items():
+            where = base / "fsync" / f"{writers}-{turn}"
+            where.mkdir(parents=True)
+            rates.append(fsync_creates(where, writers, 2.0))
+            shutil.rmtree(where, ignore_errors=True)
+    results["ceilings"] = {
+        "sink_direct_msg_s": direct,
+        "fsync_creates_1_writer": creates[1],
+        "fsync_creates_4_writers": creates[4],
+    }
+    print(
+        f"\nceilings: smtp-source -s {args.smtp_clients} -d straight into smtp-sink: "
+        f"{direct:,.0f} msg/s\n"
+        f"  fsync'd 2 KB file creates on the temp dir's disk (2 s each, twice): "
+        f"{' and '.join(f'{n:,.0f}' for n in creates[1])}/s with one writer, "
+        f"{' and '.join(f'{n:,.0f}' for n in creates[4])}/s with four"
+    )
+    disk = dict.fromkeys(args.paths, statistics.median(creates[4]))
+    sink = dict.fromkeys(args.paths, direct)
+    if "big" in args.paths:
+        # The big path's own: messages and files of its size, not 2 KB ones.
+        sink["big"] = sink_ceiling(
+            bench.sink, 2 * args.big_messages, args.big_size, args.smtp_clients
+        )
+        where = base / "fsync" / "big"
+        where.mkdir(parents=True)
+        # Half a second: at some 700 a second, a few hundred MiB written and removed.
+        disk["big"] = fsync_creates(where, 4, 0.5, size=args.big_size)
+        shutil.rmtree(where, ignore_errors=True)
+        results["ceilings"]["big_sink_direct_msg_s"] = sink["big"]
+        results["ceilings"]["big_fsync_creates_4_writers"] = disk["big"]
+        print(
+            f"  big ({args.big_size:,} B): smtp-source straight into smtp-sink "
+            f"{sink['big']:,.0f} msg/s; fsync'd creates, four writers, "
+            f"{disk['big']:,.0f}/s"
+        )
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
+    for line in ceiling_lines(results["paths"], cores, disk, sink):
+        print(line)
 
 
 # -- main ------------------------------------------------------------------------------------------
@@ -753,7 +811,7 @@ def compile_bytecode() -> None:
     compileall.compile_dir(str(Path(spoolmail.__file__).parent), quiet=1)
 
 
-def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915
+def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     pf.ensure_postfix(install=not args.no_install)
     compile_bytecode()
@@ -833,29 +891,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915
         for path in args.paths:
             print(f"  {path}: {describe(path, args)}")
         if not args.no_ceilings:
-            direct = sink_ceiling(bench.sink, 20000, args.size, args.smtp_clients)
-            creates: dict[int, list[float]] = {1: [], 4: []}
-            for turn in range(2):  # interleaved: one, four, one, four
-                for writers, rates in creates.items():
-                    where = base / "fsync" / f"{writers}-{turn}"
-                    where.mkdir(parents=True)
-                    rates.append(fsync_creates(where, writers, 2.0))
-                    shutil.rmtree(where, ignore_errors=True)
-            results["ceilings"] = {
-                "sink_direct_msg_s": direct,
-                "fsync_creates_1_writer": creates[1],
-                "fsync_creates_4_writers": creates[4],
-            }
-            print(
-                f"\nceilings: smtp-source -s {args.smtp_clients} -d straight into smtp-sink: "
-                f"{direct:,.0f} msg/s\n"
-                f"  fsync'd 2 KB file creates on the temp dir's disk (2 s each, twice): "
-                f"{' and '.join(f'{n:,.0f}' for n in creates[1])}/s with one writer, "
-                f"{' and '.join(f'{n:,.0f}' for n in creates[4])}/s with four"
-            )
-            cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1
-            for line in ceiling_lines(results["paths"], cores, statistics.median(creates[4])):
-                print(line)
+            report_ceilings(bench, base, args, results)
         results["load_after"] = os.getloadavg()
     finally:
         bench.close()
