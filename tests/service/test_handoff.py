@@ -118,7 +118,11 @@ def test_what_a_listener_accepts_the_taker_delivers_once(
 
 
 def test_a_full_inbox_leaves_the_message_to_its_listener(
-    filesystem: pyfs.FS, clock: FakeClock, handoff: Handoff, listener: Worker
+    filesystem: pyfs.FS,
+    clock: FakeClock,
+    handoff: Handoff,
+    listener: Worker,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     stale = QueueIds().new(clock())
     while Share.of(stale, 2) != TAKER.index:
@@ -128,6 +132,10 @@ def test_a_full_inbox_leaves_the_message_to_its_listener(
     queue_id = listener.accept(1)
     report = listener.service.run_once()
     assert delivered(report) == [queue_id]  # its claim is a rename: still once
+    # Said once, not once a message: the worker's mail goes on all the same.
+    told = [r.getMessage() for r in caplog.records if "inbox takes nothing" in r.getMessage()]
+    assert len(told) == 1
+    assert told[0].startswith(f"hand-off: worker {TAKER.index}'s inbox takes nothing")
     assert listener.sent() == [queue_id]
     # The taker comes back to a full inbox of an id that is no message: nothing happens.
     other = taker(filesystem, clock, handoff)

@@ -26,7 +26,10 @@ delivers it, as before.
 from __future__ import annotations
 
 import contextlib
+import logging
+import math
 import socket
+import time
 from collections.abc import Iterable, Iterator
 
 from spoolmail._core.ids import is_made_id
@@ -34,8 +37,12 @@ from spoolmail._core.shares import Share
 
 __all__ = ["WAKE", "Handoff"]
 
+log = logging.getLogger("spoolmail")
+
 #: What a thread of the receiving process sends into its own inbox to end its loop's wait.
 WAKE = b"!"
+# How often, at most, a full inbox is told of in the log (per receiving worker).
+_WARN_EVERY = 60.0
 
 
 class Handoff:
@@ -55,6 +62,7 @@ class Handoff:
         self._inboxes: dict[int, tuple[socket.socket, socket.socket]] = {}
         self._spares: dict[int, tuple[socket.socket, socket.socket]] = {}
         self._next_spares = 0
+        self._warned: dict[int, float] = {}  # when a full inbox was last told of, by worker
         try:
             for index in range(count):
                 pairs = self._inboxes if index >= listening else self._spares
@@ -77,14 +85,31 @@ class Handoff:
     def send(self, queue_id: str) -> bool:
         """Tell ``queue_id``'s owner that it is queued; ``False`` if its inbox did not take it
         at once (the caller then schedules the message itself)."""
-        pair = self._inboxes.get(Share.of(queue_id, self.count))
+        index = Share.of(queue_id, self.count)
+        pair = self._inboxes.get(index)
         if pair is None:
             return False
         try:
             pair[1].send(queue_id.encode("ascii"))
-        except OSError:  # full (its owner stuck), or closed
+        except OSError as exc:  # full (its owner stuck), or closed
+            self._missed(index, exc)
             return False
         return True
+
+    def _missed(self, index: int, exc: OSError) -> None:
+        """Say in the log that worker ``index``'s inbox took nothing, at most once a minute:
+        its mail is delivered all the same, by the listening workers, but a worker that reads
+        no inbox is stuck."""
+        now = time.monotonic()
+        if now - self._warned.get(index, -math.inf) < _WARN_EVERY:
+            return
+        self._warned[index] = now
+        log.warning(
+            "hand-off: worker %d's inbox takes nothing (%s); the listening workers deliver "
+            "its share of their mail themselves meanwhile (said at most once a minute)",
+            index,
+            exc.strerror or exc,
+        )
 
     def inbox(self, share: Share) -> tuple[socket.socket, socket.socket] | None:
         """Worker ``share``'s inbox, if it takes: the end to read and the end anyone sends
