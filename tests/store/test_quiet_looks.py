@@ -338,6 +338,8 @@ def test_other_renames_into_sorttemp_wake_the_wait_once_a_quiet_while(
         for number in range(300):
             other.recycle("Queue", f"{number}.eml")  # the first 64 become spares, renamed in
             other.write("Queue", f"again{number}.eml", b"x", durability=Durability.NONE)
+            if number % 10 == 9:
+                time.sleep(0.01)  # spread over the whole wait, as a busy group's renames are
 
     writer = in_a_while(recycle_all)
     started = time.monotonic()

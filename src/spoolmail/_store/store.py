@@ -1052,14 +1052,7 @@ class MailStore:
             now = time.monotonic()
             quiet = now < quiet_until
             left = max(0.0, min(deadline, quiet_until if quiet else deadline) - now)
-            watcher = self.readiness.watcher
-            either = wake if triggers is None or quiet else triggers.fileno()
-            if watcher is not None and watcher.alive:
-                woken = watcher.wait(left, wake=either)
-            else:
-                with contextlib.suppress(OSError, ValueError):
-                    select.select([either], [], [], left)
-                woken = _readable(either)
+            woken = self._wait_on(left, wake if triggers is None or quiet else triggers.fileno())
             if triggers is None:
                 return  # a Pickup file, the wake socket, or the time is up
             if quiet:
@@ -1067,9 +1060,12 @@ class MailStore:
                     return  # a Pickup file or the wake socket (triggers: at the next wait)
                 if time.monotonic() < quiet_until:
                     continue
+                if not triggers.ready():
+                    quiet_until = 0.0  # nothing came meanwhile: wake for the next one
+                    continue
                 if triggers.arrived():
                     return
-                quiet_until = 0.0  # what came meanwhile is read: wake for the next one
+                quiet_until = time.monotonic() + _QUIET  # more came, and more may: quiet on
                 continue
             if not triggers.ready():
                 return  # a Pickup file, the time is up, or the watcher closed: the caller polls
@@ -1077,6 +1073,16 @@ class MailStore:
                 return
             # Only claims or spares renamed into SortTemp: quiet for a while.
             quiet_until = time.monotonic() + _QUIET
+
+    def _wait_on(self, seconds: float, fd: int) -> bool:
+        """Wait up to ``seconds`` for a complete Pickup file (where a watcher runs) or for
+        ``fd`` to become readable; whether either came."""
+        watcher = self.readiness.watcher
+        if watcher is not None and watcher.alive:
+            return watcher.wait(seconds, wake=fd)
+        with contextlib.suppress(OSError, ValueError):
+            select.select([fd], [], [], seconds)
+        return _readable(fd)
 
     def pickup_id(self, name: str) -> str:
         """The queue id a Pickup file gets: its own when named ``<queue id>.eml`` with an id in
