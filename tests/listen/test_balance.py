@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from spoolmail import Listener, Router, Spool
-from spoolmail._listen.balance import PASS_FOR, PASSES, RETIRED, SessionCounts
+from spoolmail import Listener, ListenerLimits, Router, Spool
+from spoolmail._listen.balance import FULL_PASSES, PASS_FOR, PASSES, RETIRED, SessionCounts
 from spoolmail._listen.listener import _PublishedSessions, share_with_workers
 from tests.listen.conftest import LOCAL, host_port
 from tests.waiting import until
@@ -104,5 +104,32 @@ def test_a_connection_left_to_an_idle_worker_is_taken_after_a_few_looks(spool: S
             with smtplib.SMTP(host, port, timeout=10) as second:  # 1 against 0: passed on ...
                 assert second.noop()[0] == 250  # ... and taken all the same
             assert time.monotonic() - started >= PASSES * PASS_FOR * 0.9
+        finally:
+            first.close()
+
+
+def test_a_worker_at_its_session_limit_waits_longer_for_one_with_room(spool: Spool) -> None:
+    """At its part of max_sessions, a worker taking a connection could only answer 421: it
+    leaves it to a worker with fewer sessions for up to half a second (FULL_PASSES), not the
+    usual few milliseconds. Here the other takes nothing, so the client is turned away after."""
+    counts = SessionCounts(2)
+    counts.slot(1).publish(0)
+    listener = Listener(
+        spool,
+        addresses=["127.0.0.1:0"],
+        router=Router(local_domains=LOCAL),
+        fqdn="mx.example.com",
+        limits=ListenerLimits(max_sessions=1),
+    )
+    share_with_workers(listener, counts.slot(0))
+    with listener:
+        host, port = host_port(listener)
+        first = smtplib.SMTP(host, port, timeout=10)  # 0 and 0: taken at once
+        try:
+            started = time.monotonic()
+            with pytest.raises(smtplib.SMTPConnectError) as refused:
+                smtplib.SMTP(host, port, timeout=10)
+            assert refused.value.smtp_code == 421
+            assert time.monotonic() - started >= FULL_PASSES * PASS_FOR * 0.9
         finally:
             first.close()

@@ -28,7 +28,7 @@ import attrs
 
 from spoolmail._core.relay import AccessPolicy
 from spoolmail._core.routing import Router
-from spoolmail._listen.balance import PASS_FOR, PASSES, RETIRED, WorkerSlot
+from spoolmail._listen.balance import FULL_PASSES, PASS_FOR, PASSES, RETIRED, WorkerSlot
 from spoolmail._listen.committer import Committer
 from spoolmail._service.service import MIN_FREE_SPACE, machine_name
 from spoolmail._store.spool import Spool
@@ -338,11 +338,13 @@ class Listener:
     def _accept(self, sock: socket.socket) -> None:
         """On the loop, a connection waits on a socket the workers share: take one, unless
         another worker has fewer sessions (then look again in a moment; after a few looks,
-        take it anyway). One at a time, so that a burst is shared out too."""
+        take it anyway, or after half a second when this worker is at its session limit).
+        One at a time, so that a burst is shared out too."""
         loop, balance = self._loop, self._balance
         if loop is None or balance is None:
             return
-        if self._passes < PASSES and not balance.should_accept():
+        full = len(self._sessions) >= self.limits.max_sessions
+        if self._passes < (FULL_PASSES if full else PASSES) and not balance.should_accept():
             self._passes += 1
             loop.remove_reader(sock.fileno())
             loop.call_later(PASS_FOR, self._look_again, sock)
