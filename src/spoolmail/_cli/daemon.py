@@ -206,15 +206,9 @@ def _serve(
     """Serve ``spool`` until a signal stops it: alone (``on_serving`` None: the banner and the
     metrics are this process's), or as one worker of several (``share``; ``on_serving`` tells
     the supervisor)."""
-    handing_off = 0 if handoff is None else handoff.listening
     daemon = _Daemon(
-        settings,
-        assemble.service(settings, spool, share=share, handing_off=handing_off),
-        share=share,
-        handoff=handoff,
+        settings, _service(settings, spool, share, handoff), share=share, handoff=handoff
     )
-    if handoff is not None:
-        daemon.service._use_handoff(handoff)
     try:
         if args.once:
             return _once(daemon.service, spool, out)
@@ -254,6 +248,17 @@ def _serve(
     return EX_OK
 
 
+def _service(
+    settings: Settings, spool: Spool, share: Share, handoff: Handoff | None
+) -> MailService:
+    """Worker ``share``'s service, joined to the group's hand-off where there is one."""
+    if handoff is None:
+        return assemble.service(settings, spool, share=share)
+    service = assemble.service(settings, spool, share=share, handing_off=handoff.listening)
+    service._use_handoff(handoff)
+    return service
+
+
 def _once(service: MailService, spool: Spool, out: TextIO) -> int:
     """``run --once``: one tick, its outcomes printed."""
     for name in iis.warn_stranded(spool._store):
@@ -280,16 +285,11 @@ def _reload(daemon: _Daemon, args: argparse.Namespace, spool: Spool) -> None:
         log.error("SIGHUP: %s; the settings in use stay", exc)  # noqa: TRY400 (no traceback)
         return
     daemon.service.close()
-    handing_off = 0 if daemon.handoff is None else daemon.handoff.listening
     try:
-        daemon.service = assemble.service(new, spool, share=daemon.share, handing_off=handing_off)
+        daemon.service = _service(new, spool, daemon.share, daemon.handoff)
     except SpoolmailError as exc:
         log.error("SIGHUP: %s; the settings in use stay", exc)  # noqa: TRY400 (no traceback)
-        daemon.service = assemble.service(old, spool, share=daemon.share, handing_off=handing_off)
-        new = old
-    if daemon.handoff is not None:
-        daemon.service._use_handoff(daemon.handoff)
-    if new is old:
+        daemon.service = _service(old, spool, daemon.share, daemon.handoff)
         return
     daemon.settings = new
     if daemon.listener is not None:

@@ -64,9 +64,7 @@ class Share:
 
     def owns_id(self, queue_id: str) -> bool:
         """Whether the queued message ``queue_id`` is this worker's to schedule."""
-        if self.count == 1:
-            return True
-        return _slot(_DSN_SUFFIX.sub("", queue_id), self.count) == self.index
+        return Share.of(queue_id, self.count) == self.index
 
     def owns_name(self, name: str) -> bool:
         """Whether the Pickup file ``name`` is this worker's to take.
