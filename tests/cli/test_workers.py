@@ -348,9 +348,13 @@ def test_the_listening_workers_hand_what_they_accept_to_the_others(
     fill_pickup(daemon.root, 20, start=100)
     until("every message in Drop", lambda: len(drop_sequence(daemon.root)) == 40)
     assert drop_sequence(daemon.root) == [*range(20), *range(100, 120)]  # each once
+    until("every drop logged", lambda: daemon.log().count(DROPPED) == 40)
     assert handed_off(daemon.log(), listening, count) == 20
     daemon.process.send_signal(signal.SIGTERM)
     assert daemon.process.wait(DEADLINE) == 0
+
+
+DROPPED = ": dropped file="
 
 
 def handed_off(log: str, listening: int, count: int) -> int:
@@ -362,7 +366,7 @@ def handed_off(log: str, listening: int, count: int) -> int:
     }
     by = {
         queue_id: int(index)
-        for index, queue_id in re.findall(r"\[worker (\d+)\] (\S+): dropped file=", log)
+        for index, queue_id in re.findall(rf"\[worker (\d+)\] (\S+){DROPPED}", log)
     }
     for queue_id, index in accepted.items():
         assert index < listening
@@ -407,6 +411,8 @@ def test_the_hand_off_goes_on_after_a_reload(tmp_path: Path) -> None:
             send_numbered(port, range(10, 20), "new.test")
             until("20 in Drop", lambda: len(drop_sequence(root)) == 20)
             assert drop_sequence(root) == list(range(20))
+            # the file is in Drop a moment before its worker writes the log line
+            until("every drop logged", lambda: log_file.read_text().count(DROPPED) == 20)
             assert handed_off(log_file.read_text(), listening, count) == 20
             process.send_signal(signal.SIGTERM)
             assert process.wait(DEADLINE) == 0
