@@ -23,7 +23,6 @@ import socket
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, wait
 from datetime import datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING
@@ -86,6 +85,7 @@ from spoolmail._service.handoff import WAKE, Handoff, received
 from spoolmail._service.intake import Intake
 from spoolmail._service.observers import Counters, Stats, log_event
 from spoolmail._service.schedule import Schedule
+from spoolmail._service.threads import Batch, DeliveryThreads
 from spoolmail._store.maillog import MailLog
 from spoolmail._store.recovery import recover
 from spoolmail._store.spool import Spool, flush_chooser
@@ -172,7 +172,7 @@ class _Tick:
     service: MailService
     attempted: set[str] = attrs.Factory(set)
     again: list[str] = attrs.Factory(list)
-    running: list[Future[_Tally]] = attrs.Factory(list)
+    running: Batch[_Tally] = attrs.Factory(Batch)
 
     def dispatch(self) -> bool:
         """Hand what is due now to the delivery threads; whether anything is running."""
@@ -182,16 +182,14 @@ class _Tick:
                 self.again.append(queue_id)
                 continue
             self.attempted.add(queue_id)
-            self.running.append(self.service._submit(queue_id))
-        return bool(self.running)
+            self.service._submit(self.running, queue_id)
+        return self.running.started
 
     def collect(self, tally: _Tally) -> None:
-        # One wait for them all: waiting on each future in turn woke this thread once per
+        # One wait for them all: waiting on each message in turn woke this thread once per
         # message (two context switches, and the GIL handed over twice).
-        wait(self.running)
-        for future in self.running:
-            tally.merge(future.result())
-        self.running.clear()
+        for attempt in self.running.wait():
+            tally.merge(attempt)
 
     def finish(self) -> None:
         for queue_id in self.again:
@@ -518,7 +516,7 @@ class MailService:
         self._wakeup = _Waker()
         self._handoff: Handoff | None = None
         self._schedule_lock = threading.Lock()
-        self._pool: ThreadPoolExecutor | None = None
+        self._threads: DeliveryThreads | None = None
         self._observe(observers, log_days=log_days)
         self._attach()
 
@@ -725,12 +723,10 @@ class MailService:
         with self._schedule_lock:
             self._schedule.set(queue_id, when)
 
-    def _submit(self, queue_id: str) -> Future[_Tally]:
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(
-                max_workers=self.limits.max_connections, thread_name_prefix="spoolmail"
-            )
-        return self._pool.submit(self._attempt_alone, queue_id)
+    def _submit(self, batch: Batch[_Tally], queue_id: str) -> None:
+        if self._threads is None:
+            self._threads = DeliveryThreads(self.limits.max_connections, name="spoolmail")
+        self._threads.submit(batch, self._attempt_alone, queue_id)
 
     def _attempt_alone(self, queue_id: str) -> _Tally:
         tally = _Tally()
@@ -788,9 +784,9 @@ class MailService:
 
     def close(self) -> None:
         """Close kept-open connections and let the spool serve another service."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
+        if self._threads is not None:
+            self._threads.close()
+            self._threads = None
         with self._schedule_lock:
             left = self._schedule.flushed()
         if left:

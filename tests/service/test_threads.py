@@ -1,0 +1,114 @@
+"""The delivery threads (``_service.threads``): every piece of work runs once, a batch's wait
+returns when all of it is done, and no more threads run than asked."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from spoolmail._service.threads import Batch, DeliveryThreads
+
+
+def test_a_batch_waits_for_all_its_work_and_gives_each_result() -> None:
+    threads = DeliveryThreads(3, name="test")
+    try:
+        batch: Batch[str] = Batch()
+        assert not batch.started
+        for n in range(50):
+            threads.submit(batch, str.upper, f"id{n}")
+        assert batch.started
+        assert sorted(batch.wait()) == sorted(f"ID{n}" for n in range(50))
+        assert not batch.started  # the wait took them
+        assert batch.wait() == []  # nothing pending: at once
+    finally:
+        threads.close()
+
+
+def test_no_more_threads_run_than_asked_and_they_are_reused() -> None:
+    running = 0
+    most = 0
+    lock = threading.Lock()
+    names: set[str] = set()
+    gate = threading.Event()
+
+    def work(queue_id: str) -> str:
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+            names.add(threading.current_thread().name)
+        gate.wait(5)
+        with lock:
+            running -= 1
+        return queue_id
+
+    threads = DeliveryThreads(4, name="test")
+    try:
+        batch: Batch[str] = Batch()
+        for n in range(20):
+            threads.submit(batch, work, str(n))
+        gate.set()
+        assert len(batch.wait()) == 20
+        assert most == 4
+        assert names == {"test_0", "test_1", "test_2", "test_3"}
+        for thread in threading.enumerate():
+            if thread.name.startswith("test_"):
+                assert thread.daemon  # an exit without close() is not held up
+        # A second batch runs on the same threads.
+        second: Batch[str] = Batch()
+        threads.submit(second, work, "again")
+        assert second.wait() == ["again"]
+        assert len([t for t in threading.enumerate() if t.name.startswith("test_")]) == 4
+    finally:
+        threads.close()
+    assert not [t for t in threading.enumerate() if t.name.startswith("test_")]
+
+
+def test_one_thread_is_started_for_work_that_comes_one_at_a_time() -> None:
+    threads = DeliveryThreads(5, name="single")
+    try:
+        for n in range(10):
+            batch: Batch[int] = Batch()
+            threads.submit(batch, len, "x" * n)
+            assert batch.wait() == [n]
+        assert len([t for t in threading.enumerate() if t.name.startswith("single_")]) == 1
+    finally:
+        threads.close()
+
+
+class Stop(BaseException):
+    pass
+
+
+def test_an_exception_a_piece_of_work_raised_is_raised_by_the_wait_after_the_rest() -> None:
+    done: list[str] = []
+
+    def work(queue_id: str) -> str:
+        if queue_id == "bad":
+            raise Stop(queue_id)
+        done.append(queue_id)
+        return queue_id
+
+    threads = DeliveryThreads(2, name="test")
+    try:
+        batch: Batch[str] = Batch()
+        for queue_id in ("a", "bad", "b", "c"):
+            threads.submit(batch, work, queue_id)
+        with pytest.raises(Stop):
+            batch.wait()
+        assert sorted(done) == ["a", "b", "c"]  # the others still ran, and were waited for
+        assert batch.wait() == []  # the error is spent
+        threads.submit(batch, work, "d")  # and the threads go on
+        assert batch.wait() == ["d"]
+    finally:
+        threads.close()
+
+
+def test_close_lets_given_work_finish() -> None:
+    threads = DeliveryThreads(1, name="test")
+    batch: Batch[str] = Batch()
+    for n in range(5):
+        threads.submit(batch, str.strip, f" {n} ")
+    threads.close()
+    assert batch.wait() == ["0", "1", "2", "3", "4"]  # one thread: in order
