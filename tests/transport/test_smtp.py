@@ -30,6 +30,7 @@ from typing import BinaryIO, cast
 
 import attrs
 import pytest
+from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from spoolmail._core.reply import Reply
 from spoolmail._core.routing import Target
@@ -42,6 +43,7 @@ from spoolmail._transport.smtp import (
 from spoolmail.exceptions import ConfigurationError
 from tests.smtpservers import (
     SHORT,
+    ScriptedHandler,
     dropping_server,
     garbage_server,
     raw_server,
@@ -217,6 +219,82 @@ def test_dead_kept_connection_is_replaced(transport: SmtpTransport, transcript: 
         assert server.connections == 2
         assert len(server.messages) == 2
     assert any("connecting again" in line for line in transcript.lines)
+
+
+class CappedHandler(ScriptedHandler):
+    """A server that takes ``cap`` messages on a connection and answers the next MAIL on it
+    with 421, as servers that limit the messages of one connection do; ``every`` answers
+    every MAIL after the first message of the whole server with 421 (a server-wide limit)."""
+
+    def __init__(self, cap: int, *, every: bool = False) -> None:
+        super().__init__()
+        self.cap = cap
+        self.every = every
+
+    async def handle_MAIL(  # noqa: N802 (aiosmtpd finds hooks by this name)
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        mail_options: list[str],
+    ) -> str:
+        connection = self.connection(server)
+        taken = [m for m in self.messages if self.every or m.connection == connection]
+        if len(taken) >= self.cap:
+            self.mail_froms.append((address, tuple(mail_options)))
+            return "421 4.7.0 Too many messages, closing"
+        return await super().handle_MAIL(server, session, envelope, address, mail_options)
+
+
+@integration
+def test_max_messages_per_connection_closes_a_kept_connection(transcript: Transcript) -> None:
+    with (
+        SmtpTransport(
+            helo_name="client.test", timeouts=SHORT, max_messages_per_connection=2
+        ) as transport,
+        smtp_server() as server,
+    ):
+        for _ in range(5):
+            [reply] = transport.send(server.target, outgoing(), transcript).values()
+            assert reply.code == 250
+        assert [m.connection for m in server.messages] == [1, 1, 2, 2, 3]
+    assert sum("as many as one may carry" in line for line in transcript.lines) == 2
+
+
+@integration
+def test_a_kept_connection_the_server_closes_with_421_is_replaced_at_once(
+    transport: SmtpTransport, transcript: Transcript
+) -> None:
+    """No limit of our own (the default): a server's own cap costs a new connection, not a
+    deferred message."""
+    with smtp_server(CappedHandler(2)) as server:
+        for _ in range(5):
+            [reply] = transport.send(server.target, outgoing(), transcript).values()
+            assert reply.code == 250
+        assert [m.connection for m in server.messages] == [1, 1, 2, 2, 3]
+        assert transport.connection_counts() == (3, 4)
+    notes = [line for line in transcript.lines if "connecting again" in line]
+    assert len(notes) == 2
+    assert "the reused connection was closed (421 4.7.0 Too many messages, closing)" in notes[0]
+
+
+@integration
+def test_a_421_on_a_new_connection_stands(transcript: Transcript) -> None:
+    """Replaced once: when the new connection says 421 too, the message waits for its retry."""
+    with (
+        SmtpTransport(helo_name="client.test", timeouts=SHORT) as transport,
+        smtp_server(CappedHandler(1, every=True)) as server,
+    ):
+        [first] = transport.send(server.target, outgoing(), transcript).values()
+        assert first.code == 250
+        [second] = transport.send(server.target, outgoing(), transcript).values()
+        assert second == Reply(421, "4.7.0", "Too many messages, closing", host=HOST)
+        assert len(server.messages) == 1
+        assert len(server.handler.mail_froms) == 3  # the kept connection, then one new one
+        [third] = transport.send(server.target, outgoing(), transcript).values()
+        assert third.code == 421
+        assert len(server.handler.mail_froms) == 4  # a new connection: not tried twice
 
 
 @integration

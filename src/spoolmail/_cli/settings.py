@@ -66,8 +66,9 @@ A settings file is TOML with one ``[spoolmail]`` table; every key is optional:
     max_connections = 20
     # connections to one host at once, the workers together (IIS: 100 per domain)
     max_connections_per_host = 10
-    # messages sent over one connection before it is closed; 0: no limit
-    max_messages_per_connection = 20
+    # messages sent over one connection before it is closed; 0: no limit (IIS 6 as installed,
+    # Postfix)
+    max_messages_per_connection = 0
     # RCPT TO per SMTP transaction (and per message taken by the listener)
     max_recipients = 100
     # retry schedule preset: iis, postfix, qmail, exim (docs/retries.md); the keys below change
@@ -660,9 +661,10 @@ class Settings:
         validator=_positive,
     )
     max_messages_per_connection: int = _setting(
-        20,
+        0,
         INTEGER,
-        "messages sent over one connection before it is closed; 0: no limit",
+        "messages sent over one connection before it is closed; 0: no limit (IIS 6 as"
+        " installed, Postfix)",
         flag="--max-messages-per-connection",
         iis="Messages: Limit number of messages per connection to",
         metavar="N",

@@ -58,6 +58,22 @@ _FRESH = 2.0
 _HELO_NAME = re.compile(r"[A-Za-z0-9.\-\[\]:]+")
 
 
+def _again(session: Session, reply: Reply, *, probed: bool) -> str | None:
+    """Why a transaction that failed on a kept connection before any recipient had an answer
+    goes once more over a new one; ``None`` when it does not (the reply stands)."""
+    if not session.messages:
+        return None  # a new connection: the failure is the server's answer now
+    if reply.code == 421:
+        # RFC 5321 section 3.8: the server closes the channel. Servers that cap the messages
+        # of one connection say so at the next MAIL; IIS opened a new connection then.
+        return f"the reused connection was closed ({reply})"
+    if reply.status == "4.4.2" and not probed:
+        # Gone before MAIL got an answer: nothing was sent (RFC 5321 section 4.1.4 lets MAIL
+        # follow a finished transaction; the RSET probe is what this saved).
+        return "the reused connection was gone"
+    return None
+
+
 class SmtpTransport:
     """Sends messages over SMTP, keeping one connection per target for reuse.
 
@@ -71,12 +87,13 @@ class SmtpTransport:
     and RFC 5321 §4.5.3.1.8's minimum); more recipients go in further transactions on the same
     connection, each sending the message again. ``max_messages_per_connection`` closes a kept
     connection once it has carried that many messages (0, the default: no limit, as Postfix's
-    ``smtp_connection_reuse_count_limit``; IIS's "Limit number of messages per connection to"
-    was 20). With the ``spoolmail.smtp`` logger at DEBUG every transcript line is logged as it
-    is written (``spoolmail -v``). Safe to share between threads: each :meth:`send`
-    uses its own connection. Call :meth:`close` (or use it as a context manager) to QUIT the
-    connections it keeps. Kept connections are reused only for an equal :class:`Target`: same
-    address, name, TLS policy and credentials.
+    ``smtp_connection_reuse_count_limit`` and IIS 6's installed metabase). A kept connection the
+    server closes with 421 before taking the message (a server's own cap on messages per
+    connection) is replaced once, at once. With the ``spoolmail.smtp`` logger at DEBUG every
+    transcript line is logged as it is written (``spoolmail -v``). Safe to share between
+    threads: each :meth:`send` uses its own connection. Call :meth:`close` (or use it as a
+    context manager) to QUIT the connections it keeps. Kept connections are reused only for an
+    equal :class:`Target`: same address, name, TLS policy and credentials.
 
     The session, as ``target.tls`` asks (RFC 3207):
 
@@ -216,12 +233,10 @@ class SmtpTransport:
             try:
                 session.deliver(message, recipients, answers, transcript)
             except SessionError as ended:
-                if probed or answers or ended.reply.status != "4.4.2":
+                again = None if answers else _again(session, ended.reply, probed=probed)
+                if again is None:
                     raise
-                # A connection reused without RSET was gone before MAIL got an answer: nothing
-                # was sent, so once more on a fresh one (RFC 5321 section 4.1.4 lets MAIL follow
-                # a finished transaction; the RSET probe is what this saved).
-                transcript.note("the reused connection was gone; connecting again")
+                transcript.note(f"{again}; connecting again")
                 self._discard(session, transcript)
                 session = None
                 session = self._open(target, transcript)
