@@ -7,6 +7,7 @@ fake clock and ``CapturingTransport``; the last test sends to a real aiosmtpd se
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 from collections.abc import Iterator
@@ -612,6 +613,36 @@ def test_a_record_is_a_whole_record_from_log_event_and_the_level_and_filters_hol
         mail.removeFilter(drop)
     assert records(caplog) == []
     assert [r.getMessage() for r in dropped] == [describe(event)]
+
+
+def test_the_mail_path_leaves_nothing_for_the_cyclic_collector(
+    spool: Spool, service: MailService, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What a message's intake, delivery and outcomes make is freed once done with. Each mail
+    log record once left a reference cycle (a frame kept in a local of its own) holding the
+    record and the whole stack's frames, about 96 objects a message, for the cyclic collector,
+    which then ran three times as often in a drain and went through the older generations
+    too: 9% of its CPU."""
+    submit(spool, "ok@remote.test")
+    service.run_once()  # what is made once (caches, the delivery threads) is made now
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        with caplog.at_level(logging.INFO, logger="spoolmail"):
+            for recipients in (["ok@remote.test"], ["later@remote.test"], ["no@remote.test"]):
+                submit(spool, *recipients)
+            report = service.run_once()
+        found = gc.collect()
+        kinds = sorted({type(thing).__name__ for thing in gc.garbage})
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    # The DSN for no@ goes to Drop (alice is local): delivered too.
+    assert (len(report.delivered), len(report.deferred), len(report.failed)) == (2, 1, 1)
+    assert len(records(caplog)) >= 9  # logged, at INFO and above
+    assert found == 0, kinds
 
 
 def test_intake_tells_a_batch_at_once_in_the_same_order(
