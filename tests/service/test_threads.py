@@ -25,6 +25,26 @@ def test_a_batch_waits_for_all_its_work_and_gives_each_result() -> None:
         threads.close()
 
 
+def test_the_results_come_in_the_order_the_work_was_added_whatever_ends_first() -> None:
+    """A tick joins its reports in due order (the command line prints them so)."""
+    gates = {str(n): threading.Event() for n in range(6)}
+
+    def work(queue_id: str) -> str:
+        gates[queue_id].wait(5)
+        return queue_id
+
+    threads = DeliveryThreads(6, name="order")
+    try:
+        batch: Batch[str] = Batch()
+        for n in range(6):
+            threads.submit(batch, work, str(n))
+        for n in reversed(range(6)):  # the last added ends first
+            gates[str(n)].set()
+        assert batch.wait() == ["0", "1", "2", "3", "4", "5"]
+    finally:
+        threads.close()
+
+
 def test_no_more_threads_run_than_asked_and_they_are_reused() -> None:
     running = 0
     most = 0

@@ -33,7 +33,10 @@ class Batch(Generic[R]):
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._pending = 0
-        self._results: list[R] = []
+        self._added = 0
+        # By the order of adding: a tick joins its reports in due order, whichever thread ends
+        # first (and the command line prints them so).
+        self._results: dict[int, R] = {}
         self._error: BaseException | None = None
         # Held while any piece of work is pending: taken by the first add, let go by the done
         # that leaves none pending (a plain Lock may be released by another thread), both under
@@ -43,17 +46,20 @@ class Batch(Generic[R]):
     @property
     def started(self) -> bool:
         """Whether anything was added since the last :meth:`wait`."""
-        return bool(self._pending or self._results or self._error)
+        return bool(self._added)
 
-    def add(self) -> None:
+    def add(self) -> int:
+        """Count one more piece of work in; its place in the order of the results."""
         with self._lock:
             if not self._pending:
                 self._running.acquire()
             self._pending += 1
+            self._added += 1
+            return self._added - 1
 
-    def done(self, result: R) -> None:
+    def done(self, place: int, result: R) -> None:
         with self._lock:
-            self._results.append(result)
+            self._results[place] = result
             self._finish()
 
     def failed(self, error: BaseException) -> None:
@@ -69,15 +75,16 @@ class Batch(Generic[R]):
 
     def wait(self) -> list[R]:
         """Block until every piece of work added is done; their results, in the order they
-        finished. An exception a piece of work raised is raised here (the first of them)."""
+        were added. An exception a piece of work raised is raised here (the first of them)."""
         with self._running:
             pass
         with self._lock:
-            results, self._results = self._results, []
+            results, self._results = self._results, {}
             error, self._error = self._error, None
+            self._added = 0
         if error is not None:
             raise error
-        return results
+        return [results[place] for place in sorted(results)]
 
 
 class DeliveryThreads:
@@ -87,7 +94,7 @@ class DeliveryThreads:
     def __init__(self, count: int, *, name: str) -> None:
         self._count = count
         self._name = name
-        self._queue: SimpleQueue[tuple[Batch[Any], Callable[[str], Any], str] | None]
+        self._queue: SimpleQueue[tuple[Batch[Any], int, Callable[[str], Any], str] | None]
         self._queue = SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
@@ -95,8 +102,7 @@ class DeliveryThreads:
         self._idle = 0
 
     def submit(self, batch: Batch[R], work: Callable[[str], R], argument: str) -> None:
-        batch.add()
-        self._queue.put((batch, work, argument))
+        self._queue.put((batch, batch.add(), work, argument))
         with self._lock:
             if self._idle:
                 self._idle -= 1  # that thread takes it
@@ -111,7 +117,7 @@ class DeliveryThreads:
 
     def _serve(self) -> None:
         while (item := self._queue.get()) is not None:
-            batch, work, argument = item
+            batch, place, work, argument = item
             error: BaseException | None = None
             try:
                 result = work(argument)
@@ -123,7 +129,7 @@ class DeliveryThreads:
             if error is not None:
                 batch.failed(error)
             else:
-                batch.done(result)
+                batch.done(place, result)
 
     def close(self) -> None:
         """Let every thread finish what it was given, and end it."""
