@@ -645,6 +645,29 @@ def test_the_mail_path_leaves_nothing_for_the_cyclic_collector(
     assert found == 0, kinds
 
 
+def test_a_pickup_batch_ends_at_its_size_in_octets_too(spool: Spool, service: MailService) -> None:
+    """Big files come in smaller batches: 8 of 1 MiB held each worker's first delivery back by
+    the intake of 8 MiB. The first batch ends at 8 files or 1 MiB, the next at 32 or 4 MiB."""
+    batches: list[int] = []
+    pickup = service._pickup
+
+    def counting(names: list[str], tally: Any) -> None:
+        batches.append(len(names))
+        pickup(names, tally)
+
+    service._pickup = counting  # type: ignore[method-assign]
+    for _ in range(12):
+        spool.submit(b"Subject: big\r\n\r\n" + (b"x" * 78 + b"\r\n") * 7_500, sender="a@example.com",
+                     recipients=["ok@remote.test"])  # fmt: skip
+    assert service.run_once().picked_up  # about 600 KB each: 2, then 7 (4.2 MB), then the rest
+    assert batches == [2, 7, 3]
+    batches.clear()
+    for _ in range(45):
+        submit(spool, "ok@remote.test")
+    service.run_once()
+    assert batches == [8, 32, 5]  # small files: by count, as before
+
+
 def test_intake_tells_a_batch_at_once_in_the_same_order(
     spool: Spool, service: MailService, heard: Heard
 ) -> None:

@@ -163,6 +163,11 @@ _PICKUP_BATCH = 32
 # A tick's first batch: its messages leave while the next batches are taken in. Each batch
 # costs the same few fsyncs whatever its size, so only the first is small.
 _FIRST_PICKUP_BATCH = 8
+# And a batch ends at this much mail, whatever its count: 8 files of 1 MiB held the first
+# delivery back by the intake of 8 MiB in each worker (0.45 s to the first message at the sink,
+# against 0.28 s for 2 KB files).
+_PICKUP_BATCH_BYTES = 4 << 20
+_FIRST_PICKUP_BATCH_BYTES = 1 << 20
 
 
 @attrs.define
@@ -578,14 +583,15 @@ class MailService:
         # leaves after a few files are queued, not after a look at thousands (a drain).
         if self.room_for_mail():
             batch: list[str] = []
-            size = _FIRST_PICKUP_BATCH
-            for name in self._ready_pickups(tally):
+            count, budget, octets = _FIRST_PICKUP_BATCH, _FIRST_PICKUP_BATCH_BYTES, 0
+            for name, size in self._ready_pickups(tally):
                 batch.append(name)
-                if len(batch) < size:
+                octets += size
+                if len(batch) < count and octets < budget:
                     continue
                 self._guard(tally, "picking up files", partial(self._pickup, batch, tally))
                 tick.dispatch()
-                batch, size = [], _PICKUP_BATCH
+                batch, count, budget, octets = [], _PICKUP_BATCH, _PICKUP_BATCH_BYTES, 0
                 if not self.room_for_mail():
                     break  # the rest stays in Pickup until there is room
             if batch:
@@ -597,19 +603,20 @@ class MailService:
         tick.finish()
         return tally.freeze()
 
-    def _ready_pickups(self, tally: _Tally) -> Iterator[str]:
-        """The Pickup files ready to take, in turn (``MailStore.pickup_ready_in_turn``); an
-        error while looking ends them, reported as any other."""
-        names = self._store.pickup_ready_in_turn()
+    def _ready_pickups(self, tally: _Tally) -> Iterator[tuple[str, int]]:
+        """The Pickup files ready to take and their sizes, in turn
+        (``MailStore.pickup_ready_in_turn``); an error while looking ends them, reported as any
+        other."""
+        entries = self._store.pickup_ready_in_turn()
         while True:
             try:
-                name = next(names)
+                entry = next(entries)
             except StopIteration:
                 return
             except Exception as exc:  # noqa: BLE001 (reported as _guard reports it)
                 self._report(tally, "listing Pickup", exc)
                 return
-            yield name
+            yield entry
 
     def _arrived(self, queue_id: str) -> None:
         """``Spool.admit`` committed ``queue_id`` (from any thread): due at the next tick, here

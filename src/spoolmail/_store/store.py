@@ -981,7 +981,7 @@ class MailStore:
         it points to) into SortTemp, where intake refuses it with a report. A directory is left
         and reported once.
         """
-        return list(self.pickup_ready_in_turn())
+        return [name for name, _ in self.pickup_ready_in_turn()]
 
     def look_everywhere(self) -> None:
         """Make the next looks list Pickup and SortTemp whatever the watches said (a rescan:
@@ -990,10 +990,11 @@ class MailStore:
         if self._trigger_watch is not None:
             self._trigger_watch.pending = True
 
-    def pickup_ready_in_turn(self) -> Iterator[str]:
-        """:meth:`pickup_ready`, each name as soon as it is found ready, in the same order:
-        intake can claim the first few before the others are looked at (a drain of thousands
-        of files then starts delivering after a few, not after a look at every one)."""
+    def pickup_ready_in_turn(self) -> Iterator[tuple[str, int]]:
+        """:meth:`pickup_ready`, each name as soon as it is found ready, in the same order,
+        with its size as its entry said: intake can claim the first few before the others are
+        looked at (a drain of thousands of files then starts delivering after a few, not after
+        a look at every one), and make its batches no larger than it wants them."""
         watcher = self.readiness.watcher
         if self._os_root is not None and (watcher is None or not watcher.alive):
             watcher = self.readiness.watcher = CloseWatcher.start(self._sys(PICKUP))
@@ -1022,9 +1023,9 @@ class MailStore:
             path = self._sys(PICKUP, name) if self._os_root is not None else None
             if facts.kind is EntryKind.LINKED_FILE:
                 if self.readiness.linked_long_enough(name, facts):
-                    yield name
+                    yield name, facts.size
             elif facts.kind.refused or self.readiness.ready(name, facts, path=path):
-                yield name
+                yield name, facts.size
 
     def wait_for_pickup(self, timeout: float, *, wake: int) -> None:
         """Wait up to ``timeout`` seconds, less when a Pickup file becomes complete (inotify,
