@@ -4,10 +4,10 @@ and one wait for all of a tick's work.
 A tick hands each due message to a thread (``service._Tick``) and waits for them all before
 it ends. ``concurrent.futures.ThreadPoolExecutor`` did that with a ``Future`` for every
 message: a ``Condition`` and its lock made per message, a semaphore looked at per submit, the
-result set under the condition, and a ``wait`` that took every future's lock in turn. In a
-drain that was about 6% of the GIL's time (py-spy). Here a message costs one put and one get
-on a ``SimpleQueue`` and two holds of one plain lock; a tick's whole batch has one lock its
-waiter blocks on, released by whichever thread finishes the batch's last piece of work.
+result set under the condition, and a ``wait`` that took every future's lock in turn: 15-16 us
+of CPU a message. Here a message costs one put and one get on a ``SimpleQueue`` and two holds
+of one plain lock, 5-6 us (bench/README.md, "Eighth round"); a tick's whole batch has one lock
+its waiter blocks on, released by whichever thread finishes the batch's last piece of work.
 
 The threads are daemons: a tick waits for everything it started, so when a program ends
 without :meth:`DeliveryThreads.close` they only wait for work, and must not keep the
