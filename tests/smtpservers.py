@@ -63,6 +63,7 @@ DEFAULT_RCPT_ANSWERS: Mapping[str, str] = {
     "reject": "550 5.1.1 No such user here",
 }
 TOO_MANY_RECIPIENTS = "452 4.5.3 Too many recipients"
+CAPPED = "421 4.7.0 Too many messages, closing"
 AUTH_MECHANISMS = frozenset({"PLAIN", "LOGIN"})
 
 # Long enough for a loaded CI machine, short enough that a hang shows up as a failure, not a stall.
@@ -105,8 +106,10 @@ class ScriptedHandler:
     ``data_reply`` answers the end of DATA (the message is recorded only when it starts with 2).
     ``offer_pipelining`` adds PIPELINING to the EHLO reply (aiosmtpd reads pipelined commands
     fine but never says so). ``recipient_limit`` answers :data:`TOO_MANY_RECIPIENTS` to a RCPT
-    once a transaction holds that many accepted recipients. ``logins`` records each AUTH attempt
-    as ``(mechanism, user, success)``.
+    once a transaction holds that many accepted recipients. ``connection_cap`` answers 421 to a
+    MAIL on a connection that carried that many messages (as servers that limit the messages
+    of one connection do), ``server_cap`` to every MAIL once the server took that many.
+    ``logins`` records each AUTH attempt as ``(mechanism, user, success)``.
     """
 
     def __init__(
@@ -117,12 +120,16 @@ class ScriptedHandler:
         data_reply: str | None = None,
         offer_pipelining: bool = False,
         recipient_limit: int | None = None,
+        connection_cap: int | None = None,
+        server_cap: int | None = None,
     ) -> None:
         self.rcpt_answers = dict(rcpt_answers)
         self.mail_reply = mail_reply
         self.data_reply = data_reply
         self.offer_pipelining = offer_pipelining
         self.recipient_limit = recipient_limit
+        self.connection_cap = connection_cap
+        self.server_cap = server_cap
         self.mail_froms: list[tuple[str, tuple[str, ...]]] = []
         self.rcpt_tos: list[str] = []
         self.messages: list[ReceivedMessage] = []
@@ -157,12 +164,22 @@ class ScriptedHandler:
         mail_options: list[str],
     ) -> str:
         self.mail_froms.append((address, tuple(mail_options)))
-        self.connection(server)
+        connection = self.connection(server)
         if self.mail_reply is not None:
             return self.mail_reply
+        if self._capped(connection):
+            return CAPPED
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return "250 2.1.0 Ok"
+
+    def _capped(self, connection: int) -> bool:
+        if self.server_cap is not None and len(self.messages) >= self.server_cap:
+            return True
+        if self.connection_cap is None:
+            return False
+        carried = sum(message.connection == connection for message in self.messages)
+        return carried >= self.connection_cap
 
     async def handle_RCPT(  # noqa: N802 (aiosmtpd finds hooks by this name)
         self,
@@ -405,17 +422,21 @@ def smtp_server(
     data_reply: str | None = None,
     offer_pipelining: bool = False,
     recipient_limit: int | None = None,
+    connection_cap: int | None = None,
+    server_cap: int | None = None,
     **options: Any,
 ) -> Iterator[SmtpServer]:
-    """A started :class:`SmtpServer`; ``mail_reply``, ``data_reply``, ``offer_pipelining`` and
-    ``recipient_limit`` build its handler if none is given; ``options`` go to
-    :class:`SmtpServer`."""
+    """A started :class:`SmtpServer`; ``mail_reply``, ``data_reply``, ``offer_pipelining``,
+    ``recipient_limit``, ``connection_cap`` and ``server_cap`` build its handler if none is
+    given; ``options`` go to :class:`SmtpServer`."""
     if handler is None:
         handler = ScriptedHandler(
             mail_reply=mail_reply,
             data_reply=data_reply,
             offer_pipelining=offer_pipelining,
             recipient_limit=recipient_limit,
+            connection_cap=connection_cap,
+            server_cap=server_cap,
         )
     with SmtpServer(handler, **options) as server:
         yield server

@@ -657,8 +657,8 @@ def test_a_pickup_batch_ends_at_its_size_in_octets_too(spool: Spool, service: Ma
 
     service._pickup = counting  # type: ignore[method-assign]
     for _ in range(12):
-        spool.submit(b"Subject: big\r\n\r\n" + (b"x" * 78 + b"\r\n") * 7_500, sender="a@example.com",
-                     recipients=["ok@remote.test"])  # fmt: skip
+        body = b"Subject: big\r\n\r\n" + (b"x" * 78 + b"\r\n") * 7_500
+        spool.submit(body, sender="a@example.com", recipients=["ok@remote.test"])
     assert service.run_once().picked_up  # about 600 KB each: 2, then 7 (4.2 MB), then the rest
     assert batches == [2, 7, 3]
     batches.clear()

@@ -30,7 +30,6 @@ from typing import BinaryIO, cast
 
 import attrs
 import pytest
-from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from spoolmail._core.reply import Reply
 from spoolmail._core.routing import Target
@@ -43,7 +42,6 @@ from spoolmail._transport.smtp import (
 from spoolmail.exceptions import ConfigurationError
 from tests.smtpservers import (
     SHORT,
-    ScriptedHandler,
     dropping_server,
     garbage_server,
     raw_server,
@@ -221,32 +219,6 @@ def test_dead_kept_connection_is_replaced(transport: SmtpTransport, transcript: 
     assert any("connecting again" in line for line in transcript.lines)
 
 
-class CappedHandler(ScriptedHandler):
-    """A server that takes ``cap`` messages on a connection and answers the next MAIL on it
-    with 421, as servers that limit the messages of one connection do; ``every`` answers
-    every MAIL after the first message of the whole server with 421 (a server-wide limit)."""
-
-    def __init__(self, cap: int, *, every: bool = False) -> None:
-        super().__init__()
-        self.cap = cap
-        self.every = every
-
-    async def handle_MAIL(  # noqa: N802 (aiosmtpd finds hooks by this name)
-        self,
-        server: SMTP,
-        session: Session,
-        envelope: Envelope,
-        address: str,
-        mail_options: list[str],
-    ) -> str:
-        connection = self.connection(server)
-        taken = [m for m in self.messages if self.every or m.connection == connection]
-        if len(taken) >= self.cap:
-            self.mail_froms.append((address, tuple(mail_options)))
-            return "421 4.7.0 Too many messages, closing"
-        return await super().handle_MAIL(server, session, envelope, address, mail_options)
-
-
 @integration
 def test_max_messages_per_connection_closes_a_kept_connection(transcript: Transcript) -> None:
     with (
@@ -268,7 +240,7 @@ def test_a_kept_connection_the_server_closes_with_421_is_replaced_at_once(
 ) -> None:
     """No limit of our own (the default): a server's own cap costs a new connection, not a
     deferred message."""
-    with smtp_server(CappedHandler(2)) as server:
+    with smtp_server(connection_cap=2) as server:
         for _ in range(5):
             [reply] = transport.send(server.target, outgoing(), transcript).values()
             assert reply.code == 250
@@ -284,7 +256,7 @@ def test_a_421_on_a_new_connection_stands(transcript: Transcript) -> None:
     """Replaced once: when the new connection says 421 too, the message waits for its retry."""
     with (
         SmtpTransport(helo_name="client.test", timeouts=SHORT) as transport,
-        smtp_server(CappedHandler(1, every=True)) as server,
+        smtp_server(server_cap=1) as server,
     ):
         [first] = transport.send(server.target, outgoing(), transcript).values()
         assert first.code == 250
