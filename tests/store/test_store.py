@@ -22,9 +22,11 @@ from hypothesis import strategies as st
 from spoolmail._core.ids import QueueIds
 from spoolmail._core.shares import Share
 from spoolmail._store import pyfs
+from spoolmail._store.orders import flush_order, post_flush_order
 from spoolmail._store.store import (
     FOLDERS,
     Durability,
+    FlushOrder,
     MailStore,
     PickupClaim,
     read_head,
@@ -529,6 +531,52 @@ def test_a_hint_trigger_is_not_fsynced_a_flush_order_and_its_copies_are(
     assert len(synced) == 2  # the flush order's copy only
     copies = [n for n in store.listdir("SortTemp") if n.endswith(".w1of2.trigger")]
     assert len(copies) == 3
+
+
+def test_a_flush_order_posted_without_the_store_is_the_one_the_store_writes(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``queue flush --quiet`` writes its order with the standard library alone
+    (``orders.post_flush_order``): the same bytes and kind of name as the store's, fsync'd the
+    same way (the file, then SortTemp), no temp file left, read as a flush of everything."""
+    store = make_store(pyfs.OSFS(str(tmp_path)), clock)
+    synced: list[int] = []
+    real_fsync = os.fsync
+
+    def counted(fd: int) -> None:
+        synced.append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", counted)
+    post_flush_order(str(tmp_path / "SortTemp"))
+    assert len(synced) == 2
+    (posted,) = store.listdir("SortTemp")
+    store.write_flush_trigger()
+    (written,) = set(store.listdir("SortTemp")) - {posted}
+    for name in (posted, written):
+        owner, token, suffix = name.split(".")
+        assert (len(owner), len(token), suffix) == (10, 12, "trigger")
+        assert set(owner + token) <= set("0123456789abcdefghijklmnopqrstuv")
+    assert store.read("SortTemp", posted) == store.read("SortTemp", written) == flush_order()
+    assert json.loads(flush_order()) == {"flush": {"sender": None, "domain": None}}
+    triggers = store.take_triggers()
+    assert triggers.flushes == (FlushOrder(), FlushOrder())
+    assert store.listdir("SortTemp") == []
+
+
+def test_a_flush_order_that_cannot_be_written_leaves_no_temp_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(FileNotFoundError):
+        post_flush_order(str(tmp_path / "missing"))
+    # The order's name taken by a folder that is not empty: the rename fails after the write.
+    monkeypatch.setattr(os, "urandom", lambda size: bytes(size))
+    taken = tmp_path / "0000000000.000000000000.trigger"
+    taken.mkdir()
+    (taken / "x").write_text("")
+    with pytest.raises(OSError):
+        post_flush_order(str(tmp_path))
+    assert [p.name for p in tmp_path.iterdir()] == [taken.name]
 
 
 def test_a_damaged_trigger_is_read_as_the_whole_queue(tmp_path: Path, clock: FakeClock) -> None:

@@ -14,14 +14,12 @@ import argparse
 import contextlib
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from spoolmail._cli import examples, flags
-from spoolmail._cli.logs import Logs
-from spoolmail._cli.settings import Settings, load_settings
 from spoolmail._cli.status import (
     EX_FAILED,
     EX_OK,
@@ -31,7 +29,14 @@ from spoolmail._cli.status import (
     exit_status,
     report,
 )
+from spoolmail._store.orders import post_flush_order
 from spoolmail.exceptions import SpoolmailError
+
+# The settings, their flags, the examples and the log's handlers are imported when the command
+# line is parsed (in the functions below): ``queue flush --quiet`` gets by without them
+# (:func:`_quick_flush`).
+if TYPE_CHECKING:
+    from spoolmail._cli.settings import Settings
 
 __all__ = ["EX_FAILED", "EX_OK", "EX_TEMPFAIL", "EX_USAGE", "main"]
 
@@ -124,6 +129,8 @@ class _Commands:
 
     def finish(self) -> None:
         """The global options and the examples of the parsers added, once they are complete."""
+        from spoolmail._cli import examples  # noqa: PLC0415 (see the imports)
+
         for name, parser in self.added:
             if name not in _OWN_ARGUMENTS:
                 _global_options_after(parser)
@@ -157,6 +164,8 @@ class _LazyCommands(argparse._SubParsersAction):  # type: ignore[type-arg]
 def _parser(*, whole: bool = True) -> argparse.ArgumentParser:
     """The command tree: every command's parser (``whole``: the reference page, the tests), or
     stand-ins, each replaced by the command's parser when its name is met (:func:`main`)."""
+    from spoolmail._cli import examples  # noqa: PLC0415 (see the imports)
+
     parser = argparse.ArgumentParser(
         prog="spoolmail",
         description="An IIS-style MailRoot (Pickup, Queue, BadMail, Drop) mail spool.",
@@ -198,6 +207,8 @@ class _Version(argparse.Action):
 def _global_options(parser: argparse.ArgumentParser, *, default: object) -> None:
     """``--config``, ``--root``, ``-v``, ``--log-file`` and ``--syslog``: before the command,
     and (``default=SUPPRESS``) after it too, where one not given leaves the first alone."""
+    from spoolmail._cli import flags  # noqa: PLC0415 (see the imports)
+
     where: Any = parser
     if default is argparse.SUPPRESS:
         where = parser.add_argument_group("global options (also before the command)")
@@ -291,6 +302,13 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
     0 done, 1 failed, 2 bad usage, 75 (EX_TEMPFAIL) try again later. Output goes to ``out``
     (default stdout), errors to stderr, never as a traceback.
     """
+    quick = _quick_flush(sys.argv[1:] if argv is None else argv)
+    if quick is not None:
+        return quick
+    from spoolmail._cli import flags  # noqa: PLC0415 (see the imports)
+    from spoolmail._cli.logs import Logs  # noqa: PLC0415
+    from spoolmail._cli.settings import load_settings  # noqa: PLC0415
+
     out = out or sys.stdout
     parser = _parser(whole=False)
     try:
@@ -319,3 +337,34 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
         return exit_status(exc)
     finally:
         logs.close()
+
+
+def _quick_flush(argv: Sequence[str]) -> int | None:
+    """``queue flush --quiet`` (and ``--root DIR`` at most) on a MailRoot folder: the flush
+    order written at once, as ``postqueue -f`` does, without importing the command line (about
+    0.1 s of the 0.13 s the command took; the flush waits for it). ``None`` for anything else or
+    anything unusual (an FS URL, no SortTemp or Queue folder, a write that fails): the whole
+    command then does it, and explains what is wrong."""
+    rest = list(argv)
+    root = "MailRoot"  # the setting's default (settings.Settings.root)
+    for index, word in enumerate(rest):
+        if word == "--root" and index + 1 < len(rest):
+            root = rest[index + 1]
+            del rest[index : index + 2]
+            break
+        if word.startswith("--root="):
+            root = word.removeprefix("--root=")
+            del rest[index]
+            break
+    if rest not in (["queue", "flush", "--quiet"], ["queue", "flush", "-q"]):
+        return None
+    sort_temp = os.path.join(root, "SortTemp")
+    if not root or "://" in root or not os.path.isdir(os.path.join(root, "Queue")):
+        return None
+    if not os.path.isdir(sort_temp):
+        return None
+    try:
+        post_flush_order(sort_temp)
+    except OSError:
+        return None  # the whole command tries again, and reports what it meets
+    return EX_OK

@@ -18,11 +18,10 @@ from datetime import datetime
 
 import attrs
 
+from spoolmail._core.base32 import token as _token
+
 __all__ = ["QueueIds", "dsn_id", "is_made_id", "is_queue_id"]
 
-_BASE32 = "0123456789abcdefghijklmnopqrstuv"
-# A byte's low five bits as a base-32 digit: 256 is a multiple of 32, so each is uniform.
-_BASE32_OF_BYTE = bytes(ord(_BASE32[value & 31]) for value in range(256))
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 _MADE = re.compile(r"^[0-9a-f]{11}-[0-9a-f]{16}$")
 
@@ -70,4 +69,4 @@ class QueueIds:
     def token(self, length: int = 10) -> str:
         """A short random name part (owner tokens, temporary file names): base 32, 5 random bits
         a character."""
-        return self.rng.randbytes(length).translate(_BASE32_OF_BYTE).decode("ascii")
+        return _token(self.rng.randbytes(length))

@@ -49,7 +49,7 @@ import sys
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, BinaryIO, cast
 
@@ -72,6 +72,7 @@ from spoolmail._store.entries import (
     open_regular,
     open_sized,
 )
+from spoolmail._store.orders import FLUSH_TRIGGER, TRIGGER_SUFFIX, flush_order
 from spoolmail._store.pickup_writer import is_stale_temp
 from spoolmail._store.syncing import syncfs
 from spoolmail.exceptions import ConfigurationError, LayoutError, StorageError
@@ -157,7 +158,6 @@ _BACKEND_KINDS = {
     7: EntryKind.SYMLINK,
 }
 _CLAIM_SUFFIX = ".pickup"
-_TRIGGER_SUFFIX = ".trigger"
 # How long a wait woken by other renames into SortTemp leaves SortTemp unread (wait_for_pickup).
 _QUIET = 0.05
 # How a temp file is opened to be written: created (never an existing name), or a spare.
@@ -168,8 +168,6 @@ _REWRITE = os.O_WRONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0
 # Chunks smaller than this are gathered into one write (a buffered file's 8 KiB would split a
 # Queue file's message into more writes than the chunks it is handed).
 _WRITE_BUFFER = 64 * 1024
-# How a flush order's trigger begins (json.dumps of {"flush": ...}); no other trigger does.
-_FLUSH_TRIGGER = b'{"flush"'
 _ADDRESSED = re.compile(r"w([0-9]{1,4})of([0-9]{1,4})")  # a trigger for one worker
 # inotify, for the trigger watch (as entries.CloseWatcher uses it for Pickup).
 _IN_MOVED_TO = 0x00000080
@@ -349,7 +347,7 @@ class TriggerWatch:
                 offset += _EVENT.size
                 name = data[offset : offset + length].split(b"\0", 1)[0]
                 offset += length
-                found |= bool(mask & _IN_Q_OVERFLOW) or name.endswith(_TRIGGER_SUFFIX.encode())
+                found |= bool(mask & _IN_Q_OVERFLOW) or name.endswith(TRIGGER_SUFFIX.encode())
 
     def close(self) -> None:
         self._poll.close()
@@ -1374,7 +1372,7 @@ class MailStore:
         whole Queue" (:meth:`take_triggers`). The rename keeps it whole for readers meanwhile.
         """
         data = {"all": True} if ids is None else {"ids": sorted(set(ids))}
-        self._put_trigger(data, durability=Durability.NONE)
+        self._put_trigger(json.dumps(data).encode(), durability=Durability.NONE)
 
     def write_flush_trigger(
         self, *, sender: str | None = None, domain: str | None = None, ids: Iterable[str] = ()
@@ -1386,24 +1384,16 @@ class MailStore:
         commits. The file waits in SortTemp until a service takes it (one that starts rescans
         first, then flushes). ``Spool.flush_queue``.
         """
-        order: dict[str, object] = {"sender": sender, "domain": domain}
-        chosen = sorted(set(ids))
-        if chosen:
-            order["ids"] = chosen
-        self._put_trigger({"flush": order})
+        self._put_trigger(flush_order(sender=sender, domain=domain, ids=ids))
 
-    def _put_trigger(
-        self, data: Mapping[str, object], *, durability: Durability | None = None
-    ) -> None:
-        self.write(
-            SORTTEMP, self._trigger_name(None), json.dumps(data).encode(), durability=durability
-        )
+    def _put_trigger(self, data: bytes, *, durability: Durability | None = None) -> None:
+        self.write(SORTTEMP, self._trigger_name(None), data, durability=durability)
 
     def _trigger_name(self, share: Share | None) -> str:
         """A new trigger's name: ``OWNER.TOKEN.trigger``, for every service; or addressed to
         one worker of a group, ``OWNER.TOKEN.wINDEXofCOUNT.trigger``."""
         to = "" if share is None else f".w{share.index}of{share.count}"
-        return f"{self.owner}.{self.ids.token(12)}{to}{_TRIGGER_SUFFIX}"
+        return f"{self.owner}.{self.ids.token(12)}{to}{TRIGGER_SUFFIX}"
 
     def take_triggers(self) -> Triggers:
         """Consume the triggers: the ids to look at again (or the whole Queue), and the flushes
@@ -1426,7 +1416,7 @@ class MailStore:
             # Cleared before the listing: one renamed in during it is listed again next time.
             watch.pending = False
         for name in self.listdir(SORTTEMP):
-            if not name.endswith(_TRIGGER_SUFFIX):
+            if not name.endswith(TRIGGER_SUFFIX):
                 continue
             mine = self._own_trigger(name)
             if mine is None:
@@ -1466,7 +1456,7 @@ class MailStore:
         data = self.read(SORTTEMP, mine)
         # A copy keeps the original's durability: a flush order's is fsync'd, a hint's is not
         # (see write_trigger and _put_trigger).
-        durability = None if data.startswith(_FLUSH_TRIGGER) else Durability.NONE
+        durability = None if data.startswith(FLUSH_TRIGGER) else Durability.NONE
         for other in share.all():
             if other != share:
                 self.write(SORTTEMP, self._trigger_name(other), data, durability=durability)

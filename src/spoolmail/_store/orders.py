@@ -1,0 +1,70 @@
+"""Flush orders as files: what ``queue flush`` leaves in SortTemp for a running service.
+
+An order is a trigger file, ``SortTemp/OWNER.TOKEN.trigger``, holding ``{"flush": {...}}``
+(``MailStore.write_flush_trigger`` writes it through the store, ``MailStore.take_triggers``
+reads it). :func:`post_flush_order` writes one with the standard library alone, as
+``postqueue -f`` is a small program of its own: ``spoolmail queue flush --quiet`` spends most of
+its time importing the command line, and a flush starts no sooner than the order is there.
+No attrs, no PyFilesystem2 here: importing this module must stay cheap.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterable
+
+from spoolmail._core.base32 import token
+
+__all__ = ["FLUSH_TRIGGER", "TRIGGER_SUFFIX", "flush_order", "post_flush_order"]
+
+TRIGGER_SUFFIX = ".trigger"
+# How a flush order's trigger begins (json.dumps of {"flush": ...}); no other trigger does.
+FLUSH_TRIGGER = b'{"flush"'
+
+_CREATE = (
+    os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+)
+
+
+def flush_order(
+    *, sender: str | None = None, domain: str | None = None, ids: Iterable[str] = ()
+) -> bytes:
+    """The trigger's bytes: every waiting message (from ``sender``, with a pending recipient at
+    ``domain``; or only ``ids``) is to be due now."""
+    order: dict[str, object] = {"sender": sender, "domain": domain}
+    chosen = sorted(set(ids))
+    if chosen:
+        order["ids"] = chosen
+    return json.dumps({"flush": order}).encode()
+
+
+def post_flush_order(sort_temp: str) -> None:
+    """Write a flush order of the whole Queue into the folder ``sort_temp`` (an OS path), as
+    the store writes every file: a temp file written and fsync'd, renamed into its name, the
+    folder fsync'd. ``OSError`` if it cannot be written; a temp file left then is swept."""
+    owner = token(os.urandom(10))
+    name = f"{owner}.{token(os.urandom(12))}"
+    temp = os.path.join(sort_temp, f"{name}.tmp")
+    data = flush_order()
+    fd = os.open(temp, _CREATE, 0o666)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temp, os.path.join(sort_temp, f"{name}{TRIGGER_SUFFIX}"))
+    except BaseException:
+        with contextlib.suppress(OSError):  # renamed already: nothing to drop
+            os.unlink(temp)
+        raise
+    if os.name != "nt":
+        fd = os.open(sort_temp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
