@@ -23,6 +23,8 @@ from spoolmail._core.reply import Reply
 from spoolmail._core.routing import Credentials, Target, TlsPolicy
 from spoolmail._core.transcript import Transcript
 from spoolmail._transport.base import Outgoing
+from spoolmail._transport import smtp
+from spoolmail._transport.session import unverified_context
 from spoolmail._transport.smtp import SmtpTransport
 from spoolmail.exceptions import ConfigurationError
 from tests.smtpservers import SHORT, SmtpServer, raw_server, smtp_server
@@ -125,6 +127,29 @@ def test_opportunistic_uses_starttls_when_offered(
     # RFC 3207 §4.2: EHLO again, over TLS, before the transaction.
     assert text.count("> EHLO client.test") == 2
     assert text.index("TLS started") < text.rindex("> EHLO") < text.index("> MAIL")
+
+
+def test_the_unverified_context_is_made_at_the_first_starttls_only(
+    transcript: Transcript, tls_server: SmtpServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Making a TLS context costs about 10 ms, in every worker at its start: a transport makes
+    the opportunistic one when a server first offers STARTTLS, and keeps it."""
+    made: list[ssl.SSLContext] = []
+
+    def counted() -> ssl.SSLContext:
+        made.append(unverified_context())
+        return made[-1]
+
+    monkeypatch.setattr(smtp, "unverified_context", counted)
+    with SmtpTransport(helo_name="client.test", timeouts=SHORT, max_idle=0) as transport:
+        plain = aimed(tls_server.target, TlsPolicy.NEVER)
+        assert list(transport.send(plain, outgoing(), transcript).values()) == [QUEUED]
+        assert made == []
+        target = aimed(tls_server.target, TlsPolicy.OPPORTUNISTIC)
+        for _ in range(2):  # max_idle=0: a new connection, and a new handshake, each time
+            assert list(transport.send(target, outgoing(), transcript).values()) == [QUEUED]
+    assert len(made) == 1
+    assert [received.tls for received in tls_server.messages] == [False, True, True]
 
 
 def test_never_does_not_start_tls(

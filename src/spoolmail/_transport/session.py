@@ -179,7 +179,8 @@ class Session:
     temporary reply that describes it and closes the protocol, so the connection is neither
     reused nor sent a QUIT. ``verifying`` gives the TLS context for verified (``REQUIRED``)
     STARTTLS, when one is first needed (loading the system's CA certificates costs tens of
-    milliseconds, at every start); ``unverified`` is the context for unverified STARTTLS.
+    milliseconds, at every start); ``unverified`` the context for unverified STARTTLS, also
+    when first needed (making one costs about 10 ms, in every worker).
     """
 
     def __init__(
@@ -188,7 +189,7 @@ class Session:
         *,
         protocol: ClientProtocol,
         verifying: Callable[[], ssl.SSLContext],
-        unverified: ssl.SSLContext,
+        unverified: Callable[[], ssl.SSLContext],
     ) -> None:
         self._sock = sock
         self.protocol = protocol
@@ -218,7 +219,7 @@ class Session:
         timeout: float,
         transcript: Transcript,
         verifying: Callable[[], ssl.SSLContext],
-        unverified: ssl.SSLContext,
+        unverified: Callable[[], ssl.SSLContext],
     ) -> Session:
         target = protocol.target
         place = where(target)
@@ -500,7 +501,7 @@ class Session:
 
     def _start_tls(self, start: StartTls) -> str:
         """Run the TLS handshake on the connection; return how it went, for the transcript."""
-        context = self._verifying() if start.verify else self._unverified
+        context = self._verifying() if start.verify else self._unverified()
         timeout = start.timeout
         if self._poller is not None:
             # The ssl module's reads and writes wait on the socket's own timeout.

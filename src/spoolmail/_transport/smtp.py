@@ -177,10 +177,10 @@ class SmtpTransport:
         self._helo_name = helo_name
         self._timeouts = timeouts
         self._monotonic = monotonic
-        # The default context is made at the first verified STARTTLS (see _verifying_context).
+        # The contexts are made at the first STARTTLS that needs each (see _verifying_context).
         self._verifying = tls_context
-        self._verifying_lock = threading.Lock()
-        self._unverified = unverified_context()
+        self._unverified: ssl.SSLContext | None = None
+        self._contexts_lock = threading.Lock()
         self._max_recipients = max_recipients
         self._max_messages = max_messages_per_connection
         self._pool: ConnectionPool[Session] = ConnectionPool(
@@ -193,10 +193,18 @@ class SmtpTransport:
     def _verifying_context(self) -> ssl.SSLContext:
         """The context verified STARTTLS uses: the one given, else the system's default, made
         once when first needed (loading the CA certificates costs tens of milliseconds)."""
-        with self._verifying_lock:
+        with self._contexts_lock:
             if self._verifying is None:
                 self._verifying = ssl.create_default_context()
             return self._verifying
+
+    def _unverified_context(self) -> ssl.SSLContext:
+        """The context opportunistic and ``ENCRYPT`` STARTTLS use, made once when first needed
+        (about 10 ms, in each worker at its start: most relays to a smart host never use it)."""
+        with self._contexts_lock:
+            if self._unverified is None:
+                self._unverified = unverified_context()
+            return self._unverified
 
     def connection_counts(self) -> tuple[int, int]:
         """Connections opened, and transactions sent over a kept connection, so far: how much
@@ -324,7 +332,7 @@ class SmtpTransport:
             timeout=self._timeouts.connect,
             transcript=transcript,
             verifying=self._verifying_context,
-            unverified=self._unverified,
+            unverified=self._unverified_context,
         )
         try:
             session.open(transcript)
