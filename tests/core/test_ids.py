@@ -5,7 +5,8 @@ from __future__ import annotations
 import random
 from datetime import UTC, datetime, timedelta
 
-from spoolmail._core.ids import _BASE32, QueueIds, dsn_id, is_made_id, is_queue_id
+from spoolmail._core.base32 import ALPHABET
+from spoolmail._core.ids import QueueIds, dsn_id, is_made_id, is_queue_id
 
 
 def test_ids_sort_by_time_and_are_file_safe() -> None:
@@ -51,6 +52,6 @@ def test_a_full_millisecond_goes_on_in_the_next() -> None:
 
 def test_tokens_are_base_32_and_the_random_source_decides_them() -> None:
     tokens = [QueueIds().token(12) for _ in range(200)]
-    assert all(len(token) == 12 and set(token) <= set(_BASE32) for token in tokens)
+    assert all(len(token) == 12 and set(token) <= set(ALPHABET) for token in tokens)
     assert len(set(tokens)) == len(tokens)
     assert QueueIds(random.Random(1)).token(10) == QueueIds(random.Random(1)).token(10)

@@ -8,14 +8,15 @@ import threading
 
 import pytest
 
-from spoolmail._core.ids import _BASE32, QueueIds
+from spoolmail._core.base32 import ALPHABET
+from spoolmail._core.ids import QueueIds
 from spoolmail._store.entropy import PooledRandom
 
 
 def test_tokens_are_base_32_and_the_pool_hands_out_each_byte_once() -> None:
     ids = QueueIds(PooledRandom())
     tokens = [ids.token(12) for _ in range(2000)]  # several pools' worth of bytes
-    assert all(len(token) == 12 and set(token) <= set(_BASE32) for token in tokens)
+    assert all(len(token) == 12 and set(token) <= set(ALPHABET) for token in tokens)
     assert len(set(tokens)) == len(tokens)
     seeded = QueueIds(random.Random(1)).token(10)
     assert seeded == QueueIds(random.Random(1)).token(10)

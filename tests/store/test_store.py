@@ -570,11 +570,11 @@ def test_a_flush_order_that_cannot_be_written_leaves_no_temp_file(
     with pytest.raises(FileNotFoundError):
         post_flush_order(str(tmp_path / "missing"))
     # The order's name taken by a folder that is not empty: the rename fails after the write.
-    monkeypatch.setattr(os, "urandom", lambda size: bytes(size))
+    monkeypatch.setattr(os, "urandom", bytes)  # bytes(n): n zero bytes
     taken = tmp_path / "0000000000.000000000000.trigger"
     taken.mkdir()
     (taken / "x").write_text("")
-    with pytest.raises(OSError):
+    with pytest.raises(IsADirectoryError):
         post_flush_order(str(tmp_path))
     assert [p.name for p in tmp_path.iterdir()] == [taken.name]
 

@@ -22,8 +22,8 @@ import pytest
 from spoolmail._core.reply import Reply
 from spoolmail._core.routing import Credentials, Target, TlsPolicy
 from spoolmail._core.transcript import Transcript
-from spoolmail._transport.base import Outgoing
 from spoolmail._transport import smtp
+from spoolmail._transport.base import Outgoing
 from spoolmail._transport.session import unverified_context
 from spoolmail._transport.smtp import SmtpTransport
 from spoolmail.exceptions import ConfigurationError

@@ -6,11 +6,11 @@ without importing attrs.
 
 from __future__ import annotations
 
-__all__ = ["token"]
+__all__ = ["ALPHABET", "token"]
 
-_BASE32 = "0123456789abcdefghijklmnopqrstuv"
+ALPHABET = "0123456789abcdefghijklmnopqrstuv"
 # A byte's low five bits as a base-32 digit: 256 is a multiple of 32, so each is uniform.
-_BASE32_OF_BYTE = bytes(ord(_BASE32[value & 31]) for value in range(256))
+_BASE32_OF_BYTE = bytes(ord(ALPHABET[value & 31]) for value in range(256))
 
 
 def token(random_bytes: bytes) -> str:
