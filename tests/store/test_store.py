@@ -502,21 +502,27 @@ def test_of_two_spellings_the_exact_one_wins_and_is_logged(
     assert "the MailRoot has BadMail and Badmail" in caplog.text
 
 
+@pytest.fixture
+def synced(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The descriptors ``os.fsync`` is called with (each still fsync'd)."""
+    calls: list[int] = []
+    real_fsync = os.fsync
+
+    def counted(fd: int) -> None:
+        calls.append(fd)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", counted)
+    return calls
+
+
 def test_a_hint_trigger_is_not_fsynced_a_flush_order_and_its_copies_are(
-    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, clock: FakeClock, synced: list[int]
 ) -> None:
     """A trigger naming ids (or the whole Queue) is a hint to running services: a power cut
     ends them and a starting service scans the Queue, so it needs no fsync. A flush order
     waits for a service that may not run yet: it is fsync'd, and so are its copies."""
     store = make_store(pyfs.OSFS(str(tmp_path)), clock)
-    synced: list[int] = []
-    real_fsync = os.fsync
-
-    def counted(fd: int) -> None:
-        synced.append(fd)
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", counted)
     store.write_trigger(["19ac9b2f1c0-000000000001"])
     store.write_trigger(None)
     assert synced == []
@@ -534,20 +540,12 @@ def test_a_hint_trigger_is_not_fsynced_a_flush_order_and_its_copies_are(
 
 
 def test_a_flush_order_posted_without_the_store_is_the_one_the_store_writes(
-    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, clock: FakeClock, synced: list[int]
 ) -> None:
     """``queue flush --quiet`` writes its order with the standard library alone
     (``orders.post_flush_order``): the same bytes and kind of name as the store's, fsync'd the
     same way (the file, then SortTemp), no temp file left, read as a flush of everything."""
     store = make_store(pyfs.OSFS(str(tmp_path)), clock)
-    synced: list[int] = []
-    real_fsync = os.fsync
-
-    def counted(fd: int) -> None:
-        synced.append(fd)
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", counted)
     post_flush_order(str(tmp_path / "SortTemp"))
     assert len(synced) == 2
     (posted,) = store.listdir("SortTemp")
