@@ -359,9 +359,9 @@ def _quick_flush(argv: Sequence[str]) -> int | None:
     if rest not in (["queue", "flush", "--quiet"], ["queue", "flush", "-q"]):
         return None
     sort_temp = os.path.join(root, "SortTemp")
-    if not root or "://" in root or not os.path.isdir(os.path.join(root, "Queue")):
+    if not root or "://" in root:
         return None
-    if not os.path.isdir(sort_temp):
+    if not (os.path.isdir(os.path.join(root, "Queue")) and os.path.isdir(sort_temp)):
         return None
     try:
         post_flush_order(sort_temp)

@@ -43,7 +43,8 @@ def flush_order(
 def post_flush_order(sort_temp: str) -> None:
     """Write a flush order of the whole Queue into the folder ``sort_temp`` (an OS path), as
     the store writes every file: a temp file written and fsync'd, renamed into its name, the
-    folder fsync'd. ``OSError`` if it cannot be written; a temp file left then is swept."""
+    folder fsync'd. ``OSError`` if it cannot be written. A temp file left by a crash is swept
+    once it is a lease old (``MailStore.sweep_temp``: its writer never announces itself)."""
     owner = token(os.urandom(10))
     name = f"{owner}.{token(os.urandom(12))}"
     temp = os.path.join(sort_temp, f"{name}.tmp")
