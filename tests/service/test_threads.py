@@ -4,6 +4,7 @@ returns when all of it is done, and no more threads run than asked."""
 from __future__ import annotations
 
 import threading
+from contextlib import closing
 
 import pytest
 
@@ -11,8 +12,7 @@ from spoolmail._service.threads import Batch, DeliveryThreads
 
 
 def test_a_batch_waits_for_all_its_work_and_gives_each_result() -> None:
-    threads = DeliveryThreads(3, name="test")
-    try:
+    with closing(DeliveryThreads(3, name="test")) as threads:
         batch: Batch[str] = Batch()
         assert not batch.started
         for n in range(50):
@@ -21,8 +21,6 @@ def test_a_batch_waits_for_all_its_work_and_gives_each_result() -> None:
         assert sorted(batch.wait()) == sorted(f"ID{n}" for n in range(50))
         assert not batch.started  # the wait took them
         assert batch.wait() == []  # nothing pending: at once
-    finally:
-        threads.close()
 
 
 def test_the_results_come_in_the_order_the_work_was_added_whatever_ends_first() -> None:
@@ -33,16 +31,13 @@ def test_the_results_come_in_the_order_the_work_was_added_whatever_ends_first() 
         gates[queue_id].wait(5)
         return queue_id
 
-    threads = DeliveryThreads(6, name="order")
-    try:
+    with closing(DeliveryThreads(6, name="order")) as threads:
         batch: Batch[str] = Batch()
         for n in range(6):
             threads.submit(batch, work, str(n))
         for n in reversed(range(6)):  # the last added ends first
             gates[str(n)].set()
         assert batch.wait() == ["0", "1", "2", "3", "4", "5"]
-    finally:
-        threads.close()
 
 
 def test_no_more_threads_run_than_asked_and_they_are_reused() -> None:
@@ -63,8 +58,7 @@ def test_no_more_threads_run_than_asked_and_they_are_reused() -> None:
             running -= 1
         return queue_id
 
-    threads = DeliveryThreads(4, name="test")
-    try:
+    with closing(DeliveryThreads(4, name="test")) as threads:
         batch: Batch[str] = Batch()
         for n in range(20):
             threads.submit(batch, work, str(n))
@@ -80,21 +74,16 @@ def test_no_more_threads_run_than_asked_and_they_are_reused() -> None:
         threads.submit(second, work, "again")
         assert second.wait() == ["again"]
         assert len([t for t in threading.enumerate() if t.name.startswith("test_")]) == 4
-    finally:
-        threads.close()
     assert not [t for t in threading.enumerate() if t.name.startswith("test_")]
 
 
 def test_one_thread_is_started_for_work_that_comes_one_at_a_time() -> None:
-    threads = DeliveryThreads(5, name="single")
-    try:
+    with closing(DeliveryThreads(5, name="single")) as threads:
         for n in range(10):
             batch: Batch[int] = Batch()
             threads.submit(batch, len, "x" * n)
             assert batch.wait() == [n]
         assert len([t for t in threading.enumerate() if t.name.startswith("single_")]) == 1
-    finally:
-        threads.close()
 
 
 class Stop(BaseException):
@@ -110,8 +99,7 @@ def test_an_exception_a_piece_of_work_raised_is_raised_by_the_wait_after_the_res
         done.append(queue_id)
         return queue_id
 
-    threads = DeliveryThreads(2, name="test")
-    try:
+    with closing(DeliveryThreads(2, name="test")) as threads:
         batch: Batch[str] = Batch()
         for queue_id in ("a", "bad", "b", "c"):
             threads.submit(batch, work, queue_id)
@@ -121,8 +109,6 @@ def test_an_exception_a_piece_of_work_raised_is_raised_by_the_wait_after_the_res
         assert batch.wait() == []  # the error is spent
         threads.submit(batch, work, "d")  # and the threads go on
         assert batch.wait() == ["d"]
-    finally:
-        threads.close()
 
 
 def test_close_lets_given_work_finish() -> None:
