@@ -243,3 +243,37 @@ def test_an_empty_datagram_hides_none_after_it(handoff: Handoff, clock: FakeCloc
     assert list(received(waker.clear(), TAKER)) == [queue_id]
     waker.close()
     inbox[1].send(WAKE)  # the inbox outlives the service's waker: still open
+
+
+def test_the_busier_listener_gets_the_spares_the_other_does_not_need() -> None:
+    """Every listening worker draws on one inbox of spares: one that writes more (three
+    sessions of five against two) takes more, rather than creating files while the spares
+    passed to the other overflow and are deleted."""
+    handoff = Handoff(4, 2)
+    try:
+        busy, idle = handoff.spare_inbox(Share(0, 4)), handoff.spare_inbox(Share(1, 4))
+        assert busy is not None
+        assert busy is idle
+        assert handoff.spare_inbox(Share(2, 4)) is None  # a taker passes, never draws
+        names = [f"taker{number}.token{number}.tmp" for number in range(40)]
+        assert all(handoff.pass_spare(name) for name in names)
+        taken = []
+        while select.select([busy], [], [], 0)[0]:
+            taken.append(busy.recv(256).decode())
+        assert taken == names
+    finally:
+        handoff.close()
+
+
+def test_a_full_spare_inbox_refuses_and_nothing_blocks() -> None:
+    handoff = Handoff(2, 1)
+    try:
+        passed = 0
+        while handoff.pass_spare(f"taker.{passed:012d}.tmp"):
+            passed += 1
+            assert passed < 100_000, "a datagram inbox without bounds"
+        assert passed > 64  # room for more than a pool's worth
+        handoff.close()
+        assert not handoff.pass_spare("taker.afterclose.tmp")
+    finally:
+        handoff.close()

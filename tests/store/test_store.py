@@ -368,11 +368,12 @@ def pair() -> Iterator[tuple[socket.socket, socket.socket]]:
         yield inbox, outbox
 
 
-def test_past_a_full_pool_spares_are_passed_on_and_written_over_there(
+def test_spares_are_passed_on_first_and_written_over_there(
     tmp_path: Path, clock: FakeClock, pair: tuple[socket.socket, socket.socket]
 ) -> None:
-    """A worker that delivers what another accepted passes its surplus to that one
-    (_service.handoff): the listener writes over the file the deliverer finished."""
+    """A worker that delivers what another accepted passes what it finishes to that one
+    (_service.handoff), before it keeps any itself: the listener writes over the file the
+    deliverer finished."""
     deliverer = os_store(tmp_path, clock)
     listener = make_store(pyfs.OSFS(str(tmp_path)), clock, seed=2)
     inbox, outbox = pair
@@ -387,9 +388,8 @@ def test_past_a_full_pool_spares_are_passed_on_and_written_over_there(
     listener.exchange_spares(inbox=inbox)
     deliverer.write("Queue", "done.eml", b"delivered " * 10)
     inode = os.stat(tmp_path / "Queue" / "done.eml").st_ino
-    full_pool(deliverer)
     assert deliverer.recycle("Queue", "done.eml")
-    assert len(deliverer.spares) == 64
+    assert deliverer.spares == ()  # an empty pool, yet passed on
     [name] = passed
     assert name.startswith(deliverer.owner + ".")  # its own until the listener takes it
     listener.write("Queue", "new.eml", b"new")
@@ -401,12 +401,18 @@ def test_past_a_full_pool_spares_are_passed_on_and_written_over_there(
     assert os.stat(tmp_path / "Queue" / "newer.eml").st_ino != inode
 
 
-def test_a_spare_not_taken_is_deleted(tmp_path: Path, clock: FakeClock) -> None:
+def test_a_spare_not_taken_is_kept_then_deleted_past_a_full_pool(
+    tmp_path: Path, clock: FakeClock
+) -> None:
     store = os_store(tmp_path, clock)
-    store.exchange_spares(give=lambda _name: False)  # the listeners' inboxes are full
+    store.exchange_spares(give=lambda _name: False)  # the listeners' inbox is full
+    store.write("Queue", "kept.eml", b"x")
+    assert store.recycle("Queue", "kept.eml")
+    assert len(store.spares) == 1  # kept for this process's own writes
     store.write("Queue", "done.eml", b"x")
     full_pool(store)
     assert store.recycle("Queue", "done.eml")
+    assert len(store.spares) == 64
     assert sorted(store.listdir("SortTemp")) == sorted(store.spares)  # no stray file
 
 

@@ -60,13 +60,16 @@ class Handoff:
         self.count = count
         self.listening = listening
         self._inboxes: dict[int, tuple[socket.socket, socket.socket]] = {}
-        self._spares: dict[int, tuple[socket.socket, socket.socket]] = {}
-        self._next_spares = 0
+        # One inbox of spares for all the listening workers: whichever writes next takes the
+        # next spare. One each, passed in turn, left the busier listener (three sessions of
+        # five against two) creating files while the other's inbox overflowed and the takers
+        # deleted what it could not hold.
+        self._spares: tuple[socket.socket, socket.socket] | None = None
         self._warned: dict[int, float] = {}  # when a full inbox was last told of, by worker
         try:
-            for index in range(count):
-                pairs = self._inboxes if index >= listening else self._spares
-                pairs[index] = _pair()
+            for index in range(listening, count):
+                self._inboxes[index] = _pair()
+            self._spares = _pair()
         except OSError:
             self.close()
             raise
@@ -117,26 +120,30 @@ class Handoff:
         return self._inboxes.get(share.index)
 
     def pass_spare(self, name: str) -> bool:
-        """Pass the spare file ``SortTemp/name`` of a taking worker to a listening one, in turn:
-        the listeners write the files the takers delete (``MailStore.exchange_spares``), and
-        creating a file costs ext4 far more than writing over one. ``False`` if not taken."""
-        index = self._next_spares = (self._next_spares + 1) % self.listening
+        """Pass the spare file ``SortTemp/name`` of a taking worker to the listening ones: the
+        listeners write the files the takers delete (``MailStore.exchange_spares``), and
+        creating a file costs ext4 far more than writing over one. ``False`` if not taken (the
+        inbox is full: the listeners have more spares waiting than they write files)."""
+        if self._spares is None:
+            return False
         try:
-            self._spares[index][1].send(name.encode("ascii"))
-        except (OSError, KeyError, UnicodeEncodeError):
+            self._spares[1].send(name.encode("ascii"))
+        except (OSError, UnicodeEncodeError):
             return False
         return True
 
     def spare_inbox(self, share: Share) -> socket.socket | None:
-        """Where listening worker ``share`` finds the spares passed to it (the end to read)."""
-        pair = self._spares.get(share.index)
-        return None if pair is None else pair[0]
+        """Where listening worker ``share`` finds the spares passed (the end to read, which
+        every listening worker reads: a datagram is one spare, taken by one of them)."""
+        if not self.gives(share) or self._spares is None:
+            return None
+        return self._spares[0]
 
     def close(self) -> None:
-        for pair in (*self._inboxes.values(), *self._spares.values()):
+        for pair in (*self._inboxes.values(), *((self._spares,) if self._spares else ())):
             for end in pair:
                 end.close()
-        self._inboxes, self._spares = {}, {}
+        self._inboxes, self._spares = {}, None
 
 
 def _pair() -> tuple[socket.socket, socket.socket]:

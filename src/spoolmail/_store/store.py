@@ -714,10 +714,11 @@ class MailStore:
         microseconds on ext4 here, against ten); a finished message's files become the next
         message's. At most 64 spares of at most 256 KiB each are kept; other files are deleted.
         A spare is an ordinary temp file of this process: :meth:`close` deletes them, and if the
-        process dies, the sweep of SortTemp does. Where spares are exchanged
-        (:meth:`exchange_spares`), what a full pool would delete is passed on instead, to the
-        processes that write what this one deletes. Returns ``False`` if the file was already
-        gone.
+        process dies, the sweep of SortTemp does. Where spares are passed on
+        (:meth:`exchange_spares`), each goes first to the processes that write what this one
+        deletes, and only what they do not take (their inbox is full) is kept here or deleted:
+        a pool kept first held back files that those processes then had to create. Returns
+        ``False`` if the file was already gone.
         Only on OS filesystems; elsewhere this is :meth:`remove`.
         """
         passing = self._pass_spare
@@ -732,11 +733,13 @@ class MailStore:
             return False
         except OSError as exc:
             raise StorageError(f"cannot delete {folder}/{name}: {exc}") from exc
+        if passing is not None and passing(spare):
+            return True
         with self._spares_lock:
             keep = len(self._spares) < _SPARES
             if keep:
                 self._spares.append(spare)
-        if not keep and (passing is None or not passing(spare)):
+        if not keep:
             self._discard_temp(spare)  # the file has left its folder: that much is done
         return True
 
