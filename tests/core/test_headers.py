@@ -12,6 +12,7 @@ from spoolmail._core.headers import (
     count_received,
     crlf_lines,
     fields,
+    has_long_line,
     split_head,
     without_fields,
 )
@@ -107,3 +108,34 @@ def test_crlf_lines_is_none_exactly_for_a_bare_cr_or_lf(block: bytes) -> None:
 )
 def test_crlf_lines_examples(block: bytes, lines: int | None) -> None:
     assert crlf_lines(block) == lines
+
+
+# -- has_long_line: DATA's and the DSN's test for "no line over 998 octets" -------------------
+
+
+@given(
+    st.lists(st.sampled_from([b"\r\n", b"\r", b"\n", b"a", b"ab", b"abcdefg", b"x" * 40])).map(
+        b"".join
+    ),
+    st.integers(min_value=0, max_value=60),
+)
+def test_has_long_line_is_the_longest_crlf_line_over_the_limit(data: bytes, limit: int) -> None:
+    expected = max(map(len, data.split(b"\r\n")), default=0) > limit
+    assert has_long_line(data, limit) == expected
+
+
+@pytest.mark.parametrize(
+    ("data", "long"),
+    [
+        (b"", False),
+        (b"x" * 998, False),
+        (b"x" * 999, True),
+        (b"x" * 998 + b"\r\n" + b"y" * 998, False),
+        (b"a\r\n" * 5000 + b"x" * 999 + b"\r\n" + b"b\r\n" * 5000, True),  # one among many
+        (b"a\r\n" * 5000 + b"x" * 999, True),  # the last line, without a CRLF
+        (b"x" * 500 + b"\n" + b"y" * 500, True),  # a bare LF ends no line
+        (b"x" * 997 + b"\r\r\n", False),  # the CR before the CRLF is the 998th octet
+    ],
+)
+def test_has_long_line_examples(data: bytes, long: bool) -> None:
+    assert has_long_line(data, 998) is long

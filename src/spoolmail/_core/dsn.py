@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from email.utils import format_datetime
 
 from spoolmail._core.envelope import Envelope, Recipient, Ret
+from spoolmail._core.headers import has_long_line
 from spoolmail._core.ids import is_queue_id
 from spoolmail._core.reply import Severity
 
@@ -555,7 +556,7 @@ def _transfer_encoding(data: bytes) -> str:
     """
     if b"\0" in data or b"\r" in data.replace(b"\r\n", b"") or b"\n" in data.replace(b"\r\n", b""):
         return "binary"
-    if any(len(line) > 998 for line in data.split(b"\r\n")):
+    if has_long_line(data, 998):
         return "binary"
     return "7bit" if data.isascii() else "8bit"
 

@@ -19,6 +19,7 @@ __all__ = [
     "count_received",
     "crlf_lines",
     "fields",
+    "has_long_line",
     "split_head",
     "without_fields",
 ]
@@ -48,6 +49,28 @@ def crlf_lines(block: bytes) -> int | None:
     if size and _CR_ALONE.search(block) is not None:
         return None
     return size >> 1
+
+
+def has_long_line(data: bytes, limit: int) -> bool:
+    """Whether a line of ``data`` (split at CRLF) is longer than ``limit`` octets.
+
+    Without an object for each line (``data.split(b"\r\n")`` made some 15,000 a MiB): a line
+    of ``limit + 1`` octets or more holds a whole aligned block of ``(limit + 2) // 2`` octets,
+    so only a block with no CRLF in it can be part of one; nearly every block of a message has
+    one (``find`` in C), and the line around a block without is measured.
+    """
+    step = (limit + 2) // 2
+    size = len(data)
+    find = data.find
+    for start in range(0, size - step + 1, step):
+        if find(b"\r\n", start, start + step) >= 0:
+            continue
+        begin = data.rfind(b"\r\n", 0, start + 1)
+        begin = 0 if begin < 0 else begin + 2
+        end = find(b"\r\n", start)
+        if (size if end < 0 else end) - begin > limit:
+            return True
+    return False
 
 
 @attrs.frozen

@@ -69,7 +69,7 @@ from spoolmail._core.esmtp import (
     split_mail_parameters,
     split_rcpt_parameters,
 )
-from spoolmail._core.headers import split_head
+from spoolmail._core.headers import crlf_lines, has_long_line, split_head
 from spoolmail._core.relay import AccessPolicy, IPAddress, RcptVerdict, client_address
 from spoolmail._core.routing import Router
 from spoolmail._listen.committer import Committer
@@ -279,8 +279,7 @@ def _checked(data: bytes) -> bytes:
     carry = b""
     if data.endswith(b"\r"):
         data, carry = data[:-1], b"\r"
-    pairs = data.count(b"\r\n")
-    if data.count(b"\r") != pairs or data.count(b"\n") != pairs:
+    if crlf_lines(data) is None:
         for line in data.split(b"\r\n"):  # named as readuntil names it, line by line
             if b"\n" in line:
                 raise _BareNewline("LF")
@@ -1038,7 +1037,7 @@ class Hooks:
 
     def _check_content(self, content: bytes) -> str | None:
         """A 5xx for a message whose lines or header section are over the limits, else None."""
-        if max(map(len, content.split(b"\r\n")), default=0) > MAX_LINE:
+        if has_long_line(content, MAX_LINE):
             return "500 5.5.2 Line longer than 998 octets (RFC 5321 4.5.3.1.6)"
         head = split_head(content)[0]
         if len(head) > self.config.max_header_size:
