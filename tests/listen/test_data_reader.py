@@ -156,3 +156,36 @@ def test_readline_drops_a_line_over_the_limit_and_keeps_what_follows() -> None:
     """aiosmtpd reads AUTH's answers with readline: asyncio's ValueError for a long line."""
     stream = b"x" * 5000 + b"\r\nNOOP\r\n"
     assert asyncio.run(read_lines(stream)) == [ValueError, b"NOOP\r\n", b""]
+
+
+async def dot_lines(pieces: list[bytes]) -> tuple[bytes, bool]:
+    reader = _StrictReader(limit=1001)
+    task = asyncio.ensure_future(reader.read_message(10_000))
+    for piece in pieces:
+        reader.feed_data(piece)
+        await asyncio.sleep(0)
+    content = await task
+    assert content is not None
+    return bytes(content), reader.dot_lines
+
+
+@given(
+    st.lists(
+        st.sampled_from([b"a", b"..", b".", b"\r\n", b"xyz", b"\r\n.a", b"\r\n.."]), max_size=30
+    ),
+    st.lists(st.integers(min_value=0, max_value=200), max_size=8),
+)
+def test_the_reader_tells_whether_a_line_begins_with_a_dot(
+    parts: list[bytes], points: list[int]
+) -> None:
+    """Only then is the content unstuffed (a copy of it, a MiB for a MiB's message)."""
+    stream = b"".join(parts)
+    if not stream.endswith(b"\r\n"):
+        stream += b"\r\n"
+    if stream.startswith(b".\r\n") or b"\r\n.\r\n" in b"\r\n" + stream:
+        return  # a lone dot would end it sooner
+    stream += b".\r\nQUIT\r\n"
+    content, dotted = asyncio.run(dot_lines(cut(stream, points)))
+    lines = content.split(b"\r\n")[:-1]
+    assert dotted == any(line.startswith(b".") for line in lines)
+    assert (_unstuffed(content) if dotted else content) == _unstuffed(content)

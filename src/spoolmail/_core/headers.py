@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator
+from typing import TypeVar
 
 import attrs
 
@@ -20,11 +21,14 @@ __all__ = [
     "crlf_lines",
     "fields",
     "has_long_line",
+    "header_block",
     "split_head",
     "without_fields",
 ]
 
 HEAD_END = b"\r\n\r\n"
+
+_Octets = TypeVar("_Octets", bytes, bytearray)
 
 # Every octet but CR and LF: what crlf_lines deletes to keep a block's line ends alone.
 _NOT_LINE_ENDS = bytes(octet for octet in range(256) if octet not in b"\r\n")
@@ -34,7 +38,7 @@ _CRLFS = b"\r\n" * (128 * 1024)
 _CR_ALONE = re.compile(rb"\r[^\n]")
 
 
-def crlf_lines(block: bytes) -> int | None:
+def crlf_lines(block: bytes | bytearray) -> int | None:
     """How many CRLFs ``block`` has when every CR and LF in it is part of one, else ``None``.
 
     In C and without an object for each line (splitting a block into its lines and joining
@@ -51,7 +55,7 @@ def crlf_lines(block: bytes) -> int | None:
     return size >> 1
 
 
-def has_long_line(data: bytes, limit: int) -> bool:
+def has_long_line(data: bytes | bytearray, limit: int) -> bool:
     """Whether a line of ``data`` (split at CRLF) is longer than ``limit`` octets.
 
     Without an object for each line (``data.split(b"\r\n")`` made some 15,000 a MiB): a line
@@ -101,6 +105,12 @@ def split_head(message: bytes) -> tuple[bytes, bytes]:
     if index < 0:
         return message, b""
     return message[: index + 2], message[index + 4 :]
+
+
+def header_block(message: _Octets) -> _Octets:
+    """``split_head(message)[0]`` without the copy of the body (a MiB for a MiB's message)."""
+    index = message.find(HEAD_END)
+    return message if index < 0 else message[: index + 2]
 
 
 def fields(head: bytes) -> Iterator[Field]:

@@ -69,7 +69,7 @@ from spoolmail._core.esmtp import (
     split_mail_parameters,
     split_rcpt_parameters,
 )
-from spoolmail._core.headers import crlf_lines, has_long_line, split_head
+from spoolmail._core.headers import HEAD_END, crlf_lines, has_long_line
 from spoolmail._core.relay import AccessPolicy, IPAddress, RcptVerdict, client_address
 from spoolmail._core.routing import Router
 from spoolmail._listen.committer import Committer
@@ -227,20 +227,23 @@ class _StrictReader(asyncio.StreamReader):
                 raise asyncio.IncompleteReadError(b"", None)
             await self._wait_for_data("readuntil")
 
-    async def read_message(self, max_size: int) -> bytes | None:
+    async def read_message(self, max_size: int) -> bytearray | None:
         """DATA's content: what follows the 354 up to the line with the lone dot (read, not
         returned), still dot-stuffed; ``None`` when it is over ``max_size`` octets (read to its
-        end all the same, as RFC 5321 section 4.2.5 implies).
+        end all the same, as RFC 5321 section 4.2.5 implies). :attr:`dot_lines` tells
+        afterwards whether a line of it begins with a dot (only then is there a dot to take).
 
         The whole message at once instead of aiosmtpd's line at a time: the buffer is searched
-        for CRLF.CRLF, and what comes before it is taken in pieces (all but the last 4 octets,
-        which may begin the end), each checked for a bare CR or LF as ``readuntil`` checks a
-        line. What follows the dot (pipelined commands) stays in the buffer. Works on the
-        buffer of ``asyncio.StreamReader`` as its own ``readuntil`` does.
+        for each CRLF and dot, the end (CRLF.CRLF) or a dot-stuffed line, and what comes before
+        the end is taken in pieces (all but the last 4 octets, which may begin the end), each
+        checked for a bare CR or LF as ``readuntil`` checks a line. What follows the dot
+        (pipelined commands) stays in the buffer. Works on the buffer of
+        ``asyncio.StreamReader`` as its own ``readuntil`` does.
         """
         content = bytearray()
         size = 0
         carry = b""  # a CR that ended the last piece: its LF may come in the next
+        self.dot_lines = False
         while True:
             if self._exception is not None:
                 raise self._exception
@@ -249,13 +252,16 @@ class _StrictReader(asyncio.StreamReader):
             if size == 0 and buffer[:3] == b".\r\n":
                 end, skip = 0, 3  # an empty message
             else:
-                found = buffer.find(b"\r\n.\r\n")
+                if size == 0 and len(buffer) > 4 and buffer[0] == _DOT:
+                    self.dot_lines = True  # the first line (the test above took ".\r\n")
+                found, dotted = _end_of_data(buffer)
+                self.dot_lines = self.dot_lines or dotted
                 if found >= 0:
                     end, skip = found + 2, found + 5
             take = end if end >= 0 else max(len(buffer) - 4, 0)
             if take:
-                piece = bytes(buffer[:take])
-                carry = _checked(carry + piece)
+                piece = buffer[:take]
+                carry = _checked(carry + piece if carry else piece)
                 size += take
                 if size <= max_size:
                     content += piece
@@ -264,7 +270,7 @@ class _StrictReader(asyncio.StreamReader):
             if end >= 0:
                 del buffer[:skip]
                 self._maybe_resume_transport()
-                return bytes(content) if size <= max_size else None
+                return content if size <= max_size else None
             if take:
                 del buffer[:take]
                 self._maybe_resume_transport()
@@ -273,7 +279,26 @@ class _StrictReader(asyncio.StreamReader):
             await self._wait_for_data("read_message")
 
 
-def _checked(data: bytes) -> bytes:
+_DOT, _CR, _LF = b".\r\n"
+
+
+def _end_of_data(buffer: bytearray) -> tuple[int, bool]:
+    """Where the CRLF.CRLF that ends DATA begins in ``buffer`` (-1: not there yet), and whether
+    a line before it begins with a dot (a CRLF and a dot, then anything but CRLF)."""
+    dotted = False
+    found = buffer.find(b"\r\n.")
+    while found >= 0:
+        tail = len(buffer) - found
+        if tail < 5:  # CRLF. cut short: the next read tells
+            return -1, dotted or (tail == 4 and buffer[found + 3] != _CR)
+        if buffer[found + 3] == _CR and buffer[found + 4] == _LF:
+            return found, dotted
+        dotted = True
+        found = buffer.find(b"\r\n.", found + 3)
+    return -1, dotted
+
+
+def _checked(data: bytes | bytearray) -> bytes:
     """Raise :class:`_BareNewline` if ``data`` has a CR or LF outside a CRLF; a CR at its very
     end is the caller's to check with what follows (returned)."""
     carry = b""
@@ -288,7 +313,7 @@ def _checked(data: bytes) -> bytes:
     return carry
 
 
-def _unstuffed(content: bytes) -> bytes:
+def _unstuffed(content: bytes | bytearray) -> bytes | bytearray:
     """RFC 5321 section 4.5.2: the leading dot of every line that has one removed."""
     if content.startswith(b"."):
         content = b"\r\n" + content
@@ -378,6 +403,9 @@ class Transaction(Envelope):
         self.dsn = _NO_MAIL_DSN
         self.recipients: list[Recipient] = []
         self.eight_bit = False
+        # DATA's content, unstuffed (aiosmtpd's content and original_content, which are
+        # bytes: this is the reader's buffer, not copied again for a type)
+        self.message: bytes | bytearray = b""
 
 
 # What one read from a client's socket may bring (see SmtpSession._cb_client_connected).
@@ -826,7 +854,7 @@ class SmtpSession(SMTP):
         ):
             return
         envelope = self.envelope
-        if envelope is None or not envelope.rcpt_tos:
+        if not isinstance(envelope, Transaction) or not envelope.rcpt_tos:
             await self.push("503 Error: need RCPT command")
             return
         if arg:
@@ -846,7 +874,7 @@ class SmtpSession(SMTP):
             self.envelope = self._create_envelope()
             await self.push("552 Error: Too much mail data")
             return
-        envelope.content = envelope.original_content = _unstuffed(content)
+        envelope.message = _unstuffed(content) if reader.dot_lines else content
         status = await self._call_handler_hook("DATA")
         self.envelope = self._create_envelope()
         await self.push("250 OK" if status is MISSING else status)
@@ -983,7 +1011,7 @@ class Hooks:
     async def handle_DATA(  # noqa: N802 (aiosmtpd finds hooks by this name)
         self, server: SmtpSession, session: Session, envelope: Transaction
     ) -> str:
-        content = envelope.original_content or b""
+        content = envelope.message
         refusal = self._check_content(content)
         if refusal is not None:
             return refusal
@@ -1035,12 +1063,12 @@ class Hooks:
         )
         return f"250 2.0.0 Ok: queued as {queue_id}"
 
-    def _check_content(self, content: bytes) -> str | None:
+    def _check_content(self, content: bytes | bytearray) -> str | None:
         """A 5xx for a message whose lines or header section are over the limits, else None."""
         if has_long_line(content, MAX_LINE):
             return "500 5.5.2 Line longer than 998 octets (RFC 5321 4.5.3.1.6)"
-        head = split_head(content)[0]
-        if len(head) > self.config.max_header_size:
+        end = content.find(HEAD_END)  # the header block's size, without a copy of it
+        if (len(content) if end < 0 else end + 2) > self.config.max_header_size:
             return f"552 5.3.4 Header section longer than {self.config.max_header_size} octets"
         return None
 

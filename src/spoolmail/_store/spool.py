@@ -48,7 +48,7 @@ from spoolmail._core.events import (
     Released,
     Requeued,
 )
-from spoolmail._core.headers import fields, split_head
+from spoolmail._core.headers import fields, header_block, split_head
 from spoolmail._core.ids import QueueIds, is_made_id, is_queue_id
 from spoolmail._core.states import Event, State
 from spoolmail._store import pyfs
@@ -574,7 +574,7 @@ class Spool:
         if not checked:
             raise MessageError("a message needs at least one recipient", status="5.5.1")
         message, queue_id = admission.message, admission.queue_id
-        head = split_head(message)[0] if isinstance(message, bytes) else None
+        head = header_block(message) if isinstance(message, bytes) else None
         if queue_id is None:
             queue_id = self._store.new_id()
         elif not self._issued.take(queue_id) and (
