@@ -178,7 +178,7 @@ def test_sighup_gives_the_listener_new_domains_for_the_next_session(
                 settings(root, local=["localhost", "new.test"], extra='listen = ["127.0.0.1:0"]\n')
             )
             process.send_signal(signal.SIGHUP)
-            # Each worker process (run --workers, one per CPU) reloads; any may take the session.
+            # Each worker process (run --workers) reloads; any may take the session.
             workers = re.search(r"; (\d+) workers;", banner)
             count = int(workers.group(1)) if workers else 1
             until(

@@ -220,7 +220,7 @@ def test_metrics_are_the_sum_of_the_workers(start: Callable[..., Daemon]) -> Non
 def test_workers_share_the_listeners_port(start: Callable[..., Daemon], port: str) -> None:
     # Port 0: the first worker's socket gets a port from the kernel, the other's binds to it.
     wanted = str(free_port()) if port == "free" else port
-    daemon = start("--workers", "2", "--listen", f"127.0.0.1:{wanted}")
+    daemon = start("--workers", "2", "--listening-workers", "2", "--listen", f"127.0.0.1:{wanted}")
     found = re.search(r"listening on 127\.0\.0\.1:(\d+); 2 workers", banner(daemon))
     assert found
     assert port == "0" or found.group(1) == wanted
@@ -230,7 +230,7 @@ def test_workers_share_the_listeners_port(start: Callable[..., Daemon], port: st
     # The workers share the socket and each takes its part of the 30 connections, not all
     # to the first loop that wakes.
     log = daemon.log()
-    for index in range(workers.listening(2)):  # one listening worker per CPU
+    for index in range(2):  # both listen
         assert re.search(rf"\[worker {index}\] \S+: queued from 127\.0\.0\.1", log), index
     daemon.process.send_signal(signal.SIGTERM)
     assert daemon.process.wait(DEADLINE) == 0
@@ -241,7 +241,16 @@ def test_max_sessions_holds_for_the_listening_workers_together(
 ) -> None:
     """Two sessions in all: each listening worker takes its part, and the third client is
     told to come back (421), whichever worker it reaches."""
-    daemon = start("--workers", "2", "--listen", "127.0.0.1:0", "--max-sessions", "2")
+    daemon = start(
+        "--workers",
+        "2",
+        "--listening-workers",
+        "2",
+        "--listen",
+        "127.0.0.1:0",
+        "--max-sessions",
+        "2",
+    )
     found = re.search(r"listening on 127\.0\.0\.1:(\d+); 2 workers", banner(daemon))
     assert found
     port = int(found.group(1))
@@ -264,6 +273,8 @@ def test_sessions_open_at_once_are_shared_out_evenly(start: Callable[..., Daemon
     message's id is in the share of the worker that took it (docs: several processes)."""
     daemon = start(
         "--workers",
+        "2",
+        "--listening-workers",
         "2",
         "--listen",
         "127.0.0.1:0",
@@ -289,20 +300,18 @@ def test_sessions_open_at_once_are_shared_out_evenly(start: Callable[..., Daemon
     finally:
         for client in clients:
             client.close()
-    if workers.listening(2) == 2:  # one listening worker per CPU: 2 here
-        assert sorted(Share(0, 2).owns_id(queue_id) for queue_id in ids) == [False] * 3 + [True] * 3
-    else:  # on one CPU the listening worker hands every message to the other
-        assert not any(Share(0, 2).owns_id(queue_id) for queue_id in ids)
+    assert sorted(Share(0, 2).owns_id(queue_id) for queue_id in ids) == [False] * 3 + [True] * 3
     daemon.process.send_signal(signal.SIGTERM)
     assert daemon.process.wait(DEADLINE) == 0
 
 
-def test_workers_past_one_per_cpu_take_pickup_but_no_sessions(
+def test_workers_past_the_listening_ones_take_pickup_but_no_sessions(
     start: Callable[..., Daemon],
 ) -> None:
-    """One worker per CPU listens (their group commits carry more messages a sync); the others
-    take their share of Pickup and the Queue."""
-    count = (os.cpu_count() or 1) + 1
+    """The listening workers take the sessions (by default one per two CPUs: their group
+    commits carry more messages a sync); the others take their share of Pickup and the Queue."""
+    listening = workers.listening(2 * (os.cpu_count() or 1))
+    count = listening + 1
     daemon = start("--workers", str(count), "--listen", "127.0.0.1:0")
     found = re.search(rf"listening on 127\.0\.0\.1:(\d+); {count} workers", banner(daemon))
     assert found
@@ -325,8 +334,8 @@ def test_workers_past_one_per_cpu_take_pickup_but_no_sessions(
     until("every message in Drop", lambda: len(drop_sequence(daemon.root)) == 2 * count + 40)
     assert drop_sequence(daemon.root) == [*range(2 * count), *range(100, 140)]
     log = daemon.log()
-    listening = set(map(int, re.findall(r"\[worker (\d+)\] \S+: queued from 127\.0\.0\.1", log)))
-    assert listening == set(range(count - 1))
+    took = set(map(int, re.findall(r"\[worker (\d+)\] \S+: queued from 127\.0\.0\.1", log)))
+    assert took == set(range(listening))
     # The last worker listens to nobody, yet takes its share of Pickup.
     assert re.search(rf"\[worker {count - 1}\] \S+: picked up file=m1\d\d\.eml", log)
     daemon.process.send_signal(signal.SIGTERM)
@@ -452,15 +461,21 @@ def test_a_late_stats_answer_never_puts_the_parent_out_of_step(
         parent.close()
 
 
-@pytest.mark.parametrize("cpus", [1, 2, 8])
-def test_two_workers_per_cpu_by_default_and_one_per_cpu_listens(
+@pytest.mark.parametrize("cpus", [1, 2, 3, 8])
+def test_two_workers_per_cpu_by_default_and_one_per_two_cpus_listens(
     monkeypatch: pytest.MonkeyPatch, cpus: int
 ) -> None:
     monkeypatch.setattr(os, "cpu_count", lambda: cpus)
     assert workers.requested(0) == 2 * cpus
     assert workers.requested(3) == 3
-    assert workers.listening(2 * cpus) == cpus
+    assert workers.listening(2 * cpus) == max(1, cpus // 2)
     assert workers.listening(1) == 1
+
+
+def test_the_listening_workers_asked_for_within_the_group() -> None:
+    assert workers.listening(4, 2) == 2
+    assert workers.listening(4, 9) == 4  # all of them: none left to hand to
+    assert workers.listening(1, 3) == 1
 
 
 @given(limit=st.integers(1, 2_000), count=st.integers(1, 64))

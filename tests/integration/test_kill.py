@@ -33,7 +33,7 @@ KILLS = 20
 
 def start(root: Path, *extra: str) -> subprocess.Popen[bytes]:
     """The service in a process group of its own: the parent and its workers (``--workers``,
-    one per CPU by default) are killed together, at whatever point each of them is."""
+    two per CPU by default) are killed together, at whatever point each of them is."""
     return subprocess.Popen(
         spoolmail_run(root, *extra),
         stdout=subprocess.DEVNULL,

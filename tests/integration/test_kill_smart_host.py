@@ -127,7 +127,7 @@ def test_sigkill_while_relaying_loses_nothing_and_doubles_only_the_window(tmp_pa
                 write_pickup(root, written, rng)
                 written += 1
             before = len(sink.messages)
-            # Its own process group: the parent and its workers (--workers, one per CPU by
+            # Its own process group: the parent and its workers (--workers, two per CPU by
             # default) are killed together, each at whatever point it is.
             process = subprocess.Popen(
                 command(root, sink),

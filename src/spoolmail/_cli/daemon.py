@@ -3,7 +3,7 @@
 ``spoolmail run`` with no settings at all makes ``./MailRoot`` and serves it until Ctrl-C, with
 local domain ``localhost`` and IIS's defaults; ``--once`` processes what is due and exits.
 ``assemble`` builds the service from the settings, ``workers`` forks and looks after the
-workers (``--workers``, one per CPU by default), ``listening`` adds the inbound listener
+workers (``--workers``, two per CPU by default), ``listening`` adds the inbound listener
 (``--listen``; imported only then), ``reloading`` reads the settings again on SIGHUP.
 Its module is imported only when the command is given (``main``).
 """
@@ -78,7 +78,7 @@ def _run(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
         with Spool(settings.root, dkim=dkim) as spool:
             count = workers.worker_count(wanted, spool)
             if prepared is not None:
-                prepared = prepared.keep(workers.listening(count))
+                prepared = prepared.keep(workers.listening(count, settings.listening_workers))
             if count == 1:
                 return _serve(settings, args, out, spool, prepared)
             # IIS's NTFS_*.EML Queue files are never delivered as they are: say so once.
@@ -104,7 +104,7 @@ def _supervise(
     the metrics endpoint are the parent's, the work is theirs."""
 
     # The listening workers hand what their sessions queue to the others (_service.handoff).
-    listeners = 0 if prepared is None else workers.listening(count)
+    listeners = 0 if prepared is None else workers.listening(count, settings.listening_workers)
     handoff = Handoff(count, listeners) if 0 < listeners < count else None
 
     def work(share: Share, serving: Callable[[], None], stats: socket.socket) -> int:

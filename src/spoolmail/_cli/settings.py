@@ -116,9 +116,11 @@ A settings file is TOML with one ``[spoolmail]`` table; every key is optional:
     pickup_dot_stuffed = false
     # seconds between looks at Pickup where no inotify tells of new files
     poll_interval = 1.0
-    # worker processes sharing the MailRoot's work; 0: two per CPU (mem:// runs one); one per
-    # CPU of them listens
+    # worker processes sharing the MailRoot's work; 0: two per CPU (mem:// runs one)
     workers = 2
+    # of the workers, how many take SMTP sessions (the others deliver what they accept); 0: one
+    # per two CPUs, at least one
+    listening_workers = 1
     # seconds a Pickup file must stay unchanged, where no lease or inotify tells that its writer
     # is done
     pickup_settle = 2.0
@@ -868,11 +870,21 @@ class Settings:
     workers: int = _setting(
         0,
         INTEGER,
-        "worker processes sharing the MailRoot's work; 0: two per CPU (mem:// runs one); one "
-        "per CPU of them listens",
+        "worker processes sharing the MailRoot's work; 0: two per CPU (mem:// runs one)",
         flag="--workers",
         restart=True,
         example=2,
+        metavar="N",
+        validator=_not_negative,
+    )
+    listening_workers: int = _setting(
+        0,
+        INTEGER,
+        "of the workers, how many take SMTP sessions (the others deliver what they accept); 0: "
+        "one per two CPUs, at least one",
+        flag="--listening-workers",
+        restart=True,
+        example=1,
         metavar="N",
         validator=_not_negative,
     )

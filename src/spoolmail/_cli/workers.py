@@ -90,13 +90,19 @@ def requested(setting: int) -> int:
     return setting or 2 * (os.cpu_count() or 1)
 
 
-def listening(count: int) -> int:
-    """How many of ``count`` workers take SMTP sessions (the first ones): one per CPU at most.
+def listening(count: int, wanted: int = 0) -> int:
+    """How many of ``count`` workers take SMTP sessions (the first ones): ``wanted`` (the
+    ``listening_workers`` setting), or with 0 one per two CPUs; at least one, at most ``count``.
 
     The listener's group commit makes one sync for the messages its sessions finish together;
-    spread over more processes, each sync carries fewer (five lock-step clients over four
-    workers cost 17% more CPU a message than over two). The others take Pickup and the Queue."""
-    return max(1, min(count, os.cpu_count() or 1))
+    spread over more processes, each sync carries fewer. On two CPUs, five lock-step clients
+    sending 2 KB messages went 1.2 times as fast with one listening worker of four as with two
+    (a fifth less CPU a message), 20 clients 1.1 times, 64 KiB messages 1.07 times; messages of
+    256 KiB and 1 MiB went 11-14% slower, one process's GIL being their limit then
+    (bench/README.md, "Tenth round")."""
+    if wanted:
+        return max(1, min(count, wanted))
+    return max(1, min(count, (os.cpu_count() or 1) // 2))
 
 
 def worker_count(count: int, spool: Spool) -> int:

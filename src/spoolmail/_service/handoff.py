@@ -1,14 +1,15 @@
 """Hand-off: the listening workers pass what their SMTP sessions queue to the workers that do not
 listen, which deliver it.
 
-With several worker processes (``spoolmail run --workers``) the first ones listen (one per CPU,
-``_cli.workers.listening``). A listening worker's threads (the sessions' event loop, the group
-commit, the tick, and its delivery threads) share one GIL. When it delivered what it accepted
-as well, the listening workers did all the work of SMTP in while the others idled (two of four
-busy, about 70% of a core each). So a listening worker names what its sessions queue in the
-shares of the workers that do not listen (:meth:`Handoff.takes`, through ``Spool.new_id``) and
-tells the share's owner the id (:meth:`Handoff.send`): one datagram into the owner's inbox, a
-``socketpair`` made by the supervisor before the first fork. The inbox is also the owner's
+With several worker processes (``spoolmail run --workers``) the first ones listen (one per two
+CPUs by default, ``_cli.workers.listening``). A listening worker's threads (the sessions'
+event loop, the group commit, the tick, and its delivery threads) share one GIL. When it
+delivered what it accepted as well, the listening workers did all the work of SMTP in while
+the others idled (two of four busy, about 70% of a core each). So a listening worker names
+what its sessions queue in the shares of the workers that do not listen
+(:meth:`Handoff.takes`, through ``Spool.new_id``) and tells the share's owner the id
+(:meth:`Handoff.send`): one datagram into the owner's inbox, a ``socketpair`` made by the
+supervisor before the first fork. The inbox is also the owner's
 wake socket (``service._Waker``): its loop wakes for a handed-off id as for its own arrivals.
 
 Nothing depends on a datagram arriving. The message is on disk, in its owner's share, durable
