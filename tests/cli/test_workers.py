@@ -216,15 +216,24 @@ def test_metrics_are_the_sum_of_the_workers(start: Callable[..., Daemon]) -> Non
     assert daemon.process.wait(DEADLINE) == 0
 
 
+def two_listening(
+    start: Callable[..., Daemon], *extra: str, address: str = "127.0.0.1:0"
+) -> tuple[Daemon, int]:
+    """Two workers that both listen on ``address`` (the default is one per two CPUs), and the
+    port the banner names."""
+    daemon = start("--workers", "2", "--listening-workers", "2", "--listen", address, *extra)
+    found = re.search(r"listening on 127\.0\.0\.1:(\d+); 2 workers", banner(daemon))
+    assert found
+    return daemon, int(found.group(1))
+
+
 @pytest.mark.parametrize("port", ["free", "0"])
 def test_workers_share_the_listeners_port(start: Callable[..., Daemon], port: str) -> None:
     # Port 0: the first worker's socket gets a port from the kernel, the other's binds to it.
     wanted = str(free_port()) if port == "free" else port
-    daemon = start("--workers", "2", "--listening-workers", "2", "--listen", f"127.0.0.1:{wanted}")
-    found = re.search(r"listening on 127\.0\.0\.1:(\d+); 2 workers", banner(daemon))
-    assert found
-    assert port == "0" or found.group(1) == wanted
-    send_numbered(int(found.group(1)), range(30))
+    daemon, bound = two_listening(start, address=f"127.0.0.1:{wanted}")
+    assert port == "0" or str(bound) == wanted
+    send_numbered(bound, range(30))
     until("30 messages in Drop", lambda: len(drop_sequence(daemon.root)) == 30)
     assert drop_sequence(daemon.root) == list(range(30))
     # The workers share the socket and each takes its part of the 30 connections, not all
@@ -241,19 +250,7 @@ def test_max_sessions_holds_for_the_listening_workers_together(
 ) -> None:
     """Two sessions in all: each listening worker takes its part, and the third client is
     told to come back (421), whichever worker it reaches."""
-    daemon = start(
-        "--workers",
-        "2",
-        "--listening-workers",
-        "2",
-        "--listen",
-        "127.0.0.1:0",
-        "--max-sessions",
-        "2",
-    )
-    found = re.search(r"listening on 127\.0\.0\.1:(\d+); 2 workers", banner(daemon))
-    assert found
-    port = int(found.group(1))
+    daemon, port = two_listening(start, "--max-sessions", "2")
     with (
         smtplib.SMTP("127.0.0.1", port, timeout=10) as first,
         smtplib.SMTP("127.0.0.1", port, timeout=10) as second,
@@ -271,24 +268,13 @@ def test_sessions_open_at_once_are_shared_out_evenly(start: Callable[..., Daemon
     """Six clients that stay connected (as smtp-source's, or a busy application's pool):
     three sessions in each worker, whichever loop wakes first, so that both deliver. A
     message's id is in the share of the worker that took it (docs: several processes)."""
-    daemon = start(
-        "--workers",
-        "2",
-        "--listening-workers",
-        "2",
-        "--listen",
-        "127.0.0.1:0",
-        "--relay-network",
-        "127.0.0.1/32",
-        "--smart-host",
-        "[127.0.0.1]:9",
+    daemon, port = two_listening(
+        start, "--relay-network", "127.0.0.1/32", "--smart-host", "[127.0.0.1]:9"
     )
-    found = re.search(r"listening on 127\.0\.0\.1:(\d+); 2 workers", banner(daemon))
-    assert found
     clients = []
     try:
         # One by one: each connected (its greeting read) before the next.
-        clients.extend(smtplib.SMTP("127.0.0.1", int(found.group(1)), timeout=10) for _ in "123456")
+        clients.extend(smtplib.SMTP("127.0.0.1", port, timeout=10) for _ in "123456")
         ids = []
         for number, client in enumerate(clients):
             client.ehlo("client.test")
