@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from spoolmail._transport.base import Outgoing
 from spoolmail._transport.data import (
     CHUNK,
+    INLINE,
     DataEncoder,
     crlf_only,
     data_blocks,
@@ -146,11 +147,22 @@ def test_a_file_is_its_own_data_only_from_a_descriptor_and_ending_in_crlf(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "ID.eml"
-    for data, whole in [(b"a\r\nb\r\n", True), (b"a\r\nb", False), (b"\r", False), (b"", False)]:
+    big = b"x" * INLINE + b"\r\n"
+    cases = [
+        (b"a\r\nb\r\n", True),
+        (b"a\r\nb", False),
+        (b"\r", False),
+        (b"", False),
+        (big, True),
+        (big[:-1], False),
+    ]
+    for data, whole in cases:
         path.write_bytes(data)
         with path.open("rb") as source:
             found = own_data(source)
-            assert found == ((source.fileno(), len(data)) if whole else None)
+            # Up to INLINE octets the file itself comes back, read whole; above, only its size.
+            small = data if len(data) <= INLINE else None
+            assert found == ((source.fileno(), len(data), small) if whole else None)
     assert own_data(io.BytesIO(b"a\r\n")) is None
 
 

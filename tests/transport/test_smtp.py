@@ -35,6 +35,7 @@ from spoolmail._core.reply import Reply
 from spoolmail._core.routing import Target
 from spoolmail._core.transcript import Transcript
 from spoolmail._transport.base import Outgoing
+from spoolmail._transport.data import INLINE
 from spoolmail._transport.smtp import (
     SmtpTimeouts,
     SmtpTransport,
@@ -564,15 +565,16 @@ def test_large_message_is_streamed_in_constant_memory(
 
 
 @integration
-@pytest.mark.parametrize("size", [2, 3 * 1024 * 1024 + 10])
-def test_a_file_that_is_its_own_data_goes_by_sendfile(
+@pytest.mark.parametrize("size", [2, INLINE, INLINE + 1, 3 * 1024 * 1024 + 10])
+def test_a_file_that_is_its_own_data_goes_as_it_is(
     transport: SmtpTransport,
     transcript: Transcript,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     size: int,
 ) -> None:
-    # Intake found every line CRLF and none starting with ".": the file goes as it is.
+    # Intake found every line CRLF and none starting with ".": the file goes as it is, by
+    # sendfile, or, up to INLINE octets, read whole and sent with the final "." in one write.
     line = b"0123456789. no line starts with a dot.\r\n"
     data = (line * (size // len(line) + 1))[: size - 2] + b"\r\n"
     path = tmp_path / "ID.eml"
@@ -595,8 +597,37 @@ def test_a_file_that_is_its_own_data_goes_by_sendfile(
     assert (reply.code, again.code) == (250, 250)
     expected = (size + 3, hashlib.sha256(data + b".\r\n").hexdigest())
     assert server.digests == [expected, expected]
-    assert calls, "sendfile was not used"
+    if size <= INLINE:
+        assert not calls, "a small file went by sendfile"
+    else:
+        assert calls, "sendfile was not used"
     assert f"message data sent: {size + 3} octets" in transcript.text
+
+
+@integration
+def test_a_small_file_and_its_final_dot_leave_in_one_write(
+    transport: SmtpTransport,
+    transcript: Transcript,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    data = b"Subject: one write\r\n\r\nbody\r\n"
+    path = tmp_path / "ID.eml"
+    path.write_bytes(data)
+    writes: list[bytes] = []
+    send = socket.socket.send
+
+    def recorded(sock: socket.socket, payload: bytes, *flags: int) -> int:
+        writes.append(bytes(payload))
+        return send(sock, payload, *flags)
+
+    monkeypatch.setattr(socket.socket, "send", recorded)
+    message = attrs.evolve(outgoing(data), open=lambda: path.open("rb"), dot_lines=False)
+    with raw_server() as server:
+        [reply] = transport.send(server.target, message, transcript).values()
+    assert reply.code == 250
+    assert data + b".\r\n" in writes
+    assert server.data == [data + b".\r\n"]
 
 
 @integration

@@ -448,9 +448,14 @@ class Session:
     def _send_message(self, message: Outgoing, source: BinaryIO, *, timeout: float) -> int:
         """The message's DATA and the final ``.``; the octets sent."""
         if message.dot_lines is False and self._poller is not None:
-            whole = own_data(source)
-            if whole is not None:
-                return self._send_file(*whole, timeout=timeout)
+            own = own_data(source)
+            if own is not None:
+                fd, size, whole = own
+                if whole is not None:
+                    # Small: the file and the final "." in one write (one segment).
+                    self._send_polled(whole + FINAL_DOT, timeout=timeout, sending="the message")
+                    return size + len(FINAL_DOT)
+                return self._send_file(fd, size, timeout=timeout)
         return self._send_data(source, timeout=timeout, crlf=message.dot_lines is not None)
 
     def _send_file(self, fd: int, size: int, *, timeout: float) -> int:
