@@ -605,6 +605,36 @@ def test_a_file_that_is_its_own_data_goes_as_it_is(
 
 
 @integration
+@pytest.mark.parametrize("size", [100, INLINE + 100])
+def test_a_stored_file_cut_meanwhile_is_not_ended_with_a_dot(
+    transport: SmtpTransport,
+    transcript: Transcript,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    size: int,
+) -> None:
+    # The file is shorter when read than when its size was taken: what went must not become a
+    # whole message with a "." after it; the attempt fails for now (4.3.0).
+    data = b"x" * (size - 2) + b"\r\n"
+    path = tmp_path / "ID.eml"
+    path.write_bytes(data)
+    pread = os.pread
+
+    def cut(fd: int, count: int, offset: int) -> bytes:
+        read = pread(fd, count, offset)
+        return read if count <= 2 else read[:-50]  # the last two octets are still there
+
+    monkeypatch.setattr(os, "pread", cut)
+    monkeypatch.setattr(os, "sendfile", lambda *_: 0)  # nothing left where the file was
+    message = attrs.evolve(outgoing(data), open=lambda: path.open("rb"), dot_lines=False)
+    with raw_server() as server:
+        [reply] = transport.send(server.target, message, transcript).values()
+    assert (reply.code, reply.enhanced) == (451, "4.3.0")
+    assert "the stored message ended after" in reply.text
+    assert server.digests == []
+
+
+@integration
 def test_a_small_file_and_its_final_dot_leave_in_one_write(
     transport: SmtpTransport,
     transcript: Transcript,

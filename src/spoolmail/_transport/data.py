@@ -122,7 +122,8 @@ INLINE = 16 * 1024
 
 def own_data(source: BinaryIO) -> tuple[int, int, bytes | None] | None:
     """(descriptor, size, the whole file if it is small) of a stored file that can go as DATA
-    as it is, before :data:`FINAL_DOT`.
+    as it is, before :data:`FINAL_DOT`. What was read can be shorter than ``size`` only if the
+    file was cut meanwhile: the caller sends nothing of it then.
 
     Only for a file whose writer made every line CRLF with none starting with "." (``Outgoing.
     dot_lines`` is ``False``): then it needs no stuffing, and the socket can be fed from the
@@ -139,8 +140,9 @@ def own_data(source: BinaryIO) -> tuple[int, int, bytes | None] | None:
         return None
     if size <= INLINE:
         whole = os.pread(fd, size, 0)
-        # Shorter than fstat said (cut meanwhile): block by block, which reads what there is.
-        return (fd, size, whole) if len(whole) == size and whole.endswith(b"\r\n") else None
+        if len(whole) == size and not whole.endswith(b"\r\n"):
+            return None
+        return fd, size, whole  # shorter than fstat said (cut meanwhile): the sender says so
     if os.pread(fd, 2, size - 2) != b"\r\n":
         return None
     return fd, size, None

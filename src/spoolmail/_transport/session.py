@@ -453,6 +453,8 @@ class Session:
                 fd, size, whole = own
                 if whole is not None:
                     # Small: the file and the final "." in one write (one segment).
+                    if len(whole) < size:
+                        raise self._cut(len(whole), size)
                     self._send_polled(whole + FINAL_DOT, timeout=timeout, sending="the message")
                     return size + len(FINAL_DOT)
                 return self._send_file(fd, size, timeout=timeout)
@@ -478,9 +480,7 @@ class Session:
                         break
                     continue
                 if not sent:  # the file is shorter than it was: nothing sensible can follow
-                    raise self._over(
-                        "4.3.0", f"the stored message ended after {offset} of {size} octets"
-                    )
+                    raise self._cut(offset, size)
                 offset += sent
         except SessionError:
             raise
@@ -495,6 +495,10 @@ class Session:
             with contextlib.suppress(OSError):
                 sock.setsockopt(socket.IPPROTO_TCP, cork, 0)
         return size + len(FINAL_DOT)
+
+    def _cut(self, octets: int, size: int) -> SessionError:
+        """A stored message shorter than it was when opened: no "." may end what went."""
+        return self._over("4.3.0", f"the stored message ended after {octets} of {size} octets")
 
     def _send_data(self, source: BinaryIO, *, timeout: float, crlf: bool = False) -> int:
         """Stream ``source`` dot-stuffed, then the final ``.``; return the octets sent."""
