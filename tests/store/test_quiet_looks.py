@@ -20,6 +20,8 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from spoolmail import MailService, Router, Spool
 from spoolmail._core.ids import QueueIds
@@ -381,3 +383,40 @@ def test_a_trigger_or_a_wake_during_the_quiet_while_still_ends_the_wait(
     assert time.monotonic() - started < 5.0  # ended by it, not by the time
     if what == "trigger":
         assert store.take_triggers().ids == {"19ac9b2f1c0-000000000003"}
+
+
+# -- reading the events -----------------------------------------------------------------------
+
+
+def _event(name: bytes, *, mask: int = 0x80, cookie: int = 0, pad: int = 0) -> bytes:
+    """One inotify event as the kernel writes it: the name NUL-terminated and padded."""
+    padded = name + b"\0" * (1 + pad)
+    return store_module._EVENT.pack(1, mask, cookie, len(padded)) + padded
+
+
+_NAMES = st.text(alphabet="ab.-_rtige0123456789", max_size=20).map(str.encode) | st.sampled_from(
+    [b"x.trigger", b"OWNER.TOKEN.w1of4.trigger", b"trigger", b".trigger.tmp", b"a.triggers"]
+)
+
+
+@given(
+    st.lists(
+        st.tuples(_NAMES, st.integers(0, 2**32 - 1), st.integers(0, 8)), min_size=1, max_size=12
+    )
+)
+def test_the_quick_look_at_the_events_finds_what_the_exact_one_does(
+    events: list[tuple[bytes, int, int]],
+) -> None:
+    data = b"".join(_event(name, cookie=cookie, pad=pad) for name, cookie, pad in events)
+    expected = any(name.endswith(b".trigger") for name, _, _ in events)
+    assert store_module.trigger_event(data, exact=True) is expected
+    assert store_module.trigger_event(data, exact=False) is expected
+
+
+def test_lost_events_are_found_when_reading_event_by_event() -> None:
+    # The overflow event has no name; the kernel sends it only with its queue full, that is
+    # after a read that filled the buffer, from which on the events are read one by one.
+    overflow = store_module._EVENT.pack(-1, store_module._IN_Q_OVERFLOW, 0, 0)
+    data = _event(b"spare.tmp") + overflow
+    assert store_module.trigger_event(data, exact=True)
+    assert not store_module.trigger_event(_event(b"spare.tmp"), exact=True)

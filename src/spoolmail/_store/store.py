@@ -101,6 +101,7 @@ __all__ = [
     "envelope_file",
     "message_file",
     "report_file",
+    "trigger_event",
 ]
 
 log = logging.getLogger("spoolmail")
@@ -175,6 +176,9 @@ _IN_Q_OVERFLOW = 0x00004000
 _IN_NONBLOCK = 0o4000
 _IN_CLOEXEC = 0o2000000
 _EVENT = struct.Struct("iIII")
+_EVENTS_READ = 64 * 1024
+_TRIGGER_NAME = TRIGGER_SUFFIX.encode()
+_TRIGGER_NAME_END = _TRIGGER_NAME + b"\0"
 _OWNER_SUFFIX = ".owner"
 _TMP_SUFFIX = ".tmp"
 # The temporary file of a first owner record is named after its writer (OWNER.announce.HOST.PID
@@ -332,28 +336,47 @@ class TriggerWatch:
     def arrived(self) -> bool:
         """Drain the events; whether a trigger was renamed in (or events were lost)."""
         found = False
+        exact = False
         while True:
             try:
-                data = os.read(self._fd, 64 * 1024)
+                data = os.read(self._fd, _EVENTS_READ)
             except BlockingIOError:
                 self.pending |= found
                 return found
             except OSError:
                 self.pending = True
                 return True
-            offset = 0
-            while offset + _EVENT.size <= len(data):
-                _, mask, _, length = _EVENT.unpack_from(data, offset)
-                offset += _EVENT.size
-                name = data[offset : offset + length].split(b"\0", 1)[0]
-                offset += length
-                found |= bool(mask & _IN_Q_OVERFLOW) or name.endswith(TRIGGER_SUFFIX.encode())
+            # Events were lost only with the kernel's queue full (16,384 events by default),
+            # so a read that fills the buffer, and every one after it, is read event by event.
+            exact = exact or len(data) > _EVENTS_READ - _EVENT.size - 256
+            found |= trigger_event(data, exact=exact)
 
     def close(self) -> None:
         self._poll.close()
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+def trigger_event(data: bytes, *, exact: bool) -> bool:
+    """Whether inotify ``data`` (whole events) names a trigger, or says events were lost.
+
+    Spares and claims are renamed into SortTemp several times a message and every worker
+    watches it: the usual look is one search of the bytes for a name that ends in the
+    trigger suffix (a name is followed by at least one NUL), not a loop over the events. A
+    match in an event's binary header only costs a look at SortTemp. ``exact`` reads event by
+    event, which also finds the overflow event (no name)."""
+    if not exact:
+        return _TRIGGER_NAME_END in data
+    offset = 0
+    while offset + _EVENT.size <= len(data):
+        _, mask, _, length = _EVENT.unpack_from(data, offset)
+        offset += _EVENT.size
+        name = data[offset : offset + length].split(b"\0", 1)[0]
+        offset += length
+        if mask & _IN_Q_OVERFLOW or name.endswith(_TRIGGER_NAME):
+            return True
+    return False
 
 
 def _trigger_address(name: str) -> Share | None:
