@@ -90,6 +90,13 @@ def outgoing(
     )
 
 
+def stored(tmp_path: Path, data: bytes) -> Outgoing:
+    """A message stored as intake stores it: a file of CRLF lines, none starting with "."."""
+    path = tmp_path / "ID.eml"
+    path.write_bytes(data)
+    return attrs.evolve(outgoing(data), open=lambda: path.open("rb"), dot_lines=False)
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind((HOST, 0))
@@ -577,8 +584,6 @@ def test_a_file_that_is_its_own_data_goes_as_it_is(
     # sendfile, or, up to INLINE octets, read whole and sent with the final "." in one write.
     line = b"0123456789. no line starts with a dot.\r\n"
     data = (line * (size // len(line) + 1))[: size - 2] + b"\r\n"
-    path = tmp_path / "ID.eml"
-    path.write_bytes(data)
     calls: list[int] = []
     sendfile = os.sendfile
 
@@ -587,7 +592,7 @@ def test_a_file_that_is_its_own_data_goes_as_it_is(
         return sendfile(out_fd, in_fd, offset, count)
 
     monkeypatch.setattr(os, "sendfile", counted)
-    message = attrs.evolve(outgoing(data), open=lambda: path.open("rb"), dot_lines=False)
+    message = stored(tmp_path, data)
     with raw_server(keep_data=False) as server:
         [reply] = transport.send(server.target, message, transcript).values()
         # Not from a file (no descriptor): block by block, same bytes.
@@ -616,8 +621,6 @@ def test_a_stored_file_cut_meanwhile_is_not_ended_with_a_dot(
     # The file is shorter when read than when its size was taken: what went must not become a
     # whole message with a "." after it; the attempt fails for now (4.3.0).
     data = b"x" * (size - 2) + b"\r\n"
-    path = tmp_path / "ID.eml"
-    path.write_bytes(data)
     pread = os.pread
 
     def cut(fd: int, count: int, offset: int) -> bytes:
@@ -626,7 +629,7 @@ def test_a_stored_file_cut_meanwhile_is_not_ended_with_a_dot(
 
     monkeypatch.setattr(os, "pread", cut)
     monkeypatch.setattr(os, "sendfile", lambda *_: 0)  # nothing left where the file was
-    message = attrs.evolve(outgoing(data), open=lambda: path.open("rb"), dot_lines=False)
+    message = stored(tmp_path, data)
     with raw_server() as server:
         [reply] = transport.send(server.target, message, transcript).values()
     assert (reply.code, reply.enhanced) == (451, "4.3.0")
@@ -642,8 +645,6 @@ def test_a_small_file_and_its_final_dot_leave_in_one_write(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     data = b"Subject: one write\r\n\r\nbody\r\n"
-    path = tmp_path / "ID.eml"
-    path.write_bytes(data)
     writes: list[bytes] = []
     send = socket.socket.send
 
@@ -652,7 +653,7 @@ def test_a_small_file_and_its_final_dot_leave_in_one_write(
         return send(sock, payload, *flags)
 
     monkeypatch.setattr(socket.socket, "send", recorded)
-    message = attrs.evolve(outgoing(data), open=lambda: path.open("rb"), dot_lines=False)
+    message = stored(tmp_path, data)
     with raw_server() as server:
         [reply] = transport.send(server.target, message, transcript).values()
     assert reply.code == 250
