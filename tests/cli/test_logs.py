@@ -1,5 +1,5 @@
 """The command's log format: lines as ``logging.Formatter`` writes them, the time's text made
-once a second."""
+once a second; a tick's summary only with -v."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import time
 
 import pytest
 
+from spoolmail import Report
+from spoolmail._cli import daemon
 from spoolmail._cli.logs import _FORMAT, _Formatter
 
 
@@ -41,3 +43,24 @@ def test_a_date_format_or_another_clock_is_logging_s_too() -> None:
     made = record(1_796_000_000.25)
     assert ours.format(made) == theirs.format(made)
     assert ours.formatTime(made, "%H") == theirs.formatTime(made, "%H")
+
+
+def test_a_tick_s_summary_is_logged_with_v_and_not_even_made_without(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    report = Report(picked_up=("ID1",), delivered=(("ID1", "bob@example.com"),))
+    with caplog.at_level(logging.DEBUG, logger="spoolmail"):
+        daemon._log_report(report)
+    assert [r.getMessage() for r in caplog.records] == [
+        "ID1: queued from Pickup",
+        "ID1: delivered to bob@example.com",
+    ]
+    caplog.clear()
+
+    def unwanted(_report: Report) -> list[str]:
+        raise AssertionError("the summary's lines were made without -v")
+
+    monkeypatch.setattr(daemon, "_report_lines", unwanted)
+    with caplog.at_level(logging.INFO, logger="spoolmail"):
+        daemon._log_report(report)
+    assert caplog.records == []

@@ -62,7 +62,10 @@ def _report_lines(report: Report) -> Iterable[str]:
 
 def _log_report(report: Report) -> None:
     # Each outcome has its own record already (spoolmail.mail, one per recipient): the tick's
-    # summary is for -v.
+    # summary is for -v, and its lines are not even made without it (a tick a message or two
+    # while SMTP mail trickles in).
+    if not log.isEnabledFor(logging.DEBUG):
+        return
     for line in _report_lines(report):
         log.debug("%s", line)
 

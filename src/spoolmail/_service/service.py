@@ -213,7 +213,8 @@ class _Tally:
     errors: list[str] = attrs.Factory(list)
 
     def freeze(self) -> Report:
-        return Report(**{k: tuple(v) for k, v in attrs.asdict(self, recurse=False).items()})
+        # Once a tick: the fields by name, not attrs.asdict (a dict and its walk each time).
+        return Report(**{name: tuple(getattr(self, name)) for name in _TALLIES})
 
     def merge(self, other: _Tally) -> None:
         # Once per attempt: plain attribute access, not attrs.asdict (a dict per call).
