@@ -51,6 +51,7 @@ import os
 import platform
 import random
 import re
+import resource
 import shutil
 import signal
 import statistics
@@ -74,6 +75,7 @@ SEED = 12
 SENDER = "orders@example.com"
 LOCAL_DOMAIN = "example.com"
 SPOOLMAIL = [sys.executable, "-m", "spoolmail"]
+FLOOR = Path(__file__).with_name("floor_flush.py")
 
 # -- messages --------------------------------------------------------------------------------------
 
@@ -435,6 +437,13 @@ class Bench:
                 break
         else:
             raise SystemExit(f"spoolmail did not defer the messages: {deferred} of {count}")
+        floor_root = self.base / "floor"
+        if self.args.floor:
+            shutil.rmtree(floor_root, ignore_errors=True)
+            shutil.copytree(root, floor_root)
+            # On disk as spoolmail's files are: a file never written back has no blocks yet
+            # (ext4's delayed allocation), and deleting it costs far less.
+            os.sync()
         self.spoolmail.start(wait_ready=True)
         self.sink.start()
         flush = flush_command(root)  # its --help is asked before the clock starts
@@ -450,7 +459,39 @@ class Bench:
         self.settle_sink(target)
         self.spoolmail.stop()
         self._check_spoolmail()
+        if self.args.floor:
+            run["floor"] = self.floor_flush(floor_root, count)
         return run
+
+    def floor_flush(self, root: Path, count: int) -> dict[str, Any]:
+        """``bench/floor_flush.py`` on ``root`` (a copy of the Queue spoolmail just flushed),
+        into the same sink: its rate, and its CPU (the children reaped meanwhile: the floor's
+        processes, whatever the CPU groups can do)."""
+        target = self.sink.count + count
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        started = time.monotonic()
+        done = subprocess.run(
+            [sys.executable, str(FLOOR), str(root), f"127.0.0.1:{self.sink.port}"],
+            capture_output=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise SystemExit(f"floor_flush.py failed: {done.stderr.decode(errors='replace')}")
+        ended = self.sink.wait_for(
+            target, stall=self.args.stall, timeout=self.args.timeout, alive=lambda: None
+        )
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+        self.settle_sink(target)
+        shutil.rmtree(root, ignore_errors=True)
+        return {
+            "side": "floor",
+            "messages": count,
+            "seconds": ended - started,
+            "rate": count / (ended - started),
+            "cpu": cpu,
+            "cpu_ms_per_message": 1000 * cpu / count,
+        }
 
     def smtp_source(self, port: int, count: int) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
@@ -658,11 +699,28 @@ def summary(path: str, pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> di
             out["command_seconds"] = statistics.median(p[side]["command_seconds"] for p in pairs)
         return out
 
-    return {
+    total = {
         "ratio": statistics.median(s["rate"] / p["rate"] for p, s in pairs),
         "postfix": medians(0),
         "spoolmail": medians(1),
     }
+    floors = [s["floor"] for _, s in pairs if "floor" in s]
+    if floors:
+        total["floor"] = {
+            key: statistics.median(f[key] for f in floors) for key in ("rate", "cpu_ms_per_message")
+        }
+        total["floor"]["spoolmail_ratio"] = statistics.median(
+            s["rate"] / s["floor"]["rate"] for _, s in pairs if "floor" in s
+        )
+    return total
+
+
+def floor_line(label: str, spool: dict[str, Any], floor: dict[str, Any], ratio: float) -> str:
+    return (
+        f"{'':<6}{label:>7}  the floor (bench/floor_flush.py): {floor['rate']:,.0f} msg/s, "
+        f"{floor['cpu_ms_per_message']:.2f} ms of CPU a message; spoolmail / floor {ratio:.2f} "
+        f"(rate), {spool['cpu_ms_per_message'] / floor['cpu_ms_per_message']:.2f} (CPU)"
+    )
 
 
 def ceiling_lines(
@@ -764,6 +822,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-ceilings", action="store_true", help="skip the two ceilings")
     parser.add_argument("--no-install", action="store_true", help="never apt-get install")
     parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="flush: also relay a copy of the same deferred Queue with bench/floor_flush.py "
+        "(the least a plain-Python relay does a message)",
+    )
+    parser.add_argument(
         "--stall",
         type=float,
         default=60,
@@ -811,6 +875,39 @@ def compile_bytecode() -> None:
     compileall.compile_dir(str(Path(spoolmail.__file__).parent), quiet=1)
 
 
+def measure(
+    path: str, runner: tuple[Any, Any, int, int], count_of_pairs: int
+) -> tuple[list[tuple[dict[str, Any], dict[str, Any]]], dict[str, Any], str]:
+    """``count_of_pairs`` Postfix / spoolmail pairs of one path, each printed as it ends; the
+    pairs, their summary and the median's line."""
+    postfix_run, spoolmail_run, count, size = runner
+    pairs = []
+    for number in range(1, count_of_pairs + 1):
+        postfix = postfix_run(count, size)
+        spool = spoolmail_run(count, size)
+        pairs.append((postfix, spool))
+        ratio = spool["rate"] / postfix["rate"]
+        print(pair_line(path, str(number), postfix, spool, ratio), flush=True)
+        if "floor" in spool:
+            floor = spool["floor"]
+            print(floor_line(str(number), spool, floor, spool["rate"] / floor["rate"]))
+    total = summary(path, pairs)
+    # The median ratio is that of the pairs, not the ratio of the median rates.
+    median_line = pair_line(path, "median", total["postfix"], total["spoolmail"], total["ratio"])
+    print(median_line, flush=True)
+    if "floor" in total:
+        floor = total["floor"]
+        print(floor_line("median", total["spoolmail"], floor, floor["spoolmail_ratio"]))
+    if "command_seconds" in total["postfix"]:
+        took = (total[side]["command_seconds"] for side in ("postfix", "spoolmail"))
+        print(
+            "{:<13}the flush command itself took {:.2f} s (postqueue -f) and {:.2f} s "
+            "(spoolmail queue flush), medians".format("", *took),
+            flush=True,
+        )
+    return pairs, total, median_line
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     pf.ensure_postfix(install=not args.no_install)
@@ -853,27 +950,7 @@ def main(argv: list[str] | None = None) -> int:
                 lines.append(line)
                 results["paths"]["smtp"] = {"available": False}
                 continue
-            postfix_run, spoolmail_run, count, size = runners[path]
-            pairs = []
-            for number in range(1, args.pairs + 1):
-                postfix = postfix_run(count, size)
-                spool = spoolmail_run(count, size)
-                pairs.append((postfix, spool))
-                ratio = spool["rate"] / postfix["rate"]
-                print(pair_line(path, str(number), postfix, spool, ratio), flush=True)
-            total = summary(path, pairs)
-            # The median ratio is that of the pairs, not the ratio of the median rates.
-            median_line = pair_line(
-                path, "median", total["postfix"], total["spoolmail"], total["ratio"]
-            )
-            print(median_line, flush=True)
-            if "command_seconds" in total["postfix"]:
-                took = (total[side]["command_seconds"] for side in ("postfix", "spoolmail"))
-                print(
-                    "{:<13}the flush command itself took {:.2f} s (postqueue -f) and {:.2f} s "
-                    "(spoolmail queue flush), medians".format("", *took),
-                    flush=True,
-                )
+            pairs, total, median_line = measure(path, runners[path], args.pairs)
             lines.append(median_line)
             results["paths"][path] = {
                 "what": describe(path, args),

@@ -19,6 +19,8 @@ part of spoolmail; nothing here is used by the package.
 
     python bench/floor_flush.py COPY_OF_MAILROOT 127.0.0.1:PORT [--workers 4]
     python bench/floor_flush.py NEW_ROOT 127.0.0.1:PORT --prepare 5000   # make it, then relay
+
+``bench_postfix.py --floor`` runs it beside each flush pair, on a copy of the same Queue.
 """
 
 from __future__ import annotations
