@@ -465,8 +465,8 @@ class Bench:
 
     def floor_flush(self, root: Path, count: int) -> dict[str, Any]:
         """``bench/floor_flush.py`` on ``root`` (a copy of the Queue spoolmail just flushed),
-        into the same sink: its rate, and its CPU (the children reaped meanwhile: the floor's
-        processes, whatever the CPU groups can do)."""
+        into the same sink: its rate, and its CPU, that of the processes reaped meanwhile (the
+        floor and its workers), so that it is counted with or without cgroups."""
         target = self.sink.count + count
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.monotonic()
