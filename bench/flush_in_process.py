@@ -18,11 +18,13 @@ A setting is ``MAX_CONNECTIONS/PER_HOST``. Needs Postfix's ``smtp-sink`` (``.ci/
 from __future__ import annotations
 
 import argparse
+import contextlib
 import resource
 import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -73,6 +75,31 @@ def flush(root: Path, sink: int, count: int, limits: Limits) -> tuple[float, flo
     return seconds, cpu, after.ru_nvcsw - before.ru_nvcsw
 
 
+def flush_fresh(base: Path, sink: int, count: int, limits: Limits) -> tuple[float, float, float]:
+    """:func:`flush` of a fresh :func:`deferred_root` under ``base``, removed after."""
+    root = deferred_root(base, count)
+    try:
+        return flush(root, sink, count, limits)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def sink_and_base(prefix: str, tmp: str | None) -> Iterator[tuple[pf.SmtpSink, Path]]:
+    """Postfix's ``smtp-sink`` started on a free port of 127.0.0.1, and a folder for the
+    MailRoots; both gone after."""
+    if not pf.which("smtp-sink"):
+        raise SystemExit("needs Postfix's smtp-sink (apt-get install postfix)")
+    sink = pf.SmtpSink(pf.free_port())
+    sink.start()
+    base = Path(tempfile.mkdtemp(prefix=prefix, dir=tmp))
+    try:
+        yield sink, base
+    finally:
+        sink.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
 def setting(text: str) -> Limits:
     connections, _, per_host = text.partition("/")
     return Limits(max_connections=int(connections), max_connections_per_host=int(per_host))
@@ -87,18 +114,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--tmp", default=None, help="where the MailRoots go (system temp)")
     args = parser.parse_args(argv)
-    if not pf.which("smtp-sink"):
-        raise SystemExit("needs Postfix's smtp-sink (apt-get install postfix)")
-    sink = pf.SmtpSink(pf.free_port())
-    sink.start()
-    base = Path(tempfile.mkdtemp(prefix="spoolmail-flush-", dir=args.tmp))
     figures: dict[str, list[tuple[float, float, float]]] = {text: [] for text in args.limits}
-    try:
+    with sink_and_base("spoolmail-flush-", args.tmp) as (sink, base):
         for number in range(1, args.rounds + 1):
             for text in args.limits:
-                root = deferred_root(base, args.messages)
-                seconds, cpu, switches = flush(root, sink.port, args.messages, setting(text))
-                shutil.rmtree(root, ignore_errors=True)
+                seconds, cpu, switches = flush_fresh(base, sink.port, args.messages, setting(text))
                 figures[text].append((seconds, cpu, switches))
                 print(
                     f"round {number} {text:>6}: {args.messages / seconds:7,.0f} msg/s, "
@@ -106,9 +126,6 @@ def main(argv: list[str] | None = None) -> int:
                     f"{switches / args.messages:.1f} context switches a message",
                     flush=True,
                 )
-    finally:
-        sink.stop()
-        shutil.rmtree(base, ignore_errors=True)
     print(f"\n{'limits N/H':>10}{'msg/s':>16}{'CPU ms a message':>20}")
     for text, runs in figures.items():
         rates = [args.messages / seconds for seconds, _, _ in runs]

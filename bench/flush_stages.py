@@ -28,7 +28,6 @@ import contextlib
 import importlib
 import io
 import logging
-import shutil
 import sys
 import tempfile
 import threading
@@ -38,8 +37,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).parent))
-import postfix_instance as pf
-from flush_in_process import deferred_root, flush
+from flush_in_process import flush_fresh, sink_and_base
 
 from spoolmail import Limits
 from spoolmail._cli.logs import Logs
@@ -137,39 +135,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-log", action="store_true", help="without the command's log")
     parser.add_argument("--tmp", default=None, help="where the MailRoots go (system temp)")
     args = parser.parse_args(argv)
-    if not pf.which("smtp-sink"):
-        raise SystemExit("needs Postfix's smtp-sink (apt-get install postfix)")
-    sink = pf.SmtpSink(pf.free_port())
-    sink.start()
-    base = Path(tempfile.mkdtemp(prefix="spoolmail-stages-", dir=args.tmp))
     count, limits = args.messages, Limits(max_connections=1, max_connections_per_host=1)
     per_stage: dict[str, list[float]] = collections.defaultdict(list)
     calls: collections.Counter[str] = collections.Counter()
     plain, probed = [], []
-    try:
-        with command_log(not args.no_log):
-            for number in range(1, args.rounds + 1):
-                root = deferred_root(base, count)
-                _, cpu, _ = flush(root, sink.port, count, limits)
-                shutil.rmtree(root, ignore_errors=True)
-                plain.append(cpu / count * 1e6)
-                probes = Probes()
-                root = deferred_root(base, count)
-                with probes.installed():
-                    _, cpu, _ = flush(root, sink.port, count, limits)
-                shutil.rmtree(root, ignore_errors=True)
-                probed.append(cpu / count * 1e6)
-                for _, _, _, label in STAGES:
-                    per_stage[label].append(probes.cpu[label] / count * 1e6)
-                calls += probes.calls
-                print(
-                    f"round {number}: {plain[-1]:.0f} us of CPU a message, "
-                    f"{probed[-1]:.0f} with the probes",
-                    flush=True,
-                )
-    finally:
-        sink.stop()
-        shutil.rmtree(base, ignore_errors=True)
+    with sink_and_base("spoolmail-stages-", args.tmp) as (sink, base), command_log(not args.no_log):
+        for number in range(1, args.rounds + 1):
+            _, cpu, _ = flush_fresh(base, sink.port, count, limits)
+            plain.append(cpu / count * 1e6)
+            probes = Probes()
+            with probes.installed():
+                _, cpu, _ = flush_fresh(base, sink.port, count, limits)
+            probed.append(cpu / count * 1e6)
+            for _, _, _, label in STAGES:
+                per_stage[label].append(probes.cpu[label] / count * 1e6)
+            calls += probes.calls
+            print(
+                f"round {number}: {plain[-1]:.0f} us of CPU a message, "
+                f"{probed[-1]:.0f} with the probes",
+                flush=True,
+            )
     rounds = args.rounds
     print(f"\n{'stage (its own CPU, not its inner stages)':<44}{'us a message':>22}{'calls':>7}")
     for label, figures in sorted(per_stage.items(), key=lambda item: -sorted(item[1])[rounds // 2]):
