@@ -75,11 +75,20 @@ def flush(root: Path, sink: int, count: int, limits: Limits) -> tuple[float, flo
     return seconds, cpu, after.ru_nvcsw - before.ru_nvcsw
 
 
-def flush_fresh(base: Path, sink: int, count: int, limits: Limits) -> tuple[float, float, float]:
-    """:func:`flush` of a fresh :func:`deferred_root` under ``base``, removed after."""
+def flush_fresh(
+    base: Path,
+    sink: int,
+    count: int,
+    limits: Limits,
+    *,
+    around: contextlib.AbstractContextManager[object] | None = None,
+) -> tuple[float, float, float]:
+    """:func:`flush` of a fresh :func:`deferred_root` under ``base``, removed after; the flush
+    alone (not the deferring) runs within ``around``."""
     root = deferred_root(base, count)
     try:
-        return flush(root, sink, count, limits)
+        with around or contextlib.nullcontext():
+            return flush(root, sink, count, limits)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

@@ -144,8 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             _, cpu, _ = flush_fresh(base, sink.port, count, limits)
             plain.append(cpu / count * 1e6)
             probes = Probes()
-            with probes.installed():
-                _, cpu, _ = flush_fresh(base, sink.port, count, limits)
+            _, cpu, _ = flush_fresh(base, sink.port, count, limits, around=probes.installed())
             probed.append(cpu / count * 1e6)
             for _, _, _, label in STAGES:
                 per_stage[label].append(probes.cpu[label] / count * 1e6)
