@@ -230,6 +230,10 @@ class _Stop(Exception):
         self.usable = usable
 
 
+# What the replies to a pipelined group answer: MAIL, a RCPT, DATA.
+_GROUP_REPLIES = ("reply to MAIL", "reply to RCPT", "reply to DATA")
+
+
 class ClientProtocol:
     """One connection's SMTP client conversation, without I/O (see the module docstring).
 
@@ -750,19 +754,21 @@ class ClientProtocol:
                 group, steps[start : start + len(group)], timeout=timeouts.mail, utf8=utf8
             )
             for index in range(start, start + len(group)):
-                if index == 0:
-                    mail_reply = yield from self._read(
-                        timeout=timeouts.mail, awaiting="reply to MAIL"
-                    )
-                    self._positive(mail_reply, expected=2, awaiting="reply to MAIL")
-                elif index <= len(batch):
-                    reply = yield from self._read(timeout=timeouts.rcpt, awaiting="reply to RCPT")
+                kind = 0 if index == 0 else 1 if index <= len(batch) else 2
+                awaiting = _GROUP_REPLIES[kind]
+                timeout = (timeouts.mail, timeouts.rcpt, timeouts.data_start)[kind]
+                # As _read, without a generator of its own: three or more replies a message,
+                # and every event passed up through each generator in the chain.
+                while (reply := self._take_reply(awaiting)) is None:
+                    yield NeedData(timeout, awaiting, self._replies)
+                if kind == 0:
+                    mail_reply = reply
+                    self._positive(mail_reply, expected=2, awaiting=awaiting)
+                elif kind == 1:
                     if mail_reply is not None and mail_reply.code // 100 == 2:
                         rcpts.take(batch[index - 1], reply)
                 else:
-                    data = yield from self._read(
-                        timeout=timeouts.data_start, awaiting="reply to DATA"
-                    )
+                    data = reply
             assert mail_reply is not None  # noqa: S101 (the first group starts with MAIL)
             if mail_reply.code // 100 != 2:
                 break
@@ -811,9 +817,9 @@ class ClientProtocol:
         if sent is None:
             raise InvalidTransition("SMTP client: the driver went on without sending the message")
         self._note(f"message data sent: {sent} octets (content not recorded)")
-        end = yield from self._read(
-            timeout=self._timeouts.data_end, awaiting="reply to the end of data"
-        )
+        awaiting = "reply to the end of data"
+        while (end := self._take_reply(awaiting)) is None:
+            yield NeedData(self._timeouts.data_end, awaiting, self._replies)
         # RFC 5321 §4.1.1.4: the reply to the final "." is the verdict for every accepted
         # recipient, whether 2xx, 4xx or 5xx; only a 3xx here is a protocol error. After a 2xx
         # the next MAIL may follow at once; after a refusal, RSET first, since not every server
