@@ -1,17 +1,26 @@
 """The command's log format: lines as ``logging.Formatter`` writes them, the time's text made
-once a second; a tick's summary only with -v."""
+once a second; a tick's summary only with -v; the mail lines written straight to the command's
+own handlers when nothing else listens, the same lines the records make."""
 
 from __future__ import annotations
 
 import logging
+import socket
 import sys
 import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
-from spoolmail import Report
+from spoolmail import Reply, Report
 from spoolmail._cli import daemon
-from spoolmail._cli.logs import _FORMAT, _Formatter
+from spoolmail._cli.logs import _FORMAT, Logs, _Formatter, _stderr_handler, _StderrHandler
+from spoolmail._core.events import describe
+from spoolmail._service import observers
+from spoolmail._service.observers import log_event
+from spoolmail.events import Deferred, Delivered, Failed, Removed
 
 
 def record(created: float, message: str = "hello %s", exc: bool = False) -> logging.LogRecord:
@@ -64,3 +73,224 @@ def test_a_tick_s_summary_is_logged_with_v_and_not_even_made_without(
     with caplog.at_level(logging.INFO, logger="spoolmail"):
         daemon._log_report(report)
     assert caplog.records == []
+
+
+# The mail lines of the command's log: straight to its own handlers when nothing else listens.
+
+WHEN = datetime(2026, 12, 6, 4, 30, 5, 250_000, tzinfo=UTC)
+EVENTS = (
+    Delivered(
+        queue_id="q1",
+        time=WHEN,
+        recipient="bob@remote.test",
+        reply=Reply(250, "2.0.0", "Ok", host="mx.remote.test"),
+        relay="mx.remote.test[192.0.2.1]:25",
+        delay=timedelta(seconds=5.1),
+    ),
+    Deferred(
+        queue_id="q2",
+        time=WHEN,
+        recipient="later@remote.test",
+        reply=Reply(451, "4.4.1", "no answer"),
+        next_attempt=WHEN + timedelta(minutes=15),
+    ),
+    Failed(queue_id="q3", time=WHEN, recipient="no@remote.test", reply=Reply(550, "5.1.1", "no")),
+    Removed(queue_id="q1", time=WHEN),
+)
+STAMP = len("2026-12-06 04:30:05,250")
+
+
+@pytest.fixture
+def logs() -> Iterator[Logs]:
+    """The command's handlers, at INFO; the stderr handler's format as it was, after."""
+    made = Logs(level=logging.INFO)
+    yield made
+    made.close()
+    _stderr_handler().setFormatter(_Formatter(_FORMAT))
+
+
+def alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing on the root logger for the rest of the test: pytest's own handlers, added for
+    each phase of a test, taken away."""
+    monkeypatch.setattr(logging.root, "handlers", [])
+
+
+def written(text: str) -> list[str]:
+    """The lines, each without its time (the moment a line was written differs)."""
+    return [line[STAMP:] for line in text.splitlines()]
+
+
+def log_twice(capsys: pytest.CaptureFixture[str], read: Callable[[], str]) -> tuple[str, str]:
+    """What the events make straight, then as records (the straight path turned off)."""
+    for event in EVENTS:
+        log_event(event)
+    straight = read()
+    writer = observers._line_writer
+    observers.write_lines_with(None)
+    try:
+        for event in EVENTS:
+            log_event(event)
+    finally:
+        observers.write_lines_with(writer)
+    return straight, read()
+
+
+def no_records(monkeypatch: pytest.MonkeyPatch) -> None:
+    def made(*_args: object, **_kwargs: object) -> logging.LogRecord:
+        raise AssertionError("a record was made for a line that had nobody else to hear it")
+
+    monkeypatch.setattr(observers.mail_log, "makeRecord", made)
+
+
+def test_mail_lines_on_stderr_are_the_records_lines_made_without_a_record(
+    logs: Logs, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alone(monkeypatch)
+    capsys.readouterr()
+    for event in EVENTS:
+        log_event(event)
+    straight = capsys.readouterr().err
+    observers.write_lines_with(None)
+    for event in EVENTS:
+        log_event(event)
+    observers.write_lines_with(logs._write_line)
+    recorded = capsys.readouterr().err
+    assert written(straight) == written(recorded)
+    assert written(straight) == [
+        " INFO q1: to=<bob@remote.test>, relay=mx.remote.test[192.0.2.1]:25, delay=5.1, "
+        "dsn=2.0.0, status=sent (250 2.0.0 Ok)",
+        f" INFO {describe(EVENTS[1])}",
+        f" WARNING {describe(EVENTS[2])}",
+        " INFO q1: removed",
+    ]
+    # The time is the moment of writing, in logging's own format.
+    stamp = straight.splitlines()[0][:STAMP]
+    assert time.strptime(stamp.split(",")[0], "%Y-%m-%d %H:%M:%S")
+    assert stamp[-4] == ","
+    assert stamp[-3:].isdigit()
+    no_records(monkeypatch)
+    log_event(EVENTS[0])
+    assert written(capsys.readouterr().err) == written(straight)[:1]
+
+
+def test_a_worker_s_lines_and_a_log_file_s_are_the_records_lines_too(
+    logs: Logs, capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alone(monkeypatch)
+    path = tmp_path / "spoolmail.log"
+    logs.to_file(str(path))
+    logs.as_worker(3)
+    capsys.readouterr()
+    straight, recorded = log_twice(capsys, path.read_text)
+    lines = written(straight)
+    assert lines == written(recorded)[len(lines) :]
+    assert lines[0].startswith(" INFO [worker 3] q1: to=<bob@remote.test>")
+    assert capsys.readouterr().err == ""  # stderr keeps the errors alone once a file is the log
+    no_records(monkeypatch)
+    # Moved away (logrotate): the next line goes to a new file at the same path, as a record's.
+    path.rename(tmp_path / "spoolmail.log.1")
+    log_event(EVENTS[3])
+    assert written(path.read_text()) == [" INFO [worker 3] q1: removed"]
+
+
+def test_anyone_else_who_listens_gets_the_records_and_the_line_is_written_once(
+    logs: Logs, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    capsys.readouterr()
+    with caplog.at_level(logging.INFO, logger="spoolmail"):
+        log_event(EVENTS[0])
+    [record] = [r for r in caplog.records if r.name == "spoolmail.mail"]
+    assert record.recipient == "bob@remote.test"  # type: ignore[attr-defined]
+    assert written(capsys.readouterr().err) == [f" INFO {describe(EVENTS[0])}"]
+
+
+@pytest.mark.parametrize("where", ["mail handler", "mail filter", "handler filter", "root handler"])
+def test_a_handler_or_a_filter_anywhere_on_the_way_gets_records(
+    logs: Logs, where: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alone(monkeypatch)
+    heard: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            heard.append(record)
+
+    def keep(record: logging.LogRecord) -> bool:
+        heard.append(record)
+        return True
+
+    mail = logging.getLogger("spoolmail.mail")
+    add, remove = {
+        "mail handler": (lambda: mail.addHandler(Keep()), mail.handlers.clear),
+        "mail filter": (lambda: mail.addFilter(keep), lambda: mail.removeFilter(keep)),
+        "handler filter": (
+            lambda: _stderr_handler().addFilter(keep),
+            lambda: _stderr_handler().removeFilter(keep),
+        ),
+        "root handler": (
+            lambda: logging.root.addHandler(Keep()),
+            logging.root.handlers.clear,
+        ),
+    }[where]
+    add()
+    try:
+        assert logs._write_line(logging.INFO, "q1: removed") is False
+        log_event(EVENTS[3])
+    finally:
+        remove()
+    assert [r.getMessage() for r in heard] == ["q1: removed"]
+
+
+def test_syslog_formats_its_own_way_so_it_gets_records(
+    logs: Logs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alone(monkeypatch)
+    address = str(tmp_path / "log")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
+        server.bind(address)
+        logs.to_syslog(address)
+        assert logs._write_line(logging.INFO, "q1: removed") is False
+        log_event(EVENTS[3])
+        server.settimeout(5)
+        datagram = server.recv(4096)
+    # Facility mail (2), severity info (6): <22>; then the ident, then the line.
+    assert datagram.startswith(b"<22>spoolmail[")
+    assert datagram.rstrip(b"\0").endswith(b"]: q1: removed")
+
+
+def test_a_line_that_cannot_be_written_is_reported_as_logging_does_and_nothing_breaks(
+    logs: Logs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alone(monkeypatch)
+
+    class Broken:
+        def write(self, _text: str) -> int:
+            raise OSError(5, "Input/output error")
+
+    reported: list[logging.LogRecord] = []
+    monkeypatch.setattr(sys, "stderr", Broken())
+    monkeypatch.setattr(_StderrHandler, "handleError", lambda _self, r: reported.append(r))
+    log_event(EVENTS[0])
+    assert [(r.levelno, r.getMessage()) for r in reported] == [(logging.INFO, describe(EVENTS[0]))]
+
+
+def test_closed_logs_leave_the_records_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(logging.root, "handlers", [])
+    made = Logs(level=logging.INFO)
+    assert observers._line_writer is not None
+    made.close()
+    assert observers._line_writer is None
+
+
+def test_a_plain_formatter_s_line_is_its_format_of_a_record() -> None:
+    formatter = _Formatter(_FORMAT)
+    created_ns = 1_796_000_000_123_456_789
+    made = record(created_ns / 1e9, message="%s")
+    made.msecs = 123.0
+    made.args = ("text",)
+    assert formatter.line(created_ns, logging.INFO, "text") == formatter.format(made)
+    other = _Formatter("%(asctime)s %(threadName)s %(message)s")
+    assert other.line(created_ns, logging.INFO, "text") is None  # a field only records have
+    dated = _Formatter(_FORMAT)
+    dated.datefmt = "%H"
+    assert dated.line(created_ns, logging.INFO, "text") is None

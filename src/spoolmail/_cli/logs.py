@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+from spoolmail._service.observers import mail_log, write_lines_with
 from spoolmail.exceptions import ConfigurationError
 
 __all__ = ["DEFAULT_SYSLOG", "Logs"]
@@ -38,12 +39,34 @@ class _Formatter(logging.Formatter):
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802 (logging's name)
         if datefmt is not None or self.converter is not time.localtime:
             return super().formatTime(record, datefmt)
-        second = int(record.created)
+        return self._stamp(record.created, record.msecs)
+
+    def _stamp(self, created: float, msecs: float) -> str:
+        second = int(created)
         cached, text = self._second  # one tuple: threads see a pair that belongs together
         if cached != second:
-            text = time.strftime(self.default_time_format, time.localtime(record.created))
+            text = time.strftime(self.default_time_format, time.localtime(created))
             self._second = (second, text)
-        return self.default_msec_format % (text, record.msecs) if self.default_msec_format else text
+        return self.default_msec_format % (text, msecs) if self.default_msec_format else text
+
+    def line(self, created_ns: int, level: int, text: str) -> str | None:
+        """The line :meth:`format` makes of a record of ``text`` at ``level``, made at
+        ``created_ns`` (``time.time_ns``), without an exception or a stack; ``None`` when this
+        formatter has a date format, another clock or fields a record alone has."""
+        if self.datefmt is not None or self.converter is not time.localtime:
+            return None
+        fmt = self._fmt
+        if fmt is None:
+            return None
+        stamp = self._stamp(created_ns / 1e9, (created_ns % 1_000_000_000) // 1_000_000 + 0.0)
+        try:
+            return fmt % {  # what PercentStyle does with the record's fields
+                "asctime": stamp,
+                "levelname": logging.getLevelName(level),
+                "message": text,
+            }
+        except (KeyError, TypeError, ValueError):
+            return None
 
 
 class _StderrHandler(logging.Handler):
@@ -51,13 +74,27 @@ class _StderrHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            sys.stderr.write(self.format(record) + "\n")
+            self.write_line(self.format(record))
         except Exception:  # noqa: BLE001 (logging must never break the command)
             self.handleError(record)
+
+    def write_line(self, line: str) -> None:
+        """A formatted line, as :meth:`emit` writes it (the caller holds the handler's lock)."""
+        sys.stderr.write(line + "\n")
 
 
 class _LogFile(logging.handlers.WatchedFileHandler):
     """Appends; reopens when the file was moved away (WatchedFileHandler) or when told."""
+
+    def write_line(self, line: str) -> None:
+        """A formatted line, as ``emit`` writes a record's (WatchedFileHandler's reopening,
+        FileHandler's opening, StreamHandler's write and flush); the caller holds the lock."""
+        self.reopenIfNeeded()
+        if self.stream is None and (self.mode != "w" or not getattr(self, "_closed", False)):
+            self.stream = self._open()
+        if self.stream:
+            self.stream.write(line + self.terminator)
+            self.flush()
 
     def reopen(self) -> None:
         self.acquire()
@@ -95,7 +132,15 @@ def _syslog_address(address: str | bool) -> str | tuple[str, int]:
 
 
 class Logs:
-    """The command's log handlers for one run of ``main``; :meth:`close` removes them."""
+    """The command's log handlers for one run of ``main``; :meth:`close` removes them.
+
+    While it is open, the service's mail lines (``spoolmail.mail``, one or two a message) go
+    straight to these handlers when nothing else would hear their records: no other handler
+    on the way up, no filter on ``spoolmail.mail`` or on a handler, no syslog (which formats
+    its own way), the formatters plain. The
+    lines are those the records would make; anyone who adds a handler or a filter (a test's
+    ``caplog``, an embedder's configuration) gets the records again, fields and all.
+    """
 
     def __init__(self, *, level: int) -> None:
         self._stderr = _stderr_handler()
@@ -103,6 +148,47 @@ class Logs:
         self._added: list[logging.Handler] = []
         self._file: _LogFile | None = None
         self.set_level(level)
+        write_lines_with(self._write_line)
+
+    def _write_line(self, level: int, text: str) -> bool:
+        """``text`` written at ``level`` by the handlers it concerns, if the record would reach
+        no one else (see the class docstring); whether it was."""
+        handlers = _root.handlers
+        if (
+            not handlers
+            or mail_log.handlers
+            or mail_log.filters
+            or not mail_log.propagate
+            or (_root.propagate and logging.root.handlers)
+        ):
+            return False
+        created = time.time_ns()
+        lines: list[tuple[_StderrHandler | _LogFile, str]] = []
+        for handler in handlers:
+            if not isinstance(handler, _StderrHandler | _LogFile) or handler.filters:
+                return False
+            if level < handler.level:
+                continue
+            formatter = handler.formatter
+            if not isinstance(formatter, _Formatter):
+                return False
+            line = formatter.line(created, level, text)
+            if line is None:
+                return False
+            lines.append((handler, line))
+        for handler, line in lines:
+            handler.acquire()
+            try:
+                handler.write_line(line)
+            except Exception:  # noqa: BLE001 (logging must never break the command)
+                handler.handleError(
+                    logging.makeLogRecord(
+                        {"name": mail_log.name, "levelno": level, "msg": text, "args": None}
+                    )
+                )
+            finally:
+                handler.release()
+        return True
 
     def set_level(self, level: int) -> None:
         _root.setLevel(level)
@@ -165,6 +251,7 @@ class Logs:
                 _root.error("cannot reopen the log file %s: %s", self._file.baseFilename, exc)
 
     def close(self) -> None:
+        write_lines_with(None)
         for handler in self._added:
             _root.removeHandler(handler)
             handler.close()
