@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import attrs
@@ -20,6 +21,7 @@ from spoolmail._core.envelope import (
     _indented,
     decode_envelope,
     encode_envelope,
+    replaced,
 )
 from spoolmail._core.reply import Reply
 from spoolmail.exceptions import EnvelopeError
@@ -248,6 +250,75 @@ _RECIPIENTS = st.builds(
     orcpt=st.none() | _TEXT,
 )
 _COUNTS = st.integers(0, 10**6)
+
+
+_ENVELOPES = st.builds(
+    Envelope,
+    id=_TEXT,
+    sender=_TEXT,
+    recipients=st.lists(_RECIPIENTS, max_size=3),
+    arrival=st.datetimes(timezones=st.just(UTC)),
+    next_attempt=st.datetimes(timezones=st.just(UTC)),
+    origin=_TEXT,
+    size=_COUNTS,
+    attempts=_COUNTS,
+    first_attempt=_TIMES,
+    last_attempt=_TIMES,
+    delay_notified=st.booleans(),
+    dsn_count=_COUNTS,
+    held_since=_TIMES,
+    held_time=st.timedeltas(min_value=timedelta(0), max_value=timedelta(days=9)),
+    envid=st.none() | _TEXT,
+    ret=st.none() | st.sampled_from(Ret),
+    about=_TEXT,
+    notice_at=_TIMES,
+    hops=st.none() | _COUNTS,
+    eight_bit=st.none() | st.booleans(),
+    local_faults=_COUNTS,
+    dkim=st.just(()) | st.just(("DKIM-Signature: v=1;\r\n\tb=abc", "X-A: b")),
+    dot_lines=st.none() | st.booleans(),
+)
+# Values for a change, good and bad: naive times and header fields that are none fail checks.
+_CHANGES = {
+    "recipients": st.lists(_RECIPIENTS, max_size=2),
+    "next_attempt": st.datetimes() | st.datetimes(timezones=st.just(UTC)),
+    "last_attempt": _TIMES | st.datetimes(),
+    "notice_at": _TIMES,
+    "attempts": _COUNTS,
+    "delay_notified": st.booleans(),
+    "dkim": st.just(()) | st.just(("X-A: b",)) | st.just(("not a field",)),
+    "updated": _TIMES | st.datetimes(),
+    "state": st.sampled_from(RecipientState),
+    "reply": _REPLIES,
+    "notified": st.booleans(),
+}
+
+
+def _outcome(make: Callable[[], object]) -> object:
+    try:
+        return make()
+    except (TypeError, ValueError) as exc:
+        return (type(exc), str(exc))
+
+
+@given(st.one_of(_ENVELOPES, _RECIPIENTS), st.data())
+def test_replaced_is_evolve_for_every_change_good_or_bad(
+    instance: Envelope | Recipient, data: st.DataObject
+) -> None:
+    names = [f.name for f in attrs.fields(type(instance)) if f.name in _CHANGES]
+    chosen = data.draw(st.lists(st.sampled_from(names), unique=True, max_size=4))
+    changes = {name: data.draw(_CHANGES[name]) for name in chosen}
+    evolved = _outcome(lambda: attrs.evolve(instance, **changes))
+    assert _outcome(lambda: replaced(instance, **changes)) == evolved
+    if not isinstance(evolved, tuple):
+        copy = replaced(instance, **changes)
+        assert type(copy) is type(instance)
+    assert replaced(instance) == instance
+
+
+def test_replaced_refuses_a_field_the_class_does_not_have() -> None:
+    with pytest.raises(TypeError, match="no field 'colour'"):
+        replaced(sample(), colour="red")
 
 
 @given(

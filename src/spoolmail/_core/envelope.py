@@ -16,7 +16,7 @@ import math
 import re
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import attrs
 
@@ -35,11 +35,13 @@ __all__ = [
     "encode_envelope",
     "new_envelope",
     "read_due",
+    "replaced",
 ]
 
 ENVELOPE_VERSION = 1
 _FORMAT = "spoolmail-envelope"
 _T = TypeVar("_T")
+_F = TypeVar("_F", bound="Recipient | Envelope")
 
 
 class RecipientState(enum.Enum):
@@ -78,7 +80,50 @@ def _aware(_instance: object, attribute: attrs.Attribute[Any], value: datetime |
         raise ValueError(f"{attribute.name} must be an aware datetime, not {value!r}")
 
 
-@attrs.frozen
+_SET = object.__setattr__
+
+
+_FIELDS: dict[type, dict[str, attrs.Attribute[Any]]] = {}
+
+
+def _fields(cls: type) -> dict[str, attrs.Attribute[Any]]:
+    """``cls``'s fields by name (made once a class)."""
+    fields = _FIELDS.get(cls)
+    if fields is None:
+        fields = _FIELDS[cls] = {field.name: field for field in attrs.fields(cls)}
+    return fields
+
+
+def replaced(instance: _F, **changes: Any) -> _F:
+    """``attrs.evolve(instance, **changes)`` for this module's two frozen classes, for less than a
+    third of its cost (callgrind: 20,000 instructions for an envelope's flush against 71,000):
+    the fields not changed were checked when ``instance`` was made and cannot have changed
+    since, so they are copied as one dict (the classes keep their fields in one, not in slots,
+    for this) and only the changed ones go through their converter and validator. That holds
+    because every validator of these classes looks at its own field alone. An envelope
+    changes several times a message (a flush, each recipient's reply, the attempt's outcome)."""
+    cls = type(instance)
+    copy = object.__new__(cls)
+    values = dict(instance.__dict__)
+    fields = _fields(cls)
+    checks: list[tuple[attrs.Attribute[Any], Callable[..., Any], Any]] = []
+    for name, value in changes.items():
+        field = fields.get(name)
+        if field is None:
+            raise TypeError(f"{cls.__name__} has no field {name!r}")
+        if field.converter is not None:
+            value = cast("Callable[[Any], Any]", field.converter)(value)  # noqa: PLW2901
+        if field.validator is not None:
+            checks.append((field, field.validator, value))
+        values[name] = value
+    _SET(copy, "__dict__", values)
+    if checks and not attrs.validators.get_disabled():
+        for field, validator, value in checks:
+            validator(copy, field, value)
+    return copy
+
+
+@attrs.frozen(slots=False)  # a dict of fields, for replaced()
 class Recipient:
     """One RCPT TO address and its state; ``reply`` is the last answer about it.
 
@@ -122,7 +167,7 @@ def _header_fields(values: Iterable[str]) -> tuple[str, ...]:
     return found
 
 
-@attrs.frozen
+@attrs.frozen(slots=False)  # a dict of fields, for replaced()
 class Envelope:
     """A queued message's envelope and delivery history.
 
@@ -195,7 +240,7 @@ class Envelope:
 
     def with_recipients(self, recipients: Iterable[Recipient]) -> Envelope:
         """This envelope with ``recipients`` instead of its own."""
-        return attrs.evolve(self, recipients=tuple(recipients))
+        return replaced(self, recipients=tuple(recipients))
 
 
 def new_envelope(

@@ -51,7 +51,7 @@ from typing import Protocol
 
 import attrs
 
-from spoolmail._core.envelope import Envelope, Notify, Recipient, RecipientState
+from spoolmail._core.envelope import Envelope, Notify, Recipient, RecipientState, replaced
 from spoolmail._core.ids import dsn_id
 from spoolmail._core.reply import Reply, Severity
 from spoolmail.exceptions import InvalidTransition
@@ -298,8 +298,8 @@ def _apply_reply(
         return recipient
     state = _REPLY_STATES[reply.severity]
     if mark and state is not RecipientState.PENDING and not recipient.notified:
-        return attrs.evolve(recipient, state=state, reply=reply, updated=now, notified=True)
-    return attrs.evolve(recipient, state=state, reply=reply, updated=now)
+        return replaced(recipient, state=state, reply=reply, updated=now, notified=True)
+    return replaced(recipient, state=state, reply=reply, updated=now)
 
 
 def _expire(recipient: Recipient, attempts: int, now: datetime) -> Recipient:
@@ -313,7 +313,7 @@ def _expire(recipient: Recipient, attempts: int, now: datetime) -> Recipient:
         # 2.3.6), not only the text: what a bounce parser reads.
         cause=recipient.reply.remote if recipient.reply else None,
     )
-    return attrs.evolve(recipient, state=RecipientState.FAILED, reply=reply, updated=now)
+    return replaced(recipient, state=RecipientState.FAILED, reply=reply, updated=now)
 
 
 def _is_pending(recipient: Recipient) -> bool:
@@ -366,7 +366,7 @@ def conclude_attempt(
     notice_at = (
         None if not envelope.sender or delay_notified else _first_notice(pending, retry, base=base)
     )
-    updated = attrs.evolve(
+    updated = replaced(
         envelope,
         recipients=tuple(recipients),
         attempts=attempts,
@@ -418,12 +418,12 @@ def defer_local_fault(
     count = envelope.local_faults + 1
     due = now + local_fault_wait(count)
     recipients = tuple(
-        attrs.evolve(r, reply=faults[r.address], updated=now)
+        replaced(r, reply=faults[r.address], updated=now)
         if _is_pending(r) and r.address in faults
         else r
         for r in envelope.recipients
     )
-    updated = attrs.evolve(
+    updated = replaced(
         envelope,
         recipients=recipients,
         local_faults=count,
@@ -445,9 +445,7 @@ def retry_local_faults_soon(
         return outcome
     count = envelope.local_faults + 1
     due = min(envelope.next_attempt, now + local_fault_wait(count))
-    return attrs.evolve(
-        outcome, envelope=attrs.evolve(envelope, local_faults=count, next_attempt=due)
-    )
+    return attrs.evolve(outcome, envelope=replaced(envelope, local_faults=count, next_attempt=due))
 
 
 def _notice_at(envelope: Envelope, retry: Callable[[Recipient], Schedule]) -> datetime | None:
@@ -480,11 +478,11 @@ def notice_delay(
     ]
     if not envelope.sender or not waiting:
         return AttemptOutcome(
-            Event.DEFERRED, attrs.evolve(envelope, notice_at=_notice_at(envelope, retry))
+            Event.DEFERRED, replaced(envelope, notice_at=_notice_at(envelope, retry))
         )
     wanted = tuple(r for r in waiting if r.wants(Notify.DELAY))
     dsns = (DsnOrder(dsn_id(envelope.id, envelope.dsn_count + 1), DsnKind.DELAY, wanted),)
-    updated = attrs.evolve(
+    updated = replaced(
         envelope,
         delay_notified=True,
         notice_at=None,
@@ -533,12 +531,12 @@ def _report_outcomes(
             if old is recipient or old.notified:
                 continue  # reported before this attempt
         else:
-            recipients[index] = attrs.evolve(recipient, notified=True)
+            recipients[index] = replaced(recipient, notified=True)
         if recipient.wants(_NOTIFY[kind]):
             if reports is None:
                 reports = {kind: [] for kind in DsnKind}
             # Listed as it was before the mark, whichever copy made it.
-            reports[kind].append(attrs.evolve(recipient, notified=False) if marked else recipient)
+            reports[kind].append(replaced(recipient, notified=False) if marked else recipient)
     if reports is None:
         return []
     return [(kind, found) for kind, found in reports.items() if found]
@@ -569,14 +567,14 @@ def hold(envelope: Envelope, *, now: datetime) -> Envelope:
     """Hold: never attempted, and the time on hold does not count towards expiry."""
     if envelope.held:
         return envelope
-    return attrs.evolve(envelope, held_since=now)
+    return replaced(envelope, held_since=now)
 
 
 def release(envelope: Envelope, *, now: datetime) -> Envelope:
     """Release a hold: due at once, its expiry pushed back by the time it was held."""
     if envelope.held_since is None:
         return envelope
-    return attrs.evolve(
+    return replaced(
         envelope,
         held_since=None,
         held_time=envelope.held_time + (now - envelope.held_since),
@@ -586,7 +584,7 @@ def release(envelope: Envelope, *, now: datetime) -> Envelope:
 
 def flush(envelope: Envelope, *, now: datetime) -> Envelope:
     """Due at once (a held message stays held)."""
-    return attrs.evolve(envelope, next_attempt=min(envelope.next_attempt, now))
+    return replaced(envelope, next_attempt=min(envelope.next_attempt, now))
 
 
 def requeue(
@@ -603,7 +601,7 @@ def requeue(
         if (addresses is None and r.state is not RecipientState.DELIVERED)
         or (addresses is not None and r.address in addresses)
     ]
-    return attrs.evolve(
+    return replaced(
         envelope,
         id=queue_id,
         recipients=tuple(Recipient(r.address, notify=r.notify, orcpt=r.orcpt) for r in chosen),

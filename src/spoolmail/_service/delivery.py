@@ -31,7 +31,7 @@ from itertools import chain
 import attrs
 
 from spoolmail._core.drop import render_drop_head
-from spoolmail._core.envelope import Envelope, RecipientState
+from spoolmail._core.envelope import Envelope, RecipientState, replaced
 from spoolmail._core.headers import count_received
 from spoolmail._core.mtasts import apply_policy
 from spoolmail._core.reply import Reply
@@ -411,7 +411,7 @@ def passed_over(
     its recipients) if that comes first, to expire then as any attempt would have.
     """
     recipients = tuple(
-        attrs.evolve(r, reply=attempt.replies[r.address], updated=now)
+        replaced(r, reply=attempt.replies[r.address], updated=now)
         if r.state is RecipientState.PENDING and r.reply is None and r.address in attempt.replies
         else r
         for r in envelope.recipients
@@ -419,7 +419,7 @@ def passed_over(
     due = min(attempt.waiting.values())
     if deadline is not None:
         due = min(due, deadline)
-    return attrs.evolve(envelope, recipients=recipients, next_attempt=due)
+    return replaced(envelope, recipients=recipients, next_attempt=due)
 
 
 @attrs.define

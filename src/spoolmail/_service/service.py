@@ -38,6 +38,7 @@ from spoolmail._core.envelope import (
     RecipientState,
     decode_envelope,
     read_due,
+    replaced,
 )
 from spoolmail._core.events import (
     Deferred,
@@ -1183,10 +1184,10 @@ class MailService:
         if isinstance(error, StorageError):
             faults = envelope.local_faults + 1
             pause = local_fault_wait(faults)
-            envelope = attrs.evolve(envelope, local_faults=faults)
+            envelope = replaced(envelope, local_faults=faults)
         else:
             pause = _ERROR_BACKOFF
-        later = attrs.evolve(envelope, next_attempt=due or now + pause)
+        later = replaced(envelope, next_attempt=due or now + pause)
         transitions.apply(State.DELIVERING, Event.DEFERRED, Change(id=envelope.id, envelope=later))
         due = later.next_attempt
         self._due_at(envelope.id, min(due, later.notice_at or due))
