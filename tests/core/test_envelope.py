@@ -351,3 +351,17 @@ def test_replaced_refuses_a_field_the_class_does_not_have() -> None:
 )
 def test_the_file_is_what_json_writes_for_any_envelope(envelope: Envelope) -> None:
     assert encode_envelope(envelope) == _reference(envelope)
+
+
+@given(_ENVELOPES)
+def test_a_decoded_envelope_is_whole_and_passes_the_class_s_own_checks(envelope: Envelope) -> None:
+    """decode_envelope checks each value as it reads it and then does not build the envelope
+    through ``__init__``: what it makes has every field, and ``__init__``'s checks pass."""
+    decoded = decode_envelope(encode_envelope(envelope))
+    assert decoded == envelope
+    assert vars(decoded).keys() == {field.name for field in attrs.fields(Envelope)}
+    for recipient in decoded.recipients:
+        assert vars(recipient).keys() == {field.name for field in attrs.fields(Recipient)}
+        attrs.validate(recipient)
+    attrs.validate(decoded)
+    assert attrs.evolve(decoded) == decoded  # __init__ with every value: nothing it refuses
