@@ -91,6 +91,10 @@ class SuppressionList:
         path = f"{SUPPRESSION}/{_FILE}"
         try:
             if self._path is not None:
+                # Nearly always absent: asked without the FileNotFoundError os.stat raises,
+                # whose making cost more than the rest of the look.
+                if not os.access(self._path, os.F_OK):
+                    return None
                 st = os.stat(self._path)
                 return (st.st_ino, st.st_mtime_ns, st.st_size)
             info = self._fs.getinfo(path, namespaces=["details"])
