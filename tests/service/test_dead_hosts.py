@@ -59,7 +59,7 @@ def test_forget_drops_only_the_hosts_met_through_the_hops() -> None:
     assert set(dead.marks) == {B_HOST}
     # A message for another domain that meets the dead host adds its way to the note.
     mx_b = Hop(HopKind.MX, "b.test")
-    note = dead.skip(B_HOST, clock(), hop=mx_b)
+    note = dead.skip(B_HOST, clock, hop=mx_b)
     assert note is not None
     assert "did not answer the last attempt" in note.reply.text
     assert dead.forget([mx_b]) == [B_HOST]

@@ -40,6 +40,7 @@ from spoolmail._core.routing import Hop, HopKind, Route, RouteKind, Router, Targ
 from spoolmail._core.suppression import suppressed_reply
 from spoolmail._core.throttle import RateBucket, Throttle, ThrottleRules, asks_to_slow_down
 from spoolmail._core.transcript import Transcript
+from spoolmail._store.clock import system_clock
 from spoolmail._store.store import chunks, read_head
 from spoolmail._store.suppression import SuppressionList
 from spoolmail._store.transitions import Transitions
@@ -113,11 +114,15 @@ class DeadDestinations:
     marks: dict[Target, DeadNote] = attrs.Factory(dict)
     _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False, repr=False)
 
-    def skip(self, target: Target, now: datetime, *, hop: Hop | None = None) -> DeadNote | None:
+    def skip(
+        self, target: Target, clock: Callable[[], datetime], *, hop: Hop | None = None
+    ) -> DeadNote | None:
         """``None`` if ``target`` may be tried now; else its note, with the reply to give the
-        recipients passed over (and ``hop`` added to the ways it was met through)."""
+        recipients passed over (and ``hop`` added to the ways it was met through). The time is
+        read only when the host has a note."""
         if target not in self.marks:
             return None  # the usual case, seen without the lock (a dict look is atomic)
+        now = clock()
         with self._lock:
             note = self.marks.get(target)
             if note is None:
@@ -135,9 +140,9 @@ class DeadDestinations:
         )
         return attrs.evolve(note, reply=skipped)
 
-    def reason(self, target: Target, now: datetime) -> Reply | None:
+    def reason(self, target: Target, clock: Callable[[], datetime]) -> Reply | None:
         """Why ``target`` is skipped now, or ``None`` if it may be tried."""
-        note = self.skip(target, now)
+        note = self.skip(target, clock)
         return None if note is None else note.reply
 
     def mark(
@@ -314,9 +319,13 @@ class Throttles:
             if self._waiters:
                 self._freed.notify_all()
 
-    def check(self, key: str, now: datetime) -> tuple[Reply, datetime] | None:
+    def check(self, key: str, clock: Callable[[], datetime]) -> tuple[Reply, datetime] | None:
         """``None`` if a delivery to ``key`` may start now (a message's token taken, when a
-        rate is set); else the reply for its recipients and when to try again."""
+        rate is set); else the reply for its recipients and when to try again. The time is read
+        only when ``key`` is throttled or a rate is set."""
+        if key not in self._states and self.rules.max_messages_per_minute is None:
+            return None  # the usual case, seen without the lock (a dict look is atomic)
+        now = clock()
         with self._lock:
             state = self._states.get(key)
             if state is not None and state.until is not None and state.waiting(now):
@@ -347,12 +356,15 @@ class Throttles:
         )
         return reply, until
 
-    def observe(self, key: str, replies: Iterable[Reply], now: datetime) -> Throttle | None:
+    def observe(
+        self, key: str, replies: Iterable[Reply], clock: Callable[[], datetime]
+    ) -> Throttle | None:
         """Learn from a delivery's replies; the new throttle when the receiver asked to slow
         down, else ``None``."""
         replies = list(replies)
         if not self._states and all(200 <= r.code < 300 for r in replies):
             return None  # the usual case: nothing throttled, nothing asked (no lock taken)
+        now = clock()
         asking = next((r for r in replies if asks_to_slow_down(r)), None)
         with self._lock:
             state = self._states.get(key)
@@ -448,9 +460,7 @@ class Deliverer:
         pending = [r.address for r in envelope.pending]
         block = self._precheck(envelope)
         if block is not None:
-            transcript = attempt.transcripts.setdefault(
-                TranscriptKind.REMOTE, Transcript(self.clock)
-            )
+            transcript = attempt.transcripts.setdefault(TranscriptKind.REMOTE, self._transcript())
             transcript.begin(f"attempt {envelope.attempts + 1}: refused before delivery")
             transcript.note(str(block))
             attempt.replies.update(dict.fromkeys(pending, block))
@@ -460,7 +470,9 @@ class Deliverer:
             groups[self.router.route(address)].append(address)
         for route, grouped in groups.items():
             kind = TranscriptKind.LOCAL if route.kind is RouteKind.LOCAL else TranscriptKind.REMOTE
-            transcript = attempt.transcripts.setdefault(kind, Transcript(self.clock))
+            transcript = attempt.transcripts.get(kind) or attempt.transcripts.setdefault(
+                kind, self._transcript()
+            )
             transcript.begin(f"attempt {envelope.attempts + 1}: {route.description}")
             addresses = grouped
             if route.kind is RouteKind.SMTP and self.suppression is not None:
@@ -472,6 +484,11 @@ class Deliverer:
             else:
                 self._deliver_remote(envelope, route, addresses, transcript, attempt)
         return attempt
+
+    def _transcript(self) -> Transcript:
+        """A new transcript; with the real clock, its lines keep ``time.time_ns()``, made a
+        datetime only if they are read (``Transcript``: ``stamp``)."""
+        return Transcript(self.clock, stamp=time.time_ns if self.clock is system_clock else None)
 
     def _precheck(self, envelope: Envelope) -> Reply | None:
         """Limits that fail the whole message before any delivery (IIS: size, hop count)."""
@@ -517,7 +534,7 @@ class Deliverer:
             throttles.take(key)
             try:
                 # Looked at once the slot is ours, as for dead hosts (see _send).
-                held = throttles.check(key, self.clock())
+                held = throttles.check(key, self.clock)
                 if held is not None:
                     reply, until = held
                     transcript.note(str(reply))
@@ -568,7 +585,7 @@ class Deliverer:
         )
         attempt.replies.update(replies)
         key = destination(hop)
-        throttle = self.throttles.observe(key, replies.values(), self.clock())
+        throttle = self.throttles.observe(key, replies.values(), self.clock)
         if throttle is not None and throttle.until is not None:
             text = (
                 f"{key} asked to slow down ({throttle.reason}): at most "
@@ -660,7 +677,7 @@ class Deliverer:
         try:
             # Looked at once the slot is ours: a message that waited behind one that found the
             # host silent sees the mark and does not knock again.
-            skipped = self.dead.skip(target, self.clock(), hop=hop)
+            skipped = self.dead.skip(target, self.clock, hop=hop)
             if skipped is not None:
                 transcript.note(str(skipped.reply))
                 for address in addresses:

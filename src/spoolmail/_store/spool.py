@@ -20,7 +20,7 @@ import os
 import threading
 import weakref
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Literal, Self
 
 import attrs
@@ -53,6 +53,7 @@ from spoolmail._core.ids import QueueIds, is_made_id, is_queue_id
 from spoolmail._core.states import Event, State
 from spoolmail._store import pyfs
 from spoolmail._store.bus import EventBus
+from spoolmail._store.clock import system_clock
 from spoolmail._store.entropy import PooledRandom
 from spoolmail._store.store import (
     BADMAIL,
@@ -133,11 +134,6 @@ def _forget_issued() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_issued)
-
-
-def system_clock() -> datetime:
-    """The real time, as an aware UTC datetime: the default clock."""
-    return datetime.now(UTC)
 
 
 @attrs.frozen(kw_only=True)
