@@ -234,7 +234,7 @@ def test_a_handler_or_a_filter_anywhere_on_the_way_gets_records(
     }[where]
     add()
     try:
-        assert logs._write_line(logging.INFO, "q1: removed") is False
+        assert logs._write_line(observers.mail_log, logging.INFO, "q1: removed") is False
         log_event(EVENTS[3])
     finally:
         remove()
@@ -249,7 +249,7 @@ def test_syslog_formats_its_own_way_so_it_gets_records(
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
         server.bind(address)
         logs.to_syslog(address)
-        assert logs._write_line(logging.INFO, "q1: removed") is False
+        assert logs._write_line(observers.mail_log, logging.INFO, "q1: removed") is False
         log_event(EVENTS[3])
         server.settimeout(5)
         datagram = server.recv(4096)
@@ -294,3 +294,62 @@ def test_a_plain_formatter_s_line_is_its_format_of_a_record() -> None:
     dated = _Formatter(_FORMAT)
     dated.datefmt = "%H"
     assert dated.line(created_ns, logging.INFO, "text") is None
+
+
+def test_another_spoolmail_logger_s_line_goes_straight_too_and_reads_as_its_record(
+    logs: Logs, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alone(monkeypatch)
+    listener = logging.getLogger("spoolmail.listener")
+    text = "q9: queued from client.test[127.0.0.1] sender=<a@example.org> recipients=1 size=9"
+    capsys.readouterr()
+    with monkeypatch.context() as patched:
+
+        def made(*_args: object, **_kwargs: object) -> logging.LogRecord:
+            raise AssertionError("a record was made for a line that had nobody else to hear it")
+
+        patched.setattr(listener, "makeRecord", made)
+        observers.log_line(listener, logging.INFO, text)
+    straight = capsys.readouterr().err
+    observers.write_lines_with(None)
+    try:
+        observers.log_line(listener, logging.INFO, text)
+    finally:
+        observers.write_lines_with(logs._write_line)
+    assert written(straight) == written(capsys.readouterr().err) == [f" INFO {text}"]
+
+
+def test_a_handler_below_spoolmail_or_a_disabled_logger_is_respected(
+    logs: Logs, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alone(monkeypatch)
+    inner = logging.getLogger("spoolmail.listener.inner")
+    heard: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            heard.append(record.getMessage())
+
+    keep = Keep()
+    listener = logging.getLogger("spoolmail.listener")
+    listener.addHandler(keep)
+    try:
+        assert logs._write_line(inner, logging.INFO, "line") is False
+        observers.log_line(inner, logging.INFO, "line")
+    finally:
+        listener.removeHandler(keep)
+    assert heard == ["line"]
+    capsys.readouterr()
+    monkeypatch.setattr(inner, "disabled", True)
+    observers.log_line(inner, logging.INFO, "not written")
+    assert capsys.readouterr().err == ""
+
+
+def test_a_line_s_record_names_the_caller(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="spoolmail"):
+        observers.log_line(logging.getLogger("spoolmail.listener"), logging.INFO, "said")
+    [record] = caplog.records
+    assert (record.getMessage(), record.funcName) == (
+        "said",
+        "test_a_line_s_record_names_the_caller",
+    )

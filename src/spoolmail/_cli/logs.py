@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from spoolmail._service.observers import mail_log, write_lines_with
+from spoolmail._service.observers import write_lines_with
 from spoolmail.exceptions import ConfigurationError
 
 __all__ = ["DEFAULT_SYSLOG", "Logs"]
@@ -134,10 +134,10 @@ def _syslog_address(address: str | bool) -> str | tuple[str, int]:
 class Logs:
     """The command's log handlers for one run of ``main``; :meth:`close` removes them.
 
-    While it is open, the service's mail lines (``spoolmail.mail``, one or two a message) go
-    straight to these handlers when nothing else would hear their records: no other handler
-    on the way up, no filter on ``spoolmail.mail`` or on a handler, no syslog (which formats
-    its own way), the formatters plain. The
+    While it is open, the lines written once or more a message (``spoolmail.mail``'s, and the
+    listener's "queued": ``_service.observers.log_line``) go straight to these handlers when
+    nothing else would hear their records: no other handler on the way up, no filter on their
+    logger or on a handler, no syslog (which formats its own way), the formatters plain. The
     lines are those the records would make; anyone who adds a handler or a filter (a test's
     ``caplog``, an embedder's configuration) gets the records again, fields and all.
     """
@@ -150,18 +150,17 @@ class Logs:
         self.set_level(level)
         write_lines_with(self._write_line)
 
-    def _write_line(self, level: int, text: str) -> bool:
-        """``text`` written at ``level`` by the handlers it concerns, if the record would reach
-        no one else (see the class docstring); whether it was."""
+    def _write_line(self, logger: logging.Logger, level: int, text: str) -> bool:
+        """``text`` written at ``level`` by the handlers it concerns, if ``logger``'s record
+        would reach no one else (see the class docstring); whether it was."""
         handlers = _root.handlers
-        if (
-            not handlers
-            or mail_log.handlers
-            or mail_log.filters
-            or not mail_log.propagate
-            or (_root.propagate and logging.root.handlers)
-        ):
+        if not handlers or logger.filters or (_root.propagate and logging.root.handlers):
             return False
+        on_the_way: logging.Logger | None = logger
+        while on_the_way is not _root:  # the loggers between it and spoolmail's: no handler
+            if on_the_way is None or on_the_way.handlers or not on_the_way.propagate:
+                return False
+            on_the_way = on_the_way.parent
         created = time.time_ns()
         lines: list[tuple[_StderrHandler | _LogFile, str]] = []
         for handler in handlers:
@@ -183,7 +182,7 @@ class Logs:
             except Exception:  # noqa: BLE001 (logging must never break the command)
                 handler.handleError(
                     logging.makeLogRecord(
-                        {"name": mail_log.name, "levelno": level, "msg": text, "args": None}
+                        {"name": logger.name, "levelno": level, "msg": text, "args": None}
                     )
                 )
             finally:

@@ -74,6 +74,7 @@ from spoolmail._core.relay import AccessPolicy, IPAddress, RcptVerdict, client_a
 from spoolmail._core.routing import Router
 from spoolmail._listen.committer import Committer
 from spoolmail._listen.replies import enhance
+from spoolmail._service.observers import log_line
 from spoolmail._store.spool import Admission, Spool
 from spoolmail.exceptions import MessageError, SpoolmailError
 
@@ -1052,15 +1053,16 @@ class Hooks:
         except SpoolmailError as exc:
             log.error("%s: message not queued: %s", server.client, exc)  # noqa: TRY400 (said)
             return "451 4.3.0 Error: queue file write error, try again later"
-        log.info(
-            "%s: queued from %s%s sender=%s recipients=%d size=%d",
-            queue_id,
-            server.client_name,
-            f" user={server.user}" if server.user else "",
-            envelope.mail_from if envelope.mail_from == "<>" else f"<{envelope.mail_from}>",
-            len(envelope.recipients),
-            len(message),
-        )
+        if log.isEnabledFor(logging.INFO):
+            sender = envelope.mail_from
+            log_line(
+                log,
+                logging.INFO,
+                f"{queue_id}: queued from {server.client_name}"
+                f"{f' user={server.user}' if server.user else ''}"
+                f" sender={sender if sender == '<>' else f'<{sender}>'}"
+                f" recipients={len(envelope.recipients)} size={len(message)}",
+            )
         return f"250 2.0.0 Ok: queued as {queue_id}"
 
     def _check_content(self, content: bytes | bytearray) -> str | None:

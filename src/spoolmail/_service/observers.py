@@ -36,7 +36,7 @@ from spoolmail._core.events import (
     log_fields,
 )
 
-__all__ = ["Counters", "Stats", "log_event", "mail_log", "write_lines_with"]
+__all__ = ["Counters", "Stats", "log_event", "log_line", "mail_log", "write_lines_with"]
 
 mail_log = logging.getLogger("spoolmail.mail")
 
@@ -44,17 +44,29 @@ _WARNINGS = (Failed, ToBadMail)
 _HERE = __file__
 
 
-# Writes a mail line where the ``spoolmail`` logger's handlers would, when they are the command's
-# own and nothing else hears the record (``_cli.logs``); ``None``: records only. It returns
-# whether it wrote the line; when it did not, the record is made as always.
-_line_writer: Callable[[int, str], bool] | None = None
+# Writes a line where the ``spoolmail`` logger's handlers would, when they are the command's own
+# and nothing else hears the record (``_cli.logs``); ``None``: records only. It returns whether
+# it wrote the line; when it did not, the record is made as always.
+_line_writer: Callable[[logging.Logger, int, str], bool] | None = None
 
 
-def write_lines_with(writer: Callable[[int, str], bool] | None) -> None:
-    """Have ``writer(level, text)`` offered each mail line before a record is made for it (the
-    command's log, ``_cli.logs``), or no longer (``None``)."""
+def write_lines_with(writer: Callable[[logging.Logger, int, str], bool] | None) -> None:
+    """Have ``writer(logger, level, text)`` offered each line of :func:`log_line` and
+    :func:`log_event` before a record is made for it (the command's log, ``_cli.logs``), or no
+    longer (``None``)."""
     global _line_writer  # noqa: PLW0603 (one writer for the process, as logging's handlers are)
     _line_writer = writer
+
+
+def log_line(logger: logging.Logger, level: int, text: str) -> None:
+    """``logger.log(level, "%s", text)`` for a line written once a message (a listener's
+    "queued"), or the line alone where the command's handlers are all that would hear the
+    record (see :func:`log_event`)."""
+    if logger.isEnabledFor(level):
+        writer = _line_writer
+        if writer is not None and writer(logger, level, text):
+            return
+        logger.log(level, "%s", text, stacklevel=2)  # the record names the caller, as before
 
 
 def log_event(event: MailEvent) -> None:
@@ -66,7 +78,7 @@ def log_event(event: MailEvent) -> None:
     if mail_log.isEnabledFor(level):
         text = describe(event)
         writer = _line_writer
-        if writer is not None and writer(level, text):
+        if writer is not None and writer(mail_log, level, text):
             return
         # What ``mail_log.log(level, "%s", text, extra=fields)`` does, less findCaller's walk up
         # the stack for what is known here: the record names this function and line, as it

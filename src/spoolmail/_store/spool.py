@@ -37,6 +37,7 @@ from spoolmail._core.envelope import (
     decode_envelope,
     encode_envelope,
     new_envelope,
+    replaced,
 )
 from spoolmail._core.events import (
     Deleted,
@@ -592,12 +593,12 @@ class Spool:
         envelope = (
             fresh
             if admission.envid is None and admission.ret is None
-            else attrs.evolve(fresh, envid=admission.envid, ret=admission.ret)
+            else replaced(fresh, envid=admission.envid, ret=admission.ret)
         )
         stored: list[Envelope] = []
 
         def sized(size: int, dkim: tuple[str, ...]) -> Envelope:
-            stored.append(attrs.evolve(envelope, size=size, dkim=dkim))
+            stored.append(replaced(envelope, size=size, dkim=dkim))
             return stored[-1]
 
         change = Change(id=queue_id, message=message, envelope=sized, durable=durable)
@@ -794,7 +795,7 @@ class Spool:
         new_id = store.new_id()
         fresh = states.requeue(envelope, queue_id=new_id, now=now, addresses=chosen)
         if sender is not None:
-            fresh = attrs.evolve(fresh, sender=sender)
+            fresh = replaced(fresh, sender=sender)
         if not fresh.recipients:
             raise MessageError(
                 f"BadMail entry {queue_id!r} has no undelivered recipient to send to"

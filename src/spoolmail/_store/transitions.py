@@ -35,7 +35,7 @@ import attrs
 
 from spoolmail._core.badmail import BadMailReport, render_badmail_report
 from spoolmail._core.dkim import DkimPolicy, DkimSession
-from spoolmail._core.envelope import Envelope, decode_envelope, encode_envelope
+from spoolmail._core.envelope import Envelope, decode_envelope, encode_envelope, replaced
 from spoolmail._core.headers import fields
 from spoolmail._core.pickup import pickup_head_end
 from spoolmail._core.states import Commit, Event, State, step, untried
@@ -288,7 +288,7 @@ class Transitions:
             if not dkim:
                 return _envelope_bytes(change) or b""
             whole = decode_envelope(made) if isinstance(made, bytes) else made
-            return encode_envelope(attrs.evolve(whole, dkim=dkim))
+            return encode_envelope(replaced(whole, dkim=dkim))
 
         self.files.commit_queued(change.id, message, encoded, sync=change.durable)
         return True
