@@ -24,6 +24,7 @@ from spoolmail._transport.replies import (
     ServerReply,
     SmtpExtensions,
     parse_reply_line,
+    printable,
 )
 
 
@@ -31,6 +32,40 @@ from spoolmail._transport.replies import (
 def test_reply_parser_never_crashes(line: bytes) -> None:
     parsed = parse_reply_line(line)
     assert parsed is None or 200 <= parsed[0] <= 599
+
+
+def _general(line: bytes) -> tuple[int, tuple[str, ...]] | str:
+    """What the reader makes of ``line`` by the parse of any line (its one-line path not used)."""
+    parsed = parse_reply_line(line)
+    if parsed is None:
+        return "refused"
+    code, more, text = parsed
+    return "more" if more else (code, (printable(text, limit=1000),))
+
+
+@given(
+    st.one_of(
+        st.binary(max_size=40),
+        st.builds(
+            lambda code, rest: code + rest,
+            st.sampled_from(
+                [b"250", b"199", b"600", b"550", b"354", "\u0660\u0661\u0662".encode()]
+            ),
+            st.binary(max_size=30).map(lambda rest: b" " + rest),
+        ),
+    )
+)
+def test_a_one_line_reply_is_read_as_any_line_is(line: bytes) -> None:
+    reader = ReplyReader()
+    try:
+        taken = reader.take(line)
+    except BadReply:
+        assert _general(line) == "refused"
+        return
+    if taken is None:
+        assert _general(line) == "more"
+    else:
+        assert _general(line) == (taken.code, taken.lines)
 
 
 @pytest.mark.parametrize(

@@ -175,6 +175,13 @@ class ReplyReader:
         return None
 
     def take(self, line: bytes) -> ServerReply | None:
+        if self._code is None and line[3:4] == b" " and line[:3].isdigit():
+            # A reply of one line, nearly every one: what the general path below makes of it.
+            code = int(line[:3])
+            if 200 <= code <= 599:
+                return ServerReply(
+                    code, (printable(line[4:].decode("utf-8", "replace"), limit=1000),)
+                )
         parsed = parse_reply_line(line)
         if parsed is None:
             self._start()
