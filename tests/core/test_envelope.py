@@ -321,34 +321,7 @@ def test_replaced_refuses_a_field_the_class_does_not_have() -> None:
         replaced(sample(), colour="red")
 
 
-@given(
-    st.builds(
-        Envelope,
-        id=_TEXT,
-        sender=_TEXT,
-        recipients=st.lists(_RECIPIENTS, max_size=3),
-        arrival=st.datetimes(timezones=st.just(UTC)),
-        next_attempt=st.datetimes(timezones=st.just(UTC)),
-        origin=_TEXT,
-        size=_COUNTS,
-        attempts=_COUNTS,
-        first_attempt=_TIMES,
-        last_attempt=_TIMES,
-        delay_notified=st.booleans(),
-        dsn_count=_COUNTS,
-        held_since=_TIMES,
-        held_time=st.timedeltas(min_value=timedelta(0), max_value=timedelta(days=9)),
-        envid=st.none() | _TEXT,
-        ret=st.none() | st.sampled_from(Ret),
-        about=_TEXT,
-        notice_at=_TIMES,
-        hops=st.none() | _COUNTS,
-        eight_bit=st.none() | st.booleans(),
-        local_faults=_COUNTS,
-        dkim=st.just(()) | st.just(("DKIM-Signature: v=1;\r\n\tb=abc", "X-A: b")),
-        dot_lines=st.none() | st.booleans(),
-    )
-)
+@given(_ENVELOPES)
 def test_the_file_is_what_json_writes_for_any_envelope(envelope: Envelope) -> None:
     assert encode_envelope(envelope) == _reference(envelope)
 
