@@ -289,6 +289,10 @@ def test_a_plain_formatter_s_line_is_its_format_of_a_record() -> None:
     made.msecs = 123.0
     made.args = ("text",)
     assert formatter.line(created_ns, logging.INFO, "text") == formatter.format(made)
+    # Within a few hundred nanoseconds of the next second: still this second, 999 ms.
+    edge = record(1_796_000_000.5, message="%s")
+    edge.args, edge.msecs = ("text",), 999.0
+    assert formatter.line(1_796_000_000_999_999_950, logging.INFO, "text") == formatter.format(edge)
     other = _Formatter("%(asctime)s %(threadName)s %(message)s")
     assert other.line(created_ns, logging.INFO, "text") is None  # a field only records have
     dated = _Formatter(_FORMAT)

@@ -39,13 +39,12 @@ class _Formatter(logging.Formatter):
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802 (logging's name)
         if datefmt is not None or self.converter is not time.localtime:
             return super().formatTime(record, datefmt)
-        return self._stamp(record.created, record.msecs)
+        return self._stamp(int(record.created), record.msecs)
 
-    def _stamp(self, created: float, msecs: float) -> str:
-        second = int(created)
+    def _stamp(self, second: int, msecs: float) -> str:
         cached, text = self._second  # one tuple: threads see a pair that belongs together
         if cached != second:
-            text = time.strftime(self.default_time_format, time.localtime(created))
+            text = time.strftime(self.default_time_format, time.localtime(second))
             self._second = (second, text)
         return self.default_msec_format % (text, msecs) if self.default_msec_format else text
 
@@ -58,7 +57,10 @@ class _Formatter(logging.Formatter):
         fmt = self._fmt
         if fmt is None:
             return None
-        stamp = self._stamp(created_ns / 1e9, (created_ns % 1_000_000_000) // 1_000_000 + 0.0)
+        # The second and the milliseconds from the integer: a float of the time would round up
+        # to the next second within a few hundred nanoseconds of it.
+        second, rest = divmod(created_ns, 1_000_000_000)
+        stamp = self._stamp(second, rest // 1_000_000 + 0.0)
         try:
             return fmt % {  # what PercentStyle does with the record's fields
                 "asctime": stamp,
