@@ -56,3 +56,7 @@ def test_another_clock_stamps_its_own_times_and_both_kinds_mix() -> None:
     assert ours.lines[1] == "04:30:05.250 * from a set clock"
     assert ours.lines[0].endswith(" * from the real one")
     assert ours.text == "".join(f"{line}\n" for line in ours.lines)
+
+
+def test_how_the_times_are_taken_is_not_part_of_equality() -> None:
+    assert Transcript(system_clock) == Transcript(system_clock, stamp=time.time_ns)
