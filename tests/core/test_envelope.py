@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -18,7 +19,9 @@ from spoolmail._core.envelope import (
     Recipient,
     RecipientState,
     Ret,
+    _checked_envelope,
     _indented,
+    _plain_envelope,
     decode_envelope,
     encode_envelope,
     replaced,
@@ -316,6 +319,12 @@ def test_replaced_is_evolve_for_every_change_good_or_bad(
     assert replaced(instance) == instance
 
 
+def test_replaced_names_the_first_bad_field_in_the_class_s_order_as_evolve() -> None:
+    naive = datetime(2000, 1, 1)  # noqa: DTZ001 (a bad value on purpose)
+    with pytest.raises(ValueError, match=r"^next_attempt must be an aware"):
+        replaced(sample(), last_attempt=naive, next_attempt=naive)
+
+
 def test_replaced_refuses_a_field_the_class_does_not_have() -> None:
     with pytest.raises(TypeError, match="no field 'colour'"):
         replaced(sample(), colour="red")
@@ -338,3 +347,84 @@ def test_a_decoded_envelope_is_whole_and_passes_the_class_s_own_checks(envelope:
         attrs.validate(recipient)
     attrs.validate(decoded)
     assert attrs.evolve(decoded) == decoded  # __init__ with every value: nothing it refuses
+
+
+# -- the common envelope's one-pass decoding, held to the general path ---------------------------
+
+_ODD = _JSON | st.sampled_from(
+    ["pending", "2026-11-28T10:15:02+00:00", "2026-11-28T10:15:02", True, 1, 0.0, -1, 1e10]
+)
+
+
+def _general(data: object) -> object:
+    try:
+        return _checked_envelope(data)
+    except EnvelopeError as exc:
+        return EnvelopeError, str(exc)
+
+
+def test_the_envelope_spoolmail_writes_takes_the_one_pass() -> None:
+    data = json.loads(encode_envelope(sample()))
+    assert _plain_envelope(data) == sample()
+    data["recipients"][0]["notify"] = ["FAILURE"]
+    assert _plain_envelope(data) is None  # NOTIFY, RET, DKIM: the general path
+    assert decode_envelope(json.dumps(data).encode()).recipients[0].notify is Notify.FAILURE
+
+
+@given(_ENVELOPES)
+def test_the_one_pass_decodes_what_the_general_path_does(envelope: Envelope) -> None:
+    data = json.loads(encode_envelope(envelope))
+    plain = _plain_envelope(data)
+    assert plain is None or plain == _general(data) == envelope
+    if (
+        envelope.ret is None
+        and not envelope.dkim
+        and all(r.notify is None for r in envelope.recipients)
+    ):
+        assert plain is not None
+
+
+@given(_ENVELOPES, st.data())
+def test_the_one_pass_takes_nothing_the_general_path_refuses(
+    envelope: Envelope, data: st.DataObject
+) -> None:
+    """Any field of the file, or of a recipient in it, damaged, absent or of another type:
+    the one pass either leaves it to the general path or makes the same envelope."""
+    raw = json.loads(encode_envelope(replaced(envelope, ret=None, dkim=())))
+    for recipient in raw["recipients"]:
+        recipient["notify"] = None
+    where = data.draw(st.sampled_from([raw, *raw["recipients"]]))
+    key = data.draw(st.sampled_from(sorted(where)) | st.text(max_size=3))
+    if data.draw(st.booleans()):
+        where.pop(key, None)
+    else:
+        where[key] = data.draw(_ODD)
+    plain = _plain_envelope(raw)
+    if plain is not None:
+        assert plain == _general(raw)
+        assert vars(plain).keys() == {field.name for field in attrs.fields(Envelope)}
+        attrs.validate(plain)
+
+
+_ABSENT = object()
+_ODD_VALUES = [
+    *(None, True, False, 0, 1, -1, 0.0, 1.5, 1e10, float("nan"), "", "x", [], {}, _ABSENT),
+    *("pending", "FULL", "2026-11-28T10:15:02", "2026-11-28T10:15:02+00:00", "2026-13-01"),
+    *(["FAILURE"], ["X-A: b"], {"code": 250}, {"code": "x"}, {"code": 451, "cause": 1}),
+]
+
+
+def test_the_one_pass_takes_nothing_the_general_path_refuses_field_by_field() -> None:
+    base = json.loads(encode_envelope(sample()))
+    places = [(None, key) for key in [*base, "held_seconds", "hops", "eight_bit", "dot_lines"]]
+    places += [(index, key) for index, item in enumerate(base["recipients"]) for key in item]
+    for index, key in places:
+        for value in _ODD_VALUES:
+            raw = copy.deepcopy(base)
+            where = raw if index is None else raw["recipients"][index]
+            if value is _ABSENT:
+                where.pop(key, None)
+            else:
+                where[key] = value
+            plain = _plain_envelope(raw)
+            assert plain is None or plain == _general(raw), (index, key, value)

@@ -117,6 +117,9 @@ def replaced(instance: _F, **changes: Any) -> _F:
             checks.append((field, field.validator, value))
         values[name] = value
     _SET(copy, "__dict__", values)
+    if len(checks) > 1:  # in the fields' order, as evolve: the first bad one is the one named
+        order = list(fields)
+        checks.sort(key=lambda check: order.index(check[0].name))
     if checks and not attrs.validators.get_disabled():
         for field, validator, value in checks:
             validator(copy, field, value)
@@ -544,6 +547,139 @@ def decode_envelope(raw: bytes) -> Envelope:
         data = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise EnvelopeError(f"not a JSON envelope (truncated or damaged?): {exc}") from None
+    plain = _plain_envelope(data) if type(data) is dict else None
+    return plain if plain is not None else _checked_envelope(data)
+
+
+_STATES = {state.value: state for state in RecipientState}
+_NO_TIME = timedelta(0)
+_iso = datetime.fromisoformat
+
+
+def _plain_time(value: object) -> datetime:
+    """An aware time as the writer writes it; ``ValueError`` for anything else."""
+    if type(value) is not str:
+        raise ValueError(value)
+    parsed = _iso(value)
+    if parsed.tzinfo is None:  # fromisoformat gives a fixed offset or none
+        raise ValueError(value)
+    return parsed
+
+
+def _plain_envelope(data: dict[str, Any]) -> Envelope | None:  # noqa: PLR0911 (a way out for each kind)
+    """The envelope ``data`` holds, if it is the kind spoolmail writes for nearly every message:
+    exact types, no NOTIFY, RET or DKIM fields. ``None`` at the first value that is not so,
+    damaged or only less common: :func:`_checked_envelope` decides those and names what is wrong.
+
+    Every message delivered decodes its envelope (a flush, the listener's messages in another
+    worker): this checks the same things in one pass, without a function call a field, for about
+    half the instructions of the general path. A property test holds the two to the same result.
+    """
+    get = data.get
+    items = get("recipients")
+    if get("format") != _FORMAT or get("version") != ENVELOPE_VERSION or type(items) is not list:
+        return None
+    try:
+        recipients = []
+        for item in items:
+            if type(item) is not dict:
+                return None
+            value = item.get
+            address, state, reply = value("address"), value("state"), value("reply")
+            notified, updated, orcpt = value("notified", False), value("updated"), value("orcpt")
+            if (
+                type(address) is not str
+                or type(state) is not str
+                or (state := _STATES.get(state)) is None
+                or type(notified) is not bool
+                or value("notify") is not None
+                or (orcpt is not None and type(orcpt) is not str)
+            ):
+                return None
+            if reply is not None:
+                if type(reply) is not dict:
+                    return None
+                reply = Reply.from_json(reply)
+            fields = {
+                "address": address,
+                "state": state,
+                "reply": reply,
+                "notified": notified,
+                "updated": None if updated is None else _plain_time(updated),
+                "notify": None,
+                "orcpt": orcpt,
+            }
+            recipients.append(_made(Recipient, fields))
+        ident, sender, origin, about = get("id"), get("sender"), get("origin", ""), get("about", "")
+        size, attempts, dsns = get("size", 0), get("attempts", 0), get("dsn_count", 0)
+        faults, hops, held = get("local_faults", 0), get("hops"), get("held_seconds", 0)
+        notified, envid = get("delay_notified", False), get("envid")
+        eight_bit, dot_lines = get("eight_bit"), get("dot_lines")
+        if (
+            type(ident) is not str
+            or type(sender) is not str
+            or type(origin) is not str
+            or type(about) is not str
+            or type(size) is not int
+            or type(attempts) is not int
+            or type(dsns) is not int
+            or type(faults) is not int
+            or type(notified) is not bool
+            or (hops is not None and (type(hops) is not int or hops < 0))
+            or (envid is not None and type(envid) is not str)
+            or (eight_bit is not None and type(eight_bit) is not bool)
+            or (dot_lines is not None and type(dot_lines) is not bool)
+            or get("ret") is not None
+            or get("dkim") is not None
+        ):
+            return None
+        if held == 0 and type(held) in (int, float):
+            held_time = _NO_TIME
+        elif type(held) in (int, float) and 0 <= held < 1e10:  # as _seconds
+            held_time = timedelta(seconds=float(held))
+        else:
+            return None
+        times = [get(name) for name in _TIMES]
+        arrival, next_attempt, first, last, held_since, notice_at = [
+            None if value is None else _plain_time(value) for value in times
+        ]
+        if arrival is None or next_attempt is None:
+            return None
+    except (KeyError, TypeError, ValueError, OverflowError):
+        return None  # the general path says what is wrong
+    fields = {
+        "id": ident,
+        "sender": sender,
+        "recipients": tuple(recipients),
+        "arrival": arrival,
+        "next_attempt": next_attempt,
+        "origin": origin,
+        "size": size,
+        "attempts": attempts,
+        "first_attempt": first,
+        "last_attempt": last,
+        "delay_notified": notified,
+        "dsn_count": dsns,
+        "held_since": held_since,
+        "held_time": held_time,
+        "envid": envid,
+        "ret": None,
+        "about": about,
+        "notice_at": notice_at,
+        "hops": hops,
+        "eight_bit": eight_bit,
+        "local_faults": faults,
+        "dkim": (),
+        "dot_lines": dot_lines,
+    }
+    return _made(Envelope, fields)
+
+
+_TIMES = ("arrival", "next_attempt", "first_attempt", "last_attempt", "held_since", "notice_at")
+
+
+def _checked_envelope(data: object) -> Envelope:
+    """The envelope ``data`` holds, every value checked and named if wrong (the general path)."""
     if not isinstance(data, dict) or data.get("format") != _FORMAT:
         raise EnvelopeError('not a spoolmail envelope (no "format": "spoolmail-envelope")')
     if data.get("version") != ENVELOPE_VERSION:
