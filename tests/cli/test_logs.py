@@ -4,6 +4,7 @@ own handlers when nothing else listens, the same lines the records make."""
 
 from __future__ import annotations
 
+import io
 import logging
 import socket
 import sys
@@ -19,7 +20,7 @@ from spoolmail._cli import daemon
 from spoolmail._cli.logs import _FORMAT, Logs, _Formatter, _stderr_handler, _StderrHandler
 from spoolmail._core.events import describe
 from spoolmail._service import observers
-from spoolmail._service.observers import log_event
+from spoolmail._service.observers import LogObserver, log_event, log_events
 from spoolmail.events import Deferred, Delivered, Failed, Removed
 
 
@@ -153,7 +154,7 @@ def test_mail_lines_on_stderr_are_the_records_lines_made_without_a_record(
     observers.write_lines_with(None)
     for event in EVENTS:
         log_event(event)
-    observers.write_lines_with(logs._write_line)
+    observers.write_lines_with(logs._write_lines)
     recorded = capsys.readouterr().err
     assert written(straight) == written(recorded)
     assert written(straight) == [
@@ -204,6 +205,56 @@ def test_anyone_else_who_listens_gets_the_records_and_the_line_is_written_once(
     assert written(capsys.readouterr().err) == [f" INFO {describe(EVENTS[0])}"]
 
 
+class _Writes(io.StringIO):
+    """A stream that counts the writes made to it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+def test_events_fired_together_are_one_write_of_the_lines_their_records_make(
+    logs: Logs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    alone(monkeypatch)
+    recorded = _Writes()
+    monkeypatch.setattr(sys, "stderr", recorded)
+    observers.write_lines_with(None)
+    for event in EVENTS:
+        log_event(event)
+    observers.write_lines_with(logs._write_lines)
+    straight = _Writes()
+    monkeypatch.setattr(sys, "stderr", straight)
+    no_records(monkeypatch)
+    LogObserver().observe_all(EVENTS)  # as the event bus tells a commit's events
+    assert straight.writes == 1
+    assert written(straight.getvalue()) == written(recorded.getvalue())
+    assert len(written(straight.getvalue())) == len(EVENTS)
+    # A log file: one write of the same lines.
+    path = tmp_path / "spoolmail.log"
+    logs.to_file(str(path))
+    log_events(EVENTS)
+    assert written(path.read_text()) == written(recorded.getvalue())
+
+
+def test_events_fired_together_that_another_handler_hears_are_records_in_order(
+    logs: Logs, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    capsys.readouterr()
+    with caplog.at_level(logging.INFO, logger="spoolmail"):
+        log_events(EVENTS)
+    heard = [r for r in caplog.records if r.name == "spoolmail.mail"]
+    assert [r.getMessage() for r in heard] == [describe(event) for event in EVENTS]
+    assert heard[0].recipient == "bob@remote.test"  # type: ignore[attr-defined]
+    assert written(capsys.readouterr().err) == [
+        f" {r.levelname} {describe(event)}" for r, event in zip(heard, EVENTS, strict=True)
+    ]
+
+
 @pytest.mark.parametrize("where", ["mail handler", "mail filter", "handler filter", "root handler"])
 def test_a_handler_or_a_filter_anywhere_on_the_way_gets_records(
     logs: Logs, where: str, monkeypatch: pytest.MonkeyPatch
@@ -234,7 +285,7 @@ def test_a_handler_or_a_filter_anywhere_on_the_way_gets_records(
     }[where]
     add()
     try:
-        assert logs._write_line(observers.mail_log, logging.INFO, "q1: removed") is False
+        assert logs._write_lines(observers.mail_log, [(logging.INFO, "q1: removed")]) is False
         log_event(EVENTS[3])
     finally:
         remove()
@@ -249,7 +300,7 @@ def test_syslog_formats_its_own_way_so_it_gets_records(
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
         server.bind(address)
         logs.to_syslog(address)
-        assert logs._write_line(observers.mail_log, logging.INFO, "q1: removed") is False
+        assert logs._write_lines(observers.mail_log, [(logging.INFO, "q1: removed")]) is False
         log_event(EVENTS[3])
         server.settimeout(5)
         datagram = server.recv(4096)
@@ -319,7 +370,7 @@ def test_another_spoolmail_logger_s_line_goes_straight_too_and_reads_as_its_reco
     try:
         observers.log_line(listener, logging.INFO, text)
     finally:
-        observers.write_lines_with(logs._write_line)
+        observers.write_lines_with(logs._write_lines)
     assert written(straight) == written(capsys.readouterr().err) == [f" INFO {text}"]
 
 
@@ -338,7 +389,7 @@ def test_a_handler_below_spoolmail_or_a_disabled_logger_is_respected(
     listener = logging.getLogger("spoolmail.listener")
     listener.addHandler(keep)
     try:
-        assert logs._write_line(inner, logging.INFO, "line") is False
+        assert logs._write_lines(inner, [(logging.INFO, "line")]) is False
         observers.log_line(inner, logging.INFO, "line")
     finally:
         listener.removeHandler(keep)

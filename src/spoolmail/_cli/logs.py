@@ -16,6 +16,7 @@ import logging.handlers
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from spoolmail._service.observers import write_lines_with
@@ -84,18 +85,24 @@ class _StderrHandler(logging.Handler):
         """A formatted line, as :meth:`emit` writes it (the caller holds the handler's lock)."""
         sys.stderr.write(line + "\n")
 
+    def write_lines(self, lines: Sequence[str]) -> None:
+        """Formatted lines, as :meth:`write_line` writes each, in one write."""
+        sys.stderr.write("\n".join(lines) + "\n")
+
 
 class _LogFile(logging.handlers.WatchedFileHandler):
     """Appends; reopens when the file was moved away (WatchedFileHandler) or when told."""
 
-    def write_line(self, line: str) -> None:
-        """A formatted line, as ``emit`` writes a record's (WatchedFileHandler's reopening,
-        FileHandler's opening, StreamHandler's write and flush); the caller holds the lock."""
+    def write_lines(self, lines: Sequence[str]) -> None:
+        """Formatted lines, each as ``emit`` writes a record's (WatchedFileHandler's reopening,
+        FileHandler's opening, StreamHandler's write and flush), in one write; the caller holds
+        the lock."""
         self.reopenIfNeeded()
         if self.stream is None and (self.mode != "w" or not getattr(self, "_closed", False)):
             self.stream = self._open()
         if self.stream:
-            self.stream.write(line + self.terminator)
+            end = self.terminator
+            self.stream.write(end.join(lines) + end)
             self.flush()
 
     def reopen(self) -> None:
@@ -108,6 +115,24 @@ class _LogFile(logging.handlers.WatchedFileHandler):
             self._statstream()
         finally:
             self.release()
+
+
+def _formatted(
+    handler: logging.Handler, created_ns: int, lines: Sequence[tuple[int, str]]
+) -> list[str] | None:
+    """The lines ``handler`` writes of ``lines`` (those at its level or above), formatted as its
+    records' would be; ``None`` if its formatter cannot make them without a record."""
+    formatter = handler.formatter
+    if not isinstance(formatter, _Formatter):
+        return None
+    made: list[str] = []
+    for level, text in lines:
+        if level >= handler.level:
+            line = formatter.line(created_ns, level, text)
+            if line is None:
+                return None
+            made.append(line)
+    return made
 
 
 def _stderr_handler() -> _StderrHandler:
@@ -150,11 +175,12 @@ class Logs:
         self._added: list[logging.Handler] = []
         self._file: _LogFile | None = None
         self.set_level(level)
-        write_lines_with(self._write_line)
+        write_lines_with(self._write_lines)
 
-    def _write_line(self, logger: logging.Logger, level: int, text: str) -> bool:
-        """``text`` written at ``level`` by the handlers it concerns, if ``logger``'s record
-        would reach no one else (see the class docstring); whether it was."""
+    def _write_lines(self, logger: logging.Logger, lines: Sequence[tuple[int, str]]) -> bool:
+        """``lines`` (each a level and a text) written by the handlers they concern, each
+        handler's in one write, if ``logger``'s records would reach no one else (see the class
+        docstring); whether they were (all of them, or none)."""
         handlers = _root.handlers
         if not handlers or logger.filters or (_root.propagate and logging.root.handlers):
             return False
@@ -164,27 +190,24 @@ class Logs:
                 return False
             on_the_way = on_the_way.parent
         created = time.time_ns()
-        lines: list[tuple[_StderrHandler | _LogFile, str]] = []
+        writes: list[tuple[_StderrHandler | _LogFile, list[str]]] = []
         for handler in handlers:
             if not isinstance(handler, _StderrHandler | _LogFile) or handler.filters:
                 return False
-            if level < handler.level:
-                continue
-            formatter = handler.formatter
-            if not isinstance(formatter, _Formatter):
+            made = _formatted(handler, created, lines)
+            if made is None:
                 return False
-            line = formatter.line(created, level, text)
-            if line is None:
-                return False
-            lines.append((handler, line))
-        for handler, line in lines:
+            if made:
+                writes.append((handler, made))
+        for handler, made in writes:
             handler.acquire()
             try:
-                handler.write_line(line)
+                handler.write_lines(made)
             except Exception:  # noqa: BLE001 (logging must never break the command)
+                text = "\n".join(text for _, text in lines)
                 handler.handleError(
                     logging.makeLogRecord(
-                        {"name": logger.name, "levelno": level, "msg": text, "args": None}
+                        {"name": logger.name, "levelno": lines[0][0], "msg": text, "args": None}
                     )
                 )
             finally:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import sys
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from types import MappingProxyType
 
@@ -36,7 +36,17 @@ from spoolmail._core.events import (
     log_fields,
 )
 
-__all__ = ["Counters", "Stats", "log_event", "log_line", "mail_log", "write_lines_with"]
+__all__ = [
+    "Counters",
+    "LineWriter",
+    "LogObserver",
+    "Stats",
+    "log_event",
+    "log_events",
+    "log_line",
+    "mail_log",
+    "write_lines_with",
+]
 
 mail_log = logging.getLogger("spoolmail.mail")
 
@@ -44,16 +54,17 @@ _WARNINGS = (Failed, ToBadMail)
 _HERE = __file__
 
 
-# Writes a line where the ``spoolmail`` logger's handlers would, when they are the command's own
-# and nothing else hears the record (``_cli.logs``); ``None``: records only. It returns whether
-# it wrote the line; when it did not, the record is made as always.
-_line_writer: Callable[[logging.Logger, int, str], bool] | None = None
+# Writes lines where the ``spoolmail`` logger's handlers would, when they are the command's own
+# and nothing else hears the records (``_cli.logs``); ``None``: records only. It returns whether
+# it wrote the lines (all of them or none); when it did not, the records are made as always.
+LineWriter = Callable[[logging.Logger, Sequence[tuple[int, str]]], bool]
+_line_writer: LineWriter | None = None
 
 
-def write_lines_with(writer: Callable[[logging.Logger, int, str], bool] | None) -> None:
-    """Have ``writer(logger, level, text)`` offered each line of :func:`log_line` and
-    :func:`log_event` before a record is made for it (the command's log, ``_cli.logs``), or no
-    longer (``None``)."""
+def write_lines_with(writer: LineWriter | None) -> None:
+    """Have ``writer(logger, lines)`` offered the lines of :func:`log_line` and
+    :func:`log_event` (each a level and a text) before records are made for them (the
+    command's log, ``_cli.logs``), or no longer (``None``)."""
     global _line_writer  # noqa: PLW0603 (one writer for the process, as logging's handlers are)
     _line_writer = writer
 
@@ -64,7 +75,7 @@ def log_line(logger: logging.Logger, level: int, text: str) -> None:
     record (see :func:`log_event`)."""
     if logger.isEnabledFor(level):
         writer = _line_writer
-        if writer is not None and writer(logger, level, text):
+        if writer is not None and writer(logger, ((level, text),)):
             return
         logger.log(level, "%s", text, stacklevel=2)  # the record names the caller, as before
 
@@ -78,26 +89,64 @@ def log_event(event: MailEvent) -> None:
     if mail_log.isEnabledFor(level):
         text = describe(event)
         writer = _line_writer
-        if writer is not None and writer(mail_log, level, text):
-            return
-        # What ``mail_log.log(level, "%s", text, extra=fields)`` does, less findCaller's walk up
-        # the stack for what is known here: the record names this function and line, as it
-        # would. Several records a message: the walk was a fifth of the cost of each. The frame
-        # is not kept in a local: a frame that refers to itself is a reference cycle, and each
-        # record left one (frame, record and all) for the cyclic collector, which then ran three
-        # times as often and collected the older generations too: 9% of a drain's CPU.
-        record = mail_log.makeRecord(
-            mail_log.name,
-            level,
-            _HERE,
-            sys._getframe().f_lineno,
-            "%s",
-            (text,),
-            None,
-            "log_event",
-            log_fields(event),
-        )
-        mail_log.handle(record)
+        if writer is None or not writer(mail_log, ((level, text),)):
+            _record(event, level, text)
+
+
+def log_events(events: Sequence[MailEvent]) -> None:
+    """:func:`log_event` for events fired together (a commit's, an intake batch's): where their
+    lines go straight to the command's handlers, they go in one write."""
+    writer = _line_writer
+    if writer is None:
+        for event in events:
+            log_event(event)
+        return
+    said: list[MailEvent] = []
+    lines: list[tuple[int, str]] = []
+    for event in events:
+        level = logging.WARNING if isinstance(event, _WARNINGS) else logging.INFO
+        if mail_log.isEnabledFor(level):
+            said.append(event)
+            lines.append((level, describe(event)))
+    if lines and not writer(mail_log, lines):
+        for event, (level, text) in zip(said, lines, strict=True):
+            _record(event, level, text)
+
+
+class LogObserver:
+    """The service's observer of its events: :func:`log_event` one at a time,
+    :func:`log_events` for events fired together (``EventBus.emit_all``)."""
+
+    __slots__ = ()
+
+    def __call__(self, event: MailEvent) -> None:
+        log_event(event)
+
+    def observe_all(self, events: Sequence[MailEvent]) -> None:
+        log_events(events)
+
+
+def _record(event: MailEvent, level: int, text: str) -> None:
+    """The record of ``event`` (``describe``'s ``text``, its fields as attributes)."""
+    # What ``mail_log.log(level, "%s", text, extra=fields)`` does, less findCaller's walk up
+    # the stack for what is known here: the record names log_event (as records always have: a
+    # filter or a format may use it) and this line. Several records a message: the walk was a
+    # fifth of the cost of each. The frame is not kept in a local: a frame that refers to
+    # itself is a reference cycle, and each record left one (frame, record and all) for the
+    # cyclic collector, which then ran three times as often and collected the older
+    # generations too: 9% of a drain's CPU.
+    record = mail_log.makeRecord(
+        mail_log.name,
+        level,
+        _HERE,
+        sys._getframe().f_lineno,
+        "%s",
+        (text,),
+        None,
+        "log_event",
+        log_fields(event),
+    )
+    mail_log.handle(record)
 
 
 def _frozen_mapping(value: Mapping[str, int]) -> Mapping[str, int]:

@@ -84,7 +84,7 @@ from spoolmail._service.delivery import (
 )
 from spoolmail._service.handoff import WAKE, Handoff, received
 from spoolmail._service.intake import Intake
-from spoolmail._service.observers import Counters, Stats, log_event
+from spoolmail._service.observers import Counters, LogObserver, Stats
 from spoolmail._service.schedule import Schedule
 from spoolmail._service.threads import Batch, DeliveryThreads
 from spoolmail._store.maillog import MailLog
@@ -563,7 +563,7 @@ class MailService:
         if log_days:
             self._mail_log = MailLog(self._store, days=log_days)
             chain.append(self._mail_log)
-        chain += [log_event, self._counters, *wanted]
+        chain += [LogObserver(), self._counters, *wanted]
         self._unsubscribe = [self.spool.subscribe(observer) for observer in chain]
 
     # -- the loop -------------------------------------------------------------------------------
