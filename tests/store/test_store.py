@@ -244,6 +244,30 @@ def test_queue_claim_release_finish(filesystem: pyfs.FS, clock: FakeClock) -> No
     assert store.queue_files() == {}
 
 
+@pytest.mark.parametrize("kinds", [(), ("RTR",), ("LTR",), ("RTR", "LTR")])
+def test_a_finish_removes_whichever_transcripts_there_are(
+    filesystem: pyfs.FS, clock: FakeClock, kinds: tuple[str, ...]
+) -> None:
+    store = make_store(filesystem, clock)
+    store.commit_queued("q1", b"message", b"env-1")
+    assert store.claim_queued("q1")
+    for kind in kinds:
+        store.write("Queue", f"q1.{kind}", b"t")
+    store.finish("q1")
+    assert store.listdir("Queue") == []
+
+
+def test_a_finish_removes_a_transcript_s_name_even_as_a_dangling_link(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    store = make_store(pyfs.OSFS(str(tmp_path)), clock)
+    store.commit_queued("q1", b"message", b"env-1")
+    assert store.claim_queued("q1")
+    (tmp_path / "Queue" / "q1.LTR").symlink_to(tmp_path / "nowhere")
+    store.finish("q1")
+    assert store.listdir("Queue") == []
+
+
 def test_take_over_has_one_winner(filesystem: pyfs.FS, clock: FakeClock) -> None:
     dead, a, b = (make_store(filesystem, clock, s) for s in (1, 2, 3))
     dead.commit_queued("q1", b"m", b"e")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import random
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,6 +20,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from spoolmail._core.ids import QueueIds
+from spoolmail._store import pyfs
+from spoolmail._store.store import Durability, MailStore
 from spoolmail._transport.base import Outgoing
 from spoolmail._transport.data import (
     CHUNK,
@@ -29,6 +33,7 @@ from spoolmail._transport.data import (
     examine,
     own_data,
 )
+from spoolmail.testing import FakeClock
 from tests.transport.wire import unstuff
 
 ASCII_MESSAGE = b"From: alice@example.net\r\nTo: bob@example.com\r\nSubject: hi\r\n\r\nHello.\r\n"
@@ -164,6 +169,23 @@ def test_a_file_is_its_own_data_only_from_a_descriptor_and_ending_in_crlf(
             small = data if len(data) <= INLINE else None
             assert found == ((source.fileno(), len(data), small) if whole else None)
     assert own_data(io.BytesIO(b"a\r\n")) is None
+
+
+def test_a_mailroot_file_is_its_own_data_at_the_size_its_open_saw(tmp_path: Path) -> None:
+    # MailStore.open's file knows the size fstat gave at the open: own_data asks no second
+    # fstat, and a file cut after the open reads shorter than that size (the sender refuses
+    # to send it, as for any file cut meanwhile).
+    store = MailStore(
+        pyfs.OSFS(str(tmp_path)),
+        durability=Durability.FSYNC,
+        clock=FakeClock(),
+        ids=QueueIds(random.Random(1)),
+    )
+    store.write("Queue", "q1.eml", b"a\r\nb\r\n")
+    with store.open("Queue", "q1.eml") as source:
+        assert own_data(source) == (source.fileno(), 6, b"a\r\nb\r\n")
+        (tmp_path / "Queue" / "q1.eml").write_bytes(b"a\r\n")
+        assert own_data(source) == (source.fileno(), 6, b"a\r\n")
 
 
 def test_encoder_does_not_double_a_final_crlf() -> None:

@@ -1353,9 +1353,17 @@ class MailStore:
         """
         self.recycle(QUEUE, f"{queue_id}.eml")
         if transcripts:
-            self.remove(QUEUE, f"{queue_id}.RTR")
-            self.remove(QUEUE, f"{queue_id}.LTR")
+            self._remove_transcript(f"{queue_id}.RTR")
+            self._remove_transcript(f"{queue_id}.LTR")
         self.recycle(QUEUE, self.claimed_name(queue_id, owner or self.owner))
+
+    def _remove_transcript(self, name: str) -> None:
+        """A finished message's transcript deleted, if it has one of this kind: most have one
+        or none (remote or local delivery). Looked for first on OS filesystems: a failed
+        unlink costs a raised exception, five times the look. Only the process that holds the
+        message's claim writes its transcripts, so none appears in between."""
+        if self._os_root is None or _present(self._sys(QUEUE, name)):
+            self.remove(QUEUE, name)
 
     def signature(self, folder: str, name: str) -> tuple[int, ...] | None:
         """A cheap fingerprint of a file (inode, mtime, size) that changes with every rewrite.
@@ -1713,6 +1721,7 @@ class _StoredFile(io.RawIOBase):
         super().__init__()
         self._fd = fd
         self._left = size
+        self.size = size  # what fstat said at the open (the sender needs no second one)
 
     def readable(self) -> bool:
         return True
@@ -1768,6 +1777,16 @@ def _write_chunks(fd: int, chunks: Iterable[bytes]) -> int:
     if pending:
         _write_all(fd, pending[0] if len(pending) == 1 else b"".join(pending))
     return written
+
+
+def _present(path: str) -> bool:
+    """Whether there is a directory entry at ``path`` (a link counts, whatever it points to)."""
+    if _ACCESS_NOFOLLOW:
+        return os.access(path, os.F_OK, follow_symlinks=False)
+    return os.path.lexists(path)
+
+
+_ACCESS_NOFOLLOW = os.access in os.supports_follow_symlinks
 
 
 def _write_all(fd: int, data: bytes) -> None:

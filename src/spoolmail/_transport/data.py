@@ -135,7 +135,10 @@ def own_data(source: BinaryIO) -> tuple[int, int, bytes | None] | None:
         fd = source.fileno()
     except (OSError, ValueError):  # io.UnsupportedOperation is both
         return None
-    size = os.fstat(fd).st_size
+    # A MailRoot file knows the size fstat gave when it was opened: no second fstat.
+    size = getattr(source, "size", None)
+    if type(size) is not int:
+        size = os.fstat(fd).st_size
     if size < 2:
         return None
     if size <= INLINE:
