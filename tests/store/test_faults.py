@@ -239,7 +239,7 @@ def test_a_spare_that_cannot_be_deleted_either_is_swept_later(
 
     def fill_the_pool_meanwhile(src: str, dst: str) -> None:
         # Another thread recycles 64 files between the look at the pool and the rename.
-        store._spares.extend(f"other{n}.tmp" for n in range(64))
+        store._spares.extend((f"other{n}.tmp", 1) for n in range(64))
         rename(src, dst)
 
     monkeypatch.setattr(os, "rename", fill_the_pool_meanwhile)

@@ -9,6 +9,7 @@ import random
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -373,6 +374,76 @@ def test_closing_removes_the_spares_and_a_sweep_those_of_the_dead(
     dying.recycle("Queue", "c.eml")
     clock.advance(minutes=11)  # its lease runs out without a close
     assert os_store(tmp_path, clock).sweep_temp() == 2  # the spare and the record
+
+
+@given(st.lists(st.integers(0, 3000), min_size=1, max_size=12), st.data())
+def test_a_spare_written_over_holds_what_was_written_and_is_cut_only_when_longer(
+    sizes: list[int], data: st.DataObject
+) -> None:
+    """Spares of every length, kept here or passed from another process, written over by
+    files of every length: each reads back exactly, and a spare is truncated only when it was
+    longer than what was written over it (a truncation to its own size costs a journal
+    handle)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        clock = FakeClock()
+        store, other = os_store(root, clock), make_store(pyfs.OSFS(str(root)), clock, seed=2)
+        inbox, outbox = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        inbox.setblocking(False)
+        store.exchange_spares(inbox=inbox)
+        other.exchange_spares(give=lambda name: outbox.send(name.encode()) > 0)
+        truncated: list[int] = []
+        real = os.ftruncate
+
+        def ftruncate(fd: int, length: int) -> None:
+            truncated.append(length)
+            real(fd, length)
+
+        try:
+            for number, size in enumerate(sizes):
+                content = bytes([65 + number % 26]) * size
+                store.write("Queue", f"{number}.eml", content)
+                assert store.read("Queue", f"{number}.eml") == content
+                (store if data.draw(st.booleans()) else other).recycle("Queue", f"{number}.eml")
+            for number, size in enumerate(data.draw(st.lists(st.integers(0, 3000), max_size=12))):
+                spare_sizes = {
+                    os.stat(root / "SortTemp" / n).st_size for n in os.listdir(root / "SortTemp")
+                }
+                content = bytes([97 + number % 26]) * size
+                truncated.clear()
+                with pytest.MonkeyPatch.context() as patch:
+                    patch.setattr(os, "ftruncate", ftruncate)
+                    store.write("Queue", f"new{number}.eml", content)
+                assert store.read("Queue", f"new{number}.eml") == content
+                assert truncated in ([], [size])
+                if truncated:
+                    assert any(length > size for length in spare_sizes)
+        finally:
+            store.exchange_spares()
+            inbox.close()
+            outbox.close()
+
+
+def test_files_freed_in_pairs_are_written_over_in_pairs_without_a_truncation(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A finish frees a message and then its envelope; intake writes a message and then its
+    # envelope: the spares are taken in the order they were kept, each kind for its kind.
+    store = os_store(tmp_path, clock)
+    for number in range(3):
+        store.write("Queue", f"{number}.eml", b"m" * 2000)
+        store.write("Queue", f"{number}.env", b"e" * 1000)
+    for number in range(3):
+        store.recycle("Queue", f"{number}.eml")
+        store.recycle("Queue", f"{number}.env")
+    truncated: list[int] = []
+    monkeypatch.setattr(os, "ftruncate", lambda _fd, length: truncated.append(length))
+    for number in range(3):
+        store.write("Queue", f"new{number}.eml", b"n" * 2000)
+        store.write("Queue", f"new{number}.env", b"f" * 1000)
+    assert truncated == []
+    assert store.read("Queue", "new2.eml") == b"n" * 2000
+    assert store.read("Queue", "new2.env") == b"f" * 1000
 
 
 def full_pool(store: MailStore) -> None:

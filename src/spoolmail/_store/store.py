@@ -32,6 +32,7 @@ File names: ``Queue/ID.eml`` (message), ``Queue/ID.env`` (envelope), ``Queue/ID.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes
 import enum
@@ -410,7 +411,11 @@ class MailStore:
         # _core.shares): its Pickup files, and the ids it makes. A service sets it.
         self.share: Share = WHOLE
         self._ids_lock = threading.Lock()
-        self._spares: list[str] = []
+        # Each spare's name and size, oldest first: taken in the order they were kept, files
+        # freed in pairs (a message, its envelope) are written over in pairs of the same kinds
+        # (intake writes a message, then its envelope), so a spare is rarely longer than what
+        # goes into it and needs no truncation.
+        self._spares: collections.deque[tuple[str, int]] = collections.deque()
         # Spares passed between processes (_service.handoff, set by exchange_spares): a worker
         # that delivers what others accepted passes its surplus on to those, which write them.
         self._pass_spare: Callable[[str], bool] | None = None
@@ -670,25 +675,34 @@ class MailStore:
     def _temp_name(self) -> str:
         return f"{self.owner}.{self.ids.token(12)}{_TMP_SUFFIX}"
 
-    def _open_temp(self, temp: str) -> tuple[int, str]:
-        """A temp file to write, as a descriptor: a spare and its name (see :meth:`recycle`) if
-        there is one, else ``temp`` created, and ``""``. A bare descriptor: a file object would
-        cost an fstat, an isatty ioctl and an lseek at each open (three a file written)."""
+    def _open_temp(self, temp: str) -> tuple[int, str, int]:
+        """A temp file to write, as a descriptor: a spare, its name and its size (see
+        :meth:`recycle`) if there is one, else ``temp`` created, ``""`` and 0. A bare
+        descriptor: a file object would cost an fstat, an isatty ioctl and an lseek at each
+        open (three a file written)."""
         while True:
             with self._spares_lock:
-                spare = self._spares.pop() if self._spares else ""
+                spare, size = self._spares.popleft() if self._spares else ("", -1)
             if not spare and self._spare_inbox is not None:
-                spare = self._passed_spare()
+                spare = self._passed_spare()  # its size unknown (-1): looked at once open
             if not spare:
-                return os.open(self._sys(SORTTEMP, temp), _CREATE, 0o666), ""
+                return os.open(self._sys(SORTTEMP, temp), _CREATE, 0o666), "", 0
             try:
-                return os.open(self._sys(SORTTEMP, spare), _REWRITE), spare
+                fd = os.open(self._sys(SORTTEMP, spare), _REWRITE)
             except FileNotFoundError:
                 continue
             except OSError:
                 # Out of the pool now: deleted, or it would stay in SortTemp until a restart.
                 self._discard_temp(spare)
                 raise
+            if size < 0:
+                try:
+                    size = os.fstat(fd).st_size
+                except OSError:
+                    os.close(fd)
+                    self._discard_temp(spare)
+                    raise
+            return fd, spare, size
 
     def exchange_spares(
         self,
@@ -728,7 +742,7 @@ class MailStore:
     def spares(self) -> tuple[str, ...]:
         """The names in SortTemp of this process's spare files (see :meth:`recycle`)."""
         with self._spares_lock:
-            return tuple(self._spares)
+            return tuple(name for name, _ in self._spares)
 
     def recycle(self, folder: str, name: str) -> bool:
         """Delete a file, or rather keep it in SortTemp as a spare temp file to be written over.
@@ -749,7 +763,8 @@ class MailStore:
             return self.remove(folder, name)
         spare = self._temp_name()
         try:
-            if os.stat(self._sys(folder, name)).st_size > _SPARE_SIZE:
+            size = os.stat(self._sys(folder, name)).st_size
+            if size > _SPARE_SIZE:
                 return self.remove(folder, name)
             os.rename(self._sys(folder, name), self._sys(SORTTEMP, spare))
         except FileNotFoundError:
@@ -761,7 +776,7 @@ class MailStore:
         with self._spares_lock:
             keep = len(self._spares) < _SPARES
             if keep:
-                self._spares.append(spare)
+                self._spares.append((spare, size))
         if not keep:
             self._discard_temp(spare)  # the file has left its folder: that much is done
         return True
@@ -821,12 +836,14 @@ class MailStore:
         written = 0
         try:
             if self._os_root is not None:
-                fd, spare = self._open_temp(temp)
+                fd, spare, size = self._open_temp(temp)
                 temp = spare or temp
                 try:
                     written = _write_chunks(fd, chunks)
-                    if spare:
-                        os.ftruncate(fd, written)  # the spare may have been longer
+                    if size > written:
+                        # A spare that was longer. One as long or shorter is left as it is: a
+                        # truncation to its own size still changes the inode (a journal handle).
+                        os.ftruncate(fd, written)
                     if fsync:
                         os.fsync(fd)
                 finally:
@@ -1639,9 +1656,9 @@ class MailStore:
             self._trigger_watch.close()
             self._trigger_watch = None
         with self._spares_lock:
-            spares, self._spares = self._spares, []
+            spares, self._spares = self._spares, collections.deque()
         with contextlib.suppress(StorageError):
-            for spare in spares:
+            for spare, _ in spares:
                 self.remove(SORTTEMP, spare)
             self.remove(SORTTEMP, f"{self.owner}{_OWNER_SUFFIX}")
 
