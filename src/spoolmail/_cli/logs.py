@@ -204,10 +204,10 @@ class Logs:
             try:
                 handler.write_lines(made)
             except Exception:  # noqa: BLE001 (logging must never break the command)
-                text = "\n".join(text for _, text in lines)
+                said = "\n".join(text for _, text in lines)
                 handler.handleError(
                     logging.makeLogRecord(
-                        {"name": logger.name, "levelno": lines[0][0], "msg": text, "args": None}
+                        {"name": logger.name, "levelno": lines[0][0], "msg": said, "args": None}
                     )
                 )
             finally:
