@@ -446,6 +446,27 @@ def test_files_freed_in_pairs_are_written_over_in_pairs_without_a_truncation(
     assert store.read("Queue", "new2.env") == b"f" * 1000
 
 
+def test_a_spare_no_longer_than_what_is_written_is_taken_first_when_finished_out_of_order(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Delivery threads finish side by side: two messages' files come back, then their
+    # envelopes. A write of known length takes the oldest of the first few spares that is no
+    # longer than it, so none needs truncating.
+    store = os_store(tmp_path, clock)
+    for number in range(2):
+        store.write("Queue", f"{number}.eml", b"m" * 2000)
+        store.write("Queue", f"{number}.env", b"e" * 1000)
+    for name in ("0.eml", "1.eml", "0.env", "1.env"):
+        store.recycle("Queue", name)
+    truncated: list[int] = []
+    monkeypatch.setattr(os, "ftruncate", lambda _fd, length: truncated.append(length))
+    for number in range(2):
+        store.write("Queue", f"new{number}.eml", b"n" * 2000)
+        store.write("Queue", f"new{number}.env", b"f" * 1000)
+    assert truncated == []
+    assert store.spares == ()
+
+
 def full_pool(store: MailStore) -> None:
     for number in range(64):
         store.write("Queue", f"pool{number}.eml", b"x")

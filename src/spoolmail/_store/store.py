@@ -188,6 +188,8 @@ _TMP_SUFFIX = ".tmp"
 _ANNOUNCE = "announce"
 # Finished Queue files kept in SortTemp to be written over as the next temp files (see recycle).
 _SPARES = 64
+# How many of the oldest spares are looked at for one no longer than what is to be written.
+_SPARES_LOOKED_AT = 16
 # A spare's name as another process passes it (exchange_spares): a temp file's, nothing more.
 _PASSED_SPARE = re.compile(r"[A-Za-z0-9_-]{1,64}\.[A-Za-z0-9_-]{1,64}\.tmp")
 _SPARE_SIZE = 256 * 1024
@@ -411,10 +413,10 @@ class MailStore:
         # _core.shares): its Pickup files, and the ids it makes. A service sets it.
         self.share: Share = WHOLE
         self._ids_lock = threading.Lock()
-        # Each spare's name and size, oldest first: taken in the order they were kept, files
-        # freed in pairs (a message, its envelope) are written over in pairs of the same kinds
-        # (intake writes a message, then its envelope), so a spare is rarely longer than what
-        # goes into it and needs no truncation.
+        # Each spare's name and size, oldest first. A write takes the oldest that is no longer
+        # than what it writes, among the oldest few (_take_spare), else the oldest: files freed
+        # in pairs (a message, its envelope) are written over in pairs of the same kinds, and a
+        # spare no longer than what goes into it needs no truncation.
         self._spares: collections.deque[tuple[str, int]] = collections.deque()
         # Spares passed between processes (_service.handoff, set by exchange_spares): a worker
         # that delivers what others accepted passes its surplus on to those, which write them.
@@ -675,14 +677,13 @@ class MailStore:
     def _temp_name(self) -> str:
         return f"{self.owner}.{self.ids.token(12)}{_TMP_SUFFIX}"
 
-    def _open_temp(self, temp: str) -> tuple[int, str, int]:
-        """A temp file to write, as a descriptor: a spare, its name and its size (see
-        :meth:`recycle`) if there is one, else ``temp`` created, ``""`` and 0. A bare
-        descriptor: a file object would cost an fstat, an isatty ioctl and an lseek at each
-        open (three a file written)."""
+    def _open_temp(self, temp: str, length: int = -1) -> tuple[int, str, int]:
+        """A temp file to write ``length`` bytes into (-1: not known), as a descriptor: a spare,
+        its name and its size (see :meth:`recycle`) if there is one, else ``temp`` created,
+        ``""`` and 0. A bare descriptor: a file object would cost an fstat, an isatty ioctl and
+        an lseek at each open (three a file written)."""
         while True:
-            with self._spares_lock:
-                spare, size = self._spares.popleft() if self._spares else ("", -1)
+            spare, size = self._take_spare(length)
             if not spare and self._spare_inbox is not None:
                 spare = self._passed_spare()  # its size unknown (-1): looked at once open
             if not spare:
@@ -703,6 +704,22 @@ class MailStore:
                     self._discard_temp(spare)
                     raise
             return fd, spare, size
+
+    def _take_spare(self, length: int) -> tuple[str, int]:
+        """The oldest spare no longer than ``length`` among the oldest few, else the oldest;
+        ``("", -1)`` if there is none. A spare no longer than what goes into it needs no
+        truncation (see :meth:`_write_temp`); the delivery threads finish messages side by side,
+        so a message's and an envelope's files come back in no fixed order."""
+        with self._spares_lock:
+            spares = self._spares
+            if not spares:
+                return "", -1
+            for index in range(min(len(spares), _SPARES_LOOKED_AT)):
+                if spares[index][1] <= length:
+                    found = spares[index]
+                    del spares[index]
+                    return found
+            return spares.popleft()
 
     def exchange_spares(
         self,
@@ -836,7 +853,9 @@ class MailStore:
         written = 0
         try:
             if self._os_root is not None:
-                fd, spare, size = self._open_temp(temp)
+                fd, spare, size = self._open_temp(
+                    temp, len(data) if isinstance(data, bytes) else -1
+                )
                 temp = spare or temp
                 try:
                     written = _write_chunks(fd, chunks)
