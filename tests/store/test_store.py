@@ -424,47 +424,36 @@ def test_a_spare_written_over_holds_what_was_written_and_is_cut_only_when_longer
             outbox.close()
 
 
-def test_files_freed_in_pairs_are_written_over_in_pairs_without_a_truncation(
-    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    "freed",
+    [
+        # A finish frees a message and then its envelope, as intake writes them.
+        ("0.eml", "0.env", "1.eml", "1.env", "2.eml", "2.env"),
+        # Delivery threads finish side by side: two messages' files, then their envelopes.
+        ("0.eml", "1.eml", "0.env", "1.env", "2.eml", "2.env"),
+        ("0.eml", "1.eml", "2.eml", "0.env", "1.env", "2.env"),
+    ],
+)
+def test_files_freed_in_any_order_are_written_over_kind_by_kind_without_a_truncation(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch, freed: tuple[str, ...]
 ) -> None:
-    # A finish frees a message and then its envelope; intake writes a message and then its
-    # envelope: the spares are taken in the order they were kept, each kind for its kind.
+    # A write of known length takes the oldest of the first few spares that is no longer than
+    # it: each envelope lands on an envelope's file, each message on a message's.
     store = os_store(tmp_path, clock)
     for number in range(3):
         store.write("Queue", f"{number}.eml", b"m" * 2000)
         store.write("Queue", f"{number}.env", b"e" * 1000)
-    for number in range(3):
-        store.recycle("Queue", f"{number}.eml")
-        store.recycle("Queue", f"{number}.env")
-    truncated: list[int] = []
-    monkeypatch.setattr(os, "ftruncate", lambda _fd, length: truncated.append(length))
-    for number in range(3):
-        store.write("Queue", f"new{number}.eml", b"n" * 2000)
-        store.write("Queue", f"new{number}.env", b"f" * 1000)
-    assert truncated == []
-    assert store.read("Queue", "new2.eml") == b"n" * 2000
-    assert store.read("Queue", "new2.env") == b"f" * 1000
-
-
-def test_a_spare_no_longer_than_what_is_written_is_taken_first_when_finished_out_of_order(
-    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Delivery threads finish side by side: two messages' files come back, then their
-    # envelopes. A write of known length takes the oldest of the first few spares that is no
-    # longer than it, so none needs truncating.
-    store = os_store(tmp_path, clock)
-    for number in range(2):
-        store.write("Queue", f"{number}.eml", b"m" * 2000)
-        store.write("Queue", f"{number}.env", b"e" * 1000)
-    for name in ("0.eml", "1.eml", "0.env", "1.env"):
+    for name in freed:
         store.recycle("Queue", name)
     truncated: list[int] = []
     monkeypatch.setattr(os, "ftruncate", lambda _fd, length: truncated.append(length))
-    for number in range(2):
+    for number in range(3):
         store.write("Queue", f"new{number}.eml", b"n" * 2000)
         store.write("Queue", f"new{number}.env", b"f" * 1000)
     assert truncated == []
     assert store.spares == ()
+    assert store.read("Queue", "new2.eml") == b"n" * 2000
+    assert store.read("Queue", "new2.env") == b"f" * 1000
 
 
 def full_pool(store: MailStore) -> None:
