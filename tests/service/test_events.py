@@ -11,7 +11,7 @@ import gc
 import logging
 import threading
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -188,6 +188,36 @@ def test_the_parent_s_events_come_in_postfix_order(
     service.run_once()
     mine = [type(e) for e in heard.events if e.queue_id == queue_id]
     assert mine == [PickedUp, Queued, Dropped, Delivered, Failed, DsnQueued, Removed]
+
+
+class TickingClock(FakeClock):
+    """A clock that moves on a microsecond at each reading, as a real one does."""
+
+    def __call__(self) -> datetime:
+        return self.advance(microseconds=1)
+
+
+@pytest.mark.parametrize("to", ["ok@remote.test", "no@remote.test"])
+def test_a_commit_s_events_are_timed_by_one_reading_of_the_clock(
+    spool: Spool, heard: Heard, to: str
+) -> None:
+    # The mail log writes a commit's lines together, the message's end last: its time must
+    # not come before the deliveries it follows (it did, read from the clock first).
+    clock = TickingClock()
+    transport = CapturingTransport({"ok@remote.test": OK, "no@remote.test": NO})
+    service = make_service(spool, transport, clock, observers=[heard])
+    try:
+        queue_id = submit(spool, to, sender="<>")
+        service.run_once()
+    finally:
+        service.close()
+    told = [e for e in heard.events if e.queue_id == queue_id]
+    reply, end = told[-2:]
+    assert type(reply) is (Delivered if to.startswith("ok") else Failed)
+    assert type(end) is (Removed if to.startswith("ok") else ToBadMail)
+    assert end.time == reply.time
+    times = [e.time for e in told]
+    assert times == sorted(times)
 
 
 def test_the_retry_and_the_expiry_are_told_too(

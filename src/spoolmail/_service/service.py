@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 import attrs
 
 from spoolmail._core.address import parse_domain, parse_mailbox
-from spoolmail._core.badmail import orphan_report
+from spoolmail._core.badmail import BadMailReport, orphan_report
 from spoolmail._core.dane import require_cryptography
 from spoolmail._core.envelope import (
     Envelope,
@@ -1242,19 +1242,14 @@ class MailService:
         # The table decides what is committed (hand back, finish, BadMail); here only what
         # each needs is gathered, and what it did is reported.
         state = outcome.state
-        end: MailEvent | None = None
+        badmail: BadMailReport | None = None
+        removed = False
         try:
             if state is State.BADMAIL:
                 history = "".join(self._history(envelope.id, kind) for kind in TranscriptKind)
                 current = "".join(t.text for t in transcripts.values())
-                report = self._bounce.to_badmail(envelope, history + current)
+                badmail = self._bounce.to_badmail(envelope, history + current)
                 tally.badmail.append(envelope.id)
-                end = ToBadMail(
-                    queue_id=envelope.id,
-                    time=self.clock(),
-                    status=report.status,
-                    reason=report.reason,
-                )
             else:
                 # Transcripts exist only if something left the message waiting before: an
                 # attempt, a local fault, a pass over a dead host. The envelope the attempt
@@ -1272,7 +1267,7 @@ class MailService:
                     self._due_at(envelope.id, min(due, envelope.notice_at or due))
                 else:
                     tally.finished.append(envelope.id)
-                    end = Removed(queue_id=envelope.id, time=self.clock())
+                    removed = True
         except Exception as exc:
             self._announce_dsns(dsn_events, dsns_due)  # queued, whatever became of this commit
             # The outcome is decided (a server may have taken the message): what it says is
@@ -1283,11 +1278,20 @@ class MailService:
                 envelope, exc, due=envelope.next_attempt if state is State.QUEUED else None
             )
             raise
-        # Told together (the mail log writes their lines at once), then the DSNs scheduled.
-        told = list(self._attempt_events(*attempt, outcome)) if attempt is not None else []
+        # Told together (the mail log writes their lines at once), then the DSNs scheduled. One
+        # reading of the clock for what the commit did: the message's end is not timed before
+        # the deliveries that ended it, as the lines before it in the mail log are.
+        now = self.clock()
+        told = list(self._attempt_events(*attempt, outcome, now)) if attempt is not None else []
         told += dsn_events
-        if end is not None:
-            told.append(end)
+        if badmail is not None:
+            told.append(
+                ToBadMail(
+                    queue_id=envelope.id, time=now, status=badmail.status, reason=badmail.reason
+                )
+            )
+        elif removed:
+            told.append(Removed(queue_id=envelope.id, time=now))
         self.spool._emit_all(told)
         for dsn_id, when in dsns_due:
             self._due_at(dsn_id, when)
@@ -1302,11 +1306,11 @@ class MailService:
             self._due_at(dsn_id, when)
 
     def _attempt_events(
-        self, before: Envelope, attempt: Attempt, outcome: AttemptOutcome
+        self, before: Envelope, attempt: Attempt, outcome: AttemptOutcome, now: datetime
     ) -> Iterator[MailEvent]:
-        """What an attempt did, once committed: the Drop files written, then one event per
-        recipient that was attempted (or passed over, or expired) with the reply about it."""
-        now = self.clock()
+        """What an attempt did, once committed (at ``now``): the Drop files written, then one
+        event per recipient that was attempted (or passed over, or expired) with the reply
+        about it."""
         delay = now - before.arrival
         dropped: dict[str, str] = {}
         for name, size, addresses in attempt.drops:
