@@ -861,7 +861,8 @@ class MailStore:
                     written = _write_chunks(fd, chunks)
                     if size > written:
                         # A spare that was longer. One as long or shorter is left as it is: a
-                        # truncation to its own size still changes the inode (a journal handle).
+                        # truncation is a call that changes the inode even to its own length
+                        # (bench/README.md, "Fifteenth round" and "Sixteenth round").
                         os.ftruncate(fd, written)
                     if fsync:
                         os.fsync(fd)
