@@ -382,8 +382,8 @@ def test_a_spare_written_over_holds_what_was_written_and_is_cut_only_when_longer
 ) -> None:
     """Spares of every length, kept here or passed from another process, written over by
     files of every length: each reads back exactly, and a spare is truncated only when it was
-    longer than what was written over it (a truncation to its own size costs a journal
-    handle)."""
+    longer than what was written over it (a truncation is a call that changes the inode even
+    to its own length, bench/README.md "Fifteenth round")."""
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         clock = FakeClock()
