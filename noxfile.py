@@ -100,8 +100,10 @@ def bench_postfix(session: nox.Session) -> None:
     """spoolmail against Postfix, path by path, into one smtp-sink (issue 12; bench/README.md).
 
     Needs root: it installs Debian's postfix if missing (debconf "No configuration") and runs a
-    private instance on 127.0.0.1, removed at the end. ``nox -s bench_postfix -- --pairs 1
-    --paths drain,flush`` passes arguments on (``--help`` lists them).
+    private instance on 127.0.0.1, removed at the end. spoolmail runs on Debian's python3, in
+    a venv the script makes with the checkout installed (``--python current``: on nox's own).
+    ``nox -s bench_postfix -- --pairs 1 --paths drain,flush`` passes arguments on (``--help``
+    lists them).
     """
     session.install("-e", ".[test]")
     session.run("python", "bench/bench_postfix.py", *session.posargs)

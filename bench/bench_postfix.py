@@ -9,6 +9,11 @@ the Postfix instance stopped and removed; slowness never does.
 
     python bench/bench_postfix.py [--paths drain,flush,big,smtp] [--pairs 3] [--messages 2000]
         [--flush-messages 5000] [--big-messages 200] [--big-size 1048576] [--json FILE]
+        [--python system|current|PATH]
+
+Both sides are Debian's: Postfix from its package, and spoolmail on Debian's ``/usr/bin/python3``
+in a venv made for the run with the checkout installed into it, as the README's quick start has
+it on Debian (``--python``: see :func:`choose_python`; the report names the interpreter).
 
 The paths (issue 12's table):
 
@@ -74,8 +79,14 @@ PATHS = ("drain", "flush", "big", "smtp")
 SEED = 12
 SENDER = "orders@example.com"
 LOCAL_DOMAIN = "example.com"
+# The command that runs spoolmail, and the interpreter it (and the floor) runs on: main() sets
+# both from --python before anything runs.
 SPOOLMAIL = [sys.executable, "-m", "spoolmail"]
+PYTHON = [sys.executable]
 FLOOR = Path(__file__).with_name("floor_flush.py")
+CHECKOUT = Path(__file__).resolve().parent.parent
+# Debian's interpreter: the one the README's quick start makes its venv with on Debian.
+SYSTEM_PYTHON = Path("/usr/bin/python3")
 
 # -- messages --------------------------------------------------------------------------------------
 
@@ -109,6 +120,91 @@ def write_pickup(pickup: Path, count: int, size: int) -> None:
         temp = pickup / f".{name}.tmp"
         temp.write_bytes(data)
         os.replace(temp, pickup / name)
+
+
+# -- the interpreter -------------------------------------------------------------------------------
+
+
+def choose_python(choice: str, base: Path, *, install: bool) -> dict[str, str]:
+    """The interpreter that runs spoolmail and the floor, set in :data:`SPOOLMAIL` and
+    :data:`PYTHON`; what the report says of it.
+
+    ``system`` (the default): Debian's ``/usr/bin/python3``, as Postfix is Debian's and as the
+    README's quick start uses it on Debian: a venv made with it under ``base``, the checkout
+    installed into it (``pip install .[server]``). The interpreter matters: on this machine the
+    image's own Python (built by pyenv, without ``--enable-optimizations`` or ``--with-lto``, its
+    library shared) took 15-25% more CPU a message than Debian's for the same code (bench/README,
+    "Seventeenth round"). ``current``: the interpreter running this script, with the checkout as
+    installed for it (``nox -s bench_postfix`` installs it editable). Else the path of an
+    interpreter, used as ``system`` is. ``system`` where there is no ``/usr/bin/python3`` of at
+    least 3.11 is ``current``, and the report says so.
+    """
+    note = ""
+    if choice == "system":
+        if _version_ok(SYSTEM_PYTHON):
+            choice = str(SYSTEM_PYTHON)
+        else:
+            choice, note = "current", f" ({SYSTEM_PYTHON} missing or older than 3.11)"
+    if choice == "current":
+        python = sys.executable
+        how = f"this script's interpreter{note}, the checkout as installed for it"
+    else:
+        if not _version_ok(Path(choice)):
+            raise SystemExit(f"--python {choice}: not a Python 3.11 or later")
+        python = _venv_with(Path(choice), base / "venv", install=install)
+        how = f"a venv of {choice} made for this run, the checkout installed into it"
+    version = subprocess.run(
+        [python, "-c", "import sys; print(' '.join(sys.version.split()))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    SPOOLMAIL[:] = [python, "-m", "spoolmail"]
+    PYTHON[:] = [python]
+    return {"python": python, "version": version.split(" ", 1)[0], "build": version, "how": how}
+
+
+def _version_ok(python: Path) -> bool:
+    try:
+        done = subprocess.run(
+            [str(python), "-c", "import sys; sys.exit(sys.version_info < (3, 11))"],
+            capture_output=True,
+            check=False,
+            timeout=30,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return done.returncode == 0
+
+
+def _venv_with(python: Path, venv: Path, *, install: bool) -> str:
+    """``venv`` made with ``python``, the checkout installed into it; its interpreter. Debian's
+    python3 has no venv module until ``python3-venv`` is installed: installed here when allowed."""
+    made = subprocess.run(
+        [str(python), "-m", "venv", str(venv)], capture_output=True, text=True, check=False
+    )
+    if made.returncode != 0 and install and os.geteuid() == 0 and shutil.which("apt-get"):
+        print("  installing Debian's python3-venv ...", flush=True)
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        apt_get = shutil.which("apt-get") or "apt-get"
+        subprocess.run([apt_get, "update", "-qq"], check=True, env=env)
+        subprocess.run(
+            [apt_get, "install", "-y", "-qq", "--no-install-recommends", "python3-venv"],
+            check=True,
+            env=env,
+        )
+        shutil.rmtree(venv, ignore_errors=True)
+        made = subprocess.run(
+            [str(python), "-m", "venv", str(venv)], capture_output=True, text=True, check=False
+        )
+    if made.returncode != 0:
+        last = (made.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise SystemExit(f"cannot make a venv with {python}: {last} (or use --python current)")
+    print(f"  installing spoolmail into a venv of {python} ...", flush=True)
+    own = str(venv / "bin" / "python")
+    pip = [own, "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    subprocess.run([*pip, f"{CHECKOUT}[server]"], check=True)
+    return own
 
 
 # -- spoolmail, through its command ----------------------------------------------------------------
@@ -471,7 +567,7 @@ class Bench:
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.monotonic()
         done = subprocess.run(
-            [sys.executable, str(FLOOR), str(root), f"127.0.0.1:{self.sink.port}"],
+            [*PYTHON, str(FLOOR), str(root), f"127.0.0.1:{self.sink.port}"],
             capture_output=True,
             check=False,
         )
@@ -639,7 +735,7 @@ def fsync_creates(directory: Path, writers: int, seconds: float, size: int = 204
 # -- reporting -------------------------------------------------------------------------------------
 
 
-def header_lines(where: Path, cpu_kind: str) -> list[str]:
+def header_lines(where: Path, cpu_kind: str, python: dict[str, str]) -> list[str]:
     from bench_queue import cpus, filesystem_type  # noqa: PLC0415
 
     import spoolmail  # noqa: PLC0415
@@ -654,8 +750,10 @@ def header_lines(where: Path, cpu_kind: str) -> list[str]:
     return [
         f"spoolmail {spoolmail.__version__} against Postfix {version}, "
         f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
-        f"  Python {platform.python_version()}, {platform.machine()}, CPUs: {cpus()}, load "
-        f"average {load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f} before measuring",
+        f"  {platform.machine()}, CPUs: {cpus()}, load average {load[0]:.2f} / {load[1]:.2f} / "
+        f"{load[2]:.2f} before measuring",
+        f"  spoolmail on Python {python['build']}",
+        f"    {python['python']}: {python['how']}",
         f"  MailRoot and Postfix queue in {where}: {filesystem_type(where)}; CPU accounting: "
         f"{cpu_kind}",
     ]
@@ -822,6 +920,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-ceilings", action="store_true", help="skip the two ceilings")
     parser.add_argument("--no-install", action="store_true", help="never apt-get install")
     parser.add_argument(
+        "--python",
+        default="system",
+        metavar="WHICH",
+        help="what runs spoolmail and the floor: `system` (Debian's /usr/bin/python3, in a venv "
+        "made for the run: the default), `current` (this interpreter), or an interpreter's path",
+    )
+    parser.add_argument(
         "--floor",
         action="store_true",
         help="flush: also relay a copy of the same deferred Queue with bench/floor_flush.py "
@@ -916,6 +1021,11 @@ def main(argv: list[str] | None = None) -> int:
     base.chmod(0o755)  # Postfix's daemons (user postfix) reach their queue through it
     bench = Bench(args, base)
     results: dict[str, Any] = {"paths": {}, "ceilings": {}}
+    try:
+        results["python"] = choose_python(args.python, base, install=not args.no_install)
+    except BaseException:
+        shutil.rmtree(base, ignore_errors=True)
+        raise
 
     def on_signal(signum: int, _frame: object) -> None:
         raise SystemExit(f"stopped by signal {signum}")
@@ -923,7 +1033,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     try:
         bench.setup()
-        for line in header_lines(base, bench.postfix_cpu.kind):
+        for line in header_lines(base, bench.postfix_cpu.kind, results["python"]):
             print(line)
         print(
             f"  the sink: smtp-sink -c on 127.0.0.1:{bench.sink.port}; Postfix smtpd on "
