@@ -203,7 +203,12 @@ def _venv_with(python: Path, venv: Path, *, install: bool) -> str:
     print(f"  installing spoolmail into a venv of {python} ...", flush=True)
     own = str(venv / "bin" / "python")
     pip = [own, "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
-    subprocess.run([*pip, f"{CHECKOUT}[server]"], check=True)
+    installed = subprocess.run([*pip, f"{CHECKOUT}[server]"], check=False)
+    if installed.returncode != 0:
+        raise SystemExit(
+            f"cannot install the checkout into a venv of {python} (pip exit "
+            f"{installed.returncode}, above); or use --python current"
+        )
     return own
 
 
