@@ -14,7 +14,9 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).parents[2] / "src" / "spoolmail"
-STORE_IMPORT = re.compile(r"from spoolmail\._store\.store import \(?([^)]*?)\)?\n", re.DOTALL)
+STORE_IMPORT = re.compile(
+    r"from spoolmail\._store\.(?:store|folders) import \(?([^)]*?)\)?\n", re.DOTALL
+)
 FOLDERS = {"PICKUP", "QUEUE", "BADMAIL", "DROP", "SORTTEMP", "FOLDERS", "STATE_FOLDERS"}
 FILE_NAME = re.compile(r"""f["'][^"'\n]*\}\.(eml|env|BAD|BDR|BDP|RTR|LTR)\b""")
 # The store's raw file operations: outside the package, a transition or a named query is used.
@@ -38,4 +40,5 @@ def test_no_mailroot_path_is_built_outside_the_store(path: Path) -> None:
 def test_the_check_sees_a_path_being_built() -> None:
     assert FILE_NAME.search('name = f"{queue_id}.eml"')
     assert STORE_IMPORT.findall("from spoolmail._store.store import QUEUE, MailStore\n")
+    assert STORE_IMPORT.findall("from spoolmail._store.folders import PICKUP\n")
     assert RAW_CALL.search("self.store.write(QUEUE, name, data)")

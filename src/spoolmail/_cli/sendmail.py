@@ -31,7 +31,6 @@ import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
-from email.utils import formataddr
 from pathlib import Path
 from types import FrameType
 from typing import Any, BinaryIO, Self, TextIO
@@ -51,9 +50,8 @@ from spoolmail._core.pickup import (
     pickup_head_end,
     render_pickup,
 )
-from spoolmail._core.states import State
+from spoolmail._store.folders import pickup_path
 from spoolmail._store.pickup_writer import PickupFile, TooLarge
-from spoolmail._store.store import message_file
 from spoolmail.exceptions import ConfigurationError, MessageError, StorageError
 
 __all__ = [
@@ -314,16 +312,16 @@ def _local_root(root: str) -> str:
     )
 
 
-def _pickup_folder(root: str, folder: str) -> str:
+def _pickup_folder(root: str) -> str:
     """The existing Pickup folder of the MailRoot ``root``; sendmail never creates one: made
     by another user than the service's, the MailRoot would not be the service's to use."""
-    path = os.path.join(_local_root(root), folder)
+    path = pickup_path(_local_root(root))
     try:
         info = os.stat(path)
     except FileNotFoundError:
         raise _Failure(
             EX_CONFIG,
-            f"no {folder} folder at {path}: sendmail writes into an existing MailRoot and makes "
+            f"no Pickup folder at {path}: sendmail writes into an existing MailRoot and makes "
             "none (create it with `spoolmail init` as the service's user; the settings' root, "
             f"${ROOT_VARIABLE} or -C name it)",
         ) from None
@@ -409,6 +407,10 @@ def _from_field(sender: str, full_name: str | None) -> bytes:
         return b"From: " + sender.encode("utf-8")
     if sender.isascii():
         # An RFC 2047 encoded-word for a non-ASCII name, a quoted string where one is needed.
+        # Imported here: the email package is a tenth of the command's start-up, and this is
+        # the only use of it (-F or $NAME).
+        from email.utils import formataddr  # noqa: PLC0415
+
         return b"From: " + formataddr((full_name, sender)).encode("ascii")
     # RFC 6532: beside a non-ASCII address the header is UTF-8 anyway, and an encoded-word may
     # not appear where an address is (RFC 2047 section 5).
@@ -760,8 +762,7 @@ def _send(invocation: Invocation, settings: Settings, context: _Context) -> int:
         raise _Failure(EX_CONFIG, str(exc)) from None
     now = context.clock()
     queue_id = context.ids.new(now)
-    folder = message_file(State.PICKUP, queue_id)[0]
-    pickup = _pickup_folder(settings.root, folder)
+    pickup = _pickup_folder(settings.root)
     if context.stdin is None:
         raise _Failure(EX_IOERR, "there is no standard input to read the message from")
     chunks = _chunks(context.stdin)

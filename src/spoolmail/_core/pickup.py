@@ -33,7 +33,6 @@ Rules (docs/design.md#pickup-intake; docs/migrating.md for IIS):
 from __future__ import annotations
 
 import contextlib
-import email.utils
 import re
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timedelta
@@ -502,6 +501,10 @@ _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct",
 def _date_text(now: datetime) -> bytes:
     """``email.utils.format_datetime(now)`` (RFC 5322 section 3.3), written at once for UTC."""
     if now.utcoffset() != _ZERO:
+        # Imported here: a clock not in UTC is rare, and the email package is a tenth of the
+        # start-up of `spoolmail sendmail`, which parses each message as intake will.
+        import email.utils  # noqa: PLC0415
+
         return email.utils.format_datetime(now).encode("ascii")
     return (
         f"{_DAYS[now.weekday()]}, {now.day:02d} {_MONTHS[now.month - 1]} {now.year:04d} "

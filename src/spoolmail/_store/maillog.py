@@ -26,7 +26,8 @@ from datetime import UTC, date, timedelta
 
 from spoolmail._core.events import DsnQueued, MailEvent, Requeued, decode_event, encode_event
 from spoolmail._store import pyfs
-from spoolmail._store.store import LOG, MailStore
+from spoolmail._store.folders import LOG
+from spoolmail._store.store import MailStore
 
 __all__ = ["MailLog", "log_file_name"]
 

@@ -29,7 +29,8 @@ import attrs
 
 from spoolmail._core.badmail import orphan_report
 from spoolmail._core.states import Event, State
-from spoolmail._store.store import BADMAIL, QUEUE, PickupClaim, QueueFiles
+from spoolmail._store.folders import BADMAIL, QUEUE
+from spoolmail._store.store import PickupClaim, QueueFiles
 from spoolmail._store.transitions import Change, Transitions
 
 __all__ = ["Recovery", "recover"]

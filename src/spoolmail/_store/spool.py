@@ -56,11 +56,8 @@ from spoolmail._store import pyfs
 from spoolmail._store.bus import EventBus
 from spoolmail._store.clock import system_clock
 from spoolmail._store.entropy import PooledRandom
+from spoolmail._store.folders import BADMAIL, DROP, PICKUP, QUEUE
 from spoolmail._store.store import (
-    BADMAIL,
-    DROP,
-    PICKUP,
-    QUEUE,
     Durability,
     MailStore,
     message_file,

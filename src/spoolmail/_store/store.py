@@ -73,6 +73,7 @@ from spoolmail._store.entries import (
     open_regular,
     open_sized,
 )
+from spoolmail._store.folders import BADMAIL, DROP, FOLDERS, PICKUP, QUEUE, SORTTEMP
 from spoolmail._store.orders import FLUSH_TRIGGER, TRIGGER_SUFFIX, flush_order
 from spoolmail._store.pickup_writer import is_stale_temp
 from spoolmail._store.syncing import syncfs
@@ -84,11 +85,6 @@ if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
 
 __all__ = [
-    "BADMAIL",
-    "DROP",
-    "FOLDERS",
-    "LOG",
-    "SORTTEMP",
     "STATE_FOLDERS",
     "Durability",
     "EntryFacts",
@@ -107,14 +103,6 @@ __all__ = [
 
 log = logging.getLogger("spoolmail")
 
-PICKUP = "Pickup"
-QUEUE = "Queue"
-BADMAIL = "BadMail"
-DROP = "Drop"
-SORTTEMP = "SortTemp"
-FOLDERS = (PICKUP, QUEUE, BADMAIL, DROP, SORTTEMP)
-#: The mail log's folder (``_store.maillog``): not a state, and made only once a line is written.
-LOG = "Log"
 #: A folder is a state: the one mapping from message state to folder.
 STATE_FOLDERS = {
     State.PICKUP: PICKUP,

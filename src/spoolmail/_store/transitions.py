@@ -41,11 +41,9 @@ from spoolmail._core.pickup import pickup_head_end
 from spoolmail._core.states import Commit, Event, State, step, untried
 from spoolmail._core.transcript import transcript_history
 from spoolmail._store.entries import CappedReader, EntryFacts
+from spoolmail._store.folders import DROP, QUEUE, SORTTEMP
 from spoolmail._store.store import (
     CHUNK,
-    DROP,
-    QUEUE,
-    SORTTEMP,
     MailStore,
     PickupClaim,
     chunks,
