@@ -184,7 +184,7 @@ def test_sendmail_keeps_the_service_s_limits_without_importing_it() -> None:
 
 def test_sendmail_imports_neither_the_service_nor_the_spool(tmp_path: Path) -> None:
     # PHP's mail() and cron start it once a message: nor the store, the state table,
-    # PyFilesystem2 or the email package (a third of its start-up, 150 -> 98 ms).
+    # PyFilesystem2 or the email package (a third of its start-up; bench/README.md).
     root = tmp_path / "MailRoot"
     assert main(["--root", str(root), "init"], out=io.StringIO()) == EX_OK
     code = (
@@ -202,6 +202,6 @@ def test_sendmail_imports_neither_the_service_nor_the_spool(tmp_path: Path) -> N
     loaded = set(done.stderr.decode().split())
     unwanted = HEAVY - {"spoolmail._cli.sendmail"}
     assert not (unwanted | {"spoolmail._service.service", "spoolmail._store.spool"}) & loaded
-    light = {"email", "fs", "spoolmail._core.states", "spoolmail._store.store"}
-    assert not light & loaded
+    not_needed = {"email", "fs", "spoolmail._core.states", "spoolmail._store.store"}
+    assert not not_needed & loaded
     assert len(list((root / "Pickup").iterdir())) == 1

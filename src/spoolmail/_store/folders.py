@@ -1,4 +1,5 @@
-"""The MailRoot's folders, by name: the one place they are spelled.
+"""The MailRoot's folders, by name: the one place they are named (``_store.pickup_writer``
+looks for IIS's other spellings of Pickup after this one).
 
 The store (``_store.store``) builds every path from these and maps each message state to its
 folder; nothing outside ``_store`` imports them (``tests/store/test_boundaries.py``). They live

@@ -32,6 +32,7 @@ from types import TracebackType
 from typing import Self
 
 from spoolmail._core.ids import QueueIds
+from spoolmail._store.folders import PICKUP
 from spoolmail._store.syncing import sync_file_system
 from spoolmail.exceptions import ConfigurationError, MessageError, StorageError
 
@@ -55,7 +56,7 @@ def pickup_folder(root: str | os.PathLike[str]) -> Path:
     """``root/Pickup``, found without listing ``root`` (the writer may not have that right):
     the exact name first, then IIS's and the usual other spellings."""
     base = Path(root)
-    for name in ("Pickup", "PickUp", "pickup", "PICKUP"):
+    for name in (PICKUP, "PickUp", "pickup", "PICKUP"):
         folder = base / name
         if folder.is_dir():
             return folder
