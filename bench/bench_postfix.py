@@ -133,11 +133,11 @@ def choose_python(choice: str, base: Path, *, install: bool) -> dict[str, str]:
     README's quick start uses it on Debian: a venv made with it under ``base``, the checkout
     installed into it (``pip install .[server]``). The interpreter matters: on this machine the
     image's own Python (built by pyenv, without ``--enable-optimizations`` or ``--with-lto``, its
-    library shared) took 15-25% more CPU a message than Debian's for the same code (bench/README,
-    "Seventeenth round"). ``current``: the interpreter running this script, with the checkout as
-    installed for it (``nox -s bench_postfix`` installs it editable). Else the path of an
-    interpreter, used as ``system`` is. ``system`` where there is no ``/usr/bin/python3`` of at
-    least 3.11 is ``current``, and the report says so.
+    library shared) took 20-26% more CPU a message relaying than Debian's for the same code
+    (bench/README, "Seventeenth round"). ``current``: the interpreter running this script, with
+    the checkout as installed for it (``nox -s bench_postfix`` installs it editable). Else the
+    path of an interpreter, used as ``system`` is. ``system`` where there is no
+    ``/usr/bin/python3`` of at least 3.11 is ``current``, and the report says so.
     """
     note = ""
     if choice == "system":
