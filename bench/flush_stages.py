@@ -62,7 +62,7 @@ STAGES = (
     ("spoolmail._store.transitions", "Transitions", "finish", "finish (deletes)"),
     ("spoolmail._store.spool", "Spool", "_emit_all", "events: the bus"),
     ("spoolmail._store.maillog", "MailLog", "append_all", "events: the mail log line"),
-    ("spoolmail._service.service", "", "log_event", "events: the log records"),
+    ("spoolmail._service.observers", "", "log_event", "events: the log records"),
 )
 
 

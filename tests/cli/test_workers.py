@@ -454,6 +454,10 @@ def test_two_workers_per_cpu_by_default_and_one_per_two_cpus_listens(
     monkeypatch.setattr(os, "cpu_count", lambda: cpus)
     assert workers.requested(0) == 2 * cpus
     assert workers.requested(3) == 3
+    # With a listener: the listening workers plus one that delivers per CPU.
+    assert workers.requested(0, listen=0) == cpus + max(1, cpus // 2)
+    assert workers.requested(0, listen=2) == cpus + 2
+    assert workers.requested(3, listen=0) == 3
     assert workers.listening(2 * cpus) == max(1, cpus // 2)
     assert workers.listening(1) == 1
 

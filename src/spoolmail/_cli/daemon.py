@@ -3,8 +3,9 @@
 ``spoolmail run`` with no settings at all makes ``./MailRoot`` and serves it until Ctrl-C, with
 local domain ``localhost`` and IIS's defaults; ``--once`` processes what is due and exits.
 ``assemble`` builds the service from the settings, ``workers`` forks and looks after the
-workers (``--workers``, two per CPU by default), ``listening`` adds the inbound listener
-(``--listen``; imported only then), ``reloading`` reads the settings again on SIGHUP.
+workers (``--workers``, two per CPU by default; with a listener, the listening ones plus one
+per CPU), ``listening`` adds the inbound listener (``--listen``; imported only then),
+``reloading`` reads the settings again on SIGHUP.
 Its module is imported only when the command is given (``main``).
 """
 
@@ -73,8 +74,11 @@ def _log_report(report: Report) -> None:
 def _run(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
     # The listener's sockets are bound (port 25), its key and users read, while still root;
     # the workers share them.
-    wanted = 1 if args.once else workers.requested(settings.workers)
     prepared = None if args.once else listening.prepare(settings)
+    wanted = 1
+    if not args.once:
+        listen = None if prepared is None else settings.listening_workers
+        wanted = workers.requested(settings.workers, listen=listen)
     try:
         dkim = assemble.dkim_policy(settings)  # key files read while still root
         privileges.lose_root(settings)

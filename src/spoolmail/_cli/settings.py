@@ -116,7 +116,8 @@ A settings file is TOML with one ``[spoolmail]`` table; every key is optional:
     pickup_dot_stuffed = false
     # seconds between looks at Pickup where no inotify tells of new files
     poll_interval = 1.0
-    # worker processes sharing the MailRoot's work; 0: two per CPU (mem:// runs one)
+    # worker processes sharing the MailRoot's work; 0: two per CPU, or with a listener the
+    # listening ones plus one per CPU (mem:// runs one)
     workers = 2
     # of the workers, how many take SMTP sessions (the others deliver what they accept); 0: one
     # per two CPUs, at least one
@@ -870,7 +871,8 @@ class Settings:
     workers: int = _setting(
         0,
         INTEGER,
-        "worker processes sharing the MailRoot's work; 0: two per CPU (mem:// runs one)",
+        "worker processes sharing the MailRoot's work; 0: two per CPU, or with a listener the "
+        "listening ones plus one per CPU (mem:// runs one)",
         flag="--workers",
         restart=True,
         example=2,

@@ -80,14 +80,25 @@ def _stop_with_parent() -> None:
         log.warning("workers: cannot ask to be stopped with the parent")
 
 
-def requested(setting: int) -> int:
-    """The workers the ``workers`` setting asks for: itself, or two per CPU for 0.
+def requested(setting: int, *, listen: int | None = None) -> int:
+    """The workers the ``workers`` setting asks for: itself, or for 0 two per CPU, and where
+    workers listen (``listen``: the ``listening_workers`` setting; ``None`` where nothing
+    listens) the listening ones and one per CPU besides.
 
     A worker's threads share one GIL and often all wait at once (intake's sync, the replies of
     its SMTP servers): with one worker per CPU the two cores were busy 130% of 200% while
     draining Pickup, with two per CPU 150%, and 1.2-1.3 times as many messages left a second
-    (bench/README.md, "Sixth round")."""
-    return setting or 2 * (os.cpu_count() or 1)
+    (bench/README.md, "Sixth round"). The workers that deliver what the listening ones hand
+    them take no Pickup intake of their own to overlap, and their delivery threads overlap
+    their waits already: on two CPUs, SMTP in relayed as many messages a second with one
+    listening worker and two delivering as with three delivering, for less CPU a message
+    (bench/README.md, "Eighteenth round")."""
+    if setting:
+        return setting
+    cpus = os.cpu_count() or 1
+    if listen is None:
+        return 2 * cpus
+    return cpus + listening(2 * cpus, listen)
 
 
 def listening(count: int, wanted: int = 0) -> int:
