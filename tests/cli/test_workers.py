@@ -457,6 +457,8 @@ def test_two_workers_per_cpu_by_default_and_one_per_two_cpus_listens(
     # With a listener: the listening workers plus one that delivers per CPU.
     assert workers.requested(0, listen=0) == cpus + max(1, cpus // 2)
     assert workers.requested(0, listen=2) == cpus + 2
+    # As many listening as asked for, however many CPUs, and the CPUs' delivering besides.
+    assert workers.listening(workers.requested(0, listen=9), 9) == 9
     assert workers.requested(3, listen=0) == 3
     assert workers.listening(2 * cpus) == max(1, cpus // 2)
     assert workers.listening(1) == 1
