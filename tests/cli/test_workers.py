@@ -264,6 +264,20 @@ def test_max_sessions_holds_for_the_listening_workers_together(
     assert daemon.process.wait(DEADLINE) == 0
 
 
+def test_a_listening_daemon_starts_one_delivering_worker_per_cpu_besides_the_listening(
+    start: Callable[..., Daemon],
+) -> None:
+    """No --workers: where it listens, the daemon starts the listening workers and one per CPU
+    to deliver what they hand off (bench/README.md, "Eighteenth round"); where it does not,
+    two per CPU."""
+    cpus = os.cpu_count() or 1
+    daemon = start("--listen", "127.0.0.1:0")
+    expected = cpus + workers.listening(2 * cpus)
+    assert re.search(rf"listening on 127\.0\.0\.1:\d+; {expected} workers", banner(daemon))
+    daemon.process.send_signal(signal.SIGTERM)
+    assert daemon.process.wait(DEADLINE) == 0
+
+
 def test_sessions_open_at_once_are_shared_out_evenly(start: Callable[..., Daemon]) -> None:
     """Six clients that stay connected (as smtp-source's, or a busy application's pool):
     three sessions in each worker, whichever loop wakes first, so that both deliver. A
@@ -448,7 +462,7 @@ def test_a_late_stats_answer_never_puts_the_parent_out_of_step(
 
 
 @pytest.mark.parametrize("cpus", [1, 2, 3, 8])
-def test_two_workers_per_cpu_by_default_and_one_per_two_cpus_listens(
+def test_two_workers_per_cpu_by_default_and_with_a_listener_one_per_cpu_besides_it(
     monkeypatch: pytest.MonkeyPatch, cpus: int
 ) -> None:
     monkeypatch.setattr(os, "cpu_count", lambda: cpus)
