@@ -278,6 +278,28 @@ def test_a_listening_daemon_starts_one_delivering_worker_per_cpu_besides_the_lis
     assert daemon.process.wait(DEADLINE) == 0
 
 
+def test_a_listener_without_aiosmtpd_stops_before_any_worker_starts(tmp_path: Path) -> None:
+    """The ``server`` extra missing: one sentence naming it, before the banner and the fork
+    (each worker used to start, the banner said "listening on", and then each failed)."""
+    code = (
+        "import runpy, sys; sys.modules['aiosmtpd'] = None; "
+        "sys.argv = ['spoolmail', '--root', sys.argv[1], 'run', '--listen', '127.0.0.1:0']; "
+        "runpy.run_module('spoolmail', run_name='__main__')"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "MailRoot")],
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "the SMTP listener needs aiosmtpd" in result.stderr
+    assert "pip install 'spoolmail[server]'" in result.stderr
+    assert "started" not in result.stderr
+    assert "listening on" not in result.stdout + result.stderr
+
+
 def test_sessions_open_at_once_are_shared_out_evenly(start: Callable[..., Daemon]) -> None:
     """Six clients that stay connected (as smtp-source's, or a busy application's pool):
     three sessions in each worker, whichever loop wakes first, so that both deliver. A

@@ -154,8 +154,12 @@ def prepare(settings: Settings) -> Prepared | None:
     makes their table of sessions)."""
     if not settings.listen:
         return None
-    from spoolmail._listen.listener import bind  # noqa: PLC0415 (see above)
+    from spoolmail._listen.listener import bind, require_server  # noqa: PLC0415 (see above)
     from spoolmail._listen.passwords import PasswordFile  # noqa: PLC0415
+
+    # Before anything is bound or forked: without aiosmtpd each worker would start, print the
+    # banner's "listening on", and only then fail. Imported here, the workers inherit it.
+    require_server()
 
     tls = None
     if settings.tls_certificate or settings.tls_key:

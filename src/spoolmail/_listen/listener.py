@@ -42,6 +42,7 @@ __all__ = [
     "ListenerLimits",
     "bind",
     "parse_listen_address",
+    "require_server",
     "share_with_workers",
     "socket_name",
 ]
@@ -461,6 +462,12 @@ class _PublishedSessions(set["SmtpSession"]):
     def discard(self, session: object) -> None:
         super().discard(session)
         self._publish(len(self))
+
+
+def require_server() -> None:
+    """Raise :class:`~spoolmail.exceptions.DependencyError` now if the listener's SMTP server
+    (aiosmtpd, the ``server`` extra) is not installed, instead of at its first session."""
+    _session_module()
 
 
 @functools.cache  # asked at every connection
