@@ -31,7 +31,7 @@ from spoolmail.exceptions import ConfigurationError, DependencyError
 if TYPE_CHECKING:
     from spoolmail._service.observers import Stats
 
-__all__ = ["COUNTERS", "MetricsCollector", "StatsSource", "serve_metrics"]
+__all__ = ["COUNTERS", "MetricsCollector", "StatsSource", "check_metrics", "serve_metrics"]
 
 #: The counters of :class:`spoolmail.Stats`, each a ``spoolmail_<name>_total`` metric.
 COUNTERS = {
@@ -105,18 +105,31 @@ class MetricsCollector:
         )
 
 
+def check_metrics(address: str) -> None:
+    """What :func:`serve_metrics` would refuse before it listens: a missing
+    ``prometheus-client`` (:class:`~spoolmail.exceptions.DependencyError`) or an ``address``
+    that is not ``host:port`` (:class:`~spoolmail.exceptions.ConfigurationError`). The command
+    asks before it starts its workers."""
+    _prometheus()
+    _address(address)
+
+
+def _address(address: str) -> tuple[str, int]:
+    host, colon, port_text = address.rpartition(":")
+    if not colon or not port_text.isdigit() or not 0 <= int(port_text) < 65536:
+        raise ConfigurationError(f"metrics: {address!r} is not ADDRESS:PORT")
+    return host.strip("[]") or "127.0.0.1", int(port_text)
+
+
 def serve_metrics(current: Callable[[], StatsSource], address: str) -> Callable[[], None]:
     """Serve ``/metrics`` on ``address`` (``host:port``, ``[v6]:port``) on a thread of its own;
     returns a function that stops it. Its own registry: nothing of the process's default one."""
     prometheus = _prometheus()
-    host, colon, port_text = address.rpartition(":")
-    if not colon or not port_text.isdigit() or not 0 <= int(port_text) < 65536:
-        raise ConfigurationError(f"metrics: {address!r} is not ADDRESS:PORT")
-    host = host.strip("[]") or "127.0.0.1"
+    host, port = _address(address)
     registry = prometheus.CollectorRegistry(auto_describe=False)
     registry.register(MetricsCollector(current))
     try:
-        server, thread = prometheus.start_http_server(int(port_text), addr=host, registry=registry)
+        server, thread = prometheus.start_http_server(port, addr=host, registry=registry)
     except OSError as exc:
         raise ConfigurationError(f"metrics: cannot listen on {address}: {exc}") from exc
 

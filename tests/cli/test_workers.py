@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 
 from spoolmail import Share, Stats
 from spoolmail._cli import workers
+from spoolmail._cli.status import EX_USAGE
 from spoolmail._core.shares import part
 from tests import waiting
 from tests.integration.commands import spoolmail_run
@@ -281,23 +282,68 @@ def test_a_listening_daemon_starts_one_delivering_worker_per_cpu_besides_the_lis
 def test_a_listener_without_aiosmtpd_stops_before_any_worker_starts(tmp_path: Path) -> None:
     """The ``server`` extra missing: one sentence naming it, before the banner and the fork
     (each worker used to start, the banner said "listening on", and then each failed)."""
-    code = (
-        "import runpy, sys; sys.modules['aiosmtpd'] = None; "
-        "sys.argv = ['spoolmail', '--root', sys.argv[1], 'run', '--listen', '127.0.0.1:0']; "
-        "runpy.run_module('spoolmail', run_name='__main__')"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code, str(tmp_path / "MailRoot")],
-        capture_output=True,
-        text=True,
-        timeout=DEADLINE,
-        check=False,
-    )
+    result = _blocked("aiosmtpd", tmp_path / "MailRoot", "run", "--listen", "127.0.0.1:0")
     assert result.returncode == 1
     assert "the SMTP listener needs aiosmtpd" in result.stderr
     assert "pip install 'spoolmail[server]'" in result.stderr
     assert "started" not in result.stderr
     assert "listening on" not in result.stdout + result.stderr
+
+
+def _blocked(module: str, root: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    """``spoolmail --root ROOT ARGV`` in a fresh interpreter where ``module`` cannot be
+    imported (an extra not installed)."""
+    code = (
+        f"import runpy, sys; sys.modules[{module!r}] = None; "
+        "sys.argv = ['spoolmail', '--root', *sys.argv[1:]]; "
+        "runpy.run_module('spoolmail', run_name='__main__')"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code, str(root), *argv],
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE,
+        check=False,
+    )
+
+
+def test_metrics_without_prometheus_client_stop_before_any_worker_starts(tmp_path: Path) -> None:
+    result = _blocked("prometheus_client", tmp_path / "MailRoot", "run", "--metrics", "127.0.0.1:0")
+    assert result.returncode == 1
+    assert "metrics need prometheus-client: pip install 'spoolmail[metrics]'" in result.stderr
+    assert "started" not in result.stderr
+
+
+def test_a_metrics_address_without_a_port_stops_before_any_worker_starts(
+    start: Callable[..., Daemon],
+) -> None:
+    daemon = start("--workers", "2", "--metrics", "127.0.0.1")
+    assert daemon.process.wait(DEADLINE) == EX_USAGE  # the setting is wrong
+    errors = daemon.stderr.read_text()
+    assert "metrics: '127.0.0.1' is not ADDRESS:PORT" in errors
+    assert "started" not in errors
+
+
+def test_a_metrics_port_taken_stops_the_workers_and_waits_for_them(
+    start: Callable[..., Daemon],
+) -> None:
+    """The endpoint listens only once the workers run (a thread before the fork would be
+    copied into them half-held): when it cannot, the parent stops them and reaps each before
+    it exits with the reason."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        daemon = start("--workers", "2", "--metrics", f"127.0.0.1:{port}")
+        assert daemon.process.wait(DEADLINE) == EX_USAGE
+    errors = daemon.stderr.read_text()
+    assert f"metrics: cannot listen on 127.0.0.1:{port}" in errors
+    pids = [int(pid) for pid in re.findall(r"worker \d of 2 started \(pid (\d+)\)", errors)]
+    assert len(pids) == 2
+    for index, pid in enumerate(pids):
+        assert f"worker {index} (pid {pid}) stopped" in errors, errors
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)  # reaped by the parent before it exited, not left running
 
 
 def test_sessions_open_at_once_are_shared_out_evenly(start: Callable[..., Daemon]) -> None:

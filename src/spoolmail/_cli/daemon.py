@@ -31,7 +31,7 @@ from spoolmail._service.handoff import Handoff
 from spoolmail._service.service import MailService, Report
 from spoolmail._store.spool import Spool
 from spoolmail.exceptions import SpoolmailError
-from spoolmail.metrics import serve_metrics
+from spoolmail.metrics import check_metrics, serve_metrics
 
 if TYPE_CHECKING:
     from spoolmail._listen.listener import Listener
@@ -74,6 +74,8 @@ def _log_report(report: Report) -> None:
 def _run(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
     # The listener's sockets are bound (port 25), its key and users read, while still root;
     # the workers share them.
+    if settings.metrics and not args.once:
+        check_metrics(settings.metrics)  # the extra and the address, before any worker starts
     prepared = None if args.once else listening.prepare(settings)
     wanted = 1
     if not args.once:

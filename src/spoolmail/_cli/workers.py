@@ -507,7 +507,17 @@ class Supervisor:
         self._selector.register(self._wake_read, selectors.EVENT_READ, None)
         try:
             self._restart_due()  # every worker is due at once
-            on_started()
+            try:
+                on_started()
+            except BaseException:
+                # The parent's own part failed (the metrics endpoint could not listen): the
+                # workers are stopped and waited for before the error is told, not left to
+                # end after the parent.
+                self._stopping = True
+                while self._stop_workers():
+                    self._wait(1.0)
+                    self._reap()
+                raise
             while True:
                 self._reap()
                 if self._stopping and not self._stop_workers():
