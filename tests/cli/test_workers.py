@@ -158,14 +158,34 @@ def test_a_killed_worker_is_started_again_and_mail_goes_on(start: Callable[..., 
     assert daemon.process.wait(DEADLINE) == 0
 
 
-def test_a_worker_that_cannot_start_stops_the_group_with_its_status(
+def test_a_worker_that_cannot_start_stops_the_group_with_its_status(tmp_path: Path) -> None:
+    """A setting that only a worker's service looks at (the DNS servers, settings file only)
+    fails in the workers; the parent stops the group with their status."""
+    config = tmp_path / "spoolmail.toml"
+    root = tmp_path / "MailRoot"
+    config.write_text(f'[spoolmail]\nroot = "{root}"\nworkers = 2\ndns_servers = ["bogus"]\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "spoolmail", "--config", str(config), "run"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE,
+        check=False,
+    )
+    assert result.returncode == EX_USAGE  # the status one process gives (bad setting)
+    assert "dns_servers: 'bogus' is not an IP address" in result.stderr
+    assert "ended before it served (exit status 2): stopping the others" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_ca_file_that_cannot_be_read_is_told_before_any_worker_starts(
     start: Callable[..., Daemon], tmp_path: Path
 ) -> None:
     daemon = start("--workers", "2", "--tls-ca-file", str(tmp_path / "missing.pem"))
-    assert daemon.process.wait(DEADLINE) == 2  # the status one process gives (bad setting)
+    assert daemon.process.wait(DEADLINE) == EX_USAGE
     log = daemon.log()
-    assert "tls_ca_file" in log
-    assert "ended before it served (exit status 2): stopping the others" in log
+    assert log.count("tls_ca_file") == 1, log
+    assert "started" not in log
     assert "Traceback" not in log
 
 
@@ -344,6 +364,18 @@ def test_a_metrics_port_taken_stops_the_workers_and_waits_for_them(
         assert f"worker {index} (pid {pid}) stopped" in errors, errors
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)  # reaped by the parent before it exited, not left running
+
+
+def test_a_setting_that_cannot_be_built_is_told_once_before_any_worker_starts(
+    start: Callable[..., Daemon],
+) -> None:
+    """The router (and the rest built from the settings alone) is built in the parent first:
+    one sentence, not one from each worker after the fork."""
+    daemon = start("--workers", "3", "--smart-host", "[127.0.0.1]:99999")
+    assert daemon.process.wait(DEADLINE) == EX_USAGE
+    errors = daemon.stderr.read_text()
+    assert errors.count("port must be 1-65535, not '99999'") == 1, errors
+    assert "started" not in errors
 
 
 def test_sessions_open_at_once_are_shared_out_evenly(start: Callable[..., Daemon]) -> None:

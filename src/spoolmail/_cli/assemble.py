@@ -42,7 +42,7 @@ from spoolmail.exceptions import ConfigurationError
 if TYPE_CHECKING:
     import dns.resolver
 
-__all__ = ["PASSWORD_VARIABLE", "retry_policies", "service", "timeouts"]
+__all__ = ["PASSWORD_VARIABLE", "check", "retry_policies", "service", "timeouts"]
 
 # The smart host's password may come from the environment rather than a file or a flag (flags
 # are visible to every user of the machine in the process list).
@@ -128,6 +128,16 @@ def timeouts(settings: Settings) -> SmtpTimeouts:
     )
 
 
+def check(settings: Settings) -> None:
+    """Build what :func:`service` builds from ``settings`` alone (the router, the retry
+    policies, the timeouts, the CA file's context) and drop it: a setting that cannot be built
+    fails here, once, in the parent, instead of in every worker after the fork."""
+    retry_policies(settings)
+    timeouts(settings)
+    router(settings)
+    _tls_context(settings)
+
+
 def service(
     settings: Settings, spool: Spool, *, share: Share = WHOLE, handing_off: int = 0
 ) -> MailService:
@@ -141,12 +151,7 @@ def service(
 
     per_host = share_of(settings.max_connections_per_host)
     fqdn = settings.fqdn or machine_name()
-    tls_context = None
-    if settings.tls_ca_file is not None:
-        try:
-            tls_context = ssl.create_default_context(cafile=settings.tls_ca_file)
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigurationError(f"tls_ca_file {settings.tls_ca_file!r}: {exc}") from None
+    tls_context = _tls_context(settings)
     return MailService(
         spool,
         router=router(settings),
@@ -186,6 +191,16 @@ def service(
         pickup_open_warning=timedelta(seconds=settings.pickup_open_warning),
         min_free_space=settings.min_free_space,
     )
+
+
+def _tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """The context for verified STARTTLS with ``tls_ca_file``; ``None`` for the system's."""
+    if settings.tls_ca_file is None:
+        return None
+    try:
+        return ssl.create_default_context(cafile=settings.tls_ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigurationError(f"tls_ca_file {settings.tls_ca_file!r}: {exc}") from None
 
 
 def router(settings: Settings) -> Router:

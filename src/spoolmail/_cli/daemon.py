@@ -90,6 +90,7 @@ def _run(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
                 prepared = prepared.keep(workers.listening(count, settings.listening_workers))
             if count == 1:
                 return _serve(settings, args, out, spool, prepared)
+            assemble.check(settings)  # once here, not in each worker after the fork
             # IIS's NTFS_*.EML Queue files are never delivered as they are: say so once.
             iis.warn_stranded(spool._store)
         return _supervise(

@@ -14,8 +14,9 @@ minute) are divided among the workers.
 The parent only supervises. It passes SIGTERM, SIGINT and SIGHUP on to the workers; it starts a
 worker again when one dies (at once if it had served a minute, else after a pause that doubles
 up to a minute); and it stops the others and exits with the status of a worker that exited
-with an error before it ever served (a setting that cannot be built fails the same way in
-every worker; a worker killed by a signal is started again).
+with an error before it ever served (a setting that only a worker's service finds wrong fails
+the same way in every worker; the daemon builds the rest before it forks; a worker killed by a
+signal is started again).
 With ``--metrics`` it serves the sum of the workers' :meth:`~spoolmail.MailService.stats`,
 asked of each over a socket pair. Signal handlers only set flags; everything is done in the
 loop, woken through ``signal.set_wakeup_fd``.
