@@ -178,6 +178,25 @@ def test_a_worker_that_cannot_start_stops_the_group_with_its_status(tmp_path: Pa
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("flag", "value", "told"),
+    [
+        ("--fqdn", "bad..name", "fqdn:"),
+        ("--ndr-copy-to", "not an address", "ndr_copy_to:"),
+        ("--masquerade-domain", "bad..name", "masquerade_domain:"),
+        ("--smart-host", "[127.0.0.1]:0", "smart host"),
+    ],
+)
+def test_a_wrong_name_is_told_once_before_any_worker_starts(
+    start: Callable[..., Daemon], flag: str, value: str, told: str
+) -> None:
+    daemon = start("--workers", "2", flag, value)
+    assert daemon.process.wait(DEADLINE) == EX_USAGE
+    log = daemon.log()
+    assert log.count(told) == 1, log
+    assert "started" not in log
+
+
 def test_a_ca_file_that_cannot_be_read_is_told_before_any_worker_starts(
     start: Callable[..., Daemon], tmp_path: Path
 ) -> None:

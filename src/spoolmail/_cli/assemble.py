@@ -33,7 +33,7 @@ from spoolmail._core.retry import RetryPolicy
 from spoolmail._core.routing import Credentials, Router, SmartHostMode, TlsPolicy, parse_target
 from spoolmail._core.shares import WHOLE, Share, part
 from spoolmail._core.throttle import ThrottleRules
-from spoolmail._service.service import Limits, MailService, machine_name
+from spoolmail._service.service import Limits, MailService, checked_names, machine_name
 from spoolmail._store.spool import Spool
 from spoolmail._transport.smtp import SmtpTransport
 from spoolmail._transport.timeouts import SmtpTimeouts
@@ -130,12 +130,18 @@ def timeouts(settings: Settings) -> SmtpTimeouts:
 
 def check(settings: Settings) -> None:
     """Build what :func:`service` builds from ``settings`` alone (the router, the retry
-    policies, the timeouts, the CA file's context) and drop it: a setting that cannot be built
-    fails here, once, in the parent, instead of in every worker after the fork."""
+    policies, the timeouts, the CA file's context) and check the names it is given (fqdn,
+    ndr_copy_to, masquerade_domain), then drop it all: a setting that cannot be built fails
+    here, once, in the parent, instead of in every worker after the fork."""
     retry_policies(settings)
     timeouts(settings)
     router(settings)
     _tls_context(settings)
+    checked_names(
+        fqdn=settings.fqdn,
+        ndr_copy_to=settings.ndr_copy_to,
+        masquerade_domain=settings.masquerade_domain,
+    )
 
 
 def service(

@@ -110,7 +110,7 @@ if TYPE_CHECKING:
     # dnspython costs tens of milliseconds to import: only DANE's resolver needs it here.
     import dns.resolver
 
-__all__ = ["Limits", "MailService", "Report", "Stats", "machine_name"]
+__all__ = ["Limits", "MailService", "Report", "Stats", "checked_names", "machine_name"]
 
 log = logging.getLogger("spoolmail")
 
@@ -285,11 +285,28 @@ class _Waker:
             self._pair = None
 
 
-def _checked_fqdn(fqdn: str) -> str:
+def _checked_domain(value: str, setting: str) -> str:
     try:
-        return parse_domain(fqdn)
+        return parse_domain(value)
     except MessageError as exc:
-        raise ConfigurationError(f"fqdn: {exc}") from None
+        raise ConfigurationError(f"{setting}: {exc}") from None
+
+
+def checked_names(
+    *, fqdn: str | None, ndr_copy_to: str | None, masquerade_domain: str | None
+) -> tuple[str | None, str | None, str | None]:
+    """``MailService``'s names, each checked (``ConfigurationError`` names the one that is
+    wrong): the command asks before it starts its workers, the service when it is made."""
+    if ndr_copy_to is not None:
+        try:
+            ndr_copy_to = parse_mailbox(ndr_copy_to, default_domain=None)
+        except MessageError as exc:
+            raise ConfigurationError(f"ndr_copy_to: {exc}") from None
+    return (
+        _checked_domain(fqdn, "fqdn") if fqdn else None,
+        ndr_copy_to,
+        _checked_domain(masquerade_domain, "masquerade_domain") if masquerade_domain else None,
+    )
 
 
 def machine_name() -> str:
@@ -453,12 +470,10 @@ class MailService:
         self.retry = retry or RetryPolicy.iis()
         self.local_retry = local_retry or (RetryPolicy.iis_local() if retry is None else retry)
         self.clock = clock or spool.clock
-        self.fqdn = _checked_fqdn(fqdn) if fqdn else machine_name()
-        if ndr_copy_to is not None:
-            try:
-                ndr_copy_to = parse_mailbox(ndr_copy_to, default_domain=None)
-            except MessageError as exc:
-                raise ConfigurationError(f"ndr_copy_to: {exc}") from None
+        fqdn, ndr_copy_to, masquerade = checked_names(
+            fqdn=fqdn, ndr_copy_to=ndr_copy_to, masquerade_domain=masquerade_domain
+        )
+        self.fqdn = fqdn or machine_name()
         self.limits = limits
         self.helo_name = helo_name or self.fqdn
         self.transport = transport or SmtpTransport(helo_name=self.helo_name)
@@ -494,7 +509,7 @@ class MailService:
             max_message_size=limits.max_message_size,
             max_hop_count=limits.max_hop_count,
             resolver=host_resolver,
-            masquerade=_checked_fqdn(masquerade_domain) if masquerade_domain else None,
+            masquerade=masquerade,
             concurrency=Concurrency(per_host=limits.max_connections_per_host),
             sts=_mta_sts(host_resolver, mta_sts, mta_sts_fetcher, self.clock),
             dane=_dane(host_resolver, dane),
