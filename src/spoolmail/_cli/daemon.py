@@ -72,10 +72,10 @@ def _log_report(report: Report) -> None:
 
 
 def _run(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
-    # The listener's sockets are bound (port 25), its key and users read, while still root;
-    # the workers share them.
     if settings.metrics and not args.once:
         check_metrics(settings.metrics)  # the extra and the address, before any worker starts
+    # The listener's sockets are bound (port 25), its key and users read, while still root;
+    # the workers share them.
     prepared = None if args.once else listening.prepare(settings)
     wanted = 1
     if not args.once:
