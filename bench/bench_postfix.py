@@ -81,6 +81,7 @@ import postfix_instance as pf
 PATHS = ("drain", "flush", "big", "smtp")
 SEED = 12
 SENDER = "orders@example.com"
+RELAYED = "user@customer.example.net"  # the SMTP in path's recipient: relayed to the sink
 LOCAL_DOMAIN = "example.com"
 # The command that runs spoolmail, and the interpreter it (and the floor) runs on: main() sets
 # both from --python before anything runs.
@@ -255,6 +256,33 @@ def listen_arguments(port: int, extra: list[str]) -> list[str] | None:
         if "smart" not in flag and "user" not in flag:
             return [*out, flag, "127.0.0.1/32"]
     return out
+
+
+def smtp_source(port: int, *, sessions: int, count: int, size: int) -> subprocess.Popen[bytes]:
+    """Postfix's ``smtp-source``: ``count`` messages of ``size`` octets over ``sessions``
+    sessions kept open (``-d``), each waiting for every reply, to a relayed recipient."""
+    return subprocess.Popen(
+        [
+            pf.which("smtp-source") or "smtp-source",
+            "-4",
+            "-d",
+            "-s",
+            str(sessions),
+            "-m",
+            str(count),
+            "-l",
+            str(size),
+            "-M",
+            "client.test",
+            "-f",
+            SENDER,
+            "-t",
+            RELAYED,
+            f"127.0.0.1:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
 
 
 class SpoolmailSide:
@@ -605,28 +633,7 @@ class Bench:
         }
 
     def smtp_source(self, port: int, count: int) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
-            [
-                pf.which("smtp-source") or "smtp-source",
-                "-4",
-                "-d",
-                "-s",
-                str(self.args.smtp_clients),
-                "-m",
-                str(count),
-                "-l",
-                str(self.args.size),
-                "-M",
-                "client.test",
-                "-f",
-                SENDER,
-                "-t",
-                "user@customer.example.net",
-                f"127.0.0.1:{port}",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
+        return smtp_source(port, sessions=self.args.smtp_clients, count=count, size=self.args.size)
 
     def _source_done(self, source: subprocess.Popen[bytes]) -> Callable[[], str | None]:
         def check() -> str | None:
