@@ -9,8 +9,8 @@ its 354) and the end of data (the "." to its ``250``, which the listener sends o
 message is durable: the group commit). With ``--sources 0`` the client is alone.
 
 It prints the median, 90th percentile and mean of each wait and of the whole transaction, and
-``smtp-source``'s time and rate. Every message must reach the sink (its counter), else the run
-is broken.
+``smtp-source``'s time and rate. Every message must reach the sink once (its counter) and the
+MailRoot must be empty afterwards, else the run is broken.
 
     python bench/smtp_in_latency.py                       # 4 smtp-source sessions + this one
     python bench/smtp_in_latency.py --sources 0           # this client alone
@@ -171,6 +171,13 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit("the timing client sent nothing")
         expected = client.sent + (args.messages if loaded else 0)
         sink.wait_for(expected, stall=30, timeout=600, alive=spoolmail.alive)
+        time.sleep(0.3)  # a message counted twice shows once the last one arrived
+        spoolmail.stop()
+        broken = spoolmail.leftovers()
+        if sink.count != expected:
+            broken = f"the sink counted {sink.count - expected:+d} messages more than were sent"
+        if broken:
+            raise SystemExit(f"broken run: {broken}" + spoolmail.log_tail())
         who = f"{args.sources} smtp-source sessions and this client" if loaded else "this client"
         print(f"{who}, {args.size:,} B a message: this client sent {client.sent:,}")
         if loaded:
