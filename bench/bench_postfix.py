@@ -258,28 +258,34 @@ def listen_arguments(port: int, extra: list[str]) -> list[str] | None:
     return out
 
 
-def smtp_source(port: int, *, sessions: int, count: int, size: int) -> subprocess.Popen[bytes]:
+def smtp_source_command(
+    port: int, *, sessions: int, count: int, size: int, relayed: bool = True
+) -> list[str]:
     """Postfix's ``smtp-source``: ``count`` messages of ``size`` octets over ``sessions``
-    sessions kept open (``-d``), each waiting for every reply, to a relayed recipient."""
+    sessions kept open (``-d``), each waiting for every reply; with ``relayed``, from
+    :data:`SENDER` to :data:`RELAYED` (else smtp-source's own envelope)."""
+    envelope = ["-f", SENDER, "-t", RELAYED] if relayed else []
+    return [
+        pf.which("smtp-source") or "smtp-source",
+        "-4",
+        "-d",
+        "-s",
+        str(sessions),
+        "-m",
+        str(count),
+        "-l",
+        str(size),
+        "-M",
+        "client.test",
+        *envelope,
+        f"127.0.0.1:{port}",
+    ]
+
+
+def smtp_source(port: int, *, sessions: int, count: int, size: int) -> subprocess.Popen[bytes]:
+    """:func:`smtp_source_command` started, relaying, its output kept for errors only."""
     return subprocess.Popen(
-        [
-            pf.which("smtp-source") or "smtp-source",
-            "-4",
-            "-d",
-            "-s",
-            str(sessions),
-            "-m",
-            str(count),
-            "-l",
-            str(size),
-            "-M",
-            "client.test",
-            "-f",
-            SENDER,
-            "-t",
-            RELAYED,
-            f"127.0.0.1:{port}",
-        ],
+        smtp_source_command(port, sessions=sessions, count=count, size=size),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
@@ -702,20 +708,7 @@ def sink_ceiling(sink: pf.SmtpSink, count: int, size: int, sessions: int) -> flo
     target = sink.count + count
     started = time.monotonic()
     done = subprocess.run(
-        [
-            pf.which("smtp-source") or "smtp-source",
-            "-4",
-            "-d",
-            "-s",
-            str(sessions),
-            "-m",
-            str(count),
-            "-l",
-            str(size),
-            "-M",
-            "client.test",
-            f"127.0.0.1:{sink.port}",
-        ],
+        smtp_source_command(sink.port, sessions=sessions, count=count, size=size, relayed=False),
         capture_output=True,
         check=False,
     )
