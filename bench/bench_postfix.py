@@ -39,15 +39,16 @@ The paths (issue 12's table):
 For each run: the rate (messages / wall time), the CPU seconds used meanwhile by every process of
 that side (a cgroup per side when one can be made: Postfix's master and all its daemons,
 including those that exited; spoolmail's process and its ``queue flush`` command; else ``/proc``
-accounting of the process tree), per message. The clients (sendmail before the timing,
-smtp-source during it) and the sink are counted on neither side. For each pair: the ratio
-spoolmail / Postfix of the rates; per path, the medians. Then the two ceilings: the sink fed
-directly by ``smtp-source`` (5 sessions with connection reuse), and fsync'd file creates per
-second on the disk of the temp dir (one writer, and four), both with 2 KB messages and files and,
-for the big path, again with its own size; and, per path and side, how close the median rate
-comes to its CPU ceiling (the usable cores divided by that side's CPU per message), to the
-fsync'd-create rate and to the sink's own rate, each for messages of that path's size (DESIGN
-section 10).
+accounting of the process tree), per message; and the machine's steal meanwhile (the share of
+its CPU time that the hypervisor gave to other guests, ``/proc/stat``). The clients (sendmail
+before the timing, smtp-source during it) and the sink are counted on neither side. For each
+pair: the ratio spoolmail / Postfix of the rates; per path, the medians. Then the two
+ceilings: the sink fed directly by ``smtp-source`` (5 sessions with connection reuse), and
+fsync'd file creates per second on the disk of the temp dir (one writer, and four), both with
+2 KB messages and files and, for the big path, again with its own size; and, per path and side,
+how close the median rate comes to its CPU ceiling (the usable cores divided by that side's CPU
+per message), to the fsync'd-create rate and to the sink's own rate, each for messages of that
+path's size (DESIGN section 10).
 """
 
 from __future__ import annotations
@@ -91,6 +92,30 @@ FLOOR = Path(__file__).with_name("floor_flush.py")
 CHECKOUT = Path(__file__).resolve().parent.parent
 # Debian's interpreter: the one the README's quick start makes its venv with on Debian.
 SYSTEM_PYTHON = Path("/usr/bin/python3")
+
+
+def machine_times() -> list[int] | None:
+    """The machine's CPU time so far, by kind (``/proc/stat``'s first line, in ticks), or None
+    where there is no such file."""
+    try:
+        with open("/proc/stat", encoding="ascii") as stat:
+            return [int(field) for field in stat.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+
+
+def machine_shares(before: list[int] | None, after: list[int] | None) -> dict[str, float]:
+    """Of the machine's CPU time between two ``machine_times``: the share stolen by the
+    hypervisor for other guests (``steal``, the eighth field), and the share idle or waiting
+    for the disk. Empty when either is unknown or no tick passed."""
+    if not before or not after or len(before) < 8 or len(after) < 8:
+        return {}
+    spent = [now - then for then, now in zip(before[:8], after[:8], strict=True)]
+    total = sum(spent)
+    if total <= 0:
+        return {}
+    return {"steal_share": spent[7] / total, "idle_share": (spent[3] + spent[4]) / total}
+
 
 # -- messages --------------------------------------------------------------------------------------
 
@@ -429,6 +454,7 @@ class Bench:
             base / "spoolmail", self.sink, self.spoolmail_cpu, args.spoolmail_arg
         )
         self.spoolmail_port = pf.free_port()
+        self.machine_at_start: list[int] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -447,6 +473,11 @@ class Bench:
 
     # -- helpers -----------------------------------------------------------------------------------
 
+    def start_clock(self) -> float:
+        """A run's clock starts: the machine's CPU times noted with it (for :meth:`finish`)."""
+        self.machine_at_start = machine_times()
+        return time.monotonic()
+
     def finish(  # noqa: PLR0917
         self,
         side: str,
@@ -462,6 +493,7 @@ class Bench:
             target, stall=self.args.stall, timeout=self.args.timeout, alive=alive
         )
         cpu_used = cpu.cpu() - cpu_before
+        machine = machine_shares(self.machine_at_start, machine_times())
         seconds = ended - started
         first = self.sink.reached(target - count + 1) or ended
         return {
@@ -473,6 +505,7 @@ class Bench:
             "cpu": cpu_used,
             "cpu_ms_per_message": 1000 * cpu_used / count,
             "cpu_share": cpu_used / seconds,
+            **machine,
         }
 
     def settle_sink(self, target: int) -> None:
@@ -503,7 +536,7 @@ class Bench:
         os.sync()  # as spoolmail's side (below): both sides' waiting mail on disk before the clock
         target = self.sink.count + count
         before = self.postfix_cpu.cpu() if self.postfix_cpu.path else 0.0
-        started = time.monotonic()
+        started = self.start_clock()
         self.postfix.start()
         run = self.finish(
             "postfix", count, target, started, self.postfix_cpu, before, self.postfix.alive
@@ -525,7 +558,7 @@ class Bench:
         os.sync()
         target = self.sink.count + count
         before = self.spoolmail_cpu.cpu() if self.spoolmail_cpu.path else 0.0
-        started = time.monotonic()
+        started = self.start_clock()
         self.spoolmail.start()
         run = self.finish(
             "spoolmail", count, target, started, self.spoolmail_cpu, before, self.spoolmail.alive
@@ -557,7 +590,7 @@ class Bench:
         self.sink.start()
         target = self.sink.count + count
         before = self.postfix_cpu.cpu()
-        started = time.monotonic()
+        started = self.start_clock()
         self.postfix.flush()
         command = time.monotonic() - started
         run = self.finish(
@@ -594,7 +627,7 @@ class Bench:
         flush = flush_command(root)  # its --help is asked before the clock starts
         target = self.sink.count + count
         before = self.spoolmail_cpu.cpu()
-        started = time.monotonic()
+        started = self.start_clock()
         self.spoolmail.run_command(flush, what="spoolmail queue flush")
         command = time.monotonic() - started
         run = self.finish(
@@ -657,7 +690,7 @@ class Bench:
         pf.wait_for_port(self.postfix.smtpd_port, what="Postfix smtpd")
         target = self.sink.count + count
         before = self.postfix_cpu.cpu()
-        started = time.monotonic()
+        started = self.start_clock()
         source = self.smtp_source(self.postfix.smtpd_port, count)
         source_ok = self._source_done(source)
 
@@ -681,7 +714,7 @@ class Bench:
         pf.wait_for_port(self.spoolmail_port, what="spoolmail's listener")
         target = self.sink.count + count
         before = self.spoolmail_cpu.cpu()
-        started = time.monotonic()
+        started = self.start_clock()
         source = self.smtp_source(self.spoolmail_port, count)
         source_ok = self._source_done(source)
 
@@ -792,14 +825,20 @@ def pair_line(
         f"{postfix['cpu_ms_per_message']:>9.2f}{spool['cpu_ms_per_message']:>9.2f}"
         f"{postfix['cpu_share']:>9.0%}{spool['cpu_share']:>9.0%}"
         f"{postfix['first_seconds']:>9.2f}{spool['first_seconds']:>9.2f}"
+        f"{_share(postfix.get('steal_share')):>9}{_share(spool.get('steal_share')):>9}"
     )
 
 
+def _share(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.0%}"
+
+
 TABLE_HEAD = (
-    f"{'':<13}{'msg/s':>18}{'ratio':>7}{'CPU ms/msg':>18}{'CPU use':>18}{'1st msg, s':>18}\n"
+    f"{'':<13}{'msg/s':>18}{'ratio':>7}{'CPU ms/msg':>18}{'CPU use':>18}{'1st msg, s':>18}"
+    f"{'steal':>18}\n"
     f"{'path':<6}{'pair':>7}{'Postfix':>9}{'spoolm.':>9}{'s/P':>7}"
     + f"{'Postfix':>9}{'spoolm.':>9}"
-    * 3
+    * 4
 )
 
 
@@ -808,8 +847,9 @@ def summary(path: str, pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> di
 
     def medians(side: int) -> dict[str, float]:
         out = {key: statistics.median(pair[side][key] for pair in pairs) for key in keys}
-        if "command_seconds" in pairs[0][side]:
-            out["command_seconds"] = statistics.median(p[side]["command_seconds"] for p in pairs)
+        for key in ("command_seconds", "steal_share", "idle_share"):
+            if all(key in pair[side] for pair in pairs):
+                out[key] = statistics.median(pair[side][key] for pair in pairs)
         return out
 
     total = {
@@ -1088,7 +1128,10 @@ def main(argv: list[str] | None = None) -> int:
             "  ratio: spoolmail / Postfix, pair by pair (median: of the pairs' ratios)\n"
             "  CPU ms/msg: all of that side's processes; CPU use: their CPU time / wall time "
             "(200% = both cores)\n"
-            "  1st msg: from the start to the first message at the sink (start-up, intake)"
+            "  1st msg: from the start to the first message at the sink (start-up, intake)\n"
+            "  steal: of the machine's CPU time during the run, the share its hypervisor gave to "
+            "other guests (/proc/stat):\n"
+            "    a run with more of it was slowed by the machine, whichever side it measured"
         )
         for path in args.paths:
             print(f"  {path}: {describe(path, args)}")
