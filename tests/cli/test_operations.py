@@ -270,6 +270,66 @@ def test_quiet_flush_keeps_the_usage_errors(cli: Cli) -> None:
     assert not (cli.root / "SortTemp").exists()
 
 
+@pytest.mark.parametrize(
+    ("argv", "complaint"),
+    [
+        (["queue", "hold", "--domain", "remote test"], "--domain 'remote test' is not a domain"),
+        (["queue", "release", "--domain", "../.."], "--domain '../..' is not a domain"),
+        (["queue", "flush", "-q", "--domain", "remote.test/x"], "is not a domain"),
+        (["queue", "delete", "--domain", "*", "--dry-run"], "--domain '*' is not a domain"),
+        (["queue", "hold", "--sender", "alice@example,com"], "--sender 'alice@example,com' is not"),
+        (["queue", "flush", "--sender", "a@b@c"], "is not an address"),
+        (["queue", "release", "--sender", "@exa mple"], "is not an address"),
+        (["badmail", "requeue", "--sender", "bad address"], "is not an address"),
+        (["badmail", "delete", "--domain", "a..b", "--yes"], "is not a domain"),
+    ],
+)
+def test_filters_that_no_message_could_match_are_usage_errors(
+    cli: Cli, two: tuple[str, str], argv: list[str], complaint: str
+) -> None:
+    """A typo in --sender or --domain is told as one (exit 2, nothing done), not answered "no
+    message" as if the Queue had been searched."""
+    before = cli.queued()
+    assert cli(*argv) == (EX_USAGE, "")
+    err = cli.err()
+    assert complaint in err
+    assert err.count("\n") == 1
+    assert cli.queued() == before
+    assert _triggers(cli.root) == []
+
+
+@pytest.mark.parametrize(
+    "sender", ["alice@example.com", "ALICE@Example.com", "<alice@example.com>", "@EXAMPLE.com."]
+)
+def test_every_form_of_a_sender_filter_still_matches(
+    cli: Cli, two: tuple[str, str], sender: str
+) -> None:
+    first, second = two
+    assert cli("queue", "hold", "--sender", sender) == (
+        EX_OK,
+        f"{first}: on hold\n{second}: on hold\n",
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["queue", "hold", "--sender", "<>"], "No queued message left to hold from <>.\n"),
+        (["queue", "hold", "--sender", ""], "No queued message left to hold from <>.\n"),
+        (["queue", "hold", "--domain", "[192.0.2.1]"], "at [192.0.2.1].\n"),
+        (["queue", "hold", "--domain", "bücher.example"], "at bücher.example.\n"),
+        (["queue", "hold", "--sender", "üser@bücher.example"], "from üser@bücher.example.\n"),
+    ],
+)
+def test_null_sender_literals_and_idn_are_filters(
+    cli: Cli, two: tuple[str, str], argv: list[str], said: str
+) -> None:
+    status, out = cli(*argv)
+    assert status == EX_OK, cli.err()
+    assert out.startswith("No queued message left to hold")
+    assert out.endswith(said)
+
+
 def test_hold_and_release(cli: Cli, two: tuple[str, str]) -> None:
     first, second = two
     assert cli("queue", "hold", "--all") == (EX_OK, f"{first}: on hold\n{second}: on hold\n")

@@ -27,10 +27,11 @@ from typing import TYPE_CHECKING, Any, TextIO
 from spoolmail._cli import shape
 from spoolmail._cli.settings import Settings
 from spoolmail._cli.status import EX_OK, UsageError, each, exit_status, report, worst
+from spoolmail._core.address import AddressRole, parse_domain, parse_mailbox
 from spoolmail._core.envelope import Envelope, Recipient, RecipientState
 from spoolmail._core.ids import is_queue_id
 from spoolmail._core.states import State
-from spoolmail.exceptions import NotFound, SpoolmailError
+from spoolmail.exceptions import MessageError, NotFound, SpoolmailError
 
 if TYPE_CHECKING:
     from spoolmail._store.spool import BadMailItem, DropItem, Order, QueuedMessage, Spool
@@ -314,8 +315,42 @@ def _check_selection(args: argparse.Namespace, *, required: bool = True) -> None
         raise UsageError(f"give IDs or {flag}, not both")
     if required and not (args.ids or every or filtered):
         raise UsageError("give at least one ID, or --all, --sender or --domain")
-    if args.domain is not None and not _domain(args.domain):
-        raise UsageError("--domain needs a domain")
+    if args.domain is not None:
+        domain = _domain(args.domain)
+        if not domain:
+            raise UsageError("--domain needs a domain")
+        if not _is_domain(domain):
+            raise UsageError(f"--domain {_shown(args.domain)} is not a domain")
+    if args.sender is not None and not _is_sender(args.sender):
+        raise UsageError(
+            f"--sender {_shown(args.sender)} is not an address (give local@domain, "
+            "@domain for any sender at a domain, or <> for the null sender)"
+        )
+
+
+def _is_domain(text: str) -> bool:
+    """Whether ``text`` (as :func:`_domain` gives it) is a domain or address literal: a typo
+    that no recipient's domain could match is told as one, not answered "no message"."""
+    try:
+        parse_domain(text)
+    except MessageError:
+        return False
+    return True
+
+
+def _is_sender(text: str) -> bool:
+    """Whether ``text`` is a --sender that :meth:`Spool.select` could match: an address (in
+    angle brackets or not), ``@domain``, or the null sender (``<>`` or nothing)."""
+    sender = text.strip().removeprefix("<").removesuffix(">")
+    if not sender:
+        return True
+    if sender.startswith("@"):
+        return _is_domain(sender[1:].rstrip("."))
+    try:
+        parse_mailbox(sender, default_domain=None, role=AddressRole.SENDER)
+    except MessageError:
+        return False
+    return True
 
 
 def _domain(text: str | None) -> str | None:
