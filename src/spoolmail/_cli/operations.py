@@ -303,7 +303,9 @@ def _filter_arguments(parser: argparse.ArgumentParser, *, domain: str) -> None:
 
 
 def _check_selection(args: argparse.Namespace, *, required: bool = True) -> None:
-    """Usage errors in how the ids are chosen: IDs, or ``--all`` and the filters."""
+    """Usage errors in how the ids are chosen: IDs, or ``--all`` and the filters. A filter no
+    message could match (no address, no domain) is one too: a typo, not an empty search. And
+    ``--sender`` is put in the form :meth:`Spool.select` compares (:func:`_sender_filter`)."""
     every = getattr(args, "all", False)
     filtered = args.sender is not None or args.domain is not None
     if args.ids.count(STDIN) > 1:
@@ -316,41 +318,35 @@ def _check_selection(args: argparse.Namespace, *, required: bool = True) -> None
     if required and not (args.ids or every or filtered):
         raise UsageError("give at least one ID, or --all, --sender or --domain")
     if args.domain is not None:
-        domain = _domain(args.domain)
-        if not domain:
+        if not _domain(args.domain):
             raise UsageError("--domain needs a domain")
-        if not _is_domain(domain):
-            raise UsageError(f"--domain {_shown(args.domain)} is not a domain")
-    if args.sender is not None and not _is_sender(args.sender):
-        raise UsageError(
-            f"--sender {_shown(args.sender)} is not an address (give local@domain, "
-            "@domain for any sender at a domain, or <> for the null sender)"
-        )
+        _check_domain("--domain", args.domain.strip().removeprefix("@"))
+    if args.sender is not None:
+        args.sender = _sender_filter(args.sender)
 
 
-def _is_domain(text: str) -> bool:
-    """Whether ``text`` (as :func:`_domain` gives it) is a domain or address literal: a typo
-    that no recipient's domain could match is told as one, not answered "no message"."""
+def _check_domain(flag: str, text: str) -> None:
+    """A UsageError naming what is wrong with ``text`` (its root dot aside) as a domain."""
     try:
-        parse_domain(text)
-    except MessageError:
-        return False
-    return True
+        parse_domain(text.removesuffix("."))
+    except MessageError as exc:
+        raise UsageError(f"{flag}: {exc}") from None
 
 
-def _is_sender(text: str) -> bool:
-    """Whether ``text`` is a --sender that :meth:`Spool.select` could match: an address (in
-    angle brackets or not), ``@domain``, or the null sender (``<>`` or nothing)."""
-    sender = text.strip().removeprefix("<").removesuffix(">")
-    if not sender:
-        return True
-    if sender.startswith("@"):
-        return _is_domain(sender[1:].rstrip("."))
+def _sender_filter(text: str) -> str:
+    """A --sender as :meth:`Spool.select` compares it: ``@domain`` as given, the null sender
+    as ``<>``, an address as the intake reads a sender (``Bob <bob@example.com>`` is
+    ``bob@example.com``); a UsageError naming what is wrong with one that is none of these."""
+    given = text.strip()
+    if given.startswith("@"):
+        _check_domain("--sender", given[1:])
+        return given
+    if given in ("", "<>"):
+        return "<>"
     try:
-        parse_mailbox(sender, default_domain=None, role=AddressRole.SENDER)
-    except MessageError:
-        return False
-    return True
+        return parse_mailbox(given, default_domain=None, role=AddressRole.SENDER) or "<>"
+    except MessageError as exc:
+        raise UsageError(f"--sender: {exc}") from None
 
 
 def _domain(text: str | None) -> str | None:
