@@ -8,11 +8,16 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from spoolmail import RecipientState, Spool
 from spoolmail._cli.assemble import service as assemble_service
 from spoolmail._cli.main import EX_FAILED, EX_OK, EX_TEMPFAIL, EX_USAGE, main
+from spoolmail._cli.operations import _sender_filter
 from spoolmail._cli.settings import Settings
+from spoolmail._cli.status import UsageError
+from spoolmail._core.address import AddressRole, parse_mailbox
 from spoolmail._core.envelope import Envelope, Recipient, encode_envelope
 
 DOWN = "[127.0.0.1]:1"
@@ -1005,3 +1010,40 @@ def test_a_pickup_rejection_matches_no_filter(
     assert status == EX_OK
     assert [line.split(":")[0] for line in out.splitlines()] == [first, second]
     assert rejected in badmail_ids(cli)
+
+
+# -- the filters' reading, property-tested ------------------------------------------------------
+
+_ADDRESS_TEXT = st.lists(
+    st.sampled_from([*'abcXYZ09.-_+@<>"() ,;:[]\\\tü', "IPv6:", "example.com", "192.0.2.1"]),
+    max_size=25,
+).map("".join)
+_LOCAL = st.from_regex(
+    r"[A-Za-z0-9+_-]{1,8}(\.[A-Za-z0-9+_-]{1,8}){0,2}", fullmatch=True
+) | st.just('"john doe"')
+_HOST = st.from_regex(r"[a-zA-Z0-9]{1,8}(\.[a-z0-9-]{1,8}){0,2}\.(test|example)", fullmatch=True)
+_WRITTEN = st.builds(
+    lambda local, host, form: form.format(f"{local}@{host}"),
+    _LOCAL,
+    _HOST | st.sampled_from(["[192.0.2.1]", "[IPv6:2001:db8::1]", "bücher.example"]),
+    st.sampled_from(["{}", "<{}>", " {} ", "Bob <{}>", '"Bob, Jr." <{}>', "{} (comment)"]),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(text=_ADDRESS_TEXT | _WRITTEN)
+def test_a_sender_filter_is_an_address_or_a_usage_error(text: str) -> None:
+    """Whatever is typed, the filter is a usage error or a sender that the intake could have
+    stored, which it then leaves as it is: so it matches the messages from that sender."""
+    try:
+        sender, error = _sender_filter(text), ""
+    except UsageError as exc:
+        sender, error = "", str(exc)
+    if error:
+        assert error.startswith("--sender: ")
+        return
+    if sender == "<>" or sender.startswith("@"):
+        return
+    stored = parse_mailbox(sender, default_domain=None, role=AddressRole.SENDER)
+    assert stored == sender
+    assert _sender_filter(stored) == stored
