@@ -1012,6 +1012,45 @@ def test_a_pickup_rejection_matches_no_filter(
     assert rejected in badmail_ids(cli)
 
 
+# -- a damaged envelope in the listings ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "left"),
+    [
+        (["queue"], "not listed"),
+        (["queue", "list", "--json"], "not listed"),
+        (["queue", "shape"], "not counted"),
+        (["queue", "shape", "--json"], "not counted"),
+    ],
+)
+def test_a_listing_names_the_messages_it_cannot_read(
+    cli: Cli, two: tuple[str, str], argv: list[str], left: str
+) -> None:
+    """The rest is listed; the damaged one is named on stderr with why, and the status is 1
+    (an unreadable envelope, as ``queue show`` of it says), not a clean 0."""
+    first, second = two
+    (cli.root / "Queue" / f"{second}.env").write_bytes(b'{"format": "spoolmail-envel')
+    status, out = cli(*argv)
+    assert status == EX_FAILED
+    assert first in out or "remote.test" in out
+    assert second not in out
+    (line,) = cli.err().splitlines()
+    assert line.startswith(f"spoolmail: {second}: {left}, its envelope cannot be read: ")
+    assert "BadMail" in line
+
+
+def test_a_queue_of_damaged_envelopes_is_not_called_empty(cli: Cli, two: tuple[str, str]) -> None:
+    for queue_id in two:
+        (cli.root / "Queue" / f"{queue_id}.env").write_bytes(b"")
+    assert cli("queue") == (EX_FAILED, "No queued message can be read.\n")
+    assert len(cli.err().splitlines()) == 2
+    cli.run_once()  # the service moves both aside, with the reason
+    assert cli("queue") == (EX_OK, "The Queue is empty.\n")
+    suffixes = sorted(p.suffix for p in (cli.root / "BadMail").iterdir())
+    assert suffixes == [".BAD", ".BAD", ".BDR", ".BDR"]
+
+
 # -- the filters' reading, property-tested ------------------------------------------------------
 
 _ADDRESS_TEXT = st.lists(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
@@ -159,3 +160,24 @@ def test_carry_out_tells_the_service_in_batches(
     assert told == [made[:2]]
     outcomes.close()  # stopped early: what was done is still told
     assert told == [made[:2], made[2:3]]
+
+
+@pytest.mark.parametrize("where", ["mem://", "osfs"])
+@pytest.mark.parametrize(
+    "damage", [b"", b'{"format": "spoolmail-envel', b"\x00\x01 not json", b'{"v": 1}']
+)
+def test_queued_tells_of_each_envelope_it_cannot_read(
+    tmp_path: Path, clock: FakeClock, where: str, damage: bytes
+) -> None:
+    """A listing leaves a damaged envelope out, but never silently when asked: the id and why."""
+    url = "mem://" if where == "mem://" else str(tmp_path / "MailRoot")
+    with Spool(url, clock=clock) as spool:
+        good = queue(spool, "a@example.com", "b@example.net")
+        bad = queue(spool, "a@example.com", "c@example.net")
+        spool._store.write("Queue", f"{bad}.env", damage)
+        told: list[tuple[str, str]] = []
+        listed = [item.id for item in spool.queued(unreadable=lambda i, why: told.append((i, why)))]
+        assert listed == [good]
+        assert [queue_id for queue_id, _ in told] == [bad]
+        assert told[0][1]  # a reason, for the operator
+        assert [item.id for item in spool.queued()] == [good]  # as before: left out

@@ -26,7 +26,15 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from spoolmail._cli import shape
 from spoolmail._cli.settings import Settings
-from spoolmail._cli.status import EX_OK, UsageError, each, exit_status, report, worst
+from spoolmail._cli.status import (
+    EX_OK,
+    UsageError,
+    each,
+    exit_status,
+    report,
+    tell_unreadable,
+    worst,
+)
 from spoolmail._core.address import AddressRole, parse_domain, parse_mailbox
 from spoolmail._core.envelope import Envelope, Recipient, RecipientState
 from spoolmail._core.ids import is_queue_id
@@ -507,19 +515,20 @@ def _stranded_note(names: Sequence[str]) -> str:
 def _queue_list(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
     from spoolmail._service import iis  # noqa: PLC0415 (see _spool)
 
+    damaged: list[tuple[str, str]] = []
     with _spool(settings) as spool:
-        items = list(spool.queued())
+        items = list(spool.queued(unreadable=lambda queue_id, why: damaged.append((queue_id, why))))
         stranded = iis.stranded_queue_files(spool._store)
     if args.json:
         _print_json_lines((_queue_json(item) for item in items), out)
         if stranded:  # not on stdout: scripts read one queued message a line there
             sys.stderr.write(f"spoolmail: {_stranded_note(stranded).removeprefix('-- and ')}\n")
-        return EX_OK
+        return tell_unreadable(damaged, "not listed")
     if not items:
-        print("The Queue is empty.", file=out)
+        print("The Queue is empty." if not damaged else "No queued message can be read.", file=out)
         if stranded:
             print(_stranded_note(stranded), file=out)
-        return EX_OK
+        return tell_unreadable(damaged, "not listed")
     header = ["ID", "STATE", "ARRIVAL (UTC)", "NEXT ATTEMPT", "TRIES", "SIZE", "SENDER"]
     rows = [header]
     for item in items:
@@ -552,7 +561,7 @@ def _queue_list(settings: Settings, args: argparse.Namespace, out: TextIO) -> in
     )
     if stranded:
         print(_stranded_note(stranded), file=out)
-    return EX_OK
+    return tell_unreadable(damaged, "not listed")
 
 
 def _envelope_lines(env: Envelope, *, schedule: bool) -> list[str]:

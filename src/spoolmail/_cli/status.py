@@ -10,7 +10,7 @@ as a traceback.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import TextIO
 
 from spoolmail.exceptions import ConfigurationError, MessageError, SpoolmailError
@@ -24,6 +24,7 @@ __all__ = [
     "each",
     "exit_status",
     "report",
+    "tell_unreadable",
     "worst",
 ]
 
@@ -51,6 +52,18 @@ def exit_status(exc: SpoolmailError) -> int:
     if isinstance(exc, ConfigurationError | MessageError):
         return EX_USAGE  # the arguments are wrong (a setting, an address, a message)
     return EX_FAILED  # NotFound, an unreadable envelope (EnvelopeError), anything else
+
+
+def tell_unreadable(damaged: Sequence[tuple[str, str]], left: str) -> int:
+    """Report the Queue's messages whose envelope could not be read (``(queue_id, why)``,
+    from ``Spool.queued(unreadable=...)``), which a command ``left`` out ("not listed"), one
+    line each on stderr; EX_FAILED if there were any, else EX_OK."""
+    for queue_id, why in damaged:
+        sys.stderr.write(
+            f"spoolmail: {queue_id}: {left}, its envelope cannot be read: {why} "
+            "(spoolmail run moves such a message to BadMail, with the reason)\n"
+        )
+    return EX_FAILED if damaged else EX_OK
 
 
 def worst(*statuses: int) -> int:

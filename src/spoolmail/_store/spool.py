@@ -919,15 +919,25 @@ class Spool:
         """Names of the files waiting in Pickup."""
         return self._store.pickup_names()
 
-    def queued(self) -> Iterator[QueuedMessage]:
-        """Every queued message, oldest first; unreadable envelopes are skipped here."""
+    def queued(
+        self, *, unreadable: Callable[[str, str], None] | None = None
+    ) -> Iterator[QueuedMessage]:
+        """Every queued message, oldest first.
+
+        A message whose envelope cannot be read (damaged, truncated) is left out: a service
+        moves it to BadMail with the reason when it comes to it. ``unreadable``, when given, is
+        told of each one left out: its queue id and why.
+        """
         for queue_id, files in sorted(self._store.queue_files().items()):
             if not (files.envelope or files.claims):
                 continue
             try:
                 yield self._queued(queue_id, files.claims)
-            except (EnvelopeError, FileNotFoundError):
-                continue
+            except EnvelopeError as exc:
+                if unreadable is not None:
+                    unreadable(queue_id, str(exc))
+            except FileNotFoundError:
+                continue  # delivered, or claimed, since the listing
 
     def queued_message(self, queue_id: str) -> QueuedMessage:
         """One queued message's envelope and state (``NotFound`` if it is not queued)."""
