@@ -181,3 +181,41 @@ def test_queued_tells_of_each_envelope_it_cannot_read(
         assert [queue_id for queue_id, _ in told] == [bad]
         assert told[0][1]  # a reason, for the operator
         assert [item.id for item in spool.queued()] == [good]  # as before: left out
+
+
+@pytest.mark.parametrize("where", ["mem://", "osfs"])
+def test_a_badmail_message_without_its_report_is_still_an_entry(
+    tmp_path: Path, clock: FakeClock, where: str
+) -> None:
+    """A .BAD whose .BDR went (deleted by hand, not copied over from IIS) is listed, with a
+    reason that says so, and can be sent again or deleted: never a file nobody is shown."""
+    url = "mem://" if where == "mem://" else str(tmp_path / "MailRoot")
+    with Spool(url, clock=clock) as spool:
+        kept = badmail(spool, "a@example.com", "b@example.net")
+        bare = badmail(spool, "a@example.com", "c@example.net")
+        spool.fs.remove(f"BadMail/{bare}.BDR")
+        spool.fs.remove(f"BadMail/{bare}.BDP")
+        only_report = badmail(spool, "a@example.com", "d@example.net")
+        spool.fs.remove(f"BadMail/{only_report}.BAD")
+        items = {item.id: item for item in spool.badmail()}
+        assert sorted(items) == sorted([kept, bare, only_report])
+        assert items[bare].reason == "(no report: its .BDR file is missing)"
+        assert items[bare].has_message
+        assert items[bare].envelope is None
+        assert not items[only_report].has_message
+        with pytest.raises(SpoolmailError, match="give the recipients and the sender"):
+            spool.requeue_badmail(bare)
+        new_id = spool.requeue_badmail(bare, recipients=["c@example.net"], sender="a@example.com")
+        assert spool.message(new_id) == b"Subject: s\r\n\r\nbody\r\n"
+        assert sorted(item.id for item in spool.badmail()) == sorted([kept, only_report])
+        spool.fs.writebytes(f"BadMail/{bare}.BAD", b"Subject: again\r\n\r\n")
+        assert spool.delete_badmail([bare]) == [bare]
+        assert sorted(spool.fs.listdir("BadMail")) == sorted(
+            [
+                f"{kept}.BAD",
+                f"{kept}.BDR",
+                f"{kept}.BDP",
+                f"{only_report}.BDR",
+                f"{only_report}.BDP",
+            ]
+        )

@@ -228,6 +228,10 @@ def _open_filesystem(location: pyfs.FS | str | os.PathLike[str]) -> tuple[pyfs.F
         raise StorageError(f"cannot open the MailRoot at {text!r}: {exc}") from exc
 
 
+# What a BadMail message whose report is missing shows as its report (and reason).
+_MISSING_REPORT = b"(no report: its .BDR file is missing)\n"
+
+
 def _report_text(report: bytes) -> str:
     """A ``.BDR`` as text: ours is UTF-8 with LF; one from IIS may have CRLF and a UTF-16 or
     UTF-8 byte order mark. Undecodable bytes become U+FFFD rather than an error."""
@@ -979,8 +983,9 @@ class Spool:
         return "\n".join(parts)
 
     def badmail(self) -> Iterator[BadMailItem]:
-        """Every BadMail entry, oldest first."""
-        ids = sorted({n[:-4] for n in self._store.listdir(BADMAIL) if n.endswith(".BDR")})
+        """Every BadMail entry, oldest first: each report (``.BDR``), and each message (``.BAD``)
+        whose report is missing (deleted by hand, or copied over without it)."""
+        ids = sorted({n[:-4] for n in self._store.listdir(BADMAIL) if n.endswith((".BDR", ".BAD"))})
         for queue_id in ids:
             try:
                 yield self.badmail_item(queue_id)
@@ -988,8 +993,18 @@ class Spool:
                 continue
 
     def badmail_item(self, queue_id: str) -> BadMailItem:
-        """One BadMail entry: its reason, report and envelope (``NotFound`` if there is none)."""
-        report = self._read(BADMAIL, f"{self._checked(queue_id)}.BDR", "BadMail entry")
+        """One BadMail entry: its reason, report and envelope (``NotFound`` if there is none).
+
+        A message (``.BAD``) without its report is an entry too, its reason saying so: it can
+        be read, sent again (with its recipients and sender, if its envelope is lost too) or
+        deleted like any other.
+        """
+        try:
+            report = self._read(BADMAIL, f"{self._checked(queue_id)}.BDR", "BadMail entry")
+        except NotFound:
+            if not self._store.exists(BADMAIL, f"{queue_id}.BAD"):
+                raise
+            report = _MISSING_REPORT
         text = _report_text(report)
         try:
             envelope: Envelope | None = decode_envelope(
