@@ -1051,6 +1051,43 @@ def test_a_queue_of_damaged_envelopes_is_not_called_empty(cli: Cli, two: tuple[s
     assert suffixes == [".BAD", ".BAD", ".BDR", ".BDR"]
 
 
+@pytest.mark.parametrize(
+    ("argv", "done"),
+    [
+        (["queue", "hold", "--all"], "on hold"),
+        (["queue", "flush"], "flushed"),
+        (["queue", "delete", "--domain", "remote.test", "--yes"], "deleted"),
+    ],
+)
+def test_an_order_names_the_messages_it_passes_over_unread(
+    cli: Cli, two: tuple[str, str], argv: list[str], done: str
+) -> None:
+    first, second = two
+    (cli.root / "Queue" / f"{second}.env").write_bytes(b"")
+    assert cli(*argv) == (EX_FAILED, f"{first}: {done}\n")
+    (line,) = cli.err().splitlines()
+    assert line.startswith(f"spoolmail: {second}: passed over, its envelope cannot be read: ")
+
+
+def test_delete_all_deletes_the_messages_it_cannot_read_too(cli: Cli, two: tuple[str, str]) -> None:
+    """ "Every queued message" is every one: after delete --all the Queue is empty."""
+    first, second = two
+    (cli.root / "Queue" / f"{second}.env").write_bytes(b"\x00")
+    assert cli("queue", "delete", "--all") == (EX_USAGE, "")
+    assert "(2 now)" in cli.err()
+    assert cli("queue", "delete", "--all", "--dry-run") == (
+        EX_OK,
+        f"{first}: would be deleted (from alice@example.com to dan@remote.test)\n"
+        f"{second}: would be deleted (its envelope cannot be read)\n",
+    )
+    assert cli("queue", "delete", "--all", "--yes") == (
+        EX_OK,
+        f"{first}: deleted\n{second}: deleted\n",
+    )
+    assert cli.err() == ""
+    assert sorted((cli.root / "Queue").iterdir()) == []
+
+
 # -- the filters' reading, property-tested ------------------------------------------------------
 
 _ADDRESS_TEXT = st.lists(

@@ -635,13 +635,19 @@ def _queue_flush(settings: Settings, args: argparse.Namespace, out: TextIO) -> i
             # One trigger, first: a service makes the messages due in memory at once
             # (Spool.flush_queue) while this lists what the flush takes, for the operator.
             spool.flush_queue(sender=args.sender, domain=_domain(args.domain))
-            items = list(spool.select(sender=args.sender, domain=_domain(args.domain)))
+            damaged: list[tuple[str, str]] = []
+            items = list(
+                spool.select(
+                    sender=args.sender,
+                    domain=_domain(args.domain),
+                    unreadable=lambda queue_id, why: damaged.append((queue_id, why)),
+                )
+            )
             if not items:
                 criteria = _criteria(args, every=False, recipients="still to be delivered")
                 print(
                     f"No queued message{criteria}." if criteria else "The Queue is empty.", file=out
                 )
-                return EX_OK
             for item in items:
                 if item.state is State.DELIVERING:
                     print(f"{item.id}: being delivered now", file=out)
@@ -649,7 +655,7 @@ def _queue_flush(settings: Settings, args: argparse.Namespace, out: TextIO) -> i
                     print(f"{item.id}: on hold, not flushed (release it to send it)", file=out)
                 else:
                     print(f"{item.id}: flushed", file=out)
-            return EX_OK
+            return tell_unreadable(damaged, "passed over")
 
         def line(queue_id: str) -> str:
             if queue_id in held:
@@ -737,37 +743,57 @@ def _queue_order(settings: Settings, args: argparse.Namespace, out: TextIO) -> i
     order: Order = args.order
     _check_selection(args)
     dry_run = getattr(args, "dry_run", False)
+    damaged: list[tuple[str, str]] = []  # what --all or the filters passed over, unread
+    unread: set[str] = set()  # what delete --all deletes all the same
     with _spool(settings) as spool:
         tally = _Tally(out)
         if args.ids:
             ids = tally.fresh(_given(args.ids))
         else:
-            items = _chosen_messages(spool, args, order, out)
+            items = _chosen_messages(spool, args, order, out, damaged)
             filtered = args.sender is not None or args.domain is not None
-            if not items:
+            if order == "delete" and not filtered:
+                # Every queued message: one whose envelope cannot be read too (deleting it
+                # reads nothing), rather than a Queue that is not empty after it.
+                unread = {queue_id for queue_id, _ in damaged}
+                damaged = []
+            if not items and not unread:
                 every = order != "release"
                 criteria = _criteria(args, every=every, recipients="still to be delivered")
                 print(
                     f"{_NONE_MATCHING[order]}{criteria}." if filtered else _NOTHING[order], file=out
                 )
-                return EX_OK
+                return tell_unreadable(damaged, "passed over")
             if order == "delete" and not filtered and not (args.yes or dry_run):
                 raise UsageError(
-                    f"delete --all deletes every queued message ({len(items)} now) and tells no "
-                    "sender; add --yes to do it"
+                    f"delete --all deletes every queued message ({len(items) + len(unread)} now) "
+                    "and tells no sender; add --yes to do it"
                 )
-            ids = tally.fresh(item.id for item in items)
+            ids = tally.fresh([item.id for item in items] + sorted(unread))
         if dry_run:
-            return tally.run(ids, lambda queue_id: _would_delete(spool.queued_message(queue_id)))
-        return tally.outcomes(
-            spool.carry_out(order, ids), lambda queue_id: f"{queue_id}: {_DONE[order]}"
-        )
+
+            def would_delete(queue_id: str) -> str:
+                if queue_id in unread:
+                    return f"{queue_id}: would be deleted (its envelope cannot be read)"
+                return _would_delete(spool.queued_message(queue_id))
+
+            status = tally.run(ids, would_delete)
+        else:
+            status = tally.outcomes(
+                spool.carry_out(order, ids), lambda queue_id: f"{queue_id}: {_DONE[order]}"
+            )
+    return worst(status, tell_unreadable(damaged, "passed over"))
 
 
 def _chosen_messages(
-    spool: Spool, args: argparse.Namespace, order: Order, out: TextIO
+    spool: Spool,
+    args: argparse.Namespace,
+    order: Order,
+    out: TextIO,
+    damaged: list[tuple[str, str]],
 ) -> list[QueuedMessage]:
-    """The messages ``--all`` and the filters choose for ``order``, oldest first.
+    """The messages ``--all`` and the filters choose for ``order``, oldest first; those whose
+    envelope cannot be read, passed over, into ``damaged`` (the id and why).
 
     A hold or a delete by ``--domain`` takes only a message whose recipients still to be
     delivered are all at the domain: one also for elsewhere is left alone, with a line saying
@@ -776,7 +802,11 @@ def _chosen_messages(
     """
     domain = _domain(args.domain)
     chosen = []
-    for item in spool.select(sender=args.sender, domain=domain):
+    for item in spool.select(
+        sender=args.sender,
+        domain=domain,
+        unreadable=lambda queue_id, why: damaged.append((queue_id, why)),
+    ):
         env = item.envelope
         if (order == "hold" and env.held) or (order == "release" and not env.held):
             continue

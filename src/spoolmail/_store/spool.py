@@ -882,9 +882,11 @@ class Spool:
         sender: str | None = None,
         domain: str | None = None,
         domain_match: Literal["any", "all"] = "any",
+        unreadable: Callable[[str, str], None] | None = None,
     ) -> Iterator[QueuedMessage]:
         """The queued messages from ``sender`` with pending recipients at ``domain``, oldest
-        first (each envelope read once, as :meth:`queued` does); no filter: every one.
+        first (each envelope read once, as :meth:`queued` does, which tells ``unreadable`` of
+        each it cannot read); no filter: every one.
 
         ``sender`` is an address in any case (``""`` or ``"<>"``: the null sender of DSNs), or
         ``"@example.com"`` for every sender at that domain. ``domain`` is a recipient domain in
@@ -895,7 +897,11 @@ class Spool:
         (an order on it raises a temporary error until the attempt ends).
         """
         wanted = _Wanted.of(sender, domain, domain_match)
-        return (item for item in self.queued() if wanted.matches(item.envelope, _pending))
+        return (
+            item
+            for item in self.queued(unreadable=unreadable)
+            if wanted.matches(item.envelope, _pending)
+        )
 
     def select_badmail(
         self,
