@@ -28,11 +28,11 @@ from spoolmail._cli import shape
 from spoolmail._cli.settings import Settings
 from spoolmail._cli.status import (
     EX_OK,
+    Unreadable,
     UsageError,
     each,
     exit_status,
     report,
-    tell_unreadable,
     worst,
 )
 from spoolmail._core.address import AddressRole, parse_domain, parse_mailbox
@@ -515,20 +515,20 @@ def _stranded_note(names: Sequence[str]) -> str:
 def _queue_list(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
     from spoolmail._service import iis  # noqa: PLC0415 (see _spool)
 
-    damaged: list[tuple[str, str]] = []
+    unread = Unreadable()
     with _spool(settings) as spool:
-        items = list(spool.queued(unreadable=lambda queue_id, why: damaged.append((queue_id, why))))
+        items = list(spool.queued(unreadable=unread))
         stranded = iis.stranded_queue_files(spool._store)
     if args.json:
         _print_json_lines((_queue_json(item) for item in items), out)
         if stranded:  # not on stdout: scripts read one queued message a line there
             sys.stderr.write(f"spoolmail: {_stranded_note(stranded).removeprefix('-- and ')}\n")
-        return tell_unreadable(damaged, "not listed")
+        return unread.tell("not listed")
     if not items:
-        print("The Queue is empty." if not damaged else "No queued message can be read.", file=out)
+        print("No queued message can be read." if unread.found else "The Queue is empty.", file=out)
         if stranded:
             print(_stranded_note(stranded), file=out)
-        return tell_unreadable(damaged, "not listed")
+        return unread.tell("not listed")
     header = ["ID", "STATE", "ARRIVAL (UTC)", "NEXT ATTEMPT", "TRIES", "SIZE", "SENDER"]
     rows = [header]
     for item in items:
@@ -561,7 +561,7 @@ def _queue_list(settings: Settings, args: argparse.Namespace, out: TextIO) -> in
     )
     if stranded:
         print(_stranded_note(stranded), file=out)
-    return tell_unreadable(damaged, "not listed")
+    return unread.tell("not listed")
 
 
 def _envelope_lines(env: Envelope, *, schedule: bool) -> list[str]:
@@ -635,13 +635,9 @@ def _queue_flush(settings: Settings, args: argparse.Namespace, out: TextIO) -> i
             # One trigger, first: a service makes the messages due in memory at once
             # (Spool.flush_queue) while this lists what the flush takes, for the operator.
             spool.flush_queue(sender=args.sender, domain=_domain(args.domain))
-            damaged: list[tuple[str, str]] = []
+            unread = Unreadable()
             items = list(
-                spool.select(
-                    sender=args.sender,
-                    domain=_domain(args.domain),
-                    unreadable=lambda queue_id, why: damaged.append((queue_id, why)),
-                )
+                spool.select(sender=args.sender, domain=_domain(args.domain), unreadable=unread)
             )
             if not items:
                 criteria = _criteria(args, every=False, recipients="still to be delivered")
@@ -655,7 +651,7 @@ def _queue_flush(settings: Settings, args: argparse.Namespace, out: TextIO) -> i
                     print(f"{item.id}: on hold, not flushed (release it to send it)", file=out)
                 else:
                     print(f"{item.id}: flushed", file=out)
-            return tell_unreadable(damaged, "passed over")
+            return unread.tell("passed over")
 
         def line(queue_id: str) -> str:
             if queue_id in held:
@@ -743,27 +739,27 @@ def _queue_order(settings: Settings, args: argparse.Namespace, out: TextIO) -> i
     order: Order = args.order
     _check_selection(args)
     dry_run = getattr(args, "dry_run", False)
-    damaged: list[tuple[str, str]] = []  # what --all or the filters passed over, unread
+    passed_over = Unreadable()  # what --all or the filters could not read
     unread: set[str] = set()  # what delete --all deletes all the same
     with _spool(settings) as spool:
         tally = _Tally(out)
         if args.ids:
             ids = tally.fresh(_given(args.ids))
         else:
-            items = _chosen_messages(spool, args, order, out, damaged)
+            items = _chosen_messages(spool, args, order, out, passed_over)
             filtered = args.sender is not None or args.domain is not None
             if order == "delete" and not filtered:
                 # Every queued message: one whose envelope cannot be read too (deleting it
                 # reads nothing), rather than a Queue that is not empty after it.
-                unread = {queue_id for queue_id, _ in damaged}
-                damaged = []
+                unread = {queue_id for queue_id, _ in passed_over.found}
+                passed_over.found.clear()
             if not items and not unread:
                 every = order != "release"
                 criteria = _criteria(args, every=every, recipients="still to be delivered")
                 print(
                     f"{_NONE_MATCHING[order]}{criteria}." if filtered else _NOTHING[order], file=out
                 )
-                return tell_unreadable(damaged, "passed over")
+                return passed_over.tell("passed over")
             if order == "delete" and not filtered and not (args.yes or dry_run):
                 raise UsageError(
                     f"delete --all deletes every queued message ({len(items) + len(unread)} now) "
@@ -782,7 +778,7 @@ def _queue_order(settings: Settings, args: argparse.Namespace, out: TextIO) -> i
             status = tally.outcomes(
                 spool.carry_out(order, ids), lambda queue_id: f"{queue_id}: {_DONE[order]}"
             )
-    return worst(status, tell_unreadable(damaged, "passed over"))
+    return worst(status, passed_over.tell("passed over"))
 
 
 def _chosen_messages(
@@ -790,10 +786,10 @@ def _chosen_messages(
     args: argparse.Namespace,
     order: Order,
     out: TextIO,
-    damaged: list[tuple[str, str]],
+    unreadable: Unreadable,
 ) -> list[QueuedMessage]:
     """The messages ``--all`` and the filters choose for ``order``, oldest first; those whose
-    envelope cannot be read, passed over, into ``damaged`` (the id and why).
+    envelope cannot be read are passed over, told to ``unreadable``.
 
     A hold or a delete by ``--domain`` takes only a message whose recipients still to be
     delivered are all at the domain: one also for elsewhere is left alone, with a line saying
@@ -802,11 +798,7 @@ def _chosen_messages(
     """
     domain = _domain(args.domain)
     chosen = []
-    for item in spool.select(
-        sender=args.sender,
-        domain=domain,
-        unreadable=lambda queue_id, why: damaged.append((queue_id, why)),
-    ):
+    for item in spool.select(sender=args.sender, domain=domain, unreadable=unreadable):
         env = item.envelope
         if (order == "hold" and env.held) or (order == "release" and not env.held):
             continue

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 import attrs
 
 from spoolmail._cli.settings import Settings
-from spoolmail._cli.status import UsageError, tell_unreadable
+from spoolmail._cli.status import Unreadable, UsageError
 from spoolmail._core.envelope import Envelope
 
 if TYPE_CHECKING:
@@ -255,15 +255,10 @@ def _shape(spool_of: SpoolOf, settings: Settings, args: argparse.Namespace, out:
         limits = bucket_limits(first=args.bucket_minutes, buckets=args.buckets)
     except ValueError as exc:
         raise UsageError(f"--buckets and --bucket-minutes: {exc}") from None
-    damaged: list[tuple[str, str]] = []
+    unread = Unreadable()
     with spool_of(settings) as spool:
         result = measure(
-            (
-                item.envelope
-                for item in spool.queued(
-                    unreadable=lambda queue_id, why: damaged.append((queue_id, why))
-                )
-            ),
+            (item.envelope for item in spool.queued(unreadable=unread)),
             now=spool.clock(),
             by=args.by,
             held=args.held,
@@ -275,4 +270,4 @@ def _shape(spool_of: SpoolOf, settings: Settings, args: argparse.Namespace, out:
     else:
         for line in render(result):
             print(line, file=out)
-    return tell_unreadable(damaged, "not counted")
+    return unread.tell("not counted")

@@ -10,7 +10,7 @@ as a traceback.
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from typing import TextIO
 
 from spoolmail.exceptions import ConfigurationError, MessageError, SpoolmailError
@@ -20,11 +20,11 @@ __all__ = [
     "EX_OK",
     "EX_TEMPFAIL",
     "EX_USAGE",
+    "Unreadable",
     "UsageError",
     "each",
     "exit_status",
     "report",
-    "tell_unreadable",
     "worst",
 ]
 
@@ -54,16 +54,25 @@ def exit_status(exc: SpoolmailError) -> int:
     return EX_FAILED  # NotFound, an unreadable envelope (EnvelopeError), anything else
 
 
-def tell_unreadable(damaged: Sequence[tuple[str, str]], left: str) -> int:
-    """Report the Queue's messages whose envelope could not be read (``(queue_id, why)``,
-    from ``Spool.queued(unreadable=...)``), which a command ``left`` out ("not listed"), one
-    line each on stderr; EX_FAILED if there were any, else EX_OK."""
-    for queue_id, why in damaged:
-        sys.stderr.write(
-            f"spoolmail: {queue_id}: {left}, its envelope cannot be read: {why} "
-            "(spoolmail run moves such a message to BadMail, with the reason)\n"
-        )
-    return EX_FAILED if damaged else EX_OK
+class Unreadable:
+    """The Queue's messages a command left out because their envelope could not be read: pass
+    it as ``Spool.queued`` or ``Spool.select``'s ``unreadable`` callback, then :meth:`tell`."""
+
+    def __init__(self) -> None:
+        self.found: list[tuple[str, str]] = []
+
+    def __call__(self, queue_id: str, why: str) -> None:
+        self.found.append((queue_id, why))
+
+    def tell(self, left: str) -> int:
+        """One line on stderr for each, saying it was ``left`` out ("not listed") and why;
+        EX_FAILED if there were any, else EX_OK."""
+        for queue_id, why in self.found:
+            sys.stderr.write(
+                f"spoolmail: {queue_id}: {left}, its envelope cannot be read: {why} "
+                "(spoolmail run moves such a message to BadMail, with the reason)\n"
+            )
+        return EX_FAILED if self.found else EX_OK
 
 
 def worst(*statuses: int) -> int:
