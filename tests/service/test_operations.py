@@ -186,6 +186,30 @@ def test_flush_queue_waits_for_a_service_and_is_passed_on_at_close(
         third.close()
 
 
+def test_a_flush_trigger_whose_filter_matches_nothing_is_logged_and_ignored(
+    spool: Spool,
+    service: MailService,
+    transport: CapturingTransport,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A trigger not written by ``Spool.flush_queue`` (which checks its filters) may hold a
+    sender that is no address: the service says so, flushes nothing by it, and goes on."""
+    dan = queue_one(spool, service, transport, "dan@remote.test")
+    before = spool.queued_message(dan).envelope
+    spool._store.write_flush_trigger(sender="not an address")
+    spool._store.write_flush_trigger(domain="remote.test")
+    transport.answers = {"dan@remote.test": LATER}
+    with caplog.at_level("WARNING", logger="spoolmail"):
+        report = service.run_once()
+    assert report.deferred == ((dan, "dan@remote.test"),)  # the good order was carried out
+    assert spool.queued_message(dan).envelope.attempts == before.attempts + 1
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == [
+        "flush order ignored, its filter matches no message: "
+        "'not an address' is not an address: it contains white space "
+        "(missing '<...>' around the address?)"
+    ]
+
+
 def test_delete_sends_no_dsn(
     spool: Spool, service: MailService, transport: CapturingTransport
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -10,7 +11,7 @@ import pytest
 
 from spoolmail import RecipientState, Spool
 from spoolmail._core.envelope import Envelope, Recipient, encode_envelope
-from spoolmail.exceptions import NotFound, SpoolmailError
+from spoolmail.exceptions import ConfigurationError, NotFound, SpoolmailError
 from spoolmail.testing import FakeClock
 
 DELIVERED, FAILED = RecipientState.DELIVERED, RecipientState.FAILED
@@ -219,3 +220,42 @@ def test_a_badmail_message_without_its_report_is_still_an_entry(
                 f"{only_report}.BDP",
             ]
         )
+
+
+@pytest.mark.parametrize(
+    ("filters", "complaint"),
+    [
+        ({"domain": "exa mple"}, "'exa mple' is not a domain: the domain 'exa mple' contains ' '"),
+        ({"domain": ""}, "'' is not a domain: it is empty"),
+        ({"domain": "192.0.2.1"}, "write it as [192.0.2.1]"),
+        ({"sender": "bob"}, "'bob' is not an address"),
+        ({"sender": "@exa mple"}, "contains ' '"),
+    ],
+)
+def test_a_filter_that_could_match_nothing_is_an_error_at_the_call(
+    spool: Spool, filters: dict[str, str], complaint: str
+) -> None:
+    """A typo must not look like an empty Queue: each method that chooses by filters says what
+    is wrong at once (before a generator is started, before a trigger is written)."""
+    queue(spool, "bob@example.com", "x@exa.test")
+    badmail(spool, "bob@example.com", Recipient("x@exa.test", state=FAILED))
+    with pytest.raises(ConfigurationError, match=re.escape(complaint)):
+        spool.select(**filters)
+    with pytest.raises(ConfigurationError, match=re.escape(complaint)):
+        spool.select_badmail(**filters)
+    with pytest.raises(ConfigurationError, match=re.escape(complaint)):
+        spool.flush_queue(**filters)
+    assert not [n for n in spool.fs.listdir("SortTemp") if n.endswith(".trigger")]
+    if "domain" in filters:
+        before = next(spool.select()).envelope
+        with pytest.raises(ConfigurationError, match=re.escape(complaint)):
+            spool.flush(domain=filters["domain"])  # "" was once the whole Queue
+        assert spool.queued_message(before.id).envelope == before
+
+
+def test_a_sender_is_read_as_the_intake_reads_it(spool: Spool) -> None:
+    bob = queue(spool, "bob@bücher.example", "x@a.test")
+    assert ids(spool.select(sender='"Bob, Jr." <BOB@Bücher.example> (boss)')) == [bob]
+    assert ids(spool.select(sender="@BÜCHER.example")) == [bob]
+    assert ids(spool.select_badmail(sender="Bob <bob@bücher.example>")) == []
+    assert ids(spool.select(domain="[IPv6:2001:DB8:0::1]")) == []

@@ -35,11 +35,11 @@ from spoolmail._cli.status import (
     report,
     worst,
 )
-from spoolmail._core.address import AddressRole, parse_domain, parse_mailbox
 from spoolmail._core.envelope import Envelope, Recipient, RecipientState
 from spoolmail._core.ids import is_queue_id
+from spoolmail._core.selection import domain_filter, sender_filter
 from spoolmail._core.states import State
-from spoolmail.exceptions import MessageError, NotFound, SpoolmailError
+from spoolmail.exceptions import ConfigurationError, NotFound, SpoolmailError
 
 if TYPE_CHECKING:
     from spoolmail._store.spool import BadMailItem, DropItem, Order, QueuedMessage, Spool
@@ -313,7 +313,7 @@ def _filter_arguments(parser: argparse.ArgumentParser, *, domain: str) -> None:
 def _check_selection(args: argparse.Namespace, *, required: bool = True) -> None:
     """Usage errors in how the ids are chosen: IDs, or ``--all`` and the filters. A filter no
     message could match (no address, no domain) is one too: a typo, not an empty search. And
-    ``--sender`` is put in the form :meth:`Spool.select` compares (:func:`_sender_filter`)."""
+    both filters are put in the form :meth:`Spool.select` compares (``_core.selection``)."""
     every = getattr(args, "all", False)
     filtered = args.sender is not None or args.domain is not None
     if args.ids.count(STDIN) > 1:
@@ -326,40 +326,17 @@ def _check_selection(args: argparse.Namespace, *, required: bool = True) -> None
     if required and not (args.ids or every or filtered):
         raise UsageError("give at least one ID, or --all, --sender or --domain")
     if args.domain is not None:
-        if not _domain(args.domain):
-            raise UsageError("--domain needs a domain")
-        _check_domain("--domain", args.domain.strip().removeprefix("@"))
+        args.domain = _filter("--domain", domain_filter, args.domain)
     if args.sender is not None:
-        args.sender = _sender_filter(args.sender)
+        args.sender = _filter("--sender", sender_filter, args.sender)
 
 
-def _check_domain(flag: str, text: str) -> None:
-    """A UsageError naming what is wrong with ``text`` (its root dot aside) as a domain."""
+def _filter(flag: str, read: Callable[[str], str], text: str) -> str:
+    """A filter as :meth:`Spool.select` compares it, or a UsageError naming what is wrong."""
     try:
-        parse_domain(text.removesuffix("."))
-    except MessageError as exc:
+        return read(text)
+    except ConfigurationError as exc:
         raise UsageError(f"{flag}: {exc}") from None
-
-
-def _sender_filter(text: str) -> str:
-    """A --sender as :meth:`Spool.select` compares it: ``@domain`` as given, the null sender
-    as ``<>``, an address as the intake reads a sender (``Bob <bob@example.com>`` is
-    ``bob@example.com``); a UsageError naming what is wrong with one that is none of these."""
-    given = text.strip()
-    if given.startswith("@"):
-        _check_domain("--sender", given[1:])
-        return given
-    if given in ("", "<>"):
-        return "<>"
-    try:
-        return parse_mailbox(given, default_domain=None, role=AddressRole.SENDER) or "<>"
-    except MessageError as exc:
-        raise UsageError(f"--sender: {exc}") from None
-
-
-def _domain(text: str | None) -> str | None:
-    """A --domain as recipients' domains are compared (as ``Spool.select`` does)."""
-    return None if text is None else text.strip().removeprefix("@").rstrip(".").lower()
 
 
 def _shown(text: str) -> str:
@@ -461,13 +438,12 @@ def _criteria(args: argparse.Namespace, *, every: bool, recipients: str) -> str:
     """The filters in words: ' from a@b with every recipient still to be delivered at d'."""
     words = ""
     if args.sender is not None:
-        words += f" from {_sender(args.sender.strip().removeprefix('<').removesuffix('>'))}"
+        words += f" from {_sender(args.sender)}"
     if args.domain is not None:
-        domain = _domain(args.domain)
         words += (
-            f" with every recipient {recipients} at {domain}"
+            f" with every recipient {recipients} at {args.domain}"
             if every
-            else f" with a recipient at {domain} {recipients}"
+            else f" with a recipient at {args.domain} {recipients}"
         )
     return words
 
@@ -613,7 +589,7 @@ def _queue_show(settings: Settings, args: argparse.Namespace, out: TextIO) -> in
 def _queue_flush(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
     _check_selection(args, required=False)  # nothing chosen: the whole Queue
     if args.quiet and not args.ids:
-        _order_flush(settings, sender=args.sender, domain=_domain(args.domain))
+        _order_flush(settings, sender=args.sender, domain=args.domain)
         return EX_OK
     with _spool(settings) as spool:
         tally = _Tally(out)
@@ -634,11 +610,9 @@ def _queue_flush(settings: Settings, args: argparse.Namespace, out: TextIO) -> i
         else:
             # One trigger, first: a service makes the messages due in memory at once
             # (Spool.flush_queue) while this lists what the flush takes, for the operator.
-            spool.flush_queue(sender=args.sender, domain=_domain(args.domain))
+            spool.flush_queue(sender=args.sender, domain=args.domain)
             unread = Unreadable()
-            items = list(
-                spool.select(sender=args.sender, domain=_domain(args.domain), unreadable=unread)
-            )
+            items = list(spool.select(sender=args.sender, domain=args.domain, unreadable=unread))
             if not items:
                 criteria = _criteria(args, every=False, recipients="still to be delivered")
                 print(
@@ -796,7 +770,7 @@ def _chosen_messages(
     so, as holding or deleting it would delay or lose mail for another domain. A release takes
     a held message with any recipient there (it delays nothing).
     """
-    domain = _domain(args.domain)
+    domain = args.domain
     chosen = []
     for item in spool.select(sender=args.sender, domain=domain, unreadable=unreadable):
         env = item.envelope
@@ -883,7 +857,7 @@ def _badmail_requeue(settings: Settings, args: argparse.Namespace, out: TextIO) 
     _check_selection(args)
     if args.recipients and (len(args.ids) != 1 or args.ids == [STDIN]):
         raise UsageError("--to names recipients of one entry: give exactly one ID with it")
-    domain = _domain(args.domain)
+    domain = args.domain
     with _spool(settings) as spool:
         tally = _Tally(out)
         if args.ids:
@@ -934,7 +908,7 @@ def _would_requeue(item: BadMailItem, recipients: Sequence[str] | None, sender: 
 
 def _badmail_delete(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
     _check_selection(args)
-    domain = _domain(args.domain)
+    domain = args.domain
     with _spool(settings) as spool:
         tally = _Tally(out)
         if args.ids:

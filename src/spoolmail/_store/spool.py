@@ -51,6 +51,7 @@ from spoolmail._core.events import (
 )
 from spoolmail._core.headers import fields, header_block, split_head
 from spoolmail._core.ids import QueueIds, is_made_id, is_queue_id
+from spoolmail._core.selection import DomainMatch, Selection, domain_filter, sender_filter
 from spoolmail._core.states import Event, State
 from spoolmail._store import pyfs
 from spoolmail._store.bus import EventBus
@@ -269,60 +270,13 @@ def _undelivered(envelope: Envelope) -> Sequence[Recipient]:
     return [r for r in envelope.recipients if r.state is not RecipientState.DELIVERED]
 
 
-@attrs.frozen
-class _Wanted:
-    """What :meth:`Spool.select` looks for: a sender (or a sender domain), a recipient domain."""
-
-    sender: str | None
-    sender_domain: str | None
-    domain: str | None
-    every: bool
-
-    @classmethod
-    def of(cls, sender: str | None, domain: str | None, match: str) -> _Wanted:
-        if match not in ("any", "all"):
-            raise ValueError(f"domain_match is 'any' or 'all', not {match!r}")
-        sender_domain = None
-        if sender is not None:
-            sender = sender.strip().removeprefix("<").removesuffix(">").casefold()
-            if sender.startswith("@"):
-                sender_domain = _domain(sender)
-                sender = None
-        if domain is not None:
-            domain = _domain(domain)
-        return cls(sender, sender_domain, domain, every=match == "all")
-
-    @property
-    def everything(self) -> bool:
-        return self.sender is None and self.sender_domain is None and self.domain is None
-
-    def matches(
-        self, envelope: Envelope, recipients: Callable[[Envelope], Sequence[Recipient]]
-    ) -> bool:
-        if self.sender is not None and envelope.sender.casefold() != self.sender:
-            return False
-        if self.sender_domain is not None:
-            _, at, domain = envelope.sender.rpartition("@")
-            if not at or domain.lower() != self.sender_domain:
-                return False
-        if self.domain is None:
-            return True
-        domains = [r.domain for r in recipients(envelope)]
-        if self.every:
-            return bool(domains) and all(d == self.domain for d in domains)
-        return self.domain in domains
-
-
 def flush_chooser(sender: str | None, domain: str | None) -> Callable[[Envelope], bool]:
     """Which waiting messages a flush by ``sender`` and ``domain`` takes (:meth:`Spool.select`'s
-    choice, with ``domain_match="any"``): for a service applying ``Spool.flush_queue``."""
-    wanted = _Wanted.of(sender, domain, "any")
+    choice, with ``domain_match="any"``): for a service applying ``Spool.flush_queue``. A
+    ``ConfigurationError`` for a filter that is no address or domain (a trigger not written by
+    :meth:`Spool.flush_queue`, which checks them)."""
+    wanted = Selection.of(sender, domain)
     return lambda envelope: wanted.matches(envelope, _pending)
-
-
-def _domain(text: str) -> str:
-    """A domain as recipients' domains are compared: lower case, no ``@`` or trailing dot."""
-    return text.strip().removeprefix("@").rstrip(".").lower()
 
 
 Order = Literal["hold", "release", "flush", "delete"]
@@ -643,13 +597,12 @@ class Spool:
         self, queue_ids: Iterable[str] | None = None, *, domain: str | None = None
     ) -> list[str]:
         """Make messages due now: the given ids, or every one with a pending recipient at
-        ``domain``, or (neither given) the whole Queue. Held messages stay held."""
+        ``domain``, or (neither given) the whole Queue. Held messages stay held. A ``domain``
+        that is no domain is a ``ConfigurationError`` (as :meth:`select`)."""
         if queue_ids is None:
-            wanted = domain.lower().rstrip(".") if domain else None
+            wanted = Selection.of(None, domain)
             queue_ids = [
-                item.id
-                for item in self.queued()
-                if wanted is None or any(r.domain == wanted for r in item.envelope.pending)
+                item.id for item in self.queued() if wanted.matches(item.envelope, _pending)
             ]
         return self._operate(queue_ids, Event.FLUSHED, lambda e, now: states.flush(e, now=now))
 
@@ -666,10 +619,12 @@ class Spool:
         right now is not attempted again; a service stopped before attempting every
         flushed message asks the next one to flush the rest; a killed one does not (the
         messages keep their retry times: flush again). No :class:`~spoolmail.events.Flushed`
-        events: the service logs the flush and how many messages it made due.
+        events: the service logs the flush and how many messages it made due. The filters are
+        read and checked as :meth:`select` does, before the trigger is written.
         """
         self._store.write_flush_trigger(
-            sender=sender, domain=_domain(domain) if domain is not None else None
+            sender=None if sender is None else sender_filter(sender),
+            domain=None if domain is None else domain_filter(domain),
         )
         service = self.service
         if service is not None:
@@ -881,22 +836,25 @@ class Spool:
         *,
         sender: str | None = None,
         domain: str | None = None,
-        domain_match: Literal["any", "all"] = "any",
+        domain_match: DomainMatch = "any",
         unreadable: Callable[[str, str], None] | None = None,
     ) -> Iterator[QueuedMessage]:
         """The queued messages from ``sender`` with pending recipients at ``domain``, oldest
         first (each envelope read once, as :meth:`queued` does, which tells ``unreadable`` of
         each it cannot read); no filter: every one.
 
-        ``sender`` is an address in any case (``""`` or ``"<>"``: the null sender of DSNs), or
-        ``"@example.com"`` for every sender at that domain. ``domain`` is a recipient domain in
-        any case: ``domain_match="any"`` takes a message with at least one pending recipient
-        there (what :meth:`flush` does), ``"all"`` only one whose pending recipients are all
-        there, so that holding or deleting it delays or loses no mail for another domain.
+        ``sender`` is an address in any case, read as the intake reads a sender (``"Bob
+        <bob@example.com>"`` is ``bob@example.com``; ``""`` or ``"<>"``: the null sender of
+        DSNs), or ``"@example.com"`` for every sender at that domain. ``domain`` is a recipient
+        domain in any case: ``domain_match="any"`` takes a message with at least one pending
+        recipient there (what :meth:`flush` does), ``"all"`` only one whose pending recipients
+        are all there, so that holding or deleting it delays or loses no mail for another domain.
         Recipients delivered or failed are not looked at; a message being delivered is included
-        (an order on it raises a temporary error until the attempt ends).
+        (an order on it raises a temporary error until the attempt ends). A filter that is no
+        address or domain (``"exa mple"``) is a ``ConfigurationError`` naming what is wrong, at
+        the call: it could match nothing, and a typo must not look like an empty Queue.
         """
-        wanted = _Wanted.of(sender, domain, domain_match)
+        wanted = Selection.of(sender, domain, domain_match)
         return (
             item
             for item in self.queued(unreadable=unreadable)
@@ -908,14 +866,16 @@ class Spool:
         *,
         sender: str | None = None,
         domain: str | None = None,
-        domain_match: Literal["any", "all"] = "any",
+        domain_match: DomainMatch = "any",
     ) -> Iterator[BadMailItem]:
         """The BadMail entries :meth:`select` would choose, oldest first, looking at the
         recipients not delivered (failed or never tried) instead of the pending ones. An entry
         whose envelope is unknown matches no filter, nor does a file rejected at Pickup (its
         envelope was never read: its sender ``""`` is no null sender); without filters, every
-        entry is given."""
-        wanted = _Wanted.of(sender, domain, domain_match)
+        entry is given. Filters are read and checked as :meth:`select` reads them."""
+        return self._selected_badmail(Selection.of(sender, domain, domain_match))
+
+    def _selected_badmail(self, wanted: Selection) -> Iterator[BadMailItem]:
         for item in self.badmail():
             if item.envelope is None or item.rejected_at_pickup:
                 if wanted.everything:
