@@ -259,3 +259,38 @@ def test_a_sender_is_read_as_the_intake_reads_it(spool: Spool) -> None:
     assert ids(spool.select(sender="@BÜCHER.example")) == [bob]
     assert ids(spool.select_badmail(sender="Bob <bob@bücher.example>")) == []
     assert ids(spool.select(domain="[IPv6:2001:DB8:0::1]")) == []
+
+
+def test_one_string_for_many_ids_or_addresses_is_a_type_error(spool: Spool) -> None:
+    """Iterated, one string is its characters: ``delete("19ac...")`` tried to delete ``"1"``,
+    ``"9"``... and answered that no such message exists. It is refused before anything is done."""
+    queue_id = queue(spool, "a@example.com", "x@a.test")
+    entry = badmail(spool, "", Recipient("x@a.test", state=FAILED))
+    said = re.escape(f"queue_ids is an iterable of strings, not one string: [{queue_id!r}]?")
+    for order in (spool.hold, spool.release, spool.flush, spool.delete):
+        with pytest.raises(TypeError, match=said):
+            order(queue_id)
+    with pytest.raises(TypeError, match=said):
+        spool.carry_out("hold", queue_id)
+    with pytest.raises(TypeError, match="queue_ids is an iterable of strings"):
+        spool.delete_badmail(entry)
+    with pytest.raises(TypeError, match=re.escape("recipients is an iterable of strings, not")):
+        spool.requeue_badmail(entry, recipients="x@a.test")
+    long = "x" * 50
+    with pytest.raises(TypeError, match=re.escape(f"[{'x' * 40 + '...'!r}]?")):
+        spool.delete(long)
+    assert [item.id for item in spool.queued()] == [queue_id]
+    assert not spool.queued_message(queue_id).envelope.held
+    assert [item.id for item in spool.badmail()] == [entry]
+
+
+def test_an_unknown_order_is_an_error_at_the_call(spool: Spool) -> None:
+    taken: list[str] = []
+
+    def ids() -> Iterator[str]:
+        taken.append("asked")
+        yield "19ac9b2f1c0-000000000000"
+
+    with pytest.raises(ConfigurationError, match="one of 'hold', 'release', 'flush', 'delete'"):
+        spool.carry_out("zap", ids())  # type: ignore[arg-type]
+    assert taken == []

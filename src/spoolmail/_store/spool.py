@@ -279,6 +279,15 @@ def flush_chooser(sender: str | None, domain: str | None) -> Callable[[Envelope]
     return lambda envelope: wanted.matches(envelope, _pending)
 
 
+def _many(values: Iterable[str], what: str) -> Iterable[str]:
+    """``values`` as given, unless it is one string: iterated, its characters would be taken
+    for ids or addresses one by one (``spool.delete("19ac...")`` tried ``"1"``, ``"9"``...)."""
+    if isinstance(values, str | bytes):
+        shown = values if len(values) <= 40 else f"{values[:40]}..."
+        raise TypeError(f"{what} is an iterable of strings, not one string: [{shown!r}]?")
+    return values
+
+
 Order = Literal["hold", "release", "flush", "delete"]
 
 # What each order does to a claimed envelope (``None``: delete it); see Spool.carry_out.
@@ -651,7 +660,7 @@ class Spool:
         store = self._store
         done: list[str] = []
         failures: list[SpoolmailError] = []
-        for queue_id in dict.fromkeys(queue_ids):
+        for queue_id in dict.fromkeys(_many(queue_ids, "queue_ids")):
             try:
                 self._operate_one(queue_id, event, change)
             except SpoolmailError as exc:
@@ -719,7 +728,9 @@ class Spool:
         """
         # Writers' forms ("Name" <a@b>) become plain addresses; a bad one fails before any move.
         if recipients is not None:
-            recipients = [parse_mailbox(a, default_domain=None) for a in recipients]
+            recipients = [
+                parse_mailbox(a, default_domain=None) for a in _many(recipients, "recipients")
+            ]
         if sender is not None:
             sender = parse_mailbox(sender, default_domain=None, role=AddressRole.SENDER)
         item = self.badmail_item(queue_id)
@@ -786,7 +797,7 @@ class Spool:
     def delete_badmail(self, queue_ids: Iterable[str]) -> list[str]:
         """Delete BadMail entries (message and reports). Returns those that existed."""
         done = []
-        for queue_id in dict.fromkeys(queue_ids):
+        for queue_id in dict.fromkeys(_many(queue_ids, "queue_ids")):
             if self._delete_badmail_files(queue_id):
                 done.append(queue_id)
                 self._emit(Deleted(queue_id=queue_id, time=self.clock(), place=State.BADMAIL))
@@ -811,9 +822,21 @@ class Spool:
         yielded: a generator reading a million ids from a pipe is never held in memory. An id
         given twice is tried twice. A running service is told in one trigger file per
         1,000 changes, not one per id, and of the rest when the iteration ends or the generator
-        is closed.
+        is closed. An unknown ``order``, or one string for ``queue_ids``, is an error at the
+        call, before any id is taken.
         """
+        if order not in _ORDERS:
+            known = ", ".join(repr(name) for name in _ORDERS)
+            raise ConfigurationError(f"the order is one of {known}, not {order!r}")
         event, change = _ORDERS[order]
+        return self._carrying_out(event, change, _many(queue_ids, "queue_ids"))
+
+    def _carrying_out(
+        self,
+        event: Event,
+        change: Callable[[Envelope, datetime], Envelope | None],
+        queue_ids: Iterable[str],
+    ) -> Generator[tuple[str, SpoolmailError | None], None, None]:
         told: list[str] = []
         try:
             for queue_id in queue_ids:
