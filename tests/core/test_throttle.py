@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from spoolmail._core.reply import Reply
 from spoolmail._core.throttle import RateBucket, Throttle, ThrottleRules, asks_to_slow_down
+from spoolmail.exceptions import ConfigurationError
 
 NOW = datetime(2026, 11, 28, 10, 0, tzinfo=UTC)
 
@@ -94,7 +95,13 @@ def test_a_message_rate() -> None:
 
 
 def test_rules_are_checked() -> None:
-    with pytest.raises(ValueError, match="max_messages_per_minute"):
+    with pytest.raises(ConfigurationError, match="max_messages_per_minute"):
         ThrottleRules(max_messages_per_minute=0)
-    with pytest.raises(ValueError, match="max_connections"):
+    with pytest.raises(ConfigurationError, match="max_connections"):
         ThrottleRules(max_connections=0)
+    with pytest.raises(ConfigurationError, match="first_wait cannot be negative: -1 day"):
+        ThrottleRules(first_wait=timedelta(days=-1))
+    shorter = r"max_wait \(0:00:30\) is shorter than first_wait \(0:01:00\)"
+    with pytest.raises(ConfigurationError, match=shorter):
+        ThrottleRules(first_wait=timedelta(minutes=1), max_wait=timedelta(seconds=30))
+    assert ThrottleRules(first_wait=timedelta(0), max_wait=timedelta(0)).max_wait == timedelta(0)

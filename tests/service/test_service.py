@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -818,3 +819,45 @@ def test_stop_from_a_signal_handler_never_waits_for_a_lock_its_thread_holds(
     assert stopped.wait(5), "stop() waited for a lock its own thread held"
     assert service._stopping()
     service._wakeup.close()
+
+
+@pytest.mark.parametrize(
+    ("given", "said"),
+    [
+        ({"max_message_size": 0}, "Limits.max_message_size must be 1 or more, not 0"),
+        ({"max_message_size": -5}, "Limits.max_message_size must be 1 or more, not -5"),
+        ({"max_hop_count": 0}, "Limits.max_hop_count must be 1 or more, not 0"),
+        ({"max_dsn_original": 0}, "Limits.max_dsn_original must be 1 or more, not 0"),
+        ({"max_connections": 0}, "Limits.max_connections must be 1 or more, not 0"),
+        ({"max_connections_per_host": 0}, "Limits.max_connections_per_host must be 1 or more"),
+        ({"max_message_size": "2MB"}, "Limits.max_message_size is a whole number, not '2MB'"),
+        ({"max_connections": 2.5}, "Limits.max_connections is a whole number, not 2.5"),
+        ({"max_hop_count": True}, "Limits.max_hop_count is a whole number, not True"),
+    ],
+)
+def test_limits_that_would_refuse_or_stall_every_message_are_refused(
+    given: dict[str, Any], said: str
+) -> None:
+    """A size limit of 0 would send every message to BadMail, no connection would deliver
+    nothing: a program's typo is an error when the limits are made, not mail lost later."""
+    with pytest.raises(ConfigurationError, match=re.escape(said)):
+        Limits(**given)
+
+
+@pytest.mark.parametrize(
+    ("given", "said"),
+    [
+        ({"pickup_settle": timedelta(seconds=-1)}, "pickup_settle must be 0 or more, not -1 day"),
+        ({"pickup_open_warning": timedelta(0)}, "pickup_open_warning must be above 0, not 0:00:00"),
+        ({"rescan_interval": timedelta(0)}, "rescan_interval must be above 0, not 0:00:00"),
+        ({"rescan_interval": timedelta(seconds=-5)}, "rescan_interval must be above 0, not -1 day"),
+        ({"rescan_interval": 300}, "rescan_interval is a timedelta, not 300"),
+    ],
+)
+def test_waits_that_make_no_sense_are_refused(
+    spool: Spool, given: dict[str, Any], said: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=re.escape(said)):
+        MailService(spool, **given)
+    assert spool.service is None  # nothing was started: a good service can be made after
+    MailService(spool, pickup_settle=timedelta(0)).close()  # 0: complete when found

@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 import attrs
 
 from spoolmail._core.reply import Reply
+from spoolmail.exceptions import ConfigurationError
 
 __all__ = ["RateBucket", "Throttle", "ThrottleRules", "asks_to_slow_down"]
 
@@ -79,11 +80,19 @@ class ThrottleRules:
 
     def __attrs_post_init__(self) -> None:
         if self.max_connections < 1:
-            raise ValueError(f"max_connections must be 1 or more, not {self.max_connections}")
+            raise ConfigurationError(
+                f"max_connections must be 1 or more, not {self.max_connections}"
+            )
         if self.max_messages_per_minute is not None and self.max_messages_per_minute < 1:
-            raise ValueError(
+            raise ConfigurationError(
                 f"max_messages_per_minute must be 1 or more (or None), not "
                 f"{self.max_messages_per_minute}"
+            )
+        if self.first_wait < timedelta(0):
+            raise ConfigurationError(f"first_wait cannot be negative: {self.first_wait}")
+        if self.max_wait < self.first_wait:
+            raise ConfigurationError(
+                f"max_wait ({self.max_wait}) is shorter than first_wait ({self.first_wait})"
             )
 
 

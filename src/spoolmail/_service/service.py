@@ -141,6 +141,15 @@ class Limits:
     """Connections to one host at once, after it has taken a message (slow start: one until
     then). IIS allowed 100 per domain."""
 
+    def __attrs_post_init__(self) -> None:
+        # A size limit of 0 or less would send every message to BadMail (5.3.4), a hop count
+        # of 0 every relayed one (5.4.6), no connection would deliver nothing: said at once.
+        for name, value in attrs.asdict(self).items():
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigurationError(f"Limits.{name} is a whole number, not {value!r}")
+            if value < 1:
+                raise ConfigurationError(f"Limits.{name} must be 1 or more, not {value}")
+
 
 @attrs.frozen
 class Report:
@@ -353,6 +362,21 @@ def _asking_for_ad(resolver: dns.resolver.Resolver | None) -> dns.resolver.Resol
     return resolver
 
 
+def _check_waits(settle: timedelta, open_warning: timedelta, rescan: timedelta) -> None:
+    """The service's waits as the settings file has them: a Pickup file's settle time 0 or more
+    (0: complete when found), the open-file warning and the Queue's rescan above 0 (a rescan
+    every tick would make a tick cost the whole Queue)."""
+    for name, value, least in (
+        ("pickup_settle", settle, "0 or more"),
+        ("pickup_open_warning", open_warning, "above 0"),
+        ("rescan_interval", rescan, "above 0"),
+    ):
+        if not isinstance(value, timedelta):
+            raise ConfigurationError(f"{name} is a timedelta, not {value!r}")
+        if value < timedelta(0) or (value == timedelta(0) and least == "above 0"):
+            raise ConfigurationError(f"{name} must be {least}, not {value}")
+
+
 def _suppression_list(spool: Spool, days: int) -> SuppressionList | None:
     if isinstance(days, bool) or not isinstance(days, int) or days < 0:
         raise ConfigurationError(f"suppression_days must be 0 (no list) or more, not {days!r}")
@@ -454,8 +478,7 @@ class MailService:
                 "on the same MailRoot for a second service (each has its own claims)"
             )
         limits = limits or Limits()
-        if min(attrs.astuple(limits)) < 1:
-            raise ConfigurationError(f"limits must be positive: {limits!r}")
+        _check_waits(pickup_settle, pickup_open_warning, rescan_interval)
         if min_free_space < 0:
             raise ConfigurationError(f"min_free_space must be 0 or more, not {min_free_space!r}")
         self.min_free_space, self._room = min_free_space, True
