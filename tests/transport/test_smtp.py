@@ -709,3 +709,18 @@ def test_a_refused_end_of_data_is_followed_by_rset(transcript: Transcript) -> No
         "QUIT",
     ]
     assert "the last transaction on it failed: RSET first" in "\n".join(transcript.lines)
+
+
+@integration
+def test_max_idle_zero_keeps_no_connection(transcript: Transcript) -> None:
+    """``max_idle=0`` keeps none (it kept one: the pool made it at least 1); below 0 is an
+    error, not a silent 1."""
+    with SmtpTransport(helo_name="client.test", max_idle=0) as transport, smtp_server() as server:
+        for _ in range(3):
+            [reply] = transport.send(server.target, outgoing(), transcript).values()
+            assert reply.code == 250
+        assert server.connections == 3
+        assert transport.connection_counts() == (3, 0)
+    for bad in (-1, 1.5, True, "10"):
+        with pytest.raises(ConfigurationError, match="max_idle must be a whole number, 0 to keep"):
+            SmtpTransport(helo_name="client.test", max_idle=bad)  # type: ignore[arg-type]

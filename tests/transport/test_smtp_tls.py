@@ -148,6 +148,7 @@ def test_the_unverified_context_is_made_at_the_first_starttls_only(
         target = aimed(tls_server.target, TlsPolicy.OPPORTUNISTIC)
         for _ in range(2):  # max_idle=0: a new connection, and a new handshake, each time
             assert list(transport.send(target, outgoing(), transcript).values()) == [QUEUED]
+        assert transport.connection_counts() == (3, 0)
     assert len(made) == 1
     assert [received.tls for received in tls_server.messages] == [False, True, True]
 

@@ -39,7 +39,7 @@ class ConnectionPool(Generic[_S]):
 
     def __init__(self, *, idle: float, max_idle: int, monotonic: Callable[[], float]) -> None:
         self._idle_time = idle
-        self._max_idle = max(1, max_idle)
+        self._max_idle = max_idle
         self._monotonic = monotonic
         self._idle: dict[Target, list[_S]] = {}
         self._lock = threading.Lock()
@@ -47,7 +47,7 @@ class ConnectionPool(Generic[_S]):
 
     @property
     def keeps(self) -> bool:
-        return self._idle_time > 0
+        return self._idle_time > 0 and self._max_idle > 0
 
     def take(self, target: Target) -> tuple[_S | None, list[_S]]:
         """The most recently used idle session to ``target``, and the idle ones (of any target)

@@ -87,7 +87,8 @@ class SmtpTransport:
     and RFC 5321 §4.5.3.1.8's minimum); more recipients go in further transactions on the same
     connection, each sending the message again. ``max_messages_per_connection`` closes a kept
     connection once it has carried that many messages (0, the default: no limit, as Postfix's
-    ``smtp_connection_reuse_count_limit`` and IIS 6's installed metabase). A kept connection the
+    ``smtp_connection_reuse_count_limit`` and IIS 6's installed metabase). ``max_idle`` (10)
+    bounds the idle connections kept to one target; 0 keeps none. A kept connection the
     server closes with 421 before taking the message (a server's own cap on messages per
     connection) is replaced once, at once. With the ``spoolmail.smtp`` logger at DEBUG every
     transcript line is logged as it is written (``spoolmail -v``). Safe to share between
@@ -157,6 +158,10 @@ class SmtpTransport:
         ):
             raise ConfigurationError(
                 f"max_recipients must be a whole number above 0, not {max_recipients!r}"
+            )
+        if isinstance(max_idle, bool) or not isinstance(max_idle, int) or max_idle < 0:
+            raise ConfigurationError(
+                f"max_idle must be a whole number, 0 to keep no connection, not {max_idle!r}"
             )
         if (
             isinstance(max_messages_per_connection, bool)
