@@ -1,9 +1,13 @@
-"""The Connection and Relay decisions as a table: no sockets, values in and out."""
+"""The Connection and Relay decisions as a table: no sockets, values in and out (a Listener is
+made, never started)."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
+from spoolmail import Listener, Router, Spool
 from spoolmail._core.relay import AccessPolicy, RcptVerdict, client_address
 from spoolmail.exceptions import ConfigurationError
 
@@ -76,3 +80,20 @@ def test_a_zone_is_dropped() -> None:
 def test_a_network_that_is_not_one_names_the_setting(bad: str) -> None:
     with pytest.raises(ConfigurationError, match="relay_networks"):
         AccessPolicy(relay_networks=[bad])
+
+
+def test_a_listener_takes_one_string_as_one_network() -> None:
+    """``relay_networks="10.0.0.0/8"`` was read character by character ("'1' is not an address
+    or a network"); one string is one network, as ``AccessPolicy`` and ``Router`` read it."""
+    with Spool("mem://") as spool:
+        listener = Listener(
+            spool,
+            addresses=["127.0.0.1:0"],
+            router=Router(local_domains=["example.com"]),
+            fqdn="mail.example.com",
+            relay_networks="10.0.0.0/8",
+            denied_clients="192.0.2.66",
+        )
+        assert listener.relay_networks == ("10.0.0.0/8",)
+        with pytest.raises(TypeError, match=re.escape("addresses is a list")):
+            Listener(spool, addresses="127.0.0.1:0", router=Router(), fqdn="mail.example.com")

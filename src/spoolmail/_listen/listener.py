@@ -181,10 +181,11 @@ class Listener:
         self.fqdn = fqdn or machine_name()
         self._requested = list(addresses)
         self._reuse_port = reuse_port
+        # Given as they are: one string is one network there, not its characters.
         self._access = AccessPolicy(
-            relay_networks=tuple(relay_networks),
-            allowed_clients=tuple(allowed_clients),
-            denied_clients=tuple(denied_clients),
+            relay_networks=relay_networks,
+            allowed_clients=allowed_clients,
+            denied_clients=denied_clients,
         )
         self._tls = _tls_context(tls_context, tls_certificate, tls_key)
         self._credentials = credentials
