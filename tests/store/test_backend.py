@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -13,7 +14,7 @@ from fs.memoryfs import MemoryFS
 from fs.osfs import OSFS
 from fs.wrapfs import WrapFS
 
-from spoolmail import MailService, Router, Spool
+from spoolmail import Durability, MailService, Router, Spool
 from spoolmail._store.backend import OS_GUARANTEES, Guarantee, backend_of
 from spoolmail.exceptions import ConfigurationError
 from spoolmail.testing import CapturingTransport, FakeClock
@@ -113,3 +114,37 @@ def test_memoryfs_spools_in_one_process_share_claims(clock: FakeClock) -> None:
     with Spool(filesystem, clock=clock) as first, Spool(filesystem, clock=clock) as second:
         first._store.announce()
         second._store.announce()  # atomic renames: nothing to refuse
+
+
+@pytest.mark.parametrize(
+    ("given", "fsyncs"),
+    [("fsync", True), (" FSYNC ", True), ("none", False), (Durability.FSYNC, True)],
+)
+def test_durability_may_be_given_by_its_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, given: Any, fsyncs: bool
+) -> None:
+    """``durability="fsync"`` was kept as a string, which is not ``Durability.FSYNC``: nothing
+    was fsync'd. Its name in any case is read as the member."""
+    calls: list[int] = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append(fd), real(fd))[1])
+    with Spool(tmp_path / "MailRoot", durability=given) as spool:
+        assert spool._store.durability is (Durability.FSYNC if fsyncs else Durability.NONE)
+        spool.admit(
+            b"Subject: x\r\n\r\nbody\r\n",
+            sender="a@example.com",
+            recipients=["b@example.com"],
+            origin="submit",
+        )
+    assert bool(calls) is fsyncs
+
+
+@pytest.mark.parametrize("given", ["always", "", 1, True, None])
+def test_an_unknown_durability_is_refused_before_anything_is_opened(
+    tmp_path: Path, given: Any
+) -> None:
+    with pytest.raises(
+        ConfigurationError, match=r"durability is one of Durability.FSYNC \('fsync'\)"
+    ):
+        Spool(tmp_path / "MailRoot", durability=given)
+    assert not (tmp_path / "MailRoot").exists()

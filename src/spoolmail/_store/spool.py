@@ -61,6 +61,7 @@ from spoolmail._store.folders import BADMAIL, DROP, PICKUP, QUEUE
 from spoolmail._store.store import (
     Durability,
     MailStore,
+    durability_of,
     message_file,
     read_head,
     report_file,
@@ -334,6 +335,7 @@ class Spool:
     ) -> None:
         if dkim is not None and not isinstance(dkim, DkimPolicy):
             raise TypeError(f"dkim is a DkimPolicy, not {type(dkim).__name__}")
+        durability = durability_of(durability)  # before anything is opened
         filesystem, self._owns_fs = _open_filesystem(location)
         self.clock = clock
         #: The MailService working on this spool, if any (one at a time: they share claims).

@@ -95,6 +95,7 @@ __all__ = [
     "QueueFiles",
     "TriggerWatch",
     "Triggers",
+    "durability_of",
     "envelope_file",
     "message_file",
     "report_file",
@@ -192,6 +193,19 @@ class Durability(enum.Enum):
     """Flush and fsync every file and directory change (OS filesystems): survives power loss."""
     NONE = "none"
     """Renames only: survives a crashed process, not a crashed machine. For tests and benchmarks."""
+
+
+def durability_of(value: object) -> Durability:
+    """``value`` as a :class:`Durability`: the member, or its name as a string in any case
+    (``"fsync"``, ``"none"``); anything else a ConfigurationError. A string kept as it is would
+    compare unequal to ``Durability.FSYNC`` everywhere, and nothing would be fsync'd."""
+    if isinstance(value, Durability):
+        return value
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            return Durability(value.strip().lower())
+    choices = ", ".join(f"Durability.{d.name} ({d.value!r})" for d in Durability)
+    raise ConfigurationError(f"durability is one of {choices}, not {value!r}")
 
 
 @attrs.frozen
@@ -392,7 +406,7 @@ class MailStore:
         lease: timedelta = timedelta(minutes=10),
     ) -> None:
         self.fs = filesystem
-        self.durability = durability
+        self.durability = durability_of(durability)
         self.clock = clock
         self.ids = ids
         self.lease = lease
