@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from spoolmail._core.routing import (
@@ -211,3 +213,44 @@ def test_a_domain_is_routed_once_and_the_answer_kept() -> None:
     first = router.route("a@Elsewhere.Example.")
     assert router.route("b@elsewhere.example") is first
     assert router == Router(local_domains=["example.com"], smart_host="relay.test")
+
+
+def test_a_tls_policy_given_by_its_name_is_the_member() -> None:
+    """``Router(tls="required")`` kept the string: the transport compares with ``is``, so the
+    certificate went unchecked (``"required"`` is not ``TlsPolicy.REQUIRED``)."""
+    router = Router(local_domains=["example.com"], tls="Required")
+    assert router.tls is TlsPolicy.REQUIRED
+    assert router.route("x@remote.test").hops[0].tls is TlsPolicy.REQUIRED
+    assert Hop(HopKind.HOST, "relay.test", tls="encrypt").tls is TlsPolicy.ENCRYPT
+    assert Target("192.0.2.1", tls=" never ").tls is TlsPolicy.NEVER
+    mode = Router(
+        local_domains=["example.com"], smart_host="relay.test", smart_host_mode="FALLBACK"
+    )
+    assert mode.smart_host_mode is SmartHostMode.FALLBACK
+
+
+@pytest.mark.parametrize(
+    ("given", "said"),
+    [
+        (
+            {"tls": "sometimes"},
+            "tls: a TLS policy is one of 'never', 'opportunistic', 'encrypt', 'required', "
+            "not 'sometimes'",
+        ),
+        ({"tls": True}, "tls: a TLS policy is one of"),
+        (
+            {"tls_domains": {"bank.example": "verify"}},
+            "tls_domains['bank.example']: a TLS policy is one of",
+        ),
+        (
+            {"smart_host": "relay.test", "smart_host_mode": "sometimes"},
+            "smart_host_mode is one of 'none', 'always', 'fallback' or None, not 'sometimes'",
+        ),
+        ({"catch_all": "no"}, "catch_all is True or False, not 'no'"),
+    ],
+)
+def test_a_router_setting_that_is_no_choice_is_refused(given: dict[str, object], said: str) -> None:
+    with pytest.raises(ConfigurationError, match=re.escape(said)):
+        Router(local_domains=["example.com"], **given)
+    with pytest.raises(ConfigurationError, match="a TLS policy is one of"):
+        Hop(HopKind.HOST, "relay.test", tls="verify")

@@ -19,6 +19,7 @@ Pure: no DNS, no sockets. Which DNS resolver looks the hops up is the service's 
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import ipaddress
 import re
@@ -62,6 +63,20 @@ class TlsPolicy(enum.Enum):
     verify). A server that cannot is a temporary failure; nothing is sent in the clear."""
 
 
+def tls_policy(value: object) -> TlsPolicy:
+    """``value`` as a :class:`TlsPolicy`: the member, or its name as a string in any case
+    (``"required"``); anything else a ConfigurationError. A string kept as it is would be no
+    member: ``"required"`` compared unequal to ``TlsPolicy.REQUIRED`` and the certificate went
+    unchecked."""
+    if value.__class__ is TlsPolicy:
+        return value
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            return TlsPolicy(value.strip().lower())
+    choices = ", ".join(repr(p.value) for p in TlsPolicy)
+    raise ConfigurationError(f"a TLS policy is one of {choices}, not {value!r}")
+
+
 @attrs.frozen
 class Credentials:
     """A user name and password for SMTP AUTH to a smart host (RFC 4954; over TLS only)."""
@@ -87,7 +102,7 @@ class Target:
     port: int = SMTP_PORT
     literal: bool = False
     name: str | None = None
-    tls: TlsPolicy = TlsPolicy.OPPORTUNISTIC
+    tls: TlsPolicy = attrs.field(default=TlsPolicy.OPPORTUNISTIC, converter=tls_policy)
     credentials: Credentials | None = None
 
     def __str__(self) -> str:
@@ -119,7 +134,7 @@ class Hop:
     kind: HopKind
     name: str
     port: int = SMTP_PORT
-    tls: TlsPolicy = TlsPolicy.OPPORTUNISTIC
+    tls: TlsPolicy = attrs.field(default=TlsPolicy.OPPORTUNISTIC, converter=tls_policy)
     credentials: Credentials | None = attrs.field(default=None, eq=False)
 
     def __str__(self) -> str:
@@ -297,7 +312,37 @@ def _routes(value: Mapping[str, Hop | str]) -> Mapping[str, Hop]:
 
 
 def _tls_domains(value: Mapping[str, TlsPolicy | str]) -> Mapping[str, TlsPolicy]:
-    return {_domain(domain, "tls_domains"): TlsPolicy(policy) for domain, policy in value.items()}
+    return {
+        _domain(domain, "tls_domains"): _policy(policy, f"tls_domains[{domain!r}]")
+        for domain, policy in value.items()
+    }
+
+
+def _policy(value: object, setting: str) -> TlsPolicy:
+    try:
+        return tls_policy(value)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"{setting}: {exc}") from None
+
+
+def _router_tls(value: object) -> TlsPolicy:
+    return _policy(value, "tls")
+
+
+def _smart_host_mode(value: object) -> SmartHostMode | None:
+    if value is None or isinstance(value, SmartHostMode):
+        return value
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            return SmartHostMode(value.strip().lower())
+    choices = ", ".join(repr(m.value) for m in SmartHostMode)
+    raise ConfigurationError(f"smart_host_mode is one of {choices} or None, not {value!r}")
+
+
+def _flag(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigurationError(f"catch_all is True or False, not {value!r}")
+    return value
 
 
 _ROUTE_CACHE = 4096
@@ -326,13 +371,13 @@ class Router:
     local_domains: tuple[str, ...] = attrs.field(default=("localhost",), converter=_local_domains)
     alias_domains: tuple[str, ...] = attrs.field(default=(), converter=_alias_domains)
     smart_host: Hop | None = attrs.field(default=None, converter=_smart_host)
-    smart_host_mode: SmartHostMode | None = None
+    smart_host_mode: SmartHostMode | None = attrs.field(default=None, converter=_smart_host_mode)
     smart_host_auth: Credentials | None = None
     routes: Mapping[str, Hop] = attrs.field(factory=dict, converter=_routes)
-    tls: TlsPolicy = TlsPolicy.OPPORTUNISTIC
+    tls: TlsPolicy = attrs.field(default=TlsPolicy.OPPORTUNISTIC, converter=_router_tls)
     tls_domains: Mapping[str, TlsPolicy] = attrs.field(factory=dict, converter=_tls_domains)
     smtp_port: int = 25
-    catch_all: bool = False
+    catch_all: bool = attrs.field(default=False, converter=_flag)
     # Routes by domain: a Router never changes, so a domain is routed once, not at every look
     # (delivery groups by route, the retry policy and the transcripts ask again). Bounded.
     _cache: dict[str, Route] = attrs.field(factory=dict, init=False, eq=False, repr=False)
