@@ -244,7 +244,7 @@ def test_a_tls_policy_given_by_its_name_is_the_member() -> None:
         ),
         (
             {"smart_host": "relay.test", "smart_host_mode": "sometimes"},
-            "smart_host_mode is one of 'none', 'always', 'fallback' or None, not 'sometimes'",
+            "smart_host_mode is one of 'none', 'always', 'fallback', not 'sometimes'",
         ),
         ({"catch_all": "no"}, "catch_all is True or False, not 'no'"),
     ],

@@ -143,8 +143,6 @@ def test_durability_may_be_given_by_its_name(
 def test_an_unknown_durability_is_refused_before_anything_is_opened(
     tmp_path: Path, given: Any
 ) -> None:
-    with pytest.raises(
-        ConfigurationError, match=r"durability is one of Durability.FSYNC \('fsync'\)"
-    ):
+    with pytest.raises(ConfigurationError, match=r"durability is one of 'fsync', 'none', not "):
         Spool(tmp_path / "MailRoot", durability=given)
     assert not (tmp_path / "MailRoot").exists()

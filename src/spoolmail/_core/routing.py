@@ -19,7 +19,6 @@ Pure: no DNS, no sockets. Which DNS resolver looks the hops up is the service's 
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import ipaddress
 import re
@@ -28,6 +27,7 @@ from collections.abc import Iterable, Mapping
 import attrs
 
 from spoolmail._core.address import parse_domain
+from spoolmail._core.choices import member_named
 from spoolmail.exceptions import ConfigurationError, MessageError
 
 __all__ = [
@@ -64,17 +64,9 @@ class TlsPolicy(enum.Enum):
 
 
 def tls_policy(value: object) -> TlsPolicy:
-    """``value`` as a :class:`TlsPolicy`: the member, or its name as a string in any case
-    (``"required"``); anything else a ConfigurationError. A string kept as it is would be no
-    member: ``"required"`` compared unequal to ``TlsPolicy.REQUIRED`` and the certificate went
-    unchecked."""
-    if value.__class__ is TlsPolicy:
-        return value
-    if isinstance(value, str):
-        with contextlib.suppress(ValueError):
-            return TlsPolicy(value.strip().lower())
-    choices = ", ".join(repr(p.value) for p in TlsPolicy)
-    raise ConfigurationError(f"a TLS policy is one of {choices}, not {value!r}")
+    """``value`` as a :class:`TlsPolicy`: the member, or its name (``"required"``); anything
+    else a ConfigurationError (see ``_core.choices``)."""
+    return member_named(TlsPolicy, value, "a TLS policy")
 
 
 @attrs.frozen
@@ -330,13 +322,7 @@ def _router_tls(value: object) -> TlsPolicy:
 
 
 def _smart_host_mode(value: object) -> SmartHostMode | None:
-    if value is None or isinstance(value, SmartHostMode):
-        return value
-    if isinstance(value, str):
-        with contextlib.suppress(ValueError):
-            return SmartHostMode(value.strip().lower())
-    choices = ", ".join(repr(m.value) for m in SmartHostMode)
-    raise ConfigurationError(f"smart_host_mode is one of {choices} or None, not {value!r}")
+    return None if value is None else member_named(SmartHostMode, value, "smart_host_mode")
 
 
 def _flag(value: object) -> bool:

@@ -56,6 +56,7 @@ from typing import TYPE_CHECKING, BinaryIO, cast
 
 import attrs
 
+from spoolmail._core.choices import member_named
 from spoolmail._core.ids import QueueIds, is_made_id, is_queue_id
 from spoolmail._core.shares import WHOLE, Share
 from spoolmail._core.states import State
@@ -196,16 +197,10 @@ class Durability(enum.Enum):
 
 
 def durability_of(value: object) -> Durability:
-    """``value`` as a :class:`Durability`: the member, or its name as a string in any case
-    (``"fsync"``, ``"none"``); anything else a ConfigurationError. A string kept as it is would
-    compare unequal to ``Durability.FSYNC`` everywhere, and nothing would be fsync'd."""
-    if isinstance(value, Durability):
-        return value
-    if isinstance(value, str):
-        with contextlib.suppress(ValueError):
-            return Durability(value.strip().lower())
-    choices = ", ".join(f"Durability.{d.name} ({d.value!r})" for d in Durability)
-    raise ConfigurationError(f"durability is one of {choices}, not {value!r}")
+    """``value`` as a :class:`Durability`: the member, or its name (``"fsync"``); anything else
+    a ConfigurationError. A string kept as it is would compare unequal to ``Durability.FSYNC``
+    everywhere, and nothing would be fsync'd (see ``_core.choices``)."""
+    return member_named(Durability, value, "durability")
 
 
 @attrs.frozen
