@@ -366,14 +366,15 @@ def _check_waits(settle: timedelta, open_warning: timedelta, rescan: timedelta) 
     """The service's waits as the settings file has them: a Pickup file's settle time 0 or more
     (0: complete when found), the open-file warning and the Queue's rescan above 0 (a rescan
     every tick would make a tick cost the whole Queue)."""
-    for name, value, least in (
-        ("pickup_settle", settle, "0 or more"),
-        ("pickup_open_warning", open_warning, "above 0"),
-        ("rescan_interval", rescan, "above 0"),
+    for name, value, zero_allowed in (
+        ("pickup_settle", settle, True),
+        ("pickup_open_warning", open_warning, False),
+        ("rescan_interval", rescan, False),
     ):
         if not isinstance(value, timedelta):
             raise ConfigurationError(f"{name} is a timedelta, not {value!r}")
-        if value < timedelta(0) or (value == timedelta(0) and least == "above 0"):
+        if value < timedelta(0) or (value == timedelta(0) and not zero_allowed):
+            least = "0 or more" if zero_allowed else "above 0"
             raise ConfigurationError(f"{name} must be {least}, not {value}")
 
 
