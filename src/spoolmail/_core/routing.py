@@ -325,7 +325,7 @@ def _smart_host_mode(value: object) -> SmartHostMode | None:
     return None if value is None else member_named(SmartHostMode, value, "smart_host_mode")
 
 
-def _flag(value: object) -> bool:
+def _catch_all(value: object) -> bool:
     if not isinstance(value, bool):
         raise ConfigurationError(f"catch_all is True or False, not {value!r}")
     return value
@@ -363,7 +363,7 @@ class Router:
     tls: TlsPolicy = attrs.field(default=TlsPolicy.OPPORTUNISTIC, converter=_router_tls)
     tls_domains: Mapping[str, TlsPolicy] = attrs.field(factory=dict, converter=_tls_domains)
     smtp_port: int = 25
-    catch_all: bool = attrs.field(default=False, converter=_flag)
+    catch_all: bool = attrs.field(default=False, converter=_catch_all)
     # Routes by domain: a Router never changes, so a domain is routed once, not at every look
     # (delivery groups by route, the retry policy and the transcripts ask again). Bounded.
     _cache: dict[str, Route] = attrs.field(factory=dict, init=False, eq=False, repr=False)
