@@ -142,3 +142,19 @@ def test_a_dsn_to_a_suppressed_sender_is_not_sent_either(
     states = {r.address: r.state for r in envelope.recipients}
     assert states == {"eve@remote.test": RecipientState.FAILED}
     del clock
+
+
+@pytest.mark.parametrize(
+    "given", [["bob@remote.test"], ("bob@remote.test",), None, b"bob@remote.test"]
+)
+def test_one_address_is_asked_for_by_name(spool: Spool, given: object) -> None:
+    """A list given where one address goes is a TypeError that says so (it was an
+    AttributeError about ``casefold``), and nothing on the list changes."""
+    suppression = SuppressionList(spool, days=30)
+    suppression.add("bob@remote.test", BOUNCE, queue_id="q1")
+    for call in (suppression.remove, suppression.get):
+        with pytest.raises(TypeError, match="one address as a string"):
+            call(given)  # type: ignore[operator]
+    with pytest.raises(TypeError, match="one address as a string"):
+        suppression.add(given, BOUNCE, queue_id="q2")  # type: ignore[arg-type]
+    assert [e.address for e in suppression.entries()] == ["bob@remote.test"]

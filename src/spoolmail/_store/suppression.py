@@ -42,6 +42,13 @@ _FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
 _FLAGS |= getattr(os, "O_NOFOLLOW", 0)
 
 
+def _one_address(address: object) -> None:
+    """A list or a tuple given where one address goes is a ``TypeError`` saying so, not the
+    ``AttributeError`` of a missing ``casefold``."""
+    if not isinstance(address, str):
+        raise TypeError(f"address is one address as a string, not {type(address).__name__}")
+
+
 class SuppressionList:
     """Recipients that hard-bounced, in the MailRoot of ``spool``; entries kept ``days`` days.
 
@@ -80,6 +87,7 @@ class SuppressionList:
 
     def get(self, address: str) -> Suppressed | None:
         """The entry in force for ``address``, or ``None``."""
+        _one_address(address)
         with self._lock:
             self._load()
             entry = self._entries.get(suppression_key(address)) if self._entries else None
@@ -131,6 +139,7 @@ class SuppressionList:
         self, address: str, reply: Reply, *, queue_id: str, time: datetime | None = None
     ) -> None:
         """Record that ``address`` hard-bounced with ``reply`` (message ``queue_id``)."""
+        _one_address(address)
         entry = Suppressed(address, time or self._clock(), reply, queue_id)
         line = (encode_suppressed(entry) + "\n").encode("utf-8", "surrogateescape")
         with self._lock:
@@ -153,6 +162,7 @@ class SuppressionList:
 
     def remove(self, address: str) -> bool:
         """Forget ``address``; whether it was on the list (expired entries count as gone)."""
+        _one_address(address)
         key = suppression_key(address)
         now = self._clock()
         with self._lock:
