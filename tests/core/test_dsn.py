@@ -1072,6 +1072,8 @@ def test_null_sender_is_never_answered() -> None:
         ({"recipients": []}, "at least one recipient"),
         ({"dsn_id": "../etc"}, "dsn_id"),
         ({"reporting_mta": "mail.example.com\r\nBcc: x@y"}, "reporting_mta"),
+        ({"reporting_mta": "mail.example.com\n"}, "reporting_mta"),  # "$" took a final newline
+        ({"dsn_id": "19ac9b2f1c0-00005e1f0c2a9b7d\n"}, "dsn_id"),
         ({"now": datetime(2026, 11, 28, 10, 15)}, "aware"),  # noqa: DTZ001 (the point)
         ({"will_retry_until": NOW}, "delay"),
     ],

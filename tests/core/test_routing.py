@@ -171,6 +171,10 @@ def test_targets_read_well() -> None:
         ({"routes": {"*": "relay.test"}}, "routes: '*' is not a domain"),
         ({"routes": {"partner.example": "*"}}, "'*' is not a host name"),
         ({"routes": {"partner.example": Hop(HopKind.HOST, "*")}}, "'*' is not a host name"),
+        (  # "$" matched before a final newline
+            {"routes": {"partner.example": Hop(HopKind.HOST, "relay.test\n")}},
+            "'relay.test\\n' is not a host name",
+        ),
         ({"tls_domains": {"*": "required"}}, "tls_domains: '*' is not a domain"),
         ({"smart_host": "*"}, "'*' is not a host name"),
         ({"smart_host": "*.relay.test:25"}, "is not a host name"),

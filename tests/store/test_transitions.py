@@ -15,6 +15,7 @@ from spoolmail import Notify, Recipient, Ret, Spool
 from spoolmail._core.badmail import orphan_report
 from spoolmail._core.envelope import Envelope, decode_envelope, new_envelope
 from spoolmail._core.states import TABLE, Commit, Event, State
+from spoolmail._core.transcript import HISTORY_MARK
 from spoolmail._store import pyfs
 from spoolmail._store.recovery import recover
 from spoolmail._store.transitions import Change, Transitions
@@ -329,3 +330,15 @@ def test_remembered_envelopes_are_capped_oldest_out(
     made = [admit_through_the_door(spool) for _ in range(3)]
     found = [transitions.written(q, transitions.envelope(q)) for q in made]
     assert [envelope is not None for envelope in found] == [False, True, True]
+
+
+def test_a_transcript_that_is_not_utf8_is_read_with_replacement_characters(
+    spool: Spool, clock: FakeClock, filesystem: pyfs.FS
+) -> None:
+    """A remote server's reply bytes, or a hand-edited file: read, never a UnicodeDecodeError in
+    the middle of a transition (a DSN or BadMail report quotes the history)."""
+    queue_id = admitted(spool, clock)
+    head = f"bob@example.com: 451 4.4.1 try later\n{HISTORY_MARK}\n".encode()
+    filesystem.writebytes(f"Queue/{queue_id}.RTR", head + b"<<< 451 caf\xe9 \xff\n")
+    history = spool._transitions.transcript_history(queue_id, "RTR")
+    assert history == "<<< 451 caf\N{REPLACEMENT CHARACTER} \N{REPLACEMENT CHARACTER}\n"

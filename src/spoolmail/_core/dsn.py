@@ -33,10 +33,10 @@ __all__ = ["DsnAction", "render_dsn"]
 # A reporting MTA is named by an ASCII host name (A-labels for IDNs) or an address literal: it
 # appears in From, Message-ID and `Reporting-MTA: dns; ...`, none of which may carry anything else.
 _HOST = re.compile(
-    r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?$|^\[(?:IPv6:)?[0-9A-Fa-f.:]+\]$"
+    r"^(?=.{1,253}\Z)[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?\Z|^\[(?:IPv6:)?[0-9A-Fa-f.:]+\]\Z"
 )
 # A msg-id worth echoing in In-Reply-To (RFC 5322 section 3.6.4): printable ASCII in angle brackets.
-_MSG_ID = re.compile(r"^<[\x21-\x3b\x3d\x3f-\x7e]{1,900}>$")
+_MSG_ID = re.compile(r"^<[\x21-\x3b\x3d\x3f-\x7e]{1,900}>\Z")
 _BLANK_LINE = re.compile(rb"(\r?\n)\r?\n")  # the end of a header section (RFC 5322 section 2.1)
 _MESSAGE_ID_FIELD = re.compile(rb"^message-id[ \t]*:(.*(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.M)
 # RFC 3463 status-code, ASCII digits only: Reply's own check (\d, $) lets "5.1.1\n" and other

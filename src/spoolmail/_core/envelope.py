@@ -547,6 +547,8 @@ def decode_envelope(raw: bytes) -> Envelope:
         data = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise EnvelopeError(f"not a JSON envelope (truncated or damaged?): {exc}") from None
+    except RecursionError:  # the parser recurses: arrays nested thousands deep (planted)
+        raise EnvelopeError("not a JSON envelope (nested too deep)") from None
     plain = _plain_envelope(data) if type(data) is dict else None
     return plain if plain is not None else _checked_envelope(data)
 

@@ -22,18 +22,18 @@ from spoolmail._core.base32 import token as _token
 
 __all__ = ["QueueIds", "dsn_id", "is_made_id", "is_queue_id"]
 
-_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
-_MADE = re.compile(r"^[0-9a-f]{11}-[0-9a-f]{16}$")
+_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+_MADE = re.compile(r"[0-9a-f]{11}-[0-9a-f]{16}")
 
 
 def is_queue_id(text: str) -> bool:
     """Whether ``text`` can be a queue id: 1-128 characters of ``[A-Za-z0-9_-]``."""
-    return bool(_ID.match(text))
+    return bool(_ID.fullmatch(text))  # not match: "$" would take a final newline
 
 
 def is_made_id(text: str) -> bool:
     """Whether ``text`` has the form :meth:`QueueIds.new` gives (not a DSN's, not any name)."""
-    return bool(_MADE.match(text))
+    return bool(_MADE.fullmatch(text))
 
 
 def dsn_id(parent: str, number: int) -> str:

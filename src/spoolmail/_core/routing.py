@@ -44,7 +44,8 @@ __all__ = [
     "parse_target",
 ]
 
-_HOST = re.compile(r"^(?=.{1,253}$)([A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?\.?)+$")
+# \Z, not $: "$" also matches before a final newline ("smtp.example.com\n" is no host name).
+_HOST = re.compile(r"^(?=.{1,253}\Z)([A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?\.?)+\Z")
 SMTP_PORT = 25
 
 

@@ -97,7 +97,7 @@ def decode_suppressed(line: str) -> Suppressed | None:
             reply=Reply.from_json(data["reply"]),
             queue_id=str(data.get("queue_id", "")),
         )
-    except (ValueError, KeyError, TypeError, AttributeError):
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
         return None
 
 

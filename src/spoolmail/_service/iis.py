@@ -40,7 +40,7 @@ log = logging.getLogger("spoolmail")
 
 # The NTFS store driver's names (ntfsdrv.dll): NTFS_ and hex digits, .EML. Matched in any case,
 # as Windows matched them; anything else in Queue/ is not IIS's and not touched here.
-_IIS_QUEUE_FILE = re.compile(r"^NTFS_[0-9A-Za-z_{}-]+\.EML$", re.IGNORECASE)
+_IIS_QUEUE_FILE = re.compile(r"NTFS_[0-9A-Za-z_{}-]+\.EML", re.IGNORECASE)
 
 BCC_WARNING = (
     "the envelope IIS kept in an NTFS stream is lost: recipients come from To:, Cc: (and Bcc: if "
@@ -50,7 +50,7 @@ BCC_WARNING = (
 
 def is_iis_queue_file(name: str) -> bool:
     """Whether ``name`` is an IIS Queue file (``NTFS_<hex>.EML``) rather than one of ours."""
-    return bool(_IIS_QUEUE_FILE.match(name))
+    return bool(_IIS_QUEUE_FILE.fullmatch(name))
 
 
 def stranded_queue_files(store: MailStore) -> list[str]:

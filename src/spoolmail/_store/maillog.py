@@ -17,15 +17,19 @@ into a path. Reads and writes ``Log/`` only.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import re
+import stat
 import threading
 from collections.abc import Iterator, Sequence
 from datetime import UTC, date, timedelta
+from typing import IO, cast
 
 from spoolmail._core.events import DsnQueued, MailEvent, Requeued, decode_event, encode_event
 from spoolmail._store import pyfs
+from spoolmail._store.entries import UnsafeEntry, open_regular
 from spoolmail._store.folders import LOG
 from spoolmail._store.store import MailStore
 
@@ -33,9 +37,11 @@ __all__ = ["MailLog", "log_file_name"]
 
 log = logging.getLogger("spoolmail")
 
-_NAME = re.compile(r"^spoolmail-([0-9]{4}-[0-9]{2}-[0-9]{2})\.jsonl$")
+_NAME = re.compile(r"^spoolmail-([0-9]{4}-[0-9]{2}-[0-9]{2})\.jsonl\Z")
 _FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
-_FLAGS |= getattr(os, "O_NOFOLLOW", 0)
+# A link planted under today's name is not followed; a FIFO does not block the open (no reader:
+# ENXIO), and is refused once open (below), as anything else that is no regular file.
+_FLAGS |= getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
 
 
 def log_file_name(day: date) -> str:
@@ -122,7 +128,11 @@ class MailLog:
         if self._root is not None:
             os.makedirs(os.path.join(self._root, LOG), mode=0o750, exist_ok=True)
             path = os.path.join(self._root, LOG, log_file_name(day))
-            self._fd = os.open(path, _FLAGS, 0o640)
+            fd = os.open(path, _FLAGS, 0o640)
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.close(fd)
+                raise OSError(errno.EINVAL, f"{path} is no regular file")
+            self._fd = fd
         else:
             self._fs.makedirs(LOG, recreate=True)
         self._prune(day)
@@ -182,9 +192,11 @@ class MailLog:
         needle = queue_id.encode("utf-8", "surrogateescape")
         for name, _ in self._files():
             try:
-                handle = self._fs.open(f"{LOG}/{name}", "rb")
-            except pyfs.errors.ResourceNotFound:
+                handle = self._open(name)
+            except (pyfs.errors.ResourceNotFound, FileNotFoundError):
                 continue  # pruned meanwhile
+            except UnsafeEntry:
+                continue  # no log file of ours: a link (not followed out), a FIFO, a device
             with handle:
                 for raw in handle:
                     if needle not in raw:
@@ -192,10 +204,18 @@ class MailLog:
                     line = raw.decode("utf-8", "replace").rstrip("\n")
                     try:
                         event = decode_event(line)
-                    except ValueError:
+                    except (ValueError, RecursionError):  # damaged, or nested too deep
                         continue
                     if _about(event, queue_id):
                         yield line, event
+
+    def _open(self, name: str) -> IO[bytes]:
+        """A log file to read, opened as Pickup files are (``open_regular``: no link followed, a
+        FIFO never waited on); a linked one (a copy kept by hard link) is read all the same."""
+        if self._root is None:
+            return cast("IO[bytes]", self._fs.open(f"{LOG}/{name}", "rb"))
+        fd = open_regular(os.path.join(self._root, LOG, name), single_link=False)
+        return os.fdopen(fd, "rb")
 
     def days_kept(self) -> list[date]:
         """The days the mail log has files for, oldest first."""

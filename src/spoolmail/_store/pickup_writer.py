@@ -38,7 +38,7 @@ from spoolmail.exceptions import ConfigurationError, MessageError, StorageError
 
 __all__ = ["STALE_AFTER", "PickupFile", "PickupWriter", "TooLarge", "is_stale_temp"]
 
-_TEMP = re.compile(r"^\.([0-9a-f]{11}-[0-9a-f]{16})\.spoolmail\.tmp$")
+_TEMP = re.compile(r"^\.([0-9a-f]{11}-[0-9a-f]{16})\.spoolmail\.tmp\Z")
 # A writer does not take a day over one file; one that did was killed.
 STALE_AFTER = 24 * 3600.0
 

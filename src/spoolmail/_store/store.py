@@ -157,6 +157,7 @@ _CREATE = (
     os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
 )
 _REWRITE = os.O_WRONLY | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_BINARY", 0)
+_REWRITE |= getattr(os, "O_NOFOLLOW", 0)  # a spare is ours: never a link followed out
 # Chunks smaller than this are gathered into one write (a buffered file's 8 KiB would split a
 # Queue file's message into more writes than the chunks it is handed).
 _WRITE_BUFFER = 64 * 1024
@@ -777,9 +778,16 @@ class MailStore:
             return self.remove(folder, name)
         spare = self._temp_name()
         try:
-            size = os.stat(self._sys(folder, name)).st_size
-            if size > _SPARE_SIZE:
+            # Written over later: only a regular file of one link, never what a link planted in
+            # the folder points at (outside the MailRoot) nor a file that has another name.
+            found = os.lstat(self._sys(folder, name))
+            if (
+                found.st_size > _SPARE_SIZE
+                or not stat.S_ISREG(found.st_mode)
+                or found.st_nlink != 1
+            ):
                 return self.remove(folder, name)
+            size = found.st_size
             os.rename(self._sys(folder, name), self._sys(SORTTEMP, spare))
         except FileNotFoundError:
             return False
@@ -1499,8 +1507,8 @@ class MailStore:
                     wanted.update(i for i in ids or () if isinstance(i, str) and is_queue_id(i))
             except FileNotFoundError:
                 continue  # another service took it
-            except (ValueError, AttributeError, TypeError):
-                everything = True
+            except (ValueError, AttributeError, TypeError, RecursionError):
+                everything = True  # a damaged order: flush all, and the trigger goes
             self.remove(SORTTEMP, mine)
         return Triggers(None if everything else wanted, tuple(flushes))
 

@@ -14,9 +14,11 @@ hard bounce is met once more. Reads and writes ``Suppression/`` only.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import secrets
+import stat
 import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta
@@ -29,6 +31,7 @@ from spoolmail._core.suppression import (
     suppression_key,
 )
 from spoolmail._store import pyfs
+from spoolmail._store.entries import UnsafeEntry, open_regular
 from spoolmail._store.spool import Spool
 from spoolmail.exceptions import ConfigurationError, StorageError
 
@@ -39,7 +42,9 @@ log = logging.getLogger("spoolmail")
 SUPPRESSION = "Suppression"
 _FILE = "suppressed.jsonl"
 _FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
-_FLAGS |= getattr(os, "O_NOFOLLOW", 0)
+# Not a link followed out of the MailRoot, nor a FIFO waited on (no reader: ENXIO); anything
+# but a regular file is refused once open.
+_FLAGS |= getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
 
 
 def _one_address(address: object) -> None:
@@ -121,9 +126,11 @@ class SuppressionList:
         entries: dict[str, Suppressed] = {}
         if signature is not None:
             try:
-                data = self._fs.readbytes(f"{SUPPRESSION}/{_FILE}")
-            except pyfs.errors.ResourceNotFound:
+                data = self._read()
+            except (pyfs.errors.ResourceNotFound, FileNotFoundError):
                 data = b""
+            except (UnsafeEntry, OSError) as exc:
+                raise StorageError(f"cannot read {SUPPRESSION}/{_FILE}: {exc}") from exc
             except pyfs.errors.FSError as exc:
                 raise StorageError(f"cannot read {SUPPRESSION}/{_FILE}: {exc}") from exc
             for raw in data.decode("utf-8", "replace").splitlines():
@@ -132,6 +139,14 @@ class SuppressionList:
                     entries[suppression_key(entry.address)] = entry
         self._entries = entries
         self._signature = signature
+
+    def _read(self) -> bytes:
+        """The file's bytes, read as Pickup files are (``open_regular``): a link planted in its
+        place is not followed, a FIFO not waited on."""
+        if self._path is None:
+            return self._fs.readbytes(f"{SUPPRESSION}/{_FILE}")
+        with os.fdopen(open_regular(self._path, single_link=False), "rb") as handle:
+            return handle.read()
 
     # -- writing -------------------------------------------------------------------------------
 
@@ -149,6 +164,8 @@ class SuppressionList:
                     os.makedirs(folder, mode=0o750, exist_ok=True)
                     fd = os.open(os.path.join(folder, _FILE), _FLAGS, 0o640)
                     try:
+                        if not stat.S_ISREG(os.fstat(fd).st_mode):
+                            raise OSError(errno.EINVAL, "not a regular file")
                         os.write(fd, line)
                     finally:
                         os.close(fd)

@@ -483,9 +483,12 @@ class Transitions:
     def transcript_history(self, queue_id: str, kind: str) -> str:
         """The attempts a transcript (``RTR`` / ``LTR``) recorded so far; ``""`` if none."""
         try:
-            return transcript_history(self.files.read(QUEUE, f"{queue_id}.{kind}").decode())
+            data = self.files.read(QUEUE, f"{queue_id}.{kind}")
         except FileNotFoundError:
             return ""
+        # Replies are remote servers' bytes: a file that is not UTF-8 (damaged, or written by
+        # hand) is read with U+FFFD, never an error in the middle of a transition.
+        return transcript_history(data.decode("utf-8", "replace"))
 
     def write_drop(self, queue_id: str, data: Iterable[bytes]) -> tuple[str, int]:
         """Write ``Drop/ID.eml`` whole (replacing a copy a crash left): its name and size."""
