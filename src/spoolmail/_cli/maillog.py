@@ -13,7 +13,7 @@ import argparse
 from typing import Any, TextIO
 
 from spoolmail._cli.settings import Settings
-from spoolmail._cli.status import EX_OK, UsageError
+from spoolmail._cli.status import EX_OK, UsageError, shown
 from spoolmail._core.events import describe
 from spoolmail._core.ids import is_queue_id
 from spoolmail._store.maillog import MailLog
@@ -38,7 +38,7 @@ def _log(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
     queue_id: str = args.id
     if not is_queue_id(queue_id):
         raise UsageError(
-            f"{queue_id!r} is not a queue id (1 to 128 letters, digits, '-' and '_', "
+            f"{shown(queue_id)} is not a queue id (1 to 128 letters, digits, '-' and '_', "
             "as `spoolmail queue` lists them)"
         )
     found = 0

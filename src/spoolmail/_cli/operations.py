@@ -33,6 +33,7 @@ from spoolmail._cli.status import (
     each,
     exit_status,
     report,
+    shown,
     worst,
 )
 from spoolmail._core.envelope import Envelope, Recipient, RecipientState
@@ -339,9 +340,11 @@ def _filter(flag: str, read: Callable[[str], str], text: str) -> str:
         raise UsageError(f"{flag}: {exc}") from None
 
 
-def _shown(text: str) -> str:
-    """A string from outside, quoted, in ASCII and cut short: safe to print in an error."""
-    return ascii(text) if len(text) <= 60 else f"{text[:60]!a}..."
+def _one_id(text: str) -> str:
+    """The one id of a ``show``, checked before the spool sees it (an error names it short)."""
+    if not is_queue_id(text):
+        raise NotFound(f"{shown(text)} is not a queue id")
+    return text
 
 
 def _given(ids: Sequence[str]) -> Iterator[str | NotFound]:
@@ -353,7 +356,7 @@ def _given(ids: Sequence[str]) -> Iterator[str | NotFound]:
         elif is_queue_id(text):
             yield text
         else:
-            yield NotFound(f"{_shown(text)} is not a queue id")
+            yield NotFound(f"{shown(text)} is not a queue id")
 
 
 def _stdin_ids() -> Iterator[str | NotFound]:
@@ -379,7 +382,7 @@ def _stdin_ids() -> Iterator[str | NotFound]:
         if is_queue_id(text):
             yield text
         else:
-            yield NotFound(f"stdin line {number}: {_shown(text)} is not a queue id")
+            yield NotFound(f"stdin line {number}: {shown(text)} is not a queue id")
 
 
 class _Tally:
@@ -567,12 +570,13 @@ def _envelope_lines(env: Envelope, *, schedule: bool) -> list[str]:
 
 
 def _queue_show(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
+    queue_id = _one_id(args.id)
     with _spool(settings) as spool:
         if args.message:
-            _write_bytes(out, spool.message(args.id))
+            _write_bytes(out, spool.message(queue_id))
             return EX_OK
-        item = spool.queued_message(args.id)
-        transcript = spool.transcript(args.id)
+        item = spool.queued_message(queue_id)
+        transcript = spool.transcript(queue_id)
     state = _queue_state(item)
     if state == "delivering":
         state += f" (by process {item.owner})"
@@ -675,6 +679,8 @@ def _queue_import_iis(settings: Settings, args: argparse.Namespace, out: TextIO)
         print(f"Note: {iis.BCC_WARNING}.", file=out)
 
         def move(name: str) -> str:
+            if not iis.is_iis_queue_file(name):  # checked here to be named short and safe
+                raise NotFound(f"Queue/{shown(name)} is not an IIS queue file (NTFS_<hex>.EML)")
             done = iis.import_queue_file(
                 spool._store,
                 name,
@@ -833,11 +839,12 @@ def _badmail_list(settings: Settings, args: argparse.Namespace, out: TextIO) -> 
 
 
 def _badmail_show(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
+    queue_id = _one_id(args.id)
     with _spool(settings) as spool:
         if args.message:
-            _write_bytes(out, spool.badmail_message(args.id))
+            _write_bytes(out, spool.badmail_message(queue_id))
             return EX_OK
-        item = spool.badmail_item(args.id)
+        item = spool.badmail_item(queue_id)
     print(f"BadMail ID:   {item.id}", file=out)
     print(f"Reason:       {item.reason}", file=out)
     message = item.message_path if item.has_message else "missing"
@@ -976,6 +983,7 @@ def _drop_list(settings: Settings, args: argparse.Namespace, out: TextIO) -> int
 
 
 def _drop_show(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
+    queue_id = _one_id(args.id)
     with _spool(settings) as spool:
-        _write_bytes(out, spool.drop_message(args.id))
+        _write_bytes(out, spool.drop_message(queue_id))
     return EX_OK

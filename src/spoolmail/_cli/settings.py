@@ -176,6 +176,7 @@ from typing import Any
 
 import attrs
 
+from spoolmail._cli.status import shown
 from spoolmail._transport.timeouts import RFC_TIMEOUTS
 from spoolmail.exceptions import ConfigurationError
 
@@ -347,6 +348,26 @@ def _not_negative(_instance: object, attribute: attrs.Attribute[Any], value: flo
         raise ConfigurationError(f"{attribute.name} must be 0 or more, not {value!r}")
 
 
+# The most days a kept file or entry may last: a date that many days on is still one Python
+# has (datetime ends in the year 9999); a century is more than anyone keeps a log.
+_MOST_DAYS = 36_500
+
+
+def _days(_instance: object, attribute: attrs.Attribute[Any], value: int) -> None:
+    _not_negative(_instance, attribute, value)
+    if value > _MOST_DAYS:
+        raise ConfigurationError(
+            f"{attribute.name} must be {_MOST_DAYS} days or fewer, not {value}"
+        )
+
+
+def _root(_instance: object, attribute: attrs.Attribute[Any], value: str) -> None:
+    # "" would be the current folder (an unset $MAILROOT in "--root $MAILROOT"), made a
+    # MailRoot without a word; a NUL byte no path can hold.
+    if not isinstance(value, str) or not value or "\0" in value:
+        raise ConfigurationError(f"root must name a folder or an FS URL, not {shown(value)}")
+
+
 _DURATION = re.compile(r"(?:\d+(?:\.\d+)?[smhdw])+")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
@@ -367,6 +388,8 @@ def parse_duration(text: str, *, what: str) -> timedelta | None:
     )
     if seconds <= 0:
         raise ConfigurationError(f"{what} must be more than 0, not {text!r}")
+    if seconds > _MOST_DAYS * _UNITS["d"]:  # past datetime's end, or timedelta's
+        raise ConfigurationError(f"{what} must be {_MOST_DAYS}d or less, not {text!r}")
     return timedelta(seconds=seconds)
 
 
@@ -443,6 +466,7 @@ class Settings:
         metavar="DIR|URL",
         iis="the mailroot folder (C:\\Inetpub\\mailroot)",
         restart=True,
+        validator=_root,
     )
     fqdn: str | None = _setting(
         None,
@@ -624,7 +648,7 @@ class Settings:
         "days a hard-bounced recipient (5.1.1, 5.1.2, 5.1.10) stays suppressed; 0: no list",
         flag="--suppression-days",
         metavar="DAYS",
-        validator=_not_negative,
+        validator=_days,
     )
     max_messages_per_minute: int | None = _setting(
         None,
@@ -923,7 +947,7 @@ class Settings:
         flag="--log-days",
         iis="General: Enable logging (W3C, a new log daily)",
         metavar="DAYS",
-        validator=_not_negative,
+        validator=_days,
     )
     log_file: str | None = _setting(
         None,
@@ -1102,6 +1126,8 @@ def load_settings(path: Path | None, overrides: Mapping[str, object]) -> Setting
             raise ConfigurationError(f"cannot read settings file {path}: {exc}") from exc
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigurationError(f"settings file {path} is not valid TOML: {exc}") from exc
+        except RecursionError:  # tomllib reads nested arrays and tables recursively
+            raise ConfigurationError(f"settings file {path} nests too deep") from None
         table = document.get("spoolmail")
         if not isinstance(table, dict):
             raise ConfigurationError(f"settings file {path} needs a [spoolmail] table")

@@ -25,6 +25,7 @@ __all__ = [
     "each",
     "exit_status",
     "report",
+    "shown",
     "worst",
 ]
 
@@ -40,6 +41,12 @@ _SEVERITY = {EX_OK: 0, EX_TEMPFAIL: 1, EX_FAILED: 2, EX_USAGE: 3}
 
 class UsageError(Exception):
     """A combination of arguments argparse cannot express; exit status 2, with the usage."""
+
+
+def shown(text: str) -> str:
+    """A string from outside (an id, a name), quoted, in ASCII and cut short: safe to print in
+    a one-line error, whatever control characters or length it has."""
+    return ascii(text) if len(text) <= 60 else f"{text[:60]!a}..."
 
 
 def report(exc: SpoolmailError) -> None:

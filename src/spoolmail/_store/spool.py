@@ -226,12 +226,29 @@ def _open_filesystem(location: pyfs.FS | str | os.PathLike[str]) -> tuple[pyfs.F
         return pyfs.open_fs(text, create=True), True
     except pyfs.UnsupportedProtocol as exc:
         raise ConfigurationError(f"no filesystem opener for {text!r}: {exc}") from exc
+    except ValueError as exc:  # os refuses a path with a NUL byte this way
+        raise ConfigurationError(f"{text!r} is no MailRoot: {exc}") from exc
     except (pyfs.OpenerError, pyfs.errors.CreateFailed, pyfs.errors.FSError, OSError) as exc:
         raise StorageError(f"cannot open the MailRoot at {text!r}: {exc}") from exc
 
 
 # What a BadMail message whose report is missing shows as its report (and reason).
 _MISSING_REPORT = b"(no report: its .BDR file is missing)\n"
+
+
+def _decoded(raw: bytes, queue_id: str | None = None) -> Envelope:
+    """An envelope file of the MailRoot as :func:`decode_envelope` reads it, anything else an
+    ``EnvelopeError``: JSON nested too deep for the parser (a file planted or damaged), and, for
+    ``queue_id``, an envelope naming another message, which an order by sender or domain would
+    otherwise carry out on that other message (the file's name is the id, not its content)."""
+    try:
+        envelope = decode_envelope(raw)
+    except RecursionError:
+        raise EnvelopeError("not a JSON envelope (nested too deep)") from None
+    if queue_id is not None and envelope.id != queue_id:
+        named = envelope.id[:60]
+        raise EnvelopeError(f"the envelope of {queue_id} names another message, {named!a}")
+    return envelope
 
 
 def _report_text(report: bytes) -> str:
@@ -689,13 +706,22 @@ class Spool:
         states.step(State.QUEUED, event)  # a bug is found before the message is claimed
         if transitions.apply(State.QUEUED, Event.CLAIMED, Change(id=queue_id)) is None:
             self._explain_unclaimable(queue_id)
-        raw = transitions.claimed_envelope(queue_id)
         if event is Event.DELETED:
             transitions.apply(State.QUEUED, event, Change(id=queue_id))
             self._emit(Deleted(queue_id=queue_id, time=self.clock(), place=State.QUEUED))
             return
         try:
-            envelope = decode_envelope(raw)
+            raw = transitions.claimed_envelope(queue_id)
+        except StorageError:
+            # Not read (a link or a FIFO in its place, a failing disk): the claim goes back as
+            # it is, or the message would look "being delivered" until the claim's lease ends.
+            self._store.rename(
+                (QUEUE, MailStore.claimed_name(queue_id, self._store.owner)),
+                (QUEUE, f"{queue_id}.env"),
+            )
+            raise
+        try:
+            envelope = _decoded(raw, queue_id)
         except EnvelopeError:
             transitions.apply(State.QUEUED, event, Change(id=queue_id, envelope=raw))
             raise
@@ -919,16 +945,17 @@ class Spool:
     ) -> Iterator[QueuedMessage]:
         """Every queued message, oldest first.
 
-        A message whose envelope cannot be read (damaged, truncated) is left out: a service
-        moves it to BadMail with the reason when it comes to it. ``unreadable``, when given, is
-        told of each one left out: its queue id and why.
+        A message whose envelope cannot be read (damaged, truncated, or no regular file) is
+        left out: a service moves it to BadMail with the reason when it comes to it.
+        ``unreadable``, when given, is told of each one left out: its queue id and why. One
+        such entry does not end the listing of the others.
         """
         for queue_id, files in sorted(self._store.queue_files().items()):
             if not (files.envelope or files.claims):
                 continue
             try:
                 yield self._queued(queue_id, files.claims)
-            except EnvelopeError as exc:
+            except (EnvelopeError, StorageError) as exc:
                 if unreadable is not None:
                     unreadable(queue_id, str(exc))
             except FileNotFoundError:
@@ -954,9 +981,9 @@ class Spool:
     def _queued(self, queue_id: str, claims: Sequence[str]) -> QueuedMessage:
         if claims:
             raw = self._store.read(QUEUE, MailStore.claimed_name(queue_id, claims[0]))
-            return QueuedMessage(decode_envelope(raw), State.DELIVERING, claims[0])
+            return QueuedMessage(_decoded(raw, queue_id), State.DELIVERING, claims[0])
         return QueuedMessage(
-            decode_envelope(self._store.read(QUEUE, f"{queue_id}.env")), State.QUEUED
+            _decoded(self._store.read(QUEUE, f"{queue_id}.env"), queue_id), State.QUEUED
         )
 
     def message(self, queue_id: str) -> bytes:
@@ -968,9 +995,11 @@ class Spool:
         parts = []
         for kind in ("RTR", "LTR"):
             try:
-                parts.append(self._store.read(QUEUE, f"{self._checked(queue_id)}.{kind}").decode())
+                data = self._store.read(QUEUE, f"{self._checked(queue_id)}.{kind}")
             except FileNotFoundError:
                 continue
+            # Replies are a remote server's bytes: undecodable ones become U+FFFD, not an error.
+            parts.append(data.decode("utf-8", "replace"))
         return "\n".join(parts)
 
     def badmail(self) -> Iterator[BadMailItem]:
@@ -996,12 +1025,14 @@ class Spool:
             if not self._store.exists(BADMAIL, f"{queue_id}.BAD"):
                 raise
             report = _MISSING_REPORT
+        except StorageError as exc:
+            # No regular file (a link, a FIFO) or unreadable: the entry is still listed, shown
+            # and deletable, its reason saying why its report is not shown.
+            report = f"(no report: {exc})\n".encode()
         text = _report_text(report)
         try:
-            envelope: Envelope | None = decode_envelope(
-                self._store.read(BADMAIL, f"{queue_id}.BDP")
-            )
-        except (FileNotFoundError, EnvelopeError):
+            envelope: Envelope | None = _decoded(self._store.read(BADMAIL, f"{queue_id}.BDP"))
+        except (FileNotFoundError, EnvelopeError, StorageError):
             envelope = None
         return BadMailItem(
             id=queue_id,
