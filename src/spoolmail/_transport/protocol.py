@@ -274,6 +274,11 @@ class ClientProtocol:
     def usable(self) -> bool:
         return self.state is not State.CLOSED
 
+    @property
+    def unread(self) -> bool:
+        """Whether the server sent more than the replies read so far."""
+        return bool(self._reader.unread)
+
     # Goals: each starts a conversation step that next_event() then runs.
 
     def open(self, transcript: Transcript | None) -> None:
@@ -396,6 +401,8 @@ class ClientProtocol:
     ) -> Send:
         """Command lines in one write: one line, or a pipelined group (RFC 2920). ``shown``
         replaces a line that carries a secret (AUTH) in the transcript and in any error text."""
+        sending = shown if shown is not None else lines[0].split(" ", 1)[0]
+        self._check_in_step(sending)
         # Without SMTPUTF8 a command is ASCII (RFC 5321 §2.4); callers check before getting here.
         encoding = "utf-8" if utf8 else "ascii"
         raw = "\r\n".join(lines).encode(encoding) + b"\r\n"
@@ -403,8 +410,22 @@ class ClientProtocol:
         if self._transcript is not None:
             for line in lines:
                 self._transcript.sent(printable(shown if shown is not None else line, limit=1000))
-        sending = shown if shown is not None else lines[0].split(" ", 1)[0]
         return Send(raw, timeout, sending)
+
+    def _check_in_step(self, sending: str) -> None:
+        """End the session if the server said more than the replies asked for so far.
+
+        RFC 5321 §4.2: every command gets exactly one reply, in order. A reply that came unasked
+        (a second greeting, two replies to the final ".", a 250 sent with the 354) would be read
+        as the reply to the next command, and each reply after it as the one to the command
+        before: a recipient refused with another's refusal, a message counted delivered on a 250
+        sent before the server had it. A 421 is let through: it ends the session as the next
+        reply, and says why (§3.8)."""
+        unasked = self._reader.unread
+        if unasked and not unasked.startswith(b"421"):
+            first = unasked.split(b"\n", 1)[0].removesuffix(b"\r")
+            shown = printable(first.decode("utf-8", "replace"), limit=80)
+            raise self._protocol_error(f'one reply too many ("{shown}")', f"reply before {sending}")
 
     def _read(self, *, timeout: float, awaiting: str) -> Generator[Event, None, ServerReply]:
         """One complete (possibly multiline) reply, ``awaiting`` naming it for messages
@@ -644,7 +665,9 @@ class ClientProtocol:
             self.clean = True
 
     def _quit(self) -> Generator[Event, None, None]:
-        # RFC 5321 §4.1.1.10: say QUIT before closing; the 221 decides nothing.
+        # RFC 5321 §4.1.1.10: say QUIT before closing; the 221 decides nothing, and nor does
+        # whatever the server said before it.
+        self._reader.discard()
         yield from self._command("QUIT", Step.QUIT, timeout=self._timeouts.quit)
         self.state = State.CLOSED
 
@@ -811,6 +834,7 @@ class ClientProtocol:
             # MAIL and the RCPTs still stand; end the transaction before any next one.
             yield from self._reset()
             return
+        self._check_in_step("the message")
         self._fire(Step.GO_AHEAD)
         yield SendMessage(self._timeouts.data_block)
         sent, self._octets_sent = self._octets_sent, None

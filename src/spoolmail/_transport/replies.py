@@ -150,6 +150,11 @@ class ReplyReader:
     def feed(self, data: bytes) -> None:
         self._buffer += data
 
+    @property
+    def unread(self) -> bytes:
+        """What was received and not read yet: nearly always nothing."""
+        return bytes(self._buffer) if self._buffer else b""
+
     def discard(self) -> int:
         """Forget everything received and not yet read; return how many octets that was."""
         stale = len(self._buffer)

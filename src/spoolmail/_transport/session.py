@@ -208,6 +208,8 @@ class Session:
         self.last_used = 0.0
         # Messages this connection carried, for SmtpTransport's max_messages_per_connection.
         self.messages = 0
+        # Whether the current delivery sent a final "." on it: the server may have the message.
+        self.ended_data = False
         # The reply being waited for, and the monotonic time by which all of it must be in.
         self._waiting: tuple[int, float] = (-1, 0.0)
 
@@ -289,6 +291,7 @@ class Session:
         transcript: Transcript,
     ) -> None:
         """Transactions on this connection until every recipient has an answer in ``answers``."""
+        self.ended_data = False
         content = examine(message, eight_bit_matters=self.protocol.extensions.eight_bit_mime)
         self.protocol.deliver(
             message, recipients, content=content, answers=answers, transcript=transcript
@@ -304,6 +307,28 @@ class Session:
     def quit(self, transcript: Transcript | None) -> None:
         self.protocol.quit(transcript)
         self._run(None)
+
+    def quiet(self) -> bool:
+        """Whether the server said nothing since its last reply, and did not close: a kept
+        connection it spoke on unasked is out of step (RFC 5321 §4.2, one reply per command)
+        and one it closed is gone, so neither is worth a command. One poll(2) that does not
+        wait."""
+        if self.protocol.unread:
+            return False
+        sock = self._sock
+        if isinstance(sock, ssl.SSLSocket) and sock.pending():
+            return False
+        if self._poller is not None:
+            return not self._wait(select.POLLIN, 0)
+        with contextlib.suppress(OSError, ValueError):  # closed, or beyond select's FD_SETSIZE
+            if hasattr(select, "poll"):
+                # TLS gave up the session's poller (see _start_tls); a look takes its own.
+                poller = select.poll()
+                poller.register(sock, select.POLLIN)
+                return not poller.poll(0)
+            readable, _, _ = select.select([sock], [], [], 0)
+            return not readable
+        return False
 
     def abandon(self) -> None:
         """Whatever was under way, nothing more is said on this connection (not even QUIT)."""
@@ -326,6 +351,7 @@ class Session:
                 assert message is not None  # noqa: S101 (only a delivery gets this far)
                 with message.open() as source:
                     sent = self._send_message(message, source, timeout=event.timeout)
+                self.ended_data = True
                 protocol.message_sent(sent)
             elif isinstance(event, StartTls):
                 protocol.tls_started(self._start_tls(event))

@@ -63,6 +63,10 @@ def _again(session: Session, reply: Reply, *, probed: bool) -> str | None:
     goes once more over a new one; ``None`` when it does not (the reply stands)."""
     if not session.messages:
         return None  # a new connection: the failure is the server's answer now
+    if session.ended_data:
+        # The message and its final "." went: the server may have it, and a copy sent at once
+        # would be a second one (RFC 1047). The next attempt, if any, decides.
+        return None
     if reply.code == 421:
         # RFC 5321 section 3.8: the server closes the channel. Servers that cap the messages
         # of one connection say so at the next MAIL; IIS opened a new connection then.
@@ -108,9 +112,10 @@ class SmtpTransport:
       never in the clear (RFC 4954); the transcript shows ``AUTH PLAIN <redacted>``.
     - With PIPELINING (RFC 2920): MAIL, the RCPTs and DATA are written together (in groups of
       at most 4 KB, §3.1) and the replies read after, in order; without it, one at a time.
-    - A kept connection is reused without RSET only when its last transaction succeeded
-      moments ago; after a failed one (a refused MAIL, DATA or final ".") the next transaction
-      starts with RSET (RFC 5321 §4.1.1.5).
+    - A kept connection the server closed, or spoke on unasked, while idle is replaced without
+      a word. One is reused without RSET only when its last transaction succeeded moments
+      ago; after a failed one (a refused MAIL, DATA or final ".") the next transaction starts
+      with RSET (RFC 5321 §4.1.1.5).
     - A RCPT answered "too many recipients" (452, RFC 5321 §4.5.3.1.10) goes in the next
       transaction on the same connection, which holds no more than the server had room for; a
       transaction in which the server takes no recipient at all ends the delivery with that 452.
@@ -123,7 +128,8 @@ class SmtpTransport:
     - ``451 4.4.1``: no connection (refused, unreachable, connect timeout) or a non-2xx greeting;
     - ``451 4.4.3``: the host name does not resolve;
     - ``451 4.4.2``: the connection broke or timed out after it was established;
-    - ``451 4.5.0``: the server sent garbage or a reply of the wrong class, or refused RSET;
+    - ``451 4.5.0``: the server sent garbage, a reply of the wrong class or one no command asked
+      for (RFC 5321 §4.2: one reply per command), or refused RSET;
     - ``451 4.7.4``: TLS is required (``ENCRYPT``, ``REQUIRED``) but STARTTLS is not offered or
       is refused; or credentials are set and the server offers neither PLAIN nor LOGIN;
     - ``451 4.7.5``: the TLS handshake failed, or the certificate did not verify;
@@ -280,6 +286,16 @@ class SmtpTransport:
     def _session(self, target: Target, transcript: Transcript) -> tuple[Session, bool]:
         """A connection to ``target``, and whether it is known to work (new, or probed)."""
         kept = self._take_kept(target)
+        if kept is not None and not kept.quiet():
+            # Whatever it said while idle, a 421 or junk, would be read as the reply to the next
+            # command; a connection the server closed is read as empty. Either way, a new one.
+            transcript.note(
+                f"the kept connection to {where(target)} was closed, or spoke unasked, while "
+                "idle; connecting again"
+            )
+            kept.abandon()
+            self._discard(kept, transcript)
+            kept = None
         if kept is not None:
             transcript.note(f"reusing the connection to {where(target)}")
             if kept.clean and self._monotonic() - kept.last_used < _FRESH:
