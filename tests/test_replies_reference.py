@@ -45,6 +45,7 @@ LISTENER_WHEN = {
     "_refuse_login": "`AUTH`",
     "_read_login": "`AUTH`",
     "_response": "`AUTH`",
+    "smtp_STARTTLS": "`STARTTLS`",
     "handle_exception": "any command: an error inside spoolmail",
     "<module>": "aiosmtpd's own reply, its code added",
 }

@@ -65,5 +65,7 @@ def outcome(reader: SMTP, text: str) -> object:
 
 @given(st.text(alphabet='<>@.a-+"( )[]:\tzë=', max_size=24))
 def test_any_text_is_read_as_aiosmtpd_reads_it(text: str) -> None:
+    """The same answer; where aiosmtpd's parser raises, ours says "malformed" (553 5.1.3)."""
     ours, theirs = readers()
-    assert outcome(ours, text) == outcome(theirs, text)
+    expected = outcome(theirs, text)
+    assert outcome(ours, text) == ((None, None) if isinstance(expected, type) else expected)

@@ -30,6 +30,7 @@ Logs one INFO record per accepted message and per refusal (with the reply), neve
 from __future__ import annotations
 
 import asyncio
+import collections
 import functools
 import inspect
 import logging
@@ -39,7 +40,7 @@ import ssl
 import sys
 import warnings
 from base64 import b64decode
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -56,6 +57,7 @@ from aiosmtpd.smtp import (
     _AuthMechAttr,
     login_always_fail,
     sanitized_log,
+    syntax,
 )
 
 from spoolmail._core.address import AddressRole, parse_mailbox
@@ -409,6 +411,11 @@ class Transaction(Envelope):
         self.message: bytes | bytearray = b""
 
 
+def _command_size_limits() -> collections.defaultdict[str, int]:
+    """aiosmtpd's command size limits before EHLO: 512 octets for every command."""
+    return collections.defaultdict(lambda: SMTP.command_size_limit)
+
+
 # What one read from a client's socket may bring (see SmtpSession._cb_client_connected).
 _READ_SIZE = 64 * 1024
 
@@ -434,6 +441,12 @@ class SmtpSession(SMTP):
         else:  # aiosmtpd's options that spoolmail does not set
             super().__init__(hooks, **options)
         self.config = hooks.config
+        # aiosmtpd's limits are one dict of its class, cleared by every new session and grown by
+        # every EHLO of any (SIZE's and SMTPUTF8's room, added again each time): a client that
+        # said EHLO a few thousand times could send MAIL lines as long as the reader's limit,
+        # whose paths the email package's parser reads in quadratic time, seconds of the loop's.
+        # Each session has its own, made again at each EHLO (see smtp_EHLO).
+        self.command_size_limits: dict[str, int] = _command_size_limits()
         self.client: IPAddress | None = None
         self.client_name = "None"  # str(client), made once: Received, origin and log lines
         self.auth_failures = 0
@@ -475,7 +488,6 @@ class SmtpSession(SMTP):
         self.data_size_limit = data_size_limit
         self.enable_SMTPUTF8 = enable_SMTPUTF8
         self._decode_data = decode_data
-        self.command_size_limits.clear()
         self.hostname = hostname or socket.getfqdn()
         self.tls_context = tls_context
         if tls_context is not None:
@@ -560,16 +572,17 @@ class SmtpSession(SMTP):
         self.client, self.client_name = _client(
             str(peer[0]) if isinstance(peer, tuple) else str(peer)
         )
-        if self.client is None or not self.config.access.admits(self.client):
-            await self._turn_away()
-            return
         if len(self._sessions) >= self.config.max_sessions:
             await self.push(f"421 4.7.0 {self.config.fqdn} Too many connections, try later")
             self.close()
             return
+        # A client turned away waits for its QUIT (or the timeout) as a session: it counts
+        # among them, or clients from denied networks could hold connections without bound.
         self._sessions.add(self)
         try:
-            if self._proxy_timeout is None and not self._enforce_call_limit:
+            if self.client is None or not self.config.access.admits(self.client):
+                await self._turn_away()
+            elif self._proxy_timeout is None and not self._enforce_call_limit:
                 await self._serve_commands()
             else:  # aiosmtpd's options that spoolmail does not set
                 await super()._handle_client()
@@ -678,6 +691,14 @@ class SmtpSession(SMTP):
     async def _answer_exception(self, error: Exception) -> None:
         """What aiosmtpd's command loop does with a command's exception: the handler's reply
         (a TLS set-up failure ends the connection instead)."""
+        if isinstance(error, TLSSetupException):
+            # A client's doing (a scanner, plain text after STARTTLS, a handshake cut short),
+            # not the listener's failure: one INFO line, not the handler's error and traceback.
+            log.info("%s: TLS handshake failed: %s", self.client, error.__cause__ or error)
+            if self.transport is not None:
+                self.transport.close()
+            self.connection_lost(None)  # the reason is logged: no future left unread
+            return
         try:
             status = await self.handle_exception(error)
         except Exception as inner:  # noqa: BLE001 (as aiosmtpd: described, not raised)
@@ -686,12 +707,7 @@ class SmtpSession(SMTP):
                 status = f"500 Error: ({inner.__class__.__name__}) {inner}"
             except Exception:  # noqa: BLE001
                 status = "500 Error: Cannot describe error"
-        if isinstance(error, TLSSetupException):
-            if self.transport is not None:
-                self.transport.close()
-            self.connection_lost(error)
-        else:
-            await self.push(status)
+        await self.push(status)
 
     @property
     def session_peer(self) -> Any:
@@ -750,13 +766,43 @@ class SmtpSession(SMTP):
         ):
             await writer.drain()
 
+    # -- EHLO and STARTTLS --------------------------------------------------------------------
+
+    @syntax("EHLO hostname")
+    async def smtp_EHLO(self, hostname: str) -> None:  # noqa: N802 (aiosmtpd's name)
+        """aiosmtpd's EHLO, which adds room to MAIL's limit each time, from the limits of a
+        session without EHLO: MAIL gets that room once however many EHLOs a client sends."""
+        self.command_size_limits = _command_size_limits()
+        await super().smtp_EHLO(hostname)
+
+    @syntax("STARTTLS", when="tls_context")
+    async def smtp_STARTTLS(self, arg: str) -> None:  # noqa: N802 (aiosmtpd's name)
+        """aiosmtpd's STARTTLS, refused over TLS already (RFC 3207 section 4.2), and the session
+        ended when its handshake was cut short.
+
+        The silence timer closes a connection whose client never finishes the handshake; asyncio
+        then wakes aiosmtpd's STARTTLS as if the handshake had ended well, but never tells the
+        session the connection is lost: it waited for a command for ever, holding its place
+        among ``max_sessions``. A handshake that ended well made a new aiosmtpd session with the
+        TLS facts in it (``connection_made``) before STARTTLS wakes."""
+        if self._tls_protocol is not None:
+            await self.push("503 5.5.1 TLS already active")
+            return
+        await super().smtp_STARTTLS(arg)
+        session = self.session
+        if not arg and self.tls_context is not None and (session is None or session.ssl is None):
+            raise TLSSetupException("the TLS handshake did not finish")
+
     # -- MAIL and RCPT: RFC 3461's parameters out before aiosmtpd sees them -------------------
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         """aiosmtpd's reading of a path and what follows it, without its parser for the usual
         ``<local@domain>``: the same answer (``rest`` without leading blanks), a fraction of
         the work. A comment after the path, quoted local parts, address literals, source
-        routes and non-ASCII go to aiosmtpd's."""
+        routes and non-ASCII go to aiosmtpd's; a path that makes the email package's parser
+        raise (``a@`` and ``"``: IndexError, others AttributeError) is malformed, ``(None,
+        None)``, as aiosmtpd answers a path it refuses (``553 5.1.3``), not ``451 Internal
+        error``."""
         found = _PLAIN_PATH.match(arg)
         if found is not None:
             rest = arg[found.end() :].lstrip(" \t")
@@ -766,7 +812,20 @@ class SmtpSession(SMTP):
                 if limit and len(address.rpartition("@")[0]) > limit:
                     return None, None
                 return address, rest
-        return super()._getaddr(arg)
+        try:
+            return super()._getaddr(arg)
+        except Exception:  # noqa: BLE001 (the parser's bugs: whatever it raises, it cannot read it)
+            return None, None
+
+    def _getparams(self, params: Sequence[str]) -> dict[str, str | bool] | None:
+        """aiosmtpd's reading of ``KEY=VALUE`` parameters, with SIZE's value in ASCII digits
+        (RFC 1870 section 3): its own test, ``str.isdigit``, passes ``SIZE=\u00b2``, on which
+        ``int`` raised, and the client got ``451 Internal error`` instead of a 501."""
+        found: dict[str, str | bool] | None = super()._getparams(params)
+        size = found.get("SIZE") if found is not None else None
+        if isinstance(size, str) and not (size.isascii() and size.isdigit()):
+            return None
+        return found
 
     def _take_parameters(
         self, arg: str, keyword: str, split: Callable[[list[str]], tuple[Any, list[str]]]
@@ -1152,10 +1211,14 @@ async def _response(
     if initial is None:
         # aiosmtpd sends "334 " and the challenge (base64 unless empty), reads the answer and
         # replies 501 itself to "*" and to what is not base64. Its answer is never logged.
-        if isinstance(challenge, bytes):
-            answer = await server.challenge_auth(challenge, encode_to_b64=False)
-        else:
-            answer = await server.challenge_auth(challenge)
+        try:
+            if isinstance(challenge, bytes):
+                answer = await server.challenge_auth(challenge, encode_to_b64=False)
+            else:
+                answer = await server.challenge_auth(challenge)
+        except ValueError:  # a line over the reader's limit (dropped): not an internal error
+            await server.push("500 5.5.2 Line too long")
+            return None
         return answer if isinstance(answer, bytes) else None
     if initial == "=":
         return b""
