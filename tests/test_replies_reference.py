@@ -46,6 +46,7 @@ LISTENER_WHEN = {
     "_read_login": "`AUTH`",
     "_response": "`AUTH`",
     "smtp_STARTTLS": "`STARTTLS`",
+    "_too_much_junk": "the 101st `NOOP`, `RSET` or `VRFY` since the last accepted message; closed",
     "handle_exception": "any command: an error inside spoolmail",
     "<module>": "aiosmtpd's own reply, its code added",
 }

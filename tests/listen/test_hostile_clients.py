@@ -25,6 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from spoolmail import Listener, Spool
+from spoolmail._listen.session import JUNK_LIMIT
 from spoolmail.testing import FakeClock
 from tests.listen.conftest import running
 from tests.listen.raw import RawClient
@@ -194,7 +195,8 @@ def test_a_client_that_never_reads_its_replies_holds_bounded_memory(spool: Spool
         with peak_memory() as peak:
             try:
                 while sent < 64 * 1024 * 1024:
-                    client.sock.sendall(b"NOOP\r\n" * 10_000)
+                    # HELP: not a junk command (NOOP would end the session at JUNK_LIMIT)
+                    client.sock.sendall(b"HELP\r\n" * 10_000)
                     sent += 60_000
             except TimeoutError:
                 pass  # the listener stopped reading: flow control
@@ -292,6 +294,26 @@ def test_a_stream_of_unknown_commands_ends_the_session(spool: Spool) -> None:
         assert replies[1:5] == ['500 5.5.2 Error: command "FOO" not recognized'] * 4
         assert replies[5] == "502 5.5.1 Too many unrecognized commands, goodbye."
         assert client.closed()
+        serves(listener, spool)
+
+
+def test_junk_commands_hold_a_session_only_so_long(spool: Spool) -> None:
+    """NOOP, RSET and VRFY each restart the silence timer: at most JUNK_LIMIT of them between two
+    accepted messages (Postfix's smtpd_junk_command_limit), the next is 421 and the end."""
+    with running(spool) as listener:
+        client = RawClient(listener)
+        junk = [b"NOOP\r\n", b"RSET\r\n", b"VRFY bob\r\n"]
+        client.send(b"EHLO c.test\r\n" + b"".join(junk[n % 3] for n in range(JUNK_LIMIT - 1)))
+        replies = client.replies(JUNK_LIMIT)
+        assert all(r.startswith(("250 ", "252 ")) for r in replies[1:]), replies[-3:]
+        client.send(TRANSACTION + MESSAGE + b".\r\n")  # one message: the count starts again
+        assert client.replies(4)[3].startswith("250 2.0.0 Ok: queued as")
+        client.send(b"NOOP\r\n" * JUNK_LIMIT)
+        assert client.replies(JUNK_LIMIT) == ["250 2.0.0 Ok"] * JUNK_LIMIT  # still served
+        client.send(b"NOOP\r\n")
+        assert client.replies(1) == [f"421 4.7.0 {listener.fqdn} Error: too many junk commands"]
+        assert client.closed()
+        assert len(queued(spool)) == 1
         serves(listener, spool)
 
 

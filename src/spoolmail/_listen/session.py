@@ -416,6 +416,13 @@ def _command_size_limits() -> collections.defaultdict[str, int]:
     return collections.defaultdict(lambda: SMTP.command_size_limit)
 
 
+# Postfix's junk commands (smtpd_junk_command_limit, 100): each resets the silence timer, so a
+# client that says NOOP now and then holds its session, and a place among max_sessions, for
+# ever. At most this many between two accepted messages (a client that sends RSET or NOOP
+# between its messages is not cut off); the next is answered 421 and the session ends.
+JUNK_COMMANDS = frozenset({"NOOP", "RSET", "VRFY"})
+JUNK_LIMIT = 100
+
 # What one read from a client's socket may bring (see SmtpSession._cb_client_connected).
 _READ_SIZE = 64 * 1024
 
@@ -450,6 +457,7 @@ class SmtpSession(SMTP):
         self.client: IPAddress | None = None
         self.client_name = "None"  # str(client), made once: Received, origin and log lines
         self.auth_failures = 0
+        self.junk_commands = 0  # since the last accepted message (JUNK_LIMIT)
         self.user: str | None = None
         self._sessions = sessions
         self._next_mail = _NO_MAIL_DSN
@@ -613,6 +621,11 @@ class SmtpSession(SMTP):
                     bogus_budget -= 1
                     await self._unknown(session, name, bogus_budget)
                     continue
+                if name in JUNK_COMMANDS:
+                    self.junk_commands += 1
+                    if self.junk_commands > JUNK_LIMIT:
+                        await self._too_much_junk(session)
+                        return
                 self._reset_timeout()
                 await method(arg)
             except (asyncio.CancelledError, ConnectionResetError):
@@ -676,6 +689,12 @@ class SmtpSession(SMTP):
         if self.require_starttls and not self._tls_protocol and name not in ALLOWED_BEFORE_STARTTLS:
             return "530 Must issue a STARTTLS command first"  # RFC 3207 section 4
         return None
+
+    async def _too_much_junk(self, session: Session) -> None:
+        _mail_log.warning("%r too many junk commands", session.peer)
+        await self.push(f"421 4.7.0 {self.config.fqdn} Error: too many junk commands")
+        if self.transport is not None:
+            self.transport.close()
 
     async def _unknown(self, session: Session, name: str, budget: int) -> None:
         """An unknown command: 500, or after a few of them 502 and the end (aiosmtpd's)."""
@@ -1112,6 +1131,7 @@ class Hooks:
         except SpoolmailError as exc:
             log.error("%s: message not queued: %s", server.client, exc)  # noqa: TRY400 (said)
             return "451 4.3.0 Error: queue file write error, try again later"
+        server.junk_commands = 0  # as Postfix: the count starts again after mail is accepted
         if log.isEnabledFor(logging.INFO):
             sender = envelope.mail_from
             log_line(
