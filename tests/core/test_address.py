@@ -326,3 +326,11 @@ def test_the_plain_address_shortcut_reads_as_the_scanner_does(
 )
 def test_the_plain_address_shortcut_takes_only_plain_ones(text: str, plain: str | None) -> None:
     assert _plain(text) == plain
+
+
+@pytest.mark.parametrize("text", ['"\udcff"@x.test', '<"a\udcff b"@x.test>', '"\u200b"@x.test'])
+def test_a_quoted_local_part_with_an_invisible_character_is_no_address(text: str) -> None:
+    """A lone surrogate is a byte that was not UTF-8 (read with surrogateescape): a
+    MessageError saying so, not the UnicodeEncodeError of measuring the local part."""
+    with pytest.raises(MessageError, match="quoted local part contains the invisible"):
+        parse_mailbox(text, default_domain=None)

@@ -324,6 +324,7 @@ def _parse_addr_spec(spec: str, *, default_domain: str | None) -> str:
         at, domain = rest[:1], rest[1:]
         if rest and at != "@":
             raise _NotAnAddress("it has text after the quoted local part")
+        _check_quoted(local)
     else:
         local, at, domain = spec.partition("@")
         _check_dot_atom(local)
@@ -374,6 +375,18 @@ def _check_dot_atom(local: str) -> None:
             raise _NotAnAddress(f"its local part contains {char!r}")
         if not char.isprintable():
             raise _NotAnAddress(f"its local part contains the invisible character {char!r}")
+
+
+def _check_quoted(local: str) -> None:
+    """RFC 5321 section 4.1.2 Quoted-string: what is between the quotes is printable (ASCII,
+    or UTF-8 by RFC 6531); a control character or a lone surrogate (bytes that were not UTF-8,
+    read with surrogateescape) is no address, not an error of the encoder later."""
+    for char in local[1:-1]:
+        if char.isascii() and (char.isprintable() or char == "\t"):
+            continue
+        if not char.isascii() and char.isprintable():
+            continue
+        raise _NotAnAddress(f"its quoted local part contains the invisible character {char!r}")
 
 
 def _check_domain(text: str) -> str:
