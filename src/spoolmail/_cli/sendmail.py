@@ -439,6 +439,10 @@ def _chunks(stream: BinaryIO) -> Iterator[bytes]:
             raise _Failure(
                 EX_IOERR, f"cannot read the message from standard input: {exc.strerror or exc}"
             ) from None
+        except ValueError:  # io's "I/O operation on closed file": a caller closed it first
+            raise _Failure(
+                EX_IOERR, "cannot read the message from standard input: it is closed"
+            ) from None
         if not chunk:
             return
         yield chunk

@@ -146,9 +146,10 @@ class PickupRejected:
 
 
 class _Rejection(Exception):
-    def __init__(self, reason: str, status: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+    def __init__(self, reason: str, status: str, *, note: str = "") -> None:
+        # ``note``: what this file adds to a reason that is otherwise always the same.
+        super().__init__(reason + note)
+        self.reason = reason + note
         self.status = status
 
 
@@ -233,7 +234,7 @@ def _parse(
             for field in headers:
                 if field.name == name:
                     _add_recipients(lines, field, options=options, found=found)
-    _check_envelope(found, receivers=receivers, options=options)
+    _check_envelope(found, receivers=receivers, options=options, lines=lines, headers=headers)
     message = _store(lines, headers, blank, options=options, queue_id=queue_id, now=now)
     return message, 1 + sum(field.name == b"received" for field in headers)
 
@@ -259,11 +260,32 @@ def _split_lines(raw: bytes, *, options: PickupOptions) -> list[bytes]:
     return lines
 
 
-def _check_envelope(found: _Found, *, receivers: bool, options: PickupOptions) -> None:
+def _late_note(lines: list[bytes], headers: list[_Field], name: bytes) -> str:
+    """Why a reason naming no ``name`` line is right although the file has one: below the run
+    at the top it is an ordinary header (Eudora's X-Sender), so the writer is told where it is."""
+    field = next((field for field in headers if field.name == name), None)
+    if field is None:
+        return ""
+    return (
+        f"; {_label(lines, field)} comes after a header field, so it is a header, not the "
+        "envelope (x-sender and x-receiver lines go at the very top)"
+    )
+
+
+def _check_envelope(
+    found: _Found,
+    *,
+    receivers: bool,
+    options: PickupOptions,
+    lines: list[bytes],
+    headers: list[_Field],
+) -> None:
     if found.sender is None:
         # KB Q319285: "A message must contain at least three parts: From, To, and Message Data."
         raise _Rejection(
-            "no sender: the file has no x-sender line and no Sender: or From: header", "5.1.7"
+            "no sender: the file has no x-sender line and no Sender: or From: header",
+            "5.1.7",
+            note=_late_note(lines, headers, b"x-sender"),
         )
     if not found.recipients:
         if receivers:
@@ -272,6 +294,7 @@ def _check_envelope(found: _Found, *, receivers: bool, options: PickupOptions) -
             "no recipient: the file has no x-receiver line and no address in a To:, Cc: or Bcc: "
             "header",
             "5.1.3",
+            note=_late_note(lines, headers, b"x-receiver"),
         )
     if len(found.recipients) > options.max_recipients:
         raise _Rejection(

@@ -61,7 +61,8 @@ def _read_head(handle: CappedReader) -> tuple[bytes, bytes] | None:
         if end is not None:
             return (buffer[:end], buffer[end:]) if end <= MAX_HEAD + 2 else None
         if not chunk:
-            return buffer, b""
+            # No empty line: the whole file is the header block, held to the same limit.
+            return (buffer, b"") if len(buffer) <= MAX_HEAD else None
         if len(buffer) > MAX_HEAD + CHUNK:
             return None
 
