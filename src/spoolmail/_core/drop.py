@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from spoolmail._core.headers import without_fields
+from spoolmail._core.headers import fields, without_fields
 
 __all__ = ["filetime", "original_arrival_time", "render_drop_head"]
 
@@ -24,6 +24,8 @@ _FILETIME_EPOCH = 116_444_736_000_000_000
 # round trip) must not carry two of each. RFC 5321 section 4.4: Return-Path is added at final
 # delivery only.
 _DELIVERY_FIELDS = ("return-path", "x-originalarrivaltime")
+# What parse_pickup reads as the envelope when it leads the file (KB 306043).
+_ENVELOPE_FIELDS = ("x-sender", "x-receiver")
 
 
 def filetime(when: datetime) -> int:
@@ -72,7 +74,16 @@ def render_drop_head(
     lines = [f"x-sender: {sender or '<>'}\r\n".encode()]
     lines.extend(f"x-receiver: {address}\r\n".encode() for address in recipients)
     lines.append(prepend)
-    lines.append(without_fields(head, _DELIVERY_FIELDS))
-    lines.append(f"Return-Path: {_path(sender)}\r\n".encode())
+    kept = without_fields(head, _DELIVERY_FIELDS)
+    return_path = f"Return-Path: {_path(sender)}\r\n".encode()
+    first = next(fields(kept), None)
+    if not prepend and first is not None and first.key in _ENVELOPE_FIELDS:
+        # A message admitted without a Received field of its own may begin with an x-sender or
+        # x-receiver field, which parse_pickup would read as more envelope when the file goes
+        # back into Pickup. Return-Path ends the envelope lines instead: at the top, where RFC
+        # 5321 section 4.4 puts it anyway.
+        lines += [return_path, kept]
+    else:
+        lines += [kept, return_path]
     lines.append(f"X-OriginalArrivalTime: {original_arrival_time(arrival)}\r\n\r\n".encode())
     return b"".join(lines)

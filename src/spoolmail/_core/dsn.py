@@ -38,6 +38,7 @@ _HOST = re.compile(
 # A msg-id worth echoing in In-Reply-To (RFC 5322 section 3.6.4): printable ASCII in angle brackets.
 _MSG_ID = re.compile(r"^<[\x21-\x3b\x3d\x3f-\x7e]{1,900}>\Z")
 _BLANK_LINE = re.compile(rb"(\r?\n)\r?\n")  # the end of a header section (RFC 5322 section 2.1)
+_LINE_END = re.compile(rb"\r\n|\r|\n")  # as the SMTP transport reads a stored message's lines
 _MESSAGE_ID_FIELD = re.compile(rb"^message-id[ \t]*:(.*(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.M)
 # RFC 3463 status-code, ASCII digits only: Reply's own check (\d, $) lets "5.1.1\n" and other
 # scripts' digits through, and a Status field must not end a line early.
@@ -170,7 +171,7 @@ def render_dsn(
         will_retry_until=will_retry_until,
         unicode=unicode,
     )
-    headers = _header_block(original)
+    headers = _mail_safe(_header_block(original))
     # RFC 6533 section 6: mail that needed SMTPUTF8 (a UTF-8 address, or header fields in UTF-8,
     # RFC 6532) comes back as message/global or message/global-headers, whose headers may be
     # UTF-8 (RFC 6532 section 3.7); message/rfc822 and text/rfc822-headers may not.
@@ -537,6 +538,32 @@ def _header_block(original: bytes) -> bytes:
         return b""
     blank = _BLANK_LINE.search(original)
     return original if blank is None else original[: blank.end(1)]
+
+
+def _mail_safe(headers: bytes) -> bytes:
+    """The header block as 7bit or 8bit data that SMTP can carry without BINARYMIME (RFC 3030).
+
+    A stored message that did not come through Pickup is kept as its writer made it, and its
+    header block may hold a bare CR or LF, a NUL or a line over 998 octets; returned as it is,
+    it would make the whole DSN ``binary``, which our transport cannot send. So, only then,
+    every line end becomes CRLF (as the transport would send it, RFC 5321 section 2.3.8), a NUL
+    a space, and a longer line is folded (a CRLF and a space) every _CUT octets, never inside a
+    UTF-8 sequence. A clean header block is returned as it is, byte for byte.
+    """
+    if _transfer_encoding(headers) != "binary":
+        return headers
+    out = []
+    for line in _LINE_END.split(headers.replace(b"\0", b" ")):
+        rest = line
+        while len(rest) > _CUT:
+            cut = _CUT
+            # Back to the start of a UTF-8 sequence (at most 4 octets; other bytes cut anywhere).
+            while cut > _CUT - 3 and 0x80 <= rest[cut] < 0xC0:
+                cut -= 1
+            out.append(rest[:cut])
+            rest = b" " + rest[cut:]
+        out.append(rest)
+    return b"\r\n".join(out)
 
 
 def _message_id(headers: bytes) -> str | None:

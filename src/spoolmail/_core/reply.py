@@ -34,6 +34,15 @@ class Severity(enum.Enum):
     __hash__ = object.__hash__
 
 
+def _encodable(text: str) -> str:
+    """A reply's text as UTF-8 can hold it: a lone surrogate (a transport's bytes decoded with
+    ``surrogateescape``) becomes "?", or every envelope, transcript and report that quotes the
+    reply fails to be written, and the message is tried again for ever."""
+    if text.isascii():
+        return text
+    return text.encode("utf-8", "replace").decode("utf-8")
+
+
 def _check_code(_instance: object, _attribute: object, value: int) -> None:
     if not 200 <= value <= 599:
         raise ValueError(f"an SMTP reply code is 200-599, not {value!r}")
@@ -56,7 +65,7 @@ class Reply:
 
     code: int = attrs.field(validator=_check_code)
     enhanced: str | None = attrs.field(validator=_check_enhanced)
-    text: str
+    text: str = attrs.field(converter=_encodable)
     host: str | None = None
     cause: Reply | None = attrs.field(default=None, kw_only=True)
 
