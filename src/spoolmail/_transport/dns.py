@@ -254,10 +254,17 @@ class DnsResolver:
             return _Addresses(failure=Reply(550, "5.4.4", f"{host!r} is not a host name"))
         found: dict[str, list[str]] = {}
         failed: dict[str, list[str]] = {}
+        skipped: list[str] = []
         for rdtype in ("AAAA", "A"):
             answer = self._query(name, rdtype, transcript)
             if not isinstance(answer, _Failure):
-                found[rdtype] = [rdata.address for rdata in answer]
+                found[rdtype] = [rdata.address for rdata in answer if _unicast(rdata.address)]
+                unusable = [rdata.address for rdata in answer if not _unicast(rdata.address)]
+                if unusable:
+                    # 0.0.0.0 and :: connect to this very host: a DNS answer must not turn a
+                    # remote domain into a delivery to ourselves, nor to a multicast group.
+                    transcript.note(f"{host}: {', '.join(unusable)}: not a host address, skipped")
+                    skipped.extend(unusable)
             elif answer.miss is _Miss.NXDOMAIN:
                 # The name has no records of any type (RFC 8020): asking for A is pointless.
                 text = f"host {host} does not exist (DNS NXDOMAIN)"
@@ -274,6 +281,8 @@ class DnsResolver:
             text = f"address lookup for {host} failed: {why}"
             return _Addresses(failure=Reply(451, "4.4.3", text))
         text = f"host {host} has no address (no AAAA or A record)"
+        if skipped:
+            text = f"host {host} has no usable address ({', '.join(skipped)})"
         return _Addresses(failure=Reply(550, "5.4.4", text))
 
     def _query(
@@ -290,8 +299,11 @@ class DnsResolver:
             failure = _Failure(_Miss.NXDOMAIN, "does not exist (NXDOMAIN)")
         except dns.resolver.YXDOMAIN:
             failure = _Failure(_Miss.YXDOMAIN, "name too long after DNAME substitution (YXDOMAIN)")
-        except dns.resolver.NoAnswer:
-            failure = _Failure(_Miss.NODATA, f"no {rdtype} record (NODATA)")
+        except dns.resolver.NoAnswer as exc:
+            if _truncated(exc.kwargs.get("response")):
+                failure = _Failure(_Miss.FAILED, _TRUNCATED)
+            else:
+                failure = _Failure(_Miss.NODATA, f"no {rdtype} record (NODATA)")
         except dns.resolver.NoNameservers as exc:
             # SERVFAIL, REFUSED or a malformed answer from every server.
             failure = _Failure(_Miss.FAILED, f"no nameserver answered ({_server_errors(exc)})")
@@ -303,8 +315,10 @@ class DnsResolver:
             # server): the DNS is broken now; deferring lets it be fixed before the mail bounces.
             failure = _Failure(_Miss.FAILED, f"{type(exc).__name__}: {exc}")
         else:
-            transcript.note(f"{rdtype} {shown}: {_answer_text(rdtype, answer)}")
-            return answer
+            if not _truncated(answer.response):
+                transcript.note(f"{rdtype} {shown}: {_answer_text(rdtype, answer)}")
+                return answer
+            failure = _Failure(_Miss.FAILED, _TRUNCATED)
         transcript.note(f"{rdtype} {shown}: {failure.detail}")
         return failure
 
@@ -315,6 +329,19 @@ class DnsResolver:
             if self._resolver is None:
                 self._resolver = dns.resolver.Resolver()
             return self._resolver
+
+
+_TRUNCATED = "truncated answer (TC) over TCP"
+
+
+def _truncated(response: object) -> bool:
+    """Whether ``response`` is cut short (TC set). dnspython asks again over TCP when a UDP
+    answer has TC set, but takes a TCP answer with TC set as it is: records missing from it are
+    no proof that there are none (no implicit MX, no bounce on a broken server's word)."""
+    import dns.flags  # noqa: PLC0415 (dnspython at the first lookup, see above)
+    import dns.message  # noqa: PLC0415
+
+    return isinstance(response, dns.message.Message) and bool(response.flags & dns.flags.TC)
 
 
 def _answer_text(rdtype: str, answer: dns.resolver.Answer) -> str:
@@ -353,6 +380,13 @@ def _dns_name(text: str) -> dns.name.Name | None:
         return dns.name.from_text(text)
     except dns.exception.DNSException:
         return None
+
+
+def _unicast(address: str) -> bool:
+    """Whether ``address`` (from an A or AAAA record) can be a mail host's: not unspecified
+    (``0.0.0.0``, ``::``), multicast, or the IPv4 broadcast address."""
+    ip = ipaddress.ip_address(address)
+    return not (ip.is_unspecified or ip.is_multicast or address == "255.255.255.255")
 
 
 def _is_address(text: str) -> bool:

@@ -16,13 +16,14 @@ a policy does to a delivery (``_core.mtasts.apply_policy`` does).
 from __future__ import annotations
 
 import http.client
+import io
 import socket
 import ssl
 import threading
 import time
 from collections.abc import Callable
 from datetime import datetime
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from spoolmail._core.mtasts import (
     MAX_POLICY_SIZE,
@@ -39,6 +40,9 @@ from spoolmail._core.mtasts import (
 from spoolmail._core.reply import Reply
 from spoolmail._core.transcript import Transcript
 from spoolmail._transport.dns import DnsResolver
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 __all__ = ["FETCH_TIMEOUT", "HttpsPolicyFetcher", "MtaSts", "PolicyFetcher"]
 
@@ -59,19 +63,78 @@ class PolicyFetcher(Protocol):
         ...
 
 
-class _PinnedConnection(http.client.HTTPSConnection):
-    """HTTPS to one address already looked up, with the host name for SNI and verification."""
+class _Deadline(io.RawIOBase):
+    """A response's reads from ``raw`` (its socket's file), each allowed only the time left
+    before ``deadline`` (``time.monotonic``).
+
+    http.client reads the status line, the headers and chunk sizes a line at a time, and skips
+    any number of ``100 Continue`` responses and chunked trailers; with a plain socket timeout
+    each byte that arrives starts the timeout again, so a server dripping bytes held a fetch
+    for as long as it liked.
+    """
 
     def __init__(
-        self, host: str, address: str, port: int, *, context: ssl.SSLContext, timeout: float
+        self, raw: io.RawIOBase, sock: socket.socket, deadline: float, timeout: float
+    ) -> None:
+        super().__init__()
+        self._raw = raw
+        self._sock = sock
+        self._deadline = deadline
+        self._timeout = timeout
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: WriteableBuffer) -> int | None:
+        late = TimeoutError(f"timed out: no whole policy within {self._timeout:g} s")
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            raise late
+        self._sock.settimeout(remaining)
+        try:
+            return self._raw.readinto(buffer)
+        except TimeoutError as error:
+            raise late from error
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+
+class _PinnedConnection(http.client.HTTPSConnection):
+    """HTTPS to one address already looked up, with the host name for SNI and verification,
+    all of it (connection, TLS handshake, request, response) within ``deadline``."""
+
+    def __init__(
+        self,
+        host: str,
+        address: str,
+        port: int,
+        *,
+        context: ssl.SSLContext,
+        timeout: float,
+        deadline: float,
     ) -> None:
         super().__init__(host, port, timeout=timeout, context=context)
         self._address = address
         self._tls = context
+        self._deadline = deadline
+
+        class Response(http.client.HTTPResponse):
+            def __init__(self, sock: socket.socket, *args: Any, **kwargs: Any) -> None:
+                super().__init__(sock, *args, **kwargs)
+                raw = self.fp.detach()  # the socket's file: it keeps the socket open
+                assert isinstance(raw, io.RawIOBase)  # noqa: S101 (socket.makefile's)
+                self.fp = io.BufferedReader(_Deadline(raw, sock, deadline, timeout))
+
+        self.response_class = Response
 
     def connect(self) -> None:
-        sock = socket.create_connection((self._address, self.port), self.timeout)
+        remaining = max(self._deadline - time.monotonic(), 0.001)
+        sock = socket.create_connection((self._address, self.port), remaining)
         try:
+            # Since Python 3.5 the socket timeout bounds the whole handshake, and sendall.
+            sock.settimeout(max(self._deadline - time.monotonic(), 0.001))
             self.sock = self._tls.wrap_socket(sock, server_hostname=self.host)
         except BaseException:
             sock.close()
@@ -123,9 +186,13 @@ class HttpsPolicyFetcher:
             return self._context
 
     def _get(self, host: str, address: str, domain: str, transcript: Transcript) -> str | None:
-        deadline = time.monotonic() + self._timeout
         connection = _PinnedConnection(
-            host, address, self._port, context=self._tls_context(), timeout=self._timeout
+            host,
+            address,
+            self._port,
+            context=self._tls_context(),
+            timeout=self._timeout,
+            deadline=time.monotonic() + self._timeout,
         )
         try:
             # RFC 8461 section 3.3: no HTTP caching; no redirect is followed (http.client
@@ -147,17 +214,18 @@ class HttpsPolicyFetcher:
                 return None
             body = bytearray()
             while len(body) <= MAX_POLICY_SIZE:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError(f"no whole policy within {self._timeout:g} s")
-                if connection.sock is not None:
-                    connection.sock.settimeout(remaining)
-                chunk = response.read1(MAX_POLICY_SIZE + 1 - len(body))
+                chunk = response.read1(MAX_POLICY_SIZE + 1 - len(body))  # within the deadline
                 if not chunk:
                     break
                 body += chunk
             if len(body) > MAX_POLICY_SIZE:
                 transcript.note(f"MTA-STS {domain}: {where} is over {MAX_POLICY_SIZE} bytes")
+                return None
+            if response.length:
+                # The connection closed before Content-Length bytes came: a policy cut short
+                # may lack mx lines, and would be cached as though it were whole.
+                missing = f"{response.length} of {len(body) + response.length} bytes missing"
+                transcript.note(f"MTA-STS {domain}: {where} ended early ({missing})")
                 return None
             transcript.note(f"MTA-STS {domain}: fetched {where} ({len(body)} bytes)")
             return body.decode("utf-8", "replace")
