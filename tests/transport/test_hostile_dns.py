@@ -29,12 +29,10 @@ from spoolmail._core.routing import Hop, HopKind
 from spoolmail._core.transcript import Transcript
 from spoolmail._transport.dns import MAX_EXCHANGES, MAX_TARGETS, DnsResolver
 from tests.dnsserver import LOCALHOST, DnsServer, local_resolver
+from tests.transport.test_dns import LIFETIME, SLACK, TIMEOUT, resolver_for
 
 pytestmark = pytest.mark.integration
 
-TIMEOUT = 0.2
-LIFETIME = 0.5
-SLACK = 1.5
 
 BIG = 1000
 ANY_V4 = ".".join("0" * 4)  # the unspecified address, in DNS answers only (never bound)
@@ -70,16 +68,6 @@ RECORDS = (
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DnsServer]:
     with DnsServer(RECORDS, directory=tmp_path_factory.mktemp("hostiledns")) as server:
         yield server
-
-
-def resolver_for(
-    server: DnsServer, *, seed: int = 0, local_names: tuple[str, ...] = ()
-) -> DnsResolver:
-    return DnsResolver(
-        resolver=server.resolver(timeout=TIMEOUT, lifetime=LIFETIME),
-        local_names=local_names,
-        rng=random.Random(seed),
-    )
 
 
 def mx(domain: str) -> Hop:
