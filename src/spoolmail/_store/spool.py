@@ -237,14 +237,10 @@ _MISSING_REPORT = b"(no report: its .BDR file is missing)\n"
 
 
 def _decoded(raw: bytes, queue_id: str | None = None) -> Envelope:
-    """An envelope file of the MailRoot as :func:`decode_envelope` reads it, anything else an
-    ``EnvelopeError``: JSON nested too deep for the parser (a file planted or damaged), and, for
-    ``queue_id``, an envelope naming another message, which an order by sender or domain would
+    """An envelope file of the MailRoot as :func:`decode_envelope` reads it; for ``queue_id``,
+    one naming another message is an ``EnvelopeError`` too: an order by sender or domain would
     otherwise carry out on that other message (the file's name is the id, not its content)."""
-    try:
-        envelope = decode_envelope(raw)
-    except RecursionError:
-        raise EnvelopeError("not a JSON envelope (nested too deep)") from None
+    envelope = decode_envelope(raw)
     if queue_id is not None and envelope.id != queue_id:
         named = envelope.id[:60]
         raise EnvelopeError(f"the envelope of {queue_id} names another message, {named!a}")

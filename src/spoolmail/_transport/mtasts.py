@@ -86,15 +86,17 @@ class _Deadline(io.RawIOBase):
         return True
 
     def readinto(self, buffer: WriteableBuffer) -> int | None:
-        late = TimeoutError(f"timed out: no whole policy within {self._timeout:g} s")
         remaining = self._deadline - time.monotonic()
         if remaining <= 0:
-            raise late
+            raise self._late()
         self._sock.settimeout(remaining)
         try:
             return self._raw.readinto(buffer)
         except TimeoutError as error:
-            raise late from error
+            raise self._late() from error
+
+    def _late(self) -> TimeoutError:
+        return TimeoutError(f"timed out: no whole policy within {self._timeout:g} s")
 
     def close(self) -> None:
         self._raw.close()
