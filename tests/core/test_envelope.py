@@ -117,6 +117,14 @@ def test_what_intake_knows_of_the_lines_round_trips_and_may_be_absent(dot_lines:
     assert decode_envelope(encode_envelope(sample())).dot_lines is None
 
 
+def test_the_size_taken_in_round_trips_and_may_be_absent() -> None:
+    noted = attrs.evolve(sample(), size=2200, received_size=2048)
+    assert decode_envelope(encode_envelope(noted)) == noted
+    # Only intake and the listener know it: absent otherwise, so such a file is unchanged.
+    assert b"received_size" not in encode_envelope(sample())
+    assert decode_envelope(encode_envelope(sample())).received_size is None
+
+
 def test_null_sender_round_trips() -> None:
     envelope = Envelope(
         id="x", sender="", recipients=(Recipient("a@b.c"),), arrival=T0, next_attempt=T0
@@ -227,6 +235,8 @@ def _reference(envelope: Envelope) -> bytes:
     }
     if envelope.dot_lines is not None:
         data["dot_lines"] = envelope.dot_lines
+    if envelope.received_size is not None:
+        data["received_size"] = envelope.received_size
     if envelope.dkim:
         data["dkim"] = list(envelope.dkim)
     return (json.dumps(data, ensure_ascii=False, indent=1) + "\n").encode()
@@ -280,6 +290,7 @@ _ENVELOPES = st.builds(
     local_faults=_COUNTS,
     dkim=st.just(()) | st.just(("DKIM-Signature: v=1;\r\n\tb=abc", "X-A: b")),
     dot_lines=st.none() | st.booleans(),
+    received_size=st.none() | st.integers(0, 2**40),
 )
 # Values for a change, good and bad: naive times and header fields that are none fail checks.
 _CHANGES = {
@@ -416,7 +427,10 @@ _ODD_VALUES = [
 
 def test_the_one_pass_takes_nothing_the_general_path_refuses_field_by_field() -> None:
     base = json.loads(encode_envelope(sample()))
-    places = [(None, key) for key in [*base, "held_seconds", "hops", "eight_bit", "dot_lines"]]
+    places = [
+        (None, key)
+        for key in [*base, "held_seconds", "hops", "eight_bit", "dot_lines", "received_size"]
+    ]
     places += [(index, key) for index, item in enumerate(base["recipients"]) for key in item]
     for index, key in places:
         for value in _ODD_VALUES:

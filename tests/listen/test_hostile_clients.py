@@ -489,6 +489,25 @@ def test_data_without_an_accepted_recipient_is_503(spool: Spool, before: bytes) 
 # -- DATA -----------------------------------------------------------------------------------------
 
 
+def test_data_at_the_size_limit_is_queued_with_the_size_the_limit_applied_to(
+    spool: Spool,
+) -> None:
+    """Stored, the message has the listener's Received field too: the envelope keeps the size of
+    the DATA, which delivery checks the limit against (it failed such a message 5.3.4)."""
+    limit = 64 * 1024
+    with running(spool, limits={"max_message_size": limit}) as listener:
+        client = RawClient(listener)
+        client.send(b"EHLO c.test\r\n" + TRANSACTION)
+        assert client.replies(4)[3].startswith("354 ")
+        fill = limit - len(MESSAGE)
+        body = MESSAGE + (b"y" * 98 + b"\r\n") * (fill // 100) + b"y" * (fill % 100 - 2) + b"\r\n"
+        assert len(body) == limit
+        client.send(body + b".\r\n")
+        assert client.replies(1)[0].startswith("250 2.0.0 Ok: queued as")
+    [item] = spool.queued()
+    assert item.envelope.received_size == limit < item.envelope.size
+
+
 def test_a_message_over_the_size_limit_is_552_with_memory_bounded(spool: Spool) -> None:
     with running(spool, limits={"max_message_size": 64 * 1024}) as listener:
         client = RawClient(listener)

@@ -313,11 +313,6 @@ def test_a_message_at_and_one_octet_over_the_size_limit(
         assert outcome.queued is not None  # taken in: not over the limit
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="delivery's _precheck compares the stored size (with the Received:, Message-ID: and "
-    "Date: intake adds, and CRLF line ends) with the limit intake applied to the file",
-)
 def test_a_message_taken_in_at_the_size_limit_is_delivered_not_bounced(
     spool: Spool, clock: FakeClock, transport: CapturingTransport
 ) -> None:

@@ -203,6 +203,10 @@ class Envelope:
     (intake): then ``True`` when a line starts with "." (DATA must dot-stuff it, RFC 5321
     §4.5.2) and ``False`` when none does (the file goes out as it is); ``None``, from any
     other writer, means the transport checks the line ends and the dots itself.
+    ``received_size`` is the size the message had when it was taken in (the Pickup file, the
+    SMTP DATA), which the size limit applies to, as IIS applied it; ``size`` is the stored
+    message's, with the fields intake added and CRLF line ends, which SMTP's ``SIZE=`` states.
+    ``None`` (other writers, older files): ``size`` is both.
     """
 
     id: str
@@ -228,6 +232,7 @@ class Envelope:
     local_faults: int = 0
     dkim: tuple[str, ...] = attrs.field(default=(), converter=_header_fields)
     dot_lines: bool | None = None
+    received_size: int | None = None
 
     @property
     def prepend(self) -> bytes:
@@ -269,6 +274,7 @@ def new_envelope(
     dkim: Iterable[str] = (),
     dot_lines: bool | None = None,
     hops: int | None = None,
+    received_size: int | None = None,
 ) -> Envelope:
     """The first envelope of a message entering the spool: arrived ``now`` and due at once.
 
@@ -292,6 +298,7 @@ def new_envelope(
         about=about,
         dkim=tuple(dkim),
         dot_lines=dot_lines,
+        received_size=received_size,
     )
 
 
@@ -374,6 +381,8 @@ def encode_envelope(envelope: Envelope) -> bytes:
     ]
     if envelope.dot_lines is not None:  # absent when not known, as in older files
         parts += [',\n "dot_lines": ', value(envelope.dot_lines)]
+    if envelope.received_size is not None:  # absent when the same as size, as in older files
+        parts += [',\n "received_size": ', value(envelope.received_size)]
     if envelope.dkim:  # absent when unsigned: such a file is byte for byte what it was before
         parts += [',\n "dkim": ', _indented(list(envelope.dkim), 1)]
     parts.append("\n}\n")
@@ -617,6 +626,7 @@ def _plain_envelope(data: dict[str, Any]) -> Envelope | None:  # noqa: PLR0911 (
         faults, hops, held = get("local_faults", 0), get("hops"), get("held_seconds", 0)
         notified, envid = get("delay_notified", False), get("envid")
         eight_bit, dot_lines = get("eight_bit"), get("dot_lines")
+        received = get("received_size")
         if (
             type(ident) is not str
             or type(sender) is not str
@@ -631,6 +641,7 @@ def _plain_envelope(data: dict[str, Any]) -> Envelope | None:  # noqa: PLR0911 (
             or (envid is not None and type(envid) is not str)
             or (eight_bit is not None and type(eight_bit) is not bool)
             or (dot_lines is not None and type(dot_lines) is not bool)
+            or (received is not None and (type(received) is not int or received < 0))
             or get("ret") is not None
             or get("dkim") is not None
         ):
@@ -673,6 +684,7 @@ def _plain_envelope(data: dict[str, Any]) -> Envelope | None:  # noqa: PLR0911 (
         "local_faults": faults,
         "dkim": (),
         "dot_lines": dot_lines,
+        "received_size": received,
     }
     return _made(Envelope, fields)
 
@@ -719,6 +731,7 @@ def _checked_envelope(data: object) -> Envelope:
             "local_faults": _typed(data, "local_faults", int, 0),  # absent in older files: none
             "dkim": _decode_dkim(data.get("dkim")),  # absent: unsigned (or an older file)
             "dot_lines": _optional(data, "dot_lines", bool),  # absent: not known
+            "received_size": _optional(data, "received_size", int),  # absent: size
         },
     )
 

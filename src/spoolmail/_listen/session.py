@@ -1122,6 +1122,7 @@ class Hooks:
             ret=envelope.dsn.ret,
             eight_bit=envelope.eight_bit or not content.isascii(),
             queue_id=queue_id,
+            received_size=len(content),  # the DATA the limit applied to, without Received
         )
         server.end_transaction()  # before the hand-over: the committer need not wait for it
         try:

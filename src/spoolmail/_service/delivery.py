@@ -492,11 +492,14 @@ class Deliverer:
 
     def _precheck(self, envelope: Envelope) -> Reply | None:
         """Limits that fail the whole message before any delivery (IIS: size, hop count)."""
-        if envelope.size > self.max_message_size:
+        # The size the message was taken in with (a Pickup file, the SMTP DATA): the fields
+        # spoolmail added since, and CRLF line ends, do not count (IIS's limit was on that).
+        size = envelope.size if envelope.received_size is None else envelope.received_size
+        if size > self.max_message_size:
             return Reply(
                 552,
                 "5.3.4",
-                f"message size {envelope.size} exceeds the limit of {self.max_message_size} bytes",
+                f"message size {size} exceeds the limit of {self.max_message_size} bytes",
             )
         hops = envelope.hops
         if hops is None:  # not noted at intake (a message queued by an older release)

@@ -163,10 +163,13 @@ class Intake:
             self._refuse(claim, swapped.facts)
             return None
         with handle:
-            return self._queue(claim, handle, now)
+            return self._queue(claim, handle, now, facts.size)
 
-    def _queue(self, claim: PickupClaim, handle: CappedReader, now: datetime) -> Envelope | None:
-        """Read the opened claim through ``handle`` into ``Queue/ID.eml`` and ``ID.env``."""
+    def _queue(
+        self, claim: PickupClaim, handle: CappedReader, now: datetime, received: int
+    ) -> Envelope | None:
+        """Read the opened claim through ``handle`` into ``Queue/ID.eml`` and ``ID.env``;
+        ``received``: the file's size, which the size limit was applied to."""
         limit = self.options.max_message_size
         head_and_start = _read_head(handle)
         if head_and_start is None:
@@ -214,6 +217,9 @@ class Intake:
                     dkim=dkim,
                     # Every line end is CRLF now (parse_pickup and PickupBody made it so).
                     dot_lines=body.dot_lines or _dot_line(result.message),
+                    # The limit applies to the file as its writer made it; stored, it has
+                    # the fields intake adds and CRLF line ends (delivery checks this).
+                    received_size=received if received != size else None,
                 )
             )
             return admitted[0]

@@ -148,6 +148,9 @@ class Admission:
     ret: Ret | None = None
     eight_bit: bool | None = None
     queue_id: str | None = None
+    # The size the sender's limit was applied to (the SMTP DATA), when the message grew since
+    # (a Received field added): Envelope.received_size.
+    received_size: int | None = None
 
 
 @attrs.frozen
@@ -568,6 +571,7 @@ class Spool:
             origin=admission.origin,
             head=head,
             eight_bit=admission.eight_bit,
+            received_size=admission.received_size,
         )
         envelope = (
             fresh
