@@ -647,9 +647,9 @@ def test_junk_after_the_greeting_does_not_answer_the_commands(log: Transcript) -
     assert a.code in (550, 451), a
 
 
-def test_a_final_dot_answered_twice_does_not_answer_the_next_message(log: Transcript) -> None:
-    """The second 250 arrives with the first: on a kept connection it would be read as the
-    reply to the next MAIL, and each reply after it as the answer to the command before."""
+def refusing_a(after_message: Script) -> Script:
+    """A server that refuses recipients at a@ and takes the rest; ``after_message`` answers the
+    final dot (and may say more than it should)."""
 
     def script(wire: Wire) -> None:
         answers = {"EHLO": EHLO_PLAIN, "DATA": b"354 go ahead\r\n"}
@@ -665,7 +665,19 @@ def test_a_final_dot_answered_twice_does_not_answer_the_next_message(log: Transc
                 return
             if verb == "DATA":
                 wire.message()
-                wire.send(b"250 2.0.0 queued\r\n250 2.0.0 queued again\r\n")
+                after_message(wire)
+
+    return script
+
+
+def test_a_final_dot_answered_twice_does_not_answer_the_next_message(log: Transcript) -> None:
+    """The second 250 arrives with the first: on a kept connection it would be read as the
+    reply to the next MAIL, and each reply after it as the answer to the command before."""
+
+    def answered(wire: Wire) -> None:
+        wire.send(b"250 2.0.0 queued\r\n250 2.0.0 queued again\r\n")
+
+    script = refusing_a(answered)
 
     with (
         hostile(script) as peer,
@@ -683,23 +695,12 @@ def test_a_final_dot_answered_twice_does_not_answer_the_next_message(log: Transc
 def test_stale_replies_on_a_kept_connection_are_not_read_as_answers(log: Transcript) -> None:
     """A reply that arrives while the connection is idle answers nothing the client asked."""
 
-    def script(wire: Wire) -> None:
-        answers = {"EHLO": EHLO_PLAIN, "DATA": b"354 go ahead\r\n"}
-        wire.send(GREETING)
-        while (line := wire.command()) is not None:
-            verb = line[:4].upper()
-            if verb == "RCPT":
-                refused = "<a@" in line
-                wire.send(b"550 5.1.1 no such user a\r\n" if refused else b"250 ok\r\n")
-                continue
-            wire.send(answers.get(verb, b"250 ok\r\n"))
-            if verb == "QUIT":
-                return
-            if verb == "DATA":
-                wire.message()
-                wire.send(b"250 2.0.0 queued\r\n")
-                time.sleep(0.05)  # the client is done with this message by now
-                wire.send(b"250 2.0.0 by the way\r\n")
+    def answered(wire: Wire) -> None:
+        wire.send(b"250 2.0.0 queued\r\n")
+        time.sleep(0.05)  # the client is done with this message by now
+        wire.send(b"250 2.0.0 by the way\r\n")
+
+    script = refusing_a(answered)
 
     with (
         hostile(script) as peer,
