@@ -36,7 +36,8 @@ _COMMENT = re.compile(r"^    (\w+) = .*?  # (\S.*)$", re.MULTILINE)
 # What each exit status means; a status the code gains without a line here fails the test.
 EXIT_MEANINGS = {
     "EX_OK": "done",
-    "EX_FAILED": "failed: no such id, an unreadable envelope, a `run --once` tick with errors",
+    "EX_FAILED": "failed: no such id, an unreadable envelope, a `run --once` tick with errors, "
+    "a MailRoot that is a file or holds a link or FIFO where a message should be",
     "EX_USAGE": "bad usage: an unknown option, ids together with `--all`, `--all` without "
     "`--yes`, a wrong setting or address",
     "EX_TEMPFAIL": "try again later (`EX_TEMPFAIL`): the message is being delivered right now, "

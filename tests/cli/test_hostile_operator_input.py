@@ -216,7 +216,7 @@ def test_a_link_as_a_queued_message_is_not_followed_by_show(cli: Cli, secret: Pa
     eml.symlink_to(secret)
     status, out, err = cli("queue", "show", "--message", queue_id)
     assert "symbolic link" in one_line(err)
-    assert status != EX_OK
+    assert status == EX_FAILED  # not 75: trying again will not make the link a message
     assert "TOPSECRET" not in out
 
 
@@ -242,9 +242,11 @@ def test_an_envelope_that_is_a_link_is_not_followed_and_its_claim_goes_back(
     env.symlink_to(secret)
     status, out, err = cli("queue", "show", queue_id)
     assert "symbolic link" in one_line(err)
+    assert status == EX_FAILED
     assert "TOPSECRET" not in out
     status, _, err = cli("queue", "hold", queue_id)
     assert "symbolic link" in one_line(err)
+    assert status == EX_FAILED
     # Handed back as it was: not "being delivered right now" until a lease ends.
     assert os.path.islink(env)
     status, _, err = cli("queue", "delete", queue_id)
@@ -289,9 +291,11 @@ def test_badmail_files_that_are_links_are_listed_not_followed_and_deletable(
     assert "Envelope:     unknown (no readable .BDP)" in out
     status, out, err = cli("badmail", "show", "--message", queue_id)
     assert "symbolic link" in one_line(err)
+    assert status == EX_FAILED
     assert "TOPSECRET" not in out
     status, _, err = cli("badmail", "requeue", queue_id, "--to", "b@x.test", "--from", "a@x.test")
     assert "symbolic link" in one_line(err)
+    assert status == EX_FAILED
     assert cli("badmail", "delete", queue_id)[:2] == (EX_OK, f"{queue_id}: deleted\n")
     assert os.listdir(badmail) == []
 
@@ -300,7 +304,7 @@ def test_a_drop_file_that_is_a_link_is_not_shown_nor_listed(cli: Cli, secret: Pa
     queue_id = "1a24def59ae-0000aaaaaaaaaaaa"
     (cli.folder("Drop") / f"{queue_id}.eml").symlink_to(secret)
     status, out, err = cli("drop", "show", queue_id)
-    assert status != EX_OK
+    assert status == EX_FAILED
     assert "symbolic link" in one_line(err)
     assert "TOPSECRET" not in out
     assert cli("drop", "list")[:2] == (EX_OK, "Drop is empty.\n")
@@ -538,12 +542,18 @@ def test_a_root_that_is_a_file_a_fifo_or_a_dangling_link_is_refused(tmp_path: Pa
     dangling = tmp_path / "dangling"
     dangling.symlink_to(tmp_path / "nowhere")
     before = tree(tmp_path)
-    for root in (plain, fifo, dangling):
+    for root, status, says in (
+        (plain, EX_FAILED, "it is a regular file"),  # waiting will not make it a folder
+        (fifo, EX_FAILED, "it is a FIFO (named pipe)"),
+        (dangling, EX_TEMPFAIL, ""),  # its target may be a volume not mounted yet
+    ):
         for command in (["queue", "list"], ["queue", "flush", "--quiet"], ["init"]):
             done = spoolmail("--root", str(root), *command)
-            assert done.returncode not in (EX_OK, EX_FAILED), (root, command)
+            assert done.returncode == status, (root, command, done.stderr)
             line = one_line(done.stderr.decode())
             assert "cannot open the MailRoot" in line
+            assert says in line
+            assert ("not a folder" in line) is bool(says)
     assert tree(tmp_path) == before
     assert not (tmp_path / "nowhere").exists()
 

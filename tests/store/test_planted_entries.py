@@ -118,6 +118,8 @@ def test_a_fifo_as_the_suppression_list_is_an_error_not_a_hang(
     assert finished_within(3, add)
     assert len(failures) == 2
     assert all("Suppression/suppressed.jsonl" in str(exc) for exc in failures)
+    assert "FIFO" in str(failures[0])
+    assert not failures[0].temporary  # a command says 1, not "try again later" (75)
     spool.close()
 
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
+import stat
 import sys
 import types
 import warnings
@@ -133,14 +135,40 @@ def open_fs(fs_url: str, *, create: bool = False) -> FS:
 
 def open_root(location: str) -> FS:
     """The filesystem of a MailRoot given as a path or an FS URL, made if missing; a protocol
-    nobody opens is a :class:`~spoolmail.exceptions.ConfigurationError`, a filesystem that
-    cannot be opened a :class:`~spoolmail.exceptions.StorageError`."""
+    nobody opens, or a path with a NUL, is a :class:`~spoolmail.exceptions.ConfigurationError`,
+    a filesystem that cannot be opened a :class:`~spoolmail.exceptions.StorageError`:
+    permanent (``temporary=False``) when the path names something that is not a folder, since
+    waiting will not make a file a MailRoot."""
+    _refuse_a_non_folder(location)
     try:
         return open_fs(location, create=True)
     except UnsupportedProtocol as exc:
         raise ConfigurationError(f"no filesystem opener for {location!r}: {exc}") from exc
+    except ValueError as exc:  # os refuses a path with a NUL byte this way
+        raise ConfigurationError(f"{location!r} is no MailRoot: {exc}") from exc
     except (OpenerError, errors.CreateFailed, errors.FSError, OSError) as exc:
         raise StorageError(f"cannot open the MailRoot at {location!r}: {exc}") from exc
+
+
+def _refuse_a_non_folder(location: str) -> None:
+    """A local MailRoot path that names a file, a FIFO, a device or a socket (through any
+    links): a permanent :class:`~spoolmail.exceptions.StorageError` saying what it is."""
+    if "://" in location:
+        if not location.startswith("osfs://"):
+            return  # another filesystem's URL: its opener says what is wrong
+        location = parse_fs_url(location).resource
+    try:
+        found = os.stat(location)
+    except (OSError, ValueError):
+        return  # missing (made by the open), unreachable or with a NUL: the open says which
+    if stat.S_ISDIR(found.st_mode):
+        return
+    from spoolmail._store.entries import facts_from_stat  # noqa: PLC0415 (a failure path)
+
+    what = facts_from_stat(found).describe()
+    raise StorageError(
+        f"cannot open the MailRoot at {location!r}: it is {what}, not a folder", temporary=False
+    )
 
 
 __all__ = [

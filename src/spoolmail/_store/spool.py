@@ -224,15 +224,7 @@ def _match(envelope: Envelope, wanted: Sequence[str], queue_id: str) -> set[str]
 def _open_filesystem(location: pyfs.FS | str | os.PathLike[str]) -> tuple[pyfs.FS, bool]:
     if isinstance(location, pyfs.FS):
         return location, False
-    text = os.fspath(location)
-    try:
-        return pyfs.open_fs(text, create=True), True
-    except pyfs.UnsupportedProtocol as exc:
-        raise ConfigurationError(f"no filesystem opener for {text!r}: {exc}") from exc
-    except ValueError as exc:  # os refuses a path with a NUL byte this way
-        raise ConfigurationError(f"{text!r} is no MailRoot: {exc}") from exc
-    except (pyfs.OpenerError, pyfs.errors.CreateFailed, pyfs.errors.FSError, OSError) as exc:
-        raise StorageError(f"cannot open the MailRoot at {text!r}: {exc}") from exc
+    return pyfs.open_root(os.fspath(location)), True
 
 
 # What a BadMail message whose report is missing shows as its report (and reason).

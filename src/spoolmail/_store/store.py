@@ -572,9 +572,7 @@ class MailStore:
         except FileNotFoundError:
             raise
         except UnsafeEntry as exc:
-            raise StorageError(
-                f"{folder}/{name} is {exc.facts.describe()}; spoolmail reads only regular files"
-            ) from None
+            raise _unsafe(folder, name, exc) from None
         except (OSError, pyfs.errors.FSError) as exc:
             raise StorageError(f"cannot open {folder}/{name}: {exc}") from exc
 
@@ -587,9 +585,7 @@ class MailStore:
         except FileNotFoundError:
             raise
         except UnsafeEntry as exc:
-            raise StorageError(
-                f"{folder}/{name} is {exc.facts.describe()}; spoolmail reads only regular files"
-            ) from None
+            raise _unsafe(folder, name, exc) from None
         except OSError as exc:
             raise StorageError(f"cannot open {folder}/{name}: {exc}") from exc
         try:
@@ -1748,6 +1744,15 @@ def read_head(handle: BinaryIO, *, limit: int) -> tuple[bytes, bytes]:
         if index >= 0:
             return data[: index + 2], data[index + 4 :]
     return data, b""
+
+
+def _unsafe(folder: str, name: str, exc: UnsafeEntry) -> StorageError:
+    """What reading a planted entry raises: permanent, since trying again will not make a link
+    or a FIFO a message (a command's exit status 1, not 75)."""
+    return StorageError(
+        f"{folder}/{name} is {exc.facts.describe()}; spoolmail reads only regular files",
+        temporary=False,
+    )
 
 
 class _StoredFile(io.RawIOBase):

@@ -129,7 +129,11 @@ class SuppressionList:
                 data = self._read()
             except (pyfs.errors.ResourceNotFound, FileNotFoundError):
                 data = b""
-            except (UnsafeEntry, OSError) as exc:
+            except UnsafeEntry as exc:  # planted: waiting will not make it the list
+                raise StorageError(
+                    f"cannot read {SUPPRESSION}/{_FILE}: it is {exc}", temporary=False
+                ) from exc
+            except OSError as exc:
                 raise StorageError(f"cannot read {SUPPRESSION}/{_FILE}: {exc}") from exc
             except pyfs.errors.FSError as exc:
                 raise StorageError(f"cannot read {SUPPRESSION}/{_FILE}: {exc}") from exc
