@@ -135,22 +135,27 @@ def parse_record(texts: Iterable[str]) -> StsRecord | StsInvalid | None:
 
 
 def parse_policy(text: str) -> StsPolicy | StsInvalid:  # noqa: PLR0911 (one return per rule)
-    """The policy file's body (section 3.2), read strictly.
+    """The policy file's body (section 3.2), read strictly but for blank lines.
 
     ``key: value`` lines ended by LF or CRLF; ``version`` must be ``STSv1``, ``mode`` one of
     ``enforce``, ``testing``, ``none``, ``max_age`` whole seconds up to :data:`MAX_AGE_LIMIT`,
     and ``mx`` (any number of lines; at least one unless the mode is ``none``) a host name or a
     ``*.`` wildcard of one. Unknown fields are ignored (extensions); of a repeated field other
     than ``mx`` the first counts.
+
+    Lines that are empty or only spaces and tabs are skipped, although the grammar has no room
+    for them: a policy that does not parse is no policy, so refusing a domain's ``enforce``
+    policy for a blank line its editor left would deliver its mail without the TLS it asks
+    for, a worse outcome than reading past the line (as postfix-mta-sts-resolver does).
     """
     if len(text) > MAX_POLICY_SIZE:
         return StsInvalid(f"policy is over {MAX_POLICY_SIZE} bytes")
     fields: dict[str, str] = {}
     patterns: list[str] = []
     lines = text.replace("\r\n", "\n").split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
     for number, line in enumerate(lines, 1):
+        if not line.strip(" \t"):
+            continue
         name, colon, value = line.partition(":")
         if not colon or not _POLICY_NAME.fullmatch(name) or not _POLICY_VALUE.fullmatch(value):
             return StsInvalid(f"policy line {number} is not 'key: value': {line[:80]!r}")
