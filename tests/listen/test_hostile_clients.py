@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import os
 import re
 import select
 import socket
@@ -783,6 +784,30 @@ def test_a_client_silent_after_starttls_gives_its_session_back(
             assert client.replies(2)[1] == "220 2.0.0 Ready to start TLS"
             assert closed_within(client, 5) < 3
             client.close()
+            until("the session ends", lambda: not listener._sessions, deadline=5)
+        serves(listener, spool)
+
+
+def test_a_tls_client_that_never_sends_close_notify_is_not_waited_for(
+    spool: Spool, certificates: TestCertificates
+) -> None:
+    """After QUIT in TLS, asyncio's TLS transport sent its close_notify and then waited up to
+    30 s for the client's: the connection stayed open, counted among no sessions (the session
+    had ended), and outlived the listener's stop as an unclosed transport. Postfix does not
+    wait; the server's close_notify comes, then the end of the connection."""
+    with running(spool, tls_context=certificates.server_context()) as listener:
+        for _ in range(2):
+            client = tls_session(listener, certificates)
+            client.send(b"EHLO c.test\r\nQUIT\r\n")
+            assert client.replies(2)[1] == "221 2.0.0 Bye"
+            # Beneath TLS, without answering the close_notify: the server's end must come.
+            raw = socket.socket(fileno=os.dup(client.sock.fileno()))
+            raw.settimeout(10)
+            started = time.monotonic()
+            while raw.recv(65536):  # TimeoutError if the server waits for our close_notify
+                pass
+            assert time.monotonic() - started < 5
+            raw.close()
             until("the session ends", lambda: not listener._sessions, deadline=5)
         serves(listener, spool)
 

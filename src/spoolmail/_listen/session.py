@@ -599,6 +599,12 @@ class SmtpSession(SMTP):
             self.close()
         finally:
             self._sessions.discard(self)
+            if self._original_transport is not None:
+                # After STARTTLS: closing the TLS transport sent our close_notify, and asyncio
+                # would wait up to 30 s for the client's; Postfix does not wait, nor does this.
+                # Otherwise a client that never sends it keeps the connection open, counted
+                # among no sessions (this one has ended), past the listener's stop.
+                self._original_transport.close()
 
     async def _serve_commands(self) -> None:
         """aiosmtpd's command loop (``SMTP._handle_client``) without what spoolmail does not use
