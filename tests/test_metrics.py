@@ -3,17 +3,21 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+from datetime import UTC, datetime
 from pathlib import Path
 
 import prometheus_client
 import pytest
 
-from spoolmail import MailService, Router, Spool
+from spoolmail import MailService, Router, Spool, Stats, metrics
 from spoolmail.exceptions import ConfigurationError
 from spoolmail.metrics import COUNTERS, MetricsCollector, serve_metrics
 from spoolmail.testing import FakeClock
@@ -49,6 +53,20 @@ def test_the_collector_tells_what_the_service_did() -> None:
             f"# TYPE spoolmail_{name}_total counter" in lines
             or f"# TYPE spoolmail_{name} counter" in lines
         )
+
+
+def test_stats_without_gauges_lists_nothing_and_keeps_the_counters() -> None:
+    clock = FakeClock()
+    with Spool("mem://", clock=clock) as spool:
+        service = MailService(spool, router=Router(local_domains=["example.com"]), clock=clock)
+        spool.submit(MESSAGE)
+        service.run_once()
+        spool.submit(MESSAGE)  # waiting in Pickup
+        whole, counted = service.stats(), service.stats(gauges=False)
+        service.close()
+    assert (whole.pickup, counted.pickup) == (1, 0)
+    assert (counted.delivered, counted.removed) == (whole.delivered, whole.removed) == (1, 1)
+    assert counted.started == whole.started
 
 
 def test_the_endpoint_serves_and_stops() -> None:
@@ -105,3 +123,117 @@ def test_spoolmail_run_serves_metrics(tmp_path: Path) -> None:
             process.terminate()
             process.communicate(timeout=30)
     assert process.returncode == 0
+
+
+# -- what the endpoint and the collector bound ------------------------------------------------
+
+
+class SlowSource:
+    """A stats source that counts its calls and takes ``seconds`` of the fake clock each."""
+
+    def __init__(self, clock: list[float], seconds: float = 0.0, wait: float = 0.0) -> None:
+        self.clock, self.seconds, self.wait = clock, seconds, wait
+        self.calls = 0
+
+    def stats(self) -> Stats:
+        self.calls += 1
+        time.sleep(self.wait)  # real time: scrapes that come meanwhile must wait, not collect
+        self.clock[0] += self.seconds
+        return Stats(started=datetime(2026, 12, 5, tzinfo=UTC), delivered=self.calls)
+
+
+def test_concurrent_scrapes_share_one_collection() -> None:
+    now = [0.0]
+    source = SlowSource(now, wait=0.3)
+    collector = MetricsCollector(lambda: source, clock=lambda: now[0])
+    with concurrent.futures.ThreadPoolExecutor(10) as pool:
+        answers = list(pool.map(lambda _: collector.stats().delivered, range(10)))
+    assert source.calls == 1
+    assert answers == [1] * 10
+
+
+def test_figures_serve_for_min_interval_or_five_times_what_they_took() -> None:
+    now = [0.0]
+    source = SlowSource(now)
+    collector = MetricsCollector(lambda: source, min_interval=1.0, clock=lambda: now[0])
+    assert collector.stats().delivered == 1
+    now[0] = 0.99
+    assert collector.stats().delivered == 1  # within a second: the same figures
+    now[0] = 1.0
+    assert collector.stats().delivered == 2
+    source.seconds = 3.0  # a big Queue: this collection takes 3 s (from 1.0 to 4.0)
+    now[0] = 2.5
+    assert collector.stats().delivered == 3
+    now[0] = 5.5 + 14.9  # ended at 5.5, so fresh until 5.5 + 15
+    assert collector.stats().delivered == 3
+    now[0] = 5.5 + 15.0
+    assert collector.stats().delivered == 4
+    assert MetricsCollector(lambda: source, min_interval=0).stats().delivered == 5
+
+
+def _threads() -> int:
+    return threading.active_count()
+
+
+def test_silent_clients_hold_no_more_than_max_connections_threads(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Each connection had a thread until the client went away: 300 silent clients, 300 threads.
+    monkeypatch.setattr(metrics, "CONNECTION_TIMEOUT", 3.0)
+    limit = metrics.MAX_CONNECTIONS
+    with Spool("mem://") as spool:
+        service = MailService(spool)
+        stop = serve_metrics(lambda: service, "127.0.0.1:0")
+        port = stop.port  # type: ignore[attr-defined]
+        before = _threads()
+        silent: list[tuple[socket.socket, float]] = []
+        try:
+            for count in range(1, limit + 1):  # each served, on a thread of its own
+                silent.append((socket.create_connection(("127.0.0.1", port), 10), time.monotonic()))
+                deadline = time.monotonic() + 5
+                while _threads() < before + count:
+                    assert time.monotonic() < deadline, "not accepted"
+                    time.sleep(0.01)
+            for _ in range(30):  # past the limit: closed at once, unanswered, no thread
+                with socket.create_connection(("127.0.0.1", port), timeout=5) as extra:
+                    assert extra.recv(1) == b""
+                assert _threads() == before + limit
+            # The silent ones are dropped after the timeout, and the endpoint serves again.
+            for client, connected in silent:
+                client.settimeout(10)
+                assert client.recv(1) == b""
+                assert 2.5 < time.monotonic() - connected < 8
+            assert "spoolmail_dead_hosts 0.0" in scrape(port)
+        finally:
+            for client, _ in silent:
+                client.close()
+            stop()
+            service.close()
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_a_client_that_drips_or_sends_junk_gets_no_traceback_and_the_endpoint_serves_on(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(metrics, "CONNECTION_TIMEOUT", 0.5)
+    with Spool("mem://") as spool:
+        service = MailService(spool)
+        stop = serve_metrics(lambda: service, "127.0.0.1:0")
+        port = stop.port  # type: ignore[attr-defined]
+        try:
+            for junk in (
+                b"GET /metrics HTTP/1.1\r\nHost: x",
+                b"\x16\x03\x01\x02\x00",
+                b"A" * 70_000,
+            ):
+                with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+                    with contextlib.suppress(OSError):
+                        client.sendall(junk)
+                    with contextlib.suppress(OSError):
+                        while client.recv(65536):
+                            pass
+            assert "spoolmail_dead_hosts 0.0" in scrape(port)
+        finally:
+            stop()
+            service.close()
+    assert "Traceback" not in capsys.readouterr().err

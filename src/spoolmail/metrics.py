@@ -3,10 +3,15 @@
 ``serve_metrics(lambda: service, "127.0.0.1:9101")`` serves ``/metrics`` on its own thread;
 ``MetricsCollector(lambda: service)`` is the collector alone, for a program that already has a
 ``prometheus_client`` registry. Both ask for the service through a callable, so a daemon that
-replaces its service (``spoolmail run`` on SIGHUP) keeps one endpoint. Each scrape calls
-:meth:`MailService.stats`: one listing of the Queue and of Pickup, so scrape every 15 s or
-more, not every 100 ms. The counters restart with the service, as Prometheus expects of a
-process's counters.
+replaces its service (``spoolmail run`` on SIGHUP) keeps one endpoint. A scrape calls
+:meth:`MailService.stats` (one listing of the Queue and of Pickup); scrapes that come while one
+runs, or within :data:`MIN_INTERVAL` (or five times as long as the last one took) of it, get
+its figures, so no scraper can spend more than about a sixth of a core on them. The counters
+restart with the service, as Prometheus expects of a process's counters.
+
+The endpoint serves at most :data:`MAX_CONNECTIONS` connections at once (one more is closed
+unanswered) and drops one that is silent for :data:`CONNECTION_TIMEOUT` seconds: clients that
+connect and say nothing cannot pile up a thread each.
 
 Metrics (names as ``prometheus_client`` writes them):
 
@@ -23,6 +28,11 @@ Metrics (names as ``prometheus_client`` writes them):
 
 from __future__ import annotations
 
+import functools
+import logging
+import socket
+import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -31,7 +41,26 @@ from spoolmail.exceptions import ConfigurationError, DependencyError
 if TYPE_CHECKING:
     from spoolmail._service.observers import Stats
 
-__all__ = ["COUNTERS", "MetricsCollector", "StatsSource", "check_metrics", "serve_metrics"]
+__all__ = [
+    "CONNECTION_TIMEOUT",
+    "COUNTERS",
+    "MAX_CONNECTIONS",
+    "MIN_INTERVAL",
+    "MetricsCollector",
+    "StatsSource",
+    "check_metrics",
+    "serve_metrics",
+]
+
+log = logging.getLogger("spoolmail.metrics")
+
+#: Seconds a collection's figures serve the scrapes after it (at least; five times as long
+#: as the collection took when that is longer).
+MIN_INTERVAL = 1.0
+#: Connections the endpoint serves at once; one more is closed unanswered.
+MAX_CONNECTIONS = 8
+#: Seconds a connection may be silent while its request is read or its answer sent.
+CONNECTION_TIMEOUT = 10.0
 
 #: The counters of :class:`spoolmail.Stats`, each a ``spoolmail_<name>_total`` metric.
 COUNTERS = {
@@ -69,16 +98,42 @@ def _prometheus() -> Any:
 
 
 class MetricsCollector:
-    """A ``prometheus_client`` collector of the service ``current()`` returns."""
+    """A ``prometheus_client`` collector of the service ``current()`` returns.
 
-    def __init__(self, current: Callable[[], StatsSource]) -> None:
+    One :meth:`MailService.stats` call at a time: a scrape that comes while one runs waits
+    for it and gets its figures, as does one within ``min_interval`` seconds of its end (or
+    five times as long as it took, when that is longer). ``clock`` is ``time.monotonic``.
+    """
+
+    def __init__(
+        self,
+        current: Callable[[], StatsSource],
+        *,
+        min_interval: float = MIN_INTERVAL,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._current = current
         self._core = _prometheus().core
+        self._min_interval = min_interval
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._last: tuple[float, Stats] | None = None  # when the figures stop serving; them
+
+    def stats(self) -> Stats:
+        """The figures a scrape gets now (see the class)."""
+        with self._lock:
+            if self._last is not None and self._clock() < self._last[0]:
+                return self._last[1]
+            began = self._clock()
+            stats = self._current().stats()
+            ended = self._clock()
+            self._last = (ended + max(self._min_interval, 5 * (ended - began)), stats)
+            return stats
 
     def collect(self) -> Iterator[Any]:
-        """The metrics, from one :meth:`MailService.stats` call."""
+        """The metrics, from :meth:`stats`."""
         core = self._core
-        stats = self._current().stats()
+        stats = self.stats()
         for name, text in COUNTERS.items():
             counter = core.CounterMetricFamily(f"spoolmail_{name}", text)
             counter.add_metric([], getattr(stats, name))
@@ -121,17 +176,76 @@ def _address(address: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port_text)
 
 
+@functools.cache
+def _server_class(family: socket.AddressFamily) -> type[Any]:
+    """The endpoint's HTTP server: a thread a connection, at most :data:`MAX_CONNECTIONS` of
+    them, each silent no longer than :data:`CONNECTION_TIMEOUT`. Made at the first use: its
+    modules (``wsgiref``, ``http.server``) are no cost of a daemon without metrics."""
+    import socketserver  # noqa: PLC0415
+    from wsgiref.simple_server import WSGIRequestHandler, WSGIServer  # noqa: PLC0415
+
+    class Handler(WSGIRequestHandler):
+        def setup(self) -> None:
+            super().setup()
+            self.connection.settimeout(CONNECTION_TIMEOUT)  # read now: a test may change it
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the base's name)
+            pass
+
+    class Server(socketserver.ThreadingMixIn, WSGIServer):
+        address_family = family
+        daemon_threads = True
+        block_on_close = False
+        handler = Handler
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+            super().__init__(*args, **kwargs)
+
+        def process_request(self, request: Any, client_address: Any) -> None:
+            if not self._slots.acquire(blocking=False):
+                log.debug("metrics: %s turned away: %d open", client_address, MAX_CONNECTIONS)
+                self.shutdown_request(request)
+                return
+            try:
+                super().process_request(request, client_address)
+            except BaseException:
+                self._slots.release()
+                raise
+
+        def process_request_thread(self, request: Any, client_address: Any) -> None:
+            try:
+                super().process_request_thread(request, client_address)
+            finally:
+                self._slots.release()
+
+        def handle_error(self, request: Any, client_address: Any) -> None:
+            # A client gone silent or away: no traceback on stderr, which socketserver prints.
+            log.debug("metrics: %s: connection ended", client_address, exc_info=True)
+
+    return Server
+
+
 def serve_metrics(current: Callable[[], StatsSource], address: str) -> Callable[[], None]:
     """Serve ``/metrics`` on ``address`` (``host:port``, ``[v6]:port``) on a thread of its own;
-    returns a function that stops it. Its own registry: nothing of the process's default one."""
+    returns a function that stops it. Its own registry: nothing of the process's default one.
+    At most :data:`MAX_CONNECTIONS` connections at once, each silent no longer than
+    :data:`CONNECTION_TIMEOUT` seconds."""
+    from wsgiref.simple_server import make_server  # noqa: PLC0415 (see _server_class)
+
     prometheus = _prometheus()
     host, port = _address(address)
     registry = prometheus.CollectorRegistry(auto_describe=False)
     registry.register(MetricsCollector(current))
+    server_class = _server_class(socket.AF_INET6 if ":" in host else socket.AF_INET)
     try:
-        server, thread = prometheus.start_http_server(port, addr=host, registry=registry)
+        server = make_server(
+            host, port, prometheus.make_wsgi_app(registry), server_class, server_class.handler
+        )
     except OSError as exc:
         raise ConfigurationError(f"metrics: cannot listen on {address}: {exc}") from exc
+    thread = threading.Thread(target=server.serve_forever, name="spoolmail-metrics", daemon=True)
+    thread.start()
 
     def stop() -> None:
         server.shutdown()

@@ -561,7 +561,7 @@ def test_a_late_stats_answer_never_puts_the_parent_out_of_step(
     release = threading.Event()
     calls = iter(range(1, 100))
 
-    def stats() -> Stats:
+    def stats(_gauges: bool) -> Stats:
         count = next(calls)
         if count == 1:
             release.wait(10)  # the first answer comes after the parent gave up on it
@@ -578,6 +578,48 @@ def test_a_late_stats_answer_never_puts_the_parent_out_of_step(
         assert supervisor.stats().picked_up == 3
     finally:
         parent.close()
+
+
+def test_a_scrape_asks_one_worker_for_the_gauges_the_next_if_it_does_not_answer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Every worker lists the same Queue and Pickup: asking each for them multiplied a scrape's
+    # cost by the number of workers. Worker 0 is silent at first, so worker 1 measures.
+    monkeypatch.setattr(workers, "_STATS_TIMEOUT", 0.3)
+    asked: list[tuple[int, bool]] = []
+    silent = threading.Event()
+    pairs = []
+    supervisor = workers.Supervisor(3, lambda *_: 0)
+    supervisor.workers = []
+    for index in range(3):
+        parent, child = socket.socketpair()
+        pairs.append(parent)
+        supervisor.workers.append(workers._Worker(Share(index, 3), stats=parent, served=True))
+
+        def stats(gauges: bool, index: int = index) -> Stats:
+            asked.append((index, gauges))
+            if index == 0 and not silent.is_set():
+                silent.wait(10)
+            return Stats(
+                started=datetime(2026, 12, 5, tzinfo=UTC),
+                delivered=10**index,
+                queue=7 if gauges else 0,
+                pickup=5 if gauges else 0,
+            )
+
+        workers.stats_responder(child, stats)
+    try:
+        first = supervisor.stats()
+        assert (first.delivered, first.queue, first.pickup) == (110, 7, 5)  # 0 left out
+        assert asked == [(0, True), (1, True), (2, False)]
+        silent.set()
+        asked.clear()
+        second = supervisor.stats()
+        assert (second.delivered, second.queue, second.pickup) == (111, 7, 5)
+        assert asked == [(0, True), (1, False), (2, False)]
+    finally:
+        for parent in pairs:
+            parent.close()
 
 
 @pytest.mark.parametrize("cpus", [1, 2, 3, 8])

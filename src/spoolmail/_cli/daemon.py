@@ -122,7 +122,7 @@ def _supervise(
 
         def started(daemon: _Daemon) -> None:
             # Through the daemon: a SIGHUP replaces its service.
-            workers.stats_responder(stats, lambda: daemon.service.stats())  # noqa: PLW0108
+            workers.stats_responder(stats, lambda gauges: daemon.service.stats(gauges=gauges))
             serving()
 
         try:

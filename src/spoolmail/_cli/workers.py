@@ -183,19 +183,21 @@ def combine_stats(parts: Iterable[Stats]) -> Stats:
     )
 
 
-def stats_responder(sock: socket.socket, stats: Callable[[], Stats]) -> threading.Thread:
-    """In a worker: answer each question the parent sends on ``sock`` (a line with a number)
-    with one line of stats carrying that number."""
+def stats_responder(sock: socket.socket, stats: Callable[[bool], Stats]) -> threading.Thread:
+    """In a worker: answer each question the parent sends on ``sock`` (a line with a number,
+    then ``1`` for the gauges too or ``0`` for the counters alone) with one line of stats
+    carrying that number. ``stats(gauges)`` is ``MailService.stats``."""
 
     def answer() -> None:
         with sock, sock.makefile("rb") as questions:
             for question in questions:
+                number, _, flag = question.partition(b" ")
                 try:
-                    tag = int(question)
+                    tag = int(number)
                 except ValueError:
                     continue
                 try:
-                    sock.sendall(_encode(tag, stats()))
+                    sock.sendall(_encode(tag, stats(flag.strip() != b"0")))
                 except OSError:
                     return
                 except Exception:  # the parent must hear something, or it waits out its timeout
@@ -411,27 +413,36 @@ class Supervisor:
     def stats(self) -> Stats:
         """The sum of the serving workers' stats (``--metrics``); each asked with a 5 s limit.
 
+        The gauges (a listing of the MailRoot's Queue and Pickup, the same for every worker)
+        are asked of one worker, the next if it does not answer; the others send their
+        counters alone, so a scrape costs one listing whatever the number of workers.
         Right after the start, it waits up to 5 s for a worker to serve. A worker being started
         again is left out: its counters begin again at 0, as a restarted process's do.
         """
         deadline = time.monotonic() + 5
         while not any(worker.served for worker in self.workers) and time.monotonic() < deadline:
             time.sleep(0.02)
-        parts = []
+        measured: Stats | None = None
+        counted: list[Stats] = []
         for worker in list(self.workers):
             if worker.stats is None or not worker.served:
                 continue
             with worker.stats_lock:
                 try:
-                    parts.append(self._ask(worker))
+                    answer = self._ask(worker, gauges=measured is None)
                 except (OSError, ValueError, TypeError, KeyError) as exc:
                     log.warning("workers: no stats from worker %d: %s", worker.share.index, exc)
-        if not parts:
+                    continue
+            if measured is None:
+                measured = answer
+            else:
+                counted.append(answer)
+        if measured is None:
             raise RuntimeError("no worker is serving yet")
-        return combine_stats(parts)
+        return combine_stats([measured, *counted])
 
     @staticmethod
-    def _ask(worker: _Worker) -> Stats:
+    def _ask(worker: _Worker, *, gauges: bool) -> Stats:
         """One worker's stats within 5 s. Questions are numbered: an answer that came too late
         for an earlier scrape is skipped, so one slow answer never puts the stream out of step."""
         sock = worker.stats
@@ -440,7 +451,7 @@ class Supervisor:
         worker.asked += 1
         deadline = time.monotonic() + _STATS_TIMEOUT
         sock.settimeout(_STATS_TIMEOUT)
-        sock.sendall(b"%d\n" % worker.asked)
+        sock.sendall(b"%d %d\n" % (worker.asked, gauges))
         while True:
             while b"\n" in worker.answers:
                 line, _, worker.answers = worker.answers.partition(b"\n")

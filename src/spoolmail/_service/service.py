@@ -684,14 +684,25 @@ class MailService:
         """
         return self._schedule.next_due()
 
-    def stats(self) -> Stats:
+    def stats(self, *, gauges: bool = True) -> Stats:
         """Counters since this service was made, and gauges measured now (:class:`Stats`).
 
         Safe to call from any thread while the service runs (a metrics endpoint). The gauges
         look at the spool as it is, whoever changed it: one listing of the Queue and of Pickup,
         and a read of each waiting envelope the schedule does not hold (the held ones), so it
         costs about what a rescan's listing does; call it every few seconds, not per message.
+        ``gauges=False`` lists and reads nothing and leaves ``queue``, ``held``, ``delivering``
+        and ``pickup`` at 0: for a process of several on one MailRoot whose gauges another
+        reports (every one would count the same files).
         """
+        if not gauges:
+            return Stats(
+                started=self._started,
+                **self._counters.snapshot(),
+                connections=self._delivery.concurrency.active(),
+                dead_hosts=len(self._delivery.dead.marks),
+                **self._connection_counts(),
+            )
         files = self._store.queue_files()
         delivering = sum(1 for entry in files.values() if entry.claims)
         waiting = [queue_id for queue_id, e in files.items() if e.envelope and not e.claims]
