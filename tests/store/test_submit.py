@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import email.message
 import email.policy
+import os
 from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
+from pathlib import Path
 
 import pytest
 
-from spoolmail import MailService, Spool
+from spoolmail import MailService, Pickup, Spool
 from spoolmail._core.ids import is_queue_id
 from spoolmail.exceptions import MessageError
 from spoolmail.testing import CapturingTransport
@@ -167,4 +169,41 @@ def test_what_is_not_a_message_is_refused(spoolmail_spool: Spool) -> None:
         spoolmail_spool.submit("From: a@example.com\r\n\r\n")  # type: ignore[arg-type]
     with pytest.raises(MessageError, match="no sender"):
         spoolmail_spool.submit(MIMEText("no headers"))
+    assert spoolmail_spool.pickup() == []
+
+
+MESSAGE = b"From: a@example.com\r\nTo: list@example.com\r\n\r\nhi\r\n"
+
+
+def test_an_empty_recipient_list_is_refused_not_read_as_the_headers(
+    spoolmail_spool: Spool, tmp_path: Path
+) -> None:
+    # An app's list that came out empty (no active subscribers) sent to the To: field instead.
+    (tmp_path / "Pickup").mkdir()
+    for submit in (spoolmail_spool.submit, Pickup(str(tmp_path)).submit):
+        for empty in ([], ()):
+            with pytest.raises(MessageError, match="recipients is empty") as refused:
+                submit(MESSAGE, recipients=empty)
+            assert refused.value.status == "5.5.1"
+    assert spoolmail_spool.pickup() == []
+    assert os.listdir(tmp_path / "Pickup") == []
+    spoolmail_spool.submit(MESSAGE, recipients=None)  # None: the headers, as documented
+    assert len(spoolmail_spool.pickup()) == 1
+
+
+@pytest.mark.parametrize(
+    ("options", "said"),
+    [
+        ({"recipients": [b"b@example.com"]}, "an address is a str, not bytes: b'b@example.com'"),
+        ({"recipients": [None]}, "an address is a str, not NoneType: None"),
+        ({"sender": 5}, "an address is a str, not int: 5"),
+        ({"sender": b"a@example.com"}, "an address is a str, not bytes"),
+    ],
+)
+def test_an_address_that_is_not_a_string_says_so(
+    spoolmail_spool: Spool, options: dict[str, object], said: str
+) -> None:
+    with pytest.raises(TypeError) as refused:
+        spoolmail_spool.submit(MESSAGE, **options)  # type: ignore[arg-type]
+    assert str(refused.value).startswith(said)
     assert spoolmail_spool.pickup() == []

@@ -116,7 +116,12 @@ def parse_mailbox(
     refuses it instead). With ``role=AddressRole.SENDER``, ``<>`` is the null reverse-path and
     returns ``""``.
     """
-    plain = _plain(text)
+    try:
+        plain = _plain(text)
+    except TypeError:  # bytes, None, a number: a program's mistake, said plainly
+        raise TypeError(
+            f"an address is a str, not {type(text).__name__}: {repr(text)[:100]}"
+        ) from None
     if plain is not None:
         return plain
     try:

@@ -433,8 +433,10 @@ class Spool:
         2047-encoded, whatever the policy's ``utf8``.
 
         With ``sender`` / ``recipients`` the file carries ``x-sender`` / ``x-receiver`` lines, as
-        IIS pickup files do; without them the envelope comes from the headers. A message that the
-        service could only put into BadMail raises :class:`~spoolmail.exceptions.MessageError` now.
+        IIS pickup files do; without them (``None``) the envelope comes from the headers. An empty
+        ``recipients`` is refused (``MessageError``, 5.5.1), not read as the headers: a list
+        that came out empty must not send to the ``To:`` field. A message that the service
+        could only put into BadMail raises :class:`~spoolmail.exceptions.MessageError` now.
         """
         data = pickup_file(message, sender=sender, recipients=recipients, now=self.clock())
         queue_id = self._store.new_id()

@@ -42,6 +42,12 @@ def pickup_file(
         raise TypeError(f"submit takes bytes or an email.message.Message, not {type(message)!r}")
     if isinstance(recipients, str):
         raise TypeError("recipients is a sequence of addresses, not one string")
+    if recipients is not None and not recipients:
+        # An app's list that came out empty would otherwise send to the To:/Cc:/Bcc: fields.
+        raise MessageError(
+            "recipients is empty: no one to send to (None takes them from the headers)",
+            status="5.5.1",
+        )
     # Writers' forms ("Name" <a@b>, <a@b>, <> for the null sender) become plain paths.
     if sender is not None:
         sender = parse_mailbox(sender, default_domain=None, role=AddressRole.SENDER)
