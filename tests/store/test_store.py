@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import io
 import json
 import os
@@ -32,7 +33,7 @@ from spoolmail._store.store import (
     PickupClaim,
     read_head,
 )
-from spoolmail.exceptions import LayoutError
+from spoolmail.exceptions import LayoutError, StorageError
 from spoolmail.testing import FakeClock
 
 
@@ -693,3 +694,66 @@ def test_a_damaged_trigger_is_read_as_the_whole_queue(tmp_path: Path, clock: Fak
     for damaged in (b"", b"\x00" * 40, b'{"ids": ["a"'):
         store.write("SortTemp", f"{store.owner}.x.trigger", damaged)
         assert store.take_triggers().ids is None
+
+
+def test_held_is_for_one_holder_at_a_time_and_says_when_the_file_went(
+    filesystem: pyfs.FS, clock: FakeClock
+) -> None:
+    store = make_store(filesystem, clock)
+    store.write("BadMail", "a.BAD", b"x")
+    with store.held("BadMail", "a.BAD"):
+        assert store.read("BadMail", "a.BAD") == b"x"
+    with pytest.raises(FileNotFoundError), store.held("BadMail", "missing.BAD"):
+        pass
+
+
+def test_held_says_the_file_went_when_it_went_just_before_the_lock(
+    tmp_path: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = make_store(pyfs.OSFS(str(tmp_path)), clock)
+    store.write("BadMail", "a.BAD", b"x")
+    flock = fcntl.flock
+
+    def late(fd: int, operation: int) -> None:
+        # The holder before this one finished with the entry and removed it meanwhile.
+        (tmp_path / "BadMail" / "a.BAD").unlink()
+        flock(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", late)
+    with pytest.raises(FileNotFoundError), store.held("BadMail", "a.BAD"):
+        pytest.fail("held a file that is gone")
+
+
+def test_held_is_refused_while_another_process_holds_it_and_free_once_it_died(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    store = make_store(pyfs.OSFS(str(tmp_path)), clock)
+    store.write("BadMail", "a.BAD", b"x")
+    with subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDONLY);"
+            " fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); sys.stdin.read()",
+            str(tmp_path / "BadMail" / "a.BAD"),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    ) as holder:
+        try:
+            assert holder.stdout is not None
+            assert holder.stdout.readline() == b"held\n"
+            with (
+                pytest.raises(StorageError, match="being changed by another process") as refused,
+                store.held("BadMail", "a.BAD"),
+            ):
+                pytest.fail("held what another process holds")
+            assert refused.value.temporary
+        finally:
+            holder.kill()  # killed, not let go: the kernel drops its lock
+    with store.held("BadMail", "a.BAD"):
+        pass
+    os.replace(tmp_path / "BadMail" / "a.BAD", tmp_path / "BadMail" / "b.BAD")
+    (tmp_path / "BadMail" / "a.BAD").write_bytes(b"another file under the name")
+    with store.held("BadMail", "a.BAD"):
+        pass

@@ -11,10 +11,12 @@ streams the body after it. Pure: bytes and times in, bytes out.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from spoolmail._core.headers import fields, without_fields
+from spoolmail.exceptions import MessageError
 
 __all__ = ["filetime", "original_arrival_time", "render_drop_head"]
 
@@ -26,6 +28,11 @@ _FILETIME_EPOCH = 116_444_736_000_000_000
 _DELIVERY_FIELDS = ("return-path", "x-originalarrivaltime")
 # What parse_pickup reads as the envelope when it leads the file (KB 306043).
 _ENVELOPE_FIELDS = ("x-sender", "x-receiver")
+# What an address in an envelope line may not hold: the controls the address parser refuses (TAB
+# is folding white space). A line break would end the x-sender or x-receiver line early and start
+# a header field of its own; the intake and the listener never let one in, so only a damaged or
+# hand-edited envelope file (a BadMail .BDP requeued) can bring it here.
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f-\x9f]")
 
 
 def filetime(when: datetime) -> int:
@@ -55,6 +62,15 @@ def _path(address: str) -> str:
     return f"<{address}>" if address else "<>"
 
 
+def _checked(address: str, role: str) -> str:
+    if _CONTROL.search(address):
+        raise MessageError(
+            f"the {role} {address!r} contains a control character: it cannot be written into an "
+            "envelope line (the envelope file is damaged)"
+        )
+    return address
+
+
 def render_drop_head(
     head: bytes,
     *,
@@ -69,12 +85,20 @@ def render_drop_head(
     the fields that go in front of it as the message leaves the Queue (its ``DKIM-Signature``
     fields, kept in the envelope), so a Drop reader, or a relay the file is handed on to, sees
     the signed message. The sender is written bare, as IIS wrote it, or ``<>`` for the null
-    reverse-path (a DSN), which ``parse_pickup`` reads back as the null sender.
+    reverse-path (a DSN), which ``parse_pickup`` reads back as the null sender. An address with
+    a control character raises :class:`MessageError` and nothing is written: it would inject a
+    header field.
     """
-    lines = [f"x-sender: {sender or '<>'}\r\n".encode()]
-    lines.extend(f"x-receiver: {address}\r\n".encode() for address in recipients)
+    lines = [f"x-sender: {_checked(sender, 'sender') or '<>'}\r\n".encode()]
+    lines.extend(
+        f"x-receiver: {_checked(address, 'recipient')}\r\n".encode() for address in recipients
+    )
     lines.append(prepend)
     kept = without_fields(head, _DELIVERY_FIELDS)
+    if kept and not kept.endswith((b"\n", b"\r")):
+        # A message that ends inside its header block, without a line end (Spool.admit stores
+        # what it is given): the field after it would be glued onto its last line.
+        kept += b"\r\n"
     return_path = f"Return-Path: {_path(sender)}\r\n".encode()
     first = next(fields(kept), None)
     if not prepend and first is not None and first.key in _ENVELOPE_FIELDS:

@@ -46,6 +46,15 @@ __all__ = [
 
 # \Z, not $: "$" also matches before a final newline ("smtp.example.com\n" is no host name).
 _HOST = re.compile(r"^(?=.{1,253}\Z)([A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9])?\.?)+\Z")
+
+
+def _is_host_name(text: str) -> bool:
+    """Whether ``text`` is a host name: labels as :data:`_HOST` says, the last not all digits
+    (RFC 1123 section 2.1: so ``10.0.0.256``, an address mistyped, is not looked up as a name,
+    whose NXDOMAIN would fail every message for good)."""
+    return bool(_HOST.match(text)) and not text.rstrip(".").rpartition(".")[2].isdigit()
+
+
 SMTP_PORT = 25
 
 
@@ -181,13 +190,14 @@ def parse_target(text: str, *, default_port: int = SMTP_PORT) -> Target:
         pass
     else:
         return Target(host, port, literal=True)
-    if not _HOST.match(host):
+    if not _is_host_name(host):
         raise ConfigurationError(f"smart host {text!r}: {host!r} is not a host name")
     return Target(host.rstrip(".").lower(), port)
 
 
 def _port(text: str, whole: str) -> int:
-    if not text.isdigit() or not 0 < int(text) < 65536:
+    # isdigit() alone takes "²" (which int() refuses) and other scripts' digits: ASCII only.
+    if not (text.isascii() and text.isdigit()) or not 0 < int(text) < 65536:
         raise ConfigurationError(f"smart host {whole!r}: port must be 1-65535, not {text!r}")
     return int(text)
 
@@ -258,6 +268,21 @@ def _domain(text: str, setting: str) -> str:
         raise ConfigurationError(f"{setting}: {text!r} is not a domain{hint}") from None
 
 
+def _domain_key(domain: str) -> str:
+    """``domain`` as the router compares it: lower case (the ``IPv6:`` tag of an address literal
+    too), no final dot, each Unicode label as its A-label. RFC 5890 section 2.3.2.1:
+    ``bücher.example`` and ``xn--bcher-kva.example`` are one domain, and mail for either must
+    end in Drop when the other is a local domain, not be sent to its own MX (or refused at RCPT
+    as a relay)."""
+    domain = domain.rstrip(".").lower()
+    if domain.isascii():
+        return domain
+    return ".".join(
+        label if label.isascii() else "xn--" + label.encode("punycode").decode("ascii")
+        for label in domain.split(".")
+    )
+
+
 def _domains(values: Iterable[str], setting: str) -> tuple[str, ...]:
     if isinstance(values, str):
         values = [values]
@@ -283,7 +308,7 @@ def _checked_hop(hop: Hop, setting: str) -> Hop:
             raise ConfigurationError(f"{setting}: {hop.name!r} is not an IP address") from None
     elif hop.kind is HopKind.MX:
         _domain(hop.name, setting)
-    elif not _HOST.match(hop.name):
+    elif not _is_host_name(hop.name):
         raise ConfigurationError(f"{setting}: {hop.name!r} is not a host name")
     return hop
 
@@ -368,6 +393,10 @@ class Router:
     # Routes by domain: a Router never changes, so a domain is routed once, not at every look
     # (delivery groups by route, the retry policy and the transcripts ask again). Bounded.
     _cache: dict[str, Route] = attrs.field(factory=dict, init=False, eq=False, repr=False)
+    # The domains above as _domain_key writes them, for the lookups; the fields keep them as given.
+    _local_keys: frozenset[str] = attrs.field(init=False, eq=False, repr=False)
+    _route_keys: dict[str, Hop] = attrs.field(init=False, eq=False, repr=False)
+    _tls_keys: dict[str, TlsPolicy] = attrs.field(init=False, eq=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         if not self.local_domains:
@@ -380,6 +409,12 @@ class Router:
             )
         if not 0 < self.smtp_port < 65536:
             raise ConfigurationError(f"smtp_port must be 1-65535, not {self.smtp_port!r}")
+        keys = frozenset(map(_domain_key, self.local_domains + self.alias_domains))
+        object.__setattr__(self, "_local_keys", keys)
+        routes = {_domain_key(domain): hop for domain, hop in self.routes.items()}
+        object.__setattr__(self, "_route_keys", routes)
+        tls = {_domain_key(domain): policy for domain, policy in self.tls_domains.items()}
+        object.__setattr__(self, "_tls_keys", tls)
 
     @property
     def default_domain(self) -> str:
@@ -398,8 +433,7 @@ class Router:
         """Whether mail for ``domain`` ends in Drop (a local or alias domain, or capture mode)."""
         if self.catch_all:
             return True
-        domain = domain.rstrip(".").lower()
-        return domain in self.local_domains or domain in self.alias_domains
+        return _domain_key(domain) in self._local_keys
 
     def route(self, address: str) -> Route:
         """Where mail for ``address`` goes: Drop (``RouteKind.LOCAL``) or the SMTP hops to try."""
@@ -414,9 +448,10 @@ class Router:
     def _route(self, domain: str) -> Route:
         if self.is_local(domain):
             return Route(RouteKind.LOCAL)
-        tls = self.tls_domains.get(domain, self.tls)
-        if domain in self.routes:
-            route = self.routes[domain]
+        key = _domain_key(domain)
+        tls = self._tls_keys.get(key, self.tls)
+        if key in self._route_keys:
+            route = self._route_keys[key]
             return Route(RouteKind.SMTP, (attrs.evolve(route, tls=tls),))
         direct = Hop(HopKind.MX, domain, self.smtp_port, tls=tls)
         mode = self.mode

@@ -755,9 +755,21 @@ class Spool:
             ]
         if sender is not None:
             sender = parse_mailbox(sender, default_domain=None, role=AddressRole.SENDER)
-        item = self.badmail_item(queue_id)
-        if not item.has_message:
+        if not self.badmail_item(queue_id).has_message:
             raise NotFound(f"BadMail entry {queue_id!r} has no message (.BAD) to send")
+        # Held for this process while it is read and queued: two requeues of one entry (two
+        # operators, two scripts) queued it twice, and a partial one's rewrite lost the other's.
+        try:
+            with self._store.held(BADMAIL, f"{queue_id}.BAD"):
+                return self._requeue_held(self.badmail_item(queue_id), recipients, sender)
+        except FileNotFoundError:
+            raise NotFound(f"BadMail entry {queue_id!r} was taken meanwhile") from None
+
+    def _requeue_held(
+        self, item: BadMailItem, recipients: list[str] | None, sender: str | None
+    ) -> str:
+        """:meth:`requeue_badmail` of an entry this process holds (read again once held)."""
+        queue_id = item.id
         envelope = item.envelope
         store, transitions = self._store, self._transitions
         if envelope is not None and envelope.origin.startswith("pickup:") and not envelope.attempts:

@@ -80,6 +80,11 @@ from spoolmail._store.pickup_writer import is_stale_temp
 from spoolmail._store.syncing import syncfs
 from spoolmail.exceptions import ConfigurationError, LayoutError, StorageError
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: held() takes the store's lock instead
+    fcntl = None  # type: ignore[assignment]
+
 if TYPE_CHECKING:
     import socket
 
@@ -423,6 +428,7 @@ class MailStore:
         self._debris: set[str] = set()  # temp files a failing disk would not let us delete
         self.disk_free: Callable[[str], int] = _disk_free  # see free_space; tests replace it
         self._spares_lock = threading.Lock()
+        self._held_lock = threading.Lock()  # held() where there is no flock
         # Admissions written for sync_queued, per thread (intake stages and commits a batch).
         self._staged = threading.local()
         self._announced: datetime | None = None
@@ -535,6 +541,46 @@ class MailStore:
         if self._os_root is not None:
             return os.path.lexists(self._sys(folder, name))
         return bool(self.fs.exists(self._path(folder, name)))
+
+    @contextlib.contextmanager
+    def held(self, folder: str, name: str) -> Iterator[None]:
+        """Hold ``folder/name`` for this process alone while the block runs, for a change
+        that reads it and then writes elsewhere (a BadMail entry queued again).
+
+        On OS paths, an exclusive ``flock`` on the open file: the kernel drops it when the
+        process ends, however it ends, so nothing is ever left to recover. A
+        :class:`StorageError` (temporary) when another process holds it now;
+        ``FileNotFoundError`` when it is not there, or is no longer there once held (another
+        process finished with it first). Elsewhere (and where there is no ``flock``) a lock
+        of this store's, which serves the single process such filesystems allow.
+        """
+        if self._os_root is None or fcntl is None:
+            with self._held_lock:
+                if not self.exists(folder, name):
+                    raise FileNotFoundError(f"{folder}/{name}")
+                yield
+            return
+        path = self._sys(folder, name)
+        try:
+            fd = open_regular(path, single_link=False)
+        except UnsafeEntry as exc:
+            raise _unsafe(folder, name, exc) from None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise StorageError(
+                    f"{folder}/{name} is being changed by another process; try again in a moment"
+                ) from None
+            try:
+                same = os.lstat(path).st_ino == os.fstat(fd).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:
+                raise FileNotFoundError(f"{folder}/{name}")
+            yield
+        finally:
+            os.close(fd)
 
     def isfile(self, folder: str, name: str) -> bool:
         """Whether ``name`` is a regular file (a link to one is not: links are never followed)."""
