@@ -73,6 +73,7 @@ STAGES = {
     "_service/intake.py": "Pickup files",
     "_store/pickup_writer.py": "`Pickup`, `sendmail`",
     "_store/spool.py": "`Spool.submit`, `Spool.admit`",
+    "_store/submission.py": "`Spool.submit`, `Pickup.submit`",
     "_transport/dane.py": "DANE",
     "_transport/dns.py": "routing: DNS",
     "_transport/policy.py": "the SMTP client",

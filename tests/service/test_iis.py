@@ -8,6 +8,8 @@ filesystems throughout.
 from __future__ import annotations
 
 import logging
+import tracemalloc
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -152,6 +154,25 @@ def test_a_file_without_an_envelope_to_derive_stays(spool: Spool, clock: FakeClo
         import_one(spool, clock, name="19ac9b2f1c0-000000000001.eml")
     with pytest.raises(NotFound, match="no IIS queue file"):
         import_one(spool, clock, name="NTFS_00.EML")
+
+
+def test_a_file_of_gigabytes_is_refused_by_its_size_not_read(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    # It was read whole before its size was looked at: a 4 GiB file, 4 GiB of memory.
+    with Spool(str(tmp_path), clock=clock) as spool:
+        with open(tmp_path / "Queue" / IIS_FILE, "wb") as huge:
+            huge.write(QUEUED_BY_IIS)
+            huge.truncate(4 << 30)  # sparse: no disk taken
+        tracemalloc.start()
+        try:
+            with pytest.raises(MessageError, match=r"is 4294967296 bytes, over max_message_size"):
+                import_one(spool, clock)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 1 << 20
+        assert iis.stranded_queue_files(spool._store) == [IIS_FILE]
 
 
 def test_dry_run_moves_nothing(spool: Spool, clock: FakeClock) -> None:

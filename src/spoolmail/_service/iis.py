@@ -103,15 +103,12 @@ def import_queue_file(
     if not is_iis_queue_file(name):
         raise NotFound(f"Queue/{name} is not an IIS queue file (NTFS_<hex>.EML)")
     try:
+        # Its size first: a file of gigabytes is refused without being read into memory.
+        _within(name, store.queue_file_size(name), max_message_size)
         data = store.read_queue_file(name)
     except FileNotFoundError:
         raise NotFound(f"no IIS queue file Queue/{name}") from None
-    if len(data) > max_message_size:
-        raise MessageError(
-            f"Queue/{name} is {len(data)} bytes, over max_message_size ({max_message_size}): "
-            "raise the limit to import it",
-            status="5.3.4",
-        )
+    _within(name, len(data), max_message_size)  # it grew meanwhile
     found = parse_pickup(
         data,
         options=PickupOptions(
@@ -134,3 +131,12 @@ def import_queue_file(
     # then the message is sent twice, the at-least-once of every spoolmail step.
     store.move_queue_file_to_pickup(name, pickup)
     return imported
+
+
+def _within(name: str, size: int, max_message_size: int) -> None:
+    if size > max_message_size:
+        raise MessageError(
+            f"Queue/{name} is {size} bytes, over max_message_size ({max_message_size}): "
+            "raise the limit to import it",
+            status="5.3.4",
+        )

@@ -1473,6 +1473,15 @@ class MailStore:
         """A file of the Queue folder by its name; ``FileNotFoundError`` if gone."""
         return self.read(QUEUE, name)
 
+    def queue_file_size(self, name: str) -> int:
+        """The size of a file of the Queue folder (a link's own); ``FileNotFoundError`` if gone."""
+        if self._os_root is not None:
+            return os.lstat(self._sys(QUEUE, name)).st_size
+        try:
+            return int(self.fs.getsize(self._path(QUEUE, name)))
+        except pyfs.errors.ResourceNotFound as exc:
+            raise FileNotFoundError(f"{QUEUE}/{name}") from exc
+
     def move_queue_file_to_pickup(self, name: str, data: bytes) -> None:
         """Write ``data`` into Pickup under ``name`` (whole, by rename), then remove the Queue
         file of that name: a crash in between leaves both, never neither."""
