@@ -116,6 +116,16 @@ def test_settings_are_checked() -> None:
             SmtpTransport(helo_name="client.test", max_recipients=wrong)  # type: ignore[arg-type]
     assert SmtpTimeouts().data_end == 600.0
     assert SmtpTimeouts().starttls == 300.0
+    # A wait poll() and the socket cannot take (it failed every delivery with a traceback).
+    for huge in (1e300, float("inf"), 7 * 86400 + 1):
+        with pytest.raises(ConfigurationError, match=r"data_end must be 604800 s \(7 days\)"):
+            SmtpTimeouts(data_end=huge)
+        with pytest.raises(ConfigurationError, match="idle must be 604800 s"):
+            SmtpTimeouts(idle=huge)
+    with pytest.raises(ConfigurationError, match="rcpt must be above 0 s, not nan"):
+        SmtpTimeouts(rcpt=float("nan"))
+    assert SmtpTimeouts(connect="7", idle=0).connect == 7.0  # type: ignore[arg-type]
+    assert SmtpTimeouts(data_end=7 * 86400).data_end == 604800.0
 
 
 def test_no_recipients_means_no_connection(

@@ -18,7 +18,8 @@ import importlib
 import logging
 import os
 import pkgutil
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
 
 import attrs
 
@@ -41,6 +42,8 @@ __all__ = [
 ]
 
 log = logging.getLogger("spoolmail")
+
+_T = TypeVar("_T")
 
 #: Modules spoolmail imports at their first use, imported before the drop: the service's user may
 #: not be able to read the Python installation (a venv or pyenv under /root, mode 700), and then
@@ -166,20 +169,29 @@ def resolve(user: str, group: str | None = None) -> Identity:
     import grp  # noqa: PLC0415
     import pwd  # noqa: PLC0415
 
-    try:
-        entry = pwd.getpwnam(user)
-    except KeyError:
-        raise ConfigurationError(f"user: no such user {user!r}") from None
+    entry = _look_up(pwd.getpwnam, pwd.getpwuid, user, what="user")
     gid = entry.pw_gid
     if group is not None:
-        try:
-            gid = grp.getgrnam(group).gr_gid
-        except KeyError:
-            raise ConfigurationError(f"user: no such group {group!r}") from None
+        gid = _look_up(grp.getgrnam, grp.getgrgid, group, what="group").gr_gid
     if entry.pw_uid == 0 or gid == 0:
         raise ConfigurationError(f"user: {user!r} would keep root; name an unprivileged user")
-    groups = frozenset(os.getgrouplist(user, gid))
+    groups = frozenset(os.getgrouplist(entry.pw_name, gid))
     return Identity(user=user, uid=entry.pw_uid, gid=gid, groups=groups | {gid})
+
+
+def _look_up(
+    by_name: Callable[[str], _T], by_id: Callable[[int], _T], name: str, *, what: str
+) -> _T:
+    """The entry named ``name``, or numbered ``name`` where no name is that, as chown takes
+    ``65534:65534`` (systemd's ``User=`` too)."""
+    try:
+        return by_name(name)
+    except KeyError:
+        pass
+    if name.isascii() and name.isdigit():
+        with contextlib.suppress(KeyError, OverflowError):
+            return by_id(int(name))
+    raise ConfigurationError(f"user: no such {what} {name!r}")
 
 
 def drop_privileges(user: str, group: str | None = None) -> Identity:

@@ -85,7 +85,9 @@ when it differs. Keys, types and values:
   `"never"` where the key says so.
 - **list of minutes or durations**: `[15, 30, 60, 240]` are minutes, as on IIS's Delivery tab;
   `["15m", "4h"]` works too. The flag takes them comma-separated: `--retry-intervals 15,30,60,240`.
-- Times in seconds are numbers: `smtp_data_end_timeout = 600`.
+- Times in seconds are numbers: `smtp_data_end_timeout = 600`, at most 604800 (7 days).
+- `workers` and `listening_workers` are at most 1024; the settings file is a regular file of
+  at most 1 MiB.
 - **SIGHUP**: *applied* when `spoolmail run` is sent SIGHUP (at its next tick), or *restart*:
   kept until the service is restarted ([running as a service](running-as-a-service.md#reload)).
 

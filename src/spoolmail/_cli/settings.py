@@ -136,7 +136,8 @@ A settings file is TOML with one ``[spoolmail]`` table; every key is optional:
     log_file = "/var/log/spoolmail.log"
     # send the log to syslog, facility mail: true (/dev/log), a socket path or HOST:PORT (UDP)
     syslog = "/dev/log"
-    # started as root, become this user (NAME or NAME:GROUP) once start-up is done
+    # started as root, become this user (NAME or NAME:GROUP; ids too, as chown takes them) once
+    # start-up is done
     user = "spoolmail"
     # take mail over SMTP here: ADDRESS:PORT (port 25 as root, then user); none: no listener
     listen = ["127.0.0.1:2525", "[::1]:2525"]
@@ -167,7 +168,9 @@ Unknown keys and wrong types are errors that name the key. Reads files; builds n
 from __future__ import annotations
 
 import math
+import os
 import re
+import stat
 import tomllib
 from collections.abc import Callable, Iterator, Mapping
 from datetime import timedelta
@@ -359,6 +362,34 @@ def _days(_instance: object, attribute: attrs.Attribute[Any], value: int) -> Non
         raise ConfigurationError(
             f"{attribute.name} must be {_MOST_DAYS} days or fewer, not {value}"
         )
+
+
+# The most seconds a wait may be: poll(2), which the SMTP client waits in, takes milliseconds
+# in a C int (24.8 days), and timedelta and socket timeouts overflow long before 1e300. A
+# week is more than any wait here needs.
+_MOST_SECONDS = 7 * 86400
+
+
+def _seconds(*, zero: bool) -> Any:
+    def check(instance: object, attribute: attrs.Attribute[Any], value: float) -> None:
+        (_not_negative if zero else _positive)(instance, attribute, value)
+        if value > _MOST_SECONDS:
+            raise ConfigurationError(
+                f"{attribute.name} must be {_MOST_SECONDS} seconds (7 days) or fewer, not {value!r}"
+            )
+
+    return check
+
+
+# The most worker processes: a typo of 100000 would fork until the system has no processes
+# left; two per CPU on a 512-CPU machine still fits.
+_MOST_WORKERS = 1024
+
+
+def _workers(_instance: object, attribute: attrs.Attribute[Any], value: int) -> None:
+    _not_negative(_instance, attribute, value)
+    if value > _MOST_WORKERS:
+        raise ConfigurationError(f"{attribute.name} must be {_MOST_WORKERS} or fewer, not {value}")
 
 
 def _root(_instance: object, attribute: attrs.Attribute[Any], value: str) -> None:
@@ -776,7 +807,7 @@ class Settings:
         "seconds to wait for a TCP connection (Postfix smtp_connect_timeout)",
         flag="--smtp-connect-timeout",
         metavar="SECONDS",
-        validator=_positive,
+        validator=_seconds(zero=False),
     )
     smtp_greeting_timeout: float = _setting(
         RFC_TIMEOUTS.greeting,
@@ -784,7 +815,7 @@ class Settings:
         "seconds to wait for the 220 greeting (RFC 5321 4.5.3.2.1)",
         flag="--smtp-greeting-timeout",
         metavar="SECONDS",
-        validator=_positive,
+        validator=_seconds(zero=False),
     )
     smtp_helo_timeout: float = _setting(
         RFC_TIMEOUTS.ehlo,
@@ -792,7 +823,7 @@ class Settings:
         "seconds to wait for the reply to EHLO or HELO (Postfix smtp_helo_timeout)",
         flag="--smtp-helo-timeout",
         metavar="SECONDS",
-        validator=_positive,
+        validator=_seconds(zero=False),
     )
     smtp_mail_timeout: float = _setting(
         RFC_TIMEOUTS.mail,
@@ -800,7 +831,7 @@ class Settings:
         "seconds to wait for the reply to MAIL FROM (RFC 5321 4.5.3.2.2)",
         flag="--smtp-mail-timeout",
         metavar="SECONDS",
-        validator=_positive,
+        validator=_seconds(zero=False),
     )
     smtp_rcpt_timeout: float = _setting(
         RFC_TIMEOUTS.rcpt,
@@ -808,7 +839,7 @@ class Settings:
         "seconds to wait for the reply to each RCPT TO (RFC 5321 4.5.3.2.3)",
         flag="--smtp-rcpt-timeout",
         metavar="SECONDS",
-        validator=_positive,
+        validator=_seconds(zero=False),
     )
     smtp_data_init_timeout: float = _setting(
         RFC_TIMEOUTS.data_start,
@@ -816,7 +847,7 @@ class Settings:
         "seconds to wait for the 354 reply to DATA (RFC 5321 4.5.3.2.4)",
         flag="--smtp-data-init-timeout",
         metavar="SECONDS",
-        validator=_positive,
+        validator=_seconds(zero=False),
     )
     smtp_data_block_timeout: float = _setting(
         RFC_TIMEOUTS.data_block,
@@ -824,7 +855,7 @@ class Settings:
         "seconds each block of the message may take to send (RFC 5321 4.5.3.2.5)",
         flag="--smtp-data-block-timeout",
         metavar="SECONDS",
-        validator=_positive,
+        validator=_seconds(zero=False),
     )
     smtp_data_end_timeout: float = _setting(
         RFC_TIMEOUTS.data_end,
@@ -832,7 +863,7 @@ class Settings:
         "seconds to wait for the reply to the final dot (RFC 5321 4.5.3.2.6)",
         flag="--smtp-data-end-timeout",
         metavar="SECONDS",
-        validator=_positive,
+        validator=_seconds(zero=False),
     )
     smtp_starttls_timeout: float = _setting(
         RFC_TIMEOUTS.starttls,
@@ -840,7 +871,7 @@ class Settings:
         "seconds for STARTTLS's reply and the TLS handshake (Postfix smtp_starttls_timeout)",
         flag="--smtp-starttls-timeout",
         metavar="SECONDS",
-        validator=_positive,
+        validator=_seconds(zero=False),
     )
     smtp_idle_timeout: float = _setting(
         RFC_TIMEOUTS.idle,
@@ -849,7 +880,7 @@ class Settings:
         flag="--smtp-idle-timeout",
         iis="Outbound connections: Time-out (an inactive connection is closed)",
         metavar="SECONDS",
-        validator=_not_negative,
+        validator=_seconds(zero=True),
     )
     max_message_size: int = _setting(
         2 * 1024 * 1024,
@@ -890,7 +921,7 @@ class Settings:
         "seconds between looks at Pickup where no inotify tells of new files",
         flag="--poll-interval",
         metavar="SECONDS",
-        validator=_positive,
+        validator=_seconds(zero=False),
     )
     workers: int = _setting(
         0,
@@ -901,7 +932,7 @@ class Settings:
         restart=True,
         example=2,
         metavar="N",
-        validator=_not_negative,
+        validator=_workers,
     )
     listening_workers: int = _setting(
         0,
@@ -912,7 +943,7 @@ class Settings:
         restart=True,
         example=1,
         metavar="N",
-        validator=_not_negative,
+        validator=_workers,
     )
     pickup_settle: float = _setting(
         2.0,
@@ -921,7 +952,7 @@ class Settings:
         "writer is done",
         flag="--pickup-settle",
         metavar="SECONDS",
-        validator=_not_negative,
+        validator=_seconds(zero=True),
     )
     pickup_open_warning: float = _setting(
         3600.0,
@@ -929,7 +960,7 @@ class Settings:
         "seconds a Pickup file may stay open for writing before it is logged",
         flag="--pickup-open-warning",
         metavar="SECONDS",
-        validator=_positive,
+        validator=_seconds(zero=False),
     )
     min_free_space: int = _setting(
         MIN_FREE_SPACE,
@@ -971,7 +1002,8 @@ class Settings:
     user: str | None = _setting(
         None,
         STRING,
-        "started as root, become this user (NAME or NAME:GROUP) once start-up is done",
+        "started as root, become this user (NAME or NAME:GROUP; ids too, as chown takes them) "
+        "once start-up is done",
         flag="--user",
         restart=True,
         example="spoolmail",
@@ -1067,7 +1099,7 @@ class Settings:
         flag="--listen-timeout",
         iis="General: Connection time-out (minutes)",
         metavar="SECONDS",
-        validator=_positive,
+        validator=_seconds(zero=False),
     )
     listen_reuse_port: bool = _setting(
         False,
@@ -1116,12 +1148,43 @@ def _checked(path: Path, key: str, value: object) -> object:
     return value
 
 
+# A settings file is a few KiB; a path to /dev/zero or a log file is no settings file.
+_MOST_BYTES = 1024 * 1024
+_NOT_REGULAR = {
+    stat.S_IFDIR: "a folder",
+    stat.S_IFIFO: "a FIFO (named pipe)",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+}
+
+
+def _read(path: Path) -> str:
+    """The text of the settings file at ``path``: a regular file (links followed) of at most
+    :data:`_MOST_BYTES`. Opened without waiting, read through one descriptor: a FIFO would
+    hang the start or a SIGHUP's reading until something writes to it, a device never end."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            what = _NOT_REGULAR.get(stat.S_IFMT(mode), "not a regular file")
+            raise ConfigurationError(f"cannot read settings file {path}: it is {what}")
+        data = b""
+        while len(data) <= _MOST_BYTES and (chunk := os.read(fd, _MOST_BYTES + 1 - len(data))):
+            data += chunk
+    finally:
+        os.close(fd)
+    if len(data) > _MOST_BYTES:
+        raise ConfigurationError(f"settings file {path} is over {_MOST_BYTES} bytes")
+    return data.decode("utf-8")
+
+
 def load_settings(path: Path | None, overrides: Mapping[str, object]) -> Settings:
     """Settings from the TOML file at ``path`` (if any), with ``overrides`` (flags given) on top."""
     values: dict[str, object] = {}
     if path is not None:
         try:
-            document = tomllib.loads(path.read_text(encoding="utf-8"))
+            document = tomllib.loads(_read(path))
         except OSError as exc:
             raise ConfigurationError(f"cannot read settings file {path}: {exc}") from exc
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
