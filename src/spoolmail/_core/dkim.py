@@ -59,7 +59,8 @@ from typing import TYPE_CHECKING, Protocol
 import attrs
 
 from spoolmail._core.address import AddressRole, parse_address_list, parse_domain
-from spoolmail._core.headers import Field, fields, split_head
+from spoolmail._core.headers import Field, fields
+from spoolmail._core.pickup import pickup_head_end
 from spoolmail.exceptions import ConfigurationError, DependencyError, MessageError
 
 if TYPE_CHECKING:
@@ -123,8 +124,10 @@ _WIDTH = 78  # RFC 5322 section 2.1.1: lines SHOULD be at most 78 characters wit
 _LINE_END = re.compile(rb"\r\n|\r|\n")  # as _transport/data.py sends them: all become CRLF
 _WSP = re.compile(rb"[ \t]+")
 _TAB_TO_SPACE = bytes.maketrans(b"\t", b" ")
-_FIELD_NAME = re.compile(r"[!-9;-~]+")  # RFC 5322 section 3.6.8: printable ASCII but ":"
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+# RFC 5322 section 3.6.8: printable ASCII but ":"; and not ";", which would end the h= tag
+# (RFC 6376 section 3.2: a tag value holds no ";"), so no name can add a tag of its own.
+_FIELD_NAME = re.compile(r"[!-9<-~]+")
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"  # RFC 1035 section 2.3.4: 63 octets
 _SELECTOR = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")  # RFC 6376 section 3.1: sub-domain labels
 _INSTALL = "pip install 'spoolmail[dkim]'"
 
@@ -496,18 +499,20 @@ class DkimSigner:
         """Begin signing the message whose header block (as stored) is ``head``.
 
         A message without exactly one ``From`` field cannot be signed (RFC 6376 section 5.4,
-        RFC 5322 section 3.6): that is a :class:`~spoolmail.exceptions.MessageError`, and the
-        caller sends it unsigned. (:meth:`DkimPolicy.start` returns that as a value instead.)
+        RFC 5322 section 3.6), nor one whose header section starts with a continuation line or
+        holds a NUL (no signature over it would verify): that is a
+        :class:`~spoolmail.exceptions.MessageError`, and the caller sends it unsigned.
+        (:meth:`DkimPolicy.start` returns that as a value instead.)
         """
         head_fields = list(fields(head))
-        reason = _from_problem(head_fields)
+        reason = _head_problem(head) or _from_problem(head_fields)
         if reason is not None:
             raise MessageError(f"cannot DKIM-sign: {reason}")
         return DkimSession([self._plan(head_fields)])
 
     def sign(self, message: bytes, *, now: datetime) -> bytes:
         """The ``DKIM-Signature`` field for a whole message in memory (split at the empty line)."""
-        head, body = split_head(message)
+        head, body = _split(message)
         session = self.start(head)
         session.feed(body)
         return session.finish(now)
@@ -561,6 +566,25 @@ class DkimSigner:
         signature = self.key.sign_digest(digest)
         folder.add_breakable(base64.b64encode(signature).decode("ascii"))
         return folder.text().encode("ascii") + b"\r\n"
+
+
+def _split(message: bytes) -> tuple[bytes, bytes]:
+    """A whole message's header block and body, split where the Queue's door splits it: at the
+    first empty line, a lone CR or LF ending a line too (RFC 5321 section 2.3.8)."""
+    end = pickup_head_end(message, complete=True)
+    return (message, b"") if end is None else (message[:end], message[end:])
+
+
+def _head_problem(head: bytes) -> str | None:
+    """Why a header block cannot carry a signature that verifies, or None."""
+    if head.startswith((b" ", b"\t")):
+        # RFC 5322 section 2.2.3: the first line would continue the DKIM-Signature field put in
+        # front of it, and change the b= it ends with.
+        return "its header section starts with a continuation line"
+    if b"\0" in head:
+        # RFC 5322 section 2.2 forbids NUL; OpenDKIM reads a field only as far as one.
+        return "its header section holds a NUL octet"
+    return None
 
 
 def _from_problem(head_fields: Sequence[Field]) -> str | None:
@@ -655,7 +679,7 @@ class DkimPolicy:
     def start(self, head: bytes) -> DkimSession:
         """Begin a message; never raises for the message: see :attr:`DkimSession.unsigned`."""
         head_fields = list(fields(head))
-        reason = _from_problem(head_fields)
+        reason = _head_problem(head) or _from_problem(head_fields)
         if reason is not None:
             return DkimSession((), unsigned=reason)
         [author] = [field for field in head_fields if field.key == "from"]
@@ -675,7 +699,7 @@ class DkimPolicy:
 
     def sign(self, message: bytes, *, now: datetime) -> bytes:
         """The ``DKIM-Signature`` fields for a whole message in memory; ``b""`` if unsigned."""
-        head, body = split_head(message)
+        head, body = _split(message)
         session = self.start(head)
         session.feed(body)
         return session.finish(now)

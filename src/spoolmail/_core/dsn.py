@@ -26,7 +26,7 @@ from email.utils import format_datetime
 from spoolmail._core.envelope import Envelope, Recipient, Ret
 from spoolmail._core.headers import has_long_line
 from spoolmail._core.ids import is_queue_id
-from spoolmail._core.reply import Severity
+from spoolmail._core.reply import Reply, Severity
 
 __all__ = ["DsnAction", "render_dsn"]
 
@@ -61,6 +61,10 @@ _ADDRESS_TYPE = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+")
 _UNSAFE = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 _WIDTH = 78  # RFC 5322 section 2.1.1: lines SHOULD stay within 78 characters...
 _CUT = 900  # ...and MUST stay within 998 octets: a longer word is cut (octets, not characters)
+# The most of a reply quoted for one recipient: a reply line is at most 512 octets (RFC 5321
+# section 4.5.3.1.5), but the transport takes up to 64 KiB, and a DSN quotes the reply twice
+# for each of what may be thousands of recipients.
+_QUOTED = 2048
 _INDENT = "       "  # IIS indents each recipient by seven spaces
 _REASON_INDENT = _INDENT + "    "
 _BOUNDARY_PREFIX = "=_DSN_"  # "=_" never occurs in quoted-printable or base64 text (RFC 2045)
@@ -258,6 +262,12 @@ def _clean(text: str) -> str:
     return " ".join(spaced.split())
 
 
+def _quoted(reply: Reply) -> str:
+    """A reply as a DSN quotes it: at most _QUOTED characters, a cut marked."""
+    text = str(reply)
+    return text if len(text) <= _QUOTED else text[:_QUOTED] + " [...]"
+
+
 def _seven_bit(text: str) -> str:
     """Cleaned text with every non-ASCII character as ``\\x{HEX}`` (RFC 6533 section 3).
 
@@ -442,11 +452,11 @@ def _human_text(
         if reply is None:
             reason = "No reply was recorded."
         elif reply.host:
-            reason = f"Remote host {reply.host} said: {reply}"
+            reason = f"Remote host {reply.host} said: {_quoted(reply)}"
         elif action in _SUCCESS:
-            reason = f"Result: {reply}"
+            reason = f"Result: {_quoted(reply)}"
         else:
-            reason = f"Reason: {reply}"
+            reason = f"Reason: {_quoted(reply)}"
         lines += _wrap(_clean(reason), first=_REASON_INDENT, indent=_REASON_INDENT)
         lines.append("")
     if action is DsnAction.DELAYED:
@@ -521,7 +531,7 @@ def _delivery_status(
             # reached itself (a routing failure) has no remote MTA and no SMTP code; an expiry
             # reports the last reply it rests on, as Postfix and sendmail do.
             block += field("Remote-MTA", f"dns; {_seven_bit(remote.host)}")
-            block += field("Diagnostic-Code", f"smtp; {_seven_bit(str(remote))}")
+            block += field("Diagnostic-Code", f"smtp; {_seven_bit(_quoted(remote))}")
         attempted = recipient.updated or envelope.last_attempt or now
         block.append(f"Last-Attempt-Date: {_date(attempted)}")
         if will_retry_until is not None:

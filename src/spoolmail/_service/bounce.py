@@ -35,6 +35,10 @@ __all__ = ["Bouncer"]
 log = logging.getLogger("spoolmail")
 
 HEAD_LIMIT = 1024 * 1024
+# The most of the reported failures a DSN's ``about`` line names: the envelope (read at every
+# claim) and a BadMail report carry it, while the DSN itself lists every recipient.
+ABOUT_RECIPIENTS = 3
+ABOUT_LIMIT = 1000
 
 
 @attrs.define
@@ -77,8 +81,7 @@ class Bouncer:
             size=len(message),
             head=message,
             eight_bit=not message.isascii(),
-            about=f"{order.kind.value} notice for {envelope.id} from <{envelope.sender}>: "
-            + "; ".join(failure_line(r) for r in order.recipients),
+            about=_about(order, envelope),
         )
         stored: list[Envelope] = []
 
@@ -116,3 +119,14 @@ class Bouncer:
         self.transitions.apply(State.DELIVERING, Event.DAMAGED, Change(id=queue_id, report=report))
         log.error("%s moved to BadMail: %s", queue_id, reason)
         return report
+
+
+def _about(order: DsnOrder, envelope: Envelope) -> str:
+    """What a DSN reports, in one line of at most about ABOUT_LIMIT characters."""
+    named = "; ".join(failure_line(r) for r in order.recipients[:ABOUT_RECIPIENTS])
+    if len(named) > ABOUT_LIMIT:
+        named = named[:ABOUT_LIMIT] + " [...]"
+    more = len(order.recipients) - ABOUT_RECIPIENTS
+    if more > 0:
+        named += f"; and {more} more"
+    return f"{order.kind.value} notice for {envelope.id} from <{envelope.sender}>: {named}"
