@@ -14,7 +14,6 @@ import os
 import ssl
 from collections.abc import Callable, Mapping, Sequence
 from datetime import timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import attrs
@@ -34,6 +33,7 @@ from spoolmail._core.routing import Credentials, Router, SmartHostMode, TlsPolic
 from spoolmail._core.shares import WHOLE, Share, part
 from spoolmail._core.throttle import ThrottleRules
 from spoolmail._service.service import Limits, MailService, checked_names, machine_name
+from spoolmail._store.given import check_given, read_given
 from spoolmail._store.spool import Spool
 from spoolmail._transport.smtp import SmtpTransport
 from spoolmail._transport.timeouts import SmtpTimeouts
@@ -203,6 +203,7 @@ def _tls_context(settings: Settings) -> ssl.SSLContext | None:
     """The context for verified STARTTLS with ``tls_ca_file``; ``None`` for the system's."""
     if settings.tls_ca_file is None:
         return None
+    check_given(settings.tls_ca_file, what="tls_ca_file")  # a FIFO would hang a SIGHUP
     try:
         return ssl.create_default_context(cafile=settings.tls_ca_file)
     except (OSError, ssl.SSLError) as exc:
@@ -278,6 +279,10 @@ def dkim_policy(settings: Settings) -> DkimPolicy | None:
     )
 
 
+# A PEM private key is a few KiB (an RSA key of 16384 bits about 13).
+_MOST_KEY_BYTES = 64 * 1024
+
+
 def _dkim_signer(domain: str, table: Mapping[str, object]) -> DkimSigner:
     where = f'dkim."{domain}"'
     unknown = sorted(set(table) - _DKIM_KEYS)
@@ -287,9 +292,12 @@ def _dkim_signer(domain: str, table: Mapping[str, object]) -> DkimSigner:
     if not isinstance(selector, str) or not isinstance(key_file, str):
         raise ConfigurationError(f"{where}: selector and key_file (strings) are required")
     try:
-        key = DkimKey.from_pem(Path(key_file).read_bytes())
+        pem = read_given(key_file, what="key_file", most=_MOST_KEY_BYTES)
     except OSError as exc:
         raise ConfigurationError(f"{where}: key_file {key_file!r}: {exc.strerror}") from None
+    except ConfigurationError as exc:  # a FIFO, a device, a log file named by mistake
+        raise ConfigurationError(f"{where}: {exc}") from None
+    key = DkimKey.from_pem(pem)
     try:
         wanted = DkimAlgorithm(str(table.get("algorithm", key.algorithm.value)))
         header, _, body = str(table.get("canonicalization", "relaxed/relaxed")).partition("/")

@@ -33,6 +33,7 @@ from spoolmail._cli import assemble, flags, privileges, reloading
 from spoolmail._cli.settings import Settings
 from spoolmail._cli.status import EX_OK, UsageError
 from spoolmail._core.shares import WHOLE, Share, part
+from spoolmail._store.given import check_given
 from spoolmail.exceptions import ConfigurationError, SpoolmailError
 
 if TYPE_CHECKING:
@@ -166,6 +167,8 @@ def prepare(settings: Settings) -> Prepared | None:
         if not (settings.tls_certificate and settings.tls_key):
             raise ConfigurationError("tls_certificate and tls_key go together")
         tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        check_given(settings.tls_certificate, what="tls_certificate")  # a FIFO would hang
+        check_given(settings.tls_key, what="tls_key")
         try:
             tls.load_cert_chain(settings.tls_certificate, settings.tls_key)
         except (OSError, ssl.SSLError) as exc:

@@ -168,11 +168,9 @@ Unknown keys and wrong types are errors that name the key. Reads files; builds n
 from __future__ import annotations
 
 import math
-import os
 import re
-import stat
 import tomllib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -180,6 +178,7 @@ from typing import Any
 import attrs
 
 from spoolmail._cli.status import shown
+from spoolmail._store.given import read_given
 from spoolmail._transport.timeouts import RFC_TIMEOUTS
 from spoolmail.exceptions import ConfigurationError
 
@@ -364,6 +363,13 @@ def _days(_instance: object, attribute: attrs.Attribute[Any], value: int) -> Non
         )
 
 
+def _tuple(values: Iterable[str]) -> tuple[str, ...]:
+    """``tuple``, as a function of ours: attrs reads each converter's signature when it builds
+    the class, and for a builtin that means parsing its text signature (a few milliseconds at
+    the first, at every start of every command)."""
+    return tuple(values)
+
+
 # The most seconds a wait may be: poll(2), which the SMTP client waits in, takes milliseconds
 # in a C int (24.8 days), and timedelta and socket timeouts overflow long before 1e300. A
 # week is more than any wait here needs.
@@ -516,7 +522,7 @@ class Settings:
         repeat=True,
         iis="Domains: the default and local (drop) domains",
         metavar="DOMAIN",
-        converter=tuple,
+        converter=_tuple,
     )
     alias_domains: tuple[str, ...] = _setting(
         (),
@@ -527,7 +533,7 @@ class Settings:
         iis="Domains: alias domains",
         example=["example.org"],
         metavar="DOMAIN",
-        converter=tuple,
+        converter=_tuple,
     )
     catch_all: bool = _setting(
         False,
@@ -621,7 +627,7 @@ class Settings:
         iis="Delivery, Advanced: Configure external DNS servers",
         example=["192.0.2.53", "[2001:db8::53]:5353"],
         metavar="ADDRESS[:PORT]",
-        converter=tuple,
+        converter=_tuple,
     )
     smtp_port: int = _setting(
         25,
@@ -1019,7 +1025,7 @@ class Settings:
         restart=True,
         example=["127.0.0.1:2525", "[::1]:2525"],
         metavar="ADDRESS:PORT",
-        converter=tuple,
+        converter=_tuple,
     )
     relay_networks: tuple[str, ...] = _setting(
         (),
@@ -1030,7 +1036,7 @@ class Settings:
         iis="Access, Relay restrictions: only the list below",
         example=["192.0.2.0/24"],
         metavar="CIDR",
-        converter=tuple,
+        converter=_tuple,
     )
     listen_allow: tuple[str, ...] = _setting(
         (),
@@ -1041,7 +1047,7 @@ class Settings:
         iis="Access, Connection control: only the list below",
         example=["192.0.2.0/24"],
         metavar="CIDR",
-        converter=tuple,
+        converter=_tuple,
     )
     listen_deny: tuple[str, ...] = _setting(
         (),
@@ -1052,7 +1058,7 @@ class Settings:
         iis="Access, Connection control: all except the list below",
         example=["203.0.113.0/24"],
         metavar="CIDR",
-        converter=tuple,
+        converter=_tuple,
     )
     tls_certificate: str | None = _setting(
         None,
@@ -1150,33 +1156,12 @@ def _checked(path: Path, key: str, value: object) -> object:
 
 # A settings file is a few KiB; a path to /dev/zero or a log file is no settings file.
 _MOST_BYTES = 1024 * 1024
-_NOT_REGULAR = {
-    stat.S_IFDIR: "a folder",
-    stat.S_IFIFO: "a FIFO (named pipe)",
-    stat.S_IFCHR: "a character device",
-    stat.S_IFBLK: "a block device",
-    stat.S_IFSOCK: "a socket",
-}
 
 
 def _read(path: Path) -> str:
-    """The text of the settings file at ``path``: a regular file (links followed) of at most
-    :data:`_MOST_BYTES`. Opened without waiting, read through one descriptor: a FIFO would
-    hang the start or a SIGHUP's reading until something writes to it, a device never end."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
-    try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            what = _NOT_REGULAR.get(stat.S_IFMT(mode), "not a regular file")
-            raise ConfigurationError(f"cannot read settings file {path}: it is {what}")
-        data = b""
-        while len(data) <= _MOST_BYTES and (chunk := os.read(fd, _MOST_BYTES + 1 - len(data))):
-            data += chunk
-    finally:
-        os.close(fd)
-    if len(data) > _MOST_BYTES:
-        raise ConfigurationError(f"settings file {path} is over {_MOST_BYTES} bytes")
-    return data.decode("utf-8")
+    """The text of the settings file at ``path`` (:func:`~spoolmail._store.given.read_given`: a
+    FIFO would hang the start, or a SIGHUP's reading, until something writes to it)."""
+    return read_given(path, what="settings file", most=_MOST_BYTES).decode("utf-8")
 
 
 def load_settings(path: Path | None, overrides: Mapping[str, object]) -> Settings:

@@ -31,6 +31,7 @@ from spoolmail._core.routing import Router
 from spoolmail._listen.balance import FULL_PASSES, PASS_FOR, PASSES, RETIRED, WorkerSlot
 from spoolmail._listen.committer import Committer
 from spoolmail._service.service import MIN_FREE_SPACE, machine_name
+from spoolmail._store.given import check_given
 from spoolmail._store.spool import Spool
 from spoolmail.exceptions import ConfigurationError, DependencyError, SpoolmailError
 
@@ -496,6 +497,9 @@ def _tls_context(
     if certificate is None:
         raise ConfigurationError("tls_key needs tls_certificate")
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    check_given(certificate, what="tls_certificate")  # a FIFO would hang the start
+    if key is not None:
+        check_given(key, what="tls_key")
     try:
         context.load_cert_chain(certificate, key)
     except (OSError, ssl.SSLError) as exc:
