@@ -138,3 +138,14 @@ def test_tls_files_that_are_fifos_are_refused_before_ssl_opens_them(
             assert said == f"cannot read {named} {fifo}: it is a FIFO (named pipe)"
     settings = load_settings(None, {"tls_ca_file": str(fifo)})
     assert "cannot read tls_ca_file" in refused_at_once(lambda: assemble.check(settings))
+
+
+def test_a_key_file_that_holds_no_private_key_is_named_with_its_table(tmp_path: Path) -> None:
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_bytes(b"-----BEGIN NOTHING-----\nxx\n-----END NOTHING-----\n")
+    config = settings_file(
+        tmp_path, f'[spoolmail.dkim."example.com"]\nselector = "s"\nkey_file = "{garbage}"'
+    )
+    with pytest.raises(ConfigurationError) as raised:
+        assemble.dkim_policy(load_settings(config, {}))
+    assert str(raised.value).startswith(f"dkim.\"example.com\": key_file '{garbage}': ")

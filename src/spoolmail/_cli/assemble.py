@@ -297,7 +297,10 @@ def _dkim_signer(domain: str, table: Mapping[str, object]) -> DkimSigner:
         raise ConfigurationError(f"{where}: key_file {key_file!r}: {exc.strerror}") from None
     except ConfigurationError as exc:  # a FIFO, a device, a log file named by mistake
         raise ConfigurationError(f"{where}: {exc}") from None
-    key = DkimKey.from_pem(pem)
+    try:
+        key = DkimKey.from_pem(pem)
+    except ConfigurationError as exc:  # no private key, encrypted, too short: which file
+        raise ConfigurationError(f"{where}: key_file {key_file!r}: {exc}") from None
     try:
         wanted = DkimAlgorithm(str(table.get("algorithm", key.algorithm.value)))
         header, _, body = str(table.get("canonicalization", "relaxed/relaxed")).partition("/")
