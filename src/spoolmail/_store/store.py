@@ -592,10 +592,16 @@ class MailStore:
         return bool(self.fs.isfile(self._path(folder, name)))
 
     def size(self, folder: str, name: str) -> int:
+        """A file's size (a link's own); ``FileNotFoundError`` if it is not there, as
+        :meth:`open` says it."""
         try:
             if self._os_root is not None:
                 return os.lstat(self._sys(folder, name)).st_size
             return int(self.fs.getsize(self._path(folder, name)))
+        except FileNotFoundError:
+            raise
+        except pyfs.errors.ResourceNotFound as exc:
+            raise FileNotFoundError(f"{folder}/{name}") from exc
         except (OSError, pyfs.errors.FSError) as exc:
             raise StorageError(f"cannot stat {folder}/{name}: {exc}") from exc
 
@@ -1474,13 +1480,8 @@ class MailStore:
         return self.read(QUEUE, name)
 
     def queue_file_size(self, name: str) -> int:
-        """The size of a file of the Queue folder (a link's own); ``FileNotFoundError`` if gone."""
-        if self._os_root is not None:
-            return os.lstat(self._sys(QUEUE, name)).st_size
-        try:
-            return int(self.fs.getsize(self._path(QUEUE, name)))
-        except pyfs.errors.ResourceNotFound as exc:
-            raise FileNotFoundError(f"{QUEUE}/{name}") from exc
+        """The size of a file of the Queue folder by its name; ``FileNotFoundError`` if gone."""
+        return self.size(QUEUE, name)
 
     def move_queue_file_to_pickup(self, name: str, data: bytes) -> None:
         """Write ``data`` into Pickup under ``name`` (whole, by rename), then remove the Queue
