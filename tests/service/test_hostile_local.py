@@ -35,11 +35,16 @@ OPTIONS = PickupOptions(
 )
 
 
-def service(spool: Spool, clock: FakeClock, router: Router | None = None) -> MailService:
+def service(
+    spool: Spool,
+    clock: FakeClock,
+    router: Router | None = None,
+    transport: CapturingTransport | None = None,
+) -> MailService:
     return MailService(
         spool,
         router=router or Router(local_domains=["example.com"], smart_host="relay.test"),
-        transport=CapturingTransport(),
+        transport=transport or CapturingTransport(),
         host_resolver=StaticResolver(fallback="127.0.0.1"),
         clock=clock,
         fqdn="mail.example.com",
@@ -114,19 +119,50 @@ def test_a_hand_edited_envelope_cannot_inject_a_header_into_drop(
     spool: Spool, clock: FakeClock
 ) -> None:
     """An envelope file holding a line break (edited by hand, or a .BDP requeued) wrote
-    ``x-receiver: a`` and ``Bcc: evil@example.com`` as two lines of the Drop file."""
+    ``x-receiver: a`` and ``Bcc: evil@example.com`` as two lines of the Drop file. That
+    recipient fails for good (it retried until it expired); the others are delivered."""
     queue_id = spool.admit(
-        b"Subject: hi\r\n\r\nbody\r\n", sender="s@x.test", recipients=["a@example.com"], origin="t"
+        b"Subject: hi\r\n\r\nbody\r\n",
+        sender="s@x.test",
+        recipients=["a@example.com", "b@example.com"],
+        origin="t",
     )
     envelope = json.loads(spool.fs.readbytes(f"Queue/{queue_id}.env"))
     envelope["recipients"][0]["address"] = "a\r\nBcc: evil@example.com"
     spool.fs.writebytes(f"Queue/{queue_id}.env", json.dumps(envelope).encode())
+    transport = CapturingTransport()
+    running = service(spool, clock, transport=transport)
+    report = running.run_once()
+    assert report.delivered[0] == (queue_id, "b@example.com")
+    assert report.deferred == ()
+    assert report.failed == ((queue_id, "a\r\nBcc: evil@example.com"),)
+    assert envelope_of(spool.drop_message(queue_id)) == ("s@x.test", ("b@example.com",))
+    assert b"evil" not in spool.drop_message(queue_id)
+    # The sender is told why, in a DSN that quotes the address without its line break.
+    dsns = [m for m in transport.messages if m.sender == ""]
+    assert [d.recipients for d in dsns] == [("s@x.test",)]
+    assert b"Status: 5.1.3" in dsns[0].data
+    assert b"holds a control character" in dsns[0].data
+    assert b"a Bcc: evil@example.com" in dsns[0].data
+    assert b"\nBcc: evil" not in dsns[0].data
+    running.close()
+
+
+def test_a_hand_edited_sender_with_a_line_break_fails_its_local_recipients(
+    spool: Spool, clock: FakeClock
+) -> None:
+    queue_id = spool.admit(
+        b"Subject: hi\r\n\r\nbody\r\n", sender="s@x.test", recipients=["a@example.com"], origin="t"
+    )
+    envelope = json.loads(spool.fs.readbytes(f"Queue/{queue_id}.env"))
+    envelope["sender"] = "s@x.test\nBcc: evil@example.com"
+    spool.fs.writebytes(f"Queue/{queue_id}.env", json.dumps(envelope).encode())
     running = service(spool, clock)
     report = running.run_once()
-    assert report.delivered == ()
-    assert report.deferred == ((queue_id, "a\r\nBcc: evil@example.com"),)
+    assert report.failed[0] == (queue_id, "a@example.com")
     assert spool.fs.listdir("Drop") == []
-    assert "contains a control character" in spool.fs.readtext(f"Queue/{queue_id}.LTR")
+    assert report.badmail  # the DSN, to that same sender, fails alike: it ends in BadMail
+    assert "553 5.1.7" in spool.fs.readtext(f"BadMail/{queue_id}-d1.BAD")
     running.close()
 
 

@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from spoolmail._core.headers import fields, without_fields
 from spoolmail.exceptions import MessageError
 
-__all__ = ["filetime", "original_arrival_time", "render_drop_head"]
+__all__ = ["filetime", "original_arrival_time", "render_drop_head", "unwritable"]
 
 # 100-nanosecond intervals between 1601-01-01 (the Windows FILETIME epoch) and 1970-01-01.
 _FILETIME_EPOCH = 116_444_736_000_000_000
@@ -62,8 +62,13 @@ def _path(address: str) -> str:
     return f"<{address}>" if address else "<>"
 
 
+def unwritable(address: str) -> bool:
+    """Whether ``address`` holds a control character, and so cannot be an envelope line."""
+    return _CONTROL.search(address) is not None
+
+
 def _checked(address: str, role: str) -> str:
-    if _CONTROL.search(address):
+    if unwritable(address):
         raise MessageError(
             f"the {role} {address!r} contains a control character: it cannot be written into an "
             "envelope line (the envelope file is damaged)"

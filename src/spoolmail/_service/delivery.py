@@ -30,7 +30,7 @@ from itertools import chain
 
 import attrs
 
-from spoolmail._core.drop import render_drop_head
+from spoolmail._core.drop import render_drop_head, unwritable
 from spoolmail._core.envelope import Envelope, RecipientState, replaced
 from spoolmail._core.headers import count_received
 from spoolmail._core.mtasts import apply_policy
@@ -733,7 +733,36 @@ class Deliverer:
         The name is the queue id, so repeating this after a crash replaces the file instead of
         writing a second copy: a message is in Drop once. A file that cannot be written (disk
         full, I/O error, permissions) is a local fault, not a refusal: the recipients wait.
+
+        An address with a control character (only a damaged or hand-edited envelope file holds
+        one) cannot be an envelope line: that recipient fails for good, 553 5.1.3, as the SMTP
+        transport fails it (5.1.7 for every recipient when it is the sender); waiting would not
+        change the file, so it would retry until it expired.
         """
+        if unwritable(envelope.sender):
+            reply = Reply(
+                553,
+                "5.1.7",
+                f"the sender {envelope.sender!r} holds a control character: it cannot be "
+                "written into a Drop file (the envelope file is damaged)",
+            )
+            transcript.note(str(reply))
+            attempt.replies.update(dict.fromkeys(addresses, reply))
+            return
+        bad = [address for address in addresses if unwritable(address)]
+        for address in bad:
+            reply = Reply(
+                553,
+                "5.1.3",
+                f"recipient address {address!r} holds a control character: it cannot be "
+                "written into a Drop file (the envelope file is damaged)",
+            )
+            transcript.note(str(reply))
+            attempt.replies[address] = reply
+        if bad:
+            addresses = [address for address in addresses if address not in bad]
+            if not addresses:
+                return
         try:
             with self.transitions.open_message(envelope.id) as handle:
                 head, body = read_head(handle, limit=HEAD_LIMIT)
