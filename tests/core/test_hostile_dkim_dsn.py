@@ -15,14 +15,18 @@ from __future__ import annotations
 import re
 import time
 import tracemalloc
+import unicodedata
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from spoolmail import MailService, Reply, RetryPolicy, Router, Spool
+from spoolmail._core import dsn as dsn_text
 from spoolmail._core.dkim import Canonicalization, DkimKey, DkimPolicy, DkimSigner
 from spoolmail._core.dsn import DsnAction, render_dsn
 from spoolmail._core.envelope import Recipient, RecipientState, new_envelope
@@ -346,3 +350,75 @@ def test_a_failed_dsn_to_our_own_postmaster_goes_to_badmail_not_round(
     assert list(spool.queued()) == []
     [item] = spool.badmail()
     assert item.id.endswith("-d1")
+
+
+# -- the DSN's text: the fast paths write what the plain definitions write --------------------
+
+
+def _reference_clean(text: str) -> str:
+    """``_clean`` as defined: every unsafe character a space, white space runs one space."""
+    unsafe = {"Cc", "Cf", "Cs", "Zl", "Zp"}
+    spaced = "".join(" " if unicodedata.category(c) in unsafe else c for c in text)
+    return " ".join(spaced.split())
+
+
+def _reference_wrap(text: str, *, first: str, indent: str) -> list[str]:
+    """``_wrap`` as defined: word by word, each one placed where it fits."""
+    lines: list[str] = []
+    line = first
+    for piece in (p for word in text.split(" ") for p in dsn_text._pieces(word)):
+        if line in (first, indent):
+            line += piece
+        elif (
+            len(line.encode("utf-8", "surrogatepass"))
+            + 1
+            + len(piece.encode("utf-8", "surrogatepass"))
+            <= 78
+        ):
+            line += " " + piece
+        else:
+            lines.append(line)
+            line = indent + piece
+    lines.append(line.rstrip())
+    return lines
+
+
+# The prefixes the DSN fills lines with: the human part's, a header's, a field's.
+_PREFIXES = st.sampled_from(
+    [("", ""), ("       ", "       "), ("           ", "           "), ("To: ", " "),
+     ("Diagnostic-Code: ", " "), ("Original-Envelope-Id: ", " ")]
+)  # fmt: skip
+_WORDS = st.lists(
+    st.one_of(
+        st.text(alphabet=st.characters(codec="ascii", exclude_characters=" "), max_size=12),
+        st.text(alphabet="xy", min_size=60, max_size=1000),
+        st.text(max_size=8),
+        st.sampled_from(["\r\n", "\x00", "\x85", "\u2028", "\u202e", "\t", "  "]),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=600, deadline=None)
+@given(_WORDS, _PREFIXES, st.sampled_from([" ", "  ", "\t", "\r\n "]))
+def test_cleaning_and_filling_write_what_the_definitions_write(
+    words: list[str], prefixes: tuple[str, str], between: str
+) -> None:
+    """``_clean`` and ``_wrap`` take a DSN's text a run or a line at a time (10,000 replies of
+    2 KiB took 16 s a character and a word at a time): their lines are the same."""
+    first, indent = prefixes
+    text = between.join(words)
+    assert dsn_text._clean(text) == _reference_clean(text)
+    for given_text in (text, dsn_text._clean(text)):
+        assert dsn_text._wrap(given_text, first=first, indent=indent) == _reference_wrap(
+            given_text, first=first, indent=indent
+        )
+
+
+@pytest.mark.parametrize("width", [76, 77, 78, 79, 80])
+def test_filling_at_the_edge_of_a_line(width: int) -> None:
+    # A word that ends exactly at the 78th octet stays; one octet more goes to the next line.
+    text = "a" * (width - len("To: ") - 2) + " bb cc " + "d" * 900 + " " + "e" * 901
+    assert dsn_text._wrap(text, first="To: ", indent=" ") == _reference_wrap(
+        text, first="To: ", indent=" "
+    )

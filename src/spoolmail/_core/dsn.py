@@ -16,6 +16,7 @@ store, sent from the null reverse-path ``<>`` (docs/retries.md).
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import re
 import unicodedata
@@ -59,6 +60,8 @@ _ADDRESS_TYPE = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+")
 # Unicode classes that break a line or hide text: controls (CR, LF, NUL, NEL...), format characters
 # (bidi overrides), lone surrogates (unencodable) and the line and paragraph separators.
 _UNSAFE = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+_ASCII_CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # the unsafe characters in ASCII: its Cc
+_NON_ASCII = re.compile(r"[^\x00-\x7f]")
 _WIDTH = 78  # RFC 5322 section 2.1.1: lines SHOULD stay within 78 characters...
 _CUT = 900  # ...and MUST stay within 998 octets: a longer word is cut (octets, not characters)
 # The most of a reply quoted for one recipient: a reply line is at most 512 octets (RFC 5321
@@ -247,6 +250,7 @@ def _check_aware(name: str, value: datetime | None) -> None:
         raise ValueError(f"{name} must be an aware datetime, not {value!r}")
 
 
+@functools.lru_cache(maxsize=64)  # a DSN dates each of its thousands of recipients alike
 def _date(value: datetime) -> str:
     """An RFC 5322 date-time (section 3.3) in UTC, as both headers and DSN fields write it."""
     return format_datetime(value.astimezone(UTC))
@@ -256,10 +260,23 @@ def _clean(text: str) -> str:
     """Text from outside as one line: unsafe characters become spaces, white space runs one space.
 
     Reply text arrives from remote servers; CR, LF or NUL in it must not start a header or field
-    of its own in the DSN, nor end a line early.
+    of its own in the DSN, nor end a line early. ASCII's unsafe characters are its controls, which
+    a regular expression replaces; only characters outside ASCII are looked up one by one (a DSN
+    may quote thousands of replies of kilobytes each).
     """
-    spaced = "".join(" " if unicodedata.category(c) in _UNSAFE else c for c in text)
+    if text.isprintable() and "  " not in text:
+        # No control, format or separator character, and no white space but single spaces
+        # (every other white space character is a control or a separator).
+        return text.strip(" ")
+    spaced = _ASCII_CONTROL.sub(" ", text)
+    if not spaced.isascii():
+        spaced = _NON_ASCII.sub(_unsafe_as_space, spaced)
     return " ".join(spaced.split())
+
+
+def _unsafe_as_space(match: re.Match[str]) -> str:
+    char = match.group()
+    return " " if unicodedata.category(char) in _UNSAFE else char
 
 
 def _quoted(reply: Reply) -> str:
@@ -274,7 +291,10 @@ def _seven_bit(text: str) -> str:
     The delivery-status part is 7-bit (RFC 3464 section 2.1.1); the human-readable part carries
     the same text in UTF-8.
     """
-    return "".join(c if c.isascii() else f"\\x{{{ord(c):02X}}}" for c in _clean(text))
+    cleaned = _clean(text)
+    if cleaned.isascii():
+        return cleaned
+    return "".join(c if c.isascii() else f"\\x{{{ord(c):02X}}}" for c in cleaned)
 
 
 def _typed_address(address: str, *, unicode: bool) -> str:
@@ -404,6 +424,9 @@ def _wrap(text: str, *, first: str, indent: str) -> list[str]:
     With ``indent=" "`` this is RFC 5322 folding (section 2.2.3): unfolding gives the text back
     (a cut word gains one space, the price of the 998-octet limit).
     """
+    plain = _wrap_plain(text, first=first, indent=indent) if _plain(text, first, indent) else None
+    if plain is not None:
+        return plain
     lines: list[str] = []
     line = first
     for piece in (p for word in text.split(" ") for p in _pieces(word)):
@@ -416,6 +439,45 @@ def _wrap(text: str, *, first: str, indent: str) -> list[str]:
             line = indent + piece
     lines.append(line.rstrip())
     return lines
+
+
+def _plain(text: str, first: str, indent: str) -> bool:
+    """Whether ``text`` is ASCII words between single spaces, and the prefixes ASCII: as
+    :func:`_clean` leaves ASCII text, and what :func:`_wrap_plain` fills alike."""
+    return (
+        text.isascii()
+        and first.isascii()
+        and indent.isascii()
+        and text[:1] not in ("", " ")
+        and not text.endswith(" ")
+        and "  " not in text
+    )
+
+
+def _wrap_plain(text: str, *, first: str, indent: str) -> list[str] | None:
+    """:func:`_wrap` for :func:`_plain` text, a line at a time instead of a word at a time;
+    ``None`` when a word is longer than _CUT (to be cut, as :func:`_wrap` does).
+
+    Greedy filling takes words while the line stays within _WIDTH; their lengths only add up,
+    so a line ends at the last space that keeps it within _WIDTH, or after its first word when
+    that word alone is longer. One octet a character: the text and the prefixes are ASCII.
+    """
+    lines = []
+    end, prefix, start = len(text), first, 0
+    while True:
+        stop = text.find(" ", start)
+        if stop < 0:
+            stop = end
+        if stop - start > _CUT:
+            return None
+        limit = start + _WIDTH - len(prefix)  # the line may reach text[limit], exclusive
+        if stop < limit:
+            stop = end if limit >= end else text.rfind(" ", stop, limit + 1)
+        lines.append(prefix + text[start:stop])
+        if stop >= end:
+            lines[-1] = lines[-1].rstrip()
+            return lines
+        start, prefix = stop + 1, indent
 
 
 # The paragraphs IIS wrote above the recipient list. Failed and delayed are quoted from real IIS
@@ -591,7 +653,10 @@ def _transfer_encoding(data: bytes) -> str:
     7bit and 8bit are CRLF lines of at most 998 octets without NUL, 8bit also with octets over
     127; anything else (a bare CR or LF, a NUL, a longer line) is binary.
     """
-    if b"\0" in data or b"\r" in data.replace(b"\r\n", b"") or b"\n" in data.replace(b"\r\n", b""):
+    # Every CR and every LF is half of a CRLF: counted, not copied (a returned message may be
+    # big, and a DSN's parts quote thousands of replies).
+    crlf = data.count(b"\r\n")
+    if b"\0" in data or data.count(b"\r") != crlf or data.count(b"\n") != crlf:
         return "binary"
     if has_long_line(data, 998):
         return "binary"
