@@ -237,3 +237,47 @@ def test_a_client_that_drips_or_sends_junk_gets_no_traceback_and_the_endpoint_se
             stop()
             service.close()
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_clients_that_drip_a_byte_at_a_time_are_dropped_at_the_deadline(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A byte every half second is never silent for CONNECTION_TIMEOUT: eight such clients held
+    # every slot for as long as they liked, and no scraper got in.
+    monkeypatch.setattr(metrics, "CONNECTION_TIMEOUT", 5.0)
+    monkeypatch.setattr(metrics, "CONNECTION_DEADLINE", 2.0)
+    with Spool("mem://") as spool:
+        service = MailService(spool)
+        stop = serve_metrics(lambda: service, "127.0.0.1:0")
+        port = stop.port  # type: ignore[attr-defined]
+        drippers, connected = [], []
+        for _ in range(metrics.MAX_CONNECTIONS):  # some wait for a SYN resent (backlog of 5)
+            drippers.append(socket.create_connection(("127.0.0.1", port), 10))
+            connected.append(time.monotonic())
+        try:
+            request = b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Drip: " + b"a" * 100
+            ended: dict[int, float] = {}
+            for byte in request:
+                for number, client in enumerate(drippers):
+                    if number not in ended:
+                        try:
+                            client.sendall(bytes([byte]))
+                        except OSError:
+                            ended[number] = time.monotonic() - connected[number]
+                time.sleep(0.25)
+                for number, client in enumerate(drippers):
+                    client.setblocking(False)
+                    with contextlib.suppress(BlockingIOError):
+                        if number not in ended and client.recv(1) == b"":
+                            ended[number] = time.monotonic() - connected[number]
+                if len(ended) == len(drippers):
+                    break
+            assert sorted(ended) == list(range(len(drippers)))
+            assert all(1.5 < when < 6 for when in ended.values()), ended
+            assert "spoolmail_dead_hosts 0.0" in scrape(port)  # a slot for the scraper again
+        finally:
+            for client in drippers:
+                client.close()
+            stop()
+            service.close()
+    assert "Traceback" not in capsys.readouterr().err

@@ -10,8 +10,9 @@ its figures, so no scraper can spend more than about a sixth of a core on them. 
 restart with the service, as Prometheus expects of a process's counters.
 
 The endpoint serves at most :data:`MAX_CONNECTIONS` connections at once (one more is closed
-unanswered) and drops one that is silent for :data:`CONNECTION_TIMEOUT` seconds: clients that
-connect and say nothing cannot pile up a thread each.
+unanswered), drops one that is silent for :data:`CONNECTION_TIMEOUT` seconds and one that lasts
+:data:`CONNECTION_DEADLINE` seconds however it drips: clients that connect and say nothing, or a
+byte now and then, cannot pile up a thread each nor keep the scraper out.
 
 Metrics (names as ``prometheus_client`` writes them):
 
@@ -28,6 +29,7 @@ Metrics (names as ``prometheus_client`` writes them):
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import socket
@@ -42,6 +44,7 @@ if TYPE_CHECKING:
     from spoolmail._service.observers import Stats
 
 __all__ = [
+    "CONNECTION_DEADLINE",
     "CONNECTION_TIMEOUT",
     "COUNTERS",
     "MAX_CONNECTIONS",
@@ -61,6 +64,9 @@ MIN_INTERVAL = 1.0
 MAX_CONNECTIONS = 8
 #: Seconds a connection may be silent while its request is read or its answer sent.
 CONNECTION_TIMEOUT = 10.0
+#: Seconds a connection may last in all, its request read and its answer sent: a client that
+#: sends a byte every few seconds is never silent for CONNECTION_TIMEOUT.
+CONNECTION_DEADLINE = 30.0
 
 #: The counters of :class:`spoolmail.Stats`, each a ``spoolmail_<name>_total`` metric.
 COUNTERS = {
@@ -179,7 +185,8 @@ def _address(address: str) -> tuple[str, int]:
 @functools.cache
 def _server_class(family: socket.AddressFamily) -> type[Any]:
     """The endpoint's HTTP server: a thread a connection, at most :data:`MAX_CONNECTIONS` of
-    them, each silent no longer than :data:`CONNECTION_TIMEOUT`. Made at the first use: its
+    them, each silent no longer than :data:`CONNECTION_TIMEOUT` and open no longer than
+    :data:`CONNECTION_DEADLINE`. Made at the first use: its
     modules (``wsgiref``, ``http.server``) are no cost of a daemon without metrics."""
     import socketserver  # noqa: PLC0415
     from wsgiref.simple_server import WSGIRequestHandler, WSGIServer  # noqa: PLC0415
@@ -200,6 +207,8 @@ def _server_class(family: socket.AddressFamily) -> type[Any]:
 
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+            self._open: dict[socket.socket, float] = {}  # each connection's deadline
+            self._open_lock = threading.Lock()
             super().__init__(*args, **kwargs)
 
         def process_request(self, request: Any, client_address: Any) -> None:
@@ -207,17 +216,35 @@ def _server_class(family: socket.AddressFamily) -> type[Any]:
                 log.debug("metrics: %s turned away: %d open", client_address, MAX_CONNECTIONS)
                 self.shutdown_request(request)
                 return
+            with self._open_lock:
+                self._open[request] = time.monotonic() + CONNECTION_DEADLINE
             try:
                 super().process_request(request, client_address)
             except BaseException:
-                self._slots.release()
+                self._forget(request)
                 raise
 
         def process_request_thread(self, request: Any, client_address: Any) -> None:
             try:
                 super().process_request_thread(request, client_address)
             finally:
-                self._slots.release()
+                self._forget(request)
+
+        def _forget(self, request: socket.socket) -> None:
+            with self._open_lock:
+                del self._open[request]
+            self._slots.release()
+
+        def service_actions(self) -> None:
+            # serve_forever calls this between its polls (every half second): a connection past
+            # its deadline is shut down, which ends its thread's read or write at once.
+            now = time.monotonic()
+            with self._open_lock:
+                overdue = [request for request, deadline in self._open.items() if deadline < now]
+            for request in overdue:
+                log.debug("metrics: a connection past %g s shut down", CONNECTION_DEADLINE)
+                with contextlib.suppress(OSError):
+                    request.shutdown(socket.SHUT_RDWR)
 
         def handle_error(self, request: Any, client_address: Any) -> None:
             # A client gone silent or away: no traceback on stderr, which socketserver prints.
@@ -230,7 +257,7 @@ def serve_metrics(current: Callable[[], StatsSource], address: str) -> Callable[
     """Serve ``/metrics`` on ``address`` (``host:port``, ``[v6]:port``) on a thread of its own;
     returns a function that stops it. Its own registry: nothing of the process's default one.
     At most :data:`MAX_CONNECTIONS` connections at once, each silent no longer than
-    :data:`CONNECTION_TIMEOUT` seconds."""
+    :data:`CONNECTION_TIMEOUT` seconds and open no longer than :data:`CONNECTION_DEADLINE`."""
     from wsgiref.simple_server import make_server  # noqa: PLC0415 (see _server_class)
 
     prometheus = _prometheus()
