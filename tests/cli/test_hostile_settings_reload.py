@@ -152,6 +152,33 @@ def test_sighup_with_the_settings_file_now_a_fifo_keeps_delivering(
     assert "Traceback" not in read(log_file)
 
 
+def test_a_reload_that_cannot_be_built_logs_no_change(
+    service: tuple[subprocess.Popen[bytes], Path, Path, Path], tmp_path: Path
+) -> None:
+    # The file reads well but its CA file does not load: "settings read again; changed:
+    # poll_interval, tls_ca_file" was logged before the error that kept the old settings.
+    process, root, config, log_file = service
+    garbage = tmp_path / "ca.pem"
+    garbage.write_text("not a certificate\n")
+    good = config.read_text()
+    config.write_text(
+        good.replace("poll_interval = 0.05", f'poll_interval = 0.07\ntls_ca_file = "{garbage}"')
+    )
+    process.send_signal(signal.SIGHUP)
+    until("the CA file refused", lambda: "the settings in use stay" in read(log_file))
+    assert "ca.pem" in read(log_file)
+    assert "changed:" not in read(log_file)
+    assert "are in use" not in read(log_file)
+    config.write_text(good.replace("poll_interval = 0.05", "poll_interval = 0.06"))
+    process.send_signal(signal.SIGHUP)
+    until("in use", lambda: "the new settings are in use" in read(log_file))
+    assert "changed: poll_interval\n" in read(log_file)
+    submit(root, "after")
+    until("delivered", lambda: len(os.listdir(root / "Drop")) == 1)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(DEADLINE) == 0
+
+
 # -- numbers the system cannot take ---------------------------------------------------------------
 
 SECONDS = [field.name for field, key in keys() if key.kind.name == "number"]
@@ -204,54 +231,90 @@ def test_a_worker_count_that_would_fork_without_end_is_refused(tmp_path: Path, n
 
 # -- signals at awkward times ---------------------------------------------------------------------
 
-# spoolmail run, with a SIGHUP sent to itself in the middle of its start-up (where the drop of
-# root is: after the settings are read, before the MailRoot is opened and the handlers are set).
+# spoolmail, with a SIGHUP sent to itself in the middle of its start-up: while the settings are
+# read (after the imports, before the command's own start), or where the drop of root is (before
+# the MailRoot is opened and the handlers are set).
 HANGUP_WHILE_STARTING = textwrap.dedent(
     """
     import os, signal, sys
-    from spoolmail._cli import privileges
+    from spoolmail._cli import privileges, settings
     from spoolmail._cli.main import main
 
-    lose_root = privileges.lose_root
+    where = sys.argv.pop(1)
+    module = privileges if where == "lose_root" else settings
+    original = getattr(module, where)
 
-    def hangup_then_lose_root(settings):
-        os.kill(os.getpid(), signal.SIGHUP)
-        lose_root(settings)
+    sent = []
 
-    privileges.lose_root = hangup_then_lose_root
+    def hangup_then(*args, **kwargs):
+        if not sent:  # once: a reload reads the settings again, through the same function
+            sent.append(os.kill(os.getpid(), signal.SIGHUP))
+        return original(*args, **kwargs)
+
+    setattr(module, where, hangup_then)
     sys.exit(main(sys.argv[1:]))
     """
 )
 
 
-@pytest.mark.parametrize("workers", ["1", "2"])
-def test_a_sighup_while_starting_is_taken_once_serving(tmp_path: Path, workers: str) -> None:
-    # SIGHUP's default action ended the process (status -1) when it came before the handler.
+@pytest.mark.parametrize(
+    ("where", "command"),
+    [
+        ("lose_root", ["run", "--workers", "1"]),
+        ("lose_root", ["run", "--workers", "2"]),
+        ("load_settings", ["run", "--workers", "1"]),
+        ("load_settings", ["run", "--workers", "2"]),
+        ("load_settings", ["listen", "--listen", "127.0.0.1:0"]),
+    ],
+)
+def test_a_sighup_while_starting_is_taken_once_serving(
+    tmp_path: Path, where: str, command: list[str]
+) -> None:
+    # SIGHUP's default action ended the process (status -1) when it came before the handler;
+    # while the settings were read, it still did.
     root = tmp_path / "MailRoot"
     config = tmp_path / "spoolmail.toml"
     config.write_text(settings(root))
     log_file = tmp_path / "spoolmail.log"
     with subprocess.Popen(
-        [sys.executable, "-c", HANGUP_WHILE_STARTING, "--config", str(config), "run",
-         "--workers", workers, "--log-file", str(log_file)],
+        [sys.executable, "-c", HANGUP_WHILE_STARTING, where, "--config", str(config), *command,
+         "--log-file", str(log_file)],
         cwd=tmp_path,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
     ) as process:  # fmt: skip
         try:
             assert process.stdout is not None
-            assert process.stdout.readline().startswith(b"spoolmail: serving ")
+            assert process.stdout.readline().startswith(
+                b"spoolmail: serving " if command[0] == "run" else b"spoolmail: listening on "
+            )
+            readers = int(command[2]) if command[0] == "run" else 1
             until(
                 "the held SIGHUP read",
-                lambda: read(log_file).count("SIGHUP: settings read again") == int(workers),
+                lambda: read(log_file).count("SIGHUP: the new settings are in use") == readers,
             )
-            submit(root, "after")
-            until("delivered", lambda: len(os.listdir(root / "Drop")) == 1)
+            if command[0] == "run":
+                submit(root, "after")
+                until("delivered", lambda: len(os.listdir(root / "Drop")) == 1)
             process.send_signal(signal.SIGTERM)
             assert process.wait(DEADLINE) == 0
         finally:
             if process.poll() is None:
                 process.kill()
+
+
+def test_a_sighup_to_a_one_shot_command_while_it_starts_still_ends_it(tmp_path: Path) -> None:
+    # Only run and listen read a SIGHUP; any other command ends, as SIGHUP's default says (a
+    # terminal that hangs up), once its command line is read, not after its work.
+    with subprocess.Popen(
+        [sys.executable, "-c", HANGUP_WHILE_STARTING, "load_settings", "--root",
+         str(tmp_path / "MailRoot"), "init"],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    ) as process:  # fmt: skip
+        assert process.wait(DEADLINE) == -signal.SIGHUP
+    assert not (tmp_path / "MailRoot").exists()
 
 
 def test_sighups_in_a_burst_and_a_sigterm_among_them_lose_nothing(

@@ -72,24 +72,7 @@ def _log_report(report: Report) -> None:
 
 
 def _run(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
-    # A SIGHUP while starting (logrotate, systemctl reload) would end the process, SIGHUP's
-    # default: it is held until _serve's handler (or the supervisor's) is set, then read.
-    held = None if args.once else _hold_hangup()
-    try:
-        return _start(settings, args, out)
-    finally:
-        if held is not None:
-            signal.pthread_sigmask(signal.SIG_SETMASK, held)
-
-
-def _hold_hangup() -> set[int | signal.Signals] | None:
-    """Block SIGHUP (POSIX); the mask it replaced, to put back."""
-    if not hasattr(signal, "SIGHUP"):
-        return None
-    return signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
-
-
-def _start(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
+    # SIGHUP is held (main) until _serve's handler (or the supervisor's) is set, then read.
     if settings.metrics and not args.once:
         check_metrics(settings.metrics)  # the extra and the address, before any worker starts
     # The listener's sockets are bound (port 25), its key and users read, while still root;
@@ -244,7 +227,7 @@ def _serve(
         signal.signal(signal.SIGTERM, daemon.stop)
         if hasattr(signal, "SIGHUP"):  # not on Windows
             signal.signal(signal.SIGHUP, daemon.hangup)
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})  # held since _run
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})  # held since main
         if prepared is not None:
             daemon.listener = listening.start(
                 prepared, spool, router=daemon.service.router, settings=settings
@@ -329,4 +312,4 @@ def _reload(daemon: _Daemon, args: argparse.Namespace, spool: Spool) -> None:
             settings=new,
             share=daemon.listening,
         )
-    log.info("SIGHUP: the new settings are in use")
+    reloading.in_use(old, new, args)

@@ -291,11 +291,13 @@ def _listen(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
             def hangup(_signum: int, _frame: FrameType | None) -> None:
                 asked["reload"] = True
 
+            # The wake-up first: a signal between a handler and it would wait for the next one.
+            before = signal.set_wakeup_fd(waker.fileno(), warn_on_full_buffer=False)
             signal.signal(signal.SIGINT, stop)
             signal.signal(signal.SIGTERM, stop)
             if hasattr(signal, "SIGHUP"):
                 signal.signal(signal.SIGHUP, hangup)
-            before = signal.set_wakeup_fd(waker.fileno(), warn_on_full_buffer=False)
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})  # held since main
             try:
                 print(
                     f"spoolmail: listening on {', '.join(listener.addresses)} for "
@@ -333,7 +335,7 @@ def _reload(listener: Listener, settings: Settings, args: argparse.Namespace) ->
         log.error("SIGHUP: %s; the settings in use stay", exc)  # noqa: TRY400 (no traceback)
         return settings
     reconfigure(listener, router=router, access=access, settings=new)
-    log.info("SIGHUP: the new settings are in use")
+    reloading.in_use(settings, new, args)
     return new
 
 

@@ -15,6 +15,7 @@ import contextlib
 import importlib
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -305,6 +306,32 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
     quick = _quick_flush(sys.argv[1:] if argv is None else argv)
     if quick is not None:
         return quick
+    # A SIGHUP while the command starts (logrotate, `systemctl reload` just after the start)
+    # would end it, SIGHUP's default: it is held from here, through the imports and the
+    # settings, until `run`'s or `listen`'s handler is set and reads it. Every other command
+    # lets it through once its command line is read.
+    held = _hold_hangup()
+    try:
+        return _main(argv, out, held)
+    finally:
+        _let_go(held)
+
+
+def _hold_hangup() -> set[int | signal.Signals] | None:
+    """Block SIGHUP (POSIX); the mask it replaced, to put back."""
+    if not hasattr(signal, "SIGHUP"):
+        return None
+    return signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+
+
+def _let_go(held: set[int | signal.Signals] | None) -> None:
+    if held is not None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
+def _main(
+    argv: Sequence[str] | None, out: TextIO | None, held: set[int | signal.Signals] | None
+) -> int:
     from spoolmail._cli import flags  # noqa: PLC0415 (see the imports)
     from spoolmail._cli.logs import Logs  # noqa: PLC0415
     from spoolmail._cli.settings import load_settings  # noqa: PLC0415
@@ -319,6 +346,8 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None) -> int
     # The daemon logs what it does; a one-shot command prints its result on stdout instead,
     # and its log shows only errors (everything with -v).
     daemon = args.command in ("run", "listen") and not getattr(args, "once", False)
+    if not daemon:
+        _let_go(held)  # a SIGHUP held meanwhile ends the command now, as it would have
     logs = Logs(level=logging.DEBUG if args.verbose else logging.INFO if daemon else logging.ERROR)
     args.logs = logs
     handler: Callable[[Settings, argparse.Namespace, TextIO], int] = args.handler

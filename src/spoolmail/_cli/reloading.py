@@ -4,9 +4,9 @@
 flag still wins over the file), keeps the value in use of every key that needs a restart (the
 settings table's ``restart``: the MailRoot, the user, the listening sockets, TLS key and users
 read as root, the log's destinations) and logs each such change as needing one. A file that
-cannot be read or is wrong is logged and changes nothing. The caller applies the rest: ``run``
-builds a new service from it, the listener takes new routing, access and limits. Reads the
-settings file; changes nothing itself.
+cannot be read or is wrong is logged and changes nothing. The caller applies the rest (``run``
+builds a new service from it, the listener takes new routing, access and limits) and says so
+with :func:`in_use`. Reads the settings file; changes nothing itself.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from spoolmail._cli import flags
 from spoolmail._cli.settings import Settings, changed_keys, keys, load_settings
 from spoolmail.exceptions import SpoolmailError
 
-__all__ = ["RESTART_KEYS", "reread"]
+__all__ = ["RESTART_KEYS", "in_use", "reread"]
 
 log = logging.getLogger("spoolmail")
 
@@ -49,12 +49,18 @@ def reread(current: Settings, args: argparse.Namespace) -> Settings:
                 old,
             )
             kept[name] = old
-    new = attrs.evolve(new, **kept)
-    changed = changed_keys(current, new)
-    if changed:
-        log.info(
-            "SIGHUP: settings read again from %s; changed: %s", args.config, ", ".join(changed)
-        )
-    else:
-        log.info("SIGHUP: settings read again from %s; nothing changed", args.config)
-    return new
+    return attrs.evolve(new, **kept)
+
+
+def in_use(old: Settings, new: Settings, args: argparse.Namespace) -> None:
+    """Log that ``new`` (from :func:`reread`) is in use, and what changed from ``old``.
+
+    Said once the caller has built what runs with them: a change it cannot build is its error
+    alone, with nothing logged as changed before it.
+    """
+    changed = changed_keys(old, new)
+    log.info(
+        "SIGHUP: the new settings are in use (read from %s); %s",
+        args.config,
+        f"changed: {', '.join(changed)}" if changed else "nothing changed",
+    )
