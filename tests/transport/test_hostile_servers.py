@@ -31,7 +31,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from spoolmail import MailService, Router, Spool
-from spoolmail._core.reply import Reply
+from spoolmail._core.reply import KEPT_TEXT, Reply
 from spoolmail._core.routing import Target
 from spoolmail._core.transcript import Transcript
 from spoolmail._transport.base import Outgoing
@@ -828,3 +828,47 @@ def test_a_babbling_smart_host_leaves_the_message_queued_with_the_reason(tmp_pat
     assert (report.delivered, report.failed, report.errors) == ((), (), ())
     assert f"a reply of more than {MAX_REPLY_LINES} lines" in text
     assert elapsed < 2
+
+
+def test_a_long_reply_to_many_recipients_is_kept_cut_in_the_envelope(tmp_path: Path) -> None:
+    # A 451 of 63 KB at the final dot answers every recipient of the transaction: the envelope
+    # held it once a recipient (300 recipients: 19 MB, read again at every retry) and the mail
+    # log wrote it once a recipient. Each keeps 2,048 characters; the transcript all of it.
+    lines = [f"451-4.3.0 line {n:02d} ".encode() + b"x" * 690 + b"\r\n" for n in range(89)]
+    refusal = b"".join(lines) + b"451 4.3.0 the last line\r\n"
+    assert len(refusal) < MAX_REPLY_OCTETS
+
+    def script(wire: Wire) -> None:
+        if wire.send(GREETING):
+            converse(wire, {"EHLO": EHLO_PLAIN, "DATA": b"354 go ahead\r\n"}, end_of_data=refusal)
+
+    clock = FakeClock()
+    recipients = [f"user{n}@remote.test" for n in range(300)]
+    with hostile(script) as peer, Spool(str(tmp_path / "MailRoot"), clock=clock) as spool:
+        service = MailService(
+            spool,
+            router=Router(local_domains=["example.com"], smart_host=f"[{HOST}]:{peer.port}"),
+            transport=SmtpTransport(helo_name="mail.example.com", timeouts=FAST),
+            clock=clock,
+            fqdn="mail.example.com",
+        )
+        try:
+            queue_id = spool.submit(
+                b"From: alice@example.com\r\nSubject: s\r\n\r\nhi\r\n",
+                sender="alice@example.com",
+                recipients=recipients,
+            )
+            report = service.run_once()
+        finally:
+            service.close()
+        assert len(report.deferred) == 300
+        envelope = spool.fs.getsize(f"Queue/{queue_id}.env")
+        [queued] = list(spool.queued())
+        transcript = spool.transcript(queue_id)
+    assert envelope < 300 * (KEPT_TEXT + 400)
+    texts = {r.reply.text for r in queued.envelope.recipients if r.reply is not None}
+    [text] = texts
+    assert len(text) == KEPT_TEXT + len(" [...]")
+    assert text.startswith("line 00 xxx")
+    assert text.endswith(" [...]")
+    assert "the last line" in transcript  # the whole reply, once a transaction

@@ -17,9 +17,15 @@ from typing import Any
 
 import attrs
 
-__all__ = ["Reply", "Severity"]
+__all__ = ["KEPT_TEXT", "Reply", "Severity", "kept"]
 
 _ENHANCED = re.compile(r"([245])\.([0-9]{1,3})\.([0-9]{1,3})")
+
+#: The most of a server's reply text kept for each recipient (:func:`kept`): the envelope holds
+#: one reply a recipient and the mail log writes one a recipient, while a server may answer in
+#: up to 64 KiB, the same reply for all of a message's thousand recipients. A DSN quotes no
+#: more than this either; the transcript keeps the whole reply.
+KEPT_TEXT = 2048
 
 
 class Severity(enum.Enum):
@@ -137,3 +143,10 @@ class Reply:
         if match and match.group(1) == str(code)[0]:
             enhanced, text = head, rest
         return cls(code, enhanced, text.strip(), host=host)
+
+
+def kept(reply: Reply) -> Reply:
+    """``reply`` with its text cut to :data:`KEPT_TEXT` characters, the cut marked ``[...]``."""
+    if len(reply.text) <= KEPT_TEXT:
+        return reply
+    return attrs.evolve(reply, text=reply.text[:KEPT_TEXT] + " [...]")

@@ -34,7 +34,7 @@ from spoolmail._core.drop import render_drop_head, unwritable
 from spoolmail._core.envelope import Envelope, RecipientState, replaced
 from spoolmail._core.headers import count_received
 from spoolmail._core.mtasts import apply_policy
-from spoolmail._core.reply import Reply
+from spoolmail._core.reply import KEPT_TEXT, Reply, kept
 from spoolmail._core.retry import short_retrying
 from spoolmail._core.routing import Hop, HopKind, Route, RouteKind, Router, Target
 from spoolmail._core.suppression import suppressed_reply
@@ -703,7 +703,7 @@ class Deliverer:
                 eight_bit=envelope.eight_bit,
                 dot_lines=envelope.dot_lines,
             )
-            replies = self.transport.send(target, outgoing, transcript)
+            replies = _kept(self.transport.send(target, outgoing, transcript))
             for address in addresses:
                 attempt.relays[address] = str(target)
             silent = _unreachable([replies[a] for a in addresses])
@@ -787,3 +787,15 @@ class Deliverer:
         attempt.replies.update(
             dict.fromkeys(addresses, Reply(250, "2.0.0", f"delivered to {name}"))
         )
+
+
+def _kept(replies: Mapping[str, Reply]) -> Mapping[str, Reply]:
+    """A transport's replies as the envelope and the log keep them (:func:`kept`): one reply to a
+    whole transaction (a refused DATA) is cut once, and stays one object for all its recipients."""
+    if all(len(reply.text) <= KEPT_TEXT for reply in replies.values()):
+        return replies
+    cut: dict[int, Reply] = {}
+    for reply in replies.values():
+        if id(reply) not in cut:
+            cut[id(reply)] = kept(reply)
+    return {address: cut[id(reply)] for address, reply in replies.items()}
