@@ -801,6 +801,17 @@ def test_any_reply_at_any_step_answers_every_recipient(
 # Through the service: the message stays queued, with the reason in its transcript.
 
 
+def relaying_to(peer: Hostile, spool: Spool, clock: FakeClock) -> MailService:
+    """A service whose smart host is ``peer``."""
+    return MailService(
+        spool,
+        router=Router(local_domains=["example.com"], smart_host=f"[{HOST}]:{peer.port}"),
+        transport=SmtpTransport(helo_name="mail.example.com", timeouts=FAST),
+        clock=clock,
+        fqdn="mail.example.com",
+    )
+
+
 def test_a_babbling_smart_host_leaves_the_message_queued_with_the_reason(tmp_path: Path) -> None:
     clock = FakeClock()
     script = _greeted_then(b"250-x\r\n" * 4096, ehlo=True)
@@ -808,13 +819,7 @@ def test_a_babbling_smart_host_leaves_the_message_queued_with_the_reason(tmp_pat
         hostile(script) as peer,
         Spool(str(tmp_path / "MailRoot"), clock=clock) as spool,
     ):
-        service = MailService(
-            spool,
-            router=Router(local_domains=["example.com"], smart_host=f"[{HOST}]:{peer.port}"),
-            transport=SmtpTransport(helo_name="mail.example.com", timeouts=FAST),
-            clock=clock,
-            fqdn="mail.example.com",
-        )
+        service = relaying_to(peer, spool, clock)
         try:
             spool.submit(b"From: alice@example.com\r\nTo: bob@remote.test\r\n\r\nhi\r\n")
             started = time.monotonic()
@@ -845,13 +850,7 @@ def test_a_long_reply_to_many_recipients_is_kept_cut_in_the_envelope(tmp_path: P
     clock = FakeClock()
     recipients = [f"user{n}@remote.test" for n in range(300)]
     with hostile(script) as peer, Spool(str(tmp_path / "MailRoot"), clock=clock) as spool:
-        service = MailService(
-            spool,
-            router=Router(local_domains=["example.com"], smart_host=f"[{HOST}]:{peer.port}"),
-            transport=SmtpTransport(helo_name="mail.example.com", timeouts=FAST),
-            clock=clock,
-            fqdn="mail.example.com",
-        )
+        service = relaying_to(peer, spool, clock)
         try:
             queue_id = spool.submit(
                 b"From: alice@example.com\r\nSubject: s\r\n\r\nhi\r\n",
