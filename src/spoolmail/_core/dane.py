@@ -286,7 +286,10 @@ def subject_public_key_info(certificate: bytes) -> bytes:
         return key.public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )
-    except (ValueError, UnsupportedAlgorithm) as exc:
+    except (ValueError, UnsupportedAlgorithm, x509.InvalidVersion) as exc:
+        # The server chooses the certificate, and OpenSSL hands over (without a CA check) ones
+        # cryptography will not read: a version other than 1-3 raises InvalidVersion, which is
+        # no ValueError. Each is a certificate whose key cannot be checked, not a crash.
         raise ValueError(f"cannot read the certificate's public key: {exc}") from exc
 
 

@@ -43,7 +43,7 @@ from spoolmail._transport.protocol import (
     StartTls,
     State,
 )
-from spoolmail._transport.replies import SmtpExtensions
+from spoolmail._transport.replies import SmtpExtensions, printable
 from spoolmail.exceptions import TransportError
 
 __all__ = [
@@ -163,12 +163,16 @@ _NAME_FIELDS = {
 
 
 def _distinguished_name(name: object) -> str:
-    """``CN=mx.example.net, O=Example`` from :meth:`ssl.SSLSocket.getpeercert`'s nested tuples."""
+    """``CN=mx.example.net, O=Example`` from :meth:`ssl.SSLSocket.getpeercert`'s nested tuples.
+
+    The values are the peer's words, however a CA signed them: a line break or a terminal
+    escape in one would write lines of its own into the transcript, so they are made printable
+    and bounded as a reply's text is."""
     parts = []
     if isinstance(name, tuple):
         for rdn in name:
             for key, value in rdn:
-                parts.append(f"{_NAME_FIELDS.get(key, key)}={value}")
+                parts.append(f"{_NAME_FIELDS.get(key, key)}={printable(str(value))}")
     return ", ".join(parts) or "(empty)"
 
 

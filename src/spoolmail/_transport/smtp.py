@@ -357,7 +357,14 @@ class SmtpTransport:
         )
         try:
             session.open(transcript)
+        except SessionError:
+            self._discard(session, transcript)
+            raise
         except BaseException:
+            # A bug, or an interrupt, mid-goal (in the handshake, say): nothing more is said on
+            # the connection, not even QUIT, which the protocol would refuse with a goal in
+            # progress (InvalidTransition) and so hide what went wrong.
+            session.abandon()
             self._discard(session, transcript)
             raise
         self._count(reused=False)
