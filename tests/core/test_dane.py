@@ -60,7 +60,7 @@ def test_parse_reads_dnspythons_presentation_form() -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["3 1 1", "3 1 x abcd", "3 256 1 abcd", "3 1 1 abc", "3 1 1 zz", "-3 1 1 abcd", ""],
+    ["3 1 1", "3 1 x abcd", "3 256 1 abcd", "3 1 1 abc", "3 1 1 zz", "-3 1 1 abcd", "", "³ 1 1 ab"],
 )
 def test_parse_refuses_malformed_records(text: str) -> None:
     assert isinstance(parse_tlsa(text), TlsaInvalid)

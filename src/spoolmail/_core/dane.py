@@ -99,7 +99,8 @@ def parse_tlsa(text: str) -> TlsaRecord | TlsaInvalid:
         return TlsaInvalid(f"TLSA record {text[:80]!r} has fewer than four fields")
     numbers: list[int] = []
     for field in fields[:3]:
-        if not field.isdigit() or int(field) > 255:
+        # ASCII digits: str.isdigit() takes "²", which int() then refuses with a ValueError.
+        if not (field.isascii() and field.isdigit()) or int(field) > 255:
             return TlsaInvalid(f"TLSA record {text[:80]!r}: {field!r} is not 0-255")
         numbers.append(int(field))
     data = "".join(fields[3:])
