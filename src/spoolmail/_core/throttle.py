@@ -25,15 +25,17 @@ from spoolmail.exceptions import ConfigurationError
 
 __all__ = ["RateBucket", "Throttle", "ThrottleRules", "asks_to_slow_down"]
 
-# Words receivers use with a 4.7.x when they limit a sender's rate or connections.
+# Words receivers use with a 4.7.x when they limit a sender's rate or connections. "rate"
+# only as a word of its own ("rate", "ratelimit", "rates"): inside another ("corporate policy",
+# "moderated", "separate") it asks nothing, and a whole destination would be slowed for it.
 _SLOW_DOWN = re.compile(
-    r"rate|too many|try (again )?later|again later|busy|throttl|exceeded|slow down|"
+    r"\brate|too many|try (again )?later|again later|busy|throttl|exceeded|slow down|"
     r"temporarily (deferred|rejected|limited)|unusual|reputation|tss0[0-9]",
     re.IGNORECASE,
 )
 # Without a 4.7.x, only words that cannot mean anything else ("busy" alone is a mailbox's).
 _RATE_LIMITED = re.compile(
-    r"rate.?limit|too many (connections|messages|mails|emails|sessions)|sending rate|throttl|"
+    r"\brate.?limit|too many (connections|messages|mails|emails|sessions)|sending rate|throttl|"
     r"try again later",
     re.IGNORECASE,
 )

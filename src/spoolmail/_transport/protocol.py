@@ -718,8 +718,12 @@ class ClientProtocol:
             if outcome.over_limit:
                 if outcome.room == 0:
                     # It took no recipient at all: another transaction now would get nowhere.
-                    answers.update(outcome.over_limit)
-                    _answer_all(answers, pending, next(iter(outcome.over_limit.values())))
+                    # The recipients wait for the next attempt, even after an RFC 821 "552 too
+                    # many recipients", which RFC 5321 §4.5.3.1.10 says clients SHOULD treat
+                    # as temporary: as it stands, it would fail them for good.
+                    over = {rcpt: _for_now(reply) for rcpt, reply in outcome.over_limit.items()}
+                    answers.update(over)
+                    _answer_all(answers, pending, next(iter(over.values())))
                     return
                 # RFC 5321 §4.5.3.1.10: the rest go in the next transaction, no larger than the
                 # room the server had in this one.
@@ -887,6 +891,15 @@ def _base64(text: str) -> str:
 def _answer_all(answers: dict[str, Reply], recipients: Iterable[str], reply: Reply) -> None:
     for recipient in recipients:
         answers.setdefault(recipient, reply)
+
+
+def _for_now(reply: Reply) -> Reply:
+    """A "too many recipients" reply (:func:`~spoolmail._transport.policy.too_many`) as the
+    temporary one RFC 5321 §4.5.3.1.10 says it is: a 552 becomes 452 4.5.3, the server's
+    words kept."""
+    if reply.code < 500:
+        return reply
+    return Reply(452, "4.5.3", f"{reply} (RFC 821's code for too many recipients)", host=reply.host)
 
 
 @attrs.frozen
