@@ -5,13 +5,15 @@ their own), the transcript and the mail log say why, and an optional message rat
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import pytest
 
 from spoolmail import MailService, Reply, Router, Spool, ThrottleRules
 from spoolmail._core.events import Deferred
+from spoolmail._service.delivery import Throttles
 from spoolmail.testing import CapturingTransport, FakeClock, StaticResolver
 
 RATE = Reply(
@@ -114,3 +116,42 @@ def test_a_message_rate_per_destination(
         assert len(service.run_once().delivered) == 1
     finally:
         service.close()
+
+
+def test_a_delivery_thread_is_not_kept_waiting_for_a_destination_it_will_pass_over() -> None:
+    # Two deliveries to gmail.test under way when one is asked to slow down: the limit is one
+    # connection and the destination waits. A third thread waited in take() until one of the
+    # two finished (a big message's minutes), kept from every other destination, only to be
+    # told by check() that gmail.test is passed over.
+    clock = FakeClock()
+    throttles = Throttles(ThrottleRules(max_connections=2))
+    throttles.take("gmail.test", clock)
+    throttles.take("gmail.test", clock)
+    assert throttles.observe("gmail.test", [RATE], clock) is not None
+    outcome: list[tuple[Reply, datetime] | None] = []
+
+    def third() -> None:
+        throttles.take("gmail.test", clock)
+        try:
+            outcome.append(throttles.check("gmail.test", clock))
+        finally:
+            throttles.give("gmail.test")
+
+    thread = threading.Thread(target=third, daemon=True)
+    thread.start()
+    thread.join(timeout=5)
+    assert not thread.is_alive(), "kept waiting for a connection it would not make"
+    [held] = outcome
+    assert held is not None
+    assert "asked to slow down" in held[0].text
+    # Once the wait is over, the limit holds again: a fourth waits for a connection.
+    clock.advance(timedelta(hours=1))
+    fourth = threading.Thread(target=throttles.take, args=("gmail.test", clock), daemon=True)
+    fourth.start()
+    fourth.join(timeout=0.3)
+    assert fourth.is_alive()
+    throttles.give("gmail.test")
+    throttles.give("gmail.test")
+    fourth.join(timeout=5)
+    assert not fourth.is_alive()
+    throttles.give("gmail.test")

@@ -297,13 +297,20 @@ class Throttles:
         finally:
             self.give(key)
 
-    def take(self, key: str) -> None:
+    def take(self, key: str, clock: Callable[[], datetime] | None = None) -> None:
         """Hold one of ``key``'s connections, waiting while its throttled limit is in use;
-        every ``take`` is followed by one :meth:`give`, as :meth:`slot` does."""
+        every ``take`` is followed by one :meth:`give`, as :meth:`slot` does.
+
+        With ``clock``, a destination in its wait period is not waited for: :meth:`check`
+        passes the attempt over at once, and a delivery thread that waited for one of its
+        connections first (while deliveries started before it asked finish, a big message's
+        minutes) was kept from every other destination meanwhile."""
         with self._lock:
             while (state := self._states.get(key)) is not None and self._active.get(
                 key, 0
             ) >= state.connections:
+                if clock is not None and state.waiting(clock()):
+                    break
                 self._waiters += 1
                 try:
                     self._freed.wait()
@@ -534,7 +541,7 @@ class Deliverer:
         for hop in route.hops:
             key = destination(hop)
             throttles = self.throttles
-            throttles.take(key)
+            throttles.take(key, self.clock)
             try:
                 # Looked at once the slot is ours, as for dead hosts (see _send).
                 held = throttles.check(key, self.clock)
