@@ -452,3 +452,46 @@ def test_a_refusal_that_asks_nothing_does_not_slow_the_destination(
     assert first.deferred == ((held, "held@remote.test"),)
     assert "corporate policy" in transcript
     assert second.delivered == ((other, "carol@remote.test"),)
+
+
+def test_a_kept_connection_let_go_waits_briefly_for_quit(log: Transcript) -> None:
+    """An idle connection closed because it grew too old is closed in a thread delivering
+    other mail: a server that never answers its QUIT held that thread for the whole quit
+    timeout (5 s) each time. It waits a second at most; the message goes on a new one."""
+    received: list[bytes] = []
+
+    def script(wire: Wire) -> None:
+        if not wire.send(GREETING):
+            return
+        while (line := wire.command()) is not None:
+            verb = line[:4].upper()
+            if verb == "QUIT":
+                continue  # no 221, and the connection stays open until the client goes
+            reply = {"EHLO": EHLO_PLAIN, "DATA": b"354 go ahead\r\n"}.get(verb, b"250 ok\r\n")
+            if not wire.send(reply):
+                return
+            if verb == "DATA":
+                body = wire.message()
+                if body is None or not wire.send(b"250 2.0.0 queued\r\n"):
+                    return
+                received.append(body)
+
+    now = [0.0]
+    timeouts = attrs.evolve(FAST, quit=5.0, idle=30.0)
+    with hostile(script) as peer:
+        transport = SmtpTransport(
+            helo_name="client.test", timeouts=timeouts, monotonic=lambda: now[0]
+        )
+        assert transport.send(peer.target, outgoing(), log) == {"bob@example.com": QUEUED}
+        now[0] += 31  # the kept connection is too old now
+        started = time.monotonic()
+        assert transport.send(peer.target, outgoing(), log) == {"bob@example.com": QUEUED}
+        elapsed = time.monotonic() - started
+        assert len(peer.wires) == 2
+        # The service's stop closes every kept connection, one after another, alike.
+        started = time.monotonic()
+        transport.close()
+        closing = time.monotonic() - started
+    assert len(received) == 2
+    assert elapsed < 3
+    assert closing < 3

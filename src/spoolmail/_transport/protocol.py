@@ -307,9 +307,10 @@ class ClientProtocol:
         """RSET on a kept connection; :attr:`state` is ``READY`` after it if the server agreed."""
         self._begin("probe", self._probe(), transcript, needs=State.READY)
 
-    def quit(self, transcript: Transcript | None) -> None:
-        """QUIT (RFC 5321 §4.1.1.10), then the connection is closed."""
-        self._begin("quit", self._quit(), transcript, needs=None)
+    def quit(self, transcript: Transcript | None, *, timeout: float | None = None) -> None:
+        """QUIT (RFC 5321 §4.1.1.10), then the connection is closed; its reply is waited for
+        ``timeout`` seconds at most when given, else the ``quit`` timeout."""
+        self._begin("quit", self._quit(timeout), transcript, needs=None)
 
     def _begin(
         self,
@@ -664,11 +665,12 @@ class ClientProtocol:
             self._fire(Step.RESET)
             self.clean = True
 
-    def _quit(self) -> Generator[Event, None, None]:
+    def _quit(self, timeout: float | None) -> Generator[Event, None, None]:
         # RFC 5321 §4.1.1.10: say QUIT before closing; the 221 decides nothing, and nor does
         # whatever the server said before it.
         self._reader.discard()
-        yield from self._command("QUIT", Step.QUIT, timeout=self._timeouts.quit)
+        wait = self._timeouts.quit if timeout is None else min(timeout, self._timeouts.quit)
+        yield from self._command("QUIT", Step.QUIT, timeout=wait)
         self.state = State.CLOSED
 
     # Transactions.

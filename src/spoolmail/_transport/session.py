@@ -308,8 +308,8 @@ class Session:
         self._run(None)
         return self.protocol.state is State.READY
 
-    def quit(self, transcript: Transcript | None) -> None:
-        self.protocol.quit(transcript)
+    def quit(self, transcript: Transcript | None, *, timeout: float | None = None) -> None:
+        self.protocol.quit(transcript, timeout=timeout)
         self._run(None)
 
     def quiet(self) -> bool:

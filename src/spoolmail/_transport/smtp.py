@@ -55,6 +55,10 @@ __all__ = ["DataEncoder", "SmtpExtensions", "SmtpTimeouts", "SmtpTransport"]
 
 # A kept connection used this recently is reused without an RSET probe first (seconds).
 _FRESH = 2.0
+# The most a kept connection let go (too old, one too many, or at close) waits for QUIT's 221
+# (seconds): it is closed in a thread delivering other mail, or one after another as the service
+# stops, and an idle server gone silent held on for the whole quit timeout (5 s) each time.
+_IDLE_QUIT = 1.0
 _HELO_NAME = re.compile(r"[A-Za-z0-9.\-\[\]:]+")
 
 
@@ -279,7 +283,7 @@ class SmtpTransport:
     def close(self) -> None:
         """QUIT and close every kept connection. Safe to call at any time, more than once."""
         for session in self._pool.drain():
-            self._discard(session, None)
+            self._discard(session, None, quit_wait=_IDLE_QUIT)
 
     # Connections.
 
@@ -381,7 +385,7 @@ class SmtpTransport:
         """The most recently used idle connection to ``target``; idle ones too old are closed."""
         session, expired = self._pool.take(target)
         for old in expired:
-            self._discard(old, None)
+            self._discard(old, None, quit_wait=_IDLE_QUIT)
         return session
 
     def _release(self, session: Session, transcript: Transcript) -> None:
@@ -397,11 +401,13 @@ class SmtpTransport:
             self._discard(session, transcript)
             return
         for extra in self._pool.keep(session):
-            self._discard(extra, None)
+            self._discard(extra, None, quit_wait=_IDLE_QUIT)
 
-    def _discard(self, session: Session, transcript: Transcript | None) -> None:
+    def _discard(
+        self, session: Session, transcript: Transcript | None, *, quit_wait: float | None = None
+    ) -> None:
         # RFC 5321 §4.1.1.10: say QUIT before closing, when the session is in a state to hear it.
         if session.usable:
             with contextlib.suppress(SessionError):
-                session.quit(transcript)
+                session.quit(transcript, timeout=quit_wait)
         session.close()
