@@ -13,6 +13,7 @@ import pytest
 
 from spoolmail import MailService, Reply, Router, Spool, ThrottleRules
 from spoolmail._core.events import Deferred
+from spoolmail._service import delivery
 from spoolmail._service.delivery import Throttles
 from spoolmail.testing import CapturingTransport, FakeClock, StaticResolver
 
@@ -155,3 +156,40 @@ def test_a_delivery_thread_is_not_kept_waiting_for_a_destination_it_will_pass_ov
     fourth.join(timeout=5)
     assert not fourth.is_alive()
     throttles.give("gmail.test")
+
+
+def test_a_destination_that_spent_its_rate_keeps_it_spent_past_ten_thousand_others() -> None:
+    # Past 10,000 buckets every one was dropped: the destination that had just spent its rate
+    # got a full bucket back. Only those a minute untouched (full again anyway) go now.
+    clock = FakeClock()
+    throttles = Throttles(ThrottleRules(max_messages_per_minute=1))
+    assert throttles.check("spent.test", clock) is None
+    assert throttles.check("spent.test", clock) is not None  # its one message this minute
+    clock.advance(seconds=1)
+    for number in range(10_001):
+        assert throttles.check(f"d{number}.test", clock) is None
+    held = throttles.check("spent.test", clock)
+    assert held is not None
+    assert "at most 1 message(s) a minute" in held[0].text
+    clock.advance(minutes=1)
+    assert throttles.check("spent.test", clock) is None  # full again, as it should be
+
+
+def test_destinations_that_asked_once_and_got_no_mail_since_are_forgotten(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A throttle went only at the destination's next accepted delivery: one that no mail went
+    # to again stayed for the service's life.
+    monkeypatch.setattr(delivery, "_MANY_THROTTLED", 4)
+    clock = FakeClock()
+    rules = ThrottleRules()
+    throttles = Throttles(rules)
+    for name in ("a.test", "b.test", "busy.test"):
+        throttles.observe(name, [RATE], clock)
+    throttles.take("busy.test", clock)  # a delivery to it is under way
+    clock.advance(rules.max_wait + rules.first_wait + timedelta(minutes=1))
+    throttles.observe("recent.test", [RATE], clock)
+    assert set(throttles.throttled()) == {"a.test", "b.test", "busy.test", "recent.test"}
+    throttles.observe("new.test", [RATE], clock)  # past the bound: the quiet ones go
+    assert set(throttles.throttled()) == {"busy.test", "recent.test", "new.test"}
+    throttles.give("busy.test")

@@ -262,6 +262,12 @@ def destination(hop: Hop) -> str:
     return hop.name.lower()
 
 
+# Throttled destinations past which a new one first drops those long quiet, and rate buckets
+# past which those full again are dropped (Throttles).
+_MANY_THROTTLED = 1000
+_MANY_BUCKETS = 10_000
+
+
 @attrs.define
 class Throttles:
     """Destinations that asked to be sent less (``_core.throttle``), and the optional message
@@ -280,6 +286,7 @@ class Throttles:
     _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False, repr=False)
     _freed: threading.Condition = attrs.field(init=False, repr=False)
     _waiters: int = attrs.field(default=0, init=False, repr=False)
+    _bucket_bound: int = attrs.field(default=_MANY_BUCKETS, init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         self._freed = threading.Condition(self._lock)
@@ -350,8 +357,13 @@ class Throttles:
             bucket = self._buckets.get(key) or RateBucket.full(rate, now)
             bucket, wait = bucket.take(rate, now)
             self._buckets[key] = bucket
-            if len(self._buckets) > 10_000:
-                self._buckets = {key: bucket}
+            if len(self._buckets) > self._bucket_bound:
+                # A bucket untouched for a minute is full again, as a new one would be: those
+                # go. (All of them went: a destination that had just spent its rate got a full
+                # bucket back.) The bound grows with what a minute really holds.
+                full = now - timedelta(minutes=1)
+                self._buckets = {k: b for k, b in self._buckets.items() if b.stamp > full}
+                self._bucket_bound = max(_MANY_BUCKETS, 2 * len(self._buckets))
         if wait is None:
             return None
         until = now + wait
@@ -376,6 +388,8 @@ class Throttles:
         with self._lock:
             state = self._states.get(key)
             if asking is not None:
+                if state is None and len(self._states) >= _MANY_THROTTLED:
+                    self._forget_quiet(now)
                 state = (state or Throttle.fresh(self.rules)).asked(asking, now, self.rules)
                 self._states[key] = state
                 return state
@@ -388,6 +402,16 @@ class Throttles:
                     log.info("%s: no longer throttled, deliveries go through again", key)
                 self._freed.notify_all()
         return None
+
+    def _forget_quiet(self, now: datetime) -> None:
+        """Drop the destinations whose wait ended longer than ``max_wait`` ago (under the lock).
+
+        A throttle goes at the destination's next accepted delivery; one that no mail went to
+        again stayed for the service's life, and a long run meets many destinations."""
+        quiet = now - self.rules.max_wait
+        for key in [k for k, s in self._states.items() if s.until is None or s.until < quiet]:
+            if not self._active.get(key):
+                del self._states[key]
 
 
 @attrs.define
