@@ -11,11 +11,15 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from spoolmail import MailService, Reply, Router, Spool, ThrottleRules
+from spoolmail import MailService, Reply, Report, Router, Spool, ThrottleRules
 from spoolmail._core.events import Deferred
+from spoolmail._core.routing import Target
+from spoolmail._core.transcript import Transcript
 from spoolmail._service import delivery
 from spoolmail._service.delivery import Throttles
+from spoolmail._transport.base import Outgoing
 from spoolmail.testing import CapturingTransport, FakeClock, StaticResolver
+from tests import waiting
 
 RATE = Reply(
     421, "4.7.28", "Gmail has detected an unusual rate of unsolicited mail", host="mx.gmail.test"
@@ -193,3 +197,50 @@ def test_destinations_that_asked_once_and_got_no_mail_since_are_forgotten(
     throttles.observe("new.test", [RATE], clock)  # past the bound: the quiet ones go
     assert set(throttles.throttled()) == {"busy.test", "recent.test", "new.test"}
     throttles.give("busy.test")
+
+
+class _Holding(CapturingTransport):
+    """Holds its first send until ``release`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def send(self, target: Target, message: Outgoing, transcript: Transcript) -> dict[str, Reply]:
+        if not self.entered.is_set():
+            self.entered.set()
+            assert self.release.wait(10)
+        return super().send(target, message, transcript)
+
+
+def test_a_delivery_that_waited_for_its_connection_sees_a_throttle_set_meanwhile(
+    spool: Spool, clock: FakeClock
+) -> None:
+    # Two messages for gmail.test: the second waits for the host's one connection (slow
+    # start) while the first is sent, and meanwhile the destination asks another delivery to
+    # slow down. The second connected anyway once the first was done: another refusal, which
+    # doubled the destination's wait.
+    transport = _Holding()
+    transport.answers = {"bob@gmail.test": RATE, "carol@gmail.test": RATE}
+    service = make(spool, transport, clock)
+    first, second = send(spool, "bob@gmail.test"), send(spool, "carol@gmail.test")
+    outcome: list[Report] = []
+    ticking = threading.Thread(target=lambda: outcome.append(service.run_once()), daemon=True)
+    ticking.start()
+    try:
+        assert transport.entered.wait(10)
+        concurrency = service._delivery.concurrency  # the second's thread waits there
+        waiting.until("the second waits", lambda: any(concurrency._waiting.values()))
+        assert service._delivery.throttles.observe("gmail.test", [RATE], clock) is not None
+    finally:
+        transport.release.set()
+        ticking.join(10)
+    [report] = outcome
+    assert len(transport.attempts) == 1
+    assert {queue_id for queue_id, _ in report.deferred} == {first, second}
+    [(_, sent)] = transport.attempts
+    held = second if "bob@gmail.test" in sent else first
+    assert "asked to slow down" in spool.transcript(held)
+    assert spool.queued_message(held).envelope.attempts == 0  # passed over, not attempted
+    service.close()

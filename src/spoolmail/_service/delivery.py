@@ -341,16 +341,9 @@ class Throttles:
             return None  # the usual case, seen without the lock (a dict look is atomic)
         now = clock()
         with self._lock:
-            state = self._states.get(key)
-            if state is not None and state.until is not None and state.waiting(now):
-                reply = Reply(
-                    451,
-                    "4.7.0",
-                    f"{key} asked to slow down ({state.reason}); not tried again before "
-                    f"{state.until.isoformat(timespec='seconds')}, at most "
-                    f"{state.connections} connection(s) at once",
-                )
-                return reply, state.until
+            held = self._held(key, now)
+            if held is not None:
+                return held
             rate = self.rules.max_messages_per_minute
             if rate is None:
                 return None
@@ -402,6 +395,29 @@ class Throttles:
                     log.info("%s: no longer throttled, deliveries go through again", key)
                 self._freed.notify_all()
         return None
+
+    def waiting(self, key: str, clock: Callable[[], datetime]) -> tuple[Reply, datetime] | None:
+        """What :meth:`check` says while ``key`` waits after asking to slow down, without a
+        rate's token: for a delivery about to connect, which may have waited for a connection
+        while another one's was refused."""
+        if key not in self._states:
+            return None  # seen without the lock, as in check
+        now = clock()
+        with self._lock:
+            return self._held(key, now)
+
+    def _held(self, key: str, now: datetime) -> tuple[Reply, datetime] | None:
+        state = self._states.get(key)
+        if state is None or state.until is None or not state.waiting(now):
+            return None
+        reply = Reply(
+            451,
+            "4.7.0",
+            f"{key} asked to slow down ({state.reason}); not tried again before "
+            f"{state.until.isoformat(timespec='seconds')}, at most "
+            f"{state.connections} connection(s) at once",
+        )
+        return reply, state.until
 
     def _forget_quiet(self, now: datetime) -> None:
         """Drop the destinations whose wait ended longer than ``max_wait`` ago (under the lock).
@@ -720,6 +736,17 @@ class Deliverer:
                     )
                     attempt.relays.pop(address, None)  # the reply is the pass-over's
                 return dict.fromkeys(addresses, skipped.reply)
+            # And the destination's throttle: another delivery may have been asked to slow
+            # down while this one waited for its connection. Each that connected anyway would
+            # likely be refused alike, and each refusal doubled the destination's wait.
+            held = self.throttles.waiting(destination(hop), self.clock)
+            if held is not None:
+                reply, until = held
+                transcript.note(str(reply))
+                for address in addresses:
+                    attempt.waiting[address] = min(until, attempt.waiting.get(address, until))
+                    attempt.relays.pop(address, None)
+                return dict.fromkeys(addresses, reply)
             for address in addresses:
                 attempt.waiting.pop(address, None)
             # The DKIM fields kept in the envelope go in front of the stored bytes (and count
