@@ -93,6 +93,7 @@ class Wire:
         self._stopping = stopping
         self._buffer = bytearray()
         self.commands: list[str] = []
+        self.messages: list[bytes] = []
         self.flooded = 0
         conn.settimeout(POLL)
 
@@ -148,12 +149,16 @@ class Wire:
                 return None
         body = bytes(self._buffer[: end + 5])
         del self._buffer[: end + 5]
+        self.messages.append(body)
         return body
 
     def hold(self) -> None:
         """Say nothing more until the client closes (or the peer stops)."""
         while self._more():
             pass
+
+    def close(self) -> None:
+        self._conn.close()
 
 
 Script = Callable[[Wire], None]
@@ -163,8 +168,9 @@ class Hostile:
     """A peer on 127.0.0.1 that runs ``script`` on each connection, each on a thread of its own.
     ``wires`` holds each connection's :class:`Wire` (what the client said on it)."""
 
-    def __init__(self, script: Script) -> None:
+    def __init__(self, script: Script, wire: type[Wire] = Wire) -> None:
         self._script = script
+        self._wire = wire
         self._listener = socket.create_server((HOST, 0))
         self._listener.settimeout(POLL)
         self.port = int(self._listener.getsockname()[1])
@@ -185,14 +191,15 @@ class Hostile:
                 continue
             except OSError:
                 return
-            wire = Wire(conn, self._stopping)
+            wire = self._wire(conn, self._stopping)
             self.wires.append(wire)
             thread = threading.Thread(target=self._serve, args=(conn, wire), daemon=True)
             self._threads.append(thread)
             thread.start()
 
     def _serve(self, conn: socket.socket, wire: Wire) -> None:
-        with conn, contextlib.suppress(OSError):
+        # The wire's own socket may be another by the end (a TLS one, in test_hostile_tls.py).
+        with conn, contextlib.closing(wire), contextlib.suppress(OSError):
             self._script(wire)
 
     def stop(self) -> None:

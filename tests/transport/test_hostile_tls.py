@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import datetime
 import hashlib
-import io
 import socket
 import ssl
 import struct
@@ -41,7 +40,6 @@ from spoolmail._core.dane import DaneTarget, TlsaRecord, subject_public_key_info
 from spoolmail._core.reply import Reply
 from spoolmail._core.routing import Hop, HopKind, Target, TlsPolicy
 from spoolmail._core.transcript import Transcript
-from spoolmail._transport.base import Outgoing
 from spoolmail._transport.dane import Dane
 from spoolmail._transport.dns import DnsResolver
 from spoolmail._transport.smtp import SmtpTimeouts, SmtpTransport
@@ -50,34 +48,25 @@ from tests.smtpservers import SHORT
 from tests.tlscerts import TestCertificates
 from tests.transport.test_dns import LIFETIME, SLACK
 from tests.transport.test_hostile_dns import ScriptedDns, Zone, zone_script
+from tests.transport.test_hostile_servers import (
+    EHLO_PLAIN,
+    FAST,
+    GREETING,
+    HOST,
+    POLL,
+    Hostile,
+    Wire,
+    outgoing,
+    waits,
+)
 
 pytestmark = pytest.mark.integration
 
-HOST = "127.0.0.1"
 NAME = "mx1.example.test"  # on the test server certificate
-MESSAGE = b"From: alice@example.net\r\nSubject: tls\r\n\r\nHello.\r\n"
-FAST = attrs.evolve(SHORT, quit=0.2)
 DEADLINE = 0.3
-POLL = 0.02
 
-GREETING = b"220 hostile.test ESMTP\r\n"
 EHLO_TLS = b"250-hostile.test\r\n250-8BITMIME\r\n250 STARTTLS\r\n"
-EHLO_PLAIN = b"250-hostile.test\r\n250 8BITMIME\r\n"
 READY = b"220 2.0.0 Ready to start TLS\r\n"
-
-
-def outgoing(recipients: Sequence[str] = ("bob@example.com",)) -> Outgoing:
-    return Outgoing(
-        id="hostile-tls",
-        sender="alice@example.net",
-        recipients=recipients,
-        size=len(MESSAGE),
-        open=lambda: io.BytesIO(MESSAGE),
-    )
-
-
-def waits(**changes: float) -> SmtpTimeouts:
-    return attrs.evolve(FAST, **changes)
 
 
 @pytest.fixture
@@ -88,76 +77,16 @@ def log() -> Transcript:
 # A peer that runs a script, and can start TLS.
 
 
-class Conversation:
-    """One connection as a script sees it: send bytes, read command lines and DATA, and run the
-    server's side of a TLS handshake."""
+class Conversation(Wire):
+    """One connection as a script sees it (:class:`Wire`), which can also run the server's side
+    of a TLS handshake."""
 
     def __init__(self, conn: socket.socket, stopping: threading.Event) -> None:
-        self._conn = conn
-        self._stopping = stopping
-        self._buffer = bytearray()
-        self.commands: list[str] = []
+        super().__init__(conn, stopping)
         self.tls = False
-        self.messages: list[bytes] = []
-        conn.settimeout(POLL)
-
-    def send(self, data: bytes) -> bool:
-        """Write ``data``; whether the client was still there to take it."""
-        view = memoryview(data)
-        while view and not self._stopping.is_set():
-            try:
-                view = view[self._conn.send(view) :]
-            except TimeoutError:
-                continue
-            except OSError:
-                return False
-        return not view
 
     def drip(self, data: bytes, *, every: float = 0.05) -> None:
-        """``data`` one octet at a time, for as long as the client listens."""
-        for octet in data:
-            if self._stopping.wait(every) or not self.send(bytes([octet])):
-                return
-
-    def _more(self) -> bool:
-        while not self._stopping.is_set():
-            try:
-                data = self._conn.recv(65536)
-            except TimeoutError:
-                continue
-            except OSError:
-                return False
-            self._buffer += data
-            return bool(data)
-        return False
-
-    def command(self) -> str | None:
-        """The next command line, or ``None`` once the client closed."""
-        while (end := self._buffer.find(b"\r\n")) < 0:
-            if not self._more():
-                return None
-        line = bytes(self._buffer[:end]).decode("utf-8", "replace")
-        del self._buffer[: end + 2]
-        self.commands.append(line)
-        return line
-
-    def message(self) -> bytes | None:
-        while (end := self._buffer.find(b"\r\n.\r\n")) < 0:
-            if not self._more():
-                return None
-        body = bytes(self._buffer[: end + 5])
-        del self._buffer[: end + 5]
-        self.messages.append(body)
-        return body
-
-    def hold(self) -> None:
-        """Say nothing more until the client closes (or the peer stops)."""
-        while self._more():
-            pass
-
-    def close(self) -> None:
-        # After start_tls the TLS socket holds the connection; the plain one is detached.
-        self._conn.close()
+        super().drip(data, every=every)
 
     def start_tls(self, context: ssl.SSLContext) -> bool:
         """The server's side of the handshake; whether it succeeded."""
@@ -176,40 +105,18 @@ class Conversation:
 Script = Callable[[Conversation], None]
 
 
-class TlsPeer:
-    """A peer on 127.0.0.1 that runs ``script`` on each connection, each on a thread of its own;
-    ``conversations`` holds each connection's :class:`Conversation`."""
+class TlsPeer(Hostile):
+    """A :class:`Hostile` peer whose connections are :class:`Conversation` s."""
 
     def __init__(self, script: Script) -> None:
-        self._script = script
-        self._listener = socket.create_server((HOST, 0))
-        self._listener.settimeout(POLL)
-        self.port = int(self._listener.getsockname()[1])
-        self.conversations: list[Conversation] = []
-        self._stopping = threading.Event()
-        self._threads = [threading.Thread(target=self._accept, daemon=True)]
-        self._threads[0].start()
+        super().__init__(script, Conversation)  # type: ignore[arg-type]
 
-    def target(self, tls: TlsPolicy, *, name: str | None = NAME) -> Target:
+    @property
+    def conversations(self) -> list[Conversation]:
+        return self.wires  # type: ignore[return-value]
+
+    def target(self, tls: TlsPolicy, *, name: str | None = NAME) -> Target:  # type: ignore[override]
         return Target(HOST, self.port, name=name, literal=name is None, tls=tls)
-
-    def _accept(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                conn, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            conversation = Conversation(conn, self._stopping)
-            self.conversations.append(conversation)
-            thread = threading.Thread(target=self._serve, args=(conn, conversation), daemon=True)
-            self._threads.append(thread)
-            thread.start()
-
-    def _serve(self, conn: socket.socket, conversation: Conversation) -> None:
-        with conn, contextlib.closing(conversation), contextlib.suppress(OSError):
-            self._script(conversation)
 
     @property
     def plain_mail(self) -> list[str]:
@@ -221,13 +128,6 @@ class TlsPeer:
             for command in conversation.commands
             if command.upper().startswith(("MAIL", "RCPT", "AUTH"))
         ]
-
-    def stop(self) -> None:
-        self._stopping.set()
-        self._listener.close()
-        for thread in list(self._threads):
-            thread.join(timeout=5)
-            assert not thread.is_alive(), "a hostile peer's thread did not stop"
 
 
 @contextlib.contextmanager
