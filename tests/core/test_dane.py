@@ -3,12 +3,15 @@ each usage, selector and matching type, and the decision table of section 2.2.""
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from spoolmail._core.dane import (
     DaneState,
@@ -252,3 +255,99 @@ def test_a_route_without_tls_is_left_alone() -> None:
 def test_not_applicable_leaves_the_target() -> None:
     decided = plan(HOST, 25, mx_secure=False)
     assert apply_plan(TARGET, decided) is TARGET
+
+
+# The key as the certificate writes it (selector 1).
+
+
+def _tlv(tag: int, content: bytes) -> bytes:
+    """A DER element (definite length)."""
+    size = len(content)
+    if size < 0x80:
+        return bytes([tag, size]) + content
+    octets = size.to_bytes((size.bit_length() + 7) // 8, "big")
+    return bytes([tag, 0x80 | len(octets)]) + octets + content
+
+
+def _elements(data: bytes) -> list[bytes]:
+    """The DER elements one after another in ``data``, each whole (tag, length, content)."""
+    found, position = [], 0
+    while position < len(data):
+        size, start = data[position + 1], position + 2
+        if size >= 0x80:
+            count = size & 0x7F
+            size, start = int.from_bytes(data[start : start + count], "big"), start + count
+        found.append(data[position : start + size])
+        position = start + size
+    return found
+
+
+def _content(element: bytes) -> bytes:
+    """What follows an element's tag and length."""
+    size = element[1]
+    return element[2 + (size & 0x7F if size >= 0x80 else 0) :]
+
+
+def test_the_key_of_every_kind_is_the_one_cryptography_writes(ders: tuple[bytes, bytes]) -> None:
+    for der in ders:
+        written = x509.load_der_x509_certificate(der).public_key()
+        assert subject_public_key_info(der) == written.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+
+
+def test_the_key_is_taken_as_the_certificate_writes_it_not_encoded_again() -> None:
+    # An EC key written compressed (RFC 5480 section 2.2 allows it): decoded and encoded
+    # again, it came out uncompressed, another string, and a 3 1 x record for the key as the
+    # server's certificate holds it (what OpenSSL and Postfix hash) never matched.
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mx.test")])
+    now = datetime.datetime.now(datetime.UTC)
+    der = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(7)
+        .not_valid_before(now)
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+        .public_bytes(serialization.Encoding.DER)
+    )
+    tbs, algorithm, signature = _elements(_content(der))
+    fields = _elements(_content(tbs))
+    uncompressed = fields[6]
+    assert subject_public_key_info(der) == uncompressed
+    identifier, _ = _elements(_content(uncompressed))
+    point = key.public_key().public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.CompressedPoint
+    )
+    compressed = _tlv(0x30, identifier + _tlv(0x03, b"\x00" + point))
+    fields[6] = compressed
+    spliced = _tlv(0x30, _tlv(0x30, b"".join(fields)) + algorithm + signature)
+    assert subject_public_key_info(spliced) == compressed
+    assert match([record(3, 1, 1, spliced)], [spliced]) is not None
+
+
+@pytest.mark.parametrize(
+    "der",
+    [
+        b"",
+        b"\x30",
+        b"\x30\x80\x00\x00",  # BER's indefinite length
+        b"\x30\x03\x30\x01\x00",  # a TBSCertificate of one field
+        b"\x31\x00",  # a SET, not a SEQUENCE
+        b"\x30\x84\xff\xff\xff\xff\x00",  # a length past the end
+        b"\x30\x85\x01\x00\x00\x00\x00\x00",  # a five-octet length
+    ],
+)
+def test_a_certificate_that_is_not_der_of_that_shape_is_a_value_error(der: bytes) -> None:
+    with pytest.raises(ValueError, match="cannot read the certificate"):
+        subject_public_key_info(der)
+
+
+def test_octets_after_the_certificate_are_refused(ders: tuple[bytes, bytes]) -> None:
+    with pytest.raises(ValueError, match="octets after its end"):
+        subject_public_key_info(ders[0] + b"\x00")
+    with pytest.raises(ValueError, match="cannot read the certificate"):
+        subject_public_key_info(ders[0][:-1])

@@ -11,9 +11,8 @@ against usable records; :func:`apply_plan` turns a plan into the target the tran
 (:class:`DaneTarget`: ``TlsPolicy.ENCRYPT`` and the records, which the session checks after the
 handshake).
 
-Pure: no DNS, no socket, no ssl; ``cryptography`` (an optional dependency, the ``dkim``/``dane``
-extra) is imported when a certificate's SubjectPublicKeyInfo is needed, and its absence is a
-:class:`~spoolmail.exceptions.DependencyError` naming the pip command.
+Pure: no DNS, no socket, no ssl, and no ``cryptography``: a certificate's SubjectPublicKeyInfo
+is read from its DER as it stands (:func:`subject_public_key_info`).
 """
 
 from __future__ import annotations
@@ -27,7 +26,6 @@ import attrs
 
 from spoolmail._core.reply import Reply
 from spoolmail._core.routing import Target, TlsPolicy
-from spoolmail.exceptions import DependencyError
 
 __all__ = [
     "DaneState",
@@ -39,24 +37,14 @@ __all__ = [
     "match",
     "parse_tlsa",
     "plan",
-    "require_cryptography",
     "subject_public_key_info",
     "tlsa_name",
     "usable",
 ]
 
-_INSTALL = "pip install 'spoolmail[dane]'"
 _HEX = re.compile(r"[0-9A-Fa-f]+")
 _DIGEST_SIZES = {1: 32, 2: 64}  # SHA2-256 and SHA2-512 (RFC 6698 section 2.1.3)
 _USAGES = {0: "PKIX-TA", 1: "PKIX-EE", 2: "DANE-TA", 3: "DANE-EE"}  # RFC 7218 section 2.1
-
-
-def require_cryptography() -> None:
-    """Raise :class:`DependencyError` unless ``cryptography`` can be imported."""
-    try:
-        import cryptography  # noqa: F401, PLC0415 (optional dependency, imported when used)
-    except ImportError as exc:
-        raise DependencyError(f"DANE needs cryptography ({exc}): {_INSTALL}") from exc
 
 
 def tlsa_name(host: str, port: int) -> str:
@@ -274,24 +262,61 @@ def apply_plan(target: Target, dane: Plan) -> Target:
 
 
 def subject_public_key_info(certificate: bytes) -> bytes:
-    """The DER SubjectPublicKeyInfo of a DER certificate (selector 1, RFC 6698 section 2.1.2).
+    """The DER SubjectPublicKeyInfo of a DER certificate (selector 1, RFC 6698 section 2.1.2),
+    its octets as they stand in the certificate.
 
-    Raises :class:`ValueError` when the certificate cannot be read."""
-    require_cryptography()
-    from cryptography import x509  # noqa: PLC0415 (optional dependency)
-    from cryptography.exceptions import UnsupportedAlgorithm  # noqa: PLC0415
-    from cryptography.hazmat.primitives import serialization  # noqa: PLC0415
+    RFC 6698 hashes the SPKI as the certificate encodes it, and so do OpenSSL and Postfix. A
+    key decoded and encoded again (cryptography's ``public_bytes``) is another string for an
+    EC point written compressed, and no string at all for a key type cryptography does not
+    know (RSA-PSS) or a certificate it refuses (an X.509 version past 3, which OpenSSL hands
+    over when it checks no CA): the record could never match. So the certificate's DER is
+    walked to its seventh field (sixth without a version): nothing else of it is read.
 
-    try:
-        key = x509.load_der_x509_certificate(certificate).public_key()
-        return key.public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    except (ValueError, UnsupportedAlgorithm, x509.InvalidVersion) as exc:
-        # The server chooses the certificate, and OpenSSL hands over (without a CA check) ones
-        # cryptography will not read: a version other than 1-3 raises InvalidVersion, which is
-        # no ValueError. Each is a certificate whose key cannot be checked, not a crash.
-        raise ValueError(f"cannot read the certificate's public key: {exc}") from exc
+    Raises :class:`ValueError` when the certificate is not DER of that shape."""
+    _, start, end = _der_tlv(certificate, 0, _SEQUENCE)  # Certificate
+    _, position, tbs_end = _der_tlv(certificate, start, _SEQUENCE)  # TBSCertificate
+    if end != len(certificate):
+        raise ValueError("cannot read the certificate: octets after its end")
+    # version [0] EXPLICIT (absent in X.509 v1), serialNumber, signature, issuer, validity,
+    # subject, subjectPublicKeyInfo (RFC 5280 section 4.1).
+    fields = 6
+    if position < tbs_end and certificate[position] == _VERSION:
+        fields = 7
+    for _ in range(fields - 1):
+        position = _der_tlv(certificate, position, None, limit=tbs_end)[2]
+    _, _, spki_end = _der_tlv(certificate, position, _SEQUENCE, limit=tbs_end)
+    return certificate[position:spki_end]
+
+
+_SEQUENCE = 0x30
+_VERSION = 0xA0  # [0] EXPLICIT, constructed
+
+
+def _der_tlv(
+    data: bytes, offset: int, tag: int | None, *, limit: int | None = None
+) -> tuple[int, int, int]:
+    """The DER element at ``offset`` (of ``tag`` when given): its tag, where its content starts
+    and where it ends, within ``limit`` (the enclosing element's end)."""
+    limit = len(data) if limit is None else limit
+    if offset + 2 > limit:
+        raise ValueError("cannot read the certificate: it ends inside an element")
+    found, first = data[offset], data[offset + 1]
+    if tag is not None and found != tag:
+        raise ValueError(f"cannot read the certificate: tag {found:#04x} where {tag:#04x} is")
+    if found & 0x1F == 0x1F:
+        raise ValueError("cannot read the certificate: a multi-octet tag")
+    start = offset + 2
+    if first < 0x80:
+        length = first
+    else:
+        count = first & 0x7F
+        if count == 0 or count > 4 or start + count > limit:  # BER's indefinite form, or absurd
+            raise ValueError("cannot read the certificate: a length DER does not write")
+        length = int.from_bytes(data[start : start + count], "big")
+        start += count
+    if start + length > limit:
+        raise ValueError("cannot read the certificate: an element longer than what holds it")
+    return found, start, start + length
 
 
 def _associated(record: TlsaRecord, certificate: bytes) -> bool:

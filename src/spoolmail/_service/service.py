@@ -31,7 +31,6 @@ import attrs
 
 from spoolmail._core.address import parse_domain, parse_mailbox
 from spoolmail._core.badmail import BadMailReport, orphan_report
-from spoolmail._core.dane import require_cryptography
 from spoolmail._core.envelope import (
     Envelope,
     Recipient,
@@ -347,7 +346,6 @@ def _dane(resolver: HostResolver, enabled: bool) -> Dane | None:
             "dane=True needs the service's own DNS (dns_resolver, or a DnsResolver as "
             "host_resolver): the AD bit of its answers is what DANE rests on"
         )
-    require_cryptography()
     return Dane(resolver)
 
 
