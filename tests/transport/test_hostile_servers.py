@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import io
 import socket
+import ssl
 import threading
 import time
 import tracemalloc
@@ -264,10 +265,13 @@ def send(
     recipients: Sequence[str] = ("bob@example.com",),
     timeouts: SmtpTimeouts = FAST,
     transport: SmtpTransport | None = None,
+    tls_context: ssl.SSLContext | None = None,
 ) -> Outcome:
     """One delivery, timed and with its peak of traced memory."""
     own = transport is None
-    transport = transport or SmtpTransport(helo_name="client.test", timeouts=timeouts)
+    transport = transport or SmtpTransport(
+        helo_name="client.test", timeouts=timeouts, tls_context=tls_context
+    )
     tracemalloc.start()
     started = time.monotonic()
     try:

@@ -25,7 +25,6 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-import attrs
 import dns.flags
 import dns.message
 import dns.rcode
@@ -42,7 +41,6 @@ from spoolmail._core.routing import Hop, HopKind, Target, TlsPolicy
 from spoolmail._core.transcript import Transcript
 from spoolmail._transport.dane import Dane
 from spoolmail._transport.dns import DnsResolver
-from spoolmail._transport.smtp import SmtpTimeouts, SmtpTransport
 from tests.dnsserver import local_resolver
 from tests.smtpservers import SHORT
 from tests.tlscerts import TestCertificates
@@ -50,13 +48,13 @@ from tests.transport.test_dns import LIFETIME, SLACK
 from tests.transport.test_hostile_dns import ScriptedDns, Zone, zone_script
 from tests.transport.test_hostile_servers import (
     EHLO_PLAIN,
-    FAST,
     GREETING,
     HOST,
     POLL,
     Hostile,
+    Outcome,
     Wire,
-    outgoing,
+    send,
     waits,
 )
 
@@ -188,28 +186,6 @@ def starttls_then(
         converse(talk, answers)
 
     return script
-
-
-@attrs.frozen
-class Outcome:
-    replies: dict[str, Reply]
-    elapsed: float
-
-
-def send(
-    target: Target,
-    log: Transcript,
-    *,
-    recipients: Sequence[str] = ("bob@example.com",),
-    timeouts: SmtpTimeouts = FAST,
-    tls_context: ssl.SSLContext | None = None,
-) -> Outcome:
-    with SmtpTransport(
-        helo_name="client.test", timeouts=timeouts, tls_context=tls_context
-    ) as transport:
-        started = time.monotonic()
-        replies = dict(transport.send(target, outgoing(recipients), log))
-        return Outcome(replies, time.monotonic() - started)
 
 
 def deferred(outcome: Outcome, log: Transcript, *, enhanced: str, reason: str) -> Reply:
