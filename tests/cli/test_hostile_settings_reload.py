@@ -8,6 +8,7 @@ real MailRoots in temporary folders; ``load_settings`` where only the reading is
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import os
 import pwd
@@ -72,17 +73,22 @@ def service(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Path, Pat
     config = tmp_path / "spoolmail.toml"
     config.write_text(settings(root, "workers = 1\n"))
     log_file = tmp_path / "spoolmail.log"
+    argv = ["-m", "spoolmail", "--config", str(config), "run", "--log-file", str(log_file)]
+    with serving(argv, tmp_path, b"spoolmail: serving ") as process:
+        yield process, root, config, log_file
+
+
+@contextlib.contextmanager
+def serving(argv: list[str], cwd: Path, says: bytes) -> Iterator[subprocess.Popen[bytes]]:
+    """``python ARGV`` once its first line starts with ``says``; killed at the end if it still
+    runs."""
     with subprocess.Popen(
-        [sys.executable, "-m", "spoolmail", "--config", str(config), "run",
-         "--log-file", str(log_file)],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-    ) as process:  # fmt: skip
+        [sys.executable, *argv], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+    ) as process:
         try:
             assert process.stdout is not None
-            assert process.stdout.readline().startswith(b"spoolmail: serving ")
-            yield process, root, config, log_file
+            assert process.stdout.readline().startswith(says)
+            yield process
         finally:
             if process.poll() is None:
                 process.kill()
@@ -276,31 +282,20 @@ def test_a_sighup_while_starting_is_taken_once_serving(
     config = tmp_path / "spoolmail.toml"
     config.write_text(settings(root))
     log_file = tmp_path / "spoolmail.log"
-    with subprocess.Popen(
-        [sys.executable, "-c", HANGUP_WHILE_STARTING, where, "--config", str(config), *command,
-         "--log-file", str(log_file)],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-    ) as process:  # fmt: skip
-        try:
-            assert process.stdout is not None
-            assert process.stdout.readline().startswith(
-                b"spoolmail: serving " if command[0] == "run" else b"spoolmail: listening on "
-            )
-            readers = int(command[2]) if command[0] == "run" else 1
-            until(
-                "the held SIGHUP read",
-                lambda: read(log_file).count("SIGHUP: the new settings are in use") == readers,
-            )
-            if command[0] == "run":
-                submit(root, "after")
-                until("delivered", lambda: len(os.listdir(root / "Drop")) == 1)
-            process.send_signal(signal.SIGTERM)
-            assert process.wait(DEADLINE) == 0
-        finally:
-            if process.poll() is None:
-                process.kill()
+    argv = ["-c", HANGUP_WHILE_STARTING, where, "--config", str(config), *command,
+            "--log-file", str(log_file)]  # fmt: skip
+    says = b"spoolmail: serving " if command[0] == "run" else b"spoolmail: listening on "
+    with serving(argv, tmp_path, says) as process:
+        readers = int(command[2]) if command[0] == "run" else 1
+        until(
+            "the held SIGHUP read",
+            lambda: read(log_file).count("SIGHUP: the new settings are in use") == readers,
+        )
+        if command[0] == "run":
+            submit(root, "after")
+            until("delivered", lambda: len(os.listdir(root / "Drop")) == 1)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(DEADLINE) == 0
 
 
 def test_a_sighup_to_a_one_shot_command_while_it_starts_still_ends_it(tmp_path: Path) -> None:
