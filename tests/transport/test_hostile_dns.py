@@ -90,14 +90,8 @@ class ScriptedDns:
     def __init__(self, script: Script, *, tcp: bool = True) -> None:
         self.script = script
         self.queries: list[tuple[str, str, str]] = []
-        self._udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self._udp.bind((LOCALHOST, 0))
+        self._udp, self._tcp = _one_port(tcp=tcp)
         self.port: int = self._udp.getsockname()[1]
-        self._tcp: socket.socket | None = None
-        if tcp:
-            self._tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            self._tcp.bind((LOCALHOST, self.port))
-            self._tcp.listen()
         self._threads = [threading.Thread(target=self._serve_udp, daemon=True)]
         if self._tcp is not None:
             self._threads.append(threading.Thread(target=self._serve_tcp, daemon=True))
@@ -155,6 +149,28 @@ class ScriptedDns:
         self._udp.close()
         if self._tcp is not None:
             self._tcp.close()
+
+
+def _one_port(*, tcp: bool) -> tuple[socket.socket, socket.socket | None]:
+    """A UDP socket on a free port of 127.0.0.1 and, with ``tcp``, a listening TCP one on the
+    same port. The port is free for UDP only: another test's TCP socket may hold it (the bind
+    failed with EADDRINUSE, and the UDP socket was left for the garbage collector to close in
+    some later test, as a ResourceWarning). Another port then, everything closed."""
+    for _ in range(50):
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        udp.bind((LOCALHOST, 0))
+        if not tcp:
+            return udp, None
+        stream = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            stream.bind((LOCALHOST, udp.getsockname()[1]))
+            stream.listen()
+        except OSError:
+            stream.close()
+            udp.close()
+            continue
+        return udp, stream
+    raise AssertionError("no port of 127.0.0.1 free for both UDP and TCP in 50 tries")
 
 
 def _read(connection: socket.socket, size: int) -> bytes:
