@@ -199,6 +199,29 @@ def test_destinations_that_asked_once_and_got_no_mail_since_are_forgotten(
     throttles.give("busy.test")
 
 
+def test_many_destinations_asking_at_once_are_not_scanned_for_each_new_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Past the bound, every new destination that asked scanned all of them for quiet ones,
+    # even when none was quiet (all asked within max_wait): the next scan now waits until as
+    # many again have asked.
+    monkeypatch.setattr(delivery, "_MANY_THROTTLED", 4)
+    scans: list[int] = []
+    forget = Throttles._forget_quiet
+
+    def counted(self: Throttles, now: datetime) -> None:
+        scans.append(len(self._states))
+        forget(self, now)
+
+    monkeypatch.setattr(Throttles, "_forget_quiet", counted)
+    clock = FakeClock()
+    throttles = Throttles(ThrottleRules())
+    for number in range(20):
+        throttles.observe(f"d{number}.test", [RATE], clock)
+    assert len(throttles.throttled()) == 20  # none was quiet: none forgotten
+    assert scans == [4, 8, 16]
+
+
 class _Holding(CapturingTransport):
     """Holds its first send until ``release`` is set."""
 

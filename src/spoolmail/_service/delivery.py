@@ -287,6 +287,7 @@ class Throttles:
     _freed: threading.Condition = attrs.field(init=False, repr=False)
     _waiters: int = attrs.field(default=0, init=False, repr=False)
     _bucket_bound: int = attrs.field(default=_MANY_BUCKETS, init=False, repr=False)
+    _throttle_bound: int = attrs.field(factory=lambda: _MANY_THROTTLED, init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         self._freed = threading.Condition(self._lock)
@@ -381,7 +382,7 @@ class Throttles:
         with self._lock:
             state = self._states.get(key)
             if asking is not None:
-                if state is None and len(self._states) >= _MANY_THROTTLED:
+                if state is None and len(self._states) >= self._throttle_bound:
                     self._forget_quiet(now)
                 state = (state or Throttle.fresh(self.rules)).asked(asking, now, self.rules)
                 self._states[key] = state
@@ -428,6 +429,9 @@ class Throttles:
         for key in [k for k, s in self._states.items() if s.until is None or s.until < quiet]:
             if not self._active.get(key):
                 del self._states[key]
+        # The next scan waits until as many again have asked: a thousand destinations all
+        # asking within max_wait scanned every one of them for each new one.
+        self._throttle_bound = max(_MANY_THROTTLED, 2 * len(self._states))
 
 
 @attrs.define
@@ -455,6 +459,19 @@ class Attempt:
     def made(self) -> bool:
         """Whether anything was tried: false when every reply is a pass-over for a dead host."""
         return not self.waiting or not set(self.replies) <= set(self.waiting)
+
+    def pass_over(
+        self, addresses: Sequence[str], reply: Reply, until: datetime, transcript: Transcript
+    ) -> dict[str, Reply]:
+        """Answer ``addresses`` with a pass-over's ``reply`` (a dead host, a throttled
+        destination): nothing was tried for them, and they may be tried again at ``until``
+        (the earliest such time when one is passed over more than once). The reply is the
+        pass-over's, so no relay is named for them; the transcript says why."""
+        transcript.note(str(reply))
+        for address in addresses:
+            self.waiting[address] = min(until, self.waiting.get(address, until))
+            self.relays.pop(address, None)
+        return dict.fromkeys(addresses, reply)
 
 
 def passed_over(
@@ -586,12 +603,7 @@ class Deliverer:
                 # Looked at once the slot is ours, as for dead hosts (see _send).
                 held = throttles.check(key, self.clock)
                 if held is not None:
-                    reply, until = held
-                    transcript.note(str(reply))
-                    for address in remaining:
-                        attempt.replies[address] = reply
-                        attempt.waiting[address] = min(until, attempt.waiting.get(address, until))
-                        attempt.relays.pop(address, None)
+                    attempt.replies.update(attempt.pass_over(remaining, *held, transcript))
                     continue
                 replies = self._deliver_hop(envelope, hop, remaining, transcript, attempt)
             finally:
@@ -729,24 +741,13 @@ class Deliverer:
             # host silent sees the mark and does not knock again.
             skipped = self.dead.skip(target, self.clock, hop=hop)
             if skipped is not None:
-                transcript.note(str(skipped.reply))
-                for address in addresses:
-                    attempt.waiting[address] = min(
-                        skipped.until, attempt.waiting.get(address, skipped.until)
-                    )
-                    attempt.relays.pop(address, None)  # the reply is the pass-over's
-                return dict.fromkeys(addresses, skipped.reply)
+                return attempt.pass_over(addresses, skipped.reply, skipped.until, transcript)
             # And the destination's throttle: another delivery may have been asked to slow
             # down while this one waited for its connection. Each that connected anyway would
             # likely be refused alike, and each refusal doubled the destination's wait.
             held = self.throttles.waiting(destination(hop), self.clock)
             if held is not None:
-                reply, until = held
-                transcript.note(str(reply))
-                for address in addresses:
-                    attempt.waiting[address] = min(until, attempt.waiting.get(address, until))
-                    attempt.relays.pop(address, None)
-                return dict.fromkeys(addresses, reply)
+                return attempt.pass_over(addresses, *held, transcript)
             for address in addresses:
                 attempt.waiting.pop(address, None)
             # The DKIM fields kept in the envelope go in front of the stored bytes (and count
