@@ -251,6 +251,39 @@ def test_421_to_the_final_dot_on_a_kept_connection_is_not_sent_again(log: Transc
     assert len(peer.wires) == 1
 
 
+def test_421_to_a_later_transactions_final_dot_is_not_sent_again(log: Transcript) -> None:
+    """A 421 before a later transaction of one delivery brings a new connection; one after that
+    transaction's final "." does not: the server may have the message (RFC 1047)."""
+    received: list[bytes] = []
+
+    def script(wire: Wire) -> None:
+        wire.send(GREETING)
+        while (line := wire.command()) is not None:
+            verb = line[:4].upper()
+            reply = {"EHLO": EHLO_PLAIN, "DATA": b"354 go ahead\r\n"}.get(verb, b"250 ok\r\n")
+            if not wire.send(reply) or verb == "QUIT":
+                return
+            if verb == "DATA":
+                body = wire.message()
+                if body is None:
+                    return
+                received.append(body)
+                if len(received) == 2:
+                    wire.send(b"421 4.3.0 shutting down\r\n")
+                    return
+                wire.send(b"250 2.0.0 queued\r\n")
+
+    recipients = addresses(5)
+    with (
+        hostile(script) as peer,
+        SmtpTransport(helo_name="client.test", timeouts=FAST, max_recipients=2) as transport,
+    ):
+        replies = transport.send(peer.target, outgoing(recipients), log)
+    assert [replies[r].code for r in recipients] == [250, 250, 421, 421, 421]
+    assert len(received) == 2
+    assert len(peer.wires) == 1
+
+
 def test_a_kept_connection_the_server_closed_silently_is_replaced(log: Transcript) -> None:
     """Guard (correct before): the server hangs up after each message without a word; the next
     message goes once, over a new connection, with max_messages_per_connection unset."""

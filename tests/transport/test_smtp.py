@@ -288,6 +288,46 @@ def test_a_421_on_a_new_connection_stands(transcript: Transcript) -> None:
 
 
 @integration
+@pytest.mark.parametrize("pipelining", [False, True])
+def test_a_421_before_a_later_transaction_of_one_delivery_is_met_with_a_new_connection(
+    transcript: Transcript, pipelining: bool
+) -> None:
+    """Five recipients in transactions of two, to a server taking one message a connection:
+    each 421 at the next MAIL costs a new connection, not the rest of the recipients (they
+    were deferred, and the destination throttled as if it had asked to slow down)."""
+    recipients = [f"rcpt{n}@example.org" for n in range(5)]
+    with (
+        SmtpTransport(helo_name="client.test", timeouts=SHORT, max_recipients=2) as transport,
+        smtp_server(connection_cap=1, offer_pipelining=pipelining) as server,
+    ):
+        replies = transport.send(server.target, outgoing(recipients=recipients), transcript)
+        assert {r.code for r in replies.values()} == {250}
+        assert [m.connection for m in server.messages] == [1, 2, 3]
+        assert [m.rcpt_tos for m in server.messages] == [
+            tuple(recipients[0:2]),
+            tuple(recipients[2:4]),
+            tuple(recipients[4:]),
+        ]
+    notes = [line for line in transcript.lines if "connecting again" in line]
+    assert len(notes) == 2
+    assert "closed before the next transaction (421 4.7.0" in notes[0]
+
+
+@integration
+def test_a_421_on_every_new_connection_stops_the_reconnecting(transcript: Transcript) -> None:
+    """A new connection that takes nothing ends it: the rest keep the 421 for the retry."""
+    recipients = [f"rcpt{n}@example.org" for n in range(5)]
+    with (
+        SmtpTransport(helo_name="client.test", timeouts=SHORT, max_recipients=2) as transport,
+        smtp_server(server_cap=1) as server,
+    ):
+        replies = transport.send(server.target, outgoing(recipients=recipients), transcript)
+        assert [replies[r].code for r in recipients] == [250, 250, 421, 421, 421]
+        assert len(server.messages) == 1
+        assert len(server.handler.mail_froms) == 3  # the first connection's two, one new one
+
+
+@integration
 def test_idle_connection_is_closed_on_the_next_call(transcript: Transcript) -> None:
     now = [1000.0]
     with (

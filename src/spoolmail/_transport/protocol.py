@@ -241,7 +241,9 @@ class ClientProtocol:
     text retry of opportunistic TLS). ``extensions`` is what the last EHLO announced;
     ``encrypted`` whether TLS started; ``clean`` whether no transaction is open or left over
     (the last one ended with a 2xx to the final "." or to RSET, or none began: a connection that
-    is not clean starts its next transaction with RSET, RFC 5321 §4.1.1.5).
+    is not clean starts its next transaction with RSET, RFC 5321 §4.1.1.5); ``data_ended``
+    whether the message and its final "." went in the delivery's latest transaction (the server
+    may have it even without a reply: RFC 1047).
     """
 
     def __init__(
@@ -258,6 +260,7 @@ class ClientProtocol:
         self.extensions = SmtpExtensions()
         self.encrypted = False
         self.clean = True
+        self.data_ended = False
         self.answers: dict[str, Reply] = {}
         self._helo_name = helo_name
         self._timeouts = timeouts
@@ -299,6 +302,7 @@ class ClientProtocol:
         what the stored message needs MAIL to declare; ``message`` gives the sender and size
         (its ``open`` is the driver's)."""
         self.answers = answers
+        self.data_ended = False
         self._begin(
             "deliver", self._deliver(message, recipients, content), transcript, needs=State.READY
         )
@@ -361,6 +365,7 @@ class ClientProtocol:
         """The message and its final "." went, ``octets`` in all, as :class:`SendMessage` asked."""
         self._fire(Step.MESSAGE_SENT)
         self._octets_sent = octets
+        self.data_ended = True
 
     def close(self) -> None:
         """Nothing more will be said on this connection (it broke, or the driver closed it)."""
@@ -745,6 +750,7 @@ class ClientProtocol:
         """One transaction, each command waiting for the reply to the one before."""
         host = self.target.host
         self.clean = False
+        self.data_ended = False
         reply = yield from self._command(mail, Step.MAIL, timeout=self._timeouts.mail, utf8=utf8)
         if not self._positive(reply, expected=2, awaiting="reply to MAIL"):
             refused = reply.to_reply(host)
@@ -778,6 +784,7 @@ class ClientProtocol:
         mail_reply: ServerReply | None = None
         data: ServerReply | None = None
         self.clean = False
+        self.data_ended = False
         for start, group in pipeline_groups(commands, utf8=utf8):
             yield self._send(
                 group, steps[start : start + len(group)], timeout=timeouts.mail, utf8=utf8

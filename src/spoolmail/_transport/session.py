@@ -212,8 +212,6 @@ class Session:
         self.last_used = 0.0
         # Messages this connection carried, for SmtpTransport's max_messages_per_connection.
         self.messages = 0
-        # Whether the current delivery sent a final "." on it: the server may have the message.
-        self.ended_data = False
         # The reply being waited for, and the monotonic time by which all of it must be in.
         self._waiting: tuple[int, float] = (-1, 0.0)
 
@@ -295,7 +293,6 @@ class Session:
         transcript: Transcript,
     ) -> None:
         """Transactions on this connection until every recipient has an answer in ``answers``."""
-        self.ended_data = False
         content = examine(message, eight_bit_matters=self.protocol.extensions.eight_bit_mime)
         self.protocol.deliver(
             message, recipients, content=content, answers=answers, transcript=transcript
@@ -355,7 +352,6 @@ class Session:
                 assert message is not None  # noqa: S101 (only a delivery gets this far)
                 with message.open() as source:
                     sent = self._send_message(message, source, timeout=event.timeout)
-                self.ended_data = True
                 protocol.message_sent(sent)
             elif isinstance(event, StartTls):
                 protocol.tls_started(self._start_tls(event))

@@ -62,19 +62,28 @@ _IDLE_QUIT = 1.0
 _HELO_NAME = re.compile(r"[A-Za-z0-9.\-\[\]:]+")
 
 
-def _again(session: Session, reply: Reply, *, probed: bool) -> str | None:
-    """Why a transaction that failed on a kept connection before any recipient had an answer
-    goes once more over a new one; ``None`` when it does not (the reply stands)."""
-    if not session.messages:
-        return None  # a new connection: the failure is the server's answer now
-    if session.ended_data:
+def _again(session: Session, reply: Reply, *, probed: bool, progress: bool) -> str | None:
+    """Why the rest of a delivery goes over a new connection after ``session`` failed with
+    ``reply``; ``None`` when it does not (the reply stands for every recipient not answered).
+
+    ``progress`` says whether this connection answered any of the delivery's recipients (an
+    earlier transaction of it, more recipients than one transaction takes): then only a 421
+    before the next transaction's message went is a reason, and each new connection must
+    answer some more, so the delivery ends. Otherwise the connection must be a kept one that
+    failed before any recipient had an answer."""
+    if session.protocol.data_ended:
         # The message and its final "." went: the server may have it, and a copy sent at once
         # would be a second one (RFC 1047). The next attempt, if any, decides.
         return None
-    if reply.code == 421:
+    if reply.code == 421 and (progress or session.messages):
         # RFC 5321 section 3.8: the server closes the channel. Servers that cap the messages
-        # of one connection say so at the next MAIL; IIS opened a new connection then.
+        # of one connection say so at the next MAIL, of a later delivery on a kept connection
+        # or of this one's next transaction; IIS opened a new connection then.
+        if progress:
+            return f"the connection was closed before the next transaction ({reply})"
         return f"the reused connection was closed ({reply})"
+    if progress or not session.messages:
+        return None  # a new connection's failure is the server's answer now
     if reply.status == "4.4.2" and not probed:
         # Gone before MAIL got an answer: nothing was sent (RFC 5321 section 4.1.4 lets MAIL
         # follow a finished transaction; the RSET probe is what this saved).
@@ -98,7 +107,9 @@ class SmtpTransport:
     ``smtp_connection_reuse_count_limit`` and IIS 6's installed metabase). ``max_idle`` (10)
     bounds the idle connections kept to one target; 0 keeps none. A kept connection the
     server closes with 421 before taking the message (a server's own cap on messages per
-    connection) is replaced once, at once. With the ``spoolmail.smtp`` logger at DEBUG every
+    connection) is replaced once, at once; so is one closed with 421 before a later
+    transaction of the same delivery (more recipients than one transaction takes), for as long
+    as each new connection takes some of them. With the ``spoolmail.smtp`` logger at DEBUG every
     transcript line is logged as it is written (``spoolmail -v``). Safe to share between
     threads: each :meth:`send` uses its own connection. Call :meth:`close` (or use it as a
     context manager) to QUIT the connections it keeps. Kept connections are reused only for an
@@ -253,17 +264,22 @@ class SmtpTransport:
         session: Session | None = None
         try:
             session, probed = self._session(target, transcript)
-            try:
-                session.deliver(message, recipients, answers, transcript)
-            except SessionError as ended:
-                again = None if answers else _again(session, ended.reply, probed=probed)
-                if again is None:
-                    raise
-                transcript.note(f"{again}; connecting again")
-                self._discard(session, transcript)
-                session = None
-                session = self._open(target, transcript)
-                session.deliver(message, recipients, answers, transcript)
+            while True:
+                answered = len(answers)
+                left = [r for r in recipients if r not in answers]
+                try:
+                    session.deliver(message, left, answers, transcript)
+                    break
+                except SessionError as ended:
+                    progress = len(answers) > answered
+                    again = _again(session, ended.reply, probed=probed, progress=progress)
+                    if again is None:
+                        raise
+                    transcript.note(f"{again}; connecting again")
+                    self._discard(session, transcript)
+                    session = None
+                    session = self._open(target, transcript)
+                    probed = True
         except SessionError as ended:
             transcript.note(f"session ended: {ended.reply}")
             for recipient in recipients:
