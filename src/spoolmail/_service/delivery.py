@@ -105,13 +105,17 @@ class DeadNote:
 
 @attrs.define
 class DeadDestinations:
-    """Hosts that just failed to answer, and until when nobody tries them again. Thread-safe.
+    """Hosts that just failed to answer, and hops whose lookup just failed, and until when
+    nobody tries them again. Thread-safe.
 
     Each note also remembers the hops (an MX of a domain, a smart host, a route) through which
     messages met the host, so that a flush of those messages can forget it without a lookup.
     """
 
     marks: dict[Target, DeadNote] = attrs.Factory(dict)
+    lookups: dict[Hop, DeadNote] = attrs.Factory(dict)
+    """Hops whose lookup just failed (the DNS did not answer): their other messages are passed
+    over until the note's time."""
     _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False, repr=False)
 
     def skip(
@@ -158,6 +162,51 @@ class DeadDestinations:
             return  # nothing noted: the usual case after a delivery
         with self._lock:
             self.marks.pop(target, None)
+
+    def skip_lookup(self, hop: Hop, clock: Callable[[], datetime]) -> DeadNote | None:
+        """``None`` if ``hop`` may be looked up now; else its note, with the reply to give the
+        recipients passed over: another message's lookup of it failed moments ago. The time is
+        read only when the hop has a note."""
+        if hop not in self.lookups:
+            return None  # the usual case, seen without the lock (a dict look is atomic)
+        now = clock()
+        with self._lock:
+            note = self.lookups.get(hop)
+            if note is None:
+                return None
+            if now >= note.until:
+                del self.lookups[hop]
+                return None
+        skipped = Reply(
+            451,
+            "4.4.3",
+            f"{hop}: the last lookup failed ({note.reply}); not looked up again before "
+            f"{note.until.isoformat(timespec='seconds')}",
+        )
+        return attrs.evolve(note, reply=skipped)
+
+    def mark_lookup(self, hop: Hop, until: datetime, reply: Reply) -> None:
+        with self._lock:
+            self.lookups[hop] = DeadNote(until, reply)
+
+    def clear_lookup(self, hop: Hop) -> None:
+        if hop not in self.lookups:
+            return  # nothing noted: the usual case after a lookup
+        with self._lock:
+            self.lookups.pop(hop, None)
+
+    def forget_lookups(self, hops: Iterable[Hop] | None = None) -> list[Hop]:
+        """Forget the failed lookups of ``hops`` (of every hop: ``None``), as :meth:`forget`
+        does the hosts (whatever the TLS policy); those forgotten."""
+        with self._lock:
+            if hops is None:
+                gone = list(self.lookups)
+            else:
+                ways = {_way(hop) for hop in hops}
+                gone = [hop for hop in self.lookups if _way(hop) in ways]
+            for hop in gone:
+                del self.lookups[hop]
+        return gone
 
     def forget(self, hops: Iterable[Hop]) -> list[Target]:
         """Forget every host met through one of ``hops`` (an operator's flush); those forgotten.
@@ -438,8 +487,9 @@ class Throttles:
 class Attempt:
     """One attempt's results: replies by address, transcripts by kind, hosts that did not answer.
 
-    ``waiting`` holds the addresses that were only passed over for a dead host (no connection,
-    no lookup that failed: nothing was tried for them), with when that host may be tried again.
+    ``waiting`` holds the addresses that were only passed over for a dead host, a failed lookup
+    or a throttle (no connection, no lookup: nothing was tried for them), with when they may be
+    tried again; ``unresolved`` the hops whose lookup failed for want of an answer, with why.
     ``local_faults`` holds the addresses whose local delivery failed on this side (the Drop file
     could not be written): not a delivery attempt either (``_core.states`` rule 9).
     ``relays`` names, by address, the host whose answer is in ``replies`` (``name[address]:port``,
@@ -450,6 +500,7 @@ class Attempt:
     replies: dict[str, Reply] = attrs.Factory(dict)
     transcripts: dict[str, Transcript] = attrs.Factory(dict)
     unreachable: dict[Target, Reply] = attrs.Factory(dict)
+    unresolved: dict[Hop, Reply] = attrs.Factory(dict)
     waiting: dict[str, datetime] = attrs.Factory(dict)
     local_faults: set[str] = attrs.Factory(set)
     relays: dict[str, str] = attrs.Factory(dict)
@@ -626,7 +677,20 @@ class Deliverer:
         """One hop: resolve it, apply MTA-STS and DANE (MX hops), try its targets, and let
         the throttle learn from the replies. ``None`` after a null MX, ``{}`` when the hop
         resolved to nothing (its reason is in ``attempt``; the next hop gets every recipient)."""
+        skipped = self.dead.skip_lookup(hop, self.clock)
+        if skipped is not None:
+            # Postfix's "delivery temporarily suspended" after a failed lookup: a domain whose
+            # DNS does not answer costs one lookup's timeouts per retry, not one per message.
+            passed = attempt.pass_over(remaining, skipped.reply, skipped.until, transcript)
+            attempt.replies.update(passed)
+            return {}
         resolution = self.resolver.resolve(hop, transcript)
+        if resolution.targets:
+            self.dead.clear_lookup(hop)
+        elif resolution.reply is not None and resolution.reply.code // 100 == 4:
+            # Until the service knows this message's retry time and marks it longer.
+            self.dead.mark_lookup(hop, self.clock() + self.dead_for, resolution.reply)
+            attempt.unresolved[hop] = resolution.reply
         if hop.kind is HopKind.MX and self.sts is not None and resolution.targets:
             resolution = self._apply_sts(hop, resolution, transcript)
         if hop.kind is HopKind.MX and self.dane is not None and resolution.targets:

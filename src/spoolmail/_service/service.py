@@ -1034,6 +1034,8 @@ class MailService:
         for target in forgotten:
             dead.clear(target)
             log.info("%s: dead-host note forgotten, the operator flushed its mail", target)
+        for hop in dead.forget_lookups(None if everything else hops):
+            log.info("%s: failed-lookup note forgotten, the operator flushed its mail", hop)
         log.info("flush: %d waiting message(s) due now", count)
 
     def _forget_dead_hosts(self, queue_ids: Iterable[str]) -> None:
@@ -1056,6 +1058,8 @@ class MailService:
                 hops.update(self.router.route(recipient.address).hops)
         for target in self._delivery.dead.forget(hops):
             log.info("%s: dead-host note forgotten, the operator flushed its mail", target)
+        for hop in self._delivery.dead.forget_lookups(hops):
+            log.info("%s: failed-lookup note forgotten, the operator flushed its mail", hop)
 
     # -- Pickup ----------------------------------------------------------------------------------
 
@@ -1142,16 +1146,20 @@ class MailService:
             envelope, attempt.replies, retry=self._policy, now=self.clock()
         )
         self._tally_replies(envelope.id, attempt.replies, outcome, tally)
-        if attempt.unreachable:
-            # Postfix's "dead destination": other messages for these hosts wait without a
-            # connection attempt each, until this message's own retry time.
+        if attempt.unreachable or attempt.unresolved:
+            # Postfix's "dead destination": other messages for these hosts (or hops whose
+            # lookup failed) wait without a connection attempt (a lookup) each, until this
+            # message's own retry time.
             until = (
                 outcome.envelope.next_attempt
                 if outcome.event is Event.DEFERRED
                 else self.clock() + _ERROR_BACKOFF
             )
+            dead = self._delivery.dead
             for target, reply in attempt.unreachable.items():
-                self._delivery.dead.mark(target, until, reply)
+                dead.mark(target, until, reply)
+            for hop, reply in attempt.unresolved.items():
+                dead.mark_lookup(hop, until, reply)
         outcome = self._local_faults(envelope, attempt, outcome)
         self._commit(outcome, attempt.transcripts, tally, attempt=(envelope, attempt))
         self._suppress_hard_bounces(outcome.envelope, attempt.replies)

@@ -634,10 +634,10 @@ class Spool:
 
         Unlike :meth:`flush`, no envelope is rewritten: one trigger file is written, and the
         service that takes it (at once where inotify tells, a running one in this process
-        woken) makes those messages due in its schedule, forgets the dead-host notes of
-        their destinations, and writes each one's new retry time when its attempt commits, as
-        every attempt does. With no service running the trigger waits: the next one to start
-        rescans the Queue, then flushes. Held messages stay held, a message being attempted
+        woken) makes those messages due in its schedule, forgets the dead-host and failed-lookup
+        notes of their destinations, and writes each one's new retry time when its attempt
+        commits, as every attempt does. With no service running the trigger waits: the next one
+        to start rescans the Queue, then flushes. Held messages stay held, a message being attempted
         right now is not attempted again; a service stopped before attempting every
         flushed message asks the next one to flush the rest; a killed one does not (the
         messages keep their retry times: flush again). No :class:`~spoolmail.events.Flushed`
