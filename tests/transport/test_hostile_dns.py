@@ -16,6 +16,7 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import dns.flags
 import dns.message
@@ -27,7 +28,7 @@ import pytest
 from spoolmail._core.reply import Reply
 from spoolmail._core.routing import Hop, HopKind
 from spoolmail._core.transcript import Transcript
-from spoolmail._transport.dns import MAX_EXCHANGES, MAX_TARGETS, DnsResolver
+from spoolmail._transport.dns import HOP_BUDGET, MAX_EXCHANGES, MAX_TARGETS, DnsResolver
 from tests.dnsserver import LOCALHOST, DnsServer, local_resolver
 from tests.transport.test_dns import LIFETIME, SLACK, TIMEOUT, resolver_for
 
@@ -134,10 +135,12 @@ class ScriptedDns:
                 except OSError:
                     pass
 
-    def resolver(self) -> DnsResolver:
+    def resolver(self, **options: Any) -> DnsResolver:
+        """A resolver asking this server only; ``options`` go to :class:`DnsResolver`."""
         return DnsResolver(
             resolver=local_resolver(self.port, timeout=TIMEOUT, lifetime=LIFETIME),
             rng=random.Random(0),
+            **options,
         )
 
     def __enter__(self) -> ScriptedDns:
@@ -423,6 +426,73 @@ def test_silent_exchangers_cost_at_most_two_lifetimes_each(transcript: Transcrip
     # (and dnspython's overshoot of it, measured at 0.2 s).
     assert elapsed < (1 + 2 * MAX_EXCHANGES) * (LIFETIME + 0.3) + SLACK
     assert len([line for line in notes(transcript) if line.startswith("AAAA ")]) == MAX_EXCHANGES
+
+
+def test_a_hops_lookups_stop_when_its_budget_is_spent(transcript: Transcript) -> None:
+    """Ten silent exchangers held a delivery for 21 lifetimes (105 s at dnspython's 5 s): the
+    hop's lookups now take the budget at most (each is given no more than is left)."""
+    names = [f"m{n}.wide.test." for n in range(30)]
+    answer = zone_script({("wide.test.", "MX"): [f"10 {n}" for n in names]})
+
+    def script(query: dns.message.Message, transport: str) -> list[bytes]:
+        return answer(query, transport) if query.question[0].rdtype == dns.rdatatype.MX else []
+
+    budget = 2 * LIFETIME
+    with ScriptedDns(script) as dns_server:
+        # A resolver whose own lifetime is far longer than the budget: a lookup gets what is left.
+        resolver = DnsResolver(
+            resolver=local_resolver(dns_server.port, timeout=TIMEOUT, lifetime=20 * LIFETIME),
+            budget=budget,
+        )
+        started = time.monotonic()
+        resolution = resolver.resolve(mx("wide.test"), transcript)
+        elapsed = time.monotonic() - started
+    assert elapsed < budget + 0.3 + SLACK
+    assert resolution.reply is not None
+    assert (resolution.reply.code, resolution.reply.enhanced) == (451, "4.4.3")
+    assert f"the lookups took {budget:g} s, the most a hop may" in resolution.reply.text
+    assert (
+        f"MX wide.test: the lookups took {budget:g} s, the most a hop may, looking no further"
+        in (notes(transcript))
+    )
+    assert len([line for line in notes(transcript) if line.startswith("AAAA ")]) < 4
+
+
+def test_exchangers_the_budget_left_unasked_keep_the_verdict_temporary(
+    transcript: Transcript,
+) -> None:
+    """The first exchanger has no address (permanent), and the budget is spent by then: the
+    exchangers not looked up may have one, so the message waits rather than bounce."""
+    now = [0.0]
+    answer = zone_script(
+        {
+            ("late.test.", "MX"): ["10 m0.late.test.", "20 m1.late.test."],
+            ("m0.late.test.", "TXT"): ['"no address"'],
+            ("m1.late.test.", "A"): ["127.0.0.91"],
+        }
+    )
+
+    def script(query: dns.message.Message, transport: str) -> list[bytes]:
+        question = query.question[0]
+        if question.name.to_text() == "m0.late.test." and question.rdtype == dns.rdatatype.A:
+            now[0] += HOP_BUDGET  # the lookup that spends the budget
+        return answer(query, transport)
+
+    with ScriptedDns(script) as dns_server:
+        resolver = dns_server.resolver(monotonic=lambda: now[0])
+        resolution = resolver.resolve(mx("late.test"), transcript)
+    assert resolution.targets == ()
+    assert resolution.reply is not None
+    assert (resolution.reply.code, resolution.reply.enhanced) == (451, "4.4.3")
+    assert "host m0.late.test has no address" in resolution.reply.text
+    asked = [line.split(":")[0] for line in notes(transcript)]
+    assert "A m0.late.test" in asked
+    assert not any(line.endswith("m1.late.test") for line in asked)
+
+
+def test_a_budget_of_no_time_is_refused() -> None:
+    with pytest.raises(ValueError, match="budget must be a positive number of seconds"):
+        DnsResolver(budget=0)
 
 
 def test_a_truncated_answer_is_asked_again_over_tcp(transcript: Transcript) -> None:

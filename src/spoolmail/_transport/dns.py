@@ -3,7 +3,8 @@
 :class:`DnsResolver` implements the :class:`~spoolmail._transport.base.HostResolver` seam. It asks
 only the ``dns.resolver.Resolver`` it is given (the system's by default, created at the first
 lookup), always for absolute names with ``search=False``, and relies on that resolver's own
-``timeout`` and ``lifetime``. It writes every query and its answer into the
+``timeout`` and ``lifetime``, within a budget for each hop's lookups in all (:data:`HOP_BUDGET`).
+It writes every query and its answer into the
 :class:`~spoolmail._core.transcript.Transcript`, and turns every dnspython exception into a
 :class:`~spoolmail._core.reply.Reply` (docs/delivery.md): a name that does not exist is
 permanent, a server that fails or does not answer is temporary, 4.4.3. The MX ordering rules
@@ -20,7 +21,8 @@ import ipaddress
 import itertools
 import random
 import threading
-from collections.abc import Collection, Iterable
+import time
+from collections.abc import Callable, Collection, Iterable
 from typing import TYPE_CHECKING
 
 import attrs
@@ -36,7 +38,7 @@ if TYPE_CHECKING:
     import dns.name
     import dns.resolver
 
-__all__ = ["MAX_EXCHANGES", "MAX_TARGETS", "DnsResolver", "Lookup"]
+__all__ = ["HOP_BUDGET", "MAX_EXCHANGES", "MAX_TARGETS", "DnsResolver", "Lookup"]
 
 MAX_EXCHANGES = 10
 """Exchangers looked up per MX hop, best first. Each costs two lookups, each up to the resolver's
@@ -47,6 +49,13 @@ hosts (``hosts_max_try``)."""
 
 MAX_TARGETS = 20
 """Addresses returned per hop: two per exchanger of the first ten, for dual-stack hosts."""
+
+HOP_BUDGET = 30.0
+"""Seconds one hop's lookups may take in all (default): the MX lookup and the exchangers'
+addresses, each also bounded by the resolver's own ``lifetime``. Without it, ten exchangers
+whose name servers are silent held a delivery thread for 21 lifetimes (105 s at dnspython's
+5 s). A lookup is given no more than what is left; exchangers not looked up when it is spent
+make the hop's verdict temporary, as a timeout does."""
 
 
 class _Miss(enum.Enum):
@@ -111,7 +120,8 @@ class DnsResolver:
     ``resolver`` is the ``dns.resolver.Resolver`` to ask (default: the system's, created at the
     first lookup); ``local_names`` are the names this host goes by (ASCII), dropped from MX lists
     with every worse exchanger (RFC 5321 section 5.1); ``rng`` shuffles exchangers of equal
-    preference (default: a ``random.Random`` of its own).
+    preference (default: a ``random.Random`` of its own); ``budget`` bounds the seconds one
+    hop's lookups take in all (:data:`HOP_BUDGET`), read from ``monotonic``.
     """
 
     def __init__(
@@ -120,21 +130,29 @@ class DnsResolver:
         resolver: dns.resolver.Resolver | None = None,
         local_names: Collection[str] = (),
         rng: random.Random | None = None,
+        budget: float = HOP_BUDGET,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         if isinstance(local_names, str):
             local_names = (local_names,)
+        if not budget > 0:
+            raise ValueError(f"budget must be a positive number of seconds, not {budget!r}")
         self._resolver = resolver
         self._local_names = tuple(local_names)
         self._rng = rng if rng is not None else random.Random()
+        self._budget = budget
+        self._monotonic = monotonic
         self._lock = threading.Lock()
 
     def resolve(self, hop: Hop, transcript: Transcript) -> Resolution:
-        """The targets for ``hop`` in the order to try them, or the reply saying why none."""
+        """The targets for ``hop`` in the order to try them, or the reply saying why none;
+        its lookups take at most the budget in all."""
         if hop.kind is HopKind.ADDRESS:
             return Resolution((_literal(hop, hop.name),))
+        deadline = self._monotonic() + self._budget
         if hop.kind is HopKind.HOST:
-            return self._resolve_host(hop, transcript)
-        return self._resolve_mx(hop, transcript)
+            return self._resolve_host(hop, transcript, deadline)
+        return self._resolve_mx(hop, transcript, deadline)
 
     def lookup(self, name: str, rdtype: str, transcript: Transcript) -> Lookup:
         """The ``rdtype`` records of ``name`` (``TXT``, ``TLSA``, ``PTR``, ``A``...), noted in
@@ -170,16 +188,16 @@ class DnsResolver:
         found = self._addresses(host_key(host), transcript)
         return found.failure if found.failure is not None else found.addresses
 
-    def _resolve_host(self, hop: Hop, transcript: Transcript) -> Resolution:
+    def _resolve_host(self, hop: Hop, transcript: Transcript, deadline: float) -> Resolution:
         if _is_address(hop.name):
             return Resolution((_literal(hop, hop.name),))
         name = host_key(hop.name)
-        found = self._addresses(name, transcript)
+        found = self._addresses(name, transcript, deadline)
         if found.failure is not None:
             return Resolution(reply=found.failure)
         return Resolution(tuple(_target(hop, name, a) for a in found.addresses[:MAX_TARGETS]))
 
-    def _resolve_mx(self, hop: Hop, transcript: Transcript) -> Resolution:
+    def _resolve_mx(self, hop: Hop, transcript: Transcript, deadline: float) -> Resolution:
         domain = host_key(hop.name)
         if domain.startswith("["):
             # RFC 5321 section 5.1: a domain that is an address literal is used as it is.
@@ -188,7 +206,7 @@ class DnsResolver:
                 text = f"{hop.name!r} is not an address literal"
                 return Resolution(reply=Reply(550, "5.1.2", text))
             return Resolution((_literal(hop, literal),))
-        records = self._mx_records(domain, transcript)
+        records = self._mx_records(domain, transcript, deadline)
         if isinstance(records, Reply):
             return Resolution(reply=records)
         ordered = order_exchanges(domain, records, local_names=self._local_names, rng=self._rng)
@@ -202,14 +220,16 @@ class DnsResolver:
             ordered = ordered[:MAX_EXCHANGES]
         if records != [(0, domain)]:
             transcript.note(f"MX {domain}: trying {', '.join(ordered)}")
-        return self._exchange_targets(hop, domain, ordered, transcript)
+        return self._exchange_targets(hop, domain, ordered, transcript, deadline)
 
-    def _mx_records(self, domain: str, transcript: Transcript) -> list[tuple[int, str]] | Reply:
+    def _mx_records(
+        self, domain: str, transcript: Transcript, deadline: float
+    ) -> list[tuple[int, str]] | Reply:
         """The MX records of ``domain`` (the implicit MX when it has none), or why none."""
         name = _dns_name(domain)
         if name is None:
             return Reply(550, "5.1.2", f"{domain!r} is not a domain name")
-        answer = self._query(name, "MX", transcript)
+        answer = self._query(name, "MX", transcript, deadline)
         if not isinstance(answer, _Failure):
             return [(rdata.preference, rdata.exchange.to_text()) for rdata in answer]
         if answer.miss is _Miss.NODATA:
@@ -224,7 +244,12 @@ class DnsResolver:
         return Reply(451, "4.4.3", f"MX lookup for {domain} failed: {answer.detail}")
 
     def _exchange_targets(
-        self, hop: Hop, domain: str, exchanges: Iterable[str], transcript: Transcript
+        self,
+        hop: Hop,
+        domain: str,
+        exchanges: Iterable[str],
+        transcript: Transcript,
+        deadline: float,
     ) -> Resolution:
         targets: list[Target] = []
         seen: set[str] = set()
@@ -233,7 +258,12 @@ class DnsResolver:
             if len(targets) >= MAX_TARGETS:
                 transcript.note(f"MX {domain}: {MAX_TARGETS} addresses found, looking no further")
                 break
-            found = self._addresses(exchange, transcript)
+            if self._monotonic() >= deadline:
+                spent = self._spent(f"MX {domain}")
+                transcript.note(f"{spent.text}, looking no further")
+                failures.append(spent)  # the exchangers not looked up may answer later
+                break
+            found = self._addresses(exchange, transcript, deadline)
             if found.failure is not None:
                 failures.append(found.failure)
                 continue
@@ -247,7 +277,15 @@ class DnsResolver:
             return Resolution(tuple(targets))
         return Resolution(reply=no_exchange(domain, failures))
 
-    def _addresses(self, host: str, transcript: Transcript) -> _Addresses:
+    def _spent(self, what: str) -> Reply:
+        """The reply for lookups cut short by the budget: temporary, as a timeout is."""
+        return Reply(
+            451, "4.4.3", f"{what}: the lookups took {self._budget:g} s, the most a hop may"
+        )
+
+    def _addresses(
+        self, host: str, transcript: Transcript, deadline: float | None = None
+    ) -> _Addresses:
         """AAAA then A of ``host``: its addresses, or a reply saying why it has none."""
         name = _dns_name(host)
         if name is None:
@@ -256,7 +294,7 @@ class DnsResolver:
         failed: dict[str, list[str]] = {}
         skipped: list[str] = []
         for rdtype in ("AAAA", "A"):
-            answer = self._query(name, rdtype, transcript)
+            answer = self._query(name, rdtype, transcript, deadline)
             if not isinstance(answer, _Failure):
                 found[rdtype] = [rdata.address for rdata in answer if _unicast(rdata.address)]
                 unusable = [rdata.address for rdata in answer if not _unicast(rdata.address)]
@@ -286,15 +324,28 @@ class DnsResolver:
         return _Addresses(failure=Reply(550, "5.4.4", text))
 
     def _query(
-        self, name: dns.name.Name, rdtype: str, transcript: Transcript
+        self,
+        name: dns.name.Name,
+        rdtype: str,
+        transcript: Transcript,
+        deadline: float | None = None,
     ) -> dns.resolver.Answer | _Failure:
-        """One lookup, noted in the transcript; dnspython exceptions become :class:`_Failure` s."""
+        """One lookup, noted in the transcript; dnspython exceptions become :class:`_Failure` s.
+        With ``deadline`` (:meth:`resolve`'s budget), given no more than the time left."""
         import dns.exception  # noqa: PLC0415 (dnspython at the first lookup, see above)
         import dns.resolver  # noqa: PLC0415
 
         shown = name.to_text(omit_final_dot=True)
+        left = None if deadline is None else deadline - self._monotonic()
+        if left is not None and left <= 0:
+            failure = _Failure(_Miss.FAILED, self._spent(f"{rdtype} {shown}").text)
+            transcript.note(f"{rdtype} {shown}: not asked, {failure.detail}")
+            return failure
         try:
-            answer = self._dns().resolve(name, rdtype, search=False)
+            resolver = self._dns()
+            # The resolver's own lifetime, unless less than that is left.
+            lifetime = left if left is not None and left < resolver.lifetime else None
+            answer = resolver.resolve(name, rdtype, search=False, lifetime=lifetime)
         except dns.resolver.NXDOMAIN:
             failure = _Failure(_Miss.NXDOMAIN, "does not exist (NXDOMAIN)")
         except dns.resolver.YXDOMAIN:
