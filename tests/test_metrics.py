@@ -75,7 +75,9 @@ def test_the_endpoint_serves_and_stops() -> None:
         stop = serve_metrics(lambda: service, "127.0.0.1:0")
         try:
             port = stop.port  # type: ignore[attr-defined]
-            assert "spoolmail_dead_hosts 0.0" in scrape(port)
+            page = scrape(port)
+            assert "spoolmail_dead_hosts 0.0" in page
+            assert "spoolmail_failed_lookups 0.0" in page
         finally:
             stop()
             service.close()

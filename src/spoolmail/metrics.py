@@ -24,6 +24,7 @@ Metrics (names as ``prometheus_client`` writes them):
 - ``spoolmail_messages{state="queued"|"held"|"delivering"|"pickup"}``, what waits now;
 - ``spoolmail_connections{host="name[address]:port"}``, SMTP connections open by host;
 - ``spoolmail_dead_hosts``, hosts left alone for not answering;
+- ``spoolmail_failed_lookups``, destinations left alone for a lookup that got no answer;
 - ``spoolmail_started_seconds``, when the service (its counters) started, as a Unix time.
 """
 
@@ -158,6 +159,11 @@ class MetricsCollector:
         yield connections
         yield core.GaugeMetricFamily(
             "spoolmail_dead_hosts", "hosts left alone for not answering", value=stats.dead_hosts
+        )
+        yield core.GaugeMetricFamily(
+            "spoolmail_failed_lookups",
+            "destinations left alone for a lookup that got no answer",
+            value=stats.failed_lookups,
         )
         yield core.GaugeMetricFamily(
             "spoolmail_started_seconds",

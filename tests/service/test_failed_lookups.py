@@ -88,6 +88,7 @@ def test_a_failed_lookup_is_not_made_again_for_the_next_messages(
         spool.submit(message(f"x@{FAILING}"))
         [(first_id, _)] = service.run_once().deferred
         assert mx_queries(dns_server, FAILING) == 1
+        assert service.stats(gauges=False).failed_lookups == 1
         spool.submit(message(f"y@{FAILING}"))
         spool.submit(message("z@ok.test"))  # another destination is not held up
         report = service.run_once()
@@ -197,4 +198,6 @@ def test_a_queue_flush_forgets_the_note(
         clock.advance(minutes=1)
         spool.flush_queue(domain=domain)
         service.run_once()
-        assert mx_queries(dns_server, FAILING) == 3  # both looked up again, one each
+        # Looked up again: by both, or by one while the other, side by side with it, met
+        # the new note (without the flush forgetting it, neither would have).
+        assert mx_queries(dns_server, FAILING) in (2, 3)

@@ -170,6 +170,7 @@ def combine_stats(parts: Iterable[Stats]) -> Stats:
         "badmail",
         "removed",
         "dead_hosts",
+        "failed_lookups",
         "connections_opened",
         "connections_reused",
     )

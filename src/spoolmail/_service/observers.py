@@ -167,7 +167,8 @@ class Stats:
     ``queue``), ``delivering`` messages being delivered (by any process), ``pickup`` entries
     waiting in Pickup; ``connections`` the connections this service has open now by host
     (``name[address]:port``, only hosts in use), ``dead_hosts`` how many hosts are left alone for
-    not answering. ``connections_opened`` and ``connections_reused`` (counters, when the transport
+    not answering, ``failed_lookups`` how many destinations for a lookup that got no answer.
+    ``connections_opened`` and ``connections_reused`` (counters, when the transport
     keeps count: :class:`~spoolmail.SmtpTransport` does): SMTP connections opened, and
     transactions sent over a connection kept from an earlier one.
     """
@@ -189,6 +190,7 @@ class Stats:
         factory=dict, converter=_frozen_mapping, hash=False
     )
     dead_hosts: int = 0
+    failed_lookups: int = 0
     connections_opened: int = 0
     connections_reused: int = 0
 

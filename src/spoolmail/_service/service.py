@@ -699,6 +699,7 @@ class MailService:
                 **self._counters.snapshot(),
                 connections=self._delivery.concurrency.active(),
                 dead_hosts=len(self._delivery.dead.marks),
+                failed_lookups=len(self._delivery.dead.lookups),
                 **self._connection_counts(),
             )
         files = self._store.queue_files()
@@ -723,6 +724,7 @@ class MailService:
             pickup=len(self._store.pickup_names()),
             connections=self._delivery.concurrency.active(),
             dead_hosts=len(self._delivery.dead.marks),
+            failed_lookups=len(self._delivery.dead.lookups),
             **self._connection_counts(),
         )
 
