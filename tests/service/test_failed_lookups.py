@@ -11,7 +11,6 @@ not exist (a permanent answer) is not noted. The DNS server is a real one on 127
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator
 
 import dns.message
@@ -52,22 +51,29 @@ def dns_server() -> Iterator[ScriptedDns]:
         yield server
 
 
-def service_for(
+@pytest.fixture
+def router() -> Router:
+    return Router(local_domains=["example.com"])
+
+
+@pytest.fixture
+def service(
     spool: Spool,
     transport: CapturingTransport,
     clock: FakeClock,
     dns_server: ScriptedDns,
-    router: Router | None = None,
-) -> contextlib.closing[MailService]:
+    router: Router,
+) -> Iterator[MailService]:
     service = MailService(
         spool,
-        router=router or Router(local_domains=["example.com"]),
+        router=router,
         transport=transport,
         host_resolver=dns_server.resolver(),
         clock=clock,
         fqdn="mail.example.com",
     )
-    return contextlib.closing(service)
+    yield service
+    service.close()
 
 
 def message(to: str) -> bytes:
@@ -80,18 +86,16 @@ def mx_queries(server: ScriptedDns, domain: str) -> int:
 
 def test_a_failed_lookup_is_not_made_again_for_the_next_messages(
     spool: Spool,
-    transport: CapturingTransport,
-    clock: FakeClock,
+    service: MailService,
     dns_server: ScriptedDns,
 ) -> None:
-    with service_for(spool, transport, clock, dns_server) as service:
-        spool.submit(message(f"x@{FAILING}"))
-        [(first_id, _)] = service.run_once().deferred
-        assert mx_queries(dns_server, FAILING) == 1
-        assert service.stats(gauges=False).failed_lookups == 1
-        spool.submit(message(f"y@{FAILING}"))
-        spool.submit(message("z@ok.test"))  # another destination is not held up
-        report = service.run_once()
+    spool.submit(message(f"x@{FAILING}"))
+    [(first_id, _)] = service.run_once().deferred
+    assert mx_queries(dns_server, FAILING) == 1
+    assert service.stats(gauges=False).failed_lookups == 1
+    spool.submit(message(f"y@{FAILING}"))
+    spool.submit(message("z@ok.test"))  # another destination is not held up
+    report = service.run_once()
     assert mx_queries(dns_server, FAILING) == 1
     [(second_id, _)] = report.deferred
     assert [address for _, address in report.delivered] == ["z@ok.test"]
@@ -110,70 +114,67 @@ def test_a_failed_lookup_is_not_made_again_for_the_next_messages(
 
 def test_at_the_retry_time_the_lookup_is_made_again_and_the_note_goes(
     spool: Spool,
-    transport: CapturingTransport,
+    service: MailService,
     clock: FakeClock,
     dns_server: ScriptedDns,
 ) -> None:
-    with service_for(spool, transport, clock, dns_server) as service:
-        spool.submit(message(f"x@{FAILING}"))
-        [(queue_id, _)] = service.run_once().deferred
-        clock.set(spool.queued_message(queue_id).envelope.next_attempt)
-        assert service.run_once().deferred == ((queue_id, f"x@{FAILING}"),)
-        assert mx_queries(dns_server, FAILING) == 2  # tried again at its time, counted
-        assert spool.queued_message(queue_id).envelope.attempts == 2
+    spool.submit(message(f"x@{FAILING}"))
+    [(queue_id, _)] = service.run_once().deferred
+    clock.set(spool.queued_message(queue_id).envelope.next_attempt)
+    assert service.run_once().deferred == ((queue_id, f"x@{FAILING}"),)
+    assert mx_queries(dns_server, FAILING) == 2  # tried again at its time, counted
+    assert spool.queued_message(queue_id).envelope.attempts == 2
 
 
 def test_a_flush_forgets_the_note(
     spool: Spool,
-    transport: CapturingTransport,
+    service: MailService,
     clock: FakeClock,
     dns_server: ScriptedDns,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    with service_for(spool, transport, clock, dns_server) as service:
-        spool.submit(message(f"x@{FAILING}"))
-        [(queue_id, _)] = service.run_once().deferred
-        clock.advance(minutes=1)
-        caplog.set_level("INFO", logger="spoolmail")
-        spool.flush([queue_id])
-        service.run_once()
-        assert mx_queries(dns_server, FAILING) == 2
-        assert spool.queued_message(queue_id).envelope.attempts == 2
+    spool.submit(message(f"x@{FAILING}"))
+    [(queue_id, _)] = service.run_once().deferred
+    clock.advance(minutes=1)
+    caplog.set_level("INFO", logger="spoolmail")
+    spool.flush([queue_id])
+    service.run_once()
+    assert mx_queries(dns_server, FAILING) == 2
+    assert spool.queued_message(queue_id).envelope.attempts == 2
     assert f"MX of {FAILING}: failed-lookup note forgotten" in caplog.text
 
 
 def test_a_name_that_does_not_exist_is_not_noted(
     spool: Spool,
-    transport: CapturingTransport,
-    clock: FakeClock,
+    service: MailService,
     dns_server: ScriptedDns,
 ) -> None:
     """NXDOMAIN is an answer: each message fails for good on its own lookup."""
-    with service_for(spool, transport, clock, dns_server) as service:
-        spool.submit(message("x@nowhere.test"))
-        assert len(service.run_once().failed) == 1
-        assert service._delivery.dead.lookups == {}
-        spool.submit(message("y@nowhere.test"))
-        assert len(service.run_once().failed) == 1
+    spool.submit(message("x@nowhere.test"))
+    assert len(service.run_once().failed) == 1
+    assert service._delivery.dead.lookups == {}
+    spool.submit(message("y@nowhere.test"))
+    assert len(service.run_once().failed) == 1
     assert mx_queries(dns_server, "nowhere.test") == 2
 
 
+@pytest.mark.parametrize(
+    "router",
+    [Router(local_domains=["example.com"], smart_host="[127.0.0.3]", smart_host_mode="fallback")],
+)
 def test_the_smart_host_still_takes_what_a_noted_domain_passes_on(
     spool: Spool,
+    service: MailService,
     transport: CapturingTransport,
     clock: FakeClock,
     dns_server: ScriptedDns,
 ) -> None:
     """IIS's "attempt direct delivery before sending to smart host": a domain passed over for
     its failed lookup goes on to the smart host, as one whose lookup just failed does."""
-    router = Router(
-        local_domains=["example.com"], smart_host="[127.0.0.3]", smart_host_mode="fallback"
-    )
-    with service_for(spool, transport, clock, dns_server, router) as service:
-        spool.submit(message(f"x@{FAILING}"))
-        assert len(service.run_once().delivered) == 1
-        spool.submit(message(f"y@{FAILING}"))
-        assert len(service.run_once().delivered) == 1
+    spool.submit(message(f"x@{FAILING}"))
+    assert len(service.run_once().delivered) == 1
+    spool.submit(message(f"y@{FAILING}"))
+    assert len(service.run_once().delivered) == 1
     assert mx_queries(dns_server, FAILING) == 1
     assert [str(target) for target, _ in transport.attempts] == ["[127.0.0.3]:25"] * 2
     note = service._delivery.dead.skip_lookup(Hop(HopKind.MX, FAILING), clock)
@@ -183,21 +184,20 @@ def test_the_smart_host_still_takes_what_a_noted_domain_passes_on(
 @pytest.mark.parametrize("domain", [None, FAILING])
 def test_a_queue_flush_forgets_the_note(
     spool: Spool,
-    transport: CapturingTransport,
+    service: MailService,
     clock: FakeClock,
     dns_server: ScriptedDns,
     domain: str | None,
 ) -> None:
     """``postqueue -f`` and ``-s domain``: the flushed mail is really tried."""
-    with service_for(spool, transport, clock, dns_server) as service:
-        spool.submit(message(f"x@{FAILING}"))
-        service.run_once()
-        spool.submit(message(f"y@{FAILING}"))
-        service.run_once()  # passed over
-        assert mx_queries(dns_server, FAILING) == 1
-        clock.advance(minutes=1)
-        spool.flush_queue(domain=domain)
-        service.run_once()
-        # Looked up again: by both, or by one while the other, side by side with it, met
-        # the new note (without the flush forgetting it, neither would have).
-        assert mx_queries(dns_server, FAILING) in (2, 3)
+    spool.submit(message(f"x@{FAILING}"))
+    service.run_once()
+    spool.submit(message(f"y@{FAILING}"))
+    service.run_once()  # passed over
+    assert mx_queries(dns_server, FAILING) == 1
+    clock.advance(minutes=1)
+    spool.flush_queue(domain=domain)
+    service.run_once()
+    # Looked up again: by both, or by one while the other, side by side with it, met
+    # the new note (without the flush forgetting it, neither would have).
+    assert mx_queries(dns_server, FAILING) in (2, 3)

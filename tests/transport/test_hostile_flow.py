@@ -218,10 +218,9 @@ def test_421_before_the_message_on_a_kept_connection_sends_it_once_over_a_new_on
     assert "the reused connection was closed (421 4.7.0" in log.text
 
 
-def test_421_to_the_final_dot_on_a_kept_connection_is_not_sent_again(log: Transcript) -> None:
-    """Guard (correct before): after the final "." the server may have the message; its 421
-    then defers the message, it is not sent again over a new connection at once."""
-    received: list[bytes] = []
+def refusing_the_second_dot(received: list[bytes]) -> Callable[[Wire], None]:
+    """A server that takes one message, then answers the final "." of the next with 421 and
+    hangs up; each message's bytes go into ``received``."""
 
     def script(wire: Wire) -> None:
         wire.send(GREETING)
@@ -240,8 +239,15 @@ def test_421_to_the_final_dot_on_a_kept_connection_is_not_sent_again(log: Transc
                     return
                 wire.send(b"250 2.0.0 queued\r\n")
 
+    return script
+
+
+def test_421_to_the_final_dot_on_a_kept_connection_is_not_sent_again(log: Transcript) -> None:
+    """Guard (correct before): after the final "." the server may have the message; its 421
+    then defers the message, it is not sent again over a new connection at once."""
+    received: list[bytes] = []
     with (
-        hostile(script) as peer,
+        hostile(refusing_the_second_dot(received)) as peer,
         SmtpTransport(helo_name="client.test", timeouts=FAST) as transport,
     ):
         transport.send(peer.target, outgoing(), log)
@@ -255,27 +261,9 @@ def test_421_to_a_later_transactions_final_dot_is_not_sent_again(log: Transcript
     """A 421 before a later transaction of one delivery brings a new connection; one after that
     transaction's final "." does not: the server may have the message (RFC 1047)."""
     received: list[bytes] = []
-
-    def script(wire: Wire) -> None:
-        wire.send(GREETING)
-        while (line := wire.command()) is not None:
-            verb = line[:4].upper()
-            reply = {"EHLO": EHLO_PLAIN, "DATA": b"354 go ahead\r\n"}.get(verb, b"250 ok\r\n")
-            if not wire.send(reply) or verb == "QUIT":
-                return
-            if verb == "DATA":
-                body = wire.message()
-                if body is None:
-                    return
-                received.append(body)
-                if len(received) == 2:
-                    wire.send(b"421 4.3.0 shutting down\r\n")
-                    return
-                wire.send(b"250 2.0.0 queued\r\n")
-
     recipients = addresses(5)
     with (
-        hostile(script) as peer,
+        hostile(refusing_the_second_dot(received)) as peer,
         SmtpTransport(helo_name="client.test", timeouts=FAST, max_recipients=2) as transport,
     ):
         replies = transport.send(peer.target, outgoing(recipients), log)

@@ -27,6 +27,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from itertools import chain
+from typing import TypeVar
 
 import attrs
 
@@ -94,6 +95,9 @@ def _way(hop: Hop) -> tuple[object, ...]:
     return (hop.kind, hop.name, hop.port)
 
 
+_K = TypeVar("_K")
+
+
 @attrs.frozen
 class DeadNote:
     """Why and until when a host is left alone, and the hops that led to it (for a flush)."""
@@ -101,6 +105,15 @@ class DeadNote:
     until: datetime
     reply: Reply
     ways: frozenset[tuple[object, ...]] = frozenset()
+
+
+def _holding(notes: dict[_K, DeadNote], key: _K, now: datetime) -> DeadNote | None:
+    """``key``'s note if it still holds at ``now``; one whose time is up is dropped."""
+    note = notes.get(key)
+    if note is not None and now >= note.until:
+        del notes[key]
+        return None
+    return note
 
 
 @attrs.define
@@ -128,11 +141,8 @@ class DeadDestinations:
             return None  # the usual case, seen without the lock (a dict look is atomic)
         now = clock()
         with self._lock:
-            note = self.marks.get(target)
+            note = _holding(self.marks, target, now)
             if note is None:
-                return None
-            if now >= note.until:
-                del self.marks[target]
                 return None
             if hop is not None and _way(hop) not in note.ways:
                 note = self.marks[target] = attrs.evolve(note, ways=note.ways | {_way(hop)})
@@ -171,12 +181,9 @@ class DeadDestinations:
             return None  # the usual case, seen without the lock (a dict look is atomic)
         now = clock()
         with self._lock:
-            note = self.lookups.get(hop)
-            if note is None:
-                return None
-            if now >= note.until:
-                del self.lookups[hop]
-                return None
+            note = _holding(self.lookups, hop, now)
+        if note is None:
+            return None
         skipped = Reply(
             451,
             "4.4.3",
