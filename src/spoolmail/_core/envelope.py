@@ -539,6 +539,15 @@ def _optional_str(data: dict[str, Any], field: str) -> str | None:
     return value
 
 
+def _count(data: dict[str, Any], field: str) -> int:
+    """A count (``size``, ``attempts``...), 0 when absent: a negative one is damage, which
+    would go out as ``SIZE=-1`` or make a message look tried less than never."""
+    value = _typed(data, field, int, 0)
+    if value < 0:
+        raise EnvelopeError(f"field {field!r} must be a count, not {value!r}")
+    return value
+
+
 def _optional(data: dict[str, Any], field: str, kind: type[_T]) -> _T | None:
     value: object = data.get(field)
     if value is None:
@@ -554,7 +563,9 @@ def decode_envelope(raw: bytes) -> Envelope:
     """Read an envelope file; anything but a whole envelope of a known version: EnvelopeError."""
     try:
         data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except ValueError as exc:
+        # UnicodeDecodeError, JSONDecodeError, and an integer of more than 4,300 digits
+        # (Python's int_max_str_digits), which json.loads refuses with a bare ValueError.
         raise EnvelopeError(f"not a JSON envelope (truncated or damaged?): {exc}") from None
     except RecursionError:  # the parser recurses: arrays nested thousands deep (planted)
         raise EnvelopeError("not a JSON envelope (nested too deep)") from None
@@ -636,6 +647,7 @@ def _plain_envelope(data: dict[str, Any]) -> Envelope | None:  # noqa: PLR0911 (
             or type(attempts) is not int
             or type(dsns) is not int
             or type(faults) is not int
+            or min(size, attempts, dsns, faults) < 0
             or type(notified) is not bool
             or (hops is not None and (type(hops) is not int or hops < 0))
             or (envid is not None and type(envid) is not str)
@@ -714,12 +726,12 @@ def _checked_envelope(data: object) -> Envelope:
             "arrival": _required_time(data, "arrival"),
             "next_attempt": _required_time(data, "next_attempt"),
             "origin": _typed(data, "origin", str, ""),
-            "size": _typed(data, "size", int, 0),
-            "attempts": _typed(data, "attempts", int, 0),
+            "size": _count(data, "size"),
+            "attempts": _count(data, "attempts"),
             "first_attempt": _parse_time(data.get("first_attempt"), "first_attempt", optional=True),
             "last_attempt": _parse_time(data.get("last_attempt"), "last_attempt", optional=True),
             "delay_notified": _typed(data, "delay_notified", bool, False),
-            "dsn_count": _typed(data, "dsn_count", int, 0),
+            "dsn_count": _count(data, "dsn_count"),
             "held_since": _parse_time(data.get("held_since"), "held_since", optional=True),
             "held_time": timedelta(seconds=_seconds(data.get("held_seconds", 0))),
             "envid": _optional_str(data, "envid"),
@@ -728,7 +740,7 @@ def _checked_envelope(data: object) -> Envelope:
             "notice_at": _parse_time(data.get("notice_at"), "notice_at", optional=True),
             "hops": _optional(data, "hops", int),
             "eight_bit": _optional(data, "eight_bit", bool),
-            "local_faults": _typed(data, "local_faults", int, 0),  # absent in older files: none
+            "local_faults": _count(data, "local_faults"),  # absent in older files: none
             "dkim": _decode_dkim(data.get("dkim")),  # absent: unsigned (or an older file)
             "dot_lines": _optional(data, "dot_lines", bool),  # absent: not known
             "received_size": _optional(data, "received_size", int),  # absent: size
@@ -773,8 +785,10 @@ def read_due(raw: bytes) -> tuple[datetime, bool]:
     """
     try:
         data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except ValueError as exc:  # as decode_envelope: an integer too long to read too
         raise EnvelopeError(f"not a JSON envelope (truncated or damaged?): {exc}") from None
+    except RecursionError:
+        raise EnvelopeError("not a JSON envelope (nested too deep)") from None
     if not isinstance(data, dict) or data.get("version") != ENVELOPE_VERSION:
         raise EnvelopeError("not a spoolmail envelope of a version this release reads")
     due = _required_time(data, "next_attempt")

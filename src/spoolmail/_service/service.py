@@ -713,8 +713,8 @@ class MailService:
                 continue
             try:
                 held += read_due(self._transitions.envelope(queue_id))[1]
-            except (FileNotFoundError, EnvelopeError):
-                continue  # claimed or finished meanwhile, or damaged (not held)
+            except (FileNotFoundError, EnvelopeError, StorageError):
+                continue  # claimed or finished meanwhile, or damaged or no file (not held)
         return Stats(
             started=self._started,
             **self._counters.snapshot(),
@@ -916,6 +916,7 @@ class MailService:
             owns=None if self.share.whole else self.share.owns_id,
         )
         tally.badmail.extend(done.badmail)  # what was taken in again, _intake tallied
+        tally.errors.extend(f"recovering the spool: {error}" for error in done.errors)
         orphan = orphan_report()
         for queue_id in done.badmail:
             self._emit(
@@ -971,8 +972,10 @@ class MailService:
         except FileNotFoundError:
             self._schedule.discard(queue_id)  # claimed or finished meanwhile
             return
-        except EnvelopeError:
-            self._schedule.set(queue_id, self.clock())  # the attempt moves it aside with the reason
+        except (EnvelopeError, StorageError):
+            # The attempt moves it aside with the reason (damaged, or no regular file) or
+            # reports the read error; one such file must not stop the scheduling of the rest.
+            self._schedule.set(queue_id, self.clock())
             return
         if held:
             self._schedule.discard(queue_id)
@@ -1022,8 +1025,8 @@ class MailService:
             for queue_id in sorted(ids - chosen):
                 try:
                     envelope = decode_envelope(self._transitions.envelope(queue_id))
-                except (FileNotFoundError, EnvelopeError):
-                    continue  # being delivered, gone, or moved aside by its attempt
+                except (FileNotFoundError, EnvelopeError, StorageError):
+                    continue  # being delivered, gone, or moved aside (or reported) by its attempt
                 if envelope.held or not choose(envelope):
                     continue
                 chosen.add(queue_id)
@@ -1052,8 +1055,8 @@ class MailService:
         for queue_id in sorted(queue_ids):
             try:
                 envelope = decode_envelope(self._transitions.envelope(queue_id))
-            except (FileNotFoundError, EnvelopeError):
-                continue  # being delivered, gone, or moved aside by its attempt
+            except (FileNotFoundError, EnvelopeError, StorageError):
+                continue  # being delivered, gone, or moved aside (or reported) by its attempt
             if envelope.held or envelope.next_attempt > now:
                 continue
             for recipient in envelope.pending:
@@ -1105,12 +1108,25 @@ class MailService:
             flushed = self._schedule.take_flushed(queue_id)
         if transitions.apply(State.QUEUED, Event.CLAIMED, Change(id=queue_id)) is None:
             return  # another process has it, or it is gone
-        raw = transitions.claimed_envelope(queue_id)
+        try:
+            raw = transitions.claimed_envelope(queue_id)
+        except StorageError as exc:
+            if exc.temporary:
+                raise
+            # A link, a FIFO or a directory in its place: no retry makes it a file.
+            self._damaged(queue_id, f"the envelope file cannot be read: {exc}", b"", tally)
+            return
         try:
             # What this process's intake or listener just wrote, if the file is those bytes.
             envelope = transitions.written(queue_id, raw) or decode_envelope(raw)
         except EnvelopeError as exc:
             self._damaged(queue_id, f"the envelope file cannot be read: {exc}", raw, tally)
+            return
+        if envelope.id != queue_id:
+            # The file's name is the id: every commit below goes by envelope.id, which would
+            # send, finish or move another message's files (or a path out of the Queue).
+            named = f"the envelope names another message, {envelope.id[:60]!a}"
+            self._damaged(queue_id, f"the envelope file cannot be read: {named}", raw, tally)
             return
         if not transitions.has_message(queue_id):
             missing = transitions.message_path(queue_id)

@@ -16,8 +16,10 @@ leaves and completes it:
   never arrived (a move cut short) is removed.
 
 Another process may be between two steps of a commit right now: only claims of dead owners are
-touched, and only files older than a lease count as left behind. Returns a :class:`Recovery`,
-what it did, for the service to report; builds no policy of its own.
+touched, and only files older than a lease count as left behind. An entry that cannot be
+recovered (a directory planted where a file belongs, a failing disk) is named in the result's
+``errors`` and left for the next pass; it stops no other. Returns a :class:`Recovery`, what it
+did, for the service to report; builds no policy of its own.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from spoolmail._core.states import Event, State
 from spoolmail._store.folders import BADMAIL, QUEUE
 from spoolmail._store.store import PickupClaim, QueueFiles
 from spoolmail._store.transitions import Change, Transitions
+from spoolmail.exceptions import StorageError
 
 __all__ = ["Recovery", "recover"]
 
@@ -54,6 +57,9 @@ class Recovery:
     """Messages found without an envelope, moved to BadMail."""
     swept: int = 0
     """Half-written files and dead owners' records deleted from SortTemp."""
+    errors: tuple[str, ...] = ()
+    """Entries that could not be recovered (a directory where a file belongs, a failing disk):
+    each left as it is, for the next pass, while the rest were recovered."""
 
 
 def recover(
@@ -88,13 +94,19 @@ def recover(
     files = store.queue_files(owns)
     returned: list[str] = []
     finished: list[str] = []
+    errors: list[str] = []
     for queue_id, entry in list(files.items()):
         for owner in entry.claims:
             if abandoned(owner):
-                entry = _recover_claim(transitions, entry, owner, returned, finished)  # noqa: PLW2901
+                # One entry that cannot be recovered must not stop the pass: the rescan that
+                # follows schedules every other message only if this returns.
+                try:
+                    entry = _recover_claim(transitions, entry, owner, returned, finished)  # noqa: PLW2901
+                except StorageError as exc:
+                    errors.append(_unrecovered(queue_id, exc))
         files[queue_id] = entry
     swept = store.sweep_temp()
-    badmail = _sweep_orphans(transitions, files)
+    badmail = _sweep_orphans(transitions, files, errors)
     return Recovery(
         files=files,
         taken_in=tuple(taken_in),
@@ -102,7 +114,13 @@ def recover(
         finished=tuple(finished),
         badmail=tuple(badmail),
         swept=swept,
+        errors=tuple(errors),
     )
+
+
+def _unrecovered(queue_id: str, exc: StorageError) -> str:
+    log.error("%s: left as it is until the next recovery: %s", queue_id, exc)
+    return f"{queue_id}: {exc}"
 
 
 def _recover_claim(
@@ -132,11 +150,14 @@ def _recover_claim(
     return entry  # another process took it over first
 
 
-def _sweep_orphans(transitions: Transitions, files: Mapping[str, QueueFiles]) -> list[str]:
+def _sweep_orphans(
+    transitions: Transitions, files: Mapping[str, QueueFiles], errors: list[str]
+) -> list[str]:
     """Move a message left without envelope to BadMail; drop reports of undone BadMail moves.
 
     Another process may be between two steps of a commit right now, so only files older
-    than a lease count as left behind: a commit takes milliseconds, not minutes.
+    than a lease count as left behind: a commit takes milliseconds, not minutes. An entry
+    that cannot be moved or removed is added to ``errors`` and left; the others go on.
     """
     store = transitions.files
     moved: list[str] = []
@@ -144,14 +165,17 @@ def _sweep_orphans(transitions: Transitions, files: Mapping[str, QueueFiles]) ->
     for queue_id, entry in files.items():
         if entry.envelope or entry.claims or queue_id in claimed_ids:
             continue
-        if entry.message:
-            if not store.stale(QUEUE, f"{queue_id}.eml"):
-                continue
-            change = Change(id=queue_id, report=orphan_report())
-            transitions.apply(State.QUEUED, Event.DAMAGED, change)
-            moved.append(queue_id)
-        for kind in entry.transcripts:
-            store.remove(QUEUE, f"{queue_id}.{kind}")
+        try:
+            if entry.message:
+                if not store.stale(QUEUE, f"{queue_id}.eml"):
+                    continue
+                change = Change(id=queue_id, report=orphan_report())
+                transitions.apply(State.QUEUED, Event.DAMAGED, change)
+                moved.append(queue_id)
+            for kind in entry.transcripts:
+                store.remove(QUEUE, f"{queue_id}.{kind}")
+        except StorageError as exc:
+            errors.append(_unrecovered(queue_id, exc))
     for name in store.listdir(BADMAIL):
         queue_id, _, kind = name.partition(".")
         queued = files.get(queue_id)
@@ -162,5 +186,8 @@ def _sweep_orphans(transitions: Transitions, files: Mapping[str, QueueFiles]) ->
             and not store.exists(BADMAIL, f"{queue_id}.BAD")
             and store.stale(BADMAIL, name)
         ):
-            transitions.remove_badmail_reports(queue_id)
+            try:
+                transitions.remove_badmail_reports(queue_id)
+            except StorageError as exc:
+                errors.append(_unrecovered(queue_id, exc))
     return moved

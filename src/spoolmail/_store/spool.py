@@ -94,6 +94,8 @@ log = logging.getLogger("spoolmail")
 
 # The most ids new_id remembers as handed out and unused (sessions that never admit theirs).
 _ISSUED_CAP = 4096
+# The most of a transcript's end Spool.transcript reads (a CLI's `queue show` prints it).
+_MAX_TRANSCRIPT = 4 * 1024 * 1024
 
 
 class _Issued:
@@ -997,15 +999,23 @@ class Spool:
         return self._read(QUEUE, f"{self._checked(queue_id)}.eml", "queued message")
 
     def transcript(self, queue_id: str) -> str:
-        """The transcripts (remote, then local) of a queued message; ``""`` if none yet."""
+        """The transcripts (remote, then local) of a queued message; ``""`` if none yet. Of a
+        transcript over 4 MiB (years of retries, or a planted file), only its end."""
         parts = []
         for kind in ("RTR", "LTR"):
             try:
-                data = self._store.read(QUEUE, f"{self._checked(queue_id)}.{kind}")
+                data, cut = self._store.read_tail(
+                    QUEUE, f"{self._checked(queue_id)}.{kind}", _MAX_TRANSCRIPT
+                )
             except FileNotFoundError:
                 continue
             # Replies are a remote server's bytes: undecodable ones become U+FFFD, not an error.
-            parts.append(data.decode("utf-8", "replace"))
+            text = data.decode("utf-8", "replace")
+            if cut:
+                whole_lines = text.partition("\n")[2]
+                left_out = f"the transcript is over {_MAX_TRANSCRIPT} bytes"
+                text = f"(the beginning left out: {left_out})\n{whole_lines}"
+            parts.append(text)
         return "\n".join(parts)
 
     def badmail(self) -> Iterator[BadMailItem]:

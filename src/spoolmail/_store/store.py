@@ -52,7 +52,7 @@ import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, BinaryIO, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 import attrs
 
@@ -189,6 +189,9 @@ _SPARES_LOOKED_AT = 16
 # A spare's name as another process passes it (exchange_spares): a temp file's, nothing more.
 _PASSED_SPARE = re.compile(r"[A-Za-z0-9_-]{1,64}\.[A-Za-z0-9_-]{1,64}\.tmp")
 _SPARE_SIZE = 256 * 1024
+# The longest trigger read: an order of two million ids. A longer one (planted) is a damaged
+# order, read as "look at the whole Queue", never held in memory.
+_MAX_TRIGGER = 64 * 1024 * 1024
 # A claim's file name must stay under common 255-byte name limits.
 _MAX_QUOTED_NAME = 180
 
@@ -466,6 +469,7 @@ class MailStore:
         # A running service's watch on SortTemp for triggers (see wait_for_pickup).
         self._trigger_watch: TriggerWatch | None = None
         self._no_trigger_watch = False
+        self._planted_triggers: set[str] = set()  # said once each (see _planted_trigger)
 
     # -- paths and low-level operations -------------------------------------------------------
 
@@ -625,6 +629,12 @@ class MailStore:
             raise
         except UnsafeEntry as exc:
             raise _unsafe(folder, name, exc) from None
+        except pyfs.errors.FileExpected:
+            # Permanent, as on OS paths (_unsafe): trying again will not make it a file.
+            raise StorageError(
+                f"{folder}/{name} is a directory; spoolmail reads only regular files",
+                temporary=False,
+            ) from None
         except (OSError, pyfs.errors.FSError) as exc:
             raise StorageError(f"cannot open {folder}/{name}: {exc}") from exc
 
@@ -642,6 +652,32 @@ class MailStore:
             raise StorageError(f"cannot open {folder}/{name}: {exc}") from exc
         try:
             return _read_whole(fd, size)
+        except OSError as exc:
+            raise StorageError(f"cannot read {folder}/{name}: {exc}") from exc
+        finally:
+            os.close(fd)
+
+    def read_tail(self, folder: str, name: str, limit: int) -> tuple[bytes, bool]:
+        """The last ``limit`` bytes of a file at most, and whether it was longer: for a file
+        that grows with every attempt (a transcript), held in bounded memory however long
+        it grew. Refuses what :meth:`open` refuses."""
+        if self._os_root is None:
+            with self.open(folder, name) as handle:
+                size = handle.seek(0, os.SEEK_END)
+                handle.seek(max(0, size - limit))
+                return handle.read(limit), size > limit
+        try:
+            fd, size = open_sized(self._sys(folder, name), single_link=False)
+        except FileNotFoundError:
+            raise
+        except UnsafeEntry as exc:
+            raise _unsafe(folder, name, exc) from None
+        except OSError as exc:
+            raise StorageError(f"cannot open {folder}/{name}: {exc}") from exc
+        try:
+            if size > limit:
+                os.lseek(fd, size - limit, os.SEEK_SET)
+            return _read_whole(fd, min(size, limit)), size > limit
         except OSError as exc:
             raise StorageError(f"cannot read {folder}/{name}: {exc}") from exc
         finally:
@@ -1016,13 +1052,18 @@ class MailStore:
             record = json.loads(self.read(SORTTEMP, f"{owner}{_OWNER_SUFFIX}"))
             renewed = datetime.fromisoformat(record["renewed"])
             host, pid = record["host"], int(record["pid"])
-        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            age = self.clock() - renewed  # TypeError for a time without its zone
+        except StorageError as exc:
+            if exc.temporary:
+                raise  # a failing disk: the owner may be alive, and its claims wait
+            return False  # a link, FIFO or directory in its place vouches for no one
+        except (FileNotFoundError, ValueError, KeyError, TypeError, OverflowError, RecursionError):
             # Records are replaced by rename, never seen half-written: a missing or damaged
             # one cannot vouch for its owner.
             return False
-        if self.clock() - renewed > self.lease:
+        if age > self.lease:
             return False
-        return host != self._host or _process_runs(pid)
+        return host != self._host or (pid > 0 and _process_runs(pid))
 
     def dead_owners(self) -> list[str]:
         """Owners whose record says they are gone."""
@@ -1445,7 +1486,8 @@ class MailStore:
         if transcripts:
             self._remove_transcript(f"{queue_id}.RTR")
             self._remove_transcript(f"{queue_id}.LTR")
-        self.recycle(QUEUE, self.claimed_name(queue_id, owner or self.owner))
+        # ``None`` only: an empty owner (``ID..env``, a name made by hand) is a claim too.
+        self.recycle(QUEUE, self.claimed_name(queue_id, self.owner if owner is None else owner))
 
     def _remove_transcript(self, name: str) -> None:
         """A finished message's transcript deleted, if it has one of this kind: most have one
@@ -1546,11 +1588,14 @@ class MailStore:
         for name in self.listdir(SORTTEMP):
             if not name.endswith(TRIGGER_SUFFIX):
                 continue
+            if not self.isfile(SORTTEMP, name):
+                self._planted_trigger(name)
+                continue
             mine = self._own_trigger(name)
             if mine is None:
                 continue
             try:
-                data = json.loads(self.read(SORTTEMP, mine))
+                data = self._read_order(mine)
                 if "flush" in data:
                     flushes.append(FlushOrder.of(data["flush"]))
                 else:
@@ -1563,6 +1608,32 @@ class MailStore:
                 everything = True  # a damaged order: flush all, and the trigger goes
             self.remove(SORTTEMP, mine)
         return Triggers(None if everything else wanted, tuple(flushes))
+
+    def _read_order(self, name: str) -> Any:
+        """A trigger's JSON; ``None`` (a damaged order, as JSON ``null`` is) for one longer than
+        :data:`_MAX_TRIGGER`, which is not read."""
+        if self.size(SORTTEMP, name) > _MAX_TRIGGER:
+            return None
+        return json.loads(self.read(SORTTEMP, name))
+
+    def _planted_trigger(self, name: str) -> None:
+        """A link, FIFO or directory under a trigger's name: no order from anyone, and never
+        read (a FIFO would block, a link lead out). Its name is removed (never what it points
+        to); a directory is left alone, said once."""
+        try:
+            directory = self.inspect(SORTTEMP, name).kind is EntryKind.DIRECTORY
+            removed = not directory and self.remove(SORTTEMP, name)
+        except FileNotFoundError:
+            return  # another service took it: a trigger after all
+        except StorageError:
+            removed = False
+        if removed or name not in self._planted_triggers:
+            self._planted_triggers.add(name)
+            log.warning(
+                "SortTemp/%s is no regular file, so no trigger; spoolmail %s",
+                name,
+                "removed it" if removed else "leaves it alone",
+            )
 
     def _own_trigger(self, name: str) -> str | None:
         """The name under which trigger ``name`` is this process's to read, or ``None``: it is
@@ -1581,7 +1652,9 @@ class MailStore:
             (SORTTEMP, name), (SORTTEMP, mine), sync_source=False, sync_target=False
         ):
             return None  # another worker took it
-        data = self.read(SORTTEMP, mine)
+        # One too long to be an order was planted, and is not read: each worker looks at the
+        # whole Queue instead.
+        data = b"" if self.size(SORTTEMP, mine) > _MAX_TRIGGER else self.read(SORTTEMP, mine)
         # A copy keeps the original's durability: a flush order's is fsync'd, a hint's is not
         # (see write_trigger and _put_trigger).
         durability = None if data.startswith(FLUSH_TRIGGER) else Durability.NONE

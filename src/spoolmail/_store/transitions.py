@@ -51,7 +51,7 @@ from spoolmail._store.store import (
     message_file,
     report_file,
 )
-from spoolmail.exceptions import EnvelopeError
+from spoolmail.exceptions import EnvelopeError, StorageError
 
 __all__ = ["Change", "EnvelopeBuilder", "Transitions"]
 
@@ -115,6 +115,8 @@ def _envelope_bytes(change: Change) -> bytes | None:
 # The most of a message's beginning held to find its header block's end (intake and the
 # listener refuse longer header sections anyway); past it the message is queued unsigned.
 _MAX_HEAD = 1024 * 1024 + CHUNK
+# The most of a transcript's end read for its history (see Transitions.transcript_history).
+_MAX_HISTORY = 4 * 1024 * 1024
 _SIGNATURE_TAGS = re.compile(r"(?:^|[;\s])([ds])=([^;\s]+)")
 
 
@@ -331,7 +333,13 @@ class Transitions:
         if data is None:
             raise ValueError(f"handing {change.id} back needs its envelope")
         for kind, text in change.transcripts.items():
-            self.files.write(QUEUE, f"{change.id}.{kind}", text.encode())
+            try:
+                self.files.write(QUEUE, f"{change.id}.{kind}", text.encode())
+            except StorageError as exc:
+                # A transcript is for people: one that cannot be written (a directory planted
+                # in its place) must not undo the attempt, whose deliveries would be repeated
+                # at every try. A full disk stops the envelope's write below anyway.
+                log.warning("%s: transcript not kept: %s", change.id, exc)
         if not change.transcripts and isinstance(change.envelope, Envelope):
             self._keep_untried_bare(change.id, change.envelope)
         self.files.release(change.id, data)
@@ -391,7 +399,9 @@ class Transitions:
     def recover(self, change: Change) -> bool:
         """Take a dead owner's delivery claim over and hand it back to the Queue as it was;
         ``False`` if another process took it over first."""
-        files, queue_id, owner = self.files, change.id, change.owner or self.files.owner
+        files, queue_id, owner = self.files, change.id, change.owner
+        if owner is None:  # not an empty owner (``ID..env``, made by hand): that is one too
+            owner = files.owner
         if owner != files.owner and not files.take_over_queued(queue_id, owner):
             return False
         if files.exists(QUEUE, f"{queue_id}.RTR") or files.exists(QUEUE, f"{queue_id}.LTR"):
@@ -481,14 +491,32 @@ class Transitions:
         return self.files.open(*message_file(QUEUED, queue_id))
 
     def transcript_history(self, queue_id: str, kind: str) -> str:
-        """The attempts a transcript (``RTR`` / ``LTR``) recorded so far; ``""`` if none."""
+        """The attempts a transcript (``RTR`` / ``LTR``) recorded so far; ``""`` if none.
+
+        At most the last :data:`_MAX_HISTORY` bytes of it, from the first attempt that begins
+        in them: the history is read and written again at every attempt, and must not take
+        memory or disk in proportion to what a long retry (or a planted file) made of it.
+        """
         try:
-            data = self.files.read(QUEUE, f"{queue_id}.{kind}")
+            data, cut = self.files.read_tail(QUEUE, f"{queue_id}.{kind}", _MAX_HISTORY)
         except FileNotFoundError:
+            return ""
+        except StorageError as exc:
+            if exc.temporary:
+                raise
+            # A link, FIFO or directory in its place holds no history; an error here would
+            # give the message back after its delivery, to be delivered again at every try.
+            log.warning("%s; the transcript starts again", exc)
             return ""
         # Replies are remote servers' bytes: a file that is not UTF-8 (damaged, or written by
         # hand) is read with U+FFFD, never an error in the middle of a transition.
-        return transcript_history(data.decode("utf-8", "replace"))
+        text = data.decode("utf-8", "replace")
+        history = transcript_history(text)
+        if not cut or history:
+            return history
+        _, section, rest = text.partition("\n--- ")
+        left_out = f"(earlier attempts left out: the transcript grew over {_MAX_HISTORY} bytes)\n"
+        return f"{left_out}--- {rest}" if section else left_out
 
     def write_drop(self, queue_id: str, data: Iterable[bytes]) -> tuple[str, int]:
         """Write ``Drop/ID.eml`` whole (replacing a copy a crash left): its name and size."""
