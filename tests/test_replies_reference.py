@@ -69,6 +69,7 @@ STAGES = {
     "_core/states.py": "expiry",
     "_core/suppression.py": "the suppression list",
     "_service/delivery.py": "delivery",
+    "_service/destinations.py": "delivery",
     "_service/iis.py": "`queue import-iis`",
     "_service/intake.py": "Pickup files",
     "_store/pickup_writer.py": "`Pickup`, `sendmail`",

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from spoolmail._core.routing import Target
-from spoolmail._service.delivery import Concurrency
+from spoolmail._service.destinations import Concurrency
 
 HOST = Target("127.0.0.11", name="mx1.test")
 OTHER = Target("127.0.0.12", name="mx2.test")

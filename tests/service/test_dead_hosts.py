@@ -14,7 +14,7 @@ import pytest
 
 from spoolmail import MailService, Reply, Router, Spool
 from spoolmail._core.routing import Hop, HopKind, Target
-from spoolmail._service.delivery import DeadDestinations
+from spoolmail._service.destinations import DeadDestinations
 from spoolmail.testing import CapturingTransport, FakeClock, StaticResolver
 
 REFUSED = Reply(451, "4.4.1", "connection refused", host="[127.0.0.2]")

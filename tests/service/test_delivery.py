@@ -10,7 +10,8 @@ from spoolmail import Reply
 from spoolmail._core.envelope import Envelope, Recipient
 from spoolmail._core.routing import Router, SmartHostMode, Target
 from spoolmail._core.states import Event, State
-from spoolmail._service.delivery import DeadDestinations, Deliverer
+from spoolmail._service.delivery import Deliverer
+from spoolmail._service.destinations import DeadDestinations
 from spoolmail._store import pyfs
 from spoolmail._store.spool import Spool
 from spoolmail._store.transitions import Change

@@ -15,8 +15,8 @@ from spoolmail import MailService, Reply, Report, Router, Spool, ThrottleRules
 from spoolmail._core.events import Deferred
 from spoolmail._core.routing import Target
 from spoolmail._core.transcript import Transcript
-from spoolmail._service import delivery
-from spoolmail._service.delivery import Throttles
+from spoolmail._service import destinations
+from spoolmail._service.destinations import Throttles
 from spoolmail._transport.base import Outgoing
 from spoolmail.testing import CapturingTransport, FakeClock, StaticResolver
 from tests import waiting
@@ -184,7 +184,7 @@ def test_destinations_that_asked_once_and_got_no_mail_since_are_forgotten(
 ) -> None:
     # A throttle went only at the destination's next accepted delivery: one that no mail went
     # to again stayed for the service's life.
-    monkeypatch.setattr(delivery, "_MANY_THROTTLED", 4)
+    monkeypatch.setattr(destinations, "_MANY_THROTTLED", 4)
     clock = FakeClock()
     rules = ThrottleRules()
     throttles = Throttles(rules)
@@ -205,7 +205,7 @@ def test_many_destinations_asking_at_once_are_not_scanned_for_each_new_one(
     # Past the bound, every new destination that asked scanned all of them for quiet ones,
     # even when none was quiet (all asked within max_wait): the next scan now waits until as
     # many again have asked.
-    monkeypatch.setattr(delivery, "_MANY_THROTTLED", 4)
+    monkeypatch.setattr(destinations, "_MANY_THROTTLED", 4)
     scans: list[int] = []
     forget = Throttles._forget_quiet
 

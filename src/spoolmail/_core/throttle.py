@@ -10,7 +10,7 @@ additive increase, multiplicative decrease), and no new attempt starts before a 
 doubles with each request in a row (1 minute up to 30 by default); every delivery it accepts
 afterwards gives one connection back. :class:`RateBucket` is an optional per-destination message
 rate (a token bucket, ``max_messages_per_minute``). Pure: the time is handed in; the service
-keeps the state (``spoolmail._service.delivery.Throttles``).
+keeps the state (``spoolmail._service.destinations.Throttles``).
 """
 
 from __future__ import annotations

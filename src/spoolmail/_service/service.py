@@ -73,14 +73,8 @@ from spoolmail._core.throttle import ThrottleRules
 from spoolmail._core.transcript import Transcript, render_transcript
 from spoolmail._service.bounce import Bouncer
 from spoolmail._service.checks import HostNameCheck, check_host_name, warn_about_host_name
-from spoolmail._service.delivery import (
-    Attempt,
-    Concurrency,
-    Deliverer,
-    Throttles,
-    TranscriptKind,
-    passed_over,
-)
+from spoolmail._service.delivery import Attempt, Deliverer, TranscriptKind, passed_over
+from spoolmail._service.destinations import Concurrency, Throttles
 from spoolmail._service.handoff import WAKE, Handoff, received
 from spoolmail._service.intake import Intake
 from spoolmail._service.observers import Counters, LogObserver, Stats
