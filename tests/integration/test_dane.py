@@ -48,7 +48,9 @@ DOMAIN = "dane.test"
 class Validated(DnsResolver):
     """dnsmasq's real answers with the AD bit set: the seam for a validating resolver."""
 
-    def lookup(self, name: str, rdtype: str, transcript: Transcript) -> Lookup:
+    def lookup(
+        self, name: str, rdtype: str, transcript: Transcript, *, deadline: float | None = None
+    ) -> Lookup:
         found = super().lookup(name, rdtype, transcript)
         return attrs.evolve(found, authenticated=True) if found.records else found
 

@@ -39,7 +39,9 @@ class Answers:
         self.table = table
         self.asked: list[tuple[str, str]] = []
 
-    def lookup(self, name: str, rdtype: str, transcript: Transcript) -> Lookup:
+    def lookup(
+        self, name: str, rdtype: str, transcript: Transcript, *, deadline: float | None = None
+    ) -> Lookup:
         self.asked.append((name, rdtype))
         return self.table.get((name, rdtype), Lookup(missing=True))
 

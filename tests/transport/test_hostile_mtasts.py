@@ -46,7 +46,9 @@ class Loopback(DnsResolver):
     def addresses(self, host: str, transcript: Transcript) -> tuple[str, ...] | Reply:
         return ("127.0.0.1",)
 
-    def lookup(self, name: str, rdtype: str, transcript: Transcript) -> Lookup:
+    def lookup(
+        self, name: str, rdtype: str, transcript: Transcript, *, deadline: float | None = None
+    ) -> Lookup:
         return Lookup(self.records)
 
 

@@ -39,6 +39,7 @@ from spoolmail._core.dane import DaneTarget, TlsaRecord, subject_public_key_info
 from spoolmail._core.reply import Reply
 from spoolmail._core.routing import Hop, HopKind, Target, TlsPolicy
 from spoolmail._core.transcript import Transcript
+from spoolmail._transport.base import Resolution
 from spoolmail._transport.dane import Dane
 from spoolmail._transport.dns import DnsResolver
 from tests.dnsserver import local_resolver
@@ -616,6 +617,33 @@ def through_dane(
 def leaf_spki_sha256(certificates: TestCertificates) -> str:
     pem = certificates.server_certificate.read_bytes()
     return spki_sha256(_der(x509.load_pem_x509_certificate(pem))).hex()
+
+
+def test_danes_lookups_of_a_domain_stop_when_its_budget_is_spent(log: Transcript) -> None:
+    """Ten MX hosts whose TLSA (and then A and AAAA) answers never come: 31 lookups held the
+    delivery for as many lifetimes. They take the budget at most in all (each is given no
+    more than is left), and every host still waits, never sent to without DANE."""
+    hosts = [f"m{n}.{DOMAIN}" for n in range(10)]
+    answer = validating({(f"{DOMAIN}.", "MX"): [f"10 {host}." for host in hosts]})
+
+    def script(query: dns.message.Message, transport: str) -> list[bytes]:
+        return answer(query, transport) if query.question[0].rdtype == dns.rdatatype.MX else []
+
+    targets = tuple(Target(f"127.0.0.{n + 10}", 25, name=host) for n, host in enumerate(hosts))
+    budget = 2 * LIFETIME
+    with ScriptedDns(script) as dns_server:
+        # The resolver's own lifetime far past the budget: a lookup gets what is left of it.
+        resolver = DnsResolver(
+            resolver=local_resolver(dns_server.port, timeout=0.2, lifetime=20 * LIFETIME)
+        )
+        started = time.monotonic()
+        resolution = Dane(resolver, budget=budget).apply(DOMAIN, Resolution(targets), log)
+        elapsed = time.monotonic() - started
+    assert elapsed < budget + 0.3 + SLACK
+    assert resolution.targets == ()
+    assert resolution.reply is not None
+    assert (resolution.reply.code, resolution.reply.enhanced) == (451, "4.7.5")
+    assert "not asked, " in log.text  # the hosts past the budget were not looked up
 
 
 def test_a_failed_tlsa_lookup_defers_without_a_connection(log: Transcript) -> None:

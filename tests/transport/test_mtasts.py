@@ -173,7 +173,9 @@ def test_a_failed_refresh_keeps_the_cached_policy_and_waits_before_asking_again(
     class NewId(DnsResolver):
         record = "v=STSv1; id=1"
 
-        def lookup(self, name: str, rdtype: str, transcript: Transcript) -> Lookup:
+        def lookup(
+            self, name: str, rdtype: str, transcript: Transcript, *, deadline: float | None = None
+        ) -> Lookup:
             if name.startswith("_mta-sts."):
                 return Lookup((self.record,))
             return super().lookup(name, rdtype, transcript)

@@ -15,6 +15,8 @@ validates DNSSEC over a trusted path (``MailService(dane=True)``, RFC 7672 secti
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Protocol
 
 from spoolmail._core.dane import DaneState, Plan, apply_plan, plan, tlsa_name
@@ -23,7 +25,7 @@ from spoolmail._core.reply import Reply
 from spoolmail._core.routing import Target, TlsPolicy
 from spoolmail._core.transcript import Transcript
 from spoolmail._transport.base import Resolution
-from spoolmail._transport.dns import Lookup
+from spoolmail._transport.dns import HOP_BUDGET, Lookup
 
 __all__ = ["CHAIN_AVAILABLE", "Dane", "Lookups"]
 
@@ -37,18 +39,36 @@ with its chain), and a host with nothing else gets TLS without authentication.""
 class Lookups(Protocol):
     """One DNS question, with the answer's AD bit (``DnsResolver.lookup``)."""
 
-    def lookup(self, name: str, rdtype: str, transcript: Transcript) -> Lookup: ...
+    def lookup(
+        self, name: str, rdtype: str, transcript: Transcript, *, deadline: float | None = None
+    ) -> Lookup: ...
 
 
 class Dane:
-    """Applies DANE to one domain's MX targets: ``Dane(dns_resolver).apply(domain, ...)``."""
+    """Applies DANE to one domain's MX targets: ``Dane(dns_resolver).apply(domain, ...)``.
 
-    def __init__(self, lookups: Lookups) -> None:
+    One domain's lookups (its MX again, then a TLSA and perhaps A and AAAA for each of up to
+    ten hosts) take ``budget`` seconds at most in all (``HOP_BUDGET``, read from ``monotonic``),
+    as the routing lookups do: silent name servers held a delivery for up to 31 lifetimes. A
+    lookup the budget leaves unasked fails, and its host waits (``451``), as for any TLSA
+    lookup that fails: DANE is never given up for want of time.
+    """
+
+    def __init__(
+        self,
+        lookups: Lookups,
+        *,
+        budget: float = HOP_BUDGET,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._lookups = lookups
+        self._budget = budget
+        self._monotonic = monotonic
 
     def apply(self, domain: str, resolution: Resolution, transcript: Transcript) -> Resolution:
         """The MX ``resolution`` of ``domain`` with DANE applied (see the module docstring)."""
-        secure = self._secure_exchanges(domain, transcript)
+        deadline = self._monotonic() + self._budget
+        secure = self._secure_exchanges(domain, transcript, deadline)
         if isinstance(secure, Reply):
             transcript.note(str(secure))
             return Resolution(reply=secure)
@@ -64,7 +84,13 @@ class Dane:
             host = host_key(target.name)
             key = (host, target.port)
             if key not in plans:
-                plans[key] = self._plan(host, target.port, host in secure, transcript)
+                plans[key] = self._plan(
+                    host,
+                    target.port,
+                    listed=host in secure,
+                    transcript=transcript,
+                    deadline=deadline,
+                )
                 for note in plans[key].notes:
                     transcript.note(note)
             decided = plans[key]
@@ -81,10 +107,12 @@ class Dane:
             return Resolution(tuple(targets))
         return Resolution(reply=deferred[0] if deferred else resolution.reply)
 
-    def _secure_exchanges(self, domain: str, transcript: Transcript) -> set[str] | Reply | None:
+    def _secure_exchanges(
+        self, domain: str, transcript: Transcript, deadline: float
+    ) -> set[str] | Reply | None:
         """The MX hosts of a validated MX RRset; ``None`` when DANE does not apply to the
         domain; a reply when the MX lookup failed this time."""
-        found = self._lookups.lookup(domain, "MX", transcript)
+        found = self._lookups.lookup(domain, "MX", transcript, deadline=deadline)
         if found.failure is not None:
             return Reply(
                 451,
@@ -110,14 +138,16 @@ class Dane:
             hosts.add(host_key(exchange.strip()))
         return hosts
 
-    def _plan(self, host: str, port: int, listed: bool, transcript: Transcript) -> Plan:
+    def _plan(
+        self, host: str, port: int, *, listed: bool, transcript: Transcript, deadline: float
+    ) -> Plan:
         if not listed:
             transcript.note(f"DANE: {host} is not in the validated MX records: not applied")
             return Plan(DaneState.NOT_APPLICABLE)
-        tlsa = self._lookups.lookup(tlsa_name(host, port), "TLSA", transcript)
+        tlsa = self._lookups.lookup(tlsa_name(host, port), "TLSA", transcript, deadline=deadline)
         host_secure = True
         if tlsa.failure is not None:
-            host_secure = self._addresses_secure(host, transcript)
+            host_secure = self._addresses_secure(host, transcript, deadline)
         return plan(
             host,
             port,
@@ -130,11 +160,11 @@ class Dane:
             chain_available=CHAIN_AVAILABLE,
         )
 
-    def _addresses_secure(self, host: str, transcript: Transcript) -> bool:
+    def _addresses_secure(self, host: str, transcript: Transcript, deadline: float) -> bool:
         """Whether ``host``'s A or AAAA answer is validated; a failure counts as validated
         (the cautious reading: DANE may apply, so the host waits)."""
         for rdtype in ("A", "AAAA"):
-            found = self._lookups.lookup(host, rdtype, transcript)
+            found = self._lookups.lookup(host, rdtype, transcript, deadline=deadline)
             if found.failure is not None or (found.records and found.authenticated):
                 return True
         return False

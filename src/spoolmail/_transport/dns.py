@@ -154,9 +154,13 @@ class DnsResolver:
             return self._resolve_host(hop, transcript, deadline)
         return self._resolve_mx(hop, transcript, deadline)
 
-    def lookup(self, name: str, rdtype: str, transcript: Transcript) -> Lookup:
+    def lookup(
+        self, name: str, rdtype: str, transcript: Transcript, *, deadline: float | None = None
+    ) -> Lookup:
         """The ``rdtype`` records of ``name`` (``TXT``, ``TLSA``, ``PTR``, ``A``...), noted in
-        the transcript; ``PTR`` takes an address and asks its reverse name."""
+        the transcript; ``PTR`` takes an address and asks its reverse name. With ``deadline``
+        (``monotonic``'s time), asked only with the time left before it: a budget shared by
+        several lookups (DANE's of one domain)."""
         import dns.exception  # noqa: PLC0415 (dnspython at the first lookup, see above)
         import dns.flags  # noqa: PLC0415
         import dns.reversename  # noqa: PLC0415
@@ -171,7 +175,7 @@ class DnsResolver:
             if found is None:
                 return Lookup(failure=f"{name!r} is not a domain name")
             query = found
-        answer = self._query(query, rdtype, transcript)
+        answer = self._query(query, rdtype, transcript, deadline)
         if isinstance(answer, _Failure):
             if answer.miss in (_Miss.NXDOMAIN, _Miss.NODATA):
                 return Lookup(missing=True)
