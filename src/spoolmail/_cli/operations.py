@@ -17,6 +17,7 @@ more memory than the ids done (remembered to do each once).
 from __future__ import annotations
 
 import argparse
+import codecs
 import contextlib
 import json
 import sys
@@ -277,15 +278,31 @@ def _columns(rows: Sequence[Sequence[str]], *, right: Iterable[int] = ()) -> lis
     ]
 
 
-def _write_bytes(out: TextIO, data: bytes) -> None:
-    """A file's bytes as they are on a real stdout (pipe it into a file); decoded elsewhere."""
+def _write_chunks(out: TextIO, chunks: Iterable[bytes]) -> None:
+    """A file's bytes, read in chunks, as they are on a real stdout (pipe it into a file);
+    decoded elsewhere. Memory stays bounded whatever the file's size."""
     buffer = getattr(out, "buffer", None)
     if buffer is None:
-        out.write(data.decode("utf-8", "replace"))
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        for chunk in chunks:
+            out.write(decoder.decode(chunk))
+        out.write(decoder.decode(b"", final=True))
         return
     out.flush()
-    buffer.write(data)
+    for chunk in chunks:
+        buffer.write(chunk)
     buffer.flush()
+
+
+# Control characters (C0 but tab and line feed, DEL, C1) of a file's text: in a listing or a
+# report they would move the cursor, clear the screen or retitle the terminal (a planted report).
+_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0)) if c not in (9, 10)}
+
+
+def _printable(text: str) -> str:
+    """Text from a MailRoot file (a reason, a report, a Drop file's addresses) safe to print:
+    each control character shown as ``\\xNN``; lines and tabs kept."""
+    return text.translate(_CONTROLS)
 
 
 # -- which ids an order is for: given, read from stdin, --all, or chosen by sender and domain ------
@@ -573,7 +590,7 @@ def _queue_show(settings: Settings, args: argparse.Namespace, out: TextIO) -> in
     queue_id = _one_id(args.id)
     with _spool(settings) as spool:
         if args.message:
-            _write_bytes(out, spool.message(queue_id))
+            _write_chunks(out, spool.message_chunks(queue_id))
             return EX_OK
         item = spool.queued_message(queue_id)
         transcript = spool.transcript(queue_id)
@@ -821,7 +838,7 @@ def _badmail_list(settings: Settings, args: argparse.Namespace, out: TextIO) -> 
         print("BadMail is empty.", file=out)
         return EX_OK
     for line, item in zip(
-        _columns([["ID", "REASON"], *([item.id, item.reason] for item in items)]),
+        _columns([["ID", "REASON"], *([item.id, _printable(item.reason)] for item in items)]),
         [None, *items],
         strict=True,
     ):
@@ -842,11 +859,11 @@ def _badmail_show(settings: Settings, args: argparse.Namespace, out: TextIO) -> 
     queue_id = _one_id(args.id)
     with _spool(settings) as spool:
         if args.message:
-            _write_bytes(out, spool.badmail_message(queue_id))
+            _write_chunks(out, spool.badmail_message_chunks(queue_id))
             return EX_OK
         item = spool.badmail_item(queue_id)
     print(f"BadMail ID:   {item.id}", file=out)
-    print(f"Reason:       {item.reason}", file=out)
+    print(f"Reason:       {_printable(item.reason)}", file=out)
     message = item.message_path if item.has_message else "missing"
     print(f"Message:      {message}", file=out)
     if item.envelope is None:
@@ -856,7 +873,7 @@ def _badmail_show(settings: Settings, args: argparse.Namespace, out: TextIO) -> 
             print(line, file=out)
     print("", file=out)
     print(f"Report ({item.report_path}):", file=out)
-    print(item.report.rstrip("\n"), file=out)
+    print(_printable(item.report.rstrip("\n")), file=out)
     return EX_OK
 
 
@@ -973,7 +990,12 @@ def _drop_list(settings: Settings, args: argparse.Namespace, out: TextIO) -> int
         return EX_OK
     rows = [["ID", "SIZE", "SENDER", "RECIPIENTS"]]
     rows.extend(
-        [item.id, str(item.size), _sender(item.sender), ", ".join(item.recipients)]
+        [
+            item.id,
+            str(item.size),
+            _printable(_sender(item.sender)),
+            _printable(", ".join(item.recipients)),
+        ]
         for item in items
     )
     for line in _columns(rows, right=(1,)):
@@ -985,5 +1007,5 @@ def _drop_list(settings: Settings, args: argparse.Namespace, out: TextIO) -> int
 def _drop_show(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
     queue_id = _one_id(args.id)
     with _spool(settings) as spool:
-        _write_bytes(out, spool.drop_message(queue_id))
+        _write_chunks(out, spool.drop_message_chunks(queue_id))
     return EX_OK

@@ -105,10 +105,11 @@ def import_queue_file(
     try:
         # Its size first: a file of gigabytes is refused without being read into memory.
         _within(name, store.queue_file_size(name), max_message_size)
-        data = store.read_queue_file(name)
+        data, longer = store.read_queue_file(name, limit=max_message_size)
+        if longer:  # it grew meanwhile: nothing past the limit was read
+            _within(name, max(store.queue_file_size(name), len(data) + 1), max_message_size)
     except FileNotFoundError:
         raise NotFound(f"no IIS queue file Queue/{name}") from None
-    _within(name, len(data), max_message_size)  # it grew meanwhile
     found = parse_pickup(
         data,
         options=PickupOptions(

@@ -61,6 +61,7 @@ from spoolmail._store.folders import BADMAIL, DROP, PICKUP, QUEUE
 from spoolmail._store.store import (
     Durability,
     MailStore,
+    chunks,
     durability_of,
     message_file,
     read_head,
@@ -96,6 +97,13 @@ log = logging.getLogger("spoolmail")
 _ISSUED_CAP = 4096
 # The most of a transcript's end Spool.transcript reads (a CLI's `queue show` prints it).
 _MAX_TRANSCRIPT = 4 * 1024 * 1024
+# The most of a BadMail report's beginning read (a listing reads every one), and of a reason
+# (its first line, one row of a listing): a planted report of gigabytes is not read whole.
+_MAX_REPORT = 4 * 1024 * 1024
+_MAX_REASON = 1000
+# The largest BadMail envelope (.BDP) read: thousands of recipients with their replies take a
+# few MiB; a bigger one (planted) is not read into memory, its entry shown without envelope.
+_MAX_BADMAIL_ENVELOPE = 16 * 1024 * 1024
 
 
 class _Issued:
@@ -998,6 +1006,11 @@ class Spool:
         """The stored bytes of a queued message."""
         return self._read(QUEUE, f"{self._checked(queue_id)}.eml", "queued message")
 
+    def message_chunks(self, queue_id: str) -> Iterator[bytes]:
+        """:meth:`message` in chunks, in bounded memory whatever its size (a CLI's ``queue
+        show --message``); ``NotFound`` or ``StorageError`` at the call."""
+        return self._chunks(QUEUE, f"{self._checked(queue_id)}.eml", "queued message")
+
     def transcript(self, queue_id: str) -> str:
         """The transcripts (remote, then local) of a queued message; ``""`` if none yet. Of a
         transcript over 4 MiB (years of retries, or a planted file), only its end."""
@@ -1023,10 +1036,14 @@ class Spool:
         whose report is missing (deleted by hand, or copied over without it)."""
         ids = sorted({n[:-4] for n in self._store.listdir(BADMAIL) if n.endswith((".BDR", ".BAD"))})
         for queue_id in ids:
+            if not is_queue_id(queue_id):
+                # Not spoolmail's (IIS's {GUID}.BAD, a copy made by hand): no id to show it by.
+                log.warning("BadMail/%a is not named by a queue id: not listed", queue_id)
+                continue
             try:
                 yield self.badmail_item(queue_id)
             except NotFound:
-                continue
+                continue  # deleted meanwhile
 
     def badmail_item(self, queue_id: str) -> BadMailItem:
         """One BadMail entry: its reason, report and envelope (``NotFound`` if there is none).
@@ -1035,11 +1052,14 @@ class Spool:
         be read, sent again (with its recipients and sender, if its envelope is lost too) or
         deleted like any other.
         """
+        name = f"{self._checked(queue_id)}.BDR"
         try:
-            report = self._read(BADMAIL, f"{self._checked(queue_id)}.BDR", "BadMail entry")
-        except NotFound:
+            report, cut = self._store.read_start(BADMAIL, name, _MAX_REPORT)
+            if cut:
+                report += f"\n(the rest left out: over {_MAX_REPORT} bytes)\n".encode()
+        except FileNotFoundError:
             if not self._store.exists(BADMAIL, f"{queue_id}.BAD"):
-                raise
+                raise NotFound(f"no BadMail entry {queue_id!r} (BadMail/{name})") from None
             report = _MISSING_REPORT
         except StorageError as exc:
             # No regular file (a link, a FIFO) or unreadable: the entry is still listed, shown
@@ -1047,12 +1067,14 @@ class Spool:
             report = f"(no report: {exc})\n".encode()
         text = _report_text(report)
         try:
-            envelope: Envelope | None = _decoded(self._store.read(BADMAIL, f"{queue_id}.BDP"))
+            raw, cut = self._store.read_start(BADMAIL, f"{queue_id}.BDP", _MAX_BADMAIL_ENVELOPE)
+            envelope: Envelope | None = None if cut else _decoded(raw)
         except (FileNotFoundError, EnvelopeError, StorageError):
             envelope = None
+        reason = text.split("\n", 1)[0]
         return BadMailItem(
             id=queue_id,
-            reason=text.split("\n", 1)[0],
+            reason=reason if len(reason) <= _MAX_REASON else f"{reason[:_MAX_REASON]}...",
             report=text,
             envelope=envelope,
             has_message=self._store.exists(BADMAIL, f"{queue_id}.BAD"),
@@ -1062,15 +1084,33 @@ class Spool:
         """The message of a BadMail entry, as it was received (``.BAD``)."""
         return self._read(BADMAIL, f"{self._checked(queue_id)}.BAD", "BadMail message")
 
+    def badmail_message_chunks(self, queue_id: str) -> Iterator[bytes]:
+        """:meth:`badmail_message` in chunks, in bounded memory whatever its size (a CLI's
+        ``badmail show --message``); ``NotFound`` or ``StorageError`` at the call."""
+        return self._chunks(BADMAIL, f"{self._checked(queue_id)}.BAD", "BadMail message")
+
     def drop(self) -> Iterator[DropItem]:
-        """Every Drop file, oldest first (by name: spoolmail names them by queue id)."""
+        """Every Drop file, oldest first (by name: spoolmail names them by queue id).
+
+        Only ``ID.eml`` files, whose id :meth:`drop_item` and :meth:`drop_message` take: any
+        other name (not spoolmail's; one not even UTF-8, which a listing could not print) is
+        passed over with a warning."""
         for name in sorted(self._store.listdir(DROP)):
             if name.startswith(".") or not self._store.isfile(DROP, name):
                 continue
+            if not (name.endswith(".eml") and is_queue_id(name[:-4])):
+                log.warning("Drop/%a is not named ID.eml: not listed", name)
+                continue
             try:
-                yield self._drop_item(name)
+                item = self._drop_item(name)
             except FileNotFoundError:
                 continue  # a consumer took it meanwhile
+            except StorageError as exc:
+                # Unreadable (its mode, or a link or FIFO put in its place since the look
+                # above): one entry, which must not end the listing of the others.
+                log.warning("Drop/%s is not listed: %s", name, exc)
+                continue
+            yield item
 
     def drop_item(self, queue_id: str) -> DropItem:
         """One Drop file and its envelope lines (``NotFound`` if there is none)."""
@@ -1094,6 +1134,27 @@ class Spool:
     def drop_message(self, queue_id: str) -> bytes:
         """A Drop file's bytes, ``x-sender`` / ``x-receiver`` lines included, as IIS wrote them."""
         return self._read(DROP, f"{self._checked(queue_id)}.eml", "Drop file")
+
+    def drop_message_chunks(self, queue_id: str) -> Iterator[bytes]:
+        """:meth:`drop_message` in chunks, in bounded memory whatever its size (a CLI's
+        ``drop show``); ``NotFound`` or ``StorageError`` at the call."""
+        return self._chunks(DROP, f"{self._checked(queue_id)}.eml", "Drop file")
+
+    def _chunks(self, folder: str, name: str, what: str) -> Iterator[bytes]:
+        # Opened now, not at the first chunk: what is wrong with the file is said at the call.
+        try:
+            handle = self._store.open(folder, name)
+        except FileNotFoundError:
+            raise NotFound(f"no {what} {name.rsplit('.', 1)[0]!r} ({folder}/{name})") from None
+
+        def read() -> Iterator[bytes]:
+            with handle:
+                try:
+                    yield from chunks(handle)
+                except OSError as exc:  # a failing disk, mid-file: said as any storage error
+                    raise StorageError(f"cannot read {folder}/{name}: {exc}") from exc
+
+        return read()
 
     def _read(self, folder: str, name: str, what: str) -> bytes:
         try:

@@ -609,18 +609,20 @@ class MailStore:
         except (OSError, pyfs.errors.FSError) as exc:
             raise StorageError(f"cannot stat {folder}/{name}: {exc}") from exc
 
-    def open(self, folder: str, name: str) -> BinaryIO:
+    def open(self, folder: str, name: str, *, single_link: bool = False) -> BinaryIO:
         """Open a regular file for reading; ``FileNotFoundError`` if it is not there.
 
         In every folder, a symbolic link is never followed and a FIFO or device never opened
         (a :class:`StorageError` says what it is instead): the MailRoot may hold what someone
         put there behind spoolmail's back, and reading must not leave it or block.
+        ``single_link`` refuses a file with more links too, as Pickup's are refused.
         """
         try:
             if self._os_root is not None:
                 # Unbuffered: every reader asks for whole chunks, and a buffered file would
                 # cost an isatty ioctl and an lseek at each open (twice a delivered message).
-                stored = _StoredFile(*open_sized(self._sys(folder, name), single_link=False))
+                fd, size = open_sized(self._sys(folder, name), single_link=single_link)
+                stored = _StoredFile(fd, size)
                 return cast("BinaryIO", stored)
             return self.fs.openbin(self._path(folder, name), "r")
         except pyfs.errors.ResourceNotFound as exc:
@@ -656,6 +658,20 @@ class MailStore:
             raise StorageError(f"cannot read {folder}/{name}: {exc}") from exc
         finally:
             os.close(fd)
+
+    def read_start(
+        self, folder: str, name: str, limit: int, *, single_link: bool = False
+    ) -> tuple[bytes, bool]:
+        """The first ``limit`` bytes of a file at most, and whether it was longer: for a file
+        only its beginning is wanted from (a BadMail report, an envelope), held in bounded
+        memory whatever size was planted. Refuses what :meth:`open` refuses."""
+        parts: list[bytes] = []
+        size = 0
+        with self.open(folder, name, single_link=single_link) as handle:
+            while size <= limit and (chunk := handle.read(min(CHUNK, limit + 1 - size))):
+                parts.append(chunk)
+                size += len(chunk)
+        return b"".join(parts)[:limit], size > limit
 
     def read_tail(self, folder: str, name: str, limit: int) -> tuple[bytes, bool]:
         """The last ``limit`` bytes of a file at most, and whether it was longer: for a file
@@ -1517,9 +1533,12 @@ class MailStore:
         """Every name in the Queue folder, ours or not."""
         return self.listdir(QUEUE)
 
-    def read_queue_file(self, name: str) -> bytes:
-        """A file of the Queue folder by its name; ``FileNotFoundError`` if gone."""
-        return self.read(QUEUE, name)
+    def read_queue_file(self, name: str, *, limit: int) -> tuple[bytes, bool]:
+        """A file of the Queue folder by its name, its first ``limit`` bytes at most and
+        whether it was longer; ``FileNotFoundError`` if gone. A file with a second link is
+        refused, as in Pickup: a copy from Windows has one, and another could be any file of
+        this filesystem, linked in to be mailed."""
+        return self.read_start(QUEUE, name, limit, single_link=True)
 
     def queue_file_size(self, name: str) -> int:
         """The size of a file of the Queue folder by its name; ``FileNotFoundError`` if gone."""
