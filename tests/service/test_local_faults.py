@@ -179,11 +179,11 @@ def test_a_message_that_cannot_be_read_is_a_local_fault(
     store_open = spool._store.open
     failures = iter([StorageError("cannot open Queue/x.eml: [Errno 5] Input/output error")])
 
-    def failing_once(folder: str, name: str) -> Any:
+    def failing_once(folder: str, name: str, **options: Any) -> Any:
         error = next(failures, None) if name.endswith(".eml") and folder == "Queue" else None
         if error is not None:
             raise error
-        return store_open(folder, name)
+        return store_open(folder, name, **options)
 
     spool.submit(message("carol@remote.test"))
     monkeypatch.setattr(spool._store, "open", failing_once)  # the transport reads through it

@@ -22,7 +22,7 @@ import pytest
 
 from spoolmail import MailService, Reply, Router, Spool
 from spoolmail._store import pyfs
-from spoolmail._store.store import TRIGGER_SUFFIX
+from spoolmail._store.store import MAX_ENVELOPE, TRIGGER_SUFFIX
 from spoolmail.testing import CapturingTransport, FakeClock, StaticResolver
 
 LATER = Reply(451, "4.3.0", "mailbox busy", host="relay.test")
@@ -633,3 +633,37 @@ def test_a_huge_transcript_is_shown_by_its_end_in_bounded_memory(
     assert shown.startswith("(the beginning left out: the transcript is over 4194304 bytes)\n")
     assert shown.endswith("--- the latest attempt\n12:00:00.000 * the end\n")
     assert "attempt 1" not in shown
+
+
+def test_a_huge_envelope_is_not_read_into_memory(
+    os_spool: Spool, transport: CapturingTransport, clock: FakeClock
+) -> None:
+    """Every envelope was read whole, by the rescan, the attempt and a listing: a planted one
+    of 160 MiB (sparse: no disk) took that and more. Past ``MAX_ENVELOPE`` it is not read:
+    the listing names it, the attempt moves its message to BadMail with the reason."""
+    good = waiting(os_spool, transport, clock, "bob@remote.test")
+    bad = admit(os_spool, "carol@remote.test")
+    with (root_of(os_spool) / "Queue" / f"{bad}.env").open("r+b") as handle:
+        handle.truncate(160 * 1024 * 1024)
+    clock.advance(hours=1)
+    unreadable: list[tuple[str, str]] = []
+    tracemalloc.start()
+    try:
+        listed = [
+            item.envelope.id
+            for item in os_spool.queued(unreadable=lambda *why: unreadable.append(why))
+        ]
+        service = make_service(os_spool, transport, clock)
+        report = service.run_once()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 32 * 1024 * 1024
+    assert listed == [good]
+    [(queue_id, why)] = unreadable
+    assert queue_id == bad
+    assert f"over {MAX_ENVELOPE} bytes" in why
+    assert report.delivered == ((good, "bob@remote.test"),)
+    assert report.badmail == (bad,)
+    assert f"over {MAX_ENVELOPE} bytes" in os_spool.badmail_item(bad).reason
+    service.close()

@@ -59,6 +59,7 @@ from spoolmail._store.clock import system_clock
 from spoolmail._store.entropy import PooledRandom
 from spoolmail._store.folders import BADMAIL, DROP, PICKUP, QUEUE
 from spoolmail._store.store import (
+    MAX_ENVELOPE,
     Durability,
     MailStore,
     chunks,
@@ -995,12 +996,13 @@ class Spool:
             raise NotFound(f"queued message {queue_id!r} left the Queue") from None
 
     def _queued(self, queue_id: str, claims: Sequence[str]) -> QueuedMessage:
+        store = self._store
         if claims:
-            raw = self._store.read(QUEUE, MailStore.claimed_name(queue_id, claims[0]))
+            name = MailStore.claimed_name(queue_id, claims[0])
+            raw = store.read(QUEUE, name, limit=MAX_ENVELOPE)
             return QueuedMessage(_decoded(raw, queue_id), State.DELIVERING, claims[0])
-        return QueuedMessage(
-            _decoded(self._store.read(QUEUE, f"{queue_id}.env"), queue_id), State.QUEUED
-        )
+        raw = store.read(QUEUE, f"{queue_id}.env", limit=MAX_ENVELOPE)
+        return QueuedMessage(_decoded(raw, queue_id), State.QUEUED)
 
     def message(self, queue_id: str) -> bytes:
         """The stored bytes of a queued message."""

@@ -192,6 +192,10 @@ _SPARE_SIZE = 256 * 1024
 # The longest trigger read: an order of two million ids. A longer one (planted) is a damaged
 # order, read as "look at the whole Queue", never held in memory.
 _MAX_TRIGGER = 64 * 1024 * 1024
+# The largest envelope read. Ten thousand recipients (Pickup's limit), each with a reply kept
+# to 2,048 characters, make some 26 MiB; a larger file was planted or damaged, and is not read
+# into memory (a permanent StorageError: the attempt moves the message to BadMail).
+MAX_ENVELOPE = 128 * 1024 * 1024
 # A claim's file name must stay under common 255-byte name limits.
 _MAX_QUOTED_NAME = 180
 
@@ -640,10 +644,17 @@ class MailStore:
         except (OSError, pyfs.errors.FSError) as exc:
             raise StorageError(f"cannot open {folder}/{name}: {exc}") from exc
 
-    def read(self, folder: str, name: str) -> bytes:
+    def read(self, folder: str, name: str, *, limit: int | None = None) -> bytes:
+        """A file's bytes; over ``limit`` (when given) a permanent :class:`StorageError`,
+        without reading it."""
         if self._os_root is None:
-            with self.open(folder, name) as handle:
-                return b"".join(chunks(handle))
+            if limit is None:
+                with self.open(folder, name) as handle:
+                    return b"".join(chunks(handle))
+            data, longer = self.read_start(folder, name, limit)
+            if longer:
+                raise _too_long(folder, name, limit)
+            return data
         try:
             fd, size = open_sized(self._sys(folder, name), single_link=False)
         except FileNotFoundError:
@@ -652,6 +663,9 @@ class MailStore:
             raise _unsafe(folder, name, exc) from None
         except OSError as exc:
             raise StorageError(f"cannot open {folder}/{name}: {exc}") from exc
+        if limit is not None and size > limit:
+            os.close(fd)
+            raise _too_long(folder, name, limit)
         try:
             return _read_whole(fd, size)
         except OSError as exc:
@@ -1485,7 +1499,8 @@ class MailStore:
         )
 
     def read_claimed(self, queue_id: str) -> bytes:
-        return self.read(QUEUE, self.claimed_name(queue_id, self.owner))
+        """This process's claimed envelope of ``queue_id`` (at most :data:`MAX_ENVELOPE`)."""
+        return self.read(QUEUE, self.claimed_name(queue_id, self.owner), limit=MAX_ENVELOPE)
 
     def release(self, queue_id: str, envelope: bytes) -> None:
         """Commit the new envelope while still claimed, then hand the message back to the Queue."""
@@ -1892,6 +1907,13 @@ def read_head(handle: BinaryIO, *, limit: int) -> tuple[bytes, bytes]:
         if index >= 0:
             return data[: index + 2], data[index + 4 :]
     return data, b""
+
+
+def _too_long(folder: str, name: str, limit: int) -> StorageError:
+    return StorageError(
+        f"{folder}/{name} is over {limit} bytes, more than spoolmail reads of such a file",
+        temporary=False,
+    )
 
 
 def _unsafe(folder: str, name: str, exc: UnsafeEntry) -> StorageError:

@@ -44,6 +44,7 @@ from spoolmail._store.entries import CappedReader, EntryFacts
 from spoolmail._store.folders import DROP, QUEUE, SORTTEMP
 from spoolmail._store.store import (
     CHUNK,
+    MAX_ENVELOPE,
     MailStore,
     PickupClaim,
     chunks,
@@ -479,8 +480,9 @@ class Transitions:
         return self.files.read_claimed(queue_id)
 
     def envelope(self, queue_id: str) -> bytes:
-        """A queued (unclaimed) message's envelope file; ``FileNotFoundError`` if not there."""
-        return self.files.read(_ENVELOPES, queue_id + _ENVELOPE)
+        """A queued (unclaimed) message's envelope file; ``FileNotFoundError`` if not there.
+        One over ``MAX_ENVELOPE`` is a permanent :class:`StorageError`, and is not read."""
+        return self.files.read(_ENVELOPES, queue_id + _ENVELOPE, limit=MAX_ENVELOPE)
 
     def envelope_signature(self, queue_id: str) -> tuple[int, ...] | None:
         """See :meth:`MailStore.signature`: changes whenever the envelope is rewritten."""
