@@ -14,16 +14,16 @@ from __future__ import annotations
 
 import json
 import os
-import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from spoolmail import MailService, Reply, Router, Spool
+from spoolmail import MailService, Reply, Report, Router, Spool
 from spoolmail._store import pyfs
 from spoolmail._store.store import MAX_ENVELOPE, TRIGGER_SUFFIX
 from spoolmail.testing import CapturingTransport, FakeClock, StaticResolver
+from tests.cli.test_hostile_badmail_drop import peak_of
 
 LATER = Reply(451, "4.3.0", "mailbox busy", host="relay.test")
 BAD_ID = "1a22198ed00-00000000000000ff"
@@ -310,12 +310,7 @@ def test_a_huge_trigger_is_not_read_into_memory(
         handle.truncate(256 * 1024 * 1024)
     clock.advance(hours=1)
     service = make_service(os_spool, transport, clock)
-    tracemalloc.start()
-    try:
-        report = service.run_once()
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    report, peak = peak_of(service.run_once)
     assert report.errors == ()
     assert report.delivered == ((good, "bob@remote.test"),)
     assert peak < 32 * 1024 * 1024
@@ -397,12 +392,7 @@ def test_a_huge_transcript_is_read_in_bounded_memory(
     transport.answers = {"bob@remote.test": LATER}
     clock.advance(hours=1)
     service = make_service(os_spool, transport, clock)
-    tracemalloc.start()
-    try:
-        report = service.run_once()
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    report, peak = peak_of(service.run_once)
     assert report.errors == ()
     assert report.deferred == ((queue_id, "bob@remote.test"),)
     assert peak < 64 * 1024 * 1024
@@ -623,12 +613,7 @@ def test_a_huge_transcript_is_shown_by_its_end_in_bounded_memory(
         handle.write(b"--- attempt 1\n")
         handle.seek(0, 2)
         handle.write(b"\n--- the latest attempt\n12:00:00.000 * the end\n")
-    tracemalloc.start()
-    try:
-        shown = os_spool.transcript(queue_id)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    shown, peak = peak_of(lambda: os_spool.transcript(queue_id))
     assert peak < 32 * 1024 * 1024
     assert shown.startswith("(the beginning left out: the transcript is over 4194304 bytes)\n")
     assert shown.endswith("--- the latest attempt\n12:00:00.000 * the end\n")
@@ -647,17 +632,13 @@ def test_a_huge_envelope_is_not_read_into_memory(
         handle.truncate(160 * 1024 * 1024)
     clock.advance(hours=1)
     unreadable: list[tuple[str, str]] = []
-    tracemalloc.start()
-    try:
-        listed = [
-            item.envelope.id
-            for item in os_spool.queued(unreadable=lambda *why: unreadable.append(why))
-        ]
-        service = make_service(os_spool, transport, clock)
-        report = service.run_once()
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    service = make_service(os_spool, transport, clock)
+
+    def list_then_run() -> tuple[list[str], Report]:
+        queued = os_spool.queued(unreadable=lambda *why: unreadable.append(why))
+        return [item.envelope.id for item in queued], service.run_once()
+
+    (listed, report), peak = peak_of(list_then_run)
     assert peak < 32 * 1024 * 1024
     assert listed == [good]
     [(queue_id, why)] = unreadable

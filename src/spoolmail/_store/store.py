@@ -655,14 +655,7 @@ class MailStore:
             if longer:
                 raise _too_long(folder, name, limit)
             return data
-        try:
-            fd, size = open_sized(self._sys(folder, name), single_link=False)
-        except FileNotFoundError:
-            raise
-        except UnsafeEntry as exc:
-            raise _unsafe(folder, name, exc) from None
-        except OSError as exc:
-            raise StorageError(f"cannot open {folder}/{name}: {exc}") from exc
+        fd, size = self._open_sized(folder, name)
         if limit is not None and size > limit:
             os.close(fd)
             raise _too_long(folder, name, limit)
@@ -672,6 +665,18 @@ class MailStore:
             raise StorageError(f"cannot read {folder}/{name}: {exc}") from exc
         finally:
             os.close(fd)
+
+    def _open_sized(self, folder: str, name: str) -> tuple[int, int]:
+        """A regular file of an OS MailRoot open for reading, and its size, as :meth:`open`
+        refuses what is none (``FileNotFoundError`` if it is not there)."""
+        try:
+            return open_sized(self._sys(folder, name), single_link=False)
+        except FileNotFoundError:
+            raise
+        except UnsafeEntry as exc:
+            raise _unsafe(folder, name, exc) from None
+        except OSError as exc:
+            raise StorageError(f"cannot open {folder}/{name}: {exc}") from exc
 
     def read_start(
         self, folder: str, name: str, limit: int, *, single_link: bool = False
@@ -696,14 +701,7 @@ class MailStore:
                 size = handle.seek(0, os.SEEK_END)
                 handle.seek(max(0, size - limit))
                 return handle.read(limit), size > limit
-        try:
-            fd, size = open_sized(self._sys(folder, name), single_link=False)
-        except FileNotFoundError:
-            raise
-        except UnsafeEntry as exc:
-            raise _unsafe(folder, name, exc) from None
-        except OSError as exc:
-            raise StorageError(f"cannot open {folder}/{name}: {exc}") from exc
+        fd, size = self._open_sized(folder, name)
         try:
             if size > limit:
                 os.lseek(fd, size - limit, os.SEEK_SET)
