@@ -4,17 +4,21 @@ Works after the message has left the Queue (the mail log keeps ``log_days`` days
 about the id, oldest first, as the daemon's log shows them (``describe``), or the stored JSON
 lines with ``--json``. The DSN a message caused, and the message a BadMail requeue made, name
 their parent's line too. The id comes from the command line, so it is checked before use and
-only ever compared with what the lines say; it never becomes part of a path.
+only ever compared with what the lines say; it never becomes part of a path. The lines may have
+been edited by hand: a line whose values are of the wrong type (a null where a time goes, a list
+where a text does) is left out, and counted in one line on stderr; control characters are shown
+escaped (``_cli.status.printable``, line ends too: one event, one line).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any, TextIO
 
 from spoolmail._cli.settings import Settings
-from spoolmail._cli.status import EX_OK, UsageError, shown
-from spoolmail._core.events import describe
+from spoolmail._cli.status import EX_OK, UsageError, printable, printable_json, shown
+from spoolmail._core.events import MailEvent, describe
 from spoolmail._core.ids import is_queue_id
 from spoolmail._store.maillog import MailLog
 from spoolmail._store.spool import Spool
@@ -41,14 +45,32 @@ def _log(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
             f"{shown(queue_id)} is not a queue id (1 to 128 letters, digits, '-' and '_', "
             "as `spoolmail queue` lists them)"
         )
-    found = 0
+    found = damaged = 0
     with Spool(settings.root) as spool:
         for line, event in MailLog(spool._store).read(queue_id):
+            text = _described(event)
+            if text is None:
+                damaged += 1
+                continue
             found += 1
             if args.json:
-                print(line, file=out)
+                print(printable_json(line), file=out)
             else:
-                print(f"{event.time.isoformat(timespec='seconds')} {describe(event)}", file=out)
+                print(printable(text), file=out)
+    if damaged:
+        sys.stderr.write(
+            f"spoolmail: {damaged} damaged lines about {queue_id} in Log/ left out "
+            "(values of the wrong type)\n"
+        )
     if not found:
         raise NotFound(f"the mail log in Log/ has nothing about {queue_id}")
     return EX_OK
+
+
+def _described(event: MailEvent) -> str | None:
+    """The event's line for people, or ``None`` when the values decoded are not of the types
+    an event holds (a line edited by hand: decoding checks the JSON, not each value's type)."""
+    try:
+        return f"{event.time.isoformat(timespec='seconds')} {describe(event)}"
+    except (AttributeError, TypeError, ValueError, ArithmeticError):
+        return None

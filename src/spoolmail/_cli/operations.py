@@ -33,6 +33,7 @@ from spoolmail._cli.status import (
     UsageError,
     each,
     exit_status,
+    printable,
     report,
     shown,
     worst,
@@ -292,17 +293,6 @@ def _write_chunks(out: TextIO, chunks: Iterable[bytes]) -> None:
     for chunk in chunks:
         buffer.write(chunk)
     buffer.flush()
-
-
-# Control characters (C0 but tab and line feed, DEL, C1) of a file's text: in a listing or a
-# report they would move the cursor, clear the screen or retitle the terminal (a planted report).
-_CONTROLS = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0)) if c not in (9, 10)}
-
-
-def _printable(text: str) -> str:
-    """Text from a MailRoot file (a reason, a report, a Drop file's addresses) safe to print:
-    each control character shown as ``\\xNN``; lines and tabs kept."""
-    return text.translate(_CONTROLS)
 
 
 # -- which ids an order is for: given, read from stdin, --all, or chosen by sender and domain ------
@@ -838,7 +828,7 @@ def _badmail_list(settings: Settings, args: argparse.Namespace, out: TextIO) -> 
         print("BadMail is empty.", file=out)
         return EX_OK
     for line, item in zip(
-        _columns([["ID", "REASON"], *([item.id, _printable(item.reason)] for item in items)]),
+        _columns([["ID", "REASON"], *([item.id, printable(item.reason)] for item in items)]),
         [None, *items],
         strict=True,
     ):
@@ -863,7 +853,7 @@ def _badmail_show(settings: Settings, args: argparse.Namespace, out: TextIO) -> 
             return EX_OK
         item = spool.badmail_item(queue_id)
     print(f"BadMail ID:   {item.id}", file=out)
-    print(f"Reason:       {_printable(item.reason)}", file=out)
+    print(f"Reason:       {printable(item.reason)}", file=out)
     message = item.message_path if item.has_message else "missing"
     print(f"Message:      {message}", file=out)
     if item.envelope is None:
@@ -873,7 +863,7 @@ def _badmail_show(settings: Settings, args: argparse.Namespace, out: TextIO) -> 
             print(line, file=out)
     print("", file=out)
     print(f"Report ({item.report_path}):", file=out)
-    print(_printable(item.report.rstrip("\n")), file=out)
+    print(printable(item.report.rstrip("\n"), lines=True), file=out)
     return EX_OK
 
 
@@ -993,8 +983,8 @@ def _drop_list(settings: Settings, args: argparse.Namespace, out: TextIO) -> int
         [
             item.id,
             str(item.size),
-            _printable(_sender(item.sender)),
-            _printable(", ".join(item.recipients)),
+            printable(_sender(item.sender)),
+            printable(", ".join(item.recipients)),
         ]
         for item in items
     )

@@ -24,6 +24,8 @@ __all__ = [
     "UsageError",
     "each",
     "exit_status",
+    "printable",
+    "printable_json",
     "report",
     "shown",
     "worst",
@@ -41,6 +43,27 @@ _SEVERITY = {EX_OK: 0, EX_TEMPFAIL: 1, EX_FAILED: 2, EX_USAGE: 3}
 
 class UsageError(Exception):
     """A combination of arguments argparse cannot express; exit status 2, with the usage."""
+
+
+# What a terminal acts on: C0, DEL and C1 (a planted file's escape sequences move the cursor,
+# clear the screen, retitle the window; a CR or NUL breaks a table).
+_ESCAPED = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
+_ESCAPED_BUT_LINES = {c: text for c, text in _ESCAPED.items() if c not in (0x09, 0x0A)}
+# In a JSON line, which lets DEL and C1 stand in a string, and tabs and CRs between tokens: the
+# same JSON, nothing a terminal acts on.
+_JSON_ESCAPED = {c: f"\\u{c:04x}" for c in range(0x7F, 0xA0)} | {0x09: " ", 0x0D: " "}
+
+
+def printable(text: str, *, lines: bool = False) -> str:
+    """Text from a MailRoot file (a reason, a report, a log line, an address) safe to print:
+    each control character as ``\\xNN``; with ``lines``, line feeds and tabs kept (a report
+    of several lines), else escaped too (one entry, one line)."""
+    return text.translate(_ESCAPED_BUT_LINES if lines else _ESCAPED)
+
+
+def printable_json(line: str) -> str:
+    """A JSON line from a MailRoot file safe to print, and still the same JSON."""
+    return line.translate(_JSON_ESCAPED)
 
 
 def shown(text: str) -> str:

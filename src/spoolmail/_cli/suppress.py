@@ -5,7 +5,8 @@ recipient's server) and are suppressed until their entry expires (``suppression_
 ``suppress remove ADDRESS`` lets mail to one go again (after the mailbox was fixed). ``check``
 asks, through the service's DNS, whether the EHLO name resolves forward and back to the same
 name (FCrDNS), which receivers require: exit 0 when it does, 1 with the problems when not. The
-addresses on the command line are hostile until parsed; none becomes part of a path.
+addresses on the command line are hostile until parsed; none becomes part of a path. What the
+list's file says is printed with control characters escaped (it may have been edited by hand).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any, TextIO
 from spoolmail._cli import assemble
 from spoolmail._cli.flags import add_setting_flags
 from spoolmail._cli.settings import Settings
-from spoolmail._cli.status import EX_FAILED, EX_OK, UsageError
+from spoolmail._cli.status import EX_FAILED, EX_OK, UsageError, printable, printable_json
 from spoolmail._core.address import parse_mailbox
 from spoolmail._service.checks import check_host_name
 from spoolmail._service.service import machine_name
@@ -68,12 +69,10 @@ def _list(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
                 "reply": str(entry.reply),
                 "queue_id": entry.queue_id,
             }
-            print(json.dumps(record, ensure_ascii=False), file=out)
+            print(printable_json(json.dumps(record, ensure_ascii=False)), file=out)
         else:
-            print(
-                f"{entry.address}  {entry.time.isoformat()}  {entry.queue_id}  {entry.reply}",
-                file=out,
-            )
+            line = f"{entry.address}  {entry.time.isoformat()}  {entry.queue_id}  {entry.reply}"
+            print(printable(line), file=out)
     if not args.json:
         print(f"-- {len(entries)} suppressed", file=out)
     return EX_OK

@@ -9,7 +9,9 @@ every line is written whole by one ``write`` to a descriptor opened with ``O_APP
 of events fired together, :meth:`MailLog.append_all`, by one ``write`` before it returns), so
 several threads (under one lock) and several processes append whole lines without a lock between
 them; elsewhere (MemoryFS, other backends, one process each) through PyFilesystem2 under the
-lock. A line cut short by a crash is skipped when read. The folder is made at the first line,
+lock. A line cut short by a crash is skipped when read, and ended (on an OS filesystem) before
+the next is appended, so that it costs no more than itself; a line longer than
+:data:`LONGEST_LINE` is passed over unread. The folder is made at the first line,
 so a MailRoot nobody logs into keeps its five folders only. :meth:`MailLog.read` gives back
 what happened to one message; the queue id is only compared with what the lines say, never put
 into a path. Reads and writes ``Log/`` only.
@@ -31,17 +33,24 @@ from spoolmail._core.events import DsnQueued, MailEvent, Requeued, decode_event,
 from spoolmail._store import pyfs
 from spoolmail._store.entries import UnsafeEntry, open_regular
 from spoolmail._store.folders import LOG
+from spoolmail._store.lines import end_cut_line, read_lines
 from spoolmail._store.store import MailStore
 
-__all__ = ["MailLog", "log_file_name"]
+__all__ = ["LONGEST_LINE", "MailLog", "log_file_name"]
 
 log = logging.getLogger("spoolmail")
 
 _NAME = re.compile(r"^spoolmail-([0-9]{4}-[0-9]{2}-[0-9]{2})\.jsonl\Z")
-_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+# Read and write: the last byte is looked at before the first line is appended (end_cut_line).
+_FLAGS = os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
 # A link planted under today's name is not followed; a FIFO does not block the open (no reader:
 # ENXIO), and is refused once open (below), as anything else that is no regular file.
 _FLAGS |= getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+
+#: The longest mail log line read. Ten thousand recipients (Pickup's limit) of 256 octets each
+#: make a line of under 3 MiB; a longer one (hundreds of megabytes of a damaged or planted file,
+#: no line end at all) is passed over in pieces of this size, never held whole.
+LONGEST_LINE = 8 << 20
 
 
 def log_file_name(day: date) -> str:
@@ -133,6 +142,7 @@ class MailLog:
                 os.close(fd)
                 raise OSError(errno.EINVAL, f"{path} is no regular file")
             self._fd = fd
+            end_cut_line(fd)
         else:
             self._fs.makedirs(LOG, recreate=True)
         self._prune(day)
@@ -156,6 +166,10 @@ class MailLog:
                     self._fs.remove(f"{LOG}/{name}")
                 except pyfs.errors.ResourceNotFound:
                     continue  # another process pruned it first
+                except pyfs.errors.FSError as exc:
+                    # A folder under a log file's name, a file not ours to remove: it stays,
+                    # and the day's lines are written all the same.
+                    log.warning("cannot remove %s/%s: %s", LOG, name, exc)
 
     def _close_fd(self) -> None:
         if self._fd is not None:
@@ -197,14 +211,18 @@ class MailLog:
                 continue  # pruned meanwhile
             except UnsafeEntry:
                 continue  # no log file of ours: a link (not followed out), a FIFO, a device
+            except (OSError, pyfs.errors.FSError) as exc:  # unreadable, a folder (MemoryFS)
+                log.warning("cannot read %s/%s: %s", LOG, name, exc)
+                continue
             with handle:
-                for raw in handle:
+                for raw in read_lines(handle, LONGEST_LINE):
                     if needle not in raw:
                         continue
                     line = raw.decode("utf-8", "replace").rstrip("\n")
                     try:
                         event = decode_event(line)
-                    except (ValueError, RecursionError):  # damaged, or nested too deep
+                    # Damaged; nested too deep; a number out of range (a delay of 1e400 days).
+                    except (ValueError, RecursionError, ArithmeticError):
                         continue
                     if _about(event, queue_id):
                         yield line, event

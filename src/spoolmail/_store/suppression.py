@@ -3,13 +3,16 @@
 One JSON object a line (``_core.suppression``: address, time, reply, queue id), readable and
 greppable by an operator. A new entry is appended (on an OS filesystem one ``write`` to a
 descriptor opened with ``O_APPEND``, as the mail log does, so several processes append whole
-lines); a removal, and the dropping of expired entries, rewrite the file whole: a temporary file
-in the same folder, fsync'd, renamed over it. A later line for the same address wins; a damaged
-line is skipped. The folder is made at the first entry. Readers keep the parsed list and read
-the file again only when its size or time changed, so consulting it per recipient costs one
-``stat``. Two processes that rewrite at the same instant can lose each other's newest line (one
-service per MailRoot writes; an operator's removal is the other writer), which only means a
-hard bounce is met once more. Reads and writes ``Suppression/`` only.
+lines); a removal, and the dropping of expired entries, rewrite the file whole: a temporary file in
+the same folder, fsync'd, renamed over it. A later line for the same address wins; a damaged line
+is skipped (one cut short by a crash is ended before the next entry is appended; one longer than
+:data:`LONGEST_ENTRY` is passed over unread; one whose values are out of range, a reply code of
+1e400 or a time whose expiry is past the year 9999, is damaged too). The folder is made at the
+first entry. Readers keep the parsed list and read the file again only when its size or time
+changed, so consulting it per recipient costs one ``stat``. Two processes that rewrite at the same
+instant can lose each other's newest line (one service per MailRoot writes; an operator's removal
+is the other writer), which only means a hard bounce is met once more. Reads and writes
+``Suppression/`` only.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import stat
 import threading
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import IO
 
 from spoolmail._core.reply import Reply
 from spoolmail._core.suppression import (
@@ -32,6 +36,7 @@ from spoolmail._core.suppression import (
 )
 from spoolmail._store import pyfs
 from spoolmail._store.entries import UnsafeEntry, open_regular
+from spoolmail._store.lines import end_cut_line, read_lines
 from spoolmail._store.spool import Spool
 from spoolmail.exceptions import ConfigurationError, StorageError
 
@@ -41,10 +46,15 @@ log = logging.getLogger("spoolmail")
 
 SUPPRESSION = "Suppression"
 _FILE = "suppressed.jsonl"
-_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+# Read and write: the last byte is looked at before an entry is appended (end_cut_line).
+_FLAGS = os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
 # Not a link followed out of the MailRoot, nor a FIFO waited on (no reader: ENXIO); anything
 # but a regular file is refused once open.
 _FLAGS |= getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+#: The longest line read. An entry is an address and a reply whose text is cut to 2,048
+#: characters (its cause's too): a few KiB. A longer line is damaged (a crash that left zeros, a
+#: planted file without line ends) and is passed over unread, never held whole.
+LONGEST_ENTRY = 1 << 20
 
 
 def _one_address(address: object) -> None:
@@ -126,9 +136,9 @@ class SuppressionList:
         entries: dict[str, Suppressed] = {}
         if signature is not None:
             try:
-                data = self._read()
+                entries = self._read()
             except (pyfs.errors.ResourceNotFound, FileNotFoundError):
-                data = b""
+                pass
             except UnsafeEntry as exc:  # planted: waiting will not make it the list
                 raise StorageError(
                     f"cannot read {SUPPRESSION}/{_FILE}: it is {exc}", temporary=False
@@ -137,20 +147,33 @@ class SuppressionList:
                 raise StorageError(f"cannot read {SUPPRESSION}/{_FILE}: {exc}") from exc
             except pyfs.errors.FSError as exc:
                 raise StorageError(f"cannot read {SUPPRESSION}/{_FILE}: {exc}") from exc
-            for raw in data.decode("utf-8", "replace").splitlines():
-                entry = decode_suppressed(raw)
-                if entry is not None:
-                    entries[suppression_key(entry.address)] = entry
         self._entries = entries
         self._signature = signature
 
-    def _read(self) -> bytes:
-        """The file's bytes, read as Pickup files are (``open_regular``): a link planted in its
-        place is not followed, a FIFO not waited on."""
+    def _read(self) -> dict[str, Suppressed]:
+        """The file's entries by key, read line by line as Pickup files are opened
+        (``open_regular``): a link planted in its place is not followed, a FIFO not waited on."""
         if self._path is None:
-            return self._fs.readbytes(f"{SUPPRESSION}/{_FILE}")
-        with os.fdopen(open_regular(self._path, single_link=False), "rb") as handle:
-            return handle.read()
+            handle: IO[bytes] = self._fs.openbin(f"{SUPPRESSION}/{_FILE}", "r")
+        else:
+            handle = os.fdopen(open_regular(self._path, single_link=False), "rb")
+        entries: dict[str, Suppressed] = {}
+        with handle:
+            for raw in read_lines(handle, LONGEST_ENTRY):
+                entry = self._decode(raw.decode("utf-8", "replace"))
+                if entry is not None:
+                    entries[suppression_key(entry.address)] = entry
+        return entries
+
+    def _decode(self, line: str) -> Suppressed | None:
+        """The entry on ``line``; ``None`` for a damaged line, numbers out of range included."""
+        try:
+            entry = decode_suppressed(line)
+            if entry is not None:
+                entry.until(self.keep)  # past the year 9999: no entry spoolmail wrote
+        except ArithmeticError:  # OverflowError: a reply code of 1e400, a date past 9999
+            return None
+        return entry
 
     # -- writing -------------------------------------------------------------------------------
 
@@ -170,6 +193,7 @@ class SuppressionList:
                     try:
                         if not stat.S_ISREG(os.fstat(fd).st_mode):
                             raise OSError(errno.EINVAL, "not a regular file")
+                        end_cut_line(fd)
                         os.write(fd, line)
                     finally:
                         os.close(fd)
