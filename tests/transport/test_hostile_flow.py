@@ -186,13 +186,30 @@ def test_421_before_the_message_on_a_kept_connection_sends_it_once_over_a_new_on
     message's MAIL, RCPT or DATA (a cap on messages a connection): the message goes once, over
     a new connection, in the same attempt."""
     received: list[bytes] = []
+    with (
+        hostile(closing_after_one(received, at=step)) as peer,
+        SmtpTransport(helo_name="client.test", timeouts=FAST) as transport,
+    ):
+        first = dict(transport.send(peer.target, outgoing(), log))
+        second = dict(transport.send(peer.target, outgoing(), log))
+    assert first == second == {"bob@example.com": QUEUED}
+    assert len(received) == 2
+    assert len(peer.wires) == 2
+    assert "the reused connection was closed (421 4.7.0" in log.text
+
+
+def closing_after_one(received: list[bytes], *, at: str) -> Callable[[Wire], None]:
+    """A server whose every connection takes one message, then answers 421 and hangs up at
+    ``at`` of the next: the verb of a command before its message (a cap on messages a
+    connection), or "." for its final dot (after which it may have the message); each
+    message's bytes go into ``received``."""
 
     def script(wire: Wire) -> None:
         wire.send(GREETING)
-        carried = 0
+        carried = 0  # by this connection
         while (line := wire.command()) is not None:
             verb = line[:4].upper()
-            if verb == step and carried == 1:
+            if verb == at and carried == 1:
                 wire.send(b"421 4.7.0 one message a connection, closing\r\n")
                 return
             reply = {"EHLO": EHLO_PLAIN, "DATA": b"354 go ahead\r\n"}.get(verb, b"250 ok\r\n")
@@ -204,37 +221,7 @@ def test_421_before_the_message_on_a_kept_connection_sends_it_once_over_a_new_on
                     return
                 received.append(body)
                 carried += 1
-                wire.send(b"250 2.0.0 queued\r\n")
-
-    with (
-        hostile(script) as peer,
-        SmtpTransport(helo_name="client.test", timeouts=FAST) as transport,
-    ):
-        first = dict(transport.send(peer.target, outgoing(), log))
-        second = dict(transport.send(peer.target, outgoing(), log))
-    assert first == second == {"bob@example.com": QUEUED}
-    assert len(received) == 2
-    assert len(peer.wires) == 2
-    assert "the reused connection was closed (421 4.7.0" in log.text
-
-
-def refusing_the_second_dot(received: list[bytes]) -> Callable[[Wire], None]:
-    """A server that takes one message, then answers the final "." of the next with 421 and
-    hangs up; each message's bytes go into ``received``."""
-
-    def script(wire: Wire) -> None:
-        wire.send(GREETING)
-        while (line := wire.command()) is not None:
-            verb = line[:4].upper()
-            reply = {"EHLO": EHLO_PLAIN, "DATA": b"354 go ahead\r\n"}.get(verb, b"250 ok\r\n")
-            if not wire.send(reply) or verb == "QUIT":
-                return
-            if verb == "DATA":
-                body = wire.message()
-                if body is None:
-                    return
-                received.append(body)
-                if len(received) == 2:
+                if at == "." and carried == 2:
                     wire.send(b"421 4.3.0 shutting down\r\n")
                     return
                 wire.send(b"250 2.0.0 queued\r\n")
@@ -247,7 +234,7 @@ def test_421_to_the_final_dot_on_a_kept_connection_is_not_sent_again(log: Transc
     then defers the message, it is not sent again over a new connection at once."""
     received: list[bytes] = []
     with (
-        hostile(refusing_the_second_dot(received)) as peer,
+        hostile(closing_after_one(received, at=".")) as peer,
         SmtpTransport(helo_name="client.test", timeouts=FAST) as transport,
     ):
         transport.send(peer.target, outgoing(), log)
@@ -263,7 +250,7 @@ def test_421_to_a_later_transactions_final_dot_is_not_sent_again(log: Transcript
     received: list[bytes] = []
     recipients = addresses(5)
     with (
-        hostile(refusing_the_second_dot(received)) as peer,
+        hostile(closing_after_one(received, at=".")) as peer,
         SmtpTransport(helo_name="client.test", timeouts=FAST, max_recipients=2) as transport,
     ):
         replies = transport.send(peer.target, outgoing(recipients), log)
