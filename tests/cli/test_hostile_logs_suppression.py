@@ -31,7 +31,8 @@ from tests.cli.test_hostile_operator_input import Cli, one_line
 
 ID = "19ac9b2f1c0-00005e1f0c2a9b7d"
 NOON = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
-LATER = "2099-01-01T00:00:00+00:00"
+# In force when the tests run (the suppress command reads the real clock): now.
+LATER = datetime.now(UTC).isoformat()
 TIME = '"time":"2026-12-05T12:00:00+00:00"'
 REMOVED = f'{{"v":1,"event":"removed","queue_id":"{ID}",{TIME}}}\n'
 HUGE = 200 << 20  # bytes of a sparse file: costs no disk, only reading time
@@ -395,7 +396,7 @@ def test_damaged_entries_never_suppress_a_recipient(os_spool: Spool) -> None:
 
 def test_suppress_list_escapes_control_characters(cli: Cli) -> None:
     """Addresses, queue ids and replies from the file go to a terminal (the command has no
-    clock to inject: the entries are dated 2099, in force)."""
+    clock to inject: the entries are dated now, in force)."""
     path = cli.folder("Suppression") / "suppressed.jsonl"
     path.parent.mkdir()
     path.write_text(
@@ -419,3 +420,23 @@ def test_suppress_list_escapes_control_characters(cli: Cli) -> None:
         "eve\u009b31m\x7f@remote.test",
         "dan@remote.test",
     }
+
+
+def test_an_entry_dated_ahead_of_the_clock_suppresses_no_one(
+    os_spool: Spool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A hand edit's typo (2062 for 2026) suppressed its recipient for decades: an entry more
+    than a day ahead of the clock is not in force (one a little ahead, another machine's
+    clock, still is), and the next rewrite of the list (a removal, a prune) drops it."""
+    now = os_spool.clock()
+    suppression_path(os_spool).write_text(
+        entry_line("bob@remote.test", time=(now + timedelta(days=36 * 365)).isoformat())
+        + entry_line("carol@remote.test", time=(now + timedelta(hours=2)).isoformat())
+    )
+    caplog.set_level("WARNING", logger="spoolmail")
+    suppression = SuppressionList(os_spool, days=30)
+    assert suppression.get("bob@remote.test") is None
+    assert suppression.get("carol@remote.test") is not None
+    assert "the entry for 'bob@remote.test' is dated" in caplog.text
+    suppression.remove("carol@remote.test")  # a rewrite of the list
+    assert "bob@remote.test" not in suppression_path(os_spool).read_text()

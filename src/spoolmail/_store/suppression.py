@@ -55,6 +55,8 @@ _FLAGS |= getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
 #: characters (its cause's too): a few KiB. A longer line is damaged (a crash that left zeros, a
 #: planted file without line ends) and is passed over unread, never held whole.
 LONGEST_ENTRY = 1 << 20
+# How far ahead of the clock an entry may be dated (two machines' clocks, a DST mistake).
+_AHEAD = timedelta(days=1)
 
 
 def _one_address(address: object) -> None:
@@ -166,12 +168,23 @@ class SuppressionList:
         return entries
 
     def _decode(self, line: str) -> Suppressed | None:
-        """The entry on ``line``; ``None`` for a damaged line, numbers out of range included."""
+        """The entry on ``line``; ``None`` for a damaged line, numbers out of range included,
+        and an entry dated more than a day ahead of the clock: a hand edit's typo (2062 for
+        2026) or a clock that was wrong would suppress its recipient for decades."""
         try:
             entry = decode_suppressed(line)
             if entry is not None:
                 entry.until(self.keep)  # past the year 9999: no entry spoolmail wrote
         except ArithmeticError:  # OverflowError: a reply code of 1e400, a date past 9999
+            return None
+        if entry is not None and entry.time > self._clock() + _AHEAD:
+            log.warning(
+                "%s/%s: the entry for %a is dated %s, ahead of the clock: not in force",
+                SUPPRESSION,
+                _FILE,
+                entry.address,
+                entry.time.isoformat(timespec="seconds"),
+            )
             return None
         return entry
 
