@@ -13,12 +13,14 @@ and tests/cli/test_hostile_operator_input.py; this file does not repeat them.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tracemalloc
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import IO, Any
 
 import pytest
 
@@ -259,6 +261,35 @@ def test_a_log_file_that_cannot_be_opened_does_not_hide_the_next_day(
         return real_open(path, *args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(maillog, "open_regular", open_regular)
+    assert [event.time for _, event in mail_log.read(ID)] == [NOON]
+
+
+def test_a_read_error_in_the_middle_of_a_log_file_does_not_hide_the_next_day(
+    os_spool: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failing disk in the middle of one day's file (injected: no disk here fails on cue)
+    raised out of the reading, a traceback in `spoolmail log`: what was read stands, and the
+    days after it are read all the same."""
+    mail_log = MailLog(os_spool._store)
+    mail_log.append(Removed(queue_id=ID, time=NOON - timedelta(days=1)))
+    mail_log.append(Removed(queue_id=ID, time=NOON))
+    mail_log.close()
+    failing_day = log_file_name((NOON - timedelta(days=1)).date())
+    real_open = mail_log._open
+
+    class Failing(io.RawIOBase):
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, buffer: Any) -> int:
+            raise OSError(5, "Input/output error")
+
+    def opening(name: str) -> IO[bytes]:
+        if name == failing_day:
+            return io.BufferedReader(Failing())
+        return real_open(name)
+
+    monkeypatch.setattr(mail_log, "_open", opening)
     assert [event.time for _, event in mail_log.read(ID)] == [NOON]
 
 

@@ -58,6 +58,23 @@ def log_file_name(day: date) -> str:
     return f"spoolmail-{day.isoformat()}.jsonl"
 
 
+def _lines_about(
+    handle: IO[bytes], needle: bytes, queue_id: str
+) -> Iterator[tuple[str, MailEvent]]:
+    """The lines of one log file about ``queue_id``, with their events; damaged ones skipped."""
+    for raw in read_lines(handle, LONGEST_LINE):
+        if needle not in raw:
+            continue
+        line = raw.decode("utf-8", "replace").rstrip("\n")
+        try:
+            event = decode_event(line)
+        # Damaged; nested too deep; a number out of range (a delay of 1e400 days).
+        except (ValueError, RecursionError, ArithmeticError):
+            continue
+        if _about(event, queue_id):
+            yield line, event
+
+
 def _about(event: MailEvent, queue_id: str) -> bool:
     """Whether ``event`` belongs to the story of ``queue_id``: its own, or the one that made it
     (the parent's DSN line names the DSN; a requeue names the new id)."""
@@ -215,17 +232,12 @@ class MailLog:
                 log.warning("cannot read %s/%s: %s", LOG, name, exc)
                 continue
             with handle:
-                for raw in read_lines(handle, LONGEST_LINE):
-                    if needle not in raw:
-                        continue
-                    line = raw.decode("utf-8", "replace").rstrip("\n")
-                    try:
-                        event = decode_event(line)
-                    # Damaged; nested too deep; a number out of range (a delay of 1e400 days).
-                    except (ValueError, RecursionError, ArithmeticError):
-                        continue
-                    if _about(event, queue_id):
-                        yield line, event
+                try:
+                    yield from _lines_about(handle, needle, queue_id)
+                except (OSError, pyfs.errors.FSError) as exc:
+                    # A failing disk in the middle of a file: what was read stands, and the
+                    # days after it are read all the same.
+                    log.warning("cannot read %s/%s: %s", LOG, name, exc)
 
     def _open(self, name: str) -> IO[bytes]:
         """A log file to read, opened as Pickup files are (``open_regular``: no link followed, a
