@@ -243,16 +243,22 @@ def test_a_folder_under_an_old_log_name_does_not_stop_the_mail_log(
     mail_log.close()
 
 
+def two_days(spool: Spool) -> tuple[MailLog, str]:
+    """A mail log with a line about ``ID`` on the day before ``NOON`` and on its day, and
+    the earlier day's file name."""
+    mail_log = MailLog(spool._store)
+    mail_log.append(Removed(queue_id=ID, time=NOON - timedelta(days=1)))
+    mail_log.append(Removed(queue_id=ID, time=NOON))
+    mail_log.close()
+    return mail_log, log_file_name((NOON - timedelta(days=1)).date())
+
+
 def test_a_log_file_that_cannot_be_opened_does_not_hide_the_next_day(
     os_spool: Spool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """No permission to read one day's file (root reads anything, so the refusal is injected):
     the days after it are read all the same."""
-    mail_log = MailLog(os_spool._store)
-    mail_log.append(Removed(queue_id=ID, time=NOON - timedelta(days=1)))
-    mail_log.append(Removed(queue_id=ID, time=NOON))
-    mail_log.close()
-    refused = log_file_name((NOON - timedelta(days=1)).date())
+    mail_log, refused = two_days(os_spool)
     real_open = maillog.open_regular
 
     def open_regular(path: str, *args: object, **kwargs: bool) -> int:
@@ -270,11 +276,7 @@ def test_a_read_error_in_the_middle_of_a_log_file_does_not_hide_the_next_day(
     """A failing disk in the middle of one day's file (injected: no disk here fails on cue)
     raised out of the reading, a traceback in `spoolmail log`: what was read stands, and the
     days after it are read all the same."""
-    mail_log = MailLog(os_spool._store)
-    mail_log.append(Removed(queue_id=ID, time=NOON - timedelta(days=1)))
-    mail_log.append(Removed(queue_id=ID, time=NOON))
-    mail_log.close()
-    failing_day = log_file_name((NOON - timedelta(days=1)).date())
+    mail_log, failing_day = two_days(os_spool)
     real_open = mail_log._open
 
     class Failing(io.RawIOBase):
