@@ -586,6 +586,24 @@ def test_folders_on_two_devices_are_refused(tmp_path: Path, clock: FakeClock) ->
         elsewhere.rmdir()
 
 
+def test_a_folder_linked_within_the_filesystem_is_followed(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """An operator may link ``Drop`` into a consumer's tree on the same filesystem: what the
+    store writes there lands in the link's target, and no folder is made beside the link."""
+    root = tmp_path / "MailRoot"
+    root.mkdir()
+    shared = tmp_path / "consumer" / "incoming"
+    shared.mkdir(parents=True)
+    (root / "Drop").symlink_to(shared)
+    with pyfs.OSFS(str(root)) as filesystem:
+        store = make_store(filesystem, clock)
+        store.write("Drop", "x.eml", b"x-sender: a@b\r\n\r\nbody")
+        assert (root / "Drop").is_symlink()
+        assert (shared / "x.eml").read_bytes() == b"x-sender: a@b\r\n\r\nbody"
+        assert store.listdir("Drop") == ["x.eml"]
+
+
 def test_folders_are_found_whatever_their_case(filesystem: pyfs.FS, clock: FakeClock) -> None:
     """A MailRoot copied from IIS has ``Badmail``, ``pickup``...: used as is, never doubled."""
     for name in ("pickup", "QUEUE", "Badmail", "drop", "sorttemp"):
