@@ -181,10 +181,17 @@ def test_badmail_entries_of_every_odd_kind_do_not_hide_each_other(
         handle.write(b"x\n")
     monkeypatch.setenv("PYTHONIOENCODING", "utf-8")  # strict, as under a UTF-8 locale
     done = spoolmail("--root", str(cli.root), "badmail", "list")  # no hang
-    assert (done.returncode, done.stderr.decode()) == (EX_OK, "")
+    assert done.returncode == EX_OK
     assert done.stdout.endswith(b"-- 6 entries\n")
+    # The names passed over are said on stderr without -v (only logged before), escaped.
+    assert done.stderr.decode() == (
+        "spoolmail: 3 names in BadMail are not listed: BadMail/'{5E3A-NOT-AN-ID}' (not named "
+        "by a queue id), BadMail/'\\udcfe\\udcff' (not named by a queue id), "
+        "BadMail/'\\udcff\\udcfe' (not named by a queue id)\n"
+    )
     done = spoolmail("--root", str(cli.root), "badmail", "list", "--json")
-    assert (done.returncode, done.stderr) == (EX_OK, b"")
+    assert done.returncode == EX_OK
+    assert done.stderr.decode().startswith("spoolmail: 3 names in BadMail are not listed: ")
     rows = {row["id"]: row for row in map(json.loads, done.stdout.splitlines())}
     assert sorted(rows) == ids
     assert rows[ids[0]]["has_message"] is False
@@ -215,7 +222,13 @@ def test_a_drop_name_that_is_not_utf8_stops_no_listing(
     monkeypatch.setenv("PYTHONIOENCODING", "utf-8")  # strict, as under a UTF-8 locale
     for command in (["drop", "list"], ["drop", "list", "--json"]):
         done = spoolmail("--root", str(cli.root), *command)
-        assert (done.returncode, done.stderr.decode()) == (EX_OK, ""), command
+        assert done.returncode == EX_OK, command
+        # Said on stderr without -v: the count and each name, escaped.
+        assert done.stderr.decode() == (
+            "spoolmail: 3 names in Drop are not listed: Drop/'1a24def59ae-\\udcff\\udcfe.eml' "
+            "(not named ID.eml), Drop/'notes.txt' (not named ID.eml), "
+            "Drop/'{B3A1-GUID}.eml' (not named ID.eml)\n"
+        ), command
         assert done.stdout.count(b"alice@example.net") == 2
         assert ID.encode() in done.stdout
         assert OTHER.encode() in done.stdout
@@ -419,4 +432,28 @@ def test_badmail_names_that_are_no_ids_are_passed_over_with_a_warning(
     caplog.set_level("WARNING", logger="spoolmail")
     with Spool(cli.root) as spool:
         assert [item.id for item in spool.badmail()] == [ID]
-    assert "BadMail/'{5E3A-NOT-AN-ID}' is not named by a queue id: not listed" in caplog.text
+    assert "BadMail/'{5E3A-NOT-AN-ID}' is not listed: not named by a queue id" in caplog.text
+
+
+def test_a_listing_says_how_many_names_it_passed_over_and_shows_the_first_few(
+    cli: Cli,
+) -> None:
+    """A BadMail copied from IIS can hold thousands of ``{GUID}.BAD``: one line on stderr,
+    the count and the first five, not a line each."""
+    badmail = cli.folder("BadMail")
+    for n in range(7):
+        (badmail / f"{{GUID-{n}}}.BAD").write_bytes(IIS_MESSAGE)
+    done = spoolmail("--root", str(cli.root), "badmail", "list")
+    assert (done.returncode, done.stdout) == (EX_OK, b"BadMail is empty.\n")
+    [line] = done.stderr.decode().splitlines()
+    assert line.startswith("spoolmail: 7 names in BadMail are not listed: BadMail/'{GUID-0}'")
+    assert "{GUID-4}" in line
+    assert "{GUID-5}" not in line
+    assert line.endswith(", and 2 more")
+    (badmail / "{GUID-6}.BAD").unlink()
+    for n in range(1, 6):
+        (badmail / f"{{GUID-{n}}}.BAD").unlink()
+    done = spoolmail("--root", str(cli.root), "badmail", "list")
+    assert done.stderr.decode() == (
+        "spoolmail: 1 name in BadMail is not listed: BadMail/'{GUID-0}' (not named by a queue id)\n"
+    )

@@ -29,6 +29,7 @@ from spoolmail._cli import shape
 from spoolmail._cli.settings import Settings
 from spoolmail._cli.status import (
     EX_OK,
+    PassedOver,
     Unreadable,
     UsageError,
     each,
@@ -819,8 +820,10 @@ def _badmail_json(item: BadMailItem) -> dict[str, object]:
 
 
 def _badmail_list(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
+    passed_over = PassedOver("BadMail")
     with _spool(settings) as spool:
-        items = list(spool.badmail())
+        items = list(spool.badmail(passed_over=passed_over))
+    passed_over.tell()
     if args.json:
         _print_json_lines((_badmail_json(item) for item in items), out)
         return EX_OK
@@ -970,8 +973,10 @@ def _drop_json(item: DropItem) -> dict[str, object]:
 
 
 def _drop_list(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
+    passed_over = PassedOver("Drop")
     with _spool(settings) as spool:
-        items = list(spool.drop())
+        items = list(spool.drop(passed_over=passed_over))
+    passed_over.tell()
     if args.json:
         _print_json_lines((_drop_json(item) for item in items), out)
         return EX_OK

@@ -84,6 +84,35 @@ def exit_status(exc: SpoolmailError) -> int:
     return EX_FAILED  # NotFound, an unreadable envelope (EnvelopeError), anything else
 
 
+class PassedOver:
+    """The names a BadMail or Drop listing passed over (no queue id, unreadable): pass it as
+    ``Spool.badmail`` or ``Spool.drop``'s ``passed_over`` callback, then :meth:`tell`. They
+    are not spoolmail's to show (IIS's ``{GUID}.BAD``), so a listing still succeeds; but a
+    one-shot command logs only errors, and without this they went unsaid."""
+
+    SHOWN = 5  # a copied IIS BadMail can hold thousands: the count, and the first few
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+        self.found: list[tuple[str, str]] = []
+
+    def __call__(self, name: str, why: str) -> None:
+        self.found.append((name, why))
+
+    def tell(self) -> None:
+        """One line on stderr: how many, and the first :attr:`SHOWN` with why."""
+        if not self.found:
+            return
+        count = len(self.found)
+        names = ", ".join(f"{name} ({printable(why)})" for name, why in self.found[: self.SHOWN])
+        more = f", and {count - self.SHOWN} more" if count > self.SHOWN else ""
+        noun = "name" if count == 1 else "names"
+        verb = "is" if count == 1 else "are"
+        sys.stderr.write(
+            f"spoolmail: {count} {noun} in {self.folder} {verb} not listed: {names}{more}\n"
+        )
+
+
 class Unreadable:
     """The Queue's messages a command left out because their envelope could not be read: pass
     it as ``Spool.queued`` or ``Spool.select``'s ``unreadable`` callback, then :meth:`tell`."""

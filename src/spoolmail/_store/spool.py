@@ -329,6 +329,11 @@ _OPERATOR_EVENTS: dict[Event, type[Held | Released | Flushed]] = {
 }
 
 
+def _warn_passed_over(name: str, why: str) -> None:
+    """What a listing does with a name it passes over when its caller does not ask."""
+    log.warning("%s is not listed: %s", name, why)
+
+
 class Spool:
     """The MailRoot (Pickup, Queue, BadMail, Drop, SortTemp) on a filesystem.
 
@@ -1033,14 +1038,21 @@ class Spool:
             parts.append(text)
         return "\n".join(parts)
 
-    def badmail(self) -> Iterator[BadMailItem]:
+    def badmail(
+        self, *, passed_over: Callable[[str, str], None] | None = None
+    ) -> Iterator[BadMailItem]:
         """Every BadMail entry, oldest first: each report (``.BDR``), and each message (``.BAD``)
-        whose report is missing (deleted by hand, or copied over without it)."""
+        whose report is missing (deleted by hand, or copied over without it).
+
+        A name that is no queue id (IIS's ``{GUID}.BAD``, a copy made by hand) is not listed:
+        ``passed_over``, when given, is told of each (its name in BadMail, as ``ascii()``
+        shows it, and why); otherwise it is logged as a warning."""
+        told = passed_over or _warn_passed_over
         ids = sorted({n[:-4] for n in self._store.listdir(BADMAIL) if n.endswith((".BDR", ".BAD"))})
         for queue_id in ids:
             if not is_queue_id(queue_id):
-                # Not spoolmail's (IIS's {GUID}.BAD, a copy made by hand): no id to show it by.
-                log.warning("BadMail/%a is not named by a queue id: not listed", queue_id)
+                # Not spoolmail's: no id to show it by, or to ask ``badmail show`` for.
+                told(f"BadMail/{queue_id!a}", "not named by a queue id")
                 continue
             try:
                 yield self.badmail_item(queue_id)
@@ -1091,17 +1103,20 @@ class Spool:
         ``badmail show --message``); ``NotFound`` or ``StorageError`` at the call."""
         return self._chunks(BADMAIL, f"{self._checked(queue_id)}.BAD", "BadMail message")
 
-    def drop(self) -> Iterator[DropItem]:
+    def drop(self, *, passed_over: Callable[[str, str], None] | None = None) -> Iterator[DropItem]:
         """Every Drop file, oldest first (by name: spoolmail names them by queue id).
 
         Only ``ID.eml`` files, whose id :meth:`drop_item` and :meth:`drop_message` take: any
-        other name (not spoolmail's; one not even UTF-8, which a listing could not print) is
-        passed over with a warning."""
+        other name (not spoolmail's; one not even UTF-8, which a listing could not print), and
+        a file that cannot be read, is passed over: ``passed_over``, when given, is told of each
+        (its name in Drop, as ``ascii()`` shows it, and why); otherwise it is logged as a
+        warning."""
+        told = passed_over or _warn_passed_over
         for name in sorted(self._store.listdir(DROP)):
             if name.startswith(".") or not self._store.isfile(DROP, name):
                 continue
             if not (name.endswith(".eml") and is_queue_id(name[:-4])):
-                log.warning("Drop/%a is not named ID.eml: not listed", name)
+                told(f"Drop/{name!a}", "not named ID.eml")
                 continue
             try:
                 item = self._drop_item(name)
@@ -1110,7 +1125,7 @@ class Spool:
             except StorageError as exc:
                 # Unreadable (its mode, or a link or FIFO put in its place since the look
                 # above): one entry, which must not end the listing of the others.
-                log.warning("Drop/%s is not listed: %s", name, exc)
+                told(f"Drop/{name!a}", str(exc))
                 continue
             yield item
 
