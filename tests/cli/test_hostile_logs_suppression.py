@@ -160,6 +160,18 @@ WRONG_TYPES = [
     '"recipients":[]}',
     f'{{"v":1,"event":"dsn-queued","queue_id":[1],{TIME},"dsn_id":"{ID}","action":"failed",'
     '"recipients":[]}',
+    # A size that is text (it was shown as it was, control characters and all).
+    f'{{"v":1,"event":"queued","queue_id":"{ID}",{TIME},"origin":"o","sender":"s",'
+    '"recipients":[],"size":"\\u009b2J\\u007f"}',
+    # A reply whose text is a list, a host that is a number.
+    f'{{"v":1,"event":"failed","queue_id":"{ID}",{TIME},"recipient":"b@x",'
+    '"reply":{"code":550,"text":["x"]},"delay":1}',
+    f'{{"v":1,"event":"failed","queue_id":"{ID}",{TIME},"recipient":"b@x",'
+    '"reply":{"code":550,"text":"x","host":5},"delay":1}',
+    # A count that is a boolean, a delay of 1e400 seconds.
+    f'{{"v":1,"event":"dropped","queue_id":"{ID}",{TIME},"file":"f","recipients":[],"size":true}}',
+    f'{{"v":1,"event":"deferred","queue_id":"{ID}",{TIME},"recipient":"b@x",'
+    '"reply":{"code":450,"text":"x"},"delay":1e400,"next_attempt":"2026-12-05T13:00:00+00:00"}',
 ]
 
 
@@ -178,18 +190,18 @@ def test_log_lines_with_values_of_the_wrong_type_are_left_out_with_a_note(
     assert status == 0
     assert len(out.splitlines()) == 1
     assert out.rstrip("\n").endswith(REMOVED.rstrip("\n") if as_json else f"{ID}: removed")
-    assert "5 damaged lines" in one_line(err)
+    assert "10 damaged lines" in one_line(err)
 
 
 HOSTILE_TEXT_LINES = [
     # Fields the daemon-style line shows as they are: the file Drop wrote, a BadMail status, a
-    # size (a number, unless edited by hand).
+    # sender.
     f'{{"v":1,"event":"dropped","queue_id":"{ID}",{TIME},'
     '"file":"Drop/x\\u001b[2J\\n2026-01-01 forged: removed","recipients":[],"size":1}',
     f'{{"v":1,"event":"badmail","queue_id":"{ID}",{TIME},'
     '"status":"\\u001b]0;owned\\u0007","reason":"r"}',
-    f'{{"v":1,"event":"queued","queue_id":"{ID}",{TIME},"origin":"o","sender":"s",'
-    '"recipients":[],"size":"\\u009b2J\\u007f"}',
+    f'{{"v":1,"event":"queued","queue_id":"{ID}",{TIME},"origin":"o",'
+    '"sender":"s\\u009b2J\\u007f","recipients":[],"size":1}',
 ]
 
 
@@ -204,7 +216,7 @@ def test_control_characters_in_log_fields_are_escaped(cli: Cli) -> None:
     assert len(lines) == 3  # the forged line stays inside its own
     assert "file=Drop/x\\x1b[2J\\x0a2026-01-01 forged: removed" in lines[0]
     assert lines[1].endswith("moved to BadMail: \\x1b]0;owned\\x07 r")
-    assert "size=\\x9b2J\\x7f," in lines[2]
+    assert "from=<s\\x9b2J\\x7f>," in lines[2]
 
 
 def test_the_json_lines_printed_are_escaped_and_still_the_same_json(cli: Cli) -> None:

@@ -13,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from spoolmail._core.events import (
+    _DECODERS,
     EVENT_TYPES,
     Deferred,
     Deleted,
@@ -117,6 +118,40 @@ def test_every_event_type_is_covered() -> None:
         Removed, Held, Released, Flushed, Deleted, Requeued,
     }  # fmt: skip
     assert covered == set(EVENT_TYPES.values())
+
+
+def test_every_field_of_every_event_is_decoded_and_checked() -> None:
+    """decode_event checks each value against its field's type through one table: a field
+    added without its entry would reach readers unchecked."""
+    names = {f.name for cls in EVENT_TYPES.values() for f in attrs.fields(cls)}
+    assert names == set(_DECODERS)
+
+
+OTHER_JSON = st.sampled_from([None, 7, -1, 1.5, True, "text", [], ["a", 1], {}, {"code": 250}])
+
+
+@given(events, st.data())
+def test_a_value_of_another_type_is_a_damaged_line_not_an_event(
+    event: MailEvent, data: st.DataObject
+) -> None:
+    """A line edited by hand (a list where text goes, a size that is text): ``ValueError``, or
+    an event whose value has its field's type, never a reader's ``TypeError`` later."""
+    fields = attrs.fields(type(event))
+    name = data.draw(st.sampled_from([f.name for f in fields]))
+    line = json.loads(encode_event(event))
+    line[name] = data.draw(OTHER_JSON)
+    try:
+        decoded = decode_event(json.dumps(line))
+    except ValueError:
+        return
+    value, before = getattr(decoded, name), getattr(event, name)
+    if name in ("relay", "drop_file"):
+        assert value is None or isinstance(value, str)
+    elif isinstance(before, tuple):
+        assert isinstance(value, tuple)
+        assert all(isinstance(v, str) for v in value)
+    else:
+        assert type(value) is type(before), (name, value)
 
 
 def test_a_known_line_stays_as_it_was() -> None:

@@ -45,32 +45,26 @@ def _log(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
             f"{shown(queue_id)} is not a queue id (1 to 128 letters, digits, '-' and '_', "
             "as `spoolmail queue` lists them)"
         )
-    found = damaged = 0
+    found = 0
+    damaged: list[str] = []
     with Spool(settings.root) as spool:
-        for line, event in MailLog(spool._store).read(queue_id):
-            text = _described(event)
-            if text is None:
-                damaged += 1
-                continue
+        for line, event in MailLog(spool._store).read(queue_id, damaged=damaged.append):
             found += 1
             if args.json:
                 print(printable_json(line), file=out)
             else:
-                print(printable(text), file=out)
+                print(printable(describe_line(event)), file=out)
     if damaged:
+        count = len(damaged)
         sys.stderr.write(
-            f"spoolmail: {damaged} damaged lines about {queue_id} in Log/ left out "
-            "(values of the wrong type)\n"
+            f"spoolmail: {count} damaged {'line' if count == 1 else 'lines'} about {queue_id} "
+            "in Log/ left out (cut short, not an event, or values of the wrong type)\n"
         )
     if not found:
         raise NotFound(f"the mail log in Log/ has nothing about {queue_id}")
     return EX_OK
 
 
-def _described(event: MailEvent) -> str | None:
-    """The event's line for people, or ``None`` when the values decoded are not of the types
-    an event holds (a line edited by hand: decoding checks the JSON, not each value's type)."""
-    try:
-        return f"{event.time.isoformat(timespec='seconds')} {describe(event)}"
-    except (AttributeError, TypeError, ValueError, ArithmeticError):
-        return None
+def describe_line(event: MailEvent) -> str:
+    """The event's line for people: its time and what happened."""
+    return f"{event.time.isoformat(timespec='seconds')} {describe(event)}"

@@ -443,12 +443,70 @@ def _to_json(value: Any) -> Any:
 # Outside the control characters JSON escapes anyway; only ever inside a string in the output.
 _LINE_ENDS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
 
+
+def _text(raw: Any) -> str:
+    if not isinstance(raw, str):
+        raise TypeError(f"{raw!r} is not text")
+    return raw
+
+
+def _optional_text(raw: Any) -> str | None:
+    return None if raw is None else _text(raw)
+
+
+def _count(raw: Any) -> int:
+    if type(raw) is not int or raw < 0:  # bool is an int to isinstance
+        raise TypeError(f"{raw!r} is not a count")
+    return raw
+
+
+def _texts(raw: Any) -> tuple[str, ...]:
+    if not isinstance(raw, list):
+        raise TypeError(f"{raw!r} is not a list")
+    return tuple(map(_text, raw))
+
+
+def _delay(raw: Any) -> timedelta:
+    if type(raw) not in (int, float):
+        raise TypeError(f"{raw!r} is not a number of seconds")
+    return timedelta(seconds=raw)
+
+
+def _reply(raw: Any) -> Reply:
+    """A reply as ``Reply.to_json`` wrote it, each value of its type (one level of cause)."""
+    if not isinstance(raw, dict) or type(raw.get("code")) is not int:
+        raise TypeError(f"{raw!r} is not a reply")
+    for key in ("enhanced", "text", "host"):
+        _optional_text(raw.get(key))
+    cause = raw.get("cause")
+    if cause is not None:
+        _reply({**cause, "cause": None} if isinstance(cause, dict) else cause)
+    return Reply.from_json(raw)
+
+
+# What each field's JSON value becomes, checked: a line edited by hand, or written by something
+# else, must not hand a reader a list where the event's type says text. Every field of every
+# event type has one (tests/core/test_events.py checks).
 _DECODERS: dict[str, Callable[[Any], Any]] = {
+    "queue_id": _text,
     "time": datetime.fromisoformat,
+    "file": _text,
+    "origin": _text,
+    "sender": _text,
+    "recipients": _texts,
+    "size": _count,
+    "recipient": _text,
+    "reply": _reply,
+    "relay": _optional_text,
+    "delay": _delay,
+    "drop_file": _optional_text,
     "next_attempt": datetime.fromisoformat,
-    "delay": lambda seconds: timedelta(seconds=float(seconds)),
-    "reply": Reply.from_json,
+    "dsn_id": _text,
+    "action": _text,
+    "status": _text,
+    "reason": _text,
     "place": State,
+    "new_id": _text,
     "to": State,
 }
 
@@ -530,10 +588,11 @@ _JSON_TEXT: dict[type, Callable[[Any], str]] = {
 
 def decode_event(line: str | bytes) -> MailEvent:
     """The event of one mail log line; ``ValueError`` for a line that is not one (cut short by a
-    crash, written by a later version with an event this one does not know, not JSON)."""
+    crash, written by a later version with an event this one does not know, not JSON, nested
+    too deep, or a value not of its field's type: a count that is text, a delay of 1e400)."""
     try:
         data = json.loads(line)
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, RecursionError, UnicodeDecodeError) as exc:
         raise ValueError(f"not a mail log line: {exc}") from None
     if not isinstance(data, dict) or data.get("v") != _FORMAT_VERSION:
         raise ValueError("not a mail log line of version 1")
@@ -546,7 +605,7 @@ def decode_event(line: str | bytes) -> MailEvent:
             if field.name in data:
                 raw = data[field.name]
                 decode = _DECODERS.get(field.name)
-                values[field.name] = raw if decode is None or raw is None else decode(raw)
+                values[field.name] = raw if decode is None else decode(raw)
         return cls(**values)
-    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+    except (TypeError, ValueError, KeyError, AttributeError, ArithmeticError) as exc:
         raise ValueError(f"a damaged {cls.kind} line: {exc}") from None

@@ -25,7 +25,7 @@ import os
 import re
 import stat
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, date, timedelta
 from typing import IO, cast
 
@@ -59,17 +59,20 @@ def log_file_name(day: date) -> str:
 
 
 def _lines_about(
-    handle: IO[bytes], needle: bytes, queue_id: str
+    handle: IO[bytes], needle: bytes, queue_id: str, damaged: Callable[[str], None] | None
 ) -> Iterator[tuple[str, MailEvent]]:
-    """The lines of one log file about ``queue_id``, with their events; damaged ones skipped."""
+    """The lines of one log file about ``queue_id``, with their events; damaged ones skipped
+    (and told to ``damaged``, if given)."""
     for raw in read_lines(handle, LONGEST_LINE):
         if needle not in raw:
             continue
         line = raw.decode("utf-8", "replace").rstrip("\n")
         try:
             event = decode_event(line)
-        # Damaged; nested too deep; a number out of range (a delay of 1e400 days).
+        # Cut short, not JSON, nested too deep, a value not of its type (decode_event).
         except (ValueError, RecursionError, ArithmeticError):
+            if damaged is not None:
+                damaged(line)
             continue
         if _about(event, queue_id):
             yield line, event
@@ -217,9 +220,12 @@ class MailLog:
                 continue
         return sorted(found, key=lambda item: item[1])
 
-    def read(self, queue_id: str) -> Iterator[tuple[str, MailEvent]]:
+    def read(
+        self, queue_id: str, *, damaged: Callable[[str], None] | None = None
+    ) -> Iterator[tuple[str, MailEvent]]:
         """Every line about ``queue_id`` (and the line that made it, for a DSN or a requeued
-        message), oldest first, with its event. Damaged lines are skipped."""
+        message), oldest first, with its event. Damaged lines that hold the id (cut short by a
+        crash, edited by hand) are skipped, and told to ``damaged`` if given."""
         needle = queue_id.encode("utf-8", "surrogateescape")
         for name, _ in self._files():
             try:
@@ -233,7 +239,7 @@ class MailLog:
                 continue
             with handle:
                 try:
-                    yield from _lines_about(handle, needle, queue_id)
+                    yield from _lines_about(handle, needle, queue_id, damaged)
                 except (OSError, pyfs.errors.FSError) as exc:
                     # A failing disk in the middle of a file: what was read stands, and the
                     # days after it are read all the same.
