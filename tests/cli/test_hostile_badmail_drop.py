@@ -15,12 +15,16 @@ import json
 import os
 import tracemalloc
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
+import attrs
 import pytest
 
 from spoolmail import Spool
 from spoolmail._cli.main import EX_FAILED, EX_OK, EX_USAGE, main
+from spoolmail._core.envelope import Envelope, Recipient, RecipientState, encode_envelope
+from spoolmail._core.reply import Reply
 from spoolmail.exceptions import StorageError
 from tests.cli.test_hostile_operator_input import Cli, cli, one_line, secret, spoolmail
 
@@ -28,6 +32,7 @@ __all__ = ["cli", "secret"]  # fixtures, used by name
 
 ID = "1a24def59ae-0000aaaaaaaaaaaa"
 OTHER = "1a24def59ae-0000bbbbbbbbbbbb"
+NOW = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
 HUGE = 512 * 1024 * 1024  # sparse: no disk, but half a GiB of memory if read whole
 BOUND = 64 * 1024 * 1024  # what reading one entry may take at the most
 DROPPED = b"x-sender: alice@example.net\r\nx-receiver: bob@example.com\r\n\r\nhello\r\n"
@@ -457,3 +462,40 @@ def test_a_listing_says_how_many_names_it_passed_over_and_shows_the_first_few(
     assert done.stderr.decode() == (
         "spoolmail: 1 name in BadMail is not listed: BadMail/'{GUID-0}' (not named by a queue id)\n"
     )
+
+
+def test_a_partial_requeue_keeps_the_whole_of_a_report_over_the_read_limit(cli: Cli) -> None:
+    """Requeueing some of an entry's recipients rewrote its ``.BDR`` from the report as read,
+    which stops at 4 MiB: a longer report lost its tail there. Now copied whole, the note after
+    it. Guard: a report under the limit is rewritten as before."""
+    badmail = cli.folder("BadMail")
+    entry = Envelope(
+        id=ID,
+        sender="",
+        recipients=(
+            Recipient("a@example.com", RecipientState.FAILED, Reply(550, "5.1.1", "no")),
+            Recipient("b@example.com", RecipientState.FAILED, Reply(550, "5.1.1", "no")),
+        ),
+        arrival=NOW,
+        next_attempt=NOW,
+        attempts=1,
+    )
+    report = b"5.1.1 failed\n" + b"a line of the transcript\n" * 200_000 + b"THE LAST LINE\n"
+    assert len(report) > 4 << 20
+    (badmail / f"{ID}.BAD").write_bytes(IIS_MESSAGE)
+    (badmail / f"{ID}.BDR").write_bytes(report)
+    (badmail / f"{ID}.BDP").write_bytes(encode_envelope(entry))
+    with Spool(cli.root) as spool:
+        new_id = spool.requeue_badmail(ID, recipients=["b@example.com"])
+    kept = (badmail / f"{ID}.BDR").read_bytes()
+    assert kept.startswith(report)
+    assert f"Requeued as {new_id} for: b@example.com".encode() in kept[len(report) :]
+    # Guard: a short report is rewritten with the note after it.
+    (badmail / f"{OTHER}.BAD").write_bytes(IIS_MESSAGE)
+    (badmail / f"{OTHER}.BDR").write_bytes(b"5.1.1 failed\n")
+    (badmail / f"{OTHER}.BDP").write_bytes(encode_envelope(attrs.evolve(entry, id=OTHER)))
+    with Spool(cli.root) as spool:
+        other_new = spool.requeue_badmail(OTHER, recipients=["a@example.com"])
+    kept = (badmail / f"{OTHER}.BDR").read_bytes()
+    assert kept.startswith(b"5.1.1 failed\n")
+    assert f"Requeued as {other_new} for: a@example.com".encode() in kept

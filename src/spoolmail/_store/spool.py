@@ -15,13 +15,14 @@ import email.generator
 import email.message
 import email.policy
 import functools
+import itertools
 import logging
 import os
 import threading
 import weakref
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from datetime import datetime, timedelta
-from typing import Literal, Self
+from typing import BinaryIO, Literal, Self
 
 import attrs
 
@@ -327,6 +328,16 @@ _OPERATOR_EVENTS: dict[Event, type[Held | Released | Flushed]] = {
     Event.RELEASED: Released,
     Event.FLUSHED: Flushed,
 }
+
+
+def _read_chunks(handle: BinaryIO, where: str) -> Iterator[bytes]:
+    """An open file's bytes in chunks, closed at the end; an I/O error part-way through (a
+    failing disk) is a :class:`StorageError` naming ``where``, as any storage error."""
+    with handle:
+        try:
+            yield from chunks(handle)
+        except OSError as exc:
+            raise StorageError(f"cannot read {where}: {exc}") from exc
 
 
 def _warn_passed_over(name: str, why: str) -> None:
@@ -837,12 +848,28 @@ class Spool:
         if left and item.envelope is not None:
             # The others stay in BadMail: the entry now lists only them.
             store.write(BADMAIL, f"{queue_id}.BDP", encode_envelope(envelope.with_recipients(left)))
-            note = requeue_note(new_id, sent)
-            store.write(BADMAIL, f"{queue_id}.BDR", item.report.encode("utf-8") + note)
+            store.write(
+                BADMAIL, f"{queue_id}.BDR", self._report_and(item, requeue_note(new_id, sent))
+            )
         else:
             self._delete_badmail_files(queue_id)
         store.write_trigger([new_id])
         return new_id
+
+    def _report_and(self, item: BadMailItem, note: bytes) -> bytes | Iterator[bytes]:
+        """A BadMail entry's report with ``note`` after it: the report as read, or, for one over
+        the :data:`_MAX_REPORT` a read keeps (``item.report`` is cut there), the whole file
+        copied in chunks, so the rewrite loses none of it."""
+        name = f"{item.id}.BDR"
+        try:
+            whole = self._store.size(BADMAIL, name) > _MAX_REPORT
+            # One link only: a big file linked in from elsewhere is not copied into BadMail.
+            handle = self._store.open(BADMAIL, name, single_link=True) if whole else None
+        except (FileNotFoundError, StorageError):
+            handle = None  # none, or none to read: the report as the item holds it
+        if handle is None:
+            return item.report.encode("utf-8") + note
+        return itertools.chain(_read_chunks(handle, f"{BADMAIL}/{name}"), (note,))
 
     def delete_badmail(self, queue_ids: Iterable[str]) -> list[str]:
         """Delete BadMail entries (message and reports). Returns those that existed."""
@@ -1164,14 +1191,7 @@ class Spool:
         except FileNotFoundError:
             raise NotFound(f"no {what} {name.rsplit('.', 1)[0]!r} ({folder}/{name})") from None
 
-        def read() -> Iterator[bytes]:
-            with handle:
-                try:
-                    yield from chunks(handle)
-                except OSError as exc:  # a failing disk, mid-file: said as any storage error
-                    raise StorageError(f"cannot read {folder}/{name}: {exc}") from exc
-
-        return read()
+        return _read_chunks(handle, f"{folder}/{name}")
 
     def _read(self, folder: str, name: str, what: str) -> bytes:
         try:
