@@ -56,6 +56,7 @@ __all__ = [
 log = logging.getLogger("spoolmail")
 
 HEAD_LIMIT = 1024 * 1024
+_ALONE = contextlib.nullcontext()  # a hop that needs no lookup shares none
 NULL_MX = "5.1.10"  # RFC 7505 section 4.1: the domain does not accept mail
 
 
@@ -278,20 +279,25 @@ class Deliverer:
         """One hop: resolve it, apply MTA-STS and DANE (MX hops), try its targets, and let
         the throttle learn from the replies. ``None`` after a null MX, ``{}`` when the hop
         resolved to nothing (its reason is in ``attempt``; the next hop gets every recipient)."""
-        skipped = self.dead.skip_lookup(hop, self.clock)
-        if skipped is not None:
-            # Postfix's "delivery temporarily suspended" after a failed lookup: a domain whose
-            # DNS does not answer costs one lookup's timeouts per retry, not one per message.
-            passed = attempt.pass_over(remaining, skipped.reply, skipped.until, transcript)
-            attempt.replies.update(passed)
-            return {}
-        resolution = self.resolver.resolve(hop, transcript)
-        if resolution.targets:
-            self.dead.clear_lookup(hop)
-        elif resolution.reply is not None and resolution.reply.code // 100 == 4:
-            # Until the service knows this message's retry time and marks it longer.
-            self.dead.mark_lookup(hop, self.clock() + self.dead_for, resolution.reply)
-            attempt.unresolved[hop] = resolution.reply
+        # One lookup of a hop at a time: the others wait for it, then find its note or its
+        # answers (DeadDestinations.resolving). An address needs no lookup.
+        sharing = self.dead.resolving(hop) if hop.kind is not HopKind.ADDRESS else _ALONE
+        with sharing:
+            skipped = self.dead.skip_lookup(hop, self.clock)
+            if skipped is not None:
+                # Postfix's "delivery temporarily suspended" after a failed lookup: a domain
+                # whose DNS does not answer costs one lookup's timeouts per retry, not one per
+                # message.
+                passed = attempt.pass_over(remaining, skipped.reply, skipped.until, transcript)
+                attempt.replies.update(passed)
+                return {}
+            resolution = self.resolver.resolve(hop, transcript)
+            if resolution.targets:
+                self.dead.clear_lookup(hop)
+            elif resolution.reply is not None and resolution.reply.code // 100 == 4:
+                # Until the service knows this message's retry time and marks it longer.
+                self.dead.mark_lookup(hop, self.clock() + self.dead_for, resolution.reply)
+                attempt.unresolved[hop] = resolution.reply
         if hop.kind is HopKind.MX and self.sts is not None and resolution.targets:
             resolution = self._apply_sts(hop, resolution, transcript)
         if hop.kind is HopKind.MX and self.dane is not None and resolution.targets:

@@ -6,7 +6,9 @@ hops whose lookup just failed: like Postfix's queue manager, other messages for 
 message's retry time. Such a message was not attempted, so its attempt is not counted
 (``delivery.passed_over``); and as ``postqueue -f`` does, an operator's flush forgets the notes
 of the destinations it flushes (:meth:`DeadDestinations.forget`), so the flushed mail is
-really tried. :class:`Concurrency` holds each host's connections, with Postfix's slow start;
+really tried. One thread at a time looks a hop up (:meth:`DeadDestinations.resolving`): the
+others wait for its end, and then pass over as its note says, or find its answers in the
+resolver's cache. :class:`Concurrency` holds each host's connections, with Postfix's slow start;
 :class:`Throttles` the destinations that asked to be sent less (``_core.throttle``) and the
 optional message rate per destination. All in memory, thread-safe; none of it reads or writes
 the MailRoot.
@@ -26,6 +28,7 @@ import attrs
 from spoolmail._core.reply import Reply
 from spoolmail._core.routing import Hop, Target
 from spoolmail._core.throttle import RateBucket, Throttle, ThrottleRules, asks_to_slow_down
+from spoolmail._transport.dns import HOP_BUDGET
 
 __all__ = [
     "Concurrency",
@@ -65,19 +68,77 @@ def _holding(notes: dict[_K, DeadNote], key: _K, now: datetime) -> DeadNote | No
 
 
 @attrs.define
+class _Resolving:
+    """One hop's lookup under way: the threads waiting for its end, woken by ``ended``, which
+    the first of them makes (most lookups are waited for by nobody)."""
+
+    waiters: int = 0
+    ended: threading.Condition | None = None
+    over: bool = False
+
+
+@attrs.define
 class DeadDestinations:
     """Hosts that just failed to answer, and hops whose lookup just failed, and until when
-    nobody tries them again. Thread-safe.
+    nobody tries them again; and the hops being looked up now. Thread-safe.
 
     Each note also remembers the hops (an MX of a domain, a smart host, a route) through which
     messages met the host, so that a flush of those messages can forget it without a lookup.
+    ``lookup_wait`` is the most a delivery waits for another's lookup of its hop
+    (:meth:`resolving`): the resolver's budget for a hop's lookups (``HOP_BUDGET``).
     """
 
     marks: dict[Target, DeadNote] = attrs.Factory(dict)
     lookups: dict[Hop, DeadNote] = attrs.Factory(dict)
     """Hops whose lookup just failed (the DNS did not answer): their other messages are passed
     over until the note's time."""
+    lookup_wait: float = HOP_BUDGET
     _lock: threading.Lock = attrs.field(factory=threading.Lock, init=False, repr=False)
+    # Hops being looked up now, only while they are: a long run meets many.
+    _resolving: dict[Hop, _Resolving] = attrs.field(factory=dict, init=False, repr=False)
+
+    @contextlib.contextmanager
+    def resolving(self, hop: Hop) -> Iterator[None]:
+        """Look ``hop`` up in the block, one thread at a time.
+
+        A thread that finds another one looking ``hop`` up waits until that lookup ends (at
+        most ``lookup_wait`` seconds; a lookup ends even when it raises) before its block runs:
+        by then a lookup that failed for want of an answer has its note (:meth:`skip_lookup`,
+        to look at in the block) and one that succeeded left its answers in the resolver's
+        cache. When several messages for a domain whose DNS is silent are attempted at once,
+        the first costs the lookup's timeouts and the others wait for it, not for timeouts of
+        their own; a hop's lookups are bounded by the budget, so a waiter is never held longer
+        than the lookup it waits for, and a service's stop waits no longer than before. A
+        waiter past ``lookup_wait`` looks up on its own, holding nothing.
+        """
+        with self._lock:
+            under_way = self._resolving.get(hop)
+            if under_way is None:
+                mine = self._resolving[hop] = _Resolving()
+            else:
+                mine = None
+                self._wait(under_way)
+        if mine is None:
+            yield
+            return
+        try:
+            yield
+        finally:
+            with self._lock:
+                del self._resolving[hop]
+                mine.over = True
+                if mine.ended is not None:
+                    mine.ended.notify_all()
+
+    def _wait(self, under_way: _Resolving) -> None:
+        """Wait (under the lock) for the end of ``under_way``, ``lookup_wait`` at most."""
+        if under_way.ended is None:
+            under_way.ended = threading.Condition(self._lock)
+        under_way.waiters += 1
+        try:
+            under_way.ended.wait_for(lambda: under_way.over, timeout=self.lookup_wait)
+        finally:
+            under_way.waiters -= 1
 
     def skip(
         self, target: Target, clock: Callable[[], datetime], *, hop: Hop | None = None

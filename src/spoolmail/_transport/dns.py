@@ -9,9 +9,11 @@ It writes every query and its answer into the
 :class:`~spoolmail._core.reply.Reply` (docs/delivery.md): a name that does not exist is
 permanent, a server that fails or does not answer is temporary, 4.4.3. The MX ordering rules
 (preferences, shuffling, null MX, dropping this host) are the pure ``spoolmail._core.mx``; this
-module only asks the questions. It never connects to a mail host and keeps no state beyond the
-resolver it creates. dnspython is imported at the first lookup: a service whose mail all goes to
-a smart host given by address, or to Drop, never pays for it (about 50 ms of CPU at start).
+module only asks the questions. It never connects to a mail host; what it keeps is the resolver
+it creates and the answers it got, each for its TTL (:class:`_AnswerCache`: at most
+:data:`CACHE_SIZE`, never a failure). dnspython is imported at the first lookup: a service whose
+mail all goes to a smart host given by address, or to Drop, never pays for it (about 50 ms of CPU
+at start).
 """
 
 from __future__ import annotations
@@ -22,8 +24,9 @@ import itertools
 import random
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable
-from typing import TYPE_CHECKING
+from collections import OrderedDict
+from collections.abc import Callable, Collection, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -38,7 +41,16 @@ if TYPE_CHECKING:
     import dns.name
     import dns.resolver
 
-__all__ = ["HOP_BUDGET", "MAX_EXCHANGES", "MAX_TARGETS", "DnsResolver", "Lookup"]
+__all__ = [
+    "CACHE_SIZE",
+    "HOP_BUDGET",
+    "MAX_CACHE_TTL",
+    "MAX_EXCHANGES",
+    "MAX_NEGATIVE_TTL",
+    "MAX_TARGETS",
+    "DnsResolver",
+    "Lookup",
+]
 
 MAX_EXCHANGES = 10
 """Exchangers looked up per MX hop, best first. Each costs two lookups, each up to the resolver's
@@ -56,6 +68,19 @@ addresses, each also bounded by the resolver's own ``lifetime``. Without it, ten
 whose name servers are silent held a delivery thread for 21 lifetimes (105 s at dnspython's
 5 s). A lookup is given no more than what is left; exchangers not looked up when it is spent
 make the hop's verdict temporary, as a timeout does."""
+
+CACHE_SIZE = 10_000
+"""Answers a :class:`DnsResolver` keeps at most (default), the least recently used dropped first:
+10,000 messages to one domain cost one MX lookup per TTL, not 10,000, and a run that meets
+many domains still keeps a bounded number of answers (a few hundred bytes each)."""
+
+MAX_CACHE_TTL = 86_400
+"""Seconds an answer is kept at most, whatever its TTL: a day, as Unbound's ``cache-max-ttl``."""
+
+MAX_NEGATIVE_TTL = 3_600
+"""Seconds a name that does not exist (NXDOMAIN) or has no record of a type (NODATA) is
+remembered at most: RFC 2308 section 5 advises one to three hours; Unbound's
+``cache-max-negative-ttl`` is an hour."""
 
 
 class _Miss(enum.Enum):
@@ -75,6 +100,70 @@ class _Miss(enum.Enum):
 class _Failure:
     miss: _Miss
     detail: str
+
+
+@attrs.frozen
+class _Records:
+    """What a lookup reads of an answer, and all the cache keeps of one (not the whole message):
+    its records (dnspython rdata, in the answer's order) and its AD bit."""
+
+    rdata: tuple[Any, ...]
+    authenticated: bool = False
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.rdata)
+
+
+_Key = tuple["dns.name.Name", str, bool]
+"""A cached answer's question: the name, the type, and whether the query asked for the AD bit."""
+
+
+class _AnswerCache:
+    """Answers kept for their TTL, in seconds of ``monotonic``; ``size`` at most, the least
+    recently used dropped first. Thread-safe.
+
+    Only answers are kept: records, and NXDOMAIN or NODATA for the TTL their SOA gives (RFC 2308
+    section 5; one without an SOA is not kept). A failure (SERVFAIL, REFUSED, a timeout, a
+    truncated answer) never is: the next lookup asks again, and holding back the domain's other
+    mail meanwhile is the failed-lookup notes' job (``_service.destinations``). A TTL of 0 means
+    the record "can only be used for the transaction in progress" (RFC 1035 section 3.2.1).
+    """
+
+    def __init__(self, size: int, monotonic: Callable[[], float]) -> None:
+        self._size = size
+        self._monotonic = monotonic
+        self._entries: OrderedDict[_Key, tuple[float, _Records | _Failure]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: _Key) -> tuple[_Records | _Failure, float] | None:
+        """The answer kept for ``key`` and the seconds it has left, or ``None``."""
+        if key not in self._entries:
+            return None  # the usual miss, seen without the lock (a dict look is atomic)
+        now = self._monotonic()
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            expires, found = entry
+            if now >= expires:
+                del self._entries[key]
+                return None
+            self._entries.move_to_end(key)
+        return found, expires - now
+
+    def put(self, key: _Key, found: _Records | _Failure, ttl: float) -> None:
+        """Keep ``found`` for ``ttl`` seconds; a TTL of 0 (or less) is not kept."""
+        if ttl <= 0:
+            return
+        expires = self._monotonic() + ttl
+        with self._lock:
+            self._entries[key] = (expires, found)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self._size:
+                self._entries.popitem(last=False)
 
 
 @attrs.frozen
@@ -122,6 +211,12 @@ class DnsResolver:
     with every worse exchanger (RFC 5321 section 5.1); ``rng`` shuffles exchangers of equal
     preference (default: a ``random.Random`` of its own); ``budget`` bounds the seconds one
     hop's lookups take in all (:data:`HOP_BUDGET`), read from ``monotonic``.
+
+    Answers are kept for their TTL (at most :data:`MAX_CACHE_TTL`; NXDOMAIN and NODATA for
+    their SOA's, at most :data:`MAX_NEGATIVE_TTL`), ``cache_size`` of them at most
+    (:data:`CACHE_SIZE`; 0 keeps none), timed by ``monotonic``; never a failure, nor a TTL
+    of 0. A kept answer keeps its AD bit, and answers to queries that asked for it (DANE's,
+    ``MailService(dane=True)``) are kept apart from those to queries that did not.
     """
 
     def __init__(
@@ -132,11 +227,15 @@ class DnsResolver:
         rng: random.Random | None = None,
         budget: float = HOP_BUDGET,
         monotonic: Callable[[], float] = time.monotonic,
+        cache_size: int = CACHE_SIZE,
     ) -> None:
         if isinstance(local_names, str):
             local_names = (local_names,)
         if not budget > 0:
             raise ValueError(f"budget must be a positive number of seconds, not {budget!r}")
+        if not isinstance(cache_size, int) or cache_size < 0:
+            raise ValueError(f"cache_size must be 0 or more answers, not {cache_size!r}")
+        self._cache = _AnswerCache(cache_size, monotonic) if cache_size else None
         self._resolver = resolver
         self._local_names = tuple(local_names)
         self._rng = rng if rng is not None else random.Random()
@@ -162,7 +261,6 @@ class DnsResolver:
         (``monotonic``'s time), asked only with the time left before it: a budget shared by
         several lookups (DANE's of one domain)."""
         import dns.exception  # noqa: PLC0415 (dnspython at the first lookup, see above)
-        import dns.flags  # noqa: PLC0415
         import dns.reversename  # noqa: PLC0415
 
         if rdtype == "PTR":
@@ -184,8 +282,7 @@ class DnsResolver:
             texts = tuple(b"".join(rdata.strings).decode("utf-8", "replace") for rdata in answer)
         else:
             texts = tuple(rdata.to_text() for rdata in answer)
-        authenticated = bool(answer.response.flags & dns.flags.AD)
-        return Lookup(texts, authenticated=authenticated)
+        return Lookup(texts, authenticated=answer.authenticated)
 
     def addresses(self, host: str, transcript: Transcript) -> tuple[str, ...] | Reply:
         """The addresses of ``host`` (IPv6 and IPv4 interleaved), or why it has none."""
@@ -333,49 +430,42 @@ class DnsResolver:
         rdtype: str,
         transcript: Transcript,
         deadline: float | None = None,
-    ) -> dns.resolver.Answer | _Failure:
+    ) -> _Records | _Failure:
         """One lookup, noted in the transcript; dnspython exceptions become :class:`_Failure` s.
-        With ``deadline`` (:meth:`resolve`'s budget), given no more than the time left."""
+        An answer still kept is given without asking (whatever the budget left: it costs
+        nothing); else, with ``deadline`` (:meth:`resolve`'s budget), the question is given no
+        more than the time left."""
         import dns.exception  # noqa: PLC0415 (dnspython at the first lookup, see above)
-        import dns.resolver  # noqa: PLC0415
 
         shown = name.to_text(omit_final_dot=True)
+        try:
+            resolver = self._dns()
+        except dns.exception.DNSException as exc:
+            # No resolver configuration (no /etc/resolv.conf): the DNS is broken now.
+            failure = _Failure(_Miss.FAILED, f"{type(exc).__name__}: {exc}")
+            transcript.note(f"{rdtype} {shown}: {failure.detail}")
+            return failure
+        key: _Key = (name, rdtype, _asks_for_ad(resolver))
+        cache = self._cache
+        if cache is not None:
+            hit = cache.get(key)
+            if hit is not None:
+                found, kept = hit
+                text = _outcome_text(rdtype, found)
+                transcript.note(f"{rdtype} {shown}: {text} (cached, {kept:.0f} s left)")
+                return found
         left = None if deadline is None else deadline - self._monotonic()
         if left is not None and left <= 0:
             failure = _Failure(_Miss.FAILED, self._spent(f"{rdtype} {shown}").text)
             transcript.note(f"{rdtype} {shown}: not asked, {failure.detail}")
             return failure
-        try:
-            resolver = self._dns()
-            # The resolver's own lifetime, unless less than that is left.
-            lifetime = left if left is not None and left < resolver.lifetime else None
-            answer = resolver.resolve(name, rdtype, search=False, lifetime=lifetime)
-        except dns.resolver.NXDOMAIN:
-            failure = _Failure(_Miss.NXDOMAIN, "does not exist (NXDOMAIN)")
-        except dns.resolver.YXDOMAIN:
-            failure = _Failure(_Miss.YXDOMAIN, "name too long after DNAME substitution (YXDOMAIN)")
-        except dns.resolver.NoAnswer as exc:
-            if _truncated(exc.kwargs.get("response")):
-                failure = _Failure(_Miss.FAILED, _TRUNCATED)
-            else:
-                failure = _Failure(_Miss.NODATA, f"no {rdtype} record (NODATA)")
-        except dns.resolver.NoNameservers as exc:
-            # SERVFAIL, REFUSED or a malformed answer from every server.
-            failure = _Failure(_Miss.FAILED, f"no nameserver answered ({_server_errors(exc)})")
-        except dns.exception.Timeout as exc:
-            # LifetimeTimeout: the resolver's lifetime ran out (servers silent or unreachable).
-            failure = _Failure(_Miss.FAILED, _timeout_text(exc))
-        except dns.exception.DNSException as exc:
-            # Anything else dnspython raises (no resolver configuration, a bad name from a
-            # server): the DNS is broken now; deferring lets it be fixed before the mail bounces.
-            failure = _Failure(_Miss.FAILED, f"{type(exc).__name__}: {exc}")
-        else:
-            if not _truncated(answer.response):
-                transcript.note(f"{rdtype} {shown}: {_answer_text(rdtype, answer)}")
-                return answer
-            failure = _Failure(_Miss.FAILED, _TRUNCATED)
-        transcript.note(f"{rdtype} {shown}: {failure.detail}")
-        return failure
+        # The resolver's own lifetime, unless less than that is left.
+        lifetime = left if left is not None and left < resolver.lifetime else None
+        found, ttl = _ask(resolver, name, rdtype, lifetime)
+        transcript.note(f"{rdtype} {shown}: {_outcome_text(rdtype, found)}")
+        if cache is not None:
+            cache.put(key, found, ttl)
+        return found
 
     def _dns(self) -> dns.resolver.Resolver:
         import dns.resolver  # noqa: PLC0415 (dnspython at the first lookup, see above)
@@ -389,6 +479,84 @@ class DnsResolver:
 _TRUNCATED = "truncated answer (TC) over TCP"
 
 
+def _ask(
+    resolver: dns.resolver.Resolver, name: dns.name.Name, rdtype: str, lifetime: float | None
+) -> tuple[_Records | _Failure, float]:
+    """Ask ``resolver`` once: the answer (or why none) and how many seconds it may be kept
+    (0: not at all; a failure never is)."""
+    import dns.exception  # noqa: PLC0415 (dnspython at the first lookup, see above)
+    import dns.flags  # noqa: PLC0415
+    import dns.resolver  # noqa: PLC0415
+
+    ttl: float = 0
+    found: _Records | _Failure
+    try:
+        answer = resolver.resolve(name, rdtype, search=False, lifetime=lifetime)
+    except dns.resolver.NXDOMAIN as exc:
+        found = _Failure(_Miss.NXDOMAIN, "does not exist (NXDOMAIN)")
+        ttl = _negative_ttl((exc.kwargs.get("responses") or {}).get(name))
+    except dns.resolver.YXDOMAIN:
+        found = _Failure(_Miss.YXDOMAIN, "name too long after DNAME substitution (YXDOMAIN)")
+    except dns.resolver.NoAnswer as exc:
+        response = exc.kwargs.get("response")
+        if _truncated(response):
+            found = _Failure(_Miss.FAILED, _TRUNCATED)
+        else:
+            found = _Failure(_Miss.NODATA, f"no {rdtype} record (NODATA)")
+            ttl = _negative_ttl(response)
+    except dns.resolver.NoNameservers as exc:
+        # SERVFAIL, REFUSED or a malformed answer from every server.
+        found = _Failure(_Miss.FAILED, f"no nameserver answered ({_server_errors(exc)})")
+    except dns.exception.Timeout as exc:
+        # LifetimeTimeout: the resolver's lifetime ran out (servers silent or unreachable).
+        found = _Failure(_Miss.FAILED, _timeout_text(exc))
+    except dns.exception.DNSException as exc:
+        # Anything else dnspython raises (a bad name from a server): the DNS is broken now;
+        # deferring lets it be fixed before the mail bounces.
+        found = _Failure(_Miss.FAILED, f"{type(exc).__name__}: {exc}")
+    else:
+        if _truncated(answer.response):
+            found = _Failure(_Miss.FAILED, _TRUNCATED)
+        else:
+            ad = bool(answer.response.flags & dns.flags.AD)
+            found = _Records(tuple(answer), authenticated=ad)
+            # The least TTL of the records and of the CNAMEs that led to them.
+            ttl = min(float(answer.chaining_result.minimum_ttl), MAX_CACHE_TTL)
+    return found, ttl
+
+
+def _negative_ttl(response: object) -> float:
+    """How long an NXDOMAIN or NODATA ``response`` may be kept: its SOA's TTL or minimum,
+    whichever is less (RFC 2308 section 5), and no more than the CNAMEs that led there; 0
+    without an SOA, which RFC 2308 section 5 says not to keep (dnspython keeps it 300 s)."""
+    import dns.message  # noqa: PLC0415 (dnspython at the first lookup, see above)
+    import dns.rdatatype  # noqa: PLC0415
+
+    if not isinstance(response, dns.message.Message):
+        return 0
+    soa = next((r for r in response.authority if r.rdtype == dns.rdatatype.SOA and r), None)
+    if soa is None:
+        return 0
+    ttls = [soa.ttl, soa[0].minimum, MAX_NEGATIVE_TTL]
+    ttls.extend(r.ttl for r in response.answer if r.rdtype == dns.rdatatype.CNAME)
+    return float(min(ttls))
+
+
+def _asks_for_ad(resolver: dns.resolver.Resolver) -> bool:
+    """Whether ``resolver``'s queries ask a validating resolver to say it validated the answer:
+    the AD bit (RFC 6840 section 5.7) or EDNS's DO (RFC 3225). Such a resolver sets AD only
+    when asked: an answer to a query that did not ask is kept apart from one that did, so that a
+    DANE lookup never reads the other's missing bit (nor the other way round)."""
+    import dns.flags  # noqa: PLC0415 (dnspython at the first lookup, see above)
+
+    flags = resolver.flags if resolver.flags is not None else dns.flags.RD
+    return bool(flags & dns.flags.AD) or bool(resolver.ednsflags & dns.flags.DO)
+
+
+def _outcome_text(rdtype: str, found: _Records | _Failure) -> str:
+    return found.detail if isinstance(found, _Failure) else _answer_text(rdtype, found)
+
+
 def _truncated(response: object) -> bool:
     """Whether ``response`` is cut short (TC set). dnspython asks again over TCP when a UDP
     answer has TC set, but takes a TCP answer with TC set as it is: records missing from it are
@@ -399,7 +567,7 @@ def _truncated(response: object) -> bool:
     return isinstance(response, dns.message.Message) and bool(response.flags & dns.flags.TC)
 
 
-def _answer_text(rdtype: str, answer: dns.resolver.Answer) -> str:
+def _answer_text(rdtype: str, answer: _Records) -> str:
     """An answer as the transcript shows it: addresses in the order given; MX records by
     preference and name, without trailing dots (``10 mx1.example.test, 20 backup.example.test``)."""
     if rdtype == "MX":
