@@ -451,15 +451,15 @@ def run_service(
             limits=Limits(max_connections=connections, **(limits or {})),
         )
         stamps: dict[str, float] = {}
-        attempt = service._attempt
+        attempt = service._attempt_alone
 
-        def first_attempt(queue_id: str, tally: Any) -> Any:
+        def first_attempt(queue_id: str) -> Any:
             if "delivery" not in stamps:
                 stamps["delivery"] = time.perf_counter()
                 fsyncs.phase = "delivery"
-            return attempt(queue_id, tally)
+            return attempt(queue_id)
 
-        service._attempt = first_attempt  # type: ignore[method-assign]
+        service._attempt_alone = first_attempt  # type: ignore[method-assign]
         pickup = service._pickup
 
         def picked_up(names: Any, tally: Any) -> None:

@@ -45,11 +45,11 @@ from spoolmail._cli.logs import Logs
 # (module, owner inside it or "", function, the stage's name), outermost first: a stage's time
 # excludes the stages it calls.
 STAGES = (
-    ("spoolmail._service.service", "MailService", "_attempt", "attempt: the rest"),
+    ("spoolmail._service.attempts", "Attempts", "attempt", "attempt: the rest"),
     ("spoolmail._store.transitions", "Transitions", "claim", "claim (rename)"),
     ("spoolmail._store.transitions", "Transitions", "claimed_envelope", "read the envelope"),
-    ("spoolmail._service.service", "", "decode_envelope", "decode the envelope"),
-    ("spoolmail._service.service", "", "flush", "flushed envelope (states.flush)"),
+    ("spoolmail._service.attempts", "", "decode_envelope", "decode the envelope"),
+    ("spoolmail._service.attempts", "", "flush", "flushed envelope (states.flush)"),
     ("spoolmail._service.delivery", "Deliverer", "attempt", "delivery: routing, slots, policy"),
     ("spoolmail._transport.smtp", "SmtpTransport", "send", "SMTP: pool, session choice"),
     ("spoolmail._transport.session", "Session", "deliver", "SMTP: the session's loop"),
@@ -57,8 +57,8 @@ STAGES = (
     ("spoolmail._transport.session", "Session", "_send", "SMTP: send the commands"),
     ("spoolmail._transport.session", "Session", "_receive", "SMTP: wait for and read replies"),
     ("spoolmail._transport.session", "Session", "_send_message", "SMTP: send the message"),
-    ("spoolmail._service.service", "", "conclude_attempt", "decide the outcome"),
-    ("spoolmail._service.service", "MailService", "_commit", "commit: the rest"),
+    ("spoolmail._service.attempts", "", "conclude_attempt", "decide the outcome"),
+    ("spoolmail._service.attempts", "Attempts", "_commit", "commit: the rest"),
     ("spoolmail._store.transitions", "Transitions", "finish", "finish (deletes)"),
     ("spoolmail._store.spool", "Spool", "_emit_all", "events: the bus"),
     ("spoolmail._store.maillog", "MailLog", "append_all", "events: the mail log line"),

@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 from tenacity import wait_fixed
 
+import spoolmail._service.attempts as attempts_module
 import spoolmail._service.intake as intake_module
-import spoolmail._service.service as service_module
 from spoolmail import (
     Durability,
     Limits,
@@ -135,7 +135,7 @@ def test_what_this_process_queued_is_delivered_without_decoding_its_envelope_aga
         decoded.append(raw)
         return decode_envelope(raw)
 
-    monkeypatch.setattr(service_module, "decode_envelope", counted)
+    monkeypatch.setattr(attempts_module, "decode_envelope", counted)
     spool.submit(message(to="bob@example.com"))
     admitted = spool.admit(message(), sender="a@x.test", recipients=["r@example.net"], origin="t")
     changed = spool.admit(message(), sender="a@x.test", recipients=["s@example.net"], origin="t")

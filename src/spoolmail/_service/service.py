@@ -1,10 +1,11 @@
 """``MailService``: runs the state machine over the spool, the router and the transport.
 
 One :meth:`MailService.run_once` takes every file in Pickup into the Queue or BadMail
-(``intake``), then attempts every queued message that is due (``delivery``), concludes each
-attempt with the pure rules of ``_core.states`` and commits the outcome: DSNs and BadMail
-(``bounce``), the envelope back into the Queue, or the message's files removed. It returns a
-:class:`Report` of what moved where. Which message is due comes from an in-memory
+(``intake``), then hands every queued message that is due to its delivery threads, where each
+is attempted (``delivery``), the attempt concluded with the pure rules of ``_core.states`` and
+the outcome committed (``attempts``): DSNs and BadMail (``bounce``), the envelope back into the
+Queue, or the message's files removed. It returns a :class:`Report` (``report``) of what moved
+where. Which message is due comes from an in-memory
 :class:`~spoolmail._service.schedule.Schedule`, built by one scan of the Queue and kept up to
 date as the service changes it, so a tick costs O(due messages), not O(queue size); a periodic
 rescan (and operators' triggers) picks up what other processes changed.
@@ -30,54 +31,23 @@ from typing import TYPE_CHECKING
 import attrs
 
 from spoolmail._core.address import parse_domain, parse_mailbox
-from spoolmail._core.badmail import BadMailReport, orphan_report
-from spoolmail._core.envelope import (
-    Envelope,
-    Recipient,
-    RecipientState,
-    decode_envelope,
-    read_due,
-    replaced,
-)
-from spoolmail._core.events import (
-    Deferred,
-    Delivered,
-    Dropped,
-    DsnQueued,
-    Failed,
-    MailEvent,
-    Observer,
-    Queued,
-    Removed,
-    ToBadMail,
-)
+from spoolmail._core.badmail import orphan_report
+from spoolmail._core.envelope import Envelope, Recipient, decode_envelope, read_due
+from spoolmail._core.events import MailEvent, Observer, ToBadMail
 from spoolmail._core.pickup import PickupOptions
-from spoolmail._core.reply import Reply
 from spoolmail._core.retry import RetryPolicy
 from spoolmail._core.routing import Hop, RouteKind, Router
 from spoolmail._core.shares import WHOLE, Share
-from spoolmail._core.states import (
-    AttemptOutcome,
-    Event,
-    State,
-    conclude_attempt,
-    defer_local_fault,
-    flush,
-    local_fault_wait,
-    notice_delay,
-    retry_local_faults_soon,
-    untried,
-)
-from spoolmail._core.suppression import is_hard_bounce
 from spoolmail._core.throttle import ThrottleRules
-from spoolmail._core.transcript import Transcript, render_transcript
+from spoolmail._service.attempts import Attempts
 from spoolmail._service.bounce import Bouncer
 from spoolmail._service.checks import HostNameCheck, check_host_name, warn_about_host_name
-from spoolmail._service.delivery import Attempt, Deliverer, TranscriptKind, passed_over
+from spoolmail._service.delivery import Deliverer
 from spoolmail._service.destinations import Concurrency, Throttles
 from spoolmail._service.handoff import WAKE, Handoff, received
 from spoolmail._service.intake import Intake
 from spoolmail._service.observers import Counters, LogObserver, Stats
+from spoolmail._service.report import Report, Tally
 from spoolmail._service.schedule import Schedule
 from spoolmail._service.threads import Batch, DeliveryThreads
 from spoolmail._store.maillog import MailLog
@@ -85,7 +55,7 @@ from spoolmail._store.recovery import recover
 from spoolmail._store.spool import Spool, flush_chooser
 from spoolmail._store.store import FlushOrder, MailStore, PickupClaim, QueueFiles, Triggers
 from spoolmail._store.suppression import SuppressionList
-from spoolmail._store.transitions import Change, Transitions
+from spoolmail._store.transitions import Transitions
 from spoolmail._transport.base import HostResolver, Transport
 from spoolmail._transport.dane import Dane
 from spoolmail._transport.dns import DnsResolver
@@ -106,11 +76,6 @@ if TYPE_CHECKING:
 __all__ = ["Limits", "MailService", "Report", "Stats", "checked_names", "machine_name"]
 
 log = logging.getLogger("spoolmail")
-
-# A message whose handling failed unexpectedly waits this long before the next try, so a bug
-# that trips on one message cannot turn the loop into a busy loop. Also how long a host that
-# did not answer is left alone when its message will not be tried again.
-_ERROR_BACKOFF = timedelta(minutes=5)
 
 # Postfix's queue_minfree defaults to 0 but refuses mail below 1.5 x message_size_limit, room for
 # one message; intake here takes a batch of 32 files at once, and 32 x 1.5 x IIS's 2 MiB is
@@ -144,23 +109,6 @@ class Limits:
                 raise ConfigurationError(f"Limits.{name} must be 1 or more, not {value}")
 
 
-@attrs.frozen
-class Report:
-    """What one ``run_once`` did. Recipients are listed as (queue id, address) pairs."""
-
-    picked_up: tuple[str, ...] = ()
-    badmail: tuple[str, ...] = ()
-    delivered: tuple[tuple[str, str], ...] = ()
-    deferred: tuple[tuple[str, str], ...] = ()
-    failed: tuple[tuple[str, str], ...] = ()
-    dsns: tuple[str, ...] = ()
-    finished: tuple[str, ...] = ()
-    errors: tuple[str, ...] = ()
-
-    def __bool__(self) -> bool:
-        return any(attrs.astuple(self, recurse=False))
-
-
 # Pickup files claimed (and made durable) together; also how often intake hands its work over.
 _PICKUP_BATCH = 32
 # A tick's first batch: its messages leave while the next batches are taken in. Each batch
@@ -180,7 +128,7 @@ class _Tick:
     service: MailService
     attempted: set[str] = attrs.Factory(set)
     again: list[str] = attrs.Factory(list)
-    running: Batch[_Tally] = attrs.Factory(Batch)
+    running: Batch[Tally] = attrs.Factory(Batch)
 
     def dispatch(self) -> bool:
         """Hand what is due now to the delivery threads; whether anything is running."""
@@ -193,7 +141,7 @@ class _Tick:
             self.service._submit(self.running, queue_id)
         return self.running.started
 
-    def collect(self, tally: _Tally) -> None:
+    def collect(self, tally: Tally) -> None:
         # One wait for them all: waiting on each message in turn woke this thread once per
         # message (two context switches, and the GIL handed over twice).
         for attempt in self.running.wait():
@@ -202,32 +150,6 @@ class _Tick:
     def finish(self) -> None:
         for queue_id in self.again:
             self.service._due_at(queue_id, self.service.clock())
-
-
-@attrs.define
-class _Tally:
-    picked_up: list[str] = attrs.Factory(list)
-    badmail: list[str] = attrs.Factory(list)
-    delivered: list[tuple[str, str]] = attrs.Factory(list)
-    deferred: list[tuple[str, str]] = attrs.Factory(list)
-    failed: list[tuple[str, str]] = attrs.Factory(list)
-    dsns: list[str] = attrs.Factory(list)
-    finished: list[str] = attrs.Factory(list)
-    errors: list[str] = attrs.Factory(list)
-
-    def freeze(self) -> Report:
-        # Once a tick: the fields by name, not attrs.asdict (a dict and its walk each time).
-        return Report(**{name: tuple(getattr(self, name)) for name in _TALLIES})
-
-    def merge(self, other: _Tally) -> None:
-        # Once per attempt: plain attribute access, not attrs.asdict (a dict per call).
-        for name in _TALLIES:
-            values = getattr(other, name)
-            if values:
-                getattr(self, name).extend(values)
-
-
-_TALLIES = tuple(field.name for field in attrs.fields(_Tally))
 
 
 class _Waker:
@@ -534,13 +456,25 @@ class MailService:
                 throttle or ThrottleRules(max_connections=limits.max_connections_per_host)
             ),
         )
-        self._bounce = Bouncer(
+        self._attempts = Attempts(
             transitions=self._transitions,
+            delivery=self._delivery,
+            bounce=Bouncer(
+                transitions=self._transitions,
+                clock=self.clock,
+                fqdn=self.fqdn,
+                max_original_size=limits.max_dsn_original,
+                copy_failures_to=ndr_copy_to,
+                retry_until=self._retry_until,
+            ),
+            router=self.router,
+            suppression=self.suppression,
             clock=self.clock,
-            fqdn=self.fqdn,
-            max_original_size=limits.max_dsn_original,
-            copy_failures_to=ndr_copy_to,
-            retry_until=self._retry_until,
+            policy=self._policy,
+            due_at=self._due_at,
+            take_flushed=self._take_flushed,
+            emit=self._emit,
+            emit_all=spool._emit_all,
         )
         self._next_rescan: datetime | None = None
         self._signatures: dict[str, tuple[int, ...]] = {}
@@ -601,7 +535,7 @@ class MailService:
 
     def run_once(self) -> Report:
         """Process Pickup and every due queued message once; report what moved where."""
-        tally = _Tally()
+        tally = Tally()
         now = self.clock()
         if self._next_rescan is None or now >= self._next_rescan:
             self._guard(tally, "recovering the spool", partial(self._rescan, tally))
@@ -636,7 +570,7 @@ class MailService:
         tick.finish()
         return tally.freeze()
 
-    def _ready_pickups(self, tally: _Tally) -> Iterator[tuple[str, int]]:
+    def _ready_pickups(self, tally: Tally) -> Iterator[tuple[str, int]]:
         """The Pickup files ready to take and their sizes, in turn
         (``MailStore.pickup_ready_in_turn``); an error while looking ends them, reported as any
         other."""
@@ -776,14 +710,20 @@ class MailService:
         with self._schedule_lock:
             self._schedule.set(queue_id, when)
 
-    def _submit(self, batch: Batch[_Tally], queue_id: str) -> None:
+    def _take_flushed(self, queue_id: str) -> bool:
+        with self._schedule_lock:
+            return self._schedule.take_flushed(queue_id)
+
+    def _submit(self, batch: Batch[Tally], queue_id: str) -> None:
         if self._threads is None:
             self._threads = DeliveryThreads(self.limits.max_connections, name="spoolmail")
         self._threads.submit(batch, self._attempt_alone, queue_id)
 
-    def _attempt_alone(self, queue_id: str) -> _Tally:
-        tally = _Tally()
-        self._guard(tally, f"delivering {queue_id}", partial(self._attempt, queue_id, tally))
+    def _attempt_alone(self, queue_id: str) -> Tally:
+        tally = Tally()
+        self._guard(
+            tally, f"delivering {queue_id}", partial(self._attempts.attempt, queue_id, tally)
+        )
         return tally
 
     def run_forever(
@@ -822,7 +762,7 @@ class MailService:
 
         For changes made behind the service's back (files moved by hand, another process).
         """
-        tally = _Tally()
+        tally = Tally()
         self._guard(tally, "recovering the spool", partial(self._rescan, tally))
         return tally.freeze()
 
@@ -862,14 +802,14 @@ class MailService:
             self._transitions.remember_written(False)
             # What arrived after the last tick is on disk: the next service's rescan finds it.
 
-    def _guard(self, tally: _Tally, what: str, action: Callable[[], object]) -> None:
+    def _guard(self, tally: Tally, what: str, action: Callable[[], object]) -> None:
         try:
             action()
         except Exception as exc:  # noqa: BLE001 (reported, and the loop goes on)
             self._report(tally, what, exc)
 
     @staticmethod
-    def _report(tally: _Tally, what: str, exc: Exception) -> None:
+    def _report(tally: Tally, what: str, exc: Exception) -> None:
         """Log an error that stopped ``what`` (a traceback for a bug) and count it."""
         if isinstance(exc, SpoolmailError):
             log.error("error while %s: %s", what, exc)  # expected: no traceback
@@ -890,7 +830,7 @@ class MailService:
 
     # -- recovery and the schedule ------------------------------------------------------------
 
-    def _rescan(self, tally: _Tally, triggers: Triggers | None = None) -> None:
+    def _rescan(self, tally: Tally, triggers: Triggers | None = None) -> None:
         """Finish what dead processes left half done, then bring the schedule up to date.
 
         Recovery is the store's (``_store.recovery``): a Pickup claim is taken in again (queued
@@ -976,7 +916,7 @@ class MailService:
         else:
             self._schedule.set(queue_id, due)
 
-    def _triggers(self, tally: _Tally) -> None:
+    def _triggers(self, tally: Tally) -> None:
         """Look again at what operators changed (``Spool.hold``, ``flush``, ...)."""
         triggers = self._store.take_triggers()
         wanted = triggers.ids
@@ -1062,7 +1002,7 @@ class MailService:
 
     # -- Pickup ----------------------------------------------------------------------------------
 
-    def _pickup(self, names: Sequence[str], tally: _Tally) -> None:
+    def _pickup(self, names: Sequence[str], tally: Tally) -> None:
         """Take a batch of Pickup files in: each is queued or in BadMail, and what was queued
         becomes durable with one fsync of the Queue before any of it is due."""
         staged: list[tuple[PickupClaim, Envelope]] = []
@@ -1085,361 +1025,10 @@ class MailService:
             self._due_at(envelope.id, envelope.next_attempt)
             tally.picked_up.append(envelope.id)
 
-    def _take_in(self, claim: PickupClaim, tally: _Tally) -> None:
+    def _take_in(self, claim: PickupClaim, tally: Tally) -> None:
         envelope = self._intake.process(claim)
         if envelope is None:
             tally.badmail.append(claim.id)
         else:
             self._due_at(envelope.id, envelope.next_attempt)
             tally.picked_up.append(envelope.id)
-
-    # -- delivery ----------------------------------------------------------------------------------
-
-    def _attempt(self, queue_id: str, tally: _Tally) -> None:
-        """QUEUED → DELIVERING → (QUEUED | DONE | BADMAIL) for one due message."""
-        transitions = self._transitions
-        with self._schedule_lock:
-            flushed = self._schedule.take_flushed(queue_id)
-        if transitions.apply(State.QUEUED, Event.CLAIMED, Change(id=queue_id)) is None:
-            return  # another process has it, or it is gone
-        try:
-            raw = transitions.claimed_envelope(queue_id)
-        except StorageError as exc:
-            if exc.temporary:
-                raise
-            # A link, a FIFO or a directory in its place: no retry makes it a file.
-            self._damaged(queue_id, f"the envelope file cannot be read: {exc}", b"", tally)
-            return
-        try:
-            # What this process's intake or listener just wrote, if the file is those bytes.
-            envelope = transitions.written(queue_id, raw) or decode_envelope(raw)
-        except EnvelopeError as exc:
-            self._damaged(queue_id, f"the envelope file cannot be read: {exc}", raw, tally)
-            return
-        if envelope.id != queue_id:
-            # The file's name is the id: every commit below goes by envelope.id, which would
-            # send, finish or move another message's files (or a path out of the Queue).
-            named = f"the envelope names another message, {envelope.id[:60]!a}"
-            self._damaged(queue_id, f"the envelope file cannot be read: {named}", raw, tally)
-            return
-        if not transitions.has_message(queue_id):
-            missing = transitions.message_path(queue_id)
-            self._damaged(queue_id, f"the message file {missing} is missing", raw, tally)
-            return
-        try:
-            if envelope.held:
-                transitions.apply(
-                    State.DELIVERING, Event.DEFERRED, Change(id=queue_id, envelope=raw)
-                )
-            elif flushed:
-                self._deliver(flush(envelope, now=self.clock()), tally)
-            elif self.clock() < envelope.next_attempt:
-                # Woken for the delay notice, not for an attempt.
-                outcome = notice_delay(envelope, retry=self._policy, now=self.clock())
-                self._commit(outcome, {}, tally)
-            else:
-                self._deliver(envelope, tally)
-        except Exception as exc:
-            self._give_back(envelope, exc)
-            raise
-
-    def _damaged(self, queue_id: str, reason: str, raw: bytes, tally: _Tally) -> None:
-        report = self._bounce.damaged(queue_id, reason, raw)
-        tally.badmail.append(queue_id)
-        self._emit(
-            ToBadMail(
-                queue_id=queue_id, time=self.clock(), status=report.status, reason=report.reason
-            )
-        )
-
-    def _deliver(self, envelope: Envelope, tally: _Tally) -> None:
-        attempt = self._delivery.attempt(envelope)
-        outcome = self._passed_over(envelope, attempt) or conclude_attempt(
-            envelope, attempt.replies, retry=self._policy, now=self.clock()
-        )
-        self._tally_replies(envelope.id, attempt.replies, outcome, tally)
-        if attempt.unreachable or attempt.unresolved:
-            # Postfix's "dead destination": other messages for these hosts (or hops whose
-            # lookup failed) wait without a connection attempt (a lookup) each, until this
-            # message's own retry time.
-            until = (
-                outcome.envelope.next_attempt
-                if outcome.event is Event.DEFERRED
-                else self.clock() + _ERROR_BACKOFF
-            )
-            dead = self._delivery.dead
-            for target, reply in attempt.unreachable.items():
-                dead.mark(target, until, reply)
-            for hop, reply in attempt.unresolved.items():
-                dead.mark_lookup(hop, until, reply)
-        outcome = self._local_faults(envelope, attempt, outcome)
-        self._commit(outcome, attempt.transcripts, tally, attempt=(envelope, attempt))
-        self._suppress_hard_bounces(outcome.envelope, attempt.replies)
-
-    def _suppress_hard_bounces(self, envelope: Envelope, replies: Mapping[str, Reply]) -> None:
-        """Put the recipients a remote server just said do not exist on the suppression list
-        (after the commit: a repeated attempt would only record them again)."""
-        if self.suppression is None or all(reply.code < 500 for reply in replies.values()):
-            return  # the usual case: nothing refused for good, nothing to look up
-        states = {r.address: r.state for r in envelope.recipients}
-        for address, reply in replies.items():
-            if states.get(address) is not RecipientState.FAILED or not is_hard_bounce(reply):
-                continue
-            try:
-                self.suppression.add(address, reply, queue_id=envelope.id)
-            except StorageError as exc:
-                log.warning("cannot add %s to the suppression list: %s", address, exc)
-            else:
-                log.info("%s: %s suppressed after a hard bounce (%s)", envelope.id, address, reply)
-
-    def _passed_over(self, envelope: Envelope, attempt: Attempt) -> AttemptOutcome | None:
-        """A message only passed over for dead hosts was not attempted: its attempt is not
-        counted (Postfix defers it without a delivery attempt), unless its time is up."""
-        if attempt.made:
-            return None
-        now = self.clock()
-        ends = [self._policy(r).expires_at(arrival=envelope.retry_base) for r in envelope.pending]
-        deadline = min((end for end in ends if end is not None), default=None)
-        if deadline is not None and now >= deadline:
-            return None  # expire it now, as an attempt would
-        waiting = passed_over(envelope, attempt, now=now, deadline=deadline)
-        return AttemptOutcome(Event.DEFERRED, waiting)
-
-    def _local_faults(
-        self, envelope: Envelope, attempt: Attempt, outcome: AttemptOutcome
-    ) -> AttemptOutcome:
-        """Rule 9 of ``_core.states``: a Drop file that could not be written is a local fault,
-        not a delivery attempt. Alone (nothing else was tried) the attempt is not counted and
-        brings no DSN, unless the message's time is up; beside a real attempt it counts, but
-        the recipients that met the fault are due again after the short back-off."""
-        faults = attempt.local_faults
-        if not faults:
-            return outcome
-        now = self.clock()
-        if set(attempt.replies) - faults - set(attempt.waiting):
-            return retry_local_faults_soon(outcome, faults, now=now)
-        ends = [self._policy(r).expires_at(arrival=envelope.retry_base) for r in envelope.pending]
-        deadline = min((end for end in ends if end is not None), default=None)
-        if deadline is not None and now >= deadline:
-            return outcome  # expired: as any attempt would have it
-        until = deadline
-        if attempt.waiting:  # hosts passed over too: due when they may be tried, if sooner
-            envelope = passed_over(envelope, attempt, now=now, deadline=deadline)
-            until = envelope.next_attempt
-        replies = {address: attempt.replies[address] for address in faults}
-        return defer_local_fault(envelope, replies, now=now, until=until)
-
-    def _give_back(
-        self, envelope: Envelope, error: Exception, *, due: datetime | None = None
-    ) -> None:
-        """After an error: return the claim with ``envelope``, due at ``due`` or after a pause.
-
-        A storage error (disk full, I/O error) is a local fault (rule 9 of ``_core.states``):
-        counted, and the pause is its short back-off; anything else (a bug) waits five minutes.
-        The attempt's deliveries may be repeated (at-least-once); nothing is lost. If the error
-        struck in the middle of a finish, the finish is completed instead; if the claim was
-        handed back already (the error came after that rename), it is only scheduled.
-        """
-        transitions = self._transitions
-        if not transitions.has_message(envelope.id):
-            transitions.apply(State.DELIVERING, Event.SETTLED, Change(id=envelope.id))
-            return
-        if not transitions.claimed(envelope.id):
-            try:
-                when, held = read_due(transitions.envelope(envelope.id))
-            except (FileNotFoundError, EnvelopeError):
-                return  # claimed by another process meanwhile, or its attempt moves it aside
-            if not held:
-                self._due_at(envelope.id, when)
-            return
-        now = self.clock()
-        if isinstance(error, StorageError):
-            faults = envelope.local_faults + 1
-            pause = local_fault_wait(faults)
-            envelope = replaced(envelope, local_faults=faults)
-        else:
-            pause = _ERROR_BACKOFF
-        later = replaced(envelope, next_attempt=due or now + pause)
-        transitions.apply(State.DELIVERING, Event.DEFERRED, Change(id=envelope.id, envelope=later))
-        due = later.next_attempt
-        self._due_at(envelope.id, min(due, later.notice_at or due))
-
-    def _tally_replies(
-        self, queue_id: str, replies: Mapping[str, object], outcome: AttemptOutcome, tally: _Tally
-    ) -> None:
-        states = {r.address: r.state for r in outcome.envelope.recipients}
-        for address in replies:
-            state = states.get(address)
-            if state is RecipientState.DELIVERED:
-                tally.delivered.append((queue_id, address))
-            elif state is RecipientState.PENDING:
-                tally.deferred.append((queue_id, address))
-            else:
-                tally.failed.append((queue_id, address))
-
-    def _commit(
-        self,
-        outcome: AttemptOutcome,
-        transcripts: Mapping[str, Transcript],
-        tally: _Tally,
-        *,
-        attempt: tuple[Envelope, Attempt] | None = None,
-    ) -> None:
-        """Commit ``outcome`` (DSNs first), then announce it: the recipients' outcomes of
-        ``attempt`` (the envelope it began with, and what it did), the DSNs, and the message's
-        end (removed, or BadMail). An event is only fired once what it reports is committed."""
-        envelope = outcome.envelope
-        # A DSN that cannot be queued fails the whole commit: the claim goes back as it was
-        # (see _attempt), and the repeated attempt queues it under the same id.
-        dsn_events: list[MailEvent] = []
-        # A DSN is scheduled only once its Queued event is out: a delivery thread could
-        # otherwise tell its Drop file before anyone heard it was queued.
-        dsns_due: list[tuple[str, datetime]] = []
-        for order in outcome.dsns:
-            dsn = self._bounce.queue_dsn(envelope, order)
-            if dsn is not None:
-                dsns_due.append((dsn.id, dsn.next_attempt))
-                tally.dsns.append(dsn.id)
-                addresses = tuple(r.address for r in order.recipients)
-                dsn_events.append(
-                    DsnQueued(
-                        queue_id=envelope.id,
-                        time=dsn.arrival,
-                        dsn_id=dsn.id,
-                        action=order.kind.value,
-                        recipients=addresses,
-                    )
-                )
-                dsn_events.append(Queued.of(dsn))
-        # The table decides what is committed (hand back, finish, BadMail); here only what
-        # each needs is gathered, and what it did is reported.
-        state = outcome.state
-        badmail: BadMailReport | None = None
-        removed = False
-        try:
-            if state is State.BADMAIL:
-                history = "".join(self._history(envelope.id, kind) for kind in TranscriptKind)
-                current = "".join(t.text for t in transcripts.values())
-                badmail = self._bounce.to_badmail(envelope, history + current)
-                tally.badmail.append(envelope.id)
-            else:
-                # Transcripts exist only if something left the message waiting before: an
-                # attempt, a local fault, a pass over a dead host. The envelope the attempt
-                # began with says so (untried); a finish of one that shows none removes none.
-                kept = self._transcripts(envelope, transcripts) if state is State.QUEUED else {}
-                change = Change(
-                    id=envelope.id,
-                    envelope=envelope,
-                    transcripts=kept,
-                    untried=attempt is not None and untried(attempt[0]),
-                )
-                self._transitions.apply(State.DELIVERING, outcome.event, change)
-                if state is State.QUEUED:
-                    due = envelope.next_attempt
-                    self._due_at(envelope.id, min(due, envelope.notice_at or due))
-                else:
-                    tally.finished.append(envelope.id)
-                    removed = True
-        except Exception as exc:
-            self._announce_dsns(dsn_events, dsns_due)  # queued, whatever became of this commit
-            # The outcome is decided (a server may have taken the message): what it says is
-            # given back, so that nothing delivered is delivered again. A message to finish or
-            # to move to BadMail is due again after the pause, to be settled then; one that
-            # waits keeps its retry time.
-            self._give_back(
-                envelope, exc, due=envelope.next_attempt if state is State.QUEUED else None
-            )
-            raise
-        # Told together (the mail log writes their lines at once), then the DSNs scheduled. One
-        # reading of the clock for what the commit did: the message's end is not timed before
-        # the deliveries that ended it, as the lines before it in the mail log are.
-        now = self.clock()
-        told = list(self._attempt_events(*attempt, outcome, now)) if attempt is not None else []
-        told += dsn_events
-        if badmail is not None:
-            told.append(
-                ToBadMail(
-                    queue_id=envelope.id, time=now, status=badmail.status, reason=badmail.reason
-                )
-            )
-        elif removed:
-            told.append(Removed(queue_id=envelope.id, time=now))
-        self.spool._emit_all(told)
-        for dsn_id, when in dsns_due:
-            self._due_at(dsn_id, when)
-
-    def _announce_dsns(
-        self, events: Sequence[MailEvent], due: Sequence[tuple[str, datetime]]
-    ) -> None:
-        """Tell the DSNs queued, then schedule them (so no delivery thread speaks of one first)."""
-        for event in events:
-            self._emit(event)
-        for dsn_id, when in due:
-            self._due_at(dsn_id, when)
-
-    def _attempt_events(
-        self, before: Envelope, attempt: Attempt, outcome: AttemptOutcome, now: datetime
-    ) -> Iterator[MailEvent]:
-        """What an attempt did, once committed (at ``now``): the Drop files written, then one
-        event per recipient that was attempted (or passed over, or expired) with the reply
-        about it."""
-        delay = now - before.arrival
-        dropped: dict[str, str] = {}
-        for name, size, addresses in attempt.drops:
-            dropped.update(dict.fromkeys(addresses, name))
-            yield Dropped(queue_id=before.id, time=now, file=name, recipients=addresses, size=size)
-        after = {r.address: r for r in outcome.envelope.recipients}
-        for recipient in before.pending:
-            address = recipient.address
-            new, reply = after.get(address), attempt.replies.get(address)
-            if new is None:
-                continue
-            relay = attempt.relays.get(address)
-            if new.state is RecipientState.DELIVERED and new.reply is not None:
-                yield Delivered(
-                    queue_id=before.id,
-                    time=now,
-                    recipient=address,
-                    reply=new.reply,
-                    relay=relay,
-                    delay=delay,
-                    drop_file=dropped.get(address),
-                )
-            elif new.state is RecipientState.FAILED and new.reply is not None:
-                yield Failed(
-                    queue_id=before.id,
-                    time=now,
-                    recipient=address,
-                    reply=new.reply,
-                    relay=relay,
-                    delay=delay,
-                )
-            elif new.state is RecipientState.PENDING and reply is not None:
-                yield Deferred(
-                    queue_id=before.id,
-                    time=now,
-                    recipient=address,
-                    reply=reply,
-                    relay=relay,
-                    delay=delay,
-                    next_attempt=outcome.envelope.next_attempt,
-                )
-
-    def _transcripts(
-        self, envelope: Envelope, transcripts: Mapping[str, Transcript]
-    ) -> dict[str, str]:
-        """The transcripts to keep with a message that stays queued (IIS's .RTR / .LTR)."""
-        kept = {}
-        for kind, transcript in transcripts.items():
-            local = kind == TranscriptKind.LOCAL
-            recipients = [
-                r
-                for r in envelope.recipients
-                if (self.router.route(r.address).kind is RouteKind.LOCAL) == local
-            ]
-            history = self._history(envelope.id, kind)
-            kept[str(kind)] = render_transcript(recipients, history + transcript.text)
-        return kept
-
-    def _history(self, queue_id: str, kind: str) -> str:
-        return self._transitions.transcript_history(queue_id, kind)
