@@ -20,15 +20,12 @@ import pytest
 
 from spoolmail import Spool
 from spoolmail._cli.main import EX_FAILED, EX_OK, EX_TEMPFAIL, EX_USAGE, main
+from tests.messages import message
 
 SECRET = b"TOPSECRET: outside the MailRoot\n"
 ERROR_LINE_MOST = 400  # characters: an error names what was given, cut short
 # A command that could hang runs in a subprocess, stopped after this many seconds.
 TIMEOUT = 30
-
-
-def message(to: str) -> bytes:
-    return f"From: alice@example.com\r\nTo: {to}\r\nSubject: s\r\n\r\nbody\r\n".encode()
 
 
 class Cli:

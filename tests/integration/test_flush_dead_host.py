@@ -18,13 +18,10 @@ import pytest
 from spoolmail import MailService, RetryPolicy, Router, Spool
 from spoolmail._transport.smtp import SmtpTimeouts, SmtpTransport
 from spoolmail.testing import FakeClock
+from tests.messages import message
 from tests.smtpservers import SmtpServer
 
 pytestmark = pytest.mark.integration
-
-
-def message(to: str) -> bytes:
-    return f"From: alice@example.com\r\nTo: {to}\r\nSubject: s\r\n\r\nbody\r\n".encode()
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from spoolmail import MailService, Reply, Router, Spool
 from spoolmail._core.routing import Hop, HopKind, Target
 from spoolmail._service.destinations import DeadDestinations
 from spoolmail.testing import CapturingTransport, FakeClock, StaticResolver
+from tests.messages import message
 
 REFUSED = Reply(451, "4.4.1", "connection refused", host="[127.0.0.2]")
 A_HOST = Target("127.0.0.2", 25, literal=True)
@@ -42,10 +43,6 @@ def service(spool: Spool, transport: CapturingTransport, clock: FakeClock) -> It
     )
     yield service
     service.close()
-
-
-def message(to: str) -> bytes:
-    return f"From: alice@example.com\r\nTo: {to}\r\nSubject: s\r\n\r\nbody\r\n".encode()
 
 
 def test_forget_drops_only_the_hosts_met_through_the_hops() -> None:

@@ -22,6 +22,7 @@ import pytest
 from spoolmail import MailService, Router, Spool
 from spoolmail._core.routing import Hop, HopKind
 from spoolmail.testing import CapturingTransport, FakeClock
+from tests.messages import message
 from tests.transport.test_hostile_dns import ScriptedDns
 
 pytestmark = pytest.mark.integration
@@ -74,10 +75,6 @@ def service(
     )
     yield service
     service.close()
-
-
-def message(to: str) -> bytes:
-    return f"From: alice@example.com\r\nTo: {to}\r\nSubject: s\r\n\r\nbody\r\n".encode()
 
 
 def mx_queries(server: ScriptedDns, domain: str) -> int:

@@ -29,6 +29,7 @@ from spoolmail._transport.base import Resolution
 from spoolmail._transport.dns import DnsResolver
 from spoolmail.testing import CapturingTransport, FakeClock
 from tests.dnsserver import local_resolver
+from tests.messages import message
 from tests.transport.test_hostile_dns import ScriptedDns
 from tests.waiting import until
 
@@ -211,10 +212,6 @@ def service(
     )
     yield service
     service.close()
-
-
-def message(to: str) -> bytes:
-    return f"From: alice@example.com\r\nTo: {to}\r\nSubject: s\r\n\r\nbody\r\n".encode()
 
 
 def run_both_at_once(
