@@ -31,7 +31,7 @@ A settings file is TOML with one ``[spoolmail]`` table; every key is optional:
     # the smart host's password; or SPOOLMAIL_SMART_HOST_PASSWORD in the environment, never a
     # flag (every user of the machine sees flags)
     smart_host_password = "secret"
-    # a domain's own host: DOMAIN=HOST
+    # a domain's own host: DOMAIN=HOST; *.DOMAIN is every subdomain, not DOMAIN itself
     routes = { "partner.example" = "[192.0.2.7]:2525" }
     # STARTTLS: never, opportunistic, encrypt, required (verified)
     tls = "opportunistic"
@@ -52,7 +52,7 @@ A settings file is TOML with one ``[spoolmail]`` table; every key is optional:
     # serve Prometheus metrics on this ADDRESS:PORT (/metrics; needs the metrics extra)
     metrics = "127.0.0.1:9101"
     # DANE for SMTP (RFC 7672) on MX delivery: says that the resolver validates DNSSEC (e.g.
-    # unbound on 127.0.0.1); needs the dane extra
+    # unbound on 127.0.0.1)
     dane = false
     # days a hard-bounced recipient (5.1.1, 5.1.2, 5.1.10) stays suppressed; 0: no list
     suppression_days = 30
@@ -582,7 +582,7 @@ class Settings:
     routes: Mapping[str, str] = _setting(
         None,
         TABLE,
-        "a domain's own host: DOMAIN=HOST",
+        "a domain's own host: DOMAIN=HOST; *.DOMAIN is every subdomain, not DOMAIN itself",
         flag="--route",
         repeat=True,
         iis="Remote domain: Forward all mail to smart host",
@@ -676,7 +676,7 @@ class Settings:
         False,
         BOOLEAN,
         "DANE for SMTP (RFC 7672) on MX delivery: says that the resolver validates DNSSEC "
-        "(e.g. unbound on 127.0.0.1); needs the dane extra",
+        "(e.g. unbound on 127.0.0.1)",
         flag="--dane",
     )
     suppression_days: int = _setting(

@@ -11,7 +11,10 @@ transaction per message and destination.
 
 Every name it is given must be a domain (RFC 5321 section 2.3.5) or, for hosts, an address
 literal: a wildcard such as ``*`` is refused with a :class:`ConfigurationError`, because a
-Router that took it would quietly route that mail to the MX hosts of a domain named ``*``.
+Router that took it would quietly route that mail to the MX hosts of a domain named ``*``. The
+one wildcard is IIS's remote domain ``*.example.com`` as a route's key: every subdomain of
+``example.com``, at any depth, but not ``example.com`` itself (capture mode, ``catch_all``, is
+the wildcard for local delivery).
 
 Pure: no DNS, no sockets. Which DNS resolver looks the hops up is the service's business
 (``MailService(dns_resolver=...)``), not the router's.
@@ -247,25 +250,46 @@ class SmartHostMode(enum.Enum):
     """"Attempt direct delivery before sending to smart host" (SmartHostType 1)."""
 
 
-def _domain(text: str, setting: str) -> str:
+# What a refused wildcard is told, by setting: local delivery has capture mode instead, routes
+# take one form of wildcard, and the rest (tls_domains, an MX hop) take none.
+_WILDCARD_HINTS = {
+    "local_domains": "wildcards are not supported; catch_all=True sends every recipient to Drop",
+    "alias_domains": "wildcards are not supported; catch_all=True sends every recipient to Drop",
+    "routes": "a wildcard route is '*.' and a domain name, as '*.example.com' for its subdomains",
+}
+_NO_WILDCARDS = "wildcards are not supported here"
+
+# A route key for every subdomain of a domain: IIS's remote domain wildcard, "an asterisk (*) as
+# the first character, followed by a period (.)" (Windows Server 2003, "Creating SMTP Domains",
+# cc758491).
+_WILDCARD = "*."
+
+
+def _domain(text: str, setting: str, *, wildcard: bool = False) -> str:
     """``text`` as a canonical domain, or a ConfigurationError naming the setting.
 
     Only a real domain (or address literal) is a domain here: ``*`` and ``*.example.com`` are
-    not. A catch-all local domain comes with the inbound listener; until then a wildcard is
-    refused rather than taken for a domain literally named ``*``.
+    not, rather than be taken for domains literally named so. With ``wildcard`` (route keys),
+    ``*.`` and then a domain is kept as ``*.`` and the canonical domain; ``*`` anywhere else
+    (``*``, ``a.*.com``, ``*example.com``, ``**.x``, ``*.[192.0.2.1]``) is refused. Local and
+    alias domains take no wildcard: ``catch_all=True`` is capture mode.
     """
     if not isinstance(text, str):
         raise ConfigurationError(f"{setting}: a domain is a string, not {text!r}")
     value = text.strip().rstrip(".")
-    try:
-        return parse_domain(value)
-    except MessageError:
-        hint = (
-            " (wildcards are not supported; catch_all=True sends every recipient to Drop)"
-            if "*" in value
-            else ""
-        )
-        raise ConfigurationError(f"{setting}: {text!r} is not a domain{hint}") from None
+    prefix = _WILDCARD if wildcard and value.startswith(_WILDCARD) else ""
+    name = value.removeprefix(prefix)
+    # parse_domain refuses any other "*" (not a letter, digit or hyphen); an address literal
+    # has no subdomains.
+    if not (prefix and name.startswith("[")):
+        try:
+            return prefix + parse_domain(name)
+        except MessageError:
+            pass
+    # Postfix's ".example.com" is the same wish as "*.example.com": say how it is written here.
+    wished = "*" in value or (wildcard and value.startswith("."))
+    hint = f" ({_WILDCARD_HINTS.get(setting, _NO_WILDCARDS)})" if wished else ""
+    raise ConfigurationError(f"{setting}: {text!r} is not a domain{hint}")
 
 
 def _domain_key(domain: str) -> str:
@@ -323,10 +347,33 @@ def _smart_host(value: Hop | str | None) -> Hop | None:
 def _routes(value: Mapping[str, Hop | str]) -> Mapping[str, Hop]:
     routes = {}
     for domain, hop in value.items():
-        key = _domain(domain, "routes")
+        key = _domain(domain, "routes", wildcard=True)
         parsed = parse_hop(hop) if isinstance(hop, str) else hop
         routes[key] = _checked_hop(parsed, f"routes[{domain!r}]")
     return routes
+
+
+def _closest_wildcard(key: str, wildcards: Mapping[str, Hop]) -> Hop | None:
+    """The hop of the most specific wildcard route over ``key`` (a :func:`_domain_key`), if any.
+
+    ``wildcards`` maps the domain after ``*.`` to its hop. The domain's parents are tried from
+    the nearest up (``x.y.example.com``: ``y.example.com``, ``example.com``, ``com``), so the
+    longest suffix wins, in at most 127 dict lookups (a domain has at most 127 labels), however
+    many routes there are. ``key`` itself is never tried: ``*.example.com`` is not
+    ``example.com``. That is Postfix's transport(5) as installed (``transport_maps`` is not in
+    ``parent_domain_matches_subdomains``: ``.example.com`` matches "any subdomain", not the
+    domain) and a DNS wildcard's (RFC 4592: the name that owns ``*`` is not matched). IIS's
+    documentation says only "all inclusive domains" (cc758491); a route that took the apex too
+    could not be undone, while one more key (``example.com``) adds it.
+    """
+    rest = key
+    while True:
+        _, dot, rest = rest.partition(".")
+        if not dot:
+            return None
+        hop = wildcards.get(rest)
+        if hop is not None:
+            return hop
 
 
 def _tls_domains(value: Mapping[str, TlsPolicy | str]) -> Mapping[str, TlsPolicy]:
@@ -370,7 +417,10 @@ class Router:
     - ``smart_host`` (``host``, ``host:port`` or ``[address]``) with ``smart_host_mode``: ALWAYS
       (the default when a smart host is given, as IIS), FALLBACK (MX first) or NONE.
     - ``routes`` maps a domain to its own host (``{"partner.example": "[192.0.2.7]:2525"}``);
-      it overrides the smart host and MX, as IIS's remote domains did.
+      it overrides the smart host and MX, as IIS's remote domains did. A key ``*.example.com``
+      is every subdomain of example.com (``a.example.com``, ``x.y.example.com``), not
+      example.com itself; an exact key wins over a wildcard, and the longest wildcard over a
+      shorter one.
     - ``tls`` is the STARTTLS policy for every connection, ``tls_domains`` per recipient domain
       (``{"bank.example": TlsPolicy.REQUIRED}``); a smart host with credentials gets at least
       ``TlsPolicy.ENCRYPT``, because AUTH never goes in the clear.
@@ -396,6 +446,8 @@ class Router:
     # The domains above as _domain_key writes them, for the lookups; the fields keep them as given.
     _local_keys: frozenset[str] = attrs.field(init=False, eq=False, repr=False)
     _route_keys: dict[str, Hop] = attrs.field(init=False, eq=False, repr=False)
+    # Wildcard routes by the domain after "*.", as _domain_key writes it.
+    _wildcard_keys: dict[str, Hop] = attrs.field(init=False, eq=False, repr=False)
     _tls_keys: dict[str, TlsPolicy] = attrs.field(init=False, eq=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
@@ -411,8 +463,15 @@ class Router:
             raise ConfigurationError(f"smtp_port must be 1-65535, not {self.smtp_port!r}")
         keys = frozenset(map(_domain_key, self.local_domains + self.alias_domains))
         object.__setattr__(self, "_local_keys", keys)
-        routes = {_domain_key(domain): hop for domain, hop in self.routes.items()}
+        routes: dict[str, Hop] = {}
+        wildcards: dict[str, Hop] = {}
+        for domain, hop in self.routes.items():
+            if domain.startswith(_WILDCARD):
+                wildcards[_domain_key(domain.removeprefix(_WILDCARD))] = hop
+            else:
+                routes[_domain_key(domain)] = hop
         object.__setattr__(self, "_route_keys", routes)
+        object.__setattr__(self, "_wildcard_keys", wildcards)
         tls = {_domain_key(domain): policy for domain, policy in self.tls_domains.items()}
         object.__setattr__(self, "_tls_keys", tls)
 
@@ -450,8 +509,10 @@ class Router:
             return Route(RouteKind.LOCAL)
         key = _domain_key(domain)
         tls = self._tls_keys.get(key, self.tls)
-        if key in self._route_keys:
-            route = self._route_keys[key]
+        route = self._route_keys.get(key)
+        if route is None and self._wildcard_keys:
+            route = _closest_wildcard(key, self._wildcard_keys)
+        if route is not None:
             return Route(RouteKind.SMTP, (attrs.evolve(route, tls=tls),))
         direct = Hop(HopKind.MX, domain, self.smtp_port, tls=tls)
         mode = self.mode
