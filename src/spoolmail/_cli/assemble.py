@@ -319,6 +319,10 @@ def _dkim_signer(domain: str, table: Mapping[str, object]) -> DkimSigner:
     for name, value in (("headers", headers), ("oversign", oversign)):
         if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
             raise ConfigurationError(f"{where}.{name}: a list of header field names")
+    # Its own error names the key already: outside the try below, which would name it again.
+    expire_after = (
+        parse_duration(str(expire), what=f"{where}.expire_after") if expire is not None else None
+    )
     try:
         return DkimSigner(
             key,
@@ -328,9 +332,7 @@ def _dkim_signer(domain: str, table: Mapping[str, object]) -> DkimSigner:
             oversign=tuple(oversign),  # type: ignore[arg-type]
             header_canonicalization=header_c,
             body_canonicalization=body_c,
-            expire_after=parse_duration(str(expire), what=f"{where}.expire_after")
-            if expire is not None
-            else None,
+            expire_after=expire_after,
         )
     except (ValueError, TypeError) as exc:
         raise ConfigurationError(f"{where}: {exc}") from None

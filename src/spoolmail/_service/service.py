@@ -339,8 +339,8 @@ class MailService:
       trusted path (a validating resolver on this host, such as unbound at 127.0.0.1): its AD
       bit is all DANE rests on, so behind a resolver that does not validate DANE never applies
       (no AD bit) and nothing changes. Where it applies: TLS required and the certificate
-      matched against the MX host's TLSA records, else ``451 4.7.5``. Needs ``cryptography``
-      (``pip install 'spoolmail[dane]'``) and the service's own DNS; queries set the AD flag.
+      matched against the MX host's TLSA records, else ``451 4.7.5``. Needs the service's own
+      DNS (no extra package); queries set the AD flag.
     - ``suppression_days`` (default 30; 0: no list) keeps recipients that hard-bounced
       (5.1.1, 5.1.2, 5.1.10 from a remote server) in ``Suppression/``; mail to them fails at
       once (:class:`~spoolmail.SuppressionList`).
