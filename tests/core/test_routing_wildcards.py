@@ -170,11 +170,41 @@ def test_local_domains_take_no_wildcard_but_catch_all(setting: str) -> None:
     )
 
 
-def test_tls_domains_take_no_wildcard() -> None:
+def test_a_wildcard_tls_domain_covers_the_subdomains_as_a_route_does() -> None:
+    """IIS's wildcard remote domain carried its Outbound Security too: ``tls_domains`` takes
+    ``*.bank.example`` by the same rules as ``routes`` (exact first, then the longest, never
+    the apex), for MX delivery and through a wildcard route alike."""
+    router = Router(
+        routes={"*.bank.example": "relay.bank.example:2525"},
+        tls_domains={
+            "*.bank.example": "required",
+            "*.test.bank.example": "never",
+            "open.test.bank.example": "opportunistic",
+            "*.mx.example": "encrypt",
+        },
+    )
+
+    def tls(address: str) -> TlsPolicy:
+        return router.route(address).hops[0].tls
+
+    assert tls("a@eu.bank.example") is TlsPolicy.REQUIRED
+    assert tls("a@x.y.eu.bank.example") is TlsPolicy.REQUIRED
+    assert tls("a@qa.test.bank.example") is TlsPolicy.NEVER  # the longest wildcard
+    assert tls("a@open.test.bank.example") is TlsPolicy.OPPORTUNISTIC  # the exact key
+    assert tls("a@bank.example") is TlsPolicy.OPPORTUNISTIC  # not the apex: the default
+    assert router.route("a@in.mx.example").hops == (
+        Hop(HopKind.MX, "in.mx.example", 25, tls=TlsPolicy.ENCRYPT),
+    )
+    assert tls("a@mx.example") is TlsPolicy.OPPORTUNISTIC
+
+
+@pytest.mark.parametrize("key", ["*", "a.*.bank.example", "*bank.example", ".bank.example"])
+def test_a_tls_domain_wildcard_other_than_a_first_label_is_refused(key: str) -> None:
     with pytest.raises(ConfigurationError) as info:
-        Router(tls_domains={"*.bank.example": "required"})
+        Router(tls_domains={key: "required"})
     assert str(info.value) == (
-        "tls_domains: '*.bank.example' is not a domain (wildcards are not supported here)"
+        f"tls_domains: {key!r} is not a domain (a wildcard is '*.' and a domain name, as "
+        "'*.example.com' for its subdomains)"
     )
 
 

@@ -35,7 +35,7 @@ A settings file is TOML with one ``[spoolmail]`` table; every key is optional:
     routes = { "partner.example" = "[192.0.2.7]:2525" }
     # STARTTLS: never, opportunistic, encrypt, required (verified)
     tls = "opportunistic"
-    # STARTTLS policy for one domain: DOMAIN=POLICY
+    # STARTTLS policy for one domain: DOMAIN=POLICY; *.DOMAIN is every subdomain
     tls_domains = { "bank.example" = "required" }
     # CA certificates for tls = required (default: the system's)
     tls_ca_file = "/etc/ssl/certs/ca-certificates.crt"
@@ -602,7 +602,7 @@ class Settings:
     tls_domains: Mapping[str, str] = _setting(
         None,
         TABLE,
-        "STARTTLS policy for one domain: DOMAIN=POLICY",
+        "STARTTLS policy for one domain: DOMAIN=POLICY; *.DOMAIN is every subdomain",
         flag="--tls-domain",
         repeat=True,
         iis="Remote domain: Outbound Security",

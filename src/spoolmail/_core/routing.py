@@ -12,9 +12,9 @@ transaction per message and destination.
 Every name it is given must be a domain (RFC 5321 section 2.3.5) or, for hosts, an address
 literal: a wildcard such as ``*`` is refused with a :class:`ConfigurationError`, because a
 Router that took it would quietly route that mail to the MX hosts of a domain named ``*``. The
-one wildcard is IIS's remote domain ``*.example.com`` as a route's key: every subdomain of
-``example.com``, at any depth, but not ``example.com`` itself (capture mode, ``catch_all``, is
-the wildcard for local delivery).
+one wildcard is IIS's remote domain ``*.example.com`` as a key of ``routes`` and
+``tls_domains``: every subdomain of ``example.com``, at any depth, but not ``example.com``
+itself (capture mode, ``catch_all``, is the wildcard for local delivery).
 
 Pure: no DNS, no sockets. Which DNS resolver looks the hops up is the service's business
 (``MailService(dns_resolver=...)``), not the router's.
@@ -26,6 +26,7 @@ import enum
 import ipaddress
 import re
 from collections.abc import Iterable, Mapping
+from typing import TypeVar
 
 import attrs
 
@@ -256,6 +257,7 @@ _WILDCARD_HINTS = {
     "local_domains": "wildcards are not supported; catch_all=True sends every recipient to Drop",
     "alias_domains": "wildcards are not supported; catch_all=True sends every recipient to Drop",
     "routes": "a wildcard route is '*.' and a domain name, as '*.example.com' for its subdomains",
+    "tls_domains": "a wildcard is '*.' and a domain name, as '*.example.com' for its subdomains",
 }
 _NO_WILDCARDS = "wildcards are not supported here"
 
@@ -263,6 +265,8 @@ _NO_WILDCARDS = "wildcards are not supported here"
 # the first character, followed by a period (.)" (Windows Server 2003, "Creating SMTP Domains",
 # cc758491).
 _WILDCARD = "*."
+
+_V = TypeVar("_V")  # what a mapping by domain holds: a route's hop, a TLS policy
 
 
 def _domain(text: str, setting: str, *, wildcard: bool = False) -> str:
@@ -353,10 +357,11 @@ def _routes(value: Mapping[str, Hop | str]) -> Mapping[str, Hop]:
     return routes
 
 
-def _closest_wildcard(key: str, wildcards: Mapping[str, Hop]) -> Hop | None:
-    """The hop of the most specific wildcard route over ``key`` (a :func:`_domain_key`), if any.
+def _closest_wildcard(key: str, wildcards: Mapping[str, _V]) -> _V | None:
+    """The value (a route's hop, a TLS policy) of the most specific wildcard key over ``key``
+    (a :func:`_domain_key`), if any.
 
-    ``wildcards`` maps the domain after ``*.`` to its hop. The domain's parents are tried from
+    ``wildcards`` maps the domain after ``*.`` to its value. The domain's parents are tried from
     the nearest up (``x.y.example.com``: ``y.example.com``, ``example.com``, ``com``), so the
     longest suffix wins, in at most 127 dict lookups (a domain has at most 127 labels), however
     many routes there are. ``key`` itself is never tried: ``*.example.com`` is not
@@ -371,14 +376,27 @@ def _closest_wildcard(key: str, wildcards: Mapping[str, Hop]) -> Hop | None:
         _, dot, rest = rest.partition(".")
         if not dot:
             return None
-        hop = wildcards.get(rest)
-        if hop is not None:
-            return hop
+        found = wildcards.get(rest)
+        if found is not None:
+            return found
+
+
+def _split_wildcards(keyed: Mapping[str, _V]) -> tuple[dict[str, _V], dict[str, _V]]:
+    """A mapping by domain (checked by :func:`_domain`) as the lookups read it: the exact keys,
+    and the wildcard keys by the domain after ``*.``, each as :func:`_domain_key` writes it."""
+    exact: dict[str, _V] = {}
+    wildcards: dict[str, _V] = {}
+    for domain, value in keyed.items():
+        if domain.startswith(_WILDCARD):
+            wildcards[_domain_key(domain.removeprefix(_WILDCARD))] = value
+        else:
+            exact[_domain_key(domain)] = value
+    return exact, wildcards
 
 
 def _tls_domains(value: Mapping[str, TlsPolicy | str]) -> Mapping[str, TlsPolicy]:
     return {
-        _domain(domain, "tls_domains"): _policy(policy, f"tls_domains[{domain!r}]")
+        _domain(domain, "tls_domains", wildcard=True): _policy(policy, f"tls_domains[{domain!r}]")
         for domain, policy in value.items()
     }
 
@@ -449,6 +467,7 @@ class Router:
     # Wildcard routes by the domain after "*.", as _domain_key writes it.
     _wildcard_keys: dict[str, Hop] = attrs.field(init=False, eq=False, repr=False)
     _tls_keys: dict[str, TlsPolicy] = attrs.field(init=False, eq=False, repr=False)
+    _tls_wildcard_keys: dict[str, TlsPolicy] = attrs.field(init=False, eq=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         if not self.local_domains:
@@ -463,17 +482,13 @@ class Router:
             raise ConfigurationError(f"smtp_port must be 1-65535, not {self.smtp_port!r}")
         keys = frozenset(map(_domain_key, self.local_domains + self.alias_domains))
         object.__setattr__(self, "_local_keys", keys)
-        routes: dict[str, Hop] = {}
-        wildcards: dict[str, Hop] = {}
-        for domain, hop in self.routes.items():
-            if domain.startswith(_WILDCARD):
-                wildcards[_domain_key(domain.removeprefix(_WILDCARD))] = hop
-            else:
-                routes[_domain_key(domain)] = hop
+        routes, wildcards = _split_wildcards(self.routes)
         object.__setattr__(self, "_route_keys", routes)
         object.__setattr__(self, "_wildcard_keys", wildcards)
-        tls = {_domain_key(domain): policy for domain, policy in self.tls_domains.items()}
+        # IIS's wildcard remote domain carried its Outbound Security too: the same rule.
+        tls, tls_wildcards = _split_wildcards(self.tls_domains)
         object.__setattr__(self, "_tls_keys", tls)
+        object.__setattr__(self, "_tls_wildcard_keys", tls_wildcards)
 
     @property
     def default_domain(self) -> str:
@@ -508,7 +523,11 @@ class Router:
         if self.is_local(domain):
             return Route(RouteKind.LOCAL)
         key = _domain_key(domain)
-        tls = self._tls_keys.get(key, self.tls)
+        tls = self._tls_keys.get(key)
+        if tls is None and self._tls_wildcard_keys:
+            tls = _closest_wildcard(key, self._tls_wildcard_keys)
+        if tls is None:
+            tls = self.tls
         route = self._route_keys.get(key)
         if route is None and self._wildcard_keys:
             route = _closest_wildcard(key, self._wildcard_keys)
