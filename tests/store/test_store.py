@@ -224,6 +224,30 @@ def test_owner_killed_but_not_yet_reaped_is_dead(filesystem: pyfs.FS, clock: Fak
     assert store.owner_alive("zombie")
 
 
+def test_an_owner_record_dated_more_than_a_day_ahead_vouches_for_no_one(
+    filesystem: pyfs.FS, clock: FakeClock
+) -> None:
+    """Another host's record renewed a day or more ahead of this clock (a hand edit's 2062, a
+    clock gone wrong) vouched for its claims until this clock caught up. Guard: a host a little
+    ahead keeps them (its skew and a lease), and this host's own owners are told by their
+    process, whatever the record's date (this clock may have been set back)."""
+    store = make_store(filesystem, clock)
+
+    def record(host: str, ahead: timedelta, pid: int = 4242) -> None:
+        renewed = (clock() + ahead).isoformat()
+        data = {"host": host, "pid": pid, "renewed": renewed}
+        store.write("SortTemp", "ahead.owner", json.dumps(data).encode())
+
+    record("elsewhere.example", timedelta(days=1, minutes=1))
+    assert not store.owner_alive("ahead")
+    record("elsewhere.example", timedelta(days=36 * 365))
+    assert not store.owner_alive("ahead")
+    record("elsewhere.example", timedelta(hours=3))
+    assert store.owner_alive("ahead")
+    record(os.uname().nodename, timedelta(days=30), pid=os.getpid())
+    assert store.owner_alive("ahead")
+
+
 def test_damaged_owner_record_counts_as_dead(filesystem: pyfs.FS, clock: FakeClock) -> None:
     store = make_store(filesystem, clock)
     store.write("SortTemp", "broken.owner", b"{not json")

@@ -177,6 +177,8 @@ _EVENTS_READ = 64 * 1024
 _TRIGGER_NAME = TRIGGER_SUFFIX.encode()
 _TRIGGER_NAME_END = _TRIGGER_NAME + b"\0"
 _OWNER_SUFFIX = ".owner"
+# How far ahead of this host's clock another host's owner record may be dated (owner_alive).
+_OWNER_CLOCK_AHEAD = timedelta(days=1)
 _TMP_SUFFIX = ".tmp"
 # The temporary file of a first owner record is named after its writer (OWNER.announce.HOST.PID
 # .tmp): a process killed before its record is in place has no record, and only the name can
@@ -1090,6 +1092,12 @@ class MailStore:
             # one cannot vouch for its owner.
             return False
         if age > self.lease:
+            return False
+        if age < -_OWNER_CLOCK_AHEAD and host != self._host:
+            # A record renewed by another host's clock more than a day ahead of ours would
+            # vouch for its claims until ours caught up (a hand edit's 2062 for 2026: for
+            # decades); no two hosts sharing a MailRoot are a day apart. Within that, a host
+            # whose clock is ahead keeps its claims for the skew and a lease, as it should.
             return False
         return host != self._host or (pid > 0 and _process_runs(pid))
 
