@@ -325,6 +325,27 @@ def test_config_prints_what_differs_and_round_trips(
         )
 
 
+@pytest.mark.parametrize(
+    ("argv", "fragment"),
+    [
+        (["--route", "*=[192.0.2.7]"], "routes: '*' is not a domain"),
+        (["--local-domain", "*.example.com"], "local_domains: '*.example.com' is not a domain"),
+        (["--masquerade-domain", "no such domain"], "masquerade_domain"),
+        (["--smart-host-mode", "fallback"], "smart_host_mode 'fallback' needs a smart_host"),
+    ],
+)
+def test_config_says_what_run_would_refuse(
+    capsys: pytest.CaptureFixture[str], argv: list[str], fragment: str
+) -> None:
+    """``spoolmail config`` printed settings ``run`` refuses (a route ``*``) without a word:
+    an operator checking a file before a restart learnt nothing. The table still comes, then
+    the reason and run's status (2)."""
+    status, out = run("config", *argv)
+    assert status == EX_USAGE
+    assert out.startswith("[spoolmail]\n")
+    assert fragment in capsys.readouterr().err
+
+
 def _fields() -> list[str]:
     import attrs  # noqa: PLC0415 (only here)
 

@@ -7,7 +7,11 @@ would use. A secret (the smart host's password) is never printed: a comment says
 set. A key not set, whose default is decided elsewhere (this machine's name, the retry
 preset's schedule), is a comment under ``--all``. The output is TOML that
 :func:`~spoolmail._cli.settings.load_settings` reads back to the same settings, the secret
-aside. Reads the settings only.
+aside. Then it builds what ``run`` would build from them alone (``assemble.check``: the router,
+the retry policies, the timeouts, the CA file): a value that the settings' types take but that
+``run`` would refuse (a route ``*``, a CA file that does not load) is said on stderr and the
+status is 2, as ``run``'s would be. Reads the settings (and the CA file) only; DKIM keys are not
+read (often root's alone).
 """
 
 from __future__ import annotations
@@ -31,7 +35,9 @@ def add_command(commands: Any) -> None:
         "config",
         description="Print the settings from the settings file and the flags given as a "
         "[spoolmail] table, like postconf -n: only the keys that differ from the defaults, "
-        "or every key with --all. Passwords are never shown.",
+        "or every key with --all. Passwords are never shown. Then check them as spoolmail run "
+        "would (routes, domains, retry schedule, timeouts, CA file): exit status 2 and the "
+        "reason on stderr if run would refuse them.",
     )
     config.add_argument("--all", action="store_true", help="every key, defaults too")
     group = config.add_argument_group("settings (as spoolmail run takes them)")
@@ -44,7 +50,11 @@ _GLOBAL = frozenset({"root", "log_file", "syslog"})
 
 
 def _config(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
+    from spoolmail._cli import assemble  # noqa: PLC0415 (the service's parts: only here)
+
     out.write(render(settings, every=args.all))
+    out.flush()  # the table first, then what is wrong with it
+    assemble.check(settings)  # a ConfigurationError: the command's usage status and message
     return EX_OK
 
 

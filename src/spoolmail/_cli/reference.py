@@ -75,7 +75,8 @@ _PAGE_HEAD = """\
 Every setting of the `spoolmail` command: a key of the `[spoolmail]` table of the settings file
 (`--config FILE`) and, but for the password, a flag. A flag wins over the file, the file over
 the default; the defaults are the IIS SMTP service's installed values where it had the setting.
-`spoolmail config` prints the settings in effect, as a settings file (`--all`: every key).
+`spoolmail config` prints the settings in effect, as a settings file (`--all`: every key),
+then checks them as `spoolmail run` would: exit status 2 and the reason if run would refuse them.
 
 This page is generated from the code (the metadata of `spoolmail._cli.settings.Settings`):
 `python -m spoolmail._cli.reference --write` writes it, and `tests/cli/test_reference.py` fails
