@@ -23,7 +23,17 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-__all__ = ["SERVER_ADDRESSES", "SERVER_NAMES", "TestCertificates", "make_certificates"]
+__all__ = [
+    "SERVER_ADDRESSES",
+    "SERVER_NAMES",
+    "Chain",
+    "Issued",
+    "TestCertificates",
+    "issue_authority",
+    "issue_server",
+    "make_certificates",
+    "make_chain",
+]
 
 SERVER_NAMES = ("mx1.example.test", "localhost")
 SERVER_ADDRESSES = ("127.0.0.1", "::1")
@@ -185,3 +195,116 @@ def make_certificates(
         rogue_certificate=rogue_certificate,
         rogue_key=rogue_key,
     )
+
+
+# A chain for DANE-TA(2): a root CA, an intermediate it signs, a leaf the intermediate signs, made
+# in memory (tests/core) or written out for a TLS server showing leaf and intermediate.
+
+
+@attrs.frozen
+class Issued:
+    """A key and its certificate, in memory."""
+
+    key: ec.EllipticCurvePrivateKey
+    certificate: x509.Certificate
+
+    @property
+    def der(self) -> bytes:
+        return self.certificate.public_bytes(serialization.Encoding.DER)
+
+
+def issue_authority(
+    common_name: str,
+    *,
+    issuer: Issued | None = None,
+    path_length: int | None = None,
+    not_before: datetime.datetime | None = None,
+    not_after: datetime.datetime | None = None,
+    ca: bool = True,
+) -> Issued:
+    """A CA certificate: self-signed without ``issuer``, else signed by it (an intermediate).
+    ``ca=False`` makes one whose basicConstraints deny it is a CA (a broken intermediate)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    start = not_before or _now()
+    signer = issuer.key if issuer is not None else key
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(common_name))
+        .issuer_name(issuer.certificate.subject if issuer is not None else _name(common_name))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(not_after or start + _VALIDITY)
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=path_length if ca else None), True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(signer.public_key()),
+            critical=False,
+        )
+    )
+    return Issued(key, builder.sign(signer, hashes.SHA256()))
+
+
+def issue_server(
+    issuer: Issued,
+    names: tuple[str, ...],
+    *,
+    not_before: datetime.datetime | None = None,
+    not_after: datetime.datetime | None = None,
+    signer: ec.EllipticCurvePrivateKey | None = None,
+) -> Issued:
+    """A server certificate for ``names`` (subjectAltName DNS names) issued by ``issuer``;
+    ``signer``, when given, signs it instead of the issuer's key (a forged issuer)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    start = not_before or _now()
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(_name(names[0]))
+        .issuer_name(issuer.certificate.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(not_after or start + _VALIDITY)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.DNSName(name) for name in names]), critical=False
+        )
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key()),
+            critical=False,
+        )
+        .sign(signer or issuer.key, hashes.SHA256())
+    )
+    return Issued(key, certificate)
+
+
+@attrs.frozen
+class Chain:
+    """Root CA, intermediate and leaf, in memory; :meth:`server_context` shows the leaf and the
+    intermediate (not the root, as most servers do)."""
+
+    root: Issued
+    intermediate: Issued
+    leaf: Issued
+
+    @property
+    def ders(self) -> list[bytes]:
+        """What the server sends: the leaf, then the intermediate."""
+        return [self.leaf.der, self.intermediate.der]
+
+    def server_context(self, directory: Path) -> ssl.SSLContext:
+        stem = f"chain-{self.leaf.certificate.serial_number:x}"
+        key_path, certificate_path = _write(directory, stem, self.leaf.key, self.leaf.certificate)
+        intermediate = self.intermediate.certificate.public_bytes(serialization.Encoding.PEM)
+        certificate_path.write_bytes(certificate_path.read_bytes() + intermediate)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(certificate_path, key_path)
+        return context
+
+
+def make_chain(names: tuple[str, ...] = SERVER_NAMES) -> Chain:
+    """A root, an intermediate (path length 0) and a leaf for ``names``."""
+    root = issue_authority("spoolmail test root")
+    intermediate = issue_authority("spoolmail test intermediate", issuer=root, path_length=0)
+    return Chain(root, intermediate, issue_server(intermediate, names))

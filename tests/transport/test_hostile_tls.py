@@ -699,7 +699,7 @@ def test_a_tlsa_record_dnspython_cannot_read_defers(log: Transcript, rdata: byte
 UNUSABLE = (
     f"0 0 1 {SPKI_OF_NOTHING}",  # PKIX-TA: not for SMTP (RFC 7672 section 3.1.3)
     f"1 1 1 {SPKI_OF_NOTHING}",  # PKIX-EE: likewise
-    f"2 0 1 {SPKI_OF_NOTHING}",  # DANE-TA: needs the chain, unusable in this release
+    f"2 1 3 {SPKI_OF_NOTHING}",  # DANE-TA with an unknown matching type
     f"4 1 1 {SPKI_OF_NOTHING}",  # an unknown usage
     f"3 2 1 {SPKI_OF_NOTHING}",  # an unknown selector
     f"3 1 3 {SPKI_OF_NOTHING}",  # an unknown matching type

@@ -6,13 +6,19 @@ server's certificate matches them.
 decision for one MX host from what the DNS said (section 2.2): DANE does not apply (opportunistic
 TLS as usual), TLS with the certificate matched against the usable records, TLS without
 authentication (a secure RRset with no usable record), or no delivery to that host for now (the
-TLSA lookup failed, so nobody can tell). :func:`match` checks the server's certificates (DER)
-against usable records; :func:`apply_plan` turns a plan into the target the transport gets
-(:class:`DaneTarget`: ``TlsPolicy.ENCRYPT`` and the records, which the session checks after the
-handshake).
+TLSA lookup failed, so nobody can tell). :func:`authenticate` checks the server's certificates
+(DER, the chain it sent) against usable records: DANE-EE(3) against the leaf, DANE-TA(2) by
+verifying the chain to the certificate a record names (:func:`match` is the DANE-EE part
+alone); :func:`apply_plan` turns a plan into the target the transport gets (:class:`DaneTarget`:
+``TlsPolicy.ENCRYPT``, the records and the names a DANE-TA chain must be issued for, which the
+session checks after the handshake).
 
-Pure: no DNS, no socket, no ssl, and no ``cryptography``: a certificate's SubjectPublicKeyInfo
-is read from its DER as it stands (:func:`subject_public_key_info`).
+Pure: no DNS, no socket, no ssl, no clock (the time a chain is checked at is an argument). A
+certificate's SubjectPublicKeyInfo is read from its DER as it stands
+(:func:`subject_public_key_info`); the DANE-TA chain check (signatures, dates, basic constraints,
+names) is ``cryptography``'s X.509 verifier, a library like ``hashlib`` doing arithmetic on
+bytes, imported only when a DANE-TA record is checked (the optional ``dane`` extra): without it
+those records are unusable (:func:`verification_problem`).
 """
 
 from __future__ import annotations
@@ -21,25 +27,39 @@ import enum
 import hashlib
 import re
 from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING
 
 import attrs
 
 from spoolmail._core.reply import Reply
 from spoolmail._core.routing import Target, TlsPolicy
 
+if TYPE_CHECKING:
+    from cryptography import x509
+    from cryptography.x509 import verification
+
 __all__ = [
+    "DANE_EE_MATCHED",
+    "MAX_CHAIN",
+    "MAX_CHAIN_OCTETS",
     "DaneState",
     "DaneTarget",
+    "Matched",
     "Plan",
     "TlsaInvalid",
     "TlsaRecord",
+    "Unmatched",
     "apply_plan",
+    "authenticate",
     "match",
+    "match_trust_anchor",
     "parse_tlsa",
     "plan",
     "subject_public_key_info",
     "tlsa_name",
     "usable",
+    "verification_problem",
 ]
 
 _HEX = re.compile(r"[0-9A-Fa-f]+")
@@ -97,16 +117,18 @@ def parse_tlsa(text: str) -> TlsaRecord | TlsaInvalid:
     return TlsaRecord(numbers[0], numbers[1], numbers[2], bytes.fromhex(data))
 
 
-def usable(record: TlsaRecord, *, chain_available: bool) -> str | None:  # noqa: PLR0911
+def usable(  # noqa: PLR0911
+    record: TlsaRecord, *, chain_available: bool, chain_problem: str | None = None
+) -> str | None:
     """Why ``record`` cannot be used to authenticate an SMTP server, or ``None`` if it can.
 
     Section 3.1: DANE-EE(3) and DANE-TA(2) are for SMTP; PKIX-TA(0) and PKIX-EE(1) are not
     (section 3.1.3: there is no agreed set of trusted CAs for MTAs). DANE-TA(2) needs the
-    certificate chain the server sent, which Python's ssl gives only from 3.13
-    (``SSLSocket.get_unverified_chain``): without it (``chain_available`` false) TA records are
-    treated as unusable. Unknown selectors or matching types (RFC 6698 section 4.1: records
-    "with unknown parameters" are unusable), and digests of the wrong length, which could
-    never match, are unusable too.
+    certificate chain the server sent (Python's ssl: ``get_unverified_chain``, private before
+    3.13) and a chain check (``cryptography``'s verifier): without either (``chain_available``
+    false; ``chain_problem`` says which) TA records are treated as unusable. Unknown selectors
+    or matching types (RFC 6698 section 4.1: records "with unknown parameters" are unusable),
+    and digests of the wrong length, which could never match, are unusable too.
     """
     name = _USAGES.get(record.usage)
     if record.usage in (0, 1):
@@ -123,9 +145,10 @@ def usable(record: TlsaRecord, *, chain_available: bool) -> str | None:  # noqa:
     if not record.data:
         return "the certificate association data is empty"
     if record.usage == 2 and not chain_available:
+        why = chain_problem or "this Python's ssl does not give it (get_unverified_chain)"
         return (
-            "DANE-TA(2) needs the server's certificate chain, which this Python's ssl does not "
-            "give (3.13+: get_unverified_chain); treated as unusable"
+            f"DANE-TA(2) needs the server's certificate chain checked, and {why}; treated as "
+            "unusable"
         )
     return None
 
@@ -165,13 +188,15 @@ def plan(  # noqa: PLR0911 (one return per rule of section 2.2)
     authenticated: bool = False,
     host_secure: bool = True,
     chain_available: bool = False,
+    chain_problem: str | None = None,
 ) -> Plan:
     """What DANE makes of MX host ``host``, from the DNS answers (section 2.2).
 
     ``mx_secure``: the MX RRset that named the host was validated (the AD bit). ``records``,
     ``missing``, ``failure``, ``authenticated``: the TLSA lookup at ``_port._tcp.host``.
     ``host_secure``: the host's address records were validated (asked only when the TLSA
-    lookup failed).
+    lookup failed). ``chain_available``: DANE-TA(2) records can be checked (``chain_problem``:
+    why not, for the notes; see :func:`usable`).
 
     - An insecure MX RRset: DANE does not apply to its hosts (section 2.2.1: an attacker who
       can forge the MX records chooses the hosts, and their TLSA records with them).
@@ -216,7 +241,7 @@ def plan(  # noqa: PLR0911 (one return per rule of section 2.2)
         parsed = parse_tlsa(text)
         why = str(parsed) if isinstance(parsed, TlsaInvalid) else None
         if isinstance(parsed, TlsaRecord):
-            why = usable(parsed, chain_available=chain_available)
+            why = usable(parsed, chain_available=chain_available, chain_problem=chain_problem)
             if why is None:
                 good.append(parsed)
                 continue
@@ -236,14 +261,32 @@ def plan(  # noqa: PLR0911 (one return per rule of section 2.2)
 @attrs.frozen
 class DaneTarget(Target):
     """A target DANE authenticates: STARTTLS required (``TlsPolicy.ENCRYPT``, so no CA check),
-    and after the handshake the certificate must match one of ``tlsa`` (usable records)."""
+    and after the handshake the certificate must match one of ``tlsa`` (usable records).
+
+    ``next_hop`` is the domain the MX host was found for: with the host's own name, one of the
+    names a chain verified by a DANE-TA(2) record may be issued for (:attr:`reference_names`).
+    It is part of the target, so a connection authenticated for one domain is not kept for
+    another's mail."""
 
     tlsa: tuple[TlsaRecord, ...] = ()
     tlsa_name: str = ""
+    next_hop: str = ""
+
+    @property
+    def reference_names(self) -> tuple[str, ...]:
+        """RFC 7672 section 3.2.2: the TLSA base domain (the MX host name; this code follows
+        no CNAME, so it is the name the MX record gave) and the next-hop domain."""
+        names: list[str] = []
+        for given in (self.name or self.host, self.next_hop):
+            name = given.lower().rstrip(".")
+            if name and name not in names:
+                names.append(name)
+        return tuple(names)
 
 
-def apply_plan(target: Target, dane: Plan) -> Target:
-    """``target`` as ``dane`` wants it reached (the plan must not be ``DEFER``).
+def apply_plan(target: Target, dane: Plan, *, next_hop: str = "") -> Target:
+    """``target`` as ``dane`` wants it reached (the plan must not be ``DEFER``); ``next_hop``
+    is the domain whose MX records named it (see :class:`DaneTarget`).
 
     A route whose TLS policy is ``NEVER`` (an operator's per-domain override) is left alone.
     Authentication replaces MTA-STS's CA check (``REQUIRED``) for the host: RFC 8461 section 2
@@ -258,7 +301,7 @@ def apply_plan(target: Target, dane: Plan) -> Target:
     fields = attrs.asdict(target, recurse=False)
     fields["tls"] = TlsPolicy.ENCRYPT
     name = tlsa_name(target.name or target.host, target.port)
-    return DaneTarget(**fields, tlsa=dane.records, tlsa_name=name)
+    return DaneTarget(**fields, tlsa=dane.records, tlsa_name=name, next_hop=next_hop)
 
 
 def subject_public_key_info(certificate: bytes) -> bytes:
@@ -336,12 +379,12 @@ def _associated(record: TlsaRecord, certificate: bytes) -> bool:
 
 
 def match(records: Iterable[TlsaRecord], chain: Sequence[bytes]) -> TlsaRecord | None:
-    """The first usable record the server's certificates match, or ``None``.
+    """The first DANE-EE(3) record the server's certificate matches, or ``None``.
 
     ``chain`` is the server's certificates, DER, its own (the leaf) first. DANE-EE(3) records
     are matched against the leaf alone, with no name or expiry check (section 3.1.1: the key
-    in DNS is the authentication). DANE-TA(2) records are not matched here: this release
-    treats them as unusable (see :func:`usable`).
+    in DNS is the authentication). DANE-TA(2) records are not matched here (they need names
+    and a time): :func:`authenticate` checks both kinds.
     """
     if not chain:
         return None
@@ -350,3 +393,238 @@ def match(records: Iterable[TlsaRecord], chain: Sequence[bytes]) -> TlsaRecord |
         if record.usage == 3 and _associated(record, leaf):  # DANE-EE
             return record
     return None
+
+
+MAX_CHAIN = 10
+"""The most certificates of a server's chain read for DANE-TA(2): a chain is hostile input, and
+real ones have two to four (leaf, one or two intermediates, perhaps the root)."""
+MAX_CHAIN_OCTETS = 100_000
+"""The most octets of certificates read: OpenSSL's client takes no more by default either."""
+
+
+@attrs.frozen
+class Matched:
+    """A usable record the server's certificates satisfy, and how, for the transcript."""
+
+    record: TlsaRecord
+    how: str
+
+
+@attrs.frozen
+class Unmatched:
+    """No usable record was satisfied: why, record by record where there is more to say than
+    "the certificate is not the one named"."""
+
+    reasons: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        return "; ".join(self.reasons)
+
+
+def verification_problem() -> str | None:
+    """Why DANE-TA(2) chains cannot be checked with what is installed, or ``None``: the check
+    is ``cryptography``'s X.509 verifier with its extension policies (45 and later)."""
+    try:
+        _import_verification()
+    except ImportError as error:
+        return (
+            f"the chain check needs cryptography 45 or later ({error}): "
+            "pip install 'spoolmail[dane]'"
+        )
+    return None
+
+
+def _import_verification() -> None:
+    """Import what the chain check uses (one place, so tests can take it away)."""
+    from cryptography.x509.verification import (  # noqa: PLC0415, F401 (the optional extra)
+        ExtensionPolicy,
+        PolicyBuilder,
+    )
+
+
+DANE_EE_MATCHED = "DANE-EE: name and dates not checked, RFC 7672 section 3.1.1"
+
+
+def authenticate(
+    records: Iterable[TlsaRecord],
+    chain: Sequence[bytes],
+    *,
+    names: Sequence[str],
+    now: datetime,
+) -> Matched | Unmatched:
+    """Whether the server's certificates satisfy one of the usable ``records`` (section 3):
+    :func:`match` for DANE-EE(3) records (tried first, being cheaper), then
+    :func:`match_trust_anchor` for DANE-TA(2) ones."""
+    records = list(records)
+    found = match(records, chain)
+    if found is not None:
+        return Matched(found, DANE_EE_MATCHED)
+    return match_trust_anchor(records, chain, names=names, now=now)
+
+
+def match_trust_anchor(
+    records: Iterable[TlsaRecord],
+    chain: Sequence[bytes],
+    *,
+    names: Sequence[str],
+    now: datetime,
+) -> Matched | Unmatched:
+    """The DANE-TA(2) record the server's chain satisfies, or why none does.
+
+    ``chain`` is the certificates the server sent, DER, the leaf first; ``names`` the reference
+    identifiers (:attr:`DaneTarget.reference_names`); ``now`` the time the dates are checked at.
+    Section 3.1.2 and RFC 7671 section 5.2.2: the record names a certificate the server sent
+    above its leaf (section 3.1.2: servers "MUST" include the trust anchor in their chain, so a
+    record naming a key alone, absent from the chain, is not looked for); that certificate is
+    the trust anchor; the leaf must chain to it (signatures, dates at ``now``, basic
+    constraints and path lengths) and be issued for one of ``names`` (section 3.2.2;
+    subjectAltName DNS names, a wildcard only as the whole leftmost label, RFC 6125 section
+    6.4.3). A record naming the leaf itself is not a trust anchor (that is what DANE-EE
+    records are for). A chain longer than :data:`MAX_CHAIN` certificates or
+    :data:`MAX_CHAIN_OCTETS` is not checked at all. Other records are ignored.
+    """
+    anchors = [r for r in records if r.usage == 2]
+    if not anchors:
+        return Unmatched()
+    refused = _chain_refused(chain)
+    if refused is not None:
+        return Unmatched((f"DANE-TA: {refused}",))
+    reasons: list[str] = []
+    for record in anchors:
+        depths = [
+            d
+            for d in range(1, len(chain))
+            if chain[d] != chain[0] and _associated(record, chain[d])
+        ]
+        if not depths:
+            reasons.append(
+                f"DANE-TA {record}: names none of the {len(chain) - 1} certificates above the leaf"
+            )
+            continue
+        for depth in depths:
+            verified = _verify_chain(chain, depth, names=names, now=now)
+            if isinstance(verified, _Verified):
+                how = (
+                    f"DANE-TA: trust anchor {verified.anchor} (certificate {depth + 1} of "
+                    f"{len(chain)}), chain verified for {verified.name}, RFC 7672 section 3.1.2"
+                )
+                return Matched(record, how)
+            reasons.append(f"DANE-TA {record}: {verified}")
+    return Unmatched(tuple(reasons))
+
+
+def _chain_refused(chain: Sequence[bytes]) -> str | None:
+    """Why ``chain`` is not checked against DANE-TA records at all, or ``None``."""
+    if not chain:
+        return "the server sent no certificate"
+    octets = sum(len(c) for c in chain)
+    if len(chain) > MAX_CHAIN or octets > MAX_CHAIN_OCTETS:
+        return (
+            f"the server's chain ({len(chain)} certificates, {octets} octets) is longer than "
+            f"the {MAX_CHAIN} certificates or {MAX_CHAIN_OCTETS} octets checked"
+        )
+    if len(chain) == 1:
+        return "the server sent its certificate alone, without the chain to a trust anchor"
+    return verification_problem()
+
+
+@attrs.frozen
+class _Verified:
+    anchor: str
+    name: str
+
+
+def _verify_chain(
+    chain: Sequence[bytes], depth: int, *, names: Sequence[str], now: datetime
+) -> _Verified | str:
+    """Whether ``chain[0]`` chains to ``chain[depth]`` (the trust anchor) through the other
+    certificates, at ``now``, for one of ``names``: the names verified for, or why not."""
+    from cryptography import x509  # noqa: PLC0415 (the optional extra)
+    from cryptography.x509 import verification  # noqa: PLC0415
+
+    try:
+        certificates = [x509.load_der_x509_certificate(der) for der in chain]
+    except ValueError as error:
+        return f"a certificate of the chain cannot be read ({_shown(error)})"
+    leaf, anchor = certificates[0], certificates[depth]
+    intermediates = [c for i, c in enumerate(certificates) if i not in (0, depth)]
+    builder = (
+        verification.PolicyBuilder()
+        .store(verification.Store([anchor]))
+        .time(now)
+        .max_chain_depth(MAX_CHAIN)
+        .extension_policies(ca_policy=_ca_policy(), ee_policy=_ee_policy())
+    )
+    errors: list[str] = []
+    for name in names:
+        try:
+            subject = x509.DNSName(name)
+        except ValueError:
+            errors.append(f"{name!r} is not a DNS name the check takes")
+            continue
+        try:
+            builder.build_server_verifier(subject).verify(leaf, intermediates)
+        except (verification.VerificationError, ValueError) as error:
+            errors.append(f"{name}: {_shown(error)}")
+            continue
+        try:
+            shown = _shown(anchor.subject.rfc4514_string())
+        except ValueError:  # a subject cryptography can read but not write out
+            shown = "(a subject that cannot be shown)"
+        return _Verified(shown, name)
+    if not errors:
+        return "no name to verify the chain for"
+    return "chain not verified for " + "; ".join(errors)
+
+
+def _ca_policy() -> verification.ExtensionPolicy:
+    """What intermediates (and the trust anchor's path length) must satisfy: RFC 5280 as
+    OpenSSL (and so Postfix) applies it, not the CA/Browser Forum's profile, since DANE-TA is
+    mostly private CAs (RFC 7671 section 5.2). The verifier itself requires basicConstraints
+    with cA asserted and honours pathLenConstraint; a keyUsage, when there is one, must allow
+    certificate signing."""
+    from cryptography import x509  # noqa: PLC0415 (the optional extra)
+    from cryptography.x509.verification import Criticality, ExtensionPolicy  # noqa: PLC0415
+
+    def key_usage(_: object, __: object, usage: x509.KeyUsage | None) -> None:
+        if usage is not None and not usage.key_cert_sign:
+            raise ValueError("a CA certificate whose keyUsage does not allow keyCertSign")
+
+    return (
+        ExtensionPolicy.permit_all()
+        .require_present(x509.BasicConstraints, Criticality.AGNOSTIC, None)
+        .may_be_present(x509.KeyUsage, Criticality.AGNOSTIC, key_usage)
+    )
+
+
+def _ee_policy() -> verification.ExtensionPolicy:
+    """What the leaf must satisfy: a subjectAltName (its DNS names are matched; the subject's
+    common name is not read, RFC 6125 section 6.4.4), and an extendedKeyUsage, when there is
+    one, that allows serverAuth. No authorityKeyIdentifier demanded (the CA/Browser Forum's
+    rule, which private CAs need not follow). Unknown critical extensions are refused."""
+    from cryptography import x509  # noqa: PLC0415 (the optional extra)
+    from cryptography.x509.oid import ExtendedKeyUsageOID  # noqa: PLC0415
+    from cryptography.x509.verification import Criticality, ExtensionPolicy  # noqa: PLC0415
+
+    def extended_key_usage(_: object, __: object, usage: x509.ExtendedKeyUsage | None) -> None:
+        allowed = (ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE)
+        if usage is not None and not any(oid in usage for oid in allowed):
+            raise ValueError("the leaf's extendedKeyUsage does not allow serverAuth")
+
+    return (
+        ExtensionPolicy.permit_all()
+        .require_present(x509.SubjectAlternativeName, Criticality.AGNOSTIC, None)
+        .may_be_present(x509.ExtendedKeyUsage, Criticality.AGNOSTIC, extended_key_usage)
+    )
+
+
+_PROCESSING = " (encountered processing"
+
+
+def _shown(error: object) -> str:
+    """An error's text fit for the transcript and a reply: the certificate's own fields that
+    cryptography quotes after "encountered processing" left out, printable ASCII, 200
+    characters at most (a certificate is the server's text)."""
+    text = str(error).partition(_PROCESSING)[0]
+    text = "".join(c if " " <= c <= "~" else "?" for c in text)
+    return text if len(text) <= 200 else f"{text[:197]}..."

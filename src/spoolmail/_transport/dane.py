@@ -11,15 +11,30 @@ certificate checked against the records after the handshake, in the session), ho
 lookup failed are left out with ``451 4.7.5``. Every step is noted in the transcript. The AD bit
 is worth what the resolver is: DANE is used only when the operator declares the resolver
 validates DNSSEC over a trusted path (``MailService(dane=True)``, RFC 7672 section 2.1.3).
+
+It also knows what this Python's ``ssl`` gives of a server's certificates: :func:`chain_problem`
+says whether DANE-TA(2) records can be checked here, and :func:`peer_chain` reads the chain the
+server sent, bounded, for the session's check.
 """
 
 from __future__ import annotations
 
+import _ssl
+import ssl
 import time
 from collections.abc import Callable
 from typing import Protocol
 
-from spoolmail._core.dane import DaneState, Plan, apply_plan, plan, tlsa_name
+from spoolmail._core.dane import (
+    MAX_CHAIN,
+    MAX_CHAIN_OCTETS,
+    DaneState,
+    Plan,
+    apply_plan,
+    plan,
+    tlsa_name,
+    verification_problem,
+)
 from spoolmail._core.mx import host_key
 from spoolmail._core.reply import Reply
 from spoolmail._core.routing import Target, TlsPolicy
@@ -27,13 +42,56 @@ from spoolmail._core.transcript import Transcript
 from spoolmail._transport.base import Resolution
 from spoolmail._transport.dns import HOP_BUDGET, Lookup
 
-__all__ = ["CHAIN_AVAILABLE", "Dane", "Lookups"]
+__all__ = ["Dane", "Lookups", "chain_problem", "peer_chain"]
 
-CHAIN_AVAILABLE = False
-"""Whether DANE-TA(2) records can be checked. They need the server's whole chain, which
-``ssl`` gives only from Python 3.13 (``get_unverified_chain``), and a chain check this release
-does not do: TA records are unusable (RFC 7672 section 3.1.2 has the server publish one only
-with its chain), and a host with nothing else gets TLS without authentication."""
+
+def chain_problem() -> str | None:
+    """Why DANE-TA(2) records cannot be checked here, or ``None`` when they can.
+
+    They need the chain the server sent, which ``ssl`` gives as ``SSLSocket.
+    get_unverified_chain`` from Python 3.13 and, from 3.10, only on the private ``_sslobj``
+    (``_ssl._SSLSocket``); and the chain check, which is ``cryptography``'s (the ``dane``
+    extra). Without either, TA records are unusable (RFC 7672 section 3.1.2 has the server
+    publish one only with its chain), and a host with nothing else gets TLS without
+    authentication."""
+    public = hasattr(ssl.SSLSocket, "get_unverified_chain")
+    private = hasattr(getattr(_ssl, "_SSLSocket", None), "get_unverified_chain")
+    if not (public or private):
+        return "this Python's ssl does not give the chain (get_unverified_chain)"
+    return verification_problem()
+
+
+def peer_chain(sock: ssl.SSLSocket) -> list[bytes]:
+    """The certificates the server sent, DER, its own first: the chain where ``ssl`` gives it
+    (the public method first, the private one of 3.10-3.12 second), else the leaf alone.
+
+    A chain is the server's input: at most ``MAX_CHAIN + 1`` certificates are read (one more
+    than are checked, so the check can tell the chain is too long) and no more once
+    ``MAX_CHAIN_OCTETS`` are in."""
+    leaf = sock.getpeercert(binary_form=True)
+    if not leaf:
+        return []
+    getter = getattr(sock, "get_unverified_chain", None)
+    if getter is None:
+        getter = getattr(getattr(sock, "_sslobj", None), "get_unverified_chain", None)
+    try:
+        found = getter() if getter is not None else None
+    except (ssl.SSLError, ValueError):  # no session, or a closed one
+        found = None
+    chain = [leaf]
+    octets = len(leaf)
+    for certificate in list(found or [])[: MAX_CHAIN + 1]:
+        # 3.13's public method gives DER already; the private one _ssl.Certificate objects.
+        if isinstance(certificate, bytes):
+            der = certificate
+        else:
+            der = certificate.public_bytes(_ssl.ENCODING_DER)
+        if der != leaf:  # the leaf heads the chain OpenSSL keeps for a client
+            chain.append(der)
+            octets += len(der)
+        if octets > MAX_CHAIN_OCTETS:
+            break  # enough to be refused as too long
+    return chain
 
 
 class Lookups(Protocol):
@@ -64,6 +122,8 @@ class Dane:
         self._lookups = lookups
         self._budget = budget
         self._monotonic = monotonic
+        # Asked once: whether DANE-TA(2) records can be checked does not change while running.
+        self._chain_problem = chain_problem()
 
     def apply(self, domain: str, resolution: Resolution, transcript: Transcript) -> Resolution:
         """The MX ``resolution`` of ``domain`` with DANE applied (see the module docstring)."""
@@ -102,7 +162,7 @@ class Dane:
                 continue
             if target.tls is TlsPolicy.NEVER and decided.state is not DaneState.NOT_APPLICABLE:
                 transcript.note(f"DANE: the route to {host} says tls=never: DANE not applied")
-            targets.append(apply_plan(target, decided))
+            targets.append(apply_plan(target, decided, next_hop=domain))
         if targets:
             return Resolution(tuple(targets))
         return Resolution(reply=deferred[0] if deferred else resolution.reply)
@@ -157,7 +217,8 @@ class Dane:
             failure=tlsa.failure,
             authenticated=tlsa.authenticated,
             host_secure=host_secure,
-            chain_available=CHAIN_AVAILABLE,
+            chain_available=self._chain_problem is None,
+            chain_problem=self._chain_problem,
         )
 
     def _addresses_secure(self, host: str, transcript: Transcript, deadline: float) -> bool:

@@ -23,15 +23,24 @@ import socket
 import ssl
 import time
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import BinaryIO
 
 import attrs
 
-from spoolmail._core.dane import DaneTarget, match
+from spoolmail._core.dane import (
+    DANE_EE_MATCHED,
+    DaneTarget,
+    Matched,
+    Unmatched,
+    match,
+    match_trust_anchor,
+)
 from spoolmail._core.reply import Reply
 from spoolmail._core.routing import Target
 from spoolmail._core.transcript import Transcript
 from spoolmail._transport.base import Outgoing
+from spoolmail._transport.dane import peer_chain
 from spoolmail._transport.data import CHUNK, FINAL_DOT, data_blocks, examine, own_data
 from spoolmail._transport.policy import tls_name, where
 from spoolmail._transport.protocol import (
@@ -214,6 +223,9 @@ class Session:
         self.messages = 0
         # The reply being waited for, and the monotonic time by which all of it must be in.
         self._waiting: tuple[int, float] = (-1, 0.0)
+        # The time a DANE-TA chain's dates are checked at: the clock of the transcript that
+        # opened the session (the service's), the system's until one did.
+        self._clock: Callable[[], datetime] = lambda: datetime.now(UTC)
 
     @classmethod
     def connect(
@@ -282,6 +294,7 @@ class Session:
 
     def open(self, transcript: Transcript) -> None:
         """Greeting, EHLO, STARTTLS and AUTH as the protocol's policy says."""
+        self._clock = transcript.clock
         self.protocol.open(transcript)
         self._run(None)
 
@@ -562,18 +575,26 @@ class Session:
 
     def _dane_checked(self, sock: ssl.SSLSocket, target: DaneTarget) -> str:
         """RFC 7672 section 3: the server's certificate must match one of the target's usable
-        TLSA records; DANE-EE(3) checks no name and no date (section 3.1.1)."""
-        leaf = sock.getpeercert(binary_form=True)
-        found = match(target.tlsa, [leaf] if leaf else [])
-        if found is None:
+        TLSA records; DANE-EE(3) checks no name and no date (section 3.1.1), DANE-TA(2) the
+        chain the server sent, its dates at the service's clock and its names (section 3.1.2)."""
+        chain = peer_chain(sock)
+        found = match(target.tlsa, chain)  # DANE-EE(3): the leaf alone
+        if found is not None:
+            verdict: Matched | Unmatched = Matched(found, DANE_EE_MATCHED)
+        else:
+            verdict = match_trust_anchor(
+                target.tlsa, chain, names=target.reference_names, now=self._clock()
+            )
+        if isinstance(verdict, Unmatched):
             self.protocol.close()
+            why = f": {verdict}" if verdict.reasons else ""
             # RFC 3463 X.7.5 "cryptographic failure", as for a certificate that does not verify.
             raise SessionError(
                 Reply(
                     451,
                     "4.7.5",
                     f"TLSA records for {target.tlsa_name}: none matched the certificate of "
-                    f"{where(target)} (DANE, RFC 7672 section 3)",
+                    f"{where(target)} (DANE, RFC 7672 section 3){why}",
                     host=target.host,
                 )
             )
@@ -581,8 +602,8 @@ class Session:
             "; certificate not verified"
         )
         return (
-            f"{text}; certificate matched TLSA {found} at {target.tlsa_name} (DANE-EE: name "
-            "and dates not checked, RFC 7672 section 3.1.1)"
+            f"{text}; certificate matched TLSA {verdict.record} at {target.tlsa_name} "
+            f"({verdict.how})"
         )
 
     def _handshake_failed(self, problem: str) -> HandshakeFailed:
