@@ -28,7 +28,12 @@ from spoolmail._core.dane import DaneTarget
 from spoolmail._core.routing import Hop, HopKind
 from spoolmail._core.transcript import Transcript
 from spoolmail._transport.dane import Dane
-from spoolmail._transport.dns import MAX_NEGATIVE_TTL, DnsResolver
+from spoolmail._transport.dns import (
+    MAX_CACHED_OCTETS,
+    MAX_CACHED_RECORDS,
+    MAX_NEGATIVE_TTL,
+    DnsResolver,
+)
 from tests.dnsserver import RECORDS, DnsServer, local_resolver
 from tests.transport.test_hostile_dns import ScriptedDns, notes
 
@@ -52,6 +57,11 @@ ZONE: dict[str, dict[str, tuple[int, list[str]]]] = {
     "mx.insecure.test": {"A": (300, ["127.0.0.6"])},
     "_25._tcp.mx.insecure.test": {"TLSA": (300, [TLSA])},
     **{f"n{n}.test": {"A": (300, [f"127.0.1.{n}"])} for n in range(1, 6)},
+    # As many records as are kept, and one more; a TXT record of 3,000 octets, and a short one.
+    "twenty.test": {"A": (300, [f"127.0.2.{n}" for n in range(1, 21)])},
+    "many.test": {"A": (300, [f"127.0.2.{n}" for n in range(1, 22)])},
+    "long.test": {"TXT": (300, [" ".join(['"' + "x" * 250 + '"'] * 12)])},
+    "short-txt.test": {"TXT": (300, ['"v=STSv1; id=1"'])},
 }
 SIGNED = ("secure.test", "mx.secure.test", "_25._tcp.mx.secure.test")
 """Names a validating resolver vouches for: AD in its answer when the query asks for it."""
@@ -315,3 +325,19 @@ def test_dane_reads_the_ad_bit_of_the_kept_answer(
     assert questions == ([(f"_25._tcp.mx.{domain}", "TLSA")] if dane else [])
     if not dane:
         assert any("not DNSSEC-validated" in line for line in notes(transcript))
+
+
+def test_a_big_answer_is_used_but_not_kept(resolver: DnsResolver, server: ScriptedDns) -> None:
+    """A name's owner chooses its answers: kept whatever their size, ten thousand names of
+    64 KiB each would fill hundreds of megabytes. Over MAX_CACHED_RECORDS records or
+    MAX_CACHED_OCTETS octets, an answer is used and asked again next time. Guard: one at the
+    bounds is kept."""
+    assert (MAX_CACHED_RECORDS, MAX_CACHED_OCTETS) == (20, 2_048)
+    for name, count in (("many.test", 21), ("twenty.test", 20)):
+        for _ in range(2):
+            found = resolver.lookup(name, "A", new_transcript())
+            assert len(found.records) == count
+    assert asked(server) == [("many.test", "A"), ("many.test", "A"), ("twenty.test", "A")]
+    for name in ("long.test", "long.test", "short-txt.test", "short-txt.test"):
+        assert resolver.lookup(name, "TXT", new_transcript()).records
+    assert asked(server) == [("long.test", "TXT"), ("long.test", "TXT"), ("short-txt.test", "TXT")]

@@ -44,6 +44,8 @@ if TYPE_CHECKING:
 __all__ = [
     "CACHE_SIZE",
     "HOP_BUDGET",
+    "MAX_CACHED_OCTETS",
+    "MAX_CACHED_RECORDS",
     "MAX_CACHE_TTL",
     "MAX_EXCHANGES",
     "MAX_NEGATIVE_TTL",
@@ -76,6 +78,15 @@ many domains still keeps a bounded number of answers (a few hundred bytes each).
 
 MAX_CACHE_TTL = 86_400
 """Seconds an answer is kept at most, whatever its TTL: a day, as Unbound's ``cache-max-ttl``."""
+
+MAX_CACHED_RECORDS = 20
+"""Records an answer may hold to be kept (as many as :data:`MAX_TARGETS` addresses). A name's
+owner chooses its answers: kept whatever their size, ten thousand names of up to 64 KiB of
+records each would be hundreds of megabytes. A bigger answer is used, and asked again."""
+
+MAX_CACHED_OCTETS = 2_048
+"""The most octets of record data an answer may hold to be kept (a long TXT record, many
+MX names): with :data:`MAX_CACHED_RECORDS`, a full cache stays within some tens of MiB."""
 
 MAX_NEGATIVE_TTL = 3_600
 """Seconds a name that does not exist (NXDOMAIN) or has no record of a type (NODATA) is
@@ -112,6 +123,13 @@ class _Records:
 
     def __iter__(self) -> Iterator[Any]:
         return iter(self.rdata)
+
+    def small(self) -> bool:
+        """Whether the answer is small enough to keep (:data:`MAX_CACHED_RECORDS`,
+        :data:`MAX_CACHED_OCTETS`)."""
+        if len(self.rdata) > MAX_CACHED_RECORDS:
+            return False
+        return sum(len(r.to_wire()) for r in self.rdata) <= MAX_CACHED_OCTETS
 
 
 _Key = tuple["dns.name.Name", str, bool]
@@ -155,8 +173,9 @@ class _AnswerCache:
         return found, expires - now
 
     def put(self, key: _Key, found: _Records | _Failure, ttl: float) -> None:
-        """Keep ``found`` for ``ttl`` seconds; a TTL of 0 (or less) is not kept."""
-        if ttl <= 0:
+        """Keep ``found`` for ``ttl`` seconds; a TTL of 0 (or less) is not kept, nor an answer
+        over :data:`MAX_CACHED_RECORDS` records or :data:`MAX_CACHED_OCTETS` octets."""
+        if ttl <= 0 or (isinstance(found, _Records) and not found.small()):
             return
         expires = self._monotonic() + ttl
         with self._lock:
