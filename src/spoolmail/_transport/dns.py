@@ -11,9 +11,10 @@ permanent, a server that fails or does not answer is temporary, 4.4.3. The MX or
 (preferences, shuffling, null MX, dropping this host) are the pure ``spoolmail._core.mx``; this
 module only asks the questions. It never connects to a mail host; what it keeps is the resolver
 it creates and the answers it got, each for its TTL (:class:`_AnswerCache`: at most
-:data:`CACHE_SIZE`, never a failure). dnspython is imported at the first lookup: a service whose
-mail all goes to a smart host given by address, or to Drop, never pays for it (about 50 ms of CPU
-at start).
+:data:`CACHE_SIZE`, never a failure). A TLSA answer dnspython refuses whole for one malformed
+record is asked for once more and read here, record by record (``DnsResolver._ask_again``).
+dnspython is imported at the first lookup: a service whose mail all goes to a smart host given
+by address, or to Drop, never pays for it (about 50 ms of CPU at start).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import enum
 import ipaddress
 import itertools
 import random
+import socket
+import struct
 import threading
 import time
 from collections import OrderedDict
@@ -38,6 +41,7 @@ from spoolmail._transport.base import Resolution
 
 if TYPE_CHECKING:
     import dns.exception
+    import dns.message
     import dns.name
     import dns.resolver
 
@@ -111,6 +115,10 @@ class _Miss(enum.Enum):
 class _Failure:
     miss: _Miss
     detail: str
+    unread: tuple[str, ...] = ()
+    """The servers (``Do53:127.0.0.1@53``) that may have sent an answer dnspython would not
+    read: those whose answer it refused (over TCP), or every server asked when the lookup timed
+    out (over UDP it drops an answer it cannot read and waits for another, until it gives up)."""
 
 
 @attrs.frozen
@@ -482,9 +490,63 @@ class DnsResolver:
         lifetime = left if left is not None and left < resolver.lifetime else None
         found, ttl = _ask(resolver, name, rdtype, lifetime)
         transcript.note(f"{rdtype} {shown}: {_outcome_text(rdtype, found)}")
+        if isinstance(found, _Failure) and found.unread and rdtype in _READ_AGAIN:
+            found, ttl = self._ask_again(
+                resolver, name, rdtype, failure=found, transcript=transcript, deadline=deadline
+            )
         if cache is not None:
             cache.put(key, found, ttl)
         return found
+
+    def _ask_again(
+        self,
+        resolver: dns.resolver.Resolver,
+        name: dns.name.Name,
+        rdtype: str,
+        *,
+        failure: _Failure,
+        transcript: Transcript,
+        deadline: float | None,
+    ) -> tuple[_Records | _Failure, float]:
+        """Ask once more and read the answer here (:func:`_read_leniently`), for an answer
+        dnspython may have refused whole for one record it would not read (RFC 6698 section
+        4.1: such a record is unusable, the others still count). One question to the first
+        server that may have sent it, over UDP (TCP when truncated), in one ``timeout`` of the
+        resolver at most and within ``deadline``; the answer noted, and kept as any other."""
+        shown = name.to_text(omit_final_dot=True)
+        server = _do53_server(resolver, failure.unread)
+        left = float(resolver.timeout)
+        if deadline is not None:
+            left = min(left, deadline - self._monotonic())
+        why = None
+        if server is None:
+            why = "no server to ask over plain DNS (Do53)"
+        elif resolver.keyname is not None:
+            why = "the resolver signs its queries (TSIG), which an answer read here cannot check"
+        elif left <= 0:
+            why = self._spent(f"{rdtype} {shown}").text
+        if why is not None or server is None:
+            transcript.note(f"{rdtype} {shown}: not asked again to read the answer here: {why}")
+            return failure, 0
+        query = _same_query(resolver, name, rdtype)
+        read = _exchange(query, server, left)
+        if isinstance(read, str):
+            found = attrs.evolve(
+                failure, detail=f"{failure.detail}; asked again: {read}", unread=()
+            )
+            transcript.note(f"{rdtype} {shown}: asked {_shown(server)} again: {read}")
+            return found, 0
+        records, ttl, refused = read
+        if refused:
+            why = "; ".join(dict.fromkeys(record.why for record in refused))
+            transcript.note(
+                f"{rdtype} {shown}: asked {_shown(server)} again and read the answer here: "
+                f"{len(refused)} malformed record{'s' if len(refused) > 1 else ''} dnspython "
+                f"cannot read ({why}), passed on as they are: unusable, the others still "
+                "count (RFC 6698 section 4.1)"
+            )
+        transcript.note(f"{rdtype} {shown}: {_answer_text(rdtype, records)}")
+        return records, ttl
 
     def _dns(self) -> dns.resolver.Resolver:
         import dns.resolver  # noqa: PLC0415 (dnspython at the first lookup, see above)
@@ -525,10 +587,12 @@ def _ask(
             ttl = _negative_ttl(response)
     except dns.resolver.NoNameservers as exc:
         # SERVFAIL, REFUSED or a malformed answer from every server.
-        found = _Failure(_Miss.FAILED, f"no nameserver answered ({_server_errors(exc)})")
+        detail = f"no nameserver answered ({_server_errors(exc)})"
+        found = _Failure(_Miss.FAILED, detail, _asked(exc, dns.exception.FormError))
     except dns.exception.Timeout as exc:
-        # LifetimeTimeout: the resolver's lifetime ran out (servers silent or unreachable).
-        found = _Failure(_Miss.FAILED, _timeout_text(exc))
+        # LifetimeTimeout: the resolver's lifetime ran out (servers silent or unreachable, or
+        # answering what dnspython drops unread over UDP).
+        found = _Failure(_Miss.FAILED, _timeout_text(exc), _asked(exc, dns.exception.Timeout))
     except dns.exception.DNSException as exc:
         # Anything else dnspython raises (a bad name from a server): the DNS is broken now;
         # deferring lets it be fixed before the mail bounces.
@@ -608,6 +672,232 @@ def _timeout_text(exc: dns.exception.Timeout) -> str:
     servers = dict.fromkeys(str(error[0]) for error in exc.kwargs.get("errors") or ())
     asking = f" asking {', '.join(servers)}" if servers else ""
     return f"timed out{after}{asking}"
+
+
+def _asked(exc: dns.exception.DNSException, kind: type[Exception]) -> tuple[str, ...]:
+    """The servers dnspython recorded an error of ``kind`` for, in the order it asked them."""
+    errors = exc.kwargs.get("errors") or ()
+    return tuple(dict.fromkeys(str(error[0]) for error in errors if isinstance(error[3], kind)))
+
+
+# --- an answer dnspython refuses whole for one record, read here ---------------------------
+
+_READ_AGAIN = frozenset({"TLSA"})
+"""The types whose failed lookups are asked again and read here (``DnsResolver._ask_again``).
+dnspython refuses a whole message for one TLSA record whose data has the wrong length for its
+matching type (2.9, ``tlsabase.py``: a SHA-256 digest of 31 octets), where RFC 6698 section 4.1
+and RFC 7671 section 5 make that record unusable and the others still count, as Postfix, which
+reads TLSA records itself, does. The other types asked here (MX, A, AAAA, TXT, PTR) are refused
+only for broken framing (an A record of three octets, a TXT record without a string), which no
+record-by-record reading makes sense of."""
+
+_SET_ASIDE = 0xFFFE
+"""The type a TLSA record dnspython refuses is given before the answer is read (private use,
+RFC 6895 section 3.1): two octets changed in place, so every offset and compression pointer of
+the message still holds, and dnspython reads the rest as strictly as ever."""
+
+_MAX_ANSWER = 65_535
+"""Octets of an answer read at most: what dnspython reads (a UDP datagram; TCP's length)."""
+
+
+@attrs.frozen
+class _Unreadable:
+    """A TLSA record dnspython will not read, kept as its data (and why not), beside the records
+    it reads: DANE judges it unusable (``spoolmail._core.dane.usable``: a digest of the wrong
+    length; ``parse_tlsa``: fewer than three octets), as RFC 6698 section 4.1 has it."""
+
+    data: bytes
+    why: str
+
+    def to_wire(self) -> bytes:
+        return self.data
+
+    def to_text(self) -> str:
+        """The presentation form (RFC 6698 section 2.2), or RFC 3597 section 5's generic one
+        when there are not even the three one-octet fields."""
+        if len(self.data) < 3:
+            return f"\\# {len(self.data)} {self.data.hex()}".rstrip()
+        usage, selector, matching = self.data[:3]
+        return f"{usage} {selector} {matching} {self.data[3:].hex()}".rstrip()
+
+    def __str__(self) -> str:
+        return self.to_text()
+
+
+def _do53_server(resolver: dns.resolver.Resolver, unread: Iterable[str]) -> tuple[str, int] | None:
+    """The address and port of the first of the ``unread`` servers that ``resolver`` asks over
+    plain DNS (Do53), as dnspython names them (``Do53:127.0.0.1@53``); ``None`` if none is."""
+    import dns.inet  # noqa: PLC0415 (dnspython at the first lookup, see above)
+    import dns.nameserver  # noqa: PLC0415
+
+    servers: dict[str, tuple[str, int]] = {}
+    for server in resolver.nameservers:
+        if isinstance(server, dns.nameserver.Do53Nameserver):
+            address, port = server.address, server.port
+        elif isinstance(server, str) and dns.inet.is_address(server):
+            address, port = server, resolver.nameserver_ports.get(server, resolver.port)
+        else:
+            continue
+        servers.setdefault(f"Do53:{address}@{port}", (address, port))
+    return next((servers[name] for name in unread if name in servers), None)
+
+
+def _shown(server: tuple[str, int]) -> str:
+    return f"Do53:{server[0]}@{server[1]}"
+
+
+def _same_query(
+    resolver: dns.resolver.Resolver, name: dns.name.Name, rdtype: str
+) -> dns.message.QueryMessage:
+    """The query ``resolver`` sends for ``name`` and ``rdtype``: its EDNS, DO and flags (the
+    AD bit DANE's resolver asks for, :func:`_asks_for_ad`), as ``dns.resolver`` builds it."""
+    import dns.message  # noqa: PLC0415 (dnspython at the first lookup, see above)
+
+    query = dns.message.make_query(name, rdtype)
+    query.use_edns(
+        resolver.edns, resolver.ednsflags, resolver.payload, options=resolver.ednsoptions
+    )
+    if resolver.flags is not None:
+        query.flags = resolver.flags
+    return query
+
+
+def _exchange(
+    query: dns.message.QueryMessage, server: tuple[str, int], seconds: float
+) -> tuple[_Records, float, tuple[_Unreadable, ...]] | str:
+    """Ask ``server`` ``query`` over UDP, then TCP if the answer is truncated, in ``seconds``
+    in all; the records read (:func:`_read_leniently`), how long they may be kept and the
+    records dnspython would not read among them, or why there are none."""
+    import dns.flags  # noqa: PLC0415 (dnspython at the first lookup, see above)
+
+    expiration = time.monotonic() + seconds
+    wire = query.to_wire()
+    try:
+        answer = _udp_exchange(wire, server, expiration)
+        if len(answer) >= 4 and struct.unpack_from("!H", answer, 2)[0] & dns.flags.TC:
+            answer = _tcp_exchange(wire, server, expiration)
+            if len(answer) >= 4 and struct.unpack_from("!H", answer, 2)[0] & dns.flags.TC:
+                return _TRUNCATED
+    except TimeoutError:
+        return f"timed out after {seconds:.1f} s"
+    except OSError as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return _read_leniently(answer, query)
+
+
+def _udp_exchange(wire: bytes, server: tuple[str, int], expiration: float) -> bytes:
+    """The first datagram ``server`` sends back for ``wire`` (a connected socket takes none
+    from elsewhere), before ``expiration`` (``time.monotonic``)."""
+    family = socket.AF_INET6 if ":" in server[0] else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(_left(expiration))
+        sock.connect(server)
+        sock.send(wire)
+        sock.settimeout(_left(expiration))
+        return sock.recv(_MAX_ANSWER)
+
+
+def _tcp_exchange(wire: bytes, server: tuple[str, int], expiration: float) -> bytes:
+    """The answer to ``wire`` over TCP (RFC 1035 section 4.2.2: a two-octet length first)."""
+    with socket.create_connection(server, timeout=_left(expiration)) as sock:
+        sock.settimeout(_left(expiration))
+        sock.sendall(struct.pack("!H", len(wire)) + wire)
+        (size,) = struct.unpack("!H", _receive(sock, 2, expiration))
+        return _receive(sock, size, expiration)
+
+
+def _receive(sock: socket.socket, size: int, expiration: float) -> bytes:
+    data = b""
+    while len(data) < size:
+        sock.settimeout(_left(expiration))
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise ConnectionError("the server closed the connection mid-answer")
+        data += chunk
+    return data
+
+
+def _left(expiration: float) -> float:
+    left = expiration - time.monotonic()
+    if left <= 0:
+        raise TimeoutError
+    return left
+
+
+def _read_leniently(
+    wire: bytes, query: dns.message.QueryMessage
+) -> tuple[_Records, float, tuple[_Unreadable, ...]] | str:
+    """The answer ``wire`` to ``query`` as dnspython reads it, but for the TLSA records it would
+    refuse the whole message for: those are set aside (:data:`_SET_ASIDE`) and returned as
+    :class:`_Unreadable` after the others. Anything else dnspython refuses still fails, and so
+    does an answer that is not NOERROR with records (the next lookup asks as usual). Returns
+    the records, their least TTL (and the CNAMEs'), and those it would not read; or why not."""
+    import dns.exception  # noqa: PLC0415 (dnspython at the first lookup, see above)
+    import dns.flags  # noqa: PLC0415
+    import dns.message  # noqa: PLC0415
+    import dns.rcode  # noqa: PLC0415
+    import dns.rdatatype  # noqa: PLC0415
+
+    try:
+        patched, refused = _set_aside(wire)
+        response = dns.message.from_wire(patched)
+        if not isinstance(response, dns.message.QueryMessage) or not query.is_response(response):
+            return "the answer is not one to the question"
+        chain = response.resolve_chaining()
+    except (dns.exception.DNSException, ValueError) as exc:
+        return f"the answer cannot be read ({type(exc).__name__}: {exc})"
+    if response.rcode() != dns.rcode.NOERROR:
+        return f"the server answered {dns.rcode.to_text(response.rcode())}"
+    question = response.question[0]
+    read = list(chain.answer or ())
+    ttls = [rrset.ttl for rrset in chain.cnames]
+    if chain.answer is not None:
+        ttls.append(chain.answer.ttl)
+    unread = []
+    for owner, rdclass, kept, record in refused:
+        if owner == chain.canonical_name and rdclass == question.rdclass:
+            unread.append(record)
+            ttls.append(kept)
+    # Nothing readable but malformed records is an RRset none of whose records is usable:
+    # passed on, DANE makes it TLS without authentication (RFC 7672 section 2.2), as Postfix.
+    ad = bool(response.flags & dns.flags.AD)
+    ttl = float(min([*ttls, MAX_CACHE_TTL]))
+    return _Records((*read, *unread), authenticated=ad), ttl, tuple(unread)
+
+
+def _set_aside(wire: bytes) -> tuple[bytes, list[tuple[dns.name.Name, int, int, _Unreadable]]]:
+    """``wire`` with each answer-section TLSA record that dnspython will not read given the type
+    :data:`_SET_ASIDE`, and those records (owner, class, TTL, data). The message is walked as
+    dnspython walks it (RFC 1035 section 4.1), each TLSA record's data read as dnspython reads
+    it; a message whose framing is broken raises ``dns.exception.FormError``, and the rest
+    (trailing octets, the other records) is left to dnspython's reading of the result."""
+    import dns.exception  # noqa: PLC0415 (dnspython at the first lookup, see above)
+    import dns.rdata  # noqa: PLC0415
+    import dns.rdatatype  # noqa: PLC0415
+    import dns.wire  # noqa: PLC0415
+
+    parser = dns.wire.Parser(wire)
+    _, _, questions, answers, authorities, additionals = parser.get_struct("!HHHHHH")
+    for _ in range(questions):
+        parser.get_name(decompress=True)
+        parser.get_struct("!HH")
+    patched = bytearray(wire)
+    refused = []
+    for index in range(answers + authorities + additionals):
+        owner = parser.get_name(decompress=True)
+        at = parser.current
+        rdtype, rdclass, ttl, size = parser.get_struct("!HHIH")
+        start = parser.current
+        if rdtype == dns.rdatatype.TLSA and index < answers:
+            try:
+                with parser.restrict_to(size):
+                    dns.rdata.from_wire_parser(rdclass, rdtype, parser)
+            except dns.exception.FormError as exc:
+                struct.pack_into("!H", patched, at, _SET_ASIDE)
+                why = str(exc) or type(exc).__name__
+                refused.append((owner, rdclass, ttl, _Unreadable(wire[start : start + size], why)))
+        parser.seek(start + size)
+    return bytes(patched), refused
 
 
 def _dns_name(text: str) -> dns.name.Name | None:
