@@ -58,6 +58,7 @@ IMPORTED_BEFORE_DROP = (
     "encodings.idna",
     "encodings.punycode",  # address and DKIM domain lengths
     "importlib.metadata",  # spoolmail.__version__
+    "tomllib",  # the settings file, read again at a SIGHUP
     "dns.exception",
     "dns.flags",
     "dns.name",

@@ -16,12 +16,10 @@ sysexits.h status and leaves nothing in Pickup. Invoked as ``mailq`` it lists th
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import enum
 import errno
 import getopt
-import getpass
 import os
 import platform
 import re
@@ -31,9 +29,8 @@ import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from types import FrameType
-from typing import Any, BinaryIO, Self, TextIO
+from typing import TYPE_CHECKING, Any, BinaryIO, Self, TextIO
 
 import attrs
 
@@ -53,6 +50,10 @@ from spoolmail._core.pickup import (
 from spoolmail._store.folders import pickup_path
 from spoolmail._store.pickup_writer import PickupFile, TooLarge
 from spoolmail.exceptions import ConfigurationError, MessageError, StorageError
+
+if TYPE_CHECKING:
+    import argparse
+    from pathlib import Path
 
 __all__ = [
     "CONFIG_VARIABLE",
@@ -105,8 +106,10 @@ EX_TEMPFAIL = 75  # the disk is full, or a signal stopped the command: trying ag
 EX_NOPERM = 77  # this user may not write into Pickup
 EX_CONFIG = 78  # the settings, or a MailRoot without a Pickup folder
 
-#: The settings file read when none is named (docs/running-as-a-service.md puts it there).
-DEFAULT_SETTINGS = Path("/etc/spoolmail/spoolmail.toml")
+#: The settings file read when none is named (docs/running-as-a-service.md puts it there). A
+#: string, made a ``Path`` when looked at: a send with the MailRoot in ``$SPOOLMAIL_ROOT``
+#: looks at no file, and pathlib with its urllib.parse is ~2 ms of this command's start-up.
+DEFAULT_SETTINGS = "/etc/spoolmail/spoolmail.toml"
 #: The environment variables that name the settings file and the MailRoot (cron and PHP pass no
 #: options of their own, and a symbolic link named ``sendmail`` takes none).
 CONFIG_VARIABLE = "SPOOLMAIL_CONFIG"
@@ -272,21 +275,28 @@ def find_settings(
     root = root_flag or environ.get(ROOT_VARIABLE) or None
     path: Path | None
     if config_option:
-        path = Path(config_option)
+        path = _as_path(config_option)
         if path.is_dir():
             path /= "spoolmail.toml"
     elif config_flag is not None:
         path = config_flag
     elif environ.get(CONFIG_VARIABLE):
-        path = Path(environ[CONFIG_VARIABLE])
-    elif root is None and DEFAULT_SETTINGS.exists():
-        path = DEFAULT_SETTINGS
+        path = _as_path(environ[CONFIG_VARIABLE])
+    elif root is None and (default := _as_path(DEFAULT_SETTINGS)).exists():
+        path = default
     else:
         path = None
     try:
         return load_settings(path, {"root": root})
     except ConfigurationError as exc:
         raise _Failure(EX_CONFIG, str(exc)) from None
+
+
+def _as_path(name: str | os.PathLike[str]) -> Path:
+    """``Path(name)``, pathlib imported only when a settings file is named or looked for."""
+    from pathlib import Path  # noqa: PLC0415
+
+    return Path(name)
 
 
 def _default_domain(settings: Settings) -> str:
@@ -375,7 +385,7 @@ def _sender(given: str | None, *, domain: str) -> str:
     Postfix does; ``""`` for the null sender (``-f '<>'`` or ``-f ''``)."""
     if given is None:
         try:
-            given = getpass.getuser()
+            given = _login_name()
         except (OSError, KeyError):
             raise _Failure(
                 EX_NOUSER, "cannot tell who is sending (no login name); give the sender with -f"
@@ -677,9 +687,17 @@ def _storage_failure(exc: OSError, doing: str) -> _Failure:
     return _Failure(EX_IOERR, reason)
 
 
+def _login_name() -> str:
+    """``getpass.getuser()``, imported when a sender or a message needs the login name: ``-f``
+    (cron, git send-email) leaves it unused, and getpass brings termios with it."""
+    import getpass  # noqa: PLC0415
+
+    return getpass.getuser()
+
+
 def _user() -> str:
     try:
-        return getpass.getuser()
+        return _login_name()
     except (OSError, KeyError):
         return f"with id {os.getuid()}" if hasattr(os, "getuid") else "running this"
 
@@ -938,12 +956,15 @@ def run(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The ``spoolmail-sendmail`` console script (link it as sendmail, mailq or newaliases)."""
-    program = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else "sendmail"
+    program = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "sendmail"
     return run(sys.argv[1:] if argv is None else argv, program=program)
 
 
 def add_command(commands: Any) -> None:
     """Add ``sendmail`` to the ``spoolmail`` command tree."""
+    # Imported here: the spoolmail-sendmail script, started once a message, has no use for it.
+    import argparse  # noqa: PLC0415
+
     command = commands.add_parser(
         "sendmail",
         add_help=False,

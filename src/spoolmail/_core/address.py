@@ -18,7 +18,6 @@ one linear pass over the characters, so no input can make it backtrack.
 from __future__ import annotations
 
 import enum
-import ipaddress
 import re
 
 from spoolmail.exceptions import MessageError
@@ -440,6 +439,10 @@ def _check_literal(text: str) -> str:
     if not text.endswith("]"):
         raise _NotAnAddress(f"the address literal {text!r} does not end with ']'")
     inner = text[1:-1]
+    # Imported here: few addresses are literals, and spoolmail-sendmail, started once a
+    # message, would pay for ipaddress every time (close to a millisecond).
+    import ipaddress  # noqa: PLC0415
+
     try:
         if inner[:5].lower() == "ipv6:":
             return f"[IPv6:{ipaddress.IPv6Address(inner[5:])}]"

@@ -27,14 +27,16 @@ import re
 import sys
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
-from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 from spoolmail._core.ids import QueueIds
 from spoolmail._store.folders import PICKUP
 from spoolmail._store.syncing import sync_file_system
 from spoolmail.exceptions import ConfigurationError, MessageError, StorageError
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 __all__ = ["STALE_AFTER", "PickupFile", "PickupWriter", "TooLarge", "is_stale_temp"]
 
@@ -55,6 +57,10 @@ def is_stale_temp(name: str, mtime: float, now: float) -> bool:
 def pickup_folder(root: str | os.PathLike[str]) -> Path:
     """``root/Pickup``, found without listing ``root`` (the writer may not have that right):
     the exact name first, then IIS's and the usual other spellings."""
+    # Imported here: PickupFile's user spoolmail-sendmail, started once a message, has no
+    # need of pathlib (pathlib and the urllib.parse it imports are ~2 ms of its start-up).
+    from pathlib import Path  # noqa: PLC0415
+
     base = Path(root)
     for name in (PICKUP, "PickUp", "pickup", "PICKUP"):
         folder = base / name

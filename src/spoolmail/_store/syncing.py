@@ -4,11 +4,14 @@ Two writers use it: intake, which makes a Pickup batch's Queue files durable at 
 (``MailStore.sync_queued``), and ``PickupFile``, whose user may not open a write-only Pickup
 folder to fsync it. Before Linux 5.8 syncfs did not report a failed writeback of a file's data
 as fsync does, so it is not offered there.
+
+``ctypes`` is imported at the first call, not with the module: ``PickupFile`` imports this for
+the rare write-only Pickup, and ``spoolmail-sendmail``, started once a message, would pay for
+it every time (about 1.3 ms of its start-up).
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
 import platform
 import sys
@@ -27,6 +30,8 @@ def syncfs() -> Callable[[int], int] | None:
         return None
     if release < (5, 8):
         return None
+    import ctypes  # noqa: PLC0415 (see the module's text)
+
     # The process's own symbols include libc's; no search for the library (ldconfig).
     found: Callable[[int], int] | None = getattr(ctypes.CDLL(None, use_errno=True), "syncfs", None)
     return found
@@ -40,5 +45,7 @@ def sync_file_system(fd: int) -> None:
         os.sync()
         return
     if call(fd) != 0:
+        import ctypes  # noqa: PLC0415 (imported by syncfs() already)
+
         code = ctypes.get_errno()
         raise OSError(code, os.strerror(code))
