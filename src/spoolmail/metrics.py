@@ -20,11 +20,13 @@ Metrics (names as ``prometheus_client`` writes them):
   ``spoolmail_delivered_total``, ``spoolmail_deferred_total``, ``spoolmail_failed_total``
   (recipient outcomes), ``spoolmail_dsns_total``, ``spoolmail_badmail_total``,
   ``spoolmail_removed_total``, ``spoolmail_connections_opened_total``,
-  ``spoolmail_connections_reused_total``;
+  ``spoolmail_connections_reused_total``, ``spoolmail_dns_cache_hits_total``,
+  ``spoolmail_dns_cache_misses_total`` (DNS lookups answered from the cache, or asked);
 - ``spoolmail_messages{state="queued"|"held"|"delivering"|"pickup"}``, what waits now;
 - ``spoolmail_connections{host="name[address]:port"}``, SMTP connections open by host;
 - ``spoolmail_dead_hosts``, hosts left alone for not answering;
 - ``spoolmail_failed_lookups``, destinations left alone for a lookup that got no answer;
+- ``spoolmail_dns_cache_entries``, DNS answers kept now;
 - ``spoolmail_started_seconds``, when the service (its counters) started, as a Unix time.
 """
 
@@ -81,6 +83,8 @@ COUNTERS = {
     "removed": "messages finished",
     "connections_opened": "SMTP connections opened",
     "connections_reused": "transactions sent over a connection kept from an earlier one",
+    "dns_cache_hits": "DNS lookups answered from the cache",
+    "dns_cache_misses": "DNS lookups the cache had no answer for (asked of the server)",
 }
 
 
@@ -164,6 +168,9 @@ class MetricsCollector:
             "spoolmail_failed_lookups",
             "destinations left alone for a lookup that got no answer",
             value=stats.failed_lookups,
+        )
+        yield core.GaugeMetricFamily(
+            "spoolmail_dns_cache_entries", "DNS answers kept now", value=stats.dns_cache_entries
         )
         yield core.GaugeMetricFamily(
             "spoolmail_started_seconds",

@@ -162,6 +162,7 @@ def service(
         spool,
         router=router(settings),
         dns_resolver=dns_resolver(settings.dns_servers),
+        dns_cache_size=settings.dns_cache_size,
         retry=retry,
         local_retry=local,
         transport=SmtpTransport(

@@ -41,6 +41,9 @@ A settings file is TOML with one ``[spoolmail]`` table; every key is optional:
     tls_ca_file = "/etc/ssl/certs/ca-certificates.crt"
     # DNS servers to ask instead of the system's: ADDRESS or ADDRESS:PORT
     dns_servers = ["192.0.2.53", "[2001:db8::53]:5353"]
+    # DNS answers each worker keeps for their TTL, the least recently used dropped first; 0:
+    # none
+    dns_cache_size = 10000
     # the port MX hosts are reached on
     smtp_port = 25
     # replaces a local domain in MAIL FROM when sending out
@@ -186,6 +189,9 @@ if TYPE_CHECKING:
 # MailService's default (spoolmail._service.service.MIN_FREE_SPACE, a test holds them equal):
 # importing the service for it would make every command, ``queue flush`` too, pay for it.
 MIN_FREE_SPACE = 100 * 1024 * 1024
+# The DNS answers MailService keeps by default (spoolmail._transport.dns.CACHE_SIZE; a test
+# holds them equal), here for the same reason.
+DNS_CACHE_SIZE = 10_000
 
 __all__ = [
     "RETRY_PRESETS",
@@ -629,6 +635,15 @@ class Settings:
         example=["192.0.2.53", "[2001:db8::53]:5353"],
         metavar="ADDRESS[:PORT]",
         converter=_tuple,
+    )
+    dns_cache_size: int = _setting(
+        DNS_CACHE_SIZE,
+        INTEGER,
+        "DNS answers each worker keeps for their TTL, the least recently used dropped first; "
+        "0: none",
+        flag="--dns-cache-size",
+        metavar="N",
+        validator=_not_negative,
     )
     smtp_port: int = _setting(
         25,

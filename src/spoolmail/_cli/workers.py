@@ -154,8 +154,9 @@ def _decode(data: dict[str, Any]) -> Stats:
 
 
 def combine_stats(parts: Iterable[Stats]) -> Stats:
-    """The workers' stats as one service's: counters and connections summed; the Queue and
-    Pickup gauges (every worker lists the whole MailRoot) from the first; the earliest start."""
+    """The workers' stats as one service's: counters, connections and DNS answers kept (each
+    worker has its own cache) summed; the Queue and Pickup gauges (every worker lists the whole
+    MailRoot) from the first; the earliest start."""
     parts = list(parts)
     if not parts:
         raise ValueError("no stats to combine")
@@ -173,6 +174,9 @@ def combine_stats(parts: Iterable[Stats]) -> Stats:
         "failed_lookups",
         "connections_opened",
         "connections_reused",
+        "dns_cache_hits",
+        "dns_cache_misses",
+        "dns_cache_entries",
     )
     summed: dict[str, Any] = {name: sum(getattr(p, name) for p in parts) for name in counters}
     connections: dict[str, int] = {}

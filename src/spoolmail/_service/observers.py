@@ -170,7 +170,11 @@ class Stats:
     not answering, ``failed_lookups`` how many destinations for a lookup that got no answer.
     ``connections_opened`` and ``connections_reused`` (counters, when the transport
     keeps count: :class:`~spoolmail.SmtpTransport` does): SMTP connections opened, and
-    transactions sent over a connection kept from an earlier one.
+    transactions sent over a connection kept from an earlier one. ``dns_cache_hits`` and
+    ``dns_cache_misses`` (counters) and ``dns_cache_entries`` (a gauge), of the answer cache of
+    the service's own DNS resolver: lookups answered from it, lookups it had no answer for
+    (asked of the DNS server), answers it keeps now; all 0 with the cache off
+    (``dns_cache_size=0``) or a ``host_resolver`` that keeps none.
     """
 
     started: datetime
@@ -193,6 +197,9 @@ class Stats:
     failed_lookups: int = 0
     connections_opened: int = 0
     connections_reused: int = 0
+    dns_cache_hits: int = 0
+    dns_cache_misses: int = 0
+    dns_cache_entries: int = 0
 
 
 # Which counter each event adds one to.

@@ -58,7 +58,7 @@ from spoolmail._store.suppression import SuppressionList
 from spoolmail._store.transitions import Transitions
 from spoolmail._transport.base import HostResolver, Transport
 from spoolmail._transport.dane import Dane
-from spoolmail._transport.dns import DnsResolver
+from spoolmail._transport.dns import CACHE_SIZE, DnsResolver
 from spoolmail._transport.mtasts import HttpsPolicyFetcher, MtaSts, PolicyFetcher
 from spoolmail._transport.smtp import SmtpTransport
 from spoolmail.exceptions import (
@@ -312,6 +312,10 @@ class MailService:
       "Masquerade domain", KB Q303734: first hop only; headers are left alone).
     - ``host_resolver`` looks names up (default: DNS, through ``dns_resolver``, a
       ``dns.resolver.Resolver``, or the system's; tests use ``spoolmail.testing.StaticResolver``).
+    - ``dns_cache_size`` (default 10,000; 0: none) is how many DNS answers the service's own
+      resolver keeps, each for its TTL (docs/delivery.md); :meth:`stats` counts the cache's
+      hits, misses and entries. It applies only to the resolver the service builds: a
+      ``host_resolver`` given keeps its own cache, or none, whatever ``dns_cache_size`` says.
     - ``pickup_dot_stuffed=True`` un-stuffs leading dots in Pickup files as IIS 5+ did
       (``DisablePickupDotStuff=0``); by default files are taken as written (.NET Core 3+).
     - A Pickup file is taken only once no process has it open for writing (a Linux read lease
@@ -367,6 +371,7 @@ class MailService:
         transport: Transport | None = None,
         host_resolver: HostResolver | None = None,
         dns_resolver: dns.resolver.Resolver | None = None,
+        dns_cache_size: int = CACHE_SIZE,
         clock: Callable[[], datetime] | None = None,
         fqdn: str | None = None,
         limits: Limits | None = None,
@@ -396,6 +401,14 @@ class MailService:
         _check_waits(pickup_settle, pickup_open_warning, rescan_interval)
         if min_free_space < 0:
             raise ConfigurationError(f"min_free_space must be 0 or more, not {min_free_space!r}")
+        if (
+            isinstance(dns_cache_size, bool)
+            or not isinstance(dns_cache_size, int)
+            or dns_cache_size < 0
+        ):
+            raise ConfigurationError(
+                f"dns_cache_size must be 0 (no cache) or more answers, not {dns_cache_size!r}"
+            )
         self.min_free_space, self._room = min_free_space, True
         self._room_lock = threading.Lock()
         self.spool = spool
@@ -437,6 +450,7 @@ class MailService:
         self._names = host_resolver = host_resolver or DnsResolver(
             resolver=_asking_for_ad(dns_resolver) if dane else dns_resolver,
             local_names=[self.fqdn],
+            cache_size=dns_cache_size,
         )
         self.suppression = _suppression_list(spool, suppression_days)
         self._delivery = Deliverer(
@@ -629,6 +643,7 @@ class MailService:
                 dead_hosts=len(self._delivery.dead.marks),
                 failed_lookups=len(self._delivery.dead.lookups),
                 **self._connection_counts(),
+                **self._dns_cache_counts(),
             )
         files = self._store.queue_files()
         delivering = sum(1 for entry in files.values() if entry.claims)
@@ -654,6 +669,7 @@ class MailService:
             dead_hosts=len(self._delivery.dead.marks),
             failed_lookups=len(self._delivery.dead.lookups),
             **self._connection_counts(),
+            **self._dns_cache_counts(),
         )
 
     def _connection_counts(self) -> dict[str, int]:
@@ -662,6 +678,12 @@ class MailService:
             return {}  # a transport that keeps no count (a test's)
         opened, reused = counts()
         return {"connections_opened": opened, "connections_reused": reused}
+
+    def _dns_cache_counts(self) -> dict[str, int]:
+        if not isinstance(self._names, DnsResolver):
+            return {}  # a host_resolver of the caller's (StaticResolver): no cache to count
+        hits, misses, entries = self._names.cache_counts()
+        return {"dns_cache_hits": hits, "dns_cache_misses": misses, "dns_cache_entries": entries}
 
     def check_host_name(self, *, addresses: Iterable[str] = ()) -> HostNameCheck:
         """Whether ``helo_name`` resolves forward to addresses that resolve back to it (FCrDNS),

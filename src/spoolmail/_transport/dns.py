@@ -160,25 +160,34 @@ class _AnswerCache:
         self._monotonic = monotonic
         self._entries: OrderedDict[_Key, tuple[float, _Records | _Failure]] = OrderedDict()
         self._lock = threading.Lock()
+        self._hits = self._misses = 0
 
     def __len__(self) -> int:
         return len(self._entries)
 
     def get(self, key: _Key) -> tuple[_Records | _Failure, float] | None:
-        """The answer kept for ``key`` and the seconds it has left, or ``None``."""
-        if key not in self._entries:
-            return None  # the usual miss, seen without the lock (a dict look is atomic)
+        """The answer kept for ``key`` and the seconds it has left, or ``None``; counted as a
+        hit or a miss (:meth:`counts`)."""
         now = self._monotonic()
+        # A miss takes the lock too, to be counted: beside the question it sends next (a round
+        # trip to the server), that costs nothing.
         with self._lock:
             entry = self._entries.get(key)
-            if entry is None:
-                return None
-            expires, found = entry
-            if now >= expires:
+            if entry is not None and now >= entry[0]:
                 del self._entries[key]
+                entry = None
+            if entry is None:
+                self._misses += 1
                 return None
+            self._hits += 1
             self._entries.move_to_end(key)
+        expires, found = entry
         return found, expires - now
+
+    def counts(self) -> tuple[int, int, int]:
+        """Hits and misses since the cache was made, and the answers it keeps now."""
+        with self._lock:
+            return self._hits, self._misses, len(self._entries)
 
     def put(self, key: _Key, found: _Records | _Failure, ttl: float) -> None:
         """Keep ``found`` for ``ttl`` seconds; a TTL of 0 (or less) is not kept, nor an answer
@@ -244,6 +253,7 @@ class DnsResolver:
     (:data:`CACHE_SIZE`; 0 keeps none), timed by ``monotonic``; never a failure, nor a TTL
     of 0. A kept answer keeps its AD bit, and answers to queries that asked for it (DANE's,
     ``MailService(dane=True)``) are kept apart from those to queries that did not.
+    :meth:`cache_counts` tells the cache's hits, misses and size (``MailService.stats()``).
     """
 
     def __init__(
@@ -310,6 +320,12 @@ class DnsResolver:
         else:
             texts = tuple(rdata.to_text() for rdata in answer)
         return Lookup(texts, authenticated=answer.authenticated)
+
+    def cache_counts(self) -> tuple[int, int, int]:
+        """The answer cache's hits (lookups answered from it) and misses (lookups it had no
+        answer for, which go to the server) since this resolver was made, and the answers it
+        keeps now; ``(0, 0, 0)`` with ``cache_size=0``. Safe from any thread."""
+        return (0, 0, 0) if self._cache is None else self._cache.counts()
 
     def addresses(self, host: str, transcript: Transcript) -> tuple[str, ...] | Reply:
         """The addresses of ``host`` (IPv6 and IPv4 interleaved), or why it has none."""
