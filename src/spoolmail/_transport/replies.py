@@ -103,6 +103,8 @@ class ServerReply:
 
     def to_reply(self, host: str) -> Reply:
         first = Reply.parse(self.code, self.lines[0], host=host)
+        if len(self.lines) == 1:
+            return first  # nearly every reply: the one below would be this one again
         texts = [first.text]
         for line in self.lines[1:]:
             # Multiline replies often repeat the enhanced code on every line (RFC 2034 §4).
