@@ -264,3 +264,24 @@ def test_the_route_is_the_brute_force_one(
     expected = _reference_route(domain, routes)
     found = hop_of(Router(routes=routes), f"ann@{domain}{'.' if final_dot else ''}")
     assert found == (f"{expected}:25" if expected else f"MX of {domain.lower()}")
+
+
+@pytest.mark.parametrize(
+    ("first", "second"),
+    [
+        ("bücher.example", "xn--bcher-kva.example"),
+        ("Partner.Example", "partner.example."),
+        ("*.Corp.example", "*.corp.example"),
+    ],
+)
+@pytest.mark.parametrize("setting", ["routes", "tls_domains"])
+def test_two_spellings_of_one_domain_are_refused(first: str, second: str, setting: str) -> None:
+    """Two keys naming one domain (case, a final dot, a U-label and its A-label): one of them
+    silently won. Guard: a wildcard and its apex are two keys, as they match apart."""
+    value = "[192.0.2.7]" if setting == "routes" else "required"
+    with pytest.raises(ConfigurationError) as info:
+        Router(**{setting: {first: value, second: value}})
+    assert str(info.value) == (
+        f"{setting}: {first!r} and {second!r} name the same domain; keep one"
+    )
+    Router(**{setting: {"*.corp.example": value, "corp.example": value}})

@@ -348,10 +348,25 @@ def _smart_host(value: Hop | str | None) -> Hop | None:
     return _checked_hop(hop, "smart_host")
 
 
+def _keyed_domain(domain: str, setting: str, seen: dict[str, str]) -> str:
+    """``domain`` checked as a key of ``setting`` (wildcards allowed), refused when another key
+    already named the same domain in another spelling (case, a final dot, a U-label and its
+    A-label: ``bücher.example`` and ``xn--bcher-kva.example``): one would silently win."""
+    key = _domain(domain, setting, wildcard=True)
+    same = _domain_key(key)
+    if same in seen:
+        raise ConfigurationError(
+            f"{setting}: {seen[same]!r} and {domain!r} name the same domain; keep one"
+        )
+    seen[same] = domain
+    return key
+
+
 def _routes(value: Mapping[str, Hop | str]) -> Mapping[str, Hop]:
     routes = {}
+    seen: dict[str, str] = {}
     for domain, hop in value.items():
-        key = _domain(domain, "routes", wildcard=True)
+        key = _keyed_domain(domain, "routes", seen)
         parsed = parse_hop(hop) if isinstance(hop, str) else hop
         routes[key] = _checked_hop(parsed, f"routes[{domain!r}]")
     return routes
@@ -395,8 +410,9 @@ def _split_wildcards(keyed: Mapping[str, _V]) -> tuple[dict[str, _V], dict[str, 
 
 
 def _tls_domains(value: Mapping[str, TlsPolicy | str]) -> Mapping[str, TlsPolicy]:
+    seen: dict[str, str] = {}
     return {
-        _domain(domain, "tls_domains", wildcard=True): _policy(policy, f"tls_domains[{domain!r}]")
+        _keyed_domain(domain, "tls_domains", seen): _policy(policy, f"tls_domains[{domain!r}]")
         for domain, policy in value.items()
     }
 
