@@ -16,9 +16,6 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-import dns.message
-import dns.rdatatype
-import dns.rrset
 import pytest
 
 from spoolmail import Stats
@@ -27,22 +24,9 @@ from spoolmail._cli.main import EX_OK, EX_USAGE, main
 from spoolmail._cli.settings import Settings, load_settings
 from spoolmail._transport import dns as dns_transport
 from spoolmail.exceptions import ConfigurationError
+from tests.service.test_dns_cache_stats import script  # its DNS: ok.test's MX, 127.0.0.1
 from tests.smtpservers import SmtpServer, smtp_server
 from tests.transport.test_hostile_dns import ScriptedDns
-
-
-def script(query: dns.message.Message, transport: str) -> list[bytes]:
-    """ok.test's MX is mx.ok.test, at 127.0.0.1; any other question: NODATA."""
-    question = query.question[0]
-    name = question.name.to_text().rstrip(".").lower()
-    response = dns.message.make_response(query)
-    if name == "ok.test" and question.rdtype == dns.rdatatype.MX:
-        response.answer.append(
-            dns.rrset.from_text(question.name, 300, "IN", "MX", "10 mx.ok.test.")
-        )
-    elif name == "mx.ok.test" and question.rdtype == dns.rdatatype.A:
-        response.answer.append(dns.rrset.from_text(question.name, 300, "IN", "A", "127.0.0.1"))
-    return [response.to_wire()]
 
 
 @pytest.fixture
