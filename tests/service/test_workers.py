@@ -118,8 +118,14 @@ def test_a_flush_reaches_every_worker(
     assert all(deferred)
     transport.answers = {}
     operator.flush_queue()
+    delivered: list[str] = []
     for worker, mine in zip(workers, deferred, strict=True):
-        assert {queue_id for queue_id, _ in worker.service.run_once().delivered} == mine
+        done = [queue_id for queue_id, _ in worker.service.run_once().delivered]
+        # Its own share at least; on OS filesystems the first helps with the other's too
+        # (tests/service/test_helping.py).
+        assert mine <= set(done) | set(delivered)
+        delivered += done
+    assert sorted(delivered) == sorted(deferred[0] | deferred[1])  # each once
     assert list(operator.queued()) == []
     assert not [n for n in operator._store.listdir("SortTemp") if n.endswith(".trigger")]
 

@@ -97,10 +97,11 @@ class Attempts:
     emit: Callable[[MailEvent], None]
     emit_all: Callable[[Sequence[MailEvent]], None]
 
-    def attempt(self, queue_id: str, tally: Tally) -> None:
-        """QUEUED → DELIVERING → (QUEUED | DONE | BADMAIL) for one due message."""
+    def attempt(self, queue_id: str, tally: Tally, *, flushed: bool = False) -> None:
+        """QUEUED → DELIVERING → (QUEUED | DONE | BADMAIL) for one due message; ``flushed``:
+        an operator's flush made it due (else the schedule says)."""
         transitions = self.transitions
-        flushed = self.take_flushed(queue_id)
+        flushed = self.take_flushed(queue_id) or flushed
         if transitions.apply(State.QUEUED, Event.CLAIMED, Change(id=queue_id)) is None:
             return  # another process has it, or it is gone
         try:

@@ -45,6 +45,7 @@ from spoolmail._service.checks import HostNameCheck, check_host_name, warn_about
 from spoolmail._service.delivery import Deliverer
 from spoolmail._service.destinations import Concurrency, Throttles
 from spoolmail._service.handoff import WAKE, Handoff, received
+from spoolmail._service.helping import Helping
 from spoolmail._service.intake import Intake
 from spoolmail._service.observers import Counters, LogObserver, Stats
 from spoolmail._service.report import Report, Tally
@@ -139,6 +140,15 @@ class _Tick:
                 continue
             self.attempted.add(queue_id)
             self.service._submit(self.running, queue_id)
+        return self.running.started
+
+    def help(self) -> bool:
+        """Hand the other shares' waiting messages to the threads, after a flush of everything
+        (``_service.helping``); whether anything is running."""
+        for queue_id in self.service._helped():
+            if queue_id not in self.attempted:
+                self.attempted.add(queue_id)
+                self.service._submit(self.running, queue_id, helped=True)
         return self.running.started
 
     def collect(self, tally: Tally) -> None:
@@ -501,6 +511,7 @@ class MailService:
         self._arrivals: deque[str] = deque()
         self._wakeup = _Waker()
         self._handoff: Handoff | None = None
+        self._helping = Helping(self.share)
         self._schedule_lock = threading.Lock()
         self._threads: DeliveryThreads | None = None
         self._observe(observers, log_days=log_days)
@@ -581,8 +592,24 @@ class MailService:
         # DSNs queued by this tick are due at once, so go on until nothing new is due.
         while tick.dispatch():
             tick.collect(tally)
+        while self._helping.active and tick.help():
+            tick.collect(tally)
+            while tick.dispatch():
+                tick.collect(tally)
         tick.finish()
+        self._guard(tally, "telling other workers what they own", self._tell_owners)
         return tally.freeze()
+
+    def _helped(self) -> list[str]:
+        """The other shares' waiting messages to help with now (``_service.helping``)."""
+        try:
+            return self._helping.candidates(self._store.queue_files())
+        except StorageError as exc:
+            log.warning("cannot list the Queue to help the other workers: %s", exc)
+            return []
+
+    def _tell_owners(self) -> None:
+        self._helping.tell_owners(self._store.write_trigger)
 
     def _ready_pickups(self, tally: Tally) -> Iterator[tuple[str, int]]:
         """The Pickup files ready to take and their sizes, in turn
@@ -729,6 +756,8 @@ class MailService:
             return self._schedule.pop_due(self.clock())
 
     def _due_at(self, queue_id: str, when: datetime) -> None:
+        if self._helping.hands_back(queue_id):
+            return  # another share's: its owner is told (run_once)
         with self._schedule_lock:
             self._schedule.set(queue_id, when)
 
@@ -736,16 +765,27 @@ class MailService:
         with self._schedule_lock:
             return self._schedule.take_flushed(queue_id)
 
-    def _submit(self, batch: Batch[Tally], queue_id: str) -> None:
+    def _submit(self, batch: Batch[Tally], queue_id: str, *, helped: bool = False) -> None:
         if self._threads is None:
             self._threads = DeliveryThreads(self.limits.max_connections, name="spoolmail")
-        self._threads.submit(batch, self._attempt_alone, queue_id)
+        self._threads.submit(
+            batch, self._attempt_helped if helped else self._attempt_alone, queue_id
+        )
 
     def _attempt_alone(self, queue_id: str) -> Tally:
         tally = Tally()
         self._guard(
             tally, f"delivering {queue_id}", partial(self._attempts.attempt, queue_id, tally)
         )
+        return tally
+
+    def _attempt_helped(self, queue_id: str) -> Tally:
+        """Another share's message, flushed: attempted unless an attempt rewrote its envelope
+        since the flush (or it is gone); its owner may claim it first."""
+        tally = Tally()
+        if self._helping.untouched(self._transitions.envelope_signature(queue_id)):
+            attempt = partial(self._attempts.attempt, queue_id, tally, flushed=True)
+            self._guard(tally, f"delivering {queue_id}", attempt)
         return tally
 
     def run_forever(
@@ -972,6 +1012,7 @@ class MailService:
             if order.everything:
                 chosen |= ids
                 everything = True
+                self._helping.start(order.issued)
                 continue
             try:
                 choose = flush_chooser(order.sender, order.domain)

@@ -265,11 +265,14 @@ class FlushOrder:
     sender: str | None = None
     domain: str | None = None
     ids: frozenset[str] | None = None
+    # When the order was written (its file's mtime, time.time_ns()'s scale); None where there
+    # is no OS file to look at. Not part of what the order asks.
+    issued: int | None = attrs.field(default=None, eq=False)
 
     @classmethod
-    def of(cls, data: object) -> FlushOrder:
+    def of(cls, data: object, *, issued: int | None = None) -> FlushOrder:
         if not isinstance(data, dict):
-            return cls()  # unreadable: flushing everything is the harmless reading
+            return cls(issued=issued)  # unreadable: flushing everything is the harmless reading
         sender, domain, ids = data.get("sender"), data.get("domain"), data.get("ids")
         return cls(
             sender if isinstance(sender, str) else None,
@@ -277,6 +280,7 @@ class FlushOrder:
             frozenset(i for i in ids if isinstance(i, str) and is_queue_id(i))
             if isinstance(ids, list)
             else None,
+            issued=issued,
         )
 
     @property
@@ -1637,7 +1641,9 @@ class MailStore:
             try:
                 data = self._read_order(mine)
                 if "flush" in data:
-                    flushes.append(FlushOrder.of(data["flush"]))
+                    written = self.signature(SORTTEMP, mine)
+                    issued = None if written is None else written[1]
+                    flushes.append(FlushOrder.of(data["flush"], issued=issued))
                 else:
                     ids = data.get("ids")
                     everything |= bool(data.get("all")) or not isinstance(ids, list)

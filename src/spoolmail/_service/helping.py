@@ -1,0 +1,93 @@
+"""Helping: after an operator's flush of everything, a worker of a group whose own share is done
+attempts the waiting messages of the other shares too.
+
+Workers divide the Queue by a hash of each id (``_core.shares``), so their shares differ by
+chance: 5,000 flushed messages fell 1,198, 1,231, 1,316 and 1,255 to four workers, and the
+flush lasted as long as the largest share took, the last tenth of a second with one or two
+workers left on two CPUs (bench/README.md, "Twenty-seventh round"). Postfix has one queue
+manager and no shares. So a worker that has delivered its own part of a flush goes on with the
+others' waiting messages, the newest first (their owners take theirs oldest first), until none
+is left.
+
+What makes it safe is what makes any worker's stray attempt safe: a claim is a rename, and only
+one process wins it; the loser passes over. What keeps it to the flush: a message is helped
+only while its envelope is no younger than the flush order's file (an attempt since rewrote it: it
+was tried; the order a worker reads may be a copy the first worker to see it made for it, a
+few milliseconds younger), and a worker schedules only its own share: what a helped
+attempt leaves waiting (a deferral, a DSN) is told to its owner with a trigger
+(``MailStore.write_trigger``), not kept here, so nothing waits on two schedules or on none.
+A flush with a filter (a sender, a domain, ids) is not helped: telling its messages apart
+would take reading every waiting envelope of the other shares.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Mapping
+
+from spoolmail._core.shares import Share
+from spoolmail._store.store import QueueFiles
+
+__all__ = ["Helping"]
+
+
+class Helping:
+    """One worker's help with the other shares of a flush of everything. Thread-safe where the
+    delivery threads call it (:meth:`untouched`, :meth:`hands_back`)."""
+
+    def __init__(self, share: Share) -> None:
+        self._share = share
+        # When the flush of everything was written (time.time_ns()'s scale); None: not helping.
+        self._since: int | None = None
+        self._lock = threading.Lock()
+        self._told: set[str] = set()  # other shares' ids a helped attempt left waiting
+
+    @property
+    def active(self) -> bool:
+        return self._since is not None
+
+    def start(self, issued: int | None) -> None:
+        """A flush of everything written at ``issued`` (its order's mtime; ``None``: no OS file,
+        no help) was taken: help once this worker's own part is done."""
+        if self._share.whole or issued is None:
+            return
+        self._since = issued if self._since is None else max(self._since, issued)
+
+    def candidates(self, files: Mapping[str, QueueFiles]) -> list[str]:
+        """The other shares' waiting messages in ``files`` (the Queue, listed just now), newest
+        first; none ends the help."""
+        owns = self._share.owns_id
+        found = [
+            queue_id
+            for queue_id, entry in files.items()
+            if entry.envelope and entry.message and not entry.claims and not owns(queue_id)
+        ]
+        if not found:
+            self._since = None
+        return sorted(found, reverse=True)
+
+    def untouched(self, signature: tuple[int, ...] | None) -> bool:
+        """Whether an envelope of ``signature`` (``MailStore.signature``: inode, mtime, size)
+        is as it was when the flush was written: not rewritten by an attempt since. ``None`` (gone,
+        or no OS file to look at) is not."""
+        since = self._since
+        # Not after: the kernel stamps files with a clock of a few milliseconds' grain, so an
+        # envelope deferred just before the order can bear the order's very time (one rewritten
+        # just after it is then tried twice, which does no harm).
+        return since is not None and signature is not None and signature[1] <= since
+
+    def hands_back(self, queue_id: str) -> bool:
+        """Whether ``queue_id``, about to be scheduled here, is another share's that a helped
+        attempt left waiting: noted for :meth:`tell_owners` instead."""
+        if self._since is None or self._share.owns_id(queue_id):
+            return False
+        with self._lock:
+            self._told.add(queue_id)
+        return True
+
+    def tell_owners(self, write_trigger: Callable[[Iterable[str]], None]) -> None:
+        """Ask the owners to schedule what :meth:`hands_back` noted (one trigger)."""
+        with self._lock:
+            told, self._told = self._told, set()
+        if told:
+            write_trigger(sorted(told))
