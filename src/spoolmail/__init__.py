@@ -7,13 +7,17 @@ or returned into ``BadMail/`` with the reason. See ``docs/`` for the guide and f
 """
 
 import importlib
-import typing as _typing
+
+# Not typing.TYPE_CHECKING: importing typing (re, collections, functools with it) is about 10 ms
+# of an interpreter's start, which ``spoolmail queue flush --quiet`` does without
+# (``_cli.quick``); type checkers read the name as typing's.
+TYPE_CHECKING = False
 
 # Every public name is imported at its first use (PEP 562, ``__getattr__`` below): a program that
 # needs the Spool alone, and the spoolmail command that needs only its subcommand's modules, do
 # not pay at start-up for the listener, DKIM, DNS and the service. Type checkers, IDEs and
 # ``from spoolmail import X`` see the same names as before.
-if _typing.TYPE_CHECKING:
+if TYPE_CHECKING:
     __version__: str
 
     from spoolmail._core.dkim import (
@@ -57,6 +61,8 @@ if _typing.TYPE_CHECKING:
     from spoolmail._transport.smtp import SmtpTransport
     from spoolmail._transport.timeouts import SmtpTimeouts
     from spoolmail.exceptions import SpoolmailError
+
+del TYPE_CHECKING  # not a name of the package
 
 # Where each exported name is defined: ``__getattr__`` imports it from there when first asked.
 _ORIGINS = {
