@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from spoolmail import MailService, Reply, Router, Share, Spool
+from spoolmail._service.handoff import Handoff
 from spoolmail._store import pyfs
 from spoolmail.testing import CapturingTransport, FakeClock, StaticResolver
 from tests.smtpservers import smtp_server
@@ -260,3 +261,24 @@ def test_without_a_flush_a_worker_keeps_to_its_share(
     clock.advance(timedelta(days=1))  # every message due again by its retry time
     assert set(delivered(first.service.run_once())) == first.owned(waiting)
     assert {item.id for item in first.spool.queued()} == second.owned(waiting)
+
+
+def test_a_listening_worker_does_not_help(
+    os_pair: tuple[list[Worker], CapturingTransport],
+) -> None:
+    (listening, taking), transport = os_pair
+    handoff = Handoff(2, 1)  # the first listens, hands its sessions' mail to the second
+    try:
+        for worker in (listening, taking):
+            worker.service._use_handoff(handoff)
+        queue(listening.spool, 20)  # Pickup is never handed off: each takes its own share
+        transport.answers = {f"user{n}@remote.test": LATER for n in range(20)}
+        for worker in (listening, taking):
+            worker.service.run_once()
+        waiting = {item.id for item in listening.spool.queued()}
+        transport.answers = {}
+        listening.spool.flush_queue()
+        assert set(delivered(listening.service.run_once())) == listening.owned(waiting)
+        assert set(delivered(taking.service.run_once())) == taking.owned(waiting)
+    finally:
+        handoff.close()

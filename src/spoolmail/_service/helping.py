@@ -17,7 +17,8 @@ few milliseconds younger), and a worker schedules only its own share: what a hel
 attempt leaves waiting (a deferral, a DSN) is told to its owner with a trigger
 (``MailStore.write_trigger``), not kept here, so nothing waits on two schedules or on none.
 A flush with a filter (a sender, a domain, ids) is not helped: telling its messages apart
-would take reading every waiting envelope of the other shares.
+would take reading every waiting envelope of the other shares. Nor does a listening worker help
+(``_service.handoff``): it hands its own mail to the others to keep its CPU for its sessions.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class Helping:
 
     def __init__(self, share: Share) -> None:
         self._share = share
+        self._enabled = True
         # When the flush of everything was written (time.time_ns()'s scale); None: not helping.
         self._since: int | None = None
         self._lock = threading.Lock()
@@ -46,10 +48,16 @@ class Helping:
     def active(self) -> bool:
         return self._since is not None
 
+    def never(self) -> None:
+        """Never help: a listening worker (``_service.handoff``) leaves delivery to the others,
+        its CPU to its SMTP sessions."""
+        self._enabled = False
+        self._since = None
+
     def start(self, issued: int | None) -> None:
         """A flush of everything written at ``issued`` (its order's mtime; ``None``: no OS file,
         no help) was taken: help once this worker's own part is done."""
-        if self._share.whole or issued is None:
+        if not self._enabled or self._share.whole or issued is None:
             return
         self._since = issued if self._since is None else max(self._since, issued)
 

@@ -531,6 +531,7 @@ class MailService:
         them and tells those; a taking worker's wake socket is its inbox."""
         if handoff.gives(self.share):
             self._handoff = handoff
+            self._helping.never()  # its CPU is its sessions'
             self.spool._new_ids_in = handoff.takes
             # What it hands off another process claims: nothing to remember for that.
             self._transitions.remember_written(True, only=self.share.owns_id)
