@@ -277,8 +277,9 @@ def test_cache_size_0_keeps_nothing(server: ScriptedDns, clock: Monotonic) -> No
         for _ in range(2):
             resolve(resolver, "kept.test")
         assert asked(server).count(("kept.test", "MX")) == expected
-    with pytest.raises(ValueError, match="cache_size"):
-        make_resolver(server, clock, cache_size=-1)
+    for wrong in (-1, True, False, 2.5, "10"):  # a bool is an int, and was taken as 1 or 0
+        with pytest.raises(ValueError, match="cache_size"):
+            make_resolver(server, clock, cache_size=wrong)
 
 
 def test_a_kept_answer_keeps_its_ad_bit(server: ScriptedDns, clock: Monotonic) -> None:

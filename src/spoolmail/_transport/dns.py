@@ -270,7 +270,8 @@ class DnsResolver:
             local_names = (local_names,)
         if not budget > 0:
             raise ValueError(f"budget must be a positive number of seconds, not {budget!r}")
-        if not isinstance(cache_size, int) or cache_size < 0:
+        # A bool is an int to isinstance: True would have been a cache of one answer.
+        if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size < 0:
             raise ValueError(f"cache_size must be 0 or more answers, not {cache_size!r}")
         self._cache = _AnswerCache(cache_size, monotonic) if cache_size else None
         self._resolver = resolver
