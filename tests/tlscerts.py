@@ -252,14 +252,18 @@ def issue_server(
     not_before: datetime.datetime | None = None,
     not_after: datetime.datetime | None = None,
     signer: ec.EllipticCurvePrivateKey | None = None,
+    common_name: str | None = None,
+    alternative_names: bool = True,
 ) -> Issued:
     """A server certificate for ``names`` (subjectAltName DNS names) issued by ``issuer``;
-    ``signer``, when given, signs it instead of the issuer's key (a forged issuer)."""
+    ``signer``, when given, signs it instead of the issuer's key (a forged issuer). Its subject's
+    common name is ``common_name`` or the first name; ``alternative_names=False`` leaves the
+    subjectAltName out (a legacy certificate named by its common name alone)."""
     key = ec.generate_private_key(ec.SECP256R1())
     start = not_before or _now()
-    certificate = (
+    builder = (
         x509.CertificateBuilder()
-        .subject_name(_name(names[0]))
+        .subject_name(_name(common_name or names[0]))
         .issuer_name(issuer.certificate.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
@@ -268,15 +272,15 @@ def issue_server(
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .add_extension(
-            x509.SubjectAlternativeName([x509.DNSName(name) for name in names]), critical=False
-        )
-        .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key()),
             critical=False,
         )
-        .sign(signer or issuer.key, hashes.SHA256())
     )
-    return Issued(key, certificate)
+    if alternative_names:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.DNSName(name) for name in names]), critical=False
+        )
+    return Issued(key, builder.sign(signer or issuer.key, hashes.SHA256()))
 
 
 @attrs.frozen

@@ -224,3 +224,77 @@ def test_a_ca_whose_key_usage_forbids_signing_certificates_is_refused(chain: Cha
     found = checked(record, [leaf.der, middle.der, chain.root.der])
     assert isinstance(found, Unmatched)
     assert "keyCertSign" in str(found)
+
+
+def legacy_leaf(chain: Chain, common_name: str, **dates: datetime) -> Issued:
+    """A leaf with no subjectAltName: named by its subject's common name alone."""
+    dates.setdefault("not_before", T0)
+    dates.setdefault("not_after", T0 + YEAR)
+    return issue_server(
+        chain.intermediate,
+        (common_name,),
+        alternative_names=False,
+        **dates,  # type: ignore[arg-type]
+    )
+
+
+@pytest.mark.parametrize(
+    ("common_name", "verified"),
+    [
+        ("mx1.example.net", True),
+        ("MX1.Example.NET.", True),
+        ("example.net", True),  # the next-hop domain
+        ("*.example.net", True),
+        ("*.net", False),
+        ("mx*.example.net", False),
+        ("mx2.example.net", False),
+    ],
+)
+def test_a_leaf_without_a_dns_alternative_name_is_matched_by_its_common_name(
+    chain: Chain, common_name: str, verified: bool
+) -> None:
+    """RFC 6125 section 6.4.4's fallback, as Postfix's DANE-TA: no DNS-ID, so the CN-ID."""
+    leaf = legacy_leaf(chain, common_name)
+    found = checked(spki_sha256(chain.intermediate), [leaf.der, chain.intermediate.der])
+    assert isinstance(found, Matched) is verified
+    if verified:
+        assert isinstance(found, Matched)
+        assert "the leaf's common name: it has no DNS name in a subjectAltName" in found.how
+    else:
+        assert "the leaf has no DNS name in a subjectAltName, and its common name" in str(found)
+
+
+def test_a_reference_name_is_no_pattern_for_a_common_name(chain: Chain) -> None:
+    leaf = legacy_leaf(chain, "*.example.net")
+    ders = [leaf.der, chain.intermediate.der]
+    for name in ("*.example.net", "a.*.example.net"):  # an MX host named so matches nothing
+        found = checked(spki_sha256(chain.intermediate), ders, names=(name,))
+        assert isinstance(found, Unmatched)
+
+
+def test_the_common_name_is_not_read_when_the_leaf_has_dns_alternative_names(
+    chain: Chain,
+) -> None:
+    leaf = issue_server(
+        chain.intermediate,
+        ("mx2.example.net",),
+        common_name="mx1.example.net",
+        not_before=T0,
+        not_after=T0 + YEAR,
+    )
+    found = checked(spki_sha256(chain.intermediate), [leaf.der, chain.intermediate.der])
+    assert isinstance(found, Unmatched)
+    assert "no matching subjectAltName for mx1.example.net" in str(found)
+
+
+def test_a_leaf_named_by_its_common_name_still_needs_a_verified_chain(chain: Chain) -> None:
+    expired = legacy_leaf(chain, "mx1.example.net", not_after=T0 + timedelta(days=2))
+    found = checked(spki_sha256(chain.intermediate), [expired.der, chain.intermediate.der])
+    assert isinstance(found, Unmatched)
+    assert "chain not verified" in str(found)
+    stranger = authority("stranger")
+    forged = issue_server(
+        stranger, ("mx1.example.net",), alternative_names=False, not_before=T0, not_after=T0 + YEAR
+    )
+    found = checked(spki_sha256(chain.intermediate), [forged.der, chain.intermediate.der])
+    assert isinstance(found, Unmatched)

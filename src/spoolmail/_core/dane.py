@@ -548,6 +548,8 @@ def _verify_chain(
         return f"a certificate of the chain cannot be read ({_shown(error)})"
     leaf, anchor = certificates[0], certificates[depth]
     intermediates = [c for i, c in enumerate(certificates) if i not in (0, depth)]
+    if not _dns_names(leaf):
+        return _verify_by_common_name(leaf, anchor, intermediates, names=names, now=now)
     builder = (
         verification.PolicyBuilder()
         .store(verification.Store([anchor]))
@@ -567,14 +569,84 @@ def _verify_chain(
         except (verification.VerificationError, ValueError) as error:
             errors.append(f"{name}: {_shown(error)}")
             continue
-        try:
-            shown = _shown(anchor.subject.rfc4514_string())
-        except ValueError:  # a subject cryptography can read but not write out
-            shown = "(a subject that cannot be shown)"
-        return _Verified(shown, name)
+        return _Verified(_subject_shown(anchor), name)
     if not errors:
         return "no name to verify the chain for"
     return "chain not verified for " + "; ".join(errors)
+
+
+def _subject_shown(certificate: x509.Certificate) -> str:
+    try:
+        return _shown(certificate.subject.rfc4514_string())
+    except ValueError:  # a subject cryptography can read but not write out
+        return "(a subject that cannot be shown)"
+
+
+def _dns_names(certificate: x509.Certificate) -> list[str]:
+    """The DNS names of a certificate's subjectAltName (none without one)."""
+    from cryptography import x509  # noqa: PLC0415 (the optional extra)
+
+    try:
+        extension = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return []
+    return list(extension.value.get_values_for_type(x509.DNSName))
+
+
+def _verify_by_common_name(
+    leaf: x509.Certificate,
+    anchor: x509.Certificate,
+    intermediates: list[x509.Certificate],
+    *,
+    names: Sequence[str],
+    now: datetime,
+) -> _Verified | str:
+    """A leaf with no DNS name in a subjectAltName: the chain verified as for a server, with no
+    name, then the subject's common name matched against ``names`` (RFC 6125 section 6.4.4's
+    fallback, which Postfix's DANE-TA applies too; a wildcard only as the whole leftmost
+    label)."""
+    from cryptography.x509 import verification  # noqa: PLC0415 (the optional extra)
+    from cryptography.x509.oid import NameOID  # noqa: PLC0415
+
+    builder = (
+        verification.PolicyBuilder()
+        .store(verification.Store([anchor]))
+        .time(now)
+        .max_chain_depth(MAX_CHAIN)
+        .extension_policies(ca_policy=_ca_policy(), ee_policy=_ee_policy(need_names=False))
+    )
+    try:
+        # The client verifier checks the path and the policies above, and names nothing.
+        builder.build_client_verifier().verify(leaf, intermediates)
+    except (verification.VerificationError, ValueError) as error:
+        return f"chain not verified: {_shown(error)}"
+    common = [
+        value
+        for attribute in leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        if isinstance(value := attribute.value, str)
+    ]
+    for name in names:
+        if any(_common_name_matches(value, name) for value in common):
+            how = f"{name} (the leaf's common name: it has no DNS name in a subjectAltName)"
+            return _Verified(_subject_shown(anchor), how)
+    shown = ", ".join(_shown(value) for value in common[:3]) or "none"
+    return (
+        f"chain not verified for {' or '.join(names) or 'no name'}: the leaf has no DNS name in "
+        f"a subjectAltName, and its common name ({shown}) is none of them"
+    )
+
+
+def _common_name_matches(value: str, name: str) -> bool:
+    """Whether a certificate's common name ``value`` is the DNS name ``name``: equal but for
+    case and a final dot, or ``*.`` for exactly the leftmost label of a name of three labels or
+    more."""
+    value, name = value.strip().rstrip(".").lower(), name.rstrip(".").lower()
+    if not value or not name or "*" in name:  # a reference name is no pattern
+        return False
+    if value.startswith("*."):
+        first, dot, rest = name.partition(".")
+        return bool(first) and bool(dot) and rest.count(".") >= 1 and value[2:] == rest
+    return value == name
 
 
 def _ca_policy() -> verification.ExtensionPolicy:
@@ -597,11 +669,12 @@ def _ca_policy() -> verification.ExtensionPolicy:
     )
 
 
-def _ee_policy() -> verification.ExtensionPolicy:
-    """What the leaf must satisfy: a subjectAltName (its DNS names are matched; the subject's
-    common name is not read, RFC 6125 section 6.4.4), and an extendedKeyUsage, when there is
-    one, that allows serverAuth. No authorityKeyIdentifier demanded (the CA/Browser Forum's
-    rule, which private CAs need not follow). Unknown critical extensions are refused."""
+def _ee_policy(*, need_names: bool = True) -> verification.ExtensionPolicy:
+    """What the leaf must satisfy: a subjectAltName (its DNS names are matched; without
+    ``need_names``, for a leaf that has no DNS name there, its subject's common name is, RFC
+    6125 section 6.4.4), and an extendedKeyUsage, when there is one, that allows serverAuth. No
+    authorityKeyIdentifier demanded (the CA/Browser Forum's rule, which private CAs need not
+    follow). Unknown critical extensions are refused."""
     from cryptography import x509  # noqa: PLC0415 (the optional extra)
     from cryptography.x509.oid import ExtendedKeyUsageOID  # noqa: PLC0415
     from cryptography.x509.verification import Criticality, ExtensionPolicy  # noqa: PLC0415
@@ -611,11 +684,10 @@ def _ee_policy() -> verification.ExtensionPolicy:
         if usage is not None and not any(oid in usage for oid in allowed):
             raise ValueError("the leaf's extendedKeyUsage does not allow serverAuth")
 
-    return (
-        ExtensionPolicy.permit_all()
-        .require_present(x509.SubjectAlternativeName, Criticality.AGNOSTIC, None)
-        .may_be_present(x509.ExtendedKeyUsage, Criticality.AGNOSTIC, extended_key_usage)
-    )
+    policy = ExtensionPolicy.permit_all()
+    if need_names:
+        policy = policy.require_present(x509.SubjectAlternativeName, Criticality.AGNOSTIC, None)
+    return policy.may_be_present(x509.ExtendedKeyUsage, Criticality.AGNOSTIC, extended_key_usage)
 
 
 _PROCESSING = " (encountered processing"
