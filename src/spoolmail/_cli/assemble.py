@@ -280,6 +280,34 @@ def dkim_policy(settings: Settings) -> DkimPolicy | None:
     )
 
 
+def check_dkim(settings: Settings) -> list[str]:
+    """Build :func:`dkim_policy` as ``run`` would, and drop it (``spoolmail config``): a table
+    or key that ``run`` would refuse is its ``ConfigurationError``. A key file this process
+    may not read (``run`` reads them as root, before it drops privileges) is no error here:
+    what was not checked is returned, to be said."""
+    if not settings.dkim:
+        return []
+    unread: list[str] = []
+    signers: list[DkimSigner] = []
+    for domain, entry in settings.dkim.items():
+        for table in entry if isinstance(entry, list) else [entry]:
+            key_file = table.get("key_file") if isinstance(table, Mapping) else None
+            if (
+                isinstance(key_file, str)
+                and os.path.exists(key_file)
+                and not os.access(key_file, os.R_OK)
+            ):
+                unread.append(
+                    f'dkim."{domain}": key_file {key_file!r} not read (no permission here); '
+                    "run reads it before it drops root"
+                )
+                continue
+            signers.append(_dkim_signer(domain, table))
+    if signers:
+        DkimPolicy(signers)  # what it refuses across tables (two signers for one selector...)
+    return unread
+
+
 # A PEM private key is a few KiB (an RSA key of 16384 bits about 13).
 _MOST_KEY_BYTES = 64 * 1024
 

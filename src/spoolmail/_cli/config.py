@@ -8,10 +8,11 @@ set. A key not set, whose default is decided elsewhere (this machine's name, the
 preset's schedule), is a comment under ``--all``. The output is TOML that
 :func:`~spoolmail._cli.settings.load_settings` reads back to the same settings, the secret
 aside. Then it builds what ``run`` would build from them alone (``assemble.check``: the router,
-the retry policies, the timeouts, the CA file): a value that the settings' types take but that
-``run`` would refuse (a route ``*``, a CA file that does not load) is said on stderr and the
-status is 2, as ``run``'s would be. Reads the settings (and the CA file) only; DKIM keys are not
-read (often root's alone).
+the retry policies, the timeouts, the CA file, the DKIM signers): a value that the settings'
+types take but that ``run`` would refuse (a route ``*``, a CA file that does not load, a DKIM key
+file that is missing or holds no usable key) is said on stderr and the status is 2, as
+``run``'s would be. A DKIM key file this user may not read (often root's alone: ``run`` reads
+it before dropping root) is said on stderr as not checked, and is no error.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from collections.abc import Iterator, Mapping
 from typing import Any, TextIO
 
@@ -36,8 +38,8 @@ def add_command(commands: Any) -> None:
         description="Print the settings from the settings file and the flags given as a "
         "[spoolmail] table, like postconf -n: only the keys that differ from the defaults, "
         "or every key with --all. Passwords are never shown. Then check them as spoolmail run "
-        "would (routes, domains, retry schedule, timeouts, CA file): exit status 2 and the "
-        "reason on stderr if run would refuse them.",
+        "would (routes, domains, retry schedule, timeouts, CA file, DKIM keys): exit status 2 "
+        "and the reason on stderr if run would refuse them.",
     )
     config.add_argument("--all", action="store_true", help="every key, defaults too")
     group = config.add_argument_group("settings (as spoolmail run takes them)")
@@ -55,6 +57,8 @@ def _config(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
     out.write(render(settings, every=args.all))
     out.flush()  # the table first, then what is wrong with it
     assemble.check(settings)  # a ConfigurationError: the command's usage status and message
+    for note in assemble.check_dkim(settings):
+        sys.stderr.write(f"spoolmail: {note}\n")
     return EX_OK
 
 

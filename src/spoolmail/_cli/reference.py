@@ -76,7 +76,9 @@ Every setting of the `spoolmail` command: a key of the `[spoolmail]` table of th
 (`--config FILE`) and, but for the password, a flag. A flag wins over the file, the file over
 the default; the defaults are the IIS SMTP service's installed values where it had the setting.
 `spoolmail config` prints the settings in effect, as a settings file (`--all`: every key),
-then checks them as `spoolmail run` would: exit status 2 and the reason if run would refuse them.
+then checks them as `spoolmail run` would, DKIM keys included: exit status 2 and the reason if
+run would refuse them (a key file this user may not read is said as not checked: run reads the
+keys as root).
 
 This page is generated from the code (the metadata of `spoolmail._cli.settings.Settings`):
 `python -m spoolmail._cli.reference --write` writes it, and `tests/cli/test_reference.py` fails
