@@ -2,6 +2,6 @@
 
 import sys
 
-from spoolmail._cli.quick import main
+from spoolmail._cli.entry import main
 
 sys.exit(main())

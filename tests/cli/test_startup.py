@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 import spoolmail
+from spoolmail._cli import entry, settings
 from spoolmail._cli import main as cli
-from spoolmail._cli import quick, settings
 from spoolmail._cli.examples import commands
 from spoolmail._cli.main import EX_OK, main
 from spoolmail._service import service
@@ -212,7 +212,7 @@ def test_sendmail_imports_neither_the_service_nor_the_spool(tmp_path: Path) -> N
 def test_quiet_flush_through_the_entry_points_imports_only_the_order(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """``python -m spoolmail`` and the ``spoolmail`` script (``_cli.quick``) write the order
+    """``python -m spoolmail`` and the ``spoolmail`` script (``_cli.entry``) write the order
     before anything of the command line is imported, typing and json included: 33 -> 17 ms
     with ``-m`` (Debian's Python 3.11), where an interpreter that does nothing takes 9."""
     monkeypatch.chdir(tmp_path)
@@ -240,6 +240,7 @@ def test_quiet_flush_through_the_entry_points_imports_only_the_order(
         "spoolmail",
         "spoolmail.__main__",
         "spoolmail._cli",
+        "spoolmail._cli.entry",
         "spoolmail._cli.quick",
         "spoolmail._core",
         "spoolmail._core.base32",
@@ -251,6 +252,6 @@ def test_quiet_flush_through_the_entry_points_imports_only_the_order(
     [order] = (root / "SortTemp").iterdir()
     assert json.loads(order.read_bytes()) == {"flush": {"sender": None, "domain": None}}
     assert orders.flush_order() == orders.FLUSH_ALL
-    assert quick.main.__module__ == "spoolmail._cli.quick"
+    assert entry.main.__module__ == "spoolmail._cli.entry"
     scripts = (Path(__file__).parents[2] / "pyproject.toml").read_text()
-    assert 'spoolmail = "spoolmail._cli.quick:main"' in scripts
+    assert 'spoolmail = "spoolmail._cli.entry:main"' in scripts

@@ -1,34 +1,22 @@
-"""The ``spoolmail`` command's entry point: ``queue flush --quiet`` answered before anything else
-is imported, as ``postqueue -f`` is a small program of its own.
+"""``queue flush --quiet`` answered before anything else is imported, as ``postqueue -f`` is a
+small program of its own (the ``spoolmail`` command's entry point, ``_cli.entry``, asks first).
 
 A flush starts no sooner than its order is in SortTemp. The whole command line (argparse, logging,
 the settings, ``typing``) took about 25 ms of Debian's Python 3.11 to import before the order
 could be written, 35 ms in all against 10 ms for an interpreter that imports nothing; this module
-imports ``os`` and :mod:`spoolmail._store.orders` alone. Anything else goes to
-:func:`spoolmail._cli.main.main`, which asks :func:`quick_flush` first too (tests and programs
-call it directly).
+imports ``os`` and :mod:`spoolmail._store.orders` alone. :func:`spoolmail._cli.main.main` asks
+it first too (tests and programs call it directly).
 """
 
 from __future__ import annotations
 
 import os
-import sys
 
 TYPE_CHECKING = False  # not typing's: importing it costs more than the rest (_store.orders)
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-__all__ = ["main", "quick_flush"]
-
-
-def main() -> int:
-    """``spoolmail``: the quick flush, or the whole command."""
-    status = quick_flush(sys.argv[1:])
-    if status is not None:
-        return status
-    from spoolmail._cli.main import main as whole  # noqa: PLC0415 (the point of this module)
-
-    return whole()
+__all__ = ["quick_flush"]
 
 
 def quick_flush(argv: Sequence[str]) -> int | None:
