@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from spoolmail import MailService, Report, Router, Share, Spool
 from spoolmail._core.ids import QueueIds
 from spoolmail._service.handoff import WAKE, Handoff, received
-from spoolmail._service.service import _Waker
+from spoolmail._service.tick import Waker
 from spoolmail._store import pyfs
 from spoolmail.testing import CapturingTransport, FakeClock, StaticResolver
 from tests import waiting
@@ -236,7 +236,7 @@ def test_an_empty_datagram_hides_none_after_it(handoff: Handoff, clock: FakeCloc
     inbox = handoff.inbox(TAKER)
     assert inbox is not None
     queue_id = next(i for i in iter(lambda: QueueIds().new(clock()), "") if TAKER.owns_id(i))
-    waker = _Waker(inbox)
+    waker = Waker(inbox)
     waker.open()
     inbox[1].send(b"")
     inbox[1].send(queue_id.encode())

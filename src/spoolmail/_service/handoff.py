@@ -10,7 +10,7 @@ what its sessions queue in the shares of the workers that do not listen
 (:meth:`Handoff.takes`, through ``Spool.new_id``) and tells the share's owner the id
 (:meth:`Handoff.send`): one datagram into the owner's inbox, a ``socketpair`` made by the
 supervisor before the first fork. The inbox is also the owner's
-wake socket (``service._Waker``): its loop wakes for a handed-off id as for its own arrivals.
+wake socket (``tick.Waker``): its loop wakes for a handed-off id as for its own arrivals.
 
 Nothing depends on a datagram arriving. The message is on disk, in its owner's share, durable
 before the ``250``; the owner rescans its share at its start and every ``rescan_interval``. An
@@ -117,7 +117,7 @@ class Handoff:
 
     def inbox(self, share: Share) -> tuple[socket.socket, socket.socket] | None:
         """Worker ``share``'s inbox, if it takes: the end to read and the end anyone sends
-        into (``service._Waker`` uses the pair as its wake socket)."""
+        into (``tick.Waker`` uses the pair as its wake socket)."""
         return self._inboxes.get(share.index)
 
     def pass_spare(self, name: str) -> bool:

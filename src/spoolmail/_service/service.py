@@ -17,10 +17,7 @@ test moves time through a whole retry schedule at once.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import platform
-import socket
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -30,7 +27,6 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from spoolmail._core.address import parse_domain, parse_mailbox
 from spoolmail._core.badmail import orphan_report
 from spoolmail._core.envelope import Envelope, Recipient, decode_envelope, read_due
 from spoolmail._core.events import MailEvent, Observer, ToBadMail
@@ -44,28 +40,35 @@ from spoolmail._service.bounce import Bouncer
 from spoolmail._service.checks import HostNameCheck, check_host_name, warn_about_host_name
 from spoolmail._service.delivery import Deliverer
 from spoolmail._service.destinations import Concurrency, Throttles
-from spoolmail._service.handoff import WAKE, Handoff, received
+from spoolmail._service.handoff import Handoff, received
 from spoolmail._service.helping import Helping
 from spoolmail._service.intake import Intake
 from spoolmail._service.observers import Counters, LogObserver, Stats
+from spoolmail._service.parts import (
+    asking_for_ad,
+    check_waits,
+    checked_names,
+    dane_checks,
+    machine_name,
+    mta_sts_policies,
+    suppression_list,
+)
 from spoolmail._service.report import Report, Tally
 from spoolmail._service.schedule import Schedule
 from spoolmail._service.threads import Batch, DeliveryThreads
+from spoolmail._service.tick import Tick, Waker
 from spoolmail._store.maillog import MailLog
 from spoolmail._store.recovery import recover
 from spoolmail._store.spool import Spool, flush_chooser
 from spoolmail._store.store import FlushOrder, MailStore, PickupClaim, QueueFiles, Triggers
-from spoolmail._store.suppression import SuppressionList
 from spoolmail._store.transitions import Transitions
 from spoolmail._transport.base import HostResolver, Transport
-from spoolmail._transport.dane import Dane
 from spoolmail._transport.dns import CACHE_SIZE, DnsResolver
-from spoolmail._transport.mtasts import HttpsPolicyFetcher, MtaSts, PolicyFetcher
+from spoolmail._transport.mtasts import PolicyFetcher
 from spoolmail._transport.smtp import SmtpTransport
 from spoolmail.exceptions import (
     ConfigurationError,
     EnvelopeError,
-    MessageError,
     SpoolmailError,
     StorageError,
 )
@@ -120,192 +123,6 @@ _FIRST_PICKUP_BATCH = 8
 # against 0.28 s for 2 KB files).
 _PICKUP_BATCH_BYTES = 4 << 20
 _FIRST_PICKUP_BATCH_BYTES = 1 << 20
-
-
-@attrs.define
-class _Tick:
-    """One tick's deliveries: each due message attempted once, reports joined in due order."""
-
-    service: MailService
-    attempted: set[str] = attrs.Factory(set)
-    again: list[str] = attrs.Factory(list)
-    running: Batch[Tally] = attrs.Factory(Batch)
-
-    def dispatch(self) -> bool:
-        """Hand what is due now to the delivery threads; whether anything is running."""
-        for queue_id in self.service._pop_due():
-            if queue_id in self.attempted:
-                # Attempted once this tick already: whatever its policy says, next tick.
-                self.again.append(queue_id)
-                continue
-            self.attempted.add(queue_id)
-            self.service._submit(self.running, queue_id)
-        return self.running.started
-
-    def help(self) -> bool:
-        """Hand the other shares' waiting messages to the threads, after a flush of everything
-        (``_service.helping``); whether anything is running."""
-        for queue_id in self.service._helped():
-            if queue_id not in self.attempted:
-                self.attempted.add(queue_id)
-                self.service._submit(self.running, queue_id, helped=True)
-        return self.running.started
-
-    def collect(self, tally: Tally) -> None:
-        # One wait for them all: waiting on each message in turn woke this thread once per
-        # message (two context switches, and the GIL handed over twice).
-        for attempt in self.running.wait():
-            tally.merge(attempt)
-
-    def finish(self) -> None:
-        for queue_id in self.again:
-            self.service._due_at(queue_id, self.service.clock())
-
-
-class _Waker:
-    """A wake-up another thread can give the loop while it waits in ``select`` (for Pickup
-    events): a connected socket pair, readable once :meth:`set` wrote a byte into it. Open
-    only while ``run_forever`` runs (a service that only ever runs ``run_once`` holds none);
-    a :meth:`set` with nobody waiting is dropped, as the loop's next tick comes first anyway.
-
-    A worker that takes handed-off mail (``handoff``) uses its inbox as the pair: the other
-    workers' datagrams (queue ids) wake it too, and :meth:`clear` returns what they held. The
-    inbox outlives the service (the next one, after a SIGHUP, reads on), so it is not closed.
-    """
-
-    def __init__(self, inbox: tuple[socket.socket, socket.socket] | None = None) -> None:
-        # Reentrant: set() runs in signal handlers (MailService.stop), on the main thread that
-        # may be inside clear() or open() with the lock held; a plain Lock deadlocked there.
-        self._lock = threading.RLock()
-        self._inbox = inbox
-        self._pair: tuple[socket.socket, socket.socket] | None = None
-
-    def open(self) -> int:
-        """Open the pair (if not yet); the descriptor to wait on."""
-        with self._lock:
-            if self._pair is None:
-                if self._inbox is not None:
-                    self._pair = self._inbox
-                else:
-                    reader, writer = socket.socketpair()
-                    reader.setblocking(False)
-                    writer.setblocking(False)
-                    self._pair = (reader, writer)
-            return self._pair[0].fileno()
-
-    def set(self) -> None:
-        with self._lock, contextlib.suppress(OSError):  # full: a wake-up is pending anyway
-            if self._pair is not None:
-                self._pair[1].send(WAKE)
-
-    def clear(self) -> list[bytes]:
-        """Empty the socket; what the other workers sent into an inbox (each datagram)."""
-        held: list[bytes] = []
-        with self._lock, contextlib.suppress(OSError):
-            if self._pair is not None:
-                while True:  # until the socket is empty (BlockingIOError)
-                    data = self._pair[0].recv(4096)
-                    if self._inbox is not None:
-                        held.append(data)  # an empty datagram too: the next may not be
-                    elif not data:
-                        break
-        return held
-
-    def close(self) -> None:
-        with self._lock:
-            if self._pair is not None and self._pair is not self._inbox:
-                for end in self._pair:
-                    end.close()
-            self._pair = None
-
-
-def _checked_domain(value: str, setting: str) -> str:
-    try:
-        return parse_domain(value)
-    except MessageError as exc:
-        raise ConfigurationError(f"{setting}: {exc}") from None
-
-
-def checked_names(
-    *, fqdn: str | None, ndr_copy_to: str | None, masquerade_domain: str | None
-) -> tuple[str | None, str | None, str | None]:
-    """``MailService``'s names, each checked (``ConfigurationError`` names the one that is
-    wrong): the command asks before it starts its workers, the service when it is made."""
-    if ndr_copy_to is not None:
-        try:
-            ndr_copy_to = parse_mailbox(ndr_copy_to, default_domain=None)
-        except MessageError as exc:
-            raise ConfigurationError(f"ndr_copy_to: {exc}") from None
-    return (
-        _checked_domain(fqdn, "fqdn") if fqdn else None,
-        ndr_copy_to,
-        _checked_domain(masquerade_domain, "masquerade_domain") if masquerade_domain else None,
-    )
-
-
-def machine_name() -> str:
-    """This machine's name if it is a valid host name, else ``localhost`` (never a DNS lookup)."""
-    try:
-        return parse_domain(platform.node())
-    except MessageError:
-        return "localhost"
-
-
-def _mta_sts(
-    resolver: HostResolver,
-    enabled: bool,
-    fetcher: PolicyFetcher | None,
-    clock: Callable[[], datetime],
-) -> MtaSts | None:
-    """The MTA-STS policies for MX delivery: only through the service's own DNS."""
-    if not enabled or not isinstance(resolver, DnsResolver):
-        return None
-    return MtaSts(resolver, fetcher=fetcher or HttpsPolicyFetcher(resolver), clock=clock)
-
-
-def _dane(resolver: HostResolver, enabled: bool) -> Dane | None:
-    """DANE for MX delivery, when the operator declared the resolver validates DNSSEC."""
-    if not enabled:
-        return None
-    if not isinstance(resolver, DnsResolver):
-        raise ConfigurationError(
-            "dane=True needs the service's own DNS (dns_resolver, or a DnsResolver as "
-            "host_resolver): the AD bit of its answers is what DANE rests on"
-        )
-    return Dane(resolver)
-
-
-def _asking_for_ad(resolver: dns.resolver.Resolver | None) -> dns.resolver.Resolver:
-    """``resolver`` (the system's by default) setting AD in its queries, which asks a
-    validating resolver to say whether it validated the answer (RFC 6840 section 5.7)."""
-    import dns.flags  # noqa: PLC0415 (dnspython only with DANE, see the imports)
-    import dns.resolver  # noqa: PLC0415
-
-    resolver = resolver or dns.resolver.Resolver()
-    resolver.flags = (dns.flags.RD if resolver.flags is None else resolver.flags) | dns.flags.AD
-    return resolver
-
-
-def _check_waits(settle: timedelta, open_warning: timedelta, rescan: timedelta) -> None:
-    """The service's waits as the settings file has them: a Pickup file's settle time 0 or more
-    (0: complete when found), the open-file warning and the Queue's rescan above 0 (a rescan
-    every tick would make a tick cost the whole Queue)."""
-    for name, value, zero_allowed in (
-        ("pickup_settle", settle, True),
-        ("pickup_open_warning", open_warning, False),
-        ("rescan_interval", rescan, False),
-    ):
-        if not isinstance(value, timedelta):
-            raise ConfigurationError(f"{name} is a timedelta, not {value!r}")
-        if value < timedelta(0) or (value == timedelta(0) and not zero_allowed):
-            least = "0 or more" if zero_allowed else "above 0"
-            raise ConfigurationError(f"{name} must be {least}, not {value}")
-
-
-def _suppression_list(spool: Spool, days: int) -> SuppressionList | None:
-    if isinstance(days, bool) or not isinstance(days, int) or days < 0:
-        raise ConfigurationError(f"suppression_days must be 0 (no list) or more, not {days!r}")
-    return SuppressionList(spool, days=days) if days else None
 
 
 class MailService:
@@ -408,7 +225,7 @@ class MailService:
                 "on the same MailRoot for a second service (each has its own claims)"
             )
         limits = limits or Limits()
-        _check_waits(pickup_settle, pickup_open_warning, rescan_interval)
+        check_waits(pickup_settle, pickup_open_warning, rescan_interval)
         if min_free_space < 0:
             raise ConfigurationError(f"min_free_space must be 0 or more, not {min_free_space!r}")
         if (
@@ -458,11 +275,11 @@ class MailService:
             emit_all=spool._emit_all,
         )
         self._names = host_resolver = host_resolver or DnsResolver(
-            resolver=_asking_for_ad(dns_resolver) if dane else dns_resolver,
+            resolver=asking_for_ad(dns_resolver) if dane else dns_resolver,
             local_names=[self.fqdn],
             cache_size=dns_cache_size,
         )
-        self.suppression = _suppression_list(spool, suppression_days)
+        self.suppression = suppression_list(spool, suppression_days)
         self._delivery = Deliverer(
             transitions=self._transitions,
             router=self.router,
@@ -473,8 +290,8 @@ class MailService:
             resolver=host_resolver,
             masquerade=masquerade,
             concurrency=Concurrency(per_host=limits.max_connections_per_host),
-            sts=_mta_sts(host_resolver, mta_sts, mta_sts_fetcher, self.clock),
-            dane=_dane(host_resolver, dane),
+            sts=mta_sts_policies(host_resolver, mta_sts, mta_sts_fetcher, self.clock),
+            dane=dane_checks(host_resolver, dane),
             suppression=self.suppression,
             throttles=Throttles(
                 throttle or ThrottleRules(max_connections=limits.max_connections_per_host)
@@ -509,7 +326,7 @@ class MailService:
         # schedules them at its next tick, and is woken for them rather than polling; a
         # complete Pickup file wakes it too, where inotify tells (store.wait_for_pickup).
         self._arrivals: deque[str] = deque()
-        self._wakeup = _Waker()
+        self._wakeup = Waker()
         self._handoff: Handoff | None = None
         self._helping = Helping(self.share)
         self._schedule_lock = threading.Lock()
@@ -537,7 +354,7 @@ class MailService:
             self._transitions.remember_written(True, only=self.share.owns_id)
             self._store.exchange_spares(inbox=handoff.spare_inbox(self.share))
         else:
-            self._wakeup = _Waker(handoff.inbox(self.share))
+            self._wakeup = Waker(handoff.inbox(self.share))
             self._store.exchange_spares(give=handoff.pass_spare)
 
     def _observe(self, observers: Iterable[Observer], *, log_days: int) -> None:
@@ -569,7 +386,9 @@ class MailService:
             self._guard(tally, "reading operators' triggers", partial(self._triggers, tally))
         self._guard(tally, "renewing this process's lease", self._store.announce)
         self._take_arrivals()
-        tick = _Tick(self)
+        tick = Tick(
+            pop_due=self._pop_due, helped=self._helped, submit=self._submit, due_now=self._due_now
+        )
         # Pickup in batches, and what each batch queues is handed to the delivery threads at
         # once: delivery's waits (the network, fsync) overlap the next batch's intake. Files are
         # looked at as the batches need them, and the first batch is small: the first message
@@ -766,7 +585,10 @@ class MailService:
         with self._schedule_lock:
             return self._schedule.take_flushed(queue_id)
 
-    def _submit(self, batch: Batch[Tally], queue_id: str, *, helped: bool = False) -> None:
+    def _due_now(self, queue_id: str) -> None:
+        self._due_at(queue_id, self.clock())
+
+    def _submit(self, batch: Batch[Tally], queue_id: str, helped: bool = False) -> None:
         if self._threads is None:
             self._threads = DeliveryThreads(self.limits.max_connections, name="spoolmail")
         self._threads.submit(

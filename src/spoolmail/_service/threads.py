@@ -1,7 +1,7 @@
 """The delivery threads: up to a number of threads that run what a service's tick hands them,
 and one wait for all of a tick's work.
 
-A tick hands each due message to a thread (``service._Tick``) and waits for them all before
+A tick hands each due message to a thread (``tick.Tick``) and waits for them all before
 it ends. ``concurrent.futures.ThreadPoolExecutor`` did that with a ``Future`` for every
 message: a ``Condition`` and its lock made per message, a semaphore looked at per submit, the
 result set under the condition, and a ``wait`` that took every future's lock in turn: 15-16 us
