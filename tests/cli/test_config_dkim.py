@@ -14,8 +14,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -76,25 +74,15 @@ def test_a_key_run_would_refuse_is_said_and_exits_2(
     assert fragment in err
 
 
-@pytest.fixture
-def shared() -> Iterator[Path]:
-    """A folder under /tmp that another user may enter (pytest's tmp_path is root's alone)."""
-    base = Path(tempfile.mkdtemp(prefix="spoolmail-config-", dir="/tmp"))
-    base.chmod(0o755)
-    try:
-        yield base
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
-
-
 @ROOT_ONLY
 @pytest.mark.skipif(shutil.which("setpriv") is None, reason="setpriv (util-linux) is missing")
-def test_a_key_this_user_may_not_read_is_said_and_is_no_error(shared: Path) -> None:
+def test_a_key_this_user_may_not_read_is_said_and_is_no_error(shared_root: Path) -> None:
     if not SCRIPT.exists():
         pytest.fail(f"{SCRIPT} is missing: install spoolmail (pip install -e .) to make it")
-    key, _ = keygen("example.com", "s1", algorithm="ed25519", out_dir=shared / "keys")
-    (shared / "keys").chmod(0o755)  # the folder may be entered, the key (0600, root's) not read
-    path = settings(shared / "s.toml", key)
+    key, _ = keygen("example.com", "s1", algorithm="ed25519", out_dir=shared_root / "keys")
+    # The folder may be entered, the key (0600, root's) not read.
+    (shared_root / "keys").chmod(0o755)
+    path = settings(shared_root / "s.toml", key)
     path.chmod(0o644)
     done = subprocess.run(
         [

@@ -19,9 +19,8 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import tracemalloc
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -1202,17 +1201,6 @@ def test_as_real_clients_call_it(
 
 
 # -- as other users: the permissions of docs/running-as-a-service.md ------------------------------
-
-
-@pytest.fixture
-def shared_root() -> Iterator[Path]:
-    """A folder other users can reach (pytest's temporary folders are private to root)."""
-    base = Path(tempfile.mkdtemp(prefix="spoolmail-sendmail-", dir="/tmp"))
-    base.chmod(0o755)
-    try:
-        yield base
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def as_user(

@@ -9,6 +9,7 @@ at once; the others use the capturing transport and the fake clock.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -79,9 +80,11 @@ def os_root(tmp_path: Path) -> Iterator[pyfs.FS]:
         yield filesystem
 
 
+@contextlib.contextmanager
 def capturing_pair(
     filesystem: pyfs.FS, clock: FakeClock
-) -> tuple[list[Worker], CapturingTransport]:
+) -> Iterator[tuple[list[Worker], CapturingTransport]]:
+    """Two workers relaying through one capturing transport; closed after."""
     transport = CapturingTransport()
     workers = [
         Worker(
@@ -94,29 +97,39 @@ def capturing_pair(
         )
         for share in Share(0, 2).all()
     ]
-    return workers, transport
+    try:
+        yield workers, transport
+    finally:
+        for worker in workers:
+            worker.close()
 
 
 @pytest.fixture
 def pair(
     filesystem: pyfs.FS, clock: FakeClock
 ) -> Iterator[tuple[list[Worker], CapturingTransport]]:
-    """Two workers on MemoryFS and on OSFS, relaying through the capturing transport."""
-    workers, transport = capturing_pair(filesystem, clock)
-    yield workers, transport
-    for worker in workers:
-        worker.close()
+    """On MemoryFS and on OSFS."""
+    with capturing_pair(filesystem, clock) as made:
+        yield made
 
 
 @pytest.fixture
 def os_pair(
     os_root: pyfs.FS, clock: FakeClock
 ) -> Iterator[tuple[list[Worker], CapturingTransport]]:
-    """Two workers on OSFS only."""
-    workers, transport = capturing_pair(os_root, clock)
-    yield workers, transport
+    """On OSFS only."""
+    with capturing_pair(os_root, clock) as made:
+        yield made
+
+
+def defer_all(workers: list[Worker], transport: CapturingTransport, count: int) -> set[str]:
+    """``count`` messages queued by the workers from Pickup and deferred (451) by each in turn;
+    the transport still answers 451 after. Their ids."""
+    queue(workers[0].spool, count)
+    transport.answers = {f"user{n}@remote.test": LATER for n in range(count)}
     for worker in workers:
-        worker.close()
+        worker.service.run_once()
+    return {item.id for item in workers[0].spool.queued()}
 
 
 def triggers(spool: Spool) -> list[dict[str, object]]:
@@ -169,11 +182,7 @@ def test_a_worker_done_with_its_share_delivers_the_other_shares_flushed_mail(
     pair: tuple[list[Worker], CapturingTransport], filesystem: pyfs.FS
 ) -> None:
     (first, second), transport = pair
-    queue(first.spool, 30)
-    transport.answers = {f"user{n}@remote.test": LATER for n in range(30)}
-    for worker in (first, second):
-        worker.service.run_once()
-    waiting = {item.id for item in first.spool.queued()}
+    waiting = defer_all([first, second], transport, 30)
     transport.answers = {}
     first.spool.flush_queue()
     helped = set(delivered(first.service.run_once()))
@@ -191,11 +200,7 @@ def test_what_a_helped_attempt_leaves_waiting_goes_back_to_its_owner(
     os_pair: tuple[list[Worker], CapturingTransport],
 ) -> None:
     (first, second), transport = os_pair
-    queue(first.spool, 20)
-    transport.answers = {f"user{n}@remote.test": LATER for n in range(20)}
-    for worker in (first, second):
-        worker.service.run_once()
-    theirs = second.owned({item.id for item in first.spool.queued()})
+    theirs = second.owned(defer_all([first, second], transport, 20))
     first.spool.flush_queue()
     report = first.service.run_once()  # still 451: its own and the second's deferred again
     assert theirs <= {queue_id for queue_id, _ in report.deferred}
@@ -211,11 +216,7 @@ def test_a_message_tried_since_the_flush_is_not_tried_again_by_a_helper(
     os_pair: tuple[list[Worker], CapturingTransport],
 ) -> None:
     (first, second), transport = os_pair
-    queue(first.spool, 20)
-    transport.answers = {f"user{n}@remote.test": LATER for n in range(20)}
-    for worker in (first, second):
-        worker.service.run_once()
-    waiting = {item.id for item in first.spool.queued()}
+    waiting = defer_all([first, second], transport, 20)
     first.spool.flush_queue()
     # The second flushes its share, then helps with the first's: all tried, all deferred again.
     assert {q for q, _ in second.service.run_once().deferred} == waiting
@@ -237,11 +238,7 @@ def test_a_flush_with_a_filter_is_not_helped(
     pair: tuple[list[Worker], CapturingTransport],
 ) -> None:
     (first, second), transport = pair
-    queue(first.spool, 20)
-    transport.answers = {f"user{n}@remote.test": LATER for n in range(20)}
-    for worker in (first, second):
-        worker.service.run_once()
-    waiting = {item.id for item in first.spool.queued()}
+    waiting = defer_all([first, second], transport, 20)
     transport.answers = {}
     first.spool.flush_queue(domain="remote.test")
     assert set(delivered(first.service.run_once())) == first.owned(waiting)
@@ -252,11 +249,7 @@ def test_without_a_flush_a_worker_keeps_to_its_share(
     pair: tuple[list[Worker], CapturingTransport], clock: FakeClock
 ) -> None:
     (first, second), transport = pair
-    queue(first.spool, 20)
-    transport.answers = {f"user{n}@remote.test": LATER for n in range(20)}
-    for worker in (first, second):
-        worker.service.run_once()
-    waiting = {item.id for item in first.spool.queued()}
+    waiting = defer_all([first, second], transport, 20)
     transport.answers = {}
     clock.advance(timedelta(days=1))  # every message due again by its retry time
     assert set(delivered(first.service.run_once())) == first.owned(waiting)
@@ -271,11 +264,8 @@ def test_a_listening_worker_does_not_help(
     try:
         for worker in (listening, taking):
             worker.service._use_handoff(handoff)
-        queue(listening.spool, 20)  # Pickup is never handed off: each takes its own share
-        transport.answers = {f"user{n}@remote.test": LATER for n in range(20)}
-        for worker in (listening, taking):
-            worker.service.run_once()
-        waiting = {item.id for item in listening.spool.queued()}
+        # Pickup is never handed off: each takes its own share.
+        waiting = defer_all([listening, taking], transport, 20)
         transport.answers = {}
         listening.spool.flush_queue()
         assert set(delivered(listening.service.run_once())) == listening.owned(waiting)
