@@ -210,6 +210,13 @@ def test_what_a_helped_attempt_leaves_waiting_goes_back_to_its_owner(
     assert set(told["ids"]) == theirs  # type: ignore[arg-type]
     second.service.run_once()
     assert theirs <= second.service._schedule.ids()
+    # The help ends: a tick that helped with nothing ends it, so that a backlog of the other
+    # shares' deferred mail is not listed and looked at again at every tick.
+    tried = len(transport.messages)
+    for _ in range(2):
+        first.service.run_once()
+    assert not first.service._helping.active
+    assert len(transport.messages) == tried
 
 
 def test_a_message_tried_since_the_flush_is_not_tried_again_by_a_helper(

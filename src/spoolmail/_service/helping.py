@@ -43,6 +43,10 @@ class Helping:
         self._since: int | None = None
         self._lock = threading.Lock()
         self._told: set[str] = set()  # other shares' ids a helped attempt left waiting
+        # Whether a pass has been made since the flush, and whether the last one attempted
+        # anything: a pass that attempted nothing ends the help.
+        self._passed = False
+        self._attempted = False
 
     @property
     def active(self) -> bool:
@@ -60,16 +64,28 @@ class Helping:
         if not self._enabled or self._share.whole or issued is None:
             return
         self._since = issued if self._since is None else max(self._since, issued)
+        self._passed = False
+
+    @property
+    def over(self) -> bool:
+        """Whether the help is done: the last pass attempted nothing (what waits in the other
+        shares was tried since the flush, or taken by its owners). Ends it if so; a pass that
+        lists the Queue again at every tick for a backlog of deferred mail would cost that
+        listing and a look at each of its envelopes, every tick, for hours."""
+        if self._passed and not self._attempted:
+            self._since = None
+        return self._since is None
 
     def candidates(self, files: Mapping[str, QueueFiles]) -> list[str]:
         """The other shares' waiting messages in ``files`` (the Queue, listed just now), newest
-        first; none ends the help."""
+        first; none ends the help. Starts a pass: :meth:`untouched` notes what it attempts."""
         owns = self._share.owns_id
         found = [
             queue_id
             for queue_id, entry in files.items()
             if entry.envelope and entry.message and not entry.claims and not owns(queue_id)
         ]
+        self._passed, self._attempted = True, False
         if not found:
             self._since = None
         return sorted(found, reverse=True)
@@ -82,7 +98,10 @@ class Helping:
         # Not after: the kernel stamps files with a clock of a few milliseconds' grain, so an
         # envelope deferred just before the order can bear the order's very time (one rewritten
         # just after it is then tried twice, which does no harm).
-        return since is not None and signature is not None and signature[1] <= since
+        untouched = since is not None and signature is not None and signature[1] <= since
+        if untouched:
+            self._attempted = True  # a plain flag: any thread that sets it sets it true
+        return untouched
 
     def hands_back(self, queue_id: str) -> bool:
         """Whether ``queue_id``, about to be scheduled here, is another share's that a helped

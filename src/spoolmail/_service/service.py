@@ -421,7 +421,10 @@ class MailService:
         return tally.freeze()
 
     def _helped(self) -> list[str]:
-        """The other shares' waiting messages to help with now (``_service.helping``)."""
+        """The other shares' waiting messages to help with now (``_service.helping``); none
+        once a pass attempted nothing."""
+        if self._helping.over:
+            return []
         try:
             return self._helping.candidates(self._store.queue_files())
         except StorageError as exc:
