@@ -129,7 +129,21 @@ def defer_all(workers: list[Worker], transport: CapturingTransport, count: int) 
     transport.answers = {f"user{n}@remote.test": LATER for n in range(count)}
     for worker in workers:
         worker.service.run_once()
-    return {item.id for item in workers[0].spool.queued()}
+    return deferred_earlier(workers[0].spool)
+
+
+def deferred_earlier(spool: Spool) -> set[str]:
+    """The ids of the Queue, their envelopes dated a second back on OS filesystems: deferred
+    before the flush the test then writes, as mail waiting for a flush was. Files bear a clock
+    of a few milliseconds' grain, in which a helper takes no envelope as older than the order."""
+    ids = {item.id for item in spool.queued()}
+    store = spool._store
+    if store._os_root is not None:
+        for queue_id in ids:
+            path = store.fs.getsyspath(f"/Queue/{queue_id}.env")
+            stamp = os.stat(path).st_mtime_ns - 1_000_000_000
+            os.utime(path, ns=(stamp, stamp))
+    return ids
 
 
 def triggers(spool: Spool) -> list[dict[str, object]]:
@@ -156,7 +170,7 @@ def test_both_workers_at_once_deliver_every_flushed_message_once_over_smtp(
                 report = worker.service.run_once()
                 assert report.picked_up
                 assert len(report.deferred) == len(report.picked_up)
-            waiting = {item.id for item in operator.queued()}
+            waiting = deferred_earlier(operator)
             assert len(waiting) == 60
             with smtp_server(port=port) as server:
                 operator.flush_queue()
@@ -227,18 +241,35 @@ def test_a_message_tried_since_the_flush_is_not_tried_again_by_a_helper(
     first.spool.flush_queue()
     # The second flushes its share, then helps with the first's: all tried, all deferred again.
     assert {q for q, _ in second.service.run_once().deferred} == waiting
-    # The order the second made for the first: written a second before those attempts (files
-    # bear a clock of a few milliseconds' grain, which could not tell them apart).
+    # Files bear a clock of a few milliseconds' grain: those attempts can bear the order's very
+    # time. The copy the second made for the first bears the order's.
     store = first.spool._store
     [copy] = [name for name in store.listdir("SortTemp") if name.endswith(".w0of2.trigger")]
-    path = Path(store.fs.getsyspath(f"/SortTemp/{copy}"))
-    stamp = path.stat().st_mtime_ns - 1_000_000_000
-    os.utime(path, ns=(stamp, stamp))
+    issued = Path(store.fs.getsyspath(f"/SortTemp/{copy}")).stat().st_mtime_ns
+    for queue_id in waiting:
+        os.utime(store.fs.getsyspath(f"/Queue/{queue_id}.env"), ns=(issued, issued))
     tried = len(transport.messages)
     transport.answers = {}
     # The first flushes its own share again (its order), and none of the second's.
     assert set(delivered(first.service.run_once())) == first.owned(waiting)
     assert len(transport.messages) - tried == len(first.owned(waiting))
+
+
+def test_the_copy_of_a_flush_order_bears_the_time_it_was_issued(
+    os_pair: tuple[list[Worker], CapturingTransport],
+) -> None:
+    """The help of every worker goes by when the order was written, not by when the worker
+    that took it first made each other worker its copy (fsync'd, a millisecond or more each)."""
+    (first, second), transport = os_pair
+    defer_all([first, second], transport, 4)
+    first.spool.flush_queue()
+    store = first.spool._store
+    [order] = [name for name in store.listdir("SortTemp") if name.endswith(".trigger")]
+    issued = Path(store.fs.getsyspath(f"/SortTemp/{order}")).stat().st_mtime_ns - 3_000_000_000
+    os.utime(store.fs.getsyspath(f"/SortTemp/{order}"), ns=(issued, issued))
+    second.service.run_once()  # takes the order, leaves the first its copy
+    [copy] = [name for name in store.listdir("SortTemp") if name.endswith(".w0of2.trigger")]
+    assert Path(store.fs.getsyspath(f"/SortTemp/{copy}")).stat().st_mtime_ns == issued
 
 
 def test_a_flush_with_a_filter_is_not_helped(

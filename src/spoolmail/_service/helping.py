@@ -11,9 +11,9 @@ is left.
 
 What makes it safe is what makes any worker's stray attempt safe: a claim is a rename, and only
 one process wins it; the loser passes over. What keeps it to the flush: a message is helped
-only while its envelope is no younger than the flush order's file (an attempt since rewrote it: it
-was tried; the order a worker reads may be a copy the first worker to see it made for it, a
-few milliseconds younger), and a worker schedules only its own share: what a helped
+only while its envelope is older than the flush order's file (an attempt since rewrote it: it
+was tried; the copy of the order the first worker to see it makes for each other worker bears
+the original's time), and a worker schedules only its own share: what a helped
 attempt leaves waiting (a deferral, a DSN) is told to its owner with a trigger
 (``MailStore.write_trigger``), not kept here, so nothing waits on two schedules or on none.
 A flush with a filter (a sender, a domain, ids) is not helped: telling its messages apart
@@ -95,10 +95,10 @@ class Helping:
         is as it was when the flush was written: not rewritten by an attempt since. ``None`` (gone,
         or no OS file to look at) is not."""
         since = self._since
-        # Not after: the kernel stamps files with a clock of a few milliseconds' grain, so an
-        # envelope deferred just before the order can bear the order's very time (one rewritten
-        # just after it is then tried twice, which does no harm).
-        untouched = since is not None and signature is not None and signature[1] <= since
+        # Strictly older: the kernel stamps files with a clock of a few milliseconds' grain, so
+        # an envelope an attempt rewrote just after the order can bear the order's very time.
+        # One deferred just before it, in the same grain, is left to its owner's flush.
+        untouched = since is not None and signature is not None and signature[1] < since
         if untouched:
             self._attempted = True  # a plain flag: any thread that sets it sets it true
         return untouched

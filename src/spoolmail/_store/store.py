@@ -930,6 +930,7 @@ class MailStore:
         durability: Durability | None = None,
         sync_folder: bool = True,
         temp: str | None = None,
+        mtime_ns: int | None = None,
     ) -> int:
         """Write a whole file atomically: SortTemp, flush, fsync, rename, fsync the directory.
 
@@ -937,11 +938,13 @@ class MailStore:
         ``durability`` overrides the store's for files that need not outlive a power cut;
         ``sync_folder=False`` leaves the directory's fsync to the caller, who makes several
         renames into one folder durable with one :meth:`sync`. ``temp`` names the temporary file
-        (when no spare is at hand) instead of a fresh ``OWNER.TOKEN.tmp``.
+        (when no spare is at hand) instead of a fresh ``OWNER.TOKEN.tmp``. ``mtime_ns`` stamps
+        the file with that time before it is renamed in (OS filesystems; a copy of a trigger
+        keeps its original's).
         """
         durability = durability or self.durability
         temp, written = self._write_temp(
-            folder, name, data, fsync=durability is Durability.FSYNC, temp=temp
+            folder, name, data, fsync=durability is Durability.FSYNC, temp=temp, mtime_ns=mtime_ns
         )
         try:
             renamed = self.rename(
@@ -967,6 +970,7 @@ class MailStore:
         *,
         fsync: bool,
         temp: str | None = None,
+        mtime_ns: int | None = None,
     ) -> tuple[str, int]:
         """Write ``data`` into a temporary file in SortTemp (fsync'd with ``fsync``): its name and
         the number of bytes written. On an error the file is gone; the error names
@@ -987,6 +991,8 @@ class MailStore:
                         # truncation is a call that changes the inode even to its own length
                         # (bench/README.md, "Fifteenth round" and "Sixteenth round").
                         os.ftruncate(fd, written)
+                    if mtime_ns is not None:
+                        os.utime(fd, ns=(mtime_ns, mtime_ns))
                     if fsync:
                         os.fsync(fd)
                 finally:
@@ -1702,11 +1708,20 @@ class MailStore:
         # whole Queue instead.
         data = b"" if self.size(SORTTEMP, mine) > _MAX_TRIGGER else self.read(SORTTEMP, mine)
         # A copy keeps the original's durability: a flush order's is fsync'd, a hint's is not
-        # (see write_trigger and _put_trigger).
+        # (see write_trigger and _put_trigger). And its time: a flush order's is when it was
+        # issued (FlushOrder.issued), which the other workers' help goes by.
         durability = None if data.startswith(FLUSH_TRIGGER) else Durability.NONE
+        written = self.signature(SORTTEMP, mine)
+        issued = None if written is None else written[1]
         for other in share.all():
             if other != share:
-                self.write(SORTTEMP, self._trigger_name(other), data, durability=durability)
+                self.write(
+                    SORTTEMP,
+                    self._trigger_name(other),
+                    data,
+                    durability=durability,
+                    mtime_ns=issued,
+                )
         return mine
 
     def trigger_watch(self) -> TriggerWatch | None:
