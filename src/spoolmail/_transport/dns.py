@@ -119,6 +119,9 @@ class _Failure:
     """The servers (``Do53:127.0.0.1@53``) that may have sent an answer dnspython would not
     read: those whose answer it refused (over TCP), or every server asked when the lookup timed
     out (over UDP it drops an answer it cannot read and waits for another, until it gives up)."""
+    authenticated: bool = False
+    """The AD bit of an NXDOMAIN or NODATA answer: the denial is DNSSEC-validated (DANE reads
+    it for a domain without MX records, RFC 7672 section 2.2.2)."""
 
 
 @attrs.frozen
@@ -128,6 +131,11 @@ class _Records:
 
     rdata: tuple[Any, ...]
     authenticated: bool = False
+    canonical: str = ""
+    """The name the records belong to when the name asked is an alias: where its CNAME chain,
+    which dnspython follows, ends (lower case, no final dot); empty when they are the name's
+    own. Kept with the answer, so a cached answer tells DANE the same TLSA base domain
+    (RFC 7672 section 2.2.2) as a fresh one."""
 
     def __iter__(self) -> Iterator[Any]:
         return iter(self.rdata)
@@ -218,6 +226,12 @@ class Lookup:
     missing: bool = False
     failure: str | None = None
     authenticated: bool = False
+    canonical: str = ""
+    """Where the name's CNAME chain led, when it is an alias (dnspython follows CNAMEs): the
+    name that owns ``records``, lower case without the final dot; empty when the records are
+    the name's own. With ``authenticated``, every link of the chain was validated too (the AD
+    bit covers the whole answer, RFC 4035 section 3.2.3): DANE's TLSA base domain may then be
+    this name (RFC 7672 section 2.2.2, RFC 7671 section 7)."""
 
 
 @attrs.frozen
@@ -251,8 +265,9 @@ class DnsResolver:
     Answers are kept for their TTL (at most :data:`MAX_CACHE_TTL`; NXDOMAIN and NODATA for
     their SOA's, at most :data:`MAX_NEGATIVE_TTL`), ``cache_size`` of them at most
     (:data:`CACHE_SIZE`; 0 keeps none), timed by ``monotonic``; never a failure, nor a TTL
-    of 0. A kept answer keeps its AD bit, and answers to queries that asked for it (DANE's,
-    ``MailService(dane=True)``) are kept apart from those to queries that did not.
+    of 0. A kept answer keeps its AD bit (a denial's too) and the name its CNAME chain led
+    to, and answers to queries that asked for AD (DANE's, ``MailService(dane=True)``) are kept
+    apart from those to queries that did not.
     :meth:`cache_counts` tells the cache's hits, misses and size (``MailService.stats()``).
     """
 
@@ -314,13 +329,13 @@ class DnsResolver:
         answer = self._query(query, rdtype, transcript, deadline)
         if isinstance(answer, _Failure):
             if answer.miss in (_Miss.NXDOMAIN, _Miss.NODATA):
-                return Lookup(missing=True)
+                return Lookup(missing=True, authenticated=answer.authenticated)
             return Lookup(failure=answer.detail)
         if rdtype == "TXT":
             texts = tuple(b"".join(rdata.strings).decode("utf-8", "replace") for rdata in answer)
         else:
             texts = tuple(rdata.to_text() for rdata in answer)
-        return Lookup(texts, authenticated=answer.authenticated)
+        return Lookup(texts, authenticated=answer.authenticated, canonical=answer.canonical)
 
     def cache_counts(self) -> tuple[int, int, int]:
         """The answer cache's hits (lookups answered from it) and misses (lookups it had no
@@ -591,8 +606,10 @@ def _ask(
     try:
         answer = resolver.resolve(name, rdtype, search=False, lifetime=lifetime)
     except dns.resolver.NXDOMAIN as exc:
-        found = _Failure(_Miss.NXDOMAIN, "does not exist (NXDOMAIN)")
-        ttl = _negative_ttl((exc.kwargs.get("responses") or {}).get(name))
+        response = (exc.kwargs.get("responses") or {}).get(name)
+        ad = _authenticated(response)
+        found = _Failure(_Miss.NXDOMAIN, "does not exist (NXDOMAIN)", authenticated=ad)
+        ttl = _negative_ttl(response)
     except dns.resolver.YXDOMAIN:
         found = _Failure(_Miss.YXDOMAIN, "name too long after DNAME substitution (YXDOMAIN)")
     except dns.resolver.NoAnswer as exc:
@@ -600,7 +617,8 @@ def _ask(
         if _truncated(response):
             found = _Failure(_Miss.FAILED, _TRUNCATED)
         else:
-            found = _Failure(_Miss.NODATA, f"no {rdtype} record (NODATA)")
+            ad = _authenticated(response)
+            found = _Failure(_Miss.NODATA, f"no {rdtype} record (NODATA)", authenticated=ad)
             ttl = _negative_ttl(response)
     except dns.resolver.NoNameservers as exc:
         # SERVFAIL, REFUSED or a malformed answer from every server.
@@ -619,10 +637,25 @@ def _ask(
             found = _Failure(_Miss.FAILED, _TRUNCATED)
         else:
             ad = bool(answer.response.flags & dns.flags.AD)
-            found = _Records(tuple(answer), authenticated=ad)
+            canonical = _canonical(name, answer.canonical_name)
+            found = _Records(tuple(answer), authenticated=ad, canonical=canonical)
             # The least TTL of the records and of the CNAMEs that led to them.
             ttl = min(float(answer.chaining_result.minimum_ttl), MAX_CACHE_TTL)
     return found, ttl
+
+
+def _authenticated(response: object) -> bool:
+    """The AD bit of ``response`` (a ``dns.message.Message``, or nothing)."""
+    import dns.flags  # noqa: PLC0415 (dnspython at the first lookup, see above)
+    import dns.message  # noqa: PLC0415
+
+    return isinstance(response, dns.message.Message) and bool(response.flags & dns.flags.AD)
+
+
+def _canonical(name: dns.name.Name, owner: dns.name.Name) -> str:
+    """``owner`` (where the CNAME chain of ``name`` ended) as :attr:`_Records.canonical`:
+    empty when it is ``name`` itself (no alias; names compare without regard to case)."""
+    return "" if owner == name else host_key(owner.to_text())
 
 
 def _negative_ttl(response: object) -> float:
@@ -879,7 +912,9 @@ def _read_leniently(
     # passed on, DANE makes it TLS without authentication (RFC 7672 section 2.2), as Postfix.
     ad = bool(response.flags & dns.flags.AD)
     ttl = float(min([*ttls, MAX_CACHE_TTL]))
-    return _Records((*read, *unread), authenticated=ad), ttl, tuple(unread)
+    canonical = _canonical(question.name, chain.canonical_name)
+    records = _Records((*read, *unread), authenticated=ad, canonical=canonical)
+    return records, ttl, tuple(unread)
 
 
 def _set_aside(wire: bytes) -> tuple[bytes, list[tuple[dns.name.Name, int, int, _Unreadable]]]:
