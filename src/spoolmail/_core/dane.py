@@ -6,7 +6,9 @@ server's certificate matches them.
 decision for one MX host from what the DNS said (section 2.2): DANE does not apply (opportunistic
 TLS as usual), TLS with the certificate matched against the usable records, TLS without
 authentication (a secure RRset with no usable record), or no delivery to that host for now (the
-TLSA lookup failed, so nobody can tell). :func:`authenticate` checks the server's certificates
+TLSA lookup failed, so nobody can tell); and whose records those are, the TLSA base domain: the
+host's name, or the name its DNSSEC-validated CNAME chain ends at (:class:`Alias`, section
+2.2.2, RFC 7671 section 7). :func:`authenticate` checks the server's certificates
 (DER, the chain it sent) against usable records: DANE-EE(3) against the leaf, DANE-TA(2) by
 verifying the chain to the certificate a record names (:func:`match` is the DANE-EE part
 alone); :func:`apply_plan` turns a plan into the target the transport gets (:class:`DaneTarget`:
@@ -43,10 +45,12 @@ __all__ = [
     "DANE_EE_MATCHED",
     "MAX_CHAIN",
     "MAX_CHAIN_OCTETS",
+    "Alias",
     "DaneState",
     "DaneTarget",
     "Matched",
     "Plan",
+    "TlsaAnswer",
     "TlsaInvalid",
     "TlsaRecord",
     "Unmatched",
@@ -169,12 +173,44 @@ class DaneState(enum.Enum):
 @attrs.frozen
 class Plan:
     """The decision for one MX host: the state, the usable records, the transcript's notes,
-    and the reply when the host is not to be tried."""
+    the reply when the host is not to be tried, and the TLSA base domain whose records decided
+    (the host's name, or where its validated CNAME chain led: :class:`Alias`)."""
 
     state: DaneState
     records: tuple[TlsaRecord, ...] = ()
     notes: tuple[str, ...] = ()
     reply: Reply | None = None
+    base_domain: str = ""
+
+
+@attrs.frozen
+class TlsaAnswer:
+    """What the DNS said to one TLSA question: the records (presentation form), NXDOMAIN or
+    NODATA (``missing``), why there was no answer (``failure``: SERVFAIL, a timeout), and the
+    AD bit (``authenticated``)."""
+
+    records: tuple[str, ...] = ()
+    missing: bool = False
+    failure: str | None = None
+    authenticated: bool = False
+
+    @property
+    def secure(self) -> bool:
+        """A DNSSEC-validated TLSA RRset is here: its owner is the TLSA base domain."""
+        return self.failure is None and bool(self.records) and self.authenticated
+
+
+@attrs.frozen
+class Alias:
+    """An MX host whose address records were reached through a CNAME chain: ``name`` is where
+    the chain ends (the fully CNAME-expanded name); ``validated``, that the answer which
+    followed it carried the AD bit (every link of the chain and the address records are
+    DNSSEC-validated, "secure"); ``tlsa``, the TLSA lookup at ``_port._tcp.<name>``, asked only
+    when ``validated`` (RFC 7672 section 2.2.2, RFC 7671 section 7)."""
+
+    name: str
+    validated: bool
+    tlsa: TlsaAnswer = TlsaAnswer()
 
 
 def plan(  # noqa: PLR0911 (one return per rule of section 2.2)
@@ -189,17 +225,33 @@ def plan(  # noqa: PLR0911 (one return per rule of section 2.2)
     host_secure: bool = True,
     chain_available: bool = False,
     chain_problem: str | None = None,
+    alias: Alias | None = None,
+    address_failure: str | None = None,
 ) -> Plan:
     """What DANE makes of MX host ``host``, from the DNS answers (section 2.2).
 
-    ``mx_secure``: the MX RRset that named the host was validated (the AD bit). ``records``,
+    ``mx_secure``: the MX RRset that named the host was validated (the AD bit), or for a domain
+    without MX records, the denial was (the implicit MX, section 2.2.2). ``records``,
     ``missing``, ``failure``, ``authenticated``: the TLSA lookup at ``_port._tcp.host``.
-    ``host_secure``: the host's address records were validated (asked only when the TLSA
+    ``host_secure``: the host's address records were validated (read only when that TLSA
     lookup failed). ``chain_available``: DANE-TA(2) records can be checked (``chain_problem``:
-    why not, for the notes; see :func:`usable`).
+    why not, for the notes; see :func:`usable`). ``alias``: the host is a CNAME, and where its
+    chain led (:class:`Alias`). ``address_failure``: the host's address lookup failed, so
+    whether it is an alias cannot be told.
 
     - An insecure MX RRset: DANE does not apply to its hosts (section 2.2.1: an attacker who
       can forge the MX records chooses the hosts, and their TLSA records with them).
+    - The host's address lookup failed: not tried now, ``451 4.7.5`` (section 2.2.2 finds the
+      TLSA base domain from that answer; guessing the host is no alias would ask the wrong
+      name, and a failure is what an attacker can cause, section 2.1.1).
+    - A validated CNAME chain (RFC 7672 section 2.2.2, RFC 7671 section 7): TLSA records are
+      looked for at the fully expanded name first. A validated RRset there is used, and the
+      expanded name is the TLSA base domain; none there (NXDOMAIN, NODATA, or records without
+      the AD bit) sends the lookup on to the host's own name, as below; a failed lookup there
+      is a failed TLSA lookup (the host waits, the original name is not asked instead: that
+      is the downgrade a forged failure would want). A chain not validated end to end (the
+      AD bit missing on the answer that followed it): the expanded name is never asked, an
+      attacker may have chosen it.
     - A failed TLSA lookup (SERVFAIL, timeout; a validating resolver's answer to bogus data):
       the host is not tried now (sections 2.1.1 and 2.2.3: the client cannot tell whether
       TLSA records exist, and treating the failure as "none" is what a downgrade attack
@@ -218,25 +270,95 @@ def plan(  # noqa: PLR0911 (one return per rule of section 2.2)
     name = tlsa_name(host, port)
     if not mx_secure:
         return Plan(DaneState.NOT_APPLICABLE)
+    if address_failure is not None:
+        text = (
+            f"address lookup for {host} failed ({address_failure}): cannot tell where its TLSA "
+            "records are (RFC 7672 section 2.2.2); not delivering through it now"
+        )
+        return Plan(DaneState.DEFER, reply=Reply(451, "4.7.5", text))
+    notes: list[str] = []
+    if alias is not None and not alias.validated:
+        notes.append(
+            f"DANE: {host} is an alias of {alias.name}, but the CNAME chain is not "
+            f"DNSSEC-validated end to end: TLSA records looked for at {name} only (RFC 7672 "
+            "section 2.2.2)"
+        )
+    elif alias is not None:
+        expanded = tlsa_name(alias.name, port)
+        found = alias.tlsa
+        if found.failure is not None:
+            text = (
+                f"TLSA lookup for {expanded} ({host} is an alias of {alias.name}) failed "
+                f"({found.failure}): cannot tell whether DANE applies to {host}; not delivering "
+                "through it now (RFC 7672 section 2.2.3)"
+            )
+            return Plan(DaneState.DEFER, reply=Reply(451, "4.7.5", text))
+        if found.secure:
+            notes.append(
+                f"DANE: {host} is an alias of {alias.name} (a DNSSEC-validated CNAME chain, "
+                f"followed): the TLSA records at {expanded} are used, {alias.name} is the TLSA "
+                "base domain (RFC 7672 section 2.2.2, RFC 7671 section 7)"
+            )
+            return _decided(
+                host,
+                alias.name,
+                port,
+                found.records,
+                notes,
+                chain_available=chain_available,
+                chain_problem=chain_problem,
+            )
+        none = (
+            "TLSA records that are not DNSSEC-validated (no AD bit), ignored"
+            if found.records
+            else "no TLSA records"
+        )
+        notes.append(
+            f"DANE: {host} is an alias of {alias.name} (a DNSSEC-validated CNAME chain, "
+            f"followed), and {expanded} has {none}: looking at {name} (RFC 7671 section 7)"
+        )
     if failure is not None:
         if not host_secure:
             note = (
                 f"DANE: TLSA lookup for {name} failed ({failure}), and {host}'s address "
                 "records are not DNSSEC-validated: DANE does not apply"
             )
-            return Plan(DaneState.NOT_APPLICABLE, notes=(note,))
+            return Plan(DaneState.NOT_APPLICABLE, notes=(*notes, note))
         text = (
             f"TLSA lookup for {name} failed ({failure}): cannot tell whether DANE applies to "
             f"{host}; not delivering through it now (RFC 7672 section 2.2.3)"
         )
         return Plan(DaneState.DEFER, reply=Reply(451, "4.7.5", text))
     if missing or not records:
-        return Plan(DaneState.NOT_APPLICABLE, notes=(f"DANE: no TLSA records at {name}",))
+        return Plan(DaneState.NOT_APPLICABLE, notes=(*notes, f"DANE: no TLSA records at {name}"))
     if not authenticated:
         note = f"DANE: TLSA records at {name} are not DNSSEC-validated (no AD bit): ignored"
-        return Plan(DaneState.NOT_APPLICABLE, notes=(note,))
+        return Plan(DaneState.NOT_APPLICABLE, notes=(*notes, note))
+    return _decided(
+        host,
+        host,
+        port,
+        records,
+        notes,
+        chain_available=chain_available,
+        chain_problem=chain_problem,
+    )
+
+
+def _decided(
+    host: str,
+    base: str,
+    port: int,
+    records: Sequence[str],
+    notes: list[str],
+    *,
+    chain_available: bool,
+    chain_problem: str | None,
+) -> Plan:
+    """The plan for a validated TLSA RRset at ``_port._tcp.<base>``, the TLSA base domain of
+    ``host``: its usable records, or TLS without authentication when none is."""
+    name = tlsa_name(base, port)
     good: list[TlsaRecord] = []
-    notes: list[str] = []
     for text in records:
         parsed = parse_tlsa(text)
         why = str(parsed) if isinstance(parsed, TlsaInvalid) else None
@@ -247,15 +369,19 @@ def plan(  # noqa: PLR0911 (one return per rule of section 2.2)
                 continue
             why = f"{parsed}: {why}"
         notes.append(f"DANE: unusable TLSA record at {name}: {why}")
+    base = base.lower().rstrip(".")
     if good:
         shown = ", ".join(str(r) for r in good)
-        notes.append(f"DANE: TLS required to {host}, the certificate must match {shown}")
-        return Plan(DaneState.AUTHENTICATE, tuple(good), tuple(notes))
+        notes.append(
+            f"DANE: TLS required to {host}, the certificate must match {shown} (TLSA records "
+            f"at {name})"
+        )
+        return Plan(DaneState.AUTHENTICATE, tuple(good), tuple(notes), base_domain=base)
     notes.append(
         f"DANE: no usable TLSA record at {name}: TLS required to {host}, not authenticated "
         "(RFC 7672 section 2.2)"
     )
-    return Plan(DaneState.ENCRYPT, (), tuple(notes))
+    return Plan(DaneState.ENCRYPT, (), tuple(notes), base_domain=base)
 
 
 @attrs.frozen
@@ -263,21 +389,31 @@ class DaneTarget(Target):
     """A target DANE authenticates: STARTTLS required (``TlsPolicy.ENCRYPT``, so no CA check),
     and after the handshake the certificate must match one of ``tlsa`` (usable records).
 
-    ``next_hop`` is the domain the MX host was found for: with the host's own name, one of the
-    names a chain verified by a DANE-TA(2) record may be issued for (:attr:`reference_names`).
-    It is part of the target, so a connection authenticated for one domain is not kept for
-    another's mail."""
+    ``base_domain`` is the TLSA base domain the records were found under (``tlsa_name`` is
+    their owner, ``_port._tcp.<base_domain>``): the MX host's name, or the name its
+    DNSSEC-validated CNAME chain ends at (:class:`Alias`). The session sends it as SNI (RFC
+    7672 section 8.1, RFC 7671 section 7). ``next_hop`` is the domain the MX host was found
+    for. Both are the names a chain verified by a DANE-TA(2) record may be issued for
+    (:attr:`reference_names`). They are part of the target, so a connection authenticated for
+    one domain is not kept for another's mail."""
 
     tlsa: tuple[TlsaRecord, ...] = ()
     tlsa_name: str = ""
     next_hop: str = ""
+    base_domain: str = ""
 
     @property
     def reference_names(self) -> tuple[str, ...]:
-        """RFC 7672 section 3.2.2: the TLSA base domain (the MX host name; this code follows
-        no CNAME, so it is the name the MX record gave) and the next-hop domain."""
+        """The names a DANE-TA(2) chain's leaf may be issued for, RFC 7672 section 3.2.2: the
+        TLSA base domain, first ("the primary reference identifier", RFC 7671 section 7), and
+        the next-hop domain. When the base domain is the expanded name of a CNAME chain, the
+        MX host's own (unexpanded) name is not one of them: the records are the expanded
+        host's, and its certificate names it (Postfix checks the same names: the base domain
+        and the next-hop domain). For a domain without MX records (the implicit MX) the
+        next-hop domain is that domain, the original name itself. ``base_domain`` unset (a
+        target made by hand): the name the target was found under."""
         names: list[str] = []
-        for given in (self.name or self.host, self.next_hop):
+        for given in (self.base_domain or self.name or self.host, self.next_hop):
             name = given.lower().rstrip(".")
             if name and name not in names:
                 names.append(name)
@@ -300,8 +436,14 @@ def apply_plan(target: Target, dane: Plan, *, next_hop: str = "") -> Target:
         return target
     fields = attrs.asdict(target, recurse=False)
     fields["tls"] = TlsPolicy.ENCRYPT
-    name = tlsa_name(target.name or target.host, target.port)
-    return DaneTarget(**fields, tlsa=dane.records, tlsa_name=name, next_hop=next_hop)
+    base = dane.base_domain or (target.name or target.host).lower().rstrip(".")
+    return DaneTarget(
+        **fields,
+        tlsa=dane.records,
+        tlsa_name=tlsa_name(base, target.port),
+        next_hop=next_hop,
+        base_domain=base,
+    )
 
 
 def subject_public_key_info(certificate: bytes) -> bytes:

@@ -3,14 +3,18 @@ records, and what they make of the MX targets.
 
 :class:`Dane` asks a :class:`Lookups` (the delivery's own
 :class:`~spoolmail._transport.dns.DnsResolver`) for the domain's MX RRset again, to read its AD
-bit (the routing lookup does not keep it), then ``_port._tcp.<mx>`` TLSA for each MX host
-the validated RRset names, and the host's A/AAAA only when that TLSA lookup fails. The decision
-is the pure ``spoolmail._core.dane.plan``; this module only asks and applies it: hosts DANE
-authenticates become :class:`~spoolmail._core.dane.DaneTarget` s (STARTTLS required, the
-certificate checked against the records after the handshake, in the session), hosts whose TLSA
-lookup failed are left out with ``451 4.7.5``. Every step is noted in the transcript. The AD bit
-is worth what the resolver is: DANE is used only when the operator declares the resolver
-validates DNSSEC over a trusted path (``MailService(dane=True)``, RFC 7672 section 2.1.3).
+bit (the routing lookup does not keep it; a validated denial makes the domain its own host, the
+implicit MX, RFC 7672 section 2.2.2), then for each MX host the validated RRset names its AAAA
+and A (the routing's answers, from the cache as a rule), which say whether it is an alias and
+whether its CNAME chain is validated, then TLSA at ``_port._tcp.<expanded name>`` first when it
+is, and at ``_port._tcp.<mx>`` unless records there were used or that lookup failed (RFC 7671
+section 7). The decision is the pure ``spoolmail._core.dane.plan``; this module only asks and
+applies it: hosts DANE authenticates become :class:`~spoolmail._core.dane.DaneTarget` s
+(STARTTLS required, the certificate checked against the records after the handshake, in the
+session), hosts whose TLSA lookup failed are left out with ``451 4.7.5``. Every step is noted
+in the transcript. The AD bit is worth what the resolver is: DANE is used only when the operator
+declares the resolver validates DNSSEC over a trusted path (``MailService(dane=True)``, RFC 7672
+section 2.1.3).
 
 It also knows what this Python's ``ssl`` gives of a server's certificates: :func:`chain_problem`
 says whether DANE-TA(2) records can be checked here, and :func:`peer_chain` reads the chain the
@@ -25,11 +29,15 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+import attrs
+
 from spoolmail._core.dane import (
     MAX_CHAIN,
     MAX_CHAIN_OCTETS,
+    Alias,
     DaneState,
     Plan,
+    TlsaAnswer,
     apply_plan,
     plan,
     tlsa_name,
@@ -105,7 +113,7 @@ class Lookups(Protocol):
 class Dane:
     """Applies DANE to one domain's MX targets: ``Dane(dns_resolver).apply(domain, ...)``.
 
-    One domain's lookups (its MX again, then a TLSA and perhaps A and AAAA for each of up to
+    One domain's lookups (its MX again, then AAAA, A and one or two TLSA for each of up to
     ten hosts) take ``budget`` seconds at most in all (``HOP_BUDGET``, read from ``monotonic``),
     as the routing lookups do: silent name servers held a delivery for up to 31 lifetimes. A
     lookup the budget leaves unasked fails, and its host waits (``451``), as for any TLSA
@@ -180,10 +188,18 @@ class Dane:
                 f"MX lookup for {domain} failed ({found.failure}): cannot tell whether DANE "
                 "applies (RFC 7672 section 2.2.1)",
             )
+        if found.missing and found.authenticated:
+            # RFC 7672 section 2.2.2: the domain is its own mail host (the implicit MX), and a
+            # validated denial of its MX records is what a validated MX RRset is to MX hosts.
+            transcript.note(
+                f"DANE: {domain} has no MX records (a DNSSEC-validated denial): DANE applies to "
+                "the domain itself, the implicit MX (RFC 7672 section 2.2.2)"
+            )
+            return {host_key(domain)}
         if found.missing or not found.records:
             transcript.note(
-                f"DANE: {domain} has no MX records; DANE for a domain without them (RFC 7672 "
-                "section 2.2.2) is not applied"
+                f"DANE: {domain} has no MX records, and the denial is not DNSSEC-validated (no "
+                "AD bit): DANE does not apply (RFC 7672 section 2.2.2)"
             )
             return None
         if not found.authenticated:
@@ -201,31 +217,77 @@ class Dane:
     def _plan(
         self, host: str, port: int, *, listed: bool, transcript: Transcript, deadline: float
     ) -> Plan:
+        """Ask what :func:`~spoolmail._core.dane.plan` decides from: the host's addresses
+        (whether it is an alias, and of what), the TLSA records at the expanded name when its
+        CNAME chain is validated, and those at its own name unless the expanded name's were
+        used or its lookup failed (RFC 7672 section 2.2.2, RFC 7671 section 7)."""
         if not listed:
             transcript.note(f"DANE: {host} is not in the validated MX records: not applied")
             return Plan(DaneState.NOT_APPLICABLE)
-        tlsa = self._lookups.lookup(tlsa_name(host, port), "TLSA", transcript, deadline=deadline)
-        host_secure = True
-        if tlsa.failure is not None:
-            host_secure = self._addresses_secure(host, transcript, deadline)
+        alias, host_secure, address_failure = self._aliasing(host, transcript, deadline)
+        if address_failure is None and alias is not None and alias.validated:
+            found = self._tlsa(alias.name, port, transcript, deadline)
+            alias = attrs.evolve(alias, tlsa=found)
+        own = TlsaAnswer()
+        if address_failure is None and (alias is None or _looks_further(alias)):
+            own = self._tlsa(host, port, transcript, deadline)
         return plan(
             host,
             port,
             mx_secure=True,
-            records=tlsa.records,
-            missing=tlsa.missing,
-            failure=tlsa.failure,
-            authenticated=tlsa.authenticated,
+            records=own.records,
+            missing=own.missing,
+            failure=own.failure,
+            authenticated=own.authenticated,
             host_secure=host_secure,
             chain_available=self._chain_problem is None,
             chain_problem=self._chain_problem,
+            alias=alias,
+            address_failure=address_failure,
         )
 
-    def _addresses_secure(self, host: str, transcript: Transcript, deadline: float) -> bool:
-        """Whether ``host``'s A or AAAA answer is validated; a failure counts as validated
-        (the cautious reading: DANE may apply, so the host waits)."""
-        for rdtype in ("A", "AAAA"):
-            found = self._lookups.lookup(host, rdtype, transcript, deadline=deadline)
-            if found.failure is not None or (found.records and found.authenticated):
-                return True
-        return False
+    def _tlsa(self, host: str, port: int, transcript: Transcript, deadline: float) -> TlsaAnswer:
+        found = self._lookups.lookup(tlsa_name(host, port), "TLSA", transcript, deadline=deadline)
+        return TlsaAnswer(found.records, found.missing, found.failure, found.authenticated)
+
+    def _aliasing(
+        self, host: str, transcript: Transcript, deadline: float
+    ) -> tuple[Alias | None, bool, str | None]:
+        """What the host's AAAA and A answers say (the routing lookup's, from the cache as a
+        rule): where its CNAME chain led (``None``: it is no alias), whether its address records
+        are validated (a failure counts as validated, the cautious reading: DANE may apply, so
+        a host whose TLSA lookup fails waits), and why no answer had an address, if one failed.
+
+        The chain is validated when an answer that followed it carried the AD bit: a validating
+        resolver sets it only when every record of the answer, each CNAME included, is secure
+        (RFC 4035 section 3.2.3). Either family's answer will do, as either's addresses do for
+        the connection; two validated answers naming different ends (a zone changing between
+        the two questions) give no alias."""
+        answers = [
+            self._lookups.lookup(host, rdtype, transcript, deadline=deadline)
+            for rdtype in ("AAAA", "A")
+        ]
+        held = [found for found in answers if found.records]
+        failure = next((found.failure for found in answers if found.failure is not None), None)
+        secure = failure is not None or any(found.authenticated for found in held)
+        if not held:
+            return None, secure, failure
+        validated = {host_key(f.canonical) for f in held if f.canonical and f.authenticated}
+        if len(validated) == 1:
+            return Alias(validated.pop(), validated=True), secure, None
+        others = sorted({host_key(f.canonical) for f in held if f.canonical})
+        if others and not validated:
+            return Alias(others[0], validated=False), secure, None
+        if validated:
+            transcript.note(
+                f"DANE: the validated address answers of {host} end at different names "
+                f"({', '.join(sorted(validated))}): TLSA records looked for at {host} only"
+            )
+        return None, secure, None
+
+
+def _looks_further(alias: Alias) -> bool:
+    """Whether the host's own name is asked after its alias's: the chain is not validated
+    (the expanded name was never asked), or the expanded name has no validated TLSA records
+    and its lookup did not fail (RFC 7671 section 7)."""
+    return not alias.validated or (alias.tlsa.failure is None and not alias.tlsa.secure)

@@ -555,9 +555,15 @@ class Session:
             # The ssl module's reads and writes wait on the socket's own timeout.
             self._poller = None
             self._sock.settimeout(timeout)
+        server_hostname = start.server_hostname
+        if isinstance(self.target, DaneTarget) and self.target.base_domain:
+            # RFC 7672 section 8.1: the SNI names the TLSA base domain, so the server sends the
+            # chain its records describe; after a DNSSEC-validated CNAME chain that is the
+            # expanded name, not the MX host's (RFC 7671 section 7).
+            server_hostname = self.target.base_domain
         try:
             tls = context.wrap_socket(
-                self._sock, server_hostname=start.server_hostname, do_handshake_on_connect=False
+                self._sock, server_hostname=server_hostname, do_handshake_on_connect=False
             )
         except (ValueError, OSError) as error:
             # ValueError: a name OpenSSL will not take (empty, or not IDNA-encodable).
