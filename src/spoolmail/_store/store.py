@@ -1527,11 +1527,13 @@ class MailStore:
         """Remove a finished message: message and transcripts first, the claimed envelope last.
 
         ``transcripts=False`` when there can be none (they are written only when a message
-        stays in the Queue), saving two deletes of nothing.
+        stays in the Queue), saving two deletes of nothing. A message tried before nearly
+        always has a remote transcript (a local delivery seldom defers), deleted without a look
+        first; the local one is looked for (:meth:`_remove_transcript`).
         """
         self.recycle(QUEUE, f"{queue_id}.eml")
         if transcripts:
-            self._remove_transcript(f"{queue_id}.RTR")
+            self.remove(QUEUE, f"{queue_id}.RTR")
             self._remove_transcript(f"{queue_id}.LTR")
         # ``None`` only: an empty owner (``ID..env``, a name made by hand) is a claim too.
         self.recycle(QUEUE, self.claimed_name(queue_id, self.owner if owner is None else owner))
