@@ -1,7 +1,9 @@
 """DANE's TLSA base domain follows a validated CNAME of the MX host (RFC 7672 section 2.2.2,
 RFC 7671 section 7): TLSA records are looked for at the fully expanded name first, then at the
 MX host's own name; a chain not validated end to end is never followed; a failed lookup at the
-expanded name is no "none". The same for a domain without MX records (the implicit MX).
+expanded name is no "none". The same for a domain without MX records (the implicit MX). When
+the TLSA lookup at the MX host's own name fails and its chain is not validated, the host's own
+CNAME record (asked then only) tells whether its name is in a signed zone (section 2.2.2).
 
 Real parts throughout: :class:`~tests.transport.test_hostile_dns.ScriptedDns` on 127.0.0.1
 answers from a small zone (:class:`Zone`), CNAME chains in the answer and the AD bit where every
@@ -33,6 +35,7 @@ import pytest
 
 from spoolmail._core.dane import (
     Alias,
+    CnameAnswer,
     DaneState,
     DaneTarget,
     TlsaAnswer,
@@ -65,16 +68,19 @@ MX_HOST = "mx.cname.test"  # MX 10 of cname.test, a CNAME of:
 EXPANDED = "mx.provider.test"  # A 127.0.0.1, where the SMTP server listens
 IMPLICIT = "alias.test"  # no MX records; a CNAME of:
 IMPLICIT_HOST = "host.provider.test"  # A 127.0.0.1
+EE = "3 1 1 " + "ab" * 32  # a DANE-EE record no certificate here matches
 
 
 class Zone:
     """A script for :class:`ScriptedDns`: ``records`` (name -> type -> texts), ``cnames``
-    (alias -> target), followed within one answer as a recursive resolver does. The AD bit is
-    set when the query asks for it and every name the answer passed through is under one of
+    (alias -> target), followed within one answer as a recursive resolver does, except for a
+    CNAME question, answered with the alias's own record (RFC 1034 section 3.6.2). The AD bit
+    is set when the query asks for it and every name the answer passed through is under one of
     ``signed`` and none of ``unsigned`` (an insecure delegation below a signed zone): a
     validating resolver sets it only when the whole answer is secure (RFC 4035 section
-    3.2.3). A name in ``servfail`` fails the whole answer (SERVFAIL, no AD). A missing name
-    is NXDOMAIN, a missing type NODATA, both with an SOA (kept ``TTL`` s)."""
+    3.2.3). A name in ``servfail`` fails the whole answer (SERVFAIL, no AD), and so does a
+    question in ``failing`` (name, type): one type alone. A missing name is NXDOMAIN, a
+    missing type NODATA, both with an SOA (kept ``TTL`` s)."""
 
     def __init__(
         self,
@@ -84,12 +90,14 @@ class Zone:
         signed: Collection[str],
         unsigned: Collection[str] = (),
         servfail: Collection[str] = (),
+        failing: Collection[tuple[str, str]] = (),
     ) -> None:
         self.records = records
         self.cnames = cnames
         self.signed = tuple(signed)
         self.unsigned = tuple(unsigned)
         self.servfail = frozenset(servfail)
+        self.failing = frozenset(failing)
 
     def _is_signed(self, name: str) -> bool:
         def under(zones: tuple[str, ...]) -> bool:
@@ -104,14 +112,17 @@ class Zone:
         response = dns.message.make_response(query)
         response.flags |= dns.flags.RA
         passed = [name]
+        cname_asked = rdtype == "CNAME" and name in self.cnames
         while name in self.cnames and len(passed) < 8:
             target = self.cnames[name]
             response.answer.append(
                 dns.rrset.from_text(f"{name}.", TTL, "IN", "CNAME", f"{target}.")
             )
+            if cname_asked:
+                break  # the alias's own record is the answer: not chased
             name = target
             passed.append(name)
-        if any(owner in self.servfail for owner in passed):
+        if any(owner in self.servfail for owner in passed) or (passed[0], rdtype) in self.failing:
             failed = dns.message.make_response(query)
             failed.set_rcode(dns.rcode.SERVFAIL)
             return [failed.to_wire()]
@@ -120,7 +131,7 @@ class Zone:
             response.answer.append(
                 dns.rrset.from_text(f"{name}.", TTL, "IN", rdtype, *found[rdtype])
             )
-        else:
+        elif not cname_asked:
             if found is None:
                 response.set_rcode(dns.rcode.NXDOMAIN)
             response.authority.append(dns.rrset.from_text("test.", TTL, "IN", "SOA", SOA))
@@ -137,24 +148,37 @@ def zone(
     signed: Collection[str] = ("cname.test", "provider.test", "alias.test"),
     unsigned: Collection[str] = (),
     servfail: Collection[str] = (),
+    failing: Collection[tuple[str, str]] = (),
+    mx_alias: bool = True,
 ) -> Zone:
-    """``cname.test`` MX ``mx.cname.test``, a CNAME of ``mx.provider.test`` (A 127.0.0.1);
-    ``alias.test``, without MX records, a CNAME of ``host.provider.test`` (A 127.0.0.1); TLSA
-    records ``at_expanded`` (``_port._tcp`` of both provider hosts) and ``at_original`` (of
-    ``mx.cname.test`` and ``alias.test``)."""
+    """``cname.test`` MX ``mx.cname.test``, a CNAME of ``mx.provider.test`` (A 127.0.0.1), or
+    without ``mx_alias`` A 127.0.0.1 itself; ``alias.test``, without MX records, a CNAME of
+    ``host.provider.test`` (A 127.0.0.1); TLSA records ``at_expanded`` (``_port._tcp`` of both
+    provider hosts) and ``at_original`` (of ``mx.cname.test`` and ``alias.test``)."""
     records: dict[str, dict[str, list[str]]] = {
         DOMAIN: {"MX": [f"10 {MX_HOST}."]},
         EXPANDED: {"A": ["127.0.0.1"]},
         IMPLICIT_HOST: {"A": ["127.0.0.1"]},
     }
+    if not mx_alias:
+        records[MX_HOST] = {"A": ["127.0.0.1"]}
     if at_expanded:
         records[f"_{port}._tcp.{EXPANDED}"] = {"TLSA": at_expanded}
         records[f"_{port}._tcp.{IMPLICIT_HOST}"] = {"TLSA": at_expanded}
     if at_original:
         records[f"_{port}._tcp.{MX_HOST}"] = {"TLSA": at_original}
         records[f"_{port}._tcp.{IMPLICIT}"] = {"TLSA": at_original}
-    cnames = {MX_HOST: EXPANDED, IMPLICIT: IMPLICIT_HOST}
-    return Zone(records, cnames=cnames, signed=signed, unsigned=unsigned, servfail=servfail)
+    cnames = {IMPLICIT: IMPLICIT_HOST}
+    if mx_alias:
+        cnames[MX_HOST] = EXPANDED
+    return Zone(
+        records,
+        cnames=cnames,
+        signed=signed,
+        unsigned=unsigned,
+        servfail=servfail,
+        failing=failing,
+    )
 
 
 class Monotonic:
@@ -496,6 +520,147 @@ def test_a_second_delivery_within_the_ttl_asks_nothing_and_decides_the_same(
     ]
 
 
+# A signed alias into an unsigned zone: the address answer has no AD bit, the alias's own
+# CNAME record, asked for when the TLSA lookup at the MX host's name fails, tells whether that
+# name is in a signed zone (RFC 7672 section 2.2.2).
+
+PORT = 25  # the tests below do not connect: the TLSA names only
+OWN_TLSA = f"_{PORT}._tcp.{MX_HOST}"
+
+
+def route_only(server: ScriptedDns) -> tuple[Resolution, Transcript]:
+    transcript = now_transcript()
+    return route(resolver_for(server), DOMAIN, PORT, transcript), transcript
+
+
+def test_the_resolver_asks_a_cname_question_and_does_not_follow_it() -> None:
+    """dns.py as it stands: ``lookup(host, "CNAME")`` gives the alias's own record with the
+    answer's AD bit, no expanded name (the records are the name's own), and keeps it."""
+    with ScriptedDns(zone(PORT, signed=["cname.test"])) as server:
+        resolver = resolver_for(server)
+        first = resolver.lookup(MX_HOST, "CNAME", now_transcript())
+        assert asked(server) == [(MX_HOST, "CNAME")]
+        again = resolver.lookup(MX_HOST, "CNAME", now_transcript())
+        assert asked(server) == []
+    assert first == again
+    assert first.records == (f"{EXPANDED}.",)
+    assert first.authenticated  # cname.test is signed; provider.test, never asked, is not
+    assert first.canonical == ""
+    assert first.failure is None
+
+
+def test_a_signed_alias_into_an_unsigned_zone_whose_tlsa_lookup_fails_is_deferred() -> None:
+    # cname.test signed, provider.test not: the A answer through the chain has no AD bit.
+    with ScriptedDns(zone(PORT, signed=["cname.test"], servfail=[OWN_TLSA])) as server:
+        resolution, transcript = route_only(server)
+        questions = asked(server)
+    assert resolution.targets == ()
+    assert resolution.reply is not None
+    assert (resolution.reply.code, resolution.reply.status) == (451, "4.7.5")
+    assert f"TLSA lookup for {OWN_TLSA} failed" in resolution.reply.text
+    assert f"{MX_HOST}'s own CNAME record is DNSSEC-validated, so {MX_HOST} is in a signed" in (
+        resolution.reply.text
+    )
+    # Asked once, after the failed TLSA lookup, for the MX host's own name.
+    assert questions.count((MX_HOST, "CNAME")) == 1
+    assert questions.index((MX_HOST, "CNAME")) > questions.index((OWN_TLSA, "TLSA"))
+    text = transcript.text
+    assert f"CNAME {MX_HOST}: {EXPANDED}." in text
+    assert (
+        f"{MX_HOST}'s address records are not DNSSEC-validated, but they came through its "
+        f"CNAME to {EXPANDED}, so its own CNAME record was asked for"
+    ) in text
+
+
+def test_an_unsigned_alias_into_an_unsigned_zone_whose_tlsa_lookup_fails_gets_no_dane(
+    transport: SmtpTransport, provider_chain: Chain, tmp_path: Path
+) -> None:
+    with Mx(provider_chain, tmp_path) as mx:
+        failing = f"_{mx.port}._tcp.{MX_HOST}"
+        # An insecure delegation at mx.cname.test: the MX RRset is validated, the host is not.
+        dns_zone = zone(mx.port, signed=["cname.test"], unsigned=[MX_HOST], servfail=[failing])
+        with ScriptedDns(dns_zone) as server:
+            transcript = now_transcript()
+            resolution = route(resolver_for(server), DOMAIN, mx.port, transcript)
+            questions = asked(server)
+            target, reply = deliver(transport, resolution, transcript)
+    assert reply.code == 250
+    assert not isinstance(target, DaneTarget)
+    assert target.tls is TlsPolicy.OPPORTUNISTIC
+    assert (MX_HOST, "CNAME") in questions
+    assert f"TLSA lookup for {failing} failed" in transcript.text
+    assert f"DANE: {MX_HOST}'s CNAME record is not DNSSEC-validated either" in transcript.text
+    assert "DANE does not apply" in transcript.text
+
+
+def test_a_failed_cname_lookup_defers_the_host_with_its_reason() -> None:
+    dns_zone = zone(PORT, signed=["cname.test"], servfail=[OWN_TLSA], failing=[(MX_HOST, "CNAME")])
+    with ScriptedDns(dns_zone) as server:
+        resolution, transcript = route_only(server)
+        questions = asked(server)
+    assert (MX_HOST, "CNAME") in questions
+    assert resolution.targets == ()
+    assert resolution.reply is not None
+    assert (resolution.reply.code, resolution.reply.status) == (451, "4.7.5")
+    reply = resolution.reply.text
+    assert f"TLSA lookup for {OWN_TLSA} failed" in reply
+    assert f"the CNAME lookup for {MX_HOST}, asked to tell whether it is in a DNSSEC-signed" in (
+        reply
+    )
+    assert "failed too (" in reply
+    assert "SERVFAIL" in reply.partition("failed too (")[2]
+    assert "a failure is what a downgrade attack would cause" in reply
+    assert str(resolution.reply) in transcript.text
+
+
+@pytest.mark.parametrize(
+    ("dns_zone", "outcome"),
+    [
+        # The MX host is no alias: its address answer's AD bit is its own zone's.
+        (
+            zone(PORT, mx_alias=False, unsigned=[MX_HOST], servfail=[OWN_TLSA]),
+            "no dane",
+        ),
+        (zone(PORT, mx_alias=False, servfail=[OWN_TLSA]), "deferred"),
+        # An alias whose chain is validated: the host's zone is known to be signed.
+        (zone(PORT, servfail=[OWN_TLSA]), "deferred"),
+        # An unvalidated alias whose TLSA lookup did not fail.
+        (zone(PORT, signed=["cname.test"], at_original=[EE]), "dane"),
+        (zone(PORT, signed=["cname.test"]), "no dane"),
+        # An unvalidated alias whose AAAA lookup failed: a failure counts as validated.
+        (
+            zone(
+                PORT,
+                signed=["cname.test"],
+                servfail=[OWN_TLSA],
+                failing=[(MX_HOST, "AAAA")],
+            ),
+            "deferred",
+        ),
+    ],
+    ids=[
+        "no-alias-unsigned-tlsa-failed",
+        "no-alias-signed-tlsa-failed",
+        "validated-alias-tlsa-failed",
+        "unvalidated-alias-tlsa-records",
+        "unvalidated-alias-no-tlsa",
+        "unvalidated-alias-address-failure-tlsa-failed",
+    ],
+)
+def test_no_cname_question_is_asked_on_the_common_path(dns_zone: Zone, outcome: str) -> None:
+    with ScriptedDns(dns_zone) as server:
+        resolution, _ = route_only(server)
+        questions = asked(server)
+    assert [q for q in questions if q[1] == "CNAME"] == []
+    if outcome == "deferred":
+        assert resolution.targets == ()
+        assert resolution.reply is not None
+        assert resolution.reply.status == "4.7.5"
+    else:
+        [target] = resolution.targets
+        assert isinstance(target, DaneTarget) is (outcome == "dane")
+
+
 # The decision itself, from answers given by hand (the parts no zone above reaches).
 
 
@@ -515,7 +680,6 @@ class Answers:
 
 MX = Target("192.0.2.1", 25, name=MX_HOST)
 SECURE_MX = Lookup((f"10 {MX_HOST}.",), authenticated=True)
-EE = "3 1 1 " + "ab" * 32
 
 
 def test_a_failed_address_lookup_defers_the_host() -> None:
@@ -581,3 +745,51 @@ def test_plan_uses_the_expanded_name_only_for_a_validated_chain() -> None:
     assert (unvalidated.state, unvalidated.base_domain) == (DaneState.AUTHENTICATE, MX_HOST)
     none = plan(MX_HOST, 25, mx_secure=True, missing=True, alias=Alias(EXPANDED, validated=False))
     assert none.state is DaneState.NOT_APPLICABLE
+
+
+@pytest.mark.parametrize(
+    ("cname", "state"),
+    [
+        (CnameAnswer((f"{EXPANDED}.",), authenticated=True), DaneState.DEFER),
+        # A validated denial is signed NSEC(3) records: the name's zone is signed all the same.
+        (CnameAnswer(missing=True, authenticated=True), DaneState.DEFER),
+        (CnameAnswer((f"{EXPANDED}.",)), DaneState.NOT_APPLICABLE),
+        (CnameAnswer(missing=True), DaneState.NOT_APPLICABLE),
+        (CnameAnswer(failure="timed out"), DaneState.DEFER),
+        (None, DaneState.DEFER),  # not asked: as cautious as a failure
+    ],
+    ids=["signed", "signed-denial", "unsigned", "unsigned-denial", "failed", "not-asked"],
+)
+def test_plan_reads_the_cname_answer_of_an_unvalidated_alias_whose_tlsa_lookup_failed(
+    cname: CnameAnswer | None, state: DaneState
+) -> None:
+    alias = Alias(EXPANDED, validated=False, cname=cname)
+    decided = plan(MX_HOST, 25, mx_secure=True, failure="SERVFAIL", host_secure=False, alias=alias)
+    assert decided.state is state
+    if state is DaneState.DEFER:
+        assert decided.reply is not None
+        assert (decided.reply.code, decided.reply.status) == (451, "4.7.5")
+    if cname is not None and cname.failure is not None:
+        assert decided.reply is not None
+        assert "failed too (timed out)" in decided.reply.text
+
+
+def test_plan_does_not_read_the_cname_answer_where_it_does_not_decide() -> None:
+    """A host whose addresses are validated waits anyway; a validated chain, or no alias, with
+    unvalidated addresses: the host's zone is the one that answered, DANE does not apply."""
+    signed = CnameAnswer((f"{EXPANDED}.",), authenticated=True)
+    unsigned = CnameAnswer((f"{EXPANDED}.",))
+    waits = plan(
+        MX_HOST,
+        25,
+        mx_secure=True,
+        failure="SERVFAIL",
+        host_secure=True,
+        alias=Alias(EXPANDED, validated=False, cname=unsigned),
+    )
+    assert waits.state is DaneState.DEFER
+    for alias in (None, Alias(EXPANDED, validated=True, cname=signed)):
+        decided = plan(
+            MX_HOST, 25, mx_secure=True, failure="SERVFAIL", host_secure=False, alias=alias
+        )
+        assert decided.state is DaneState.NOT_APPLICABLE

@@ -8,12 +8,13 @@ TLS as usual), TLS with the certificate matched against the usable records, TLS 
 authentication (a secure RRset with no usable record), or no delivery to that host for now (the
 TLSA lookup failed, so nobody can tell); and whose records those are, the TLSA base domain: the
 host's name, or the name its DNSSEC-validated CNAME chain ends at (:class:`Alias`, section
-2.2.2, RFC 7671 section 7). :func:`authenticate` checks the server's certificates
-(DER, the chain it sent) against usable records: DANE-EE(3) against the leaf, DANE-TA(2) by
-verifying the chain to the certificate a record names (:func:`match` is the DANE-EE part
-alone); :func:`apply_plan` turns a plan into the target the transport gets (:class:`DaneTarget`:
-``TlsPolicy.ENCRYPT``, the records and the names a DANE-TA chain must be issued for, which the
-session checks after the handshake).
+2.2.2, RFC 7671 section 7); and, for an alias whose chain is not validated, whether its own
+name is in a signed zone all the same (:class:`CnameAnswer`). :func:`authenticate` checks the
+server's certificates (DER, the chain it sent) against usable records: DANE-EE(3) against the
+leaf, DANE-TA(2) by verifying the chain to the certificate a record names (:func:`match` is
+the DANE-EE part alone); :func:`apply_plan` turns a plan into the target the transport gets
+(:class:`DaneTarget`: ``TlsPolicy.ENCRYPT``, the records and the names a DANE-TA chain must be
+issued for, which the session checks after the handshake).
 
 Pure: no DNS, no socket, no ssl, no clock (the time a chain is checked at is an argument). A
 certificate's SubjectPublicKeyInfo is read from its DER as it stands
@@ -46,6 +47,7 @@ __all__ = [
     "MAX_CHAIN",
     "MAX_CHAIN_OCTETS",
     "Alias",
+    "CnameAnswer",
     "DaneState",
     "DaneTarget",
     "Matched",
@@ -201,16 +203,44 @@ class TlsaAnswer:
 
 
 @attrs.frozen
+class CnameAnswer:
+    """What the DNS said when asked for the CNAME record of an MX host itself: the record
+    (``records``), NXDOMAIN or NODATA (``missing``), why there was no answer (``failure``), and
+    the AD bit (``authenticated``).
+
+    A CNAME question is answered with the alias's own RRset, not chased into the zone of its
+    target (RFC 1034 section 3.6.2), so its AD bit is that of the first link of the host's
+    chain alone: whether the host's own name is in a DNSSEC-signed zone, where a TLSA RRset at
+    ``_port._tcp.<host>`` can be validated even when the chain leads into an unsigned zone and
+    the address answer carries no AD bit (RFC 7672 section 2.2.2; Postfix asks the same
+    question)."""
+
+    records: tuple[str, ...] = ()
+    missing: bool = False
+    failure: str | None = None
+    authenticated: bool = False
+
+    @property
+    def signed(self) -> bool:
+        """The answer is DNSSEC-validated, records or a denial: the host's name is in a signed
+        zone (a validated denial is signed NSEC or NSEC3 records of that zone)."""
+        return self.failure is None and self.authenticated
+
+
+@attrs.frozen
 class Alias:
     """An MX host whose address records were reached through a CNAME chain: ``name`` is where
     the chain ends (the fully CNAME-expanded name); ``validated``, that the answer which
     followed it carried the AD bit (every link of the chain and the address records are
     DNSSEC-validated, "secure"); ``tlsa``, the TLSA lookup at ``_port._tcp.<name>``, asked only
-    when ``validated`` (RFC 7672 section 2.2.2, RFC 7671 section 7)."""
+    when ``validated`` (RFC 7672 section 2.2.2, RFC 7671 section 7); ``cname``, the answer to a
+    CNAME question for the host itself (:class:`CnameAnswer`), asked only when the chain is not
+    validated and the TLSA lookup at the host's own name failed (``None``: not asked)."""
 
     name: str
     validated: bool
     tlsa: TlsaAnswer = TlsaAnswer()
+    cname: CnameAnswer | None = None
 
 
 def plan(  # noqa: PLR0911 (one return per rule of section 2.2)
@@ -258,7 +288,14 @@ def plan(  # noqa: PLR0911 (one return per rule of section 2.2)
       would want), ``451 4.7.5`` as Postfix gives for it; the next MX host may still be tried.
       Unless the host's address records are insecure: in an unsigned zone no TLSA record can
       be secure, and some broken nameservers fail TLSA queries there (Postfix does not ask
-      them at all), so DANE does not apply.
+      them at all), so DANE does not apply. But insecure address records of an alias whose
+      chain is not validated end to end say nothing of the host's own zone: a signed alias
+      may lead into an unsigned zone, and its own name still have a secure TLSA RRset (section
+      2.2.2: the host is in a signed zone when the first link of its chain is). Then
+      ``alias.cname``, the answer to a CNAME question for the host, decides: validated, the
+      host is in a signed zone and waits as above; not validated, DANE does not apply; failed
+      (or never asked), the host waits too, since a failure is what an attacker who wants
+      DANE off would cause (section 2.1.1).
     - No TLSA records (NXDOMAIN, NODATA), or an unvalidated TLSA RRset: DANE does not apply
       (section 2.2: only secure TLSA records count).
     - A secure RRset with a usable record: TLS required, the certificate matched against the
@@ -318,17 +355,7 @@ def plan(  # noqa: PLR0911 (one return per rule of section 2.2)
             f"followed), and {expanded} has {none}: looking at {name} (RFC 7671 section 7)"
         )
     if failure is not None:
-        if not host_secure:
-            note = (
-                f"DANE: TLSA lookup for {name} failed ({failure}), and {host}'s address "
-                "records are not DNSSEC-validated: DANE does not apply"
-            )
-            return Plan(DaneState.NOT_APPLICABLE, notes=(*notes, note))
-        text = (
-            f"TLSA lookup for {name} failed ({failure}): cannot tell whether DANE applies to "
-            f"{host}; not delivering through it now (RFC 7672 section 2.2.3)"
-        )
-        return Plan(DaneState.DEFER, reply=Reply(451, "4.7.5", text))
+        return _failed(host, name, failure, host_secure=host_secure, alias=alias, notes=notes)
     if missing or not records:
         return Plan(DaneState.NOT_APPLICABLE, notes=(*notes, f"DANE: no TLSA records at {name}"))
     if not authenticated:
@@ -343,6 +370,63 @@ def plan(  # noqa: PLR0911 (one return per rule of section 2.2)
         chain_available=chain_available,
         chain_problem=chain_problem,
     )
+
+
+def _failed(
+    host: str,
+    name: str,
+    failure: str,
+    *,
+    host_secure: bool,
+    alias: Alias | None,
+    notes: list[str],
+) -> Plan:
+    """The plan when the TLSA lookup at ``name``, the host's own ``_port._tcp.<host>``, failed
+    (see :func:`plan`): the host waits unless it is known to be in an unsigned zone."""
+    text = (
+        f"TLSA lookup for {name} failed ({failure}): cannot tell whether DANE applies to "
+        f"{host}; not delivering through it now (RFC 7672 section 2.2.3)"
+    )
+    if host_secure:
+        return Plan(DaneState.DEFER, reply=Reply(451, "4.7.5", text))
+    if alias is None or alias.validated:
+        note = (
+            f"DANE: TLSA lookup for {name} failed ({failure}), and {host}'s address "
+            "records are not DNSSEC-validated: DANE does not apply"
+        )
+        return Plan(DaneState.NOT_APPLICABLE, notes=(*notes, note))
+    # The address answer followed the chain into the target's zone; its missing AD bit may be
+    # that zone's, not the host's (RFC 7672 section 2.2.2).
+    link = alias.cname
+    asked = (
+        f"DANE: TLSA lookup for {name} failed ({failure}); {host}'s address records are not "
+        f"DNSSEC-validated, but they came through its CNAME to {alias.name}, so its own CNAME "
+        f"record was asked for (answered from {host}'s zone alone) to tell whether {host} is in "
+        "a signed zone (RFC 7672 section 2.2.2)"
+    )
+    if link is None or link.failure is not None:
+        why = "was not asked" if link is None else f"failed too ({link.failure})"
+        text = (
+            f"TLSA lookup for {name} failed ({failure}), and the CNAME lookup for {host}, asked "
+            "to tell whether it is in a DNSSEC-signed zone (its address records, reached "
+            f"through its CNAME to {alias.name}, are not validated), {why}: cannot tell whether "
+            f"DANE applies to {host}, and a failure is what a downgrade attack would cause; not "
+            "delivering through it now (RFC 7672 sections 2.1.1, 2.2.2, 2.2.3)"
+        )
+        return Plan(DaneState.DEFER, notes=(*notes, asked), reply=Reply(451, "4.7.5", text))
+    if link.signed:
+        text = (
+            f"TLSA lookup for {name} failed ({failure}): {host}'s own CNAME record is "
+            f"DNSSEC-validated, so {host} is in a signed zone, where TLSA records can be, though "
+            f"the rest of its chain, to {alias.name}, is not: cannot tell whether DANE applies "
+            f"to {host}; not delivering through it now (RFC 7672 sections 2.2.2, 2.2.3)"
+        )
+        return Plan(DaneState.DEFER, notes=(*notes, asked), reply=Reply(451, "4.7.5", text))
+    note = (
+        f"DANE: {host}'s CNAME record is not DNSSEC-validated either: {host} is not in a signed "
+        "zone, DANE does not apply"
+    )
+    return Plan(DaneState.NOT_APPLICABLE, notes=(*notes, asked, note))
 
 
 def _decided(

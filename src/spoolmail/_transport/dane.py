@@ -8,7 +8,9 @@ implicit MX, RFC 7672 section 2.2.2), then for each MX host the validated RRset 
 and A (the routing's answers, from the cache as a rule), which say whether it is an alias and
 whether its CNAME chain is validated, then TLSA at ``_port._tcp.<expanded name>`` first when it
 is, and at ``_port._tcp.<mx>`` unless records there were used or that lookup failed (RFC 7671
-section 7). The decision is the pure ``spoolmail._core.dane.plan``; this module only asks and
+section 7); and only when that last lookup failed for an alias whose chain is not validated,
+the host's own CNAME record, whose AD bit says whether its name is in a signed zone (RFC 7672
+section 2.2.2). The decision is the pure ``spoolmail._core.dane.plan``; this module only asks and
 applies it: hosts DANE authenticates become :class:`~spoolmail._core.dane.DaneTarget` s
 (STARTTLS required, the certificate checked against the records after the handshake, in the
 session), hosts whose TLSA lookup failed are left out with ``451 4.7.5``. Every step is noted
@@ -35,6 +37,7 @@ from spoolmail._core.dane import (
     MAX_CHAIN,
     MAX_CHAIN_OCTETS,
     Alias,
+    CnameAnswer,
     DaneState,
     Plan,
     TlsaAnswer,
@@ -113,11 +116,11 @@ class Lookups(Protocol):
 class Dane:
     """Applies DANE to one domain's MX targets: ``Dane(dns_resolver).apply(domain, ...)``.
 
-    One domain's lookups (its MX again, then AAAA, A and one or two TLSA for each of up to
-    ten hosts) take ``budget`` seconds at most in all (``HOP_BUDGET``, read from ``monotonic``),
-    as the routing lookups do: silent name servers held a delivery for up to 31 lifetimes. A
-    lookup the budget leaves unasked fails, and its host waits (``451``), as for any TLSA
-    lookup that fails: DANE is never given up for want of time.
+    One domain's lookups (its MX again, then AAAA, A, one or two TLSA and at times a CNAME for
+    each of up to ten hosts) take ``budget`` seconds at most in all (``HOP_BUDGET``, read from
+    ``monotonic``), as the routing lookups do: silent name servers held a delivery for up to 31
+    lifetimes. A lookup the budget leaves unasked fails, and its host waits (``451``), as for
+    any TLSA lookup that fails: DANE is never given up for want of time.
     """
 
     def __init__(
@@ -220,7 +223,13 @@ class Dane:
         """Ask what :func:`~spoolmail._core.dane.plan` decides from: the host's addresses
         (whether it is an alias, and of what), the TLSA records at the expanded name when its
         CNAME chain is validated, and those at its own name unless the expanded name's were
-        used or its lookup failed (RFC 7672 section 2.2.2, RFC 7671 section 7)."""
+        used or its lookup failed (RFC 7672 section 2.2.2, RFC 7671 section 7).
+
+        When the lookup at its own name failed and its address records are not validated
+        because they came through a chain not validated end to end, the host's CNAME record
+        too (:func:`_asks_cname`): answered from the host's own zone, its AD bit tells whether
+        that zone is signed, and so whether the failure may hide secure TLSA records (RFC 7672
+        section 2.2.2). Never otherwise: the common path costs no extra question."""
         if not listed:
             transcript.note(f"DANE: {host} is not in the validated MX records: not applied")
             return Plan(DaneState.NOT_APPLICABLE)
@@ -231,6 +240,10 @@ class Dane:
         own = TlsaAnswer()
         if address_failure is None and (alias is None or _looks_further(alias)):
             own = self._tlsa(host, port, transcript, deadline)
+        if alias is not None and _asks_cname(alias, own, host_secure=host_secure):
+            asked = self._lookups.lookup(host, "CNAME", transcript, deadline=deadline)
+            link = CnameAnswer(asked.records, asked.missing, asked.failure, asked.authenticated)
+            alias = attrs.evolve(alias, cname=link)
         return plan(
             host,
             port,
@@ -284,6 +297,13 @@ class Dane:
                 f"({', '.join(sorted(validated))}): TLSA records looked for at {host} only"
             )
         return None, secure, None
+
+
+def _asks_cname(alias: Alias, own: TlsaAnswer, *, host_secure: bool) -> bool:
+    """Whether the host's own CNAME record is asked for: the TLSA lookup at its own name
+    failed, and its address records are not validated because the chain they came through is
+    not (a validated chain, or validated addresses, already say the host's zone is signed)."""
+    return own.failure is not None and not host_secure and not alias.validated
 
 
 def _looks_further(alias: Alias) -> bool:
