@@ -52,6 +52,7 @@ from spoolmail._transport.smtp import SmtpTransport
 from tests.dnsserver import local_resolver
 from tests.smtpservers import SmtpServer
 from tests.tlscerts import Chain, make_chain
+from tests.transport.test_dane import Answers
 from tests.transport.test_hostile_dns import ScriptedDns
 
 pytestmark = pytest.mark.integration
@@ -662,20 +663,6 @@ def test_no_cname_question_is_asked_on_the_common_path(dns_zone: Zone, outcome: 
 
 
 # The decision itself, from answers given by hand (the parts no zone above reaches).
-
-
-class Answers:
-    """``lookup`` from a table of ``(name, type)``; anything else NXDOMAIN."""
-
-    def __init__(self, table: Mapping[tuple[str, str], Lookup]) -> None:
-        self.table = table
-        self.asked: list[tuple[str, str]] = []
-
-    def lookup(
-        self, name: str, rdtype: str, transcript: Transcript, *, deadline: float | None = None
-    ) -> Lookup:
-        self.asked.append((name, rdtype))
-        return self.table.get((name, rdtype), Lookup(missing=True))
 
 
 MX = Target("192.0.2.1", 25, name=MX_HOST)
