@@ -320,6 +320,35 @@ def test_durability_from_settings_or_for_one_connection(mailroot: Path) -> None:
         mail.get_connection(durability="sometimes")
 
 
+def test_a_message_over_the_services_size_limit_raises_when_django_sends_it(
+    memory_spool: Spool,
+) -> None:
+    """With SPOOLMAIL_MAX_MESSAGE_SIZE the service's max_message_size, a message the service
+    would put into BadMail unseen raises in the view that sends it."""
+    big = mail.EmailMessage("big", "x" * 5000, to=["bob@example.com"])
+    small = mail.EmailMessage("small", "x", to=["bob@example.com"])
+    with override_settings(SPOOLMAIL_MAX_MESSAGE_SIZE=4096):
+        with pytest.raises(MessageError, match="over the limit of 4096 bytes") as caught:
+            mail.get_connection().send_messages([big])
+        assert caught.value.status == "5.3.4"
+        assert memory_spool.pickup() == []
+        assert mail.get_connection(fail_silently=True).send_messages([big, small]) == 1
+        assert memory_spool.pickup() == [f"{small.spoolmail_queue_id}.eml"]
+    # For one connection; and unset, nothing is checked here.
+    with pytest.raises(MessageError, match="over the limit of 100 bytes"):
+        mail.get_connection(max_message_size=100).send_messages([small])
+    assert mail.get_connection().send_messages([big]) == 1
+
+
+@pytest.mark.parametrize("wrong", [0, -5, True, "10MB", 2.5])
+def test_a_size_limit_that_is_no_size_is_refused(memory_spool: Spool, wrong: object) -> None:
+    with (
+        override_settings(SPOOLMAIL_MAX_MESSAGE_SIZE=wrong),
+        pytest.raises(ImproperlyConfigured, match="SPOOLMAIL_MAX_MESSAGE_SIZE must be"),
+    ):
+        mail.get_connection()
+
+
 def test_a_spool_given_as_the_root_is_left_open(memory_spool: Spool) -> None:
     with mail.get_connection() as connection:
         connection.send_messages([mail.EmailMessage("one", "x", to=["a@example.com"])])

@@ -11,8 +11,13 @@ of spoolmail that imports Django, so ``import spoolmail`` never needs it. Settin
   as it is and never closed (tests: ``spoolmail.testing``'s ``spoolmail_spool``). Required.
 - ``SPOOLMAIL_DURABILITY``: ``"fsync"`` (the default) or ``"none"``, for a MailRoot the backend
   opens (a :class:`~spoolmail.Durability` works too).
+- ``SPOOLMAIL_MAX_MESSAGE_SIZE``: the service's ``max_message_size`` in bytes, so that a message
+  it would refuse raises (``MessageError``, 5.3.4) when Django sends it, instead of going into
+  BadMail unseen. Unset (``None``): not checked, as the backend cannot read the service's
+  settings.
 
-``get_connection(root=..., durability=...)`` overrides them for one connection.
+``get_connection(root=..., durability=..., max_message_size=...)`` overrides them for one
+connection.
 """
 
 from __future__ import annotations
@@ -73,6 +78,7 @@ class EmailBackend(BaseEmailBackend):  # type: ignore[misc]  # Django ships no t
         *,
         root: Root | None = None,
         durability: Durability | str | None = None,
+        max_message_size: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(fail_silently=fail_silently, **kwargs)
@@ -81,6 +87,11 @@ class EmailBackend(BaseEmailBackend):  # type: ignore[misc]  # Django ships no t
             getattr(settings, "SPOOLMAIL_DURABILITY", Durability.FSYNC)
             if durability is None
             else durability
+        )
+        self.max_message_size = _max_message_size(
+            getattr(settings, "SPOOLMAIL_MAX_MESSAGE_SIZE", None)
+            if max_message_size is None
+            else max_message_size
         )
         self._spool: Spool | Pickup | None = None
         self._lock = threading.RLock()
@@ -147,7 +158,12 @@ class EmailBackend(BaseEmailBackend):  # type: ignore[misc]  # Django ships no t
         try:
             # The envelope Django's SMTP backend uses: Bcc is in it, and never in the headers
             # (message() does not write a Bcc field).
-            queue_id = spool.submit(message, sender=str(mail.from_email), recipients=recipients)
+            queue_id = spool.submit(
+                message,
+                sender=str(mail.from_email),
+                recipients=recipients,
+                max_size=self.max_message_size,
+            )
         except SpoolmailError:
             if self.fail_silently:
                 return False
@@ -182,6 +198,17 @@ def _root(value: object) -> Root:
             f"SPOOLMAIL_ROOT {text!r} would be a new, empty spool for every connection, gone "
             "when it closes: give a Spool object instead (SPOOLMAIL_ROOT = Spool('mem://'), or "
             "the spoolmail_spool fixture in tests)"
+        )
+    return value
+
+
+def _max_message_size(value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ImproperlyConfigured(
+            "SPOOLMAIL_MAX_MESSAGE_SIZE must be the service's max_message_size in bytes (1 or "
+            f"more), or None, not {value!r}"
         )
     return value
 

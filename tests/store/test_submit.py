@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from spoolmail import MailService, Pickup, Spool
+from spoolmail import Limits, MailService, Pickup, Router, Spool
 from spoolmail._core.ids import is_queue_id
-from spoolmail.exceptions import MessageError
+from spoolmail.exceptions import ConfigurationError, MessageError
 from spoolmail.testing import CapturingTransport
 
 
@@ -206,4 +206,73 @@ def test_an_address_that_is_not_a_string_says_so(
     with pytest.raises(TypeError) as refused:
         spoolmail_spool.submit(MESSAGE, **options)  # type: ignore[arg-type]
     assert str(refused.value).startswith(said)
+    assert spoolmail_spool.pickup() == []
+
+
+# -- the service's size limit, known to the sender ---------------------------------------------
+
+SIZED = (
+    b"From: a@example.com\r\nTo: b@example.com\r\nSubject: sized\r\n\r\n" + b"x" * 1000 + b"\r\n"
+)
+
+
+@pytest.mark.parametrize("writer", ["spool", "pickup folder"])
+def test_a_message_over_max_size_is_refused_at_once_and_one_at_it_is_taken(
+    tmp_path: Path, writer: str
+) -> None:
+    """``max_size`` is the service's ``max_message_size``, measured as intake measures it (the
+    whole Pickup file): one byte over is refused now, not put into BadMail later unseen; one at
+    the limit the service takes."""
+    root = tmp_path / "MailRoot"
+    with Spool(root) as spool:
+        size = len(pickup_file_bytes(spool))
+        submit = spool.submit if writer == "spool" else Pickup(root).submit
+        with pytest.raises(MessageError, match=rf"is {size} bytes .* over the limit of {size - 1}"):
+            submit(SIZED, sender="a@example.com", recipients=["b@example.com"], max_size=size - 1)
+        assert spool.pickup() == []
+        assert (caught_status(submit, size - 1)) == "5.3.4"
+        queue_id = submit(
+            SIZED, sender="a@example.com", recipients=["b@example.com"], max_size=size
+        )
+        assert taken(spool, limit=size) == ((queue_id,), ())
+        assert spool.drop_item(queue_id).recipients == ("b@example.com",)
+        # The other edge: unchecked, the same file is one the service with a limit a byte
+        # lower puts into BadMail: the two measure alike.
+        unchecked = submit(SIZED, sender="a@example.com", recipients=["b@example.com"])
+        assert taken(spool, limit=size - 1) == ((), (unchecked,))
+
+
+def taken(spool: Spool, *, limit: int) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """What a service with ``max_message_size=limit`` picks up, and puts into BadMail."""
+    service = MailService(
+        spool,
+        fqdn="mail.example.com",
+        router=Router(local_domains=["example.com"]),
+        limits=Limits(max_message_size=limit),
+    )
+    try:
+        report = service.run_once()
+    finally:
+        service.close()
+    return report.picked_up, tuple(report.badmail)
+
+
+def pickup_file_bytes(spool: Spool) -> bytes:
+    """The Pickup file ``SIZED`` makes, written and taken away again (its size)."""
+    queue_id = spool.submit(SIZED, sender="a@example.com", recipients=["b@example.com"])
+    data = spool.fs.readbytes(f"Pickup/{queue_id}.eml")
+    spool.fs.remove(f"Pickup/{queue_id}.eml")
+    return data
+
+
+def caught_status(submit: object, max_size: int) -> str:
+    with pytest.raises(MessageError) as caught:
+        submit(SIZED, sender="a@example.com", recipients=["b@example.com"], max_size=max_size)  # type: ignore[operator]
+    return caught.value.status
+
+
+@pytest.mark.parametrize("wrong", [0, -1, True, "2048", 1.5])
+def test_a_max_size_that_is_no_size_is_refused(spoolmail_spool: Spool, wrong: object) -> None:
+    with pytest.raises(ConfigurationError, match="max_size must be a number of bytes"):
+        spoolmail_spool.submit(SIZED, max_size=wrong)  # type: ignore[arg-type]
     assert spoolmail_spool.pickup() == []

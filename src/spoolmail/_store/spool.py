@@ -446,6 +446,7 @@ class Spool:
         *,
         sender: str | None = None,
         recipients: Sequence[str] | None = None,
+        max_size: int | None = None,
     ) -> str:
         """Put a message into Pickup atomically; returns its queue id.
 
@@ -464,8 +465,13 @@ class Spool:
         ``recipients`` is refused (``MessageError``, 5.5.1), not read as the headers: a list
         that came out empty must not send to the ``To:`` field. A message that the service
         could only put into BadMail raises :class:`~spoolmail.exceptions.MessageError` now.
+        So does one over ``max_size`` bytes as a Pickup file (5.3.4), given the service's
+        ``max_message_size``: the service takes no file over it (IIS did not either), and only
+        the sender's code can say so to whoever sent it. ``None``: not checked here.
         """
-        data = pickup_file(message, sender=sender, recipients=recipients, now=self.clock())
+        data = pickup_file(
+            message, sender=sender, recipients=recipients, now=self.clock(), max_size=max_size
+        )
         queue_id = self._store.new_id()
         self._store.write(PICKUP, f"{queue_id}.eml", data)
         return queue_id

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from spoolmail._core.address import AddressRole, parse_address_list, parse_mailbox
 from spoolmail._core.pickup import PickupOptions, PickupRejected, parse_pickup, render_pickup
 from spoolmail._store.pickup_writer import PickupWriter
-from spoolmail.exceptions import MessageError
+from spoolmail.exceptions import ConfigurationError, MessageError
 
 __all__ = ["Pickup", "pickup_file"]
 
@@ -34,12 +34,18 @@ def pickup_file(
     sender: str | None,
     recipients: Sequence[str] | None,
     now: datetime,
+    max_size: int | None = None,
 ) -> bytes:
     """The Pickup file for ``message`` (see :meth:`Spool.submit` for the rules), checked as
     intake will check it: :class:`~spoolmail.exceptions.MessageError` with the reason if the
-    service could only put it into BadMail."""
+    service could only put it into BadMail. ``max_size``: the service's ``max_message_size``,
+    which intake applies to the whole file (``None``: not known here, not checked)."""
     if not isinstance(message, email.message.Message | bytes | bytearray | memoryview):
         raise TypeError(f"submit takes bytes or an email.message.Message, not {type(message)!r}")
+    if max_size is not None and (
+        isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1
+    ):
+        raise ConfigurationError(f"max_size must be a number of bytes, 1 or more, not {max_size!r}")
     if isinstance(recipients, str):
         raise TypeError("recipients is a sequence of addresses, not one string")
     if recipients is not None and not recipients:
@@ -61,6 +67,13 @@ def pickup_file(
     else:
         raw = bytes(message)
     data = render_pickup(raw, sender=sender, recipients=recipients)
+    if max_size is not None and len(data) > max_size:
+        # Intake would not even read it (KB Q201314): BadMail, and nobody told.
+        raise MessageError(
+            f"the message is {len(data)} bytes as a Pickup file, over the limit of {max_size} "
+            "bytes (the service's max_message_size)",
+            status="5.3.4",
+        )
     check = parse_pickup(
         data,
         options=PickupOptions(
@@ -105,9 +118,13 @@ class Pickup:
         *,
         sender: str | None = None,
         recipients: Sequence[str] | None = None,
+        max_size: int | None = None,
     ) -> str:
-        """Write ``message`` into Pickup atomically; the queue id it will have."""
-        data = pickup_file(message, sender=sender, recipients=recipients, now=self._clock())
+        """Write ``message`` into Pickup atomically; the queue id it will have (``max_size``:
+        as :meth:`Spool.submit`'s)."""
+        data = pickup_file(
+            message, sender=sender, recipients=recipients, now=self._clock(), max_size=max_size
+        )
         return self._writer.write([data])
 
 
