@@ -94,6 +94,45 @@ def test_submit_refuses_a_message_that_could_only_be_badmail(
     assert os.listdir(root / "Pickup") == []
 
 
+def limited(tmp_path: Path, root: Path, size: int) -> list[str]:
+    """The command line's start for a MailRoot whose settings file sets max_message_size."""
+    config = tmp_path / f"limit-{size}.toml"
+    config.write_text(f'[spoolmail]\nroot = "{root}"\nmax_message_size = {size}\n')
+    return ["--config", str(config)]
+
+
+def test_submit_refuses_a_message_over_the_size_limit_at_the_limits_edge(
+    root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The service takes no Pickup file over max_message_size: submit says so at once (5.3.4,
+    status 2) instead of writing one for BadMail; one whose file is exactly at it goes."""
+    source = tmp_path / "note.eml"
+    source.write_bytes(b"From: app@example.com\r\nTo: ops@example.com\r\n\r\n" + b"x" * 500)
+    assert run("--root", str(root), "submit", str(source))[0] == 0
+    [written] = list((root / "Pickup").iterdir())
+    size = written.stat().st_size  # the Pickup file the service would measure
+    written.unlink()
+    assert run(*limited(tmp_path, root, size - 1), "submit", str(source))[0] == 2
+    assert f"over the limit of {size - 1} bytes" in capsys.readouterr().err
+    assert list((root / "Pickup").iterdir()) == []
+    assert run(*limited(tmp_path, root, size), "submit", str(source))[0] == 0
+    assert len(list((root / "Pickup").iterdir())) == 1
+
+
+def test_submit_reads_no_more_of_an_endless_stdin_than_the_limit(
+    root: Path, tmp_path: Path
+) -> None:
+    """``spoolmail submit < /dev/zero`` ends at once with the reason, its memory bounded by
+    the size limit, not by the input."""
+    command = [sys.executable, "-m", "spoolmail", *limited(tmp_path, root, 100_000), "submit"]
+    with open("/dev/zero", "rb") as zeros:
+        done = subprocess.run(
+            command, stdin=zeros, capture_output=True, text=True, timeout=60, check=False
+        )
+    assert done.returncode == 2, done.stderr
+    assert "over the limit of 100000 bytes" in done.stderr
+
+
 def test_submit_missing_file(root: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert run("--root", str(root), "submit", str(root / "nope.eml"))[0] == 1
     assert "cannot read" in capsys.readouterr().err

@@ -30,7 +30,7 @@ from spoolmail._cli.status import (
     exit_status,
     report,
 )
-from spoolmail.exceptions import SpoolmailError
+from spoolmail.exceptions import MessageError, SpoolmailError
 
 # The settings, their flags, the examples and the log's handlers are imported when the command
 # line is parsed (in the functions below): ``queue flush --quiet`` gets by without them
@@ -269,24 +269,34 @@ def _add_submit(commands: Any) -> None:
 
 
 def _submit(settings: Settings, args: argparse.Namespace, out: TextIO) -> int:
+    # The service takes no Pickup file over max_message_size, and the file is at least the
+    # message: more than that is refused unread, never held whole (stdin may not end).
+    limit = settings.max_message_size
     if args.file == "-":
-        data = sys.stdin.buffer.read()
+        data = sys.stdin.buffer.read(limit + 1)
     else:
         try:
-            data = Path(args.file).read_bytes()
+            with Path(args.file).open("rb") as source:
+                data = source.read(limit + 1)
         except OSError as exc:
             raise SpoolmailError(f"cannot read {args.file}: {exc}") from exc
+    if len(data) > limit:
+        raise MessageError(
+            f"the message is over the limit of {limit} bytes (max_message_size)", status="5.3.4"
+        )
     from spoolmail._store.spool import Spool  # noqa: PLC0415 (see _COMMANDS)
     from spoolmail._store.submission import Pickup  # noqa: PLC0415
 
     if "://" not in settings.root and Path(settings.root, "Pickup").is_dir():
         # Pickup alone, as an application on a locked-down MailRoot may write it.
         queue_id = Pickup(settings.root).submit(
-            data, sender=args.sender, recipients=args.recipients
+            data, sender=args.sender, recipients=args.recipients, max_size=limit
         )
     else:
         with Spool(settings.root) as spool:  # makes the MailRoot, as `init` would
-            queue_id = spool.submit(data, sender=args.sender, recipients=args.recipients)
+            queue_id = spool.submit(
+                data, sender=args.sender, recipients=args.recipients, max_size=limit
+            )
     # The id alone, for scripts: the Pickup file is <id>.eml and the message keeps the id in the
     # Queue, so `spoolmail queue show <id>` finds it once it is picked up.
     print(queue_id, file=out)
