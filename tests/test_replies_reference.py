@@ -57,6 +57,7 @@ LISTENER_WHEN_BY_CODE = {"521": "any line with a bare CR or LF; the connection i
 # Where a status is decided, by module (relative to the package). A module that gains a status
 # and is not here fails the test: say where it belongs.
 STAGES = {
+    "_cli/main.py": "`spoolmail submit`",
     "_core/address.py": "addresses (Pickup, `submit`, the listener's envelope)",
     "_core/badmail.py": "BadMail reports",
     "_core/dane.py": "DANE",
