@@ -1712,8 +1712,9 @@ class MailStore:
         # A copy keeps the original's durability: a flush order's is fsync'd, a hint's is not
         # (see write_trigger and _put_trigger). And its time: a flush order's is when it was
         # issued (FlushOrder.issued), which the other workers' help goes by.
-        durability = None if data.startswith(FLUSH_TRIGGER) else Durability.NONE
-        written = self.signature(SORTTEMP, mine)
+        order = data.startswith(FLUSH_TRIGGER)
+        durability = None if order else Durability.NONE
+        written = self.signature(SORTTEMP, mine) if order else None
         issued = None if written is None else written[1]
         for other in share.all():
             if other != share:
