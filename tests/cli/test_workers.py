@@ -97,12 +97,18 @@ class Daemon:
 def start(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
     started: list[subprocess.Popen[bytes]] = []
 
-    def run(*extra: str, root: str | None = None) -> Daemon:
+    def run(*extra: str, root: str | None = None, cpus: set[int] | None = None) -> Daemon:
+        """``cpus``: the CPUs the daemon may run on (as ``taskset`` would leave it)."""
         where = tmp_path / "MailRoot" if root is None else root  # a URL stays a string
         stderr = tmp_path / f"stderr{len(started)}"
         with stderr.open("wb") as errors:
+            # taskset (util-linux): the CPUs set before the interpreter starts, as an operator's.
+            pinned = [] if cpus is None else ["taskset", "-c", ",".join(map(str, sorted(cpus)))]
             process = subprocess.Popen(
-                spoolmail_run(where, *extra), cwd=tmp_path, stdout=subprocess.PIPE, stderr=errors
+                [*pinned, *spoolmail_run(where, *extra)],
+                cwd=tmp_path,
+                stdout=subprocess.PIPE,
+                stderr=errors,
             )
         started.append(process)
         return Daemon(process, Path(where), stderr)
@@ -156,6 +162,91 @@ def test_a_killed_worker_is_started_again_and_mail_goes_on(start: Callable[..., 
     assert drop_sequence(daemon.root) == list(range(40))
     daemon.process.send_signal(signal.SIGINT)
     assert daemon.process.wait(DEADLINE) == 0
+
+
+def allowed_cpus(pid: int) -> set[int]:
+    """The CPUs process ``pid`` may run on, from /proc (``Cpus_allowed_list``: ``0-2,5``)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    found = re.search(r"^Cpus_allowed_list:\s*(\S+)$", status, re.MULTILINE)
+    assert found, status
+    cpus: set[int] = set()
+    for part_ in found.group(1).split(","):
+        first, _, last = part_.partition("-")
+        cpus.update(range(int(first), int(last or first) + 1))
+    return cpus
+
+
+def two_cpus() -> set[int]:
+    """Two CPUs this test may give a daemon: the machines spoolmail is tested on have two."""
+    usable = workers.usable_cpus()
+    assert len(usable) >= 2, f"pinning needs two CPUs to divide; this machine lets us use {usable}"
+    return set(usable[:2])
+
+
+def test_each_worker_keeps_to_one_cpu_in_turn_and_a_new_one_to_its_own(
+    start: Callable[..., Daemon],
+) -> None:
+    """Four workers on two CPUs: two keep to each, in turn (``cpu_for``), said once in the log;
+    the parent keeps to none; a worker started again keeps to the CPU its index had."""
+    cpus = two_cpus()
+    daemon = start("--workers", "4", cpus=cpus)
+    banner(daemon)
+    pids = children(daemon.process.pid)
+    assert len(pids) == 4
+    # Each keeps to its CPU first thing after the fork: the banner may come before.
+    until("each worker on one CPU", lambda: all(len(allowed_cpus(pid)) == 1 for pid in pids))
+    kept = {pid: allowed_cpus(pid) for pid in pids}
+    # Forked in index order: 0, 1, 0, 1 of the two CPUs.
+    low, high = sorted(cpus)
+    assert [next(iter(kept[pid])) for pid in pids] == [low, high, low, high]
+    assert allowed_cpus(daemon.process.pid) == cpus
+    until(
+        "the log says so",
+        lambda: f"each keeps to one CPU ({low}, {high}, {low}, {high}" in daemon.log(),
+    )
+    os.kill(pids[1], signal.SIGKILL)
+    until("a new worker", lambda: len(set(children(daemon.process.pid)) - set(pids)) == 1)
+    (new,) = set(children(daemon.process.pid)) - set(pids)
+    until("its CPU set", lambda: allowed_cpus(new) == {high})
+    fill_pickup(daemon.root, 20)
+    until("20 messages in Drop", lambda: len(drop_sequence(daemon.root)) == 20)
+    daemon.process.send_signal(signal.SIGTERM)
+    assert daemon.process.wait(DEADLINE) == 0
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [("--workers", "4", "--no-pin-workers"), ("--workers", "3", "--listen", "127.0.0.1:0")],
+    ids=["not pinned", "listening"],
+)
+def test_workers_are_left_to_the_system_when_told_so_or_when_they_listen(
+    start: Callable[..., Daemon], extra: tuple[str, ...]
+) -> None:
+    """``--no-pin-workers``, and a daemon that listens (its workers wait on their clients
+    more than they compute): every worker may run on every CPU the daemon may."""
+    cpus = two_cpus()
+    daemon = start(*extra, cpus=cpus)
+    banner(daemon)
+    pids = children(daemon.process.pid)
+    assert len(pids) == int(extra[1])
+    assert [allowed_cpus(pid) for pid in pids] == [cpus] * len(pids)
+    daemon.process.send_signal(signal.SIGTERM)
+    assert daemon.process.wait(DEADLINE) == 0
+    assert "keeps to one CPU" not in daemon.log()
+
+
+def test_the_default_workers_are_two_per_cpu_the_daemon_may_use(
+    start: Callable[..., Daemon],
+) -> None:
+    """A daemon let run on one CPU (a container's cpuset, ``taskset``) starts two workers, not
+    two per CPU of the machine; with one CPU there is nothing to divide, so none is pinned."""
+    cpu = min(workers.usable_cpus())
+    daemon = start(cpus={cpu})
+    assert "; 2 workers; Ctrl-C stops" in banner(daemon)
+    assert [allowed_cpus(pid) for pid in children(daemon.process.pid)] == [{cpu}, {cpu}]
+    daemon.process.send_signal(signal.SIGTERM)
+    assert daemon.process.wait(DEADLINE) == 0
+    assert "keeps to one CPU" not in daemon.log()
 
 
 def test_a_worker_that_cannot_start_stops_the_group_with_its_status(tmp_path: Path) -> None:
@@ -310,7 +401,7 @@ def test_a_listening_daemon_starts_one_delivering_worker_per_cpu_besides_the_lis
     """No --workers: where it listens, the daemon starts the listening workers and one per CPU
     to deliver what they hand off (bench/README.md, "Eighteenth round"); where it does not,
     two per CPU."""
-    cpus = os.cpu_count() or 1
+    cpus = len(workers.usable_cpus())
     daemon = start("--listen", "127.0.0.1:0")
     expected = cpus + workers.listening(2 * cpus)
     assert re.search(rf"listening on 127\.0\.0\.1:\d+; {expected} workers", banner(daemon))
@@ -429,7 +520,7 @@ def test_workers_past_the_listening_ones_take_pickup_but_no_sessions(
 ) -> None:
     """The listening workers take the sessions (by default one per two CPUs: their group
     commits carry more messages a sync); the others take their share of Pickup and the Queue."""
-    listening = workers.listening(2 * (os.cpu_count() or 1))
+    listening = workers.listening(2 * len(workers.usable_cpus()))
     count = listening + 1
     daemon = start("--workers", str(count), "--listen", "127.0.0.1:0")
     found = re.search(rf"listening on 127\.0\.0\.1:(\d+); {count} workers", banner(daemon))
@@ -466,7 +557,7 @@ def test_the_listening_workers_hand_what_they_accept_to_the_others(
 ) -> None:
     """The workers that listen name their sessions' messages in the shares of those that do
     not, which deliver them (docs: several processes); Pickup stays with each share's owner."""
-    count = (os.cpu_count() or 1) + 2
+    count = len(workers.usable_cpus()) + 2
     listening = workers.listening(count)
     assert listening < count
     daemon = start("--workers", str(count), "--listen", "127.0.0.1:0")
@@ -506,7 +597,7 @@ def handed_off(log: str, listening: int, count: int) -> int:
 def test_the_hand_off_goes_on_after_a_reload(tmp_path: Path) -> None:
     """SIGHUP builds every worker's service again: the new ones hand off and take as before,
     with the new settings (a new local domain)."""
-    count = (os.cpu_count() or 1) + 2
+    count = len(workers.usable_cpus()) + 2
     listening = workers.listening(count)
     root = tmp_path / "MailRoot"
     config = tmp_path / "spoolmail.toml"
@@ -626,7 +717,7 @@ def test_a_scrape_asks_one_worker_for_the_gauges_the_next_if_it_does_not_answer(
 def test_two_workers_per_cpu_by_default_and_with_a_listener_one_per_cpu_besides_it(
     monkeypatch: pytest.MonkeyPatch, cpus: int
 ) -> None:
-    monkeypatch.setattr(os, "cpu_count", lambda: cpus)
+    monkeypatch.setattr(workers, "usable_cpus", lambda: list(range(cpus)))
     assert workers.requested(0) == 2 * cpus
     assert workers.requested(3) == 3
     # With a listener: the listening workers plus one that delivers per CPU.
@@ -637,6 +728,36 @@ def test_two_workers_per_cpu_by_default_and_with_a_listener_one_per_cpu_besides_
     assert workers.requested(3, listen=0) == 3
     assert workers.listening(2 * cpus) == max(1, cpus // 2)
     assert workers.listening(1) == 1
+
+
+@given(
+    cpus=st.lists(st.integers(0, 255), min_size=1, max_size=16, unique=True).map(sorted),
+    count=st.integers(1, 64),
+)
+def test_each_cpu_gets_its_turn_and_none_is_pinned_with_too_few_workers(
+    cpus: list[int], count: int
+) -> None:
+    kept = [workers.cpu_for(index, count, cpus) for index in range(count)]
+    if len(cpus) < 2 or count < len(cpus):
+        assert kept == [None] * count  # nothing to divide, or a CPU left without a worker
+        return
+    assert kept == [cpus[index % len(cpus)] for index in range(count)]
+    each = [kept.count(cpu) for cpu in cpus]
+    assert max(each) - min(each) <= 1
+    assert min(each) >= 1
+
+
+def test_the_usable_cpus_are_the_affinity_where_there_is_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {5, 3}, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    assert workers.usable_cpus() == [3, 5]
+    assert workers.requested(0) == 4
+    monkeypatch.delattr(os, "sched_getaffinity", raising=False)
+    assert workers.usable_cpus() == list(range(64))
+    monkeypatch.setattr(os, "cpu_count", lambda: None)
+    assert workers.usable_cpus() == [0]
 
 
 def test_the_listening_workers_asked_for_within_the_group() -> None:

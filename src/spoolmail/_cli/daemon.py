@@ -143,7 +143,9 @@ def _supervise(
             report(exc)
             return exit_status(exc)
 
-    supervisor = workers.Supervisor(count, work, on_hangup=args.logs.reopen)
+    # Listening workers wait more than they compute: the system places them best (cpu_for).
+    pin = settings.pin_workers and prepared is None
+    supervisor = workers.Supervisor(count, work, on_hangup=args.logs.reopen, pin=pin)
     stop_metrics = None
 
     def started() -> None:

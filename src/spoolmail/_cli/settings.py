@@ -125,6 +125,9 @@ A settings file is TOML with one ``[spoolmail]`` table; every key is optional:
     # of the workers, how many take SMTP sessions (the others deliver what they accept); 0: one
     # per two CPUs, at least one
     listening_workers = 1
+    # each worker keeps to one CPU (Linux), where there are as many workers as CPUs or more and
+    # none listens
+    pin_workers = true
     # seconds a Pickup file must stay unchanged, where no lease or inotify tells that its writer
     # is done
     pickup_settle = 2.0
@@ -966,6 +969,15 @@ class Settings:
         example=1,
         metavar="N",
         validator=_workers,
+    )
+    pin_workers: bool = _setting(
+        True,
+        BOOLEAN,
+        "each worker keeps to one CPU (Linux), where there are as many workers as CPUs or more "
+        "and none listens",
+        flag="--no-pin-workers",
+        const=False,
+        restart=True,
     )
     pickup_settle: float = _setting(
         2.0,
