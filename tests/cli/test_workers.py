@@ -200,10 +200,8 @@ def test_each_worker_keeps_to_one_cpu_in_turn_and_a_new_one_to_its_own(
     low, high = sorted(cpus)
     assert [next(iter(kept[pid])) for pid in pids] == [low, high, low, high]
     assert allowed_cpus(daemon.process.pid) == cpus
-    until(
-        "the log says so",
-        lambda: f"each keeps to one CPU ({low}, {high}, {low}, {high}" in daemon.log(),
-    )
+    said = f"each keeps to one CPU, CPUs {workers._cpu_list([low, high])} in turn (pin_workers)"
+    until("the log says so", lambda: said in daemon.log())
     os.kill(pids[1], signal.SIGKILL)
     until("a new worker", lambda: len(set(children(daemon.process.pid)) - set(pids)) == 1)
     (new,) = set(children(daemon.process.pid)) - set(pids)
@@ -745,6 +743,12 @@ def test_each_cpu_gets_its_turn_and_none_is_pinned_with_too_few_workers(
     each = [kept.count(cpu) for cpu in cpus]
     assert max(each) - min(each) <= 1
     assert min(each) >= 1
+
+
+def test_the_log_names_the_cpus_as_linux_lists_them() -> None:
+    assert workers._cpu_list([0, 1]) == "0-1"
+    assert workers._cpu_list([0, 1, 2, 3, 8, 10, 11]) == "0-3,8,10-11"
+    assert workers._cpu_list([5]) == "5"
 
 
 def test_the_usable_cpus_are_the_affinity_where_there_is_one(

@@ -153,6 +153,18 @@ def cpu_for(index: int, count: int, cpus: list[int]) -> int | None:
     return cpus[index % len(cpus)]
 
 
+def _cpu_list(cpus: list[int]) -> str:
+    """``0-3,8`` for CPUs 0, 1, 2, 3 and 8, as Linux writes a CPU list (``taskset -c``): one
+    line however many CPUs a machine has."""
+    runs: list[list[int]] = []
+    for cpu in cpus:
+        if runs and cpu == runs[-1][1] + 1:
+            runs[-1][1] = cpu
+        else:
+            runs.append([cpu, cpu])
+    return ",".join(str(first) if first == last else f"{first}-{last}" for first, last in runs)
+
+
 def _keep_to(cpu: int, index: int) -> None:
     """In a worker: run on ``cpu`` only (Linux's ``sched_setaffinity``); a system that refuses
     (the CPU taken offline meanwhile) leaves it where the system places it, said in the log."""
@@ -579,9 +591,12 @@ class Supervisor:
             end.setblocking(False)
         old = self._install()
         self._selector.register(self._wake_read, selectors.EVENT_READ, None)
-        if any(cpu is not None for cpu in self.cpus):
-            kept = ", ".join(str(cpu) for cpu in self.cpus)
-            log.info("workers: each keeps to one CPU (%s; pin_workers)", kept)
+        kept = [cpu for cpu in self.cpus if cpu is not None]
+        if kept:
+            log.info(
+                "workers: each keeps to one CPU, CPUs %s in turn (pin_workers)",
+                _cpu_list(sorted(set(kept))),
+            )
         try:
             self._restart_due()  # every worker is due at once
             try:
