@@ -146,7 +146,7 @@ def cpu_for(index: int, count: int, cpus: list[int]) -> int | None:
     messages to a sink, the workers made half as many futex calls and no migrations, used
     8% less CPU a message and went 1.12 times as fast; draining Pickup 1.09 times. Where
     the work waits more than it computes the system's placement is better: 1 MiB messages
-    went 0.94 times as fast, and SMTP in 0.77 times, so listening workers keep none
+    went 0.94 times as fast, and SMTP in 0.77 times, so listening workers keep to none
     (``bench/README.md``, "Twenty-ninth round")."""
     if len(cpus) < 2 or count < len(cpus):
         return None
