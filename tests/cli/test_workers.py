@@ -745,6 +745,21 @@ def test_each_cpu_gets_its_turn_and_none_is_pinned_with_too_few_workers(
     assert min(each) >= 1
 
 
+def test_a_cpu_the_system_refuses_leaves_the_worker_where_it_is_and_says_so(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A CPU taken offline between the parent's look and the worker's start: the worker goes
+    on where the system places it, and the log says why."""
+
+    def refuse(_pid: int, _cpus: object) -> None:
+        raise OSError(22, "Invalid argument")
+
+    monkeypatch.setattr(os, "sched_setaffinity", refuse, raising=False)
+    with caplog.at_level("WARNING", logger="spoolmail"):
+        workers._keep_to(3, 1)
+    assert "worker 1: cannot keep to CPU 3 ([Errno 22] Invalid argument)" in caplog.text
+
+
 def test_the_log_names_the_cpus_as_linux_lists_them() -> None:
     assert workers._cpu_list([0, 1]) == "0-1"
     assert workers._cpu_list([0, 1, 2, 3, 8, 10, 11]) == "0-3,8,10-11"
